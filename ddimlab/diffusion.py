@@ -1,0 +1,127 @@
+"""The forward process, DDPM's posterior and the DDIM family q_σ.
+
+All functions take ᾱ values (`a_t`, `a_s`: Python floats, 0-d tensors, or per-sample tensors of
+shape (B,)) rather than step indices, so the same algebra serves any schedule and any
+sub-sequence. Use `schedule.alpha_bar_at(alpha_bar, t)` to look them up (ᾱ_{−1} = 1).
+The DDIM paper's α_t is DDPM's ᾱ_t.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def bcast(a, x: torch.Tensor) -> torch.Tensor:
+    """ᾱ-like `a` (scalar or shape (B,)) as a tensor that broadcasts against x of shape (B, …)."""
+    a = torch.as_tensor(a, device=x.device)
+    if a.ndim == 1 and x.ndim > 1:
+        if a.shape[0] != x.shape[0]:
+            raise ValueError(f"per-sample coefficient has {a.shape[0]} entries but x has batch {x.shape[0]}")
+        a = a.reshape(-1, *([1] * (x.ndim - 1)))
+    elif a.ndim > 1:
+        raise ValueError(f"coefficient must be a scalar or shape (B,), got shape {tuple(a.shape)}")
+    return a.to(x.dtype)
+
+
+def q_sample(x0: torch.Tensor, a_t, eps: torch.Tensor) -> torch.Tensor:
+    """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε, a draw from q(x_t | x_0) (notebook 01 §3)."""
+    if eps.shape != x0.shape:
+        raise ValueError(f"eps shape {tuple(eps.shape)} differs from x0 shape {tuple(x0.shape)}")
+    a = bcast(a_t, x0)
+    return a.sqrt() * x0 + (1 - a).sqrt() * eps
+
+
+def q_step(x_prev: torch.Tensor, beta_t, z: torch.Tensor) -> torch.Tensor:
+    """One Markov forward step x_t = √(1−β_t) x_{t−1} + √β_t z (notebook 01 §1)."""
+    b = bcast(beta_t, x_prev)
+    return (1 - b).sqrt() * x_prev + b.sqrt() * z
+
+
+def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, a_t) -> torch.Tensor:
+    """x̂_0 = (x_t − √(1−ᾱ_t) ε) / √ᾱ_t, the "predicted x_0" of DDIM eq. 9 (notebook 04 §2)."""
+    a = bcast(a_t, x_t)
+    return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+
+
+def predict_eps(x_t: torch.Tensor, x0: torch.Tensor, a_t) -> torch.Tensor:
+    """ε = (x_t − √ᾱ_t x_0) / √(1−ᾱ_t)."""
+    a = bcast(a_t, x_t)
+    return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+
+
+def v_from(x0: torch.Tensor, eps: torch.Tensor, a_t) -> torch.Tensor:
+    """Velocity v = √ᾱ_t ε − √(1−ᾱ_t) x_0 (Salimans & Ho, 2022)."""
+    a = bcast(a_t, x0)
+    return a.sqrt() * eps - (1 - a).sqrt() * x0
+
+
+def x0_from_v(x_t: torch.Tensor, v: torch.Tensor, a_t) -> torch.Tensor:
+    """x_0 = √ᾱ_t x_t − √(1−ᾱ_t) v."""
+    a = bcast(a_t, x_t)
+    return a.sqrt() * x_t - (1 - a).sqrt() * v
+
+
+def eps_from_v(x_t: torch.Tensor, v: torch.Tensor, a_t) -> torch.Tensor:
+    """ε = √(1−ᾱ_t) x_t + √ᾱ_t v."""
+    a = bcast(a_t, x_t)
+    return (1 - a).sqrt() * x_t + a.sqrt() * v
+
+
+def posterior_variance(a_t, a_s):
+    """β̃ = (1−ᾱ_s)/(1−ᾱ_t) · (1 − ᾱ_t/ᾱ_s), the variance of q(x_s | x_t, x_0) (notebook 02 §4).
+
+    For consecutive steps s = t−1 this is DDPM's β̃_t = (1−ᾱ_{t−1})/(1−ᾱ_t) β_t.
+    """
+    a_t, a_s = torch.as_tensor(a_t), torch.as_tensor(a_s)
+    return (1 - a_s) / (1 - a_t) * (1 - a_t / a_s)
+
+
+def posterior_mean(x0: torch.Tensor, x_t: torch.Tensor, a_t, a_s) -> torch.Tensor:
+    """μ̃ = √ᾱ_s (1 − ᾱ_t/ᾱ_s)/(1−ᾱ_t) x_0 + √(ᾱ_t/ᾱ_s) (1−ᾱ_s)/(1−ᾱ_t) x_t (notebook 02 §4).
+
+    With s = t−1 and α_t = ᾱ_t/ᾱ_{t−1} = 1 − β_t this is DDPM eq. 7.
+    """
+    at, as_ = bcast(a_t, x_t), bcast(a_s, x_t)
+    alpha = at / as_
+    return as_.sqrt() * (1 - alpha) / (1 - at) * x0 + alpha.sqrt() * (1 - as_) / (1 - at) * x_t
+
+
+def ddim_sigma(a_t, a_s, eta: float = 1.0):
+    """σ_{t→s}(η) = η √((1−ᾱ_s)/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_s) (DDIM eq. 16, notebook 04 §3).
+
+    η = 1 gives the DDPM posterior's standard deviation, η = 0 the deterministic DDIM.
+    """
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM posterior), got {eta}")
+    return eta * posterior_variance(a_t, a_s).sqrt()
+
+
+def q_sigma_mean(x0: torch.Tensor, x_t: torch.Tensor, a_t, a_s, sigma) -> torch.Tensor:
+    """Mean of q_σ(x_s | x_t, x_0) = √ᾱ_s x_0 + √(1−ᾱ_s−σ²) (x_t − √ᾱ_t x_0)/√(1−ᾱ_t) (DDIM eq. 7).
+
+    Notebook 03 §3 shows that with this mean q_σ(x_s | x_0) = N(√ᾱ_s x_0, (1−ᾱ_s) I) for every σ.
+    """
+    at, as_, sg = bcast(a_t, x_t), bcast(a_s, x_t), bcast(sigma, x_t)
+    if bool((sg ** 2 > 1 - as_ + 1e-12).any()):
+        raise ValueError("sigma^2 must not exceed 1 - alpha_bar_s")
+    return as_.sqrt() * x0 + (1 - as_ - sg ** 2).clamp_min(0).sqrt() * (x_t - at.sqrt() * x0) / (1 - at).sqrt()
+
+
+def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, a_t, a_s, eta: float = 0.0,
+              noise: torch.Tensor | None = None, clip_x0: bool = False):
+    """One generalized DDIM step x_t → x_s (DDIM eq. 12, notebook 04 §3).
+
+    x_s = √ᾱ_s x̂_0 + √(1−ᾱ_s−σ²) ε + σ z, with x̂_0 = `predict_x0(x_t, eps, a_t)` and σ = `ddim_sigma`.
+    Returns (x_s, x̂_0). `noise` is z; it is required when η > 0.
+    """
+    x0 = predict_x0(x_t, eps, a_t)
+    if clip_x0:
+        x0 = x0.clamp(-1, 1)
+        eps = predict_eps(x_t, x0, a_t)
+    sigma = ddim_sigma(a_t, a_s, eta)
+    as_, sg = bcast(a_s, x_t), bcast(sigma, x_t)
+    x_s = as_.sqrt() * x0 + (1 - as_ - sg ** 2).clamp_min(0).sqrt() * eps
+    if eta > 0:
+        if noise is None:
+            raise ValueError("ddim_step with eta > 0 needs `noise`")
+        x_s = x_s + sg * noise
+    return x_s, x0

@@ -1,0 +1,48 @@
+"""Notebook helpers: one seeding entry point and checks that print one stable line."""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int = 0, threads: int = 2) -> torch.Generator:
+    """Seed Python, NumPy and torch, fix the thread count, and return a torch.Generator.
+
+    Every notebook calls this once at the top so that nbval sees the same numbers on every run.
+    """
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    return torch.Generator().manual_seed(seed)
+
+
+def check(ok, message: str) -> None:
+    """Assert `ok` and print `check: message`; the message must not contain run-dependent numbers."""
+    ok = bool(ok.all()) if isinstance(ok, torch.Tensor) else bool(ok)
+    if not ok:
+        raise AssertionError(f"check failed: {message}")
+    print(f"check: {message}")
+
+
+def check_close(actual, expected, message: str, rtol: float = 0.0, atol: float = 0.0) -> None:
+    """`check` that |actual − expected| ≤ atol + rtol·|expected| elementwise."""
+    a = torch.as_tensor(actual, dtype=torch.float64)
+    e = torch.as_tensor(expected, dtype=torch.float64)
+    err = (a - e).abs()
+    ok = bool((err <= atol + rtol * e.abs()).all())
+    if not ok:
+        raise AssertionError(f"check failed: {message} (max abs err {float(err.max()):.3g})")
+    print(f"check: {message}")
+
+
+def fmt(x, digits: int = 3) -> str:
+    """Round a float (or each entry of a sequence) for stable printing."""
+    if isinstance(x, (list, tuple, np.ndarray, torch.Tensor)):
+        return "[" + ", ".join(fmt(float(v), digits) for v in np.asarray(x).ravel()) + "]"
+    return f"{float(x):.{digits}g}"

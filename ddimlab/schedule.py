@@ -1,0 +1,120 @@
+"""Noise schedules, ᾱ_t, σ(t) and timestep sub-sequences.
+
+Conventions (notebook 01 §2, README "Notation"):
+
+- discrete steps t ∈ {0, …, T−1}; the network is called with the integer t;
+- ᾱ_t = ∏_{s≤t} (1 − β_s), and ᾱ_{−1} := 1 is clean data;
+- the DDIM paper writes α_t for what DDPM calls ᾱ_t. Everything here uses DDPM's ᾱ.
+
+Schedules are computed in float64; cast where used.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+SCHEDULES = ("linear", "cosine", "quadratic")
+SPACINGS = ("uniform", "quad", "linspace", "trailing")
+
+
+def beta_schedule(name: str = "linear", T: int = 1000, beta_start: float = 1e-4,
+                  beta_end: float = 0.02) -> torch.Tensor:
+    """β_t for t = 0..T−1 in float64.
+
+    linear: DDPM, β_t from 1e-4 to 0.02 (for T = 1000).
+    quadratic: √β linear between √beta_start and √beta_end.
+    cosine: improved DDPM, ᾱ(t) = cos²(((t/T)+s)/(1+s)·π/2)/f(0) with s = 0.008, β clipped at 0.999.
+    """
+    if not isinstance(T, int) or T < 1:
+        raise ValueError(f"T must be a positive integer, got {T!r}")
+    if name == "linear":
+        return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+    if name == "quadratic":
+        return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, T, dtype=torch.float64) ** 2
+    if name == "cosine":
+        s = 0.008
+        f = lambda u: math.cos((u / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+        betas = [min(1 - f(t + 1) / f(t), 0.999) for t in range(T)]
+        return torch.tensor(betas, dtype=torch.float64)
+    raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
+
+
+def alpha_bar(betas: torch.Tensor) -> torch.Tensor:
+    """ᾱ_t = ∏_{s≤t}(1 − β_s), float64, shape (T,)."""
+    return torch.cumprod(1 - betas.to(torch.float64), dim=0)
+
+
+def make_alpha_bar(name: str = "linear", T: int = 1000) -> torch.Tensor:
+    """ᾱ for a named schedule: `alpha_bar(beta_schedule(name, T))`."""
+    return alpha_bar(beta_schedule(name, T))
+
+
+def alpha_bar_at(alpha_bar: torch.Tensor, t) -> torch.Tensor:
+    """ᾱ_t with ᾱ_{−1} = 1; `t` is an int or an integer tensor (−1 allowed)."""
+    t = torch.as_tensor(t, device=alpha_bar.device)
+    padded = torch.cat([alpha_bar.new_ones(1), alpha_bar])
+    return padded[t.long() + 1]
+
+
+def snr(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio ᾱ_t / (1 − ᾱ_t)."""
+    return alpha_bar / (1 - alpha_bar)
+
+
+def sigma_of(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """σ(t) = √((1 − ᾱ_t)/ᾱ_t), the ODE's time variable (notebook 05 §1, seed 001)."""
+    return torch.sqrt((1 - alpha_bar) / alpha_bar)
+
+
+def timesteps(S: int, T: int = 1000, spacing: str = "uniform") -> torch.Tensor:
+    """A decreasing sub-sequence τ of {0, …, T−1} with S distinct steps (notebook 04 §4).
+
+    A sampler visits τ in order and then steps to ᾱ_{−1} = 1 (clean data); see `step_pairs`.
+
+    - uniform:  the official DDIM code's `range(0, T, T // S)`, written as k·(T//S) for k < S so
+      that it has exactly S steps (the official range has extra steps when S does not divide T).
+      Starts at 0; its largest step is (S−1)·(T//S), e.g. 900 for S = 10.
+    - quad:     the official `int(linspace(0, √(0.8 T), S)²)`: largest step 0.8 T. The official
+      sequence repeats small steps (for S = 100: 0, 0, 0, 0, 1, 1, …); a repeated step leaves x
+      unchanged in DDIM while costing a network call, so ddimlab keeps each step once and the
+      sequence can be shorter than S (S = 100 gives 96 distinct steps, S = 1000 gives 688).
+    - linspace: round(linspace(0, T−1, S)), diffusers' "linspace"; starts at T−1.
+    - trailing: round(arange(T, 0, −T/S)) − 1, diffusers' "trailing"; starts at T−1.
+    """
+    if not isinstance(S, (int, np.integer)) or not 1 <= S <= T:
+        raise ValueError(f"number of steps S must be an integer in 1..T={T}, got {S!r}")
+    if spacing == "uniform":
+        seq = np.arange(S) * (T // S)
+    elif spacing == "quad":
+        seq = np.unique((np.linspace(0, math.sqrt(T * 0.8), S) ** 2).astype(np.int64))
+    elif spacing == "linspace":
+        seq = np.round(np.linspace(0, T - 1, S)).astype(np.int64)
+    elif spacing == "trailing":
+        seq = np.round(np.arange(T, 0, -T / S)).astype(np.int64) - 1
+    else:
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
+    seq = torch.as_tensor(np.sort(np.unique(seq))[::-1].copy(), dtype=torch.long)
+    return validate_timesteps(seq, T)
+
+
+def validate_timesteps(seq, T: int = 1000) -> torch.Tensor:
+    """Check that τ is a strictly decreasing sequence of integers in 0..T−1 and return it."""
+    seq = torch.as_tensor(seq)
+    if seq.ndim != 1 or seq.numel() == 0:
+        raise ValueError(f"timesteps must be a non-empty 1-D sequence, got shape {tuple(seq.shape)}")
+    if seq.dtype.is_floating_point or seq.dtype == torch.bool:
+        raise ValueError(f"timesteps must be integers, got {seq.dtype}")
+    seq = seq.long()
+    if int(seq.min()) < 0 or int(seq.max()) > T - 1:
+        raise ValueError(f"timesteps must lie in 0..T-1 = 0..{T - 1}, got {int(seq.min())}..{int(seq.max())}")
+    if seq.numel() > 1 and not bool((seq[1:] < seq[:-1]).all()):
+        raise ValueError("timesteps must be strictly decreasing (sample from noise to data)")
+    return seq
+
+
+def step_pairs(seq: torch.Tensor) -> list[tuple[int, int]]:
+    """[(t, s)] pairs a sampler takes along τ, the last one stepping to s = −1 (ᾱ = 1)."""
+    seq = [int(t) for t in seq]
+    return list(zip(seq, seq[1:] + [-1]))
