@@ -1,0 +1,420 @@
+"""Image data: CIFAR-10 from the official tarball, scikit-learn's digits offline, and the [−1, 1] scaling.
+
+DDPM trains on x_0 scaled to [−1, 1] (notebook 06 §2): to_model_range maps uint8 k ↦ k/127.5 − 1 and
+from_model_range inverts it. Datasets are held as uint8 N×C×H×W tensors (on the GPU when training there)
+and converted one batch at a time by `batches`, which also applies the random horizontal flip of the
+DDPM recipe.
+
+CIFAR-10 ships as `cifar-10-python.tar.gz`: `cifar-10-batches-py/data_batch_1..5` and `test_batch`,
+each a pickled dict with b'data' (10000×3072 uint8, channel-major: 1024 red, 1024 green, 1024 blue,
+each row-major 32×32) and b'labels' (10000 ints in 0..9). The pickles are read with a restricted
+unpickler that only builds numpy arrays and plain containers, so a tampered file cannot run code.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import io
+import os
+import pickle
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_FILENAME = "cifar-10-python.tar.gz"
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST_BATCHES = ("test_batch",)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+
+
+class DownloadError(RuntimeError):
+    """A download failed (network error, HTTP error, truncated body or md5 mismatch)."""
+
+
+# --------------------------------------------------------------------------------------------
+# download and cache
+
+
+def default_cache_dir() -> Path:
+    """`$DDIMLAB_CACHE` if set, else `~/.cache/ddimlab`."""
+    env = os.environ.get("DDIMLAB_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "ddimlab"
+
+
+def md5sum(path, chunk_size: int = 1 << 20) -> str:
+    """Hex md5 of a file."""
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk_size), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download(url: str, dest, md5: str | None = None, *, progress: bool = True,
+             timeout: float | None = 60.0, chunk_size: int = 1 << 16) -> Path:
+    """Download `url` to `dest` atomically and return `dest`.
+
+    If `dest` already exists with the right md5 (or md5 is None) nothing is fetched; if its md5
+    is wrong it is downloaded again. The body goes to a temporary file in dest's folder, is
+    checked (length against Content-Length, then md5) and only then renamed onto `dest` with
+    os.replace; on any failure the temporary file is deleted and DownloadError is raised, so the
+    cache never holds a partial or corrupt file. `timeout` (seconds) bounds each blocking network
+    operation.
+    """
+    dest = Path(dest)
+    if md5 is not None and (not isinstance(md5, str) or len(md5) != 32):
+        raise ValueError(f"md5 must be a 32-character hex string or None, got {md5!r}")
+    if dest.is_file() and (md5 is None or md5sum(dest) == md5.lower()):
+        return dest  # with md5=None an existing file is trusted: it was written atomically
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _fetch(url, f, progress=progress, timeout=timeout, chunk_size=chunk_size,
+                   desc=dest.name)
+        if md5 is not None:
+            got = md5sum(tmp)
+            if got != md5.lower():
+                raise DownloadError(f"md5 mismatch for {url}: expected {md5.lower()}, got {got}; "
+                                    f"the file was not saved to {dest}")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return dest
+
+
+_download = download  # resolve_cifar10 and load_cifar10 have an argument named `download`
+
+
+def _fetch(url, f, *, progress, timeout, chunk_size, desc) -> None:
+    """Stream `url` into the open file `f`; raise DownloadError on any failure or short body."""
+    from tqdm import tqdm
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            length = response.headers.get("Content-Length")
+            expected = int(length) if length is not None and length.isdigit() else None
+            received = 0
+            with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+                      disable=not progress, leave=False) as bar:
+                while True:
+                    block = response.read(chunk_size)
+                    if not block:
+                        break
+                    f.write(block)
+                    received += len(block)
+                    bar.update(len(block))
+    except urllib.error.HTTPError as e:
+        raise DownloadError(f"download of {url} failed: HTTP {e.code} {e.reason}") from e
+    except urllib.error.URLError as e:
+        raise DownloadError(f"download of {url} failed: {e.reason}") from e
+    except http.client.IncompleteRead as e:
+        raise DownloadError(f"download of {url} was truncated: got {len(e.partial)} more bytes "
+                            f"before the connection closed, {e.expected} were still expected") from e
+    except (OSError, http.client.HTTPException) as e:  # timeouts, resets, bad responses
+        raise DownloadError(f"download of {url} failed: {type(e).__name__}: {e}") from e
+    if expected is not None and received != expected:
+        raise DownloadError(f"download of {url} was truncated: received {received} of "
+                            f"{expected} bytes (Content-Length)")
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR-10
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler for CIFAR-10 batches: only numpy arrays, dtypes and builtin containers."""
+
+    def find_class(self, module, name):
+        allowed = _allowed_globals()
+        if (module, name) in allowed:
+            return allowed[(module, name)]
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch")
+
+
+def _allowed_globals():
+    import codecs
+
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct, scalar
+    out = {("_codecs", "encode"): codecs.encode, ("numpy", "ndarray"): np.ndarray,
+           ("numpy", "dtype"): np.dtype}
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        out[(mod, "_reconstruct")] = _reconstruct
+        out[(mod, "scalar")] = scalar
+    return out
+
+
+def _parse_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Unpickle one CIFAR-10 batch and return (data N×3072 uint8, labels N int64)."""
+    try:
+        batch = _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as e:  # pickle raises many types on corrupt input
+        raise ValueError(f"{where} is not a readable CIFAR-10 pickle: {type(e).__name__}: {e}") from e
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+        raise ValueError(f"{where} must be a dict with b'data' and b'labels', got {keys}")
+    data = np.asarray(batch[b"data"])
+    labels = np.asarray(batch[b"labels"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"{where}: b'data' must be uint8 of shape (N, 3072), "
+                         f"got {data.dtype} {data.shape}")
+    if labels.ndim != 1 or labels.shape[0] != data.shape[0] or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{where}: b'labels' must be {data.shape[0]} integers, "
+                         f"got {labels.dtype} {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise ValueError(f"{where}: labels must lie in 0..9, got {labels.min()}..{labels.max()}")
+    return data, labels.astype(np.int64)
+
+
+def _read_tar_members(path: Path, names) -> dict[str, bytes]:
+    """Read `cifar-10-batches-py/<name>` for each name, in one pass over the whole (gzip) archive."""
+    wanted = {f"{CIFAR10_FOLDER}/{n}": n for n in names}
+    found = {}
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                name = member.name.removeprefix("./")
+                if name in wanted and member.isfile():
+                    found[wanted[name]] = tar.extractfile(member).read()
+            # no early exit: reading to the end checks the gzip CRC, so truncation is caught
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise ValueError(f"{path} is not a readable CIFAR-10 archive ({type(e).__name__}: {e}); "
+                         f"delete it and download again") from e
+    missing = [f"{CIFAR10_FOLDER}/{n}" for n in names if n not in found]
+    if missing:
+        raise ValueError(f"{path} is missing {', '.join(missing)}; expected the official "
+                         f"{CIFAR10_FILENAME} layout")
+    return found
+
+
+def _read_folder(folder: Path, names) -> dict[str, bytes]:
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise ValueError(f"{folder} is missing {', '.join(missing)}; expected the extracted "
+                         f"{CIFAR10_FOLDER} folder with data_batch_1..5 and test_batch")
+    return {n: (folder / n).read_bytes() for n in names}
+
+
+def _is_cifar_folder(path: Path) -> bool:
+    return (path / "test_batch").is_file() or (path / "data_batch_1").is_file()
+
+
+def _check_md5(path: Path, md5: str | None) -> None:
+    if md5 is not None:
+        got = md5sum(path)
+        if got != md5.lower():
+            raise ValueError(f"{path} has md5 {got}, expected {md5.lower()}: the file is corrupt or "
+                             f"not {CIFAR10_FILENAME}; delete it (or pass md5=None to skip the check)")
+
+
+def resolve_cifar10(root=None, download: bool = True, url: str = CIFAR10_URL,
+                    md5: str | None = CIFAR10_MD5, *, progress: bool = True,
+                    timeout: float | None = 60.0) -> Path:
+    """Return the verified tarball or the extracted folder that `root` points at.
+
+    `root` is a cache folder (default `default_cache_dir()`), the tarball itself, or the extracted
+    `cifar-10-batches-py` folder (or a folder containing it). In a cache folder the tarball is
+    `cifar-10-python.tar.gz`; it is downloaded if missing (or corrupt) and `download` is true.
+    """
+    root = default_cache_dir() if root is None else Path(root).expanduser()
+    if root.is_file():
+        _check_md5(root, md5)
+        return root
+    if root.is_dir():
+        if _is_cifar_folder(root):
+            return root
+        if _is_cifar_folder(root / CIFAR10_FOLDER):
+            return root / CIFAR10_FOLDER
+    elif root.suffix in (".gz", ".tgz", ".tar"):
+        raise ValueError(f"{root} does not exist; pass an existing {CIFAR10_FILENAME}, the extracted "
+                         f"{CIFAR10_FOLDER} folder, or a cache folder")
+    tarball = root / CIFAR10_FILENAME
+    if download:
+        return _download(url, tarball, md5, progress=progress, timeout=timeout)
+    if not tarball.is_file():
+        raise ValueError(f"CIFAR-10 not found in {root} and download=False; pass download=True, "
+                         f"the path of {CIFAR10_FILENAME}, or the extracted {CIFAR10_FOLDER} folder")
+    _check_md5(tarball, md5)
+    return tarball
+
+
+def load_cifar10(root=None, train: bool = True, download: bool = True, url: str = CIFAR10_URL,
+                 md5: str | None = CIFAR10_MD5, *, progress: bool = True,
+                 timeout: float | None = 60.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10 as (images uint8 N×3×32×32, labels int64 N): the 50,000 training or 10,000 test images.
+
+    `root`: see `resolve_cifar10`. Tarballs are md5-checked before any pickle is read (pass
+    md5=None to skip the check, e.g. for a test archive).
+    """
+    source = resolve_cifar10(root, download, url, md5, progress=progress, timeout=timeout)
+    names = CIFAR10_TRAIN_BATCHES if train else CIFAR10_TEST_BATCHES
+    if source.is_dir():
+        raw = _read_folder(source, names)
+        where = {n: str(source / n) for n in names}
+    else:
+        raw = _read_tar_members(source, names)
+        where = {n: f"{source}:{CIFAR10_FOLDER}/{n}" for n in names}
+    parts = [_parse_batch(raw[n], where[n]) for n in names]
+    data = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())  # channel-major rows
+    return images, torch.from_numpy(labels)
+
+
+class FakeCifar(NamedTuple):
+    path: Path
+    md5: str
+    train: tuple[torch.Tensor, torch.Tensor]  # images uint8 N×3×32×32, labels int64
+    test: tuple[torch.Tensor, torch.Tensor]
+
+
+def make_fake_cifar_tarball(path, n_per_batch: int = 8, seed: int = 0) -> FakeCifar:
+    """Write a small archive in CIFAR-10's exact layout (random pixels) and return what it holds.
+
+    Members: cifar-10-batches-py/data_batch_1..5, test_batch (dicts with b'batch_label',
+    b'labels', b'data' (n×3072 uint8, channel-major), b'filenames') and batches.meta. For tests.
+    """
+    if not isinstance(n_per_batch, int) or n_per_batch < 1:
+        raise ValueError(f"n_per_batch must be a positive integer, got {n_per_batch!r}")
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    members, images, labels = {}, {}, {}
+    for i, name in enumerate(CIFAR10_TRAIN_BATCHES + CIFAR10_TEST_BATCHES):
+        data = rng.integers(0, 256, size=(n_per_batch, 3072), dtype=np.uint8)
+        y = [int(v) for v in rng.integers(0, 10, size=n_per_batch)]
+        label = f"training batch {i + 1} of 5" if name.startswith("data") else "testing batch 1 of 1"
+        batch = {b"batch_label": label.encode(), b"labels": y, b"data": data,
+                 b"filenames": [f"fake_{i}_{j}.png".encode() for j in range(n_per_batch)]}
+        members[name] = pickle.dumps(batch, protocol=2)
+        images[name], labels[name] = data, y
+    meta = {b"num_cases_per_batch": n_per_batch, b"num_vis": 3072,
+            b"label_names": [c.encode() for c in CIFAR10_CLASSES]}
+    members["batches.meta"] = pickle.dumps(meta, protocol=2)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
+    try:
+        # gzip mtime 0 and fixed member metadata: the same seed gives the same bytes (and md5)
+        with os.fdopen(fd, "wb") as f, gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0) as gz, \
+                tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for name, blob in members.items():
+                info = tarfile.TarInfo(f"{CIFAR10_FOLDER}/{name}")
+                info.size, info.mode, info.mtime = len(blob), 0o644, 0
+                tar.addfile(info, io.BytesIO(blob))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+    def stack(names):
+        x = np.concatenate([images[n] for n in names]).reshape(-1, 3, 32, 32)
+        y = np.concatenate([labels[n] for n in names]).astype(np.int64)
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+    return FakeCifar(path, md5sum(path), stack(CIFAR10_TRAIN_BATCHES), stack(CIFAR10_TEST_BATCHES))
+
+
+# --------------------------------------------------------------------------------------------
+# offline digits
+
+
+def load_digits(resolution: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's bundled handwritten digits as (uint8 1797×1×R×R, int64 labels 0..9).
+
+    The 8×8 images hold values 0..16; they are scaled to 0..255 and resized to `resolution` with
+    bilinear interpolation (antialiased when shrinking). Needs no download.
+    """
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2:
+        raise ValueError(f"resolution must be an integer ≥ 2, got {resolution!r}")
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    digits = sk_load_digits()
+    x = torch.from_numpy(digits.images.astype(np.float32) * (255.0 / 16.0))[:, None]
+    if resolution != x.shape[-1]:
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
+                          antialias=True)
+    x = x.round().clamp(0, 255).to(torch.uint8)
+    return x, torch.from_numpy(digits.target.astype(np.int64))
+
+
+# --------------------------------------------------------------------------------------------
+# scaling, flips, batches
+
+
+def to_model_range(x: torch.Tensor) -> torch.Tensor:
+    """uint8 k ∈ {0..255} ↦ k/127.5 − 1 ∈ [−1, 1], float32 (DDPM's data scaling, notebook 06 §2)."""
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8:
+        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"to_model_range expects a uint8 tensor, got {got}")
+    return x.to(torch.float32) / 127.5 - 1.0
+
+
+def from_model_range(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of to_model_range: clamp to [−1, 1], map to 0..255, round, uint8."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"from_model_range expects a floating-point tensor, got {got}")
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None,
+                 p: float = 0.5) -> torch.Tensor:
+    """Flip each image of a batch N×C×H×W left-right with probability p (DDPM's augmentation)."""
+    if x.ndim != 4:
+        raise ValueError(f"random_hflip expects a batch N×C×H×W, got shape {tuple(x.shape)}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must lie in [0, 1], got {p}")
+    gen_device = generator.device if generator is not None else "cpu"
+    flip = torch.rand(x.shape[0], generator=generator, device=gen_device) < p
+    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
+
+
+def batches(data: torch.Tensor, batch_size: int, generator: torch.Generator | None = None,
+            device=None, flip: bool = True) -> Iterator[torch.Tensor]:
+    """Endless float32 batches in [−1, 1] from a uint8 dataset N×C×H×W held on `device`.
+
+    Each epoch is a fresh torch.randperm(N, generator=generator); the stream of indices is the
+    concatenation of the epochs' permutations cut into batches of exactly `batch_size`, so every
+    example appears once per epoch and every batch is full. Deterministic given the generator.
+    """
+    if not isinstance(data, torch.Tensor) or data.dtype != torch.uint8 or data.ndim != 4:
+        raise ValueError("batches expects a uint8 tensor N×C×H×W, got "
+                         f"{getattr(data, 'dtype', type(data).__name__)} {tuple(getattr(data, 'shape', ()))}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    device = data.device if device is None else torch.device(device)
+    data = data.to(device)
+    n = data.shape[0]
+    if n == 0:
+        raise ValueError("batches needs a non-empty dataset")
+    gen_device = generator.device if generator is not None else "cpu"
+    pending = torch.empty(0, dtype=torch.long, device=device)
+    while True:
+        while pending.numel() < batch_size:
+            perm = torch.randperm(n, generator=generator, device=gen_device).to(device)
+            pending = torch.cat([pending, perm])
+        idx, pending = pending[:batch_size], pending[batch_size:]
+        x = data[idx]
+        if flip:
+            x = random_hflip(x, generator)
+        yield to_model_range(x)

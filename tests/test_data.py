@@ -1,0 +1,326 @@
+"""ddimlab.data: CIFAR-10 download/cache/load against a loopback server, digits, scaling, batches."""
+import http.server
+import io
+import os
+import pickle
+import tarfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ddimlab import data as D
+
+
+# ---------------------------------------------------------------------------------- fixtures
+
+
+class _Server:
+    """Loopback HTTP server: routes[path] = (body, mode) with mode "ok" or "truncate"."""
+
+    def __init__(self):
+        self.routes, self.requests = {}, []
+        self.release = threading.Event()  # "stall" routes wait on it
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests.append(self.path)
+                if self.path not in server.routes:
+                    self.send_error(404, "Not Found")
+                    return
+                body, mode = server.routes[self.path]
+                if mode == "stall":
+                    server.release.wait(5)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/gzip")
+                if mode == "truncate":  # promise more than we send, then hang up
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+    def close(self):
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory):
+    return D.make_fake_cifar_tarball(tmp_path_factory.mktemp("fake") / "cifar-10-python.tar.gz",
+                                     n_per_batch=6, seed=1)
+
+
+@pytest.fixture()
+def server():
+    s = _Server()
+    yield s
+    s.close()
+
+
+def _cache_listing(cache: Path):
+    return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
+
+
+# ---------------------------------------------------------------------------------- download
+
+
+def test_fake_archive_has_cifar_layout(fake, tmp_path):
+    again = D.make_fake_cifar_tarball(tmp_path / "again.tar.gz", n_per_batch=6, seed=1)
+    assert again.md5 == fake.md5  # reproducible bytes
+    with tarfile.open(fake.path, "r:gz") as tar:
+        names = sorted(tar.getnames())
+    assert names == sorted(f"cifar-10-batches-py/{n}" for n in
+                           ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
+                            "data_batch_5", "test_batch", "batches.meta"])
+    with tarfile.open(fake.path, "r:gz") as tar:
+        batch = pickle.load(tar.extractfile("cifar-10-batches-py/data_batch_2"), encoding="bytes")
+    assert batch[b"data"].dtype == np.uint8 and batch[b"data"].shape == (6, 3072)
+    assert isinstance(batch[b"labels"], list) and len(batch[b"labels"]) == 6
+
+
+def test_download_cache_and_load(fake, server, tmp_path):
+    server.routes["/c.tgz"] = (fake.path.read_bytes(), "ok")
+    cache = tmp_path / "cache"
+    x, y = D.load_cifar10(cache, train=True, url=server.url("/c.tgz"), md5=fake.md5, progress=False)
+    assert x.dtype == torch.uint8 and x.shape == (30, 3, 32, 32)
+    assert y.dtype == torch.int64 and y.shape == (30,)
+    assert torch.equal(x, fake.train[0]) and torch.equal(y, fake.train[1])
+    assert _cache_listing(cache) == ["cifar-10-python.tar.gz"]
+    assert len(server.requests) == 1
+
+    # channel-major: row k of b'data' is 1024 red, 1024 green, 1024 blue, each row-major 32×32
+    with tarfile.open(fake.path, "r:gz") as tar:
+        raw = pickle.load(tar.extractfile("cifar-10-batches-py/data_batch_1"), encoding="bytes")[b"data"]
+    c, i, j = 2, 5, 17
+    assert x[3, c, i, j] == raw[3, c * 1024 + i * 32 + j]
+    assert x[3, 0, 0, 1] == raw[3, 1] and x[3, 1, 0, 0] == raw[3, 1024]
+
+    # second call (test split) uses the cache: no new request
+    xt, yt = D.load_cifar10(cache, train=False, url=server.url("/c.tgz"), md5=fake.md5, progress=False)
+    assert torch.equal(xt, fake.test[0]) and torch.equal(yt, fake.test[1])
+    assert len(server.requests) == 1
+
+
+def test_env_var_sets_default_cache(fake, server, tmp_path, monkeypatch):
+    server.routes["/c.tgz"] = (fake.path.read_bytes(), "ok")
+    monkeypatch.setenv("DDIMLAB_CACHE", str(tmp_path / "envcache"))
+    assert D.default_cache_dir() == tmp_path / "envcache"
+    x, _ = D.load_cifar10(train=False, url=server.url("/c.tgz"), md5=fake.md5, progress=False)
+    assert torch.equal(x, fake.test[0])
+    assert (tmp_path / "envcache" / "cifar-10-python.tar.gz").is_file()
+
+
+def test_md5_mismatch_leaves_cache_clean(fake, server, tmp_path):
+    server.routes["/c.tgz"] = (fake.path.read_bytes(), "ok")
+    cache = tmp_path / "cache"
+    with pytest.raises(D.DownloadError, match="md5 mismatch"):
+        D.load_cifar10(cache, url=server.url("/c.tgz"), md5="0" * 32, progress=False)
+    assert _cache_listing(cache) == []
+
+
+def test_truncated_download_leaves_cache_clean(fake, server, tmp_path):
+    server.routes["/c.tgz"] = (fake.path.read_bytes(), "truncate")
+    cache = tmp_path / "cache"
+    for md5 in (None, fake.md5):  # the length check alone catches it, md5 or not
+        with pytest.raises(D.DownloadError, match="truncated"):
+            D.download(server.url("/c.tgz"), cache / "f.tgz", md5, progress=False, timeout=5)
+        assert _cache_listing(cache) == []
+
+
+def test_timeout_leaves_cache_clean(server, tmp_path):
+    server.routes["/slow.tgz"] = (b"", "stall")
+    cache = tmp_path / "cache"
+    with pytest.raises(D.DownloadError, match="timed out"):
+        D.download(server.url("/slow.tgz"), cache / "f.tgz", None, progress=False, timeout=0.2)
+    assert _cache_listing(cache) == []
+
+
+def test_missing_file_404(server, tmp_path):
+    cache = tmp_path / "cache"
+    with pytest.raises(D.DownloadError, match="HTTP 404"):
+        D.load_cifar10(cache, url=server.url("/nope.tgz"), progress=False)
+    assert _cache_listing(cache) == []
+    with pytest.raises(ValueError, match="download=False"):
+        D.load_cifar10(tmp_path / "empty", download=False)
+
+
+def test_corrupt_cached_file_is_redownloaded_or_reported(fake, server, tmp_path):
+    server.routes["/c.tgz"] = (fake.path.read_bytes(), "ok")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "cifar-10-python.tar.gz").write_bytes(b"half a file")
+    with pytest.raises(ValueError, match="md5"):
+        D.load_cifar10(cache, download=False, md5=fake.md5)
+    assert len(server.requests) == 0
+    x, _ = D.load_cifar10(cache, train=False, url=server.url("/c.tgz"), md5=fake.md5, progress=False)
+    assert torch.equal(x, fake.test[0]) and len(server.requests) == 1
+    assert D.md5sum(cache / "cifar-10-python.tar.gz") == fake.md5
+    assert _cache_listing(cache) == ["cifar-10-python.tar.gz"]
+
+
+# ---------------------------------------------------------------------------------- local paths
+
+
+def test_load_from_tarball_path_and_extracted_folder(fake, tmp_path):
+    x, y = D.load_cifar10(fake.path, train=True, download=False, md5=fake.md5)
+    assert torch.equal(x, fake.train[0]) and torch.equal(y, fake.train[1])
+    with pytest.raises(ValueError, match="md5"):
+        D.load_cifar10(fake.path, download=False)  # the official md5 does not match a fake
+    with tarfile.open(fake.path, "r:gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    for root in (tmp_path / "cifar-10-batches-py", tmp_path):
+        x, y = D.load_cifar10(root, train=False, download=False)
+        assert torch.equal(x, fake.test[0]) and torch.equal(y, fake.test[1])
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(ValueError, match="data_batch_3"):
+        D.load_cifar10(tmp_path / "cifar-10-batches-py", train=True, download=False)
+
+
+def _tar_with(members, path):
+    with tarfile.open(path, "w:gz") as tar:
+        for name, blob in members.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return path
+
+
+def test_corrupted_archives_give_clear_errors(fake, tmp_path):
+    garbage = tmp_path / "garbage.tar.gz"
+    garbage.write_bytes(os.urandom(2000))
+    with pytest.raises(ValueError, match="not a readable CIFAR-10 archive") as e:
+        D.load_cifar10(garbage, download=False, md5=None)
+    assert "garbage.tar.gz" in str(e.value)
+
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(fake.path.read_bytes()[:-200])
+    with pytest.raises(ValueError, match="cut.tar.gz"):
+        D.load_cifar10(cut, train=False, download=False, md5=None)
+
+    bad_pickle = _tar_with({"test_batch": b"\x80\x02}q\x00(garbage"}, tmp_path / "bp.tar.gz")
+    with pytest.raises(ValueError, match="test_batch.*not a readable CIFAR-10 pickle"):
+        D.load_cifar10(bad_pickle, train=False, download=False, md5=None)
+
+    missing = _tar_with({"test_batch": b""}, tmp_path / "missing.tar.gz")
+    with pytest.raises(ValueError, match="missing cifar-10-batches-py/data_batch_1"):
+        D.load_cifar10(missing, train=True, download=False, md5=None)
+
+    wrong_shape = pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]})
+    ws = _tar_with({"test_batch": wrong_shape}, tmp_path / "ws.tar.gz")
+    with pytest.raises(ValueError, match=r"\(N, 3072\)"):
+        D.load_cifar10(ws, train=False, download=False, md5=None)
+
+
+def test_pickles_cannot_run_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    evil = _tar_with({"test_batch": pickle.dumps({b"data": Evil(), b"labels": []})}, tmp_path / "e.tgz")
+    with pytest.raises(ValueError, match="not allowed"):
+        D.load_cifar10(evil, train=False, download=False, md5=None)
+
+
+# ---------------------------------------------------------------------------------- digits
+
+
+@pytest.mark.parametrize("resolution", [8, 16, 32])
+def test_digits_shapes_range_labels(resolution):
+    x, y = D.load_digits(resolution)
+    assert x.dtype == torch.uint8 and x.shape == (1797, 1, resolution, resolution)
+    assert y.dtype == torch.int64 and y.shape == (1797,)
+    assert set(y.tolist()) == set(range(10)) and y.bincount().min() >= 170
+    assert int(x.min()) == 0 and int(x.max()) >= 250  # the 0..16 range was stretched to 0..255
+    # resizing keeps the picture: mean brightness agrees with the 8×8 original
+    x8, _ = D.load_digits(8)
+    assert (x.float().mean((1, 2, 3)) - x8.float().mean((1, 2, 3))).abs().max() < 8
+
+
+def test_digits_bad_resolution():
+    with pytest.raises(ValueError, match="resolution"):
+        D.load_digits(0)
+
+
+# ---------------------------------------------------------------------------------- scaling, flip, batches
+
+
+def test_model_range_bounds_and_round_trip():
+    k = torch.arange(256, dtype=torch.uint8)
+    x = D.to_model_range(k)
+    assert x.dtype == torch.float32
+    assert x[0] == -1 and x[255] == 1 and bool((x.diff() > 0).all())
+    assert torch.equal(D.from_model_range(x), k)
+    assert torch.equal(D.from_model_range(torch.tensor([-3.0, 5.0])), torch.tensor([0, 255], dtype=torch.uint8))
+    with pytest.raises(TypeError, match="uint8"):
+        D.to_model_range(x)
+
+
+def test_hflip_is_a_flip_and_deterministic():
+    x = torch.arange(64 * 3 * 4 * 5, dtype=torch.float32).reshape(64, 3, 4, 5)
+    a = D.random_hflip(x, torch.Generator().manual_seed(3))
+    b = D.random_hflip(x, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    flipped = (a == x.flip(-1)).flatten(1).all(1)
+    kept = (a == x).flatten(1).all(1)
+    assert bool((flipped ^ kept).all())  # each image is either flipped or untouched
+    assert 10 < int(flipped.sum()) < 54  # Binomial(64, ½): ± 5.5 standard deviations
+    assert torch.equal(D.random_hflip(D.random_hflip(x, torch.Generator().manual_seed(1)), None, p=0.0),
+                       D.random_hflip(x, torch.Generator().manual_seed(1)))
+    assert torch.equal(D.random_hflip(x, None, p=1.0), x.flip(-1))
+
+
+def test_batches_cover_every_example_once_per_epoch():
+    n, bs = 23, 5
+    data = torch.arange(n, dtype=torch.uint8).reshape(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous()
+    it = D.batches(data, bs, torch.Generator().manual_seed(0), flip=False)
+    seen = []
+    for _ in range(n * 3 // bs + 1):
+        xb = next(it)
+        assert xb.shape == (bs, 1, 2, 2) and xb.dtype == torch.float32
+        assert float(xb.min()) >= -1 and float(xb.max()) <= 1
+        seen += D.from_model_range(xb)[:, 0, 0, 0].tolist()
+    for epoch in range(3):
+        assert sorted(seen[epoch * n:(epoch + 1) * n]) == list(range(n))
+    assert seen[:n] != seen[n:2 * n]  # reshuffled per epoch
+
+    again = D.batches(data, bs, torch.Generator().manual_seed(0), flip=False)
+    first = torch.cat([next(again) for _ in range(5)])
+    assert torch.equal(D.from_model_range(first)[:, 0, 0, 0], torch.tensor(seen[:25], dtype=torch.uint8))
+
+
+def test_batches_flip_and_validation():
+    x, _ = D.load_digits(8)
+    it = D.batches(x[:50], 50, torch.Generator().manual_seed(0), flip=True)
+    xb = D.from_model_range(next(it))
+    originals = {bytes(v.numpy()) for v in x[:50]}
+    mirrored = {bytes(v.flip(-1).numpy()) for v in x[:50]}
+    got = [bytes(v.numpy()) for v in xb]
+    assert all(g in originals or g in mirrored for g in got)
+    assert sum(g not in originals for g in got) > 5  # some were flipped
+    with pytest.raises(ValueError, match="uint8"):
+        next(D.batches(x.float(), 4))
+    with pytest.raises(ValueError, match="batch_size"):
+        next(D.batches(x, 0))
