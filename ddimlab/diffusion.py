@@ -12,7 +12,10 @@ import torch
 
 def bcast(a, x: torch.Tensor) -> torch.Tensor:
     """ᾱ-like `a` (scalar or shape (B,)) as a tensor that broadcasts against x of shape (B, …)."""
-    a = torch.as_tensor(a, device=x.device)
+    if isinstance(a, torch.Tensor):
+        a = a.to(x.device)
+    else:  # a Python float goes straight to x's dtype (no float32 detour for float64 work)
+        a = torch.as_tensor(a, device=x.device, dtype=x.dtype if x.dtype.is_floating_point else None)
     if a.ndim == 1 and x.ndim > 1:
         if a.shape[0] != x.shape[0]:
             raise ValueError(f"per-sample coefficient has {a.shape[0]} entries but x has batch {x.shape[0]}")
@@ -71,7 +74,7 @@ def posterior_variance(a_t, a_s):
 
     For consecutive steps s = t−1 this is DDPM's β̃_t = (1−ᾱ_{t−1})/(1−ᾱ_t) β_t.
     """
-    a_t, a_s = torch.as_tensor(a_t), torch.as_tensor(a_s)
+    a_t, a_s = (a if isinstance(a, torch.Tensor) else torch.as_tensor(a, dtype=torch.float64) for a in (a_t, a_s))
     return (1 - a_s) / (1 - a_t) * (1 - a_t / a_s)
 
 
@@ -113,6 +116,10 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, a_t, a_s, eta: float = 0.0,
     x_s = √ᾱ_s x̂_0 + √(1−ᾱ_s−σ²) ε + σ z, with x̂_0 = `predict_x0(x_t, eps, a_t)` and σ = `ddim_sigma`.
     Returns (x_s, x̂_0). `noise` is z; it is required when η > 0.
     """
+    if eps.shape != x_t.shape:
+        raise ValueError(f"eps shape {tuple(eps.shape)} must equal x_t shape {tuple(x_t.shape)}")
+    if noise is not None and noise.shape != x_t.shape:
+        raise ValueError(f"noise shape {tuple(noise.shape)} must equal x_t shape {tuple(x_t.shape)}")
     x0 = predict_x0(x_t, eps, a_t)
     if clip_x0:
         x0 = x0.clamp(-1, 1)

@@ -1,0 +1,246 @@
+"""DDPM's variational bound: L_T, L_{t−1}, L_0, the total in nats and bits/dim, and L_simple.
+
+Derivation: notebook 02. DDPM writes the negative ELBO as (DDPM eq. 5, notebook 02 §2–3)
+
+    L = L_T + Σ_{t>1} L_{t−1} + L_0,
+    L_T     = KL(q(x_T | x_0) ‖ N(0, I)),
+    L_{t−1} = E_q KL(q(x_{t−1} | x_t, x_0) ‖ p_θ(x_{t−1} | x_t)),
+    L_0     = −E_q log p_θ(x_0 | x_1),
+
+with p_θ(x_{t−1} | x_t) = N(μ_θ(x_t, t), σ_t² I), μ_θ the posterior mean μ̃ evaluated at the predicted
+x̂_0 = (x_t − √(1−ᾱ_t) ε_θ)/√ᾱ_t, and a fixed σ_t² (β̃_t "small" or β_t "large").
+
+Index convention (README "Notation"): ddimlab's steps are 0-based, t ∈ {0, …, T−1}, and the clean
+data sit at ᾱ_{−1} = 1. DDPM's step t is ddimlab's t − 1. So here `prior` is KL(q(x_{T−1} | x_0) ‖ N(0, I)),
+column t ≥ 1 of `terms` is the KL for the step x_t → x_{t−1}, and column 0 is the decoder term
+−log p_θ(x_0 | x at step 0). `x0` always means the clean data.
+
+All eps models are callables `eps(x, t)`; the ELBO calls them with a Python int t, `l_simple` with a
+(B,) integer tensor (as in training).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .diffusion import posterior_mean, posterior_variance, predict_x0, q_sample
+from .gaussian import discretized_gaussian_log_likelihood, kl_normal, log_normal
+
+VARIANCES = ("small", "large")
+DECODERS = ("discretized", "gaussian")
+
+
+def _check_alpha_bar(alpha_bar) -> torch.Tensor:
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64)
+    if alpha_bar.ndim != 1 or alpha_bar.numel() < 2:
+        raise ValueError(f"alpha_bar must be a 1-D schedule with T >= 2 entries, got shape {tuple(alpha_bar.shape)}")
+    if not bool(((alpha_bar > 0) & (alpha_bar < 1)).all()) or not bool((alpha_bar[1:] < alpha_bar[:-1]).all()):
+        raise ValueError("alpha_bar must be strictly decreasing with values in (0, 1)")
+    return alpha_bar
+
+
+def _check_x0(x0: torch.Tensor) -> None:
+    if not isinstance(x0, torch.Tensor) or x0.ndim < 2:
+        raise ValueError(f"x0 must be a batch tensor of shape (B, ...), got {getattr(x0, 'shape', type(x0))}")
+    if not bool(torch.isfinite(x0).all()):
+        raise ValueError("x0 must be finite")
+
+
+def _check_same(name: str, a: torch.Tensor, x0: torch.Tensor) -> None:
+    if a.shape != x0.shape:
+        raise ValueError(f"{name} shape {tuple(a.shape)} must equal x0 shape {tuple(x0.shape)}")
+
+
+def _sum_flat(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0], -1).sum(1)
+
+
+def betas_from(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """β_t = 1 − ᾱ_t/ᾱ_{t−1} with ᾱ_{−1} = 1, recovered from any ᾱ schedule (float64)."""
+    alpha_bar = _check_alpha_bar(alpha_bar)
+    prev = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
+    return 1 - alpha_bar / prev
+
+
+def model_variance(alpha_bar, variance="small") -> torch.Tensor:
+    """The fixed reverse variances σ_t², shape (T,), float64 (DDPM §3.2, notebook 02 §4).
+
+    - "small": β̃_t = (1−ᾱ_{t−1})/(1−ᾱ_t) β_t, the posterior variance. β̃ is 0 at step 0, so the
+      decoder uses β̃ of step 1 there, as the official code does ("posterior_log_variance_clipped").
+    - "large": β_t (DDPM's other choice; the DDIM paper's σ̂ sampler).
+    - a (T,) tensor of positive variances, used as given.
+    """
+    alpha_bar = _check_alpha_bar(alpha_bar)
+    if isinstance(variance, torch.Tensor):
+        v = variance.to(torch.float64)
+        if v.shape != alpha_bar.shape or not bool((v > 0).all()):
+            raise ValueError(f"a variance tensor must be positive with shape {tuple(alpha_bar.shape)}")
+        return v
+    if variance == "large":
+        return betas_from(alpha_bar)
+    if variance == "small":
+        prev = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
+        v = posterior_variance(alpha_bar, prev)
+        v[0] = v[1]
+        return v
+    raise ValueError(f"unknown variance {variance!r}; choose one of {VARIANCES} or pass a (T,) tensor")
+
+
+def gamma_t(alpha_bar, variance="small") -> torch.Tensor:
+    """DDPM's weights γ_t = β_t² / (2 σ_t² α_t (1 − ᾱ_t)), shape (T,) (notebook 02 §6, DDIM eq. 5).
+
+    For t ≥ 1: L_{t−1} = γ_t E‖ε − ε_θ(x_t, t)‖² + C_t, because μ̃ − μ_θ = β_t/(√α_t √(1−ᾱ_t)) (ε_θ − ε);
+    C_t = (d/2)(β̃_t/σ_t² − 1 − log(β̃_t/σ_t²)) vanishes for σ_t² = β̃_t. At t = 0 the same γ_0 weights the
+    continuous decoder: −log N(x_0; x̂_0, σ_0²) = γ_0‖ε − ε_θ‖² + (d/2) log 2πσ_0².
+    L_simple sets every γ_t to 1.
+    """
+    alpha_bar = _check_alpha_bar(alpha_bar)
+    beta = betas_from(alpha_bar)
+    return beta ** 2 / (2 * model_variance(alpha_bar, variance) * (1 - beta) * (1 - alpha_bar))
+
+
+def _check_t(t, T: int, low: int) -> int:
+    if isinstance(t, torch.Tensor):
+        if t.numel() != 1:
+            raise ValueError("t must be a single integer step")
+        t = t.item()
+    if isinstance(t, bool) or not isinstance(t, int) or not low <= t <= T - 1:
+        raise ValueError(f"t must be an integer step in {low}..T-1 = {low}..{T - 1}, got {t!r}")
+    return t
+
+
+def prior_kl(x0: torch.Tensor, alpha_bar) -> torch.Tensor:
+    """L_T = KL(q(x_{T−1} | x_0) ‖ N(0, I)) per sample, in nats, shape (B,) (notebook 02 §3).
+
+    q(x_{T−1} | x_0) = N(√ᾱ_{T−1} x_0, (1 − ᾱ_{T−1}) I); no parameters, so no gradient to θ.
+    """
+    _check_x0(x0)
+    a = float(_check_alpha_bar(alpha_bar)[-1])
+    return _sum_flat(kl_normal(math.sqrt(a) * x0, 1 - a, 0.0, 1.0))
+
+
+def posterior_kl(x0: torch.Tensor, x_t: torch.Tensor, eps_pred: torch.Tensor, alpha_bar, t: int,
+                 variance="small") -> torch.Tensor:
+    """L_{t−1} for one draw of x_t: KL(q(x_{t−1} | x_t, x_0) ‖ p_θ(x_{t−1} | x_t)), shape (B,) (notebook 02 §4).
+
+    q(x_{t−1} | x_t, x_0) = N(μ̃(x_0, x_t), β̃_t I) (`diffusion.posterior_mean`, `posterior_variance`);
+    p_θ(x_{t−1} | x_t) = N(μ̃(x̂_0, x_t), σ_t² I) with x̂_0 = `predict_x0(x_t, eps_pred, ᾱ_t)`, which is
+    DDPM's μ_θ = (x_t − β_t/√(1−ᾱ_t) ε_θ)/√α_t. Needs 1 ≤ t ≤ T−1 (t = 0 is `decoder_nll`).
+    """
+    alpha_bar = _check_alpha_bar(alpha_bar)
+    t = _check_t(t, alpha_bar.numel(), 1)
+    _check_x0(x0)
+    _check_same("x_t", x_t, x0)
+    _check_same("eps_pred", eps_pred, x0)
+    a_t, a_s = float(alpha_bar[t]), float(alpha_bar[t - 1])
+    mean_q = posterior_mean(x0, x_t, a_t, a_s)
+    mean_p = posterior_mean(predict_x0(x_t, eps_pred, a_t), x_t, a_t, a_s)
+    var_q = float(posterior_variance(a_t, a_s))
+    var_p = float(model_variance(alpha_bar, variance)[t])
+    return _sum_flat(kl_normal(mean_q, var_q, mean_p, var_p))
+
+
+def decoder_nll(x0: torch.Tensor, x_t: torch.Tensor, eps_pred: torch.Tensor, alpha_bar, variance="small",
+                decoder: str = "discretized") -> torch.Tensor:
+    """L_0 = −log p_θ(x_0 | x at step 0) per sample, in nats, shape (B,) (notebook 02 §5).
+
+    The decoder's mean is μ_θ at the first step, which equals x̂_0 = `predict_x0(x_t, eps_pred, ᾱ_0)`, and
+    its variance σ_0² is `model_variance(...)[0]`.
+    - "discretized": DDPM's 256-bin decoder for 8-bit data scaled to [−1, 1]
+      (`gaussian.discretized_gaussian_log_likelihood`); −log of a probability, so bits/dim are comparable
+      with published numbers.
+    - "gaussian": the continuous density N(x_0; x̂_0, σ_0² I), for real-valued (e.g. toy) data.
+    """
+    alpha_bar = _check_alpha_bar(alpha_bar)
+    _check_x0(x0)
+    _check_same("x_t", x_t, x0)
+    _check_same("eps_pred", eps_pred, x0)
+    mean = predict_x0(x_t, eps_pred, float(alpha_bar[0]))
+    var = float(model_variance(alpha_bar, variance)[0])
+    if decoder == "discretized":
+        return -_sum_flat(discretized_gaussian_log_likelihood(x0, mean, 0.5 * math.log(var)))
+    if decoder == "gaussian":
+        return -_sum_flat(log_normal(x0, mean, var))
+    raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}")
+
+
+def elbo_terms(eps_model, x0: torch.Tensor, alpha_bar, variance="small", decoder: str = "discretized",
+               n_mc: int = 1, generator: torch.Generator | None = None) -> dict:
+    """Every term of the negative ELBO for a batch x0, each averaged over `n_mc` draws of x_t (notebook 02 §3, §7).
+
+    For every step t (all T of them) draws x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (`q_sample`), calls
+    `eps_model(x_t, t)` with an int t, and evaluates the term in closed form given x_t. Returns a dict of
+    float64-or-x0-dtype tensors:
+
+    - "prior": L_T, shape (B,); "terms": shape (B, T), column 0 = L_0 (decoder), column t = L_{t−1};
+    - "total": L = L_T + Σ terms, the negative ELBO in nats, shape (B,);
+    - "elbo": −total, the lower bound on log p_θ(x_0);
+    - "bpd": total / (D ln 2), bits per dimension (D = numel of one sample).
+
+    Costs T · n_mc network calls per batch; wrap in `torch.no_grad()` for evaluation.
+    """
+    alpha_bar = _check_alpha_bar(alpha_bar)
+    _check_x0(x0)
+    if isinstance(n_mc, bool) or not isinstance(n_mc, int) or n_mc < 1:
+        raise ValueError(f"n_mc must be a positive integer, got {n_mc!r}")
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}")
+    model_variance(alpha_bar, variance)  # validate early
+    B, T = x0.shape[0], alpha_bar.numel()
+    xr = x0.repeat(n_mc, *([1] * (x0.ndim - 1)))
+    terms = []
+    for t in range(T):
+        eps = torch.randn(xr.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        x_t = q_sample(xr, float(alpha_bar[t]), eps)
+        pred = eps_model(x_t, t)
+        if t == 0:
+            term = decoder_nll(xr, x_t, pred, alpha_bar, variance, decoder)
+        else:
+            term = posterior_kl(xr, x_t, pred, alpha_bar, t, variance)
+        terms.append(term.reshape(n_mc, B).mean(0))
+    terms = torch.stack(terms, dim=1)
+    prior = prior_kl(x0, alpha_bar)
+    total = prior + terms.sum(1)
+    D = x0[0].numel()
+    return {"prior": prior, "terms": terms, "total": total, "elbo": -total, "bpd": total / (D * math.log(2))}
+
+
+def elbo(eps_model, x0: torch.Tensor, alpha_bar, **kwargs) -> torch.Tensor:
+    """The ELBO (a lower bound on log p_θ(x_0), nats), shape (B,): `elbo_terms(...)["elbo"]`."""
+    return elbo_terms(eps_model, x0, alpha_bar, **kwargs)["elbo"]
+
+
+def bits_per_dim(eps_model, x0: torch.Tensor, alpha_bar, **kwargs) -> torch.Tensor:
+    """Negative ELBO in bits per dimension, shape (B,) (DDPM Table 2's NLL column): `elbo_terms(...)["bpd"]`."""
+    return elbo_terms(eps_model, x0, alpha_bar, **kwargs)["bpd"]
+
+
+def l_simple(eps_model, x0: torch.Tensor, alpha_bar, generator: torch.Generator | None = None,
+             t: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+    """DDPM's training loss L_simple = E_{t, x_0, ε} ‖ε − ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)‖² (DDPM eq. 14, notebook 02 §6).
+
+    Averaged over pixels (as DDPM's `mean_flat`), with t uniform on {0, …, T−1} per sample unless `t`
+    (a (B,) integer tensor) is given. `eps_model` is called once with a (B,) LongTensor t.
+    reduction "mean" returns a scalar, "none" the (B,) per-sample losses.
+    """
+    alpha_bar = _check_alpha_bar(alpha_bar)
+    _check_x0(x0)
+    B, T = x0.shape[0], alpha_bar.numel()
+    if t is None:
+        t = torch.randint(0, T, (B,), generator=generator, device=x0.device)
+    else:
+        t = torch.as_tensor(t, device=x0.device)
+        if t.shape != (B,) or t.dtype.is_floating_point:
+            raise ValueError(f"t must be a ({B},) integer tensor, got {tuple(t.shape)} {t.dtype}")
+        if int(t.min()) < 0 or int(t.max()) > T - 1:
+            raise ValueError(f"t must lie in 0..T-1 = 0..{T - 1}")
+        t = t.long()
+    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    x_t = q_sample(x0, alpha_bar.to(x0.device)[t], eps)
+    loss = ((eps - eps_model(x_t, t)) ** 2).reshape(B, -1).mean(1)
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "none":
+        return loss
+    raise ValueError(f"unknown reduction {reduction!r}; choose 'mean' or 'none'")

@@ -1,0 +1,194 @@
+"""Gaussian algebra: log-densities, KL divergences, the linear-Gaussian identities, DDPM's L_0 decoder.
+
+Everything the ELBO (notebook 02) and the DDIM marginal identity (notebook 03) need, as small
+functions of tensors. Diagonal functions (`log_normal`, `kl_normal`,
+`discretized_gaussian_log_likelihood`) work elementwise and broadcast, like the official DDPM code;
+sum over the event dimensions yourself (`elbo.py` does). The full-covariance functions
+(`log_mvn`, `kl_mvn`, `linear_gaussian_marginal`, `linear_gaussian_posterior`) take vectors of
+shape (..., n) and matrices of shape (..., n, n), so a batch of small problems is one call.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def _t(x, like: torch.Tensor | None = None) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    dtype = like.dtype if like is not None and like.dtype.is_floating_point else torch.float64
+    device = like.device if like is not None else None
+    return torch.as_tensor(x, dtype=dtype, device=device)
+
+
+def _positive(name: str, v: torch.Tensor) -> None:
+    if not bool((v > 0).all()):
+        raise ValueError(f"{name} must be > 0 everywhere (a variance), got min {float(v.min()):.3g}")
+
+
+def log_normal(x, mean, var) -> torch.Tensor:
+    """Elementwise log N(x; mean, var) = −½(log 2πσ² + (x − μ)²/σ²) (notebook 02 §2).
+
+    `var` is a variance (not a standard deviation, not a log): a scalar for the isotropic case or a
+    tensor broadcasting against x for a diagonal covariance. Sum over event dimensions for the
+    log-density of a vector.
+    """
+    x = _t(x)
+    mean, var = _t(mean, x), _t(var, x)
+    _positive("var", var)
+    return -0.5 * (LOG_2PI + torch.log(var) + (x - mean) ** 2 / var)
+
+
+def kl_normal(mean1, var1, mean2, var2) -> torch.Tensor:
+    """Elementwise KL(N(μ₁, σ₁²) ‖ N(μ₂, σ₂²)) = ½(log σ₂²/σ₁² + (σ₁² + (μ₁−μ₂)²)/σ₂² − 1) (notebook 02 §3).
+
+    Diagonal Gaussians: sum over event dimensions for the KL of vectors. Arguments broadcast.
+    """
+    mean1 = _t(mean1)
+    mean2, var1, var2 = _t(mean2, mean1), _t(var1, mean1), _t(var2, mean1)
+    _positive("var1", var1)
+    _positive("var2", var2)
+    return 0.5 * (torch.log(var2) - torch.log(var1) + (var1 + (mean1 - mean2) ** 2) / var2 - 1)
+
+
+def _check_mvn(mean: torch.Tensor, cov: torch.Tensor, what: str) -> None:
+    n = mean.shape[-1] if mean.ndim else 0
+    if mean.ndim < 1 or cov.ndim < 2 or cov.shape[-2:] != (n, n):
+        raise ValueError(f"{what}: mean must have shape (..., n) and cov (..., n, n); "
+                         f"got {tuple(mean.shape)} and {tuple(cov.shape)}")
+
+
+def log_mvn(x, mean, cov) -> torch.Tensor:
+    """log N(x; μ, Σ) for full covariance Σ (..., n, n); returns shape (...) (notebook 03 §1)."""
+    x = _t(x)
+    mean, cov = _t(mean, x), _t(cov, x)
+    _check_mvn(mean, cov, "log_mvn")
+    L = torch.linalg.cholesky(cov)
+    n = mean.shape[-1]
+    diff = (x - mean).unsqueeze(-1)
+    batch = torch.broadcast_shapes(diff.shape[:-2], L.shape[:-2])
+    z = torch.linalg.solve_triangular(L.expand(*batch, n, n), diff.expand(*batch, n, 1), upper=False)
+    logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+    return -0.5 * (n * LOG_2PI + logdet + (z ** 2).sum((-2, -1)))
+
+
+def kl_mvn(mean1, cov1, mean2, cov2) -> torch.Tensor:
+    """KL(N(μ₁, Σ₁) ‖ N(μ₂, Σ₂)) = ½(tr Σ₂⁻¹Σ₁ + (μ₂−μ₁)ᵀΣ₂⁻¹(μ₂−μ₁) − n + log|Σ₂|/|Σ₁|)."""
+    mean1 = _t(mean1)
+    cov1, mean2, cov2 = _t(cov1, mean1), _t(mean2, mean1), _t(cov2, mean1)
+    _check_mvn(mean1, cov1, "kl_mvn (first)")
+    _check_mvn(mean2, cov2, "kl_mvn (second)")
+    n = mean1.shape[-1]
+    L1, L2 = torch.linalg.cholesky(cov1), torch.linalg.cholesky(cov2)
+    M = torch.cholesky_solve(cov1, L2)
+    d = (mean2 - mean1).unsqueeze(-1)
+    quad = (d * torch.cholesky_solve(d, L2)).sum((-2, -1))
+    logdet = lambda L: 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)  # noqa: E731
+    return 0.5 * (torch.diagonal(M, dim1=-2, dim2=-1).sum(-1) + quad - n + logdet(L2) - logdet(L1))
+
+
+def _check_linear(mu, Lambda_inv, A, b, L_inv):
+    n, m = mu.shape[-1], A.shape[-2] if A.ndim >= 2 else -1
+    if (mu.ndim < 1 or Lambda_inv.shape[-2:] != (n, n) or A.ndim < 2 or A.shape[-1] != n
+            or b.shape[-1:] != (m,) or L_inv.shape[-2:] != (m, m)):
+        raise ValueError(
+            "linear-Gaussian model p(x) = N(mu, Lambda_inv), p(y|x) = N(A x + b, L_inv) needs shapes "
+            "mu (..., n), Lambda_inv (..., n, n), A (..., m, n), b (..., m), L_inv (..., m, m); got "
+            f"{tuple(mu.shape)}, {tuple(Lambda_inv.shape)}, {tuple(A.shape)}, {tuple(b.shape)}, "
+            f"{tuple(L_inv.shape)}")
+
+
+def linear_gaussian_marginal(mu, Lambda_inv, A, b, L_inv):
+    """Marginal of y for p(x) = N(μ, Λ⁻¹), p(y | x) = N(Ax + b, L⁻¹) (notebook 03 §1–2, seed 002).
+
+        p(y) = N(y; Aμ + b, L⁻¹ + AΛ⁻¹Aᵀ)
+
+    because y = Ax + b + ε with ε ~ N(0, L⁻¹) independent of x, and Cov(Ax) = AΛ⁻¹Aᵀ.
+    This is the identity behind DDIM's q_σ: with x = x_t ~ q(x_t | x_0) and y = x_s drawn from
+    q_σ(x_s | x_t, x_0), the marginal is N(√ᾱ_s x_0, (1−ᾱ_s) I) for every σ.
+    Λ⁻¹ and L⁻¹ are covariances (not precisions). Returns (mean (..., m), cov (..., m, m)).
+    """
+    mu = _t(mu)
+    Lambda_inv, A, b, L_inv = (_t(v, mu) for v in (Lambda_inv, A, b, L_inv))
+    _check_linear(mu, Lambda_inv, A, b, L_inv)
+    mean = (A @ mu.unsqueeze(-1)).squeeze(-1) + b
+    cov = L_inv + A @ Lambda_inv @ A.transpose(-1, -2)
+    return mean, cov
+
+
+def linear_gaussian_posterior(mu, Lambda_inv, A, b, L_inv, y):
+    """Posterior p(x | y) ∝ p(y | x) p(x) for the model of `linear_gaussian_marginal` (notebook 03 §2).
+
+    Bayes' rule for linear Gaussians, in the "gain" form that needs only the marginal covariance
+    S = L⁻¹ + AΛ⁻¹Aᵀ (stable when the noise L⁻¹ is tiny):
+
+        K = Λ⁻¹AᵀS⁻¹,  mean = μ + K(y − Aμ − b),  cov = Λ⁻¹ − KAΛ⁻¹,
+
+    equal to Bishop's (2.116) Σ = (Λ + AᵀLA)⁻¹, mean = Σ(AᵀL(y − b) + Λμ).
+    With x = x_s ~ q(x_s | x_0) and y = x_t this gives DDPM's posterior q(x_s | x_t, x_0).
+    Returns (mean (..., n), cov (..., n, n)).
+    """
+    mu = _t(mu)
+    Lambda_inv, A, b, L_inv, y = (_t(v, mu) for v in (Lambda_inv, A, b, L_inv, y))
+    _check_linear(mu, Lambda_inv, A, b, L_inv)
+    if y.shape[-1:] != b.shape[-1:]:
+        raise ValueError(f"y must have shape (..., m) = (..., {b.shape[-1]}), got {tuple(y.shape)}")
+    m_y, S = linear_gaussian_marginal(mu, Lambda_inv, A, b, L_inv)
+    PAt = Lambda_inv @ A.transpose(-1, -2)                      # Λ⁻¹Aᵀ, (..., n, m)
+    K = torch.linalg.solve(S, PAt.transpose(-1, -2)).transpose(-1, -2)   # S symmetric
+    mean = mu + (K @ (y - m_y).unsqueeze(-1)).squeeze(-1)
+    cov = Lambda_inv - K @ A @ Lambda_inv
+    return mean, 0.5 * (cov + cov.transpose(-1, -2))
+
+
+def _log_ndtr_diff(hi: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
+    """log(Φ(hi) − Φ(lo)) for hi > lo without cancellation in either tail."""
+    # work on the side of 0 where the CDF values are small: Φ(hi) − Φ(lo) = Φ(−lo) − Φ(−hi)
+    flip = (hi + lo) > 0
+    a = torch.where(flip, -lo, hi)
+    c = torch.where(flip, -hi, lo)
+    la, lc = torch.special.log_ndtr(a), torch.special.log_ndtr(c)
+    return la + torch.log1p(-torch.exp(lc - la).clamp(max=1.0))
+
+
+def _approx_ndtr(x: torch.Tensor) -> torch.Tensor:
+    """The tanh approximation of Φ used by the official DDPM code."""
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def discretized_gaussian_log_likelihood(x, mean, log_scale, approx: bool = False) -> torch.Tensor:
+    """Elementwise log P(x) of DDPM's discretized Gaussian decoder for L_0 (DDPM §3.3, notebook 02 §5).
+
+    Data are 8-bit values scaled to [−1, 1]: 256 bins of width 2/255 centred on x. With
+    σ = exp(log_scale),
+
+        P(x) = Φ((x + 1/255 − μ)/σ) − Φ((x − 1/255 − μ)/σ),
+
+    and the edge bins extend to ±∞ (x = −1 takes Φ(·) from −∞, x = +1 takes 1 − Φ(·) up to +∞), so
+    the 256 probabilities sum to 1. `approx=False` uses the exact Φ in log space (accurate in the
+    tails); `approx=True` reproduces the official code (tanh approximation of Φ, probabilities
+    clamped at 1e-12).
+    """
+    x = _t(x)
+    mean, log_scale = _t(mean, x), _t(log_scale, x)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x must be finite")
+    if bool((x.abs() > 1 + 1e-6).any()):
+        raise ValueError(f"x must be data scaled to [-1, 1] (8-bit values / 127.5 - 1), got range "
+                         f"[{float(x.min()):.4g}, {float(x.max()):.4g}]")
+    inv_std = torch.exp(-log_scale)
+    hi = (x - mean + 1 / 255) * inv_std
+    lo = (x - mean - 1 / 255) * inv_std
+    if approx:
+        cdf_hi, cdf_lo = _approx_ndtr(hi), _approx_ndtr(lo)
+        log_cdf_hi = torch.log(cdf_hi.clamp(min=1e-12))
+        log_sf_lo = torch.log((1 - cdf_lo).clamp(min=1e-12))
+        log_mid = torch.log((cdf_hi - cdf_lo).clamp(min=1e-12))
+    else:
+        log_cdf_hi = torch.special.log_ndtr(hi)
+        log_sf_lo = torch.special.log_ndtr(-lo)
+        log_mid = _log_ndtr_diff(hi, lo)
+    return torch.where(x < -0.999, log_cdf_hi, torch.where(x > 0.999, log_sf_lo, log_mid))

@@ -1,0 +1,142 @@
+"""Forward process, DDPM posterior and the DDIM family q_σ against Monte Carlo and Bayes' rule."""
+import math
+
+import pytest
+import torch
+
+from ddimlab.diffusion import (ddim_sigma, ddim_step, eps_from_v, posterior_mean, posterior_variance, predict_eps,
+                               predict_x0, q_sample, q_sigma_mean, q_step, v_from, x0_from_v)
+from ddimlab.gaussian import linear_gaussian_marginal, linear_gaussian_posterior
+from ddimlab.schedule import alpha_bar_at, beta_schedule, make_alpha_bar
+
+Z = 5.0  # tolerance in standard errors
+AB = make_alpha_bar("linear", 1000)
+F64 = torch.float64
+
+
+def assert_gaussian_moments(samples, mean, var):
+    """Sample mean and variance per coordinate within Z standard errors of (mean, var)."""
+    N = samples.shape[0]
+    mean, var = torch.as_tensor(mean, dtype=F64), torch.as_tensor(var, dtype=F64)
+    assert bool(((samples.mean(0) - mean).abs() < Z * torch.sqrt(var / N)).all()), (samples.mean(0), mean)
+    assert bool(((samples.var(0) - var).abs() < Z * var * math.sqrt(2 / (N - 1))).all()), (samples.var(0), var)
+
+
+def test_q_sample_equals_markov_chain_marginal():
+    gen = torch.Generator().manual_seed(0)
+    betas = beta_schedule("linear", 100)
+    ab = make_alpha_bar("linear", 100)
+    N, x0 = 20_000, torch.tensor([1.0, -0.5], dtype=F64)
+    x = x0.expand(N, 2).clone()
+    for t in range(100):
+        x = q_step(x, float(betas[t]), torch.randn(N, 2, generator=gen, dtype=F64))
+        if t in (0, 19, 99):
+            a = float(ab[t])
+            assert_gaussian_moments(x, math.sqrt(a) * x0, torch.full((2,), 1 - a, dtype=F64))
+            # and the one-shot sampler draws from the same law
+            direct = q_sample(x0.expand(N, 2), a, torch.randn(N, 2, generator=gen, dtype=F64))
+            assert_gaussian_moments(direct, math.sqrt(a) * x0, torch.full((2,), 1 - a, dtype=F64))
+
+
+def test_x0_eps_v_round_trips():
+    gen = torch.Generator().manual_seed(1)
+    x0, eps = torch.randn(4, 3, generator=gen, dtype=F64), torch.randn(4, 3, generator=gen, dtype=F64)
+    a = torch.tensor([0.999, 0.5, 0.1, 1e-3], dtype=F64)  # per-sample ᾱ
+    x_t = q_sample(x0, a, eps)
+    torch.testing.assert_close(predict_x0(x_t, eps, a), x0)
+    torch.testing.assert_close(predict_eps(x_t, x0, a), eps)
+    v = v_from(x0, eps, a)
+    torch.testing.assert_close(x0_from_v(x_t, v, a), x0)
+    torch.testing.assert_close(eps_from_v(x_t, v, a), eps)
+    with pytest.raises(ValueError, match="batch"):
+        q_sample(x0, a[:3], eps)
+    with pytest.raises(ValueError, match="differs"):
+        q_sample(x0, 0.5, eps[:2])
+
+
+@pytest.mark.parametrize("t,s", [(1, 0), (10, 9), (500, 499), (500, 100), (999, 0), (0, -1)])
+def test_posterior_equals_bayes_rule(t, s):
+    """q(x_s | x_t, x_0) ∝ q(x_t | x_s) q(x_s | x_0), computed with the generic linear-Gaussian posterior."""
+    a_t, a_s = alpha_bar_at(AB, t), alpha_bar_at(AB, s)
+    gen = torch.Generator().manual_seed(t)
+    x0, x_t = torch.randn(3, generator=gen, dtype=F64), torch.randn(3, generator=gen, dtype=F64)
+    I = torch.eye(3, dtype=F64)
+    alpha = a_t / a_s
+    mean, cov = linear_gaussian_posterior(a_s.sqrt() * x0, (1 - a_s) * I, alpha.sqrt() * I,
+                                          torch.zeros(3, dtype=F64), (1 - alpha) * I, x_t)
+    torch.testing.assert_close(posterior_mean(x0[None], x_t[None], a_t, a_s)[0], mean, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(posterior_variance(a_t, a_s) * I, cov, rtol=1e-9, atol=1e-15)
+
+
+def affine_in_x_t(x0, a_t, a_s, sigma):
+    """Read off q_σ's mean as A x_t + b by evaluating the library function (it is affine in x_t)."""
+    d = x0.shape[-1]
+    b = q_sigma_mean(x0[None], torch.zeros(1, d, dtype=F64), a_t, a_s, sigma)[0]
+    A = torch.stack([q_sigma_mean(x0[None], e[None], a_t, a_s, sigma)[0] - b for e in torch.eye(d, dtype=F64)], 1)
+    return A, b
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("t,s", [(999, 799), (400, 37), (120, 119), (50, -1)])
+def test_q_sigma_marginal_is_forward_marginal(eta, t, s):
+    """For every σ: x_t ~ q(x_t|x_0), x_s ~ q_σ(x_s|x_t,x_0) ⇒ x_s ~ N(√ᾱ_s x_0, (1−ᾱ_s) I) (notebook 03 §3)."""
+    a_t, a_s = alpha_bar_at(AB, t), alpha_bar_at(AB, s)
+    sigma = ddim_sigma(a_t, a_s, eta)
+    x0 = torch.tensor([0.8, -1.2, 0.1], dtype=F64)
+    I = torch.eye(3, dtype=F64)
+    A, b = affine_in_x_t(x0, a_t, a_s, sigma)
+    mean, cov = linear_gaussian_marginal(a_t.sqrt() * x0, (1 - a_t) * I, A, b, sigma ** 2 * I)
+    torch.testing.assert_close(mean, a_s.sqrt() * x0, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(cov, (1 - a_s) * I, rtol=1e-10, atol=1e-12)
+    # Monte Carlo of the two-stage sampling, through ddim_step with the true ε (DDIM eq. 12 = q_σ draw)
+    gen = torch.Generator().manual_seed(int(100 * eta) + t)
+    N = 40_000
+    eps = torch.randn(N, 3, generator=gen, dtype=F64)
+    x_t = q_sample(x0.expand(N, 3), a_t, eps)
+    z = torch.randn(N, 3, generator=gen, dtype=F64)
+    x_s, x0_hat = ddim_step(x_t, eps, a_t, a_s, eta=eta, noise=z)
+    torch.testing.assert_close(x0_hat, x0.expand(N, 3))
+    torch.testing.assert_close(x_s, q_sigma_mean(x0.expand(N, 3), x_t, a_t, a_s, sigma) + sigma * z)
+    if s == -1:
+        torch.testing.assert_close(x_s, x0.expand(N, 3))
+    else:
+        assert_gaussian_moments(x_s, a_s.sqrt() * x0, (1 - a_s).expand(3))
+
+
+@pytest.mark.parametrize("t", [1, 20, 700, 999])
+def test_eta_one_consecutive_is_ddpm_posterior(t):
+    a_t, a_s = alpha_bar_at(AB, t), alpha_bar_at(AB, t - 1)
+    sigma = ddim_sigma(a_t, a_s, 1.0)
+    beta = 1 - a_t / a_s
+    assert float(sigma ** 2) == pytest.approx(float((1 - a_s) / (1 - a_t) * beta), rel=1e-12)  # β̃_t
+    gen = torch.Generator().manual_seed(t)
+    x0, x_t = torch.randn(5, 2, generator=gen, dtype=F64), torch.randn(5, 2, generator=gen, dtype=F64)
+    # DDPM eq. 7 written out: μ̃ = √ᾱ_{t−1}β_t/(1−ᾱ_t) x_0 + √α_t(1−ᾱ_{t−1})/(1−ᾱ_t) x_t
+    mu = a_s.sqrt() * beta / (1 - a_t) * x0 + (1 - beta).sqrt() * (1 - a_s) / (1 - a_t) * x_t
+    torch.testing.assert_close(q_sigma_mean(x0, x_t, a_t, a_s, sigma), mu, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(posterior_mean(x0, x_t, a_t, a_s), mu, rtol=1e-9, atol=1e-12)
+
+
+def test_eta_zero_is_deterministic_and_sigma_scales_with_eta():
+    a_t, a_s = alpha_bar_at(AB, 500), alpha_bar_at(AB, 300)
+    assert float(ddim_sigma(a_t, a_s, 0.0)) == 0.0
+    assert float(ddim_sigma(a_t, a_s, 0.5)) == pytest.approx(0.5 * float(ddim_sigma(a_t, a_s, 1.0)))
+    x_t, eps = torch.randn(2, 3, dtype=F64), torch.randn(2, 3, dtype=F64)
+    x1, _ = ddim_step(x_t, eps, a_t, a_s, eta=0.0)
+    x2, _ = ddim_step(x_t, eps, a_t, a_s, eta=0.0, noise=torch.randn(2, 3, dtype=F64))
+    torch.testing.assert_close(x1, x2)
+
+
+def test_ddim_step_errors():
+    a_t, a_s = alpha_bar_at(AB, 500), alpha_bar_at(AB, 300)
+    x_t = torch.zeros(2, 3, dtype=F64)
+    with pytest.raises(ValueError, match="eta must be >= 0"):
+        ddim_step(x_t, x_t, a_t, a_s, eta=-0.1)
+    with pytest.raises(ValueError, match="needs `noise`"):
+        ddim_step(x_t, x_t, a_t, a_s, eta=0.5)
+    with pytest.raises(ValueError, match="eps shape"):
+        ddim_step(x_t, torch.zeros(1, 3, dtype=F64), a_t, a_s)
+    with pytest.raises(ValueError, match="noise shape"):
+        ddim_step(x_t, x_t, a_t, a_s, eta=1.0, noise=torch.zeros(3, dtype=F64))
+    with pytest.raises(ValueError, match="sigma"):
+        q_sigma_mean(x_t, x_t, a_t, a_s, 2.0)

@@ -1,0 +1,253 @@
+"""The DDPM bound on Gaussian data, where everything is known in closed form.
+
+Data x_0 ~ N(m, s² I). Then q(x_t) = N(√ᾱ_t m, (ᾱ_t s² + 1 − ᾱ_t) I), the optimal
+ε*(x_t, t) = √(1−ᾱ_t)(x_t − √ᾱ_t m)/(ᾱ_t s² + 1 − ᾱ_t), and for any eps model that is affine in x_t
+the reverse model p_θ is a linear-Gaussian chain, so log p_θ(x_0) and the model's posterior over the
+whole path are Gaussian. The tests check the library's Monte Carlo ELBO against
+  (1) the exact identity ELBO(x_0) = log p_θ(x_0) − KL(q(x_{0:T−1} | x_0) ‖ p_θ(x_{0:T−1} | x_0)),
+      both sides from joint covariance matrices built here;
+  (2) E_q[log q(x_0) − ELBO] = KL(q(x_{T−1}) ‖ N(0, I)) + Σ_t E KL(q(x_{t−1} | x_t) ‖ p_θ(x_{t−1} | x_t)),
+      the sum of KLs between the TRUE reverse conditionals and the model;
+  (3) L_{t−1} = γ_t ‖ε − ε_θ‖² + C_t.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from ddimlab.elbo import (decoder_nll, elbo_terms, gamma_t, l_simple, model_variance, posterior_kl, prior_kl)
+from ddimlab.gaussian import linear_gaussian_posterior
+from ddimlab.schedule import beta_schedule, make_alpha_bar
+
+Z = 5.0
+F64 = torch.float64
+
+
+def affine_eps(ab, m, s, scale=1.0, shift=0.0):
+    """ε(x, t) = scale · ε*(x, t) + shift for data N(m, s² I); t an int or a (B,) tensor."""
+    m = torch.as_tensor(m, dtype=F64)
+
+    def eps(x, t):
+        a = ab[t]
+        if a.ndim == 1:
+            a = a[:, None]
+        return scale * (1 - a).sqrt() * (x - a.sqrt() * m) / (a * s ** 2 + 1 - a) + shift
+    return eps
+
+
+def coefficients(ab, m, s, variance, scale=1.0, shift=0.0):
+    """Per step t (0-based, data at ᾱ_{−1} = 1): p_θ(x_{t−1} | x_t) = N(g_t x_t + h_t, σ_t²), for one dimension.
+
+    Written out from DDPM eq. 7/11 rather than with the library: μ_θ = k0 x̂_0 + k1 x_t with
+    k0 = √ᾱ_{t−1} β_t/(1−ᾱ_t), k1 = √α_t (1−ᾱ_{t−1})/(1−ᾱ_t), x̂_0 = (x_t − √(1−ᾱ_t) ε)/√ᾱ_t."""
+    ab = ab.numpy()
+    prev = np.concatenate([[1.0], ab[:-1]])
+    beta = 1 - ab / prev
+    v = ab * s ** 2 + 1 - ab
+    c1 = scale * np.sqrt(1 - ab) / v                        # ε = c1 x + c0
+    c0 = -scale * np.sqrt(1 - ab) * np.sqrt(ab) * m / v + shift
+    k0 = np.sqrt(prev) * beta / (1 - ab)
+    k1 = np.sqrt(1 - beta) * (1 - prev) / (1 - ab)
+    g = k0 * (1 - np.sqrt(1 - ab) * c1) / np.sqrt(ab) + k1
+    h = -k0 * np.sqrt(1 - ab) * c0 / np.sqrt(ab)
+    tilde = (1 - prev) / (1 - ab) * beta
+    tilde[0] = tilde[1]
+    sigma2 = tilde if variance == "small" else beta
+    return g, h, sigma2
+
+
+def exact_elbo_1d(ab, x0, m, s, variance, scale, shift):
+    """log p_θ(x0) and KL(q(x_{0:T−1}|x0) ‖ p_θ(x_{0:T−1}|x0)) for one coordinate, from joint covariances."""
+    T = len(ab)
+    g, h, sigma2 = coefficients(ab, m, s, variance, scale, shift)
+    mean, C = np.zeros(T + 1), np.zeros((T + 1, T + 1))    # index 0: data, index t+1: x_t
+    C[T, T] = 1.0
+    for t in range(T - 1, -1, -1):                          # x_{t−1} = g_t x_t + h_t + σ_t z
+        i = t + 1
+        mean[i - 1] = g[t] * mean[i] + h[t]
+        C[i - 1, i:] = g[t] * C[i, i:]
+        C[i:, i - 1] = C[i - 1, i:]
+        C[i - 1, i - 1] = g[t] ** 2 * C[i, i] + sigma2[t]
+    log_p = stats.norm(mean[0], math.sqrt(C[0, 0])).logpdf(x0)
+    mp = mean[1:] + C[1:, 0] / C[0, 0] * (x0 - mean[0])
+    P = C[1:, 1:] - np.outer(C[1:, 0], C[0, 1:]) / C[0, 0]
+    abn = ab.numpy()
+    mq = np.sqrt(abn) * x0
+    lo, hi = np.minimum.outer(np.arange(T), np.arange(T)), np.maximum.outer(np.arange(T), np.arange(T))
+    Q = np.sqrt(abn[hi] / abn[lo]) * (1 - abn[lo])          # Cov(x_t, x_u) = √(ᾱ_u/ᾱ_t)(1 − ᾱ_t), u ≥ t
+    Pinv = np.linalg.inv(P)
+    kl = 0.5 * (np.trace(Pinv @ Q) + (mp - mq) @ Pinv @ (mp - mq) - T
+                + np.linalg.slogdet(P)[1] - np.linalg.slogdet(Q)[1])
+    return log_p, kl
+
+
+@pytest.mark.parametrize("variance,scale,shift", [("small", 1.0, 0.0), ("large", 1.0, 0.0), ("small", 0.8, 0.1)])
+def test_elbo_equals_log_likelihood_minus_path_posterior_kl(variance, scale, shift):
+    ab = torch.cumprod(1 - torch.linspace(0.02, 0.4, 8, dtype=F64), 0)   # short schedule: exact matrices
+    m, s = np.array([0.3, -0.2, 0.0]), 0.5
+    x0 = torch.tensor([0.9, -0.1, -1.4], dtype=F64)
+    log_p, kl = zip(*[exact_elbo_1d(ab, float(x0[j]), m[j], s, variance, scale, shift) for j in range(3)])
+    log_p, kl = sum(log_p), sum(kl)
+    assert kl > 0
+    N = 20_000
+    gen = torch.Generator().manual_seed(0)
+    out = elbo_terms(affine_eps(ab, m, s, scale, shift), x0.expand(N, 3), ab, variance=variance,
+                     decoder="gaussian", generator=gen)
+    est, se = out["elbo"].mean().item(), out["elbo"].std().item() / math.sqrt(N)
+    assert abs(est - (log_p - kl)) < Z * se, (est, log_p - kl, se)
+    assert est < log_p + Z * se                              # ELBO ≤ log p_θ(x0)
+    # n_mc averages draws inside: same expectation, smaller spread per row
+    out2 = elbo_terms(affine_eps(ab, m, s, scale, shift), x0.expand(200, 3), ab, variance=variance,
+                      decoder="gaussian", n_mc=50, generator=gen)
+    assert abs(out2["elbo"].mean().item() - (log_p - kl)) < Z * out2["elbo"].std().item() / math.sqrt(200)
+
+
+def true_reverse_gap(ab, m, s, variance):
+    """KL(q(x_{T−1}) ‖ N(0,1)) + Σ_t E_{q(x_t)} KL(q(x_{t−1} | x_t) ‖ p_θ(x_{t−1} | x_t)) for one coordinate,
+    with q(x_{t−1} | x_t) from Bayes' rule on the data-marginal q(x_{t−1}) (batched over t)."""
+    abn = ab.numpy()
+    prev = np.concatenate([[1.0], abn[:-1]])
+    beta = 1 - abn / prev
+    T = len(abn)
+    one = torch.ones(T, 1, 1, dtype=F64)
+    post = lambda y: linear_gaussian_posterior(  # noqa: E731
+        torch.tensor(np.sqrt(prev) * m, dtype=F64)[:, None], torch.tensor(prev * s ** 2 + 1 - prev, dtype=F64)[:, None, None],
+        torch.tensor(np.sqrt(1 - beta), dtype=F64)[:, None, None], torch.zeros(T, 1, dtype=F64),
+        torch.tensor(beta, dtype=F64)[:, None, None], y * one[:, :, 0])
+    (m0, V), (m1, _) = post(0.0), post(1.0)
+    B, A, V = m0[:, 0].numpy(), (m1 - m0)[:, 0].numpy(), V[:, 0, 0].numpy()
+    g, h, sigma2 = coefficients(ab, m, s, variance)
+    np.testing.assert_allclose(g, A, rtol=1e-8)              # ε* makes the model's mean the true reverse mean
+    np.testing.assert_allclose(h, B, atol=1e-8)
+    mu_t, v_t = np.sqrt(abn) * m, abn * s ** 2 + 1 - abn      # q(x_t)
+    e_sq = (A - g) ** 2 * v_t + ((A - g) * mu_t + B - h) ** 2
+    kls = 0.5 * (np.log(sigma2 / V) + (V + e_sq) / sigma2 - 1)
+    a = abn[-1]
+    prior = 0.5 * (a * s ** 2 + 1 - a + a * m ** 2 - 1 - np.log(a * s ** 2 + 1 - a))
+    return prior + kls.sum()
+
+
+# σ² = β is (nearly) optimal for broad data and β̃ for nearly deterministic data (DDPM §3.2), so each is
+# tested where its gap is large enough to resolve
+@pytest.mark.parametrize("variance,s", [("small", 0.5), ("large", 0.01)])
+def test_expected_gap_is_sum_of_true_reverse_kls(variance, s):
+    ab = make_alpha_bar("linear", 1000)
+    m, N = np.array([0.3, -0.2]), 2000
+    theory = sum(true_reverse_gap(ab, m[j], s, variance) for j in range(2))
+    gen = torch.Generator().manual_seed(1)
+    x0 = torch.tensor(m, dtype=F64) + s * torch.randn(N, 2, generator=gen, dtype=F64)
+    out = elbo_terms(affine_eps(ab, m, s), x0, ab, variance=variance, decoder="gaussian", generator=gen)
+    log_q = torch.tensor(stats.norm(m, s).logpdf(x0.numpy()).sum(1))
+    diff = log_q - out["elbo"]
+    est, se = diff.mean().item(), diff.std().item() / math.sqrt(N)
+    assert theory > 10 * se                                   # the gap is resolved, not noise
+    assert abs(est - theory) < Z * se, (est, theory, se)
+
+
+@pytest.mark.parametrize("variance", ["small", "large"])
+def test_l_t_minus_1_is_gamma_weighted_eps_loss(variance):
+    ab = make_alpha_bar("linear", 1000)
+    betas = beta_schedule("linear", 1000)
+    gamma = gamma_t(ab, variance)
+    gen = torch.Generator().manual_seed(2)
+    N, d = 4000, 3
+    x0 = torch.randn(N, d, generator=gen, dtype=F64)
+    for t in [1, 10, 300, 999]:
+        eps = torch.randn(N, d, generator=gen, dtype=F64)
+        x_t = ab[t].sqrt() * x0 + (1 - ab[t]).sqrt() * eps
+        eps_pred = 0.7 * eps + 0.3 * torch.randn(N, d, generator=gen, dtype=F64)   # any model
+        kl = posterior_kl(x0, x_t, eps_pred, ab, t, variance)
+        tilde = (1 - ab[t - 1]) / (1 - ab[t]) * betas[t]
+        sigma2 = tilde if variance == "small" else betas[t]
+        r = tilde / sigma2
+        const = d / 2 * (r - 1 - torch.log(r))
+        torch.testing.assert_close(kl, gamma[t] * ((eps - eps_pred) ** 2).sum(1) + const, rtol=1e-7, atol=1e-9)
+        # and in expectation (the form used in DDIM eq. 5): E ‖ε − ε_θ‖² = 0.09·2·d here
+        se = kl.std().item() / math.sqrt(N)
+        assert abs(kl.mean().item() - (gamma[t] * 0.18 * d + const).item()) < Z * se
+    # the continuous decoder obeys the same weighting at t = 0
+    eps = torch.randn(N, d, generator=gen, dtype=F64)
+    x_t = ab[0].sqrt() * x0 + (1 - ab[0]).sqrt() * eps
+    eps_pred = torch.randn(N, d, generator=gen, dtype=F64)
+    s0 = model_variance(ab, variance)[0]
+    torch.testing.assert_close(decoder_nll(x0, x_t, eps_pred, ab, variance, "gaussian"),
+                               gamma[0] * ((eps - eps_pred) ** 2).sum(1) + d / 2 * torch.log(2 * math.pi * s0))
+
+
+def test_gamma_simplified_forms():
+    """With σ² = β̃_t: γ_t = β_t / (2 α_t (1 − ᾱ_{t−1})); with σ² = β_t: γ_t = β_t / (2 α_t (1 − ᾱ_t))."""
+    ab, betas = make_alpha_bar("linear", 1000), beta_schedule("linear", 1000)
+    alpha = 1 - betas
+    torch.testing.assert_close(gamma_t(ab, "small")[1:], betas[1:] / (2 * alpha[1:] * (1 - ab[:-1])), rtol=1e-9, atol=0)
+    torch.testing.assert_close(gamma_t(ab, "large"), betas / (2 * alpha * (1 - ab)), rtol=1e-9, atol=0)
+    # so the bound weights early steps ~60x more than late ones; L_simple sets γ ≡ 1 (DDPM §3.4)
+    g = gamma_t(ab, "small")
+    assert float(g[1]) > 30 * float(g[999])
+
+
+def test_l_simple_matches_closed_form_on_gaussian_data():
+    ab = make_alpha_bar("linear", 1000)
+    m, s, N = np.array([0.3, -0.2]), 0.5, 20_000
+    gen = torch.Generator().manual_seed(3)
+    x0 = torch.tensor(m, dtype=F64) + s * torch.randn(N, 2, generator=gen, dtype=F64)
+    losses = l_simple(affine_eps(ab, m, s), x0, ab, generator=gen, reduction="none")
+    # E‖ε − ε*‖²/d = ᾱ s² / (ᾱ s² + 1 − ᾱ), averaged over uniform t
+    expected = (ab * s ** 2 / (ab * s ** 2 + 1 - ab)).mean().item()
+    assert abs(losses.mean().item() - expected) < Z * losses.std().item() / math.sqrt(N)
+    t = torch.full((N,), 50)
+    losses = l_simple(affine_eps(ab, m, s), x0, ab, generator=gen, t=t, reduction="none")
+    a = ab[50].item()
+    assert abs(losses.mean().item() - a * s ** 2 / (a * s ** 2 + 1 - a)) < Z * losses.std().item() / math.sqrt(N)
+    assert l_simple(affine_eps(ab, m, s), x0[:10], ab, generator=gen).ndim == 0
+
+
+def test_discretized_decoder_and_bits_per_dim_on_images():
+    ab = make_alpha_bar("linear", 20)
+    gen = torch.Generator().manual_seed(4)
+    x0 = torch.randint(0, 256, (3, 1, 4, 4), generator=gen).to(F64) / 127.5 - 1
+    x_t = ab[0].sqrt() * x0 + (1 - ab[0]).sqrt() * torch.randn(x0.shape, generator=gen, dtype=F64)
+    eps_pred = torch.randn(x0.shape, generator=gen, dtype=F64)
+    nll = decoder_nll(x0, x_t, eps_pred, ab)
+    mean = ((x_t - (1 - ab[0]).sqrt() * eps_pred) / ab[0].sqrt()).numpy()
+    sd = math.sqrt(float(model_variance(ab)[0]))
+    x = x0.numpy()
+    hi = np.where(x > 0.999, np.inf, x + 1 / 255)
+    lo = np.where(x < -0.999, -np.inf, x - 1 / 255)
+    zh, zl = (hi - mean) / sd, (lo - mean) / sd
+    # difference on the side of 0 where the tail masses are small (no cancellation)
+    p = np.where(zh + zl > 0, stats.norm.sf(zl) - stats.norm.sf(zh), stats.norm.cdf(zh) - stats.norm.cdf(zl))
+    np.testing.assert_allclose(nll.numpy(), -np.log(p).reshape(3, -1).sum(1), rtol=1e-6)
+
+    out = elbo_terms(lambda x, t: torch.zeros_like(x), x0, ab, generator=gen)
+    assert out["terms"].shape == (3, 20) and out["prior"].shape == (3,)
+    torch.testing.assert_close(out["prior"], prior_kl(x0, ab))
+    torch.testing.assert_close(out["total"], out["prior"] + out["terms"].sum(1))
+    torch.testing.assert_close(out["bpd"], out["total"] / (16 * math.log(2)))
+    assert bool((out["terms"] >= 0).all())        # KLs and −log of probabilities ≤ 1
+
+
+def test_bad_inputs_raise():
+    ab = make_alpha_bar("linear", 10)
+    x = torch.zeros(2, 3, dtype=F64)
+    with pytest.raises(ValueError, match="1..T-1"):
+        posterior_kl(x, x, x, ab, 0)
+    with pytest.raises(ValueError, match="1..T-1"):
+        posterior_kl(x, x, x, ab, 10)
+    with pytest.raises(ValueError, match="eps_pred shape"):
+        posterior_kl(x, x, x[:1], ab, 3)
+    with pytest.raises(ValueError, match="finite"):
+        prior_kl(torch.tensor([[float("inf")]]), ab)
+    with pytest.raises(ValueError, match="unknown variance"):
+        gamma_t(ab, "medium")
+    with pytest.raises(ValueError, match="unknown decoder"):
+        elbo_terms(lambda x, t: x, x, ab, decoder="logistic")
+    with pytest.raises(ValueError, match="n_mc"):
+        elbo_terms(lambda x, t: x, x, ab, n_mc=0)
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        gamma_t(ab.flip(0))
+    with pytest.raises(ValueError, match="0..T-1"):
+        l_simple(lambda x, t: x, x, ab, t=torch.tensor([0, 10]))
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        decoder_nll(x + 2, x, x, ab)

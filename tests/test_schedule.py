@@ -1,0 +1,133 @@
+"""Schedules and timestep sub-sequences against closed forms and the official rules, re-written here."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ddimlab.schedule import (alpha_bar, alpha_bar_at, beta_schedule, make_alpha_bar, sigma_of, snr, step_pairs,
+                              timesteps, validate_timesteps)
+
+
+def test_linear_schedule_endpoints_and_dtype():
+    betas = beta_schedule("linear", 1000)
+    assert betas.dtype == torch.float64 and betas.shape == (1000,)
+    assert float(betas[0]) == pytest.approx(1e-4, rel=1e-12)
+    assert float(betas[-1]) == pytest.approx(0.02, rel=1e-12)
+    assert bool((betas[1:] > betas[:-1]).all())
+    ab = make_alpha_bar("linear", 1000)
+    # ᾱ_{T-1} = ∏(1 − β_t) ≈ 4.04e-5 for DDPM's schedule
+    assert float(ab[-1]) == pytest.approx(float(np.prod(1 - np.linspace(1e-4, 0.02, 1000))), rel=1e-12)
+    assert 3e-5 < float(ab[-1]) < 5e-5
+
+
+def test_quadratic_schedule_is_square_of_linear_sqrt():
+    betas = beta_schedule("quadratic", 50)
+    assert float(betas[0]) == pytest.approx(1e-4) and float(betas[-1]) == pytest.approx(0.02)
+    d = torch.diff(betas.sqrt())
+    torch.testing.assert_close(d, torch.full_like(d, d[0].item()))
+
+
+def test_alpha_bar_lookup_minus_one_is_clean_data():
+    ab = make_alpha_bar("linear", 100)
+    assert float(alpha_bar_at(ab, -1)) == 1.0
+    assert float(alpha_bar_at(ab, 0)) == pytest.approx(1 - 1e-4)
+    torch.testing.assert_close(alpha_bar_at(ab, torch.tensor([-1, 0, 99])),
+                               torch.stack([torch.tensor(1.0, dtype=torch.float64), ab[0], ab[99]]))
+
+
+def test_cosine_alpha_bar_matches_closed_form():
+    T, s = 1000, 0.008
+    f = lambda u: math.cos((u / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    ab = make_alpha_bar("cosine", T)
+    expected = torch.tensor([f(t + 1) / f(0) for t in range(T)], dtype=torch.float64)
+    # the last β is clipped at 0.999 (ᾱ would reach 0), so compare all but the last step
+    torch.testing.assert_close(ab[:-1], expected[:-1], rtol=1e-10, atol=1e-13)
+    assert float(beta_schedule("cosine", T)[-1]) == pytest.approx(0.999)
+
+
+def test_snr_and_sigma():
+    ab = make_alpha_bar("linear", 10)
+    torch.testing.assert_close(sigma_of(ab) ** 2, 1 / snr(ab))
+    torch.testing.assert_close(alpha_bar(beta_schedule("linear", 10)), ab)
+
+
+def official_uniform(S, T):
+    return list(range(0, T, T // S))
+
+
+def official_quad(S, T):
+    return [int(s) for s in list(np.linspace(0, np.sqrt(T * 0.8), S) ** 2)]
+
+
+def diffusers_linspace(S, T):
+    return np.linspace(0, T - 1, S).round()[::-1].astype(np.int64).tolist()
+
+
+def diffusers_trailing(S, T):
+    return (np.round(np.arange(T, 0, -T / S)).astype(np.int64) - 1).tolist()
+
+
+@pytest.mark.parametrize("S", [1, 10, 20, 50, 100, 250, 1000])
+def test_spacings_match_reference_rules(S):
+    T = 1000
+    if T % S == 0:
+        assert timesteps(S, T, "uniform").tolist() == official_uniform(S, T)[::-1]
+    assert timesteps(S, T, "quad").tolist() == sorted(set(official_quad(S, T)), reverse=True)
+    assert timesteps(S, T, "linspace").tolist() == diffusers_linspace(S, T)
+    assert timesteps(S, T, "trailing").tolist() == diffusers_trailing(S, T)
+
+
+def test_uniform_when_S_does_not_divide_T_has_S_steps():
+    seq = timesteps(30, 1000, "uniform")
+    assert seq.tolist() == official_uniform(30, 1000)[:30][::-1]
+    assert len(official_uniform(30, 1000)) == 31  # the official range would take one extra step
+
+
+def test_quad_documented_facts():
+    assert int(timesteps(10, 1000, "quad")[0]) == 800
+    assert len(timesteps(100, 1000, "quad")) == 96
+    assert len(timesteps(1000, 1000, "quad")) == 688
+
+
+@pytest.mark.parametrize("spacing", ["uniform", "quad", "linspace", "trailing"])
+@pytest.mark.parametrize("S,T", [(1, 10), (7, 10), (10, 10), (13, 1000), (99, 1000)])
+def test_every_sequence_is_valid_and_ends_at_clean_data(spacing, S, T):
+    seq = timesteps(S, T, spacing)
+    assert seq.dtype == torch.long and len(seq) <= S
+    assert bool((seq[1:] < seq[:-1]).all()) and 0 <= int(seq.min()) and int(seq.max()) <= T - 1
+    pairs = step_pairs(seq)
+    assert pairs[-1][1] == -1 and [t for t, _ in pairs] == seq.tolist()
+    assert all(s < t for t, s in pairs)
+    if spacing != "quad":
+        assert len(seq) == S
+
+
+@pytest.mark.parametrize("S", [0, -1, 1001, 2.0, "10"])
+def test_steps_outside_range_are_rejected(S):
+    with pytest.raises(ValueError, match="1..T"):
+        timesteps(S, 1000)
+
+
+def test_unknown_names_are_rejected():
+    with pytest.raises(ValueError, match="choose one of"):
+        timesteps(10, 1000, "leading-ish")
+    with pytest.raises(ValueError, match="choose one of"):
+        beta_schedule("sigmoid", 100)
+    with pytest.raises(ValueError, match="positive integer"):
+        beta_schedule("linear", 0)
+
+
+@pytest.mark.parametrize("seq,msg", [
+    ([5, 5, 1], "strictly decreasing"),
+    ([1, 5], "strictly decreasing"),
+    ([10, 3], "0..T-1"),
+    ([3, -1], "0..T-1"),
+    ([3.0, 1.0], "integers"),
+    ([[3, 1]], "1-D"),
+    ([], "1-D"),
+])
+def test_validate_timesteps_errors(seq, msg):
+    with pytest.raises(ValueError, match=msg):
+        validate_timesteps(torch.tensor(seq), T=10)
+    assert validate_timesteps([9, 4, 0], T=10).tolist() == [9, 4, 0]
