@@ -1,0 +1,320 @@
+"""A sample-quality score that runs on a CPU: "are these good digits?" without Inception weights.
+
+A small CNN is trained once on the real scikit-learn digits (`data.load_digits`) and cached. Two
+numbers come from it (notebook 06 §5, notebook 07 §5):
+
+- the Fréchet distance between its penultimate-layer features of the samples and of the real
+  digits, FD = ‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2 (Σ₁ Σ₂)^{1/2}) — FID's formula with a digits network in
+  place of Inception, so the numbers are comparable only with each other, never with FID;
+- the share of samples it labels with confidence ≥ 0.9, and how many of the ten digits those cover.
+
+The classifier is also trained to be *unsure* on non-digits (noise, blurred noise, pixel-shuffled
+digits get a uniform target), so that the confident share means "looks like a real digit".
+Like FID, the distance has a finite-sample floor: two disjoint sets of real digits are not at 0;
+`real_fd_floor(n)` measures it for n samples.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+N_CLASSES = 10
+CLASSIFIER_SETTINGS = dict(resolution=16, width=16, feature_dim=64, epochs=10, batch_size=64,
+                           lr=4e-3, outlier_weight=0.5, holdout=0.2, seed=0, version=1)
+
+
+# --------------------------------------------------------------------------- Fréchet distance
+
+def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
+    """Mean μ and covariance Σ (unbiased, rows are samples) of an (N, D) feature matrix, float64."""
+    f = np.asarray(features.detach().cpu() if isinstance(features, torch.Tensor) else features,
+                   dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"features must be an (N, D) array with N >= 2 samples, got shape {f.shape}")
+    if not np.isfinite(f).all():
+        raise ValueError("features contain NaN or inf")
+    return f.mean(axis=0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
+
+
+def _sqrtm_psd(cov: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a positive semi-definite matrix by its eigendecomposition."""
+    w, v = np.linalg.eigh((cov + cov.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_distance(mu1, cov1, mu2, cov2) -> float:
+    """Fréchet (2-Wasserstein) distance between N(μ₁, Σ₁) and N(μ₂, Σ₂).
+
+    FD = ‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr (Σ₁ Σ₂)^{1/2}   (Heusel et al. 2017, eq. 6).
+
+    tr (Σ₁Σ₂)^{1/2} is computed as Σᵢ √λᵢ with λ the eigenvalues of the symmetric PSD matrix
+    Σ₁^{1/2} Σ₂ Σ₁^{1/2}, which has the same spectrum as Σ₁Σ₂. Unlike `scipy.linalg.sqrtm(Σ₁ @ Σ₂)`
+    (the reference FID code) this never leaves an imaginary part to drop and stays accurate when
+    the covariances are singular (fewer samples than feature dimensions); round-off negatives in λ
+    are clipped to 0.
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    cov1, cov2 = np.atleast_2d(np.asarray(cov1, np.float64)), np.atleast_2d(np.asarray(cov2, np.float64))
+    d = mu1.shape[0]
+    if mu1.shape != (d,) or mu2.shape != (d,) or cov1.shape != (d, d) or cov2.shape != (d, d):
+        raise ValueError("frechet_distance needs means of shape (D,) and covariances of shape (D, D) "
+                         f"with one D; got {mu1.shape}, {cov1.shape}, {mu2.shape}, {cov2.shape}")
+    if not all(np.isfinite(a).all() for a in (mu1, mu2, cov1, cov2)):
+        raise ValueError("frechet_distance got NaN or inf in a mean or covariance")
+    s1 = _sqrtm_psd(cov1)
+    lam = np.linalg.eigvalsh(s1 @ cov2 @ s1)
+    tr_covmean = np.sqrt(np.clip(lam, 0, None)).sum()
+    diff = mu1 - mu2
+    fd = diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * tr_covmean
+    return float(max(fd, 0.0))  # round-off can give -1e-12 for identical inputs
+
+
+# --------------------------------------------------------------------------- the classifier
+
+class DigitsClassifier(nn.Module):
+    """conv(1→w) → pool → conv(w→2w) → pool → conv(2w→2w) → pool to 4×4 → fc(feature_dim) → fc(10).
+
+    `features(x)` is the penultimate layer (after ReLU): the feature space of the Fréchet distance.
+    Inputs are images in [−1, 1] of shape (N, 1, R, R).
+    """
+
+    def __init__(self, width: int = 32, feature_dim: int = 64):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4))
+        self.fc = nn.Linear(2 * width * 16, feature_dim)
+        self.head = nn.Linear(feature_dim, N_CLASSES)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.fc(self.conv(x).flatten(1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def cache_dir() -> Path:
+    """$DDIMLAB_CACHE, or ~/.cache/ddimlab (`data.default_cache_dir`)."""
+    from .data import default_cache_dir
+    return default_cache_dir()
+
+
+def _settings_key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def split_digits(resolution: int = 16, holdout: float = 0.2, seed: int = 0):
+    """The real digits in [−1, 1], split into (x_train, y_train, x_test, y_test) by a fixed permutation."""
+    from . import data
+    images, labels = data.load_digits(resolution)
+    x = data.to_model_range(images).float()
+    y = torch.as_tensor(labels).long()
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    n_test = int(round(holdout * len(x)))
+    test, train = perm[:n_test], perm[n_test:]
+    return x[train], y[train], x[test], y[test]
+
+
+def _outliers(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Non-digits the classifier must be unsure about: noise, blurred noise, pixel-shuffled digits."""
+    n, _, r, _ = x.shape
+    n = n // 2
+    k = n // 3
+    noise = torch.randn(k, 1, r, r, generator=g).clamp(-1, 1)
+    blobs = F.interpolate(torch.randn(k, 1, r // 4, r // 4, generator=g), size=(r, r), mode="bilinear",
+                          align_corners=False).clamp(-1, 1)
+    flat = x[:n - 2 * k].flatten(1)
+    shuffled = flat[:, torch.randperm(flat.shape[1], generator=g)].view(-1, 1, r, r)
+    return torch.cat([noise, blobs, shuffled])
+
+
+def train_classifier(**overrides) -> tuple[DigitsClassifier, dict]:
+    """Train the digits classifier from scratch (deterministic; a few seconds on one CPU thread).
+
+    Cross-entropy on the real digits plus, on an equal number of non-digits (`_outliers`), the
+    cross-entropy to the uniform distribution. Returns (model, info) with the held-out accuracy.
+    """
+    s = {**CLASSIFIER_SETTINGS, **overrides}
+    x_tr, y_tr, x_te, y_te = split_digits(s["resolution"], s["holdout"], s["seed"])
+    g = torch.Generator().manual_seed(s["seed"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(s["seed"])
+        model = DigitsClassifier(s["width"], s["feature_dim"])
+    opt = torch.optim.Adam(model.parameters(), lr=s["lr"])
+    steps_per_epoch = (len(x_tr) + s["batch_size"] - 1) // s["batch_size"]
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, s["lr"], total_steps=s["epochs"] * steps_per_epoch)
+    model.train()
+    for _ in range(s["epochs"]):
+        perm = torch.randperm(len(x_tr), generator=g)
+        for i in range(steps_per_epoch):
+            idx = perm[i * s["batch_size"]:(i + 1) * s["batch_size"]]
+            xb, yb = x_tr[idx], y_tr[idx]
+            # random shifts of up to one pixel: samples are rarely centred as exactly as the data
+            dx, dy = torch.randint(-1, 2, (2,), generator=g).tolist()
+            xb = torch.roll(xb, shifts=(dy, dx), dims=(2, 3))
+            out = model(torch.cat([xb, _outliers(xb, g)]))
+            loss = F.cross_entropy(out[:len(xb)], yb) - s["outlier_weight"] * F.log_softmax(out[len(xb):], 1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    with torch.no_grad():
+        acc = float((model(x_te).argmax(1) == y_te).float().mean())
+    return model, dict(settings=s, holdout_accuracy=acc)
+
+
+_LOADED: dict[str, tuple[DigitsClassifier, dict]] = {}
+
+
+def load_classifier(resolution: int = 16, retrain: bool = False,
+                    directory: str | os.PathLike | None = None) -> tuple[DigitsClassifier, dict]:
+    """The cached digits classifier for `resolution`, training and caching it on first use.
+
+    The cache file `digits_classifier_<hash of settings>.pt` (in `cache_dir()`) holds the weights,
+    the held-out accuracy and the real digits' feature statistics; it is written atomically and read
+    with `weights_only=True`. A file that does not load is replaced.
+    """
+    if not isinstance(resolution, int) or resolution < 8 or resolution % 4:
+        raise ValueError(f"resolution must be an integer multiple of 4 and >= 8, got {resolution!r}")
+    settings = {**CLASSIFIER_SETTINGS, "resolution": resolution}
+    key = _settings_key(settings)
+    directory = Path(directory) if directory is not None else cache_dir()
+    path = directory / f"digits_classifier_{key}.pt"
+    memo = f"{path}"
+    if not retrain and memo in _LOADED:
+        return _LOADED[memo]
+    model = DigitsClassifier(settings["width"], settings["feature_dim"])
+    info = None
+    if path.exists() and not retrain:
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(blob["state_dict"])
+            info = dict(settings=settings, holdout_accuracy=float(blob["holdout_accuracy"]),
+                        real_mu=blob["real_mu"].numpy(), real_cov=blob["real_cov"].numpy(), path=str(path))
+        except Exception:  # a truncated or foreign file: retrain and overwrite it
+            info = None
+    if info is None:
+        model, info = train_classifier(**settings)
+        mu, cov = feature_stats(_features(model, _real_digits(resolution)))
+        info.update(real_mu=mu, real_cov=cov, path=str(path))
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pt")
+        os.close(fd)
+        try:
+            torch.save(dict(state_dict=model.state_dict(), holdout_accuracy=info["holdout_accuracy"],
+                            real_mu=torch.from_numpy(mu), real_cov=torch.from_numpy(cov)), tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    model.eval().requires_grad_(False)
+    _LOADED[memo] = (model, info)
+    return model, info
+
+
+def _real_digits(resolution: int) -> torch.Tensor:
+    from . import data
+    return data.to_model_range(data.load_digits(resolution)[0]).float()
+
+
+# --------------------------------------------------------------------------- scores
+
+def _as_samples(samples) -> torch.Tensor:
+    """Check and convert digit samples: (N, 1, R, R), float in [−1, 1] (clamped) or uint8 in 0..255."""
+    x = torch.as_tensor(samples.detach() if isinstance(samples, torch.Tensor) else np.asarray(samples))
+    if x.ndim != 4 or x.shape[1] != 1 or x.shape[2] != x.shape[3] or x.shape[0] < 1:
+        raise ValueError("digit samples must have shape (N, 1, R, R) (grey square images), "
+                         f"got {tuple(x.shape)}")
+    if x.dtype == torch.uint8:
+        return x.float().cpu() / 127.5 - 1
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"digit samples must be float in [-1, 1] or uint8, got {x.dtype}")
+    x = x.float().cpu()
+    if not torch.isfinite(x).all():
+        raise ValueError("digit samples contain NaN or inf")
+    if float(x.min()) >= 0 and float(x.max()) > 2:  # 0..255 floats: a scaling mistake, not overshoot
+        raise ValueError(f"float digit samples must lie in [-1, 1], got values in 0..{float(x.max()):.3g}; "
+                         "pass uint8 images as uint8")
+    return x.clamp(-1, 1)  # samplers without x̂_0 clipping overshoot a little: clamp, as when saving a PNG
+
+
+@torch.no_grad()
+def _features(model: DigitsClassifier, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    return torch.cat([model.features(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def _model_for(x: torch.Tensor, model):
+    if model is not None:
+        return model if isinstance(model, tuple) else (model, None)
+    return load_classifier(int(x.shape[-1]))
+
+
+def digits_features(samples, model=None) -> torch.Tensor:
+    """Penultimate-layer features (N, feature_dim) of the digits classifier."""
+    x = _as_samples(samples)
+    return _features(_model_for(x, model)[0], x)
+
+
+@torch.no_grad()
+def classify(samples, model=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted digit, its softmax probability) for each sample."""
+    x = _as_samples(samples)
+    net = _model_for(x, model)[0]
+    probs = torch.cat([net(x[i:i + 512]).softmax(1) for i in range(0, len(x), 512)])
+    conf, pred = probs.max(1)
+    return pred, conf
+
+
+def confident_share(samples, threshold: float = 0.9, model=None) -> float:
+    """Share of samples the classifier labels with probability ≥ threshold."""
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must lie in (0, 1), got {threshold!r}")
+    return float((classify(samples, model)[1] >= threshold).float().mean())
+
+
+def class_counts(samples, threshold: float = 0.9, model=None) -> np.ndarray:
+    """How many samples are confidently labelled as each digit 0..9 (shape (10,))."""
+    pred, conf = classify(samples, model)
+    return np.bincount(pred[conf >= threshold].numpy(), minlength=N_CLASSES)
+
+
+def digits_fd(samples, model=None) -> float:
+    """Fréchet distance between the classifier features of `samples` and of all 1,797 real digits."""
+    x = _as_samples(samples)
+    net, info = load_classifier(int(x.shape[-1])) if model is None else (model, None)
+    if info is None:
+        mu_r, cov_r = feature_stats(_features(net, _real_digits(int(x.shape[-1]))))
+    else:
+        mu_r, cov_r = info["real_mu"], info["real_cov"]
+    return frechet_distance(*feature_stats(_features(net, x)), mu_r, cov_r)
+
+
+def real_fd_floor(n: int, resolution: int = 16, seed: int = 0) -> float:
+    """`digits_fd` of n real digits drawn without replacement: the best a sampler can score with n samples."""
+    real = _real_digits(resolution)
+    if not 2 <= n <= len(real):
+        raise ValueError(f"n must lie in 2..{len(real)}, got {n!r}")
+    idx = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:n]
+    return digits_fd(real[idx])
+
+
+def score_digits(samples, threshold: float = 0.9) -> dict:
+    """All of the CPU quality score in one dict.
+
+    fd: `digits_fd`; confident: `confident_share`; classes_covered: digits with at least one
+    confident sample; counts: confident samples per digit; n: number of samples.
+    """
+    x = _as_samples(samples)
+    counts = class_counts(x, threshold)
+    return dict(fd=digits_fd(x), confident=float(counts.sum() / len(x)),
+                classes_covered=int((counts > 0).sum()), counts=counts.tolist(), n=len(x))

@@ -1,0 +1,178 @@
+"""The CPU quality score: Fréchet distance against independent computations, the digits classifier."""
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from ddimlab import quality
+
+
+def _random_spd(d, rng, rank=None):
+    a = rng.standard_normal((d, rank or d))
+    return a @ a.T / d + (0 if rank else 0.1 * np.eye(d))
+
+
+# --------------------------------------------------------------------------- Fréchet distance
+
+def test_fd_diagonal_closed_form():
+    # commuting (here diagonal) covariances: tr(Σ₁Σ₂)^{1/2} = Σ √(a_i b_i), so FD = |Δμ|² + Σ(√a − √b)²
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.standard_normal(6), rng.standard_normal(6)
+    a, b = rng.uniform(0.1, 3, 6), rng.uniform(0.1, 3, 6)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert quality.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_fd_commuting_singular_closed_form():
+    # same eigenvectors, some eigenvalues zero (the N < D case): closed form still Σ(√a − √b)²
+    rng = np.random.default_rng(1)
+    q, _ = np.linalg.qr(rng.standard_normal((8, 8)))
+    a = np.r_[rng.uniform(0.5, 2, 5), 0, 0, 0]
+    b = np.r_[0, rng.uniform(0.5, 2, 7)]
+    fd = quality.frechet_distance(np.zeros(8), q @ np.diag(a) @ q.T, np.zeros(8), q @ np.diag(b) @ q.T)
+    # √ of an eigenvalue that round-off leaves at ~1e-16 is ~1e-8: the accuracy a singular case allows
+    assert fd == pytest.approx(np.sum((np.sqrt(a) - np.sqrt(b)) ** 2), rel=1e-6)
+
+
+def test_fd_matches_scipy_sqrtm_of_product():
+    rng = np.random.default_rng(2)
+    for d in (1, 3, 16):
+        c1, c2 = _random_spd(d, rng), _random_spd(d, rng)
+        m1, m2 = rng.standard_normal(d), rng.standard_normal(d)
+        covmean = scipy.linalg.sqrtm(c1 @ c2).real
+        expected = np.sum((m1 - m2) ** 2) + np.trace(c1 + c2 - 2 * covmean)
+        assert quality.frechet_distance(m1, c1, m2, c2) == pytest.approx(expected, rel=1e-9, abs=1e-10)
+        assert quality.frechet_distance(m1, c1, m2, c2) == pytest.approx(
+            quality.frechet_distance(m2, c2, m1, c1), rel=1e-9)
+
+
+def test_fd_of_identical_features_is_zero_and_stats_match_numpy():
+    f = np.random.default_rng(3).standard_normal((50, 70))  # fewer samples than dimensions
+    mu, cov = quality.feature_stats(f)
+    np.testing.assert_allclose(mu, f.mean(0))
+    np.testing.assert_allclose(cov, np.cov(f.T))
+    assert quality.frechet_distance(mu, cov, mu, cov) < 1e-9
+
+
+def test_fd_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="shape"):
+        quality.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+    with pytest.raises(ValueError, match=r"\(N, D\)"):
+        quality.feature_stats(np.zeros(5))
+    with pytest.raises(ValueError, match="NaN"):
+        quality.frechet_distance(np.zeros(2), np.eye(2) * np.nan, np.zeros(2), np.eye(2))
+
+
+# --------------------------------------------------------------------------- the classifier
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    """Train once into a fresh cache directory (a few seconds), used by every test below."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DDIMLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
+    torch.set_num_threads(1)
+    try:
+        yield quality.load_classifier(16)
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def real_split():
+    return quality.split_digits(16)
+
+
+def _noise(n, seed=0):
+    return torch.randn(n, 1, 16, 16, generator=torch.Generator().manual_seed(seed)).clamp(-1, 1)
+
+
+def test_classifier_held_out_accuracy(classifier, real_split):
+    model, info = classifier
+    _, _, x_te, y_te = real_split
+    pred, _ = quality.classify(x_te, model)
+    acc = float((pred == y_te).float().mean())
+    assert acc >= 0.95 and info["holdout_accuracy"] == pytest.approx(acc)
+
+
+def test_confident_share_real_high_noise_low(classifier, real_split):
+    x_te = real_split[2]
+    assert quality.confident_share(x_te) >= 0.85
+    assert quality.confident_share(_noise(400)) <= 0.05
+    smooth = torch.nn.functional.interpolate(torch.randn(400, 1, 4, 4), size=16, mode="bilinear")
+    assert quality.confident_share(smooth.clamp(-1, 1)) <= 0.05
+
+
+def test_fd_real_splits_small_noise_large(classifier, real_split):
+    model, _ = classifier
+    x_tr, _, x_te, _ = real_split
+    feats = lambda x: quality.digits_features(x, model)  # noqa: E731
+    fd_real = quality.frechet_distance(*quality.feature_stats(feats(x_te)), *quality.feature_stats(feats(x_tr)))
+    fd_noise = quality.frechet_distance(*quality.feature_stats(feats(_noise(len(x_te)))),
+                                        *quality.feature_stats(feats(x_tr)))
+    assert fd_real < 0.05 * fd_noise
+    # digits_fd compares with all real digits: n real digits sit at the finite-sample floor
+    assert quality.digits_fd(x_te) < 0.05 * quality.digits_fd(_noise(len(x_te)))
+    assert quality.real_fd_floor(len(x_te)) < 0.05 * quality.digits_fd(_noise(len(x_te)))
+
+
+def test_score_digits(classifier, real_split):
+    x_te, y_te = real_split[2], real_split[3]
+    s = quality.score_digits(x_te)
+    assert s["n"] == len(x_te) and s["classes_covered"] == 10 and s["confident"] >= 0.85
+    assert sum(s["counts"]) == pytest.approx(s["confident"] * len(x_te))
+    # uint8 input gives the same score as the same images in [-1, 1]
+    u8 = ((x_te + 1) * 127.5).round().to(torch.uint8)
+    assert quality.score_digits(u8)["confident"] == pytest.approx(s["confident"], abs=0.01)
+    # one digit only covers one class
+    ones = x_te[y_te == 1]
+    assert quality.score_digits(ones)["classes_covered"] <= 2
+    bad = quality.score_digits(_noise(200))
+    assert bad["confident"] <= 0.05 and bad["fd"] > 20 * s["fd"]
+
+
+def test_cache_is_reused(classifier):
+    model, info = classifier
+    quality._LOADED.clear()
+    again, info2 = quality.load_classifier(16)
+    assert again is not model and info2["path"] == info["path"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k])
+    np.testing.assert_array_equal(info2["real_mu"], info["real_mu"])
+    assert not [p for p in __import__("pathlib").Path(info["path"]).parent.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_bad_samples_raise(classifier):
+    with pytest.raises(ValueError, match=r"\(N, 1, R, R\)"):
+        quality.score_digits(torch.zeros(4, 3, 16, 16))
+    with pytest.raises(ValueError, match=r"\(N, 1, R, R\)"):
+        quality.score_digits(torch.zeros(16, 16))
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        quality.score_digits(torch.full((4, 1, 16, 16), 255.0))
+    # overshoot past ±1 (no x̂_0 clipping) is clamped, like saving a PNG
+    over = _noise(8) * 3
+    assert quality.confident_share(over) == quality.confident_share(over.clamp(-1, 1))
+    with pytest.raises(TypeError, match="uint8"):
+        quality.score_digits(torch.zeros(4, 1, 16, 16, dtype=torch.int64))
+    with pytest.raises(ValueError, match="threshold"):
+        quality.confident_share(torch.zeros(4, 1, 16, 16), threshold=1.5)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        quality.load_classifier(10)
+
+
+def test_damaged_cache_file_is_replaced(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_train(**settings):  # stands in for the real training, which test_cache_is_reused covers
+        calls.append(settings)
+        return quality.DigitsClassifier(settings["width"], settings["feature_dim"]), dict(holdout_accuracy=0.5)
+    monkeypatch.setattr(quality, "train_classifier", fake_train)
+    _, info = quality.load_classifier(16, directory=tmp_path)
+    path = __import__("pathlib").Path(info["path"])
+    path.write_bytes(path.read_bytes()[:100])  # truncated, as by a crash without the atomic write
+    quality._LOADED.clear()
+    _, info2 = quality.load_classifier(16, directory=tmp_path)
+    assert len(calls) == 2 and info2["holdout_accuracy"] == 0.5
+    quality._LOADED.clear()
+    quality.load_classifier(16, directory=tmp_path)  # the replaced file loads without retraining
+    assert len(calls) == 2
+    quality._LOADED.clear()
