@@ -1,0 +1,309 @@
+"""The probability-flow ODE of DDIM and solvers for it (notebook 05).
+
+Divide the DDIM update by √ᾱ_s (seed 001; notebook 05 §1): with
+
+    σ(t) = √((1−ᾱ_t)/ᾱ_t),   x̄ = x_t / √ᾱ_t      (so x_t = x̄ / √(σ²+1)),
+
+deterministic DDIM reads x̄_s = x̄_t + (σ_s − σ_t) ε(x_t, t): Euler's method on
+
+    dx̄/dσ = ε(x̄ / √(σ²+1), t(σ)).                                              (ODE)
+
+(The seed writes x̄ = x_t/ᾱ_t; the square root is needed.) σ runs from σ(t_start) down to
+σ(−1) = 0, where x̄ = x_0. Every solver here has the signature (eps, x_T, alpha_bar, seq,
+return_trajectory=False) -> x_0, visits the decreasing integer steps `seq` and then steps to
+ᾱ_{−1} = 1, exactly like `samplers.ddim_sample`. Numbers of ε evaluations (NFE) for S = len(seq):
+
+    euler S (≡ DDIM η=0) · heun 2S−1 · dpm_solver_2 2S−1 · dpm_solver_pp_2m S.
+
+The last step ends at σ = 0 (λ = log(α/σ_VP) = −log σ = +∞), where a network is never evaluated.
+All solvers take it as a first-order step, as k-diffusion (`sample_heun`, `sample_dpm_2`,
+`sample_dpmpp_2m`) and EDM do: the output is x̂_0 = x̄ − σ ε at the last grid point (the DDIM step,
+the Tweedie denoiser E[x_0 | x_t]). Near σ = 0 the exact flow is dx̄/dσ ≈ −σ ∇log p_0(x̄), so the ODE
+lands at x̄ − σ ε/2 while x̂_0 goes twice as far: a local error ≈ σ_last² |∇log p_0|/2. On grids ending
+at t = 0 (σ ≈ 0.01 for the linear schedule) this is a floor (≈ 5e-4 on `toy.random_mixture(3, 4)`);
+on `trailing` grids the last step is long (σ(99) ≈ 0.34 for S = 10) and it dominates the error of
+the second-order solvers (measured order ≈ 1.3 instead of 2). The orders in tests/test_ode.py are
+measured at t = 0, before this step.
+
+Between integer steps t(σ) is defined by interpolating log ᾱ linearly in t (`alpha_bar_cont`,
+`t_of_sigma`), so the ε callable receives float steps at intermediate points.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .schedule import alpha_bar_at, step_pairs, validate_timesteps
+
+SOLVERS = ("euler", "heun", "dpm_solver_2", "dpm_solver_pp_2m")
+
+
+# ------------------------------------------------------------------------------- continuous time
+
+def _log_table(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """log ᾱ_{j−1} for j = 0..T (index 0 is ᾱ_{−1} = 1)."""
+    return torch.cat([alpha_bar.new_zeros(1), alpha_bar.to(torch.float64).log()])
+
+
+def alpha_bar_cont(alpha_bar: torch.Tensor, t) -> torch.Tensor:
+    """ᾱ(t) for t ∈ [−1, T−1]: the table at integer t (ᾱ_{−1} = 1), log ᾱ linear in between (notebook 05 §3).
+
+    t: int, float, or a tensor (integer or floating). Returns float64 of t's shape.
+    """
+    t = torch.as_tensor(t if isinstance(t, torch.Tensor) else np.asarray(t), device=alpha_bar.device)
+    T = alpha_bar.shape[0]
+    if not t.dtype.is_floating_point:
+        if bool(((t < -1) | (t > T - 1)).any()):
+            raise ValueError(f"step t must lie in -1..T-1 = -1..{T - 1}, got {t.tolist()}")
+        return alpha_bar_at(alpha_bar, t).to(torch.float64)
+    t = t.to(torch.float64)
+    if not bool(torch.isfinite(t).all()) or bool(((t < -1) | (t > T - 1)).any()):
+        raise ValueError(f"continuous step t must lie in [-1, T-1] = [-1, {T - 1}], got {t.tolist()}")
+    u = t + 1                                  # position in the padded table
+    j = u.floor().clamp(max=T - 1).long()
+    frac = u - j
+    log_tab = _log_table(alpha_bar)
+    out = torch.exp(log_tab[j] + frac * (log_tab[j + 1] - log_tab[j]))
+    exact = torch.cat([alpha_bar.new_ones(1), alpha_bar.to(torch.float64)])[j]
+    return torch.where(frac == 0, exact, out)
+
+
+def sigma_at(alpha_bar: torch.Tensor, t) -> torch.Tensor:
+    """σ(t) = √((1−ᾱ(t))/ᾱ(t)) with continuous t (notebook 05 §1)."""
+    a = alpha_bar_cont(alpha_bar, t)
+    return ((1 - a) / a).sqrt()
+
+
+def t_of_sigma(alpha_bar: torch.Tensor, sigma) -> torch.Tensor:
+    """The continuous step t with σ(t) = sigma: inverts `alpha_bar_cont` (log ᾱ = −log(1+σ²)).
+
+    sigma must lie in [0, σ(T−1)]; returns float64 t ∈ [−1, T−1] of sigma's shape.
+    """
+    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=alpha_bar.device)
+    target = -torch.log1p(sigma ** 2)                          # log ᾱ wanted
+    neg = -_log_table(alpha_bar)                                # increasing, from 0
+    T = alpha_bar.shape[0]
+    tol = 1e-12 * (1 + float(neg[-1]))
+    if bool(((-target < -tol) | (-target > neg[-1] + tol)).any()):
+        raise ValueError(f"sigma must lie in [0, sigma(T-1)] = [0, {math.sqrt(math.expm1(float(neg[-1]))):.6g}]")
+    v = (-target).clamp(0, float(neg[-1]))
+    j = (torch.searchsorted(neg, v.reshape(-1), right=True) - 1).clamp(0, T - 1).reshape(v.shape)
+    frac = (v - neg[j]) / (neg[j + 1] - neg[j])
+    return j.to(torch.float64) - 1 + frac
+
+
+def lambda_timesteps(S: int, alpha_bar: torch.Tensor, t_max: int | None = None, t_min: int = 0) -> torch.Tensor:
+    """Integer steps τ whose λ = −log σ is (nearly) uniform from t_max (default T−1) to t_min (notebook 05 §6).
+
+    DPM-Solver's recommended "logSNR" spacing: σ_k log-uniform between σ(t_max) and σ(t_min), mapped to
+    the nearest integer step. Steps that round to the same integer (near t = 0 for large S) are kept
+    once, so the result can be shorter than S — like the official `quad` spacing. Decreasing, validated.
+    """
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64)
+    T = alpha_bar.shape[0]
+    t_max = T - 1 if t_max is None else t_max
+    if not isinstance(S, int) or S < 1:
+        raise ValueError(f"number of steps S must be a positive integer, got {S!r}")
+    if not 0 <= t_min < t_max <= T - 1:
+        raise ValueError(f"need 0 <= t_min < t_max <= T-1 = {T - 1}, got t_min={t_min}, t_max={t_max}")
+    if S == 1:
+        return validate_timesteps(torch.tensor([t_max]), T)
+    log_sig = torch.linspace(math.log(float(sigma_at(alpha_bar, t_max))), math.log(float(sigma_at(alpha_bar, t_min))),
+                             S, dtype=torch.float64)
+    t = t_of_sigma(alpha_bar, log_sig.exp()).round().long().clamp(t_min, t_max)
+    return validate_timesteps(torch.unique(t).flip(0), T)
+
+
+# --------------------------------------------------------------------------------------- helpers
+
+def _prepare(x_T, alpha_bar, seq):
+    if not isinstance(x_T, torch.Tensor) or not x_T.dtype.is_floating_point:
+        raise TypeError("x_T must be a floating-point torch.Tensor")
+    if x_T.ndim < 1:
+        raise ValueError("x_T must have a batch dimension (B, ...)")
+    if not bool(torch.isfinite(x_T).all()):
+        raise ValueError("x_T contains NaN or inf")
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64)
+    if alpha_bar.ndim != 1 or not bool(((alpha_bar > 0) & (alpha_bar <= 1)).all()):
+        raise ValueError("alpha_bar must be a 1-D table of values in (0, 1]")
+    seq = validate_timesteps(seq, alpha_bar.shape[0])
+    return alpha_bar, seq
+
+
+def _call(eps, x, t):
+    """ε(x, t) with t broadcast to shape (B,): long for integer steps, x.dtype for continuous ones."""
+    if isinstance(t, int):
+        tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+    else:
+        tt = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+    e = eps(x, tt)
+    if not isinstance(e, torch.Tensor) or e.shape != x.shape:
+        raise ValueError(f"eps(x, t) must return a tensor of x's shape {tuple(x.shape)}, got "
+                         f"{tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__}")
+    if e.dtype != x.dtype:
+        raise ValueError(f"eps(x, t) returned dtype {e.dtype} but x is {x.dtype}; cast one of them")
+    return e
+
+
+def _sig(alpha_bar, t: int) -> float:
+    a = float(alpha_bar_at(alpha_bar, t))
+    return math.sqrt((1 - a) / a)
+
+
+def _x(xbar, sigma):
+    """x_t = x̄ / √(σ²+1)."""
+    return xbar / math.sqrt(sigma ** 2 + 1)
+
+
+def _result(xbar, traj, return_trajectory):
+    return (xbar, traj) if return_trajectory else xbar
+
+
+# ---------------------------------------------------------------------------------------- solvers
+
+def euler(eps, x_T, alpha_bar, seq, return_trajectory: bool = False):
+    """Euler on (ODE): x̄_s = x̄_t + (σ_s − σ_t) ε(x_t, t). NFE = S (notebook 05 §2).
+
+    Identical to `samplers.ddim_sample(..., eta=0)` (DDIM eq. 12 with σ = 0, divided by √ᾱ_s).
+    Trajectory: {"x": [x_t at each visited step, then x_0], "t": [seq…, −1]}.
+    """
+    alpha_bar, seq = _prepare(x_T, alpha_bar, seq)
+    traj = {"x": [x_T], "t": [int(seq[0])]}
+    xbar = x_T / math.sqrt(float(alpha_bar_at(alpha_bar, int(seq[0]))))
+    for t, s in step_pairs(seq):
+        sig_t, sig_s = _sig(alpha_bar, t), _sig(alpha_bar, s)
+        xbar = xbar + (sig_s - sig_t) * _call(eps, _x(xbar, sig_t), t)
+        traj["x"].append(_x(xbar, sig_s)); traj["t"].append(s)
+    return _result(xbar, traj, return_trajectory)
+
+
+def heun(eps, x_T, alpha_bar, seq, return_trajectory: bool = False):
+    """Heun's method (explicit trapezoid, Karras et al. 2022 Alg. 1) on (ODE). NFE = 2S − 1 (notebook 05 §4).
+
+    d = ε(x_t, t), x̄' = x̄ + h d, x̄_s = x̄ + h (d + ε(x'_s, s))/2 with h = σ_s − σ_t; the final step to
+    σ = 0 is the Euler (DDIM) step.
+    """
+    alpha_bar, seq = _prepare(x_T, alpha_bar, seq)
+    traj = {"x": [x_T], "t": [int(seq[0])]}
+    xbar = x_T / math.sqrt(float(alpha_bar_at(alpha_bar, int(seq[0]))))
+    for t, s in step_pairs(seq):
+        sig_t, sig_s = _sig(alpha_bar, t), _sig(alpha_bar, s)
+        h = sig_s - sig_t
+        d = _call(eps, _x(xbar, sig_t), t)
+        x_pred = xbar + h * d
+        if s >= 0:
+            d2 = _call(eps, _x(x_pred, sig_s), s)
+            xbar = xbar + h * 0.5 * (d + d2)
+        else:
+            xbar = x_pred
+        traj["x"].append(_x(xbar, sig_s)); traj["t"].append(s)
+    return _result(xbar, traj, return_trajectory)
+
+
+def dpm_solver_2(eps, x_T, alpha_bar, seq, return_trajectory: bool = False):
+    """DPM-Solver-2 (Lu et al. 2022, Alg. 1 with r₁ = ½), singlestep second order. NFE = 2S − 1 (notebook 05 §5).
+
+    In λ = log(α/σ_VP) = −log σ it takes a half step to λ_mid = (λ_t + λ_s)/2, i.e. to the geometric
+    mean σ_mid = √(σ_t σ_s), and then the full step with the slope found there:
+
+        u = x̄_t + (σ_mid − σ_t) ε(x_t, t),   x̄_s = x̄_t + (σ_s − σ_t) ε(u/√(σ_mid²+1), t(σ_mid)).
+
+    (The paper's exponential-integrator form, rewritten in x̄ = x/α, is exactly this midpoint rule.)
+    t(σ_mid) is a float step (`t_of_sigma`). The final step to σ = 0 (λ = ∞) is the Euler (DDIM) step.
+    """
+    alpha_bar, seq = _prepare(x_T, alpha_bar, seq)
+    traj = {"x": [x_T], "t": [int(seq[0])]}
+    xbar = x_T / math.sqrt(float(alpha_bar_at(alpha_bar, int(seq[0]))))
+    for t, s in step_pairs(seq):
+        sig_t, sig_s = _sig(alpha_bar, t), _sig(alpha_bar, s)
+        d = _call(eps, _x(xbar, sig_t), t)
+        if s >= 0:
+            sig_m = math.sqrt(sig_t * sig_s)
+            u = xbar + (sig_m - sig_t) * d
+            d = _call(eps, _x(u, sig_m), float(t_of_sigma(alpha_bar, sig_m)))
+        xbar = xbar + (sig_s - sig_t) * d
+        traj["x"].append(_x(xbar, sig_s)); traj["t"].append(s)
+    return _result(xbar, traj, return_trajectory)
+
+
+def dpm_solver_pp_2m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False):
+    """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2), multistep second order with x_0-prediction. NFE = S (notebook 05 §6).
+
+    With D_i = x̂_0 = x̄_i − σ_i ε(x_i, t_i), h_i = λ_s − λ_t = log(σ_t/σ_s) and r = h_{i−1}/h_i:
+
+        x̄_s = (σ_s/σ_t) x̄_t + (1 − σ_s/σ_t) [(1 + 1/(2r)) D_i − 1/(2r) D_{i−1}].
+
+    The first step uses D_i alone (first order, = DDIM); the final step to σ = 0 (h = ∞) returns D_i,
+    the current x̂_0 (first order, as k-diffusion's `sample_dpmpp_2m`).
+    """
+    alpha_bar, seq = _prepare(x_T, alpha_bar, seq)
+    traj = {"x": [x_T], "t": [int(seq[0])]}
+    xbar = x_T / math.sqrt(float(alpha_bar_at(alpha_bar, int(seq[0]))))
+    D_prev = h_prev = None
+    for t, s in step_pairs(seq):
+        sig_t, sig_s = _sig(alpha_bar, t), _sig(alpha_bar, s)
+        D = xbar - sig_t * _call(eps, _x(xbar, sig_t), t)
+        if s < 0:
+            xbar = D
+        else:
+            h = math.log(sig_t / sig_s)
+            D_hat = D if D_prev is None else (1 + h / (2 * h_prev)) * D - h / (2 * h_prev) * D_prev
+            xbar = (sig_s / sig_t) * xbar + (1 - sig_s / sig_t) * D_hat
+            D_prev, h_prev = D, h
+        traj["x"].append(_x(xbar, sig_s)); traj["t"].append(s)
+    return _result(xbar, traj, return_trajectory)
+
+
+def solve(name: str, eps, x_T, alpha_bar, seq, return_trajectory: bool = False):
+    """Run the solver called `name` (one of SOLVERS)."""
+    fns = {"euler": euler, "heun": heun, "dpm_solver_2": dpm_solver_2, "dpm_solver_pp_2m": dpm_solver_pp_2m}
+    if name not in fns:
+        raise ValueError(f"unknown ODE solver {name!r}; choose one of {SOLVERS}")
+    return fns[name](eps, x_T, alpha_bar, seq, return_trajectory)
+
+
+def nfe(name: str, S: int) -> int:
+    """Number of ε evaluations of solver `name` on S steps."""
+    per = {"euler": S, "heun": 2 * S - 1, "dpm_solver_2": 2 * S - 1, "dpm_solver_pp_2m": S}
+    if name not in per:
+        raise ValueError(f"unknown ODE solver {name!r}; choose one of {SOLVERS}")
+    return per[name]
+
+
+# ------------------------------------------------------------------------------------- reference
+
+def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-10, atol: float = 1e-10,
+                       method: str = "DOP853") -> torch.Tensor:
+    """Solve (ODE) from x_T at step t_start to step t_end (default −1: x_0) with scipy's solve_ivp (notebook 05 §3).
+
+    The whole batch is one state vector (the ODE is per-sample but scipy's step control then takes the
+    worst sample's error). t_start / t_end may be floats (continuous steps); ε is called with float
+    steps t(σ), down to t = −1 (ᾱ = 1) when t_end = −1, which the exact lab (`toy.exact_eps`) supports.
+    Returns x at t_end (= x̄ there times √ᾱ), float64.
+    """
+    from scipy.integrate import solve_ivp
+
+    if not isinstance(x_T, torch.Tensor) or not bool(torch.isfinite(x_T).all()):
+        raise ValueError("x_T must be a finite torch.Tensor")
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64)
+    t_start, t_end = float(t_start), float(t_end)
+    if not t_end < t_start:
+        raise ValueError(f"t_end must be smaller than t_start (the ODE runs from noise to data), got {t_start} -> {t_end}")
+    sig0, sig1 = float(sigma_at(alpha_bar, t_start)), float(sigma_at(alpha_bar, t_end))
+    shape, dev = x_T.shape, x_T.device
+    x64 = x_T.to(torch.float64)
+
+    def rhs(sig, y):
+        sig = max(sig, 0.0)
+        x = torch.from_numpy(y).reshape(shape).to(dev) / math.sqrt(sig ** 2 + 1)
+        t = torch.full((shape[0],), float(t_of_sigma(alpha_bar, min(sig, sig0))), dtype=torch.float64, device=dev)
+        return eps(x, t).to(torch.float64).reshape(-1).cpu().numpy()
+
+    y0 = (x64 / math.sqrt(float(alpha_bar_cont(alpha_bar, t_start)))).reshape(-1).cpu().numpy()
+    sol = solve_ivp(rhs, (sig0, sig1), y0, method=method, rtol=rtol, atol=atol)
+    if not sol.success:
+        raise RuntimeError(f"solve_ivp failed: {sol.message}")
+    xbar = torch.from_numpy(np.ascontiguousarray(sol.y[:, -1])).reshape(shape).to(dev)
+    return xbar / math.sqrt(sig1 ** 2 + 1)

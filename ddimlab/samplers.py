@@ -1,0 +1,184 @@
+"""Samplers: DDIM with any η, DDPM ancestral, DDIM inversion, reconstruction and slerp (notebook 04).
+
+Every sampler takes any callable `eps(x, t) -> tensor` (a UNet, or the exact ε* of `toy.exact_eps`)
+and is called with t as a (B,) long tensor of integer steps. A sampler visits the decreasing steps
+`seq` (see `schedule.timesteps`) and then takes a last step to ᾱ_{−1} = 1, i.e. to x_0.
+Noise comes from the `generator` passed in (one N(0, I) draw of x's shape per step).
+The DDIM paper's α_t is DDPM's ᾱ_t.
+"""
+from __future__ import annotations
+
+
+import torch
+
+from . import schedule
+from .diffusion import bcast, ddim_step, posterior_mean, posterior_variance, predict_x0, q_sample
+from .schedule import alpha_bar_at, step_pairs
+
+VARIANCES = ("small", "large")
+
+
+def _check(x, alpha_bar, seq, name="x_T"):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"{name} must be floating point, got {x.dtype}")
+    if x.ndim < 1:
+        raise ValueError(f"{name} must have a batch dimension (B, ...), got a 0-d tensor")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+    alpha_bar = torch.as_tensor(alpha_bar)
+    if alpha_bar.ndim != 1 or not alpha_bar.dtype.is_floating_point or not bool(((alpha_bar > 0) & (alpha_bar <= 1)).all()):
+        raise ValueError("alpha_bar must be a 1-D float table of values in (0, 1] (schedule.make_alpha_bar)")
+    return alpha_bar, schedule.validate_timesteps(seq, alpha_bar.shape[0])
+
+
+def _eps(eps, x, t: int):
+    """ε(x, t) with t as a (B,) long tensor; checks the shape and dtype of the answer."""
+    e = eps(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
+    if not isinstance(e, torch.Tensor) or e.shape != x.shape:
+        raise ValueError(f"eps(x, t) must return a tensor of x's shape {tuple(x.shape)}, got "
+                         f"{tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__}")
+    if e.dtype != x.dtype:
+        raise ValueError(f"eps(x, t) returned dtype {e.dtype} but x is {x.dtype}; cast one of them")
+    return e
+
+
+def _noise(x, generator):
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+def ddim_sample(eps, x_T, alpha_bar, seq, eta: float = 0.0, generator: torch.Generator | None = None,
+                clip_x0: bool = False, return_trajectory: bool = False):
+    """Generalized DDIM sampling along τ = seq (DDIM eq. 12, notebook 04 §3):
+
+        x_s = √ᾱ_s x̂_0 + √(1 − ᾱ_s − σ²) ε_θ(x_t, t) + σ z,   x̂_0 = (x_t − √(1−ᾱ_t) ε_θ)/√ᾱ_t,
+        σ = η √((1−ᾱ_s)/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_s).
+
+    η = 0: deterministic DDIM (Euler on the probability-flow ODE, `ode.euler`); η = 1 on all T steps:
+    DDPM ancestral sampling with β̃ (`ddpm_sample(variance="small")`). x̂_0 is not clipped unless
+    clip_x0 (the DDIM paper does not clip). Returns x_0, or (x_0, {"x": [x_T, …, x_0],
+    "x0": [x̂_0 per step], "t": [seq…, −1]}) — "t"[i] is the step of "x"[i].
+    """
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM posterior), got {eta}")
+    alpha_bar, seq = _check(x_T, alpha_bar, seq)
+    x = x_T
+    traj = {"x": [x], "x0": [], "t": [int(seq[0])]}
+    for t, s in step_pairs(seq):
+        e = _eps(eps, x, t)
+        z = _noise(x, generator) if eta > 0 else None
+        x, x0 = ddim_step(x, e, alpha_bar_at(alpha_bar, t), alpha_bar_at(alpha_bar, s), eta, z, clip_x0)
+        traj["x"].append(x); traj["x0"].append(x0); traj["t"].append(s)
+    return (x, traj) if return_trajectory else x
+
+
+def ddpm_sample(eps, x_T, alpha_bar, variance: str = "small", seq=None, generator: torch.Generator | None = None,
+                clip_x0: bool = False, return_trajectory: bool = False):
+    """DDPM ancestral sampling (DDPM Alg. 2, notebook 04 §1): x_s = μ̃(x̂_0, x_t) + σ z with
+
+        μ̃ = √ᾱ_s (1−ᾱ_t/ᾱ_s)/(1−ᾱ_t) x̂_0 + √(ᾱ_t/ᾱ_s) (1−ᾱ_s)/(1−ᾱ_t) x_t    (DDPM eq. 7)
+
+    and σ² = β̃_{t→s} = (1−ᾱ_s)/(1−ᾱ_t)·(1−ᾱ_t/ᾱ_s) ("small", the posterior variance) or
+    σ² = β_{t→s} = 1 − ᾱ_t/ᾱ_s ("large", DDPM's other choice and the DDIM paper's σ̂ sampler).
+
+    seq defaults to all T steps (T−1, …, 0); on a shorter sub-sequence the "large" variant is the DDIM
+    paper's σ̂ (the official code's `ddpm_steps`). The final step to ᾱ_{−1} = 1 adds no noise and
+    returns μ̃ (the official code masks the noise at t = 0, its last step); for "small" β̃ is 0 there
+    anyway. A noise draw is made at every step, including the last, so the random stream matches
+    `ddim_sample(eta > 0)` step for step.
+    """
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; choose 'small' (beta tilde) or 'large' (beta, sigma hat)")
+    alpha_bar_t = torch.as_tensor(alpha_bar)
+    if seq is None:
+        seq = torch.arange(alpha_bar_t.shape[0] - 1, -1, -1) if alpha_bar_t.ndim == 1 else [0]
+    alpha_bar, seq = _check(x_T, alpha_bar, seq)
+    x = x_T
+    traj = {"x": [x], "x0": [], "t": [int(seq[0])]}
+    for t, s in step_pairs(seq):
+        a_t, a_s = alpha_bar_at(alpha_bar, t), alpha_bar_at(alpha_bar, s)
+        x0 = predict_x0(x, _eps(eps, x, t), a_t)
+        if clip_x0:
+            x0 = x0.clamp(-1, 1)
+        var = posterior_variance(a_t, a_s) if variance == "small" else 1 - a_t / a_s
+        z = _noise(x, generator)
+        x = posterior_mean(x0, x, a_t, a_s)
+        if s >= 0:
+            x = x + bcast(var.sqrt(), x) * z
+        traj["x"].append(x); traj["x0"].append(x0); traj["t"].append(s)
+    return (x, traj) if return_trajectory else x
+
+
+def ddim_invert(eps, x0, alpha_bar, seq, return_trajectory: bool = False):
+    """Deterministic DDIM encoding x_0 → x_T: the η = 0 step run backwards, visiting seq increasing (notebook 04 §6).
+
+        x_t = √ᾱ_t x̂_0 + √(1−ᾱ_t) ε,   x̂_0 = (x_s − √(1−ᾱ_s) ε)/√ᾱ_s,   ε = ε_θ(x_s, t),
+
+    i.e. Euler forward in σ, x̄_t = x̄_s + (σ_t − σ_s) ε. The exact inverse would need ε at the unknown
+    x_t; like diffusers' DDIMInverseScheduler and null-text inversion we evaluate ε at the current
+    point x_s with the destination step t, which never calls the network at t = −1. The error is
+    first order: `reconstruct` returns x_0 up to O(1/S). Returns x at step seq[0] (the largest).
+    """
+    alpha_bar, seq = _check(x0, alpha_bar, seq, name="x0")
+    x, s = x0, -1
+    traj = {"x": [x], "t": [-1]}
+    for t in reversed(seq.tolist()):
+        e = _eps(eps, x, t)
+        x = q_sample(predict_x0(x, e, alpha_bar_at(alpha_bar, s)), alpha_bar_at(alpha_bar, t), e)
+        s = t
+        traj["x"].append(x); traj["t"].append(t)
+    return (x, traj) if return_trajectory else x
+
+
+def reconstruct(eps, x0, alpha_bar, seq) -> torch.Tensor:
+    """x_0 → x_T → x_0: `ddim_sample(eps, ddim_invert(eps, x0, …), …)` with η = 0 (notebook 04 §6)."""
+    return ddim_sample(eps, ddim_invert(eps, x0, alpha_bar, seq), alpha_bar, seq)
+
+
+def slerp(z0: torch.Tensor, z1: torch.Tensor, lam) -> torch.Tensor:
+    """Spherical interpolation sin((1−λ)θ)/sin θ · z0 + sin(λθ)/sin θ · z1, cos θ = z0·z1/(|z0||z1|)
+    (DDIM §5.3 and notebook 04 §6, after White 2016).
+
+    z0, z1: (B, …) latents (or one latent of shape (d,)); θ is per sample, over all non-batch dims.
+    lam: a scalar, or a 1-D tensor of length L broadcast against the batch (B = 1 with L values gives
+    an (L, …) interpolation path; B = L gives one λ per sample). Endpoints are returned exactly; when
+    z0 ∥ z1 (sin θ ≈ 0) it falls back to linear interpolation. For Gaussian latents in high dimension
+    the norm stays ≈ √d along the path, whereas linear interpolation shrinks it in the middle.
+    """
+    if not isinstance(z0, torch.Tensor) or not isinstance(z1, torch.Tensor):
+        raise TypeError("z0 and z1 must be torch.Tensors")
+    if z0.shape != z1.shape:
+        raise ValueError(f"z0 and z1 must have the same shape, got {tuple(z0.shape)} and {tuple(z1.shape)}")
+    if z0.ndim == 0 or not z0.dtype.is_floating_point:
+        raise ValueError("z0 and z1 must be floating-point tensors with at least one dimension")
+    single = z0.ndim == 1
+    if single:
+        z0, z1 = z0[None], z1[None]
+    lam = torch.as_tensor(lam, dtype=z0.dtype, device=z0.device)
+    if lam.ndim > 1:
+        raise ValueError(f"lam must be a scalar or 1-D, got shape {tuple(lam.shape)}")
+    if lam.ndim == 1 and z0.shape[0] not in (1, lam.shape[0]):
+        raise ValueError(f"lam has {lam.shape[0]} values but the batch has {z0.shape[0]}; use batch 1 or matching sizes")
+    view = (-1,) + (1,) * (z0.ndim - 1)
+    a, b = z0.flatten(1), z1.flatten(1)
+    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+    theta = torch.arccos(cos.clamp(-1, 1)).reshape(view)
+    lam_b = lam.reshape(view) if lam.ndim == 1 else lam
+    sin = torch.sin(theta)
+    parallel = sin.abs() < 1e-7
+    safe = torch.where(parallel, torch.ones_like(sin), sin)
+    w0 = torch.where(parallel, 1 - lam_b, torch.sin((1 - lam_b) * theta) / safe)
+    w1 = torch.where(parallel, lam_b, torch.sin(lam_b * theta) / safe)
+    out = w0 * z0 + w1 * z1
+    return out[0] if single and lam.ndim == 0 else out
+
+
+def sample(eps, shape, alpha_bar, S: int = 50, spacing: str = "uniform", eta: float = 0.0,
+           generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32, device=None,
+           return_trajectory: bool = False):
+    """Draw x_T ~ N(0, I) of `shape` and run `ddim_sample` on `schedule.timesteps(S, T, spacing)` (notebook 04 §4)."""
+    alpha_bar = torch.as_tensor(alpha_bar)
+    seq = schedule.timesteps(S, alpha_bar.shape[0], spacing)
+    x_T = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+    return ddim_sample(eps, x_T, alpha_bar, seq, eta=eta, generator=generator, return_trajectory=return_trajectory)

@@ -1,0 +1,130 @@
+"""Samplers on the exact-score lab (notebook 04)."""
+import math
+
+import pytest
+import torch
+
+from ddimlab import samplers, schedule, toy
+
+torch.set_num_threads(1)
+AB = schedule.make_alpha_bar("linear", 1000)
+MIX = toy.eight_gaussians()
+EPS = toy.exact_eps(MIX, AB)
+
+
+def _xT(n=8, seed=0, d=2):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_ddim_eta1_on_all_steps_is_ddpm_small_variance():
+    """DDIM eq. 12 with η = 1 on consecutive steps is DDPM's ancestral step with β̃ (DDIM §4.1)."""
+    x_T = _xT(6, seed=1)
+    full = torch.arange(999, -1, -1)
+    a = samplers.ddim_sample(EPS, x_T, AB, full, eta=1.0, generator=torch.Generator().manual_seed(2))
+    b = samplers.ddpm_sample(EPS, x_T, AB, "small", generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+    assert float((a - samplers.ddim_sample(EPS, x_T, AB, full)).abs().max()) > 1e-2   # the noise mattered
+
+
+def test_trajectory_and_final_step():
+    x_T = _xT()
+    seq = schedule.timesteps(10, 1000, "uniform")
+    x0, tr = samplers.ddim_sample(EPS, x_T, AB, seq, return_trajectory=True)
+    assert len(tr["x"]) == len(tr["t"]) == 11 and len(tr["x0"]) == 10
+    assert tr["t"][0] == 900 and tr["t"][-1] == -1 and tr["x"][0] is x_T
+    torch.testing.assert_close(tr["x"][-1], x0)
+    torch.testing.assert_close(x0, tr["x0"][-1], rtol=0, atol=0)    # the step to ᾱ = 1 returns x̂_0
+    far = 5 * x_T                                                      # x̂_0 far outside [-1, 1] early on
+    _, tr = samplers.ddim_sample(EPS, far, AB, seq, clip_x0=True, return_trajectory=True)
+    assert all(float(x.abs().max()) <= 1 for x in tr["x0"])
+
+
+def test_eta_zero_is_deterministic_and_ignores_generator():
+    x_T, seq = _xT(), schedule.timesteps(20, 1000, "quad")
+    g = torch.Generator().manual_seed(3)
+    a = samplers.ddim_sample(EPS, x_T, AB, seq, generator=g)
+    assert torch.equal(a, samplers.ddim_sample(EPS, x_T, AB, seq))
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(3).get_state())
+
+
+def test_inversion_round_trip_error_shrinks_with_S():
+    x0 = MIX.sample(16, torch.Generator().manual_seed(4))
+    errs = []
+    for S in (10, 50, 250):
+        seq = schedule.timesteps(S, 1000, "uniform")
+        errs.append(float((samplers.reconstruct(EPS, x0, AB, seq) - x0).abs().max()))
+    assert errs[0] > errs[1] > errs[2], errs
+    # first order: 25× more steps should buy more than a 5× smaller error
+    assert errs[2] < errs[0] / 5, errs
+    x_T, tr = samplers.ddim_invert(EPS, x0, AB, schedule.timesteps(50, 1000), return_trajectory=True)
+    assert tr["t"][0] == -1 and tr["t"][-1] == 980 and torch.equal(tr["x"][-1], x_T)
+
+
+@pytest.mark.parametrize("variance", ["small", "large"])
+def test_ddpm_reaches_data_distribution(variance):
+    """With all T steps DDPM samples the data distribution up to the metric's noise floor."""
+    g = torch.Generator().manual_seed(5)
+    x = samplers.ddpm_sample(EPS, _xT(800, seed=6), AB, variance, generator=g)
+    res = toy.mmd(x, MIX, g)
+    assert not res.resolved(4), res
+
+
+def test_ddim_eta1_many_steps_reaches_data_but_sigma_hat_few_steps_does_not():
+    g = torch.Generator().manual_seed(7)
+    good = samplers.ddim_sample(EPS, _xT(800, seed=8), AB, schedule.timesteps(200, 1000), eta=1.0, generator=g)
+    assert not toy.mmd(good, MIX, g).resolved(4)
+    # DDIM Table 1: σ̂ with S = 10 is the worst sampler by far; the metric must see it
+    bad = samplers.ddpm_sample(EPS, _xT(800, seed=8), AB, "large", seq=schedule.timesteps(10, 1000), generator=g)
+    assert toy.mmd(bad, MIX, g).resolved(10)
+
+
+def test_slerp():
+    d = 4096
+    g = torch.Generator().manual_seed(9)
+    z0, z1 = torch.randn(3, d, generator=g, dtype=torch.float64), torch.randn(3, d, generator=g, dtype=torch.float64)
+    assert torch.equal(samplers.slerp(z0, z1, 0.0), z0) and torch.equal(samplers.slerp(z0, z1, 1.0), z1)
+    mid = samplers.slerp(z0, z1, 0.5)
+    # Gaussian latents are almost orthogonal, so the path keeps |z| ≈ √d; the straight line does not
+    assert float((mid.norm(dim=1) / math.sqrt(d) - 1).abs().max()) < 0.05
+    assert float((0.5 * (z0 + z1)).norm(dim=1).max() / math.sqrt(d)) < 0.75
+    lam = torch.linspace(0, 1, 5, dtype=torch.float64)
+    path = samplers.slerp(z0[:1], z1[:1], lam)                         # one pair, 5 points
+    assert path.shape == (5, d)
+    torch.testing.assert_close(path[2], mid[0])
+    per = samplers.slerp(z0, z1, torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64))   # one λ per sample
+    assert torch.equal(per[0], z0[0]) and torch.equal(per[2], z1[2])
+    img = samplers.slerp(z0.reshape(3, 4, 32, 32), z1.reshape(3, 4, 32, 32), 0.5)
+    torch.testing.assert_close(img.reshape(3, d), mid)
+    single = samplers.slerp(z0[0], z0[0], 0.3)                          # parallel: falls back to lerp
+    torch.testing.assert_close(single, z0[0])
+
+
+def test_sample_convenience():
+    x = samplers.sample(EPS, (7, 2), AB, S=20, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (7, 2) and x.dtype == torch.float64 and bool(torch.isfinite(x).all())
+
+
+def test_errors():
+    x_T, seq = _xT(), schedule.timesteps(10, 1000)
+    with pytest.raises(ValueError, match="eta must be >= 0"):
+        samplers.ddim_sample(EPS, x_T, AB, seq, eta=-0.1)
+    with pytest.raises(ValueError, match="0..T-1"):
+        samplers.ddim_sample(EPS, x_T, AB, [1000, 10])
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        samplers.ddim_sample(EPS, x_T, AB, [10, 20])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        samplers.ddim_sample(EPS, x_T * float("nan"), AB, seq)
+    with pytest.raises(TypeError, match="floating point"):
+        samplers.ddim_sample(EPS, torch.zeros(2, 2, dtype=torch.long), AB, seq)
+    with pytest.raises(ValueError, match="dtype"):
+        samplers.ddim_sample(lambda x, t: EPS(x, t).double(), x_T.float(), AB, seq)
+    with pytest.raises(ValueError, match="x's shape"):
+        samplers.ddim_sample(lambda x, t: x[:, :1], x_T, AB, seq)
+    with pytest.raises(ValueError, match="'small'"):
+        samplers.ddpm_sample(EPS, x_T, AB, "medium")
+    with pytest.raises(ValueError, match="alpha_bar"):
+        samplers.ddim_sample(EPS, x_T, AB * 2, seq)
+    with pytest.raises(ValueError, match="same shape"):
+        samplers.slerp(torch.zeros(2, 3), torch.zeros(2, 4), 0.5)
+    with pytest.raises(ValueError, match="lam has 3 values"):
+        samplers.slerp(torch.ones(2, 3), torch.ones(2, 3), torch.zeros(3))
