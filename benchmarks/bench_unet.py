@@ -1,0 +1,197 @@
+"""ddimlab's DDPM UNet beside diffusers' UNet2DModel at the identical CIFAR-10 configuration.
+
+Both networks get the same weights (converted with `checkpoint.to_diffusers`; the outputs are
+checked to agree first), the same inputs and the same training step: ε-prediction MSE (L_simple),
+backward, global grad-norm clip 1, Adam 2e-4. Timings alternate between the two models so that
+background load hits both alike; the median and the fastest run are reported.
+
+- CPU: float32, small batch, `--threads` threads (2 by default).
+- CUDA: bf16 autocast, TF32, channels_last, fused Adam (`--compile` adds torch.compile), and
+  images/s against the bound set by the GPU's bf16 peak: 6.2 GMACs = 12.4 GFLOP per forward pass,
+  ≈ 3× that per training step (forward + backward).
+
+    python benchmarks/bench_unet.py                   # CPU defaults: batch 8, 3 timed iterations
+    python benchmarks/bench_unet.py --batch 128 --iters 20 [--compile]   # on a GPU
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ddimlab import checkpoint, unet
+
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0, "4090": 165.0}
+
+
+def peak_tflops(device: torch.device, override: float | None) -> float | None:
+    if override:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def build_pair(device, channels_last: bool):
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    ours = unet.cifar10_unet()
+    theirs = UNet2DModel(**checkpoint.diffusers_config(ours.config))
+    theirs.load_state_dict(checkpoint.to_diffusers(ours.state_dict()), strict=True)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return ours.to(device, memory_format=fmt), theirs.to(device, memory_format=fmt)
+
+
+def as_eps(model, is_diffusers: bool):
+    if is_diffusers:
+        return lambda x, t: model(x, t, return_dict=False)[0]
+    return model
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_steps(model, eps, device, batch, bf16, fused, compile_):
+    fn = torch.compile(eps) if compile_ else eps
+    opt = torch.optim.Adam(model.parameters(), lr=2e-4, fused=fused) if fused else \
+        torch.optim.Adam(model.parameters(), lr=2e-4, foreach=True)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    g = torch.Generator(device="cpu").manual_seed(1)
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    x = torch.randn(batch, 3, 32, 32, generator=g).to(device).contiguous(memory_format=fmt)
+    noise = torch.randn(batch, 3, 32, 32, generator=g).to(device).contiguous(memory_format=fmt)
+    t = torch.randint(0, 1000, (batch,), generator=g).to(device)
+
+    def forward():
+        model.eval()
+        with torch.inference_mode(), autocast:
+            fn(x, t)
+
+    def train_step():
+        model.train()
+        with autocast:
+            loss = F.mse_loss(fn(x, t).float(), noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return {"forward": forward, "train": train_step}
+
+
+def time_interleaved(steps: dict, device, warmup: int, iters: int) -> dict:
+    """steps: name -> callable. Returns name -> list of seconds, alternating the order each round."""
+    names = list(steps)
+    for _ in range(warmup):
+        for n in names:
+            steps[n]()
+    sync(device)
+    out = {n: [] for n in names}
+    for i in range(iters):
+        for n in (names if i % 2 == 0 else names[::-1]):
+            sync(device)
+            t0 = time.perf_counter()
+            steps[n]()
+            sync(device)
+            out[n].append(time.perf_counter() - t0)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch", type=int, default=None, help="default: 8 on CPU, 128 on CUDA")
+    p.add_argument("--iters", type=int, default=None, help="timed iterations (default 3 CPU, 20 CUDA)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed iterations (default 1 CPU, 5 CUDA)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
+    p.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak (H100 SXM: 989)")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    cuda = device.type == "cuda"
+    batch = args.batch or (128 if cuda else 8)
+    iters = args.iters or (20 if cuda else 3)
+    warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
+    bf16 = cuda and not args.fp32
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    else:
+        torch.set_num_threads(args.threads)
+
+    ours, theirs = build_pair(device, channels_last=cuda)
+    # Same function first: identical weights must give identical outputs (float32, eval mode).
+    with torch.no_grad():
+        xs, ts = torch.randn(2, 3, 32, 32, device=device), torch.tensor([10, 900], device=device)
+        err = (ours.eval()(xs, ts) - theirs.eval()(xs, ts).sample).abs().max().item()
+    assert err < 1e-3, f"ddimlab and diffusers disagree by {err}"
+
+    macs = unet.count_macs(ours)
+    flops = 2 * macs
+    peak = peak_tflops(device, args.peak_tflops)
+    models = {"ddimlab": (ours, False), "diffusers": (theirs, True)}
+    steps = {name: make_steps(m, as_eps(m, d), device, batch, bf16, cuda, args.compile)
+             for name, (m, d) in models.items()}
+
+    results = {}
+    for kind in ("forward", "train"):
+        times = time_interleaved({n: s[kind] for n, s in steps.items()}, device, warmup, iters)
+        for n, ts_ in times.items():
+            med = statistics.median(ts_)
+            results[(n, kind)] = dict(seconds=med, best=min(ts_), images_per_s=batch / med,
+                                      runs=[round(v, 5) for v in ts_])
+
+    where = torch.cuda.get_device_name(device) if cuda else f"{platform.processor() or platform.machine()}, " \
+                                                              f"{torch.get_num_threads()} threads"
+    print(f"DDPM CIFAR-10 UNet: {unet.count_params(ours) / 1e6:.2f}M parameters, {macs / 1e9:.2f} GMACs "
+          f"({flops / 1e9:.1f} GFLOP) per image forward")
+    print(f"device: {where}; batch {batch}; {'bf16 autocast' if bf16 else 'float32'}"
+          f"{', channels_last' if cuda else ''}{', torch.compile' if args.compile else ''}; "
+          f"median of {iters} (after {warmup} warm-up); max |Δε̂| between the two = {err:.1e}")
+    head = f"{'':<10}{'forward ms':>12}{'img/s':>10}{'train ms':>12}{'img/s':>10}"
+    if peak:
+        head += f"{'fwd %bound':>12}{'train %bound':>14}"
+    print(head)
+    bound_fwd = peak * 1e12 / flops if peak else None
+    bound_train = peak * 1e12 / (3 * flops) if peak else None
+    for n in models:
+        f, tr = results[(n, "forward")], results[(n, "train")]
+        line = f"{n:<10}{1e3 * f['seconds']:>12.1f}{f['images_per_s']:>10.1f}{1e3 * tr['seconds']:>12.1f}" \
+               f"{tr['images_per_s']:>10.1f}"
+        if peak:
+            line += f"{100 * f['images_per_s'] / bound_fwd:>11.1f}%{100 * tr['images_per_s'] / bound_train:>13.1f}%"
+        print(line)
+    ratio_f = results[("diffusers", "forward")]["seconds"] / results[("ddimlab", "forward")]["seconds"]
+    ratio_t = results[("diffusers", "train")]["seconds"] / results[("ddimlab", "train")]["seconds"]
+    best_f = results[("diffusers", "forward")]["best"] / results[("ddimlab", "forward")]["best"]
+    best_t = results[("diffusers", "train")]["best"] / results[("ddimlab", "train")]["best"]
+    print(f"speed-up of ddimlab over diffusers: forward {ratio_f:.2f}×, training step {ratio_t:.2f}× "
+          f"(medians; fastest runs: {best_f:.2f}×, {best_t:.2f}× — prefer these on a busy machine)")
+    if peak:
+        print(f"bound at {peak:.0f} TFLOP/s bf16: {bound_fwd:,.0f} img/s forward, {bound_train:,.0f} img/s training")
+
+    if args.json:
+        out = dict(device=where, batch=batch, bf16=bf16, compile=args.compile, iters=iters, macs=macs,
+                   peak_tflops=peak, ratio_forward=ratio_f, ratio_train=ratio_t, ratio_forward_best=best_f,
+                   ratio_train_best=best_t, max_abs_diff=err,
+                   results={f"{n}/{k}": v for (n, k), v in results.items()})
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,419 @@
+"""Saving and loading: ddimlab checkpoints, the official DDPM CIFAR-10 weights, diffusers' UNet2DModel.
+
+- `save_checkpoint` / `load_checkpoint`: a dict of tensors and plain values, written atomically
+  (temporary name + `os.replace`, so a crash never leaves half a file under the real name) and read
+  with `torch.load(weights_only=True)` (no arbitrary code runs on load).
+- `load_official_ddpm`: the DDPM EMA CIFAR-10 model converted to PyTorch (`model-790000.ckpt`, the
+  file the DDIM paper sampled from) into `unet.cifar10_unet()` with strict key and shape matching.
+- `to_diffusers` / `from_diffusers`: rename between ddimlab's (= the official) layout and the layout
+  of diffusers' `UNet2DModel` as in `google/ddpm-cifar10-32`; `load_diffusers_folder` reads such a
+  folder (config.json + diffusion_pytorch_model.safetensors or .bin); `save_diffusers_folder` writes one.
+The two layouts compute the same function; tests/test_checkpoint.py compares outputs both ways.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+
+from . import unet as unet_mod
+
+DDPM_CIFAR10_FILE = "model-790000.ckpt"
+DDPM_CIFAR10_MD5 = "1fa350b952534ae442b1d5235cce5cd3"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: unreadable, wrong checksum, or wrong contents."""
+
+
+# ---------------------------------------------------------------------------------------------
+# ddimlab checkpoints
+
+
+def save_checkpoint(path, **state) -> Path:
+    """Write `state` (tensors, state_dicts, numbers, strings, lists, dicts) to `path` atomically."""
+    if not state:
+        raise ValueError("save_checkpoint needs at least one keyword, e.g. save_checkpoint(path, model=sd, step=0)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda f: torch.save(state, f))
+    return path
+
+
+def load_checkpoint(path, map_location="cpu", required=()) -> dict:
+    """Read a checkpoint written by `save_checkpoint` (or any weights-only torch file).
+
+    Raises FileNotFoundError if `path` does not exist and CheckpointError if it is truncated,
+    corrupted, holds objects that weights_only loading refuses, or lacks a key named in `required`.
+    """
+    state = _torch_load(path, map_location)
+    if required:
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path} holds a {type(state).__name__}, not a dict with keys {list(required)}")
+        missing = [k for k in required if k not in state]
+        if missing:
+            raise CheckpointError(f"{path} lacks the key(s) {missing}; it has {sorted(state)}")
+    return state
+
+
+def md5sum(path, chunk: int = 1 << 20) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _torch_load(path, map_location):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e):  # a sound file holding arbitrary Python objects
+            raise CheckpointError(f"{path} holds objects other than tensors and plain containers, which "
+                                  f"weights_only loading refuses (only load files you trust otherwise): {e}") from e
+        raise CheckpointError(f"{path} is not a readable torch checkpoint; it is probably corrupted or not a "
+                              f"torch file at all: {e}") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        size = path.stat().st_size
+        raise CheckpointError(f"{path} ({size} bytes) is not a readable torch checkpoint; it is probably "
+                              f"truncated or corrupted (an interrupted download or copy?): {e}") from e
+
+
+# ---------------------------------------------------------------------------------------------
+# the official DDPM CIFAR-10 checkpoint
+
+
+def official_state_dict(obj) -> dict:
+    """The model state_dict inside an official-layout checkpoint object.
+
+    Accepts a plain state_dict (the converted `model-790000.ckpt`), one saved from
+    `nn.DataParallel` / `torch.compile` ('module.' / '_orig_mod.' prefixes), and ermongroup/ddim's
+    training files `[model, optimizer, epoch, step(, ema)]`, of which the EMA weights are taken.
+    """
+    if isinstance(obj, (list, tuple)):
+        dicts = [o for o in obj if isinstance(o, dict) and o and all(torch.is_tensor(v) for v in o.values())]
+        if not dicts:
+            raise CheckpointError("checkpoint list holds no state_dict")
+        obj = dicts[-1] if len(obj) >= 5 else dicts[0]  # [..., ema] when EMA was saved
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"expected a state_dict, got {type(obj).__name__}")
+    out = {}
+    for k, v in obj.items():
+        for prefix in ("module.", "_orig_mod."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def load_state_strict(model: torch.nn.Module, state: dict, source="state_dict") -> torch.nn.Module:
+    """`model.load_state_dict(state, strict=True)` with an error that lists what differs."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise CheckpointError(
+            f"{source} does not match the network: {len(missing)} missing key(s) {missing[:5]}, "
+            f"{len(unexpected)} unexpected key(s) {unexpected[:5]}, {len(shapes)} shape mismatch(es) {shapes[:3]}")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def load_official_ddpm(path, verify_md5: bool = False, expected_md5: str = DDPM_CIFAR10_MD5,
+                       map_location="cpu") -> unet_mod.UNet:
+    """The DDPM CIFAR-10 EMA model (`model-790000.ckpt`) as `unet.cifar10_unet()` in eval mode.
+
+    With verify_md5=True the file's md5 must equal `expected_md5` (the official file's by default).
+    """
+    if verify_md5:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no checkpoint file at {path}")
+        got = md5sum(path)
+        if got != expected_md5.lower():
+            raise CheckpointError(f"md5 of {path} is {got}, expected {expected_md5}: this is not the official "
+                                  f"{DDPM_CIFAR10_FILE} or it is damaged (pass verify_md5=False to load it anyway)")
+    state = official_state_dict(_torch_load(path, map_location))
+    net = unet_mod.cifar10_unet()
+    load_state_strict(net, state, source=str(path))
+    return net.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# diffusers' UNet2DModel
+
+_RES_LEAF = {"temb_proj": "time_emb_proj", "nin_shortcut": "conv_shortcut"}
+_ATTN_LEAF = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
+_LEGACY_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}  # diffusers < 0.14
+_TOP = {"temb.dense.0": "time_embedding.linear_1", "temb.dense.1": "time_embedding.linear_2",
+        "conv_in": "conv_in", "norm_out": "conv_norm_out", "conv_out": "conv_out"}
+
+
+def _num_levels(keys, pattern) -> int:
+    levels = {int(m.group(1)) for k in keys if (m := re.match(pattern, k))}
+    if not levels:
+        raise ValueError("state_dict has no down-sampling levels; is it a UNet state_dict?")
+    return max(levels) + 1
+
+
+def _leaf(rest: str, table: dict) -> str:
+    name, _, param = rest.rpartition(".")
+    return f"{table.get(name, name)}.{param}"
+
+
+def to_diffusers(unet_state: dict) -> dict:
+    """ddimlab / official DDPM state_dict -> diffusers `UNet2DModel` state_dict (same tensors).
+
+    Up-levels are numbered from the bottom in diffusers (up_blocks.0 is the coarsest) and from the
+    top in the official layout (up.0 is full resolution); attention's 1×1 convs become linears.
+    """
+    unet_state = official_state_dict(unet_state)  # drops 'module.' / '_orig_mod.' prefixes
+    L = _num_levels(unet_state, r"down\.(\d+)\.")
+    out = {}
+    for key, v in unet_state.items():
+        if m := re.fullmatch(r"(down|up)\.(\d+)\.(block|attn)\.(\d+)\.(.+)", key):
+            side, i, kind, j, rest = m.groups()
+            i = int(i) if side == "down" else L - 1 - int(i)
+            if kind == "block":
+                new = f"{side}_blocks.{i}.resnets.{j}.{_leaf(rest, _RES_LEAF)}"
+            else:
+                new = f"{side}_blocks.{i}.attentions.{j}.{_leaf(rest, _ATTN_LEAF)}"
+        elif m := re.fullmatch(r"down\.(\d+)\.downsample\.conv\.(weight|bias)", key):
+            new = f"down_blocks.{m.group(1)}.downsamplers.0.conv.{m.group(2)}"
+        elif m := re.fullmatch(r"up\.(\d+)\.upsample\.conv\.(weight|bias)", key):
+            new = f"up_blocks.{L - 1 - int(m.group(1))}.upsamplers.0.conv.{m.group(2)}"
+        elif m := re.fullmatch(r"mid\.block_([12])\.(.+)", key):
+            new = f"mid_block.resnets.{int(m.group(1)) - 1}.{_leaf(m.group(2), _RES_LEAF)}"
+        elif m := re.fullmatch(r"mid\.attn_1\.(.+)", key):
+            new = f"mid_block.attentions.0.{_leaf(m.group(1), _ATTN_LEAF)}"
+        elif key.rpartition(".")[0] in _TOP:
+            name, _, param = key.rpartition(".")
+            new = f"{_TOP[name]}.{param}"
+        else:
+            raise ValueError(f"unknown key {key!r} in a ddimlab UNet state_dict")
+        if ".attentions." in new and v.ndim == 4:
+            v = v.flatten(1)  # 1×1 conv (C, C, 1, 1) -> linear (C, C)
+        out[new] = v
+    return out
+
+
+def _mid_or_top(key: str) -> str:
+    if m := re.fullmatch(r"mid_block\.resnets\.([01])\.(.+)", key):
+        return f"mid.block_{int(m.group(1)) + 1}.{_leaf(m.group(2), _inverse(_RES_LEAF))}"
+    if m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", key):
+        return f"mid.attn_1.{_attn_leaf_back(m.group(1))}"
+    inv = _inverse(_TOP)
+    name, _, param = key.rpartition(".")
+    if name not in inv:
+        raise ValueError(f"unknown key {key!r} in a diffusers UNet2DModel state_dict")
+    return f"{inv[name]}.{param}"
+
+
+def _inverse(table: dict) -> dict:
+    return {v: k for k, v in table.items()}
+
+
+def _attn_leaf_back(rest: str) -> str:
+    for old, new in _LEGACY_ATTN.items():
+        if rest.startswith(old + "."):
+            rest = new + rest[len(old):]
+    name, _, param = rest.rpartition(".")
+    inv = _inverse(_ATTN_LEAF)
+    if name not in inv:
+        raise ValueError(f"unknown attention parameter {rest!r} in a diffusers UNet2DModel state_dict")
+    return f"{inv[name]}.{param}"
+
+
+def from_diffusers(diffusers_state: dict) -> dict:
+    """diffusers `UNet2DModel` state_dict (current or pre-0.14 attention names) -> ddimlab layout."""
+    L = _num_levels(diffusers_state, r"down_blocks\.(\d+)\.")
+    out = {}
+    for key, v in diffusers_state.items():
+        if m := re.fullmatch(r"(down|up)_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
+            side, i, kind, j, rest = m.groups()
+            i = int(i) if side == "down" else L - 1 - int(i)
+            if kind == "resnets":
+                new = f"{side}.{i}.block.{j}.{_leaf(rest, _inverse(_RES_LEAF))}"
+            else:
+                new = f"{side}.{i}.attn.{j}.{_attn_leaf_back(rest)}"
+        elif m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(weight|bias)", key):
+            new = f"down.{m.group(1)}.downsample.conv.{m.group(2)}"
+        elif m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(weight|bias)", key):
+            new = f"up.{L - 1 - int(m.group(1))}.upsample.conv.{m.group(2)}"
+        else:
+            new = _mid_or_top(key)
+        if (".attn." in new or new.startswith("mid.attn_1.")) and new.endswith("weight") and v.ndim == 2:
+            v = v[:, :, None, None]  # linear (C, C) -> 1×1 conv
+        out[new] = v
+    return out
+
+
+# The settings of google/ddpm-cifar10-32 that make UNet2DModel compute DDPM's network.
+_DDPM_SETTINGS = dict(time_embedding_type="positional", flip_sin_to_cos=False, freq_shift=1, act_fn="silu",
+                      downsample_padding=0, center_input_sample=False, mid_block_scale_factor=1, norm_eps=1e-6,
+                      resnet_time_scale_shift="default", add_attention=True, downsample_type="conv",
+                      upsample_type="conv", class_embed_type=None)
+# UNet2DModel's defaults for keys a config.json may omit.
+_DIFFUSERS_DEFAULTS = dict(time_embedding_type="positional", flip_sin_to_cos=True, freq_shift=0, act_fn="silu",
+                           downsample_padding=1, center_input_sample=False, mid_block_scale_factor=1, norm_eps=1e-5,
+                           resnet_time_scale_shift="default", add_attention=True, downsample_type="conv",
+                           upsample_type="conv", class_embed_type=None, attention_head_dim=8, norm_num_groups=32,
+                           attn_norm_num_groups=None, time_embedding_dim=None, dropout=0.0,
+                           mid_block_type="UNetMidBlock2D", in_channels=3, out_channels=3, layers_per_block=2)
+
+
+def diffusers_config(config: dict) -> dict:
+    """`UNet2DModel(**diffusers_config(net.config))` computes the same function as ddimlab's `net`."""
+    cfg = {**unet_mod.PRESETS["cifar10"], "out_ch": None, **config}
+    ch, ch_mult, res = cfg["ch"], tuple(cfg["ch_mult"]), cfg["resolution"]
+    if ch_mult[0] != 1:
+        raise ValueError(f"diffusers' UNet2DModel needs ch_mult[0] == 1 (conv_in outputs block_out_channels[0]); "
+                         f"got ch_mult={ch_mult}")
+    attn = [res // 2 ** i in cfg["attn_resolutions"] for i in range(len(ch_mult))]
+    return dict(sample_size=res, in_channels=cfg["in_ch"], out_channels=cfg["out_ch"] or cfg["in_ch"],
+                block_out_channels=tuple(ch * m for m in ch_mult), layers_per_block=cfg["num_res_blocks"],
+                down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+                up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+                attention_head_dim=None, norm_num_groups=cfg["num_groups"], dropout=cfg["dropout"],
+                mid_block_type="UNetMidBlock2D", **_DDPM_SETTINGS)
+
+
+def unet_config_from_diffusers(config: dict) -> dict:
+    """ddimlab `UNet` keyword arguments for a diffusers UNet2DModel config (a parsed config.json).
+
+    Raises ValueError for settings under which UNet2DModel computes a different function
+    (e.g. flip_sin_to_cos=True, multi-head attention, cross-attention blocks).
+    """
+    cfg = {**_DIFFUSERS_DEFAULTS, **config}
+    if cfg.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise ValueError(f"expected a UNet2DModel config, got _class_name={cfg['_class_name']!r}")
+    wrong = {k: cfg[k] for k, v in _DDPM_SETTINGS.items() if cfg[k] != v}
+    if cfg["mid_block_type"] != "UNetMidBlock2D":
+        wrong["mid_block_type"] = cfg["mid_block_type"]
+    if wrong:
+        raise ValueError(f"unsupported UNet2DModel settings {wrong}; ddimlab's DDPM UNet needs {_DDPM_SETTINGS}")
+    widths = list(cfg["block_out_channels"])
+    ch = widths[0]
+    if any(w % ch for w in widths):
+        raise ValueError(f"block_out_channels {widths} must be multiples of the first, {ch}")
+    down, up = list(cfg["down_block_types"]), list(cfg["up_block_types"])
+    allowed_down, allowed_up = {"DownBlock2D", "AttnDownBlock2D"}, {"UpBlock2D", "AttnUpBlock2D"}
+    if set(down) - allowed_down or set(up) - allowed_up:
+        raise ValueError(f"block types must be in {sorted(allowed_down)} / {sorted(allowed_up)}, got {down} / {up}")
+    attn = [b == "AttnDownBlock2D" for b in down]
+    if [b == "AttnUpBlock2D" for b in reversed(up)] != attn:
+        raise ValueError(f"up_block_types {up} must mirror down_block_types {down}")
+    head = cfg["attention_head_dim"]
+    attended = [w for w, a in zip(widths, attn) if a] + [widths[-1]]
+    if head is not None and any(head != w for w in attended):
+        raise ValueError(f"attention_head_dim={head} means multi-head attention; DDPM uses one head "
+                         f"(attention_head_dim=None or equal to the width, {attended})")
+    if cfg["attn_norm_num_groups"] not in (None, cfg["norm_num_groups"]):
+        raise ValueError(f"attn_norm_num_groups={cfg['attn_norm_num_groups']} must be None or norm_num_groups")
+    if cfg["time_embedding_dim"] not in (None, 4 * ch):
+        raise ValueError(f"time_embedding_dim={cfg['time_embedding_dim']} must be None or 4 * {ch}")
+    size = cfg.get("sample_size")
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1:
+            raise ValueError(f"only square sample_size is supported, got {size}")
+        size = size[0]
+    if size is None:
+        raise ValueError("config has no sample_size (needed to place attention)")
+    return dict(in_ch=cfg["in_channels"], ch=ch, ch_mult=tuple(w // ch for w in widths),
+                num_res_blocks=cfg["layers_per_block"],
+                attn_resolutions=tuple(size // 2 ** i for i, a in enumerate(attn) if a),
+                dropout=cfg["dropout"], resolution=size, out_ch=cfg["out_channels"],
+                num_groups=cfg["norm_num_groups"])
+
+
+def _diffusers_dir(path) -> Path:
+    path = Path(path)
+    if (path / "unet" / "config.json").is_file():  # a whole pipeline folder
+        path = path / "unet"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} has no config.json; expected a diffusers UNet2DModel folder "
+                                f"(config.json + diffusion_pytorch_model.safetensors or .bin)")
+    return path
+
+
+def load_diffusers_folder(path, backend: str = "ddimlab", map_location="cpu"):
+    """A diffusers UNet2DModel folder (e.g. a local copy of google/ddpm-cifar10-32) as a network.
+
+    backend="ddimlab" (default) converts the weights into ddimlab's `UNet` (no diffusers needed);
+    backend="diffusers" returns `diffusers.UNet2DModel.from_pretrained(path)` (wrap it with
+    `diffusers_eps` for the samplers). Both are returned in eval mode.
+    """
+    if backend not in ("ddimlab", "diffusers"):
+        raise ValueError(f"backend must be 'ddimlab' or 'diffusers', got {backend!r}")
+    folder = _diffusers_dir(path)
+    if backend == "diffusers":
+        try:
+            from diffusers import UNet2DModel
+        except ImportError as e:
+            raise ImportError("backend='diffusers' needs diffusers: pip install diffusers "
+                              "(or use backend='ddimlab')") from e
+        return UNet2DModel.from_pretrained(folder).eval()
+    config = json.loads((folder / "config.json").read_text())
+    net = unet_mod.UNet(**unet_config_from_diffusers(config))
+    st, binary = folder / "diffusion_pytorch_model.safetensors", folder / "diffusion_pytorch_model.bin"
+    if st.is_file():
+        from safetensors.torch import load_file
+        try:
+            state = load_file(st, device=str(map_location))
+        except Exception as e:  # safetensors raises its own error type for damaged files
+            raise CheckpointError(f"{st} is not a readable safetensors file (truncated?): {e}") from e
+    elif binary.is_file():
+        state = _torch_load(binary, map_location)
+    else:
+        raise FileNotFoundError(f"{folder} has neither diffusion_pytorch_model.safetensors nor .bin")
+    load_state_strict(net, from_diffusers(state), source=str(folder))
+    return net.eval()
+
+
+def save_diffusers_folder(net: unet_mod.UNet, path) -> Path:
+    """Write `net` as a diffusers UNet2DModel folder (config.json + diffusion_pytorch_model.*)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    config = {"_class_name": "UNet2DModel", **diffusers_config(net.config)}
+    state = {k: v.detach().contiguous().cpu() for k, v in to_diffusers(net.state_dict()).items()}
+    _atomic_write(path / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode()))
+    try:
+        from safetensors.torch import save as st_save
+    except ImportError:
+        _atomic_write(path / "diffusion_pytorch_model.bin", lambda f: torch.save(state, f))
+    else:
+        _atomic_write(path / "diffusion_pytorch_model.safetensors", lambda f: f.write(st_save(state)))
+    return path
+
+
+def diffusers_eps(model):
+    """eps(x, t) for a diffusers UNet2DModel, so the samplers can call it like a ddimlab UNet."""
+    def eps(x, t):
+        t = torch.as_tensor(t, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        return model(x, t).sample
+    return eps

@@ -1,0 +1,253 @@
+"""Checkpoints: atomic save, weights-only load with clear errors, the official DDPM layout, diffusers."""
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddimlab import checkpoint as ck
+from ddimlab import unet
+
+# config.json of google/ddpm-cifar10-32 (the DDPM CIFAR-10 model as published for diffusers). Up types mirror
+# the down types: diffusers' converter maps the official up.i to up_blocks.(3 - i), so 16×16 is up_blocks.2.
+GOOGLE_DDPM_CIFAR10_CONFIG = {
+    "_class_name": "UNet2DModel", "_diffusers_version": "0.0.4", "act_fn": "silu", "attention_head_dim": None,
+    "block_out_channels": [128, 256, 256, 256], "center_input_sample": False,
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+    "downsample_padding": 0, "flip_sin_to_cos": False, "freq_shift": 1, "in_channels": 3, "layers_per_block": 2,
+    "mid_block_scale_factor": 1, "norm_eps": 1e-06, "norm_num_groups": 32, "out_channels": 3, "sample_size": 32,
+    "time_embedding_type": "positional",
+    "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+}
+
+TINY_CONFIGS = [
+    dict(),  # the tiny preset
+    dict(in_ch=2, out_ch=4, ch=16, ch_mult=(1, 2, 3), num_res_blocks=2, attn_resolutions=(8, 4), resolution=16,
+         num_groups=4),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def randomize(module, seed=0, scale=0.05):
+    """Every parameter random (GroupNorm weights and biases too), so a swapped or dropped tensor shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return module
+
+
+def inputs(net, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c, r = net.config["in_ch"], net.config["resolution"]
+    return torch.randn(batch, c, r, r, generator=g), torch.tensor([3, 871][:batch])
+
+
+def assert_same_function(a, b, x, t, atol=1e-4):
+    with torch.no_grad():
+        ya = a(x, t)
+        yb = b(x, t)
+    ya, yb = getattr(ya, "sample", ya), getattr(yb, "sample", yb)
+    assert ya.abs().mean() > 1e-3  # a non-trivial output, so agreement means something
+    torch.testing.assert_close(ya, yb, atol=atol, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# save / load
+
+
+def test_save_load_roundtrip(tmp_path):
+    net = unet.tiny_unet()
+    opt = torch.optim.Adam(net.parameters())
+    net(torch.randn(2, 1, 16, 16), 5).square().mean().backward()
+    opt.step()
+    path = ck.save_checkpoint(tmp_path / "run" / "ckpt.pt", model=net.state_dict(), optimizer=opt.state_dict(),
+                              step=7, config=net.config, rng=torch.get_rng_state())
+    state = ck.load_checkpoint(path, required=("model", "optimizer", "step"))
+    assert state["step"] == 7 and state["config"]["ch_mult"] == (1, 2, 2)
+    assert all(torch.equal(state["model"][k], v) for k, v in net.state_dict().items())
+    assert torch.equal(state["optimizer"]["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert sorted(os.listdir(path.parent)) == ["ckpt.pt"]  # no temporary file left behind
+    with pytest.raises(ValueError, match="at least one keyword"):
+        ck.save_checkpoint(tmp_path / "empty.pt")
+
+
+def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = ck.save_checkpoint(tmp_path / "ckpt.pt", step=1)
+
+    def broken_save(obj, f):
+        f.write(b"PK\x03\x04 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        ck.save_checkpoint(path, step=2)
+    monkeypatch.undo()
+    assert ck.load_checkpoint(path)["step"] == 1
+    assert os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+def test_load_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint file"):
+        ck.load_checkpoint(tmp_path / "nope.pt")
+    good = ck.save_checkpoint(tmp_path / "good.pt", model={"w": torch.randn(1000)}, step=3)
+    data = good.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ck.CheckpointError, match="truncated or corrupted"):
+        ck.load_checkpoint(tmp_path / "cut.pt")
+    (tmp_path / "junk.pt").write_bytes(b"<html>404 not found</html>")
+    with pytest.raises(ck.CheckpointError, match="not a readable torch checkpoint"):
+        ck.load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(ck.CheckpointError, match=r"lacks the key\(s\) \['ema'\]; it has \['model', 'step'\]"):
+        ck.load_checkpoint(good, required=("model", "ema"))
+    torch.save({"cfg": Path("x")}, tmp_path / "objects.pt")  # arbitrary objects: refused by weights_only
+    with pytest.raises(ck.CheckpointError, match="weights_only"):
+        ck.load_checkpoint(tmp_path / "objects.pt")
+
+
+# ---------------------------------------------------------------------------------------------
+# the official DDPM CIFAR-10 checkpoint
+
+
+def test_official_file_loads_strictly_and_reproduces_outputs(tmp_path):
+    torch.manual_seed(0)
+    net = randomize(unet.cifar10_unet()).eval()
+    path = tmp_path / ck.DDPM_CIFAR10_FILE
+    torch.save(net.state_dict(), path)  # the official file is a plain state_dict
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()
+    assert ck.md5sum(path) == md5
+
+    loaded = ck.load_official_ddpm(path, verify_md5=True, expected_md5=md5)
+    assert not loaded.training
+    x, t = inputs(net, batch=1)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t), net(x, t))
+
+    with pytest.raises(ck.CheckpointError, match=f"md5 of .* is {md5}, expected {ck.DDPM_CIFAR10_MD5}"):
+        ck.load_official_ddpm(path, verify_md5=True)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 4096])
+    with pytest.raises(ck.CheckpointError, match="truncated"):
+        ck.load_official_ddpm(path)
+
+
+def test_official_state_dict_unwraps_prefixes_and_training_lists():
+    sd = {"conv_in.weight": torch.ones(2), "conv_out.bias": torch.zeros(1)}
+    wrapped = {f"module.{k}": v for k, v in sd.items()}
+    assert ck.official_state_dict(wrapped).keys() == sd.keys()
+    ema = {k: v + 1 for k, v in sd.items()}
+    states = [wrapped, {"state": {}, "param_groups": []}, 10, 5000, ema]  # ermongroup/ddim's training file
+    assert torch.equal(ck.official_state_dict(states)["conv_in.weight"], ema["conv_in.weight"])
+    assert torch.equal(ck.official_state_dict(states[:4])["conv_in.weight"], sd["conv_in.weight"])
+    with pytest.raises(ck.CheckpointError, match="expected a state_dict"):
+        ck.official_state_dict(42)
+
+
+def test_wrong_network_is_rejected_with_what_differs(tmp_path):
+    path = tmp_path / "tiny.ckpt"
+    torch.save(unet.tiny_unet().state_dict(), path)
+    with pytest.raises(ck.CheckpointError, match=r"missing key\(s\).*shape mismatch"):
+        ck.load_official_ddpm(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# diffusers' UNet2DModel
+
+
+def test_google_ddpm_config_is_the_paper_model():
+    cfg = ck.unet_config_from_diffusers(GOOGLE_DDPM_CIFAR10_CONFIG)
+    assert cfg == {**unet.PRESETS["cifar10"], "dropout": 0.0, "out_ch": 3}
+    assert {k: v for k, v in ck.diffusers_config(unet.PRESETS["cifar10"]).items()
+            if k in GOOGLE_DDPM_CIFAR10_CONFIG} == {
+        k: tuple(v) if isinstance(v, list) else v for k, v in GOOGLE_DDPM_CIFAR10_CONFIG.items()
+        if not k.startswith("_")}
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(flip_sin_to_cos=True), "flip_sin_to_cos"),
+    (dict(attention_head_dim=8), "multi-head"),
+    (dict(downsample_padding=None), "downsample_padding"),
+    (dict(up_block_types=["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"][::-1]), "mirror"),
+    (dict(down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D", "DownBlock2D"]), "block types"),
+])
+def test_unsupported_diffusers_configs_raise(change, match):
+    cfg = {**GOOGLE_DDPM_CIFAR10_CONFIG, **change}
+    if change.get("downsample_padding", 0) is None:
+        del cfg["downsample_padding"]  # omitted -> diffusers' default 1, which is not DDPM's
+    with pytest.raises(ValueError, match=match):
+        ck.unet_config_from_diffusers(cfg)
+
+
+def _diffusers_model(config):
+    diffusers = pytest.importorskip("diffusers")
+    return diffusers.UNet2DModel(**ck.diffusers_config(config)).eval()
+
+
+@pytest.mark.parametrize("config", [unet.PRESETS["cifar10"]] + TINY_CONFIGS, ids=["cifar10", "tiny", "odd"])
+def test_diffusers_conversion_both_directions(config):
+    config = {**unet.PRESETS["tiny"], **config} if config is not unet.PRESETS["cifar10"] else config
+    ours = randomize(unet.UNet(**config), seed=1).eval()
+    theirs = _diffusers_model(ours.config)
+    x, t = inputs(ours, batch=1 if config is unet.PRESETS["cifar10"] else 2)
+
+    # ddimlab -> diffusers
+    theirs.load_state_dict(ck.to_diffusers(ours.state_dict()), strict=True)
+    assert_same_function(ours, theirs, x, t)
+
+    # diffusers (its own random weights) -> ddimlab
+    randomize(theirs, seed=2)
+    back = unet.UNet(**ours.config).eval()
+    ck.load_state_strict(back, ck.from_diffusers(theirs.state_dict()))
+    assert_same_function(back, theirs, x, t)
+
+    # the renaming is a bijection that keeps every tensor
+    again = ck.from_diffusers(ck.to_diffusers(ours.state_dict()))
+    assert list(again) == list(ours.state_dict())
+    assert all(torch.equal(again[k], v) for k, v in ours.state_dict().items())
+
+
+def test_legacy_diffusers_attention_names():
+    ours = randomize(unet.tiny_unet()).eval()
+    new = ck.to_diffusers(ours.state_dict())
+    legacy = {}
+    for k, v in new.items():
+        for old, now in [("query", "to_q"), ("key", "to_k"), ("value", "to_v"), ("proj_attn", "to_out.0")]:
+            k = k.replace(f".{now}.", f".{old}.")
+        legacy[k] = v
+    assert any(".proj_attn." in k for k in legacy)
+    back = ck.from_diffusers(legacy)
+    assert all(torch.equal(back[k], v) for k, v in ours.state_dict().items())
+
+
+@pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "bin"])
+def test_diffusers_folder_roundtrip(tmp_path, safe):
+    theirs = randomize(_diffusers_model(unet.PRESETS["tiny"]), seed=3)
+    theirs.save_pretrained(tmp_path / "pipe" / "unet", safe_serialization=safe)
+    ours = ck.load_diffusers_folder(tmp_path / "pipe")  # a pipeline folder: its unet/ is found
+    assert isinstance(ours, unet.UNet) and not ours.training
+    x, t = inputs(ours)
+    assert_same_function(ours, theirs, x, t)
+    via_diffusers = ck.load_diffusers_folder(tmp_path / "pipe" / "unet", backend="diffusers")
+    assert_same_function(ours, ck.diffusers_eps(via_diffusers), x, t)
+    with pytest.raises(ValueError, match="backend must be"):
+        ck.load_diffusers_folder(tmp_path / "pipe", backend="jax")
+
+
+def test_save_diffusers_folder_loads_in_diffusers(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    ours = randomize(unet.UNet(**{**unet.PRESETS["tiny"], **TINY_CONFIGS[1]}), seed=4).eval()
+    folder = ck.save_diffusers_folder(ours, tmp_path / "export")
+    theirs = diffusers.UNet2DModel.from_pretrained(folder).eval()
+    x, t = inputs(ours)
+    assert_same_function(ours, theirs, x, t)
+    assert ck.load_diffusers_folder(folder).config == ours.config
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        ck.load_diffusers_folder(tmp_path)
