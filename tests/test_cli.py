@@ -1,0 +1,174 @@
+"""CLI end to end on a tiny model (train → sample → invert → interpolate), checkpoint kinds, image grids."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+import torch
+
+import ddimlab
+from ddimlab import checkpoint, cli, plotting, schedule
+from ddimlab.samplers import ddim_sample
+from ddimlab.train import eps_fn
+from ddimlab.unet import UNet
+
+torch.set_num_threads(1)
+
+TINY = ["resolution=8", "ch=16", "ch_mult=1,2", "attn_resolutions=", "num_groups=8", "dropout=0",
+        "batch_size=32", "steps=30", "lr=2e-3", "warmup=5", "log_every=10", "n_samples=4", "sample_steps=5",
+        "device=cpu"]
+
+
+def _sets(items):
+    return [a for kv in items for a in ("--set", kv)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert cli.main(["train", "--preset", "digits", "--out", str(out), "--no-progress", *_sets(TINY)]) == 0
+    return out
+
+
+def test_train_writes_checkpoint_log_and_grid(trained):
+    assert (trained / "ckpt.pt").is_file() and (trained / "config.json").is_file()
+    assert len((trained / "log.jsonl").read_text().splitlines()) == 3
+    grid = mpimg.imread(trained / "samples" / "step_0000030.png")
+    assert grid.shape[:2] == (2 * 9 + 1, 2 * 9 + 1)  # 4 images of 8×8 in 2 rows, 1-pixel padding
+
+
+def test_sample_invert_interpolate(trained, tmp_path):
+    ckpt = str(trained / "ckpt.pt")
+    assert cli.main(["sample", "--checkpoint", ckpt, "--steps", "5", "--n", "6", "--seed", "3",
+                     "--scale", "1", "--out", str(tmp_path / "s")]) == 0
+    z = np.load(tmp_path / "s.npz")
+    assert z["samples"].shape == (6, 1, 8, 8) and np.isfinite(z["samples"]).all()
+    assert z["x_T"].shape == (6, 1, 8, 8)
+    assert mpimg.imread(tmp_path / "s.png").shape[:2] == (2 * 9 + 1, 3 * 9 + 1)
+
+    # the CLI's samples are ddim_sample on the model's EMA weights from the seed's x_T
+    net, abar = cli.load_model(ckpt)
+    direct = ddim_sample(eps_fn(net), torch.as_tensor(z["x_T"]), abar, schedule.timesteps(5, 1000, "uniform"))
+    torch.testing.assert_close(torch.as_tensor(z["samples"]), direct, rtol=1e-5, atol=1e-5)
+
+    assert cli.main(["sample", "--checkpoint", ckpt, "--sampler", "ddpm", "--steps", "10", "--n", "2",
+                     "--out", str(tmp_path / "d.png")]) == 0
+    assert np.load(tmp_path / "d.npz")["samples"].shape == (2, 1, 8, 8)
+
+    assert cli.main(["invert", "--checkpoint", ckpt, "--input", str(tmp_path / "s.npz"), "--steps", "5",
+                     "--out", str(tmp_path / "lat")]) == 0
+    lat = np.load(tmp_path / "lat.npz")
+    assert lat["x_T"].shape == lat["recon"].shape == (6, 1, 8, 8) and lat["mse"].shape == (6,)
+    np.testing.assert_array_equal(lat["x0"], z["samples"])
+
+    assert cli.main(["interpolate", "--checkpoint", ckpt, "--seeds", "3", "9", "--n", "5", "--steps", "5",
+                     "--out", str(tmp_path / "i")]) == 0
+    path = np.load(tmp_path / "i.npz")
+    assert path["samples"].shape == (5, 1, 8, 8) and path["lam"].tolist() == [0, 0.25, 0.5, 0.75, 1]
+    # λ = 0 is seed 3's latent exactly, so the strip starts with `sample --seed 3`'s first image
+    np.testing.assert_array_equal(path["x_T"][0], z["x_T"][0])
+    np.testing.assert_allclose(path["samples"][0], z["samples"][0], atol=1e-5)
+
+    assert cli.main(["interpolate", "--checkpoint", ckpt, "--latents", str(tmp_path / "lat.npz"),
+                     "--index", "0", "2", "--n", "3", "--steps", "5", "--out", str(tmp_path / "j")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "j.npz")["x_T"][[0, 2]], lat["x_T"][[0, 2]])
+
+
+def test_invert_reads_png_files(trained, tmp_path):
+    img = np.zeros((8, 8, 3), np.uint8)
+    img[2:6, 3:5] = 255
+    mpimg.imsave(tmp_path / "a.png", img)
+    assert cli.main(["invert", "--checkpoint", str(trained / "ckpt.pt"), "--input", str(tmp_path / "a.png"),
+                     "--steps", "4", "--out", str(tmp_path / "a_lat")]) == 0
+    x0 = np.load(tmp_path / "a_lat.npz")["x0"]
+    assert x0.shape == (1, 1, 8, 8) and x0.max() == 1 and x0.min() == -1
+    mpimg.imsave(tmp_path / "big.png", np.zeros((16, 16, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"takes images of shape \(1, 8, 8\)"):
+        cli.main(["invert", "--checkpoint", str(trained / "ckpt.pt"), "--input", str(tmp_path / "big.png")])
+
+
+def test_sample_from_diffusers_folder(tmp_path):
+    torch.manual_seed(0)
+    net = UNet(in_ch=3, ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0,
+               resolution=8, num_groups=8).eval()
+    checkpoint.save_diffusers_folder(net, tmp_path / "unet")
+    assert cli.main(["sample", "--checkpoint", str(tmp_path / "unet"), "--steps", "3", "--n", "2",
+                     "--out", str(tmp_path / "f")]) == 0
+    z = np.load(tmp_path / "f.npz")
+    abar = schedule.make_alpha_bar("linear", 1000)
+    direct = ddim_sample(eps_fn(net), torch.as_tensor(z["x_T"]), abar, schedule.timesteps(3, 1000))
+    torch.testing.assert_close(torch.as_tensor(z["samples"]), direct, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_sample_from_official_ddpm_file(tmp_path):
+    """A bare state_dict in the official layout (what model-790000.ckpt is) goes through load_official_ddpm."""
+    from ddimlab.unet import cifar10_unet
+
+    torch.save(cifar10_unet().state_dict(), tmp_path / "model.ckpt")
+    net, abar = cli.load_model(tmp_path / "model.ckpt")
+    assert sum(p.numel() for p in net.parameters()) == 35_746_307 and abar.shape == (1000,)
+    assert cli.main(["sample", "--checkpoint", str(tmp_path / "model.ckpt"), "--steps", "1", "--n", "1",
+                     "--out", str(tmp_path / "o")]) == 0
+    assert np.load(tmp_path / "o.npz")["samples"].shape == (1, 3, 32, 32)
+
+
+def test_cli_errors(tmp_path, trained):
+    with pytest.raises(FileNotFoundError):
+        cli.main(["sample", "--checkpoint", str(tmp_path / "missing.pt")])
+    with pytest.raises(ValueError, match="unknown config key"):
+        cli.main(["train", "--set", "learning_rate=1"])
+    with pytest.raises(SystemExit):
+        cli.main(["sample", "--checkpoint", str(trained / "ckpt.pt"), "--steps", "0"])
+    with pytest.raises(SystemExit):
+        cli.main(["sample", "--checkpoint", str(trained / "ckpt.pt"), "--spacing", "leading"])
+
+
+def test_demo_end_to_end_on_a_tiny_model(trained, tmp_path, monkeypatch, capsys):
+    """`demo`: the lab table, then DDPM 1000 vs DDIM 10/20/50 from one x_T, scored and drawn in one grid."""
+    from ddimlab import demo, lab, pretrained, quality, train
+
+    model, config = train.load_trained(trained / "ckpt.pt")
+    seen = {}
+    monkeypatch.setattr(lab, "main", lambda out: seen.setdefault("lab_out", out))
+    monkeypatch.setattr(pretrained, "digits_model", lambda steps, seed, progress: (model, config))
+    assert cli.main(["demo", "--out", str(tmp_path), "--n", "8", "--no-progress"]) == 0
+    assert seen["lab_out"] == tmp_path
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("DDPM", "DDIM"))]
+    assert [r[3] for r in rows] == ["1000", "10", "20", "50"]
+    ddim10 = demo.compare_samplers(model, config, 8)[1]
+    assert float(rows[1][5]) == pytest.approx(quality.score_digits(ddim10[4])["fd"], abs=0.006)
+    assert mpimg.imread(tmp_path / "digits_samplers.png").shape[:2] == (3 * (4 * 9 + 1), 3 * (8 * 9 + 1))
+
+
+def test_python_dash_m_lists_subcommands():
+    r = subprocess.run([sys.executable, "-m", "ddimlab", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0
+    for cmd in ("train", "sample", "invert", "interpolate", "reproduce", "demo"):
+        assert cmd in r.stdout
+
+
+# --------------------------------------------------------------------------- plotting
+
+def test_image_grid_layout_and_values(tmp_path):
+    x = torch.stack([-torch.ones(1, 4, 4), torch.ones(1, 4, 4), torch.zeros(1, 4, 4)])
+    g = plotting.image_grid(x, nrow=2, padding=1)
+    assert g.shape == (2 * 5 + 1, 2 * 5 + 1, 3) and g.dtype == np.uint8
+    assert (g[1:5, 1:5] == 0).all() and (g[1:5, 6:10] == 255).all() and (g[6:10, 1:5] == 128).all()
+    assert (g[0] == 255).all() and (g[:, 5] == 255).all() and (g[6:10, 6:10] == 255).all()  # padding, empty cell
+    rgb = torch.zeros(2, 3, 4, 4)
+    rgb[0, 0] = 1  # red
+    assert plotting.image_grid(rgb)[1, 1].tolist() == [255, 128, 128]
+    path = plotting.save_image_grid(x, tmp_path / "sub" / "g.png", nrow=2, scale=3)
+    back = mpimg.imread(path)
+    assert back.shape[:2] == (33, 33)
+    np.testing.assert_array_equal((back[..., :3] * 255).round().astype(np.uint8), g.repeat(3, 0).repeat(3, 1))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["g.png"]
+    with pytest.raises(ValueError, match="C in"):
+        plotting.image_grid(torch.zeros(2, 2, 4, 4))
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        plotting.image_grid(torch.zeros(4, 4))

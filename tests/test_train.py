@@ -1,0 +1,207 @@
+"""Trainer: config parsing, warm-up and EMA, loss going down, checkpoints, exact resume, NaN stop, DDP."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+
+import pytest
+import torch
+
+from ddimlab import train as tr
+from ddimlab.checkpoint import load_checkpoint
+
+torch.set_num_threads(1)
+
+
+def tiny(tmp_path, name="run", **kw) -> tr.TrainConfig:
+    """8×8 digits (their native size), a ~40k-parameter UNet: milliseconds per step."""
+    base = dict(resolution=8, ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), num_groups=8,
+                dropout=0.0, batch_size=16, lr=1e-3, warmup=5, steps=6, log_every=1, ckpt_every=1000,
+                n_samples=0, progress=False, out=str(tmp_path / name), device="cpu")
+    base.update(kw)
+    return tr.make_config("digits", base)
+
+
+def params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# --------------------------------------------------------------------------- configuration
+
+def test_make_config_parses_cli_strings():
+    c = tr.make_config("digits", ["lr=5e-4", "ch_mult=1,2", "attn_resolutions=", "hflip=true", "steps=7",
+                                  "data_root=none"])
+    assert (c.lr, c.ch_mult, c.attn_resolutions, c.hflip, c.steps, c.data_root) == (5e-4, (1, 2), (), True, 7, None)
+    cifar = tr.make_config("cifar10")
+    assert (cifar.ch, cifar.ch_mult, cifar.num_res_blocks, cifar.attn_resolutions, cifar.dropout) == \
+        (128, (1, 2, 2, 2), 2, (16,), 0.1)
+    assert (cifar.lr, cifar.warmup, cifar.batch_size, cifar.grad_clip, cifar.ema_decay, cifar.steps, cifar.hflip) == \
+        (2e-4, 5000, 128, 1.0, 0.9999, 800_000, True)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["nope=1"], "unknown config key 'nope'"),
+    (["steps=abc"], "steps must be int"),
+    (["steps=0"], "steps must be a positive integer"),
+    (["hflip=maybe"], "hflip must be a boolean"),
+    (["ema_decay=1.0"], "ema_decay must be in"),
+    (["dataset=mnist"], "dataset must be one of"),
+    (["lr"], "key=value"),
+])
+def test_make_config_rejects_bad_values(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        tr.make_config("digits", overrides)
+    with pytest.raises(ValueError, match="unknown preset"):
+        tr.make_config("imagenet")
+
+
+def test_warmup_and_ema_formulas():
+    c = tr.TrainConfig(lr=2e-4, warmup=5000, ema_decay=0.9999, ema_warmup=False)
+    assert tr.lr_at(c, 0) == pytest.approx(2e-4 / 5000) and tr.lr_at(c, 2499) == pytest.approx(1e-4)
+    assert tr.lr_at(c, 4999) == 2e-4 and tr.lr_at(c, 10**6) == 2e-4
+    assert tr.ema_decay_at(c, 0) == 0.9999
+    c.ema_warmup = True
+    assert tr.ema_decay_at(c, 0) == pytest.approx(0.1) and tr.ema_decay_at(c, 10**7) == 0.9999
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    expected = [0.9 * pa.detach() + 0.1 * pb.detach() for pa, pb in zip(a.parameters(), b.parameters())]
+    tr.ema_update(a, b, 0.9)
+    for pa, e in zip(a.parameters(), expected):
+        torch.testing.assert_close(pa.detach(), e)
+
+
+# --------------------------------------------------------------------------- training
+
+def test_loss_decreases_on_digits(tmp_path):
+    c = tiny(tmp_path, steps=80, batch_size=32, warmup=10, lr=2e-3, log_every=10)
+    tr.train(c)
+    losses = [json.loads(line)["loss"] for line in open(tmp_path / "run" / "log.jsonl")]
+    assert len(losses) == 8
+    # An untrained ε-net scores ≈ 1 (the variance of ε); 80 steps already cut that by more than half.
+    assert losses[0] > 0.5 and losses[-1] < 0.4 * losses[0], losses
+    assert losses[-1] < min(losses[:3]), losses
+
+
+def test_one_step_matches_hand_computed_update(tmp_path):
+    """Step 1 = Adam's first step of size lr·warm-up on every weight with a gradient; EMA = d·θ_0 + (1−d)·θ_1."""
+    c = tiny(tmp_path, steps=1, ema_warmup=False, ema_decay=0.5, warmup=4, lr=1e-3, grad_clip=0.0)
+    torch.manual_seed(c.seed)
+    theta0 = params(tr.build_model(c, in_ch=1))
+    _, model, ema = tr.train(c, return_models=True)
+    theta1 = params(model)
+    lr1 = 1e-3 / 4
+    step = torch.cat([(theta1[k] - theta0[k]).abs().flatten() for k in theta0])
+    # Adam's first update is lr·g/(|g| + 1e-8): ≤ lr_1 always, = lr_1 unless |g| is tiny
+    # (e.g. attention's key bias, whose true gradient is zero)
+    assert float(step.max()) <= lr1 * (1 + 1e-4)
+    assert float(((step - lr1).abs() < 1e-3 * lr1).float().mean()) > 0.95
+    for k in theta0:
+        torch.testing.assert_close(ema.state_dict()[k], 0.5 * theta0[k] + 0.5 * theta1[k])
+
+
+def test_checkpoint_contents(tmp_path):
+    c = tiny(tmp_path, steps=4, ckpt_every=2, dropout=0.1)
+    out, model, ema = tr.train(c, return_models=True)
+    state = load_checkpoint(out / "ckpt.pt", required=("model", "ema", "optimizer", "step", "config", "rng"))
+    assert state["step"] == 4
+    assert tr.config_from_dict(state["config"]) == c
+    assert set(state["rng"]) >= {"torch", "generator"}
+    for k, v in model.state_dict().items():
+        assert torch.equal(state["model"][k], v)
+        assert torch.equal(state["ema"][k], ema.state_dict()[k])
+    assert any(not torch.equal(state["model"][k], state["ema"][k]) for k in state["model"])
+    assert len(state["optimizer"]["state"]) == len(list(model.parameters()))
+    assert not list(out.glob(".*tmp*")), "temporary files left behind"
+    loaded, cfg = tr.load_trained(out / "ckpt.pt")
+    assert cfg == c and not loaded.training
+
+
+def test_resume_is_bitwise_identical(tmp_path):
+    """Train 6 steps straight vs. 3 steps, stop, resume to 6: same weights, EMA and Adam state, bit for bit.
+
+    Dropout and flips are on, so the global RNG and the data generator must both be restored.
+    """
+    kw = dict(dropout=0.2, hflip=True, ckpt_every=3)
+    _, m_full, e_full = tr.train(tiny(tmp_path, "full", steps=6, **kw), return_models=True)
+    tr.train(tiny(tmp_path, "split", steps=3, **kw))
+    torch.manual_seed(1234)  # disturb the global RNG between the runs: resume must restore it
+    torch.rand(10)
+    _, m_res, e_res = tr.train(tiny(tmp_path, "split", steps=6, **kw), resume=True, return_models=True)
+    for k, v in m_full.state_dict().items():
+        assert torch.equal(v, m_res.state_dict()[k]), k
+        assert torch.equal(e_full.state_dict()[k], e_res.state_dict()[k]), k
+    a = load_checkpoint(tmp_path / "full" / "ckpt.pt")["optimizer"]["state"]
+    b = load_checkpoint(tmp_path / "split" / "ckpt.pt")["optimizer"]["state"]
+    assert all(torch.equal(a[i]["exp_avg_sq"], b[i]["exp_avg_sq"]) for i in a)
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "split" / "log.jsonl")]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    # resuming into a different network is refused
+    with pytest.raises(ValueError, match="cannot resume: ch"):
+        tr.train(tiny(tmp_path, "split", steps=7, ch=8, **kw), resume=True)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    real = tr.l_simple_loss
+    calls = {"n": 0}
+
+    def poisoned(*args):
+        calls["n"] += 1
+        loss = real(*args)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(tr, "l_simple_loss", poisoned)
+    c = tiny(tmp_path, steps=8, ckpt_every=2)
+    with pytest.raises(tr.NonFiniteLossError, match=r"nan by step 5.*ckpt\.pt \(step 4\) was kept"):
+        tr.train(c)
+    state = load_checkpoint(tmp_path / "run" / "ckpt.pt")
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert all(torch.isfinite(torch.tensor(json.loads(line)["loss"]))
+               for line in open(tmp_path / "run" / "log.jsonl"))
+
+
+def test_train_rejects_bad_setups(tmp_path):
+    with pytest.raises(ValueError, match="exceeds the data set size"):
+        tr.train(tiny(tmp_path, batch_size=4096))
+    with pytest.raises(ValueError, match="cifar10 images are 32"):
+        tr.train(tiny(tmp_path, dataset="cifar10", resolution=16))
+
+
+# --------------------------------------------------------------------------- DDP on CPU (gloo)
+
+def _ddp_worker(rank, world, port, config_dict, out_dir):
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    config = tr.TrainConfig(**config_dict)
+    _, model, ema = tr.train(config, return_models=True)
+    torch.save({"model": model.state_dict(), "ema": ema.state_dict()}, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_cpu_processes_match_single_process(tmp_path):
+    """2 gloo ranks with 8 images each = 1 process with the global batch of 16 (up to float rounding)."""
+    import torch.multiprocessing as mp
+
+    c = tiny(tmp_path, "ddp", steps=4, batch_size=16, grad_clip=1.0)
+    # spawn, not fork: forking a process whose OpenMP pool is running can deadlock the child
+    mp.spawn(_ddp_worker, args=(2, _free_port(), dataclasses.asdict(c), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for k in r0["model"]:
+        assert torch.equal(r0["model"][k], r1["model"][k]), f"ranks disagree on {k}"
+        assert torch.equal(r0["ema"][k], r1["ema"][k]), f"ranks disagree on EMA {k}"
+    assert (tmp_path / "ddp" / "ckpt.pt").exists() and not (tmp_path / "rank1").exists()
+    losses = [json.loads(line)["loss"] for line in open(tmp_path / "ddp" / "log.jsonl")]
+    assert len(losses) == 4 and all(map(lambda v: v == v and abs(v) < 10, losses))
+
+    _, single, single_ema = tr.train(tiny(tmp_path, "single", steps=4, batch_size=16, grad_clip=1.0),
+                                     return_models=True)
+    for k, v in single.state_dict().items():
+        torch.testing.assert_close(r0["model"][k], v, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(r0["ema"][k], single_ema.state_dict()[k], rtol=1e-4, atol=1e-5)
