@@ -10,7 +10,6 @@ exact). Stochastic samplers (DDPM) are scored with the exact-lab distribution me
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
 
@@ -53,11 +52,15 @@ def diffusers_schedulers():
 
 
 def ddimlab_solvers():
+    """name -> (solver, steps(S, alpha_bar)); the diffusers rows use the same 'trailing' steps."""
+    trailing = lambda S, ab: schedule.timesteps(S, 1000, "trailing")  # noqa: E731
     return {
-        "ddimlab DDIM (eta=0)": lambda e, x, ab, seq: samplers.ddim_sample(e, x, ab, seq),
-        "ddimlab Heun": ode.heun,
-        "ddimlab DPM-Solver-2": ode.dpm_solver_2,
-        "ddimlab DPM-Solver++(2M)": ode.dpm_solver_pp_2m,
+        "ddimlab DDIM (eta=0)": (lambda e, x, ab, seq: samplers.ddim_sample(e, x, ab, seq), trailing),
+        "ddimlab Heun": (ode.heun, trailing),
+        "ddimlab DPM-Solver-2": (ode.dpm_solver_2, trailing),
+        "ddimlab DPM-Solver++(2M)": (ode.dpm_solver_pp_2m, trailing),
+        # not the same steps: DPM-Solver's recommended log-SNR spacing (ode.lambda_timesteps)
+        "ddimlab DPM-Solver++(2M) logSNR": (ode.dpm_solver_pp_2m, lambda S, ab: ode.lambda_timesteps(S, ab)),
     }
 
 
@@ -69,11 +72,11 @@ def deterministic_table(eps, x_T, ab, budgets):
     """Error against the ODE reference at (at most) each NFE budget, for every solver."""
     ref = ode.reference_solution(eps, x_T, ab, t_start=999)
     results = {}
-    for name, solver in ddimlab_solvers().items():
+    for name, (solver, steps) in ddimlab_solvers().items():
         results[name] = {}
-        for S in range(1, 201):
+        for S in range(2, 201):
             f = counting(eps)
-            x0 = solver(f, x_T, ab, schedule.timesteps(S, 1000, "trailing"))
+            x0 = solver(f, x_T, ab, steps(S, ab))
             for nfe in budgets:
                 if f.nfe <= nfe:
                     results[name][nfe] = (f.nfe, rms(x0, ref))
@@ -95,6 +98,23 @@ def deterministic_table(eps, x_T, ab, budgets):
             if f.nfe >= max(budgets):
                 break
     return results
+
+
+def stochastic_table(mixture, eps, x_T, ab, steps=(10, 50, 1000)):
+    """DDPM ancestral (small variance) in ddimlab and diffusers' DDPMScheduler, scored by exact-lab MMD."""
+    import diffusers
+    lines = []
+    for S in steps:
+        seq = schedule.timesteps(S, 1000, "trailing")
+        ours = samplers.ddim_sample(eps, x_T, ab, seq, eta=1.0, generator=torch.Generator().manual_seed(1))
+        sch = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
+                                      beta_end=0.02, clip_sample=False, variance_type="fixed_small",
+                                      timestep_spacing="trailing")
+        theirs, _ = run_diffusers(sch, lambda x, t: eps(x, int(t)), x_T, S, generator=torch.Generator().manual_seed(1))
+        for name, x in (("ddimlab DDIM(eta=1)", ours), ("DDPMScheduler", theirs.double())):
+            r = toy.mmd(x, mixture, generator=torch.Generator().manual_seed(2))
+            lines.append(f"  S={S:4d} {name:22s} MMD^2 {r.mmd2:9.2e}  (noise floor {r.floor:.1e})")
+    return lines
 
 
 def step_for_step(eps, x_T, ab):
@@ -131,14 +151,15 @@ def main(argv=None):
     results = deterministic_table(eps, x_T, ab, args.budgets)
     print(f"RMS error of x_0 against the scipy ODE reference (exact ε*, {args.dim}-D mixture, n={args.n}, "
           f"x_T at t=999, 'trailing' steps); cell = error (NFE used)")
-    header = f"{'sampler':30s}" + "".join(f"{'NFE<=' + str(b):>18s}" for b in args.budgets)
+    header = f"{'sampler':34s}" + "".join(f"{'NFE<=' + str(b):>18s}" for b in args.budgets)
     print(header)
     print("-" * len(header))
     for name, row in results.items():
         cells = "".join(f"{row[b][1]:>11.2e} ({row[b][0]:3d})" if b in row else f"{'-':>18s}" for b in args.budgets)
-        print(f"{name:30s}{cells}")
+        print(f"{name:34s}{cells}")
     for b in args.budgets:
-        ours = min((row[b][1], n) for n, row in results.items() if n.startswith("ddimlab") and b in row)
+        ours = min((row[b][1], n) for n, row in results.items()
+                   if n.startswith("ddimlab") and "logSNR" not in n and b in row)
         theirs = [(row[b][1], n) for n, row in results.items() if not n.startswith("ddimlab") and b in row]
         if theirs:
             best = min(theirs)
@@ -148,6 +169,8 @@ def main(argv=None):
     try:
         print("ddimlab DDIM vs diffusers DDIMScheduler, step for step:")
         print("\n".join(step_for_step(eps, x_T, ab)))
+        print("stochastic samplers (DDPM posterior variance, same steps), exact-lab MMD^2 to the data:")
+        print("\n".join(stochastic_table(mixture, eps, x_T, ab)))
     except ImportError:
         pass
 
