@@ -26,7 +26,7 @@ def bcast(a, x: torch.Tensor) -> torch.Tensor:
 
 
 def q_sample(x0: torch.Tensor, a_t, eps: torch.Tensor) -> torch.Tensor:
-    """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε, a draw from q(x_t | x_0) (notebook 01 §3)."""
+    """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε, a draw from q(x_t | x_0) (notebook 01 §2)."""
     if eps.shape != x0.shape:
         raise ValueError(f"eps shape {tuple(eps.shape)} differs from x0 shape {tuple(x0.shape)}")
     a = bcast(a_t, x0)
@@ -91,7 +91,7 @@ def posterior_mean(x0: torch.Tensor, x_t: torch.Tensor, a_t, a_s) -> torch.Tenso
 def ddim_sigma(a_t, a_s, eta: float = 1.0):
     """σ_{t→s}(η) = η √((1−ᾱ_s)/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_s) (DDIM eq. 16, notebook 04 §3).
 
-    η = 1 gives the DDPM posterior's standard deviation, η = 0 the deterministic DDIM.
+    η = 1 gives the DDPM posterior's standard deviation, η = 0 the deterministic DDIM (notebook 03 §4).
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM posterior), got {eta}")
@@ -101,12 +101,31 @@ def ddim_sigma(a_t, a_s, eta: float = 1.0):
 def q_sigma_mean(x0: torch.Tensor, x_t: torch.Tensor, a_t, a_s, sigma) -> torch.Tensor:
     """Mean of q_σ(x_s | x_t, x_0) = √ᾱ_s x_0 + √(1−ᾱ_s−σ²) (x_t − √ᾱ_t x_0)/√(1−ᾱ_t) (DDIM eq. 7).
 
-    Notebook 03 §3 shows that with this mean q_σ(x_s | x_0) = N(√ᾱ_s x_0, (1−ᾱ_s) I) for every σ.
+    With this mean q_σ(x_s | x_0) = N(√ᾱ_s x_0, (1−ᾱ_s) I) for every σ (derived in notebook 03 §3–§5).
     """
     at, as_, sg = bcast(a_t, x_t), bcast(a_s, x_t), bcast(sigma, x_t)
     if bool((sg ** 2 > 1 - as_ + 1e-12).any()):
         raise ValueError("sigma^2 must not exceed 1 - alpha_bar_s")
     return as_.sqrt() * x0 + (1 - as_ - sg ** 2).clamp_min(0).sqrt() * (x_t - at.sqrt() * x0) / (1 - at).sqrt()
+
+
+def q_sigma_forward(x_s: torch.Tensor, x0: torch.Tensor, a_t, a_s, sigma):
+    """DDIM's non-Markovian forward step q_σ(x_t | x_s, x_0) (DDIM eq. 8, derived in notebook 03 §6).
+
+    Bayes' rule q_σ(x_t | x_s, x_0) = q_σ(x_s | x_t, x_0) q(x_t | x_0) / q(x_s | x_0) gives, for s < t,
+
+        mean = √ᾱ_t x_0 + √(1−ᾱ_s−σ²) √(1−ᾱ_t)/(1−ᾱ_s) · (x_s − √ᾱ_s x_0),   var = σ² (1−ᾱ_t)/(1−ᾱ_s).
+
+    It depends on x_0 unless σ² = β̃ (η = 1), where it is the Markov kernel N(√(ᾱ_t/ᾱ_s) x_s, 1−ᾱ_t/ᾱ_s).
+    Returns (mean, var); `var` broadcasts against x_s.
+    """
+    at, as_, sg = bcast(a_t, x_s), bcast(a_s, x_s), bcast(sigma, x_s)
+    if bool((sg ** 2 > 1 - as_ + 1e-12).any()):
+        raise ValueError("sigma^2 must not exceed 1 - alpha_bar_s")
+    if bool((as_ >= 1).any()):
+        raise ValueError("q_sigma_forward needs a_s < 1 (x_s must be noisy; the first step is q(x_t | x_0))")
+    k = (1 - as_ - sg ** 2).clamp_min(0).sqrt() * (1 - at).sqrt() / (1 - as_)
+    return at.sqrt() * x0 + k * (x_s - as_.sqrt() * x0), sg ** 2 * (1 - at) / (1 - as_)
 
 
 def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, a_t, a_s, eta: float = 0.0,

@@ -57,7 +57,7 @@ def _sum_flat(x: torch.Tensor) -> torch.Tensor:
 
 
 def betas_from(alpha_bar: torch.Tensor) -> torch.Tensor:
-    """β_t = 1 − ᾱ_t/ᾱ_{t−1} with ᾱ_{−1} = 1, recovered from any ᾱ schedule (float64)."""
+    """β_t = 1 − ᾱ_t/ᾱ_{t−1} with ᾱ_{−1} = 1, recovered from any ᾱ schedule (float64) (notebook 02 §6)."""
     alpha_bar = _check_alpha_bar(alpha_bar)
     prev = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
     return 1 - alpha_bar / prev

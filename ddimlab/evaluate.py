@@ -496,7 +496,7 @@ def reconstruction_error(model, images: torch.Tensor, alpha_bar, seq, batch_size
                          amp: bool = False) -> tuple[float, int]:
     """Σ over images of the per-dimension squared error of `samplers.reconstruct` (x_0 → x_T → x_0, η = 0),
     with images and reconstructions (clamped to [−1, 1]) scaled to [0, 1] as in DDIM Table 2; returns (sum of
-    per-image MSEs, number of images)."""
+    per-image MSEs, number of images) (notebook 07 §3)."""
     from . import data, samplers
 
     device = _model_device(model, device)

@@ -77,7 +77,7 @@ def sigma_at(alpha_bar: torch.Tensor, t) -> torch.Tensor:
 
 
 def t_of_sigma(alpha_bar: torch.Tensor, sigma) -> torch.Tensor:
-    """The continuous step t with σ(t) = sigma: inverts `alpha_bar_cont` (log ᾱ = −log(1+σ²)).
+    """The continuous step t with σ(t) = sigma: inverts `alpha_bar_cont` (log ᾱ = −log(1+σ²); notebook 05 §1).
 
     sigma must lie in [0, σ(T−1)]; returns float64 t ∈ [−1, T−1] of sigma's shape.
     """
@@ -257,7 +257,7 @@ def dpm_solver_pp_2m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False):
 
 
 def solve(name: str, eps, x_T, alpha_bar, seq, return_trajectory: bool = False):
-    """Run the solver called `name` (one of SOLVERS)."""
+    """Run the solver called `name` (one of SOLVERS) (notebook 05 §7)."""
     fns = {"euler": euler, "heun": heun, "dpm_solver_2": dpm_solver_2, "dpm_solver_pp_2m": dpm_solver_pp_2m}
     if name not in fns:
         raise ValueError(f"unknown ODE solver {name!r}; choose one of {SOLVERS}")
@@ -265,7 +265,7 @@ def solve(name: str, eps, x_T, alpha_bar, seq, return_trajectory: bool = False):
 
 
 def nfe(name: str, S: int) -> int:
-    """Number of ε evaluations of solver `name` on S steps."""
+    """Number of ε evaluations of solver `name` on S steps (notebook 05 §7)."""
     per = {"euler": S, "heun": 2 * S - 1, "dpm_solver_2": 2 * S - 1, "dpm_solver_pp_2m": S}
     if name not in per:
         raise ValueError(f"unknown ODE solver {name!r}; choose one of {SOLVERS}")

@@ -111,7 +111,7 @@ def ddpm_sample(eps, x_T, alpha_bar, variance: str = "small", seq=None, generato
 
 
 def ddim_invert(eps, x0, alpha_bar, seq, return_trajectory: bool = False):
-    """Deterministic DDIM encoding x_0 → x_T: the η = 0 step run backwards, visiting seq increasing (notebook 04 §6).
+    """Deterministic DDIM encoding x_0 → x_T: the η = 0 step run backwards, visiting seq increasing (notebook 05 §8).
 
         x_t = √ᾱ_t x̂_0 + √(1−ᾱ_t) ε,   x̂_0 = (x_s − √(1−ᾱ_s) ε)/√ᾱ_s,   ε = ε_θ(x_s, t),
 
@@ -132,13 +132,13 @@ def ddim_invert(eps, x0, alpha_bar, seq, return_trajectory: bool = False):
 
 
 def reconstruct(eps, x0, alpha_bar, seq) -> torch.Tensor:
-    """x_0 → x_T → x_0: `ddim_sample(eps, ddim_invert(eps, x0, …), …)` with η = 0 (notebook 04 §6)."""
+    """x_0 → x_T → x_0: `ddim_sample(eps, ddim_invert(eps, x0, …), …)` with η = 0 (notebook 05 §8)."""
     return ddim_sample(eps, ddim_invert(eps, x0, alpha_bar, seq), alpha_bar, seq)
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, lam) -> torch.Tensor:
     """Spherical interpolation sin((1−λ)θ)/sin θ · z0 + sin(λθ)/sin θ · z1, cos θ = z0·z1/(|z0||z1|)
-    (DDIM §5.3 and notebook 04 §6, after White 2016).
+    (DDIM §5.3 and notebook 04 §8, after White 2016).
 
     z0, z1: (B, …) latents (or one latent of shape (d,)); θ is per sample, over all non-batch dims.
     lam: a scalar, or a 1-D tensor of length L broadcast against the batch (B = 1 with L values gives

@@ -1,6 +1,6 @@
 """Noise schedules, ᾱ_t, σ(t) and timestep sub-sequences.
 
-Conventions (notebook 01 §2, README "Notation"):
+Conventions (notebook 01 "Notation" and §3, README "Notation"):
 
 - discrete steps t ∈ {0, …, T−1}; the network is called with the integer t;
 - ᾱ_t = ∏_{s≤t} (1 − β_s), and ᾱ_{−1} := 1 is clean data;
@@ -21,7 +21,7 @@ SPACINGS = ("uniform", "quad", "linspace", "trailing")
 
 def beta_schedule(name: str = "linear", T: int = 1000, beta_start: float = 1e-4,
                   beta_end: float = 0.02) -> torch.Tensor:
-    """β_t for t = 0..T−1 in float64.
+    """β_t for t = 0..T−1 in float64 (plotted in notebook 01 §3).
 
     linear: DDPM, β_t from 1e-4 to 0.02 (for T = 1000).
     quadratic: √β linear between √beta_start and √beta_end.
@@ -42,24 +42,24 @@ def beta_schedule(name: str = "linear", T: int = 1000, beta_start: float = 1e-4,
 
 
 def alpha_bar(betas: torch.Tensor) -> torch.Tensor:
-    """ᾱ_t = ∏_{s≤t}(1 − β_s), float64, shape (T,)."""
+    """ᾱ_t = ∏_{s≤t}(1 − β_s), float64, shape (T,) (notebook 01 §2)."""
     return torch.cumprod(1 - betas.to(torch.float64), dim=0)
 
 
 def make_alpha_bar(name: str = "linear", T: int = 1000) -> torch.Tensor:
-    """ᾱ for a named schedule: `alpha_bar(beta_schedule(name, T))`."""
+    """ᾱ for a named schedule: `alpha_bar(beta_schedule(name, T))` (notebook 01 §3)."""
     return alpha_bar(beta_schedule(name, T))
 
 
 def alpha_bar_at(alpha_bar: torch.Tensor, t) -> torch.Tensor:
-    """ᾱ_t with ᾱ_{−1} = 1; `t` is an int or an integer tensor (−1 allowed)."""
+    """ᾱ_t with ᾱ_{−1} = 1; `t` is an int or an integer tensor (−1 allowed) (notebook 01 "Notation")."""
     t = torch.as_tensor(t, device=alpha_bar.device)
     padded = torch.cat([alpha_bar.new_ones(1), alpha_bar])
     return padded[t.long() + 1]
 
 
 def snr(alpha_bar: torch.Tensor) -> torch.Tensor:
-    """Signal-to-noise ratio ᾱ_t / (1 − ᾱ_t)."""
+    """Signal-to-noise ratio ᾱ_t / (1 − ᾱ_t) (notebook 01 §3)."""
     return alpha_bar / (1 - alpha_bar)
 
 

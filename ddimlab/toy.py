@@ -1,7 +1,7 @@
 """The exact-score lab: Gaussian-mixture data with a closed-form ε*(x_t, t) (notebook 04 §5).
 
 If the data are a Gaussian mixture p(x_0) = Σ_k w_k N(μ_k, Σ_k), the forward marginal
-x_t = √ᾱ x_0 + √(1−ᾱ) ε is again a mixture (the linear-Gaussian marginal identity, notebook 02 §2):
+x_t = √ᾱ x_0 + √(1−ᾱ) ε is again a mixture (the linear-Gaussian marginal identity, notebook 03 §1):
 
     p_t(x) = Σ_k w_k N(x; √ᾱ μ_k, ᾱ Σ_k + (1−ᾱ) I),
 
@@ -101,7 +101,7 @@ class GaussianMixture:
         return torch.logsumexp(self._components(x, a)[0], dim=1)
 
     def score(self, x: torch.Tensor, a=1.0) -> torch.Tensor:
-        """∇_x log p_t(x) = Σ_k r_k(x) ∇ log N_k(x), with responsibilities r = softmax(log w_k N_k)."""
+        """∇_x log p_t(x) = Σ_k r_k(x) ∇ log N_k(x), with responsibilities r = softmax(log w_k N_k) (notebook 05 §3)."""
         logits, scores = self._components(x, a)
         r = torch.softmax(logits, dim=1)
         return torch.einsum("bk,bki->bi", r, scores)
@@ -119,7 +119,7 @@ class GaussianMixture:
 
 
 def exact_eps(mixture: GaussianMixture, alpha_bar: torch.Tensor):
-    """The exact ε*(x, t) of `mixture` under the schedule `alpha_bar`, as a sampler-ready callable.
+    """The exact ε*(x, t) of `mixture` under the schedule `alpha_bar`, as a sampler-ready callable (notebook 04 §5).
 
     t may be an int, a (B,) integer tensor (table look-up, ᾱ_{−1} = 1), or a float / float tensor
     (continuous t ∈ [−1, T−1]: log ᾱ interpolated linearly between integer steps, `ode.alpha_bar_cont`),
@@ -140,7 +140,7 @@ def exact_eps(mixture: GaussianMixture, alpha_bar: torch.Tensor):
 # ---------------------------------------------------------------------------------- named mixtures
 
 def eight_gaussians(radius: float = 0.7, std_tangent: float = 0.15, std_radial: float = 0.05) -> GaussianMixture:
-    """2-D: 8 equal-weight Gaussians on a ring of `radius`, elongated along the ring (for plots).
+    """2-D: 8 equal-weight Gaussians on a ring of `radius`, elongated along the ring (for plots; notebook 04 §5).
 
     The data lie roughly in [−1, 1]², like DDPM's image range.
     """
@@ -188,7 +188,7 @@ class MMDResult(NamedTuple):
 
 
 def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> float:
-    """Unbiased MMD² with the Gaussian kernel k(u, v) = exp(−|u−v|²/(2 h²)) (Gretton et al. 2012)."""
+    """Unbiased MMD² with the Gaussian kernel k(u, v) = exp(−|u−v|²/(2 h²)) (Gretton et al. 2012; notebook 04 §5)."""
     def k(u, v):
         return torch.exp(-torch.cdist(u, v).pow(2) / (2 * bandwidth ** 2))
     n, m = x.shape[0], y.shape[0]
