@@ -137,6 +137,7 @@ def _outliers(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.cat([noise, blobs, shuffled])
 
 
+@torch.enable_grad()  # first use may come from inside a no_grad caller (classify)
 def train_classifier(**overrides) -> tuple[DigitsClassifier, dict]:
     """Train the digits classifier from scratch (deterministic; a few seconds on one CPU thread).
 
@@ -267,7 +268,7 @@ def digits_features(samples, model=None) -> torch.Tensor:
 
 @torch.no_grad()
 def classify(samples, model=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predicted digit, its softmax probability) for each sample."""
+    """(predicted digit, its softmax probability) for each sample (notebook 07 §1: consistency)."""
     x = _as_samples(samples)
     net = _model_for(x, model)[0]
     probs = torch.cat([net(x[i:i + 512]).softmax(1) for i in range(0, len(x), 512)])
@@ -276,7 +277,7 @@ def classify(samples, model=None) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def confident_share(samples, threshold: float = 0.9, model=None) -> float:
-    """Share of samples the classifier labels with probability ≥ threshold."""
+    """Share of samples the classifier labels with probability ≥ threshold (notebook 07 §5)."""
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must lie in (0, 1), got {threshold!r}")
     return float((classify(samples, model)[1] >= threshold).float().mean())
@@ -289,7 +290,7 @@ def class_counts(samples, threshold: float = 0.9, model=None) -> np.ndarray:
 
 
 def digits_fd(samples, model=None) -> float:
-    """Fréchet distance between the classifier features of `samples` and of all 1,797 real digits."""
+    """Fréchet distance between the classifier features of `samples` and of all 1,797 real digits (notebook 07 §5)."""
     x = _as_samples(samples)
     net, info = load_classifier(int(x.shape[-1])) if model is None else (model, None)
     if info is None:
@@ -300,7 +301,8 @@ def digits_fd(samples, model=None) -> float:
 
 
 def real_fd_floor(n: int, resolution: int = 16, seed: int = 0) -> float:
-    """`digits_fd` of n real digits drawn without replacement: the best a sampler can score with n samples."""
+    """`digits_fd` of n real digits drawn without replacement: the best a sampler can score with n samples
+    (notebook 07 §5)."""
     real = _real_digits(resolution)
     if not 2 <= n <= len(real):
         raise ValueError(f"n must lie in 2..{len(real)}, got {n!r}")

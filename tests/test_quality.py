@@ -176,3 +176,13 @@ def test_damaged_cache_file_is_replaced(tmp_path, monkeypatch):
     quality.load_classifier(16, directory=tmp_path)  # the replaced file loads without retraining
     assert len(calls) == 2
     quality._LOADED.clear()
+
+
+def test_training_works_inside_no_grad():
+    """First use often comes from a sampler's no_grad block: training must still learn (same weights)."""
+    with torch.no_grad():
+        inside, info_inside = quality.train_classifier(epochs=3, resolution=8)
+    outside, info_outside = quality.train_classifier(epochs=3, resolution=8)
+    assert info_inside["holdout_accuracy"] == info_outside["holdout_accuracy"] > 0.5
+    for a, b in zip(inside.parameters(), outside.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -1,0 +1,99 @@
+"""One trained digits model shared by notebooks 06 and 07, the demo and the figures (notebook 07 §0).
+
+`digits_model()` trains the `digits` preset of `train.py` (scikit-learn's digits, CPU) once and
+caches the checkpoint under `<cache>/models/digits_<hash>/ckpt.pt`, where the hash covers every
+config field that changes the weights (model shape, data, schedule, optimisation, seed) and none
+that do not (output folder, logging, progress bar, sample grids). A second call with the same
+arguments loads the file instead of training. Training is deterministic on the CPU: the same seed
+gives the same weights.
+
+The run is written to a temporary folder and moved into place with one `os.replace`, so a killed
+run never leaves a half-written model behind, and a cached file that does not load is retrained.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from . import train
+
+# Fields that do not change the trained weights: left out of the cache key.
+_NOT_IN_KEY = ("out", "progress", "log_every", "ckpt_every", "sample_every", "n_samples", "sample_steps",
+               "threads", "data_root", "compile")
+CACHE_VERSION = 1
+
+
+def config_key(config: train.TrainConfig) -> str:
+    """12 hex digits of sha256 over the weight-determining fields of `config` (and the device type)."""
+    d = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_IN_KEY}
+    d["device"] = "cuda" if str(d["device"]).startswith("cuda") else str(d["device"])
+    d["cache_version"] = CACHE_VERSION
+    blob = json.dumps(d, sort_keys=True, default=list).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def models_dir(cache_dir=None) -> Path:
+    """`<cache_dir>/models`, with cache_dir defaulting to `data.default_cache_dir()` ($DDIMLAB_CACHE)."""
+    from .data import default_cache_dir
+
+    return (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / "models"
+
+
+def digits_config(steps: int | None = None, seed: int = 0, device: str = "cpu", overrides=None) -> train.TrainConfig:
+    """The `digits` preset with `steps` (default: the preset's), `seed`, `device` and any other overrides."""
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be a positive integer or None (the preset's), got {steps!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    values = dict(overrides or {})
+    values.update(seed=seed, device=device, n_samples=0)
+    if steps is not None:
+        values["steps"] = steps
+    return train.make_config("digits", values)
+
+
+def digits_model(steps: int | None = None, seed: int = 0, cache_dir=None, progress: bool = False,
+                 device: str = "cpu", overrides=None, threads: int = 1):
+    """(model, config): the `digits` preset trained for `steps` steps, from the cache when present (notebook 07 §0).
+
+    The EMA weights in eval mode, on the CPU (`train.load_trained`). `overrides` changes other
+    preset fields (a dict, as `train.make_config`); they are part of the cache key. Training on the
+    CPU uses `threads` threads (restored afterwards): the model is small enough that one thread is
+    about as fast as two, it is never slowed down by other busy processes, and the weights do not
+    depend on the caller's thread setting.
+    """
+    config = digits_config(steps, seed, device, overrides)
+    folder = models_dir(cache_dir) / f"digits_{config_key(config)}"
+    ckpt = folder / "ckpt.pt"
+    if ckpt.exists():
+        try:
+            return _load(folder)
+        except Exception:  # truncated or foreign file: train again and replace it
+            shutil.rmtree(folder, ignore_errors=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    saved_threads = torch.get_num_threads()
+    try:
+        train.train(dataclasses.replace(config, out=str(tmp), progress=progress, threads=threads,
+                                        ckpt_every=config.steps, log_every=min(config.log_every, config.steps)))
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished first: keep its folder if it loads
+            if not (folder / "ckpt.pt").exists():
+                raise
+    finally:
+        torch.set_num_threads(saved_threads)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _load(folder)
+
+
+def _load(folder: Path):
+    model, config = train.load_trained(folder / "ckpt.pt")
+    return model, dataclasses.replace(config, out=str(folder))

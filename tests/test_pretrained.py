@@ -1,0 +1,83 @@
+"""pretrained.digits_model: trains once, then loads the cache; deterministic; key; broken cache."""
+import shutil
+
+import pytest
+import torch
+
+from ddimlab import pretrained, train
+
+STEPS = 2  # two optimizer steps of the digits preset: enough to move every weight away from its init
+
+
+def _equal(m1, m2):
+    s1, s2 = m1.state_dict(), m2.state_dict()
+    return s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def first(cache):
+    return pretrained.digits_model(steps=STEPS, cache_dir=cache)
+
+
+threads_before = torch.get_num_threads()
+
+
+def test_trains_then_loads_the_cache(cache, first, monkeypatch):
+    model, config = first
+    tmp_path = cache
+    folders = list((tmp_path / "models").iterdir())
+    assert [f.name for f in folders] == [f"digits_{pretrained.config_key(config)}"]  # no temp folder left
+    assert (folders[0] / "ckpt.pt").is_file() and config.out == str(folders[0])
+    assert config.steps == STEPS and not model.training
+    assert torch.get_num_threads() == threads_before  # training used its own thread count and restored ours
+
+    def no_training(*a, **k):
+        raise AssertionError("digits_model trained although the cache holds the model")
+
+    monkeypatch.setattr(pretrained.train, "train", no_training)
+    again, config2 = pretrained.digits_model(steps=STEPS, cache_dir=tmp_path)
+    assert _equal(model, again) and config2 == config
+
+
+def test_same_seed_same_weights_and_training_changes_them(tmp_path, first):
+    model, config = first
+    other, _ = pretrained.digits_model(steps=STEPS, cache_dir=tmp_path / "elsewhere")
+    assert _equal(model, other)  # trained twice from scratch on the CPU: bitwise equal
+    torch.manual_seed(config.seed)
+    init = train.build_model(config, in_ch=1)
+    assert not _equal(model, init)
+
+
+def test_cache_key():
+    base = pretrained.digits_config(steps=10)
+    key = pretrained.config_key(base)
+    assert key == pretrained.config_key(pretrained.digits_config(steps=10))
+    for other in (pretrained.digits_config(steps=11), pretrained.digits_config(steps=10, seed=1),
+                  pretrained.digits_config(steps=10, overrides={"ch": 16})):
+        assert pretrained.config_key(other) != key
+    # output folder, logging and progress bar do not change the weights
+    same = pretrained.digits_config(steps=10, overrides={"out": "x", "log_every": 3, "progress": False})
+    assert pretrained.config_key(same) == key
+
+
+def test_broken_cache_file_is_retrained(cache, tmp_path, first, monkeypatch):
+    model, config = first
+    shutil.copytree(cache / "models", tmp_path / "models")
+    ckpt = tmp_path / "models" / f"digits_{pretrained.config_key(config)}" / "ckpt.pt"
+    ckpt.write_bytes(b"not a checkpoint")
+    calls = []
+    real_train = train.train
+    monkeypatch.setattr(pretrained.train, "train", lambda c, **k: calls.append(1) or real_train(c, **k))
+    again, _ = pretrained.digits_model(steps=STEPS, cache_dir=tmp_path)
+    assert calls == [1] and _equal(model, again)
+
+
+@pytest.mark.parametrize("steps", [0, -3, 2.5, "10", True])
+def test_bad_steps(steps, tmp_path):
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        pretrained.digits_model(steps=steps, cache_dir=tmp_path)
