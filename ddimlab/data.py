@@ -339,7 +339,7 @@ def make_fake_cifar_tarball(path, n_per_batch: int = 8, seed: int = 0) -> FakeCi
 
 
 def load_digits(resolution: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's bundled handwritten digits as (uint8 1797×1×R×R, int64 labels 0..9).
+    """scikit-learn's bundled handwritten digits as (uint8 1797×1×R×R, int64 labels 0..9) (notebook 06 §2).
 
     The 8×8 images hold values 0..16; they are scaled to 0..255 and resized to `resolution` with
     bilinear interpolation (antialiased when shrinking). Needs no download.

@@ -43,6 +43,10 @@ def check_close(actual, expected, message: str, rtol: float = 0.0, atol: float =
 
 def fmt(x, digits: int = 3) -> str:
     """Round a float (or each entry of a sequence) for stable printing."""
-    if isinstance(x, (list, tuple, np.ndarray, torch.Tensor)):
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    if isinstance(x, np.ndarray) and x.ndim == 0:
+        x = float(x)
+    if isinstance(x, (list, tuple, np.ndarray)):
         return "[" + ", ".join(fmt(float(v), digits) for v in np.asarray(x).ravel()) + "]"
     return f"{float(x):.{digits}g}"

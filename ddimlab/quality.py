@@ -311,7 +311,7 @@ def real_fd_floor(n: int, resolution: int = 16, seed: int = 0) -> float:
 
 
 def score_digits(samples, threshold: float = 0.9) -> dict:
-    """All of the CPU quality score in one dict.
+    """All of the CPU quality score in one dict (notebook 06 §5).
 
     fd: `digits_fd`; confident: `confident_share`; classes_covered: digits with at least one
     confident sample; counts: confident samples per digit; n: number of samples.

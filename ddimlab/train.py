@@ -133,7 +133,7 @@ def _parse_value(key: str, text: str, default):
 
 
 def make_config(preset: str = "digits", overrides=None) -> TrainConfig:
-    """A `TrainConfig` from a preset name plus overrides.
+    """A `TrainConfig` from a preset name plus overrides (notebook 06 §3).
 
     `overrides` is a dict {key: value} or a list of "key=value" strings (the CLI's `--set`); string
     values are parsed by the field's type ("1,2,2" for tuples, "true"/"false" for booleans).
@@ -219,14 +219,14 @@ def load_dataset(config: TrainConfig) -> torch.Tensor:
 
 
 def l_simple_loss(model, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor):
-    """L_simple = mean ‖ε − ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)‖² over batch and pixels (DDPM eq. 14)."""
+    """L_simple = mean ‖ε − ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)‖² over batch and pixels (DDPM eq. 14; notebook 06 §3)."""
     x_t = q_sample(x0, alpha_bar[t], eps)
     return F.mse_loss(model(x_t, t).float(), eps.float())
 
 
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """θ_ema ← decay·θ_ema + (1 − decay)·θ; buffers are copied."""
+    """θ_ema ← decay·θ_ema + (1 − decay)·θ; buffers are copied (notebook 06 §3)."""
     e_params = list(ema.parameters())
     m_params = [p.detach() for p in model.parameters()]
     torch._foreach_lerp_(e_params, m_params, 1.0 - decay)
@@ -235,21 +235,21 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 def ema_decay_at(config: TrainConfig, step: int) -> float:
-    """EMA decay for the update after `step` completed steps (with optional warm-up of the decay)."""
+    """EMA decay for the update after `step` completed steps (with optional warm-up of the decay; notebook 06 §3)."""
     if config.ema_warmup:
         return min(config.ema_decay, (1 + step) / (10 + step))
     return config.ema_decay
 
 
 def lr_at(config: TrainConfig, step: int) -> float:
-    """Learning rate for optimizer step `step` + 1: linear warm-up to `lr`, then constant (DDPM)."""
+    """Learning rate for optimizer step `step` + 1: linear warm-up to `lr`, then constant (DDPM; notebook 06 §3)."""
     if config.warmup > 0:
         return config.lr * min(1.0, (step + 1) / config.warmup)
     return config.lr
 
 
 def eps_fn(model: torch.nn.Module):
-    """Wrap a UNet as the `eps(x, t)` callable samplers take; `t` may be an int, 0-d or (B,) tensor."""
+    """Wrap a UNet as the `eps(x, t)` callable samplers take; `t` may be an int, 0-d or (B,) tensor (notebook 06 §5)."""
     def eps(x, t):
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
@@ -362,7 +362,7 @@ def _truncate_log(path: Path, step: int) -> None:
 # --------------------------------------------------------------------------- the loop
 
 def train(config: TrainConfig, resume: bool = False, return_models: bool = False):
-    """Train with `config`; returns the out directory (or (out, model, ema) if `return_models`).
+    """Train with `config` (notebook 06 §4); returns the out directory (or (out, model, ema) if `return_models`).
 
     `resume=True` continues from `<out>/ckpt.pt` when it exists: the model-shape fields must match
     the checkpoint's; others (steps, logging, device) come from `config`.

@@ -32,7 +32,7 @@ CIFAR10_PARAMS = 35_746_307  # parameter count of the official checkpoint
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal embedding of the step t (Vaswani et al. 2017, as in DDPM's tensor2tensor version).
+    """Sinusoidal embedding of the step t (Vaswani et al. 2017, as in DDPM's tensor2tensor version; notebook 06 §1).
 
     e(t) = [sin(t ω_0), …, sin(t ω_{h−1}), cos(t ω_0), …, cos(t ω_{h−1})],  ω_i = 10000^{−i/(h−1)},
     h = dim // 2 (sines first, then cosines; a zero is appended if dim is odd). t may be fractional.
@@ -134,7 +134,7 @@ class Level(nn.Module):
 
 
 class UNet(nn.Module):
-    """ε_θ(x_t, t) of DDPM. Defaults are the paper's CIFAR-10 model (`PRESETS["cifar10"]`).
+    """ε_θ(x_t, t) of DDPM (notebook 06 §1). Defaults are the paper's CIFAR-10 model (`PRESETS["cifar10"]`).
 
     Args:
         in_ch: image channels; out_ch: predicted channels (default in_ch, ε has the image's shape).
@@ -280,7 +280,7 @@ def _as_steps(t, x: torch.Tensor) -> torch.Tensor:
 
 
 def cifar10_unet(**overrides) -> UNet:
-    """The paper's CIFAR-10 UNet (35,746,307 parameters with the defaults)."""
+    """The paper's CIFAR-10 UNet (35,746,307 parameters with the defaults; notebook 06 §1)."""
     net = UNet(**{**PRESETS["cifar10"], **overrides})
     if not overrides:
         assert count_params(net) == CIFAR10_PARAMS, count_params(net)
@@ -288,11 +288,12 @@ def cifar10_unet(**overrides) -> UNet:
 
 
 def tiny_unet(**overrides) -> UNet:
-    """A small UNet for 16×16 one-channel digits (`PRESETS["tiny"]`: 1.11M parameters, 66 MMACs per image)."""
+    """A small UNet for 16×16 one-channel digits (`PRESETS["tiny"]`, the `digits` training preset's network: 1.11M parameters, 66 MMACs per image)."""
     return UNet(**{**PRESETS["tiny"], **overrides})
 
 
 def count_params(model: nn.Module) -> int:
+    """Number of parameters of `model` (notebook 06 §1)."""
     return sum(p.numel() for p in model.parameters())
 
 

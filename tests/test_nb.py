@@ -1,0 +1,34 @@
+"""The notebook helpers: seeding reproduces draws, checks print one line or raise, fmt rounds stably."""
+import pytest
+import torch
+
+from ddimlab.nb import check, check_close, fmt, seed_everything
+
+
+def test_seed_everything_reproduces_every_generator():
+    g = seed_everything(3, threads=1)
+    first = (torch.randn(4, generator=g), torch.rand(2))
+    g = seed_everything(3, threads=1)
+    torch.testing.assert_close((torch.randn(4, generator=g), torch.rand(2)), first, rtol=0, atol=0)
+    assert torch.get_num_threads() == 1
+
+
+def test_check_prints_one_line_or_raises(capsys):
+    check(torch.ones(3, dtype=torch.bool), "all true")
+    assert capsys.readouterr().out == "check: all true\n"
+    with pytest.raises(AssertionError, match="check failed: one false"):
+        check(torch.tensor([True, False]), "one false")
+
+
+def test_check_close_uses_atol_plus_rtol():
+    check_close([1.0, 2.0], [1.05, 2.0], "within atol", atol=0.06)
+    check_close(100.0, 101.0, "within rtol", rtol=0.01)
+    with pytest.raises(AssertionError, match=r"max abs err 0\.1"):
+        check_close([1.0, 2.0], [1.1, 2.0], "outside", atol=0.05)
+
+
+def test_fmt_rounds_scalars_tensors_and_sequences():
+    assert fmt(0.123456) == "0.123"
+    assert fmt(torch.tensor(1234.5, requires_grad=True), 2) == "1.2e+03"  # 0-d tensor: a scalar
+    assert fmt(torch.tensor([0.5, 0.25]), 1) == "[0.5, 0.2]"
+    assert fmt([1, 2.5]) == "[1, 2.5]"
