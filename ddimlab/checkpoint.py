@@ -4,7 +4,8 @@
   (temporary name + `os.replace`, so a crash never leaves half a file under the real name) and read
   with `torch.load(weights_only=True)` (no arbitrary code runs on load).
 - `load_official_ddpm`: the DDPM EMA CIFAR-10 model converted to PyTorch (`model-790000.ckpt`, the
-  file the DDIM paper sampled from) into `unet.cifar10_unet()` with strict key and shape matching.
+  file the DDIM paper sampled from) into `unet.cifar10_unet()` with strict key and shape matching;
+  `official_ddpm_file` downloads it once into the cache.
 - `to_diffusers` / `from_diffusers`: rename between ddimlab's (= the official) layout and the layout
   of diffusers' `UNet2DModel` as in `google/ddpm-cifar10-32`; `load_diffusers_folder` reads such a
   folder (config.json + diffusion_pytorch_model.safetensors or .bin); `save_diffusers_folder` writes one.
@@ -26,6 +27,8 @@ from . import unet as unet_mod
 
 DDPM_CIFAR10_FILE = "model-790000.ckpt"
 DDPM_CIFAR10_MD5 = "1fa350b952534ae442b1d5235cce5cd3"
+DDPM_CIFAR10_URL = "https://heibox.uni-heidelberg.de/f/2e4f01e2d9ee49bab1d5/?dl=1"  # where the DDIM code gets it
+OFFICIAL_NAME = "ddpm-cifar10"  # what `--checkpoint` accepts in place of a path
 
 
 class CheckpointError(ValueError):
@@ -141,6 +144,19 @@ def load_state_strict(model: torch.nn.Module, state: dict, source="state_dict") 
             f"{len(unexpected)} unexpected key(s) {unexpected[:5]}, {len(shapes)} shape mismatch(es) {shapes[:3]}")
     model.load_state_dict(state, strict=True)
     return model
+
+
+def official_ddpm_file(cache_dir=None, url: str = DDPM_CIFAR10_URL, md5: str = DDPM_CIFAR10_MD5,
+                       progress: bool = True) -> Path:
+    """`<cache>/checkpoints/model-790000.ckpt`, downloaded (about 143 MB) the first time.
+
+    The download is md5-checked and renamed into place only when complete (`data.download`), so an
+    interrupted or corrupted transfer never leaves a file the next call would trust.
+    """
+    from .data import default_cache_dir, download
+
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return download(url, root / "checkpoints" / DDPM_CIFAR10_FILE, md5, progress=progress)
 
 
 def load_official_ddpm(path, verify_md5: bool = False, expected_md5: str = DDPM_CIFAR10_MD5,

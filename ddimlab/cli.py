@@ -6,7 +6,8 @@
     python -m ddimlab interpolate --checkpoint runs/digits/ckpt.pt --seeds 0 1 --n 8 --out strip.png
 
 `--checkpoint` takes a ddimlab training checkpoint (EMA weights unless --no-ema), the official DDPM
-CIFAR-10 file (`model-790000.ckpt`, via `checkpoint.load_official_ddpm`) or a diffusers
+CIFAR-10 file (`model-790000.ckpt`, via `checkpoint.load_official_ddpm`; the name `ddpm-cifar10`
+downloads it once into the cache) or a diffusers
 UNet2DModel folder (e.g. a local copy of google/ddpm-cifar10-32). Images are written as PNG grids
 next to an `.npz` holding the float samples in [−1, 1].
 """
@@ -57,7 +58,7 @@ def load_model(path, device="cpu", use_ema: bool = True):
     from . import checkpoint
     from .train import load_trained
 
-    path = Path(path)
+    path = checkpoint.official_ddpm_file() if str(path) == checkpoint.OFFICIAL_NAME else Path(path)
     if path.is_dir():
         net = checkpoint.load_diffusers_folder(path)
         abar = _diffusers_alpha_bar(path)
@@ -257,7 +258,8 @@ def _positive(text: str) -> int:
 
 def _model_args(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--checkpoint", required=True,
-                   help="ddimlab ckpt.pt, the official DDPM model-790000.ckpt, or a diffusers UNet2DModel folder")
+                   help="ddimlab ckpt.pt, the official DDPM model-790000.ckpt (or `ddpm-cifar10` to download it once), "
+                        "or a diffusers UNet2DModel folder")
     p.add_argument("--steps", type=_positive, default=50, help="number of sampling steps S (default 50)")
     p.add_argument("--spacing", choices=schedule.SPACINGS, default="uniform", help="timestep sub-sequence")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")

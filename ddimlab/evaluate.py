@@ -658,7 +658,8 @@ def add_reproduce_parser(subparsers) -> None:
     p = subparsers.add_parser("reproduce", help="DDIM paper Table 1 (FID over eta x S) or Table 2 (reconstruction)")
     p.add_argument("table", choices=("table1", "table2"))
     p.add_argument("--checkpoint", required=True,
-                   help="ddimlab ckpt.pt, the official DDPM model-790000.ckpt, or a diffusers UNet2DModel folder")
+                   help="ddimlab ckpt.pt, the official DDPM model-790000.ckpt (or `ddpm-cifar10` to download it "
+                        "once), or a diffusers UNet2DModel folder")
     p.add_argument("--out", default=None, help="output folder (default runs/<table>)")
     p.add_argument("--steps", help="comma-separated S values (default: the paper's)")
     p.add_argument("--etas", help="table1: comma-separated eta values, 'sigma_hat' for DDPM's large variance")

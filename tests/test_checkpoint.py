@@ -251,3 +251,23 @@ def test_save_diffusers_folder_loads_in_diffusers(tmp_path):
     assert ck.load_diffusers_folder(folder).config == ours.config
     with pytest.raises(FileNotFoundError, match="no config.json"):
         ck.load_diffusers_folder(tmp_path)
+
+
+def test_official_file_is_downloaded_once_md5_checked_and_never_half_written(server, tmp_path):
+    from ddimlab.data import DownloadError
+
+    body = bytes(range(256)) * 40
+    server.routes["/ckpt"] = (body, "ok")
+    md5 = hashlib.md5(body).hexdigest()
+    path = ck.official_ddpm_file(tmp_path, url=server.url("/ckpt"), md5=md5, progress=False)
+    assert path == tmp_path / "checkpoints" / "model-790000.ckpt" and path.read_bytes() == body
+    assert ck.official_ddpm_file(tmp_path, url=server.url("/ckpt"), md5=md5, progress=False) == path
+    assert server.requests == ["/ckpt"]  # the second call used the cache
+
+    other = tmp_path / "other"
+    with pytest.raises(DownloadError, match="md5 mismatch"):
+        ck.official_ddpm_file(other, url=server.url("/ckpt"), md5="0" * 32, progress=False)
+    server.routes["/cut"] = (body, "truncate")
+    with pytest.raises(DownloadError):
+        ck.official_ddpm_file(other, url=server.url("/cut"), md5=md5, progress=False)
+    assert list((other / "checkpoints").iterdir()) == []

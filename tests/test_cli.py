@@ -104,13 +104,17 @@ def test_sample_from_diffusers_folder(tmp_path):
 
 
 @pytest.mark.slow
-def test_sample_from_official_ddpm_file(tmp_path):
+def test_sample_from_official_ddpm_file(tmp_path, monkeypatch):
     """A bare state_dict in the official layout (what model-790000.ckpt is) goes through load_official_ddpm."""
     from ddimlab.unet import cifar10_unet
 
     torch.save(cifar10_unet().state_dict(), tmp_path / "model.ckpt")
     net, abar = cli.load_model(tmp_path / "model.ckpt")
     assert sum(p.numel() for p in net.parameters()) == 35_746_307 and abar.shape == (1000,)
+    monkeypatch.setattr(checkpoint, "official_ddpm_file", lambda: tmp_path / "model.ckpt")  # what a download gives
+    by_name, _ = cli.load_model("ddpm-cifar10")
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(by_name(x, torch.tensor([500])), net(x, torch.tensor([500])), rtol=0, atol=0)
     assert cli.main(["sample", "--checkpoint", str(tmp_path / "model.ckpt"), "--steps", "1", "--n", "1",
                      "--out", str(tmp_path / "o")]) == 0
     assert np.load(tmp_path / "o.npz")["samples"].shape == (1, 3, 32, 32)

@@ -1,10 +1,8 @@
 """ddimlab.data: CIFAR-10 download/cache/load against a loopback server, digits, scaling, batches."""
-import http.server
 import io
 import os
 import pickle
 import tarfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,67 +15,10 @@ from ddimlab import data as D
 # ---------------------------------------------------------------------------------- fixtures
 
 
-class _Server:
-    """Loopback HTTP server: routes[path] = (body, mode) with mode "ok" or "truncate"."""
-
-    def __init__(self):
-        self.routes, self.requests = {}, []
-        self.release = threading.Event()  # "stall" routes wait on it
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.requests.append(self.path)
-                if self.path not in server.routes:
-                    self.send_error(404, "Not Found")
-                    return
-                body, mode = server.routes[self.path]
-                if mode == "stall":
-                    server.release.wait(5)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "application/gzip")
-                if mode == "truncate":  # promise more than we send, then hang up
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body[: len(body) // 2])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
-
-    def url(self, path):
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-    def close(self):
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
-
-
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory):
     return D.make_fake_cifar_tarball(tmp_path_factory.mktemp("fake") / "cifar-10-python.tar.gz",
                                      n_per_batch=6, seed=1)
-
-
-@pytest.fixture()
-def server():
-    s = _Server()
-    yield s
-    s.close()
 
 
 def _cache_listing(cache: Path):
