@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 NBENV   = OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 PYTHONHASHSEED=0 MPLBACKEND=agg
 NBVAL   = --nbval --sanitize-with notebooks/sanitize.cfg
 
-.PHONY: install demo test test-fast notebooks bench lab clean
+.PHONY: install demo test test-fast notebooks jupyter bench lab clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,9 @@ notebooks: install     ## re-execute every notebook in place (then `make test` c
 	  $(NBENV) ../$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 	    --ExecutePreprocessor.kernel_name=python3 --ExecutePreprocessor.timeout=600 $$nb || exit 1; \
 	done
+
+jupyter: install       ## open the notebooks in JupyterLab
+	$(BIN)/jupyter lab notebooks/
 
 bench: install         ## benchmarks against diffusers (installed on demand)
 	$(BIN)/pip install -q "diffusers>=0.30"

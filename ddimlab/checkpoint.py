@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import re
 import zipfile
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 
 from . import unet as unet_mod
+from .files import atomic_write
 
 DDPM_CIFAR10_FILE = "model-790000.ckpt"
 DDPM_CIFAR10_MD5 = "1fa350b952534ae442b1d5235cce5cd3"
@@ -45,7 +45,7 @@ def save_checkpoint(path, **state) -> Path:
         raise ValueError("save_checkpoint needs at least one keyword, e.g. save_checkpoint(path, model=sd, step=0)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f), fsync=True)
     return path
 
 
@@ -72,18 +72,6 @@ def md5sum(path, chunk: int = 1 << 20) -> str:
             h.update(block)
     return h.hexdigest()
 
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _torch_load(path, map_location):
@@ -415,13 +403,13 @@ def save_diffusers_folder(net: unet_mod.UNet, path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     config = {"_class_name": "UNet2DModel", **diffusers_config(net.config)}
     state = {k: v.detach().contiguous().cpu() for k, v in to_diffusers(net.state_dict()).items()}
-    _atomic_write(path / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode()))
+    atomic_write(path / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode()), fsync=True)
     try:
         from safetensors.torch import save as st_save
     except ImportError:
-        _atomic_write(path / "diffusion_pytorch_model.bin", lambda f: torch.save(state, f))
+        atomic_write(path / "diffusion_pytorch_model.bin", lambda f: torch.save(state, f), fsync=True)
     else:
-        _atomic_write(path / "diffusion_pytorch_model.safetensors", lambda f: f.write(st_save(state)))
+        atomic_write(path / "diffusion_pytorch_model.safetensors", lambda f: f.write(st_save(state)), fsync=True)
     return path
 
 

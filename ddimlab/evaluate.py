@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from . import schedule
+from .files import atomic_write
 from .diffusion import bcast, ddim_step, posterior_mean, predict_x0
 from .quality import cache_dir, feature_stats, frechet_distance
 
@@ -140,15 +140,7 @@ def save_png(image: torch.Tensor, path) -> None:
         raise ValueError(f"save_png needs a uint8 image C×H×W with C in (1, 3), got {image.dtype} {tuple(image.shape)}")
     arr = image.permute(1, 2, 0).cpu().numpy()
     pil = Image.fromarray(np.ascontiguousarray(arr[..., 0] if arr.shape[-1] == 1 else arr))  # uint8: L or RGB
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pil.save(f, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda f: pil.save(f, format="PNG"))
 
 
 def load_images(directory, n: int | None = None) -> torch.Tensor:
@@ -163,17 +155,6 @@ def load_images(directory, n: int | None = None) -> torch.Tensor:
     arrs = [np.asarray(Image.open(f)) for f in files]
     x = torch.from_numpy(np.stack(arrs))
     return x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
-
-
-def _write_atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # --------------------------------------------------------------------------- sampling
@@ -341,15 +322,7 @@ def reference_stats(name: str, images_fn, feature_fn, batch_size: int = 500, dir
         except Exception:  # a damaged file is recomputed and replaced
             pass
     mu, sigma = image_stats(images_fn(), feature_fn, batch_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{name}-", suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, mu=mu, sigma=sigma)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda f: np.savez(f, mu=mu, sigma=sigma))
     return mu, sigma
 
 
@@ -438,7 +411,7 @@ def _write_csv(path: Path, rows, fields) -> None:
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)
-    _write_atomic_text(path, buf.getvalue())
+    atomic_write(path, lambda f: f.write(buf.getvalue()), text=True)
 
 
 def _fmt(v, digits=4):
@@ -487,7 +460,7 @@ def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list
     md = (f"# DDIM Table 1: {metric}, measured (paper), {n_samples} samples, {spacing} steps\n\n"
           + _markdown_grid(rows, "S", list(S_list), "eta", [_eta_label(e) for e in etas],
                            lambda r: f"{_fmt(r['fid'])} ({_fmt(r['paper_fid'], 6)})").replace(f"| {SIGMA_HAT} |", "| σ̂ |"))
-    _write_atomic_text(out_dir / "table1.md", md)
+    atomic_write(out_dir / "table1.md", lambda f: f.write(md), text=True)
     return rows
 
 
@@ -560,7 +533,7 @@ def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None
           f"{len(images)} images, {spacing} steps\n\n"
           + "| S | " + " | ".join(str(r["S"]) for r in rows) + " |\n|" + "---|" * (len(rows) + 1) + "\n"
           + "| error | " + " | ".join(f"{_fmt(r['mse'], 3)} ({_fmt(r['paper_mse'], 6)})" for r in rows) + " |\n")
-    _write_atomic_text(out_dir / "table2.md", md)
+    atomic_write(out_dir / "table2.md", lambda f: f.write(md), text=True)
     return rows
 
 

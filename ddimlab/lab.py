@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from . import ode, samplers, schedule, toy
+from .files import atomic_write
 
 S_LIST = (10, 20, 50, 100, 1000)
 ETAS = (0.0, 0.2, 0.5, 1.0)
@@ -292,32 +291,14 @@ def make_figure(rows: list[dict], path) -> Path:
     with matplotlib.rc_context({"figure.dpi": 100}):
         fig = plot_table(rows)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-            os.close(fd)
-            try:
-                fig.savefig(tmp, format="png")
-                os.replace(tmp, path)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
+            atomic_write(path, lambda f: fig.savefig(f, format="png"))
         finally:
             plt.close(fig)
     return path
 
 
 def _write_text(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: f.write(text), text=True)
 
 
 def main(argv: list[str] | None = None, *, out=None) -> int:

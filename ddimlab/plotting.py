@@ -7,12 +7,12 @@ Images come in the model's range [−1, 1] with shape (N, C, H, W), C = 1 (grey)
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .files import atomic_write
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -53,18 +53,7 @@ def save_png(array: np.ndarray, path) -> Path:
     """Write a uint8 (H, W, 3) array to `path` as PNG, atomically."""
     import matplotlib.image as mpimg
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        mpimg.imsave(tmp, array, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: mpimg.imsave(f, array, format="png"))
 
 
 def save_image_grid(x: torch.Tensor, path, nrow: int | None = None, scale: int = 1) -> Path:

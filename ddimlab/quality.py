@@ -18,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .files import atomic_write
 
 N_CLASSES = 10
 CLASSIFIER_SETTINGS = dict(resolution=16, width=16, feature_dim=64, epochs=10, batch_size=64,
@@ -208,16 +209,9 @@ def load_classifier(resolution: int = 16, retrain: bool = False,
         model, info = train_classifier(**settings)
         mu, cov = feature_stats(_features(model, _real_digits(resolution)))
         info.update(real_mu=mu, real_cov=cov, path=str(path))
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pt")
-        os.close(fd)
-        try:
-            torch.save(dict(state_dict=model.state_dict(), holdout_accuracy=info["holdout_accuracy"],
-                            real_mu=torch.from_numpy(mu), real_cov=torch.from_numpy(cov)), tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        blob = dict(state_dict=model.state_dict(), holdout_accuracy=info["holdout_accuracy"],
+                    real_mu=torch.from_numpy(mu), real_cov=torch.from_numpy(cov))
+        atomic_write(path, lambda f: torch.save(blob, f))
     model.eval().requires_grad_(False)
     _LOADED[memo] = (model, info)
     return model, info

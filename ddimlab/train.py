@@ -28,7 +28,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from . import schedule
 from .diffusion import q_sample
+from .files import atomic_write
 
 DATASETS = ("digits", "cifar10")
 
@@ -354,9 +355,7 @@ def _truncate_log(path: Path, step: int) -> None:
     if not path.exists():
         return
     keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write("".join(ln + "\n" for ln in keep)), text=True)
 
 
 # --------------------------------------------------------------------------- the loop

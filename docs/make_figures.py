@@ -19,9 +19,7 @@ $DDIMLAB_CACHE/models); every figure is seeded, so a rerun on the same machine g
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ddimlab.files import atomic_write  # noqa: E402
 from ddimlab import evaluate, lab, ode, plotting, pretrained, samplers, schedule, toy, train  # noqa: E402
 
 FIGURES = ("samples", "consistency", "interpolation", "lab", "ode")
@@ -39,19 +38,12 @@ DPI = 80
 
 
 def savefig(fig, path: Path) -> Path:
-    """Save a matplotlib figure as PNG atomically (temporary name, then os.replace) and close it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    """Save a matplotlib figure as PNG atomically (`files.atomic_write`) and close it."""
     try:
-        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.05,
-                    metadata={"Software": None})  # no version string: reruns give the same bytes
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.05,
+                                                 metadata={"Software": None}))  # no version string: same bytes
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     print(f"  {path} ({path.stat().st_size / 1024:.0f} KB)", flush=True)
     return path
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import ddimlab
 from ddimlab import checkpoint, cli, plotting, schedule
 from ddimlab.samplers import ddim_sample
 from ddimlab.train import eps_fn

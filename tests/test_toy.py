@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
-from ddimlab import ode, schedule, toy
+from ddimlab import schedule, toy
 from ddimlab.diffusion import q_sample
 
 torch.set_num_threads(1)
