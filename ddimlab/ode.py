@@ -35,6 +35,7 @@ import math
 import numpy as np
 import torch
 
+from .samplers import call_eps
 from .schedule import alpha_bar_at, step_pairs, validate_timesteps
 
 SOLVERS = ("euler", "heun", "dpm_solver_2", "dpm_solver_pp_2m")
@@ -132,21 +133,6 @@ def _prepare(x_T, alpha_bar, seq):
     return alpha_bar, seq
 
 
-def _call(eps, x, t):
-    """ε(x, t) with t broadcast to shape (B,): long for integer steps, x.dtype for continuous ones."""
-    if isinstance(t, int):
-        tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-    else:
-        tt = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
-    e = eps(x, tt)
-    if not isinstance(e, torch.Tensor) or e.shape != x.shape:
-        raise ValueError(f"eps(x, t) must return a tensor of x's shape {tuple(x.shape)}, got "
-                         f"{tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__}")
-    if e.dtype != x.dtype:
-        raise ValueError(f"eps(x, t) returned dtype {e.dtype} but x is {x.dtype}; cast one of them")
-    return e
-
-
 def _sig(alpha_bar, t: int) -> float:
     a = float(alpha_bar_at(alpha_bar, t))
     return math.sqrt((1 - a) / a)
@@ -174,7 +160,7 @@ def euler(eps, x_T, alpha_bar, seq, return_trajectory: bool = False):
     xbar = x_T / math.sqrt(float(alpha_bar_at(alpha_bar, int(seq[0]))))
     for t, s in step_pairs(seq):
         sig_t, sig_s = _sig(alpha_bar, t), _sig(alpha_bar, s)
-        xbar = xbar + (sig_s - sig_t) * _call(eps, _x(xbar, sig_t), t)
+        xbar = xbar + (sig_s - sig_t) * call_eps(eps, _x(xbar, sig_t), t)
         traj["x"].append(_x(xbar, sig_s)); traj["t"].append(s)
     return _result(xbar, traj, return_trajectory)
 
@@ -191,10 +177,10 @@ def heun(eps, x_T, alpha_bar, seq, return_trajectory: bool = False):
     for t, s in step_pairs(seq):
         sig_t, sig_s = _sig(alpha_bar, t), _sig(alpha_bar, s)
         h = sig_s - sig_t
-        d = _call(eps, _x(xbar, sig_t), t)
+        d = call_eps(eps, _x(xbar, sig_t), t)
         x_pred = xbar + h * d
         if s >= 0:
-            d2 = _call(eps, _x(x_pred, sig_s), s)
+            d2 = call_eps(eps, _x(x_pred, sig_s), s)
             xbar = xbar + h * 0.5 * (d + d2)
         else:
             xbar = x_pred
@@ -218,11 +204,11 @@ def dpm_solver_2(eps, x_T, alpha_bar, seq, return_trajectory: bool = False):
     xbar = x_T / math.sqrt(float(alpha_bar_at(alpha_bar, int(seq[0]))))
     for t, s in step_pairs(seq):
         sig_t, sig_s = _sig(alpha_bar, t), _sig(alpha_bar, s)
-        d = _call(eps, _x(xbar, sig_t), t)
+        d = call_eps(eps, _x(xbar, sig_t), t)
         if s >= 0:
             sig_m = math.sqrt(sig_t * sig_s)
             u = xbar + (sig_m - sig_t) * d
-            d = _call(eps, _x(u, sig_m), float(t_of_sigma(alpha_bar, sig_m)))
+            d = call_eps(eps, _x(u, sig_m), float(t_of_sigma(alpha_bar, sig_m)))
         xbar = xbar + (sig_s - sig_t) * d
         traj["x"].append(_x(xbar, sig_s)); traj["t"].append(s)
     return _result(xbar, traj, return_trajectory)
@@ -244,7 +230,7 @@ def dpm_solver_pp_2m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False):
     D_prev = h_prev = None
     for t, s in step_pairs(seq):
         sig_t, sig_s = _sig(alpha_bar, t), _sig(alpha_bar, s)
-        D = xbar - sig_t * _call(eps, _x(xbar, sig_t), t)
+        D = xbar - sig_t * call_eps(eps, _x(xbar, sig_t), t)
         if s < 0:
             xbar = D
         else:

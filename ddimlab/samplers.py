@@ -33,9 +33,14 @@ def _check(x, alpha_bar, seq, name="x_T"):
     return alpha_bar, schedule.validate_timesteps(seq, alpha_bar.shape[0])
 
 
-def _eps(eps, x, t: int):
-    """ε(x, t) with t as a (B,) long tensor; checks the shape and dtype of the answer."""
-    e = eps(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
+def call_eps(eps, x, t):
+    """ε(x, t) with t broadcast to shape (B,) (long for an integer step, x.dtype for a fractional one
+    inside the ODE solvers); checks that the answer has x's shape and dtype."""
+    if isinstance(t, int):
+        tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+    else:
+        tt = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+    e = eps(x, tt)
     if not isinstance(e, torch.Tensor) or e.shape != x.shape:
         raise ValueError(f"eps(x, t) must return a tensor of x's shape {tuple(x.shape)}, got "
                          f"{tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__}")
@@ -66,7 +71,7 @@ def ddim_sample(eps, x_T, alpha_bar, seq, eta: float = 0.0, generator: torch.Gen
     x = x_T
     traj = {"x": [x], "x0": [], "t": [int(seq[0])]}
     for t, s in step_pairs(seq):
-        e = _eps(eps, x, t)
+        e = call_eps(eps, x, t)
         z = _noise(x, generator) if eta > 0 else None
         x, x0 = ddim_step(x, e, alpha_bar_at(alpha_bar, t), alpha_bar_at(alpha_bar, s), eta, z, clip_x0)
         traj["x"].append(x); traj["x0"].append(x0); traj["t"].append(s)
@@ -98,7 +103,7 @@ def ddpm_sample(eps, x_T, alpha_bar, variance: str = "small", seq=None, generato
     traj = {"x": [x], "x0": [], "t": [int(seq[0])]}
     for t, s in step_pairs(seq):
         a_t, a_s = alpha_bar_at(alpha_bar, t), alpha_bar_at(alpha_bar, s)
-        x0 = predict_x0(x, _eps(eps, x, t), a_t)
+        x0 = predict_x0(x, call_eps(eps, x, t), a_t)
         if clip_x0:
             x0 = x0.clamp(-1, 1)
         var = posterior_variance(a_t, a_s) if variance == "small" else 1 - a_t / a_s
@@ -124,7 +129,7 @@ def ddim_invert(eps, x0, alpha_bar, seq, return_trajectory: bool = False):
     x, s = x0, -1
     traj = {"x": [x], "t": [-1]}
     for t in reversed(seq.tolist()):
-        e = _eps(eps, x, t)
+        e = call_eps(eps, x, t)
         x = q_sample(predict_x0(x, e, alpha_bar_at(alpha_bar, s)), alpha_bar_at(alpha_bar, t), e)
         s = t
         traj["x"].append(x); traj["t"].append(t)
