@@ -297,10 +297,6 @@ def make_figure(rows: list[dict], path) -> Path:
     return path
 
 
-def _write_text(text: str, path: Path) -> None:
-    atomic_write(path, lambda f: f.write(text), text=True)
-
-
 def main(argv: list[str] | None = None, *, out=None) -> int:
     """`python -m ddimlab.lab [--out DIR] [--n N] [--spacing uniform|quad] [--seed K]`: print Table 1, write the figure.
 
@@ -323,7 +319,7 @@ def main(argv: list[str] | None = None, *, out=None) -> int:
                 f"{args.spacing} steps, n={args.n} samples per cell\n" + format_table(rows))
         print(text)
         out = Path(args.out if out is None else out)
-        _write_text(text + "\n", out / "table1.txt")
+        atomic_write(out / "table1.txt", lambda f: f.write(text + "\n"), text=True)
         fig = make_figure(rows, out / "table1.png")
         print(f"wrote {fig} and {out / 'table1.txt'} ({time.perf_counter() - t0:.1f} s)")
     finally:

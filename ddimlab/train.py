@@ -428,7 +428,7 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
             torch.manual_seed(config.seed + rank + 1_000_003 * step)
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
+        atomic_write(out / "config.json", lambda f: f.write(json.dumps(dataclasses.asdict(config), indent=1)), text=True)
         if resume:
             _truncate_log(log_path, step)
         elif log_path.exists():
