@@ -13,7 +13,6 @@ The two layouts compute the same function; tests/test_checkpoint.py compares out
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import re
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import unet as unet_mod
-from .files import atomic_write
+from .files import atomic_write, md5sum
 
 DDPM_CIFAR10_FILE = "model-790000.ckpt"
 DDPM_CIFAR10_MD5 = "1fa350b952534ae442b1d5235cce5cd3"
@@ -43,10 +42,7 @@ def save_checkpoint(path, **state) -> Path:
     """Write `state` (tensors, state_dicts, numbers, strings, lists, dicts) to `path` atomically."""
     if not state:
         raise ValueError("save_checkpoint needs at least one keyword, e.g. save_checkpoint(path, model=sd, step=0)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: torch.save(state, f), fsync=True)
-    return path
+    return atomic_write(path, lambda f: torch.save(state, f), fsync=True)
 
 
 def load_checkpoint(path, map_location="cpu", required=()) -> dict:
@@ -63,14 +59,6 @@ def load_checkpoint(path, map_location="cpu", required=()) -> dict:
         if missing:
             raise CheckpointError(f"{path} lacks the key(s) {missing}; it has {sorted(state)}")
     return state
-
-
-def md5sum(path, chunk: int = 1 << 20) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 

@@ -19,7 +19,6 @@ import io
 import os
 import pickle
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -29,6 +28,8 @@ from typing import Iterator, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .files import atomic_write, md5sum
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -54,15 +55,6 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ddimlab"
 
 
-def md5sum(path, chunk_size: int = 1 << 20) -> str:
-    """Hex md5 of a file."""
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk_size), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def download(url: str, dest, md5: str | None = None, *, progress: bool = True,
              timeout: float | None = 60.0, chunk_size: int = 1 << 16) -> Path:
     """Download `url` to `dest` atomically and return `dest`.
@@ -79,31 +71,23 @@ def download(url: str, dest, md5: str | None = None, *, progress: bool = True,
         raise ValueError(f"md5 must be a 32-character hex string or None, got {md5!r}")
     if dest.is_file() and (md5 is None or md5sum(dest) == md5.lower()):
         return dest  # with md5=None an existing file is trusted: it was written atomically
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _fetch(url, f, progress=progress, timeout=timeout, chunk_size=chunk_size,
-                   desc=dest.name)
-        if md5 is not None:
-            got = md5sum(tmp)
-            if got != md5.lower():
-                raise DownloadError(f"md5 mismatch for {url}: expected {md5.lower()}, got {got}; "
-                                    f"the file was not saved to {dest}")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    h = hashlib.md5(usedforsecurity=False)
+
+    def fetch_and_check(f):
+        _fetch(url, f, h, progress=progress, timeout=timeout, chunk_size=chunk_size, desc=dest.name)
+        if md5 is not None and h.hexdigest() != md5.lower():
+            raise DownloadError(f"md5 mismatch for {url}: expected {md5.lower()}, got {h.hexdigest()}; "
+                                f"the file was not saved to {dest}")
+
+    atomic_write(dest, fetch_and_check)
     return dest
 
 
 _download = download  # resolve_cifar10 and load_cifar10 have an argument named `download`
 
 
-def _fetch(url, f, *, progress, timeout, chunk_size, desc) -> None:
-    """Stream `url` into the open file `f`; raise DownloadError on any failure or short body."""
+def _fetch(url, f, h, *, progress, timeout, chunk_size, desc) -> None:
+    """Stream `url` into the open file `f` and the hash `h`; raise DownloadError on any failure or short body."""
     from tqdm import tqdm
 
     try:
@@ -118,6 +102,7 @@ def _fetch(url, f, *, progress, timeout, chunk_size, desc) -> None:
                     if not block:
                         break
                     f.write(block)
+                    h.update(block)
                     received += len(block)
                     bar.update(len(block))
     except urllib.error.HTTPError as e:
@@ -310,21 +295,15 @@ def make_fake_cifar_tarball(path, n_per_batch: int = 8, seed: int = 0) -> FakeCi
             b"label_names": [c.encode() for c in CIFAR10_CLASSES]}
     members["batches.meta"] = pickle.dumps(meta, protocol=2)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
-    try:
-        # gzip mtime 0 and fixed member metadata: the same seed gives the same bytes (and md5)
-        with os.fdopen(fd, "wb") as f, gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0) as gz, \
+    def write_tar(f):  # gzip mtime 0 and fixed member metadata: the same seed gives the same bytes (and md5)
+        with gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0) as gz, \
                 tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
             for name, blob in members.items():
                 info = tarfile.TarInfo(f"{CIFAR10_FOLDER}/{name}")
                 info.size, info.mode, info.mtime = len(blob), 0o644, 0
                 tar.addfile(info, io.BytesIO(blob))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write_tar)
 
     def stack(names):
         x = np.concatenate([images[n] for n in names]).reshape(-1, 3, 32, 32)

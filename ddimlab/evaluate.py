@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from . import schedule
-from .files import atomic_write
 from .diffusion import bcast, ddim_step, posterior_mean, predict_x0
+from .files import atomic_write
 from .quality import cache_dir, feature_stats, frechet_distance
 
 SIGMA_HAT = "sigma_hat"

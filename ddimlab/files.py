@@ -1,6 +1,8 @@
-"""Files written so that a crash or a full disk never leaves half a file under the real name."""
+"""Files on disk: written so that a crash or a full disk never leaves half a file under the real name,
+and checked by md5."""
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -28,3 +30,12 @@ def atomic_write(path, write, *, text: bool = False, fsync: bool = False) -> Pat
             os.unlink(tmp)
         raise
     return path
+
+
+def md5sum(path, chunk_size: int = 1 << 20) -> str:
+    """Hex md5 of a file."""
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk_size), b""):
+            h.update(block)
+    return h.hexdigest()

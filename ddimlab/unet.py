@@ -288,7 +288,8 @@ def cifar10_unet(**overrides) -> UNet:
 
 
 def tiny_unet(**overrides) -> UNet:
-    """A small UNet for 16×16 one-channel digits (`PRESETS["tiny"]`, the `digits` training preset's network: 1.11M parameters, 66 MMACs per image)."""
+    """A small UNet for 16×16 one-channel digits (`PRESETS["tiny"]`, the `digits` training preset's network:
+    1.11M parameters, 66 MMACs per image)."""
     return UNet(**{**PRESETS["tiny"], **overrides})
 
 
