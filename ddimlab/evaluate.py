@@ -572,20 +572,9 @@ def cmd_reproduce(args) -> int:
     import torch.distributed as dist
 
     from .cli import load_model
+    from .train import setup_distributed
 
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    if args.device == "auto":
-        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    started = False
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        started = True
+    _, _, device, started = setup_distributed(args.device)
     try:
         net, abar = load_model(args.checkpoint, device, use_ema=not args.no_ema)
         cfg = getattr(net, "config", {})

@@ -272,7 +272,7 @@ def sample_grid(model, config: TrainConfig, in_ch: int, n: int, device, seed: in
     model.eval()
     out = ddim_sample(eps_fn(model), x_T, abar, seq, eta=0.0)
     model.train(was_training)
-    return out[0] if isinstance(out, tuple) else out
+    return out
 
 
 def load_trained(path, device="cpu", use_ema: bool = True):
@@ -292,26 +292,33 @@ def load_trained(path, device="cpu", use_ema: bool = True):
 
 # --------------------------------------------------------------------------- distributed helpers
 
-def _dist_setup(config: TrainConfig):
-    """(rank, world, device, initialized_here) — initialises torch.distributed under torchrun."""
+def setup_distributed(device: str = "auto"):
+    """(rank, world, device, initialized_here) for a process that `torchrun` may have started.
+
+    `device` "auto" is cuda:LOCAL_RANK when CUDA is present, else the CPU; a bare "cuda" also gets
+    LOCAL_RANK. On CUDA, TF32 matmuls are enabled. With WORLD_SIZE > 1 the process group is started
+    (nccl on CUDA, gloo on the CPU) unless it already is; `initialized_here` says whether to destroy it.
+    """
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if config.device == "auto":
-        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    if device == "auto":
+        dev = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     else:
-        device = torch.device(config.device)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device(f"cuda:{local}")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+        dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device(f"cuda:{local}")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     init_here = False
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
         init_here = True
-    return rank, world, device, init_here
+    return rank, world, dev, init_here
 
 
 def _all_mean(x: torch.Tensor, world: int) -> torch.Tensor:
@@ -369,14 +376,11 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
     from tqdm.auto import tqdm
 
     config = validate_config(copy.deepcopy(config))
-    rank, world, device, init_here = _dist_setup(config)
+    rank, world, device, init_here = setup_distributed(config.device)
     is_main = rank == 0
     cuda = device.type == "cuda"
     if config.threads and not cuda:
         torch.set_num_threads(config.threads)
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} must be divisible by the number of processes {world}")
     out = Path(config.out)
