@@ -23,8 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import schedule
+from . import checkpoint, schedule
 from .files import atomic_write
+from .plotting import save_image_grid
+from .samplers import ddim_invert, ddim_sample, ddpm_sample, slerp
+from .train import PRESETS, eps_fn, load_trained, make_config, train
+from .unet import cifar10_unet
 
 
 # --------------------------------------------------------------------------- helpers
@@ -55,9 +59,6 @@ def _diffusers_alpha_bar(folder: Path) -> torch.Tensor:
 
 def load_model(path, device="cpu", use_ema: bool = True):
     """(net, alpha_bar float64) from a ddimlab checkpoint, the official DDPM file or a diffusers folder."""
-    from . import checkpoint
-    from .train import load_trained
-
     path = checkpoint.official_ddpm_file() if str(path) == checkpoint.OFFICIAL_NAME else Path(path)
     if path.is_dir():
         net = checkpoint.load_diffusers_folder(path)
@@ -67,17 +68,10 @@ def load_model(path, device="cpu", use_ema: bool = True):
         if isinstance(state, dict) and "config" in state and "model" in state:
             net, config = load_trained(state, use_ema=use_ema)
             abar = schedule.make_alpha_bar(config.schedule, config.T)
-        else:
-            del state
-            net = checkpoint.load_official_ddpm(path)
+        else:  # the official layout, already read: no second pass over the 143 MB file
+            net = checkpoint.load_state_strict(cifar10_unet(), checkpoint.official_state_dict(state), source=str(path))
             abar = schedule.make_alpha_bar("linear", 1000)
     return net.to(device).eval(), abar.to(device)
-
-
-def _eps(net):
-    from .train import eps_fn
-
-    return eps_fn(net)
 
 
 def _save_npz(path: Path, **arrays) -> Path:
@@ -91,15 +85,13 @@ def _latents(seed: int, n: int, shape, device) -> torch.Tensor:
 
 
 def _run_sampler(net, abar, x_T, args, generator):
-    from .samplers import ddim_sample, ddpm_sample
-
     T = abar.shape[0]
     if args.sampler == "ddpm":
         seq = None if args.steps >= T else schedule.timesteps(args.steps, T, args.spacing)
-        return ddpm_sample(_eps(net), x_T, abar, variance=args.variance, seq=seq, generator=generator,
+        return ddpm_sample(eps_fn(net), x_T, abar, variance=args.variance, seq=seq, generator=generator,
                            clip_x0=args.clip)
     seq = schedule.timesteps(args.steps, T, args.spacing)
-    return ddim_sample(_eps(net), x_T, abar, seq, eta=args.eta, generator=generator, clip_x0=args.clip)
+    return ddim_sample(eps_fn(net), x_T, abar, seq, eta=args.eta, generator=generator, clip_x0=args.clip)
 
 
 def _image_shape(net):
@@ -143,8 +135,6 @@ def _read_images(paths, shape) -> torch.Tensor:
 # --------------------------------------------------------------------------- subcommands
 
 def cmd_train(args) -> int:
-    from .train import make_config, train
-
     overrides = list(args.set or [])
     if args.out:
         overrides.append(f"out={args.out}")
@@ -158,8 +148,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from .plotting import save_image_grid
-
     device = _device(args.device)
     net, abar = load_model(args.checkpoint, device, use_ema=not args.no_ema)
     shape = _image_shape(net)
@@ -182,15 +170,12 @@ def cmd_sample(args) -> int:
 
 
 def cmd_invert(args) -> int:
-    from .plotting import save_image_grid
-    from .samplers import ddim_invert, ddim_sample
-
     device = _device(args.device)
     net, abar = load_model(args.checkpoint, device, use_ema=not args.no_ema)
     x0 = _read_images(args.input, _image_shape(net)).to(device)
     seq = schedule.timesteps(args.steps, abar.shape[0], args.spacing)
-    x_T = ddim_invert(_eps(net), x0, abar, seq)
-    recon = ddim_sample(_eps(net), x_T, abar, seq)
+    x_T = ddim_invert(eps_fn(net), x0, abar, seq)
+    recon = ddim_sample(eps_fn(net), x_T, abar, seq)
     mse = ((recon - x0) ** 2).flatten(1).mean(1)
     out = Path(args.out)
     npz = _save_npz(out.with_suffix(".npz"), x_T=x_T.cpu().numpy(), x0=x0.cpu().numpy(),
@@ -202,9 +187,6 @@ def cmd_invert(args) -> int:
 
 
 def cmd_interpolate(args) -> int:
-    from .plotting import save_image_grid
-    from .samplers import ddim_sample, slerp
-
     device = _device(args.device)
     net, abar = load_model(args.checkpoint, device, use_ema=not args.no_ema)
     if args.latents:
@@ -220,7 +202,7 @@ def cmd_interpolate(args) -> int:
     lam = torch.linspace(0, 1, args.n)
     z = slerp(z0, z1, lam.to(device))
     seq = schedule.timesteps(args.steps, abar.shape[0], args.spacing)
-    x0 = ddim_sample(_eps(net), z, abar, seq).float().cpu()
+    x0 = ddim_sample(eps_fn(net), z, abar, seq).float().cpu()
     out = Path(args.out)
     png = save_image_grid(x0, out.with_suffix(".png"), nrow=args.n, scale=args.scale)
     npz = _save_npz(out.with_suffix(".npz"), samples=x0.numpy(), x_T=z.cpu().numpy(), lam=lam.numpy())
@@ -259,8 +241,6 @@ def _model_args(p: argparse.ArgumentParser, out_default: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .train import PRESETS
-
     parser = argparse.ArgumentParser(prog="python -m ddimlab", description="DDPM / DDIM: train, sample, invert.")
     sub = parser.add_subparsers(dest="command", required=True)
 
