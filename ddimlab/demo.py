@@ -34,13 +34,13 @@ def compare_samplers(model, config, n: int, seed: int = 0):
     """Sample n images with each of SAMPLERS from the same x_T; rows of (name, NFE, seconds, score, x)."""
     eps = train.eps_fn(model)
     ab = schedule.make_alpha_bar(config.schedule, config.T)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # DDPM's noise uses seed + 1: its first z must not repeat x_T
     x_T = torch.randn(n, model.config["in_ch"], config.resolution, config.resolution, generator=g)
     rows = []
     for name, kind, S in SAMPLERS:
         start = time.perf_counter()
         if kind == "ddpm":
-            x = samplers.ddpm_sample(eps, x_T, ab, variance="small", generator=torch.Generator().manual_seed(seed))
+            x = samplers.ddpm_sample(eps, x_T, ab, variance="small", generator=torch.Generator().manual_seed(seed + 1))
         else:
             x = samplers.ddim_sample(eps, x_T, ab, schedule.timesteps(S, config.T, "uniform"))
         seconds = time.perf_counter() - start
