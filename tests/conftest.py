@@ -1,8 +1,22 @@
-"""Shared fixtures: a loopback HTTP server for the download tests (no network leaves the machine)."""
+"""Shared test set-up: one torch thread, `randomize` for network weights, and a loopback HTTP server
+for the download tests (no network leaves the machine)."""
 import http.server
 import threading
 
 import pytest
+import torch
+
+# The unit tests use small tensors: on a shared 2-core machine one thread runs them fastest and steadiest.
+torch.set_num_threads(1)
+
+
+def randomize(module, seed=0, scale=0.05):
+    """Every parameter random (GroupNorm weights and biases too), so a swapped or dropped tensor shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return module
 
 
 class _Server:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import randomize
 from ddimlab import checkpoint as ck
 from ddimlab import unet
 
@@ -27,22 +28,6 @@ TINY_CONFIGS = [
          num_groups=4),
 ]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def randomize(module, seed=0, scale=0.05):
-    """Every parameter random (GroupNorm weights and biases too), so a swapped or dropped tensor shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return module
 
 
 def inputs(net, batch=2, seed=0):

@@ -15,7 +15,6 @@ ABAR = schedule.make_alpha_bar("linear", 1000)
 
 @pytest.fixture(scope="module")
 def net():
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     return UNet(in_ch=1, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0,
                 resolution=8, num_groups=4).eval()

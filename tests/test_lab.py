@@ -6,7 +6,6 @@ import torch
 
 from ddimlab import lab, toy
 
-torch.set_num_threads(1)
 K_SE = 3.0          # "beyond error bars": a difference larger than 3 combined standard errors
 
 

@@ -7,7 +7,6 @@ import torch
 
 from ddimlab import ode, samplers, schedule, toy
 
-torch.set_num_threads(1)
 AB = schedule.make_alpha_bar("linear", 1000)
 MIX = toy.random_mixture(d=3, K=4, seed=0)
 EPS = toy.exact_eps(MIX, AB)

@@ -70,7 +70,6 @@ def classifier(tmp_path_factory):
     """Train once into a fresh cache directory (a few seconds), used by every test below."""
     mp = pytest.MonkeyPatch()
     mp.setenv("DDIMLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
-    torch.set_num_threads(1)
     try:
         yield quality.load_classifier(16)
     finally:

@@ -6,7 +6,6 @@ import torch
 
 from ddimlab import samplers, schedule, toy
 
-torch.set_num_threads(1)
 AB = schedule.make_alpha_bar("linear", 1000)
 MIX = toy.eight_gaussians()
 EPS = toy.exact_eps(MIX, AB)

@@ -9,7 +9,6 @@ from scipy.stats import multivariate_normal
 from ddimlab import schedule, toy
 from ddimlab.diffusion import q_sample
 
-torch.set_num_threads(1)
 AB = schedule.make_alpha_bar("linear", 1000)
 
 

@@ -12,7 +12,6 @@ import torch
 from ddimlab import train as tr
 from ddimlab.checkpoint import load_checkpoint
 
-torch.set_num_threads(1)
 
 
 def tiny(tmp_path, name="run", **kw) -> tr.TrainConfig:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import randomize
 from ddimlab import unet
 
 # The official checkpoint's layout: /work/shared/reference/ddpm_cifar10_unet_state_dict.tsv lists its 328
@@ -22,28 +23,11 @@ def layout_lines(state_dict):
     return [f"{k}\t{'x'.join(str(n) for n in v.shape)}" for k, v in state_dict.items()]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small convolutions on a shared 2-core machine run fastest (and steadiest) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def cifar():
     torch.manual_seed(0)
     return unet.cifar10_unet()
 
-
-def randomize(net, seed=0, scale=0.1):
-    """Every parameter random (GroupNorm weights too), so a swapped or dropped tensor shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return net
 
 
 def small(**kw):
@@ -124,7 +108,7 @@ def test_attention_equals_naive_softmax_formula():
 
 
 def test_batch_elements_are_independent_and_t_broadcasts():
-    net = randomize(small()).eval()
+    net = randomize(small(), scale=0.1).eval()
     x = torch.randn(3, 2, 8, 8)
     t = torch.tensor([0, 400, 999])
     with torch.no_grad():
@@ -140,7 +124,7 @@ def test_batch_elements_are_independent_and_t_broadcasts():
 
 
 def test_dropout_only_in_train_mode_and_all_parameters_get_gradients():
-    net = randomize(small(dropout=0.5))
+    net = randomize(small(dropout=0.5), scale=0.1)
     x, t = torch.randn(2, 2, 8, 8), torch.tensor([3, 9])
     net.eval()
     with torch.no_grad():
