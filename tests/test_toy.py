@@ -71,6 +71,23 @@ def test_marginal_matches_q_sample(mix, t):
     _moments_close(xt, *_mixture_moments(mix.marginal(a)))
 
 
+@pytest.mark.parametrize("t", [30, 300, 800])
+def test_eps_is_conditional_mean_of_the_noise(mix, t):
+    """ε*(x_t) = E[ε | x_t]: the residual ε − ε* is uncorrelated with every function of x_t, which is
+    why denoising and explicit score matching differ by a constant (notebook 04 §5)."""
+    g = torch.Generator().manual_seed(10 + t)
+    n, a = 100_000, float(AB[t])
+    eps = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    xt = q_sample(mix.sample(n, g), a, eps)
+    e_star = mix.eps(xt, a)
+    for h in (xt, e_star, torch.sin(3 * xt), torch.ones_like(xt)):
+        d = ((eps - e_star) * h).sum(1)
+        assert abs(float(d.mean())) < 4 * float(d.std()) / math.sqrt(n)
+    # a wrong predictor fails the same test: the residual of 0.9 ε* correlates with ε*
+    d = ((eps - 0.9 * e_star) * e_star).sum(1)
+    assert abs(float(d.mean())) > 4 * float(d.std()) / math.sqrt(n)
+
+
 def test_exact_eps_time_arguments(mix):
     eps = toy.exact_eps(mix, AB)
     x = torch.randn(4, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
