@@ -177,7 +177,7 @@ def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS,
 
 
 def cell(rows: list[dict], sampler: str, S: int | None = None) -> dict:
-    """The row of `rows` for `sampler` ("eta=0", "eta=1", "sigma_hat", "data", …) and S."""
+    """The row of `rows` for `sampler` ("eta=0", "eta=1", "sigma_hat", "data", …) and S (notebook 04 §6)."""
     for r in rows:
         if r["sampler"] == sampler and r["S"] == S:
             return r
@@ -187,7 +187,8 @@ def cell(rows: list[dict], sampler: str, S: int | None = None) -> dict:
 # ------------------------------------------------------------------------------------- formatting
 
 def fmt_pm(value: float, se: float, scale: float = 1e3) -> str:
-    """'v ± se' with v rounded to the SE's first significant digit (two if it starts with 1), ×scale."""
+    """'v ± se' with v rounded to the SE's first significant digit (two if it starts with 1), ×scale
+    (notebook 04 §6)."""
     v, s = value * scale, se * scale
     if not (s > 0 and math.isfinite(s)):
         return f"{v:.3g}"
