@@ -29,7 +29,6 @@ TINY_CONFIGS = [
 ]
 
 
-
 def inputs(net, batch=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     c, r = net.config["in_ch"], net.config["resolution"]

@@ -13,7 +13,6 @@ from ddimlab import train as tr
 from ddimlab.checkpoint import load_checkpoint
 
 
-
 def tiny(tmp_path, name="run", **kw) -> tr.TrainConfig:
     """8×8 digits (their native size), a ~40k-parameter UNet: milliseconds per step."""
     base = dict(resolution=8, ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), num_groups=8,

@@ -29,7 +29,6 @@ def cifar():
     return unet.cifar10_unet()
 
 
-
 def small(**kw):
     cfg = dict(in_ch=2, ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0,
                resolution=8, num_groups=4)
