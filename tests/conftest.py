@@ -10,13 +10,17 @@ import torch
 torch.set_num_threads(1)
 
 
-def randomize(module, seed=0, scale=0.05):
-    """Every parameter random (GroupNorm weights and biases too), so a swapped or dropped tensor shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return module
+@pytest.fixture()
+def randomize():
+    """`randomize(module, seed=0, scale=0.05)` sets every parameter at random (GroupNorm weights and biases
+    too), so that a swapped or dropped tensor shows in the outputs."""
+    def set_random(module, seed=0, scale=0.05):
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in module.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+        return module
+    return set_random
 
 
 class _Server:

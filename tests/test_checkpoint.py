@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import randomize
 from ddimlab import checkpoint as ck
 from ddimlab import unet
 
@@ -101,7 +100,7 @@ def test_load_errors_are_clear(tmp_path):
 # the official DDPM CIFAR-10 checkpoint
 
 
-def test_official_file_loads_strictly_and_reproduces_outputs(tmp_path):
+def test_official_file_loads_strictly_and_reproduces_outputs(tmp_path, randomize):
     torch.manual_seed(0)
     net = randomize(unet.cifar10_unet()).eval()
     path = tmp_path / ck.DDPM_CIFAR10_FILE
@@ -176,7 +175,7 @@ def _diffusers_model(config):
 
 
 @pytest.mark.parametrize("config", [unet.PRESETS["cifar10"]] + TINY_CONFIGS, ids=["cifar10", "tiny", "odd"])
-def test_diffusers_conversion_both_directions(config):
+def test_diffusers_conversion_both_directions(config, randomize):
     config = {**unet.PRESETS["tiny"], **config} if config is not unet.PRESETS["cifar10"] else config
     ours = randomize(unet.UNet(**config), seed=1).eval()
     theirs = _diffusers_model(ours.config)
@@ -198,7 +197,7 @@ def test_diffusers_conversion_both_directions(config):
     assert all(torch.equal(again[k], v) for k, v in ours.state_dict().items())
 
 
-def test_legacy_diffusers_attention_names():
+def test_legacy_diffusers_attention_names(randomize):
     ours = randomize(unet.tiny_unet()).eval()
     new = ck.to_diffusers(ours.state_dict())
     legacy = {}
@@ -212,7 +211,7 @@ def test_legacy_diffusers_attention_names():
 
 
 @pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "bin"])
-def test_diffusers_folder_roundtrip(tmp_path, safe):
+def test_diffusers_folder_roundtrip(tmp_path, safe, randomize):
     theirs = randomize(_diffusers_model(unet.PRESETS["tiny"]), seed=3)
     theirs.save_pretrained(tmp_path / "pipe" / "unet", safe_serialization=safe)
     ours = ck.load_diffusers_folder(tmp_path / "pipe")  # a pipeline folder: its unet/ is found
@@ -225,7 +224,7 @@ def test_diffusers_folder_roundtrip(tmp_path, safe):
         ck.load_diffusers_folder(tmp_path / "pipe", backend="jax")
 
 
-def test_save_diffusers_folder_loads_in_diffusers(tmp_path):
+def test_save_diffusers_folder_loads_in_diffusers(tmp_path, randomize):
     diffusers = pytest.importorskip("diffusers")
     ours = randomize(unet.UNet(**{**unet.PRESETS["tiny"], **TINY_CONFIGS[1]}), seed=4).eval()
     folder = ck.save_diffusers_folder(ours, tmp_path / "export")

@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import randomize
 from ddimlab import unet
 
 # The official checkpoint's layout: /work/shared/reference/ddpm_cifar10_unet_state_dict.tsv lists its 328
@@ -93,7 +92,7 @@ def test_timestep_embedding_formula():
         unet.timestep_embedding(torch.zeros(2, 1), 8)
 
 
-def test_attention_equals_naive_softmax_formula():
+def test_attention_equals_naive_softmax_formula(randomize):
     torch.manual_seed(1)
     block = unet.AttnBlock(32, 8)
     randomize(block, seed=1, scale=0.3)
@@ -106,7 +105,7 @@ def test_attention_equals_naive_softmax_formula():
     torch.testing.assert_close(block(x.to(memory_format=torch.channels_last)), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_batch_elements_are_independent_and_t_broadcasts():
+def test_batch_elements_are_independent_and_t_broadcasts(randomize):
     net = randomize(small(), scale=0.1).eval()
     x = torch.randn(3, 2, 8, 8)
     t = torch.tensor([0, 400, 999])
@@ -122,7 +121,7 @@ def test_batch_elements_are_independent_and_t_broadcasts():
         torch.testing.assert_close(cl, batch, atol=1e-5, rtol=1e-5)
 
 
-def test_dropout_only_in_train_mode_and_all_parameters_get_gradients():
+def test_dropout_only_in_train_mode_and_all_parameters_get_gradients(randomize):
     net = randomize(small(dropout=0.5), scale=0.1)
     x, t = torch.randn(2, 2, 8, 8), torch.tensor([3, 9])
     net.eval()
