@@ -74,6 +74,13 @@ def load_model(path, device="cpu", use_ema: bool = True):
     return net.to(device).eval(), abar.to(device)
 
 
+def _model_for(args):
+    """(net, alpha_bar, device, seq) for a subcommand's --checkpoint, --device, --no-ema, --steps, --spacing."""
+    device = _device(args.device)
+    net, abar = load_model(args.checkpoint, device, use_ema=not args.no_ema)
+    return net, abar, device, schedule.timesteps(args.steps, abar.shape[0], args.spacing)
+
+
 def _save_npz(path: Path, **arrays) -> Path:
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
@@ -84,13 +91,10 @@ def _latents(seed: int, n: int, shape, device) -> torch.Tensor:
     return torch.randn(n, *shape, generator=g).to(device)
 
 
-def _run_sampler(net, abar, x_T, args, generator):
-    T = abar.shape[0]
-    if args.sampler == "ddpm":
-        seq = None if args.steps >= T else schedule.timesteps(args.steps, T, args.spacing)
-        return ddpm_sample(eps_fn(net), x_T, abar, variance=args.variance, seq=seq, generator=generator,
-                           clip_x0=args.clip)
-    seq = schedule.timesteps(args.steps, T, args.spacing)
+def _run_sampler(net, abar, seq, x_T, args, generator):
+    if args.sampler == "ddpm":  # all T steps: DDPM's own chain
+        return ddpm_sample(eps_fn(net), x_T, abar, variance=args.variance,
+                           seq=None if args.steps >= abar.shape[0] else seq, generator=generator, clip_x0=args.clip)
     return ddim_sample(eps_fn(net), x_T, abar, seq, eta=args.eta, generator=generator, clip_x0=args.clip)
 
 
@@ -148,13 +152,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    device = _device(args.device)
-    net, abar = load_model(args.checkpoint, device, use_ema=not args.no_ema)
-    shape = _image_shape(net)
-    x_T = _latents(args.seed, args.n, shape, device)
+    net, abar, device, seq = _model_for(args)
+    x_T = _latents(args.seed, args.n, _image_shape(net), device)
     g = torch.Generator(device=device).manual_seed(args.seed + 1)
     t0 = time.perf_counter()
-    chunks = [_run_sampler(net, abar, x_T[i:i + args.batch_size], args, g)
+    chunks = [_run_sampler(net, abar, seq, x_T[i:i + args.batch_size], args, g)
               for i in range(0, args.n, args.batch_size)]
     x0 = torch.cat(chunks).float().cpu()
     seconds = time.perf_counter() - t0
@@ -170,10 +172,8 @@ def cmd_sample(args) -> int:
 
 
 def cmd_invert(args) -> int:
-    device = _device(args.device)
-    net, abar = load_model(args.checkpoint, device, use_ema=not args.no_ema)
+    net, abar, device, seq = _model_for(args)
     x0 = _read_images(args.input, _image_shape(net)).to(device)
-    seq = schedule.timesteps(args.steps, abar.shape[0], args.spacing)
     x_T = ddim_invert(eps_fn(net), x0, abar, seq)
     recon = ddim_sample(eps_fn(net), x_T, abar, seq)
     mse = ((recon - x0) ** 2).flatten(1).mean(1)
@@ -187,8 +187,7 @@ def cmd_invert(args) -> int:
 
 
 def cmd_interpolate(args) -> int:
-    device = _device(args.device)
-    net, abar = load_model(args.checkpoint, device, use_ema=not args.no_ema)
+    net, abar, device, seq = _model_for(args)
     if args.latents:
         with np.load(args.latents) as z:
             lat = torch.as_tensor(z["x_T"], dtype=torch.float32)
@@ -197,11 +196,9 @@ def cmd_interpolate(args) -> int:
             raise ValueError(f"--index must be two indices in 0..{len(lat) - 1}, got {i} {j}")
         z0, z1 = lat[i:i + 1].to(device), lat[j:j + 1].to(device)
     else:
-        shape = _image_shape(net)
-        z0, z1 = (_latents(s, 1, shape, device) for s in args.seeds)
+        z0, z1 = (_latents(s, 1, _image_shape(net), device) for s in args.seeds)
     lam = torch.linspace(0, 1, args.n)
     z = slerp(z0, z1, lam.to(device))
-    seq = schedule.timesteps(args.steps, abar.shape[0], args.spacing)
     x0 = ddim_sample(eps_fn(net), z, abar, seq).float().cpu()
     out = Path(args.out)
     png = save_image_grid(x0, out.with_suffix(".png"), nrow=args.n, scale=args.scale)

@@ -250,11 +250,9 @@ def lr_at(config: TrainConfig, step: int) -> float:
 
 
 def eps_fn(model: torch.nn.Module):
-    """Wrap a UNet as the `eps(x, t)` callable samplers take; `t` may be an int, 0-d or (B,) tensor (notebook 06 §5)."""
+    """Wrap a UNet as the `eps(x, t)` callable samplers take: no gradients, ε̂ in x's dtype; `t` may be
+    an int, a 0-d or a (B,) tensor, which the UNet broadcasts (notebook 06 §5)."""
     def eps(x, t):
-        t = torch.as_tensor(t, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
         with torch.no_grad():
             return model(x, t).to(x.dtype)
     return eps
@@ -262,15 +260,13 @@ def eps_fn(model: torch.nn.Module):
 
 def sample_grid(model, config: TrainConfig, in_ch: int, n: int, device, seed: int = 0) -> torch.Tensor:
     """n DDIM samples (η = 0, `config.sample_steps` uniform steps) from `model`, in [−1, 1]."""
-    from .samplers import ddim_sample
+    from .samplers import sample
 
-    g = torch.Generator(device=device).manual_seed(seed)
-    x_T = torch.randn(n, in_ch, config.resolution, config.resolution, generator=g, device=device)
     abar = schedule.make_alpha_bar(config.schedule, config.T).to(device)
-    seq = schedule.timesteps(config.sample_steps, config.T, "uniform")
     was_training = model.training
     model.eval()
-    out = ddim_sample(eps_fn(model), x_T, abar, seq, eta=0.0)
+    out = sample(eps_fn(model), (n, in_ch, config.resolution, config.resolution), abar, S=config.sample_steps,
+                 generator=torch.Generator(device=device).manual_seed(seed), device=device)
     model.train(was_training)
     return out
 
