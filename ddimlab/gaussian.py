@@ -102,7 +102,7 @@ def _check_linear(mu, Lambda_inv, A, b, L_inv):
 
 
 def linear_gaussian_marginal(mu, Lambda_inv, A, b, L_inv):
-    """Marginal of y for p(x) = N(μ, Λ⁻¹), p(y | x) = N(Ax + b, L⁻¹) (notebook 03 §1–2, seed 002).
+    """Marginal of y for p(x) = N(μ, Λ⁻¹), p(y | x) = N(Ax + b, L⁻¹) (Bishop 2006, §2.3.3; notebook 03 §1–2).
 
         p(y) = N(y; Aμ + b, L⁻¹ + AΛ⁻¹Aᵀ)
 

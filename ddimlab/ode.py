@@ -1,6 +1,6 @@
 """The probability-flow ODE of DDIM and solvers for it (notebook 05).
 
-Divide the DDIM update by √ᾱ_s (seed 001; notebook 05 §1): with
+Divide the DDIM update by √ᾱ_s (DDIM §4.3, eq. 13; notebook 05 §1): with
 
     σ(t) = √((1−ᾱ_t)/ᾱ_t),   x̄ = x_t / √ᾱ_t      (so x_t = x̄ / √(σ²+1)),
 
@@ -8,7 +8,7 @@ deterministic DDIM reads x̄_s = x̄_t + (σ_s − σ_t) ε(x_t, t): Euler's met
 
     dx̄/dσ = ε(x̄ / √(σ²+1), t(σ)).                                              (ODE)
 
-(The seed writes x̄ = x_t/ᾱ_t; the square root is needed.) σ runs from σ(t_start) down to
+(A common study-note slip writes x̄ = x_t/ᾱ_t; the square root is needed.) σ runs from σ(t_start) down to
 σ(−1) = 0, where x̄ = x_0. Every solver here has the signature (eps, x_T, alpha_bar, seq,
 return_trajectory=False) -> x_0, visits the decreasing integer steps `seq` and then steps to
 ᾱ_{−1} = 1, exactly like `samplers.ddim_sample`. Numbers of ε evaluations (NFE) for S = len(seq):

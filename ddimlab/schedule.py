@@ -64,7 +64,7 @@ def snr(alpha_bar: torch.Tensor) -> torch.Tensor:
 
 
 def sigma_of(alpha_bar: torch.Tensor) -> torch.Tensor:
-    """σ(t) = √((1 − ᾱ_t)/ᾱ_t), the ODE's time variable (notebook 05 §1, seed 001)."""
+    """σ(t) = √((1 − ᾱ_t)/ᾱ_t), the ODE's time variable (DDIM §4.3, notebook 05 §1)."""
     return torch.sqrt((1 - alpha_bar) / alpha_bar)
 
 
