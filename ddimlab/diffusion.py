@@ -7,7 +7,38 @@ The DDIM paper's α_t is DDPM's ᾱ_t.
 """
 from __future__ import annotations
 
+import math
+
 import torch
+
+VARIANCES = ("small", "large")   # DDPM's two reverse variances: β̃ (posterior) and β (notebook 02 §1)
+
+
+def _check_range(a, name: str, low: float, high: float, low_open: bool, high_open: bool):
+    """Raise a ValueError naming `name` unless every value of `a` is finite and in the interval."""
+    if isinstance(a, float) and math.isfinite(a) and (a > low if low_open else a >= low) and (
+            a < high if high_open else a <= high):
+        return a   # the samplers' common case, without building a tensor
+    v = a if isinstance(a, torch.Tensor) else torch.as_tensor(a, dtype=torch.float64)
+    bad = ~torch.isfinite(v) | ((v <= low) if low_open else (v < low)) | ((v >= high) if high_open else (v > high))
+    if bool(bad.any()):
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        shown = v[bad].flatten()[0].item() if v.ndim else v.item()
+        raise ValueError(f"{name} must lie in {interval}, got {shown} (alpha_bar values: 1 is clean data, "
+                         f"0 pure noise; look them up with schedule.alpha_bar_at)")
+    return a
+
+
+def _check_pair(a_t, a_s):
+    """ᾱ_t of the noisier step t and ᾱ_s of the earlier step s < t: 0 < ᾱ_t < 1, ᾱ_t ≤ ᾱ_s ≤ 1."""
+    _check_range(a_t, "a_t", 0.0, 1.0, True, True)
+    _check_range(a_s, "a_s", 0.0, 1.0, True, False)
+    if isinstance(a_t, float) and isinstance(a_s, float) and a_s >= a_t:
+        return
+    at = a_t if isinstance(a_t, torch.Tensor) else torch.as_tensor(a_t, dtype=torch.float64)
+    as_ = a_s if isinstance(a_s, torch.Tensor) else torch.as_tensor(a_s, dtype=torch.float64)
+    if bool((as_.to(at.device) < at).any()):
+        raise ValueError("a_s must be >= a_t: s is the earlier, less noisy step of the pair t -> s")
 
 
 def bcast(a, x: torch.Tensor) -> torch.Tensor:
@@ -29,43 +60,43 @@ def q_sample(x0: torch.Tensor, a_t, eps: torch.Tensor) -> torch.Tensor:
     """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε, a draw from q(x_t | x_0) (notebook 01 §2)."""
     if eps.shape != x0.shape:
         raise ValueError(f"eps shape {tuple(eps.shape)} differs from x0 shape {tuple(x0.shape)}")
-    a = bcast(a_t, x0)
+    a = bcast(_check_range(a_t, "a_t", 0.0, 1.0, False, False), x0)
     return a.sqrt() * x0 + (1 - a).sqrt() * eps
 
 
 def q_step(x_prev: torch.Tensor, beta_t, z: torch.Tensor) -> torch.Tensor:
     """One Markov forward step x_t = √(1−β_t) x_{t−1} + √β_t z (notebook 01 §1)."""
-    b = bcast(beta_t, x_prev)
+    b = bcast(_check_range(beta_t, "beta_t", 0.0, 1.0, False, False), x_prev)
     return (1 - b).sqrt() * x_prev + b.sqrt() * z
 
 
 def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, a_t) -> torch.Tensor:
-    """x̂_0 = (x_t − √(1−ᾱ_t) ε) / √ᾱ_t, the "predicted x_0" of DDIM eq. 9 (notebook 04 §2)."""
-    a = bcast(a_t, x_t)
+    """x̂_0 = (x_t − √(1−ᾱ_t) ε) / √ᾱ_t, the "predicted x_0" of DDIM eq. 9 (notebook 04 §2); needs ᾱ_t > 0."""
+    a = bcast(_check_range(a_t, "a_t", 0.0, 1.0, True, False), x_t)
     return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
 
 
 def predict_eps(x_t: torch.Tensor, x0: torch.Tensor, a_t) -> torch.Tensor:
-    """ε = (x_t − √ᾱ_t x_0) / √(1−ᾱ_t)."""
-    a = bcast(a_t, x_t)
+    """ε = (x_t − √ᾱ_t x_0) / √(1−ᾱ_t); needs ᾱ_t < 1."""
+    a = bcast(_check_range(a_t, "a_t", 0.0, 1.0, False, True), x_t)
     return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
 
 
 def v_from(x0: torch.Tensor, eps: torch.Tensor, a_t) -> torch.Tensor:
     """Velocity v = √ᾱ_t ε − √(1−ᾱ_t) x_0 (Salimans & Ho, 2022)."""
-    a = bcast(a_t, x0)
+    a = bcast(_check_range(a_t, "a_t", 0.0, 1.0, False, False), x0)
     return a.sqrt() * eps - (1 - a).sqrt() * x0
 
 
 def x0_from_v(x_t: torch.Tensor, v: torch.Tensor, a_t) -> torch.Tensor:
     """x_0 = √ᾱ_t x_t − √(1−ᾱ_t) v."""
-    a = bcast(a_t, x_t)
+    a = bcast(_check_range(a_t, "a_t", 0.0, 1.0, False, False), x_t)
     return a.sqrt() * x_t - (1 - a).sqrt() * v
 
 
 def eps_from_v(x_t: torch.Tensor, v: torch.Tensor, a_t) -> torch.Tensor:
     """ε = √(1−ᾱ_t) x_t + √ᾱ_t v."""
-    a = bcast(a_t, x_t)
+    a = bcast(_check_range(a_t, "a_t", 0.0, 1.0, False, False), x_t)
     return (1 - a).sqrt() * x_t + a.sqrt() * v
 
 
@@ -74,6 +105,7 @@ def posterior_variance(a_t, a_s):
 
     For consecutive steps s = t−1 this is DDPM's β̃_t = (1−ᾱ_{t−1})/(1−ᾱ_t) β_t.
     """
+    _check_pair(a_t, a_s)
     a_t, a_s = (a if isinstance(a, torch.Tensor) else torch.as_tensor(a, dtype=torch.float64) for a in (a_t, a_s))
     return (1 - a_s) / (1 - a_t) * (1 - a_t / a_s)
 
@@ -83,6 +115,7 @@ def posterior_mean(x0: torch.Tensor, x_t: torch.Tensor, a_t, a_s) -> torch.Tenso
 
     With s = t−1 and α_t = ᾱ_t/ᾱ_{t−1} = 1 − β_t this is DDPM eq. 7.
     """
+    _check_pair(a_t, a_s)
     at, as_ = bcast(a_t, x_t), bcast(a_s, x_t)
     alpha = at / as_
     return as_.sqrt() * (1 - alpha) / (1 - at) * x0 + alpha.sqrt() * (1 - as_) / (1 - at) * x_t
@@ -93,9 +126,35 @@ def ddim_sigma(a_t, a_s, eta: float = 1.0):
 
     η = 1 gives the DDPM posterior's standard deviation, η = 0 the deterministic DDIM (notebook 03 §4).
     """
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM posterior), got {eta}")
-    return eta * posterior_variance(a_t, a_s).sqrt()
+    return check_eta(eta) * posterior_variance(a_t, a_s).sqrt()
+
+
+def check_eta(eta) -> float:
+    """η as a float; a ValueError unless it is a finite number ≥ 0."""
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (math.isfinite(eta) and eta >= 0):
+        raise ValueError(f"eta must be a finite number >= 0 (0 = deterministic DDIM, 1 = DDPM's posterior "
+                         f"variance), got {eta!r}")
+    return float(eta)
+
+
+def check_sigma(a_t, a_s, sigma) -> None:
+    """The one rule for σ (DDIM eq. 7): σ² ≤ 1 − ᾱ_s, else √(1−ᾱ_s−σ²) is undefined; a ValueError naming the
+    largest η the step t → s allows (η ≤ 1 always does, notebook 04 §3)."""
+    if isinstance(a_s, float) and (isinstance(sigma, float) or (isinstance(sigma, torch.Tensor) and sigma.ndim == 0)):
+        if float(sigma) ** 2 <= (1 - a_s) * (1 + 1e-9) + 1e-15:
+            return
+    at = torch.as_tensor(a_t, dtype=torch.float64)
+    as_ = torch.as_tensor(a_s, dtype=torch.float64)
+    sg2 = torch.as_tensor(sigma, dtype=torch.float64) ** 2
+    over = sg2 > (1 - as_) * (1 + 1e-9) + 1e-15
+    if bool(over.any()):
+        at_b, as_b = torch.broadcast_tensors(at, as_)
+        i = over.nonzero()[0].tolist() if over.ndim else []
+        a1, a2 = float(at_b[tuple(i)]), float(as_b[tuple(i)])
+        eta_max = math.sqrt((1 - a1) / (1 - a1 / a2))
+        raise ValueError(f"sigma^2 = {float(sg2[tuple(i)] if sg2.ndim else sg2):.4g} exceeds 1 - alpha_bar_s = "
+                         f"{1 - a2:.4g} on the step alpha_bar {a1:.4g} -> {a2:.4g}: the DDIM family needs "
+                         f"sigma^2 <= 1 - alpha_bar_s, i.e. eta <= {eta_max:.6g} on this step (eta <= 1 is always valid)")
 
 
 def q_sigma_mean(x0: torch.Tensor, x_t: torch.Tensor, a_t, a_s, sigma) -> torch.Tensor:
@@ -103,9 +162,8 @@ def q_sigma_mean(x0: torch.Tensor, x_t: torch.Tensor, a_t, a_s, sigma) -> torch.
 
     With this mean q_σ(x_s | x_0) = N(√ᾱ_s x_0, (1−ᾱ_s) I) for every σ (derived in notebook 03 §3–§5).
     """
-    at, as_, sg = bcast(a_t, x_t), bcast(a_s, x_t), bcast(sigma, x_t)
-    if bool((sg ** 2 > 1 - as_ + 1e-12).any()):
-        raise ValueError("sigma^2 must not exceed 1 - alpha_bar_s")
+    check_sigma(a_t, a_s, sigma)
+    at, as_, sg = bcast(_check_range(a_t, "a_t", 0.0, 1.0, False, True), x_t), bcast(a_s, x_t), bcast(sigma, x_t)
     return as_.sqrt() * x0 + (1 - as_ - sg ** 2).clamp_min(0).sqrt() * (x_t - at.sqrt() * x0) / (1 - at).sqrt()
 
 
@@ -119,9 +177,8 @@ def q_sigma_forward(x_s: torch.Tensor, x0: torch.Tensor, a_t, a_s, sigma):
     It depends on x_0 unless σ² = β̃ (η = 1), where it is the Markov kernel N(√(ᾱ_t/ᾱ_s) x_s, 1−ᾱ_t/ᾱ_s).
     Returns (mean, var); `var` broadcasts against x_s.
     """
-    at, as_, sg = bcast(a_t, x_s), bcast(a_s, x_s), bcast(sigma, x_s)
-    if bool((sg ** 2 > 1 - as_ + 1e-12).any()):
-        raise ValueError("sigma^2 must not exceed 1 - alpha_bar_s")
+    check_sigma(a_t, a_s, sigma)
+    at, as_, sg = bcast(_check_range(a_t, "a_t", 0.0, 1.0, False, True), x_s), bcast(a_s, x_s), bcast(sigma, x_s)
     if bool((as_ >= 1).any()):
         raise ValueError("q_sigma_forward needs a_s < 1 (x_s must be noisy; the first step is q(x_t | x_0))")
     k = (1 - as_ - sg ** 2).clamp_min(0).sqrt() * (1 - at).sqrt() / (1 - as_)
@@ -133,7 +190,8 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, a_t, a_s, eta: float = 0.0,
     """One generalized DDIM step x_t → x_s (DDIM eq. 12, notebook 04 §3).
 
     x_s = √ᾱ_s x̂_0 + √(1−ᾱ_s−σ²) ε + σ z, with x̂_0 = `predict_x0(x_t, eps, a_t)` and σ = `ddim_sigma`.
-    Returns (x_s, x̂_0). `noise` is z; it is required when η > 0.
+    Returns (x_s, x̂_0). `noise` is z; it is required when η > 0. σ² > 1 − ᾱ_s (η > 1 on some steps) is a
+    ValueError (`check_sigma`), as in `q_sigma_mean`.
     """
     if eps.shape != x_t.shape:
         raise ValueError(f"eps shape {tuple(eps.shape)} must equal x_t shape {tuple(x_t.shape)}")
@@ -144,6 +202,7 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, a_t, a_s, eta: float = 0.0,
         x0 = x0.clamp(-1, 1)
         eps = predict_eps(x_t, x0, a_t)
     sigma = ddim_sigma(a_t, a_s, eta)
+    check_sigma(a_t, a_s, sigma)
     as_, sg = bcast(a_s, x_t), bcast(sigma, x_t)
     x_s = as_.sqrt() * x0 + (1 - as_ - sg ** 2).clamp_min(0).sqrt() * eps
     if eta > 0:

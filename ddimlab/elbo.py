@@ -24,10 +24,9 @@ import math
 
 import torch
 
-from .diffusion import posterior_mean, posterior_variance, predict_x0, q_sample
+from .diffusion import VARIANCES, posterior_mean, posterior_variance, predict_x0, q_sample
 from .gaussian import discretized_gaussian_log_likelihood, kl_normal, log_normal
 
-VARIANCES = ("small", "large")
 DECODERS = ("discretized", "gaussian")
 
 

@@ -30,11 +30,10 @@ import numpy as np
 import torch
 
 from . import schedule
-from .diffusion import bcast, ddim_step, posterior_mean, predict_x0
 from .files import atomic_write
 from .quality import cache_dir, feature_stats, frechet_distance
+from .samplers import SIGMA_HAT
 
-SIGMA_HAT = "sigma_hat"
 # DDIM paper Table 1, CIFAR-10 FID of 50k samples, quadratic steps: {η: {S: FID}}; σ̂ is DDPM's large variance.
 PAPER_TABLE1 = {
     0.0: {10: 13.36, 20: 6.84, 50: 4.67, 100: 4.16, 1000: 4.04},
@@ -164,36 +163,24 @@ def sample_indices(model, indices, shape, alpha_bar, seq, eta=0.0, seed: int = 0
                    device=None, amp: bool = False) -> torch.Tensor:
     """Samples for the given indices, each a function of (seed, index) only; returns x_0 in [−1, 1] (unclamped).
 
-    η = float: generalized DDIM (DDIM eq. 12, `diffusion.ddim_step`); η = SIGMA_HAT: DDPM's mean with
-    the large variance 1 − ᾱ_t/ᾱ_s (DDIM paper's σ̂, `samplers.ddpm_sample(variance="large")`),
-    no noise on the last step. Each index draws x_T and then one N(0, I) per step from its own CPU
-    generator, the order `samplers` uses with a batch of one, so this equals
-    `samplers.ddim_sample(eps, x_T, …, generator=g)` for a single image on the CPU.
-    clip_x0 (default: only for σ̂, as the official `ddpm_steps`) clamps x̂_0 to [−1, 1].
+    η = float: generalized DDIM (DDIM eq. 12); η = SIGMA_HAT: DDPM's large variance (the DDIM paper's σ̂);
+    both through `samplers.sample_row`. Each index draws x_T and then every noise of the sampler from
+    its own CPU generator (passed as `noise_sampler`), so an image is the same whatever batch, rank or
+    resumed run makes it: this equals `samplers.sample_row(eps, x_T, …, generator=g)` for one image on
+    the CPU. clip_x0 (default: only for σ̂, as the official `ddpm_steps`) clamps x̂_0 to [−1, 1].
     """
+    from . import samplers
+
     eta = _eta_key(eta)
     device = _model_device(model, device)
-    eps_fn = _as_eps(model, amp)
     alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64).to(device)
-    seq = schedule.validate_timesteps(seq, alpha_bar.shape[0])
-    clip = (eta == SIGMA_HAT) if clip_x0 is None else clip_x0
     gens = [torch.Generator().manual_seed(_seed_for(seed, i)) for i in indices]
-    draw = lambda: torch.stack([torch.randn(tuple(shape), generator=g) for g in gens]).to(device)  # noqa: E731
-    x = draw()
-    stochastic = eta == SIGMA_HAT or eta > 0
-    for t, s in schedule.step_pairs(seq):
-        a_t, a_s = schedule.alpha_bar_at(alpha_bar, t), schedule.alpha_bar_at(alpha_bar, s)
-        e = eps_fn(x, torch.full((x.shape[0],), t, dtype=torch.long, device=device))
-        z = draw() if stochastic else None
-        if eta == SIGMA_HAT:
-            x0 = predict_x0(x, e, a_t)
-            x0 = x0.clamp(-1, 1) if clip else x0
-            x = posterior_mean(x0, x, a_t, a_s)
-            if s >= 0:
-                x = x + bcast((1 - a_t / a_s).sqrt(), x) * z
-        else:
-            x, _ = ddim_step(x, e, a_t, a_s, eta, z, clip)
-    return x
+
+    def draw(*_):
+        return torch.stack([torch.randn(tuple(shape), generator=g) for g in gens]).to(device)
+
+    clip = (eta == SIGMA_HAT) if clip_x0 is None else clip_x0
+    return samplers.sample_row(_as_eps(model, amp), draw(), alpha_bar, seq, eta, clip_x0=clip, noise_sampler=draw)
 
 
 def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, eta=0.0, spacing: str = "quad",

@@ -36,13 +36,13 @@ from pathlib import Path
 import torch
 
 from . import ode, samplers, schedule, toy
+from .samplers import SIGMA_HAT
 from .files import atomic_write
 
 S_LIST = (10, 20, 50, 100, 1000)
 ETAS = (0.0, 0.2, 0.5, 1.0)
 SPACINGS = ("uniform", "quad")
 FLOOR_K = 3.0          # a cell is "within the floor" when MMD² < FLOOR_K · floor (as `toy.MMDResult.resolved`)
-SIGMA_HAT = "sigma_hat"
 DATA = "data"
 
 
@@ -162,10 +162,7 @@ def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS,
             seq = schedule.timesteps(S, T, spacing)
             noise = torch.Generator().manual_seed(seed + 1)
             t0 = time.perf_counter()
-            if eta is None:
-                x0 = samplers.ddpm_sample(eps, x_T, alpha_bar, "large", seq=seq, generator=noise)
-            else:
-                x0 = samplers.ddim_sample(eps, x_T, alpha_bar, seq, eta=eta, generator=noise)
+            x0 = samplers.sample_row(eps, x_T, alpha_bar, seq, SIGMA_HAT if eta is None else eta, generator=noise)
             seconds = time.perf_counter() - t0
             v, se = mmd2_se(x0, data, h)
             err = None

@@ -9,8 +9,8 @@ deterministic DDIM reads x̄_s = x̄_t + (σ_s − σ_t) ε(x_t, t): Euler's met
     dx̄/dσ = ε(x̄ / √(σ²+1), t(σ)).                                              (ODE)
 
 (A common study-note slip writes x̄ = x_t/ᾱ_t; the square root is needed.) σ runs from σ(t_start) down to
-σ(−1) = 0, where x̄ = x_0. Every solver here has the signature (eps, x_T, alpha_bar, seq,
-return_trajectory=False) -> x_0, visits the decreasing integer steps `seq` and then steps to
+σ(−1) = 0, where x̄ = x_0. Every solver here has the samplers' signature (eps, x_T, alpha_bar, seq,
+return_trajectory=False, callback=None) -> x_0, visits the decreasing integer steps `seq` and then steps to
 ᾱ_{−1} = 1, exactly like `samplers.ddim_sample`. Numbers of ε evaluations (NFE) for S = len(seq):
 
     euler S (≡ DDIM η=0) · heun 2S−1 · dpm_solver_2 2S−1 · dpm_solver_pp_2m S.
@@ -35,11 +35,8 @@ import math
 import numpy as np
 import torch
 
-from .samplers import call_eps
+from .samplers import call_eps, check_args
 from .schedule import alpha_bar_at, step_pairs, validate_timesteps
-
-SOLVERS = ("euler", "heun", "dpm_solver_2", "dpm_solver_pp_2m")
-
 
 # ------------------------------------------------------------------------------- continuous time
 
@@ -119,20 +116,6 @@ def lambda_timesteps(S: int, alpha_bar: torch.Tensor, t_max: int | None = None, 
 
 # --------------------------------------------------------------------------------------- helpers
 
-def _prepare(x_T, alpha_bar, seq):
-    if not isinstance(x_T, torch.Tensor) or not x_T.dtype.is_floating_point:
-        raise TypeError("x_T must be a floating-point torch.Tensor")
-    if x_T.ndim < 1:
-        raise ValueError("x_T must have a batch dimension (B, ...)")
-    if not bool(torch.isfinite(x_T).all()):
-        raise ValueError("x_T contains NaN or inf")
-    alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64)
-    if alpha_bar.ndim != 1 or not bool(((alpha_bar > 0) & (alpha_bar <= 1)).all()):
-        raise ValueError("alpha_bar must be a 1-D table of values in (0, 1]")
-    seq = validate_timesteps(seq, alpha_bar.shape[0])
-    return alpha_bar, seq
-
-
 def _sig(alpha_bar, t: int) -> float:
     a = float(alpha_bar_at(alpha_bar, t))
     return math.sqrt((1 - a) / a)
@@ -143,52 +126,63 @@ def _x(xbar, sigma):
     return xbar / math.sqrt(sigma ** 2 + 1)
 
 
+def _record(traj, callback, i, t, s, xbar, sig_s, x0):
+    """Append x_s to the trajectory and call `callback` with the samplers' info dict (samplers module docstring)."""
+    x = _x(xbar, sig_s)
+    traj["x"].append(x); traj["t"].append(s)
+    if callback is not None:
+        callback({"i": i, "t": t, "s": s, "x": x, "x0": x0})
+
+
 def _result(xbar, traj, return_trajectory):
     return (xbar, traj) if return_trajectory else xbar
 
 
 # ---------------------------------------------------------------------------------------- solvers
 
-def euler(eps, x_T, alpha_bar, seq, return_trajectory: bool = False):
+def euler(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None):
     """Euler on (ODE): x̄_s = x̄_t + (σ_s − σ_t) ε(x_t, t). NFE = S (notebook 05 §2).
 
     Identical to `samplers.ddim_sample(..., eta=0)` (DDIM eq. 12 with σ = 0, divided by √ᾱ_s).
     Trajectory: {"x": [x_t at each visited step, then x_0], "t": [seq…, −1]}.
     """
-    alpha_bar, seq = _prepare(x_T, alpha_bar, seq)
+    alpha_bar, seq = check_args(x_T, alpha_bar, seq)
     traj = {"x": [x_T], "t": [int(seq[0])]}
     xbar = x_T / math.sqrt(float(alpha_bar_at(alpha_bar, int(seq[0]))))
-    for t, s in step_pairs(seq):
+    for i, (t, s) in enumerate(step_pairs(seq)):
         sig_t, sig_s = _sig(alpha_bar, t), _sig(alpha_bar, s)
-        xbar = xbar + (sig_s - sig_t) * call_eps(eps, _x(xbar, sig_t), t)
-        traj["x"].append(_x(xbar, sig_s)); traj["t"].append(s)
+        d = call_eps(eps, _x(xbar, sig_t), t)
+        x0 = xbar - sig_t * d
+        xbar = xbar + (sig_s - sig_t) * d
+        _record(traj, callback, i, t, s, xbar, sig_s, x0)
     return _result(xbar, traj, return_trajectory)
 
 
-def heun(eps, x_T, alpha_bar, seq, return_trajectory: bool = False):
+def heun(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None):
     """Heun's method (explicit trapezoid, Karras et al. 2022 Alg. 1) on (ODE). NFE = 2S − 1 (notebook 05 §4).
 
     d = ε(x_t, t), x̄' = x̄ + h d, x̄_s = x̄ + h (d + ε(x'_s, s))/2 with h = σ_s − σ_t; the final step to
     σ = 0 is the Euler (DDIM) step.
     """
-    alpha_bar, seq = _prepare(x_T, alpha_bar, seq)
+    alpha_bar, seq = check_args(x_T, alpha_bar, seq)
     traj = {"x": [x_T], "t": [int(seq[0])]}
     xbar = x_T / math.sqrt(float(alpha_bar_at(alpha_bar, int(seq[0]))))
-    for t, s in step_pairs(seq):
+    for i, (t, s) in enumerate(step_pairs(seq)):
         sig_t, sig_s = _sig(alpha_bar, t), _sig(alpha_bar, s)
         h = sig_s - sig_t
         d = call_eps(eps, _x(xbar, sig_t), t)
+        x0 = xbar - sig_t * d
         x_pred = xbar + h * d
         if s >= 0:
             d2 = call_eps(eps, _x(x_pred, sig_s), s)
             xbar = xbar + h * 0.5 * (d + d2)
         else:
             xbar = x_pred
-        traj["x"].append(_x(xbar, sig_s)); traj["t"].append(s)
+        _record(traj, callback, i, t, s, xbar, sig_s, x0)
     return _result(xbar, traj, return_trajectory)
 
 
-def dpm_solver_2(eps, x_T, alpha_bar, seq, return_trajectory: bool = False):
+def dpm_solver_2(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None):
     """DPM-Solver-2 (Lu et al. 2022, Alg. 1 with r₁ = ½), singlestep second order. NFE = 2S − 1 (notebook 05 §5).
 
     In λ = log(α/σ_VP) = −log σ it takes a half step to λ_mid = (λ_t + λ_s)/2, i.e. to the geometric
@@ -199,22 +193,23 @@ def dpm_solver_2(eps, x_T, alpha_bar, seq, return_trajectory: bool = False):
     (The paper's exponential-integrator form, rewritten in x̄ = x/α, is exactly this midpoint rule.)
     t(σ_mid) is a float step (`t_of_sigma`). The final step to σ = 0 (λ = ∞) is the Euler (DDIM) step.
     """
-    alpha_bar, seq = _prepare(x_T, alpha_bar, seq)
+    alpha_bar, seq = check_args(x_T, alpha_bar, seq)
     traj = {"x": [x_T], "t": [int(seq[0])]}
     xbar = x_T / math.sqrt(float(alpha_bar_at(alpha_bar, int(seq[0]))))
-    for t, s in step_pairs(seq):
+    for i, (t, s) in enumerate(step_pairs(seq)):
         sig_t, sig_s = _sig(alpha_bar, t), _sig(alpha_bar, s)
         d = call_eps(eps, _x(xbar, sig_t), t)
+        x0 = xbar - sig_t * d
         if s >= 0:
             sig_m = math.sqrt(sig_t * sig_s)
             u = xbar + (sig_m - sig_t) * d
             d = call_eps(eps, _x(u, sig_m), float(t_of_sigma(alpha_bar, sig_m)))
         xbar = xbar + (sig_s - sig_t) * d
-        traj["x"].append(_x(xbar, sig_s)); traj["t"].append(s)
+        _record(traj, callback, i, t, s, xbar, sig_s, x0)
     return _result(xbar, traj, return_trajectory)
 
 
-def dpm_solver_pp_2m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False):
+def dpm_solver_pp_2m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None):
     """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2), multistep second order with x_0-prediction. NFE = S (notebook 05 §6).
 
     With D_i = x̂_0 = x̄_i − σ_i ε(x_i, t_i), h_i = λ_s − λ_t = log(σ_t/σ_s) and r = h_{i−1}/h_i:
@@ -224,11 +219,11 @@ def dpm_solver_pp_2m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False):
     The first step uses D_i alone (first order, = DDIM); the final step to σ = 0 (h = ∞) returns D_i,
     the current x̂_0 (first order, as k-diffusion's `sample_dpmpp_2m`).
     """
-    alpha_bar, seq = _prepare(x_T, alpha_bar, seq)
+    alpha_bar, seq = check_args(x_T, alpha_bar, seq)
     traj = {"x": [x_T], "t": [int(seq[0])]}
     xbar = x_T / math.sqrt(float(alpha_bar_at(alpha_bar, int(seq[0]))))
     D_prev = h_prev = None
-    for t, s in step_pairs(seq):
+    for i, (t, s) in enumerate(step_pairs(seq)):
         sig_t, sig_s = _sig(alpha_bar, t), _sig(alpha_bar, s)
         D = xbar - sig_t * call_eps(eps, _x(xbar, sig_t), t)
         if s < 0:
@@ -238,24 +233,34 @@ def dpm_solver_pp_2m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False):
             D_hat = D if D_prev is None else (1 + h / (2 * h_prev)) * D - h / (2 * h_prev) * D_prev
             xbar = (sig_s / sig_t) * xbar + (1 - sig_s / sig_t) * D_hat
             D_prev, h_prev = D, h
-        traj["x"].append(_x(xbar, sig_s)); traj["t"].append(s)
+        _record(traj, callback, i, t, s, xbar, sig_s, D)
     return _result(xbar, traj, return_trajectory)
 
 
-def solve(name: str, eps, x_T, alpha_bar, seq, return_trajectory: bool = False):
-    """Run the solver called `name` (one of SOLVERS) (notebook 05 §7)."""
-    fns = {"euler": euler, "heun": heun, "dpm_solver_2": dpm_solver_2, "dpm_solver_pp_2m": dpm_solver_pp_2m}
-    if name not in fns:
+# name -> (solver, NFE on S steps); SOLVERS lists the names (notebook 05 §7)
+_REGISTRY = {
+    "euler": (euler, lambda S: S),
+    "heun": (heun, lambda S: 2 * S - 1),
+    "dpm_solver_2": (dpm_solver_2, lambda S: 2 * S - 1),
+    "dpm_solver_pp_2m": (dpm_solver_pp_2m, lambda S: S),
+}
+SOLVERS = tuple(_REGISTRY)
+
+
+def _lookup(name: str):
+    if name not in _REGISTRY:
         raise ValueError(f"unknown ODE solver {name!r}; choose one of {SOLVERS}")
-    return fns[name](eps, x_T, alpha_bar, seq, return_trajectory)
+    return _REGISTRY[name]
+
+
+def solve(name: str, eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None):
+    """Run the solver called `name` (one of SOLVERS) (notebook 05 §7)."""
+    return _lookup(name)[0](eps, x_T, alpha_bar, seq, return_trajectory=return_trajectory, callback=callback)
 
 
 def nfe(name: str, S: int) -> int:
     """Number of ε evaluations of solver `name` on S steps (notebook 05 §7)."""
-    per = {"euler": S, "heun": 2 * S - 1, "dpm_solver_2": 2 * S - 1, "dpm_solver_pp_2m": S}
-    if name not in per:
-        raise ValueError(f"unknown ODE solver {name!r}; choose one of {SOLVERS}")
-    return per[name]
+    return _lookup(name)[1](S)
 
 
 # ------------------------------------------------------------------------------------- reference

@@ -1,24 +1,40 @@
 """Samplers: DDIM with any η, DDPM ancestral, DDIM inversion, reconstruction and slerp (notebook 04).
 
-Every sampler takes any callable `eps(x, t) -> tensor` (a UNet, or the exact ε* of `toy.exact_eps`)
-and is called with t as a (B,) long tensor of integer steps. A sampler visits the decreasing steps
-`seq` (see `schedule.timesteps`) and then takes a last step to ᾱ_{−1} = 1, i.e. to x_0.
-Noise comes from the `generator` passed in (one N(0, I) draw of x's shape per step).
-The DDIM paper's α_t is DDPM's ᾱ_t.
+Every sampler takes any callable `eps(x, t) -> tensor` (a network wrapped by `checkpoint.eps_fn`, or the
+exact ε* of `toy.exact_eps`) and calls it with t as a (B,) long tensor of integer steps. A sampler visits
+the decreasing steps `seq` (see `schedule.timesteps`) and then takes a last step to ᾱ_{−1} = 1, i.e. to
+x_0. The DDIM paper's α_t is DDPM's ᾱ_t.
+
+One signature for every sampler and ODE solver (k-diffusion's convention): (eps, x_T, alpha_bar, seq, …,
+callback=None). Stochastic samplers draw one N(0, I) of x's shape per step from `generator`, or take it
+from `noise_sampler(t, s)` when given (resumable or per-image generation draws its own noise, as
+k-diffusion's `noise_sampler` and diffusers' `variance_noise`); `callback(info)` is called after every
+step with info = {"i": step number, "t": from, "s": to, "x": x_s, "x0": x̂_0} (progress bars, previews).
+Arguments are checked once per call (`check_args`), and ε is checked to be finite at every call
+(`call_eps`), so a sampler never returns NaN silently.
 """
 from __future__ import annotations
-
 
 import torch
 
 from . import schedule
-from .diffusion import bcast, ddim_step, posterior_mean, posterior_variance, predict_x0, q_sample
+from .diffusion import (VARIANCES, bcast, check_eta, check_sigma, ddim_sigma, ddim_step, posterior_mean,
+                        posterior_variance, predict_x0, q_sample)
 from .schedule import alpha_bar_at, step_pairs
 
-VARIANCES = ("small", "large")
+SIGMA_HAT = "sigma_hat"   # the DDIM paper's σ̂ row (Table 1): DDPM's large variance on τ, `ddpm_sample(variance="large")`
 
 
-def _check(x, alpha_bar, seq, name="x_T"):
+class NonFiniteError(FloatingPointError):
+    """The network returned NaN or inf during sampling."""
+
+
+def check_args(x, alpha_bar, seq, name: str = "x_T"):
+    """Validate a sampler's or solver's inputs once; returns (alpha_bar as float64, seq as a long tensor).
+
+    x: a finite floating-point tensor with a batch dimension; alpha_bar: `schedule.validate_alpha_bar`;
+    seq: `schedule.validate_timesteps` (strictly decreasing integers in 0..T−1).
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.dtype.is_floating_point:
@@ -27,15 +43,13 @@ def _check(x, alpha_bar, seq, name="x_T"):
         raise ValueError(f"{name} must have a batch dimension (B, ...), got a 0-d tensor")
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf")
-    alpha_bar = torch.as_tensor(alpha_bar)
-    if alpha_bar.ndim != 1 or not alpha_bar.dtype.is_floating_point or not bool(((alpha_bar > 0) & (alpha_bar <= 1)).all()):
-        raise ValueError("alpha_bar must be a 1-D float table of values in (0, 1] (schedule.make_alpha_bar)")
+    alpha_bar = schedule.validate_alpha_bar(alpha_bar)
     return alpha_bar, schedule.validate_timesteps(seq, alpha_bar.shape[0])
 
 
 def call_eps(eps, x, t):
     """ε(x, t) with t broadcast to shape (B,) (long for an integer step, x.dtype for a fractional one
-    inside the ODE solvers); checks that the answer has x's shape and dtype."""
+    inside the ODE solvers); checks that the answer is a finite tensor of x's shape and dtype."""
     if isinstance(t, int):
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
     else:
@@ -46,40 +60,62 @@ def call_eps(eps, x, t):
                          f"{tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__}")
     if e.dtype != x.dtype:
         raise ValueError(f"eps(x, t) returned dtype {e.dtype} but x is {x.dtype}; cast one of them")
+    if not bool(torch.isfinite(e).all()):
+        where = "its input x was already non-finite" if not bool(torch.isfinite(x).all()) else "from a finite input"
+        raise NonFiniteError(f"eps(x, t) returned NaN or inf at step t = {t} ({where}); "
+                             f"check the model (weights, dtype, mixed precision) and the schedule")
     return e
 
 
-def _noise(x, generator):
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+def noise_from(generator: torch.Generator | None, x: torch.Tensor):
+    """The default `noise_sampler`: one N(0, I) draw of x's shape, dtype and device per call from `generator`."""
+    return lambda t, s: torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+def _draw(noise_sampler, t, s, x):
+    z = noise_sampler(t, s)
+    if not isinstance(z, torch.Tensor) or z.shape != x.shape:
+        raise ValueError(f"noise_sampler(t, s) must return a tensor of x's shape {tuple(x.shape)}")
+    return z.to(x.dtype)
 
 
 def ddim_sample(eps, x_T, alpha_bar, seq, eta: float = 0.0, generator: torch.Generator | None = None,
-                clip_x0: bool = False, return_trajectory: bool = False):
+                clip_x0: bool = False, return_trajectory: bool = False, noise_sampler=None, callback=None):
     """Generalized DDIM sampling along τ = seq (DDIM eq. 12, notebook 04 §3):
 
         x_s = √ᾱ_s x̂_0 + √(1 − ᾱ_s − σ²) ε_θ(x_t, t) + σ z,   x̂_0 = (x_t − √(1−ᾱ_t) ε_θ)/√ᾱ_t,
         σ = η √((1−ᾱ_s)/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_s).
 
     η = 0: deterministic DDIM (Euler on the probability-flow ODE, `ode.euler`); η = 1 on all T steps:
-    DDPM ancestral sampling with β̃ (`ddpm_sample(variance="small")`). x̂_0 is not clipped unless
-    clip_x0 (the DDIM paper does not clip). Returns x_0, or (x_0, {"x": [x_T, …, x_0],
+    DDPM ancestral sampling with β̃ (`ddpm_sample(variance="small")`). η must keep σ² ≤ 1 − ᾱ_s on every
+    step (always true for η ≤ 1); a larger η is a ValueError before any network call. x̂_0 is not clipped
+    unless clip_x0 (the DDIM paper does not clip). Returns x_0, or (x_0, {"x": [x_T, …, x_0],
     "x0": [x̂_0 per step], "t": [seq…, −1]}) — "t"[i] is the step of "x"[i].
     """
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM posterior), got {eta}")
-    alpha_bar, seq = _check(x_T, alpha_bar, seq)
+    eta = check_eta(eta)
+    alpha_bar, seq = check_args(x_T, alpha_bar, seq)
+    pairs = step_pairs(seq)
+    a = [(float(alpha_bar_at(alpha_bar, t)), float(alpha_bar_at(alpha_bar, s))) for t, s in pairs]
+    for (t, s), (a_t, a_s) in zip(pairs, a):
+        try:
+            check_sigma(a_t, a_s, ddim_sigma(a_t, a_s, eta))
+        except ValueError as e:
+            raise ValueError(f"step {t} -> {s}: {e}") from None
+    noise_sampler = noise_sampler or noise_from(generator, x_T)
     x = x_T
     traj = {"x": [x], "x0": [], "t": [int(seq[0])]}
-    for t, s in step_pairs(seq):
+    for i, ((t, s), (a_t, a_s)) in enumerate(zip(pairs, a)):
         e = call_eps(eps, x, t)
-        z = _noise(x, generator) if eta > 0 else None
-        x, x0 = ddim_step(x, e, alpha_bar_at(alpha_bar, t), alpha_bar_at(alpha_bar, s), eta, z, clip_x0)
+        z = _draw(noise_sampler, t, s, x) if eta > 0 else None
+        x, x0 = ddim_step(x, e, a_t, a_s, eta, z, clip_x0)
         traj["x"].append(x); traj["x0"].append(x0); traj["t"].append(s)
+        if callback is not None:
+            callback({"i": i, "t": t, "s": s, "x": x, "x0": x0})
     return (x, traj) if return_trajectory else x
 
 
 def ddpm_sample(eps, x_T, alpha_bar, variance: str = "small", seq=None, generator: torch.Generator | None = None,
-                clip_x0: bool = False, return_trajectory: bool = False):
+                clip_x0: bool = False, return_trajectory: bool = False, noise_sampler=None, callback=None):
     """DDPM ancestral sampling (DDPM Alg. 2, notebook 04 §1): x_s = μ̃(x̂_0, x_t) + σ z with
 
         μ̃ = √ᾱ_s (1−ᾱ_t/ᾱ_s)/(1−ᾱ_t) x̂_0 + √(ᾱ_t/ᾱ_s) (1−ᾱ_s)/(1−ᾱ_t) x_t    (DDPM eq. 7)
@@ -95,27 +131,41 @@ def ddpm_sample(eps, x_T, alpha_bar, variance: str = "small", seq=None, generato
     """
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; choose 'small' (beta tilde) or 'large' (beta, sigma hat)")
-    alpha_bar_t = torch.as_tensor(alpha_bar)
+    alpha_bar = schedule.validate_alpha_bar(alpha_bar)
     if seq is None:
-        seq = torch.arange(alpha_bar_t.shape[0] - 1, -1, -1) if alpha_bar_t.ndim == 1 else [0]
-    alpha_bar, seq = _check(x_T, alpha_bar, seq)
+        seq = torch.arange(alpha_bar.shape[0] - 1, -1, -1)
+    alpha_bar, seq = check_args(x_T, alpha_bar, seq)
+    noise_sampler = noise_sampler or noise_from(generator, x_T)
     x = x_T
     traj = {"x": [x], "x0": [], "t": [int(seq[0])]}
-    for t, s in step_pairs(seq):
-        a_t, a_s = alpha_bar_at(alpha_bar, t), alpha_bar_at(alpha_bar, s)
+    for i, (t, s) in enumerate(step_pairs(seq)):
+        a_t, a_s = float(alpha_bar_at(alpha_bar, t)), float(alpha_bar_at(alpha_bar, s))
         x0 = predict_x0(x, call_eps(eps, x, t), a_t)
         if clip_x0:
             x0 = x0.clamp(-1, 1)
-        var = posterior_variance(a_t, a_s) if variance == "small" else 1 - a_t / a_s
-        z = _noise(x, generator)
+        var = posterior_variance(a_t, a_s) if variance == "small" else torch.tensor(1 - a_t / a_s, dtype=torch.float64)
+        z = _draw(noise_sampler, t, s, x)
         x = posterior_mean(x0, x, a_t, a_s)
         if s >= 0:
             x = x + bcast(var.sqrt(), x) * z
         traj["x"].append(x); traj["x0"].append(x0); traj["t"].append(s)
+        if callback is not None:
+            callback({"i": i, "t": t, "s": s, "x": x, "x0": x0})
     return (x, traj) if return_trajectory else x
 
 
-def ddim_invert(eps, x0, alpha_bar, seq, return_trajectory: bool = False):
+def sample_row(eps, x_T, alpha_bar, seq, eta, clip_x0: bool = False, **kwargs):
+    """One row of the DDIM paper's Table 1 on τ = seq: η ≥ 0 is `ddim_sample`, η = SIGMA_HAT is σ̂,
+    `ddpm_sample(variance="large")` (notebook 04 §3). kwargs: generator, noise_sampler, callback,
+    return_trajectory. The one place the lab, `evaluate` and the CLI turn a Table 1 row into a sampler."""
+    if eta == SIGMA_HAT:
+        return ddpm_sample(eps, x_T, alpha_bar, "large", seq=seq, clip_x0=clip_x0, **kwargs)
+    if isinstance(eta, str):
+        raise ValueError(f"eta must be a number >= 0 or {SIGMA_HAT!r} (DDPM's large variance), got {eta!r}")
+    return ddim_sample(eps, x_T, alpha_bar, seq, eta=eta, clip_x0=clip_x0, **kwargs)
+
+
+def ddim_invert(eps, x0, alpha_bar, seq, return_trajectory: bool = False, callback=None):
     """Deterministic DDIM encoding x_0 → x_T: the η = 0 step run backwards, visiting seq increasing (notebook 05 §8).
 
         x_t = √ᾱ_t x̂_0 + √(1−ᾱ_t) ε,   x̂_0 = (x_s − √(1−ᾱ_s) ε)/√ᾱ_s,   ε = ε_θ(x_s, t),
@@ -124,21 +174,26 @@ def ddim_invert(eps, x0, alpha_bar, seq, return_trajectory: bool = False):
     x_t; like diffusers' DDIMInverseScheduler and null-text inversion we evaluate ε at the current
     point x_s with the destination step t, which never calls the network at t = −1. The error is
     first order: `reconstruct` returns x_0 up to O(1/S). Returns x at step seq[0] (the largest).
+    `callback` gets {"i", "t": from, "s": to (larger), "x", "x0"} after each step.
     """
-    alpha_bar, seq = _check(x0, alpha_bar, seq, name="x0")
+    alpha_bar, seq = check_args(x0, alpha_bar, seq, name="x0")
     x, s = x0, -1
     traj = {"x": [x], "t": [-1]}
-    for t in reversed(seq.tolist()):
+    for i, t in enumerate(reversed(seq.tolist())):
         e = call_eps(eps, x, t)
-        x = q_sample(predict_x0(x, e, alpha_bar_at(alpha_bar, s)), alpha_bar_at(alpha_bar, t), e)
-        s = t
+        x0_hat = predict_x0(x, e, float(alpha_bar_at(alpha_bar, s)))
+        x = q_sample(x0_hat, float(alpha_bar_at(alpha_bar, t)), e)
         traj["x"].append(x); traj["t"].append(t)
+        if callback is not None:
+            callback({"i": i, "t": s, "s": t, "x": x, "x0": x0_hat})
+        s = t
     return (x, traj) if return_trajectory else x
 
 
-def reconstruct(eps, x0, alpha_bar, seq) -> torch.Tensor:
+def reconstruct(eps, x0, alpha_bar, seq, callback=None) -> torch.Tensor:
     """x_0 → x_T → x_0: `ddim_sample(eps, ddim_invert(eps, x0, …), …)` with η = 0 (notebook 05 §8)."""
-    return ddim_sample(eps, ddim_invert(eps, x0, alpha_bar, seq), alpha_bar, seq)
+    return ddim_sample(eps, ddim_invert(eps, x0, alpha_bar, seq, callback=callback), alpha_bar, seq,
+                       callback=callback)
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, lam) -> torch.Tensor:
@@ -167,6 +222,10 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, lam) -> torch.Tensor:
         raise ValueError(f"lam has {lam.shape[0]} values but the batch has {z0.shape[0]}; use batch 1 or matching sizes")
     view = (-1,) + (1,) * (z0.ndim - 1)
     a, b = z0.flatten(1), z1.flatten(1)
+    if bool((a.norm(dim=1) == 0).any() | (b.norm(dim=1) == 0).any()):
+        raise ValueError("slerp needs non-zero latents: the angle to a zero vector is undefined")
+    if not bool(torch.isfinite(a).all() & torch.isfinite(b).all()):
+        raise ValueError("slerp got NaN or inf in z0 or z1")
     cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
     theta = torch.arccos(cos.clamp(-1, 1)).reshape(view)
     lam_b = lam.reshape(view) if lam.ndim == 1 else lam
@@ -181,9 +240,10 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, lam) -> torch.Tensor:
 
 def sample(eps, shape, alpha_bar, S: int = 50, spacing: str = "uniform", eta: float = 0.0,
            generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32, device=None,
-           return_trajectory: bool = False):
+           return_trajectory: bool = False, callback=None):
     """Draw x_T ~ N(0, I) of `shape` and run `ddim_sample` on `schedule.timesteps(S, T, spacing)` (notebook 04 §4)."""
-    alpha_bar = torch.as_tensor(alpha_bar)
+    alpha_bar = schedule.validate_alpha_bar(alpha_bar)
     seq = schedule.timesteps(S, alpha_bar.shape[0], spacing)
     x_T = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
-    return ddim_sample(eps, x_T, alpha_bar, seq, eta=eta, generator=generator, return_trajectory=return_trajectory)
+    return ddim_sample(eps, x_T, alpha_bar, seq, eta=eta, generator=generator, return_trajectory=return_trajectory,
+                       callback=callback)

@@ -51,9 +51,33 @@ def make_alpha_bar(name: str = "linear", T: int = 1000) -> torch.Tensor:
     return alpha_bar(beta_schedule(name, T))
 
 
+def validate_alpha_bar(alpha_bar) -> torch.Tensor:
+    """Check a ᾱ table once and return it as float64 (on its device): 1-D, finite, every value in (0, 1),
+    strictly decreasing in t (noise grows with t). What every sampler, solver and bound assumes."""
+    if isinstance(alpha_bar, torch.Tensor) and not alpha_bar.dtype.is_floating_point:
+        raise ValueError(f"alpha_bar must be a float table (schedule.make_alpha_bar), got {alpha_bar.dtype}")
+    a = torch.as_tensor(alpha_bar, dtype=torch.float64)
+    if a.ndim != 1 or a.numel() < 1:
+        raise ValueError(f"alpha_bar must be a non-empty 1-D table (schedule.make_alpha_bar), got shape {tuple(a.shape)}")
+    if not bool(torch.isfinite(a).all()) or not bool(((a > 0) & (a < 1)).all()):
+        bad = a[~(torch.isfinite(a) & (a > 0) & (a < 1))][0].item()
+        raise ValueError(f"alpha_bar values must lie in (0, 1) (1 is clean data, reached only at the implicit "
+                         f"step -1; 0 is pure noise), got {bad}")
+    if a.numel() > 1 and not bool((a[1:] < a[:-1]).all()):
+        t = int((a[1:] >= a[:-1]).nonzero()[0]) + 1
+        raise ValueError(f"alpha_bar must be strictly decreasing in t (more noise at later steps), but "
+                         f"alpha_bar[{t}] = {a[t].item():.6g} >= alpha_bar[{t - 1}] = {a[t - 1].item():.6g}")
+    return a
+
+
 def alpha_bar_at(alpha_bar: torch.Tensor, t) -> torch.Tensor:
-    """ᾱ_t with ᾱ_{−1} = 1; `t` is an int or an integer tensor (−1 allowed) (notebook 01 "Notation")."""
+    """ᾱ_t with ᾱ_{−1} = 1; `t` is an int or an integer tensor in −1..T−1 (notebook 01 "Notation")."""
     t = torch.as_tensor(t, device=alpha_bar.device)
+    if t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise ValueError(f"step t must be an integer (use ode.alpha_bar_cont for fractional steps), got {t.dtype}")
+    T = alpha_bar.shape[0]
+    if bool(((t < -1) | (t > T - 1)).any()):
+        raise ValueError(f"step t must lie in -1..T-1 = -1..{T - 1} (-1 is clean data), got {t.tolist()}")
     padded = torch.cat([alpha_bar.new_ones(1), alpha_bar])
     return padded[t.long() + 1]
 
@@ -83,7 +107,7 @@ def timesteps(S: int, T: int = 1000, spacing: str = "uniform") -> torch.Tensor:
     - linspace: round(linspace(0, T−1, S)), diffusers' "linspace"; starts at T−1.
     - trailing: round(arange(T, 0, −T/S)) − 1, diffusers' "trailing"; starts at T−1.
     """
-    if not isinstance(S, (int, np.integer)) or not 1 <= S <= T:
+    if isinstance(S, bool) or not isinstance(S, (int, np.integer)) or not 1 <= S <= T:
         raise ValueError(f"number of steps S must be an integer in 1..T={T}, got {S!r}")
     if spacing == "uniform":
         seq = np.arange(S) * (T // S)

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from ddimlab import diffusion
 from ddimlab.diffusion import (ddim_sigma, ddim_step, eps_from_v, posterior_mean, posterior_variance, predict_eps,
                                predict_x0, q_sample, q_sigma_mean, q_step, v_from, x0_from_v)
 from ddimlab.gaussian import linear_gaussian_marginal, linear_gaussian_posterior
@@ -130,7 +131,7 @@ def test_eta_zero_is_deterministic_and_sigma_scales_with_eta():
 def test_ddim_step_errors():
     a_t, a_s = alpha_bar_at(AB, 500), alpha_bar_at(AB, 300)
     x_t = torch.zeros(2, 3, dtype=F64)
-    with pytest.raises(ValueError, match="eta must be >= 0"):
+    with pytest.raises(ValueError, match="eta must be a finite number >= 0"):
         ddim_step(x_t, x_t, a_t, a_s, eta=-0.1)
     with pytest.raises(ValueError, match="needs `noise`"):
         ddim_step(x_t, x_t, a_t, a_s, eta=0.5)
@@ -140,3 +141,29 @@ def test_ddim_step_errors():
         ddim_step(x_t, x_t, a_t, a_s, eta=1.0, noise=torch.zeros(3, dtype=F64))
     with pytest.raises(ValueError, match="sigma"):
         q_sigma_mean(x_t, x_t, a_t, a_s, 2.0)
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: diffusion.predict_x0(x, x, 0.0),                  # division by √ᾱ_t = 0
+    lambda x: diffusion.predict_eps(x, x, 1.0),                 # division by √(1−ᾱ_t) = 0
+    lambda x: diffusion.q_sample(x, 1.5, x),
+    lambda x: diffusion.posterior_variance(0.5, 0.4),           # ᾱ_s < ᾱ_t: s is not the earlier step
+    lambda x: diffusion.posterior_mean(x, x, torch.tensor(0.3), torch.tensor(float("nan"))),
+    lambda x: diffusion.ddim_step(x, x, 1.2, 1.0),
+    lambda x: diffusion.ddim_sigma(0.5, 0.7, float("nan")),
+])
+def test_out_of_range_alpha_bar_is_a_clear_error(call):
+    """Issue #12 case 9: these used to return inf or NaN."""
+    with pytest.raises(ValueError, match="must lie in|must be >= a_t|finite number"):
+        call(torch.ones(2, 3, dtype=F64))
+
+
+def test_one_rule_for_sigma_in_ddim_step_and_q_sigma_mean():
+    """Issue #12 case 8: σ² > 1 − ᾱ_s is an error in both (ddim_step used to clamp it silently)."""
+    a_t, a_s = 0.2, 0.9
+    x = torch.ones(2, 3, dtype=F64)
+    sigma = diffusion.ddim_sigma(a_t, a_s, 5.0)
+    with pytest.raises(ValueError, match="eta <="):
+        diffusion.ddim_step(x, x, a_t, a_s, 5.0, noise=x)
+    with pytest.raises(ValueError, match="eta <="):
+        diffusion.q_sigma_mean(x, x, a_t, a_s, sigma)

@@ -105,7 +105,7 @@ def test_sample_convenience():
 
 def test_errors():
     x_T, seq = _xT(), schedule.timesteps(10, 1000)
-    with pytest.raises(ValueError, match="eta must be >= 0"):
+    with pytest.raises(ValueError, match="eta must be a finite number >= 0"):
         samplers.ddim_sample(EPS, x_T, AB, seq, eta=-0.1)
     with pytest.raises(ValueError, match="0..T-1"):
         samplers.ddim_sample(EPS, x_T, AB, [1000, 10])
@@ -127,3 +127,85 @@ def test_errors():
         samplers.slerp(torch.zeros(2, 3), torch.zeros(2, 4), 0.5)
     with pytest.raises(ValueError, match="lam has 3 values"):
         samplers.slerp(torch.ones(2, 3), torch.ones(2, 3), torch.zeros(3))
+
+
+@pytest.mark.parametrize("eta", [float("nan"), float("inf"), -1.0, True])
+def test_non_finite_or_negative_eta_is_refused(eta):
+    """Issue #12 case 6: `--eta nan` used to return all-NaN samples and exit 0."""
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        samplers.ddim_sample(EPS, _xT(), AB, schedule.timesteps(10, 1000), eta=eta)
+
+
+def test_nan_from_the_network_names_the_step():
+    def eps(x, t):
+        e = EPS(x, t)
+        return e * float("nan") if int(t[0]) < 500 else e
+    with pytest.raises(samplers.NonFiniteError, match="step t = 400"):
+        samplers.ddim_sample(eps, _xT(), AB, schedule.timesteps(10, 1000))
+
+
+@pytest.mark.parametrize("bad,match", [
+    (torch.flip(AB, [0]), "strictly decreasing"),                 # increasing: used to give finite wrong x_0
+    (torch.cat([torch.ones(1, dtype=torch.float64), AB[1:]]), r"\(0, 1\)"),   # ᾱ[0] = 1 used to give NaN
+    (torch.where(torch.arange(1000) == 500, AB[499], AB), "strictly decreasing"),   # a flat step
+    (AB.clone().index_fill_(0, torch.tensor([3]), float("nan")), r"\(0, 1\)"),
+])
+def test_alpha_bar_is_validated_once_for_every_sampler_and_solver(bad, match):
+    """Issue #12 case 7: ᾱ must be finite, in (0, 1) and strictly decreasing; checked in `check_args`."""
+    from ddimlab import ode
+    x_T, seq = _xT(), schedule.timesteps(10, 1000)
+    for run in (lambda: samplers.ddim_sample(EPS, x_T, bad, seq), lambda: samplers.ddpm_sample(EPS, x_T, bad),
+                lambda: samplers.ddim_invert(EPS, x_T, bad, seq),
+                *(lambda n=n: ode.solve(n, EPS, x_T, bad, seq) for n in ode.SOLVERS)):
+        with pytest.raises(ValueError, match=match):
+            run()
+
+
+def test_eta_above_what_a_step_allows_is_an_error_before_any_network_call():
+    """Issue #12 case 8: σ² > 1 − ᾱ_s used to be clamped silently in ddim_step but refused by q_sigma_mean."""
+    calls = []
+
+    def eps(x, t):
+        calls.append(int(t[0]))
+        return EPS(x, t)
+    with pytest.raises(ValueError, match=r"eta <= \d"):
+        samplers.ddim_sample(eps, _xT(), AB, schedule.timesteps(10, 1000), eta=5.0, generator=torch.Generator())
+    assert calls == []
+    # the rule is σ² ≤ 1 − ᾱ_s, not η ≤ 1: η = 1.05 is valid on these long steps (they allow η ≤ 1.08)
+    samplers.ddim_sample(EPS, _xT(), AB, torch.tensor([999, 900, 800]), eta=1.05, generator=torch.Generator())
+
+
+def test_noise_sampler_replaces_the_generator_and_callback_sees_every_step():
+    x_T, seq = _xT(5), schedule.timesteps(10, 1000)
+    g = torch.Generator().manual_seed(9)
+    a = samplers.ddim_sample(EPS, x_T, AB, seq, eta=0.5, generator=g)
+    g2 = torch.Generator().manual_seed(9)
+    seen = []
+    b = samplers.ddim_sample(EPS, x_T, AB, seq, eta=0.5,
+                             noise_sampler=lambda t, s: torch.randn(x_T.shape, generator=g2, dtype=x_T.dtype),
+                             callback=lambda info: seen.append((info["i"], info["t"], info["s"])))
+    assert torch.equal(a, b)
+    assert seen == [(i, t, s) for i, (t, s) in enumerate(schedule.step_pairs(seq))]
+    for run in (lambda cb: samplers.ddpm_sample(EPS, x_T, AB, seq=seq, generator=torch.Generator(), callback=cb),
+                lambda cb: samplers.ddim_invert(EPS, x_T, AB, seq, callback=cb)):
+        n = []
+        run(lambda info: n.append(info["x"].shape))
+        assert len(n) == len(seq)
+    with pytest.raises(ValueError, match="noise_sampler"):
+        samplers.ddim_sample(EPS, x_T, AB, seq, eta=1.0, noise_sampler=lambda t, s: torch.zeros(3))
+
+
+def test_sample_row_is_ddim_or_sigma_hat():
+    x_T, seq = _xT(4), schedule.timesteps(10, 1000)
+    for eta, ref in ((0.5, lambda g: samplers.ddim_sample(EPS, x_T, AB, seq, eta=0.5, generator=g)),
+                     (samplers.SIGMA_HAT, lambda g: samplers.ddpm_sample(EPS, x_T, AB, "large", seq=seq, generator=g))):
+        got = samplers.sample_row(EPS, x_T, AB, seq, eta, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(got, ref(torch.Generator().manual_seed(1)))
+    with pytest.raises(ValueError, match="sigma_hat"):
+        samplers.sample_row(EPS, x_T, AB, seq, "large")
+
+
+def test_slerp_of_a_zero_latent_is_an_error():
+    """Issue #12 case 9: used to return NaN."""
+    with pytest.raises(ValueError, match="non-zero"):
+        samplers.slerp(torch.zeros(1, 4), torch.ones(1, 4), 0.5)

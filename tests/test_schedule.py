@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from ddimlab import schedule
 from ddimlab.schedule import (alpha_bar, alpha_bar_at, beta_schedule, make_alpha_bar, sigma_of, snr, step_pairs,
                               timesteps, validate_timesteps)
 
@@ -131,3 +132,28 @@ def test_validate_timesteps_errors(seq, msg):
     with pytest.raises(ValueError, match=msg):
         validate_timesteps(torch.tensor(seq), T=10)
     assert validate_timesteps([9, 4, 0], T=10).tolist() == [9, 4, 0]
+
+
+def test_alpha_bar_at_refuses_steps_outside_the_table():
+    """Issue #12 case 9: alpha_bar_at(ab, -2) used to return a value from the wrong end of the table."""
+    ab = schedule.make_alpha_bar("linear", 10)
+    for t in (-2, 10, torch.tensor([0, 11])):
+        with pytest.raises(ValueError, match=r"-1\.\.T-1"):
+            schedule.alpha_bar_at(ab, t)
+    with pytest.raises(ValueError, match="integer"):
+        schedule.alpha_bar_at(ab, 2.5)
+    assert float(schedule.alpha_bar_at(ab, -1)) == 1.0 and schedule.alpha_bar_at(ab, 9) == ab[9]
+
+
+def test_timesteps_refuses_a_boolean_step_count():
+    with pytest.raises(ValueError, match="number of steps"):
+        schedule.timesteps(True, 1000)
+
+
+def test_validate_alpha_bar():
+    ab = schedule.make_alpha_bar("cosine", 1000)
+    assert schedule.validate_alpha_bar(ab.float()).dtype == torch.float64
+    for bad in (ab.flip(0), torch.tensor([0.9, 0.0]), torch.tensor([[0.5]]), torch.tensor([1, 0]),
+                torch.tensor([0.9, float("inf")])):
+        with pytest.raises(ValueError, match="alpha_bar"):
+            schedule.validate_alpha_bar(bad)
