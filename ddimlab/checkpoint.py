@@ -1,15 +1,15 @@
-"""Saving and loading: ddimlab checkpoints, the official DDPM CIFAR-10 weights, diffusers' UNet2DModel.
+"""Loading and saving networks: the one way to load any checkpoint, and the one model adapter.
 
-- `save_checkpoint` / `load_checkpoint`: a dict of tensors and plain values, written atomically
-  (temporary name + `os.replace`, so a crash never leaves half a file under the real name) and read
-  with `torch.load(weights_only=True)` (no arbitrary code runs on load).
-- `load_official_ddpm`: the DDPM EMA CIFAR-10 model converted to PyTorch (`model-790000.ckpt`, the
-  file the DDIM paper sampled from) into `unet.cifar10_unet()` with strict key and shape matching;
-  `official_ddpm_file` downloads it once into the cache.
-- `to_diffusers` / `from_diffusers`: rename between ddimlab's (= the official) layout and the layout
-  of diffusers' `UNet2DModel` as in `google/ddpm-cifar10-32`; `load_diffusers_folder` reads such a
-  folder (config.json + diffusion_pytorch_model.safetensors or .bin); `save_diffusers_folder` writes one.
-The two layouts compute the same function; tests/test_checkpoint.py compares outputs both ways.
+- `load_model(path)` → (network in eval mode, ᾱ float64): a ddimlab training run (`ckpt.pt` or its run
+  folder; EMA weights by default), the official DDPM CIFAR-10 file `model-790000.ckpt` (or the name
+  `ddpm-cifar10`, downloaded once, md5-checked), or a diffusers `UNet2DModel` folder.
+- `eps_fn(model)`: any network (ddimlab's `UNet`, diffusers' `UNet2DModel`) or callable as the samplers'
+  `eps(x, t)`: no gradients, optional bf16 autocast on CUDA, t broadcast to the batch, ε̂ in x's dtype.
+- `save_checkpoint` / `load_checkpoint`: dicts of tensors and plain values, written atomically and read
+  with `torch.load(weights_only=True)`: a file that asks to run code when unpickled is refused.
+- `to_diffusers` / `from_diffusers`: the official ↔ diffusers state_dict layouts (the same function;
+  tests/test_checkpoint.py compares outputs both ways); `official_layout()` lists the official keys and
+  shapes (shipped with the package). Notebook 06 §1 uses the layout; notebook 07 §6 loads the checkpoint.
 """
 from __future__ import annotations
 
@@ -17,11 +17,14 @@ import json
 import pickle
 import re
 import zipfile
+from importlib import resources
 from pathlib import Path
 
 import torch
 
+from . import schedule
 from . import unet as unet_mod
+from .data import default_cache_dir, download
 from .files import atomic_write, md5sum
 
 DDPM_CIFAR10_FILE = "model-790000.ckpt"
@@ -49,7 +52,7 @@ def load_checkpoint(path, map_location="cpu", required=()) -> dict:
     """Read a checkpoint written by `save_checkpoint` (or any weights-only torch file).
 
     Raises FileNotFoundError if `path` does not exist and CheckpointError if it is truncated,
-    corrupted, holds objects that weights_only loading refuses, or lacks a key named in `required`.
+    corrupted, asks to run code when unpickled, or lacks a key named in `required` (the error names them).
     """
     state = _torch_load(path, map_location)
     if required:
@@ -57,9 +60,9 @@ def load_checkpoint(path, map_location="cpu", required=()) -> dict:
             raise CheckpointError(f"{path} holds a {type(state).__name__}, not a dict with keys {list(required)}")
         missing = [k for k in required if k not in state]
         if missing:
-            raise CheckpointError(f"{path} lacks the key(s) {missing}; it has {sorted(state)}")
+            raise CheckpointError(f"{path} lacks the key(s) {missing} (it has {sorted(state)}); "
+                                  f"is it a checkpoint of another kind?")
     return state
-
 
 
 def _torch_load(path, map_location):
@@ -69,11 +72,12 @@ def _torch_load(path, map_location):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e):  # a sound file holding arbitrary Python objects
-            raise CheckpointError(f"{path} holds objects other than tensors and plain containers, which "
-                                  f"weights_only loading refuses (only load files you trust otherwise): {e}") from e
-        raise CheckpointError(f"{path} is not a readable torch checkpoint; it is probably corrupted or not a "
-                              f"torch file at all: {e}") from e
+        what = re.search(r"(?:unsupported global|global)[:\s]+(?:GLOBAL\s+)?([\w.]+)", str(e), re.I)
+        if what:  # a sound file that names Python callables: loading it would run code
+            raise CheckpointError(f"refused: {path} asks to run code when loaded (it names {what.group(1)}); "
+                                  f"ddimlab loads only tensors and plain containers") from None
+        raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated, corrupted, or not a "
+                              f"torch file)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         size = path.stat().st_size
         raise CheckpointError(f"{path} ({size} bytes) is not a readable torch checkpoint; it is probably "
@@ -129,8 +133,6 @@ def official_ddpm_file(cache_dir=None, url: str = DDPM_CIFAR10_URL, md5: str = D
     The download is md5-checked and renamed into place only when complete (`data.download`), so an
     interrupted or corrupted transfer never leaves a file the next call would trust.
     """
-    from .data import default_cache_dir, download
-
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     return download(url, root / "checkpoints" / DDPM_CIFAR10_FILE, md5, progress=progress)
 
@@ -356,7 +358,7 @@ def load_diffusers_folder(path, backend: str = "ddimlab", map_location="cpu"):
 
     backend="ddimlab" (default) converts the weights into ddimlab's `UNet` (no diffusers needed);
     backend="diffusers" returns `diffusers.UNet2DModel.from_pretrained(path)` (wrap it with
-    `diffusers_eps` for the samplers). Both are returned in eval mode.
+    `eps_fn` for the samplers, like any network). Both are returned in eval mode.
     """
     if backend not in ("ddimlab", "diffusers"):
         raise ValueError(f"backend must be 'ddimlab' or 'diffusers', got {backend!r}")
@@ -372,7 +374,7 @@ def load_diffusers_folder(path, backend: str = "ddimlab", map_location="cpu"):
     net = unet_mod.UNet(**unet_config_from_diffusers(config))
     st, binary = folder / "diffusion_pytorch_model.safetensors", folder / "diffusion_pytorch_model.bin"
     if st.is_file():
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file   # a declared dependency, imported only for this format
         try:
             state = load_file(st, device=str(map_location))
         except Exception as e:  # safetensors raises its own error type for damaged files
@@ -392,20 +394,100 @@ def save_diffusers_folder(net: unet_mod.UNet, path) -> Path:
     config = {"_class_name": "UNet2DModel", **diffusers_config(net.config)}
     state = {k: v.detach().contiguous().cpu() for k, v in to_diffusers(net.state_dict()).items()}
     atomic_write(path / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode()), fsync=True)
-    try:
-        from safetensors.torch import save as st_save
-    except ImportError:
-        atomic_write(path / "diffusion_pytorch_model.bin", lambda f: torch.save(state, f), fsync=True)
-    else:
-        atomic_write(path / "diffusion_pytorch_model.safetensors", lambda f: f.write(st_save(state)), fsync=True)
+    from safetensors.torch import save as st_save
+
+    atomic_write(path / "diffusion_pytorch_model.safetensors", lambda f: f.write(st_save(state)), fsync=True)
     return path
 
 
-def diffusers_eps(model):
-    """eps(x, t) for a diffusers UNet2DModel, so the samplers can call it like a ddimlab UNet."""
+def official_layout() -> dict[str, tuple[int, ...]]:
+    """The official DDPM CIFAR-10 checkpoint's state_dict: key → shape, in file order (notebook 06 §1).
+
+    Read from the listing shipped inside the package (`ddimlab/reference/ddpm_cifar10_unet_state_dict.tsv`,
+    328 lines "key<TAB>shape"), so it works from an installed package as well as from a clone.
+    """
+    text = resources.files("ddimlab").joinpath("reference", "ddpm_cifar10_unet_state_dict.tsv").read_text()
+    out = {}
+    for line in text.splitlines():
+        key, shape = line.split("\t")
+        out[key] = tuple(int(n) for n in shape.split("x"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the one way to load any checkpoint, and the one model adapter
+
+
+def diffusers_alpha_bar(folder) -> torch.Tensor:
+    """ᾱ from a diffusers pipeline's scheduler_config.json next to the UNet, else DDPM's linear schedule."""
+    folder = Path(folder)
+    for cfg in (folder / "scheduler" / "scheduler_config.json", folder.parent / "scheduler" / "scheduler_config.json"):
+        if cfg.is_file():
+            c = json.loads(cfg.read_text())
+            T = int(c.get("num_train_timesteps", 1000))
+            name = {"linear": "linear", "squaredcos_cap_v2": "cosine", "scaled_linear": "quadratic"}.get(
+                c.get("beta_schedule", "linear"))
+            if name is None:
+                raise ValueError(f"{cfg}: beta_schedule {c.get('beta_schedule')!r} is not supported; "
+                                 f"supported: linear, scaled_linear, squaredcos_cap_v2")
+            if name == "cosine":
+                return schedule.make_alpha_bar("cosine", T)
+            return schedule.alpha_bar(schedule.beta_schedule(name, T, c.get("beta_start", 1e-4), c.get("beta_end", 0.02)))
+    return schedule.make_alpha_bar("linear", 1000)
+
+
+def load_model(path, device="cpu", use_ema: bool = True):
+    """(network in eval mode on `device`, ᾱ float64 on `device`) from any checkpoint ddimlab reads:
+
+    - a ddimlab training checkpoint `ckpt.pt`, or the run folder holding it (EMA weights unless
+      use_ema=False; ᾱ from the run's schedule);
+    - the official DDPM CIFAR-10 file `model-790000.ckpt` (any official-layout state_dict), or the name
+      `ddpm-cifar10`, which downloads it once into the cache (`official_ddpm_file`); linear ᾱ, T = 1000;
+    - a diffusers `UNet2DModel` folder or pipeline folder (ᾱ from its scheduler_config.json when present).
+    """
+    path = official_ddpm_file() if str(path) == OFFICIAL_NAME else Path(path)
+    if path.is_dir() and (path / "ckpt.pt").is_file():
+        path = path / "ckpt.pt"                     # a ddimlab run folder
+    if path.is_dir():
+        net, abar = load_diffusers_folder(path), diffusers_alpha_bar(path)
+    else:
+        state = load_checkpoint(path)
+        if isinstance(state, dict) and "config" in state and "model" in state:
+            net = unet_from_run(state, use_ema)
+            abar = schedule.make_alpha_bar(state["config"].get("schedule", "linear"), int(state["config"].get("T", 1000)))
+        else:  # the official layout, already read: no second pass over the 143 MB file
+            net = load_state_strict(unet_mod.cifar10_unet(), official_state_dict(state), source=str(path))
+            abar = schedule.make_alpha_bar("linear", 1000)
+    return net.to(device).eval(), abar.to(device)
+
+
+def unet_from_run(state: dict, use_ema: bool = True) -> unet_mod.UNet:
+    """The UNet of a ddimlab training checkpoint (the dict `train` saves): built from the saved config's
+    `unet.CONFIG_KEYS` and loaded strictly with the EMA weights (or the raw ones), in eval mode."""
+    missing = [k for k in ("model", "config") if k not in state]
+    cfg = state.get("config", {})
+    missing += [f"config.{k}" for k in unet_mod.CONFIG_KEYS if k not in cfg]
+    if missing:
+        raise CheckpointError(f"not a ddimlab training checkpoint: it lacks {missing}")
+    kwargs = {k: tuple(cfg[k]) if isinstance(cfg[k], list) else cfg[k] for k in unet_mod.CONFIG_KEYS}
+    net = unet_mod.UNet(in_ch=int(state.get("in_ch", 3)), **kwargs)
+    weights = "ema" if use_ema and "ema" in state else "model"
+    return load_state_strict(net, state[weights], source=f"the checkpoint's {weights!r} weights").eval()
+
+
+def eps_fn(model, amp: bool = False):
+    """A network as the samplers' `eps(x, t)` (notebook 06 §5): the one adapter for every kind of model.
+
+    Works for ddimlab's `UNet`, diffusers' `UNet2DModel` (its output's `.sample`) and any callable
+    model(x, t). No gradients; `t` may be an int, a 0-d or a (B,) tensor (integer or float steps);
+    with amp=True the call runs under bf16 autocast on CUDA; ε̂ comes back in x's dtype. The model's
+    train/eval mode is left as it is: call `.eval()` first (`load_model` does).
+    """
     def eps(x, t):
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        return model(x, t).sample
+        with torch.no_grad(), torch.autocast(x.device.type, torch.bfloat16, enabled=amp and x.is_cuda):
+            out = model(x, t)
+        return getattr(out, "sample", out).to(x.dtype)
     return eps

@@ -1,20 +1,15 @@
-"""Command line: `python -m ddimlab train|sample|invert|interpolate|reproduce|demo ...` (README "Using it").
+"""The command line: `ddimlab` (or `python -m ddimlab`) train | sample | invert | interpolate | reproduce |
+lab | demo. Every subcommand is an argparse parser built here over library functions; `--help`
+on each lists its options with their defaults (README "Using the library").
 
-    python -m ddimlab train --preset digits --out runs/digits [--set lr=5e-4 --set steps=2000] [--resume]
-    python -m ddimlab sample --checkpoint runs/digits/ckpt.pt --steps 50 --eta 0 --n 64 --out samples.png
-    python -m ddimlab invert --checkpoint runs/digits/ckpt.pt --input samples.npz --out latents.npz
-    python -m ddimlab interpolate --checkpoint runs/digits/ckpt.pt --seeds 0 1 --n 8 --out strip.png
-
-`--checkpoint` takes a ddimlab training checkpoint (EMA weights unless --no-ema), the official DDPM
-CIFAR-10 file (`model-790000.ckpt`, via `checkpoint.load_official_ddpm`; the name `ddpm-cifar10`
-downloads it once into the cache) or a diffusers
-UNet2DModel folder (e.g. a local copy of google/ddpm-cifar10-32). Images are written as PNG grids
-next to an `.npz` holding the float samples in [−1, 1].
+Errors a user can act on (bad arguments, missing or damaged files, a run folder that already holds a
+run, no CUDA, a failed download, NaN from the network) print one or two lines and exit with status 1;
+`--debug` (or DDIMLAB_DEBUG=1) shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
 import sys
 import time
@@ -22,80 +17,39 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from . import checkpoint, schedule
-from .files import atomic_write
+from . import __version__, checkpoint, data, demo, devices, fid, lab, ode, schedule, tables
+from .files import atomic_write, file_hash, locked
+from .generate import latents, sample_indices, sampling_steps
 from .plotting import save_image_grid
-from .samplers import ddim_invert, ddim_sample, ddpm_sample, slerp
-from .train import PRESETS, eps_fn, load_trained, make_config, train
-from .unet import cifar10_unet
+from .samplers import SIGMA_HAT, NonFiniteError, ddim_invert, ddim_sample, slerp
+from .train import PRESETS, NonFiniteLossError, TrainConfig, make_config, train
+
+# What a user can act on: printed as one line unless --debug.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError, ImportError,
+               checkpoint.CheckpointError, data.DownloadError, devices.DeviceError, NonFiniteError,
+               NonFiniteLossError, TimeoutError)
 
 
 # --------------------------------------------------------------------------- helpers
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _diffusers_alpha_bar(folder: Path) -> torch.Tensor:
-    """ᾱ from a diffusers pipeline's scheduler_config.json next to the UNet, else DDPM's linear schedule."""
-    for cfg in (folder / "scheduler" / "scheduler_config.json", folder.parent / "scheduler" / "scheduler_config.json"):
-        if cfg.is_file():
-            c = json.loads(cfg.read_text())
-            T = int(c.get("num_train_timesteps", 1000))
-            name = {"linear": "linear", "squaredcos_cap_v2": "cosine", "scaled_linear": "quadratic"}.get(
-                c.get("beta_schedule", "linear"))
-            if name is None:
-                raise ValueError(f"{cfg}: beta_schedule {c.get('beta_schedule')!r} is not supported; "
-                                 f"supported: linear, scaled_linear, squaredcos_cap_v2")
-            if name == "cosine":
-                return schedule.make_alpha_bar("cosine", T)
-            betas = schedule.beta_schedule(name, T, c.get("beta_start", 1e-4), c.get("beta_end", 0.02))
-            return schedule.alpha_bar(betas)
-    return schedule.make_alpha_bar("linear", 1000)
-
-
-def load_model(path, device="cpu", use_ema: bool = True):
-    """(net, alpha_bar float64) from a ddimlab checkpoint, the official DDPM file or a diffusers folder."""
-    path = checkpoint.official_ddpm_file() if str(path) == checkpoint.OFFICIAL_NAME else Path(path)
-    if path.is_dir():
-        net = checkpoint.load_diffusers_folder(path)
-        abar = _diffusers_alpha_bar(path)
-    else:
-        state = checkpoint.load_checkpoint(path)
-        if isinstance(state, dict) and "config" in state and "model" in state:
-            net, config = load_trained(state, use_ema=use_ema)
-            abar = schedule.make_alpha_bar(config.schedule, config.T)
-        else:  # the official layout, already read: no second pass over the 143 MB file
-            net = checkpoint.load_state_strict(cifar10_unet(), checkpoint.official_state_dict(state), source=str(path))
-            abar = schedule.make_alpha_bar("linear", 1000)
-    return net.to(device).eval(), abar.to(device)
+def _progress(total: int, desc: str, enabled: bool):
+    """(tqdm bar, callback for the samplers that advances it by one step)."""
+    bar = tqdm(total=total, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True)
+    return bar, (lambda info: bar.update(1))
 
 
 def _model_for(args):
     """(net, alpha_bar, device, seq) for a subcommand's --checkpoint, --device, --no-ema, --steps, --spacing."""
-    device = _device(args.device)
-    net, abar = load_model(args.checkpoint, device, use_ema=not args.no_ema)
-    return net, abar, device, schedule.timesteps(args.steps, abar.shape[0], args.spacing)
-
-
-def _save_npz(path: Path, **arrays) -> Path:
-    return atomic_write(path, lambda f: np.savez(f, **arrays))
-
-
-def _latents(seed: int, n: int, shape, device) -> torch.Tensor:
-    """x_T ~ N(0, I) drawn on the CPU from `seed`, so a seed gives the same noise on every device."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, *shape, generator=g).to(device)
-
-
-def _run_sampler(net, abar, seq, x_T, args, generator):
-    if args.sampler == "ddpm":  # all T steps: DDPM's own chain
-        return ddpm_sample(eps_fn(net), x_T, abar, variance=args.variance,
-                           seq=None if args.steps >= abar.shape[0] else seq, generator=generator, clip_x0=args.clip)
-    return ddim_sample(eps_fn(net), x_T, abar, seq, eta=args.eta, generator=generator, clip_x0=args.clip)
+    device = devices.resolve(args.device)
+    net, abar = checkpoint.load_model(args.checkpoint, device, use_ema=not args.no_ema)
+    T = abar.shape[0]
+    steps = args.steps if args.steps is not None else (T if getattr(args, "sampler", None) == "ddpm" else 50)
+    if steps > T:
+        raise ValueError(f"--steps {steps} exceeds the model's T = {T}")
+    seq = ode.lambda_timesteps(steps, abar.cpu()) if args.spacing == "logsnr" else sampling_steps(steps, T, args.spacing)
+    return net, abar, device, seq
 
 
 def _image_shape(net):
@@ -103,195 +57,343 @@ def _image_shape(net):
     return (cfg.get("in_ch", 3), cfg.get("resolution", 32), cfg.get("resolution", 32))
 
 
-def _read_images(paths, shape) -> torch.Tensor:
-    """Images in [−1, 1] (N, C, H, W) from an .npz (x0 / samples / images) or PNG files."""
-    C, H, W = shape
-    if len(paths) == 1 and str(paths[0]).endswith(".npz"):
-        with np.load(paths[0]) as z:
-            for key in ("x0", "samples"):
-                if key in z:
-                    x = torch.as_tensor(z[key], dtype=torch.float32)
-                    break
-            else:
-                if "images" not in z:
-                    raise ValueError(f"{paths[0]} has none of the arrays x0, samples, images; it has {list(z)}")
-                x = torch.as_tensor(z["images"]).permute(0, 3, 1, 2).float() / 127.5 - 1
-    else:
-        import matplotlib.image as mpimg
+def _outputs(out: str, overwrite: bool) -> tuple[Path, Path]:
+    """(png, npz) for --out; existing files are an error unless --overwrite (no run is replaced silently)."""
+    out = Path(out)
+    png, npz = out.with_suffix(".png"), out.with_suffix(".npz")
+    held = [str(p) for p in (png, npz) if p.exists()]
+    if held and not overwrite:
+        raise FileExistsError(f"{' and '.join(held)} already exist; pass --overwrite to replace them or "
+                              f"choose another --out")
+    return png, npz
 
-        imgs = []
-        for p in paths:
-            a = np.asarray(mpimg.imread(p), dtype=np.float32)
-            if a.max() > 1.0:
-                a = a / 255.0
-            a = a[..., None] if a.ndim == 2 else a[..., :3]
-            imgs.append(torch.as_tensor(a).permute(2, 0, 1) * 2 - 1)
-        x = torch.stack(imgs)
-    if x.ndim != 4:
-        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(x.shape)}")
-    if x.shape[1] != C:
-        x = x.mean(1, keepdim=True) if C == 1 else x.expand(-1, C, -1, -1) if x.shape[1] == 1 else x
-    if tuple(x.shape[1:]) != (C, H, W):
-        raise ValueError(f"the model takes images of shape {(C, H, W)}, got {tuple(x.shape[1:])}")
-    return x
+
+def _save_pair(png: Path, npz: Path, images: torch.Tensor, nrow, scale: int, **arrays) -> None:
+    """Write the PNG grid and the .npz beside it as one pair: under a lock, so two commands writing the
+    same --out take turns, and with the PNG's sha256 recorded in the .npz (`png_sha256`)."""
+    with locked(png.parent / f".{png.stem}.lock"):
+        save_image_grid(images, png, nrow=nrow, scale=scale)
+        atomic_write(npz, lambda f: np.savez(f, **arrays, png_sha256=file_hash(png)))
 
 
 # --------------------------------------------------------------------------- subcommands
 
 def cmd_train(args) -> int:
     overrides = list(args.set or [])
-    if args.out:
-        overrides.append(f"out={args.out}")
+    for key, value in (("out", args.out), ("device", args.device), ("bf16", args.bf16), ("compile", args.compile)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
     if args.no_progress:
         overrides.append("progress=false")
     config = make_config(args.preset, overrides)
-    out = train(config, resume=args.resume)
-    if int(os.environ.get("RANK", "0")) == 0:
+    out = train(config, resume=args.resume, overwrite=args.overwrite)
+    if devices.rank_world()[0] == 0:
         print(f"done: {out / 'ckpt.pt'}")
     return 0
 
 
+def _sampler_kwargs(args) -> dict:
+    """`sample_indices` keywords for --sampler / --eta / --variance; a contradiction is an error."""
+    if args.eta is not None and args.sampler != "ddim":
+        raise ValueError(f"--eta applies to --sampler ddim only (got --sampler {args.sampler}); "
+                         f"for DDPM's variances use --variance small|large")
+    if args.variance is not None and args.sampler != "ddpm":
+        raise ValueError(f"--variance applies to --sampler ddpm only (got --sampler {args.sampler})")
+    if args.sampler == "ddim":
+        return dict(eta=0.0 if args.eta is None else args.eta, clip_x0=args.clip)
+    if args.sampler == "ddpm":   # DDPM's posterior is DDIM with η = 1; its large variance is the σ̂ row
+        return dict(eta=SIGMA_HAT if args.variance == "large" else 1.0, clip_x0=args.clip)
+    if args.clip:
+        raise ValueError(f"--clip applies to ddim and ddpm, not to the ODE solver {args.sampler}")
+    return dict(solver=args.sampler)
+
+
 def cmd_sample(args) -> int:
+    png, npz = _outputs(args.out, args.overwrite)
     net, abar, device, seq = _model_for(args)
-    x_T = _latents(args.seed, args.n, _image_shape(net), device)
-    g = torch.Generator(device=device).manual_seed(args.seed + 1)
+    kwargs = _sampler_kwargs(args)
+    shape, n, bs = _image_shape(net), args.n, args.batch_size
+    bar, callback = _progress(len(seq) * -(-n // bs), f"sample ({args.sampler})", not args.no_progress)
     t0 = time.perf_counter()
-    chunks = [_run_sampler(net, abar, seq, x_T[i:i + args.batch_size], args, g)
-              for i in range(0, args.n, args.batch_size)]
-    x0 = torch.cat(chunks).float().cpu()
+    with bar:
+        x0 = torch.cat([sample_indices(net, range(i, min(i + bs, n)), shape, abar, seq, seed=args.seed,
+                                       device=device, amp=args.amp, callback=callback, **kwargs).float().cpu()
+                        for i in range(0, n, bs)])
     seconds = time.perf_counter() - t0
-    out = Path(args.out)
-    png, npz = out.with_suffix(".png"), out.with_suffix(".npz")
-    save_image_grid(x0, png, nrow=args.nrow, scale=args.scale)
-    _save_npz(npz, samples=x0.numpy(), x_T=x_T.cpu().numpy(), seed=args.seed, steps=args.steps, eta=args.eta,
-              spacing=args.spacing, sampler=args.sampler)
-    what = f"eta={args.eta}" if args.sampler == "ddim" else f"variance={args.variance}"
-    print(f"{args.n} samples ({args.sampler}, {args.steps} steps, {what}, {args.spacing}) "
-          f"in {seconds:.1f} s -> {png}, {npz}")
+    _save_pair(png, npz, x0, args.nrow, args.scale, samples=x0.numpy(), x_T=latents(args.seed, range(n), shape).numpy(),
+               seed=args.seed, steps=len(seq), spacing=args.spacing, sampler=args.sampler,
+               eta=str(kwargs.get("eta", "")))
+    print(f"{n} samples ({args.sampler}, {len(seq)} steps, {args.spacing}) in {seconds:.1f} s -> {png}, {npz}")
     return 0
 
 
 def cmd_invert(args) -> int:
+    png, npz = _outputs(args.out, args.overwrite)
     net, abar, device, seq = _model_for(args)
-    x0 = _read_images(args.input, _image_shape(net)).to(device)
-    x_T = ddim_invert(eps_fn(net), x0, abar, seq)
-    recon = ddim_sample(eps_fn(net), x_T, abar, seq)
+    x0 = data.read_images(args.input, _image_shape(net)).to(device)
+    bar, callback = _progress(2 * len(seq), "invert + decode", not args.no_progress)
+    eps = checkpoint.eps_fn(net, args.amp)
+    with bar:
+        x_T = ddim_invert(eps, x0, abar, seq, callback=callback)
+        recon = ddim_sample(eps, x_T, abar, seq, callback=callback)
     mse = ((recon - x0) ** 2).flatten(1).mean(1)
-    out = Path(args.out)
-    npz = _save_npz(out.with_suffix(".npz"), x_T=x_T.cpu().numpy(), x0=x0.cpu().numpy(),
-                    recon=recon.cpu().numpy(), mse=mse.cpu().numpy(), steps=args.steps, spacing=args.spacing)
-    png = save_image_grid(torch.cat([x0, recon]).cpu(), out.with_suffix(".png"), nrow=x0.shape[0], scale=args.scale)
+    _save_pair(png, npz, torch.cat([x0, recon]).cpu(), x0.shape[0], args.scale, x_T=x_T.cpu().numpy(),
+               x0=x0.cpu().numpy(), recon=recon.cpu().numpy(), mse=mse.cpu().numpy(), steps=len(seq),
+               spacing=args.spacing)
     print(f"inverted {x0.shape[0]} image(s) with {len(seq)} DDIM steps; reconstruction MSE "
           f"{float(mse.mean()):.3g} (mean) -> {npz}, {png} (top: input, bottom: reconstruction)")
     return 0
 
 
 def cmd_interpolate(args) -> int:
+    png, npz = _outputs(args.out, args.overwrite)
     net, abar, device, seq = _model_for(args)
     if args.latents:
         with np.load(args.latents) as z:
+            if "x_T" not in z:
+                raise ValueError(f"{args.latents} has no x_T array; pass the .npz written by `invert` or `sample`")
             lat = torch.as_tensor(z["x_T"], dtype=torch.float32)
         i, j = args.index
         if not (0 <= i < len(lat) and 0 <= j < len(lat)):
             raise ValueError(f"--index must be two indices in 0..{len(lat) - 1}, got {i} {j}")
         z0, z1 = lat[i:i + 1].to(device), lat[j:j + 1].to(device)
-    else:
-        z0, z1 = (_latents(s, 1, _image_shape(net), device) for s in args.seeds)
+    else:   # latent 0 of each seed: the first image of `sample --seed A` and of `sample --seed B`
+        z0, z1 = (latents(s, [0], _image_shape(net), device) for s in args.seeds)
     lam = torch.linspace(0, 1, args.n)
     z = slerp(z0, z1, lam.to(device))
-    x0 = ddim_sample(eps_fn(net), z, abar, seq).float().cpu()
-    out = Path(args.out)
-    png = save_image_grid(x0, out.with_suffix(".png"), nrow=args.n, scale=args.scale)
-    npz = _save_npz(out.with_suffix(".npz"), samples=x0.numpy(), x_T=z.cpu().numpy(), lam=lam.numpy())
+    bar, callback = _progress(len(seq), "interpolate", not args.no_progress)
+    with bar:
+        x0 = ddim_sample(checkpoint.eps_fn(net, args.amp), z, abar, seq, callback=callback).float().cpu()
+    _save_pair(png, npz, x0, args.n, args.scale, samples=x0.numpy(), x_T=z.cpu().numpy(), lam=lam.numpy())
     print(f"{args.n} images along slerp(z0, z1, λ) -> {png}, {npz}")
     return 0
 
 
-def cmd_demo(argv: list[str]) -> int:
-    """`python -m ddimlab demo ...`: options declared by `demo.add_arguments`, run by `demo.main`."""
-    from . import demo
+def _csv_list(text: str, kind, name: str):
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{name} must be a comma-separated list, got {text!r}") from None
 
-    parser = argparse.ArgumentParser(prog="python -m ddimlab demo", description=demo.__doc__.split("\n")[0])
-    demo.add_arguments(parser)
-    return int(demo.main(parser.parse_args(argv)) or 0)
+
+def cmd_reproduce(args) -> int:
+    rank, _, device, started = devices.setup_distributed(args.device)
+    try:
+        net, abar = checkpoint.load_model(args.checkpoint, device, use_ema=not args.no_ema)
+        in_ch, res = _image_shape(net)[:2]
+        out = Path(args.out or f"runs/{args.table}")
+        common = dict(alpha_bar=abar, batch_size=args.batch_size, device=device, amp=args.amp,
+                      progress=not args.no_progress)
+        if args.table == "table1":
+            feature_fn, reference = fid.reference_for(args.features, in_ch, res, args.data_root)
+            rows = tables.reproduce_table1(
+                net, out, S_list=_csv_list(args.steps, int, "--steps") if args.steps else (10, 20, 50, 100, 1000),
+                eta_list=_csv_list(args.etas, str, "--etas") if args.etas else (0.0, 0.2, 0.5, 1.0, SIGMA_HAT),
+                n_samples=args.n_samples, spacing=args.spacing or "quad", shape=(in_ch, res, res),
+                feature_fn=feature_fn, reference=reference, seed=args.seed, **common)
+        else:
+            images = (data.load_cifar10(args.data_root, train=False)[0] if in_ch == 3 else data.load_digits(res)[0])
+            rows = tables.reproduce_table2(
+                net, out, images=images, n_images=args.n_images, spacing=args.spacing or "uniform",
+                S_list=_csv_list(args.steps, int, "--steps") if args.steps else (10, 20, 50, 100, 200, 500, 1000),
+                **common)
+        if rows and rank == 0:
+            table = out / f"{args.table}.md"
+            print(table.read_text(), end="")
+            print(f"-> {table}, {table.with_suffix('.csv')}")
+    finally:
+        if started:
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+def cmd_lab(args) -> int:
+    return lab.main(["--out", args.out, "--n", str(args.n), "--spacing", args.spacing, "--seed", str(args.seed)])
+
+
+def cmd_demo(args) -> int:
+    demo.main(args)
+    return 0
 
 
 # --------------------------------------------------------------------------- parser
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's default after its help text (unless the text gives it); epilogs printed as written."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
 def _positive(text: str) -> int:
-    v = int(text)
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return v
 
 
+def _eta(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
+    if not (np.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (0 = DDIM, 1 = DDPM's posterior), got {text}")
+    return v
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show the Python traceback of an error (also DDIMLAB_DEBUG=1)")
+
+
 def _model_args(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--checkpoint", required=True,
-                   help="ddimlab ckpt.pt, the official DDPM model-790000.ckpt (or `ddpm-cifar10` to download it once), "
-                        "or a diffusers UNet2DModel folder")
-    p.add_argument("--steps", type=_positive, default=50, help="number of sampling steps S (default 50)")
-    p.add_argument("--spacing", choices=schedule.SPACINGS, default="uniform", help="timestep sub-sequence")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights of a ddimlab checkpoint")
-    p.add_argument("--scale", type=_positive, default=2, help="pixel enlargement of the PNG (default 2)")
-    p.add_argument("--out", default=out_default, help=f"output path; .png and .npz are written (default {out_default})")
+                   help="a ddimlab ckpt.pt or run folder, the official DDPM model-790000.ckpt (or `ddpm-cifar10` to "
+                        "download it once), or a diffusers UNet2DModel folder")
+    p.add_argument("--steps", type=_positive, default=None,
+                   help="number of sampling steps S (default 50; for --sampler ddpm all T steps)")
+    p.add_argument("--spacing", choices=schedule.SPACINGS + ("logsnr",), default="uniform",
+                   help="timestep sub-sequence (README, Timestep sub-sequences); logsnr = uniform in log-SNR")
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, mps")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast for the network on CUDA")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights of a ddimlab checkpoint, not the EMA")
+    p.add_argument("--scale", type=_positive, default=2, help="pixel enlargement of the PNG grid")
+    p.add_argument("--out", default=out_default, help="output path: OUT.png and OUT.npz are written")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _common(p)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ddimlab", description="DDPM / DDIM: train, sample, invert.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _train_epilog() -> str:
+    """The --set keys with each preset's value (`train --help`)."""
+    names = sorted(PRESETS)
+    configs = [make_config(name) for name in names]
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    width = max(map(len, fields))
+    lines = ["--set keys (TrainConfig fields) and their values in each preset:",
+             f"  {'key':<{width}}  " + "".join(f"{name:<16}" for name in names)]
+    lines += [f"  {key:<{width}}  " + "".join(f"{str(getattr(c, key)):<16}" for c in configs) for key in fields]
+    return "\n".join(lines)
 
-    p = sub.add_parser("train", help="train a UNet with L_simple (presets: " + ", ".join(PRESETS) + ")")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="digits")
+
+def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, formatter_class=_Formatter,
+                                     description="DDPM and DDIM: train, sample, invert, interpolate, reproduce the "
+                                                 "DDIM paper's tables.")
+    parser.add_argument("--version", action="version", version=f"ddimlab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, func, help_, **kw):
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=_Formatter, **kw)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("train", cmd_train, "train a DDPM UNet with L_simple", epilog=_train_epilog())
+    p.add_argument("--preset", choices=sorted(PRESETS), default="digits", help="starting configuration")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a TrainConfig field, e.g. --set lr=5e-4 --set ch_mult=1,2,2 (repeatable)")
-    p.add_argument("--out", help="output directory (default: the preset's)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt if it exists")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_train)
+                   help="override a TrainConfig field (repeatable), e.g. --set lr=5e-4 --set ch_mult=1,2,2; keys below")
+    p.add_argument("--out", help="run folder (default: the preset's out)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its ckpt.pt")
+    p.add_argument("--overwrite", action="store_true", help="start again in an --out that holds a run")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 (default: the preset's, auto)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast on CUDA (default: the preset's, on)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the network (default: the preset's, off)")
+    _common(p)
 
-    p = sub.add_parser("sample", help="draw samples with DDIM (any eta) or DDPM ancestral sampling")
-    _model_args(p, "samples.png")
-    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM posterior variance")
-    p.add_argument("--variance", choices=("small", "large"), default="small",
-                   help="ddpm sampler: posterior beta tilde (small) or beta (large, the DDIM paper's sigma hat)")
-    p.add_argument("--clip", action="store_true", help="clip the predicted x0 to [-1, 1]")
-    p.add_argument("--seed", type=int, default=0)
+    p = add("sample", cmd_sample, "draw samples with DDIM (any eta), DDPM, or an ODE solver")
+    _model_args(p, "samples")
+    p.add_argument("--sampler", "--solver", choices=("ddim", "ddpm") + ode.SOLVERS, default="ddim",
+                   help="ddim (eq. 12 with --eta), ddpm (its whole chain unless --steps; --variance), or an ODE solver")
+    p.add_argument("--eta", type=_eta, default=None, help="ddim only: 0 deterministic, 1 DDPM's posterior variance "
+                   "(default 0)")
+    p.add_argument("--variance", choices=("small", "large"), default=None,
+                   help="ddpm only: posterior beta tilde (small, default) or beta (large: the DDIM paper's sigma hat)")
+    p.add_argument("--clip", action="store_true", help="clip the predicted x0 to [-1, 1] (ddim, ddpm)")
+    p.add_argument("--seed", type=int, default=0, help="image i's noise is a function of (seed, i)")
     p.add_argument("--n", type=_positive, default=64, help="number of samples")
-    p.add_argument("--nrow", type=_positive, default=None, help="images per row of the grid")
-    p.add_argument("--batch-size", type=_positive, default=256)
-    p.set_defaults(func=cmd_sample)
+    p.add_argument("--nrow", type=_positive, default=None, help="images per row of the grid (default: square)")
+    p.add_argument("--batch-size", type=_positive, default=256, help="images per network call")
 
-    p = sub.add_parser("invert", help="DDIM inversion x0 -> x_T of images (.npz or PNG files)")
-    _model_args(p, "latents.npz")
+    p = add("invert", cmd_invert, "DDIM inversion x0 -> x_T of images (.npz or PNG files), and the round trip")
+    _model_args(p, "latents")
     p.add_argument("--input", nargs="+", required=True,
                    help="an .npz with x0/samples (N,C,H,W in [-1,1]) or images (N,H,W,C uint8), or PNG files")
-    p.set_defaults(func=cmd_invert)
 
-    p = sub.add_parser("interpolate", help="slerp between two latents and decode with DDIM (eta = 0)")
-    _model_args(p, "interpolation.png")
-    p.add_argument("--seeds", type=int, nargs=2, default=(0, 1), metavar=("A", "B"))
-    p.add_argument("--latents", help="an .npz from `invert`; interpolate between its x_T[--index]")
-    p.add_argument("--index", type=int, nargs=2, default=(0, 1), metavar=("I", "J"))
+    p = add("interpolate", cmd_interpolate, "slerp between two latents and decode with DDIM (eta = 0)")
+    _model_args(p, "interpolation")
+    p.add_argument("--seeds", type=int, nargs=2, default=(0, 1), metavar=("A", "B"),
+                   help="latent 0 of each seed (the first image of `sample --seed A` / `--seed B`)")
+    p.add_argument("--latents", help="an .npz from `invert` or `sample`: interpolate between its x_T[--index]")
+    p.add_argument("--index", type=int, nargs=2, default=(0, 1), metavar=("I", "J"), help="with --latents")
     p.add_argument("--n", type=_positive, default=8, help="number of frames")
-    p.set_defaults(func=cmd_interpolate)
 
-    from .evaluate import add_reproduce_parser
+    p = add("reproduce", cmd_reproduce, "the DDIM paper's Table 1 (FID over eta x S) or Table 2 (reconstruction)")
+    p.add_argument("table", choices=("table1", "table2"))
+    p.add_argument("--checkpoint", required=True, help="as for `sample`")
+    p.add_argument("--out", default=None, help="output folder (default runs/TABLE)")
+    p.add_argument("--steps", help="comma-separated S values (default: the paper's)")
+    p.add_argument("--etas", help="table1: comma-separated eta values; sigma_hat for DDPM's large variance")
+    p.add_argument("--spacing", choices=schedule.SPACINGS, default=None,
+                   help="timestep selection (default: quad for table1 as the paper, uniform for table2)")
+    p.add_argument("--n-samples", type=_positive, default=50_000, help="table1: samples per (eta, S) (paper: 50000)")
+    p.add_argument("--n-images", type=_positive, default=None, help="table2: the first N test images (default all)")
+    p.add_argument("--features", choices=("inception", "digits", "random"), default="inception",
+                   help="table1: inception = FID via torch-fidelity (pip install ddimlab[fid]); digits = the digits "
+                        "classifier (1-channel models); random = a fixed random conv net (smoke test)")
+    p.add_argument("--batch-size", type=_positive, default=250, help="images per network call")
+    p.add_argument("--seed", type=int, default=0, help="image i of every cell is a function of (seed, i)")
+    p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK under torchrun), cpu, cuda")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights of a ddimlab checkpoint")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    p.add_argument("--data-root", default=None, help="CIFAR-10 tarball or folder (default: download into the cache)")
+    _common(p)
 
-    add_reproduce_parser(sub)
+    p = add("lab", cmd_lab, "the DDIM paper's Table 1 on an exact score (seconds; no model, no download)")
+    p.add_argument("--out", default="outputs/lab", help="folder for table1.png and table1.txt")
+    p.add_argument("--n", type=_positive, default=1000, help="samples per cell")
+    p.add_argument("--spacing", choices=("uniform", "quad"), default="uniform", help="timestep sub-sequence")
+    p.add_argument("--seed", type=int, default=0, help="seed of x_T, the noise and the data draws")
+    _common(p)
 
-    # `demo` is dispatched in main() before this parser runs; listed here for --help
-    sub.add_parser("demo", help="the README's main job (ddimlab.demo); `demo --help` lists its options")
+    p = add("demo", cmd_demo, "the main job: the exact-score Table 1, then DDPM 1000 vs DDIM 10/20/50 on digits")
+    p.add_argument("--out", default="outputs/demo", help="output folder")
+    p.add_argument("--skip-train", action="store_true", help="only the exact-score lab table and figure")
+    p.add_argument("--train-steps", type=_positive, default=None, help="override the digits preset's training steps")
+    p.add_argument("--n", type=_positive, default=200, help="samples per sampler for the quality score")
+    p.add_argument("--seed", type=int, default=0, help="seed of the training run and of x_T")
+    _common(p)
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str | None = None) -> int:
+    """Run the command line; returns the exit status (README "Using the library")."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    if argv[:1] == ["demo"]:  # demo's options live in ddimlab.demo, imported only when asked for
-        return cmd_demo(argv[1:])
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    if prog is None:
+        prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "ddimlab"
+        prog = "python -m ddimlab" if prog in ("__main__.py", "-m", "-c", "") else prog
+    args = build_parser(prog).parse_args(argv)
+    debug = getattr(args, "debug", False) or os.environ.get("DDIMLAB_DEBUG", "") not in ("", "0")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"{prog} {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        if debug:
+            raise
+        print(f"{prog} {args.command}: error: {e}", file=sys.stderr)
+        print("(run again with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

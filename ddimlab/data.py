@@ -2,8 +2,8 @@
 
 DDPM trains on x_0 scaled to [−1, 1] (notebook 06 §2): to_model_range maps uint8 k ↦ k/127.5 − 1 and
 from_model_range inverts it. Datasets are held as uint8 N×C×H×W tensors (on the GPU when training there)
-and converted one batch at a time by `batches`, which also applies the random horizontal flip of the
-DDPM recipe.
+and converted one batch at a time (`batch_indices` picks a training step's images, `train.get_batch`
+converts and flips them).
 
 CIFAR-10 ships as `cifar-10-python.tar.gz`: `cifar-10-batches-py/data_batch_1..5` and `test_batch`,
 each a pickled dict with b'data' (10000×3072 uint8, channel-major: 1024 red, 1024 green, 1024 blue,
@@ -12,6 +12,7 @@ unpickler that only builds numpy arrays and plain containers, so a tampered file
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import http.client
@@ -23,7 +24,7 @@ import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -218,8 +219,10 @@ def resolve_cifar10(root=None, download: bool = True, url: str = CIFAR10_URL,
 
     `root` is a cache folder (default `default_cache_dir()`), the tarball itself, or the extracted
     `cifar-10-batches-py` folder (or a folder containing it). In a cache folder the tarball is
-    `cifar-10-python.tar.gz`; it is downloaded if missing (or corrupt) and `download` is true.
+    `cifar-10-python.tar.gz`; it is downloaded if missing (or corrupt) and `download` is true. A `root`
+    that does not exist is an error (a typo is never created and downloaded into).
     """
+    explicit = root is not None
     root = default_cache_dir() if root is None else Path(root).expanduser()
     if root.is_file():
         _check_md5(root, md5)
@@ -229,9 +232,10 @@ def resolve_cifar10(root=None, download: bool = True, url: str = CIFAR10_URL,
             return root
         if _is_cifar_folder(root / CIFAR10_FOLDER):
             return root / CIFAR10_FOLDER
-    elif root.suffix in (".gz", ".tgz", ".tar"):
+    elif explicit:  # a mistyped path is not created and downloaded into
         raise ValueError(f"{root} does not exist; pass an existing {CIFAR10_FILENAME}, the extracted "
-                         f"{CIFAR10_FOLDER} folder, or a cache folder")
+                         f"{CIFAR10_FOLDER} folder, or an existing folder to download into (create it first); "
+                         f"without data_root CIFAR-10 is downloaded into the cache {default_cache_dir()}")
     tarball = root / CIFAR10_FILENAME
     if download:
         return _download(url, tarball, md5, progress=progress, timeout=timeout)
@@ -317,14 +321,17 @@ def make_fake_cifar_tarball(path, n_per_batch: int = 8, seed: int = 0) -> FakeCi
 # offline digits
 
 
-def load_digits(resolution: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's bundled handwritten digits as (uint8 1797×1×R×R, int64 labels 0..9) (notebook 06 §2).
+def load_digits(resolution: int = 16, channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's bundled handwritten digits as (uint8 1797×C×R×R, int64 labels 0..9) (notebook 06 §2).
 
     The 8×8 images hold values 0..16; they are scaled to 0..255 and resized to `resolution` with
-    bilinear interpolation (antialiased when shrinking). Needs no download.
+    bilinear interpolation (antialiased when shrinking). channels=3 repeats the grey image as RGB: a
+    stand-in for CIFAR-10 that ships with the package (e.g. 3×32×32 for the GPU check). Needs no download.
     """
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2:
         raise ValueError(f"resolution must be an integer ≥ 2, got {resolution!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
     from sklearn.datasets import load_digits as sk_load_digits
 
     digits = sk_load_digits()
@@ -332,8 +339,42 @@ def load_digits(resolution: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     if resolution != x.shape[-1]:
         x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
                           antialias=True)
-    x = x.round().clamp(0, 255).to(torch.uint8)
+    x = x.round().clamp(0, 255).to(torch.uint8).expand(-1, channels, -1, -1).contiguous()
     return x, torch.from_numpy(digits.target.astype(np.int64))
+
+
+def read_images(paths, shape) -> torch.Tensor:
+    """Images in [−1, 1] (N, C, H, W) for a model taking `shape` = (C, H, W), from one .npz (array `x0`,
+    `samples` — both in [−1, 1] — or `images`, uint8 N×H×W×C) or from PNG files. Grey images are
+    repeated to RGB and RGB ones averaged to grey to match C; the spatial size must already match."""
+    from PIL import Image   # Pillow comes with matplotlib
+
+    C, H, W = shape
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"no such file: {', '.join(missing)}")
+    if len(paths) == 1 and paths[0].suffix == ".npz":
+        with np.load(paths[0]) as z:
+            key = next((k for k in ("x0", "samples", "images") if k in z), None)
+            if key is None:
+                raise ValueError(f"{paths[0]} has none of the arrays x0, samples, images; it has {list(z)}")
+            x = torch.as_tensor(z[key], dtype=torch.float32)
+            if key == "images":
+                x = x.permute(0, 3, 1, 2) / 127.5 - 1
+    else:
+        imgs = []
+        for p in paths:
+            a = np.asarray(Image.open(p).convert("RGB" if C == 3 else "L"), dtype=np.float32) / 127.5 - 1
+            imgs.append(torch.as_tensor(a[..., None] if a.ndim == 2 else a).permute(2, 0, 1))
+        x = torch.stack(imgs)
+    if x.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[1] != C:
+        x = x.mean(1, keepdim=True) if C == 1 else x.expand(-1, C, -1, -1) if x.shape[1] == 1 else x
+    if tuple(x.shape[1:]) != (C, H, W):
+        raise ValueError(f"the model takes images of shape {(C, H, W)}, got {tuple(x.shape[1:])}")
+    return x
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,44 +397,22 @@ def from_model_range(x: torch.Tensor) -> torch.Tensor:
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None,
-                 p: float = 0.5) -> torch.Tensor:
-    """Flip each image of a batch N×C×H×W left-right with probability p (DDPM's augmentation)."""
-    if x.ndim != 4:
-        raise ValueError(f"random_hflip expects a batch N×C×H×W, got shape {tuple(x.shape)}")
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must lie in [0, 1], got {p}")
-    gen_device = generator.device if generator is not None else "cpu"
-    flip = torch.rand(x.shape[0], generator=generator, device=gen_device) < p
-    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
+def batch_indices(n: int, batch_size: int, step: int, seed: int = 0) -> torch.Tensor:
+    """The data indices of training step `step` (notebook 06 §3; nanoGPT's get_batch, made resumable).
 
-
-def batches(data: torch.Tensor, batch_size: int, generator: torch.Generator | None = None,
-            device=None, flip: bool = True) -> Iterator[torch.Tensor]:
-    """Endless float32 batches in [−1, 1] from a uint8 dataset N×C×H×W held on `device`.
-
-    Each epoch is a fresh torch.randperm(N, generator=generator); the stream of indices is the
-    concatenation of the epochs' permutations cut into batches of exactly `batch_size`, so every
-    example appears once per epoch and every batch is full. Deterministic given the generator.
+    Epoch e = step // (n // batch_size) visits a fresh permutation of 0..n−1 seeded by (seed, e), like
+    torch's DistributedSampler, cut into n // batch_size full batches (the last n mod batch_size
+    indices of each permutation are skipped). A function of (n, batch_size, step, seed) alone, so a
+    resumed run draws exactly the batches the uninterrupted one would.
     """
-    if not isinstance(data, torch.Tensor) or data.dtype != torch.uint8 or data.ndim != 4:
-        raise ValueError("batches expects a uint8 tensor N×C×H×W, got "
-                         f"{getattr(data, 'dtype', type(data).__name__)} {tuple(getattr(data, 'shape', ()))}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    device = data.device if device is None else torch.device(device)
-    data = data.to(device)
-    n = data.shape[0]
-    if n == 0:
-        raise ValueError("batches needs a non-empty dataset")
-    gen_device = generator.device if generator is not None else "cpu"
-    pending = torch.empty(0, dtype=torch.long, device=device)
-    while True:
-        while pending.numel() < batch_size:
-            perm = torch.randperm(n, generator=generator, device=gen_device).to(device)
-            pending = torch.cat([pending, perm])
-        idx, pending = pending[:batch_size], pending[batch_size:]
-        x = data[idx]
-        if flip:
-            x = random_hflip(x, generator)
-        yield to_model_range(x)
+    if not (isinstance(batch_size, int) and 1 <= batch_size <= n):
+        raise ValueError(f"batch_size must be an integer in 1..n = 1..{n}, got {batch_size!r}")
+    if not (isinstance(step, int) and step >= 0):
+        raise ValueError(f"step must be a non-negative integer, got {step!r}")
+    epoch, i = divmod(step, n // batch_size)
+    return _epoch_order(n, seed, epoch)[i * batch_size:(i + 1) * batch_size]
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))

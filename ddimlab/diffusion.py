@@ -2,7 +2,9 @@
 
 All functions take ᾱ values (`a_t`, `a_s`: Python floats, 0-d tensors, or per-sample tensors of
 shape (B,)) rather than step indices, so the same algebra serves any schedule and any
-sub-sequence. Use `schedule.alpha_bar_at(alpha_bar, t)` to look them up (ᾱ_{−1} = 1).
+sub-sequence. Use `schedule.alpha_bar_at(alpha_bar, t)` to look them up (ᾱ_{−1} = 1). Values are
+range-checked (a ValueError instead of inf or NaN) when they are Python numbers or CPU tensors; tensors
+on an accelerator are not, since a check would synchronise it at every call.
 The DDIM paper's α_t is DDPM's ᾱ_t.
 """
 from __future__ import annotations
@@ -20,6 +22,8 @@ def _check_range(a, name: str, low: float, high: float, low_open: bool, high_ope
             a < high if high_open else a <= high):
         return a   # the samplers' common case, without building a tensor
     v = a if isinstance(a, torch.Tensor) else torch.as_tensor(a, dtype=torch.float64)
+    if v.device.type != "cpu":
+        return a   # checking would synchronise the accelerator at every call (training, sampling)
     bad = ~torch.isfinite(v) | ((v <= low) if low_open else (v < low)) | ((v >= high) if high_open else (v > high))
     if bool(bad.any()):
         interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
@@ -37,7 +41,7 @@ def _check_pair(a_t, a_s):
         return
     at = a_t if isinstance(a_t, torch.Tensor) else torch.as_tensor(a_t, dtype=torch.float64)
     as_ = a_s if isinstance(a_s, torch.Tensor) else torch.as_tensor(a_s, dtype=torch.float64)
-    if bool((as_.to(at.device) < at).any()):
+    if at.device.type == "cpu" and as_.device.type == "cpu" and bool((as_ < at).any()):
         raise ValueError("a_s must be >= a_t: s is the earlier, less noisy step of the pair t -> s")
 
 

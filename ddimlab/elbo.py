@@ -216,28 +216,37 @@ def bits_per_dim(eps_model, x0: torch.Tensor, alpha_bar, **kwargs) -> torch.Tens
 
 
 def l_simple(eps_model, x0: torch.Tensor, alpha_bar, generator: torch.Generator | None = None,
-             t: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+             t: torch.Tensor | None = None, reduction: str = "mean", noise: torch.Tensor | None = None,
+             validate: bool = True) -> torch.Tensor:
     """DDPM's training loss L_simple = E_{t, x_0, ε} ‖ε − ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)‖² (DDPM eq. 14, notebook 02 §6).
 
     Averaged over pixels (as DDPM's `mean_flat`), with t uniform on {0, …, T−1} per sample unless `t`
-    (a (B,) integer tensor) is given. `eps_model` is called once with a (B,) LongTensor t.
-    reduction "mean" returns a scalar, "none" the (B,) per-sample losses.
+    (a (B,) integer tensor) is given, and ε ~ N(0, I) from `generator` unless `noise` is given (the
+    trainer draws both itself). `eps_model` is called once with a (B,) LongTensor t; its output is
+    compared in float32 or wider (bf16 autocast). reduction "mean" returns a scalar, "none" the (B,)
+    per-sample losses. validate=False skips the argument checks, which would synchronise a GPU at every
+    training step (the trainer checks its data once).
     """
-    alpha_bar = _check_alpha_bar(alpha_bar)
-    _check_x0(x0)
+    if validate:
+        alpha_bar = _check_alpha_bar(alpha_bar)
+        _check_x0(x0)
     B, T = x0.shape[0], alpha_bar.numel()
     if t is None:
         t = torch.randint(0, T, (B,), generator=generator, device=x0.device)
-    else:
+    elif validate:
         t = torch.as_tensor(t, device=x0.device)
         if t.shape != (B,) or t.dtype.is_floating_point:
             raise ValueError(f"t must be a ({B},) integer tensor, got {tuple(t.shape)} {t.dtype}")
         if int(t.min()) < 0 or int(t.max()) > T - 1:
             raise ValueError(f"t must lie in 0..T-1 = 0..{T - 1}")
         t = t.long()
-    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    x_t = q_sample(x0, alpha_bar.to(x0.device)[t], eps)
-    loss = ((eps - eps_model(x_t, t)) ** 2).reshape(B, -1).mean(1)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    elif validate:
+        _check_same("noise", noise, x0)
+    x_t = q_sample(x0, alpha_bar.to(x0.device, x0.dtype)[t], noise)
+    pred = eps_model(x_t, t)
+    loss = ((noise - pred.to(torch.promote_types(pred.dtype, torch.float32))) ** 2).reshape(B, -1).mean(1)
     if reduction == "mean":
         return loss.mean()
     if reduction == "none":

@@ -1,19 +1,27 @@
 """Files on disk: written so that a crash or a full disk never leaves half a file under the real name,
-and checked by md5."""
+locked where two commands may write the same outputs, and checked by md5."""
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import os
 import tempfile
+import time
 from pathlib import Path
+
+STALE_AFTER = 60.0   # seconds: an older temporary file of the same target was left by an interrupted write
 
 
 def atomic_write(path, write, *, text: bool = False, fsync: bool = False) -> Path:
     """Call `write(f)` on a temporary file next to `path`, then rename it onto `path` (`os.replace`).
 
     On any error the temporary file is removed and `path` keeps its old contents (or stays absent).
-    `fsync=True` also flushes the data to disk before the rename (checkpoints).
+    `fsync=True` also flushes the data to disk before the rename (checkpoints). After a successful write,
+    temporary files of the same target that a killed process left behind (older than STALE_AFTER
+    seconds before this write began) are deleted, so interrupted checkpoint writes do not pile up.
     """
+    started = time.time()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -29,12 +37,40 @@ def atomic_write(path, write, *, text: bool = False, fsync: bool = False) -> Pat
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    for stale in glob.glob(os.path.join(glob.escape(str(path.parent)), f".{glob.escape(path.name)}.*.tmp")):
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(stale).st_mtime < started - STALE_AFTER:
+                os.unlink(stale)
     return path
+
+
+@contextlib.contextmanager
+def locked(path):
+    """Hold an exclusive advisory lock on the file `path` (created if absent) for the `with` block, so
+    that two processes writing the same outputs take turns (POSIX `fcntl.flock`; elsewhere no lock)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl   # POSIX only
+    except ImportError:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def md5sum(path, chunk_size: int = 1 << 20) -> str:
     """Hex md5 of a file."""
-    h = hashlib.md5(usedforsecurity=False)
+    return file_hash(path, "md5", chunk_size)
+
+
+def file_hash(path, algorithm: str = "sha256", chunk_size: int = 1 << 20) -> str:
+    """Hex digest of a file's bytes."""
+    h = hashlib.new(algorithm, usedforsecurity=False)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk_size), b""):
             h.update(block)

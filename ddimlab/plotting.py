@@ -1,8 +1,9 @@
-"""Image grids for samples, written with matplotlib (no torchvision).
+"""Image grids and PNG files for samples, written with Pillow (no torchvision).
 
 Images come in the model's range [−1, 1] with shape (N, C, H, W), C = 1 (grey) or 3 (RGB).
 `image_grid` tiles them into one array; `save_image_grid` writes it to a PNG atomically
-(temporary name, then `os.replace`), so a run killed mid-write never leaves a broken file.
+(temporary name, then `os.replace`), so a run killed mid-write never leaves a broken file; `save_png`
+writes one image (the sample files of `generate`).
 """
 from __future__ import annotations
 
@@ -12,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data import from_model_range
 from .files import atomic_write
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """Images in [−1, 1], shape (N, C, H, W), as uint8 (N, H, W, C): round((x + 1)·127.5) clipped."""
-    x = torch.as_tensor(x).detach().to("cpu", torch.float32)
+    """Images in [−1, 1], shape (N, C, H, W), as uint8 (N, H, W, C) by `data.from_model_range`."""
+    x = torch.as_tensor(x).detach().cpu()
     if x.ndim != 4 or x.shape[1] not in (1, 3):
         raise ValueError(f"images must have shape (N, C, H, W) with C in (1, 3), got {tuple(x.shape)}")
-    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).numpy()
+    return from_model_range(x).permute(0, 2, 3, 1).numpy()
 
 
 def image_grid(x: torch.Tensor, nrow: int | None = None, padding: int = 1, pad_value: int = 255) -> np.ndarray:
@@ -49,11 +50,17 @@ def image_grid(x: torch.Tensor, nrow: int | None = None, padding: int = 1, pad_v
     return grid
 
 
-def save_png(array: np.ndarray, path) -> Path:
-    """Write a uint8 (H, W, 3) array to `path` as PNG, atomically."""
-    import matplotlib.image as mpimg
+def save_png(image, path) -> Path:
+    """Write one uint8 image to `path` as PNG, atomically: an (H, W, C) array or a (C, H, W) tensor with
+    C = 1 (saved grey) or 3 (RGB). The one PNG writer for grids and the sample files FID reads."""
+    from PIL import Image   # Pillow comes with matplotlib
 
-    return atomic_write(path, lambda f: mpimg.imsave(f, array, format="png"))
+    a = image.detach().cpu().permute(1, 2, 0).numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[-1] not in (1, 3):
+        raise ValueError(f"save_png needs a uint8 image H×W×C (or a C×H×W tensor) with C in (1, 3), "
+                         f"got {a.dtype} {a.shape}")
+    pil = Image.fromarray(np.ascontiguousarray(a[..., 0] if a.shape[-1] == 1 else a))
+    return atomic_write(path, lambda f: pil.save(f, format="PNG"))
 
 
 def save_image_grid(x: torch.Tensor, path, nrow: int | None = None, scale: int = 1) -> Path:

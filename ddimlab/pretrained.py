@@ -27,7 +27,7 @@ from . import train
 # Fields that do not change the trained weights: left out of the cache key.
 _NOT_IN_KEY = ("out", "progress", "log_every", "ckpt_every", "sample_every", "n_samples", "sample_steps",
                "threads", "data_root", "compile")
-CACHE_VERSION = 1
+CACHE_VERSION = 2   # 2: the trainer computes L_simple through elbo.l_simple
 
 
 def config_key(config: train.TrainConfig) -> str:

@@ -1,24 +1,19 @@
-"""Train an ε-prediction UNet with L_simple: the DDPM recipe in one file (notebook 06).
+"""Train an ε-prediction UNet with L_simple: the DDPM recipe in one file (notebook 06 §3–§4).
 
     L_simple = E_{x_0, t ~ U{0..T−1}, ε ~ N(0, I)} ‖ε − ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)‖²   (DDPM eq. 14,
-    mean over pixels; derived in notebook 02 §6)
+    `elbo.l_simple`, derived in notebook 02 §6)
 
-Everything is configured by one plain dataclass, `TrainConfig`; `PRESETS` holds the DDPM CIFAR-10
-recipe (`cifar10`) and a tiny CPU model on scikit-learn's digits (`digits`). `train(config)` runs it:
+`TrainConfig` holds every knob and `PRESETS` the DDPM CIFAR-10 recipe (`cifar10`) and a small CPU model
+on scikit-learn's digits (`digits`). `train(config)` runs Adam with warm-up, grad-norm clipping and an EMA
+of the weights; on CUDA with bf16 autocast, TF32, channels_last, fused Adam and (on request)
+`torch.compile`; under `torchrun` as DistributedDataParallel, every rank drawing the same global batch and
+keeping its slice. Its loop calls small named helpers: `get_batch`, `lr_at`, `ema_update`, `save_run`.
 
-- Adam with linear learning-rate warm-up, grad-norm clipping, an EMA copy of the weights;
-- on CUDA: bf16 autocast, TF32, channels_last, fused Adam, `torch.compile` when `config.compile`,
-  the whole data set as uint8 on the device;
-- several processes when launched with `torchrun` (WORLD_SIZE set): DistributedDataParallel with nccl
-  on CUDA, gloo on CPU. Every rank draws the same global batch (data order, t, ε, flips) and keeps its
-  own slice, so N ranks with batch B/N each compute the gradient of the same global batch of B as one
-  process would. Only rank 0 writes;
-- checkpoints (model, EMA, optimizer, step, config, RNG states) written atomically; `resume=True`
-  continues as if never stopped (bitwise on CPU, tested);
-- a non-finite loss stops the run with `NonFiniteLossError` and leaves the last good checkpoint alone;
-- a tqdm bar (loss, img/s, ETA), a JSON-lines log and DDIM-50 sample grids from the EMA weights.
-
-Out directory: `ckpt.pt` (latest), `log.jsonl`, `config.json`, `samples/step_XXXXXXX.png`.
+The out folder holds `ckpt.pt` (weights, EMA, optimizer, step, config, RNG states; written atomically),
+`config.json` (rewritten only together with a checkpoint), `log.jsonl` and `samples/step_XXXXXXX.png`.
+A folder that already holds a run is never replaced silently: pass `resume=True` to continue it (bitwise
+on the CPU) or `overwrite=True` to start again. A non-finite loss stops the run with
+`NonFiniteLossError` and leaves the last good checkpoint alone.
 """
 from __future__ import annotations
 
@@ -26,19 +21,23 @@ import copy
 import dataclasses
 import json
 import math
-import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
-from . import schedule
-from .diffusion import q_sample
+from . import data, devices, schedule, unet
+from .checkpoint import CheckpointError, eps_fn, load_checkpoint, save_checkpoint, unet_from_run
+from .elbo import l_simple
 from .files import atomic_write
+from .plotting import save_image_grid
+from .samplers import sample
 
-DATASETS = ("digits", "cifar10")
+DATASETS = ("digits", "digits_rgb", "cifar10")
 
 
 @dataclass
@@ -46,7 +45,7 @@ class TrainConfig:
     """Every knob of a training run; defaults are the `digits` preset."""
 
     # data
-    dataset: str = "digits"              # "digits" (offline, scikit-learn) or "cifar10"
+    dataset: str = "digits"              # "digits" (offline), "digits_rgb" (the same, 3 channels), "cifar10"
     data_root: str | None = None         # CIFAR-10 tarball / extracted folder / cache dir
     resolution: int = 16
     hflip: bool = False                  # random horizontal flip (CIFAR-10: yes; digits: no)
@@ -100,7 +99,11 @@ PRESETS: dict[str, dict] = {
     "digits": dict(),
 }
 
-MODEL_KEYS = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "num_groups", "resolution")
+MODEL_KEYS = unet.CONFIG_KEYS   # must match to resume a run
+
+
+class RunExistsError(FileExistsError):
+    """The output folder already holds a run and neither resume nor overwrite was asked for."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -199,30 +202,34 @@ def config_from_dict(d: dict) -> TrainConfig:
 
 def build_model(config: TrainConfig, in_ch: int) -> torch.nn.Module:
     """The DDPM UNet (`ddimlab.unet.UNet`) at the config's size."""
-    from .unet import UNet
-
-    return UNet(in_ch=in_ch, ch=config.ch, ch_mult=tuple(config.ch_mult), num_res_blocks=config.num_res_blocks,
-                attn_resolutions=tuple(config.attn_resolutions), dropout=config.dropout,
-                resolution=config.resolution, num_groups=config.num_groups)
+    return unet.UNet(in_ch=in_ch, **{k: getattr(config, k) for k in MODEL_KEYS})
 
 
 def load_dataset(config: TrainConfig) -> torch.Tensor:
     """Training images as uint8 (N, C, R, R)."""
-    from . import data
-
-    if config.dataset == "digits":
-        x, _ = data.load_digits(resolution=config.resolution)
-    else:
-        if config.resolution != 32:
-            raise ValueError(f"cifar10 images are 32×32; set resolution=32, got {config.resolution}")
-        x, _ = data.load_cifar10(root=config.data_root, train=True)
-    return x
+    if config.dataset in ("digits", "digits_rgb"):
+        return data.load_digits(config.resolution, channels=3 if config.dataset == "digits_rgb" else 1)[0]
+    if config.resolution != 32:
+        raise ValueError(f"cifar10 images are 32×32; set resolution=32, got {config.resolution}")
+    return data.load_cifar10(root=config.data_root, train=True)[0]
 
 
-def l_simple_loss(model, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor):
-    """L_simple = mean ‖ε − ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)‖² over batch and pixels (DDPM eq. 14; notebook 06 §3)."""
-    x_t = q_sample(x0, alpha_bar[t], eps)
-    return F.mse_loss(model(x_t, t).float(), eps.float())
+def get_batch(images: torch.Tensor, step: int, config: TrainConfig, gen: torch.Generator, local=slice(None)):
+    """This process's slice of training step `step`'s global batch: (x_0 in [−1, 1], t, ε) (notebook 06 §3).
+
+    The images are `data.batch_indices` (a per-epoch permutation seeded by (seed, epoch), so the data
+    order is a function of the step); t ~ U{0..T−1}, ε ~ N(0, I) and the flips (when config.hflip) are
+    drawn from `gen` for the whole global batch on every rank and then sliced, so N ranks compute the
+    gradient of the batch one process would.
+    """
+    B, dev = config.batch_size, images.device
+    x0 = data.to_model_range(images[data.batch_indices(images.shape[0], B, step, config.seed).to(dev)[local]])
+    t = torch.randint(0, config.T, (B,), generator=gen, device=dev)[local]
+    eps = torch.randn((B, *images.shape[1:]), generator=gen, device=dev)[local]
+    if config.hflip:
+        flip = (torch.rand(B, generator=gen, device=dev) < 0.5)[local]
+        x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
+    return x0, t, eps
 
 
 @torch.no_grad()
@@ -249,19 +256,9 @@ def lr_at(config: TrainConfig, step: int) -> float:
     return config.lr
 
 
-def eps_fn(model: torch.nn.Module):
-    """Wrap a UNet as the `eps(x, t)` callable samplers take: no gradients, ε̂ in x's dtype; `t` may be
-    an int, a 0-d or a (B,) tensor, which the UNet broadcasts (notebook 06 §5)."""
-    def eps(x, t):
-        with torch.no_grad():
-            return model(x, t).to(x.dtype)
-    return eps
-
-
+@torch.no_grad()
 def sample_grid(model, config: TrainConfig, in_ch: int, n: int, device, seed: int = 0) -> torch.Tensor:
-    """n DDIM samples (η = 0, `config.sample_steps` uniform steps) from `model`, in [−1, 1]."""
-    from .samplers import sample
-
+    """n DDIM samples (η = 0, `config.sample_steps` uniform steps) from `model`, in [−1, 1] (notebook 06 §4)."""
     abar = schedule.make_alpha_bar(config.schedule, config.T).to(device)
     was_training = model.training
     model.eval()
@@ -273,61 +270,12 @@ def sample_grid(model, config: TrainConfig, in_ch: int, n: int, device, seed: in
 
 def load_trained(path, device="cpu", use_ema: bool = True):
     """(model, config) from a ddimlab training checkpoint (a path, or the dict already loaded from one);
-    the EMA weights by default, in eval mode."""
-    from .checkpoint import load_checkpoint
-
-    state = path if isinstance(path, dict) else load_checkpoint(path, map_location="cpu")
-    if not isinstance(state, dict) or "config" not in state or "model" not in state:
-        raise ValueError(f"{path if not isinstance(path, dict) else 'this dict'} is not a ddimlab training "
-                         f"checkpoint (needs 'model' and 'config' entries)")
-    config = config_from_dict(state["config"])
-    model = build_model(config, in_ch=int(state.get("in_ch", 3)))
-    model.load_state_dict(state["ema" if use_ema and "ema" in state else "model"])
-    return model.to(device).eval(), config
+    the EMA weights by default, in eval mode (notebook 06 §4). `checkpoint.load_model` reads every kind."""
+    state = path if isinstance(path, dict) else load_checkpoint(path, map_location="cpu", required=("model", "config"))
+    return unet_from_run(state, use_ema).to(device), config_from_dict(state["config"])
 
 
-# --------------------------------------------------------------------------- distributed helpers
-
-def setup_distributed(device: str = "auto"):
-    """(rank, world, device, initialized_here) for a process that `torchrun` may have started.
-
-    `device` "auto" is cuda:LOCAL_RANK when CUDA is present, else the CPU; a bare "cuda" also gets
-    LOCAL_RANK. On CUDA, TF32 matmuls are enabled. With WORLD_SIZE > 1 the process group is started
-    (nccl on CUDA, gloo on the CPU) unless it already is; `initialized_here` says whether to destroy it.
-    """
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        dev = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    else:
-        dev = torch.device(device)
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device(f"cuda:{local}")
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    init_here = False
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        init_here = True
-    return rank, world, dev, init_here
-
-
-def _all_mean(x: torch.Tensor, world: int) -> torch.Tensor:
-    if world > 1:
-        import torch.distributed as dist
-
-        x = x.clone()
-        dist.all_reduce(x)
-        x /= world
-    return x
-
-
-# --------------------------------------------------------------------------- checkpoints
+# --------------------------------------------------------------------------- the run folder
 
 def _rng_state(gen: torch.Generator, device) -> dict:
     state = {"torch": torch.get_rng_state(), "generator": gen.get_state()}
@@ -336,143 +284,146 @@ def _rng_state(gen: torch.Generator, device) -> dict:
     return state
 
 
-def _save(out: Path, model, ema, opt, step, config, gen, device, in_ch, loss) -> Path:
-    from .checkpoint import save_checkpoint
-
+def save_run(out: Path, model, ema, opt, step, config, gen, device, in_ch, loss) -> Path:
+    """Write `ckpt.pt` atomically, then `config.json` for it: the pair always describes one run (notebook 06 §4)."""
     state = {
         "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
         "step": step, "config": dataclasses.asdict(config), "rng": _rng_state(gen, device),
         "in_ch": in_ch, "loss": loss,
     }
-    return save_checkpoint(out / "ckpt.pt", **state)
+    path = save_checkpoint(out / "ckpt.pt", **state)
+    atomic_write(out / "config.json", lambda f: f.write(json.dumps(dataclasses.asdict(config), indent=1)), text=True)
+    return path
 
 
-def _append_jsonl(path: Path, record: dict) -> None:
+RESUME_KEYS = ("model", "ema", "optimizer", "step", "config", "rng")
+
+
+def _resume(path: Path, config: TrainConfig, model, ema, opt, gen, device, rank: int) -> int:
+    """Load a run's state into model, EMA, optimizer and generators; returns the step it had reached."""
+    state = load_checkpoint(path, map_location="cpu", required=RESUME_KEYS)
+    saved = config_from_dict(state["config"])
+    for key in MODEL_KEYS + ("dataset", "schedule", "T"):
+        if getattr(saved, key) != getattr(config, key):
+            raise ValueError(f"cannot resume {path}: {key} is {getattr(config, key)!r} but the checkpoint has "
+                             f"{getattr(saved, key)!r}; use the run's settings or a new --out")
+    model.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    opt.load_state_dict(state["optimizer"])
+    step = int(state["step"])
+    gen.set_state(state["rng"]["generator"])
+    if rank == 0:
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+    else:  # other ranks' dropout streams are not saved; re-seed them deterministically
+        torch.manual_seed(config.seed + rank + 1_000_003 * step)
+    return step
+
+
+def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to train into a folder that holds a run unless resume or overwrite was asked for."""
+    held = [n for n in ("ckpt.pt", "log.jsonl", "config.json") if (out / n).exists()]
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: continue the run, or start it again")
+    if held and not (resume or overwrite):
+        raise RunExistsError(f"{out} already holds a run ({', '.join(held)}); continue it with --resume, "
+                             f"start again with --overwrite, or choose another --out")
+    if resume and not (out / "ckpt.pt").exists() and held:
+        raise RunExistsError(f"{out} has {', '.join(held)} but no ckpt.pt to resume from; use --overwrite "
+                             f"to start again or another --out")
+
+
+def _append_log(path: Path, record: dict) -> None:
+    """One JSON line, written with a single call so that a crash leaves at most one torn last line."""
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
-        f.flush()
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines written after `step` by an interrupted run, so a resumed log reads straight."""
-    if not path.exists():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    atomic_write(path, lambda f: f.write("".join(ln + "\n" for ln in keep)), text=True)
+def read_log(path, up_to_step: int | None = None) -> list[dict]:
+    """The records of a run's `log.jsonl` (notebook 06 §4). A torn last line (the disk filled or the process
+    died during an append) is dropped with a warning; a damaged earlier line is a ValueError naming it."""
+    lines = Path(path).read_text().splitlines() if Path(path).exists() else []
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                warnings.warn(f"{path}: dropped a torn last line (an interrupted write): {line[:60]!r}")
+                continue
+            raise ValueError(f"{path}, line {i + 1} is not JSON: {line[:60]!r}; fix or delete that line") from None
+        if up_to_step is None or rec.get("step", 0) <= up_to_step:
+            records.append(rec)
+    return records
+
+
+def _restart_log(path: Path, step: int) -> None:
+    """Keep only the log lines up to `step` (a resumed run continues from there), rewritten atomically."""
+    keep = read_log(path, step)
+    atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in keep)), text=True)
 
 
 # --------------------------------------------------------------------------- the loop
 
-def train(config: TrainConfig, resume: bool = False, return_models: bool = False):
+def train(config: TrainConfig, resume: bool = False, return_models: bool = False, overwrite: bool = False):
     """Train with `config` (notebook 06 §4); returns the out directory (or (out, model, ema) if `return_models`).
 
-    `resume=True` continues from `<out>/ckpt.pt` when it exists: the model-shape fields must match
-    the checkpoint's; others (steps, logging, device) come from `config`.
+    resume=True continues from `<out>/ckpt.pt` (the model-shape fields must match the checkpoint's; the
+    others, e.g. steps, logging, device, come from `config`); overwrite=True starts again in a folder that
+    holds a run. Without either, such a folder is a `RunExistsError`.
     """
     from tqdm.auto import tqdm
 
     config = validate_config(copy.deepcopy(config))
-    rank, world, device, init_here = setup_distributed(config.device)
-    is_main = rank == 0
-    cuda = device.type == "cuda"
+    out = Path(config.out)
+    _check_out(out, resume, overwrite)
+    rank, world, device, init_here = devices.setup_distributed(config.device)
+    is_main, cuda = rank == 0, device.type == "cuda"
     if config.threads and not cuda:
         torch.set_num_threads(config.threads)
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} must be divisible by the number of processes {world}")
-    out = Path(config.out)
-    ckpt_path = out / "ckpt.pt"
-    log_path = out / "log.jsonl"
-
-    # data: the whole set on the device as uint8; batches are drawn from a per-epoch permutation
-    # seeded by (seed, epoch), like DistributedSampler, so the data order is a function of the step.
-    from .data import to_model_range
-
-    images = load_dataset(config).to(device)
-    n_data, in_ch = images.shape[0], images.shape[1]
-    B = config.batch_size
-    if n_data < B:
-        raise ValueError(f"batch_size {B} exceeds the data set size {n_data}")
-    batches_per_epoch = n_data // B
+    images = load_dataset(config).to(device)          # the whole set, uint8, on the device
+    in_ch, B = images.shape[1], config.batch_size
+    if images.shape[0] < B:
+        raise ValueError(f"batch_size {B} exceeds the data set size {images.shape[0]}")
     local = slice(rank * (B // world), (rank + 1) * (B // world))
 
-    torch.manual_seed(config.seed)  # the same initial weights on every rank
-    model = build_model(config, in_ch).to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
+    torch.manual_seed(config.seed)                     # the same initial weights on every rank
+    model = build_model(config, in_ch).to(device, memory_format=torch.channels_last if cuda else torch.preserve_format)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    torch.manual_seed(config.seed + 7919 * rank)  # dropout: a different stream per rank
+    torch.manual_seed(config.seed + 7919 * rank)       # dropout: a different stream per rank
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, **({"fused": True} if cuda else {}))
     gen = torch.Generator(device=device).manual_seed(config.seed + 12345)
     alpha_bar = schedule.make_alpha_bar(config.schedule, config.T).to(device, torch.float32)
-
     step = 0
-    if resume and ckpt_path.exists():
-        from .checkpoint import load_checkpoint
-
-        state = load_checkpoint(ckpt_path, map_location="cpu")
-        saved = config_from_dict(state["config"])
-        for key in MODEL_KEYS + ("dataset", "schedule", "T"):
-            if getattr(saved, key) != getattr(config, key):
-                raise ValueError(f"cannot resume: {key} is {getattr(config, key)!r} but the checkpoint "
-                                 f"has {getattr(saved, key)!r}")
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-        gen.set_state(state["rng"]["generator"])
-        if is_main:
-            torch.set_rng_state(state["rng"]["torch"])
-            if cuda and "cuda" in state["rng"]:
-                torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        else:  # other ranks' dropout streams are not saved; re-seed them deterministically
-            torch.manual_seed(config.seed + rank + 1_000_003 * step)
+    if resume and (out / "ckpt.pt").exists():
+        step = _resume(out / "ckpt.pt", config, model, ema, opt, gen, device, rank)
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "config.json", lambda f: f.write(json.dumps(dataclasses.asdict(config), indent=1)), text=True)
-        if resume:
-            _truncate_log(log_path, step)
-        elif log_path.exists():
-            log_path.unlink()
+        _restart_log(out / "log.jsonl", step)          # a fresh run starts an empty log
+    last_good = step if step else None
 
-    net = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        net = DDP(model, device_ids=[device.index] if cuda else None)
-    if config.compile:
-        net = torch.compile(net)
+    net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if world > 1 else model
+    net = torch.compile(net) if config.compile else net
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and config.bf16)
-    check_every = 1 if not cuda else config.log_every  # .item() syncs the GPU: check less often there
-
-    bar = tqdm(total=config.steps, initial=step, disable=not (config.progress and is_main),
-               dynamic_ncols=True, unit="step")
-    perm_epoch, perm = -1, None
-    loss_sum, loss_n = torch.zeros((), device=device), 0
-    t_last, step_last = time.perf_counter(), step
-    last_good = step if ckpt_path.exists() and resume else None
+    check_every = config.log_every if cuda else 1      # .item() synchronises a GPU: check less often there
+    bar = tqdm(total=config.steps, initial=step, disable=not (config.progress and is_main), dynamic_ncols=True,
+               unit="step")
+    loss_sum, loss_n, t_last, step_last = torch.zeros((), device=device), 0, time.perf_counter(), step
     model.train()
     try:
         while step < config.steps:
-            epoch, i = divmod(step, batches_per_epoch)
-            if epoch != perm_epoch:
-                g_perm = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-                perm, perm_epoch = torch.randperm(n_data, generator=g_perm).to(device), epoch
-            idx = perm[i * B:(i + 1) * B][local]
-            x0 = to_model_range(images[idx])
-            # t, ε and flips for the whole global batch on every rank, then this rank's slice
-            t = torch.randint(0, config.T, (B,), generator=gen, device=device)[local]
-            eps = torch.randn((B, *images.shape[1:]), generator=gen, device=device)[local]
-            if config.hflip:
-                flip = (torch.rand(B, generator=gen, device=device) < 0.5)[local]
-                x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
+            x0, t, eps = get_batch(images, step, config, gen, local)
             if cuda:
-                x0 = x0.contiguous(memory_format=torch.channels_last)
-                eps = eps.contiguous(memory_format=torch.channels_last)
-
+                x0, eps = (v.contiguous(memory_format=torch.channels_last) for v in (x0, eps))
             for group in opt.param_groups:
                 group["lr"] = lr_at(config, step)
             with autocast:
-                loss = l_simple_loss(net, x0, t, eps, alpha_bar)
+                loss = l_simple(net, x0, alpha_bar, t=t, noise=eps, validate=False)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip > 0:
@@ -489,35 +440,39 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
             if log_now or ckpt_now or step % check_every == 0:
                 mean_loss = float(_all_mean(loss_sum / loss_n, world))
                 if not math.isfinite(mean_loss):
-                    where = (f"the last good checkpoint {ckpt_path} (step {last_good}) was kept"
+                    where = (f"the last good checkpoint {out / 'ckpt.pt'} (step {last_good}) was kept"
                              if last_good is not None else "no checkpoint had been written yet")
-                    raise NonFiniteLossError(
-                        f"training loss became {mean_loss} by step {step}; stopped without saving, "
-                        f"{where}. Lower lr (now {config.lr}) or check the data.")
+                    raise NonFiniteLossError(f"training loss became {mean_loss} by step {step}; stopped without "
+                                             f"saving, {where}. Lower lr (now {config.lr}) or check the data.")
             if log_now:
                 now = time.perf_counter()
-                ips = (step - step_last) * B / max(now - t_last, 1e-9)
-                record = {"step": step, "loss": mean_loss, "lr": lr_at(config, step - 1), "img_per_s": ips}
+                record = {"step": step, "loss": mean_loss, "lr": lr_at(config, step - 1),
+                          "img_per_s": (step - step_last) * B / max(now - t_last, 1e-9)}
                 if is_main:
-                    _append_jsonl(log_path, record)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.0f}")
+                    _append_log(out / "log.jsonl", record)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{record['img_per_s']:.0f}")
                 loss_sum.zero_()
                 loss_n, t_last, step_last = 0, now, step
             if ckpt_now and is_main:
-                _save(out, model, ema, opt, step, config, gen, device, in_ch, mean_loss)
+                save_run(out, model, ema, opt, step, config, gen, device, in_ch, mean_loss)
                 last_good = step
             if is_main and config.n_samples and (
                     (config.sample_every and step % config.sample_every == 0) or step == config.steps):
-                x = sample_grid(ema, config, in_ch, config.n_samples, device, seed=config.seed)
-                from .plotting import save_image_grid
-
-                save_image_grid(x, out / "samples" / f"step_{step:07d}.png")
+                path = out / "samples" / f"step_{step:07d}.png"
+                if config.progress:
+                    bar.write(f"step {step}: {config.n_samples} DDIM-{config.sample_steps} samples from the EMA "
+                              f"weights -> {path}")
+                save_image_grid(sample_grid(ema, config, in_ch, config.n_samples, device, seed=config.seed), path)
     finally:
         bar.close()
         if init_here:
-            import torch.distributed as dist
-
             dist.destroy_process_group()
-    if return_models:
-        return out, model, ema
-    return out
+    return (out, model, ema) if return_models else out
+
+
+def _all_mean(x: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        x = x.clone()
+        dist.all_reduce(x)
+        x /= world
+    return x

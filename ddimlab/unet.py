@@ -20,6 +20,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+# The constructor's shape arguments besides in_ch/out_ch: what a training config must store to rebuild the network.
+CONFIG_KEYS = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "num_groups", "resolution")
+
 PRESETS = {
     # The paper's CIFAR-10 network.
     "cifar10": dict(in_ch=3, ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ddimlab.files import atomic_write  # noqa: E402
-from ddimlab import evaluate, lab, ode, plotting, pretrained, samplers, schedule, toy, train  # noqa: E402
+from ddimlab import checkpoint, generate, lab, ode, plotting, pretrained, samplers, schedule, toy  # noqa: E402
 
 FIGURES = ("samples", "consistency", "interpolation", "lab", "ode")
 DPI = 80
@@ -60,16 +60,16 @@ def _grid_axis(ax, x, nrow, title=None, ylabel=None):
 
 
 def fig_samples(model, config, out: Path) -> Path:
-    """η × S grid of DDIM samples from the same 16 latents (`evaluate.sample_indices`)."""
-    S_list, etas = (10, 20, 50, 100), (0.0, 0.5, 1.0, evaluate.SIGMA_HAT)
+    """η × S grid of DDIM samples from the same 16 latents (`generate.sample_indices`)."""
+    S_list, etas = (10, 20, 50, 100), (0.0, 0.5, 1.0, samplers.SIGMA_HAT)
     ab, R = schedule.make_alpha_bar(config.schedule, config.T), config.resolution
     fig, axes = plt.subplots(len(etas), len(S_list), figsize=(1.9 * len(S_list) + 0.6, 1.9 * len(etas) + 0.3))
     for i, eta in enumerate(etas):
         for j, S in enumerate(S_list):
-            x = evaluate.sample_indices(model, range(16), (1, R, R), ab, schedule.timesteps(S, config.T, "uniform"),
+            x = generate.sample_indices(model, range(16), (1, R, R), ab, schedule.timesteps(S, config.T, "uniform"),
                                         eta=eta, seed=0)
             _grid_axis(axes[i, j], x, 4, title=f"S = {S}" if i == 0 else None,
-                       ylabel=(r"$\hat\sigma$ (DDPM)" if eta == evaluate.SIGMA_HAT else f"η = {eta:g}") if j == 0 else None)
+                       ylabel=(r"$\hat\sigma$ (DDPM)" if eta == samplers.SIGMA_HAT else f"η = {eta:g}") if j == 0 else None)
     fig.suptitle("DDIM samples of the digits model: same latents, η × steps", fontsize=11)
     fig.tight_layout()
     return savefig(fig, out / "samples_eta_steps.png")
@@ -78,7 +78,7 @@ def fig_samples(model, config, out: Path) -> Path:
 def fig_consistency(model, config, out: Path) -> Path:
     """Twelve latents, each decoded with S = 10, 20, 50, 100, 1000 (η = 0)."""
     S_list = (10, 20, 50, 100, 1000)
-    ab, R, eps = schedule.make_alpha_bar(config.schedule, config.T), config.resolution, train.eps_fn(model)
+    ab, R, eps = schedule.make_alpha_bar(config.schedule, config.T), config.resolution, checkpoint.eps_fn(model)
     x_T = torch.randn(12, 1, R, R, generator=torch.Generator().manual_seed(1))
     fig, axes = plt.subplots(len(S_list), 1, figsize=(7, 0.62 * len(S_list) + 0.4))
     for ax, S in zip(axes, S_list):
@@ -91,7 +91,7 @@ def fig_consistency(model, config, out: Path) -> Path:
 
 def fig_interpolation(model, config, out: Path) -> Path:
     """Linear vs slerp paths between two latents, decoded with S = 50; and the norm of the latents."""
-    ab, R, eps = schedule.make_alpha_bar(config.schedule, config.T), config.resolution, train.eps_fn(model)
+    ab, R, eps = schedule.make_alpha_bar(config.schedule, config.T), config.resolution, checkpoint.eps_fn(model)
     g = torch.Generator().manual_seed(3)
     lam = torch.linspace(0, 1, 9)
     seq = schedule.timesteps(50, config.T, "uniform")

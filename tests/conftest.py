@@ -78,3 +78,13 @@ def server():
     s = _Server()
     yield s
     s.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_unet():
+    """A 1-channel 8×8 UNet with fixed random weights, in eval mode: milliseconds per call."""
+    from ddimlab.unet import UNet
+
+    torch.manual_seed(0)
+    return UNet(in_ch=1, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0,
+                resolution=8, num_groups=4).eval()

@@ -89,10 +89,10 @@ def test_load_errors_are_clear(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"<html>404 not found</html>")
     with pytest.raises(ck.CheckpointError, match="not a readable torch checkpoint"):
         ck.load_checkpoint(tmp_path / "junk.pt")
-    with pytest.raises(ck.CheckpointError, match=r"lacks the key\(s\) \['ema'\]; it has \['model', 'step'\]"):
+    with pytest.raises(ck.CheckpointError, match=r"lacks the key\(s\) \['ema'\] \(it has \['model', 'step'\]\)"):
         ck.load_checkpoint(good, required=("model", "ema"))
     torch.save({"cfg": Path("x")}, tmp_path / "objects.pt")  # arbitrary objects: refused by weights_only
-    with pytest.raises(ck.CheckpointError, match="weights_only"):
+    with pytest.raises(ck.CheckpointError, match=r"refused: .* asks to run code when loaded \(it names pathlib"):
         ck.load_checkpoint(tmp_path / "objects.pt")
 
 
@@ -219,7 +219,7 @@ def test_diffusers_folder_roundtrip(tmp_path, safe, randomize):
     x, t = inputs(ours)
     assert_same_function(ours, theirs, x, t)
     via_diffusers = ck.load_diffusers_folder(tmp_path / "pipe" / "unet", backend="diffusers")
-    assert_same_function(ours, ck.diffusers_eps(via_diffusers), x, t)
+    assert_same_function(ours, ck.eps_fn(via_diffusers), x, t)
     with pytest.raises(ValueError, match="backend must be"):
         ck.load_diffusers_folder(tmp_path / "pipe", backend="jax")
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from ddimlab import checkpoint, cli, plotting, schedule
+from ddimlab.checkpoint import eps_fn
 from ddimlab.samplers import ddim_sample
-from ddimlab.train import eps_fn
 from ddimlab.unet import UNet
 
 
@@ -48,7 +48,7 @@ def test_sample_invert_interpolate(trained, tmp_path):
     assert mpimg.imread(tmp_path / "s.png").shape[:2] == (2 * 9 + 1, 3 * 9 + 1)
 
     # the CLI's samples are ddim_sample on the model's EMA weights from the seed's x_T
-    net, abar = cli.load_model(ckpt)
+    net, abar = checkpoint.load_model(ckpt)
     direct = ddim_sample(eps_fn(net), torch.as_tensor(z["x_T"]), abar, schedule.timesteps(5, 1000, "uniform"))
     torch.testing.assert_close(torch.as_tensor(z["samples"]), direct, rtol=1e-5, atol=1e-5)
 
@@ -84,8 +84,8 @@ def test_invert_reads_png_files(trained, tmp_path):
     x0 = np.load(tmp_path / "a_lat.npz")["x0"]
     assert x0.shape == (1, 1, 8, 8) and x0.max() == 1 and x0.min() == -1
     mpimg.imsave(tmp_path / "big.png", np.zeros((16, 16, 3), np.uint8))
-    with pytest.raises(ValueError, match=r"takes images of shape \(1, 8, 8\)"):
-        cli.main(["invert", "--checkpoint", str(trained / "ckpt.pt"), "--input", str(tmp_path / "big.png")])
+    assert cli.main(["invert", "--checkpoint", str(trained / "ckpt.pt"), "--input", str(tmp_path / "big.png"),
+                     "--out", str(tmp_path / "b")]) == 1
 
 
 def test_sample_from_diffusers_folder(tmp_path):
@@ -107,10 +107,10 @@ def test_sample_from_official_ddpm_file(tmp_path, monkeypatch):
     from ddimlab.unet import cifar10_unet
 
     torch.save(cifar10_unet().state_dict(), tmp_path / "model.ckpt")
-    net, abar = cli.load_model(tmp_path / "model.ckpt")
+    net, abar = checkpoint.load_model(tmp_path / "model.ckpt")
     assert sum(p.numel() for p in net.parameters()) == 35_746_307 and abar.shape == (1000,)
     monkeypatch.setattr(checkpoint, "official_ddpm_file", lambda: tmp_path / "model.ckpt")  # what a download gives
-    by_name, _ = cli.load_model("ddpm-cifar10")
+    by_name, _ = checkpoint.load_model("ddpm-cifar10")
     x = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(by_name(x, torch.tensor([500])), net(x, torch.tensor([500])), rtol=0, atol=0)
     assert cli.main(["sample", "--checkpoint", str(tmp_path / "model.ckpt"), "--steps", "1", "--n", "1",
@@ -118,11 +118,11 @@ def test_sample_from_official_ddpm_file(tmp_path, monkeypatch):
     assert np.load(tmp_path / "o.npz")["samples"].shape == (1, 3, 32, 32)
 
 
-def test_cli_errors(tmp_path, trained):
-    with pytest.raises(FileNotFoundError):
-        cli.main(["sample", "--checkpoint", str(tmp_path / "missing.pt")])
-    with pytest.raises(ValueError, match="unknown config key"):
-        cli.main(["train", "--set", "learning_rate=1"])
+def test_cli_errors(tmp_path, trained, capsys):
+    assert cli.main(["sample", "--checkpoint", str(tmp_path / "missing.pt")]) == 1
+    assert "no checkpoint file" in capsys.readouterr().err
+    assert cli.main(["train", "--set", "learning_rate=1"]) == 1
+    assert "unknown config key" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["sample", "--checkpoint", str(trained / "ckpt.pt"), "--steps", "0"])
     with pytest.raises(SystemExit):
@@ -174,3 +174,127 @@ def test_image_grid_layout_and_values(tmp_path):
         plotting.image_grid(torch.zeros(2, 2, 4, 4))
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         plotting.image_grid(torch.zeros(4, 4))
+
+
+# --------------------------------------------------------------------------- issue #12: commands a user can trust
+
+def _run(*args, env=None, timeout=300):
+    """`python -m ddimlab ARGS` in a subprocess, as a user runs it."""
+    import os
+    return subprocess.run([sys.executable, "-m", "ddimlab", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "DDIMLAB_DEBUG": "", **(env or {})})
+
+
+def _short_error(r, *needles):
+    """Exit status 1, no traceback, at most two lines on stderr, each needle in them."""
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr and len(lines) <= 2, r.stderr
+    for needle in needles:
+        assert needle in r.stderr, (needle, r.stderr)
+
+
+def test_training_into_a_run_folder_is_refused_and_changes_nothing(trained, tmp_path):
+    """Case 1: `train` into a folder holding a run used to replace ckpt.pt, delete log.jsonl and exit 0."""
+    before = {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()}
+    r = _run("train", "--out", trained, "--no-progress", *_sets(TINY), "--set", "ch=24")
+    _short_error(r, "already holds a run", "--resume", "--overwrite")
+    assert {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()} == before
+
+
+def test_errors_are_one_or_two_lines_and_debug_shows_the_traceback(tmp_path, trained):
+    """Case 10: known errors used to print a 24-line traceback."""
+    _short_error(_run("sample", "--checkpoint", tmp_path / "nope.pt"), "no checkpoint file")
+    r = _run("sample", "--checkpoint", tmp_path / "nope.pt", "--debug")
+    assert r.returncode != 0 and "Traceback" in r.stderr
+    if not torch.cuda.is_available():
+        _short_error(_run("sample", "--checkpoint", trained, "--device", "cuda", "--out", tmp_path / "c"), "cuda")
+    _short_error(_run("sample", "--checkpoint", trained, "--sampler", "ddpm", "--eta", "0.7", "--out", tmp_path / "e"),
+                 "--eta applies to --sampler ddim only")
+
+
+def test_malicious_pickle_is_refused_as_code_not_as_corruption(tmp_path):
+    import os
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+    torch.save({"model": Evil()}, tmp_path / "evil.pt")
+    r = _run("sample", "--checkpoint", tmp_path / "evil.pt", "--out", tmp_path / "s")
+    _short_error(r, "refused", "asks to run code")
+    assert "weights_only" not in r.stderr and "corrupt" not in r.stderr and "pwned" not in r.stdout
+
+
+def test_a_run_folder_is_a_checkpoint(trained, tmp_path):
+    assert cli.main(["sample", "--checkpoint", str(trained), "--steps", "3", "--n", "2", "--no-progress",
+                     "--out", str(tmp_path / "f")]) == 0
+
+
+def test_resume_over_a_foreign_file_names_what_is_missing(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save({"model": {}, "step": 3}, out / "ckpt.pt")
+    assert cli.main(["train", "--out", str(out), "--resume", "--no-progress", *_sets(TINY)]) == 1
+    err = capsys.readouterr().err
+    assert "lacks the key(s)" in err and "'ema'" in err and "'config'" in err
+
+
+def test_a_mistyped_data_root_is_not_created(tmp_path, capsys):
+    typo = tmp_path / "cifra10"
+    assert cli.main(["train", "--preset", "cifar10", "--out", str(tmp_path / "r"), "--no-progress",
+                     "--set", f"data_root={typo}", "--set", "device=cpu"]) == 1
+    assert "does not exist" in capsys.readouterr().err and not typo.exists()
+
+
+def test_version_help_defaults_and_program_name():
+    """Case 11: --version; every option has help text and shows its default; train --help lists the --set keys."""
+    r = _run("--version")
+    assert r.returncode == 0 and r.stdout.startswith("ddimlab ")
+    parser = cli.build_parser("ddimlab")
+    subparsers = next(a for a in parser._actions if isinstance(a, type(parser._subparsers._group_actions[0])))
+    for name, sub in subparsers.choices.items():
+        text = sub.format_help()
+        for action in sub._actions:
+            if action.option_strings and action.dest not in ("help", "debug"):
+                assert action.help, f"{name} {action.option_strings} has no help text"
+                if action.default is not None and action.default is not False:
+                    assert "default" in sub._get_formatter()._get_help_string(action), (name, action.dest)
+        if name == "train":
+            assert "--set keys" in text and "ema_decay" in text and "0.9999" in text and "--device" in text
+            assert "--bf16" in text and "--compile" in text
+    r = _run("sample", "--help")
+    assert r.returncode == 0 and r.stdout.startswith("usage: python -m ddimlab sample")
+
+
+def test_two_samplers_writing_one_output_leave_a_matching_pair(trained, tmp_path):
+    """Case 5: two `sample` commands to one --out could leave a PNG and an NPZ from different seeds."""
+    import hashlib
+
+    out = tmp_path / "same"
+    for _ in range(2):
+        procs = [subprocess.Popen([sys.executable, "-m", "ddimlab", "sample", "--checkpoint", str(trained),
+                                   "--steps", "2", "--n", "3", "--seed", str(seed), "--no-progress", "--overwrite",
+                                   "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                 for seed in (1, 2)]
+        assert all(p.wait(timeout=300) == 0 for p in procs)
+        z = np.load(out.with_suffix(".npz"))
+        assert str(z["png_sha256"]) == hashlib.sha256(out.with_suffix(".png").read_bytes()).hexdigest()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["same.npz", "same.png"]
+
+
+def test_existing_outputs_are_not_replaced_without_overwrite(trained, tmp_path, capsys):
+    args = ["sample", "--checkpoint", str(trained), "--steps", "2", "--n", "2", "--no-progress",
+            "--out", str(tmp_path / "s")]
+    assert cli.main(args) == 0
+    before = (tmp_path / "s.png").read_bytes()
+    assert cli.main(args + ["--seed", "5"]) == 1 and "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "s.png").read_bytes() == before
+    assert cli.main(args + ["--seed", "5", "--overwrite"]) == 0
+
+
+def test_sample_shows_a_progress_bar_unless_asked_not_to(trained, tmp_path):
+    """Case 12: sample, invert, interpolate show a tqdm bar; --no-progress turns it off."""
+    r = _run("sample", "--checkpoint", trained, "--steps", "3", "--n", "2", "--out", tmp_path / "p")
+    assert r.returncode == 0 and "3/3" in r.stderr
+    r = _run("sample", "--checkpoint", trained, "--steps", "3", "--n", "2", "--out", tmp_path / "q", "--no-progress")
+    assert r.returncode == 0 and "3/3" not in r.stderr

@@ -45,6 +45,7 @@ def test_fake_archive_has_cifar_layout(fake, tmp_path):
 def test_download_cache_and_load(fake, server, tmp_path):
     server.routes["/c.tgz"] = (fake.path.read_bytes(), "ok")
     cache = tmp_path / "cache"
+    cache.mkdir(exist_ok=True)   # an explicit data_root must exist: a typo is never created and downloaded into
     x, y = D.load_cifar10(cache, train=True, url=server.url("/c.tgz"), md5=fake.md5, progress=False)
     assert x.dtype == torch.uint8 and x.shape == (30, 3, 32, 32)
     assert y.dtype == torch.int64 and y.shape == (30,)
@@ -77,6 +78,7 @@ def test_env_var_sets_default_cache(fake, server, tmp_path, monkeypatch):
 def test_md5_mismatch_leaves_cache_clean(fake, server, tmp_path):
     server.routes["/c.tgz"] = (fake.path.read_bytes(), "ok")
     cache = tmp_path / "cache"
+    cache.mkdir(exist_ok=True)   # an explicit data_root must exist: a typo is never created and downloaded into
     with pytest.raises(D.DownloadError, match="md5 mismatch"):
         D.load_cifar10(cache, url=server.url("/c.tgz"), md5="0" * 32, progress=False)
     assert _cache_listing(cache) == []
@@ -85,6 +87,7 @@ def test_md5_mismatch_leaves_cache_clean(fake, server, tmp_path):
 def test_truncated_download_leaves_cache_clean(fake, server, tmp_path):
     server.routes["/c.tgz"] = (fake.path.read_bytes(), "truncate")
     cache = tmp_path / "cache"
+    cache.mkdir(exist_ok=True)   # an explicit data_root must exist: a typo is never created and downloaded into
     for md5 in (None, fake.md5):  # the length check alone catches it, md5 or not
         with pytest.raises(D.DownloadError, match="truncated"):
             D.download(server.url("/c.tgz"), cache / "f.tgz", md5, progress=False, timeout=5)
@@ -94,6 +97,7 @@ def test_truncated_download_leaves_cache_clean(fake, server, tmp_path):
 def test_timeout_leaves_cache_clean(server, tmp_path):
     server.routes["/slow.tgz"] = (b"", "stall")
     cache = tmp_path / "cache"
+    cache.mkdir(exist_ok=True)   # an explicit data_root must exist: a typo is never created and downloaded into
     with pytest.raises(D.DownloadError, match="timed out"):
         D.download(server.url("/slow.tgz"), cache / "f.tgz", None, progress=False, timeout=0.2)
     assert _cache_listing(cache) == []
@@ -101,11 +105,16 @@ def test_timeout_leaves_cache_clean(server, tmp_path):
 
 def test_missing_file_404(server, tmp_path):
     cache = tmp_path / "cache"
+    cache.mkdir(exist_ok=True)   # an explicit data_root must exist: a typo is never created and downloaded into
     with pytest.raises(D.DownloadError, match="HTTP 404"):
         D.load_cifar10(cache, url=server.url("/nope.tgz"), progress=False)
     assert _cache_listing(cache) == []
+    (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="download=False"):
         D.load_cifar10(tmp_path / "empty", download=False)
+    with pytest.raises(ValueError, match="does not exist"):      # a typo is not created
+        D.load_cifar10(tmp_path / "typo", download=True)
+    assert not (tmp_path / "typo").exists()
 
 
 def test_corrupt_cached_file_is_redownloaded_or_reported(fake, server, tmp_path):
@@ -219,49 +228,28 @@ def test_model_range_bounds_and_round_trip():
         D.to_model_range(x)
 
 
-def test_hflip_is_a_flip_and_deterministic():
-    x = torch.arange(64 * 3 * 4 * 5, dtype=torch.float32).reshape(64, 3, 4, 5)
-    a = D.random_hflip(x, torch.Generator().manual_seed(3))
-    b = D.random_hflip(x, torch.Generator().manual_seed(3))
-    assert torch.equal(a, b)
-    flipped = (a == x.flip(-1)).flatten(1).all(1)
-    kept = (a == x).flatten(1).all(1)
-    assert bool((flipped ^ kept).all())  # each image is either flipped or untouched
-    assert 10 < int(flipped.sum()) < 54  # Binomial(64, ½): ± 5.5 standard deviations
-    assert torch.equal(D.random_hflip(D.random_hflip(x, torch.Generator().manual_seed(1)), None, p=0.0),
-                       D.random_hflip(x, torch.Generator().manual_seed(1)))
-    assert torch.equal(D.random_hflip(x, None, p=1.0), x.flip(-1))
-
-
-def test_batches_cover_every_example_once_per_epoch():
+def test_batch_indices_cover_every_example_once_per_epoch_and_depend_on_the_step_only():
     n, bs = 23, 5
-    data = torch.arange(n, dtype=torch.uint8).reshape(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous()
-    it = D.batches(data, bs, torch.Generator().manual_seed(0), flip=False)
-    seen = []
-    for _ in range(n * 3 // bs + 1):
-        xb = next(it)
-        assert xb.shape == (bs, 1, 2, 2) and xb.dtype == torch.float32
-        assert float(xb.min()) >= -1 and float(xb.max()) <= 1
-        seen += D.from_model_range(xb)[:, 0, 0, 0].tolist()
-    for epoch in range(3):
-        assert sorted(seen[epoch * n:(epoch + 1) * n]) == list(range(n))
-    assert seen[:n] != seen[n:2 * n]  # reshuffled per epoch
-
-    again = D.batches(data, bs, torch.Generator().manual_seed(0), flip=False)
-    first = torch.cat([next(again) for _ in range(5)])
-    assert torch.equal(D.from_model_range(first)[:, 0, 0, 0], torch.tensor(seen[:25], dtype=torch.uint8))
-
-
-def test_batches_flip_and_validation():
-    x, _ = D.load_digits(8)
-    it = D.batches(x[:50], 50, torch.Generator().manual_seed(0), flip=True)
-    xb = D.from_model_range(next(it))
-    originals = {bytes(v.numpy()) for v in x[:50]}
-    mirrored = {bytes(v.flip(-1).numpy()) for v in x[:50]}
-    got = [bytes(v.numpy()) for v in xb]
-    assert all(g in originals or g in mirrored for g in got)
-    assert sum(g not in originals for g in got) > 5  # some were flipped
-    with pytest.raises(ValueError, match="uint8"):
-        next(D.batches(x.float(), 4))
+    per_epoch = n // bs                                   # 4 full batches; 3 indices skipped per epoch
+    epochs = [torch.cat([D.batch_indices(n, bs, e * per_epoch + i, seed=7) for i in range(per_epoch)])
+              for e in range(3)]
+    for idx in epochs:
+        assert idx.shape == (bs * per_epoch,) and len(set(idx.tolist())) == bs * per_epoch
+        assert set(idx.tolist()) <= set(range(n))
+    assert not torch.equal(epochs[0], epochs[1])          # reshuffled per epoch
+    D._epoch_order.cache_clear()                          # a "resumed" process: same step, same batch
+    assert torch.equal(D.batch_indices(n, bs, per_epoch + 2, seed=7), epochs[1][2 * bs:3 * bs])
+    assert not torch.equal(D.batch_indices(n, bs, 0, seed=8), epochs[0][:bs])
     with pytest.raises(ValueError, match="batch_size"):
-        next(D.batches(x, 0))
+        D.batch_indices(n, 0, 0)
+    with pytest.raises(ValueError, match="step"):
+        D.batch_indices(n, bs, -1)
+
+
+def test_digits_in_rgb_are_the_grey_digits_repeated():
+    grey, y = D.load_digits(32)
+    rgb, y3 = D.load_digits(32, channels=3)
+    assert rgb.shape == (1797, 3, 32, 32) and torch.equal(y, y3)
+    assert all(torch.equal(rgb[:, c], grey[:, 0]) for c in range(3))
+    with pytest.raises(ValueError, match="channels"):
+        D.load_digits(8, channels=2)

@@ -17,3 +17,18 @@ def test_write_replaces_and_a_failure_keeps_the_old_file(tmp_path):
         atomic_write(path, half_then_fail, fsync=True)
     assert path.read_text() == "old"
     assert sorted(p.name for p in path.parent.iterdir()) == ["table.md"]  # no temporary file left
+
+
+def test_stale_temporary_files_of_the_same_target_are_removed(tmp_path):
+    """Issue #12 case 4: an interrupted checkpoint write used to leave `.ckpt.pt.*.tmp` behind forever."""
+    import os
+    import time
+
+    stale, fresh, other = (tmp_path / ".ckpt.pt.k1.tmp", tmp_path / ".ckpt.pt.k2.tmp", tmp_path / ".log.jsonl.k3.tmp")
+    for p in (stale, fresh, other):
+        p.write_bytes(b"half")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    atomic_write(tmp_path / "ckpt.pt", lambda f: f.write(b"whole"))
+    assert not stale.exists() and fresh.exists() and other.exists()   # only old files of this target

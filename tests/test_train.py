@@ -135,20 +135,20 @@ def test_resume_is_bitwise_identical(tmp_path):
     steps = [json.loads(line)["step"] for line in open(tmp_path / "split" / "log.jsonl")]
     assert steps == [1, 2, 3, 4, 5, 6]
     # resuming into a different network is refused
-    with pytest.raises(ValueError, match="cannot resume: ch"):
+    with pytest.raises(ValueError, match="cannot resume .*: ch is 8 but the checkpoint has 16"):
         tr.train(tiny(tmp_path, "split", steps=7, ch=8, **kw), resume=True)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    real = tr.l_simple_loss
+    real = tr.l_simple
     calls = {"n": 0}
 
-    def poisoned(*args):
+    def poisoned(*args, **kwargs):
         calls["n"] += 1
-        loss = real(*args)
+        loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 5 else loss
 
-    monkeypatch.setattr(tr, "l_simple_loss", poisoned)
+    monkeypatch.setattr(tr, "l_simple", poisoned)
     c = tiny(tmp_path, steps=8, ckpt_every=2)
     with pytest.raises(tr.NonFiniteLossError, match=r"nan by step 5.*ckpt\.pt \(step 4\) was kept"):
         tr.train(c)
@@ -203,3 +203,41 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path):
     for k, v in single.state_dict().items():
         torch.testing.assert_close(r0["model"][k], v, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(r0["ema"][k], single_ema.state_dict()[k], rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- the run folder (issue #12 cases 1-4)
+
+def test_a_run_folder_is_never_replaced_silently(tmp_path):
+    c = tiny(tmp_path, steps=2, ckpt_every=2)
+    tr.train(c)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+    with pytest.raises(tr.RunExistsError, match="already holds a run"):
+        tr.train(dataclasses.replace(c, ch=24))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == before
+    tr.train(dataclasses.replace(c, ch=24), overwrite=True)        # asked for: a fresh run
+    assert load_checkpoint(tmp_path / "run" / "ckpt.pt")["config"]["ch"] == 24
+    with pytest.raises(ValueError, match="exclude each other"):
+        tr.train(c, resume=True, overwrite=True)
+
+
+def test_resume_drops_a_torn_last_log_line_with_a_warning(tmp_path):
+    c = tiny(tmp_path, steps=4, ckpt_every=2)
+    tr.train(c)
+    log = tmp_path / "run" / "log.jsonl"
+    log.write_text(log.read_text() + '{"step": 5, "lo')              # the disk filled during an append
+    with pytest.warns(UserWarning, match="torn last line"):
+        tr.train(dataclasses.replace(c, steps=6), resume=True)
+    assert [r["step"] for r in tr.read_log(log)] == [1, 2, 3, 4, 5, 6]
+    log.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match="line 2 is not JSON"):
+        tr.read_log(log)
+
+
+def test_a_failed_resume_leaves_config_json_alone(tmp_path):
+    c = tiny(tmp_path, steps=4, ckpt_every=2)
+    tr.train(c)
+    config_json = (tmp_path / "run" / "config.json").read_text()
+    with pytest.raises(tr.NonFiniteLossError):
+        tr.train(dataclasses.replace(c, steps=8, lr=1e6, warmup=0, grad_clip=0.0), resume=True)
+    assert (tmp_path / "run" / "config.json").read_text() == config_json
+    assert load_checkpoint(tmp_path / "run" / "ckpt.pt")["config"]["lr"] == c.lr

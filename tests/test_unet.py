@@ -1,7 +1,6 @@
 """The DDPM UNet: official layout, step embedding, attention, batch independence, MAC count."""
 import hashlib
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,11 +9,9 @@ from torch import nn
 
 from ddimlab import unet
 
-# The official checkpoint's layout: /work/shared/reference/ddpm_cifar10_unet_state_dict.tsv lists its 328
-# "key<TAB>shape" lines (e.g. "down.0.block.0.conv1.weight\t128x128x3x3"); this is the sha256 of those
-# lines joined by newlines, so the layout check runs even where the listing is not at hand.
-REFERENCE_TSV = [Path(__file__).parent / "data" / "ddpm_cifar10_unet_state_dict.tsv",
-                 Path("/work/shared/reference/ddpm_cifar10_unet_state_dict.tsv")]
+# The official checkpoint's layout (`checkpoint.official_layout`, shipped as ddimlab/reference/…tsv) lists its
+# 328 "key<TAB>shape" lines (e.g. "down.0.block.0.conv1.weight\t128x128x3x3"); this is the sha256 of those
+# lines joined by newlines, recorded from the official model-790000.ckpt, so a damaged listing fails too.
 REFERENCE_SHA256 = "bdf0cb63c2a81ad7548f00bff2d377c90d6a23155c0494575abaea1b2bed6a3b"
 
 
@@ -35,10 +32,11 @@ def small(**kw):
 
 
 def test_cifar10_state_dict_equals_official_layout(cifar):
+    from ddimlab import checkpoint
+
     ours = layout_lines(cifar.state_dict())
-    for path in REFERENCE_TSV:
-        if path.is_file():  # same keys, same shapes, same order (a readable diff on failure)
-            assert ours == [line for line in path.read_text().splitlines() if line.strip()]
+    listed = [f"{k}\t{'x'.join(map(str, shape))}" for k, shape in checkpoint.official_layout().items()]
+    assert ours == listed            # same keys, same shapes, same order (a readable diff on failure)
     assert len(ours) == 328
     assert hashlib.sha256("\n".join(ours).encode()).hexdigest() == REFERENCE_SHA256
     assert unet.count_params(cifar) == 35_746_307  # "35.7M parameters" (DDPM appendix B)

@@ -1,0 +1,85 @@
+"""Where a command runs: one device and process-rank helper for training, sampling and the paper's tables.
+
+- `resolve(name)`: "auto" is cuda:LOCAL_RANK when this torch build sees a GPU, else the CPU; asking for
+  CUDA on a build or machine without it is a `DeviceError` that says which.
+- `rank_world()`: (rank, world size) from torch.distributed when it is initialised, else torchrun's
+  RANK / WORLD_SIZE environment variables (1 process when unset).
+- `setup_distributed(name)`: both, plus TF32 on CUDA and the process group (nccl on CUDA, gloo on the
+  CPU) when WORLD_SIZE > 1, as `torchrun` launches it (notebook 06 §6).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+class DeviceError(RuntimeError):
+    """The requested device does not exist in this torch build or on this machine."""
+
+
+def resolve(name: str | torch.device = "auto") -> torch.device:
+    """A torch.device for "auto", "cpu", "cuda", "cuda:1", "mps", …; a bare "cuda" gets LOCAL_RANK."""
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if str(name) == "auto":
+        return torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise DeviceError(f"unknown device {str(name)!r}: use auto, cpu, cuda, cuda:N or mps ({e})") from None
+    if dev.type == "cuda":
+        if torch.version.cuda is None:
+            raise DeviceError(f"--device {name}: this torch build ({torch.__version__}) has no CUDA support; "
+                              f"install a CUDA build (README, Install) or use --device cpu")
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {name}: torch has CUDA {torch.version.cuda} but sees no GPU on this "
+                              f"machine (driver missing, or CUDA_VISIBLE_DEVICES empty); use --device cpu")
+        if dev.index is None:
+            dev = torch.device(f"cuda:{local}")
+        if dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) are visible")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"--device {name}: MPS is not available in this torch build or on this machine")
+    return dev
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size): torch.distributed's when initialised, else torchrun's RANK / WORLD_SIZE."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def setup_distributed(name: str | torch.device = "auto"):
+    """(rank, world, device, initialized_here) for a process that `torchrun` may have started.
+
+    On CUDA the process's GPU is selected and TF32 matmuls are enabled. With WORLD_SIZE > 1 the process
+    group is started unless it already is; `initialized_here` says whether the caller should destroy it.
+    """
+    device = resolve(name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    rank, world = rank_world()
+    init_here = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        init_here = True
+    return rank, world, device, init_here
+
+
+def barrier() -> None:
+    """dist.barrier() when a process group is up; nothing otherwise."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def model_device(model, default: str | torch.device = "cpu") -> torch.device:
+    """The device of a network's first parameter (`default` for a parameterless callable)."""
+    if isinstance(model, torch.nn.Module):
+        p = next(model.parameters(), None)
+        if p is not None:
+            return p.device
+    return torch.device(default)

@@ -1,0 +1,177 @@
+"""Fréchet distances between image sets: FID through Inception (torch-fidelity) and the same formula with
+features any feature_fn gives (notebook 07 §5; README "Reproducing the DDIM paper").
+
+    FD = ‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^{1/2})    (`quality.frechet_distance`)
+
+`compute_fid(samples, reference, feature_fn)` takes image sets as PNG folders, uint8 or [−1, 1] tensors,
+(μ, Σ) pairs or cached .npz statistics (`reference_stats`). `fid_inception` is the real FID (Inception-v3,
+CIFAR-10 train statistics; `pip install ddimlab[fid]`); without Inception weights the same pipeline runs
+with `random_features` (a smoke test only) or `digits_feature_fn` (the digits classifier). Such numbers
+are not comparable with the paper's FID; only `fid_inception` on 50,000 samples is.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data, quality
+from .files import atomic_write
+from .quality import feature_stats, frechet_distance
+
+FID_INSTALL_HINT = "pip install ddimlab[fid]"
+
+
+def load_images(directory, n: int | None = None) -> torch.Tensor:
+    """The PNG files of a sample directory, in file-name order, as uint8 N×C×H×W."""
+    from PIL import Image   # Pillow comes with matplotlib
+
+    files = sorted(Path(directory).glob("*.png"))
+    if n is not None:
+        files = files[:n]
+    if not files:
+        raise ValueError(f"no .png files in {directory}")
+    x = torch.from_numpy(np.stack([np.asarray(Image.open(f)) for f in files]))
+    return x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
+
+
+def fid_from_features(features1, features2) -> float:
+    """Fréchet distance between two feature sets (N₁×D and N₂×D): `quality.frechet_distance` of their stats."""
+    return frechet_distance(*feature_stats(features1), *feature_stats(features2))
+
+
+def _images_u8(x) -> torch.Tensor:
+    if isinstance(x, (str, os.PathLike)):
+        return load_images(x)
+    x = torch.as_tensor(x.detach().cpu() if isinstance(x, torch.Tensor) else np.asarray(x))
+    if x.ndim != 4:
+        raise ValueError(f"images must be N×C×H×W, got shape {tuple(x.shape)}")
+    if x.dtype == torch.uint8:
+        return x
+    if x.dtype.is_floating_point:
+        return data.from_model_range(x)  # float images are taken to be in [−1, 1]
+    raise TypeError(f"images must be uint8 or float in [-1, 1], got {x.dtype}")
+
+
+def image_stats(images, feature_fn, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """(μ, Σ) of feature_fn over images: a directory of PNGs, or uint8 / [−1, 1] float N×C×H×W.
+
+    feature_fn takes uint8 N×C×H×W (as torch-fidelity's extractors do) and returns N×D features.
+    """
+    x = _images_u8(images)
+    feats = []
+    with torch.no_grad():
+        for k in range(0, len(x), batch_size):
+            f = feature_fn(x[k:k + batch_size])
+            feats.append(torch.as_tensor(f).detach().double().cpu().reshape(len(x[k:k + batch_size]), -1))
+    return feature_stats(torch.cat(feats))
+
+
+def _stats_of(ref, feature_fn, batch_size):
+    if isinstance(ref, tuple) and len(ref) == 2:
+        return ref
+    if isinstance(ref, (str, os.PathLike)) and str(ref).endswith(".npz"):
+        with np.load(ref) as z:
+            return z["mu"], z["sigma"]
+    return image_stats(ref, feature_fn, batch_size)
+
+
+def compute_fid(samples, reference, feature_fn, batch_size: int = 500) -> float:
+    """FID-style distance between `samples` and `reference` in the feature space of `feature_fn`.
+
+    samples: a directory of PNGs, or images (uint8, or float in [−1, 1]) N×C×H×W.
+    reference: the same kinds, or precomputed (μ, Σ), or an .npz with arrays `mu` and `sigma`
+    (`reference_stats` writes these).
+    """
+    if not callable(feature_fn):
+        raise TypeError("feature_fn must be a callable uint8 N×C×H×W -> N×D features "
+                        "(e.g. fid.random_features() or fid.digits_feature_fn)")
+    return frechet_distance(*_stats_of(samples, feature_fn, batch_size), *_stats_of(reference, feature_fn, batch_size))
+
+
+def reference_stats(name: str, images_fn, feature_fn, batch_size: int = 500, directory=None) -> tuple:
+    """(μ, Σ) of a reference set, cached as `<cache>/fid_stats/<name>.npz` (atomic write).
+
+    `name` must identify both the images and the feature extractor (e.g. "cifar10-train_random64");
+    `images_fn()` is only called when the cache misses.
+    """
+    path = Path(directory or data.default_cache_dir() / "fid_stats") / f"{name}.npz"
+    if path.exists():
+        try:
+            with np.load(path) as z:
+                return z["mu"], z["sigma"]
+        except Exception:  # a damaged file is recomputed and replaced
+            pass
+    mu, sigma = image_stats(images_fn(), feature_fn, batch_size)
+    atomic_write(path, lambda f: np.savez(f, mu=mu, sigma=sigma))
+    return mu, sigma
+
+
+def random_features(in_ch: int = 3, dim: int = 64, seed: int = 0):
+    """A fixed, randomly initialised conv net as feature_fn — for smoke tests of the pipeline only.
+
+    Random conv features do separate noise from images, but their distances mean nothing next to
+    Inception FID. uint8 N×C×H×W in, N×dim out.
+    """
+    g = torch.Generator().manual_seed(seed)
+    w1 = torch.randn(32, in_ch, 3, 3, generator=g) / math.sqrt(9 * in_ch)
+    w2 = torch.randn(dim, 32, 3, 3, generator=g) / math.sqrt(9 * 32)
+
+    def feature_fn(x_u8: torch.Tensor) -> torch.Tensor:
+        x = x_u8.float() / 127.5 - 1
+        h = torch.relu(torch.nn.functional.conv2d(x, w1, stride=2, padding=1))
+        h = torch.relu(torch.nn.functional.conv2d(h, w2, stride=2, padding=1))
+        return h.mean((2, 3))
+    return feature_fn
+
+
+def digits_feature_fn(x_u8: torch.Tensor) -> torch.Tensor:
+    """The digits classifier's features (`quality.digits_features`) as a feature_fn for 1-channel images."""
+    return quality.digits_features(x_u8)
+
+
+def fid_inception(sample_dir, reference: str = "cifar10-train", cuda: bool | None = None, cache_root=None,
+                  batch_size: int = 64) -> float:
+    """FID with Inception-v3 features through torch-fidelity (`pip install ddimlab[fid]`).
+
+    reference: a torch-fidelity registered input ("cifar10-train", whose statistics torch-fidelity
+    computes once and caches under cache_root, default `<ddimlab cache>/torch-fidelity`), or a
+    directory of PNGs (cached under its folder name).
+    """
+    try:
+        import torch_fidelity   # optional: the [fid] extra
+    except ImportError as e:
+        raise ImportError(f"FID with Inception features needs torch-fidelity (and a torchvision that matches your "
+                          f"torch build): {FID_INSTALL_HINT}. Without it, pass a feature_fn (fid.compute_fid).") from e
+    cache_root = Path(cache_root or data.default_cache_dir() / "torch-fidelity")
+    kwargs = {}
+    if Path(str(reference)).is_dir():
+        kwargs["input2_cache_name"] = "ddimlab-" + Path(reference).resolve().name
+    metrics = torch_fidelity.calculate_metrics(
+        input1=str(sample_dir), input2=str(reference), fid=True, isc=False, kid=False, verbose=False,
+        cuda=torch.cuda.is_available() if cuda is None else cuda, cache=True, cache_root=str(cache_root),
+        batch_size=batch_size, **kwargs)
+    return float(metrics["frechet_inception_distance"])
+
+
+def reference_for(features: str, in_ch: int, resolution: int, data_root=None):
+    """(feature_fn, reference) for `reproduce table1 --features`: inception (feature_fn None: torch-fidelity
+    against CIFAR-10 train), digits (the digits classifier against the real digits) or random (a smoke test)."""
+    if features == "inception":
+        if in_ch != 3:
+            raise ValueError("Inception FID needs RGB (CIFAR-10) models; for a digits model use --features digits")
+        return None, None
+    if features == "digits":
+        if in_ch != 1:
+            raise ValueError("--features digits scores one-channel digit models; for RGB use inception or random")
+        return digits_feature_fn, data.load_digits(resolution)[0]
+    if features == "random":
+        f = random_features(in_ch)
+        if in_ch == 1:
+            return f, data.load_digits(resolution)[0]
+        name = f"cifar10-train_random64-seed0_{in_ch}ch"
+        return f, reference_stats(name, lambda: data.load_cifar10(data_root, train=True)[0], f)
+    raise ValueError(f"unknown features {features!r}; choose inception, digits or random")

@@ -1,0 +1,143 @@
+"""Sample generation to PNG files for FID: resumable, split over processes, a function of (seed, index).
+
+`generate_samples` writes `out_dir/000000.png, 000001.png, …` (what torch-fidelity reads). Image i is a
+function of (seed, i) only: its x_T and every noise draw of the sampler come from its own CPU generator
+(`samplers.sample_row` with a `noise_sampler`), so a run split over ranks (`torchrun`: rank r makes
+i = r, r + world, …), resumed after a crash (existing files are skipped; files are written atomically)
+or run with another batch size gives the same images — up to the float round-off of batched
+convolutions, which moves a rare pixel by at most one grey level (notebook 07 §5; README
+"Reproducing the DDIM paper").
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import devices, ode, schedule
+from .checkpoint import eps_fn
+from .data import from_model_range
+from .plotting import save_png
+from .samplers import SIGMA_HAT, sample_row
+from tqdm.auto import tqdm
+
+
+def check_eta(eta):
+    """A Table 1 row's η: a float ≥ 0, or SIGMA_HAT (also accepted: "σ̂", "sigmahat", "ddpm-large", "large")."""
+    if isinstance(eta, str):
+        if eta.strip().lower().replace("-", "_") in (SIGMA_HAT, "sigmahat", "σ̂", "ddpm_large", "large"):
+            return SIGMA_HAT
+        try:
+            eta = float(eta)
+        except ValueError:
+            raise ValueError(f"eta must be a number >= 0 or {SIGMA_HAT!r}, got {eta!r}") from None
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta >= 0:
+        raise ValueError(f"eta must be a number >= 0 or {SIGMA_HAT!r}, got {eta!r}")
+    return float(eta)
+
+
+def seed_for(seed: int, index: int) -> int:
+    """The generator seed of image `index` under `seed` (numpy's SeedSequence mixes the pair, so neighbouring
+    indices get unrelated streams)."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def latents(seed: int, indices, shape, device=None) -> torch.Tensor:
+    """x_T ~ N(0, I) for each index, drawn on the CPU from the index's own generator (`seed_for`), so a
+    (seed, index) pair gives the same latent on every device, batch and process (notebook 07 §5)."""
+    return _draw(_generators(seed, indices), shape, device)
+
+
+def _generators(seed: int, indices) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(seed_for(seed, i)) for i in indices]
+
+
+def _draw(gens, shape, device) -> torch.Tensor:
+    """One N(0, I) draw of `shape` from each generator, stacked (the CPU stream, then moved to `device`)."""
+    return torch.stack([torch.randn(tuple(shape), generator=g) for g in gens]).to(device)
+
+
+@torch.no_grad()
+def sample_indices(model, indices, shape, alpha_bar, seq, eta=0.0, seed: int = 0, clip_x0: bool | None = None,
+                   device=None, amp: bool = False, solver: str | None = None, callback=None) -> torch.Tensor:
+    """Samples for the given indices, each a function of (seed, index) only; returns x_0 in [−1, 1] (unclamped).
+
+    η = float: generalized DDIM (DDIM eq. 12); η = SIGMA_HAT: DDPM's large variance (the DDIM paper's σ̂);
+    both through `samplers.sample_row`. Each index draws x_T (`latents`) and then every noise of the
+    sampler from its own CPU generator (passed as `noise_sampler`), so an image is the same whatever
+    batch, rank or resumed run makes it: this equals `samplers.sample_row(eps, x_T, …, generator=g)` for
+    one image on the CPU. clip_x0 (default: only for σ̂, as the official `ddpm_steps`) clamps x̂_0 to
+    [−1, 1]. solver: an `ode.SOLVERS` name to run instead (deterministic; η is not used).
+    """
+    eta = check_eta(eta)
+    device = torch.device(device) if device is not None else devices.model_device(model)
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64).to(device)
+    gens = _generators(seed, indices)
+
+    def draw(*_):
+        return _draw(gens, shape, device)
+
+    if solver is not None:
+        return ode.solve(solver, eps_fn(model, amp), draw(), alpha_bar, seq, callback=callback)
+    clip = (eta == SIGMA_HAT) if clip_x0 is None else clip_x0
+    return sample_row(eps_fn(model, amp), draw(), alpha_bar, seq, eta, clip_x0=clip, noise_sampler=draw,
+                      callback=callback)
+
+
+def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, eta=0.0, spacing: str = "quad",
+                     alpha_bar=None, batch_size: int = 250, seed: int = 0, clip_x0: bool | None = None,
+                     rank: int | None = None, world_size: int | None = None, device=None, amp: bool = False,
+                     progress: bool = False) -> list[int]:
+    """Write samples 0..n−1 as `out_dir/{i:06d}.png`; returns the indices this call wrote.
+
+    This rank makes indices rank, rank + world_size, …; an index whose file exists is skipped, so a
+    crashed run resumes where it stopped and gives the images an uninterrupted run would have.
+    `model` is a network `model(x, t)` or any callable eps(x, t); alpha_bar defaults to DDPM's linear
+    schedule with T = 1000; η and the steps as in `sample_indices` and `sampling_steps`.
+    """
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    shape = tuple(int(d) for d in shape)
+    if len(shape) != 3 or shape[0] not in (1, 3):
+        raise ValueError(f"shape must be (C, H, W) with C = 1 or 3 (PNG), got {shape}")
+    rank, world_size = resolve_rank(rank, world_size)
+    alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else torch.as_tensor(alpha_bar)
+    seq = sampling_steps(S, alpha_bar.shape[0], spacing)
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = [i for i in range(rank, n, world_size) if not (out_dir / f"{i:06d}.png").exists()]
+    batches = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
+    with tqdm(total=len(todo), desc=f"{out_dir.name} (rank {rank})" if world_size > 1 else out_dir.name,
+              unit="img", disable=not progress) as bar:
+        for idx in batches:
+            x = sample_indices(model, idx, shape, alpha_bar, seq, eta, seed, clip_x0, device, amp)
+            for i, img in zip(idx, from_model_range(x)):
+                save_png(img, out_dir / f"{i:06d}.png")
+            bar.update(len(idx))
+    return todo
+
+
+def sampling_steps(S: int, T: int = 1000, spacing: str = "quad") -> torch.Tensor:
+    """τ for S steps: `schedule.timesteps(S, T, spacing)`, except that S = T is the full chain.
+
+    The quadratic rule stops at 0.8 T (800 for S = 1000, with only 688 distinct steps), so for
+    S = T every step T−1, …, 0 is used, as DDPM does — the paper's S = 1000 column (σ̂ = DDPM's 3.17).
+    """
+    if S == T:
+        return torch.arange(T - 1, -1, -1)
+    return schedule.timesteps(S, T, spacing)
+
+
+def resolve_rank(rank, world_size) -> tuple[int, int]:
+    """(rank, world) from the arguments, else `devices.rank_world()`; checked."""
+    r, w = devices.rank_world()
+    rank = r if rank is None else rank
+    world_size = w if world_size is None else world_size
+    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+        raise ValueError(f"need integers 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+    return rank, world_size

@@ -1,0 +1,224 @@
+"""The DDIM paper's tables on a real model: Table 1 (FID over η × S) and Table 2 (reconstruction error).
+
+`reproduce_table1` generates the samples of every cell (`generate.generate_samples`: resumable, split
+over ranks) and scores them (`fid`); `reproduce_table2` encodes and decodes test images
+(`samplers.reconstruct`). Both write CSV and Markdown with the paper's values beside the measured ones.
+`score_grid` is an in-memory η × S table for small models (notebook 07 §5). All three run their cells
+through `grid`. README "Reproducing the DDIM paper" gives the commands.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from . import data, devices, schedule
+from .checkpoint import eps_fn
+from .fid import compute_fid, fid_inception, load_images
+from .files import atomic_write
+from .generate import check_eta, generate_samples, sample_indices, sampling_steps, resolve_rank
+from .samplers import SIGMA_HAT, reconstruct
+from tqdm.auto import tqdm
+
+# DDIM paper Table 1, CIFAR-10 FID of 50k samples, quadratic steps: {η: {S: FID}}; σ̂ is DDPM's large variance.
+PAPER_TABLE1 = {
+    0.0: {10: 13.36, 20: 6.84, 50: 4.67, 100: 4.16, 1000: 4.04},
+    0.2: {10: 14.04, 20: 7.11, 50: 4.77, 100: 4.25, 1000: 4.09},
+    0.5: {10: 16.66, 20: 8.35, 50: 5.25, 100: 4.46, 1000: 4.29},
+    1.0: {10: 41.07, 20: 18.36, 50: 8.01, 100: 5.78, 1000: 4.73},
+    SIGMA_HAT: {10: 367.43, 20: 133.37, 50: 32.72, 100: 9.99, 1000: 3.17},
+}
+# DDIM paper Table 2: per-dimension MSE (images scaled to [0, 1]) of DDIM encode → decode with S steps
+# each way on the CIFAR-10 test set, rounded to 1e-4.
+PAPER_TABLE2 = {10: 0.014, 20: 0.0065, 50: 0.0023, 100: 0.0009, 200: 0.0004, 500: 0.0001, 1000: 0.0001}
+
+
+def eta_label(eta) -> str:
+    """A Table 1 row's name: "sigma_hat" or η formatted with %g."""
+    return SIGMA_HAT if eta == SIGMA_HAT else f"{eta:g}"
+
+
+def grid(cell, eta_list, S_list) -> list[dict]:
+    """Run `cell(eta, S) -> dict` for every η (rows) and S (columns), timing each: the one loop behind
+    every η × S table; rows are dict(eta=label, S=S, seconds=…, **cell(eta, S)) (notebook 07 §5)."""
+    rows = []
+    for eta in (check_eta(e) for e in eta_list):
+        for S in S_list:
+            t0 = time.perf_counter()
+            result = cell(eta, S)
+            rows.append(dict(eta=eta_label(eta), S=S, seconds=round(time.perf_counter() - t0, 3), **result))
+    return rows
+
+
+def score_grid(model, score_fn, S_list=(10, 20, 50, 100), eta_list=(0.0, 0.5, 1.0, SIGMA_HAT), n: int = 200, *,
+               shape=(1, 16, 16), spacing: str = "uniform", alpha_bar=None, seed: int = 0, batch_size: int = 500,
+               device=None) -> list[dict]:
+    """An in-memory η × S table (notebook 07 §5): n samples per cell, the same x_T in every cell.
+
+    score_fn maps samples in [−1, 1] (N×C×H×W, on the CPU) to a dict of numbers, e.g.
+    `quality.score_digits`; rows are dict(eta, S, seconds, **score_fn(x)).
+    """
+    alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else torch.as_tensor(alpha_bar)
+
+    def cell(eta, S):
+        seq = sampling_steps(S, alpha_bar.shape[0], spacing)
+        x = torch.cat([sample_indices(model, range(k, min(k + batch_size, n)), shape, alpha_bar, seq, eta, seed,
+                                      device=device) for k in range(0, n, batch_size)]).cpu()
+        return score_fn(x)
+    return grid(cell, eta_list, S_list)
+
+
+def _wait_for_files(directory: Path, n: int, timeout: float = 24 * 3600, poll: float = 10.0) -> None:
+    # without a process group, rank 0 waits for the other ranks' files
+    t0 = time.time()
+    while sum(1 for _ in directory.glob("*.png")) < n:
+        if time.time() - t0 > timeout:
+            raise TimeoutError(f"{directory} still has fewer than {n} images after {timeout:.0f} s")
+        time.sleep(poll)
+
+
+def _fid(sample_dir, n, feature_fn, reference, batch_size):
+    if feature_fn is None:
+        return fid_inception(sample_dir, reference or "cifar10-train")
+    if reference is None:
+        raise ValueError("with a feature_fn, pass reference= (images, a PNG directory, (mu, sigma) or an .npz)")
+    return compute_fid(load_images(sample_dir, n), reference, feature_fn, batch_size)
+
+
+def _markdown_grid(rows, col_key, cols, row_key, row_vals, cell) -> str:
+    head = f"| {row_key} | " + " | ".join(f"{col_key} = {c}" for c in cols) + " |"
+    lines = [head, "|" + "---|" * (len(cols) + 1)]
+    for r in row_vals:
+        cells = []
+        for c in cols:
+            match = [x for x in rows if x[row_key] == r and x[col_key] == c]
+            cells.append(cell(match[0]) if match else "")
+        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_csv(path: Path, rows, fields) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(path, lambda f: f.write(buf.getvalue()), text=True)
+
+
+def _fmt(v, digits=4):
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}g}"
+
+
+def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list=(0.0, 0.2, 0.5, 1.0, SIGMA_HAT),
+                     n_samples: int = 50_000, spacing: str = "quad", shape=(3, 32, 32), alpha_bar=None,
+                     feature_fn=None, reference=None, batch_size: int = 250, seed: int = 0, device=None,
+                     amp: bool = False, rank: int | None = None, world_size: int | None = None,
+                     progress: bool = False) -> list[dict]:
+    """DDIM Table 1: FID for every (η, S), measured beside the paper's (PAPER_TABLE1).
+
+    Samples go to `out_dir/samples/eta<η>_S<S>/` (resumable, split over ranks); rank 0 then scores
+    each set — with Inception through torch-fidelity against CIFAR-10 train when feature_fn is None,
+    else with feature_fn against `reference` — and writes `table1.csv` and `table1.md`. Returns the
+    rows on rank 0 ([] elsewhere): dict(eta, S, seconds, steps, n, fid, paper_fid).
+    The paper used 50,000 samples and quadratic steps; fewer samples bias FID upwards.
+    """
+    rank, world_size = resolve_rank(rank, world_size)
+    alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else torch.as_tensor(alpha_bar)
+    T, out_dir = alpha_bar.shape[0], Path(out_dir)
+
+    def cell(eta, S):
+        d = out_dir / "samples" / f"eta{'_sigma_hat' if eta == SIGMA_HAT else f'{eta:g}'}_S{S}"
+        generate_samples(model, d, n_samples, shape=shape, S=S, eta=eta, spacing=spacing, alpha_bar=alpha_bar,
+                         batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, device=device,
+                         amp=amp, progress=progress)
+        devices.barrier()
+        if rank != 0:
+            return {}
+        if world_size > 1:
+            _wait_for_files(d, n_samples)
+        return dict(steps=len(sampling_steps(S, T, spacing)), n=n_samples, fid=_fid(d, n_samples, feature_fn,
+                    reference, batch_size), paper_fid=PAPER_TABLE1.get(eta, {}).get(S))
+
+    rows = grid(cell, eta_list, S_list)
+    if rank != 0:
+        return []
+    _write_csv(out_dir / "table1.csv", rows, ["eta", "S", "steps", "n", "fid", "paper_fid", "seconds"])
+    metric = "FID (Inception, CIFAR-10 train)" if feature_fn is None else "Fréchet distance (injected features)"
+    md = (f"# DDIM Table 1: {metric}, measured (paper), {n_samples} samples, {spacing} steps\n\n"
+          + _markdown_grid(rows, "S", list(S_list), "eta", [eta_label(check_eta(e)) for e in eta_list],
+                           lambda r: f"{_fmt(r['fid'])} ({_fmt(r['paper_fid'], 6)})").replace(f"| {SIGMA_HAT} |", "| σ̂ |"))
+    atomic_write(out_dir / "table1.md", lambda f: f.write(md), text=True)
+    return rows
+
+
+@torch.no_grad()
+def reconstruction_error(model, images: torch.Tensor, alpha_bar, seq, batch_size: int = 250, device=None,
+                         amp: bool = False) -> tuple[float, int]:
+    """Σ over images of the per-dimension squared error of `samplers.reconstruct` (x_0 → x_T → x_0, η = 0),
+    with images and reconstructions (clamped to [−1, 1]) scaled to [0, 1] as in DDIM Table 2; returns (sum of
+    per-image MSEs, number of images) (notebook 07 §3)."""
+    device = torch.device(device) if device is not None else devices.model_device(model)
+    eps = eps_fn(model, amp)
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64).to(device)
+    total = 0.0
+    for k in range(0, len(images), batch_size):
+        x0 = data.to_model_range(images[k:k + batch_size]).to(device)
+        rec = reconstruct(eps, x0, alpha_bar, seq).clamp(-1, 1)
+        total += float((((rec - x0) / 2) ** 2).flatten(1).mean(1).sum())
+    return total, len(images)
+
+
+def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None,
+                     S_list=(10, 20, 50, 100, 200, 500, 1000), spacing: str = "uniform", alpha_bar=None,
+                     batch_size: int = 250, device=None, amp: bool = False, rank: int | None = None,
+                     world_size: int | None = None, progress: bool = False) -> list[dict]:
+    """DDIM Table 2: reconstruction error of DDIM encode → decode with S steps each way.
+
+    images: uint8 N×C×H×W (default: the CIFAR-10 test set, `data.load_cifar10(train=False)`); the
+    first n_images are used, split over ranks (summed with all_reduce when torch.distributed is up).
+    spacing "uniform" is the official code's default (S = 1000 is then every step). Writes
+    `table2.csv` and `table2.md` on rank 0; returns rows dict(S, steps, n, mse, paper_mse, seconds).
+    """
+    if images is None:
+        images, _ = data.load_cifar10(train=False)
+    images = torch.as_tensor(images)
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise ValueError(f"images must be uint8 N×C×H×W, got {images.dtype} {tuple(images.shape)}")
+    if n_images is not None:
+        images = images[:n_images]
+    rank, world_size = resolve_rank(rank, world_size)
+    alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else torch.as_tensor(alpha_bar)
+    T = alpha_bar.shape[0]
+    mine = images[rank::world_size]
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    rows = []
+    for S in tqdm(S_list, desc="table2", disable=not progress):
+        seq = sampling_steps(S, T, spacing)
+        t0 = time.perf_counter()
+        total, count = reconstruction_error(model, mine, alpha_bar, seq, batch_size, device, amp)
+        if dist.is_available() and dist.is_initialized():
+            buf = torch.tensor([total, count], dtype=torch.float64,
+                               device="cuda" if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(buf)
+            total, count = float(buf[0]), int(buf[1])
+        rows.append(dict(S=S, steps=len(seq), n=count, mse=total / count, paper_mse=PAPER_TABLE2.get(S),
+                         seconds=round(time.perf_counter() - t0, 2)))
+    if rank != 0:
+        return []
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_csv(out_dir / "table2.csv", rows, ["S", "steps", "n", "mse", "paper_mse", "seconds"])
+    md = (f"# DDIM Table 2: reconstruction error (per-dimension MSE, [0, 1] scale), measured (paper), "
+          f"{len(images)} images, {spacing} steps\n\n"
+          + "| S | " + " | ".join(str(r["S"]) for r in rows) + " |\n|" + "---|" * (len(rows) + 1) + "\n"
+          + "| error | " + " | ".join(f"{_fmt(r['mse'], 3)} ({_fmt(r['paper_mse'], 6)})" for r in rows) + " |\n")
+    atomic_write(out_dir / "table2.md", lambda f: f.write(md), text=True)
+    return rows
+
+
