@@ -69,21 +69,27 @@ def test_environment_uses_conda_forge_pytorch_only():
     assert pip == ["-e ."], pip
 
 
-def _make_dry_run(*args: str) -> list[str]:
-    """`make -n ARGS` in the repository with a VENV that does not exist, so every install step is printed
-    and nothing is built or downloaded."""
+def _make(*args: str) -> list[str]:
+    """Run make in the repository with only ARGS set (none of TORCH, VENV, ... from the caller's make)."""
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    env = {k: v for k, v in os.environ.items() if k not in ("TORCH", "VENV", "USER_ID", "JUPYTER_ARGS")
-           and not k.startswith("MAKE")}
-    out = subprocess.run(["make", "-n", "-C", str(ROOT), "--no-print-directory",
-                          "VENV=/nonexistent/ddimlab-test-venv", *args],
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TORCH", "VENV", "USER_ID", "JUPYTER_ARGS") and not k.startswith(("MAKE", "MFLAGS"))}
+    out = subprocess.run(["make", "-C", str(ROOT), "--no-print-directory", *args],
                          env=env, capture_output=True, text=True, timeout=60, check=True)
     return out.stdout.splitlines()
 
 
+NO_VENV = "/nonexistent/ddimlab-test-venv"
+
+
+def _make_dry_run(*args: str) -> list[str]:
+    """`make -n ARGS` with a VENV that does not exist, so every install step is printed, and none is run."""
+    return _make("-n", f"VENV={NO_VENV}", *args)
+
+
 def _torch_pip_line(lines: list[str]) -> list[str]:
-    pip = [shlex.split(line) for line in lines if line.startswith("/nonexistent/ddimlab-test-venv/bin/pip install")]
+    pip = [shlex.split(line) for line in lines if line.startswith(f"{NO_VENV}/bin/pip install")]
     torch = [argv for argv in pip if any(a.startswith("torch") for a in argv[3:])]
     assert len(torch) == 1, lines
     return torch[0]
@@ -129,21 +135,18 @@ def test_make_clean_keeps_outputs():
 
 
 def test_make_install_says_when_torch_changed(tmp_path):
-    """`make install` with a built .venv (stamp newer than pyproject.toml) runs no pip, only the TORCH check."""
-    if shutil.which("make") is None:
-        pytest.skip("make is not installed")
+    """With a built .venv (stamp newer than pyproject.toml) `make install` runs no pip, only the TORCH check."""
     venv = tmp_path / "venv"
     venv.mkdir()
-    (venv / ".installed").write_text(CPU_TORCH + "\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("TORCH", "VENV") and not k.startswith("MAKE")}
-
-    def install(*args):
-        return subprocess.run(["make", "-s", "-C", str(ROOT), "--no-print-directory", f"VENV={venv}", "install", *args],
-                              env=env, capture_output=True, text=True, timeout=60, check=True).stdout
-
-    assert install(f"TORCH={CPU_TORCH}") == ""
-    note = install("TORCH=torch")
-    assert "make clean" in note and CPU_TORCH in note, note
+    stamp = venv / ".installed"
+    stamp.write_text(CPU_TORCH + "\n")
+    newer = (ROOT / "pyproject.toml").stat().st_mtime + 1000
+    os.utime(stamp, (newer, newer))
+    # PYTHON=false: were make to rebuild after all, it would fail at once instead of building a venv
+    same = _make("-s", f"VENV={venv}", "PYTHON=false", "install", f"TORCH={CPU_TORCH}")
+    changed = _make("-s", f"VENV={venv}", "PYTHON=false", "install", "TORCH=torch")
+    assert same == []
+    assert len(changed) == 1 and "make clean" in changed[0] and CPU_TORCH in changed[0], changed
 
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
