@@ -1,7 +1,7 @@
 # Two commands for a fresh clone:  `make demo` (the main job) and `make test` (the suite + notebooks).
 # Both build .venv once and reuse it (`make clean` removes it; the next command rebuilds it).
 # TORCH is passed to `pip install` unchanged, before the package. Its default, torch==2.13.0 from PyPI,
-# is PyPI's default build: the CUDA build on Linux (several GB with its nvidia-* wheels), the CPU build
+# is PyPI's default build: the CUDA 13.0 build on Linux (several GB with its nvidia-* wheels), the CPU build
 # on macOS and Windows. CPU only on any OS:
 #   make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 # Another CUDA version: the same with .../whl/cu126 (or another cuXYZ that pytorch.org lists).
