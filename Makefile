@@ -1,23 +1,31 @@
 # Two commands for a fresh clone:  `make demo` (the main job) and `make test` (the suite + notebooks).
-# Both build .venv by themselves. TORCH picks the torch build: the CPU wheel by default; GPU users run
-# e.g. `make demo TORCH=torch` (or `TORCH="torch --index-url https://download.pytorch.org/whl/cu124"`).
+# Both build .venv once and reuse it (`make clean` removes it; the next command rebuilds it).
+# TORCH is passed to `pip install` unchanged, before the package. Its default, torch==2.13.0 from PyPI,
+# is PyPI's default build: the CUDA 13.0 build on Linux (several GB with its nvidia-* wheels), the CPU build
+# on macOS and Windows. CPU only on any OS:
+#   make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+# Another CUDA version: the same with .../whl/cu126 (or another cuXYZ that pytorch.org lists).
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN     = $(VENV)/bin
+USER_ID ?= $(shell id -u)
+JUPYTER_ARGS ?=
 NBENV   = OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 PYTHONHASHSEED=0 MPLBACKEND=agg
 NBVAL   = --nbval --sanitize-with notebooks/sanitize.cfg
 
-.PHONY: install demo test test-fast notebooks jupyter bench lab clean
+.PHONY: install demo test test-fast notebooks jupyter bench lab clean clean-outputs
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed    ## build .venv if needed; say so when TORCH differs from what it was built with
+	@built="$$(cat $(VENV)/.installed)"; [ -z "$$built" ] || [ "$$built" = '$(TORCH)' ] || \
+	  echo "note: $(VENV) was built with TORCH=$$built; run 'make clean' first to rebuild it with TORCH=$(TORCH)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e ".[notebooks,test]"
-	touch $@
+	echo '$(TORCH)' > $@
 
 demo: install          ## main job: exact-score Table 1, then train digits on CPU and sample
 	$(BIN)/python -m ddimlab demo --out outputs/demo
@@ -38,13 +46,18 @@ notebooks: install     ## re-execute every notebook in place (then `make test` c
 	    --ExecutePreprocessor.kernel_name=python3 --ExecutePreprocessor.timeout=600 $$nb || exit 1; \
 	done
 
+# Jupyter refuses to start as root (the usual user in containers) unless given --allow-root.
+# In a container, also make it reachable: make jupyter JUPYTER_ARGS="--ip=0.0.0.0 --no-browser"
 jupyter: install       ## open the notebooks in JupyterLab
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab $(if $(filter 0,$(USER_ID)),--allow-root) $(JUPYTER_ARGS) notebooks/
 
 bench: install         ## benchmarks against diffusers (installed on demand)
 	$(BIN)/pip install -q "diffusers>=0.30"
 	$(BIN)/python benchmarks/bench_samplers.py
 	$(BIN)/python benchmarks/bench_unet.py
 
-clean:
-	rm -rf $(VENV) outputs *.egg-info
+clean:                 ## remove .venv and build files (keeps outputs/)
+	rm -rf $(VENV) *.egg-info
+
+clean-outputs:         ## remove what demo and lab wrote to outputs/
+	rm -rf outputs

@@ -1,15 +1,21 @@
-"""Project hygiene: environment.yml and pyproject.toml agree; notebooks are executed, small and linked."""
+"""Project hygiene: environment.yml and pyproject.toml agree; the Makefile installs what the README says;
+notebooks are executed, small and linked."""
 import importlib
 import json
+import os
 import re
+import shlex
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CONDA_TO_PIP = {"pytorch": "torch"}
-CONDA_ONLY = {"python", "pip", "pytorch-cuda"}
+# conda-forge's pytorch, or the metapackages that pin its CPU or CUDA variant, is pip's torch
+CONDA_TO_PIP = {"pytorch": "torch", "pytorch-cpu": "torch", "pytorch-gpu": "torch"}
+CONDA_ONLY = {"python", "pip"}
 
 
 def _name(req: str) -> str:
@@ -42,6 +48,105 @@ def test_environment_and_pyproject_name_the_same_dependencies():
 
 def test_environment_installs_the_package_in_editable_mode():
     assert re.search(r"^\s+- -e \.\s*$", (ROOT / "environment.yml").read_text(), re.M)
+
+
+def _environment_section(key: str) -> list[str]:
+    """The `- item` lines directly under a top-level key of environment.yml (no YAML parser needed)."""
+    text = (ROOT / "environment.yml").read_text()
+    block = re.search(rf"^{key}:\n((?:[ \t]+.*\n?)*)", text, re.M).group(1)
+    return [m.group(1) for m in re.finditer(r"^  - ([^\s#].*?)\s*$", block, re.M)]
+
+
+def test_environment_uses_conda_forge_pytorch_only():
+    """The pytorch channel stopped publishing after torch 2.5; conda-forge builds the CPU and CUDA variants."""
+    assert _environment_section("channels") == ["conda-forge", "nodefaults"]
+    deps = _environment_section("dependencies")
+    assert any(re.match(r"pytorch(-cpu|-gpu)?\b", d) for d in deps), deps
+    assert not [d for d in deps if "::" in d or d.startswith(("pytorch-cuda", "cudatoolkit", "cpuonly"))]
+    # pip gets only the package itself: a pip-installed torch-fidelity or diffusers could pull PyPI's torch
+    # (or torchvision built for it) over conda's
+    pip = re.findall(r"^      - (.+?)\s*$", (ROOT / "environment.yml").read_text(), re.M)
+    assert pip == ["-e ."], pip
+
+
+def _make(*args: str) -> list[str]:
+    """Run make in the repository with only ARGS set (none of TORCH, VENV, ... from the caller's make)."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TORCH", "VENV", "USER_ID", "JUPYTER_ARGS") and not k.startswith(("MAKE", "MFLAGS"))}
+    out = subprocess.run(["make", "-C", str(ROOT), "--no-print-directory", *args],
+                         env=env, capture_output=True, text=True, timeout=60, check=True)
+    return out.stdout.splitlines()
+
+
+NO_VENV = "/nonexistent/ddimlab-test-venv"
+
+
+def _make_dry_run(*args: str) -> list[str]:
+    """`make -n ARGS` with a VENV that does not exist, so every install step is printed, and none is run."""
+    return _make("-n", f"VENV={NO_VENV}", *args)
+
+
+def _torch_pip_line(lines: list[str]) -> list[str]:
+    pip = [shlex.split(line) for line in lines if line.startswith(f"{NO_VENV}/bin/pip install")]
+    torch = [argv for argv in pip if any(a.startswith("torch") for a in argv[3:])]
+    assert len(torch) == 1, lines
+    return torch[0]
+
+
+CPU_TORCH = "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+
+
+@pytest.mark.parametrize("torch", [CPU_TORCH, "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126",
+                                   "torch"])
+def test_make_install_passes_torch_to_pip_unchanged(torch):
+    lines = _make_dry_run("install", f"TORCH={torch}")
+    assert _torch_pip_line(lines)[2:] == ["-q", *torch.split()]
+    # the index is for torch only: the package and its other dependencies still come from PyPI
+    assert sum("--index-url" in line for line in lines if "pip install" in line) == ("--index-url" in torch)
+
+
+def test_make_default_torch_is_the_readme_pin():
+    """The default is PyPI's torch==X (CUDA on Linux); the README's CPU-only command pins the same X."""
+    default = _torch_pip_line(_make_dry_run("install"))[3:]
+    assert len(default) == 1 and re.fullmatch(r"torch==[0-9.]+", default[0]), default
+    readme = (ROOT / "README.md").read_text()
+    assert f'"{default[0]} --index-url https://download.pytorch.org/whl/cpu"' in readme
+    assert f"not set: `{default[0]}`" in readme
+
+
+@pytest.mark.parametrize("uid", ["0", "1000"])
+def test_make_jupyter_allows_root_only_as_root(uid):
+    """Jupyter exits as root without --allow-root (containers run as root); never pass it otherwise."""
+    [cmd] = [line for line in _make_dry_run("jupyter", f"USER_ID={uid}") if "jupyter lab" in line]
+    assert ("--allow-root" in cmd.split()) == (uid == "0"), cmd
+
+
+def test_make_jupyter_reads_the_real_user_id():
+    [cmd] = [line for line in _make_dry_run("jupyter") if "jupyter lab" in line]
+    assert ("--allow-root" in cmd.split()) == (os.geteuid() == 0), cmd
+
+
+def test_make_clean_keeps_outputs():
+    clean = _make_dry_run("clean")
+    assert clean and not [line for line in clean if "outputs" in line], clean
+    assert _make_dry_run("clean-outputs") == ["rm -rf outputs"]
+
+
+def test_make_install_says_when_torch_changed(tmp_path):
+    """With a built .venv (stamp newer than pyproject.toml) `make install` runs no pip, only the TORCH check."""
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    stamp = venv / ".installed"
+    stamp.write_text(CPU_TORCH + "\n")
+    newer = (ROOT / "pyproject.toml").stat().st_mtime + 1000
+    os.utime(stamp, (newer, newer))
+    # PYTHON=false: were make to rebuild after all, it would fail at once instead of building a venv
+    same = _make("-s", f"VENV={venv}", "PYTHON=false", "install", f"TORCH={CPU_TORCH}")
+    changed = _make("-s", f"VENV={venv}", "PYTHON=false", "install", "TORCH=torch")
+    assert same == []
+    assert len(changed) == 1 and "make clean" in changed[0] and CPU_TORCH in changed[0], changed
 
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
