@@ -214,3 +214,26 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, a_t, a_s, eta: float = 0.0,
             raise ValueError("ddim_step with eta > 0 needs `noise`")
         x_s = x_s + sg * noise
     return x_s, x0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The score parametrisation (notebook 02 §9). With `predict_x0`, `predict_eps`, `v_from`, `x0_from_v` and
+# `eps_from_v` above, every one of the four prediction types (ε, x̂_0, v, score) converts to every other.
+
+def score_from_eps(eps: torch.Tensor, a_t) -> torch.Tensor:
+    """s = −ε/√(1−ᾱ_t), the score ∇_{x_t} log q(x_t | x_0) written with the noise ε (notebook 02 §9).
+
+    Applied to ε_θ(x_t, t) it gives the model's score s_θ(x_t, t); at the minimiser ε* = E[ε | x_t] of
+    L_simple it is the score ∇ log q_t(x_t) of the noisy marginal (Tweedie's formula; denoising score
+    matching, Song et al. 2021 eq. 7 with λ(t) = 1 − ᾱ_t). Undefined at ᾱ_t = 1 (clean data).
+    """
+    a = bcast(a_t, eps)
+    if bool((a >= 1).any()):
+        raise ValueError("score_from_eps needs alpha_bar_t < 1 (there is no noise, hence no score, at the data end)")
+    return -eps / (1 - a).sqrt()
+
+
+def eps_from_score(score: torch.Tensor, a_t) -> torch.Tensor:
+    """ε = −√(1−ᾱ_t) s, the inverse of `score_from_eps` (notebook 02 §9)."""
+    a = bcast(a_t, score)
+    return -(1 - a).sqrt() * score

@@ -66,9 +66,10 @@ def model_variance(alpha_bar, variance="small") -> torch.Tensor:
     """The fixed reverse variances σ_t², shape (T,), float64 (DDPM §3.2, notebook 02 §4).
 
     - "small": β̃_t = (1−ᾱ_{t−1})/(1−ᾱ_t) β_t, the posterior variance. β̃ is 0 at step 0, so the
-      decoder uses β̃ of step 1 there, as the official code does ("posterior_log_variance_clipped").
+      decoder uses β̃ of step 1 there, as the official code does ("posterior_log_variance_clipped";
+      notebook 02 §5, whose §7 measures what this costs in the bound).
     - "large": β_t (DDPM's other choice; the DDIM paper's σ̂ sampler).
-    - a (T,) tensor of positive variances, used as given.
+    - a (T,) tensor of positive variances, used as given (e.g. a learned variance, notebook 02 §7).
     """
     alpha_bar = _check_alpha_bar(alpha_bar)
     if isinstance(variance, torch.Tensor):
@@ -92,7 +93,8 @@ def gamma_t(alpha_bar, variance="small") -> torch.Tensor:
     For t ≥ 1: L_{t−1} = γ_t E‖ε − ε_θ(x_t, t)‖² + C_t, because μ̃ − μ_θ = β_t/(√α_t √(1−ᾱ_t)) (ε_θ − ε);
     C_t = (d/2)(β̃_t/σ_t² − 1 − log(β̃_t/σ_t²)) vanishes for σ_t² = β̃_t. At t = 0 the same γ_0 weights the
     continuous decoder: −log N(x_0; x̂_0, σ_0²) = γ_0‖ε − ε_θ‖² + (d/2) log 2πσ_0².
-    L_simple sets every γ_t to 1.
+    L_simple sets every γ_t to 1. For σ_t² = β̃_t, γ_t = ½(SNR(t−1)/SNR(t) − 1) and, in x_0 terms,
+    L_{t−1} = ½(SNR(t−1) − SNR(t)) ‖x_0 − x̂_0‖² (Kingma et al. 2021, notebook 02 §8).
     """
     alpha_bar = _check_alpha_bar(alpha_bar)
     beta = betas_from(alpha_bar)

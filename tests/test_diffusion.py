@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from ddimlab import diffusion
-from ddimlab.diffusion import (ddim_sigma, ddim_step, eps_from_v, posterior_mean, posterior_variance, predict_eps,
-                               predict_x0, q_sample, q_sigma_mean, q_step, v_from, x0_from_v)
+from ddimlab.diffusion import (ddim_sigma, ddim_step, eps_from_score, eps_from_v, posterior_mean, posterior_variance,
+                               predict_eps, predict_x0, q_sample, q_sigma_mean, q_step, score_from_eps, v_from,
+                               x0_from_v)
 from ddimlab.gaussian import linear_gaussian_marginal, linear_gaussian_posterior
 from ddimlab.schedule import alpha_bar_at, beta_schedule, make_alpha_bar
 
@@ -167,3 +168,40 @@ def test_one_rule_for_sigma_in_ddim_step_and_q_sigma_mean():
         diffusion.ddim_step(x, x, a_t, a_s, 5.0, noise=x)
     with pytest.raises(ValueError, match="eta <="):
         diffusion.q_sigma_mean(x, x, a_t, a_s, sigma)
+
+
+# ------------------------------------------------------------------------ prediction types (notebook 02 §9)
+
+def test_v_is_the_velocity_of_x_t_along_the_quarter_circle():
+    """Salimans & Ho (2022) §4: with ᾱ = cos²φ, x_t = cos φ x_0 + sin φ ε and v = dx_t/dφ. A finite difference
+    of q_sample checks v_from independently of x0_from_v / eps_from_v (their round trip alone would also pass
+    for a consistently wrong sign)."""
+    gen = torch.Generator().manual_seed(11)
+    x0, eps = torch.randn(4, 3, generator=gen, dtype=F64), torch.randn(4, 3, generator=gen, dtype=F64)
+    phi = torch.tensor([0.1, 0.7, 1.2, 1.5], dtype=F64)
+    h = 1e-6
+    dx = (q_sample(x0, torch.cos(phi + h) ** 2, eps) - q_sample(x0, torch.cos(phi - h) ** 2, eps)) / (2 * h)
+    torch.testing.assert_close(v_from(x0, eps, torch.cos(phi) ** 2), dx, rtol=1e-7, atol=1e-8)
+
+
+def test_score_from_eps_is_the_gradient_of_log_q_t():
+    """For Gaussian data N(m, s²): E[ε | x_t] by Gaussian conditioning, the score of q_t = N(√ᾱ m, ᾱ s² + 1 − ᾱ)
+    by autograd; score_from_eps turns the first into the second (Tweedie), eps_from_score back."""
+    m, s = 0.3, 0.5
+    x = torch.linspace(-2, 2, 9, dtype=F64)[:, None]
+    for a in [0.999, 0.5, 1e-3]:
+        # conditioning: (x0, ε) ~ N((m, 0), diag(s², 1)), x_t = [√ᾱ, √(1−ᾱ)] (x0, ε), observed without noise
+        mean, _ = linear_gaussian_posterior(torch.tensor([m, 0.0], dtype=F64), torch.diag(torch.tensor([s ** 2, 1.0], dtype=F64)),
+                                            torch.tensor([[math.sqrt(a), math.sqrt(1 - a)]], dtype=F64),
+                                            torch.zeros(1, dtype=F64), torch.zeros(1, 1, dtype=F64), x)
+        e_star = mean[:, 1:]
+        xr = x.clone().requires_grad_(True)
+        var = a * s ** 2 + 1 - a
+        logp = (-(xr - math.sqrt(a) * m) ** 2 / (2 * var)).sum()
+        score, = torch.autograd.grad(logp, xr)
+        torch.testing.assert_close(score_from_eps(e_star, a), score, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(eps_from_score(score, a), e_star, rtol=1e-9, atol=1e-12)
+        # and the minimiser of the x_0 loss is the conversion of the minimiser of the ε loss
+        torch.testing.assert_close(predict_x0(x, e_star, a), mean[:, :1], rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="alpha_bar_t < 1"):
+        score_from_eps(x, 1.0)

@@ -251,3 +251,32 @@ def test_bad_inputs_raise():
         l_simple(lambda x, t: x, x, ab, t=torch.tensor([0, 10]))
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         decoder_nll(x + 2, x, x, ab)
+
+
+def test_small_variance_bound_in_snr_terms():
+    """VDM §4: for σ_t² = β̃_t, L_{t−1} = ½(SNR(t−1) − SNR(t)) ‖x_0 − x̂_0‖² and γ_t = ½(SNR(t−1)/SNR(t) − 1)
+    (notebook 02 §8); x̂_0 is written out here, not taken from the library."""
+    ab = make_alpha_bar("linear", 1000)
+    snr = ab / (1 - ab)
+    torch.testing.assert_close(gamma_t(ab, "small")[1:], 0.5 * (snr[:-1] / snr[1:] - 1), rtol=1e-9, atol=0)
+    gen = torch.Generator().manual_seed(7)
+    x0 = torch.randn(6, 3, generator=gen, dtype=F64)
+    for t in [1, 2, 50, 700, 999]:
+        x_t = ab[t].sqrt() * x0 + (1 - ab[t]).sqrt() * torch.randn(6, 3, generator=gen, dtype=F64)
+        eps_pred = torch.randn(6, 3, generator=gen, dtype=F64)
+        x0_hat = (x_t - (1 - ab[t]).sqrt() * eps_pred) / ab[t].sqrt()
+        torch.testing.assert_close(posterior_kl(x0, x_t, eps_pred, ab, t, "small"),
+                                   0.5 * (snr[t - 1] - snr[t]) * ((x0 - x0_hat) ** 2).sum(1), rtol=1e-8, atol=1e-12)
+
+
+def test_small_decoder_variance_is_beta_tilde_of_the_second_step():
+    """β̃ at step 0 is exactly 0 (ᾱ_{−1} = 1); the "small" decoder uses β̃ of step 1 instead, like DDPM's
+    posterior_log_variance_clipped (notebook 02 §5); "large" uses β of step 0."""
+    ab = make_alpha_bar("linear", 1000)
+    betas = beta_schedule("linear", 1000)
+    tilde = (1 - torch.cat([torch.ones(1, dtype=F64), ab[:-1]])) / (1 - ab) * betas
+    assert float(tilde[0]) == 0.0
+    small, large = model_variance(ab, "small"), model_variance(ab, "large")
+    assert float(small[0]) == pytest.approx(float(tilde[1]), rel=1e-12)
+    torch.testing.assert_close(small[1:], tilde[1:], rtol=1e-12, atol=0)
+    assert float(large[0]) == pytest.approx(float(betas[0]), rel=1e-9)

@@ -1,0 +1,251 @@
+"""Mutation tests: each central identity has one independent check, written once as a function of the formula
+under test. The check must pass for the library and fail for deliberately wrong formulas (an off-by-one
+index, a missing square root, the wrong variance): a check that passes on a wrong formula is a defect.
+
+- DDPM's posterior q(x_s | x_t, x_0)   brute-force Bayes on a grid           (notebook 02 §4)
+- the Gaussian KL                      numerical integration (scipy.quad)   (notebook 02 §3)
+- the q_σ marginal (DDIM Lemma 1)       Monte Carlo, 5 standard errors       (notebook 03 §3, §5)
+- deterministic DDIM = Euler           `ode.euler` on the ODE of DDIM §4.3  (notebook 05 §2)
+- DDIM with η = 1 = DDPM ancestral      `samplers.ddpm_sample`, same noise   (notebook 03 §4, 04 §3)
+"""
+import math
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, stats
+
+from ddimlab import diffusion, ode, samplers, toy
+from ddimlab.diffusion import bcast, posterior_variance
+from ddimlab.gaussian import kl_normal
+from ddimlab.schedule import alpha_bar_at, make_alpha_bar, timesteps
+
+F64 = torch.float64
+AB = make_alpha_bar("linear", 1000)
+Z = 5.0
+
+
+def _ab(t):
+    return float(alpha_bar_at(AB, t))
+
+
+# ------------------------------------------------------------------ DDPM's posterior: brute-force Bayes
+
+def posterior_grid_error(mean_fn, var_fn) -> float:
+    """Largest disagreement between (mean_fn, var_fn) and q(x_s | x_t, x_0) ∝ q(x_t | x_s) q(x_s | x_0)
+    normalised numerically on a grid of x_s (scipy densities; the grid is placed by the two factors, not by the formula).
+    Errors are in units of the numerical posterior sd (mean) and relative (variance)."""
+    x0, xt = 0.8, -0.4
+    worst = 0.0
+    for t, s in [(1, 0), (9, 8), (99, 98), (999, 998), (499, 99), (999, 0)]:     # 0-based steps, s < t
+        a_t, a_s = _ab(t), _ab(s)
+        # the posterior mean lies between the centres of the two factors (as functions of x_s) and its sd is below
+        # the smaller of their sds, so this grid covers it by ±12 posterior sd whatever the formula under test says
+        alpha = a_t / a_s
+        c = sorted([math.sqrt(a_s) * x0, xt / math.sqrt(alpha)])
+        sd = min(math.sqrt(1 - a_s), math.sqrt((1 - alpha) / alpha))
+        xs = np.linspace(c[0] - 12 * sd, c[1] + 12 * sd, 200_001)
+        logw = (stats.norm.logpdf(xt, math.sqrt(a_t / a_s) * xs, math.sqrt(1 - a_t / a_s))
+                + stats.norm.logpdf(xs, math.sqrt(a_s) * x0, math.sqrt(1 - a_s)))
+        w = np.exp(logw - logw.max())
+        w /= np.trapezoid(w, xs)
+        m_num = np.trapezoid(w * xs, xs)
+        v_num = np.trapezoid(w * (xs - m_num) ** 2, xs)
+        m = float(mean_fn(torch.tensor([[x0]], dtype=F64), torch.tensor([[xt]], dtype=F64), a_t, a_s))
+        v = float(var_fn(torch.tensor(a_t, dtype=F64), torch.tensor(a_s, dtype=F64)))
+        worst = max(worst, abs(m - m_num) / math.sqrt(v_num), abs(v - v_num) / v_num)
+    return worst
+
+
+def _mean_missing_sqrt(x0, x_t, a_t, a_s):
+    """μ̃ with α_t in place of √α_t on x_t."""
+    alpha = a_t / a_s
+    return math.sqrt(a_s) * (1 - alpha) / (1 - a_t) * x0 + alpha * (1 - a_s) / (1 - a_t) * x_t
+
+
+def _mean_off_by_one(x0, x_t, a_t, a_s):
+    """μ̃ with √ᾱ_t in place of √ᾱ_{t−1} on x_0."""
+    alpha = a_t / a_s
+    return math.sqrt(a_t) * (1 - alpha) / (1 - a_t) * x0 + math.sqrt(alpha) * (1 - a_s) / (1 - a_t) * x_t
+
+
+POSTERIOR_MUTANTS = {
+    "variance beta_t instead of beta_tilde_t": (diffusion.posterior_mean, lambda a_t, a_s: 1 - a_t / a_s),
+    "variance with (1 - abar_s)/(1 - abar_t) inverted": (diffusion.posterior_mean,
+                                                          lambda a_t, a_s: (1 - a_t) / (1 - a_s) * (1 - a_t / a_s)),
+    "mean: alpha_t instead of sqrt(alpha_t)": (_mean_missing_sqrt, diffusion.posterior_variance),
+    "mean: sqrt(abar_t) instead of sqrt(abar_t-1)": (_mean_off_by_one, diffusion.posterior_variance),
+}
+
+
+def test_posterior_check_passes_for_the_library():
+    assert posterior_grid_error(diffusion.posterior_mean, diffusion.posterior_variance) < 1e-6
+
+
+@pytest.mark.parametrize("name", POSTERIOR_MUTANTS)
+def test_posterior_check_fails_for_mutant(name):
+    assert posterior_grid_error(*POSTERIOR_MUTANTS[name]) > 1e-3
+
+
+# ----------------------------------------------------------------------------- Gaussian KL: quadrature
+
+KL_CASES = [(0.3, 0.5, -1.0, 2.0), (2.0, 0.1, 0.0, 1.0), (-1.0, 3.0, 1.0, 0.7), (0.0, 1e-2, 0.05, 1.2e-2), (0.0, 1.0, 0.0, 1.0)]
+
+
+def kl_quadrature_error(kl_fn) -> float:
+    """Largest |kl_fn(μ₁, σ₁², μ₂, σ₂²) − ∫ p log(p/q)| over KL_CASES, the integral by scipy.integrate.quad."""
+    worst = 0.0
+    for m1, v1, m2, v2 in KL_CASES:
+        p, q = stats.norm(m1, math.sqrt(v1)), stats.norm(m2, math.sqrt(v2))
+        sd = math.sqrt(v1)
+        ref, _ = integrate.quad(lambda x: p.pdf(x) * (p.logpdf(x) - q.logpdf(x)), m1 - 40 * sd, m1 + 40 * sd,
+                                epsabs=1e-13, epsrel=1e-12, limit=200)
+        worst = max(worst, abs(float(kl_fn(m1, v1, m2, v2)) - ref))
+    return worst
+
+
+KL_MUTANTS = {
+    "ratio upside down, KL(q || p)": lambda m1, v1, m2, v2: kl_normal(m2, v2, m1, v1),
+    "log-variance ratio without the 1/2": lambda m1, v1, m2, v2: math.log(v2 / v1) + 0.5 * ((v1 + (m1 - m2) ** 2) / v2 - 1),
+    "sigma_1^2 missing from the quadratic term": lambda m1, v1, m2, v2: 0.5 * (math.log(v2 / v1) + (m1 - m2) ** 2 / v2 - 1),
+    "standard deviations where variances belong": lambda m1, v1, m2, v2: kl_normal(m1, math.sqrt(v1), m2, math.sqrt(v2)),
+}
+
+
+def test_kl_check_passes_for_the_library():
+    assert kl_quadrature_error(kl_normal) < 1e-8
+
+
+@pytest.mark.parametrize("name", KL_MUTANTS)
+def test_kl_check_fails_for_mutant(name):
+    assert kl_quadrature_error(KL_MUTANTS[name]) > 1e-3
+
+
+# ------------------------------------------------------------- the q_σ marginal: Monte Carlo, 5 SE
+
+def q_sigma_marginal_ok(mean_fn, N: int = 40_000) -> bool:
+    """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε, then x_s = mean_fn(x_0, x_t, ᾱ_t, ᾱ_s, σ) + σ z: are the sample mean and
+    variance of x_s within 5 standard errors of √ᾱ_s x_0 and 1 − ᾱ_s (DDIM Lemma 1), for several (t, s, η)?"""
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.tensor([0.8, -1.2, 0.1], dtype=F64)
+    for t, s in [(999, 799), (400, 37), (120, 119), (60, 10)]:
+        a_t, a_s = _ab(t), _ab(s)
+        for eta in [0.0, 0.5, 1.0]:
+            sigma = eta * math.sqrt((1 - a_s) / (1 - a_t) * (1 - a_t / a_s))
+            eps, z = torch.randn(N, 3, generator=gen, dtype=F64), torch.randn(N, 3, generator=gen, dtype=F64)
+            x_t = math.sqrt(a_t) * x0 + math.sqrt(1 - a_t) * eps
+            x_s = mean_fn(x0.expand(N, 3), x_t, a_t, a_s, sigma) + sigma * z
+            v = 1 - a_s
+            if not bool(((x_s.mean(0) - math.sqrt(a_s) * x0).abs() <= Z * math.sqrt(v / N)).all()):
+                return False
+            if not bool(((x_s.var(0) - v).abs() <= Z * v * math.sqrt(2 / (N - 1))).all()):
+                return False
+    return True
+
+
+def _q_sigma_mean_variant(coef_x0, coef_eps):
+    def mean(x0, x_t, a_t, a_s, sigma):
+        return coef_x0(a_t, a_s) * x0 + coef_eps(a_s, sigma) * (x_t - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
+    return mean
+
+
+Q_SIGMA_MUTANTS = {
+    "sqrt(1 - abar_s) without the - sigma^2": _q_sigma_mean_variant(lambda a_t, a_s: math.sqrt(a_s),
+                                                                   lambda a_s, sg: math.sqrt(1 - a_s)),
+    "sigma not squared under the root": _q_sigma_mean_variant(lambda a_t, a_s: math.sqrt(a_s),
+                                                             lambda a_s, sg: math.sqrt(max(1 - a_s - sg, 0.0))),
+    "x_0 term with sqrt(abar_t) instead of sqrt(abar_s)": _q_sigma_mean_variant(lambda a_t, a_s: math.sqrt(a_t),
+                                                                              lambda a_s, sg: math.sqrt(1 - a_s - sg ** 2)),
+}
+
+
+def test_q_sigma_check_passes_for_the_library():
+    assert q_sigma_marginal_ok(diffusion.q_sigma_mean)
+
+
+@pytest.mark.parametrize("name", Q_SIGMA_MUTANTS)
+def test_q_sigma_check_fails_for_mutant(name):
+    assert not q_sigma_marginal_ok(Q_SIGMA_MUTANTS[name])
+
+
+# --------------------------------------------------------------- deterministic DDIM = Euler on the ODE
+
+MIX = toy.default_mixture(2)
+EPS_STAR = toy.exact_eps(MIX, AB)
+
+
+def ddim_matches_euler(step_fn) -> bool:
+    """`samplers.ddim_sample(η = 0)` with its step replaced by step_fn, against `ode.euler` (x̄_s = x̄_t + (σ_s − σ_t) ε,
+    DDIM §4.3) on the exact score, 10 uniform steps: equal to float64 rounding?"""
+    x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(3), dtype=F64)
+    seq = timesteps(10, 1000)
+    with mock.patch.object(samplers, "ddim_step", step_fn):
+        x_ddim = samplers.ddim_sample(EPS_STAR, x_T, AB, seq, eta=0.0)
+    x_euler = ode.euler(EPS_STAR, x_T, AB, seq)
+    return bool(torch.isfinite(x_ddim).all()) and float((x_ddim - x_euler).abs().max()) < 1e-9
+
+
+def _ddim_step_variant(x0_of, direction_coef):
+    def step(x_t, eps, a_t, a_s, eta=0.0, noise=None, clip_x0=False):
+        at, as_ = bcast(a_t, x_t), bcast(a_s, x_t)
+        x0 = x0_of(x_t, eps, at)
+        return as_.sqrt() * x0 + direction_coef(at, as_) * eps, x0
+    return step
+
+
+_x0_right = lambda x_t, eps, a: (x_t - (1 - a).sqrt() * eps) / a.sqrt()  # noqa: E731
+DDIM_STEP_MUTANTS = {
+    "direction sqrt(1 - abar_t) instead of sqrt(1 - abar_s)": _ddim_step_variant(_x0_right, lambda at, as_: (1 - at).sqrt()),
+    "direction (1 - abar_s) without the square root": _ddim_step_variant(_x0_right, lambda at, as_: 1 - as_),
+    "x0_hat with (1 - abar_t) eps, no square root": _ddim_step_variant(lambda x_t, eps, a: (x_t - (1 - a) * eps) / a.sqrt(),
+                                                                     lambda at, as_: (1 - as_).sqrt()),
+}
+
+
+def test_ddim_euler_check_passes_for_the_library():
+    assert ddim_matches_euler(diffusion.ddim_step)
+
+
+@pytest.mark.parametrize("name", DDIM_STEP_MUTANTS)
+def test_ddim_euler_check_fails_for_mutant(name):
+    assert not ddim_matches_euler(DDIM_STEP_MUTANTS[name])
+
+
+# ------------------------------------------------------------------ DDIM with η = 1 = DDPM ancestral
+
+AB100 = make_alpha_bar("linear", 100)
+EPS100 = toy.exact_eps(MIX, AB100)
+
+
+def ddim_eta1_matches_ddpm(sigma_fn) -> bool:
+    """`samplers.ddim_sample(η = 1)` on all T = 100 steps, with σ(η) replaced by sigma_fn, against
+    `samplers.ddpm_sample(variance="small")` (DDPM eq. 7 mean, β̃ variance) driven by the same noise."""
+    x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(4), dtype=F64)
+    seq = torch.arange(99, -1, -1)
+    with mock.patch.object(diffusion, "ddim_sigma", sigma_fn):
+        try:
+            x_ddim = samplers.ddim_sample(EPS100, x_T, AB100, seq, eta=1.0, generator=torch.Generator().manual_seed(5))
+        except ValueError:   # ddim_step refuses a σ with σ² > 1 − ᾱ_s: the wrong formula is caught either way
+            return False
+    x_ddpm = samplers.ddpm_sample(EPS100, x_T, AB100, "small", generator=torch.Generator().manual_seed(5))
+    return float((x_ddim - x_ddpm).abs().max()) < 1e-9
+
+
+SIGMA_MUTANTS = {
+    "sigma^2 = beta (DDPM's large variance) instead of beta_tilde":
+        lambda a_t, a_s, eta=1.0: eta * (1 - torch.as_tensor(a_t, dtype=F64) / a_s).sqrt(),
+    "sigma = beta_tilde, square root missing": lambda a_t, a_s, eta=1.0: eta * posterior_variance(a_t, a_s),
+    "(1 - abar_t)/(1 - abar_s) instead of (1 - abar_s)/(1 - abar_t)":
+        lambda a_t, a_s, eta=1.0: eta * ((1 - torch.as_tensor(a_t, dtype=F64)) / (1 - torch.as_tensor(a_s, dtype=F64))
+                                         * (1 - torch.as_tensor(a_t, dtype=F64) / a_s)).sqrt(),
+}
+
+
+def test_ddpm_check_passes_for_the_library():
+    assert ddim_eta1_matches_ddpm(diffusion.ddim_sigma)
+
+
+@pytest.mark.parametrize("name", SIGMA_MUTANTS)
+def test_ddpm_check_fails_for_mutant(name):
+    assert not ddim_eta1_matches_ddpm(SIGMA_MUTANTS[name])
