@@ -1,0 +1,164 @@
+"""The derivations and claims of notebook 05 (the ODE view), checked again on other data, each with a mutation
+that must fail: Fokker–Planck and the probability-flow ODE (§3), DDPM's step as the reverse SDE's (§3), the ODE
+in x (§5), local orders (§6), and the order of the inversion round trip (§8)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.integrate import solve_ivp
+
+from ddimlab import diffusion, ode, samplers, schedule, toy
+
+AB = schedule.make_alpha_bar("linear", 1000)
+MIX = toy.random_mixture(d=3, K=4, seed=1)
+EPS = toy.exact_eps(MIX, AB)
+
+
+def _points(n, a, seed):
+    g = torch.Generator().manual_seed(seed)
+    return math.sqrt(a) * MIX.sample(n, g) + math.sqrt(1 - a) * torch.randn(n, MIX.d, generator=g, dtype=torch.float64)
+
+
+def _div(F, x, h):
+    out = torch.zeros(x.shape[0], dtype=torch.float64)
+    for i in range(x.shape[1]):
+        e = torch.zeros(x.shape[1], dtype=torch.float64); e[i] = h
+        out += (F(x + e)[:, i] - F(x - e)[:, i]) / (2 * h)
+    return out
+
+
+def _laplacian(f, x, h):
+    out = -2 * x.shape[1] * f(x)
+    for i in range(x.shape[1]):
+        e = torch.zeros(x.shape[1], dtype=torch.float64); e[i] = h
+        out += f(x + e) + f(x - e)
+    return out / h ** 2
+
+
+def _residuals(x, u, h):
+    """Relative residuals, clock u = −log ᾱ (f = −x/2, g = 1), of: the Fokker–Planck equation, the continuity
+    equation of the flow with score weight c (c = ½ is the probability-flow ODE), and the reverse SDE with score
+    weight c (c = 1 is Anderson's)."""
+    p = lambda y, v=u: MIX.log_prob(y, math.exp(-v)).exp()
+    p_u = (p(x, u + h) - p(x, u - h)) / (2 * h)
+    flux = lambda c: (lambda y: (-0.5 * y - c * MIX.score(y, math.exp(-u))) * p(y)[:, None])
+    lap = _laplacian(p, x, h)
+    rel = lambda r: float(r.pow(2).mean().sqrt() / p_u.pow(2).mean().sqrt())
+    return {"fp": rel(p_u + _div(flux(0.0), x, h) - 0.5 * lap),
+            "flow": lambda c: rel(p_u + _div(flux(c), x, h)),
+            "reverse": lambda c: rel(-p_u + _div(lambda y: -flux(c)(y), x, h) - 0.5 * lap)}
+
+
+@pytest.mark.parametrize("u", [0.1, 1.0, 3.0])
+def test_fokker_planck_flow_and_reverse_sde_hold_and_wrong_weights_fail(u):
+    """notebook 05 §3: residuals are O(h²) finite-difference error for the true equations, O(1) otherwise."""
+    x = _points(100, math.exp(-u), seed=int(10 * u))
+    r1, r2 = _residuals(x, u, 2e-3), _residuals(x, u, 1e-3)
+    assert 3.5 < r1["fp"] / r2["fp"] < 4.5 and r2["fp"] < 1e-3
+    for key, right, wrongs in (("flow", 0.5, (1.0, 0.0)), ("reverse", 1.0, (0.5,))):
+        a, b = r1[key](right), r2[key](right)
+        assert 3.5 < a / b < 4.5 and b < 1e-3, (key, a, b)
+        for c in wrongs:
+            assert r2[key](c) > 0.1 and r1[key](c) / r2[key](c) < 1.1, (key, c, r2[key](c))
+
+
+def test_ddpm_ancestral_mean_is_the_reverse_sde_euler_maruyama_step():
+    """notebook 05 §3: relative difference below β_t for the reverse SDE, O(1) for the probability-flow ODE."""
+    for t in (999, 300, 30):
+        a_t, a_s = float(AB[t]), float(AB[t - 1])
+        beta = 1 - a_t / a_s
+        x = _points(100, a_t, seed=t)
+        e = EPS(x, torch.full((100,), t))
+        mean = diffusion.posterior_mean(diffusion.predict_x0(x, e, a_t), x, a_t, a_s)
+        score = -e / math.sqrt(1 - a_t)
+        rel = lambda y: float((mean - y).norm() / (mean - x).norm())
+        assert rel(x + 0.5 * beta * x + beta * score) < beta
+        assert rel(x + 0.5 * beta * x + 0.5 * beta * score) > 10 * beta
+
+
+def test_ode_in_x_with_exact_linear_part_equals_sigma_form():
+    """notebook 05 §5: dx/dλ = σ_VP² x − σ_VP ε lands on the σ-form solution; with d log ᾱ (no square root) it does not."""
+    x_T = torch.randn(6, MIX.d, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    lam = lambda t: -math.log(float(ode.sigma_at(AB, t)))
+    ref = ode.reference_solution(EPS, x_T, AB, 999, 0)
+
+    def solve(lin):
+        def rhs(l, y):
+            x = torch.from_numpy(y).reshape(-1, MIX.d)
+            a = 1 / (1 + math.exp(-2 * l))
+            s = math.sqrt(1 - a)
+            return (lin * s * s * x - s * MIX.eps(x, a)).reshape(-1).numpy()
+        sol = solve_ivp(rhs, (lam(999), lam(0)), x_T.reshape(-1).numpy(), method="DOP853", rtol=1e-10, atol=1e-10)
+        return torch.from_numpy(sol.y[:, -1]).reshape(-1, MIX.d)
+
+    assert float((solve(1.0) - ref).abs().max()) < 3e-10
+    assert float((solve(2.0) - ref).abs().max()) > 1e-3
+
+
+def _slope(h, err):
+    return np.polyfit(np.log(h), np.log(err), 1)[0]
+
+
+def test_local_error_orders():
+    """notebook 05 §6: one step from the exact state has local error h^(p+1): Euler 2, Heun and DPM-Solver-2 3."""
+    x_T = torch.randn(16, MIX.d, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    t0, ks = 500, (2, 4, 8, 16)
+    x_t0 = ode.reference_solution(EPS, x_T, AB, 999, t0)
+    hs = [float(ode.sigma_at(AB, t0) - ode.sigma_at(AB, t0 - k)) for k in ks]
+    errs = {n: [] for n in ("euler", "heun", "dpm_solver_2")}
+    for k in ks:
+        exact = ode.reference_solution(EPS, x_t0, AB, t0, t0 - k, rtol=1e-12, atol=1e-12)
+        for n in errs:
+            errs[n].append(float((ode.solve(n, EPS, x_t0, AB, [t0, t0 - k], return_trajectory=True)[1]["x"][1]
+                                  - exact).norm()))
+    for n, p1 in (("euler", 2), ("heun", 3), ("dpm_solver_2", 3)):
+        assert abs(_slope(hs, errs[n]) - p1) < 0.25, (n, _slope(hs, errs[n]))
+    assert abs(_slope(hs, errs["euler"]) - 3) > 0.25
+
+
+def _inversion_orders(mix, n, seed, kinds):
+    """Fitted order of the reconstruction error over S = 200, 500, 1000 (uniform steps) for samplers.ddim_invert
+    ("lib") and the wrong inversions of notebook 05 §8: ε at the step it leaves ("source"), ᾱ_t without its square
+    root ("no sqrt"). All latents are decoded together by one DDIM run."""
+    eps = toy.exact_eps(mix, AB)
+    x0 = mix.sample(n, torch.Generator().manual_seed(seed))
+    S_fit = [200, 500, 1000]
+
+    def source_eps(seq):
+        up = list(reversed(seq.tolist()))
+        source = dict(zip(up, [-1] + up[:-1]))
+        return lambda x, t: eps(x, torch.full_like(t, source[int(t[0])]))
+
+    def no_sqrt(x, seq):
+        s = -1
+        for t in reversed(seq.tolist()):
+            a_s, a_t = float(schedule.alpha_bar_at(AB, s)), float(schedule.alpha_bar_at(AB, t))
+            e = eps(x, torch.full((x.shape[0],), t))
+            x, s = a_t * diffusion.predict_x0(x, e, a_s) + math.sqrt(1 - a_t) * e, t
+        return x
+
+    invert = {"lib": lambda seq: samplers.ddim_invert(eps, x0, AB, seq),
+              "source": lambda seq: samplers.ddim_invert(source_eps(seq), x0, AB, seq),
+              "no sqrt": lambda seq: no_sqrt(x0, seq)}
+    errs = {k: [] for k in kinds}
+    for S in S_fit:
+        seq = schedule.timesteps(S, 1000, "uniform")
+        z = torch.cat([invert[k](seq) for k in kinds])
+        for k, rec in zip(kinds, samplers.ddim_sample(eps, z, AB, seq).split(n)):
+            errs[k].append(float((rec - x0).pow(2).sum(1).mean().sqrt()))
+    return {k: -_slope(S_fit, e) for k, e in errs.items()}
+
+
+@pytest.mark.slow
+def test_inversion_round_trip_is_first_order_and_wrong_inversions_are_not():
+    """notebook 05 §8 on its data (eight Gaussians), other samples: order 1 within 0.1 for samplers.ddim_invert;
+    both wrong inversions fail the same check. And the limit of that check, as §8 states it: the "source" mistake
+    only leaves an error floor from the first step, which on a smooth mixture (component standard deviations
+    0.1–0.3) stays mostly below the first-order error up to S = 1000: its order is off by less than half as much."""
+    order = _inversion_orders(toy.eight_gaussians(), 50, 7, ("lib", "source", "no sqrt"))
+    assert abs(order["lib"] - 1) < 0.1, order
+    assert abs(order["source"] - 1) > 0.1 and abs(order["no sqrt"] - 1) > 0.1, order
+    smooth = _inversion_orders(MIX, 50, 7, ("lib", "source"))
+    assert abs(smooth["lib"] - 1) < 0.1, smooth
+    assert abs(smooth["source"] - 1) < abs(order["source"] - 1) / 2, (smooth, order)
