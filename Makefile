@@ -12,9 +12,9 @@ BIN     = $(VENV)/bin
 USER_ID ?= $(shell id -u)
 JUPYTER_ARGS ?=
 NBENV   = OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 PYTHONHASHSEED=0 MPLBACKEND=agg
-NBVAL   = --nbval --sanitize-with notebooks/sanitize.cfg
+NBVAL   = --nbval --nbval-sanitize-with notebooks/sanitize.cfg
 
-.PHONY: install demo test test-fast notebooks jupyter bench lab clean clean-outputs
+.PHONY: install demo test test-fast lint notebooks jupyter bench gpu-check lab clean clean-outputs
 
 install: $(VENV)/.installed    ## build .venv if needed; say so when TORCH differs from what it was built with
 	@built="$$(cat $(VENV)/.installed)"; [ -z "$$built" ] || [ "$$built" = '$(TORCH)' ] || \
@@ -30,14 +30,17 @@ $(VENV)/.installed: pyproject.toml
 demo: install          ## main job: exact-score Table 1, then train digits on CPU and sample
 	$(BIN)/python -m ddimlab demo --out outputs/demo
 
-lab: install           ## only the exact-score lab table and figure (seconds)
-	$(BIN)/python -m ddimlab demo --out outputs/demo --skip-train
+lab: install           ## only the exact-score lab tables and figure
+	$(BIN)/python -m ddimlab lab --out outputs/lab
 
-test: install          ## unit tests and every notebook under nbval
+test: install lint     ## lint, unit tests and every notebook under nbval
 	$(NBENV) $(BIN)/pytest tests notebooks $(NBVAL) -p no:cacheprovider
 
 test-fast: install
 	$(BIN)/pytest tests -m "not slow" -p no:cacheprovider
+
+lint: install          ## ruff, with the rules in pyproject.toml
+	$(BIN)/ruff check ddimlab tests benchmarks docs
 
 notebooks: install     ## re-execute every notebook in place (then `make test` compares them)
 	cd notebooks && for nb in [0-9][0-9]_*.ipynb; do \
@@ -51,10 +54,14 @@ notebooks: install     ## re-execute every notebook in place (then `make test` c
 jupyter: install       ## open the notebooks in JupyterLab
 	$(BIN)/jupyter lab $(if $(filter 0,$(USER_ID)),--allow-root) $(JUPYTER_ARGS) notebooks/
 
-bench: install         ## benchmarks against diffusers (installed on demand)
-	$(BIN)/pip install -q "diffusers>=0.30"
+bench: install         ## benchmarks against diffusers (the `bench` extra)
+	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/bench_samplers.py
 	$(BIN)/python benchmarks/bench_unet.py
+
+gpu-check: install     ## on a lent GPU: UNet speed (eager, compiled), bf16 training + resume, DDIM-50 sampling
+	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean:                 ## remove .venv and build files (keeps outputs/)
 	rm -rf $(VENV) *.egg-info

@@ -38,11 +38,11 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
 
 
-def build_pair(device, channels_last: bool):
+def build_pair(device, channels_last: bool, preset: str = "cifar10"):
     from diffusers import UNet2DModel
 
     torch.manual_seed(0)
-    ours = unet.cifar10_unet()
+    ours = unet.UNet(**unet.PRESETS[preset])
     theirs = UNet2DModel(**checkpoint.diffusers_config(ours.config))
     theirs.load_state_dict(checkpoint.to_diffusers(ours.state_dict()), strict=True)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -60,15 +60,15 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def make_steps(model, eps, device, batch, bf16, fused, compile_):
+def make_steps(model, eps, device, batch, bf16, fused, compile_, shape=(3, 32, 32)):
     fn = torch.compile(eps) if compile_ else eps
     opt = torch.optim.Adam(model.parameters(), lr=2e-4, fused=fused) if fused else \
         torch.optim.Adam(model.parameters(), lr=2e-4, foreach=True)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     g = torch.Generator(device="cpu").manual_seed(1)
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    x = torch.randn(batch, 3, 32, 32, generator=g).to(device).contiguous(memory_format=fmt)
-    noise = torch.randn(batch, 3, 32, 32, generator=g).to(device).contiguous(memory_format=fmt)
+    x = torch.randn(batch, *shape, generator=g).to(device).contiguous(memory_format=fmt)
+    noise = torch.randn(batch, *shape, generator=g).to(device).contiguous(memory_format=fmt)
     t = torch.randint(0, 1000, (batch,), generator=g).to(device)
 
     def forward():
@@ -117,6 +117,7 @@ def main(argv=None):
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak (H100 SXM: 989)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--preset", default="cifar10", choices=sorted(unet.PRESETS), help="network size (tiny: a smoke test)")
     args = p.parse_args(argv)
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
@@ -132,10 +133,11 @@ def main(argv=None):
     else:
         torch.set_num_threads(args.threads)
 
-    ours, theirs = build_pair(device, channels_last=cuda)
+    ours, theirs = build_pair(device, channels_last=cuda, preset=args.preset)
+    res, in_ch = ours.config["resolution"], ours.config["in_ch"]
     # Same function first: identical weights must give identical outputs (float32, eval mode).
     with torch.no_grad():
-        xs, ts = torch.randn(2, 3, 32, 32, device=device), torch.tensor([10, 900], device=device)
+        xs, ts = torch.randn(2, in_ch, res, res, device=device), torch.tensor([10, 900], device=device)
         err = (ours.eval()(xs, ts) - theirs.eval()(xs, ts).sample).abs().max().item()
     assert err < 1e-3, f"ddimlab and diffusers disagree by {err}"
 
@@ -143,7 +145,7 @@ def main(argv=None):
     flops = 2 * macs
     peak = peak_tflops(device, args.peak_tflops)
     models = {"ddimlab": (ours, False), "diffusers": (theirs, True)}
-    steps = {name: make_steps(m, as_eps(m, d), device, batch, bf16, cuda, args.compile)
+    steps = {name: make_steps(m, as_eps(m, d), device, batch, bf16, cuda, args.compile, (in_ch, res, res))
              for name, (m, d) in models.items()}
 
     results = {}
@@ -156,7 +158,7 @@ def main(argv=None):
 
     where = torch.cuda.get_device_name(device) if cuda else f"{platform.processor() or platform.machine()}, " \
                                                               f"{torch.get_num_threads()} threads"
-    print(f"DDPM CIFAR-10 UNet: {unet.count_params(ours) / 1e6:.2f}M parameters, {macs / 1e9:.2f} GMACs "
+    print(f"DDPM UNet ({args.preset}): {unet.count_params(ours) / 1e6:.2f}M parameters, {macs / 1e9:.2f} GMACs "
           f"({flops / 1e9:.1f} GFLOP) per image forward")
     print(f"device: {where}; batch {batch}; {'bf16 autocast' if bf16 else 'float32'}"
           f"{', channels_last' if cuda else ''}{', torch.compile' if args.compile else ''}; "

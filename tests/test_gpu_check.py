@@ -1,0 +1,21 @@
+"""`make gpu-check` runs benchmarks/gpu_check.py on a lent GPU; here the same pipeline with tiny sizes on the CPU."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+
+
+@pytest.mark.slow
+def test_gpu_check_pipeline_runs_with_tiny_sizes(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    report = gpu_check.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--no-progress"])
+    out = capsys.readouterr().out
+    assert "== ddimlab GPU check" in out and "resumed: ok" in out and "outputs finite: yes" in out
+    assert report["train"]["resume_ok"] and report["sample"]["finite"] and report["sample"]["n"] == 8
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["train"]["steps"] == 4
+    assert {b["model"] for b in report["bench"]} == {"ddimlab", "diffusers"}
