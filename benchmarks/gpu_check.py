@@ -50,7 +50,8 @@ def bench(args, device) -> list[dict]:
                     ["--compile"] if compile_ else [])
         results = bench_unet.main(argv)
         peak = bench_unet.peak_tflops(device, None)
-        flops = 2 * bench_unet.unet.count_macs(bench_unet.unet.UNet(**bench_unet.unet.PRESETS["tiny" if args.tiny else "cifar10"]))
+        net = bench_unet.unet.UNet(**bench_unet.unet.PRESETS["tiny" if args.tiny else "cifar10"])
+        flops = 2 * bench_unet.unet.count_macs(net)
         for name in ("ddimlab", "diffusers"):
             f, t = results[(name, "forward")], results[(name, "train")]
             rows.append(dict(setting="compile" if compile_ else "eager", model=name, batch=args.bench_batch,

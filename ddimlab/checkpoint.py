@@ -374,7 +374,7 @@ def load_diffusers_folder(path, backend: str = "ddimlab", map_location="cpu"):
     net = unet_mod.UNet(**unet_config_from_diffusers(config))
     st, binary = folder / "diffusion_pytorch_model.safetensors", folder / "diffusion_pytorch_model.bin"
     if st.is_file():
-        from safetensors.torch import load_file   # a declared dependency, imported only for this format
+        from safetensors.torch import load_file  # a declared dependency, imported only for this format
         try:
             state = load_file(st, device=str(map_location))
         except Exception as e:  # safetensors raises its own error type for damaged files

@@ -347,7 +347,7 @@ def read_images(paths, shape) -> torch.Tensor:
     """Images in [−1, 1] (N, C, H, W) for a model taking `shape` = (C, H, W), from one .npz (array `x0`,
     `samples` — both in [−1, 1] — or `images`, uint8 N×H×W×C) or from PNG files. Grey images are
     repeated to RGB and RGB ones averaged to grey to match C; the spatial size must already match."""
-    from PIL import Image   # Pillow comes with matplotlib
+    from PIL import Image  # Pillow comes with matplotlib
 
     C, H, W = shape
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]

@@ -27,7 +27,7 @@ FID_INSTALL_HINT = "pip install ddimlab[fid]"
 
 def load_images(directory, n: int | None = None) -> torch.Tensor:
     """The PNG files of a sample directory, in file-name order, as uint8 N×C×H×W."""
-    from PIL import Image   # Pillow comes with matplotlib
+    from PIL import Image  # Pillow comes with matplotlib
 
     files = sorted(Path(directory).glob("*.png"))
     if n is not None:
@@ -142,7 +142,7 @@ def fid_inception(sample_dir, reference: str = "cifar10-train", cuda: bool | Non
     directory of PNGs (cached under its folder name).
     """
     try:
-        import torch_fidelity   # optional: the [fid] extra
+        import torch_fidelity  # optional: the [fid] extra
     except ImportError as e:
         raise ImportError(f"FID with Inception features needs torch-fidelity (and a torchvision that matches your "
                           f"torch build): {FID_INSTALL_HINT}. Without it, pass a feature_fn (fid.compute_fid).") from e

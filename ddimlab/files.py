@@ -51,7 +51,7 @@ def locked(path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        import fcntl   # POSIX only
+        import fcntl  # POSIX only
     except ImportError:
         yield
         return

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import devices, ode, schedule
 from .checkpoint import eps_fn
 from .data import from_model_range
 from .plotting import save_png
 from .samplers import SIGMA_HAT, sample_row
-from tqdm.auto import tqdm
 
 
 def check_eta(eta):

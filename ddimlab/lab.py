@@ -36,8 +36,8 @@ from pathlib import Path
 import torch
 
 from . import ode, samplers, schedule, toy
-from .samplers import SIGMA_HAT
 from .files import atomic_write
+from .samplers import SIGMA_HAT
 
 S_LIST = (10, 20, 50, 100, 1000)
 ETAS = (0.0, 0.2, 0.5, 1.0)

@@ -53,7 +53,7 @@ def image_grid(x: torch.Tensor, nrow: int | None = None, padding: int = 1, pad_v
 def save_png(image, path) -> Path:
     """Write one uint8 image to `path` as PNG, atomically: an (H, W, C) array or a (C, H, W) tensor with
     C = 1 (saved grey) or 3 (RGB). The one PNG writer for grids and the sample files FID reads."""
-    from PIL import Image   # Pillow comes with matplotlib
+    from PIL import Image  # Pillow comes with matplotlib
 
     a = image.detach().cpu().permute(1, 2, 0).numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     if a.dtype != np.uint8 or a.ndim != 3 or a.shape[-1] not in (1, 3):

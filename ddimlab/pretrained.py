@@ -61,7 +61,8 @@ def digits_config(steps: int | None = None, seed: int = 0, device: str = "cpu", 
 
 def digits_model(steps: int | None = None, seed: int = 0, cache_dir=None, progress: bool = False,
                  device: str = "cpu", overrides=None, threads: int = 1):
-    """(model, config): the `digits` preset trained for `steps` steps, from the cache when present (notebook 06 §4, notebook 07 §0).
+    """(model, config): the `digits` preset trained for `steps` steps, from the cache when present
+    (notebook 06 §4, notebook 07 §0).
 
     The EMA weights in eval mode, on the CPU (`train.load_trained`). `overrides` changes other
     preset fields (a dict, as `train.make_config`); they are part of the cache key. Training on the

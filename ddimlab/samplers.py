@@ -18,8 +18,18 @@ from __future__ import annotations
 import torch
 
 from . import schedule
-from .diffusion import (VARIANCES, bcast, check_eta, check_sigma, ddim_sigma, ddim_step, posterior_mean,
-                        posterior_variance, predict_x0, q_sample)
+from .diffusion import (
+    VARIANCES,
+    bcast,
+    check_eta,
+    check_sigma,
+    ddim_sigma,
+    ddim_step,
+    posterior_mean,
+    posterior_variance,
+    predict_x0,
+    q_sample,
+)
 from .schedule import alpha_bar_at, step_pairs
 
 SIGMA_HAT = "sigma_hat"   # the DDIM paper's σ̂ row (Table 1): DDPM's large variance on τ, `ddpm_sample(variance="large")`

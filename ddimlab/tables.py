@@ -16,14 +16,14 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from tqdm.auto import tqdm
 
 from . import data, devices, schedule
 from .checkpoint import eps_fn
 from .fid import compute_fid, fid_inception, load_images
 from .files import atomic_write
-from .generate import check_eta, generate_samples, sample_indices, sampling_steps, resolve_rank
+from .generate import check_eta, generate_samples, resolve_rank, sample_indices, sampling_steps
 from .samplers import SIGMA_HAT, reconstruct
-from tqdm.auto import tqdm
 
 # DDIM paper Table 1, CIFAR-10 FID of 50k samples, quadratic steps: {η: {S: FID}}; σ̂ is DDPM's large variance.
 PAPER_TABLE1 = {

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from . import data, devices, schedule, unet
-from .checkpoint import CheckpointError, eps_fn, load_checkpoint, save_checkpoint, unet_from_run
+from .checkpoint import eps_fn, load_checkpoint, save_checkpoint, unet_from_run
 from .elbo import l_simple
 from .files import atomic_write
 from .plotting import save_image_grid

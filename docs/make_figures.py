@@ -30,8 +30,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ddimlab.files import atomic_write  # noqa: E402
 from ddimlab import checkpoint, generate, lab, ode, plotting, pretrained, samplers, schedule, toy  # noqa: E402
+from ddimlab.files import atomic_write  # noqa: E402
 
 FIGURES = ("samples", "consistency", "interpolation", "lab", "ode")
 DPI = 80

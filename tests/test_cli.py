@@ -14,7 +14,6 @@ from ddimlab.checkpoint import eps_fn
 from ddimlab.samplers import ddim_sample
 from ddimlab.unet import UNet
 
-
 TINY = ["resolution=8", "ch=16", "ch_mult=1,2", "attn_resolutions=", "num_groups=8", "dropout=0",
         "batch_size=32", "steps=30", "lr=2e-3", "warmup=5", "log_every=10", "n_samples=4", "sample_steps=5",
         "device=cpu"]

@@ -11,7 +11,6 @@ import torch
 
 from ddimlab import data as D
 
-
 # ---------------------------------------------------------------------------------- fixtures
 
 

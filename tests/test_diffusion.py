@@ -5,9 +5,22 @@ import pytest
 import torch
 
 from ddimlab import diffusion
-from ddimlab.diffusion import (ddim_sigma, ddim_step, eps_from_score, eps_from_v, posterior_mean, posterior_variance,
-                               predict_eps, predict_x0, q_sample, q_sigma_mean, q_step, score_from_eps, v_from,
-                               x0_from_v)
+from ddimlab.diffusion import (
+    ddim_sigma,
+    ddim_step,
+    eps_from_score,
+    eps_from_v,
+    posterior_mean,
+    posterior_variance,
+    predict_eps,
+    predict_x0,
+    q_sample,
+    q_sigma_mean,
+    q_step,
+    score_from_eps,
+    v_from,
+    x0_from_v,
+)
 from ddimlab.gaussian import linear_gaussian_marginal, linear_gaussian_posterior
 from ddimlab.schedule import alpha_bar_at, beta_schedule, make_alpha_bar
 

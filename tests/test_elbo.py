@@ -17,7 +17,7 @@ import pytest
 import torch
 from scipy import stats
 
-from ddimlab.elbo import (decoder_nll, elbo_terms, gamma_t, l_simple, model_variance, posterior_kl, prior_kl)
+from ddimlab.elbo import decoder_nll, elbo_terms, gamma_t, l_simple, model_variance, posterior_kl, prior_kl
 from ddimlab.gaussian import linear_gaussian_posterior
 from ddimlab.schedule import beta_schedule, make_alpha_bar
 

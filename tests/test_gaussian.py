@@ -7,8 +7,15 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from ddimlab.gaussian import (discretized_gaussian_log_likelihood, kl_mvn, kl_normal, linear_gaussian_marginal,
-                              linear_gaussian_posterior, log_mvn, log_normal)
+from ddimlab.gaussian import (
+    discretized_gaussian_log_likelihood,
+    kl_mvn,
+    kl_normal,
+    linear_gaussian_marginal,
+    linear_gaussian_posterior,
+    log_mvn,
+    log_normal,
+)
 
 Z = 5.0  # Monte Carlo tolerance in standard errors
 

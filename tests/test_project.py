@@ -7,10 +7,10 @@ import re
 import shlex
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 # conda-forge's pytorch, or the metapackages that pin its CPU or CUDA variant, is pip's torch

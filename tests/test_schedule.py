@@ -6,8 +6,17 @@ import pytest
 import torch
 
 from ddimlab import schedule
-from ddimlab.schedule import (alpha_bar, alpha_bar_at, beta_schedule, make_alpha_bar, sigma_of, snr, step_pairs,
-                              timesteps, validate_timesteps)
+from ddimlab.schedule import (
+    alpha_bar,
+    alpha_bar_at,
+    beta_schedule,
+    make_alpha_bar,
+    sigma_of,
+    snr,
+    step_pairs,
+    timesteps,
+    validate_timesteps,
+)
 
 
 def test_linear_schedule_endpoints_and_dtype():
