@@ -241,6 +241,7 @@ def _attn_leaf_back(rest: str) -> str:
     return f"{inv[name]}.{param}"
 
 
+# Deliberate mirror of `to_diffusers` (each rule read backwards); tests/test_checkpoint.py round-trips both.
 def from_diffusers(diffusers_state: dict) -> dict:
     """diffusers `UNet2DModel` state_dict (current or pre-0.14 attention names) -> ddimlab layout."""
     L = _num_levels(diffusers_state, r"down_blocks\.(\d+)\.")
