@@ -74,7 +74,7 @@ def mmd2_se(x: torch.Tensor, y: torch.Tensor, kernel) -> tuple[float, float]:
     overstates its spread: conservative; `noise_floor` is the calibrated number there.
     """
     value, loo = jackknife(x, y, kernel)
-    return value, _jackknife_se(loo)
+    return value, jackknife_se(loo)
 
 
 def jackknife(x: torch.Tensor, y: torch.Tensor, kernel) -> tuple[float, torch.Tensor]:
@@ -92,10 +92,19 @@ def jackknife(x: torch.Tensor, y: torch.Tensor, kernel) -> tuple[float, torch.Te
         raise ValueError(f"x and y must have the same shape (n >= 4, d), got {tuple(x.shape)} and {tuple(y.shape)}")
     if not (bool(torch.isfinite(x).all()) and bool(torch.isfinite(y).all())):
         raise ValueError("samples contain NaN or inf")
+    return _jackknife(x, y, kernel, _row_sums(y, kernel))
+
+
+def _row_sums(y, kernel):
+    """Off-diagonal row sums of the kernel matrix of y: the data side of `jackknife`, shared by every cell of a table."""
+    k = toy.gram(y, y, kernel)
+    return k.sum(1) - k.diagonal()
+
+
+def _jackknife(x, y, kernel, ry):
     n = x.shape[0]
-    kxx, kyy, kxy = toy.gram(x, x, kernel), toy.gram(y, y, kernel), toy.gram(x, y, kernel)
-    rx = kxx.sum(1) - kxx.diagonal()
-    ry = kyy.sum(1) - kyy.diagonal()
+    rx = _row_sums(x, kernel)
+    kxy = toy.gram(x, y, kernel)
     sx, sy, sxy = rx.sum(), ry.sum(), kxy.sum()
     value = float((sx + sy) / (n * (n - 1)) - 2 * sxy / n ** 2)
     loo = ((sx - 2 * rx + sy - 2 * ry) / ((n - 1) * (n - 2))
@@ -103,7 +112,9 @@ def jackknife(x: torch.Tensor, y: torch.Tensor, kernel) -> tuple[float, torch.Te
     return value, loo
 
 
-def _jackknife_se(loo: torch.Tensor) -> float:
+def jackknife_se(loo: torch.Tensor) -> float:
+    """√((n−1)/n Σᵢ (U₋ᵢ − Ū)²): the jackknife standard error from the delete-one values of `jackknife`
+    (notebook 09 §1)."""
     n = loo.shape[0]
     return float(((n - 1) / n * (loo - loo.mean()).pow(2).sum()).sqrt())
 
@@ -119,15 +130,25 @@ def noise_floor(mixture: toy.GaussianMixture, n: int, generator: torch.Generator
     return toy.mmd(mixture.sample(n, generator), mixture, generator, repeats=repeats, kernel=kernel, scale=scale)
 
 
+def paired_difference(xa: torch.Tensor, xb: torch.Tensor, y: torch.Tensor, kernel) -> tuple[float, float]:
+    """(MMD²(xa, y) − MMD²(xb, y), its standard error) when xa[i], xb[i] and y[i] belong together (two samplers
+    run from the same x_T and noise, one reference set; notebook 04 §4): the jackknife of the difference,
+    deleting index i from all three (`jackknife`)."""
+    va, la = jackknife(xa, y, kernel)
+    vb, lb = jackknife(xb, y, kernel)
+    return va - vb, jackknife_se(la - lb)
+
+
 def difference(a: dict, b: dict) -> tuple[float, float]:
     """(a − b, its standard error) for two cells of one `table1` (notebook 09 §2). The cells share x_T, the
     noise and the reference data index by index, so the jackknife of the difference (their delete-one
-    values subtracted, `jackknife`) is its SE: much smaller than the cells' own SEs combined, since their
-    errors are positively correlated. Cells from different tables fall back to √(se_a² + se_b²)."""
+    values subtracted, as in `paired_difference`) is its SE; it accounts for the correlation between the
+    cells, which makes it smaller than √(se_a² + se_b²) when the two samplers' outputs stay close.
+    Cells from different tables fall back to √(se_a² + se_b²)."""
     diff = a["mmd2"] - b["mmd2"]
     la, lb = a.get("loo"), b.get("loo")
     if la is not None and lb is not None and la.shape == lb.shape and a.get("table") == b.get("table"):
-        return diff, _jackknife_se(la - lb)
+        return diff, jackknife_se(la - lb)
     return diff, math.hypot(a["se"], b["se"])
 
 
@@ -216,9 +237,13 @@ def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS,
     fresh = mixture.sample(n, g)
     table = object()                      # identifies the cells that share x_T, noise and data (`difference`)
 
+    ry = _row_sums(data / scale, kernel)  # the data side of every cell's statistic, computed once
+
     def row(sampler, eta, S, steps, x0, ode_err, seconds):
-        v, loo = jackknife(x0 / scale, data / scale, kernel)
-        return dict(sampler=sampler, eta=eta, S=S, steps=steps, mmd2=v, se=_jackknife_se(loo), floor=null.floor,
+        if not bool(torch.isfinite(x0).all()):
+            raise ValueError(f"{sampler}, S={S}: the samples contain NaN or inf")
+        v, loo = _jackknife(x0 / scale, data / scale, kernel, ry)
+        return dict(sampler=sampler, eta=eta, S=S, steps=steps, mmd2=v, se=jackknife_se(loo), floor=null.floor,
                     within_floor=v < FLOOR_K * null.floor, ode_err=ode_err, seconds=seconds, kernel=kernel,
                     standardized=standardize, d=mixture.d, loo=loo, table=table)
 

@@ -325,6 +325,23 @@ def exact_eps(mixture: GaussianMixture, alpha_bar: torch.Tensor):
     return eps
 
 
+def kl_to_normal(mixture: GaussianMixture, a: float, n: int = 4000,
+                 generator: torch.Generator | None = None) -> tuple[float, float]:
+    """(KL(p_t ‖ N(0, I)), its Monte Carlo standard error) for ᾱ = a, in nats (notebook 04 §4).
+
+    p_t is the noisy marginal at ᾱ = a; the estimate averages log p_t(x) − log N(x; 0, I) over n draws
+    x = √a x_0 + √(1−a) ε. It is the price of starting a sampler from N(0, I) at a step whose marginal
+    still holds a fraction √a of the data.
+    """
+    a = float(a)
+    if not 0 < a < 1:
+        raise ValueError(f"alpha_bar must lie in (0, 1), got {a}")
+    x = math.sqrt(a) * mixture.sample(n, generator) + math.sqrt(1 - a) * torch.randn(
+        n, mixture.d, generator=generator, dtype=torch.float64)
+    log_ratio = mixture.log_prob(x, a) + 0.5 * (x.pow(2).sum(1) + mixture.d * math.log(2 * math.pi))
+    return float(log_ratio.mean()), float(log_ratio.std() / math.sqrt(n))
+
+
 # ---------------------------------------------------------------------------------- named mixtures
 
 def eight_gaussians(radius: float = 0.7, std_tangent: float = 0.15, std_radial: float = 0.05) -> GaussianMixture:

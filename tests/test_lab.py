@@ -70,7 +70,7 @@ def _paired(xs, y, kernel):
     rows = []
     for x in xs:
         v, loo = lab.jackknife(x, y, kernel)
-        rows.append(dict(sampler="x", S=1, mmd2=v, se=lab._jackknife_se(loo), loo=loo, table=table))
+        rows.append(dict(sampler="x", S=1, mmd2=v, se=lab.jackknife_se(loo), loo=loo, table=table))
     return rows
 
 
@@ -113,7 +113,7 @@ def test_noise_floor_is_measured_on_two_fresh_data_sets():
     assert data["floor"] > 0 and data["within_floor"]
 
 
-def test_jackknife_se_matches_repeats():
+def testjackknife_se_matches_repeats():
     """The ± of a cell, and the SE of a difference between two cells of one table, are the spreads over
     independent repeats (x_T, noise and data redrawn)."""
     vals, ses, diffs, dses = [], [], [], []

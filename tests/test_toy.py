@@ -214,6 +214,27 @@ def test_image_like_mixture():
         toy.SharedBasisMixture(torch.ones(2), torch.zeros(2, 3), torch.ones(2, 3), 2 * torch.eye(3))
 
 
+def test_kl_to_normal_matches_closed_form_and_grid():
+    """The Monte Carlo KL(p_t ‖ N(0, I)) against the closed-form KL of one diagonal Gaussian (gaussian.kl_normal)
+    and against a grid integral for the 2-D ring; a wrong density (the data's instead of p_t's) fails."""
+    from ddimlab.gaussian import kl_normal
+    one = toy.image_like_mixture(64, K=1, seed=2)
+    g = torch.Generator().manual_seed(11)
+    for a in (0.01, 0.2):
+        mc, se = toy.kl_to_normal(one, a, 4000, g)
+        exact = float(kl_normal(math.sqrt(a) * one.means[0], a * one.eigvals[0] + 1 - a, 0.0, 1.0).sum())
+        assert abs(mc - exact) < 4 * se, (a, mc, se, exact)
+    ring, a, h = toy.eight_gaussians(), 0.3, 0.02
+    grid = torch.arange(-5, 5 + 1e-9, h, dtype=torch.float64)
+    pts = torch.stack([c.ravel() for c in torch.meshgrid(grid, grid, indexing="xy")], 1)
+    log_p = ring.log_prob(pts, a)
+    ref = float((log_p.exp() * (log_p + 0.5 * pts.pow(2).sum(1) + math.log(2 * math.pi))).sum()) * h * h
+    mc, se = toy.kl_to_normal(ring, a, 20000, g)
+    assert abs(mc - ref) < 4 * se, (mc, se, ref)
+    with pytest.raises(ValueError, match="alpha_bar"):
+        toy.kl_to_normal(ring, 1.0)
+
+
 def test_energy_kernel_is_the_energy_distance():
     """mmd2_unbiased with toy.ENERGY is 2·mean|x−y| − mean_{i≠j}|x−x'| − mean_{i≠j}|y−y'| (scipy's cdist)."""
     g = torch.Generator().manual_seed(9)
