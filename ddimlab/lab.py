@@ -38,7 +38,7 @@ two samplers, the paper's reference; `quad` stops at t = 800 and keeps 688 disti
 spacing="quad" to compare (notebook 09 §2).
 
 Run `python -m ddimlab.lab --out DIR` (or `lab.main()`): prints both tables, writes DIR/table1.txt,
-DIR/table1.png and DIR/table1_d1024.png (about two minutes on a 2-core CPU, most of it in 1024-D).
+DIR/table1.png and DIR/table1_d1024.png (two to three minutes on a 2-core CPU, most of it in 1024-D).
 """
 from __future__ import annotations
 
@@ -327,8 +327,8 @@ def format_table(rows: list[dict]) -> str:
     lines.append(f"* within {FLOOR_K:g} noise floors of 0: indistinguishable from exact samples at this n.")
     if any(r is not None and r["ode_err"] is not None for r in ode_rows):
         lines.append("η=0 vs ODE: RMS distance to scipy's probability-flow ODE solution from the same x_T.")
-    lines.append("ranking at S=" + str(S_list[0]) + " (best first; '<' beyond 3 SE of the difference, '≈' not "
-                 "resolved): " + ranking(rows, S_list[0]))
+    lines.append("ranking, best first ('<' beyond 3 SE of the difference, '≈' not resolved):")
+    lines.extend(f"  S={S}: {ranking(rows, S)}" for S in S_list)
     return "\n".join(lines)
 
 
@@ -398,7 +398,7 @@ IMAGE_S_LIST = (10, 20, 50, 100)     # 1024-D: S = 1000 would take ~10 min on 2 
 
 
 def main(argv: list[str] | None = None, *, out=None) -> int:
-    """`python -m ddimlab.lab [--out DIR] [--n N] [--image-d D] [--spacing uniform|quad] [--seed K]`: print
+    """`python -m ddimlab.lab [--out DIR] [--n N] [--image-d D] [--image-n N] [--spacing uniform|quad] [--seed K]`: print
     Table 1 on the 2-D ring and on `toy.image_like_mixture(D)` (D = 0 skips it), write the figures
     (notebook 09).
 
@@ -408,8 +408,9 @@ def main(argv: list[str] | None = None, *, out=None) -> int:
     """
     p = argparse.ArgumentParser(prog="python -m ddimlab.lab", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="outputs/lab", help="folder for table1.txt and the figures")
-    p.add_argument("--n", type=int, default=1000, help="samples per cell (the error bars shrink like 1/√n)")
+    p.add_argument("--n", type=int, default=2000, help="samples per cell of the 2-D table (error bars shrink like 1/√n)")
     p.add_argument("--image-d", type=int, default=1024, help="dimension of the image-like table (0: skip it)")
+    p.add_argument("--image-n", type=int, default=1000, help="samples per cell of the image-like table")
     p.add_argument("--spacing", default="uniform", choices=SPACINGS)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args([] if argv is None else list(argv))
@@ -424,10 +425,10 @@ def main(argv: list[str] | None = None, *, out=None) -> int:
         print(text, flush=True)
         figures = [make_figure(rows, out / "table1.png")]
         if args.image_d > 0:
-            img = table1(toy.image_like_mixture(args.image_d), S_list=IMAGE_S_LIST, n=args.n,
+            img = table1(toy.image_like_mixture(args.image_d), S_list=IMAGE_S_LIST, n=args.image_n,
                          spacing=args.spacing, seed=args.seed, n_ode=0)
             more = (f"\nThe same on image-like data: toy.image_like_mixture({args.image_d}) (10 components, "
-                    f"spectrum ∝ 1/j), n={args.n}\n" + format_table(img))
+                    f"spectrum ∝ 1/j), n={args.image_n}\n" + format_table(img))
             print(more)
             text += "\n" + more
             figures.append(make_figure(img, out / f"table1_d{args.image_d}.png"))

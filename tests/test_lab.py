@@ -145,7 +145,7 @@ def test_format_and_figure(tmp_path, ring):
     rows = lab.table1(S_list=(10, 20), etas=(0, 1), n=200, n_ode=4, seed=7)
     text = lab.format_table(rows)
     assert "S=10" in text and "σ̂" in text and "η=0 vs ODE" in text and "noise floor" in text
-    assert "energy distance, standardized" in text and "ranking at S=10" in text
+    assert "energy distance, standardized" in text and f"S=10: {lab.ranking(rows, 10)}" in text
     r = lab.cell(rows, "eta=1", 10)
     assert lab.fmt_pm(r["mmd2"], r["se"]) in text
     path = lab.make_figure(rows, tmp_path / "sub" / "t1.png")
@@ -185,7 +185,7 @@ def test_mmd2_se_rejects_mismatched_inputs():
 def test_main_prints_the_tables_and_writes_files(tmp_path, capsys):
     """`lab.main` (called by `make demo`) with a small n and a small image-like d: both tables on stdout,
     the text and both figures on disk."""
-    assert lab.main(["--n", "40", "--image-d", "32"], out=tmp_path) == 0
+    assert lab.main(["--n", "40", "--image-d", "32", "--image-n", "40"], out=tmp_path) == 0
     printed = capsys.readouterr().out
     assert "S=1000" in printed and "σ̂" in printed and "noise floor" in printed and "image_like_mixture(32)" in printed
     assert (tmp_path / "table1.png").read_bytes()[:4] == b"\x89PNG"
