@@ -31,6 +31,18 @@ def _f64(x, name):
     return x.to(torch.float64)
 
 
+def _weights_and_means(weights, means):
+    """Checked float64 weights (K,) (finite, positive) and means (K, d)."""
+    w, mu = _f64(weights, "weights"), _f64(means, "means")
+    if mu.ndim != 2:
+        raise ValueError(f"means must have shape (K, d), got {tuple(mu.shape)}")
+    if w.shape != (mu.shape[0],):
+        raise ValueError(f"weights must have shape (K,) = ({mu.shape[0]},), got {tuple(w.shape)}")
+    if not bool(torch.isfinite(w).all() & (w > 0).all()):
+        raise ValueError("weights must be finite and positive")
+    return w, mu
+
+
 class GaussianMixture:
     """p(x) = Σ_k w_k N(x; μ_k, Σ_k) in d dimensions, float64 (notebook 04 §5).
 
@@ -40,16 +52,10 @@ class GaussianMixture:
     """
 
     def __init__(self, weights, means, covs):
-        w, mu, cov = _f64(weights, "weights"), _f64(means, "means"), _f64(covs, "covs")
-        if mu.ndim != 2:
-            raise ValueError(f"means must have shape (K, d), got {tuple(mu.shape)}")
-        K, d = mu.shape
-        if w.shape != (K,):
-            raise ValueError(f"weights must have shape (K,) = ({K},), got {tuple(w.shape)}")
+        w, mu = _weights_and_means(weights, means)
+        (K, d), cov = mu.shape, _f64(covs, "covs")
         if cov.shape != (K, d, d):
             raise ValueError(f"covs must have shape (K, d, d) = ({K}, {d}, {d}), got {tuple(cov.shape)}")
-        if not bool(torch.isfinite(w).all() & (w > 0).all()):
-            raise ValueError("weights must be finite and positive")
         if not bool(torch.allclose(cov, cov.transpose(-1, -2), atol=1e-12)):
             raise ValueError("covs must be symmetric")
         lam, U = torch.linalg.eigh(cov)
@@ -177,16 +183,10 @@ class SharedBasisMixture(GaussianMixture):
     """
 
     def __init__(self, weights, means, eigvals, basis=None):
-        w, mu, lam = _f64(weights, "weights"), _f64(means, "means"), _f64(eigvals, "eigvals")
-        if mu.ndim != 2:
-            raise ValueError(f"means must have shape (K, d), got {tuple(mu.shape)}")
-        K, d = mu.shape
-        if w.shape != (K,):
-            raise ValueError(f"weights must have shape (K,) = ({K},), got {tuple(w.shape)}")
+        w, mu = _weights_and_means(weights, means)
+        (K, d), lam = mu.shape, _f64(eigvals, "eigvals")
         if lam.shape != (K, d):
             raise ValueError(f"eigvals must have shape (K, d) = ({K}, {d}), got {tuple(lam.shape)}")
-        if not bool(torch.isfinite(w).all() & (w > 0).all()):
-            raise ValueError("weights must be finite and positive")
         if not bool(torch.isfinite(lam).all() & (lam > 0).all()):
             raise ValueError("eigvals must be finite and positive (covariances positive definite)")
         if basis is not None:

@@ -88,9 +88,8 @@ def test_stochastic_step_equals_diffusers(lab_setup):
     noise = [torch.randn(x_T.shape, generator=g, dtype=torch.float64) for _ in range(S)]
     for eta in (0.5, 1.0):
         x_d = run_scheduler(diffusers.DDIMScheduler(**LINEAR, timestep_spacing="leading"), eps, x_T, S, eta, noise)
-        it = iter(noise)
         x_o = samplers.ddim_sample(eps, x_T, ab, schedule.timesteps(S, T, "uniform"), eta=eta,
-                                   noise_sampler=lambda t, s: next(it))
+                                   noise_sampler=lambda t, s, it=iter(noise): next(it))
         torch.testing.assert_close(x_d, x_o, rtol=0, atol=1e-6)
 
 

@@ -4,9 +4,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.stats import multivariate_normal
-
 from scipy.spatial.distance import cdist
+from scipy.stats import multivariate_normal
 
 from ddimlab import samplers, schedule, toy
 from ddimlab.diffusion import predict_x0, q_sample, x0_from_v
