@@ -1,4 +1,4 @@
-"""The DDIM paper's Table 1 redone on an exact score (notebook 04 §6).
+"""The DDIM paper's Table 1 redone on an exact score, in 2-D and in image-like dimension (notebook 09).
 
 DDIM Table 1 reports CIFAR-10 FID for S ∈ {10, 20, 50, 100, 1000} steps and η ∈ {0, 0.2, 0.5, 1},
 plus DDPM's large-variance sampler σ̂. There the error mixes three things: the sampler, the
@@ -6,25 +6,39 @@ trained network and the FID estimate. Here the network is replaced by the exact 
 mixture (`toy.exact_eps`), so the only error left is the sampler's, and it is measured with a
 statistic whose noise is measured too:
 
-- every cell: the unbiased MMD² (`toy.mmd2_unbiased`, the kernel bandwidth of `toy.mmd`) between
-  n sampler outputs and n fresh data draws, ± its jackknife standard error (`mmd2_se`);
-- the noise floor: the same statistic between two fresh data sets (`toy.mmd`), i.e. what an exact
-  sampler scores at this n. Cells below 3 floors are marked: they are indistinguishable from
-  exact samples, and the table prints each value rounded to its own standard error, so it never
-  shows a difference smaller than its error bars;
+- every cell: the energy distance 2E|X−Y| − E|X−X'| − E|Y−Y'| between n sampler outputs and n fresh
+  data draws (`toy.mmd2_unbiased` with kernel `toy.ENERGY`: the MMD² of k(u, v) = −|u − v|), after
+  dividing each coordinate by the data's standard deviation along it (`GaussianMixture.std`), so
+  that every direction is measured on its own scale; ± its delete-one jackknife standard error
+  (`jackknife`, `mmd2_se`). A difference between two cells has the jackknife SE of the difference
+  (`difference`); `beyond` and `ranking` call a difference resolved beyond 3 of those SEs;
+- the noise floor: the same statistic between two fresh data sets (`noise_floor`), i.e. what an
+  exact sampler scores at this n. Cells below 3 floors are marked: they are indistinguishable from
+  exact samples. Each value is printed rounded to its own standard error;
 - for η = 0 also the deterministic error: RMS distance to scipy's solution of the probability-flow
   ODE from the same x_T (`ode.reference_solution`, notebook 05 §3).
 
-Spacing. The default is `uniform` (`schedule.timesteps`, the official code's `range(0, T, T//S)`),
-the DDIM paper's choice for every data set but CIFAR-10, because (1) its largest step grows to T−1
-as S grows, so S = 1000 is exactly DDPM's chain and the η = 1 / σ̂ cells at S = 1000 are DDPM's own
-two samplers, the paper's reference; `quad` stops at t = 800 and keeps 688 distinct steps; (2) on
-this 2-D mixture `quad` puts its steps where the data's fine structure is (small t) and is several
-times more accurate at S = 10, so accurate that every η falls within a few error bars of the others
-at a CPU-sized n. Pass spacing="quad" to see it (notebook 04 §4 plots both).
+Why this distance (notebook 09 §1): a Gaussian-kernel MMD² with one bandwidth saturates once an
+error is larger than the bandwidth, so it cannot rank large errors; the energy distance keeps
+growing with the size of the error and is zero only for equal distributions (Székely & Rizzo
+2013). Standardizing is a single factor on the isotropic 2-D ring; on image-like data, where the
+directions' variances span three decades, it decides what is measured (notebook 09 §5).
 
-Run `python -m ddimlab.lab --out DIR` (or `lab.main()`): prints the table, writes DIR/table1.png
-and DIR/table1.txt, in seconds on a CPU.
+Data: `toy.default_mixture()` (8 Gaussians on a 2-D ring) and `toy.image_like_mixture(1024)`
+(10 components sharing one eigenbasis, power-law spectrum λ_j ∝ 1/j like natural images'). At
+S = 10 the two disagree: in 2-D σ̂ scores best, in d = 1024 it scores worst, as in the paper.
+σ̂ adds noise of one fixed variance in every direction; in 2-D no direction of the data is that
+narrow, in the image-like data most are (notebook 09 §5). README "DDIM Table 1 on an exact score"
+has the numbers.
+
+Spacing. The default is `uniform` (`schedule.timesteps`, the official code's `range(0, T, T//S)`),
+the DDIM paper's choice for every data set but CIFAR-10, because its largest step grows to T−1
+as S grows, so S = 1000 is exactly DDPM's chain and the η = 1 / σ̂ cells at S = 1000 are DDPM's own
+two samplers, the paper's reference; `quad` stops at t = 800 and keeps 688 distinct steps. Pass
+spacing="quad" to compare (notebook 09 §2).
+
+Run `python -m ddimlab.lab --out DIR` (or `lab.main()`): prints both tables, writes DIR/table1.txt,
+DIR/table1.png and DIR/table1_d1024.png (two to three minutes on a 2-core CPU, most of it in 1024-D).
 """
 from __future__ import annotations
 
@@ -48,20 +62,29 @@ DATA = "data"
 
 # ------------------------------------------------------------------------------------- the metric
 
-def bandwidth(mixture: toy.GaussianMixture) -> float:
-    """The kernel bandwidth `toy.mmd` uses by default: the components' typical standard deviation (notebook 04 §5)."""
-    return float(mixture.weights @ mixture.eigvals.mean(1).sqrt())
+bandwidth = toy.bandwidth    # the one Gaussian-kernel bandwidth (defined in toy; notebook 05 uses lab.bandwidth)
 
 
-def mmd2_se(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> tuple[float, float]:
-    """(MMD², standard error): `toy.mmd2_unbiased(x, y, bandwidth)` and its delete-one jackknife SE.
+def mmd2_se(x: torch.Tensor, y: torch.Tensor, kernel) -> tuple[float, float]:
+    """(MMD², standard error): `toy.mmd2_unbiased(x, y, kernel)` and its delete-one jackknife SE (notebook 09 §1).
 
-    x, y: (n, d) with the same n. Deleting the pair (x_i, y_i) leaves
-    U₋ᵢ = (Σ'Kxx − 2rˣᵢ + Σ'Kyy − 2rʸᵢ)/((n−1)(n−2)) − 2(ΣKxy − Kxy[i,:]·1 − 1·Kxy[:,i] + Kxy[i,i])/(n−1)²
-    (Σ' sums off the diagonal, rᵢ a row sum off the diagonal), and SE² = (n−1)/n Σᵢ (U₋ᵢ − Ū)².
-    The SE covers both sample sets' randomness; `tests/test_lab.py` checks it against repeats
-    (notebook 04 §5). Near the null (samples ≈ data) the statistic is degenerate and the jackknife
-    overstates its spread (about 1.5× here): conservative; `noise_floor` is the calibrated number there.
+    kernel: a Gaussian bandwidth, or toy.ENERGY ("energy") for the energy distance (`toy.gram`).
+    x, y: (n, d) with the same n. The SE covers both sample sets' randomness; `tests/test_lab.py` checks
+    it against repeats. Near the null (samples ≈ data) the statistic is degenerate and the jackknife
+    overstates its spread: conservative; `noise_floor` is the calibrated number there.
+    """
+    value, loo = jackknife(x, y, kernel)
+    return value, jackknife_se(loo)
+
+
+def jackknife(x: torch.Tensor, y: torch.Tensor, kernel) -> tuple[float, torch.Tensor]:
+    """(MMD², the n delete-one values U₋ᵢ) for pairs (x_i, y_i) (notebook 09 §1). Deleting pair i leaves
+
+        U₋ᵢ = (Σ'Kxx − 2rˣᵢ + Σ'Kyy − 2rʸᵢ)/((n−1)(n−2)) − 2(ΣKxy − Kxy[i,:]·1 − 1·Kxy[:,i] + Kxy[i,i])/(n−1)²
+
+    (Σ' sums off the diagonal, rᵢ a row sum off the diagonal); SE² = (n−1)/n Σᵢ (U₋ᵢ − Ū)². Two cells
+    of `table1` share x_T, noise and data index by index, so the same formula on the difference of
+    their U₋ᵢ gives the standard error of their difference (`difference`).
     """
     x = torch.as_tensor(x, dtype=torch.float64)
     y = torch.as_tensor(y, dtype=torch.float64)
@@ -69,33 +92,90 @@ def mmd2_se(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> tuple[float, 
         raise ValueError(f"x and y must have the same shape (n >= 4, d), got {tuple(x.shape)} and {tuple(y.shape)}")
     if not (bool(torch.isfinite(x).all()) and bool(torch.isfinite(y).all())):
         raise ValueError("samples contain NaN or inf")
-    if not bandwidth > 0:
-        raise ValueError(f"bandwidth must be > 0, got {bandwidth}")
+    return _jackknife(x, y, kernel, _row_sums(y, kernel))
+
+
+def _row_sums(y, kernel):
+    """Off-diagonal row sums of the kernel matrix of y: the data side of `jackknife`, shared by every cell of a table."""
+    k = toy.gram(y, y, kernel)
+    return k.sum(1) - k.diagonal()
+
+
+def _jackknife(x, y, kernel, ry):
     n = x.shape[0]
-
-    def k(u, v):
-        return torch.exp(-torch.cdist(u, v).pow(2) / (2 * bandwidth ** 2))
-
-    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
-    rx = kxx.sum(1) - kxx.diagonal()
-    ry = kyy.sum(1) - kyy.diagonal()
+    rx = _row_sums(x, kernel)
+    kxy = toy.gram(x, y, kernel)
     sx, sy, sxy = rx.sum(), ry.sum(), kxy.sum()
     value = float((sx + sy) / (n * (n - 1)) - 2 * sxy / n ** 2)
     loo = ((sx - 2 * rx + sy - 2 * ry) / ((n - 1) * (n - 2))
            - 2 * (sxy - kxy.sum(1) - kxy.sum(0) + kxy.diagonal()) / (n - 1) ** 2)
-    se = float(((n - 1) / n * (loo - loo.mean()).pow(2).sum()).sqrt())
-    return value, se
+    return value, loo
+
+
+def jackknife_se(loo: torch.Tensor) -> float:
+    """√((n−1)/n Σᵢ (U₋ᵢ − Ū)²): the jackknife standard error from the delete-one values of `jackknife`
+    (notebook 09 §1)."""
+    n = loo.shape[0]
+    return float(((n - 1) / n * (loo - loo.mean()).pow(2).sum()).sqrt())
 
 
 def noise_floor(mixture: toy.GaussianMixture, n: int, generator: torch.Generator | None = None,
-                repeats: int = 8) -> toy.MMDResult:
-    """The metric between exact data sets: `toy.mmd` of n fresh data draws (notebook 04 §5).
+                repeats: int = 8, kernel=None, scale=None) -> toy.MMDResult:
+    """The metric between exact data sets: `toy.mmd` of n fresh data draws (notebook 09 §1).
 
     Returns MMDResult(mmd2 = one null value, floor = RMS of the statistic between two fresh data sets
-    of size n over `repeats` repetitions): what a perfect sampler scores at this n.
+    of size n over `repeats` repetitions): what a perfect sampler scores at this n. kernel and scale as
+    in `toy.mmd` (None: the Gaussian kernel of `bandwidth(mixture)`, no scaling).
     """
-    return toy.mmd(mixture.sample(n, generator), mixture, generator, repeats=repeats,
-                   bandwidth=bandwidth(mixture))
+    return toy.mmd(mixture.sample(n, generator), mixture, generator, repeats=repeats, kernel=kernel, scale=scale)
+
+
+def paired_difference(xa: torch.Tensor, xb: torch.Tensor, y: torch.Tensor, kernel) -> tuple[float, float]:
+    """(MMD²(xa, y) − MMD²(xb, y), its standard error) when xa[i], xb[i] and y[i] belong together (two samplers
+    run from the same x_T and noise, one reference set; notebook 04 §4): the jackknife of the difference,
+    deleting index i from all three (`jackknife`)."""
+    va, la = jackknife(xa, y, kernel)
+    vb, lb = jackknife(xb, y, kernel)
+    return va - vb, jackknife_se(la - lb)
+
+
+def difference(a: dict, b: dict) -> tuple[float, float]:
+    """(a − b, its standard error) for two cells of one `table1` (notebook 09 §2). The cells share x_T, the
+    noise and the reference data index by index, so the jackknife of the difference (their delete-one
+    values subtracted, as in `paired_difference`) is its SE; it accounts for the correlation between the
+    cells, which makes it smaller than √(se_a² + se_b²) when the two samplers' outputs stay close.
+    Cells from different tables fall back to √(se_a² + se_b²)."""
+    diff = a["mmd2"] - b["mmd2"]
+    la, lb = a.get("loo"), b.get("loo")
+    if la is not None and lb is not None and la.shape == lb.shape and a.get("table") == b.get("table"):
+        return diff, jackknife_se(la - lb)
+    return diff, math.hypot(a["se"], b["se"])
+
+
+def beyond(worse: dict, better: dict, k: float = 3.0) -> bool:
+    """True if the cell `worse` is worse than `better` by more than k standard errors of their
+    difference (`difference`; notebook 09 §2)."""
+    diff, se = difference(worse, better)
+    return diff > k * se
+
+
+def ranking(rows: list[dict], S: int, samplers_=None, k: float = 3.0) -> str:
+    """The samplers at S from best to worst, '<' where neighbours differ beyond k combined SEs (`beyond`),
+    '≈' where the metric does not resolve them (notebook 09 §5). E.g. 'η=0 < η=1 ≈ σ̂'."""
+    body = [r for r in rows if r["sampler"] != DATA and r["S"] == S
+            and (samplers_ is None or r["sampler"] in samplers_)]
+    if not body:
+        raise KeyError(f"no rows at S={S} for samplers {samplers_}")
+    body.sort(key=lambda r: r["mmd2"])
+    text = label(body[0]["sampler"])
+    for a, b in zip(body, body[1:]):
+        text += (" < " if beyond(b, a, k) else " ≈ ") + label(b["sampler"])
+    return text
+
+
+def label(sampler: str) -> str:
+    """'η=0.5' for "eta=0.5", 'σ̂' for SIGMA_HAT: the table's row names (notebook 09 §2)."""
+    return "σ̂" if sampler == SIGMA_HAT else "η=" + sampler.split("=")[1]
 
 
 def ode_error(eps, x_T: torch.Tensor, alpha_bar: torch.Tensor, seq, rtol: float = 1e-7) -> float:
@@ -126,8 +206,9 @@ def _check_args(S_list, etas, spacing, n, n_ode, T):
 
 def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS, include_sigma_hat: bool = True,
            spacing: str = "uniform", n: int = 1000, seed: int = 0, n_ode: int = 64, T: int = 1000,
-           schedule_name: str = "linear", repeats: int = 8) -> list[dict]:
-    """DDIM Table 1 on an exact score: sampler error for each (sampler, S) (notebook 04 §6).
+           schedule_name: str = "linear", repeats: int = 8, kernel=toy.ENERGY,
+           standardize: bool = True) -> list[dict]:
+    """DDIM Table 1 on an exact score: sampler error for each (sampler, S) (notebook 09 §2).
 
     mixture: data distribution (default `toy.default_mixture()`, 8 Gaussians on a ring); samplers run on its exact ε*
     under the `schedule_name` schedule with T steps, on `schedule.timesteps(S, T, spacing)`
@@ -149,13 +230,24 @@ def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS,
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn(n, mixture.d, generator=g, dtype=torch.float64)
     data = mixture.sample(n, g)
-    h = bandwidth(mixture)
+    kernel = bandwidth(mixture) if kernel is None else kernel
+    scale = mixture.std() if standardize else torch.ones(mixture.d, dtype=torch.float64)
 
-    null = noise_floor(mixture, n, g, repeats)
+    null = noise_floor(mixture, n, g, repeats, kernel, scale)
     fresh = mixture.sample(n, g)
-    v, se = mmd2_se(fresh, data, h)
-    rows = [dict(sampler=DATA, eta=None, S=None, steps=0, mmd2=v, se=se, floor=null.floor,
-                 within_floor=v < FLOOR_K * null.floor, ode_err=None, seconds=0.0)]
+    table = object()                      # identifies the cells that share x_T, noise and data (`difference`)
+
+    ry = _row_sums(data / scale, kernel)  # the data side of every cell's statistic, computed once
+
+    def row(sampler, eta, S, steps, x0, ode_err, seconds):
+        if not bool(torch.isfinite(x0).all()):
+            raise ValueError(f"{sampler}, S={S}: the samples contain NaN or inf")
+        v, loo = _jackknife(x0 / scale, data / scale, kernel, ry)
+        return dict(sampler=sampler, eta=eta, S=S, steps=steps, mmd2=v, se=jackknife_se(loo), floor=null.floor,
+                    within_floor=v < FLOOR_K * null.floor, ode_err=ode_err, seconds=seconds, kernel=kernel,
+                    standardized=standardize, d=mixture.d, loo=loo, table=table)
+
+    rows = [row(DATA, None, None, 0, fresh, None, 0.0)]
     samplers_ = [(f"eta={e:g}", e) for e in etas] + ([(SIGMA_HAT, None)] if include_sigma_hat else [])
     for name, eta in samplers_:
         for S in S_list:
@@ -164,17 +256,15 @@ def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS,
             t0 = time.perf_counter()
             x0 = samplers.sample_row(eps, x_T, alpha_bar, seq, SIGMA_HAT if eta is None else eta, generator=noise)
             seconds = time.perf_counter() - t0
-            v, se = mmd2_se(x0, data, h)
             err = None
             if eta == 0.0 and n_ode > 0:
                 err = ode_error(eps, x_T[:n_ode], alpha_bar, seq)
-            rows.append(dict(sampler=name, eta=eta, S=S, steps=len(seq), mmd2=v, se=se, floor=null.floor,
-                             within_floor=v < FLOOR_K * null.floor, ode_err=err, seconds=seconds))
+            rows.append(row(name, eta, S, len(seq), x0, err, seconds))
     return rows
 
 
 def cell(rows: list[dict], sampler: str, S: int | None = None) -> dict:
-    """The row of `rows` for `sampler` ("eta=0", "eta=1", "sigma_hat", "data", …) and S (notebook 04 §6)."""
+    """The row of `rows` for `sampler` ("eta=0", "eta=1", "sigma_hat", "data", …) and S (notebook 09 §2)."""
     for r in rows:
         if r["sampler"] == sampler and r["S"] == S:
             return r
@@ -185,7 +275,7 @@ def cell(rows: list[dict], sampler: str, S: int | None = None) -> dict:
 
 def fmt_pm(value: float, se: float, scale: float = 1e3) -> str:
     """'v ± se' with v rounded to the SE's first significant digit (two if it starts with 1), ×scale
-    (notebook 04 §6)."""
+    (notebook 09 §2)."""
     v, s = value * scale, se * scale
     if not (s > 0 and math.isfinite(s)):
         return f"{v:.3g}"
@@ -196,8 +286,16 @@ def fmt_pm(value: float, se: float, scale: float = 1e3) -> str:
     return f"{v:.{digits}f}±{s:.{digits}f}"
 
 
+def metric_name(rows: list[dict]) -> str:
+    """What the rows' statistic is, for table heads and axis labels (notebook 09 §2)."""
+    r = rows[0]
+    name = "energy distance" if r.get("kernel") == toy.ENERGY else "MMD²"
+    return name + (", standardized" if r.get("standardized") else "")
+
+
 def format_table(rows: list[dict]) -> str:
-    """Plain-text Table 1: one line per sampler, one column per S; MMD² ×10³ ± SE, '*' within floor (notebook 04 §6)."""
+    """Plain-text Table 1: one line per sampler, one column per S; the statistic ×10³ ± SE, '*' within the
+    noise floor (notebook 09 §2)."""
     body = [r for r in rows if r["sampler"] != DATA]
     if not body:
         raise ValueError("rows hold no sampler rows; pass the output of table1()")
@@ -206,15 +304,14 @@ def format_table(rows: list[dict]) -> str:
     floor = rows[0]["floor"]
     by = {(r["sampler"], r["S"]): r for r in body}
     width = 16
-    head = f"{'MMD² ×10³':<12}" + "".join(f"{'S=' + str(S):>{width}}" for S in S_list)
-    lines = [head, "-" * len(head)]
+    head = f"{'×10³':<12}" + "".join(f"{'S=' + str(S):>{width}}" for S in S_list)
+    lines = [f"{metric_name(rows)} to fresh data ×10³ ± SE", head, "-" * len(head)]
     for name in names:
-        label = "σ̂ (DDPM β)" if name == SIGMA_HAT else "η=" + name.split("=")[1]
         cells = []
         for S in S_list:
             r = by.get((name, S))
             cells.append("" if r is None else fmt_pm(r["mmd2"], r["se"]) + ("*" if r["within_floor"] else " "))
-        lines.append(f"{label:<12}" + "".join(f"{c:>{width}}" for c in cells))
+        lines.append(f"{label(name):<12}" + "".join(f"{c:>{width}}" for c in cells))
     ode_rows = [by.get(("eta=0", S)) for S in S_list]
     if any(r is not None and r["ode_err"] is not None for r in ode_rows):
         lines.append("-" * len(head))
@@ -228,13 +325,16 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"exact data vs fresh data: {fmt_pm(d['mmd2'], d['se'])} ×10⁻³; "
                      f"noise floor (RMS over pairs of fresh data sets) {floor * 1e3:.2g} ×10⁻³")
     lines.append(f"* within {FLOOR_K:g} noise floors of 0: indistinguishable from exact samples at this n.")
-    lines.append("η=0 vs ODE: RMS distance to scipy's probability-flow ODE solution from the same x_T.")
+    if any(r is not None and r["ode_err"] is not None for r in ode_rows):
+        lines.append("η=0 vs ODE: RMS distance to scipy's probability-flow ODE solution from the same x_T.")
+    lines.append("ranking, best first ('<' beyond 3 SE of the difference, '≈' not resolved):")
+    lines.extend(f"  S={S}: {ranking(rows, S)}" for S in S_list)
     return "\n".join(lines)
 
 
 def plot_table(rows: list[dict], axes=None):
-    """Draw Table 1: MMD² vs S on log axes, one line per η (σ̂ dashed), the noise floor shaded; and,
-    when the rows have it, the η = 0 error against the ODE reference with a slope −1 guide (notebook 04 §6).
+    """Draw Table 1: the statistic vs S on log axes, one line per η (σ̂ dashed), the noise floor shaded; and,
+    when the rows have it, the η = 0 error against the ODE reference with a slope −1 guide (notebook 09 §2).
 
     axes: one matplotlib axis, or two (the second for the ODE error); created if None. Returns the figure.
     """
@@ -257,13 +357,12 @@ def plot_table(rows: list[dict], axes=None):
         v = [max(r["mmd2"], floor) for r in rs]          # log axis: values under the floor sit on it
         se = [r["se"] for r in rs]
         style = dict(ls="--", color="k") if name == SIGMA_HAT else dict(ls="-")
-        label = "σ̂ (DDPM, β)" if name == SIGMA_HAT else "η = " + name.split("=")[1]
-        ax.errorbar(S, v, yerr=se, marker="o", ms=4, capsize=2, label=label, **style)
+        ax.errorbar(S, v, yerr=se, marker="o", ms=4, capsize=2, label=label(name), **style)
     ax.axhspan(0.5 * floor, FLOOR_K * floor, color="0.85", zorder=0, label=f"< {FLOOR_K:g} noise floors")
     ax.set_xscale("log"); ax.set_yscale("log")
     ax.set_ylim(bottom=0.5 * floor)
-    ax.set_xlabel("steps S"); ax.set_ylabel("MMD² to data")
-    ax.set_title("Table 1 on an exact score")
+    ax.set_xlabel("steps S"); ax.set_ylabel(metric_name(rows) + " to data")
+    ax.set_title(f"Table 1 on an exact score, d = {rows[0].get('d', '?')}")
     ax.legend(fontsize=8)
     if has_ode and len(axes) > 1:
         ax = axes[1]
@@ -281,7 +380,7 @@ def plot_table(rows: list[dict], axes=None):
 
 
 def make_figure(rows: list[dict], path) -> Path:
-    """`plot_table(rows)` saved as a PNG at `path`, atomically (temporary name, then os.replace; notebook 04 §6)."""
+    """`plot_table(rows)` saved as a PNG at `path`, atomically (temporary name, then os.replace; notebook 09 §2)."""
     import matplotlib
     import matplotlib.pyplot as plt
 
@@ -295,16 +394,23 @@ def make_figure(rows: list[dict], path) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None, *, out=None) -> int:
-    """`python -m ddimlab.lab [--out DIR] [--n N] [--spacing uniform|quad] [--seed K]`: print Table 1, write the figure.
+IMAGE_S_LIST = (10, 20, 50, 100)     # 1024-D: S = 1000 would take ~10 min on 2 CPU cores and shows nothing new
 
-    Writes DIR/table1.txt and DIR/table1.png (default DIR: outputs/lab); `out` (keyword) overrides --out,
-    for callers such as `demo.main`. argv None means no arguments (not sys.argv: a caller's own command
-    line is not ours). Returns 0.
+
+def main(argv: list[str] | None = None, *, out=None) -> int:
+    """`python -m ddimlab.lab [--out DIR] [--n N] [--image-d D] [--image-n N] [--spacing uniform|quad] [--seed K]`: print
+    Table 1 on the 2-D ring and on `toy.image_like_mixture(D)` (D = 0 skips it), write the figures
+    (notebook 09).
+
+    Writes DIR/table1.txt, DIR/table1.png and DIR/table1_d{D}.png (default DIR: outputs/lab); `out`
+    (keyword) overrides --out, for callers such as `demo.main`. argv None means no arguments (not
+    sys.argv: a caller's own command line is not ours). Returns 0.
     """
     p = argparse.ArgumentParser(prog="python -m ddimlab.lab", description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="outputs/lab", help="folder for table1.png and table1.txt")
-    p.add_argument("--n", type=int, default=1000, help="samples per cell (the error bars shrink like 1/n)")
+    p.add_argument("--out", default="outputs/lab", help="folder for table1.txt and the figures")
+    p.add_argument("--n", type=int, default=2000, help="samples per cell of the 2-D table (error bars shrink like 1/√n)")
+    p.add_argument("--image-d", type=int, default=1024, help="dimension of the image-like table (0: skip it)")
+    p.add_argument("--image-n", type=int, default=1000, help="samples per cell of the image-like table")
     p.add_argument("--spacing", default="uniform", choices=SPACINGS)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args([] if argv is None else list(argv))
@@ -312,14 +418,23 @@ def main(argv: list[str] | None = None, *, out=None) -> int:
     torch.set_num_threads(1)            # the lab is many small steps: threads only add overhead
     try:
         t0 = time.perf_counter()
+        out = Path(args.out if out is None else out)
         rows = table1(n=args.n, spacing=args.spacing, seed=args.seed, n_ode=min(64, args.n))
         text = (f"DDIM Table 1 on an exact score: 2-D mixture of 8 Gaussians, linear schedule T=1000, "
                 f"{args.spacing} steps, n={args.n} samples per cell\n" + format_table(rows))
-        print(text)
-        out = Path(args.out if out is None else out)
+        print(text, flush=True)
+        figures = [make_figure(rows, out / "table1.png")]
+        if args.image_d > 0:
+            img = table1(toy.image_like_mixture(args.image_d), S_list=IMAGE_S_LIST, n=args.image_n,
+                         spacing=args.spacing, seed=args.seed, n_ode=0)
+            more = (f"\nThe same on image-like data: toy.image_like_mixture({args.image_d}) (10 components, "
+                    f"spectrum ∝ 1/j), n={args.image_n}\n" + format_table(img))
+            print(more)
+            text += "\n" + more
+            figures.append(make_figure(img, out / f"table1_d{args.image_d}.png"))
         atomic_write(out / "table1.txt", lambda f: f.write(text + "\n"), text=True)
-        fig = make_figure(rows, out / "table1.png")
-        print(f"wrote {fig} and {out / 'table1.txt'} ({time.perf_counter() - t0:.1f} s)")
+        print(f"wrote {', '.join(str(f) for f in figures)} and {out / 'table1.txt'} "
+              f"({time.perf_counter() - t0:.0f} s)")
     finally:
         torch.set_num_threads(threads)
     return 0

@@ -8,7 +8,11 @@ x_t = √ᾱ x_0 + √(1−ᾱ) ε is again a mixture (the linear-Gaussian margi
 so the optimal noise prediction ε*(x_t, t) = −√(1−ᾱ_t) ∇ log p_t(x_t) (Tweedie, notebook 04 §5) is
 known exactly: a responsibility-weighted sum of the per-component scores. With it, sampler error
 is measured with no model error at all: deterministic samplers against the exact ODE solution
-(`ode.reference_solution`), stochastic ones against the data distribution (`mmd`).
+(`ode.reference_solution`), stochastic ones against the data distribution (`mmd`, notebook 09 §1).
+
+`GaussianMixture` holds any mixture (one eigenbasis per component, O(B·K·d²) per ε* call);
+`SharedBasisMixture` holds mixtures whose components share one eigenbasis, O(B·K·d) per call, which
+is what makes the image-like data of `image_like_mixture` (d = 1024) affordable (notebook 09 §3).
 """
 from __future__ import annotations
 
@@ -27,6 +31,18 @@ def _f64(x, name):
     return x.to(torch.float64)
 
 
+def _weights_and_means(weights, means):
+    """Checked float64 weights (K,) (finite, positive) and means (K, d)."""
+    w, mu = _f64(weights, "weights"), _f64(means, "means")
+    if mu.ndim != 2:
+        raise ValueError(f"means must have shape (K, d), got {tuple(mu.shape)}")
+    if w.shape != (mu.shape[0],):
+        raise ValueError(f"weights must have shape (K,) = ({mu.shape[0]},), got {tuple(w.shape)}")
+    if not bool(torch.isfinite(w).all() & (w > 0).all()):
+        raise ValueError("weights must be finite and positive")
+    return w, mu
+
+
 class GaussianMixture:
     """p(x) = Σ_k w_k N(x; μ_k, Σ_k) in d dimensions, float64 (notebook 04 §5).
 
@@ -36,16 +52,10 @@ class GaussianMixture:
     """
 
     def __init__(self, weights, means, covs):
-        w, mu, cov = _f64(weights, "weights"), _f64(means, "means"), _f64(covs, "covs")
-        if mu.ndim != 2:
-            raise ValueError(f"means must have shape (K, d), got {tuple(mu.shape)}")
-        K, d = mu.shape
-        if w.shape != (K,):
-            raise ValueError(f"weights must have shape (K,) = ({K},), got {tuple(w.shape)}")
+        w, mu = _weights_and_means(weights, means)
+        (K, d), cov = mu.shape, _f64(covs, "covs")
         if cov.shape != (K, d, d):
             raise ValueError(f"covs must have shape (K, d, d) = ({K}, {d}, {d}), got {tuple(cov.shape)}")
-        if not bool(torch.isfinite(w).all() & (w > 0).all()):
-            raise ValueError("weights must be finite and positive")
         if not bool(torch.allclose(cov, cov.transpose(-1, -2), atol=1e-12)):
             raise ValueError("covs must be symmetric")
         lam, U = torch.linalg.eigh(cov)
@@ -72,22 +82,45 @@ class GaussianMixture:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.d, generator=generator, dtype=torch.float64)
-        return self.means[k] + torch.einsum("nij,nj->ni", self.eigvecs[k], self.eigvals[k].sqrt() * z)
+        return self.means[k] + self._from_eigen_k(self.eigvals[k].sqrt() * z, k)
+
+    # The rotations into and out of each component's eigenbasis: Σ_k = U_k diag(λ_k) U_kᵀ.
+    def std(self) -> torch.Tensor:
+        """The data's standard deviation along each coordinate, (d,): Var x_j = Σ_k w_k (Σ_k,jj + μ_kj²) − (Σ_k w_k μ_kj)²
+        (notebook 09 §1)."""
+        diag = (self.eigvecs ** 2 * self.eigvals[:, None, :]).sum(-1)          # Σ_k,jj = Σ_i U_k,ji² λ_k,i
+        mean = self.weights @ self.means
+        return (self.weights @ (diag + self.means ** 2) - mean ** 2).sqrt()
+
+    def _to_eigen(self, v):
+        """U_kᵀ v_k for v of shape (B, K, d)."""
+        return torch.einsum("kji,bkj->bki", self.eigvecs, v)
+
+    def _from_eigen(self, y):
+        """U_k y_k for y of shape (B, K, d)."""
+        return torch.einsum("kij,bkj->bki", self.eigvecs, y)
+
+    def _from_eigen_k(self, y, k):
+        """U_{k_n} y_n for y of shape (n, d) and one component index k_n per row."""
+        return torch.einsum("nij,nj->ni", self.eigvecs[k], y)
 
     def _components(self, x: torch.Tensor, a):
-        """log w_k + log N(x; √a μ_k, aΣ_k+(1−a)I) (B, K) and component scores (B, K, d)."""
+        """Per component k, in its eigenbasis: log w_k + log N(x; √a μ_k, aΣ_k+(1−a)I) (B, K), the
+        coordinates y = U_kᵀ(x − √a μ_k) (B, K, d), the covariance's eigenvalues aλ_k + 1 − a (B, K, d)
+        and a as (B, 1, 1). Valid for a ∈ [0, 1]: at a = 0 every component is N(0, I)."""
         x = self._check_x(x)
         a = torch.as_tensor(a, dtype=torch.float64)
         if a.ndim == 0:
             a = a.expand(x.shape[0])
         if a.shape != (x.shape[0],):
             raise ValueError(f"alpha_bar must be a scalar or shape (B,) = ({x.shape[0]},), got {tuple(a.shape)}")
+        if not bool(((a >= 0) & (a <= 1)).all()):
+            raise ValueError(f"alpha_bar must lie in [0, 1], got {a[(a < 0) | (a > 1)][0].item()}")
         a = a[:, None, None]                                   # (B, 1, 1)
         var = a * self.eigvals + (1 - a)                        # (B, K, d) eigenvalues of the covariance
-        y = torch.einsum("kji,bkj->bki", self.eigvecs, x[:, None, :] - a.sqrt() * self.means)
+        y = self._to_eigen(x[:, None, :] - a.sqrt() * self.means)
         log_n = -0.5 * ((y ** 2 / var).sum(-1) + var.log().sum(-1) + self.d * math.log(2 * math.pi))
-        scores = -torch.einsum("kij,bkj->bki", self.eigvecs, y / var)
-        return self.weights.log() + log_n, scores
+        return self.weights.log() + log_n, y, var, a
 
     def _check_x(self, x):
         if not isinstance(x, torch.Tensor):
@@ -100,11 +133,30 @@ class GaussianMixture:
         """log p_t(x) for ᾱ = a (a = 1: the data density), shape (B,)."""
         return torch.logsumexp(self._components(x, a)[0], dim=1)
 
+    def _mix(self, logits, per_component):
+        """Σ_k r_k(x) f_k(x): per_component (B, K, d) weighted by the responsibilities r = softmax(logits)."""
+        return torch.einsum("bk,bki->bi", torch.softmax(logits, dim=1), per_component)
+
     def score(self, x: torch.Tensor, a=1.0) -> torch.Tensor:
         """∇_x log p_t(x) = Σ_k r_k(x) ∇ log N_k(x), with responsibilities r = softmax(log w_k N_k) (notebook 05 §3)."""
-        logits, scores = self._components(x, a)
-        r = torch.softmax(logits, dim=1)
-        return torch.einsum("bk,bki->bi", r, scores)
+        logits, y, var, _ = self._components(x, a)
+        return self._mix(logits, -self._from_eigen(y / var))
+
+    def x0_mean(self, x: torch.Tensor, a) -> torch.Tensor:
+        """E[x_0 | x_t = x] for ᾱ = a, by Gaussian conditioning in each component (notebook 04 §4):
+
+            Σ_k r_k(x) (μ_k + √a Σ_k (aΣ_k + (1−a)I)⁻¹ (x − √a μ_k)).
+
+        Finite for every a ∈ [0, 1]: at a = 0 (SNR = 0) it is the data mean Σ_k w_k μ_k. It equals
+        `diffusion.predict_x0(x, eps(x, a), a)` (Tweedie) wherever that is defined (a > 0)."""
+        logits, y, var, a = self._components(x, a)
+        return self._mix(logits, self.means + self._from_eigen(a.sqrt() * self.eigvals * y / var))
+
+    def v(self, x: torch.Tensor, a) -> torch.Tensor:
+        """v*(x_t) = E[v | x_t] with v = √ᾱ ε − √(1−ᾱ) x_0 (Salimans & Ho 2022; notebook 04 §4):
+        √a ε*(x) − √(1−a) E[x_0 | x_t = x]; at a = 0 it is −(data mean). `a` is a float."""
+        a = float(a)
+        return math.sqrt(a) * self.eps(x, a) - math.sqrt(1 - a) * self.x0_mean(x, a)
 
     def eps(self, x: torch.Tensor, a) -> torch.Tensor:
         """ε*(x_t) = −√(1−ᾱ) ∇ log p_t(x_t), the exact minimiser of L_simple (notebook 04 §5).
@@ -118,8 +170,144 @@ class GaussianMixture:
         return (-s * self.score(x, a64)).to(x.dtype)
 
 
+class SharedBasisMixture(GaussianMixture):
+    """A Gaussian mixture whose components share one eigenbasis U: Σ_k = U diag(λ_k) Uᵀ (notebook 09 §3).
+
+    weights (K,) positive, means (K, d), eigvals (K, d) positive (the λ_k), basis (d, d) orthogonal or
+    None for the standard basis (Σ_k diagonal). The interface is `GaussianMixture`'s (`sample`,
+    `log_prob`, `score`, `eps`, `x0_mean`, `v`, `marginal`, `toy.exact_eps`), but nothing is stored per
+    component beyond λ_k: with basis=None one ε* call costs O(B·K·d), so d = 1024 with B = 1000 takes
+    tens of milliseconds. The forward noise N(0, I) and every sampler commute with rotations, so the
+    mixture in its eigenbasis (basis=None) samples exactly like the rotated one (tests/test_toy.py);
+    `image_like_mixture` builds the lab's image-like data this way.
+    """
+
+    def __init__(self, weights, means, eigvals, basis=None):
+        w, mu = _weights_and_means(weights, means)
+        (K, d), lam = mu.shape, _f64(eigvals, "eigvals")
+        if lam.shape != (K, d):
+            raise ValueError(f"eigvals must have shape (K, d) = ({K}, {d}), got {tuple(lam.shape)}")
+        if not bool(torch.isfinite(lam).all() & (lam > 0).all()):
+            raise ValueError("eigvals must be finite and positive (covariances positive definite)")
+        if basis is not None:
+            basis = _f64(basis, "basis")
+            if basis.shape != (d, d) or not bool(torch.allclose(basis.T @ basis, torch.eye(d, dtype=torch.float64),
+                                                                  atol=1e-10)):
+                raise ValueError(f"basis must be an orthogonal (d, d) = ({d}, {d}) matrix or None")
+        self.weights, self.means, self.eigvals, self.basis = w / w.sum(), mu, lam, basis
+        self.K, self.d = K, d
+        self._means_eig = self._to_eigen(mu)                  # μ_k in the eigenbasis, (K, d)
+
+    def __repr__(self):
+        return f"SharedBasisMixture(K={self.K}, d={self.d})"
+
+    @property
+    def eigvecs(self) -> torch.Tensor:
+        """U repeated for each component, (K, d, d): for small d only (tests, `GaussianMixture` comparisons)."""
+        U = torch.eye(self.d, dtype=torch.float64) if self.basis is None else self.basis
+        return U.expand(self.K, self.d, self.d)
+
+    @property
+    def covs(self) -> torch.Tensor:
+        """Σ_k = U diag(λ_k) Uᵀ, (K, d, d): for small d only."""
+        U = self.eigvecs
+        return U @ torch.diag_embed(self.eigvals) @ U.transpose(-1, -2)
+
+    def std(self) -> torch.Tensor:
+        diag = self.eigvals if self.basis is None else self.eigvals @ (self.basis ** 2).T
+        mean = self.weights @ self.means
+        return (self.weights @ (diag + self.means ** 2) - mean ** 2).sqrt()
+
+    def marginal(self, a) -> "SharedBasisMixture":
+        """p_t for ᾱ = a: means √a μ_k, eigenvalues aλ_k + 1 − a in the same basis (notebook 09 §3)."""
+        a = float(a)
+        if not 0 < a <= 1:
+            raise ValueError(f"alpha_bar must lie in (0, 1], got {a}")
+        return SharedBasisMixture(self.weights, math.sqrt(a) * self.means, a * self.eigvals + (1 - a), self.basis)
+
+    def _to_eigen(self, v):
+        return v if self.basis is None else v @ self.basis
+
+    def _from_eigen(self, y):
+        return y if self.basis is None else y @ self.basis.T
+
+    def _from_eigen_k(self, y, k):
+        return self._from_eigen(y)
+
+    # One ᾱ for the whole batch (what every sampler passes): the quadratic forms of all K components are
+    # matrix products with (K, d) tables, O(B·K·d) with no (B, K, d) tensor. A per-sample ᾱ falls back
+    # to `GaussianMixture`'s general path.
+    def _one_a(self, x, a):
+        a = torch.as_tensor(a, dtype=torch.float64)
+        if a.ndim == 1 and a.shape == (x.shape[0],) and bool((a == a[0]).all()):
+            a = a[0]
+        if a.ndim != 0:
+            return None
+        a = float(a)
+        if not 0 <= a <= 1:
+            raise ValueError(f"alpha_bar must lie in [0, 1], got {a}")
+        return a
+
+    def _fast(self, x, a):
+        """(x in the eigenbasis (B, d), responsibilities (B, K), logits (B, K), 1/(aλ_k + 1 − a) (K, d))."""
+        xe = self._to_eigen(self._check_x(x))
+        m, inv = self._means_eig, 1 / (a * self.eigvals + (1 - a))
+        quad = (xe ** 2) @ inv.T - 2 * math.sqrt(a) * xe @ (m * inv).T + a * (m ** 2 * inv).sum(1)
+        logits = self.weights.log() - 0.5 * (quad - inv.log().sum(1) + self.d * math.log(2 * math.pi))
+        return xe, torch.softmax(logits, dim=1), logits, inv
+
+    def log_prob(self, x: torch.Tensor, a=1.0) -> torch.Tensor:
+        a1 = self._one_a(x, a)
+        if a1 is None:
+            return super().log_prob(x, a)
+        return torch.logsumexp(self._fast(x, a1)[2], dim=1)
+
+    def score(self, x: torch.Tensor, a=1.0) -> torch.Tensor:
+        a1 = self._one_a(x, a)
+        if a1 is None:
+            return super().score(x, a)
+        xe, r, _, inv = self._fast(x, a1)
+        return self._from_eigen(-xe * (r @ inv) + math.sqrt(a1) * r @ (self._means_eig * inv))
+
+    def x0_mean(self, x: torch.Tensor, a) -> torch.Tensor:
+        a1 = self._one_a(x, a)
+        if a1 is None:
+            return super().x0_mean(x, a)
+        xe, r, _, inv = self._fast(x, a1)
+        m, lam_inv = self._means_eig, self.eigvals * inv
+        return self._from_eigen(r @ m + math.sqrt(a1) * xe * (r @ lam_inv) - a1 * r @ (lam_inv * m))
+
+
+def image_like_mixture(d: int = 1024, K: int = 10, slope: float = 1.0, pixel_std: float = 0.5,
+                       between: float = 0.5, seed: int = 0) -> SharedBasisMixture:
+    """Image-like data for the exact-score lab: K components in d dimensions sharing one eigenbasis,
+    with a power-law spectrum λ_j ∝ j^(−slope) (notebook 09 §3).
+
+    Natural images have power spectra ∝ 1/f² (Field 1987; van der Schaaf & van Hateren 1996), which over
+    the ~f² frequencies below f is λ_j ∝ 1/j at rank j: slope = 1. The spectrum is scaled so that the
+    total variance is d·pixel_std² (pixels of standard deviation 0.5, as images scaled to [−1, 1]).
+    A fraction `between` of each direction's variance separates the components (means
+    μ_kj ~ N(0, between·λ_j)); the rest is within components, each with its own random factor in
+    [0.5, 2] per direction (λ_kj = (1 − between)·λ_j·u_kj). The coordinates are the eigenbasis (the
+    image's Fourier-like basis): basis=None, so ε* costs O(B·K·d). Deterministic given `seed`.
+    """
+    if not isinstance(d, int) or d < 1 or not isinstance(K, int) or K < 1:
+        raise ValueError(f"d and K must be positive integers, got d={d!r}, K={K!r}")
+    if not 0 <= between < 1:
+        raise ValueError(f"between must lie in [0, 1), got {between}")
+    g = torch.Generator().manual_seed(seed)
+    j = torch.arange(1, d + 1, dtype=torch.float64)
+    lam = j ** -float(slope)
+    lam = lam * (d * pixel_std ** 2 / lam.sum())
+    mu = (between * lam).sqrt() * torch.randn(K, d, generator=g, dtype=torch.float64)
+    u = 2.0 ** (2 * torch.rand(K, d, generator=g, dtype=torch.float64) - 1)       # log-uniform in [0.5, 2]
+    return SharedBasisMixture(torch.ones(K), mu, (1 - between) * lam * u)
+
+
 def exact_eps(mixture: GaussianMixture, alpha_bar: torch.Tensor):
     """The exact ε*(x, t) of `mixture` under the schedule `alpha_bar`, as a sampler-ready callable (notebook 04 §5).
+
+    mixture: a `GaussianMixture` or `SharedBasisMixture` (anything with `eps(x, alpha_bar)`).
 
     t may be an int, a (B,) integer tensor (table look-up, ᾱ_{−1} = 1), or a float / float tensor
     (continuous t ∈ [−1, T−1]: log ᾱ interpolated linearly between integer steps, `ode.alpha_bar_cont`),
@@ -135,6 +323,23 @@ def exact_eps(mixture: GaussianMixture, alpha_bar: torch.Tensor):
 
     eps.mixture, eps.alpha_bar = mixture, alpha_bar
     return eps
+
+
+def kl_to_normal(mixture: GaussianMixture, a: float, n: int = 4000,
+                 generator: torch.Generator | None = None) -> tuple[float, float]:
+    """(KL(p_t ‖ N(0, I)), its Monte Carlo standard error) for ᾱ = a, in nats (notebook 04 §4).
+
+    p_t is the noisy marginal at ᾱ = a; the estimate averages log p_t(x) − log N(x; 0, I) over n draws
+    x = √a x_0 + √(1−a) ε. It is the price of starting a sampler from N(0, I) at a step whose marginal
+    still holds a fraction √a of the data.
+    """
+    a = float(a)
+    if not 0 < a < 1:
+        raise ValueError(f"alpha_bar must lie in (0, 1), got {a}")
+    x = math.sqrt(a) * mixture.sample(n, generator) + math.sqrt(1 - a) * torch.randn(
+        n, mixture.d, generator=generator, dtype=torch.float64)
+    log_ratio = mixture.log_prob(x, a) + 0.5 * (x.pow(2).sum(1) + mixture.d * math.log(2 * math.pi))
+    return float(log_ratio.mean()), float(log_ratio.std() / math.sqrt(n))
 
 
 # ---------------------------------------------------------------------------------- named mixtures
@@ -175,10 +380,13 @@ def default_mixture(d: int = 2) -> GaussianMixture:
 
 # ------------------------------------------------------------------------------ distribution metric
 
+ENERGY = "energy"      # the kernel k(u, v) = −|u − v|: MMD² with it is the energy distance (notebook 09 §1)
+
+
 class MMDResult(NamedTuple):
-    """mmd2: unbiased MMD² between the samples and fresh data; floor: its standard deviation when the
-    samples are themselves exact data (the metric's noise floor). Differences smaller than a few
-    floors are not resolved by the metric at this sample size."""
+    """mmd2: the unbiased statistic between the samples and fresh data; floor: its RMS when the samples
+    are themselves exact data (the metric's noise floor; the null has mean 0, so RMS = standard deviation).
+    Differences smaller than a few floors are not resolved by the metric at this sample size."""
     mmd2: float
     floor: float
 
@@ -187,26 +395,42 @@ class MMDResult(NamedTuple):
         return self.mmd2 > k * self.floor
 
 
-def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> float:
-    """Unbiased MMD² with the Gaussian kernel k(u, v) = exp(−|u−v|²/(2 h²)) (Gretton et al. 2012; notebook 04 §5)."""
-    def k(u, v):
-        return torch.exp(-torch.cdist(u, v).pow(2) / (2 * bandwidth ** 2))
+def bandwidth(mixture: GaussianMixture) -> float:
+    """The Gaussian kernel's default bandwidth: the components' typical standard deviation, the weighted mean
+    of √(mean eigenvalue of Σ_k) (notebook 09 §1). A fixed property of the mixture, so numbers are
+    comparable across samplers."""
+    return float(mixture.weights @ mixture.eigvals.mean(1).sqrt())
+
+
+def gram(u: torch.Tensor, v: torch.Tensor, kernel) -> torch.Tensor:
+    """Kernel matrix k(u_i, v_j) (notebook 09 §1). kernel: a bandwidth h > 0 for the Gaussian kernel
+    exp(−|u−v|²/(2h²)), or ENERGY ("energy") for k = −|u − v|, whose MMD² is the energy distance
+    2E|X−Y| − E|X−X'| − E|Y−Y'| (Székely & Rizzo 2013; Sejdinovic et al. 2013, §3)."""
+    if kernel == ENERGY:
+        return -torch.cdist(u, v)
+    if isinstance(kernel, str) or not float(kernel) > 0:
+        raise ValueError(f"kernel must be a bandwidth > 0 (Gaussian) or {ENERGY!r}, got {kernel!r}")
+    return torch.exp(-torch.cdist(u, v).pow(2) / (2 * float(kernel) ** 2))
+
+
+def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, kernel) -> float:
+    """Unbiased MMD² = mean_{i≠j} k(x_i, x_j) + mean_{i≠j} k(y_i, y_j) − 2 mean_{i,j} k(x_i, y_j)
+    (Gretton et al. 2012, eq. 3; notebook 09 §1). kernel: a Gaussian bandwidth, or ENERGY for the energy
+    distance (`gram`)."""
     n, m = x.shape[0], y.shape[0]
-    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+    kxx, kyy, kxy = gram(x, x, kernel), gram(y, y, kernel), gram(x, y, kernel)
     return float((kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
                  + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) - 2 * kxy.mean())
 
 
 def mmd(samples: torch.Tensor, mixture: GaussianMixture, generator: torch.Generator | None = None,
-        repeats: int = 8, bandwidth: float | None = None) -> MMDResult:
-    """Distance of `samples` (n, d) to the data distribution, with its own noise floor (notebook 04 §5).
+        repeats: int = 8, kernel=None, scale=None) -> MMDResult:
+    """Distance of `samples` (n, d) to the data distribution, with its own noise floor (notebook 09 §1).
 
-    mmd2 is the unbiased MMD² to n fresh data draws; floor is the standard deviation (RMS, the null
-    mean being 0) of the same statistic between two independent sets of n data draws, over `repeats`
-    repetitions. The kernel
-    bandwidth defaults to the components' typical standard deviation (weighted mean of
-    √(mean eigenvalue of Σ_k)), so the kernel sees the shape of each mode; it is a fixed property of
-    the mixture, so numbers are comparable across samplers.
+    mmd2 is `mmd2_unbiased` to n fresh data draws; floor is the RMS of the same statistic between two
+    independent sets of n data draws, over `repeats` repetitions. kernel: None for the Gaussian kernel
+    with `bandwidth(mixture)`, a bandwidth, or ENERGY for the energy distance. scale: None, or a (d,)
+    tensor every point is divided by first (`mixture.std()`: each coordinate on its own scale).
     """
     samples = torch.as_tensor(samples, dtype=torch.float64)
     if samples.ndim != 2 or samples.shape[1] != mixture.d or samples.shape[0] < 2:
@@ -215,10 +439,10 @@ def mmd(samples: torch.Tensor, mixture: GaussianMixture, generator: torch.Genera
         raise ValueError("samples contain NaN or inf")
     if repeats < 2:
         raise ValueError(f"repeats must be >= 2 to estimate a standard deviation, got {repeats}")
-    if bandwidth is None:
-        bandwidth = float(mixture.weights @ mixture.eigvals.mean(1).sqrt())
+    kernel = bandwidth(mixture) if kernel is None else kernel
+    scale = torch.ones(mixture.d, dtype=torch.float64) if scale is None else torch.as_tensor(scale, dtype=torch.float64)
     n = samples.shape[0]
-    value = mmd2_unbiased(samples, mixture.sample(n, generator), bandwidth)
-    null = torch.tensor([mmd2_unbiased(mixture.sample(n, generator), mixture.sample(n, generator), bandwidth)
-                         for _ in range(repeats)])
+    value = mmd2_unbiased(samples / scale, mixture.sample(n, generator) / scale, kernel)
+    null = torch.tensor([mmd2_unbiased(mixture.sample(n, generator) / scale, mixture.sample(n, generator) / scale,
+                                       kernel) for _ in range(repeats)])
     return MMDResult(value, float(null.pow(2).mean().sqrt()))  # the null has mean 0: RMS = std

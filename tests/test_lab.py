@@ -1,4 +1,5 @@
-"""The exact-score Table 1 (notebook 04 §6): the DDIM paper's claims, and an error bar that is honest."""
+"""The exact-score Table 1 (notebook 09): a distance that does not saturate, error bars that are honest,
+and what the tables show in 2-D and in image-like dimension."""
 import math
 
 import pytest
@@ -6,40 +7,50 @@ import torch
 
 from ddimlab import lab, toy
 
-K_SE = 3.0          # "beyond error bars": a difference larger than 3 combined standard errors
 
-
-def _beyond(worse, better):
-    """worse − better exceeds K_SE combined standard errors (cells treated as independent, which is
-    conservative: they share x_T, noise and reference data, so their errors are positively correlated)."""
-    return worse["mmd2"] - better["mmd2"] > K_SE * math.hypot(worse["se"], better["se"])
+@pytest.fixture(scope="module")
+def ring():
+    # S = 10 and 20 are where the samplers differ; n = 2000 resolves η = 0 against η = 1 at S = 10.
+    return lab.table1(S_list=(10, 20), etas=(0, 1), n=2000, n_ode=0, seed=0, repeats=2)
 
 
 @pytest.fixture(scope="module")
-def small_S():
-    # S = 10 and 20 are where the samplers differ; n = 2000 makes the error bars ~1e-3 of MMD² ≈ 5–30e-3.
-    return lab.table1(S_list=(10, 20), n=2000, n_ode=0, seed=0, repeats=2)
+def image():
+    # 1024-D image-like data; n = 500 is enough: the S = 10 differences are ≥ 5 SE.
+    return lab.table1(toy.image_like_mixture(1024), S_list=(10,), etas=(0, 1), n=500, n_ode=0, seed=0, repeats=2)
 
 
-def test_eta0_beats_eta1_at_10_steps(small_S):
-    """DDIM's headline: at S = 10 deterministic DDIM is better than DDPM-like η = 1, beyond error bars."""
-    e0, e1 = lab.cell(small_S, "eta=0", 10), lab.cell(small_S, "eta=1", 10)
-    assert _beyond(e1, e0), (e0, e1)
-    assert not e0["within_floor"] and not e1["within_floor"]     # both measurably off at S = 10
+def test_ring_at_10_steps_sigma_hat_is_best(ring):
+    """In 2-D at S = 10 the energy distance orders σ̂ < η = 0 < η = 1, each beyond 3 SE of the difference:
+    η = 0 beats η = 1 as in the paper, but σ̂ is the best sampler, not the worst."""
+    s, e0, e1 = (lab.cell(ring, name, 10) for name in ("sigma_hat", "eta=0", "eta=1"))
+    assert lab.beyond(e0, s) and lab.beyond(e1, e0), lab.ranking(ring, 10)
+    assert lab.ranking(ring, 10) == "σ̂ < η=0 < η=1"
+    assert not any(c["within_floor"] for c in (s, e0, e1))           # all measurably off at S = 10
 
 
-def test_sigma_hat_bad_at_few_steps(small_S):
-    """DDPM's large variance β (σ̂) is the worst sampler at S = 20, beyond error bars."""
-    sh = lab.cell(small_S, "sigma_hat", 20)
-    for eta in ("0", "0.2", "0.5", "1"):
-        assert _beyond(sh, lab.cell(small_S, f"eta={eta}", 20)), eta
+def test_image_like_at_10_steps_is_the_papers_order(image):
+    """In 1024-D image-like data the same samplers rank as in the paper's Table 1: η = 0 < η = 1 < σ̂."""
+    assert lab.ranking(image, 10) == "η=0 < η=1 < σ̂"
+    s, e1 = lab.cell(image, "sigma_hat", 10), lab.cell(image, "eta=1", 10)
+    assert s["mmd2"] > 2 * e1["mmd2"]                                 # and σ̂ by a wide margin
+
+
+def test_pixel_space_distance_does_not_rank_sigma_hat_worst():
+    """Without standardizing (every coordinate in data units) the 1024-D table is dominated by the few
+    high-variance directions, and σ̂ is not the worst sampler at S = 10: the standardization is what
+    makes its noise in the many low-variance directions count (notebook 09 §5)."""
+    rows = lab.table1(toy.image_like_mixture(1024), S_list=(10,), etas=(1,), n=500, n_ode=0, seed=0,
+                      repeats=2, standardize=False)
+    assert lab.beyond(lab.cell(rows, "eta=1", 10), lab.cell(rows, "sigma_hat", 10))
 
 
 def test_sigma_hat_recovers_with_steps():
-    """σ̂ is bad at few steps because of the noise it adds, not because it is wrong: with S = 100 it is
-    far better than at S = 20, and on all T = 1000 steps it is DDPM's own sampler, within the floor."""
-    rows = lab.table1(S_list=(20, 100), etas=(), n=1000, n_ode=0, seed=1, repeats=2)
-    assert _beyond(lab.cell(rows, "sigma_hat", 20), lab.cell(rows, "sigma_hat", 100))
+    """σ̂ is bad at few steps because of the noise it adds, not because it is wrong: on all T = 1000 steps it
+    is DDPM's own sampler, within the floor."""
+    rows = lab.table1(S_list=(10, 1000), etas=(), n=1000, n_ode=0, seed=1, repeats=4)
+    s10, s1000 = lab.cell(rows, "sigma_hat", 10), lab.cell(rows, "sigma_hat", 1000)
+    assert lab.beyond(s10, s1000) and s1000["within_floor"] and not s10["within_floor"]
 
 
 def test_eta0_error_shrinks_with_steps():
@@ -47,55 +58,94 @@ def test_eta0_error_shrinks_with_steps():
     scipy's ODE solution falls monotonically, roughly like 1/S (Euler is first order, notebook 05)."""
     rows = lab.table1(S_list=(10, 20, 100), etas=(0,), include_sigma_hat=False, n=2000, n_ode=16, seed=2, repeats=2)
     c10, c20, c100 = (lab.cell(rows, "eta=0", S) for S in (10, 20, 100))
-    assert _beyond(c10, c20) and _beyond(c20, c100)
+    assert lab.beyond(c10, c20)
     e = [c["ode_err"] for c in (c10, c20, c100)]
     assert e[0] > e[1] > e[2] > 0
     assert e[2] < e[0] / 4                      # 10× the steps: at least 4× smaller
+
+
+def _paired(xs, y, kernel):
+    """Cells of one table for samples xs (each paired index by index with y), as `table1` builds them."""
+    table = object()
+    rows = []
+    for x in xs:
+        v, loo = lab.jackknife(x, y, kernel)
+        rows.append(dict(sampler="x", S=1, mmd2=v, se=lab.jackknife_se(loo), loo=loo, table=table))
+    return rows
+
+
+def test_energy_distance_does_not_saturate():
+    """Issue #9: the standardized energy distance grows with added noise of std 0.1 … 2 and with shrinkage
+    1.0 … 0.5, each step beyond 3 SE of the difference, where the Gaussian-kernel MMD² of one bandwidth
+    flattens (its value at noise std 2 is within 1.6× its value at 0.5; the energy distance's is > 10×)."""
+    mix = toy.eight_gaussians()
+    g = torch.Generator().manual_seed(10)
+    n, sd, h = 2000, mix.std(), lab.bandwidth(mix)
+    x, y, z = mix.sample(n, g), mix.sample(n, g), torch.randn(n, 2, generator=g, dtype=torch.float64)
+    noisy = [x + s * z for s in (0.1, 0.2, 0.5, 1.0, 2.0)]          # common random numbers: one z, scaled
+    shrunk = [s * x for s in (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)]
+    for xs in (noisy, shrunk):
+        cells = _paired([v / sd for v in xs], y / sd, toy.ENERGY)
+        for a, b in zip(cells, cells[1:]):
+            assert lab.beyond(b, a), (a["mmd2"], b["mmd2"])
+    energy = [c["mmd2"] for c in _paired([v / sd for v in noisy], y / sd, toy.ENERGY)]
+    gauss = [c["mmd2"] for c in _paired(noisy, y, h)]
+    assert gauss[4] < 1.6 * gauss[2] and energy[4] > 10 * energy[2], (gauss, energy)
 
 
 def test_noise_floor_is_measured_on_two_fresh_data_sets():
     """The floor is the spread of the statistic between two fresh data sets: an independent set of
     repeats agrees with it, exact data score within the floor, and a shifted distribution does not."""
     mix = toy.eight_gaussians()
-    n, h = 200, lab.bandwidth(mix)
+    n, sd = 200, mix.std()
     g = torch.Generator().manual_seed(3)
-    floor = lab.noise_floor(mix, n, g, repeats=48).floor
-    null = torch.tensor([toy.mmd2_unbiased(mix.sample(n, g), mix.sample(n, g), h) for _ in range(48)])
-    rms = float(null.pow(2).mean().sqrt())
-    assert 0.6 < floor / rms < 1.6, (floor, rms)          # two RMS estimates from 48 draws each
-    assert abs(float(null.mean())) < 4 * float(null.std()) / math.sqrt(48)   # unbiased: the null mean is 0
+    for kernel in (toy.ENERGY, lab.bandwidth(mix)):
+        floor = lab.noise_floor(mix, n, g, repeats=48, kernel=kernel, scale=sd).floor
+        null = torch.tensor([toy.mmd2_unbiased(mix.sample(n, g) / sd, mix.sample(n, g) / sd, kernel)
+                             for _ in range(48)])
+        rms = float(null.pow(2).mean().sqrt())
+        assert 0.6 < floor / rms < 1.6, (kernel, floor, rms)          # two RMS estimates from 48 draws each
+        assert abs(float(null.mean())) < 4 * float(null.std()) / math.sqrt(48)   # unbiased: the null mean is 0
+        shifted = (mix.sample(n, g) + 0.3) / sd
+        assert lab.mmd2_se(shifted, mix.sample(n, g) / sd, kernel)[0] > 10 * floor
     rows = lab.table1(S_list=(10,), etas=(0,), include_sigma_hat=False, n=500, n_ode=0, seed=4)
     data = lab.cell(rows, lab.DATA)
     assert data["floor"] > 0 and data["within_floor"]
-    shifted = mix.sample(n, g) + 0.1
-    assert lab.mmd2_se(shifted, mix.sample(n, g), h)[0] > 10 * floor
 
 
-def test_jackknife_se_matches_repeats():
-    """The ± printed in every cell is the spread over independent repeats (x_T, noise and data redrawn)."""
-    mix = toy.eight_gaussians()
-    h = lab.bandwidth(mix)
-    g = torch.Generator().manual_seed(5)
-    # A distribution clearly off the data (as a few-step sampler is): every point pushed outwards 10 %.
-    vals, ses = [], []
-    for _ in range(40):
-        v, se = lab.mmd2_se(1.1 * mix.sample(300, g), mix.sample(300, g), h)
-        vals.append(v); ses.append(se)
-    std, mean_se = float(torch.tensor(vals).std()), float(torch.tensor(ses).mean())
-    assert 0.7 < mean_se / std < 1.4, (mean_se, std)       # std of 40 draws is known to ±11 %
+def testjackknife_se_matches_repeats():
+    """The ± of a cell, and the SE of a difference between two cells of one table, are the spreads over
+    independent repeats (x_T, noise and data redrawn)."""
+    vals, ses, diffs, dses = [], [], [], []
+    for seed in range(30):
+        rows = lab.table1(S_list=(10,), etas=(0, 1), include_sigma_hat=False, n=300, n_ode=0, seed=seed, repeats=2)
+        e0, e1 = lab.cell(rows, "eta=0", 10), lab.cell(rows, "eta=1", 10)
+        vals.append(e1["mmd2"]); ses.append(e1["se"])
+        d, se = lab.difference(e1, e0)
+        diffs.append(d); dses.append(se)
+    for v, s in ((vals, ses), (diffs, dses)):
+        ratio = sum(s) / len(s) / float(torch.tensor(v).std())
+        assert 0.7 < ratio < 1.45, ratio                   # the std of 30 draws is known to ±13 %
+
+
+def test_difference_of_cells_from_different_tables_is_unpaired(ring, image):
+    a, b = lab.cell(ring, "eta=0", 10), lab.cell(image, "eta=0", 10)
+    assert lab.difference(a, b)[1] == pytest.approx(math.hypot(a["se"], b["se"]))
 
 
 def test_mmd2_se_value_is_toys_statistic():
     mix = toy.eight_gaussians()
     g = torch.Generator().manual_seed(6)
     x, y = mix.sample(100, g), mix.sample(100, g)
-    assert lab.mmd2_se(x, y, 0.2)[0] == pytest.approx(toy.mmd2_unbiased(x, y, 0.2), rel=1e-12, abs=1e-15)
+    for kernel in (0.2, toy.ENERGY):
+        assert lab.mmd2_se(x, y, kernel)[0] == pytest.approx(toy.mmd2_unbiased(x, y, kernel), rel=1e-12, abs=1e-15)
 
 
-def test_format_and_figure(tmp_path):
+def test_format_and_figure(tmp_path, ring):
     rows = lab.table1(S_list=(10, 20), etas=(0, 1), n=200, n_ode=4, seed=7)
     text = lab.format_table(rows)
     assert "S=10" in text and "σ̂" in text and "η=0 vs ODE" in text and "noise floor" in text
+    assert "energy distance, standardized" in text and f"S=10: {lab.ranking(rows, 10)}" in text
     r = lab.cell(rows, "eta=1", 10)
     assert lab.fmt_pm(r["mmd2"], r["se"]) in text
     path = lab.make_figure(rows, tmp_path / "sub" / "t1.png")
@@ -128,12 +178,16 @@ def test_mmd2_se_rejects_mismatched_inputs():
         lab.mmd2_se(x, torch.zeros(9, 2, dtype=torch.float64), 0.1)
     with pytest.raises(ValueError, match="NaN"):
         lab.mmd2_se(x, torch.full((10, 2), float("nan"), dtype=torch.float64), 0.1)
+    with pytest.raises(ValueError, match="kernel"):
+        lab.mmd2_se(x, x, 0.0)
 
 
-def test_main_prints_the_table_and_writes_files(tmp_path, capsys):
-    """`lab.main` (called by `make demo`) with a small n: the table on stdout, the text and figure on disk."""
-    assert lab.main(["--n", "40"], out=tmp_path) == 0
+def test_main_prints_the_tables_and_writes_files(tmp_path, capsys):
+    """`lab.main` (called by `make demo`) with a small n and a small image-like d: both tables on stdout,
+    the text and both figures on disk."""
+    assert lab.main(["--n", "40", "--image-d", "32", "--image-n", "40"], out=tmp_path) == 0
     printed = capsys.readouterr().out
-    assert "S=1000" in printed and "σ̂" in printed and "noise floor" in printed
+    assert "S=1000" in printed and "σ̂" in printed and "noise floor" in printed and "image_like_mixture(32)" in printed
     assert (tmp_path / "table1.png").read_bytes()[:4] == b"\x89PNG"
-    assert "S=1000" in (tmp_path / "table1.txt").read_text(encoding="utf-8")
+    assert (tmp_path / "table1_d32.png").read_bytes()[:4] == b"\x89PNG"
+    assert "image_like_mixture(32)" in (tmp_path / "table1.txt").read_text(encoding="utf-8")

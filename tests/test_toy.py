@@ -4,10 +4,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.spatial.distance import cdist
 from scipy.stats import multivariate_normal
 
-from ddimlab import schedule, toy
-from ddimlab.diffusion import q_sample
+from ddimlab import samplers, schedule, toy
+from ddimlab.diffusion import predict_x0, q_sample, x0_from_v
 
 AB = schedule.make_alpha_bar("linear", 1000)
 
@@ -123,6 +124,127 @@ def test_mmd_floor_and_resolution():
     assert bad.resolved(5), bad
 
 
+@pytest.mark.parametrize("t", [30, 300, 800])
+def test_x0_mean_is_conditional_mean_of_x0(mix, t):
+    """E[x_0 | x_t] by Gaussian conditioning: the residual x_0 − E[x_0 | x_t] is uncorrelated with functions
+    of x_t (Monte Carlo), and it equals Tweedie's x̂_0 from ε* (`predict_x0`), an independent formula."""
+    g = torch.Generator().manual_seed(20 + t)
+    n, a = 100_000, float(AB[t])
+    x0 = mix.sample(n, g)
+    xt = q_sample(x0, a, torch.randn(n, 3, generator=g, dtype=torch.float64))
+    m = mix.x0_mean(xt, a)
+    for h in (xt, m, torch.cos(2 * xt), torch.ones_like(xt)):
+        d = ((x0 - m) * h).sum(1)
+        assert abs(float(d.mean())) < 4 * float(d.std()) / math.sqrt(n)
+    d = ((x0 - 0.95 * m) * m).sum(1)                       # a shrunk denoiser fails the same test
+    assert abs(float(d.mean())) > 4 * float(d.std()) / math.sqrt(n)
+    torch.testing.assert_close(predict_x0(xt[:50], mix.eps(xt[:50], a), a), m[:50], rtol=1e-9, atol=1e-11)
+
+
+def test_zero_snr_limits(mix):
+    """At ᾱ = 0 (SNR = 0): ε* is x_t itself, E[x_0 | x_t] and −v* are the data mean, and x_0 from v* is
+    finite where x̂_0 from ε* is 0/0 (notebook 04 §4)."""
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    mean = mix.weights @ mix.means
+    torch.testing.assert_close(mix.eps(x, 0.0), x, rtol=0, atol=1e-15)
+    torch.testing.assert_close(mix.x0_mean(x, 0.0), mean.expand(6, 3), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(x0_from_v(x, mix.v(x, 0.0), 0.0), mean.expand(6, 3), rtol=1e-12, atol=1e-14)
+    for a in (1e-2, 1e-6):                                 # v* = √a ε* − √(1−a) E[x_0|x_t] by its definition
+        v = math.sqrt(a) * mix.eps(x, a) - math.sqrt(1 - a) * mix.x0_mean(x, a)
+        torch.testing.assert_close(mix.v(x, a), v, rtol=1e-12, atol=1e-14)
+
+
+def _rotated_pair(d=5, K=3, seed=1):
+    """The same mixture twice: a SharedBasisMixture with a random orthogonal basis, and a GaussianMixture."""
+    base = toy.image_like_mixture(d, K=K, seed=seed)
+    Q, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    shared = toy.SharedBasisMixture(base.weights, base.means @ Q.T, base.eigvals, Q)
+    return shared, toy.GaussianMixture(shared.weights, shared.means, shared.covs), base, Q
+
+
+@pytest.mark.parametrize("a", [0.999, 0.5, 0.01, 0.0])
+def test_shared_basis_mixture_equals_general(a):
+    """SharedBasisMixture (O(B·K·d) per call) and GaussianMixture agree on one mixture, for one ᾱ and per sample."""
+    shared, general, _, _ = _rotated_pair()
+    x = torch.randn(9, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    for f in ("eps", "score", "log_prob", "x0_mean"):
+        torch.testing.assert_close(getattr(shared, f)(x, a), getattr(general, f)(x, a), rtol=1e-10, atol=1e-12)
+    per_sample = torch.linspace(max(a - 0.005, 0.0), a, 9, dtype=torch.float64)   # not all equal: general path
+    torch.testing.assert_close(shared.eps(x, per_sample), general.eps(x, per_sample), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(shared.std(), general.std(), rtol=1e-12, atol=0)
+    if a > 0:
+        torch.testing.assert_close(shared.marginal(a).log_prob(x), general.marginal(a).log_prob(x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("a", [0.9, 0.2, 0.003])
+def test_shared_basis_eps_is_autograd_score(a):
+    """ε* = −√(1−ᾱ) ∇ log p_t, with p_t the mixture's own `marginal` differentiated by autograd."""
+    for m in (toy.image_like_mixture(12, K=4, seed=3), _rotated_pair()[0]):
+        x = torch.randn(10, m.d, generator=torch.Generator().manual_seed(4), dtype=torch.float64).requires_grad_()
+        (grad,) = torch.autograd.grad(m.marginal(a).log_prob(x).sum(), x)
+        torch.testing.assert_close(m.eps(x.detach(), a), -math.sqrt(1 - a) * grad, rtol=1e-9, atol=1e-11)
+
+
+def test_samplers_commute_with_the_basis():
+    """Why the lab may work in the eigenbasis (basis=None): N(0, I) noise and every sampler commute with
+    rotations, so DDIM from Qᵀx_T on the unrotated mixture is Qᵀ of DDIM from x_T on the rotated one."""
+    shared, _, base, Q = _rotated_pair()
+    x_T = torch.randn(64, 5, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    seq = schedule.timesteps(10, 1000, "uniform")
+    rotated = samplers.ddim_sample(toy.exact_eps(shared, AB), x_T, AB, seq)
+    plain = samplers.ddim_sample(toy.exact_eps(base, AB), x_T @ Q, AB, seq)
+    torch.testing.assert_close(rotated @ Q, plain, rtol=1e-9, atol=1e-11)
+
+
+def test_image_like_mixture():
+    m = toy.image_like_mixture(256, K=10, seed=0)
+    x = m.sample(20000, torch.Generator().manual_seed(6))
+    torch.testing.assert_close(x.std(0), m.std(), rtol=0.05, atol=0)          # 20000 draws: SE of a std ≈ 0.5 %
+    assert 0.8 < float(m.std().pow(2).mean()) / 0.25 < 1.3                    # pixels of std ≈ 0.5
+    spectrum = m.std().pow(2)                                                 # the coordinates are the eigenbasis
+    j = torch.arange(1, 257, dtype=torch.float64)
+    slope = float(torch.linalg.lstsq(torch.stack([torch.ones(256), -j.log()], 1).to(torch.float64),
+                                     spectrum.log()[:, None]).solution[1])
+    assert 0.85 < slope < 1.15, slope                                        # λ_j ∝ 1/j
+    torch.testing.assert_close(m.means, toy.image_like_mixture(256, K=10, seed=0).means)   # deterministic
+    with pytest.raises(ValueError, match="eigvals"):
+        toy.SharedBasisMixture(torch.ones(2), torch.zeros(2, 3), -torch.ones(2, 3))
+    with pytest.raises(ValueError, match="orthogonal"):
+        toy.SharedBasisMixture(torch.ones(2), torch.zeros(2, 3), torch.ones(2, 3), 2 * torch.eye(3))
+
+
+def test_kl_to_normal_matches_closed_form_and_grid():
+    """The Monte Carlo KL(p_t ‖ N(0, I)) against the closed-form KL of one diagonal Gaussian (gaussian.kl_normal)
+    and against a grid integral for the 2-D ring; a wrong density (the data's instead of p_t's) fails."""
+    from ddimlab.gaussian import kl_normal
+    one = toy.image_like_mixture(64, K=1, seed=2)
+    g = torch.Generator().manual_seed(11)
+    for a in (0.01, 0.2):
+        mc, se = toy.kl_to_normal(one, a, 4000, g)
+        exact = float(kl_normal(math.sqrt(a) * one.means[0], a * one.eigvals[0] + 1 - a, 0.0, 1.0).sum())
+        assert abs(mc - exact) < 4 * se, (a, mc, se, exact)
+    ring, a, h = toy.eight_gaussians(), 0.3, 0.02
+    grid = torch.arange(-5, 5 + 1e-9, h, dtype=torch.float64)
+    pts = torch.stack([c.ravel() for c in torch.meshgrid(grid, grid, indexing="xy")], 1)
+    log_p = ring.log_prob(pts, a)
+    ref = float((log_p.exp() * (log_p + 0.5 * pts.pow(2).sum(1) + math.log(2 * math.pi))).sum()) * h * h
+    mc, se = toy.kl_to_normal(ring, a, 20000, g)
+    assert abs(mc - ref) < 4 * se, (mc, se, ref)
+    with pytest.raises(ValueError, match="alpha_bar"):
+        toy.kl_to_normal(ring, 1.0)
+
+
+def test_energy_kernel_is_the_energy_distance():
+    """mmd2_unbiased with toy.ENERGY is 2·mean|x−y| − mean_{i≠j}|x−x'| − mean_{i≠j}|y−y'| (scipy's cdist)."""
+    g = torch.Generator().manual_seed(9)
+    x, y = torch.randn(40, 3, generator=g, dtype=torch.float64), 1.3 * torch.randn(50, 3, generator=g, dtype=torch.float64)
+    dxy, dxx, dyy = cdist(x.numpy(), y.numpy()), cdist(x.numpy(), x.numpy()), cdist(y.numpy(), y.numpy())
+    ref = 2 * dxy.mean() - dxx.sum() / (40 * 39) - dyy.sum() / (50 * 49)
+    assert toy.mmd2_unbiased(x, y, toy.ENERGY) == pytest.approx(ref, rel=1e-12)
+    with pytest.raises(ValueError, match="kernel"):
+        toy.gram(x, y, -1.0)
+
+
 def test_errors():
     with pytest.raises(ValueError, match="shape \\(K,\\)"):
         toy.GaussianMixture(torch.ones(3), torch.zeros(2, 2), torch.eye(2).repeat(2, 1, 1))
@@ -139,3 +261,5 @@ def test_errors():
         toy.exact_eps(m, AB)(torch.zeros(2, 2, dtype=torch.float64), 1000)
     with pytest.raises(ValueError, match="samples must have shape"):
         toy.mmd(torch.zeros(10, 3), m)
+    with pytest.raises(ValueError, match="\\[0, 1\\]"):
+        m.eps(torch.zeros(2, 2, dtype=torch.float64), 1.5)
