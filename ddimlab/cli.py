@@ -208,7 +208,8 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_lab(args) -> int:
-    return lab.main(["--out", args.out, "--n", str(args.n), "--spacing", args.spacing, "--seed", str(args.seed)])
+    lab.main(out=args.out, n=args.n, image_d=args.image_d, image_n=args.image_n, spacing=args.spacing, seed=args.seed)
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -358,9 +359,11 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="CIFAR-10 tarball or folder (default: download into the cache)")
     _common(p)
 
-    p = add("lab", cmd_lab, "the DDIM paper's Table 1 on an exact score (seconds; no model, no download)")
-    p.add_argument("--out", default="outputs/lab", help="folder for table1.png and table1.txt")
-    p.add_argument("--n", type=_positive, default=1000, help="samples per cell")
+    p = add("lab", cmd_lab, "the DDIM paper's Table 1 on exact scores, in 2-D and 1024-D (no model, no download)")
+    p.add_argument("--out", default="outputs/lab", help="folder for table1.txt and the figures")
+    p.add_argument("--n", type=_positive, default=2000, help="samples per cell of the 2-D table (SEs shrink like 1/√n)")
+    p.add_argument("--image-d", type=int, default=1024, help="dimension of the image-like table (0 skips it)")
+    p.add_argument("--image-n", type=_positive, default=1000, help="samples per cell of the image-like table")
     p.add_argument("--spacing", choices=("uniform", "quad"), default="uniform", help="timestep sub-sequence")
     p.add_argument("--seed", type=int, default=0, help="seed of x_T, the noise and the data draws")
     _common(p)

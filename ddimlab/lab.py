@@ -1,48 +1,17 @@
-"""The DDIM paper's Table 1 redone on an exact score, in 2-D and in image-like dimension (notebook 09).
+"""The DDIM paper's Table 1 redone on exact scores, in 2-D and in image-like dimension (notebook 09).
 
-DDIM Table 1 reports CIFAR-10 FID for S ∈ {10, 20, 50, 100, 1000} steps and η ∈ {0, 0.2, 0.5, 1},
-plus DDPM's large-variance sampler σ̂. There the error mixes three things: the sampler, the
-trained network and the FID estimate. Here the network is replaced by the exact ε* of a Gaussian
-mixture (`toy.exact_eps`), so the only error left is the sampler's, and it is measured with a
-statistic whose noise is measured too:
-
-- every cell: the energy distance 2E|X−Y| − E|X−X'| − E|Y−Y'| between n sampler outputs and n fresh
-  data draws (`toy.mmd2_unbiased` with kernel `toy.ENERGY`: the MMD² of k(u, v) = −|u − v|), after
-  dividing each coordinate by the data's standard deviation along it (`GaussianMixture.std`), so
-  that every direction is measured on its own scale; ± its delete-one jackknife standard error
-  (`jackknife`, `mmd2_se`). A difference between two cells has the jackknife SE of the difference
-  (`difference`); `beyond` and `ranking` call a difference resolved beyond 3 of those SEs;
-- the noise floor: the same statistic between two fresh data sets (`noise_floor`), i.e. what an
-  exact sampler scores at this n. Cells below 3 floors are marked: they are indistinguishable from
-  exact samples. Each value is printed rounded to its own standard error;
-- for η = 0 also the deterministic error: RMS distance to scipy's solution of the probability-flow
-  ODE from the same x_T (`ode.reference_solution`, notebook 05 §3).
-
-Why this distance (notebook 09 §1): a Gaussian-kernel MMD² with one bandwidth saturates once an
-error is larger than the bandwidth, so it cannot rank large errors; the energy distance keeps
-growing with the size of the error and is zero only for equal distributions (Székely & Rizzo
-2013). Standardizing is a single factor on the isotropic 2-D ring; on image-like data, where the
-directions' variances span three decades, it decides what is measured (notebook 09 §5).
-
-Data: `toy.default_mixture()` (8 Gaussians on a 2-D ring) and `toy.image_like_mixture(1024)`
-(10 components sharing one eigenbasis, power-law spectrum λ_j ∝ 1/j like natural images'). At
-S = 10 the two disagree: in 2-D σ̂ scores best, in d = 1024 it scores worst, as in the paper.
-σ̂ adds noise of one fixed variance in every direction; in 2-D no direction of the data is that
-narrow, in the image-like data most are (notebook 09 §5). README "DDIM Table 1 on an exact score"
-has the numbers.
-
-Spacing. The default is `uniform` (`schedule.timesteps`, the official code's `range(0, T, T//S)`),
-the DDIM paper's choice for every data set but CIFAR-10, because its largest step grows to T−1
-as S grows, so S = 1000 is exactly DDPM's chain and the η = 1 / σ̂ cells at S = 1000 are DDPM's own
-two samplers, the paper's reference; `quad` stops at t = 800 and keeps 688 distinct steps. Pass
-spacing="quad" to compare (notebook 09 §2).
-
-Run `python -m ddimlab.lab --out DIR` (or `lab.main()`): prints both tables, writes DIR/table1.txt,
-DIR/table1.png and DIR/table1_d1024.png (two to three minutes on a 2-core CPU, most of it in 1024-D).
+`table1(mixture, …)` samples every (η or σ̂, S) cell from the same x_T and noise on a Gaussian mixture's
+exact ε* (`toy.exact_eps`), so the only error left is the sampler's, and scores it against fresh data
+with the standardized energy distance (`toy.mmd2_unbiased` with `toy.ENERGY`; why this distance:
+notebook 09 §1), its jackknife SE (`mmd2_se`) and the noise floor of two fresh data sets
+(`noise_floor`); η = 0 also gets its RMS distance to scipy's ODE solution (`ode_error`). Differences
+between cells carry their own jackknife SE (`difference`); `beyond` and `ranking` call one resolved
+beyond 3 SEs. `format_table` / `plot_table` present it; `main` runs the 2-D and the 1024-D tables
+(`ddimlab lab`, `make lab`, the demo). Default steps: `uniform`, so that S = 1000 is DDPM's own chain
+(notebook 09 §2). The measured tables and what they show are in notebook 09 and the README.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from pathlib import Path
@@ -397,50 +366,31 @@ def make_figure(rows: list[dict], path) -> Path:
 IMAGE_S_LIST = (10, 20, 50, 100)     # 1024-D: S = 1000 would take ~10 min on 2 CPU cores and shows nothing new
 
 
-def main(argv: list[str] | None = None, *, out=None) -> int:
-    """`python -m ddimlab.lab [--out DIR] [--n N] [--image-d D] [--image-n N] [--spacing uniform|quad] [--seed K]`: print
-    Table 1 on the 2-D ring and on `toy.image_like_mixture(D)` (D = 0 skips it), write the figures
-    (notebook 09).
-
-    Writes DIR/table1.txt, DIR/table1.png and DIR/table1_d{D}.png (default DIR: outputs/lab); `out`
-    (keyword) overrides --out, for callers such as `demo.main`. argv None means no arguments (not
-    sys.argv: a caller's own command line is not ours). Returns 0.
-    """
-    p = argparse.ArgumentParser(prog="python -m ddimlab.lab", description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="outputs/lab", help="folder for table1.txt and the figures")
-    p.add_argument("--n", type=int, default=2000, help="samples per cell of the 2-D table (error bars shrink like 1/√n)")
-    p.add_argument("--image-d", type=int, default=1024, help="dimension of the image-like table (0: skip it)")
-    p.add_argument("--image-n", type=int, default=1000, help="samples per cell of the image-like table")
-    p.add_argument("--spacing", default="uniform", choices=SPACINGS)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args([] if argv is None else list(argv))
+def main(out="outputs/lab", n: int = 2000, image_d: int = 1024, image_n: int = 1000, spacing: str = "uniform",
+         seed: int = 0) -> list[Path]:
+    """Print Table 1 on the 2-D ring and on `toy.image_like_mixture(image_d)` (0 skips it) and write
+    out/table1.txt, out/table1.png and out/table1_d{image_d}.png (notebook 09; `ddimlab lab`, `make lab`,
+    the demo's first part). Returns the paths written."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)            # the lab is many small steps: threads only add overhead
     try:
         t0 = time.perf_counter()
-        out = Path(args.out if out is None else out)
-        rows = table1(n=args.n, spacing=args.spacing, seed=args.seed, n_ode=min(64, args.n))
+        out = Path(out)
+        rows = table1(n=n, spacing=spacing, seed=seed, n_ode=min(64, n))
         text = (f"DDIM Table 1 on an exact score: 2-D mixture of 8 Gaussians, linear schedule T=1000, "
-                f"{args.spacing} steps, n={args.n} samples per cell\n" + format_table(rows))
+                f"{spacing} steps, n={n} samples per cell\n" + format_table(rows))
         print(text, flush=True)
-        figures = [make_figure(rows, out / "table1.png")]
-        if args.image_d > 0:
-            img = table1(toy.image_like_mixture(args.image_d), S_list=IMAGE_S_LIST, n=args.image_n,
-                         spacing=args.spacing, seed=args.seed, n_ode=0)
-            more = (f"\nThe same on image-like data: toy.image_like_mixture({args.image_d}) (10 components, "
-                    f"spectrum ∝ 1/j), n={args.image_n}\n" + format_table(img))
-            print(more)
+        written = [make_figure(rows, out / "table1.png")]
+        if image_d > 0:
+            img = table1(toy.image_like_mixture(image_d), S_list=IMAGE_S_LIST, n=image_n, spacing=spacing,
+                         seed=seed, n_ode=0)
+            more = (f"\nThe same on image-like data: toy.image_like_mixture({image_d}) (10 components, "
+                    f"spectrum ∝ 1/j), n={image_n}\n" + format_table(img))
+            print(more, flush=True)
             text += "\n" + more
-            figures.append(make_figure(img, out / f"table1_d{args.image_d}.png"))
-        atomic_write(out / "table1.txt", lambda f: f.write(text + "\n"), text=True)
-        print(f"wrote {', '.join(str(f) for f in figures)} and {out / 'table1.txt'} "
-              f"({time.perf_counter() - t0:.0f} s)")
+            written.append(make_figure(img, out / f"table1_d{image_d}.png"))
+        written.append(atomic_write(out / "table1.txt", lambda f: f.write(text + "\n"), text=True))
+        print(f"wrote {', '.join(str(f) for f in written)} ({time.perf_counter() - t0:.0f} s)")
     finally:
         torch.set_num_threads(threads)
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    raise SystemExit(main(sys.argv[1:]))
+    return written

@@ -185,7 +185,8 @@ def test_mmd2_se_rejects_mismatched_inputs():
 def test_main_prints_the_tables_and_writes_files(tmp_path, capsys):
     """`lab.main` (called by `make demo`) with a small n and a small image-like d: both tables on stdout,
     the text and both figures on disk."""
-    assert lab.main(["--n", "40", "--image-d", "32", "--image-n", "40"], out=tmp_path) == 0
+    written = lab.main(out=tmp_path, n=40, image_d=32, image_n=40)
+    assert [p.name for p in written] == ["table1.png", "table1_d32.png", "table1.txt"]
     printed = capsys.readouterr().out
     assert "S=1000" in printed and "σ̂" in printed and "noise floor" in printed and "image_like_mixture(32)" in printed
     assert (tmp_path / "table1.png").read_bytes()[:4] == b"\x89PNG"
