@@ -13,6 +13,7 @@ USER_ID ?= $(shell id -u)
 JUPYTER_ARGS ?=
 NBENV   = OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 PYTHONHASHSEED=0 MPLBACKEND=agg
 NBVAL   = --nbval --nbval-sanitize-with notebooks/sanitize.cfg
+WORKERS ?= 2           # pytest-xdist processes for `make test`; each test file or notebook stays in one
 
 .PHONY: install demo test test-fast lint notebooks jupyter bench gpu-check lab clean clean-outputs
 
@@ -34,7 +35,7 @@ lab: install           ## only the exact-score lab tables and figure
 	$(BIN)/python -m ddimlab lab --out outputs/lab
 
 test: install lint     ## lint, unit tests and every notebook under nbval
-	$(NBENV) $(BIN)/pytest tests notebooks $(NBVAL) -p no:cacheprovider
+	$(NBENV) $(BIN)/pytest -n $(WORKERS) --dist loadfile tests notebooks $(NBVAL) -p no:cacheprovider
 
 test-fast: install
 	$(BIN)/pytest tests -m "not slow" -p no:cacheprovider
