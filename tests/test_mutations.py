@@ -7,6 +7,7 @@ index, a missing square root, the wrong variance): a check that passes on a wron
 - the q_σ marginal (DDIM Lemma 1)       Monte Carlo, 5 standard errors       (notebook 03 §3, §5)
 - deterministic DDIM = Euler           `ode.euler` on the ODE of DDIM §4.3  (notebook 05 §2)
 - DDIM with η = 1 = DDPM ancestral      `samplers.ddpm_sample`, same noise   (notebook 03 §4, 04 §3)
+- DDIM Theorem 1, J_σ = L_γ + C         Monte Carlo of the log-ratio, 5 SE  (notebook 03 §7)
 """
 import math
 from unittest import mock
@@ -19,7 +20,7 @@ from scipy import integrate, stats
 from ddimlab import diffusion, ode, samplers, toy
 from ddimlab.diffusion import bcast, posterior_variance
 from ddimlab.gaussian import kl_normal
-from ddimlab.schedule import alpha_bar_at, make_alpha_bar, timesteps
+from ddimlab.schedule import alpha_bar, alpha_bar_at, beta_schedule, make_alpha_bar, timesteps
 
 F64 = torch.float64
 AB = make_alpha_bar("linear", 1000)
@@ -249,3 +250,76 @@ def test_ddpm_check_passes_for_the_library():
 @pytest.mark.parametrize("name", SIGMA_MUTANTS)
 def test_ddpm_check_fails_for_mutant(name):
     assert not ddim_eta1_matches_ddpm(SIGMA_MUTANTS[name])
+
+
+# ------------------------------------------- DDIM Theorem 1: J_σ = Σ_t γ_t E‖ε − ε_θ^(t)‖² + C, Monte Carlo
+
+T1_AB = alpha_bar(beta_schedule("linear", 10, beta_start=0.05, beta_end=0.6))   # T1_AB[t-1] = paper's ᾱ_t
+T1_M, T1_S, T1_D = 0.3, 0.5, 2
+
+
+def theorem1_miss(gamma_fn, with_decoder: bool = True, N: int = 40_000) -> float:
+    """|J_σ − (Σ_t γ_t E‖ε − ε_θ^(t)‖² + C)| in standard errors (notebook 03 §7), J_σ by Monte Carlo of the
+    undecomposed log-ratio log q_σ(x_1:T | x_0) − log p_θ(x_0:T) over whole q_σ chains, the right-hand side exact
+    (Gauss–Hermite). T = 10, η = 0.5, DDIM's decoder with σ_1² = β_1; data N(0.3, 0.5²) in d = 2 independent
+    coordinates; the model 0.8 ε* + 0.1, so that no term vanishes. gamma_fn(c, σ², ᾱ_t, d) is the weight under
+    test, c the x_0-coefficient of the step's mean (q_σ's for t ≥ 2, 1 for the decoder)."""
+    A = lambda t: float(T1_AB[t - 1])                                                 # noqa: E731
+    gen = torch.Generator().manual_seed(6)
+    data = toy.GaussianMixture(torch.ones(1), torch.full((1, T1_D), T1_M, dtype=F64),
+                               T1_S ** 2 * torch.eye(T1_D, dtype=F64)[None])
+    eps_star = toy.exact_eps(data, T1_AB)
+    model = lambda x, k: 0.8 * eps_star(x, k) + 0.1                                  # noqa: E731  k = t − 1
+    var = {t: float(diffusion.ddim_sigma(A(t), A(t - 1), 0.5)) ** 2 for t in range(2, 11)}
+    var[1] = 1 - A(1)                                                                 # β_1
+    coef = {t: math.sqrt(A(t - 1)) - math.sqrt(1 - A(t - 1) - var[t]) * math.sqrt(A(t) / (1 - A(t))) for t in range(2, 11)}
+    coef[1] = 1.0
+
+    def log_n(x, mean, v):
+        return (-0.5 * (math.log(2 * math.pi * v) + (x - mean) ** 2 / v)).sum(1)
+
+    x0 = data.sample(N, generator=gen)
+    x = diffusion.q_sample(x0, A(10), torch.randn(N, T1_D, generator=gen, dtype=F64))
+    ratio = log_n(x, math.sqrt(A(10)) * x0, 1 - A(10)) - log_n(x, 0.0, 1.0)
+    for t in range(10, 1, -1):
+        mean_q = diffusion.q_sigma_mean(x0, x, A(t), A(t - 1), math.sqrt(var[t]))
+        mean_p = diffusion.q_sigma_mean(diffusion.predict_x0(x, model(x, t - 1), A(t)), x, A(t), A(t - 1), math.sqrt(var[t]))
+        x_new = mean_q + math.sqrt(var[t]) * torch.randn(N, T1_D, generator=gen, dtype=F64)
+        ratio += log_n(x_new, mean_q, var[t]) - log_n(x_new, mean_p, var[t])
+        x = x_new
+    ratio -= log_n(x0, diffusion.predict_x0(x, model(x, 0), A(1)), var[1])
+    mc, se = float(ratio.mean()), float(ratio.std() / math.sqrt(N))
+
+    z, w = (torch.tensor(v, dtype=F64) for v in np.polynomial.hermite_e.hermegauss(8))
+    w = w / math.sqrt(2 * math.pi)
+    x0n = (T1_M + T1_S * z).repeat_interleave(8)[:, None].expand(-1, T1_D)            # the same node in every coordinate:
+    en, wn = z.repeat(8)[:, None].expand(-1, T1_D), torch.outer(w, w).flatten()      # E over d iid coordinates, exactly
+    steps = range(1, 11) if with_decoder else range(2, 11)
+    rhs = sum(gamma_fn(coef[t], var[t], A(t), T1_D)
+              * float((wn * ((en - model(diffusion.q_sample(x0n, A(t), en), t - 1)) ** 2).sum(1)).sum()) for t in steps)
+    rhs += T1_D * 0.5 * (A(10) * (T1_M ** 2 + T1_S ** 2) - A(10) - math.log(1 - A(10)))   # E KL(q(x_T | x_0) ‖ N(0, I))
+    if with_decoder:
+        rhs += T1_D * 0.5 * math.log(2 * math.pi * var[1])
+    return abs(mc - rhs) / se
+
+
+def _gamma(c, var, a, d):
+    """γ_t = c²(1 − ᾱ_t)/(2σ_t² ᾱ_t) (notebook 03 §4, §7)."""
+    return c ** 2 * (1 - a) / (2 * var * a)
+
+
+THEOREM1_MUTANTS = {
+    "DDIM App. B's gamma_t = 1/(2 d sigma_t^2 alpha_t)": (lambda c, var, a, d: 1 / (2 * d * var * a), True),
+    "the x0-coefficient c_t^2 left out": (lambda c, var, a, d: (1 - a) / (2 * var * a), True),
+    "a factor 1/d on the right weights": (lambda c, var, a, d: _gamma(c, var, a, d) / d, True),
+    "the t = 1 decoder term left out": (_gamma, False),
+}
+
+
+def test_theorem1_check_passes_for_the_weights_of_notebook_03():
+    assert theorem1_miss(_gamma) < Z
+
+
+@pytest.mark.parametrize("name", THEOREM1_MUTANTS)
+def test_theorem1_check_fails_for_mutant(name):
+    assert theorem1_miss(*THEOREM1_MUTANTS[name]) > Z
