@@ -405,7 +405,7 @@ def bandwidth(mixture: GaussianMixture) -> float:
 def gram(u: torch.Tensor, v: torch.Tensor, kernel) -> torch.Tensor:
     """Kernel matrix k(u_i, v_j) (notebook 09 §1). kernel: a bandwidth h > 0 for the Gaussian kernel
     exp(−|u−v|²/(2h²)), or ENERGY ("energy") for k = −|u − v|, whose MMD² is the energy distance
-    2E|X−Y| − E|X−X'| − E|Y−Y'| (Székely & Rizzo 2013; Sejdinovic et al. 2013, §3)."""
+    2E|X−Y| − E|X−X'| − E|Y−Y'| (Székely & Rizzo 2013; Sejdinovic et al. 2013)."""
     if kernel == ENERGY:
         return -torch.cdist(u, v)
     if isinstance(kernel, str) or not float(kernel) > 0:
@@ -415,7 +415,7 @@ def gram(u: torch.Tensor, v: torch.Tensor, kernel) -> torch.Tensor:
 
 def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, kernel) -> float:
     """Unbiased MMD² = mean_{i≠j} k(x_i, x_j) + mean_{i≠j} k(y_i, y_j) − 2 mean_{i,j} k(x_i, y_j)
-    (Gretton et al. 2012, eq. 3; notebook 09 §1). kernel: a Gaussian bandwidth, or ENERGY for the energy
+    (Gretton et al. 2012; notebook 09 §1). kernel: a Gaussian bandwidth, or ENERGY for the energy
     distance (`gram`)."""
     n, m = x.shape[0], y.shape[0]
     kxx, kyy, kxy = gram(x, x, kernel), gram(y, y, kernel), gram(x, y, kernel)
