@@ -318,7 +318,7 @@ def _lagrange_integrals(nodes, a: float, b: float, rho: float = 1.0) -> list[flo
         for m, vm in enumerate(v):
             if m != j:
                 coef = np.convolve(coef, [-vm, 1.0]) / (vj - vm)
-        out.append(sum(c * (b ** (m / rho + 1) - a ** (m / rho + 1)) / (m / rho + 1) for m, c in enumerate(coef)))
+        out.append(float(sum(c * (b ** (m / rho + 1) - a ** (m / rho + 1)) / (m / rho + 1) for m, c in enumerate(coef))))
     return out
 
 
@@ -448,6 +448,73 @@ def unipc_3(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=
     return unipc(eps, x_T, alpha_bar, seq, return_trajectory, callback, order=3)
 
 
+def adams_coefficients(k: int, implicit: bool = False) -> list[float]:
+    """Equal-step Adams weights (notebook 08 §6): ∫_0^1 ℓ_j(u) du for the Lagrange basis on the nodes u = 0, −1, …, −(k−1)
+    (Adams–Bashforth, explicit) or u = 1, 0, …, −(k−2) (Adams–Moulton, with the new point first).
+
+    k = 2: 3/2, −1/2; k = 3: 23/12, −16/12, 5/12; k = 4: 55/24, −59/24, 37/24, −9/24 (Adams–Bashforth), the
+    coefficients of iPNDM (Zhang & Chen 2023, DEIS App. ...); Adams–Moulton k = 2 is the trapezoid ½, ½.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 6:
+        raise ValueError(f"k must be an integer in 1..6, got {k!r}")
+    nodes = [float(1 - j) for j in range(k)] if implicit else [float(-j) for j in range(k)]
+    return _lagrange_integrals(nodes, 0.0, 1.0)
+
+
+def ipndm(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None, *, order: int = 3,
+          afs: bool = True, rho: float | None = None, corrector: bool = False):
+    """iPNDM: Adams–Bashforth on dx̄/dσ = ε (Zhang & Chen 2023, DEIS §4 "iPNDM"). NFE = S − 1 with afs, else S (notebook 08 §6).
+
+    x̄_s = x̄_t + ∫_{σ_t}^{σ_s} P(σ) dσ, with P the polynomial through the last `order` ε's (fewer at the start):
+
+    - rho=None (iPNDM): P as if the steps were equal, x̄_s = x̄_t + (σ_s − σ_t) Σ_j c_j ε_{−j} with the
+      `adams_coefficients` (3/2, −1/2; 23/12, −16/12, 5/12; …). On an uneven grid this is Adams–Bashforth in the
+      step index with dσ frozen over each step: second order on smooth grids, but the best of these methods at
+      very few steps (notebook 08 §6).
+    - rho=ρ ≥ 1: P is a polynomial in σ^{1/ρ} through the actual nodes and is integrated exactly
+      (`_lagrange_integrals`): variable-step Adams–Bashforth, of order `order` (ρ = 1: in σ itself).
+
+    afs (the analytical first step of Zhou et al. 2024, §4.1): the first step uses ε(x_T) ≈ x_T instead of a
+    network call — exact as ᾱ_T → 0 for zero-mean data; the error is about √ᾱ_T |E x_0| in ε, which the
+    flow shrinks by σ_c/σ_1 (σ_c the data scale, σ_1 the next step's σ). It assumes x_T is pure noise at a
+    large σ (seq[0] near T − 1); the estimate is kept as the first history point, as in the reference code.
+
+    corrector: after each step, evaluate ε at the new point (the evaluation the next step needs anyway) and
+    redo the step with it as an extra node (Adams–Moulton, UniC's idea in σ; notebook 08 §4): one order more
+    at no extra network call; the next step continues from the corrected point with that ε.
+
+    The final step to σ = 0 uses the same rule from the stored ε's: it never calls the network at σ = 0,
+    and it is not first order like the λ-solvers' last step (`dpm_solver_pp_3m`, `unipc`; notebook 08 §5).
+    """
+    if isinstance(order, bool) or order not in (1, 2, 3, 4):
+        raise ValueError(f"order must be 1, 2, 3 or 4, got {order!r}")
+    if rho is not None and not rho >= 1:
+        raise ValueError(f"rho must be None (equal-step coefficients) or >= 1, got {rho!r}")
+    pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq)
+
+    def weights(nodes, a, b, implicit):
+        if rho is None:
+            return [(b - a) * c for c in adams_coefficients(len(nodes), implicit)]
+        return _lagrange_integrals(nodes, a, b, rho)
+
+    hist = [x_T.clone() if afs else call_eps(eps, x_T, pairs[0][0])]   # ε at the current point and before
+    nodes = [sig[0]]
+    for i, (t, s) in enumerate(pairs):
+        x0 = xbar - sig[i] * hist[-1]
+        w = weights(nodes[-order:][::-1], sig[i], sig[i + 1], False)
+        x_next = xbar + sum(wj * ej for wj, ej in zip(w, hist[-order:][::-1]))
+        if s >= 0:
+            e = call_eps(eps, _x(x_next, sig[i + 1]), s)
+            if corrector:
+                cn = [sig[i + 1]] + nodes[-order:][::-1]
+                w = weights(cn, sig[i], sig[i + 1], True)
+                x_next = xbar + sum(wj * ej for wj, ej in zip(w, [e] + hist[-order:][::-1]))
+            hist, nodes = (hist + [e])[-order - 1:], (nodes + [sig[i + 1]])[-order - 1:]
+        xbar = x_next
+        _record(traj, callback, i, t, s, xbar, sig[i + 1], x0)
+    return _result(xbar, traj, return_trajectory)
+
+
 # name -> (solver, NFE on S steps); SOLVERS lists the names (notebook 05 §7)
 _REGISTRY = {
     "euler": (euler, lambda S: S),
@@ -457,6 +524,7 @@ _REGISTRY = {
     "dpm_solver_pp_3m": (dpm_solver_pp_3m, lambda S: S),
     "unipc_2": (unipc_2, lambda S: S),
     "unipc_3": (unipc_3, lambda S: S),
+    "ipndm": (ipndm, lambda S: S - 1),
 }
 SOLVERS = tuple(_REGISTRY)
 
