@@ -1,4 +1,4 @@
-"""The probability-flow ODE of DDIM and solvers for it (notebook 05).
+"""The probability-flow ODE of DDIM and solvers for it (notebooks 05 and 08).
 
 Divide the DDIM update by √ᾱ_s (DDIM §4.3, eq. 13; notebook 05 §1): with
 
@@ -9,21 +9,28 @@ deterministic DDIM reads x̄_s = x̄_t + (σ_s − σ_t) ε(x_t, t): Euler's met
     dx̄/dσ = ε(x̄ / √(σ²+1), t(σ)).                                              (ODE)
 
 (A common study-note slip writes x̄ = x_t/ᾱ_t; the square root is needed.) σ runs from σ(t_start) down to
-σ(−1) = 0, where x̄ = x_0. Every solver here has the samplers' signature (eps, x_T, alpha_bar, seq,
-return_trajectory=False, callback=None) -> x_0, visits the decreasing integer steps `seq` and then steps to
-ᾱ_{−1} = 1, exactly like `samplers.ddim_sample`. Numbers of ε evaluations (NFE) for S = len(seq):
+σ(−1) = 0, where x̄ = x_0. In λ = log(α/σ_VP) = −log σ the same ODE is dx̄/dλ = D − x̄ with D = x̂_0 = x̄ − σ ε,
+whose variation-of-constants solution the exponential integrators approximate (notebook 08 §1–4).
 
-    euler S (≡ DDIM η=0) · heun 2S−1 · dpm_solver_2 2S−1 · dpm_solver_pp_2m S.
+Every solver here has the samplers' signature (eps, x_T, alpha_bar, seq, return_trajectory=False,
+callback=None) -> x_0 (some take keyword-only options with defaults), visits the decreasing integer steps
+`seq` and then steps to ᾱ_{−1} = 1, exactly like `samplers.ddim_sample`, and is registered by name in
+`_REGISTRY` with its number of ε evaluations (NFE) for S = len(seq):
 
-The last step ends at σ = 0 (λ = log(α/σ_VP) = −log σ = +∞), where a network is never evaluated.
-All solvers take it as a first-order step, as k-diffusion (`sample_heun`, `sample_dpm_2`,
-`sample_dpmpp_2m`) and EDM do: the output is x̂_0 = x̄ − σ ε at the last grid point (the DDIM step,
-the Tweedie denoiser E[x_0 | x_t]). Near σ = 0 the exact flow is dx̄/dσ ≈ −σ ∇log p_0(x̄), so the ODE
-lands at x̄ − σ ε/2 while x̂_0 goes twice as far: a local error ≈ σ_last² |∇log p_0|/2. On grids ending
-at t = 0 (σ ≈ 0.01 for the linear schedule) this is a floor (≈ 5e-4 on `toy.random_mixture(3, 4)`);
-on `trailing` grids the last step is long (σ(99) ≈ 0.34 for S = 10) and it dominates the error of
-the second-order solvers (measured order ≈ 1.3 instead of 2). The orders in tests/test_ode.py are
-measured at t = 0, before this step.
+    euler S (≡ DDIM η=0) · heun 2S−1 · dpm_solver_2 2S−1 · dpm_solver_pp_2m S · dpm_solver_pp_3m S ·
+    unipc_2 S · unipc_3 S · ipndm S−1 (the analytical first step replaces the first call).
+
+The last step ends at σ = 0 (λ = +∞), where the network is never evaluated. The single-step and λ-solvers
+(euler, heun, dpm_solver_2, dpm_solver_pp_2m/3m, unipc) take it as a first-order step, as k-diffusion
+(`sample_heun`, `sample_dpm_2`, `sample_dpmpp_2m`), EDM and diffusers (`final_sigmas_type="zero"`) do: the
+output is x̂_0 = x̄ − σ ε at the last grid point (the DDIM step, the Tweedie denoiser E[x_0 | x_t]). Near σ = 0
+the exact flow is dx̄/dσ ≈ −σ ∇log p_0(x̄), so the ODE lands at x̄ − σ ε/2 while x̂_0 goes twice as far: a
+local error ≈ σ_last² |∇log p_0|/2. On grids ending at t = 0 (σ ≈ 0.01 for the linear schedule) this is a
+floor (≈ 5e-4 on `toy.random_mixture(3, 4)`); on `trailing` grids the last step is long (σ(99) ≈ 0.34 for
+S = 10) and it dominates the error of the second-order solvers (measured order ≈ 1.3 instead of 2). `ipndm`
+instead integrates the polynomial through its stored ε's over [σ_last, 0] (notebook 08 §5–6): a step of
+the method's order, still without a call at σ = 0. The orders in tests/test_ode.py are measured before the
+last step (at t = 0 or t = 100).
 
 Between integer steps t(σ) is defined by interpolating log ᾱ linearly in t (`alpha_bar_cont`,
 `t_of_sigma`), so the ε callable receives float steps at intermediate points.
