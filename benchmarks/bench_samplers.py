@@ -205,7 +205,7 @@ def ddimlab_setting(name):
 
 # One setting for every budget (chosen on the tuning mixtures by the geometric mean of the ratio over all
 # their cells), and one per budget (best geometric mean on the tuning mixtures at that budget).
-FIXED = "ipndm order=3 rho=None | afs | power 2.5"
+FIXED = "ipndm order=3 rho=None | afs | power 3.0"
 TUNED = {5: "ipndm order=3 rho=None | afs | power 3.0",
          10: "ipndm order=3 rho=None | noafs | karras 4 7 3",
          20: "ipndm order=3 rho=5 corrector=True | afs | power 2.5"}
