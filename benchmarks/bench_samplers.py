@@ -19,8 +19,8 @@ ddimlab is reported three ways per budget: one fixed setting for all cells (what
 tuned per budget on eight other mixtures (`--tune` reruns that search), and the best of its own sweep on the
 reported mixture (as diffusers' best is picked). Ratio = best diffusers error / ddimlab error.
 
-    python benchmarks/bench_samplers.py            # needs `pip install diffusers`; about 10 min on 2 cores
-    python benchmarks/bench_samplers.py --tune     # the tuning search on the other mixtures (about 20 min)
+    python benchmarks/bench_samplers.py            # needs `pip install diffusers`; about 10 min on one core
+    python benchmarks/bench_samplers.py --tune     # the tuning search on the other mixtures (about 6 min)
 """
 from __future__ import annotations
 
