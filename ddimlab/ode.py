@@ -1,4 +1,4 @@
-"""The probability-flow ODE of DDIM and solvers for it (notebook 05).
+"""The probability-flow ODE of DDIM and solvers for it (notebooks 05 and 08).
 
 Divide the DDIM update by √ᾱ_s (DDIM §4.3, eq. 13; notebook 05 §1): with
 
@@ -9,21 +9,28 @@ deterministic DDIM reads x̄_s = x̄_t + (σ_s − σ_t) ε(x_t, t): Euler's met
     dx̄/dσ = ε(x̄ / √(σ²+1), t(σ)).                                              (ODE)
 
 (A common study-note slip writes x̄ = x_t/ᾱ_t; the square root is needed.) σ runs from σ(t_start) down to
-σ(−1) = 0, where x̄ = x_0. Every solver here has the samplers' signature (eps, x_T, alpha_bar, seq,
-return_trajectory=False, callback=None) -> x_0, visits the decreasing integer steps `seq` and then steps to
-ᾱ_{−1} = 1, exactly like `samplers.ddim_sample`. Numbers of ε evaluations (NFE) for S = len(seq):
+σ(−1) = 0, where x̄ = x_0. In λ = log(α/σ_VP) = −log σ the same ODE is dx̄/dλ = D − x̄ with D = x̂_0 = x̄ − σ ε,
+whose variation-of-constants solution the exponential integrators approximate (notebook 08 §1–4).
 
-    euler S (≡ DDIM η=0) · heun 2S−1 · dpm_solver_2 2S−1 · dpm_solver_pp_2m S.
+Every solver here has the samplers' signature (eps, x_T, alpha_bar, seq, return_trajectory=False,
+callback=None) -> x_0 (some take keyword-only options with defaults), visits the decreasing integer steps
+`seq` and then steps to ᾱ_{−1} = 1, exactly like `samplers.ddim_sample`, and is registered by name in
+`_REGISTRY` with its number of ε evaluations (NFE) for S = len(seq):
 
-The last step ends at σ = 0 (λ = log(α/σ_VP) = −log σ = +∞), where a network is never evaluated.
-All solvers take it as a first-order step, as k-diffusion (`sample_heun`, `sample_dpm_2`,
-`sample_dpmpp_2m`) and EDM do: the output is x̂_0 = x̄ − σ ε at the last grid point (the DDIM step,
-the Tweedie denoiser E[x_0 | x_t]). Near σ = 0 the exact flow is dx̄/dσ ≈ −σ ∇log p_0(x̄), so the ODE
-lands at x̄ − σ ε/2 while x̂_0 goes twice as far: a local error ≈ σ_last² |∇log p_0|/2. On grids ending
-at t = 0 (σ ≈ 0.01 for the linear schedule) this is a floor (≈ 5e-4 on `toy.random_mixture(3, 4)`);
-on `trailing` grids the last step is long (σ(99) ≈ 0.34 for S = 10) and it dominates the error of
-the second-order solvers (measured order ≈ 1.3 instead of 2). The orders in tests/test_ode.py are
-measured at t = 0, before this step.
+    euler S (≡ DDIM η=0) · heun 2S−1 · dpm_solver_2 2S−1 · dpm_solver_pp_2m S · dpm_solver_pp_3m S ·
+    unipc_2 S · unipc_3 S · ipndm S−1 (the analytical first step replaces the first call).
+
+The last step ends at σ = 0 (λ = +∞), where the network is never evaluated. The single-step and λ-solvers
+(euler, heun, dpm_solver_2, dpm_solver_pp_2m/3m, unipc) take it as a first-order step, as k-diffusion
+(`sample_heun`, `sample_dpm_2`, `sample_dpmpp_2m`), EDM and diffusers (`final_sigmas_type="zero"`) do: the
+output is x̂_0 = x̄ − σ ε at the last grid point (the DDIM step, the Tweedie denoiser E[x_0 | x_t]). Near σ = 0
+the exact flow is dx̄/dσ ≈ −σ ∇log p_0(x̄), so the ODE lands at x̄ − σ ε/2 while x̂_0 goes twice as far: a
+local error ≈ σ_last² |∇log p_0|/2. On grids ending at t = 0 (σ ≈ 0.01 for the linear schedule) this is a
+floor (≈ 5e-4 on `toy.random_mixture(3, 4)`); on `trailing` grids the last step is long (σ(99) ≈ 0.34 for
+S = 10) and it dominates the error of the second-order solvers (measured order ≈ 1.3 instead of 2). `ipndm`
+instead integrates the polynomial through its stored ε's over [σ_last, 0] (notebook 08 §5–6): a step of
+the method's order, still without a call at σ = 0. The orders in tests/test_ode.py are measured before the
+last step (at t = 0 or t = 100).
 
 Between integer steps t(σ) is defined by interpolating log ᾱ linearly in t (`alpha_bar_cont`,
 `t_of_sigma`), so the ε callable receives float steps at intermediate points.
@@ -112,6 +119,47 @@ def lambda_timesteps(S: int, alpha_bar: torch.Tensor, t_max: int | None = None, 
                              S, dtype=torch.float64)
     t = t_of_sigma(alpha_bar, log_sig.exp()).round().long().clamp(t_min, t_max)
     return validate_timesteps(torch.unique(t).flip(0), T)
+
+
+def karras_timesteps(S: int, alpha_bar: torch.Tensor, rho: float = 7.0, t_max: int | None = None,
+                     t_min: int = 0) -> torch.Tensor:
+    """Integer steps whose σ follow Karras et al. (2022, eq. 5): σ_i^{1/ρ} uniform from σ(t_max) to σ(t_min) (notebook 08 §5).
+
+    ρ = 7 is EDM's choice (more steps at low noise than λ-uniform steps, which are the limit ρ → ∞). Each σ_i
+    is mapped to the nearest integer step; repeats are kept once, so the result can be shorter than S.
+    """
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64)
+    T = alpha_bar.shape[0]
+    t_max = T - 1 if t_max is None else t_max
+    if isinstance(S, bool) or not isinstance(S, int) or S < 1:
+        raise ValueError(f"number of steps S must be a positive integer, got {S!r}")
+    if not 0 <= t_min < t_max <= T - 1:
+        raise ValueError(f"need 0 <= t_min < t_max <= T-1 = {T - 1}, got t_min={t_min}, t_max={t_max}")
+    if not rho >= 1:
+        raise ValueError(f"rho must be >= 1, got {rho!r}")
+    if S == 1:
+        return validate_timesteps(torch.tensor([t_max]), T)
+    lo, hi = float(sigma_at(alpha_bar, t_min)) ** (1 / rho), float(sigma_at(alpha_bar, t_max)) ** (1 / rho)
+    sig = torch.linspace(hi, lo, S, dtype=torch.float64) ** rho
+    t = t_of_sigma(alpha_bar, sig).round().long().clamp(t_min, t_max)
+    return validate_timesteps(torch.unique(t).flip(0), T)
+
+
+def power_timesteps(S: int, T: int = 1000, kappa: float = 2.0) -> torch.Tensor:
+    """Integer steps with t_i + 1 = T (1 − i/S)^κ, i = 0..S−1: uniform in (t+1)^{1/κ} down to t = −1, σ = 0 (notebook 08 §5).
+
+    κ = 1 is uniform in t; κ = 2 is the "time-quadratic" spacing (Zhang & Chen 2023, DEIS §5; the DDIM code's
+    `quad` is its reverse, from 0 up to 0.8 T). The grid's next point after the last one, i = S, is the final
+    step to ᾱ_{−1} = 1 that every solver takes, so the steps shrink smoothly into σ = 0 (σ ∝ √(t+1) there).
+    Starts at T − 1; repeats after rounding are kept once.
+    """
+    if isinstance(S, bool) or not isinstance(S, int) or not 1 <= S <= T:
+        raise ValueError(f"number of steps S must be an integer in 1..T={T}, got {S!r}")
+    if not kappa >= 1:
+        raise ValueError(f"kappa must be >= 1, got {kappa!r}")
+    u = T * (1 - np.arange(S) / S) ** kappa
+    t = np.clip(np.round(u - 1), 0, T - 1).astype(np.int64)
+    return validate_timesteps(torch.as_tensor(np.unique(t)[::-1].copy()), T)
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -237,12 +285,253 @@ def dpm_solver_pp_2m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, 
     return _result(xbar, traj, return_trajectory)
 
 
+# ------------------------------------------------------------ exponential integrators (notebook 08)
+
+def phi(k: int, h: float) -> float:
+    """φ_k(h) of the exponential integrators (notebook 08 §3): φ_0(h) = e^h, φ_{k+1}(h) = (φ_k(h) − 1/k!)/h,
+    equivalently φ_k(h) = ∫_0^1 e^{(1−θ)h} θ^{k−1}/(k−1)! dθ = Σ_{j≥0} h^j/(j+k)!  (k ≥ 1).
+
+    So φ_1(h) = (e^h − 1)/h, φ_2(h) = (e^h − 1 − h)/h², φ_3(h) = (e^h − 1 − h − h²/2)/h³. The recursion loses
+    digits to cancellation for small |h| (φ_3 at h = 1e-3 keeps only ~7), so |h| < 1 uses the series.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"k must be a non-negative integer, got {k!r}")
+    h = float(h)
+    if k == 0:
+        return math.exp(h)
+    if abs(h) < 1:
+        total, term, j = 0.0, 1 / math.factorial(k), 0
+        while abs(term) > 1e-18 * max(abs(total), 1e-300) or j < 2:
+            total += term
+            j += 1
+            term *= h / (j + k)
+        return total
+    v = math.exp(h)
+    for j in range(k):
+        v = (v - 1 / math.factorial(j)) / h
+    return v
+
+
+def _lagrange_integrals(nodes, a: float, b: float, rho: float = 1.0) -> list[float]:
+    """w_j = ∫_a^b ℓ_j(σ^{1/ρ}) dσ for the Lagrange basis ℓ_j of the nodes v_j = σ_j^{1/ρ} (notebook 08 §6).
+
+    ℓ_j(v) = Σ_m c_m v^m is expanded in monomials and integrated termwise, ∫ σ^{m/ρ} dσ = σ^{m/ρ+1}/(m/ρ+1):
+    exact for any ρ ≥ 1, including the last step to b = σ = 0.
+    """
+    v = [float(s) ** (1 / rho) for s in nodes]
+    out = []
+    for j, vj in enumerate(v):
+        coef = np.array([1.0])                                     # ℓ_j in increasing powers of v
+        for m, vm in enumerate(v):
+            if m != j:
+                coef = np.convolve(coef, [-vm, 1.0]) / (vj - vm)
+        out.append(float(sum(c * (b ** (m / rho + 1) - a ** (m / rho + 1)) / (m / rho + 1) for m, c in enumerate(coef))))
+    return out
+
+
+def _start(x_T, alpha_bar, seq):
+    """Checked inputs, the σ of every visited step followed by σ = 0, x̄_T, and the trajectory dict."""
+    alpha_bar, seq = check_args(x_T, alpha_bar, seq)
+    pairs = step_pairs(seq)
+    sig = [_sig(alpha_bar, t) for t, _ in pairs] + [0.0]
+    xbar = x_T * math.sqrt(sig[0] ** 2 + 1)
+    return pairs, sig, xbar, {"x": [x_T], "t": [int(seq[0])]}
+
+
+def dpm_solver_pp_3m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None, *,
+                     published: bool = False):
+    """DPM-Solver++(3M) (Lu et al. 2022b, §4 and App. B), multistep third order in x̂_0. NFE = S (notebook 08 §3).
+
+    In λ = −log σ the data-prediction ODE dx̄/dλ = D − x̄ (D = x̂_0 = x̄ − σ ε) has the exact solution
+    x̄_s = e^{−h} x̄_t + ∫_0^h e^{−(h−u)} D(λ_t + u) du, h = λ_s − λ_t. Replacing D by the quadratic p through
+    the last three D's (at λ_t and the two previous steps) gives
+
+        x̄_s = e^{−h} x̄_t + h φ_1(−h) D_t + h φ_2(−h) D1 + 2 h φ_3(−h) D2,
+
+    with D1 = h p'(λ_t) and D2 = h² p''(λ_t)/2 the backward differences of the paper (r_0 = h_{−1}/h,
+    r_1 = h_{−2}/h, D1_0 = (D_t − D_{−1})/r_0, D1_1 = (D_{−1} − D_{−2})/r_1, D1 = D1_0 + r_0 (D1_0 − D1_1)/(r_0 + r_1),
+    D2 = (D1_0 − D1_1)/(r_0 + r_1)). The first step is DDIM and the second DPM-Solver++(2M); the final step to
+    σ = 0 (h = ∞, where every φ-term but the first diverges) returns D_t, first order, as the paper does.
+
+    published=True weights D2 by h φ_3(−h), as the paper's reference code, diffusers' DPMSolverMultistepScheduler
+    and k-diffusion do: half the Taylor coefficient, which leaves an O(h³) local error, i.e. a second-order
+    method (measured in notebook 08 §3 and tests/test_ode.py).
+    """
+    pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq)
+    Ds, lams = [], []
+    for i, (t, s) in enumerate(pairs):
+        D = xbar - sig[i] * call_eps(eps, _x(xbar, sig[i]), t)
+        Ds.append(D); lams.append(-math.log(sig[i]))
+        if s < 0:
+            xbar = D
+        else:
+            h = math.log(sig[i] / sig[i + 1])
+            upd = h * phi(1, -h) * D
+            if len(Ds) >= 2:
+                r0 = (lams[-1] - lams[-2]) / h
+                D1_0 = (Ds[-1] - Ds[-2]) / r0
+                if len(Ds) == 2:                            # DPM-Solver++(2M), as `dpm_solver_pp_2m`
+                    upd = upd + 0.5 * h * phi(1, -h) * D1_0
+                else:
+                    r1 = (lams[-2] - lams[-3]) / h
+                    D1_1 = (Ds[-2] - Ds[-3]) / r1
+                    D1 = D1_0 + r0 / (r0 + r1) * (D1_0 - D1_1)
+                    D2 = (D1_0 - D1_1) / (r0 + r1)
+                    upd = upd + h * phi(2, -h) * D1 + (1 if published else 2) * h * phi(3, -h) * D2
+            xbar = math.exp(-h) * xbar + upd
+            Ds, lams = Ds[-3:], lams[-3:]
+        _record(traj, callback, i, t, s, xbar, sig[i + 1], D)
+    return _result(xbar, traj, return_trajectory)
+
+
+def unipc_coefficients(r, h: float) -> list[float]:
+    """UniPC's weights a_k on the scaled differences (D_k − D_t)/r_k (Zhao et al. 2023, §3; notebook 08 §4).
+
+    r: the nodes r_k = (λ_k − λ_t)/h of the previous steps (negative), plus r = 1 (the new point) for the
+    corrector. With B(h) = 1 − e^{−h}, matching x̄_s's Taylor terms h^{m+1} φ_{m+1}(−h) D^{(m)}, m = 1..p−1
+    (predictor) or 1..p (corrector), gives the Vandermonde system Σ_k a_k r_k^{m−1} = m! h φ_{m+1}(−h)/B(h).
+    One node is not solved but set to a = ½, as in the paper: the predictor then is DPM-Solver++(2M) and
+    the first-order corrector the trapezoid rule.
+    """
+    r = [float(v) for v in r]
+    if len(r) == 1:
+        return [0.5]
+    B = -math.expm1(-h)
+    b = [math.factorial(m) * h * phi(m + 1, -h) / B for m in range(1, len(r) + 1)]
+    R = np.array([[rk ** (m - 1) for rk in r] for m in range(1, len(r) + 1)])
+    return np.linalg.solve(R, np.array(b)).tolist()
+
+
+def unipc(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None, *, order: int = 2,
+          corrector: bool = True):
+    """UniPC (Zhao et al. 2023, Alg. 1–2, "bh2"): UniP-p predictor and UniC-p corrector in x̂_0. NFE = S (notebook 08 §4).
+
+    Each step starts from the DDIM (DPM-Solver-1) step x̄' = e^{−h} x̄_t + (1 − e^{−h}) D_t and adds
+    B(h) Σ_k a_k (D_k − D_t)/r_k over the p − 1 previous D's (`unipc_coefficients`). The corrector then
+    evaluates D at the predicted point — the evaluation the next step needs anyway — and redoes the step
+    with that point included (p nodes): one order more at no extra network call. The corrected x̄_s is kept;
+    the next step uses the D evaluated at the predicted point. The order p is lowered while fewer than p
+    D's exist and, as diffusers' `lower_order_final`, to the number of steps left; the final step to σ = 0
+    (h = ∞) returns D_t and is not corrected (that would need the network at σ = 0).
+    """
+    if isinstance(order, bool) or order not in (1, 2, 3):
+        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+    pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq)
+    n = len(pairs)
+    D = xbar - sig[0] * call_eps(eps, _x(xbar, sig[0]), pairs[0][0])
+    Ds, lams = [D], [-math.log(sig[0])]
+    for i, (t, s) in enumerate(pairs):
+        if s < 0:
+            xbar = Ds[-1]
+            _record(traj, callback, i, t, s, xbar, 0.0, Ds[-1])
+            break
+        h = math.log(sig[i] / sig[i + 1])
+        p = min(order, len(Ds), n - i)
+        r = [(lams[-1 - k] - lams[-1]) / h for k in range(1, p)]
+        diffs = [(Ds[-1 - k] - Ds[-1]) / r[k - 1] for k in range(1, p)]
+        B = -math.expm1(-h)
+        base = math.exp(-h) * xbar + B * Ds[-1]
+        x_pred = base
+        if p > 1:
+            x_pred = base + B * sum(a * d for a, d in zip(unipc_coefficients(r, h), diffs))
+        D_new = x_pred - sig[i + 1] * call_eps(eps, _x(x_pred, sig[i + 1]), s)
+        if corrector:
+            a = unipc_coefficients(r + [1.0], h)
+            xbar = base + B * sum(ak * d for ak, d in zip(a, diffs + [D_new - Ds[-1]]))
+        else:
+            xbar = x_pred
+        _record(traj, callback, i, t, s, xbar, sig[i + 1], Ds[-1])
+        Ds, lams = (Ds + [D_new])[-3:], (lams + [-math.log(sig[i + 1])])[-3:]
+    return _result(xbar, traj, return_trajectory)
+
+
+def unipc_2(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None):
+    """`unipc` with p = 2 (UniP-2 + UniC-2, diffusers' UniPCMultistepScheduler(solver_order=2)). NFE = S (notebook 08 §4)."""
+    return unipc(eps, x_T, alpha_bar, seq, return_trajectory, callback, order=2)
+
+
+def unipc_3(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None):
+    """`unipc` with p = 3 (UniP-3 + UniC-3, diffusers' UniPCMultistepScheduler(solver_order=3)). NFE = S (notebook 08 §4)."""
+    return unipc(eps, x_T, alpha_bar, seq, return_trajectory, callback, order=3)
+
+
+def adams_coefficients(k: int, implicit: bool = False) -> list[float]:
+    """Equal-step Adams weights (notebook 08 §6): ∫_0^1 ℓ_j(u) du for the Lagrange basis on the nodes u = 0, −1, …, −(k−1)
+    (Adams–Bashforth, explicit) or u = 1, 0, …, −(k−2) (Adams–Moulton, with the new point first).
+
+    k = 2: 3/2, −1/2; k = 3: 23/12, −16/12, 5/12; k = 4: 55/24, −59/24, 37/24, −9/24 (Adams–Bashforth), the
+    coefficients of iPNDM (Zhang & Chen 2023, DEIS App. ...); Adams–Moulton k = 2 is the trapezoid ½, ½.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 6:
+        raise ValueError(f"k must be an integer in 1..6, got {k!r}")
+    nodes = [float(1 - j) for j in range(k)] if implicit else [float(-j) for j in range(k)]
+    return _lagrange_integrals(nodes, 0.0, 1.0)
+
+
+def ipndm(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None, *, order: int = 3,
+          afs: bool = True, rho: float | None = None, corrector: bool = False):
+    """iPNDM: Adams–Bashforth on dx̄/dσ = ε (Zhang & Chen 2023, DEIS §4 "iPNDM"). NFE = S − 1 with afs, else S (notebook 08 §6).
+
+    x̄_s = x̄_t + ∫_{σ_t}^{σ_s} P(σ) dσ, with P the polynomial through the last `order` ε's (fewer at the start):
+
+    - rho=None (iPNDM): P as if the steps were equal, x̄_s = x̄_t + (σ_s − σ_t) Σ_j c_j ε_{−j} with the
+      `adams_coefficients` (3/2, −1/2; 23/12, −16/12, 5/12; …). On an uneven grid this is Adams–Bashforth in the
+      step index with dσ frozen over each step: second order on smooth grids, but the best of these methods at
+      very few steps (notebook 08 §6).
+    - rho=ρ ≥ 1: P is a polynomial in σ^{1/ρ} through the actual nodes and is integrated exactly
+      (`_lagrange_integrals`): variable-step Adams–Bashforth, of order `order` (ρ = 1: in σ itself).
+
+    afs (the analytical first step of Zhou et al. 2024, §4.1): the first step uses ε(x_T) ≈ x_T instead of a
+    network call — exact as ᾱ_T → 0 for zero-mean data; the error is about √ᾱ_T |E x_0| in ε, which the
+    flow shrinks by σ_c/σ_1 (σ_c the data scale, σ_1 the next step's σ). It assumes x_T is pure noise at a
+    large σ (seq[0] near T − 1); the estimate is kept as the first history point, as in the reference code.
+
+    corrector: after each step, evaluate ε at the new point (the evaluation the next step needs anyway) and
+    redo the step with it as an extra node (Adams–Moulton, UniC's idea in σ; notebook 08 §4): one order more
+    at no extra network call; the next step continues from the corrected point with that ε.
+
+    The final step to σ = 0 uses the same rule from the stored ε's: it never calls the network at σ = 0,
+    and it is not first order like the λ-solvers' last step (`dpm_solver_pp_3m`, `unipc`; notebook 08 §5).
+    """
+    if isinstance(order, bool) or order not in (1, 2, 3, 4):
+        raise ValueError(f"order must be 1, 2, 3 or 4, got {order!r}")
+    if rho is not None and not rho >= 1:
+        raise ValueError(f"rho must be None (equal-step coefficients) or >= 1, got {rho!r}")
+    pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq)
+
+    def weights(nodes, a, b, implicit):
+        if rho is None:
+            return [(b - a) * c for c in adams_coefficients(len(nodes), implicit)]
+        return _lagrange_integrals(nodes, a, b, rho)
+
+    hist = [x_T.clone() if afs else call_eps(eps, x_T, pairs[0][0])]   # ε at the current point and before
+    nodes = [sig[0]]
+    for i, (t, s) in enumerate(pairs):
+        x0 = xbar - sig[i] * hist[-1]
+        w = weights(nodes[-order:][::-1], sig[i], sig[i + 1], False)
+        x_next = xbar + sum(wj * ej for wj, ej in zip(w, hist[-order:][::-1]))
+        if s >= 0:
+            e = call_eps(eps, _x(x_next, sig[i + 1]), s)
+            if corrector:
+                cn = [sig[i + 1]] + nodes[-order:][::-1]
+                w = weights(cn, sig[i], sig[i + 1], True)
+                x_next = xbar + sum(wj * ej for wj, ej in zip(w, [e] + hist[-order:][::-1]))
+            hist, nodes = (hist + [e])[-order - 1:], (nodes + [sig[i + 1]])[-order - 1:]
+        xbar = x_next
+        _record(traj, callback, i, t, s, xbar, sig[i + 1], x0)
+    return _result(xbar, traj, return_trajectory)
+
+
 # name -> (solver, NFE on S steps); SOLVERS lists the names (notebook 05 §7)
 _REGISTRY = {
     "euler": (euler, lambda S: S),
     "heun": (heun, lambda S: 2 * S - 1),
     "dpm_solver_2": (dpm_solver_2, lambda S: 2 * S - 1),
     "dpm_solver_pp_2m": (dpm_solver_pp_2m, lambda S: S),
+    "dpm_solver_pp_3m": (dpm_solver_pp_3m, lambda S: S),
+    "unipc_2": (unipc_2, lambda S: S),
+    "unipc_3": (unipc_3, lambda S: S),
+    "ipndm": (ipndm, lambda S: S - 1),
 }
 SOLVERS = tuple(_REGISTRY)
 

@@ -145,3 +145,208 @@ def test_errors():
         ode.alpha_bar_cont(AB, 999.5)
     with pytest.raises(ValueError, match="x's shape"):
         ode.dpm_solver_pp_2m(lambda x, t: x[:1], X_T, AB, seq)
+
+
+# ------------------------------------------------------------------ fast solvers (notebook 08)
+
+def test_phi_against_quadrature():
+    """φ_k(h) = ∫_0^1 e^{(1−θ)h} θ^{k−1}/(k−1)! dθ, by scipy's quad, including |h| ≪ 1 where the recursion cancels."""
+    from scipy.integrate import quad
+    for k in (1, 2, 3, 4):
+        for h in (-20.0, -3.0, -0.5, -1e-4, 1e-7, 0.5, 3.0):
+            exact = quad(lambda th: math.exp((1 - th) * h) * th ** (k - 1) / math.factorial(k - 1), 0, 1,
+                         epsabs=0, epsrel=1e-13)[0]
+            assert math.isclose(ode.phi(k, h), exact, rel_tol=1e-11), (k, h)
+    assert ode.phi(0, 0.3) == math.exp(0.3)
+    # the recursion alone at h = 1e-5 loses most digits of φ_3 (why phi uses the series for |h| < 1)
+    naive = ((math.exp(1e-5) - 1) / 1e-5 - 1) / 1e-5
+    naive = (naive - 0.5) / 1e-5
+    assert abs(naive - ode.phi(3, 1e-5)) > 1e-4
+
+
+def test_adams_coefficients_integrate_polynomials():
+    """Σ_j c_j p(u_j) = ∫_0^1 p(u) du for every polynomial of degree < k (the defining property), and the
+    published Adams–Bashforth 4 / Adams–Moulton 3 tables."""
+    for k in (1, 2, 3, 4, 5):
+        for implicit in (False, True):
+            c = ode.adams_coefficients(k, implicit)
+            nodes = [1 - j for j in range(k)] if implicit else [-j for j in range(k)]
+            for deg in range(k):
+                assert math.isclose(sum(cj * u ** deg for cj, u in zip(c, nodes)), 1 / (deg + 1), abs_tol=1e-13)
+    np.testing.assert_allclose(ode.adams_coefficients(4), [55 / 24, -59 / 24, 37 / 24, -9 / 24], atol=1e-14)
+    np.testing.assert_allclose(ode.adams_coefficients(4, implicit=True), [9 / 24, 19 / 24, -5 / 24, 1 / 24], atol=1e-14)
+
+
+def test_lagrange_integrals_against_quadrature():
+    from scipy.integrate import quad
+    from scipy.interpolate import lagrange
+    nodes = [3.0, 1.2, 0.5, 0.2]
+    for rho, (a, b) in ((1.0, (0.5, 0.0)), (3.0, (0.5, 0.0)), (5.0, (1.2, 0.5))):
+        w = ode._lagrange_integrals(nodes, a, b, rho)
+        v = [s ** (1 / rho) for s in nodes]
+        for j in range(len(nodes)):
+            ell = lagrange(v, np.eye(len(nodes))[j])
+            exact = quad(lambda s: ell(s ** (1 / rho)), b, a, epsabs=1e-13)[0]
+            assert math.isclose(-w[j], exact, rel_tol=1e-9, abs_tol=1e-11), (rho, j)
+
+
+def test_dpm_solver_pp_3m_step_is_the_integral_of_the_quadratic():
+    """One third-order step = e^{−h} x̄_t + ∫_0^h e^{−(h−u)} p(λ_t+u) du with p the quadratic through the last three
+    x̂_0 (numerical quadrature, notebook 08 §3); the published coefficient gives a different point."""
+    seq = torch.tensor([999, 700, 400, 250, 120])
+    _, tr = ode.dpm_solver_pp_3m(EPS, X_T, AB, seq, return_trajectory=True)
+    sig = [float(ode.sigma_at(AB, t)) for t in seq]
+    xbar = [x * math.sqrt(s ** 2 + 1) for x, s in zip(tr["x"], sig)]
+    D = [xb - s * EPS(x, torch.full((8,), int(t))) for xb, x, s, t in zip(xbar, tr["x"], sig, seq)]
+    lam = [-math.log(s) for s in sig]
+    i = 3                                                     # step 250 → 120, the third with three D's
+    h = lam[i + 1] - lam[i]
+    coef = np.polyfit(lam[i - 2:i + 1], np.stack([d.numpy() for d in D[i - 2:i + 1]]).reshape(3, -1), 2)
+    u, wq = np.polynomial.legendre.leggauss(40)
+    u, wq = h / 2 * (u + 1), h / 2 * wq
+    integral = sum(wk * math.exp(-(h - uk)) * np.polyval(coef, lam[i] + uk) for uk, wk in zip(u, wq))
+    expected = math.exp(-h) * xbar[i] + torch.from_numpy(integral.reshape(8, 3))
+    torch.testing.assert_close(xbar[i + 1], expected, rtol=0, atol=1e-11)
+    _, tr_pub = ode.dpm_solver_pp_3m(EPS, X_T, AB, seq, return_trajectory=True, published=True)
+    assert float((tr_pub["x"][i + 1] * math.sqrt(sig[i + 1] ** 2 + 1) - expected).abs().max()) > 1e-6
+
+
+def test_unipc_coefficients_match_the_taylor_terms():
+    """B(h) Σ_k a_k r_k^{m−1} h^m/m! = ∫_0^h e^{−(h−u)} u^m/m! du for m = 1..p (corrector, r_p = 1), by quadrature."""
+    from scipy.integrate import quad
+    h, r = 0.7, [-0.8, -1.9]
+    B = -math.expm1(-h)
+    for nodes in (r, r + [1.0]):
+        a = ode.unipc_coefficients(nodes, h)
+        for m in range(1, len(nodes) + 1):
+            exact = quad(lambda u: math.exp(-(h - u)) * u ** m / math.factorial(m), 0, h, epsrel=1e-13)[0]
+            got = B * sum(ak * rk ** (m - 1) for ak, rk in zip(a, nodes)) * h ** m / math.factorial(m)
+            assert math.isclose(got, exact, rel_tol=1e-10), (len(nodes), m)
+    assert ode.unipc_coefficients([-1.3], h) == [0.5]           # the paper's simplified p = 2 predictor (= 2M)
+
+
+def test_multistep_solvers_equal_diffusers():
+    """DPM-Solver++(3M) with the published coefficient and UniPC equal diffusers' schedulers step for step
+    (float32 coefficients: 1e-6); the Taylor 3M differs."""
+    diffusers = pytest.importorskip("diffusers")
+    common = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                  timestep_spacing="trailing")
+
+    def run(sch, S):
+        sch.set_timesteps(S)
+        x = X_T
+        for t in sch.timesteps:
+            x = sch.step(EPS(x, torch.full((8,), int(t))), t, x).prev_sample
+        return x.double()
+
+    for S in (4, 12):
+        seq = schedule.timesteps(S, 1000, "trailing")
+        theirs = run(diffusers.DPMSolverMultistepScheduler(**common, solver_order=3, lower_order_final=False), S)
+        torch.testing.assert_close(ode.dpm_solver_pp_3m(EPS, X_T, AB, seq, published=True), theirs, rtol=0, atol=2e-6)
+        assert float((ode.dpm_solver_pp_3m(EPS, X_T, AB, seq) - theirs).abs().max()) > 1e-5
+        for order, ours in ((2, ode.unipc_2), (3, ode.unipc_3)):
+            theirs = run(diffusers.UniPCMultistepScheduler(**common, solver_order=order), S)
+            torch.testing.assert_close(ours(EPS, X_T, AB, seq), theirs, rtol=0, atol=2e-6)
+
+
+@pytest.fixture(scope="module")
+def errors_at_t100():
+    """RMS error at t = 100 (before the final step) on λ-uniform grids 999 → 100, for the notebook 08 solvers."""
+    Ss = (40, 56, 80, 113, 160)
+    ref = ode.reference_solution(EPS, X_T, AB, 999, 100, rtol=1e-12, atol=1e-12)
+    runs = {"dpm_solver_pp_3m": (ode.dpm_solver_pp_3m, {}), "3m_published": (ode.dpm_solver_pp_3m, dict(published=True)),
+            "unipc_2": (ode.unipc, dict(order=2)), "unipc_3": (ode.unipc, dict(order=3)),
+            "unip_2": (ode.unipc, dict(order=2, corrector=False)), "unip_3": (ode.unipc, dict(order=3, corrector=False)),
+            "ab3_sigma": (ode.ipndm, dict(order=3, afs=False, rho=1.0)), "ab4_rho3": (ode.ipndm, dict(order=4, afs=False, rho=3.0)),
+            "ab2_pc": (ode.ipndm, dict(order=2, afs=False, rho=1.0, corrector=True)),
+            "ab3_pc": (ode.ipndm, dict(order=3, afs=False, rho=1.0, corrector=True))}
+    out = {}
+    for name, (f, kw) in runs.items():
+        errs = [float((f(EPS, X_T, AB, ode.lambda_timesteps(S, AB, t_min=100), return_trajectory=True, **kw)[1]["x"][-2]
+                       - ref).pow(2).mean().sqrt()) for S in Ss]
+        p, cov = np.polyfit(np.log(Ss), np.log(errs), 1, cov=True)
+        out[name] = (-p[0], math.sqrt(cov[0, 0]))
+    return out
+
+
+@pytest.mark.parametrize("name,order", [("dpm_solver_pp_3m", 3), ("3m_published", 2), ("unipc_2", 3), ("unipc_3", 4),
+                                        ("unip_2", 2), ("unip_3", 3), ("ab3_sigma", 3), ("ab4_rho3", 4),
+                                        ("ab2_pc", 3), ("ab3_pc", 4)])
+def test_fast_solver_orders(errors_at_t100, name, order):
+    """Fitted log-log slope within 3 standard errors + 0.2 (the pre-asymptotic bias measured at these S) of the
+    order; the corrector adds one order at no extra call; the published 3M coefficient is second order."""
+    slope, se = errors_at_t100[name]
+    assert abs(slope - order) < 0.2 + 3 * se, (name, slope, se)
+
+
+def test_published_3m_is_not_third_order(errors_at_t100):
+    slope, se = errors_at_t100["3m_published"]
+    slope3, se3 = errors_at_t100["dpm_solver_pp_3m"]
+    assert slope3 - slope > 0.5 + 3 * math.hypot(se, se3)
+
+
+def test_ipndm_equal_step_coefficients_on_an_evenly_spaced_sigma_grid():
+    """With σ(t) linear in t (a schedule made for the test), integer grids with a fixed stride are uniform in σ
+    down to σ = 0: iPNDM's equal-step coefficients are then exactly variable-step Adams–Bashforth in σ. On an
+    uneven grid they are not (notebook 08 §6)."""
+    sig = 0.05 * torch.arange(1, 201, dtype=torch.float64)             # σ_t = 0.05 (t+1), t = 0..199
+    ab = 1 / (1 + sig ** 2)
+    eps = toy.exact_eps(MIX, ab)
+    x = X_T * math.sqrt(float(ab[-1]))
+    seq = torch.arange(199, -1, -10)                                  # σ-steps of 0.5, the last one to σ = 0 too
+    for order in (2, 3, 4):
+        torch.testing.assert_close(ode.ipndm(eps, x, ab, seq, order=order, afs=False),
+                                   ode.ipndm(eps, x, ab, seq, order=order, afs=False, rho=1.0), rtol=0, atol=1e-12)
+    uneven = torch.tensor([199, 150, 120, 60, 40, 9])
+    assert float((ode.ipndm(eps, x, ab, uneven, afs=False) - ode.ipndm(eps, x, ab, uneven, afs=False, rho=1.0)).abs().max()) > 1e-4
+
+
+def test_analytical_first_step():
+    """AFS uses x_T as ε(x_T, T−1): off by about √(ᾱ/(1−ᾱ))·E[x_0|x_T] ≈ √ᾱ_T μ for data of mean μ (Zhou et al.
+    2024 §4.1; notebook 08 §6), and it saves exactly the first call."""
+    a = float(AB[999])
+    e = EPS(X_T, torch.full((8,), 999))
+    mu = MIX.weights @ MIX.means
+    torch.testing.assert_close(X_T - e, math.sqrt(a / (1 - a)) * mu.expand(8, 3), rtol=0.1, atol=2e-4)
+    calls = []
+    ode.ipndm(lambda x, t: calls.append(int(t[0])) or EPS(x, t), X_T, AB, torch.tensor([999, 500, 100]))
+    assert calls == [500, 100]
+
+
+def test_every_solver_runs_a_unet_with_a_callback():
+    """ode.solve drives each registered solver with a float32 UNet (float steps where a solver needs them),
+    one callback per step, and never calls the network at σ = 0 (t = −1)."""
+    from ddimlab import train
+    from ddimlab.unet import UNet
+    torch.manual_seed(0)
+    net = UNet(in_ch=1, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0,
+               resolution=8, num_groups=4).eval()
+    eps_net = train.eps_fn(net)
+    x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    seq = schedule.timesteps(4, 1000, "trailing")
+    for name in ode.SOLVERS:
+        infos, ts = [], []
+
+        def eps(x, t):
+            ts.append(float(t[0]))
+            return eps_net(x, t)
+
+        x0 = ode.solve(name, eps, x_T, AB, seq, callback=infos.append)
+        assert x0.dtype == torch.float32 and bool(torch.isfinite(x0).all()), name
+        assert [i["i"] for i in infos] == [0, 1, 2, 3] and infos[-1]["s"] == -1, name
+        assert len(ts) == ode.nfe(name, 4) and min(ts) >= 0, (name, ts)
+
+
+def test_karras_and_power_timesteps():
+    seq = ode.karras_timesteps(10, AB)
+    sig = ode.sigma_at(AB, seq)
+    assert int(seq[0]) == 999 and int(seq[-1]) == 0 and len(seq) == 10
+    v = sig ** (1 / 7)
+    assert float((v[:-1] - v[1:]).std() / (v[:-1] - v[1:]).mean()) < 0.25   # ≈ uniform in σ^{1/7} up to rounding
+    q = ode.power_timesteps(6, 1000, kappa=2.0)
+    assert q.tolist() == [999, 693, 443, 249, 110, 27]                      # t + 1 = 1000 (1 − i/6)²
+    assert ode.power_timesteps(10, 1000, kappa=1.0).tolist() == schedule.timesteps(10, 1000, "trailing").tolist()
+    with pytest.raises(ValueError, match="kappa"):
+        ode.power_timesteps(5, 1000, kappa=0.5)
+    with pytest.raises(ValueError, match="rho"):
+        ode.karras_timesteps(5, AB, rho=0.5)
