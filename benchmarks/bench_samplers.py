@@ -370,7 +370,8 @@ def report(name, mixture, n, budgets):
         for kind, r in (("fixed", own[FIXED][b]), ("tuned", own[TUNED[b]][b]),
                         ("self-selected", own[self_rms[1]][b])):
             print(f"     ddimlab {kind:13s} rms {r[1]:.2e} (ratio {best_rms[0] / r[1]:4.2f}), "
-                  f"median {r[2]:.2e} (ratio {best_med[0] / r[2]:4.2f})" + (f"  [{self_rms[1]}]" if kind == "self-selected" else ""))
+                  f"median {r[2]:.2e} (ratio {best_med[0] / r[2]:4.2f})"
+                  + (f"  [{self_rms[1]}]" if kind == "self-selected" else ""))
             summary[(b, kind)] = (best_rms[0] / r[1], best_med[0] / r[2])
     print(f"  ({time.time() - t0:.0f} s)")
     return eps, x_T, ab, summary

@@ -48,7 +48,8 @@ def _model_for(args):
     steps = args.steps if args.steps is not None else (T if getattr(args, "sampler", None) == "ddpm" else 50)
     if steps > T:
         raise ValueError(f"--steps {steps} exceeds the model's T = {T}")
-    seq = ode.lambda_timesteps(steps, abar.cpu()) if args.spacing == "logsnr" else sampling_steps(steps, T, args.spacing)
+    seq = ode.rule_timesteps(args.spacing, steps, abar) if args.spacing in ode.STEP_RULES else \
+        sampling_steps(steps, T, args.spacing)
     return net, abar, device, seq
 
 
@@ -262,8 +263,8 @@ def _model_args(p: argparse.ArgumentParser, out_default: str) -> None:
                         "download it once), or a diffusers UNet2DModel folder")
     p.add_argument("--steps", type=_positive, default=None,
                    help="number of sampling steps S (default 50; for --sampler ddpm all T steps)")
-    p.add_argument("--spacing", choices=schedule.SPACINGS + ("logsnr",), default="uniform",
-                   help="timestep sub-sequence (README, Timestep sub-sequences); logsnr = uniform in log-SNR")
+    p.add_argument("--spacing", choices=schedule.SPACINGS + ode.STEP_RULES, default="uniform",
+                   help="timestep sub-sequence (README, Timestep sub-sequences; logsnr, karras, power2/3: notebook 08 §5)")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, mps")
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the network on CUDA")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights of a ddimlab checkpoint, not the EMA")

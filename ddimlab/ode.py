@@ -162,6 +162,22 @@ def power_timesteps(S: int, T: int = 1000, kappa: float = 2.0) -> torch.Tensor:
     return validate_timesteps(torch.as_tensor(np.unique(t)[::-1].copy()), T)
 
 
+STEP_RULES = ("logsnr", "karras", "power2", "power3")   # the σ-based rules, beside schedule.SPACINGS
+
+
+def rule_timesteps(rule: str, S: int, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """The step rules of notebook 08 §5 by name (`sample --spacing`): logsnr (`lambda_timesteps`), karras
+    (`karras_timesteps`, ρ = 7), power2 / power3 (`power_timesteps` with κ = 2, 3; power3 suits `ipndm`)."""
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64).cpu()
+    if rule == "logsnr":
+        return lambda_timesteps(S, alpha_bar)
+    if rule == "karras":
+        return karras_timesteps(S, alpha_bar)
+    if rule in ("power2", "power3"):
+        return power_timesteps(S, alpha_bar.shape[0], kappa=float(rule[-1]))
+    raise ValueError(f"unknown step rule {rule!r}; choose one of {STEP_RULES} (or schedule.SPACINGS)")
+
+
 # --------------------------------------------------------------------------------------- helpers
 
 def _sig(alpha_bar, t: int) -> float:

@@ -297,3 +297,12 @@ def test_sample_shows_a_progress_bar_unless_asked_not_to(trained, tmp_path):
     assert r.returncode == 0 and "3/3" in r.stderr
     r = _run("sample", "--checkpoint", trained, "--steps", "3", "--n", "2", "--out", tmp_path / "q", "--no-progress")
     assert r.returncode == 0 and "3/3" not in r.stderr
+
+
+@pytest.mark.parametrize("sampler,spacing", [("ipndm", "power3"), ("unipc_3", "logsnr"), ("dpm_solver_pp_3m", "karras")])
+def test_sample_with_the_fast_solvers(trained, tmp_path, sampler, spacing):
+    """Issue #10: every new solver and step rule runs on the image model from the command line."""
+    assert cli.main(["sample", "--checkpoint", str(trained), "--sampler", sampler, "--spacing", spacing,
+                     "--steps", "6", "--n", "2", "--no-progress", "--out", str(tmp_path / sampler)]) == 0
+    z = np.load(tmp_path / f"{sampler}.npz")
+    assert z["samples"].shape == (2, 1, 8, 8) and np.isfinite(z["samples"]).all()
