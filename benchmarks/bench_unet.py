@@ -119,7 +119,15 @@ def main(argv=None):
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--preset", default="cifar10", choices=sorted(unet.PRESETS), help="network size (tiny: a smoke test)")
     args = p.parse_args(argv)
+    saved_threads = torch.get_num_threads()
+    try:
+        return run(args)
+    finally:
+        torch.set_num_threads(saved_threads)
 
+
+def run(args):
+    """The benchmark for parsed arguments (`main` restores the caller's thread count afterwards)."""
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     cuda = device.type == "cuda"
     batch = args.batch or (128 if cuda else 8)

@@ -382,8 +382,6 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
     _check_out(out, resume, overwrite)
     rank, world, device, init_here = devices.setup_distributed(config.device)
     is_main, cuda = rank == 0, device.type == "cuda"
-    if config.threads and not cuda:
-        torch.set_num_threads(config.threads)
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} must be divisible by the number of processes {world}")
     images = load_dataset(config).to(device)          # the whole set, uint8, on the device
@@ -415,6 +413,9 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
                unit="step")
     loss_sum, loss_n, t_last, step_last = torch.zeros((), device=device), 0, time.perf_counter(), step
     model.train()
+    saved_threads = torch.get_num_threads()
+    if config.threads and not cuda:
+        torch.set_num_threads(config.threads)
     try:
         while step < config.steps:
             x0, t, eps = get_batch(images, step, config, gen, local)
@@ -465,6 +466,7 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
                 save_image_grid(sample_grid(ema, config, in_ch, config.n_samples, device, seed=config.seed), path)
     finally:
         bar.close()
+        torch.set_num_threads(saved_threads)
         if init_here:
             dist.destroy_process_group()
     return (out, model, ema) if return_models else out

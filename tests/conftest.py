@@ -10,6 +10,13 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _threads_back_to_one():
+    """A test that changes the thread count (a benchmark, a trainer with `threads`) must not slow the rest."""
+    yield
+    torch.set_num_threads(1)
+
+
 @pytest.fixture()
 def randomize():
     """`randomize(module, seed=0, scale=0.05)` sets every parameter at random (GroupNorm weights and biases
