@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import __version__, checkpoint, data, demo, devices, fid, lab, ode, schedule, tables
 from .files import atomic_write, file_hash, locked
-from .generate import latents, sample_indices, sampling_steps
+from .generate import latents, progress, sample_indices, sampling_steps
 from .plotting import save_image_grid
 from .samplers import SIGMA_HAT, NonFiniteError, ddim_invert, ddim_sample, slerp
 from .train import PRESETS, NonFiniteLossError, TrainConfig, make_config, train
@@ -33,12 +32,6 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError
 
 
 # --------------------------------------------------------------------------- helpers
-
-def _progress(total: int, desc: str, enabled: bool):
-    """(tqdm bar, callback for the samplers that advances it by one step)."""
-    bar = tqdm(total=total, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True)
-    return bar, (lambda info: bar.update(1))
-
 
 def _model_for(args):
     """(net, alpha_bar, device, seq) for a subcommand's --checkpoint, --device, --no-ema, --steps, --spacing."""
@@ -114,7 +107,7 @@ def cmd_sample(args) -> int:
     net, abar, device, seq = _model_for(args)
     kwargs = _sampler_kwargs(args)
     shape, n, bs = _image_shape(net), args.n, args.batch_size
-    bar, callback = _progress(len(seq) * -(-n // bs), f"sample ({args.sampler})", not args.no_progress)
+    bar, callback = progress(len(seq) * -(-n // bs), f"sample ({args.sampler})", not args.no_progress)
     t0 = time.perf_counter()
     with bar:
         x0 = torch.cat([sample_indices(net, range(i, min(i + bs, n)), shape, abar, seq, seed=args.seed,
@@ -132,7 +125,7 @@ def cmd_invert(args) -> int:
     png, npz = _outputs(args.out, args.overwrite)
     net, abar, device, seq = _model_for(args)
     x0 = data.read_images(args.input, _image_shape(net)).to(device)
-    bar, callback = _progress(2 * len(seq), "invert + decode", not args.no_progress)
+    bar, callback = progress(2 * len(seq), "invert + decode", not args.no_progress)
     eps = checkpoint.eps_fn(net, args.amp)
     with bar:
         x_T = ddim_invert(eps, x0, abar, seq, callback=callback)
@@ -162,7 +155,7 @@ def cmd_interpolate(args) -> int:
         z0, z1 = (latents(s, [0], _image_shape(net), device) for s in args.seeds)
     lam = torch.linspace(0, 1, args.n)
     z = slerp(z0, z1, lam.to(device))
-    bar, callback = _progress(len(seq), "interpolate", not args.no_progress)
+    bar, callback = progress(len(seq), "interpolate", not args.no_progress)
     with bar:
         x0 = ddim_sample(checkpoint.eps_fn(net, args.amp), z, abar, seq, callback=callback).float().cpu()
     _save_pair(png, npz, x0, args.n, args.scale, samples=x0.numpy(), x_T=z.cpu().numpy(), lam=lam.numpy())

@@ -23,6 +23,12 @@ from .plotting import save_png
 from .samplers import SIGMA_HAT, sample_row
 
 
+def progress(total: int, desc: str, enabled: bool = True):
+    """(tqdm bar, callback for the samplers and solvers that advances it by one step)."""
+    bar = tqdm(total=total, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True)
+    return bar, (lambda info: bar.update(1))
+
+
 def check_eta(eta):
     """A Table 1 row's η: a float ≥ 0, or SIGMA_HAT (also accepted: "σ̂", "sigmahat", "ddpm-large", "large")."""
     if isinstance(eta, str):

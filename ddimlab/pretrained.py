@@ -4,11 +4,15 @@
 caches the checkpoint under `<cache>/models/digits_<hash>/ckpt.pt`, where the hash covers every
 config field that changes the weights (model shape, data, schedule, optimisation, seed) and none
 that do not (output folder, logging, progress bar, sample grids). A second call with the same
-arguments loads the file instead of training. Training is deterministic on the CPU: the same seed
-gives the same weights.
+arguments loads the file instead of training. Training is deterministic on the CPU for a given thread
+count: the same seed gives bitwise the same weights (tests/test_pretrained.py). The thread count is
+part of the key, because it changes the rounding inside the convolutions (1 and 2 threads differ by
+~5e-6 after 30 steps, and the difference grows with training); so may another kind of CPU.
 
 The run is written to a temporary folder and moved into place with one `os.replace`, so a killed
 run never leaves a half-written model behind, and a cached file that does not load is retrained.
+Processes asking for the same model at once (the notebooks under `pytest -n 2`) take turns on a lock
+file: the first trains, the others then load its result.
 """
 from __future__ import annotations
 
@@ -23,11 +27,12 @@ from pathlib import Path
 import torch
 
 from . import train
+from .files import locked
 
 # Fields that do not change the trained weights: left out of the cache key.
 _NOT_IN_KEY = ("out", "progress", "log_every", "ckpt_every", "sample_every", "n_samples", "sample_steps",
-               "threads", "data_root", "compile")
-CACHE_VERSION = 2   # 2: the trainer computes L_simple through elbo.l_simple
+               "data_root", "compile")
+CACHE_VERSION = 3   # 2: the trainer computes L_simple through elbo.l_simple; 3: threads in the key
 
 
 def config_key(config: train.TrainConfig) -> str:
@@ -66,33 +71,26 @@ def digits_model(steps: int | None = None, seed: int = 0, cache_dir=None, progre
 
     The EMA weights in eval mode, on the CPU (`train.load_trained`). `overrides` changes other
     preset fields (a dict, as `train.make_config`); they are part of the cache key. Training on the
-    CPU uses `threads` threads (restored afterwards): the model is small enough that one thread is
-    about as fast as two, it is never slowed down by other busy processes, and the weights do not
-    depend on the caller's thread setting.
+    CPU uses `threads` threads (restored afterwards; part of the cache key, as the weights depend on
+    it). One thread is never slowed down by other busy processes (the notebooks under `pytest -n 2`);
+    two are ~25% faster on an idle machine (the demo).
     """
-    config = digits_config(steps, seed, device, overrides)
+    config = dataclasses.replace(digits_config(steps, seed, device, overrides), threads=threads)
     folder = models_dir(cache_dir) / f"digits_{config_key(config)}"
-    ckpt = folder / "ckpt.pt"
-    if ckpt.exists():
+    with locked(folder.parent / f".{folder.name}.lock"):
+        if (folder / "ckpt.pt").exists():
+            try:
+                return _load(folder)
+            except Exception:  # truncated or foreign file: train again and replace it
+                shutil.rmtree(folder, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
         try:
-            return _load(folder)
-        except Exception:  # truncated or foreign file: train again and replace it
-            shutil.rmtree(folder, ignore_errors=True)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
-    saved_threads = torch.get_num_threads()
-    try:
-        train.train(dataclasses.replace(config, out=str(tmp), progress=progress, threads=threads,
-                                        ckpt_every=config.steps, log_every=min(config.log_every, config.steps)))
-        try:
+            train.train(dataclasses.replace(config, out=str(tmp), progress=progress, ckpt_every=config.steps,
+                                            log_every=min(config.log_every, config.steps)))
             os.replace(tmp, folder)
-        except OSError:  # another process finished first: keep its folder if it loads
-            if not (folder / "ckpt.pt").exists():
-                raise
-    finally:
-        torch.set_num_threads(saved_threads)
-        shutil.rmtree(tmp, ignore_errors=True)
-    return _load(folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return _load(folder)
 
 
 def _load(folder: Path):

@@ -294,6 +294,18 @@ def digits_fd(samples, model=None) -> float:
     return frechet_distance(*feature_stats(_features(net, x)), mu_r, cov_r)
 
 
+def digits_fd_se(samples, n_boot: int = 50, seed: int = 0) -> float:
+    """Bootstrap standard error of `digits_fd` (the SD of the FD over resamples, with replacement, of the
+    samples): how much the score would move with another draw of the same number of samples (demo)."""
+    x = _as_samples(samples)
+    net, info = load_classifier(int(x.shape[-1]))
+    feats = _features(net, x)
+    g = torch.Generator().manual_seed(seed)
+    fds = [frechet_distance(*feature_stats(feats[torch.randint(0, len(x), (len(x),), generator=g)]),
+                            info["real_mu"], info["real_cov"]) for _ in range(n_boot)]
+    return float(np.std(fds, ddof=1))
+
+
 def real_fd_floor(n: int, resolution: int = 16, seed: int = 0) -> float:
     """`digits_fd` of n real digits drawn without replacement: the best a sampler can score with n samples
     (notebook 07 §5)."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddimlab import checkpoint, cli, plotting, schedule
+from ddimlab import checkpoint, cli, plotting, quality, schedule
 from ddimlab.checkpoint import eps_fn
 from ddimlab.samplers import ddim_sample
 from ddimlab.unet import UNet
@@ -129,21 +129,44 @@ def test_cli_errors(tmp_path, trained, capsys):
 
 
 def test_demo_end_to_end_on_a_tiny_model(trained, tmp_path, monkeypatch, capsys):
-    """`demo`: the lab table, then DDPM 1000 vs DDIM 10/20/50 from one x_T, scored and drawn in one grid."""
-    from ddimlab import demo, lab, pretrained, quality, train
+    """`demo`: the lab table, then DDPM 1000 vs DDIM 10/20/50 from one x_T, scored at 16×16 and drawn in one grid."""
+    from ddimlab import demo, lab, pretrained, train
 
     model, config = train.load_trained(trained / "ckpt.pt")
     seen = {}
-    monkeypatch.setattr(lab, "main", lambda out: seen.setdefault("lab_out", out))
-    monkeypatch.setattr(pretrained, "digits_model", lambda steps, seed, progress: (model, config))
+    monkeypatch.setattr(lab, "main", lambda out, **kw: seen.update(lab_out=out, **kw))
+    monkeypatch.setattr(pretrained, "digits_model", lambda steps, seed, progress, threads: (model, config))
     assert cli.main(["demo", "--out", str(tmp_path), "--n", "8", "--no-progress"]) == 0
-    assert seen["lab_out"] == tmp_path
+    assert seen["lab_out"] == tmp_path and seen["image_d"] > 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.startswith(("DDPM", "DDIM"))]
     assert [r[3] for r in rows] == ["1000", "10", "20", "50"]
     ddim10 = demo.compare_samplers(model, config, 8)[1]
-    assert float(rows[1][5]) == pytest.approx(quality.score_digits(ddim10[4])["fd"], abs=0.006)
-    assert mpimg.imread(tmp_path / "digits_samplers.png").shape[:2] == (3 * (4 * 9 + 1), 3 * (8 * 9 + 1))
+    up = torch.nn.functional.interpolate(ddim10[4].clamp(-1, 1), size=(16, 16), mode="bilinear", antialias=True)
+    assert float(rows[1][5]) == pytest.approx(quality.score_digits(up)["fd"], abs=0.006)  # scored at 16×16
+    assert float(rows[1][6]) > 0  # its bootstrap SE
+    assert mpimg.imread(tmp_path / "digits_samplers.png").shape[:2] == (6 * (4 * 9 + 1), 6 * (8 * 9 + 1))
+
+
+def test_demo_shows_the_ddpm_progress_bar(trained, tmp_path, monkeypatch, capsys):
+    from ddimlab import demo, train
+
+    model, config = train.load_trained(trained / "ckpt.pt")
+    demo.compare_samplers(model, config, 2, show_progress=True)
+    err = capsys.readouterr().err
+    assert "DDPM, 1000 steps" in err and "1000/1000" in err
+
+
+def test_demo_score_of_real_8x8_digits_equals_the_16x16_digits():
+    """`demo.score` resizes 8×8 samples to 16×16: real 8×8 digits must score as the 16×16 set does
+    (`data.load_digits(16)` is the same resize, rounded to uint8), not as the 8×8 classifier sees them."""
+    from ddimlab import data, demo
+
+    idx = torch.randperm(1797, generator=torch.Generator().manual_seed(0))[:200]
+    x8, x16 = (data.to_model_range(data.load_digits(r)[0][idx]).float() for r in (8, 16))
+    s8, s16 = demo.score(x8), quality.score_digits(x16)
+    assert s8["fd"] == pytest.approx(s16["fd"], abs=0.1) and s8["confident"] == pytest.approx(s16["confident"], abs=0.02)
+    assert abs(quality.digits_fd(x8) - s16["fd"]) > 1  # the 8×8 classifier's scale is another one
 
 
 def test_python_dash_m_lists_subcommands():

@@ -30,7 +30,7 @@ threads_before = torch.get_num_threads()
 def test_trains_then_loads_the_cache(cache, first, monkeypatch):
     model, config = first
     tmp_path = cache
-    folders = list((tmp_path / "models").iterdir())
+    folders = [f for f in (tmp_path / "models").iterdir() if f.is_dir()]  # the lock file stays
     assert [f.name for f in folders] == [f"digits_{pretrained.config_key(config)}"]  # no temp folder left
     assert (folders[0] / "ckpt.pt").is_file() and config.out == str(folders[0])
     assert config.steps == STEPS and not model.training
@@ -75,6 +75,32 @@ def test_broken_cache_file_is_retrained(cache, tmp_path, first, monkeypatch):
     monkeypatch.setattr(pretrained.train, "train", lambda c, **k: calls.append(1) or real_train(c, **k))
     again, _ = pretrained.digits_model(steps=STEPS, cache_dir=tmp_path)
     assert calls == [1] and _equal(model, again)
+
+
+def test_thread_count_is_part_of_the_key(tmp_path, first, monkeypatch):
+    """The weights depend on the thread count (rounding inside the convolutions): another count trains anew."""
+    model, config = first
+    shutil.copytree(config.out, tmp_path / "models" / f"digits_{pretrained.config_key(config)}")
+    calls = []
+    monkeypatch.setattr(pretrained.train, "train", lambda c, **k: calls.append(c.threads) or (_ for _ in ()).throw(KeyError))
+    pretrained.digits_model(steps=STEPS, cache_dir=tmp_path)  # threads=1: the copied model
+    with pytest.raises(KeyError):
+        pretrained.digits_model(steps=STEPS, cache_dir=tmp_path, threads=2)
+    assert calls == [2]
+
+
+def test_two_processes_asking_at_once_train_once(tmp_path):
+    """The notebooks under `pytest -n 2` may ask for the model together: the second waits for the first's."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from ddimlab import pretrained, train; real = train.train\n"
+            "def counted(c, **k):\n    open(sys.argv[1], 'a').write('x'); return real(c, **k)\n"
+            f"train.train = counted; pretrained.digits_model(steps={STEPS}, cache_dir=sys.argv[2])")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "calls"), str(tmp_path / "cache")])
+             for _ in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    assert (tmp_path / "calls").read_text() == "x"
 
 
 @pytest.mark.parametrize("steps", [0, -3, 2.5, "10", True])

@@ -4,7 +4,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from ddimlab import quality
+from ddimlab import data, quality
 
 
 def _random_spd(d, rng, rank=None):
@@ -185,3 +185,13 @@ def test_training_works_inside_no_grad():
     assert info_inside["holdout_accuracy"] == info_outside["holdout_accuracy"] > 0.5
     for a, b in zip(inside.parameters(), outside.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_bootstrap_se_of_the_fd_matches_its_spread_over_fresh_draws():
+    """`digits_fd_se` from one set of 200 real digits against the SD of the FD over 12 disjoint-seed draws
+    of 200 real digits (the independent answer): within a factor of two."""
+    real = data.to_model_range(data.load_digits(16)[0]).float()
+    fds = [quality.real_fd_floor(200, 16, seed=s) for s in range(12)]
+    se = quality.digits_fd_se(real[torch.randperm(len(real), generator=torch.Generator().manual_seed(99))[:200]])
+    sd = float(np.std(fds, ddof=1))
+    assert 0.5 < se / sd < 2, (se, sd)

@@ -56,7 +56,7 @@ def test_make_config_rejects_bad_values(overrides, match):
 
 
 def test_warmup_and_ema_formulas():
-    c = tr.TrainConfig(lr=2e-4, warmup=5000, ema_decay=0.9999, ema_warmup=False)
+    c = tr.TrainConfig(lr=2e-4, warmup=5000, lr_decay="none", ema_decay=0.9999, ema_warmup=False)  # DDPM
     assert tr.lr_at(c, 0) == pytest.approx(2e-4 / 5000) and tr.lr_at(c, 2499) == pytest.approx(1e-4)
     assert tr.lr_at(c, 4999) == 2e-4 and tr.lr_at(c, 10**6) == 2e-4
     assert tr.ema_decay_at(c, 0) == 0.9999
@@ -67,6 +67,22 @@ def test_warmup_and_ema_formulas():
     tr.ema_update(a, b, 0.9)
     for pa, e in zip(a.parameters(), expected):
         torch.testing.assert_close(pa.detach(), e)
+
+
+def test_cosine_decay_after_warm_up():
+    """The digits preset: warm-up, then ½(1 + cos πf) of the rate (half at mid-way, ~0 at the last step);
+    `lr_decay="none"` keeps it constant, and a config saved before the field existed trained with a constant rate."""
+    c = tr.make_config("digits", {"steps": 1100, "warmup": 100, "lr": 1e-3})
+    assert c.lr_decay == "cosine" and tr.lr_at(c, 49) == pytest.approx(5e-4)
+    lrs = [tr.lr_at(c, s) for s in range(100, 1100)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[500] == pytest.approx(5e-4) and lrs[-1] < 1e-8
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert tr.lr_at(dataclasses.replace(c, lr_decay="none"), 1099) == 1e-3
+    saved = {k: v for k, v in dataclasses.asdict(c).items() if k != "lr_decay"}
+    assert tr.config_from_dict(saved).lr_decay == "none"
+    with pytest.raises(ValueError, match="lr_decay must be one of"):
+        tr.make_config("digits", {"lr_decay": "step"})
+
 
 
 # --------------------------------------------------------------------------- training
