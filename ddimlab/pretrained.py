@@ -24,8 +24,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
-
 from . import train
 from .files import locked
 
