@@ -321,6 +321,15 @@ def make_fake_cifar_tarball(path, n_per_batch: int = 8, seed: int = 0) -> FakeCi
 # offline digits
 
 
+def resize(x: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Float images (N, C, H, W) resized to resolution×resolution, bilinear (antialiased when shrinking):
+    how `load_digits` makes the 16×16 set from scikit-learn's 8×8 originals, and so how 8×8 samples are
+    scored and shown at 16×16 (`demo.score`)."""
+    if x.shape[-2:] == (resolution, resolution):
+        return x
+    return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
+
+
 def load_digits(resolution: int = 16, channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's bundled handwritten digits as (uint8 1797×C×R×R, int64 labels 0..9) (notebook 06 §2).
 
@@ -335,10 +344,7 @@ def load_digits(resolution: int = 16, channels: int = 1) -> tuple[torch.Tensor, 
     from sklearn.datasets import load_digits as sk_load_digits
 
     digits = sk_load_digits()
-    x = torch.from_numpy(digits.images.astype(np.float32) * (255.0 / 16.0))[:, None]
-    if resolution != x.shape[-1]:
-        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
-                          antialias=True)
+    x = resize(torch.from_numpy(digits.images.astype(np.float32) * (255.0 / 16.0))[:, None], resolution)
     x = x.round().clamp(0, 255).to(torch.uint8).expand(-1, channels, -1, -1).contiguous()
     return x, torch.from_numpy(digits.target.astype(np.int64))
 

@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from . import lab, plotting, pretrained, quality, samplers, schedule
+from . import data, lab, plotting, pretrained, quality, samplers, schedule
 from .checkpoint import eps_fn
 from .generate import progress
 
@@ -26,13 +25,11 @@ LAB = dict(n=2000, image_d=1024, image_n=200)
 
 
 def score(x: torch.Tensor) -> dict:
-    """`quality.score_digits` of samples resized to 16×16 (bilinear, as `data.load_digits` makes the 16×16
-    set from scikit-learn's 8×8 originals) plus `fd_se`: the 16×16 classifier is the sharper judge (it
+    """`quality.score_digits` of samples resized to 16×16 (`data.resize`, as `data.load_digits` makes the
+    16×16 set from scikit-learn's 8×8 originals) plus `fd_se`: the 16×16 classifier is the sharper judge (it
     labels 93% of real digits with confidence ≥ 0.9, the 8×8 one 68%), and real 8×8 digits resized this
     way score as the 16×16 digits do (tests/test_cli.py)."""
-    if x.shape[-1] != SCORE_RESOLUTION:
-        x = F.interpolate(x.clamp(-1, 1), size=(SCORE_RESOLUTION, SCORE_RESOLUTION), mode="bilinear",
-                          align_corners=False, antialias=True)
+    x = data.resize(x.clamp(-1, 1), SCORE_RESOLUTION)
     return dict(quality.score_digits(x), fd_se=quality.digits_fd_se(x))
 
 
@@ -83,8 +80,7 @@ def main(args) -> None:
               f"{s['classes_covered']:7d}")
     print("FDs closer than about two SEs are not told apart by n samples (bootstrap SE over the samples).")
     k = min(32, args.n)
-    panels = torch.cat([x[:k] for *_, x in rows])
-    path = plotting.save_image_grid(panels, out / "digits_samplers.png", nrow=k // 2 if k >= 16 else k,
-                                    scale=max(1, 48 // config.resolution))
+    panels = torch.cat([data.resize(x[:k].clamp(-1, 1), SCORE_RESOLUTION) for *_, x in rows])  # as scored
+    path = plotting.save_image_grid(panels, out / "digits_samplers.png", nrow=k // 2 if k >= 16 else k, scale=3)
     print(f"sample grid ({', '.join(r[0] for r in rows)}; {k} each, top to bottom): {path}")
     print(f"demo done in {time.perf_counter() - t0:.0f} s")

@@ -190,6 +190,13 @@ def _x(xbar, sigma):
     return xbar / math.sqrt(sigma ** 2 + 1)
 
 
+def _begin(x_T, alpha_bar, seq):
+    """Checked (alpha_bar, seq), the trajectory started at x_T, and x̄_T = x_T/√ᾱ_T."""
+    alpha_bar, seq = check_args(x_T, alpha_bar, seq)
+    xbar = x_T / math.sqrt(float(alpha_bar_at(alpha_bar, int(seq[0]))))
+    return alpha_bar, seq, {"x": [x_T], "t": [int(seq[0])]}, xbar
+
+
 def _record(traj, callback, i, t, s, xbar, sig_s, x0):
     """Append x_s to the trajectory and call `callback` with the samplers' info dict (samplers module docstring)."""
     x = _x(xbar, sig_s)
@@ -210,9 +217,7 @@ def euler(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
     Identical to `samplers.ddim_sample(..., eta=0)` (DDIM eq. 12 with σ = 0, divided by √ᾱ_s).
     Trajectory: {"x": [x_t at each visited step, then x_0], "t": [seq…, −1]}.
     """
-    alpha_bar, seq = check_args(x_T, alpha_bar, seq)
-    traj = {"x": [x_T], "t": [int(seq[0])]}
-    xbar = x_T / math.sqrt(float(alpha_bar_at(alpha_bar, int(seq[0]))))
+    alpha_bar, seq, traj, xbar = _begin(x_T, alpha_bar, seq)
     for i, (t, s) in enumerate(step_pairs(seq)):
         sig_t, sig_s = _sig(alpha_bar, t), _sig(alpha_bar, s)
         d = call_eps(eps, _x(xbar, sig_t), t)
@@ -228,9 +233,7 @@ def heun(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=Non
     d = ε(x_t, t), x̄' = x̄ + h d, x̄_s = x̄ + h (d + ε(x'_s, s))/2 with h = σ_s − σ_t; the final step to
     σ = 0 is the Euler (DDIM) step.
     """
-    alpha_bar, seq = check_args(x_T, alpha_bar, seq)
-    traj = {"x": [x_T], "t": [int(seq[0])]}
-    xbar = x_T / math.sqrt(float(alpha_bar_at(alpha_bar, int(seq[0]))))
+    alpha_bar, seq, traj, xbar = _begin(x_T, alpha_bar, seq)
     for i, (t, s) in enumerate(step_pairs(seq)):
         sig_t, sig_s = _sig(alpha_bar, t), _sig(alpha_bar, s)
         h = sig_s - sig_t
@@ -257,9 +260,7 @@ def dpm_solver_2(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, call
     (The paper's exponential-integrator form, rewritten in x̄ = x/α, is exactly this midpoint rule.)
     t(σ_mid) is a float step (`t_of_sigma`). The final step to σ = 0 (λ = ∞) is the Euler (DDIM) step.
     """
-    alpha_bar, seq = check_args(x_T, alpha_bar, seq)
-    traj = {"x": [x_T], "t": [int(seq[0])]}
-    xbar = x_T / math.sqrt(float(alpha_bar_at(alpha_bar, int(seq[0]))))
+    alpha_bar, seq, traj, xbar = _begin(x_T, alpha_bar, seq)
     for i, (t, s) in enumerate(step_pairs(seq)):
         sig_t, sig_s = _sig(alpha_bar, t), _sig(alpha_bar, s)
         d = call_eps(eps, _x(xbar, sig_t), t)
@@ -283,9 +284,7 @@ def dpm_solver_pp_2m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, 
     The first step uses D_i alone (first order, = DDIM); the final step to σ = 0 (h = ∞) returns D_i,
     the current x̂_0 (first order, as k-diffusion's `sample_dpmpp_2m`).
     """
-    alpha_bar, seq = check_args(x_T, alpha_bar, seq)
-    traj = {"x": [x_T], "t": [int(seq[0])]}
-    xbar = x_T / math.sqrt(float(alpha_bar_at(alpha_bar, int(seq[0]))))
+    alpha_bar, seq, traj, xbar = _begin(x_T, alpha_bar, seq)
     D_prev = h_prev = None
     for i, (t, s) in enumerate(step_pairs(seq)):
         sig_t, sig_s = _sig(alpha_bar, t), _sig(alpha_bar, s)

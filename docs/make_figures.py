@@ -13,8 +13,8 @@ Figures (PNG, each well under 150 KB):
 - ode_solvers.png        error against the number of network calls for the ODE solvers, on an exact
                          score, against scipy's solution (`ddimlab.ode`, notebook 05).
 
-The digits model comes from `pretrained.digits_model` (the `digits` preset, cached in
-$DDIMLAB_CACHE/models); every figure is seeded, so a rerun on the same machine gives the same images.
+The digits model is the demo's (`pretrained.digits_model` with the demo's thread count: the `digits`
+preset, cached in $DDIMLAB_CACHE/models); every figure is seeded, so a rerun on the same machine gives the same images.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ddimlab import checkpoint, generate, lab, ode, plotting, pretrained, samplers, schedule, toy  # noqa: E402
+from ddimlab import checkpoint, data, demo, generate, lab, ode, plotting, pretrained, samplers, schedule, toy  # noqa: E402
 from ddimlab.files import atomic_write  # noqa: E402
 
 FIGURES = ("samples", "consistency", "interpolation", "lab", "ode")
@@ -49,6 +49,7 @@ def savefig(fig, path: Path) -> Path:
 
 
 def _grid_axis(ax, x, nrow, title=None, ylabel=None):
+    x = data.resize(x.clamp(-1, 1), max(16, x.shape[-1]))   # 8×8 digits shown at 16×16, as the demo scores them
     ax.imshow(plotting.image_grid(x, nrow), interpolation="nearest")
     ax.set_xticks([]); ax.set_yticks([])
     for s in ax.spines.values():
@@ -162,7 +163,7 @@ def main(argv=None) -> int:
     model = config = None
     if {"samples", "consistency", "interpolation"} & set(args.only):
         print("digits model (trains the preset once, then loads it from the cache) ...", flush=True)
-        model, config = pretrained.digits_model(steps=args.steps, progress=True)
+        model, config = pretrained.digits_model(steps=args.steps, progress=True, threads=demo.TRAIN_THREADS)
     torch.set_grad_enabled(False)
     for name in args.only:
         print(name, flush=True)

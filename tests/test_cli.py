@@ -145,7 +145,7 @@ def test_demo_end_to_end_on_a_tiny_model(trained, tmp_path, monkeypatch, capsys)
     up = torch.nn.functional.interpolate(ddim10[4].clamp(-1, 1), size=(16, 16), mode="bilinear", antialias=True)
     assert float(rows[1][5]) == pytest.approx(quality.score_digits(up)["fd"], abs=0.006)  # scored at 16×16
     assert float(rows[1][6]) > 0  # its bootstrap SE
-    assert mpimg.imread(tmp_path / "digits_samplers.png").shape[:2] == (6 * (4 * 9 + 1), 6 * (8 * 9 + 1))
+    assert mpimg.imread(tmp_path / "digits_samplers.png").shape[:2] == (3 * (4 * 17 + 1), 3 * (8 * 17 + 1))  # at 16×16
 
 
 def test_demo_shows_the_ddpm_progress_bar(trained, tmp_path, monkeypatch, capsys):
