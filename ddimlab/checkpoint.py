@@ -9,7 +9,7 @@
   with `torch.load(weights_only=True)`: a file that asks to run code when unpickled is refused.
 - `to_diffusers` / `from_diffusers`: the official ↔ diffusers state_dict layouts (the same function;
   tests/test_checkpoint.py compares outputs both ways); `official_layout()` lists the official keys and
-  shapes (shipped with the package). Notebook 06 §1 uses the layout; notebook 07 §6 loads the checkpoint.
+  shapes (shipped with the package). Notebook 06 §1 uses the layout; notebook 07 §7 loads the checkpoint.
 """
 from __future__ import annotations
 

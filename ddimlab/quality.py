@@ -296,7 +296,7 @@ def digits_fd(samples, model=None) -> float:
 
 def digits_fd_se(samples, n_boot: int = 50, seed: int = 0) -> float:
     """Bootstrap standard error of `digits_fd` (the SD of the FD over resamples, with replacement, of the
-    samples): how much the score would move with another draw of the same number of samples (demo)."""
+    samples): how much the score would move with another draw of the same number of samples (demo; notebook 06 §5)."""
     x = _as_samples(samples)
     net, info = load_classifier(int(x.shape[-1]))
     feats = _features(net, x)

@@ -1,0 +1,132 @@
+"""The claims of notebooks 06 and 07 checked again on other data, without the digits model, each with a mutation
+that must fail where the claim is an identity: the MAC count by hand (06 §1), ω_0 of the step embedding (06 §1),
+the split L_simple = E|ε_θ − ε*|² + C on an empirical mixture and its floor C (06 §4), clipped DDIM with η = 1
+as clipped DDPM (07 §6), and E clip(z)² for a clipped latent (07 §6)."""
+import math
+
+import pytest
+import torch
+from scipy import integrate, stats
+
+from ddimlab import samplers, schedule, toy, train, unet
+
+AB = schedule.make_alpha_bar("linear", 1000)
+
+
+def _macs_by_hand(net, resolution, in_ch):
+    total = []
+
+    def hook(m, inp, out):
+        if isinstance(m, torch.nn.Conv2d):
+            total.append(out[0].numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1])
+        elif isinstance(m, torch.nn.Linear):
+            total.append(out[0].numel() * m.in_features)
+        else:
+            c, hw = inp[0].shape[1], inp[0].shape[2] * inp[0].shape[3]
+            total.append(4 * hw * c * c + 2 * hw * hw * c)
+    hooks = [m.register_forward_hook(hook) for m in net.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear, unet.AttnBlock))]
+    with torch.no_grad():
+        net(torch.zeros(1, in_ch, resolution, resolution), torch.zeros(1))
+    for h in hooks:
+        h.remove()
+    return sum(total)
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(resolution=16, ch_mult=(1, 2, 2), attn_resolutions=(8,))])
+def test_count_macs_equals_a_count_by_hand(overrides):
+    config = train.make_config("digits", overrides)
+    net = train.build_model(config, in_ch=1)
+    assert unet.count_macs(net) == _macs_by_hand(net, config.resolution, 1)
+
+
+def test_step_embedding_lowest_index_has_one_radian_per_step():
+    t = torch.arange(200.0)
+    emb = unet.timestep_embedding(t, 64)
+    assert torch.allclose(emb[:, 0], torch.sin(t), atol=1e-4)            # period 2π steps, not 1
+    assert not torch.allclose(emb[:, 0], torch.sin(2 * math.pi * t), atol=1e-2)
+
+
+def _empirical(n=40, d=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    points = torch.rand(n, d, generator=g, dtype=torch.float64) * 2 - 1
+    return points, toy.SharedBasisMixture(torch.ones(n), points, torch.full((n, d), 1e-6))
+
+
+def _losses(t, n=20_000, seed=1):
+    points, mix = _empirical()
+    g = torch.Generator().manual_seed(seed)
+    x0 = points[torch.randint(0, len(points), (n,), generator=g)]
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    a = float(AB[t])
+    x_t = math.sqrt(a) * x0 + math.sqrt(1 - a) * noise
+    e_star = mix.eps(x_t, a)
+    e_net = 0.7 * e_star + 0.05                                         # an imperfect "network"
+    return noise, e_star, e_net
+
+
+@pytest.mark.parametrize("t", [100, 400, 700])
+def test_loss_splits_into_model_error_plus_floor(t):
+    noise, e_star, e_net = _losses(t)
+    split = (e_net - noise).pow(2).sum(1) - (e_star - noise).pow(2).sum(1) - (e_net - e_star).pow(2).sum(1)
+    assert abs(float(split.mean())) < 4 * float(split.std()) / math.sqrt(len(split))
+    wrong = (e_net - noise).pow(2).sum(1) - (0.9 * e_star - noise).pow(2).sum(1) - (e_net - e_star).pow(2).sum(1)
+    if t >= 400:    # where eps* is far from 0 the mutation is resolved
+        assert abs(float(wrong.mean())) > 4 * float(wrong.std()) / math.sqrt(len(wrong))
+
+
+def test_floor_of_point_masses_vanishes_at_small_t_and_not_in_the_middle():
+    small = _losses(5)
+    middle = _losses(400)
+    c_small = float((small[1] - small[0]).pow(2).mean())
+    c_middle = float((middle[1] - middle[0]).pow(2).mean())
+    assert c_small < 1e-3 and c_middle > 0.05
+
+
+def _clip_setup():
+    mix = toy.random_mixture(d=3, K=3, seed=2)
+    exact = toy.exact_eps(mix, AB)
+    eps = lambda x, t: 1.3 * exact(x, t)                                # overshoots: x̂_0 leaves [−1, 1]
+    seq = schedule.timesteps(10, 1000, "uniform")
+    g = torch.Generator().manual_seed(3)
+    x_T = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    z = {int(t): torch.randn(x_T.shape, generator=g, dtype=torch.float64) for t in seq}
+    return eps, seq, x_T, z
+
+
+def _by_hand(eps, seq, x_T, z, recompute=True):
+    """DDPM's posterior mean with the clipped x̂_0 (recompute=True) or the DDIM step with the clipped x̂_0 and the
+    unclipped ε (recompute=False), written from the equations."""
+    x, n_clipped = x_T, 0
+    abar = lambda t: float(AB[t]) if t >= 0 else 1.0
+    for t, s in zip(seq.tolist(), seq.tolist()[1:] + [-1]):
+        a_t, a_s = abar(t), abar(s)
+        var = (1 - a_s) / (1 - a_t) * (1 - a_t / a_s)
+        e = eps(x, torch.full((len(x),), t))
+        x0 = (x - math.sqrt(1 - a_t) * e) / math.sqrt(a_t)
+        n_clipped += int((x0.abs() > 1).sum())
+        if recompute:
+            x = (math.sqrt(a_s) * (1 - a_t / a_s) / (1 - a_t) * x0.clamp(-1, 1)
+                 + math.sqrt(a_t / a_s) * (1 - a_s) / (1 - a_t) * x + math.sqrt(var) * z[t])
+        else:
+            x = math.sqrt(a_s) * x0.clamp(-1, 1) + math.sqrt(max(1 - a_s - var, 0.0)) * e + math.sqrt(var) * z[t]
+    return x, n_clipped
+
+
+def test_clipped_ddim_eta1_is_clipped_ddpm():
+    eps, seq, x_T, z = _clip_setup()
+    noise_sampler = lambda t, s: z[int(t)]
+    ddim = samplers.ddim_sample(eps, x_T, AB, seq, eta=1.0, clip_x0=True, noise_sampler=noise_sampler)
+    ddpm = samplers.ddpm_sample(eps, x_T, AB, "small", seq=seq, clip_x0=True, noise_sampler=noise_sampler)
+    hand, n_clipped = _by_hand(eps, seq, x_T, z)
+    assert n_clipped > 50
+    assert torch.allclose(ddim, hand, atol=1e-9) and torch.allclose(ddpm, hand, atol=1e-9)
+    mixed, _ = _by_hand(eps, seq, x_T, z, recompute=False)             # mutation: ε not recomputed
+    assert float((mixed - hand).abs().max()) > 1e-3
+
+
+def test_clipped_standard_normal_second_moment():
+    exact = 1 - 2 * stats.norm.pdf(1.0)
+    by_quadrature = integrate.quad(lambda x: min(x * x, 1.0) * stats.norm.pdf(x), -12, 12, points=[-1, 1])[0]
+    assert abs(by_quadrature - exact) < 1e-9
+    assert abs(exact - 0.5161) < 1e-4
