@@ -28,7 +28,7 @@ def score(x: torch.Tensor) -> dict:
     """`quality.score_digits` of samples resized to 16×16 (`data.resize`, as `data.load_digits` makes the
     16×16 set from scikit-learn's 8×8 originals) plus `fd_se`: the 16×16 classifier is the sharper judge (it
     labels 93% of real digits with confidence ≥ 0.9, the 8×8 one 68%), and real 8×8 digits resized this
-    way score as the 16×16 digits do (tests/test_cli.py)."""
+    way score as the 16×16 digits do (tests/test_cli.py; notebook 06 §5)."""
     x = data.resize(x.clamp(-1, 1), SCORE_RESOLUTION)
     return dict(quality.score_digits(x), fd_se=quality.digits_fd_se(x))
 

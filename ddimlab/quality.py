@@ -271,7 +271,7 @@ def classify(samples, model=None) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def confident_share(samples, threshold: float = 0.9, model=None) -> float:
-    """Share of samples the classifier labels with probability ≥ threshold (notebook 07 §5)."""
+    """Share of samples the classifier labels with probability ≥ threshold (notebook 06 §5)."""
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must lie in (0, 1), got {threshold!r}")
     return float((classify(samples, model)[1] >= threshold).float().mean())
@@ -284,7 +284,7 @@ def class_counts(samples, threshold: float = 0.9, model=None) -> np.ndarray:
 
 
 def digits_fd(samples, model=None) -> float:
-    """Fréchet distance between the classifier features of `samples` and of all 1,797 real digits (notebook 07 §5)."""
+    """Fréchet distance between the classifier features of `samples` and of all 1,797 real digits (notebook 06 §5)."""
     x = _as_samples(samples)
     net, info = load_classifier(int(x.shape[-1])) if model is None else (model, None)
     if info is None:
@@ -296,7 +296,10 @@ def digits_fd(samples, model=None) -> float:
 
 def digits_fd_se(samples, n_boot: int = 50, seed: int = 0) -> float:
     """Bootstrap standard error of `digits_fd` (the SD of the FD over resamples, with replacement, of the
-    samples): how much the score would move with another draw of the same number of samples (demo; notebook 06 §5)."""
+    samples): a conservative error bar for how much the score would move with another draw of the same
+    number of samples. On real digits it is about twice the FD's spread over fresh draws (duplicated
+    samples inflate it; tests/test_quality.py), so it errs towards calling differences unresolved
+    (demo; notebook 06 §5)."""
     x = _as_samples(samples)
     net, info = load_classifier(int(x.shape[-1]))
     feats = _features(net, x)
@@ -308,7 +311,7 @@ def digits_fd_se(samples, n_boot: int = 50, seed: int = 0) -> float:
 
 def real_fd_floor(n: int, resolution: int = 16, seed: int = 0) -> float:
     """`digits_fd` of n real digits drawn without replacement: the best a sampler can score with n samples
-    (notebook 07 §5)."""
+    (notebook 06 §5)."""
     real = _real_digits(resolution)
     if not 2 <= n <= len(real):
         raise ValueError(f"n must lie in 2..{len(real)}, got {n!r}")

@@ -3,7 +3,7 @@
 `reproduce_table1` generates the samples of every cell (`generate.generate_samples`: resumable, split
 over ranks) and scores them (`fid`); `reproduce_table2` encodes and decodes test images
 (`samplers.reconstruct`). Both write CSV and Markdown with the paper's values beside the measured ones.
-`score_grid` is an in-memory η × S table for small models (notebook 07 §5). All three run their cells
+`score_grid` is an in-memory η × S table for small models (e.g. the digits model, scored by `demo.score`). All three run their cells
 through `grid`. README "Reproducing the DDIM paper" gives the commands.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ def eta_label(eta) -> str:
 
 def grid(cell, eta_list, S_list) -> list[dict]:
     """Run `cell(eta, S) -> dict` for every η (rows) and S (columns), timing each: the one loop behind
-    every η × S table; rows are dict(eta=label, S=S, seconds=…, **cell(eta, S)) (notebook 07 §5)."""
+    every η × S table; rows are dict(eta=label, S=S, seconds=…, **cell(eta, S))."""
     rows = []
     for eta in (check_eta(e) for e in eta_list):
         for S in S_list:
@@ -58,7 +58,7 @@ def grid(cell, eta_list, S_list) -> list[dict]:
 def score_grid(model, score_fn, S_list=(10, 20, 50, 100), eta_list=(0.0, 0.5, 1.0, SIGMA_HAT), n: int = 200, *,
                shape=(1, 16, 16), spacing: str = "uniform", alpha_bar=None, seed: int = 0, batch_size: int = 500,
                device=None) -> list[dict]:
-    """An in-memory η × S table (notebook 07 §5): n samples per cell, the same x_T in every cell.
+    """An in-memory η × S table: n samples per cell, the same x_T in every cell.
 
     score_fn maps samples in [−1, 1] (N×C×H×W, on the CPU) to a dict of numbers, e.g.
     `quality.score_digits`; rows are dict(eta, S, seconds, **score_fn(x)).
