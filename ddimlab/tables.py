@@ -3,8 +3,8 @@
 `reproduce_table1` generates the samples of every cell (`generate.generate_samples`: resumable, split
 over ranks) and scores them (`fid`); `reproduce_table2` encodes and decodes test images
 (`samplers.reconstruct`). Both write CSV and Markdown with the paper's values beside the measured ones.
-`score_grid` is an in-memory η × S table for small models (e.g. the digits model, scored by `demo.score`). All three run their cells
-through `grid`. README "Reproducing the DDIM paper" gives the commands.
+`score_grid` is an in-memory η × S table for small models (e.g. the digits model, scored by
+`demo.score`). All three run their cells through `grid`. README "Reproducing the DDIM paper" gives the commands.
 """
 from __future__ import annotations
 
