@@ -96,7 +96,7 @@ PRESETS: dict[str, dict] = {
     ),
     # The digits at their native 8×8 (scikit-learn's originals; the 16×16 set is a bilinear resize of them,
     # so nothing is lost), on a 2-core CPU: the TrainConfig defaults, a 0.7M-parameter UNet (ch 32, ch_mult
-    # (1, 2), attention at 4×4), batch 128, Adam 4e-3 with cosine decay, 2000 steps (≈ 0.26 s/step on two
+    # (1, 2), attention at 4×4), batch 128, Adam 4e-3 with cosine decay, 2000 steps (≈ 0.2 s/step, 400 s, on two
     # threads). Scored like the 16×16 samples (`demo.score`: resized to 16×16) it matches the former
     # 16×16 recipe (3000 steps, batch 64, constant 2e-3) at a third of its compute: DDIM-10 from three
     # x_T seeds, 200 samples each, confident share 0.80 (was 0.81), FD 11.0 (11.4), all ten digits.
