@@ -27,7 +27,7 @@ PRESETS = {
     # The paper's CIFAR-10 network.
     "cifar10": dict(in_ch=3, ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
                     dropout=0.1, resolution=32, num_groups=32),
-    # A small network for 16×16 one-channel digits that trains in minutes on two CPU cores.
+    # A small network for 16×16 one-channel images: the tests' UNet (the `digits` training preset is 8×8, ch_mult (1, 2)).
     "tiny": dict(in_ch=1, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,),
                  dropout=0.1, resolution=16, num_groups=8),
 }
@@ -291,8 +291,8 @@ def cifar10_unet(**overrides) -> UNet:
 
 
 def tiny_unet(**overrides) -> UNet:
-    """A small UNet for 16×16 one-channel digits (`PRESETS["tiny"]`, the `digits` training preset's network:
-    1.11M parameters, 66 MMACs per image)."""
+    """A small UNet for 16×16 one-channel images (`PRESETS["tiny"]`: 1.11M parameters, 66 MMACs per image),
+    the tests' network; the `digits` training preset (`train.PRESETS`) is smaller, at 8×8."""
     return UNet(**{**PRESETS["tiny"], **overrides})
 
 
