@@ -31,9 +31,6 @@ DATA = "data"
 
 # ------------------------------------------------------------------------------------- the metric
 
-bandwidth = toy.bandwidth    # the one Gaussian-kernel bandwidth (defined in toy; notebook 05 uses lab.bandwidth)
-
-
 def mmd2_se(x: torch.Tensor, y: torch.Tensor, kernel) -> tuple[float, float]:
     """(MMD², standard error): `toy.mmd2_unbiased(x, y, kernel)` and its delete-one jackknife SE (notebook 09 §1).
 
@@ -94,7 +91,7 @@ def noise_floor(mixture: toy.GaussianMixture, n: int, generator: torch.Generator
 
     Returns MMDResult(mmd2 = one null value, floor = RMS of the statistic between two fresh data sets
     of size n over `repeats` repetitions): what a perfect sampler scores at this n. kernel and scale as
-    in `toy.mmd` (None: the Gaussian kernel of `bandwidth(mixture)`, no scaling).
+    in `toy.mmd` (None: the Gaussian kernel of `toy.bandwidth(mixture)`, no scaling).
     """
     return toy.mmd(mixture.sample(n, generator), mixture, generator, repeats=repeats, kernel=kernel, scale=scale)
 
@@ -199,7 +196,7 @@ def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS,
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn(n, mixture.d, generator=g, dtype=torch.float64)
     data = mixture.sample(n, g)
-    kernel = bandwidth(mixture) if kernel is None else kernel
+    kernel = toy.bandwidth(mixture) if kernel is None else kernel
     scale = mixture.std() if standardize else torch.ones(mixture.d, dtype=torch.float64)
 
     null = noise_floor(mixture, n, g, repeats, kernel, scale)

@@ -190,11 +190,14 @@ def _x(xbar, sigma):
     return xbar / math.sqrt(sigma ** 2 + 1)
 
 
-def _begin(x_T, alpha_bar, seq):
-    """Checked (alpha_bar, seq), the trajectory started at x_T, and x̄_T = x_T/√ᾱ_T."""
+def _start(x_T, alpha_bar, seq):
+    """Checked inputs: alpha_bar, the (t, s) step pairs, the σ of every visited step followed by σ = 0,
+    x̄_T = x_T/√ᾱ_T and the trajectory dict, started at x_T."""
     alpha_bar, seq = check_args(x_T, alpha_bar, seq)
+    pairs = step_pairs(seq)
+    sig = [_sig(alpha_bar, t) for t, _ in pairs] + [0.0]
     xbar = x_T / math.sqrt(float(alpha_bar_at(alpha_bar, int(seq[0]))))
-    return alpha_bar, seq, {"x": [x_T], "t": [int(seq[0])]}, xbar
+    return alpha_bar, pairs, sig, xbar, {"x": [x_T], "t": [int(seq[0])]}
 
 
 def _record(traj, callback, i, t, s, xbar, sig_s, x0):
@@ -217,9 +220,9 @@ def euler(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
     Identical to `samplers.ddim_sample(..., eta=0)` (DDIM eq. 12 with σ = 0, divided by √ᾱ_s).
     Trajectory: {"x": [x_t at each visited step, then x_0], "t": [seq…, −1]}.
     """
-    alpha_bar, seq, traj, xbar = _begin(x_T, alpha_bar, seq)
-    for i, (t, s) in enumerate(step_pairs(seq)):
-        sig_t, sig_s = _sig(alpha_bar, t), _sig(alpha_bar, s)
+    alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq)
+    for i, (t, s) in enumerate(pairs):
+        sig_t, sig_s = sig[i], sig[i + 1]
         d = call_eps(eps, _x(xbar, sig_t), t)
         x0 = xbar - sig_t * d
         xbar = xbar + (sig_s - sig_t) * d
@@ -233,9 +236,9 @@ def heun(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=Non
     d = ε(x_t, t), x̄' = x̄ + h d, x̄_s = x̄ + h (d + ε(x'_s, s))/2 with h = σ_s − σ_t; the final step to
     σ = 0 is the Euler (DDIM) step.
     """
-    alpha_bar, seq, traj, xbar = _begin(x_T, alpha_bar, seq)
-    for i, (t, s) in enumerate(step_pairs(seq)):
-        sig_t, sig_s = _sig(alpha_bar, t), _sig(alpha_bar, s)
+    alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq)
+    for i, (t, s) in enumerate(pairs):
+        sig_t, sig_s = sig[i], sig[i + 1]
         h = sig_s - sig_t
         d = call_eps(eps, _x(xbar, sig_t), t)
         x0 = xbar - sig_t * d
@@ -260,9 +263,9 @@ def dpm_solver_2(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, call
     (The paper's exponential-integrator form, rewritten in x̄ = x/α, is exactly this midpoint rule.)
     t(σ_mid) is a float step (`t_of_sigma`). The final step to σ = 0 (λ = ∞) is the Euler (DDIM) step.
     """
-    alpha_bar, seq, traj, xbar = _begin(x_T, alpha_bar, seq)
-    for i, (t, s) in enumerate(step_pairs(seq)):
-        sig_t, sig_s = _sig(alpha_bar, t), _sig(alpha_bar, s)
+    alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq)
+    for i, (t, s) in enumerate(pairs):
+        sig_t, sig_s = sig[i], sig[i + 1]
         d = call_eps(eps, _x(xbar, sig_t), t)
         x0 = xbar - sig_t * d
         if s >= 0:
@@ -284,10 +287,10 @@ def dpm_solver_pp_2m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, 
     The first step uses D_i alone (first order, = DDIM); the final step to σ = 0 (h = ∞) returns D_i,
     the current x̂_0 (first order, as k-diffusion's `sample_dpmpp_2m`).
     """
-    alpha_bar, seq, traj, xbar = _begin(x_T, alpha_bar, seq)
+    alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq)
     D_prev = h_prev = None
-    for i, (t, s) in enumerate(step_pairs(seq)):
-        sig_t, sig_s = _sig(alpha_bar, t), _sig(alpha_bar, s)
+    for i, (t, s) in enumerate(pairs):
+        sig_t, sig_s = sig[i], sig[i + 1]
         D = xbar - sig_t * call_eps(eps, _x(xbar, sig_t), t)
         if s < 0:
             xbar = D
@@ -344,15 +347,6 @@ def _lagrange_integrals(nodes, a: float, b: float, rho: float = 1.0) -> list[flo
     return out
 
 
-def _start(x_T, alpha_bar, seq):
-    """Checked inputs, the σ of every visited step followed by σ = 0, x̄_T, and the trajectory dict."""
-    alpha_bar, seq = check_args(x_T, alpha_bar, seq)
-    pairs = step_pairs(seq)
-    sig = [_sig(alpha_bar, t) for t, _ in pairs] + [0.0]
-    xbar = x_T * math.sqrt(sig[0] ** 2 + 1)
-    return pairs, sig, xbar, {"x": [x_T], "t": [int(seq[0])]}
-
-
 def dpm_solver_pp_3m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None, *,
                      published: bool = False):
     """DPM-Solver++(3M) (Lu et al. 2022b, §4 and App. B), multistep third order in x̂_0. NFE = S (notebook 08 §3).
@@ -372,7 +366,7 @@ def dpm_solver_pp_3m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, 
     and k-diffusion do: half the Taylor coefficient, which leaves an O(h³) local error, i.e. a second-order
     method (measured in notebook 08 §3 and tests/test_ode.py).
     """
-    pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq)
+    _, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq)
     Ds, lams = [], []
     for i, (t, s) in enumerate(pairs):
         D = xbar - sig[i] * call_eps(eps, _x(xbar, sig[i]), t)
@@ -431,7 +425,7 @@ def unipc(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
     """
     if isinstance(order, bool) or order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
-    pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq)
+    _, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq)
     n = len(pairs)
     D = xbar - sig[0] * call_eps(eps, _x(xbar, sig[0]), pairs[0][0])
     Ds, lams = [D], [-math.log(sig[0])]
@@ -512,7 +506,7 @@ def ipndm(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
         raise ValueError(f"order must be 1, 2, 3 or 4, got {order!r}")
     if rho is not None and not rho >= 1:
         raise ValueError(f"rho must be None (equal-step coefficients) or >= 1, got {rho!r}")
-    pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq)
+    _, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq)
 
     def weights(nodes, a, b, implicit):
         if rho is None:

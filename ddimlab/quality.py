@@ -283,15 +283,22 @@ def class_counts(samples, threshold: float = 0.9, model=None) -> np.ndarray:
     return np.bincount(pred[conf >= threshold].numpy(), minlength=N_CLASSES)
 
 
-def digits_fd(samples, model=None) -> float:
-    """Fréchet distance between the classifier features of `samples` and of all 1,797 real digits (notebook 06 §5)."""
+def _features_and_real_stats(samples, model=None):
+    """(classifier features of `samples`, mean and covariance of all real digits' features) at the samples'
+    resolution: the two sides of `digits_fd`."""
     x = _as_samples(samples)
     net, info = load_classifier(int(x.shape[-1])) if model is None else (model, None)
     if info is None:
         mu_r, cov_r = feature_stats(_features(net, _real_digits(int(x.shape[-1]))))
     else:
         mu_r, cov_r = info["real_mu"], info["real_cov"]
-    return frechet_distance(*feature_stats(_features(net, x)), mu_r, cov_r)
+    return _features(net, x), mu_r, cov_r
+
+
+def digits_fd(samples, model=None) -> float:
+    """Fréchet distance between the classifier features of `samples` and of all 1,797 real digits (notebook 06 §5)."""
+    feats, mu_r, cov_r = _features_and_real_stats(samples, model)
+    return frechet_distance(*feature_stats(feats), mu_r, cov_r)
 
 
 def digits_fd_se(samples, n_boot: int = 50, seed: int = 0) -> float:
@@ -300,12 +307,11 @@ def digits_fd_se(samples, n_boot: int = 50, seed: int = 0) -> float:
     number of samples. On real digits it is about twice the FD's spread over fresh draws (duplicated
     samples inflate it; tests/test_quality.py), so it errs towards calling differences unresolved
     (demo; notebook 06 §5)."""
-    x = _as_samples(samples)
-    net, info = load_classifier(int(x.shape[-1]))
-    feats = _features(net, x)
+    feats, mu_r, cov_r = _features_and_real_stats(samples)
     g = torch.Generator().manual_seed(seed)
-    fds = [frechet_distance(*feature_stats(feats[torch.randint(0, len(x), (len(x),), generator=g)]),
-                            info["real_mu"], info["real_cov"]) for _ in range(n_boot)]
+    n = len(feats)
+    fds = [frechet_distance(*feature_stats(feats[torch.randint(0, n, (n,), generator=g)]), mu_r, cov_r)
+           for _ in range(n_boot)]
     return float(np.std(fds, ddof=1))
 
 

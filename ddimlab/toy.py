@@ -88,9 +88,12 @@ class GaussianMixture:
     def std(self) -> torch.Tensor:
         """The data's standard deviation along each coordinate, (d,): Var x_j = Σ_k w_k (Σ_k,jj + μ_kj²) − (Σ_k w_k μ_kj)²
         (notebook 09 §1)."""
-        diag = (self.eigvecs ** 2 * self.eigvals[:, None, :]).sum(-1)          # Σ_k,jj = Σ_i U_k,ji² λ_k,i
         mean = self.weights @ self.means
-        return (self.weights @ (diag + self.means ** 2) - mean ** 2).sqrt()
+        return (self.weights @ (self._cov_diag() + self.means ** 2) - mean ** 2).sqrt()
+
+    def _cov_diag(self) -> torch.Tensor:
+        """Σ_k,jj = Σ_i U_k,ji² λ_k,i, (K, d)."""
+        return (self.eigvecs ** 2 * self.eigvals[:, None, :]).sum(-1)
 
     def _to_eigen(self, v):
         """U_kᵀ v_k for v of shape (B, K, d)."""
@@ -213,10 +216,8 @@ class SharedBasisMixture(GaussianMixture):
         U = self.eigvecs
         return U @ torch.diag_embed(self.eigvals) @ U.transpose(-1, -2)
 
-    def std(self) -> torch.Tensor:
-        diag = self.eigvals if self.basis is None else self.eigvals @ (self.basis ** 2).T
-        mean = self.weights @ self.means
-        return (self.weights @ (diag + self.means ** 2) - mean ** 2).sqrt()
+    def _cov_diag(self) -> torch.Tensor:
+        return self.eigvals if self.basis is None else self.eigvals @ (self.basis ** 2).T
 
     def marginal(self, a) -> "SharedBasisMixture":
         """p_t for ᾱ = a: means √a μ_k, eigenvalues aλ_k + 1 − a in the same basis (notebook 09 §3)."""

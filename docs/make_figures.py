@@ -9,7 +9,7 @@ Figures (PNG, each well under 150 KB):
                          the same latents in every cell (notebook 07 §5);
 - consistency.png        one row of latents decoded with S = 10, 20, 50, 100, 1000 (notebook 07 §1);
 - interpolation.png      linear against spherical interpolation of x_T, and the norms (notebook 07 §2);
-- lab_table1.png         DDIM Table 1 redone on an exact score: sampler error against S (`ddimlab.lab`);
+- lab_table1.png         DDIM Table 1 redone on an exact score: sampler error against S (`lab.table1`);
 - ode_solvers.png        error against the number of network calls for the ODE solvers, on an exact
                          score, against scipy's solution (`ddimlab.ode`, notebook 05).
 

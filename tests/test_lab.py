@@ -80,7 +80,7 @@ def test_energy_distance_does_not_saturate():
     flattens (its value at noise std 2 is within 1.6× its value at 0.5; the energy distance's is > 10×)."""
     mix = toy.eight_gaussians()
     g = torch.Generator().manual_seed(10)
-    n, sd, h = 2000, mix.std(), lab.bandwidth(mix)
+    n, sd, h = 2000, mix.std(), toy.bandwidth(mix)
     x, y, z = mix.sample(n, g), mix.sample(n, g), torch.randn(n, 2, generator=g, dtype=torch.float64)
     noisy = [x + s * z for s in (0.1, 0.2, 0.5, 1.0, 2.0)]          # common random numbers: one z, scaled
     shrunk = [s * x for s in (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)]
@@ -99,7 +99,7 @@ def test_noise_floor_is_measured_on_two_fresh_data_sets():
     mix = toy.eight_gaussians()
     n, sd = 200, mix.std()
     g = torch.Generator().manual_seed(3)
-    for kernel in (toy.ENERGY, lab.bandwidth(mix)):
+    for kernel in (toy.ENERGY, toy.bandwidth(mix)):
         floor = lab.noise_floor(mix, n, g, repeats=48, kernel=kernel, scale=sd).floor
         null = torch.tensor([toy.mmd2_unbiased(mix.sample(n, g) / sd, mix.sample(n, g) / sd, kernel)
                              for _ in range(48)])
