@@ -89,15 +89,14 @@ def sample(args, device, run: Path) -> dict:
     net, abar = checkpoint.load_model(run, device)
     seq = schedule.timesteps(args.sample_steps, abar.shape[0], "uniform")
     shape = (net.config["in_ch"], net.config["resolution"], net.config["resolution"])
-    devices_sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    devices_sync()
+    bench_unet.sync(device)
     t0 = time.perf_counter()
     finite = True
     for i in range(0, args.n_samples, args.sample_batch):
         x = generate.sample_indices(net, range(i, min(i + args.sample_batch, args.n_samples)), shape, abar, seq,
                                     device=device, amp=device.type == "cuda")
         finite &= bool(torch.isfinite(x).all())
-    devices_sync()
+    bench_unet.sync(device)
     seconds = time.perf_counter() - t0
     return dict(n=args.n_samples, steps=len(seq), seconds=seconds, img_s=args.n_samples / seconds, finite=finite)
 
