@@ -34,13 +34,8 @@ demo: install          ## main job: exact-score Table 1, then train digits on CP
 lab: install           ## only the exact-score lab tables and figure
 	$(BIN)/python -m ddimlab lab --out outputs/lab
 
-# Notebook 06 goes first: it trains the notebooks' shared model (one thread, about 220 s) while the other worker runs
-# the unit tests; collected last, it trained at the end while notebook 07 waited for it on the other worker.
-NB_FIRST = notebooks/06_training_an_image_model.ipynb
-
 test: install lint     ## lint, unit tests and every notebook under nbval
-	$(NBENV) $(BIN)/pytest -n $(WORKERS) --dist loadfile $(NB_FIRST) tests \
-	  $(filter-out $(NB_FIRST),$(wildcard notebooks/*.ipynb)) $(NBVAL) -p no:cacheprovider
+	$(NBENV) $(BIN)/pytest -n $(WORKERS) --dist loadfile tests notebooks $(NBVAL) -p no:cacheprovider
 
 test-fast: install
 	$(BIN)/pytest tests -m "not slow" -p no:cacheprovider
