@@ -20,16 +20,21 @@ from .generate import progress
 SAMPLERS = (("DDPM, 1000 steps", "ddpm", 1000), ("DDIM, 10 steps", "ddim", 10),
             ("DDIM, 20 steps", "ddim", 20), ("DDIM, 50 steps", "ddim", 50))
 SCORE_RESOLUTION = 16
-TRAIN_THREADS = 2      # 0.20 s per step against 0.36 with one, on an idle 2-core machine; part of the cache key
+TRAIN_THREADS = 2      # faster than one on an idle 2-core machine (step times: train.PRESETS); part of the cache key
 LAB = dict(n=2000, image_d=1024, image_n=200)
 
 
+def as_scored(x: torch.Tensor) -> torch.Tensor:
+    """Samples clamped to [−1, 1] and resized to 16×16 (`data.resize`, as `data.load_digits` makes the 16×16
+    set from scikit-learn's 8×8 originals): how the demo scores and shows the 8×8 digits."""
+    return data.resize(x.clamp(-1, 1), SCORE_RESOLUTION)
+
+
 def score(x: torch.Tensor) -> dict:
-    """`quality.score_digits` of samples resized to 16×16 (`data.resize`, as `data.load_digits` makes the
-    16×16 set from scikit-learn's 8×8 originals) plus `fd_se`: the 16×16 classifier is the sharper judge (it
+    """`quality.score_digits` of `as_scored(x)` plus `fd_se`: the 16×16 classifier is the sharper judge (it
     labels 93% of real digits with confidence ≥ 0.9, the 8×8 one 68%), and real 8×8 digits resized this
     way score as the 16×16 digits do (tests/test_cli.py; notebook 06 §5)."""
-    x = data.resize(x.clamp(-1, 1), SCORE_RESOLUTION)
+    x = as_scored(x)
     return dict(quality.score_digits(x), fd_se=quality.digits_fd_se(x))
 
 
@@ -80,7 +85,7 @@ def main(args) -> None:
               f"{s['classes_covered']:7d}")
     print("FDs closer than about two SEs are not told apart by n samples (bootstrap SE over the samples).")
     k = min(32, args.n)
-    panels = torch.cat([data.resize(x[:k].clamp(-1, 1), SCORE_RESOLUTION) for *_, x in rows])  # as scored
+    panels = torch.cat([as_scored(x[:k]) for *_, x in rows])
     path = plotting.save_image_grid(panels, out / "digits_samplers.png", nrow=k // 2 if k >= 16 else k, scale=3)
     print(f"sample grid ({', '.join(r[0] for r in rows)}; {k} each, top to bottom): {path}")
     print(f"demo done in {time.perf_counter() - t0:.0f} s")

@@ -71,7 +71,7 @@ def digits_model(steps: int | None = None, seed: int = 0, cache_dir=None, progre
     preset fields (a dict, as `train.make_config`); they are part of the cache key. Training on the
     CPU uses `threads` threads (restored afterwards; part of the cache key, as the weights depend on
     it). One thread is never slowed down by other busy processes (the notebooks under `pytest -n 2`);
-    two take 0.20 s per step of the preset against 0.36 on an idle 2-core machine (the demo).
+    two are faster on an idle 2-core machine (the demo; step times in `train.PRESETS`).
     """
     config = dataclasses.replace(digits_config(steps, seed, device, overrides), threads=threads)
     folder = models_dir(cache_dir) / f"digits_{config_key(config)}"

@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ddimlab import checkpoint, data, demo, generate, lab, ode, plotting, pretrained, samplers, schedule, toy  # noqa: E402
+from ddimlab import checkpoint, demo, generate, lab, ode, plotting, pretrained, samplers, schedule, toy  # noqa: E402
 from ddimlab.files import atomic_write  # noqa: E402
 
 FIGURES = ("samples", "consistency", "interpolation", "lab", "ode")
@@ -49,7 +49,7 @@ def savefig(fig, path: Path) -> Path:
 
 
 def _grid_axis(ax, x, nrow, title=None, ylabel=None):
-    x = data.resize(x.clamp(-1, 1), max(16, x.shape[-1]))   # 8×8 digits shown at 16×16, as the demo scores them
+    x = demo.as_scored(x)   # 8×8 digits shown at 16×16, as the demo scores them
     ax.imshow(plotting.image_grid(x, nrow), interpolation="nearest")
     ax.set_xticks([]); ax.set_yticks([])
     for s in ax.spines.values():
