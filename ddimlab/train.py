@@ -97,11 +97,9 @@ PRESETS: dict[str, dict] = {
     # The digits at their native 8×8 (scikit-learn's originals; the 16×16 set is a bilinear resize of them,
     # so nothing is lost), on a 2-core CPU: the TrainConfig defaults, a 0.7M-parameter UNet (ch 32, ch_mult
     # (1, 2), attention at 4×4), batch 128, Adam 4e-3 with cosine decay, 1200 steps (0.17–0.27 s/step here,
-    # 4 to 5 min, on two threads; about 0.36 s on one). The step count is the demo's time budget (README,
-    # "The digits model"):
-    # DDIM-10 from 1000 x_T scored as `demo.score`: confident share 0.745 and 0.734 at 1200 steps (training
-    # seeds 0, 1), 0.784 and 0.780 at 2000 (paired difference 0.043 ± 0.010), 0.710 at 1000; FDs not told apart.
-    # The other recipes tried, and why the better cosine noise schedule is not used, are in the README.
+    # 4 to 5 min, on two threads; about 0.36 s on one). The step count is the demo's time budget; what it costs
+    # against 2000 steps, the other recipes tried and why the better-scoring cosine noise schedule is not used:
+    # README, "The digits model".
     "digits": dict(),
 }
 
