@@ -3,8 +3,8 @@ lab | demo. Every subcommand is an argparse parser built here over library funct
 on each lists its options with their defaults (README "Using the library").
 
 Errors a user can act on (bad arguments, missing or damaged files, a run folder that already holds a
-run, no CUDA, a failed download, NaN from the network) print one or two lines and exit with status 1;
-`--debug` (or DDIMLAB_DEBUG=1) shows the traceback instead.
+run, no CUDA, a failed download, NaN from the network, samples far outside [−1, 1]) print one or two
+lines and exit with status 1; `--debug` (or DDIMLAB_DEBUG=1) shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch
 
 from . import __version__, checkpoint, data, demo, devices, fid, lab, ode, schedule, tables
 from .files import atomic_write, file_hash, locked
-from .generate import latents, progress, sample_indices, sampling_steps
+from .generate import check_data_range, latents, progress, sample_indices, sampling_steps
 from .plotting import save_image_grid
 from .samplers import SIGMA_HAT, NonFiniteError, ddim_invert, ddim_sample, slerp
 from .train import PRESETS, NonFiniteLossError, TrainConfig, make_config, train
@@ -157,7 +157,8 @@ def cmd_interpolate(args) -> int:
     z = slerp(z0, z1, lam.to(device))
     bar, callback = progress(len(seq), "interpolate", not args.no_progress)
     with bar:
-        x0 = ddim_sample(checkpoint.eps_fn(net, args.amp), z, abar, seq, callback=callback).float().cpu()
+        x0 = check_data_range(ddim_sample(checkpoint.eps_fn(net, args.amp), z, abar, seq, callback=callback),
+                              abar, seq).float().cpu()
     _save_pair(png, npz, x0, args.n, args.scale, samples=x0.numpy(), x_T=z.cpu().numpy(), lam=lam.numpy())
     print(f"{args.n} images along slerp(z0, z1, λ) -> {png}, {npz}")
     return 0

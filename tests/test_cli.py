@@ -332,3 +332,19 @@ def test_sample_with_the_fast_solvers(trained, tmp_path, sampler, spacing):
                      "--steps", "6", "--n", "2", "--no-progress", "--out", str(tmp_path / sampler)]) == 0
     z = np.load(tmp_path / f"{sampler}.npz")
     assert z["samples"].shape == (2, 1, 8, 8) and np.isfinite(z["samples"]).all()
+
+
+def test_samples_that_diverged_are_refused_not_written(trained, tmp_path):
+    """A cosine-schedule model (ᾱ_999 = 2.4e-9) sampled on a grid that starts at t = 999 used to write
+    finite noise of RMS ~10³ and exit 0: x̂_0 divides the network's error at t = 999 by √ᾱ_999."""
+    state = checkpoint.load_checkpoint(trained / "ckpt.pt")
+    state["config"]["schedule"] = "cosine"
+    torch.save(state, tmp_path / "cosine.pt")
+    args = ["sample", "--checkpoint", tmp_path / "cosine.pt", "--steps", "10", "--n", "4", "--no-progress"]
+    _short_error(_run(*args, "--spacing", "linspace", "--out", tmp_path / "bad"),
+                 "RMS above 10", "t = 999", "--clip")
+    assert not list(tmp_path.glob("bad*"))
+    for extra in (["--spacing", "linspace", "--clip"], ["--spacing", "quad"]):   # the two ways out it names
+        assert cli.main(args + extra + ["--out", tmp_path / "ok", "--overwrite"]) == 0
+        z = np.load(tmp_path / "ok.npz")
+        assert np.sqrt((z["samples"] ** 2).reshape(4, -1).mean(1)).max() <= 1.5
