@@ -3,8 +3,9 @@ lab | demo. Every subcommand is an argparse parser built here over library funct
 on each lists its options with their defaults (README "Using the library").
 
 Errors a user can act on (bad arguments, missing or damaged files, a run folder that already holds a
-run, no CUDA, a failed download, NaN from the network, samples far outside [−1, 1]) print one or two
-lines and exit with status 1; `--debug` (or DDIMLAB_DEBUG=1) shows the traceback instead.
+run, no CUDA, a failed download, NaN from the network) print one or two lines and exit with status 1;
+`--debug` (or DDIMLAB_DEBUG=1) shows the traceback instead. Samples far outside [−1, 1] are written,
+with a one-line warning (`generate.check_data_range`).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import dataclasses
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ import torch
 
 from . import __version__, checkpoint, data, demo, devices, fid, lab, ode, schedule, tables
 from .files import atomic_write, file_hash, locked
-from .generate import check_data_range, latents, progress, sample_indices, sampling_steps
+from .generate import OutOfRangeWarning, check_data_range, latents, progress, sample_indices, sampling_steps
 from .plotting import save_image_grid
 from .samplers import SIGMA_HAT, NonFiniteError, ddim_invert, ddim_sample, slerp
 from .train import PRESETS, NonFiniteLossError, TrainConfig, make_config, train
@@ -381,8 +383,17 @@ def main(argv=None, prog: str | None = None) -> int:
         prog = "python -m ddimlab" if prog in ("__main__.py", "-m", "-c", "") else prog
     args = build_parser(prog).parse_args(argv)
     debug = getattr(args, "debug", False) or os.environ.get("DDIMLAB_DEBUG", "") not in ("", "0")
+    shown = warnings.showwarning
+
+    def show(message, category, *rest, **kw):   # ddimlab's own warnings as one line, like its errors
+        if issubclass(category, OutOfRangeWarning):
+            print(f"{prog} {args.command}: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, *rest, **kw)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"{prog} {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -10,6 +10,7 @@ convolutions, which moves a rare pixel by at most one grey level (notebook 07 §
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -43,19 +44,20 @@ def check_eta(eta):
     return float(eta)
 
 
-class OutOfRangeError(ValueError):
-    """Samples far outside the data's range [−1, 1]: the sampler diverged; they are not images."""
+class OutOfRangeWarning(UserWarning):
+    """Samples far outside the data's range [−1, 1]: not images of the data."""
 
 
 MAX_RMS = 10.0
 
 
 def check_data_range(x0: torch.Tensor, alpha_bar, seq) -> torch.Tensor:
-    """Return x0, or raise `OutOfRangeError` if a sample's RMS exceeds MAX_RMS = 10.
+    """Return x0; warn (`OutOfRangeWarning`) if a sample's RMS exceeds MAX_RMS = 10.
 
-    Data scaled to [−1, 1] have RMS ≤ 1, so such a sample is ten times out of range: the sampler diverged.
-    The usual cause is a first network call at a ᾱ so small that x̂_0 = (x − √(1−ᾱ) ε̂)/√ᾱ multiplies the
-    network's error by 1/√ᾱ: a cosine-schedule model (ᾱ_999 = 2.4e-9) on a grid that starts at t = 999
+    Data scaled to [−1, 1] have RMS ≤ 1, so such a sample is ten times out of range. Either the model has
+    not learned the data yet (an untrained UNet gives RMS ~30), which the samples rightly show, or the
+    sampler diverged: a first network call at a ᾱ so small that x̂_0 = (x − √(1−ᾱ) ε̂)/√ᾱ multiplies the
+    network's error by 1/√ᾱ. A cosine-schedule model (ᾱ_999 = 2.4e-9) on a grid that starts at t = 999
     ended at RMS 133 to 3·10⁴ (README, "The digits model"). The bound leaves room for poor but working
     settings: the largest of 1000 samples of the linear-schedule digits model is 2.2 for DPM-Solver++(3M)
     with 10 `linspace` steps, 1.1 or less for the other solvers. It lets milder failures through (iPNDM on
@@ -66,11 +68,12 @@ def check_data_range(x0: torch.Tensor, alpha_bar, seq) -> torch.Tensor:
     if bad:
         t = int(seq[0])
         a = float(torch.as_tensor(alpha_bar, dtype=torch.float64)[t])
-        raise OutOfRangeError(
-            f"{bad} of {len(rms)} samples have an RMS above {MAX_RMS:g} (largest {float(rms.max()):.3g}) where images in "
-            f"[-1, 1] have at most 1: the sampler diverged. Its first step, at t = {t} where alpha_bar = {a:.2g}, "
-            f"multiplies the network's error by 1/sqrt(alpha_bar) = {a ** -0.5:.3g}; start later (--spacing "
-            f"quad or uniform) or clip x0 (--clip, ddim and ddpm)")
+        warnings.warn(
+            f"{bad} of {len(rms)} samples (one batch) have an RMS above {MAX_RMS:g} (largest {float(rms.max()):.3g}), where "
+            f"images in [-1, 1] have at most 1: the model is untrained or the sampler diverged. Its first step, at "
+            f"t = {t} where alpha_bar = {a:.2g}, multiplies the network's error by 1/sqrt(alpha_bar) = "
+            f"{a ** -0.5:.3g}; a later start (--spacing quad or uniform) or clipping x0 (--clip, ddim and ddpm) "
+            f"avoids that", OutOfRangeWarning, stacklevel=3)
     return x0
 
 
@@ -106,7 +109,7 @@ def sample_indices(model, indices, shape, alpha_bar, seq, eta=0.0, seed: int = 0
     batch, rank or resumed run makes it: this equals `samplers.sample_row(eps, x_T, …, generator=g)` for
     one image on the CPU. clip_x0 (default: only for σ̂, as the official `ddpm_steps`) clamps x̂_0 to
     [−1, 1]. solver: an `ode.SOLVERS` name to run instead (deterministic; η is not used).
-    A sample with RMS above 10 (the sampler diverged) raises `OutOfRangeError` (`check_data_range`).
+    A sample with RMS above 10 (untrained, or diverged) gives an `OutOfRangeWarning` (`check_data_range`).
     """
     eta = check_eta(eta)
     device = torch.device(device) if device is not None else devices.model_device(model)
