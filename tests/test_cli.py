@@ -130,17 +130,18 @@ def test_cli_errors(tmp_path, trained, capsys):
 
 
 def test_demo_end_to_end_on_a_tiny_model(trained, tmp_path, monkeypatch, capsys):
-    """`demo`: the lab table, then DDPM 1000 vs DDIM 10/20/50 from one x_T (seed 0), scored at 16×16 and drawn in one
-    grid; its DDIM-10 FD equals that of DDIM-10 run here from the same x_T."""
+    """`demo`: the lab table, then DDPM 1000 (with a progress bar) vs DDIM 10/20/50 from one x_T (seed 0), scored at
+    16×16 and drawn in one grid; its DDIM-10 FD equals that of DDIM-10 run here from the same x_T."""
     from ddimlab import lab, pretrained, train
 
     model, config = train.load_trained(trained / "ckpt.pt")
     seen = {}
     monkeypatch.setattr(lab, "main", lambda out, **kw: seen.update(lab_out=out, **kw))
     monkeypatch.setattr(pretrained, "digits_model", lambda steps, seed, progress, threads: (model, config))
-    assert cli.main(["demo", "--out", str(tmp_path), "--n", "8", "--no-progress"]) == 0
+    assert cli.main(["demo", "--out", str(tmp_path), "--n", "8"]) == 0
     assert seen["lab_out"] == tmp_path and seen["image_d"] > 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "DDPM, 1000 steps" in err and "1000/1000" in err
     rows = [line.split() for line in out.splitlines() if line.startswith(("DDPM", "DDIM"))]
     assert [r[3] for r in rows] == ["1000", "10", "20", "50"]
     x_T = torch.randn(8, 1, config.resolution, config.resolution, generator=torch.Generator().manual_seed(0))
@@ -150,15 +151,6 @@ def test_demo_end_to_end_on_a_tiny_model(trained, tmp_path, monkeypatch, capsys)
     assert float(rows[1][5]) == pytest.approx(quality.score_digits(up)["fd"], abs=0.006)  # scored at 16×16
     assert float(rows[1][6]) > 0  # its bootstrap SE
     assert mpimg.imread(tmp_path / "digits_samplers.png").shape[:2] == (3 * (4 * 17 + 1), 3 * (8 * 17 + 1))  # at 16×16
-
-
-def test_demo_shows_the_ddpm_progress_bar(trained, tmp_path, monkeypatch, capsys):
-    from ddimlab import demo, train
-
-    model, config = train.load_trained(trained / "ckpt.pt")
-    demo.compare_samplers(model, config, 2, show_progress=True)
-    err = capsys.readouterr().err
-    assert "DDPM, 1000 steps" in err and "1000/1000" in err
 
 
 def test_demo_score_of_real_8x8_digits_equals_the_16x16_digits():
