@@ -73,7 +73,7 @@ def check_data_range(x0: torch.Tensor, alpha_bar, seq) -> torch.Tensor:
             f"images in [-1, 1] have at most 1: the model is untrained or the sampler diverged. Its first step, at "
             f"t = {t} where alpha_bar = {a:.2g}, multiplies the network's error by 1/sqrt(alpha_bar) = "
             f"{a ** -0.5:.3g}; a later start (--spacing quad or uniform) or clipping x0 (--clip, ddim and ddpm) "
-            f"avoids that", OutOfRangeWarning, stacklevel=3)
+            f"avoids that", OutOfRangeWarning, stacklevel=2)
     return x0
 
 
