@@ -327,7 +327,7 @@ def test_sample_with_the_fast_solvers(trained, tmp_path, sampler, spacing):
     assert z["samples"].shape == (2, 1, 8, 8) and np.isfinite(z["samples"]).all()
 
 
-def test_samples_that_diverged_are_written_with_a_warning(trained, tmp_path):
+def test_samples_that_diverged_are_written_with_a_warning(trained, tmp_path, capsys):
     """A cosine-schedule model (ᾱ_999 = 2.4e-9) sampled on a grid that starts at t = 999 wrote finite noise
     of RMS ~10³ and said nothing: x̂_0 divides the network's error at t = 999 by √ᾱ_999. The samples are
     what was asked for, so they are written, with one line saying they are not images and why."""
@@ -340,6 +340,11 @@ def test_samples_that_diverged_are_written_with_a_warning(trained, tmp_path):
     assert r.returncode == 0 and len(warned) == 1 and "Traceback" not in r.stderr, r.stderr
     assert "RMS above 10" in warned[0] and "t = 999" in warned[0] and "--clip" in warned[0]
     assert np.sqrt((np.load(tmp_path / "bad.npz")["samples"] ** 2).reshape(4, -1).mean(1)).min() > 10
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")     # pyproject ignores it for the suite's untrained models
+        assert cli.main(["interpolate", *args[1:5], "--spacing", "linspace", "--n", "3", "--no-progress",
+                         "--out", tmp_path / "path"]) == 0
+    assert "interpolate: warning: 3 of 3 samples" in capsys.readouterr().err
     for extra in (["--spacing", "linspace", "--clip"], ["--spacing", "quad"]):   # the two ways out it names
         with warnings.catch_warnings():
             warnings.simplefilter("error")
