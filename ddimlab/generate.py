@@ -67,10 +67,10 @@ def check_data_range(x0: torch.Tensor, alpha_bar, seq) -> torch.Tensor:
     bad = int((rms > MAX_RMS).sum())
     if bad:
         t = int(seq[0])
-        a = float(torch.as_tensor(alpha_bar, dtype=torch.float64)[t])
+        a = float(schedule.alpha_bar_at(torch.as_tensor(alpha_bar, dtype=torch.float64), t))
         warnings.warn(
-            f"{bad} of {len(rms)} samples (one batch) have an RMS above {MAX_RMS:g} (largest {float(rms.max()):.3g}), where "
-            f"images in [-1, 1] have at most 1: the model is untrained or the sampler diverged. Its first step, at "
+            f"{bad} of {len(rms)} samples (one batch) have an RMS above {MAX_RMS:g} (largest {float(rms.max()):.3g}), "
+            f"where images in [-1, 1] have at most 1: the model is untrained or the sampler diverged. Its first step, at "
             f"t = {t} where alpha_bar = {a:.2g}, multiplies the network's error by 1/sqrt(alpha_bar) = "
             f"{a ** -0.5:.3g}; a later start (--spacing quad or uniform) or clipping x0 (--clip, ddim and ddpm) "
             f"avoids that", OutOfRangeWarning, stacklevel=2)
