@@ -92,6 +92,18 @@ def sigma_of(alpha_bar: torch.Tensor) -> torch.Tensor:
     return torch.sqrt((1 - alpha_bar) / alpha_bar)
 
 
+def cosine_t_probs(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """P(t) that gives a table's training steps the noise levels of the cosine schedule (notebook 06 §3).
+
+    The cosine schedule without its offset, ᾱ(u) = cos²(uπ/2) for u ~ U(0, 1), has σ(u) = tan(uπ/2), so
+    P(σ(u) ≤ σ) = (2/π)·arctan σ. Step t takes the u whose σ(u) lies in (σ_{t−1}, σ_t] (step 0 everything
+    below σ_0, step T−1 everything above σ_{T−2}): with the linear table, 21% of draws land on t < 100 and
+    2.5% on t ≥ 800, where uniform t puts 10% and 20%. float64, shape (T,), sums to 1.
+    """
+    u = 2 / math.pi * torch.atan(sigma_of(validate_alpha_bar(alpha_bar)[:-1]))
+    return torch.diff(u, prepend=u.new_zeros(1), append=u.new_ones(1))
+
+
 def timesteps(S: int, T: int = 1000, spacing: str = "uniform") -> torch.Tensor:
     """A decreasing sub-sequence τ of {0, …, T−1} with S distinct steps (notebook 04 §4).
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -39,6 +40,7 @@ from .samplers import sample
 
 DATASETS = ("digits", "digits_rgb", "cifar10")
 LR_DECAYS = ("cosine", "none")
+T_SAMPLINGS = ("cosine", "uniform")
 
 
 @dataclass
@@ -60,6 +62,8 @@ class TrainConfig:
     # diffusion
     schedule: str = "linear"
     T: int = 1000
+    t_sampling: str = "cosine"           # training steps' t: "cosine" (the cosine schedule's noise levels on this
+                                         # table, schedule.cosine_t_probs) or "uniform" (DDPM)
     # optimisation
     steps: int = 1200
     batch_size: int = 128                # global batch, split across DDP ranks
@@ -90,7 +94,7 @@ PRESETS: dict[str, dict] = {
     "cifar10": dict(
         dataset="cifar10", resolution=32, hflip=True,
         ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1, num_groups=32,
-        steps=800_000, batch_size=128, lr=2e-4, warmup=5000, lr_decay="none", grad_clip=1.0,
+        t_sampling="uniform", steps=800_000, batch_size=128, lr=2e-4, warmup=5000, lr_decay="none", grad_clip=1.0,
         ema_decay=0.9999, ema_warmup=False,
         out="runs/cifar10", log_every=100, ckpt_every=10_000, sample_every=10_000, n_samples=64,
     ),
@@ -191,6 +195,8 @@ def validate_config(c: TrainConfig) -> TrainConfig:
         raise ValueError(f"dropout must be in [0, 1), got {c.dropout}")
     if c.lr_decay not in LR_DECAYS:
         raise ValueError(f"lr_decay must be one of {LR_DECAYS}, got {c.lr_decay!r}")
+    if c.t_sampling not in T_SAMPLINGS:
+        raise ValueError(f"t_sampling must be one of {T_SAMPLINGS}, got {c.t_sampling!r}")
     if c.schedule not in schedule.SCHEDULES:
         raise ValueError(f"schedule must be one of {schedule.SCHEDULES}, got {c.schedule!r}")
     if c.sample_steps > c.T:
@@ -200,9 +206,9 @@ def validate_config(c: TrainConfig) -> TrainConfig:
 
 def config_from_dict(d: dict) -> TrainConfig:
     """Rebuild a TrainConfig saved with `dataclasses.asdict` (lists back to tuples, unknown keys dropped).
-    A config saved before `lr_decay` existed trained with a constant rate."""
+    A config saved before `lr_decay` (`t_sampling`) existed trained with a constant rate (uniform t)."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    d = {"lr_decay": "none", **d}
+    d = {"lr_decay": "none", "t_sampling": "uniform", **d}
     return TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
 
 
@@ -226,18 +232,28 @@ def get_batch(images: torch.Tensor, step: int, config: TrainConfig, gen: torch.G
     """This process's slice of training step `step`'s global batch: (x_0 in [−1, 1], t, ε) (notebook 06 §3).
 
     The images are `data.batch_indices` (a per-epoch permutation seeded by (seed, epoch), so the data
-    order is a function of the step); t ~ U{0..T−1}, ε ~ N(0, I) and the flips (when config.hflip) are
-    drawn from `gen` for the whole global batch on every rank and then sliced, so N ranks compute the
-    gradient of the batch one process would.
+    order is a function of the step); t (uniform on {0..T−1}, or with `schedule.cosine_t_probs` as
+    config.t_sampling says), ε ~ N(0, I) and the flips (when config.hflip) are drawn from `gen` for the
+    whole global batch on every rank and then sliced, so N ranks compute the gradient of the batch one
+    process would.
     """
     B, dev = config.batch_size, images.device
     x0 = data.to_model_range(images[data.batch_indices(images.shape[0], B, step, config.seed).to(dev)[local]])
-    t = torch.randint(0, config.T, (B,), generator=gen, device=dev)[local]
+    if config.t_sampling == "cosine":
+        t = torch.multinomial(_cosine_t_probs(config.schedule, config.T, dev), B, replacement=True, generator=gen)
+    else:
+        t = torch.randint(0, config.T, (B,), generator=gen, device=dev)
+    t = t[local]
     eps = torch.randn((B, *images.shape[1:]), generator=gen, device=dev)[local]
     if config.hflip:
         flip = (torch.rand(B, generator=gen, device=dev) < 0.5)[local]
         x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
     return x0, t, eps
+
+
+@functools.lru_cache(maxsize=4)
+def _cosine_t_probs(schedule_name: str, T: int, device: torch.device) -> torch.Tensor:
+    return schedule.cosine_t_probs(schedule.make_alpha_bar(schedule_name, T)).float().to(device)
 
 
 @torch.no_grad()

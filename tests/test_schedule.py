@@ -166,3 +166,33 @@ def test_validate_alpha_bar():
                 torch.tensor([0.9, float("inf")])):
         with pytest.raises(ValueError, match="alpha_bar"):
             schedule.validate_alpha_bar(bad)
+
+
+def _draws_at_cosine_levels(table: torch.Tensor, n: int) -> torch.Tensor:
+    """Monte Carlo, independent of the arctan formula: u ~ U(0, 1), ᾱ = cos²(uπ/2), and the step whose cell
+    [ᾱ_t, ᾱ_{t−1}) holds that ᾱ (the count of table entries above it, the last step taking the rest)."""
+    u = torch.rand(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ab = torch.cos(u * math.pi / 2) ** 2
+    above = table.numel() - torch.searchsorted(table.flip(0), ab, right=True)
+    return above.clamp(max=table.numel() - 1)
+
+
+def test_cosine_t_probs_give_the_cosine_schedules_noise_levels():
+    """Frequencies of 2·10⁵ draws in 20 blocks of 50 steps, each within 5 binomial standard errors; the
+    same check on a wrong density (sech λ instead of sech(λ/2): arctan σ² for arctan σ) fails."""
+    table, n = make_alpha_bar("linear", 1000), 200_000
+    counts = _draws_at_cosine_levels(table, n).bincount(minlength=1000).reshape(20, 50).sum(1) / n
+    p = schedule.cosine_t_probs(table)
+    assert p.dtype == torch.float64 and p.shape == (1000,) and bool((p > 0).all())
+    assert float(p.sum()) == pytest.approx(1, abs=1e-12)
+
+    def within(q):
+        q = q.reshape(20, 50).sum(1)
+        return bool(((counts - q).abs() <= 5 * (q * (1 - q) / n).sqrt() + 1e-12).all())
+
+    assert within(p)
+    sigma = schedule.sigma_of(table[:-1])
+    u_wrong = 2 / math.pi * torch.atan(sigma ** 2)
+    assert not within(torch.diff(u_wrong, prepend=u_wrong.new_zeros(1), append=u_wrong.new_ones(1)))
+    # the numbers the docstring gives for the linear table
+    assert (round(float(p[:100].sum()), 3), round(float(p[800:].sum()), 3)) == (0.208, 0.025)

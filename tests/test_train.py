@@ -46,6 +46,7 @@ def test_make_config_parses_cli_strings():
     (["hflip=maybe"], "hflip must be a boolean"),
     (["ema_decay=1.0"], "ema_decay must be in"),
     (["dataset=mnist"], "dataset must be one of"),
+    (["t_sampling=lognormal"], "t_sampling must be one of"),
     (["lr"], "key=value"),
 ])
 def test_make_config_rejects_bad_values(overrides, match):
@@ -83,6 +84,26 @@ def test_cosine_decay_after_warm_up():
     with pytest.raises(ValueError, match="lr_decay must be one of"):
         tr.make_config("digits", {"lr_decay": "step"})
 
+
+def test_training_steps_are_drawn_as_t_sampling_says(tmp_path):
+    """The digits preset draws t with the cosine schedule's noise levels, the cifar10 preset (DDPM) uniformly:
+    frequencies of 400 batches of 128 in 10 blocks of 100 steps, each within 5 binomial standard errors of
+    `schedule.cosine_t_probs` (tested against Monte Carlo in test_schedule) or of 1/10. A config saved before
+    the field existed drew t uniformly."""
+    from ddimlab import schedule
+    images = torch.zeros(128, 1, 8, 8, dtype=torch.uint8)
+    cosine = tr.make_config("digits")
+    uniform = dataclasses.replace(cosine, t_sampling="uniform")
+    assert (cosine.t_sampling, tr.make_config("cifar10").t_sampling) == ("cosine", "uniform")
+    for c, p in ((cosine, schedule.cosine_t_probs(schedule.make_alpha_bar("linear", 1000))),
+                 (uniform, torch.full((1000,), 1e-3, dtype=torch.float64))):
+        gen = torch.Generator().manual_seed(0)
+        t = torch.cat([tr.get_batch(images, step, c, gen)[1] for step in range(400)])
+        freq = t.bincount(minlength=1000).reshape(10, 100).sum(1) / t.numel()
+        q = p.reshape(10, 100).sum(1)
+        assert ((freq - q).abs() <= 5 * (q * (1 - q) / t.numel()).sqrt()).all(), (c.t_sampling, freq, q)
+    saved = {k: v for k, v in dataclasses.asdict(cosine).items() if k != "t_sampling"}
+    assert tr.config_from_dict(saved).t_sampling == "uniform"
 
 
 # --------------------------------------------------------------------------- training
