@@ -59,9 +59,9 @@ def check_data_range(x0: torch.Tensor, alpha_bar, seq) -> torch.Tensor:
     sampler diverged: a first network call at a ᾱ so small that x̂_0 = (x − √(1−ᾱ) ε̂)/√ᾱ multiplies the
     network's error by 1/√ᾱ. A cosine-schedule model (ᾱ_999 = 2.4e-9) on a grid that starts at t = 999
     ended at RMS 133 to 3·10⁴ (README, "The digits model"). The bound leaves room for poor but working
-    settings: on the linear-schedule digits model the largest of 1000 samples is 2.2 for DPM-Solver++(3M)
-    with 10 `linspace` steps, and 64 samples of each other solver and grid stay at 1.1 or less. It lets
-    milder failures through (iPNDM on the cosine model's `karras` grid: 5.1).
+    settings: on the linear-schedule digits model (trained with uniform t) the largest of 1000 samples is 2.2
+    for DPM-Solver++(3M) with 10 `linspace` steps, and 64 samples of each other solver and grid stay at 1.1 or
+    less. It lets milder failures through (iPNDM on the cosine model's `karras` grid: 5.1).
     """
     rms = x0.detach().float().flatten(1).pow(2).mean(1).sqrt()
     bad = int((rms > MAX_RMS).sum())

@@ -1,7 +1,8 @@
 """Train an ε-prediction UNet with L_simple: the DDPM recipe in one file (notebook 06 §3–§4).
 
     L_simple = E_{x_0, t ~ U{0..T−1}, ε ~ N(0, I)} ‖ε − ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)‖²   (DDPM eq. 14,
-    `elbo.l_simple`, derived in notebook 02 §6)
+    `elbo.l_simple`, derived in notebook 02 §6; the `digits` preset draws t at the cosine schedule's noise
+    levels instead, `schedule.cosine_t_probs`, notebook 06 §3)
 
 `TrainConfig` holds every knob and `PRESETS` the DDPM CIFAR-10 recipe (`cifar10`) and a small CPU model
 on scikit-learn's digits (`digits`). `train(config)` runs Adam with warm-up, grad-norm clipping and an EMA
@@ -100,10 +101,10 @@ PRESETS: dict[str, dict] = {
     ),
     # The digits at their native 8×8 (scikit-learn's originals; the 16×16 set is a bilinear resize of them,
     # so nothing is lost), on a 2-core CPU: the TrainConfig defaults, a 0.7M-parameter UNet (ch 32, ch_mult
-    # (1, 2), attention at 4×4), batch 128, Adam 4e-3 with cosine decay, 1200 steps (0.17–0.27 s/step here,
-    # 4 to 5 min, on two threads; about 0.36 s on one). The step count is the demo's time budget; what it costs
-    # against 2000 steps, the other recipes tried and why the better-scoring cosine noise schedule is not used:
-    # README, "The digits model".
+    # (1, 2), attention at 4×4), batch 128, Adam 4e-3 with cosine decay, training steps drawn at the cosine
+    # schedule's noise levels on the linear table (t_sampling), 1200 steps (0.17–0.27 s/step here, 4 to 5 min, on
+    # two threads; about 0.36 s on one). The step count is the demo's time budget; what it costs against 2000
+    # steps, the other recipes tried and why the cosine noise schedule itself is not used: README, "The digits model".
     "digits": dict(),
 }
 
