@@ -178,21 +178,25 @@ def _draws_at_cosine_levels(table: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def test_cosine_t_probs_give_the_cosine_schedules_noise_levels():
-    """Frequencies of 2·10⁵ draws in 20 blocks of 50 steps, each within 5 binomial standard errors; the
-    same check on a wrong density (sech λ instead of sech(λ/2): arctan σ² for arctan σ) fails."""
+    """Frequencies of 2·10⁵ draws in 20 blocks of 50 steps and at steps 0, 1 and T−1, each within 5 binomial
+    standard errors; the same check fails on a wrong distribution function (arctan σ² for arctan σ) and on
+    levels rounded down to the next cleaner step instead of up (the blocks alone would not see that)."""
     table, n = make_alpha_bar("linear", 1000), 200_000
-    counts = _draws_at_cosine_levels(table, n).bincount(minlength=1000).reshape(20, 50).sum(1) / n
+    pick = lambda p: torch.cat([p.reshape(20, 50).sum(1), p[[0, 1, -1]]])  # noqa: E731
+    freq = pick(_draws_at_cosine_levels(table, n).bincount(minlength=1000) / n)
     p = schedule.cosine_t_probs(table)
     assert p.dtype == torch.float64 and p.shape == (1000,) and bool((p > 0).all())
     assert float(p.sum()) == pytest.approx(1, abs=1e-12)
 
     def within(q):
-        q = q.reshape(20, 50).sum(1)
-        return bool(((counts - q).abs() <= 5 * (q * (1 - q) / n).sqrt() + 1e-12).all())
+        q = pick(q)
+        return bool(((freq - q).abs() <= 5 * (q * (1 - q) / n).sqrt()).all())
 
+    pad = lambda u: torch.diff(u, prepend=u.new_zeros(1), append=u.new_ones(1))  # noqa: E731
+    u_all = 2 / math.pi * torch.atan(schedule.sigma_of(table))
     assert within(p)
-    sigma = schedule.sigma_of(table[:-1])
-    u_wrong = 2 / math.pi * torch.atan(sigma ** 2)
-    assert not within(torch.diff(u_wrong, prepend=u_wrong.new_zeros(1), append=u_wrong.new_ones(1)))
-    # the numbers the docstring gives for the linear table
+    assert not within(pad(2 / math.pi * torch.atan(schedule.sigma_of(table[:-1]) ** 2)))
+    assert not within(pad(u_all[1:]))
+    # the numbers the docstring and notebook 06 §3 give for the linear table
     assert (round(float(p[:100].sum()), 3), round(float(p[800:].sum()), 3)) == (0.208, 0.025)
+    assert [round(1000 * float(p[k]), 2) for k in (0, 1, 998, 999)] == [6.37, 3.07, 0.04, 4.09]
