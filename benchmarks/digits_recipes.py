@@ -1,0 +1,116 @@
+"""Training recipes for the demo's digits model, compared on one measure (README, "The digits model").
+
+Each recipe is the `digits` preset with some fields changed. It is trained once per seed through
+`pretrained.digits_model` (cached as the demo's model is: `preset` with the demo's thread count *is* the demo's
+model), then sampled with DDIM-S (η = 0, the demo's `uniform` grid) from fixed x_T, `--n` samples for each of
+`--x-seeds`, and scored as the demo scores (`demo.as_scored`): the share the digits classifier labels with
+confidence ≥ 0.9, with its binomial standard error, and the digits FD of each x_T set.
+
+Each recipe is compared with the first, in confident share (over the samples) and in mean FD (over the x_T
+sets, whose spread gives its standard error): paired when both draw the same x_T (same resolution and seeds),
+otherwise as independent samples (`difference`).
+
+    python benchmarks/digits_recipes.py        # the preset against the former 16×16 preset (about 30 min once)
+    python benchmarks/digits_recipes.py --recipes preset uniform-t 2000-steps --seeds 0 1
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+
+from ddimlab import demo, pretrained, quality, samplers, schedule
+from ddimlab.checkpoint import eps_fn
+
+RECIPES = {
+    "preset": {},
+    "uniform-t": dict(t_sampling="uniform"),          # DDPM's uniform training steps
+    "2000-steps": dict(steps=2000),
+    # The preset until issue #12 (item 16): the README table that issue measured against came from it.
+    "former-16x16": dict(resolution=16, ch_mult=(1, 2, 2), attn_resolutions=(8,), batch_size=64, lr=2e-3,
+                         lr_decay="none", t_sampling="uniform", steps=3000),
+}
+
+
+def difference(a: torch.Tensor, b: torch.Tensor, paired: bool) -> tuple[float, float]:
+    """(mean of a − mean of b, its standard error): per-sample differences when `paired` (a[i] and b[i] come from
+    the same x_T), else the two means' independent errors combined."""
+    if paired:
+        d = a - b
+        return float(d.mean()), float(d.std() / math.sqrt(len(d)))
+    return float(a.mean() - b.mean()), math.sqrt(float(a.var() / len(a) + b.var() / len(b)))
+
+
+@torch.no_grad()
+def evaluate(model, config, S: int, n: int, x_seeds) -> tuple[torch.Tensor, list[float]]:
+    """(1.0 where the classifier's confidence is ≥ 0.9, else 0.0, for every sample; the FD of each x_T set)."""
+    eps, ab = eps_fn(model), schedule.make_alpha_bar(config.schedule, config.T)
+    confident, fds = [], []
+    for s in x_seeds:
+        x_T = torch.randn(n, model.config["in_ch"], config.resolution, config.resolution,
+                          generator=torch.Generator().manual_seed(s))
+        x = demo.as_scored(samplers.ddim_sample(eps, x_T, ab, schedule.timesteps(S, config.T, "uniform")))
+        confident.append((quality.classify(x)[1] >= 0.9).double())
+        fds.append(quality.digits_fd(x))
+    return torch.cat(confident), fds
+
+
+def verdict(d: float, se: float) -> str:
+    if math.isnan(se):
+        return "no standard error from a single value"
+    z = abs(d) / se if se > 0 else (math.inf if d else 0.0)
+    return "beyond 3 SE" if z > 3 else "not told apart" if z < 2 else "unresolved (2 to 3 SE)"
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=["preset", "former-16x16"],
+                   help="recipes to compare; the first is the baseline (default: preset former-16x16)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds (default: 0)")
+    p.add_argument("--S", nargs="+", type=int, default=[10, 20], help="DDIM step counts (default: 10 20)")
+    p.add_argument("--n", type=int, default=1000, help="samples per x_T set (default: 1000)")
+    p.add_argument("--x-seeds", nargs="+", type=int, default=[10, 11, 12], help="x_T seeds (default: 10 11 12)")
+    p.add_argument("--threads", type=int, default=demo.TRAIN_THREADS,
+                   help=f"training threads, part of each model's cache key (default: {demo.TRAIN_THREADS}, the demo's)")
+    p.add_argument("--steps", type=int, default=None, help="train every recipe this many steps (default: its own)")
+    p.add_argument("--cache", default=None, help="model cache folder (default: $DDIMLAB_CACHE, as the demo)")
+    args = p.parse_args(argv)
+
+    results, resolution = {}, {}
+    for name in args.recipes:
+        overrides = dict(RECIPES[name])
+        steps = args.steps or overrides.pop("steps", None)
+        overrides.pop("steps", None)
+        for seed in args.seeds:
+            print(f"{name}, seed {seed}: training or loading from the cache", flush=True)
+            model, config = pretrained.digits_model(steps, seed=seed, cache_dir=args.cache, overrides=overrides,
+                                                    threads=args.threads)
+            resolution[name] = config.resolution
+            torch.set_num_threads(args.threads)
+            for S in args.S:
+                results[name, seed, S] = evaluate(model, config, S, args.n, args.x_seeds)
+                conf, fds = results[name, seed, S]
+                print(f"  DDIM-{S}: confident {conf.mean():.3f} ± {conf.std() / math.sqrt(len(conf)):.3f} "
+                      f"(n = {len(conf)}), FD of each x_T set {', '.join(f'{f:.2f}' for f in fds)}", flush=True)
+
+    base = args.recipes[0]
+    print(f"\neach recipe minus {base}, training seeds {args.seeds} pooled: the confident share (over the samples) "
+          f"and the mean FD (over the x_T sets)")
+    diffs = {}
+    for name in args.recipes[1:]:
+        paired = resolution[name] == resolution[base]
+        how = "paired" if paired else "independent"
+        for S in args.S:
+            for i, measure in ((0, "confident"), (1, "FD")):
+                a, b = (torch.cat([torch.as_tensor(results[r, s, S][i], dtype=torch.float64) for s in args.seeds])
+                        for r in (name, base))
+                diffs[name, S, measure] = d, se = difference(a, b, paired)
+                digits = 3 if i == 0 else 2
+                print(f"  DDIM-{S} {measure}: {name} {a.mean():.{digits}f} - {base} {b.mean():.{digits}f} = "
+                      f"{d:+.{digits}f} ± {se:.{digits}f} ({how}; {verdict(d, se)})")
+    return dict(results=results, differences=diffs)
+
+
+if __name__ == "__main__":
+    main()
