@@ -134,6 +134,17 @@ def test_make_clean_keeps_outputs():
     assert _make_dry_run("clean-outputs") == ["rm -rf outputs"]
 
 
+def test_make_test_runs_notebook_06_first_then_the_tests_then_every_other_notebook_once():
+    """Notebook 06 trains the model notebooks 07 and 08 load: first in the order that xdist keeps as given."""
+    [cmd] = [shlex.split(line) for line in "\n".join(_make_dry_run("test")).replace("\\\n", " ").splitlines()
+             if "pytest" in line]
+    assert "--no-loadscope-reorder" in cmd and "loadfile" in cmd
+    paths = [a for a in cmd if a == "tests" or a.endswith(".ipynb")]
+    notebooks = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert paths[:2] == ["notebooks/06_training_an_image_model.ipynb", "tests"], paths
+    assert sorted(paths[2:]) == [nb for nb in notebooks if not nb.startswith("notebooks/06")], paths
+
+
 def test_make_install_says_when_torch_changed(tmp_path):
     """With a built .venv (stamp newer than pyproject.toml) `make install` runs no pip, only the TORCH check."""
     venv = tmp_path / "venv"
