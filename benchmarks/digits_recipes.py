@@ -80,8 +80,8 @@ def main(argv=None) -> dict:
     results, resolution = {}, {}
     for name in args.recipes:
         overrides = dict(RECIPES[name])
-        steps = args.steps or overrides.pop("steps", None)
-        overrides.pop("steps", None)
+        own_steps = overrides.pop("steps", None)                # None: the preset's
+        steps = args.steps or own_steps
         for seed in args.seeds:
             print(f"{name}, seed {seed}: training or loading from the cache", flush=True)
             model, config = pretrained.digits_model(steps, seed=seed, cache_dir=args.cache, overrides=overrides,
