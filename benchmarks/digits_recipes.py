@@ -4,13 +4,14 @@ Each recipe is the `digits` preset with some fields changed. It is trained once 
 `pretrained.digits_model` (cached as the demo's model is: `preset` with the demo's thread count *is* the demo's
 model), then sampled with DDIM-S (η = 0, the demo's `uniform` grid) from fixed x_T, `--n` samples for each of
 `--x-seeds`, and scored as the demo scores (`demo.as_scored`): the share the digits classifier labels with
-confidence ≥ 0.9, with its binomial standard error, and the digits FD of each x_T set.
+confidence ≥ 0.9, with its binomial standard error, and the digits FD and digits drawn of each x_T set.
 
 Each recipe is compared with the first, in confident share (over the samples) and in mean FD (over the x_T
 sets, whose spread gives its standard error): paired when both draw the same x_T (same resolution and seeds),
 otherwise as independent samples (`difference`).
 
     python benchmarks/digits_recipes.py        # the preset against the former 16×16 preset (about 30 min once)
+    python benchmarks/digits_recipes.py --seeds 0 1        # the README's run (about an hour once)
     python benchmarks/digits_recipes.py --recipes preset uniform-t 2000-steps --seeds 0 1
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ RECIPES = {
     "preset": {},
     "uniform-t": dict(t_sampling="uniform"),          # DDPM's uniform training steps
     "2000-steps": dict(steps=2000),
-    # The preset until issue #12 (item 16): the README table that issue measured against came from it.
+    # The preset before this one (until December 2026), whose README table set the bar for a faster recipe.
     "former-16x16": dict(resolution=16, ch_mult=(1, 2, 2), attn_resolutions=(8,), batch_size=64, lr=2e-3,
                          lr_decay="none", t_sampling="uniform", steps=3000),
 }
@@ -43,17 +44,20 @@ def difference(a: torch.Tensor, b: torch.Tensor, paired: bool) -> tuple[float, f
 
 
 @torch.no_grad()
-def evaluate(model, config, S: int, n: int, x_seeds) -> tuple[torch.Tensor, list[float]]:
-    """(1.0 where the classifier's confidence is ≥ 0.9, else 0.0, for every sample; the FD of each x_T set)."""
+def evaluate(model, config, S: int, n: int, x_seeds) -> tuple[torch.Tensor, list[float], list[int]]:
+    """(1.0 where the classifier's confidence is ≥ 0.9, else 0.0, for every sample; the FD of each x_T set; the
+    digits drawn with confidence ≥ 0.9 in each x_T set, as the demo's table counts them)."""
     eps, ab = eps_fn(model), schedule.make_alpha_bar(config.schedule, config.T)
-    confident, fds = [], []
+    confident, fds, drawn = [], [], []
     for s in x_seeds:
         x_T = torch.randn(n, model.config["in_ch"], config.resolution, config.resolution,
                           generator=torch.Generator().manual_seed(s))
         x = demo.as_scored(samplers.ddim_sample(eps, x_T, ab, schedule.timesteps(S, config.T, "uniform")))
-        confident.append((quality.classify(x)[1] >= 0.9).double())
+        pred, conf = quality.classify(x)
+        confident.append((conf >= 0.9).double())
+        drawn.append(len(pred[conf >= 0.9].unique()))
         fds.append(quality.digits_fd(x))
-    return torch.cat(confident), fds
+    return torch.cat(confident), fds, drawn
 
 
 def verdict(d: float, se: float) -> str:
@@ -90,9 +94,10 @@ def main(argv=None) -> dict:
             torch.set_num_threads(args.threads)
             for S in args.S:
                 results[name, seed, S] = evaluate(model, config, S, args.n, args.x_seeds)
-                conf, fds = results[name, seed, S]
+                conf, fds, drawn = results[name, seed, S]
                 print(f"  DDIM-{S}: confident {conf.mean():.3f} ± {conf.std() / math.sqrt(len(conf)):.3f} "
-                      f"(n = {len(conf)}), FD of each x_T set {', '.join(f'{f:.2f}' for f in fds)}", flush=True)
+                      f"(n = {len(conf)}); each x_T set's FD {', '.join(f'{f:.2f}' for f in fds)} and digits drawn "
+                      f"{', '.join(map(str, drawn))}", flush=True)
 
     base = args.recipes[0]
     print(f"\neach recipe minus {base}, training seeds {args.seeds} pooled: the confident share (over the samples) "
