@@ -1,5 +1,7 @@
 # Two commands for a fresh clone:  `make demo` (the main job) and `make test` (the suite + notebooks).
-# Both build .venv once and reuse it (`make clean` removes it; the next command rebuilds it).
+# Both build .venv once and reuse it (`make clean` removes it; the next command rebuilds it): torch and the package,
+# then, once each, the extra that a target needs (test: the `test` extra; jupyter, notebooks: `notebooks`; bench,
+# gpu-check: `bench`). The demo needs no extra.
 # TORCH is passed to `pip install` unchanged, before the package. Its default, torch==2.13.0 from PyPI,
 # is PyPI's default build: the CUDA 13.0 build on Linux (several GB with its nvidia-* wheels), the CPU build
 # on macOS and Windows. CPU only on any OS:
@@ -25,8 +27,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[notebooks,test]"
+	$(BIN)/pip install -q -e .
 	echo '$(TORCH)' > $@
+
+# One optional-dependency group of pyproject.toml, installed once (again after pyproject.toml changes).
+$(VENV)/.extra-%: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[$*]"
+	touch $@
 
 demo: install          ## main job: exact-score Table 1, then train digits on CPU and sample
 	$(BIN)/python -m ddimlab demo --out outputs/demo
@@ -38,17 +45,17 @@ lab: install           ## only the exact-score lab tables and figure
 # Notebook 06 goes first: it trains the model that notebooks 07 and 08 load (about 220 s on one thread), which then
 # overlaps the unit tests on the other worker instead of making notebook 07 or 08 wait on the model's lock.
 FIRST_NB = notebooks/06_training_an_image_model.ipynb
-test: install lint     ## lint, unit tests and every notebook under nbval
+test: install lint $(VENV)/.extra-test ## lint, unit tests and every notebook under nbval
 	$(NBENV) $(BIN)/pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder $(FIRST_NB) tests \
 	  $(filter-out $(FIRST_NB),$(wildcard notebooks/[0-9][0-9]_*.ipynb)) $(NBVAL) -p no:cacheprovider
 
-test-fast: install
+test-fast: install $(VENV)/.extra-test
 	$(BIN)/pytest tests -m "not slow" -p no:cacheprovider
 
-lint: install          ## ruff, with the rules in pyproject.toml
+lint: install $(VENV)/.extra-test ## ruff, with the rules in pyproject.toml
 	$(BIN)/ruff check ddimlab tests benchmarks docs
 
-notebooks: install     ## re-execute every notebook in place (then `make test` compares them)
+notebooks: install $(VENV)/.extra-notebooks ## re-execute every notebook in place (then `make test` compares them)
 	cd notebooks && for nb in [0-9][0-9]_*.ipynb; do \
 	  echo "executing $$nb"; \
 	  $(NBENV) ../$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
@@ -57,16 +64,14 @@ notebooks: install     ## re-execute every notebook in place (then `make test` c
 
 # Jupyter refuses to start as root (the usual user in containers) unless given --allow-root.
 # In a container, also make it reachable: make jupyter JUPYTER_ARGS="--ip=0.0.0.0 --no-browser"
-jupyter: install       ## open the notebooks in JupyterLab
+jupyter: install $(VENV)/.extra-notebooks ## open the notebooks in JupyterLab
 	$(BIN)/jupyter lab $(if $(filter 0,$(USER_ID)),--allow-root) $(JUPYTER_ARGS) notebooks/
 
-bench: install         ## benchmarks against diffusers (the `bench` extra)
-	$(BIN)/pip install -q -e ".[bench]"
+bench: install $(VENV)/.extra-bench ## benchmarks against diffusers (the `bench` extra)
 	$(BIN)/python benchmarks/bench_samplers.py
 	$(BIN)/python benchmarks/bench_unet.py
 
-gpu-check: install     ## on a lent GPU: UNet speed (eager, compiled), bf16 training + resume, DDIM-50 sampling
-	$(BIN)/pip install -q -e ".[bench]"
+gpu-check: install $(VENV)/.extra-bench ## on a lent GPU: UNet speed (eager, compiled), bf16 training + resume, DDIM-50 sampling
 	$(BIN)/python benchmarks/gpu_check.py
 
 clean:                 ## remove .venv and build files (keeps outputs/)

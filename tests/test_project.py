@@ -107,6 +107,17 @@ def test_make_install_passes_torch_to_pip_unchanged(torch):
     assert sum("--index-url" in line for line in lines if "pip install" in line) == ("--index-url" in torch)
 
 
+@pytest.mark.parametrize("target,extra", [("demo", None), ("lab", None), ("test", "test"), ("test-fast", "test"),
+                                          ("notebooks", "notebooks"), ("jupyter", "notebooks"), ("bench", "bench"),
+                                          ("gpu-check", "bench")])
+def test_make_installs_only_the_extra_a_target_needs(target, extra):
+    """The main job installs torch and the package, nothing else; other targets add their extra once."""
+    installs = [shlex.split(line)[3:] for line in _make_dry_run(target) if line.startswith(f"{NO_VENV}/bin/pip install")]
+    packages = [argv[-1] for argv in installs if argv[0] == "-e"]
+    assert packages == ["."] + ([f".[{extra}]"] if extra else []), installs
+    assert extra is None or extra in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+
 def test_make_default_torch_is_the_readme_pin():
     """The default is PyPI's torch==X (CUDA on Linux); the README's CPU-only command pins the same X."""
     default = _torch_pip_line(_make_dry_run("install"))[3:]
