@@ -207,12 +207,14 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, a_t, a_s, eta: float = 0.0,
         eps = predict_eps(x_t, x0, a_t)
     sigma = ddim_sigma(a_t, a_s, eta)
     check_sigma(a_t, a_s, sigma)
-    as_, sg = bcast(a_s, x_t), bcast(sigma, x_t)
-    x_s = as_.sqrt() * x0 + (1 - as_ - sg ** 2).clamp_min(0).sqrt() * eps
+    # 1 − ᾱ_s − σ² cancels on the last steps when η > 0 (8.5e-8 on DDPM's t = 100 → 0 with η = 1, where float32
+    # gives 1.0e-7): formed in float64 and only then cast to x's dtype
+    a_s64, sg64 = (torch.as_tensor(a, dtype=torch.float64) for a in (a_s, sigma))
+    x_s = bcast(a_s, x_t).sqrt() * x0 + bcast((1 - a_s64 - sg64 ** 2).clamp_min(0).sqrt(), x_t) * eps
     if eta > 0:
         if noise is None:
             raise ValueError("ddim_step with eta > 0 needs `noise`")
-        x_s = x_s + sg * noise
+        x_s = x_s + bcast(sigma, x_t) * noise
     return x_s, x0
 
 

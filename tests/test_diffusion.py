@@ -132,6 +132,22 @@ def test_eta_one_consecutive_is_ddpm_posterior(t):
     torch.testing.assert_close(posterior_mean(x0, x_t, a_t, a_s), mu, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("t,s", [(100, 0), (50, 0), (20, 10)])
+def test_float32_step_with_eta_one_keeps_float32_precision_on_the_last_steps(t, s):
+    """x in float32, ᾱ as Python floats (as the samplers pass them): DDIM(η = 1) equals the DDPM posterior mean
+    μ̃ + σ z, written out in float64, to float32 rounding. 1 − ᾱ_s − σ² cancels there (8.5e-8 for 100 → 0):
+    formed in float32 it is 1.0e-7, its root 9% too large, and the step off by 3e-5 |ε|."""
+    a_t, a_s = float(alpha_bar_at(AB, t)), float(alpha_bar_at(AB, s))
+    gen = torch.Generator().manual_seed(t)
+    x_t, eps, z = (torch.randn(4096, generator=gen, dtype=F64) for _ in range(3))
+    x0 = (x_t - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+    mu = math.sqrt(a_s) * (1 - a_t / a_s) / (1 - a_t) * x0 + math.sqrt(a_t / a_s) * (1 - a_s) / (1 - a_t) * x_t
+    sigma = math.sqrt((1 - a_s) / (1 - a_t) * (1 - a_t / a_s))
+    x_s, _ = ddim_step(x_t.float(), eps.float(), a_t, a_s, eta=1.0, noise=z.float())
+    # float32 rounding of x_t, ε and the few products: a few ulps of |x̂_0| ≈ 4
+    assert float((x_s.double() - (mu + sigma * z)).abs().max()) < 3e-6
+
+
 def test_eta_zero_is_deterministic_and_sigma_scales_with_eta():
     a_t, a_s = alpha_bar_at(AB, 500), alpha_bar_at(AB, 300)
     assert float(ddim_sigma(a_t, a_s, 0.0)) == 0.0
