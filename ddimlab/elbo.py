@@ -213,7 +213,7 @@ def elbo(eps_model, x0: torch.Tensor, alpha_bar, **kwargs) -> torch.Tensor:
 
 
 def bits_per_dim(eps_model, x0: torch.Tensor, alpha_bar, **kwargs) -> torch.Tensor:
-    """Negative ELBO in bits per dimension, shape (B,) (DDPM Table 2's NLL column): `elbo_terms(...)["bpd"]`."""
+    """Negative ELBO in bits per dimension, shape (B,) (DDPM Table 1's NLL column): `elbo_terms(...)["bpd"]`."""
     return elbo_terms(eps_model, x0, alpha_bar, **kwargs)["bpd"]
 
 
