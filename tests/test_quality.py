@@ -177,6 +177,28 @@ def test_damaged_cache_file_is_replaced(tmp_path, monkeypatch):
     quality._LOADED.clear()
 
 
+@pytest.mark.slow
+def test_cached_classifier_does_not_depend_on_the_callers_thread_count(tmp_path):
+    """The first process to need the classifier trains and caches it; one on 2 threads and one on 1 thread must
+    cache the same weights and real-digit statistics (on the caller's threads they differed: the file, and every
+    score computed with it, depended on which process came first)."""
+    saved = torch.get_num_threads()
+    blobs = []
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            quality._LOADED.clear()
+            _, info = quality.load_classifier(8, directory=tmp_path / str(threads))
+            assert torch.get_num_threads() == threads             # the caller's setting is restored
+            blobs.append(torch.load(info["path"], weights_only=True))
+    finally:
+        torch.set_num_threads(saved)
+        quality._LOADED.clear()
+    a, b = blobs
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert torch.equal(a["real_mu"], b["real_mu"]) and torch.equal(a["real_cov"], b["real_cov"])
+
+
 def test_training_works_inside_no_grad():
     """First use often comes from a sampler's no_grad block: training must still learn (same weights)."""
     with torch.no_grad():
