@@ -125,8 +125,10 @@ def karras_timesteps(S: int, alpha_bar: torch.Tensor, rho: float = 7.0, t_max: i
                      t_min: int = 0) -> torch.Tensor:
     """Integer steps whose σ follow Karras et al. (2022, eq. 5): σ_i^{1/ρ} uniform from σ(t_max) to σ(t_min) (notebook 08 §5).
 
-    ρ = 7 is EDM's choice (more steps at low noise than λ-uniform steps, which are the limit ρ → ∞). Each σ_i
-    is mapped to the nearest integer step; repeats are kept once, so the result can be shorter than S.
+    ρ = 7 is EDM's choice. ρ = 1 is uniform in σ and ρ → ∞ uniform in log σ (λ-uniform); in between, the steps in
+    log σ grow towards low noise (d log σ = ρ dv / v with v = σ^{1/ρ}), so ρ = 7 puts more steps at low noise than
+    uniform σ and fewer than λ-uniform. Each σ_i is mapped to the nearest integer step; repeats are kept once, so
+    the result can be shorter than S.
     """
     alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64)
     T = alpha_bar.shape[0]
@@ -469,7 +471,7 @@ def adams_coefficients(k: int, implicit: bool = False) -> list[float]:
     (Adams–Bashforth, explicit) or u = 1, 0, …, −(k−2) (Adams–Moulton, with the new point first).
 
     k = 2: 3/2, −1/2; k = 3: 23/12, −16/12, 5/12; k = 4: 55/24, −59/24, 37/24, −9/24 (Adams–Bashforth), the
-    coefficients of iPNDM (Zhang & Chen 2023, DEIS App. ...); Adams–Moulton k = 2 is the trapezoid ½, ½.
+    coefficients of iPNDM (Zhang & Chen 2023, DEIS §4, as in `ipndm`); Adams–Moulton k = 2 is the trapezoid ½, ½.
     """
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 6:
         raise ValueError(f"k must be an integer in 1..6, got {k!r}")
