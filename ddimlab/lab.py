@@ -127,7 +127,8 @@ def beyond(worse: dict, better: dict, k: float = 3.0) -> bool:
 
 def ranking(rows: list[dict], S: int, samplers_=None, k: float = 3.0) -> str:
     """The samplers at S from best to worst, '<' where neighbours differ beyond k combined SEs (`beyond`),
-    '≈' where the metric does not resolve them (notebook 09 §5). E.g. 'η=0 < η=1 ≈ σ̂'."""
+    '≈' where the metric does not resolve them (notebook 09 §4). E.g. 'η=0 < η=1 ≈ σ̂'. Only neighbours are
+    compared: a chain 'a ≈ b ≈ c' can hide a resolved pair a, c, which `beyond` tests."""
     body = [r for r in rows if r["sampler"] != DATA and r["S"] == S
             and (samplers_ is None or r["sampler"] in samplers_)]
     if not body:
