@@ -1,6 +1,6 @@
 """The derivations and claims of notebook 05 (the ODE view), checked again on other data, each with a mutation
 that must fail: Fokker–Planck and the probability-flow ODE (§3), DDPM's step as the reverse SDE's (§3), the ODE
-in x (§5), local orders (§6), and the order of the inversion round trip (§8)."""
+in x (§5), local orders (§6, DPM-Solver++(2M) on its second step), and the order of the inversion round trip (§8)."""
 import math
 
 import numpy as np
@@ -115,6 +115,39 @@ def test_local_error_orders():
     for n, p1 in (("euler", 2), ("heun", 3), ("dpm_solver_2", 3)):
         assert abs(_slope(hs, errs[n]) - p1) < 0.25, (n, _slope(hs, errs[n]))
     assert abs(_slope(hs, errs["euler"]) - 3) > 0.25
+
+
+def _pp2m_second_step(x_prev, x_t, steps, c):
+    """DPM-Solver++(2M)'s step t -> s from x_t with the history D at (x_prev, t_prev), the correction weighted by c(r)
+    (1/(2r) for the method), retyped from notebook 05 §6."""
+    sig = [float(ode.sigma_at(AB, u)) for u in steps]
+    xb_p, xb_t = x_prev * math.sqrt(sig[0] ** 2 + 1), x_t * math.sqrt(sig[1] ** 2 + 1)
+    D_prev = xb_p - sig[0] * EPS(x_prev, torch.full((len(x_t),), steps[0]))
+    D = xb_t - sig[1] * EPS(x_t, torch.full((len(x_t),), steps[1]))
+    r = math.log(sig[0] / sig[1]) / math.log(sig[1] / sig[2])
+    xb_s = sig[2] / sig[1] * xb_t + (1 - sig[2] / sig[1]) * ((1 + c(r)) * D - c(r) * D_prev)
+    return xb_s / math.sqrt(sig[2] ** 2 + 1)
+
+
+def test_dpm_solver_pp_2m_second_step_has_local_order_3():
+    """notebook 05 §6: from the exact x at t0 + k, the second step of DPM-Solver++(2M) (the first that uses its history)
+    has local error h^3 against the exact flow from where its first (DDIM) step landed; with the correction's weight 1/r
+    instead of 1/(2r) it does not."""
+    x_T = torch.randn(16, MIX.d, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    t0, ks = 500, (2, 4, 8, 16)
+    hs = [float(ode.sigma_at(AB, t0) - ode.sigma_at(AB, t0 - k)) for k in ks]
+    errs = {"lib": [], "1/r": []}
+    for k in ks:
+        steps = (t0 + k, t0, t0 - k)
+        x_prev = ode.reference_solution(EPS, x_T, AB, 999, t0 + k)
+        _, tr = ode.solve("dpm_solver_pp_2m", EPS, x_prev, AB, list(steps), return_trajectory=True)
+        exact = ode.reference_solution(EPS, tr["x"][1], AB, t0, t0 - k, rtol=1e-12, atol=1e-12)
+        retyped = _pp2m_second_step(x_prev, tr["x"][1], steps, lambda r: 1 / (2 * r))
+        assert float((retyped - tr["x"][2]).abs().max()) < 1e-12
+        errs["lib"].append(float((tr["x"][2] - exact).norm()))
+        errs["1/r"].append(float((_pp2m_second_step(x_prev, tr["x"][1], steps, lambda r: 1 / r) - exact).norm()))
+    assert abs(_slope(hs, errs["lib"]) - 3) < 0.25, _slope(hs, errs["lib"])
+    assert abs(_slope(hs, errs["1/r"]) - 3) > 0.25, _slope(hs, errs["1/r"])
 
 
 def _inversion_orders(mix, n, seed, kinds):
