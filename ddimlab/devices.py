@@ -6,10 +6,12 @@
   RANK / WORLD_SIZE environment variables (1 process when unset).
 - `setup_distributed(name)`: both, plus TF32 on CUDA and the process group (nccl on CUDA, gloo on the
   CPU) when WORLD_SIZE > 1, as `torchrun` launches it (notebook 06 §6).
+- `cpu_threads(n)`: torch's CPU thread count set to n inside a `with` block and restored after it.
 """
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -83,3 +85,15 @@ def model_device(model, default: str | torch.device = "cpu") -> torch.device:
         if p is not None:
             return p.device
     return torch.device(default)
+
+
+@contextmanager
+def cpu_threads(n: int):
+    """torch.set_num_threads(n) for the block, the caller's count restored after it (also on an exception). Results
+    computed on the CPU can depend on n (the convolutions round differently), so cached ones pin it."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)

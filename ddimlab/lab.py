@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from . import ode, samplers, schedule, toy
+from .devices import cpu_threads
 from .files import atomic_write
 from .samplers import SIGMA_HAT
 
@@ -369,9 +370,7 @@ def main(out="outputs/lab", n: int = 2000, image_d: int = 1024, image_n: int = 1
     """Print Table 1 on the 2-D ring and on `toy.image_like_mixture(image_d)` (0 skips it) and write
     out/table1.txt, out/table1.png and out/table1_d{image_d}.png (notebook 09; `ddimlab lab`, `make lab`,
     the demo's first part). Returns the paths written."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)            # the lab is many small steps: threads only add overhead
-    try:
+    with cpu_threads(1):                # the lab is many small steps: threads only add overhead
         t0 = time.perf_counter()
         out = Path(out)
         rows = table1(n=n, spacing=spacing, seed=seed, n_ode=min(64, n))
@@ -389,6 +388,4 @@ def main(out="outputs/lab", n: int = 2000, image_d: int = 1024, image_n: int = 1
             written.append(make_figure(img, out / f"table1_d{image_d}.png"))
         written.append(atomic_write(out / "table1.txt", lambda f: f.write(text + "\n"), text=True))
         print(f"wrote {', '.join(str(f) for f in written)} ({time.perf_counter() - t0:.0f} s)")
-    finally:
-        torch.set_num_threads(threads)
     return written

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .devices import cpu_threads
 from .files import atomic_write
 
 N_CLASSES = 10
@@ -207,15 +208,10 @@ def load_classifier(resolution: int = 16, retrain: bool = False,
         except Exception:  # a truncated or foreign file: retrain and overwrite it
             info = None
     if info is None:
-        # on one thread whatever the caller's setting: the weights depend on the thread count (the rounding in the
-        # convolutions), and the cached file must be the same whichever process trains it first
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        # one thread whatever the caller's: the cached file must be the same whichever process trains it first
+        with cpu_threads(1):
             model, info = train_classifier(**settings)
             mu, cov = feature_stats(_features(model, _real_digits(resolution)))
-        finally:
-            torch.set_num_threads(threads)
         info.update(real_mu=mu, real_cov=cov, path=str(path))
         blob = dict(state_dict=model.state_dict(), holdout_accuracy=info["holdout_accuracy"],
                     real_mu=torch.from_numpy(mu), real_cov=torch.from_numpy(cov))
