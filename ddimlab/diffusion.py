@@ -5,6 +5,9 @@ shape (B,)) rather than step indices, so the same algebra serves any schedule an
 sub-sequence. Use `schedule.alpha_bar_at(alpha_bar, t)` to look them up (ᾱ_{−1} = 1). Values are
 range-checked (a ValueError instead of inf or NaN) when they are Python numbers or CPU tensors; tensors
 on an accelerator are not, since a check would synchronise it at every call.
+Coefficients such as √(1−ᾱ_t) and 1 − ᾱ_t/ᾱ_s are formed from ᾱ given as numbers in float64 (`wide`) and cast to
+x's dtype only then: formed in float32, DDPM's posterior mean at t = 1 was off by 7e-4 (1 − ᾱ_1/ᾱ_0 = β_1 = 1e-4
+kept three digits).
 The DDIM paper's α_t is DDPM's ᾱ_t.
 """
 from __future__ import annotations
@@ -45,10 +48,22 @@ def _check_pair(a_t, a_s):
         raise ValueError("a_s must be >= a_t: s is the earlier, less noisy step of the pair t -> s")
 
 
+def wide(a) -> torch.Tensor:
+    """ᾱ-like `a` as a tensor to form coefficients in: float64 for Python numbers (the samplers pass ᾱ so); a tensor
+    keeps its dtype, since a float32 ᾱ has been rounded already (training's table: its steps stay bitwise the same)."""
+    return a if isinstance(a, torch.Tensor) else torch.as_tensor(a, dtype=torch.float64)
+
+
+def roots(a, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(√ᾱ, √(1−ᾱ)) formed in float64 (`wide`), each broadcast against x and cast to its dtype (`bcast`)."""
+    a = wide(a)
+    return bcast(a.sqrt(), x), bcast((1 - a).sqrt(), x)
+
+
 def bcast(a, x: torch.Tensor) -> torch.Tensor:
-    """ᾱ-like `a` (scalar or shape (B,)) as a tensor that broadcasts against x of shape (B, …)."""
+    """ᾱ-like `a` (scalar or shape (B,)) as a tensor of x's dtype that broadcasts against x of shape (B, …)."""
     if isinstance(a, torch.Tensor):
-        a = a.to(x.device)
+        a = a.to(x.dtype).to(x.device)   # the cast first: a float64 tensor cannot move to MPS
     else:  # a Python float goes straight to x's dtype (no float32 detour for float64 work)
         a = torch.as_tensor(a, device=x.device, dtype=x.dtype if x.dtype.is_floating_point else None)
     if a.ndim == 1 and x.ndim > 1:
@@ -64,44 +79,44 @@ def q_sample(x0: torch.Tensor, a_t, eps: torch.Tensor) -> torch.Tensor:
     """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε, a draw from q(x_t | x_0) (notebook 01 §2)."""
     if eps.shape != x0.shape:
         raise ValueError(f"eps shape {tuple(eps.shape)} differs from x0 shape {tuple(x0.shape)}")
-    a = bcast(_check_range(a_t, "a_t", 0.0, 1.0, False, False), x0)
-    return a.sqrt() * x0 + (1 - a).sqrt() * eps
+    a, s = roots(_check_range(a_t, "a_t", 0.0, 1.0, False, False), x0)
+    return a * x0 + s * eps
 
 
 def q_step(x_prev: torch.Tensor, beta_t, z: torch.Tensor) -> torch.Tensor:
     """One Markov forward step x_t = √(1−β_t) x_{t−1} + √β_t z (notebook 01 §1)."""
-    b = bcast(_check_range(beta_t, "beta_t", 0.0, 1.0, False, False), x_prev)
-    return (1 - b).sqrt() * x_prev + b.sqrt() * z
+    b, c = roots(_check_range(beta_t, "beta_t", 0.0, 1.0, False, False), x_prev)
+    return c * x_prev + b * z
 
 
 def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, a_t) -> torch.Tensor:
     """x̂_0 = (x_t − √(1−ᾱ_t) ε) / √ᾱ_t, the "predicted x_0" of DDIM eq. 9 (notebook 04 §2); needs ᾱ_t > 0."""
-    a = bcast(_check_range(a_t, "a_t", 0.0, 1.0, True, False), x_t)
-    return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+    a, s = roots(_check_range(a_t, "a_t", 0.0, 1.0, True, False), x_t)
+    return (x_t - s * eps) / a
 
 
 def predict_eps(x_t: torch.Tensor, x0: torch.Tensor, a_t) -> torch.Tensor:
     """ε = (x_t − √ᾱ_t x_0) / √(1−ᾱ_t); needs ᾱ_t < 1."""
-    a = bcast(_check_range(a_t, "a_t", 0.0, 1.0, False, True), x_t)
-    return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+    a, s = roots(_check_range(a_t, "a_t", 0.0, 1.0, False, True), x_t)
+    return (x_t - a * x0) / s
 
 
 def v_from(x0: torch.Tensor, eps: torch.Tensor, a_t) -> torch.Tensor:
     """Velocity v = √ᾱ_t ε − √(1−ᾱ_t) x_0 (Salimans & Ho, 2022)."""
-    a = bcast(_check_range(a_t, "a_t", 0.0, 1.0, False, False), x0)
-    return a.sqrt() * eps - (1 - a).sqrt() * x0
+    a, s = roots(_check_range(a_t, "a_t", 0.0, 1.0, False, False), x0)
+    return a * eps - s * x0
 
 
 def x0_from_v(x_t: torch.Tensor, v: torch.Tensor, a_t) -> torch.Tensor:
     """x_0 = √ᾱ_t x_t − √(1−ᾱ_t) v."""
-    a = bcast(_check_range(a_t, "a_t", 0.0, 1.0, False, False), x_t)
-    return a.sqrt() * x_t - (1 - a).sqrt() * v
+    a, s = roots(_check_range(a_t, "a_t", 0.0, 1.0, False, False), x_t)
+    return a * x_t - s * v
 
 
 def eps_from_v(x_t: torch.Tensor, v: torch.Tensor, a_t) -> torch.Tensor:
     """ε = √(1−ᾱ_t) x_t + √ᾱ_t v."""
-    a = bcast(_check_range(a_t, "a_t", 0.0, 1.0, False, False), x_t)
-    return (1 - a).sqrt() * x_t + a.sqrt() * v
+    a, s = roots(_check_range(a_t, "a_t", 0.0, 1.0, False, False), x_t)
+    return s * x_t + a * v
 
 
 def posterior_variance(a_t, a_s):
@@ -120,9 +135,10 @@ def posterior_mean(x0: torch.Tensor, x_t: torch.Tensor, a_t, a_s) -> torch.Tenso
     With s = t−1 and α_t = ᾱ_t/ᾱ_{t−1} = 1 − β_t this is DDPM eq. 7.
     """
     _check_pair(a_t, a_s)
-    at, as_ = bcast(a_t, x_t), bcast(a_s, x_t)
+    at, as_ = wide(a_t), wide(a_s)
     alpha = at / as_
-    return as_.sqrt() * (1 - alpha) / (1 - at) * x0 + alpha.sqrt() * (1 - as_) / (1 - at) * x_t
+    return (bcast(as_.sqrt() * (1 - alpha) / (1 - at), x_t) * x0
+            + bcast(alpha.sqrt() * (1 - as_) / (1 - at), x_t) * x_t)
 
 
 def ddim_sigma(a_t, a_s, eta: float = 1.0):
@@ -167,8 +183,9 @@ def q_sigma_mean(x0: torch.Tensor, x_t: torch.Tensor, a_t, a_s, sigma) -> torch.
     With this mean q_σ(x_s | x_0) = N(√ᾱ_s x_0, (1−ᾱ_s) I) for every σ (derived in notebook 03 §3–§5).
     """
     check_sigma(a_t, a_s, sigma)
-    at, as_, sg = bcast(_check_range(a_t, "a_t", 0.0, 1.0, False, True), x_t), bcast(a_s, x_t), bcast(sigma, x_t)
-    return as_.sqrt() * x0 + (1 - as_ - sg ** 2).clamp_min(0).sqrt() * (x_t - at.sqrt() * x0) / (1 - at).sqrt()
+    at, as_, sg = wide(_check_range(a_t, "a_t", 0.0, 1.0, False, True)), wide(a_s), wide(sigma)
+    k = (1 - as_ - sg ** 2).clamp_min(0).sqrt() / (1 - at).sqrt()
+    return bcast(as_.sqrt(), x_t) * x0 + bcast(k, x_t) * (x_t - bcast(at.sqrt(), x_t) * x0)
 
 
 def q_sigma_forward(x_s: torch.Tensor, x0: torch.Tensor, a_t, a_s, sigma):
@@ -182,11 +199,12 @@ def q_sigma_forward(x_s: torch.Tensor, x0: torch.Tensor, a_t, a_s, sigma):
     Returns (mean, var); `var` broadcasts against x_s.
     """
     check_sigma(a_t, a_s, sigma)
-    at, as_, sg = bcast(_check_range(a_t, "a_t", 0.0, 1.0, False, True), x_s), bcast(a_s, x_s), bcast(sigma, x_s)
+    at, as_, sg = wide(_check_range(a_t, "a_t", 0.0, 1.0, False, True)), wide(a_s), wide(sigma)
     if bool((as_ >= 1).any()):
         raise ValueError("q_sigma_forward needs a_s < 1 (x_s must be noisy; the first step is q(x_t | x_0))")
     k = (1 - as_ - sg ** 2).clamp_min(0).sqrt() * (1 - at).sqrt() / (1 - as_)
-    return at.sqrt() * x0 + k * (x_s - as_.sqrt() * x0), sg ** 2 * (1 - at) / (1 - as_)
+    mean = bcast(at.sqrt(), x_s) * x0 + bcast(k, x_s) * (x_s - bcast(as_.sqrt(), x_s) * x0)
+    return mean, bcast(sg ** 2 * (1 - at) / (1 - as_), x_s)
 
 
 def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, a_t, a_s, eta: float = 0.0,
@@ -208,9 +226,9 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, a_t, a_s, eta: float = 0.0,
     sigma = ddim_sigma(a_t, a_s, eta)
     check_sigma(a_t, a_s, sigma)
     # 1 − ᾱ_s − σ² cancels on the last steps when η > 0 (8.5e-8 on DDPM's t = 100 → 0 with η = 1, where float32
-    # gives 1.0e-7): formed in float64 and only then cast to x's dtype
-    a_s64, sg64 = (torch.as_tensor(a, dtype=torch.float64) for a in (a_s, sigma))
-    x_s = bcast(a_s, x_t).sqrt() * x0 + bcast((1 - a_s64 - sg64 ** 2).clamp_min(0).sqrt(), x_t) * eps
+    # gives 1.0e-7): one reason the coefficients are formed in float64 (`wide`)
+    a_s64, sg64 = wide(a_s), wide(sigma)
+    x_s = bcast(a_s64.sqrt(), x_t) * x0 + bcast((1 - a_s64 - sg64 ** 2).clamp_min(0).sqrt(), x_t) * eps
     if eta > 0:
         if noise is None:
             raise ValueError("ddim_step with eta > 0 needs `noise`")
@@ -229,13 +247,12 @@ def score_from_eps(eps: torch.Tensor, a_t) -> torch.Tensor:
     L_simple it is the score ∇ log q_t(x_t) of the noisy marginal (Tweedie's formula; denoising score
     matching, Song et al. 2021 eq. 7 with λ(t) = 1 − ᾱ_t). Undefined at ᾱ_t = 1 (clean data).
     """
-    a = bcast(a_t, eps)
+    a = wide(a_t)
     if bool((a >= 1).any()):
         raise ValueError("score_from_eps needs alpha_bar_t < 1 (there is no noise, hence no score, at the data end)")
-    return -eps / (1 - a).sqrt()
+    return -eps / bcast((1 - a).sqrt(), eps)
 
 
 def eps_from_score(score: torch.Tensor, a_t) -> torch.Tensor:
     """ε = −√(1−ᾱ_t) s, the inverse of `score_from_eps` (notebook 02 §9)."""
-    a = bcast(a_t, score)
-    return -(1 - a).sqrt() * score
+    return -roots(a_t, score)[1] * score

@@ -148,6 +148,35 @@ def test_float32_step_with_eta_one_keeps_float32_precision_on_the_last_steps(t, 
     assert float((x_s.double() - (mu + sigma * z)).abs().max()) < 3e-6
 
 
+@pytest.mark.parametrize("t", [1, 2, 10])
+def test_float32_posterior_mean_keeps_float32_precision_on_the_last_steps(t):
+    """DDPM eq. 7 in float32 (DDPM's sampler, 1000 of these) against the same mean written with the β table in float64:
+    μ̃ = √ᾱ_{t−1} β_t/(1−ᾱ_t) x_0 + √(1−β_t) (1−ᾱ_{t−1})/(1−ᾱ_t) x_t. Formed after the cast to float32, 1 − ᾱ_t/ᾱ_{t−1}
+    (= β_t ≈ 1e-4) kept 3 digits and the mean was off by 7e-4 at t = 1."""
+    beta = beta_schedule("linear", 1000).double()
+    a_t, a_s = float(alpha_bar_at(AB, t)), float(alpha_bar_at(AB, t - 1))
+    b = float(beta[t])
+    gen = torch.Generator().manual_seed(t)
+    x0, x_t = torch.randn(4096, generator=gen, dtype=F64).clamp(-1, 1), torch.randn(4096, generator=gen, dtype=F64)
+    ref = math.sqrt(a_s) * b / (1 - a_t) * x0 + math.sqrt(1 - b) * (1 - a_s) / (1 - a_t) * x_t
+    got = posterior_mean(x0.float(), x_t.float(), a_t, a_s).double()
+    assert float(((got - ref).abs() / (ref.abs() + 1)).max()) < 4 * torch.finfo(torch.float32).eps
+
+
+@pytest.mark.parametrize("t", [0, 1])
+def test_float32_noise_conversions_keep_float32_precision_near_clean_data(t):
+    """q_sample and predict_x0 in float32 at ᾱ_t ≈ 1 against the formulas in float64, within a few
+    float32 ulps of each value: 1 − ᾱ_0 = 1e-4 formed in float32 has a relative error of 3e-4."""
+    a = float(alpha_bar_at(AB, t))
+    gen = torch.Generator().manual_seed(t)
+    x0, eps = torch.randn(4096, generator=gen, dtype=F64), torch.randn(4096, generator=gen, dtype=F64)
+    x_t = math.sqrt(a) * x0 + math.sqrt(1 - a) * eps
+    ulps = 4 * torch.finfo(torch.float32).eps
+    for got, ref in [(q_sample(x0.float(), a, eps.float()), x_t),
+                     (predict_x0(x_t.float(), eps.float(), a), x0)]:
+        assert float(((got.double() - ref).abs() / (ref.abs() + 1)).max()) < ulps
+
+
 def test_eta_zero_is_deterministic_and_sigma_scales_with_eta():
     a_t, a_s = alpha_bar_at(AB, 500), alpha_bar_at(AB, 300)
     assert float(ddim_sigma(a_t, a_s, 0.0)) == 0.0
