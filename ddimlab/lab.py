@@ -127,18 +127,23 @@ def beyond(worse: dict, better: dict, k: float = 3.0) -> bool:
 
 
 def ranking(rows: list[dict], S: int, samplers_=None, k: float = 3.0) -> str:
-    """The samplers at S from best to worst, '<' where neighbours differ beyond k combined SEs (`beyond`),
-    '≈' where the metric does not resolve them (notebook 09 §4). E.g. 'η=0 < η=1 ≈ σ̂'. Only neighbours are
-    compared: a chain 'a ≈ b ≈ c' can hide a resolved pair a, c, which `beyond` tests."""
+    """The samplers at S from best to worst, with every pair's verdict (notebook 09 §4). '<' means each sampler
+    before it beats each one after it by more than k SEs of their difference (`beyond`), '≈' that some pair across
+    it is not resolved; pairs resolved although no '<' separates them follow in brackets.
+    E.g. 'η=0 < η=1 ≈ σ̂', or 'η=0 ≈ η=0.5 ≈ η=1 (η=0 < η=1)'."""
     body = [r for r in rows if r["sampler"] != DATA and r["S"] == S
             and (samplers_ is None or r["sampler"] in samplers_)]
     if not body:
         raise KeyError(f"no rows at S={S} for samplers {samplers_}")
     body.sort(key=lambda r: r["mmd2"])
-    text = label(body[0]["sampler"])
-    for a, b in zip(body, body[1:]):
-        text += (" < " if beyond(b, a, k) else " ≈ ") + label(b["sampler"])
-    return text
+    n = len(body)
+    won = [[j > i and beyond(body[j], body[i], k) for j in range(n)] for i in range(n)]
+    cut = [all(won[i][j] for i in range(c + 1) for j in range(c + 1, n)) for c in range(n - 1)]
+    text = label(body[0]["sampler"]) + "".join(
+        (" < " if cut[c] else " ≈ ") + label(body[c + 1]["sampler"]) for c in range(n - 1))
+    hidden = [f"{label(body[i]['sampler'])} < {label(body[j]['sampler'])}" for i in range(n) for j in range(i + 1, n)
+              if won[i][j] and not any(cut[i:j])]
+    return text + (f" ({', '.join(hidden)})" if hidden else "")
 
 
 def label(sampler: str) -> str:
@@ -295,7 +300,8 @@ def format_table(rows: list[dict]) -> str:
     lines.append(f"* within {FLOOR_K:g} noise floors of 0: indistinguishable from exact samples at this n.")
     if any(r is not None and r["ode_err"] is not None for r in ode_rows):
         lines.append("η=0 vs ODE: RMS distance to scipy's probability-flow ODE solution from the same x_T.")
-    lines.append("ranking, best first ('<' beyond 3 SE of the difference, '≈' not resolved):")
+    lines.append("ranking, best first ('<': all before it beat all after it, beyond 3 SE of the difference; "
+                 "'≈': not resolved; in brackets: resolved pairs no '<' separates):")
     lines.extend(f"  S={S}: {ranking(rows, S)}" for S in S_list)
     return "\n".join(lines)
 

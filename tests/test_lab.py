@@ -36,6 +36,21 @@ def test_image_like_at_10_steps_is_the_papers_order(image):
     assert s["mmd2"] > 2 * e1["mmd2"]                                 # and σ̂ by a wide margin
 
 
+@pytest.mark.parametrize("cells,expected", [
+    # a ≈ b and b ≈ c, but a and c are 3.5 SE apart: the neighbour chain alone would hide the resolved pair
+    (((0.0, 1.0), (2.0, 1.0), (5.0, 1.0)), "η=0 ≈ η=0.5 ≈ η=1 (η=0 < η=1)"),
+    # a beats b by 7 SE but not c (1.2 SE): 'a < b ≈ c' would claim a beats c
+    (((0.0, 0.1), (1.0, 0.1), (1.2, 1.0)), "η=0 ≈ η=0.5 ≈ η=1 (η=0 < η=0.5)"),
+    (((0.0, 0.1), (1.0, 0.1), (2.0, 0.1)), "η=0 < η=0.5 < η=1"),
+    (((0.0, 1.0), (0.5, 1.0), (1.0, 1.0)), "η=0 ≈ η=0.5 ≈ η=1"),
+])
+def test_ranking_states_every_pair_and_claims_no_pair_it_did_not_resolve(cells, expected):
+    """Cells from separate tables (differences with SE √(se_a² + se_b²)): each '<' separates only resolved pairs,
+    and every resolved pair is either separated by a '<' or listed in brackets."""
+    rows = [{"sampler": f"eta={e}", "S": 10, "mmd2": m, "se": se} for e, (m, se) in zip((0, 0.5, 1), cells)]
+    assert lab.ranking(rows, 10) == expected
+
+
 def test_pixel_space_distance_does_not_rank_sigma_hat_worst():
     """Without standardizing (every coordinate in data units) the 1024-D table is dominated by the few
     high-variance directions, and σ̂ is not the worst sampler at S = 10: the standardization is what
