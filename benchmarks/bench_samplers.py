@@ -50,10 +50,22 @@ def counting(eps):
     return f
 
 
-def errors(x0, ref) -> tuple[float, float]:
-    """(RMS over points and coordinates, median over points of the per-point RMS) of x0 − ref."""
+def errors(x0, ref) -> tuple[float, float, torch.Tensor]:
+    """(RMS over points and coordinates, median over points of the per-point RMS, each point's mean square over
+    coordinates) of x0 − ref."""
     e2 = (x0.double() - ref).pow(2).mean(1)
-    return float(e2.mean().sqrt()), float(e2.sqrt().median())
+    return float(e2.mean().sqrt()), float(e2.sqrt().median()), e2
+
+
+def ratio_ses(e2_peer, e2_ours, draws: int = 2000) -> tuple[float, float]:
+    """Bootstrap standard errors of the RMS ratio and the median ratio peer / ours, resampling the points (both ran
+    from the same x_T, so the resampling is paired). The selection of the peer's best setting on these same points
+    is not part of it."""
+    idx = torch.randint(e2_ours.shape[0], (draws, e2_ours.shape[0]), generator=torch.Generator().manual_seed(0))
+    a, b = e2_peer[idx], e2_ours[idx]
+    rms = (a.mean(1) / b.mean(1)).sqrt()
+    med = a.sqrt().median(1).values / b.sqrt().median(1).values
+    return float(rms.std()), float(med.std())
 
 
 def lab(mixture, n: int, seed: int = 0):
@@ -298,8 +310,13 @@ STRONG = {
 # ----------------------------------------------------------------------------- the DDIM/DDPM checks
 
 def stochastic_table(mixture, eps, x_T, ab, steps=(10, 50, 1000)):
-    """DDPM ancestral (small variance) in ddimlab and diffusers' DDPMScheduler, scored by exact-lab MMD."""
+    """DDPM ancestral (small variance) in ddimlab and diffusers' DDPMScheduler from the same x_T and generator seed, each
+    scored by the lab's standardized energy distance to one fresh data set, their difference with its paired jackknife
+    SE (`lab.paired_difference`), and the largest difference between the two samplers' samples."""
     import diffusers
+
+    from ddimlab import lab as exact_lab
+    y = mixture.sample(x_T.shape[0], torch.Generator().manual_seed(2)) / mixture.std()
     lines = []
     for S in steps:
         seq = schedule.timesteps(S, T, "trailing")
@@ -308,9 +325,12 @@ def stochastic_table(mixture, eps, x_T, ab, steps=(10, 50, 1000)):
                                       beta_end=0.02, clip_sample=False, variance_type="fixed_small",
                                       timestep_spacing="trailing")
         theirs, _ = run_diffusers(sch, lambda x, t: eps(x, int(t)), x_T, S, generator=torch.Generator().manual_seed(1))
-        for name, x in (("ddimlab DDIM(eta=1)", ours), ("DDPMScheduler", theirs.double())):
-            r = toy.mmd(x, mixture, generator=torch.Generator().manual_seed(2))
-            lines.append(f"  S={S:4d} {name:22s} MMD^2 {r.mmd2:9.2e}  (noise floor {r.floor:.1e})")
+        xa, xb = ours / mixture.std(), theirs.double() / mixture.std()
+        (da, sa), (db, sb) = (exact_lab.mmd2_se(x, y, toy.ENERGY) for x in (xa, xb))
+        diff, se = exact_lab.paired_difference(xa, xb, y, toy.ENERGY)
+        lines.append(f"  S={S:4d}  ddimlab DDIM(eta=1) {da * 1e3:6.1f} ± {sa * 1e3:4.1f}   DDPMScheduler {db * 1e3:6.1f} ± "
+                     f"{sb * 1e3:4.1f}   difference {diff * 1e3:+6.1f} ± {se * 1e3:4.1f}  (×10³); "
+                     f"max |sample difference| {float((ours - theirs.double()).abs().max()):.1e}")
     return lines
 
 
@@ -351,7 +371,7 @@ def report(name, mixture, n, budgets):
         cells = []
         for b in budgets:
             rows = [(r[b], lab_) for lab_, r in peers.items() if lab_.startswith(fam) and b in r]
-            (nr, rms, _), _ = min(rows, key=lambda x: x[0][1])
+            (nr, rms, *_), _ = min(rows, key=lambda x: x[0][1])
             med = min(x[0][2] for x in rows)
             cells.append(f"{rms:.2e} / {med:.2e} ({nr:2d})")
         print(f"diffusers {fam.strip():31s}" + "".join(f"{c:>28s}" for c in cells))
@@ -360,7 +380,7 @@ def report(name, mixture, n, budgets):
             "ddimlab iPNDM tuned per budget on T1-T8": {b: own[TUNED[b]][b] for b in budgets}}
     for label, r in rows.items():
         print(f"{label[:40]:40s}" + "".join(f"{f'{r[b][1]:.2e} / {r[b][2]:.2e} ({r[b][0]:2d})':>28s}" for b in budgets))
-    print("per budget (ratio = best diffusers / ddimlab; > 1: ddimlab better):")
+    print("per budget (ratio = best diffusers / ddimlab ± bootstrap SE over the points; > 1: ddimlab better):")
     summary = {}
     for b in budgets:
         best_rms = min(((r[b][1], lab_) for lab_, r in peers.items() if b in r))
@@ -369,10 +389,12 @@ def report(name, mixture, n, budgets):
         print(f"  NFE<={b}: best diffusers rms {best_rms[0]:.2e} [{best_rms[1]}], median {best_med[0]:.2e} [{best_med[1]}]")
         for kind, r in (("fixed", own[FIXED][b]), ("tuned", own[TUNED[b]][b]),
                         ("self-selected", own[self_rms[1]][b])):
-            print(f"     ddimlab {kind:13s} rms {r[1]:.2e} (ratio {best_rms[0] / r[1]:4.2f}), "
-                  f"median {r[2]:.2e} (ratio {best_med[0] / r[2]:4.2f})"
+            se_rms = ratio_ses(peers[best_rms[1]][b][3], r[3])[0]
+            se_med = ratio_ses(peers[best_med[1]][b][3], r[3])[1]
+            print(f"     ddimlab {kind:13s} rms {r[1]:.2e} (ratio {best_rms[0] / r[1]:4.2f} ± {se_rms:.2f}), "
+                  f"median {r[2]:.2e} (ratio {best_med[0] / r[2]:4.2f} ± {se_med:.2f})"
                   + (f"  [{self_rms[1]}]" if kind == "self-selected" else ""))
-            summary[(b, kind)] = (best_rms[0] / r[1], best_med[0] / r[2])
+            summary[(b, kind)] = (best_rms[0] / r[1], se_rms, best_med[0] / r[2], se_med)
     print(f"  ({time.time() - t0:.0f} s)")
     return eps, x_T, ab, summary
 
@@ -394,7 +416,7 @@ def main(argv=None):
     x_T = torch.randn(512, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     print("\nddimlab DDIM vs diffusers DDIMScheduler, step for step (2-D ring, 512 points):")
     print("\n".join(step_for_step(eps, x_T, ab)))
-    print("stochastic samplers (DDPM posterior variance, same steps), exact-lab MMD^2 to the data:")
+    print("stochastic samplers (DDPM posterior variance, same steps), standardized energy distance to 512 data draws:")
     print("\n".join(stochastic_table(mixture, eps, x_T, ab)))
 
 
