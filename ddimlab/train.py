@@ -442,60 +442,58 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
                unit="step")
     loss_sum, loss_n, t_last, step_last = torch.zeros((), device=device), 0, time.perf_counter(), step
     model.train()
-    saved_threads = torch.get_num_threads()
-    if config.threads and not cuda:
-        torch.set_num_threads(config.threads)
+    threads = config.threads if config.threads and not cuda else torch.get_num_threads()
     try:
-        while step < config.steps:
-            x0, t, eps = get_batch(images, step, config, gen, local)
-            if cuda:
-                x0, eps = (v.contiguous(memory_format=torch.channels_last) for v in (x0, eps))
-            for group in opt.param_groups:
-                group["lr"] = lr_at(config, step)
-            with autocast:
-                loss = l_simple(net, x0, alpha_bar, t=t, noise=eps, validate=False)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            opt.step()
-            ema_update(ema, model, ema_decay_at(config, step))
-            step += 1
-            loss_sum += loss.detach()
-            loss_n += 1
-            bar.update(1)
+        with devices.cpu_threads(threads):
+            while step < config.steps:
+                x0, t, eps = get_batch(images, step, config, gen, local)
+                if cuda:
+                    x0, eps = (v.contiguous(memory_format=torch.channels_last) for v in (x0, eps))
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(config, step)
+                with autocast:
+                    loss = l_simple(net, x0, alpha_bar, t=t, noise=eps, validate=False)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                opt.step()
+                ema_update(ema, model, ema_decay_at(config, step))
+                step += 1
+                loss_sum += loss.detach()
+                loss_n += 1
+                bar.update(1)
 
-            log_now = step % config.log_every == 0 or step == config.steps
-            ckpt_now = step % config.ckpt_every == 0 or step == config.steps
-            if log_now or ckpt_now or step % check_every == 0:
-                mean_loss = float(_all_mean(loss_sum / loss_n, world))
-                if not math.isfinite(mean_loss):
-                    where = (f"the last good checkpoint {out / 'ckpt.pt'} (step {last_good}) was kept"
-                             if last_good is not None else "no checkpoint had been written yet")
-                    raise NonFiniteLossError(f"training loss became {mean_loss} by step {step}; stopped without "
-                                             f"saving, {where}. Lower lr (now {config.lr}) or check the data.")
-            if log_now:
-                now = time.perf_counter()
-                record = {"step": step, "loss": mean_loss, "lr": lr_at(config, step - 1),
-                          "img_per_s": (step - step_last) * B / max(now - t_last, 1e-9)}
-                if is_main:
-                    _append_log(out / "log.jsonl", record)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{record['img_per_s']:.0f}")
-                loss_sum.zero_()
-                loss_n, t_last, step_last = 0, now, step
-            if ckpt_now and is_main:
-                save_run(out, model, ema, opt, step, config, gen, device, in_ch, mean_loss)
-                last_good = step
-            if is_main and config.n_samples and (
-                    (config.sample_every and step % config.sample_every == 0) or step == config.steps):
-                path = out / "samples" / f"step_{step:07d}.png"
-                if config.progress:
-                    bar.write(f"step {step}: {config.n_samples} DDIM-{config.sample_steps} samples from the EMA "
-                              f"weights -> {path}")
-                save_image_grid(sample_grid(ema, config, in_ch, config.n_samples, device, seed=config.seed), path)
+                log_now = step % config.log_every == 0 or step == config.steps
+                ckpt_now = step % config.ckpt_every == 0 or step == config.steps
+                if log_now or ckpt_now or step % check_every == 0:
+                    mean_loss = float(_all_mean(loss_sum / loss_n, world))
+                    if not math.isfinite(mean_loss):
+                        where = (f"the last good checkpoint {out / 'ckpt.pt'} (step {last_good}) was kept"
+                                 if last_good is not None else "no checkpoint had been written yet")
+                        raise NonFiniteLossError(f"training loss became {mean_loss} by step {step}; stopped without "
+                                                 f"saving, {where}. Lower lr (now {config.lr}) or check the data.")
+                if log_now:
+                    now = time.perf_counter()
+                    record = {"step": step, "loss": mean_loss, "lr": lr_at(config, step - 1),
+                              "img_per_s": (step - step_last) * B / max(now - t_last, 1e-9)}
+                    if is_main:
+                        _append_log(out / "log.jsonl", record)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{record['img_per_s']:.0f}")
+                    loss_sum.zero_()
+                    loss_n, t_last, step_last = 0, now, step
+                if ckpt_now and is_main:
+                    save_run(out, model, ema, opt, step, config, gen, device, in_ch, mean_loss)
+                    last_good = step
+                if is_main and config.n_samples and (
+                        (config.sample_every and step % config.sample_every == 0) or step == config.steps):
+                    path = out / "samples" / f"step_{step:07d}.png"
+                    if config.progress:
+                        bar.write(f"step {step}: {config.n_samples} DDIM-{config.sample_steps} samples from the EMA "
+                                  f"weights -> {path}")
+                    save_image_grid(sample_grid(ema, config, in_ch, config.n_samples, device, seed=config.seed), path)
     finally:
         bar.close()
-        torch.set_num_threads(saved_threads)
         if init_here:
             dist.destroy_process_group()
     return (out, model, ema) if return_models else out
