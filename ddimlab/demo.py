@@ -4,7 +4,8 @@
    mixture, so only the sampler's error shows.
 2. The `digits` preset trained on the CPU (once: `pretrained.digits_model` caches it), then DDPM with
    1000 steps beside DDIM with 10, 20 and 50 steps from the same x_T: wall time, the CPU quality
-   score (`quality`, with the FD's bootstrap standard error), and a grid of samples per sampler.
+   score (`quality`, with the FD's bootstrap standard error), each DDIM's differences from DDPM with standard errors
+   paired over the shared x_T (`quality.paired_difference`), and a grid of samples per sampler.
 """
 from __future__ import annotations
 
@@ -59,6 +60,10 @@ def compare_samplers(model, config, n: int, seed: int = 0, show_progress: bool =
     return rows
 
 
+def _verdict(diff: float, se: float, digits: int) -> str:
+    return f"{diff:+.{digits}f} ± {se:.{digits}f} ({'resolved' if abs(diff) > 3 * se else 'not resolved'})"
+
+
 def main(args) -> None:
     """`args`: out, skip_train, train_steps, n, seed, no_progress (the `demo` subcommand's options)."""
     out = Path(args.out)
@@ -83,7 +88,12 @@ def main(args) -> None:
     for name, nfe, seconds, s, _ in rows:
         print(f"{name:18s} {nfe:5d} {seconds:7.2f} {s['fd']:7.2f} {s['fd_se']:6.2f} {s['confident']:10.2f} "
               f"{s['classes_covered']:7d}")
-    print("FDs closer than about two SEs are not told apart by n samples (bootstrap SE over the samples).")
+    first, x_first = rows[0][0], as_scored(rows[0][4])
+    print(f"each DDIM against {first}, from the same x_T (difference ± SE, paired over the samples; "
+          f"'resolved': beyond 3 SE):")
+    for name, *_, x in rows[1:]:
+        d = quality.paired_difference(as_scored(x), x_first)
+        print(f"  {name:16s} FD {_verdict(*d['fd'], 2)}   confident share {_verdict(*d['confident'], 3)}")
     k = min(32, args.n)
     panels = torch.cat([as_scored(x[:k]) for *_, x in rows])
     path = plotting.save_image_grid(panels, out / "digits_samplers.png", nrow=k // 2 if k >= 16 else k, scale=3)

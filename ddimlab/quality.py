@@ -305,6 +305,18 @@ def digits_fd(samples, model=None) -> float:
     return frechet_distance(*feature_stats(feats), mu_r, cov_r)
 
 
+def _bootstrap_fds(feature_sets, mu_r, cov_r, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, len(feature_sets)): the FD of each set of features to the real digits' statistics over resamples with
+    replacement, every set taking the same indices in a resample, so sets whose rows belong together stay paired."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(feature_sets[0])
+    rows = []
+    for _ in range(n_boot):
+        i = torch.randint(0, n, (n,), generator=g)
+        rows.append([frechet_distance(*feature_stats(f[i]), mu_r, cov_r) for f in feature_sets])
+    return np.array(rows)
+
+
 def digits_fd_se(samples, n_boot: int = 50, seed: int = 0) -> float:
     """Bootstrap standard error of `digits_fd` (the SD of the FD over resamples, with replacement, of the
     samples): a conservative error bar for how much the score would move with another draw of the same
@@ -312,11 +324,24 @@ def digits_fd_se(samples, n_boot: int = 50, seed: int = 0) -> float:
     samples inflate it; tests/test_quality.py), so it errs towards calling differences unresolved
     (demo; notebook 06 §5)."""
     feats, mu_r, cov_r = _features_and_real_stats(samples)
-    g = torch.Generator().manual_seed(seed)
-    n = len(feats)
-    fds = [frechet_distance(*feature_stats(feats[torch.randint(0, n, (n,), generator=g)]), mu_r, cov_r)
-           for _ in range(n_boot)]
-    return float(np.std(fds, ddof=1))
+    return float(np.std(_bootstrap_fds([feats], mu_r, cov_r, n_boot, seed)[:, 0], ddof=1))
+
+
+def paired_difference(a, b, threshold: float = 0.9, n_boot: int = 50, seed: int = 0) -> dict:
+    """The scores of `a` minus those of `b` when a[i] and b[i] belong together (two samplers run from the same x_T),
+    with standard errors that use the pairing (demo): fd: (FD(a) − FD(b), its SD over `n_boot` paired bootstrap
+    resamples, conservative as `digits_fd_se` is); confident: (confident share of a − of b, the SD of the per-sample
+    differences of the two indicators / √n)."""
+    xa, xb = _as_samples(a), _as_samples(b)
+    if xa.shape != xb.shape:
+        raise ValueError(f"paired sets need the same shape, got {tuple(xa.shape)} and {tuple(xb.shape)}")
+    fa, mu_r, cov_r = _features_and_real_stats(xa)
+    fb = _features_and_real_stats(xb)[0]
+    fd = frechet_distance(*feature_stats(fa), mu_r, cov_r) - frechet_distance(*feature_stats(fb), mu_r, cov_r)
+    boot = _bootstrap_fds([fa, fb], mu_r, cov_r, n_boot, seed)
+    d = (classify(xa)[1] >= threshold).double() - (classify(xb)[1] >= threshold).double()
+    return dict(fd=(fd, float(np.std(boot[:, 0] - boot[:, 1], ddof=1))),
+                confident=(float(d.mean()), float(d.std() / len(d) ** 0.5)))
 
 
 def real_fd_floor(n: int, resolution: int = 16, seed: int = 0) -> float:

@@ -131,7 +131,8 @@ def test_cli_errors(tmp_path, trained, capsys):
 
 def test_demo_end_to_end_on_a_tiny_model(trained, tmp_path, monkeypatch, capsys):
     """`demo`: the lab table, then DDPM 1000 (with a progress bar) vs DDIM 10/20/50 from one x_T (seed 0), scored at
-    16×16 and drawn in one grid; its DDIM-10 FD equals that of DDIM-10 run here from the same x_T."""
+    16×16 and drawn in one grid; its DDIM-10 FD equals that of DDIM-10 run here from the same x_T, and each DDIM's
+    paired line gives its FD minus DDPM's."""
     from ddimlab import lab, pretrained, train
 
     model, config = train.load_trained(trained / "ckpt.pt")
@@ -150,6 +151,9 @@ def test_demo_end_to_end_on_a_tiny_model(trained, tmp_path, monkeypatch, capsys)
     up = torch.nn.functional.interpolate(ddim10.clamp(-1, 1), size=(16, 16), mode="bilinear", antialias=True)
     assert float(rows[1][5]) == pytest.approx(quality.score_digits(up)["fd"], abs=0.006)  # scored at 16×16
     assert float(rows[1][6]) > 0  # its bootstrap SE
+    paired = [line.split() for line in out.splitlines() if line.startswith("  DDIM")]    # each DDIM minus DDPM
+    assert [p[1] for p in paired] == ["10", "20", "50"]
+    assert [float(p[4]) for p in paired] == pytest.approx([float(r[5]) - float(rows[0][5]) for r in rows[1:]], abs=0.011)
     assert mpimg.imread(tmp_path / "digits_samplers.png").shape[:2] == (3 * (4 * 17 + 1), 3 * (8 * 17 + 1))  # at 16×16
 
 
