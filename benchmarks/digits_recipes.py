@@ -34,15 +34,6 @@ RECIPES = {
 }
 
 
-def difference(a: torch.Tensor, b: torch.Tensor, paired: bool) -> tuple[float, float]:
-    """(mean of a − mean of b, its standard error): per-sample differences when `paired` (a[i] and b[i] come from
-    the same x_T), else the two means' independent errors combined."""
-    if paired:
-        d = a - b
-        return float(d.mean()), float(d.std() / math.sqrt(len(d)))
-    return float(a.mean() - b.mean()), math.sqrt(float(a.var() / len(a) + b.var() / len(b)))
-
-
 @torch.no_grad()
 def evaluate(model, config, S: int, n: int, x_seeds) -> tuple[torch.Tensor, list[float], list[int]]:
     """(1.0 where the classifier's confidence is ≥ 0.9, else 0.0, for every sample; the FD of each x_T set; the
@@ -110,7 +101,7 @@ def main(argv=None) -> dict:
             for i, measure in ((0, "confident"), (1, "FD")):
                 a, b = (torch.cat([torch.as_tensor(results[r, s, S][i], dtype=torch.float64) for s in args.seeds])
                         for r in (name, base))
-                diffs[name, S, measure] = d, se = difference(a, b, paired)
+                diffs[name, S, measure] = d, se = quality.mean_difference(a, b, paired)
                 digits = 3 if i == 0 else 2
                 print(f"  DDIM-{S} {measure}: {name} {a.mean():.{digits}f} - {base} {b.mean():.{digits}f} = "
                       f"{d:+.{digits}f} ± {se:.{digits}f} ({how}; {verdict(d, se)})")

@@ -55,7 +55,7 @@ def wide(a) -> torch.Tensor:
 
 
 def roots(a, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(√ᾱ, √(1−ᾱ)) formed in float64 (`wide`), each broadcast against x and cast to its dtype (`bcast`)."""
+    """(√ᾱ, √(1−ᾱ)) formed in `wide`'s precision, each broadcast against x and cast to its dtype (`bcast`)."""
     a = wide(a)
     return bcast(a.sqrt(), x), bcast((1 - a).sqrt(), x)
 

@@ -327,11 +327,20 @@ def digits_fd_se(samples, n_boot: int = 50, seed: int = 0) -> float:
     return float(np.std(_bootstrap_fds([feats], mu_r, cov_r, n_boot, seed)[:, 0], ddof=1))
 
 
+def mean_difference(a: torch.Tensor, b: torch.Tensor, paired: bool) -> tuple[float, float]:
+    """(mean of a − mean of b, its standard error) of per-sample scores: from the per-sample differences when `paired`
+    (a[i] and b[i] come from the same x_T), else the two means' independent errors combined."""
+    if paired:
+        d = a - b
+        return float(d.mean()), float(d.std() / len(d) ** 0.5)
+    return float(a.mean() - b.mean()), float((a.var() / len(a) + b.var() / len(b)) ** 0.5)
+
+
 def paired_difference(a, b, threshold: float = 0.9, n_boot: int = 50, seed: int = 0) -> dict:
     """The scores of `a` minus those of `b` when a[i] and b[i] belong together (two samplers run from the same x_T),
     with standard errors that use the pairing (demo): fd: (FD(a) − FD(b), its SD over `n_boot` paired bootstrap
-    resamples, conservative as `digits_fd_se` is); confident: (confident share of a − of b, the SD of the per-sample
-    differences of the two indicators / √n)."""
+    resamples: 1.1 times the spread over fresh draws in tests/test_quality.py); confident: (confident share of a − of
+    b, its paired `mean_difference`)."""
     xa, xb = _as_samples(a), _as_samples(b)
     if xa.shape != xb.shape:
         raise ValueError(f"paired sets need the same shape, got {tuple(xa.shape)} and {tuple(xb.shape)}")
@@ -339,9 +348,8 @@ def paired_difference(a, b, threshold: float = 0.9, n_boot: int = 50, seed: int 
     fb = _features_and_real_stats(xb)[0]
     fd = frechet_distance(*feature_stats(fa), mu_r, cov_r) - frechet_distance(*feature_stats(fb), mu_r, cov_r)
     boot = _bootstrap_fds([fa, fb], mu_r, cov_r, n_boot, seed)
-    d = (classify(xa)[1] >= threshold).double() - (classify(xb)[1] >= threshold).double()
-    return dict(fd=(fd, float(np.std(boot[:, 0] - boot[:, 1], ddof=1))),
-                confident=(float(d.mean()), float(d.std() / len(d) ** 0.5)))
+    ca, cb = ((classify(x)[1] >= threshold).double() for x in (xa, xb))
+    return dict(fd=(fd, float(np.std(boot[:, 0] - boot[:, 1], ddof=1))), confident=mean_difference(ca, cb, paired=True))
 
 
 def real_fd_floor(n: int, resolution: int = 16, seed: int = 0) -> float:

@@ -1,9 +1,8 @@
-"""benchmarks/digits_recipes.py: its standard errors against Monte Carlo, and the pipeline with tiny sizes."""
+"""benchmarks/digits_recipes.py with tiny sizes (its standard errors: `quality.mean_difference`, tests/test_quality.py)."""
 import importlib.util
 from pathlib import Path
 
 import pytest
-import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "digits_recipes.py"
 
@@ -14,25 +13,6 @@ def recipes():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def test_difference_standard_errors_match_the_spread_over_repeated_draws(recipes):
-    """Over 4000 repeated draws of 0/1 scores, the spread of the difference of the two shares is what
-    `difference` predicts: paired (200 pairs, one shared uniform per pair: correlated) and independent (200
-    against 50 samples); the independent formula applied to paired samples would overstate it more than twofold."""
-    g = torch.Generator().manual_seed(0)
-    R, n = 4000, 200
-    u = torch.rand(R, n, generator=g)
-    shared = ((u < 0.80).double(), (u < 0.75).double())                     # the same x_T: correlated
-    apart = ((u < 0.80).double(), (torch.rand(R, 50, generator=g) < 0.75).double())
-    for (a, b), paired in ((shared, True), (apart, False)):
-        spread = float((a.mean(1) - b.mean(1)).std())                       # the truth, from the repeats
-        predicted = sum(recipes.difference(a[r], b[r], paired)[1] for r in range(R)) / R
-        assert abs(predicted / spread - 1) < 0.06, (paired, predicted, spread)   # std of a std at R=4000: 1.1%
-        d = recipes.difference(a[0], b[0], paired)[0]
-        assert d == pytest.approx(float(a[0].mean() - b[0].mean()))         # a minus b, not b minus a
-    wrong = sum(recipes.difference(shared[0][r], shared[1][r], False)[1] for r in range(R)) / R
-    assert wrong > 2 * float((shared[0].mean(1) - shared[1].mean(1)).std())
 
 
 @pytest.mark.slow
