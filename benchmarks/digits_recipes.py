@@ -8,7 +8,7 @@ confidence ≥ 0.9, with its binomial standard error, and the digits FD and digi
 
 Each recipe is compared with the first, in confident share (over the samples) and in mean FD (over the x_T
 sets, whose spread gives its standard error): paired when both draw the same x_T (same resolution and seeds),
-otherwise as independent samples (`difference`).
+otherwise as independent samples (`quality.mean_difference`).
 
     python benchmarks/digits_recipes.py        # the preset against the former 16×16 preset (about 30 min once)
     python benchmarks/digits_recipes.py --seeds 0 1        # the README's run (about an hour once)
