@@ -157,7 +157,8 @@ def diffusers_configs():
 
 
 def sweep_diffusers(eps, x_T, ref, budgets=BUDGETS, configs=None):
-    """{label: {budget: (nfe, rms, median)}}: each setting at the two largest step counts within each budget."""
+    """{label: {budget: (nfe, rms, median, each point's squared error)}}: each setting at the two largest step counts
+    within each budget (the better of the two in RMS)."""
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     out = {}

@@ -6,7 +6,7 @@ sub-sequence. Use `schedule.alpha_bar_at(alpha_bar, t)` to look them up (ᾱ_{�
 range-checked (a ValueError instead of inf or NaN) when they are Python numbers or CPU tensors; tensors
 on an accelerator are not, since a check would synchronise it at every call.
 Coefficients such as √(1−ᾱ_t) and 1 − ᾱ_t/ᾱ_s are formed from ᾱ given as numbers in float64 (`wide`) and cast to
-x's dtype only then: formed in float32, DDPM's posterior mean at t = 1 was off by 7e-4 (1 − ᾱ_1/ᾱ_0 = β_1 = 1e-4
+x's dtype only then: formed in float32, DDPM's posterior mean at t = 1 was off by 7e-4 (1 − ᾱ_1/ᾱ_0 = β_1 ≈ 1.2e-4
 kept three digits).
 The DDIM paper's α_t is DDPM's ᾱ_t.
 """
@@ -226,8 +226,8 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, a_t, a_s, eta: float = 0.0,
     sigma = ddim_sigma(a_t, a_s, eta)
     check_sigma(a_t, a_s, sigma)
     # 1 − ᾱ_s − σ² cancels on the last steps when η > 0 (8.5e-8 on DDPM's t = 100 → 0 with η = 1, where float32
-    # gives 1.0e-7): one reason the coefficients are formed in float64 (`wide`)
-    a_s64, sg64 = wide(a_s), wide(sigma)
+    # gives 1.0e-7): formed in float64 whatever the dtype of ᾱ_s and σ, and only then cast to x's dtype
+    a_s64, sg64 = (torch.as_tensor(a, dtype=torch.float64) for a in (a_s, sigma))
     x_s = bcast(a_s64.sqrt(), x_t) * x0 + bcast((1 - a_s64 - sg64 ** 2).clamp_min(0).sqrt(), x_t) * eps
     if eta > 0:
         if noise is None:
