@@ -339,7 +339,7 @@ def mean_difference(a: torch.Tensor, b: torch.Tensor, paired: bool) -> tuple[flo
 def paired_difference(a, b, threshold: float = 0.9, n_boot: int = 50, seed: int = 0) -> dict:
     """The scores of `a` minus those of `b` when a[i] and b[i] belong together (two samplers run from the same x_T),
     with standard errors that use the pairing (demo): fd: (FD(a) − FD(b), its SD over `n_boot` paired bootstrap
-    resamples: 1.1 times the spread over fresh draws for strongly paired sets in tests/test_quality.py; for weakly
+    resamples: about the spread over fresh draws for strongly paired sets in tests/test_quality.py; for weakly
     paired ones, such as DDPM's and DDIM's samples, likely conservative up to twofold, as `digits_fd_se` is);
     confident: (confident share of a − of b, its paired `mean_difference`)."""
     xa, xb = _as_samples(a), _as_samples(b)
