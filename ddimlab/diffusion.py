@@ -19,12 +19,18 @@ import torch
 VARIANCES = ("small", "large")   # DDPM's two reverse variances: β̃ (posterior) and β (notebook 02 §1)
 
 
+def wide(a) -> torch.Tensor:
+    """ᾱ-like `a` as a tensor to form coefficients in: float64 for Python numbers (the samplers pass ᾱ so); a tensor
+    keeps its dtype, since a float32 ᾱ has been rounded already (training's table: its steps stay bitwise the same)."""
+    return a if isinstance(a, torch.Tensor) else torch.as_tensor(a, dtype=torch.float64)
+
+
 def _check_range(a, name: str, low: float, high: float, low_open: bool, high_open: bool):
     """Raise a ValueError naming `name` unless every value of `a` is finite and in the interval."""
     if isinstance(a, float) and math.isfinite(a) and (a > low if low_open else a >= low) and (
             a < high if high_open else a <= high):
         return a   # the samplers' common case, without building a tensor
-    v = a if isinstance(a, torch.Tensor) else torch.as_tensor(a, dtype=torch.float64)
+    v = wide(a)
     if v.device.type != "cpu":
         return a   # checking would synchronise the accelerator at every call (training, sampling)
     bad = ~torch.isfinite(v) | ((v <= low) if low_open else (v < low)) | ((v >= high) if high_open else (v > high))
@@ -42,16 +48,9 @@ def _check_pair(a_t, a_s):
     _check_range(a_s, "a_s", 0.0, 1.0, True, False)
     if isinstance(a_t, float) and isinstance(a_s, float) and a_s >= a_t:
         return
-    at = a_t if isinstance(a_t, torch.Tensor) else torch.as_tensor(a_t, dtype=torch.float64)
-    as_ = a_s if isinstance(a_s, torch.Tensor) else torch.as_tensor(a_s, dtype=torch.float64)
+    at, as_ = wide(a_t), wide(a_s)
     if at.device.type == "cpu" and as_.device.type == "cpu" and bool((as_ < at).any()):
         raise ValueError("a_s must be >= a_t: s is the earlier, less noisy step of the pair t -> s")
-
-
-def wide(a) -> torch.Tensor:
-    """ᾱ-like `a` as a tensor to form coefficients in: float64 for Python numbers (the samplers pass ᾱ so); a tensor
-    keeps its dtype, since a float32 ᾱ has been rounded already (training's table: its steps stay bitwise the same)."""
-    return a if isinstance(a, torch.Tensor) else torch.as_tensor(a, dtype=torch.float64)
 
 
 def roots(a, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,7 +124,7 @@ def posterior_variance(a_t, a_s):
     For consecutive steps s = t−1 this is DDPM's β̃_t = (1−ᾱ_{t−1})/(1−ᾱ_t) β_t.
     """
     _check_pair(a_t, a_s)
-    a_t, a_s = (a if isinstance(a, torch.Tensor) else torch.as_tensor(a, dtype=torch.float64) for a in (a_t, a_s))
+    a_t, a_s = wide(a_t), wide(a_s)
     return (1 - a_s) / (1 - a_t) * (1 - a_t / a_s)
 
 
