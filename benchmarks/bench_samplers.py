@@ -33,6 +33,7 @@ import warnings
 
 import torch
 
+from ddimlab import lab as exact_lab
 from ddimlab import ode, samplers, schedule, toy
 
 T = 1000
@@ -55,17 +56,6 @@ def errors(x0, ref) -> tuple[float, float, torch.Tensor]:
     coordinates) of x0 − ref."""
     e2 = (x0.double() - ref).pow(2).mean(1)
     return float(e2.mean().sqrt()), float(e2.sqrt().median()), e2
-
-
-def ratio_ses(e2_peer, e2_ours, draws: int = 2000) -> tuple[float, float]:
-    """Bootstrap standard errors of the RMS ratio and the median ratio peer / ours, resampling the points (both ran
-    from the same x_T, so the resampling is paired). The selection of the peer's best setting on these same points
-    is not part of it."""
-    idx = torch.randint(e2_ours.shape[0], (draws, e2_ours.shape[0]), generator=torch.Generator().manual_seed(0))
-    a, b = e2_peer[idx], e2_ours[idx]
-    rms = (a.mean(1) / b.mean(1)).sqrt()
-    med = a.sqrt().median(1).values / b.sqrt().median(1).values
-    return float(rms.std()), float(med.std())
 
 
 def lab(mixture, n: int, seed: int = 0):
@@ -316,7 +306,6 @@ def stochastic_table(mixture, eps, x_T, ab, steps=(10, 50, 1000)):
     SE (`lab.paired_difference`), and the largest difference between the two samplers' samples."""
     import diffusers
 
-    from ddimlab import lab as exact_lab
     y = mixture.sample(x_T.shape[0], torch.Generator().manual_seed(2)) / mixture.std()
     lines = []
     for S in steps:
@@ -390,8 +379,8 @@ def report(name, mixture, n, budgets):
         print(f"  NFE<={b}: best diffusers rms {best_rms[0]:.2e} [{best_rms[1]}], median {best_med[0]:.2e} [{best_med[1]}]")
         for kind, r in (("fixed", own[FIXED][b]), ("tuned", own[TUNED[b]][b]),
                         ("self-selected", own[self_rms[1]][b])):
-            se_rms = ratio_ses(peers[best_rms[1]][b][3], r[3])[0]
-            se_med = ratio_ses(peers[best_med[1]][b][3], r[3])[1]
+            se_rms = exact_lab.error_ratio(peers[best_rms[1]][b][3], r[3])["rms"][1]
+            se_med = exact_lab.error_ratio(peers[best_med[1]][b][3], r[3])["median"][1]
             print(f"     ddimlab {kind:13s} rms {r[1]:.2e} (ratio {best_rms[0] / r[1]:4.2f} ± {se_rms:.2f}), "
                   f"median {r[2]:.2e} (ratio {best_med[0] / r[2]:4.2f} ± {se_med:.2f})"
                   + (f"  [{self_rms[1]}]" if kind == "self-selected" else ""))

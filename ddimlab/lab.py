@@ -97,6 +97,19 @@ def noise_floor(mixture: toy.GaussianMixture, n: int, generator: torch.Generator
     return toy.mmd(mixture.sample(n, generator), mixture, generator, repeats=repeats, kernel=kernel, scale=scale)
 
 
+def error_ratio(e2_a: torch.Tensor, e2_b: torch.Tensor, draws: int = 2000, seed: int = 0) -> dict:
+    """Solver a's error over solver b's, from each point's squared error (two solvers run from the same x_T against
+    one reference): {"rms": (ratio, SE), "median": (ratio of the median per-point errors, SE)}, the SEs by a bootstrap
+    over the points that resamples both together (notebook 08 §7, benchmarks/bench_samplers.py)."""
+    idx = torch.randint(len(e2_b), (draws, len(e2_b)), generator=torch.Generator().manual_seed(seed))
+
+    def ratios(a, b):
+        return (a.mean(-1) / b.mean(-1)).sqrt(), a.sqrt().median(-1).values / b.sqrt().median(-1).values
+
+    (rms, med), (rms_boot, med_boot) = ratios(e2_a, e2_b), ratios(e2_a[idx], e2_b[idx])
+    return dict(rms=(float(rms), float(rms_boot.std())), median=(float(med), float(med_boot.std())))
+
+
 def paired_difference(xa: torch.Tensor, xb: torch.Tensor, y: torch.Tensor, kernel) -> tuple[float, float]:
     """(MMD²(xa, y) − MMD²(xb, y), its standard error) when xa[i], xb[i] and y[i] belong together (two samplers
     run from the same x_T and noise, one reference set; notebook 04 §4): the jackknife of the difference,
