@@ -42,15 +42,6 @@ BUDGETS = (5, 10, 20)
 
 # ----------------------------------------------------------------------------------------- metrics
 
-def counting(eps):
-    """Wrap eps so that calls (NFE) are counted."""
-    def f(x, t):
-        f.nfe += 1
-        return eps(x, t)
-    f.nfe = 0
-    return f
-
-
 def errors(x0, ref) -> tuple[float, float, torch.Tensor]:
     """(RMS over points and coordinates, median over points of the per-point RMS, each point's mean square over
     coordinates) of x0 − ref."""
@@ -158,10 +149,10 @@ def sweep_diffusers(eps, x_T, ref, budgets=BUDGETS, configs=None):
 
         def at(S):
             if S not in cache:
-                f = counting(lambda x, t: eps(x, float(t)))
+                f = ode.counted(lambda x, t: eps(x, float(t)))
                 try:
                     x0, _ = run_diffusers(make(), f, x_T, S)
-                    cache[S] = (f.nfe,) + errors(x0, ref) if bool(torch.isfinite(x0).all()) else None
+                    cache[S] = (f.calls,) + errors(x0, ref) if bool(torch.isfinite(x0).all()) else None
                 except Exception:          # a setting diffusers rejects (e.g. bh1 with a zero final sigma)
                     cache[S] = None
             return cache[S]
@@ -226,10 +217,10 @@ def ddimlab_sweep_settings():
 
 def run_ddimlab(name, eps, x_T, ref, nfe, ab):
     kw, rule = ddimlab_setting(name)
-    f = counting(eps)
+    f = ode.counted(eps)
     x0 = ode.ipndm(f, x_T, ab, rule(nfe, ab), **kw)
-    assert f.nfe <= nfe, (name, f.nfe, nfe)
-    return (f.nfe,) + errors(x0, ref)
+    assert f.calls <= nfe, (name, f.calls, nfe)
+    return (f.calls,) + errors(x0, ref)
 
 
 def ddimlab_rows(eps, x_T, ref, ab, budgets):
@@ -246,9 +237,9 @@ def ddimlab_rows(eps, x_T, ref, ab, budgets):
     for label, (solver, steps) in rows.items():
         out[label] = {}
         for b in budgets:
-            f = counting(eps)
+            f = ode.counted(eps)
             x0 = solver(f, x_T, ab, steps(b))
-            out[label][b] = (f.nfe,) + errors(x0, ref)
+            out[label][b] = (f.calls,) + errors(x0, ref)
     return out
 
 

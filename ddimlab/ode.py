@@ -563,6 +563,16 @@ def nfe(name: str, S: int) -> int:
     return _lookup(name)[1](S)
 
 
+def counted(eps):
+    """`eps` with a count of its calls in `.calls`: the network calls a solver really makes, to set beside `nfe`
+    (notebook 05 §7)."""
+    def wrapped(x, t):
+        wrapped.calls += 1
+        return eps(x, t)
+    wrapped.calls = 0
+    return wrapped
+
+
 # ------------------------------------------------------------------------------------- reference
 
 def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-10, atol: float = 1e-10,

@@ -107,8 +107,9 @@ def test_nfe_and_time_arguments():
             assert t.shape == (x.shape[0],)
             return EPS(x, t)
 
-        x0, tr = ode.solve(name, eps, X_T, AB, seq, return_trajectory=True)
-        assert len(calls) == ode.nfe(name, 6)
+        counted = ode.counted(eps)
+        x0, tr = ode.solve(name, counted, X_T, AB, seq, return_trajectory=True)
+        assert len(calls) == ode.nfe(name, 6) == counted.calls
         assert len(tr["x"]) == 7 and tr["t"][-1] == -1 and torch.equal(tr["x"][-1], x0)
         integer = [t for t in calls if not t.dtype.is_floating_point]
         assert {int(t[0]) for t in integer} <= set(seq.tolist())
