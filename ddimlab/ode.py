@@ -351,7 +351,8 @@ def _lagrange_integrals(nodes, a: float, b: float, rho: float = 1.0) -> list[flo
 
 def dpm_solver_pp_3m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None, *,
                      published: bool = False):
-    """DPM-Solver++(3M) (Lu et al. 2022b, §4 and App. B), multistep third order in x̂_0. NFE = S (notebook 08 §3).
+    """DPM-Solver++(3M): Lu et al. 2022b's multistep data-prediction solver taken to third order, as in the authors'
+    code (`multistep_dpm_solver_third_update`, LuChengTHU/dpm-solver) and diffusers. NFE = S (notebook 08 §3).
 
     In λ = −log σ the data-prediction ODE dx̄/dλ = D − x̄ (D = x̂_0 = x̄ − σ ε) has the exact solution
     x̄_s = e^{−h} x̄_t + ∫_0^h e^{−(h−u)} D(λ_t + u) du, h = λ_s − λ_t. Replacing D by the quadratic p through
