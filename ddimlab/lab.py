@@ -110,6 +110,26 @@ def error_ratio(e2_a: torch.Tensor, e2_b: torch.Tensor, draws: int = 2000, seed:
     return dict(rms=(float(rms), float(rms_boot.std())), median=(float(med), float(med_boot.std())))
 
 
+def cross_fitted_best(e2: dict, statistic: str = "rms") -> tuple[torch.Tensor, tuple]:
+    """The best of many settings, measured on points it was not picked on: `e2` maps each setting to each point's
+    squared error (all from the same x_T); the setting with the lowest RMS (or median per-point error, `statistic`
+    "median") on the first half of the points is scored on the second half and vice versa. Returns each point's
+    squared error under the setting picked on the other half, and the two picks. The minimum over settings on the
+    very points it reports is biased low, the more so the more settings are tried (benchmarks/bench_samplers.py
+    picks the best of 410 diffusers settings)."""
+    if statistic not in ("rms", "median"):
+        raise ValueError(f"statistic must be 'rms' or 'median', got {statistic!r}")
+    n = len(next(iter(e2.values())))
+    first, second = slice(0, n // 2), slice(n // 2, n)
+
+    def pick(part):
+        score = (lambda e: e.mean()) if statistic == "rms" else (lambda e: e.sqrt().median())
+        return min(e2, key=lambda k: float(score(e2[k][part])))
+
+    on_first, on_second = pick(first), pick(second)
+    return torch.cat([e2[on_second][first], e2[on_first][second]]), (on_first, on_second)
+
+
 def paired_difference(xa: torch.Tensor, xb: torch.Tensor, y: torch.Tensor, kernel) -> tuple[float, float]:
     """(MMD²(xa, y) − MMD²(xb, y), its standard error) when xa[i], xb[i] and y[i] belong together (two samplers
     run from the same x_T and noise, one reference set; notebook 04 §4): the jackknife of the difference,
