@@ -382,8 +382,9 @@ def report(name, mixture, n, budgets):
         theirs = {lab_: r[b][3] for lab_, r in peers.items() if b in r}
         (d_rms, d_rms_picks), (d_med, d_med_picks) = (exact_lab.cross_fitted_best(theirs, s) for s in ("rms", "median"))
         self_cf = exact_lab.cross_fitted_best({s: own[s][b][3] for s in settings})[0]
-        print(f"     cross-fitted: best diffusers rms {d_rms.mean().sqrt():.2e} [{' / '.join(d_rms_picks)}], "
-              f"median {d_med.sqrt().median():.2e} [{' / '.join(d_med_picks)}]")
+        picks = lambda p: " / ".join(dict.fromkeys(p))          # noqa: E731  one name when both halves agree
+        print(f"     cross-fitted: best diffusers rms {d_rms.mean().sqrt():.2e} [{picks(d_rms_picks)}], "
+              f"median {d_med.sqrt().median():.2e} [{picks(d_med_picks)}]")
         for kind, e2 in (("fixed", own[FIXED][b][3]), ("tuned", own[TUNED[b]][b][3]), ("self-selected", self_cf)):
             rms, med = exact_lab.error_ratio(d_rms, e2)["rms"], exact_lab.error_ratio(d_med, e2)["median"]
             print(f"     ddimlab {kind:13s} ratio rms {rms[0]:4.2f} ± {rms[1]:.2f}, median {med[0]:4.2f} ± {med[1]:.2f}")
