@@ -88,9 +88,14 @@ def _make_dry_run(*args: str) -> list[str]:
     return _make("-n", f"VENV={NO_VENV}", *args)
 
 
+def _pip_installs(lines: list[str]) -> list[list[str]]:
+    """The arguments of each `pip install` that make prints, without the quiet and no-compile flags."""
+    return [[a for a in shlex.split(line)[2:] if a not in ("-q", "--no-compile")]
+            for line in lines if line.startswith(f"{NO_VENV}/bin/pip install")]
+
+
 def _torch_pip_line(lines: list[str]) -> list[str]:
-    pip = [shlex.split(line) for line in lines if line.startswith(f"{NO_VENV}/bin/pip install")]
-    torch = [argv for argv in pip if any(a.startswith("torch") for a in argv[3:])]
+    torch = [argv for argv in _pip_installs(lines) if any(a.startswith("torch") for a in argv)]
     assert len(torch) == 1, lines
     return torch[0]
 
@@ -102,7 +107,7 @@ CPU_TORCH = "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
                                    "torch"])
 def test_make_install_passes_torch_to_pip_unchanged(torch):
     lines = _make_dry_run("install", f"TORCH={torch}")
-    assert _torch_pip_line(lines)[2:] == ["-q", *torch.split()]
+    assert _torch_pip_line(lines) == torch.split()
     # the index is for torch only: the package and its other dependencies still come from PyPI
     assert sum("--index-url" in line for line in lines if "pip install" in line) == ("--index-url" in torch)
 
@@ -112,7 +117,7 @@ def test_make_install_passes_torch_to_pip_unchanged(torch):
                                           ("gpu-check", "bench")])
 def test_make_installs_only_the_extra_a_target_needs(target, extra):
     """The main job installs torch and the package, nothing else; other targets add their extra once."""
-    installs = [shlex.split(line)[3:] for line in _make_dry_run(target) if line.startswith(f"{NO_VENV}/bin/pip install")]
+    installs = _pip_installs(_make_dry_run(target))
     packages = [argv[-1] for argv in installs if argv[0] == "-e"]
     assert packages == ["."] + ([f".[{extra}]"] if extra else []), installs
     assert extra is None or extra in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
@@ -120,7 +125,7 @@ def test_make_installs_only_the_extra_a_target_needs(target, extra):
 
 def test_make_default_torch_is_the_readme_pin():
     """The default is PyPI's torch==X (CUDA on Linux); the README's CPU-only command pins the same X."""
-    default = _torch_pip_line(_make_dry_run("install"))[3:]
+    default = _torch_pip_line(_make_dry_run("install"))
     assert len(default) == 1 and re.fullmatch(r"torch==[0-9.]+", default[0]), default
     readme = (ROOT / "README.md").read_text()
     assert f'"{default[0]} --index-url https://download.pytorch.org/whl/cpu"' in readme
