@@ -43,6 +43,8 @@ def _model_for(args):
     steps = args.steps if args.steps is not None else (T if getattr(args, "sampler", None) == "ddpm" else 50)
     if steps > T:
         raise ValueError(f"--steps {steps} exceeds the model's T = {T}")
+    if args.spacing is None:       # recorded in the output and printed as the one used
+        args.spacing = ode.DEFAULT_RULES.get(getattr(args, "sampler", None), "uniform")
     seq = ode.rule_timesteps(args.spacing, steps, abar) if args.spacing in ode.STEP_RULES else \
         sampling_steps(steps, T, args.spacing)
     return net, abar, device, seq
@@ -259,8 +261,10 @@ def _model_args(p: argparse.ArgumentParser, out_default: str) -> None:
                         "download it once), or a diffusers UNet2DModel folder")
     p.add_argument("--steps", type=_positive, default=None,
                    help="number of sampling steps S (default 50; for --sampler ddpm all T steps)")
-    p.add_argument("--spacing", choices=schedule.SPACINGS + ode.STEP_RULES, default="uniform",
-                   help="timestep sub-sequence (README, Timestep sub-sequences; logsnr, karras, power2/3: notebook 08 §5)")
+    p.add_argument("--spacing", choices=schedule.SPACINGS + ode.STEP_RULES, default=None,
+                   help="timestep sub-sequence (README, Timestep sub-sequences; logsnr, karras, power2/3: notebook 08 §5). "
+                        "Default: uniform; for --sampler, the solver's own: logsnr for dpm_solver_pp_2m/3m and unipc_2/3, "
+                        "power3 for ipndm")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, mps")
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the network on CUDA")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights of a ddimlab checkpoint, not the EMA")

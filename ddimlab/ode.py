@@ -546,6 +546,12 @@ _REGISTRY = {
     "ipndm": (ipndm, lambda S: S - 1),
 }
 SOLVERS = tuple(_REGISTRY)
+# The step rule each solver runs on when none is asked for (`sample --sampler NAME`): the grid it is measured on in
+# notebook 08 and benchmarks/bench_samplers.py: λ-uniform for the λ-solvers (their papers' "logSNR" steps),
+# σ^{1/3}-uniform for iPNDM (the benchmark's fixed setting), the DDIM code's `uniform` for DDIM and the
+# single-step solvers of notebook 05.
+DEFAULT_RULES = {"euler": "uniform", "heun": "uniform", "dpm_solver_2": "uniform", "dpm_solver_pp_2m": "logsnr",
+                 "dpm_solver_pp_3m": "logsnr", "unipc_2": "logsnr", "unipc_3": "logsnr", "ipndm": "power3"}
 
 
 def _lookup(name: str):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddimlab import checkpoint, cli, plotting, quality, schedule
+from ddimlab import checkpoint, cli, ode, plotting, quality, schedule
 from ddimlab.checkpoint import eps_fn
 from ddimlab.samplers import ddim_sample
 from ddimlab.unet import UNet
@@ -329,6 +329,22 @@ def test_sample_with_the_fast_solvers(trained, tmp_path, sampler, spacing):
                      "--steps", "6", "--n", "2", "--no-progress", "--out", str(tmp_path / sampler)]) == 0
     z = np.load(tmp_path / f"{sampler}.npz")
     assert z["samples"].shape == (2, 1, 8, 8) and np.isfinite(z["samples"]).all()
+
+
+def test_each_solver_runs_on_its_own_steps_unless_asked(trained, tmp_path, capsys):
+    """`sample --sampler ipndm` ran on the DDIM code's uniform grid (for S = 6: t = 830 … 0), not on the σ^{1/3} grid
+    it is benchmarked on; the λ-solvers likewise. Without --spacing each solver takes ode.DEFAULT_RULES, recorded in
+    the NPZ; DDIM keeps `uniform`, and an explicit --spacing wins."""
+    for sampler, spacing, expected in (("ipndm", None, "power3"), ("unipc_3", None, "logsnr"), ("ddim", None, "uniform"),
+                                       ("ipndm", "uniform", "uniform")):
+        out = tmp_path / f"{sampler}_{spacing}"
+        args = ["sample", "--checkpoint", str(trained), "--sampler", sampler, "--steps", "6", "--n", "2", "--no-progress",
+                "--out", str(out)] + (["--spacing", spacing] if spacing else [])
+        assert cli.main(args) == 0
+        assert str(np.load(out.with_suffix(".npz"))["spacing"]) == expected
+        assert f"6 steps, {expected})" in capsys.readouterr().out
+    seq = ode.rule_timesteps("power3", 6, schedule.make_alpha_bar("linear", 1000))
+    assert int(seq[0]) == 999 and seq.tolist() != schedule.timesteps(6, 1000, "uniform").tolist()
 
 
 def test_samples_that_diverged_are_written_with_a_warning(trained, tmp_path, capsys):
