@@ -99,12 +99,28 @@ def t_of_sigma(alpha_bar: torch.Tensor, sigma) -> torch.Tensor:
     return j.to(torch.float64) - 1 + frac
 
 
+def _distinct_steps(t: torch.Tensor, t_min: int, t_max: int, T: int) -> torch.Tensor:
+    """The S real steps `t` (decreasing) as S distinct integer steps in [t_min, t_max] (notebook 08 §5): each rounded,
+    then, where two round to the same integer (at low noise, where the σ-based rules crowd their steps), the later
+    one kept and the earlier moved up to the next free integer; S steps asked for are S steps run."""
+    S = len(t)
+    if S > t_max - t_min + 1:
+        raise ValueError(f"{S} distinct steps do not fit between t = {t_min} and {t_max}")
+    r = t.round().long().clamp(t_min, t_max).tolist()
+    for i in range(S - 2, -1, -1):             # from low noise up: each above the one after it
+        r[i] = max(r[i], r[i + 1] + 1)
+    r[0] = min(r[0], t_max)
+    for i in range(1, S):                      # and back under t_max where the pushing overshot
+        r[i] = min(r[i], r[i - 1] - 1)
+    return validate_timesteps(torch.tensor(r), T)
+
+
 def lambda_timesteps(S: int, alpha_bar: torch.Tensor, t_max: int | None = None, t_min: int = 0) -> torch.Tensor:
     """Integer steps τ whose λ = −log σ is (nearly) uniform from t_max (default T−1) to t_min (notebook 05 §6).
 
     DPM-Solver's recommended "logSNR" spacing: σ_k log-uniform between σ(t_max) and σ(t_min), mapped to
-    the nearest integer step. Steps that round to the same integer (near t = 0 for large S) are kept
-    once, so the result can be shorter than S — like the official `quad` spacing. Decreasing, validated.
+    the nearest integer step; steps that round to the same integer (near t = 0 for large S) are moved apart
+    (`_distinct_steps`), so the result has exactly S steps. Decreasing, validated.
     """
     alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64)
     T = alpha_bar.shape[0]
@@ -117,8 +133,7 @@ def lambda_timesteps(S: int, alpha_bar: torch.Tensor, t_max: int | None = None, 
         return validate_timesteps(torch.tensor([t_max]), T)
     log_sig = torch.linspace(math.log(float(sigma_at(alpha_bar, t_max))), math.log(float(sigma_at(alpha_bar, t_min))),
                              S, dtype=torch.float64)
-    t = t_of_sigma(alpha_bar, log_sig.exp()).round().long().clamp(t_min, t_max)
-    return validate_timesteps(torch.unique(t).flip(0), T)
+    return _distinct_steps(t_of_sigma(alpha_bar, log_sig.exp()), t_min, t_max, T)
 
 
 def karras_timesteps(S: int, alpha_bar: torch.Tensor, rho: float = 7.0, t_max: int | None = None,
@@ -127,8 +142,8 @@ def karras_timesteps(S: int, alpha_bar: torch.Tensor, rho: float = 7.0, t_max: i
 
     ρ = 7 is EDM's choice. ρ = 1 is uniform in σ and ρ → ∞ uniform in log σ (λ-uniform); in between, the steps in
     log σ grow towards low noise (d log σ = ρ dv / v with v = σ^{1/ρ}), so ρ = 7 puts more steps at low noise than
-    uniform σ and fewer than λ-uniform. Each σ_i is mapped to the nearest integer step; repeats are kept once, so
-    the result can be shorter than S.
+    uniform σ and fewer than λ-uniform. Each σ_i is mapped to the nearest integer step, repeats moved apart
+    (`_distinct_steps`): exactly S steps.
     """
     alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64)
     T = alpha_bar.shape[0]
@@ -143,8 +158,7 @@ def karras_timesteps(S: int, alpha_bar: torch.Tensor, rho: float = 7.0, t_max: i
         return validate_timesteps(torch.tensor([t_max]), T)
     lo, hi = float(sigma_at(alpha_bar, t_min)) ** (1 / rho), float(sigma_at(alpha_bar, t_max)) ** (1 / rho)
     sig = torch.linspace(hi, lo, S, dtype=torch.float64) ** rho
-    t = t_of_sigma(alpha_bar, sig).round().long().clamp(t_min, t_max)
-    return validate_timesteps(torch.unique(t).flip(0), T)
+    return _distinct_steps(t_of_sigma(alpha_bar, sig), t_min, t_max, T)
 
 
 def power_timesteps(S: int, T: int = 1000, kappa: float = 2.0) -> torch.Tensor:
@@ -153,15 +167,14 @@ def power_timesteps(S: int, T: int = 1000, kappa: float = 2.0) -> torch.Tensor:
     κ = 1 is uniform in t; κ = 2 is the "time-quadratic" spacing (Zhang & Chen 2023, DEIS §5; the DDIM code's
     `quad` is its reverse, from 0 up to 0.8 T). The grid's next point after the last one, i = S, is the final
     step to ᾱ_{−1} = 1 that every solver takes, so the steps shrink smoothly into σ = 0 (σ ∝ √(t+1) there).
-    Starts at T − 1; repeats after rounding are kept once.
+    Starts at T − 1; steps that round to the same integer are moved apart (`_distinct_steps`): exactly S steps.
     """
     if isinstance(S, bool) or not isinstance(S, int) or not 1 <= S <= T:
         raise ValueError(f"number of steps S must be an integer in 1..T={T}, got {S!r}")
     if not kappa >= 1:
         raise ValueError(f"kappa must be >= 1, got {kappa!r}")
-    u = T * (1 - np.arange(S) / S) ** kappa
-    t = np.clip(np.round(u - 1), 0, T - 1).astype(np.int64)
-    return validate_timesteps(torch.as_tensor(np.unique(t)[::-1].copy()), T)
+    u = T * (1 - torch.arange(S, dtype=torch.float64) / S) ** kappa
+    return _distinct_steps(u - 1, 0, T - 1, T)
 
 
 STEP_RULES = ("logsnr", "karras", "power2", "power3")   # the σ-based rules, beside schedule.SPACINGS

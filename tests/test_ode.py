@@ -89,7 +89,6 @@ def test_lambda_timesteps():
     lam = -ode.sigma_at(AB, seq).log()
     steps = lam[1:] - lam[:-1]
     assert float(steps.max() / steps.min()) < 1.5          # uniform in λ up to rounding t to integers
-    assert len(ode.lambda_timesteps(200, AB)) < 200         # repeats near t = 0 are kept once
     # the point of λ spacing: DPM-Solver++(2M) at 10 NFE beats DDIM at 10 NFE on the usual grid
     ref = ode.reference_solution(EPS, X_T, AB, 999, -1, rtol=1e-9, atol=1e-9)
     err_pp = float((ode.dpm_solver_pp_2m(EPS, X_T, AB, seq) - ref).abs().max())
@@ -338,6 +337,21 @@ def test_every_solver_runs_a_unet_with_a_callback():
         assert x0.dtype == torch.float32 and bool(torch.isfinite(x0).all()), name
         assert [i["i"] for i in infos] == [0, 1, 2, 3] and infos[-1]["s"] == -1, name
         assert len(ts) == ode.nfe(name, 4) and min(ts) >= 0, (name, ts)
+
+
+@pytest.mark.parametrize("rule", ["logsnr", "karras", "power2", "power3"])
+def test_step_rules_give_as_many_steps_as_asked(rule):
+    """The σ-based rules crowd their steps at low noise, where several round to one integer step: power3 gave 20
+    steps for S = 21 (so 'iPNDM with 20 calls' made 19) and 43 for S = 50. Now S distinct steps, each where it
+    rounds to unless that integer is taken (then the next free one above it), and the rule's own points where
+    nothing collides (S = 10)."""
+    for S in (10, 21, 50, 200, 1000):
+        seq = ode.rule_timesteps(rule, S, AB)
+        assert len(seq) == S and bool((seq[1:] < seq[:-1]).all()) and int(seq[0]) == 999 and int(seq[-1]) >= 0, (S, seq)
+    assert ode.rule_timesteps("power3", 21, AB).tolist()[-5:] == [12, 6, 2, 1, 0]     # 1000 (2/21)³ − 1 rounds to 0
+    assert ode.lambda_timesteps(30, AB, t_min=100).tolist()[-1] == 100
+    with pytest.raises(ValueError, match="do not fit"):
+        ode.lambda_timesteps(950, AB, t_min=100)
 
 
 def test_karras_and_power_timesteps():
