@@ -354,6 +354,9 @@ def report(name, mixture, n, budgets):
         cells = []
         for b in budgets:
             rows = [(r[b], lab_) for lab_, r in peers.items() if lab_.startswith(fam) and b in r]
+            if not rows:                   # no setting of this family ran within the budget (or was swept)
+                cells.append("-")
+                continue
             (nr, rms, *_), _ = min(rows, key=lambda x: x[0][1])
             med = min(x[0][2] for x in rows)
             cells.append(f"{rms:.2e} / {med:.2e} ({nr:2d})")
