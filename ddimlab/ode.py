@@ -100,9 +100,10 @@ def t_of_sigma(alpha_bar: torch.Tensor, sigma) -> torch.Tensor:
 
 
 def _distinct_steps(t: torch.Tensor, t_min: int, t_max: int, T: int) -> torch.Tensor:
-    """The S real steps `t` (decreasing) as S distinct integer steps in [t_min, t_max] (notebook 08 §5): each rounded,
-    then, where two round to the same integer (at low noise, where the σ-based rules crowd their steps), the later
-    one kept and the earlier moved up to the next free integer; S steps asked for are S steps run."""
+    """The S real steps `t` (decreasing) as S distinct integer steps in [t_min, t_max] (notebook 08 §5): each rounded;
+    where steps round to the same integer (at low noise, where the σ-based rules crowd their steps), those above are
+    raised just enough to be distinct, and lowered again from the top where that overshoots t_max. S steps asked for
+    are S steps run; S larger than the number of integers in [t_min, t_max] is an error."""
     S = len(t)
     if S > t_max - t_min + 1:
         raise ValueError(f"{S} distinct steps do not fit between t = {t_min} and {t_max}")
@@ -120,7 +121,7 @@ def lambda_timesteps(S: int, alpha_bar: torch.Tensor, t_max: int | None = None, 
 
     DPM-Solver's recommended "logSNR" spacing: σ_k log-uniform between σ(t_max) and σ(t_min), mapped to
     the nearest integer step; steps that round to the same integer (near t = 0 for large S) are moved apart
-    (`_distinct_steps`), so the result has exactly S steps. Decreasing, validated.
+    (`_distinct_steps`), so the result has exactly S steps (S must fit between t_min and t_max). Decreasing, validated.
     """
     alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64)
     T = alpha_bar.shape[0]
@@ -143,7 +144,7 @@ def karras_timesteps(S: int, alpha_bar: torch.Tensor, rho: float = 7.0, t_max: i
     ρ = 7 is EDM's choice. ρ = 1 is uniform in σ and ρ → ∞ uniform in log σ (λ-uniform); in between, the steps in
     log σ grow towards low noise (d log σ = ρ dv / v with v = σ^{1/ρ}), so ρ = 7 puts more steps at low noise than
     uniform σ and fewer than λ-uniform. Each σ_i is mapped to the nearest integer step, repeats moved apart
-    (`_distinct_steps`): exactly S steps.
+    (`_distinct_steps`): exactly S steps (S must fit between t_min and t_max).
     """
     alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64)
     T = alpha_bar.shape[0]
@@ -559,10 +560,10 @@ _REGISTRY = {
     "ipndm": (ipndm, lambda S: S - 1),
 }
 SOLVERS = tuple(_REGISTRY)
-# The step rule each solver runs on when none is asked for (`sample --sampler NAME`): the grid it is measured on in
-# notebook 08 and benchmarks/bench_samplers.py: λ-uniform for the λ-solvers (their papers' "logSNR" steps),
-# σ^{1/3}-uniform for iPNDM (the benchmark's fixed setting), the DDIM code's `uniform` for DDIM and the
-# single-step solvers of notebook 05.
+# The step rule each solver runs on when none is asked for (`sample --sampler NAME`): λ-uniform for the λ-solvers (their
+# papers' "logSNR" steps, on which notebook 08 and benchmarks/bench_samplers.py measure them), power3 ((t+1)^{1/3}-uniform,
+# the benchmark's fixed setting) for iPNDM, and the DDIM code's `uniform`, the command's default before, for DDIM and the
+# single-step solvers of notebook 05 (which measures them on `linspace`).
 DEFAULT_RULES = {"euler": "uniform", "heun": "uniform", "dpm_solver_2": "uniform", "dpm_solver_pp_2m": "logsnr",
                  "dpm_solver_pp_3m": "logsnr", "unipc_2": "logsnr", "unipc_3": "logsnr", "ipndm": "power3"}
 

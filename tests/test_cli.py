@@ -332,9 +332,9 @@ def test_sample_with_the_fast_solvers(trained, tmp_path, sampler, spacing):
 
 
 def test_each_solver_runs_on_its_own_steps_unless_asked(trained, tmp_path, capsys):
-    """`sample --sampler ipndm` ran on the DDIM code's uniform grid (for S = 6: t = 830 … 0), not on the σ^{1/3} grid
-    it is benchmarked on; the λ-solvers likewise. Without --spacing each solver takes ode.DEFAULT_RULES, recorded in
-    the NPZ; DDIM keeps `uniform`, and an explicit --spacing wins."""
+    """`sample --sampler ipndm` ran on the DDIM code's uniform grid (for S = 6: t = 830 … 0), not on the power3 grid
+    ((t+1)^{1/3}-uniform) it is benchmarked on; the λ-solvers likewise. Without --spacing each solver takes
+    ode.DEFAULT_RULES, recorded in the NPZ; DDIM keeps `uniform`, and an explicit --spacing wins."""
     for sampler, spacing, expected in (("ipndm", None, "power3"), ("unipc_3", None, "logsnr"), ("ddim", None, "uniform"),
                                        ("ipndm", "uniform", "uniform")):
         out = tmp_path / f"{sampler}_{spacing}"

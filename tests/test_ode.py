@@ -342,8 +342,8 @@ def test_every_solver_runs_a_unet_with_a_callback():
 @pytest.mark.parametrize("rule", ["logsnr", "karras", "power2", "power3"])
 def test_step_rules_give_as_many_steps_as_asked(rule):
     """The σ-based rules crowd their steps at low noise, where several round to one integer step: power3 gave 20
-    steps for S = 21 (so 'iPNDM with 20 calls' made 19) and 43 for S = 50. Now S distinct steps, each where it
-    rounds to unless that integer is taken (then the next free one above it); where nothing collides the rules' own
+    steps for S = 21 (so 'iPNDM with 20 calls' made 19) and 46 for S = 50. Now S distinct steps, each where it
+    rounds to unless that integer is taken (then raised just enough); where nothing collides the rules' own
     points are unchanged (test_lambda_timesteps, test_karras_and_power_timesteps)."""
     for S in (10, 21, 50, 200, 1000):
         seq = ode.rule_timesteps(rule, S, AB)
