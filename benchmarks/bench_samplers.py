@@ -266,6 +266,12 @@ def tune(n: int = 1024, budgets=BUDGETS):
         print(f"tuned for NFE {b}: {best!r} (geometric-mean ratio {gm[(best, b)]:.2f})")
     fixed = max(settings, key=lambda s: sum(math.log(gm[(s, b)]) for b in budgets))
     print(f"fixed: {fixed!r} (geometric-mean ratios {[round(gm[(fixed, b)], 2) for b in budgets]})")
+    print("ratio on each tuning mixture (in-sample: these mixtures chose the settings):")
+    for b in budgets:
+        for kind, s in (("FIXED", FIXED), ("TUNED", TUNED[b])):
+            r = [math.exp(v) for v in logs[(s, b)]]
+            print(f"  NFE {b:2d} {kind}: {' '.join(f'{v:.2f}' for v in r)}  (geometric mean {gm[(s, b)]:.2f}, "
+                  f"below 1 on {sum(v < 1 for v in r)}, at least 2 on {sum(v >= 2 for v in r)})")
 
 
 # The diffusers settings that are best in some cell of the reported mixtures (RMS or median): the tuning
