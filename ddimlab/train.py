@@ -102,7 +102,7 @@ PRESETS: dict[str, dict] = {
     # The digits at their native 8×8 (scikit-learn's originals; the 16×16 set is a bilinear resize of them,
     # so nothing is lost), on a 2-core CPU: the TrainConfig defaults, a 0.7M-parameter UNet (ch 32, ch_mult
     # (1, 2), attention at 4×4), batch 128, Adam 4e-3 with cosine decay, training steps drawn at the cosine
-    # schedule's noise levels on the linear table (t_sampling), 1200 steps (0.17–0.27 s/step here, 4 to 5 min, on
+    # schedule's noise levels on the linear table (t_sampling), 1200 steps (0.16–0.27 s/step here, 3 to 5.5 min, on
     # two threads; about 0.36 s on one). The step count is the demo's time budget; what it costs against 2000
     # steps, the other recipes tried and why the cosine noise schedule itself is not used: README, "The digits model".
     "digits": dict(),
