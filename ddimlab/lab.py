@@ -121,12 +121,8 @@ def cross_fitted_best(e2: dict, statistic: str = "rms") -> tuple[torch.Tensor, t
         raise ValueError(f"statistic must be 'rms' or 'median', got {statistic!r}")
     n = len(next(iter(e2.values())))
     first, second = slice(0, n // 2), slice(n // 2, n)
-
-    def pick(part):
-        score = (lambda e: e.mean()) if statistic == "rms" else (lambda e: e.sqrt().median())
-        return min(e2, key=lambda k: float(score(e2[k][part])))
-
-    on_first, on_second = pick(first), pick(second)
+    score = (lambda e: e.mean()) if statistic == "rms" else (lambda e: e.sqrt().median())   # noqa: E731
+    on_first, on_second = (min(e2, key=lambda k: float(score(e2[k][part]))) for part in (first, second))
     return torch.cat([e2[on_second][first], e2[on_first][second]]), (on_first, on_second)
 
 

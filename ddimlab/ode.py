@@ -110,9 +110,9 @@ def _distinct_steps(t: torch.Tensor, t_min: int, t_max: int, T: int) -> torch.Te
     r = t.round().long().clamp(t_min, t_max).tolist()
     for i in range(S - 2, -1, -1):             # from low noise up: each above the one after it
         r[i] = max(r[i], r[i + 1] + 1)
-    r[0] = min(r[0], t_max)
-    for i in range(1, S):                      # and back under t_max where the pushing overshot
-        r[i] = min(r[i], r[i - 1] - 1)
+    top = t_max + 1
+    for i in range(S):                         # and back under t_max where the pushing overshot
+        r[i] = top = min(r[i], top - 1)
     return validate_timesteps(torch.tensor(r), T)
 
 
