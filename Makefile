@@ -16,7 +16,11 @@ BIN     = $(VENV)/bin
 PIP     = $(BIN)/pip install -q --no-compile
 USER_ID ?= $(shell id -u)
 JUPYTER_ARGS ?=
-NBENV   = OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 PYTHONHASHSEED=0 MPLBACKEND=agg
+# The notebooks' outputs are compared as text, so they are computed on the same kernels everywhere: on an AVX-512 CPU
+# torch, oneDNN and MKL would otherwise pick AVX-512 kernels, whose rounding trains a slightly different model and
+# digits classifier (on an AMD EPYC with AVX-512, 3 cells printed other last digits). On an AVX2 CPU these are no-ops.
+CPU_ISA = ATEN_CPU_CAPABILITY=avx2 DNNL_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+NBENV   = OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 PYTHONHASHSEED=0 MPLBACKEND=agg $(CPU_ISA)
 NBVAL   = --nbval --nbval-sanitize-with notebooks/sanitize.cfg
 WORKERS ?= 2           # pytest-xdist processes for `make test`; each test file or notebook stays in one
 

@@ -7,6 +7,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,11 @@ def _make_dry_run(*args: str) -> list[str]:
     return _make("-n", f"VENV={NO_VENV}", *args)
 
 
+def _dry_run_commands(*args: str) -> list[str]:
+    """`_make_dry_run(ARGS)` with each command's continuation lines joined into one."""
+    return "\n".join(_make_dry_run(*args)).replace("\\\n", " ").splitlines()
+
+
 def _pip_installs(lines: list[str]) -> list[list[str]]:
     """The arguments of each `pip install` that make prints, without the quiet and no-compile flags."""
     return [[a for a in shlex.split(line)[2:] if a not in ("-q", "--no-compile")]
@@ -152,13 +158,32 @@ def test_make_clean_keeps_outputs():
 
 def test_make_test_runs_notebook_06_first_then_the_tests_then_every_other_notebook_once():
     """Notebook 06 trains the model notebooks 07 and 08 load: first in the order that xdist keeps as given."""
-    [cmd] = [shlex.split(line) for line in "\n".join(_make_dry_run("test")).replace("\\\n", " ").splitlines()
-             if "pytest" in line]
+    [cmd] = [shlex.split(line) for line in _dry_run_commands("test") if "pytest" in line]
     assert "--no-loadscope-reorder" in cmd and "loadfile" in cmd
     paths = [a for a in cmd if a == "tests" or a.endswith(".ipynb")]
     notebooks = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     assert paths[:2] == ["notebooks/06_training_an_image_model.ipynb", "tests"], paths
     assert sorted(paths[2:]) == [nb for nb in notebooks if not nb.startswith("notebooks/06")], paths
+
+
+def _leading_assignments(line: str, program: str) -> dict[str, str]:
+    """The VAR=value words of a shell command line up to the word that ends with PROGRAM."""
+    words = shlex.split(line)
+    end = next(i for i, w in enumerate(words) if w.endswith(program))
+    return dict(w.split("=", 1) for w in words[:end] if re.fullmatch(r"[A-Z_]+=.*", w))
+
+
+def test_notebooks_run_and_are_compared_on_the_same_kernels_on_every_x86_cpu():
+    """On an AVX-512 CPU torch would round differently, train another model and print other last digits (seen on an
+    AMD EPYC): `make test` and `make notebooks` cap torch, oneDNN and MKL at AVX2, and torch obeys the cap."""
+    [test] = [line for line in _dry_run_commands("test") if "pytest" in line]
+    [execute] = [line for line in _dry_run_commands("notebooks") if "nbconvert" in line]
+    env = _leading_assignments(test, "pytest")
+    assert env == _leading_assignments(execute.split("do ", 1)[1], "jupyter"), (test, execute)
+    assert {"ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "OMP_NUM_THREADS"} <= set(env), env
+    capability = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                                env={**os.environ, **env}, capture_output=True, text=True, check=True).stdout.strip()
+    assert "AVX512" not in capability, capability
 
 
 def test_make_install_says_when_torch_changed(tmp_path):
