@@ -7,6 +7,7 @@
 - `setup_distributed(name)`: both, plus TF32 on CUDA and the process group (nccl on CUDA, gloo on the
   CPU) when WORLD_SIZE > 1, as `torchrun` launches it (notebook 06 §6).
 - `cpu_threads(n)`: torch's CPU thread count set to n inside a `with` block and restored after it.
+- `cpu_kernels()`: which of torch's CPU kernels run here (AVX2, AVX512, ...); they round differently.
 """
 from __future__ import annotations
 
@@ -97,3 +98,10 @@ def cpu_threads(n: int):
         yield
     finally:
         torch.set_num_threads(saved)
+
+
+def cpu_kernels() -> str:
+    """The instruction set of torch's CPU kernels in this process ("AVX2", "AVX512", "DEFAULT", ...): an AVX-512 CPU
+    picks AVX-512 kernels unless ATEN_CPU_CAPABILITY caps it, and they round differently, so a model trained on one
+    differs from one trained on the other (README, "Determinism"). Cached CPU results are keyed by it."""
+    return torch.backends.cpu.get_cpu_capability()

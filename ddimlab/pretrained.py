@@ -7,7 +7,8 @@ that do not (output folder, logging, progress bar, sample grids). A second call 
 arguments loads the file instead of training. Training is deterministic on the CPU for a given thread
 count: the same seed gives bitwise the same weights (tests/test_pretrained.py). The thread count is
 part of the key, because it changes the rounding inside the convolutions (1 and 2 threads differ by
-~5e-6 after 30 steps, and the difference grows with training); so may another kind of CPU.
+~5e-6 after 30 steps, and the difference grows with training), and so are the CPU's kernels
+(`devices.cpu_kernels`: AVX-512 kernels train another model than AVX2 ones).
 
 The run is written to a temporary folder and moved into place with one `os.replace`, so a killed
 run never leaves a half-written model behind, and a cached file that does not load is retrained.
@@ -24,7 +25,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import train
+from . import devices, train
 from .files import locked
 
 # Fields that do not change the trained weights: left out of the cache key.
@@ -34,9 +35,12 @@ CACHE_VERSION = 3   # 2: the trainer computes L_simple through elbo.l_simple; 3:
 
 
 def config_key(config: train.TrainConfig) -> str:
-    """12 hex digits of sha256 over the weight-determining fields of `config` (and the device type)."""
+    """12 hex digits of sha256 over the weight-determining fields of `config` (and the device type; on the CPU,
+    its kernels)."""
     d = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_IN_KEY}
     d["device"] = "cuda" if str(d["device"]).startswith("cuda") else str(d["device"])
+    if d["device"] == "cpu":
+        d["cpu_kernels"] = devices.cpu_kernels()
     d["cache_version"] = CACHE_VERSION
     blob = json.dumps(d, sort_keys=True, default=list).encode()
     return hashlib.sha256(blob).hexdigest()[:12]

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .devices import cpu_threads
+from .devices import cpu_kernels, cpu_threads
 from .files import atomic_write
 
 N_CLASSES = 10
@@ -184,14 +184,14 @@ def load_classifier(resolution: int = 16, retrain: bool = False,
                     directory: str | os.PathLike | None = None) -> tuple[DigitsClassifier, dict]:
     """The cached digits classifier for `resolution`, training and caching it on first use.
 
-    The cache file `digits_classifier_<hash of settings>.pt` (in `cache_dir()`) holds the weights,
+    The cache file `digits_classifier_<hash of settings and the CPU's kernels>.pt` (in `cache_dir()`) holds the weights,
     the held-out accuracy and the real digits' feature statistics; it is written atomically and read
     with `weights_only=True`. A file that does not load is replaced.
     """
     if not isinstance(resolution, int) or resolution < 8 or resolution % 4:
         raise ValueError(f"resolution must be an integer multiple of 4 and >= 8, got {resolution!r}")
     settings = {**CLASSIFIER_SETTINGS, "resolution": resolution}
-    key = _settings_key(settings)
+    key = _settings_key({**settings, "cpu_kernels": cpu_kernels()})   # they change the weights
     directory = Path(directory) if directory is not None else cache_dir()
     path = directory / f"digits_classifier_{key}.pt"
     memo = f"{path}"

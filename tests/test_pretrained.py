@@ -89,6 +89,17 @@ def test_thread_count_is_part_of_the_key(tmp_path, first, monkeypatch):
     assert calls == [2]
 
 
+def test_cpu_kernels_are_part_of_the_key(tmp_path, first, monkeypatch):
+    """AVX-512 and AVX2 kernels train different weights (README, "Determinism"): other kernels train anew."""
+    model, config = first
+    shutil.copytree(config.out, tmp_path / "models" / f"digits_{pretrained.config_key(config)}")
+    monkeypatch.setattr(pretrained.train, "train", lambda c, **k: (_ for _ in ()).throw(KeyError("trains anew")))
+    pretrained.digits_model(steps=STEPS, cache_dir=tmp_path)  # this process's kernels: the copied model
+    monkeypatch.setattr(pretrained.devices, "cpu_kernels", lambda: "OTHER")
+    with pytest.raises(KeyError, match="trains anew"):
+        pretrained.digits_model(steps=STEPS, cache_dir=tmp_path)
+
+
 def test_two_processes_asking_at_once_train_once(tmp_path):
     """The notebooks under `pytest -n 2` may ask for the model together: the second waits for the first's."""
     import subprocess

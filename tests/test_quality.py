@@ -178,6 +178,18 @@ def test_damaged_cache_file_is_replaced(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_a_classifier_cached_by_other_cpu_kernels_is_not_loaded(classifier, monkeypatch):
+    """AVX-512 and AVX2 kernels train different classifiers: each finds only its own in the cache."""
+    _, info = classifier
+    quality._LOADED.clear()
+    monkeypatch.setattr(quality, "cpu_kernels", lambda: "OTHER")
+    monkeypatch.setattr(quality, "train_classifier", lambda **k: (_ for _ in ()).throw(KeyError("trains anew")))
+    with pytest.raises(KeyError, match="trains anew"):
+        quality.load_classifier(16)
+    monkeypatch.undo()
+    assert quality.load_classifier(16)[1]["path"] == info["path"]
+
+
 def test_cached_classifier_does_not_depend_on_the_callers_thread_count(tmp_path):
     """The first process to need the classifier trains and caches it; one on 2 threads and one on 1 thread must
     cache the same weights and real-digit statistics (on the caller's threads they differed: the file, and every
