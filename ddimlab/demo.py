@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from . import data, lab, plotting, pretrained, quality, samplers, schedule
+from . import data, devices, lab, plotting, pretrained, quality, samplers, schedule
 from .checkpoint import eps_fn
 from .generate import progress
 
@@ -74,7 +74,9 @@ def main(args) -> None:
     if args.skip_train:
         return
 
-    print("\n== 2. DDPM UNet trained on the scikit-learn digits (offline), CPU ==", flush=True)
+    # the kernels change the last digits of every score (README, "Determinism"): say which ran
+    print(f"\n== 2. DDPM UNet trained on the scikit-learn digits (offline), CPU, {devices.cpu_kernels()} kernels ==",
+          flush=True)
     start = time.perf_counter()
     model, config = pretrained.digits_model(args.train_steps, seed=args.seed, progress=not args.no_progress,
                                             threads=TRAIN_THREADS)
