@@ -19,6 +19,8 @@ JUPYTER_ARGS ?=
 # The notebooks' outputs are compared as text, so they are computed on the same kernels everywhere: on an AVX-512 CPU
 # torch, oneDNN and MKL would otherwise pick AVX-512 kernels, whose rounding trains a slightly different model and
 # digits classifier (on an AMD EPYC with AVX-512, 3 cells printed other last digits). On an AVX2 CPU these are no-ops.
+# `make jupyter` uses them too, so that a reader's rerun prints the committed numbers and finds the models `make test`
+# cached (the cache is keyed by the kernels).
 CPU_ISA = ATEN_CPU_CAPABILITY=avx2 DNNL_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 NBENV   = OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 PYTHONHASHSEED=0 MPLBACKEND=agg $(CPU_ISA)
 NBVAL   = --nbval --nbval-sanitize-with notebooks/sanitize.cfg
@@ -72,7 +74,7 @@ notebooks: install $(VENV)/.extra-notebooks ## re-execute every notebook in plac
 # Jupyter refuses to start as root (the usual user in containers) unless given --allow-root.
 # In a container, also make it reachable: make jupyter JUPYTER_ARGS="--ip=0.0.0.0 --no-browser"
 jupyter: install $(VENV)/.extra-notebooks ## open the notebooks in JupyterLab
-	$(BIN)/jupyter lab $(if $(filter 0,$(USER_ID)),--allow-root) $(JUPYTER_ARGS) notebooks/
+	$(CPU_ISA) $(BIN)/jupyter lab $(if $(filter 0,$(USER_ID)),--allow-root) $(JUPYTER_ARGS) notebooks/
 
 bench: install $(VENV)/.extra-bench ## benchmarks against diffusers (the `bench` extra)
 	$(BIN)/python benchmarks/bench_samplers.py
