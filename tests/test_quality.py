@@ -177,7 +177,6 @@ def test_damaged_cache_file_is_replaced(tmp_path, monkeypatch):
     quality._LOADED.clear()
 
 
-@pytest.mark.slow
 def test_a_classifier_cached_by_other_cpu_kernels_is_not_loaded(classifier, monkeypatch):
     """AVX-512 and AVX2 kernels train different classifiers: each finds only its own in the cache."""
     _, info = classifier
@@ -190,6 +189,7 @@ def test_a_classifier_cached_by_other_cpu_kernels_is_not_loaded(classifier, monk
     assert quality.load_classifier(16)[1]["path"] == info["path"]
 
 
+@pytest.mark.slow
 def test_cached_classifier_does_not_depend_on_the_callers_thread_count(tmp_path):
     """The first process to need the classifier trains and caches it; one on 2 threads and one on 1 thread must
     cache the same weights and real-digit statistics (on the caller's threads they differed: the file, and every
