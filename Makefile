@@ -19,10 +19,14 @@ JUPYTER_ARGS ?=
 # The notebooks' outputs are compared as text, so they are computed on AVX2 kernels on AVX-512 CPUs too: there
 # torch, oneDNN and MKL would otherwise pick AVX-512 kernels, whose rounding trains a slightly different model and
 # digits classifier (on an AMD EPYC with AVX-512, 3 cells printed other last digits; the cap fixed two, and notebook 08's
-# scipy tolerance the third). On an AVX2 CPU these are no-ops.
-# `make jupyter` uses them too, so that a reader's rerun computes on the same kernels and finds the models `make test`
-# cached (the cache is keyed by torch's kernels).
-CPU_ISA = ATEN_CPU_CAPABILITY=avx2 DNNL_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+# scipy tolerance the third). `make jupyter` uses the cap too, so that a reader's rerun computes on the same kernels
+# and finds the models `make test` cached (the cache is keyed by torch's kernels).
+# Only where torch would pick AVX-512 kernels: torch takes ATEN_CPU_CAPABILITY=avx2 without asking the CPU, and AVX2
+# kernels on a CPU without AVX2 would stop at an illegal instruction. CPU_KERNELS is asked of the venv's torch when a
+# recipe first needs it (after .venv is built).
+CPU_KERNELS ?= $(shell env -u ATEN_CPU_CAPABILITY $(BIN)/python -c \
+  'import torch; print(torch.backends.cpu.get_cpu_capability())' 2>/dev/null)
+CPU_ISA = $(if $(findstring AVX512,$(CPU_KERNELS)),ATEN_CPU_CAPABILITY=avx2 DNNL_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2)
 NBENV   = OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 PYTHONHASHSEED=0 MPLBACKEND=agg $(CPU_ISA)
 NBVAL   = --nbval --nbval-sanitize-with notebooks/sanitize.cfg
 WORKERS ?= 2           # pytest-xdist processes for `make test`; each test file or notebook stays in one

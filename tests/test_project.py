@@ -84,14 +84,14 @@ def _make(*args: str) -> list[str]:
 NO_VENV = "/nonexistent/ddimlab-test-venv"
 
 
-def _make_dry_run(*args: str) -> list[str]:
-    """`make -n ARGS` with a VENV that does not exist, so every install step is printed, and none is run."""
-    return _make("-n", f"VENV={NO_VENV}", *args)
+def _make_dry_run(*args: str, venv: str = NO_VENV) -> list[str]:
+    """`make -n ARGS`, by default with a VENV that does not exist, so every install step is printed, and none is run."""
+    return _make("-n", f"VENV={venv}", *args)
 
 
-def _dry_run_commands(*args: str) -> list[str]:
+def _dry_run_commands(*args: str, venv: str = NO_VENV) -> list[str]:
     """`_make_dry_run(ARGS)` with each command's continuation lines joined into one."""
-    return "\n".join(_make_dry_run(*args)).replace("\\\n", " ").splitlines()
+    return "\n".join(_make_dry_run(*args, venv=venv)).replace("\\\n", " ").splitlines()
 
 
 def _pip_installs(lines: list[str]) -> list[list[str]]:
@@ -176,21 +176,36 @@ def _leading_assignments(line: str, program: str) -> dict[str, str]:
 CPU_ISA = {"ATEN_CPU_CAPABILITY": "avx2", "DNNL_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
-def test_notebooks_run_and_are_compared_on_avx2_kernels_on_avx512_cpus_too():
+def _notebook_envs(*args: str) -> list[dict[str, str]]:
+    """The variables `make test`, `make notebooks` and `make jupyter` set for the notebooks, in that order."""
+    [test] = [line for line in _dry_run_commands("test", *args) if "pytest" in line]
+    [execute] = [line for line in _dry_run_commands("notebooks", *args) if "nbconvert" in line]
+    [lab] = [line for line in _dry_run_commands("jupyter", *args) if "jupyter lab" in line]
+    return [_leading_assignments(test, "pytest"), _leading_assignments(execute.split("do ", 1)[1], "jupyter"),
+            _leading_assignments(lab, "jupyter")]
+
+
+@pytest.mark.parametrize("kernels", ["AVX512", "AVX2", "DEFAULT", ""])
+def test_notebooks_are_computed_on_avx2_kernels_where_torch_would_pick_avx512(kernels):
     """On an AVX-512 CPU torch would round differently, train another model and print other last digits (seen on an
-    AMD EPYC): `make test`, `make notebooks` and `make jupyter` cap torch, oneDNN and MKL at AVX2 (the values each
-    reads), and torch obeys its cap (this part can fail only on an AVX-512 CPU)."""
-    [test] = [line for line in _dry_run_commands("test") if "pytest" in line]
-    [execute] = [line for line in _dry_run_commands("notebooks") if "nbconvert" in line]
-    [lab] = [line for line in _dry_run_commands("jupyter") if "jupyter lab" in line]
-    env = _leading_assignments(test, "pytest")
-    assert env == _leading_assignments(execute.split("do ", 1)[1], "jupyter"), (test, execute)
-    # JupyterLab, for a reader's rerun: the same kernels (the threads are the notebooks' own setting there)
-    assert _leading_assignments(lab, "jupyter") == CPU_ISA, lab
-    assert env.items() >= CPU_ISA.items() and "OMP_NUM_THREADS" in env, env
-    capability = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
-                                env={**os.environ, **env}, capture_output=True, text=True, check=True).stdout.strip()
-    assert "AVX512" not in capability, capability
+    AMD EPYC): there `make test`, `make notebooks` and `make jupyter` cap torch, oneDNN and MKL at AVX2 (the values
+    each reads). Nowhere else: torch would run AVX2 kernels on a CPU without AVX2 if told to."""
+    test, execute, lab = _notebook_envs(f"CPU_KERNELS={kernels}")
+    assert test == execute and "OMP_NUM_THREADS" in test, (test, execute)
+    cap = CPU_ISA if kernels == "AVX512" else {}
+    assert {k: v for k, v in test.items() if k in CPU_ISA} == cap and lab == cap, (test, lab)
+
+
+def test_make_asks_torch_which_kernels_it_would_pick_and_torch_obeys_the_cap():
+    """With this interpreter as the venv, make's own question: capped exactly when torch, uncapped, picks AVX-512;
+    and under the cap torch runs no AVX-512 kernels (this part can fail only on an AVX-512 CPU)."""
+    probe = [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"]
+    uncapped = {k: v for k, v in os.environ.items() if k not in CPU_ISA}
+    picks = subprocess.run(probe, env=uncapped, capture_output=True, text=True, check=True).stdout.strip()
+    [test] = [line for line in _dry_run_commands("test", venv=sys.prefix) if "pytest" in line]
+    assert ("ATEN_CPU_CAPABILITY=avx2" in test) == ("AVX512" in picks), (picks, test)
+    capped = subprocess.run(probe, env={**os.environ, **CPU_ISA}, capture_output=True, text=True, check=True)
+    assert "AVX512" not in capped.stdout, capped.stdout
 
 
 def test_make_install_says_when_torch_changed(tmp_path):
