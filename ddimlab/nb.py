@@ -3,16 +3,25 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 
 import numpy as np
 import torch
+
+from . import devices
 
 
 def seed_everything(seed: int = 0, threads: int = 2) -> torch.Generator:
     """Seed Python, NumPy and torch, fix the thread count, and return a torch.Generator.
 
-    Every notebook calls this once at the top so that nbval sees the same numbers on every run.
+    Every notebook calls this once at the top so that nbval sees the same numbers on every run. Where torch runs other
+    kernels than the AVX2 ones that computed the committed outputs (an AVX-512 CPU outside `make jupyter`, ARM), it
+    says so on stderr, which nbval does not compare: the last printed digits may differ there, the checks must not.
     """
+    kernels = devices.cpu_kernels()
+    if kernels != "AVX2":
+        print(f"note: torch runs its {kernels} CPU kernels here; the committed outputs were computed on AVX2 ones, so "
+              "printed numbers may differ in their last digits (`make jupyter` caps AVX-512 at AVX2)", file=sys.stderr)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
     random.seed(seed)
     np.random.seed(seed)

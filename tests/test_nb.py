@@ -13,6 +13,17 @@ def test_seed_everything_reproduces_every_generator():
     assert torch.get_num_threads() == 1
 
 
+@pytest.mark.parametrize("kernels", ["AVX512", "DEFAULT", "AVX2"])
+def test_seed_everything_says_on_stderr_when_other_kernels_than_avx2_run(kernels, monkeypatch, capsys):
+    """The committed outputs come from AVX2 kernels; elsewhere the reader learns why last digits may differ, on the
+    stream nbval does not compare."""
+    from ddimlab import devices
+    monkeypatch.setattr(devices, "cpu_kernels", lambda: kernels)
+    seed_everything(0, threads=torch.get_num_threads())
+    out, err = capsys.readouterr()
+    assert out == "" and (f"torch runs its {kernels} CPU kernels" in err) == (kernels != "AVX2"), err
+
+
 def test_check_prints_one_line_or_raises(capsys):
     check(torch.ones(3, dtype=torch.bool), "all true")
     assert capsys.readouterr().out == "check: all true\n"
