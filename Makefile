@@ -24,7 +24,7 @@ JUPYTER_ARGS ?=
 # Only where torch would pick AVX-512 kernels: torch takes ATEN_CPU_CAPABILITY=avx2 without asking the CPU, and AVX2
 # kernels on a CPU without AVX2 would stop at an illegal instruction. CPU_KERNELS is asked of the venv's torch when a
 # recipe first needs it (after .venv is built).
-CPU_KERNELS ?= $(shell env -u ATEN_CPU_CAPABILITY $(BIN)/python -c \
+CPU_KERNELS ?= $(shell unset ATEN_CPU_CAPABILITY; $(BIN)/python -c \
   'import torch; print(torch.backends.cpu.get_cpu_capability())' 2>/dev/null)
 CPU_ISA = $(if $(findstring AVX512,$(CPU_KERNELS)),ATEN_CPU_CAPABILITY=avx2 DNNL_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2)
 NBENV   = OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 PYTHONHASHSEED=0 MPLBACKEND=agg $(CPU_ISA)

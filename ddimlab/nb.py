@@ -15,7 +15,7 @@ def seed_everything(seed: int = 0, threads: int = 2) -> torch.Generator:
     """Seed Python, NumPy and torch, fix the thread count, and return a torch.Generator.
 
     Every notebook calls this once at the top so that nbval sees the same numbers on every run. Where torch runs other
-    kernels than the AVX2 ones that computed the committed outputs (an AVX-512 CPU outside `make jupyter`, ARM), it
+    kernels than the AVX2 ones that computed the committed outputs (AVX-512 outside `make jupyter`, ARM, pre-AVX2), it
     says so on stderr, which nbval does not compare: the last printed digits may differ there, the checks must not.
     """
     kernels = devices.cpu_kernels()
