@@ -16,14 +16,10 @@ BIN     = $(VENV)/bin
 PIP     = $(BIN)/pip install -q --no-compile
 USER_ID ?= $(shell id -u)
 JUPYTER_ARGS ?=
-# The notebooks' outputs are compared as text, so they are computed on AVX2 kernels on AVX-512 CPUs too: there
-# torch, oneDNN and MKL would otherwise pick AVX-512 kernels, whose rounding trains a slightly different model and
-# digits classifier (on an AMD EPYC with AVX-512, 3 cells printed other last digits; the cap fixed two, and notebook 08's
-# scipy tolerance the third). `make jupyter` uses the cap too, so that a reader's rerun computes on the same kernels
-# and finds the models `make test` cached (the cache is keyed by torch's kernels).
-# Only where torch would pick AVX-512 kernels: torch takes ATEN_CPU_CAPABILITY=avx2 without asking the CPU, and AVX2
-# kernels on a CPU without AVX2 would stop at an illegal instruction. CPU_KERNELS is asked of the venv's torch when a
-# recipe first needs it (after .venv is built).
+# The notebooks' outputs are compared as text; on an AVX-512 CPU torch, oneDNN and MKL would pick AVX-512 kernels, which
+# round differently and print other last digits (README, "The notebooks"). So there, and only there (torch takes
+# ATEN_CPU_CAPABILITY=avx2 without asking the CPU), test, notebooks and jupyter run on AVX2 kernels. CPU_KERNELS is asked
+# of the venv's torch when a recipe first needs it, after .venv is built.
 CPU_KERNELS ?= $(shell unset ATEN_CPU_CAPABILITY; $(BIN)/python -c \
   'import torch; print(torch.backends.cpu.get_cpu_capability())' 2>/dev/null)
 CPU_ISA = $(if $(findstring AVX512,$(CPU_KERNELS)),ATEN_CPU_CAPABILITY=avx2 DNNL_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2)
