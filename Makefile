@@ -1,7 +1,7 @@
 # Two commands for a fresh clone:  `make demo` (the main job) and `make test` (the suite + notebooks).
 # Both build .venv once and reuse it (`make clean` removes it; the next command rebuilds it): torch and the package,
 # then, once each, the extra that a target needs (test: the `test` extra; jupyter, notebooks: `notebooks`; bench,
-# gpu-check: `bench`). The demo needs no extra.
+# gpu-check: `bench`). The demo needs no extra. Every package but torch at the version in constraints.txt.
 # TORCH is passed to `pip install` unchanged, before the package. Its default, torch==2.13.0 from PyPI,
 # is PyPI's default build: the CUDA 13.0 build on Linux (several GB with its nvidia-* wheels), the CPU build
 # on macOS and Windows. CPU only on any OS:
@@ -13,7 +13,8 @@ TORCH  ?= torch==2.13.0
 BIN     = $(VENV)/bin
 # --no-compile: pip would byte-compile every module of torch and the extras up front (in one paired measurement here,
 # torch, the package and the test extra took 141 s with it, 80 s without); Python compiles what it imports on first use.
-PIP     = $(BIN)/pip install -q --no-compile
+# -c: the versions in constraints.txt, those the committed outputs were made with.
+PIP     = $(BIN)/pip install -q --no-compile -c constraints.txt
 USER_ID ?= $(shell id -u)
 JUPYTER_ARGS ?=
 # The notebooks' outputs are compared as text; on an AVX-512 CPU torch, oneDNN and MKL would pick AVX-512 kernels, which
@@ -33,14 +34,14 @@ install: $(VENV)/.installed    ## build .venv if needed; say so when TORCH diffe
 	@built="$$(cat $(VENV)/.installed)"; [ -z "$$built" ] || [ "$$built" = '$(TORCH)' ] || \
 	  echo "note: $(VENV) was built with TORCH=$$built; run 'make clean' first to rebuild it with TORCH=$(TORCH)"
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(PIP) $(TORCH)
 	$(PIP) -e .
 	echo '$(TORCH)' > $@
 
-# One optional-dependency group of pyproject.toml, installed once (again after pyproject.toml changes).
+# One optional-dependency group of pyproject.toml, installed once (again after pyproject.toml or constraints.txt change).
 $(VENV)/.extra-%: $(VENV)/.installed
 	$(PIP) -e ".[$*]"
 	touch $@

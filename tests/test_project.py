@@ -95,9 +95,55 @@ def _dry_run_commands(*args: str, venv: str = NO_VENV) -> list[str]:
 
 
 def _pip_installs(lines: list[str]) -> list[list[str]]:
-    """The arguments of each `pip install` that make prints, without the quiet and no-compile flags."""
-    return [[a for a in shlex.split(line)[2:] if a not in ("-q", "--no-compile")]
+    """The arguments of each `pip install` that make prints, without the quiet, no-compile and constraints flags."""
+    flags = " -q --no-compile -c constraints.txt "
+    return [shlex.split(f" {line} ".replace(flags, " ").replace(" -q ", " "))[2:]
             for line in lines if line.startswith(f"{NO_VENV}/bin/pip install")]
+
+
+def _constraints() -> dict[str, str]:
+    """constraints.txt as {name: version}, checking each line's form."""
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            m = re.fullmatch(r'([a-z0-9-]+)==([0-9.]+); python_version >= "3.11"', line)
+            assert m, line
+            pins[m.group(1)] = m.group(2)
+    return pins
+
+
+def test_every_make_install_but_pips_own_upgrade_reads_the_constraints():
+    lines = [line for t in ("demo", "test", "notebooks", "bench") for line in _dry_run_commands(t) if " install " in line]
+    assert len(lines) == 3 + 3 * 4, lines     # pip, torch, the package; and each extra
+    for line in lines:
+        argv = shlex.split(line)
+        assert argv[-1] == "pip" or argv[argv.index("-c") + 1] == "constraints.txt", line
+
+
+def test_constraints_pin_every_dependency_but_torch():
+    """torch is pinned by TORCH; torch-fidelity (the `fid` extra) is installed by no target."""
+    assert set(_constraints()) >= _pyproject_names() - {"torch", "torch-fidelity"}
+
+
+def test_readme_names_the_versions_make_installs():
+    sentence = re.search(r"The committed outputs pass on Python 3.11 with (.*?)\(", (ROOT / "README.md").read_text(),
+                         re.S).group(1)
+    named = dict(re.findall(r"([a-z-]+) ([0-9][0-9.]*[0-9])", sentence.replace("\n", " ")))
+    assert named.pop("torch") == _torch_pip_line(_make_dry_run("install"))[0].split("==")[1]
+    assert named and all(_constraints()[k] == v for k, v in named.items()), named
+
+
+@pytest.mark.skipif(Path(sys.prefix).resolve() != (ROOT / ".venv").resolve(), reason="not the .venv that make builds")
+def test_make_venv_has_the_pinned_versions():
+    from importlib.metadata import PackageNotFoundError, version
+    wrong = {}
+    for name, pin in _constraints().items():
+        try:
+            if version(name) != pin:
+                wrong[name] = version(name)
+        except PackageNotFoundError:
+            pass    # an extra this venv has not installed
+    assert not wrong, f"installed {wrong}, pinned {_constraints()}"
 
 
 def _torch_pip_line(lines: list[str]) -> list[str]:
@@ -209,12 +255,13 @@ def test_make_asks_torch_which_kernels_it_would_pick_and_torch_obeys_the_cap():
 
 
 def test_make_install_says_when_torch_changed(tmp_path):
-    """With a built .venv (stamp newer than pyproject.toml) `make install` runs no pip, only the TORCH check."""
+    """With a built .venv (stamp newer than pyproject.toml and constraints.txt) `make install` runs no pip, only the
+    TORCH check."""
     venv = tmp_path / "venv"
     venv.mkdir()
     stamp = venv / ".installed"
     stamp.write_text(CPU_TORCH + "\n")
-    newer = (ROOT / "pyproject.toml").stat().st_mtime + 1000
+    newer = max((ROOT / f).stat().st_mtime for f in ("pyproject.toml", "constraints.txt")) + 1000
     os.utime(stamp, (newer, newer))
     # PYTHON=false: were make to rebuild after all, it would fail at once instead of building a venv
     same = _make("-s", f"VENV={venv}", "PYTHON=false", "install", f"TORCH={CPU_TORCH}")
