@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import warnings
 import zipfile
 from importlib import resources
 from pathlib import Path
@@ -462,9 +463,17 @@ def load_model(path, device="cpu", use_ema: bool = True):
     return net.to(device).eval(), abar.to(device)
 
 
+class EarlyEMAWarning(UserWarning):
+    """The EMA weights of a run still hold much of the initial random weights (`train.ema_initial_share`)."""
+
+
+EARLY_EMA = 0.1     # above this share of initial weights, the EMA's samples are called out as mostly untrained
+
+
 def unet_from_run(state: dict, use_ema: bool = True) -> unet_mod.UNet:
     """The UNet of a ddimlab training checkpoint (the dict `train` saves): built from the saved config's
-    `unet.CONFIG_KEYS` and loaded strictly with the EMA weights (or the raw ones), in eval mode."""
+    `unet.CONFIG_KEYS` and loaded strictly with the EMA weights (or the raw ones), in eval mode. An
+    `EarlyEMAWarning` when the EMA weights still hold more than `EARLY_EMA` of the initial ones (notebook 06 §6)."""
     missing = [k for k in ("model", "config") if k not in state]
     cfg = state.get("config", {})
     missing += [f"config.{k}" for k in unet_mod.CONFIG_KEYS if k not in cfg]
@@ -473,6 +482,11 @@ def unet_from_run(state: dict, use_ema: bool = True) -> unet_mod.UNet:
     kwargs = {k: tuple(cfg[k]) if isinstance(cfg[k], list) else cfg[k] for k in unet_mod.CONFIG_KEYS}
     net = unet_mod.UNet(in_ch=int(state.get("in_ch", 3)), **kwargs)
     weights = "ema" if use_ema and "ema" in state else "model"
+    share = float(state.get("ema_initial_share", 0.0))
+    if weights == "ema" and share > EARLY_EMA:
+        warnings.warn(f"the EMA weights of this run (step {state.get('step')}) still hold {share:.0%} of the initial random "
+                      "weights, so its samples will look untrained; --no-ema (use_ema=False) uses the raw weights",
+                      EarlyEMAWarning, stacklevel=2)
     return load_state_strict(net, state[weights], source=f"the checkpoint's {weights!r} weights").eval()
 
 

@@ -390,7 +390,7 @@ def main(argv=None, prog: str | None = None) -> int:
     shown = warnings.showwarning
 
     def show(message, category, *rest, **kw):   # ddimlab's own warnings as one line, like its errors
-        if issubclass(category, OutOfRangeWarning):
+        if issubclass(category, (OutOfRangeWarning, checkpoint.EarlyEMAWarning)):
             print(f"{prog} {args.command}: warning: {message}", file=sys.stderr)
         else:
             shown(message, category, *rest, **kw)

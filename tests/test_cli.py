@@ -348,6 +348,20 @@ def test_each_solver_runs_on_its_own_steps_unless_asked(trained, tmp_path, capsy
     assert int(seq[0]) == 999 and seq.tolist() != schedule.timesteps(6, 1000, "uniform").tolist()
 
 
+def test_sampling_an_early_ema_says_so_in_one_line(trained, tmp_path):
+    """The `cifar10` preset's EMA (0.9999, no warm-up) is 82% random weights after 2000 steps: `sample` says so and
+    names --no-ema, which samples the raw weights without the note."""
+    state = checkpoint.load_checkpoint(trained / "ckpt.pt")
+    state["ema_initial_share"], state["step"] = 0.8187, 2000
+    torch.save(state, tmp_path / "early.pt")
+    args = ["sample", "--checkpoint", tmp_path / "early.pt", "--steps", "3", "--n", "2", "--no-progress"]
+    ema, raw = _run(*args, "--out", tmp_path / "ema"), _run(*args, "--no-ema", "--out", tmp_path / "raw")
+    warned = [ln for ln in ema.stderr.splitlines() if "warning" in ln]
+    assert ema.returncode == 0 and len(warned) == 1 and "Traceback" not in ema.stderr, ema.stderr
+    assert "82%" in warned[0] and "step 2000" in warned[0] and "--no-ema" in warned[0]
+    assert raw.returncode == 0 and "warning" not in raw.stderr, raw.stderr
+
+
 def test_samples_that_diverged_are_written_with_a_warning(trained, tmp_path, capsys):
     """A cosine-schedule model (ᾱ_999 = 2.4e-9) sampled on a grid that starts at t = 999 wrote finite noise
     of RMS ~10³ and said nothing: x̂_0 divides the network's error at t = 999 by √ᾱ_999. The samples are

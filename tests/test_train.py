@@ -5,12 +5,14 @@ import dataclasses
 import json
 import os
 import socket
+import warnings
 
 import pytest
 import torch
 
+from ddimlab import checkpoint
 from ddimlab import train as tr
-from ddimlab.checkpoint import load_checkpoint
+from ddimlab.checkpoint import EarlyEMAWarning, load_checkpoint
 
 
 def tiny(tmp_path, name="run", **kw) -> tr.TrainConfig:
@@ -68,6 +70,32 @@ def test_warmup_and_ema_formulas():
     tr.ema_update(a, b, 0.9)
     for pa, e in zip(a.parameters(), expected):
         torch.testing.assert_close(pa.detach(), e)
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_initial_share_is_what_the_ema_keeps_of_its_start(warmup):
+    """The share, against an EMA run for real: start at 1, average in 0 for n steps, and 1·share is what is left."""
+    c = tr.TrainConfig(ema_decay=0.99, ema_warmup=warmup)
+    ema, zero = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.ones_(ema.weight), torch.nn.init.zeros_(zero.weight)
+    for k in range(50):
+        tr.ema_update(ema, zero, tr.ema_decay_at(c, k))
+    assert tr.ema_initial_share(c, 50) == pytest.approx(ema.weight.item(), rel=1e-5, abs=1e-12)
+    ddpm = tr.TrainConfig(ema_decay=0.9999, ema_warmup=False)
+    assert tr.ema_initial_share(ddpm, 2000) == pytest.approx(0.8187, abs=1e-4)     # the notebook 06 §6 figure
+
+
+def test_an_early_ema_is_called_out_when_loaded_and_the_raw_weights_are_not(tmp_path):
+    """A short run with DDPM's undamped EMA samples mostly its random start: loading its EMA says so, once."""
+    early = tr.train(tiny(tmp_path, "early", steps=3, ema_decay=0.999, ema_warmup=False))
+    assert load_checkpoint(early / "ckpt.pt")["ema_initial_share"] == pytest.approx(0.999 ** 3)
+    with pytest.warns(EarlyEMAWarning, match="--no-ema"):
+        checkpoint.load_model(early)
+    warmed = tr.train(tiny(tmp_path, "warmed", steps=3))               # the decay warm-up: nothing of the start left
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EarlyEMAWarning)
+        checkpoint.load_model(early, use_ema=False)
+        checkpoint.load_model(warmed)
 
 
 def test_cosine_decay_after_warm_up():
