@@ -96,9 +96,14 @@ def _dry_run_commands(*args: str, venv: str = NO_VENV) -> list[str]:
 
 def _pip_installs(lines: list[str]) -> list[list[str]]:
     """The arguments of each `pip install` that make prints, without the quiet, no-compile and constraints flags."""
-    flags = " -q --no-compile -c constraints.txt "
-    return [shlex.split(f" {line} ".replace(flags, " ").replace(" -q ", " "))[2:]
-            for line in lines if line.startswith(f"{NO_VENV}/bin/pip install")]
+    installs = []
+    for line in lines:
+        if line.startswith(f"{NO_VENV}/bin/pip install"):
+            argv = shlex.split(line)[2:]
+            if "-c" in argv:
+                del argv[argv.index("-c"):argv.index("-c") + 2]
+            installs.append([a for a in argv if a not in ("-q", "--no-compile")])
+    return installs
 
 
 def _constraints() -> dict[str, str]:
