@@ -364,7 +364,7 @@ def _lagrange_integrals(nodes, a: float, b: float, rho: float = 1.0) -> list[flo
 
 
 def dpm_solver_pp_3m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None, *,
-                     published: bool = False):
+                     published: bool = False, lower_order_final: bool = False):
     """DPM-Solver++(3M): Lu et al. 2022b's multistep data-prediction solver taken to third order, as in the authors'
     code (`multistep_dpm_solver_third_update`, LuChengTHU/dpm-solver) and diffusers. NFE = S (notebook 08 §3).
 
@@ -382,6 +382,9 @@ def dpm_solver_pp_3m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, 
     published=True weights D2 by h φ_3(−h), as the paper's reference code, diffusers' DPMSolverMultistepScheduler
     and k-diffusion do: half the Taylor coefficient, which leaves an O(h³) local error, i.e. a second-order
     method (measured in notebook 08 §3 and tests/test_ode.py).
+
+    lower_order_final=True takes the step before the last as DPM-Solver++(2M), as diffusers'
+    `lower_order_final` does below 15 steps (here at any S); notebook 08 §7 measures what it changes.
     """
     _, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq)
     Ds, lams = [], []
@@ -396,7 +399,7 @@ def dpm_solver_pp_3m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, 
             if len(Ds) >= 2:
                 r0 = (lams[-1] - lams[-2]) / h
                 D1_0 = (Ds[-1] - Ds[-2]) / r0
-                if len(Ds) == 2:                            # DPM-Solver++(2M), as `dpm_solver_pp_2m`
+                if len(Ds) == 2 or (lower_order_final and i == len(pairs) - 2):     # 2M, as `dpm_solver_pp_2m`
                     upd = upd + 0.5 * h * phi(1, -h) * D1_0
                 else:
                     r1 = (lams[-2] - lams[-3]) / h

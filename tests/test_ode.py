@@ -244,6 +244,10 @@ def test_multistep_solvers_equal_diffusers():
         theirs = run(diffusers.DPMSolverMultistepScheduler(**common, solver_order=3, lower_order_final=False), S)
         torch.testing.assert_close(ode.dpm_solver_pp_3m(EPS, X_T, AB, seq, published=True), theirs, rtol=0, atol=2e-6)
         assert float((ode.dpm_solver_pp_3m(EPS, X_T, AB, seq) - theirs).abs().max()) > 1e-5
+        theirs_lof = run(diffusers.DPMSolverMultistepScheduler(**common, solver_order=3, lower_order_final=True), S)
+        torch.testing.assert_close(ode.dpm_solver_pp_3m(EPS, X_T, AB, seq, published=True, lower_order_final=True),
+                                   theirs_lof, rtol=0, atol=2e-6)
+        assert float((theirs_lof - theirs).abs().max()) > 1e-4       # the option changes the result
         for order, ours in ((2, ode.unipc_2), (3, ode.unipc_3)):
             theirs = run(diffusers.UniPCMultistepScheduler(**common, solver_order=order), S)
             torch.testing.assert_close(ours(EPS, X_T, AB, seq), theirs, rtol=0, atol=2e-6)
