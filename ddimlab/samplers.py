@@ -1,4 +1,5 @@
-"""Samplers: DDIM with any η, DDPM ancestral, DDIM inversion, reconstruction and slerp (notebook 04).
+"""Samplers: DDIM with any η, DDPM ancestral, DDIM inversion, reconstruction and slerp (notebook 04); classifier-free
+guidance and SDEdit-style editing (notebook 10).
 
 Every sampler takes any callable `eps(x, t) -> tensor` (a network wrapped by `checkpoint.eps_fn`, or the
 exact ε* of `toy.exact_eps`) and calls it with t as a (B,) long tensor of integer steps. A sampler visits
@@ -14,6 +15,9 @@ Arguments are checked once per call (`check_args`), and ε is checked to be fini
 (`call_eps`), so a sampler never returns NaN silently.
 """
 from __future__ import annotations
+
+import math
+import numbers
 
 import torch
 
@@ -204,6 +208,40 @@ def reconstruct(eps, x0, alpha_bar, seq, callback=None) -> torch.Tensor:
     """x_0 → x_T → x_0: `ddim_sample(eps, ddim_invert(eps, x0, …), …)` with η = 0 (notebook 05 §8)."""
     return ddim_sample(eps, ddim_invert(eps, x0, alpha_bar, seq, callback=callback), alpha_bar, seq,
                        callback=callback)
+
+
+def guided_eps(eps_null, eps_cond, w: float):
+    """Classifier-free guidance as one ε callable (notebook 10 §1):
+
+        ε̃(x, t) = ε_∅(x, t) + w (ε_c(x, t) − ε_∅(x, t)),
+
+    w = 0 is unconditional, w = 1 conditional, w > 1 extrapolates (diffusers' `guidance_scale`; Ho & Salimans
+    write (1 + w′) ε_c − w′ ε_∅, so w = 1 + w′). Since ε = −√(1−ᾱ_t) ∇ log p_t, ε̃ is the ε of the tilted marginal
+    p_t(x)^{1−w} p_t(x | c)^w at every t, which is not the noised tilted data density: notebook 10 §1.
+    """
+    if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w):
+        raise ValueError(f"guidance weight w must be a finite number, got {w!r}")
+    w = float(w)
+
+    def eps(x, t):
+        e_null = eps_null(x, t)
+        return e_null + w * (eps_cond(x, t) - e_null)
+
+    return eps
+
+
+def sdedit(eps, x_in, alpha_bar, seq, eta: float = 1.0, generator: torch.Generator | None = None, callback=None):
+    """Edit x_in as SDEdit (Meng et al. 2022) and diffusers' img2img do (notebook 10 §3): noise it to the first
+    step t_0 = seq[0] with q(x_{t_0} | x_0), x_{t_0} = √ᾱ_{t_0} x_in + √(1−ᾱ_{t_0}) z, then run `ddim_sample` over seq.
+
+    With η = 1 on every step from t_0 and the exact ε this draws x_0 from p(x_0 | x_{t_0}) (up to DDPM's Gaussian
+    steps); η = 0 maps each noised input to one point. diffusers' `strength` on S steps keeps the last
+    int(S · strength) steps of its grid: seq = schedule.timesteps(S, T, spacing)[S − int(S · strength):].
+    """
+    alpha_bar, seq = check_args(x_in, alpha_bar, seq, name="x_in")
+    z = torch.randn(x_in.shape, generator=generator, dtype=x_in.dtype, device=x_in.device)
+    x_t0 = q_sample(x_in, float(alpha_bar_at(alpha_bar, int(seq[0]))), z)
+    return ddim_sample(eps, x_t0, alpha_bar, seq, eta=eta, generator=generator, callback=callback)
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, lam) -> torch.Tensor:

@@ -1,0 +1,115 @@
+"""Classifier-free guidance and SDEdit editing on an exact 1-D two-class mixture (notebook 10).
+
+References are independent of the library's mixture code: densities written with scipy.stats or by hand,
+the ODE solved by scipy (`ode.reference_solution`), posterior weights integrated by scipy's quad.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, stats
+
+from ddimlab import ode, samplers, schedule, toy
+
+AB = schedule.make_alpha_bar("linear", 1000)
+W, MU, SD = np.array([0.5, 0.25, 0.25]), np.array([-1.0, 0.5, 1.5]), np.array([0.3, 0.2, 0.2])  # class 0 | class 1
+
+
+def _mixture(k):
+    return toy.GaussianMixture(torch.tensor(W[k]), torch.tensor(MU[k])[:, None], torch.tensor(SD[k] ** 2)[:, None, None])
+
+
+EPS_NULL, EPS_C = toy.exact_eps(_mixture([0, 1, 2]), AB), toy.exact_eps(_mixture([1, 2]), AB)
+
+
+def _log_pt(x, a, k):
+    """log p_t(x) of components k, by hand in torch (for autograd)."""
+    var = a * torch.tensor(SD[k] ** 2) + 1 - a
+    logn = -0.5 * (x - math.sqrt(a) * torch.tensor(MU[k])) ** 2 / var - 0.5 * torch.log(2 * math.pi * var)
+    return torch.logsumexp(torch.log(torch.tensor(W[k] / W[k].sum())) + logn, dim=1)
+
+
+def test_guided_eps_is_the_eps_of_the_tilted_marginal():
+    """ε_∅ + w(ε_c − ε_∅) = −√(1−ᾱ_t) ∇ log[p_t(x)^{1−w} p_t(x|c)^w], the gradient by autograd."""
+    x = torch.linspace(-3, 3, 25, dtype=torch.float64)[:, None].requires_grad_()
+    for t, w in ((50, 3.0), (400, 7.5), (900, -0.5)):
+        a = float(AB[t])
+        (g,) = torch.autograd.grad(((1 - w) * _log_pt(x, a, [0, 1, 2]) + w * _log_pt(x, a, [1, 2])).sum(), x)
+        got = samplers.guided_eps(EPS_NULL, EPS_C, w)(x.detach(), torch.full((25,), t))
+        torch.testing.assert_close(got, -math.sqrt(1 - a) * g, rtol=1e-10, atol=1e-12)
+    for bad in (float("nan"), float("inf"), True, "2"):
+        with pytest.raises(ValueError, match="guidance weight"):
+            samplers.guided_eps(EPS_NULL, EPS_C, bad)
+
+
+def _class1_cdf(x):
+    return 0.5 * stats.norm.cdf(x, 0.5, 0.2) + 0.5 * stats.norm.cdf(x, 1.5, 0.2)
+
+
+def _tilted_share_below_1(w):
+    """P(x < 1) under p(x)^{1−w} p(x|c)^w, by quad (log-space, so that large w does not overflow)."""
+    def log_dens(x, k):
+        return np.log(np.sum(W[k] / W[k].sum() * stats.norm.pdf(x, MU[k], SD[k])))
+
+    def f(x):
+        return math.exp((1 - w) * log_dens(x, [0, 1, 2]) + w * log_dens(x, [1, 2]))
+
+    below, above = (integrate.quad(f, lo, hi, limit=200)[0] for lo, hi in ((-4.0, 1.0), (1.0, 5.0)))
+    return below / (below + above)
+
+
+def test_guided_ode_samples_the_conditional_at_w1_and_not_the_tilted_density_beyond():
+    x_T = torch.randn(2000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x1 = ode.reference_solution(samplers.guided_eps(EPS_NULL, EPS_C, 1.0), x_T, AB, 999, rtol=1e-8, atol=1e-8)[:, 0]
+    assert stats.kstest(x1.numpy(), _class1_cdf).pvalue > 1e-3
+    full_cdf = lambda x: 0.5 * stats.norm.cdf(x, -1, 0.3) + 0.5 * _class1_cdf(x)      # the wrong target fails
+    assert stats.kstest(x1.numpy(), full_cdf).pvalue < 1e-6
+    x3 = ode.reference_solution(samplers.guided_eps(EPS_NULL, EPS_C, 3.0), x_T, AB, 999, rtol=1e-8, atol=1e-8)[:, 0]
+    p_tilt, p_ode = _tilted_share_below_1(3.0), float((x3 < 1).double().mean())
+    assert p_tilt > 0.45 and p_ode < 0.2 and p_tilt - p_ode > 10 * math.sqrt(p_tilt * (1 - p_tilt) / 2000)
+
+
+def _posterior_shares(x_in, a):
+    """E_z[r_k(√a x_in + √(1−a) z)], z ~ N(0, 1): the chance that the exact reverse process from the noised x_in ends in
+    component k, by quad."""
+    def r(z, k):
+        x = math.sqrt(a) * x_in + math.sqrt(1 - a) * z
+        lik = W * stats.norm.pdf(x, math.sqrt(a) * MU, np.sqrt(a * SD ** 2 + 1 - a))
+        return stats.norm.pdf(z) * lik[k] / lik.sum()
+    return np.array([integrate.quad(r, -9, 9, args=(k,))[0] for k in range(3)])
+
+
+def test_sdedit_with_eta1_draws_from_the_posterior_and_eta0_does_not():
+    n, t0, x_in = 3000, 200, 0.0
+    seq = torch.arange(t0, -1, -1)
+    expected = _posterior_shares(x_in, float(AB[t0])) * n
+    x = torch.full((n, 1), x_in, dtype=torch.float64)
+    for eta, ok in ((1.0, True), (0.0, False)):
+        out = samplers.sdedit(EPS_NULL, x, AB, seq, eta=eta, generator=torch.Generator().manual_seed(1))[:, 0].numpy()
+        counts = np.bincount(np.abs(out[:, None] - MU[None]).argmin(1), minlength=3)
+        p = stats.chisquare(counts, expected).pvalue
+        assert (p > 1e-3) if ok else (p < 1e-6), (eta, counts, expected, p)
+
+
+def test_strength_slice_equals_diffusers_img2img_steps():
+    """diffusers' img2img pipelines keep scheduler.timesteps[S − int(S · strength):] (their `get_timesteps`)."""
+    diffusers = pytest.importorskip("diffusers")
+    sch = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing="linspace")
+    for S, strength in ((50, 0.3), (50, 0.75), (20, 0.5)):
+        sch.set_timesteps(S)
+        ours = schedule.timesteps(S, 1000, "linspace")[S - int(S * strength):]
+        assert ours.tolist() == sch.timesteps[S - int(S * strength):].tolist()
+
+
+def test_sdedit_noises_to_the_first_step_and_is_reproducible():
+    x = torch.zeros(4, 1, dtype=torch.float64)
+    seq = schedule.timesteps(50, 1000, "linspace")[50 - int(50 * 0.3):]          # diffusers' strength 0.3
+    assert int(seq[0]) == 285 and len(seq) == 15
+    a = samplers.sdedit(EPS_NULL, x, AB, seq, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, samplers.sdedit(EPS_NULL, x, AB, seq, generator=torch.Generator().manual_seed(3)))
+    g = torch.Generator().manual_seed(3)
+    by_hand = math.sqrt(float(AB[285])) * x + math.sqrt(1 - float(AB[285])) * torch.randn(x.shape, generator=g, dtype=x.dtype)
+    torch.testing.assert_close(a, samplers.ddim_sample(EPS_NULL, by_hand, AB, seq, eta=1.0, generator=g))
+    with pytest.raises(ValueError, match="x_in contains NaN"):
+        samplers.sdedit(EPS_NULL, torch.full((2, 1), float("nan")), AB, seq)
