@@ -161,6 +161,36 @@ class GaussianMixture:
         a = float(a)
         return math.sqrt(a) * self.eps(x, a) - math.sqrt(1 - a) * self.x0_mean(x, a)
 
+    def reverse_kernel(self, x_t: torch.Tensor, a_t: float, a_s: float):
+        """The exact reverse kernel q(x_s | x_t) of the forward process started at this mixture, s < t (notebook 02 §10).
+
+        By Bayes q(x_s | x_t) ∝ N(x_t; c x_s, (1 − c²) I) p_s(x_s), c = √(ᾱ_t/ᾱ_s): again a mixture, with the
+        weights r_k(x_t) of p_t's components and, per component, the Gaussian product — in Σ_k's eigenbasis the
+        variances v = 1/(1/(a_s λ_k + 1 − a_s) + c²/(1 − c²)) and the means v (√a_s U_kᵀμ_k/(a_s λ_k + 1 − a_s) + c U_kᵀx_t/(1 − c²)).
+        Returns (log r_k (B, K), means (B, K, d) in x's coordinates, v (K, d) in each component's eigenbasis).
+        a_s = 1 (s = −1) is the posterior p(x_0 | x_t).
+        """
+        a_t, a_s = float(a_t), float(a_s)
+        if not 0 < a_t < a_s <= 1:
+            raise ValueError(f"need 0 < a_t < a_s <= 1 (s before t), got a_t = {a_t}, a_s = {a_s}")
+        logits, _, _, _ = self._components(x_t, a_t)
+        c2 = a_t / a_s
+        var_s = a_s * self.eigvals + 1 - a_s                                   # (K, d)
+        v = 1 / (1 / var_s + c2 / (1 - c2))
+        mu_eig = self._to_eigen(self.means[None].expand(1, -1, -1))[0]        # U_kᵀ μ_k, (K, d)
+        xt_eig = self._to_eigen(self._check_x(x_t)[:, None, :].expand(-1, self.K, -1))
+        mean = self._from_eigen(v * (math.sqrt(a_s) * mu_eig / var_s + math.sqrt(c2) * xt_eig / (1 - c2)))
+        return torch.log_softmax(logits, dim=1), mean, v
+
+    def reverse_sample(self, x_t: torch.Tensor, a_t: float, a_s: float,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """One draw of x_s ~ q(x_s | x_t) per row (`reverse_kernel`): pick k ~ r(x_t), then the k-th Gaussian."""
+        log_r, mean, v = self.reverse_kernel(x_t, a_t, a_s)
+        k = torch.multinomial(log_r.exp(), 1, generator=generator)[:, 0]
+        z = torch.randn(x_t.shape[0], self.d, generator=generator, dtype=torch.float64)
+        rows = torch.arange(x_t.shape[0])
+        return mean[rows, k] + self._from_eigen_k(v[k].sqrt() * z, k)
+
     def eps(self, x: torch.Tensor, a) -> torch.Tensor:
         """ε*(x_t) = −√(1−ᾱ) ∇ log p_t(x_t), the exact minimiser of L_simple (notebook 04 §5).
 

@@ -70,14 +70,19 @@ def test_guided_ode_samples_the_conditional_at_w1_and_not_the_tilted_density_bey
     assert p_tilt > 0.45 and p_ode < 0.2 and p_tilt - p_ode > 10 * math.sqrt(p_tilt * (1 - p_tilt) / 2000)
 
 
+EDGES = np.array([-np.inf, -0.25, 1.0, np.inf])        # the regions nearest each data mean
+
+
 def _posterior_shares(x_in, a):
-    """E_z[r_k(√a x_in + √(1−a) z)], z ~ N(0, 1): the chance that the exact reverse process from the noised x_in ends in
-    component k, by quad."""
-    def r(z, k):
+    """E_z P(x_0 in region j | x_t = √a x_in + √(1−a) z), z ~ N(0, 1): the chance that the exact reverse process from the
+    noised x_in ends in region j, by quad over z of the posterior mixture's mass (components by Gaussian conditioning)."""
+    def mass(z, j):
         x = math.sqrt(a) * x_in + math.sqrt(1 - a) * z
         lik = W * stats.norm.pdf(x, math.sqrt(a) * MU, np.sqrt(a * SD ** 2 + 1 - a))
-        return stats.norm.pdf(z) * lik[k] / lik.sum()
-    return np.array([integrate.quad(r, -9, 9, args=(k,))[0] for k in range(3)])
+        m = MU + math.sqrt(a) * SD ** 2 * (x - math.sqrt(a) * MU) / (a * SD ** 2 + 1 - a)
+        s = np.sqrt(SD ** 2 * (1 - a) / (a * SD ** 2 + 1 - a))
+        return stats.norm.pdf(z) * np.sum(lik * (stats.norm.cdf(EDGES[j + 1], m, s) - stats.norm.cdf(EDGES[j], m, s))) / lik.sum()
+    return np.array([integrate.quad(mass, -9, 9, args=(j,))[0] for j in range(3)])
 
 
 def test_sdedit_with_eta1_draws_from_the_posterior_and_eta0_does_not():
@@ -87,7 +92,7 @@ def test_sdedit_with_eta1_draws_from_the_posterior_and_eta0_does_not():
     x = torch.full((n, 1), x_in, dtype=torch.float64)
     for eta, ok in ((1.0, True), (0.0, False)):
         out = samplers.sdedit(EPS_NULL, x, AB, seq, eta=eta, generator=torch.Generator().manual_seed(1))[:, 0].numpy()
-        counts = np.bincount(np.abs(out[:, None] - MU[None]).argmin(1), minlength=3)
+        counts = np.bincount(np.searchsorted(EDGES[1:-1], out, side="right"), minlength=3)
         p = stats.chisquare(counts, expected).pvalue
         assert (p > 1e-3) if ok else (p < 1e-6), (eta, counts, expected, p)
 
