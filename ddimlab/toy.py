@@ -165,10 +165,11 @@ class GaussianMixture:
         """The exact reverse kernel q(x_s | x_t) of the forward process started at this mixture, s < t (notebook 02 §10).
 
         By Bayes q(x_s | x_t) ∝ N(x_t; c x_s, (1 − c²) I) p_s(x_s), c = √(ᾱ_t/ᾱ_s): again a mixture, with the
-        weights r_k(x_t) of p_t's components and, per component, the Gaussian product — in Σ_k's eigenbasis the
-        variances v = 1/(1/(a_s λ_k + 1 − a_s) + c²/(1 − c²)) and the means v (√a_s U_kᵀμ_k/(a_s λ_k + 1 − a_s) + c U_kᵀx_t/(1 − c²)).
-        Returns (log r_k (B, K), means (B, K, d) in x's coordinates, v (K, d) in each component's eigenbasis).
-        a_s = 1 (s = −1) is the posterior p(x_0 | x_t).
+        weights r_k(x_t) of p_t's components and, per component, the Gaussian product. In Σ_k's eigenbasis the
+        variances are v = 1/(1/(a_s λ_k + 1 − a_s) + c²/(1 − c²)) and the means v (√a_s U_kᵀμ_k/(a_s λ_k + 1 − a_s)
+        + c U_kᵀx_t/(1 − c²)). Its mean is DDPM's posterior mean at the exact x̂_0, μ̃(E[x_0 | x_t], x_t).
+        Returns (log r_k (B, K), means (B, K, d) in x's coordinates, v (K, d) in each component's eigenbasis);
+        a_s = 1 (s = −1) gives the posterior p(x_0 | x_t).
         """
         a_t, a_s = float(a_t), float(a_s)
         if not 0 < a_t < a_s <= 1:

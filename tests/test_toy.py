@@ -8,7 +8,7 @@ from scipy.spatial.distance import cdist
 from scipy.stats import multivariate_normal
 
 from ddimlab import samplers, schedule, toy
-from ddimlab.diffusion import predict_x0, q_sample, x0_from_v
+from ddimlab.diffusion import posterior_mean, predict_x0, q_sample, x0_from_v
 
 AB = schedule.make_alpha_bar("linear", 1000)
 
@@ -139,6 +139,35 @@ def test_x0_mean_is_conditional_mean_of_x0(mix, t):
     d = ((x0 - 0.95 * m) * m).sum(1)                       # a shrunk denoiser fails the same test
     assert abs(float(d.mean())) > 4 * float(d.std()) / math.sqrt(n)
     torch.testing.assert_close(predict_x0(xt[:50], mix.eps(xt[:50], a), a), m[:50], rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("t,s", [(300, 150), (100, -1)])
+def test_reverse_kernel_is_the_conditional_of_the_forward_pairs(mix, t, s):
+    """q(x_s | x_t) (notebook 02 §10): (reverse_sample(x_t), x_t) has the joint moments of forward pairs (x_s, x_t)
+    (Monte Carlo, 4 SE), and the kernel's mean is DDPM's posterior mean at the exact x̂_0; a kernel with the prior
+    weights in place of r_k(x_t) fails the same moments."""
+    g = torch.Generator().manual_seed(30 + t)
+    n, a_t, a_s = 100_000, float(AB[t]), 1.0 if s < 0 else float(AB[s])
+    x0 = mix.sample(n, g)
+    xs = x0 if s < 0 else q_sample(x0, a_s, torch.randn(n, 3, generator=g, dtype=torch.float64))
+    xt = q_sample(xs, a_t / a_s, torch.randn(n, 3, generator=g, dtype=torch.float64))     # q(x_t | x_s)
+    xs2 = mix.reverse_sample(xt, a_t, a_s, generator=g)
+    log_r, mean, v = mix.reverse_kernel(xt, a_t, a_s)
+    k = torch.multinomial(mix.weights.expand(n, -1), 1, generator=g)[:, 0]                  # wrong: prior weights
+    rows = torch.arange(n)
+    xs_bad = mean[rows, k] + mix._from_eigen_k(v[k].sqrt() * torch.randn(n, 3, generator=g, dtype=torch.float64), k)
+
+    def moments(a):
+        return [a * xt, a ** 2, a ** 2 * xt.abs(), a ** 3]
+
+    def agree(a):
+        return all(bool(((f - h).mean(0).abs() < 4 * (f - h).std(0) / math.sqrt(n)).all())
+                   for f, h in zip(moments(a), moments(xs)))
+    assert agree(xs2) and not agree(xs_bad)
+    torch.testing.assert_close((log_r.exp()[:, :, None] * mean).sum(1)[:50],
+                               posterior_mean(mix.x0_mean(xt[:50], a_t), xt[:50], a_t, a_s), rtol=1e-9, atol=1e-11)
+    with pytest.raises(ValueError, match="s before t"):
+        mix.reverse_kernel(xt[:2], 0.9, 0.5)                 # a_t > a_s: s after t
 
 
 def test_zero_snr_limits(mix):
