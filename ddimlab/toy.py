@@ -185,7 +185,7 @@ class GaussianMixture:
 
     def reverse_sample(self, x_t: torch.Tensor, a_t: float, a_s: float,
                        generator: torch.Generator | None = None) -> torch.Tensor:
-        """One draw of x_s ~ q(x_s | x_t) per row (`reverse_kernel`): pick k ~ r(x_t), then the k-th Gaussian."""
+        """One draw of x_s ~ q(x_s | x_t) per row (`reverse_kernel`; notebook 02 §10): pick k ~ r(x_t), then the k-th Gaussian."""
         log_r, mean, v = self.reverse_kernel(x_t, a_t, a_s)
         k = torch.multinomial(log_r.exp(), 1, generator=generator)[:, 0]
         z = torch.randn(x_t.shape[0], self.d, generator=generator, dtype=torch.float64)

@@ -294,14 +294,15 @@ def test_notebook_lists_library_functions_that_point_back(path):
     last_md = [c for c in nb["cells"] if c["cell_type"] == "markdown"][-1]
     text = "".join(last_md["source"])
     assert "Library functions introduced" in text
-    listed = re.findall(r"`(?:ddimlab\.)?([a-z_]+)\.([A-Za-z_][A-Za-z0-9_]*)", text)
+    listed = re.findall(r"`(?:ddimlab\.)?([a-z_]+)\.([A-Za-z_][A-Za-z0-9_]*)(?:\.([a-z_][A-Za-z0-9_]*))?`", text)
     assert listed, "no `module.function` entries in the closing cell"
     number = path.stem[:2]
-    for module, name in listed:
+    for module, name, method in listed:                     # module.function, or module.Class.method
         obj = getattr(importlib.import_module(f"ddimlab.{module}"), name)
+        obj = getattr(obj, method) if method else obj
         doc = obj.__doc__ or ""
         assert re.search(rf"notebook {number}\b|notebook {int(number)}\b|{path.stem}", doc), \
-            f"ddimlab.{module}.{name} docstring does not point back to notebook {number}"
+            f"ddimlab.{module}.{name}{'.' + method if method else ''} docstring does not point back to notebook {number}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
