@@ -25,7 +25,7 @@ from .files import atomic_write, file_hash, locked
 from .generate import OutOfRangeWarning, check_data_range, latents, progress, sample_indices, sampling_steps
 from .plotting import save_image_grid
 from .samplers import SIGMA_HAT, NonFiniteError, ddim_invert, ddim_sample, slerp
-from .train import PRESETS, NonFiniteLossError, TrainConfig, make_config, train
+from .train import PRESETS, NonFiniteLossError, TrainConfig, make_config, resumed_config, train
 
 # What a user can act on: printed as one line unless --debug.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError, ImportError,
@@ -56,20 +56,31 @@ def _image_shape(net):
 
 
 def _outputs(out: str, overwrite: bool) -> tuple[Path, Path]:
-    """(png, npz) for --out; existing files are an error unless --overwrite (no run is replaced silently)."""
-    out = Path(out)
-    png, npz = out.with_suffix(".png"), out.with_suffix(".npz")
+    """(png, npz) for --out: OUT.png and OUT.npz, or OUT itself with its .png/.npz suffix swapped (a name with
+    other dots, e.g. eta0.5, keeps them). Existing files are an error unless --overwrite (no run is replaced
+    silently); checked here, before the work, and again under the lock when writing (`_save_pair`)."""
+    raw, out = str(out), Path(out)
+    if out.is_dir() or not out.name or raw.endswith(("/", "\\")):
+        raise ValueError(f"--out {str(out)!r} is a folder; give a file name, e.g. --out {out / 'samples'}")
+    stem = out.with_suffix("") if out.suffix.lower() in (".png", ".npz") else out
+    png, npz = stem.parent / (stem.name + ".png"), stem.parent / (stem.name + ".npz")
+    _refuse_existing(png, npz, overwrite)
+    return png, npz
+
+
+def _refuse_existing(png: Path, npz: Path, overwrite: bool) -> None:
     held = [str(p) for p in (png, npz) if p.exists()]
     if held and not overwrite:
         raise FileExistsError(f"{' and '.join(held)} already exist; pass --overwrite to replace them or "
                               f"choose another --out")
-    return png, npz
 
 
-def _save_pair(png: Path, npz: Path, images: torch.Tensor, nrow, scale: int, **arrays) -> None:
+def _save_pair(png: Path, npz: Path, images: torch.Tensor, nrow, scale: int, overwrite: bool, **arrays) -> None:
     """Write the PNG grid and the .npz beside it as one pair: under a lock, so two commands writing the
-    same --out take turns, and with the PNG's sha256 recorded in the .npz (`png_sha256`)."""
+    same --out take turns (the second refuses unless --overwrite), and with the PNG's sha256 recorded in the
+    .npz (`png_sha256`)."""
     with locked(png.parent / f".{png.stem}.lock"):
+        _refuse_existing(png, npz, overwrite)
         save_image_grid(images, png, nrow=nrow, scale=scale)
         atomic_write(npz, lambda f: np.savez(f, **arrays, png_sha256=file_hash(png)))
 
@@ -83,7 +94,16 @@ def cmd_train(args) -> int:
             overrides.append(f"{key}={value}")
     if args.no_progress:
         overrides.append("progress=false")
-    config = make_config(args.preset, overrides)
+    out = Path(args.out or PRESETS[args.preset or "digits"].get("out", TrainConfig.out))
+    if args.resume and (out / "ckpt.pt").exists():     # the run's own settings, changed only where asked
+        if args.preset is not None:
+            raise ValueError("--preset does not apply to --resume: the run continues with its saved settings; "
+                             "change single ones with --set")
+        config, changed = resumed_config(out, overrides + [f"out={out}"])
+        for line in changed:
+            print(f"resume: {line} (--set)")
+    else:
+        config = make_config(args.preset or "digits", overrides)
     out = train(config, resume=args.resume, overwrite=args.overwrite)
     if devices.rank_world()[0] == 0:
         print(f"done: {out / 'ckpt.pt'}")
@@ -118,7 +138,8 @@ def cmd_sample(args) -> int:
                                        device=device, amp=args.amp, callback=callback, **kwargs).float().cpu()
                         for i in range(0, n, bs)])
     seconds = time.perf_counter() - t0
-    _save_pair(png, npz, x0, args.nrow, args.scale, samples=x0.numpy(), x_T=latents(args.seed, range(n), shape).numpy(),
+    _save_pair(png, npz, x0, args.nrow, args.scale, args.overwrite, samples=x0.numpy(),
+               x_T=latents(args.seed, range(n), shape).numpy(),
                seed=args.seed, steps=len(seq), spacing=args.spacing, sampler=args.sampler,
                eta=str(kwargs.get("eta", "")))
     print(f"{n} samples ({args.sampler}, {len(seq)} steps, {args.spacing}) in {seconds:.1f} s -> {png}, {npz}")
@@ -135,7 +156,7 @@ def cmd_invert(args) -> int:
         x_T = ddim_invert(eps, x0, abar, seq, callback=callback)
         recon = ddim_sample(eps, x_T, abar, seq, callback=callback)
     mse = ((recon - x0) ** 2).flatten(1).mean(1)
-    _save_pair(png, npz, torch.cat([x0, recon]).cpu(), x0.shape[0], args.scale, x_T=x_T.cpu().numpy(),
+    _save_pair(png, npz, torch.cat([x0, recon]).cpu(), x0.shape[0], args.scale, args.overwrite, x_T=x_T.cpu().numpy(),
                x0=x0.cpu().numpy(), recon=recon.cpu().numpy(), mse=mse.cpu().numpy(), steps=len(seq),
                spacing=args.spacing)
     print(f"inverted {x0.shape[0]} image(s) with {len(seq)} DDIM steps; reconstruction MSE "
@@ -151,6 +172,9 @@ def cmd_interpolate(args) -> int:
             if "x_T" not in z:
                 raise ValueError(f"{args.latents} has no x_T array; pass the .npz written by `invert` or `sample`")
             lat = torch.as_tensor(z["x_T"], dtype=torch.float32)
+        if tuple(lat.shape[1:]) != _image_shape(net):
+            raise ValueError(f"{args.latents} holds latents of shape {tuple(lat.shape[1:])}, but the model makes "
+                             f"{_image_shape(net)} images; use latents from this model's `invert` or `sample`")
         i, j = args.index
         if not (0 <= i < len(lat) and 0 <= j < len(lat)):
             raise ValueError(f"--index must be two indices in 0..{len(lat) - 1}, got {i} {j}")
@@ -163,7 +187,7 @@ def cmd_interpolate(args) -> int:
     with bar:
         x0 = check_data_range(ddim_sample(checkpoint.eps_fn(net, args.amp), z, abar, seq, callback=callback),
                               abar, seq).float().cpu()
-    _save_pair(png, npz, x0, args.n, args.scale, samples=x0.numpy(), x_T=z.cpu().numpy(), lam=lam.numpy())
+    _save_pair(png, npz, x0, args.n, args.scale, args.overwrite, samples=x0.numpy(), x_T=z.cpu().numpy(), lam=lam.numpy())
     print(f"{args.n} images along slerp(z0, z1, λ) -> {png}, {npz}")
     return 0
 
@@ -239,6 +263,23 @@ def _positive(text: str) -> int:
     return v
 
 
+def _scale(text: str) -> int:
+    v = _positive(text)
+    if v > 32:
+        raise argparse.ArgumentTypeError(f"must be at most 32 (pixels per image pixel in the PNG), got {v}")
+    return v
+
+
+def _seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer in 0..2**63 - 1, got {text!r}") from None
+    if not 0 <= v < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"must be an integer in 0..2**63 - 1, got {text}")
+    return v
+
+
 def _eta(text: str) -> float:
     try:
         v = float(text)
@@ -268,7 +309,7 @@ def _model_args(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, mps")
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the network on CUDA")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights of a ddimlab checkpoint, not the EMA")
-    p.add_argument("--scale", type=_positive, default=2, help="pixel enlargement of the PNG grid")
+    p.add_argument("--scale", type=_scale, default=2, help="pixel enlargement of the PNG grid (at most 32)")
     p.add_argument("--out", default=out_default, help="output path: OUT.png and OUT.npz are written")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _common(p)
@@ -299,7 +340,8 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
         return p
 
     p = add("train", cmd_train, "train a DDPM UNet with L_simple", epilog=_train_epilog())
-    p.add_argument("--preset", choices=sorted(PRESETS), default="digits", help="starting configuration")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="starting configuration (default digits; not with --resume, which uses the run's own)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a TrainConfig field (repeatable), e.g. --set lr=5e-4 --set ch_mult=1,2,2; keys below")
     p.add_argument("--out", help="run folder (default: the preset's out)")
@@ -321,7 +363,7 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--variance", choices=("small", "large"), default=None,
                    help="ddpm only: posterior beta tilde (small, default) or beta (large: the DDIM paper's sigma hat)")
     p.add_argument("--clip", action="store_true", help="clip the predicted x0 to [-1, 1] (ddim, ddpm)")
-    p.add_argument("--seed", type=int, default=0, help="image i's noise is a function of (seed, i)")
+    p.add_argument("--seed", type=_seed, default=0, help="image i's noise is a function of (seed, i)")
     p.add_argument("--n", type=_positive, default=64, help="number of samples")
     p.add_argument("--nrow", type=_positive, default=None, help="images per row of the grid (default: square)")
     p.add_argument("--batch-size", type=_positive, default=256, help="images per network call")
@@ -333,7 +375,7 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
 
     p = add("interpolate", cmd_interpolate, "slerp between two latents and decode with DDIM (eta = 0)")
     _model_args(p, "interpolation")
-    p.add_argument("--seeds", type=int, nargs=2, default=(0, 1), metavar=("A", "B"),
+    p.add_argument("--seeds", type=_seed, nargs=2, default=(0, 1), metavar=("A", "B"),
                    help="latent 0 of each seed (the first image of `sample --seed A` / `--seed B`)")
     p.add_argument("--latents", help="an .npz from `invert` or `sample`: interpolate between its x_T[--index]")
     p.add_argument("--index", type=int, nargs=2, default=(0, 1), metavar=("I", "J"), help="with --latents")
@@ -353,7 +395,7 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
                    help="table1: inception = FID via torch-fidelity (pip install ddimlab[fid]); digits = the digits "
                         "classifier (1-channel models); random = a fixed random conv net (smoke test)")
     p.add_argument("--batch-size", type=_positive, default=250, help="images per network call")
-    p.add_argument("--seed", type=int, default=0, help="image i of every cell is a function of (seed, i)")
+    p.add_argument("--seed", type=_seed, default=0, help="image i of every cell is a function of (seed, i)")
     p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK under torchrun), cpu, cuda")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights of a ddimlab checkpoint")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
@@ -366,7 +408,7 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--image-d", type=int, default=1024, help="dimension of the image-like table (0 skips it)")
     p.add_argument("--image-n", type=_positive, default=1000, help="samples per cell of the image-like table")
     p.add_argument("--spacing", choices=("uniform", "quad"), default="uniform", help="timestep sub-sequence")
-    p.add_argument("--seed", type=int, default=0, help="seed of x_T, the noise and the data draws")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of x_T, the noise and the data draws")
     _common(p)
 
     p = add("demo", cmd_demo, "the main job: the exact-score Table 1, then DDPM 1000 vs DDIM 10/20/50 on digits")
@@ -374,7 +416,7 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--skip-train", action="store_true", help="only the exact-score lab table and figure")
     p.add_argument("--train-steps", type=_positive, default=None, help="override the digits preset's training steps")
     p.add_argument("--n", type=_positive, default=200, help="samples per sampler for the quality score")
-    p.add_argument("--seed", type=int, default=0, help="seed of the training run and of x_T")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the training run and of x_T")
     _common(p)
     return parser
 
@@ -398,8 +440,8 @@ def main(argv=None, prog: str | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = show
             return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print(f"{prog} {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"{prog} {args.command}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
         return 130
     except USER_ERRORS as e:
         if debug:

@@ -10,6 +10,8 @@ convolutions, which moves a rare pixel by at most one grey level (notebook 07 §
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from tqdm.auto import tqdm
 from . import devices, ode, schedule
 from .checkpoint import eps_fn
 from .data import from_model_range
+from .files import atomic_write
 from .plotting import save_png
 from .samplers import SIGMA_HAT, sample_row
 
@@ -136,6 +139,8 @@ def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, 
 
     This rank makes indices rank, rank + world_size, …; an index whose file exists is skipped, so a
     crashed run resumes where it stopped and gives the images an uninterrupted run would have.
+    `out_dir/settings.json` records what the images are a function of (the model's weights by their sha256,
+    seed, S, η, spacing, shape, clipping, amp); a folder made with other settings is a ValueError, never reused.
     `model` is a network `model(x, t)` or any callable eps(x, t); alpha_bar defaults to DDPM's linear
     schedule with T = 1000; η and the steps as in `sample_indices` and `sampling_steps`.
     """
@@ -153,6 +158,8 @@ def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, 
         model.eval()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _claim(out_dir, dict(model=weights_sha256(model), T=int(alpha_bar.shape[0]), seed=int(seed), S=int(S), eta=str(eta),
+                         spacing=spacing, shape=list(shape), clip_x0=clip_x0, amp=bool(amp)))
     todo = [i for i in range(rank, n, world_size) if not (out_dir / f"{i:06d}.png").exists()]
     batches = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
     with tqdm(total=len(todo), desc=f"{out_dir.name} (rank {rank})" if world_size > 1 else out_dir.name,
@@ -163,6 +170,34 @@ def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, 
                 save_png(img, out_dir / f"{i:06d}.png")
             bar.update(len(idx))
     return todo
+
+
+def weights_sha256(model) -> str | None:
+    """sha256 over a network's parameter and buffer names and values (None for a plain eps callable)."""
+    if not isinstance(model, torch.nn.Module):
+        return None
+    h = hashlib.sha256()
+    for name, v in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _claim(out_dir: Path, settings: dict) -> None:
+    """Record `settings` in out_dir/settings.json, or check that the images already there were made with them."""
+    path = out_dir / "settings.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        diff = [k for k in settings if saved.get(k) != settings[k]]
+        if diff:
+            raise ValueError(f"{out_dir} holds images made with other settings ({', '.join(diff)} differ: "
+                             f"{', '.join(f'{k} {saved.get(k)!r} here, {settings[k]!r} now' for k in diff if k != 'model')}"
+                             f"{'; another model' if 'model' in diff else ''}); choose another --out or delete that folder")
+    elif any(out_dir.glob("*.png")):
+        raise ValueError(f"{out_dir} holds images but no settings.json saying how they were made; choose another "
+                         f"--out or delete that folder")
+    else:
+        atomic_write(path, lambda f: f.write(json.dumps(settings, indent=1)), text=True)
 
 
 def sampling_steps(S: int, T: int = 1000, spacing: str = "quad") -> torch.Tensor:

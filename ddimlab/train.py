@@ -13,8 +13,9 @@ keeping its slice. Its loop calls small named helpers: `get_batch`, `lr_at`, `em
 The out folder holds `ckpt.pt` (weights, EMA, optimizer, step, config, RNG states; written atomically),
 `config.json` (rewritten only together with a checkpoint), `log.jsonl` and `samples/step_XXXXXXX.png`.
 A folder that already holds a run is never replaced silently: pass `resume=True` to continue it (bitwise
-on the CPU) or `overwrite=True` to start again. A non-finite loss stops the run with
-`NonFiniteLossError` and leaves the last good checkpoint alone.
+on the CPU; `resumed_config` gives the run's own settings) or `overwrite=True` to start again (the old run's
+files are removed first). A non-finite loss stops the run with `NonFiniteLossError` and leaves the last good
+checkpoint alone; Ctrl-C saves a checkpoint at the current step and stops.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ import dataclasses
 import functools
 import json
 import math
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -153,7 +156,11 @@ def make_config(preset: str = "digits", overrides=None) -> TrainConfig:
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    values = dict(PRESETS[preset])
+    return validate_config(TrainConfig(**_apply(dict(PRESETS[preset]), overrides)))
+
+
+def _apply(values: dict, overrides) -> dict:
+    """values updated with overrides (a dict, or "key=value" strings parsed by each field's type)."""
     if isinstance(overrides, (list, tuple)):
         pairs = {}
         for item in overrides:
@@ -170,7 +177,31 @@ def make_config(preset: str = "digits", overrides=None) -> TrainConfig:
         if isinstance(value, str) and not isinstance(base, str):
             value = _parse_value(key, value, base if base is not None else "")
         values[key] = tuple(value) if isinstance(value, list) else value
-    return validate_config(TrainConfig(**values))
+    return values
+
+
+# Keys that say where and how a run executes, not what it trains: a resume may change them without a notice.
+RUN_KEYS = ("out", "device", "bf16", "compile", "progress", "threads")
+
+
+def resumed_config(out, overrides=None) -> tuple[TrainConfig, list[str]]:
+    """The config of the run in `out` (its config.json, or its checkpoint's) with `overrides` applied, and one
+    line per recipe key the overrides change: what `train --resume` runs, so that a resume never falls back
+    to a preset's values silently."""
+    out = Path(out)
+    if (out / "config.json").exists():
+        try:
+            saved = json.loads((out / "config.json").read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{out / 'config.json'} is not valid JSON ({e.msg}); delete it to use the checkpoint's "
+                             f"copy of the settings") from None
+    else:
+        saved = load_checkpoint(out / "ckpt.pt", map_location="cpu", required=RESUME_KEYS)["config"]
+    before = config_from_dict(saved)
+    after = validate_config(TrainConfig(**_apply(dataclasses.asdict(before), overrides)))
+    notes = [f"{k}: {getattr(before, k)!r} -> {getattr(after, k)!r}" for k in (f.name for f in dataclasses.fields(TrainConfig))
+             if k not in RUN_KEYS and getattr(before, k) != getattr(after, k)]
+    return after, notes
 
 
 def validate_config(c: TrainConfig) -> TrainConfig:
@@ -377,6 +408,17 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
                              f"to start again or another --out")
 
 
+def _remove_run(out: Path) -> None:
+    """--overwrite: delete the previous run's checkpoint, config, log and sample grids before starting again, so
+    that the folder never mixes two runs (a new run that fails early leaves it empty, not half old)."""
+    old = [p for p in (out / "ckpt.pt", out / "config.json", out / "log.jsonl") if p.exists()]
+    old += sorted((out / "samples").glob("step_*.png"))
+    for p in old:
+        p.unlink()
+    if old:
+        print(f"--overwrite: removed the previous run in {out} ({len(old)} files)")
+
+
 def _append_log(path: Path, record: dict) -> None:
     """One JSON line, written with a single call so that a crash leaves at most one torn last line."""
     with open(path, "a") as f:
@@ -443,7 +485,11 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
     step = 0
     if resume and (out / "ckpt.pt").exists():
         step = _resume(out / "ckpt.pt", config, model, ema, opt, gen, device, rank)
+    elif resume and is_main:
+        print(f"{out} holds no run to resume: starting a new one")
     if is_main:
+        if overwrite:
+            _remove_run(out)
         out.mkdir(parents=True, exist_ok=True)
         _restart_log(out / "log.jsonl", step)          # a fresh run starts an empty log
     last_good = step if step else None
@@ -455,8 +501,10 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
     bar = tqdm(total=config.steps, initial=step, disable=not (config.progress and is_main), dynamic_ncols=True,
                unit="step")
     loss_sum, loss_n, t_last, step_last = torch.zeros((), device=device), 0, time.perf_counter(), step
+    mean_loss = float("nan")
     model.train()
     threads = config.threads if config.threads and not cuda else torch.get_num_threads()
+    stop = _stop_on_sigint(world == 1)
     try:
         with devices.cpu_threads(threads):
             while step < config.steps:
@@ -508,11 +556,41 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
                                   f"weights -> {path}" + (f" (they still hold {early:.0%} of the initial random weights)"
                                                           if early > EARLY_EMA else ""))
                     save_image_grid(sample_grid(ema, config, in_ch, config.n_samples, device, seed=config.seed), path)
+                if stop and step < config.steps:        # Ctrl-C: keep the steps since the last checkpoint
+                    if not ckpt_now:
+                        mean_loss = float(loss_sum / loss_n) if loss_n else mean_loss
+                        if not math.isfinite(mean_loss):
+                            raise NonFiniteLossError(f"interrupted at step {step} with a non-finite loss; nothing saved")
+                        save_run(out, model, ema, opt, step, config, gen, device, in_ch, mean_loss)
+                    raise KeyboardInterrupt(f"stopped at step {step} of {config.steps}; saved {out / 'ckpt.pt'}: "
+                                            f"continue with --resume")
     finally:
+        stop.restore()
         bar.close()
         if init_here:
             dist.destroy_process_group()
     return (out, model, ema) if return_models else out
+
+
+class _stop_on_sigint(list):
+    """A flag set by the first Ctrl-C (SIGINT), which the training loop checks after each step: it then saves a
+    checkpoint and stops. A second Ctrl-C interrupts at once. Only in a single process on the main thread
+    (under torchrun every rank would have to stop at the same step)."""
+
+    def __init__(self, active: bool):
+        super().__init__()
+        self.previous = None
+        if active and threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self:
+            raise KeyboardInterrupt
+        self.append(True)
+
+    def restore(self):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def _all_mean(x: torch.Tensor, world: int) -> torch.Tensor:

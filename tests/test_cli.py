@@ -1,6 +1,7 @@
 """CLI end to end on a tiny model (train → sample → invert → interpolate), checkpoint kinds, image grids."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import warnings
@@ -386,3 +387,107 @@ def test_samples_that_diverged_are_written_with_a_warning(trained, tmp_path, cap
             assert cli.main(args + extra + ["--out", tmp_path / "ok", "--overwrite"]) == 0
         z = np.load(tmp_path / "ok.npz")
         assert np.sqrt((z["samples"] ** 2).reshape(4, -1).mean(1)).max() < 2      # far below the bound of 10
+
+
+# --------------------------------------------------------------------------- a careless user, second pass
+
+def test_resume_continues_with_the_runs_own_settings(tmp_path, capsys):
+    """`train --resume` used to rebuild the config from the preset: lr, batch size and t_sampling of the run were
+    silently replaced by the preset's, and config.json rewritten with them."""
+    out = tmp_path / "run"
+    assert cli.main(["train", "--out", str(out), "--no-progress", *_sets(TINY), "--set", "steps=10",
+                     "--set", "t_sampling=uniform", "--set", "lr=1e-3"]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--out", str(out), "--resume", "--no-progress", "--set", "steps=20"]) == 0
+    assert "resume: steps: 10 -> 20 (--set)" in capsys.readouterr().out
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["lr"], saved["t_sampling"], saved["batch_size"], saved["ch"], saved["steps"]) == (1e-3, "uniform", 32, 16, 20)
+    assert cli.main(["train", "--out", str(out), "--resume", "--preset", "digits", "--no-progress"]) == 1
+    assert "--preset does not apply to --resume" in capsys.readouterr().err
+
+
+def test_overwrite_removes_the_old_run_before_starting_again(trained, tmp_path, capsys):
+    """A failed --overwrite used to empty log.jsonl but keep the old ckpt.pt, so a later --resume continued the old
+    run without its history; old sample grids stayed beside the new run's."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    assert cli.main(["train", "--out", str(out), "--overwrite", "--no-progress", *_sets(TINY), "--set", "lr=inf"]) == 1
+    assert "no checkpoint had been written yet" in capsys.readouterr().err
+    assert not (out / "ckpt.pt").exists() and not (out / "config.json").exists()
+    assert not list((out / "samples").glob("*.png"))
+
+
+def test_resume_without_a_run_says_it_starts_a_new_one(tmp_path, capsys):
+    out = tmp_path / "typo"
+    assert cli.main(["train", "--out", str(out), "--resume", "--no-progress", *_sets(TINY), "--set", "steps=2"]) == 0
+    assert "holds no run to resume: starting a new one" in capsys.readouterr().out
+
+
+def test_ctrl_c_saves_the_steps_since_the_last_checkpoint(tmp_path):
+    """Ctrl-C used to lose every step since the last checkpoint (hours with the cifar10 preset's 10,000)."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "ddimlab", "train", "--out", str(out), "--no-progress", *_sets(TINY),
+                          "--set", "steps=100000", "--set", "ckpt_every=100000", "--set", "log_every=2"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "DDIMLAB_DEBUG": ""})
+    t0 = time.time()
+    while not ((out / "log.jsonl").exists() and len((out / "log.jsonl").read_text().splitlines()) >= 2):
+        assert p.poll() is None and time.time() - t0 < 240, p.stderr.read() if p.poll() is not None else "timeout"
+        time.sleep(0.1)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "stopped at step" in err and "continue with --resume" in err, err
+    step = int(err.split("stopped at step ")[1].split()[0])
+    assert step >= 4 and checkpoint.load_checkpoint(out / "ckpt.pt")["step"] == step
+    assert json.loads((out / "config.json").read_text())["steps"] == 100000
+
+
+def test_output_names_keep_their_dots_and_a_folder_is_refused(trained, tmp_path, capsys):
+    """`--out eta0.5` used to become eta0.png (the name cut at its dot), so eta0.0 and eta0.5 overwrote each other."""
+    base = ["sample", "--checkpoint", str(trained), "--steps", "2", "--n", "2", "--no-progress"]
+    for eta in ("0.0", "0.5"):
+        assert cli.main(base + ["--eta", eta, "--out", str(tmp_path / f"eta{eta}")]) == 0
+    assert sorted(p.name for p in tmp_path.glob("eta*")) == ["eta0.0.npz", "eta0.0.png", "eta0.5.npz", "eta0.5.png"]
+    assert cli.main(base + ["--out", str(tmp_path / "x.png")]) == 0 and (tmp_path / "x.npz").exists()
+    (tmp_path / "folder").mkdir()
+    for out in (str(tmp_path / "folder"), str(tmp_path / "new") + "/"):
+        assert cli.main(base + ["--out", out]) == 1 and "is a folder" in capsys.readouterr().err
+
+
+def test_of_two_commands_racing_to_one_output_only_one_writes_it(trained, tmp_path):
+    """Without --overwrite, two `sample` commands to one --out both used to exit 0, the second replacing the first:
+    the existence check ran before sampling, outside the lock."""
+    procs = [subprocess.Popen([sys.executable, "-m", "ddimlab", "sample", "--checkpoint", str(trained), "--steps", "2",
+                               "--n", "3", "--seed", str(seed), "--no-progress", "--out", str(tmp_path / "race")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    codes = sorted(p.wait(timeout=300) for p in procs)
+    assert codes == [0, 1] and any("already exist" in p.stderr.read() for p in procs)
+
+
+def test_bad_scale_seed_and_latents_are_refused_before_the_work(trained, tmp_path, capsys):
+    base = ["sample", "--checkpoint", str(trained), "--steps", "2", "--n", "2", "--no-progress", "--out", str(tmp_path / "s")]
+    for flag, value, needle in (("--scale", "20000", "at most 32"), ("--seed", "-1", "0..2**63 - 1")):
+        with pytest.raises(SystemExit):
+            cli.main(base + [flag, value])
+        assert needle in capsys.readouterr().err
+    np.savez(tmp_path / "lat.npz", x_T=np.zeros((2, 1, 16, 16), np.float32))      # a 16×16 model's latents
+    assert cli.main(["interpolate", "--checkpoint", str(trained), "--latents", str(tmp_path / "lat.npz"), "--steps", "2",
+                     "--n", "3", "--no-progress", "--out", str(tmp_path / "i")]) == 1
+    assert "holds latents of shape (1, 16, 16)" in capsys.readouterr().err and not (tmp_path / "i.npz").exists()
+
+
+def test_reproduce_never_reuses_images_made_with_other_settings(trained, tmp_path, capsys):
+    """`reproduce table1` used to score the images a run with another seed, spacing or model had left in --out."""
+    base = ["reproduce", "table1", "--checkpoint", str(trained), "--features", "random", "--n-samples", "4",
+            "--steps", "2", "--etas", "0", "--no-progress", "--out", str(tmp_path / "t1"), "--batch-size", "4"]
+    assert cli.main(base) == 0
+    first = capsys.readouterr().out
+    assert cli.main(base) == 0 and capsys.readouterr().out == first          # the same settings: reused, same table
+    assert cli.main(base + ["--seed", "7"]) == 1
+    assert "holds images made with other settings (seed differ" in capsys.readouterr().err
+    assert cli.main(base + ["--no-ema"]) == 1 and "another model" in capsys.readouterr().err

@@ -23,7 +23,7 @@ def _gen(net, d, n, **kw):
 def test_files_written_and_loadable(net, tmp_path):
     wrote = _gen(net, tmp_path, 5, batch_size=2)
     assert wrote == list(range(5))
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{i:06d}.png" for i in range(5)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{i:06d}.png" for i in range(5)] + ["settings.json"]
     imgs = fid.load_images(tmp_path)
     assert imgs.dtype == torch.uint8 and imgs.shape == (5, *SHAPE)
     # the PNGs hold exactly the sampler's output, quantised like the official code
@@ -49,7 +49,10 @@ def test_batch_size_rank_split_and_resume_give_identical_images(net, tmp_path):
     assert same(fid.load_images(b), ref)
     assert all(b.joinpath(k).stat().st_mtime_ns == v for k, v in before.items())
     assert _gen(net, b, 7, eta=0.5) == []
-    assert not [p for p in b.iterdir() if not p.name.endswith(".png")]  # no temp files left
+    assert not [p for p in b.iterdir() if not p.name.endswith(".png") and p.name != "settings.json"]  # no temp files
+    # the same folder with other settings is refused, not mixed into the set
+    with pytest.raises(ValueError, match="holds images made with other settings .eta differ"):
+        _gen(net, b, 7, eta=0.0)
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.5, "sigma_hat"])
