@@ -47,6 +47,11 @@ def _model_for(args):
         args.spacing = ode.DEFAULT_RULES.get(getattr(args, "sampler", None), "uniform")
     seq = ode.rule_timesteps(args.spacing, steps, abar) if args.spacing in ode.STEP_RULES else \
         sampling_steps(steps, T, args.spacing)
+    a_first = float(schedule.alpha_bar_at(abar, int(seq[0])))
+    if a_first > 0.1:       # x_T ~ N(0, I) is then far from the model's x_t at the first step
+        warnings.warn(f"the first of the {len(seq)} steps is t = {int(seq[0])} (alpha_bar = {a_first:.2g}), where "
+                      f"x_T ~ N(0, I) is not the model's x_t: the output stays close to x_T; use more --steps or "
+                      f"--spacing linspace/trailing", OutOfRangeWarning)
     return net, abar, device, seq
 
 

@@ -351,28 +351,34 @@ def load_digits(resolution: int = 16, channels: int = 1) -> tuple[torch.Tensor, 
 
 def read_images(paths, shape) -> torch.Tensor:
     """Images in [−1, 1] (N, C, H, W) for a model taking `shape` = (C, H, W), from one .npz (array `x0`,
-    `samples` — both in [−1, 1] — or `images`, uint8 N×H×W×C) or from PNG files. Grey images are
-    repeated to RGB and RGB ones averaged to grey to match C; the spatial size must already match."""
-    from PIL import Image  # Pillow comes with matplotlib
+    `samples` — both in [−1, 1] — or `images`, uint8 N×H×W×C) or from 8-bit PNG files. Grey images are
+    repeated to RGB and RGB ones averaged to grey to match C; the spatial size must already match. Anything
+    else (other dtypes or ranges, 16-bit PNGs, files that are not images) is a ValueError saying what was found."""
+    from PIL import Image, UnidentifiedImageError  # Pillow comes with matplotlib
 
     C, H, W = shape
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
-    missing = [str(p) for p in paths if not p.is_file()]
+    missing = [f"{p} (a folder: pass its files)" if p.is_dir() else str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"no such file: {', '.join(missing)}")
-    if len(paths) == 1 and paths[0].suffix == ".npz":
-        with np.load(paths[0]) as z:
-            key = next((k for k in ("x0", "samples", "images") if k in z), None)
-            if key is None:
-                raise ValueError(f"{paths[0]} has none of the arrays x0, samples, images; it has {list(z)}")
-            x = torch.as_tensor(z[key], dtype=torch.float32)
-            if key == "images":
-                x = x.permute(0, 3, 1, 2) / 127.5 - 1
+    if any(p.suffix == ".npz" for p in paths):
+        if len(paths) > 1:
+            raise ValueError("--input takes one .npz, or PNG files; got several files with an .npz among them")
+        x = _npz_images(paths[0])
     else:
         imgs = []
         for p in paths:
-            a = np.asarray(Image.open(p).convert("RGB" if C == 3 else "L"), dtype=np.float32) / 127.5 - 1
+            try:
+                im = Image.open(p)
+            except (UnidentifiedImageError, OSError):
+                raise ValueError(f"{p} is not an image file Pillow can read") from None
+            if im.mode not in ("1", "L", "P", "RGB", "RGBA", "LA"):
+                raise ValueError(f"{p} is a {im.mode} image; convert it to 8-bit grey or RGB first")
+            a = np.asarray(im.convert("RGB" if C == 3 else "L"), dtype=np.float32) / 127.5 - 1
             imgs.append(torch.as_tensor(a[..., None] if a.ndim == 2 else a).permute(2, 0, 1))
+        sizes = sorted({tuple(t.shape[1:]) for t in imgs})
+        if len(sizes) > 1:
+            raise ValueError(f"the PNG files have different sizes {sizes}; the model takes {(H, W)}")
         x = torch.stack(imgs)
     if x.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(x.shape)}")
@@ -381,6 +387,34 @@ def read_images(paths, shape) -> torch.Tensor:
     if tuple(x.shape[1:]) != (C, H, W):
         raise ValueError(f"the model takes images of shape {(C, H, W)}, got {tuple(x.shape[1:])}")
     return x
+
+
+def _npz_images(path: Path) -> torch.Tensor:
+    """x0 (float in [−1, 1]; |x| > 4, e.g. 0..255 data, is refused), samples (a sampler's output, taken as it is) or
+    images (uint8, N×H×W×C) of an .npz, as float32."""
+    try:
+        z = np.load(path)                                   # never pickles (allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path} is not a readable .npz of arrays ({e})") from None
+    with z:
+        key = next((k for k in ("x0", "samples", "images") if k in z), None)
+        if key is None:
+            raise ValueError(f"{path} has none of the arrays x0, samples, images; it has {list(z)}")
+        try:
+            a = z[key]
+        except ValueError:
+            raise ValueError(f"{path}: {key} is not a numeric array") from None
+    if a.dtype.kind not in "fiub" or a.size == 0:
+        raise ValueError(f"{path}: {key} must be a non-empty numeric array, got {a.dtype} of shape {a.shape}")
+    if key == "images":
+        if a.dtype != np.uint8 or a.ndim != 4:
+            raise ValueError(f"{path}: images must be uint8 (N, H, W, C) in 0..255, got {a.dtype} of shape {a.shape}; "
+                             f"pass floats in [-1, 1] as x0 instead")
+        return torch.as_tensor(a, dtype=torch.float32).permute(0, 3, 1, 2) / 127.5 - 1
+    if key == "x0" and (not np.isfinite(a).all() or np.abs(a).max() > 4):
+        raise ValueError(f"{path}: {key} must be finite and in [-1, 1], got values in [{a.min():.3g}, {a.max():.3g}]; "
+                         f"uint8 images go in an `images` array (N, H, W, C)")
+    return torch.as_tensor(a, dtype=torch.float32)
 
 
 # --------------------------------------------------------------------------------------------

@@ -491,3 +491,37 @@ def test_reproduce_never_reuses_images_made_with_other_settings(trained, tmp_pat
     assert cli.main(base + ["--seed", "7"]) == 1
     assert "holds images made with other settings (seed differ" in capsys.readouterr().err
     assert cli.main(base + ["--no-ema"]) == 1 and "another model" in capsys.readouterr().err
+
+
+def test_invert_refuses_inputs_it_would_misread(trained, tmp_path, capsys):
+    """0..255 data as x0, float `images`, 16-bit PNGs, non-images and mixed sizes used to be read wrongly (exit 0) or
+    end in a traceback."""
+    from PIL import Image
+
+    bad = {"x0_255.npz": lambda p: np.savez(p, x0=np.full((2, 1, 8, 8), 200.0, np.float32)),
+           "float_images.npz": lambda p: np.savez(p, images=np.full((2, 8, 8, 1), 0.5, np.float32)),
+           "three_d.npz": lambda p: np.savez(p, images=np.zeros((2, 8, 8), np.uint8)),
+           "strings.npz": lambda p: np.savez(p, x0=np.array(["a", "b"])),
+           "deep.png": lambda p: Image.fromarray(np.full((8, 8), 40000, np.uint16)).save(p),
+           "junk.png": lambda p: p.write_bytes(b"not a png")}
+    needles = {"x0_255.npz": "in [-1, 1]", "float_images.npz": "uint8", "three_d.npz": "uint8 (N, H, W, C)",
+               "strings.npz": "numeric", "deep.png": "convert it to 8-bit", "junk.png": "not an image file"}
+    for name, make in bad.items():
+        make(tmp_path / name)
+        assert cli.main(["invert", "--checkpoint", str(trained), "--input", str(tmp_path / name), "--steps", "2",
+                         "--no-progress", "--out", str(tmp_path / "o")]) == 1, name
+        assert needles[name] in capsys.readouterr().err, name
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((9, 9), np.uint8)).save(tmp_path / "b.png")
+    assert cli.main(["invert", "--checkpoint", str(trained), "--input", str(tmp_path / "a.png"), str(tmp_path / "b.png"),
+                     "--steps", "2", "--no-progress", "--out", str(tmp_path / "o")]) == 1
+    assert "different sizes" in capsys.readouterr().err and not (tmp_path / "o.npz").exists()
+
+
+def test_a_grid_that_starts_near_the_data_says_so(trained, tmp_path):
+    """`sample --steps 1` on the uniform grid starts at t = 0 and used to return x_T with exit 0 and no word."""
+    r = _run("sample", "--checkpoint", trained, "--steps", "1", "--n", "2", "--no-progress", "--out", tmp_path / "one")
+    assert r.returncode == 0 and "warning: the first of the 1 steps is t = 0" in r.stderr, r.stderr
+    r = _run("sample", "--checkpoint", trained, "--steps", "1", "--spacing", "trailing", "--n", "2", "--no-progress",
+             "--out", tmp_path / "two")
+    assert r.returncode == 0 and "the first of the" not in r.stderr, r.stderr
