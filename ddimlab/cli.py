@@ -25,7 +25,7 @@ from .files import atomic_write, file_hash, locked
 from .generate import OutOfRangeWarning, check_data_range, latents, progress, sample_indices, sampling_steps
 from .plotting import save_image_grid
 from .samplers import SIGMA_HAT, NonFiniteError, ddim_invert, ddim_sample, slerp
-from .train import PRESETS, NonFiniteLossError, TrainConfig, make_config, resumed_config, train
+from .train import PRESETS, NonFiniteLossError, TornLogWarning, TrainConfig, make_config, resumed_config, train
 
 # What a user can act on: printed as one line unless --debug.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError, ImportError,
@@ -172,8 +172,14 @@ def cmd_invert(args) -> int:
 def cmd_interpolate(args) -> int:
     png, npz = _outputs(args.out, args.overwrite)
     net, abar, device, seq = _model_for(args)
+    if args.latents and args.seeds is not None:
+        raise ValueError("--latents and --seeds exclude each other: interpolate between two saved latents, or two seeds'")
     if args.latents:
-        with np.load(args.latents) as z:
+        try:
+            z = np.load(args.latents)
+        except (ValueError, OSError):
+            raise ValueError(f"{args.latents} is not an .npz of arrays; pass the .npz written by `invert` or `sample`") from None
+        with z:
             if "x_T" not in z:
                 raise ValueError(f"{args.latents} has no x_T array; pass the .npz written by `invert` or `sample`")
             lat = torch.as_tensor(z["x_T"], dtype=torch.float32)
@@ -185,7 +191,7 @@ def cmd_interpolate(args) -> int:
             raise ValueError(f"--index must be two indices in 0..{len(lat) - 1}, got {i} {j}")
         z0, z1 = lat[i:i + 1].to(device), lat[j:j + 1].to(device)
     else:   # latent 0 of each seed: the first image of `sample --seed A` and of `sample --seed B`
-        z0, z1 = (latents(s, [0], _image_shape(net), device) for s in args.seeds)
+        z0, z1 = (latents(s, [0], _image_shape(net), device) for s in (args.seeds or (0, 1)))
     lam = torch.linspace(0, 1, args.n)
     z = slerp(z0, z1, lam.to(device))
     bar, callback = progress(len(seq), "interpolate", not args.no_progress)
@@ -199,9 +205,12 @@ def cmd_interpolate(args) -> int:
 
 def _csv_list(text: str, kind, name: str):
     try:
-        return [kind(v) for v in text.split(",") if v.strip()]
+        values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"{name} must be a comma-separated list, got {text!r}") from None
+    if not values:
+        raise ValueError(f"{name} must list at least one value, got {text!r}")
+    return values
 
 
 def cmd_reproduce(args) -> int:
@@ -266,6 +275,18 @@ def _positive(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return v
+
+
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text}")
+        return v
+    return parse
 
 
 def _scale(text: str) -> int:
@@ -380,8 +401,8 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
 
     p = add("interpolate", cmd_interpolate, "slerp between two latents and decode with DDIM (eta = 0)")
     _model_args(p, "interpolation")
-    p.add_argument("--seeds", type=_seed, nargs=2, default=(0, 1), metavar=("A", "B"),
-                   help="latent 0 of each seed (the first image of `sample --seed A` / `--seed B`)")
+    p.add_argument("--seeds", type=_seed, nargs=2, default=None, metavar=("A", "B"),
+                   help="latent 0 of each seed (the first image of `sample --seed A` / `--seed B`; default 0 1)")
     p.add_argument("--latents", help="an .npz from `invert` or `sample`: interpolate between its x_T[--index]")
     p.add_argument("--index", type=int, nargs=2, default=(0, 1), metavar=("I", "J"), help="with --latents")
     p.add_argument("--n", type=_positive, default=8, help="number of frames")
@@ -409,8 +430,9 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
 
     p = add("lab", cmd_lab, "the DDIM paper's Table 1 on exact scores, in 2-D and 1024-D (no model, no download)")
     p.add_argument("--out", default="outputs/lab", help="folder for table1.txt and the figures")
-    p.add_argument("--n", type=_positive, default=2000, help="samples per cell of the 2-D table (SEs shrink like 1/√n)")
-    p.add_argument("--image-d", type=int, default=1024, help="dimension of the image-like table (0 skips it)")
+    p.add_argument("--n", type=_at_least(8), default=2000, help="samples per cell of the 2-D table, at least 8 "
+                   "(SEs shrink like 1/√n)")
+    p.add_argument("--image-d", type=_at_least(0), default=1024, help="dimension of the image-like table (0 skips it)")
     p.add_argument("--image-n", type=_positive, default=1000, help="samples per cell of the image-like table")
     p.add_argument("--spacing", choices=("uniform", "quad"), default="uniform", help="timestep sub-sequence")
     p.add_argument("--seed", type=_seed, default=0, help="seed of x_T, the noise and the data draws")
@@ -437,7 +459,7 @@ def main(argv=None, prog: str | None = None) -> int:
     shown = warnings.showwarning
 
     def show(message, category, *rest, **kw):   # ddimlab's own warnings as one line, like its errors
-        if issubclass(category, (OutOfRangeWarning, checkpoint.EarlyEMAWarning)):
+        if issubclass(category, (OutOfRangeWarning, checkpoint.EarlyEMAWarning, TornLogWarning)):
             print(f"{prog} {args.command}: warning: {message}", file=sys.stderr)
         else:
             shown(message, category, *rest, **kw)

@@ -118,6 +118,10 @@ class RunExistsError(FileExistsError):
     """The output folder already holds a run and neither resume nor overwrite was asked for."""
 
 
+class TornLogWarning(UserWarning):
+    """A torn last line of log.jsonl (an interrupted write) was dropped."""
+
+
 class NonFiniteLossError(RuntimeError):
     """Raised when the training loss becomes NaN or infinite."""
 
@@ -217,6 +221,9 @@ def validate_config(c: TrainConfig) -> TrainConfig:
         v = getattr(c, name)
         if not isinstance(v, int) or v < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+    for name in ("lr", "ema_decay", "grad_clip", "dropout"):
+        if not math.isfinite(getattr(c, name)):
+            raise ValueError(f"{name} must be a finite number, got {getattr(c, name)}")
     if not c.lr > 0:
         raise ValueError(f"lr must be > 0, got {c.lr}")
     if not 0 <= c.ema_decay < 1:
@@ -397,6 +404,8 @@ def _resume(path: Path, config: TrainConfig, model, ema, opt, gen, device, rank:
 
 def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to train into a folder that holds a run unless resume or overwrite was asked for."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a run folder; choose another --out")
     held = [n for n in ("ckpt.pt", "log.jsonl", "config.json") if (out / n).exists()]
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue the run, or start it again")
@@ -437,7 +446,7 @@ def read_log(path, up_to_step: int | None = None) -> list[dict]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             if i == len(lines) - 1:
-                warnings.warn(f"{path}: dropped a torn last line (an interrupted write): {line[:60]!r}")
+                warnings.warn(f"{path}: dropped a torn last line (an interrupted write): {line[:60]!r}", TornLogWarning)
                 continue
             raise ValueError(f"{path}, line {i + 1} is not JSON: {line[:60]!r}; fix or delete that line") from None
         if up_to_step is None or rec.get("step", 0) <= up_to_step:
@@ -485,6 +494,13 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
     step = 0
     if resume and (out / "ckpt.pt").exists():
         step = _resume(out / "ckpt.pt", config, model, ema, opt, gen, device, rank)
+        if step >= config.steps:                       # said, not silently skipped, and nothing rewritten
+            if is_main:
+                print(f"{out} is already at step {step} of steps = {config.steps}: nothing to train "
+                      f"(a larger --set steps=N continues it)")
+            if init_here:
+                dist.destroy_process_group()
+            return (out, model, ema) if return_models else out
     elif resume and is_main:
         print(f"{out} holds no run to resume: starting a new one")
     if is_main:

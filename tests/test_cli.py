@@ -413,7 +413,8 @@ def test_overwrite_removes_the_old_run_before_starting_again(trained, tmp_path, 
 
     out = tmp_path / "run"
     shutil.copytree(trained, out)
-    assert cli.main(["train", "--out", str(out), "--overwrite", "--no-progress", *_sets(TINY), "--set", "lr=inf"]) == 1
+    assert cli.main(["train", "--out", str(out), "--overwrite", "--no-progress", *_sets(TINY), "--set", "lr=1e30",
+                     "--set", "warmup=0", "--set", "grad_clip=0"]) == 1
     assert "no checkpoint had been written yet" in capsys.readouterr().err
     assert not (out / "ckpt.pt").exists() and not (out / "config.json").exists()
     assert not list((out / "samples").glob("*.png"))
@@ -525,3 +526,33 @@ def test_a_grid_that_starts_near_the_data_says_so(trained, tmp_path):
     r = _run("sample", "--checkpoint", trained, "--steps", "1", "--spacing", "trailing", "--n", "2", "--no-progress",
              "--out", tmp_path / "two")
     assert r.returncode == 0 and "the first of the" not in r.stderr, r.stderr
+
+
+def test_small_things_a_careless_user_hits(trained, tmp_path, capsys):
+    """Each used to exit 0 having done nothing or the wrong thing, or to print a misleading message."""
+    base = ["--steps", "2", "--no-progress"]
+    np.savez(tmp_path / "lat.npz", x_T=np.zeros((2, 1, 8, 8), np.float32))
+    assert cli.main(["interpolate", "--checkpoint", str(trained), "--latents", str(tmp_path / "lat.npz"), "--seeds", "3",
+                     "4", *base, "--out", str(tmp_path / "i")]) == 1
+    assert "exclude each other" in capsys.readouterr().err
+    (tmp_path / "text.npz").write_text("not an npz")
+    assert cli.main(["interpolate", "--checkpoint", str(trained), "--latents", str(tmp_path / "text.npz"), *base,
+                     "--out", str(tmp_path / "i")]) == 1
+    err = capsys.readouterr().err
+    assert "is not an .npz of arrays" in err and "allow_pickle" not in err
+    assert cli.main(["reproduce", "table1", "--checkpoint", str(trained), "--etas", ",", "--features", "random",
+                     "--out", str(tmp_path / "t")]) == 1
+    assert "at least one value" in capsys.readouterr().err
+    for args, needle in ((["lab", "--image-d", "-5"], "integer >= 0"), (["lab", "--n", "3"], "integer >= 8")):
+        with pytest.raises(SystemExit):
+            cli.main(args)
+        assert needle in capsys.readouterr().err
+    assert cli.main(["train", "--out", str(tmp_path / "g"), "--no-progress", *_sets(TINY), "--set", "grad_clip=nan"]) == 1
+    assert "grad_clip must be a finite number" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert cli.main(["train", "--out", str(tmp_path / "afile"), "--no-progress", *_sets(TINY)]) == 1
+    assert "is a file, not a run folder" in capsys.readouterr().err
+    before = (trained / "ckpt.pt").read_bytes()
+    assert cli.main(["train", "--out", str(trained), "--resume", "--no-progress", "--set", "steps=10"]) == 0
+    assert "already at step 30 of steps = 10: nothing to train" in capsys.readouterr().out
+    assert (trained / "ckpt.pt").read_bytes() == before
