@@ -71,12 +71,14 @@ def check_data_range(x0: torch.Tensor, alpha_bar, seq) -> torch.Tensor:
     if bad:
         t = int(seq[0])
         a = float(schedule.alpha_bar_at(torch.as_tensor(alpha_bar, dtype=torch.float64), t))
+        why = (f"Its first step, at t = {t} where alpha_bar = {a:.2g}, multiplies the network's error by "
+               f"1/sqrt(alpha_bar) = {a ** -0.5:.3g}; a later start (--spacing quad or uniform) or clipping x0 (--clip, "
+               f"ddim and ddpm) avoids that" if a < 0.01 else
+               f"Its first step, at t = {t} (alpha_bar = {a:.2g}), is not the cause: check the model")
         warnings.warn(
-            f"{bad} of {len(rms)} samples (one batch) have an RMS above {MAX_RMS:g} (largest {float(rms.max()):.3g}), "
-            f"where images in [-1, 1] have at most 1: the model is untrained or the sampler diverged. Its first step, at "
-            f"t = {t} where alpha_bar = {a:.2g}, multiplies the network's error by 1/sqrt(alpha_bar) = "
-            f"{a ** -0.5:.3g}; a later start (--spacing quad or uniform) or clipping x0 (--clip, ddim and ddpm) "
-            f"avoids that", OutOfRangeWarning, stacklevel=2)
+            f"{bad} of {len(rms)} samples have an RMS above {MAX_RMS:g} (largest {float(rms.max()):.3g}), where images in "
+            f"[-1, 1] have at most 1: the model is untrained or the sampler diverged. {why}", OutOfRangeWarning,
+            stacklevel=2)
     return x0
 
 

@@ -376,6 +376,8 @@ def test_samples_that_diverged_are_written_with_a_warning(trained, tmp_path, cap
     assert r.returncode == 0 and len(warned) == 1 and "Traceback" not in r.stderr, r.stderr
     assert "RMS above 10" in warned[0] and "t = 999" in warned[0] and "--clip" in warned[0]
     assert np.sqrt((np.load(tmp_path / "bad.npz")["samples"] ** 2).reshape(4, -1).mean(1)).min() > 10
+    r = _run(*args, "--spacing", "linspace", "--batch-size", "1", "--out", tmp_path / "bad1")   # once, not per batch
+    assert [ln for ln in r.stderr.splitlines() if "warning" in ln] == [warned[0].replace("bad", "bad1")], r.stderr
     with warnings.catch_warnings():
         warnings.simplefilter("default")     # pyproject ignores it for the suite's untrained models
         assert cli.main(["interpolate", *args[1:5], "--spacing", "linspace", "--n", "3", "--no-progress",
