@@ -450,6 +450,11 @@ def load_model(path, device="cpu", use_ema: bool = True):
     path = official_ddpm_file() if str(path) == OFFICIAL_NAME else Path(path)
     if path.is_dir() and (path / "ckpt.pt").is_file():
         path = path / "ckpt.pt"                     # a ddimlab run folder
+    elif path.is_dir() and ((path / "log.jsonl").exists() or "ema_decay" in _json_keys(path / "config.json")):
+        raise CheckpointError(f"{path} is a ddimlab run folder without ckpt.pt: the run has not written a checkpoint yet")
+    elif path.is_file() and path.suffix.lower() in (".npz", ".png", ".json", ".jsonl", ".txt", ".csv", ".md"):
+        raise CheckpointError(f"{path} is a {path.suffix} file, not a checkpoint; pass a ckpt.pt or run folder, "
+                              f"model-790000.ckpt, `{OFFICIAL_NAME}` or a diffusers UNet2DModel folder")
     if path.is_dir():
         net, abar = load_diffusers_folder(path), diffusers_alpha_bar(path)
     else:
@@ -461,6 +466,15 @@ def load_model(path, device="cpu", use_ema: bool = True):
             net = load_state_strict(unet_mod.cifar10_unet(), official_state_dict(state), source=str(path))
             abar = schedule.make_alpha_bar("linear", 1000)
     return net.to(device).eval(), abar.to(device)
+
+
+def _json_keys(path: Path) -> list:
+    """The top-level keys of a JSON object file ([] if it is missing or not a JSON object)."""
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return list(d) if isinstance(d, dict) else []
 
 
 class EarlyEMAWarning(UserWarning):

@@ -558,3 +558,16 @@ def test_small_things_a_careless_user_hits(trained, tmp_path, capsys):
     assert cli.main(["train", "--out", str(trained), "--resume", "--no-progress", "--set", "steps=10"]) == 0
     assert "already at step 30 of steps = 10: nothing to train" in capsys.readouterr().out
     assert (trained / "ckpt.pt").read_bytes() == before
+
+
+def test_a_checkpoint_of_the_wrong_kind_is_named_for_what_it_is(trained, tmp_path, capsys):
+    np.savez(tmp_path / "s.npz", x=np.zeros(2))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.jsonl").write_text("")
+    for path, needle in ((tmp_path / "s.npz", "is a .npz file, not a checkpoint"),
+                         (run, "run folder without ckpt.pt")):
+        assert cli.main(["sample", "--checkpoint", str(path), "--steps", "2", "--no-progress",
+                         "--out", str(tmp_path / "o")]) == 1
+        err = capsys.readouterr().err
+        assert needle in err and "truncated" not in err and "expected a diffusers" not in err, err
