@@ -269,43 +269,23 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return text + " (default: %(default)s)"
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return v
+def _int_in(low: int, high: int | None = None):
+    """An argparse type: an integer in low..high, with a message that gives the range."""
+    allowed = ("a positive integer" if low == 1 and high is None else f"an integer >= {low}" if high is None
+               else f"an integer in {low}..{'2**63 - 1' if high == 2 ** 63 - 1 else high}")
 
-
-def _at_least(low: int):
     def parse(text: str) -> int:
         try:
             v = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
-        if v < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
+        if v < low or (high is not None and v > high):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
         return v
     return parse
 
 
-def _scale(text: str) -> int:
-    v = _positive(text)
-    if v > 32:
-        raise argparse.ArgumentTypeError(f"must be at most 32 (pixels per image pixel in the PNG), got {v}")
-    return v
-
-
-def _seed(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer in 0..2**63 - 1, got {text!r}") from None
-    if not 0 <= v < 2 ** 63:
-        raise argparse.ArgumentTypeError(f"must be an integer in 0..2**63 - 1, got {text}")
-    return v
+_positive, _scale, _seed = _int_in(1), _int_in(1, 32), _int_in(0, 2 ** 63 - 1)
 
 
 def _eta(text: str) -> float:
@@ -337,7 +317,7 @@ def _model_args(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, mps")
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the network on CUDA")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights of a ddimlab checkpoint, not the EMA")
-    p.add_argument("--scale", type=_scale, default=2, help="pixel enlargement of the PNG grid (at most 32)")
+    p.add_argument("--scale", type=_scale, default=2, help="pixel enlargement of the PNG grid, 1..32")
     p.add_argument("--out", default=out_default, help="output path: OUT.png and OUT.npz are written")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _common(p)
@@ -432,9 +412,9 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
 
     p = add("lab", cmd_lab, "the DDIM paper's Table 1 on exact scores, in 2-D and 1024-D (no model, no download)")
     p.add_argument("--out", default="outputs/lab", help="folder for table1.txt and the figures")
-    p.add_argument("--n", type=_at_least(8), default=2000, help="samples per cell of the 2-D table, at least 8 "
+    p.add_argument("--n", type=_int_in(8), default=2000, help="samples per cell of the 2-D table, at least 8 "
                    "(SEs shrink like 1/√n)")
-    p.add_argument("--image-d", type=_at_least(0), default=1024, help="dimension of the image-like table (0 skips it)")
+    p.add_argument("--image-d", type=_int_in(0), default=1024, help="dimension of the image-like table (0 skips it)")
     p.add_argument("--image-n", type=_positive, default=1000, help="samples per cell of the image-like table")
     p.add_argument("--spacing", choices=("uniform", "quad"), default="uniform", help="timestep sub-sequence")
     p.add_argument("--seed", type=_seed, default=0, help="seed of x_T, the noise and the data draws")

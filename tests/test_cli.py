@@ -474,7 +474,7 @@ def test_of_two_commands_racing_to_one_output_only_one_writes_it(trained, tmp_pa
 
 def test_bad_scale_seed_and_latents_are_refused_before_the_work(trained, tmp_path, capsys):
     base = ["sample", "--checkpoint", str(trained), "--steps", "2", "--n", "2", "--no-progress", "--out", str(tmp_path / "s")]
-    for flag, value, needle in (("--scale", "20000", "at most 32"), ("--seed", "-1", "0..2**63 - 1")):
+    for flag, value, needle in (("--scale", "20000", "integer in 1..32"), ("--seed", "-1", "0..2**63 - 1")):
         with pytest.raises(SystemExit):
             cli.main(base + [flag, value])
         assert needle in capsys.readouterr().err
