@@ -79,7 +79,7 @@ def _torch_load(path, map_location):
                                   f"ddimlab loads only tensors and plain containers") from None
         raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated, corrupted, or not a "
                               f"torch file)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as e:
         size = path.stat().st_size
         raise CheckpointError(f"{path} ({size} bytes) is not a readable torch checkpoint; it is probably "
                               f"truncated or corrupted (an interrupted download or copy?): {e}") from e

@@ -51,7 +51,7 @@ def _model_for(args):
     if a_first > 0.1:       # x_T ~ N(0, I) is then far from the model's x_t at the first step
         warnings.warn(f"the first of the {len(seq)} steps is t = {int(seq[0])} (alpha_bar = {a_first:.2g}), where "
                       f"x_T ~ N(0, I) is not the model's x_t: the output stays close to x_T; use more --steps or "
-                      f"--spacing linspace/trailing", OutOfRangeWarning)
+                      f"--spacing trailing (which starts at t = T - 1)", OutOfRangeWarning)
     return net, abar, device, seq
 
 
@@ -65,8 +65,8 @@ def _outputs(out: str, overwrite: bool) -> tuple[Path, Path]:
     other dots, e.g. eta0.5, keeps them). Existing files are an error unless --overwrite (no run is replaced
     silently); checked here, before the work, and again under the lock when writing (`_save_pair`)."""
     raw, out = str(out), Path(out)
-    if out.is_dir() or not out.name or raw.endswith(("/", "\\")):
-        raise ValueError(f"--out {str(out)!r} is a folder; give a file name, e.g. --out {out / 'samples'}")
+    if out.is_dir() or not raw.strip() or raw.endswith(("/", "\\")):
+        raise ValueError(f"--out {raw!r} names a folder; give a file name, e.g. --out {out / 'samples'}")
     stem = out.with_suffix("") if out.suffix.lower() in (".png", ".npz") else out
     png, npz = stem.parent / (stem.name + ".png"), stem.parent / (stem.name + ".npz")
     _refuse_existing(png, npz, overwrite)
@@ -99,7 +99,8 @@ def cmd_train(args) -> int:
             overrides.append(f"{key}={value}")
     if args.no_progress:
         overrides.append("progress=false")
-    out = Path(args.out or PRESETS[args.preset or "digits"].get("out", TrainConfig.out))
+    set_out = [kv.split("=", 1)[1] for kv in (args.set or []) if kv.split("=", 1)[0].strip() == "out"]
+    out = Path(args.out or (set_out[-1] if set_out else PRESETS[args.preset or "digits"].get("out", TrainConfig.out)))
     if args.resume and (out / "ckpt.pt").exists():     # the run's own settings, changed only where asked
         if args.preset is not None:
             raise ValueError("--preset does not apply to --resume: the run continues with its saved settings; "
@@ -177,6 +178,8 @@ def cmd_interpolate(args) -> int:
     if args.latents and args.seeds is not None:
         raise ValueError("--latents and --seeds exclude each other: interpolate between two saved latents, or two seeds'")
     if args.latents:
+        if not Path(args.latents).is_file():
+            raise FileNotFoundError(f"no such file: {args.latents}")
         try:
             z = np.load(args.latents)
         except (ValueError, OSError):
@@ -184,6 +187,8 @@ def cmd_interpolate(args) -> int:
         with z:
             if "x_T" not in z:
                 raise ValueError(f"{args.latents} has no x_T array; pass the .npz written by `invert` or `sample`")
+            if z["x_T"].dtype.kind not in "fiu":
+                raise ValueError(f"{args.latents}: x_T is not a numeric array")
             lat = torch.as_tensor(z["x_T"], dtype=torch.float32)
         if tuple(lat.shape[1:]) != _image_shape(net):
             raise ValueError(f"{args.latents} holds latents of shape {tuple(lat.shape[1:])}, but the model makes "

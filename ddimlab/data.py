@@ -362,7 +362,7 @@ def read_images(paths, shape) -> torch.Tensor:
     missing = [f"{p} (a folder: pass its files)" if p.is_dir() else str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"no such file: {', '.join(missing)}")
-    if any(p.suffix == ".npz" for p in paths):
+    if any(p.suffix.lower() == ".npz" for p in paths):
         if len(paths) > 1:
             raise ValueError("--input takes one .npz, or PNG files; got several files with an .npz among them")
         x = _npz_images(paths[0])
@@ -371,18 +371,18 @@ def read_images(paths, shape) -> torch.Tensor:
         for p in paths:
             try:
                 im = Image.open(p)
+                if im.mode not in ("1", "L", "P", "RGB", "RGBA", "LA"):
+                    raise ValueError(f"{p} is a {im.mode} image; convert it to 8-bit grey or RGB first")
+                a = np.asarray(im.convert("RGB" if C == 3 else "L"), dtype=np.float32) / 127.5 - 1
             except (UnidentifiedImageError, OSError):
-                raise ValueError(f"{p} is not an image file Pillow can read") from None
-            if im.mode not in ("1", "L", "P", "RGB", "RGBA", "LA"):
-                raise ValueError(f"{p} is a {im.mode} image; convert it to 8-bit grey or RGB first")
-            a = np.asarray(im.convert("RGB" if C == 3 else "L"), dtype=np.float32) / 127.5 - 1
+                raise ValueError(f"{p} is not an image file Pillow can read (or it is truncated)") from None
             imgs.append(torch.as_tensor(a[..., None] if a.ndim == 2 else a).permute(2, 0, 1))
         sizes = sorted({tuple(t.shape[1:]) for t in imgs})
         if len(sizes) > 1:
             raise ValueError(f"the PNG files have different sizes {sizes}; the model takes {(H, W)}")
         x = torch.stack(imgs)
-    if x.ndim != 4:
-        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"images must be (N, C, H, W) with C = 1 or 3, got shape {tuple(x.shape)}")
     if x.shape[1] != C:
         x = x.mean(1, keepdim=True) if C == 1 else x.expand(-1, C, -1, -1) if x.shape[1] == 1 else x
     if tuple(x.shape[1:]) != (C, H, W):
@@ -408,11 +408,13 @@ def _npz_images(path: Path) -> torch.Tensor:
     if a.dtype.kind not in "fiub" or a.size == 0:
         raise ValueError(f"{path}: {key} must be a non-empty numeric array, got {a.dtype} of shape {a.shape}")
     if key == "images":
-        if a.dtype != np.uint8 or a.ndim != 4:
-            raise ValueError(f"{path}: images must be uint8 (N, H, W, C) in 0..255, got {a.dtype} of shape {a.shape}; "
+        if a.dtype != np.uint8 or a.ndim != 4 or a.shape[3] not in (1, 3):
+            raise ValueError(f"{path}: images must be uint8 (N, H, W, C) with C = 1 or 3, got {a.dtype} of shape {a.shape}; "
                              f"pass floats in [-1, 1] as x0 instead")
         return torch.as_tensor(a, dtype=torch.float32).permute(0, 3, 1, 2) / 127.5 - 1
-    if key == "x0" and (not np.isfinite(a).all() or np.abs(a).max() > 4):
+    if not np.isfinite(a).all():
+        raise ValueError(f"{path}: {key} contains NaN or inf")
+    if key == "x0" and np.abs(a).max() > 4:
         raise ValueError(f"{path}: {key} must be finite and in [-1, 1], got values in [{a.min():.3g}, {a.max():.3g}]; "
                          f"uint8 images go in an `images` array (N, H, W, C)")
     return torch.as_tensor(a, dtype=torch.float32)

@@ -66,20 +66,24 @@ def check_data_range(x0: torch.Tensor, alpha_bar, seq) -> torch.Tensor:
     for DPM-Solver++(3M) with 10 `linspace` steps, and 64 samples of each other solver and grid stay at 1.1 or
     less. It lets milder failures through (iPNDM on the cosine model's `karras` grid: 5.1).
     """
-    rms = x0.detach().float().flatten(1).pow(2).mean(1).sqrt()
+    warn_out_of_range(x0.detach().float().flatten(1).pow(2).mean(1).sqrt(), alpha_bar, seq)
+    return x0
+
+
+def warn_out_of_range(rms: torch.Tensor, alpha_bar, seq) -> None:
+    """`check_data_range`'s warning from the samples' RMS values (so that a caller with many batches says it once)."""
     bad = int((rms > MAX_RMS).sum())
     if bad:
         t = int(seq[0])
         a = float(schedule.alpha_bar_at(torch.as_tensor(alpha_bar, dtype=torch.float64), t))
         why = (f"Its first step, at t = {t} where alpha_bar = {a:.2g}, multiplies the network's error by "
-               f"1/sqrt(alpha_bar) = {a ** -0.5:.3g}; a later start (--spacing quad or uniform) or clipping x0 (--clip, "
-               f"ddim and ddpm) avoids that" if a < 0.01 else
+               f"1/sqrt(alpha_bar) = {a ** -0.5:.3g}; clipping x0 (--clip, ddim and ddpm) or a grid that starts later "
+               f"(quad starts at t = 0.8 T) avoids that" if a < 0.01 else
                f"Its first step, at t = {t} (alpha_bar = {a:.2g}), is not the cause: check the model")
         warnings.warn(
             f"{bad} of {len(rms)} samples have an RMS above {MAX_RMS:g} (largest {float(rms.max()):.3g}), where images in "
             f"[-1, 1] have at most 1: the model is untrained or the sampler diverged. {why}", OutOfRangeWarning,
-            stacklevel=2)
-    return x0
+            stacklevel=3)
 
 
 def seed_for(seed: int, index: int) -> int:
@@ -164,13 +168,18 @@ def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, 
                          spacing=spacing, shape=list(shape), clip_x0=clip_x0, amp=bool(amp)))
     todo = [i for i in range(rank, n, world_size) if not (out_dir / f"{i:06d}.png").exists()]
     batches = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
+    rms = []
     with tqdm(total=len(todo), desc=f"{out_dir.name} (rank {rank})" if world_size > 1 else out_dir.name,
-              unit="img", disable=not progress) as bar:
+              unit="img", disable=not progress) as bar, warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfRangeWarning)          # said once below, over all the batches
         for idx in batches:
             x = sample_indices(model, idx, shape, alpha_bar, seq, eta, seed, clip_x0, device, amp)
+            rms.append(x.detach().float().flatten(1).pow(2).mean(1).sqrt().cpu())
             for i, img in zip(idx, from_model_range(x)):
                 save_png(img, out_dir / f"{i:06d}.png")
             bar.update(len(idx))
+    if rms:
+        warn_out_of_range(torch.cat(rms), alpha_bar, seq)
     return todo
 
 
@@ -189,12 +198,17 @@ def _claim(out_dir: Path, settings: dict) -> None:
     """Record `settings` in out_dir/settings.json, or check that the images already there were made with them."""
     path = out_dir / "settings.json"
     if path.exists():
-        saved = json.loads(path.read_text())
-        diff = [k for k in settings if saved.get(k) != settings[k]]
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError:
+            saved = None
+        if not isinstance(saved, dict):
+            raise ValueError(f"{path} is damaged; delete {out_dir} (its images cannot be told apart from other runs')")
+        diff = [("another model" if k == "model" else f"{k} {saved.get(k)!r} there, {settings[k]!r} now")
+                for k in settings if saved.get(k) != settings[k]]
         if diff:
-            raise ValueError(f"{out_dir} holds images made with other settings ({', '.join(diff)} differ: "
-                             f"{', '.join(f'{k} {saved.get(k)!r} here, {settings[k]!r} now' for k in diff if k != 'model')}"
-                             f"{'; another model' if 'model' in diff else ''}); choose another --out or delete that folder")
+            raise ValueError(f"{out_dir} holds images made with other settings ({'; '.join(diff)}); choose another "
+                             f"--out or delete that folder")
     elif any(out_dir.glob("*.png")):
         raise ValueError(f"{out_dir} holds images but no settings.json saying how they were made; choose another "
                          f"--out or delete that folder")

@@ -25,6 +25,7 @@ import functools
 import json
 import math
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -112,6 +113,7 @@ PRESETS: dict[str, dict] = {
 }
 
 MODEL_KEYS = unet.CONFIG_KEYS   # must match to resume a run
+SHAPE_KEYS = ("dataset", "schedule", "T")   # and so must these
 
 
 class RunExistsError(FileExistsError):
@@ -189,20 +191,15 @@ RUN_KEYS = ("out", "device", "bf16", "compile", "progress", "threads")
 
 
 def resumed_config(out, overrides=None) -> tuple[TrainConfig, list[str]]:
-    """The config of the run in `out` (its config.json, or its checkpoint's) with `overrides` applied, and one
-    line per recipe key the overrides change: what `train --resume` runs, so that a resume never falls back
-    to a preset's values silently."""
-    out = Path(out)
-    if (out / "config.json").exists():
-        try:
-            saved = json.loads((out / "config.json").read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{out / 'config.json'} is not valid JSON ({e.msg}); delete it to use the checkpoint's "
-                             f"copy of the settings") from None
-    else:
-        saved = load_checkpoint(out / "ckpt.pt", map_location="cpu", required=RESUME_KEYS)["config"]
-    before = config_from_dict(saved)
+    """The config of the run in `out` (from its checkpoint, which config.json only copies) with `overrides`
+    applied, and one line per recipe key the overrides change: what `train --resume` runs, so that a resume
+    never falls back to a preset's values silently. Changing a model-shape key is a ValueError."""
+    before = config_from_dict(load_checkpoint(Path(out) / "ckpt.pt", map_location="cpu", required=RESUME_KEYS)["config"])
     after = validate_config(TrainConfig(**_apply(dataclasses.asdict(before), overrides)))
+    fixed = [k for k in MODEL_KEYS + SHAPE_KEYS if getattr(before, k) != getattr(after, k)]
+    if fixed:
+        raise ValueError(f"cannot resume {out} with another {', '.join(fixed)} (the run has "
+                         f"{', '.join(f'{k}={getattr(before, k)!r}' for k in fixed)}); use a new --out")
     notes = [f"{k}: {getattr(before, k)!r} -> {getattr(after, k)!r}" for k in (f.name for f in dataclasses.fields(TrainConfig))
              if k not in RUN_KEYS and getattr(before, k) != getattr(after, k)]
     return after, notes
@@ -221,6 +218,8 @@ def validate_config(c: TrainConfig) -> TrainConfig:
         v = getattr(c, name)
         if not isinstance(v, int) or v < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+    if isinstance(c.seed, bool) or not isinstance(c.seed, int) or not 0 <= c.seed < 2 ** 32:
+        raise ValueError(f"seed must be an integer in 0..2**32 - 1, got {c.seed!r}")
     for name in ("lr", "ema_decay", "grad_clip", "dropout"):
         if not math.isfinite(getattr(c, name)):
             raise ValueError(f"{name} must be a finite number, got {getattr(c, name)}")
@@ -384,7 +383,7 @@ def _resume(path: Path, config: TrainConfig, model, ema, opt, gen, device, rank:
     """Load a run's state into model, EMA, optimizer and generators; returns the step it had reached."""
     state = load_checkpoint(path, map_location="cpu", required=RESUME_KEYS)
     saved = config_from_dict(state["config"])
-    for key in MODEL_KEYS + ("dataset", "schedule", "T"):
+    for key in MODEL_KEYS + SHAPE_KEYS:
         if getattr(saved, key) != getattr(config, key):
             raise ValueError(f"cannot resume {path}: {key} is {getattr(config, key)!r} but the checkpoint has "
                              f"{getattr(saved, key)!r}; use the run's settings or a new --out")
@@ -421,7 +420,7 @@ def _remove_run(out: Path) -> None:
     """--overwrite: delete the previous run's checkpoint, config, log and sample grids before starting again, so
     that the folder never mixes two runs (a new run that fails early leaves it empty, not half old)."""
     old = [p for p in (out / "ckpt.pt", out / "config.json", out / "log.jsonl") if p.exists()]
-    old += sorted((out / "samples").glob("step_*.png"))
+    old += sorted((out / "samples").glob("step_*.png")) if old else []
     for p in old:
         p.unlink()
     if old:
@@ -603,6 +602,7 @@ class _stop_on_sigint(list):
         if self:
             raise KeyboardInterrupt
         self.append(True)
+        print("\nstopping after this step, with a checkpoint (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
     def restore(self):
         if self.previous is not None:

@@ -459,7 +459,7 @@ def test_output_names_keep_their_dots_and_a_folder_is_refused(trained, tmp_path,
     assert cli.main(base + ["--out", str(tmp_path / "x.png")]) == 0 and (tmp_path / "x.npz").exists()
     (tmp_path / "folder").mkdir()
     for out in (str(tmp_path / "folder"), str(tmp_path / "new") + "/"):
-        assert cli.main(base + ["--out", out]) == 1 and "is a folder" in capsys.readouterr().err
+        assert cli.main(base + ["--out", out]) == 1 and "names a folder" in capsys.readouterr().err
 
 
 def test_of_two_commands_racing_to_one_output_only_one_writes_it(trained, tmp_path):
@@ -492,7 +492,7 @@ def test_reproduce_never_reuses_images_made_with_other_settings(trained, tmp_pat
     first = capsys.readouterr().out
     assert cli.main(base) == 0 and capsys.readouterr().out == first          # the same settings: reused, same table
     assert cli.main(base + ["--seed", "7"]) == 1
-    assert "holds images made with other settings (seed differ" in capsys.readouterr().err
+    assert "holds images made with other settings (seed 0 there, 7 now)" in capsys.readouterr().err
     assert cli.main(base + ["--no-ema"]) == 1 and "another model" in capsys.readouterr().err
 
 
@@ -571,3 +571,33 @@ def test_a_checkpoint_of_the_wrong_kind_is_named_for_what_it_is(trained, tmp_pat
                          "--out", str(tmp_path / "o")]) == 1
         err = capsys.readouterr().err
         assert needle in err and "truncated" not in err and "expected a diffusers" not in err, err
+
+
+def test_the_verification_pass_of_the_fixes_above(trained, tmp_path, capsys):
+    """What a second adversarial read found in the first round of fixes."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (run / "config.json").write_text('{"ch": 16}')          # a config.json that disagrees with ckpt.pt: not trusted
+    assert cli.main(["train", "--resume", "--set", f"out={run}", "--set", "steps=32", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "resume: steps: 30 -> 32 (--set)" in out and json.loads((run / "config.json").read_text())["batch_size"] == 32
+    assert cli.main(["train", "--resume", "--out", str(run), "--set", "ch=8", "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert "cannot resume" in captured.err and "ch=16" in captured.err and "resume: ch" not in captured.out
+    assert cli.main(["train", "--overwrite", "--out", str(run), "--no-progress", *_sets(TINY),
+                     "--set", "seed=4611686018427387904"]) == 1     # refused before the old run is removed
+    assert "seed must be an integer in 0..2**32 - 1" in capsys.readouterr().err and (run / "ckpt.pt").exists()
+    (tmp_path / "hi.pt").write_text("hi")
+    (tmp_path / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)                   # a PNG cut short
+    for cmd, needle in ((["sample", "--checkpoint", str(tmp_path / "hi.pt")], "not a readable torch checkpoint"),
+                        (["invert", "--checkpoint", str(trained), "--input", str(tmp_path / "cut.png")], "not an image file")):
+        assert cli.main([*cmd, "--steps", "2", "--no-progress", "--out", str(tmp_path / "o")]) == 1
+        assert needle in capsys.readouterr().err
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        assert cli.main(["reproduce", "table1", "--checkpoint", str(trained), "--features", "random", "--n-samples", "6",
+                         "--steps", "5", "--etas", "0", "--batch-size", "2", "--spacing", "linspace", "--no-progress",
+                         "--out", str(tmp_path / "t")]) == 0
+    assert capsys.readouterr().err.count("warning: 6 of 6 samples have an RMS above 10") == 1   # once, not per batch
