@@ -176,7 +176,8 @@ def cmd_interpolate(args) -> int:
     png, npz = _outputs(args.out, args.overwrite)
     net, abar, device, seq = _model_for(args)
     if args.latents and args.seeds is not None:
-        raise ValueError("--latents and --seeds exclude each other: interpolate between two saved latents, or two seeds'")
+        raise ValueError("--latents and --seeds exclude each other: interpolate between two saved latents or between "
+                         "the latents of two seeds")
     if args.latents:
         if not Path(args.latents).is_file():
             raise FileNotFoundError(f"no such file: {args.latents}")

@@ -66,8 +66,13 @@ def check_data_range(x0: torch.Tensor, alpha_bar, seq) -> torch.Tensor:
     for DPM-Solver++(3M) with 10 `linspace` steps, and 64 samples of each other solver and grid stay at 1.1 or
     less. It lets milder failures through (iPNDM on the cosine model's `karras` grid: 5.1).
     """
-    warn_out_of_range(x0.detach().float().flatten(1).pow(2).mean(1).sqrt(), alpha_bar, seq)
+    warn_out_of_range(_rms(x0), alpha_bar, seq)
     return x0
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    """Each sample's root mean square, on the CPU."""
+    return x.detach().float().flatten(1).pow(2).mean(1).sqrt().cpu()
 
 
 def warn_out_of_range(rms: torch.Tensor, alpha_bar, seq) -> None:
@@ -174,7 +179,7 @@ def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, 
         warnings.simplefilter("ignore", OutOfRangeWarning)          # said once below, over all the batches
         for idx in batches:
             x = sample_indices(model, idx, shape, alpha_bar, seq, eta, seed, clip_x0, device, amp)
-            rms.append(x.detach().float().flatten(1).pow(2).mean(1).sqrt().cpu())
+            rms.append(_rms(x))
             for i, img in zip(idx, from_model_range(x)):
                 save_png(img, out_dir / f"{i:06d}.png")
             bar.update(len(idx))
