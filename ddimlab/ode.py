@@ -383,8 +383,9 @@ def dpm_solver_pp_3m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, 
     and k-diffusion do: half the Taylor coefficient, which leaves an O(h³) local error, i.e. a second-order
     method (measured in notebook 08 §3 and tests/test_ode.py).
 
-    lower_order_final=True takes the step before the last as DPM-Solver++(2M), as diffusers'
-    `lower_order_final` does below 15 steps (here at any S); notebook 08 §7 measures what it changes.
+    lower_order_final=True takes the step before the last as DPM-Solver++(2M), as diffusers' `lower_order_final`
+    does by default below 15 steps and the authors' code below 10 (here at any S); notebook 08 §7 measures what it
+    changes. Without it the order is kept to the end, as in the paper's algorithm.
     """
     _, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq)
     Ds, lams = [], []

@@ -364,12 +364,15 @@ def _rng_state(gen: torch.Generator, device) -> dict:
     return state
 
 
-def save_run(out: Path, model, ema, opt, step, config, gen, device, in_ch, loss) -> Path:
-    """Write `ckpt.pt` atomically, then `config.json` for it: the pair always describes one run (notebook 06 §4)."""
+def save_run(out: Path, model, ema, opt, step, config, gen, device, in_ch, loss, log_window=(0.0, 0)) -> Path:
+    """Write `ckpt.pt` atomically, then `config.json` for it: the pair always describes one run (notebook 06 §4).
+    log_window: (sum, count) of the losses since the last log line, so that a resumed run logs what an
+    uninterrupted one would."""
     state = {
         "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
         "step": step, "config": dataclasses.asdict(config), "rng": _rng_state(gen, device),
         "in_ch": in_ch, "loss": loss, "ema_initial_share": ema_initial_share(config, step),
+        "log_window": [float(log_window[0]), int(log_window[1])],
     }
     path = save_checkpoint(out / "ckpt.pt", **state)
     atomic_write(out / "config.json", lambda f: f.write(json.dumps(dataclasses.asdict(config), indent=1)), text=True)
@@ -379,8 +382,9 @@ def save_run(out: Path, model, ema, opt, step, config, gen, device, in_ch, loss)
 RESUME_KEYS = ("model", "ema", "optimizer", "step", "config", "rng")
 
 
-def _resume(path: Path, config: TrainConfig, model, ema, opt, gen, device, rank: int) -> int:
-    """Load a run's state into model, EMA, optimizer and generators; returns the step it had reached."""
+def _resume(path: Path, config: TrainConfig, model, ema, opt, gen, device, rank: int) -> tuple[int, list]:
+    """Load a run's state into model, EMA, optimizer and generators; returns the step it had reached and the
+    (sum, count) of the losses since its last log line."""
     state = load_checkpoint(path, map_location="cpu", required=RESUME_KEYS)
     saved = config_from_dict(state["config"])
     for key in MODEL_KEYS + SHAPE_KEYS:
@@ -398,7 +402,7 @@ def _resume(path: Path, config: TrainConfig, model, ema, opt, gen, device, rank:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
     else:  # other ranks' dropout streams are not saved; re-seed them deterministically
         torch.manual_seed(config.seed + rank + 1_000_003 * step)
-    return step
+    return step, state.get("log_window", [0.0, 0])
 
 
 def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
@@ -490,9 +494,9 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, **({"fused": True} if cuda else {}))
     gen = torch.Generator(device=device).manual_seed(config.seed + 12345)
     alpha_bar = schedule.make_alpha_bar(config.schedule, config.T).to(device, torch.float32)
-    step = 0
+    step, window = 0, [0.0, 0]
     if resume and (out / "ckpt.pt").exists():
-        step = _resume(out / "ckpt.pt", config, model, ema, opt, gen, device, rank)
+        step, window = _resume(out / "ckpt.pt", config, model, ema, opt, gen, device, rank)
         if step >= config.steps:                       # said, not silently skipped, and nothing rewritten
             if is_main:
                 print(f"{out} is already at step {step} of steps = {config.steps}: nothing to train "
@@ -515,7 +519,8 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
     check_every = config.log_every if cuda else 1      # .item() synchronises a GPU: check less often there
     bar = tqdm(total=config.steps, initial=step, disable=not (config.progress and is_main), dynamic_ncols=True,
                unit="step")
-    loss_sum, loss_n, t_last, step_last = torch.zeros((), device=device), 0, time.perf_counter(), step
+    loss_sum, loss_n = torch.tensor(float(window[0]), device=device), int(window[1])
+    t_last, step_last = time.perf_counter(), step
     mean_loss = float("nan")
     model.train()
     threads = config.threads if config.threads and not cuda else torch.get_num_threads()
@@ -560,7 +565,7 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
                     loss_sum.zero_()
                     loss_n, t_last, step_last = 0, now, step
                 if ckpt_now and is_main:
-                    save_run(out, model, ema, opt, step, config, gen, device, in_ch, mean_loss)
+                    save_run(out, model, ema, opt, step, config, gen, device, in_ch, mean_loss, (loss_sum, loss_n))
                     last_good = step
                 if is_main and config.n_samples and (
                         (config.sample_every and step % config.sample_every == 0) or step == config.steps):
@@ -576,7 +581,7 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
                         mean_loss = float(loss_sum / loss_n) if loss_n else mean_loss
                         if not math.isfinite(mean_loss):
                             raise NonFiniteLossError(f"interrupted at step {step} with a non-finite loss; nothing saved")
-                        save_run(out, model, ema, opt, step, config, gen, device, in_ch, mean_loss)
+                        save_run(out, model, ema, opt, step, config, gen, device, in_ch, mean_loss, (loss_sum, loss_n))
                     raise KeyboardInterrupt(f"stopped at step {step} of {config.steps}; saved {out / 'ckpt.pt'}: "
                                             f"continue with --resume")
     finally:

@@ -436,7 +436,8 @@ def test_ctrl_c_saves_the_steps_since_the_last_checkpoint(tmp_path):
 
     out = tmp_path / "run"
     p = subprocess.Popen([sys.executable, "-m", "ddimlab", "train", "--out", str(out), "--no-progress", *_sets(TINY),
-                          "--set", "steps=100000", "--set", "ckpt_every=100000", "--set", "log_every=2"],
+                          "--set", "steps=100000", "--set", "ckpt_every=100000", "--set", "log_every=2",
+                          "--set", "lr_decay=none"],        # a constant rate, so that a shorter run below can match it
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "DDIMLAB_DEBUG": ""})
     t0 = time.time()
     while not ((out / "log.jsonl").exists() and len((out / "log.jsonl").read_text().splitlines()) >= 2):
@@ -448,6 +449,15 @@ def test_ctrl_c_saves_the_steps_since_the_last_checkpoint(tmp_path):
     step = int(err.split("stopped at step ")[1].split()[0])
     assert step >= 4 and checkpoint.load_checkpoint(out / "ckpt.pt")["step"] == step
     assert json.loads((out / "config.json").read_text())["steps"] == 100000
+    # resumed, it logs what an uninterrupted run logs: the losses since the last log line were saved too
+    end = step + 3
+    # (in subprocesses like the first run: the same thread count, hence the same float rounding)
+    assert _run("train", "--out", out, "--resume", "--no-progress", "--set", f"steps={end}").returncode == 0
+    assert _run("train", "--out", tmp_path / "straight", "--no-progress", *_sets(TINY), "--set", f"steps={end}",
+                "--set", "ckpt_every=100000", "--set", "log_every=2", "--set", "lr_decay=none").returncode == 0
+    logs = [{r["step"]: r["loss"] for r in map(json.loads, (d / "log.jsonl").read_text().splitlines())}
+            for d in (out, tmp_path / "straight")]
+    assert logs[0] == logs[1]
 
 
 def test_output_names_keep_their_dots_and_a_folder_is_refused(trained, tmp_path, capsys):

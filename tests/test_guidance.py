@@ -98,7 +98,9 @@ def test_sdedit_with_eta1_draws_from_the_posterior_and_eta0_does_not():
 
 
 def test_strength_slice_equals_diffusers_img2img_steps():
-    """diffusers' img2img pipelines keep scheduler.timesteps[S − int(S · strength):] (their `get_timesteps`)."""
+    """diffusers' img2img pipelines keep scheduler.timesteps[S − int(S · strength):] (their `get_timesteps`, which
+    cannot be imported here: the pipelines need transformers). This checks that ddimlab's grid is the scheduler's, so
+    that the same slice gives the same t0; the slice itself is taken from that function's source."""
     diffusers = pytest.importorskip("diffusers")
     sch = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing="linspace")
     for S, strength in ((50, 0.3), (50, 0.75), (20, 0.5)):
@@ -108,6 +110,7 @@ def test_strength_slice_equals_diffusers_img2img_steps():
 
 
 def test_sdedit_noises_to_the_first_step_and_is_reproducible():
+    """Wiring: sdedit = q_sample to seq[0], then ddim_sample (the statistics are tested above)."""
     x = torch.zeros(4, 1, dtype=torch.float64)
     seq = schedule.timesteps(50, 1000, "linspace")[50 - int(50 * 0.3):]          # diffusers' strength 0.3
     assert int(seq[0]) == 285 and len(seq) == 15
