@@ -114,7 +114,8 @@ def _draw(gens, shape, device) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_indices(model, indices, shape, alpha_bar, seq, eta=0.0, seed: int = 0, clip_x0: bool | None = None,
-                   device=None, amp: bool = False, solver: str | None = None, callback=None) -> torch.Tensor:
+                   device=None, amp: bool = False, solver: str | None = None, callback=None,
+                   check_range: bool = True) -> torch.Tensor:
     """Samples for the given indices, each a function of (seed, index) only; returns x_0 in [−1, 1] (unclamped).
 
     η = float: generalized DDIM (DDIM eq. 12); η = SIGMA_HAT: DDPM's large variance (the DDIM paper's σ̂);
@@ -123,7 +124,8 @@ def sample_indices(model, indices, shape, alpha_bar, seq, eta=0.0, seed: int = 0
     batch, rank or resumed run makes it: this equals `samplers.sample_row(eps, x_T, …, generator=g)` for
     one image on the CPU. clip_x0 (default: only for σ̂, as the official `ddpm_steps`) clamps x̂_0 to
     [−1, 1]. solver: an `ode.SOLVERS` name to run instead (deterministic; η is not used).
-    A sample with RMS above 10 (untrained, or diverged) gives an `OutOfRangeWarning` (`check_data_range`).
+    A sample with RMS above 10 (untrained, or diverged) gives an `OutOfRangeWarning` (`check_data_range`);
+    check_range=False leaves that to a caller that samples many batches and warns once over all of them.
     """
     eta = check_eta(eta)
     device = torch.device(device) if device is not None else devices.model_device(model)
@@ -139,7 +141,7 @@ def sample_indices(model, indices, shape, alpha_bar, seq, eta=0.0, seed: int = 0
         clip = (eta == SIGMA_HAT) if clip_x0 is None else clip_x0
         x0 = sample_row(eps_fn(model, amp), draw(), alpha_bar, seq, eta, clip_x0=clip, noise_sampler=draw,
                         callback=callback)
-    return check_data_range(x0, alpha_bar, seq)
+    return check_data_range(x0, alpha_bar, seq) if check_range else x0
 
 
 def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, eta=0.0, spacing: str = "quad",
@@ -175,10 +177,9 @@ def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, 
     batches = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
     rms = []
     with tqdm(total=len(todo), desc=f"{out_dir.name} (rank {rank})" if world_size > 1 else out_dir.name,
-              unit="img", disable=not progress) as bar, warnings.catch_warnings():
-        warnings.simplefilter("ignore", OutOfRangeWarning)          # said once below, over all the batches
+              unit="img", disable=not progress) as bar:
         for idx in batches:
-            x = sample_indices(model, idx, shape, alpha_bar, seq, eta, seed, clip_x0, device, amp)
+            x = sample_indices(model, idx, shape, alpha_bar, seq, eta, seed, clip_x0, device, amp, check_range=False)
             rms.append(_rms(x))
             for i, img in zip(idx, from_model_range(x)):
                 save_png(img, out_dir / f"{i:06d}.png")

@@ -196,10 +196,7 @@ def resumed_config(out, overrides=None) -> tuple[TrainConfig, list[str]]:
     never falls back to a preset's values silently. Changing a model-shape key is a ValueError."""
     before = config_from_dict(load_checkpoint(Path(out) / "ckpt.pt", map_location="cpu", required=RESUME_KEYS)["config"])
     after = validate_config(TrainConfig(**_apply(dataclasses.asdict(before), overrides)))
-    fixed = [k for k in MODEL_KEYS + SHAPE_KEYS if getattr(before, k) != getattr(after, k)]
-    if fixed:
-        raise ValueError(f"cannot resume {out} with another {', '.join(fixed)} (the run has "
-                         f"{', '.join(f'{k}={getattr(before, k)!r}' for k in fixed)}); use a new --out")
+    _check_same_model(before, after, out)
     notes = [f"{k}: {getattr(before, k)!r} -> {getattr(after, k)!r}" for k in (f.name for f in dataclasses.fields(TrainConfig))
              if k not in RUN_KEYS and getattr(before, k) != getattr(after, k)]
     return after, notes
@@ -386,11 +383,7 @@ def _resume(path: Path, config: TrainConfig, model, ema, opt, gen, device, rank:
     """Load a run's state into model, EMA, optimizer and generators; returns the step it had reached and the
     (sum, count) of the losses since its last log line."""
     state = load_checkpoint(path, map_location="cpu", required=RESUME_KEYS)
-    saved = config_from_dict(state["config"])
-    for key in MODEL_KEYS + SHAPE_KEYS:
-        if getattr(saved, key) != getattr(config, key):
-            raise ValueError(f"cannot resume {path}: {key} is {getattr(config, key)!r} but the checkpoint has "
-                             f"{getattr(saved, key)!r}; use the run's settings or a new --out")
+    _check_same_model(config_from_dict(state["config"]), config, path)
     model.load_state_dict(state["model"])
     ema.load_state_dict(state["ema"])
     opt.load_state_dict(state["optimizer"])
@@ -403,6 +396,14 @@ def _resume(path: Path, config: TrainConfig, model, ema, opt, gen, device, rank:
     else:  # other ranks' dropout streams are not saved; re-seed them deterministically
         torch.manual_seed(config.seed + rank + 1_000_003 * step)
     return step, state.get("log_window", [0.0, 0])
+
+
+def _check_same_model(saved: TrainConfig, config: TrainConfig, where) -> None:
+    """A run resumes only with its own network and diffusion: MODEL_KEYS and SHAPE_KEYS must match."""
+    for key in MODEL_KEYS + SHAPE_KEYS:
+        if getattr(saved, key) != getattr(config, key):
+            raise ValueError(f"cannot resume {where}: {key} is {getattr(config, key)!r} but the checkpoint has "
+                             f"{getattr(saved, key)!r}; use the run's settings or a new --out")
 
 
 def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
