@@ -1,4 +1,5 @@
-"""One trained digits model shared by notebooks 06 and 07, the demo and the figures (notebook 06 §4).
+"""One trained digits model shared by notebooks 06, 07 and 08 (600 steps), the demo (1200 steps) and
+the figures (notebook 06 §4).
 
 `digits_model()` trains the `digits` preset of `train.py` (scikit-learn's digits, CPU) once and
 caches the checkpoint under `<cache>/models/digits_<hash>/ckpt.pt`, where the hash covers every

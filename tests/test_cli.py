@@ -428,6 +428,19 @@ def test_resume_without_a_run_says_it_starts_a_new_one(tmp_path, capsys):
     assert "holds no run to resume: starting a new one" in capsys.readouterr().out
 
 
+def test_ctrl_c_during_the_import_is_one_line():
+    """Importing the command line (torch) takes seconds; a Ctrl-C then used to print a traceback."""
+    code = ("import sys\n"
+            "class Interrupt:\n"     # stands in for a SIGINT while ddimlab.cli is being imported
+            "    def find_spec(self, name, *a):\n"
+            "        if name == 'ddimlab.cli': raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, Interrupt())\n"
+            "from ddimlab.__main__ import run\n"
+            "sys.exit(run())\n")
+    p = subprocess.run([sys.executable, "-c", code, "sample"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 130 and p.stderr == "ddimlab: interrupted\n", p.stderr
+
+
 def test_ctrl_c_saves_the_steps_since_the_last_checkpoint(tmp_path):
     """Ctrl-C used to lose every step since the last checkpoint (hours with the cifar10 preset's 10,000)."""
     import os
