@@ -500,7 +500,7 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
         step, window = _resume(out / "ckpt.pt", config, model, ema, opt, gen, device, rank)
         if step >= config.steps:                       # said, not silently skipped, and nothing rewritten
             if is_main:
-                print(f"{out} is already at step {step} of steps = {config.steps}: nothing to train "
+                print(f"{out} is already at step {step} of steps = {config.steps}: nothing to train, nothing changed "
                       f"(a larger --set steps=N continues it)")
             if init_here:
                 dist.destroy_process_group()

@@ -577,10 +577,10 @@ def test_small_things_a_careless_user_hits(trained, tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     assert cli.main(["train", "--out", str(tmp_path / "afile"), "--no-progress", *_sets(TINY)]) == 1
     assert "is a file, not a run folder" in capsys.readouterr().err
-    before = (trained / "ckpt.pt").read_bytes()
-    assert cli.main(["train", "--out", str(trained), "--resume", "--no-progress", "--set", "steps=10"]) == 0
-    assert "already at step 30 of steps = 10: nothing to train" in capsys.readouterr().out
-    assert (trained / "ckpt.pt").read_bytes() == before
+    before = [(trained / f).read_bytes() for f in ("ckpt.pt", "config.json")]
+    assert cli.main(["train", "--out", str(trained), "--resume", "--no-progress", "--set", "lr=1e-3"]) == 0
+    assert "already at step 30 of steps = 30: nothing to train, nothing changed" in capsys.readouterr().out
+    assert [(trained / f).read_bytes() for f in ("ckpt.pt", "config.json")] == before
 
 
 def test_a_checkpoint_of_the_wrong_kind_is_named_for_what_it_is(trained, tmp_path, capsys):
