@@ -88,7 +88,8 @@ def model_variance(alpha_bar, variance="small") -> torch.Tensor:
 
 
 def gamma_t(alpha_bar, variance="small") -> torch.Tensor:
-    """DDPM's weights γ_t = β_t² / (2 σ_t² α_t (1 − ᾱ_t)), shape (T,) (notebook 02 §6, DDIM eq. 5).
+    """DDPM's weights γ_t = β_t² / (2 σ_t² α_t (1 − ᾱ_t)), shape (T,) (notebook 02 §6; DDPM eq. 12, the
+    weights of DDIM eq. 5's L_γ that make it DDPM's bound).
 
     For t ≥ 1: L_{t−1} = γ_t E‖ε − ε_θ(x_t, t)‖² + C_t, because μ̃ − μ_θ = β_t/(√α_t √(1−ᾱ_t)) (ε_θ − ε);
     C_t = (d/2)(β̃_t/σ_t² − 1 − log(β̃_t/σ_t²)) vanishes for σ_t² = β̃_t. At t = 0 the same γ_0 weights the

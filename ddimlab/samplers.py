@@ -246,7 +246,7 @@ def sdedit(eps, x_in, alpha_bar, seq, eta: float = 1.0, generator: torch.Generat
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, lam) -> torch.Tensor:
     """Spherical interpolation sin((1−λ)θ)/sin θ · z0 + sin(λθ)/sin θ · z1, cos θ = z0·z1/(|z0||z1|)
-    (DDIM §5.3 and notebook 04 §8, after White 2016).
+    (DDIM §5.3 and App. D.5, after Shoemake 1985; notebook 04 §8).
 
     z0, z1: (B, …) latents (or one latent of shape (d,)); θ is per sample, over all non-batch dims.
     lam: a scalar, or a 1-D tensor of length L broadcast against the batch (B = 1 with L values gives
