@@ -46,7 +46,10 @@ def save_checkpoint(path, **state) -> Path:
     """Write `state` (tensors, state_dicts, numbers, strings, lists, dicts) to `path` atomically."""
     if not state:
         raise ValueError("save_checkpoint needs at least one keyword, e.g. save_checkpoint(path, model=sd, step=0)")
-    return atomic_write(path, lambda f: torch.save(state, f), fsync=True)
+    try:
+        return atomic_write(path, lambda f: torch.save(state, f), fsync=True)
+    except RuntimeError as e:     # torch's zip writer reports a failed write (e.g. a full disk) as a RuntimeError
+        raise OSError(f"could not write {path} (is the disk full?): {str(e).splitlines()[0]}") from e
 
 
 def load_checkpoint(path, map_location="cpu", required=()) -> dict:

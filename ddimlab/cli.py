@@ -27,10 +27,11 @@ from .plotting import save_image_grid
 from .samplers import SIGMA_HAT, NonFiniteError, ddim_invert, ddim_sample, slerp
 from .train import PRESETS, NonFiniteLossError, TornLogWarning, TrainConfig, make_config, resumed_config, train
 
-# What a user can act on: printed as one line unless --debug.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError, ImportError,
+# What a user can act on, printed as one line unless --debug (any OSError: a missing, unreadable or unwritable file,
+# a read-only folder, a full disk, a PNG that is not an image).
+USER_ERRORS = (ValueError, OSError, ImportError,
                checkpoint.CheckpointError, data.DownloadError, devices.DeviceError, NonFiniteError,
-               NonFiniteLossError, TimeoutError)
+               NonFiniteLossError)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -83,16 +84,25 @@ def _refuse_existing(png: Path, npz: Path, overwrite: bool) -> None:
 def _save_pair(png: Path, npz: Path, images: torch.Tensor, nrow, scale: int, overwrite: bool, **arrays) -> None:
     """Write the PNG grid and the .npz beside it as one pair: under a lock, so two commands writing the
     same --out take turns (the second refuses unless --overwrite), and with the PNG's sha256 recorded in the
-    .npz (`png_sha256`)."""
+    .npz (`png_sha256`). The PNG goes to a temporary name first and is renamed only after the .npz is
+    written, so a full disk or an unwritable name replaces neither file."""
     with locked(png.parent / f".{png.stem}.lock"):
         _refuse_existing(png, npz, overwrite)
-        save_image_grid(images, png, nrow=nrow, scale=scale)
-        atomic_write(npz, lambda f: np.savez(f, **arrays, png_sha256=file_hash(png)))
+        if npz.is_dir() or png.is_dir():
+            raise IsADirectoryError(f"{npz if npz.is_dir() else png} is a folder; choose another --out")
+        tmp = save_image_grid(images, png.parent / f".{png.stem}.pair.png", nrow=nrow, scale=scale)
+        try:
+            atomic_write(npz, lambda f: np.savez(f, **arrays, png_sha256=file_hash(tmp)))
+            os.replace(tmp, png)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- subcommands
 
 def cmd_train(args) -> int:
+    if args.out is not None and not args.out.strip():
+        raise ValueError("--out is empty; give the run's folder, e.g. --out runs/digits")
     overrides = list(args.set or [])
     for key, value in (("out", args.out), ("device", args.device), ("bf16", args.bf16), ("compile", args.compile)):
         if value is not None:

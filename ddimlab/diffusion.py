@@ -160,7 +160,7 @@ def check_sigma(a_t, a_s, sigma) -> None:
     """The one rule for σ (DDIM eq. 7): σ² ≤ 1 − ᾱ_s, else √(1−ᾱ_s−σ²) is undefined; a ValueError naming the
     largest η the step t → s allows (η ≤ 1 always does, notebook 04 §3)."""
     if isinstance(a_s, float) and (isinstance(sigma, float) or (isinstance(sigma, torch.Tensor) and sigma.ndim == 0)):
-        if float(sigma) ** 2 <= (1 - a_s) * (1 + 1e-9) + 1e-15:
+        if float(sigma) * float(sigma) <= (1 - a_s) * (1 + 1e-9) + 1e-15:   # not **: 1e200 ** 2 raises
             return
     at = torch.as_tensor(a_t, dtype=torch.float64)
     as_ = torch.as_tensor(a_s, dtype=torch.float64)

@@ -44,10 +44,15 @@ def atomic_write(path, write, *, text: bool = False, fsync: bool = False) -> Pat
     return path
 
 
+class BusyError(FileExistsError):
+    """Another process holds the lock that `locked(..., busy=message)` would not wait for."""
+
+
 @contextlib.contextmanager
-def locked(path):
+def locked(path, busy: str | None = None):
     """Hold an exclusive advisory lock on the file `path` (created if absent) for the `with` block, so
-    that two processes writing the same outputs take turns (POSIX `fcntl.flock`; elsewhere no lock)."""
+    that two processes writing the same outputs take turns (POSIX `fcntl.flock`; elsewhere no lock).
+    With `busy` (a message) it does not wait: a lock held elsewhere is a `BusyError(busy)`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -56,7 +61,10 @@ def locked(path):
         yield
         return
     with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))
+        except BlockingIOError:
+            raise BusyError(busy) from None
         try:
             yield
         finally:

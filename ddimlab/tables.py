@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from . import data, devices, schedule
 from .checkpoint import eps_fn
+from .diffusion import check_sigma, ddim_sigma
 from .fid import compute_fid, fid_inception, load_images
 from .files import atomic_write
 from .generate import check_eta, generate_samples, resolve_rank, sample_indices, sampling_steps
@@ -114,6 +115,19 @@ def _fmt(v, digits=4):
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}g}"
 
 
+def _check_grid(eta_list, S_list, alpha_bar, spacing: str) -> None:
+    """Every (η, S) of the grid is valid, checked before the first cell is sampled (a bad value found later
+    would cost every cell before it): η by `check_eta`, S by `sampling_steps`, σ(η)² ≤ 1 − ᾱ_s on each step."""
+    T = alpha_bar.shape[0]
+    for S in S_list:
+        pairs = schedule.step_pairs(sampling_steps(S, T, spacing))
+        for eta in map(check_eta, eta_list):
+            if eta != SIGMA_HAT:
+                for t, s in pairs:
+                    a_t, a_s = float(alpha_bar[t]), float(schedule.alpha_bar_at(alpha_bar, s))
+                    check_sigma(a_t, a_s, ddim_sigma(a_t, a_s, eta))
+
+
 def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list=(0.0, 0.2, 0.5, 1.0, SIGMA_HAT),
                      n_samples: int = 50_000, spacing: str = "quad", shape=(3, 32, 32), alpha_bar=None,
                      feature_fn=None, reference=None, batch_size: int = 250, seed: int = 0, device=None,
@@ -130,6 +144,7 @@ def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list
     rank, world_size = resolve_rank(rank, world_size)
     alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else torch.as_tensor(alpha_bar)
     T, out_dir = alpha_bar.shape[0], Path(out_dir)
+    _check_grid(eta_list, S_list, alpha_bar, spacing)
 
     def cell(eta, S):
         d = out_dir / "samples" / f"eta{'_sigma_hat' if eta == SIGMA_HAT else f'{eta:g}'}_S{S}"

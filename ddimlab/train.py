@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import data, devices, schedule, unet
 from .checkpoint import EARLY_EMA, eps_fn, load_checkpoint, save_checkpoint, unet_from_run
 from .elbo import l_simple
-from .files import atomic_write
+from .files import atomic_write, locked
 from .plotting import save_image_grid
 from .samplers import sample
 
@@ -206,6 +206,8 @@ def validate_config(c: TrainConfig) -> TrainConfig:
     """Check a config's values; raise ValueError naming the bad value and what is allowed."""
     if c.dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {c.dataset!r}")
+    if not str(c.out).strip():
+        raise ValueError("out (--out) is empty; give the run's folder, e.g. --out runs/digits")
     for name in ("steps", "batch_size", "resolution", "T", "ch", "num_res_blocks", "num_groups", "log_every",
                  "ckpt_every", "sample_steps"):
         v = getattr(c, name)
@@ -414,6 +416,9 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue the run, or start it again")
     if held and not (resume or overwrite):
+        if not (out / "ckpt.pt").exists():
+            raise RunExistsError(f"{out} holds {', '.join(held)} but no ckpt.pt; --overwrite deletes them and starts a "
+                                 f"new run, or choose another --out")
         raise RunExistsError(f"{out} already holds a run ({', '.join(held)}); continue it with --resume, "
                              f"start again with --overwrite, or choose another --out")
     if resume and not (out / "ckpt.pt").exists() and held:
@@ -471,13 +476,23 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
 
     resume=True continues from `<out>/ckpt.pt` (the model-shape fields must match the checkpoint's; the
     others, e.g. steps, logging, device, come from `config`); overwrite=True starts again in a folder that
-    holds a run. Without either, such a folder is a `RunExistsError`.
+    holds a run. Without either, such a folder is a `RunExistsError`. While it trains, the main process holds
+    `<out>/.train.lock`: a second `train` on the same folder refuses at once (`files.BusyError`).
     """
-    from tqdm.auto import tqdm
-
     config = validate_config(copy.deepcopy(config))
     out = Path(config.out)
     _check_out(out, resume, overwrite)
+    if devices.rank_world()[0] != 0:
+        return _train(config, out, resume, return_models, overwrite)
+    with locked(out / ".train.lock", busy=f"{out} is in use by another train command; wait for it to finish "
+                                          f"or choose another --out"):
+        _check_out(out, resume, overwrite)      # again under the lock: a run may have been written meanwhile
+        return _train(config, out, resume, return_models, overwrite)
+
+
+def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, overwrite: bool):
+    from tqdm.auto import tqdm
+
     rank, world, device, init_here = devices.setup_distributed(config.device)
     is_main, cuda = rank == 0, device.type == "cuda"
     if config.batch_size % world:
@@ -555,7 +570,8 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
                         where = (f"the last good checkpoint {out / 'ckpt.pt'} (step {last_good}) was kept"
                                  if last_good is not None else "no checkpoint had been written yet")
                         raise NonFiniteLossError(f"training loss became {mean_loss} by step {step}; stopped without "
-                                                 f"saving, {where}. Lower lr (now {config.lr}) or check the data.")
+                                                 f"saving, {where}. Lower lr (now {config.lr}) or check the data; if --resume then fails the "
+                                                 f"same way, that checkpoint is already damaged: start again with --overwrite.")
                 if log_now:
                     now = time.perf_counter()
                     record = {"step": step, "loss": mean_loss, "lr": lr_at(config, step - 1),

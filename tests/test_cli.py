@@ -625,3 +625,64 @@ def test_the_verification_pass_of_the_fixes_above(trained, tmp_path, capsys):
                          "--steps", "5", "--etas", "0", "--batch-size", "2", "--spacing", "linspace", "--no-progress",
                          "--out", str(tmp_path / "t")]) == 0
     assert capsys.readouterr().err.count("warning: 6 of 6 samples have an RMS above 10") == 1   # once, not per batch
+
+
+def test_third_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
+    """A third hostile round: each case exited 0 with a wrong result, lost work, or printed a traceback."""
+    from ddimlab.files import locked
+
+    def one_line_error(argv, *needles):
+        assert cli.main(argv) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+        for needle in needles:
+            assert needle in err, (needle, err)
+
+    # two `train` commands on one folder both exited 0 and mixed their logs, checkpoints and grids
+    run = tmp_path / "busy"
+    with locked(run / ".train.lock"):                   # as a first `train` holds it while it trains
+        one_line_error(["train", "--out", str(run), "--no-progress", *_sets(TINY)], "in use by another train command")
+    assert not (run / "ckpt.pt").exists()
+    # `--out ""` trained into the current folder, and with --resume replaced the run's settings with the preset's
+    for extra in ([], ["--resume"]):
+        one_line_error(["train", "--out", "", "--no-progress", *extra, *_sets(TINY)], "--out is empty")
+    # a folder holding only a config.json was called a run, with advice (--resume) that then failed
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "config.json").write_text("{}")
+    one_line_error(["train", "--out", str(stray), "--no-progress", *_sets(TINY)], "no ckpt.pt", "--overwrite deletes")
+    # a pair that cannot be written completely replaces neither file: here the .npz name is a folder …
+    out = tmp_path / "pp"
+    assert cli.main(["sample", "--checkpoint", str(trained), "--n", "2", "--steps", "2", "--out", str(out),
+                     "--no-progress"]) == 0
+    capsys.readouterr()
+    png = out.with_suffix(".png").read_bytes()
+    out.with_suffix(".npz").unlink()
+    out.with_suffix(".npz").mkdir()
+    one_line_error(["sample", "--checkpoint", str(trained), "--n", "2", "--steps", "2", "--seed", "1", "--out", str(out),
+                    "--overwrite", "--no-progress"], "is a folder")
+    assert out.with_suffix(".png").read_bytes() == png
+    # … and here the disk fills while the .npz is written (the PNG used to be replaced already)
+    out.with_suffix(".npz").rmdir()
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(np, "savez", full_disk)
+    one_line_error(["sample", "--checkpoint", str(trained), "--n", "2", "--steps", "2", "--seed", "1", "--out", str(out),
+                    "--overwrite", "--no-progress"], "No space left on device")
+    monkeypatch.undo()
+    assert out.with_suffix(".png").read_bytes() == png and not out.with_suffix(".npz").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".pp")) == [".pp.lock"]
+    # any OSError is one line: an --out below a file
+    (tmp_path / "afile").write_text("x")
+    one_line_error(["sample", "--checkpoint", str(trained), "--n", "2", "--steps", "2",
+                    "--out", str(tmp_path / "afile" / "x"), "--no-progress"], "afile")
+    # a huge η overflowed in the σ check with a traceback
+    one_line_error(["sample", "--checkpoint", str(trained), "--n", "2", "--steps", "5", "--eta", "1e200",
+                    "--out", str(tmp_path / "big"), "--no-progress"], "eta <=")
+    # reproduce checked --etas and --steps cell by cell, after sampling the cells before a bad one
+    for flag, values, needle in (("--etas", "0,foo", "got 'foo'"), ("--steps", "2,5000", "got 5000"),
+                                 ("--etas", "0,1e200", "eta <=")):
+        one_line_error(["reproduce", "table1", "--checkpoint", str(trained), "--features", "random", "--n-samples", "4",
+                        flag, values, "--out", str(tmp_path / "t1"), "--no-progress"], needle)
+    assert not (tmp_path / "t1" / "samples").exists()
