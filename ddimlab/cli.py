@@ -77,8 +77,9 @@ def _outputs(out: str, overwrite: bool) -> tuple[Path, Path]:
 def _refuse_existing(png: Path, npz: Path, overwrite: bool) -> None:
     held = [str(p) for p in (png, npz) if p.exists()]
     if held and not overwrite:
-        raise FileExistsError(f"{' and '.join(held)} already exist; pass --overwrite to replace them or "
-                              f"choose another --out")
+        one = len(held) == 1
+        raise FileExistsError(f"{' and '.join(held)} already exist{'s' if one else ''}; pass --overwrite to replace "
+                              f"{'it' if one else 'them'} or choose another --out")
 
 
 def _save_pair(png: Path, npz: Path, images: torch.Tensor, nrow, scale: int, overwrite: bool, **arrays) -> None:
@@ -184,6 +185,8 @@ def cmd_invert(args) -> int:
 def cmd_interpolate(args) -> int:
     png, npz = _outputs(args.out, args.overwrite)
     net, abar, device, seq = _model_for(args)
+    if args.index is not None and not args.latents:
+        raise ValueError("--index picks two latents of a --latents file; without --latents use --seeds A B")
     if args.latents and args.seeds is not None:
         raise ValueError("--latents and --seeds exclude each other: interpolate between two saved latents or between "
                          "the latents of two seeds")
@@ -203,7 +206,7 @@ def cmd_interpolate(args) -> int:
         if tuple(lat.shape[1:]) != _image_shape(net):
             raise ValueError(f"{args.latents} holds latents of shape {tuple(lat.shape[1:])}, but the model makes "
                              f"{_image_shape(net)} images; use latents from this model's `invert` or `sample`")
-        i, j = args.index
+        i, j = args.index or (0, 1)
         if not (0 <= i < len(lat) and 0 <= j < len(lat)):
             raise ValueError(f"--index must be two indices in 0..{len(lat) - 1}, got {i} {j}")
         z0, z1 = lat[i:i + 1].to(device), lat[j:j + 1].to(device)
@@ -231,6 +234,12 @@ def _csv_list(text: str, kind, name: str):
 
 
 def cmd_reproduce(args) -> int:
+    only = {"table1": {"--etas": args.etas, "--n-samples": args.n_samples, "--features": args.features, "--seed": args.seed},
+            "table2": {"--n-images": args.n_images}}
+    other = "table2" if args.table == "table1" else "table1"
+    given = [flag for flag, value in only[other].items() if value is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to `reproduce {other}` only")
     rank, _, device, started = devices.setup_distributed(args.device)
     try:
         net, abar = checkpoint.load_model(args.checkpoint, device, use_ema=not args.no_ema)
@@ -239,12 +248,12 @@ def cmd_reproduce(args) -> int:
         common = dict(alpha_bar=abar, batch_size=args.batch_size, device=device, amp=args.amp,
                       progress=not args.no_progress)
         if args.table == "table1":
-            feature_fn, reference = fid.reference_for(args.features, in_ch, res, args.data_root)
+            feature_fn, reference = fid.reference_for(args.features or "inception", in_ch, res, args.data_root)
             rows = tables.reproduce_table1(
                 net, out, S_list=_csv_list(args.steps, int, "--steps") if args.steps else (10, 20, 50, 100, 1000),
                 eta_list=_csv_list(args.etas, str, "--etas") if args.etas else (0.0, 0.2, 0.5, 1.0, SIGMA_HAT),
-                n_samples=args.n_samples, spacing=args.spacing or "quad", shape=(in_ch, res, res),
-                feature_fn=feature_fn, reference=reference, seed=args.seed, **common)
+                n_samples=args.n_samples or 50_000, spacing=args.spacing or "quad", shape=(in_ch, res, res),
+                feature_fn=feature_fn, reference=reference, seed=args.seed or 0, **common)
         else:
             images = (data.load_cifar10(args.data_root, train=False)[0] if in_ch == 3 else data.load_digits(res)[0])
             rows = tables.reproduce_table2(
@@ -319,16 +328,17 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="show the Python traceback of an error (also DDIMLAB_DEBUG=1)")
 
 
-def _model_args(p: argparse.ArgumentParser, out_default: str) -> None:
+def _model_args(p: argparse.ArgumentParser, out_default: str, sampler: bool = False) -> None:
+    """The options of the commands that run a model; `sampler`: the command also has --sampler (`sample`)."""
     p.add_argument("--checkpoint", required=True,
                    help="a ddimlab ckpt.pt or run folder, the official DDPM model-790000.ckpt (or `ddpm-cifar10` to "
                         "download it once), or a diffusers UNet2DModel folder")
     p.add_argument("--steps", type=_positive, default=None,
-                   help="number of sampling steps S (default 50; for --sampler ddpm all T steps)")
+                   help="number of sampling steps S (default 50" + ("; for --sampler ddpm all T steps)" if sampler else ")"))
     p.add_argument("--spacing", choices=schedule.SPACINGS + ode.STEP_RULES, default=None,
                    help="timestep sub-sequence (README, Timestep sub-sequences; logsnr, karras, power2/3: notebook 08 §5). "
-                        "Default: uniform; for --sampler, the solver's own: logsnr for dpm_solver_pp_2m/3m and unipc_2/3, "
-                        "power3 for ipndm")
+                        "Default: uniform" + ("; for --sampler, the solver's own: logsnr for dpm_solver_pp_2m/3m and "
+                                              "unipc_2/3, power3 for ipndm" if sampler else ""))
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, mps")
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the network on CUDA")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights of a ddimlab checkpoint, not the EMA")
@@ -378,13 +388,14 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     _common(p)
 
     p = add("sample", cmd_sample, "draw samples with DDIM (any eta), DDPM, or an ODE solver")
-    _model_args(p, "samples")
+    _model_args(p, "samples", sampler=True)
     p.add_argument("--sampler", "--solver", choices=("ddim", "ddpm") + ode.SOLVERS, default="ddim",
                    help="ddim (eq. 12 with --eta), ddpm (its whole chain unless --steps; --variance), or an ODE solver")
     p.add_argument("--eta", type=_eta, default=None, help="ddim only: 0 deterministic, 1 DDPM's posterior variance "
                    "(default 0)")
     p.add_argument("--variance", choices=("small", "large"), default=None,
-                   help="ddpm only: posterior beta tilde (small, default) or beta (large: the DDIM paper's sigma hat)")
+                   help="ddpm only: posterior beta tilde (small, default) or beta (large: the DDIM paper's sigma hat, "
+                        "whose table row, like `reproduce`, also clips x0: add --clip for that)")
     p.add_argument("--clip", action="store_true", help="clip the predicted x0 to [-1, 1] (ddim, ddpm)")
     p.add_argument("--seed", type=_seed, default=0, help="image i's noise is a function of (seed, i)")
     p.add_argument("--n", type=_positive, default=64, help="number of samples")
@@ -401,7 +412,8 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_seed, nargs=2, default=None, metavar=("A", "B"),
                    help="latent 0 of each seed (the first image of `sample --seed A` / `--seed B`; default 0 1)")
     p.add_argument("--latents", help="an .npz from `invert` or `sample`: interpolate between its x_T[--index]")
-    p.add_argument("--index", type=int, nargs=2, default=(0, 1), metavar=("I", "J"), help="with --latents")
+    p.add_argument("--index", type=int, nargs=2, default=None, metavar=("I", "J"),
+                   help="with --latents: which two of its latents (default 0 1)")
     p.add_argument("--n", type=_positive, default=8, help="number of frames")
 
     p = add("reproduce", cmd_reproduce, "the DDIM paper's Table 1 (FID over eta x S) or Table 2 (reconstruction)")
@@ -412,13 +424,15 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--etas", help="table1: comma-separated eta values; sigma_hat for DDPM's large variance")
     p.add_argument("--spacing", choices=schedule.SPACINGS, default=None,
                    help="timestep selection (default: quad for table1 as the paper, uniform for table2)")
-    p.add_argument("--n-samples", type=_positive, default=50_000, help="table1: samples per (eta, S) (paper: 50000)")
+    p.add_argument("--n-samples", type=_int_in(2), default=None,
+                   help="table1: samples per (eta, S), at least 2 for a Fréchet distance (default 50000, the paper's)")
     p.add_argument("--n-images", type=_positive, default=None, help="table2: the first N test images (default all)")
-    p.add_argument("--features", choices=("inception", "digits", "random"), default="inception",
-                   help="table1: inception = FID via torch-fidelity (pip install ddimlab[fid]); digits = the digits "
-                        "classifier (1-channel models); random = a fixed random conv net (smoke test)")
+    p.add_argument("--features", choices=("inception", "digits", "random"), default=None,
+                   help="table1: inception = FID via torch-fidelity (pip install ddimlab[fid]), the default; digits = "
+                        "the digits classifier (1-channel models); random = a fixed random conv net (smoke test)")
     p.add_argument("--batch-size", type=_positive, default=250, help="images per network call")
-    p.add_argument("--seed", type=_seed, default=0, help="image i of every cell is a function of (seed, i)")
+    p.add_argument("--seed", type=_seed, default=None, help="table1: image i of every cell is a function of (seed, i) "
+                                                            "(default 0)")
     p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK under torchrun), cpu, cuda")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights of a ddimlab checkpoint")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
@@ -430,7 +444,7 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--n", type=_int_in(8), default=2000, help="samples per cell of the 2-D table, at least 8 "
                    "(SEs shrink like 1/√n)")
     p.add_argument("--image-d", type=_int_in(0), default=1024, help="dimension of the image-like table (0 skips it)")
-    p.add_argument("--image-n", type=_positive, default=1000, help="samples per cell of the image-like table")
+    p.add_argument("--image-n", type=_int_in(8), default=1000, help="samples per cell of the image-like table, at least 8")
     p.add_argument("--spacing", choices=("uniform", "quad"), default="uniform", help="timestep sub-sequence")
     p.add_argument("--seed", type=_seed, default=0, help="seed of x_T, the noise and the data draws")
     _common(p)
@@ -439,7 +453,7 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/demo", help="output folder")
     p.add_argument("--skip-train", action="store_true", help="only the exact-score lab table and figure")
     p.add_argument("--train-steps", type=_positive, default=None, help="override the digits preset's training steps")
-    p.add_argument("--n", type=_positive, default=200, help="samples per sampler for the quality score")
+    p.add_argument("--n", type=_int_in(2), default=200, help="samples per sampler for the quality score, at least 2")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the training run and of x_T")
     _common(p)
     return parser

@@ -51,9 +51,13 @@ class DownloadError(RuntimeError):
 
 
 def default_cache_dir() -> Path:
-    """`$DDIMLAB_CACHE` if set, else `~/.cache/ddimlab`."""
+    """`$DDIMLAB_CACHE` if set, else `~/.cache/ddimlab`; a NotADirectoryError if that names a file."""
     env = os.environ.get("DDIMLAB_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "ddimlab"
+    path = Path(env).expanduser() if env else Path.home() / ".cache" / "ddimlab"
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"the cache {path}{' ($DDIMLAB_CACHE)' if env else ''} is a file, not a folder; "
+                                 f"point DDIMLAB_CACHE at a folder")
+    return path
 
 
 def download(url: str, dest, md5: str | None = None, *, progress: bool = True,

@@ -79,11 +79,12 @@ def warn_out_of_range(rms: torch.Tensor, alpha_bar, seq) -> None:
     """`check_data_range`'s warning from the samples' RMS values (so that a caller with many batches says it once)."""
     bad = int((rms > MAX_RMS).sum())
     if bad:
-        t = int(seq[0])
+        t, T = int(seq[0]), len(alpha_bar)
         a = float(schedule.alpha_bar_at(torch.as_tensor(alpha_bar, dtype=torch.float64), t))
+        later = " (quad starts at t = 0.8 T)" if t > 0.8 * T else ""
         why = (f"Its first step, at t = {t} where alpha_bar = {a:.2g}, multiplies the network's error by "
-               f"1/sqrt(alpha_bar) = {a ** -0.5:.3g}; clipping x0 (--clip, ddim and ddpm) or a grid that starts later "
-               f"(quad starts at t = 0.8 T) avoids that" if a < 0.01 else
+               f"1/sqrt(alpha_bar) = {a ** -0.5:.3g}; clipping x0 (`sample --clip`, clip_x0=True in Python) or a grid "
+               f"that starts later{later} avoids that" if a < 0.01 else
                f"Its first step, at t = {t} (alpha_bar = {a:.2g}), is not the cause: check the model")
         warnings.warn(
             f"{bad} of {len(rms)} samples have an RMS above {MAX_RMS:g} (largest {float(rms.max()):.3g}), where images in "

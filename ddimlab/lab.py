@@ -405,9 +405,11 @@ def main(out="outputs/lab", n: int = 2000, image_d: int = 1024, image_n: int = 1
     """Print Table 1 on the 2-D ring and on `toy.image_like_mixture(image_d)` (0 skips it) and write
     out/table1.txt, out/table1.png and out/table1_d{image_d}.png (notebook 09; `ddimlab lab`, `make lab`,
     the demo's first part). Returns the paths written."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():              # said now, not after minutes of tables
+        raise FileExistsError(f"--out {out} is a file; give a folder for table1.txt and the figures")
     with cpu_threads(1):                # the lab is many small steps: threads only add overhead
         t0 = time.perf_counter()
-        out = Path(out)
         rows = table1(n=n, spacing=spacing, seed=seed, n_ode=min(64, n))
         text = (f"DDIM Table 1 on an exact score: 2-D mixture of 8 Gaussians, linear schedule T=1000, "
                 f"{spacing} steps, n={n} samples per cell\n" + format_table(rows))

@@ -91,6 +91,9 @@ def digits_model(steps: int | None = None, seed: int = 0, cache_dir=None, progre
             train.train(dataclasses.replace(config, out=str(tmp), progress=progress, ckpt_every=config.steps,
                                             log_every=min(config.log_every, config.steps)))
             os.replace(tmp, folder)
+        except KeyboardInterrupt:          # train's own message names the temporary folder, removed below
+            raise KeyboardInterrupt("stopped training the cached digits model; nothing was kept, and the next "
+                                    "run trains it from the start") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return _load(folder)

@@ -686,3 +686,24 @@ def test_third_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
         one_line_error(["reproduce", "table1", "--checkpoint", str(trained), "--features", "random", "--n-samples", "4",
                         flag, values, "--out", str(tmp_path / "t1"), "--no-progress"], needle)
     assert not (tmp_path / "t1" / "samples").exists()
+
+
+def test_third_round_options_and_messages(trained, tmp_path, capsys, monkeypatch):
+    """Options that were accepted and silently ignored, inputs checked only after minutes of work, and
+    messages whose advice did not apply."""
+    for argv, needle in ((["reproduce", "table2", "--checkpoint", str(trained), "--etas", "0,1"], "--etas applies to"),
+                         (["reproduce", "table2", "--checkpoint", str(trained), "--seed", "5", "--features", "random"],
+                          "--features, --seed apply to"),
+                         (["reproduce", "table1", "--checkpoint", str(trained), "--n-images", "3"], "--n-images applies"),
+                         (["interpolate", "--checkpoint", str(trained), "--index", "2", "3"], "--index picks"),
+                         (["lab", "--out", str(trained / "config.json")], "is a file")):
+        assert cli.main([*argv, "--no-progress"]) == 1, argv
+        assert needle in capsys.readouterr().err
+    for argv in (["lab", "--image-n", "7"], ["reproduce", "table1", "--checkpoint", "x", "--n-samples", "1"],
+                 ["demo", "--n", "1"]):
+        with pytest.raises(SystemExit):              # refused by argparse, before any work
+            cli.main(argv)
+        assert "integer >= " in capsys.readouterr().err
+    monkeypatch.setenv("DDIMLAB_CACHE", str(trained / "config.json"))
+    assert cli.main(["sample", "--checkpoint", "ddpm-cifar10", "--out", str(tmp_path / "s"), "--no-progress"]) == 1
+    assert "is a file, not a folder; point DDIMLAB_CACHE at a folder" in capsys.readouterr().err

@@ -118,3 +118,15 @@ def test_two_processes_asking_at_once_train_once(tmp_path):
 def test_bad_steps(steps, tmp_path):
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         pretrained.digits_model(steps=steps, cache_dir=tmp_path)
+
+
+def test_ctrl_c_while_training_the_cached_model_says_nothing_was_kept(tmp_path, monkeypatch):
+    """`train`'s Ctrl-C message named a temporary folder (deleted right after) and advised --resume, which the
+    demo does not have."""
+    def interrupted(config, **kw):
+        raise KeyboardInterrupt(f"stopped at step 3 of 10; saved {config.out}/ckpt.pt: continue with --resume")
+    monkeypatch.setattr(train, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt, match="nothing was kept") as e:
+        pretrained.digits_model(steps=10, cache_dir=tmp_path)
+    assert "--resume" not in str(e.value)
+    assert [p.name for p in (tmp_path / "models").iterdir() if not p.name.endswith(".lock")] == []
