@@ -569,9 +569,10 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
                     if not math.isfinite(mean_loss):
                         where = (f"the last good checkpoint {out / 'ckpt.pt'} (step {last_good}) was kept"
                                  if last_good is not None else "no checkpoint had been written yet")
-                        raise NonFiniteLossError(f"training loss became {mean_loss} by step {step}; stopped without "
-                                                 f"saving, {where}. Lower lr (now {config.lr}) or check the data; if --resume then fails the "
-                                                 f"same way, that checkpoint is already damaged: start again with --overwrite.")
+                        raise NonFiniteLossError(
+                            f"training loss became {mean_loss} by step {step}; stopped without saving, {where}. Lower lr "
+                            f"(now {config.lr}) or check the data; if --resume then fails the same way, that checkpoint is "
+                            f"already damaged: start again with --overwrite.")
                 if log_now:
                     now = time.perf_counter()
                     record = {"step": step, "loss": mean_loss, "lr": lr_at(config, step - 1),
