@@ -171,7 +171,8 @@ def ddpm_sample(eps, x_T, alpha_bar, variance: str = "small", seq=None, generato
 def sample_row(eps, x_T, alpha_bar, seq, eta, clip_x0: bool = False, **kwargs):
     """One row of the DDIM paper's Table 1 on τ = seq: η ≥ 0 is `ddim_sample`, η = SIGMA_HAT is σ̂,
     `ddpm_sample(variance="large")` (notebook 04 §3). kwargs: generator, noise_sampler, callback,
-    return_trajectory. The one place the lab, `evaluate` and the CLI turn a Table 1 row into a sampler."""
+    return_trajectory. The one place the lab, `generate` (the CLI, `reproduce`) and the notebooks turn a
+    Table 1 row into a sampler."""
     if eta == SIGMA_HAT:
         return ddpm_sample(eps, x_T, alpha_bar, "large", seq=seq, clip_x0=clip_x0, **kwargs)
     if isinstance(eta, str):
