@@ -409,7 +409,10 @@ def official_layout() -> dict[str, tuple[int, ...]]:
     """The official DDPM CIFAR-10 checkpoint's state_dict: key → shape, in file order (notebook 06 §1).
 
     Read from the listing shipped inside the package (`ddimlab/reference/ddpm_cifar10_unet_state_dict.tsv`,
-    328 lines "key<TAB>shape"), so it works from an installed package as well as from a clone.
+    328 lines "key<TAB>shape"), so it works from an installed package as well as from a clone. Where the listing
+    comes from, checked outside the repository: it equals, key for key, shape for shape and in order, the state_dict
+    of the DDIM authors' PyTorch port (ermongroup/ddim, `models/diffusion.py` `Model` with `configs/cifar10.yml`),
+    which loads the official weights; it is not written from ddimlab's own UNet.
     """
     text = resources.files("ddimlab").joinpath("reference", "ddpm_cifar10_unet_state_dict.tsv").read_text()
     out = {}
