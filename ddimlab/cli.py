@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import os
 import sys
 import time
@@ -21,9 +22,9 @@ import numpy as np
 import torch
 
 from . import __version__, checkpoint, data, demo, devices, fid, lab, ode, schedule, tables
-from .files import atomic_write, file_hash, locked
+from .files import atomic_write, locked
 from .generate import OutOfRangeWarning, check_data_range, latents, progress, sample_indices, sampling_steps
-from .plotting import save_image_grid
+from .plotting import grid_png
 from .samplers import SIGMA_HAT, NonFiniteError, ddim_invert, ddim_sample, slerp
 from .train import PRESETS, NonFiniteLossError, TornLogWarning, TrainConfig, make_config, resumed_config, train
 
@@ -85,18 +86,15 @@ def _refuse_existing(png: Path, npz: Path, overwrite: bool) -> None:
 def _save_pair(png: Path, npz: Path, images: torch.Tensor, nrow, scale: int, overwrite: bool, **arrays) -> None:
     """Write the PNG grid and the .npz beside it as one pair: under a lock, so two commands writing the
     same --out take turns (the second refuses unless --overwrite), and with the PNG's sha256 recorded in the
-    .npz (`png_sha256`). The PNG goes to a temporary name first and is renamed only after the .npz is
-    written, so a full disk or an unwritable name replaces neither file."""
+    .npz (`png_sha256`). The PNG is encoded in memory first and written only after the .npz, so a full disk
+    or an unwritable name replaces neither file."""
     with locked(png.parent / f".{png.stem}.lock"):
         _refuse_existing(png, npz, overwrite)
         if npz.is_dir() or png.is_dir():
             raise IsADirectoryError(f"{npz if npz.is_dir() else png} is a folder; choose another --out")
-        tmp = save_image_grid(images, png.parent / f".{png.stem}.pair.png", nrow=nrow, scale=scale)
-        try:
-            atomic_write(npz, lambda f: np.savez(f, **arrays, png_sha256=file_hash(tmp)))
-            os.replace(tmp, png)
-        finally:
-            tmp.unlink(missing_ok=True)
+        data = grid_png(images, nrow=nrow, scale=scale)
+        atomic_write(npz, lambda f: np.savez(f, **arrays, png_sha256=hashlib.sha256(data).hexdigest()))
+        atomic_write(png, lambda f: f.write(data))
 
 
 # --------------------------------------------------------------------------- subcommands

@@ -1,12 +1,13 @@
 """Image grids and PNG files for samples, written with Pillow (no torchvision).
 
 Images come in the model's range [−1, 1] with shape (N, C, H, W), C = 1 (grey) or 3 (RGB).
-`image_grid` tiles them into one array; `save_image_grid` writes it to a PNG atomically
+`image_grid` tiles them into one array, `grid_png` encodes it; `save_image_grid` writes it to a PNG atomically
 (temporary name, then `os.replace`), so a run killed mid-write never leaves a broken file; `save_png`
 writes one image (the sample files of `generate`).
 """
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -50,25 +51,38 @@ def image_grid(x: torch.Tensor, nrow: int | None = None, padding: int = 1, pad_v
     return grid
 
 
-def save_png(image, path) -> Path:
-    """Write one uint8 image to `path` as PNG, atomically: an (H, W, C) array or a (C, H, W) tensor with
-    C = 1 (saved grey) or 3 (RGB). The one PNG writer for grids and the sample files FID reads."""
+def png_bytes(image) -> bytes:
+    """One uint8 image encoded as PNG: an (H, W, C) array or a (C, H, W) tensor with C = 1 (grey) or 3 (RGB).
+    The one PNG encoder, for grids and for the sample files FID reads."""
     from PIL import Image  # Pillow comes with matplotlib
 
     a = image.detach().cpu().permute(1, 2, 0).numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     if a.dtype != np.uint8 or a.ndim != 3 or a.shape[-1] not in (1, 3):
         raise ValueError(f"save_png needs a uint8 image H×W×C (or a C×H×W tensor) with C in (1, 3), "
                          f"got {a.dtype} {a.shape}")
-    pil = Image.fromarray(np.ascontiguousarray(a[..., 0] if a.shape[-1] == 1 else a))
-    return atomic_write(path, lambda f: pil.save(f, format="PNG"))
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(a[..., 0] if a.shape[-1] == 1 else a)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
-def save_image_grid(x: torch.Tensor, path, nrow: int | None = None, scale: int = 1) -> Path:
-    """Save images in [−1, 1] as one PNG grid (atomic write); `scale` enlarges each pixel."""
+def save_png(image, path) -> Path:
+    """Write one uint8 image to `path` as PNG (`png_bytes`), atomically."""
+    data = png_bytes(image)
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def grid_png(x: torch.Tensor, nrow: int | None = None, scale: int = 1) -> bytes:
+    """Images in [−1, 1] as one PNG grid, encoded; `scale` enlarges each pixel."""
     grid = image_grid(x, nrow)
     if scale > 1:
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
-    return save_png(grid, path)
+    return png_bytes(grid)
+
+
+def save_image_grid(x: torch.Tensor, path, nrow: int | None = None, scale: int = 1) -> Path:
+    """Save images in [−1, 1] as one PNG grid (`grid_png`), atomically."""
+    data = grid_png(x, nrow, scale)
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def show_images(x: torch.Tensor, nrow: int | None = None, title: str | None = None, ax=None, scale: float = 1.0):

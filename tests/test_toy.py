@@ -186,16 +186,15 @@ def test_zero_snr_limits(mix):
 def test_a_v_network_read_as_eps(mix):
     """Notebook 04 §4: DDIM fed v* as if it were ε explodes, v* through `eps_from_v` samples what ε* samples,
     and at the noisiest step ε* has slope 1 on its input where v* has slope ≈ 0 and sits at minus the data mean."""
-    ab = schedule.make_alpha_bar("linear", 1000)
     ring = toy.eight_gaussians()
-    v_net = lambda x, t: ring.v(x, float(ab[t[0]]))                           # noqa: E731
+    v_net = lambda x, t: ring.v(x, float(AB[t[0]]))                           # noqa: E731
     x_T = torch.randn(500, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     seq = schedule.timesteps(50, 1000, "uniform")
-    right = samplers.ddim_sample(toy.exact_eps(ring, ab), x_T, ab, seq)
-    converted = samplers.ddim_sample(lambda x, t: eps_from_v(x, v_net(x, t), float(ab[t[0]])), x_T, ab, seq)
+    right = samplers.ddim_sample(toy.exact_eps(ring, AB), x_T, AB, seq)
+    converted = samplers.ddim_sample(lambda x, t: eps_from_v(x, v_net(x, t), float(AB[t[0]])), x_T, AB, seq)
     torch.testing.assert_close(converted, right, rtol=0, atol=1e-10)
-    assert float(samplers.ddim_sample(v_net, x_T, ab, seq).norm(dim=1).mean()) > 10 * float(right.norm(dim=1).mean())
-    x, a = torch.randn(4000, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64), float(ab[-1])
+    assert float(samplers.ddim_sample(v_net, x_T, AB, seq).norm(dim=1).mean()) > 10 * float(right.norm(dim=1).mean())
+    x, a = torch.randn(4000, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64), float(AB[-1])
     slope = lambda out: float((out * x).sum() / x.pow(2).sum())                # noqa: E731
     assert abs(slope(mix.eps(x, a)) - 1) < 0.01 and abs(slope(mix.v(x, a))) < 0.02
     assert float((mix.v(x, a) + mix.weights @ mix.means).abs().max()) < 0.05
