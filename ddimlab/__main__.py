@@ -1,4 +1,5 @@
 """`python -m ddimlab ...` and the `ddimlab` command: see `ddimlab.cli`."""
+import signal
 import sys
 
 
@@ -10,7 +11,11 @@ def run() -> int:
     except KeyboardInterrupt:
         print("ddimlab: interrupted", file=sys.stderr)
         return 130
-    return main()
+    status = main()
+    # The work is done and written; a Ctrl-C while the interpreter shuts down (torch's exit handlers take
+    # a moment) ends the process at once instead of printing a traceback from an exit handler.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    return status
 
 
 if __name__ == "__main__":

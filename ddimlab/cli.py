@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import __version__, checkpoint, data, demo, devices, fid, lab, ode, schedule, tables
-from .files import atomic_write, locked
+from .files import atomic_write, interrupts_deferred, locked
 from .generate import OutOfRangeWarning, check_data_range, latents, progress, sample_indices, sampling_steps
 from .plotting import grid_png
 from .samplers import SIGMA_HAT, NonFiniteError, ddim_invert, ddim_sample, slerp
@@ -71,8 +71,15 @@ def _outputs(out: str, overwrite: bool) -> tuple[Path, Path]:
         raise ValueError(f"--out {raw!r} names a folder; give a file name, e.g. --out {out / 'samples'}")
     stem = out.with_suffix("") if out.suffix.lower() in (".png", ".npz") else out
     png, npz = stem.parent / (stem.name + ".png"), stem.parent / (stem.name + ".npz")
+    _refuse_folders(png, npz)
     _refuse_existing(png, npz, overwrite)
     return png, npz
+
+
+def _refuse_folders(png: Path, npz: Path) -> None:
+    for p in (png, npz):
+        if p.is_dir():
+            raise IsADirectoryError(f"{p} is a folder, so --out cannot write it; choose another --out")
 
 
 def _refuse_existing(png: Path, npz: Path, overwrite: bool) -> None:
@@ -87,14 +94,14 @@ def _save_pair(png: Path, npz: Path, images: torch.Tensor, nrow, scale: int, ove
     """Write the PNG grid and the .npz beside it as one pair: under a lock, so two commands writing the
     same --out take turns (the second refuses unless --overwrite), and with the PNG's sha256 recorded in the
     .npz (`png_sha256`). The PNG is encoded in memory first and written only after the .npz, so a full disk
-    or an unwritable name replaces neither file."""
+    or an unwritable name replaces neither file; a Ctrl-C during the two writes waits until both are done."""
     with locked(png.parent / f".{png.stem}.lock"):
         _refuse_existing(png, npz, overwrite)
-        if npz.is_dir() or png.is_dir():
-            raise IsADirectoryError(f"{npz if npz.is_dir() else png} is a folder; choose another --out")
+        _refuse_folders(png, npz)
         data = grid_png(images, nrow=nrow, scale=scale)
-        atomic_write(npz, lambda f: np.savez(f, **arrays, png_sha256=hashlib.sha256(data).hexdigest()))
-        atomic_write(png, lambda f: f.write(data))
+        with interrupts_deferred():
+            atomic_write(npz, lambda f: np.savez(f, **arrays, png_sha256=hashlib.sha256(data).hexdigest()))
+            atomic_write(png, lambda f: f.write(data))
 
 
 # --------------------------------------------------------------------------- subcommands
@@ -245,19 +252,19 @@ def cmd_reproduce(args) -> int:
         out = Path(args.out or f"runs/{args.table}")
         common = dict(alpha_bar=abar, batch_size=args.batch_size, device=device, amp=args.amp,
                       progress=not args.no_progress)
+        if args.steps is not None:                     # else the paper's, the library's defaults
+            common["S_list"] = _csv_list(args.steps, int, "--steps")
+        if args.etas is not None:
+            common["eta_list"] = _csv_list(args.etas, str, "--etas")
         if args.table == "table1":
             feature_fn, reference = fid.reference_for(args.features or "inception", in_ch, res, args.data_root)
             rows = tables.reproduce_table1(
-                net, out, S_list=_csv_list(args.steps, int, "--steps") if args.steps else (10, 20, 50, 100, 1000),
-                eta_list=_csv_list(args.etas, str, "--etas") if args.etas else (0.0, 0.2, 0.5, 1.0, SIGMA_HAT),
-                n_samples=args.n_samples or 50_000, spacing=args.spacing or "quad", shape=(in_ch, res, res),
+                net, out, n_samples=args.n_samples or 50_000, spacing=args.spacing or "quad", shape=(in_ch, res, res),
                 feature_fn=feature_fn, reference=reference, seed=args.seed or 0, **common)
         else:
             images = (data.load_cifar10(args.data_root, train=False)[0] if in_ch == 3 else data.load_digits(res)[0])
-            rows = tables.reproduce_table2(
-                net, out, images=images, n_images=args.n_images, spacing=args.spacing or "uniform",
-                S_list=_csv_list(args.steps, int, "--steps") if args.steps else (10, 20, 50, 100, 200, 500, 1000),
-                **common)
+            rows = tables.reproduce_table2(net, out, images=images, n_images=args.n_images,
+                                           spacing=args.spacing or "uniform", **common)
         if rows and rank == 0:
             table = out / f"{args.table}.md"
             print(table.read_text(), end="")

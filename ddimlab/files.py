@@ -6,7 +6,9 @@ import contextlib
 import glob
 import hashlib
 import os
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -33,9 +35,11 @@ def atomic_write(path, write, *, text: bool = False, fsync: bool = False) -> Pat
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(path)             # "[Errno 28] No space left on device" says where
         raise
     for stale in glob.glob(os.path.join(glob.escape(str(path.parent)), f".{glob.escape(path.name)}.*.tmp")):
         with contextlib.suppress(FileNotFoundError):
@@ -60,7 +64,15 @@ def locked(path, busy: str | None = None):
     except ImportError:
         yield
         return
-    with open(path, "a") as f:
+    try:
+        f = open(path, "a")
+    except PermissionError:                    # another user's lock file in a shared folder: reading locks it too
+        if not path.is_file():
+            raise
+        f = open(path)
+    except IsADirectoryError:
+        raise IsADirectoryError(f"{path} is a folder where ddimlab keeps a lock file; remove or rename it") from None
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))
         except BlockingIOError:
@@ -69,6 +81,26 @@ def locked(path, busy: str | None = None):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold back Ctrl-C (SIGINT) and SIGTERM during the block and deliver them after it, so that writes that
+    belong together (a PNG and the .npz that records its hash) are not cut apart. Only the main thread can
+    set signal handlers; elsewhere the block runs as it is."""
+    signals = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not None]
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    old = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        for s in caught:
+            signal.raise_signal(s)             # now handled as usual: KeyboardInterrupt, or the end of the process
 
 
 def md5sum(path, chunk_size: int = 1 << 20) -> str:

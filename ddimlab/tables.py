@@ -118,14 +118,25 @@ def _fmt(v, digits=4):
 def _check_grid(eta_list, S_list, alpha_bar, spacing: str) -> None:
     """Every (η, S) of the grid is valid, checked before the first cell is sampled (a bad value found later
     would cost every cell before it): η by `check_eta`, S by `sampling_steps`, σ(η)² ≤ 1 − ᾱ_s on each step."""
-    T = alpha_bar.shape[0]
+    T, etas = alpha_bar.shape[0], [check_eta(e) for e in eta_list]
+    _distinct(etas, "eta")
+    _distinct(S_list, "S")
     for S in S_list:
         pairs = schedule.step_pairs(sampling_steps(S, T, spacing))
-        for eta in map(check_eta, eta_list):
+        for eta in etas:
             if eta != SIGMA_HAT:
                 for t, s in pairs:
                     a_t, a_s = float(alpha_bar[t]), float(schedule.alpha_bar_at(alpha_bar, s))
                     check_sigma(a_t, a_s, ddim_sigma(a_t, a_s, eta))
+
+
+def _distinct(values, name: str) -> None:
+    """A value listed twice would be sampled twice and fill two rows with one cell (0 and -0 are one η)."""
+    seen = []
+    for v in values:
+        if v in seen:
+            raise ValueError(f"{name} = {v} is listed twice (as {values}); give each value once")
+        seen.append(v)
 
 
 def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list=(0.0, 0.2, 0.5, 1.0, SIGMA_HAT),
@@ -209,6 +220,9 @@ def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None
     rank, world_size = resolve_rank(rank, world_size)
     alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else torch.as_tensor(alpha_bar)
     T = alpha_bar.shape[0]
+    _distinct(S_list, "S")
+    for S in S_list:                                   # every S checked before the first is run
+        sampling_steps(S, T, spacing)
     mine = images[rank::world_size]
     if isinstance(model, torch.nn.Module):
         model.eval()

@@ -410,11 +410,7 @@ def _check_same_model(saved: TrainConfig, config: TrainConfig, where) -> None:
 
 def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to train into a folder that holds a run unless resume or overwrite was asked for."""
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file, not a run folder; choose another --out")
     held = [n for n in ("ckpt.pt", "log.jsonl", "config.json") if (out / n).exists()]
-    if resume and overwrite:
-        raise ValueError("resume and overwrite exclude each other: continue the run, or start it again")
     if held and not (resume or overwrite):
         if not (out / "ckpt.pt").exists():
             raise RunExistsError(f"{out} holds {', '.join(held)} but no ckpt.pt; --overwrite deletes them and starts a "
@@ -481,12 +477,17 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
     """
     config = validate_config(copy.deepcopy(config))
     out = Path(config.out)
-    _check_out(out, resume, overwrite)
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: continue the run, or start it again")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a run folder; choose another --out")
     if devices.rank_world()[0] != 0:
+        _check_out(out, resume, overwrite)
         return _train(config, out, resume, return_models, overwrite)
+    # The lock first: a folder that another train command is filling is "busy", not a half-written run.
     with locked(out / ".train.lock", busy=f"{out} is in use by another train command; wait for it to finish "
                                           f"or choose another --out"):
-        _check_out(out, resume, overwrite)      # again under the lock: a run may have been written meanwhile
+        _check_out(out, resume, overwrite)
         return _train(config, out, resume, return_models, overwrite)
 
 

@@ -707,3 +707,87 @@ def test_third_round_options_and_messages(trained, tmp_path, capsys, monkeypatch
     monkeypatch.setenv("DDIMLAB_CACHE", str(trained / "config.json"))
     assert cli.main(["sample", "--checkpoint", "ddpm-cifar10", "--out", str(tmp_path / "s"), "--no-progress"]) == 1
     assert "is a file, not a folder; point DDIMLAB_CACHE at a folder" in capsys.readouterr().err
+
+
+def test_fourth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
+    """A fourth hostile round, on the fixes of the third: each case lost work, ran the wrong thing, or
+    gave a message that pointed the wrong way."""
+    import hashlib
+    import signal
+
+    from ddimlab import __main__, files
+    from ddimlab.files import locked
+
+    def one_line_error(argv, *needles):
+        assert cli.main([*argv, "--no-progress"]) == 1, argv
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+        for needle in needles:
+            assert needle in err, (needle, err)
+
+    sample = ["sample", "--checkpoint", str(trained), "--n", "2", "--steps", "2"]
+    # a Ctrl-C between the .npz and the PNG left the new .npz beside the old PNG; now it waits for both
+    out = tmp_path / "pair"
+    assert cli.main([*sample, "--out", str(out), "--no-progress"]) == 0
+    write = files.atomic_write
+
+    def interrupted_after(path, *a, **k):
+        done = write(path, *a, **k)
+        if path.suffix == ".npz":
+            signal.raise_signal(signal.SIGINT)
+        return done
+    monkeypatch.setattr(cli, "atomic_write", interrupted_after)
+    assert cli.main([*sample, "--seed", "3", "--out", str(out), "--overwrite", "--no-progress"]) == 130
+    monkeypatch.undo()
+    assert "interrupted" in capsys.readouterr().err
+    z = np.load(out.with_suffix(".npz"))
+    assert int(z["seed"]) == 3
+    assert str(z["png_sha256"]) == hashlib.sha256(out.with_suffix(".png").read_bytes()).hexdigest()
+    # a full disk's message named no file
+    monkeypatch.setattr(np, "savez", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    one_line_error([*sample, "--seed", "4", "--out", str(out), "--overwrite"], "No space left on device", "pair.npz")
+    monkeypatch.undo()
+    # an output name that is a folder was found only after the sampling
+    (tmp_path / "dir.png").mkdir()
+    monkeypatch.setattr(cli, "sample_indices", lambda *a, **k: pytest.fail("sampled before refusing"))
+    one_line_error([*sample, "--out", str(tmp_path / "dir"), "--overwrite"], "dir.png is a folder")
+    monkeypatch.undo()
+    # `--etas ""` / `--steps ""` ran the paper's whole grid; a value given twice was run twice
+    table1 = ["reproduce", "table1", "--checkpoint", str(trained), "--features", "random", "--n-samples", "4",
+              "--out", str(tmp_path / "t1")]
+    for flag, values, needle in (("--etas", "", "at least one value"), ("--steps", " ", "at least one value"),
+                                 ("--etas", "0,-0", "listed twice"), ("--steps", "3,3", "listed twice")):
+        one_line_error([*table1, flag, values], needle)
+    one_line_error(["reproduce", "table2", "--checkpoint", str(trained), "--n-images", "2", "--steps", "2,2",
+                    "--out", str(tmp_path / "t2")], "listed twice")
+    one_line_error(["reproduce", "table2", "--checkpoint", str(trained), "--n-images", "2", "--steps", "2,5000",
+                    "--out", str(tmp_path / "t2")], "got 5000")          # checked before S = 2 is run
+    assert not (tmp_path / "t1" / "samples").exists() and not (tmp_path / "t2").exists()
+    # a second `train` on a folder the first is filling got "holds config.json but no ckpt.pt", not "busy"
+    run = tmp_path / "busy"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    with locked(run / ".train.lock"):
+        one_line_error(["train", "--out", str(run), *_sets(TINY)], "in use by another train command")
+    # a lock file owned by another user (shared folder) stopped the command; a folder in its place gave Errno 21
+    opened = open
+
+    def foreign(path, mode="r", *a, **k):
+        if mode != "r":
+            raise PermissionError(13, "Permission denied", str(path))
+        return opened(path, mode, *a, **k)
+    monkeypatch.setattr(files, "open", foreign, raising=False)
+    with locked(run / ".train.lock"):                  # a read handle takes the lock as well
+        with pytest.raises(files.BusyError):
+            with locked(run / ".train.lock", busy="busy"):
+                pass
+    monkeypatch.undo()
+    (tmp_path / ".lk.lock").mkdir()
+    one_line_error([*sample, "--out", str(tmp_path / "lk")], ".lk.lock is a folder where ddimlab keeps a lock file")
+    # a Ctrl-C while the interpreter shut down printed a traceback from torch's exit handlers
+    before = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(cli, "main", lambda: 0)
+    try:
+        assert __main__.run() == 0 and signal.getsignal(signal.SIGINT) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGINT, before)
