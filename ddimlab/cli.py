@@ -72,7 +72,7 @@ def _outputs(out: str, overwrite: bool) -> tuple[Path, Path]:
     stem = out.with_suffix("") if out.suffix.lower() in (".png", ".npz") else out
     png, npz = stem.parent / (stem.name + ".png"), stem.parent / (stem.name + ".npz")
     _refuse_folders(png, npz)
-    _refuse_existing(png, npz, overwrite)
+    _refuse_existing(overwrite, png, npz)
     return png, npz
 
 
@@ -82,12 +82,12 @@ def _refuse_folders(png: Path, npz: Path) -> None:
             raise IsADirectoryError(f"{p} is a folder, so --out cannot write it; choose another --out")
 
 
-def _refuse_existing(png: Path, npz: Path, overwrite: bool) -> None:
-    held = [str(p) for p in (png, npz) if p.exists()]
+def _refuse_existing(overwrite: bool, *paths: Path, hint: str = "") -> None:
+    held = [str(p) for p in paths if p.exists()]
     if held and not overwrite:
         one = len(held) == 1
         raise FileExistsError(f"{' and '.join(held)} already exist{'s' if one else ''}; pass --overwrite to replace "
-                              f"{'it' if one else 'them'} or choose another --out")
+                              f"{'it' if one else 'them'}{hint} or choose another --out")
 
 
 def _save_pair(png: Path, npz: Path, images: torch.Tensor, nrow, scale: int, overwrite: bool, **arrays) -> None:
@@ -96,7 +96,7 @@ def _save_pair(png: Path, npz: Path, images: torch.Tensor, nrow, scale: int, ove
     .npz (`png_sha256`). The PNG is encoded in memory first and written only after the .npz, so a full disk
     or an unwritable name replaces neither file; a Ctrl-C during the two writes waits until both are done."""
     with locked(png.parent / f".{png.stem}.lock"):
-        _refuse_existing(png, npz, overwrite)
+        _refuse_existing(overwrite, png, npz)
         _refuse_folders(png, npz)
         data = grid_png(images, nrow=nrow, scale=scale)
         with interrupts_deferred():
@@ -245,11 +245,14 @@ def cmd_reproduce(args) -> int:
     given = [flag for flag, value in only[other].items() if value is not None]
     if given:
         raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to `reproduce {other}` only")
+    out = Path(args.out or f"runs/{args.table}")
+    # A finished table is a result (table2's is all of its work); a rerun replaces it only when asked.
+    _refuse_existing(args.overwrite, out / f"{args.table}.md", out / f"{args.table}.csv",
+                     hint=" (table1's samples there are reused when their settings match)" if args.table == "table1" else "")
     rank, _, device, started = devices.setup_distributed(args.device)
     try:
         net, abar = checkpoint.load_model(args.checkpoint, device, use_ema=not args.no_ema)
         in_ch, res = _image_shape(net)[:2]
-        out = Path(args.out or f"runs/{args.table}")
         common = dict(alpha_bar=abar, batch_size=args.batch_size, device=device, amp=args.amp,
                       progress=not args.no_progress)
         if args.steps is not None:                     # else the paper's, the library's defaults
@@ -425,6 +428,7 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("table", choices=("table1", "table2"))
     p.add_argument("--checkpoint", required=True, help="as for `sample`")
     p.add_argument("--out", default=None, help="output folder (default runs/TABLE)")
+    p.add_argument("--overwrite", action="store_true", help="replace TABLE.md and TABLE.csv of an earlier run in --out")
     p.add_argument("--steps", help="comma-separated S values (default: the paper's)")
     p.add_argument("--etas", help="table1: comma-separated eta values; sigma_hat for DDPM's large variance")
     p.add_argument("--spacing", choices=schedule.SPACINGS, default=None,

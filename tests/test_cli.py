@@ -513,6 +513,9 @@ def test_reproduce_never_reuses_images_made_with_other_settings(trained, tmp_pat
             "--steps", "2", "--etas", "0", "--no-progress", "--out", str(tmp_path / "t1"), "--batch-size", "4"]
     assert cli.main(base) == 0
     first = capsys.readouterr().out
+    assert cli.main(base) == 1                                              # a finished table is replaced only when asked
+    assert "table1.md and " in capsys.readouterr().err and (tmp_path / "t1" / "table1.md").exists()
+    base.append("--overwrite")
     assert cli.main(base) == 0 and capsys.readouterr().out == first          # the same settings: reused, same table
     assert cli.main(base + ["--seed", "7"]) == 1
     assert "holds images made with other settings (seed 0 there, 7 now)" in capsys.readouterr().err

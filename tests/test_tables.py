@@ -82,6 +82,11 @@ def test_reproduce_command_line(net, tmp_path, capsys):
     assert len(list((tmp_path / "t1" / "samples" / "eta_sigma_hat_S10").glob("*.png"))) == 4
     assert cli.main(["reproduce", "table2", *common, "--out", str(tmp_path / "t2"), "--n-images", "3"]) == 0
     assert "0.014" in capsys.readouterr().out and (tmp_path / "t2" / "table2.csv").exists()
+    # a rerun (here with one S fewer) replaced the finished table, all of table2's work, without a word
+    table = (tmp_path / "t2" / "table2.md").read_text()
+    assert cli.main(["reproduce", "table2", *common[:-3], "--steps", "5", "--no-progress", "--out", str(tmp_path / "t2")]) == 1
+    assert "pass --overwrite to replace them" in capsys.readouterr().err
+    assert (tmp_path / "t2" / "table2.md").read_text() == table
 
 
 def test_score_grid_same_x_T_in_every_cell(net):
