@@ -38,7 +38,7 @@ def atomic_write(path, write, *, text: bool = False, fsync: bool = False) -> Pat
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.filename is None:
+        if isinstance(e, OSError) and e.errno is not None and e.filename is None:
             e.filename = str(path)             # "[Errno 28] No space left on device" says where
         raise
     for stale in glob.glob(os.path.join(glob.escape(str(path.parent)), f".{glob.escape(path.name)}.*.tmp")):

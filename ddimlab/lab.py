@@ -135,6 +135,19 @@ def paired_difference(xa: torch.Tensor, xb: torch.Tensor, y: torch.Tensor, kerne
     return va - vb, jackknife_se(la - lb)
 
 
+def summed_variance(x: torch.Tensor) -> tuple[float, float]:
+    """(Σ_j Var x_j over the columns of x (n, d), its standard error) (notebook 09 §3, §5). The sum is the mean of
+    q_i = ‖x_i − x̄‖² times n/(n − 1), so its SE is the standard deviation of the q_i times √n/(n − 1), to leading
+    order in 1/n. That holds for any tails and for correlated columns; Gaussian theory's Var·√(2/(n − 1)) does not
+    (a mixture's strong directions are bimodal; tests/test_lab.py compares both with repeats)."""
+    x = torch.as_tensor(x, dtype=torch.float64)
+    if x.ndim != 2 or x.shape[0] < 3:
+        raise ValueError(f"x must be (n, d) with n >= 3 draws, got {tuple(x.shape)}")
+    n = x.shape[0]
+    q = (x - x.mean(0)).pow(2).sum(1)
+    return float(q.sum() / (n - 1)), float(q.std() * math.sqrt(n) / (n - 1))
+
+
 def difference(a: dict, b: dict) -> tuple[float, float]:
     """(a − b, its standard error) for two cells of one `table1` (notebook 09 §2). The cells share x_T, the
     noise and the reference data index by index, so the jackknife of the difference (their delete-one

@@ -740,7 +740,11 @@ def test_fourth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
             signal.raise_signal(signal.SIGINT)
         return done
     monkeypatch.setattr(cli, "atomic_write", interrupted_after)
-    assert cli.main([*sample, "--seed", "3", "--out", str(out), "--overwrite", "--no-progress"]) == 130
+    terminal = signal.signal(signal.SIGINT, signal.default_int_handler)   # as in a terminal; a process started in
+    try:                                                                   # the background ignores SIGINT
+        assert cli.main([*sample, "--seed", "3", "--out", str(out), "--overwrite", "--no-progress"]) == 130
+    finally:
+        signal.signal(signal.SIGINT, terminal)
     monkeypatch.undo()
     assert "interrupted" in capsys.readouterr().err
     z = np.load(out.with_suffix(".npz"))
