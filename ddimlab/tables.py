@@ -183,20 +183,20 @@ def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list
 
 
 @torch.no_grad()
-def reconstruction_error(model, images: torch.Tensor, alpha_bar, seq, batch_size: int = 250, device=None,
-                         amp: bool = False) -> tuple[float, int]:
-    """Σ over images of the per-dimension squared error of `samplers.reconstruct` (x_0 → x_T → x_0, η = 0),
-    with images and reconstructions (clamped to [−1, 1]) scaled to [0, 1] as in DDIM Table 2; returns (sum of
-    per-image MSEs, number of images) (notebook 07 §3)."""
+def reconstruction_errors(model, images: torch.Tensor, alpha_bar, seq, batch_size: int = 250, device=None,
+                          amp: bool = False) -> torch.Tensor:
+    """Each image's per-dimension squared error after `samplers.reconstruct` (x_0 → x_T → x_0, η = 0), with the
+    image and its reconstruction (clamped to [−1, 1]) scaled to [0, 1] as in DDIM Table 2: a float64 tensor (N,) on
+    the CPU, whose mean is the table's number (notebook 07 §3)."""
     device = torch.device(device) if device is not None else devices.model_device(model)
     eps = eps_fn(model, amp)
     alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64).to(device)
-    total = 0.0
+    errs = []
     for k in range(0, len(images), batch_size):
         x0 = data.to_model_range(images[k:k + batch_size]).to(device)
         rec = reconstruct(eps, x0, alpha_bar, seq).clamp(-1, 1)
-        total += float((((rec - x0) / 2) ** 2).flatten(1).mean(1).sum())
-    return total, len(images)
+        errs.append((((rec - x0) / 2) ** 2).flatten(1).double().mean(1).cpu())
+    return torch.cat(errs) if errs else torch.zeros(0, dtype=torch.float64)
 
 
 def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None,
@@ -230,7 +230,8 @@ def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None
     for S in tqdm(S_list, desc="table2", disable=not progress):
         seq = sampling_steps(S, T, spacing)
         t0 = time.perf_counter()
-        total, count = reconstruction_error(model, mine, alpha_bar, seq, batch_size, device, amp)
+        errs = reconstruction_errors(model, mine, alpha_bar, seq, batch_size, device, amp)
+        total, count = float(errs.sum()), len(errs)
         if dist.is_available() and dist.is_initialized():
             buf = torch.tensor([total, count], dtype=torch.float64,
                                device="cuda" if dist.get_backend() == "nccl" else "cpu")

@@ -56,9 +56,11 @@ def test_reproduce_table2_end_to_end(net, tmp_path):
     zero = tables.reproduce_table2(lambda x, t: torch.zeros_like(x), tmp_path, images=imgs, S_list=(10,))
     assert zero[0]["mse"] < 1e-10
     # rank split: the per-rank sums add up to the whole
-    parts = [tables.reconstruction_error(net, imgs[r::2], ABAR, schedule.timesteps(10, 1000, "uniform"))
+    parts = [tables.reconstruction_errors(net, imgs[r::2], ABAR, schedule.timesteps(10, 1000, "uniform"), batch_size=2)
              for r in range(2)]
-    assert sum(p[0] for p in parts) / 5 == pytest.approx(rows[0]["mse"], rel=1e-5)
+    assert [len(p) for p in parts] == [3, 2] and sum(float(p.sum()) for p in parts) / 5 == pytest.approx(rows[0]["mse"], rel=1e-5)
+    per_image = (((rec.clamp(-1, 1) - x0) / 2) ** 2).flatten(1).mean(1)
+    assert torch.allclose(torch.cat(parts), torch.cat([per_image[0::2], per_image[1::2]]).double(), rtol=1e-5)
 
 
 def test_reproduce_table2_refuses_float_images(net, tmp_path):
