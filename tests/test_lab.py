@@ -285,3 +285,27 @@ def test_main_prints_the_tables_and_writes_files(tmp_path, capsys):
     assert (tmp_path / "table1.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "table1_d32.png").read_bytes()[:4] == b"\x89PNG"
     assert "image_like_mixture(32)" in (tmp_path / "table1.txt").read_text(encoding="utf-8")
+
+
+def test_noise_corrects_a_model_error_that_the_ode_carries():
+    """Notebook 09 §6: a network exact below t = 50 and wrong above it (the exact ε of a ring of radius 0.4, not 0.7).
+    DDIM with η = 0 carries the error to x_0 (the ODE keeps KL(q_t || p_t)); η = 1 shrinks it (data processing), ending
+    ahead beyond 3 SE of the paired difference. The same wrong ε at every t is a consistent model: no difference."""
+    from ddimlab import samplers, schedule
+
+    T = 1000
+    alpha_bar = schedule.make_alpha_bar("linear", T)
+    ring, small = toy.eight_gaussians(), toy.exact_eps(toy.eight_gaussians(radius=0.4), alpha_bar)
+    exact, sd = toy.exact_eps(ring, alpha_bar), ring.std()
+
+    def wrong_above(x, t):
+        return small(x, t) if int(torch.as_tensor(t).reshape(-1)[0]) >= 50 else exact(x, t)
+
+    g = torch.Generator().manual_seed(0)
+    x_T, data = torch.randn(1000, 2, generator=g, dtype=torch.float64), ring.sample(1000, g)
+    seq = schedule.timesteps(200, T, "uniform")
+    for net, separated in ((wrong_above, True), (small, False)):
+        x0, x1 = (samplers.sample_row(net, x_T, alpha_bar, seq, eta, generator=torch.Generator().manual_seed(1))
+                  for eta in (0.0, 1.0))
+        diff, se = lab.paired_difference(x0 / sd, x1 / sd, data / sd, toy.ENERGY)
+        assert (diff > 3 * se) if separated else (abs(diff) < 3 * se), (diff, se)
