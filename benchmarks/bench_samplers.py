@@ -344,6 +344,15 @@ def step_for_step(eps, x_T, ab):
 
 # --------------------------------------------------------------------------------------------- main
 
+def verdict(ratio: float, se: float) -> str:
+    """How a ratio best diffusers / ddimlab reads at 3 SE: the README's goal is half diffusers' error (ratio 2)."""
+    if ratio - 3 * se > 2:
+        return "2x ahead"
+    if ratio - 3 * se > 1:
+        return "ahead, 2x unresolved" if ratio + 3 * se > 2 else "ahead, below 2x"
+    return "behind" if ratio + 3 * se < 1 else "unresolved"
+
+
 def report(name, mixture, n, budgets):
     ab = schedule.make_alpha_bar("linear", T)
     t0 = time.time()
@@ -383,8 +392,9 @@ def report(name, mixture, n, budgets):
                         ("self-selected", own[self_rms[1]][b])):
             se_rms = exact_lab.error_ratio(peers[best_rms[1]][b][3], r[3])["rms"][1]
             se_med = exact_lab.error_ratio(peers[best_med[1]][b][3], r[3])["median"][1]
-            print(f"     ddimlab {kind:13s} rms {r[1]:.2e} (ratio {best_rms[0] / r[1]:4.2f} ± {se_rms:.2f}), "
-                  f"median {r[2]:.2e} (ratio {best_med[0] / r[2]:4.2f} ± {se_med:.2f})"
+            print(f"     ddimlab {kind:13s} rms {r[1]:.2e} (ratio {best_rms[0] / r[1]:4.2f} ± {se_rms:.2f}, "
+                  f"{verdict(best_rms[0] / r[1], se_rms)}), median {r[2]:.2e} (ratio {best_med[0] / r[2]:4.2f} ± "
+                  f"{se_med:.2f}, {verdict(best_med[0] / r[2], se_med)})"
                   + (f"  [{self_rms[1]}]" if kind == "self-selected" else ""))
             summary[(b, kind)] = (best_rms[0] / r[1], se_rms, best_med[0] / r[2], se_med)
         # the same, each best picked on the other half of the points: no selection bias (lab.cross_fitted_best)
@@ -396,7 +406,8 @@ def report(name, mixture, n, budgets):
               f"median {d_med.sqrt().median():.2e} [{picks(d_med_picks)}]")
         for kind, e2 in (("fixed", own[FIXED][b][3]), ("tuned", own[TUNED[b]][b][3]), ("self-selected", self_cf)):
             rms, med = exact_lab.error_ratio(d_rms, e2)["rms"], exact_lab.error_ratio(d_med, e2)["median"]
-            print(f"     ddimlab {kind:13s} ratio rms {rms[0]:4.2f} ± {rms[1]:.2f}, median {med[0]:4.2f} ± {med[1]:.2f}")
+            print(f"     ddimlab {kind:13s} ratio rms {rms[0]:4.2f} ± {rms[1]:.2f} ({verdict(*rms)}), "
+                  f"median {med[0]:4.2f} ± {med[1]:.2f} ({verdict(*med)})")
             summary[(b, kind + ", cross-fitted")] = rms + med
     print(f"  ({time.time() - t0:.0f} s)")
     return eps, x_T, ab, summary

@@ -30,3 +30,11 @@ def test_report_runs_with_tiny_sizes(bench, monkeypatch, capsys):
     kinds = ("fixed", "tuned", "self-selected")
     assert set(summary) == {(b, k + c) for b in (5, 10) for k in kinds for c in ("", ", cross-fitted")}
     assert all(math.isfinite(v) and v >= 0 for row in summary.values() for v in row)
+
+
+@pytest.mark.parametrize("ratio,se,expected", [(2.70, 0.07, "2x ahead"), (2.00, 0.11, "ahead, 2x unresolved"),
+                                               (1.14, 0.04, "ahead, below 2x"), (1.44, 0.23, "unresolved"),
+                                               (0.48, 0.02, "behind"), (0.95, 0.02, "unresolved")])
+def test_verdict_reads_a_ratio_at_three_standard_errors(bench, ratio, se, expected):
+    """The README's readings of the benchmark table, each from the ratio and its SE alone."""
+    assert bench.verdict(ratio, se) == expected

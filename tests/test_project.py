@@ -369,3 +369,13 @@ def test_no_study_note_references_anywhere():
     hits = [f"{p.relative_to(ROOT)}: {m.group(0)!r}" for p in files
             for m in re.finditer(r"seeds? ?(note )?0\d", p.read_text(), re.I)]
     assert not hits, hits
+
+
+def test_readme_solver_table_is_the_committed_benchmark_report():
+    """Every ratio ± SE of ddimlab's fixed and tuned iPNDM in docs/bench_samplers.txt (the run the README's "ODE solvers"
+    table quotes) appears in the README: a rerun that changes a number changes the table too."""
+    report = (ROOT / "docs" / "bench_samplers.txt").read_text()
+    readme = (ROOT / "README.md").read_text()
+    ratios = re.findall(r"ddimlab (?:fixed|tuned)\s+rms \S+ \(ratio (\d+\.\d\d) ± (\d\.\d\d)", report)
+    assert len(ratios) == 12
+    assert [f"{r} ± {se}" for r, se in ratios if f"{r} ± {se}" not in readme] == []
