@@ -50,7 +50,7 @@ demo: install          ## main job: exact-score Table 1, then train digits on CP
 	$(BIN)/python -m ddimlab demo --out outputs/demo
 
 lab: install           ## only the exact-score lab tables and figure
-	$(BIN)/python -m ddimlab lab --out outputs/lab
+	$(BIN)/python -m ddimlab lab --out outputs/lab --overwrite
 
 # Files run in the order given (--no-loadscope-reorder; xdist otherwise starts with the files that hold the most tests).
 # Notebook 06 goes first: it trains the model that notebooks 07 and 08 load (about 220 s on one thread), which then

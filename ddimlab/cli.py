@@ -10,6 +10,7 @@ with a one-line warning (`generate.check_data_range`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -198,16 +199,10 @@ def cmd_interpolate(args) -> int:
     if args.latents:
         if not Path(args.latents).is_file():
             raise FileNotFoundError(f"no such file: {args.latents}")
-        try:
-            z = np.load(args.latents)
-        except (ValueError, OSError):
-            raise ValueError(f"{args.latents} is not an .npz of arrays; pass the .npz written by `invert` or `sample`") from None
-        with z:
-            if "x_T" not in z:
-                raise ValueError(f"{args.latents} has no x_T array; pass the .npz written by `invert` or `sample`")
-            if z["x_T"].dtype.kind not in "fiu":
-                raise ValueError(f"{args.latents}: x_T is not a numeric array")
-            lat = torch.as_tensor(z["x_T"], dtype=torch.float32)
+        _, x_T = data.npz_array(args.latents, ("x_T",), "pass the .npz written by `invert` or `sample`")
+        if x_T.dtype.kind not in "fiu":
+            raise ValueError(f"{args.latents}: x_T is not a numeric array")
+        lat = torch.as_tensor(x_T, dtype=torch.float32)
         if tuple(lat.shape[1:]) != _image_shape(net):
             raise ValueError(f"{args.latents} holds latents of shape {tuple(lat.shape[1:])}, but the model makes "
                              f"{_image_shape(net)} images; use latents from this model's `invert` or `sample`")
@@ -246,9 +241,31 @@ def cmd_reproduce(args) -> int:
     if given:
         raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to `reproduce {other}` only")
     out = Path(args.out or f"runs/{args.table}")
-    # A finished table is a result (table2's is all of its work); a rerun replaces it only when asked.
-    _refuse_existing(args.overwrite, out / f"{args.table}.md", out / f"{args.table}.csv",
-                     hint=" (table1's samples there are reused when their settings match)" if args.table == "table1" else "")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out")
+    # A finished table is a result (table2's is all of its work); a rerun replaces it only when asked. Checked before
+    # the work and again under a lock that the whole run holds, so a second command on the same --out refuses at once.
+    tables_there = (out / f"{args.table}.md", out / f"{args.table}.csv")
+    hint = " (table1's samples there are reused when their settings match)" if args.table == "table1" else ""
+    _refuse_existing(args.overwrite, *tables_there, hint=hint)
+    if devices.rank_world()[0] != 0:
+        return _reproduce(args, out)
+    created, lock_file = not out.exists(), out / f".{args.table}.lock"
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with locked(lock_file, busy=f"{out} is in use by another `reproduce {args.table}`; wait for it to finish or "
+                                    f"choose another --out"):
+            _refuse_existing(args.overwrite, *tables_there, hint=hint)
+            return _reproduce(args, out)
+    except BaseException:
+        if created:                                    # a run that failed before writing anything leaves no folder
+            with contextlib.suppress(OSError):
+                lock_file.unlink()
+                out.rmdir()
+        raise
+
+
+def _reproduce(args, out: Path) -> int:
     rank, _, device, started = devices.setup_distributed(args.device)
     try:
         net, abar = checkpoint.load_model(args.checkpoint, device, use_ema=not args.no_ema)
@@ -279,7 +296,13 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_lab(args) -> int:
-    lab.main(out=args.out, n=args.n, image_d=args.image_d, image_n=args.image_n, spacing=args.spacing, seed=args.seed)
+    out = Path(args.out)
+    earlier = [p for p in (out / "table1.txt", out / "table1.png") if p.exists()] + sorted(out.glob("table1_d*.png"))
+    _refuse_existing(args.overwrite, *earlier)
+    written = lab.main(out=out, n=args.n, image_d=args.image_d, image_n=args.image_n, spacing=args.spacing,
+                       seed=args.seed)
+    for stale in set(earlier) - set(written):          # e.g. an earlier run's table1_d1024.png beside a table without it
+        stale.unlink(missing_ok=True)
     return 0
 
 
@@ -456,6 +479,7 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--image-n", type=_int_in(8), default=1000, help="samples per cell of the image-like table, at least 8")
     p.add_argument("--spacing", choices=("uniform", "quad"), default="uniform", help="timestep sub-sequence")
     p.add_argument("--seed", type=_seed, default=0, help="seed of x_T, the noise and the data draws")
+    p.add_argument("--overwrite", action="store_true", help="replace the tables and figures of an earlier run in --out")
     _common(p)
 
     p = add("demo", cmd_demo, "the main job: the exact-score Table 1, then DDPM 1000 vs DDIM 10/20/50 on digits")

@@ -22,6 +22,7 @@ import pickle
 import tarfile
 import urllib.error
 import urllib.request
+import zipfile
 import zlib
 from pathlib import Path
 from typing import NamedTuple
@@ -394,21 +395,28 @@ def read_images(paths, shape) -> torch.Tensor:
     return x
 
 
+def npz_array(path, keys, hint: str):
+    """(key, array) for the first of `keys` held by the .npz at `path`, read without pickles. A file that is not an
+    .npz, is cut short or corrupted, or holds none of the keys is a ValueError naming it; `hint` says what to pass."""
+    try:
+        with np.load(path) as z:
+            key = next((k for k in keys if k in z), None)
+            if key is None:
+                raise KeyError(key)
+            return key, z[key]
+    except KeyError:
+        raise ValueError(f"{path} has none of the arrays {', '.join(keys)}; {hint}") from None
+    except (zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(f"{path} is cut short or corrupted ({e}); {hint}") from None
+    except (ValueError, OSError):                  # not an .npz; or an array of objects, which would need pickles
+        raise ValueError(f"{path} is not an .npz of numeric arrays; {hint}") from None
+
+
 def _npz_images(path: Path) -> torch.Tensor:
     """x0 (float in [−1, 1]; |x| > 4, e.g. 0..255 data, is refused), samples (a sampler's output, taken as it is) or
     images (uint8, N×H×W×C) of an .npz, as float32."""
-    try:
-        z = np.load(path)                                   # never pickles (allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise ValueError(f"{path} is not a readable .npz of arrays ({e})") from None
-    with z:
-        key = next((k for k in ("x0", "samples", "images") if k in z), None)
-        if key is None:
-            raise ValueError(f"{path} has none of the arrays x0, samples, images; it has {list(z)}")
-        try:
-            a = z[key]
-        except ValueError:
-            raise ValueError(f"{path}: {key} is not a numeric array") from None
+    key, a = npz_array(path, ("x0", "samples", "images"), "pass the .npz written by `sample` or `invert`, or your own "
+                                                             "with one of those arrays")
     if a.dtype.kind not in "fiub" or a.size == 0:
         raise ValueError(f"{path}: {key} must be a non-empty numeric array, got {a.dtype} of shape {a.shape}")
     if key == "images":

@@ -541,7 +541,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
     mean_loss = float("nan")
     model.train()
     threads = config.threads if config.threads and not cuda else torch.get_num_threads()
-    stop = _stop_on_sigint(world == 1)
+    stop = _stop_on_signal(world == 1)
     try:
         with devices.cpu_threads(threads):
             while step < config.steps:
@@ -595,7 +595,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
                                   f"weights -> {path}" + (f" (they still hold {early:.0%} of the initial random weights)"
                                                           if early > EARLY_EMA else ""))
                     save_image_grid(sample_grid(ema, config, in_ch, config.n_samples, device, seed=config.seed), path)
-                if stop and step < config.steps:        # Ctrl-C: keep the steps since the last checkpoint
+                if stop and step < config.steps:        # Ctrl-C or SIGTERM: keep the steps since the last checkpoint
                     if not ckpt_now:
                         mean_loss = float(loss_sum / loss_n) if loss_n else mean_loss
                         if not math.isfinite(mean_loss):
@@ -611,26 +611,28 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
     return (out, model, ema) if return_models else out
 
 
-class _stop_on_sigint(list):
-    """A flag set by the first Ctrl-C (SIGINT), which the training loop checks after each step: it then saves a
-    checkpoint and stops. A second Ctrl-C interrupts at once. Only in a single process on the main thread
-    (under torchrun every rank would have to stop at the same step)."""
+class _stop_on_signal(list):
+    """A flag set by the first Ctrl-C (SIGINT) or SIGTERM (what `kill`, `timeout`, `docker stop` and batch schedulers
+    send), which the training loop checks after each step: it then saves a checkpoint and stops. A second one interrupts
+    at once. Only in a single process on the main thread (under torchrun every rank would have to stop at the same
+    step)."""
 
     def __init__(self, active: bool):
         super().__init__()
-        self.previous = None
+        self.previous = {}
         if active and threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def _handle(self, signum, frame):
         if self:
             raise KeyboardInterrupt
         self.append(True)
-        print("\nstopping after this step, with a checkpoint (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+        again = "Ctrl-C" if signum == signal.SIGINT else "the signal"
+        print(f"\nstopping after this step, with a checkpoint ({again} again to stop at once)", file=sys.stderr, flush=True)
 
     def restore(self):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 def _all_mean(x: torch.Tensor, world: int) -> torch.Tensor:

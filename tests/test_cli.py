@@ -441,8 +441,10 @@ def test_ctrl_c_during_the_import_is_one_line():
     assert p.returncode == 130 and p.stderr == "ddimlab: interrupted\n", p.stderr
 
 
-def test_ctrl_c_saves_the_steps_since_the_last_checkpoint(tmp_path):
-    """Ctrl-C used to lose every step since the last checkpoint (hours with the cifar10 preset's 10,000)."""
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_saves_the_steps_since_the_last_checkpoint(tmp_path, signame):
+    """Ctrl-C used to lose every step since the last checkpoint (hours with the cifar10 preset's 10,000), and SIGTERM
+    (`kill`, `timeout`, `docker stop`, a batch scheduler's time limit) still did."""
     import os
     import signal
     import time
@@ -456,12 +458,14 @@ def test_ctrl_c_saves_the_steps_since_the_last_checkpoint(tmp_path):
     while not ((out / "log.jsonl").exists() and len((out / "log.jsonl").read_text().splitlines()) >= 2):
         assert p.poll() is None and time.time() - t0 < 240, p.stderr.read() if p.poll() is not None else "timeout"
         time.sleep(0.1)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(getattr(signal, signame))
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "stopped at step" in err and "continue with --resume" in err, err
     step = int(err.split("stopped at step ")[1].split()[0])
     assert step >= 4 and checkpoint.load_checkpoint(out / "ckpt.pt")["step"] == step
     assert json.loads((out / "config.json").read_text())["steps"] == 100000
+    if signame == "SIGTERM":
+        return
     # resumed, it logs what an uninterrupted run logs: the losses since the last log line were saved too
     end = step + 3
     # (in subprocesses like the first run: the same thread count, hence the same float rounding)
@@ -567,7 +571,7 @@ def test_small_things_a_careless_user_hits(trained, tmp_path, capsys):
     assert cli.main(["interpolate", "--checkpoint", str(trained), "--latents", str(tmp_path / "text.npz"), *base,
                      "--out", str(tmp_path / "i")]) == 1
     err = capsys.readouterr().err
-    assert "is not an .npz of arrays" in err and "allow_pickle" not in err
+    assert "is not an .npz of numeric arrays" in err and "allow_pickle" not in err
     assert cli.main(["reproduce", "table1", "--checkpoint", str(trained), "--etas", ",", "--features", "random",
                      "--out", str(tmp_path / "t")]) == 1
     assert "at least one value" in capsys.readouterr().err
@@ -798,3 +802,40 @@ def test_fourth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
         assert __main__.run() == 0 and signal.getsignal(signal.SIGINT) == signal.SIG_DFL
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_fifth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
+    """A fifth hostile round: each case threw work away, replaced a result silently, or printed a traceback."""
+    from ddimlab import tables
+    from ddimlab.files import locked
+
+    def one_line_error(argv, *needles):
+        assert cli.main([*argv, "--no-progress"]) == 1, argv
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+        for needle in needles:
+            assert needle in err, (needle, err)
+
+    # `reproduce --out FILE` reconstructed every image, then failed on the folder and kept nothing
+    (tmp_path / "notes").write_text("mine")
+    table2 = ["reproduce", "table2", "--checkpoint", str(trained), "--n-images", "2", "--steps", "2"]
+    monkeypatch.setattr(tables, "reproduce_table2", lambda *a, **k: pytest.fail("worked before refusing"))
+    one_line_error([*table2, "--out", str(tmp_path / "notes")], "is a file, not a folder")
+    # a second reproduce on the same --out replaced the first one's table as soon as both finished
+    with locked(tmp_path / "t2" / ".table2.lock"):
+        one_line_error([*table2, "--out", str(tmp_path / "t2")], "in use by another `reproduce table2`")
+    monkeypatch.undo()
+    # `lab` replaced an earlier run's table and left its 1024-D figure beside a table without it
+    lab_run = ["lab", "--n", "8", "--image-n", "8", "--out", str(tmp_path / "lab"), "--no-progress"]
+    assert cli.main([*lab_run, "--image-d", "4"]) == 0 and (tmp_path / "lab" / "table1_d4.png").exists()
+    capsys.readouterr()
+    one_line_error([*lab_run[:-1], "--image-d", "0"], "table1.txt", "pass --overwrite")
+    assert cli.main([*lab_run, "--image-d", "0", "--overwrite"]) == 0
+    assert not (tmp_path / "lab" / "table1_d4.png").exists() and "image_like" not in (tmp_path / "lab" / "table1.txt").read_text()
+    # a .npz cut short (a full disk, an interrupted copy) gave a 35-line traceback
+    assert cli.main(["sample", "--checkpoint", str(trained), "--n", "2", "--steps", "2", "--out", str(tmp_path / "s"),
+                     "--no-progress"]) == 0
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "s.npz").read_bytes()[:500])
+    for cmd in (["invert", "--input"], ["interpolate", "--latents"]):
+        one_line_error([cmd[0], "--checkpoint", str(trained), cmd[1], str(tmp_path / "cut.npz"), "--steps", "2",
+                        "--out", str(tmp_path / "o")], "cut.npz is cut short or corrupted")
