@@ -520,6 +520,14 @@ def main(argv=None, prog: str | None = None) -> int:
         print(f"{prog} {args.command}: error: {e}", file=sys.stderr)
         print("(run again with --debug for the traceback)", file=sys.stderr)
         return 1
+    except Exception as e:
+        if debug or not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            raise
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        print(f"{prog} {args.command}: error: torch.compile failed ({first.strip()[:200]}); run without --compile "
+              f"(it needs a working C++ compiler, and Triton on a GPU)", file=sys.stderr)
+        print("(run again with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

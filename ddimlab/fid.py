@@ -167,6 +167,7 @@ def reference_for(features: str, in_ch: int, resolution: int, data_root=None):
     if features == "digits":
         if in_ch != 1:
             raise ValueError("--features digits scores one-channel digit models; for RGB use inception or random")
+        quality.cache_dir()        # the classifier is cached there on first use: a bad DDIMLAB_CACHE is said now
         return digits_feature_fn, data.load_digits(resolution)[0]
     if features == "random":
         f = random_features(in_ch)

@@ -839,3 +839,19 @@ def test_fifth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     for cmd in (["invert", "--input"], ["interpolate", "--latents"]):
         one_line_error([cmd[0], "--checkpoint", str(trained), cmd[1], str(tmp_path / "cut.npz"), "--steps", "2",
                         "--out", str(tmp_path / "o")], "cut.npz is cut short or corrupted")
+    # --compile without a C++ compiler ended in a 103-line traceback from torch's compiler
+    class InvalidCxxCompiler(RuntimeError):
+        pass
+    InvalidCxxCompiler.__module__ = "torch._inductor.exc"
+
+    def no_compiler(*a, **k):
+        raise InvalidCxxCompiler("No working C++ compiler found in torch._inductor.config.cpp.cxx: (None, 'g++')")
+    monkeypatch.setattr(cli, "train", no_compiler)
+    one_line_error(["train", "--out", str(tmp_path / "c"), *_sets(TINY), "--compile"], "torch.compile failed",
+                   "No working C++ compiler", "run without --compile")
+    monkeypatch.undo()
+    # --features digits with DDIMLAB_CACHE naming a file sampled the first cell before saying so
+    monkeypatch.setenv("DDIMLAB_CACHE", str(tmp_path / "notes"))
+    monkeypatch.setattr(tables, "reproduce_table1", lambda *a, **k: pytest.fail("sampled before refusing"))
+    one_line_error(["reproduce", "table1", "--checkpoint", str(trained), "--features", "digits", "--n-samples", "4",
+                    "--out", str(tmp_path / "t1")], "point DDIMLAB_CACHE at a folder")
