@@ -634,16 +634,21 @@ def test_the_verification_pass_of_the_fixes_above(trained, tmp_path, capsys):
     assert capsys.readouterr().err.count("warning: 6 of 6 samples have an RMS above 10") == 1   # once, not per batch
 
 
+def _expect_one_line_error(capsys, argv, *needles):
+    """cli.main(argv) exits 1 with one or two lines on stderr, no traceback, and each needle in them."""
+    assert cli.main(argv) == 1, argv
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
 def test_third_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     """A third hostile round: each case exited 0 with a wrong result, lost work, or printed a traceback."""
     from ddimlab.files import locked
 
     def one_line_error(argv, *needles):
-        assert cli.main(argv) == 1
-        err = capsys.readouterr().err
-        assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
-        for needle in needles:
-            assert needle in err, (needle, err)
+        _expect_one_line_error(capsys, argv, *needles)
 
     # two `train` commands on one folder both exited 0 and mixed their logs, checkpoints and grids
     run = tmp_path / "busy"
@@ -726,11 +731,7 @@ def test_fourth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     from ddimlab.files import locked
 
     def one_line_error(argv, *needles):
-        assert cli.main([*argv, "--no-progress"]) == 1, argv
-        err = capsys.readouterr().err
-        assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
-        for needle in needles:
-            assert needle in err, (needle, err)
+        _expect_one_line_error(capsys, [*argv, "--no-progress"], *needles)
 
     sample = ["sample", "--checkpoint", str(trained), "--n", "2", "--steps", "2"]
     # a Ctrl-C between the .npz and the PNG left the new .npz beside the old PNG; now it waits for both
@@ -810,11 +811,7 @@ def test_fifth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     from ddimlab.files import locked
 
     def one_line_error(argv, *needles):
-        assert cli.main([*argv, "--no-progress"]) == 1, argv
-        err = capsys.readouterr().err
-        assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
-        for needle in needles:
-            assert needle in err, (needle, err)
+        _expect_one_line_error(capsys, [*argv, "--no-progress"], *needles)
 
     # `reproduce --out FILE` reconstructed every image, then failed on the folder and kept nothing
     (tmp_path / "notes").write_text("mine")
