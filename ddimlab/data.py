@@ -408,6 +408,8 @@ def npz_array(path, keys, hint: str):
         raise ValueError(f"{path} has none of the arrays {', '.join(keys)}; {hint}") from None
     except (zipfile.BadZipFile, EOFError) as e:
         raise ValueError(f"{path} is cut short or corrupted ({e}); {hint}") from None
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise                                      # their own message names the file and what is wrong with it
     except (ValueError, OSError):                  # not an .npz; or an array of objects, which would need pickles
         raise ValueError(f"{path} is not an .npz of numeric arrays; {hint}") from None
 
