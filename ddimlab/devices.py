@@ -31,6 +31,8 @@ def resolve(name: str | torch.device = "auto") -> torch.device:
         dev = torch.device(name)
     except RuntimeError as e:
         raise DeviceError(f"unknown device {str(name)!r}: use auto, cpu, cuda, cuda:N or mps ({e})") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"--device {name}: ddimlab runs on auto, cpu, cuda, cuda:N or mps")
     if dev.type == "cuda":
         if torch.version.cuda is None:
             raise DeviceError(f"--device {name}: this torch build ({torch.__version__}) has no CUDA support; "
@@ -51,7 +53,15 @@ def rank_world() -> tuple[int, int]:
     """(rank, world size): torch.distributed's when initialised, else torchrun's RANK / WORLD_SIZE."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise DeviceError(f"RANK={os.environ.get('RANK')!r} and WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} must be "
+                          f"integers; unset them outside torchrun") from None
+    if not 0 <= rank < world:
+        raise DeviceError(f"RANK={rank} with WORLD_SIZE={world}: a stray environment variable? Unset RANK and "
+                          f"WORLD_SIZE outside torchrun")
+    return rank, world
 
 
 def setup_distributed(name: str | torch.device = "auto"):

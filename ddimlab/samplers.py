@@ -252,8 +252,9 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, lam) -> torch.Tensor:
     z0, z1: (B, …) latents (or one latent of shape (d,)); θ is per sample, over all non-batch dims.
     lam: a scalar, or a 1-D tensor of length L broadcast against the batch (B = 1 with L values gives
     an (L, …) interpolation path; B = L gives one λ per sample). Endpoints are returned exactly; when
-    z0 ∥ z1 (sin θ ≈ 0) it falls back to linear interpolation. For Gaussian latents in high dimension
-    the norm stays ≈ √d along the path, whereas linear interpolation shrinks it in the middle.
+    z0 and z1 point the same way (sin θ ≈ 0) it falls back to linear interpolation; opposite ways is a ValueError.
+    For Gaussian latents in high dimension the norm stays ≈ √d along the path, whereas linear interpolation
+    shrinks it in the middle.
     """
     if not isinstance(z0, torch.Tensor) or not isinstance(z1, torch.Tensor):
         raise TypeError("z0 and z1 must be torch.Tensors")
@@ -280,6 +281,9 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, lam) -> torch.Tensor:
     lam_b = lam.reshape(view) if lam.ndim == 1 else lam
     sin = torch.sin(theta)
     parallel = sin.abs() < 1e-7
+    if bool((parallel & (theta > 1)).any()):       # θ = π: every great circle through z0 and z1 is as short
+        raise ValueError("slerp: z0 and z1 point in opposite directions, so the path between them is not defined "
+                         "(linear interpolation would pass through 0); pick latents that are not negatives of each other")
     safe = torch.where(parallel, torch.ones_like(sin), sin)
     w0 = torch.where(parallel, 1 - lam_b, torch.sin((1 - lam_b) * theta) / safe)
     w1 = torch.where(parallel, lam_b, torch.sin(lam_b * theta) / safe)

@@ -852,3 +852,10 @@ def test_fifth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(tables, "reproduce_table1", lambda *a, **k: pytest.fail("sampled before refusing"))
     one_line_error(["reproduce", "table1", "--checkpoint", str(trained), "--features", "digits", "--n-samples", "4",
                     "--out", str(tmp_path / "t1")], "point DDIMLAB_CACHE at a folder")
+    monkeypatch.undo()
+    # `--device meta` and a stray RANK without WORLD_SIZE ended in tracebacks
+    one_line_error(["sample", "--checkpoint", str(trained), "--n", "2", "--steps", "2", "--device", "meta",
+                    "--out", str(tmp_path / "m")], "runs on auto, cpu, cuda")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    one_line_error(["train", "--out", str(tmp_path / "r"), *_sets(TINY)], "RANK=1 with WORLD_SIZE=1", "Unset RANK")

@@ -209,3 +209,11 @@ def test_slerp_of_a_zero_latent_is_an_error():
     """Issue #12 case 9: used to return NaN."""
     with pytest.raises(ValueError, match="non-zero"):
         samplers.slerp(torch.zeros(1, 4), torch.ones(1, 4), 0.5)
+
+
+def test_slerp_of_opposite_latents_is_an_error():
+    """A hostile round: `interpolate` between z and −z exited 0 with an all-zero latent in the middle of the path."""
+    z = torch.randn(2, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.raises(ValueError, match="opposite directions"):
+        samplers.slerp(z, -z, 0.5)
+    assert torch.allclose(samplers.slerp(z, 2 * z, 0.5), 1.5 * z)          # the same direction is still fine
