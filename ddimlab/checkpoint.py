@@ -375,19 +375,20 @@ def load_diffusers_folder(path, backend: str = "ddimlab", map_location="cpu"):
             raise ImportError("backend='diffusers' needs diffusers: pip install diffusers "
                               "(or use backend='ddimlab')") from e
         return UNet2DModel.from_pretrained(folder).eval()
+    st, binary = folder / "diffusion_pytorch_model.safetensors", folder / "diffusion_pytorch_model.bin"
+    if not (st.is_file() or binary.is_file()):         # said before its config.json is read as a diffusers one
+        raise FileNotFoundError(f"{folder} holds config.json but no ckpt.pt and neither diffusion_pytorch_model.safetensors "
+                                f"nor .bin: pass a ddimlab run folder or ckpt.pt, or a diffusers UNet2DModel folder")
     config = json.loads((folder / "config.json").read_text())
     net = unet_mod.UNet(**unet_config_from_diffusers(config))
-    st, binary = folder / "diffusion_pytorch_model.safetensors", folder / "diffusion_pytorch_model.bin"
     if st.is_file():
         from safetensors.torch import load_file  # a declared dependency, imported only for this format
         try:
             state = load_file(st, device=str(map_location))
         except Exception as e:  # safetensors raises its own error type for damaged files
             raise CheckpointError(f"{st} is not a readable safetensors file (truncated?): {e}") from e
-    elif binary.is_file():
-        state = _torch_load(binary, map_location)
     else:
-        raise FileNotFoundError(f"{folder} has neither diffusion_pytorch_model.safetensors nor .bin")
+        state = _torch_load(binary, map_location)
     load_state_strict(net, from_diffusers(state), source=str(folder))
     return net.eval()
 

@@ -276,8 +276,9 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, lam) -> torch.Tensor:
         raise ValueError("slerp needs non-zero latents: the angle to a zero vector is undefined")
     if not bool(torch.isfinite(a).all() & torch.isfinite(b).all()):
         raise ValueError("slerp got NaN or inf in z0 or z1")
+    a, b = a.double(), b.double()                  # float32 norms of latents near 1e38 overflow to inf
     cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
-    theta = torch.arccos(cos.clamp(-1, 1)).reshape(view)
+    theta = torch.arccos(cos.clamp(-1, 1)).to(z0.dtype).reshape(view)
     lam_b = lam.reshape(view) if lam.ndim == 1 else lam
     sin = torch.sin(theta)
     parallel = sin.abs() < 1e-7

@@ -859,3 +859,9 @@ def test_fifth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     one_line_error(["train", "--out", str(tmp_path / "r"), *_sets(TINY)], "RANK=1 with WORLD_SIZE=1", "Unset RANK")
+    monkeypatch.undo()
+    # a folder holding only a config.json of its own was read as diffusers settings it did not support
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "config.json").write_text('{"a": 1}')
+    one_line_error(["sample", "--checkpoint", str(tmp_path / "cfg"), "--n", "2", "--steps", "2", "--out", str(tmp_path / "q")],
+                   "holds config.json but no ckpt.pt")

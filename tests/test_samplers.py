@@ -217,3 +217,11 @@ def test_slerp_of_opposite_latents_is_an_error():
     with pytest.raises(ValueError, match="opposite directions"):
         samplers.slerp(z, -z, 0.5)
     assert torch.allclose(samplers.slerp(z, 2 * z, 0.5), 1.5 * z)          # the same direction is still fine
+
+
+def test_slerp_of_huge_finite_latents_is_finite():
+    """A hostile round: float32 latents near 1e38 overflowed in the norm and came back as NaN."""
+    z0, z1 = torch.full((1, 8), 1e37), torch.full((1, 8), 1e37)
+    z1[0, 0] = -1e37
+    mid = samplers.slerp(z0, z1, 0.5)
+    assert mid.dtype == torch.float32 and bool(torch.isfinite(mid).all())
