@@ -250,7 +250,8 @@ def cmd_reproduce(args) -> int:
     _refuse_existing(args.overwrite, *tables_there, hint=hint)
     if devices.rank_world()[0] != 0:
         return _reproduce(args, out)
-    created, lock_file = not out.exists(), out / f".{args.table}.lock"
+    created = [p for p in (out, *out.parents) if not p.exists()]       # innermost first
+    lock_file = out / f".{args.table}.lock"
     out.mkdir(parents=True, exist_ok=True)
     try:
         with locked(lock_file, busy=f"{out} is in use by another `reproduce {args.table}`; wait for it to finish or "
@@ -258,10 +259,11 @@ def cmd_reproduce(args) -> int:
             _refuse_existing(args.overwrite, *tables_there, hint=hint)
             return _reproduce(args, out)
     except BaseException:
-        if created:                                    # a run that failed before writing anything leaves no folder
+        if created:                                    # a run that failed before writing anything leaves no folders
             with contextlib.suppress(OSError):
                 lock_file.unlink()
-                out.rmdir()
+                for folder in created:
+                    folder.rmdir()
         raise
 
 

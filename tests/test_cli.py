@@ -773,7 +773,7 @@ def test_fourth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     one_line_error(["reproduce", "table2", "--checkpoint", str(trained), "--n-images", "2", "--steps", "2,2",
                     "--out", str(tmp_path / "t2")], "listed twice")
     one_line_error(["reproduce", "table2", "--checkpoint", str(trained), "--n-images", "2", "--steps", "2,5000",
-                    "--out", str(tmp_path / "t2")], "got 5000")          # checked before S = 2 is run
+                    "--out", str(tmp_path / "t2" / "deeper")], "got 5000")          # checked before S = 2 is run
     assert not (tmp_path / "t1" / "samples").exists() and not (tmp_path / "t2").exists()
     # a second `train` on a folder the first is filling got "holds config.json but no ckpt.pt", not "busy"
     run = tmp_path / "busy"
