@@ -243,12 +243,12 @@ def cmd_reproduce(args) -> int:
     out = Path(args.out or f"runs/{args.table}")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out")
-    # A finished table is a result (table2's is all of its work); a rerun replaces it only when asked. Checked before
-    # the work and again under a lock that the whole run holds, so a second command on the same --out refuses at once.
+    # A finished table is a result (table2's is all of its work); a rerun replaces it only when asked. Rank 0 checks
+    # under a lock that the whole run holds, so a second command on the same --out refuses at once.
     tables_there = (out / f"{args.table}.md", out / f"{args.table}.csv")
     hint = " (table1's samples there are reused when their settings match)" if args.table == "table1" else ""
-    _refuse_existing(args.overwrite, *tables_there, hint=hint)
     if devices.rank_world()[0] != 0:
+        _refuse_existing(args.overwrite, *tables_there, hint=hint)
         return _reproduce(args, out)
     created = [p for p in (out, *out.parents) if not p.exists()]       # innermost first
     lock_file = out / f".{args.table}.lock"

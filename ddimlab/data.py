@@ -400,18 +400,17 @@ def npz_array(path, keys, hint: str):
     .npz, is cut short or corrupted, or holds none of the keys is a ValueError naming it; `hint` says what to pass."""
     try:
         with np.load(path) as z:
-            key = next((k for k in keys if k in z), None)
-            if key is None:
-                raise KeyError(key)
-            return key, z[key]
-    except KeyError:
-        raise ValueError(f"{path} has none of the arrays {', '.join(keys)}; {hint}") from None
+            key, held = next((k for k in keys if k in z), None), list(z)
+            array = None if key is None else z[key]
     except (zipfile.BadZipFile, EOFError) as e:
         raise ValueError(f"{path} is cut short or corrupted ({e}); {hint}") from None
     except (FileNotFoundError, PermissionError, IsADirectoryError):
         raise                                      # their own message names the file and what is wrong with it
     except (ValueError, OSError):                  # not an .npz; or an array of objects, which would need pickles
         raise ValueError(f"{path} is not an .npz of numeric arrays; {hint}") from None
+    if key is None:
+        raise ValueError(f"{path} has none of the arrays {', '.join(keys)} (it has {', '.join(held) or 'none'}); {hint}")
+    return key, array
 
 
 def _npz_images(path: Path) -> torch.Tensor:

@@ -88,10 +88,10 @@ def interrupts_deferred():
     """Hold back Ctrl-C (SIGINT) and SIGTERM during the block and deliver them after it, so that writes that
     belong together (a PNG and the .npz that records its hash) are not cut apart. Only the main thread can
     set signal handlers; elsewhere the block runs as it is."""
-    signals = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not None]
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    signals = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not None]
     caught = []
     old = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in signals}
     try:

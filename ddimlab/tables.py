@@ -118,16 +118,21 @@ def _fmt(v, digits=4):
 def _check_grid(eta_list, S_list, alpha_bar, spacing: str) -> None:
     """Every (η, S) of the grid is valid, checked before the first cell is sampled (a bad value found later
     would cost every cell before it): η by `check_eta`, S by `sampling_steps`, σ(η)² ≤ 1 − ᾱ_s on each step."""
-    T, etas = alpha_bar.shape[0], [check_eta(e) for e in eta_list]
+    etas = [check_eta(e) for e in eta_list]
     _distinct(etas, "eta")
-    _distinct(S_list, "S")
-    for S in S_list:
-        pairs = schedule.step_pairs(sampling_steps(S, T, spacing))
+    for seq in _check_steps(S_list, alpha_bar.shape[0], spacing):
+        pairs = schedule.step_pairs(seq)
         for eta in etas:
             if eta != SIGMA_HAT:
                 for t, s in pairs:
                     a_t, a_s = float(alpha_bar[t]), float(schedule.alpha_bar_at(alpha_bar, s))
                     check_sigma(a_t, a_s, ddim_sigma(a_t, a_s, eta))
+
+
+def _check_steps(S_list, T: int, spacing: str) -> list[torch.Tensor]:
+    """Each S's timesteps (`sampling_steps`), every S checked and none listed twice before the first is run."""
+    _distinct(S_list, "S")
+    return [sampling_steps(S, T, spacing) for S in S_list]
 
 
 def _distinct(values, name: str) -> None:
@@ -219,16 +224,12 @@ def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None
         images = images[:n_images]
     rank, world_size = resolve_rank(rank, world_size)
     alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else torch.as_tensor(alpha_bar)
-    T = alpha_bar.shape[0]
-    _distinct(S_list, "S")
-    for S in S_list:                                   # every S checked before the first is run
-        sampling_steps(S, T, spacing)
+    seqs = _check_steps(S_list, alpha_bar.shape[0], spacing)
     mine = images[rank::world_size]
     if isinstance(model, torch.nn.Module):
         model.eval()
     rows = []
-    for S in tqdm(S_list, desc="table2", disable=not progress):
-        seq = sampling_steps(S, T, spacing)
+    for S, seq in tqdm(zip(S_list, seqs), total=len(seqs), desc="table2", disable=not progress):
         t0 = time.perf_counter()
         errs = reconstruction_errors(model, mine, alpha_bar, seq, batch_size, device, amp)
         total, count = float(errs.sum()), len(errs)
