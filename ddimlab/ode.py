@@ -511,7 +511,7 @@ def ipndm(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
     - rho=ρ ≥ 1: P is a polynomial in σ^{1/ρ} through the actual nodes and is integrated exactly
       (`_lagrange_integrals`): variable-step Adams–Bashforth, of order `order` (ρ = 1: in σ itself).
 
-    afs (the analytical first step of Zhou et al. 2024, §3.4): the first step uses
+    afs (the analytical first step, AFS, of Zhou et al. 2024, the AMED-Solver paper): the first step uses
     ε(x_T) ≈ x_T instead of a network call — exact as ᾱ_T → 0 for zero-mean data; the error is about √ᾱ_T |E x_0| in ε, which the
     flow shrinks by σ_c/σ_1 (σ_c the data scale, σ_1 the next step's σ). It assumes x_T is pure noise at a
     large σ (seq[0] near T − 1); the estimate is kept as the first history point, as in the reference code.

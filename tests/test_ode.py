@@ -307,9 +307,35 @@ def test_ipndm_equal_step_coefficients_on_an_evenly_spaced_sigma_grid():
     assert float((equal_step - variable_step).abs().max()) > 1e-4
 
 
+def test_ipndm_equal_step_coefficients_are_second_order_on_a_smooth_grid():
+    """The order count of notebook 08 §6: equal-step weights with dσ frozen over each step are second order on a smooth
+    uneven grid (variable-step Adams–Bashforth 3 is third), and rounding to integer steps spoils even that. The smooth
+    grid: the same λ-uniform steps on the linear schedule with 100 times finer steps (β/100), where rounding is < 1%.
+    On the ring; on the 3-D mixture MIX the equal-step slope is still rising at these S (1.4 to 1.8; 1.9 at S = 640)."""
+    fine = schedule.alpha_bar(schedule.beta_schedule("linear", 100 * 999 + 1, 1e-6, 2e-4))
+    Ss, ring = (80, 113, 160, 226, 320), toy.eight_gaussians()
+    x_T = torch.randn(32, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def order(eps, ab, t_min, ref, **kw):
+        errs = [float((ode.ipndm(eps, x_T, ab, ode.lambda_timesteps(S, ab, t_min=t_min), return_trajectory=True, order=3,
+                                 afs=False, **kw)[1]["x"][-2] - ref).pow(2).mean().sqrt()) for S in Ss]
+        p, cov = np.polyfit(np.log(Ss), np.log(errs), 1, cov=True)
+        return -p[0], math.sqrt(cov[0, 0]), errs[-1]
+
+    eps_fine, eps = toy.exact_eps(ring, fine), toy.exact_eps(ring, AB)
+    ref_fine = ode.reference_solution(eps_fine, x_T, fine, len(fine) - 1, 10_000, rtol=1e-10, atol=1e-10)
+    p_eq, se_eq, last_eq = order(eps_fine, fine, 10_000, ref_fine)
+    p_ab, se_ab, last_ab = order(eps_fine, fine, 10_000, ref_fine, rho=1.0)
+    assert abs(p_eq - 2) < 0.2 + 3 * se_eq and 3 - p_eq > 0.5, (p_eq, se_eq)
+    assert abs(p_ab - 3) < 0.2 + 3 * se_ab, (p_ab, se_ab)
+    ref = ode.reference_solution(eps, x_T, AB, 999, 100, rtol=1e-10, atol=1e-10)
+    assert order(eps, AB, 100, ref)[2] > 3 * last_eq                  # integer steps: the equal-step error grows
+    assert abs(order(eps, AB, 100, ref, rho=1.0)[2] / last_ab - 1) < 0.1
+
+
 def test_analytical_first_step():
     """AFS uses x_T as ε(x_T, T−1): off by about √(ᾱ/(1−ᾱ))·E[x_0|x_T] ≈ √ᾱ_T μ for data of mean μ (Zhou et al.
-    2024 §4.1; notebook 08 §6), and it saves exactly the first call."""
+    2024, the AMED-Solver paper; notebook 08 §6), and it saves exactly the first call."""
     a = float(AB[999])
     e = EPS(X_T, torch.full((8,), 999))
     mu = MIX.weights @ MIX.means
