@@ -2,15 +2,17 @@
 
 Both networks get the same weights (converted with `checkpoint.to_diffusers`; the outputs are
 checked to agree first), the same inputs and the same training step: ε-prediction MSE (L_simple),
-backward, global grad-norm clip 1, Adam 2e-4. Timings alternate between the two models so that
-background load hits both alike; the median and the fastest run are reported.
+backward, global grad-norm clip 1, Adam 2e-4. Timings alternate between the two models, round by
+round, so that background load hits both alike; the median and the fastest run are reported, and the
+speed-up as the geometric mean of the per-round ratios with its standard error over the rounds (paired:
+a slow minute slows both runs of its round), read at 3 SE as ahead, behind or unresolved.
 
 - CPU: float32, small batch, `--threads` threads (2 by default).
 - CUDA: bf16 autocast, TF32, channels_last, fused Adam (`--compile` adds torch.compile), and
   images/s against the bound set by the GPU's bf16 peak: 6.2 GMACs = 12.4 GFLOP per forward pass,
   ≈ 3× that per training step (forward + backward).
 
-    python benchmarks/bench_unet.py                   # CPU defaults: batch 8, 3 timed iterations
+    python benchmarks/bench_unet.py                   # CPU defaults: batch 8, 10 timed rounds
     python benchmarks/bench_unet.py --batch 128 --iters 20 [--compile]   # on a GPU
 """
 from __future__ import annotations
@@ -21,10 +23,11 @@ import platform
 import statistics
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ddimlab import checkpoint, unet
+from ddimlab import checkpoint, files, quality, unet
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0, "4090": 165.0}
 
@@ -110,7 +113,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto")
     p.add_argument("--batch", type=int, default=None, help="default: 8 on CPU, 128 on CUDA")
-    p.add_argument("--iters", type=int, default=None, help="timed iterations (default 3 CPU, 20 CUDA)")
+    p.add_argument("--iters", type=int, default=None, help="timed rounds, each model once per round (default 10 CPU, "
+                                                           "20 CUDA; at least 2 for a standard error)")
     p.add_argument("--warmup", type=int, default=None, help="untimed iterations (default 1 CPU, 5 CUDA)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
@@ -131,7 +135,7 @@ def run(args):
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     cuda = device.type == "cuda"
     batch = args.batch or (128 if cuda else 8)
-    iters = args.iters or (20 if cuda else 3)
+    iters = args.iters or (20 if cuda else 10)
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
     bf16 = cuda and not args.fp32
     if cuda:
@@ -156,9 +160,10 @@ def run(args):
     steps = {name: make_steps(m, as_eps(m, d), device, batch, bf16, cuda, args.compile, (in_ch, res, res))
              for name, (m, d) in models.items()}
 
-    results = {}
+    results, paired = {}, {}
     for kind in ("forward", "train"):
         times = time_interleaved({n: s[kind] for n, s in steps.items()}, device, warmup, iters)
+        paired[kind] = speedup(times["diffusers"], times["ddimlab"])
         for n, ts_ in times.items():
             med = statistics.median(ts_)
             results[(n, kind)] = dict(seconds=med, best=min(ts_), images_per_s=batch / med,
@@ -189,18 +194,36 @@ def run(args):
     best_f = results[("diffusers", "forward")]["best"] / results[("ddimlab", "forward")]["best"]
     best_t = results[("diffusers", "train")]["best"] / results[("ddimlab", "train")]["best"]
     print(f"speed-up of ddimlab over diffusers: forward {ratio_f:.2f}×, training step {ratio_t:.2f}× "
-          f"(medians; fastest runs: {best_f:.2f}×, {best_t:.2f}× — prefer these on a busy machine)")
+          f"(medians; fastest runs: {best_f:.2f}×, {best_t:.2f}×)")
+    for kind, p in paired.items():
+        if p["se"] is None:
+            print(f"  {kind}: {p['ratio']:.3f}× (one round: no standard error; use --iters 10 or more)")
+        else:
+            print(f"  {kind}: {p['ratio']:.3f}× ± {p['se']:.3f} (geometric mean of {iters} paired rounds ± SE): "
+                  f"{p['reading']}")
     if peak:
         print(f"bound at {peak:.0f} TFLOP/s bf16: {bound_fwd:,.0f} img/s forward, {bound_train:,.0f} img/s training")
 
     if args.json:
         out = dict(device=where, batch=batch, bf16=bf16, compile=args.compile, iters=iters, macs=macs,
                    peak_tflops=peak, ratio_forward=ratio_f, ratio_train=ratio_t, ratio_forward_best=best_f,
-                   ratio_train_best=best_t, max_abs_diff=err,
+                   ratio_train_best=best_t, max_abs_diff=err, paired=paired,
                    results={f"{n}/{k}": v for (n, k), v in results.items()})
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+        files.atomic_write(args.json, lambda fh: fh.write(json.dumps(out, indent=2)), text=True)
     return results
+
+
+def speedup(theirs: list, ours: list) -> dict:
+    """diffusers' time over ddimlab's: exp of the mean per-round log ratio, its SE by the delta method (paired over
+    the rounds, `quality.mean_difference`), and its reading at 3 SE (ahead of diffusers, behind, or unresolved)."""
+    log_t, log_o = torch.tensor(np.log(theirs)), torch.tensor(np.log(ours))
+    if len(ours) < 2:
+        return dict(ratio=float(torch.exp(log_t - log_o).mean()), se=None, reading="unresolved")
+    mean, se = quality.mean_difference(log_t, log_o, paired=True)
+    ratio = float(np.exp(mean))
+    se = ratio * se
+    reading = "ahead" if ratio - 3 * se > 1 else "behind" if ratio + 3 * se < 1 else "unresolved"
+    return dict(ratio=ratio, se=se, reading=reading)
 
 
 if __name__ == "__main__":
