@@ -47,7 +47,7 @@ $(VENV)/.extra-%: $(VENV)/.installed
 	touch $@
 
 demo: install          ## main job: exact-score Table 1, then train digits on CPU and sample
-	$(BIN)/python -m ddimlab demo --out outputs/demo
+	$(BIN)/python -m ddimlab demo --out outputs/demo --overwrite
 
 lab: install           ## only the exact-score lab tables and figure
 	$(BIN)/python -m ddimlab lab --out outputs/lab --overwrite

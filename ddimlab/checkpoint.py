@@ -502,7 +502,9 @@ def unet_from_run(state: dict, use_ema: bool = True) -> unet_mod.UNet:
         raise CheckpointError(f"not a ddimlab training checkpoint: it lacks {missing}")
     kwargs = {k: tuple(cfg[k]) if isinstance(cfg[k], list) else cfg[k] for k in unet_mod.CONFIG_KEYS}
     net = unet_mod.UNet(in_ch=int(state.get("in_ch", 3)), **kwargs)
-    weights = "ema" if use_ema and "ema" in state else "model"
+    if use_ema and "ema" not in state:
+        raise CheckpointError("this checkpoint holds no EMA weights ('ema'); --no-ema (use_ema=False) uses its raw weights")
+    weights = "ema" if use_ema else "model"
     share = float(state.get("ema_initial_share", 0.0))
     if weights == "ema" and share > EARLY_EMA:
         warnings.warn(f"the EMA weights of this run (step {state.get('step')}) still hold {share:.0%} of the initial random "

@@ -10,7 +10,6 @@ with a one-line warning (`generate.check_data_range`).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import os
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from . import __version__, checkpoint, data, demo, devices, fid, lab, ode, schedule, tables
-from .files import atomic_write, interrupts_deferred, locked
+from .files import atomic_write, folder_removed_on_error, interrupts_deferred, locked
 from .generate import OutOfRangeWarning, check_data_range, latents, progress, sample_indices, sampling_steps
 from .plotting import grid_png
 from .samplers import SIGMA_HAT, NonFiniteError, ddim_invert, ddim_sample, slerp
@@ -38,9 +37,14 @@ USER_ERRORS = (ValueError, OSError, ImportError,
 
 # --------------------------------------------------------------------------- helpers
 
+class StepsWarning(UserWarning):
+    """The spacing rule gives fewer distinct steps than --steps asked for."""
+
+
 def _model_for(args):
     """(net, alpha_bar, device, seq) for a subcommand's --checkpoint, --device, --no-ema, --steps, --spacing."""
     device = devices.resolve(args.device)
+    _check_amp(args.amp, device)
     net, abar = checkpoint.load_model(args.checkpoint, device, use_ema=not args.no_ema)
     T = abar.shape[0]
     steps = args.steps if args.steps is not None else (T if getattr(args, "sampler", None) == "ddpm" else 50)
@@ -50,12 +54,21 @@ def _model_for(args):
         args.spacing = ode.DEFAULT_RULES.get(getattr(args, "sampler", None), "uniform")
     seq = ode.rule_timesteps(args.spacing, steps, abar) if args.spacing in ode.STEP_RULES else \
         sampling_steps(steps, T, args.spacing)
+    if len(seq) < steps:
+        warnings.warn(f"--spacing {args.spacing} with --steps {steps} visits {len(seq)} distinct steps, so {len(seq)} network "
+                      f"calls per image: the rule repeats small steps, which would change nothing (README, Timestep "
+                      f"sub-sequences)", StepsWarning)
     a_first = float(schedule.alpha_bar_at(abar, int(seq[0])))
     if a_first > 0.1:       # x_T ~ N(0, I) is then far from the model's x_t at the first step
         warnings.warn(f"the first of the {len(seq)} steps is t = {int(seq[0])} (alpha_bar = {a_first:.2g}), where "
                       f"x_T ~ N(0, I) is not the model's x_t: the output stays close to x_T; use more --steps or "
                       f"--spacing trailing (which starts at t = T - 1)", OutOfRangeWarning)
     return net, abar, device, seq
+
+
+def _check_amp(amp: bool, device: torch.device) -> None:
+    if amp and device.type != "cuda":
+        raise ValueError(f"--amp (bf16 autocast) applies on CUDA only; this command runs on {device}: drop --amp")
 
 
 def _image_shape(net):
@@ -74,7 +87,13 @@ def _outputs(out: str, overwrite: bool) -> tuple[Path, Path]:
     png, npz = stem.parent / (stem.name + ".png"), stem.parent / (stem.name + ".npz")
     _refuse_folders(png, npz)
     _refuse_existing(overwrite, png, npz)
+    with locked(_lock_file(png)):          # a folder that cannot be written is said now, not after the sampling
+        pass
     return png, npz
+
+
+def _lock_file(png: Path) -> Path:
+    return png.parent / f".{png.stem}.lock"
 
 
 def _refuse_folders(png: Path, npz: Path) -> None:
@@ -96,7 +115,7 @@ def _save_pair(png: Path, npz: Path, images: torch.Tensor, nrow, scale: int, ove
     same --out take turns (the second refuses unless --overwrite), and with the PNG's sha256 recorded in the
     .npz (`png_sha256`). The PNG is encoded in memory first and written only after the .npz, so a full disk
     or an unwritable name replaces neither file; a Ctrl-C during the two writes waits until both are done."""
-    with locked(png.parent / f".{png.stem}.lock"):
+    with locked(_lock_file(png)):
         _refuse_existing(overwrite, png, npz)
         _refuse_folders(png, npz)
         data = grid_png(images, nrow=nrow, scale=scale)
@@ -176,9 +195,15 @@ def cmd_invert(args) -> int:
     x0 = data.read_images(args.input, _image_shape(net)).to(device)
     bar, callback = progress(2 * len(seq), "invert + decode", not args.no_progress)
     eps = checkpoint.eps_fn(net, args.amp)
-    with bar:
-        x_T = ddim_invert(eps, x0, abar, seq, callback=callback)
-        recon = ddim_sample(eps, x_T, abar, seq, callback=callback)
+    try:
+        with bar:
+            x_T = ddim_invert(eps, x0, abar, seq, callback=callback)
+            recon = ddim_sample(eps, x_T, abar, seq, callback=callback)
+    except NonFiniteError as e:
+        if float(x0.abs().max()) <= 4:
+            raise
+        raise NonFiniteError(f"{e}; but the input itself reaches {float(x0.abs().max()):.3g}, far outside the [-1, 1] of "
+                             f"the images the model learned: check --input") from None
     mse = ((recon - x0) ** 2).flatten(1).mean(1)
     _save_pair(png, npz, torch.cat([x0, recon]).cpu(), x0.shape[0], args.scale, args.overwrite, x_T=x_T.cpu().numpy(),
                x0=x0.cpu().numpy(), recon=recon.cpu().numpy(), mse=mse.cpu().numpy(), steps=len(seq),
@@ -250,26 +275,19 @@ def cmd_reproduce(args) -> int:
     if devices.rank_world()[0] != 0:
         _refuse_existing(args.overwrite, *tables_there, hint=hint)
         return _reproduce(args, out)
-    created = [p for p in (out, *out.parents) if not p.exists()]       # innermost first
     lock_file = out / f".{args.table}.lock"
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    with folder_removed_on_error(out, lock_file):
+        out.mkdir(parents=True, exist_ok=True)
         with locked(lock_file, busy=f"{out} is in use by another `reproduce {args.table}`; wait for it to finish or "
                                     f"choose another --out"):
             _refuse_existing(args.overwrite, *tables_there, hint=hint)
             return _reproduce(args, out)
-    except BaseException:
-        if created:                                    # a run that failed before writing anything leaves no folders
-            with contextlib.suppress(OSError):
-                lock_file.unlink()
-                for folder in created:
-                    folder.rmdir()
-        raise
 
 
 def _reproduce(args, out: Path) -> int:
     rank, _, device, started = devices.setup_distributed(args.device)
     try:
+        _check_amp(args.amp, device)
         net, abar = checkpoint.load_model(args.checkpoint, device, use_ema=not args.no_ema)
         in_ch, res = _image_shape(net)[:2]
         common = dict(alpha_bar=abar, batch_size=args.batch_size, device=device, amp=args.amp,
@@ -298,18 +316,29 @@ def _reproduce(args, out: Path) -> int:
 
 
 def cmd_lab(args) -> int:
-    out = Path(args.out)
-    earlier = [p for p in (out / "table1.txt", out / "table1.png") if p.exists()] + sorted(out.glob("table1_d*.png"))
+    earlier = lab.outputs_in(args.out)
     _refuse_existing(args.overwrite, *earlier)
-    written = lab.main(out=out, n=args.n, image_d=args.image_d, image_n=args.image_n, spacing=args.spacing,
+    written = lab.main(out=args.out, n=args.n, image_d=args.image_d, image_n=args.image_n, spacing=args.spacing,
                        seed=args.seed)
-    for stale in set(earlier) - set(written):          # e.g. an earlier run's table1_d1024.png beside a table without it
-        stale.unlink(missing_ok=True)
+    _remove_stale(earlier, written)
     return 0
 
 
+def _remove_stale(earlier: list[Path], written: list[Path]) -> None:
+    """Delete what an earlier run wrote and this one did not (e.g. its table1_d1024.png beside a table without it)."""
+    for stale in set(earlier) - set(written):
+        stale.unlink(missing_ok=True)
+
+
 def cmd_demo(args) -> int:
-    demo.main(args)
+    if args.skip_train:
+        given = [flag for flag, value in (("--train-steps", args.train_steps), ("--n", args.n)) if value is not None]
+        if given:
+            raise ValueError(f"{' and '.join(given)} do{'es' if len(given) == 1 else ''} nothing with --skip-train, "
+                             f"which runs only the exact-score lab")
+    earlier = demo.outputs_in(args.out)
+    _refuse_existing(args.overwrite, *earlier, hint=" (the trained model is cached and reused)")
+    _remove_stale(earlier, demo.main(args))
     return 0
 
 
@@ -488,10 +517,15 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/demo", help="output folder")
     p.add_argument("--skip-train", action="store_true", help="only the exact-score lab table and figure")
     p.add_argument("--train-steps", type=_positive, default=None, help="override the digits preset's training steps")
-    p.add_argument("--n", type=_int_in(2), default=200, help="samples per sampler for the quality score, at least 2")
+    p.add_argument("--n", type=_int_in(2), default=None, help="samples per sampler for the quality score, at least 2 "
+                   f"(default {demo.N_SAMPLES})")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the training run and of x_T")
+    p.add_argument("--overwrite", action="store_true", help="replace the tables and figures of an earlier demo in --out")
     _common(p)
     return parser
+
+
+PATH_OPTIONS = ("out", "checkpoint", "input", "latents", "data_root")
 
 
 def main(argv=None, prog: str | None = None) -> int:
@@ -501,11 +535,15 @@ def main(argv=None, prog: str | None = None) -> int:
         prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "ddimlab"
         prog = "python -m ddimlab" if prog in ("__main__.py", "-m", "-c", "") else prog
     args = build_parser(prog).parse_args(argv)
+    for name in PATH_OPTIONS:                   # "~/runs" quoted, or written after an = sign, is not expanded by the shell
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(args, name, [os.path.expanduser(v) for v in value] if isinstance(value, list) else os.path.expanduser(value))
     debug = getattr(args, "debug", False) or os.environ.get("DDIMLAB_DEBUG", "") not in ("", "0")
     shown = warnings.showwarning
 
     def show(message, category, *rest, **kw):   # ddimlab's own warnings as one line, like its errors
-        if issubclass(category, (OutOfRangeWarning, checkpoint.EarlyEMAWarning, TornLogWarning)):
+        if issubclass(category, (OutOfRangeWarning, StepsWarning, checkpoint.EarlyEMAWarning, TornLogWarning)):
             print(f"{prog} {args.command}: warning: {message}", file=sys.stderr)
         else:
             shown(message, category, *rest, **kw)

@@ -408,8 +408,11 @@ def npz_array(path, keys, hint: str):
         raise                                      # their own message names the file and what is wrong with it
     except (ValueError, OSError):                  # not an .npz; or an array of objects, which would need pickles
         raise ValueError(f"{path} is not an .npz of numeric arrays; {hint}") from None
+    if key is None and any(name == "data.pkl" or name.endswith("/data.pkl") for name in held):
+        raise ValueError(f"{path} is a torch checkpoint (torch.save's zip), not an .npz; {hint}")
     if key is None:
-        raise ValueError(f"{path} has none of the arrays {', '.join(keys)} (it has {', '.join(held) or 'none'}); {hint}")
+        names = ", ".join(held[:8]) + (f", … ({len(held)} in all)" if len(held) > 8 else "")
+        raise ValueError(f"{path} has none of the arrays {', '.join(keys)} (it has {names or 'none'}); {hint}")
     return key, array
 
 

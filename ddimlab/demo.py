@@ -23,6 +23,13 @@ SAMPLERS = (("DDPM, 1000 steps", "ddpm", 1000), ("DDIM, 10 steps", "ddim", 10),
 SCORE_RESOLUTION = 16
 TRAIN_THREADS = 2      # faster than one on an idle 2-core machine (step times: train.PRESETS); part of the cache key
 LAB = dict(n=2000, image_d=1024, image_n=200)
+N_SAMPLES = 200        # per sampler, for the quality scores
+GRID = "digits_samplers.png"
+
+
+def outputs_in(out) -> list[Path]:
+    """The files an earlier demo left in out (`lab.outputs_in` and the sample grid)."""
+    return lab.outputs_in(out) + [p for p in [Path(out) / GRID] if p.exists()]
 
 
 def as_scored(x: torch.Tensor) -> torch.Tensor:
@@ -64,15 +71,16 @@ def _verdict(diff: float, se: float, digits: int) -> str:
     return f"{diff:+.{digits}f} ± {se:.{digits}f} ({'resolved' if abs(diff) > 3 * se else 'not resolved'})"
 
 
-def main(args) -> None:
-    """`args`: out, skip_train, train_steps, n, seed, no_progress (the `demo` subcommand's options)."""
-    out = Path(args.out)
+def main(args) -> list[Path]:
+    """`args`: out, skip_train, train_steps, n (None: N_SAMPLES), seed, no_progress (the `demo` subcommand's
+    options). Returns the paths written."""
+    out, n = Path(args.out), args.n or N_SAMPLES
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     print("== 1. DDIM Table 1 on an exact score (no model error: only the sampler's) ==", flush=True)
-    lab.main(out=out, seed=args.seed, **LAB)
+    written = lab.main(out=out, seed=args.seed, **LAB)
     if args.skip_train:
-        return
+        return written
 
     # the kernels change the last digits of every score (README, "Determinism"): say which ran
     print(f"\n== 2. DDPM UNet trained on the scikit-learn digits (offline), CPU, {devices.cpu_kernels()} kernels ==",
@@ -82,10 +90,10 @@ def main(args) -> None:
                                             threads=TRAIN_THREADS)
     print(f"{config.steps} training steps ready in {time.perf_counter() - start:.0f} s "
           f"(cached for the next run): {config.out}", flush=True)
-    rows = compare_samplers(model, config, args.n, args.seed, show_progress=not args.no_progress)
-    floor = quality.real_fd_floor(args.n, SCORE_RESOLUTION)
-    print(f"\nquality of {args.n} samples per sampler (same x_T), scored at {SCORE_RESOLUTION}x{SCORE_RESOLUTION} "
-          f"in digits-classifier features; FD of {args.n} real digits = {floor:.2f}")
+    rows = compare_samplers(model, config, n, args.seed, show_progress=not args.no_progress)
+    floor = quality.real_fd_floor(n, SCORE_RESOLUTION)
+    print(f"\nquality of {n} samples per sampler (same x_T), scored at {SCORE_RESOLUTION}x{SCORE_RESOLUTION} "
+          f"in digits-classifier features; FD of {n} real digits = {floor:.2f}")
     print(f"{'sampler':18s} {'NFE':>5s} {'wall s':>7s} {'FD':>7s} {'± SE':>6s} {'conf>=0.9':>10s} {'digits':>7s}")
     for name, nfe, seconds, s, _ in rows:
         print(f"{name:18s} {nfe:5d} {seconds:7.2f} {s['fd']:7.2f} {s['fd_se']:6.2f} {s['confident']:10.2f} "
@@ -96,8 +104,9 @@ def main(args) -> None:
     for name, *_, x in rows[1:]:
         d = quality.paired_difference(as_scored(x), x_first)
         print(f"  {name:16s} FD {_verdict(*d['fd'], 2)}   confident share {_verdict(*d['confident'], 3)}")
-    k = min(32, args.n)
+    k = min(32, n)
     panels = torch.cat([as_scored(x[:k]) for *_, x in rows])
-    path = plotting.save_image_grid(panels, out / "digits_samplers.png", nrow=k // 2 if k >= 16 else k, scale=3)
+    path = plotting.save_image_grid(panels, out / GRID, nrow=k // 2 if k >= 16 else k, scale=3)
     print(f"sample grid ({', '.join(r[0] for r in rows)}; {k} each, top to bottom): {path}")
     print(f"demo done in {time.perf_counter() - t0:.0f} s")
+    return written + [path]

@@ -65,13 +65,16 @@ def locked(path, busy: str | None = None):
         yield
         return
     try:
-        f = open(path, "a")
-    except PermissionError:                    # another user's lock file in a shared folder: reading locks it too
-        if not path.is_file():
-            raise
-        f = open(path)
+        try:
+            f = open(path, "a")
+        except PermissionError:                # another user's lock file in a shared folder: reading locks it too
+            if not path.is_file():
+                raise
+            f = open(path)
     except IsADirectoryError:
         raise IsADirectoryError(f"{path} is a folder where ddimlab keeps a lock file; remove or rename it") from None
+    except OSError as e:                       # said of the folder: the lock file is only the first thing written there
+        raise type(e)(e.errno, f"cannot create files in {path.parent} ({e.strerror}); choose another --out") from None
     with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))
@@ -81,6 +84,25 @@ def locked(path, busy: str | None = None):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def folder_removed_on_error(folder, *own):
+    """On an exception in the block, if `folder` did not exist before it: delete the files `own` (e.g. the
+    lock file the block created) and the folders the block created, where they are now empty, so that a
+    command that failed before writing anything leaves nothing behind (`reproduce`, `train`)."""
+    folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]     # innermost first
+    try:
+        yield
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                for path in own:
+                    Path(path).unlink(missing_ok=True)
+                for p in created:
+                    p.rmdir()
+        raise
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ beyond 3 SEs. `format_table` / `plot_table` present it; `main` runs the 2-D and 
 from __future__ import annotations
 
 import math
+import re
 import time
 from pathlib import Path
 
@@ -411,6 +412,17 @@ def make_figure(rows: list[dict], path) -> Path:
 
 
 IMAGE_S_LIST = (10, 20, 50, 100)     # 1024-D: S = 1000 would take ~10 min on 2 CPU cores and shows nothing new
+FIGURE_NAME = re.compile(r"table1_d\d+\.png")     # out/table1_d{image_d}.png, and no other name
+
+
+def outputs_in(out) -> list[Path]:
+    """The files an earlier `main` left in out: table1.txt, table1.png and its table1_d{image_d}.png figures
+    (only those exact names: a user's table1_draft.png is not the lab's)."""
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    return [p for p in (out / "table1.txt", out / "table1.png") if p.exists()] + \
+        sorted(p for p in out.iterdir() if FIGURE_NAME.fullmatch(p.name))
 
 
 def main(out="outputs/lab", n: int = 2000, image_d: int = 1024, image_n: int = 1000, spacing: str = "uniform",

@@ -183,6 +183,10 @@ def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list
     md = (f"# DDIM Table 1: {metric}, measured (paper), {n_samples} samples, {spacing} steps\n\n"
           + _markdown_grid(rows, "S", list(S_list), "eta", [eta_label(check_eta(e)) for e in eta_list],
                            lambda r: f"{_fmt(r['fid'])} ({_fmt(r['paper_fid'], 6)})").replace(f"| {SIGMA_HAT} |", "| σ̂ |"))
+    fewer = [f"S = {S}: {n}" for S in S_list if (n := len(sampling_steps(S, T, spacing))) < S]
+    if fewer:
+        md += (f"\nS is the paper's count; {spacing} spacing repeats small steps, run once each, so the network calls per "
+               f"image are {', '.join(fewer)}.\n")
     atomic_write(out_dir / "table1.md", lambda f: f.write(md), text=True)
     return rows
 

@@ -14,11 +14,13 @@ The out folder holds `ckpt.pt` (weights, EMA, optimizer, step, config, RNG state
 `config.json` (rewritten only together with a checkpoint), `log.jsonl` and `samples/step_XXXXXXX.png`.
 A folder that already holds a run is never replaced silently: pass `resume=True` to continue it (bitwise
 on the CPU; `resumed_config` gives the run's own settings) or `overwrite=True` to start again (the old run's
-files are removed first). A non-finite loss stops the run with `NonFiniteLossError` and leaves the last good
-checkpoint alone; Ctrl-C saves a checkpoint at the current step and stops.
+files are removed first). A non-finite loss, or weights about to be saved whose loss is not finite, stops the run
+with `NonFiniteLossError` and leaves the last good checkpoint alone; a run that fails before its first checkpoint
+leaves no log (nor the folders it made). Ctrl-C saves a checkpoint at the current step and stops.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -39,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import data, devices, schedule, unet
 from .checkpoint import EARLY_EMA, eps_fn, load_checkpoint, save_checkpoint, unet_from_run
 from .elbo import l_simple
-from .files import atomic_write, locked
+from .files import atomic_write, folder_removed_on_error, locked
 from .plotting import save_image_grid
 from .samplers import sample
 
@@ -222,8 +224,8 @@ def validate_config(c: TrainConfig) -> TrainConfig:
     for name in ("lr", "ema_decay", "grad_clip", "dropout"):
         if not math.isfinite(getattr(c, name)):
             raise ValueError(f"{name} must be a finite number, got {getattr(c, name)}")
-    if not c.lr > 0:
-        raise ValueError(f"lr must be > 0, got {c.lr}")
+    if not 0 < c.lr <= 1e37:     # Adam's first step is 10·lr, in float32 (at most 3.4e38)
+        raise ValueError(f"lr must be > 0 and at most 1e37, got {c.lr}")
     if not 0 <= c.ema_decay < 1:
         raise ValueError(f"ema_decay must be in [0, 1), got {c.ema_decay}")
     if c.grad_clip < 0:
@@ -236,6 +238,8 @@ def validate_config(c: TrainConfig) -> TrainConfig:
         raise ValueError(f"t_sampling must be one of {T_SAMPLINGS}, got {c.t_sampling!r}")
     if c.schedule not in schedule.SCHEDULES:
         raise ValueError(f"schedule must be one of {schedule.SCHEDULES}, got {c.schedule!r}")
+    if c.data_root is not None and c.dataset != "cifar10":
+        raise ValueError(f"data_root applies to dataset cifar10 only; the {c.dataset} set ships with scikit-learn")
     if c.sample_steps > c.T:
         raise ValueError(f"sample_steps must be <= T = {c.T}, got {c.sample_steps}")
     return c
@@ -485,8 +489,9 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
         _check_out(out, resume, overwrite)
         return _train(config, out, resume, return_models, overwrite)
     # The lock first: a folder that another train command is filling is "busy", not a half-written run.
-    with locked(out / ".train.lock", busy=f"{out} is in use by another train command; wait for it to finish "
-                                          f"or choose another --out"):
+    with folder_removed_on_error(out, out / ".train.lock"), \
+            locked(out / ".train.lock", busy=f"{out} is in use by another train command; wait for it to finish "
+                                             f"or choose another --out"):
         _check_out(out, resume, overwrite)
         return _train(config, out, resume, return_models, overwrite)
 
@@ -529,6 +534,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
         out.mkdir(parents=True, exist_ok=True)
         _restart_log(out / "log.jsonl", step)          # a fresh run starts an empty log
     last_good = step if step else None
+    grids = []                                         # the sample grids this run wrote
 
     net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if world > 1 else model
     net = torch.compile(net) if config.compile else net
@@ -542,6 +548,13 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
     model.train()
     threads = config.threads if config.threads and not cuda else torch.get_num_threads()
     stop = _stop_on_signal(world == 1)
+
+    def save():                                        # the weights after `step`, once their loss is seen to be finite
+        nonlocal last_good
+        _check_weights(model, ema, (x0, t, eps), alpha_bar, autocast, step, out, last_good, config)
+        save_run(out, model, ema, opt, step, config, gen, device, in_ch, mean_loss, (loss_sum, loss_n))
+        last_good = step
+
     try:
         with devices.cpu_threads(threads):
             while step < config.steps:
@@ -568,12 +581,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
                 if log_now or ckpt_now or step % check_every == 0:
                     mean_loss = float(_all_mean(loss_sum / loss_n, world))
                     if not math.isfinite(mean_loss):
-                        where = (f"the last good checkpoint {out / 'ckpt.pt'} (step {last_good}) was kept"
-                                 if last_good is not None else "no checkpoint had been written yet")
-                        raise NonFiniteLossError(
-                            f"training loss became {mean_loss} by step {step}; stopped without saving, {where}. Lower lr "
-                            f"(now {config.lr}) or check the data; if --resume then fails the same way, that checkpoint is "
-                            f"already damaged: start again with --overwrite.")
+                        raise _diverged(f"training loss became {mean_loss} by step {step}", out, last_good, config)
                 if log_now:
                     now = time.perf_counter()
                     record = {"step": step, "loss": mean_loss, "lr": lr_at(config, step - 1),
@@ -584,8 +592,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
                     loss_sum.zero_()
                     loss_n, t_last, step_last = 0, now, step
                 if ckpt_now and is_main:
-                    save_run(out, model, ema, opt, step, config, gen, device, in_ch, mean_loss, (loss_sum, loss_n))
-                    last_good = step
+                    save()
                 if is_main and config.n_samples and (
                         (config.sample_every and step % config.sample_every == 0) or step == config.steps):
                     path = out / "samples" / f"step_{step:07d}.png"
@@ -594,21 +601,56 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
                         bar.write(f"step {step}: {config.n_samples} DDIM-{config.sample_steps} samples from the EMA "
                                   f"weights -> {path}" + (f" (they still hold {early:.0%} of the initial random weights)"
                                                           if early > EARLY_EMA else ""))
-                    save_image_grid(sample_grid(ema, config, in_ch, config.n_samples, device, seed=config.seed), path)
+                    grids.append(save_image_grid(sample_grid(ema, config, in_ch, config.n_samples, device,
+                                                             seed=config.seed), path))
                 if stop and step < config.steps:        # Ctrl-C or SIGTERM: keep the steps since the last checkpoint
                     if not ckpt_now:
                         mean_loss = float(loss_sum / loss_n) if loss_n else mean_loss
                         if not math.isfinite(mean_loss):
-                            raise NonFiniteLossError(f"interrupted at step {step} with a non-finite loss; nothing saved")
-                        save_run(out, model, ema, opt, step, config, gen, device, in_ch, mean_loss, (loss_sum, loss_n))
+                            raise _diverged(f"interrupted at step {step} with a non-finite loss", out, last_good, config)
+                        save()
                     raise KeyboardInterrupt(f"stopped at step {step} of {config.steps}; saved {out / 'ckpt.pt'}: "
                                             f"continue with --resume")
+    except BaseException:
+        if is_main and last_good is None:              # nothing saved: a retry must not find a log without a run
+            for path in [out / "log.jsonl", *grids]:
+                path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                (out / "samples").rmdir()
+        raise
     finally:
         stop.restore()
         bar.close()
         if init_here:
             dist.destroy_process_group()
     return (out, model, ema) if return_models else out
+
+
+def _diverged(what: str, out: Path, last_good, config: TrainConfig) -> NonFiniteLossError:
+    if last_good is None:
+        return NonFiniteLossError(f"{what}; stopped, no checkpoint had been written yet (nothing was kept). Lower lr "
+                                  f"(now {config.lr}) or check the data.")
+    return NonFiniteLossError(f"{what}; stopped without saving, the last good checkpoint {out / 'ckpt.pt'} (step {last_good}) "
+                              f"was kept. Lower lr (now {config.lr}) or check the data; if --resume then fails the same way, "
+                              f"that checkpoint is already damaged: start again with --overwrite.")
+
+
+@torch.no_grad()
+def _check_weights(model, ema, batch, alpha_bar, autocast, step, out, last_good, config) -> None:
+    """Before a checkpoint: the loss of the weights and of the EMA weights about to be saved, on the step's batch, must
+    be finite. The training loss is computed before each optimizer step, so it cannot see a last step that diverged
+    (e.g. lr = 1e30 gives finite weights of 1e28 whose output is NaN). In eval mode: no dropout draws, so a resumed
+    run stays bitwise the same."""
+    x0, t, eps = batch
+    model.eval()
+    try:
+        for name, net in (("weights", model), ("EMA weights", ema)):
+            with autocast:
+                loss = float(l_simple(net, x0, alpha_bar, t=t, noise=eps, validate=False))
+            if not math.isfinite(loss):
+                raise _diverged(f"the {name} after step {step} give a loss of {loss}", out, last_good, config)
+    finally:
+        model.train()
 
 
 class _stop_on_signal(list):

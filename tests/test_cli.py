@@ -138,7 +138,7 @@ def test_demo_end_to_end_on_a_tiny_model(trained, tmp_path, monkeypatch, capsys)
 
     model, config = train.load_trained(trained / "ckpt.pt")
     seen = {}
-    monkeypatch.setattr(lab, "main", lambda out, **kw: seen.update(lab_out=out, **kw))
+    monkeypatch.setattr(lab, "main", lambda out, **kw: seen.update(lab_out=out, **kw) or [])
     monkeypatch.setattr(pretrained, "digits_model", lambda steps, seed, progress, threads: (model, config))
     assert cli.main(["demo", "--out", str(tmp_path), "--n", "8"]) == 0
     assert seen["lab_out"] == tmp_path and seen["image_d"] > 0
@@ -865,3 +865,91 @@ def test_fifth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     (tmp_path / "cfg" / "config.json").write_text('{"a": 1}')
     one_line_error(["sample", "--checkpoint", str(tmp_path / "cfg"), "--n", "2", "--steps", "2", "--out", str(tmp_path / "q")],
                    "holds config.json but no ckpt.pt")
+
+
+def test_sixth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
+    """A sixth hostile round: each case replaced or deleted a user's files, exited 0 with a model that gives NaN,
+    left a folder that blocked the retry, ignored an option, or printed a message that pointed the wrong way."""
+    import os
+
+    from ddimlab import demo
+
+    def one_line_error(argv, *needles):
+        _expect_one_line_error(capsys, [*argv, "--no-progress"], *needles)
+
+    # `demo` replaced an earlier demo's tables and figures without asking; --skip-train ignored --n and --train-steps
+    monkeypatch.setattr(demo, "LAB", dict(n=8, image_d=4, image_n=8))
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--skip-train", "--out", str(out), "--no-progress"]) == 0
+    table = (out / "table1.txt").read_bytes()
+    for name in ("table1_draft.png", "table1_d64_compare.png"):      # the user's, not the lab's
+        (out / name).write_text("mine")
+    one_line_error(["demo", "--skip-train", "--out", str(out)], "table1.txt", "pass --overwrite")
+    assert (out / "table1.txt").read_bytes() == table
+    one_line_error(["demo", "--skip-train", "--n", "5", "--out", str(tmp_path / "d2")], "--n does nothing with --skip-train")
+    one_line_error(["demo", "--skip-train", "--train-steps", "5", "--n", "5", "--out", str(tmp_path / "d2")],
+                   "--train-steps and --n do nothing")
+    # `lab --overwrite` (and the demo's) deleted every table1_d*.png, the user's drafts too
+    monkeypatch.setattr(demo, "LAB", dict(n=8, image_d=0, image_n=8))
+    assert cli.main(["demo", "--skip-train", "--out", str(out), "--overwrite", "--no-progress"]) == 0
+    assert not (out / "table1_d4.png").exists()                        # the earlier run's, removed with it
+    assert (out / "table1_draft.png").read_text() == (out / "table1_d64_compare.png").read_text() == "mine"
+    assert cli.main(["lab", "--n", "8", "--image-d", "0", "--out", str(out), "--overwrite", "--no-progress"]) == 0
+    assert (out / "table1_draft.png").exists() and (out / "table1_d64_compare.png").exists()
+    monkeypatch.undo()
+    capsys.readouterr()
+    # `--amp` on the CPU was ignored; --spacing quad ran fewer steps than --steps without a word
+    sample = ["sample", "--checkpoint", str(trained), "--n", "2"]
+    one_line_error([*sample, "--steps", "2", "--device", "cpu", "--amp", "--out", str(tmp_path / "a")],
+                   "--amp (bf16 autocast) applies on CUDA only")
+    assert cli.main([*sample, "--steps", "100", "--spacing", "quad", "--out", str(tmp_path / "q"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "--steps 100 visits 96 distinct steps" in err and int(np.load(tmp_path / "q.npz")["steps"]) == 96
+    assert cli.main(["reproduce", "table1", "--checkpoint", str(trained), "--features", "random", "--n-samples", "2",
+                     "--steps", "100,10", "--etas", "0", "--out", str(tmp_path / "t1"), "--no-progress"]) == 0
+    assert "network calls per image are S = 100: 96." in (tmp_path / "t1" / "table1.md").read_text()
+    # a checkpoint without EMA weights was sampled with its raw weights without a word
+    state = torch.load(trained / "ckpt.pt", weights_only=True)
+    del state["ema"]
+    torch.save(state, tmp_path / "no_ema.pt")
+    one_line_error([*sample, "--steps", "2", "--checkpoint", str(tmp_path / "no_ema.pt"), "--out", str(tmp_path / "e")],
+                   "holds no EMA weights", "--no-ema")
+    # `interpolate --latents ckpt.pt` listed some 20 KB of the zip's member names
+    one_line_error(["interpolate", "--checkpoint", str(trained), "--latents", str(trained / "ckpt.pt"), "--steps", "2",
+                    "--out", str(tmp_path / "i")], "is a torch checkpoint")
+    # `invert` of samples at 1e30 blamed the network for the NaN that followed
+    np.savez(tmp_path / "far.npz", samples=np.full((1, 1, 8, 8), 1e30, np.float32))
+    one_line_error(["invert", "--checkpoint", str(trained), "--input", str(tmp_path / "far.npz"), "--steps", "2",
+                    "--out", str(tmp_path / "v")], "the input itself reaches 1e+30")
+    # an --out in a folder that cannot be written named the lock file, after the sampling
+    if os.path.isdir("/proc"):
+        monkeypatch.setattr(cli, "sample_indices", lambda *a, **k: pytest.fail("sampled before refusing"))
+        one_line_error([*sample, "--steps", "2", "--out", "/proc/ddimlab_samples"], "cannot create files in /proc")
+        monkeypatch.undo()
+    # a quoted "~/..." made a folder named ~ in the current one
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cli.main([*sample, "--steps", "2", "--out", "~/s", "--no-progress"]) == 0
+    assert (tmp_path / "home" / "s.png").exists()
+    monkeypatch.undo()
+    # train: data_root with the digits did nothing
+    one_line_error(["train", "--out", str(tmp_path / "t"), *_sets(TINY), "--set", f"data_root={tmp_path}"],
+                   "data_root applies to dataset cifar10 only")
+
+
+def test_a_run_whose_weights_diverged_is_not_saved_and_can_be_retried(tmp_path):
+    """The loss is checked before each optimizer step, so `train` exited 0 with weights whose output is NaN (lr 1e30,
+    one step); a first run that failed left log.jsonl behind, and the retry was refused for it; lr = 1e308 overflowed
+    float32 in a traceback."""
+    out = tmp_path / "runs" / "r"
+    tiny = [*_sets(TINY), "--set", "steps=1", "--set", "n_samples=0", "--no-progress"]
+    _short_error(_run("train", "--out", out, *tiny, "--set", "lr=1e30"), "the weights after step 1 give a loss of nan",
+                 "nothing was kept")
+    assert not (tmp_path / "runs").exists()               # nothing left: not the folders, the log or the lock
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "mine.txt").write_text("mine")
+    _short_error(_run("train", "--out", out, *tiny, "--set", "lr=1e30"), "loss of nan")
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["mine.txt"]
+    _short_error(_run("train", "--out", out, *tiny, "--set", "lr=1e308"), "lr must be > 0 and at most 1e37")
+    r = _run("train", "--out", out, *tiny)
+    assert r.returncode == 0, r.stderr
+    assert (out / "ckpt.pt").exists() and len((out / "log.jsonl").read_text().splitlines()) == 1
