@@ -495,14 +495,14 @@ def unet_from_run(state: dict, use_ema: bool = True) -> unet_mod.UNet:
     """The UNet of a ddimlab training checkpoint (the dict `train` saves): built from the saved config's
     `unet.CONFIG_KEYS` and loaded strictly with the EMA weights (or the raw ones), in eval mode. An
     `EarlyEMAWarning` when the EMA weights still hold more than `EARLY_EMA` of the initial ones (notebook 06 §6)."""
-    missing = [k for k in ("model", "config") if k not in state]
-    cfg = state.get("config", {})
+    missing = [k for k in ("model", "config") if not isinstance(state.get(k), dict)]     # absent, or e.g. None
+    cfg = state["config"] if isinstance(state.get("config"), dict) else {}
     missing += [f"config.{k}" for k in unet_mod.CONFIG_KEYS if k not in cfg]
     if missing:
         raise CheckpointError(f"not a ddimlab training checkpoint: it lacks {missing}")
     kwargs = {k: tuple(cfg[k]) if isinstance(cfg[k], list) else cfg[k] for k in unet_mod.CONFIG_KEYS}
     net = unet_mod.UNet(in_ch=int(state.get("in_ch", 3)), **kwargs)
-    if use_ema and "ema" not in state:
+    if use_ema and not isinstance(state.get("ema"), dict):
         raise CheckpointError("this checkpoint holds no EMA weights ('ema'); --no-ema (use_ema=False) uses its raw weights")
     weights = "ema" if use_ema else "model"
     share = float(state.get("ema_initial_share", 0.0))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import os
 import sys
@@ -26,7 +27,7 @@ from .files import atomic_write, folder_removed_on_error, interrupts_deferred, l
 from .generate import OutOfRangeWarning, check_data_range, latents, progress, sample_indices, sampling_steps
 from .plotting import grid_png
 from .samplers import SIGMA_HAT, NonFiniteError, ddim_invert, ddim_sample, slerp
-from .train import PRESETS, NonFiniteLossError, TornLogWarning, TrainConfig, make_config, resumed_config, train
+from .train import PRESETS, LossWarning, NonFiniteLossError, TornLogWarning, TrainConfig, make_config, resumed_config, train
 
 # What a user can act on, printed as one line unless --debug (any OSError: a missing, unreadable or unwritable file,
 # a read-only folder, a full disk, a PNG that is not an image).
@@ -76,20 +77,26 @@ def _image_shape(net):
     return (cfg.get("in_ch", 3), cfg.get("resolution", 32), cfg.get("resolution", 32))
 
 
-def _outputs(out: str, overwrite: bool) -> tuple[Path, Path]:
-    """(png, npz) for --out: OUT.png and OUT.npz, or OUT itself with its .png/.npz suffix swapped (a name with
-    other dots, e.g. eta0.5, keeps them). Existing files are an error unless --overwrite (no run is replaced
-    silently); checked here, before the work, and again under the lock when writing (`_save_pair`)."""
-    raw, out = str(out), Path(out)
-    if out.is_dir() or not raw.strip() or raw.endswith(("/", "\\")):
-        raise ValueError(f"--out {raw!r} names a folder; give a file name, e.g. --out {out / 'samples'}")
-    stem = out.with_suffix("") if out.suffix.lower() in (".png", ".npz") else out
-    png, npz = stem.parent / (stem.name + ".png"), stem.parent / (stem.name + ".npz")
-    _refuse_folders(png, npz)
-    _refuse_existing(overwrite, png, npz)
-    with locked(_lock_file(png)):          # a folder that cannot be written is said now, not after the sampling
-        pass
-    return png, npz
+def _writes_pair(cmd):
+    """`sample`, `invert`, `interpolate`: cmd(args, png, npz) with the PNG and .npz that --out names, OUT.png and
+    OUT.npz, or OUT itself with its .png/.npz suffix swapped (a name with other dots, e.g. eta0.5, keeps them).
+    Existing files are an error unless --overwrite (no run is replaced silently), and a folder that cannot be written
+    is said: both before the work, and again under the lock when writing (`_save_pair`). If the command fails, the
+    folders it made for --out are removed again."""
+    @functools.wraps(cmd)
+    def run(args) -> int:
+        raw, out = str(args.out), Path(args.out)
+        if out.is_dir() or not raw.strip() or raw.endswith(("/", "\\")):
+            raise ValueError(f"--out {raw!r} names a folder; give a file name, e.g. --out {out / 'samples'}")
+        stem = out.with_suffix("") if out.suffix.lower() in (".png", ".npz") else out
+        png, npz = stem.parent / (stem.name + ".png"), stem.parent / (stem.name + ".npz")
+        _refuse_folders(png, npz)
+        _refuse_existing(args.overwrite, png, npz)
+        with folder_removed_on_error(png.parent, _lock_file(png)):
+            with locked(_lock_file(png)):
+                pass
+            return cmd(args, png, npz)
+    return run
 
 
 def _lock_file(png: Path) -> Path:
@@ -129,13 +136,13 @@ def _save_pair(png: Path, npz: Path, images: torch.Tensor, nrow, scale: int, ove
 def cmd_train(args) -> int:
     if args.out is not None and not args.out.strip():
         raise ValueError("--out is empty; give the run's folder, e.g. --out runs/digits")
-    overrides = list(args.set or [])
+    overrides = [_expand_path_setting(kv) for kv in args.set or []]
     for key, value in (("out", args.out), ("device", args.device), ("bf16", args.bf16), ("compile", args.compile)):
         if value is not None:
             overrides.append(f"{key}={value}")
     if args.no_progress:
         overrides.append("progress=false")
-    set_out = [kv.split("=", 1)[1] for kv in (args.set or []) if kv.split("=", 1)[0].strip() == "out"]
+    set_out = [kv.split("=", 1)[1] for kv in overrides if kv.split("=", 1)[0].strip() == "out"]
     out = Path(args.out or (set_out[-1] if set_out else PRESETS[args.preset or "digits"].get("out", TrainConfig.out)))
     if args.resume and (out / "ckpt.pt").exists():     # the run's own settings, changed only where asked
         if args.preset is not None:
@@ -146,10 +153,19 @@ def cmd_train(args) -> int:
             print(f"resume: {line} (--set)")
     else:
         config = make_config(args.preset or "digits", overrides)
+    if args.bf16 and devices.resolve(config.device).type != "cuda":
+        raise ValueError(f"--bf16 (autocast) applies on CUDA only; this run is on {devices.resolve(config.device)}: "
+                         f"drop --bf16")
     out = train(config, resume=args.resume, overwrite=args.overwrite)
     if devices.rank_world()[0] == 0:
         print(f"done: {out / 'ckpt.pt'}")
     return 0
+
+
+def _expand_path_setting(kv: str) -> str:
+    """--set out=~/runs/x and data_root=~/data: the shell expands no ~ after an = sign."""
+    key, eq, value = kv.partition("=")
+    return f"{key}={os.path.expanduser(value.strip())}" if eq and key.strip() in ("out", "data_root") else kv
 
 
 def _sampler_kwargs(args) -> dict:
@@ -168,8 +184,8 @@ def _sampler_kwargs(args) -> dict:
     return dict(solver=args.sampler)
 
 
-def cmd_sample(args) -> int:
-    png, npz = _outputs(args.out, args.overwrite)
+@_writes_pair
+def cmd_sample(args, png: Path, npz: Path) -> int:
     net, abar, device, seq = _model_for(args)
     kwargs = _sampler_kwargs(args)
     shape, n, bs = _image_shape(net), args.n, args.batch_size
@@ -189,21 +205,15 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def cmd_invert(args) -> int:
-    png, npz = _outputs(args.out, args.overwrite)
+@_writes_pair
+def cmd_invert(args, png: Path, npz: Path) -> int:
     net, abar, device, seq = _model_for(args)
     x0 = data.read_images(args.input, _image_shape(net)).to(device)
     bar, callback = progress(2 * len(seq), "invert + decode", not args.no_progress)
     eps = checkpoint.eps_fn(net, args.amp)
-    try:
-        with bar:
-            x_T = ddim_invert(eps, x0, abar, seq, callback=callback)
-            recon = ddim_sample(eps, x_T, abar, seq, callback=callback)
-    except NonFiniteError as e:
-        if float(x0.abs().max()) <= 4:
-            raise
-        raise NonFiniteError(f"{e}; but the input itself reaches {float(x0.abs().max()):.3g}, far outside the [-1, 1] of "
-                             f"the images the model learned: check --input") from None
+    with bar:
+        x_T = ddim_invert(eps, x0, abar, seq, callback=callback)
+        recon = ddim_sample(eps, x_T, abar, seq, callback=callback)
     mse = ((recon - x0) ** 2).flatten(1).mean(1)
     _save_pair(png, npz, torch.cat([x0, recon]).cpu(), x0.shape[0], args.scale, args.overwrite, x_T=x_T.cpu().numpy(),
                x0=x0.cpu().numpy(), recon=recon.cpu().numpy(), mse=mse.cpu().numpy(), steps=len(seq),
@@ -213,8 +223,11 @@ def cmd_invert(args) -> int:
     return 0
 
 
-def cmd_interpolate(args) -> int:
-    png, npz = _outputs(args.out, args.overwrite)
+LATENT_BOUND = 20    # |x_T| for x_T ~ N(0, I) exceeds 9 with probability below 1e-18 per value
+
+
+@_writes_pair
+def cmd_interpolate(args, png: Path, npz: Path) -> int:
     net, abar, device, seq = _model_for(args)
     if args.index is not None and not args.latents:
         raise ValueError("--index picks two latents of a --latents file; without --latents use --seeds A B")
@@ -223,7 +236,8 @@ def cmd_interpolate(args) -> int:
                          "the latents of two seeds")
     if args.latents:
         if not Path(args.latents).is_file():
-            raise FileNotFoundError(f"no such file: {args.latents}")
+            raise FileNotFoundError(f"{args.latents} is a folder; pass the .npz file" if Path(args.latents).is_dir()
+                                    else f"no such file: {args.latents}")
         _, x_T = data.npz_array(args.latents, ("x_T",), "pass the .npz written by `invert` or `sample`")
         if x_T.dtype.kind not in "fiu":
             raise ValueError(f"{args.latents}: x_T is not a numeric array")
@@ -231,12 +245,21 @@ def cmd_interpolate(args) -> int:
         if tuple(lat.shape[1:]) != _image_shape(net):
             raise ValueError(f"{args.latents} holds latents of shape {tuple(lat.shape[1:])}, but the model makes "
                              f"{_image_shape(net)} images; use latents from this model's `invert` or `sample`")
+        if len(lat) < 2 and args.index is None:
+            raise ValueError(f"{args.latents} holds {len(lat)} latent{'' if len(lat) == 1 else 's'}; interpolation takes "
+                             f"two: invert or sample two images or more")
         i, j = args.index or (0, 1)
         if not (0 <= i < len(lat) and 0 <= j < len(lat)):
             raise ValueError(f"--index must be two indices in 0..{len(lat) - 1}, got {i} {j}")
+        if not bool(torch.isfinite(lat[[i, j]]).all()) or float(lat[[i, j]].abs().max()) > LATENT_BOUND:
+            raise ValueError(f"{args.latents}: x_T[{i}] and x_T[{j}] must be latents (about N(0, I)), got values up to "
+                             f"{float(lat[[i, j]].abs().max()):.3g}; pass the .npz written by `invert` or `sample`")
         z0, z1 = lat[i:i + 1].to(device), lat[j:j + 1].to(device)
     else:   # latent 0 of each seed: the first image of `sample --seed A` and of `sample --seed B`
         z0, z1 = (latents(s, [0], _image_shape(net), device) for s in (args.seeds or (0, 1)))
+    if torch.equal(z0, z1):
+        raise ValueError("the two latents are the same (" + (f"--index {i} {j}" if args.latents else
+                         f"--seeds {args.seeds[0]} {args.seeds[1]}") + "): interpolation needs two different ones")
     lam = torch.linspace(0, 1, args.n)
     z = slerp(z0, z1, lam.to(device))
     bar, callback = progress(len(seq), "interpolate", not args.no_progress)
@@ -290,6 +313,10 @@ def _reproduce(args, out: Path) -> int:
         _check_amp(args.amp, device)
         net, abar = checkpoint.load_model(args.checkpoint, device, use_ema=not args.no_ema)
         in_ch, res = _image_shape(net)[:2]
+        reads_cifar = in_ch == 3 and (args.table == "table2" or args.features == "random")
+        if args.data_root is not None and not reads_cifar:
+            raise ValueError("--data-root does nothing here: it is where CIFAR-10 is read, by table2 of an RGB model and by "
+                             "table1 --features random of one (inception uses torch-fidelity's statistics); drop it")
         common = dict(alpha_bar=abar, batch_size=args.batch_size, device=device, amp=args.amp,
                       progress=not args.no_progress)
         if args.steps is not None:                     # else the paper's, the library's defaults
@@ -316,18 +343,8 @@ def _reproduce(args, out: Path) -> int:
 
 
 def cmd_lab(args) -> int:
-    earlier = lab.outputs_in(args.out)
-    _refuse_existing(args.overwrite, *earlier)
-    written = lab.main(out=args.out, n=args.n, image_d=args.image_d, image_n=args.image_n, spacing=args.spacing,
-                       seed=args.seed)
-    _remove_stale(earlier, written)
-    return 0
-
-
-def _remove_stale(earlier: list[Path], written: list[Path]) -> None:
-    """Delete what an earlier run wrote and this one did not (e.g. its table1_d1024.png beside a table without it)."""
-    for stale in set(earlier) - set(written):
-        stale.unlink(missing_ok=True)
+    return _tables_in(args, lambda: lab.main(out=args.out, n=args.n, image_d=args.image_d, image_n=args.image_n,
+                                             spacing=args.spacing, seed=args.seed), lab.outputs_in)
 
 
 def cmd_demo(args) -> int:
@@ -336,9 +353,25 @@ def cmd_demo(args) -> int:
         if given:
             raise ValueError(f"{' and '.join(given)} do{'es' if len(given) == 1 else ''} nothing with --skip-train, "
                              f"which runs only the exact-score lab")
-    earlier = demo.outputs_in(args.out)
-    _refuse_existing(args.overwrite, *earlier, hint=" (the trained model is cached and reused)")
-    _remove_stale(earlier, demo.main(args))
+    return _tables_in(args, lambda: demo.main(args), lab.outputs_in if args.skip_train else demo.outputs_in,
+                      hint=" (the trained model is cached and reused)")
+
+
+def _tables_in(args, run, outputs_in, hint: str = "") -> int:
+    """`lab` and `demo`: refuse to replace an earlier run's files without --overwrite, under a lock that the whole
+    run holds (a second command on the same --out refuses at once), and afterwards delete what the earlier run wrote
+    and this one did not (e.g. its table1_d1024.png beside a table without it). A folder that cannot be written is
+    said before the work; one the command made is removed again if it fails."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; give a folder for table1.txt and the figures")
+    lock_file = out / ".lab.lock"
+    with folder_removed_on_error(out, lock_file), locked(lock_file, busy=f"{out} is in use by another `lab` or `demo`; "
+                                                                         f"wait for it to finish or choose another --out"):
+        earlier = outputs_in(out)
+        _refuse_existing(args.overwrite, *earlier, hint=hint)
+        for stale in set(earlier) - set(run()):
+            stale.unlink(missing_ok=True)
     return 0
 
 
@@ -476,7 +509,7 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--latents", help="an .npz from `invert` or `sample`: interpolate between its x_T[--index]")
     p.add_argument("--index", type=int, nargs=2, default=None, metavar=("I", "J"),
                    help="with --latents: which two of its latents (default 0 1)")
-    p.add_argument("--n", type=_positive, default=8, help="number of frames")
+    p.add_argument("--n", type=_int_in(2), default=8, help="number of frames, the two ends included")
 
     p = add("reproduce", cmd_reproduce, "the DDIM paper's Table 1 (FID over eta x S) or Table 2 (reconstruction)")
     p.add_argument("table", choices=("table1", "table2"))
@@ -543,7 +576,8 @@ def main(argv=None, prog: str | None = None) -> int:
     shown = warnings.showwarning
 
     def show(message, category, *rest, **kw):   # ddimlab's own warnings as one line, like its errors
-        if issubclass(category, (OutOfRangeWarning, StepsWarning, checkpoint.EarlyEMAWarning, TornLogWarning)):
+        if issubclass(category, (OutOfRangeWarning, StepsWarning, checkpoint.EarlyEMAWarning, TornLogWarning,
+                                     LossWarning)):
             print(f"{prog} {args.command}: warning: {message}", file=sys.stderr)
         else:
             shown(message, category, *rest, **kw)

@@ -416,9 +416,12 @@ def npz_array(path, keys, hint: str):
     return key, array
 
 
+SAMPLES_BOUND = 50     # a poorly trained model's samples overshoot [-1, 1] (the tests' tiny one past 4); 0..255 do not pass
+
+
 def _npz_images(path: Path) -> torch.Tensor:
-    """x0 (float in [−1, 1]; |x| > 4, e.g. 0..255 data, is refused), samples (a sampler's output, taken as it is) or
-    images (uint8, N×H×W×C) of an .npz, as float32."""
+    """x0 (float in [−1, 1]; |x| > 4, e.g. 0..255 data, is refused), samples (a sampler's float output, taken as it
+    is unless |x| > SAMPLES_BOUND) or images (uint8, N×H×W×C) of an .npz, as float32."""
     key, a = npz_array(path, ("x0", "samples", "images"), "pass the .npz written by `sample` or `invert`, or your own "
                                                              "with one of those arrays")
     if a.dtype.kind not in "fiub" or a.size == 0:
@@ -428,11 +431,17 @@ def _npz_images(path: Path) -> torch.Tensor:
             raise ValueError(f"{path}: images must be uint8 (N, H, W, C) with C = 1 or 3, got {a.dtype} of shape {a.shape}; "
                              f"pass floats in [-1, 1] as x0 instead")
         return torch.as_tensor(a, dtype=torch.float32).permute(0, 3, 1, 2) / 127.5 - 1
+    if a.dtype.kind != "f":
+        raise ValueError(f"{path}: {key} must be floats in [-1, 1], got {a.dtype} values in [{a.min():.3g}, {a.max():.3g}]; "
+                         f"uint8 images go in an `images` array (N, H, W, C)")
     if not np.isfinite(a).all():
         raise ValueError(f"{path}: {key} contains NaN or inf")
     if key == "x0" and np.abs(a).max() > 4:
         raise ValueError(f"{path}: {key} must be finite and in [-1, 1], got values in [{a.min():.3g}, {a.max():.3g}]; "
                          f"uint8 images go in an `images` array (N, H, W, C)")
+    if key == "samples" and np.abs(a).max() > SAMPLES_BOUND:
+        raise ValueError(f"{path}: samples must be a sampler's output (about [-1, 1]), got values in "
+                         f"[{a.min():.3g}, {a.max():.3g}]; uint8 images go in an `images` array (N, H, W, C)")
     return torch.as_tensor(a, dtype=torch.float32)
 
 

@@ -58,7 +58,10 @@ def locked(path, busy: str | None = None):
     that two processes writing the same outputs take turns (POSIX `fcntl.flock`; elsewhere no lock).
     With `busy` (a message) it does not wait: a lock held elsewhere is a `BusyError(busy)`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise type(e)(e.errno, f"cannot create the folder {path.parent} ({e.strerror}); choose another --out") from None
     try:
         import fcntl  # POSIX only
     except ImportError:

@@ -412,7 +412,7 @@ def make_figure(rows: list[dict], path) -> Path:
 
 
 IMAGE_S_LIST = (10, 20, 50, 100)     # 1024-D: S = 1000 would take ~10 min on 2 CPU cores and shows nothing new
-FIGURE_NAME = re.compile(r"table1_d\d+\.png")     # out/table1_d{image_d}.png, and no other name
+FIGURE_NAME = re.compile(r"table1_d[1-9][0-9]*\.png")     # out/table1_d{image_d}.png, and no other name (not _d0004)
 
 
 def outputs_in(out) -> list[Path]:

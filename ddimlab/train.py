@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -120,6 +121,10 @@ SHAPE_KEYS = ("dataset", "schedule", "T")   # and so must these
 
 class RunExistsError(FileExistsError):
     """The output folder already holds a run and neither resume nor overwrite was asked for."""
+
+
+class LossWarning(UserWarning):
+    """A run ended with a loss worse than predicting ε = 0 (finite, so not a `NonFiniteLossError`)."""
 
 
 class TornLogWarning(UserWarning):
@@ -219,13 +224,17 @@ def validate_config(c: TrainConfig) -> TrainConfig:
         v = getattr(c, name)
         if not isinstance(v, int) or v < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+    most = max(64, 4 * (os.cpu_count() or 1))   # 100000 threads: OpenMP ran out of memory, in a traceback
+    if c.threads > most:
+        raise ValueError(f"threads must be at most {most} (this machine has {os.cpu_count()} CPUs; 0: torch's default), "
+                         f"got {c.threads}")
     if isinstance(c.seed, bool) or not isinstance(c.seed, int) or not 0 <= c.seed < 2 ** 32:
         raise ValueError(f"seed must be an integer in 0..2**32 - 1, got {c.seed!r}")
     for name in ("lr", "ema_decay", "grad_clip", "dropout"):
         if not math.isfinite(getattr(c, name)):
             raise ValueError(f"{name} must be a finite number, got {getattr(c, name)}")
-    if not 0 < c.lr <= 1e37:     # Adam's first step is 10·lr, in float32 (at most 3.4e38)
-        raise ValueError(f"lr must be > 0 and at most 1e37, got {c.lr}")
+    if not (0 < c.lr <= 1e37 and torch.tensor(c.lr, dtype=torch.float32) > 0):     # the weights are float32: at most 3.4e38
+        raise ValueError(f"lr must be > 0 in float32 and at most 1e37, got {c.lr}")     # (Adam's first step is 10·lr)
     if not 0 <= c.ema_decay < 1:
         raise ValueError(f"ema_decay must be in [0, 1), got {c.ema_decay}")
     if c.grad_clip < 0:
@@ -415,6 +424,9 @@ def _check_same_model(saved: TrainConfig, config: TrainConfig, where) -> None:
 def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to train into a folder that holds a run unless resume or overwrite was asked for."""
     held = [n for n in ("ckpt.pt", "log.jsonl", "config.json") if (out / n).exists()]
+    if held == ["log.jsonl"] and not overwrite:        # killed (kill -9, power cut) before its first checkpoint
+        print(f"{out} holds only log.jsonl, from a run that stopped before its first checkpoint: a new run replaces it")
+        return
     if held and not (resume or overwrite):
         if not (out / "ckpt.pt").exists():
             raise RunExistsError(f"{out} holds {', '.join(held)} but no ckpt.pt; --overwrite deletes them and starts a "
@@ -623,6 +635,10 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
         bar.close()
         if init_here:
             dist.destroy_process_group()
+    if is_main and mean_loss > 1.5:      # ε ~ N(0, I): predicting ε = 0 scores 1 per pixel
+        warnings.warn(f"the last training loss is {mean_loss:.3g}, far above the 1 of predicting eps = 0: the weights in "
+                      f"{out / 'ckpt.pt'} are worse than no network and their samples will be noise or overflow; lower lr "
+                      f"(now {config.lr}) and start again with --overwrite", LossWarning)
     return (out, model, ema) if return_models else out
 
 
@@ -637,11 +653,13 @@ def _diverged(what: str, out: Path, last_good, config: TrainConfig) -> NonFinite
 
 @torch.no_grad()
 def _check_weights(model, ema, batch, alpha_bar, autocast, step, out, last_good, config) -> None:
-    """Before a checkpoint: the loss of the weights and of the EMA weights about to be saved, on the step's batch, must
-    be finite. The training loss is computed before each optimizer step, so it cannot see a last step that diverged
-    (e.g. lr = 1e30 gives finite weights of 1e28 whose output is NaN). In eval mode: no dropout draws, so a resumed
-    run stays bitwise the same."""
-    x0, t, eps = batch
+    """Before a checkpoint: the loss of the weights and of the EMA weights about to be saved, on the step's images and
+    noise at steps spread evenly over 0..T-1, must be finite. The training loss is computed before each optimizer step,
+    so it cannot see a last step that diverged (e.g. lr = 1e30 gives finite weights of 1e28 whose output is NaN); and
+    the step's own t may miss the steps where the output overflows (lr = 10: finite at the batch's t, NaN at t = 600).
+    In eval mode and without random draws, so a run and its resumed copy stay bitwise the same."""
+    x0, _, eps = batch
+    t = torch.linspace(0, len(alpha_bar) - 1, len(x0), device=x0.device).round().long()
     model.eval()
     try:
         for name, net in (("weights", model), ("EMA weights", ema)):

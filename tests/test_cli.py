@@ -917,10 +917,13 @@ def test_sixth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     # `interpolate --latents ckpt.pt` listed some 20 KB of the zip's member names
     one_line_error(["interpolate", "--checkpoint", str(trained), "--latents", str(trained / "ckpt.pt"), "--steps", "2",
                     "--out", str(tmp_path / "i")], "is a torch checkpoint")
-    # `invert` of samples at 1e30 blamed the network for the NaN that followed
-    np.savez(tmp_path / "far.npz", samples=np.full((1, 1, 8, 8), 1e30, np.float32))
-    one_line_error(["invert", "--checkpoint", str(trained), "--input", str(tmp_path / "far.npz"), "--steps", "2",
-                    "--out", str(tmp_path / "v")], "the input itself reaches 1e+30")
+    # `invert` of samples at 1e30 blamed the network for the NaN that followed; samples in 0..255 (uint8, bool or
+    # float) were inverted with exit 0
+    for name, array in (("far", np.full((1, 1, 8, 8), 1e30, np.float32)), ("bytes", np.full((1, 1, 8, 8), 200, np.uint8)),
+                        ("bool", np.ones((1, 1, 8, 8), bool)), ("percent", np.full((1, 1, 8, 8), 100.0, np.float32))):
+        np.savez(tmp_path / f"{name}.npz", samples=array)
+        one_line_error(["invert", "--checkpoint", str(trained), "--input", str(tmp_path / f"{name}.npz"), "--steps", "2",
+                        "--out", str(tmp_path / "v")], "samples must be", "uint8 images go in an `images` array")
     # an --out in a folder that cannot be written named the lock file, after the sampling
     if os.path.isdir("/proc"):
         monkeypatch.setattr(cli, "sample_indices", lambda *a, **k: pytest.fail("sampled before refusing"))
@@ -949,7 +952,92 @@ def test_a_run_whose_weights_diverged_is_not_saved_and_can_be_retried(tmp_path):
     (tmp_path / "runs" / "mine.txt").write_text("mine")
     _short_error(_run("train", "--out", out, *tiny, "--set", "lr=1e30"), "loss of nan")
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["mine.txt"]
-    _short_error(_run("train", "--out", out, *tiny, "--set", "lr=1e308"), "lr must be > 0 and at most 1e37")
+    _short_error(_run("train", "--out", out, *tiny, "--set", "lr=1e308"), "lr must be > 0 in float32 and at most 1e37")
     r = _run("train", "--out", out, *tiny)
     assert r.returncode == 0, r.stderr
     assert (out / "ckpt.pt").exists() and len((out / "log.jsonl").read_text().splitlines()) == 1
+
+
+def test_seventh_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
+    """A seventh hostile round: each case deleted a user's file, let two commands write one folder, exited 0 with a
+    result that could not be right, left folders behind, ignored an option or ended in a traceback."""
+    import os
+
+    from ddimlab import demo, lab
+    from ddimlab.files import locked
+
+    def one_line_error(argv, *needles):
+        _expect_one_line_error(capsys, [*argv, "--no-progress"], *needles)
+
+    # `demo --overwrite` deleted table1_d0004.png and table1_d٤.png (any digits matched), which the lab never writes,
+    # and with --skip-train the digits_samplers.png it does not write either
+    monkeypatch.setattr(demo, "LAB", dict(n=8, image_d=0, image_n=8))
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--skip-train", "--out", str(out), "--no-progress"]) == 0
+    mine = ("table1_d0004.png", "table1_d\u0664.png", "digits_samplers.png")
+    for name in mine:
+        (out / name).write_text("mine")
+    assert cli.main(["demo", "--skip-train", "--out", str(out), "--overwrite", "--no-progress"]) == 0
+    assert all((out / name).read_text() == "mine" for name in mine)
+    # two `lab` or `demo` commands on one --out both ran and both exited 0
+    with locked(out / ".lab.lock"):
+        one_line_error(["lab", "--n", "8", "--image-d", "0", "--out", str(out), "--overwrite"],
+                       "in use by another `lab` or `demo`")
+    # a folder that cannot hold the tables was found after them; a failed run left the folders it made
+    monkeypatch.setattr(lab, "table1", lambda *a, **k: pytest.fail("ran the tables before refusing"))
+    if os.path.isdir("/proc"):
+        one_line_error(["lab", "--out", "/proc/ddimlab_lab"], "cannot create the folder /proc/ddimlab_lab")
+    monkeypatch.setattr(lab, "table1", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["lab", "--out", str(tmp_path / "new" / "lab"), "--no-progress"])
+    assert not (tmp_path / "new").exists()
+    monkeypatch.undo()
+    capsys.readouterr()
+    # sample, invert and interpolate made --out's folders (and a lock file) before a failure, and left them
+    one_line_error(["sample", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "new" / "s")], "nope.pt")
+    assert not (tmp_path / "new").exists()
+    # a checkpoint with `ema` or `model` set to None ended in a TypeError traceback
+    state = torch.load(trained / "ckpt.pt", weights_only=True)
+    sample = ["sample", "--n", "2", "--steps", "2", "--out", str(tmp_path / "s")]
+    for key, needle in (("ema", "holds no EMA weights"), ("model", "not a ddimlab training checkpoint")):
+        torch.save({**state, key: None}, tmp_path / f"{key}_none.pt")
+        one_line_error([*sample, "--checkpoint", str(tmp_path / f"{key}_none.pt"), *(["--no-ema"] * (key == "model"))],
+                       needle)
+    # interpolate: latents of 1e30 blamed the model; one latent mentioned an --index not given; a folder was "no such
+    # file"; the same latent twice (or one frame) exited 0 with nothing interpolated
+    interp = ["interpolate", "--checkpoint", str(trained), "--steps", "2", "--out", str(tmp_path / "i")]
+    np.savez(tmp_path / "far.npz", x_T=np.full((2, 1, 8, 8), 1e30, np.float32))
+    np.savez(tmp_path / "one.npz", x_T=np.zeros((1, 1, 8, 8), np.float32))
+    one_line_error([*interp, "--latents", str(tmp_path / "far.npz")], "must be latents (about N(0, I))")
+    one_line_error([*interp, "--latents", str(tmp_path / "one.npz")], "holds 1 latent;")
+    one_line_error([*interp, "--latents", str(tmp_path)], "is a folder")
+    one_line_error([*interp, "--seeds", "3", "3"], "the two latents are the same (--seeds 3 3)")
+    with pytest.raises(SystemExit):
+        cli.main([*interp, "--n", "1"])
+    assert "--n" in capsys.readouterr().err
+    # reproduce --data-root did nothing for a digits model
+    one_line_error(["reproduce", "table2", "--checkpoint", str(trained), "--data-root", str(tmp_path),
+                    "--out", str(tmp_path / "t2")], "--data-root does nothing here")
+    # train: 100000 threads ended in an OpenMP out-of-memory traceback; lr = 5e-324 is 0 in float32; --bf16 on the
+    # CPU was ignored
+    tiny = ["train", *_sets(TINY), "--set", "steps=1", "--set", "n_samples=0"]
+    one_line_error([*tiny, "--out", str(tmp_path / "r"), "--set", "threads=100000"], "threads must be at most")
+    one_line_error([*tiny, "--out", str(tmp_path / "r"), "--set", "lr=5e-324"], "lr must be > 0 in float32")
+    one_line_error([*tiny, "--out", str(tmp_path / "r"), "--bf16"], "--bf16 (autocast) applies on CUDA only")
+    assert not (tmp_path / "r").exists()
+    # --set out=~/x made a folder named ~ in the current one
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cli.main([*tiny, "--set", "out=~/r", "--no-progress"]) == 0
+    assert (tmp_path / "home" / "r" / "ckpt.pt").exists()
+    monkeypatch.undo()
+    # a run killed (kill -9) before its first checkpoint left log.jsonl, and the retry was refused for it
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "log.jsonl").write_text('{"step": 10, "loss": 0.5}\n')
+    assert cli.main([*tiny, "--out", str(killed), "--no-progress"]) == 0
+    assert "a new run replaces it" in capsys.readouterr().out
+    assert [json.loads(line)["step"] for line in (killed / "log.jsonl").read_text().splitlines()] == [1]
+    # lr = 10 gave finite weights whose samples overflow, with exit 0 and no word
+    assert cli.main([*tiny, "--out", str(tmp_path / "lr10"), "--set", "lr=10", "--set", "warmup=0", "--set", "steps=3",
+                     "--no-progress"]) == 0
+    assert "far above the 1 of predicting eps = 0" in capsys.readouterr().err
