@@ -454,6 +454,9 @@ def load_model(path, device="cpu", use_ema: bool = True):
       `ddpm-cifar10`, which downloads it once into the cache (`official_ddpm_file`); linear ᾱ, T = 1000;
     - a diffusers `UNet2DModel` folder or pipeline folder (ᾱ from its scheduler_config.json when present).
     """
+    if not str(path).strip():                   # Path("") is the current folder
+        raise CheckpointError("the checkpoint path is empty; pass a ckpt.pt or run folder, model-790000.ckpt, "
+                              f"`{OFFICIAL_NAME}` or a diffusers UNet2DModel folder")
     path = official_ddpm_file() if str(path) == OFFICIAL_NAME else Path(path)
     if path.is_dir() and (path / "ckpt.pt").is_file():
         path = path / "ckpt.pt"                     # a ddimlab run folder

@@ -50,7 +50,8 @@ def _model_for(args):
     T = abar.shape[0]
     steps = args.steps if args.steps is not None else (T if getattr(args, "sampler", None) == "ddpm" else 50)
     if steps > T:
-        raise ValueError(f"--steps {steps} exceeds the model's T = {T}")
+        raise ValueError(f"--steps {steps}{'' if args.steps is not None else ' (the default)'} exceeds the model's "
+                         f"T = {T}; pass --steps {T} or fewer")
     if args.spacing is None:       # recorded in the output and printed as the one used
         args.spacing = ode.DEFAULT_RULES.get(getattr(args, "sampler", None), "uniform")
     seq = ode.rule_timesteps(args.spacing, steps, abar) if args.spacing in ode.STEP_RULES else \
@@ -110,7 +111,7 @@ def _refuse_folders(png: Path, npz: Path) -> None:
 
 
 def _refuse_existing(overwrite: bool, *paths: Path, hint: str = "") -> None:
-    held = [str(p) for p in paths if p.exists()]
+    held = [str(p) for p in paths if p.exists() or p.is_symlink()]     # a dangling link too: writing would replace it
     if held and not overwrite:
         one = len(held) == 1
         raise FileExistsError(f"{' and '.join(held)} already exist{'s' if one else ''}; pass --overwrite to replace "

@@ -153,7 +153,7 @@ def check_eta(eta) -> float:
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (math.isfinite(eta) and eta >= 0):
         raise ValueError(f"eta must be a finite number >= 0 (0 = deterministic DDIM, 1 = DDPM's posterior "
                          f"variance), got {eta!r}")
-    return float(eta)
+    return float(eta) + 0.0          # -0.0 as 0.0 (a table row named "-0")
 
 
 def check_sigma(a_t, a_s, sigma) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import devices, ode, schedule
+from . import devices, diffusion, ode, schedule
 from .checkpoint import eps_fn
 from .data import from_model_range
 from .files import atomic_write
@@ -34,7 +34,8 @@ def progress(total: int, desc: str, enabled: bool = True):
 
 
 def check_eta(eta):
-    """A Table 1 row's η: a float ≥ 0, or SIGMA_HAT (also accepted: "σ̂", "sigmahat", "ddpm-large", "large")."""
+    """A Table 1 row's η: a finite float ≥ 0 (`diffusion.check_eta`), or SIGMA_HAT (also accepted: "σ̂", "sigmahat",
+    "ddpm-large", "large")."""
     if isinstance(eta, str):
         if eta.strip().lower().replace("-", "_") in (SIGMA_HAT, "sigmahat", "σ̂", "ddpm_large", "large"):
             return SIGMA_HAT
@@ -42,9 +43,7 @@ def check_eta(eta):
             eta = float(eta)
         except ValueError:
             raise ValueError(f"eta must be a number >= 0 or {SIGMA_HAT!r}, got {eta!r}") from None
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta >= 0:
-        raise ValueError(f"eta must be a number >= 0 or {SIGMA_HAT!r}, got {eta!r}")
-    return float(eta)
+    return diffusion.check_eta(eta)
 
 
 class OutOfRangeWarning(UserWarning):

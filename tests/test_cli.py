@@ -963,7 +963,7 @@ def test_seventh_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     result that could not be right, left folders behind, ignored an option or ended in a traceback."""
     import os
 
-    from ddimlab import demo, lab
+    from ddimlab import demo, generate, lab, tables
     from ddimlab.files import locked
 
     def one_line_error(argv, *needles):
@@ -1003,6 +1003,15 @@ def test_seventh_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
         torch.save({**state, key: None}, tmp_path / f"{key}_none.pt")
         one_line_error([*sample, "--checkpoint", str(tmp_path / f"{key}_none.pt"), *(["--no-ema"] * (key == "model"))],
                        needle)
+    # `--checkpoint ""` was read as the current folder; a dangling link as OUT.png was replaced without --overwrite;
+    # `reproduce --etas -0` named a row "-0", and a Table 1 η of inf passed `generate.check_eta`
+    one_line_error([*sample, "--checkpoint", ""], "the checkpoint path is empty")
+    (tmp_path / "link.png").symlink_to(tmp_path / "nowhere.png")
+    one_line_error(["sample", "--checkpoint", str(trained), "--n", "2", "--steps", "2", "--out", str(tmp_path / "link")],
+                   "link.png already exists")
+    assert tables.eta_label(generate.check_eta("-0")) == "0"
+    with pytest.raises(ValueError, match="finite"):
+        generate.check_eta("inf")
     # interpolate: latents of 1e30 blamed the model; one latent mentioned an --index not given; a folder was "no such
     # file"; the same latent twice (or one frame) exited 0 with nothing interpolated
     interp = ["interpolate", "--checkpoint", str(trained), "--steps", "2", "--out", str(tmp_path / "i")]
