@@ -144,6 +144,10 @@ def cmd_train(args) -> int:
     if args.no_progress:
         overrides.append("progress=false")
     set_out = [kv.split("=", 1)[1] for kv in overrides if kv.split("=", 1)[0].strip() == "out"]
+    for flag, value in (("out", args.out), ("device", args.device)):
+        given = [kv.split("=", 1)[1].strip() for kv in overrides[:len(args.set or [])] if kv.split("=", 1)[0].strip() == flag]
+        if value is not None and given and os.path.normpath(given[-1]) != os.path.normpath(value):
+            raise ValueError(f"--{flag} {value} and --set {flag}={given[-1]} contradict each other; give one")
     out = Path(args.out or (set_out[-1] if set_out else PRESETS[args.preset or "digits"].get("out", TrainConfig.out)))
     if args.resume and (out / "ckpt.pt").exists():     # the run's own settings, changed only where asked
         if args.preset is not None:
@@ -240,8 +244,9 @@ def cmd_interpolate(args, png: Path, npz: Path) -> int:
             raise FileNotFoundError(f"{args.latents} is a folder; pass the .npz file" if Path(args.latents).is_dir()
                                     else f"no such file: {args.latents}")
         _, x_T = data.npz_array(args.latents, ("x_T",), "pass the .npz written by `invert` or `sample`")
-        if x_T.dtype.kind not in "fiu":
-            raise ValueError(f"{args.latents}: x_T is not a numeric array")
+        if x_T.dtype.kind != "f" or x_T.dtype.itemsize > 8:
+            raise ValueError(f"{args.latents}: x_T must be float16, float32 or float64 latents, got {x_T.dtype}; "
+                             f"pass the .npz written by `invert` or `sample`")
         lat = torch.as_tensor(x_T, dtype=torch.float32)
         if tuple(lat.shape[1:]) != _image_shape(net):
             raise ValueError(f"{args.latents} holds latents of shape {tuple(lat.shape[1:])}, but the model makes "
@@ -289,6 +294,8 @@ def cmd_reproduce(args) -> int:
     given = [flag for flag, value in only[other].items() if value is not None]
     if given:
         raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to `reproduce {other}` only")
+    if args.out is not None and not args.out.strip():
+        raise ValueError(f"--out is empty; give a folder for the table, e.g. --out runs/{args.table}")
     out = Path(args.out or f"runs/{args.table}")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out")
@@ -363,6 +370,8 @@ def _tables_in(args, run, outputs_in, hint: str = "") -> int:
     run holds (a second command on the same --out refuses at once), and afterwards delete what the earlier run wrote
     and this one did not (e.g. its table1_d1024.png beside a table without it). A folder that cannot be written is
     said before the work; one the command made is removed again if it fails."""
+    if not str(args.out).strip():
+        raise ValueError("--out is empty; give a folder for table1.txt and the figures, e.g. --out outputs/lab")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file; give a folder for table1.txt and the figures")

@@ -431,8 +431,8 @@ def _npz_images(path: Path) -> torch.Tensor:
             raise ValueError(f"{path}: images must be uint8 (N, H, W, C) with C = 1 or 3, got {a.dtype} of shape {a.shape}; "
                              f"pass floats in [-1, 1] as x0 instead")
         return torch.as_tensor(a, dtype=torch.float32).permute(0, 3, 1, 2) / 127.5 - 1
-    if a.dtype.kind != "f":
-        raise ValueError(f"{path}: {key} must be floats in [-1, 1], got {a.dtype} values in [{a.min():.3g}, {a.max():.3g}]; "
+    if a.dtype.kind != "f" or a.dtype.itemsize > 8:
+        raise ValueError(f"{path}: {key} must be float16, float32 or float64 in [-1, 1], got {a.dtype}; "
                          f"uint8 images go in an `images` array (N, H, W, C)")
     if not np.isfinite(a).all():
         raise ValueError(f"{path}: {key} contains NaN or inf")
@@ -440,8 +440,9 @@ def _npz_images(path: Path) -> torch.Tensor:
         raise ValueError(f"{path}: {key} must be finite and in [-1, 1], got values in [{a.min():.3g}, {a.max():.3g}]; "
                          f"uint8 images go in an `images` array (N, H, W, C)")
     if key == "samples" and np.abs(a).max() > SAMPLES_BOUND:
-        raise ValueError(f"{path}: samples must be a sampler's output (about [-1, 1]), got values in "
-                         f"[{a.min():.3g}, {a.max():.3g}]; uint8 images go in an `images` array (N, H, W, C)")
+        raise ValueError(f"{path}: samples reach {np.abs(a).max():.3g}, beyond ±{SAMPLES_BOUND}: 0..255 data (uint8 images "
+                         f"go in an `images` array, N×H×W×C) or the samples of a model that has not learned its data, "
+                         f"which inversion cannot use; invert images in about [-1, 1]")
     return torch.as_tensor(a, dtype=torch.float32)
 
 

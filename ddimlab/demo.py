@@ -29,7 +29,7 @@ GRID = "digits_samplers.png"
 
 def outputs_in(out) -> list[Path]:
     """The files an earlier demo left in out (`lab.outputs_in` and the sample grid)."""
-    return lab.outputs_in(out) + [p for p in [Path(out) / GRID] if p.exists()]
+    return lab.outputs_in(out) + [p for p in [Path(out) / GRID] if p.exists() or p.is_symlink()]
 
 
 def as_scored(x: torch.Tensor) -> torch.Tensor:

@@ -98,14 +98,36 @@ def folder_removed_on_error(folder, *own):
     created = [p for p in (folder, *folder.parents) if not p.exists()]     # innermost first
     try:
         yield
+    except BusyError:           # another command holds the folder (and may have made it): nothing here is ours
+        raise
     except BaseException:
         if created:
             with contextlib.suppress(OSError):
                 for path in own:
-                    Path(path).unlink(missing_ok=True)
+                    _unlink_unless_locked(Path(path))
                 for p in created:
                     p.rmdir()
         raise
+
+
+def _unlink_unless_locked(path: Path) -> None:
+    """Delete `path` unless another process holds a `locked` lock on it (one that started on the same new folder
+    after this command took and released its lock): deleting a held lock file would let a third command in."""
+    try:
+        import fcntl  # POSIX only
+    except ImportError:
+        path.unlink(missing_ok=True)
+        return
+    try:
+        f = open(path)
+    except FileNotFoundError:
+        return
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

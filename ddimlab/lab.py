@@ -421,7 +421,7 @@ def outputs_in(out) -> list[Path]:
     out = Path(out)
     if not out.is_dir():
         return []
-    return [p for p in (out / "table1.txt", out / "table1.png") if p.exists()] + \
+    return [p for p in (out / "table1.txt", out / "table1.png") if p.exists() or p.is_symlink()] + \
         sorted(p for p in out.iterdir() if FIGURE_NAME.fullmatch(p.name))
 
 

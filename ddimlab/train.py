@@ -425,7 +425,8 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to train into a folder that holds a run unless resume or overwrite was asked for."""
     held = [n for n in ("ckpt.pt", "log.jsonl", "config.json") if (out / n).exists()]
     if held == ["log.jsonl"] and not overwrite:        # killed (kill -9, power cut) before its first checkpoint
-        print(f"{out} holds only log.jsonl, from a run that stopped before its first checkpoint: a new run replaces it")
+        if devices.rank_world()[0] == 0:
+            _remove_run(out, f"{out} held only log.jsonl, from a run that stopped before its first checkpoint")
         return
     if held and not (resume or overwrite):
         if not (out / "ckpt.pt").exists():
@@ -438,15 +439,16 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
                              f"to start again or another --out")
 
 
-def _remove_run(out: Path) -> None:
-    """--overwrite: delete the previous run's checkpoint, config, log and sample grids before starting again, so
-    that the folder never mixes two runs (a new run that fails early leaves it empty, not half old)."""
+def _remove_run(out: Path, why: str = "--overwrite") -> None:
+    """--overwrite, or a run killed before its first checkpoint: delete the previous run's checkpoint, config, log and
+    sample grids before starting again, so that the folder never mixes two runs (a new run that fails early leaves it
+    empty, not half old)."""
     old = [p for p in (out / "ckpt.pt", out / "config.json", out / "log.jsonl") if p.exists()]
     old += sorted((out / "samples").glob("step_*.png")) if old else []
     for p in old:
         p.unlink()
     if old:
-        print(f"--overwrite: removed the previous run in {out} ({len(old)} files)")
+        print(f"{why}: removed the previous run in {out} ({len(old)} files)")
 
 
 def _append_log(path: Path, record: dict) -> None:

@@ -923,7 +923,7 @@ def test_sixth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
                         ("bool", np.ones((1, 1, 8, 8), bool)), ("percent", np.full((1, 1, 8, 8), 100.0, np.float32))):
         np.savez(tmp_path / f"{name}.npz", samples=array)
         one_line_error(["invert", "--checkpoint", str(trained), "--input", str(tmp_path / f"{name}.npz"), "--steps", "2",
-                        "--out", str(tmp_path / "v")], "samples must be", "uint8 images go in an `images` array")
+                        "--out", str(tmp_path / "v")], "uint8 images go in an `images` array")
     # an --out in a folder that cannot be written named the lock file, after the sampling
     if os.path.isdir("/proc"):
         monkeypatch.setattr(cli, "sample_indices", lambda *a, **k: pytest.fail("sampled before refusing"))
@@ -1043,10 +1043,52 @@ def test_seventh_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     killed = tmp_path / "killed"
     killed.mkdir()
     (killed / "log.jsonl").write_text('{"step": 10, "loss": 0.5}\n')
+    (killed / "samples").mkdir()
+    (killed / "samples" / "step_0000010.png").write_text("the killed run's grid")
     assert cli.main([*tiny, "--out", str(killed), "--no-progress"]) == 0
-    assert "a new run replaces it" in capsys.readouterr().out
+    assert "held only log.jsonl, from a run that stopped before its first checkpoint: removed" in capsys.readouterr().out
+    assert not (killed / "samples" / "step_0000010.png").exists()      # the eighth round: the killed run's grids stayed
     assert [json.loads(line)["step"] for line in (killed / "log.jsonl").read_text().splitlines()] == [1]
     # lr = 10 gave finite weights whose samples overflow, with exit 0 and no word
     assert cli.main([*tiny, "--out", str(tmp_path / "lr10"), "--set", "lr=10", "--set", "warmup=0", "--set", "steps=3",
                      "--no-progress"]) == 0
     assert "far above the 1 of predicting eps = 0" in capsys.readouterr().err
+
+
+def test_eighth_round_of_careless_use(trained, tmp_path, capsys):
+    """An eighth hostile round: a command that lost the race for a new --out deleted the winner's lock (and a third
+    command then ran beside the first); float128 arrays and integer latents were read; a blank --out wrote into the
+    current folder; contradictory train options were resolved silently; a dangling link at table1.png was replaced."""
+    from ddimlab.files import BusyError, folder_removed_on_error, locked
+
+    def one_line_error(argv, *needles):
+        _expect_one_line_error(capsys, [*argv, "--no-progress"], *needles)
+
+    new = tmp_path / "race" / "out"
+    lock = new / ".lab.lock"
+    with pytest.raises(BusyError):
+        with folder_removed_on_error(new, lock):          # the loser looked before the winner made the folder
+            with locked(lock):                              # the winner
+                with locked(lock, busy="busy"):             # the loser's own attempt
+                    pass
+    assert lock.exists()                                    # the winner's lock, which a third command would miss
+    with locked(lock):                                      # a winner still running when the loser fails otherwise
+        with pytest.raises(ValueError):
+            with folder_removed_on_error(tmp_path / "race2", lock):
+                raise ValueError("the loser failed after the lock was released")
+        assert lock.exists()
+    np.savez(tmp_path / "f128.npz", x0=np.zeros((1, 1, 8, 8), np.longdouble))
+    one_line_error(["invert", "--checkpoint", str(trained), "--input", str(tmp_path / "f128.npz"), "--steps", "2",
+                    "--out", str(tmp_path / "v")], "float16, float32 or float64")
+    np.savez(tmp_path / "int.npz", x_T=np.arange(128).reshape(2, 1, 8, 8) % 7 - 3)
+    one_line_error(["interpolate", "--checkpoint", str(trained), "--latents", str(tmp_path / "int.npz"), "--steps", "2",
+                    "--out", str(tmp_path / "i")], "x_T must be float16, float32 or float64 latents")
+    one_line_error(["lab", "--out", " ", "--n", "8", "--image-d", "0"], "--out is empty")
+    one_line_error(["reproduce", "table2", "--checkpoint", str(trained), "--out", ""], "--out is empty")
+    tiny = ["train", *_sets(TINY), "--set", "steps=1", "--set", "n_samples=0"]
+    one_line_error([*tiny, "--out", str(tmp_path / "a"), "--set", f"out={tmp_path / 'b'}"], "contradict each other")
+    one_line_error([*tiny, "--out", str(tmp_path / "a"), "--device", "cpu", "--set", "device=cuda"], "contradict each other")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "lab" / "table1.png").symlink_to(tmp_path / "elsewhere.png")
+    one_line_error(["lab", "--out", str(tmp_path / "lab"), "--n", "8", "--image-d", "0"], "table1.png already exists")
