@@ -87,7 +87,7 @@ def _writes_pair(cmd):
     @functools.wraps(cmd)
     def run(args) -> int:
         raw, out = str(args.out), Path(args.out)
-        if out.is_dir() or not raw.strip() or raw.endswith(("/", "\\")):
+        if out.is_dir() or raw.endswith(("/", "\\")):
             raise ValueError(f"--out {raw!r} names a folder; give a file name, e.g. --out {out / 'samples'}")
         stem = out.with_suffix("") if out.suffix.lower() in (".png", ".npz") else out
         png, npz = stem.parent / (stem.name + ".png"), stem.parent / (stem.name + ".npz")
@@ -135,20 +135,16 @@ def _save_pair(png: Path, npz: Path, images: torch.Tensor, nrow, scale: int, ove
 # --------------------------------------------------------------------------- subcommands
 
 def cmd_train(args) -> int:
-    if args.out is not None and not args.out.strip():
-        raise ValueError("--out is empty; give the run's folder, e.g. --out runs/digits")
-    overrides = [_expand_path_setting(kv) for kv in args.set or []]
-    for key, value in (("out", args.out), ("device", args.device), ("bf16", args.bf16), ("compile", args.compile)):
-        if value is not None:
-            overrides.append(f"{key}={value}")
+    sets = [_expand_path_setting(kv) for kv in args.set or []]
+    last = {key.strip(): value.strip() for key, _, value in (kv.partition("=") for kv in sets)}    # the last one counts
+    for flag, value in (("out", args.out), ("device", args.device)):
+        if value is not None and flag in last and os.path.normpath(last[flag]) != os.path.normpath(value):
+            raise ValueError(f"--{flag} {value} and --set {flag}={last[flag]} contradict each other; give one")
+    overrides = sets + [f"{key}={value}" for key, value in (("out", args.out), ("device", args.device), ("bf16", args.bf16),
+                                                             ("compile", args.compile)) if value is not None]
     if args.no_progress:
         overrides.append("progress=false")
-    set_out = [kv.split("=", 1)[1] for kv in overrides if kv.split("=", 1)[0].strip() == "out"]
-    for flag, value in (("out", args.out), ("device", args.device)):
-        given = [kv.split("=", 1)[1].strip() for kv in overrides[:len(args.set or [])] if kv.split("=", 1)[0].strip() == flag]
-        if value is not None and given and os.path.normpath(given[-1]) != os.path.normpath(value):
-            raise ValueError(f"--{flag} {value} and --set {flag}={given[-1]} contradict each other; give one")
-    out = Path(args.out or (set_out[-1] if set_out else PRESETS[args.preset or "digits"].get("out", TrainConfig.out)))
+    out = Path(args.out or last.get("out") or PRESETS[args.preset or "digits"].get("out", TrainConfig.out))
     if args.resume and (out / "ckpt.pt").exists():     # the run's own settings, changed only where asked
         if args.preset is not None:
             raise ValueError("--preset does not apply to --resume: the run continues with its saved settings; "
@@ -294,8 +290,6 @@ def cmd_reproduce(args) -> int:
     given = [flag for flag, value in only[other].items() if value is not None]
     if given:
         raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to `reproduce {other}` only")
-    if args.out is not None and not args.out.strip():
-        raise ValueError(f"--out is empty; give a folder for the table, e.g. --out runs/{args.table}")
     out = Path(args.out or f"runs/{args.table}")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out")
@@ -370,8 +364,6 @@ def _tables_in(args, run, outputs_in, hint: str = "") -> int:
     run holds (a second command on the same --out refuses at once), and afterwards delete what the earlier run wrote
     and this one did not (e.g. its table1_d1024.png beside a table without it). A folder that cannot be written is
     said before the work; one the command made is removed again if it fails."""
-    if not str(args.out).strip():
-        raise ValueError("--out is empty; give a folder for table1.txt and the figures, e.g. --out outputs/lab")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file; give a folder for table1.txt and the figures")
@@ -571,6 +563,15 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
 PATH_OPTIONS = ("out", "checkpoint", "input", "latents", "data_root")
 
 
+def _refuse_blank_paths(args) -> None:
+    """A blank path option is the current folder to pathlib (lab, demo and reproduce wrote there): an error instead.
+    `--checkpoint` is `checkpoint.load_model`'s to refuse, for Python callers too."""
+    for name in PATH_OPTIONS[:1] + PATH_OPTIONS[2:]:
+        value = getattr(args, name, None)
+        if any(not str(v).strip() for v in (value if isinstance(value, list) else [value] if value is not None else [])):
+            raise ValueError(f"--{name.replace('_', '-')} is empty; give a path")
+
+
 def main(argv=None, prog: str | None = None) -> int:
     """Run the command line; returns the exit status (README "Using the library")."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
@@ -594,6 +595,7 @@ def main(argv=None, prog: str | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show
+            _refuse_blank_paths(args)
             return int(args.func(args) or 0)
     except KeyboardInterrupt as e:
         print(f"{prog} {args.command}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)

@@ -565,7 +565,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
 
     def save():                                        # the weights after `step`, once their loss is seen to be finite
         nonlocal last_good
-        _check_weights(model, ema, (x0, t, eps), alpha_bar, autocast, step, out, last_good, config)
+        _check_weights(model, ema, x0, eps, alpha_bar, autocast, step, out, last_good, config)
         save_run(out, model, ema, opt, step, config, gen, device, in_ch, mean_loss, (loss_sum, loss_n))
         last_good = step
 
@@ -654,13 +654,12 @@ def _diverged(what: str, out: Path, last_good, config: TrainConfig) -> NonFinite
 
 
 @torch.no_grad()
-def _check_weights(model, ema, batch, alpha_bar, autocast, step, out, last_good, config) -> None:
+def _check_weights(model, ema, x0, eps, alpha_bar, autocast, step, out, last_good, config) -> None:
     """Before a checkpoint: the loss of the weights and of the EMA weights about to be saved, on the step's images and
-    noise at steps spread evenly over 0..T-1, must be finite. The training loss is computed before each optimizer step,
-    so it cannot see a last step that diverged (e.g. lr = 1e30 gives finite weights of 1e28 whose output is NaN); and
-    the step's own t may miss the steps where the output overflows (lr = 10: finite at the batch's t, NaN at t = 600).
-    In eval mode and without random draws, so a run and its resumed copy stay bitwise the same."""
-    x0, _, eps = batch
+    noise at steps spread evenly over 0..T-1 (not only the batch's own t), must be finite. The training loss is computed
+    before each optimizer step, so it cannot see a last step that diverged (e.g. lr = 1e30 gives finite weights of 1e28
+    whose output is NaN). Finite but useless weights (lr = 10: ε̂ of about 2500) pass; `LossWarning` names those. In
+    eval mode and without random draws, so a run and its resumed copy stay bitwise the same."""
     t = torch.linspace(0, len(alpha_bar) - 1, len(x0), device=x0.device).round().long()
     model.eval()
     try:
