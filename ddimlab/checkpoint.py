@@ -102,7 +102,9 @@ def official_state_dict(obj) -> dict:
     if isinstance(obj, (list, tuple)):
         dicts = [o for o in obj if isinstance(o, dict) and o and all(torch.is_tensor(v) for v in o.values())]
         if not dicts:
-            raise CheckpointError("checkpoint list holds no state_dict")
+            raise CheckpointError(f"the file holds a {type(obj).__name__} without a state_dict (a dict of tensors); "
+                                  f"expected a ddimlab ckpt.pt, the official model-790000.ckpt or ermongroup/ddim's "
+                                  f"[model, optimizer, epoch, step(, ema)]")
         obj = dicts[-1] if len(obj) >= 5 else dicts[0]  # [..., ema] when EMA was saved
     if not isinstance(obj, dict):
         raise CheckpointError(f"expected a state_dict, got {type(obj).__name__}")
@@ -462,6 +464,10 @@ def load_model(path, device="cpu", use_ema: bool = True):
         path = path / "ckpt.pt"                     # a ddimlab run folder
     elif path.is_dir() and ((path / "log.jsonl").exists() or "ema_decay" in _json_keys(path / "config.json")):
         raise CheckpointError(f"{path} is a ddimlab run folder without ckpt.pt: the run has not written a checkpoint yet")
+    elif path.is_dir() and ((path / "ckpt.pt").exists() or path.suffix.lower() in (".pt", ".pth", ".ckpt")):
+        where = path / "ckpt.pt" if (path / "ckpt.pt").exists() else path
+        raise CheckpointError(f"{where} is not a file but a {'folder' if where.is_dir() else 'special file'}; a "
+                              f"checkpoint is a file (ckpt.pt, model-790000.ckpt) or a diffusers UNet2DModel folder")
     elif path.is_file() and path.suffix.lower() in (".npz", ".png", ".json", ".jsonl", ".txt", ".csv", ".md"):
         raise CheckpointError(f"{path} is a {path.suffix} file, not a checkpoint; pass a ckpt.pt or run folder, "
                               f"model-790000.ckpt, `{OFFICIAL_NAME}` or a diffusers UNet2DModel folder")

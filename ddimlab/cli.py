@@ -14,7 +14,9 @@ import dataclasses
 import functools
 import hashlib
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -238,7 +240,8 @@ def cmd_interpolate(args, png: Path, npz: Path) -> int:
     if args.latents:
         if not Path(args.latents).is_file():
             raise FileNotFoundError(f"{args.latents} is a folder; pass the .npz file" if Path(args.latents).is_dir()
-                                    else f"no such file: {args.latents}")
+                                    else f"{args.latents} is not a regular file (a pipe, socket or device); pass the "
+                                         f".npz file" if Path(args.latents).exists() else f"no such file: {args.latents}")
         _, x_T = data.npz_array(args.latents, ("x_T",), "pass the .npz written by `invert` or `sample`")
         if x_T.dtype.kind != "f" or x_T.dtype.itemsize > 8:
             raise ValueError(f"{args.latents}: x_T must be float16, float32 or float64 latents, got {x_T.dtype}; "
@@ -592,6 +595,7 @@ def main(argv=None, prog: str | None = None) -> int:
             print(f"{prog} {args.command}: warning: {message}", file=sys.stderr)
         else:
             shown(message, category, *rest, **kw)
+    terminate = _sigterm_as_interrupt()
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show
@@ -614,6 +618,26 @@ def main(argv=None, prog: str | None = None) -> int:
               f"(it needs a working C++ compiler, and Triton on a GPU)", file=sys.stderr)
         print("(run again with --debug for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        terminate.restore()
+
+
+class _sigterm_as_interrupt:
+    """SIGTERM (`kill`, `timeout`, `docker stop`) raised as a KeyboardInterrupt during a command, so that it cleans up
+    as after Ctrl-C (the folders and lock a failed `sample` made) instead of ending the process where it stands.
+    `train` sets its own handler while it trains (a checkpoint, then stop). Only on the main thread."""
+
+    def __init__(self):
+        self.active = threading.current_thread() is threading.main_thread()
+        self.previous = signal.signal(signal.SIGTERM, self._raise) if self.active else None
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt("terminated (SIGTERM)")
+
+    def restore(self):
+        if self.active:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 if __name__ == "__main__":

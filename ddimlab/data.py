@@ -364,6 +364,8 @@ def read_images(paths, shape) -> torch.Tensor:
 
     C, H, W = shape
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+    if special := [str(p) for p in paths if p.exists() and not p.is_file() and not p.is_dir()]:
+        raise ValueError(f"not a regular file (a pipe, socket or device): {', '.join(special)}; pass .npz or PNG files")
     missing = [f"{p} (a folder: pass its files)" if p.is_dir() else str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"no such file: {', '.join(missing)}")

@@ -21,7 +21,6 @@ from .generate import progress
 SAMPLERS = (("DDPM, 1000 steps", "ddpm", 1000), ("DDIM, 10 steps", "ddim", 10),
             ("DDIM, 20 steps", "ddim", 20), ("DDIM, 50 steps", "ddim", 50))
 SCORE_RESOLUTION = 16
-TRAIN_THREADS = 2      # faster than one on an idle 2-core machine (step times: train.PRESETS); part of the cache key
 LAB = dict(n=2000, image_d=1024, image_n=200)
 N_SAMPLES = 200        # per sampler, for the quality scores
 GRID = "digits_samplers.png"
@@ -85,8 +84,7 @@ def main(args) -> list[Path]:
     print(f"\n== 2. DDPM UNet trained on the scikit-learn digits (offline), CPU, {devices.cpu_kernels()} kernels ==",
           flush=True)
     start = time.perf_counter()
-    model, config = pretrained.digits_model(args.train_steps, seed=args.seed, progress=not args.no_progress,
-                                            threads=TRAIN_THREADS)
+    model, config = pretrained.digits_model(args.train_steps, seed=args.seed, progress=not args.no_progress)
     print(f"{config.steps} training steps ready in {time.perf_counter() - start:.0f} s "
           f"(cached for the next run): {config.out}", flush=True)
     rows = compare_samplers(model, config, n, args.seed, show_progress=not args.no_progress)

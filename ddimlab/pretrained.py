@@ -1,5 +1,5 @@
-"""One trained digits model shared by notebooks 06, 07 and 08 (600 steps), the demo (1200 steps) and
-the figures (notebook 06 §4).
+"""One trained digits model shared by the demo, notebooks 06, 07 and 08 and the figures (notebook 06 §4):
+the `digits` preset, 1200 steps on two threads.
 
 `digits_model()` trains the `digits` preset of `train.py` (scikit-learn's digits, CPU) once and
 caches the checkpoint under `<cache>/models/digits_<hash>/ckpt.pt`, where the hash covers every
@@ -33,6 +33,7 @@ from .files import locked
 _NOT_IN_KEY = ("out", "progress", "log_every", "ckpt_every", "sample_every", "n_samples", "sample_steps",
                "data_root", "compile")
 CACHE_VERSION = 3   # 2: the trainer computes L_simple through elbo.l_simple; 3: threads in the key
+THREADS = 2         # faster than one on an idle 2-core machine (step times: train.PRESETS); part of the cache key
 
 
 def config_key(config: train.TrainConfig) -> str:
@@ -68,15 +69,16 @@ def digits_config(steps: int | None = None, seed: int = 0, device: str = "cpu", 
 
 
 def digits_model(steps: int | None = None, seed: int = 0, cache_dir=None, progress: bool = False,
-                 device: str = "cpu", overrides=None, threads: int = 1):
+                 device: str = "cpu", overrides=None, threads: int = THREADS):
     """(model, config): the `digits` preset trained for `steps` steps, from the cache when present
     (notebook 06 §4, notebook 07 §0).
 
     The EMA weights in eval mode, on the CPU (`train.load_trained`). `overrides` changes other
     preset fields (a dict, as `train.make_config`); they are part of the cache key. Training on the
     CPU uses `threads` threads (restored afterwards; part of the cache key, as the weights depend on
-    it). One thread is never slowed down by other busy processes (the notebooks under `pytest -n 2`);
-    two are faster on an idle 2-core machine (the demo; step times in `train.PRESETS`).
+    it). On an idle 2-core machine two take 0.14 s/step against one's 0.21; beside another busy process
+    two take 0.47 and one is not slowed: `make test` trains the model before its two workers start
+    (`python -m ddimlab.pretrained`).
     """
     config = dataclasses.replace(digits_config(steps, seed, device, overrides), threads=threads)
     folder = models_dir(cache_dir) / f"digits_{config_key(config)}"
@@ -102,3 +104,12 @@ def digits_model(steps: int | None = None, seed: int = 0, cache_dir=None, progre
 def _load(folder: Path):
     model, config = train.load_trained(folder / "ckpt.pt")
     return model, dataclasses.replace(config, out=str(folder))
+
+
+if __name__ == "__main__":     # `python -m ddimlab.pretrained`: train the shared model now (make test, before its workers)
+    import time
+
+    start = time.perf_counter()
+    _, config = digits_model(progress=True)
+    print(f"the shared digits model ({config.steps} steps, {config.threads} threads, {devices.cpu_kernels()} kernels) "
+          f"ready in {time.perf_counter() - start:.0f} s: {config.out}")

@@ -425,6 +425,9 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to train into a folder that holds a run unless resume or overwrite was asked for."""
     held = [n for n in ("ckpt.pt", "log.jsonl", "config.json") if (out / n).exists()]
     if held == ["log.jsonl"] and not overwrite:        # killed (kill -9, power cut) before its first checkpoint
+        if not _is_training_log(out / "log.jsonl"):
+            raise RunExistsError(f"{out} holds a log.jsonl that is not a ddimlab training log; choose another --out "
+                                 f"(--overwrite would delete it)")
         if devices.rank_world()[0] == 0:
             _remove_run(out, f"{out} held only log.jsonl, from a run that stopped before its first checkpoint")
         return
@@ -437,6 +440,24 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     if resume and not (out / "ckpt.pt").exists() and held:
         raise RunExistsError(f"{out} has {', '.join(held)} but no ckpt.pt to resume from; use --overwrite "
                              f"to start again or another --out")
+
+
+def _is_training_log(path: Path) -> bool:
+    """Whether every complete line of `path` is a record `train` writes (a dict with step and loss)."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    for i, line in enumerate(lines):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:     # a torn last line (read_log drops it)
+                continue
+            return False
+        if not (isinstance(rec, dict) and {"step", "loss"} <= rec.keys()):
+            return False
+    return True
 
 
 def _remove_run(out: Path, why: str = "--overwrite") -> None:

@@ -13,7 +13,7 @@ Figures (PNG, each well under 150 KB):
 - ode_solvers.png        error against the number of network calls for the ODE solvers, on an exact
                          score, against scipy's solution (`ddimlab.ode`, notebook 05).
 
-The digits model is the demo's (`pretrained.digits_model` with the demo's thread count: the `digits`
+The digits model is the demo's (`pretrained.digits_model()`: the `digits`
 preset, cached in $DDIMLAB_CACHE/models); every figure is seeded, so a rerun on the same machine gives the same images.
 """
 from __future__ import annotations
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     model = config = None
     if {"samples", "consistency", "interpolation"} & set(args.only):
         print("digits model (trains the preset once, then loads it from the cache) ...", flush=True)
-        model, config = pretrained.digits_model(steps=args.steps, progress=True, threads=demo.TRAIN_THREADS)
+        model, config = pretrained.digits_model(steps=args.steps, progress=True)
     torch.set_grad_enabled(False)
     for name in args.only:
         print(name, flush=True)

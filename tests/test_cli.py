@@ -139,7 +139,7 @@ def test_demo_end_to_end_on_a_tiny_model(trained, tmp_path, monkeypatch, capsys)
     model, config = train.load_trained(trained / "ckpt.pt")
     seen = {}
     monkeypatch.setattr(lab, "main", lambda out, **kw: seen.update(lab_out=out, **kw) or [])
-    monkeypatch.setattr(pretrained, "digits_model", lambda steps, seed, progress, threads: (model, config))
+    monkeypatch.setattr(pretrained, "digits_model", lambda steps, seed, progress: (model, config))
     assert cli.main(["demo", "--out", str(tmp_path), "--n", "8"]) == 0
     assert seen["lab_out"] == tmp_path and seen["image_d"] > 0
     out, err = capsys.readouterr()
@@ -1092,3 +1092,54 @@ def test_eighth_round_of_careless_use(trained, tmp_path, capsys):
     (tmp_path / "lab").mkdir()
     (tmp_path / "lab" / "table1.png").symlink_to(tmp_path / "elsewhere.png")
     one_line_error(["lab", "--out", str(tmp_path / "lab"), "--n", "8", "--image-d", "0"], "table1.png already exists")
+
+
+@pytest.mark.parametrize("command", ["sample", "interpolate"])
+def test_sigterm_cleans_up_as_ctrl_c_does(trained, tmp_path, command):
+    """SIGTERM (`kill`, `timeout`) ended `sample`, `invert` and `interpolate` where they stood, leaving the folders and
+    the lock they had made; Ctrl-C removed them. Now both do (the signal arrives after the first sampling step)."""
+    code = ("import signal, sys\nfrom ddimlab import cli\nreal = cli.progress\n"
+            "def progress(*a, **k):\n    bar, step = real(*a, **k)\n"
+            "    return bar, lambda info: signal.raise_signal(signal.SIGTERM) or step(info)\n"
+            "cli.progress = progress\nsys.exit(cli.main(sys.argv[1:]))\n")
+    out = tmp_path / "new" / "deeper" / "x"
+    args = {"sample": ["--n", "2", "--steps", "2"], "interpolate": ["--seeds", "0", "1", "--n", "3", "--steps", "2"]}
+    r = subprocess.run([sys.executable, "-c", code, command, "--checkpoint", str(trained), *args[command], "--out",
+                        str(out), "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 130 and "interrupted: terminated (SIGTERM)" in r.stderr, (r.returncode, r.stderr)
+    assert list(tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))
+
+
+def test_ninth_round_of_careless_use(trained, tmp_path, capsys):
+    """Leftovers of the eighth round. Three messages gave the wrong reason: a FIFO as --input or --latents was "no such
+    file", a folder named ckpt.pt (or x.pt) was taken for a diffusers folder without config.json, and a pickled list of
+    numbers was "checkpoint list holds no state_dict". And a log.jsonl of the user's own, alone in --out, was deleted
+    as the log of a run killed before its first checkpoint."""
+    import os
+
+    def one_line_error(argv, *needles):
+        _expect_one_line_error(capsys, [*argv, "--no-progress"], *needles)
+
+    fifo = tmp_path / "pipe.npz"
+    os.mkfifo(fifo)
+    one_line_error(["invert", "--checkpoint", str(trained), "--input", str(fifo), "--out", str(tmp_path / "i")],
+                   "pipe.npz", "not a regular file")
+    one_line_error(["interpolate", "--checkpoint", str(trained), "--latents", str(fifo), "--out", str(tmp_path / "j")],
+                   "pipe.npz", "not a regular file")
+    run = tmp_path / "run"
+    (run / "ckpt.pt").mkdir(parents=True)
+    (tmp_path / "weights.pt").mkdir()
+    for where in (run, run / "ckpt.pt", tmp_path / "weights.pt"):
+        one_line_error(["sample", "--checkpoint", str(where), "--out", str(tmp_path / "s")], "is not a file but a folder")
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    one_line_error(["sample", "--checkpoint", str(tmp_path / "list.pt"), "--out", str(tmp_path / "s")],
+                   "holds a list without a state_dict")
+    made = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock"))   # locks stay (files.locked)
+    assert made == ["list.pt", "pipe.npz", "run", "weights.pt"], made
+    # a log.jsonl of the user's own, alone in --out, was deleted as a killed run's
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "log.jsonl").write_text('{"event": "my own notes"}\n')
+    one_line_error(["train", "--preset", "digits", "--out", str(mine), *_sets(TINY)], "not a ddimlab training log")
+    assert (mine / "log.jsonl").read_text() == '{"event": "my own notes"}\n'
+    assert cli.main(["train", "--preset", "digits", "--out", str(mine), "--overwrite", "--no-progress", *_sets(TINY)]) == 0

@@ -33,7 +33,7 @@ def test_trains_then_loads_the_cache(cache, first, monkeypatch):
     folders = [f for f in (tmp_path / "models").iterdir() if f.is_dir()]  # the lock file stays
     assert [f.name for f in folders] == [f"digits_{pretrained.config_key(config)}"]  # no temp folder left
     assert (folders[0] / "ckpt.pt").is_file() and config.out == str(folders[0])
-    assert config.steps == STEPS and not model.training
+    assert config.steps == STEPS and config.threads == pretrained.THREADS == 2 and not model.training
     assert torch.get_num_threads() == threads_before  # training used its own thread count and restored ours
 
     def no_training(*a, **k):
@@ -83,10 +83,10 @@ def test_thread_count_is_part_of_the_key(tmp_path, first, monkeypatch):
     shutil.copytree(config.out, tmp_path / "models" / f"digits_{pretrained.config_key(config)}")
     calls = []
     monkeypatch.setattr(pretrained.train, "train", lambda c, **k: calls.append(c.threads) or (_ for _ in ()).throw(KeyError))
-    pretrained.digits_model(steps=STEPS, cache_dir=tmp_path)  # threads=1: the copied model
+    pretrained.digits_model(steps=STEPS, cache_dir=tmp_path)  # the default thread count: the copied model
     with pytest.raises(KeyError):
-        pretrained.digits_model(steps=STEPS, cache_dir=tmp_path, threads=2)
-    assert calls == [2]
+        pretrained.digits_model(steps=STEPS, cache_dir=tmp_path, threads=1)
+    assert calls == [1]
 
 
 def test_cpu_kernels_are_part_of_the_key(tmp_path, first, monkeypatch):

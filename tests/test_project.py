@@ -228,23 +228,30 @@ CPU_ISA = {"ATEN_CPU_CAPABILITY": "avx2", "DNNL_MAX_CPU_ISA": "AVX2", "MKL_ENABL
 
 
 def _notebook_envs(*args: str) -> list[dict[str, str]]:
-    """The variables `make test`, `make notebooks` and `make jupyter` set for the notebooks, in that order."""
-    [test] = [line for line in _dry_run_commands("test", *args) if "pytest" in line]
+    """The variables `make test`, `make notebooks` and `make jupyter` set for the notebooks, `make test` for the model it
+    trains first, and `make demo` for its run, in that order."""
+    test_lines = _dry_run_commands("test", *args)
+    [test] = [line for line in test_lines if "pytest" in line]
+    [model] = [line for line in test_lines if "-m ddimlab.pretrained" in line]
     [execute] = [line for line in _dry_run_commands("notebooks", *args) if "nbconvert" in line]
     [lab] = [line for line in _dry_run_commands("jupyter", *args) if "jupyter lab" in line]
+    [demo] = [line for line in _dry_run_commands("demo", *args) if "ddimlab demo" in line]
     return [_leading_assignments(test, "pytest"), _leading_assignments(execute.split("do ", 1)[1], "jupyter"),
-            _leading_assignments(lab, "jupyter")]
+            _leading_assignments(lab, "jupyter"), _leading_assignments(model, "python"),
+            _leading_assignments(demo, "python")]
 
 
 @pytest.mark.parametrize("kernels", ["AVX512", "AVX2", "DEFAULT", ""])
 def test_notebooks_are_computed_on_avx2_kernels_where_torch_would_pick_avx512(kernels):
     """On an AVX-512 CPU torch would round differently, train another model and print other last digits (seen on an
     AMD EPYC): there `make test`, `make notebooks` and `make jupyter` cap torch, oneDNN and MKL at AVX2 (the values
-    each reads). Nowhere else: torch would run AVX2 kernels on a CPU without AVX2 if told to."""
-    test, execute, lab = _notebook_envs(f"CPU_KERNELS={kernels}")
-    assert test == execute and "OMP_NUM_THREADS" in test, (test, execute)
+    each reads), and so does `make demo`, whose model the notebooks load (the kernels are part of its cache key);
+    `make test` trains that model, before its workers, in the notebooks' environment. Nowhere else: torch would run
+    AVX2 kernels on a CPU without AVX2 if told to."""
+    test, execute, lab, model, demo = _notebook_envs(f"CPU_KERNELS={kernels}")
+    assert test == execute == model and "OMP_NUM_THREADS" in test, (test, execute, model)
     cap = CPU_ISA if kernels == "AVX512" else {}
-    assert {k: v for k, v in test.items() if k in CPU_ISA} == cap and lab == cap, (test, lab)
+    assert {k: v for k, v in test.items() if k in CPU_ISA} == cap and lab == cap and demo == cap, (test, lab, demo)
 
 
 def test_make_asks_torch_which_kernels_it_would_pick_and_torch_obeys_the_cap():
