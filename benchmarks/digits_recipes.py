@@ -66,8 +66,8 @@ def main(argv=None) -> dict:
     p.add_argument("--S", nargs="+", type=int, default=[10, 20], help="DDIM step counts (default: 10 20)")
     p.add_argument("--n", type=int, default=1000, help="samples per x_T set (default: 1000)")
     p.add_argument("--x-seeds", nargs="+", type=int, default=[10, 11, 12], help="x_T seeds (default: 10 11 12)")
-    p.add_argument("--threads", type=int, default=demo.TRAIN_THREADS,
-                   help=f"training threads, part of each model's cache key (default: {demo.TRAIN_THREADS}, the demo's)")
+    p.add_argument("--threads", type=int, default=pretrained.THREADS,
+                   help=f"training threads, part of each model's cache key (default: {pretrained.THREADS}, the demo's)")
     p.add_argument("--steps", type=int, default=None, help="train every recipe this many steps (default: its own)")
     p.add_argument("--cache", default=None, help="model cache folder (default: $DDIMLAB_CACHE, as the demo)")
     args = p.parse_args(argv)

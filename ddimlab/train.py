@@ -445,19 +445,12 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
 def _is_training_log(path: Path) -> bool:
     """Whether every complete line of `path` is a record `train` writes (a dict with step and loss)."""
     try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TornLogWarning)
+            records = read_log(path)
+    except (OSError, ValueError):      # unreadable, not text, or a line that is not JSON
         return False
-    for i, line in enumerate(lines):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:     # a torn last line (read_log drops it)
-                continue
-            return False
-        if not (isinstance(rec, dict) and {"step", "loss"} <= rec.keys()):
-            return False
-    return True
+    return all(isinstance(r, dict) and {"step", "loss"} <= r.keys() for r in records)
 
 
 def _remove_run(out: Path, why: str = "--overwrite") -> None:
