@@ -364,9 +364,10 @@ def cmd_demo(args) -> int:
 
 def _tables_in(args, run, outputs_in, hint: str = "") -> int:
     """`lab` and `demo`: refuse to replace an earlier run's files without --overwrite, under a lock that the whole
-    run holds (a second command on the same --out refuses at once), and afterwards delete what the earlier run wrote
-    and this one did not (e.g. its table1_d1024.png beside a table without it). A folder that cannot be written is
-    said before the work; one the command made is removed again if it fails."""
+    run holds (a second command on the same --out refuses at once). With --overwrite the earlier run's files go
+    first, so that a run that stops midway never leaves old and new side by side (e.g. the old table1_d1024.png
+    beside a new table1.png). A folder that cannot be written is said before the work; one the command made is
+    removed again if it fails."""
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file; give a folder for table1.txt and the figures")
@@ -375,8 +376,9 @@ def _tables_in(args, run, outputs_in, hint: str = "") -> int:
                                                                          f"wait for it to finish or choose another --out"):
         earlier = outputs_in(out)
         _refuse_existing(args.overwrite, *earlier, hint=hint)
-        for stale in set(earlier) - set(run()):
-            stale.unlink(missing_ok=True)
+        for old in earlier:
+            old.unlink(missing_ok=True)
+        run()
     return 0
 
 

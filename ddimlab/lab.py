@@ -21,7 +21,7 @@ import torch
 
 from . import ode, samplers, schedule, toy
 from .devices import cpu_threads
-from .files import atomic_write
+from .files import atomic_write, interrupts_deferred
 from .samplers import SIGMA_HAT
 
 S_LIST = (10, 20, 50, 100, 1000)
@@ -439,7 +439,7 @@ def main(out="outputs/lab", n: int = 2000, image_d: int = 1024, image_n: int = 1
         text = (f"DDIM Table 1 on an exact score: 2-D mixture of 8 Gaussians, linear schedule T=1000, "
                 f"{spacing} steps, n={n} samples per cell\n" + format_table(rows))
         print(text, flush=True)
-        written = [make_figure(rows, out / "table1.png")]
+        tables = {"table1.png": rows}
         if image_d > 0:
             img = table1(toy.image_like_mixture(image_d), S_list=IMAGE_S_LIST, n=image_n, spacing=spacing,
                          seed=seed, n_ode=0)
@@ -447,7 +447,9 @@ def main(out="outputs/lab", n: int = 2000, image_d: int = 1024, image_n: int = 1
                     f"spectrum ∝ 1/j), n={image_n}\n" + format_table(img))
             print(more, flush=True)
             text += "\n" + more
-            written.append(make_figure(img, out / f"table1_d{image_d}.png"))
-        written.append(atomic_write(out / "table1.txt", lambda f: f.write(text + "\n"), text=True))
+            tables[f"table1_d{image_d}.png"] = img
+        with interrupts_deferred():     # all files at the end, together: an interrupted run writes none
+            written = [make_figure(r, out / name) for name, r in tables.items()]
+            written.append(atomic_write(out / "table1.txt", lambda f: f.write(text + "\n"), text=True))
         print(f"wrote {', '.join(str(f) for f in written)} ({time.perf_counter() - t0:.0f} s)")
     return written

@@ -1110,7 +1110,7 @@ def test_sigterm_cleans_up_as_ctrl_c_does(trained, tmp_path, command):
     assert list(tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))
 
 
-def test_ninth_round_of_careless_use(trained, tmp_path, capsys):
+def test_ninth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     """Leftovers of the eighth round. Three messages gave the wrong reason: a FIFO as --input or --latents was "no such
     file", a folder named ckpt.pt (or x.pt) was taken for a diffusers folder without config.json, and a pickled list of
     numbers was "checkpoint list holds no state_dict". And a log.jsonl of the user's own, alone in --out, was deleted
@@ -1143,3 +1143,16 @@ def test_ninth_round_of_careless_use(trained, tmp_path, capsys):
     one_line_error(["train", "--preset", "digits", "--out", str(mine), *_sets(TINY)], "not a ddimlab training log")
     assert (mine / "log.jsonl").read_text() == '{"event": "my own notes"}\n'
     assert cli.main(["train", "--preset", "digits", "--out", str(mine), "--overwrite", "--no-progress", *_sets(TINY)]) == 0
+    # `lab --overwrite` stopped midway left the new table1.png beside the old table1_d4.png and table1.txt
+    from ddimlab import lab
+    lab_run = ["lab", "--n", "8", "--image-n", "8", "--image-d", "4", "--out", str(tmp_path / "lab"), "--no-progress"]
+    assert cli.main(lab_run) == 0
+    real_table1 = lab.table1
+
+    def stopped_at_the_image_table(*a, **k):
+        if "S_list" in k:           # the second table, on image-like data: the ring's is computed by then
+            raise KeyboardInterrupt
+        return real_table1(*a, **k)
+    monkeypatch.setattr(lab, "table1", stopped_at_the_image_table)
+    assert cli.main([*lab_run, "--overwrite"]) == 130
+    assert [p.name for p in (tmp_path / "lab").iterdir() if not p.name.startswith(".")] == []
