@@ -76,8 +76,8 @@ def digits_model(steps: int | None = None, seed: int = 0, cache_dir=None, progre
     The EMA weights in eval mode, on the CPU (`train.load_trained`). `overrides` changes other
     preset fields (a dict, as `train.make_config`); they are part of the cache key. Training on the
     CPU uses `threads` threads (restored afterwards; part of the cache key, as the weights depend on
-    it). On an idle 2-core machine two take 0.14 s/step against one's 0.21; beside another busy process
-    two take 0.47 and one is not slowed: `make test` trains the model before its two workers start
+    it). In 150-step runs on a 2-core Xeon two took 0.14 s/step against one's 0.21; beside another busy
+    process two took 0.47 and one was not slowed: `make test` trains the model before its two workers start
     (`python -m ddimlab.pretrained`).
     """
     config = dataclasses.replace(digits_config(steps, seed, device, overrides), threads=threads)
