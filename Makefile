@@ -53,7 +53,7 @@ demo: install          ## main job: exact-score Table 1, then train digits on CP
 lab: install           ## only the exact-score lab tables and figure
 	$(BIN)/python -m ddimlab lab --out outputs/lab --overwrite
 
-# The demo's digits model, which notebooks 06-08 load, is trained first if not cached (about 3 minutes on two threads): two
+# The demo's digits model, which notebooks 06-08 load, is trained first if not cached (2 to 4 minutes on two threads): two
 # threads train it 1.5 times as fast as one on an idle machine, and over three times slower beside a busy worker.
 test: install lint $(VENV)/.extra-test ## lint, unit tests and every notebook under nbval
 	$(NBENV) $(BIN)/python -m ddimlab.pretrained

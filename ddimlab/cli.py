@@ -238,10 +238,7 @@ def cmd_interpolate(args, png: Path, npz: Path) -> int:
         raise ValueError("--latents and --seeds exclude each other: interpolate between two saved latents or between "
                          "the latents of two seeds")
     if args.latents:
-        if not Path(args.latents).is_file():
-            raise FileNotFoundError(f"{args.latents} is a folder; pass the .npz file" if Path(args.latents).is_dir()
-                                    else f"{args.latents} is not a regular file (a pipe, socket or device); pass the "
-                                         f".npz file" if Path(args.latents).exists() else f"no such file: {args.latents}")
+        data.require_files([args.latents], "pass the .npz written by `invert` or `sample`")
         _, x_T = data.npz_array(args.latents, ("x_T",), "pass the .npz written by `invert` or `sample`")
         if x_T.dtype.kind != "f" or x_T.dtype.itemsize > 8:
             raise ValueError(f"{args.latents}: x_T must be float16, float32 or float64 latents, got {x_T.dtype}; "

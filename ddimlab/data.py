@@ -364,11 +364,7 @@ def read_images(paths, shape) -> torch.Tensor:
 
     C, H, W = shape
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
-    if special := [str(p) for p in paths if p.exists() and not p.is_file() and not p.is_dir()]:
-        raise ValueError(f"not a regular file (a pipe, socket or device): {', '.join(special)}; pass .npz or PNG files")
-    missing = [f"{p} (a folder: pass its files)" if p.is_dir() else str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"no such file: {', '.join(missing)}")
+    require_files(paths, "pass .npz or PNG files (of a folder, its files)")
     if any(p.suffix.lower() == ".npz" for p in paths):
         if len(paths) > 1:
             raise ValueError("--input takes one .npz, or PNG files; got several files with an .npz among them")
@@ -395,6 +391,16 @@ def read_images(paths, shape) -> torch.Tensor:
     if tuple(x.shape[1:]) != (C, H, W):
         raise ValueError(f"the model takes images of shape {(C, H, W)}, got {tuple(x.shape[1:])}")
     return x
+
+
+def require_files(paths, hint: str) -> None:
+    """Every path names a regular file: a pipe, socket or device is a ValueError, a folder or a missing path a
+    FileNotFoundError, each naming the paths and saying what to pass (`hint`)."""
+    paths = [Path(p) for p in paths]
+    if special := [str(p) for p in paths if p.exists() and not p.is_file() and not p.is_dir()]:
+        raise ValueError(f"not a regular file (a pipe, socket or device): {', '.join(special)}; {hint}")
+    if missing := [f"{p} is a folder" if p.is_dir() else f"{p} does not exist" for p in paths if not p.is_file()]:
+        raise FileNotFoundError(f"{'; '.join(missing)}; {hint}")
 
 
 def npz_array(path, keys, hint: str):
