@@ -1113,8 +1113,9 @@ def test_sigterm_cleans_up_as_ctrl_c_does(trained, tmp_path, command):
 def test_ninth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     """Leftovers of the eighth round. Three messages gave the wrong reason: a FIFO as --input or --latents was "no such
     file", a folder named ckpt.pt (or x.pt) was taken for a diffusers folder without config.json, and a pickled list of
-    numbers was "checkpoint list holds no state_dict". And a log.jsonl of the user's own, alone in --out, was deleted
-    as the log of a run killed before its first checkpoint."""
+    numbers was "checkpoint list holds no state_dict". A log.jsonl of the user's own, alone in --out, was deleted as
+    the log of a run killed before its first checkpoint. `lab --overwrite` stopped midway left new and old files side
+    by side."""
     import os
 
     def one_line_error(argv, *needles):
