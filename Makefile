@@ -8,6 +8,10 @@
 #   make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 # Another CUDA version: the same with .../whl/cu126 (or another cuXYZ that pytorch.org lists).
 PYTHON ?= python3
+# Python caches compiled modules in __pycache__ (here: .venv and the package). Containers often set
+# PYTHONDONTWRITEBYTECODE=1, and then each Python process of `make test` (its workers, the notebooks' kernels, the
+# tests' CLI runs) compiled torch's modules again: measured here, its pytest took 370 s so and 272 s with the cache.
+unexport PYTHONDONTWRITEBYTECODE
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN     = $(VENV)/bin

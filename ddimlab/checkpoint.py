@@ -52,13 +52,14 @@ def save_checkpoint(path, **state) -> Path:
         raise OSError(f"could not write {path} (is the disk full?): {str(e).splitlines()[0]}") from e
 
 
-def load_checkpoint(path, map_location="cpu", required=()) -> dict:
-    """Read a checkpoint written by `save_checkpoint` (or any weights-only torch file).
+def load_checkpoint(path, map_location="cpu", required=(), mmap: bool = False) -> dict:
+    """Read a checkpoint written by `save_checkpoint` (or any weights-only torch file); mmap=True maps its tensors
+    instead of reading them, for a caller that needs the plain values only (`train.resumed_config`).
 
     Raises FileNotFoundError if `path` does not exist and CheckpointError if it is truncated,
     corrupted, asks to run code when unpickled, or lacks a key named in `required` (the error names them).
     """
-    state = _torch_load(path, map_location)
+    state = _torch_load(path, map_location, mmap)
     if required:
         if not isinstance(state, dict):
             raise CheckpointError(f"{path} holds a {type(state).__name__}, not a dict with keys {list(required)}")
@@ -69,12 +70,13 @@ def load_checkpoint(path, map_location="cpu", required=()) -> dict:
     return state
 
 
-def _torch_load(path, map_location):
+def _torch_load(path, map_location, mmap=False):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        # mmap needs torch's zip format; any other file is read, to fail with the message below
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
         what = re.search(r"(?:unsupported global|global)[:\s]+(?:GLOBAL\s+)?([\w.]+)", str(e), re.I)
         if what:  # a sound file that names Python callables: loading it would run code

@@ -33,6 +33,8 @@ def resolve(name: str | torch.device = "auto") -> torch.device:
         raise DeviceError(f"unknown device {str(name)!r}: use auto, cpu, cuda, cuda:N or mps ({e})") from None
     if dev.type not in ("cpu", "cuda", "mps"):
         raise DeviceError(f"--device {name}: ddimlab runs on auto, cpu, cuda, cuda:N or mps")
+    if dev.type == "cpu" and dev.index not in (None, 0):    # torch accepts cpu:1 and runs on the one CPU device
+        raise DeviceError(f"--device {name}: there is one CPU device, cpu (its cores are threads, not devices)")
     if dev.type == "cuda":
         if torch.version.cuda is None:
             raise DeviceError(f"--device {name}: this torch build ({torch.__version__}) has no CUDA support; "

@@ -201,7 +201,8 @@ def resumed_config(out, overrides=None) -> tuple[TrainConfig, list[str]]:
     """The config of the run in `out` (from its checkpoint, which config.json only copies) with `overrides`
     applied, and one line per recipe key the overrides change: what `train --resume` runs, so that a resume
     never falls back to a preset's values silently. Changing a model-shape key is a ValueError."""
-    before = config_from_dict(load_checkpoint(Path(out) / "ckpt.pt", map_location="cpu", required=RESUME_KEYS)["config"])
+    state = load_checkpoint(Path(out) / "ckpt.pt", map_location="cpu", required=RESUME_KEYS, mmap=True)  # `train` reads it
+    before = config_from_dict(state["config"])
     after = validate_config(TrainConfig(**_apply(dataclasses.asdict(before), overrides)))
     _check_same_model(before, after, out)
     notes = [f"{k}: {getattr(before, k)!r} -> {getattr(after, k)!r}" for k in (f.name for f in dataclasses.fields(TrainConfig))
@@ -233,8 +234,11 @@ def validate_config(c: TrainConfig) -> TrainConfig:
     for name in ("lr", "ema_decay", "grad_clip", "dropout"):
         if not math.isfinite(getattr(c, name)):
             raise ValueError(f"{name} must be a finite number, got {getattr(c, name)}")
-    if not (0 < c.lr <= 1e37 and torch.tensor(c.lr, dtype=torch.float32) > 0):     # the weights are float32: at most 3.4e38
-        raise ValueError(f"lr must be > 0 in float32 and at most 1e37, got {c.lr}")     # (Adam's first step is 10·lr)
+    # Adam moves a weight by about lr per step: below 1e-10 (a tenth of float32's spacing at 0.01) the network stays
+    # as initialised; the weights are float32, at most 3.4e38, and Adam's first step is up to 10·lr.
+    if not 1e-10 <= c.lr <= 1e37:
+        raise ValueError(f"lr must be in [1e-10, 1e37] (Adam moves each weight by about lr per step; typical: 1e-4 to "
+                         f"1e-2), got {c.lr}")
     if not 0 <= c.ema_decay < 1:
         raise ValueError(f"ema_decay must be in [0, 1), got {c.ema_decay}")
     if c.grad_clip < 0:
