@@ -114,8 +114,8 @@ def _draw(gens, shape, device) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_indices(model, indices, shape, alpha_bar, seq, eta=0.0, seed: int = 0, clip_x0: bool | None = None,
-                   device=None, amp: bool = False, solver: str | None = None, callback=None,
-                   check_range: bool = True) -> torch.Tensor:
+                   device=None, amp: bool = False, solver: str | None = None, solver_options: dict | None = None,
+                   callback=None, check_range: bool = True) -> torch.Tensor:
     """Samples for the given indices, each a function of (seed, index) only; returns x_0 in [−1, 1] (unclamped).
 
     η = float: generalized DDIM (DDIM eq. 12); η = SIGMA_HAT: DDPM's large variance (the DDIM paper's σ̂);
@@ -123,7 +123,8 @@ def sample_indices(model, indices, shape, alpha_bar, seq, eta=0.0, seed: int = 0
     sampler from its own CPU generator (passed as `noise_sampler`), so an image is the same whatever
     batch, rank or resumed run makes it: this equals `samplers.sample_row(eps, x_T, …, generator=g)` for
     one image on the CPU. clip_x0 (default: only for σ̂, as the official `ddpm_steps`) clamps x̂_0 to
-    [−1, 1]. solver: an `ode.SOLVERS` name to run instead (deterministic; η is not used).
+    [−1, 1]. solver: an `ode.SOLVERS` name to run instead (deterministic; η is not used), with the keywords
+    `solver_options` (`ode.solve`).
     A sample with RMS above 10 (untrained, or diverged) gives an `OutOfRangeWarning` (`check_data_range`);
     check_range=False leaves that to a caller that samples many batches and warns once over all of them.
     """
@@ -136,7 +137,7 @@ def sample_indices(model, indices, shape, alpha_bar, seq, eta=0.0, seed: int = 0
         return _draw(gens, shape, device)
 
     if solver is not None:
-        x0 = ode.solve(solver, eps_fn(model, amp), draw(), alpha_bar, seq, callback=callback)
+        x0 = ode.solve(solver, eps_fn(model, amp), draw(), alpha_bar, seq, callback=callback, **(solver_options or {}))
     else:
         clip = (eta == SIGMA_HAT) if clip_x0 is None else clip_x0
         x0 = sample_row(eps_fn(model, amp), draw(), alpha_bar, seq, eta, clip_x0=clip, noise_sampler=draw,

@@ -578,9 +578,10 @@ def _lookup(name: str):
     return _REGISTRY[name]
 
 
-def solve(name: str, eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None):
-    """Run the solver called `name` (one of SOLVERS) (notebook 05 §7)."""
-    return _lookup(name)[0](eps, x_T, alpha_bar, seq, return_trajectory=return_trajectory, callback=callback)
+def solve(name: str, eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None, **options):
+    """Run the solver called `name` (one of SOLVERS) (notebook 05 §7); `options` are its own keywords, e.g.
+    lower_order_final=True for dpm_solver_pp_3m."""
+    return _lookup(name)[0](eps, x_T, alpha_bar, seq, return_trajectory=return_trajectory, callback=callback, **options)
 
 
 def nfe(name: str, S: int) -> int:

@@ -333,6 +333,30 @@ def test_sample_with_the_fast_solvers(trained, tmp_path, sampler, spacing):
     assert z["samples"].shape == (2, 1, 8, 8) and np.isfinite(z["samples"]).all()
 
 
+def test_sample_lowers_3ms_order_before_the_last_step_when_asked(trained, tmp_path, capsys):
+    """DPM-Solver++(3M) with `lower_order_final` (notebook 08 §7: closer to the ODE's solution at 5 steps) was a library
+    option only. `sample --lower-order-final` runs it: the same images as the solver called by hand on the same x_T
+    and steps, not those of plain 3M; for another sampler the flag is an error."""
+    from ddimlab import generate
+
+    base = ["sample", "--checkpoint", str(trained), "--sampler", "dpm_solver_pp_3m", "--steps", "5", "--n", "3",
+            "--seed", "4", "--no-progress"]
+    assert cli.main([*base, "--out", str(tmp_path / "plain")]) == 0
+    assert cli.main([*base, "--lower-order-final", "--out", str(tmp_path / "lowered")]) == 0
+    net, abar = checkpoint.load_model(trained, "cpu")
+    seq = ode.rule_timesteps("logsnr", 5, abar)
+    x_T = generate.latents(4, range(3), (1, 8, 8))
+    with torch.no_grad():
+        by_hand = {lof: ode.dpm_solver_pp_3m(eps_fn(net), x_T, abar, seq, lower_order_final=lof).float().numpy()
+                   for lof in (False, True)}
+    got = {lof: np.load(tmp_path / f"{name}.npz")["samples"] for lof, name in ((False, "plain"), (True, "lowered"))}
+    for lof in (False, True):
+        np.testing.assert_allclose(got[lof], by_hand[lof], atol=1e-5)
+    assert np.abs(by_hand[True] - by_hand[False]).max() > 1e-3
+    _expect_one_line_error(capsys, [*base[:4], "unipc_3", *base[5:], "--lower-order-final", "--out",
+                                    str(tmp_path / "u")], "--lower-order-final applies to --sampler dpm_solver_pp_3m only")
+
+
 def test_each_solver_runs_on_its_own_steps_unless_asked(trained, tmp_path, capsys):
     """`sample --sampler ipndm` ran on the DDIM code's uniform grid (for S = 6: t = 830 … 0), not on the power3 grid
     ((t+1)^{1/3}-uniform) it is benchmarked on; the λ-solvers likewise. Without --spacing each solver takes
