@@ -205,7 +205,7 @@ def cmd_sample(args, png: Path, npz: Path) -> int:
     _save_pair(png, npz, x0, args.nrow, args.scale, args.overwrite, samples=x0.numpy(),
                x_T=latents(args.seed, range(n), shape).numpy(),
                seed=args.seed, steps=len(seq), spacing=args.spacing, sampler=args.sampler,
-               eta=str(kwargs.get("eta", "")))
+               eta=str(kwargs.get("eta", "")), lower_order_final=args.lower_order_final)
     print(f"{n} samples ({args.sampler}, {len(seq)} steps, {args.spacing}) in {seconds:.1f} s -> {png}, {npz}")
     return 0
 

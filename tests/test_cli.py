@@ -350,8 +350,9 @@ def test_sample_lowers_3ms_order_before_the_last_step_when_asked(trained, tmp_pa
         by_hand = {lof: ode.dpm_solver_pp_3m(eps_fn(net), x_T, abar, seq, lower_order_final=lof).float().numpy()
                    for lof in (False, True)}
     got = {lof: np.load(tmp_path / f"{name}.npz")["samples"] for lof, name in ((False, "plain"), (True, "lowered"))}
-    for lof in (False, True):
+    for lof, name in ((False, "plain"), (True, "lowered")):
         np.testing.assert_allclose(got[lof], by_hand[lof], atol=1e-5)
+        assert bool(np.load(tmp_path / f"{name}.npz")["lower_order_final"]) == lof       # recorded with the samples
     assert np.abs(by_hand[True] - by_hand[False]).max() > 1e-3
     _expect_one_line_error(capsys, [*base[:4], "unipc_3", *base[5:], "--lower-order-final", "--out",
                                     str(tmp_path / "u")], "--lower-order-final applies to --sampler dpm_solver_pp_3m only")
