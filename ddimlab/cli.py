@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -27,7 +28,7 @@ import torch
 from . import __version__, checkpoint, data, demo, devices, fid, lab, ode, schedule, tables
 from .files import atomic_write, folder_removed_on_error, interrupts_deferred, locked
 from .generate import OutOfRangeWarning, check_data_range, latents, progress, sample_indices, sampling_steps
-from .plotting import grid_png
+from .plotting import grid_png, grid_size
 from .samplers import SIGMA_HAT, NonFiniteError, ddim_invert, ddim_sample, slerp
 from .train import PRESETS, LossWarning, NonFiniteLossError, TornLogWarning, TrainConfig, make_config, resumed_config, train
 
@@ -120,6 +121,18 @@ def _refuse_existing(overwrite: bool, *paths: Path, hint: str = "") -> None:
                               f"{'it' if one else 'them'}{hint} or choose another --out")
 
 
+def _check_grid(n: int, shape, nrow, scale: int) -> None:
+    """Before the work: the PNG grid of n images of `shape` at `scale` must be one that Pillow opens without a
+    decompression-bomb warning (`Image.MAX_IMAGE_PIXELS`, 89 million pixels; `--input` reads PNGs with Pillow too)."""
+    from PIL import Image
+
+    H, W, _ = grid_size(n, shape[-2], shape[-1], nrow)
+    pixels = H * W * scale ** 2
+    if pixels > Image.MAX_IMAGE_PIXELS:
+        raise ValueError(f"the PNG grid of {n} images at --scale {scale} would have {pixels:,} pixels, more than the "
+                         f"{Image.MAX_IMAGE_PIXELS:,} that Pillow opens without a warning; lower --scale or --n")
+
+
 def _save_pair(png: Path, npz: Path, images: torch.Tensor, nrow, scale: int, overwrite: bool, **arrays) -> None:
     """Write the PNG grid and the .npz beside it as one pair: under a lock, so two commands writing the
     same --out take turns (the second refuses unless --overwrite), and with the PNG's sha256 recorded in the
@@ -194,6 +207,7 @@ def cmd_sample(args, png: Path, npz: Path) -> int:
     net, abar, device, seq = _model_for(args)
     kwargs = _sampler_kwargs(args)
     shape, n, bs = _image_shape(net), args.n, args.batch_size
+    _check_grid(n, shape, args.nrow, args.scale)
     bar, callback = progress(len(seq) * -(-n // bs), f"sample ({args.sampler})", not args.no_progress)
     t0 = time.perf_counter()
     with bar:
@@ -214,6 +228,7 @@ def cmd_sample(args, png: Path, npz: Path) -> int:
 def cmd_invert(args, png: Path, npz: Path) -> int:
     net, abar, device, seq = _model_for(args)
     x0 = data.read_images(args.input, _image_shape(net)).to(device)
+    _check_grid(2 * len(x0), x0.shape, len(x0), args.scale)
     bar, callback = progress(2 * len(seq), "invert + decode", not args.no_progress)
     eps = checkpoint.eps_fn(net, args.amp)
     with bar:
@@ -264,6 +279,7 @@ def cmd_interpolate(args, png: Path, npz: Path) -> int:
     if torch.equal(z0, z1):
         raise ValueError("the two latents are the same (" + (f"--index {i} {j}" if args.latents else
                          f"--seeds {args.seeds[0]} {args.seeds[1]}") + "): interpolation needs two different ones")
+    _check_grid(args.n, z0.shape, args.n, args.scale)
     lam = torch.linspace(0, 1, args.n)
     z = slerp(z0, z1, lam.to(device))
     bar, callback = progress(len(seq), "interpolate", not args.no_progress)
@@ -334,6 +350,9 @@ def _reproduce(args, out: Path) -> int:
                 feature_fn=feature_fn, reference=reference, seed=args.seed or 0, **common)
         else:
             images = (data.load_cifar10(args.data_root, train=False)[0] if in_ch == 3 else data.load_digits(res)[0])
+            if (args.n_images or 0) > len(images):
+                raise ValueError(f"--n-images {args.n_images} exceeds the {len(images)} images of the "
+                                 f"{'CIFAR-10 test' if in_ch == 3 else 'digits'} set; give at most {len(images)}")
             rows = tables.reproduce_table2(net, out, images=images, n_images=args.n_images,
                                            spacing=args.spacing or "uniform", **common)
         if rows and rank == 0:
@@ -347,7 +366,10 @@ def _reproduce(args, out: Path) -> int:
 
 
 def cmd_lab(args) -> int:
-    return _tables_in(args, lambda: lab.main(out=args.out, n=args.n, image_d=args.image_d, image_n=args.image_n,
+    if args.image_d == 0 and args.image_n is not None:
+        raise ValueError("--image-n does nothing with --image-d 0, which skips the image-like table; drop one of them")
+    image_n = 1000 if args.image_n is None else args.image_n
+    return _tables_in(args, lambda: lab.main(out=args.out, n=args.n, image_d=args.image_d, image_n=image_n,
                                              spacing=args.spacing, seed=args.seed), lab.outputs_in)
 
 
@@ -550,7 +572,8 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--n", type=_int_in(8), default=2000, help="samples per cell of the 2-D table, at least 8 "
                    "(SEs shrink like 1/√n)")
     p.add_argument("--image-d", type=_int_in(0), default=1024, help="dimension of the image-like table (0 skips it)")
-    p.add_argument("--image-n", type=_int_in(8), default=1000, help="samples per cell of the image-like table, at least 8")
+    p.add_argument("--image-n", type=_int_in(8), default=None,
+                   help="samples per cell of the image-like table, at least 8 (default 1000)")
     p.add_argument("--spacing", choices=("uniform", "quad"), default="uniform", help="timestep sub-sequence")
     p.add_argument("--seed", type=_seed, default=0, help="seed of x_T, the noise and the data draws")
     p.add_argument("--overwrite", action="store_true", help="replace the tables and figures of an earlier run in --out")
@@ -616,6 +639,12 @@ def main(argv=None, prog: str | None = None) -> int:
         print("(run again with --debug for the traceback)", file=sys.stderr)
         return 1
     except Exception as e:
+        if not debug and (size := _out_of_memory(e)) is not None:
+            print(f"{prog} {args.command}: error: out of memory{size}: the sizes asked for do not fit this "
+                  f"machine; lower --n, --batch-size or --scale (train: batch_size, resolution, ch or n_samples)",
+                  file=sys.stderr)
+            print("(run again with --debug for the traceback)", file=sys.stderr)
+            return 1
         if debug or not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
             raise
         first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
@@ -625,6 +654,16 @@ def main(argv=None, prog: str | None = None) -> int:
         return 1
     finally:
         terminate.restore()
+
+
+def _out_of_memory(e: BaseException) -> str | None:
+    """For a failed allocation (Python's, torch's CPU allocator, CUDA) " (N bytes)", or "" where the error does not say
+    the size; None for any other error."""
+    text = str(e)
+    if not (isinstance(e, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text):
+        return None
+    size = re.search(r"allocate (\d+ bytes|[0-9.]+ [KMGT]iB)", text)
+    return f" (it asked for {size.group(1)})" if size else ""
 
 
 class _sigterm_as_interrupt:

@@ -52,8 +52,11 @@ class DownloadError(RuntimeError):
 
 
 def default_cache_dir() -> Path:
-    """`$DDIMLAB_CACHE` if set, else `~/.cache/ddimlab`; a NotADirectoryError if that names a file."""
+    """`$DDIMLAB_CACHE` if set, else `~/.cache/ddimlab`; a NotADirectoryError if that names a file, a ValueError if
+    DDIMLAB_CACHE is blank (spaces: it would make a folder named so in the current one)."""
     env = os.environ.get("DDIMLAB_CACHE")
+    if env is not None and env != "" and not env.strip():     # unset or empty: the default, as for other variables
+        raise ValueError(f"DDIMLAB_CACHE={env!r} is blank; point it at a folder, or unset it for ~/.cache/ddimlab")
     path = Path(env).expanduser() if env else Path.home() / ".cache" / "ddimlab"
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"the cache {path}{' ($DDIMLAB_CACHE)' if env else ''} is a file, not a folder; "
@@ -373,16 +376,17 @@ def read_images(paths, shape) -> torch.Tensor:
         imgs = []
         for p in paths:
             try:
-                im = Image.open(p)
+                im = Image.open(p)                  # reads the header only
                 if im.mode not in ("1", "L", "P", "RGB", "RGBA", "LA"):
                     raise ValueError(f"{p} is a {im.mode} image; convert it to 8-bit grey or RGB first")
+                if im.size != (W, H):               # before decoding: a huge image would fill the memory
+                    raise ValueError(f"{p} is {im.size[0]}×{im.size[1]} pixels; the model takes {W}×{H} images")
                 a = np.asarray(im.convert("RGB" if C == 3 else "L"), dtype=np.float32) / 127.5 - 1
+            except Image.DecompressionBombError as e:
+                raise ValueError(f"{p} is too large for Pillow to open ({e}); the model takes {W}×{H} images") from None
             except (UnidentifiedImageError, OSError):
                 raise ValueError(f"{p} is not an image file Pillow can read (or it is truncated)") from None
             imgs.append(torch.as_tensor(a[..., None] if a.ndim == 2 else a).permute(2, 0, 1))
-        sizes = sorted({tuple(t.shape[1:]) for t in imgs})
-        if len(sizes) > 1:
-            raise ValueError(f"the PNG files have different sizes {sizes}; the model takes {(H, W)}")
         x = torch.stack(imgs)
     if x.ndim != 4 or x.shape[1] not in (1, 3):
         raise ValueError(f"images must be (N, C, H, W) with C = 1 or 3, got shape {tuple(x.shape)}")

@@ -26,7 +26,9 @@ FID_INSTALL_HINT = "pip install ddimlab[fid]"
 
 
 def load_images(directory, n: int | None = None) -> torch.Tensor:
-    """The PNG files of a sample directory, in file-name order, as uint8 N×C×H×W."""
+    """The PNG files of a sample directory, in file-name order, as uint8 N×C×H×W. A file that does not read, or whose
+    size or mode differs from the first one's, is a ValueError naming it (a damaged sample: delete it, and
+    `reproduce` samples it again)."""
     from PIL import Image  # Pillow comes with matplotlib
 
     files = sorted(Path(directory).glob("*.png"))
@@ -34,7 +36,17 @@ def load_images(directory, n: int | None = None) -> torch.Tensor:
         files = files[:n]
     if not files:
         raise ValueError(f"no .png files in {directory}")
-    x = torch.from_numpy(np.stack([np.asarray(Image.open(f)) for f in files]))
+    arrays = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                arrays.append(np.asarray(im))
+        except (OSError, Image.DecompressionBombError) as e:
+            raise ValueError(f"{f} is not a readable PNG ({e}); delete it (`reproduce` then samples it again)") from None
+        if arrays[-1].shape != arrays[0].shape:
+            raise ValueError(f"{f} holds an array of shape {arrays[-1].shape}, {files[0].name} one of {arrays[0].shape}: "
+                             f"not a sample of this set; delete it (`reproduce` then samples it again)")
+    x = torch.from_numpy(np.stack(arrays))
     return x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
 
 
@@ -167,8 +179,8 @@ def reference_for(features: str, in_ch: int, resolution: int, data_root=None):
     if features == "digits":
         if in_ch != 1:
             raise ValueError("--features digits scores one-channel digit models; for RGB use inception or random")
-        quality.cache_dir()        # the classifier is cached there on first use: a bad DDIMLAB_CACHE is said now
-        return digits_feature_fn, data.load_digits(resolution)[0]
+        quality.load_classifier(resolution)     # trained and cached now, so that a bad DDIMLAB_CACHE stops the run
+        return digits_feature_fn, data.load_digits(resolution)[0]    # before it samples
     if features == "random":
         f = random_features(in_ch)
         if in_ch == 1:

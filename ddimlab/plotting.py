@@ -26,6 +26,17 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return from_model_range(x).permute(0, 2, 3, 1).numpy()
 
 
+def grid_size(n: int, h: int, w: int, nrow: int | None = None, padding: int = 1) -> tuple[int, int, int]:
+    """(height, width, images per row) of `image_grid`'s tiling of n images of h×w pixels."""
+    if n == 0:
+        raise ValueError("image_grid needs at least one image")
+    nrow = nrow or math.ceil(math.sqrt(n))
+    if nrow < 1:
+        raise ValueError(f"nrow must be a positive integer, got {nrow}")
+    nrow = min(nrow, n)
+    return math.ceil(n / nrow) * (h + padding) + padding, nrow * (w + padding) + padding, nrow
+
+
 def image_grid(x: torch.Tensor, nrow: int | None = None, padding: int = 1, pad_value: int = 255) -> np.ndarray:
     """Tile N images in [−1, 1] into a uint8 array (rows·H', nrow·W', 3) with `padding` pixels between.
 
@@ -33,16 +44,9 @@ def image_grid(x: torch.Tensor, nrow: int | None = None, padding: int = 1, pad_v
     """
     imgs = to_uint8(x)
     n, h, w, c = imgs.shape
-    if n == 0:
-        raise ValueError("image_grid needs at least one image")
     if c == 1:
         imgs = np.repeat(imgs, 3, axis=3)
-    nrow = nrow or math.ceil(math.sqrt(n))
-    if nrow < 1:
-        raise ValueError(f"nrow must be a positive integer, got {nrow}")
-    nrow = min(nrow, n)
-    rows = math.ceil(n / nrow)
-    H, W = rows * (h + padding) + padding, nrow * (w + padding) + padding
+    H, W, nrow = grid_size(n, h, w, nrow, padding)
     grid = np.full((H, W, 3), pad_value, dtype=np.uint8)
     for i in range(n):
         r, col = divmod(i, nrow)

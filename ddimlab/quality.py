@@ -215,7 +215,11 @@ def load_classifier(resolution: int = 16, retrain: bool = False,
         info.update(real_mu=mu, real_cov=cov, path=str(path))
         blob = dict(state_dict=model.state_dict(), holdout_accuracy=info["holdout_accuracy"],
                     real_mu=torch.from_numpy(mu), real_cov=torch.from_numpy(cov))
-        atomic_write(path, lambda f: torch.save(blob, f))
+        try:
+            atomic_write(path, lambda f: torch.save(blob, f))
+        except OSError as e:
+            raise OSError(f"could not cache the digits classifier in {directory} ({e.strerror or e}); point "
+                          f"DDIMLAB_CACHE at a folder you can write") from e
     model.eval().requires_grad_(False)
     _LOADED[memo] = (model, info)
     return model, info

@@ -194,6 +194,7 @@ def _apply(values: dict, overrides) -> dict:
 
 
 # Keys that say where and how a run executes, not what it trains: a resume may change them without a notice.
+MAX_GRID = 4096        # n_samples at most
 RUN_KEYS = ("out", "device", "bf16", "compile", "progress", "threads")
 
 
@@ -225,6 +226,9 @@ def validate_config(c: TrainConfig) -> TrainConfig:
         v = getattr(c, name)
         if not isinstance(v, int) or v < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+    if c.n_samples > MAX_GRID:      # drawn while and after training: a size that does not fit would end the run there
+        raise ValueError(f"n_samples is the size of the sample grids written while training: at most {MAX_GRID}, got "
+                         f"{c.n_samples} (`ddimlab sample` draws more from the checkpoint)")
     most = max(64, 4 * (os.cpu_count() or 1))   # 100000 threads: OpenMP ran out of memory, in a traceback
     if c.threads > most:
         raise ValueError(f"threads must be at most {most} (this machine has {os.cpu_count()} CPUs; 0: torch's default), "

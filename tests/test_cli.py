@@ -573,7 +573,7 @@ def test_invert_refuses_inputs_it_would_misread(trained, tmp_path, capsys):
     Image.fromarray(np.zeros((9, 9), np.uint8)).save(tmp_path / "b.png")
     assert cli.main(["invert", "--checkpoint", str(trained), "--input", str(tmp_path / "a.png"), str(tmp_path / "b.png"),
                      "--steps", "2", "--no-progress", "--out", str(tmp_path / "o")]) == 1
-    assert "different sizes" in capsys.readouterr().err and not (tmp_path / "o.npz").exists()
+    assert "b.png is 9×9 pixels; the model takes 8×8" in capsys.readouterr().err and not (tmp_path / "o.npz").exists()
 
 
 def test_a_grid_that_starts_near_the_data_says_so(trained, tmp_path):
@@ -848,8 +848,8 @@ def test_fifth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
         one_line_error([*table2, "--out", str(tmp_path / "t2")], "in use by another `reproduce table2`")
     monkeypatch.undo()
     # `lab` replaced an earlier run's table and left its 1024-D figure beside a table without it
-    lab_run = ["lab", "--n", "8", "--image-n", "8", "--out", str(tmp_path / "lab"), "--no-progress"]
-    assert cli.main([*lab_run, "--image-d", "4"]) == 0 and (tmp_path / "lab" / "table1_d4.png").exists()
+    lab_run = ["lab", "--n", "8", "--out", str(tmp_path / "lab"), "--no-progress"]
+    assert cli.main([*lab_run, "--image-d", "4", "--image-n", "8"]) == 0 and (tmp_path / "lab" / "table1_d4.png").exists()
     capsys.readouterr()
     one_line_error([*lab_run[:-1], "--image-d", "0"], "table1.txt", "pass --overwrite")
     assert cli.main([*lab_run, "--image-d", "0", "--overwrite"]) == 0
@@ -1210,3 +1210,77 @@ def test_tenth_round_of_careless_use(tmp_path, capsys, monkeypatch):
     assert cli.main(["train", "--resume", "--out", str(out), "--set", "steps=4", "--no-progress"]) == 1
     err = capsys.readouterr().err                           # to re-save it "with this option" is not repeated
     assert "not a readable torch checkpoint" in err and "mmap" not in err, err
+
+
+def test_eleventh_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
+    """A careless round (helper 61): sizes that do not fit the memory ended in an allocator's traceback, some only after
+    all the work (`train --set n_samples=1000000000` after training, `sample --n 60000 --scale 32` killed while drawing
+    its grid); a 20000×20000 PNG as --input was Pillow's traceback; `reproduce --features digits` with a read-only
+    cache sampled its cells first; DDIMLAB_CACHE=" " made a folder named " "; `lab --image-n` with --image-d 0 and
+    `reproduce table2 --n-images` above the data set's size did nothing without a word; a damaged PNG in a cell
+    folder was "all input arrays must have the same shape"."""
+    from PIL import Image
+
+    from ddimlab import fid, quality, tables
+
+    def one_line_error(argv, *needles):
+        _expect_one_line_error(capsys, [*argv, "--no-progress"], *needles)
+
+    def allocator_fails(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 25600000000 bytes. Error code 12 (Cannot allocate memory)")
+    monkeypatch.setattr(cli, "slerp", allocator_fails)
+    one_line_error(["interpolate", "--checkpoint", str(trained), "--n", "5", "--steps", "2", "--out", str(tmp_path / "i")],
+                   "out of memory (it asked for 25600000000 bytes)", "lower")
+    monkeypatch.setattr(cli, "slerp", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("CUDA out of memory")))
+    one_line_error(["interpolate", "--checkpoint", str(trained), "--n", "5", "--steps", "2", "--out", str(tmp_path / "i")],
+                   "out of memory:")
+    monkeypatch.undo()
+    one_line_error(["train", "--out", str(tmp_path / "r"), *_sets(TINY), "--set", "n_samples=1000000000"],
+                   "n_samples is the size of the sample grids", "at most 4096")
+    # PNG sizes: checked from the header, before decoding; the grid's before sampling (Pillow's limit made small here)
+    Image.fromarray(np.zeros((100, 100), np.uint8)).save(tmp_path / "big.png")
+    one_line_error(["invert", "--checkpoint", str(trained), "--input", str(tmp_path / "big.png"), "--steps", "2",
+                    "--out", str(tmp_path / "v")], "big.png is 100×100 pixels; the model takes 8×8 images")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
+    one_line_error(["invert", "--checkpoint", str(trained), "--input", str(tmp_path / "big.png"), "--steps", "2",
+                    "--out", str(tmp_path / "v")], "too large for Pillow to open")
+    monkeypatch.setattr(cli, "sample_indices", lambda *a, **k: pytest.fail("sampled before refusing"))
+    one_line_error(["sample", "--checkpoint", str(trained), "--n", "16", "--scale", "4", "--steps", "2",
+                    "--out", str(tmp_path / "g" / "x")], "would have 21,904 pixels, more than the 2,000", "--scale")
+    monkeypatch.undo()
+    made = [p.name for p in tmp_path.iterdir() if p.name != "big.png" and not p.name.endswith(".lock")]  # locks stay
+    assert not made, made
+    # the digits classifier is trained and cached before any cell is sampled
+    monkeypatch.setenv("DDIMLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(quality, "atomic_write", lambda path, *a, **k: (_ for _ in ()).throw(
+        OSError(30, "Read-only file system")))
+    monkeypatch.setattr(tables, "reproduce_table1", lambda *a, **k: pytest.fail("sampled before refusing"))
+    one_line_error(["reproduce", "table1", "--checkpoint", str(trained), "--features", "digits", "--n-samples", "4",
+                    "--out", str(tmp_path / "t1")], "could not cache the digits classifier", "Read-only file system",
+                   "point DDIMLAB_CACHE at a folder you can write")
+    monkeypatch.undo()
+    monkeypatch.setenv("DDIMLAB_CACHE", " ")
+    monkeypatch.chdir(tmp_path)
+    one_line_error(["reproduce", "table1", "--checkpoint", str(trained), "--features", "digits", "--n-samples", "4",
+                    "--out", str(tmp_path / "t1")], "DDIMLAB_CACHE=' ' is blank")
+    assert not (tmp_path / " ").exists()
+    monkeypatch.undo()
+    # options that changed nothing
+    one_line_error(["lab", "--n", "8", "--image-d", "0", "--image-n", "99", "--out", str(tmp_path / "lab")],
+                   "--image-n does nothing with --image-d 0")
+    one_line_error(["reproduce", "table2", "--checkpoint", str(trained), "--n-images", "100000000", "--steps", "2",
+                    "--out", str(tmp_path / "t2")], "--n-images 100000000 exceeds the 1797 images of the digits set")
+    assert not (tmp_path / "t2").exists() and not (tmp_path / "lab").exists()
+    # a damaged sample in a reproduce cell is named, with what to do
+    t1 = ["reproduce", "table1", "--checkpoint", str(trained), "--features", "random", "--n-samples", "4", "--steps", "2",
+          "--etas", "0", "--batch-size", "4", "--out", str(tmp_path / "t1"), "--no-progress"]
+    assert cli.main(t1) == 0
+    capsys.readouterr()
+    cell = next((tmp_path / "t1" / "samples").iterdir())
+    Image.fromarray(np.zeros((17, 17), np.uint8)).save(cell / "000001.png")
+    one_line_error([*t1, "--overwrite"], "000001.png holds an array of shape (17, 17)", "delete it")
+    (cell / "000001.png").write_bytes(b"not a png")
+    one_line_error([*t1, "--overwrite"], "000001.png is not a readable PNG", "delete it")
+    (cell / "000001.png").unlink()
+    assert cli.main([*t1, "--overwrite"]) == 0 and fid.load_images(cell).shape == (4, 1, 8, 8)
