@@ -362,7 +362,8 @@ def read_images(paths, shape) -> torch.Tensor:
     """Images in [−1, 1] (N, C, H, W) for a model taking `shape` = (C, H, W), from one .npz (array `x0`,
     `samples` — both in [−1, 1] — or `images`, uint8 N×H×W×C) or from 8-bit PNG files. Grey images are
     repeated to RGB and RGB ones averaged to grey to match C; the spatial size must already match. Anything
-    else (other dtypes or ranges, 16-bit PNGs, files that are not images) is a ValueError saying what was found."""
+    else (other dtypes or ranges, 16-bit PNGs, animations, transparent pixels, files that are not images) is a
+    ValueError saying what was found."""
     from PIL import Image, UnidentifiedImageError  # Pillow comes with matplotlib
 
     C, H, W = shape
@@ -381,6 +382,11 @@ def read_images(paths, shape) -> torch.Tensor:
                     raise ValueError(f"{p} is a {im.mode} image; convert it to 8-bit grey or RGB first")
                 if im.size != (W, H):               # before decoding: a huge image would fill the memory
                     raise ValueError(f"{p} is {im.size[0]}×{im.size[1]} pixels; the model takes {W}×{H} images")
+                if getattr(im, "n_frames", 1) > 1:
+                    raise ValueError(f"{p} is an animation of {im.n_frames} frames; pass each image as its own file")
+                if im.mode in ("RGBA", "LA", "P") and im.convert("RGBA").getextrema()[3][0] < 255:
+                    raise ValueError(f"{p} has transparent pixels, which the model has no meaning for; flatten it onto "
+                                     f"a background first")
                 a = np.asarray(im.convert("RGB" if C == 3 else "L"), dtype=np.float32) / 127.5 - 1
             except Image.DecompressionBombError as e:
                 raise ValueError(f"{p} is too large for Pillow to open ({e}); the model takes {W}×{H} images") from None

@@ -1242,6 +1242,15 @@ def test_eleventh_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     Image.fromarray(np.zeros((100, 100), np.uint8)).save(tmp_path / "big.png")
     one_line_error(["invert", "--checkpoint", str(trained), "--input", str(tmp_path / "big.png"), "--steps", "2",
                     "--out", str(tmp_path / "v")], "big.png is 100×100 pixels; the model takes 8×8 images")
+    frames = [Image.fromarray(np.full((8, 8), v, np.uint8)) for v in (0, 255)]
+    frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:])       # an APNG: frame 0 was read
+    Image.fromarray(np.zeros((8, 8, 4), np.uint8)).save(tmp_path / "clear.png")          # alpha 0: dropped silently
+    for name, needle in (("anim.png", "an animation of 2 frames"), ("clear.png", "has transparent pixels")):
+        one_line_error(["invert", "--checkpoint", str(trained), "--input", str(tmp_path / name), "--steps", "2",
+                        "--out", str(tmp_path / "v")], needle)
+    Image.fromarray(np.full((8, 8, 4), 255, np.uint8)).save(tmp_path / "opaque.png")    # opaque RGBA reads as before
+    assert cli.main(["invert", "--checkpoint", str(trained), "--input", str(tmp_path / "opaque.png"), "--steps", "2",
+                     "--out", str(tmp_path / "ok"), "--no-progress"]) == 0
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
     one_line_error(["invert", "--checkpoint", str(trained), "--input", str(tmp_path / "big.png"), "--steps", "2",
                     "--out", str(tmp_path / "v")], "too large for Pillow to open")
@@ -1249,8 +1258,8 @@ def test_eleventh_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     one_line_error(["sample", "--checkpoint", str(trained), "--n", "16", "--scale", "4", "--steps", "2",
                     "--out", str(tmp_path / "g" / "x")], "would have 21,904 pixels, more than the 2,000", "--scale")
     monkeypatch.undo()
-    made = [p.name for p in tmp_path.iterdir() if p.name != "big.png" and not p.name.endswith(".lock")]  # locks stay
-    assert not made, made
+    made = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock"))   # locks stay
+    assert made == ["anim.png", "big.png", "clear.png", "ok.npz", "ok.png", "opaque.png"], made
     # the digits classifier is trained and cached before any cell is sampled
     monkeypatch.setenv("DDIMLAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(quality, "atomic_write", lambda path, *a, **k: (_ for _ in ()).throw(
