@@ -10,7 +10,8 @@
 PYTHON ?= python3
 # Python caches compiled modules in __pycache__ (here: .venv and the package). Containers often set
 # PYTHONDONTWRITEBYTECODE=1, and then each Python process of `make test` (its workers, the notebooks' kernels, the
-# tests' CLI runs) compiled torch's modules again: measured here, its pytest took 370 s so and 272 s with the cache.
+# tests' CLI runs) compiled torch's modules again: here its pytest took 370 s with PYTHONDONTWRITEBYTECODE=1 and
+# 272 s without (docs/make_test_times.md).
 unexport PYTHONDONTWRITEBYTECODE
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0

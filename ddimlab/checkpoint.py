@@ -75,7 +75,7 @@ def _torch_load(path, map_location, mmap=False):
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")
     try:
-        # mmap needs torch's zip format; any other file is read, to fail with the message below
+        # mmap needs torch's zip format: any other file is read whole (an old-format torch file loads, the rest fail)
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
         what = re.search(r"(?:unsupported global|global)[:\s]+(?:GLOBAL\s+)?([\w.]+)", str(e), re.I)

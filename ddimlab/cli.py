@@ -121,16 +121,17 @@ def _refuse_existing(overwrite: bool, *paths: Path, hint: str = "") -> None:
                               f"{'it' if one else 'them'}{hint} or choose another --out")
 
 
-def _check_grid(n: int, shape, nrow, scale: int) -> None:
+def _check_grid(n: int, shape, nrow, scale: int, fewer: str = "--n") -> None:
     """Before the work: the PNG grid of n images of `shape` at `scale` must be one that Pillow opens without a
-    decompression-bomb warning (`Image.MAX_IMAGE_PIXELS`, 89 million pixels; `--input` reads PNGs with Pillow too)."""
+    decompression-bomb warning (`Image.MAX_IMAGE_PIXELS`, 89 million pixels; `--input` reads PNGs with Pillow too).
+    `fewer`: how the command is given fewer images."""
     from PIL import Image
 
     H, W, _ = grid_size(n, shape[-2], shape[-1], nrow)
     pixels = H * W * scale ** 2
     if pixels > Image.MAX_IMAGE_PIXELS:
         raise ValueError(f"the PNG grid of {n} images at --scale {scale} would have {pixels:,} pixels, more than the "
-                         f"{Image.MAX_IMAGE_PIXELS:,} that Pillow opens without a warning; lower --scale or --n")
+                         f"{Image.MAX_IMAGE_PIXELS:,} that Pillow opens without a warning; lower --scale or {fewer}")
 
 
 def _save_pair(png: Path, npz: Path, images: torch.Tensor, nrow, scale: int, overwrite: bool, **arrays) -> None:
@@ -228,7 +229,7 @@ def cmd_sample(args, png: Path, npz: Path) -> int:
 def cmd_invert(args, png: Path, npz: Path) -> int:
     net, abar, device, seq = _model_for(args)
     x0 = data.read_images(args.input, _image_shape(net)).to(device)
-    _check_grid(2 * len(x0), x0.shape, len(x0), args.scale)
+    _check_grid(2 * len(x0), x0.shape, len(x0), args.scale, fewer="pass fewer images")
     bar, callback = progress(2 * len(seq), "invert + decode", not args.no_progress)
     eps = checkpoint.eps_fn(net, args.amp)
     with bar:
@@ -350,9 +351,6 @@ def _reproduce(args, out: Path) -> int:
                 feature_fn=feature_fn, reference=reference, seed=args.seed or 0, **common)
         else:
             images = (data.load_cifar10(args.data_root, train=False)[0] if in_ch == 3 else data.load_digits(res)[0])
-            if (args.n_images or 0) > len(images):
-                raise ValueError(f"--n-images {args.n_images} exceeds the {len(images)} images of the "
-                                 f"{'CIFAR-10 test' if in_ch == 3 else 'digits'} set; give at most {len(images)}")
             rows = tables.reproduce_table2(net, out, images=images, n_images=args.n_images,
                                            spacing=args.spacing or "uniform", **common)
         if rows and rank == 0:
@@ -368,9 +366,9 @@ def _reproduce(args, out: Path) -> int:
 def cmd_lab(args) -> int:
     if args.image_d == 0 and args.image_n is not None:
         raise ValueError("--image-n does nothing with --image-d 0, which skips the image-like table; drop one of them")
-    image_n = 1000 if args.image_n is None else args.image_n
-    return _tables_in(args, lambda: lab.main(out=args.out, n=args.n, image_d=args.image_d, image_n=image_n,
-                                             spacing=args.spacing, seed=args.seed), lab.outputs_in)
+    given = {} if args.image_n is None else {"image_n": args.image_n}
+    return _tables_in(args, lambda: lab.main(out=args.out, n=args.n, image_d=args.image_d, spacing=args.spacing,
+                                             seed=args.seed, **given), lab.outputs_in)
 
 
 def cmd_demo(args) -> int:
@@ -521,9 +519,9 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
                         "whose table row, like `reproduce`, also clips x0: add --clip for that)")
     p.add_argument("--clip", action="store_true", help="clip the predicted x0 to [-1, 1] (ddim, ddpm)")
     p.add_argument("--lower-order-final", action="store_true",
-                   help="dpm_solver_pp_3m only: take the step before the last at second order, as diffusers does below "
-                        "15 steps (notebook 08 §7, exact scores: 1.8 to 2.3 times closer to the ODE's solution at 5 steps, "
-                        "farther at 10)")
+                   help="dpm_solver_pp_3m only: take the step before the last at second order, at any --steps (diffusers "
+                        "does so by default below 15). Notebook 08 §7, exact scores: 1.8 to 2.3 times closer to the ODE's "
+                        "solution at 5 steps; at 10 farther on one mixture, unresolved on the other")
     p.add_argument("--seed", type=_seed, default=0, help="image i's noise is a function of (seed, i)")
     p.add_argument("--n", type=_positive, default=64, help="number of samples")
     p.add_argument("--nrow", type=_positive, default=None, help="images per row of the grid (default: square)")
@@ -640,8 +638,8 @@ def main(argv=None, prog: str | None = None) -> int:
         return 1
     except Exception as e:
         if not debug and (size := _out_of_memory(e)) is not None:
-            print(f"{prog} {args.command}: error: out of memory{size}: the sizes asked for do not fit this "
-                  f"machine; lower --n, --batch-size or --scale (train: batch_size, resolution, ch or n_samples)",
+            print(f"{prog} {args.command}: error: out of memory{size}: the sizes asked for do not fit this machine; "
+                  f"ask for fewer or smaller images, or a smaller batch (`{prog} {args.command} --help` lists them)",
                   file=sys.stderr)
             print("(run again with --debug for the traceback)", file=sys.stderr)
             return 1
@@ -660,7 +658,7 @@ def _out_of_memory(e: BaseException) -> str | None:
     """For a failed allocation (Python's, torch's CPU allocator, CUDA) " (N bytes)", or "" where the error does not say
     the size; None for any other error."""
     text = str(e)
-    if not (isinstance(e, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text):
+    if not (isinstance(e, (MemoryError, torch.OutOfMemoryError)) or "DefaultCPUAllocator" in text):
         return None
     size = re.search(r"allocate (\d+ bytes|[0-9.]+ [KMGT]iB)", text)
     return f" (it asked for {size.group(1)})" if size else ""

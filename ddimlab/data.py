@@ -55,7 +55,7 @@ def default_cache_dir() -> Path:
     """`$DDIMLAB_CACHE` if set, else `~/.cache/ddimlab`; a NotADirectoryError if that names a file, a ValueError if
     DDIMLAB_CACHE is blank (spaces: it would make a folder named so in the current one)."""
     env = os.environ.get("DDIMLAB_CACHE")
-    if env is not None and env != "" and not env.strip():     # unset or empty: the default, as for other variables
+    if env and not env.strip():     # unset or empty: the default, as for other variables
         raise ValueError(f"DDIMLAB_CACHE={env!r} is blank; point it at a folder, or unset it for ~/.cache/ddimlab")
     path = Path(env).expanduser() if env else Path.home() / ".cache" / "ddimlab"
     if path.exists() and not path.is_dir():
@@ -384,15 +384,17 @@ def read_images(paths, shape) -> torch.Tensor:
                     raise ValueError(f"{p} is {im.size[0]}×{im.size[1]} pixels; the model takes {W}×{H} images")
                 if getattr(im, "n_frames", 1) > 1:
                     raise ValueError(f"{p} is an animation of {im.n_frames} frames; pass each image as its own file")
-                if im.mode in ("RGBA", "LA", "P") and im.convert("RGBA").getextrema()[3][0] < 255:
+                if im.convert("RGBA").getextrema()[3][0] < 255:    # an alpha channel, or a tRNS colour in any mode
                     raise ValueError(f"{p} has transparent pixels, which the model has no meaning for; flatten it onto "
                                      f"a background first")
-                a = np.asarray(im.convert("RGB" if C == 3 else "L"), dtype=np.float32) / 127.5 - 1
+                grey = C == 1 and im.mode in ("1", "L", "LA")
+                a = np.asarray(im.convert("L" if grey else "RGB"), dtype=np.float32) / 127.5 - 1
             except Image.DecompressionBombError as e:
                 raise ValueError(f"{p} is too large for Pillow to open ({e}); the model takes {W}×{H} images") from None
             except (UnidentifiedImageError, OSError):
                 raise ValueError(f"{p} is not an image file Pillow can read (or it is truncated)") from None
-            imgs.append(torch.as_tensor(a[..., None] if a.ndim == 2 else a).permute(2, 0, 1))
+            t = torch.as_tensor(a[..., None] if a.ndim == 2 else a).permute(2, 0, 1)
+            imgs.append(t.mean(0, keepdim=True) if t.shape[0] != C else t)    # colour averaged, as for an .npz
         x = torch.stack(imgs)
     if x.ndim != 4 or x.shape[1] not in (1, 3):
         raise ValueError(f"images must be (N, C, H, W) with C = 1 or 3, got shape {tuple(x.shape)}")

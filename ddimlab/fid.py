@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import data, quality
+from . import data, devices, quality
 from .files import atomic_write
 from .quality import feature_stats, frechet_distance
 
@@ -27,8 +27,8 @@ FID_INSTALL_HINT = "pip install ddimlab[fid]"
 
 def load_images(directory, n: int | None = None) -> torch.Tensor:
     """The PNG files of a sample directory, in file-name order, as uint8 N×C×H×W. A file that does not read, or whose
-    size or mode differs from the first one's, is a ValueError naming it (a damaged sample: delete it, and
-    `reproduce` samples it again)."""
+    array shape differs from most files', is a ValueError naming it (a damaged sample: in a `reproduce` cell, delete
+    it and the next run samples it again)."""
     from PIL import Image  # Pillow comes with matplotlib
 
     files = sorted(Path(directory).glob("*.png"))
@@ -36,16 +36,19 @@ def load_images(directory, n: int | None = None) -> torch.Tensor:
         files = files[:n]
     if not files:
         raise ValueError(f"no .png files in {directory}")
+    damaged = "a damaged sample? In a `reproduce` cell, delete it and the next run samples it again"
     arrays = []
     for f in files:
         try:
             with Image.open(f) as im:
                 arrays.append(np.asarray(im))
         except (OSError, Image.DecompressionBombError) as e:
-            raise ValueError(f"{f} is not a readable PNG ({e}); delete it (`reproduce` then samples it again)") from None
-        if arrays[-1].shape != arrays[0].shape:
-            raise ValueError(f"{f} holds an array of shape {arrays[-1].shape}, {files[0].name} one of {arrays[0].shape}: "
-                             f"not a sample of this set; delete it (`reproduce` then samples it again)")
+            raise ValueError(f"{f} is not a readable PNG ({e}): {damaged}") from None
+    shapes = [a.shape for a in arrays]
+    usual = max(set(shapes), key=shapes.count)
+    odd = next((f for f, s in zip(files, shapes) if s != usual), None)
+    if odd is not None:
+        raise ValueError(f"{odd} holds an array of shape {shapes[files.index(odd)]}, most files one of {usual}: {damaged}")
     x = torch.from_numpy(np.stack(arrays))
     return x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
 
@@ -179,8 +182,9 @@ def reference_for(features: str, in_ch: int, resolution: int, data_root=None):
     if features == "digits":
         if in_ch != 1:
             raise ValueError("--features digits scores one-channel digit models; for RGB use inception or random")
-        quality.load_classifier(resolution)     # trained and cached now, so that a bad DDIMLAB_CACHE stops the run
-        return digits_feature_fn, data.load_digits(resolution)[0]    # before it samples
+        if devices.rank_world()[0] == 0:        # the scoring rank: trained and cached now, so that a bad DDIMLAB_CACHE
+            quality.load_classifier(resolution)  # stops the run before it samples
+        return digits_feature_fn, data.load_digits(resolution)[0]
     if features == "random":
         f = random_features(in_ch)
         if in_ch == 1:

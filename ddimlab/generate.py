@@ -129,6 +129,8 @@ def sample_indices(model, indices, shape, alpha_bar, seq, eta=0.0, seed: int = 0
     check_range=False leaves that to a caller that samples many batches and warns once over all of them.
     """
     eta = check_eta(eta)
+    if solver_options and solver is None:
+        raise ValueError(f"solver_options {solver_options} apply to an ODE solver; none was given")
     device = torch.device(device) if device is not None else devices.model_device(model)
     alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64).to(device)
     gens = _generators(seed, indices)

@@ -225,6 +225,9 @@ def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise ValueError(f"images must be uint8 N×C×H×W, got {images.dtype} {tuple(images.shape)}")
     if n_images is not None:
+        if n_images > len(images):
+            raise ValueError(f"n_images {n_images} (--n-images) exceeds the {len(images)} images given; give at most "
+                             f"{len(images)}")
         images = images[:n_images]
     rank, world_size = resolve_rank(rank, world_size)
     alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else torch.as_tensor(alpha_bar)

@@ -193,8 +193,8 @@ def _apply(values: dict, overrides) -> dict:
     return values
 
 
-# Keys that say where and how a run executes, not what it trains: a resume may change them without a notice.
 MAX_GRID = 4096        # n_samples at most
+# Keys that say where and how a run executes, not what it trains: a resume may change them without a notice.
 RUN_KEYS = ("out", "device", "bf16", "compile", "progress", "threads")
 
 
@@ -226,7 +226,7 @@ def validate_config(c: TrainConfig) -> TrainConfig:
         v = getattr(c, name)
         if not isinstance(v, int) or v < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
-    if c.n_samples > MAX_GRID:      # drawn while and after training: a size that does not fit would end the run there
+    if c.n_samples > MAX_GRID:      # drawn while and after training: a size meant for `sample` would end the run there
         raise ValueError(f"n_samples is the size of the sample grids written while training: at most {MAX_GRID}, got "
                          f"{c.n_samples} (`ddimlab sample` draws more from the checkpoint)")
     most = max(64, 4 * (os.cpu_count() or 1))   # 100000 threads: OpenMP ran out of memory, in a traceback
@@ -238,8 +238,9 @@ def validate_config(c: TrainConfig) -> TrainConfig:
     for name in ("lr", "ema_decay", "grad_clip", "dropout"):
         if not math.isfinite(getattr(c, name)):
             raise ValueError(f"{name} must be a finite number, got {getattr(c, name)}")
-    # Adam moves a weight by about lr per step: below 1e-10 (a tenth of float32's spacing at 0.01) the network stays
-    # as initialised; the weights are float32, at most 3.4e38, and Adam's first step is up to 10·lr.
+    # Adam moves a weight by about lr per step: below 1e-10, a fifth of float32's spacing at 0.01, weights of that size
+    # round back to themselves (only those near 0 move); the weights are float32, at most 3.4e38, and Adam's first
+    # step is up to 10·lr.
     if not 1e-10 <= c.lr <= 1e37:
         raise ValueError(f"lr must be in [1e-10, 1e37] (Adam moves each weight by about lr per step; typical: 1e-4 to "
                          f"1e-2), got {c.lr}")

@@ -1231,7 +1231,7 @@ def test_eleventh_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
                            "tried to allocate 25600000000 bytes. Error code 12 (Cannot allocate memory)")
     monkeypatch.setattr(cli, "slerp", allocator_fails)
     one_line_error(["interpolate", "--checkpoint", str(trained), "--n", "5", "--steps", "2", "--out", str(tmp_path / "i")],
-                   "out of memory (it asked for 25600000000 bytes)", "lower")
+                   "out of memory (it asked for 25600000000 bytes)", "ask for fewer or smaller images")
     monkeypatch.setattr(cli, "slerp", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("CUDA out of memory")))
     one_line_error(["interpolate", "--checkpoint", str(trained), "--n", "5", "--steps", "2", "--out", str(tmp_path / "i")],
                    "out of memory:")
@@ -1245,12 +1245,17 @@ def test_eleventh_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     frames = [Image.fromarray(np.full((8, 8), v, np.uint8)) for v in (0, 255)]
     frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:])       # an APNG: frame 0 was read
     Image.fromarray(np.zeros((8, 8, 4), np.uint8)).save(tmp_path / "clear.png")          # alpha 0: dropped silently
-    for name, needle in (("anim.png", "an animation of 2 frames"), ("clear.png", "has transparent pixels")):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "trns.png", transparency=0)   # grey, black transparent
+    for name, needle in (("anim.png", "an animation of 2 frames"), ("clear.png", "has transparent pixels"),
+                         ("trns.png", "has transparent pixels")):
         one_line_error(["invert", "--checkpoint", str(trained), "--input", str(tmp_path / name), "--steps", "2",
                         "--out", str(tmp_path / "v")], needle)
-    Image.fromarray(np.full((8, 8, 4), 255, np.uint8)).save(tmp_path / "opaque.png")    # opaque RGBA reads as before
+    rgba = np.random.default_rng(0).integers(0, 256, (8, 8, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    Image.fromarray(rgba).save(tmp_path / "opaque.png")                                  # opaque RGBA reads as before
     assert cli.main(["invert", "--checkpoint", str(trained), "--input", str(tmp_path / "opaque.png"), "--steps", "2",
                      "--out", str(tmp_path / "ok"), "--no-progress"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "ok.npz")["x0"][0, 0], rgba[..., :3].mean(-1) / 127.5 - 1, atol=0.01)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
     one_line_error(["invert", "--checkpoint", str(trained), "--input", str(tmp_path / "big.png"), "--steps", "2",
                     "--out", str(tmp_path / "v")], "too large for Pillow to open")
@@ -1259,7 +1264,7 @@ def test_eleventh_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
                     "--out", str(tmp_path / "g" / "x")], "would have 21,904 pixels, more than the 2,000", "--scale")
     monkeypatch.undo()
     made = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock"))   # locks stay
-    assert made == ["anim.png", "big.png", "clear.png", "ok.npz", "ok.png", "opaque.png"], made
+    assert made == ["anim.png", "big.png", "clear.png", "ok.npz", "ok.png", "opaque.png", "trns.png"], made
     # the digits classifier is trained and cached before any cell is sampled
     monkeypatch.setenv("DDIMLAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(quality, "atomic_write", lambda path, *a, **k: (_ for _ in ()).throw(
@@ -1279,7 +1284,7 @@ def test_eleventh_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     one_line_error(["lab", "--n", "8", "--image-d", "0", "--image-n", "99", "--out", str(tmp_path / "lab")],
                    "--image-n does nothing with --image-d 0")
     one_line_error(["reproduce", "table2", "--checkpoint", str(trained), "--n-images", "100000000", "--steps", "2",
-                    "--out", str(tmp_path / "t2")], "--n-images 100000000 exceeds the 1797 images of the digits set")
+                    "--out", str(tmp_path / "t2")], "n_images 100000000 (--n-images) exceeds the 1797 images")
     assert not (tmp_path / "t2").exists() and not (tmp_path / "lab").exists()
     # a damaged sample in a reproduce cell is named, with what to do
     t1 = ["reproduce", "table1", "--checkpoint", str(trained), "--features", "random", "--n-samples", "4", "--steps", "2",
@@ -1287,8 +1292,12 @@ def test_eleventh_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     assert cli.main(t1) == 0
     capsys.readouterr()
     cell = next((tmp_path / "t1" / "samples").iterdir())
-    Image.fromarray(np.zeros((17, 17), np.uint8)).save(cell / "000001.png")
-    one_line_error([*t1, "--overwrite"], "000001.png holds an array of shape (17, 17)", "delete it")
+    Image.fromarray(np.zeros((17, 17), np.uint8)).save(cell / "000000.png")     # the first file: the others are fine
+    one_line_error([*t1, "--overwrite"], "000000.png holds an array of shape (17, 17), most files one of (8, 8)",
+                   "delete it")
+    (cell / "000000.png").unlink()
+    assert cli.main([*t1, "--overwrite"]) == 0
+    capsys.readouterr()
     (cell / "000001.png").write_bytes(b"not a png")
     one_line_error([*t1, "--overwrite"], "000001.png is not a readable PNG", "delete it")
     (cell / "000001.png").unlink()
