@@ -42,9 +42,9 @@ def _check_range(a, name: str, low: float, high: float, low_open: bool, high_ope
     return a
 
 
-def _check_pair(a_t, a_s):
-    """ᾱ_t of the noisier step t and ᾱ_s of the earlier step s < t: 0 < ᾱ_t < 1, ᾱ_t ≤ ᾱ_s ≤ 1."""
-    _check_range(a_t, "a_t", 0.0, 1.0, True, True)
+def _check_pair(a_t, a_s, a_t_zero: bool = False):
+    """ᾱ_t of the noisier step t and ᾱ_s of the earlier step s < t: 0 < ᾱ_t < 1 (a_t_zero: 0 ≤ ᾱ_t), ᾱ_t ≤ ᾱ_s ≤ 1."""
+    _check_range(a_t, "a_t", 0.0, 1.0, not a_t_zero, True)
     _check_range(a_s, "a_s", 0.0, 1.0, True, False)
     if isinstance(a_t, float) and isinstance(a_s, float) and a_s >= a_t:
         return
@@ -61,6 +61,8 @@ def roots(a, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def bcast(a, x: torch.Tensor) -> torch.Tensor:
     """ᾱ-like `a` (scalar or shape (B,)) as a tensor of x's dtype that broadcasts against x of shape (B, …)."""
+    if not x.dtype.is_floating_point:     # the coefficients, cast to an integer dtype, would be 0 or 1
+        raise TypeError(f"x must be a floating-point tensor (data in [-1, 1]), got {x.dtype}")
     if isinstance(a, torch.Tensor):
         a = a.to(x.dtype).to(x.device)   # the cast first: a float64 tensor cannot move to MPS
     else:  # a Python float goes straight to x's dtype (no float32 detour for float64 work)
@@ -164,7 +166,10 @@ def check_sigma(a_t, a_s, sigma) -> None:
             return
     at = torch.as_tensor(a_t, dtype=torch.float64)
     as_ = torch.as_tensor(a_s, dtype=torch.float64)
-    sg2 = torch.as_tensor(sigma, dtype=torch.float64) ** 2
+    sg = torch.as_tensor(sigma, dtype=torch.float64)
+    if sg.device.type == "cpu" and bool(torch.isnan(sg).any()):
+        raise ValueError(f"sigma must be a number, got {sigma}")
+    sg2 = sg ** 2
     over = sg2 > (1 - as_) * (1 + 1e-9) + 1e-15
     if bool(over.any()):
         at_b, as_b = torch.broadcast_tensors(at, as_)
@@ -181,8 +186,9 @@ def q_sigma_mean(x0: torch.Tensor, x_t: torch.Tensor, a_t, a_s, sigma) -> torch.
 
     With this mean q_σ(x_s | x_0) = N(√ᾱ_s x_0, (1−ᾱ_s) I) for every σ (derived in notebook 03 §3–§5).
     """
+    _check_pair(a_t, a_s, a_t_zero=True)
     check_sigma(a_t, a_s, sigma)
-    at, as_, sg = wide(_check_range(a_t, "a_t", 0.0, 1.0, False, True)), wide(a_s), wide(sigma)
+    at, as_, sg = wide(a_t), wide(a_s), wide(sigma)
     k = (1 - as_ - sg ** 2).clamp_min(0).sqrt() / (1 - at).sqrt()
     return bcast(as_.sqrt(), x_t) * x0 + bcast(k, x_t) * (x_t - bcast(at.sqrt(), x_t) * x0)
 
@@ -197,8 +203,9 @@ def q_sigma_forward(x_s: torch.Tensor, x0: torch.Tensor, a_t, a_s, sigma):
     It depends on x_0 unless σ² = β̃ (η = 1), where it is the Markov kernel N(√(ᾱ_t/ᾱ_s) x_s, 1−ᾱ_t/ᾱ_s).
     Returns (mean, var); `var` broadcasts against x_s.
     """
+    _check_pair(a_t, a_s, a_t_zero=True)
     check_sigma(a_t, a_s, sigma)
-    at, as_, sg = wide(_check_range(a_t, "a_t", 0.0, 1.0, False, True)), wide(a_s), wide(sigma)
+    at, as_, sg = wide(a_t), wide(a_s), wide(sigma)
     if bool((as_ >= 1).any()):
         raise ValueError("q_sigma_forward needs a_s < 1 (x_s must be noisy; the first step is q(x_t | x_0))")
     k = (1 - as_ - sg ** 2).clamp_min(0).sqrt() * (1 - at).sqrt() / (1 - as_)
@@ -246,12 +253,11 @@ def score_from_eps(eps: torch.Tensor, a_t) -> torch.Tensor:
     L_simple it is the score ∇ log q_t(x_t) of the noisy marginal (Tweedie's formula; denoising score
     matching, Song et al. 2021 eq. 7 with λ(t) = 1 − ᾱ_t). Undefined at ᾱ_t = 1 (clean data).
     """
-    a = wide(a_t)
-    if bool((a >= 1).any()):
-        raise ValueError("score_from_eps needs alpha_bar_t < 1 (there is no noise, hence no score, at the data end)")
-    return -eps / bcast((1 - a).sqrt(), eps)
+    _check_range(a_t, "a_t", 0.0, 1.0, False, True)     # at ᾱ_t = 1 there is no noise, hence no score
+    return -eps / bcast((1 - wide(a_t)).sqrt(), eps)
 
 
 def eps_from_score(score: torch.Tensor, a_t) -> torch.Tensor:
     """ε = −√(1−ᾱ_t) s, the inverse of `score_from_eps` (notebook 02 §9)."""
+    _check_range(a_t, "a_t", 0.0, 1.0, False, True)
     return -roots(a_t, score)[1] * score

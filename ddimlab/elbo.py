@@ -40,8 +40,11 @@ def _check_alpha_bar(alpha_bar) -> torch.Tensor:
 
 
 def _check_x0(x0: torch.Tensor) -> None:
-    if not isinstance(x0, torch.Tensor) or x0.ndim < 2:
-        raise ValueError(f"x0 must be a batch tensor of shape (B, ...), got {getattr(x0, 'shape', type(x0))}")
+    if not isinstance(x0, torch.Tensor) or x0.ndim < 2 or x0.shape[0] == 0:
+        raise ValueError(f"x0 must be a batch tensor of shape (B, ...) with B >= 1, got "
+                         f"{tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__}")
+    if not x0.dtype.is_floating_point:
+        raise TypeError(f"x0 must be floating point (data in [-1, 1]), got {x0.dtype}")
     if not bool(torch.isfinite(x0).all()):
         raise ValueError("x0 must be finite")
 
@@ -249,6 +252,9 @@ def l_simple(eps_model, x0: torch.Tensor, alpha_bar, generator: torch.Generator 
         _check_same("noise", noise, x0)
     x_t = q_sample(x0, alpha_bar.to(x0.device, x0.dtype)[t], noise)
     pred = eps_model(x_t, t)
+    if not isinstance(pred, torch.Tensor) or pred.shape != noise.shape:   # it would broadcast, and train on nonsense
+        raise ValueError(f"eps_model(x_t, t) must return a tensor of x0's shape {tuple(noise.shape)}, got "
+                         f"{tuple(pred.shape) if isinstance(pred, torch.Tensor) else type(pred).__name__}")
     loss = ((noise - pred.to(torch.promote_types(pred.dtype, torch.float32))) ** 2).reshape(B, -1).mean(1)
     if reduction == "mean":
         return loss.mean()

@@ -59,6 +59,15 @@ def _check_mvn(mean: torch.Tensor, cov: torch.Tensor, what: str) -> None:
     if mean.ndim < 1 or cov.ndim < 2 or cov.shape[-2:] != (n, n):
         raise ValueError(f"{what}: mean must have shape (..., n) and cov (..., n, n); "
                          f"got {tuple(mean.shape)} and {tuple(cov.shape)}")
+    if float((cov - cov.mT).abs().max()) > 1e-8 * float(cov.abs().max()):   # Cholesky would read one triangle only
+        raise ValueError(f"{what}: cov must be symmetric")
+
+
+def _cholesky(cov: torch.Tensor, what: str) -> torch.Tensor:
+    try:
+        return torch.linalg.cholesky(cov)
+    except torch.linalg.LinAlgError:
+        raise ValueError(f"{what}: cov must be positive definite (it has an eigenvalue <= 0)") from None
 
 
 def log_mvn(x, mean, cov) -> torch.Tensor:
@@ -66,7 +75,7 @@ def log_mvn(x, mean, cov) -> torch.Tensor:
     x = _t(x)
     mean, cov = _t(mean, x), _t(cov, x)
     _check_mvn(mean, cov, "log_mvn")
-    L = torch.linalg.cholesky(cov)
+    L = _cholesky(cov, "log_mvn")
     n = mean.shape[-1]
     diff = (x - mean).unsqueeze(-1)
     batch = torch.broadcast_shapes(diff.shape[:-2], L.shape[:-2])
@@ -82,7 +91,7 @@ def kl_mvn(mean1, cov1, mean2, cov2) -> torch.Tensor:
     _check_mvn(mean1, cov1, "kl_mvn (first)")
     _check_mvn(mean2, cov2, "kl_mvn (second)")
     n = mean1.shape[-1]
-    L1, L2 = torch.linalg.cholesky(cov1), torch.linalg.cholesky(cov2)
+    L1, L2 = _cholesky(cov1, "kl_mvn (first)"), _cholesky(cov2, "kl_mvn (second)")
     M = torch.cholesky_solve(cov1, L2)
     d = (mean2 - mean1).unsqueeze(-1)
     quad = (d * torch.cholesky_solve(d, L2)).sum((-2, -1))

@@ -94,6 +94,9 @@ def warn_out_of_range(rms: torch.Tensor, alpha_bar, seq) -> None:
 def seed_for(seed: int, index: int) -> int:
     """The generator seed of image `index` under `seed` (numpy's SeedSequence mixes the pair, so neighbouring
     indices get unrelated streams)."""
+    for name, v in (("seed", seed), ("index", index)):     # int(0.9) would give seed 0's images
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0] >> 1)
 
 

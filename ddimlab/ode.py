@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from .samplers import call_eps, check_args
-from .schedule import alpha_bar_at, step_pairs, validate_timesteps
+from .schedule import alpha_bar_at, step_pairs, validate_alpha_bar, validate_timesteps
 
 # ------------------------------------------------------------------------------- continuous time
 
@@ -91,7 +91,7 @@ def t_of_sigma(alpha_bar: torch.Tensor, sigma) -> torch.Tensor:
     neg = -_log_table(alpha_bar)                                # increasing, from 0
     T = alpha_bar.shape[0]
     tol = 1e-12 * (1 + float(neg[-1]))
-    if bool(((-target < -tol) | (-target > neg[-1] + tol)).any()):
+    if bool(((-target < -tol) | (-target > neg[-1] + tol) | ~(sigma >= 0)).any()):    # ~(≥ 0): NaN too
         raise ValueError(f"sigma must lie in [0, sigma(T-1)] = [0, {math.sqrt(math.expm1(float(neg[-1]))):.6g}]")
     v = (-target).clamp(0, float(neg[-1]))
     j = (torch.searchsorted(neg, v.reshape(-1), right=True) - 1).clamp(0, T - 1).reshape(v.shape)
@@ -123,10 +123,10 @@ def lambda_timesteps(S: int, alpha_bar: torch.Tensor, t_max: int | None = None, 
     the nearest integer step; steps that round to the same integer (near t = 0 for large S) are moved apart
     (`_distinct_steps`), so the result has exactly S steps (S must fit between t_min and t_max). Decreasing, validated.
     """
-    alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64)
+    alpha_bar = validate_alpha_bar(alpha_bar)
     T = alpha_bar.shape[0]
     t_max = T - 1 if t_max is None else t_max
-    if not isinstance(S, int) or S < 1:
+    if isinstance(S, bool) or not isinstance(S, int) or S < 1:
         raise ValueError(f"number of steps S must be a positive integer, got {S!r}")
     if not 0 <= t_min < t_max <= T - 1:
         raise ValueError(f"need 0 <= t_min < t_max <= T-1 = {T - 1}, got t_min={t_min}, t_max={t_max}")
@@ -146,15 +146,15 @@ def karras_timesteps(S: int, alpha_bar: torch.Tensor, rho: float = 7.0, t_max: i
     uniform σ and fewer than λ-uniform. Each σ_i is mapped to the nearest integer step, repeats moved apart
     (`_distinct_steps`): exactly S steps (S must fit between t_min and t_max).
     """
-    alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64)
+    alpha_bar = validate_alpha_bar(alpha_bar)
     T = alpha_bar.shape[0]
     t_max = T - 1 if t_max is None else t_max
     if isinstance(S, bool) or not isinstance(S, int) or S < 1:
         raise ValueError(f"number of steps S must be a positive integer, got {S!r}")
     if not 0 <= t_min < t_max <= T - 1:
         raise ValueError(f"need 0 <= t_min < t_max <= T-1 = {T - 1}, got t_min={t_min}, t_max={t_max}")
-    if not rho >= 1:
-        raise ValueError(f"rho must be >= 1, got {rho!r}")
+    if not 1 <= rho < math.inf:
+        raise ValueError(f"rho must be a finite number >= 1 (for rho -> infinity use lambda_timesteps), got {rho!r}")
     if S == 1:
         return validate_timesteps(torch.tensor([t_max]), T)
     lo, hi = float(sigma_at(alpha_bar, t_min)) ** (1 / rho), float(sigma_at(alpha_bar, t_max)) ** (1 / rho)
@@ -172,8 +172,8 @@ def power_timesteps(S: int, T: int = 1000, kappa: float = 2.0) -> torch.Tensor:
     """
     if isinstance(S, bool) or not isinstance(S, int) or not 1 <= S <= T:
         raise ValueError(f"number of steps S must be an integer in 1..T={T}, got {S!r}")
-    if not kappa >= 1:
-        raise ValueError(f"kappa must be >= 1, got {kappa!r}")
+    if not 1 <= kappa < math.inf:
+        raise ValueError(f"kappa must be a finite number >= 1, got {kappa!r}")
     u = T * (1 - torch.arange(S, dtype=torch.float64) / S) ** kappa
     return _distinct_steps(u - 1, 0, T - 1, T)
 
@@ -525,8 +525,8 @@ def ipndm(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
     """
     if isinstance(order, bool) or order not in (1, 2, 3, 4):
         raise ValueError(f"order must be 1, 2, 3 or 4, got {order!r}")
-    if rho is not None and not rho >= 1:
-        raise ValueError(f"rho must be None (equal-step coefficients) or >= 1, got {rho!r}")
+    if rho is not None and not 1 <= rho < math.inf:
+        raise ValueError(f"rho must be None (equal-step coefficients) or a finite number >= 1, got {rho!r}")
     _, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq)
 
     def weights(nodes, a, b, implicit):
@@ -586,6 +586,8 @@ def solve(name: str, eps, x_T, alpha_bar, seq, return_trajectory: bool = False, 
 
 def nfe(name: str, S: int) -> int:
     """Number of ε evaluations of solver `name` on S steps (notebook 05 §7)."""
+    if isinstance(S, bool) or not isinstance(S, int) or S < 1:
+        raise ValueError(f"number of steps S must be a positive integer, got {S!r}")
     return _lookup(name)[1](S)
 
 

@@ -30,9 +30,10 @@ def grid_size(n: int, h: int, w: int, nrow: int | None = None, padding: int = 1)
     """(height, width, images per row) of `image_grid`'s tiling of n images of h×w pixels."""
     if n == 0:
         raise ValueError("image_grid needs at least one image")
-    nrow = nrow or math.ceil(math.sqrt(n))
-    if nrow < 1:
-        raise ValueError(f"nrow must be a positive integer, got {nrow}")
+    if nrow is None:
+        nrow = math.ceil(math.sqrt(n))
+    if isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1:
+        raise ValueError(f"nrow must be a positive integer or None, got {nrow!r}")
     nrow = min(nrow, n)
     return math.ceil(n / nrow) * (h + padding) + padding, nrow * (w + padding) + padding, nrow
 
@@ -77,6 +78,8 @@ def save_png(image, path) -> Path:
 
 def grid_png(x: torch.Tensor, nrow: int | None = None, scale: int = 1) -> bytes:
     """Images in [−1, 1] as one PNG grid, encoded; `scale` enlarges each pixel."""
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
     grid = image_grid(x, nrow)
     if scale > 1:
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)

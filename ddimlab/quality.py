@@ -72,6 +72,10 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
                          f"with one D; got {mu1.shape}, {cov1.shape}, {mu2.shape}, {cov2.shape}")
     if not all(np.isfinite(a).all() for a in (mu1, mu2, cov1, cov2)):
         raise ValueError("frechet_distance got NaN or inf in a mean or covariance")
+    for name, c in (("cov1", cov1), ("cov2", cov2)):      # a covariance: symmetric, no eigenvalue below round-off
+        scale = max(float(np.abs(c).max()), 1e-300)
+        if np.abs(c - c.T).max() > 1e-8 * scale or np.linalg.eigvalsh(c).min() < -1e-8 * scale * d:
+            raise ValueError(f"frechet_distance: {name} must be a covariance (symmetric positive semi-definite)")
     s1 = _sqrtm_psd(cov1)
     lam = np.linalg.eigvalsh(s1 @ cov2 @ s1)
     tr_covmean = np.sqrt(np.clip(lam, 0, None)).sum()
@@ -243,11 +247,8 @@ def _as_samples(samples) -> torch.Tensor:
     if not x.dtype.is_floating_point:
         raise TypeError(f"digit samples must be float in [-1, 1] or uint8, got {x.dtype}")
     x = x.float().cpu()
-    if not torch.isfinite(x).all():
-        raise ValueError("digit samples contain NaN or inf")
-    if float(x.min()) >= 0 and float(x.max()) > 2:  # 0..255 floats: a scaling mistake, not overshoot
-        raise ValueError(f"float digit samples must lie in [-1, 1], got values in 0..{float(x.max()):.3g}; "
-                         "pass uint8 images as uint8")
+    from .data import from_model_range
+    from_model_range(x)    # NaN, inf or 0..255 floats are a ValueError there, as for every image ddimlab saves
     return x.clamp(-1, 1)  # samplers without x̂_0 clipping overshoot a little: clamp, as when saving a PNG
 
 

@@ -83,6 +83,9 @@ def call_eps(eps, x, t):
 
 def noise_from(generator: torch.Generator | None, x: torch.Tensor):
     """The default `noise_sampler`: one N(0, I) draw of x's shape, dtype and device per call from `generator`."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__} (for a seed: "
+                        f"torch.Generator().manual_seed(seed))")
     return lambda t, s: torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
@@ -90,6 +93,8 @@ def _draw(noise_sampler, t, s, x):
     z = noise_sampler(t, s)
     if not isinstance(z, torch.Tensor) or z.shape != x.shape:
         raise ValueError(f"noise_sampler(t, s) must return a tensor of x's shape {tuple(x.shape)}")
+    if not bool(torch.isfinite(z).all()):
+        raise ValueError(f"noise_sampler(t, s) returned NaN or inf at step {t} -> {s}")
     return z.to(x.dtype)
 
 
@@ -268,6 +273,8 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, lam) -> torch.Tensor:
     lam = torch.as_tensor(lam, dtype=z0.dtype, device=z0.device)
     if lam.ndim > 1:
         raise ValueError(f"lam must be a scalar or 1-D, got shape {tuple(lam.shape)}")
+    if lam.device.type == "cpu" and not bool(torch.isfinite(lam).all()):
+        raise ValueError("lam must be finite")
     if lam.ndim == 1 and z0.shape[0] not in (1, lam.shape[0]):
         raise ValueError(f"lam has {lam.shape[0]} values but the batch has {z0.shape[0]}; use batch 1 or matching sizes")
     view = (-1,) + (1,) * (z0.ndim - 1)

@@ -42,8 +42,12 @@ def beta_schedule(name: str = "linear", T: int = 1000, beta_start: float = 1e-4,
 
 
 def alpha_bar(betas: torch.Tensor) -> torch.Tensor:
-    """ᾱ_t = ∏_{s≤t}(1 − β_s), float64, shape (T,) (notebook 01 §2)."""
-    return torch.cumprod(1 - betas.to(torch.float64), dim=0)
+    """ᾱ_t = ∏_{s≤t}(1 − β_s), float64, shape (T,) (notebook 01 §2); every β_t must lie in (0, 1)."""
+    b = torch.as_tensor(betas, dtype=torch.float64)
+    bad = ~((b > 0) & (b < 1))                                 # NaN too
+    if bool(bad.any()):
+        raise ValueError(f"betas must lie in (0, 1) (beta_start, beta_end), got {b[bad].flatten()[0].item()}")
+    return torch.cumprod(1 - b, dim=0)
 
 
 def make_alpha_bar(name: str = "linear", T: int = 1000) -> torch.Tensor:

@@ -32,10 +32,12 @@ def _f64(x, name):
 
 
 def _weights_and_means(weights, means):
-    """Checked float64 weights (K,) (finite, positive) and means (K, d)."""
+    """Checked float64 weights (K,) (finite, positive) and means (K, d) (finite, K ≥ 1, d ≥ 1)."""
     w, mu = _f64(weights, "weights"), _f64(means, "means")
-    if mu.ndim != 2:
-        raise ValueError(f"means must have shape (K, d), got {tuple(mu.shape)}")
+    if mu.ndim != 2 or 0 in mu.shape:
+        raise ValueError(f"means must have shape (K, d) with K, d >= 1, got {tuple(mu.shape)}")
+    if not bool(torch.isfinite(mu).all()):
+        raise ValueError("means must be finite")
     if w.shape != (mu.shape[0],):
         raise ValueError(f"weights must have shape (K,) = ({mu.shape[0]},), got {tuple(w.shape)}")
     if not bool(torch.isfinite(w).all() & (w > 0).all()):
@@ -117,8 +119,9 @@ class GaussianMixture:
             a = a.expand(x.shape[0])
         if a.shape != (x.shape[0],):
             raise ValueError(f"alpha_bar must be a scalar or shape (B,) = ({x.shape[0]},), got {tuple(a.shape)}")
-        if not bool(((a >= 0) & (a <= 1)).all()):
-            raise ValueError(f"alpha_bar must lie in [0, 1], got {a[(a < 0) | (a > 1)][0].item()}")
+        bad = ~((a >= 0) & (a <= 1))                           # NaN too
+        if bool(bad.any()):
+            raise ValueError(f"alpha_bar must lie in [0, 1], got {a[bad][0].item()}")
         a = a[:, None, None]                                   # (B, 1, 1)
         var = a * self.eigvals + (1 - a)                        # (B, K, d) eigenvalues of the covariance
         y = self._to_eigen(x[:, None, :] - a.sqrt() * self.means)
@@ -128,6 +131,8 @@ class GaussianMixture:
     def _check_x(self, x):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if not x.dtype.is_floating_point:          # the answer is cast back to x's dtype: an integer one truncates it
+            raise TypeError(f"x must be floating point, got {x.dtype}")
         if x.ndim != 2 or x.shape[1] != self.d:
             raise ValueError(f"x must have shape (B, d) = (B, {self.d}), got {tuple(x.shape)}")
         return x.to(torch.float64)

@@ -261,5 +261,5 @@ def test_score_from_eps_is_the_gradient_of_log_q_t():
         torch.testing.assert_close(eps_from_score(score, a), e_star, rtol=1e-9, atol=1e-12)
         # and the minimiser of the x_0 loss is the conversion of the minimiser of the ε loss
         torch.testing.assert_close(predict_x0(x, e_star, a), mean[:, :1], rtol=1e-9, atol=1e-12)
-    with pytest.raises(ValueError, match="alpha_bar_t < 1"):
+    with pytest.raises(ValueError, match="a_t must lie in"):
         score_from_eps(x, 1.0)

@@ -1,0 +1,142 @@
+"""The library used as a careless user would (helper 63): each call below returned a silently wrong answer (finite but
+wrong, or NaN) or failed deep inside torch or numpy without naming the argument. Each must now be a ValueError or
+TypeError that says what was wrong."""
+import numpy as np
+import pytest
+import torch
+
+from ddimlab import data, diffusion, elbo, fid, gaussian, generate, ode, plotting, quality, samplers, schedule, toy
+
+AB = schedule.make_alpha_bar("linear", 1000)
+
+
+@pytest.fixture(scope="module")
+def toy_setup():
+    mix = toy.random_mixture(d=2, K=3, seed=0)
+    x_T = torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return mix, toy.exact_eps(mix, AB), x_T, schedule.timesteps(10, 1000, "uniform")
+
+
+def test_images_scaled_0_to_255_or_nan_are_refused_not_clamped():
+    """Float images in 0..255 clamped to white gave FID 0.004 for two different sets; NaN images a finite FID (2.83),
+    drawn black in grids."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(40, 3, 8, 8, generator=g) * 255, torch.rand(40, 3, 8, 8, generator=g) * 255
+    fn = fid.random_features()
+    assert fid.compute_fid(a / 127.5 - 1, b / 127.5 - 1, fn) > 0.1              # the same images, scaled right
+    with pytest.raises(ValueError, match=r"must lie in \[-1, 1\], got values in 0\.\.25"):
+        fid.compute_fid(a, b, fn)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        fid.compute_fid(torch.full((40, 3, 8, 8), float("nan")), b / 127.5 - 1, fn)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        plotting.image_grid(torch.full((2, 1, 4, 4), float("nan")))
+    assert data.from_model_range(torch.tensor([-1.2, 0.0, 1.3])).tolist() == [0, 128, 255]   # overshoot: clamped
+
+
+def test_l_simple_refuses_a_prediction_of_another_shape_and_integer_data():
+    x0 = torch.rand(8, 3, 4, 4, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    for wrong in (lambda x, t: torch.zeros_like(x[:, :1]), lambda x, t: torch.tensor(0.0)):   # broadcast: 0.99, 0.92
+        with pytest.raises(ValueError, match="must return a tensor of x0's shape"):
+            elbo.l_simple(wrong, x0, AB)
+    with pytest.raises(TypeError, match="x0 must be floating point"):
+        elbo.l_simple(lambda x, t: x, torch.ones(4, 3, dtype=torch.long), AB)
+    with pytest.raises(ValueError, match="B >= 1"):
+        elbo.l_simple(lambda x, t: x, x0[:0], AB)
+
+
+def test_noise_is_checked_and_the_generator_is_one(toy_setup):
+    """NaN noise on the last step (σ = 0, but 0·NaN = NaN) returned all-NaN samples; on an earlier step it was blamed
+    on the model. An int as the generator was torch's argument dump."""
+    _, eps, x_T, seq = toy_setup
+
+    def nan_last(t, s):
+        return torch.full(x_T.shape, float("nan"), dtype=torch.float64) if s == -1 else torch.randn(x_T.shape,
+                                                                                                    dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"noise_sampler\(t, s\) returned NaN or inf at step 0 -> -1"):
+        samplers.ddim_sample(eps, x_T, AB, seq, eta=1.0, noise_sampler=nan_last)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        samplers.ddim_sample(eps, x_T, AB, seq, eta=1.0, generator=0)
+
+
+def test_integer_tensors_are_refused_by_the_forward_process_and_the_mixtures(toy_setup):
+    """√0.5 cast to uint8 is 0: q_sample, posterior_mean and v_from returned zeros; a mixture's ε* was truncated."""
+    mix = toy_setup[0]
+    u8 = torch.full((1, 3), 200, dtype=torch.uint8)
+    for call in (lambda: diffusion.q_sample(u8, 0.5, torch.ones(1, 3, dtype=torch.uint8)),
+                 lambda: diffusion.posterior_mean(torch.full((2, 3), 3), torch.full((2, 3), 3), 0.5, 0.9),
+                 lambda: diffusion.v_from(torch.full((2, 3), 3), torch.full((2, 3), 1), 0.5)):
+        with pytest.raises(TypeError, match="floating-point"):
+            call()
+    with pytest.raises(TypeError, match="x must be floating point"):
+        mix.eps(torch.ones(2, 2, dtype=torch.long), 0.5)
+
+
+def test_out_of_range_sigma_and_alpha_bar_are_refused():
+    z = torch.zeros(2, 2)
+    for call, match in ((lambda: ode.t_of_sigma(AB, -1.0), "sigma must lie in"),            # was t(1.0) = 258
+                        (lambda: ode.t_of_sigma(AB, float("nan")), "sigma must lie in"),
+                        (lambda: diffusion.q_sigma_mean(z, z + 1, 0.5, 0.9, float("nan")), "sigma must be a number"),
+                        (lambda: diffusion.q_sigma_forward(z, z + 1, 0.9, 0.5, 0.1), "a_s must be >= a_t"),
+                        (lambda: diffusion.score_from_eps(torch.ones(2), -1.0), "a_t must lie in"),
+                        (lambda: diffusion.eps_from_score(torch.ones(2), 2.0), "a_t must lie in"),
+                        (lambda: schedule.alpha_bar(torch.tensor([0.5, 1.5, 0.5])), r"betas must lie in \(0, 1\)"),
+                        (lambda: schedule.alpha_bar(schedule.beta_schedule("linear", 10, 1e-4, 1.5)), "betas must"),
+                        (lambda: toy.random_mixture(d=2, K=3, seed=0).eps(torch.zeros(2, 2), float("nan")),
+                         r"alpha_bar must lie in \[0, 1\], got nan")):
+        with pytest.raises(ValueError, match=match):
+            call()
+
+
+def test_step_rules_check_the_table_and_their_exponent():
+    """A NaN or zero-terminal ᾱ gave steps [4, 3, 2, 1, 0]; rho = inf gave [262, ..., 258], not the λ-uniform steps."""
+    zero_end = torch.cat([AB[:-1], torch.zeros(1, dtype=torch.float64)])
+    nan_start = torch.cat([torch.tensor([float("nan")], dtype=torch.float64), AB[1:]])
+    for table in (zero_end, nan_start, AB.flip(0)):
+        with pytest.raises(ValueError, match="alpha_bar"):
+            ode.rule_timesteps("logsnr", 5, table)
+    for call in (lambda: ode.karras_timesteps(5, AB, rho=float("inf")),
+                 lambda: ode.power_timesteps(5, 1000, kappa=float("inf"))):
+        with pytest.raises(ValueError, match="finite number >= 1"):
+            call()
+    for S in (0, -5, 2.5):
+        with pytest.raises(ValueError, match="positive integer"):
+            ode.nfe("heun", S)                                                 # was -1, -11, 4.0
+
+
+def test_degenerate_mixtures_and_covariances_are_refused():
+    """A mixture of K = 0 components (ε* ≡ 0) sampled without a word; a NaN mean was accepted; a non-symmetric or
+    negative-definite covariance gave KL 0 and Fréchet distance 0, "identical distributions"."""
+    with pytest.raises(ValueError, match="K, d >= 1"):
+        toy.GaussianMixture(torch.zeros(0), torch.zeros(0, 2), torch.zeros(0, 2, 2))
+    with pytest.raises(ValueError, match="means must be finite"):
+        toy.GaussianMixture([1.0], [[float("nan"), 0.0]], torch.eye(2, dtype=torch.float64)[None])
+    skew = torch.tensor([[1.0, 5.0], [0.0, 1.0]])
+    with pytest.raises(ValueError, match="symmetric"):
+        gaussian.kl_mvn(torch.zeros(2), skew, torch.zeros(2), torch.eye(2))
+    with pytest.raises(ValueError, match="positive definite"):
+        gaussian.kl_mvn(torch.zeros(2), torch.eye(2), torch.zeros(2), -torch.eye(2))
+    for bad in (-np.eye(2), skew.numpy().astype(np.float64)):
+        with pytest.raises(ValueError, match="must be a covariance"):
+            quality.frechet_distance(np.zeros(2), bad, np.zeros(2), np.eye(2))
+    # what a covariance of fewer samples than dimensions is (singular, round-off negatives) still scores
+    x = np.random.default_rng(0).standard_normal((5, 20))
+    cov = np.cov(x, rowvar=False)
+    assert quality.frechet_distance(x.mean(0), cov, x.mean(0), cov) < 1e-8
+
+
+def test_seeds_grids_and_interpolation_weights_are_checked():
+    """seed = 0.9 gave seed 0's images; nrow = 0 and scale = 0 or -3 were taken as the defaults; a NaN λ gave NaN."""
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        generate.latents(0.9, [0], (1, 2, 2))
+    with pytest.raises(ValueError, match="index must be a non-negative integer"):
+        generate.latents(0, [1.7], (1, 2, 2))
+    assert torch.equal(generate.latents(np.int64(3), [0], (1, 2, 2)), generate.latents(3, [0], (1, 2, 2)))
+    x = torch.zeros(4, 1, 2, 2)
+    with pytest.raises(ValueError, match="nrow must be a positive integer"):
+        plotting.image_grid(x, nrow=0)
+    for scale in (0, -3):
+        with pytest.raises(ValueError, match="scale must be a positive integer"):
+            plotting.grid_png(x, scale=scale)
+    z0, z1 = torch.randn(2, 1, 4, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="lam must be finite"):
+        samplers.slerp(z0, z1, float("nan"))
