@@ -479,18 +479,26 @@ def to_model_range(x: torch.Tensor) -> torch.Tensor:
 
 
 def from_model_range(x: torch.Tensor) -> torch.Tensor:
-    """Inverse of to_model_range: clamp to [−1, 1], map to 0..255, round, uint8. NaN or inf, and floats in 0..255 (a
-    scaling mistake, not a sampler's overshoot), are a ValueError: clamped, they would pass for black or white."""
+    """Inverse of to_model_range: clamp to [−1, 1], map to 0..255, round, uint8. NaN or inf (on the CPU) is a
+    ValueError: clamped, it would pass for a black or white pixel."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
         raise TypeError(f"from_model_range expects a floating-point tensor, got {got}")
-    if x.numel() and x.device.type == "cpu":
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("images contain NaN or inf")
-        if float(x.min()) >= 0 and float(x.max()) > 2:
-            raise ValueError(f"float images must lie in [-1, 1], got values in 0..{float(x.max()):.3g}; pass uint8 "
-                             f"images as uint8, or x / 127.5 - 1")
+    if x.device.type == "cpu" and not bool(torch.isfinite(x).all()):
+        raise ValueError("images contain NaN or inf")
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def check_model_range(x: torch.Tensor) -> torch.Tensor:
+    """Float images a user passes in as [−1, 1] (to be scored): finite, and not 0..255 (a scaling mistake, which
+    clamping would turn into white). A sampler's overshoot past ±1 is fine. Returns x."""
+    x = x.detach().cpu()
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("images contain NaN or inf")
+    if x.numel() and float(x.min()) >= 0 and float(x.max()) > 2:
+        raise ValueError(f"float images must lie in [-1, 1], got values in 0..{float(x.max()):.3g}; pass uint8 "
+                         f"images as uint8, or x / 127.5 - 1")
+    return x
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int = 0) -> torch.Tensor:

@@ -62,11 +62,11 @@ def roots(a, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def bcast(a, x: torch.Tensor) -> torch.Tensor:
     """ᾱ-like `a` (scalar or shape (B,)) as a tensor of x's dtype that broadcasts against x of shape (B, …)."""
     if not x.dtype.is_floating_point:     # the coefficients, cast to an integer dtype, would be 0 or 1
-        raise TypeError(f"x must be a floating-point tensor (data in [-1, 1]), got {x.dtype}")
+        raise TypeError(f"the tensors must be floating point (data in [-1, 1]), got {x.dtype}; convert with .float()")
     if isinstance(a, torch.Tensor):
         a = a.to(x.dtype).to(x.device)   # the cast first: a float64 tensor cannot move to MPS
     else:  # a Python float goes straight to x's dtype (no float32 detour for float64 work)
-        a = torch.as_tensor(a, device=x.device, dtype=x.dtype if x.dtype.is_floating_point else None)
+        a = torch.as_tensor(a, device=x.device, dtype=x.dtype)
     if a.ndim == 1 and x.ndim > 1:
         if a.shape[0] != x.shape[0]:
             raise ValueError(f"per-sample coefficient has {a.shape[0]} entries but x has batch {x.shape[0]}")

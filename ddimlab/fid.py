@@ -67,7 +67,7 @@ def _images_u8(x) -> torch.Tensor:
     if x.dtype == torch.uint8:
         return x
     if x.dtype.is_floating_point:
-        return data.from_model_range(x)  # float images are taken to be in [−1, 1]
+        return data.from_model_range(data.check_model_range(x))  # float images are taken to be in [−1, 1]
     raise TypeError(f"images must be uint8 or float in [-1, 1], got {x.dtype}")
 
 

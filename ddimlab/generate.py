@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import warnings
 from pathlib import Path
 
@@ -95,7 +96,11 @@ def seed_for(seed: int, index: int) -> int:
     """The generator seed of image `index` under `seed` (numpy's SeedSequence mixes the pair, so neighbouring
     indices get unrelated streams)."""
     for name, v in (("seed", seed), ("index", index)):     # int(0.9) would give seed 0's images
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+        try:
+            ok = not isinstance(v, bool) and operator.index(v) >= 0     # ints, numpy and 0-d torch integers
+        except TypeError:
+            ok = False
+        if not ok:
             raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0] >> 1)
 

@@ -246,10 +246,8 @@ def _as_samples(samples) -> torch.Tensor:
         return x.float().cpu() / 127.5 - 1
     if not x.dtype.is_floating_point:
         raise TypeError(f"digit samples must be float in [-1, 1] or uint8, got {x.dtype}")
-    x = x.float().cpu()
-    from .data import from_model_range
-    from_model_range(x)    # NaN, inf or 0..255 floats are a ValueError there, as for every image ddimlab saves
-    return x.clamp(-1, 1)  # samplers without x̂_0 clipping overshoot a little: clamp, as when saving a PNG
+    from .data import check_model_range
+    return check_model_range(x.float()).clamp(-1, 1)  # samplers without x̂_0 clipping overshoot a little: clamped
 
 
 @torch.no_grad()

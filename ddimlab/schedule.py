@@ -46,7 +46,7 @@ def alpha_bar(betas: torch.Tensor) -> torch.Tensor:
     b = torch.as_tensor(betas, dtype=torch.float64)
     bad = ~((b > 0) & (b < 1))                                 # NaN too
     if bool(bad.any()):
-        raise ValueError(f"betas must lie in (0, 1) (beta_start, beta_end), got {b[bad].flatten()[0].item()}")
+        raise ValueError(f"every beta must lie in (0, 1) (check beta_start and beta_end), got {b[bad].flatten()[0].item()}")
     return torch.cumprod(1 - b, dim=0)
 
 

@@ -31,6 +31,9 @@ def test_images_scaled_0_to_255_or_nan_are_refused_not_clamped():
     with pytest.raises(ValueError, match="NaN or inf"):
         plotting.image_grid(torch.full((2, 1, 4, 4), float("nan")))
     assert data.from_model_range(torch.tensor([-1.2, 0.0, 1.3])).tolist() == [0, 128, 255]   # overshoot: clamped
+    bright = torch.full((1, 1, 2, 2), 0.5)
+    bright[0, 0, 0, 0] = 2.5                           # a sampler's sample, overshooting: saved, not refused
+    assert plotting.image_grid(bright).max() == 255
 
 
 def test_l_simple_refuses_a_prediction_of_another_shape_and_integer_data():
@@ -65,7 +68,7 @@ def test_integer_tensors_are_refused_by_the_forward_process_and_the_mixtures(toy
     for call in (lambda: diffusion.q_sample(u8, 0.5, torch.ones(1, 3, dtype=torch.uint8)),
                  lambda: diffusion.posterior_mean(torch.full((2, 3), 3), torch.full((2, 3), 3), 0.5, 0.9),
                  lambda: diffusion.v_from(torch.full((2, 3), 3), torch.full((2, 3), 1), 0.5)):
-        with pytest.raises(TypeError, match="floating-point"):
+        with pytest.raises(TypeError, match="must be floating point"):
             call()
     with pytest.raises(TypeError, match="x must be floating point"):
         mix.eps(torch.ones(2, 2, dtype=torch.long), 0.5)
@@ -79,8 +82,8 @@ def test_out_of_range_sigma_and_alpha_bar_are_refused():
                         (lambda: diffusion.q_sigma_forward(z, z + 1, 0.9, 0.5, 0.1), "a_s must be >= a_t"),
                         (lambda: diffusion.score_from_eps(torch.ones(2), -1.0), "a_t must lie in"),
                         (lambda: diffusion.eps_from_score(torch.ones(2), 2.0), "a_t must lie in"),
-                        (lambda: schedule.alpha_bar(torch.tensor([0.5, 1.5, 0.5])), r"betas must lie in \(0, 1\)"),
-                        (lambda: schedule.alpha_bar(schedule.beta_schedule("linear", 10, 1e-4, 1.5)), "betas must"),
+                        (lambda: schedule.alpha_bar(torch.tensor([0.5, 1.5, 0.5])), r"every beta must lie in \(0, 1\)"),
+                        (lambda: schedule.alpha_bar(schedule.beta_schedule("linear", 10, 1e-4, 1.5)), "beta_end"),
                         (lambda: toy.random_mixture(d=2, K=3, seed=0).eps(torch.zeros(2, 2), float("nan")),
                          r"alpha_bar must lie in \[0, 1\], got nan")):
         with pytest.raises(ValueError, match=match):
@@ -115,6 +118,12 @@ def test_degenerate_mixtures_and_covariances_are_refused():
         gaussian.kl_mvn(torch.zeros(2), skew, torch.zeros(2), torch.eye(2))
     with pytest.raises(ValueError, match="positive definite"):
         gaussian.kl_mvn(torch.zeros(2), torch.eye(2), torch.zeros(2), -torch.eye(2))
+    with pytest.raises(ValueError, match="cov must be finite"):
+        gaussian.log_mvn(torch.zeros(2), torch.zeros(2), torch.full((2, 2), float("nan")))
+    # float32 A Λ Aᵀ is symmetric only to its rounding: still a covariance
+    A = torch.randn(6, 6, generator=torch.Generator().manual_seed(2))
+    cov32 = A @ torch.diag(torch.rand(6, generator=torch.Generator().manual_seed(3)) + 0.5) @ A.T + torch.eye(6)
+    assert torch.isfinite(gaussian.log_mvn(torch.zeros(6), torch.zeros(6), cov32))
     for bad in (-np.eye(2), skew.numpy().astype(np.float64)):
         with pytest.raises(ValueError, match="must be a covariance"):
             quality.frechet_distance(np.zeros(2), bad, np.zeros(2), np.eye(2))
@@ -130,7 +139,7 @@ def test_seeds_grids_and_interpolation_weights_are_checked():
         generate.latents(0.9, [0], (1, 2, 2))
     with pytest.raises(ValueError, match="index must be a non-negative integer"):
         generate.latents(0, [1.7], (1, 2, 2))
-    assert torch.equal(generate.latents(np.int64(3), [0], (1, 2, 2)), generate.latents(3, [0], (1, 2, 2)))
+    assert torch.equal(generate.latents(np.int64(3), torch.arange(2), (1, 2, 2)), generate.latents(3, [0, 1], (1, 2, 2)))
     x = torch.zeros(4, 1, 2, 2)
     with pytest.raises(ValueError, match="nrow must be a positive integer"):
         plotting.image_grid(x, nrow=0)
