@@ -586,9 +586,9 @@ def solve(name: str, eps, x_T, alpha_bar, seq, return_trajectory: bool = False, 
 
 def nfe(name: str, S: int) -> int:
     """Number of ε evaluations of solver `name` on S steps (notebook 05 §7)."""
-    if isinstance(S, bool) or not isinstance(S, int) or S < 1:
+    if isinstance(S, bool) or not isinstance(S, (int, np.integer)) or S < 1:
         raise ValueError(f"number of steps S must be a positive integer, got {S!r}")
-    return _lookup(name)[1](S)
+    return _lookup(name)[1](int(S))
 
 
 def counted(eps):

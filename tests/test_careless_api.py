@@ -104,6 +104,7 @@ def test_step_rules_check_the_table_and_their_exponent():
     for S in (0, -5, 2.5):
         with pytest.raises(ValueError, match="positive integer"):
             ode.nfe("heun", S)                                                 # was -1, -11, 4.0
+    assert ode.nfe("heun", np.int64(3)) == 5
 
 
 def test_degenerate_mixtures_and_covariances_are_refused():
@@ -146,6 +147,7 @@ def test_seeds_grids_and_interpolation_weights_are_checked():
     for scale in (0, -3):
         with pytest.raises(ValueError, match="scale must be a positive integer"):
             plotting.grid_png(x, scale=scale)
+    assert plotting.grid_png(x, nrow=np.int64(2), scale=np.int64(2)) == plotting.grid_png(x, nrow=2, scale=2)
     z0, z1 = torch.randn(2, 1, 4, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="lam must be finite"):
         samplers.slerp(z0, z1, float("nan"))
