@@ -26,10 +26,11 @@ import numpy as np
 import torch
 
 from . import __version__, checkpoint, data, demo, devices, fid, lab, ode, schedule, tables
+from .checks import int_range
 from .files import atomic_write, folder_removed_on_error, interrupts_deferred, locked
-from .generate import OutOfRangeWarning, check_data_range, latents, progress, sample_indices, sampling_steps
+from .generate import check_data_range, latents, progress, sample_indices, sampling_steps
 from .plotting import grid_png, grid_size
-from .samplers import SIGMA_HAT, NonFiniteError, ddim_invert, ddim_sample, slerp
+from .samplers import SIGMA_HAT, NonFiniteError, OutOfRangeWarning, check_first_step, ddim_invert, ddim_sample, slerp
 from .train import PRESETS, LossWarning, NonFiniteLossError, TornLogWarning, TrainConfig, make_config, resumed_config, train
 
 # What a user can act on, printed as one line unless --debug (any OSError: a missing, unreadable or unwritable file,
@@ -63,11 +64,7 @@ def _model_for(args):
         warnings.warn(f"--spacing {args.spacing} with --steps {steps} visits {len(seq)} distinct steps, so {len(seq)} network "
                       f"calls per image: the rule repeats small steps, which would change nothing (README, Timestep "
                       f"sub-sequences)", StepsWarning)
-    a_first = float(schedule.alpha_bar_at(abar, int(seq[0])))
-    if a_first > 0.1:       # x_T ~ N(0, I) is then far from the model's x_t at the first step
-        warnings.warn(f"the first of the {len(seq)} steps is t = {int(seq[0])} (alpha_bar = {a_first:.2g}), where "
-                      f"x_T ~ N(0, I) is not the model's x_t: the output stays close to x_T; use more --steps or "
-                      f"--spacing trailing (which starts at t = T - 1)", OutOfRangeWarning)
+    check_first_step(abar, seq)
     return net, abar, device, seq
 
 
@@ -416,8 +413,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 def _int_in(low: int, high: int | None = None):
     """An argparse type: an integer in low..high, with a message that gives the range."""
-    allowed = ("a positive integer" if low == 1 and high is None else f"an integer >= {low}" if high is None
-               else f"an integer in {low}..{'2**63 - 1' if high == 2 ** 63 - 1 else high}")
+    allowed = int_range(low, high)
 
     def parse(text: str) -> int:
         try:

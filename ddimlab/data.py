@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checks import check_int
 from .files import atomic_write, md5sum
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -291,8 +292,7 @@ def make_fake_cifar_tarball(path, n_per_batch: int = 8, seed: int = 0) -> FakeCi
     Members: cifar-10-batches-py/data_batch_1..5, test_batch (dicts with b'batch_label',
     b'labels', b'data' (n×3072 uint8, channel-major), b'filenames') and batches.meta. For tests.
     """
-    if not isinstance(n_per_batch, int) or n_per_batch < 1:
-        raise ValueError(f"n_per_batch must be a positive integer, got {n_per_batch!r}")
+    n_per_batch = check_int("n_per_batch", n_per_batch)
     path = Path(path)
     rng = np.random.default_rng(seed)
     members, images, labels = {}, {}, {}
@@ -346,8 +346,7 @@ def load_digits(resolution: int = 16, channels: int = 1) -> tuple[torch.Tensor, 
     bilinear interpolation (antialiased when shrinking). channels=3 repeats the grey image as RGB: a
     stand-in for CIFAR-10 that ships with the package (e.g. 3×32×32 for the GPU check). Needs no download.
     """
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2:
-        raise ValueError(f"resolution must be an integer ≥ 2, got {resolution!r}")
+    resolution = check_int("resolution", resolution, 2)
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
     from sklearn.datasets import load_digits as sk_load_digits
@@ -509,10 +508,8 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int = 0) -> torch.Te
     indices of each permutation are skipped). A function of (n, batch_size, step, seed) alone, so a
     resumed run draws exactly the batches the uninterrupted one would.
     """
-    if not (isinstance(batch_size, int) and 1 <= batch_size <= n):
-        raise ValueError(f"batch_size must be an integer in 1..n = 1..{n}, got {batch_size!r}")
-    if not (isinstance(step, int) and step >= 0):
-        raise ValueError(f"step must be a non-negative integer, got {step!r}")
+    batch_size = check_int("batch_size", batch_size, 1, n, " (the data set's size)")
+    step = check_int("step", step, 0)
     epoch, i = divmod(step, n // batch_size)
     return _epoch_order(n, seed, epoch)[i * batch_size:(i + 1) * batch_size]
 

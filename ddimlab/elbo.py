@@ -24,6 +24,7 @@ import math
 
 import torch
 
+from .checks import check_int
 from .diffusion import VARIANCES, posterior_mean, posterior_variance, predict_x0, q_sample
 from .gaussian import discretized_gaussian_log_likelihood, kl_normal, log_normal
 
@@ -110,9 +111,7 @@ def _check_t(t, T: int, low: int) -> int:
         if t.numel() != 1:
             raise ValueError("t must be a single integer step")
         t = t.item()
-    if isinstance(t, bool) or not isinstance(t, int) or not low <= t <= T - 1:
-        raise ValueError(f"t must be an integer step in {low}..T-1 = {low}..{T - 1}, got {t!r}")
-    return t
+    return check_int("t", t, low, T - 1, " (a step of the schedule)")
 
 
 def prior_kl(x0: torch.Tensor, alpha_bar) -> torch.Tensor:
@@ -187,8 +186,7 @@ def elbo_terms(eps_model, x0: torch.Tensor, alpha_bar, variance="small", decoder
     """
     alpha_bar = _check_alpha_bar(alpha_bar)
     _check_x0(x0)
-    if isinstance(n_mc, bool) or not isinstance(n_mc, int) or n_mc < 1:
-        raise ValueError(f"n_mc must be a positive integer, got {n_mc!r}")
+    n_mc = check_int("n_mc", n_mc)
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}")
     model_variance(alpha_bar, variance)  # validate early

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import operator
 import warnings
 from pathlib import Path
 
@@ -22,10 +21,11 @@ from tqdm.auto import tqdm
 
 from . import devices, diffusion, ode, schedule
 from .checkpoint import eps_fn
+from .checks import check_int
 from .data import from_model_range
 from .files import atomic_write
 from .plotting import save_png
-from .samplers import SIGMA_HAT, sample_row
+from .samplers import SIGMA_HAT, OutOfRangeWarning, sample_row
 
 
 def progress(total: int, desc: str, enabled: bool = True):
@@ -45,10 +45,6 @@ def check_eta(eta):
         except ValueError:
             raise ValueError(f"eta must be a number >= 0 or {SIGMA_HAT!r}, got {eta!r}") from None
     return diffusion.check_eta(eta)
-
-
-class OutOfRangeWarning(UserWarning):
-    """Samples far outside the data's range [−1, 1]: not images of the data."""
 
 
 MAX_RMS = 10.0
@@ -95,13 +91,7 @@ def warn_out_of_range(rms: torch.Tensor, alpha_bar, seq) -> None:
 def seed_for(seed: int, index: int) -> int:
     """The generator seed of image `index` under `seed` (numpy's SeedSequence mixes the pair, so neighbouring
     indices get unrelated streams)."""
-    for name, v in (("seed", seed), ("index", index)):     # int(0.9) would give seed 0's images
-        try:
-            ok = not isinstance(v, bool) and operator.index(v) >= 0     # ints, numpy and 0-d torch integers
-        except TypeError:
-            ok = False
-        if not ok:
-            raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+    seed, index = check_int("seed", seed, 0), check_int("index", index, 0)     # int(0.9) would give seed 0's images
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0] >> 1)
 
 
@@ -168,10 +158,7 @@ def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, 
     `model` is a network `model(x, t)` or any callable eps(x, t); alpha_bar defaults to DDPM's linear
     schedule with T = 1000; η and the steps as in `sample_indices` and `sampling_steps`.
     """
-    if not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be a non-negative integer, got {n!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    n, batch_size = check_int("n", n, 0), check_int("batch_size", batch_size)
     shape = tuple(int(d) for d in shape)
     if len(shape) != 3 or shape[0] not in (1, 3):
         raise ValueError(f"shape must be (C, H, W) with C = 1 or 3 (PNG), got {shape}")
@@ -249,6 +236,5 @@ def resolve_rank(rank, world_size) -> tuple[int, int]:
     r, w = devices.rank_world()
     rank = r if rank is None else rank
     world_size = w if world_size is None else world_size
-    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
-        raise ValueError(f"need integers 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
-    return rank, world_size
+    world_size = check_int("world_size", world_size)
+    return check_int("rank", rank, 0, world_size - 1, f" (world_size is {world_size})"), world_size

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from . import ode, samplers, schedule, toy
+from .checks import check_int
 from .devices import cpu_threads
 from .files import atomic_write, interrupts_deferred
 from .samplers import SIGMA_HAT
@@ -208,16 +209,15 @@ def _check_args(S_list, etas, spacing, n, n_ode, T):
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
     S_list = tuple(S_list)
-    if not S_list or any(not isinstance(S, int) or not 1 <= S <= T for S in S_list):
-        raise ValueError(f"S_list must be non-empty integers in 1..T={T}, got {S_list}")
+    if not S_list:
+        raise ValueError("S_list is empty: give at least one number of steps")
+    S_list = tuple(check_int("each S in S_list", S, 1, T) for S in S_list)
     etas = tuple(float(e) for e in etas)
     if any(not (e >= 0 and math.isfinite(e)) for e in etas):
         raise ValueError(f"etas must be finite and >= 0 (0 = DDIM, 1 = DDPM posterior), got {etas}")
-    if not isinstance(n, int) or n < 8:
-        raise ValueError(f"n must be an integer >= 8 (samples per cell), got {n!r}")
-    if not isinstance(n_ode, int) or not 0 <= n_ode <= n:
-        raise ValueError(f"n_ode must be an integer in 0..n (0 skips the ODE reference), got {n_ode!r}")
-    return S_list, etas
+    n = check_int("n", n, 8, note=" (samples per cell)")
+    n_ode = check_int("n_ode", n_ode, 0, n, " (at most n; 0 skips the ODE reference)")
+    return S_list, etas, n, n_ode
 
 
 def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS, include_sigma_hat: bool = True,
@@ -239,7 +239,7 @@ def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS,
     ode_err (η = 0 only, RMS distance to `ode.reference_solution` over the first n_ode samples;
     None elsewhere or when n_ode = 0), seconds.
     """
-    S_list, etas = _check_args(S_list, etas, spacing, n, n_ode, T)
+    S_list, etas, n, n_ode = _check_args(S_list, etas, spacing, n, n_ode, T)
     mixture = toy.default_mixture() if mixture is None else mixture
     alpha_bar = schedule.make_alpha_bar(schedule_name, T)
     eps = toy.exact_eps(mixture, alpha_bar)

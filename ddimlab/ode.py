@@ -42,6 +42,7 @@ import math
 import numpy as np
 import torch
 
+from .checks import check_int
 from .samplers import call_eps, check_args
 from .schedule import alpha_bar_at, step_pairs, validate_alpha_bar, validate_timesteps
 
@@ -126,8 +127,7 @@ def lambda_timesteps(S: int, alpha_bar: torch.Tensor, t_max: int | None = None, 
     alpha_bar = validate_alpha_bar(alpha_bar)
     T = alpha_bar.shape[0]
     t_max = T - 1 if t_max is None else t_max
-    if isinstance(S, bool) or not isinstance(S, int) or S < 1:
-        raise ValueError(f"number of steps S must be a positive integer, got {S!r}")
+    S = check_int("number of steps S", S)
     if not 0 <= t_min < t_max <= T - 1:
         raise ValueError(f"need 0 <= t_min < t_max <= T-1 = {T - 1}, got t_min={t_min}, t_max={t_max}")
     if S == 1:
@@ -149,8 +149,7 @@ def karras_timesteps(S: int, alpha_bar: torch.Tensor, rho: float = 7.0, t_max: i
     alpha_bar = validate_alpha_bar(alpha_bar)
     T = alpha_bar.shape[0]
     t_max = T - 1 if t_max is None else t_max
-    if isinstance(S, bool) or not isinstance(S, int) or S < 1:
-        raise ValueError(f"number of steps S must be a positive integer, got {S!r}")
+    S = check_int("number of steps S", S)
     if not 0 <= t_min < t_max <= T - 1:
         raise ValueError(f"need 0 <= t_min < t_max <= T-1 = {T - 1}, got t_min={t_min}, t_max={t_max}")
     if not 1 <= rho < math.inf:
@@ -170,8 +169,7 @@ def power_timesteps(S: int, T: int = 1000, kappa: float = 2.0) -> torch.Tensor:
     step to ᾱ_{−1} = 1 that every solver takes, so the steps shrink smoothly into σ = 0 (σ ∝ √(t+1) there).
     Starts at T − 1; steps that round to the same integer are moved apart (`_distinct_steps`): exactly S steps.
     """
-    if isinstance(S, bool) or not isinstance(S, int) or not 1 <= S <= T:
-        raise ValueError(f"number of steps S must be an integer in 1..T={T}, got {S!r}")
+    S = check_int("number of steps S", S, 1, T, " (T, the schedule's length)")
     if not 1 <= kappa < math.inf:
         raise ValueError(f"kappa must be a finite number >= 1, got {kappa!r}")
     u = T * (1 - torch.arange(S, dtype=torch.float64) / S) ** kappa
@@ -328,8 +326,7 @@ def phi(k: int, h: float) -> float:
     So φ_1(h) = (e^h − 1)/h, φ_2(h) = (e^h − 1 − h)/h², φ_3(h) = (e^h − 1 − h − h²/2)/h³. The recursion loses
     digits to cancellation for small |h| (φ_3 at h = 1e-3 keeps only ~7), so |h| < 1 uses the series.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise ValueError(f"k must be a non-negative integer, got {k!r}")
+    k = check_int("k", k, 0)
     h = float(h)
     if k == 0:
         return math.exp(h)
@@ -492,8 +489,7 @@ def adams_coefficients(k: int, implicit: bool = False) -> list[float]:
     k = 2: 3/2, −1/2; k = 3: 23/12, −16/12, 5/12; k = 4: 55/24, −59/24, 37/24, −9/24 (Adams–Bashforth), the
     coefficients of iPNDM (Zhang & Chen 2023, DEIS §4, as in `ipndm`); Adams–Moulton k = 2 is the trapezoid ½, ½.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 6:
-        raise ValueError(f"k must be an integer in 1..6, got {k!r}")
+    k = check_int("k", k, 1, 6)
     nodes = [float(1 - j) for j in range(k)] if implicit else [float(-j) for j in range(k)]
     return _lagrange_integrals(nodes, 0.0, 1.0)
 
@@ -586,9 +582,7 @@ def solve(name: str, eps, x_T, alpha_bar, seq, return_trajectory: bool = False, 
 
 def nfe(name: str, S: int) -> int:
     """Number of ε evaluations of solver `name` on S steps (notebook 05 §7)."""
-    if isinstance(S, bool) or not isinstance(S, (int, np.integer)) or S < 1:
-        raise ValueError(f"number of steps S must be a positive integer, got {S!r}")
-    return _lookup(name)[1](int(S))
+    return _lookup(name)[1](check_int("number of steps S", S))
 
 
 def counted(eps):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checks import check_int
 from .data import from_model_range
 from .files import atomic_write
 
@@ -32,9 +33,7 @@ def grid_size(n: int, h: int, w: int, nrow: int | None = None, padding: int = 1)
         raise ValueError("image_grid needs at least one image")
     if nrow is None:
         nrow = math.ceil(math.sqrt(n))
-    if isinstance(nrow, bool) or not isinstance(nrow, (int, np.integer)) or nrow < 1:
-        raise ValueError(f"nrow must be a positive integer or None, got {nrow!r}")
-    nrow = min(nrow, n)
+    nrow = min(check_int("nrow", nrow, note=" or None"), n)
     return math.ceil(n / nrow) * (h + padding) + padding, nrow * (w + padding) + padding, nrow
 
 
@@ -78,8 +77,7 @@ def save_png(image, path) -> Path:
 
 def grid_png(x: torch.Tensor, nrow: int | None = None, scale: int = 1) -> bytes:
     """Images in [−1, 1] as one PNG grid, encoded; `scale` enlarges each pixel."""
-    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
-        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    scale = check_int("scale", scale)
     grid = image_grid(x, nrow)
     if scale > 1:
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)

@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 from . import devices, train
+from .checks import check_int
 from .files import locked
 
 # Fields that do not change the trained weights: left out of the cache key.
@@ -57,10 +58,9 @@ def models_dir(cache_dir=None) -> Path:
 
 def digits_config(steps: int | None = None, seed: int = 0, device: str = "cpu", overrides=None) -> train.TrainConfig:
     """The `digits` preset with `steps` (default: the preset's), `seed`, `device` and any other overrides."""
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps must be a positive integer or None (the preset's), got {steps!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    if steps is not None:
+        steps = check_int("steps", steps, note=" or None (the preset's)")
+    seed = check_int("seed", seed, 0, 2 ** 32 - 1)
     values = dict(overrides or {})
     values.update(seed=seed, device=device, n_samples=0)
     if steps is not None:

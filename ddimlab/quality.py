@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_int, check_symmetric
 from .devices import cpu_kernels, cpu_threads
 from .files import atomic_write
 
@@ -65,17 +66,18 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
     are clipped to 0.
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    cov1, cov2 = np.atleast_2d(np.asarray(cov1, np.float64)), np.atleast_2d(np.asarray(cov2, np.float64))
+    given1, given2 = np.atleast_2d(np.asarray(cov1)), np.atleast_2d(np.asarray(cov2))
+    cov1, cov2 = given1.astype(np.float64), given2.astype(np.float64)
     d = mu1.shape[0]
     if mu1.shape != (d,) or mu2.shape != (d,) or cov1.shape != (d, d) or cov2.shape != (d, d):
         raise ValueError("frechet_distance needs means of shape (D,) and covariances of shape (D, D) "
                          f"with one D; got {mu1.shape}, {cov1.shape}, {mu2.shape}, {cov2.shape}")
     if not all(np.isfinite(a).all() for a in (mu1, mu2, cov1, cov2)):
         raise ValueError("frechet_distance got NaN or inf in a mean or covariance")
-    for name, c in (("cov1", cov1), ("cov2", cov2)):      # a covariance: symmetric, no eigenvalue below round-off
-        scale = max(float(np.abs(c).max()), 1e-300)
-        if np.abs(c - c.T).max() > 1e-8 * scale or np.linalg.eigvalsh(c).min() < -1e-8 * scale * d:
-            raise ValueError(f"frechet_distance: {name} must be a covariance (symmetric positive semi-definite)")
+    for name, c, given in (("cov1", cov1, given1), ("cov2", cov2, given2)):   # symmetric at the given dtype's rounding
+        check_symmetric(given, f"frechet_distance: {name}")
+        if np.linalg.eigvalsh(c).min() < -1e-8 * float(np.abs(c).max()) * d:    # no eigenvalue below round-off
+            raise ValueError(f"frechet_distance: {name} must be a covariance (positive semi-definite)")
     s1 = _sqrtm_psd(cov1)
     lam = np.linalg.eigvalsh(s1 @ cov2 @ s1)
     tr_covmean = np.sqrt(np.clip(lam, 0, None)).sum()
@@ -192,8 +194,9 @@ def load_classifier(resolution: int = 16, retrain: bool = False,
     the held-out accuracy and the real digits' feature statistics; it is written atomically and read
     with `weights_only=True`. A file that does not load is replaced.
     """
-    if not isinstance(resolution, int) or resolution < 8 or resolution % 4:
-        raise ValueError(f"resolution must be an integer multiple of 4 and >= 8, got {resolution!r}")
+    resolution = check_int("resolution", resolution, 8, note=", a multiple of 4")
+    if resolution % 4:
+        raise ValueError(f"resolution must be a multiple of 4, got {resolution}")
     settings = {**CLASSIFIER_SETTINGS, "resolution": resolution}
     key = _settings_key({**settings, "cpu_kernels": cpu_kernels()})   # they change the weights
     directory = Path(directory) if directory is not None else cache_dir()

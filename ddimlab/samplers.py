@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import torch
 
@@ -37,6 +38,21 @@ from .diffusion import (
 from .schedule import alpha_bar_at, step_pairs
 
 SIGMA_HAT = "sigma_hat"   # the DDIM paper's σ̂ row (Table 1): DDPM's large variance on τ, `ddpm_sample(variance="large")`
+
+
+class OutOfRangeWarning(UserWarning):
+    """Samples far outside the data's range [−1, 1], or a start x_T ~ N(0, I) that is not the model's x_t."""
+
+
+def check_first_step(alpha_bar, seq) -> None:
+    """Warn (`OutOfRangeWarning`) when a run from x_T ~ N(0, I) starts at a step with ᾱ > 0.1, where the model's
+    x_t = √ᾱ x_0 + √(1−ᾱ) ε is far from pure noise: the output then stays close to x_T. A uniform grid of one
+    step is t = 0 (ᾱ ≈ 1); the trailing spacing always starts at T − 1."""
+    a_first = float(alpha_bar_at(alpha_bar, int(seq[0])))
+    if a_first > 0.1:
+        warnings.warn(f"the first of the {len(seq)} steps is t = {int(seq[0])} (alpha_bar = {a_first:.2g}), where "
+                      f"x_T ~ N(0, I) is not the model's x_t: the output stays close to x_T; use more steps or the "
+                      f"trailing spacing (which starts at t = T - 1)", OutOfRangeWarning, stacklevel=3)
 
 
 class NonFiniteError(FloatingPointError):
@@ -305,6 +321,7 @@ def sample(eps, shape, alpha_bar, S: int = 50, spacing: str = "uniform", eta: fl
     """Draw x_T ~ N(0, I) of `shape` and run `ddim_sample` on `schedule.timesteps(S, T, spacing)` (notebook 04 §4)."""
     alpha_bar = schedule.validate_alpha_bar(alpha_bar)
     seq = schedule.timesteps(S, alpha_bar.shape[0], spacing)
+    check_first_step(alpha_bar, seq)
     x_T = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
     return ddim_sample(eps, x_T, alpha_bar, seq, eta=eta, generator=generator, return_trajectory=return_trajectory,
                        callback=callback)

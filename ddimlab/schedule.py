@@ -15,6 +15,8 @@ import math
 import numpy as np
 import torch
 
+from .checks import check_int
+
 SCHEDULES = ("linear", "cosine", "quadratic")
 SPACINGS = ("uniform", "quad", "linspace", "trailing")
 
@@ -27,8 +29,7 @@ def beta_schedule(name: str = "linear", T: int = 1000, beta_start: float = 1e-4,
     quadratic: √β linear between √beta_start and √beta_end.
     cosine: improved DDPM, ᾱ(t) = cos²(((t/T)+s)/(1+s)·π/2)/f(0) with s = 0.008, β clipped at 0.999.
     """
-    if not isinstance(T, int) or T < 1:
-        raise ValueError(f"T must be a positive integer, got {T!r}")
+    T = check_int("T", T)
     if name == "linear":
         return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
     if name == "quadratic":
@@ -123,8 +124,7 @@ def timesteps(S: int, T: int = 1000, spacing: str = "uniform") -> torch.Tensor:
     - linspace: round(linspace(0, T−1, S)), diffusers' "linspace"; starts at T−1.
     - trailing: round(arange(T, 0, −T/S)) − 1, diffusers' "trailing"; starts at T−1.
     """
-    if isinstance(S, bool) or not isinstance(S, (int, np.integer)) or not 1 <= S <= T:
-        raise ValueError(f"number of steps S must be an integer in 1..T={T}, got {S!r}")
+    S = check_int("number of steps S", S, 1, T, " (T, the schedule's length)")
     if spacing == "uniform":
         seq = np.arange(S) * (T // S)
     elif spacing == "quad":

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import torch
 
 from . import ode
+from .checks import check_int, check_symmetric
 
 
 def _f64(x, name):
@@ -58,8 +59,7 @@ class GaussianMixture:
         (K, d), cov = mu.shape, _f64(covs, "covs")
         if cov.shape != (K, d, d):
             raise ValueError(f"covs must have shape (K, d, d) = ({K}, {d}, {d}), got {tuple(cov.shape)}")
-        if not bool(torch.allclose(cov, cov.transpose(-1, -2), atol=1e-12)):
-            raise ValueError("covs must be symmetric")
+        check_symmetric(cov, "covs")
         lam, U = torch.linalg.eigh(cov)
         if not bool((lam > 0).all()):
             raise ValueError("covs must be positive definite (all eigenvalues > 0)")
@@ -80,8 +80,7 @@ class GaussianMixture:
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n draws, shape (n, d): pick k ~ w, then μ_k + U_k √λ_k z."""
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        n = check_int("n", n)
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.d, generator=generator, dtype=torch.float64)
         return self.means[k] + self._from_eigen_k(self.eigvals[k].sqrt() * z, k)
@@ -328,8 +327,7 @@ def image_like_mixture(d: int = 1024, K: int = 10, slope: float = 1.0, pixel_std
     [0.5, 2] per direction (λ_kj = (1 − between)·λ_j·u_kj). The coordinates are the eigenbasis (the
     image's Fourier-like basis): basis=None, so ε* costs O(B·K·d). Deterministic given `seed`.
     """
-    if not isinstance(d, int) or d < 1 or not isinstance(K, int) or K < 1:
-        raise ValueError(f"d and K must be positive integers, got d={d!r}, K={K!r}")
+    d, K = check_int("d", d), check_int("K", K)
     if not 0 <= between < 1:
         raise ValueError(f"between must lie in [0, 1), got {between}")
     g = torch.Generator().manual_seed(seed)
@@ -410,8 +408,7 @@ def random_mixture(d: int = 8, K: int = 4, scale: float = 0.5, std_range=(0.1, 0
 
 def default_mixture(d: int = 2) -> GaussianMixture:
     """The lab's standard data: `eight_gaussians()` for d = 2, else `random_mixture(d, K=4, seed=0)`."""
-    if not isinstance(d, int) or d < 1:
-        raise ValueError(f"d must be a positive integer, got {d!r}")
+    d = check_int("d", d)
     return eight_gaussians() if d == 2 else random_mixture(d=d, K=4, seed=0)
 
 

@@ -41,6 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import data, devices, schedule, unet
 from .checkpoint import EARLY_EMA, eps_fn, load_checkpoint, save_checkpoint, unet_from_run
+from .checks import check_int
 from .elbo import l_simple
 from .files import atomic_write, folder_removed_on_error, locked
 from .plotting import save_image_grid
@@ -217,15 +218,11 @@ def validate_config(c: TrainConfig) -> TrainConfig:
         raise ValueError(f"dataset must be one of {DATASETS}, got {c.dataset!r}")
     if not str(c.out).strip():
         raise ValueError("out (--out) is empty; give the run's folder, e.g. --out runs/digits")
-    for name in ("steps", "batch_size", "resolution", "T", "ch", "num_res_blocks", "num_groups", "log_every",
-                 "ckpt_every", "sample_steps"):
-        v = getattr(c, name)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    for name in ("warmup", "sample_every", "n_samples", "threads"):
-        v = getattr(c, name)
-        if not isinstance(v, int) or v < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+    lows = dict.fromkeys(("steps", "batch_size", "resolution", "T", "ch", "num_res_blocks", "num_groups", "log_every",
+                          "ckpt_every", "sample_steps"), 1) | dict.fromkeys(("warmup", "sample_every", "n_samples", "threads"), 0)
+    # Python ints (numpy's would not go into config.json, nor load from a checkpoint with weights_only)
+    c = dataclasses.replace(c, **{name: check_int(name, getattr(c, name), low) for name, low in lows.items()},
+                            seed=check_int("seed", c.seed, 0, 2 ** 32 - 1))
     if c.n_samples > MAX_GRID:      # drawn while and after training: a size meant for `sample` would end the run there
         raise ValueError(f"n_samples is the size of the sample grids written while training: at most {MAX_GRID}, got "
                          f"{c.n_samples} (`ddimlab sample` draws more from the checkpoint)")
@@ -233,8 +230,6 @@ def validate_config(c: TrainConfig) -> TrainConfig:
     if c.threads > most:
         raise ValueError(f"threads must be at most {most} (this machine has {os.cpu_count()} CPUs; 0: torch's default), "
                          f"got {c.threads}")
-    if isinstance(c.seed, bool) or not isinstance(c.seed, int) or not 0 <= c.seed < 2 ** 32:
-        raise ValueError(f"seed must be an integer in 0..2**32 - 1, got {c.seed!r}")
     for name in ("lr", "ema_decay", "grad_clip", "dropout"):
         if not math.isfinite(getattr(c, name)):
             raise ValueError(f"{name} must be a finite number, got {getattr(c, name)}")

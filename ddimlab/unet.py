@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .checks import check_int
+
 # The constructor's shape arguments besides in_ch/out_ch: what a training config must store to rebuild the network.
 CONFIG_KEYS = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "num_groups", "resolution")
 
@@ -157,7 +159,11 @@ class UNet(nn.Module):
         super().__init__()
         ch_mult, attn_resolutions = tuple(int(m) for m in ch_mult), tuple(int(r) for r in attn_resolutions)
         out_ch = in_ch if out_ch is None else out_ch
-        _validate(in_ch, ch, ch_mult, num_res_blocks, attn_resolutions, dropout, resolution, out_ch, num_groups)
+        # Python ints: the config goes into checkpoints, whose weights-only loading refuses numpy scalars
+        in_ch, ch, num_res_blocks, resolution, out_ch, num_groups = (check_int(name, v) for name, v in (
+            ("in_ch", in_ch), ("ch", ch), ("num_res_blocks", num_res_blocks), ("resolution", resolution),
+            ("out_ch", out_ch), ("num_groups", num_groups)))
+        _validate(ch, ch_mult, attn_resolutions, dropout, resolution, num_groups)
         self.config = dict(in_ch=in_ch, ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
                            attn_resolutions=attn_resolutions, dropout=dropout, resolution=resolution,
                            out_ch=out_ch, num_groups=num_groups)
@@ -247,11 +253,7 @@ class UNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-def _validate(in_ch, ch, ch_mult, num_res_blocks, attn_resolutions, dropout, resolution, out_ch, num_groups):
-    for name, v in [("in_ch", in_ch), ("ch", ch), ("num_res_blocks", num_res_blocks), ("resolution", resolution),
-                    ("out_ch", out_ch), ("num_groups", num_groups)]:
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+def _validate(ch, ch_mult, attn_resolutions, dropout, resolution, num_groups):
     if not ch_mult or any(m < 1 for m in ch_mult):
         raise ValueError(f"ch_mult must be a non-empty sequence of positive ints, got {ch_mult!r}")
     if not 0.0 <= dropout < 1.0:

@@ -600,7 +600,7 @@ def test_small_things_a_careless_user_hits(trained, tmp_path, capsys):
     assert cli.main(["reproduce", "table1", "--checkpoint", str(trained), "--etas", ",", "--features", "random",
                      "--out", str(tmp_path / "t")]) == 1
     assert "at least one value" in capsys.readouterr().err
-    for args, needle in ((["lab", "--image-d", "-5"], "integer >= 0"), (["lab", "--n", "3"], "integer >= 8")):
+    for args, needle in ((["lab", "--image-d", "-5"], "non-negative integer"), (["lab", "--n", "3"], "integer >= 8")):
         with pytest.raises(SystemExit):
             cli.main(args)
         assert needle in capsys.readouterr().err

@@ -231,9 +231,9 @@ def test_discretized_decoder_and_bits_per_dim_on_images():
 def test_bad_inputs_raise():
     ab = make_alpha_bar("linear", 10)
     x = torch.zeros(2, 3, dtype=F64)
-    with pytest.raises(ValueError, match="1..T-1"):
+    with pytest.raises(ValueError, match=r"t must be an integer in 1\.\.9 "):
         posterior_kl(x, x, x, ab, 0)
-    with pytest.raises(ValueError, match="1..T-1"):
+    with pytest.raises(ValueError, match=r"t must be an integer in 1\.\.9 "):
         posterior_kl(x, x, x, ab, 10)
     with pytest.raises(ValueError, match="eps_pred shape"):
         posterior_kl(x, x, x[:1], ab, 3)

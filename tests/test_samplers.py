@@ -1,5 +1,6 @@
 """Samplers on the exact-score lab (notebook 04)."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -101,6 +102,20 @@ def test_slerp():
 def test_sample_convenience():
     x = samplers.sample(EPS, (7, 2), AB, S=20, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     assert x.shape == (7, 2) and x.dtype == torch.float64 and bool(torch.isfinite(x).all())
+
+
+def test_sample_warns_when_its_first_step_is_not_pure_noise():
+    """One uniform step is t = 0 (ᾱ ≈ 1): the run from x_T ~ N(0, I) returned x_T, nearly unchanged, without a word
+    (the CLI warned; `samplers.sample` did not)."""
+    g = torch.Generator().manual_seed(0)
+    with pytest.warns(samplers.OutOfRangeWarning, match=r"the first of the 1 steps is t = 0 \(alpha_bar = 1\)"):
+        x = samplers.sample(EPS, (500, 2), AB, S=1, dtype=torch.float64, generator=g)
+    x_T = torch.randn((500, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert float((x - x_T).abs().max()) < 0.05                  # why it warns: the output is x_T
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        samplers.sample(EPS, (2, 2), AB, S=1, spacing="trailing")   # starts at T − 1
+        samplers.sample(EPS, (2, 2), AB, S=10)
 
 
 def test_errors():

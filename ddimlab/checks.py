@@ -1,0 +1,47 @@
+"""Argument checks that many modules share: one rule and one message each."""
+from __future__ import annotations
+
+import math
+import operator
+
+import torch
+
+SYMMETRY_TOL = math.sqrt(torch.finfo(torch.float32).eps)   # relative to max |Σ|: see check_symmetric
+
+
+def int_range(low: int, high: int | None = None) -> str:
+    """The allowed integers in words: 'a positive integer', 'an integer >= 8', 'an integer in 1..1000'."""
+    if high is None:
+        return {0: "a non-negative integer", 1: "a positive integer"}.get(low, f"an integer >= {low}")
+    k = (high + 1).bit_length() - 1
+    return f"an integer in {low}..{f'2**{k} - 1' if k >= 16 and high == 2 ** k - 1 else high}"   # seeds: 2**32 - 1
+
+
+def check_int(name: str, v, low: int = 1, high: int | None = None, note: str = "") -> int:
+    """`v` as a Python int if it is an integer in low..high, else ValueError "{name} must be {allowed}{note}, got v".
+
+    Integers are ints, numpy integer scalars and 0-d integer tensors (what `operator.index` takes); bools, floats
+    (int(0.9) is 0) and strings are refused.
+    """
+    try:
+        i = None if isinstance(v, bool) else operator.index(v)
+    except TypeError:
+        i = None
+    if i is None or i < low or (high is not None and i > high):
+        raise ValueError(f"{name} must be {int_range(low, high)}{note}, got {v!r}")
+    return i
+
+
+def check_symmetric(cov, what: str) -> None:
+    """ValueError naming `what` unless `cov` (..., n, n) is finite and symmetric: |Σ − Σᵀ| ≤ 3.5e-4 · max |Σ|.
+
+    A Cholesky factor or an eigendecomposition reads one triangle only, so an asymmetric Σ would be used as another
+    matrix. The bound is float32's √ε, whatever the dtype: a covariance computed in float32 and stored in float64 is
+    symmetric only to float32's rounding (a sum of N terms: about log₂N · ε), and an asymmetry anyone means is far
+    larger. Positivity is left to the caller's factorisation."""
+    cov = torch.as_tensor(cov)
+    cov = cov if cov.is_floating_point() else cov.double()
+    if not bool(torch.isfinite(cov).all()):
+        raise ValueError(f"{what} must be finite (it has NaN or inf)")
+    if float((cov - cov.mT).abs().max()) > SYMMETRY_TOL * float(cov.abs().max()):
+        raise ValueError(f"{what} must be symmetric")
