@@ -53,8 +53,9 @@ class DownloadError(RuntimeError):
 
 
 def default_cache_dir() -> Path:
-    """`$DDIMLAB_CACHE` if set, else `~/.cache/ddimlab`; a NotADirectoryError if that names a file, a ValueError if
-    DDIMLAB_CACHE is blank (spaces: it would make a folder named so in the current one)."""
+    """`$DDIMLAB_CACHE` if set, else `~/.cache/ddimlab`, made if absent. A ValueError if DDIMLAB_CACHE is blank
+    (spaces: it would make a folder named so in the current one); an OSError naming the cache and DDIMLAB_CACHE if
+    the folder cannot be made (it names a file, or a place where no folder can be made, such as /proc/x)."""
     env = os.environ.get("DDIMLAB_CACHE")
     if env and not env.strip():     # unset or empty: the default, as for other variables
         raise ValueError(f"DDIMLAB_CACHE={env!r} is blank; point it at a folder, or unset it for ~/.cache/ddimlab")
@@ -62,6 +63,11 @@ def default_cache_dir() -> Path:
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"the cache {path}{' ($DDIMLAB_CACHE)' if env else ''} is a file, not a folder; "
                                  f"point DDIMLAB_CACHE at a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:            # else only "[Errno 2] No such file or directory: '/proc/x'", later
+        raise type(e)(e.errno, f"cannot make the cache folder {path}{' ($DDIMLAB_CACHE)' if env else ''}: {e.strerror}; "
+                               f"point DDIMLAB_CACHE at a folder you can write") from None
     return path
 
 

@@ -18,29 +18,31 @@ STALE_AFTER = 60.0   # seconds: an older temporary file of the same target was l
 def atomic_write(path, write, *, text: bool = False, fsync: bool = False) -> Path:
     """Call `write(f)` on a temporary file next to `path`, then rename it onto `path` (`os.replace`).
 
-    On any error the temporary file is removed and `path` keeps its old contents (or stays absent).
+    On any error the temporary file is removed and `path` keeps its old contents (or stays absent), and the folders
+    made for it are removed again (a failed download leaves no empty cache folder).
     `fsync=True` also flushes the data to disk before the rename (checkpoints). After a successful write,
     temporary files of the same target that a killed process left behind (older than STALE_AFTER
     seconds before this write began) are deleted, so interrupted checkpoint writes do not pile up.
     """
     started = time.time()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w" if text else "wb", **({"newline": ""} if text else {})) as f:
-            write(f)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno is not None and e.filename is None:
-            e.filename = str(path)             # "[Errno 28] No space left on device" says where
-        raise
+    with folder_removed_on_error(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w" if text else "wb", **({"newline": ""} if text else {})) as f:
+                write(f)
+                if fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600
+            os.replace(tmp, path)
+        except BaseException as e:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            if isinstance(e, OSError) and e.errno is not None and e.filename is None:
+                e.filename = str(path)             # "[Errno 28] No space left on device" says where
+            raise
     for stale in glob.glob(os.path.join(glob.escape(str(path.parent)), f".{glob.escape(path.name)}.*.tmp")):
         with contextlib.suppress(FileNotFoundError):
             if os.stat(stale).st_mtime < started - STALE_AFTER:

@@ -1302,3 +1302,28 @@ def test_eleventh_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     one_line_error([*t1, "--overwrite"], "000001.png is not a readable PNG", "delete it")
     (cell / "000001.png").unlink()
     assert cli.main([*t1, "--overwrite"]) == 0 and fid.load_images(cell).shape == (4, 1, 8, 8)
+
+
+def test_a_cache_that_cannot_be_made_is_said_first_and_a_failed_download_leaves_no_folder(tmp_path, capsys,
+                                                                                          monkeypatch):
+    """DDIMLAB_CACHE naming a place where no folder can be made (/proc/x; here a path under a file) was "[Errno 2] No
+    such file or directory: '/proc/x'", and `demo` said so only after part 1, with "choose another --out"; a failed
+    download of the official checkpoint left the empty folders it had made in the cache."""
+    from ddimlab import lab
+
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("DDIMLAB_CACHE", str(tmp_path / "file" / "cache"))
+    monkeypatch.setattr(lab, "main", lambda *a, **k: pytest.fail("ran part 1 before refusing"))
+    for argv in (["demo", "--out", str(tmp_path / "d")],
+                 ["sample", "--checkpoint", "ddpm-cifar10", "--n", "1", "--out", str(tmp_path / "s")]):
+        _expect_one_line_error(capsys, [*argv, "--no-progress"], f"cannot make the cache folder {tmp_path}",
+                               "($DDIMLAB_CACHE)", "point DDIMLAB_CACHE at a folder you can write")
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["file"]   # locks stay
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DDIMLAB_CACHE", str(cache))
+    defaults = checkpoint.official_ddpm_file.__defaults__        # (cache_dir, url, md5, progress): nothing listens on 9
+    monkeypatch.setattr(checkpoint.official_ddpm_file, "__defaults__", (None, "http://127.0.0.1:9/unreachable",
+                                                                        *defaults[2:]))
+    _expect_one_line_error(capsys, ["sample", "--checkpoint", "ddpm-cifar10", "--n", "1", "--out", str(tmp_path / "s"),
+                                    "--no-progress"], "download of http://127.0.0.1:9/unreachable failed")
+    assert list(cache.iterdir()) == []

@@ -108,6 +108,9 @@ def test_missing_file_404(server, tmp_path):
     with pytest.raises(D.DownloadError, match="HTTP 404"):
         D.load_cifar10(cache, url=server.url("/nope.tgz"), progress=False)
     assert _cache_listing(cache) == []
+    with pytest.raises(D.DownloadError, match="HTTP 404"):         # the folders made for it went with it
+        D.download(server.url("/nope.tgz"), cache / "checkpoints" / "x.ckpt", None, progress=False)
+    assert list(cache.iterdir()) == []
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="download=False"):
         D.load_cifar10(tmp_path / "empty", download=False)

@@ -32,3 +32,15 @@ def test_stale_temporary_files_of_the_same_target_are_removed(tmp_path):
     os.utime(other, (old, old))
     atomic_write(tmp_path / "ckpt.pt", lambda f: f.write(b"whole"))
     assert not stale.exists() and fresh.exists() and other.exists()   # only old files of this target
+
+
+def test_a_failed_write_removes_the_folders_it_made_and_only_those(tmp_path):
+    def fail(f):
+        raise OSError(28, "No space left on device")
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write(tmp_path / "new" / "deeper" / "f.bin", fail)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(OSError):
+        atomic_write(tmp_path / "kept" / "f.bin", fail)
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"]
