@@ -40,6 +40,8 @@ def check_symmetric(cov, what: str) -> None:
     symmetric only to float32's rounding (a sum of N terms: about log₂N · ε), and an asymmetry anyone means is far
     larger. Positivity is left to the caller's factorisation."""
     cov = torch.as_tensor(cov)
+    if cov.is_complex():
+        raise TypeError(f"{what} must be real, got {cov.dtype}")
     cov = cov if cov.is_floating_point() else cov.double()
     if not bool(torch.isfinite(cov).all()):
         raise ValueError(f"{what} must be finite (it has NaN or inf)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .checks import check_symmetric
@@ -19,11 +20,12 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 def _t(x, like: torch.Tensor | None = None) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x
-    dtype = like.dtype if like is not None and like.dtype.is_floating_point else torch.float64
-    device = like.device if like is not None else None
-    return torch.as_tensor(x, dtype=dtype, device=device)
+    if not isinstance(x, torch.Tensor):
+        dtype = like.dtype if like is not None and like.dtype.is_floating_point else torch.float64
+        x = torch.as_tensor(x, dtype=None if np.iscomplexobj(x) else dtype, device=like.device if like is not None else None)
+    if x.is_complex():         # a density of real numbers: the imaginary part would be dropped, or give a complex "log"
+        raise TypeError(f"the Gaussian densities take real numbers, got {x.dtype}")
+    return x
 
 
 def _positive(name: str, v: torch.Tensor) -> None:

@@ -65,6 +65,8 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
     the covariances are singular (fewer samples than feature dimensions); round-off negatives in λ
     are clipped to 0.
     """
+    if any(np.iscomplexobj(a) for a in (mu1, cov1, mu2, cov2)):     # the cast below would drop the imaginary part
+        raise TypeError("frechet_distance takes real means and covariances, got a complex one")
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     given1, given2 = np.atleast_2d(np.asarray(cov1)), np.atleast_2d(np.asarray(cov2))
     cov1, cov2 = given1.astype(np.float64), given2.astype(np.float64)

@@ -1,6 +1,8 @@
 """The library used as a careless user would (helper 63): each call below returned a silently wrong answer (finite but
 wrong, or NaN) or failed deep inside torch or numpy without naming the argument. Each must now be a ValueError or
 TypeError that says what was wrong."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -151,3 +153,15 @@ def test_seeds_grids_and_interpolation_weights_are_checked():
     z0, z1 = torch.randn(2, 1, 4, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="lam must be finite"):
         samplers.slerp(z0, z1, float("nan"))
+
+
+def test_complex_numbers_are_refused_where_a_cast_would_drop_their_imaginary_part():
+    """frechet_distance of a complex mean gave 0.0 with numpy's ComplexWarning; log_normal of complex x returned a
+    complex "log density"; kl_mvn of a complex covariance was a dtype clash inside torch.linalg."""
+    with pytest.raises(TypeError, match="real means and covariances"):
+        quality.frechet_distance(np.zeros(2) + 1j, np.eye(2), np.zeros(2), np.eye(2))
+    with pytest.raises(TypeError, match="real numbers, got torch.complex64"):
+        gaussian.log_normal(torch.zeros(3, dtype=torch.complex64), 0.0, 1.0)
+    with pytest.raises(TypeError, match="real numbers, got torch.complex128"):
+        gaussian.kl_mvn(torch.zeros(2), np.eye(2) + 0j, torch.zeros(2), torch.eye(2))
+    assert float(gaussian.log_normal(torch.zeros(1), [0.0], [1.0])) == pytest.approx(-0.5 * math.log(2 * math.pi))
