@@ -529,14 +529,21 @@ def eps_fn(model, amp: bool = False):
 
     Works for ddimlab's `UNet`, diffusers' `UNet2DModel` (its output's `.sample`) and any callable
     model(x, t). No gradients; `t` may be an int, a 0-d or a (B,) tensor (integer or float steps);
-    with amp=True the call runs under bf16 autocast on CUDA; ε̂ comes back in x's dtype. The model's
-    train/eval mode is left as it is: call `.eval()` first (`load_model` does).
+    with amp=True the call runs under bf16 autocast on CUDA; ε̂ comes back in x's dtype. A module in train mode is
+    called in eval mode (no dropout: sampling is a function of x and t only) and put back in train mode after the call.
     """
     def eps(x, t):
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        with torch.no_grad(), torch.autocast(x.device.type, torch.bfloat16, enabled=amp and x.is_cuda):
-            out = model(x, t)
+        training = isinstance(model, torch.nn.Module) and model.training
+        if training:
+            model.eval()
+        try:
+            with torch.no_grad(), torch.autocast(x.device.type, torch.bfloat16, enabled=amp and x.is_cuda):
+                out = model(x, t)
+        finally:
+            if training:
+                model.train()
         return getattr(out, "sample", out).to(x.dtype)
     return eps

@@ -32,6 +32,27 @@ def check_int(name: str, v, low: int = 1, high: int | None = None, note: str = "
     return i
 
 
+def check_distinct(values, name: str) -> None:
+    """A value listed twice (in a grid of η or S) would be computed twice and fill two rows with one cell."""
+    seen = []
+    for v in values:
+        if v in seen:
+            raise ValueError(f"{name} = {v} is listed twice (as {list(values)}); give each value once")
+        seen.append(v)
+
+
+def check_per_sample(what: str, *scores, paired: bool = True) -> None:
+    """Per-sample scores for a mean and its standard error: 1-D, at least two each, and of one length when paired
+    (score i of each comes from the same x_T). Broadcasting (n, 1) against (n,) would compare every pair."""
+    for s in scores:
+        if not isinstance(s, torch.Tensor) or s.ndim != 1 or len(s) < 2:
+            raise ValueError(f"{what} takes 1-D tensors of at least two per-sample scores, got "
+                             f"{tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__}")
+    if paired and len({len(s) for s in scores}) > 1:
+        raise ValueError(f"{what} pairs score i of each set (the same x_T): they need one length, got "
+                         f"{[len(s) for s in scores]}")
+
+
 def check_symmetric(cov, what: str) -> None:
     """ValueError naming `what` unless `cov` (..., n, n) is finite and symmetric: |Σ − Σᵀ| ≤ 3.5e-4 · max |Σ|.
 

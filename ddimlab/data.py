@@ -495,14 +495,16 @@ def from_model_range(x: torch.Tensor) -> torch.Tensor:
 
 
 def check_model_range(x: torch.Tensor) -> torch.Tensor:
-    """Float images a user passes in as [−1, 1] (to be scored): finite, and not 0..255 (a scaling mistake, which
-    clamping would turn into white). A sampler's overshoot past ±1 is fine. Returns x."""
+    """Float images a user passes in as [−1, 1] (to be scored): finite, and with some value below 0 (images in 0..255
+    or in [0, 1] are a scaling mistake: clamped, the first would be white, the second scored as grey to white; no set
+    of [−1, 1] images of digits or photographs lacks a dark pixel). A sampler's overshoot past ±1 is fine. Returns x."""
     x = x.detach().cpu()
     if not bool(torch.isfinite(x).all()):
         raise ValueError("images contain NaN or inf")
-    if x.numel() and float(x.min()) >= 0 and float(x.max()) > 2:
-        raise ValueError(f"float images must lie in [-1, 1], got values in 0..{float(x.max()):.3g}; pass uint8 "
-                         f"images as uint8, or x / 127.5 - 1")
+    if x.numel() > 1 and float(x.min()) >= 0:
+        top = float(x.max())
+        raise ValueError(f"float images must lie in [-1, 1], got values in 0..{top:.3g} with none below 0; pass "
+                         + ("uint8 images as uint8, or x / 127.5 - 1" if top > 2 else "images in [0, 1] as x * 2 - 1"))
     return x
 
 

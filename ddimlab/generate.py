@@ -129,6 +129,11 @@ def sample_indices(model, indices, shape, alpha_bar, seq, eta=0.0, seed: int = 0
     eta = check_eta(eta)
     if solver_options and solver is None:
         raise ValueError(f"solver_options {solver_options} apply to an ODE solver; none was given")
+    if solver is not None and (eta != 0 or clip_x0):
+        raise ValueError(f"eta and clip_x0 apply to DDIM and DDPM; the ODE solver {solver!r} is deterministic and does "
+                         f"not clip (got eta={eta!r}, clip_x0={clip_x0!r})")
+    if len(indices) == 0:
+        raise ValueError("indices is empty: give the index of at least one image")
     device = torch.device(device) if device is not None else devices.model_device(model)
     alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64).to(device)
     gens = _generators(seed, indices)
@@ -153,24 +158,25 @@ def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, 
 
     This rank makes indices rank, rank + world_size, …; an index whose file exists is skipped, so a
     crashed run resumes where it stopped and gives the images an uninterrupted run would have.
-    `out_dir/settings.json` records what the images are a function of (the model's weights by their sha256,
-    seed, S, η, spacing, shape, clipping, amp); a folder made with other settings is a ValueError, never reused.
-    `model` is a network `model(x, t)` or any callable eps(x, t); alpha_bar defaults to DDPM's linear
+    `out_dir/settings.json` records what the images are a function of (the model's weights and the ᾱ table by their
+    sha256, seed, S, η, spacing, shape, clipping, amp); a folder made with other settings is a ValueError, never reused.
+    `model` is a network `model(x, t)` or any callable eps(x, t) (whose weights cannot be recorded: a folder resumed
+    with another callable is not noticed); alpha_bar defaults to DDPM's linear
     schedule with T = 1000; η and the steps as in `sample_indices` and `sampling_steps`.
     """
-    n, batch_size = check_int("n", n, 0), check_int("batch_size", batch_size)
+    n, batch_size, seed, eta = check_int("n", n, 0), check_int("batch_size", batch_size), check_int("seed", seed, 0), \
+        check_eta(eta)                   # all before settings.json is written: a typo must not claim the folder
     shape = tuple(int(d) for d in shape)
     if len(shape) != 3 or shape[0] not in (1, 3):
         raise ValueError(f"shape must be (C, H, W) with C = 1 or 3 (PNG), got {shape}")
     rank, world_size = resolve_rank(rank, world_size)
     alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else torch.as_tensor(alpha_bar)
     seq = sampling_steps(S, alpha_bar.shape[0], spacing)
-    if isinstance(model, torch.nn.Module):
-        model.eval()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _claim(out_dir, dict(model=weights_sha256(model), T=int(alpha_bar.shape[0]), seed=int(seed), S=int(S), eta=str(eta),
-                         spacing=spacing, shape=list(shape), clip_x0=clip_x0, amp=bool(amp)))
+    _claim(out_dir, dict(model=weights_sha256(model), T=int(alpha_bar.shape[0]), seed=seed, S=int(S), eta=str(eta),
+                         spacing=spacing, shape=list(shape), clip_x0=clip_x0, amp=bool(amp),
+                         alpha_bar=_sha256(alpha_bar.to(torch.float64).cpu())))
     todo = [i for i in range(rank, n, world_size) if not (out_dir / f"{i:06d}.png").exists()]
     batches = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
     rms = []
@@ -191,10 +197,15 @@ def weights_sha256(model) -> str | None:
     """sha256 over a network's parameter and buffer names and values (None for a plain eps callable)."""
     if not isinstance(model, torch.nn.Module):
         return None
+    return _sha256(*(item for name, v in sorted(model.state_dict().items()) for item in (name, v)))
+
+
+def _sha256(*items) -> str:
+    """sha256 over strings and tensors' bytes, in order."""
     h = hashlib.sha256()
-    for name, v in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    for v in items:
+        h.update(v.encode() if isinstance(v, str) else
+                 v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -208,8 +219,9 @@ def _claim(out_dir: Path, settings: dict) -> None:
             saved = None
         if not isinstance(saved, dict):
             raise ValueError(f"{path} is damaged; delete {out_dir} (its images cannot be told apart from other runs')")
-        diff = [("another model" if k == "model" else f"{k} {saved.get(k)!r} there, {settings[k]!r} now")
-                for k in settings if saved.get(k) != settings[k]]
+        diff = [("another model" if k == "model" else "another alpha_bar table" if k == "alpha_bar" else
+                 f"{k} {saved.get(k)!r} there, {settings[k]!r} now")
+                for k in settings if k in saved and saved[k] != settings[k]]     # older folders recorded fewer keys
         if diff:
             raise ValueError(f"{out_dir} holds images made with other settings ({'; '.join(diff)}); choose another "
                              f"--out or delete that folder")

@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 from . import ode, samplers, schedule, toy
-from .checks import check_int
+from .checks import check_distinct, check_int, check_per_sample
 from .devices import cpu_threads
+from .diffusion import check_eta
 from .files import atomic_write, interrupts_deferred
 from .samplers import SIGMA_HAT
 
@@ -103,6 +104,7 @@ def error_ratio(e2_a: torch.Tensor, e2_b: torch.Tensor, draws: int = 2000, seed:
     """Solver a's error over solver b's, from each point's squared error (two solvers run from the same x_T against
     one reference): {"rms": (ratio, SE), "median": (ratio of the median per-point errors, SE)}, the SEs by a bootstrap
     over the points that resamples both together (notebook 08 §7, benchmarks/bench_samplers.py)."""
+    check_per_sample("error_ratio", e2_a, e2_b)
     idx = torch.randint(len(e2_b), (draws, len(e2_b)), generator=torch.Generator().manual_seed(seed))
 
     def ratios(a, b):
@@ -121,6 +123,7 @@ def cross_fitted_best(e2: dict, statistic: str = "rms") -> tuple[torch.Tensor, t
     picks the best of 410 diffusers settings)."""
     if statistic not in ("rms", "median"):
         raise ValueError(f"statistic must be 'rms' or 'median', got {statistic!r}")
+    check_per_sample("cross_fitted_best", *e2.values())
     n = len(next(iter(e2.values())))
     first, second = slice(0, n // 2), slice(n // 2, n)
     score = (lambda e: e.mean()) if statistic == "rms" else (lambda e: e.sqrt().median())   # noqa: E731
@@ -212,9 +215,9 @@ def _check_args(S_list, etas, spacing, n, n_ode, T):
     if not S_list:
         raise ValueError("S_list is empty: give at least one number of steps")
     S_list = tuple(check_int("each S in S_list", S, 1, T) for S in S_list)
-    etas = tuple(float(e) for e in etas)
-    if any(not (e >= 0 and math.isfinite(e)) for e in etas):
-        raise ValueError(f"etas must be finite and >= 0 (0 = DDIM, 1 = DDPM posterior), got {etas}")
+    etas = tuple(check_eta(e) for e in etas)
+    check_distinct(S_list, "S")
+    check_distinct(etas, "eta")
     n = check_int("n", n, 8, note=" (samples per cell)")
     n_ode = check_int("n_ode", n_ode, 0, n, " (at most n; 0 skips the ODE reference)")
     return S_list, etas, n, n_ode

@@ -32,8 +32,15 @@ def seed_everything(seed: int = 0, threads: int = 2) -> torch.Generator:
 
 
 def check(ok, message: str) -> None:
-    """Assert `ok` and print `check: message`; the message must not contain run-dependent numbers."""
-    ok = bool(ok.all()) if isinstance(ok, torch.Tensor) else bool(ok)
+    """Assert `ok` (a bool, or a non-empty boolean tensor or array: all of it) and print `check: message`; the message
+    must not contain run-dependent numbers. A list, a string or an empty array would pass whatever it held: refused."""
+    if isinstance(ok, (torch.Tensor, np.ndarray)):
+        if (ok.numel() if isinstance(ok, torch.Tensor) else ok.size) == 0:
+            raise ValueError(f"check of an empty array would pass whatever was checked: {message}")
+        ok = bool(ok.all())
+    elif not isinstance(ok, (bool, np.bool_)):
+        raise TypeError(f"check takes a bool or a boolean tensor/array, got {type(ok).__name__} (a list or a string is "
+                        f"true whatever it holds; use all(...)): {message}")
     if not ok:
         raise AssertionError(f"check failed: {message}")
     print(f"check: {message}")
@@ -43,6 +50,9 @@ def check_close(actual, expected, message: str, rtol: float = 0.0, atol: float =
     """`check` that |actual − expected| ≤ atol + rtol·|expected| elementwise."""
     a = torch.as_tensor(actual, dtype=torch.float64)
     e = torch.as_tensor(expected, dtype=torch.float64)
+    if a.numel() == 0 or torch.broadcast_shapes(a.shape, e.shape) != a.shape:    # else it passes vacuously, or compares
+        raise ValueError(f"check_close needs a non-empty `actual` of which `expected` has the shape or a broadcastable "
+                         f"one, got {tuple(a.shape)} and {tuple(e.shape)}: {message}")        # every pair of a (n,1)×(n,)
     err = (a - e).abs()
     ok = bool((err <= atol + rtol * e.abs()).all())
     if not ok:

@@ -58,6 +58,7 @@ def alpha_bar_cont(alpha_bar: torch.Tensor, t) -> torch.Tensor:
 
     t: int, float, or a tensor (integer or floating). Returns float64 of t's shape.
     """
+    alpha_bar = validate_alpha_bar(alpha_bar)       # a β table, increasing, gave a finite wrong ᾱ(t)
     t = torch.as_tensor(t if isinstance(t, torch.Tensor) else np.asarray(t), device=alpha_bar.device)
     T = alpha_bar.shape[0]
     if not t.dtype.is_floating_point:
@@ -87,6 +88,11 @@ def t_of_sigma(alpha_bar: torch.Tensor, sigma) -> torch.Tensor:
 
     sigma must lie in [0, σ(T−1)]; returns float64 t ∈ [−1, T−1] of sigma's shape.
     """
+    return _t_of_sigma(validate_alpha_bar(alpha_bar), sigma)
+
+
+def _t_of_sigma(alpha_bar: torch.Tensor, sigma) -> torch.Tensor:
+    """`t_of_sigma` on a table already validated (the solvers' inner loops)."""
     sigma = torch.as_tensor(sigma, dtype=torch.float64, device=alpha_bar.device)
     target = -torch.log1p(sigma ** 2)                          # log ᾱ wanted
     neg = -_log_table(alpha_bar)                                # increasing, from 0
@@ -285,7 +291,7 @@ def dpm_solver_2(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, call
         if s >= 0:
             sig_m = math.sqrt(sig_t * sig_s)
             u = xbar + (sig_m - sig_t) * d
-            d = call_eps(eps, _x(u, sig_m), float(t_of_sigma(alpha_bar, sig_m)))
+            d = call_eps(eps, _x(u, sig_m), float(_t_of_sigma(alpha_bar, sig_m)))
         xbar = xbar + (sig_s - sig_t) * d
         _record(traj, callback, i, t, s, xbar, sig_s, x0)
     return _result(xbar, traj, return_trajectory)
@@ -610,7 +616,7 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
 
     if not isinstance(x_T, torch.Tensor) or not bool(torch.isfinite(x_T).all()):
         raise ValueError("x_T must be a finite torch.Tensor")
-    alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64)
+    alpha_bar = validate_alpha_bar(alpha_bar)
     t_start, t_end = float(t_start), float(t_end)
     if not t_end < t_start:
         raise ValueError(f"t_end must be smaller than t_start (the ODE runs from noise to data), got {t_start} -> {t_end}")
@@ -621,7 +627,7 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
     def rhs(sig, y):
         sig = max(sig, 0.0)
         x = torch.from_numpy(y).reshape(shape).to(dev) / math.sqrt(sig ** 2 + 1)
-        t = torch.full((shape[0],), float(t_of_sigma(alpha_bar, min(sig, sig0))), dtype=torch.float64, device=dev)
+        t = torch.full((shape[0],), float(_t_of_sigma(alpha_bar, min(sig, sig0))), dtype=torch.float64, device=dev)
         return eps(x, t).to(torch.float64).reshape(-1).cpu().numpy()
 
     y0 = (x64 / math.sqrt(float(alpha_bar_cont(alpha_bar, t_start)))).reshape(-1).cpu().numpy()

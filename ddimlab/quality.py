@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_int, check_symmetric
+from .checks import check_int, check_per_sample, check_symmetric
 from .devices import cpu_kernels, cpu_threads
 from .files import atomic_write
 
@@ -284,15 +285,19 @@ def classify(samples, model=None) -> tuple[torch.Tensor, torch.Tensor]:
 
 def confident_share(samples, threshold: float = 0.9, model=None) -> float:
     """Share of samples the classifier labels with probability ≥ threshold (notebook 06 §5)."""
-    if not 0 < threshold < 1:
-        raise ValueError(f"threshold must lie in (0, 1), got {threshold!r}")
-    return float((classify(samples, model)[1] >= threshold).float().mean())
+    return float((classify(samples, model)[1] >= _check_threshold(threshold)).float().mean())
+
+
+def _check_threshold(threshold) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 < threshold < 1:
+        raise ValueError(f"threshold must lie in (0, 1) (a probability: 0.9, not 90), got {threshold!r}")
+    return float(threshold)
 
 
 def class_counts(samples, threshold: float = 0.9, model=None) -> np.ndarray:
     """How many samples are confidently labelled as each digit 0..9 (shape (10,))."""
     pred, conf = classify(samples, model)
-    return np.bincount(pred[conf >= threshold].numpy(), minlength=N_CLASSES)
+    return np.bincount(pred[conf >= _check_threshold(threshold)].numpy(), minlength=N_CLASSES)
 
 
 def _features_and_real_stats(samples, model=None):
@@ -319,7 +324,7 @@ def _bootstrap_fds(feature_sets, mu_r, cov_r, n_boot: int, seed: int) -> np.ndar
     g = torch.Generator().manual_seed(seed)
     n = len(feature_sets[0])
     rows = []
-    for _ in range(n_boot):
+    for _ in range(check_int("n_boot", n_boot, 2, note=" (resamples for a standard deviation)")):
         i = torch.randint(0, n, (n,), generator=g)
         rows.append([frechet_distance(*feature_stats(f[i]), mu_r, cov_r) for f in feature_sets])
     return np.array(rows)
@@ -338,6 +343,7 @@ def digits_fd_se(samples, n_boot: int = 50, seed: int = 0) -> float:
 def mean_difference(a: torch.Tensor, b: torch.Tensor, paired: bool) -> tuple[float, float]:
     """(mean of a − mean of b, its standard error) of per-sample scores: from the per-sample differences when `paired`
     (a[i] and b[i] come from the same x_T), else the two means' independent errors combined."""
+    check_per_sample("mean_difference", a, b, paired=paired)
     if paired:
         d = a - b
         return float(d.mean()), float(d.std() / len(d) ** 0.5)
@@ -357,7 +363,7 @@ def paired_difference(a, b, threshold: float = 0.9, n_boot: int = 50, seed: int 
     fb = _features_and_real_stats(xb)[0]
     fd = frechet_distance(*feature_stats(fa), mu_r, cov_r) - frechet_distance(*feature_stats(fb), mu_r, cov_r)
     boot = _bootstrap_fds([fa, fb], mu_r, cov_r, n_boot, seed)
-    ca, cb = ((classify(x)[1] >= threshold).double() for x in (xa, xb))
+    ca, cb = ((classify(x)[1] >= _check_threshold(threshold)).double() for x in (xa, xb))
     return dict(fd=(fd, float(np.std(boot[:, 0] - boot[:, 1], ddof=1))), confident=mean_difference(ca, cb, paired=True))
 
 

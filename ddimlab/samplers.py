@@ -246,8 +246,12 @@ def guided_eps(eps_null, eps_cond, w: float):
     w = float(w)
 
     def eps(x, t):
-        e_null = eps_null(x, t)
-        return e_null + w * (eps_cond(x, t) - e_null)
+        e_null, e_cond = eps_null(x, t), eps_cond(x, t)
+        for name, e in (("eps_null", e_null), ("eps_cond", e_cond)):     # broadcasting would hide a wrong shape
+            if not isinstance(e, torch.Tensor) or e.shape != x.shape:
+                raise ValueError(f"guided_eps: {name} must return a tensor of x's shape {tuple(x.shape)}, got "
+                                 f"{tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__}")
+        return e_null + w * (e_cond - e_null)
 
     return eps
 
@@ -261,7 +265,7 @@ def sdedit(eps, x_in, alpha_bar, seq, eta: float = 1.0, generator: torch.Generat
     int(S · strength) steps of its grid: seq = schedule.timesteps(S, T, spacing)[S − int(S · strength):].
     """
     alpha_bar, seq = check_args(x_in, alpha_bar, seq, name="x_in")
-    z = torch.randn(x_in.shape, generator=generator, dtype=x_in.dtype, device=x_in.device)
+    z = noise_from(generator, x_in)(None, None)
     x_t0 = q_sample(x_in, float(alpha_bar_at(alpha_bar, int(seq[0]))), z)
     return ddim_sample(eps, x_t0, alpha_bar, seq, eta=eta, generator=generator, callback=callback)
 

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from . import data, devices, schedule
 from .checkpoint import eps_fn
+from .checks import check_distinct, check_int
 from .diffusion import check_sigma, ddim_sigma
 from .fid import compute_fid, fid_inception, load_images
 from .files import atomic_write
@@ -65,6 +66,8 @@ def score_grid(model, score_fn, S_list=(10, 20, 50, 100), eta_list=(0.0, 0.5, 1.
     `quality.score_digits`; rows are dict(eta, S, seconds, **score_fn(x)).
     """
     alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else torch.as_tensor(alpha_bar)
+    n, batch_size = check_int("n", n), check_int("batch_size", batch_size)
+    _check_grid(eta_list, S_list, alpha_bar, spacing)
 
     def cell(eta, S):
         seq = sampling_steps(S, alpha_bar.shape[0], spacing)
@@ -119,7 +122,7 @@ def _check_grid(eta_list, S_list, alpha_bar, spacing: str) -> None:
     """Every (η, S) of the grid is valid, checked before the first cell is sampled (a bad value found later
     would cost every cell before it): η by `check_eta`, S by `sampling_steps`, σ(η)² ≤ 1 − ᾱ_s on each step."""
     etas = [check_eta(e) for e in eta_list]
-    _distinct(etas, "eta")
+    check_distinct(etas, "eta")  # after check_eta: 0 and -0 are one η
     for seq in _check_steps(S_list, alpha_bar.shape[0], spacing):
         pairs = schedule.step_pairs(seq)
         for eta in etas:
@@ -131,17 +134,8 @@ def _check_grid(eta_list, S_list, alpha_bar, spacing: str) -> None:
 
 def _check_steps(S_list, T: int, spacing: str) -> list[torch.Tensor]:
     """Each S's timesteps (`sampling_steps`), every S checked and none listed twice before the first is run."""
-    _distinct(S_list, "S")
+    check_distinct(S_list, "S")
     return [sampling_steps(S, T, spacing) for S in S_list]
-
-
-def _distinct(values, name: str) -> None:
-    """A value listed twice would be sampled twice and fill two rows with one cell (0 and -0 are one η)."""
-    seen = []
-    for v in values:
-        if v in seen:
-            raise ValueError(f"{name} = {v} is listed twice (as {values}); give each value once")
-        seen.append(v)
 
 
 def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list=(0.0, 0.2, 0.5, 1.0, SIGMA_HAT),
@@ -225,7 +219,7 @@ def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise ValueError(f"images must be uint8 N×C×H×W, got {images.dtype} {tuple(images.shape)}")
     if n_images is not None:
-        if n_images > len(images):
+        if check_int("n_images", n_images) > len(images):
             raise ValueError(f"n_images {n_images} (--n-images) exceeds the {len(images)} images given; give at most "
                              f"{len(images)}")
         images = images[:n_images]
@@ -233,8 +227,6 @@ def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None
     alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else torch.as_tensor(alpha_bar)
     seqs = _check_steps(S_list, alpha_bar.shape[0], spacing)
     mine = images[rank::world_size]
-    if isinstance(model, torch.nn.Module):
-        model.eval()
     rows = []
     for S, seq in tqdm(zip(S_list, seqs), total=len(seqs), desc="table2", disable=not progress):
         t0 = time.perf_counter()

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import ode
+from . import ode, schedule
 from .checks import check_int, check_symmetric
 
 
@@ -348,7 +348,7 @@ def exact_eps(mixture: GaussianMixture, alpha_bar: torch.Tensor):
     (continuous t ∈ [−1, T−1]: log ᾱ interpolated linearly between integer steps, `ode.alpha_bar_cont`),
     which the higher-order ODE solvers need between grid points.
     """
-    alpha_bar = alpha_bar.to(torch.float64)
+    alpha_bar = schedule.validate_alpha_bar(alpha_bar)      # a β table gave a finite, wrong ε*
 
     def eps(x: torch.Tensor, t) -> torch.Tensor:
         a = ode.alpha_bar_cont(alpha_bar, t)

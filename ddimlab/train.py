@@ -356,12 +356,8 @@ def lr_at(config: TrainConfig, step: int) -> float:
 def sample_grid(model, config: TrainConfig, in_ch: int, n: int, device, seed: int = 0) -> torch.Tensor:
     """n DDIM samples (η = 0, `config.sample_steps` uniform steps) from `model`, in [−1, 1] (notebook 06 §4)."""
     abar = schedule.make_alpha_bar(config.schedule, config.T).to(device)
-    was_training = model.training
-    model.eval()
-    out = sample(eps_fn(model), (n, in_ch, config.resolution, config.resolution), abar, S=config.sample_steps,
-                 generator=torch.Generator(device=device).manual_seed(seed), device=device)
-    model.train(was_training)
-    return out
+    return sample(eps_fn(model), (n, in_ch, config.resolution, config.resolution), abar, S=config.sample_steps,
+                  generator=torch.Generator(device=device).manual_seed(seed), device=device)     # eval mode: eps_fn
 
 
 def load_trained(path, device="cpu", use_ema: bool = True):

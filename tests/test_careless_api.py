@@ -165,3 +165,118 @@ def test_complex_numbers_are_refused_where_a_cast_would_drop_their_imaginary_par
     with pytest.raises(TypeError, match="real numbers, got torch.complex128"):
         gaussian.kl_mvn(torch.zeros(2), np.eye(2) + 0j, torch.zeros(2), torch.eye(2))
     assert float(gaussian.log_normal(torch.zeros(1), [0.0], [1.0])) == pytest.approx(-0.5 * math.log(2 * math.pi))
+
+
+# ---------------------------------------------------------------------------------- a second round (helper 66)
+
+def _dropout_unet():
+    from ddimlab import unet
+    torch.manual_seed(0)
+    return unet.UNet(in_ch=1, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), resolution=8, num_groups=4,
+                     dropout=0.5)
+
+
+def test_a_network_left_in_train_mode_samples_without_dropout_and_keeps_its_mode(tmp_path):
+    """sample_indices (and score_grid, reconstruction_errors) ran a model in train mode with dropout on: two identical
+    calls differed, breaking "each image is a function of (seed, index)"; generate_samples set the caller's model
+    to eval mode and left it there."""
+    net, seq = _dropout_unet(), schedule.timesteps(5, 1000, "trailing")
+    net.train()
+    a, b = (generate.sample_indices(net, [0, 1], (1, 8, 8), AB, seq, check_range=False) for _ in range(2))
+    assert torch.equal(a, b) and net.training
+    net.eval()
+    assert torch.equal(a, generate.sample_indices(net, [0, 1], (1, 8, 8), AB, seq, check_range=False))
+    net.train()
+    generate.generate_samples(net, tmp_path / "s", 2, shape=(1, 8, 8), S=3)
+    assert net.training
+
+
+def test_generate_samples_checks_everything_before_it_claims_a_folder_and_records_the_schedule(tmp_path):
+    """A negative seed was refused only after settings.json was written, so the folder was then "made with other
+    settings"; images of another ᾱ table with the same T were added to the folder without a word."""
+    net, out = _dropout_unet().eval(), tmp_path / "s"
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        generate.generate_samples(net, out, 2, shape=(1, 8, 8), S=3, seed=-1)
+    assert not (out / "settings.json").exists()
+    generate.generate_samples(net, out, 2, shape=(1, 8, 8), S=3)
+    with pytest.raises(ValueError, match="another alpha_bar table"):
+        generate.generate_samples(net, out, 4, shape=(1, 8, 8), S=3, alpha_bar=schedule.make_alpha_bar("cosine", 1000))
+    assert generate.generate_samples(net, out, 3, shape=(1, 8, 8), S=3, eta=0) == [2]     # 0 is 0.0
+
+
+def test_options_that_would_be_ignored_and_lists_that_repeat_are_refused():
+    """sample_indices with an ODE solver dropped eta and clip_x0; lab.table1 and tables.score_grid ran a repeated S
+    or η twice (and took True or "0.5" as η), score_grid with n = 0 failed in torch.cat; reproduce_table2 with
+    n_images = -1 dropped the last image."""
+    from ddimlab import lab, tables
+    net, seq = _dropout_unet().eval(), schedule.timesteps(5, 1000)
+    with pytest.raises(ValueError, match="eta and clip_x0 apply to DDIM and DDPM"):
+        generate.sample_indices(net, [0], (1, 8, 8), AB, seq, eta=1.0, solver="euler")
+    with pytest.raises(ValueError, match="indices is empty"):
+        generate.sample_indices(net, [], (1, 8, 8), AB, seq)
+    for kw, match in ((dict(S_list=(10, 10)), "S = 10 is listed twice"), (dict(etas=(0.0, -0.0)), "eta = 0.0 is listed"),
+                      (dict(etas=(True,)), "eta must be a finite number"), (dict(etas=("0.5",)), "eta must be")):
+        with pytest.raises(ValueError, match=match):
+            lab.table1(**kw, n=8)
+    never = lambda x: pytest.fail("sampled before refusing")     # noqa: E731
+    for kw, match in ((dict(n=0), "n must be a positive integer"), (dict(S_list=(5, 5)), "listed twice"),
+                      (dict(eta_list=(0.0, 0)), "listed twice")):
+        with pytest.raises(ValueError, match=match):
+            tables.score_grid(net, never, **{"S_list": (5,), "eta_list": (0.0,), **kw})
+    with pytest.raises(ValueError, match="n_images must be a positive integer"):
+        tables.reproduce_table2(net, "unused", images=torch.zeros(3, 1, 8, 8, dtype=torch.uint8), n_images=-1)
+
+
+def test_a_beta_table_for_alpha_bar_and_a_wrong_shaped_guided_eps_are_refused(toy_setup):
+    """A β table (increasing) passed as ᾱ gave t_of_sigma(β, 1) = −0.92 and a finite, wrong exact ε*; guided_eps with
+    a conditional ε of one row broadcast it over the batch (|x| reached 78347)."""
+    mix, eps, x_T, seq = toy_setup
+    betas = schedule.beta_schedule()
+    for call in (lambda: ode.t_of_sigma(betas, 1.0), lambda: ode.alpha_bar_cont(betas, 5.5),
+                 lambda: toy.exact_eps(mix, betas)):
+        with pytest.raises(ValueError, match="strictly decreasing"):
+            call()
+    guided = samplers.guided_eps(eps, lambda x, t: eps(x, t)[:1], 2.0)
+    with pytest.raises(ValueError, match="eps_cond must return a tensor of x's shape"):
+        samplers.ddim_sample(guided, x_T, AB, seq)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        samplers.sdedit(eps, x_T, AB, seq, generator=0)
+
+
+def test_scores_refuse_a_percentage_threshold_unpaired_shapes_and_images_in_0_to_1():
+    """threshold=90 scored real digits as confident share 0 and 0 classes; mean_difference of (n, 1) and (n,)
+    broadcast to an (n, n) difference; error_ratio of unequal lengths was an IndexError; n_boot = 1 gave a NaN
+    standard error; float images in [0, 1] were scored as if in [−1, 1] (confident share 0)."""
+    from ddimlab import lab
+    real = data.to_model_range(data.load_digits()[0][:50])
+    for call in (lambda: quality.score_digits(real, threshold=90), lambda: quality.class_counts(real, float("nan"))):
+        with pytest.raises(ValueError, match=r"threshold must lie in \(0, 1\)"):
+            call()
+    a = torch.arange(6.0)
+    with pytest.raises(ValueError, match="1-D tensors"):
+        quality.mean_difference(a[:, None], a, paired=False)
+    with pytest.raises(ValueError, match="one length"):
+        lab.error_ratio(a, a[:5])
+    with pytest.raises(ValueError, match="n_boot must be an integer >= 2"):
+        quality.digits_fd_se(real, n_boot=1)
+    with pytest.raises(ValueError, match=r"images in \[0, 1\] as x \* 2 - 1"):
+        quality.score_digits((real + 1) / 2)
+
+
+def test_a_check_cannot_pass_vacuously():
+    """nb.check([False]) and nb.check("False") printed "check: …" (a non-empty list or string is true), and so did a
+    check of an empty tensor; check_close of an empty tensor passed."""
+    from ddimlab import nb
+    for ok in ([False], "False", None):
+        with pytest.raises(TypeError, match="check takes a bool"):
+            nb.check(ok, "x")
+    for ok in (torch.tensor([]) > 0, np.array([], bool)):
+        with pytest.raises(ValueError, match="empty"):
+            nb.check(ok, "x")
+    with pytest.raises(ValueError, match="non-empty"):
+        nb.check_close(torch.tensor([]), 1.0, "x")
+    with pytest.raises(ValueError, match="broadcastable"):
+        nb.check_close(torch.zeros(3, 1), torch.zeros(3), "x")
+    nb.check(np.array([True, True]), "x")
+    nb.check(np.float64(1.0) > 0, "x")
+    nb.check_close(torch.zeros(3), 0.0, "x")

@@ -256,7 +256,7 @@ def test_fmt_pm_rounds_to_the_error_bar():
     (dict(spacing="cosine"), "spacing"),
     (dict(S_list=(0,)), "S_list"),
     (dict(S_list=(1001,)), "S_list"),
-    (dict(etas=(-0.5,)), "etas"),
+    (dict(etas=(-0.5,)), "eta must be a finite number >= 0"),
     (dict(n=3), "n must"),
     (dict(n=50, n_ode=60), "n_ode"),
 ])

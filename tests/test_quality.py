@@ -153,7 +153,7 @@ def test_bad_samples_raise(classifier):
     with pytest.raises(TypeError, match="uint8"):
         quality.score_digits(torch.zeros(4, 1, 16, 16, dtype=torch.int64))
     with pytest.raises(ValueError, match="threshold"):
-        quality.confident_share(torch.zeros(4, 1, 16, 16), threshold=1.5)
+        quality.confident_share(_noise(4), threshold=1.5)
     with pytest.raises(ValueError, match="multiple of 4"):
         quality.load_classifier(10)
 
