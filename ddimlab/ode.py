@@ -216,7 +216,11 @@ def _start(x_T, alpha_bar, seq):
     alpha_bar, seq = check_args(x_T, alpha_bar, seq)
     pairs = step_pairs(seq)
     sig = [_sig(alpha_bar, t) for t, _ in pairs] + [0.0]
-    xbar = x_T / math.sqrt(float(alpha_bar_at(alpha_bar, int(seq[0]))))
+    scale = 1 / math.sqrt(float(alpha_bar_at(alpha_bar, int(seq[0]))))
+    xbar = x_T * scale
+    if x_T.dtype == torch.float16 and not bool(torch.isfinite(xbar).all()):   # 65504 at most; was blamed on the model
+        raise ValueError(f"x_T / sqrt(alpha_bar) = {scale:.3g} x_T overflows float16 at t = {int(seq[0])}; run the solver "
+                         f"in float32 (x_T.float()), or use samplers.ddim_sample, which does not form it")
     return alpha_bar, pairs, sig, xbar, {"x": [x_T], "t": [int(seq[0])]}
 
 

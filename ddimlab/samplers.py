@@ -78,12 +78,13 @@ def check_args(x, alpha_bar, seq, name: str = "x_T"):
 
 
 def call_eps(eps, x, t):
-    """ε(x, t) with t broadcast to shape (B,) (long for an integer step, x.dtype for a fractional one
-    inside the ODE solvers); checks that the answer is a finite tensor of x's shape and dtype."""
+    """ε(x, t) with t broadcast to shape (B,) (long for an integer step; for a fractional one inside the ODE solvers
+    x.dtype, at least float32: bfloat16 would round t = 944.19 to 944); checks that the answer is a finite tensor of
+    x's shape and dtype."""
     if isinstance(t, int):
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
     else:
-        tt = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+        tt = torch.full((x.shape[0],), float(t), dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
     e = eps(x, tt)
     if not isinstance(e, torch.Tensor) or e.shape != x.shape:
         raise ValueError(f"eps(x, t) must return a tensor of x's shape {tuple(x.shape)}, got "

@@ -280,3 +280,15 @@ def test_a_check_cannot_pass_vacuously():
     nb.check(np.array([True, True]), "x")
     nb.check(np.float64(1.0) > 0, "x")
     nb.check_close(torch.zeros(3), 0.0, "x")
+
+
+def test_half_precision_solvers_keep_fractional_steps_and_name_an_overflow():
+    """In bfloat16 the fractional step DPM-Solver-2 passes to ε was rounded (944.19 to 944); in float16 on the cosine
+    schedule x_T/√ᾱ_999 (about 2e4 x_T) overflowed and the NaN was blamed on the model."""
+    seen = []
+    samplers.call_eps(lambda x, t: seen.append(t) or torch.zeros_like(x), torch.zeros(2, 3, dtype=torch.bfloat16), 944.19)
+    assert seen[0].dtype == torch.float32 and float(seen[0][0]) == pytest.approx(944.19, abs=1e-4)
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0)).half()
+    with pytest.raises(ValueError, match="overflows float16 at t = 999"):
+        ode.solve("dpm_solver_pp_2m", lambda x, t: torch.zeros_like(x), x, schedule.make_alpha_bar("cosine", 1000),
+                  schedule.timesteps(10, 1000, "trailing"))
