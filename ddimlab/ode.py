@@ -38,6 +38,7 @@ Between integer steps t(σ) is defined by interpolating log ᾱ linearly in t (`
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -132,9 +133,9 @@ def lambda_timesteps(S: int, alpha_bar: torch.Tensor, t_max: int | None = None, 
     """
     alpha_bar = validate_alpha_bar(alpha_bar)
     T = alpha_bar.shape[0]
-    t_max = T - 1 if t_max is None else t_max
-    S = check_int("number of steps S", S)
-    if not 0 <= t_min < t_max <= T - 1:
+    t_max = check_int("t_max", T - 1 if t_max is None else t_max, 1, T - 1)
+    t_min, S = check_int("t_min", t_min, 0, T - 2), check_int("number of steps S", S)
+    if not t_min < t_max:
         raise ValueError(f"need 0 <= t_min < t_max <= T-1 = {T - 1}, got t_min={t_min}, t_max={t_max}")
     if S == 1:
         return validate_timesteps(torch.tensor([t_max]), T)
@@ -154,11 +155,11 @@ def karras_timesteps(S: int, alpha_bar: torch.Tensor, rho: float = 7.0, t_max: i
     """
     alpha_bar = validate_alpha_bar(alpha_bar)
     T = alpha_bar.shape[0]
-    t_max = T - 1 if t_max is None else t_max
-    S = check_int("number of steps S", S)
-    if not 0 <= t_min < t_max <= T - 1:
+    t_max = check_int("t_max", T - 1 if t_max is None else t_max, 1, T - 1)
+    t_min, S = check_int("t_min", t_min, 0, T - 2), check_int("number of steps S", S)
+    if not t_min < t_max:
         raise ValueError(f"need 0 <= t_min < t_max <= T-1 = {T - 1}, got t_min={t_min}, t_max={t_max}")
-    if not 1 <= rho < math.inf:
+    if isinstance(rho, bool) or not isinstance(rho, numbers.Real) or not 1 <= rho < math.inf:
         raise ValueError(f"rho must be a finite number >= 1 (for rho -> infinity use lambda_timesteps), got {rho!r}")
     if S == 1:
         return validate_timesteps(torch.tensor([t_max]), T)
@@ -175,8 +176,9 @@ def power_timesteps(S: int, T: int = 1000, kappa: float = 2.0) -> torch.Tensor:
     step to ᾱ_{−1} = 1 that every solver takes, so the steps shrink smoothly into σ = 0 (σ ∝ √(t+1) there).
     Starts at T − 1; steps that round to the same integer are moved apart (`_distinct_steps`): exactly S steps.
     """
+    T = check_int("T", T)
     S = check_int("number of steps S", S, 1, T, " (T, the schedule's length)")
-    if not 1 <= kappa < math.inf:
+    if isinstance(kappa, bool) or not isinstance(kappa, numbers.Real) or not 1 <= kappa < math.inf:
         raise ValueError(f"kappa must be a finite number >= 1, got {kappa!r}")
     u = T * (1 - torch.arange(S, dtype=torch.float64) / S) ** kappa
     return _distinct_steps(u - 1, 0, T - 1, T)

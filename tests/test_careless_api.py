@@ -292,3 +292,15 @@ def test_half_precision_solvers_keep_fractional_steps_and_name_an_overflow():
     with pytest.raises(ValueError, match="overflows float16 at t = 999"):
         ode.solve("dpm_solver_pp_2m", lambda x, t: torch.zeros_like(x), x, schedule.make_alpha_bar("cosine", 1000),
                   schedule.timesteps(10, 1000, "trailing"))
+
+
+def test_step_rules_name_a_fractional_endpoint_or_length():
+    """lambda_timesteps(t_max=500.7) and power_timesteps(5, 1000.0) said only "timesteps must be integers"; karras with
+    ρ as a tensor gave a bogus "sigma must lie in …"."""
+    for call, match in ((lambda: ode.lambda_timesteps(5, AB, t_max=500.7), "t_max must be an integer in 1..999"),
+                        (lambda: ode.karras_timesteps(5, AB, t_min=0.5), "t_min must be an integer in 0..998"),
+                        (lambda: ode.power_timesteps(5, 1000.0), "T must be a positive integer"),
+                        (lambda: ode.karras_timesteps(5, AB, rho=torch.tensor(7.0)), "rho must be a finite number")):
+        with pytest.raises(ValueError, match=match):
+            call()
+    assert ode.lambda_timesteps(5, AB, t_max=np.int64(500))[0] == 500
