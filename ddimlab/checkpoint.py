@@ -536,6 +536,11 @@ def eps_fn(model, amp: bool = False):
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
+        if isinstance(model, torch.nn.Module) and not (amp and x.is_cuda):
+            w = next((p.dtype for p in model.parameters() if p.is_floating_point()), x.dtype)
+            if w != x.dtype:      # else torch's "Input type (double) and bias type (float) should be the same"
+                raise TypeError(f"x is {x.dtype} but the network's weights are {w}: pass x.to({w}) or convert the "
+                                f"network with .to({x.dtype})")
         training = isinstance(model, torch.nn.Module) and model.training
         if training:
             model.eval()

@@ -39,12 +39,13 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import numpy as np
 import torch
 
 from .checks import check_int
-from .samplers import call_eps, check_args
+from .samplers import OutOfRangeWarning, call_eps, check_args
 from .schedule import alpha_bar_at, step_pairs, validate_alpha_bar, validate_timesteps
 
 # ------------------------------------------------------------------------------- continuous time
@@ -535,7 +536,15 @@ def ipndm(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
         raise ValueError(f"order must be 1, 2, 3 or 4, got {order!r}")
     if rho is not None and not 1 <= rho < math.inf:
         raise ValueError(f"rho must be None (equal-step coefficients) or a finite number >= 1, got {rho!r}")
-    _, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq)
+    alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq)
+    if afs and len(pairs) == 1:
+        raise ValueError("ipndm with afs=True needs 2 steps or more: on one step the network is never called (its "
+                         "first step takes eps(x_T) = x_T); pass afs=False, or more steps")
+    a_first = float(alpha_bar_at(alpha_bar, pairs[0][0]))
+    if afs and a_first > 0.01:          # ε(x_T) ≈ x_T is off by about √ᾱ |E x_0|: 10% of the data's mean at 0.01
+        warnings.warn(f"ipndm's analytical first step takes eps(x_T) = x_T, which holds for pure noise only; the grid "
+                      f"starts at t = {pairs[0][0]} (alpha_bar = {a_first:.2g}): pass afs=False (SDEdit-like grids)",
+                      OutOfRangeWarning, stacklevel=2)
 
     def weights(nodes, a, b, implicit):
         if rho is None:
