@@ -529,8 +529,9 @@ def eps_fn(model, amp: bool = False):
 
     Works for ddimlab's `UNet`, diffusers' `UNet2DModel` (its output's `.sample`) and any callable
     model(x, t). No gradients; `t` may be an int, a 0-d or a (B,) tensor (integer or float steps);
-    with amp=True the call runs under bf16 autocast on CUDA; ε̂ comes back in x's dtype. A module in train mode is
-    called in eval mode (no dropout: sampling is a function of x and t only) and put back in train mode after the call.
+    with amp=True the call runs under bf16 autocast on CUDA; ε̂ comes back in x's dtype, which must be the network's
+    (else a TypeError saying so). A network with modules in train mode is called in eval mode (no dropout: sampling is
+    a function of x and t only), and each module's mode is put back after the call.
     """
     def eps(x, t):
         t = torch.as_tensor(t, device=x.device)
@@ -541,14 +542,14 @@ def eps_fn(model, amp: bool = False):
             if w != x.dtype:      # else torch's "Input type (double) and bias type (float) should be the same"
                 raise TypeError(f"x is {x.dtype} but the network's weights are {w}: pass x.to({w}) or convert the "
                                 f"network with .to({x.dtype})")
-        training = isinstance(model, torch.nn.Module) and model.training
-        if training:
-            model.eval()
+        training = [m for m in model.modules() if m.training] if isinstance(model, torch.nn.Module) else []
+        for m in training:
+            m.training = False          # the flag itself: .train() would set every submodule's
         try:
             with torch.no_grad(), torch.autocast(x.device.type, torch.bfloat16, enabled=amp and x.is_cuda):
                 out = model(x, t)
         finally:
-            if training:
-                model.train()
+            for m in training:
+                m.training = True
         return getattr(out, "sample", out).to(x.dtype)
     return eps

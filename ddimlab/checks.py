@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 
 import torch
@@ -20,16 +21,27 @@ def int_range(low: int, high: int | None = None) -> str:
 def check_int(name: str, v, low: int = 1, high: int | None = None, note: str = "") -> int:
     """`v` as a Python int if it is an integer in low..high, else ValueError "{name} must be {allowed}{note}, got v".
 
-    Integers are ints, numpy integer scalars and 0-d integer tensors (what `operator.index` takes); bools, floats
-    (int(0.9) is 0) and strings are refused.
+    Integers are ints, numpy integer scalars and 0-d integer tensors; bools (Python's, numpy's, torch's), floats
+    (int(0.9) is 0), strings and tensors of one or more dimensions are refused.
     """
     try:
-        i = None if isinstance(v, bool) else operator.index(v)
+        i = None if isinstance(v, bool) or (isinstance(v, torch.Tensor) and (v.ndim or v.dtype == torch.bool)) \
+            else operator.index(v)
     except TypeError:
         i = None
     if i is None or i < low or (high is not None and i > high):
         raise ValueError(f"{name} must be {int_range(low, high)}{note}, got {v!r}")
     return i
+
+
+def as_real(v) -> float | None:
+    """`v` as a float if it is a finite real number (int, float, numpy scalar, 0-d real tensor; not a bool), else None:
+    the caller says what range it allows."""
+    if isinstance(v, torch.Tensor) and v.ndim == 0 and not v.is_complex() and v.dtype != torch.bool:
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+        return None
+    return float(v)
 
 
 def check_distinct(values, name: str) -> None:

@@ -22,6 +22,7 @@ import pickle
 import tarfile
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -52,14 +53,19 @@ class DownloadError(RuntimeError):
 # download and cache
 
 
+def _cache_path() -> Path:
+    """Where the cache is (`default_cache_dir` without making it, for messages)."""
+    env = os.environ.get("DDIMLAB_CACHE")
+    if env and not env.strip():     # unset or empty: the default, as for other variables
+        raise ValueError(f"DDIMLAB_CACHE={env!r} is blank; point it at a folder, or unset it for ~/.cache/ddimlab")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "ddimlab"
+
+
 def default_cache_dir() -> Path:
     """`$DDIMLAB_CACHE` if set, else `~/.cache/ddimlab`, made if absent. A ValueError if DDIMLAB_CACHE is blank
     (spaces: it would make a folder named so in the current one); an OSError naming the cache and DDIMLAB_CACHE if
     the folder cannot be made (it names a file, or a place where no folder can be made, such as /proc/x)."""
-    env = os.environ.get("DDIMLAB_CACHE")
-    if env and not env.strip():     # unset or empty: the default, as for other variables
-        raise ValueError(f"DDIMLAB_CACHE={env!r} is blank; point it at a folder, or unset it for ~/.cache/ddimlab")
-    path = Path(env).expanduser() if env else Path.home() / ".cache" / "ddimlab"
+    path, env = _cache_path(), os.environ.get("DDIMLAB_CACHE")
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"the cache {path}{' ($DDIMLAB_CACHE)' if env else ''} is a file, not a folder; "
                                  f"point DDIMLAB_CACHE at a folder")
@@ -251,7 +257,7 @@ def resolve_cifar10(root=None, download: bool = True, url: str = CIFAR10_URL,
     elif explicit:  # a mistyped path is not created and downloaded into
         raise ValueError(f"{root} does not exist; pass an existing {CIFAR10_FILENAME}, the extracted "
                          f"{CIFAR10_FOLDER} folder, or an existing folder to download into (create it first); "
-                         f"without data_root CIFAR-10 is downloaded into the cache {default_cache_dir()}")
+                         f"without data_root CIFAR-10 is downloaded into the cache {_cache_path()}")
     tarball = root / CIFAR10_FILENAME
     if download:
         return _download(url, tarball, md5, progress=progress, timeout=timeout)
@@ -495,16 +501,20 @@ def from_model_range(x: torch.Tensor) -> torch.Tensor:
 
 
 def check_model_range(x: torch.Tensor) -> torch.Tensor:
-    """Float images a user passes in as [−1, 1] (to be scored): finite, and with some value below 0 (images in 0..255
-    or in [0, 1] are a scaling mistake: clamped, the first would be white, the second scored as grey to white; no set
-    of [−1, 1] images of digits or photographs lacks a dark pixel). A sampler's overshoot past ±1 is fine. Returns x."""
+    """Float images a user passes in as [−1, 1] (to be scored): finite, and not 0..255 (a scaling mistake, which
+    clamping would turn into white). Values in 0..1 only give a warning: images in [0, 1] would be scored as grey to
+    white, but bright [−1, 1] images (a model that failed that way) can look the same. A sampler's overshoot past ±1
+    is fine. Returns x."""
     x = x.detach().cpu()
     if not bool(torch.isfinite(x).all()):
         raise ValueError("images contain NaN or inf")
     if x.numel() > 1 and float(x.min()) >= 0:
         top = float(x.max())
-        raise ValueError(f"float images must lie in [-1, 1], got values in 0..{top:.3g} with none below 0; pass "
-                         + ("uint8 images as uint8, or x / 127.5 - 1" if top > 2 else "images in [0, 1] as x * 2 - 1"))
+        if top > 2:
+            raise ValueError(f"float images must lie in [-1, 1], got values in 0..{top:.3g}; pass uint8 images as uint8, "
+                             f"or x / 127.5 - 1")
+        warnings.warn(f"float images are scored as [-1, 1], and these have no value below 0 (0..{top:.3g}): if they are "
+                      f"images in [0, 1], pass x * 2 - 1", stacklevel=3)
     return x
 
 

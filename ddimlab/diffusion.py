@@ -16,6 +16,8 @@ import math
 
 import torch
 
+from .checks import as_real
+
 VARIANCES = ("small", "large")   # DDPM's two reverse variances: β̃ (posterior) and β (notebook 02 §1)
 
 
@@ -151,11 +153,12 @@ def ddim_sigma(a_t, a_s, eta: float = 1.0):
 
 
 def check_eta(eta) -> float:
-    """η as a float; a ValueError unless it is a finite number ≥ 0."""
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (math.isfinite(eta) and eta >= 0):
+    """η as a float; a ValueError unless it is a finite number ≥ 0 (`checks.as_real`)."""
+    e = as_real(eta)
+    if e is None or e < 0:
         raise ValueError(f"eta must be a finite number >= 0 (0 = deterministic DDIM, 1 = DDPM's posterior "
                          f"variance), got {eta!r}")
-    return float(eta) + 0.0          # -0.0 as 0.0 (a table row named "-0")
+    return e + 0.0          # -0.0 as 0.0 (a table row named "-0")
 
 
 def check_sigma(a_t, a_s, sigma) -> None:

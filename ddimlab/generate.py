@@ -219,9 +219,11 @@ def _claim(out_dir: Path, settings: dict) -> None:
             saved = None
         if not isinstance(saved, dict):
             raise ValueError(f"{path} is damaged; delete {out_dir} (its images cannot be told apart from other runs')")
+        def same(k):        # η as a number: older folders recorded str(0) for η = 0
+            return str(check_eta(saved[k])) == settings[k] if k == "eta" else saved[k] == settings[k]
         diff = [("another model" if k == "model" else "another alpha_bar table" if k == "alpha_bar" else
                  f"{k} {saved.get(k)!r} there, {settings[k]!r} now")
-                for k in settings if k in saved and saved[k] != settings[k]]     # older folders recorded fewer keys
+                for k in settings if k in saved and not same(k)]     # older folders recorded fewer keys
         if diff:
             raise ValueError(f"{out_dir} holds images made with other settings ({'; '.join(diff)}); choose another "
                              f"--out or delete that folder")

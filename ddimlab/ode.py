@@ -38,14 +38,12 @@ Between integer steps t(σ) is defined by interpolating log ᾱ linearly in t (`
 from __future__ import annotations
 
 import math
-import numbers
-import warnings
 
 import numpy as np
 import torch
 
-from .checks import check_int
-from .samplers import OutOfRangeWarning, call_eps, check_args
+from .checks import as_real, check_int
+from .samplers import call_eps, check_args, check_first_step
 from .schedule import alpha_bar_at, step_pairs, validate_alpha_bar, validate_timesteps
 
 # ------------------------------------------------------------------------------- continuous time
@@ -160,8 +158,9 @@ def karras_timesteps(S: int, alpha_bar: torch.Tensor, rho: float = 7.0, t_max: i
     t_min, S = check_int("t_min", t_min, 0, T - 2), check_int("number of steps S", S)
     if not t_min < t_max:
         raise ValueError(f"need 0 <= t_min < t_max <= T-1 = {T - 1}, got t_min={t_min}, t_max={t_max}")
-    if isinstance(rho, bool) or not isinstance(rho, numbers.Real) or not 1 <= rho < math.inf:
+    if (r := as_real(rho)) is None or r < 1:
         raise ValueError(f"rho must be a finite number >= 1 (for rho -> infinity use lambda_timesteps), got {rho!r}")
+    rho = r
     if S == 1:
         return validate_timesteps(torch.tensor([t_max]), T)
     lo, hi = float(sigma_at(alpha_bar, t_min)) ** (1 / rho), float(sigma_at(alpha_bar, t_max)) ** (1 / rho)
@@ -179,8 +178,9 @@ def power_timesteps(S: int, T: int = 1000, kappa: float = 2.0) -> torch.Tensor:
     """
     T = check_int("T", T)
     S = check_int("number of steps S", S, 1, T, " (T, the schedule's length)")
-    if isinstance(kappa, bool) or not isinstance(kappa, numbers.Real) or not 1 <= kappa < math.inf:
+    if (k := as_real(kappa)) is None or k < 1:
         raise ValueError(f"kappa must be a finite number >= 1, got {kappa!r}")
+    kappa = k
     u = T * (1 - torch.arange(S, dtype=torch.float64) / S) ** kappa
     return _distinct_steps(u - 1, 0, T - 1, T)
 
@@ -454,8 +454,7 @@ def unipc(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
     D's exist and, as diffusers' `lower_order_final`, to the number of steps left; the final step to σ = 0
     (h = ∞) returns D_t and is not corrected (that would need the network at σ = 0).
     """
-    if isinstance(order, bool) or order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+    order = check_int("order", order, 1, 3)
     _, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq)
     n = len(pairs)
     D = xbar - sig[0] * call_eps(eps, _x(xbar, sig[0]), pairs[0][0])
@@ -532,19 +531,16 @@ def ipndm(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
     The final step to σ = 0 uses the same rule from the stored ε's: it never calls the network at σ = 0,
     and it is not first order like the λ-solvers' last step (`dpm_solver_pp_3m`, `unipc`; notebook 08 §5).
     """
-    if isinstance(order, bool) or order not in (1, 2, 3, 4):
-        raise ValueError(f"order must be 1, 2, 3 or 4, got {order!r}")
-    if rho is not None and not 1 <= rho < math.inf:
+    order = check_int("order", order, 1, 4)
+    if rho is not None and ((r := as_real(rho)) is None or r < 1):
         raise ValueError(f"rho must be None (equal-step coefficients) or a finite number >= 1, got {rho!r}")
     alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq)
     if afs and len(pairs) == 1:
         raise ValueError("ipndm with afs=True needs 2 steps or more: on one step the network is never called (its "
                          "first step takes eps(x_T) = x_T); pass afs=False, or more steps")
-    a_first = float(alpha_bar_at(alpha_bar, pairs[0][0]))
-    if afs and a_first > 0.01:          # ε(x_T) ≈ x_T is off by about √ᾱ |E x_0|: 10% of the data's mean at 0.01
-        warnings.warn(f"ipndm's analytical first step takes eps(x_T) = x_T, which holds for pure noise only; the grid "
-                      f"starts at t = {pairs[0][0]} (alpha_bar = {a_first:.2g}): pass afs=False (SDEdit-like grids)",
-                      OutOfRangeWarning, stacklevel=2)
+    if afs:         # ε(x_T) ≈ x_T is off by about √ᾱ |E x_0|
+        check_first_step(alpha_bar, seq, "ipndm's analytical first step, eps(x_T) = x_T, holds for pure noise only: "
+                                         "pass afs=False (SDEdit-like grids)")
 
     def weights(nodes, a, b, implicit):
         if rho is None:

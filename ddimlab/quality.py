@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import numbers
 import os
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_int, check_per_sample, check_symmetric
+from .checks import as_real, check_int, check_per_sample, check_symmetric
 from .devices import cpu_kernels, cpu_threads
 from .files import atomic_write
 
@@ -288,10 +287,14 @@ def confident_share(samples, threshold: float = 0.9, model=None) -> float:
     return float((classify(samples, model)[1] >= _check_threshold(threshold)).float().mean())
 
 
+def _check_n_boot(n_boot) -> int:
+    return check_int("n_boot", n_boot, 2, note=" (resamples for a standard deviation)")
+
+
 def _check_threshold(threshold) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 < threshold < 1:
+    if (p := as_real(threshold)) is None or not 0 < p < 1:
         raise ValueError(f"threshold must lie in (0, 1) (a probability: 0.9, not 90), got {threshold!r}")
-    return float(threshold)
+    return p
 
 
 def class_counts(samples, threshold: float = 0.9, model=None) -> np.ndarray:
@@ -324,7 +327,7 @@ def _bootstrap_fds(feature_sets, mu_r, cov_r, n_boot: int, seed: int) -> np.ndar
     g = torch.Generator().manual_seed(seed)
     n = len(feature_sets[0])
     rows = []
-    for _ in range(check_int("n_boot", n_boot, 2, note=" (resamples for a standard deviation)")):
+    for _ in range(n_boot):
         i = torch.randint(0, n, (n,), generator=g)
         rows.append([frechet_distance(*feature_stats(f[i]), mu_r, cov_r) for f in feature_sets])
     return np.array(rows)
@@ -336,6 +339,7 @@ def digits_fd_se(samples, n_boot: int = 50, seed: int = 0) -> float:
     number of samples. On real digits it is about twice the FD's spread over fresh draws (duplicated
     samples inflate it; tests/test_quality.py), so it errs towards calling differences unresolved
     (demo; notebook 06 §5)."""
+    n_boot = _check_n_boot(n_boot)
     feats, mu_r, cov_r = _features_and_real_stats(samples)
     return float(np.std(_bootstrap_fds([feats], mu_r, cov_r, n_boot, seed)[:, 0], ddof=1))
 
@@ -356,6 +360,7 @@ def paired_difference(a, b, threshold: float = 0.9, n_boot: int = 50, seed: int 
     resamples: about the spread over fresh draws for strongly paired sets in tests/test_quality.py; for weakly
     paired ones, such as DDPM's and DDIM's samples, likely conservative up to twofold, as `digits_fd_se` is);
     confident: (confident share of a − of b, its paired `mean_difference`)."""
+    threshold, n_boot = _check_threshold(threshold), _check_n_boot(n_boot)      # before the work
     xa, xb = _as_samples(a), _as_samples(b)
     if xa.shape != xb.shape:
         raise ValueError(f"paired sets need the same shape, got {tuple(xa.shape)} and {tuple(xb.shape)}")
@@ -363,7 +368,7 @@ def paired_difference(a, b, threshold: float = 0.9, n_boot: int = 50, seed: int 
     fb = _features_and_real_stats(xb)[0]
     fd = frechet_distance(*feature_stats(fa), mu_r, cov_r) - frechet_distance(*feature_stats(fb), mu_r, cov_r)
     boot = _bootstrap_fds([fa, fb], mu_r, cov_r, n_boot, seed)
-    ca, cb = ((classify(x)[1] >= _check_threshold(threshold)).double() for x in (xa, xb))
+    ca, cb = ((classify(x)[1] >= threshold).double() for x in (xa, xb))
     return dict(fd=(fd, float(np.std(boot[:, 0] - boot[:, 1], ddof=1))), confident=mean_difference(ca, cb, paired=True))
 
 

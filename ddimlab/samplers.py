@@ -16,13 +16,12 @@ Arguments are checked once per call (`check_args`), and ε is checked to be fini
 """
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 
 import torch
 
 from . import schedule
+from .checks import as_real
 from .diffusion import (
     VARIANCES,
     bcast,
@@ -44,15 +43,18 @@ class OutOfRangeWarning(UserWarning):
     """Samples far outside the data's range [−1, 1], or a start x_T ~ N(0, I) that is not the model's x_t."""
 
 
-def check_first_step(alpha_bar, seq) -> None:
-    """Warn (`OutOfRangeWarning`) when a run from x_T ~ N(0, I) starts at a step with ᾱ > 0.1, where the model's
-    x_t = √ᾱ x_0 + √(1−ᾱ) ε is far from pure noise: the output then stays close to x_T. A uniform grid of one
-    step is t = 0 (ᾱ ≈ 1); the trailing spacing always starts at T − 1."""
+FROM_NOISE = ("x_T ~ N(0, I) is not the model's x_t: the output stays close to x_T; use more steps or the trailing "
+              "spacing (which starts at t = T - 1)")
+
+
+def check_first_step(alpha_bar, seq, why: str = FROM_NOISE) -> None:
+    """Warn (`OutOfRangeWarning`, saying `why` it matters) when a run that assumes pure noise at its first step starts
+    where ᾱ > 0.1: there x_t = √ᾱ x_0 + √(1−ᾱ) ε is far from it. From x_T ~ N(0, I) the output then stays close to
+    x_T. A uniform grid of one step is t = 0 (ᾱ ≈ 1); the trailing spacing always starts at T − 1."""
     a_first = float(alpha_bar_at(alpha_bar, int(seq[0])))
     if a_first > 0.1:
-        warnings.warn(f"the first of the {len(seq)} steps is t = {int(seq[0])} (alpha_bar = {a_first:.2g}), where "
-                      f"x_T ~ N(0, I) is not the model's x_t: the output stays close to x_T; use more steps or the "
-                      f"trailing spacing (which starts at t = T - 1)", OutOfRangeWarning, stacklevel=3)
+        warnings.warn(f"the first of the {len(seq)} steps is t = {int(seq[0])} (alpha_bar = {a_first:.2g}), where {why}",
+                      OutOfRangeWarning, stacklevel=3)
 
 
 class NonFiniteError(FloatingPointError):
@@ -242,9 +244,9 @@ def guided_eps(eps_null, eps_cond, w: float):
     write (1 + w′) ε_c − w′ ε_∅, so w = 1 + w′). Since ε = −√(1−ᾱ_t) ∇ log p_t, ε̃ is the ε of the tilted marginal
     p_t(x)^{1−w} p_t(x | c)^w at every t, which is not the noised tilted data density: notebook 10 §1.
     """
-    if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w):
+    if as_real(w) is None:
         raise ValueError(f"guidance weight w must be a finite number, got {w!r}")
-    w = float(w)
+    w = as_real(w)
 
     def eps(x, t):
         e_null, e_cond = eps_null(x, t), eps_cond(x, t)

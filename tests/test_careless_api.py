@@ -1,6 +1,7 @@
 """The library used as a careless user would (helper 63): each call below returned a silently wrong answer (finite but
 wrong, or NaN) or failed deep inside torch or numpy without naming the argument. Each must now be a ValueError or
 TypeError that says what was wrong."""
+import json
 import math
 
 import numpy as np
@@ -187,8 +188,9 @@ def test_a_network_left_in_train_mode_samples_without_dropout_and_keeps_its_mode
     net.eval()
     assert torch.equal(a, generate.sample_indices(net, [0, 1], (1, 8, 8), AB, seq, check_range=False))
     net.train()
+    net.conv_in.eval()                                          # a submodule frozen on purpose stays so
     generate.generate_samples(net, tmp_path / "s", 2, shape=(1, 8, 8), S=3)
-    assert net.training
+    assert net.training and not net.conv_in.training
     with pytest.raises(TypeError, match="x is torch.float64 but the network's weights are torch.float32"):
         checkpoint.eps_fn(net)(torch.zeros(2, 1, 8, 8, dtype=torch.float64), 5)        # was torch's "bias type"
 
@@ -204,6 +206,9 @@ def test_generate_samples_checks_everything_before_it_claims_a_folder_and_record
     with pytest.raises(ValueError, match="another alpha_bar table"):
         generate.generate_samples(net, out, 4, shape=(1, 8, 8), S=3, alpha_bar=schedule.make_alpha_bar("cosine", 1000))
     assert generate.generate_samples(net, out, 3, shape=(1, 8, 8), S=3, eta=0) == [2]     # 0 is 0.0
+    settings = json.loads((out / "settings.json").read_text())
+    (out / "settings.json").write_text(json.dumps({**settings, "eta": "0"}))                # as older folders say η = 0
+    assert generate.generate_samples(net, out, 4, shape=(1, 8, 8), S=3) == [3]
 
 
 def test_options_that_would_be_ignored_and_lists_that_repeat_are_refused():
@@ -216,6 +221,7 @@ def test_options_that_would_be_ignored_and_lists_that_repeat_are_refused():
         generate.sample_indices(net, [0], (1, 8, 8), AB, seq, eta=1.0, solver="euler")
     with pytest.raises(ValueError, match="indices is empty"):
         generate.sample_indices(net, [], (1, 8, 8), AB, seq)
+    assert lab._check_args((10,), torch.linspace(0, 1, 3), "uniform", 8, 0, 1000)[1] == (0.0, 0.5, 1.0)   # 0-d tensors
     for kw, match in ((dict(S_list=(10, 10)), "S = 10 is listed twice"), (dict(etas=(0.0, -0.0)), "eta = 0.0 is listed"),
                       (dict(etas=(True,)), "eta must be a finite number"), (dict(etas=("0.5",)), "eta must be")):
         with pytest.raises(ValueError, match=match):
@@ -261,7 +267,7 @@ def test_scores_refuse_a_percentage_threshold_unpaired_shapes_and_images_in_0_to
         lab.error_ratio(a, a[:5])
     with pytest.raises(ValueError, match="n_boot must be an integer >= 2"):
         quality.digits_fd_se(real, n_boot=1)
-    with pytest.raises(ValueError, match=r"images in \[0, 1\] as x \* 2 - 1"):
+    with pytest.warns(UserWarning, match=r"if they are images in \[0, 1\], pass x \* 2 - 1"):
         quality.score_digits((real + 1) / 2)
 
 
@@ -298,14 +304,15 @@ def test_half_precision_solvers_keep_fractional_steps_and_name_an_overflow():
 
 def test_step_rules_name_a_fractional_endpoint_or_length():
     """lambda_timesteps(t_max=500.7) and power_timesteps(5, 1000.0) said only "timesteps must be integers"; karras with
-    ρ as a tensor gave a bogus "sigma must lie in …"."""
+    ρ as a tensor gave a bogus "sigma must lie in …" (a 0-d tensor is now taken as the number it holds)."""
     for call, match in ((lambda: ode.lambda_timesteps(5, AB, t_max=500.7), "t_max must be an integer in 1..999"),
                         (lambda: ode.karras_timesteps(5, AB, t_min=0.5), "t_min must be an integer in 0..998"),
                         (lambda: ode.power_timesteps(5, 1000.0), "T must be a positive integer"),
-                        (lambda: ode.karras_timesteps(5, AB, rho=torch.tensor(7.0)), "rho must be a finite number")):
+                        (lambda: ode.karras_timesteps(5, AB, rho="7"), "rho must be a finite number")):
         with pytest.raises(ValueError, match=match):
             call()
     assert ode.lambda_timesteps(5, AB, t_max=np.int64(500))[0] == 500
+    assert torch.equal(ode.karras_timesteps(5, AB, rho=torch.tensor(7.0)), ode.karras_timesteps(5, AB, rho=7))
 
 
 def test_ipndm_says_when_its_analytical_first_step_does_not_hold(toy_setup):
@@ -314,7 +321,7 @@ def test_ipndm_says_when_its_analytical_first_step_does_not_hold(toy_setup):
     mix, eps, x_T, _ = toy_setup
     ref = ode.reference_solution(eps, x_T, AB, 300)
     grid = torch.tensor([300, 200, 100, 30, 0])
-    with pytest.warns(samplers.OutOfRangeWarning, match=r"starts at t = 300 \(alpha_bar = 0.39\)"):
+    with pytest.warns(samplers.OutOfRangeWarning, match=r"t = 300 \(alpha_bar = 0.39\), where ipndm's analytical"):
         with_afs = ode.ipndm(eps, x_T, AB, grid)
     assert float((with_afs - ref).norm()) > 3 * float((ode.ipndm(eps, x_T, AB, grid, afs=False) - ref).norm())
     with pytest.raises(ValueError, match="needs 2 steps or more"):

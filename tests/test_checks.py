@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ddimlab import ode, schedule, toy, train, unet
-from ddimlab.checks import check_int, check_symmetric, int_range
+from ddimlab.checks import as_real, check_int, check_symmetric, int_range
 
 
 @pytest.mark.parametrize("v", [3, np.int64(3), np.uint8(3), torch.tensor(3)])
@@ -16,7 +16,8 @@ def test_integers_of_every_kind_are_taken_and_returned_as_python_ints(v):
     assert out == 3 and type(out) is int
 
 
-@pytest.mark.parametrize("v", [True, 3.0, 0.9, "3", None, torch.tensor(3.0), np.float64(3)])
+@pytest.mark.parametrize("v", [True, 3.0, 0.9, "3", None, torch.tensor(3.0), np.float64(3), torch.tensor(True),
+                               torch.tensor([[3]]), np.bool_(True)])
 def test_what_only_looks_like_an_integer_is_refused(v):
     with pytest.raises(ValueError, match=r"^n must be a positive integer, got "):
         check_int("n", v)
@@ -26,8 +27,9 @@ def test_the_message_gives_the_range():
     assert [int_range(*a) for a in ((0,), (1,), (8,), (1, 6), (0, 2 ** 63 - 1), (0, 2 ** 32 - 1), (0, 255))] == [
         "a non-negative integer", "a positive integer", "an integer >= 8", "an integer in 1..6",
         "an integer in 0..2**63 - 1", "an integer in 0..2**32 - 1", "an integer in 0..255"]
-    for v, low, high in ((0, 1, None), (9, 1, 8), (-1, 0, None)):
-        with pytest.raises(ValueError, match=re.escape(f"k must be {int_range(low, high)} (why), got {v}")):
+    for v, low, high, said in ((0, 1, None, "a positive integer"), (9, 1, 8, "an integer in 1..8"),
+                               (-1, 0, None, "a non-negative integer")):
+        with pytest.raises(ValueError, match=re.escape(f"k must be {said} (why), got {v}")):
             check_int("k", v, low, high, " (why)")
     assert check_int("k", 8, 1, 8) == 8 and check_int("k", 0, 0) == 0
 
@@ -53,7 +55,7 @@ def test_integers_that_go_into_a_checkpoint_are_stored_as_python_ints(tmp_path):
     assert torch.load(tmp_path / "c.pt", weights_only=True)["config"]["ch"] == 8
 
 
-def test_a_covariance_must_be_symmetric_at_its_own_precision():
+def test_a_covariance_must_be_symmetric_to_float32_rounding_whatever_its_dtype():
     A = torch.randn(6, 6, generator=torch.Generator().manual_seed(0))
     for dtype in (torch.float32, torch.float64):
         cov = (A @ torch.diag(torch.rand(6, generator=torch.Generator().manual_seed(1)) + 0.5) @ A.T).to(dtype)
@@ -73,3 +75,10 @@ def test_no_module_writes_the_integer_check_out_again():
     found = [f"{p.name}:{i}" for p in Path(unet.__file__).parent.glob("*.py") if p.name != "checks.py"
              for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert not found, found
+
+
+def test_real_numbers_of_every_kind_are_taken_and_nothing_else():
+    for v in (0.5, 2, np.float32(0.5), np.int64(2), torch.tensor(0.5), torch.tensor(2)):
+        assert type(as_real(v)) is float and as_real(v) == float(v)
+    for v in (True, "0.5", None, float("nan"), float("inf"), torch.tensor([0.5]), torch.tensor(True), 1j):
+        assert as_real(v) is None, v
