@@ -535,10 +535,10 @@ def ipndm(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
     if rho is not None and ((r := as_real(rho)) is None or r < 1):
         raise ValueError(f"rho must be None (equal-step coefficients) or a finite number >= 1, got {rho!r}")
     alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq)
-    if afs and len(pairs) == 1:
-        raise ValueError("ipndm with afs=True needs 2 steps or more: on one step the network is never called (its "
-                         "first step takes eps(x_T) = x_T); pass afs=False, or more steps")
-    if afs:         # ε(x_T) ≈ x_T is off by about √ᾱ |E x_0|
+    if afs:         # ε(x_T) ≈ x_T, off by about √ᾱ |E x_0|
+        if len(pairs) == 1:
+            raise ValueError("ipndm with afs=True needs 2 steps or more: on one step the network is never called (its "
+                             "first step takes eps(x_T) = x_T); pass afs=False, or more steps")
         check_first_step(alpha_bar, seq, "ipndm's analytical first step, eps(x_T) = x_T, holds for pure noise only: "
                                          "pass afs=False (SDEdit-like grids)")
 

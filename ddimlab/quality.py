@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import data
 from .checks import as_real, check_int, check_per_sample, check_symmetric
 from .devices import cpu_kernels, cpu_threads
 from .files import atomic_write
@@ -68,16 +69,15 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
     if any(np.iscomplexobj(a) for a in (mu1, cov1, mu2, cov2)):     # the cast below would drop the imaginary part
         raise TypeError("frechet_distance takes real means and covariances, got a complex one")
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    given1, given2 = np.atleast_2d(np.asarray(cov1)), np.atleast_2d(np.asarray(cov2))
-    cov1, cov2 = given1.astype(np.float64), given2.astype(np.float64)
+    cov1, cov2 = np.atleast_2d(np.asarray(cov1, np.float64)), np.atleast_2d(np.asarray(cov2, np.float64))
     d = mu1.shape[0]
     if mu1.shape != (d,) or mu2.shape != (d,) or cov1.shape != (d, d) or cov2.shape != (d, d):
         raise ValueError("frechet_distance needs means of shape (D,) and covariances of shape (D, D) "
                          f"with one D; got {mu1.shape}, {cov1.shape}, {mu2.shape}, {cov2.shape}")
     if not all(np.isfinite(a).all() for a in (mu1, mu2, cov1, cov2)):
         raise ValueError("frechet_distance got NaN or inf in a mean or covariance")
-    for name, c, given in (("cov1", cov1, given1), ("cov2", cov2, given2)):   # symmetric at the given dtype's rounding
-        check_symmetric(given, f"frechet_distance: {name}")
+    for name, c in (("cov1", cov1), ("cov2", cov2)):
+        check_symmetric(c, f"frechet_distance: {name}")
         if np.linalg.eigvalsh(c).min() < -1e-8 * float(np.abs(c).max()) * d:    # no eigenvalue below round-off
             raise ValueError(f"frechet_distance: {name} must be a covariance (positive semi-definite)")
     s1 = _sqrtm_psd(cov1)
@@ -115,8 +115,7 @@ class DigitsClassifier(nn.Module):
 
 def cache_dir() -> Path:
     """$DDIMLAB_CACHE, or ~/.cache/ddimlab (`data.default_cache_dir`)."""
-    from .data import default_cache_dir
-    return default_cache_dir()
+    return data.default_cache_dir()
 
 
 def _settings_key(settings: dict) -> str:
@@ -125,7 +124,6 @@ def _settings_key(settings: dict) -> str:
 
 def split_digits(resolution: int = 16, holdout: float = 0.2, seed: int = 0):
     """The real digits in [−1, 1], split into (x_train, y_train, x_test, y_test) by a fixed permutation."""
-    from . import data
     images, labels = data.load_digits(resolution)
     x = data.to_model_range(images).float()
     y = torch.as_tensor(labels).long()
@@ -235,7 +233,6 @@ def load_classifier(resolution: int = 16, retrain: bool = False,
 
 
 def _real_digits(resolution: int) -> torch.Tensor:
-    from . import data
     return data.to_model_range(data.load_digits(resolution)[0]).float()
 
 
@@ -251,8 +248,7 @@ def _as_samples(samples) -> torch.Tensor:
         return x.float().cpu() / 127.5 - 1
     if not x.dtype.is_floating_point:
         raise TypeError(f"digit samples must be float in [-1, 1] or uint8, got {x.dtype}")
-    from .data import check_model_range
-    return check_model_range(x.float()).clamp(-1, 1)  # samplers without x̂_0 clipping overshoot a little: clamped
+    return data.check_model_range(x.float()).clamp(-1, 1)  # samplers without x̂_0 clipping overshoot a little: clamped
 
 
 @torch.no_grad()

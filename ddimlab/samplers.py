@@ -244,9 +244,9 @@ def guided_eps(eps_null, eps_cond, w: float):
     write (1 + w′) ε_c − w′ ε_∅, so w = 1 + w′). Since ε = −√(1−ᾱ_t) ∇ log p_t, ε̃ is the ε of the tilted marginal
     p_t(x)^{1−w} p_t(x | c)^w at every t, which is not the noised tilted data density: notebook 10 §1.
     """
-    if as_real(w) is None:
+    weight = as_real(w)
+    if weight is None:
         raise ValueError(f"guidance weight w must be a finite number, got {w!r}")
-    w = as_real(w)
 
     def eps(x, t):
         e_null, e_cond = eps_null(x, t), eps_cond(x, t)
@@ -254,7 +254,7 @@ def guided_eps(eps_null, eps_cond, w: float):
             if not isinstance(e, torch.Tensor) or e.shape != x.shape:
                 raise ValueError(f"guided_eps: {name} must return a tensor of x's shape {tuple(x.shape)}, got "
                                  f"{tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__}")
-        return e_null + w * (e_cond - e_null)
+        return e_null + weight * (e_cond - e_null)
 
     return eps
 

@@ -170,18 +170,15 @@ def test_complex_numbers_are_refused_where_a_cast_would_drop_their_imaginary_par
 
 # ---------------------------------------------------------------------------------- a second round (helper 66)
 
-def _dropout_unet():
-    from ddimlab import unet
-    torch.manual_seed(0)
-    return unet.UNet(in_ch=1, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), resolution=8, num_groups=4,
-                     dropout=0.5)
-
-
 def test_a_network_left_in_train_mode_samples_without_dropout_and_keeps_its_mode(tmp_path):
     """sample_indices (and score_grid, reconstruction_errors) ran a model in train mode with dropout on: two identical
     calls differed, breaking "each image is a function of (seed, index)"; generate_samples set the caller's model
     to eval mode and left it there."""
-    net, seq = _dropout_unet(), schedule.timesteps(5, 1000, "trailing")
+    from ddimlab import unet
+    torch.manual_seed(0)
+    net = unet.UNet(in_ch=1, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), resolution=8, num_groups=4,
+                    dropout=0.5)                   # conftest's tiny_unet has no dropout, and is shared
+    seq = schedule.timesteps(5, 1000, "trailing")
     net.train()
     a, b = (generate.sample_indices(net, [0, 1], (1, 8, 8), AB, seq, check_range=False) for _ in range(2))
     assert torch.equal(a, b) and net.training
@@ -195,10 +192,10 @@ def test_a_network_left_in_train_mode_samples_without_dropout_and_keeps_its_mode
         checkpoint.eps_fn(net)(torch.zeros(2, 1, 8, 8, dtype=torch.float64), 5)        # was torch's "bias type"
 
 
-def test_generate_samples_checks_everything_before_it_claims_a_folder_and_records_the_schedule(tmp_path):
+def test_generate_samples_checks_everything_before_it_claims_a_folder_and_records_the_schedule(tmp_path, tiny_unet):
     """A negative seed was refused only after settings.json was written, so the folder was then "made with other
     settings"; images of another ᾱ table with the same T were added to the folder without a word."""
-    net, out = _dropout_unet().eval(), tmp_path / "s"
+    net, out = tiny_unet, tmp_path / "s"
     with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         generate.generate_samples(net, out, 2, shape=(1, 8, 8), S=3, seed=-1)
     assert not (out / "settings.json").exists()
@@ -211,12 +208,12 @@ def test_generate_samples_checks_everything_before_it_claims_a_folder_and_record
     assert generate.generate_samples(net, out, 4, shape=(1, 8, 8), S=3) == [3]
 
 
-def test_options_that_would_be_ignored_and_lists_that_repeat_are_refused():
+def test_options_that_would_be_ignored_and_lists_that_repeat_are_refused(tiny_unet):
     """sample_indices with an ODE solver dropped eta and clip_x0; lab.table1 and tables.score_grid ran a repeated S
     or η twice (and took True or "0.5" as η), score_grid with n = 0 failed in torch.cat; reproduce_table2 with
     n_images = -1 dropped the last image."""
     from ddimlab import lab, tables
-    net, seq = _dropout_unet().eval(), schedule.timesteps(5, 1000)
+    net, seq = tiny_unet, schedule.timesteps(5, 1000)
     with pytest.raises(ValueError, match="eta and clip_x0 apply to DDIM and DDPM"):
         generate.sample_indices(net, [0], (1, 8, 8), AB, seq, eta=1.0, solver="euler")
     with pytest.raises(ValueError, match="indices is empty"):
