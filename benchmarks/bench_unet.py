@@ -131,7 +131,8 @@ def main(argv=None):
 
 
 def run(args):
-    """The benchmark for parsed arguments (`main` restores the caller's thread count afterwards)."""
+    """The benchmark for parsed arguments: (results, paired), results[(model, kind)] the timings and paired[kind]
+    the speed-up over diffusers (`speedup`). `main` restores the caller's thread count afterwards."""
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     cuda = device.type == "cuda"
     batch = args.batch or (128 if cuda else 8)
@@ -210,7 +211,7 @@ def run(args):
                    ratio_train_best=best_t, max_abs_diff=err, paired=paired,
                    results={f"{n}/{k}": v for (n, k), v in results.items()})
         files.atomic_write(args.json, lambda fh: fh.write(json.dumps(out, indent=2)), text=True)
-    return results
+    return results, paired
 
 
 def speedup(theirs: list, ours: list) -> dict:

@@ -19,3 +19,5 @@ def test_gpu_check_pipeline_runs_with_tiny_sizes(tmp_path, capsys):
     assert report["train"]["resume_ok"] and report["sample"]["finite"] and report["sample"]["n"] == 8
     assert json.loads((tmp_path / "gpu_check.json").read_text())["train"]["steps"] == 4
     assert {b["model"] for b in report["bench"]} == {"ddimlab", "diffusers"}
+    ours = next(b for b in report["bench"] if b["model"] == "ddimlab")   # the measured ratio, printed beside it
+    assert ours["forward_vs_diffusers"]["ratio"] > 0 and "ddimlab over diffusers" in out
