@@ -227,7 +227,8 @@ class UNet(nn.Module):
             raise ValueError(f"image size {tuple(x.shape[2:])} must be divisible by {factor} "
                              f"(2^(len(ch_mult)-1))")
         t = _as_steps(t, x)
-        temb = self.temb.dense[1](F.silu(self.temb.dense[0](timestep_embedding(t, self.ch))))
+        emb = timestep_embedding(t, self.ch).to(self.temb.dense[0].weight.dtype)   # a bf16/half/float64 network too
+        temb = self.temb.dense[1](F.silu(self.temb.dense[0](emb)))
         temb = F.silu(temb)  # every residual block applies swish to temb before projecting it
 
         hs = [self.conv_in(x)]

@@ -163,3 +163,23 @@ def test_bad_inputs_raise():
         net(torch.randn(1, 2, 7, 8), 0)
     with pytest.raises(TypeError, match="t must be"):
         net(torch.randn(1, 2, 8, 8), "10")
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-5), (torch.bfloat16, 0.05), (torch.float16, 0.01)])
+def test_network_cast_to_another_dtype_runs_and_agrees_with_float32(randomize, dtype, tol):
+    """`net.to(torch.bfloat16)` without autocast used to fail inside torch (the step embedding stayed float32);
+    the cast network must give the float32 network's ε̂ to that dtype's rounding, and sample in that dtype."""
+    from ddimlab import checkpoint, samplers, schedule
+
+    ref = randomize(small()).eval()
+    net = small().eval()
+    net.load_state_dict(ref.state_dict())
+    net.to(dtype)
+    x, t = torch.randn(3, 2, 8, 8), torch.tensor([5, 500, 999])
+    with torch.no_grad():
+        want, got = ref(x, t), net(x.to(dtype), t)
+    assert got.dtype == dtype
+    assert (got.double() - want.double()).abs().max() / want.abs().max() < tol
+    abar = schedule.make_alpha_bar("linear", 1000)
+    x0 = samplers.ddim_sample(checkpoint.eps_fn(net), x.to(dtype), abar, schedule.timesteps(5, 1000, "uniform"))
+    assert x0.dtype == dtype and torch.isfinite(x0).all()
