@@ -153,19 +153,30 @@ def sample_indices(model, indices, shape, alpha_bar, seq, eta=0.0, seed: int = 0
 def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, eta=0.0, spacing: str = "quad",
                      alpha_bar=None, batch_size: int = 250, seed: int = 0, clip_x0: bool | None = None,
                      rank: int | None = None, world_size: int | None = None, device=None, amp: bool = False,
-                     progress: bool = False) -> list[int]:
+                     progress: bool = False, model_id: str | None = None) -> list[int]:
     """Write samples 0..n−1 as `out_dir/{i:06d}.png`; returns the indices this call wrote.
 
     This rank makes indices rank, rank + world_size, …; an index whose file exists is skipped, so a
     crashed run resumes where it stopped and gives the images an uninterrupted run would have.
     `out_dir/settings.json` records what the images are a function of (the model's weights and the ᾱ table by their
     sha256, seed, S, η, spacing, shape, clipping, amp); a folder made with other settings is a ValueError, never reused.
-    `model` is a network `model(x, t)` or any callable eps(x, t) (whose weights cannot be recorded: a folder resumed
-    with another callable is not noticed); alpha_bar defaults to DDPM's linear
+    `model` is a network `model(x, t)`, `checkpoint.eps_fn` of one, or any callable eps(x, t); a callable's weights
+    cannot be hashed, so name them with `model_id` (a checkpoint path and step, say; recorded and compared like the
+    hash) or get a warning that a resume with other weights would not be noticed. alpha_bar defaults to DDPM's linear
     schedule with T = 1000; η and the steps as in `sample_indices` and `sampling_steps`.
     """
     n, batch_size, seed, eta = check_int("n", n, 0), check_int("batch_size", batch_size), check_int("seed", seed, 0), \
         check_eta(eta)                   # all before settings.json is written: a typo must not claim the folder
+    model_key = weights_sha256(model)
+    if model_key is None and model_id is None:
+        warnings.warn(f"{out_dir}: the weights of a plain eps callable cannot be recorded, so a resume with other "
+                      "weights would not be noticed; pass model_id= to name them", stacklevel=2)
+    elif model_id is not None:
+        if model_key is not None:
+            raise ValueError("model_id names a plain callable's weights; a network's are recorded by their sha256")
+        if not isinstance(model_id, str) or not model_id.strip():
+            raise ValueError(f"model_id must be a non-empty string naming the weights, got {model_id!r}")
+        model_key = f"id:{model_id}"
     shape = tuple(int(d) for d in shape)
     if len(shape) != 3 or shape[0] not in (1, 3):
         raise ValueError(f"shape must be (C, H, W) with C = 1 or 3 (PNG), got {shape}")
@@ -174,7 +185,7 @@ def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, 
     seq = sampling_steps(S, alpha_bar.shape[0], spacing)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _claim(out_dir, dict(model=weights_sha256(model), T=int(alpha_bar.shape[0]), seed=seed, S=int(S), eta=str(eta),
+    _claim(out_dir, dict(model=model_key, T=int(alpha_bar.shape[0]), seed=seed, S=int(S), eta=str(eta),
                          spacing=spacing, shape=list(shape), clip_x0=clip_x0, amp=bool(amp),
                          alpha_bar=_sha256(alpha_bar.to(torch.float64).cpu())))
     todo = [i for i in range(rank, n, world_size) if not (out_dir / f"{i:06d}.png").exists()]
@@ -194,7 +205,9 @@ def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, 
 
 
 def weights_sha256(model) -> str | None:
-    """sha256 over a network's parameter and buffer names and values (None for a plain eps callable)."""
+    """sha256 over a network's parameter and buffer names and values, also through `checkpoint.eps_fn`'s adapter
+    (None for any other callable)."""
+    model = getattr(model, "network", model)
     if not isinstance(model, torch.nn.Module):
         return None
     return _sha256(*(item for name, v in sorted(model.state_dict().items()) for item in (name, v)))

@@ -1,6 +1,7 @@
 """The library used as a careless user would (helper 63): each call below returned a silently wrong answer (finite but
 wrong, or NaN) or failed deep inside torch or numpy without naming the argument. Each must now be a ValueError or
 TypeError that says what was wrong."""
+import copy
 import json
 import math
 
@@ -323,3 +324,27 @@ def test_ipndm_says_when_its_analytical_first_step_does_not_hold(toy_setup):
     assert float((with_afs - ref).norm()) > 3 * float((ode.ipndm(eps, x_T, AB, grid, afs=False) - ref).norm())
     with pytest.raises(ValueError, match="needs 2 steps or more"):
         ode.ipndm(eps, x_T, AB, torch.tensor([999]))
+
+
+def test_generate_samples_records_the_weights_behind_eps_fn_and_a_named_callable(tmp_path, tiny_unet):
+    """A folder made with checkpoint.eps_fn(net), or any callable, recorded no weights: resumed with another network's
+    eps it mixed two models' images without a word. eps_fn's network is now hashed, and model_id names the rest."""
+    other = copy.deepcopy(tiny_unet)
+    with torch.no_grad():
+        other.conv_in.weight.add_(0.1)
+    out, kw = tmp_path / "s", dict(shape=(1, 8, 8), S=3)
+    generate.generate_samples(checkpoint.eps_fn(tiny_unet), out, 2, **kw)
+    assert generate.generate_samples(tiny_unet, out, 3, **kw) == [2]          # the same weights, adapted or not
+    with pytest.raises(ValueError, match="other settings|model"):
+        generate.generate_samples(checkpoint.eps_fn(other), out, 4, **kw)
+    eps = checkpoint.eps_fn(tiny_unet)
+    plain = lambda x, t: eps(x, t)  # noqa: E731
+    with pytest.warns(UserWarning, match="pass model_id= to name them"):
+        generate.generate_samples(plain, tmp_path / "p", 1, **kw)
+    generate.generate_samples(plain, tmp_path / "q", 1, model_id="run-a step 1000", **kw)
+    with pytest.raises(ValueError, match="other settings|model"):
+        generate.generate_samples(plain, tmp_path / "q", 2, model_id="run-b step 1000", **kw)
+    for bad, net in (("", plain), (7, plain), ("a", tiny_unet)):
+        with pytest.raises(ValueError, match="model_id"):
+            generate.generate_samples(net, tmp_path / "r", 1, model_id=bad, **kw)
+    assert not (tmp_path / "r").exists()
