@@ -50,6 +50,7 @@ from .samplers import sample
 DATASETS = ("digits", "digits_rgb", "cifar10")
 LR_DECAYS = ("cosine", "none")
 T_SAMPLINGS = ("cosine", "uniform")
+INITS = ("torch", "ddpm")
 
 
 @dataclass
@@ -68,6 +69,8 @@ class TrainConfig:
     attn_resolutions: tuple = (4,)
     dropout: float = 0.0
     num_groups: int = 8                  # GroupNorm groups (DDPM: 32)
+    init: str = "torch"                  # weights: "torch" (PyTorch's defaults, as the DDIM authors' port) or "ddpm"
+                                         # (the official code's, unet.ddpm_init_: each residual branch starts off)
     # diffusion
     schedule: str = "linear"
     T: int = 1000
@@ -103,7 +106,7 @@ PRESETS: dict[str, dict] = {
     "cifar10": dict(
         dataset="cifar10", resolution=32, hflip=True,
         ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1, num_groups=32,
-        t_sampling="uniform", steps=800_000, batch_size=128, lr=2e-4, warmup=5000, lr_decay="none", grad_clip=1.0,
+        init="ddpm", t_sampling="uniform", steps=800_000, batch_size=128, lr=2e-4, warmup=5000, lr_decay="none", grad_clip=1.0,
         ema_decay=0.9999, ema_warmup=False,
         out="runs/cifar10", log_every=100, ckpt_every=10_000, sample_every=10_000, n_samples=64,
     ),
@@ -249,6 +252,8 @@ def validate_config(c: TrainConfig) -> TrainConfig:
         raise ValueError(f"lr_decay must be one of {LR_DECAYS}, got {c.lr_decay!r}")
     if c.t_sampling not in T_SAMPLINGS:
         raise ValueError(f"t_sampling must be one of {T_SAMPLINGS}, got {c.t_sampling!r}")
+    if c.init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {c.init!r}")
     if c.schedule not in schedule.SCHEDULES:
         raise ValueError(f"schedule must be one of {schedule.SCHEDULES}, got {c.schedule!r}")
     if c.data_root is not None and c.dataset != "cifar10":
@@ -260,7 +265,8 @@ def validate_config(c: TrainConfig) -> TrainConfig:
 
 def config_from_dict(d: dict) -> TrainConfig:
     """Rebuild a TrainConfig saved with `dataclasses.asdict` (lists back to tuples, unknown keys dropped).
-    A config saved before `lr_decay` (`t_sampling`) existed trained with a constant rate (uniform t)."""
+    A config saved before `lr_decay` (`t_sampling`) existed trained with a constant rate (uniform t), and one saved
+    before `init` with PyTorch's initialisation (the field's default)."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     d = {"lr_decay": "none", "t_sampling": "uniform", **d}
     return TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
@@ -269,8 +275,9 @@ def config_from_dict(d: dict) -> TrainConfig:
 # --------------------------------------------------------------------------- building blocks
 
 def build_model(config: TrainConfig, in_ch: int) -> torch.nn.Module:
-    """The DDPM UNet (`ddimlab.unet.UNet`) at the config's size."""
-    return unet.UNet(in_ch=in_ch, **{k: getattr(config, k) for k in MODEL_KEYS})
+    """The DDPM UNet (`ddimlab.unet.UNet`) at the config's size, initialised as `config.init` says."""
+    net = unet.UNet(in_ch=in_ch, **{k: getattr(config, k) for k in MODEL_KEYS})
+    return unet.ddpm_init_(net) if config.init == "ddpm" else net
 
 
 def load_dataset(config: TrainConfig) -> torch.Tensor:

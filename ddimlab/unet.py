@@ -285,6 +285,20 @@ def _as_steps(t, x: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def ddpm_init_(net: UNet) -> UNet:
+    """The official DDPM code's initialisation, in place (Ho et al.'s diffusion_tf, `nn.default_init`; notebook 06 §1):
+    every conv and dense weight uniform with variance scale / fan_avg, fan_avg = (fan_in + fan_out) / 2 (Glorot's
+    uniform), biases 0, and scale 1e-10 (their `init_scale=0.`) for the last conv of each residual block, the attention
+    output and the output conv: the untrained network answers ≈ 0 and every block starts as the identity. `UNet`
+    otherwise keeps PyTorch's defaults (variance by fan_in alone, every branch on), as the DDIM authors' port does."""
+    for name, m in net.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            last = name.endswith((".conv2", ".proj_out")) or name == "conv_out"
+            nn.init.xavier_uniform_(m.weight, gain=math.sqrt(1e-10 if last else 1.0))
+            nn.init.zeros_(m.bias)
+    return net
+
+
 def cifar10_unet(**overrides) -> UNet:
     """The paper's CIFAR-10 UNet (35,746,307 parameters with the defaults; notebook 06 §1)."""
     net = UNet(**{**PRESETS["cifar10"], **overrides})

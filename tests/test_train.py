@@ -306,3 +306,16 @@ def test_a_failed_resume_leaves_config_json_alone(tmp_path):
         tr.train(dataclasses.replace(c, steps=8, lr=1e6, warmup=0, grad_clip=0.0), resume=True)
     assert (tmp_path / "run" / "config.json").read_text() == config_json
     assert load_checkpoint(tmp_path / "run" / "ckpt.pt")["config"]["lr"] == c.lr
+
+
+def test_cifar10_preset_uses_the_official_initialisation_and_old_configs_read_as_torch():
+    assert tr.make_config("cifar10").init == "ddpm" and tr.make_config("digits").init == "torch"
+    with pytest.raises(ValueError, match="init must be one of"):
+        tr.make_config("digits", {"init": "xavier"})
+    old = dataclasses.asdict(tr.make_config("digits"))
+    del old["init"]                                          # a checkpoint saved before the field existed
+    assert tr.config_from_dict(old).init == "torch"
+    small = dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), num_groups=4)
+    net = tr.build_model(tr.make_config("digits", {"init": "ddpm", **small}), in_ch=1)
+    with torch.no_grad():
+        assert net(torch.randn(2, 1, 8, 8), torch.tensor([5, 900])).abs().max() < 1e-3

@@ -183,3 +183,29 @@ def test_network_cast_to_another_dtype_runs_and_agrees_with_float32(randomize, d
     abar = schedule.make_alpha_bar("linear", 1000)
     x0 = samplers.ddim_sample(checkpoint.eps_fn(net), x.to(dtype), abar, schedule.timesteps(5, 1000, "uniform"))
     assert x0.dtype == dtype and torch.isfinite(x0).all()
+
+
+def test_ddpm_init_starts_every_residual_branch_off_with_glorot_variance_elsewhere():
+    """The official code's initialisation (diffusion_tf `default_init`): fan-average uniform weights, zero biases, and
+    ~0 for each residual branch's last conv, the attention output and the output conv, so the untrained network
+    answers ~0 and each block is the identity. Variances against 2 / (fan_in + fan_out) from the shapes, in SE."""
+    torch.manual_seed(0)
+    net = unet.ddpm_init_(small())
+    x, t = torch.randn(4, 2, 8, 8), torch.tensor([0, 300, 600, 999])
+    with torch.no_grad():
+        assert net(x, t).abs().max() < 1e-3                  # PyTorch's default init answers O(0.1)
+        assert small()(x, t).abs().max() > 1e-2
+        block = net.mid.block_1
+        h = torch.randn(4, block.conv1.in_channels, 2, 2)
+        temb = torch.randn(4, block.temb_proj.in_features)
+        torch.testing.assert_close(block(h, temb), h, atol=1e-4, rtol=0)
+    for name, m in net.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            w = m.weight.detach().double()
+            k = w[0, 0].numel() if w.ndim == 4 else 1
+            want = 2 / ((w.shape[0] + w.shape[1]) * k)
+            if name.endswith((".conv2", ".proj_out")) or name == "conv_out":
+                want *= 1e-10
+            se = want * math.sqrt(0.8 / w.numel())            # SE of a uniform sample's variance: var * sqrt(4/5 / n)
+            assert abs(float(w.pow(2).mean()) - want) < 5 * se, name
+            assert not m.bias.any(), name
