@@ -58,7 +58,11 @@ def alpha_bar_cont(alpha_bar: torch.Tensor, t) -> torch.Tensor:
 
     t: int, float, or a tensor (integer or floating). Returns float64 of t's shape.
     """
-    alpha_bar = validate_alpha_bar(alpha_bar)       # a β table, increasing, gave a finite wrong ᾱ(t)
+    return _alpha_bar_cont(validate_alpha_bar(alpha_bar), t)    # a β table, increasing, gave a finite wrong ᾱ(t)
+
+
+def _alpha_bar_cont(alpha_bar: torch.Tensor, t) -> torch.Tensor:
+    """`alpha_bar_cont` on a table already validated (`toy.exact_eps`, called at every step)."""
     t = torch.as_tensor(t if isinstance(t, torch.Tensor) else np.asarray(t), device=alpha_bar.device)
     T = alpha_bar.shape[0]
     if not t.dtype.is_floating_point:

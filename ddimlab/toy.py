@@ -351,7 +351,7 @@ def exact_eps(mixture: GaussianMixture, alpha_bar: torch.Tensor):
     alpha_bar = schedule.validate_alpha_bar(alpha_bar)      # a β table gave a finite, wrong ε*
 
     def eps(x: torch.Tensor, t) -> torch.Tensor:
-        a = ode.alpha_bar_cont(alpha_bar, t)
+        a = ode._alpha_bar_cont(alpha_bar, t)              # validated once, above
         if a.ndim == 1 and a.shape[0] == 1 and x.shape[0] != 1:
             a = a[0]
         return mixture.eps(x, a)
