@@ -175,9 +175,9 @@ def karras_timesteps(S: int, alpha_bar: torch.Tensor, rho: float = 7.0, t_max: i
 def power_timesteps(S: int, T: int = 1000, kappa: float = 2.0) -> torch.Tensor:
     """Integer steps with t_i + 1 = T (1 − i/S)^κ, i = 0..S−1: uniform in (t+1)^{1/κ} down to t = −1, σ = 0 (notebook 08 §5).
 
-    κ = 1 is uniform in t; κ = 2 is the "time-quadratic" spacing (Zhang & Chen 2023, DEIS §5; the DDIM code's
-    `quad` is its reverse, from 0 up to 0.8 T). The grid's next point after the last one, i = S, is the final
-    step to ᾱ_{−1} = 1 that every solver takes, so the steps shrink smoothly into σ = 0 (σ ∝ √(t+1) there).
+    κ = 1 is uniform in t; κ = 2 is the "time-quadratic" spacing (Zhang & Chen 2023, DEIS: `ts_phase="t"`, order 2 in
+    their code); the DDIM code's `quad` is its reverse, from 0 up to 0.8 T. The grid's next point after the last one,
+    i = S, is the final step to ᾱ_{−1} = 1 that every solver takes, so the steps shrink smoothly into σ = 0 (σ ∝ √(t+1) there).
     Starts at T − 1; steps that round to the same integer are moved apart (`_distinct_steps`): exactly S steps.
     """
     T = check_int("T", T)
@@ -429,7 +429,7 @@ def dpm_solver_pp_3m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, 
 
 
 def unipc_coefficients(r, h: float) -> list[float]:
-    """UniPC's weights a_k on the scaled differences (D_k − D_t)/r_k (Zhao et al. 2023, §3; notebook 08 §4).
+    """UniPC's weights a_k on the scaled differences (D_k − D_t)/r_k (Zhao et al. 2023; notebook 08 §4).
 
     r: the nodes r_k = (λ_k − λ_t)/h of the previous steps (negative), plus r = 1 (the new point) for the
     corrector. With B(h) = 1 − e^{−h}, matching x̄_s's Taylor terms h^{m+1} φ_{m+1}(−h) D^{(m)}, m = 1..p−1
@@ -448,7 +448,8 @@ def unipc_coefficients(r, h: float) -> list[float]:
 
 def unipc(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None, *, order: int = 2,
           corrector: bool = True):
-    """UniPC (Zhao et al. 2023, Alg. 1–2, "bh2"): UniP-p predictor and UniC-p corrector in x̂_0. NFE = S (notebook 08 §4).
+    """UniPC (Zhao et al. 2023; "bh2" as in their `uni_pc.py`): UniP-p predictor and UniC-p corrector in x̂_0. NFE = S
+    (notebook 08 §4).
 
     Each step starts from the DDIM (DPM-Solver-1) step x̄' = e^{−h} x̄_t + (1 − e^{−h}) D_t and adds
     B(h) Σ_k a_k (D_k − D_t)/r_k over the p − 1 previous D's (`unipc_coefficients`). The corrector then
@@ -503,7 +504,7 @@ def adams_coefficients(k: int, implicit: bool = False) -> list[float]:
     (Adams–Bashforth, explicit) or u = 1, 0, …, −(k−2) (Adams–Moulton, with the new point first).
 
     k = 2: 3/2, −1/2; k = 3: 23/12, −16/12, 5/12; k = 4: 55/24, −59/24, 37/24, −9/24 (Adams–Bashforth), the
-    coefficients of iPNDM (Zhang & Chen 2023, DEIS §4, as in `ipndm`); Adams–Moulton k = 2 is the trapezoid ½, ½.
+    coefficients of iPNDM (Zhang & Chen 2023, DEIS, as in `ipndm`); Adams–Moulton k = 2 is the trapezoid ½, ½.
     """
     k = check_int("k", k, 1, 6)
     nodes = [float(1 - j) for j in range(k)] if implicit else [float(-j) for j in range(k)]
@@ -512,7 +513,8 @@ def adams_coefficients(k: int, implicit: bool = False) -> list[float]:
 
 def ipndm(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None, *, order: int = 3,
           afs: bool = True, rho: float | None = None, corrector: bool = False):
-    """iPNDM: Adams–Bashforth on dx̄/dσ = ε (Zhang & Chen 2023, DEIS §4 "iPNDM"). NFE = S − 1 with afs, else S (notebook 08 §6).
+    """iPNDM: Adams–Bashforth on dx̄/dσ = ε (Zhang & Chen 2023, DEIS; `get_sampler_ipndm` in their code, qsh-zh/deis).
+    NFE = S − 1 with afs, else S (notebook 08 §6).
 
     x̄_s = x̄_t + ∫_{σ_t}^{σ_s} P(σ) dσ, with P the polynomial through the last `order` ε's (fewer at the start):
 
