@@ -118,7 +118,7 @@ def _refuse_existing(overwrite: bool, *paths: Path, hint: str = "") -> None:
                               f"{'it' if one else 'them'}{hint} or choose another --out")
 
 
-def _check_grid(n: int, shape, nrow, scale: int, fewer: str = "--n") -> None:
+def _check_png_grid(n: int, shape, nrow, scale: int, fewer: str = "--n") -> None:
     """Before the work: the PNG grid of n images of `shape` at `scale` must be one that Pillow opens without a
     decompression-bomb warning (`Image.MAX_IMAGE_PIXELS`, 89 million pixels; `--input` reads PNGs with Pillow too).
     `fewer`: how the command is given fewer images."""
@@ -205,7 +205,7 @@ def cmd_sample(args, png: Path, npz: Path) -> int:
     net, abar, device, seq = _model_for(args)
     kwargs = _sampler_kwargs(args)
     shape, n, bs = _image_shape(net), args.n, args.batch_size
-    _check_grid(n, shape, args.nrow, args.scale)
+    _check_png_grid(n, shape, args.nrow, args.scale)
     bar, callback = progress(len(seq) * -(-n // bs), f"sample ({args.sampler})", not args.no_progress)
     t0 = time.perf_counter()
     with bar:
@@ -226,7 +226,7 @@ def cmd_sample(args, png: Path, npz: Path) -> int:
 def cmd_invert(args, png: Path, npz: Path) -> int:
     net, abar, device, seq = _model_for(args)
     x0 = data.read_images(args.input, _image_shape(net)).to(device)
-    _check_grid(2 * len(x0), x0.shape, len(x0), args.scale, fewer="pass fewer images")
+    _check_png_grid(2 * len(x0), x0.shape, len(x0), args.scale, fewer="pass fewer images")
     bar, callback = progress(2 * len(seq), "invert + decode", not args.no_progress)
     eps = checkpoint.eps_fn(net, args.amp)
     with bar:
@@ -277,7 +277,7 @@ def cmd_interpolate(args, png: Path, npz: Path) -> int:
     if torch.equal(z0, z1):
         raise ValueError("the two latents are the same (" + (f"--index {i} {j}" if args.latents else
                          f"--seeds {args.seeds[0]} {args.seeds[1]}") + "): interpolation needs two different ones")
-    _check_grid(args.n, z0.shape, args.n, args.scale)
+    _check_png_grid(args.n, z0.shape, args.n, args.scale)
     lam = torch.linspace(0, 1, args.n)
     z = slerp(z0, z1, lam.to(device))
     bar, callback = progress(len(seq), "interpolate", not args.no_progress)
