@@ -131,8 +131,9 @@ def main(argv=None):
 
 
 def run(args):
-    """The benchmark for parsed arguments: (results, paired), results[(model, kind)] the timings and paired[kind]
-    the speed-up over diffusers (`speedup`). `main` restores the caller's thread count afterwards."""
+    """The benchmark for parsed arguments; returns what --json writes: the timings under results["<model>/<kind>"],
+    the speed-ups over diffusers under paired[kind] (`speedup`), macs and peak_tflops. `main` restores the caller's
+    thread count afterwards."""
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     cuda = device.type == "cuda"
     batch = args.batch or (128 if cuda else 8)
@@ -205,13 +206,13 @@ def run(args):
     if peak:
         print(f"bound at {peak:.0f} TFLOP/s bf16: {bound_fwd:,.0f} img/s forward, {bound_train:,.0f} img/s training")
 
+    out = dict(device=where, batch=batch, bf16=bf16, compile=args.compile, iters=iters, macs=macs,
+               peak_tflops=peak, ratio_forward=ratio_f, ratio_train=ratio_t, ratio_forward_best=best_f,
+               ratio_train_best=best_t, max_abs_diff=err, paired=paired,
+               results={f"{n}/{k}": v for (n, k), v in results.items()})
     if args.json:
-        out = dict(device=where, batch=batch, bf16=bf16, compile=args.compile, iters=iters, macs=macs,
-                   peak_tflops=peak, ratio_forward=ratio_f, ratio_train=ratio_t, ratio_forward_best=best_f,
-                   ratio_train_best=best_t, max_abs_diff=err, paired=paired,
-                   results={f"{n}/{k}": v for (n, k), v in results.items()})
         files.atomic_write(args.json, lambda fh: fh.write(json.dumps(out, indent=2)), text=True)
-    return results, paired
+    return out
 
 
 def speedup(theirs: list, ours: list) -> dict:

@@ -50,12 +50,10 @@ def bench(args, device) -> list[dict]:
         argv = ["--device", str(device), "--batch", str(args.bench_batch), "--iters", str(args.iters),
                 "--warmup", str(args.warmup), "--preset", "tiny" if args.tiny else "cifar10"] + (
                     ["--compile"] if compile_ else [])
-        results, paired = bench_unet.main(argv)
-        peak = bench_unet.peak_tflops(device, None)
-        net = bench_unet.unet.UNet(**bench_unet.unet.PRESETS["tiny" if args.tiny else "cifar10"])
-        flops = 2 * bench_unet.unet.count_macs(net)
+        run = bench_unet.main(argv)
+        peak, flops, paired = run["peak_tflops"], 2 * run["macs"], run["paired"]
         for name in ("ddimlab", "diffusers"):
-            f, t = results[(name, "forward")], results[(name, "train")]
+            f, t = run["results"][f"{name}/forward"], run["results"][f"{name}/train"]
             rows.append(dict(setting="compile" if compile_ else "eager", model=name, batch=args.bench_batch,
                              forward_img_s=f["images_per_s"], train_img_s=t["images_per_s"],
                              forward_bound=100 * f["images_per_s"] * flops / (peak * 1e12) if peak else None,
@@ -112,6 +110,7 @@ def main(argv=None) -> dict:
     p.add_argument("--tiny", action="store_true", help="tiny sizes, any device, seconds (what the tests run)")
     p.add_argument("--out", default=None, help="folder for the run and gpu_check.json (default: a temporary folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-bench", action="store_true", help="skip the UNet benchmark (stage 1): training and sampling only")
     args = p.parse_args(argv)
     sizes = dict(bench_batch=1, iters=1, warmup=0, train_steps=4, train_batch=8, n_samples=8, sample_batch=4,
                  sample_steps=3) if args.tiny else dict(bench_batch=128, iters=20, warmup=5, train_steps=400,
@@ -127,7 +126,7 @@ def main(argv=None) -> dict:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="ddimlab_gpu_check_"))
     t0 = time.perf_counter()
     report = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
-                  torch=torch.__version__, bench=bench(args, device))
+                  torch=torch.__version__, bench=[] if args.no_bench else bench(args, device))
     report["train"] = train_and_resume(args, device, out / "run")
     report["sample"] = sample(args, device, out / "run")
     report["seconds"] = time.perf_counter() - t0

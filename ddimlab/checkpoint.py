@@ -552,5 +552,5 @@ def eps_fn(model, amp: bool = False):
             for m in training:
                 m.training = True
         return getattr(out, "sample", out).to(x.dtype)
-    eps.network = model           # what generate_samples records the weights of
+    eps.network, eps.amp = model, amp      # what generate_samples records of the weights and precision
     return eps

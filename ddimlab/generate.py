@@ -167,16 +167,7 @@ def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, 
     """
     n, batch_size, seed, eta = check_int("n", n, 0), check_int("batch_size", batch_size), check_int("seed", seed, 0), \
         check_eta(eta)                   # all before settings.json is written: a typo must not claim the folder
-    model_key = weights_sha256(model)
-    if model_key is None and model_id is None:
-        warnings.warn(f"{out_dir}: the weights of a plain eps callable cannot be recorded, so a resume with other "
-                      "weights would not be noticed; pass model_id= to name them", stacklevel=2)
-    elif model_id is not None:
-        if model_key is not None:
-            raise ValueError("model_id names a plain callable's weights; a network's are recorded by their sha256")
-        if not isinstance(model_id, str) or not model_id.strip():
-            raise ValueError(f"model_id must be a non-empty string naming the weights, got {model_id!r}")
-        model_key = f"id:{model_id}"
+    model_key = _model_key(model, model_id, out_dir)
     shape = tuple(int(d) for d in shape)
     if len(shape) != 3 or shape[0] not in (1, 3):
         raise ValueError(f"shape must be (C, H, W) with C = 1 or 3 (PNG), got {shape}")
@@ -186,7 +177,8 @@ def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _claim(out_dir, dict(model=model_key, T=int(alpha_bar.shape[0]), seed=seed, S=int(S), eta=str(eta),
-                         spacing=spacing, shape=list(shape), clip_x0=clip_x0, amp=bool(amp),
+                         spacing=spacing, shape=list(shape), clip_x0=clip_x0,
+                         amp=bool(amp or getattr(model, "amp", False)),            # eps_fn(net, amp=True) too
                          alpha_bar=_sha256(alpha_bar.to(torch.float64).cpu())))
     todo = [i for i in range(rank, n, world_size) if not (out_dir / f"{i:06d}.png").exists()]
     batches = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
@@ -204,10 +196,29 @@ def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, 
     return todo
 
 
+def _model_key(model, model_id, out_dir) -> str | None:
+    """What settings.json records of the weights: their sha256, or "id:<model_id>" for a plain callable (None, with a
+    warning, when it has neither)."""
+    key = weights_sha256(model)
+    if model_id is None:
+        if key is None:
+            warnings.warn(f"{out_dir}: the weights of a plain eps callable cannot be recorded, so a resume with other "
+                          "weights would not be noticed; pass model_id= to name them", stacklevel=3)
+        return key
+    if key is not None:
+        raise ValueError("model_id names a plain callable's weights; a network's are recorded by their sha256")
+    if not isinstance(model_id, str):
+        raise TypeError(f"model_id must be a string naming the weights, got {type(model_id).__name__}")
+    if not model_id.strip():
+        raise ValueError("model_id is empty; name the weights, e.g. a checkpoint path and step")
+    return f"id:{model_id}"
+
+
 def weights_sha256(model) -> str | None:
     """sha256 over a network's parameter and buffer names and values, also through `checkpoint.eps_fn`'s adapter
     (None for any other callable)."""
-    model = getattr(model, "network", model)
+    if not isinstance(model, torch.nn.Module):
+        model = getattr(model, "network", model)          # eps_fn's adapter (a Module's own `.network` is not unwrapped)
     if not isinstance(model, torch.nn.Module):
         return None
     return _sha256(*(item for name, v in sorted(model.state_dict().items()) for item in (name, v)))
@@ -234,6 +245,10 @@ def _claim(out_dir: Path, settings: dict) -> None:
             raise ValueError(f"{path} is damaged; delete {out_dir} (its images cannot be told apart from other runs')")
         def same(k):        # η as a number: older folders recorded str(0) for η = 0
             return str(check_eta(saved[k])) == settings[k] if k == "eta" else saved[k] == settings[k]
+        if "model" in saved and saved["model"] is None and settings["model"] is not None:
+            raise ValueError(f"{path} records no weights (made from a plain callable, or from checkpoint.eps_fn before "
+                             "ddimlab recorded the network behind it), so these images cannot be told from another "
+                             "model's; finish it with that same plain callable, or choose a new folder")
         diff = [("another model" if k == "model" else "another alpha_bar table" if k == "alpha_bar" else
                  f"{k} {saved.get(k)!r} there, {settings[k]!r} now")
                 for k in settings if k in saved and not same(k)]     # older folders recorded fewer keys

@@ -41,6 +41,8 @@ def config_key(config: train.TrainConfig) -> str:
     """12 hex digits of sha256 over the weight-determining fields of `config` (and the device type; on the CPU,
     its kernels)."""
     d = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_IN_KEY}
+    if d["init"] == "torch":      # the field's default, absent from the key before it existed: the same weights keep their cache
+        del d["init"]
     d["device"] = "cuda" if str(d["device"]).startswith("cuda") else str(d["device"])
     if d["device"] == "cpu":
         d["cpu_kernels"] = devices.cpu_kernels()

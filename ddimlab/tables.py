@@ -142,14 +142,15 @@ def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list
                      n_samples: int = 50_000, spacing: str = "quad", shape=(3, 32, 32), alpha_bar=None,
                      feature_fn=None, reference=None, batch_size: int = 250, seed: int = 0, device=None,
                      amp: bool = False, rank: int | None = None, world_size: int | None = None,
-                     progress: bool = False) -> list[dict]:
+                     progress: bool = False, model_id: str | None = None) -> list[dict]:
     """DDIM Table 1: FID for every (η, S), measured beside the paper's (PAPER_TABLE1).
 
     Samples go to `out_dir/samples/eta<η>_S<S>/` (resumable, split over ranks); rank 0 then scores
     each set — with Inception through torch-fidelity against CIFAR-10 train when feature_fn is None,
     else with feature_fn against `reference` — and writes `table1.csv` and `table1.md`. Returns the
     rows on rank 0 ([] elsewhere): dict(eta, S, seconds, steps, n, fid, paper_fid).
-    The paper used 50,000 samples and quadratic steps; fewer samples bias FID upwards.
+    The paper used 50,000 samples and quadratic steps; fewer samples bias FID upwards. model_id: names a plain
+    callable's weights, as in `generate_samples`.
     """
     rank, world_size = resolve_rank(rank, world_size)
     alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else torch.as_tensor(alpha_bar)
@@ -160,7 +161,7 @@ def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list
         d = out_dir / "samples" / f"eta{'_sigma_hat' if eta == SIGMA_HAT else f'{eta:g}'}_S{S}"
         generate_samples(model, d, n_samples, shape=shape, S=S, eta=eta, spacing=spacing, alpha_bar=alpha_bar,
                          batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, device=device,
-                         amp=amp, progress=progress)
+                         amp=amp, progress=progress, model_id=model_id)
         devices.barrier()
         if rank != 0:
             return {}

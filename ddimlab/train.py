@@ -120,7 +120,7 @@ PRESETS: dict[str, dict] = {
 }
 
 MODEL_KEYS = unet.CONFIG_KEYS   # must match to resume a run
-SHAPE_KEYS = ("dataset", "schedule", "T")   # and so must these
+SHAPE_KEYS = ("dataset", "schedule", "T", "init")   # and so must these (init: how the saved weights began)
 
 
 class RunExistsError(FileExistsError):

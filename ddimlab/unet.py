@@ -36,17 +36,18 @@ PRESETS = {
 CIFAR10_PARAMS = 35_746_307  # parameter count of the official checkpoint
 
 
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+def timestep_embedding(t: torch.Tensor, dim: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Sinusoidal embedding of the step t (Vaswani et al. 2017, as in DDPM's tensor2tensor version; notebook 06 §1).
 
     e(t) = [sin(t ω_0), …, sin(t ω_{h−1}), cos(t ω_0), …, cos(t ω_{h−1})],  ω_i = 10000^{−i/(h−1)},
-    h = dim // 2 (sines first, then cosines; a zero is appended if dim is odd). t may be fractional.
+    h = dim // 2 (sines first, then cosines; a zero is appended if dim is odd). t may be fractional. Computed in
+    `dtype`: float32 as the official code, float64 for a float64 network.
     """
     if t.ndim != 1:
         raise ValueError(f"t must have shape (B,), got {tuple(t.shape)}")
     half = dim // 2
-    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=t.device) * (-math.log(10000.0) / (half - 1)))
-    args = t.float()[:, None] * freqs[None, :]
+    freqs = torch.exp(torch.arange(half, dtype=dtype, device=t.device) * (-math.log(10000.0) / (half - 1)))
+    args = t.to(dtype)[:, None] * freqs[None, :]
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
     return F.pad(emb, (0, 1)) if dim % 2 else emb
 
@@ -227,7 +228,8 @@ class UNet(nn.Module):
             raise ValueError(f"image size {tuple(x.shape[2:])} must be divisible by {factor} "
                              f"(2^(len(ch_mult)-1))")
         t = _as_steps(t, x)
-        emb = timestep_embedding(t, self.ch).to(self.temb.dense[0].weight.dtype)   # a bf16/half/float64 network too
+        w = self.temb.dense[0].weight.dtype          # a network cast to bf16, float16 or float64 runs without autocast
+        emb = timestep_embedding(t, self.ch, torch.float64 if w == torch.float64 else torch.float32).to(w)
         temb = self.temb.dense[1](F.silu(self.temb.dense[0](emb)))
         temb = F.silu(temb)  # every residual block applies swish to temb before projecting it
 
@@ -289,12 +291,14 @@ def ddpm_init_(net: UNet) -> UNet:
     """The official DDPM code's initialisation, in place (Ho et al.'s diffusion_tf, `nn.default_init`; notebook 06 §1):
     every conv and dense weight uniform with variance scale / fan_avg, fan_avg = (fan_in + fan_out) / 2 (Glorot's
     uniform), biases 0, and scale 1e-10 (their `init_scale=0.`) for the last conv of each residual block, the attention
-    output and the output conv: the untrained network answers ≈ 0 and every block starts as the identity. `UNet`
-    otherwise keeps PyTorch's defaults (variance by fan_in alone, every branch on), as the DDIM authors' port does."""
-    for name, m in net.named_modules():
+    output and the output conv (weights of size 1e-5): the untrained network answers ≈ 0 and every residual and
+    attention block starts as the identity. `UNet` otherwise keeps PyTorch's defaults (variance by fan_in alone, every
+    branch on), as the DDIM authors' port does."""
+    last = {net.conv_out} | {m.conv2 for m in net.modules() if isinstance(m, ResnetBlock)} \
+        | {m.proj_out for m in net.modules() if isinstance(m, AttnBlock)}
+    for m in net.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
-            last = name.endswith((".conv2", ".proj_out")) or name == "conv_out"
-            nn.init.xavier_uniform_(m.weight, gain=math.sqrt(1e-10 if last else 1.0))
+            nn.init.xavier_uniform_(m.weight, gain=math.sqrt(1e-10 if m in last else 1.0))
             nn.init.zeros_(m.bias)
     return net
 

@@ -345,6 +345,24 @@ def test_generate_samples_records_the_weights_behind_eps_fn_and_a_named_callable
     with pytest.raises(ValueError, match="other settings|model"):
         generate.generate_samples(plain, tmp_path / "q", 2, model_id="run-b step 1000", **kw)
     for bad, net in (("", plain), (7, plain), ("a", tiny_unet)):
-        with pytest.raises(ValueError, match="model_id"):
+        with pytest.raises((ValueError, TypeError), match="model_id"):
             generate.generate_samples(net, tmp_path / "r", 1, model_id=bad, **kw)
     assert not (tmp_path / "r").exists()
+    # eps_fn's amp is recorded as amp (a folder of bf16 images is not continued in float32), and a Module that merely has
+    # a `.network` attribute is hashed whole
+    settings = lambda d: json.loads((d / "settings.json").read_text())  # noqa: E731
+    generate.generate_samples(checkpoint.eps_fn(tiny_unet, amp=True), tmp_path / "amp", 1, **kw)
+    assert settings(tmp_path / "amp")["amp"] is True
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, scale):
+            super().__init__()
+            self.network, self.scale = tiny_unet, torch.nn.Parameter(torch.tensor(scale))
+
+        def forward(self, x, t):
+            return self.scale * self.network(x, t)
+
+    assert generate.weights_sha256(Wrapper(1.0)) != generate.weights_sha256(Wrapper(2.0))
+    # a folder that recorded no weights (a plain callable) is not continued by a network, and says why
+    with pytest.raises(ValueError, match="records no weights"):
+        generate.generate_samples(tiny_unet, tmp_path / "p", 2, **kw)

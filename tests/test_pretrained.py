@@ -1,4 +1,5 @@
 """pretrained.digits_model: trains once, then loads the cache; deterministic; key; broken cache."""
+import dataclasses
 import shutil
 
 import pytest
@@ -130,3 +131,12 @@ def test_ctrl_c_while_training_the_cached_model_says_nothing_was_kept(tmp_path, 
         pretrained.digits_model(steps=10, cache_dir=tmp_path)
     assert "--resume" not in str(e.value)
     assert [p.name for p in (tmp_path / "models").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_cache_key_is_unchanged_by_fields_added_at_their_old_behaviour(monkeypatch):
+    """TrainConfig.init ("torch", the old behaviour) was added after models were cached: the key of the same
+    weights stays what it was (computed at e58c2d7, before the field), so no cache is orphaned and retrained."""
+    monkeypatch.setattr(pretrained.devices, "cpu_kernels", lambda: "AVX2")
+    config = train.make_config("digits", dict(threads=2, progress=False))
+    assert pretrained.config_key(config) == "b8d3b8f409b7"
+    assert pretrained.config_key(dataclasses.replace(config, init="ddpm")) != "b8d3b8f409b7"

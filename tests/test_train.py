@@ -319,3 +319,14 @@ def test_cifar10_preset_uses_the_official_initialisation_and_old_configs_read_as
     net = tr.build_model(tr.make_config("digits", {"init": "ddpm", **small}), in_ch=1)
     with torch.no_grad():
         assert net(torch.randn(2, 1, 8, 8), torch.tensor([5, 900])).abs().max() < 1e-3
+
+
+def test_init_cannot_change_on_resume(tmp_path):
+    """init says how the saved weights began: changing it on resume (or by --set) relabelled torch-initialised weights
+    as DDPM's in the checkpoint and config."""
+    c = tiny(tmp_path, "init", steps=2)
+    tr.train(c)
+    with pytest.raises(ValueError, match="init is 'ddpm' but the checkpoint has 'torch'"):
+        tr.train(dataclasses.replace(c, steps=3, init="ddpm"), resume=True)
+    with pytest.raises(ValueError, match="init"):
+        tr.resumed_config(c.out, ["init=ddpm"])
