@@ -533,16 +533,18 @@ def eps_fn(model, amp: bool = False):
     (else a TypeError saying so). A network with modules in train mode is called in eval mode (no dropout: sampling is
     a function of x and t only), and each module's mode is put back after the call.
     """
+    is_net = isinstance(model, torch.nn.Module)
+
     def eps(x, t):
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        if isinstance(model, torch.nn.Module) and not (amp and x.is_cuda):
+        if is_net and not (amp and x.is_cuda):
             w = next((p.dtype for p in model.parameters() if p.is_floating_point()), x.dtype)
             if w != x.dtype:      # else torch's "Input type (double) and bias type (float) should be the same"
                 raise TypeError(f"x is {x.dtype} but the network's weights are {w}: pass x.to({w}) or convert the "
                                 f"network with .to({x.dtype})")
-        training = [m for m in model.modules() if m.training] if isinstance(model, torch.nn.Module) else []
+        training = [m for m in model.modules() if m.training] if is_net else []
         for m in training:
             m.training = False          # the flag itself: .train() would set every submodule's
         try:

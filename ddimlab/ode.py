@@ -127,6 +127,15 @@ def _distinct_steps(t: torch.Tensor, t_min: int, t_max: int, T: int) -> torch.Te
     return validate_timesteps(torch.tensor(r), T)
 
 
+def _check_span(S, T: int, t_max, t_min) -> tuple[int, int, int]:
+    """(S, t_max, t_min) as ints, t_max defaulting to T − 1: 0 <= t_min < t_max <= T − 1, S >= 1."""
+    t_max = check_int("t_max", T - 1 if t_max is None else t_max, 1, T - 1)
+    t_min, S = check_int("t_min", t_min, 0, T - 2), check_int("number of steps S", S)
+    if not t_min < t_max:
+        raise ValueError(f"need 0 <= t_min < t_max <= T-1 = {T - 1}, got t_min={t_min}, t_max={t_max}")
+    return S, t_max, t_min
+
+
 def lambda_timesteps(S: int, alpha_bar: torch.Tensor, t_max: int | None = None, t_min: int = 0) -> torch.Tensor:
     """Integer steps τ whose λ = −log σ is (nearly) uniform from t_max (default T−1) to t_min (notebook 05 §6).
 
@@ -136,10 +145,7 @@ def lambda_timesteps(S: int, alpha_bar: torch.Tensor, t_max: int | None = None, 
     """
     alpha_bar = validate_alpha_bar(alpha_bar)
     T = alpha_bar.shape[0]
-    t_max = check_int("t_max", T - 1 if t_max is None else t_max, 1, T - 1)
-    t_min, S = check_int("t_min", t_min, 0, T - 2), check_int("number of steps S", S)
-    if not t_min < t_max:
-        raise ValueError(f"need 0 <= t_min < t_max <= T-1 = {T - 1}, got t_min={t_min}, t_max={t_max}")
+    S, t_max, t_min = _check_span(S, T, t_max, t_min)
     if S == 1:
         return validate_timesteps(torch.tensor([t_max]), T)
     log_sig = torch.linspace(math.log(float(sigma_at(alpha_bar, t_max))), math.log(float(sigma_at(alpha_bar, t_min))),
@@ -158,10 +164,7 @@ def karras_timesteps(S: int, alpha_bar: torch.Tensor, rho: float = 7.0, t_max: i
     """
     alpha_bar = validate_alpha_bar(alpha_bar)
     T = alpha_bar.shape[0]
-    t_max = check_int("t_max", T - 1 if t_max is None else t_max, 1, T - 1)
-    t_min, S = check_int("t_min", t_min, 0, T - 2), check_int("number of steps S", S)
-    if not t_min < t_max:
-        raise ValueError(f"need 0 <= t_min < t_max <= T-1 = {T - 1}, got t_min={t_min}, t_max={t_max}")
+    S, t_max, t_min = _check_span(S, T, t_max, t_min)
     if (r := as_real(rho)) is None or r < 1:
         raise ValueError(f"rho must be a finite number >= 1 (for rho -> infinity use lambda_timesteps), got {rho!r}")
     rho = r

@@ -87,16 +87,21 @@ def call_eps(eps, x, t):
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
     else:
         tt = torch.full((x.shape[0],), float(t), dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
-    e = eps(x, tt)
-    if not isinstance(e, torch.Tensor) or e.shape != x.shape:
-        raise ValueError(f"eps(x, t) must return a tensor of x's shape {tuple(x.shape)}, got "
-                         f"{tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__}")
+    e = _of_x_shape(eps(x, tt), x, "eps(x, t)")
     if e.dtype != x.dtype:
         raise ValueError(f"eps(x, t) returned dtype {e.dtype} but x is {x.dtype}; cast one of them")
     if not bool(torch.isfinite(e).all()):
         where = "its input x was already non-finite" if not bool(torch.isfinite(x).all()) else "from a finite input"
         raise NonFiniteError(f"eps(x, t) returned NaN or inf at step t = {t} ({where}); "
                              f"check the model (weights, dtype, mixed precision) and the schedule")
+    return e
+
+
+def _of_x_shape(e, x: torch.Tensor, what: str) -> torch.Tensor:
+    """`e` if it is a tensor of x's shape, else a ValueError naming `what` (broadcasting would hide a wrong shape)."""
+    if not isinstance(e, torch.Tensor) or e.shape != x.shape:
+        raise ValueError(f"{what} must return a tensor of x's shape {tuple(x.shape)}, got "
+                         f"{tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__}")
     return e
 
 
@@ -109,9 +114,7 @@ def noise_from(generator: torch.Generator | None, x: torch.Tensor):
 
 
 def _draw(noise_sampler, t, s, x):
-    z = noise_sampler(t, s)
-    if not isinstance(z, torch.Tensor) or z.shape != x.shape:
-        raise ValueError(f"noise_sampler(t, s) must return a tensor of x's shape {tuple(x.shape)}")
+    z = _of_x_shape(noise_sampler(t, s), x, "noise_sampler(t, s)")
     if z.device.type == "cpu" and not bool(torch.isfinite(z).all()):     # on a GPU: not at every step
         raise ValueError(f"noise_sampler(t, s) returned NaN or inf at step {t} -> {s}")
     return z.to(x.dtype)
@@ -249,11 +252,8 @@ def guided_eps(eps_null, eps_cond, w: float):
         raise ValueError(f"guidance weight w must be a finite number, got {w!r}")
 
     def eps(x, t):
-        e_null, e_cond = eps_null(x, t), eps_cond(x, t)
-        for name, e in (("eps_null", e_null), ("eps_cond", e_cond)):     # broadcasting would hide a wrong shape
-            if not isinstance(e, torch.Tensor) or e.shape != x.shape:
-                raise ValueError(f"guided_eps: {name} must return a tensor of x's shape {tuple(x.shape)}, got "
-                                 f"{tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__}")
+        e_null = _of_x_shape(eps_null(x, t), x, "guided_eps: eps_null")
+        e_cond = _of_x_shape(eps_cond(x, t), x, "guided_eps: eps_cond")
         return e_null + weight * (e_cond - e_null)
 
     return eps
