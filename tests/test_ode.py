@@ -333,6 +333,28 @@ def test_ipndm_equal_step_coefficients_are_second_order_on_a_smooth_grid():
     assert abs(order(eps, AB, 100, ref, rho=1.0)[2] / last_ab - 1) < 0.1
 
 
+def test_solvers_that_end_with_x0_equal_d_stop_at_the_last_jumps_error():
+    """Notebook 08 §7, past 40 calls: DPM-Solver++(2M) and UniPC-3 on λ-uniform steps end with the first-order jump
+    x0 = D from σ(0) = 0.01, so their error stays near that jump's own error (from scipy's exact state at t = 0); iPNDM's
+    equal-step weights stop too; with variable-step weights (rho=1) it keeps its order to the end."""
+    ring = toy.eight_gaussians()
+    eps, x_T = toy.exact_eps(ring, AB), torch.randn(256, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ref = ode.reference_solution(eps, x_T, AB, 999, rtol=1e-10, atol=1e-10)
+    x_t0 = ode.reference_solution(eps, x_T, AB, 999, 0, rtol=1e-10, atol=1e-10)
+    jump = x_t0 / math.sqrt(float(AB[0])) - float(ode.sigma_at(AB, 0)) * eps(x_t0, torch.zeros(256, dtype=torch.long))
+    floor = float((jump - ode.reference_solution(eps, x_t0, AB, 0, rtol=1e-10, atol=1e-10)).pow(2).mean().sqrt())
+    rms = {}
+    for S in (80, 320):
+        lam, power = ode.lambda_timesteps(S, AB), ode.power_timesteps(S + 1, 1000, 3.0)
+        for name, x0 in (("2m", ode.dpm_solver_pp_2m(eps, x_T, AB, lam)), ("unipc", ode.unipc_3(eps, x_T, AB, lam)),
+                         ("ipndm", ode.ipndm(eps, x_T, AB, power)), ("ab3", ode.ipndm(eps, x_T, AB, power, rho=1.0))):
+            rms[(name, S)] = float((x0 - ref).pow(2).mean().sqrt())
+    for name in ("2m", "unipc"):
+        assert 0.5 < rms[(name, 320)] / floor < 2 and rms[(name, 80)] / rms[(name, 320)] < 2, (name, rms, floor)
+    assert rms[("ipndm", 80)] / rms[("ipndm", 320)] < 2 and rms[("ab3", 80)] / rms[("ab3", 320)] > 3, rms
+    assert rms[("ab3", 320)] < min(floor, rms[("ipndm", 320)]) / 5, (rms, floor)
+
+
 def test_analytical_first_step():
     """AFS uses x_T as ε(x_T, T−1): off by about √(ᾱ/(1−ᾱ))·E[x_0|x_T] ≈ √ᾱ_T μ for data of mean μ (Zhou et al.
     2024, the AMED-Solver paper; notebook 08 §6), and it saves exactly the first call."""
