@@ -28,6 +28,7 @@ RECIPES = {
     "preset": {},
     "uniform-t": dict(t_sampling="uniform"),          # DDPM's uniform training steps
     "2000-steps": dict(steps=2000),
+    "ddpm-init": dict(init="ddpm"),                   # the official code's initialisation (the cifar10 preset's)
     # The preset before this one (until December 2026), whose README table set the bar for a faster recipe.
     "former-16x16": dict(resolution=16, ch_mult=(1, 2, 2), attn_resolutions=(8,), batch_size=64, lr=2e-3,
                          lr_decay="none", t_sampling="uniform", steps=3000),
@@ -35,11 +36,12 @@ RECIPES = {
 
 
 @torch.no_grad()
-def evaluate(model, config, S: int, n: int, x_seeds) -> tuple[torch.Tensor, list[float], list[int]]:
+def evaluate(model, config, S: int, n: int, x_seeds, fd_se: bool = False):
     """(1.0 where the classifier's confidence is ≥ 0.9, else 0.0, for every sample; the FD of each x_T set; the
-    digits drawn with confidence ≥ 0.9 in each x_T set, as the demo's table counts them)."""
+    digits drawn with confidence ≥ 0.9 in each x_T set, as the demo's table counts them; with `fd_se`, the bootstrap
+    SE of each set's FD, `quality.digits_fd_se`, else an empty list)."""
     eps, ab = eps_fn(model), schedule.make_alpha_bar(config.schedule, config.T)
-    confident, fds, drawn = [], [], []
+    confident, fds, drawn, ses = [], [], [], []
     for s in x_seeds:
         x_T = torch.randn(n, model.config["in_ch"], config.resolution, config.resolution,
                           generator=torch.Generator().manual_seed(s))
@@ -48,7 +50,9 @@ def evaluate(model, config, S: int, n: int, x_seeds) -> tuple[torch.Tensor, list
         fds.append(score["fd"])
         drawn.append(score["classes_covered"])
         confident.append((quality.classify(x)[1] >= 0.9).double())  # per sample, to pair recipes
-    return torch.cat(confident), fds, drawn
+        if fd_se:
+            ses.append(quality.digits_fd_se(x))
+    return torch.cat(confident), fds, drawn, ses
 
 
 def verdict(d: float, se: float) -> str:
@@ -70,6 +74,8 @@ def main(argv=None) -> dict:
                    help=f"training threads, part of each model's cache key (default: {pretrained.THREADS}, the demo's)")
     p.add_argument("--steps", type=int, default=None, help="train every recipe this many steps (default: its own)")
     p.add_argument("--cache", default=None, help="model cache folder (default: $DDIMLAB_CACHE, as the demo)")
+    p.add_argument("--fd-se", action="store_true",
+                   help="also each x_T set's bootstrap SE of the FD, against the FD's spread over the sets")
     args = p.parse_args(argv)
 
     results, resolution = {}, {}
@@ -84,11 +90,15 @@ def main(argv=None) -> dict:
             resolution[name] = config.resolution
             torch.set_num_threads(args.threads)
             for S in args.S:
-                results[name, seed, S] = evaluate(model, config, S, args.n, args.x_seeds)
-                conf, fds, drawn = results[name, seed, S]
+                results[name, seed, S] = evaluate(model, config, S, args.n, args.x_seeds, args.fd_se)
+                conf, fds, drawn, ses = results[name, seed, S]
                 print(f"  DDIM-{S}: confident {conf.mean():.3f} ± {conf.std() / math.sqrt(len(conf)):.3f} "
                       f"(n = {len(conf)}); each x_T set's FD {', '.join(f'{f:.2f}' for f in fds)} and digits drawn "
                       f"{', '.join(map(str, drawn))}", flush=True)
+                if ses:      # the SD of k draws is itself known to about ± SD / sqrt(2 (k - 1))
+                    sd = float(torch.tensor(fds).std())
+                    print(f"    the FD's spread over the {len(fds)} x_T sets: SD {sd:.2f} ± "
+                          f"{sd / math.sqrt(2 * (len(fds) - 1)):.2f}; mean bootstrap SE {sum(ses) / len(ses):.2f}", flush=True)
 
     base = args.recipes[0]
     print(f"\neach recipe minus {base}, training seeds {args.seeds} pooled: the confident share (over the samples) "

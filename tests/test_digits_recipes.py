@@ -22,6 +22,9 @@ def test_recipes_are_trained_scored_and_compared_with_tiny_sizes(recipes, tmp_pa
     out = capsys.readouterr().out
     assert "uniform-t" in out and "(paired;" in out and "(independent;" in out
     assert set(report["differences"]) == {(r, 3, m) for r in ("uniform-t", "former-16x16") for m in ("confident", "FD")}
-    conf, fds, drawn = report["results"]["former-16x16", 0, 3]
-    assert conf.shape == (16,) and len(fds) == 2 and all(0 <= d <= 10 for d in drawn)
+    conf, fds, drawn, ses = report["results"]["former-16x16", 0, 3]
+    assert conf.shape == (16,) and len(fds) == 2 and all(0 <= d <= 10 for d in drawn) and ses == []
     assert len(list((tmp_path / "models").glob("digits_*"))) == 3          # one cached model per recipe
+    report = recipes.main(["--recipes", "preset", "--steps", "2", "--n", "8", "--x-seeds", "1", "2", "--S", "3",
+                           "--threads", "1", "--cache", str(tmp_path), "--fd-se"])
+    assert "mean bootstrap SE" in capsys.readouterr().out and len(report["results"]["preset", 0, 3][3]) == 2
