@@ -75,7 +75,7 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=None, help="train every recipe this many steps (default: its own)")
     p.add_argument("--cache", default=None, help="model cache folder (default: $DDIMLAB_CACHE, as the demo)")
     p.add_argument("--fd-se", action="store_true",
-                   help="also each x_T set's bootstrap SE of the FD, against the FD's spread over the sets")
+                   help="also the mean of the x_T sets' bootstrap SEs of the FD, against the FD's spread over the sets")
     args = p.parse_args(argv)
 
     results, resolution = {}, {}
@@ -95,10 +95,11 @@ def main(argv=None) -> dict:
                 print(f"  DDIM-{S}: confident {conf.mean():.3f} ± {conf.std() / math.sqrt(len(conf)):.3f} "
                       f"(n = {len(conf)}); each x_T set's FD {', '.join(f'{f:.2f}' for f in fds)} and digits drawn "
                       f"{', '.join(map(str, drawn))}", flush=True)
-                if ses:      # the SD of k draws is itself known to about ± SD / sqrt(2 (k - 1))
-                    sd = float(torch.tensor(fds).std())
-                    print(f"    the FD's spread over the {len(fds)} x_T sets: SD {sd:.2f} ± "
-                          f"{sd / math.sqrt(2 * (len(fds) - 1)):.2f}; mean bootstrap SE {sum(ses) / len(ses):.2f}", flush=True)
+                if len(ses) > 1:      # the SD of k draws is itself known to about ± SD / sqrt(2 (k - 1))
+                    sd, mean_se = float(torch.tensor(fds).std()), sum(ses) / len(ses)
+                    sd_se = sd / math.sqrt(2 * (len(fds) - 1))
+                    print(f"    the FD's spread over the {len(fds)} x_T sets: SD {sd:.2f} ± {sd_se:.2f}; mean bootstrap SE "
+                          f"{mean_se:.2f}, {mean_se - sd:+.2f} ± {sd_se:.2f} ({verdict(mean_se - sd, sd_se)})", flush=True)
 
     base = args.recipes[0]
     print(f"\neach recipe minus {base}, training seeds {args.seeds} pooled: the confident share (over the samples) "

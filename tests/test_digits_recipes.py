@@ -1,7 +1,9 @@
 """benchmarks/digits_recipes.py with tiny sizes (its standard errors: `quality.mean_difference`, tests/test_quality.py)."""
 import importlib.util
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "digits_recipes.py"
@@ -27,4 +29,6 @@ def test_recipes_are_trained_scored_and_compared_with_tiny_sizes(recipes, tmp_pa
     assert len(list((tmp_path / "models").glob("digits_*"))) == 3          # one cached model per recipe
     report = recipes.main(["--recipes", "preset", "--steps", "2", "--n", "8", "--x-seeds", "1", "2", "--S", "3",
                            "--threads", "1", "--cache", str(tmp_path), "--fd-se"])
-    assert "mean bootstrap SE" in capsys.readouterr().out and len(report["results"]["preset", 0, 3][3]) == 2
+    out, (_, fds, _, ses) = capsys.readouterr().out, report["results"]["preset", 0, 3]
+    sd = float(np.std(fds, ddof=1))
+    assert len(ses) == 2 and f"SD {sd:.2f} ± {sd / math.sqrt(2):.2f}; mean bootstrap SE {np.mean(ses):.2f}" in out, out

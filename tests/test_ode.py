@@ -337,7 +337,7 @@ def test_solvers_that_end_with_x0_equal_d_stop_at_the_last_jumps_error():
     """Notebook 08 §7, past 40 calls every grid ends with the integer steps 3, 2, 1, 0 and each solver stops at its last
     steps' error: DPM-Solver++(2M) and UniPC-3 on λ-uniform steps end with the first-order jump x0 = D from σ(0) = 0.01,
     so their error stays near that jump's own error (from scipy's exact state at t = 0); iPNDM's equal-step weights stop
-    too; with variable-step weights (rho=1) its last step is of higher order and it stops far lower."""
+    too; with variable-step weights (rho=1) its last step is of higher order and it falls far lower."""
     ring = toy.eight_gaussians()
     eps, x_T = toy.exact_eps(ring, AB), torch.randn(256, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     ref = ode.reference_solution(eps, x_T, AB, 999, rtol=1e-10, atol=1e-10)
