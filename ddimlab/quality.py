@@ -333,10 +333,8 @@ def digits_fd_se(samples, n_boot: int = 50, seed: int = 0) -> float:
     """Bootstrap standard error of `digits_fd` (the SD of the FD over resamples, with replacement, of the
     samples): an error bar for how much the score would move with another draw of the same number of samples.
     On real digits drawn from the reference set it is about twice the FD's spread over fresh draws (duplicated
-    samples inflate it; tests/test_quality.py); on generated samples it was 1.07 against a spread of 0.84 ± 0.11 over 30
-    sets of 1000 DDIM-10 samples of the demo's model, 2.1 SE above it, not resolved (`python benchmarks/digits_recipes.py
-    --recipes preset --S 10 --x-seeds $(seq 10 39) --fd-se`, about 2 minutes once the model is cached; an earlier one-off
-    measurement on other sets gave 1.05 against 1.12 ± 0.15; notebook 06 §5)."""
+    samples inflate it; tests/test_quality.py); on generated samples it is not told apart from that spread (notebook 06
+    §5 gives the measurements and `benchmarks/digits_recipes.py --fd-se`, which repeats them)."""
     n_boot = _check_n_boot(n_boot)
     feats, mu_r, cov_r = _features_and_real_stats(samples)
     return float(np.std(_bootstrap_fds([feats], mu_r, cov_r, n_boot, seed)[:, 0], ddof=1))
