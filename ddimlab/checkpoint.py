@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import re
@@ -522,6 +523,25 @@ def unet_from_run(state: dict, use_ema: bool = True) -> unet_mod.UNet:
                       "weights, so its samples will look untrained; --no-ema (use_ema=False) uses the raw weights",
                       EarlyEMAWarning, stacklevel=2)
     return load_state_strict(net, state[weights], source=f"the checkpoint's {weights!r} weights").eval()
+
+
+def weights_sha256(model) -> str | None:
+    """sha256 over a network's parameter and buffer names and values, also through `checkpoint.eps_fn`'s adapter
+    (None for any other callable)."""
+    if not isinstance(model, torch.nn.Module):
+        model = getattr(model, "network", model)          # eps_fn's adapter (a Module's own `.network` is not unwrapped)
+    if not isinstance(model, torch.nn.Module):
+        return None
+    return _sha256(*(item for name, v in sorted(model.state_dict().items()) for item in (name, v)))
+
+
+def _sha256(*items) -> str:
+    """sha256 over strings and tensors' bytes, in order."""
+    h = hashlib.sha256()
+    for v in items:
+        h.update(v.encode() if isinstance(v, str) else
+                 v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def eps_fn(model, amp: bool = False):

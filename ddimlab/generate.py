@@ -10,7 +10,6 @@ convolutions, which moves a rare pixel by at most one grey level (notebook 07 §
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import devices, diffusion, ode, schedule
-from .checkpoint import eps_fn
+from .checkpoint import _sha256, eps_fn, weights_sha256
 from .checks import check_int
 from .data import from_model_range
 from .files import atomic_write
@@ -212,25 +211,6 @@ def _model_key(model, model_id, out_dir) -> str | None:
     if not model_id.strip():
         raise ValueError("model_id is empty; name the weights, e.g. a checkpoint path and step")
     return f"id:{model_id}"
-
-
-def weights_sha256(model) -> str | None:
-    """sha256 over a network's parameter and buffer names and values, also through `checkpoint.eps_fn`'s adapter
-    (None for any other callable)."""
-    if not isinstance(model, torch.nn.Module):
-        model = getattr(model, "network", model)          # eps_fn's adapter (a Module's own `.network` is not unwrapped)
-    if not isinstance(model, torch.nn.Module):
-        return None
-    return _sha256(*(item for name, v in sorted(model.state_dict().items()) for item in (name, v)))
-
-
-def _sha256(*items) -> str:
-    """sha256 over strings and tensors' bytes, in order."""
-    h = hashlib.sha256()
-    for v in items:
-        h.update(v.encode() if isinstance(v, str) else
-                 v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _claim(out_dir: Path, settings: dict) -> None:

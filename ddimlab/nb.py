@@ -1,14 +1,20 @@
-"""Notebook helpers: one seeding entry point and checks that print one stable line."""
+"""Notebook helpers: one seeding entry point, checks that print one stable line, and the line that names a trained
+model's weights."""
 from __future__ import annotations
 
 import os
 import random
+import re
 import sys
 
 import numpy as np
 import torch
 
 from . import devices
+from .checkpoint import weights_sha256
+
+# What `weights_line` prints; notebooks/conftest.py reads it back from a cell's outputs.
+WEIGHTS_LINE = re.compile(r"weights' sha256 ([0-9a-f]{12})")
 
 
 def seed_everything(seed: int = 0, threads: int = 2) -> torch.Generator:
@@ -58,6 +64,16 @@ def check_close(actual, expected, message: str, rtol: float = 0.0, atol: float =
     if not ok:
         raise AssertionError(f"check failed: {message} (max abs err {float(err.max()):.3g})")
     print(f"check: {message}")
+
+
+def weights_line(model) -> str:
+    """"weights' sha256 <12 hex digits>" of `model` (`checkpoint.weights_sha256`).
+
+    Notebooks 06-08 print it where they load the demo's model. Each CPU trains that model to its own weights (README,
+    "The notebooks"), so the printed numbers after it are that CPU's: where the line differs from the committed one,
+    `make test` runs the cells from there on, and their checks, without comparing what they print (notebooks/conftest.py).
+    """
+    return f"weights' sha256 {weights_sha256(model)[:12]}"
 
 
 def fmt(x, digits: int = 3) -> str:

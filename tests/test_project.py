@@ -308,6 +308,23 @@ def test_notebook_is_executed_small_and_python3(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_a_notebook_that_trains_or_loads_a_model_prints_its_weights_first(path):
+    """Each CPU trains the digits model to weights of its own; notebooks/conftest.py compares a notebook's cells from
+    its weights line on only where this machine's weights are the committed outputs' (README, "The notebooks"). A
+    cell that loads the model without printing the line would be compared on every CPU, and fail on all but one."""
+    from ddimlab.nb import WEIGHTS_LINE
+
+    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    loads = [k for k, c in enumerate(cells) if "pretrained.digits_model(" in "".join(c["source"])]
+    if not loads:
+        return
+    first = cells[loads[0]]
+    printed = "".join("".join(o["text"]) for o in first["outputs"] if o["output_type"] == "stream")
+    assert "weights_line(model)" in "".join(first["source"]) and WEIGHTS_LINE.search(printed), \
+        f"{path.name}: code cell {loads[0]} loads the digits model without printing nb.weights_line(model)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_lists_library_functions_that_point_back(path):
     """The closing cell lists `module.function`s; each exists and its docstring names the notebook."""
     nb = json.loads(path.read_text())
