@@ -69,9 +69,10 @@ def check_close(actual, expected, message: str, rtol: float = 0.0, atol: float =
 def weights_line(model) -> str:
     """"weights' sha256 <12 hex digits>" of `model` (`checkpoint.weights_sha256`).
 
-    Notebooks 06-08 print it where they load the demo's model. Each CPU trains that model to its own weights (README,
-    "The notebooks"), so the printed numbers after it are that CPU's: where the line differs from the committed one,
-    `make test` runs the cells from there on, and their checks, without comparing what they print (notebooks/conftest.py).
+    Notebooks 06-08 print it where they load the demo's model. A CPU may train that model (and the digits classifier) to
+    weights of its own (README, "The notebooks"), and then prints its own numbers after it: where the line differs from
+    the committed one, `make test` runs the cells from there on, and their checks, without comparing what they print
+    (notebooks/conftest.py).
     """
     return f"weights' sha256 {weights_sha256(model)[:12]}"
 
