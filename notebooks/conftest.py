@@ -31,12 +31,12 @@ def pytest_itemcollected(item):
     compare, notebook = item.compare_outputs, item.parent
 
     def compare_unless_other_weights(test, ref, skip_compare=None):
-        committed = _weights(ref)
-        if committed is not None and _weights(test) != committed:
+        committed, here = _weights(ref), _weights(test)
+        if committed is not None and here != committed:
             notebook.other_weights = True
-            warnings.warn(f"{notebook.fspath.basename}: this machine trained the digits model to other weights "
-                          f"({_weights(test)}) than the committed outputs' ({committed}): from cell {item.cell_num} on, the "
-                          "cells run and their checks must hold, but what they print is not compared")
+            warnings.warn(f"{notebook.fspath.basename}: this machine trained the digits model to other weights ({here}) "
+                          f"than the committed outputs' ({committed}): from cell {item.cell_num} on, the cells run and "
+                          "their checks must hold, but what they print is not compared")
         if getattr(notebook, "other_weights", False):
             return True
         return compare(test, ref, skip_compare)
