@@ -532,10 +532,10 @@ def weights_sha256(model) -> str | None:
         model = getattr(model, "network", model)          # eps_fn's adapter (a Module's own `.network` is not unwrapped)
     if not isinstance(model, torch.nn.Module):
         return None
-    return _sha256(*(item for name, v in sorted(model.state_dict().items()) for item in (name, v)))
+    return sha256_of(*(item for name, v in sorted(model.state_dict().items()) for item in (name, v)))
 
 
-def _sha256(*items) -> str:
+def sha256_of(*items) -> str:
     """sha256 over strings and tensors' bytes, in order."""
     h = hashlib.sha256()
     for v in items:

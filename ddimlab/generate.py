@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import devices, diffusion, ode, schedule
-from .checkpoint import _sha256, eps_fn, weights_sha256
+from .checkpoint import eps_fn, sha256_of, weights_sha256
 from .checks import check_int
 from .data import from_model_range
 from .files import atomic_write
@@ -178,7 +178,7 @@ def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, 
     _claim(out_dir, dict(model=model_key, T=int(alpha_bar.shape[0]), seed=seed, S=int(S), eta=str(eta),
                          spacing=spacing, shape=list(shape), clip_x0=clip_x0,
                          amp=bool(amp or getattr(model, "amp", False)),            # eps_fn(net, amp=True) too
-                         alpha_bar=_sha256(alpha_bar.to(torch.float64).cpu())))
+                         alpha_bar=sha256_of(alpha_bar.to(torch.float64).cpu())))
     todo = [i for i in range(rank, n, world_size) if not (out_dir / f"{i:06d}.png").exists()]
     batches = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
     rms = []

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddimlab import ode, samplers, schedule, toy
+from ddimlab import diffusion, ode, samplers, schedule, toy
 
 AB = schedule.make_alpha_bar("linear", 1000)
 MIX = toy.random_mixture(d=3, K=4, seed=0)
@@ -342,7 +342,7 @@ def test_solvers_that_end_with_x0_equal_d_stop_at_the_last_jumps_error():
     eps, x_T = toy.exact_eps(ring, AB), torch.randn(256, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     ref = ode.reference_solution(eps, x_T, AB, 999, rtol=1e-10, atol=1e-10)
     x_t0 = ode.reference_solution(eps, x_T, AB, 999, 0, rtol=1e-10, atol=1e-10)
-    jump = x_t0 / math.sqrt(float(AB[0])) - float(ode.sigma_at(AB, 0)) * eps(x_t0, torch.zeros(256, dtype=torch.long))
+    jump = diffusion.predict_x0(x_t0, eps(x_t0, torch.zeros(256, dtype=torch.long)), float(AB[0]))
     floor = float((jump - ode.reference_solution(eps, x_t0, AB, 0, rtol=1e-10, atol=1e-10)).pow(2).mean().sqrt())
     rms = {}
     for S in (80, 320):
