@@ -361,12 +361,29 @@ def load_digits(resolution: int = 16, channels: int = 1) -> tuple[torch.Tensor, 
     resolution = check_int("resolution", resolution, 2)
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+    images, labels = _sklearn_digits()
+    x = resize(torch.from_numpy(images.astype(np.float32) * (255.0 / 16.0))[:, None], resolution)
+    x = x.round().clamp(0, 255).to(torch.uint8).expand(-1, channels, -1, -1).contiguous()
+    return x, torch.from_numpy(labels.astype(np.int64))
+
+
+@functools.lru_cache(maxsize=1)
+def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1797 digits as (images (N, 8, 8) in 0..16, labels), read from the file it ships
+    (`sklearn/datasets/data/digits.csv.gz`: 64 pixels and the label per row) as its own `load_digits` reads it,
+    without importing `sklearn.datasets`, which takes about a second in each process that trains or scores (a
+    `train` command, each notebook); through `sklearn.datasets.load_digits` where that file is not found."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz") if spec else None
+    if path is not None and path.is_file():
+        rows = np.loadtxt(path, delimiter=",")
+        return rows[:, :-1].reshape(-1, 8, 8), rows[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits as sk_load_digits
 
     digits = sk_load_digits()
-    x = resize(torch.from_numpy(digits.images.astype(np.float32) * (255.0 / 16.0))[:, None], resolution)
-    x = x.round().clamp(0, 255).to(torch.uint8).expand(-1, channels, -1, -1).contiguous()
-    return x, torch.from_numpy(digits.target.astype(np.int64))
+    return digits.images, digits.target
 
 
 def read_images(paths, shape) -> torch.Tensor:

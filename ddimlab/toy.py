@@ -113,6 +113,15 @@ class GaussianMixture:
         coordinates y = U_kᵀ(x − √a μ_k) (B, K, d), the covariance's eigenvalues aλ_k + 1 − a (B, K, d)
         and a as (B, 1, 1). Valid for a ∈ [0, 1]: at a = 0 every component is N(0, I)."""
         x = self._check_x(x)
+        a = self._alpha_bar_rows(x, a)[:, None, None]          # (B, 1, 1)
+        var = a * self.eigvals + (1 - a)                        # (B, K, d) eigenvalues of the covariance
+        y = self._to_eigen(x[:, None, :] - a.sqrt() * self.means)
+        log_n = -0.5 * ((y ** 2 / var).sum(-1) + var.log().sum(-1) + self.d * math.log(2 * math.pi))
+        return self.weights.log() + log_n, y, var, a
+
+    @staticmethod
+    def _alpha_bar_rows(x, a) -> torch.Tensor:
+        """ᾱ for each row of x, (B,) float64, from a float or a (B,) tensor; each in [0, 1]."""
         a = torch.as_tensor(a, dtype=torch.float64)
         if a.ndim == 0:
             a = a.expand(x.shape[0])
@@ -121,11 +130,7 @@ class GaussianMixture:
         bad = ~((a >= 0) & (a <= 1))                           # NaN too
         if bool(bad.any()):
             raise ValueError(f"alpha_bar must lie in [0, 1], got {a[bad][0].item()}")
-        a = a[:, None, None]                                   # (B, 1, 1)
-        var = a * self.eigvals + (1 - a)                        # (B, K, d) eigenvalues of the covariance
-        y = self._to_eigen(x[:, None, :] - a.sqrt() * self.means)
-        log_n = -0.5 * ((y ** 2 / var).sum(-1) + var.log().sum(-1) + self.d * math.log(2 * math.pi))
-        return self.weights.log() + log_n, y, var, a
+        return a
 
     def _check_x(self, x):
         if not isinstance(x, torch.Tensor):
@@ -270,48 +275,48 @@ class SharedBasisMixture(GaussianMixture):
     def _from_eigen_k(self, y, k):
         return self._from_eigen(y)
 
-    # One ᾱ for the whole batch (what every sampler passes): the quadratic forms of all K components are
-    # matrix products with (K, d) tables, O(B·K·d) with no (B, K, d) tensor. A per-sample ᾱ falls back
-    # to `GaussianMixture`'s general path.
-    def _one_a(self, x, a):
-        a = torch.as_tensor(a, dtype=torch.float64)
-        if a.ndim == 1 and a.shape == (x.shape[0],) and bool((a == a[0]).all()):
-            a = a[0]
-        if a.ndim != 0:
-            return None
-        a = float(a)
-        if not 0 <= a <= 1:
-            raise ValueError(f"alpha_bar must lie in [0, 1], got {a}")
-        return a
+    # For one ᾱ the quadratic forms of all K components are matrix products with (K, d) tables, O(B·K·d) with no
+    # (B, K, d) tensor. A per-sample ᾱ (a training loss's t) runs that once per distinct value (notebook 06 §4).
+    def _per_alpha_bar(self, one, x, a):
+        """one(rows of x, ᾱ as a float) for each distinct ᾱ in a (a float or a (B,) tensor), put back in x's row order."""
+        x = self._check_x(x)
+        values, group = torch.unique(self._alpha_bar_rows(x, a), return_inverse=True)
+        if len(values) <= 1:
+            return one(x, float(values[0]) if len(values) else 1.0)
+        parts = [one(x[group == i], v) for i, v in enumerate(values.tolist())]
+        out = parts[0].new_empty((x.shape[0], *parts[0].shape[1:]))
+        for i, part in enumerate(parts):
+            out[group == i] = part
+        return out
 
-    def _fast(self, x, a):
+    def _fast(self, x, a: float):
         """(x in the eigenbasis (B, d), responsibilities (B, K), logits (B, K), 1/(aλ_k + 1 − a) (K, d))."""
-        xe = self._to_eigen(self._check_x(x))
+        xe = self._to_eigen(x)
         m, inv = self._means_eig, 1 / (a * self.eigvals + (1 - a))
         quad = (xe ** 2) @ inv.T - 2 * math.sqrt(a) * xe @ (m * inv).T + a * (m ** 2 * inv).sum(1)
         logits = self.weights.log() - 0.5 * (quad - inv.log().sum(1) + self.d * math.log(2 * math.pi))
         return xe, torch.softmax(logits, dim=1), logits, inv
 
+    def _log_prob_one(self, x, a):
+        return torch.logsumexp(self._fast(x, a)[2], dim=1)
+
+    def _score_one(self, x, a):
+        xe, r, _, inv = self._fast(x, a)
+        return self._from_eigen(-xe * (r @ inv) + math.sqrt(a) * r @ (self._means_eig * inv))
+
+    def _x0_mean_one(self, x, a):
+        xe, r, _, inv = self._fast(x, a)
+        m, lam_inv = self._means_eig, self.eigvals * inv
+        return self._from_eigen(r @ m + math.sqrt(a) * xe * (r @ lam_inv) - a * r @ (lam_inv * m))
+
     def log_prob(self, x: torch.Tensor, a=1.0) -> torch.Tensor:
-        a1 = self._one_a(x, a)
-        if a1 is None:
-            return super().log_prob(x, a)
-        return torch.logsumexp(self._fast(x, a1)[2], dim=1)
+        return self._per_alpha_bar(self._log_prob_one, x, a)
 
     def score(self, x: torch.Tensor, a=1.0) -> torch.Tensor:
-        a1 = self._one_a(x, a)
-        if a1 is None:
-            return super().score(x, a)
-        xe, r, _, inv = self._fast(x, a1)
-        return self._from_eigen(-xe * (r @ inv) + math.sqrt(a1) * r @ (self._means_eig * inv))
+        return self._per_alpha_bar(self._score_one, x, a)
 
     def x0_mean(self, x: torch.Tensor, a) -> torch.Tensor:
-        a1 = self._one_a(x, a)
-        if a1 is None:
-            return super().x0_mean(x, a)
-        xe, r, _, inv = self._fast(x, a1)
-        m, lam_inv = self._means_eig, self.eigvals * inv
-        return self._from_eigen(r @ m + math.sqrt(a1) * xe * (r @ lam_inv) - a1 * r @ (lam_inv * m))
+        return self._per_alpha_bar(self._x0_mean_one, x, a)
 
 
 def image_like_mixture(d: int = 1024, K: int = 10, slope: float = 1.0, pixel_std: float = 0.5,

@@ -211,6 +211,27 @@ def test_digits_shapes_range_labels(resolution):
     assert (x.float().mean((1, 2, 3)) - x8.float().mean((1, 2, 3))).abs().max() < 8
 
 
+def test_digits_are_scikit_learns_without_importing_it(monkeypatch):
+    """The digits are read from the file scikit-learn ships (importing sklearn.datasets took a second per process),
+    and equal its load_digits exactly; where the file is missing, load_digits is used."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    sk = load_digits()
+    for where in ("file", "sklearn"):
+        D._sklearn_digits.cache_clear()
+        if where == "sklearn":
+            monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+        images, labels = D._sklearn_digits()
+        assert np.array_equal(images, sk.images) and np.array_equal(labels, sk.target)
+    D._sklearn_digits.cache_clear()
+    code = "import sys; from ddimlab import data; data.load_digits(8); print(sorted(m for m in sys.modules if 'sklearn' in m))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr[-500:]
+
+
 def test_digits_bad_resolution():
     with pytest.raises(ValueError, match="resolution"):
         D.load_digits(0)
