@@ -284,6 +284,17 @@ def test_kl_to_normal_matches_closed_form_and_grid():
         toy.kl_to_normal(ring, 1.0)
 
 
+def test_gaussian_kernel_matches_scipys_distances():
+    """toy.gram's Gaussian kernel is exp(−|u−v|²/(2h²)) with scipy's squared distances, also where points coincide."""
+    g = torch.Generator().manual_seed(8)
+    x, y = 3 * torch.randn(60, 5, generator=g, dtype=torch.float64), torch.randn(70, 5, generator=g, dtype=torch.float64)
+    y[:10] = x[:10]
+    for h in (0.3, 2.0):
+        ref = np.exp(-cdist(x.numpy(), y.numpy(), "sqeuclidean") / (2 * h * h))
+        np.testing.assert_allclose(toy.gram(x, y, h).numpy(), ref, rtol=1e-12, atol=1e-14)
+        assert float((toy.gram(x, x, h).diagonal() - 1).abs().max()) < 1e-12
+
+
 def test_energy_kernel_is_the_energy_distance():
     """mmd2_unbiased with toy.ENERGY is 2·mean|x−y| − mean_{i≠j}|x−x'| − mean_{i≠j}|y−y'| (scipy's cdist)."""
     g = torch.Generator().manual_seed(9)
