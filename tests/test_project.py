@@ -262,6 +262,8 @@ def test_notebooks_are_computed_on_avx2_kernels_where_torch_would_pick_avx512(ke
     `make test` trains that model, before its workers, in the notebooks' environment. Nowhere else: torch would run
     AVX2 kernels on a CPU without AVX2 if told to."""
     test, execute, lab, model, demo = _notebook_envs(f"CPU_KERNELS={kernels}")
+    # how OpenMP's idle threads wait (PASSIVE: asleep, not spinning, beside the other worker) changes no number
+    assert test.pop("OMP_WAIT_POLICY") == "PASSIVE" and "OMP_WAIT_POLICY" not in execute
     assert test == execute == model and "OMP_NUM_THREADS" in test, (test, execute, model)
     cap = CPU_ISA if kernels == "AVX512" else {}
     assert {k: v for k, v in test.items() if k in CPU_ISA} == cap and lab == cap and demo == cap, (test, lab, demo)
