@@ -46,6 +46,12 @@ def _weights_and_means(weights, means):
     return w, mu
 
 
+def _sum_last(t: torch.Tensor) -> torch.Tensor:
+    """t summed over its last axis, as a matrix-vector product: torch's .sum(-1) over a last axis of 2 took 230 µs on
+    (2048, 8, 2) float64 on one thread, this 16 µs, and the toy's ε* sums over it at every sampler step."""
+    return t @ t.new_ones(t.shape[-1])
+
+
 class GaussianMixture:
     """p(x) = Σ_k w_k N(x; μ_k, Σ_k) in d dimensions, float64 (notebook 04 §5).
 
@@ -118,7 +124,7 @@ class GaussianMixture:
         a = (a[:1] if len(a) and bool((a == a[0]).all()) else a)[:, None, None]    # (B, 1, 1), or (1, 1, 1): one ᾱ
         var = a * self.eigvals + (1 - a)                        # (B or 1, K, d) eigenvalues of the covariance
         y = self._to_eigen(x[:, None, :] - a.sqrt() * self.means)
-        log_n = -0.5 * ((y ** 2 / var).sum(-1) + var.log().sum(-1) + self.d * math.log(2 * math.pi))
+        log_n = -0.5 * (_sum_last(y ** 2 / var) + _sum_last(var.log()) + self.d * math.log(2 * math.pi))
         return self.weights.log() + log_n, y, var, a
 
     @staticmethod
