@@ -60,9 +60,9 @@ lab: install           ## only the exact-score lab tables and figure
 
 # The demo's digits model, which notebooks 06-08 load, is trained first if not cached (2 to 4 minutes on two threads): two
 # threads train it 1.5 times as fast as one on an idle machine, and over three times slower beside a busy worker.
-# Then the two workers: where each runs two threads (notebooks 06-09, the tests that train), OpenMP's threads spin while
-# they wait for the other's and keep its worker off the core; OMP_WAIT_POLICY=PASSIVE makes them sleep instead (the
-# tests that train the digits preset: 31 s beside a busy process, 15 s passive; docs/make_test_times.md).
+# Then the two workers. Where each runs two threads (notebooks 06-09, the tests that train), OpenMP's idle threads spin
+# while waiting and keep the other worker off its core; OMP_WAIT_POLICY=PASSIVE makes them sleep instead (the tests that
+# train the digits preset, beside a busy process: 31 s spinning, 15 s passive; docs/make_test_times.md).
 test: install lint $(VENV)/.extra-test ## lint, unit tests and every notebook under nbval
 	$(NBENV) $(BIN)/python -m ddimlab.pretrained
 	$(NBENV) OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -n $(WORKERS) --dist loadfile tests \
