@@ -289,7 +289,7 @@ class SharedBasisMixture(GaussianMixture):
         """one(rows of x, ᾱ as a float) for each distinct ᾱ in a (a float or a (B,) tensor), put back in x's row order."""
         x = self._check_x(x)
         values, group, counts = torch.unique(self._alpha_bar_rows(x, a), return_inverse=True, return_counts=True)
-        if len(values) <= 1:
+        if len(values) <= 1:                                  # one ᾱ for every row (or no rows: any ᾱ will do)
             return one(x, float(values[0]) if len(values) else 1.0)
         order = group.argsort(stable=True)                    # the rows grouped by ᾱ, in the order of `values`
         parts = torch.cat([one(rows, v) for rows, v in zip(x[order].split(counts.tolist()), values.tolist())])
