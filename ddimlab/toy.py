@@ -46,12 +46,6 @@ def _weights_and_means(weights, means):
     return w, mu
 
 
-def _sum_last(t: torch.Tensor) -> torch.Tensor:
-    """t summed over its last axis, as a matrix-vector product: torch's .sum(-1) over a last axis of 2 took 230 µs on
-    (2048, 8, 2) float64 on one thread, this 16 µs, and the toy's ε* sums over it at every sampler step."""
-    return t @ t.new_ones(t.shape[-1])
-
-
 class GaussianMixture:
     """p(x) = Σ_k w_k N(x; μ_k, Σ_k) in d dimensions, float64 (notebook 04 §5).
 
@@ -72,6 +66,7 @@ class GaussianMixture:
         self.weights, self.means, self.covs = w / w.sum(), mu, cov
         self.eigvals, self.eigvecs = lam, U
         self.K, self.d = K, d
+        self._means_eig = torch.einsum("kji,kj->ki", U, mu)     # U_kᵀ μ_k, (K, d)
 
     def __repr__(self):
         return f"GaussianMixture(K={self.K}, d={self.d})"
@@ -102,30 +97,24 @@ class GaussianMixture:
         """Σ_k,jj = Σ_i U_k,ji² λ_k,i, (K, d)."""
         return (self.eigvecs ** 2 * self.eigvals[:, None, :]).sum(-1)
 
-    def _to_eigen(self, v):
-        """U_kᵀ v_k for v of shape (B, K, d)."""
-        return torch.einsum("kji,bkj->bki", self.eigvecs, v)
-
-    def _from_eigen(self, y):
-        """U_k y_k for y of shape (B, K, d)."""
-        return torch.einsum("kij,bkj->bki", self.eigvecs, y)
-
     def _from_eigen_k(self, y, k):
         """U_{k_n} y_n for y of shape (n, d) and one component index k_n per row."""
         return torch.einsum("nij,nj->ni", self.eigvecs[k], y)
 
     def _components(self, x: torch.Tensor, a):
-        """Per component k, in its eigenbasis: log w_k + log N(x; √a μ_k, aΣ_k+(1−a)I) (B, K), the
-        coordinates y = U_kᵀ(x − √a μ_k) (B, K, d), the covariance's eigenvalues aλ_k + 1 − a (B, K, d)
-        and a as (B, 1, 1); the last two with a leading 1 instead of B where every row has the same ᾱ (what the
-        samplers pass). Valid for a ∈ [0, 1]: at a = 0 every component is N(0, I)."""
+        """Per component k, in its eigenbasis: log w_k + log N(x; √a μ_k, aΣ_k+(1−a)I) (K, B), the coordinates
+        y = U_kᵀx − √a U_kᵀμ_k (K, d, B), the covariance's eigenvalues aλ_k + 1 − a (K, d, B) and a (1, 1, B); the last
+        two with 1 instead of B where every row has the same ᾱ (what the samplers pass). The batch is the last axis:
+        K and d are small (the ring: K = 8, d = 2), and torch vectorises along the contiguous last axis: ε* at B = 2048
+        took 2.4 (ring) and 3.4 (8-D) times less on one thread than with (B, K, d) tensors. Valid for a ∈ [0, 1]: at a = 0
+        every component is N(0, I)."""
         x = self._check_x(x)
         a = self._alpha_bar_rows(x, a)
-        a = (a[:1] if len(a) and bool((a == a[0]).all()) else a)[:, None, None]    # (B, 1, 1), or (1, 1, 1): one ᾱ
-        var = a * self.eigvals + (1 - a)                        # (B or 1, K, d) eigenvalues of the covariance
-        y = self._to_eigen(x[:, None, :] - a.sqrt() * self.means)
-        log_n = -0.5 * (_sum_last(y ** 2 / var) + _sum_last(var.log()) + self.d * math.log(2 * math.pi))
-        return self.weights.log() + log_n, y, var, a
+        a = (a[:1] if len(a) and bool((a == a[0]).all()) else a)[None, None, :]    # (1, 1, B), or (1, 1, 1): one ᾱ
+        var = a * self.eigvals[:, :, None] + (1 - a)            # eigenvalues of the covariance
+        y = self.eigvecs.mT @ x.T - a.sqrt() * self._means_eig[:, :, None]
+        log_n = -0.5 * ((y * y / var).sum(1) + var.log().sum(1) + self.d * math.log(2 * math.pi))
+        return self.weights.log()[:, None] + log_n, y, var, a
 
     @staticmethod
     def _alpha_bar_rows(x, a) -> torch.Tensor:
@@ -151,16 +140,16 @@ class GaussianMixture:
 
     def log_prob(self, x: torch.Tensor, a=1.0) -> torch.Tensor:
         """log p_t(x) for ᾱ = a (a = 1: the data density), shape (B,)."""
-        return torch.logsumexp(self._components(x, a)[0], dim=1)
+        return torch.logsumexp(self._components(x, a)[0], dim=0)
 
     def _mix(self, logits, per_component):
-        """Σ_k r_k(x) f_k(x): per_component (B, K, d) weighted by the responsibilities r = softmax(logits)."""
-        return torch.einsum("bk,bki->bi", torch.softmax(logits, dim=1), per_component)
+        """Σ_k r_k(x) f_k(x), (B, d): per_component (K, d, B) weighted by the responsibilities r = softmax(logits) (K, B)."""
+        return (torch.softmax(logits, dim=0)[:, None, :] * per_component).sum(0).T.contiguous()
 
     def score(self, x: torch.Tensor, a=1.0) -> torch.Tensor:
         """∇_x log p_t(x) = Σ_k r_k(x) ∇ log N_k(x), with responsibilities r = softmax(log w_k N_k) (notebook 05 §3)."""
         logits, y, var, _ = self._components(x, a)
-        return self._mix(logits, -self._from_eigen(y / var))
+        return self._mix(logits, -(self.eigvecs @ (y / var)))
 
     def x0_mean(self, x: torch.Tensor, a) -> torch.Tensor:
         """E[x_0 | x_t = x] for ᾱ = a, by Gaussian conditioning in each component (notebook 04 §4):
@@ -170,7 +159,7 @@ class GaussianMixture:
         Finite for every a ∈ [0, 1]: at a = 0 (SNR = 0) it is the data mean Σ_k w_k μ_k. It equals
         `diffusion.predict_x0(x, eps(x, a), a)` (Tweedie) wherever that is defined (a > 0)."""
         logits, y, var, a = self._components(x, a)
-        return self._mix(logits, self.means + self._from_eigen(a.sqrt() * self.eigvals * y / var))
+        return self._mix(logits, self.means[:, :, None] + self.eigvecs @ (a.sqrt() * self.eigvals[:, :, None] * y / var))
 
     def v(self, x: torch.Tensor, a) -> torch.Tensor:
         """v*(x_t) = E[v | x_t] with v = √ᾱ ε − √(1−ᾱ) x_0 (Salimans & Ho 2022; notebook 04 §4):
@@ -195,10 +184,10 @@ class GaussianMixture:
         c2 = a_t / a_s
         var_s = a_s * self.eigvals + 1 - a_s                                   # (K, d)
         v = 1 / (1 / var_s + c2 / (1 - c2))
-        mu_eig = self._to_eigen(self.means[None].expand(1, -1, -1))[0]        # U_kᵀ μ_k, (K, d)
-        xt_eig = self._to_eigen(self._check_x(x_t)[:, None, :].expand(-1, self.K, -1))
-        mean = self._from_eigen(v * (math.sqrt(a_s) * mu_eig / var_s + math.sqrt(c2) * xt_eig / (1 - c2)))
-        return torch.log_softmax(logits, dim=1), mean, v
+        xt_eig = self.eigvecs.mT @ self._check_x(x_t).T                        # U_kᵀx_t, (K, d, B)
+        mean_eig = v[..., None] * (math.sqrt(a_s) * (self._means_eig / var_s)[..., None] + math.sqrt(c2) * xt_eig / (1 - c2))
+        mean = self.eigvecs @ mean_eig
+        return torch.log_softmax(logits, dim=0).T.contiguous(), mean.permute(2, 0, 1).contiguous(), v
 
     def reverse_sample(self, x_t: torch.Tensor, a_t: float, a_s: float,
                        generator: torch.Generator | None = None) -> torch.Tensor:
