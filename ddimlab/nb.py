@@ -10,11 +10,11 @@ import sys
 import numpy as np
 import torch
 
-from . import devices
+from . import devices, quality
 from .checkpoint import weights_sha256
 
 # What `weights_line` prints; notebooks/conftest.py reads it back from a cell's outputs.
-WEIGHTS_LINE = re.compile(r"weights' sha256 ([0-9a-f]{12})")
+WEIGHTS_LINE = re.compile(r"weights' sha256 [0-9a-f]{12}(, classifier's [0-9a-f]{12})?")
 
 
 def seed_everything(seed: int = 0, threads: int = 2) -> torch.Generator:
@@ -67,14 +67,20 @@ def check_close(actual, expected, message: str, rtol: float = 0.0, atol: float =
 
 
 def weights_line(model) -> str:
-    """"weights' sha256 <12 hex digits>" of `model` (`checkpoint.weights_sha256`).
+    """"weights' sha256 <12 hex digits>, classifier's <12 hex digits>": `checkpoint.weights_sha256` of `model` and, for a
+    model of grey images (a `config` with in_ch = 1), of the digits classifier that scores its samples
+    (`quality.load_classifier` at the model's resolution).
 
-    Notebooks 06-08 print it where they load the demo's model. A CPU may train that model (and the digits classifier) to
-    weights of its own (README, "The notebooks"), and then prints its own numbers after it: where the line differs from
-    the committed one, `make test` runs the cells from there on, and their checks, without comparing what they print
+    Notebooks 06-08 print it where they load the demo's model. A CPU may train that model and the classifier to weights
+    of its own (README, "The notebooks"), and then prints its own numbers after it: where the line differs from the
+    committed one, `make test` runs the cells from there on, and their checks, without comparing what they print
     (notebooks/conftest.py).
     """
-    return f"weights' sha256 {weights_sha256(model)[:12]}"
+    line = f"weights' sha256 {weights_sha256(model)[:12]}"
+    config = getattr(model, "config", None) or {}
+    if config.get("in_ch") == 1:
+        line += f", classifier's {weights_sha256(quality.load_classifier(config['resolution'])[0])[:12]}"
+    return line
 
 
 def fmt(x, digits: int = 3) -> str:

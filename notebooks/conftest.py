@@ -2,7 +2,7 @@
 
 - stdout and results are compared, never stderr (warnings and library notices vary by machine).
 - Notebooks 06-08 load the demo's digits model, which a CPU may train to weights of its own (the Intel Xeon and the AMD
-  EPYC do; README, "The notebooks"), and print its `nb.weights_line`. Where this machine's weights differ from those of
+  EPYC do; README, "The notebooks"), and print its `nb.weights_line` (with the digits classifier's). Where this machine's weights differ from those of
   the committed outputs, the cell that printed the line and every cell after it still run, and their checks must hold,
   but what they print is not compared (other weights print other digits); a warning says so once per notebook.
 """
@@ -19,10 +19,10 @@ def pytest_collectstart(collector):
 
 
 def _weights(outputs):
-    """The sha256 digits of the first weights line in a cell's outputs, or None."""
+    """The first weights line in a cell's outputs (the model's and the classifier's sha256 digits), or None."""
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     match = WEIGHTS_LINE.search(text)
-    return match and match.group(1)
+    return match and match.group(0)
 
 
 def pytest_itemcollected(item):
