@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import re
 import warnings
@@ -459,6 +460,8 @@ def load_model(path, device="cpu", use_ema: bool = True):
       `ddpm-cifar10`, which downloads it once into the cache (`official_ddpm_file`); linear ᾱ, T = 1000;
     - a diffusers `UNet2DModel` folder or pipeline folder (ᾱ from its scheduler_config.json when present).
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"the checkpoint must be a path or the name `{OFFICIAL_NAME}`, got {type(path).__name__}")
     if not str(path).strip():                   # Path("") is the current folder
         raise CheckpointError("the checkpoint path is empty; pass a ckpt.pt or run folder, model-790000.ckpt, "
                               f"`{OFFICIAL_NAME}` or a diffusers UNet2DModel folder")
@@ -474,13 +477,18 @@ def load_model(path, device="cpu", use_ema: bool = True):
     elif path.is_file() and path.suffix.lower() in (".npz", ".png", ".json", ".jsonl", ".txt", ".csv", ".md"):
         raise CheckpointError(f"{path} is a {path.suffix} file, not a checkpoint; pass a ckpt.pt or run folder, "
                               f"model-790000.ckpt, `{OFFICIAL_NAME}` or a diffusers UNet2DModel folder")
+    one_set = "holds one set of weights (use_ema=False, --no-ema, chooses between a ddimlab run's two)"
     if path.is_dir():
+        if not use_ema:
+            raise ValueError(f"{path}, a diffusers folder, {one_set}")
         net, abar = load_diffusers_folder(path), diffusers_alpha_bar(path)
     else:
         state = load_checkpoint(path)
         if isinstance(state, dict) and "config" in state and "model" in state:
             net = unet_from_run(state, use_ema)
             abar = schedule.make_alpha_bar(state["config"].get("schedule", "linear"), int(state["config"].get("T", 1000)))
+        elif not use_ema:
+            raise ValueError(f"{path}, an official-layout state_dict, {one_set}")
         else:  # the official layout, already read: no second pass over the 143 MB file
             net = load_state_strict(unet_mod.cifar10_unet(), official_state_dict(state), source=str(path))
             abar = schedule.make_alpha_bar("linear", 1000)

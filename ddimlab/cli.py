@@ -15,6 +15,7 @@ import functools
 import hashlib
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -30,7 +31,17 @@ from .checks import int_range
 from .files import atomic_write, folder_removed_on_error, interrupts_deferred, locked
 from .generate import check_data_range, latents, progress, sample_indices, sampling_steps
 from .plotting import grid_png, grid_size
-from .samplers import SIGMA_HAT, NonFiniteError, OutOfRangeWarning, check_first_step, ddim_invert, ddim_sample, slerp
+from .samplers import (
+    FROM_NOISE,
+    SIGMA_HAT,
+    TO_NOISE,
+    NonFiniteError,
+    OutOfRangeWarning,
+    check_first_step,
+    ddim_invert,
+    ddim_sample,
+    slerp,
+)
 from .train import PRESETS, LossWarning, NonFiniteLossError, TornLogWarning, TrainConfig, make_config, resumed_config, train
 
 # What a user can act on, printed as one line unless --debug (any OSError: a missing, unreadable or unwritable file,
@@ -64,7 +75,7 @@ def _model_for(args):
         warnings.warn(f"--spacing {args.spacing} with --steps {steps} visits {len(seq)} distinct steps, so {len(seq)} network "
                       f"calls per image: the rule repeats small steps, which would change nothing (README, Timestep "
                       f"sub-sequences)", StepsWarning)
-    check_first_step(abar, seq)
+    check_first_step(abar, seq, TO_NOISE if args.command == "invert" else FROM_NOISE)
     return net, abar, device, seq
 
 
@@ -191,6 +202,9 @@ def _sampler_kwargs(args) -> dict:
         raise ValueError(f"--variance applies to --sampler ddpm only (got --sampler {args.sampler})")
     if args.lower_order_final and args.sampler != "dpm_solver_pp_3m":
         raise ValueError(f"--lower-order-final applies to --sampler dpm_solver_pp_3m only (got --sampler {args.sampler})")
+    if args.lower_order_final and args.steps is not None and args.steps <= 3:
+        raise ValueError(f"--lower-order-final does nothing at --steps {args.steps}: up to 3 steps the step before the "
+                         f"last is second order already; drop it")
     if args.sampler == "ddim":
         return dict(eta=0.0 if args.eta is None else args.eta, clip_x0=args.clip)
     if args.sampler == "ddpm":   # DDPM's posterior is DDIM with η = 1; its large variance is the σ̂ row
@@ -380,10 +394,11 @@ def cmd_demo(args) -> int:
 
 def _tables_in(args, run, outputs_in, hint: str = "") -> int:
     """`lab` and `demo`: refuse to replace an earlier run's files without --overwrite, under a lock that the whole
-    run holds (a second command on the same --out refuses at once). With --overwrite the earlier run's files go
-    first, so that a run that stops midway never leaves old and new side by side (e.g. the old table1_d1024.png
-    beside a new table1.png). A folder that cannot be written is said before the work; one the command made is
-    removed again if it fails."""
+    run holds (a second command on the same --out refuses at once). With --overwrite the earlier run's files are set
+    aside first (in .previous-<pid>), so that old and new never lie side by side (e.g. the old table1_d1024.png beside
+    a new table1.png), and put back if the run fails: a run that fails (a size that does not fit in memory, Ctrl-C)
+    removes what it wrote and leaves the folder as it found it. A folder that cannot be written is said before the
+    work; one the command made is removed again if it fails."""
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file; give a folder for table1.txt and the figures")
@@ -392,9 +407,20 @@ def _tables_in(args, run, outputs_in, hint: str = "") -> int:
                                                                          f"wait for it to finish or choose another --out"):
         earlier = outputs_in(out)
         _refuse_existing(args.overwrite, *earlier, hint=hint)
+        aside = out / f".previous-{os.getpid()}"
         for old in earlier:
-            old.unlink(missing_ok=True)
-        run()
+            aside.mkdir(exist_ok=True)
+            os.replace(old, aside / old.name)
+        try:
+            run()
+        except BaseException:
+            for new in outputs_in(out):
+                new.unlink(missing_ok=True)
+            for old in earlier:
+                os.replace(aside / old.name, old)
+            raise
+        finally:
+            shutil.rmtree(aside, ignore_errors=True)
     return 0
 
 
@@ -427,6 +453,7 @@ def _int_in(low: int, high: int | None = None):
 
 
 _positive, _scale, _seed = _int_in(1), _int_in(1, 32), _int_in(0, 2 ** 63 - 1)
+_train_seed = _int_in(0, 2 ** 32 - 1)     # training's (TrainConfig.seed)
 
 
 def _eta(text: str) -> float:
@@ -515,9 +542,9 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
                         "whose table row, like `reproduce`, also clips x0: add --clip for that)")
     p.add_argument("--clip", action="store_true", help="clip the predicted x0 to [-1, 1] (ddim, ddpm)")
     p.add_argument("--lower-order-final", action="store_true",
-                   help="dpm_solver_pp_3m only: take the step before the last at second order, at any --steps (diffusers "
-                        "does so by default below 15). Notebook 08 §7, exact scores: 1.8 to 2.3 times closer to the ODE's "
-                        "solution at 5 steps; at 10 farther on one mixture, unresolved on the other")
+                   help="dpm_solver_pp_3m only: take the step before the last at second order, at --steps 4 or more "
+                        "(diffusers does so by default below 15). Notebook 08 §7, exact scores: 1.8 to 2.3 times closer "
+                        "to the ODE's solution at 5 steps; at 10 farther on one mixture, unresolved on the other")
     p.add_argument("--seed", type=_seed, default=0, help="image i's noise is a function of (seed, i)")
     p.add_argument("--n", type=_positive, default=64, help="number of samples")
     p.add_argument("--nrow", type=_positive, default=None, help="images per row of the grid (default: square)")
@@ -579,7 +606,7 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--train-steps", type=_positive, default=None, help="override the digits preset's training steps")
     p.add_argument("--n", type=_int_in(2), default=None, help="samples per sampler for the quality score, at least 2 "
                    f"(default {demo.N_SAMPLES})")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the training run and of x_T")
+    p.add_argument("--seed", type=_train_seed, default=0, help="seed of the training run and of x_T")
     p.add_argument("--overwrite", action="store_true", help="replace the tables and figures of an earlier demo in --out")
     _common(p)
     return parser

@@ -359,7 +359,7 @@ def load_digits(resolution: int = 16, channels: int = 1) -> tuple[torch.Tensor, 
     stand-in for CIFAR-10 that ships with the package (e.g. 3×32×32 for the GPU check). Needs no download.
     """
     resolution = check_int("resolution", resolution, 2)
-    if channels not in (1, 3):
+    if check_int("channels", channels, 1, 3, " (1 grey, 3 RGB)") == 2:
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
     images, labels = _sklearn_digits()
     x = resize(torch.from_numpy(images.astype(np.float32) * (255.0 / 16.0))[:, None], resolution)
@@ -543,6 +543,7 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int = 0) -> torch.Te
     indices of each permutation are skipped). A function of (n, batch_size, step, seed) alone, so a
     resumed run draws exactly the batches the uninterrupted one would.
     """
+    n = check_int("n", n, 1, note=" (the data set's size)")
     batch_size = check_int("batch_size", batch_size, 1, n, " (the data set's size)")
     step = check_int("step", step, 0)
     epoch, i = divmod(step, n // batch_size)

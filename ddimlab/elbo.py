@@ -248,7 +248,8 @@ def l_simple(eps_model, x0: torch.Tensor, alpha_bar, generator: torch.Generator 
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     elif validate:
         _check_same("noise", noise, x0)
-    x_t = q_sample(x0, alpha_bar.to(x0.device, x0.dtype)[t], noise)
+    # ᾱ at float32 or wider: bfloat16 rounds ᾱ_0 = 0.9999 to 1, and x_t = x_0 would carry no noise at all
+    x_t = q_sample(x0, alpha_bar.to(x0.device, torch.promote_types(x0.dtype, torch.float32))[t], noise)
     pred = eps_model(x_t, t)
     if not isinstance(pred, torch.Tensor) or pred.shape != noise.shape:   # it would broadcast, and train on nonsense
         raise ValueError(f"eps_model(x_t, t) must return a tensor of x0's shape {tuple(noise.shape)}, got "

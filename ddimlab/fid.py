@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import data, devices, quality
+from .checks import check_int
 from .files import atomic_write
 from .quality import feature_stats, frechet_distance
 
@@ -76,6 +77,7 @@ def image_stats(images, feature_fn, batch_size: int = 500) -> tuple[np.ndarray, 
 
     feature_fn takes uint8 N×C×H×W (as torch-fidelity's extractors do) and returns N×D features.
     """
+    batch_size = check_int("batch_size", batch_size)
     x = _images_u8(images)
     feats = []
     with torch.no_grad():
@@ -148,6 +150,15 @@ def digits_feature_fn(x_u8: torch.Tensor) -> torch.Tensor:
     return quality.digits_features(x_u8)
 
 
+def _torch_fidelity(instead: str = "pass a feature_fn (fid.compute_fid)"):
+    try:
+        import torch_fidelity  # optional: the [fid] extra
+    except ImportError as e:
+        raise ImportError(f"FID with Inception features needs torch-fidelity (and a torchvision that matches your "
+                          f"torch build): {FID_INSTALL_HINT}. Without it, {instead}.") from e
+    return torch_fidelity
+
+
 def fid_inception(sample_dir, reference: str = "cifar10-train", cuda: bool | None = None, cache_root=None,
                   batch_size: int = 64) -> float:
     """FID with Inception-v3 features through torch-fidelity (`pip install ddimlab[fid]`).
@@ -156,11 +167,7 @@ def fid_inception(sample_dir, reference: str = "cifar10-train", cuda: bool | Non
     computes once and caches under cache_root, default `<ddimlab cache>/torch-fidelity`), or a
     directory of PNGs (cached under its folder name).
     """
-    try:
-        import torch_fidelity  # optional: the [fid] extra
-    except ImportError as e:
-        raise ImportError(f"FID with Inception features needs torch-fidelity (and a torchvision that matches your "
-                          f"torch build): {FID_INSTALL_HINT}. Without it, pass a feature_fn (fid.compute_fid).") from e
+    torch_fidelity = _torch_fidelity()
     cache_root = Path(cache_root or data.default_cache_dir() / "torch-fidelity")
     kwargs = {}
     if Path(str(reference)).is_dir():
@@ -178,6 +185,8 @@ def reference_for(features: str, in_ch: int, resolution: int, data_root=None):
     if features == "inception":
         if in_ch != 3:
             raise ValueError("Inception FID needs RGB (CIFAR-10) models; for a digits model use --features digits")
+        if devices.rank_world()[0] == 0:        # before any sampling, not after the first cell's
+            _torch_fidelity("`--features random` runs the same table with random features (a smoke test)")
         return None, None
     if features == "digits":
         if in_ch != 1:

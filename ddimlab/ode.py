@@ -43,8 +43,8 @@ import numpy as np
 import torch
 
 from .checks import as_real, check_int
-from .samplers import call_eps, check_args, check_first_step
-from .schedule import alpha_bar_at, step_pairs, validate_alpha_bar, validate_timesteps
+from .samplers import NonFiniteError, _of_x_shape, call_eps, check_args, check_first_step, report
+from .schedule import alpha_bar_at, as_steps, step_pairs, validate_alpha_bar, validate_timesteps
 
 # ------------------------------------------------------------------------------- continuous time
 
@@ -63,11 +63,9 @@ def alpha_bar_cont(alpha_bar: torch.Tensor, t) -> torch.Tensor:
 
 def _alpha_bar_cont(alpha_bar: torch.Tensor, t) -> torch.Tensor:
     """`alpha_bar_cont` on a table already validated (`toy.exact_eps`, called at every step)."""
-    t = torch.as_tensor(t if isinstance(t, torch.Tensor) else np.asarray(t), device=alpha_bar.device)
+    t = as_steps(t, alpha_bar.device)
     T = alpha_bar.shape[0]
     if not t.dtype.is_floating_point:
-        if bool(((t < -1) | (t > T - 1)).any()):
-            raise ValueError(f"step t must lie in -1..T-1 = -1..{T - 1}, got {t.tolist()}")
         return alpha_bar_at(alpha_bar, t).to(torch.float64)
     t = t.to(torch.float64)
     if not bool(torch.isfinite(t).all()) or bool(((t < -1) | (t > T - 1)).any()):
@@ -128,11 +126,13 @@ def _distinct_steps(t: torch.Tensor, t_min: int, t_max: int, T: int) -> torch.Te
 
 
 def _check_span(S, T: int, t_max, t_min) -> tuple[int, int, int]:
-    """(S, t_max, t_min) as ints, t_max defaulting to T − 1: 0 <= t_min < t_max <= T − 1, S >= 1."""
-    t_max = check_int("t_max", T - 1 if t_max is None else t_max, 1, T - 1)
-    t_min, S = check_int("t_min", t_min, 0, T - 2), check_int("number of steps S", S)
-    if not t_min < t_max:
-        raise ValueError(f"need 0 <= t_min < t_max <= T-1 = {T - 1}, got t_min={t_min}, t_max={t_max}")
+    """(S, t_max, t_min) as ints, t_max defaulting to T − 1: 0 <= t_min < t_max <= T − 1 (t_min <= t_max for one step),
+    S >= 1."""
+    S = check_int("number of steps S", S)
+    t_max = check_int("t_max", T - 1 if t_max is None else t_max, 0, T - 1, " (T - 1 by default)")
+    t_min = check_int("t_min", t_min, 0, T - 1)
+    if not (t_min < t_max or (S == 1 and t_min == t_max)):
+        raise ValueError(f"{S} steps need 0 <= t_min < t_max <= T-1 = {T - 1}, got t_min={t_min}, t_max={t_max}")
     return S, t_max, t_min
 
 
@@ -230,7 +230,7 @@ def _start(x_T, alpha_bar, seq):
     xbar = x_T * scale
     if x_T.dtype == torch.float16 and not bool(torch.isfinite(xbar).all()):   # 65504 at most; was blamed on the model
         raise ValueError(f"x_T / sqrt(alpha_bar) = {scale:.3g} x_T overflows float16 at t = {int(seq[0])}; run the solver "
-                         f"in float32 (x_T.float()), or use samplers.ddim_sample, which does not form it")
+                         f"in float32 (x_T.float())")
     return alpha_bar, pairs, sig, xbar, {"x": [x_T], "t": [int(seq[0])]}
 
 
@@ -238,8 +238,7 @@ def _record(traj, callback, i, t, s, xbar, sig_s, x0):
     """Append x_s to the trajectory and call `callback` with the samplers' info dict (samplers module docstring)."""
     x = _x(xbar, sig_s)
     traj["x"].append(x); traj["t"].append(s)
-    if callback is not None:
-        callback({"i": i, "t": t, "s": s, "x": x, "x0": x0})
+    report(callback, i, t, s, x, x0)
 
 
 def _result(xbar, traj, return_trajectory):
@@ -648,7 +647,10 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
         sig = max(sig, 0.0)
         x = torch.from_numpy(y).reshape(shape).to(dev) / math.sqrt(sig ** 2 + 1)
         t = torch.full((shape[0],), float(_t_of_sigma(alpha_bar, min(sig, sig0))), dtype=torch.float64, device=dev)
-        return eps(x, t).to(torch.float64).reshape(-1).cpu().numpy()
+        e = _of_x_shape(eps(x, t), x, "eps(x, t)").to(torch.float64)
+        if not bool(torch.isfinite(e).all()):
+            raise NonFiniteError(f"eps(x, t) returned NaN or inf at t = {float(t[0]):.6g} (sigma = {sig:.6g})")
+        return e.reshape(-1).cpu().numpy()
 
     y0 = (x64 / math.sqrt(float(alpha_bar_cont(alpha_bar, t_start)))).reshape(-1).cpu().numpy()
     sol = solve_ivp(rhs, (sig0, sig1), y0, method=method, rtol=rtol, atol=atol)

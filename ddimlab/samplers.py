@@ -10,9 +10,9 @@ One signature for every sampler and ODE solver (k-diffusion's convention): (eps,
 callback=None). Stochastic samplers draw one N(0, I) of x's shape per step from `generator`, or take it
 from `noise_sampler(t, s)` when given (resumable or per-image generation draws its own noise, as
 k-diffusion's `noise_sampler` and diffusers' `variance_noise`); `callback(info)` is called after every
-step with info = {"i": step number, "t": from, "s": to, "x": x_s, "x0": x̂_0} (progress bars, previews).
-Arguments are checked once per call (`check_args`), and ε is checked to be finite at every call
-(`call_eps`), so a sampler never returns NaN silently.
+step with info = {"i": step number, "t": from, "s": to, "x": x_s, "x0": x̂_0}, copies (progress bars, previews;
+`report`). Arguments are checked once per call (`check_args`), ε is checked to be finite at every call
+(`call_eps`), and so is each step's x_s (`_finite`: float16 overflows), so a sampler never returns NaN silently.
 """
 from __future__ import annotations
 
@@ -45,6 +45,8 @@ class OutOfRangeWarning(UserWarning):
 
 FROM_NOISE = ("x_T ~ N(0, I) is not the model's x_t: the output stays close to x_T; use more steps or the trailing "
               "spacing (which starts at t = T - 1)")
+TO_NOISE = ("the inversion stops there, not at noise: x_T still holds x_0, and the round trip is close whatever the "
+            "model; use more steps or the trailing spacing (which ends at t = T - 1)")
 
 
 def check_first_step(alpha_bar, seq, why: str = FROM_NOISE) -> None:
@@ -105,12 +107,35 @@ def _of_x_shape(e, x: torch.Tensor, what: str) -> torch.Tensor:
     return e
 
 
-def noise_from(generator: torch.Generator | None, x: torch.Tensor):
-    """The default `noise_sampler`: one N(0, I) draw of x's shape, dtype and device per call from `generator`."""
+def check_generator(generator):
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__} (for a seed: "
                         f"torch.Generator().manual_seed(seed))")
+    return generator
+
+
+def noise_from(generator: torch.Generator | None, x: torch.Tensor):
+    """The default `noise_sampler`: one N(0, I) draw of x's shape, dtype and device per call from `generator`."""
+    check_generator(generator)
     return lambda t, s: torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+def report(callback, i: int, t: int, s: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+    """callback(info) with copies of x_s and x̂_0 (module docstring): what a callback does to them changes neither
+    the run nor its trajectory, in every sampler and solver alike."""
+    if callback is not None:
+        callback({"i": i, "t": t, "s": s, "x": x.clone(), "x0": x0.clone()})
+
+
+def _finite(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
+    """x_s, or a NonFiniteError naming the step where the sampler's own arithmetic left x's dtype (ε was finite:
+    `call_eps`); in float16, x̂_0 = (x_t − √(1−ᾱ_t) ε)/√ᾱ_t passes 65504 where ᾱ_t is small (the cosine schedule's)."""
+    if not bool(torch.isfinite(x).all()):
+        raise NonFiniteError(f"step {t} -> {s} gave NaN or inf in {x.dtype} from a finite eps; run in float32 "
+                             f"(x_T.float())" if x.dtype in (torch.float16, torch.bfloat16) else
+                             f"step {t} -> {s} gave NaN or inf from a finite eps and finite x (values near the "
+                             f"limit of {x.dtype}?)")
+    return x
 
 
 def _draw(noise_sampler, t, s, x):
@@ -149,9 +174,9 @@ def ddim_sample(eps, x_T, alpha_bar, seq, eta: float = 0.0, generator: torch.Gen
         e = call_eps(eps, x, t)
         z = _draw(noise_sampler, t, s, x) if eta > 0 else None
         x, x0 = ddim_step(x, e, a_t, a_s, eta, z, clip_x0)
+        x = _finite(x, t, s)
         traj["x"].append(x); traj["x0"].append(x0); traj["t"].append(s)
-        if callback is not None:
-            callback({"i": i, "t": t, "s": s, "x": x, "x0": x0})
+        report(callback, i, t, s, x, x0)
     return (x, traj) if return_trajectory else x
 
 
@@ -189,9 +214,9 @@ def ddpm_sample(eps, x_T, alpha_bar, variance: str = "small", seq=None, generato
         x = posterior_mean(x0, x, a_t, a_s)
         if s >= 0:
             x = x + bcast(var.sqrt(), x) * z
+        x = _finite(x, t, s)
         traj["x"].append(x); traj["x0"].append(x0); traj["t"].append(s)
-        if callback is not None:
-            callback({"i": i, "t": t, "s": s, "x": x, "x0": x0})
+        report(callback, i, t, s, x, x0)
     return (x, traj) if return_trajectory else x
 
 
@@ -224,10 +249,9 @@ def ddim_invert(eps, x0, alpha_bar, seq, return_trajectory: bool = False, callba
     for i, t in enumerate(reversed(seq.tolist())):
         e = call_eps(eps, x, t)
         x0_hat = predict_x0(x, e, float(alpha_bar_at(alpha_bar, s)))
-        x = q_sample(x0_hat, float(alpha_bar_at(alpha_bar, t)), e)
+        x = _finite(q_sample(x0_hat, float(alpha_bar_at(alpha_bar, t)), e), s, t)
         traj["x"].append(x); traj["t"].append(t)
-        if callback is not None:
-            callback({"i": i, "t": s, "s": t, "x": x, "x0": x0_hat})
+        report(callback, i, s, t, x, x0_hat)
         s = t
     return (x, traj) if return_trajectory else x
 
@@ -293,7 +317,11 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, lam) -> torch.Tensor:
     single = z0.ndim == 1
     if single:
         z0, z1 = z0[None], z1[None]
-    lam = torch.as_tensor(lam, dtype=z0.dtype, device=z0.device)
+    work = torch.promote_types(z0.dtype, torch.float32)    # θ and the weights: π in float16 is 3.1406, sin π 1e-3
+    try:
+        lam = torch.as_tensor(lam, dtype=work, device=z0.device)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"lam must be a number or a 1-D sequence of numbers, got {lam!r}") from None
     if lam.ndim > 1:
         raise ValueError(f"lam must be a scalar or 1-D, got shape {tuple(lam.shape)}")
     if lam.device.type == "cpu" and not bool(torch.isfinite(lam).all()):
@@ -302,13 +330,13 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, lam) -> torch.Tensor:
         raise ValueError(f"lam has {lam.shape[0]} values but the batch has {z0.shape[0]}; use batch 1 or matching sizes")
     view = (-1,) + (1,) * (z0.ndim - 1)
     a, b = z0.flatten(1), z1.flatten(1)
-    if bool((a.norm(dim=1) == 0).any() | (b.norm(dim=1) == 0).any()):
-        raise ValueError("slerp needs non-zero latents: the angle to a zero vector is undefined")
     if not bool(torch.isfinite(a).all() & torch.isfinite(b).all()):
         raise ValueError("slerp got NaN or inf in z0 or z1")
-    a, b = a.double(), b.double()                  # float32 norms of latents near 1e38 overflow to inf
+    if bool(((a == 0).all(1) | (b == 0).all(1)).any()):
+        raise ValueError("slerp needs non-zero latents: the angle to a zero vector is undefined")
+    a, b = (v.double() / v.double().abs().amax(1, keepdim=True) for v in (a, b))   # no overflow near 1e200, no underflow
     cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
-    theta = torch.arccos(cos.clamp(-1, 1)).to(z0.dtype).reshape(view)
+    theta = torch.arccos(cos.clamp(-1, 1)).to(work).reshape(view)
     lam_b = lam.reshape(view) if lam.ndim == 1 else lam
     sin = torch.sin(theta)
     parallel = sin.abs() < 1e-7
@@ -318,7 +346,7 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, lam) -> torch.Tensor:
     safe = torch.where(parallel, torch.ones_like(sin), sin)
     w0 = torch.where(parallel, 1 - lam_b, torch.sin((1 - lam_b) * theta) / safe)
     w1 = torch.where(parallel, lam_b, torch.sin(lam_b * theta) / safe)
-    out = w0 * z0 + w1 * z1
+    out = (w0 * z0 + w1 * z1).to(z0.dtype)
     return out[0] if single and lam.ndim == 0 else out
 
 
@@ -329,6 +357,6 @@ def sample(eps, shape, alpha_bar, S: int = 50, spacing: str = "uniform", eta: fl
     alpha_bar = schedule.validate_alpha_bar(alpha_bar)
     seq = schedule.timesteps(S, alpha_bar.shape[0], spacing)
     check_first_step(alpha_bar, seq)
-    x_T = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+    x_T = torch.randn(tuple(shape), generator=check_generator(generator), dtype=dtype, device=device)
     return ddim_sample(eps, x_T, alpha_bar, seq, eta=eta, generator=generator, return_trajectory=return_trajectory,
                        callback=callback)

@@ -75,16 +75,24 @@ def validate_alpha_bar(alpha_bar) -> torch.Tensor:
     return a
 
 
+def as_steps(t, device=None) -> torch.Tensor:
+    """Steps `t` (an int or float, a sequence, a numpy array of any strides, a tensor) as a tensor on `device`; integer
+    ones as int64, so that range checks hold −1 and T − 1 (in uint8, −1 was 255 and every step was refused)."""
+    t = t if isinstance(t, torch.Tensor) else torch.as_tensor(np.array(t))    # np.array: a copy, so [::-1] views work
+    t = t.to(device) if device is not None else t
+    return t.long() if not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool) else t
+
+
 def alpha_bar_at(alpha_bar: torch.Tensor, t) -> torch.Tensor:
     """ᾱ_t with ᾱ_{−1} = 1; `t` is an int or an integer tensor in −1..T−1 (notebook 01 "Notation")."""
-    t = torch.as_tensor(t, device=alpha_bar.device)
-    if t.dtype.is_floating_point or t.dtype == torch.bool:
+    t = as_steps(t, alpha_bar.device)
+    if t.dtype != torch.long:
         raise ValueError(f"step t must be an integer (use ode.alpha_bar_cont for fractional steps), got {t.dtype}")
     T = alpha_bar.shape[0]
     if bool(((t < -1) | (t > T - 1)).any()):
         raise ValueError(f"step t must lie in -1..T-1 = -1..{T - 1} (-1 is clean data), got {t.tolist()}")
     padded = torch.cat([alpha_bar.new_ones(1), alpha_bar])
-    return padded[t.long() + 1]
+    return padded[t + 1]
 
 
 def snr(alpha_bar: torch.Tensor) -> torch.Tensor:
@@ -141,12 +149,11 @@ def timesteps(S: int, T: int = 1000, spacing: str = "uniform") -> torch.Tensor:
 
 def validate_timesteps(seq, T: int = 1000) -> torch.Tensor:
     """Check that τ is a strictly decreasing sequence of integers in 0..T−1 and return it."""
-    seq = torch.as_tensor(seq)
+    seq = as_steps(seq)
     if seq.ndim != 1 or seq.numel() == 0:
         raise ValueError(f"timesteps must be a non-empty 1-D sequence, got shape {tuple(seq.shape)}")
-    if seq.dtype.is_floating_point or seq.dtype == torch.bool:
+    if seq.dtype != torch.long:
         raise ValueError(f"timesteps must be integers, got {seq.dtype}")
-    seq = seq.long()
     if int(seq.min()) < 0 or int(seq.max()) > T - 1:
         raise ValueError(f"timesteps must lie in 0..T-1 = 0..{T - 1}, got {int(seq.min())}..{int(seq.max())}")
     if seq.numel() > 1 and not bool((seq[1:] < seq[:-1]).all()):

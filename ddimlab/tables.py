@@ -25,7 +25,7 @@ from .diffusion import check_sigma, ddim_sigma
 from .fid import compute_fid, fid_inception, load_images
 from .files import atomic_write
 from .generate import check_eta, generate_samples, resolve_rank, sample_indices, sampling_steps
-from .samplers import SIGMA_HAT, reconstruct
+from .samplers import FROM_NOISE, SIGMA_HAT, TO_NOISE, check_first_step, reconstruct
 
 # DDIM paper Table 1, CIFAR-10 FID of 50k samples, quadratic steps: {η: {S: FID}}; σ̂ is DDPM's large variance.
 PAPER_TABLE1 = {
@@ -123,7 +123,7 @@ def _check_grid(eta_list, S_list, alpha_bar, spacing: str) -> None:
     would cost every cell before it): η by `check_eta`, S by `sampling_steps`, σ(η)² ≤ 1 − ᾱ_s on each step."""
     etas = [check_eta(e) for e in eta_list]
     check_distinct(etas, "eta")  # after check_eta: 0 and -0 are one η
-    for seq in _check_steps(S_list, alpha_bar.shape[0], spacing):
+    for seq in _check_steps(S_list, alpha_bar, spacing):
         pairs = schedule.step_pairs(seq)
         for eta in etas:
             if eta != SIGMA_HAT:
@@ -132,10 +132,14 @@ def _check_grid(eta_list, S_list, alpha_bar, spacing: str) -> None:
                     check_sigma(a_t, a_s, ddim_sigma(a_t, a_s, eta))
 
 
-def _check_steps(S_list, T: int, spacing: str) -> list[torch.Tensor]:
-    """Each S's timesteps (`sampling_steps`), every S checked and none listed twice before the first is run."""
+def _check_steps(S_list, alpha_bar, spacing: str, why: str = FROM_NOISE) -> list[torch.Tensor]:
+    """Each S's timesteps (`sampling_steps`), every S checked and none listed twice before the first is run; a warning
+    for each that starts near the data (`check_first_step`: S = 1 on a uniform grid is t = 0)."""
     check_distinct(S_list, "S")
-    return [sampling_steps(S, T, spacing) for S in S_list]
+    seqs = [sampling_steps(S, alpha_bar.shape[0], spacing) for S in S_list]
+    for seq in seqs:
+        check_first_step(alpha_bar, seq, why)
+    return seqs
 
 
 def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list=(0.0, 0.2, 0.5, 1.0, SIGMA_HAT),
@@ -226,7 +230,7 @@ def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None
         images = images[:n_images]
     rank, world_size = resolve_rank(rank, world_size)
     alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else torch.as_tensor(alpha_bar)
-    seqs = _check_steps(S_list, alpha_bar.shape[0], spacing)
+    seqs = _check_steps(S_list, alpha_bar, spacing, TO_NOISE)
     mine = images[rank::world_size]
     rows = []
     for S, seq in tqdm(zip(S_list, seqs), total=len(seqs), desc="table2", disable=not progress):

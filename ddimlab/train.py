@@ -27,6 +27,7 @@ import functools
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -198,6 +199,7 @@ def _apply(values: dict, overrides) -> dict:
 
 
 MAX_GRID = 4096        # n_samples at most
+GRID_NAME = re.compile(r"step_\d{7}\.png")   # the sample grids a run writes in samples/ (--overwrite removes only these)
 # Keys that say where and how a run executes, not what it trains: a resume may change them without a notice.
 RUN_KEYS = ("out", "device", "bf16", "compile", "progress", "threads")
 
@@ -465,7 +467,7 @@ def _remove_run(out: Path, why: str = "--overwrite") -> None:
     sample grids before starting again, so that the folder never mixes two runs (a new run that fails early leaves it
     empty, not half old)."""
     old = [p for p in (out / "ckpt.pt", out / "config.json", out / "log.jsonl") if p.exists()]
-    old += sorted((out / "samples").glob("step_*.png")) if old else []
+    old += sorted(p for p in (out / "samples").glob("step_*.png") if GRID_NAME.fullmatch(p.name)) if old else []
     for p in old:
         p.unlink()
     if old:
@@ -480,8 +482,13 @@ def _append_log(path: Path, record: dict) -> None:
 
 def read_log(path, up_to_step: int | None = None) -> list[dict]:
     """The records of a run's `log.jsonl` (notebook 06 §4). A torn last line (the disk filled or the process
-    died during an append) is dropped with a warning; a damaged earlier line is a ValueError naming it."""
-    lines = Path(path).read_text().splitlines() if Path(path).exists() else []
+    died during an append) is dropped with a warning; a damaged earlier line, or one that is JSON but not a record
+    (an object with an integer "step"), is a ValueError naming it."""
+    try:
+        lines = Path(path).read_text().splitlines() if Path(path).exists() else []
+    except UnicodeDecodeError as e:
+        line = Path(path).read_bytes()[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line} is not text (byte {e.object[e.start]:#x}); fix or delete that line") from None
     records = []
     for i, line in enumerate(lines):
         if not line.strip():
@@ -493,6 +500,9 @@ def read_log(path, up_to_step: int | None = None) -> list[dict]:
                 warnings.warn(f"{path}: dropped a torn last line (an interrupted write): {line[:60]!r}", TornLogWarning)
                 continue
             raise ValueError(f"{path}, line {i + 1} is not JSON: {line[:60]!r}; fix or delete that line") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("step", 0), int) or isinstance(rec.get("step"), bool):
+            raise ValueError(f"{path}, line {i + 1} is not a record of the run (an object with an integer \"step\"): "
+                             f"{line[:60]!r}; fix or delete that line")
         if up_to_step is None or rec.get("step", 0) <= up_to_step:
             records.append(rec)
     return records
@@ -630,7 +640,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
                     save()
                 if is_main and config.n_samples and (
                         (config.sample_every and step % config.sample_every == 0) or step == config.steps):
-                    path = out / "samples" / f"step_{step:07d}.png"
+                    path = out / "samples" / f"step_{step:07d}.png"        # GRID_NAME
                     if config.progress:
                         early = ema_initial_share(config, step)
                         bar.write(f"step {step}: {config.n_samples} DDIM-{config.sample_steps} samples from the EMA "

@@ -303,8 +303,8 @@ def test_half_precision_solvers_keep_fractional_steps_and_name_an_overflow():
 def test_step_rules_name_a_fractional_endpoint_or_length():
     """lambda_timesteps(t_max=500.7) and power_timesteps(5, 1000.0) said only "timesteps must be integers"; karras with
     ρ as a tensor gave a bogus "sigma must lie in …" (a 0-d tensor is now taken as the number it holds)."""
-    for call, match in ((lambda: ode.lambda_timesteps(5, AB, t_max=500.7), "t_max must be an integer in 1..999"),
-                        (lambda: ode.karras_timesteps(5, AB, t_min=0.5), "t_min must be an integer in 0..998"),
+    for call, match in ((lambda: ode.lambda_timesteps(5, AB, t_max=500.7), "t_max must be an integer in 0..999"),
+                        (lambda: ode.karras_timesteps(5, AB, t_min=0.5), "t_min must be an integer in 0..999"),
                         (lambda: ode.power_timesteps(5, 1000.0), "T must be a positive integer"),
                         (lambda: ode.karras_timesteps(5, AB, rho="7"), "rho must be a finite number")):
         with pytest.raises(ValueError, match=match):
@@ -366,3 +366,94 @@ def test_generate_samples_records_the_weights_behind_eps_fn_and_a_named_callable
     # a folder that recorded no weights (a plain callable) is not continued by a network, and says why
     with pytest.raises(ValueError, match="records no weights"):
         generate.generate_samples(tiny_unet, tmp_path / "p", 2, **kw)
+
+
+def test_twelfth_round_half_precision_and_extreme_values():
+    """Helper 85's round: bfloat16 training inputs trained on noise-free x_t at small t (ᾱ_0 = 0.9999 rounded to 1);
+    slerp in float16 missed opposite latents and bent near-opposite ones (π rounded), and gave NaN for latents near 1e200;
+    float16 DDIM and DDPM on the cosine schedule returned inf without a word; toy mixtures read lists as float32."""
+    x0 = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    noise, seen = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(1)), {}
+    elbo.l_simple(lambda x, t: seen.setdefault("x", x) * 0, x0.bfloat16(), AB, t=torch.tensor([0, 1, 10]),
+                  noise=noise.bfloat16())
+    added = (seen["x"].float() - x0.bfloat16().float() * AB[[0, 1, 10]].sqrt().view(3, 1, 1, 1).float())
+    expected = noise * (1 - AB[[0, 1, 10]]).sqrt().view(3, 1, 1, 1).float()
+    cos = torch.nn.functional.cosine_similarity(added.flatten(1), expected.flatten(1))   # bf16 rounds x_t by up to 0.004
+    assert bool((cos > 0.9).all()), cos
+    z = torch.randn(1, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    for dtype in (torch.float16, torch.bfloat16):
+        with pytest.raises(ValueError, match="opposite directions"):
+            samplers.slerp(z.to(dtype), -z.to(dtype), 0.25)
+    w = -z + 1e-2 * torch.randn(1, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    exact = samplers.slerp(z.half().double(), w.half().double(), 0.5)       # the same (rounded) latents, in float64
+    assert (samplers.slerp(z.half(), w.half(), 0.5).double() - exact).abs().max() < 0.01 * exact.abs().max()
+    for big in (1e200, 1e-200):
+        assert torch.allclose(samplers.slerp(big * z, big * w, 0.3) / big, samplers.slerp(z, w, 0.3), rtol=1e-12)
+    with pytest.raises(ValueError, match="lam must be a number"):
+        samplers.slerp(z, w, "0.5")
+    cos = schedule.make_alpha_bar("cosine", 1000)
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0)).half()
+    zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    for run in (lambda: samplers.ddim_sample(zero, x, cos, schedule.timesteps(10, 1000, "trailing")),
+                lambda: samplers.ddpm_sample(zero, x, cos, seq=schedule.timesteps(10, 1000, "trailing"))):
+        with pytest.raises(samplers.NonFiniteError, match=r"step 999 -> .* in torch.float16 from a finite eps; run in float32"):
+            run()
+    with pytest.raises(ValueError, match=r"overflows float16") as e:
+        ode.euler(zero, x, cos, schedule.timesteps(10, 1000, "trailing"))
+    assert "ddim_sample" not in str(e.value)                  # it pointed at a sampler that overflows as well
+    m = toy.GaussianMixture([1.0], [[0.1]], [[[0.01]]])
+    assert m.means.item() == 0.1 and m.covs.item() == 0.01
+    assert toy.GaussianMixture([1e300, 1e300], [[0.0], [1.0]], [[[1.0]], [[1.0]]]).weights.tolist() == [0.5, 0.5]
+
+
+def test_twelfth_round_arguments_named_and_one_rule_for_callbacks(toy_setup):
+    """Helper 85's round: uint8 steps were refused with "must lie in -1..999, got [5]"; a reversed numpy grid, eps of
+    the wrong shape in reference_solution, generator=0 in sample and batch_size=0 failed deep in numpy or torch; mmd gave
+    0 or NaN for an infinite bandwidth, a zero scale or one point; a one-step table was told "t_max in 1..0"; and a
+    callback that edited info["x"] changed DDIM and DDPM but not the ODE solvers."""
+    mix, eps, x_T, seq = toy_setup
+    for dtype in (torch.uint8, torch.int8, torch.int16):
+        assert schedule.alpha_bar_at(AB, torch.tensor([5], dtype=dtype)).item() == AB[5].item()
+        assert torch.equal(eps(x_T, torch.full((16,), 5, dtype=dtype)), eps(x_T, 5))
+    assert schedule.alpha_bar_at(AB, torch.tensor(-1, dtype=torch.int8)).item() == 1.0
+    grid = np.arange(0, 1000, 100)[::-1]                                # negative strides
+    assert torch.equal(samplers.ddim_sample(eps, x_T, AB, grid), samplers.ddim_sample(eps, x_T, AB, grid.copy()))
+    with pytest.raises(ValueError, match=r"eps\(x, t\) must return a tensor of x's shape"):
+        ode.reference_solution(lambda x, t: eps(x, t)[:, :1], x_T, AB, 999)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        samplers.sample(eps, (3, 2), AB, S=2, generator=0)
+    imgs = torch.rand(8, 3, 8, 8) * 2 - 1
+    with pytest.raises(ValueError, match="batch_size must be"):
+        fid.compute_fid(imgs, imgs, fid.random_features(), batch_size=0)
+    s = mix.sample(50, torch.Generator().manual_seed(0))
+    for kw, match in ((dict(kernel=float("inf")), "finite bandwidth"), (dict(scale=torch.zeros(2)), "scale must be"),
+                      (dict(scale=torch.ones(5)), "scale must be")):
+        with pytest.raises(ValueError, match=match):
+            toy.mmd(s, mix, torch.Generator().manual_seed(1), **kw)
+    assert math.isfinite(toy.mmd(s + 5, mix, torch.Generator().manual_seed(1), kernel=1e300).mmd2)
+    with pytest.raises(ValueError, match="at least 2 points"):
+        toy.mmd2_unbiased(s[:1], s, 1.0)
+    with pytest.raises(ValueError, match="n must be"):
+        toy.kl_to_normal(mix, 0.5, n=1)
+    one = torch.tensor([0.5], dtype=torch.float64)
+    assert ode.lambda_timesteps(1, one).tolist() == [0]
+    with pytest.raises(ValueError, match=r"2 steps need 0 <= t_min < t_max <= T-1 = 0"):
+        ode.rule_timesteps("logsnr", 2, one)
+    with pytest.raises(ValueError, match="n must be"):
+        data.batch_indices(0, 2, 0)
+    for bad in (True, 1.0, 2):
+        with pytest.raises(ValueError, match="channels must be"):
+            data.load_digits(8, channels=bad)
+    with pytest.raises(TypeError, match="checkpoint must be a path"):
+        checkpoint.load_model(123)
+
+    def vandal(info):
+        info["x"].zero_(), info["x0"].fill_(float("nan"))
+
+    g = lambda: torch.Generator().manual_seed(4)  # noqa: E731
+    for run in (lambda **kw: samplers.ddim_sample(eps, x_T, AB, seq, eta=0.5, generator=g(), **kw),
+                lambda **kw: samplers.ddpm_sample(eps, x_T, AB, seq=seq, generator=g(), **kw),
+                lambda **kw: samplers.ddim_invert(eps, x_T, AB, seq, **kw),
+                lambda **kw: ode.euler(eps, x_T, AB, seq, **kw),
+                lambda **kw: ode.dpm_solver_pp_2m(eps, x_T, AB, seq, **kw)):
+        assert torch.equal(run(callback=vandal), run())

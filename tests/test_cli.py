@@ -1169,10 +1169,12 @@ def test_ninth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     one_line_error(["train", "--preset", "digits", "--out", str(mine), *_sets(TINY)], "not a ddimlab training log")
     assert (mine / "log.jsonl").read_text() == '{"event": "my own notes"}\n'
     assert cli.main(["train", "--preset", "digits", "--out", str(mine), "--overwrite", "--no-progress", *_sets(TINY)]) == 0
-    # `lab --overwrite` stopped midway left the new table1.png beside the old table1_d4.png and table1.txt
+    # `lab --overwrite` stopped midway left the new table1.png beside the old table1_d4.png and table1.txt; since the
+    # twelfth round the earlier run's files are put back as they were
     from ddimlab import lab
     lab_run = ["lab", "--n", "8", "--image-n", "8", "--image-d", "4", "--out", str(tmp_path / "lab"), "--no-progress"]
     assert cli.main(lab_run) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "lab").iterdir() if not p.name.startswith(".")}
     real_table1 = lab.table1
 
     def stopped_at_the_image_table(*a, **k):
@@ -1181,7 +1183,8 @@ def test_ninth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
         return real_table1(*a, **k)
     monkeypatch.setattr(lab, "table1", stopped_at_the_image_table)
     assert cli.main([*lab_run, "--overwrite"]) == 130
-    assert [p.name for p in (tmp_path / "lab").iterdir() if not p.name.startswith(".")] == []
+    after = {p.name: p.read_bytes() for p in (tmp_path / "lab").iterdir() if p.name != ".lab.lock"}
+    assert sorted(before) == ["table1.png", "table1.txt", "table1_d4.png"] and after == before
 
 
 def test_tenth_round_of_careless_use(tmp_path, capsys, monkeypatch):
@@ -1327,3 +1330,79 @@ def test_a_cache_that_cannot_be_made_is_said_first_and_a_failed_download_leaves_
     _expect_one_line_error(capsys, ["sample", "--checkpoint", "ddpm-cifar10", "--n", "1", "--out", str(tmp_path / "s"),
                                     "--no-progress"], "download of http://127.0.0.1:9/unreachable failed")
     assert list(cache.iterdir()) == []
+
+
+def test_twelfth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
+    """A careless round (helper 84): `lab --overwrite` deleted the earlier tables, then ran out of memory; `demo --seed
+    4294967296` was refused by training after the lab had written its tables, which then blocked the retry; `train
+    --overwrite` deleted the user's own samples/step_final.png; `reproduce --steps 1` scored a table that never left
+    t = 0; --no-ema on a diffusers folder and --lower-order-final at 3 steps did nothing; a log line that was JSON but
+    not a record, or not text, was a traceback; `reproduce table1` without torch-fidelity sampled a cell first."""
+    import re
+    import shutil
+    from pathlib import Path
+
+    from ddimlab import fid, lab, tables, train
+
+    def one_line_error(argv, *needles):
+        _expect_one_line_error(capsys, [*argv, "--no-progress"], *needles)
+
+    def fails_midway(out="outputs/lab", **kwargs):
+        (Path(out) / "table1.txt").write_text("half of a new table")
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 16000000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    out = tmp_path / "lab"
+    out.mkdir()
+    (out / "table1.txt").write_text("the earlier table")
+    (out / "table1.png").write_bytes(b"the earlier figure")
+    monkeypatch.setattr(lab, "main", fails_midway)
+    one_line_error(["lab", "--n", "8", "--image-d", "0", "--out", str(out), "--overwrite"], "out of memory")
+    assert (out / "table1.txt").read_text() == "the earlier table" and (out / "table1.png").read_bytes() == b"the earlier figure"
+    assert sorted(p.name for p in out.iterdir()) == [".lab.lock", "table1.png", "table1.txt"]      # no .previous-*
+    one_line_error(["lab", "--n", "8", "--image-d", "0", "--out", str(tmp_path / "new")], "out of memory")
+    assert not (tmp_path / "new").exists()                                          # a fresh folder goes again
+    monkeypatch.undo()
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--seed", str(2 ** 32), "--out", str(tmp_path / "d")])
+    assert "must be an integer in 0..2**32 - 1" in capsys.readouterr().err and not (tmp_path / "d").exists()
+    # train --overwrite removes the grids it wrote, not a user's file beside them
+    run = tmp_path / "run"
+    assert cli.main(["train", "--out", str(run), "--no-progress", *_sets(TINY), "--set", "steps=2"]) == 0
+    grids = sorted((run / "samples").glob("step_*.png"))
+    assert grids and all(train.GRID_NAME.fullmatch(p.name) for p in grids)
+    (run / "samples" / "step_final.png").write_bytes(b"mine")
+    assert cli.main(["train", "--out", str(run), "--no-progress", *_sets(TINY), "--set", "steps=2", "--overwrite"]) == 0
+    assert (run / "samples" / "step_final.png").read_bytes() == b"mine"
+    # reproduce with one step says it never left the data; so does invert, in an inversion's words
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", cli.OutOfRangeWarning)           # pyproject.toml ignores it in the tests
+        assert cli.main(["reproduce", "table2", "--checkpoint", str(trained), "--n-images", "2", "--steps", "1", "--out",
+                         str(tmp_path / "t2"), "--no-progress"]) == 0
+        assert re.search("the first of the 1 steps is t = 0 .* the inversion stops there", capsys.readouterr().err)
+        assert cli.main(["reproduce", "table1", "--checkpoint", str(trained), "--features", "random", "--n-samples", "2",
+                         "--steps", "1", "--etas", "0", "--out", str(tmp_path / "t1"), "--no-progress"]) == 0
+        assert re.search(r"the first of the 1 steps is t = 0 .* x_T ~ N\(0, I\)", capsys.readouterr().err)
+    # options that would change nothing
+    net, _ = checkpoint.load_model(trained)
+    checkpoint.save_diffusers_folder(net, tmp_path / "dfolder")
+    one_line_error(["sample", "--checkpoint", str(tmp_path / "dfolder"), "--no-ema", "--n", "2", "--steps", "2",
+                    "--out", str(tmp_path / "s")], "holds one set of weights")
+    one_line_error(["sample", "--checkpoint", str(trained), "--sampler", "dpm_solver_pp_3m", "--lower-order-final",
+                    "--steps", "3", "--n", "2", "--out", str(tmp_path / "s")], "does nothing at --steps 3")
+    # log lines that are JSON but not records, or not text, are named with their line
+    for line, needle in ((b"5\n", "line 1 is not a record"), (b'{"step": "x", "loss": 1}\n', "line 1 is not a record"),
+                         (b'{"step": 9, "loss": \xff}\n', "line 1 is not text")):
+        damaged = tmp_path / "damaged"
+        shutil.rmtree(damaged, ignore_errors=True)
+        shutil.copytree(run, damaged)
+        (damaged / "log.jsonl").write_bytes(line + (run / "log.jsonl").read_bytes())
+        one_line_error(["train", "--resume", "--out", str(damaged), "--set", "steps=3"], needle, "fix or delete that line")
+    # Inception FID without torch-fidelity: refused before any sampling, with the command line's alternative
+    monkeypatch.setattr(fid, "_torch_fidelity", lambda instead: (_ for _ in ()).throw(ImportError(f"needs it; {instead}")))
+    monkeypatch.setattr(tables, "sample_indices", lambda *a, **k: pytest.fail("sampled before refusing"))
+    rgb = tmp_path / "rgb"
+    assert cli.main(["train", "--out", str(rgb), "--no-progress", *_sets(TINY), "--set", "steps=2", "--set",
+                     "dataset=digits_rgb", "--set", "n_samples=0"]) == 0
+    one_line_error(["reproduce", "table1", "--checkpoint", str(rgb), "--n-samples", "2", "--steps", "2", "--etas", "0",
+                    "--out", str(tmp_path / "t3")], "--features random")
