@@ -88,8 +88,8 @@ def _torch_load(path, map_location, mmap=False):
                               f"torch file)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as e:
         size = path.stat().st_size
-        raise CheckpointError(f"{path} ({size} bytes) is not a readable torch checkpoint; it is probably "
-                              f"truncated or corrupted (an interrupted download or copy?): {e}") from e
+        raise CheckpointError(f"{path} ({size} bytes) is not a readable torch checkpoint; it is probably truncated or "
+                              f"corrupted (an interrupted download or copy?)" + (f": {e}" if str(e).strip() else "")) from e
 
 
 # ---------------------------------------------------------------------------------------------

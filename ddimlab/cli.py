@@ -42,7 +42,19 @@ from .samplers import (
     ddim_sample,
     slerp,
 )
-from .train import PRESETS, LossWarning, NonFiniteLossError, TornLogWarning, TrainConfig, make_config, resumed_config, train
+from .train import (
+    PRESETS,
+    EditedConfigWarning,
+    LossWarning,
+    NonFiniteLossError,
+    TornLogWarning,
+    TrainConfig,
+    make_config,
+    resumed_config,
+    train,
+)
+
+FALSE_WORDS = ("", "0", "false", "no", "off")     # DDIMLAB_DEBUG values that leave tracebacks off
 
 # What a user can act on, printed as one line unless --debug (any OSError: a missing, unreadable or unwritable file,
 # a read-only folder, a full disk, a PNG that is not an image).
@@ -468,6 +480,10 @@ def _eta(text: str) -> float:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _debug(p)
+
+
+def _debug(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show the Python traceback of an error (also DDIMLAB_DEBUG=1)")
 
@@ -509,6 +525,7 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
                                      description="DDPM and DDIM: train, sample, invert, interpolate, reproduce the "
                                                  "DDIM paper's tables.")
     parser.add_argument("--version", action="version", version=f"ddimlab {__version__}")
+    _debug(parser)                                  # before the subcommand, or after it (_common)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name, func, help_, **kw):
@@ -635,12 +652,12 @@ def main(argv=None, prog: str | None = None) -> int:
         value = getattr(args, name, None)
         if value is not None:
             setattr(args, name, [os.path.expanduser(v) for v in value] if isinstance(value, list) else os.path.expanduser(value))
-    debug = getattr(args, "debug", False) or os.environ.get("DDIMLAB_DEBUG", "") not in ("", "0")
+    debug = getattr(args, "debug", False) or os.environ.get("DDIMLAB_DEBUG", "").strip().lower() not in FALSE_WORDS
     shown = warnings.showwarning
 
     def show(message, category, *rest, **kw):   # ddimlab's own warnings as one line, like its errors
         if issubclass(category, (OutOfRangeWarning, StepsWarning, checkpoint.EarlyEMAWarning, TornLogWarning,
-                                     LossWarning)):
+                                     LossWarning, EditedConfigWarning)):
             print(f"{prog} {args.command}: warning: {message}", file=sys.stderr)
         else:
             shown(message, category, *rest, **kw)

@@ -230,8 +230,9 @@ def _check_md5(path: Path, md5: str | None) -> None:
         got = md5sum(path)
         if got != md5.lower():
             raise ValueError(f"{path} has md5 {got}, expected {md5.lower()}: the file is corrupt or "
-                             f"not {CIFAR10_FILENAME}; delete it, or point data_root at the right archive or its "
-                             f"extracted folder (from Python, md5=None skips the check)")
+                             f"not {CIFAR10_FILENAME}; move it away if it is yours, or point data_root (--data-root, --set "
+                             f"data_root=…) at the right archive or its extracted folder (from Python, md5=None skips the "
+                             f"check)")
 
 
 def resolve_cifar10(root=None, download: bool = True, url: str = CIFAR10_URL,

@@ -546,9 +546,11 @@ def ipndm(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
     if afs:         # ε(x_T) ≈ x_T, off by about √ᾱ |E x_0|
         if len(pairs) == 1:
             raise ValueError("ipndm with afs=True needs 2 steps or more: on one step the network is never called (its "
-                             "first step takes eps(x_T) = x_T); pass afs=False, or more steps")
+                             "first step takes eps(x_T) = x_T); pass afs=False (from the command line: another --sampler), "
+                             "or more steps")
         check_first_step(alpha_bar, seq, "ipndm's analytical first step, eps(x_T) = x_T, holds for pure noise only: "
-                                         "pass afs=False (SDEdit-like grids)")
+                                         "pass afs=False (SDEdit-like grids; from the command line: another "
+                                         "--sampler, or the trailing spacing)")
 
     def weights(nodes, a, b, implicit):
         if rho is None:

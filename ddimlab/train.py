@@ -209,12 +209,33 @@ def resumed_config(out, overrides=None) -> tuple[TrainConfig, list[str]]:
     applied, and one line per recipe key the overrides change: what `train --resume` runs, so that a resume
     never falls back to a preset's values silently. Changing a model-shape key is a ValueError."""
     state = load_checkpoint(Path(out) / "ckpt.pt", map_location="cpu", required=RESUME_KEYS, mmap=True)  # `train` reads it
+    _warn_if_edited(Path(out) / "config.json", state["config"])
     before = config_from_dict(state["config"])
     after = validate_config(TrainConfig(**_apply(dataclasses.asdict(before), overrides)))
     _check_same_model(before, after, out)
     notes = [f"{k}: {getattr(before, k)!r} -> {getattr(after, k)!r}" for k in (f.name for f in dataclasses.fields(TrainConfig))
              if k not in RUN_KEYS and getattr(before, k) != getattr(after, k)]
     return after, notes
+
+
+class EditedConfigWarning(UserWarning):
+    """A run's config.json differs from its checkpoint's settings (edited by hand): a resume runs the checkpoint's."""
+
+
+def _warn_if_edited(path: Path, saved: dict) -> None:
+    """Warn when config.json, the checkpoint's settings as text, says otherwise: an edit there changes nothing."""
+    try:
+        text = json.loads(path.read_text())
+    except (OSError, ValueError):
+        text = None
+    saved = json.loads(json.dumps(saved))                     # tuples as lists, as config.json holds them
+    edited = ["all (it is not the JSON object it was)"] if not isinstance(text, dict) else \
+        [f"{k} ({text.get(k, 'absent')!r} there, {saved.get(k, 'absent')!r} in ckpt.pt)"
+         for k in sorted(set(text) | set(saved)) if text.get(k) != saved.get(k)]
+    if edited and path.exists():
+        warnings.warn(f"{path} differs from the checkpoint's settings in {'; '.join(edited)}: a resume runs the "
+                      f"checkpoint's (config.json is its copy, rewritten with the next checkpoint); change a setting with "
+                      f"--set key=value", EditedConfigWarning)
 
 
 def validate_config(c: TrainConfig) -> TrainConfig:

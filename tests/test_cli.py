@@ -1406,3 +1406,21 @@ def test_twelfth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
                      "dataset=digits_rgb", "--set", "n_samples=0"]) == 0
     one_line_error(["reproduce", "table1", "--checkpoint", str(rgb), "--n-samples", "2", "--steps", "2", "--etas", "0",
                     "--out", str(tmp_path / "t3")], "--features random")
+    monkeypatch.undo()
+    # a hand edit to config.json changed nothing on --resume, without a word
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "steps": 9}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert cli.main(["train", "--resume", "--out", str(run), "--no-progress"]) == 0
+    assert "config.json differs from the checkpoint's settings in steps (9 there, 2 in ckpt.pt)" in capsys.readouterr().err
+    # an empty file's message ended in ": "; --debug before the subcommand was refused; DDIMLAB_DEBUG=false meant on
+    (tmp_path / "empty.pt").write_bytes(b"")
+    sample = ["sample", "--checkpoint", str(tmp_path / "empty.pt"), "--n", "2", "--out", str(tmp_path / "e")]
+    monkeypatch.setenv("DDIMLAB_DEBUG", "false")
+    assert cli.main(sample) == 1
+    assert capsys.readouterr().err.splitlines()[0].endswith("(an interrupted download or copy?)")
+    with pytest.raises(checkpoint.CheckpointError):
+        cli.main(["--debug", *sample])
+    one_line_error(["sample", "--checkpoint", str(trained), "--sampler", "ipndm", "--steps", "1", "--n", "2",
+                    "--out", str(tmp_path / "i")], "from the command line: another --sampler")
