@@ -2,6 +2,7 @@
 model's weights."""
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
@@ -14,7 +15,7 @@ from . import devices, quality
 from .checkpoint import weights_sha256
 
 # What `weights_line` prints; notebooks/conftest.py reads it back from a cell's outputs.
-WEIGHTS_LINE = re.compile(r"weights' sha256 [0-9a-f]{12}(, classifier's [0-9a-f]{12})?")
+WEIGHTS_LINE = re.compile(r"weights' sha256 [0-9a-f]{12}(, classifiers' [0-9a-f]{12})?")
 
 
 def seed_everything(seed: int = 0, threads: int = 2) -> torch.Generator:
@@ -67,9 +68,9 @@ def check_close(actual, expected, message: str, rtol: float = 0.0, atol: float =
 
 
 def weights_line(model) -> str:
-    """"weights' sha256 <12 hex digits>, classifier's <12 hex digits>": `checkpoint.weights_sha256` of `model` and, for a
-    model of grey images (a `config` with in_ch = 1), of the digits classifier that scores its samples
-    (`quality.load_classifier` at the model's resolution).
+    """"weights' sha256 <12 hex digits>, classifiers' <12 hex digits>": `checkpoint.weights_sha256` of `model` and, for a
+    model of grey images (a `config` with in_ch = 1), one sha256 over those of the digits classifiers that score its
+    samples (`quality.load_classifier` at the model's resolution, and at 16 × 16, where `demo.as_scored` scores).
 
     Notebooks 06-08 print it where they load the demo's model. A CPU may train that model and the classifier to weights
     of its own (README, "The notebooks"), and then prints its own numbers after it: where the line differs from the
@@ -79,7 +80,9 @@ def weights_line(model) -> str:
     line = f"weights' sha256 {weights_sha256(model)[:12]}"
     config = getattr(model, "config", None) or {}
     if config.get("in_ch") == 1:
-        line += f", classifier's {weights_sha256(quality.load_classifier(config['resolution'])[0])[:12]}"
+        resolutions = sorted({config["resolution"], quality.CLASSIFIER_SETTINGS["resolution"]})
+        hashes = " ".join(weights_sha256(quality.load_classifier(r)[0]) for r in resolutions)
+        line += f", classifiers' {hashlib.sha256(hashes.encode()).hexdigest()[:12]}"
     return line
 
 

@@ -59,26 +59,32 @@ def test_cells_after_the_committed_weights_line_are_compared(tmp_path):
     assert "other weights" not in out
 
 
-def test_the_weights_line_names_the_classifier_that_scores_the_samples(monkeypatch):
-    """A CPU may train the digits classifier to weights of its own while the model's are the committed ones: the line
-    then differs, so the cells after it, which print its scores, are not compared (the model's hash alone missed it)."""
+def test_the_weights_line_names_the_classifiers_that_score_the_samples(monkeypatch):
+    """A CPU may train a digits classifier to weights of its own while the model's are the committed ones: the line
+    then differs, so the cells after it, which print its scores, are not compared (the model's hash alone missed it).
+    Both classifiers count: at the model's resolution (8 × 8) and at 16 × 16 (`demo.as_scored`)."""
     from ddimlab import quality, unet
 
     model = unet.UNet(in_ch=1, ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), resolution=8, num_groups=4)
-    lines = []
-    for width in (4, 5):
-        classifier = quality.DigitsClassifier(width, 8)
-        monkeypatch.setattr(quality, "load_classifier", lambda resolution, c=classifier: (c, {}) if resolution == 8 else 1 / 0)
-        lines.append(nb.weights_line(model))
-    assert lines[0] != lines[1] and lines[0].split(",")[0] == lines[1].split(",")[0]
-    assert all(nb.WEIGHTS_LINE.fullmatch(line) for line in lines)
+    fixed = {8: quality.DigitsClassifier(4, 8), 16: quality.DigitsClassifier(4, 8)}
+
+    def line_with(resolution, classifier):
+        table = {**fixed, resolution: classifier}
+        monkeypatch.setattr(quality, "load_classifier", lambda r: (table[r], {}))
+        return nb.weights_line(model)
+
+    base = line_with(8, fixed[8])
+    assert nb.WEIGHTS_LINE.fullmatch(base) and line_with(16, fixed[16]) == base
+    for resolution in (8, 16):
+        changed = line_with(resolution, quality.DigitsClassifier(5, 8))
+        assert changed != base and changed.split(",")[0] == base.split(",")[0] and nb.WEIGHTS_LINE.fullmatch(changed)
     assert "classifier" not in nb.weights_line(torch.nn.Linear(2, 2))       # no digits model, no classifier
 
 
 @pytest.mark.slow
 def test_cells_after_a_line_with_another_classifier_are_not_compared(tmp_path):
     model = "weights' sha256 0123456789ab"
-    here, other = f"{model}, classifier's 0123456789ab", f"{model}, classifier's ba9876543210"
+    here, other = f"{model}, classifiers' 0123456789ab", f"{model}, classifiers' ba9876543210"
     assert nb.WEIGHTS_LINE.fullmatch(here) and nb.WEIGHTS_LINE.fullmatch(other)
     outcome, out = _run_nbval(tmp_path, [(f'print("{here}")', other + "\n"), ("print(2)", "3\n")])
     assert outcome == {0: "passed", 1: "passed"}, out
