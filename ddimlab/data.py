@@ -360,7 +360,7 @@ def load_digits(resolution: int = 16, channels: int = 1) -> tuple[torch.Tensor, 
     stand-in for CIFAR-10 that ships with the package (e.g. 3×32×32 for the GPU check). Needs no download.
     """
     resolution = check_int("resolution", resolution, 2)
-    if check_int("channels", channels, 1, 3, " (1 grey, 3 RGB)") == 2:
+    if isinstance(channels, (bool, float)) or channels not in (1, 3):     # True == 1 and 1.0 == 1
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
     images, labels = _sklearn_digits()
     x = resize(torch.from_numpy(images.astype(np.float32) * (255.0 / 16.0))[:, None], resolution)
