@@ -117,6 +117,8 @@ def test_sample_from_official_ddpm_file(tmp_path, monkeypatch):
     assert cli.main(["sample", "--checkpoint", str(tmp_path / "model.ckpt"), "--steps", "1", "--n", "1",
                      "--out", str(tmp_path / "o")]) == 0
     assert np.load(tmp_path / "o.npz")["samples"].shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match="an official-layout state_dict, holds one set of weights"):   # --no-ema: no effect
+        checkpoint.load_model(tmp_path / "model.ckpt", use_ema=False)
 
 
 def test_cli_errors(tmp_path, trained, capsys):
