@@ -110,7 +110,7 @@ def _writes_pair(cmd):
     @functools.wraps(cmd)
     def run(args) -> int:
         raw, out = str(args.out), Path(args.out)
-        if out.is_dir() or raw.endswith(("/", "\\")):
+        if out.is_dir() or raw.endswith(("/", "\\")) or os.path.basename(raw.rstrip("/\\")) in (".", ".."):   # Path drops "/."
             raise ValueError(f"--out {raw!r} names a folder; give a file name, e.g. --out {out / 'samples'}")
         stem = out.with_suffix("") if out.suffix.lower() in (".png", ".npz") else out
         png, npz = stem.parent / (stem.name + ".png"), stem.parent / (stem.name + ".npz")

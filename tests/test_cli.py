@@ -1426,3 +1426,7 @@ def test_twelfth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
         cli.main(["--debug", *sample])
     one_line_error(["sample", "--checkpoint", str(trained), "--sampler", "ipndm", "--steps", "1", "--n", "2",
                     "--out", str(tmp_path / "i")], "from the command line: another --sampler")
+    # --out w/. wrote ./w.png (pathlib drops the "/.")
+    one_line_error(["sample", "--checkpoint", str(trained), "--n", "2", "--steps", "2", "--out", f"{tmp_path / 'w'}/."],
+                   "names a folder")
+    assert not (tmp_path / "w.png").exists()
