@@ -46,7 +46,7 @@ from .checks import check_int
 from .elbo import l_simple
 from .files import atomic_write, folder_removed_on_error, locked
 from .plotting import save_image_grid
-from .samplers import sample
+from .samplers import NOISE_ALPHA_BAR, sample
 
 DATASETS = ("digits", "digits_rgb", "cifar10")
 LR_DECAYS = ("cosine", "none")
@@ -279,6 +279,11 @@ def validate_config(c: TrainConfig) -> TrainConfig:
         raise ValueError(f"init must be one of {INITS}, got {c.init!r}")
     if c.schedule not in schedule.SCHEDULES:
         raise ValueError(f"schedule must be one of {schedule.SCHEDULES}, got {c.schedule!r}")
+    a_end = float(schedule.make_alpha_bar(c.schedule, c.T)[-1])
+    if a_end > NOISE_ALPHA_BAR:      # a linear schedule below T = 230, for one: a model no sampler could start
+        raise ValueError(f"schedule {c.schedule} with T = {c.T} ends at alpha_bar = {a_end:.2g}, not at noise (at most "
+                         f"{NOISE_ALPHA_BAR}): every sampler starts from N(0, I) at t = T - 1, which this model would not "
+                         f"have learnt; use a larger T (DDPM's 1000) or schedule=cosine")
     if c.data_root is not None and c.dataset != "cifar10":
         raise ValueError(f"data_root applies to dataset cifar10 only; the {c.dataset} set ships with scikit-learn")
     if c.sample_steps > c.T:

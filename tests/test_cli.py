@@ -1430,3 +1430,8 @@ def test_twelfth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     one_line_error(["sample", "--checkpoint", str(trained), "--n", "2", "--steps", "2", "--out", f"{tmp_path / 'w'}/."],
                    "names a folder")
     assert not (tmp_path / "w.png").exists()
+    # a linear schedule with T = 100 ends at alpha_bar = 0.36: it trained, and no sampler could start from noise there
+    one_line_error(["train", "--out", str(tmp_path / "t100"), *_sets(TINY), "--set", "T=100"],
+                   "schedule linear with T = 100 ends at alpha_bar = 0.36, not at noise", "schedule=cosine")
+    assert cli.main(["train", "--out", str(tmp_path / "c100"), "--no-progress", *_sets(TINY), "--set", "T=100", "--set",
+                     "schedule=cosine", "--set", "steps=1", "--set", "n_samples=0"]) == 0
