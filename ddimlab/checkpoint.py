@@ -477,7 +477,8 @@ def load_model(path, device="cpu", use_ema: bool = True):
     elif path.is_file() and path.suffix.lower() in (".npz", ".png", ".json", ".jsonl", ".txt", ".csv", ".md"):
         raise CheckpointError(f"{path} is a {path.suffix} file, not a checkpoint; pass a ckpt.pt or run folder, "
                               f"model-790000.ckpt, `{OFFICIAL_NAME}` or a diffusers UNet2DModel folder")
-    one_set = "holds one set of weights (use_ema=False, --no-ema, chooses between a ddimlab run's two)"
+    one_set = ("offers no raw weights to choose: --no-ema (use_ema=False) picks a ddimlab run's raw weights over its EMA "
+               "ones; drop it")
     if path.is_dir():
         if not use_ema:
             raise ValueError(f"{path}, a diffusers folder, {one_set}")
@@ -488,7 +489,8 @@ def load_model(path, device="cpu", use_ema: bool = True):
             net = unet_from_run(state, use_ema)
             abar = schedule.make_alpha_bar(state["config"].get("schedule", "linear"), int(state["config"].get("T", 1000)))
         elif not use_ema:
-            raise ValueError(f"{path}, an official-layout state_dict, {one_set}")
+            raise ValueError(f"{path}, an official-layout file (ddimlab loads its EMA weights where it has both), "
+                             f"{one_set}")
         else:  # the official layout, already read: no second pass over the 143 MB file
             net = load_state_strict(unet_mod.cifar10_unet(), official_state_dict(state), source=str(path))
             abar = schedule.make_alpha_bar("linear", 1000)

@@ -10,6 +10,7 @@ with a one-line warning (`generate.check_data_range`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -215,8 +216,8 @@ def _sampler_kwargs(args) -> dict:
     if args.lower_order_final and args.sampler != "dpm_solver_pp_3m":
         raise ValueError(f"--lower-order-final applies to --sampler dpm_solver_pp_3m only (got --sampler {args.sampler})")
     if args.lower_order_final and args.steps is not None and args.steps <= 3:
-        raise ValueError(f"--lower-order-final does nothing at --steps {args.steps}: up to 3 steps the step before the "
-                         f"last is second order already; drop it")
+        raise ValueError(f"--lower-order-final changes nothing below 4 steps (got --steps {args.steps}): the step before "
+                         f"the last is already of order 2 or lower; drop it")
     if args.sampler == "ddim":
         return dict(eta=0.0 if args.eta is None else args.eta, clip_x0=args.clip)
     if args.sampler == "ddpm":   # DDPM's posterior is DDIM with η = 1; its large variance is the σ̂ row
@@ -430,9 +431,10 @@ def _tables_in(args, run, outputs_in, hint: str = "") -> int:
                 new.unlink(missing_ok=True)
             for old in earlier:
                 os.replace(aside / old.name, old)
+            with contextlib.suppress(OSError):
+                aside.rmdir()                      # empty now; a file that could not go back stays there
             raise
-        finally:
-            shutil.rmtree(aside, ignore_errors=True)
+        shutil.rmtree(aside, ignore_errors=True)
     return 0
 
 

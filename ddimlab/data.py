@@ -230,7 +230,7 @@ def _check_md5(path: Path, md5: str | None) -> None:
         got = md5sum(path)
         if got != md5.lower():
             raise ValueError(f"{path} has md5 {got}, expected {md5.lower()}: the file is corrupt or "
-                             f"not {CIFAR10_FILENAME}; move it away if it is yours, or point data_root (--data-root, --set "
+                             f"not {CIFAR10_FILENAME}; download it again, or point data_root (reproduce --data-root, train --set "
                              f"data_root=…) at the right archive or its extracted folder (from Python, md5=None skips the "
                              f"check)")
 

@@ -72,7 +72,7 @@ def weights_line(model) -> str:
     model of grey images (a `config` with in_ch = 1), one sha256 over those of the digits classifiers that score its
     samples (`quality.load_classifier` at the model's resolution, and at 16 × 16, where `demo.as_scored` scores).
 
-    Notebooks 06-08 print it where they load the demo's model. A CPU may train that model and the classifier to weights
+    Notebooks 06-08 print it where they load the demo's model. A CPU may train that model and the classifiers to weights
     of its own (README, "The notebooks"), and then prints its own numbers after it: where the line differs from the
     committed one, `make test` runs the cells from there on, and their checks, without comparing what they print
     (notebooks/conftest.py).

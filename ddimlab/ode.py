@@ -132,7 +132,8 @@ def _check_span(S, T: int, t_max, t_min) -> tuple[int, int, int]:
     t_max = check_int("t_max", T - 1 if t_max is None else t_max, 0, T - 1, " (T - 1 by default)")
     t_min = check_int("t_min", t_min, 0, T - 1)
     if not (t_min < t_max or (S == 1 and t_min == t_max)):
-        raise ValueError(f"{S} steps need 0 <= t_min < t_max <= T-1 = {T - 1}, got t_min={t_min}, t_max={t_max}")
+        raise ValueError(f"need 0 <= t_min < t_max <= T-1 = {T - 1} (t_min <= t_max for one step), got t_min={t_min}, "
+                         f"t_max={t_max} for S = {S}")
     return S, t_max, t_min
 
 

@@ -45,8 +45,8 @@ class OutOfRangeWarning(UserWarning):
 
 FROM_NOISE = ("x_T ~ N(0, I) is not the model's x_t: the output stays close to x_T; use more steps or the trailing "
               "spacing (which starts at t = T - 1)")
-TO_NOISE = ("the inversion stops there, not at noise: x_T still holds x_0, and the round trip is close whatever the "
-            "model; use more steps or the trailing spacing (which ends at t = T - 1)")
+TO_NOISE = ("the inversion ends, not at noise: x_T still holds x_0, so the round trip is close whatever the model; use "
+            "more steps or the trailing spacing (which ends at t = T - 1)")
 
 
 NOISE_ALPHA_BAR = 0.1    # above it, x_t = √ᾱ x_0 + √(1−ᾱ) ε is far from pure noise (x_T ~ N(0, I) is not x_t)
@@ -58,7 +58,7 @@ def check_first_step(alpha_bar, seq, why: str = FROM_NOISE) -> None:
     x_T. A uniform grid of one step is t = 0 (ᾱ ≈ 1); the trailing spacing always starts at T − 1."""
     a_first = float(alpha_bar_at(alpha_bar, int(seq[0])))
     if a_first > NOISE_ALPHA_BAR:
-        warnings.warn(f"the first of the {len(seq)} steps is t = {int(seq[0])} (alpha_bar = {a_first:.2g}), where {why}",
+        warnings.warn(f"the noisiest of the {len(seq)} steps is t = {int(seq[0])} (alpha_bar = {a_first:.2g}), where {why}",
                       OutOfRangeWarning, stacklevel=3)
 
 
@@ -135,7 +135,7 @@ def _finite(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
     `call_eps`); in float16, x̂_0 = (x_t − √(1−ᾱ_t) ε)/√ᾱ_t passes 65504 where ᾱ_t is small (the cosine schedule's)."""
     if not bool(torch.isfinite(x).all()):
         raise NonFiniteError(f"step {t} -> {s} gave NaN or inf in {x.dtype} from a finite eps; run in float32 "
-                             f"(x_T.float())" if x.dtype in (torch.float16, torch.bfloat16) else
+                             f"(x_T.float(), or x0.float() for an inversion)" if x.dtype in (torch.float16, torch.bfloat16) else
                              f"step {t} -> {s} gave NaN or inf from a finite eps and finite x (values near the "
                              f"limit of {x.dtype}?)")
     return x

@@ -509,7 +509,7 @@ def _append_log(path: Path, record: dict) -> None:
 def read_log(path, up_to_step: int | None = None) -> list[dict]:
     """The records of a run's `log.jsonl` (notebook 06 §4). A torn last line (the disk filled or the process
     died during an append) is dropped with a warning; a damaged earlier line, or one that is JSON but not a record
-    (an object with an integer "step"), is a ValueError naming it."""
+    (an object whose "step", if present, is an integer), is a ValueError naming it."""
     try:
         lines = Path(path).read_text().splitlines() if Path(path).exists() else []
     except UnicodeDecodeError as e:
@@ -527,7 +527,8 @@ def read_log(path, up_to_step: int | None = None) -> list[dict]:
                 continue
             raise ValueError(f"{path}, line {i + 1} is not JSON: {line[:60]!r}; fix or delete that line") from None
         if not isinstance(rec, dict) or not isinstance(rec.get("step", 0), int) or isinstance(rec.get("step"), bool):
-            raise ValueError(f"{path}, line {i + 1} is not a record of the run (an object with an integer \"step\"): "
+            raise ValueError(f"{path}, line {i + 1} is not a record of the run (an object whose \"step\", if present, is "
+                             f"an integer): "
                              f"{line[:60]!r}; fix or delete that line")
         if up_to_step is None or rec.get("step", 0) <= up_to_step:
             records.append(rec)

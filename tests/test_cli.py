@@ -117,7 +117,7 @@ def test_sample_from_official_ddpm_file(tmp_path, monkeypatch):
     assert cli.main(["sample", "--checkpoint", str(tmp_path / "model.ckpt"), "--steps", "1", "--n", "1",
                      "--out", str(tmp_path / "o")]) == 0
     assert np.load(tmp_path / "o.npz")["samples"].shape == (1, 3, 32, 32)
-    with pytest.raises(ValueError, match="an official-layout state_dict, holds one set of weights"):   # --no-ema: no effect
+    with pytest.raises(ValueError, match="an official-layout file .* offers no raw weights"):   # --no-ema: no effect
         checkpoint.load_model(tmp_path / "model.ckpt", use_ema=False)
 
 
@@ -581,10 +581,10 @@ def test_invert_refuses_inputs_it_would_misread(trained, tmp_path, capsys):
 def test_a_grid_that_starts_near_the_data_says_so(trained, tmp_path):
     """`sample --steps 1` on the uniform grid starts at t = 0 and used to return x_T with exit 0 and no word."""
     r = _run("sample", "--checkpoint", trained, "--steps", "1", "--n", "2", "--no-progress", "--out", tmp_path / "one")
-    assert r.returncode == 0 and "warning: the first of the 1 steps is t = 0" in r.stderr, r.stderr
+    assert r.returncode == 0 and "warning: the noisiest of the 1 steps is t = 0" in r.stderr, r.stderr
     r = _run("sample", "--checkpoint", trained, "--steps", "1", "--spacing", "trailing", "--n", "2", "--no-progress",
              "--out", tmp_path / "two")
-    assert r.returncode == 0 and "the first of the" not in r.stderr, r.stderr
+    assert r.returncode == 0 and "the noisiest of the" not in r.stderr, r.stderr
 
 
 def test_small_things_a_careless_user_hits(trained, tmp_path, capsys):
@@ -1381,17 +1381,17 @@ def test_twelfth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
         warnings.simplefilter("always", cli.OutOfRangeWarning)           # pyproject.toml ignores it in the tests
         assert cli.main(["reproduce", "table2", "--checkpoint", str(trained), "--n-images", "2", "--steps", "1", "--out",
                          str(tmp_path / "t2"), "--no-progress"]) == 0
-        assert re.search("the first of the 1 steps is t = 0 .* the inversion stops there", capsys.readouterr().err)
+        assert re.search("the noisiest of the 1 steps is t = 0 .* the inversion ends, not at noise", capsys.readouterr().err)
         assert cli.main(["reproduce", "table1", "--checkpoint", str(trained), "--features", "random", "--n-samples", "2",
                          "--steps", "1", "--etas", "0", "--out", str(tmp_path / "t1"), "--no-progress"]) == 0
-        assert re.search(r"the first of the 1 steps is t = 0 .* x_T ~ N\(0, I\)", capsys.readouterr().err)
+        assert re.search(r"the noisiest of the 1 steps is t = 0 .* x_T ~ N\(0, I\)", capsys.readouterr().err)
     # options that would change nothing
     net, _ = checkpoint.load_model(trained)
     checkpoint.save_diffusers_folder(net, tmp_path / "dfolder")
     one_line_error(["sample", "--checkpoint", str(tmp_path / "dfolder"), "--no-ema", "--n", "2", "--steps", "2",
-                    "--out", str(tmp_path / "s")], "holds one set of weights")
+                    "--out", str(tmp_path / "s")], "offers no raw weights to choose")
     one_line_error(["sample", "--checkpoint", str(trained), "--sampler", "dpm_solver_pp_3m", "--lower-order-final",
-                    "--steps", "3", "--n", "2", "--out", str(tmp_path / "s")], "does nothing at --steps 3")
+                    "--steps", "3", "--n", "2", "--out", str(tmp_path / "s")], "changes nothing below 4 steps (got --steps 3)")
     # log lines that are JSON but not records, or not text, are named with their line
     for line, needle in ((b"5\n", "line 1 is not a record"), (b'{"step": "x", "loss": 1}\n', "line 1 is not a record"),
                          (b'{"step": 9, "loss": \xff}\n', "line 1 is not text")):
