@@ -500,7 +500,7 @@ def _model_args(p: argparse.ArgumentParser, out_default: str, sampler: bool = Fa
     p.add_argument("--spacing", choices=schedule.SPACINGS + ode.STEP_RULES, default=None,
                    help="timestep sub-sequence (README, Timestep sub-sequences; logsnr, karras, power2/3: notebook 08 §5). "
                         "Default: uniform" + ("; for --sampler, the solver's own: logsnr for dpm_solver_pp_2m/3m and "
-                                              "unipc_2/3, power3 for ipndm" if sampler else ""))
+                                              "unipc_2/3, power3 for ipndm and ipndm_vs" if sampler else ""))
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, mps")
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the network on CUDA")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights of a ddimlab checkpoint, not the EMA")
@@ -553,7 +553,8 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p = add("sample", cmd_sample, "draw samples with DDIM (any eta), DDPM, or an ODE solver")
     _model_args(p, "samples", sampler=True)
     p.add_argument("--sampler", "--solver", choices=("ddim", "ddpm") + ode.SOLVERS, default="ddim",
-                   help="ddim (eq. 12 with --eta), ddpm (its whole chain unless --steps; --variance), or an ODE solver")
+                   help="ddim (eq. 12 with --eta), ddpm (its whole chain unless --steps; --variance), or an ODE solver "
+                        "(notebook 08: ipndm_vs is iPNDM with variable-step weights in sigma)")
     p.add_argument("--eta", type=_eta, default=None, help="ddim only: 0 deterministic, 1 DDPM's posterior variance "
                    "(default 0)")
     p.add_argument("--variance", choices=("small", "large"), default=None,

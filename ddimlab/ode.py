@@ -37,6 +37,7 @@ Between integer steps t(σ) is defined by interpolating log ᾱ linearly in t (`
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -586,6 +587,8 @@ _REGISTRY = {
     "unipc_2": (unipc_2, lambda S: S),
     "unipc_3": (unipc_3, lambda S: S),
     "ipndm": (ipndm, lambda S: S - 1),
+    # variable-step Adams–Bashforth 3 in σ: the least error on notebook 08 §7's exact scores from 80 calls on
+    "ipndm_vs": (functools.partial(ipndm, rho=1.0), lambda S: S - 1),
 }
 SOLVERS = tuple(_REGISTRY)
 # The step rule each solver runs on when none is asked for (`sample --sampler NAME`): λ-uniform for the λ-solvers (their
@@ -593,7 +596,7 @@ SOLVERS = tuple(_REGISTRY)
 # the benchmark's fixed setting) for iPNDM, and the DDIM code's `uniform`, the command's default before, for DDIM and the
 # single-step solvers of notebook 05 (which measures them on `linspace`).
 DEFAULT_RULES = {"euler": "uniform", "heun": "uniform", "dpm_solver_2": "uniform", "dpm_solver_pp_2m": "logsnr",
-                 "dpm_solver_pp_3m": "logsnr", "unipc_2": "logsnr", "unipc_3": "logsnr", "ipndm": "power3"}
+                 "dpm_solver_pp_3m": "logsnr", "unipc_2": "logsnr", "unipc_3": "logsnr", "ipndm": "power3", "ipndm_vs": "power3"}
 
 
 def _lookup(name: str):
