@@ -54,8 +54,8 @@ NOISE_ALPHA_BAR = 0.1    # above it, x_t = √ᾱ x_0 + √(1−ᾱ) ε is far f
 
 def check_first_step(alpha_bar, seq, why: str = FROM_NOISE) -> None:
     """Warn (`OutOfRangeWarning`, saying `why` it matters) when a run that assumes pure noise at its first step starts
-    where ᾱ > 0.1: there x_t = √ᾱ x_0 + √(1−ᾱ) ε is far from it. From x_T ~ N(0, I) the output then stays close to
-    x_T. A uniform grid of one step is t = 0 (ᾱ ≈ 1); the trailing spacing always starts at T − 1."""
+    where ᾱ > NOISE_ALPHA_BAR (0.1): there x_t = √ᾱ x_0 + √(1−ᾱ) ε is far from it. From x_T ~ N(0, I) the output then
+    stays close to x_T. A uniform grid of one step is t = 0 (ᾱ ≈ 1); the trailing spacing always starts at T − 1."""
     a_first = float(alpha_bar_at(alpha_bar, int(seq[0])))
     if a_first > NOISE_ALPHA_BAR:
         warnings.warn(f"the noisiest of the {len(seq)} steps is t = {int(seq[0])} (alpha_bar = {a_first:.2g}), where {why}",

@@ -528,8 +528,7 @@ def read_log(path, up_to_step: int | None = None) -> list[dict]:
             raise ValueError(f"{path}, line {i + 1} is not JSON: {line[:60]!r}; fix or delete that line") from None
         if not isinstance(rec, dict) or not isinstance(rec.get("step", 0), int) or isinstance(rec.get("step"), bool):
             raise ValueError(f"{path}, line {i + 1} is not a record of the run (an object whose \"step\", if present, is "
-                             f"an integer): "
-                             f"{line[:60]!r}; fix or delete that line")
+                             f"an integer): {line[:60]!r}; fix or delete that line")
         if up_to_step is None or rec.get("step", 0) <= up_to_step:
             records.append(rec)
     return records
@@ -667,7 +666,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
                     save()
                 if is_main and config.n_samples and (
                         (config.sample_every and step % config.sample_every == 0) or step == config.steps):
-                    path = out / "samples" / f"step_{step:07d}.png"        # GRID_NAME
+                    path = out / "samples" / f"step_{step:07d}.png"        # what GRID_NAME matches
                     if config.progress:
                         early = ema_initial_share(config, step)
                         bar.write(f"step {step}: {config.n_samples} DDIM-{config.sample_steps} samples from the EMA "

@@ -2,9 +2,10 @@
 
 - stdout and results are compared, never stderr (warnings and library notices vary by machine).
 - Notebooks 06-08 load the demo's digits model, which a CPU may train to weights of its own (the Intel Xeon and the AMD
-  EPYC do; README, "The notebooks"), and print its `nb.weights_line` (with the digits classifier's). Where this machine's weights differ from those of
-  the committed outputs, the cell that printed the line and every cell after it still run, and their checks must hold,
-  but what they print is not compared (other weights print other digits); a warning says so once per notebook.
+  EPYC do; README, "The notebooks"), and print its `nb.weights_line` (which names the digits classifiers' weights too).
+  Where this machine's weights differ from those of the committed outputs, the cell that printed the line and every
+  cell after it still run, and their checks must hold, but what they print is not compared (other weights print other
+  digits); a warning says so once per notebook.
 """
 import warnings
 
