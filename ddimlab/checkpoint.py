@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from . import schedule
+from . import devices, schedule
 from . import unet as unet_mod
 from .data import default_cache_dir, download
 from .files import atomic_write, md5sum
@@ -460,6 +460,7 @@ def load_model(path, device="cpu", use_ema: bool = True):
       `ddpm-cifar10`, which downloads it once into the cache (`official_ddpm_file`); linear ᾱ, T = 1000;
     - a diffusers `UNet2DModel` folder or pipeline folder (ᾱ from its scheduler_config.json when present).
     """
+    device = devices.resolve(device)              # "gpu" is a ValueError saying what is allowed, before the load
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"the checkpoint must be a path or the name `{OFFICIAL_NAME}`, got {type(path).__name__}")
     if not str(path).strip():                   # Path("") is the current folder
@@ -566,6 +567,8 @@ def eps_fn(model, amp: bool = False):
     is_net = isinstance(model, torch.nn.Module)
 
     def eps(x, t):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__} (torch.from_numpy(x) for an array)")
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])

@@ -34,6 +34,12 @@ def check_int(name: str, v, low: int = 1, high: int | None = None, note: str = "
     return i
 
 
+def seeded(seed) -> torch.Generator:
+    """A CPU torch.Generator seeded with `seed`, an integer in torch's range 0..2**64 − 1 (`check_int`: 1.5 and True
+    are refused, where torch would say "manual_seed expected a long")."""
+    return torch.Generator().manual_seed(check_int("seed", seed, 0, 2 ** 64 - 1))
+
+
 def as_real(v) -> float | None:
     """`v` as a float if it is a finite real number (int, float, numpy scalar, 0-d real tensor; not a bool), else None:
     the caller says what range it allows."""
@@ -53,16 +59,27 @@ def check_distinct(values, name: str) -> None:
         seen.append(v)
 
 
-def check_per_sample(what: str, *scores, paired: bool = True) -> None:
-    """Per-sample scores for a mean and its standard error: 1-D, at least two each, and of one length when paired
-    (score i of each comes from the same x_T). Broadcasting (n, 1) against (n,) would compare every pair."""
+def check_per_sample(what: str, *scores, paired: bool = True, squared: bool = False) -> tuple[torch.Tensor, ...]:
+    """Per-sample scores for a mean and its standard error: 1-D real tensors (bool and integer scores, such as
+    `confident >= 0.9`, are returned as float64), finite, at least two each, and of one length when paired (score i
+    of each comes from the same x_T); `squared`: squared errors, so none negative. Broadcasting (n, 1) against (n,)
+    would compare every pair."""
+    out = []
     for s in scores:
-        if not isinstance(s, torch.Tensor) or s.ndim != 1 or len(s) < 2:
-            raise ValueError(f"{what} takes 1-D tensors of at least two per-sample scores, got "
-                             f"{tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__}")
-    if paired and len({len(s) for s in scores}) > 1:
+        if not isinstance(s, torch.Tensor) or s.ndim != 1 or len(s) < 2 or s.is_complex():
+            raise ValueError(f"{what} takes 1-D tensors of at least two real per-sample scores, got "
+                             f"{(s.dtype, tuple(s.shape)) if isinstance(s, torch.Tensor) else type(s).__name__}")
+        s = s if s.is_floating_point() else s.double()
+        if not bool(torch.isfinite(s).all()):
+            raise ValueError(f"{what}: the per-sample scores must be finite (they hold NaN or inf)")
+        if squared and bool((s < 0).any()):
+            raise ValueError(f"{what} takes each point's squared error, which is >= 0; got {float(s.min()):.3g} "
+                             "(pass (x - ref).pow(2).mean(...), not the signed error)")
+        out.append(s)
+    if paired and len({len(s) for s in out}) > 1:
         raise ValueError(f"{what} pairs score i of each set (the same x_T): they need one length, got "
-                         f"{[len(s) for s in scores]}")
+                         f"{[len(s) for s in out]}")
+    return tuple(out)
 
 
 def check_symmetric(cov, what: str) -> None:

@@ -518,21 +518,27 @@ def from_model_range(x: torch.Tensor) -> torch.Tensor:
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+def looks_0_255(x: torch.Tensor) -> bool:
+    """Float images whose values reach past 2 and lie above 0, or mostly so (their maximum more than 5 times their
+    negative part): 0..255 images, even with a sampler's overshoot or added noise; [−1, 1] ones overshoot both ways."""
+    lo, top = float(x.min()), float(x.max())
+    return top > 2 and (lo >= 0 or top > 5 * max(-lo, 1.0))
+
+
 def check_model_range(x: torch.Tensor) -> torch.Tensor:
     """Float images a user passes in as [−1, 1] (to be scored): finite, and not 0..255 (a scaling mistake, which
-    clamping would turn into white). Values in 0..1 only give a warning: images in [0, 1] would be scored as grey to
-    white, but bright [−1, 1] images (a model that failed that way) can look the same. A sampler's overshoot past ±1
-    is fine. Returns x."""
+    clamping would turn into white; `looks_0_255`). Values in 0..1 only give a warning: images in [0, 1] would be scored
+    as grey to white, but bright [−1, 1] images (a model that failed that way) can look the same. A sampler's overshoot
+    past ±1 is fine. Returns x."""
     x = x.detach().cpu()
     if not bool(torch.isfinite(x).all()):
         raise ValueError("images contain NaN or inf")
+    if x.numel() > 1 and looks_0_255(x):
+        raise ValueError(f"float images must lie in [-1, 1], got values in {float(x.min()):.3g}..{float(x.max()):.3g}, "
+                         f"which look like 0..255; pass uint8 images as uint8, or x / 127.5 - 1")
     if x.numel() > 1 and float(x.min()) >= 0:
-        top = float(x.max())
-        if top > 2:
-            raise ValueError(f"float images must lie in [-1, 1], got values in 0..{top:.3g}; pass uint8 images as uint8, "
-                             f"or x / 127.5 - 1")
-        warnings.warn(f"float images are scored as [-1, 1], and these have no value below 0 (0..{top:.3g}): if they are "
-                      f"images in [0, 1], pass x * 2 - 1", stacklevel=3)
+        warnings.warn(f"float images are scored as [-1, 1], and these have no value below 0 (0..{float(x.max()):.3g}): "
+                      f"if they are images in [0, 1], pass x * 2 - 1", stacklevel=3)
     return x
 
 
@@ -546,7 +552,7 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int = 0) -> torch.Te
     """
     n = check_int("n", n, 1, note=" (the data set's size)")
     batch_size = check_int("batch_size", batch_size, 1, n, " (the data set's size)")
-    step = check_int("step", step, 0)
+    step, seed = check_int("step", step, 0), check_int("seed", seed, 0, 2 ** 32 - 1)
     epoch, i = divmod(step, n // batch_size)
     return _epoch_order(n, seed, epoch)[i * batch_size:(i + 1) * batch_size]
 

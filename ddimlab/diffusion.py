@@ -78,46 +78,61 @@ def bcast(a, x: torch.Tensor) -> torch.Tensor:
     return a.to(x.dtype)
 
 
+def _same_shape(a, b, names: str) -> None:
+    """Two tensors of one shape: broadcasting one noise or prediction over a batch would correlate its samples."""
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+        raise TypeError(f"{names} must be torch tensors, got {type(a).__name__} and {type(b).__name__} "
+                        f"(torch.from_numpy for an array)")
+    if a.shape != b.shape:
+        first, second = names.split(" and ")
+        raise ValueError(f"{second} shape {tuple(b.shape)} differs from {first} shape {tuple(a.shape)}")
+
+
 def q_sample(x0: torch.Tensor, a_t, eps: torch.Tensor) -> torch.Tensor:
     """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε, a draw from q(x_t | x_0) (notebook 01 §2)."""
-    if eps.shape != x0.shape:
-        raise ValueError(f"eps shape {tuple(eps.shape)} differs from x0 shape {tuple(x0.shape)}")
+    _same_shape(x0, eps, "x0 and eps")
     a, s = roots(_check_range(a_t, "a_t", 0.0, 1.0, False, False), x0)
     return a * x0 + s * eps
 
 
 def q_step(x_prev: torch.Tensor, beta_t, z: torch.Tensor) -> torch.Tensor:
     """One Markov forward step x_t = √(1−β_t) x_{t−1} + √β_t z (notebook 01 §1)."""
+    _same_shape(x_prev, z, "x_prev and z")
     b, c = roots(_check_range(beta_t, "beta_t", 0.0, 1.0, False, False), x_prev)
     return c * x_prev + b * z
 
 
 def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, a_t) -> torch.Tensor:
     """x̂_0 = (x_t − √(1−ᾱ_t) ε) / √ᾱ_t, the "predicted x_0" of DDIM eq. 9 (notebook 04 §2); needs ᾱ_t > 0."""
+    _same_shape(x_t, eps, "x_t and eps")
     a, s = roots(_check_range(a_t, "a_t", 0.0, 1.0, True, False), x_t)
     return (x_t - s * eps) / a
 
 
 def predict_eps(x_t: torch.Tensor, x0: torch.Tensor, a_t) -> torch.Tensor:
     """ε = (x_t − √ᾱ_t x_0) / √(1−ᾱ_t); needs ᾱ_t < 1."""
+    _same_shape(x_t, x0, "x_t and x0")
     a, s = roots(_check_range(a_t, "a_t", 0.0, 1.0, False, True), x_t)
     return (x_t - a * x0) / s
 
 
 def v_from(x0: torch.Tensor, eps: torch.Tensor, a_t) -> torch.Tensor:
     """Velocity v = √ᾱ_t ε − √(1−ᾱ_t) x_0 (Salimans & Ho, 2022)."""
+    _same_shape(x0, eps, "x0 and eps")
     a, s = roots(_check_range(a_t, "a_t", 0.0, 1.0, False, False), x0)
     return a * eps - s * x0
 
 
 def x0_from_v(x_t: torch.Tensor, v: torch.Tensor, a_t) -> torch.Tensor:
     """x_0 = √ᾱ_t x_t − √(1−ᾱ_t) v."""
+    _same_shape(x_t, v, "x_t and v")
     a, s = roots(_check_range(a_t, "a_t", 0.0, 1.0, False, False), x_t)
     return a * x_t - s * v
 
 
 def eps_from_v(x_t: torch.Tensor, v: torch.Tensor, a_t) -> torch.Tensor:
     """ε = √(1−ᾱ_t) x_t + √ᾱ_t v."""
+    _same_shape(x_t, v, "x_t and v")
     a, s = roots(_check_range(a_t, "a_t", 0.0, 1.0, False, False), x_t)
     return s * x_t + a * v
 

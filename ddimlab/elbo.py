@@ -22,21 +22,22 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .checks import check_int
 from .diffusion import VARIANCES, posterior_mean, posterior_variance, predict_x0, q_sample
 from .gaussian import discretized_gaussian_log_likelihood, kl_normal, log_normal
+from .samplers import NonFiniteError
+from .schedule import validate_alpha_bar
 
 DECODERS = ("discretized", "gaussian")
 
 
 def _check_alpha_bar(alpha_bar) -> torch.Tensor:
-    alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64)
-    if alpha_bar.ndim != 1 or alpha_bar.numel() < 2:
+    alpha_bar = validate_alpha_bar(alpha_bar)
+    if alpha_bar.numel() < 2:
         raise ValueError(f"alpha_bar must be a 1-D schedule with T >= 2 entries, got shape {tuple(alpha_bar.shape)}")
-    if not bool(((alpha_bar > 0) & (alpha_bar < 1)).all()) or not bool((alpha_bar[1:] < alpha_bar[:-1]).all()):
-        raise ValueError("alpha_bar must be strictly decreasing with values in (0, 1)")
     return alpha_bar
 
 
@@ -76,11 +77,13 @@ def model_variance(alpha_bar, variance="small") -> torch.Tensor:
     - a (T,) tensor of positive variances, used as given (e.g. a learned variance, notebook 02 §7).
     """
     alpha_bar = _check_alpha_bar(alpha_bar)
-    if isinstance(variance, torch.Tensor):
-        v = variance.to(torch.float64)
-        if v.shape != alpha_bar.shape or not bool((v > 0).all()):
-            raise ValueError(f"a variance tensor must be positive with shape {tuple(alpha_bar.shape)}")
-        return v
+    if not isinstance(variance, str):                    # a tensor, or an array or list of numbers
+        v = torch.as_tensor(np.asarray(variance) if not isinstance(variance, torch.Tensor) else variance)
+        if v.is_complex() or v.dtype == torch.bool or v.shape != alpha_bar.shape \
+                or not bool((torch.isfinite(v) & (v > 0)).all()):
+            raise ValueError(f"a variance table must hold finite positive numbers with shape {tuple(alpha_bar.shape)}, "
+                             f"or be one of {VARIANCES}")
+        return v.to(torch.float64)
     if variance == "large":
         return betas_from(alpha_bar)
     if variance == "small":
@@ -193,14 +196,18 @@ def elbo_terms(eps_model, x0: torch.Tensor, alpha_bar, variance="small", decoder
     B, T = x0.shape[0], alpha_bar.numel()
     xr = x0.repeat(n_mc, *([1] * (x0.ndim - 1)))
     terms = []
+    wide = torch.promote_types(x0.dtype, torch.float32)   # the terms in float32 or wider (no log_ndtr in float16)
     for t in range(T):
         eps = torch.randn(xr.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = q_sample(xr, float(alpha_bar[t]), eps)
         pred = eps_model(x_t, t)
+        if isinstance(pred, torch.Tensor) and not bool(torch.isfinite(pred).all()):
+            raise NonFiniteError(f"eps_model(x_t, t) returned NaN or inf at step t = {t}; the bound would be NaN")
+        args = (xr.to(wide), x_t.to(wide), pred.to(wide) if isinstance(pred, torch.Tensor) else pred, alpha_bar)
         if t == 0:
-            term = decoder_nll(xr, x_t, pred, alpha_bar, variance, decoder)
+            term = decoder_nll(*args, variance, decoder)
         else:
-            term = posterior_kl(xr, x_t, pred, alpha_bar, t, variance)
+            term = posterior_kl(*args, t, variance)
         terms.append(term.reshape(n_mc, B).mean(0))
     terms = torch.stack(terms, dim=1)
     prior = prior_kl(x0, alpha_bar)

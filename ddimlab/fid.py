@@ -27,16 +27,18 @@ FID_INSTALL_HINT = "pip install ddimlab[fid]"
 
 
 def load_images(directory, n: int | None = None) -> torch.Tensor:
-    """The PNG files of a sample directory, in file-name order, as uint8 N×C×H×W. A file that does not read, or whose
-    array shape differs from most files', is a ValueError naming it (a damaged sample: in a `reproduce` cell, delete
-    it and the next run samples it again)."""
+    """The PNG files of a sample directory (the first n in file-name order; all for n=None) as uint8 N×C×H×W. A file
+    that does not read, or whose array shape differs from most files', is a ValueError naming it (a damaged sample: in
+    a `reproduce` cell, delete it and the next run samples it again)."""
     from PIL import Image  # Pillow comes with matplotlib
 
+    n = None if n is None else check_int("n", n, note=" (the number of images to read) or None for all")
     files = sorted(Path(directory).glob("*.png"))
-    if n is not None:
-        files = files[:n]
     if not files:
         raise ValueError(f"no .png files in {directory}")
+    if n is not None and n > len(files):
+        raise ValueError(f"{directory} holds {len(files)} .png files, fewer than the n = {n} asked for")
+    files = files[:n]
     damaged = "a damaged sample? In a `reproduce` cell, delete it and the next run samples it again"
     arrays = []
     for f in files:
@@ -89,7 +91,11 @@ def image_stats(images, feature_fn, batch_size: int = 500) -> tuple[np.ndarray, 
 
 def _stats_of(ref, feature_fn, batch_size):
     if isinstance(ref, tuple) and len(ref) == 2:
-        return ref
+        mu, sigma = (np.asarray(v) for v in ref)
+        if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):      # (images, labels), as data.load_* return
+            raise ValueError(f"a tuple is taken as precomputed (mu, sigma) of shapes (D,) and (D, D), got "
+                             f"{mu.shape} and {sigma.shape}; for (images, labels) pass the images alone")
+        return mu, sigma
     if isinstance(ref, (str, os.PathLike)) and str(ref).endswith(".npz"):
         with np.load(ref) as z:
             return z["mu"], z["sigma"]

@@ -9,12 +9,13 @@ shape (..., n) and matrices of shape (..., n, n), so a batch of small problems i
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import torch
 
-from .checks import check_symmetric
+from .checks import SYMMETRY_TOL, check_symmetric
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -25,7 +26,16 @@ def _t(x, like: torch.Tensor | None = None) -> torch.Tensor:
         x = torch.as_tensor(x, dtype=None if np.iscomplexobj(x) else dtype, device=like.device if like is not None else None)
     if x.is_complex():         # a density of real numbers: the imaginary part would be dropped, or give a complex "log"
         raise TypeError(f"the Gaussian densities take real numbers, got {x.dtype}")
-    return x
+    if not x.is_floating_point():                         # an integer literal [[2, 1], [1, 2]]
+        x = x.to(like.dtype if like is not None else torch.float64)
+    # in float32 or wider: a variance of 1e-8 is 0 in float16, and torch has no half-precision log_ndtr
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _common(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors in their common (promoted) dtype: float32 and float64 arguments meet in float64, not in an error."""
+    dtype = functools.reduce(torch.promote_types, (x.dtype for x in xs))
+    return tuple(x.to(dtype) for x in xs)
 
 
 def _positive(name: str, v: torch.Tensor) -> None:
@@ -76,10 +86,12 @@ def _cholesky(cov: torch.Tensor, what: str) -> torch.Tensor:
 def log_mvn(x, mean, cov) -> torch.Tensor:
     """log N(x; μ, Σ) for full covariance Σ (..., n, n); returns shape (...) (notebook 03 §1)."""
     x = _t(x)
-    mean, cov = _t(mean, x), _t(cov, x)
+    x, mean, cov = _common(x, _t(mean, x), _t(cov, x))
     _check_mvn(mean, cov, "log_mvn")
-    L = _cholesky(cov, "log_mvn")
     n = mean.shape[-1]
+    if x.ndim < 1 or x.shape[-1] != n:
+        raise ValueError(f"log_mvn: x must have shape (..., n) = (..., {n}) as the mean, got {tuple(x.shape)}")
+    L = _cholesky(cov, "log_mvn")
     diff = (x - mean).unsqueeze(-1)
     batch = torch.broadcast_shapes(diff.shape[:-2], L.shape[:-2])
     z = torch.linalg.solve_triangular(L.expand(*batch, n, n), diff.expand(*batch, n, 1), upper=False)
@@ -90,7 +102,7 @@ def log_mvn(x, mean, cov) -> torch.Tensor:
 def kl_mvn(mean1, cov1, mean2, cov2) -> torch.Tensor:
     """KL(N(μ₁, Σ₁) ‖ N(μ₂, Σ₂)) = ½(tr Σ₂⁻¹Σ₁ + (μ₂−μ₁)ᵀΣ₂⁻¹(μ₂−μ₁) − n + log|Σ₂|/|Σ₁|)."""
     mean1 = _t(mean1)
-    cov1, mean2, cov2 = _t(cov1, mean1), _t(mean2, mean1), _t(cov2, mean1)
+    mean1, cov1, mean2, cov2 = _common(mean1, _t(cov1, mean1), _t(mean2, mean1), _t(cov2, mean1))
     _check_mvn(mean1, cov1, "kl_mvn (first)")
     _check_mvn(mean2, cov2, "kl_mvn (second)")
     n = mean1.shape[-1]
@@ -103,7 +115,8 @@ def kl_mvn(mean1, cov1, mean2, cov2) -> torch.Tensor:
 
 
 def _check_linear(mu, Lambda_inv, A, b, L_inv):
-    n, m = mu.shape[-1], A.shape[-2] if A.ndim >= 2 else -1
+    n = mu.shape[-1] if mu.ndim else -1
+    m = A.shape[-2] if A.ndim >= 2 else -1
     if (mu.ndim < 1 or Lambda_inv.shape[-2:] != (n, n) or A.ndim < 2 or A.shape[-1] != n
             or b.shape[-1:] != (m,) or L_inv.shape[-2:] != (m, m)):
         raise ValueError(
@@ -111,6 +124,19 @@ def _check_linear(mu, Lambda_inv, A, b, L_inv):
             "mu (..., n), Lambda_inv (..., n, n), A (..., m, n), b (..., m), L_inv (..., m, m); got "
             f"{tuple(mu.shape)}, {tuple(Lambda_inv.shape)}, {tuple(A.shape)}, {tuple(b.shape)}, "
             f"{tuple(L_inv.shape)}")
+    for name, v in (("mu", mu), ("A", A), ("b", b)):
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(f"{name} must be finite (it has NaN or inf)")
+    for name, cov in (("Lambda_inv", Lambda_inv), ("L_inv", L_inv)):
+        _check_psd(cov, f"{name} (a covariance)")
+
+
+def _check_psd(cov: torch.Tensor, what: str) -> None:
+    """Finite, symmetric (`check_symmetric`) and positive semi-definite up to the same relative tolerance; zero is
+    allowed (L_inv = 0: y = Ax + b exactly, DDIM's σ = 0)."""
+    check_symmetric(cov, what)
+    if cov.numel() and float(torch.linalg.eigvalsh(cov).min()) < -SYMMETRY_TOL * float(cov.abs().max()):
+        raise ValueError(f"{what} must be positive semi-definite (it has a negative eigenvalue)")
 
 
 def linear_gaussian_marginal(mu, Lambda_inv, A, b, L_inv):
@@ -124,7 +150,7 @@ def linear_gaussian_marginal(mu, Lambda_inv, A, b, L_inv):
     Λ⁻¹ and L⁻¹ are covariances (not precisions). Returns (mean (..., m), cov (..., m, m)).
     """
     mu = _t(mu)
-    Lambda_inv, A, b, L_inv = (_t(v, mu) for v in (Lambda_inv, A, b, L_inv))
+    mu, Lambda_inv, A, b, L_inv = _common(mu, *(_t(v, mu) for v in (Lambda_inv, A, b, L_inv)))
     _check_linear(mu, Lambda_inv, A, b, L_inv)
     mean = (A @ mu.unsqueeze(-1)).squeeze(-1) + b
     cov = L_inv + A @ Lambda_inv @ A.transpose(-1, -2)
@@ -144,13 +170,17 @@ def linear_gaussian_posterior(mu, Lambda_inv, A, b, L_inv, y):
     Returns (mean (..., n), cov (..., n, n)).
     """
     mu = _t(mu)
-    Lambda_inv, A, b, L_inv, y = (_t(v, mu) for v in (Lambda_inv, A, b, L_inv, y))
+    mu, Lambda_inv, A, b, L_inv, y = _common(mu, *(_t(v, mu) for v in (Lambda_inv, A, b, L_inv, y)))
     _check_linear(mu, Lambda_inv, A, b, L_inv)
     if y.shape[-1:] != b.shape[-1:]:
         raise ValueError(f"y must have shape (..., m) = (..., {b.shape[-1]}), got {tuple(y.shape)}")
     m_y, S = linear_gaussian_marginal(mu, Lambda_inv, A, b, L_inv)
     PAt = Lambda_inv @ A.transpose(-1, -2)                      # Λ⁻¹Aᵀ, (..., n, m)
-    K = torch.linalg.solve(S, PAt.transpose(-1, -2)).transpose(-1, -2)   # S symmetric
+    try:
+        K = torch.linalg.solve(S, PAt.transpose(-1, -2)).transpose(-1, -2)   # S symmetric
+    except torch.linalg.LinAlgError:
+        raise ValueError("the marginal covariance S = L_inv + A Lambda_inv A^T is singular: some direction of y has no "
+                         "randomness at all, and p(x | y) is not a density there") from None
     mean = mu + (K @ (y - m_y).unsqueeze(-1)).squeeze(-1)
     cov = Lambda_inv - K @ A @ Lambda_inv
     return mean, 0.5 * (cov + cov.transpose(-1, -2))

@@ -24,7 +24,7 @@ from .checks import check_int
 from .data import from_model_range
 from .files import atomic_write
 from .plotting import save_png
-from .samplers import SIGMA_HAT, OutOfRangeWarning, sample_row
+from .samplers import SIGMA_HAT, OutOfRangeWarning, check_first_step, sample_row
 
 
 def progress(total: int, desc: str, enabled: bool = True):
@@ -110,6 +110,12 @@ def _draw(gens, shape, device) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _check_clip(clip_x0) -> bool | None:
+    if clip_x0 is not None and not isinstance(clip_x0, (bool, np.bool_)):      # "yes" would be true, and recorded
+        raise TypeError(f"clip_x0 must be True, False or None (the sampler's default), got {clip_x0!r}")
+    return None if clip_x0 is None else bool(clip_x0)
+
+
 def sample_indices(model, indices, shape, alpha_bar, seq, eta=0.0, seed: int = 0, clip_x0: bool | None = None,
                    device=None, amp: bool = False, solver: str | None = None, solver_options: dict | None = None,
                    callback=None, check_range: bool = True) -> torch.Tensor:
@@ -126,6 +132,7 @@ def sample_indices(model, indices, shape, alpha_bar, seq, eta=0.0, seed: int = 0
     check_range=False leaves that to a caller that samples many batches and warns once over all of them.
     """
     eta = check_eta(eta)
+    clip_x0 = _check_clip(clip_x0)
     if solver_options and solver is None:
         raise ValueError(f"solver_options {solver_options} apply to an ODE solver; none was given")
     if solver is not None and (eta != 0 or clip_x0):
@@ -166,13 +173,13 @@ def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, 
     """
     n, batch_size, seed, eta = check_int("n", n, 0), check_int("batch_size", batch_size), check_int("seed", seed, 0), \
         check_eta(eta)                   # all before settings.json is written: a typo must not claim the folder
+    clip_x0 = _check_clip(clip_x0)
     model_key = _model_key(model, model_id, out_dir)
-    shape = tuple(int(d) for d in shape)
-    if len(shape) != 3 or shape[0] not in (1, 3):
-        raise ValueError(f"shape must be (C, H, W) with C = 1 or 3 (PNG), got {shape}")
+    shape = _check_shape(shape, model)
     rank, world_size = resolve_rank(rank, world_size)
-    alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else torch.as_tensor(alpha_bar)
+    alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else schedule.validate_alpha_bar(alpha_bar)
     seq = sampling_steps(S, alpha_bar.shape[0], spacing)
+    check_first_step(alpha_bar, seq)                     # S = 1 on `quad` is the step t = 0: the PNGs would be x_T
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _claim(out_dir, dict(model=model_key, T=int(alpha_bar.shape[0]), seed=seed, S=int(S), eta=str(eta),
@@ -193,6 +200,22 @@ def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, 
     if rms:
         warn_out_of_range(torch.cat(rms), alpha_bar, seq)
     return todo
+
+
+def _check_shape(shape, model) -> tuple[int, int, int]:
+    """(C, H, W) of positive ints with C = 1 or 3 (PNG), and C the network's input channels where it records them
+    (ddimlab's `config["in_ch"]`, diffusers' `config.in_channels`)."""
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") or len(shape) != 3:
+        raise ValueError(f"shape must be (C, H, W) with C = 1 or 3 (PNG), got {shape!r}")
+    shape = tuple(check_int(f"shape's {d}", v) for d, v in zip("CHW", shape))
+    if shape[0] not in (1, 3):
+        raise ValueError(f"shape must be (C, H, W) with C = 1 or 3 (PNG), got {shape}")
+    net = model if isinstance(model, torch.nn.Module) else getattr(model, "network", None)
+    cfg = getattr(net, "config", None) or {}
+    in_ch = cfg.get("in_ch", cfg.get("in_channels")) if hasattr(cfg, "get") else None
+    if in_ch is not None and in_ch != shape[0]:
+        raise ValueError(f"shape {shape} has {shape[0]} channels but the network takes {in_ch}")
+    return shape
 
 
 def _model_key(model, model_id, out_dir) -> str | None:

@@ -56,12 +56,9 @@ def jackknife(x: torch.Tensor, y: torch.Tensor, kernel) -> tuple[float, torch.Te
     of `table1` share x_T, noise and data index by index, so the same formula on the difference of
     their U₋ᵢ gives the standard error of their difference (`difference`).
     """
-    x = torch.as_tensor(x, dtype=torch.float64)
-    y = torch.as_tensor(y, dtype=torch.float64)
-    if x.ndim != 2 or x.shape != y.shape or x.shape[0] < 4:
+    x, y = toy.points(x, "x"), toy.points(y, "y")
+    if x.shape != y.shape or x.shape[0] < 4:
         raise ValueError(f"x and y must have the same shape (n >= 4, d), got {tuple(x.shape)} and {tuple(y.shape)}")
-    if not (bool(torch.isfinite(x).all()) and bool(torch.isfinite(y).all())):
-        raise ValueError("samples contain NaN or inf")
     return _jackknife(x, y, kernel, _row_sums(y, kernel))
 
 
@@ -104,7 +101,8 @@ def error_ratio(e2_a: torch.Tensor, e2_b: torch.Tensor, draws: int = 2000, seed:
     """Solver a's error over solver b's, from each point's squared error (two solvers run from the same x_T against
     one reference): {"rms": (ratio, SE), "median": (ratio of the median per-point errors, SE)}, the SEs by a bootstrap
     over the points that resamples both together (notebook 08 §7, benchmarks/bench_samplers.py)."""
-    check_per_sample("error_ratio", e2_a, e2_b)
+    e2_a, e2_b = check_per_sample("error_ratio", e2_a, e2_b, squared=True)
+    draws = check_int("draws", draws, 2, note=" (bootstrap resamples: one has no spread)")
     idx = torch.randint(len(e2_b), (draws, len(e2_b)), generator=torch.Generator().manual_seed(seed))
 
     def ratios(a, b):
@@ -123,7 +121,7 @@ def cross_fitted_best(e2: dict, statistic: str = "rms") -> tuple[torch.Tensor, t
     picks the best of 410 diffusers settings)."""
     if statistic not in ("rms", "median"):
         raise ValueError(f"statistic must be 'rms' or 'median', got {statistic!r}")
-    check_per_sample("cross_fitted_best", *e2.values())
+    e2 = dict(zip(e2, check_per_sample("cross_fitted_best", *e2.values(), squared=True)))
     n = len(next(iter(e2.values())))
     first, second = slice(0, n // 2), slice(n // 2, n)
     score = (lambda e: e.mean()) if statistic == "rms" else (lambda e: e.sqrt().median())   # noqa: E731

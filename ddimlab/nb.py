@@ -13,18 +13,22 @@ import torch
 
 from . import devices, quality
 from .checkpoint import weights_sha256
+from .checks import check_int
 
 # What `weights_line` prints; notebooks/conftest.py reads it back from a cell's outputs.
 WEIGHTS_LINE = re.compile(r"weights' sha256 [0-9a-f]{12}(, classifiers' [0-9a-f]{12})?")
 
 
 def seed_everything(seed: int = 0, threads: int = 2) -> torch.Generator:
-    """Seed Python, NumPy and torch, fix the thread count, and return a torch.Generator.
+    """Seed Python, NumPy and torch, fix the thread count, turn on torch's deterministic algorithms (with warn_only:
+    for the whole process, as a notebook wants), and return a torch.Generator. `seed` in 0..2**32 − 1 (NumPy's range),
+    checked before anything is seeded.
 
     Every notebook calls this once at the top so that nbval sees the same numbers on every run. Where torch runs other
     kernels than the AVX2 ones that computed the committed outputs (AVX-512 outside `make jupyter`, ARM, pre-AVX2), it
     says so on stderr, which nbval does not compare: the last printed digits may differ there, the checks must not.
     """
+    seed, threads = check_int("seed", seed, 0, 2 ** 32 - 1), check_int("threads", threads)
     kernels = devices.cpu_kernels()
     if kernels != "AVX2":
         print(f"note: torch runs its {kernels} CPU kernels here; the committed outputs were computed on AVX2 ones, so "
@@ -44,6 +48,8 @@ def check(ok, message: str) -> None:
     if isinstance(ok, (torch.Tensor, np.ndarray)):
         if (ok.numel() if isinstance(ok, torch.Tensor) else ok.size) == 0:
             raise ValueError(f"check of an empty array would pass whatever was checked: {message}")
+        if ok.dtype not in (torch.bool, np.bool_):       # a float array of errors is "true" wherever it is not 0
+            raise TypeError(f"check takes a boolean tensor/array, got dtype {ok.dtype} (compare it: err < tol): {message}")
         ok = bool(ok.all())
     elif not isinstance(ok, (bool, np.bool_)):
         raise TypeError(f"check takes a bool or a boolean tensor/array, got {type(ok).__name__} (a list or a string is "

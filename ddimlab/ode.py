@@ -200,7 +200,7 @@ STEP_RULES = ("logsnr", "karras", "power2", "power3")   # the σ-based rules, be
 def rule_timesteps(rule: str, S: int, alpha_bar: torch.Tensor) -> torch.Tensor:
     """The step rules of notebook 08 §5 by name (`sample --spacing`): logsnr (`lambda_timesteps`), karras
     (`karras_timesteps`, ρ = 7), power2 / power3 (`power_timesteps` with κ = 2, 3; power3 suits `ipndm`)."""
-    alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64).cpu()
+    alpha_bar = validate_alpha_bar(alpha_bar).cpu()     # power2/3 read only T, but a β table is a mistake there too
     if rule == "logsnr":
         return lambda_timesteps(S, alpha_bar)
     if rule == "karras":
@@ -642,6 +642,9 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
     if not isinstance(x_T, torch.Tensor) or not bool(torch.isfinite(x_T).all()):
         raise ValueError("x_T must be a finite torch.Tensor")
     alpha_bar = validate_alpha_bar(alpha_bar)
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if (v := as_real(tol)) is None or v <= 0:
+            raise ValueError(f"{name} must be a finite number > 0 (solve_ivp's tolerance), got {tol!r}")
     t_start, t_end = float(t_start), float(t_end)
     if not t_end < t_start:
         raise ValueError(f"t_end must be smaller than t_start (the ODE runs from noise to data), got {t_start} -> {t_end}")

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data
-from .checks import as_real, check_int, check_per_sample, check_symmetric
+from .checks import as_real, check_int, check_per_sample, check_symmetric, seeded
 from .devices import cpu_kernels, cpu_threads
 from .files import atomic_write
 
@@ -127,7 +127,7 @@ def split_digits(resolution: int = 16, holdout: float = 0.2, seed: int = 0):
     images, labels = data.load_digits(resolution)
     x = data.to_model_range(images).float()
     y = torch.as_tensor(labels).long()
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    perm = torch.randperm(len(x), generator=seeded(seed))
     n_test = int(round(holdout * len(x)))
     test, train = perm[:n_test], perm[n_test:]
     return x[train], y[train], x[test], y[test]
@@ -303,7 +303,7 @@ def _features_and_real_stats(samples, model=None):
     """(classifier features of `samples`, mean and covariance of all real digits' features) at the samples'
     resolution: the two sides of `digits_fd`."""
     x = _as_samples(samples)
-    net, info = load_classifier(int(x.shape[-1])) if model is None else (model, None)
+    net, info = _model_for(x, model)           # the classifier, or `load_classifier`'s (model, info) as passed
     if info is None:
         mu_r, cov_r = feature_stats(_features(net, _real_digits(int(x.shape[-1]))))
     else:
@@ -320,7 +320,7 @@ def digits_fd(samples, model=None) -> float:
 def _bootstrap_fds(feature_sets, mu_r, cov_r, n_boot: int, seed: int) -> np.ndarray:
     """(n_boot, len(feature_sets)): the FD of each set of features to the real digits' statistics over resamples with
     replacement, every set taking the same indices in a resample, so sets whose rows belong together stay paired."""
-    g = torch.Generator().manual_seed(seed)
+    g = seeded(seed)
     n = len(feature_sets[0])
     rows = []
     for _ in range(n_boot):
@@ -343,7 +343,7 @@ def digits_fd_se(samples, n_boot: int = 50, seed: int = 0) -> float:
 def mean_difference(a: torch.Tensor, b: torch.Tensor, paired: bool) -> tuple[float, float]:
     """(mean of a − mean of b, its standard error) of per-sample scores: from the per-sample differences when `paired`
     (a[i] and b[i] come from the same x_T), else the two means' independent errors combined."""
-    check_per_sample("mean_difference", a, b, paired=paired)
+    a, b = check_per_sample("mean_difference", a, b, paired=paired)
     if paired:
         d = a - b
         return float(d.mean()), float(d.std() / len(d) ** 0.5)
@@ -374,7 +374,7 @@ def real_fd_floor(n: int, resolution: int = 16, seed: int = 0) -> float:
     real = _real_digits(resolution)
     if not 2 <= n <= len(real):
         raise ValueError(f"n must lie in 2..{len(real)}, got {n!r}")
-    idx = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:n]
+    idx = torch.randperm(len(real), generator=seeded(seed))[:n]
     return digits_fd(real[idx])
 
 

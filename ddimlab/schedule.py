@@ -85,6 +85,8 @@ def as_steps(t, device=None) -> torch.Tensor:
 
 def alpha_bar_at(alpha_bar: torch.Tensor, t) -> torch.Tensor:
     """ᾱ_t with ᾱ_{−1} = 1; `t` is an int or an integer tensor in −1..T−1 (notebook 01 "Notation")."""
+    if not isinstance(alpha_bar, torch.Tensor):        # a list or an array, as the other table functions take
+        alpha_bar = torch.as_tensor(np.asarray(alpha_bar, dtype=np.float64))
     t = as_steps(t, alpha_bar.device)
     if t.dtype != torch.long:
         raise ValueError(f"step t must be an integer (use ode.alpha_bar_cont for fractional steps), got {t.dtype}")
@@ -132,6 +134,7 @@ def timesteps(S: int, T: int = 1000, spacing: str = "uniform") -> torch.Tensor:
     - linspace: round(linspace(0, T−1, S)), diffusers' "linspace"; starts at T−1.
     - trailing: round(arange(T, 0, −T/S)) − 1, diffusers' "trailing"; starts at T−1.
     """
+    T = check_int("T", T)
     S = check_int("number of steps S", S, 1, T, " (T, the schedule's length)")
     if spacing == "uniform":
         seq = np.arange(S) * (T // S)

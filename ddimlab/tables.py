@@ -135,6 +135,7 @@ def _check_grid(eta_list, S_list, alpha_bar, spacing: str) -> None:
 def _check_steps(S_list, alpha_bar, spacing: str, why: str = FROM_NOISE) -> list[torch.Tensor]:
     """Each S's timesteps (`sampling_steps`), every S checked and none listed twice before the first is run; a warning
     for each that starts near the data (`check_first_step`: S = 1 on a uniform grid is t = 0)."""
+    schedule.validate_alpha_bar(alpha_bar)           # a β table would fail later as "a_s must be >= a_t"
     check_distinct(S_list, "S")
     seqs = [sampling_steps(S, alpha_bar.shape[0], spacing) for S in S_list]
     for seq in seqs:
@@ -229,6 +230,9 @@ def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None
                              f"{len(images)}")
         images = images[:n_images]
     rank, world_size = resolve_rank(rank, world_size)
+    if len(images) < world_size:
+        raise ValueError(f"{len(images)} images for {world_size} ranks: each rank needs at least one; give at least "
+                         f"{world_size} images")
     alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else torch.as_tensor(alpha_bar)
     seqs = _check_steps(S_list, alpha_bar, spacing, TO_NOISE)
     mine = images[rank::world_size]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import ode, schedule
-from .checks import check_int, check_symmetric
+from .checks import as_real, check_int, check_symmetric, seeded
 
 
 def _f64(x, name):
@@ -165,8 +165,9 @@ class GaussianMixture:
     def v(self, x: torch.Tensor, a) -> torch.Tensor:
         """v*(x_t) = E[v | x_t] with v = √ᾱ ε − √(1−ᾱ) x_0 (Salimans & Ho 2022; notebook 04 §4):
         √a ε*(x) − √(1−a) E[x_0 | x_t = x]; at a = 0 it is −(data mean). `a` is a float."""
+        eps, x0_mean = self.eps(x, a), self.x0_mean(x, a)        # these check x and a
         a = float(a)
-        return math.sqrt(a) * self.eps(x, a) - math.sqrt(1 - a) * self.x0_mean(x, a)
+        return math.sqrt(a) * eps - math.sqrt(1 - a) * x0_mean
 
     def reverse_kernel(self, x_t: torch.Tensor, a_t: float, a_s: float):
         """The exact reverse kernel q(x_s | x_t) of the forward process started at this mixture, s < t (notebook 02 §10).
@@ -333,7 +334,10 @@ def image_like_mixture(d: int = 1024, K: int = 10, slope: float = 1.0, pixel_std
     d, K = check_int("d", d), check_int("K", K)
     if not 0 <= between < 1:
         raise ValueError(f"between must lie in [0, 1), got {between}")
-    g = torch.Generator().manual_seed(seed)
+    if (std := as_real(pixel_std)) is None or std <= 0:      # -0.5 would square to 0.5's mixture
+        raise ValueError(f"pixel_std must be a finite number > 0 (a standard deviation), got {pixel_std!r}")
+    pixel_std = std
+    g = seeded(seed)
     j = torch.arange(1, d + 1, dtype=torch.float64)
     lam = j ** -float(slope)
     lam = lam * (d * pixel_std ** 2 / lam.sum())
@@ -400,7 +404,7 @@ def random_mixture(d: int = 8, K: int = 4, scale: float = 0.5, std_range=(0.1, 0
                    seed: int = 0) -> GaussianMixture:
     """d-dimensional mixture of K Gaussians with random means (± `scale`), random rotations and
     per-axis standard deviations in `std_range`; deterministic given `seed`."""
-    g = torch.Generator().manual_seed(seed)
+    g = seeded(seed)
     w = 0.5 + torch.rand(K, generator=g, dtype=torch.float64)
     mu = scale * (2 * torch.rand(K, d, generator=g, dtype=torch.float64) - 1)
     Q, _ = torch.linalg.qr(torch.randn(K, d, d, generator=g, dtype=torch.float64))
@@ -455,13 +459,27 @@ def gram(u: torch.Tensor, v: torch.Tensor, kernel) -> torch.Tensor:
     return d2.mul_(-0.5 / h2).exp_()
 
 
+def points(x, name: str) -> torch.Tensor:
+    """`x` as float64 points (n, d), finite: what the sample distances (`mmd2_unbiased`, `mmd`, `lab.jackknife`) take."""
+    x = torch.as_tensor(x)
+    if x.is_complex() or x.ndim != 2:
+        raise ValueError(f"{name} must be real points of shape (n, d), got {x.dtype} {tuple(x.shape)}")
+    x = x.to(torch.float64)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contain NaN or inf")
+    return x
+
+
 def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, kernel) -> float:
     """Unbiased MMD² = mean_{i≠j} k(x_i, x_j) + mean_{i≠j} k(y_i, y_j) − 2 mean_{i,j} k(x_i, y_j)
     (Gretton et al. 2012; notebook 09 §1). kernel: a Gaussian bandwidth, or ENERGY for the energy
     distance (`gram`)."""
+    x, y = points(x, "x"), points(y, "y")               # float32 samples against float64 data draws meet in float64
     n, m = x.shape[0], y.shape[0]
     if min(n, m) < 2:
         raise ValueError(f"the unbiased MMD needs at least 2 points in each set, got {n} and {m}")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"x and y must be points of one dimension d, got {tuple(x.shape)} and {tuple(y.shape)}")
     kxx, kyy, kxy = gram(x, x, kernel), gram(y, y, kernel), gram(x, y, kernel)
     return float((kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
                  + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) - 2 * kxy.mean())
@@ -476,11 +494,9 @@ def mmd(samples: torch.Tensor, mixture: GaussianMixture, generator: torch.Genera
     with `bandwidth(mixture)`, a bandwidth, or ENERGY for the energy distance. scale: None, or a (d,)
     tensor every point is divided by first (`mixture.std()`: each coordinate on its own scale).
     """
-    samples = torch.as_tensor(samples, dtype=torch.float64)
-    if samples.ndim != 2 or samples.shape[1] != mixture.d or samples.shape[0] < 2:
+    samples = points(samples, "samples")
+    if samples.shape[1] != mixture.d or samples.shape[0] < 2:
         raise ValueError(f"samples must have shape (n >= 2, d = {mixture.d}), got {tuple(samples.shape)}")
-    if not bool(torch.isfinite(samples).all()):
-        raise ValueError("samples contain NaN or inf")
     if repeats < 2:
         raise ValueError(f"repeats must be >= 2 to estimate a standard deviation, got {repeats}")
     kernel = bandwidth(mixture) if kernel is None else kernel

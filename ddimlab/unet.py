@@ -158,12 +158,15 @@ class UNet(nn.Module):
                  attn_resolutions=(16,), dropout: float = 0.1, resolution: int = 32, out_ch: int | None = None,
                  num_groups: int = 32):
         super().__init__()
-        ch_mult, attn_resolutions = tuple(int(m) for m in ch_mult), tuple(int(r) for r in attn_resolutions)
+        # Python ints: the config goes into checkpoints, whose weights-only loading refuses numpy scalars; int(1.5)
+        # would build another network than the one asked for
+        ch_mult = tuple(check_int("an entry of ch_mult", m) for m in ch_mult)
+        attn_resolutions = tuple(check_int("an entry of attn_resolutions", r) for r in attn_resolutions)
         out_ch = in_ch if out_ch is None else out_ch
-        # Python ints: the config goes into checkpoints, whose weights-only loading refuses numpy scalars
-        in_ch, ch, num_res_blocks, resolution, out_ch, num_groups = (check_int(name, v) for name, v in (
-            ("in_ch", in_ch), ("ch", ch), ("num_res_blocks", num_res_blocks), ("resolution", resolution),
+        in_ch, num_res_blocks, resolution, out_ch, num_groups = (check_int(name, v) for name, v in (
+            ("in_ch", in_ch), ("num_res_blocks", num_res_blocks), ("resolution", resolution),
             ("out_ch", out_ch), ("num_groups", num_groups)))
+        ch = check_int("ch", ch, 4, note=" (the step embedding has ch/2 >= 2 frequencies)")
         _validate(ch, ch_mult, attn_resolutions, dropout, resolution, num_groups)
         self.config = dict(in_ch=in_ch, ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
                            attn_resolutions=attn_resolutions, dropout=dropout, resolution=resolution,

@@ -4,6 +4,7 @@ TypeError that says what was wrong."""
 import copy
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ def test_images_scaled_0_to_255_or_nan_are_refused_not_clamped():
     a, b = torch.rand(40, 3, 8, 8, generator=g) * 255, torch.rand(40, 3, 8, 8, generator=g) * 255
     fn = fid.random_features()
     assert fid.compute_fid(a / 127.5 - 1, b / 127.5 - 1, fn) > 0.1              # the same images, scaled right
-    with pytest.raises(ValueError, match=r"must lie in \[-1, 1\], got values in 0\.\.25"):
+    with pytest.raises(ValueError, match=r"must lie in \[-1, 1\], got values in [-0-9.e]+\.\.25"):
         fid.compute_fid(a, b, fn)
     with pytest.raises(ValueError, match="NaN or inf"):
         fid.compute_fid(torch.full((40, 3, 8, 8), float("nan")), b / 127.5 - 1, fn)
@@ -457,3 +458,158 @@ def test_twelfth_round_arguments_named_and_one_rule_for_callbacks(toy_setup):
                 lambda **kw: ode.euler(eps, x_T, AB, seq, **kw),
                 lambda **kw: ode.dpm_solver_pp_2m(eps, x_T, AB, seq, **kw)):
         assert torch.equal(run(callback=vandal), run())
+
+
+def _tiny_net(in_ch=1):
+    from ddimlab import unet
+    torch.manual_seed(0)
+    return unet.UNet(in_ch=in_ch, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), resolution=8, num_groups=4)
+
+
+def test_thirteenth_round_images_checks_and_claimed_folders(tmp_path):
+    """Helper 88: 0..255 images with a sampler's overshoot (min below 0) passed the range guard and were scored as
+    white; nb.check passed a float array of errors; generate_samples claimed its folder before checking ᾱ, the channels
+    or clip_x0, so the corrected retry was refused; fid.load_images took n = -1, True or 2.5; UNet truncated
+    ch_mult 1.5 to 1 and built ch = 3, which failed at its first call."""
+    from ddimlab import nb, unet
+    g = torch.Generator().manual_seed(0)
+    a = (torch.rand(40, 3, 8, 8, generator=g) * 2.1 - 1.05) * 127.5 + 127.5         # -6..261
+    b = (torch.rand(40, 3, 8, 8, generator=g) * 0.5 - 1.05) * 127.5 + 127.5
+    fn = fid.random_features()
+    assert fid.compute_fid(a / 127.5 - 1, b / 127.5 - 1, fn) > 1               # scaled right: the sets differ
+    with pytest.raises(ValueError, match="look like 0..255"):
+        fid.compute_fid(a, b, fn)
+    digits = data.load_digits(16)[0][:60].float()
+    with pytest.raises(ValueError, match="look like 0..255"):
+        quality.score_digits(digits + torch.randn(digits.shape, generator=g))
+    with pytest.warns(UserWarning, match="look like 0..255"):
+        plotting.image_grid(torch.rand(4, 1, 4, 4, generator=g) * 255)
+    overshoot = torch.rand(4, 1, 4, 4, generator=g) * 2.8 - 1.4                 # [-1, 1] overshooting both ways
+    data.check_model_range(overshoot)
+    with pytest.raises(TypeError, match="boolean"):
+        nb.check((torch.tensor([1.0, 2.0]) - torch.tensor([1.3, 2.5])).abs(), "x equals y")
+    with pytest.raises(TypeError, match="boolean"):
+        nb.check(np.array([0.1, 3.0]), "x")
+
+    net = _tiny_net()
+    out = tmp_path / "samples"
+    for bad, match in ((dict(alpha_bar=schedule.beta_schedule()), "strictly decreasing"),
+                       (dict(shape=(3, 8, 8)), "network takes 1"), (dict(shape=(1, 8.5, 8)), "shape's H"),
+                       (dict(clip_x0="yes"), "clip_x0")):
+        with pytest.raises((ValueError, TypeError), match=match):
+            generate.generate_samples(net, out, 1, **{"shape": (1, 8, 8), "S": 2, **bad})
+        assert not (out / "settings.json").exists()
+    assert generate.generate_samples(net, out, 1, shape=(1, 8, 8), S=2) == [0]      # the retry is not refused
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", samplers.OutOfRangeWarning)
+        generate.generate_samples(net, tmp_path / "one_step", 1, shape=(1, 8, 8), S=1)
+    assert any("noisiest of the 1 steps is t = 0" in str(w.message) for w in caught)   # the PNG is x_T itself
+    for n in (-1, True, 0, 2.5):
+        with pytest.raises(ValueError, match="n must be a positive integer"):
+            fid.load_images(out, n)
+    with pytest.raises(ValueError, match="fewer than the n = 5"):
+        fid.load_images(out, 5)
+
+    kw = dict(in_ch=1, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), resolution=8, num_groups=4)
+    for bad, match in ((dict(ch_mult=(1, 1.5)), "ch_mult"), (dict(attn_resolutions=(8.9,)), "attn_resolutions"),
+                       (dict(ch=3, num_groups=1), "ch must be an integer >= 4")):
+        with pytest.raises(ValueError, match=match):
+            unet.UNet(**{**kw, **bad})
+
+
+def test_thirteenth_round_densities_bounds_and_statistics():
+    """Helper 88: the linear-Gaussian identities took a negative, asymmetric or NaN covariance and returned a
+    'covariance'; float16 densities rounded a variance of 1e-8 to 0 and the ELBO had no float16 log_ndtr; the ELBO of a
+    NaN network was NaN without a word; numpy variances, bool scores, one bootstrap draw and signed errors failed deep in
+    numpy or torch or returned NaN."""
+    I2 = torch.eye(2, dtype=torch.float64)
+    z2 = torch.zeros(2, dtype=torch.float64)
+    for cov, match in ((-I2, "positive semi-definite"), (torch.tensor([[1.0, 5.0], [0.0, 1.0]]), "symmetric"),
+                       (I2 * float("nan"), "finite")):
+        with pytest.raises(ValueError, match=match):
+            gaussian.linear_gaussian_marginal(z2, cov, I2, z2, I2)
+    mean, cov = gaussian.linear_gaussian_marginal(torch.tensor([1, 2]), I2, I2, z2, I2)     # an integer mu
+    assert torch.equal(mean, torch.tensor([1.0, 2.0], dtype=torch.float64)) and torch.equal(cov, 2 * I2)
+    with pytest.raises(ValueError, match="singular"):
+        gaussian.linear_gaussian_posterior(z2, 0 * I2, I2, z2, 0 * I2, z2)
+    x16 = torch.zeros(2, dtype=torch.float16)
+    assert torch.allclose(gaussian.log_normal(x16, 0.0, 1e-8), torch.full((2,), -0.5 * (math.log(2 * math.pi * 1e-8))))
+    assert float(gaussian.log_mvn(z2, z2, torch.tensor([[2, 1], [1, 2]]))) == pytest.approx(
+        -math.log(2 * math.pi) - 0.5 * math.log(3), rel=1e-14)                           # an integer covariance
+    with pytest.raises(ValueError, match="x must have shape"):
+        gaussian.log_mvn(torch.zeros(3), torch.zeros(2), torch.eye(2))
+
+    ab = schedule.make_alpha_bar("linear", 20)
+    x0 = ((torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 127.5).round() / 127.5
+    zero = lambda x, t: torch.zeros_like(x)        # noqa: E731
+    with pytest.raises(samplers.NonFiniteError, match="step t = 0"):
+        elbo.bits_per_dim(lambda x, t: x * float("nan"), x0, ab)
+    assert bool(torch.isfinite(elbo.bits_per_dim(zero, x0.half(), ab)).all())
+    by = {kind: elbo.bits_per_dim(zero, x0, ab, variance=v, generator=torch.Generator().manual_seed(1))
+          for kind, v in (("tensor", torch.full((20,), 0.1)), ("numpy", np.full(20, 0.1)))}
+    assert torch.equal(by["tensor"], by["numpy"])
+    with pytest.raises(ValueError, match="finite positive"):
+        elbo.bits_per_dim(zero, x0, ab, variance=torch.full((20,), float("inf")))
+
+    conf_a, conf_b = torch.tensor([True, False, True, True]), torch.tensor([False, False, True, False])
+    assert quality.mean_difference(conf_a, conf_b, paired=True) == quality.mean_difference(
+        conf_a.double(), conf_b.double(), paired=True)
+    from ddimlab import lab
+    with pytest.raises(ValueError, match="draws must be an integer >= 2"):
+        lab.error_ratio(torch.rand(5), torch.rand(5), draws=1)
+    with pytest.raises(ValueError, match="squared error"):
+        lab.error_ratio(torch.tensor([-1.0, 2.0, 3.0]), torch.ones(3))
+    assert lab.error_ratio(torch.tensor([1, 4, 9]), torch.ones(3, dtype=torch.long))["rms"][0] == pytest.approx(
+        math.sqrt(14 / 3))
+    x32 = torch.randn(30, 2, generator=torch.Generator().manual_seed(2))
+    y64 = x32.double() + 0.1
+    assert toy.mmd2_unbiased(x32, y64, 1.0) == toy.mmd2_unbiased(x32.double(), y64, 1.0)
+    for bad, match in ((x32 * float("nan"), "NaN"), (torch.randn(30, 3), "one dimension")):
+        with pytest.raises(ValueError, match=match):
+            toy.mmd2_unbiased(bad, y64, 1.0)
+
+
+def test_thirteenth_round_arguments_named():
+    """Helper 88: each call failed deep in torch, numpy or Python, or broadcast one noise over a batch, or took a
+    β table, a float T or a negative standard deviation without a word."""
+    import random
+
+    from ddimlab import devices, nb, tables
+    state = random.getstate()
+    for seed in (-1, 2 ** 33, 1.5):
+        with pytest.raises(ValueError, match="seed must be an integer in 0..2\\*\\*32 - 1"):
+            nb.seed_everything(seed)
+    assert random.getstate() == state                       # nothing was reseeded before the refusal
+    net = _tiny_net()
+    with pytest.raises(TypeError, match="torch.from_numpy"):
+        checkpoint.eps_fn(net)(np.zeros((1, 1, 8, 8), np.float32), 5)
+    x = torch.zeros(4, 3)
+    for call in (lambda: diffusion.q_step(x, 0.1, torch.zeros(3)), lambda: diffusion.predict_x0(x, torch.zeros(1, 3), 0.5),
+                 lambda: diffusion.eps_from_v(x, torch.zeros(3), 0.5)):
+        with pytest.raises(ValueError, match="differs from"):
+            call()
+    with pytest.raises(TypeError, match="torch tensors"):
+        diffusion.q_sample(np.ones((2, 3)), 0.5, np.ones((2, 3)))
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        tables.score_grid(net, lambda x: {}, S_list=(2,), eta_list=(0.0,), n=2, shape=(1, 8, 8),
+                          alpha_bar=schedule.beta_schedule())
+    with pytest.raises(ValueError, match="each rank needs at least one"):
+        tables.reproduce_table2(net, None, images=torch.zeros(1, 1, 8, 8, dtype=torch.uint8), rank=1, world_size=2)
+    with pytest.raises(ValueError, match="precomputed"):
+        fid.compute_fid(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), data.load_digits(8), fid.random_features(in_ch=1))
+    mix = toy.random_mixture(d=2, K=2)
+    with pytest.raises(ValueError, match="rtol"):
+        ode.reference_solution(toy.exact_eps(mix, AB), torch.zeros(2, 2), AB, 999, rtol=float("nan"))
+    with pytest.raises(ValueError, match="T must be a positive integer"):
+        schedule.timesteps(5, 1000.5)
+    assert float(schedule.alpha_bar_at(AB.tolist(), 3)) == float(AB[3])
+    with pytest.raises(ValueError, match="alpha_bar"):
+        ode.rule_timesteps("power3", 10, torch.full((1000,), float("nan")))
+    with pytest.raises(ValueError, match="must lie in"):
+        mix.v(torch.zeros(2, 2, dtype=torch.float64), -0.5)
+    with pytest.raises(ValueError, match="pixel_std"):
+        toy.image_like_mixture(d=4, K=2, pixel_std=-0.5)
+    with pytest.raises(ValueError, match="seed must be"):
+        toy.random_mixture(seed=1.5)
+    with pytest.raises(devices.DeviceError, match="unknown device 'gpu'"):
+        checkpoint.load_model("missing.pt", device="gpu")
