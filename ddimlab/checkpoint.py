@@ -27,6 +27,7 @@ import torch
 
 from . import devices, schedule
 from . import unet as unet_mod
+from .checks import as_real, check_int
 from .data import default_cache_dir, download
 from .files import atomic_write, md5sum
 
@@ -385,8 +386,12 @@ def load_diffusers_folder(path, backend: str = "ddimlab", map_location="cpu"):
     if not (st.is_file() or binary.is_file()):         # said before its config.json is read as a diffusers one
         raise FileNotFoundError(f"{folder} holds config.json but no ckpt.pt and neither diffusion_pytorch_model.safetensors "
                                 f"nor .bin: pass a ddimlab run folder or ckpt.pt, or a diffusers UNet2DModel folder")
-    config = json.loads((folder / "config.json").read_text())
-    net = unet_mod.UNet(**unet_config_from_diffusers(config))
+    config = _json_object(folder / "config.json")
+    try:
+        net = unet_mod.UNet(**unet_config_from_diffusers(config))
+    except (KeyError, TypeError) as e:                      # a key missing, or a value of the wrong type
+        raise CheckpointError(f"{folder / 'config.json'}: not a UNet2DModel config ddimlab can build "
+                              f"({type(e).__name__}: {e})") from None
     if st.is_file():
         from safetensors.torch import load_file  # a declared dependency, imported only for this format
         try:
@@ -434,21 +439,47 @@ def official_layout() -> dict[str, tuple[int, ...]]:
 
 
 def diffusers_alpha_bar(folder) -> torch.Tensor:
-    """ᾱ from a diffusers pipeline's scheduler_config.json next to the UNet, else DDPM's linear schedule."""
+    """ᾱ from a diffusers pipeline's scheduler_config.json next to the UNet (its `trained_betas` if it lists them, else
+    its beta_schedule), else DDPM's linear schedule. A scheduler for another parametrisation than ε-prediction
+    (`prediction_type` v_prediction or sample) is a CheckpointError: read as ε, it would sample silently wrong images."""
     folder = Path(folder)
     for cfg in (folder / "scheduler" / "scheduler_config.json", folder.parent / "scheduler" / "scheduler_config.json"):
         if cfg.is_file():
-            c = json.loads(cfg.read_text())
-            T = int(c.get("num_train_timesteps", 1000))
-            name = {"linear": "linear", "squaredcos_cap_v2": "cosine", "scaled_linear": "quadratic"}.get(
-                c.get("beta_schedule", "linear"))
-            if name is None:
-                raise ValueError(f"{cfg}: beta_schedule {c.get('beta_schedule')!r} is not supported; "
-                                 f"supported: linear, scaled_linear, squaredcos_cap_v2")
-            if name == "cosine":
-                return schedule.make_alpha_bar("cosine", T)
-            return schedule.alpha_bar(schedule.beta_schedule(name, T, c.get("beta_start", 1e-4), c.get("beta_end", 0.02)))
+            c = _json_object(cfg)
+            if c.get("prediction_type", "epsilon") != "epsilon" or c.get("rescale_betas_zero_snr"):
+                what = "rescale_betas_zero_snr" if c.get("rescale_betas_zero_snr") else \
+                    f"prediction_type {c.get('prediction_type')!r}"
+                raise CheckpointError(f"{cfg}: {what} is not supported; ddimlab samples ε-prediction networks on "
+                                      f"schedules that end above alpha_bar = 0")
+            try:
+                if c.get("trained_betas") is not None:
+                    return schedule.alpha_bar(torch.as_tensor(c["trained_betas"], dtype=torch.float64))
+                T = check_int("num_train_timesteps", c.get("num_train_timesteps", 1000))
+                name = {"linear": "linear", "squaredcos_cap_v2": "cosine", "scaled_linear": "quadratic"}.get(
+                    c.get("beta_schedule", "linear"))
+                if name is None:
+                    raise ValueError(f"beta_schedule {c.get('beta_schedule')!r} is not supported; "
+                                     f"supported: linear, scaled_linear, squaredcos_cap_v2")
+                if name == "cosine":
+                    return schedule.make_alpha_bar("cosine", T)
+                ends = [as_real(c.get(k, d)) for k, d in (("beta_start", 1e-4), ("beta_end", 0.02))]
+                if None in ends:
+                    raise ValueError("beta_start and beta_end must be numbers")
+                return schedule.alpha_bar(schedule.beta_schedule(name, T, *ends))
+            except (ValueError, TypeError) as e:
+                raise CheckpointError(f"{cfg}: {e}") from None
     return schedule.make_alpha_bar("linear", 1000)
+
+
+def _json_object(path: Path) -> dict:
+    """A JSON object file of a checkpoint folder; a damaged one is a CheckpointError naming it."""
+    try:
+        d = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not readable JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path} must hold a JSON object {{...}}, got a {type(d).__name__}")
+    return d
 
 
 def load_model(path, device="cpu", use_ema: bool = True):
@@ -488,6 +519,7 @@ def load_model(path, device="cpu", use_ema: bool = True):
         state = load_checkpoint(path)
         if isinstance(state, dict) and "config" in state and "model" in state:
             net = unet_from_run(state, use_ema)
+            net.dataset = state["config"].get("dataset")     # what the run trained on (`reproduce` checks it)
             abar = schedule.make_alpha_bar(state["config"].get("schedule", "linear"), int(state["config"].get("T", 1000)))
         elif not use_ema:
             raise ValueError(f"{path}, an official-layout file (ddimlab loads its EMA weights where it has both), "

@@ -125,7 +125,8 @@ def _writes_pair(cmd):
 
 
 def _lock_file(png: Path) -> Path:
-    return png.parent / f".{png.stem}.lock"
+    # ".pair": `--out RUN/train` must not wait on train's own .train.lock (nor lab's .lab.lock, reproduce's .table1.lock)
+    return png.parent / f".{png.stem}.pair.lock"
 
 
 def _refuse_folders(png: Path, npz: Path) -> None:
@@ -244,7 +245,8 @@ def cmd_sample(args, png: Path, npz: Path) -> int:
     _save_pair(png, npz, x0, args.nrow, args.scale, args.overwrite, samples=x0.numpy(),
                x_T=latents(args.seed, range(n), shape).numpy(),
                seed=args.seed, steps=len(seq), spacing=args.spacing, sampler=args.sampler,
-               eta=str(kwargs.get("eta", "")), lower_order_final=args.lower_order_final)
+               eta=str(kwargs.get("eta", "")), lower_order_final=args.lower_order_final, clip=bool(args.clip),
+               checkpoint=str(args.checkpoint), ema=not args.no_ema, weights_sha256=checkpoint.weights_sha256(net))
     print(f"{n} samples ({args.sampler}, {len(seq)} steps, {args.spacing}) in {seconds:.1f} s -> {png}, {npz}")
     return 0
 
@@ -358,6 +360,11 @@ def _reproduce(args, out: Path) -> int:
         _check_amp(args.amp, device)
         net, abar = checkpoint.load_model(args.checkpoint, device, use_ema=not args.no_ema)
         in_ch, res = _image_shape(net)[:2]
+        trained_on = getattr(net, "dataset", None)
+        if in_ch == 3 and (res != 32 or trained_on not in (None, "cifar10")):
+            raise ValueError(f"reproduce compares an RGB model with CIFAR-10 (32x32), and this one was trained on "
+                             f"{trained_on or 'other data'} at {res}x{res}; use it with `sample`, or reproduce with a "
+                             f"CIFAR-10 or a one-channel digits model")
         reads_cifar = in_ch == 3 and (args.table == "table2" or args.features == "random")
         if args.data_root is not None and not reads_cifar:
             raise ValueError("--data-root does nothing here: it is where CIFAR-10 is read, by table2 of an RGB model and by "
@@ -418,6 +425,10 @@ def _tables_in(args, run, outputs_in, hint: str = "") -> int:
     lock_file = out / ".lab.lock"
     with folder_removed_on_error(out, lock_file), locked(lock_file, busy=f"{out} is in use by another `lab` or `demo`; "
                                                                          f"wait for it to finish or choose another --out"):
+        stranded = sorted(out.glob(".previous-*")) if out.is_dir() else []
+        if stranded:          # a run killed with -9 left the earlier files there; a new run must not hide or delete them
+            raise FileExistsError(f"{stranded[0]} holds the files of an earlier run, set aside by a run that was killed; "
+                                  f"move them back into {out} (or delete that folder) first")
         earlier = outputs_in(out)
         _refuse_existing(args.overwrite, *earlier, hint=hint)
         aside = out / f".previous-{os.getpid()}"

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 
 import torch
@@ -24,7 +25,7 @@ class DeviceError(RuntimeError):
 
 def resolve(name: str | torch.device = "auto") -> torch.device:
     """A torch.device for "auto", "cpu", "cuda", "cuda:1", "mps", …; a bare "cuda" gets LOCAL_RANK."""
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    local = _env_int("LOCAL_RANK", 0)
     if str(name) == "auto":
         return torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     try:
@@ -51,15 +52,20 @@ def resolve(name: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def _env_int(name: str, default: int) -> int:
+    """An integer that torchrun sets in the environment (RANK, WORLD_SIZE, LOCAL_RANK)."""
+    try:
+        return int(os.environ.get(name, str(default)))
+    except ValueError:
+        raise DeviceError(f"{name}={os.environ.get(name)!r} must be an integer; torchrun sets it, so outside torchrun "
+                          f"unset it") from None
+
+
 def rank_world() -> tuple[int, int]:
     """(rank, world size): torch.distributed's when initialised, else torchrun's RANK / WORLD_SIZE."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    try:
-        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        raise DeviceError(f"RANK={os.environ.get('RANK')!r} and WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} must be "
-                          f"integers; unset them outside torchrun") from None
+    rank, world = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
     if not 0 <= rank < world:
         raise DeviceError(f"RANK={rank} with WORLD_SIZE={world}: a stray environment variable? Unset RANK and "
                           f"WORLD_SIZE outside torchrun")
@@ -80,6 +86,14 @@ def setup_distributed(name: str | torch.device = "auto"):
     rank, world = rank_world()
     init_here = False
     if world > 1 and not dist.is_initialized():
+        if not os.environ.get("MASTER_ADDR") or not os.environ.get("MASTER_PORT"):
+            raise DeviceError(f"WORLD_SIZE={world} asks for {world} processes, but MASTER_ADDR and MASTER_PORT are not "
+                              f"set: start the run with torchrun, or unset RANK and WORLD_SIZE (a stray variable?)")
+        # torch waits for every process, up to its 30-minute timeout, without a word and deaf to Ctrl-C
+        if "TORCHELASTIC_RUN_ID" not in os.environ:                       # torchrun sets it
+            print(f"waiting for the {world} processes of WORLD_SIZE={world} at {os.environ['MASTER_ADDR']}:"
+                  f"{os.environ['MASTER_PORT']} (not started by torchrun? stop with kill -9 and unset RANK and WORLD_SIZE)",
+                  file=sys.stderr, flush=True)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         init_here = True
     return rank, world, device, init_here

@@ -118,11 +118,20 @@ def _fmt(v, digits=4):
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}g}"
 
 
+def _eta_name(eta) -> str:
+    return "_sigma_hat" if eta == SIGMA_HAT else f"{eta:g}"
+
+
 def _check_grid(eta_list, S_list, alpha_bar, spacing: str) -> None:
     """Every (η, S) of the grid is valid, checked before the first cell is sampled (a bad value found later
     would cost every cell before it): η by `check_eta`, S by `sampling_steps`, σ(η)² ≤ 1 − ᾱ_s on each step."""
     etas = [check_eta(e) for e in eta_list]
     check_distinct(etas, "eta")  # after check_eta: 0 and -0 are one η
+    names = {}
+    for eta in etas:             # the cell folders name η with 6 significant digits
+        if (other := names.setdefault(_eta_name(eta), eta)) != eta:
+            raise ValueError(f"eta = {other} and eta = {eta} would share the cell folder eta{_eta_name(eta)}_S…, whose "
+                             f"name keeps 6 significant digits; give etas that differ within those")
     for seq in _check_steps(S_list, alpha_bar, spacing):
         pairs = schedule.step_pairs(seq)
         for eta in etas:
@@ -163,7 +172,7 @@ def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list
     _check_grid(eta_list, S_list, alpha_bar, spacing)
 
     def cell(eta, S):
-        d = out_dir / "samples" / f"eta{'_sigma_hat' if eta == SIGMA_HAT else f'{eta:g}'}_S{S}"
+        d = out_dir / "samples" / f"eta{_eta_name(eta)}_S{S}"
         generate_samples(model, d, n_samples, shape=shape, S=S, eta=eta, spacing=spacing, alpha_bar=alpha_bar,
                          batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, device=device,
                          amp=amp, progress=progress, model_id=model_id)
@@ -183,12 +192,16 @@ def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list
     md = (f"# DDIM Table 1: {metric}, measured (paper), {n_samples} samples, {spacing} steps\n\n"
           + _markdown_grid(rows, "S", list(S_list), "eta", [eta_label(check_eta(e)) for e in eta_list],
                            lambda r: f"{_fmt(r['fid'])} ({_fmt(r['paper_fid'], 6)})").replace(f"| {SIGMA_HAT} |", "| σ̂ |"))
-    fewer = [f"S = {S}: {n}" for S in S_list if (n := len(sampling_steps(S, T, spacing))) < S]
-    if fewer:
-        md += (f"\nS is the paper's count; {spacing} spacing repeats small steps, run once each, so the network calls per "
-               f"image are {', '.join(fewer)}.\n")
+    md += _fewer_steps_note(S_list, T, spacing)
     atomic_write(out_dir / "table1.md", lambda f: f.write(md), text=True)
     return rows
+
+
+def _fewer_steps_note(S_list, T: int, spacing: str) -> str:
+    """The tables' note where a spacing rule visits fewer distinct steps than S (quad repeats small steps)."""
+    fewer = [f"S = {S}: {n}" for S in S_list if (n := len(sampling_steps(S, T, spacing))) < S]
+    return (f"\nS is the paper's count; {spacing} spacing repeats small steps, run once each, so the network calls per "
+            f"image are {', '.join(fewer)}.\n") if fewer else ""
 
 
 @torch.no_grad()
@@ -256,7 +269,8 @@ def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None
     md = (f"# DDIM Table 2: reconstruction error (per-dimension MSE, [0, 1] scale), measured (paper), "
           f"{len(images)} images, {spacing} steps\n\n"
           + "| S | " + " | ".join(str(r["S"]) for r in rows) + " |\n|" + "---|" * (len(rows) + 1) + "\n"
-          + "| error | " + " | ".join(f"{_fmt(r['mse'], 3)} ({_fmt(r['paper_mse'], 6)})" for r in rows) + " |\n")
+          + "| error | " + " | ".join(f"{_fmt(r['mse'], 3)} ({_fmt(r['paper_mse'], 6)})" for r in rows) + " |\n"
+          + _fewer_steps_note(S_list, alpha_bar.shape[0], spacing))
     atomic_write(out_dir / "table2.md", lambda f: f.write(md), text=True)
     return rows
 

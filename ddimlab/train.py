@@ -286,6 +286,9 @@ def validate_config(c: TrainConfig) -> TrainConfig:
                          f"have learnt; use a larger T (DDPM's 1000) or schedule=cosine")
     if c.data_root is not None and c.dataset != "cifar10":
         raise ValueError(f"data_root applies to dataset cifar10 only; the {c.dataset} set ships with scikit-learn")
+    if c.data_root is not None and not str(c.data_root).strip():        # Path("") is the current folder
+        raise ValueError("data_root is blank; give the folder that holds (or will hold) CIFAR-10, or leave it out for "
+                         "the cache")
     if c.sample_steps > c.T:
         raise ValueError(f"sample_steps must be <= T = {c.T}, got {c.sample_steps}")
     return c
@@ -556,6 +559,9 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
         raise ValueError("resume and overwrite exclude each other: continue the run, or start it again")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a run folder; choose another --out")
+    if config.n_samples and (out / "samples").exists() and not (out / "samples").is_dir():   # found at the first grid
+        raise FileExistsError(f"{out / 'samples'} is a file, and the run writes its sample grids into a folder of that "
+                              f"name; move the file, or pass --set n_samples=0 (no grids)")
     if devices.rank_world()[0] != 0:
         _check_out(out, resume, overwrite)
         return _train(config, out, resume, return_models, overwrite)

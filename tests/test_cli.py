@@ -711,7 +711,7 @@ def test_third_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
                     "--overwrite", "--no-progress"], "No space left on device")
     monkeypatch.undo()
     assert out.with_suffix(".png").read_bytes() == png and not out.with_suffix(".npz").exists()
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".pp")) == [".pp.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".pp")) == [".pp.pair.lock"]
     # any OSError is one line: an --out below a file
     (tmp_path / "afile").write_text("x")
     one_line_error(["sample", "--checkpoint", str(trained), "--n", "2", "--steps", "2",
@@ -821,8 +821,8 @@ def test_fourth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
             with locked(run / ".train.lock", busy="busy"):
                 pass
     monkeypatch.undo()
-    (tmp_path / ".lk.lock").mkdir()
-    one_line_error([*sample, "--out", str(tmp_path / "lk")], ".lk.lock is a folder where ddimlab keeps a lock file")
+    (tmp_path / ".lk.pair.lock").mkdir()
+    one_line_error([*sample, "--out", str(tmp_path / "lk")], ".lk.pair.lock is a folder where ddimlab keeps a lock file")
     # a Ctrl-C while the interpreter shut down printed a traceback from torch's exit handlers
     before = signal.getsignal(signal.SIGINT)
     monkeypatch.setattr(cli, "main", lambda: 0)
@@ -1403,9 +1403,8 @@ def test_twelfth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     # Inception FID without torch-fidelity: refused before any sampling, with the command line's alternative
     monkeypatch.setattr(fid, "_torch_fidelity", lambda instead: (_ for _ in ()).throw(ImportError(f"needs it; {instead}")))
     monkeypatch.setattr(tables, "sample_indices", lambda *a, **k: pytest.fail("sampled before refusing"))
-    rgb = tmp_path / "rgb"
-    assert cli.main(["train", "--out", str(rgb), "--no-progress", *_sets(TINY), "--set", "steps=2", "--set",
-                     "dataset=digits_rgb", "--set", "n_samples=0"]) == 0
+    rgb = checkpoint.save_diffusers_folder(UNet(in_ch=3, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+                                                resolution=32, num_groups=4), tmp_path / "rgb")     # a CIFAR-sized model
     one_line_error(["reproduce", "table1", "--checkpoint", str(rgb), "--n-samples", "2", "--steps", "2", "--etas", "0",
                     "--out", str(tmp_path / "t3")], "--features random")
     monkeypatch.undo()
@@ -1435,3 +1434,91 @@ def test_twelfth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
                    "schedule linear with T = 100 ends at alpha_bar = 0.36, not at noise", "schedule=cosine")
     assert cli.main(["train", "--out", str(tmp_path / "c100"), "--no-progress", *_sets(TINY), "--set", "T=100", "--set",
                      "schedule=cosine", "--set", "steps=1", "--set", "n_samples=0"]) == 0
+
+
+def test_thirteenth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
+    """A careless round (helper 87): a `lab --overwrite` killed with -9 left the earlier tables in .previous-<pid>, and
+    the next run with that pid (PID 1 in a container) deleted them; a diffusers pipeline whose scheduler predicts v, or
+    lists its own betas, sampled as ε on linear betas; `reproduce` scored a digits_rgb model against CIFAR-10; a file
+    named `samples` in --out stopped training at its first grid; `sample --out RUN/train` waited on train's lock; damaged
+    diffusers JSON, LOCAL_RANK=abc and WORLD_SIZE without torchrun were tracebacks, unnamed files or a silent wait;
+    `train --set data_root=` downloaded into the current folder; two --etas agreeing to 6 digits shared a cell folder
+    found only after the first cell; the out-of-range advice named --clip for solvers that have none; `sample`'s .npz
+    did not record --clip or the weights; table2 did not note that quad visits fewer steps."""
+    import json
+    import os
+    import re
+
+    from ddimlab import generate
+    from ddimlab.files import locked
+
+    def one_line_error(argv, *needles):
+        _expect_one_line_error(capsys, [*argv, "--no-progress"], *needles)
+
+    # a stranded .previous-<pid> is named, never deleted or hidden by the next run
+    out = tmp_path / "lab"
+    (out / f".previous-{os.getpid()}").mkdir(parents=True)
+    (out / f".previous-{os.getpid()}" / "table1.txt").write_text("the earlier table")
+    one_line_error(["lab", "--n", "8", "--image-d", "0", "--out", str(out)], ".previous-", "move them back")
+    assert (out / f".previous-{os.getpid()}" / "table1.txt").read_text() == "the earlier table"
+    # a diffusers pipeline folder: v-prediction and zero-SNR refused, trained_betas used
+    net, abar = checkpoint.load_model(trained)
+    pipe = tmp_path / "pipe"
+    checkpoint.save_diffusers_folder(net, pipe / "unet")
+    (pipe / "scheduler").mkdir()
+    sched = pipe / "scheduler" / "scheduler_config.json"
+    sample = ["sample", "--checkpoint", str(pipe), "--n", "2", "--steps", "2", "--out", str(tmp_path / "s")]
+    for cfg, needle in (({"prediction_type": "v_prediction"}, "prediction_type 'v_prediction' is not supported"),
+                        ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr is not supported"),
+                        ([1, 2], "must hold a JSON object"), ({"beta_start": "0.0001"}, "beta_start and beta_end must be"),
+                        ('{"beta_schedule": "linear",', "is not readable JSON")):
+        sched.write_text(cfg if isinstance(cfg, str) else json.dumps(cfg))
+        one_line_error(sample, needle, "scheduler_config.json")
+    betas = torch.linspace(1e-4, 0.05, 1000, dtype=torch.float64)
+    sched.write_text(json.dumps({"trained_betas": betas.tolist()}))
+    assert torch.allclose(checkpoint.load_model(pipe)[1], torch.cumprod(1 - betas, 0), rtol=1e-12, atol=0)
+    sched.unlink()
+    (pipe / "unet" / "config.json").write_text("[1]")
+    one_line_error(sample, "config.json must hold a JSON object")
+    # reproduce on an RGB model of the digits
+    rgb = tmp_path / "rgb"
+    assert cli.main(["train", "--out", str(rgb), "--no-progress", *_sets(TINY), "--set", "steps=2", "--set",
+                     "dataset=digits_rgb", "--set", "n_samples=0"]) == 0
+    one_line_error(["reproduce", "table2", "--checkpoint", str(rgb), "--n-images", "2", "--steps", "2", "--out",
+                    str(tmp_path / "t2rgb")], "trained on digits_rgb at 8x8")
+    # a file named samples, found before training
+    sf = tmp_path / "sf"
+    sf.mkdir()
+    (sf / "samples").write_text("mine")
+    one_line_error(["train", "--out", str(sf), *_sets(TINY)], "samples is a file", "n_samples=0")
+    assert sorted(p.name for p in sf.iterdir()) == ["samples"]                # checked before the lock
+    # `sample --out RUN/train` while train holds its lock: runs, and names its own lock apart
+    with locked(trained / ".train.lock"):
+        assert cli.main(["sample", "--checkpoint", str(trained), "--n", "1", "--steps", "2", "--out",
+                         str(tmp_path / "train"), "--no-progress"]) == 0
+    # a blank data_root; --etas that share a folder; LOCAL_RANK and WORLD_SIZE from the environment
+    one_line_error(["train", "--preset", "cifar10", "--out", str(tmp_path / "c"), "--set", "data_root= "], "data_root is blank")
+    one_line_error(["reproduce", "table1", "--checkpoint", str(trained), "--features", "random", "--n-samples", "2",
+                    "--steps", "2", "--etas", "0.5,0.5000001", "--out", str(tmp_path / "t1")], "would share the cell folder")
+    assert not (tmp_path / "t1").exists()
+    monkeypatch.setenv("LOCAL_RANK", "abc")
+    one_line_error(sample, "LOCAL_RANK='abc' must be an integer")
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    one_line_error(["train", "--out", str(tmp_path / "ws"), *_sets(TINY)], "MASTER_ADDR and MASTER_PORT are not set")
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.delenv("RANK")
+    # the out-of-range advice, the .npz's record, table2's note on quad
+    x = torch.full((2, 1, 8, 8), 50.0)
+    with pytest.warns(cli.OutOfRangeWarning, match=r"a grid that starts later .* where the sampler has it"):
+        generate.check_data_range(x, abar, torch.tensor([999, 0]))
+    s = tmp_path / "clip"
+    assert cli.main(["sample", "--checkpoint", str(trained), "--n", "2", "--steps", "2", "--clip", "--out", str(s),
+                     "--no-progress"]) == 0
+    with np.load(s.with_suffix(".npz")) as z:
+        assert bool(z["clip"]) and bool(z["ema"]) and str(z["weights_sha256"]) == checkpoint.weights_sha256(net)
+    assert cli.main(["reproduce", "table2", "--checkpoint", str(trained), "--n-images", "2", "--steps", "100", "--spacing",
+                     "quad", "--out", str(tmp_path / "t2q"), "--no-progress"]) == 0
+    assert re.search(r"S = 100: 9\d", (tmp_path / "t2q" / "table2.md").read_text())
