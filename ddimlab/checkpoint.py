@@ -446,7 +446,7 @@ def diffusers_alpha_bar(folder) -> torch.Tensor:
     for cfg in (folder / "scheduler" / "scheduler_config.json", folder.parent / "scheduler" / "scheduler_config.json"):
         if cfg.is_file():
             c = _json_object(cfg)
-            if c.get("prediction_type", "epsilon") != "epsilon" or c.get("rescale_betas_zero_snr"):
+            if (c.get("prediction_type") or "epsilon") != "epsilon" or c.get("rescale_betas_zero_snr"):
                 what = "rescale_betas_zero_snr" if c.get("rescale_betas_zero_snr") else \
                     f"prediction_type {c.get('prediction_type')!r}"
                 raise CheckpointError(f"{cfg}: {what} is not supported; ddimlab samples ε-prediction networks on "

@@ -553,7 +553,8 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
                    help="override a TrainConfig field (repeatable), e.g. --set lr=5e-4 --set ch_mult=1,2,2; keys below")
     p.add_argument("--out", help="run folder (default: the preset's out)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its ckpt.pt")
-    p.add_argument("--overwrite", action="store_true", help="start again in an --out that holds a run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in an --out that holds a run (the old one is set aside until the first checkpoint)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1 (default: the preset's, auto)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast on CUDA (default: the preset's, on)")

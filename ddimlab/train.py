@@ -14,9 +14,10 @@ The out folder holds `ckpt.pt` (weights, EMA, optimizer, step, config, RNG state
 `config.json` (rewritten only together with a checkpoint), `log.jsonl` and `samples/step_XXXXXXX.png`.
 A folder that already holds a run is never replaced silently: pass `resume=True` to continue it (bitwise
 on the CPU; `resumed_config` gives the run's own settings) or `overwrite=True` to start again (the old run's
-files are removed first). A non-finite loss, or weights about to be saved whose loss is not finite, stops the run
-with `NonFiniteLossError` and leaves the last good checkpoint alone; a run that fails before its first checkpoint
-leaves no log (nor the folders it made). Ctrl-C saves a checkpoint at the current step and stops.
+files are set aside, deleted at the new run's first checkpoint and put back if it fails before). A non-finite loss,
+or weights about to be saved whose loss is not finite, stops the run with `NonFiniteLossError` and leaves the last
+good checkpoint alone; a run that fails before its first checkpoint leaves no log (nor the folders it made), and
+puts back a run it set aside. Ctrl-C saves a checkpoint at the current step and stops.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -199,7 +201,7 @@ def _apply(values: dict, overrides) -> dict:
 
 
 MAX_GRID = 4096        # n_samples at most
-GRID_NAME = re.compile(r"step_\d{7}\.png")   # the sample grids a run writes in samples/ (--overwrite removes only these)
+GRID_NAME = re.compile(r"step_\d{7}\.png")   # the sample grids a run writes in samples/ (--overwrite moves only these)
 # Keys that say where and how a run executes, not what it trains: a resume may change them without a notice.
 RUN_KEYS = ("out", "device", "bf16", "compile", "progress", "threads")
 
@@ -461,6 +463,10 @@ def _check_same_model(saved: TrainConfig, config: TrainConfig, where) -> None:
 
 def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to train into a folder that holds a run unless resume or overwrite was asked for."""
+    stranded = sorted(out.glob(".previous-*")) if out.is_dir() else []
+    if stranded:                  # `train --overwrite` killed (kill -9) before its first checkpoint
+        raise RunExistsError(f"{stranded[0]} holds the previous run, set aside by a `--overwrite` run that was killed "
+                             f"before its first checkpoint; move its files back into {out} (or delete that folder) first")
     held = [n for n in ("ckpt.pt", "log.jsonl", "config.json") if (out / n).exists()]
     if held == ["log.jsonl"] and not overwrite:        # killed (kill -9, power cut) before its first checkpoint
         if not _is_training_log(out / "log.jsonl"):
@@ -491,16 +497,47 @@ def _is_training_log(path: Path) -> bool:
     return all(isinstance(r, dict) and {"step", "loss"} <= r.keys() for r in records)
 
 
-def _remove_run(out: Path, why: str = "--overwrite") -> None:
-    """--overwrite, or a run killed before its first checkpoint: delete the previous run's checkpoint, config, log and
-    sample grids before starting again, so that the folder never mixes two runs (a new run that fails early leaves it
-    empty, not half old)."""
+def _run_files(out: Path) -> list[Path]:
+    """A run's checkpoint, config, log and the sample grids it wrote (GRID_NAME; a user's other files stay)."""
     old = [p for p in (out / "ckpt.pt", out / "config.json", out / "log.jsonl") if p.exists()]
-    old += sorted(p for p in (out / "samples").glob("step_*.png") if GRID_NAME.fullmatch(p.name)) if old else []
+    return old + (sorted(p for p in (out / "samples").glob("step_*.png") if GRID_NAME.fullmatch(p.name)) if old else [])
+
+
+def _remove_run(out: Path, why: str) -> None:
+    """A run killed before its first checkpoint left only its log: delete it before starting again."""
+    old = _run_files(out)
     for p in old:
         p.unlink()
     if old:
         print(f"{why}: removed the previous run in {out} ({len(old)} files)")
+
+
+def _set_aside(out: Path) -> Path | None:
+    """--overwrite: move the previous run's files into <out>/.previous-<pid> (the folder never mixes two runs); they
+    are deleted once the new run has its first checkpoint, and put back if it fails or is stopped before that."""
+    old = _run_files(out)
+    if not old:
+        return None
+    aside = out / f".previous-{os.getpid()}"
+    for p in old:
+        (aside / p.parent.relative_to(out)).mkdir(parents=True, exist_ok=True)
+        os.replace(p, aside / p.relative_to(out))
+    print(f"--overwrite: set the previous run aside in {aside} ({len(old)} files) until the new run's first checkpoint")
+    return aside
+
+
+def _put_back(aside: Path, out: Path) -> None:
+    """The previous run's files back from `_set_aside`'s folder (a file that cannot go back stays there)."""
+    for p in sorted(aside.rglob("*"), reverse=True):       # files before their folders
+        if p.is_file():
+            (out / p.relative_to(aside)).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(p, out / p.relative_to(aside))
+        else:
+            with contextlib.suppress(OSError):
+                p.rmdir()
+    with contextlib.suppress(OSError):
+        aside.rmdir()
+    print(f"--overwrite: put the previous run back in {out}")        # stdout, as the set-aside; the error follows
 
 
 def _append_log(path: Path, record: dict) -> None:
@@ -550,7 +587,8 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
 
     resume=True continues from `<out>/ckpt.pt` (the model-shape fields must match the checkpoint's; the
     others, e.g. steps, logging, device, come from `config`); overwrite=True starts again in a folder that
-    holds a run. Without either, such a folder is a `RunExistsError`. While it trains, the main process holds
+    holds a run (its files set aside until the new run's first checkpoint, and put back if it fails before:
+    `_set_aside`). Without either, such a folder is a `RunExistsError`. While it trains, the main process holds
     `<out>/.train.lock`: a second `train` on the same folder refuses at once (`files.BusyError`).
     """
     config = validate_config(copy.deepcopy(config))
@@ -605,9 +643,10 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
             return (out, model, ema) if return_models else out
     elif resume and is_main:
         print(f"{out} holds no run to resume: starting a new one")
+    aside = None                                       # the previous run's files, under --overwrite
     if is_main:
         if overwrite:
-            _remove_run(out)
+            aside = _set_aside(out)
         out.mkdir(parents=True, exist_ok=True)
         _restart_log(out / "log.jsonl", step)          # a fresh run starts an empty log
     last_good = step if step else None
@@ -627,10 +666,13 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
     stop = _stop_on_signal(world == 1)
 
     def save():                                        # the weights after `step`, once their loss is seen to be finite
-        nonlocal last_good
+        nonlocal last_good, aside
         _check_weights(model, ema, x0, eps, alpha_bar, autocast, step, out, last_good, config)
         save_run(out, model, ema, opt, step, config, gen, device, in_ch, mean_loss, (loss_sum, loss_n))
         last_good = step
+        if aside is not None:                          # the new run has a checkpoint: the previous one goes
+            shutil.rmtree(aside, ignore_errors=True)
+            aside = None
 
     try:
         with devices.cpu_threads(threads):
@@ -694,6 +736,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
                 path.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 (out / "samples").rmdir()
+            if aside is not None:
+                _put_back(aside, out)
         raise
     finally:
         stop.restore()
@@ -709,7 +753,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
 
 def _diverged(what: str, out: Path, last_good, config: TrainConfig) -> NonFiniteLossError:
     if last_good is None:
-        return NonFiniteLossError(f"{what}; stopped, no checkpoint had been written yet (nothing was kept). Lower lr "
+        return NonFiniteLossError(f"{what}; stopped, no checkpoint had been written yet (this run kept nothing). Lower lr "
                                   f"(now {config.lr}) or check the data.")
     return NonFiniteLossError(f"{what}; stopped without saving, the last good checkpoint {out / 'ckpt.pt'} (step {last_good}) "
                               f"was kept. Lower lr (now {config.lr}) or check the data; if --resume then fails the same way, "

@@ -435,18 +435,21 @@ def test_resume_continues_with_the_runs_own_settings(tmp_path, capsys):
     assert "--preset does not apply to --resume" in capsys.readouterr().err
 
 
-def test_overwrite_removes_the_old_run_before_starting_again(trained, tmp_path, capsys):
+def test_a_failed_overwrite_puts_the_old_run_back_whole(trained, tmp_path, capsys):
     """A failed --overwrite used to empty log.jsonl but keep the old ckpt.pt, so a later --resume continued the old
-    run without its history; old sample grids stayed beside the new run's."""
+    run without its history; old sample grids stayed beside the new run's. Then it deleted the old run first, and a
+    failure lost it. Now the old run is set aside and comes back whole: checkpoint, config, log and grids."""
     import shutil
 
     out = tmp_path / "run"
     shutil.copytree(trained, out)
+    files = lambda: {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix != ".lock"}  # noqa: E731
+    before = files()
     assert cli.main(["train", "--out", str(out), "--overwrite", "--no-progress", *_sets(TINY), "--set", "lr=1e30",
                      "--set", "warmup=0", "--set", "grad_clip=0"]) == 1
-    assert "no checkpoint had been written yet" in capsys.readouterr().err
-    assert not (out / "ckpt.pt").exists() and not (out / "config.json").exists()
-    assert not list((out / "samples").glob("*.png"))
+    captured = capsys.readouterr()
+    assert "no checkpoint had been written yet" in captured.err and "put the previous run back" in captured.out
+    assert files() == before and not list(out.glob(".previous-*"))
 
 
 def test_resume_without_a_run_says_it_starts_a_new_one(tmp_path, capsys):
@@ -973,7 +976,7 @@ def test_a_run_whose_weights_diverged_is_not_saved_and_can_be_retried(tmp_path):
     out = tmp_path / "runs" / "r"
     tiny = [*_sets(TINY), "--set", "steps=1", "--set", "n_samples=0", "--no-progress"]
     _short_error(_run("train", "--out", out, *tiny, "--set", "lr=1e30"), "the weights after step 1 give a loss of nan",
-                 "nothing was kept")
+                 "this run kept nothing")
     assert not (tmp_path / "runs").exists()               # nothing left: not the folders, the log or the lock
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "mine.txt").write_text("mine")
@@ -1492,6 +1495,18 @@ def test_thirteenth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch
     (sf / "samples").write_text("mine")
     one_line_error(["train", "--out", str(sf), *_sets(TINY)], "samples is a file", "n_samples=0")
     assert sorted(p.name for p in sf.iterdir()) == ["samples"]                # checked before the lock
+    # train --overwrite sets the previous run aside until the new one's first checkpoint, and puts it back on failure
+    ow = tmp_path / "ow"
+    assert cli.main(["train", "--out", str(ow), "--no-progress", *_sets(TINY), "--set", "steps=2"]) == 0
+    before = {p.relative_to(ow): p.read_bytes() for p in ow.rglob("*") if p.is_file() and p.name != ".train.lock"}
+    one_line_error(["train", "--out", str(ow), "--overwrite", *_sets(TINY), "--set", "steps=2", "--set", "lr=1e30"],
+                   "this run kept nothing")
+    after = {p.relative_to(ow): p.read_bytes() for p in ow.rglob("*") if p.is_file() and p.name != ".train.lock"}
+    assert after == before and not list(ow.glob(".previous-*"))
+    assert cli.main(["train", "--out", str(ow), "--overwrite", "--no-progress", *_sets(TINY), "--set", "steps=3"]) == 0
+    assert checkpoint.load_checkpoint(ow / "ckpt.pt")["step"] == 3 and not list(ow.glob(".previous-*"))
+    (ow / ".previous-1").mkdir()                       # as a kill -9 before the first checkpoint leaves it
+    one_line_error(["train", "--out", str(ow), "--resume", *_sets(TINY)], ".previous-1 holds the previous run")
     # `sample --out RUN/train` while train holds its lock: runs, and names its own lock apart
     with locked(trained / ".train.lock"):
         assert cli.main(["sample", "--checkpoint", str(trained), "--n", "1", "--steps", "2", "--out",
