@@ -10,7 +10,6 @@ with a one-line warning (`generate.check_data_range`).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -29,7 +28,15 @@ import torch
 
 from . import __version__, checkpoint, data, demo, devices, fid, lab, ode, schedule, tables
 from .checks import int_range
-from .files import atomic_write, folder_removed_on_error, interrupts_deferred, locked
+from .files import (
+    atomic_write,
+    check_nothing_set_aside,
+    folder_removed_on_error,
+    interrupts_deferred,
+    locked,
+    put_back,
+    set_aside,
+)
 from .generate import check_data_range, latents, progress, sample_indices, sampling_steps
 from .plotting import grid_png, grid_size
 from .samplers import (
@@ -425,27 +432,20 @@ def _tables_in(args, run, outputs_in, hint: str = "") -> int:
     lock_file = out / ".lab.lock"
     with folder_removed_on_error(out, lock_file), locked(lock_file, busy=f"{out} is in use by another `lab` or `demo`; "
                                                                          f"wait for it to finish or choose another --out"):
-        stranded = sorted(out.glob(".previous-*")) if out.is_dir() else []
-        if stranded:          # a run killed with -9 left the earlier files there; a new run must not hide or delete them
-            raise FileExistsError(f"{stranded[0]} holds the files of an earlier run, set aside by a run that was killed; "
-                                  f"move them back into {out} (or delete that folder) first")
+        check_nothing_set_aside(out)
         earlier = outputs_in(out)
         _refuse_existing(args.overwrite, *earlier, hint=hint)
-        aside = out / f".previous-{os.getpid()}"
-        for old in earlier:
-            aside.mkdir(exist_ok=True)
-            os.replace(old, aside / old.name)
+        aside = set_aside(out, earlier)
         try:
             run()
         except BaseException:
             for new in outputs_in(out):
                 new.unlink(missing_ok=True)
-            for old in earlier:
-                os.replace(aside / old.name, old)
-            with contextlib.suppress(OSError):
-                aside.rmdir()                      # empty now; a file that could not go back stays there
+            if aside is not None:
+                put_back(aside, out)
             raise
-        shutil.rmtree(aside, ignore_errors=True)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
     return 0
 
 

@@ -112,6 +112,42 @@ def folder_removed_on_error(folder, *own):
         raise
 
 
+def check_nothing_set_aside(out: Path, error=FileExistsError) -> None:
+    """Refuse (`error`) while a `set_aside` folder of a killed run (kill -9) is in `out`: a new run must neither hide
+    those files nor, with the same pid, delete them."""
+    stranded = sorted(Path(out).glob(".previous-*")) if Path(out).is_dir() else []
+    if stranded:
+        raise error(f"{stranded[0]} holds the files of an earlier run, set aside by a run that was killed; move them back "
+                    f"into {out} (or delete that folder) first")
+
+
+def set_aside(out: Path, paths) -> Path | None:
+    """Move `paths` (files inside `out`) into `out/.previous-<pid>`, at the same relative paths, so that a new run
+    never lies beside an old one; None if there are none. `put_back` undoes it; the caller deletes the folder once
+    the new run has what replaces them."""
+    out, paths = Path(out), [Path(p) for p in paths]
+    if not paths:
+        return None
+    aside = out / f".previous-{os.getpid()}"
+    for p in paths:
+        (aside / p.parent.relative_to(out)).mkdir(parents=True, exist_ok=True)
+        os.replace(p, aside / p.relative_to(out))
+    return aside
+
+
+def put_back(aside: Path, out: Path) -> None:
+    """The files of `set_aside` back in `out`; a file that cannot go back stays in `aside`, never deleted."""
+    for p in sorted(aside.rglob("*"), reverse=True):       # files before their folders
+        if p.is_file():
+            (out / p.relative_to(aside)).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(p, out / p.relative_to(aside))
+        else:
+            with contextlib.suppress(OSError):
+                p.rmdir()
+    with contextlib.suppress(OSError):
+        aside.rmdir()
+
+
 def _unlink_unless_locked(path: Path) -> None:
     """Delete `path` unless another process holds a `locked` lock on it (one that started on the same new folder
     after this command took and released its lock): deleting a held lock file would let a third command in."""

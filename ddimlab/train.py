@@ -46,7 +46,7 @@ from . import data, devices, schedule, unet
 from .checkpoint import EARLY_EMA, eps_fn, load_checkpoint, save_checkpoint, unet_from_run
 from .checks import check_int
 from .elbo import l_simple
-from .files import atomic_write, folder_removed_on_error, locked
+from .files import atomic_write, check_nothing_set_aside, folder_removed_on_error, locked, put_back, set_aside
 from .plotting import save_image_grid
 from .samplers import NOISE_ALPHA_BAR, sample
 
@@ -463,10 +463,7 @@ def _check_same_model(saved: TrainConfig, config: TrainConfig, where) -> None:
 
 def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to train into a folder that holds a run unless resume or overwrite was asked for."""
-    stranded = sorted(out.glob(".previous-*")) if out.is_dir() else []
-    if stranded:                  # `train --overwrite` killed (kill -9) before its first checkpoint
-        raise RunExistsError(f"{stranded[0]} holds the previous run, set aside by a `--overwrite` run that was killed "
-                             f"before its first checkpoint; move its files back into {out} (or delete that folder) first")
+    check_nothing_set_aside(out, RunExistsError)        # `train --overwrite` killed (kill -9) before its first checkpoint
     held = [n for n in ("ckpt.pt", "log.jsonl", "config.json") if (out / n).exists()]
     if held == ["log.jsonl"] and not overwrite:        # killed (kill -9, power cut) before its first checkpoint
         if not _is_training_log(out / "log.jsonl"):
@@ -513,31 +510,13 @@ def _remove_run(out: Path, why: str) -> None:
 
 
 def _set_aside(out: Path) -> Path | None:
-    """--overwrite: move the previous run's files into <out>/.previous-<pid> (the folder never mixes two runs); they
-    are deleted once the new run has its first checkpoint, and put back if it fails or is stopped before that."""
+    """--overwrite: the previous run's files into <out>/.previous-<pid> (`files.set_aside`: the folder never mixes two
+    runs); deleted once the new run has its first checkpoint, put back if it fails or is stopped before that."""
     old = _run_files(out)
-    if not old:
-        return None
-    aside = out / f".previous-{os.getpid()}"
-    for p in old:
-        (aside / p.parent.relative_to(out)).mkdir(parents=True, exist_ok=True)
-        os.replace(p, aside / p.relative_to(out))
-    print(f"--overwrite: set the previous run aside in {aside} ({len(old)} files) until the new run's first checkpoint")
+    aside = set_aside(out, old)
+    if aside is not None:
+        print(f"--overwrite: set the previous run aside in {aside} ({len(old)} files) until the new run's first checkpoint")
     return aside
-
-
-def _put_back(aside: Path, out: Path) -> None:
-    """The previous run's files back from `_set_aside`'s folder (a file that cannot go back stays there)."""
-    for p in sorted(aside.rglob("*"), reverse=True):       # files before their folders
-        if p.is_file():
-            (out / p.relative_to(aside)).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(p, out / p.relative_to(aside))
-        else:
-            with contextlib.suppress(OSError):
-                p.rmdir()
-    with contextlib.suppress(OSError):
-        aside.rmdir()
-    print(f"--overwrite: put the previous run back in {out}")        # stdout, as the set-aside; the error follows
 
 
 def _append_log(path: Path, record: dict) -> None:
@@ -737,7 +716,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
             with contextlib.suppress(OSError):
                 (out / "samples").rmdir()
             if aside is not None:
-                _put_back(aside, out)
+                put_back(aside, out)
+                print(f"--overwrite: put the previous run back in {out}")      # stdout, as the set-aside; the error follows
         raise
     finally:
         stop.restore()

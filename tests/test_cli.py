@@ -1506,7 +1506,7 @@ def test_thirteenth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch
     assert cli.main(["train", "--out", str(ow), "--overwrite", "--no-progress", *_sets(TINY), "--set", "steps=3"]) == 0
     assert checkpoint.load_checkpoint(ow / "ckpt.pt")["step"] == 3 and not list(ow.glob(".previous-*"))
     (ow / ".previous-1").mkdir()                       # as a kill -9 before the first checkpoint leaves it
-    one_line_error(["train", "--out", str(ow), "--resume", *_sets(TINY)], ".previous-1 holds the previous run")
+    one_line_error(["train", "--out", str(ow), "--resume", *_sets(TINY)], ".previous-1 holds the files of an earlier run")
     # `sample --out RUN/train` while train holds its lock: runs, and names its own lock apart
     with locked(trained / ".train.lock"):
         assert cli.main(["sample", "--checkpoint", str(trained), "--n", "1", "--steps", "2", "--out",
