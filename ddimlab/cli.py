@@ -109,6 +109,20 @@ def _image_shape(net):
     return (cfg.get("in_ch", 3), cfg.get("resolution", 32), cfg.get("resolution", 32))
 
 
+def _check_name_length(stem: Path) -> None:
+    """The longest name written beside --out, the .npz's temporary ".NAME.npz.XXXXXXXX.tmp" (`atomic_write`), must fit
+    the file system's limit on one name (255 bytes on most): else the write fails after the work."""
+    existing = next((p for p in (stem.parent, *stem.parent.parents) if p.is_dir()), Path("."))
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):         # no pathconf (Windows) or no answer
+        limit = 255
+    extra = len(".npz") + len(".." + "X" * 8 + ".tmp")
+    if len(stem.name.encode()) + extra > limit:
+        raise ValueError(f"--out's file name is {len(stem.name.encode())} bytes, and the files written beside it need "
+                         f"{extra} more, over this file system's {limit}; give a name of at most {limit - extra} bytes")
+
+
 def _writes_pair(cmd):
     """`sample`, `invert`, `interpolate`: cmd(args, png, npz) with the PNG and .npz that --out names, OUT.png and
     OUT.npz, or OUT itself with its .png/.npz suffix swapped (a name with other dots, e.g. eta0.5, keeps them).
@@ -122,6 +136,7 @@ def _writes_pair(cmd):
             raise ValueError(f"--out {raw!r} names a folder; give a file name, e.g. --out {out / 'samples'}")
         stem = out.with_suffix("") if out.suffix.lower() in (".png", ".npz") else out
         png, npz = stem.parent / (stem.name + ".png"), stem.parent / (stem.name + ".npz")
+        _check_name_length(stem)
         _refuse_folders(png, npz)
         _refuse_existing(args.overwrite, png, npz)
         with folder_removed_on_error(png.parent, _lock_file(png)):

@@ -76,6 +76,9 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
                          f"with one D; got {mu1.shape}, {cov1.shape}, {mu2.shape}, {cov2.shape}")
     if not all(np.isfinite(a).all() for a in (mu1, mu2, cov1, cov2)):
         raise ValueError("frechet_distance got NaN or inf in a mean or covariance")
+    scale = max(float(np.abs(np.concatenate([mu1, mu2])).max()), float(np.abs(np.stack([cov1, cov2])).max()) ** 0.5)
+    if scale > 1e100:         # Σ₁^{1/2} Σ₂ Σ₁^{1/2} would overflow; FD(μ/s, Σ/s²) = FD(μ, Σ)/s²
+        return scale ** 2 * frechet_distance(mu1 / scale, cov1 / scale ** 2, mu2 / scale, cov2 / scale ** 2)
     for name, c in (("cov1", cov1), ("cov2", cov2)):
         check_symmetric(c, f"frechet_distance: {name}")
         if np.linalg.eigvalsh(c).min() < -1e-8 * float(np.abs(c).max()) * d:    # no eigenvalue below round-off

@@ -392,12 +392,22 @@ def lr_at(config: TrainConfig, step: int) -> float:
     return config.lr * 0.5 * (1 + math.cos(math.pi * min(f, 1.0)))
 
 
+class GridStopped(Exception):
+    """Ctrl-C or SIGTERM came while a sample grid was drawn: the grid is dropped, the run goes on to stop."""
+
+
 @torch.no_grad()
-def sample_grid(model, config: TrainConfig, in_ch: int, n: int, device, seed: int = 0) -> torch.Tensor:
-    """n DDIM samples (η = 0, `config.sample_steps` uniform steps) from `model`, in [−1, 1] (notebook 06 §4)."""
+def sample_grid(model, config: TrainConfig, in_ch: int, n: int, device, seed: int = 0, stop=()) -> torch.Tensor:
+    """n DDIM samples (η = 0, `config.sample_steps` uniform steps) from `model`, in [−1, 1] (notebook 06 §4). `stop`:
+    the training loop's signal flag, checked after each sampling step (a large grid takes seconds: GridStopped)."""
+    def check_stop(_):
+        if stop:
+            raise GridStopped
+
     abar = schedule.make_alpha_bar(config.schedule, config.T).to(device)
     return sample(eps_fn(model), (n, in_ch, config.resolution, config.resolution), abar, S=config.sample_steps,
-                  generator=torch.Generator(device=device).manual_seed(seed), device=device)     # eval mode: eps_fn
+                  generator=torch.Generator(device=device).manual_seed(seed), device=device,      # eval mode: eps_fn
+                  callback=check_stop)
 
 
 def load_trained(path, device="cpu", use_ema: bool = True):
@@ -699,8 +709,14 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
                         bar.write(f"step {step}: {config.n_samples} DDIM-{config.sample_steps} samples from the EMA "
                                   f"weights -> {path}" + (f" (they still hold {early:.0%} of the initial random weights)"
                                                           if early > EARLY_EMA else ""))
-                    grids.append(save_image_grid(sample_grid(ema, config, in_ch, config.n_samples, device,
-                                                             seed=config.seed), path))
+                    try:
+                        grids.append(save_image_grid(sample_grid(ema, config, in_ch, config.n_samples, device,
+                                                                 seed=config.seed, stop=stop), path))
+                    except GridStopped:
+                        bar.write(f"stopped while drawing the grid of step {step}: no grid written")
+                        if step == config.steps:      # the run itself is complete: say so, not just "interrupted"
+                            raise KeyboardInterrupt(f"stopped; the run is complete (step {step}, saved in "
+                                                    f"{out / 'ckpt.pt'}), without its last sample grid") from None
                 if stop and step < config.steps:        # Ctrl-C or SIGTERM: keep the steps since the last checkpoint
                     if not ckpt_now:
                         mean_loss = float(loss_sum / loss_n) if loss_n else mean_loss

@@ -561,6 +561,9 @@ def test_thirteenth_round_densities_bounds_and_statistics():
         lab.error_ratio(torch.tensor([-1.0, 2.0, 3.0]), torch.ones(3))
     assert lab.error_ratio(torch.tensor([1, 4, 9]), torch.ones(3, dtype=torch.long))["rms"][0] == pytest.approx(
         math.sqrt(14 / 3))
+    big = np.diag([1e300, 2e300])                     # features near float64's range: NaN, with overflow warnings
+    assert quality.frechet_distance(np.zeros(2), big, np.zeros(2), big[::-1, ::-1]) == pytest.approx(
+        2 * (math.sqrt(1e300) - math.sqrt(2e300)) ** 2, rel=1e-12)
     x32 = torch.randn(30, 2, generator=torch.Generator().manual_seed(2))
     y64 = x32.double() + 0.1
     assert toy.mmd2_unbiased(x32, y64, 1.0) == toy.mmd2_unbiased(x32.double(), y64, 1.0)

@@ -1507,6 +1507,30 @@ def test_thirteenth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch
     assert checkpoint.load_checkpoint(ow / "ckpt.pt")["step"] == 3 and not list(ow.glob(".previous-*"))
     (ow / ".previous-1").mkdir()                       # as a kill -9 before the first checkpoint leaves it
     one_line_error(["train", "--out", str(ow), "--resume", *_sets(TINY)], ".previous-1 holds the files of an earlier run")
+    # Ctrl-C while the last grid is drawn: the grid stops at the next step, and the message says the run is complete
+    from ddimlab import train as train_mod
+
+    class Flag(list):
+        def __init__(self, active):
+            super().__init__()
+
+        def restore(self):
+            pass
+
+    flags, draw = [], train_mod.sample
+    monkeypatch.setattr(train_mod, "_stop_on_signal", lambda active: flags.append(Flag(active)) or flags[-1])
+    monkeypatch.setattr(train_mod, "sample", lambda *a, **k: flags[-1].append(True) or draw(*a, **k))
+    assert cli.main(["train", "--out", str(tmp_path / "cg"), "--no-progress", *_sets(TINY), "--set", "steps=2"]) == 130
+    assert "the run is complete (step 2" in capsys.readouterr().err
+    assert checkpoint.load_checkpoint(tmp_path / "cg" / "ckpt.pt")["step"] == 2 and not (tmp_path / "cg" / "samples").exists()
+    monkeypatch.undo()
+    # an --out name too long for the temporary file beside it: said before sampling, nothing left behind
+    longest = os.pathconf(tmp_path, "PC_NAME_MAX") - 18
+    one_line_error(["sample", "--checkpoint", str(trained), "--n", "1", "--steps", "2", "--out",
+                    str(tmp_path / ("a" * (longest + 1)))], f"at most {longest} bytes")
+    assert not list(tmp_path.glob("*aaaa*"))
+    assert cli.main(["sample", "--checkpoint", str(trained), "--n", "1", "--steps", "2", "--out",
+                     str(tmp_path / ("b" * longest)), "--no-progress"]) == 0
     # `sample --out RUN/train` while train holds its lock: runs, and names its own lock apart
     with locked(trained / ".train.lock"):
         assert cli.main(["sample", "--checkpoint", str(trained), "--n", "1", "--steps", "2", "--out",
