@@ -139,8 +139,9 @@ def put_back(aside: Path, out: Path) -> None:
     """The files of `set_aside` back in `out`; a file that cannot go back stays in `aside`, never deleted."""
     for p in sorted(aside.rglob("*"), reverse=True):       # files before their folders
         if p.is_file():
-            (out / p.relative_to(aside)).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(p, out / p.relative_to(aside))
+            with contextlib.suppress(OSError):             # the others still go back
+                (out / p.relative_to(aside)).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(p, out / p.relative_to(aside))
         else:
             with contextlib.suppress(OSError):
                 p.rmdir()

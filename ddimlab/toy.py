@@ -461,10 +461,9 @@ def gram(u: torch.Tensor, v: torch.Tensor, kernel) -> torch.Tensor:
 
 def points(x, name: str) -> torch.Tensor:
     """`x` as float64 points (n, d), finite: what the sample distances (`mmd2_unbiased`, `mmd`, `lab.jackknife`) take."""
-    x = torch.as_tensor(x)
-    if x.is_complex() or x.ndim != 2:
-        raise ValueError(f"{name} must be real points of shape (n, d), got {x.dtype} {tuple(x.shape)}")
-    x = x.to(torch.float64)
+    x = _f64(x, name)                                  # a list of floats read as float64, not float32
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be points of shape (n, d), got shape {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contain NaN or inf")
     return x

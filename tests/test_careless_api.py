@@ -567,6 +567,7 @@ def test_thirteenth_round_densities_bounds_and_statistics():
     x32 = torch.randn(30, 2, generator=torch.Generator().manual_seed(2))
     y64 = x32.double() + 0.1
     assert toy.mmd2_unbiased(x32, y64, 1.0) == toy.mmd2_unbiased(x32.double(), y64, 1.0)
+    assert toy.points([[0.1, 0.2], [0.3, 0.4]], "x")[0, 0].item() == 0.1              # a list read as float64
     for bad, match in ((x32 * float("nan"), "NaN"), (torch.randn(30, 3), "one dimension")):
         with pytest.raises(ValueError, match=match):
             toy.mmd2_unbiased(bad, y64, 1.0)
