@@ -33,6 +33,16 @@ def _f64(x, name):
     return x.to(torch.float64)
 
 
+def _responsibilities(logits, dim, log=False):
+    """softmax(logits) (or log_softmax) along the components' axis `dim`. A row whose density underflows to 0 in every
+    component (entries past about 1e150, whose squares overflow float64) has none: an error, where softmax gives NaN."""
+    lost = torch.isneginf(logits).all(dim)
+    if bool(lost.any()):
+        raise ValueError(f"x is too far from the data for float64 densities: row {int(lost.nonzero()[0])} has density 0 "
+                         "under every component (entries past about 1e150 overflow when squared)")
+    return (torch.log_softmax if log else torch.softmax)(logits, dim=dim)
+
+
 def _weights_and_means(weights, means):
     """Checked float64 weights (K,) (finite, positive) and means (K, d) (finite, K ≥ 1, d ≥ 1)."""
     w, mu = _f64(weights, "weights"), _f64(means, "means")
@@ -145,7 +155,7 @@ class GaussianMixture:
 
     def _mix(self, logits, per_component):
         """Σ_k r_k(x) f_k(x), (B, d): per_component (K, d, B) weighted by the responsibilities r = softmax(logits) (K, B)."""
-        return (torch.softmax(logits, dim=0)[:, None, :] * per_component).sum(0).T.contiguous()
+        return (_responsibilities(logits, 0)[:, None, :] * per_component).sum(0).T.contiguous()
 
     def score(self, x: torch.Tensor, a=1.0) -> torch.Tensor:
         """∇_x log p_t(x) = Σ_k r_k(x) ∇ log N_k(x), with responsibilities r = softmax(log w_k N_k) (notebook 05 §3)."""
@@ -189,7 +199,7 @@ class GaussianMixture:
         xt_eig = self.eigvecs.mT @ self._check_x(x_t).T                        # U_kᵀx_t, (K, d, B)
         mean_eig = v[..., None] * (math.sqrt(a_s) * (self._means_eig / var_s)[..., None] + math.sqrt(c2) * xt_eig / (1 - c2))
         mean = self.eigvecs @ mean_eig
-        return torch.log_softmax(logits, dim=0).T.contiguous(), mean.permute(2, 0, 1).contiguous(), v
+        return _responsibilities(logits, 0, log=True).T.contiguous(), mean.permute(2, 0, 1).contiguous(), v
 
     def reverse_sample(self, x_t: torch.Tensor, a_t: float, a_s: float,
                        generator: torch.Generator | None = None) -> torch.Tensor:
@@ -289,23 +299,24 @@ class SharedBasisMixture(GaussianMixture):
         return out
 
     def _fast(self, x, a: float):
-        """(x in the eigenbasis (B, d), responsibilities (B, K), logits (B, K), 1/(aλ_k + 1 − a) (K, d))."""
+        """(x in the eigenbasis (B, d), logits (B, K), 1/(aλ_k + 1 − a) (K, d))."""
         xe = self._to_eigen(x)
         m, inv = self._means_eig, 1 / (a * self.eigvals + (1 - a))
         quad = (xe ** 2) @ inv.T - 2 * math.sqrt(a) * xe @ (m * inv).T + a * (m ** 2 * inv).sum(1)
         logits = self.weights.log() - 0.5 * (quad - inv.log().sum(1) + self.d * math.log(2 * math.pi))
-        return xe, torch.softmax(logits, dim=1), logits, inv
+        return xe, logits, inv
 
     def _log_prob_one(self, x, a):
-        return torch.logsumexp(self._fast(x, a)[2], dim=1)
+        return torch.logsumexp(self._fast(x, a)[1], dim=1)
 
     def _score_one(self, x, a):
-        xe, r, _, inv = self._fast(x, a)
+        xe, logits, inv = self._fast(x, a)
+        r = _responsibilities(logits, 1)
         return self._from_eigen(-xe * (r @ inv) + math.sqrt(a) * r @ (self._means_eig * inv))
 
     def _x0_mean_one(self, x, a):
-        xe, r, _, inv = self._fast(x, a)
-        m, lam_inv = self._means_eig, self.eigvals * inv
+        xe, logits, inv = self._fast(x, a)
+        r, m, lam_inv = _responsibilities(logits, 1), self._means_eig, self.eigvals * inv
         return self._from_eigen(r @ m + math.sqrt(a) * xe * (r @ lam_inv) - a * r @ (lam_inv * m))
 
     def log_prob(self, x: torch.Tensor, a=1.0) -> torch.Tensor:

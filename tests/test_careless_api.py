@@ -617,3 +617,17 @@ def test_thirteenth_round_arguments_named():
         toy.random_mixture(seed=1.5)
     with pytest.raises(devices.DeviceError, match="unknown device 'gpu'"):
         checkpoint.load_model("missing.pt", device="gpu")
+
+
+def test_fourteenth_round_far_points_of_a_mixture_are_named_not_nan():
+    """Past |x| ≈ 1e154 the squares overflow and every component's density underflows to 0: ε*, E[x_0 | x_t] and the
+    reverse kernel were NaN (softmax of all −inf), in both mixture classes. log p = −inf there is right, and stays."""
+    for mix in (toy.eight_gaussians(), toy.image_like_mixture(d=16, K=3)):
+        x = torch.zeros(2, mix.d, dtype=torch.float64)
+        x[1, 0] = 1e160
+        for call in (lambda: mix.eps(x, 0.5), lambda: mix.x0_mean(x, 0.5), lambda: mix.reverse_kernel(x, 0.5, 0.7)):
+            with pytest.raises(ValueError, match="row 1 has density 0 under every component"):
+                call()
+        assert mix.log_prob(x, 0.5)[1] == -math.inf
+        x[1, 0] = 1e150                                   # still finite: the nearest component takes it
+        assert bool(mix.eps(x, 0.5).isfinite().all())
