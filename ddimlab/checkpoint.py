@@ -497,6 +497,9 @@ def load_model(path, device="cpu", use_ema: bool = True):
     if not str(path).strip():                   # Path("") is the current folder
         raise CheckpointError("the checkpoint path is empty; pass a ckpt.pt or run folder, model-790000.ckpt, "
                               f"`{OFFICIAL_NAME}` or a diffusers UNet2DModel folder")
+    if str(path) == OFFICIAL_NAME and os.path.lexists(OFFICIAL_NAME):
+        raise CheckpointError(f"`{OFFICIAL_NAME}` names the official DDPM model, and a file or folder of that name is "
+                              f"here too; pass ./{OFFICIAL_NAME} for the local one, or run from another folder")
     path = official_ddpm_file() if str(path) == OFFICIAL_NAME else Path(path)
     if path.is_dir() and (path / "ckpt.pt").is_file():
         path = path / "ckpt.pt"                     # a ddimlab run folder

@@ -34,10 +34,13 @@ def check_int(name: str, v, low: int = 1, high: int | None = None, note: str = "
     return i
 
 
+SEED_NOTE = " (torch's CPU generator keeps a seed's low 32 bits: 2**32 + s would repeat the draws of s)"
+
+
 def seeded(seed) -> torch.Generator:
-    """A CPU torch.Generator seeded with `seed`, an integer in torch's range 0..2**64 − 1 (`check_int`: 1.5 and True
-    are refused, where torch would say "manual_seed expected a long")."""
-    return torch.Generator().manual_seed(check_int("seed", seed, 0, 2 ** 64 - 1))
+    """A CPU torch.Generator seeded with `seed`, an integer in 0..2**32 − 1 (`check_int`: 1.5 and True are refused,
+    where torch would say "manual_seed expected a long"; past 2**32 torch would silently repeat another seed's draws)."""
+    return torch.Generator().manual_seed(check_int("seed", seed, 0, 2 ** 32 - 1, SEED_NOTE))
 
 
 def as_real(v) -> float | None:

@@ -10,6 +10,7 @@ with a one-line warning (`generate.check_data_range`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -118,8 +119,9 @@ def _check_name_length(stem: Path) -> None:
     except (AttributeError, OSError, ValueError):         # no pathconf (Windows) or no answer
         limit = 255
     extra = len(".npz") + len(".." + "X" * 8 + ".tmp")
-    if len(stem.name.encode()) + extra > limit:
-        raise ValueError(f"--out's file name is {len(stem.name.encode())} bytes, and the files written beside it need "
+    size = len(os.fsencode(stem.name))                    # the bytes on disk, also for a name with undecodable bytes
+    if size + extra > limit:
+        raise ValueError(f"--out's file name is {size} bytes, and the files written beside it need "
                          f"{extra} more, over this file system's {limit}; give a name of at most {limit - extra} bytes")
 
 
@@ -205,6 +207,8 @@ def cmd_train(args) -> int:
     if args.no_progress:
         overrides.append("progress=false")
     out = Path(args.out or last.get("out") or PRESETS[args.preset or "digits"].get("out", TrainConfig.out))
+    if args.resume and args.overwrite:                 # before anything is said about the run's settings
+        raise ValueError("--resume and --overwrite exclude each other: continue the run, or start it again")
     if args.resume and (out / "ckpt.pt").exists():     # the run's own settings, changed only where asked
         if args.preset is not None:
             raise ValueError("--preset does not apply to --resume: the run continues with its saved settings; "
@@ -493,7 +497,7 @@ def _int_in(low: int, high: int | None = None):
 
 
 _positive, _scale, _seed = _int_in(1), _int_in(1, 32), _int_in(0, 2 ** 63 - 1)
-_train_seed = _int_in(0, 2 ** 32 - 1)     # training's (TrainConfig.seed)
+_seed32 = _int_in(0, 2 ** 32 - 1)     # seeds torch's CPU generator directly, which keeps 32 bits (TrainConfig.seed, lab)
 
 
 def _eta(text: str) -> float:
@@ -643,7 +647,7 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--image-n", type=_int_in(8), default=None,
                    help="samples per cell of the image-like table, at least 8 (default 1000)")
     p.add_argument("--spacing", choices=("uniform", "quad"), default="uniform", help="timestep sub-sequence")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of x_T, the noise and the data draws")
+    p.add_argument("--seed", type=_seed32, default=0, help="seed of x_T, the noise and the data draws")
     p.add_argument("--overwrite", action="store_true", help="replace the tables and figures of an earlier run in --out")
     _common(p)
 
@@ -653,7 +657,7 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--train-steps", type=_positive, default=None, help="override the digits preset's training steps")
     p.add_argument("--n", type=_int_in(2), default=None, help="samples per sampler for the quality score, at least 2 "
                    f"(default {demo.N_SAMPLES})")
-    p.add_argument("--seed", type=_train_seed, default=0, help="seed of the training run and of x_T")
+    p.add_argument("--seed", type=_seed32, default=0, help="seed of the training run and of x_T")
     p.add_argument("--overwrite", action="store_true", help="replace the tables and figures of an earlier demo in --out")
     _common(p)
     return parser
@@ -674,6 +678,9 @@ def _refuse_blank_paths(args) -> None:
 def main(argv=None, prog: str | None = None) -> int:
     """Run the command line; returns the exit status (README "Using the library")."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    for stream in (sys.stdout, sys.stderr):     # a path with bytes that are not UTF-8 prints escaped, not as a codec error
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     if prog is None:
         prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "ddimlab"
         prog = "python -m ddimlab" if prog in ("__main__.py", "-m", "-c", "") else prog
@@ -708,9 +715,10 @@ def main(argv=None, prog: str | None = None) -> int:
         return 1
     except Exception as e:
         if not debug and (size := _out_of_memory(e)) is not None:
+            smaller = ("a smaller --batch-size" if hasattr(args, "batch_size") else
+                       "a smaller --set batch_size=N" if args.command == "train" else "fewer images per run")
             print(f"{prog} {args.command}: error: out of memory{size}: the sizes asked for do not fit this machine; "
-                  f"ask for fewer or smaller images, or a smaller batch (`{prog} {args.command} --help` lists them)",
-                  file=sys.stderr)
+                  f"ask for fewer or smaller images, or {smaller}", file=sys.stderr)
             print("(run again with --debug for the traceback)", file=sys.stderr)
             return 1
         if debug or not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):

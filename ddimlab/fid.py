@@ -11,15 +11,17 @@ are not comparable with the paper's FID; only `fid_inception` on 50,000 samples 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import data, devices, quality
-from .checks import check_int
+from .checks import check_int, seeded
 from .files import atomic_write
 from .quality import feature_stats, frechet_distance
 
@@ -139,7 +141,7 @@ def random_features(in_ch: int = 3, dim: int = 64, seed: int = 0):
     Random conv features do separate noise from images, but their distances mean nothing next to
     Inception FID. uint8 N×C×H×W in, N×dim out.
     """
-    g = torch.Generator().manual_seed(seed)
+    g = seeded(seed)
     w1 = torch.randn(32, in_ch, 3, 3, generator=g) / math.sqrt(9 * in_ch)
     w2 = torch.randn(dim, 32, 3, 3, generator=g) / math.sqrt(9 * 32)
 
@@ -166,23 +168,45 @@ def _torch_fidelity(instead: str = "pass a feature_fn (fid.compute_fid)"):
 
 
 def fid_inception(sample_dir, reference: str = "cifar10-train", cuda: bool | None = None, cache_root=None,
-                  batch_size: int = 64) -> float:
+                  batch_size: int = 64, n: int | None = None) -> float:
     """FID with Inception-v3 features through torch-fidelity (`pip install ddimlab[fid]`).
 
     reference: a torch-fidelity registered input ("cifar10-train", whose statistics torch-fidelity
     computes once and caches under cache_root, default `<ddimlab cache>/torch-fidelity`), or a
-    directory of PNGs (cached under its folder name).
+    directory of PNGs (cached under its folder name). n: score the first n PNGs of sample_dir in file-name order,
+    as `load_images` reads them (None: every file torch-fidelity finds there).
     """
     torch_fidelity = _torch_fidelity()
     cache_root = Path(cache_root or data.default_cache_dir() / "torch-fidelity")
     kwargs = {}
     if Path(str(reference)).is_dir():
         kwargs["input2_cache_name"] = "ddimlab-" + Path(reference).resolve().name
-    metrics = torch_fidelity.calculate_metrics(
-        input1=str(sample_dir), input2=str(reference), fid=True, isc=False, kid=False, verbose=False,
-        cuda=torch.cuda.is_available() if cuda is None else cuda, cache=True, cache_root=str(cache_root),
-        batch_size=batch_size, **kwargs)
+    with _first_png_files(sample_dir, n) as input1:
+        metrics = torch_fidelity.calculate_metrics(
+            input1=str(input1), input2=str(reference), fid=True, isc=False, kid=False, verbose=False,
+            cuda=torch.cuda.is_available() if cuda is None else cuda, cache=True, cache_root=str(cache_root),
+            batch_size=batch_size, **kwargs)
     return float(metrics["frechet_inception_distance"])
+
+
+@contextlib.contextmanager
+def _first_png_files(directory, n):
+    """`directory` itself if n is None or it holds exactly n PNGs; else a temporary folder of links to its first n (a
+    `reproduce` cell holding more samples from an earlier, larger run must not be scored as n)."""
+    if n is None:
+        yield directory
+        return
+    n = check_int("n", n, note=" (the number of images to score) or None for all")
+    files = sorted(Path(directory).glob("*.png"))
+    if n > len(files):
+        raise ValueError(f"{directory} holds {len(files)} .png files, fewer than the n = {n} asked for")
+    if n == len(files):
+        yield directory
+        return
+    with tempfile.TemporaryDirectory(prefix=".fid-first-n-") as tmp:
+        for f in files[:n]:
+            os.symlink(f.resolve(), Path(tmp) / f.name)
+        yield tmp
 
 
 def reference_for(features: str, in_ch: int, resolution: int, data_root=None):

@@ -63,7 +63,9 @@ def locked(path, busy: str | None = None):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise type(e)(e.errno, f"cannot create the folder {path.parent} ({e.strerror}); choose another --out") from None
+        dangling = next((p for p in (path.parent, *path.parent.parents) if p.is_symlink() and not p.exists()), None)
+        why = f"{dangling} is a symbolic link to {os.readlink(dangling)}, which does not exist" if dangling else e.strerror
+        raise type(e)(e.errno, f"cannot create the folder {path.parent} ({why}); choose another --out") from None
     try:
         import fcntl  # POSIX only
     except ImportError:
@@ -123,15 +125,20 @@ def check_nothing_set_aside(out: Path, error=FileExistsError) -> None:
 
 def set_aside(out: Path, paths) -> Path | None:
     """Move `paths` (files inside `out`) into `out/.previous-<pid>`, at the same relative paths, so that a new run
-    never lies beside an old one; None if there are none. `put_back` undoes it; the caller deletes the folder once
-    the new run has what replaces them."""
+    never lies beside an old one; None if there are none. All or nothing: if one cannot move, the moved ones go back.
+    `put_back` undoes it; the caller deletes the folder once the new run has what replaces them."""
     out, paths = Path(out), [Path(p) for p in paths]
     if not paths:
         return None
     aside = out / f".previous-{os.getpid()}"
-    for p in paths:
-        (aside / p.parent.relative_to(out)).mkdir(parents=True, exist_ok=True)
-        os.replace(p, aside / p.relative_to(out))
+    try:
+        for p in paths:
+            (aside / p.parent.relative_to(out)).mkdir(parents=True, exist_ok=True)
+            os.replace(p, aside / p.relative_to(out))
+    except OSError as e:                                   # e.g. a file on another device: the moved ones go back
+        put_back(aside, out)
+        raise OSError(f"could not set {p} aside ({e.strerror or e}); nothing was moved, {out} holds its files as "
+                      f"before") from e
     return aside
 
 

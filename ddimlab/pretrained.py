@@ -23,12 +23,13 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 from . import devices, train
 from .checks import check_int
-from .files import locked
+from .files import BusyError, locked
 
 # Fields that do not change the trained weights: left out of the cache key.
 _NOT_IN_KEY = ("out", "progress", "log_every", "ckpt_every", "sample_every", "n_samples", "sample_steps",
@@ -84,27 +85,46 @@ def digits_model(steps: int | None = None, seed: int = 0, cache_dir=None, progre
     """
     config = dataclasses.replace(digits_config(steps, seed, device, overrides), threads=threads)
     folder = models_dir(cache_dir) / f"digits_{config_key(config)}"
-    with locked(folder.parent / f".{folder.name}.lock"):
-        if (folder / "ckpt.pt").exists():
-            try:
-                return _load(folder)
-            except Exception:  # truncated or foreign file: train again and replace it
-                shutil.rmtree(folder, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    lock = folder.parent / f".{folder.name}.lock"
+    try:
+        with locked(lock, busy="held"):
+            return _cached_or_trained(folder, config, progress)
+    except BusyError:                      # another process trains (or loads) it: say so, then wait for it
+        print(f"waiting for another process that holds the cached digits model {folder}", file=sys.stderr, flush=True)
+    with locked(lock):
+        return _cached_or_trained(folder, config, progress)
+
+
+def _cached_or_trained(folder: Path, config: train.TrainConfig, progress: bool):
+    """The model in `folder`, trained there first if absent or unusable; the caller holds the folder's lock."""
+    if (folder / "ckpt.pt").exists():
         try:
-            train.train(dataclasses.replace(config, out=str(tmp), progress=progress, ckpt_every=config.steps,
-                                            log_every=min(config.log_every, config.steps)))
-            os.replace(tmp, folder)
-        except KeyboardInterrupt:          # train's own message names the temporary folder, removed below
-            raise KeyboardInterrupt("stopped training the cached digits model; nothing was kept, and the next "
-                                    "run trains it from the start") from None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return _load(folder)
+            return _load(folder)
+        except Exception as e:  # truncated, foreign or changed (e.g. resumed by hand): train again and replace it
+            print(f"the cached digits model in {folder} cannot be used ({e}): training it again", file=sys.stderr)
+            shutil.rmtree(folder, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    try:
+        train.train(dataclasses.replace(config, out=str(tmp), progress=progress, ckpt_every=config.steps,
+                                        log_every=min(config.log_every, config.steps)))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)      # mkdtemp's 0700 would keep other users of a shared cache out
+        os.replace(tmp, folder)
+    except KeyboardInterrupt:          # train's own message names the temporary folder, removed below
+        raise KeyboardInterrupt("stopped training the cached digits model; nothing was kept, and the next "
+                                "run trains it from the start") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _load(folder)
 
 
 def _load(folder: Path):
+    """The cached model in `folder`, whose settings must give the key in its name: a run resumed or retrained there by
+    hand is not the model the name promises."""
     model, config = train.load_trained(folder / "ckpt.pt")
+    if f"digits_{config_key(config)}" != folder.name:
+        raise ValueError(f"its settings (steps = {config.steps}, seed = {config.seed}, ...) do not give the key in its name")
     return model, dataclasses.replace(config, out=str(folder))
 
 

@@ -88,7 +88,7 @@ def _wait_for_files(directory: Path, n: int, timeout: float = 24 * 3600, poll: f
 
 def _fid(sample_dir, n, feature_fn, reference, batch_size):
     if feature_fn is None:
-        return fid_inception(sample_dir, reference or "cifar10-train")
+        return fid_inception(sample_dir, reference or "cifar10-train", n=n)
     if reference is None:
         raise ValueError("with a feature_fn, pass reference= (images, a PNG directory, (mu, sigma) or an .npz)")
     return compute_fid(load_images(sample_dir, n), reference, feature_fn, batch_size)

@@ -17,7 +17,8 @@ on the CPU; `resumed_config` gives the run's own settings) or `overwrite=True` t
 files are set aside, deleted at the new run's first checkpoint and put back if it fails before). A non-finite loss,
 or weights about to be saved whose loss is not finite, stops the run with `NonFiniteLossError` and leaves the last
 good checkpoint alone; a run that fails before its first checkpoint leaves no log (nor the folders it made), and
-puts back a run it set aside. Ctrl-C saves a checkpoint at the current step and stops.
+puts back a run it set aside. Ctrl-C saves a checkpoint at the current step and stops; under `overwrite` before the new
+run's first checkpoint it keeps nothing of the new run and puts the previous one back.
 """
 from __future__ import annotations
 
@@ -586,9 +587,14 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
         raise ValueError("resume and overwrite exclude each other: continue the run, or start it again")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a run folder; choose another --out")
+    if out.is_symlink() and not out.exists():
+        raise FileNotFoundError(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist")
     if config.n_samples and (out / "samples").exists() and not (out / "samples").is_dir():   # found at the first grid
         raise FileExistsError(f"{out / 'samples'} is a file, and the run writes its sample grids into a folder of that "
                               f"name; move the file, or pass --set n_samples=0 (no grids)")
+    if config.n_samples and (out / "samples").is_dir() and not os.access(out / "samples", os.W_OK | os.X_OK):
+        raise PermissionError(f"{out / 'samples'} is not writable, and the run writes its sample grids there; make it "
+                              f"writable, or pass --set n_samples=0 (no grids)")
     if devices.rank_world()[0] != 0:
         _check_out(out, resume, overwrite)
         return _train(config, out, resume, return_models, overwrite)
@@ -633,6 +639,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
     elif resume and is_main:
         print(f"{out} holds no run to resume: starting a new one")
     aside = None                                       # the previous run's files, under --overwrite
+    made_samples = not (out / "samples").exists()      # a samples/ folder the user made stays, even empty
     if is_main:
         if overwrite:
             aside = _set_aside(out)
@@ -717,6 +724,9 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
                         if step == config.steps:      # the run itself is complete: say so, not just "interrupted"
                             raise KeyboardInterrupt(f"stopped; the run is complete (step {step}, saved in "
                                                     f"{out / 'ckpt.pt'}), without its last sample grid") from None
+                if stop and step < config.steps and aside is not None:     # --overwrite stopped before a checkpoint
+                    raise KeyboardInterrupt(f"stopped at step {step}, before the new run's first checkpoint: nothing of it "
+                                            f"is kept, and the previous run goes back into {out}")
                 if stop and step < config.steps:        # Ctrl-C or SIGTERM: keep the steps since the last checkpoint
                     if not ckpt_now:
                         mean_loss = float(loss_sum / loss_n) if loss_n else mean_loss
@@ -729,8 +739,9 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
         if is_main and last_good is None:              # nothing saved: a retry must not find a log without a run
             for path in [out / "log.jsonl", *grids]:
                 path.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                (out / "samples").rmdir()
+            if made_samples:
+                with contextlib.suppress(OSError):
+                    (out / "samples").rmdir()
             if aside is not None:
                 put_back(aside, out)
                 print(f"--overwrite: put the previous run back in {out}")      # stdout, as the set-aside; the error follows

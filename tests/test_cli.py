@@ -1561,3 +1561,127 @@ def test_thirteenth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch
     assert cli.main(["reproduce", "table2", "--checkpoint", str(trained), "--n-images", "2", "--steps", "100", "--spacing",
                      "quad", "--out", str(tmp_path / "t2q"), "--no-progress"]) == 0
     assert re.search(r"S = 100: 9\d", (tmp_path / "t2q" / "table2.md").read_text())
+
+
+def test_fourteenth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
+    """A careless round (helper 91): Ctrl-C during `train --overwrite` before its first checkpoint saved the new run and
+    deleted the old one; a set-aside that failed halfway left the run hidden in .previous-<pid>; `reproduce table1`'s
+    Inception FID scored every PNG of a cell, not --n-samples; a local folder named ddpm-cifar10 was passed over for the
+    download; a cached digits model resumed by hand was served as the model its name promises; `lab --seed` 2**32 + s
+    repeated seed s; an unwritable samples/ was found after training, and a user's empty samples/ was deleted on failure;
+    the out-of-memory advice named a batch option invert and interpolate lack; the cache's folders were 0700; a wait for
+    the cache's lock was silent; a non-UTF-8 --out was a codec error; `--resume --overwrite` announced changed settings
+    before refusing; a dangling symlink as --out was "File exists"."""
+    import dataclasses
+    import os
+    import threading
+    import types
+    from pathlib import Path
+
+    from ddimlab import fid, files, lab, pretrained, tables
+    from ddimlab import train as train_mod
+
+    def one_line_error(argv, *needles):
+        _expect_one_line_error(capsys, [*argv, "--no-progress"], *needles)
+
+    def run_files(folder):
+        return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != ".train.lock"}
+
+    ow = tmp_path / "ow"
+    assert cli.main(["train", "--out", str(ow), "--no-progress", *_sets(TINY), "--set", "steps=2"]) == 0
+    before = run_files(ow)
+    capsys.readouterr()
+    # Ctrl-C (the stop flag) after the first step of `--overwrite`: nothing of the new run kept, the old one put back
+    class Stopped(list):
+        def __init__(self, active):
+            super().__init__([True])
+
+        def restore(self):
+            pass
+
+    monkeypatch.setattr(train_mod, "_stop_on_signal", Stopped)
+    assert cli.main(["train", "--out", str(ow), "--overwrite", "--no-progress", *_sets(TINY), "--set", "steps=5"]) == 130
+    assert "before the new run's first checkpoint" in capsys.readouterr().err
+    assert run_files(ow) == before and not list(ow.glob(".previous-*"))
+    monkeypatch.undo()
+    # a set-aside whose second move fails (another device, a read-only folder): all or nothing
+    moves, replace = [], os.replace
+
+    def second_move_fails(src, dst):
+        if ".previous-" in str(dst):
+            moves.append(dst)
+            if len(moves) == 2:
+                raise OSError(18, "Invalid cross-device link")
+        return replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", second_move_fails)
+    one_line_error(["train", "--out", str(ow), "--overwrite", *_sets(TINY), "--set", "steps=5"], "nothing was moved")
+    monkeypatch.undo()
+    assert run_files(ow) == before and not list(ow.glob(".previous-*"))
+    # --resume --overwrite: refused before any "resume: ..." line
+    one_line_error(["train", "--out", str(ow), "--resume", "--overwrite", *_sets(TINY), "--set", "steps=9"], "exclude each other")
+    # an unwritable samples/ is said before training; a user's own empty samples/ survives a failed run
+    (tmp_path / "ro" / "samples").mkdir(parents=True)
+    monkeypatch.setattr(train_mod.os, "access", lambda p, mode: not str(p).endswith("samples"))
+    one_line_error(["train", "--out", str(tmp_path / "ro"), *_sets(TINY)], "samples is not writable", "n_samples=0")
+    monkeypatch.undo()
+    (tmp_path / "mine" / "samples").mkdir(parents=True)
+    one_line_error(["train", "--out", str(tmp_path / "mine"), *_sets(TINY), "--set", "lr=1e30"], "this run kept nothing")
+    assert (tmp_path / "mine" / "samples").is_dir()
+    # a dangling symbolic link as --out
+    (tmp_path / "dang").symlink_to(tmp_path / "nowhere" / "x")
+    one_line_error(["train", "--out", str(tmp_path / "dang"), *_sets(TINY)], "symbolic link", "does not exist")
+    one_line_error(["sample", "--checkpoint", str(trained), "--n", "1", "--steps", "2", "--out", str(tmp_path / "dang" / "s")],
+                   "symbolic link", "does not exist")
+    # a local ddpm-cifar10 is ambiguous with the official model's name
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ddpm-cifar10").mkdir()
+    one_line_error(["sample", "--checkpoint", "ddpm-cifar10", "--n", "1", "--steps", "2", "--out", "s"], "./ddpm-cifar10")
+    monkeypatch.undo()
+    # lab's seeds past 32 bits repeated another seed's draws
+    with pytest.raises(SystemExit):
+        cli.main(["lab", "--n", "8", "--image-d", "0", "--seed", str(2 ** 32 + 5), "--out", str(tmp_path / "lab")])
+    assert "must be an integer in 0..2**32 - 1" in capsys.readouterr().err and not (tmp_path / "lab").exists()
+    with pytest.raises(ValueError, match="low 32 bits"):
+        lab.table1(S_list=(2,), n=8, n_ode=0, seed=2 ** 32 + 5)
+    # a non-UTF-8 --out, as a file system may hold it
+    odd = tmp_path / os.fsdecode(b"bad\xffname")
+    assert cli.main(["sample", "--checkpoint", str(trained), "--n", "1", "--steps", "2", "--out", str(odd), "--no-progress"]) == 0
+    assert odd.with_suffix(".png").exists() and odd.with_suffix(".npz").exists()
+    # the out-of-memory advice names only options the command has
+    monkeypatch.setattr(cli, "slerp", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("CUDA out of memory")))
+    one_line_error(["interpolate", "--checkpoint", str(trained), "--n", "5", "--steps", "2", "--out", str(tmp_path / "i")],
+                   "fewer images per run")
+    monkeypatch.undo()
+    # Inception FID of a reproduce cell scores exactly its first n PNGs (torch-fidelity stood in by a file counter)
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    for i in range(5):
+        plotting.save_png(np.zeros((4, 4, 3), np.uint8), cell / f"{i:06d}.png")
+    counted = lambda **kw: {"frechet_inception_distance": float(len(list(Path(kw["input1"]).glob("*.png"))))}  # noqa: E731
+    monkeypatch.setitem(sys.modules, "torch_fidelity", types.SimpleNamespace(calculate_metrics=counted))
+    assert tables._fid(cell, 3, None, None, 64) == 3.0 and tables._fid(cell, 5, None, None, 64) == 5.0
+    with pytest.raises(ValueError, match="fewer than the n = 6"):
+        fid.fid_inception(cell, n=6)
+    monkeypatch.undo()
+    # the digits cache: a model changed by hand is not served; its folder is readable by others; a wait is said
+    cache = tmp_path / "cache" / "models"
+    wrong = cache / "digits_000000000000"
+    wrong.mkdir(parents=True)
+    (wrong / "ckpt.pt").write_bytes((trained / "ckpt.pt").read_bytes())
+    with pytest.raises(ValueError, match="do not give the key in its name"):
+        pretrained._load(wrong)
+    monkeypatch.setattr(pretrained.train, "train", lambda config: None)
+    monkeypatch.setattr(pretrained, "_load", lambda folder: folder)
+    folder = pretrained._cached_or_trained(cache / "digits_fresh", pretrained.digits_config(), False)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask
+    monkeypatch.setattr(pretrained, "_cached_or_trained", lambda folder, config, progress: "model")
+    key = pretrained.config_key(dataclasses.replace(pretrained.digits_config(), threads=pretrained.THREADS))
+    held = files.locked(cache / f".digits_{key}.lock")
+    held.__enter__()
+    threading.Timer(0.3, held.__exit__, (None, None, None)).start()
+    capsys.readouterr()
+    assert pretrained.digits_model(cache_dir=tmp_path / "cache") == "model"
+    assert "waiting for another process" in capsys.readouterr().err
