@@ -49,10 +49,30 @@ def save_checkpoint(path, **state) -> Path:
     """Write `state` (tensors, state_dicts, numbers, strings, lists, dicts) to `path` atomically."""
     if not state:
         raise ValueError("save_checkpoint needs at least one keyword, e.g. save_checkpoint(path, model=sd, step=0)")
+    _check_plain(state, "state")                     # before the write: it would replace a good file with a refused one
     try:
         return atomic_write(path, lambda f: torch.save(state, f), fsync=True)
     except RuntimeError as e:     # torch's zip writer reports a failed write (e.g. a full disk) as a RuntimeError
         raise OSError(f"could not write {path} (is the disk full?): {str(e).splitlines()[0]}") from e
+
+
+_PLAIN = (torch.Tensor, torch.Size, torch.dtype, torch.device, str, bytes, int, float, complex, bool, type(None))
+
+
+def _check_plain(obj, where: str) -> None:
+    """`obj` is made of what weights-only loading reads back (tensors, numbers, strings, None in dicts, lists and
+    tuples); anything else, e.g. a numpy scalar from `np.int64(5)`, is a TypeError naming where it sits."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"{where} has a key {k!r} of type {type(k).__name__}; checkpoints take str or int keys")
+            _check_plain(v, f"{where}[{k!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+    elif not isinstance(obj, _PLAIN):
+        raise TypeError(f"{where} is a {type(obj).__module__}.{type(obj).__name__}, which weights-only loading refuses "
+                        f"(so would load_checkpoint); convert it, e.g. int(v), float(v) or torch.as_tensor(v)")
 
 
 def load_checkpoint(path, map_location="cpu", required=(), mmap: bool = False) -> dict:
@@ -405,11 +425,17 @@ def load_diffusers_folder(path, backend: str = "ddimlab", map_location="cpu"):
 
 
 def save_diffusers_folder(net: unet_mod.UNet, path) -> Path:
-    """Write `net` as a diffusers UNet2DModel folder (config.json + diffusion_pytorch_model.*)."""
+    """Write `net` as a diffusers UNet2DModel folder (config.json + diffusion_pytorch_model.*). A folder holding a ddimlab
+    run, or a config.json that is not a UNet2DModel's, is refused: its config.json would be replaced."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    config = {"_class_name": "UNet2DModel", **diffusers_config(net.config)}
+    if (path / "ckpt.pt").exists() or (path / "log.jsonl").exists():
+        raise FileExistsError(f"{path} holds a ddimlab training run, whose config.json this would replace; choose another folder")
+    if (path / "config.json").exists() and _json_dict(path / "config.json").get("_class_name") != "UNet2DModel":
+        raise FileExistsError(f"{path / 'config.json'} is not a diffusers UNet2DModel's, and this would replace it; choose "
+                              f"another folder")
+    config = {"_class_name": "UNet2DModel", **diffusers_config(net.config)}        # before the folder: may refuse the net
     state = {k: v.detach().contiguous().cpu() for k, v in to_diffusers(net.state_dict()).items()}
+    path.mkdir(parents=True, exist_ok=True)
     atomic_write(path / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode()), fsync=True)
     from safetensors.torch import save as st_save
 
@@ -503,7 +529,7 @@ def load_model(path, device="cpu", use_ema: bool = True):
     path = official_ddpm_file() if str(path) == OFFICIAL_NAME else Path(path)
     if path.is_dir() and (path / "ckpt.pt").is_file():
         path = path / "ckpt.pt"                     # a ddimlab run folder
-    elif path.is_dir() and ((path / "log.jsonl").exists() or "ema_decay" in _json_keys(path / "config.json")):
+    elif path.is_dir() and ((path / "log.jsonl").exists() or "ema_decay" in _json_dict(path / "config.json")):
         raise CheckpointError(f"{path} is a ddimlab run folder without ckpt.pt: the run has not written a checkpoint yet")
     elif path.is_dir() and ((path / "ckpt.pt").exists() or path.suffix.lower() in (".pt", ".pth", ".ckpt")):
         where = path / "ckpt.pt" if (path / "ckpt.pt").exists() else path
@@ -533,13 +559,13 @@ def load_model(path, device="cpu", use_ema: bool = True):
     return net.to(device).eval(), abar.to(device)
 
 
-def _json_keys(path: Path) -> list:
-    """The top-level keys of a JSON object file ([] if it is missing or not a JSON object)."""
+def _json_dict(path: Path) -> dict:
+    """A JSON object file as a dict ({} if it is missing, unreadable or not a JSON object)."""
     try:
         d = json.loads(path.read_text())
     except (OSError, ValueError):
-        return []
-    return list(d) if isinstance(d, dict) else []
+        return {}
+    return d if isinstance(d, dict) else {}
 
 
 class EarlyEMAWarning(UserWarning):

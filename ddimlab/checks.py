@@ -5,6 +5,7 @@ import math
 import numbers
 import operator
 
+import numpy as np
 import torch
 
 SYMMETRY_TOL = math.sqrt(torch.finfo(torch.float32).eps)   # relative to max |Σ|: see check_symmetric
@@ -41,6 +42,13 @@ def seeded(seed) -> torch.Generator:
     """A CPU torch.Generator seeded with `seed`, an integer in 0..2**32 − 1 (`check_int`: 1.5 and True are refused,
     where torch would say "manual_seed expected a long"; past 2**32 torch would silently repeat another seed's draws)."""
     return torch.Generator().manual_seed(check_int("seed", seed, 0, 2 ** 32 - 1, SEED_NOTE))
+
+
+def check_bool(name: str, v) -> bool:
+    """`v` as a bool if it is True or False (numpy's too): `if` would read "False", "no" or 0.5 as true."""
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {v!r}")
+    return bool(v)
 
 
 def as_real(v) -> float | None:

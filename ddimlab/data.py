@@ -347,6 +347,7 @@ def resize(x: torch.Tensor, resolution: int) -> torch.Tensor:
     """Float images (N, C, H, W) resized to resolution×resolution, bilinear (antialiased when shrinking):
     how `load_digits` makes the 16×16 set from scikit-learn's 8×8 originals, and so how 8×8 samples are
     scored and shown at 16×16 (`demo.score`)."""
+    resolution = check_int("resolution", resolution)
     if x.shape[-2:] == (resolution, resolution):
         return x
     return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
@@ -554,7 +555,7 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int = 0) -> torch.Te
     batch_size = check_int("batch_size", batch_size, 1, n, " (the data set's size)")
     step, seed = check_int("step", step, 0), check_int("seed", seed, 0, 2 ** 32 - 1)
     epoch, i = divmod(step, n // batch_size)
-    return _epoch_order(n, seed, epoch)[i * batch_size:(i + 1) * batch_size]
+    return _epoch_order(n, seed, epoch)[i * batch_size:(i + 1) * batch_size].clone()     # not a view of the cached order
 
 
 @functools.lru_cache(maxsize=2)

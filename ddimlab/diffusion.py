@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from .checks import as_real
+from .checks import as_real, check_bool
 
 VARIANCES = ("small", "large")   # DDPM's two reverse variances: β̃ (posterior) and β (notebook 02 §1)
 
@@ -244,7 +244,7 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, a_t, a_s, eta: float = 0.0,
     if noise is not None and noise.shape != x_t.shape:
         raise ValueError(f"noise shape {tuple(noise.shape)} must equal x_t shape {tuple(x_t.shape)}")
     x0 = predict_x0(x_t, eps, a_t)
-    if clip_x0:
+    if check_bool("clip_x0", clip_x0):
         x0 = x0.clamp(-1, 1)
         eps = predict_eps(x_t, x0, a_t)
     sigma = ddim_sigma(a_t, a_s, eta)

@@ -12,6 +12,8 @@ are not comparable with the paper's FID; only `fid_inception` on 50,000 samples 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import os
 import tempfile
@@ -179,8 +181,11 @@ def fid_inception(sample_dir, reference: str = "cifar10-train", cuda: bool | Non
     torch_fidelity = _torch_fidelity()
     cache_root = Path(cache_root or data.default_cache_dir() / "torch-fidelity")
     kwargs = {}
-    if Path(str(reference)).is_dir():
-        kwargs["input2_cache_name"] = "ddimlab-" + Path(reference).resolve().name
+    if Path(str(reference)).is_dir():      # its statistics cached under its path and contents, not its name alone
+        ref = Path(reference).resolve()
+        listing = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in ref.iterdir() if p.is_file())
+        tag = hashlib.sha256(json.dumps([str(ref), listing]).encode()).hexdigest()[:12]
+        kwargs["input2_cache_name"] = f"ddimlab-{ref.name}-{tag}"
     with _first_png_files(sample_dir, n) as input1:
         metrics = torch_fidelity.calculate_metrics(
             input1=str(input1), input2=str(reference), fid=True, isc=False, kid=False, verbose=False,

@@ -10,6 +10,7 @@ convolutions, which moves a rare pixel by at most one grey level (notebook 07 §
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from pathlib import Path
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 
 from . import devices, diffusion, ode, schedule
 from .checkpoint import eps_fn, sha256_of, weights_sha256
-from .checks import check_int
+from .checks import check_bool, check_int
 from .data import from_model_range
 from .files import atomic_write
 from .plotting import save_png
@@ -111,9 +112,7 @@ def _draw(gens, shape, device) -> torch.Tensor:
 
 @torch.no_grad()
 def _check_clip(clip_x0) -> bool | None:
-    if clip_x0 is not None and not isinstance(clip_x0, (bool, np.bool_)):      # "yes" would be true, and recorded
-        raise TypeError(f"clip_x0 must be True, False or None (the sampler's default), got {clip_x0!r}")
-    return None if clip_x0 is None else bool(clip_x0)
+    return None if clip_x0 is None else check_bool("clip_x0 (or None, the sampler's default)", clip_x0)
 
 
 def sample_indices(model, indices, shape, alpha_bar, seq, eta=0.0, seed: int = 0, clip_x0: bool | None = None,
@@ -181,6 +180,7 @@ def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, 
     seq = sampling_steps(S, alpha_bar.shape[0], spacing)
     check_first_step(alpha_bar, seq)                     # S = 1 on `quad` is the step t = 0: the PNGs would be x_T
     out_dir = Path(out_dir)
+    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]      # innermost first
     out_dir.mkdir(parents=True, exist_ok=True)
     _claim(out_dir, dict(model=model_key, T=int(alpha_bar.shape[0]), seed=seed, S=int(S), eta=str(eta),
                          spacing=spacing, shape=list(shape), clip_x0=clip_x0,
@@ -189,14 +189,22 @@ def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, 
     todo = [i for i in range(rank, n, world_size) if not (out_dir / f"{i:06d}.png").exists()]
     batches = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
     rms = []
-    with tqdm(total=len(todo), desc=f"{out_dir.name} (rank {rank})" if world_size > 1 else out_dir.name,
-              unit="img", disable=not progress) as bar:
-        for idx in batches:
-            x = sample_indices(model, idx, shape, alpha_bar, seq, eta, seed, clip_x0, device, amp, check_range=False)
-            rms.append(_rms(x))
-            for i, img in zip(idx, from_model_range(x)):
-                save_png(img, out_dir / f"{i:06d}.png")
-            bar.update(len(idx))
+    try:
+        with tqdm(total=len(todo), desc=f"{out_dir.name} (rank {rank})" if world_size > 1 else out_dir.name,
+                  unit="img", disable=not progress) as bar:
+            for idx in batches:
+                x = sample_indices(model, idx, shape, alpha_bar, seq, eta, seed, clip_x0, device, amp, check_range=False)
+                rms.append(_rms(x))
+                for i, img in zip(idx, from_model_range(x)):
+                    save_png(img, out_dir / f"{i:06d}.png")
+                bar.update(len(idx))
+    except BaseException:            # nothing sampled yet (e.g. the network fails on this shape): the folder stays free
+        if not any(out_dir.glob("*.png")):
+            (out_dir / "settings.json").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                for p in created:
+                    p.rmdir()
+        raise
     if rms:
         warn_out_of_range(torch.cat(rms), alpha_bar, seq)
     return todo

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from . import ode, samplers, schedule, toy
-from .checks import SEED_NOTE, check_distinct, check_int, check_per_sample
+from .checks import SEED_NOTE, check_distinct, check_int, check_per_sample, seeded
 from .devices import cpu_threads
 from .diffusion import check_eta
 from .files import atomic_write, interrupts_deferred
@@ -103,7 +103,10 @@ def error_ratio(e2_a: torch.Tensor, e2_b: torch.Tensor, draws: int = 2000, seed:
     over the points that resamples both together (notebook 08 §7, benchmarks/bench_samplers.py)."""
     e2_a, e2_b = check_per_sample("error_ratio", e2_a, e2_b, squared=True)
     draws = check_int("draws", draws, 2, note=" (bootstrap resamples: one has no spread)")
-    idx = torch.randint(len(e2_b), (draws, len(e2_b)), generator=torch.Generator().manual_seed(seed))
+    if not bool((e2_b > 0).float().mean() > 0.5):        # the median too: more than half of b's errors must be > 0
+        raise ValueError("e2_b, the denominator, is 0 at half the points or more (solver b run as its own reference?): "
+                         "the ratios would be inf or NaN")
+    idx = torch.randint(len(e2_b), (draws, len(e2_b)), generator=seeded(seed))
 
     def ratios(a, b):
         return (a.mean(-1) / b.mean(-1)).sqrt(), a.sqrt().median(-1).values / b.sqrt().median(-1).values
@@ -244,6 +247,9 @@ def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS,
     seed = check_int("seed", seed, 0, 2 ** 32 - 1, SEED_NOTE)
     mixture = toy.default_mixture() if mixture is None else mixture
     alpha_bar = schedule.make_alpha_bar(schedule_name, T)
+    for S in S_list:                      # every η on every S before the first cell: a bad one found late costs the rest
+        for eta in etas:
+            samplers.check_eta_steps(alpha_bar, schedule.timesteps(S, T, spacing), eta)
     eps = toy.exact_eps(mixture, alpha_bar)
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn(n, mixture.d, generator=g, dtype=torch.float64)

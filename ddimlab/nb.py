@@ -13,7 +13,7 @@ import torch
 
 from . import devices, quality
 from .checkpoint import weights_sha256
-from .checks import check_int
+from .checks import as_real, check_int
 
 # What `weights_line` prints; notebooks/conftest.py reads it back from a cell's outputs.
 WEIGHTS_LINE = re.compile(r"weights' sha256 [0-9a-f]{12}(, classifiers' [0-9a-f]{12})?")
@@ -60,7 +60,12 @@ def check(ok, message: str) -> None:
 
 
 def check_close(actual, expected, message: str, rtol: float = 0.0, atol: float = 0.0) -> None:
-    """`check` that |actual − expected| ≤ atol + rtol·|expected| elementwise."""
+    """`check` that |actual − expected| ≤ atol + rtol·|expected| elementwise; real values, finite tolerances ≥ 0."""
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if (v := as_real(tol)) is None or v < 0:
+            raise ValueError(f"{name} must be a finite number >= 0 (an infinite one passes anything), got {tol!r}: {message}")
+    if any(v.is_complex() if isinstance(v, torch.Tensor) else np.iscomplexobj(v) for v in (actual, expected)):
+        raise TypeError(f"check_close compares real values, got a complex one: {message}")   # float64 drops the imaginary
     a = torch.as_tensor(actual, dtype=torch.float64)
     e = torch.as_tensor(expected, dtype=torch.float64)
     if a.numel() == 0 or torch.broadcast_shapes(a.shape, e.shape) != a.shape:    # else it passes vacuously, or compares

@@ -46,6 +46,8 @@ def image_grid(x: torch.Tensor, nrow: int | None = None, padding: int = 1, pad_v
 
     `nrow` is the number of images per row (default ⌈√N⌉). Grey images are repeated to RGB.
     """
+    padding = check_int("padding", padding, 0)
+    pad_value = check_int("pad_value", pad_value, 0, 255, " (a grey level)")
     imgs = to_uint8(x)
     n, h, w, c = imgs.shape
     if c == 1:

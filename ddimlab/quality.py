@@ -231,6 +231,8 @@ def load_classifier(resolution: int = 16, retrain: bool = False,
             raise OSError(f"could not cache the digits classifier in {directory} ({e.strerror or e}); point "
                           f"DDIMLAB_CACHE at a folder you can write") from e
     model.eval().requires_grad_(False)
+    for key in ("real_mu", "real_cov"):          # shared by every later call: an edit in place must fail, not skew them
+        info[key].setflags(write=False)
     _LOADED[memo] = (model, info)
     return model, info
 
@@ -260,9 +262,17 @@ def _features(model: DigitsClassifier, x: torch.Tensor, batch_size: int = 512) -
 
 
 def _model_for(x: torch.Tensor, model):
-    if model is not None:
-        return model if isinstance(model, tuple) else (model, None)
-    return load_classifier(int(x.shape[-1]))
+    """`model` as (classifier, info or None), or the cached classifier of the samples' resolution. A `load_classifier`
+    pair of another resolution is refused: its real digits' statistics are of that resolution (FD 784 for real ones)."""
+    if model is None:
+        return load_classifier(int(x.shape[-1]))
+    net, info = model if isinstance(model, tuple) else (model, None)
+    made_for = (info or {}).get("settings", {}).get("resolution")
+    if made_for is not None and made_for != x.shape[-1]:
+        raise ValueError(f"the classifier was made for {made_for}x{made_for} digits and its real-digit statistics are of "
+                         f"that size, but the samples are {x.shape[-1]}x{x.shape[-1]}; use load_classifier({x.shape[-1]}), "
+                         f"or resize the samples (data.resize)")
+    return net, info
 
 
 def digits_features(samples, model=None) -> torch.Tensor:
@@ -375,8 +385,7 @@ def real_fd_floor(n: int, resolution: int = 16, seed: int = 0) -> float:
     """`digits_fd` of n real digits drawn without replacement: the best a sampler can score with n samples
     (notebook 06 §5)."""
     real = _real_digits(resolution)
-    if not 2 <= n <= len(real):
-        raise ValueError(f"n must lie in 2..{len(real)}, got {n!r}")
+    n = check_int("n", n, 2, len(real))
     idx = torch.randperm(len(real), generator=seeded(seed))[:n]
     return digits_fd(real[idx])
 

@@ -21,7 +21,7 @@ import warnings
 import torch
 
 from . import schedule
-from .checks import as_real
+from .checks import as_real, check_bool
 from .diffusion import (
     VARIANCES,
     bcast,
@@ -162,14 +162,9 @@ def ddim_sample(eps, x_T, alpha_bar, seq, eta: float = 0.0, generator: torch.Gen
     "x0": [x̂_0 per step], "t": [seq…, −1]}) — "t"[i] is the step of "x"[i].
     """
     eta = check_eta(eta)
+    clip_x0, return_trajectory = check_bool("clip_x0", clip_x0), check_bool("return_trajectory", return_trajectory)
     alpha_bar, seq = check_args(x_T, alpha_bar, seq)
-    pairs = step_pairs(seq)
-    a = [(float(alpha_bar_at(alpha_bar, t)), float(alpha_bar_at(alpha_bar, s))) for t, s in pairs]
-    for (t, s), (a_t, a_s) in zip(pairs, a):
-        try:
-            check_sigma(a_t, a_s, ddim_sigma(a_t, a_s, eta))
-        except ValueError as e:
-            raise ValueError(f"step {t} -> {s}: {e}") from None
+    pairs, a = check_eta_steps(alpha_bar, seq, eta)
     noise_sampler = noise_sampler or noise_from(generator, x_T)
     x = x_T
     traj = {"x": [x], "x0": [], "t": [int(seq[0])]}
@@ -181,6 +176,20 @@ def ddim_sample(eps, x_T, alpha_bar, seq, eta: float = 0.0, generator: torch.Gen
         traj["x"].append(x); traj["x0"].append(x0); traj["t"].append(s)
         report(callback, i, t, s, x, x0)
     return (x, traj) if return_trajectory else x
+
+
+def check_eta_steps(alpha_bar: torch.Tensor, seq: torch.Tensor, eta: float):
+    """η on the steps of seq: σ(η)² ≤ 1 − ᾱ_s on each (`check_sigma`), a ValueError naming the first step where not,
+    before any network call (`ddim_sample`; `lab.table1` and `reproduce table1` check their whole grid with it).
+    Returns the (t, s) pairs and their (ᾱ_t, ᾱ_s)."""
+    pairs = step_pairs(seq)
+    a = [(float(alpha_bar_at(alpha_bar, t)), float(alpha_bar_at(alpha_bar, s))) for t, s in pairs]
+    for (t, s), (a_t, a_s) in zip(pairs, a):
+        try:
+            check_sigma(a_t, a_s, ddim_sigma(a_t, a_s, eta))
+        except ValueError as e:
+            raise ValueError(f"step {t} -> {s}: {e}") from None
+    return pairs, a
 
 
 def ddpm_sample(eps, x_T, alpha_bar, variance: str = "small", seq=None, generator: torch.Generator | None = None,
@@ -200,6 +209,7 @@ def ddpm_sample(eps, x_T, alpha_bar, variance: str = "small", seq=None, generato
     """
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; choose 'small' (beta tilde) or 'large' (beta, sigma hat)")
+    clip_x0, return_trajectory = check_bool("clip_x0", clip_x0), check_bool("return_trajectory", return_trajectory)
     alpha_bar = schedule.validate_alpha_bar(alpha_bar)
     if seq is None:
         seq = torch.arange(alpha_bar.shape[0] - 1, -1, -1)
@@ -246,7 +256,9 @@ def ddim_invert(eps, x0, alpha_bar, seq, return_trajectory: bool = False, callba
     first order: `reconstruct` returns x_0 up to O(1/S). Returns x at step seq[0] (the largest).
     `callback` gets {"i", "t": from, "s": to (larger), "x", "x0"} after each step.
     """
+    return_trajectory = check_bool("return_trajectory", return_trajectory)
     alpha_bar, seq = check_args(x0, alpha_bar, seq, name="x0")
+    _warn_if_0_255(x0, "x0")
     x, s = x0, -1
     traj = {"x": [x], "t": [-1]}
     for i, t in enumerate(reversed(seq.tolist())):
@@ -286,6 +298,16 @@ def guided_eps(eps_null, eps_cond, w: float):
     return eps
 
 
+def _warn_if_0_255(x, name):
+    """Images (B, C, H, W) to encode or edit that look like 0..255 ones (`data.looks_0_255`): a model trained on [−1, 1]
+    data sees far-out inputs, and the result is silently wrong. A warning: other data may have any scale."""
+    from .data import looks_0_255
+
+    if x.ndim == 4 and x.is_floating_point() and x.numel() > 1 and bool(torch.isfinite(x).all()) and looks_0_255(x):
+        warnings.warn(f"{name} looks like images in 0..255 (values {float(x.min()):.3g} to {float(x.max()):.3g}); "
+                      f"models trained on images take them in [-1, 1]: data.to_model_range(uint8 images)", stacklevel=3)
+
+
 def sdedit(eps, x_in, alpha_bar, seq, eta: float = 1.0, generator: torch.Generator | None = None, callback=None):
     """Edit x_in as SDEdit (Meng et al. 2022) and diffusers' img2img do (notebook 10 §3): noise it to the first
     step t_0 = seq[0] with q(x_{t_0} | x_0), x_{t_0} = √ᾱ_{t_0} x_in + √(1−ᾱ_{t_0}) z, then run `ddim_sample` over seq.
@@ -295,6 +317,7 @@ def sdedit(eps, x_in, alpha_bar, seq, eta: float = 1.0, generator: torch.Generat
     int(S · strength) steps of its grid: seq = schedule.timesteps(S, T, spacing)[S − int(S · strength):].
     """
     alpha_bar, seq = check_args(x_in, alpha_bar, seq, name="x_in")
+    _warn_if_0_255(x_in, "x_in")
     z = noise_from(generator, x_in)(None, None)
     x_t0 = q_sample(x_in, float(alpha_bar_at(alpha_bar, int(seq[0]))), z)
     return ddim_sample(eps, x_t0, alpha_bar, seq, eta=eta, generator=generator, callback=callback)

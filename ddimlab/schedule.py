@@ -27,9 +27,13 @@ def beta_schedule(name: str = "linear", T: int = 1000, beta_start: float = 1e-4,
 
     linear: DDPM, β_t from 1e-4 to 0.02 (for T = 1000).
     quadratic: √β linear between √beta_start and √beta_end.
-    cosine: improved DDPM, ᾱ(t) = cos²(((t/T)+s)/(1+s)·π/2)/f(0) with s = 0.008, β clipped at 0.999.
+    cosine: improved DDPM, ᾱ(t) = cos²(((t/T)+s)/(1+s)·π/2)/f(0) with s = 0.008, β clipped at 0.999; it has no
+    beta_start or beta_end (other values are a ValueError, not ignored).
     """
     T = check_int("T", T)
+    if name == "cosine" and (beta_start, beta_end) != (1e-4, 0.02):
+        raise ValueError(f"the cosine schedule has no beta_start or beta_end (it is set by its alpha_bar curve), got "
+                         f"{beta_start} and {beta_end}; drop them, or use 'linear' or 'quadratic'")
     if name == "linear":
         return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
     if name == "quadratic":

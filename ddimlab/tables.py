@@ -21,11 +21,10 @@ from tqdm.auto import tqdm
 from . import data, devices, schedule
 from .checkpoint import eps_fn
 from .checks import check_distinct, check_int
-from .diffusion import check_sigma, ddim_sigma
 from .fid import compute_fid, fid_inception, load_images
 from .files import atomic_write
 from .generate import check_eta, generate_samples, resolve_rank, sample_indices, sampling_steps
-from .samplers import FROM_NOISE, SIGMA_HAT, TO_NOISE, check_first_step, reconstruct
+from .samplers import FROM_NOISE, SIGMA_HAT, TO_NOISE, check_eta_steps, check_first_step, reconstruct
 
 # DDIM paper Table 1, CIFAR-10 FID of 50k samples, quadratic steps: {η: {S: FID}}; σ̂ is DDPM's large variance.
 PAPER_TABLE1 = {
@@ -133,12 +132,9 @@ def _check_grid(eta_list, S_list, alpha_bar, spacing: str) -> None:
             raise ValueError(f"eta = {other} and eta = {eta} would share the cell folder eta{_eta_name(eta)}_S…, whose "
                              f"name keeps 6 significant digits; give etas that differ within those")
     for seq in _check_steps(S_list, alpha_bar, spacing):
-        pairs = schedule.step_pairs(seq)
         for eta in etas:
             if eta != SIGMA_HAT:
-                for t, s in pairs:
-                    a_t, a_s = float(alpha_bar[t]), float(schedule.alpha_bar_at(alpha_bar, s))
-                    check_sigma(a_t, a_s, ddim_sigma(a_t, a_s, eta))
+                check_eta_steps(alpha_bar, seq, eta)
 
 
 def _check_steps(S_list, alpha_bar, spacing: str, why: str = FROM_NOISE) -> list[torch.Tensor]:

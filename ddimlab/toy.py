@@ -30,7 +30,7 @@ def _f64(x, name):
     x = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.array(x))    # a list of floats as float64, not float32
     if not (x.dtype.is_floating_point or x.dtype in (torch.int32, torch.int64)):
         raise TypeError(f"{name} must be a real tensor, got {x.dtype}")
-    return x.to(torch.float64)
+    return x.to(torch.float64, copy=True)    # a copy: a caller editing its tensor later must not change the mixture
 
 
 def _responsibilities(logits, dim, log=False):
@@ -507,8 +507,7 @@ def mmd(samples: torch.Tensor, mixture: GaussianMixture, generator: torch.Genera
     samples = points(samples, "samples")
     if samples.shape[1] != mixture.d or samples.shape[0] < 2:
         raise ValueError(f"samples must have shape (n >= 2, d = {mixture.d}), got {tuple(samples.shape)}")
-    if repeats < 2:
-        raise ValueError(f"repeats must be >= 2 to estimate a standard deviation, got {repeats}")
+    repeats = check_int("repeats", repeats, 2, note=" (to estimate a standard deviation)")
     kernel = bandwidth(mixture) if kernel is None else kernel
     scale = torch.ones(mixture.d, dtype=torch.float64) if scale is None else torch.as_tensor(scale, dtype=torch.float64)
     if scale.shape != (mixture.d,) or not bool((torch.isfinite(scale) & (scale > 0)).all()):

@@ -168,6 +168,7 @@ class UNet(nn.Module):
             ("out_ch", out_ch), ("num_groups", num_groups)))
         ch = check_int("ch", ch, 4, note=" (the step embedding has ch/2 >= 2 frequencies)")
         _validate(ch, ch_mult, attn_resolutions, dropout, resolution, num_groups)
+        dropout = float(dropout)                          # a numpy float would make the checkpoint unloadable, as above
         self.config = dict(in_ch=in_ch, ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
                            attn_resolutions=attn_resolutions, dropout=dropout, resolution=resolution,
                            out_ch=out_ch, num_groups=num_groups)

@@ -631,3 +631,110 @@ def test_fourteenth_round_far_points_of_a_mixture_are_named_not_nan():
         assert mix.log_prob(x, 0.5)[1] == -math.inf
         x[1, 0] = 1e150                                   # still finite: the nearest component takes it
         assert bool(mix.eps(x, 0.5).isfinite().all())
+
+
+def test_fourteenth_round_files_and_folders(tmp_path, monkeypatch):
+    """Helper 90: a numpy scalar in save_checkpoint's state (or a UNet's numpy dropout in its config) replaced a good
+    checkpoint with one load_checkpoint refuses as asking to run code; generate_samples kept a folder claimed after its
+    first batch failed, refusing the corrected retry; save_diffusers_folder replaced a training run's config.json; two
+    reference folders named alike shared one cached FID statistic."""
+    import sys
+    import types
+
+    from ddimlab import unet
+
+    p = tmp_path / "ckpt.pt"
+    checkpoint.save_checkpoint(p, model={"w": torch.ones(3)}, step=4)
+    with pytest.raises(TypeError, match=r"state\['step'\] is a numpy.int64"):
+        checkpoint.save_checkpoint(p, model={"w": torch.ones(3)}, step=np.int64(5))
+    assert checkpoint.load_checkpoint(p)["step"] == 4                          # the good file is still there
+    net = unet.UNet(in_ch=1, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), resolution=8, num_groups=4,
+                    dropout=np.float64(0.1))
+    checkpoint.save_checkpoint(p, config=net.config)
+    assert type(checkpoint.load_checkpoint(p)["config"]["dropout"]) is float
+    # a failed first batch leaves the folder unclaimed
+    d = tmp_path / "samples"
+    with pytest.raises(Exception, match="divisible"):
+        generate.generate_samples(_tiny_net(), d, 2, shape=(1, 7, 7), S=2)
+    assert not d.exists()
+    assert generate.generate_samples(_tiny_net(), d, 2, shape=(1, 8, 8), S=2) == [0, 1]
+    # a run folder is not a diffusers folder to write into
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "ckpt.pt").write_bytes(p.read_bytes())
+    (run / "config.json").write_text('{"dataset": "digits"}')
+    with pytest.raises(FileExistsError, match="holds a ddimlab training run"):
+        checkpoint.save_diffusers_folder(_tiny_net(), run)
+    assert json.loads((run / "config.json").read_text()) == {"dataset": "digits"}
+    # torch-fidelity's cache of a reference folder is keyed by its path and contents, not its name alone
+    names = []
+    fake = types.SimpleNamespace(calculate_metrics=lambda **kw: names.append(kw["input2_cache_name"]) or
+                                 {"frechet_inception_distance": 0.0})
+    monkeypatch.setitem(sys.modules, "torch_fidelity", fake)
+    for where in ("a", "b"):
+        (tmp_path / where / "train").mkdir(parents=True)
+        plotting.save_png(np.zeros((4, 4, 3), np.uint8), tmp_path / where / "train" / "0.png")
+        fid.fid_inception(d, tmp_path / where / "train")
+    assert names[0] != names[1] and all(n.startswith("ddimlab-train-") for n in names)
+
+
+def test_fourteenth_round_shared_state_flags_and_arguments(toy_setup):
+    """Helper 90: a mixture kept the caller's means (edited later: sample used the new ones, eps the old); a 16x16
+    classifier's real-digit statistics scored 8x8 samples (real digits FD 784); the cached classifier statistics and
+    epoch order were handed out by reference; "False", "no" or 0.5 turned sampler flags on; 0..255 images were encoded and
+    edited silently; error_ratio against zero errors, a complex check_close, an infinite tolerance and the cosine
+    schedule's ignored beta ends passed; lab.table1 found a bad eta only after every earlier cell; five arguments
+    failed deep in numpy or torch."""
+    from ddimlab import lab, nb
+
+    mix, eps, x_T, seq = toy_setup
+    means = torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=torch.float64)
+    m = toy.GaussianMixture(torch.ones(2), means, 0.01 * torch.eye(2, dtype=torch.float64).repeat(2, 1, 1))
+    means += 5.0
+    assert float(m.sample(2000, torch.Generator().manual_seed(0)).mean(0).abs().max()) < 0.1
+    x8 = data.to_model_range(data.load_digits(8)[0][:50])
+    with pytest.raises(ValueError, match="made for 16x16 digits"):
+        quality.digits_fd(x8, model=quality.load_classifier(16))
+    _, info = quality.load_classifier(16)
+    with pytest.raises(ValueError, match="read-only"):
+        info["real_mu"] -= 1.0
+    idx = data.batch_indices(100, 10, 0)
+    idx += 1
+    assert torch.equal(data.batch_indices(100, 10, 0) + 1, idx)
+    for flag in ("False", "no", 0.5, 1):
+        with pytest.raises(TypeError, match="clip_x0 must be True or False"):
+            samplers.ddim_sample(eps, x_T, AB, seq, clip_x0=flag)
+    with pytest.raises(TypeError, match="clip_x0 must be True or False"):
+        samplers.ddpm_sample(eps, x_T, AB, seq=seq, clip_x0="no")
+    with pytest.raises(TypeError, match="clip_x0 must be True or False"):
+        diffusion.ddim_step(x_T, x_T, 0.5, 0.9, clip_x0="False")
+    with pytest.raises(TypeError, match="return_trajectory must be True or False"):
+        ode.euler(eps, x_T, AB, seq, return_trajectory="False")
+    with pytest.raises(TypeError, match="afs must be True or False"):
+        ode.ipndm(eps, x_T, AB, seq, afs="no")
+    assert torch.equal(samplers.ddim_sample(eps, x_T, AB, seq, clip_x0=np.bool_(False)), samplers.ddim_sample(eps, x_T, AB, seq))
+    imgs = torch.rand(2, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 255
+    img_eps = lambda x, t: torch.zeros_like(x)      # noqa: E731
+    for call in (lambda: samplers.ddim_invert(img_eps, imgs, AB, seq), lambda: samplers.sdedit(img_eps, imgs, AB, seq)):
+        with pytest.warns(UserWarning, match="looks like images in 0..255"):
+            call()
+    with pytest.raises(ValueError, match="denominator, is 0"):
+        lab.error_ratio(torch.tensor([0.1, 0.2, 0.3]), torch.zeros(3))
+    with pytest.raises(TypeError, match="complex"):
+        nb.check_close(torch.tensor([1 + 5j]), 1.0, "complex")
+    with pytest.raises(ValueError, match="atol must be a finite number"):
+        nb.check_close(torch.tensor([5.0]), 1.0, "anything", atol=math.inf)
+    with pytest.raises(ValueError, match="cosine schedule has no beta_start"):
+        schedule.beta_schedule("cosine", 100, 1e-4, 0.5)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(samplers, "sample_row", lambda *a, **k: pytest.fail("a cell was sampled before eta was checked"))
+        with pytest.raises(ValueError, match="exceeds"):
+            lab.table1(S_list=(10, 1000), etas=(0.0, 1.5), n=8, n_ode=0)
+    x = torch.zeros(2, 1, 4, 4)
+    for call, needle in ((lambda: plotting.image_grid(x, padding=-1), "padding"),
+                         (lambda: plotting.image_grid(x, pad_value=300), "pad_value"),
+                         (lambda: data.resize(x, 12.5), "resolution"),
+                         (lambda: toy.mmd(mix.sample(8), mix, repeats=2.5), "repeats"),
+                         (lambda: quality.real_fd_floor(2.5), "n must be")):
+        with pytest.raises(ValueError, match=needle):
+            call()
