@@ -254,6 +254,14 @@ def _sampler_kwargs(args) -> dict:
     return dict(solver=args.sampler, solver_options={"lower_order_final": True} if args.lower_order_final else None)
 
 
+def _model_record(args, net) -> dict:
+    """What a result's .npz records of the model that made it: the checkpoint (a path made absolute), EMA or raw
+    weights, and the weights' sha256 (`interpolate --latents` compares it)."""
+    name = str(args.checkpoint)
+    return dict(checkpoint=name if name == checkpoint.OFFICIAL_NAME else str(Path(name).resolve()), ema=not args.no_ema,
+                weights_sha256=checkpoint.weights_sha256(net))
+
+
 @_writes_pair
 def cmd_sample(args, png: Path, npz: Path) -> int:
     net, abar, device, seq = _model_for(args)
@@ -272,7 +280,7 @@ def cmd_sample(args, png: Path, npz: Path) -> int:
                x_T=latents(args.seed, range(n), shape).numpy(),
                seed=args.seed, steps=len(seq), spacing=args.spacing, sampler=args.sampler,
                eta=str(kwargs.get("eta", "")), lower_order_final=args.lower_order_final, clip=bool(args.clip),
-               checkpoint=str(args.checkpoint), ema=not args.no_ema, weights_sha256=checkpoint.weights_sha256(net))
+               **_model_record(args, net))
     print(f"{n} samples ({args.sampler}, {len(seq)} steps, {args.spacing}) in {seconds:.1f} s -> {png}, {npz}")
     return 0
 
@@ -290,10 +298,16 @@ def cmd_invert(args, png: Path, npz: Path) -> int:
     mse = ((recon - x0) ** 2).flatten(1).mean(1)
     _save_pair(png, npz, torch.cat([x0, recon]).cpu(), x0.shape[0], args.scale, args.overwrite, x_T=x_T.cpu().numpy(),
                x0=x0.cpu().numpy(), recon=recon.cpu().numpy(), mse=mse.cpu().numpy(), steps=len(seq),
-               spacing=args.spacing)
+               spacing=args.spacing, inputs=np.array([str(Path(p).resolve()) for p in args.input]), **_model_record(args, net))
     print(f"inverted {x0.shape[0]} image(s) with {len(seq)} DDIM steps; reconstruction MSE "
           f"{float(mse.mean()):.3g} (mean) -> {npz}, {png} (top: input, bottom: reconstruction)")
     return 0
+
+
+def _recorded(npz_path, key):
+    """A string `key` recorded in an .npz this command line wrote, or None (older files, other tools)."""
+    with np.load(npz_path) as z:
+        return str(z[key]) if key in z.files and z[key].ndim == 0 else None
 
 
 LATENT_BOUND = 20    # |x_T| for x_T ~ N(0, I) exceeds 9 with probability below 1e-18 per value
@@ -314,6 +328,10 @@ def cmd_interpolate(args, png: Path, npz: Path) -> int:
             raise ValueError(f"{args.latents}: x_T must be float16, float32 or float64 latents, got {x_T.dtype}; "
                              f"pass the .npz written by `invert` or `sample`")
         lat = torch.as_tensor(x_T, dtype=torch.float32)
+        made_by = _recorded(args.latents, "weights_sha256")
+        if made_by is not None and made_by != checkpoint.weights_sha256(net):
+            warnings.warn(f"{args.latents} records latents of another model (weights sha256 {made_by[:12]}, this one "
+                          f"{checkpoint.weights_sha256(net)[:12]}): they decode to other images here", stacklevel=2)
         if tuple(lat.shape[1:]) != _image_shape(net):
             raise ValueError(f"{args.latents} holds latents of shape {tuple(lat.shape[1:])}, but the model makes "
                              f"{_image_shape(net)} images; use latents from this model's `invert` or `sample`")
@@ -339,7 +357,10 @@ def cmd_interpolate(args, png: Path, npz: Path) -> int:
     with bar:
         x0 = check_data_range(ddim_sample(checkpoint.eps_fn(net, args.amp), z, abar, seq, callback=callback),
                               abar, seq).float().cpu()
-    _save_pair(png, npz, x0, args.n, args.scale, args.overwrite, samples=x0.numpy(), x_T=z.cpu().numpy(), lam=lam.numpy())
+    source = (dict(latents=str(Path(args.latents).resolve()), index=np.array(args.index or (0, 1))) if args.latents else
+              dict(seeds=np.array(args.seeds or (0, 1))))
+    _save_pair(png, npz, x0, args.n, args.scale, args.overwrite, samples=x0.numpy(), x_T=z.cpu().numpy(), lam=lam.numpy(),
+               steps=len(seq), spacing=args.spacing, **source, **_model_record(args, net))
     print(f"{args.n} images along slerp(z0, z1, λ) -> {png}, {npz}")
     return 0
 

@@ -213,7 +213,7 @@ def resumed_config(out, overrides=None) -> tuple[TrainConfig, list[str]]:
     never falls back to a preset's values silently. Changing a model-shape key is a ValueError."""
     state = load_checkpoint(Path(out) / "ckpt.pt", map_location="cpu", required=RESUME_KEYS, mmap=True)  # `train` reads it
     _warn_if_edited(Path(out) / "config.json", state["config"])
-    before = config_from_dict(state["config"])
+    before = config_from_dict(state["config"], strict=True)
     after = validate_config(TrainConfig(**_apply(dataclasses.asdict(before), overrides)))
     _check_same_model(before, after, out)
     notes = [f"{k}: {getattr(before, k)!r} -> {getattr(after, k)!r}" for k in (f.name for f in dataclasses.fields(TrainConfig))
@@ -297,10 +297,19 @@ def validate_config(c: TrainConfig) -> TrainConfig:
     return c
 
 
-def config_from_dict(d: dict) -> TrainConfig:
-    """Rebuild a TrainConfig saved with `dataclasses.asdict` (lists back to tuples, unknown keys dropped).
-    A config saved before `lr_decay` (`t_sampling`) existed trained with a constant rate (uniform t), and one saved
-    before `init` with PyTorch's initialisation (the field's default)."""
+def unknown_settings(d: dict) -> list[str]:
+    """The keys of a saved config that TrainConfig does not have: written by another ddimlab version, or edited."""
+    return sorted(set(d) - {f.name for f in dataclasses.fields(TrainConfig)})
+
+
+def config_from_dict(d: dict, strict: bool = False) -> TrainConfig:
+    """Rebuild a TrainConfig saved with `dataclasses.asdict` (lists back to tuples; unknown keys dropped, or with
+    `strict`, as a resume asks, a ValueError: the resumed run would save its config without them). A config saved before
+    `lr_decay` (`t_sampling`) existed trained with a constant rate (uniform t), and one saved before `init` with
+    PyTorch's initialisation (the field's default)."""
+    if strict and (unknown := unknown_settings(d)):
+        raise ValueError(f"the checkpoint's settings include {', '.join(unknown)}, which this ddimlab does not know (written "
+                         f"by another version, or edited); a resume would drop them: resume with the version that wrote it")
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     d = {"lr_decay": "none", "t_sampling": "uniform", **d}
     return TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
@@ -449,7 +458,7 @@ def _resume(path: Path, config: TrainConfig, model, ema, opt, gen, device, rank:
     """Load a run's state into model, EMA, optimizer and generators; returns the step it had reached and the
     (sum, count) of the losses since its last log line."""
     state = load_checkpoint(path, map_location="cpu", required=RESUME_KEYS)
-    _check_same_model(config_from_dict(state["config"]), config, path)
+    _check_same_model(config_from_dict(state["config"], strict=True), config, path)
     model.load_state_dict(state["model"])
     ema.load_state_dict(state["ema"])
     opt.load_state_dict(state["optimizer"])

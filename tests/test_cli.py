@@ -1685,3 +1685,46 @@ def test_fourteenth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch
     capsys.readouterr()
     assert pretrained.digits_model(cache_dir=tmp_path / "cache") == "model"
     assert "waiting for another process" in capsys.readouterr().err
+
+
+def test_fourteenth_round_records_and_unknown_settings(trained, tmp_path, capsys):
+    """Helper 91, the rest: a checkpoint's settings this version does not know (a newer version's prediction_type) were
+    dropped without a word when sampling, and dropped from the saved config by a resume; invert's and interpolate's
+    .npz recorded no checkpoint, weights or (interpolate) seeds, steps and spacing; sample recorded the checkpoint as
+    typed (relative), so latents from another model passed to interpolate were decoded without a word."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run, ignore=shutil.ignore_patterns(".train.lock"))
+    state = checkpoint.load_checkpoint(run / "ckpt.pt")
+    state["config"]["prediction_type"] = "v"
+    checkpoint.save_checkpoint(run / "ckpt.pt", **state)
+    (run / "config.json").write_text(json.dumps({**json.loads((run / "config.json").read_text()), "prediction_type": "v"}))
+    before = (run / "ckpt.pt").read_bytes()
+    with pytest.warns(checkpoint.UnknownSettingsWarning, match="prediction_type, which this ddimlab does not know"):
+        assert cli.main(["sample", "--checkpoint", str(run), "--n", "1", "--steps", "2", "--out", str(tmp_path / "s"),
+                         "--no-progress"]) == 0
+    _expect_one_line_error(capsys, ["train", "--out", str(run), "--resume", "--no-progress", *_sets(TINY), "--set",
+                                    "steps=9"], "prediction_type", "a resume would drop them")
+    assert (run / "ckpt.pt").read_bytes() == before
+    # what the .npz files record
+    net, _ = checkpoint.load_model(trained)
+    sha = checkpoint.weights_sha256(net)
+    assert cli.main(["sample", "--checkpoint", str(trained), "--n", "2", "--steps", "2", "--out", str(tmp_path / "a"),
+                     "--no-progress"]) == 0
+    assert cli.main(["invert", "--checkpoint", str(trained), "--input", str(tmp_path / "a.npz"), "--steps", "2", "--out",
+                     str(tmp_path / "lat"), "--no-progress"]) == 0
+    with np.load(tmp_path / "lat.npz") as z:
+        assert str(z["weights_sha256"]) == sha and bool(z["ema"]) and str(z["checkpoint"]) == str(trained.resolve())
+        assert z["inputs"].tolist() == [str((tmp_path / "a.npz").resolve())]
+    assert cli.main(["interpolate", "--checkpoint", str(trained), "--latents", str(tmp_path / "lat.npz"), "--n", "3",
+                     "--steps", "2", "--out", str(tmp_path / "i"), "--no-progress"]) == 0
+    with np.load(tmp_path / "i.npz") as z:
+        assert z["index"].tolist() == [0, 1] and int(z["steps"]) == 2 and str(z["weights_sha256"]) == sha
+    # latents recorded as another model's: said
+    with np.load(tmp_path / "lat.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez(tmp_path / "other.npz", **{**arrays, "weights_sha256": "0" * 64})
+    with pytest.warns(UserWarning, match="latents of another model"):
+        assert cli.main(["interpolate", "--checkpoint", str(trained), "--latents", str(tmp_path / "other.npz"), "--n",
+                         "3", "--steps", "2", "--out", str(tmp_path / "j"), "--no-progress"]) == 0
