@@ -206,7 +206,7 @@ def load_classifier(resolution: int = 16, retrain: bool = False,
     path = directory / f"digits_classifier_{key}.pt"
     memo = f"{path}"
     if not retrain and memo in _LOADED:
-        return _LOADED[memo]
+        return _own_copy(*_LOADED[memo])
     model = DigitsClassifier(settings["width"], settings["feature_dim"])
     info = None
     if path.exists() and not retrain:
@@ -231,10 +231,14 @@ def load_classifier(resolution: int = 16, retrain: bool = False,
             raise OSError(f"could not cache the digits classifier in {directory} ({e.strerror or e}); point "
                           f"DDIMLAB_CACHE at a folder you can write") from e
     model.eval().requires_grad_(False)
-    for key in ("real_mu", "real_cov"):          # shared by every later call: an edit in place must fail, not skew them
-        info[key].setflags(write=False)
     _LOADED[memo] = (model, info)
-    return model, info
+    return _own_copy(model, info)
+
+
+def _own_copy(model, info):
+    """The cached classifier with its own copy of the real digits' statistics: an edit in place by one caller must not
+    change every later score."""
+    return model, {**info, "real_mu": info["real_mu"].copy(), "real_cov": info["real_cov"].copy()}
 
 
 def _real_digits(resolution: int) -> torch.Tensor:
