@@ -549,6 +549,7 @@ def load_model(path, device="cpu", use_ema: bool = True):
         if isinstance(state, dict) and "config" in state and "model" in state:
             net = unet_from_run(state, use_ema)
             net.dataset = state["config"].get("dataset")     # what the run trained on (`reproduce` checks it)
+            net.run_config = state["config"]                 # its saved settings (`train.warn_unknown_settings`)
             abar = schedule.make_alpha_bar(state["config"].get("schedule", "linear"), int(state["config"].get("T", 1000)))
         elif not use_ema:
             raise ValueError(f"{path}, an official-layout file (ddimlab loads its EMA weights where it has both), "
@@ -568,10 +569,6 @@ def _json_dict(path: Path) -> dict:
     return d if isinstance(d, dict) else {}
 
 
-class UnknownSettingsWarning(UserWarning):
-    """A run's checkpoint holds settings this ddimlab does not know (`train.unknown_settings`)."""
-
-
 class EarlyEMAWarning(UserWarning):
     """The EMA weights of a run still hold much of the initial random weights (`train.ema_initial_share`)."""
 
@@ -582,19 +579,12 @@ EARLY_EMA = 0.1     # above this share of initial weights, the EMA's samples are
 def unet_from_run(state: dict, use_ema: bool = True) -> unet_mod.UNet:
     """The UNet of a ddimlab training checkpoint (the dict `train` saves): built from the saved config's
     `unet.CONFIG_KEYS` and loaded strictly with the EMA weights (or the raw ones), in eval mode. An
-    `EarlyEMAWarning` when the EMA weights still hold more than `EARLY_EMA` of the initial ones (notebook 06 §6), an
-    `UnknownSettingsWarning` when the settings hold keys this version does not know."""
+    `EarlyEMAWarning` when the EMA weights still hold more than `EARLY_EMA` of the initial ones (notebook 06 §6)."""
     missing = [k for k in ("model", "config") if not isinstance(state.get(k), dict)]     # absent, or e.g. None
     cfg = state["config"] if isinstance(state.get("config"), dict) else {}
     missing += [f"config.{k}" for k in unet_mod.CONFIG_KEYS if k not in cfg]
     if missing:
         raise CheckpointError(f"not a ddimlab training checkpoint: it lacks {missing}")
-    from .train import unknown_settings  # here: train imports this module
-
-    if unknown := unknown_settings(cfg):
-        warnings.warn(f"the checkpoint's settings include {', '.join(unknown)}, which this ddimlab does not know (written by "
-                      f"another version, or edited) and ignores: if one changes what the network predicts, the samples "
-                      f"are wrong", UnknownSettingsWarning, stacklevel=2)
     kwargs = {k: tuple(cfg[k]) if isinstance(cfg[k], list) else cfg[k] for k in unet_mod.CONFIG_KEYS}
     net = unet_mod.UNet(in_ch=int(state.get("in_ch", 3)), **kwargs)
     if use_ema and not isinstance(state.get("ema"), dict):

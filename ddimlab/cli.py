@@ -58,9 +58,11 @@ from .train import (
     NonFiniteLossError,
     TornLogWarning,
     TrainConfig,
+    UnknownSettingsWarning,
     make_config,
     resumed_config,
     train,
+    warn_unknown_settings,
 )
 
 FALSE_WORDS = ("", "0", "false", "no", "off")     # DDIMLAB_DEBUG values that leave tracebacks off
@@ -74,6 +76,10 @@ USER_ERRORS = (ValueError, OSError, ImportError,
 
 # --------------------------------------------------------------------------- helpers
 
+class LatentsWarning(UserWarning):
+    """`interpolate --latents` with a file that records another model's weights."""
+
+
 class StepsWarning(UserWarning):
     """The spacing rule gives fewer distinct steps than --steps asked for."""
 
@@ -83,6 +89,7 @@ def _model_for(args):
     device = devices.resolve(args.device)
     _check_amp(args.amp, device)
     net, abar = checkpoint.load_model(args.checkpoint, device, use_ema=not args.no_ema)
+    warn_unknown_settings(getattr(net, "run_config", None))
     T = abar.shape[0]
     steps = args.steps if args.steps is not None else (T if getattr(args, "sampler", None) == "ddpm" else 50)
     if steps > T:
@@ -331,7 +338,7 @@ def cmd_interpolate(args, png: Path, npz: Path) -> int:
         made_by = _recorded(args.latents, "weights_sha256")
         if made_by is not None and made_by != checkpoint.weights_sha256(net):
             warnings.warn(f"{args.latents} records latents of another model (weights sha256 {made_by[:12]}, this one "
-                          f"{checkpoint.weights_sha256(net)[:12]}): they decode to other images here", stacklevel=2)
+                          f"{checkpoint.weights_sha256(net)[:12]}): they decode to other images here", LatentsWarning)
         if tuple(lat.shape[1:]) != _image_shape(net):
             raise ValueError(f"{args.latents} holds latents of shape {tuple(lat.shape[1:])}, but the model makes "
                              f"{_image_shape(net)} images; use latents from this model's `invert` or `sample`")
@@ -715,7 +722,7 @@ def main(argv=None, prog: str | None = None) -> int:
 
     def show(message, category, *rest, **kw):   # ddimlab's own warnings as one line, like its errors
         if issubclass(category, (OutOfRangeWarning, StepsWarning, checkpoint.EarlyEMAWarning, TornLogWarning,
-                                     LossWarning, EditedConfigWarning)):
+                                     LossWarning, EditedConfigWarning, UnknownSettingsWarning, LatentsWarning)):
             print(f"{prog} {args.command}: warning: {message}", file=sys.stderr)
         else:
             shown(message, category, *rest, **kw)

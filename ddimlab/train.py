@@ -302,6 +302,19 @@ def unknown_settings(d: dict) -> list[str]:
     return sorted(set(d) - {f.name for f in dataclasses.fields(TrainConfig)})
 
 
+class UnknownSettingsWarning(UserWarning):
+    """A run's checkpoint holds settings this ddimlab does not know (`unknown_settings`)."""
+
+
+def warn_unknown_settings(d: dict | None) -> None:
+    """An `UnknownSettingsWarning` naming the keys of a run's saved settings this version ignores when it samples
+    (`load_trained`, and the command line on `checkpoint.load_model`'s `net.run_config`)."""
+    if d and (unknown := unknown_settings(d)):
+        warnings.warn(f"the checkpoint's settings include {', '.join(unknown)}, which this ddimlab does not know (written by "
+                      f"another version, or edited) and ignores: if one changes what the network predicts, the samples "
+                      f"are wrong", UnknownSettingsWarning, stacklevel=3)
+
+
 def config_from_dict(d: dict, strict: bool = False) -> TrainConfig:
     """Rebuild a TrainConfig saved with `dataclasses.asdict` (lists back to tuples; unknown keys dropped, or with
     `strict`, as a resume asks, a ValueError: the resumed run would save its config without them). A config saved before
@@ -424,6 +437,7 @@ def load_trained(path, device="cpu", use_ema: bool = True):
     """(model, config) from a ddimlab training checkpoint (a path, or the dict already loaded from one);
     the EMA weights by default, in eval mode (notebook 06 §4). `checkpoint.load_model` reads every kind."""
     state = path if isinstance(path, dict) else load_checkpoint(path, map_location="cpu", required=("model", "config"))
+    warn_unknown_settings(state["config"])
     return unet_from_run(state, use_ema).to(device), config_from_dict(state["config"])
 
 
