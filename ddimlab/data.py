@@ -521,7 +521,10 @@ def from_model_range(x: torch.Tensor) -> torch.Tensor:
 
 def looks_0_255(x: torch.Tensor) -> bool:
     """Float images whose values reach past 2 and lie above 0, or mostly so (their maximum more than 5 times their
-    negative part): 0..255 images, even with a sampler's overshoot or added noise; [−1, 1] ones overshoot both ways."""
+    negative part): 0..255 images, even with a sampler's overshoot or added noise; [−1, 1] ones overshoot both ways.
+    False for integer, single-value or non-finite input (each caller says what it does with those)."""
+    if not x.is_floating_point() or x.numel() < 2 or not bool(torch.isfinite(x).all()):
+        return False
     lo, top = float(x.min()), float(x.max())
     return top > 2 and (lo >= 0 or top > 5 * max(-lo, 1.0))
 
@@ -534,7 +537,7 @@ def check_model_range(x: torch.Tensor) -> torch.Tensor:
     x = x.detach().cpu()
     if not bool(torch.isfinite(x).all()):
         raise ValueError("images contain NaN or inf")
-    if x.numel() > 1 and looks_0_255(x):
+    if looks_0_255(x):
         raise ValueError(f"float images must lie in [-1, 1], got values in {float(x.min()):.3g}..{float(x.max()):.3g}, "
                          f"which look like 0..255; pass uint8 images as uint8, or x / 127.5 - 1")
     if x.numel() > 1 and float(x.min()) >= 0:

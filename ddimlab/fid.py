@@ -30,19 +30,25 @@ from .quality import feature_stats, frechet_distance
 FID_INSTALL_HINT = "pip install ddimlab[fid]"
 
 
+def _first_pngs(directory, n: int | None) -> list[Path]:
+    """The first n PNG files of `directory` in file-name order (all for n=None): what `load_images` reads and
+    `fid_inception(n=)` scores."""
+    n = None if n is None else check_int("n", n, note=" (the number of images) or None for all")
+    files = sorted(Path(directory).glob("*.png"))
+    if not files:
+        raise ValueError(f"no .png files in {directory}")
+    if n is not None and n > len(files):
+        raise ValueError(f"{directory} holds {len(files)} .png files, fewer than the n = {n} asked for")
+    return files[:n]
+
+
 def load_images(directory, n: int | None = None) -> torch.Tensor:
     """The PNG files of a sample directory (the first n in file-name order; all for n=None) as uint8 N×C×H×W. A file
     that does not read, or whose array shape differs from most files', is a ValueError naming it (a damaged sample: in
     a `reproduce` cell, delete it and the next run samples it again)."""
     from PIL import Image  # Pillow comes with matplotlib
 
-    n = None if n is None else check_int("n", n, note=" (the number of images to read) or None for all")
-    files = sorted(Path(directory).glob("*.png"))
-    if not files:
-        raise ValueError(f"no .png files in {directory}")
-    if n is not None and n > len(files):
-        raise ValueError(f"{directory} holds {len(files)} .png files, fewer than the n = {n} asked for")
-    files = files[:n]
+    files = _first_pngs(directory, n)
     damaged = "a damaged sample? In a `reproduce` cell, delete it and the next run samples it again"
     arrays = []
     for f in files:
@@ -201,15 +207,12 @@ def _first_png_files(directory, n):
     if n is None:
         yield directory
         return
-    n = check_int("n", n, note=" (the number of images to score) or None for all")
-    files = sorted(Path(directory).glob("*.png"))
-    if n > len(files):
-        raise ValueError(f"{directory} holds {len(files)} .png files, fewer than the n = {n} asked for")
-    if n == len(files):
+    files = _first_pngs(directory, n)
+    if len(files) == len(list(Path(directory).glob("*.png"))):
         yield directory
         return
     with tempfile.TemporaryDirectory(prefix=".fid-first-n-") as tmp:
-        for f in files[:n]:
+        for f in files:
             os.symlink(f.resolve(), Path(tmp) / f.name)
         yield tmp
 

@@ -303,7 +303,7 @@ def _warn_if_0_255(x, name):
     data sees far-out inputs, and the result is silently wrong. A warning: other data may have any scale."""
     from .data import looks_0_255
 
-    if x.ndim == 4 and x.is_floating_point() and x.numel() > 1 and bool(torch.isfinite(x).all()) and looks_0_255(x):
+    if x.ndim == 4 and looks_0_255(x):
         warnings.warn(f"{name} looks like images in 0..255 (values {float(x.min()):.3g} to {float(x.max()):.3g}); "
                       f"models trained on images take them in [-1, 1]: data.to_model_range(uint8 images)", stacklevel=3)
 
