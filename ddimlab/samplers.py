@@ -1,5 +1,5 @@
 """Samplers: DDIM with any η, DDPM ancestral, DDIM inversion, reconstruction and slerp (notebook 04); classifier-free
-guidance and SDEdit-style editing (notebook 10).
+guidance, Langevin correction and SDEdit-style editing (notebook 10).
 
 Every sampler takes any callable `eps(x, t) -> tensor` (a network wrapped by `checkpoint.eps_fn`, or the
 exact ε* of `toy.exact_eps`) and calls it with t as a (B,) long tensor of integer steps. A sampler visits
@@ -16,12 +16,13 @@ step with info = {"i": step number, "t": from, "s": to, "x": x_s, "x0": x̂_0}, 
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
 
 from . import schedule
-from .checks import as_real, check_bool
+from .checks import as_real, check_bool, check_int
 from .diffusion import (
     VARIANCES,
     bcast,
@@ -70,7 +71,7 @@ def check_args(x, alpha_bar, seq, name: str = "x_T"):
     """Validate a sampler's or solver's inputs once; returns (alpha_bar as float64, seq as a long tensor).
 
     x: a finite floating-point tensor with a batch dimension; alpha_bar: `schedule.validate_alpha_bar`;
-    seq: `schedule.validate_timesteps` (strictly decreasing integers in 0..T−1).
+    seq: `schedule.validate_timesteps` (strictly decreasing integers in 0..T−1), or None (returned as None).
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -81,7 +82,7 @@ def check_args(x, alpha_bar, seq, name: str = "x_T"):
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf")
     alpha_bar = schedule.validate_alpha_bar(alpha_bar)
-    return alpha_bar, schedule.validate_timesteps(seq, alpha_bar.shape[0])
+    return alpha_bar, None if seq is None else schedule.validate_timesteps(seq, alpha_bar.shape[0])
 
 
 def call_eps(eps, x, t):
@@ -321,6 +322,33 @@ def sdedit(eps, x_in, alpha_bar, seq, eta: float = 1.0, generator: torch.Generat
     z = noise_from(generator, x_in)(None, None)
     x_t0 = q_sample(x_in, float(alpha_bar_at(alpha_bar, int(seq[0]))), z)
     return ddim_sample(eps, x_t0, alpha_bar, seq, eta=eta, generator=generator, callback=callback)
+
+
+def langevin(eps, x, alpha_bar, t: int, step: float, n_steps: int, generator: torch.Generator | None = None,
+             noise_sampler=None, callback=None):
+    """Unadjusted Langevin at one noise level t, n_steps times with step size δ = step (notebook 10 §1):
+
+        x ← x + δ ∇log p_t(x) + √(2δ) z,   ∇log p_t(x) = −ε(x, t)/√(1−ᾱ_t),
+
+    Langevin dynamics (Song & Ermon 2019, §2.2), the corrector of Song et al. (2021, §4.2)'s predictor–corrector
+    samplers. Its target is the density whose score ε gives at t: p_t for a model's ε, and at t = 0 the tilted density
+    p(x)^(1−w) p(x|c)^w for a guided ε, which guided DDIM and DDPM do not sample (notebook 10 §1). Without a Metropolis
+    test the chain is biased by O(δ): on a Gaussian of variance v its stationary variance is v/(1 − δ/(2v))
+    (tests/test_guidance.py). noise_sampler(t, t) and callback (s = t, x̂_0 of the point before the step) as in the
+    module docstring. Returns x after the last step."""
+    alpha_bar = check_args(x, alpha_bar, None, name="x")[0]
+    t = check_int("t", t, 0, alpha_bar.shape[0] - 1)
+    if (delta := as_real(step)) is None or delta <= 0:
+        raise ValueError(f"step must be a finite number > 0 (the Langevin step size), got {step!r}")
+    n_steps = check_int("n_steps", n_steps, 0)
+    noise_sampler = noise_sampler or noise_from(generator, x)
+    a_t = float(alpha_bar_at(alpha_bar, t))
+    for i in range(n_steps):
+        e = call_eps(eps, x, t)
+        x0 = predict_x0(x, e, a_t)
+        x = _finite(x - delta / math.sqrt(1 - a_t) * e + math.sqrt(2 * delta) * _draw(noise_sampler, t, t, x), t, t)
+        report(callback, i, t, t, x, x0)
+    return x
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, lam) -> torch.Tensor:

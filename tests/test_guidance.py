@@ -47,15 +47,16 @@ def _class1_cdf(x):
     return 0.5 * stats.norm.cdf(x, 0.5, 0.2) + 0.5 * stats.norm.cdf(x, 1.5, 0.2)
 
 
-def _tilted_share_below_1(w):
-    """P(x < 1) under p(x)^{1−w} p(x|c)^w, by quad (log-space, so that large w does not overflow)."""
+def _tilt(w):
+    """The unnormalised p(x)^{1−w} p(x|c)^w, by scipy (in logs, so that large w does not overflow)."""
     def log_dens(x, k):
         return np.log(np.sum(W[k] / W[k].sum() * stats.norm.pdf(x, MU[k], SD[k])))
+    return lambda x: math.exp((1 - w) * log_dens(x, [0, 1, 2]) + w * log_dens(x, [1, 2]))
 
-    def f(x):
-        return math.exp((1 - w) * log_dens(x, [0, 1, 2]) + w * log_dens(x, [1, 2]))
 
-    below, above = (integrate.quad(f, lo, hi, limit=200)[0] for lo, hi in ((-4.0, 1.0), (1.0, 5.0)))
+def _tilted_share_below_1(w):
+    """P(x < 1) under the tilted density, by quad."""
+    below, above = (integrate.quad(_tilt(w), lo, hi, limit=200)[0] for lo, hi in ((-4.0, 1.0), (1.0, 5.0)))
     return below / (below + above)
 
 
@@ -121,3 +122,61 @@ def test_sdedit_noises_to_the_first_step_and_is_reproducible():
     torch.testing.assert_close(a, samplers.ddim_sample(EPS_NULL, by_hand, AB, seq, eta=1.0, generator=g))
     with pytest.raises(ValueError, match="x_in contains NaN"):
         samplers.sdedit(EPS_NULL, torch.full((2, 1), float("nan")), AB, seq)
+
+
+def _gaussian_eps(m, v):
+    """ε of a 1-D Gaussian p_t = N(m_t, v_t) at every t, by hand: −√(1−ᾱ_t) ∇log p_t = √(1−ᾱ_t) (x − m_t)/v_t."""
+    def eps(x, t):
+        a = AB[t][:, None].to(x.dtype)
+        return (1 - a).sqrt() * (x - a.sqrt() * m) / (a * v + 1 - a)
+    return eps
+
+
+def test_langevin_has_the_stationary_law_of_unadjusted_langevin_on_a_gaussian():
+    """On p_t = N(m_t, v) the chain x ← x − δ(x − m_t)/v + √(2δ) z is AR(1): stationary mean m_t and variance
+    v/(1 − δ/(2v)), not v (the O(δ) bias the docstring states). Without noise it is gradient ascent, with
+    x_n − m_t = (1 − δ/v)^n (x_0 − m_t) exactly."""
+    m, s2, t = 0.3, 0.25, 500
+    a = float(AB[t])
+    m_t, v = math.sqrt(a) * m, a * s2 + 1 - a
+    delta, n = 0.2 * v, 20_000
+    x = samplers.langevin(_gaussian_eps(m, s2), torch.zeros(n, 1, dtype=torch.float64), AB, t, delta, 150,
+                          generator=torch.Generator().manual_seed(4))[:, 0]
+    v_stat = v / (1 - delta / (2 * v))
+    se_mean, se_var = math.sqrt(v_stat / n), v_stat * math.sqrt(2 / n)
+    assert abs(float(x.mean()) - m_t) < 4 * se_mean
+    assert abs(float(x.var()) - v_stat) < 4 * se_var
+    assert float(x.var()) - v > 5 * se_var                 # the bias is real: the unbiased v is rejected
+
+    x0 = torch.tensor([[-2.0], [0.0], [3.0]], dtype=torch.float64)
+    steps = []
+    got = samplers.langevin(_gaussian_eps(m, s2), x0, AB, t, delta, 7, noise_sampler=lambda t_, s_: torch.zeros_like(x0),
+                            callback=steps.append)
+    torch.testing.assert_close(got, m_t + (1 - delta / v) ** 7 * (x0 - m_t), rtol=1e-12, atol=1e-12)
+    assert [(d["i"], d["t"], d["s"]) for d in steps] == [(i, t, t) for i in range(7)]
+    assert samplers.langevin(_gaussian_eps(m, s2), x0, AB, t, delta, 0) is x0
+
+
+def test_langevin_at_t0_with_the_guided_eps_samples_the_tilted_density():
+    """Notebook 10 §1: the guided ε at t = 0 is the score of p(x)^(1−w) p(x|c)^w (up to ᾱ_0's noise, σ = 0.01), so
+    Langevin there reaches the tilted density that the guided ODE misses; its CDF by scipy's quad. 20 steps from the
+    same start fail the same test."""
+    grid = np.linspace(-4, 5, 901)
+    cdf = np.concatenate([[0], np.cumsum([integrate.quad(_tilt(3.0), lo, hi)[0] for lo, hi in zip(grid[:-1], grid[1:])])])
+    cdf_tilt = lambda v: np.interp(v, grid, cdf / cdf[-1])
+    start, eps_w = torch.full((2000, 1), 1.5, dtype=torch.float64), samplers.guided_eps(EPS_NULL, EPS_C, 3.0)
+    run = lambda n: samplers.langevin(eps_w, start, AB, 0, 0.004, n, generator=torch.Generator().manual_seed(5))[:, 0]
+    assert stats.kstest(run(1500).numpy(), cdf_tilt).pvalue > 1e-3
+    assert stats.kstest(run(20).numpy(), cdf_tilt).pvalue < 1e-6
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"step": 0}, "step must be a finite number > 0"), ({"step": float("nan")}, "step must be"),
+    ({"step": "0.1"}, "step must be"), ({"n_steps": -1}, "n_steps must be a non-negative integer"),
+    ({"n_steps": 1.5}, "n_steps must be"), ({"t": 1000}, r"t must be an integer in 0..999"),
+    ({"t": True}, "t must be"),
+])
+def test_langevin_refuses_bad_arguments_by_name(kw, match):
+    args = {"t": 0, "step": 0.01, "n_steps": 2, **kw}
+    with pytest.raises(ValueError, match=match):
+        samplers.langevin(EPS_NULL, torch.zeros(3, 1, dtype=torch.float64), AB, **args)
