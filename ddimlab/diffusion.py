@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .checks import as_real, check_bool
@@ -32,6 +33,8 @@ def _check_range(a, name: str, low: float, high: float, low_open: bool, high_ope
     if isinstance(a, float) and math.isfinite(a) and (a > low if low_open else a >= low) and (
             a < high if high_open else a <= high):
         return a   # the samplers' common case, without building a tensor
+    if isinstance(a, (bool, np.bool_)) or (isinstance(a, torch.Tensor) and a.dtype == torch.bool):
+        raise TypeError(f"{name} must be a number or a tensor of numbers, got a bool ({a!r}): True would be read as 1")
     v = wide(a)
     if v.device.type != "cpu":
         return a   # checking would synchronise the accelerator at every call (training, sampling)

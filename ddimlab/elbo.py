@@ -246,7 +246,7 @@ def l_simple(eps_model, x0: torch.Tensor, alpha_bar, generator: torch.Generator 
         t = torch.randint(0, T, (B,), generator=generator, device=x0.device)
     elif validate:
         t = torch.as_tensor(t, device=x0.device)
-        if t.shape != (B,) or t.dtype.is_floating_point:
+        if t.shape != (B,) or t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
             raise ValueError(f"t must be a ({B},) integer tensor, got {tuple(t.shape)} {t.dtype}")
         if int(t.min()) < 0 or int(t.max()) > T - 1:
             raise ValueError(f"t must lie in 0..T-1 = 0..{T - 1}")

@@ -38,6 +38,7 @@ Between integer steps t(σ) is defined by interpolating log ᾱ linearly in t (`
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 
 import numpy as np
@@ -582,19 +583,19 @@ def ipndm(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
     return _result(xbar, traj, return_trajectory)
 
 
-# name -> (solver, NFE on S steps); SOLVERS lists the names (notebook 05 §7)
+# name -> (solver, NFE on S steps with the solver's options); SOLVERS lists the names (notebook 05 §7)
 _REGISTRY = {
-    "euler": (euler, lambda S: S),
-    "heun": (heun, lambda S: 2 * S - 1),
-    "dpm_solver_2": (dpm_solver_2, lambda S: 2 * S - 1),
-    "dpm_solver_pp_2m": (dpm_solver_pp_2m, lambda S: S),
-    "dpm_solver_pp_3m": (dpm_solver_pp_3m, lambda S: S),
-    "unipc_2": (unipc_2, lambda S: S),
-    "unipc_3": (unipc_3, lambda S: S),
-    "ipndm": (ipndm, lambda S: S - 1),
+    "euler": (euler, lambda S, **_: S),
+    "heun": (heun, lambda S, **_: 2 * S - 1),
+    "dpm_solver_2": (dpm_solver_2, lambda S, **_: 2 * S - 1),
+    "dpm_solver_pp_2m": (dpm_solver_pp_2m, lambda S, **_: S),
+    "dpm_solver_pp_3m": (dpm_solver_pp_3m, lambda S, **_: S),
+    "unipc_2": (unipc_2, lambda S, **_: S),
+    "unipc_3": (unipc_3, lambda S, **_: S),
+    "ipndm": (ipndm, lambda S, afs=True, **_: S - 1 if afs else S),
     # variable-step Adams–Bashforth 3 in σ: the least error on notebook 08 §7's exact scores from 80 calls on; on the
     # digits model (§8) closer than ipndm at 20 and 40 calls, and farther than unipc_3
-    "ipndm_vs": (functools.partial(ipndm, rho=1.0), lambda S: S - 1),
+    "ipndm_vs": (functools.partial(ipndm, rho=1.0), lambda S, afs=True, **_: S - 1 if afs else S),
 }
 SOLVERS = tuple(_REGISTRY)
 # The step rule each solver runs on when none is asked for (`sample --sampler NAME`): λ-uniform for the λ-solvers (their
@@ -617,9 +618,14 @@ def solve(name: str, eps, x_T, alpha_bar, seq, return_trajectory: bool = False, 
     return _lookup(name)[0](eps, x_T, alpha_bar, seq, return_trajectory=return_trajectory, callback=callback, **options)
 
 
-def nfe(name: str, S: int) -> int:
-    """Number of ε evaluations of solver `name` on S steps (notebook 05 §7)."""
-    return _lookup(name)[1](check_int("number of steps S", S))
+def nfe(name: str, S: int, **options) -> int:
+    """Number of ε evaluations of solver `name` on S steps with its `options` as `solve` takes them (notebook 05 §7):
+    only iPNDM's afs=False changes it (S instead of S − 1)."""
+    solver, count = _lookup(name)
+    unknown = sorted(set(options) - set(inspect.signature(solver).parameters) - {"return_trajectory", "callback"})
+    if unknown:
+        raise TypeError(f"{name} takes no option {', '.join(unknown)}")
+    return count(check_int("number of steps S", S), **{k: check_bool(k, v) if k == "afs" else v for k, v in options.items()})
 
 
 def counted(eps):
@@ -651,7 +657,10 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
     for name, tol in (("rtol", rtol), ("atol", atol)):
         if (v := as_real(tol)) is None or v <= 0:
             raise ValueError(f"{name} must be a finite number > 0 (solve_ivp's tolerance), got {tol!r}")
-    t_start, t_end = float(t_start), float(t_end)
+    steps = [as_real(v) for v in (t_start, t_end)]
+    if None in steps:
+        raise ValueError(f"t_start and t_end must be finite numbers (steps, fractional allowed), got {t_start!r} and {t_end!r}")
+    t_start, t_end = steps
     if not t_end < t_start:
         raise ValueError(f"t_end must be smaller than t_start (the ODE runs from noise to data), got {t_start} -> {t_end}")
     sig0, sig1 = float(sigma_at(alpha_bar, t_start)), float(sigma_at(alpha_bar, t_end))

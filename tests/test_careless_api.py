@@ -738,3 +738,26 @@ def test_fourteenth_round_shared_state_flags_and_arguments(toy_setup):
                          (lambda: quality.real_fd_floor(2.5), "n must be")):
         with pytest.raises(ValueError, match=needle):
             call()
+
+
+def test_fifteenth_round_items_left_at_the_last_stop(toy_setup):
+    """Left as low value at the last stop, now named: a bool ᾱ read as 1 (q_sample returned x_0 itself), a bool t
+    in l_simple read as steps 1 and 0, ode.nfe("ipndm") that ignored afs=False (S − 1 calls counted, S made) and took
+    options no solver has, reference_solution that parsed a string step."""
+    x = torch.ones(2, 1)
+    for bad in (True, np.bool_(False), torch.tensor(True)):
+        with pytest.raises(TypeError, match="a_t must be a number or a tensor of numbers, got a bool"):
+            diffusion.q_sample(x, bad, x)
+    with pytest.raises(ValueError, match=r"t must be a \(2,\) integer tensor, got \(2,\) torch.bool"):
+        elbo.l_simple(lambda x_, t: x_, torch.zeros(2, 1, 4, 4), AB, t=torch.tensor([True, False]))
+    _, eps, x_T, seq = toy_setup
+    for name in ("ipndm", "ipndm_vs"):
+        f = ode.counted(eps)
+        ode.solve(name, f, x_T, AB, seq, afs=False)
+        assert f.calls == ode.nfe(name, len(seq), afs=False) == len(seq) and ode.nfe(name, len(seq)) == len(seq) - 1
+    with pytest.raises(TypeError, match="euler takes no option afs"):
+        ode.nfe("euler", 5, afs=False)
+    with pytest.raises(TypeError, match="afs must be True or False"):
+        ode.nfe("ipndm", 5, afs="no")
+    with pytest.raises(ValueError, match="t_start and t_end must be finite numbers"):
+        ode.reference_solution(eps, x_T, AB, "999")
