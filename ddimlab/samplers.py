@@ -167,7 +167,7 @@ def ddim_sample(eps, x_T, alpha_bar, seq, eta: float = 0.0, generator: torch.Gen
     alpha_bar, seq = check_args(x_T, alpha_bar, seq)
     pairs, a = check_eta_steps(alpha_bar, seq, eta)
     noise_sampler = noise_sampler or noise_from(generator, x_T)
-    x = x_T
+    x = x_T.clone()       # an eps that edits its input in place must not change the caller's x_T
     traj = {"x": [x], "x0": [], "t": [int(seq[0])]}
     for i, ((t, s), (a_t, a_s)) in enumerate(zip(pairs, a)):
         e = call_eps(eps, x, t)
@@ -216,7 +216,7 @@ def ddpm_sample(eps, x_T, alpha_bar, variance: str = "small", seq=None, generato
         seq = torch.arange(alpha_bar.shape[0] - 1, -1, -1)
     alpha_bar, seq = check_args(x_T, alpha_bar, seq)
     noise_sampler = noise_sampler or noise_from(generator, x_T)
-    x = x_T
+    x = x_T.clone()       # an eps that edits its input in place must not change the caller's x_T
     traj = {"x": [x], "x0": [], "t": [int(seq[0])]}
     for i, (t, s) in enumerate(step_pairs(seq)):
         a_t, a_s = float(alpha_bar_at(alpha_bar, t)), float(alpha_bar_at(alpha_bar, s))
@@ -260,7 +260,7 @@ def ddim_invert(eps, x0, alpha_bar, seq, return_trajectory: bool = False, callba
     return_trajectory = check_bool("return_trajectory", return_trajectory)
     alpha_bar, seq = check_args(x0, alpha_bar, seq, name="x0")
     _warn_if_0_255(x0, "x0")
-    x, s = x0, -1
+    x, s = x0.clone(), -1      # an eps that edits its input in place must not change the caller's x0
     traj = {"x": [x], "t": [-1]}
     for i, t in enumerate(reversed(seq.tolist())):
         e = call_eps(eps, x, t)
@@ -342,7 +342,7 @@ def langevin(eps, x, alpha_bar, t: int, step: float, n_steps: int, generator: to
         raise ValueError(f"step must be a finite number > 0 (the Langevin step size), got {step!r}")
     n_steps = check_int("n_steps", n_steps, 0)
     noise_sampler = noise_sampler or noise_from(generator, x)
-    a_t = float(alpha_bar_at(alpha_bar, t))
+    a_t, x = float(alpha_bar_at(alpha_bar, t)), x.clone()     # the caller's x stays as it was
     for i in range(n_steps):
         e = call_eps(eps, x, t)
         x0 = predict_x0(x, e, a_t)

@@ -743,7 +743,8 @@ def test_fourteenth_round_shared_state_flags_and_arguments(toy_setup):
 def test_fifteenth_round_items_left_at_the_last_stop(toy_setup):
     """Left as low value at the last stop, now named: a bool ᾱ read as 1 (q_sample returned x_0 itself), a bool t
     in l_simple read as steps 1 and 0, ode.nfe("ipndm") that ignored afs=False (S − 1 calls counted, S made) and took
-    options no solver has, reference_solution that parsed a string step."""
+    options no solver has, reference_solution that parsed a string step, and an eps that edits its input in place
+    changed the caller's x_T (the first step's input is the caller's tensor)."""
     x = torch.ones(2, 1)
     for bad in (True, np.bool_(False), torch.tensor(True)):
         with pytest.raises(TypeError, match="a_t must be a number or a tensor of numbers, got a bool"):
@@ -761,3 +762,12 @@ def test_fifteenth_round_items_left_at_the_last_stop(toy_setup):
         ode.nfe("ipndm", 5, afs="no")
     with pytest.raises(ValueError, match="t_start and t_end must be finite numbers"):
         ode.reference_solution(eps, x_T, AB, "999")
+    def editing(x_, t):                                 # an eps that clamps its input in place
+        return x_.clamp_(-0.5, 0.5) * 0 + 0.1
+    x_img = torch.linspace(-2, 2, 16, dtype=torch.float64).reshape(8, 2)
+    kept = x_img.clone()
+    samplers.ddim_sample(editing, x_img, AB, seq)
+    samplers.ddpm_sample(editing, x_img, AB, seq=seq, generator=torch.Generator().manual_seed(0))
+    samplers.ddim_invert(editing, x_img, AB, seq)
+    samplers.langevin(editing, x_img, AB, 0, 1e-3, 2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x_img, kept)

@@ -154,7 +154,7 @@ def test_langevin_has_the_stationary_law_of_unadjusted_langevin_on_a_gaussian():
                             callback=steps.append)
     torch.testing.assert_close(got, m_t + (1 - delta / v) ** 7 * (x0 - m_t), rtol=1e-12, atol=1e-12)
     assert [(d["i"], d["t"], d["s"]) for d in steps] == [(i, t, t) for i in range(7)]
-    assert samplers.langevin(_gaussian_eps(m, s2), x0, AB, t, delta, 0) is x0
+    assert torch.equal(samplers.langevin(_gaussian_eps(m, s2), x0, AB, t, delta, 0), x0)
 
 
 def test_langevin_at_t0_with_the_guided_eps_samples_the_tilted_density():
