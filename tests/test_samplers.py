@@ -31,7 +31,7 @@ def test_trajectory_and_final_step():
     seq = schedule.timesteps(10, 1000, "uniform")
     x0, tr = samplers.ddim_sample(EPS, x_T, AB, seq, return_trajectory=True)
     assert len(tr["x"]) == len(tr["t"]) == 11 and len(tr["x0"]) == 10
-    assert tr["t"][0] == 900 and tr["t"][-1] == -1 and tr["x"][0] is x_T
+    assert tr["t"][0] == 900 and tr["t"][-1] == -1 and torch.equal(tr["x"][0], x_T)
     torch.testing.assert_close(tr["x"][-1], x0)
     torch.testing.assert_close(x0, tr["x0"][-1], rtol=0, atol=0)    # the step to ᾱ = 1 returns x̂_0
     far = 5 * x_T                                                      # x̂_0 far outside [-1, 1] early on
