@@ -27,7 +27,7 @@ import torch
 
 from . import devices, schedule
 from . import unet as unet_mod
-from .checks import as_real, check_int
+from .checks import as_real, check_bool, check_int
 from .data import default_cache_dir, download
 from .files import atomic_write, md5sum
 
@@ -424,10 +424,17 @@ def load_diffusers_folder(path, backend: str = "ddimlab", map_location="cpu"):
     return net.eval()
 
 
-def save_diffusers_folder(net: unet_mod.UNet, path) -> Path:
-    """Write `net` as a diffusers UNet2DModel folder (config.json + diffusion_pytorch_model.*). A folder holding a ddimlab
-    run, or a config.json that is not a UNet2DModel's, is refused: its config.json would be replaced."""
+def save_diffusers_folder(net: unet_mod.UNet, path, alpha_bar) -> Path:
+    """Write `net` as a diffusers UNet2DModel folder (config.json + diffusion_pytorch_model.*) with the noise schedule
+    it was trained on, `alpha_bar`, as a DDIMScheduler's `trained_betas` in scheduler/scheduler_config.json (where
+    `load_model` reads it, and diffusers' `DDIMScheduler.from_pretrained(path, subfolder="scheduler")`): the weights
+    alone do not say it, and a reader would take DDPM's linear schedule. A folder holding a ddimlab run, or a
+    config.json that is not a UNet2DModel's, is refused: its config.json would be replaced."""
     path = Path(path)
+    alpha_bar = schedule.validate_alpha_bar(alpha_bar)
+    betas = 1 - alpha_bar / torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
+    scheduler = {"_class_name": "DDIMScheduler", "num_train_timesteps": len(betas), "trained_betas": betas.tolist(),
+                 "prediction_type": "epsilon", "clip_sample": False}
     if (path / "ckpt.pt").exists() or (path / "log.jsonl").exists():
         raise FileExistsError(f"{path} holds a ddimlab training run, whose config.json this would replace; choose another folder")
     if (path / "config.json").exists() and _json_dict(path / "config.json").get("_class_name") != "UNet2DModel":
@@ -440,6 +447,9 @@ def save_diffusers_folder(net: unet_mod.UNet, path) -> Path:
     from safetensors.torch import save as st_save
 
     atomic_write(path / "diffusion_pytorch_model.safetensors", lambda f: f.write(st_save(state)), fsync=True)
+    (path / "scheduler").mkdir(exist_ok=True)
+    atomic_write(path / "scheduler" / "scheduler_config.json", lambda f: f.write(json.dumps(scheduler, indent=2).encode()),
+                 fsync=True)
     return path
 
 
@@ -518,6 +528,7 @@ def load_model(path, device="cpu", use_ema: bool = True):
     - a diffusers `UNet2DModel` folder or pipeline folder (ᾱ from its scheduler_config.json when present).
     """
     device = devices.resolve(device)              # "gpu" is a ValueError saying what is allowed, before the load
+    use_ema = check_bool("use_ema", use_ema)
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"the checkpoint must be a path or the name `{OFFICIAL_NAME}`, got {type(path).__name__}")
     if not str(path).strip():                   # Path("") is the current folder

@@ -44,6 +44,14 @@ def seeded(seed) -> torch.Generator:
     return torch.Generator().manual_seed(check_int("seed", seed, 0, 2 ** 32 - 1, SEED_NOTE))
 
 
+def check_generator(generator):
+    """`generator` if it is a torch.Generator or None (torch's own message for a seed lists every overload of randn)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__} (for a seed: "
+                        f"torch.Generator().manual_seed(seed))")
+    return generator
+
+
 def check_bool(name: str, v) -> bool:
     """`v` as a bool if it is True or False (numpy's too): `if` would read "False", "no" or 0.5 as true."""
     if not isinstance(v, (bool, np.bool_)):

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checks import check_int
+from .checks import check_bool, check_int
 from .files import atomic_write, md5sum
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -245,7 +245,7 @@ def resolve_cifar10(root=None, download: bool = True, url: str = CIFAR10_URL,
     `cifar-10-python.tar.gz`; it is downloaded if missing (or corrupt) and `download` is true. A `root`
     that does not exist is an error (a typo is never created and downloaded into).
     """
-    explicit = root is not None
+    explicit, download = root is not None, check_bool("download", download)
     root = default_cache_dir() if root is None else Path(root).expanduser()
     if root.is_file():
         _check_md5(root, md5)
@@ -277,8 +277,8 @@ def load_cifar10(root=None, train: bool = True, download: bool = True, url: str 
     `root`: see `resolve_cifar10`. Tarballs are md5-checked before any pickle is read (pass
     md5=None to skip the check, e.g. for a test archive).
     """
+    names = CIFAR10_TRAIN_BATCHES if check_bool("train", train) else CIFAR10_TEST_BATCHES
     source = resolve_cifar10(root, download, url, md5, progress=progress, timeout=timeout)
-    names = CIFAR10_TRAIN_BATCHES if train else CIFAR10_TEST_BATCHES
     if source.is_dir():
         raw = _read_folder(source, names)
         where = {n: str(source / n) for n in names}
@@ -531,7 +531,8 @@ def looks_0_255(x: torch.Tensor) -> bool:
 
 def check_model_range(x: torch.Tensor) -> torch.Tensor:
     """Float images a user passes in as [−1, 1] (to be scored): finite, and not 0..255 (a scaling mistake, which
-    clamping would turn into white; `looks_0_255`). Values in 0..1 only give a warning: images in [0, 1] would be scored
+    clamping would turn into white; `looks_0_255`), and nothing beyond ±SAMPLES_BOUND (centred 0..255 images, which
+    clamping would binarise). Values in 0..1 only give a warning: images in [0, 1] would be scored
     as grey to white, but bright [−1, 1] images (a model that failed that way) can look the same. A sampler's overshoot
     past ±1 is fine. Returns x."""
     x = x.detach().cpu()
@@ -540,6 +541,9 @@ def check_model_range(x: torch.Tensor) -> torch.Tensor:
     if looks_0_255(x):
         raise ValueError(f"float images must lie in [-1, 1], got values in {float(x.min()):.3g}..{float(x.max()):.3g}, "
                          f"which look like 0..255; pass uint8 images as uint8, or x / 127.5 - 1")
+    if x.numel() and float(x.abs().max()) > SAMPLES_BOUND:      # e.g. x - 127.5 without the / 127.5
+        raise ValueError(f"float images must lie in [-1, 1] (a sampler's overshoot up to ±{SAMPLES_BOUND} is allowed), got "
+                         f"values in {float(x.min()):.3g}..{float(x.max()):.3g}: centred 0..255 images? pass x / 127.5")
     if x.numel() > 1 and float(x.min()) >= 0:
         warnings.warn(f"float images are scored as [-1, 1], and these have no value below 0 (0..{float(x.max()):.3g}): "
                       f"if they are images in [0, 1], pass x * 2 - 1", stacklevel=3)

@@ -155,6 +155,7 @@ def posterior_mean(x0: torch.Tensor, x_t: torch.Tensor, a_t, a_s) -> torch.Tenso
 
     With s = t−1 and α_t = ᾱ_t/ᾱ_{t−1} = 1 − β_t this is DDPM eq. 7.
     """
+    _same_shape(x0, x_t, "x0 and x_t")
     _check_pair(a_t, a_s)
     at, as_ = wide(a_t), wide(a_s)
     alpha = at / as_
@@ -207,6 +208,7 @@ def q_sigma_mean(x0: torch.Tensor, x_t: torch.Tensor, a_t, a_s, sigma) -> torch.
 
     With this mean q_σ(x_s | x_0) = N(√ᾱ_s x_0, (1−ᾱ_s) I) for every σ (derived in notebook 03 §3–§5).
     """
+    _same_shape(x0, x_t, "x0 and x_t")
     _check_pair(a_t, a_s, a_t_zero=True)
     check_sigma(a_t, a_s, sigma)
     at, as_, sg = wide(a_t), wide(a_s), wide(sigma)
@@ -224,6 +226,7 @@ def q_sigma_forward(x_s: torch.Tensor, x0: torch.Tensor, a_t, a_s, sigma):
     It depends on x_0 unless σ² = β̃ (η = 1), where it is the Markov kernel N(√(ᾱ_t/ᾱ_s) x_s, 1−ᾱ_t/ᾱ_s).
     Returns (mean, var); `var` broadcasts against x_s.
     """
+    _same_shape(x_s, x0, "x_s and x0")
     _check_pair(a_t, a_s, a_t_zero=True)
     check_sigma(a_t, a_s, sigma)
     at, as_, sg = wide(a_t), wide(a_s), wide(sigma)

@@ -25,7 +25,7 @@ import math
 import numpy as np
 import torch
 
-from .checks import check_int
+from .checks import check_generator, check_int
 from .diffusion import VARIANCES, posterior_mean, posterior_variance, predict_x0, q_sample
 from .gaussian import discretized_gaussian_log_likelihood, kl_normal, log_normal
 from .samplers import NonFiniteError
@@ -189,6 +189,7 @@ def elbo_terms(eps_model, x0: torch.Tensor, alpha_bar, variance="small", decoder
     """
     alpha_bar = _check_alpha_bar(alpha_bar)
     _check_x0(x0)
+    check_generator(generator)
     n_mc = check_int("n_mc", n_mc)
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}")
@@ -241,6 +242,7 @@ def l_simple(eps_model, x0: torch.Tensor, alpha_bar, generator: torch.Generator 
     if validate:
         alpha_bar = _check_alpha_bar(alpha_bar)
         _check_x0(x0)
+        check_generator(generator)
     B, T = x0.shape[0], alpha_bar.numel()
     if t is None:
         t = torch.randint(0, T, (B,), generator=generator, device=x0.device)

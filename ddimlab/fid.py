@@ -94,8 +94,12 @@ def image_stats(images, feature_fn, batch_size: int = 500) -> tuple[np.ndarray, 
     feats = []
     with torch.no_grad():
         for k in range(0, len(x), batch_size):
-            f = feature_fn(x[k:k + batch_size])
-            feats.append(torch.as_tensor(f).detach().double().cpu().reshape(len(x[k:k + batch_size]), -1))
+            n = len(x[k:k + batch_size])
+            f = torch.as_tensor(feature_fn(x[k:k + batch_size])).detach()
+            if f.ndim < 2 or f.shape[0] != n:            # a (D, N) answer would be reshaped into scrambled rows
+                raise ValueError(f"feature_fn must return one row of features per image, N x D (N x D x 1 x 1 allowed), "
+                                 f"got shape {tuple(f.shape)} for {n} images")
+            feats.append(f.double().cpu().reshape(n, -1))
     return feature_stats(torch.cat(feats))
 
 
@@ -108,6 +112,10 @@ def _stats_of(ref, feature_fn, batch_size):
         return mu, sigma
     if isinstance(ref, (str, os.PathLike)) and str(ref).endswith(".npz"):
         with np.load(ref) as z:
+            if not {"mu", "sigma"} <= set(z.files):
+                raise ValueError(f"{ref} holds {', '.join(z.files) or 'no arrays'}: an .npz here must hold feature "
+                                 f"statistics `mu` and `sigma` (fid.reference_stats writes them); pass images as a "
+                                 f"tensor (data.npz_array reads a sample file's) or a folder of PNGs")
             return z["mu"], z["sigma"]
     return image_stats(ref, feature_fn, batch_size)
 

@@ -3,10 +3,12 @@ locked where two commands may write the same outputs, and checked by md5."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import os
 import signal
+import stat
 import tempfile
 import threading
 import time
@@ -23,9 +25,19 @@ def atomic_write(path, write, *, text: bool = False, fsync: bool = False) -> Pat
     `fsync=True` also flushes the data to disk before the rename (checkpoints). After a successful write,
     temporary files of the same target that a killed process left behind (older than STALE_AFTER
     seconds before this write began) are deleted, so interrupted checkpoint writes do not pile up.
+    An existing file keeps its mode, and one its owner made read-only is a PermissionError, not replaced (the rename
+    needs only the folder's permission); a new file gets the umask's mode.
     """
     started = time.time()
     path = Path(path)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~current_umask()
+    else:
+        if not os.access(path, os.W_OK):
+            raise PermissionError(errno.EACCES, "the file is read-only, so it was not replaced (make it writable, or "
+                                                "write elsewhere)", str(path))
     with folder_removed_on_error(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -35,7 +47,7 @@ def atomic_write(path, write, *, text: bool = False, fsync: bool = False) -> Pat
                 if fsync:
                     f.flush()
                     os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600
+            os.chmod(tmp, mode)  # mkstemp makes 0600
             os.replace(tmp, path)
         except BaseException as e:
             if os.path.exists(tmp):
@@ -48,6 +60,13 @@ def atomic_write(path, write, *, text: bool = False, fsync: bool = False) -> Pat
             if os.stat(stale).st_mtime < started - STALE_AFTER:
                 os.unlink(stale)
     return path
+
+
+def current_umask() -> int:
+    """The process's umask (os.umask reads it only by setting it, so it is set back at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class BusyError(FileExistsError):

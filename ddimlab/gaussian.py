@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from .checks import SYMMETRY_TOL, check_symmetric
+from .checks import SYMMETRY_TOL, check_bool, check_symmetric
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -224,7 +224,7 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale, approx: bool = False
     inv_std = torch.exp(-log_scale)
     hi = (x - mean + 1 / 255) * inv_std
     lo = (x - mean - 1 / 255) * inv_std
-    if approx:
+    if check_bool("approx", approx):
         cdf_hi, cdf_lo = _approx_ndtr(hi), _approx_ndtr(lo)
         log_cdf_hi = torch.log(cdf_hi.clamp(min=1e-12))
         log_sf_lo = torch.log((1 - cdf_lo).clamp(min=1e-12))

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from . import ode, samplers, schedule, toy
-from .checks import SEED_NOTE, check_distinct, check_int, check_per_sample, seeded
+from .checks import SEED_NOTE, check_bool, check_distinct, check_int, check_per_sample, seeded
 from .devices import cpu_threads
 from .diffusion import check_eta
 from .files import atomic_write, interrupts_deferred
@@ -244,6 +244,7 @@ def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS,
     None elsewhere or when n_ode = 0), seconds.
     """
     S_list, etas, n, n_ode = _check_args(S_list, etas, spacing, n, n_ode, T)
+    standardize, include_sigma_hat = check_bool("standardize", standardize), check_bool("include_sigma_hat", include_sigma_hat)
     seed = check_int("seed", seed, 0, 2 ** 32 - 1, SEED_NOTE)
     mixture = toy.default_mixture() if mixture is None else mixture
     alpha_bar = schedule.make_alpha_bar(schedule_name, T)

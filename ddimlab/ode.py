@@ -647,7 +647,8 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
     The whole batch is one state vector (the ODE is per-sample but scipy's step control then takes the
     worst sample's error). t_start / t_end may be floats (continuous steps); ε is called with float
     steps t(σ), down to t = −1 (ᾱ = 1) when t_end = −1, which the exact lab (`toy.exact_eps`) supports.
-    Returns x at t_end (= x̄ there times √ᾱ), float64.
+    The state is float64; ε is called in x_T's dtype (a float32 network takes float32 x_T). Returns x at t_end
+    (= x̄ there times √ᾱ), float64.
     """
     from scipy.integrate import solve_ivp
 
@@ -669,8 +670,9 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
 
     def rhs(sig, y):
         sig = max(sig, 0.0)
-        x = torch.from_numpy(y).reshape(shape).to(dev) / math.sqrt(sig ** 2 + 1)
-        t = torch.full((shape[0],), float(_t_of_sigma(alpha_bar, min(sig, sig0))), dtype=torch.float64, device=dev)
+        x = (torch.from_numpy(y).reshape(shape).to(dev) / math.sqrt(sig ** 2 + 1)).to(x_T.dtype)
+        t = torch.full((shape[0],), float(_t_of_sigma(alpha_bar, min(sig, sig0))), device=dev,
+                       dtype=torch.promote_types(x_T.dtype, torch.float32))       # as `call_eps` passes it
         e = _of_x_shape(eps(x, t), x, "eps(x, t)").to(torch.float64)
         if not bool(torch.isfinite(e).all()):
             raise NonFiniteError(f"eps(x, t) returned NaN or inf at t = {float(t[0]):.6g} (sigma = {sig:.6g})")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from . import devices, train
 from .checks import check_int
-from .files import BusyError, locked
+from .files import BusyError, current_umask, locked
 
 # Fields that do not change the trained weights: left out of the cache key.
 _NOT_IN_KEY = ("out", "progress", "log_every", "ckpt_every", "sample_every", "n_samples", "sample_steps",
@@ -107,9 +107,7 @@ def _cached_or_trained(folder: Path, config: train.TrainConfig, progress: bool):
     try:
         train.train(dataclasses.replace(config, out=str(tmp), progress=progress, ckpt_every=config.steps,
                                         log_every=min(config.log_every, config.steps)))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)      # mkdtemp's 0700 would keep other users of a shared cache out
+        os.chmod(tmp, 0o777 & ~current_umask())      # mkdtemp's 0700 would keep other users of a shared cache out
         os.replace(tmp, folder)
     except KeyboardInterrupt:          # train's own message names the temporary folder, removed below
         raise KeyboardInterrupt("stopped training the cached digits model; nothing was kept, and the next "

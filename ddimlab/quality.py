@@ -15,6 +15,7 @@ Like FID, the distance has a finite-sample floor: two disjoint sets of real digi
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data
-from .checks import as_real, check_int, check_per_sample, check_symmetric, seeded
+from .checks import as_real, check_bool, check_int, check_per_sample, check_symmetric, seeded
 from .devices import cpu_kernels, cpu_threads
 from .files import atomic_write
 
@@ -197,7 +198,7 @@ def load_classifier(resolution: int = 16, retrain: bool = False,
     the held-out accuracy and the real digits' feature statistics; it is written atomically and read
     with `weights_only=True`. A file that does not load is replaced.
     """
-    resolution = check_int("resolution", resolution, 8, note=", a multiple of 4")
+    resolution, retrain = check_int("resolution", resolution, 8, note=", a multiple of 4"), check_bool("retrain", retrain)
     if resolution % 4:
         raise ValueError(f"resolution must be a multiple of 4, got {resolution}")
     settings = {**CLASSIFIER_SETTINGS, "resolution": resolution}
@@ -236,9 +237,9 @@ def load_classifier(resolution: int = 16, retrain: bool = False,
 
 
 def _own_copy(model, info):
-    """The cached classifier with its own copy of the real digits' statistics: an edit in place by one caller must not
-    change every later score."""
-    return model, {**info, "real_mu": info["real_mu"].copy(), "real_cov": info["real_cov"].copy()}
+    """A copy of the cached classifier and of the real digits' statistics: an edit in place by one caller (its weights,
+    its dtype, the statistics) must not change every later score."""
+    return copy.deepcopy(model), {**info, "real_mu": info["real_mu"].copy(), "real_cov": info["real_cov"].copy()}
 
 
 def _real_digits(resolution: int) -> torch.Tensor:
@@ -360,6 +361,7 @@ def digits_fd_se(samples, n_boot: int = 50, seed: int = 0) -> float:
 def mean_difference(a: torch.Tensor, b: torch.Tensor, paired: bool) -> tuple[float, float]:
     """(mean of a − mean of b, its standard error) of per-sample scores: from the per-sample differences when `paired`
     (a[i] and b[i] come from the same x_T), else the two means' independent errors combined."""
+    paired = check_bool("paired", paired)
     a, b = check_per_sample("mean_difference", a, b, paired=paired)
     if paired:
         d = a - b

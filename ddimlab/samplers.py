@@ -22,7 +22,7 @@ import warnings
 import torch
 
 from . import schedule
-from .checks import as_real, check_bool, check_int
+from .checks import as_real, check_bool, check_generator, check_int
 from .diffusion import (
     VARIANCES,
     bcast,
@@ -109,13 +109,6 @@ def _of_x_shape(e, x: torch.Tensor, what: str) -> torch.Tensor:
         raise ValueError(f"{what} must return a tensor of x's shape {tuple(x.shape)}, got "
                          f"{tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__}")
     return e
-
-
-def check_generator(generator):
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__} (for a seed: "
-                        f"torch.Generator().manual_seed(seed))")
-    return generator
 
 
 def noise_from(generator: torch.Generator | None, x: torch.Tensor):

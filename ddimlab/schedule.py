@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from .checks import check_int
+from .checks import as_real, check_int
 
 SCHEDULES = ("linear", "cosine", "quadratic")
 SPACINGS = ("uniform", "quad", "linspace", "trailing")
@@ -34,6 +34,11 @@ def beta_schedule(name: str = "linear", T: int = 1000, beta_start: float = 1e-4,
     if name == "cosine" and (beta_start, beta_end) != (1e-4, 0.02):
         raise ValueError(f"the cosine schedule has no beta_start or beta_end (it is set by its alpha_bar curve), got "
                          f"{beta_start} and {beta_end}; drop them, or use 'linear' or 'quadratic'")
+    ends = [as_real(b) for b in (beta_start, beta_end)]
+    if None in ends or not all(0 < b < 1 for b in ends):
+        raise ValueError(f"beta_start and beta_end must be numbers in (0, 1) (DDPM's: 1e-4 and 0.02), got {beta_start!r} "
+                         f"and {beta_end!r}")
+    beta_start, beta_end = ends
     if name == "linear":
         return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
     if name == "quadratic":
@@ -61,11 +66,12 @@ def make_alpha_bar(name: str = "linear", T: int = 1000) -> torch.Tensor:
 
 
 def validate_alpha_bar(alpha_bar) -> torch.Tensor:
-    """Check a ᾱ table once and return it as float64 (on its device): 1-D, finite, every value in (0, 1),
-    strictly decreasing in t (noise grows with t). What every sampler, solver and bound assumes."""
+    """Check a ᾱ table once and return its own float64 copy (on its device): 1-D, finite, every value in (0, 1),
+    strictly decreasing in t (noise grows with t). What every sampler, solver and bound assumes; a copy, so that the
+    caller's later edits of its table change nothing that kept it (`toy.exact_eps`)."""
     if isinstance(alpha_bar, torch.Tensor) and not alpha_bar.dtype.is_floating_point:
         raise ValueError(f"alpha_bar must be a float table (schedule.make_alpha_bar), got {alpha_bar.dtype}")
-    a = torch.as_tensor(alpha_bar, dtype=torch.float64)
+    a = torch.as_tensor(alpha_bar, dtype=torch.float64).clone()
     if a.ndim != 1 or a.numel() < 1:
         raise ValueError(f"alpha_bar must be a non-empty 1-D table (schedule.make_alpha_bar), got shape {tuple(a.shape)}")
     if not bool(torch.isfinite(a).all()) or not bool(((a > 0) & (a < 1)).all()):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import ode, schedule
-from .checks import as_real, check_int, check_symmetric, seeded
+from .checks import as_real, check_generator, check_int, check_symmetric, seeded
 
 
 def _f64(x, name):
@@ -92,7 +92,7 @@ class GaussianMixture:
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n draws, shape (n, d): pick k ~ w, then μ_k + U_k √λ_k z."""
-        n = check_int("n", n)
+        n, generator = check_int("n", n), check_generator(generator)
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.d, generator=generator, dtype=torch.float64)
         return self.means[k] + self._from_eigen_k(self.eigvals[k].sqrt() * z, k)
@@ -205,7 +205,7 @@ class GaussianMixture:
                        generator: torch.Generator | None = None) -> torch.Tensor:
         """One draw of x_s ~ q(x_s | x_t) per row (`reverse_kernel`; notebook 02 §10): pick k ~ r(x_t), then the k-th Gaussian."""
         log_r, mean, v = self.reverse_kernel(x_t, a_t, a_s)
-        k = torch.multinomial(log_r.exp(), 1, generator=generator)[:, 0]
+        k = torch.multinomial(log_r.exp(), 1, generator=check_generator(generator))[:, 0]
         z = torch.randn(x_t.shape[0], self.d, generator=generator, dtype=torch.float64)
         rows = torch.arange(x_t.shape[0])
         return mean[rows, k] + self._from_eigen_k(v[k].sqrt() * z, k)
@@ -389,7 +389,7 @@ def kl_to_normal(mixture: GaussianMixture, a: float, n: int = 4000,
     a = float(a)
     if not 0 < a < 1:
         raise ValueError(f"alpha_bar must lie in (0, 1), got {a}")
-    n = check_int("n", n, 2, note=" (a standard error needs two draws)")
+    n, generator = check_int("n", n, 2, note=" (a standard error needs two draws)"), check_generator(generator)
     x = math.sqrt(a) * mixture.sample(n, generator) + math.sqrt(1 - a) * torch.randn(
         n, mixture.d, generator=generator, dtype=torch.float64)
     log_ratio = mixture.log_prob(x, a) + 0.5 * (x.pow(2).sum(1) + mixture.d * math.log(2 * math.pi))
@@ -508,6 +508,7 @@ def mmd(samples: torch.Tensor, mixture: GaussianMixture, generator: torch.Genera
     if samples.shape[1] != mixture.d or samples.shape[0] < 2:
         raise ValueError(f"samples must have shape (n >= 2, d = {mixture.d}), got {tuple(samples.shape)}")
     repeats = check_int("repeats", repeats, 2, note=" (to estimate a standard deviation)")
+    generator = check_generator(generator)
     kernel = bandwidth(mixture) if kernel is None else kernel
     scale = torch.ones(mixture.d, dtype=torch.float64) if scale is None else torch.as_tensor(scale, dtype=torch.float64)
     if scale.shape != (mixture.d,) or not bool((torch.isfinite(scale) & (scale > 0)).all()):

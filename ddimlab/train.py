@@ -45,7 +45,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import data, devices, schedule, unet
 from .checkpoint import EARLY_EMA, eps_fn, load_checkpoint, save_checkpoint, unet_from_run
-from .checks import check_int
+from .checks import as_real, check_bool, check_int
 from .elbo import l_simple
 from .files import atomic_write, check_nothing_set_aside, folder_removed_on_error, locked, put_back, set_aside
 from .plotting import save_image_grid
@@ -245,6 +245,24 @@ def validate_config(c: TrainConfig) -> TrainConfig:
     """Check a config's values; raise ValueError naming the bad value and what is allowed."""
     if c.dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {c.dataset!r}")
+    # plain Python values, checked here: a Path, numpy scalar or "False" would fail only at the first checkpoint
+    # (weights-only loading takes plain types), or be read as true
+    paths = {k: getattr(c, k) for k in ("out", "data_root") if getattr(c, k) is not None}
+    for k, v in paths.items():
+        if not isinstance(v, (str, os.PathLike)):
+            raise ValueError(f"{k} must be a folder's path (a str or pathlib.Path), got {v!r}")
+    reals = {k: as_real(getattr(c, k)) for k in ("lr", "ema_decay", "grad_clip", "dropout")}
+    for k, v in reals.items():
+        if v is None:
+            raise ValueError(f"{k} must be a finite number, got {getattr(c, k)!r}")
+    shapes = {}
+    for k in ("ch_mult", "attn_resolutions"):
+        v = getattr(c, k)
+        if not isinstance(v, (tuple, list)):
+            raise ValueError(f"{k} must be a list of integers, e.g. {getattr(TrainConfig, k)}, got {v!r}")
+        shapes[k] = tuple(check_int(f"an entry of {k}", r) for r in v)
+    c = dataclasses.replace(c, **{k: os.fspath(v) for k, v in paths.items()}, **reals, **shapes,
+                            **{k: check_bool(k, getattr(c, k)) for k in ("hflip", "ema_warmup", "progress", "bf16", "compile")})
     if not str(c.out).strip():
         raise ValueError("out (--out) is empty; give the run's folder, e.g. --out runs/digits")
     lows = dict.fromkeys(("steps", "batch_size", "resolution", "T", "ch", "num_res_blocks", "num_groups", "log_every",
@@ -259,9 +277,6 @@ def validate_config(c: TrainConfig) -> TrainConfig:
     if c.threads > most:
         raise ValueError(f"threads must be at most {most} (this machine has {os.cpu_count()} CPUs; 0: torch's default), "
                          f"got {c.threads}")
-    for name in ("lr", "ema_decay", "grad_clip", "dropout"):
-        if not math.isfinite(getattr(c, name)):
-            raise ValueError(f"{name} must be a finite number, got {getattr(c, name)}")
     # Adam moves a weight by about lr per step: below 1e-10, a fifth of float32's spacing at 0.01, weights of that size
     # round back to themselves (only those near 0 move); the weights are float32, at most 3.4e38, and Adam's first
     # step is up to 10·lr.
@@ -605,6 +620,8 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
     `<out>/.train.lock`: a second `train` on the same folder refuses at once (`files.BusyError`).
     """
     config = validate_config(copy.deepcopy(config))
+    resume, overwrite, return_models = (check_bool(k, v) for k, v in
+                                        (("resume", resume), ("overwrite", overwrite), ("return_models", return_models)))
     out = Path(config.out)
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue the run, or start it again")

@@ -664,7 +664,7 @@ def test_fourteenth_round_files_and_folders(tmp_path, monkeypatch):
     (run / "ckpt.pt").write_bytes(p.read_bytes())
     (run / "config.json").write_text('{"dataset": "digits"}')
     with pytest.raises(FileExistsError, match="holds a ddimlab training run"):
-        checkpoint.save_diffusers_folder(_tiny_net(), run)
+        checkpoint.save_diffusers_folder(_tiny_net(), run, AB)
     assert json.loads((run / "config.json").read_text()) == {"dataset": "digits"}
     # torch-fidelity's cache of a reference folder is keyed by its path and contents, not its name alone
     names = []
@@ -771,3 +771,114 @@ def test_fifteenth_round_items_left_at_the_last_stop(toy_setup):
     samplers.ddim_invert(editing, x_img, AB, seq)
     samplers.langevin(editing, x_img, AB, 0, 1e-3, 2, generator=torch.Generator().manual_seed(0))
     assert torch.equal(x_img, kept)
+
+
+def test_fifteenth_round_training_runs_and_files(tmp_path, monkeypatch):
+    """Helper 95: train(overwrite="no") deleted the previous run (a truthy string); a pathlib.Path as out, or a numpy
+    float32 ema_decay, trained every step and then lost the run at its first checkpoint (weights-only saving refused
+    them); attn_resolutions=4 failed inside the UNet; every atomic write replaced a read-only file and reset its mode to
+    0644."""
+    import os
+    import stat
+
+    from ddimlab import files, train
+
+    tiny = {"steps": 2, "ch": 8, "ch_mult": (1,), "attn_resolutions": (), "num_groups": 4, "batch_size": 16,
+            "n_samples": 0, "progress": False, "warmup": 1}
+    run = tmp_path / "run"
+    train.train(train.make_config("digits", {**tiny, "out": run}))                # a Path, as Python users pass it
+    assert checkpoint.load_checkpoint(run / "ckpt.pt")["config"]["out"] == str(run)
+    for flag in ("resume", "overwrite"):
+        with pytest.raises(TypeError, match=f"{flag} must be True or False, got 'no'"):
+            train.train(train.make_config("digits", {**tiny, "out": str(run), "seed": 7}), **{flag: "no"})
+    assert checkpoint.load_checkpoint(run / "ckpt.pt")["config"]["seed"] == 0  # the run is kept
+    cfg = train.validate_config(train.TrainConfig(**{**tiny, "out": str(tmp_path / "r2"), "ema_decay": np.float32(0.99),
+                                                      "hflip": np.bool_(False)}))
+    assert type(cfg.ema_decay) is float and type(cfg.hflip) is bool
+    for bad, needle in (({"attn_resolutions": 4}, "attn_resolutions must be a list of integers"),
+                        ({"ch_mult": 2}, "ch_mult must be a list of integers"), ({"hflip": "false"}, "hflip must be True"),
+                        ({"lr": "1e-3"}, "lr must be a finite number"), ({"out": 5}, "out must be a folder's path")):
+        with pytest.raises((ValueError, TypeError), match=needle):
+            train.validate_config(train.TrainConfig(**{**tiny, "out": str(tmp_path / "r3"), **bad}))
+
+    p = tmp_path / "best.pt"
+    checkpoint.save_checkpoint(p, model={"w": torch.ones(3)}, step=1000)
+    os.chmod(p, 0o600)
+    checkpoint.save_checkpoint(p, model={"w": torch.ones(3)}, step=1001)
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o600                           # a private file stays private
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda q, m: False if str(q) == str(p) else real_access(q, m))   # root writes all
+    with pytest.raises(PermissionError, match="read-only, so it was not replaced"):
+        checkpoint.save_checkpoint(p, model={"w": torch.zeros(3)}, step=1)
+    assert checkpoint.load_checkpoint(p)["step"] == 1001
+    new = files.atomic_write(tmp_path / "new.txt", lambda f: f.write(b"x"))
+    assert stat.S_IMODE(os.stat(new).st_mode) == 0o666 & ~files.current_umask()
+
+
+def test_fifteenth_round_scores_and_flags(tmp_path):
+    """Helper 95: centred but unscaled images (x - 127.5) were clamped to near-binary images and scored; one caller's
+    edit of load_classifier's network changed every later score; string flags chose the training split, the paired
+    standard error and the approximate likelihood; a (D, N) feature matrix was reshaped into scrambled rows; an .npz of
+    samples failed with numpy's KeyError 'mu'."""
+    from ddimlab import lab
+
+    u8 = data.load_digits(16)[0][:60]
+    with pytest.raises(ValueError, match="centred 0..255 images"):
+        quality.score_digits(u8.float() - 127.5)
+    fn = fid.random_features(in_ch=1)
+    with pytest.raises(ValueError, match="centred 0..255 images"):
+        fid.compute_fid(u8.float() - 127.5, data.to_model_range(u8), fn)
+    real = data.to_model_range(u8)
+    before = quality.confident_share(real)
+    net, _ = quality.load_classifier(16)
+    with torch.no_grad():
+        net.head.weight /= 3
+    assert quality.confident_share(real) == before and quality.load_classifier(16)[0] is not net
+    fake = data.make_fake_cifar_tarball(tmp_path / "c.tar.gz", n_per_batch=2)
+    a = torch.arange(1.0, 7.0)
+    for call in (lambda: data.load_cifar10(fake.path, train="False", md5=None, progress=False),
+                 lambda: quality.mean_difference(a, a + 0.1, paired="False"),
+                 lambda: gaussian.discretized_gaussian_log_likelihood(torch.zeros(1), torch.zeros(1), -3.0, approx="False"),
+                 lambda: checkpoint.load_model(tmp_path / "none", use_ema="no"),
+                 lambda: lab.table1(S_list=(2,), etas=(0.0,), n=8, n_ode=0, standardize="no"),
+                 lambda: quality.load_classifier(16, retrain="no")):
+        with pytest.raises(TypeError, match="must be True or False"):
+            call()
+    with pytest.raises(ValueError, match=r"one row of features per image, N x D .*got shape \(64, 60\)"):
+        fid.compute_fid(real, real, lambda x: fn(x).T)
+    np.savez(tmp_path / "samples.npz", samples=real.numpy())
+    with pytest.raises(ValueError, match="must hold feature statistics `mu` and `sigma`"):
+        fid.compute_fid(str(tmp_path / "samples.npz"), real, fn)
+
+
+def test_fifteenth_round_tables_shapes_and_generators(toy_setup):
+    """Helper 95: exact_eps kept the caller's ᾱ table (editing it changed ε*); posterior_mean, q_sigma_mean and
+    q_sigma_forward broadcast a 1-channel x0 over 3 channels; reference_solution called a float32 network in float64
+    and blamed the user's x; torch's messages for a negative or string beta_start and for a seed as generator."""
+    ab = schedule.make_alpha_bar()
+    eps = toy.exact_eps(toy.eight_gaussians(), ab)
+    x = torch.full((1, 2), 0.3, dtype=torch.float64)
+    before = eps(x, 500)
+    ab[500] = 0.9
+    assert torch.equal(eps(x, 500), before)
+    g = torch.Generator().manual_seed(0)
+    x_t, grey = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 1, 4, 4, generator=g)
+    for call in (lambda: diffusion.posterior_mean(grey, x_t, 0.5, 0.9), lambda: diffusion.q_sigma_mean(grey, x_t, 0.5, 0.9, 0.1),
+                 lambda: diffusion.q_sigma_forward(x_t, grey, 0.5, 0.9, 0.1)):
+        with pytest.raises(ValueError, match="differs from"):
+            call()
+    net = _tiny_net().eval()
+    x_T = torch.randn(2, 1, 8, 8, generator=g)
+    out = ode.reference_solution(checkpoint.eps_fn(net), x_T, AB, 999, t_end=900, rtol=1e-3, atol=1e-3)
+    assert out.dtype == torch.float64 and bool(torch.isfinite(out).all())
+    for args in (("quadratic", 10, -1e-4, 0.02), ("linear", 10, "1e-4", 0.02), ("linear", 10, 1e-4, 1.5)):
+        with pytest.raises(ValueError, match="beta_start and beta_end must be numbers in"):
+            schedule.beta_schedule(*args)
+    mix, *_ = toy_setup
+    for call in (lambda: elbo.bits_per_dim(lambda x_, t: torch.zeros_like(x_), torch.zeros(2, 1, 2, 2),
+                                           schedule.make_alpha_bar("linear", 20), generator=0),
+                 lambda: elbo.l_simple(lambda x_, t: x_, torch.zeros(2, 1, 4, 4), AB, generator=0),
+                 lambda: mix.sample(4, generator=0), lambda: toy.kl_to_normal(mix, 0.5, generator=0),
+                 lambda: mix.reverse_sample(torch.zeros(3, 2, dtype=torch.float64), 0.5, 0.9, generator=0)):
+        with pytest.raises(TypeError, match="generator must be a torch.Generator or None"):
+            call()

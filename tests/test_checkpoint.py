@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ddimlab import checkpoint as ck
-from ddimlab import unet
+from ddimlab import schedule, unet
 
 # config.json of google/ddpm-cifar10-32 (the DDPM CIFAR-10 model as published for diffusers). Up types mirror
 # the down types: diffusers' converter maps the official up.i to up_blocks.(3 - i), so 16×16 is up_blocks.2.
@@ -227,11 +227,15 @@ def test_diffusers_folder_roundtrip(tmp_path, safe, randomize):
 def test_save_diffusers_folder_loads_in_diffusers(tmp_path, randomize):
     diffusers = pytest.importorskip("diffusers")
     ours = randomize(unet.UNet(**{**unet.PRESETS["tiny"], **TINY_CONFIGS[1]}), seed=4).eval()
-    folder = ck.save_diffusers_folder(ours, tmp_path / "export")
+    cosine = schedule.make_alpha_bar("cosine", 400)         # not the linear 1000 steps a reader would assume
+    folder = ck.save_diffusers_folder(ours, tmp_path / "export", cosine)
     theirs = diffusers.UNet2DModel.from_pretrained(folder).eval()
     x, t = inputs(ours)
     assert_same_function(ours, theirs, x, t)
     assert ck.load_diffusers_folder(folder).config == ours.config
+    torch.testing.assert_close(ck.load_model(folder)[1], cosine, rtol=1e-12, atol=0)     # the schedule travels with it
+    sched = diffusers.DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
+    torch.testing.assert_close(sched.alphas_cumprod.double(), cosine, rtol=1e-6, atol=1e-9)   # diffusers: float32
     with pytest.raises(FileNotFoundError, match="no config.json"):
         ck.load_diffusers_folder(tmp_path)
 

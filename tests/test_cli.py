@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import warnings
@@ -93,7 +94,7 @@ def test_sample_from_diffusers_folder(tmp_path):
     torch.manual_seed(0)
     net = UNet(in_ch=3, ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0,
                resolution=8, num_groups=8).eval()
-    checkpoint.save_diffusers_folder(net, tmp_path / "unet")
+    checkpoint.save_diffusers_folder(net, tmp_path / "unet", schedule.make_alpha_bar())
     assert cli.main(["sample", "--checkpoint", str(tmp_path / "unet"), "--steps", "3", "--n", "2",
                      "--out", str(tmp_path / "f")]) == 0
     z = np.load(tmp_path / "f.npz")
@@ -1390,7 +1391,7 @@ def test_twelfth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
         assert re.search(r"the noisiest of the 1 steps is t = 0 .* x_T ~ N\(0, I\)", capsys.readouterr().err)
     # options that would change nothing
     net, _ = checkpoint.load_model(trained)
-    checkpoint.save_diffusers_folder(net, tmp_path / "dfolder")
+    checkpoint.save_diffusers_folder(net, tmp_path / "dfolder", schedule.make_alpha_bar())
     one_line_error(["sample", "--checkpoint", str(tmp_path / "dfolder"), "--no-ema", "--n", "2", "--steps", "2",
                     "--out", str(tmp_path / "s")], "offers no raw weights to choose")
     one_line_error(["sample", "--checkpoint", str(trained), "--sampler", "dpm_solver_pp_3m", "--lower-order-final",
@@ -1407,7 +1408,8 @@ def test_twelfth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(fid, "_torch_fidelity", lambda instead: (_ for _ in ()).throw(ImportError(f"needs it; {instead}")))
     monkeypatch.setattr(tables, "sample_indices", lambda *a, **k: pytest.fail("sampled before refusing"))
     rgb = checkpoint.save_diffusers_folder(UNet(in_ch=3, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
-                                                resolution=32, num_groups=4), tmp_path / "rgb")     # a CIFAR-sized model
+                                                resolution=32, num_groups=4), tmp_path / "rgb",
+                                          schedule.make_alpha_bar())     # a CIFAR-sized model
     one_line_error(["reproduce", "table1", "--checkpoint", str(rgb), "--n-samples", "2", "--steps", "2", "--etas", "0",
                     "--out", str(tmp_path / "t3")], "--features random")
     monkeypatch.undo()
@@ -1467,7 +1469,8 @@ def test_thirteenth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch
     # a diffusers pipeline folder: v-prediction and zero-SNR refused, trained_betas used
     net, abar = checkpoint.load_model(trained)
     pipe = tmp_path / "pipe"
-    checkpoint.save_diffusers_folder(net, pipe / "unet")
+    checkpoint.save_diffusers_folder(net, pipe / "unet", abar)
+    shutil.rmtree(pipe / "unet" / "scheduler")                 # the pipeline's own scheduler folder, read next
     (pipe / "scheduler").mkdir()
     sched = pipe / "scheduler" / "scheduler_config.json"
     sample = ["sample", "--checkpoint", str(pipe), "--n", "2", "--steps", "2", "--out", str(tmp_path / "s")]
