@@ -96,5 +96,5 @@ gpu-check: install $(VENV)/.extra-bench ## on a lent GPU: UNet speed (eager, com
 clean:                 ## remove .venv and build files (keeps outputs/)
 	rm -rf $(VENV) *.egg-info
 
-clean-outputs:         ## remove what demo and lab wrote to outputs/
+clean-outputs:         ## remove outputs/ and everything in it (demo's and lab's results, and anything else there)
 	rm -rf outputs

@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -30,6 +31,8 @@ from pathlib import Path
 import torch
 
 from ddimlab import checkpoint, devices, generate, schedule
+from ddimlab.cli import USER_ERRORS
+from ddimlab.files import atomic_write, check_out_folder
 from ddimlab.train import make_config, read_log, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # bench_unet.py sits beside this script
@@ -73,7 +76,7 @@ def train_and_resume(args, device, out: Path) -> dict:
                                          sample_every=0, n_samples=0, progress=not args.no_progress, warmup=10,
                                          **extra))
     t0 = time.perf_counter()
-    train(config)
+    train(config, overwrite=args.overwrite and (out / "ckpt.pt").exists())
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
     train(dataclasses.replace(config, steps=args.train_steps, ckpt_every=args.train_steps), resume=True)
@@ -108,10 +111,19 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="auto, cuda, cpu (default: auto)")
     p.add_argument("--tiny", action="store_true", help="tiny sizes, any device, seconds (what the tests run)")
-    p.add_argument("--out", default=None, help="folder for the run and gpu_check.json (default: a temporary folder)")
+    p.add_argument("--out", default=None, help="folder for the run and gpu_check.json (default: a temporary folder, of "
+                                               "which only gpu_check.json is kept: the run is hundreds of MB)")
+    p.add_argument("--overwrite", action="store_true", help="start the run again where --out already holds one")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-bench", action="store_true", help="skip the UNet benchmark (stage 1): training and sampling only")
     args = p.parse_args(argv)
+    try:
+        return check(args)
+    except USER_ERRORS as e:         # one line, as the command line says them
+        raise SystemExit(f"gpu_check: error: {e}") from None
+
+
+def check(args) -> dict:
     sizes = dict(bench_batch=1, iters=1, warmup=0, train_steps=4, train_batch=8, n_samples=8, sample_batch=4,
                  sample_steps=3) if args.tiny else dict(bench_batch=128, iters=20, warmup=5, train_steps=400,
                                                         train_batch=128, n_samples=1000, sample_batch=500,
@@ -124,6 +136,7 @@ def main(argv=None) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="ddimlab_gpu_check_"))
+    check_out_folder(out, "a folder for the check")
     t0 = time.perf_counter()
     report = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
                   torch=torch.__version__, bench=[] if args.no_bench else bench(args, device))
@@ -131,8 +144,11 @@ def main(argv=None) -> dict:
     report["sample"] = sample(args, device, out / "run")
     report["seconds"] = time.perf_counter() - t0
     print_summary(report)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
+    if not args.out:
+        shutil.rmtree(out / "run")
+    atomic_write(out / "gpu_check.json", lambda f: f.write(json.dumps(report, indent=1)), text=True)
+    print(f"the report as JSON: {out / 'gpu_check.json'}" + ("" if args.out else " (the run itself, a throwaway, is "
+                                                                                 "removed; --out DIR keeps it)"))
     if not (report["train"]["resume_ok"] and report["sample"]["finite"]):
         raise SystemExit("gpu_check: FAILED (see the table above)")
     return report

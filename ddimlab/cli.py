@@ -31,7 +31,9 @@ from . import __version__, checkpoint, data, demo, devices, fid, lab, ode, sched
 from .checks import int_range
 from .files import (
     atomic_write,
+    check_can_write,
     check_nothing_set_aside,
+    check_out_folder,
     folder_removed_on_error,
     interrupts_deferred,
     locked,
@@ -59,6 +61,7 @@ from .train import (
     TornLogWarning,
     TrainConfig,
     UnknownSettingsWarning,
+    _parse_value,
     make_config,
     resumed_config,
     train,
@@ -151,6 +154,7 @@ def _writes_pair(cmd):
         with folder_removed_on_error(png.parent, _lock_file(png)):
             with locked(_lock_file(png)):
                 pass
+            check_can_write(png.parent)
             return cmd(args, png, npz)
     return run
 
@@ -206,13 +210,19 @@ def _save_pair(png: Path, npz: Path, images: torch.Tensor, nrow, scale: int, ove
 def cmd_train(args) -> int:
     sets = [_expand_path_setting(kv) for kv in args.set or []]
     last = {key.strip(): value.strip() for key, _, value in (kv.partition("=") for kv in sets)}    # the last one counts
-    for flag, value in (("out", args.out), ("device", args.device)):
-        if value is not None and flag in last and os.path.normpath(last[flag]) != os.path.normpath(value):
-            raise ValueError(f"--{flag} {value} and --set {flag}={last[flag]} contradict each other; give one")
-    overrides = sets + [f"{key}={value}" for key, value in (("out", args.out), ("device", args.device), ("bf16", args.bf16),
-                                                             ("compile", args.compile)) if value is not None]
-    if args.no_progress:
-        overrides.append("progress=false")
+    flags = {"out": args.out, "device": args.device, "bf16": args.bf16, "compile": args.compile,
+             "progress": False if args.no_progress else None}
+    for flag, value in flags.items():
+        if value is None or flag not in last:
+            continue
+        boolean = isinstance(value, bool)
+        if (_parse_value(flag, last[flag], value) != value if boolean else
+                os.path.normpath(last[flag]) != os.path.normpath(value)):
+            given = f"--{'' if value else 'no-'}{flag}" if boolean else f"--{flag} {value}"
+            raise ValueError(f"{given} and --set {flag}={last[flag]} contradict each other; give one")
+    if "progress" not in last:                         # a display setting of this command, not of the run: a resume
+        flags["progress"] = not args.no_progress       # shows the bar unless told otherwise here
+    overrides = sets + [f"{key}={value}" for key, value in flags.items() if value is not None]
     out = Path(args.out or last.get("out") or PRESETS[args.preset or "digits"].get("out", TrainConfig.out))
     if args.resume and args.overwrite:                 # before anything is said about the run's settings
         raise ValueError("--resume and --overwrite exclude each other: continue the run, or start it again")
@@ -400,11 +410,13 @@ def cmd_reproduce(args) -> int:
         _refuse_existing(args.overwrite, *tables_there, hint=hint)
         return _reproduce(args, out)
     lock_file = out / f".{args.table}.lock"
+    check_out_folder(out, "the tables' folder")
     with folder_removed_on_error(out, lock_file):
         out.mkdir(parents=True, exist_ok=True)
         with locked(lock_file, busy=f"{out} is in use by another `reproduce {args.table}`; wait for it to finish or "
                                     f"choose another --out"):
             _refuse_existing(args.overwrite, *tables_there, hint=hint)
+            check_can_write(out)
             return _reproduce(args, out)
 
 
@@ -709,6 +721,48 @@ def main(argv=None, prog: str | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):     # a path with bytes that are not UTF-8 prints escaped, not as a codec error
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Unbreakable(sys.stdout), _Unbreakable(sys.stderr)
+    try:
+        return _main(argv, prog)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+class _Unbreakable:
+    """stdout or stderr that a reader gone away (`| head`) or a closed descriptor (`2>&-`) cannot turn into an error that
+    stops the work or loses its files: after the first broken pipe, or with no stream at all, output goes nowhere."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _gone(self):
+        with contextlib.suppress(OSError, ValueError, AttributeError):      # Python's exit flush must not fail either
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        self._stream = None
+
+    def write(self, text):
+        try:
+            return len(text) if self._stream is None else self._stream.write(text)
+        except BrokenPipeError:
+            self._gone()
+            return len(text)
+
+    def flush(self):
+        try:
+            if self._stream is not None:
+                self._stream.flush()
+        except BrokenPipeError:
+            self._gone()
+
+    def isatty(self):
+        return self._stream is not None and self._stream.isatty()
+
+    def __getattr__(self, name):                # fileno, encoding, ...: the stream's own
+        return getattr(self._stream, name)
+
+
+def _main(argv, prog):
     if prog is None:
         prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "ddimlab"
         prog = "python -m ddimlab" if prog in ("__main__.py", "-m", "-c", "") else prog

@@ -74,8 +74,8 @@ def main(args) -> list[Path]:
     """`args`: out, skip_train, train_steps, n (None: N_SAMPLES), seed, no_progress (the `demo` subcommand's
     options). Returns the paths written."""
     out, n = Path(args.out), args.n or N_SAMPLES
-    if not args.skip_train:
-        pretrained.models_dir()     # a cache that cannot be made is said now, not after part 1
+    if not args.skip_train:          # a cache that cannot take the model is said now, not after part 1
+        pretrained.check_cache(args.train_steps, args.seed)
     t0 = time.perf_counter()
     print("== 1. DDIM Table 1 on an exact score (no model error: only the sampler's) ==", flush=True)
     written = lab.main(out=out, seed=args.seed, **LAB)

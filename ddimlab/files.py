@@ -100,7 +100,7 @@ def locked(path, busy: str | None = None):
     except IsADirectoryError:
         raise IsADirectoryError(f"{path} is a folder where ddimlab keeps a lock file; remove or rename it") from None
     except OSError as e:                       # said of the folder: the lock file is only the first thing written there
-        raise type(e)(e.errno, f"cannot create files in {path.parent} ({e.strerror}); choose another --out") from None
+        raise _cannot_write(path.parent, e) from None
     with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))
@@ -110,6 +110,30 @@ def locked(path, busy: str | None = None):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _cannot_write(folder: Path, e: OSError, hint: str = "choose another --out") -> OSError:
+    return type(e)(e.errno, f"cannot create files in {folder} ({e.strerror}); {hint}")
+
+
+def check_out_folder(out: Path, what: str = "a run folder") -> None:
+    """--out names a folder, or nothing yet: not a file, nor a symbolic link to nothing (mkdir would say "File exists")."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not {what}; choose another --out")
+    if out.is_symlink() and not out.exists():
+        raise FileNotFoundError(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist")
+
+
+def check_can_write(folder, hint: str = "choose another --out") -> None:
+    """Make `folder` if absent, and create and delete a file in it: one that cannot be written is said before the work,
+    not after it (a lock file left by an earlier run opens even in a folder made read-only since)."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".ddimlab-probe-", dir=folder)
+    except OSError as e:
+        raise _cannot_write(Path(folder), e, hint) from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from . import devices, train
 from .checks import check_int
-from .files import BusyError, current_umask, locked
+from .files import BusyError, check_can_write, current_umask, locked
 
 # Fields that do not change the trained weights: left out of the cache key.
 _NOT_IN_KEY = ("out", "progress", "log_every", "ckpt_every", "sample_every", "n_samples", "sample_steps",
@@ -83,8 +83,7 @@ def digits_model(steps: int | None = None, seed: int = 0, cache_dir=None, progre
     process two took 0.47 and one was not slowed: `make test` trains the model before its two workers start
     (`python -m ddimlab.pretrained`).
     """
-    config = dataclasses.replace(digits_config(steps, seed, device, overrides), threads=threads)
-    folder = models_dir(cache_dir) / f"digits_{config_key(config)}"
+    config, folder = _config_and_folder(steps, seed, cache_dir, device, overrides, threads)
     lock = folder.parent / f".{folder.name}.lock"
     try:
         with locked(lock, busy="held"):
@@ -93,6 +92,19 @@ def digits_model(steps: int | None = None, seed: int = 0, cache_dir=None, progre
         print(f"waiting for another process that holds the cached digits model {folder}", file=sys.stderr, flush=True)
     with locked(lock):
         return _cached_or_trained(folder, config, progress)
+
+
+def _config_and_folder(steps=None, seed=0, cache_dir=None, device="cpu", overrides=None, threads=THREADS):
+    config = dataclasses.replace(digits_config(steps, seed, device, overrides), threads=threads)
+    return config, models_dir(cache_dir) / f"digits_{config_key(config)}"
+
+
+def check_cache(steps: int | None = None, seed: int = 0) -> None:
+    """Before a command that will call `digits_model(steps, seed)` after other work (the demo): the cache holds that
+    model, or can take it, else an OSError naming DDIMLAB_CACHE now rather than after the other work."""
+    _, folder = _config_and_folder(steps, seed)
+    if not (folder / "ckpt.pt").exists():
+        check_can_write(folder.parent, hint="point DDIMLAB_CACHE at a folder you can write")
 
 
 def _cached_or_trained(folder: Path, config: train.TrainConfig, progress: bool):
@@ -130,6 +142,10 @@ if __name__ == "__main__":     # `python -m ddimlab.pretrained`: train the share
     import time
 
     start = time.perf_counter()
+    try:
+        check_cache()
+    except OSError as e:                          # the first step of `make test`: one line, not a traceback
+        raise SystemExit(f"python -m ddimlab.pretrained: error: {e}") from None
     _, config = digits_model(progress=True)
     print(f"the shared digits model ({config.steps} steps, {config.threads} threads, {devices.cpu_kernels()} kernels) "
           f"ready in {time.perf_counter() - start:.0f} s: {config.out}")

@@ -323,13 +323,13 @@ def langevin(eps, x, alpha_bar, t: int, step: float, n_steps: int, generator: to
 
         x ← x + δ ∇log p_t(x) + √(2δ) z,   ∇log p_t(x) = −ε(x, t)/√(1−ᾱ_t),
 
-    Langevin dynamics (Song & Ermon 2019, §2.2, whose step ε is 2δ), the corrector of Song et al. (2021, §4.2)'s predictor–corrector
-    samplers. Its target is the density whose score ε gives at t: p_t for a model's ε, and at t = 0 the tilted density
-    p(x)^(1−w) p(x|c)^w for a guided ε, which guided DDIM and DDPM do not sample (notebook 10 §1). Between modes far
-    apart the chain can take impractically long to get there (Song & Ermon 2019, §3.2). Without a Metropolis
-    test the chain is biased by O(δ): on a Gaussian of variance v its stationary variance is v/(1 − δ/(2v))
-    (tests/test_guidance.py). noise_sampler(t, t) and callback (s = t, x̂_0 of the point before the step) as in the
-    module docstring. Returns x after the last step."""
+    Langevin dynamics (Song & Ermon 2019, §2.2, whose step ε is 2δ), the corrector of Song et al. (2021, §4.2)'s
+    predictor–corrector samplers. Its target is the density whose score ε gives at t: p_t for a model's ε, and at
+    t = 0 the tilted density p(x)^(1−w) p(x|c)^w for a guided ε, which guided DDIM and DDPM do not sample (notebook 10
+    §1). Between modes far apart the chain can take impractically long to get there (Song & Ermon 2019, §3.2).
+    Without a Metropolis test the chain is biased by O(δ): on a Gaussian of variance v its stationary variance is
+    v/(1 − δ/(2v)) (tests/test_guidance.py). noise_sampler(t, t) and callback (s = t, x̂_0 of the point before the
+    step) as in the module docstring. Returns x after the last step."""
     alpha_bar = check_args(x, alpha_bar, None, name="x")[0]
     t = check_int("t", t, 0, alpha_bar.shape[0] - 1)
     if (delta := as_real(step)) is None or delta <= 0:

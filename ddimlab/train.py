@@ -47,7 +47,7 @@ from . import data, devices, schedule, unet
 from .checkpoint import EARLY_EMA, eps_fn, load_checkpoint, save_checkpoint, unet_from_run
 from .checks import as_real, check_bool, check_int
 from .elbo import l_simple
-from .files import atomic_write, check_nothing_set_aside, folder_removed_on_error, locked, put_back, set_aside
+from .files import atomic_write, check_nothing_set_aside, check_out_folder, folder_removed_on_error, locked, put_back, set_aside
 from .plotting import save_image_grid
 from .samplers import NOISE_ALPHA_BAR, sample
 
@@ -625,10 +625,7 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
     out = Path(config.out)
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue the run, or start it again")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file, not a run folder; choose another --out")
-    if out.is_symlink() and not out.exists():
-        raise FileNotFoundError(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist")
+    check_out_folder(out)
     if config.n_samples and (out / "samples").exists() and not (out / "samples").is_dir():   # found at the first grid
         raise FileExistsError(f"{out / 'samples'} is a file, and the run writes its sample grids into a folder of that "
                               f"name; move the file, or pass --set n_samples=0 (no grids)")
@@ -680,26 +677,16 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
         print(f"{out} holds no run to resume: starting a new one")
     aside = None                                       # the previous run's files, under --overwrite
     made_samples = not (out / "samples").exists()      # a samples/ folder the user made stays, even empty
-    if is_main:
-        if overwrite:
-            aside = _set_aside(out)
-        out.mkdir(parents=True, exist_ok=True)
-        _restart_log(out / "log.jsonl", step)          # a fresh run starts an empty log
     last_good = step if step else None
-    grids = []                                         # the sample grids this run wrote
-
-    net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if world > 1 else model
-    net = torch.compile(net) if config.compile else net
+    grids, new_log = [], False                         # the sample grids this run wrote; whether it started the log
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and config.bf16)
     check_every = config.log_every if cuda else 1      # .item() synchronises a GPU: check less often there
-    bar = tqdm(total=config.steps, initial=step, disable=not (config.progress and is_main), dynamic_ncols=True,
-               unit="step")
     loss_sum, loss_n = torch.tensor(float(window[0]), device=device), int(window[1])
     t_last, step_last = time.perf_counter(), step
     mean_loss = float("nan")
     model.train()
     threads = config.threads if config.threads and not cuda else torch.get_num_threads()
-    stop = _stop_on_signal(world == 1)
+    bar = stop = None
 
     def save():                                        # the weights after `step`, once their loss is seen to be finite
         nonlocal last_good, aside
@@ -710,7 +697,18 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
             shutil.rmtree(aside, ignore_errors=True)
             aside = None
 
-    try:
+    try:                                               # from the set-aside on, a failure puts the previous run back
+        if is_main:
+            if overwrite:
+                aside = _set_aside(out)
+            out.mkdir(parents=True, exist_ok=True)
+            _restart_log(out / "log.jsonl", step)      # a fresh run starts an empty log
+            new_log = not step
+        net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if world > 1 else model
+        net = torch.compile(net) if config.compile else net
+        bar = tqdm(total=config.steps, initial=step, disable=not (config.progress and is_main), dynamic_ncols=True,
+                   unit="step")
+        stop = _stop_on_signal(world == 1)
         with devices.cpu_threads(threads):
             while step < config.steps:
                 x0, t, eps = get_batch(images, step, config, gen, local)
@@ -777,7 +775,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
                                             f"continue with --resume")
     except BaseException:
         if is_main and last_good is None:              # nothing saved: a retry must not find a log without a run
-            for path in [out / "log.jsonl", *grids]:
+            for path in [out / "log.jsonl"] * new_log + grids:
                 path.unlink(missing_ok=True)
             if made_samples:
                 with contextlib.suppress(OSError):
@@ -787,8 +785,10 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
                 print(f"--overwrite: put the previous run back in {out}")      # stdout, as the set-aside; the error follows
         raise
     finally:
-        stop.restore()
-        bar.close()
+        if stop is not None:
+            stop.restore()
+        if bar is not None:
+            bar.close()
         if init_here:
             dist.destroy_process_group()
     if is_main and mean_loss > 1.5:      # ε ~ N(0, I): predicting ε = 0 scores 1 per pixel

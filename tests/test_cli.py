@@ -1732,3 +1732,78 @@ def test_fourteenth_round_records_and_unknown_settings(trained, tmp_path, capsys
     assert cli.main(["interpolate", "--checkpoint", str(trained), "--latents", str(tmp_path / "other.npz"), "--n", "3",
                      "--steps", "2", "--out", str(tmp_path / "j"), "--no-progress"]) == 0
     assert "warning: " in (err := capsys.readouterr().err) and "latents of another model" in err
+
+
+def test_fifteenth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
+    """A careless round (helper 96): `train --overwrite` piped into a reader that had gone (or with stderr closed)
+    failed at its first line of output and left the previous run hidden in .previous-<pid>; `lab | head` threw the
+    finished tables away; an unwritable folder holding an earlier lock file was found only after all the sampling;
+    `demo` with a cache it could not write said so after part 1 (and deleted part 1's tables); `reproduce --out` a
+    dangling symbolic link said "File exists"; --no-bf16 or --no-progress beside a contradicting --set was settled
+    silently, and a run's --no-progress stuck to every later resume."""
+
+    from ddimlab import demo, files
+
+    def one_line_error(argv, *needles):
+        _expect_one_line_error(capsys, [*argv, "--no-progress"], *needles)
+
+    class GoneReader:                                  # stdout of `... | head` once head has exited
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def isatty(self):
+            return False
+
+        def fileno(self):
+            raise OSError("no descriptor here")
+
+    tiny = [*_sets(TINY), "--set", "steps=2", "--set", "n_samples=0"]
+    ow = tmp_path / "ow"
+    assert cli.main(["train", "--out", str(ow), "--no-progress", *tiny]) == 0
+    monkeypatch.setattr(sys, "stdout", GoneReader())
+    assert cli.main(["train", "--out", str(ow), "--overwrite", "--no-progress", *tiny, "--set", "seed=3"]) == 0
+    monkeypatch.setattr(sys, "stderr", None)           # 2>&-
+    assert cli.main(["train", "--out", str(ow), "--overwrite", *tiny, "--set", "seed=4"]) == 0
+    assert cli.main(["lab", "--n", "8", "--image-d", "0", "--out", str(tmp_path / "lab"), "--no-progress"]) == 0
+    monkeypatch.undo()
+    assert checkpoint.load_checkpoint(ow / "ckpt.pt")["config"]["seed"] == 4
+    assert not list(ow.glob(".previous-*")) and (tmp_path / "lab" / "table1.txt").exists()
+    capsys.readouterr()
+
+    # folders made read-only (as root can only pretend here: no file can be created in them)
+    real_mkstemp = files.tempfile.mkstemp
+    read_only = {str(tmp_path / "ro"), str(tmp_path / "cache" / "models")}
+
+    def mkstemp(*a, **k):
+        if str(k.get("dir", "")) in read_only:
+            raise PermissionError(13, "Permission denied")
+        return real_mkstemp(*a, **k)
+    # one that an earlier sample left its lock file in: refused before the work
+    sample = ["sample", "--checkpoint", str(trained), "--n", "2", "--steps", "2"]
+    assert cli.main([*sample, "--out", str(tmp_path / "ro" / "a"), "--no-progress"]) == 0
+    monkeypatch.setattr(files.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(cli, "sample_indices", lambda *a, **k: pytest.fail("sampled before refusing"))
+    one_line_error([*sample, "--out", str(tmp_path / "ro" / "a"), "--overwrite"], "cannot create files in", "choose another")
+    # demo with a cache it cannot write: said before part 1, which is not written
+    (tmp_path / "cache" / "models").mkdir(parents=True)
+    monkeypatch.setenv("DDIMLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(demo, "LAB", dict(n=8, image_d=0, image_n=8))
+    one_line_error(["demo", "--out", str(tmp_path / "d"), "--train-steps", "3"], "cannot create files in",
+                   "point DDIMLAB_CACHE at a folder you can write")
+    assert not (tmp_path / "d").exists()
+    monkeypatch.undo()
+
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nothere" / "t1")
+    one_line_error(["reproduce", "table2", "--checkpoint", str(trained), "--n-images", "2", "--steps", "2", "--out",
+                    str(dangling)], "is a symbolic link to", "which does not exist")
+    for argv, needle in ((["--no-bf16", "--set", "bf16=true"], "--no-bf16 and --set bf16=true contradict"),
+                         (["--compile", "--set", "compile=false"], "--compile and --set compile=false contradict"),
+                         (["--set", "progress=true"], "--no-progress and --set progress=true contradict")):
+        one_line_error(["train", "--out", str(tmp_path / "c"), *tiny, *argv], needle)
+    # --no-progress is this command's display, not the run's: a later resume shows its bar unless told otherwise
+    assert cli.main(["train", "--out", str(ow), "--resume", *tiny, "--set", "steps=3"]) == 0
+    assert checkpoint.load_checkpoint(ow / "ckpt.pt")["config"]["progress"] is True

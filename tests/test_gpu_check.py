@@ -24,3 +24,25 @@ def test_gpu_check_pipeline_runs_with_tiny_sizes(tmp_path, capsys):
     assert f"{ours['forward_vs_diffusers']['ratio']:.3f}x" in line and f"{ours['train_vs_diffusers']['ratio']:.3f}x" in line
     report = gpu_check.main(["--tiny", "--device", "cpu", "--out", str(tmp_path / "b"), "--no-progress", "--no-bench"])
     assert report["bench"] == [] and report["train"]["resume_ok"]
+
+
+def test_gpu_check_keeps_no_throwaway_run_and_says_mistakes_in_one_line(tmp_path, capsys, monkeypatch):
+    """Helper 96: without --out each run left its checkpoint (hundreds of MB on a GPU) in a temporary folder it never
+    named; a second run on one --out, a CPU-only torch asked for CUDA, and a file as --out were tracebacks."""
+    import tempfile
+
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    tiny = ["--tiny", "--device", "cpu", "--no-progress", "--no-bench"]
+    gpu_check.main(tiny)
+    (folder,) = tmp_path.glob("ddimlab_gpu_check_*")
+    assert sorted(p.name for p in folder.iterdir()) == ["gpu_check.json"]
+    assert f"the report as JSON: {folder / 'gpu_check.json'}" in capsys.readouterr().out
+    gpu_check.main([*tiny, "--out", str(tmp_path / "o")])
+    for argv, needle in (([*tiny, "--out", str(tmp_path / "o")], "already holds a run"),
+                         ([*tiny, "--out", str(folder / "gpu_check.json")], "is a file, not a folder for the check")):
+        with pytest.raises(SystemExit, match=f"gpu_check: error: .*{needle}"):
+            gpu_check.main(argv)
+    assert gpu_check.main([*tiny, "--out", str(tmp_path / "o"), "--overwrite"])["train"]["resume_ok"]
