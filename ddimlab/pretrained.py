@@ -19,6 +19,7 @@ file: the first trains, the others then load its result.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -115,6 +116,8 @@ def _cached_or_trained(folder: Path, config: train.TrainConfig, progress: bool):
         except Exception as e:  # truncated, foreign or changed (e.g. resumed by hand): train again and replace it
             print(f"the cached digits model in {folder} cannot be used ({e}): training it again", file=sys.stderr)
             shutil.rmtree(folder, ignore_errors=True)
+    for stale in folder.parent.glob(f".{glob.escape(folder.name)}-*"):   # a killed run's (-9): only one trains, under the lock
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
     try:
         train.train(dataclasses.replace(config, out=str(tmp), progress=progress, ckpt_every=config.steps,
