@@ -76,7 +76,7 @@ def train_and_resume(args, device, out: Path) -> dict:
                                          sample_every=0, n_samples=0, progress=not args.no_progress, warmup=10,
                                          **extra))
     t0 = time.perf_counter()
-    train(config, overwrite=args.overwrite and (out / "ckpt.pt").exists())
+    train(config, overwrite=args.overwrite)
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
     train(dataclasses.replace(config, steps=args.train_steps, ckpt_every=args.train_steps), resume=True)

@@ -389,7 +389,7 @@ def kl_to_normal(mixture: GaussianMixture, a: float, n: int = 4000,
     a = float(a)
     if not 0 < a < 1:
         raise ValueError(f"alpha_bar must lie in (0, 1), got {a}")
-    n, generator = check_int("n", n, 2, note=" (a standard error needs two draws)"), check_generator(generator)
+    n = check_int("n", n, 2, note=" (a standard error needs two draws)")      # mixture.sample checks the generator
     x = math.sqrt(a) * mixture.sample(n, generator) + math.sqrt(1 - a) * torch.randn(
         n, mixture.d, generator=generator, dtype=torch.float64)
     log_ratio = mixture.log_prob(x, a) + 0.5 * (x.pow(2).sum(1) + mixture.d * math.log(2 * math.pi))
@@ -508,7 +508,6 @@ def mmd(samples: torch.Tensor, mixture: GaussianMixture, generator: torch.Genera
     if samples.shape[1] != mixture.d or samples.shape[0] < 2:
         raise ValueError(f"samples must have shape (n >= 2, d = {mixture.d}), got {tuple(samples.shape)}")
     repeats = check_int("repeats", repeats, 2, note=" (to estimate a standard deviation)")
-    generator = check_generator(generator)
     kernel = bandwidth(mixture) if kernel is None else kernel
     scale = torch.ones(mixture.d, dtype=torch.float64) if scale is None else torch.as_tensor(scale, dtype=torch.float64)
     if scale.shape != (mixture.d,) or not bool((torch.isfinite(scale) & (scale > 0)).all()):

@@ -775,7 +775,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
                                             f"continue with --resume")
     except BaseException:
         if is_main and last_good is None:              # nothing saved: a retry must not find a log without a run
-            for path in [out / "log.jsonl"] * new_log + grids:
+            for path in ([out / "log.jsonl"] if new_log else []) + grids:
                 path.unlink(missing_ok=True)
             if made_samples:
                 with contextlib.suppress(OSError):
