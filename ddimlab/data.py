@@ -556,7 +556,9 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int = 0) -> torch.Te
     Epoch e = step // (n // batch_size) visits a fresh permutation of 0..n−1 seeded by (seed, e), like
     torch's DistributedSampler, cut into n // batch_size full batches (the last n mod batch_size
     indices of each permutation are skipped). A function of (n, batch_size, step, seed) alone, so a
-    resumed run draws exactly the batches the uninterrupted one would.
+    resumed run draws exactly the batches the uninterrupted one would. torch's CPU generator keeps the low 32 bits of
+    its seed, seed·1000003 + e here: distinct for every epoch below 1000003 while seed < 4294; beyond, two seeds can
+    share an epoch's order (each at a different epoch).
     """
     n = check_int("n", n, 1, note=" (the data set's size)")
     batch_size = check_int("batch_size", batch_size, 1, n, " (the data set's size)")

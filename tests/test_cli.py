@@ -1807,3 +1807,26 @@ def test_fifteenth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch)
     # --no-progress is this command's display, not the run's: a later resume shows its bar unless told otherwise
     assert cli.main(["train", "--out", str(ow), "--resume", *tiny, "--set", "steps=3"]) == 0
     assert checkpoint.load_checkpoint(ow / "ckpt.pt")["config"]["progress"] is True
+
+
+def test_settings_that_would_do_nothing_are_refused_or_noted(tmp_path, capsys):
+    """`--set sample_every=100` beside n_samples = 0 drew no grid and said nothing: asked for in one command, they
+    contradict each other, refused before any training. A warmup as long as the run never reached its learning rate,
+    and said nothing: noted on stdout, with the share of lr the run reaches (not refused: a short `--set steps=2`
+    beside a script's usual settings is a quick run's usual case)."""
+    base = ["train", "--no-progress", *_sets(kv for kv in TINY if not kv.startswith("warmup="))]
+    for sets in (["n_samples=0", "sample_every=5"], ["sample_every=2", "n_samples=0", "sample_steps=3"]):
+        out = tmp_path / "_".join(sets).replace("=", "")
+        every = next(kv for kv in sets if kv.startswith("sample_every"))
+        _expect_one_line_error(capsys, [*base, "--out", str(out), *_sets(sets)],
+                               f"--set {every} draws no grid with n_samples = 0")
+        assert not out.exists()
+    assert cli.main([*base, "--out", str(tmp_path / "quiet"), *_sets(["n_samples=0", "sample_every=0", "steps=2",
+                                                                     "warmup=1"])]) == 0
+    assert not (tmp_path / "quiet" / "samples").exists() and "note:" not in capsys.readouterr().out
+    for sets, share in ((["steps=2"], "2% of lr = 0.002, and never decays"), (["steps=3", "warmup=4", "lr_decay=none"],
+                                                                               "75% of lr = 0.002 (")):
+        assert cli.main([*base, "--out", str(tmp_path / sets[-1]), *_sets(["n_samples=0", *sets])]) == 0
+        out = capsys.readouterr().out          # the digits preset's warmup = 100, or this command's
+        warmup = sets[1][7:] if len(sets) > 1 else "100"
+        assert f"note: warmup = {warmup} >= steps = {sets[0][6:]}: the learning rate rises for the whole run, to {share}" in out
