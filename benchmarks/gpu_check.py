@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from ddimlab import checkpoint, devices, generate, schedule
-from ddimlab.cli import USER_ERRORS
+from ddimlab.cli import USER_ERRORS, _sigterm_as_interrupt
 from ddimlab.files import atomic_write, check_out_folder
 from ddimlab.train import make_config, read_log, train
 
@@ -117,10 +117,16 @@ def main(argv=None) -> dict:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-bench", action="store_true", help="skip the UNet benchmark (stage 1): training and sampling only")
     args = p.parse_args(argv)
+    terminate = _sigterm_as_interrupt()
     try:
         return check(args)
+    except KeyboardInterrupt as e:   # Ctrl-C or SIGTERM: one line, as the command line says it
+        print("gpu_check: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
+        raise SystemExit(130) from None
     except USER_ERRORS as e:         # one line, as the command line says them
         raise SystemExit(f"gpu_check: error: {e}") from None
+    finally:
+        terminate.restore()
 
 
 def check(args) -> dict:
@@ -138,10 +144,15 @@ def check(args) -> dict:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="ddimlab_gpu_check_"))
     check_out_folder(out, "a folder for the check")
     t0 = time.perf_counter()
-    report = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
-                  torch=torch.__version__, bench=[] if args.no_bench else bench(args, device))
-    report["train"] = train_and_resume(args, device, out / "run")
-    report["sample"] = sample(args, device, out / "run")
+    try:
+        report = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+                      torch=torch.__version__, bench=[] if args.no_bench else bench(args, device))
+        report["train"] = train_and_resume(args, device, out / "run")
+        report["sample"] = sample(args, device, out / "run")
+    except BaseException:            # an error or Ctrl-C: a throwaway run (hundreds of MB on a GPU) goes with it
+        if not args.out:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     report["seconds"] = time.perf_counter() - t0
     print_summary(report)
     if not args.out:

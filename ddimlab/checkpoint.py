@@ -29,7 +29,7 @@ from . import devices, schedule
 from . import unet as unet_mod
 from .checks import as_real, check_bool, check_int
 from .data import default_cache_dir, download
-from .files import atomic_write, md5sum
+from .files import atomic_write, interrupts_deferred, md5sum
 
 DDPM_CIFAR10_FILE = "model-790000.ckpt"
 DDPM_CIFAR10_MD5 = "1fa350b952534ae442b1d5235cce5cd3"
@@ -46,12 +46,14 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path, **state) -> Path:
-    """Write `state` (tensors, state_dicts, numbers, strings, lists, dicts) to `path` atomically."""
+    """Write `state` (tensors, state_dicts, numbers, strings, lists, dicts) to `path` atomically; Ctrl-C and SIGTERM
+    wait for the write's end (torch's zip writer turns one that comes inside it into a RuntimeError)."""
     if not state:
         raise ValueError("save_checkpoint needs at least one keyword, e.g. save_checkpoint(path, model=sd, step=0)")
     _check_plain(state, "state")                     # before the write: it would replace a good file with a refused one
     try:
-        return atomic_write(path, lambda f: torch.save(state, f), fsync=True)
+        with interrupts_deferred():
+            return atomic_write(path, lambda f: torch.save(state, f), fsync=True)
     except RuntimeError as e:     # torch's zip writer reports a failed write (e.g. a full disk) as a RuntimeError
         raise OSError(f"could not write {path} (is the disk full?): {str(e).splitlines()[0]}") from e
 

@@ -150,6 +150,7 @@ def _writes_pair(cmd):
         png, npz = stem.parent / (stem.name + ".png"), stem.parent / (stem.name + ".npz")
         _check_name_length(stem)
         _refuse_folders(png, npz)
+        _refuse_own_inputs(args, png, npz)
         _refuse_existing(args.overwrite, png, npz)
         with folder_removed_on_error(png.parent, _lock_file(png)):
             with locked(_lock_file(png)):
@@ -157,6 +158,16 @@ def _writes_pair(cmd):
             check_can_write(png.parent)
             return cmd(args, png, npz)
     return run
+
+
+def _refuse_own_inputs(args, *outputs: Path) -> None:
+    """--overwrite replaces earlier outputs, never this command's own --input, --latents or --checkpoint."""
+    inputs = [*(getattr(args, "input", None) or []), getattr(args, "latents", None), args.checkpoint]
+    for p in map(Path, filter(None, inputs)):
+        for out in outputs:
+            if out.exists() and p.exists() and os.path.samefile(p, out):
+                raise ValueError(f"--out {args.out} would write {out}, which is this command's input {p}; choose "
+                                 f"another --out")
 
 
 def _lock_file(png: Path) -> Path:

@@ -70,6 +70,12 @@ def _verdict(diff: float, se: float, digits: int) -> str:
     return f"{diff:+.{digits}f} ± {se:.{digits}f} ({'resolved' if abs(diff) > 3 * se else 'not resolved'})"
 
 
+def shown(n: int) -> tuple[int, int]:
+    """(k, nrow): the grid shows each sampler's first k of n samples in rows of nrow, each sampler from a new row."""
+    k = min(32, n)
+    return (k - k % 2, k // 2) if k >= 16 else (k, k)
+
+
 def main(args) -> list[Path]:
     """`args`: out, skip_train, train_steps, n (None: N_SAMPLES), seed, no_progress (the `demo` subcommand's
     options). Returns the paths written."""
@@ -103,9 +109,9 @@ def main(args) -> list[Path]:
     for name, *_, x in rows[1:]:
         d = quality.paired_difference(as_scored(x), x_first)
         print(f"  {name:16s} FD {_verdict(*d['fd'], 2)}   confident share {_verdict(*d['confident'], 3)}")
-    k = min(32, n)
+    k, nrow = shown(n)
     panels = torch.cat([as_scored(x[:k]) for *_, x in rows])
-    path = plotting.save_image_grid(panels, out / GRID, nrow=k // 2 if k >= 16 else k, scale=3)
+    path = plotting.save_image_grid(panels, out / GRID, nrow=nrow, scale=3)
     print(f"sample grid ({', '.join(r[0] for r in rows)}; {k} each, top to bottom): {path}")
     print(f"demo done in {time.perf_counter() - t0:.0f} s")
     return written + [path]

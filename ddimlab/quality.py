@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data
+from .checkpoint import save_checkpoint
 from .checks import as_real, check_bool, check_int, check_per_sample, check_symmetric, seeded
 from .devices import cpu_kernels, cpu_threads
-from .files import atomic_write
 
 N_CLASSES = 10
 CLASSIFIER_SETTINGS = dict(resolution=16, width=16, feature_dim=64, epochs=10, batch_size=64,
@@ -224,10 +224,9 @@ def load_classifier(resolution: int = 16, retrain: bool = False,
             model, info = train_classifier(**settings)
             mu, cov = feature_stats(_features(model, _real_digits(resolution)))
         info.update(real_mu=mu, real_cov=cov, path=str(path))
-        blob = dict(state_dict=model.state_dict(), holdout_accuracy=info["holdout_accuracy"],
-                    real_mu=torch.from_numpy(mu), real_cov=torch.from_numpy(cov))
         try:
-            atomic_write(path, lambda f: torch.save(blob, f))
+            save_checkpoint(path, state_dict=model.state_dict(), holdout_accuracy=float(info["holdout_accuracy"]),
+                            real_mu=torch.from_numpy(mu), real_cov=torch.from_numpy(cov))
         except OSError as e:
             raise OSError(f"could not cache the digits classifier in {directory} ({e.strerror or e}); point "
                           f"DDIMLAB_CACHE at a folder you can write") from e

@@ -297,7 +297,11 @@ def validate_config(c: TrainConfig) -> TrainConfig:
         raise ValueError(f"init must be one of {INITS}, got {c.init!r}")
     if c.schedule not in schedule.SCHEDULES:
         raise ValueError(f"schedule must be one of {schedule.SCHEDULES}, got {c.schedule!r}")
-    a_end = float(schedule.make_alpha_bar(c.schedule, c.T)[-1])
+    try:
+        a_end = float(schedule.validate_alpha_bar(schedule.make_alpha_bar(c.schedule, c.T))[-1])
+    except ValueError as e:          # a linear table past T ≈ 73 000 underflows float64 before its end
+        raise ValueError(f"schedule {c.schedule} with T = {c.T} does not fit float64 ({e}); use a smaller T (DDPM's "
+                         f"1000)") from None
     if a_end > NOISE_ALPHA_BAR:      # a linear schedule below T = 230, for one: a model no sampler could start
         raise ValueError(f"schedule {c.schedule} with T = {c.T} ends at alpha_bar = {a_end:.2g}, not at noise (at most "
                          f"{NOISE_ALPHA_BAR}): every sampler starts from N(0, I) at t = T - 1, which this model would not "
@@ -307,8 +311,9 @@ def validate_config(c: TrainConfig) -> TrainConfig:
     if c.data_root is not None and not str(c.data_root).strip():        # Path("") is the current folder
         raise ValueError("data_root is blank; give the folder that holds (or will hold) CIFAR-10, or leave it out for "
                          "the cache")
-    if c.sample_steps > c.T:
-        raise ValueError(f"sample_steps must be <= T = {c.T}, got {c.sample_steps}")
+    if not 2 <= c.sample_steps <= c.T:      # the grids' uniform steps: one is t = 0 alone, which returns x_T nearly as is
+        raise ValueError(f"sample_steps (the DDIM steps of the grids drawn while training) must be in [2, T = {c.T}], "
+                         f"got {c.sample_steps}")
     return c
 
 

@@ -78,6 +78,34 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["ckpt.pt"]
 
 
+def test_ctrl_c_inside_a_checkpoint_write_waits_for_its_end(tmp_path, monkeypatch):
+    """A second Ctrl-C while `train` wrote a checkpoint came inside torch's zip writer, which turned it into a
+    RuntimeError, reported as "could not write ckpt.pt (is the disk full?)" (helper 99). The write now finishes, then
+    the interrupt is delivered: a whole checkpoint and a KeyboardInterrupt."""
+    import signal
+    real_save, writes = torch.save, []
+
+    class CtrlCMidway:                 # the file torch writes into, interrupted at its third block
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, b):
+            writes.append(len(b))
+            if len(writes) == 3:
+                signal.raise_signal(signal.SIGINT)
+            return self.f.write(b)
+
+        def flush(self):
+            return self.f.flush()
+
+    monkeypatch.setattr(torch, "save", lambda obj, f: real_save(obj, CtrlCMidway(f)))
+    with pytest.raises(KeyboardInterrupt):
+        ck.save_checkpoint(tmp_path / "ckpt.pt", weights=torch.arange(100_000.0), step=7)
+    monkeypatch.undo()
+    assert len(writes) > 3 and ck.load_checkpoint(tmp_path / "ckpt.pt")["step"] == 7
+    assert os.listdir(tmp_path) == ["ckpt.pt"]
+
+
 def test_load_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint file"):
         ck.load_checkpoint(tmp_path / "nope.pt")

@@ -1276,7 +1276,7 @@ def test_eleventh_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     assert made == ["anim.png", "big.png", "clear.png", "ok.npz", "ok.png", "opaque.png", "trns.png"], made
     # the digits classifier is trained and cached before any cell is sampled
     monkeypatch.setenv("DDIMLAB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(quality, "atomic_write", lambda path, *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr(quality, "save_checkpoint", lambda path, *a, **k: (_ for _ in ()).throw(
         OSError(30, "Read-only file system")))
     monkeypatch.setattr(tables, "reproduce_table1", lambda *a, **k: pytest.fail("sampled before refusing"))
     one_line_error(["reproduce", "table1", "--checkpoint", str(trained), "--features", "digits", "--n-samples", "4",
@@ -1830,3 +1830,41 @@ def test_settings_that_would_do_nothing_are_refused_or_noted(tmp_path, capsys):
         out = capsys.readouterr().out          # the digits preset's warmup = 100, or this command's
         warmup = sets[1][7:] if len(sets) > 1 else "100"
         assert f"note: warmup = {warmup} >= steps = {sets[0][6:]}: the learning rate rises for the whole run, to {share}" in out
+
+
+def test_sixteenth_round_of_careless_use(trained, tmp_path, capsys):
+    """A careless round (helper 99): `invert --out` named like its --input PNG refused and advised --overwrite, which then
+    replaced the user's image with the grid (`interpolate` did the same to its --latents file); `demo --n 17` drew the
+    samplers' grid in rows of 8, so one sampler's images ran into the next's row under a message saying "top to
+    bottom"; `--set T=10000000` was an error about alpha_bar[812571] naming no setting; `--set sample_steps=1` drew
+    grids of x_T nearly as it was and warned only after training, naming a "trailing spacing" train does not have."""
+    from ddimlab import demo
+
+    ckpt = str(trained / "ckpt.pt")
+    digit = tmp_path / "mine.png"
+    plotting.save_image_grid(torch.zeros(1, 1, 8, 8), digit, nrow=1)
+    before = digit.read_bytes()
+    invert = ["invert", "--checkpoint", ckpt, "--input", str(digit), "--steps", "2", "--no-progress", "--out"]
+    for out in (tmp_path / "mine", digit):
+        for more in ([], ["--overwrite"]):
+            _expect_one_line_error(capsys, [*invert, str(out), *more], f"which is this command's input {digit}")
+    assert digit.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["mine.png"]
+    assert cli.main(["sample", "--checkpoint", ckpt, "--steps", "2", "--n", "3", "--out", str(tmp_path / "lat"),
+                     "--no-progress"]) == 0
+    latents = (tmp_path / "lat.npz").read_bytes()
+    _expect_one_line_error(capsys, ["interpolate", "--checkpoint", ckpt, "--latents", str(tmp_path / "lat.npz"), "--index",
+                                    "0", "1", "--steps", "2", "--out", str(tmp_path / "lat"), "--overwrite", "--no-progress"],
+                           "is this command's input")
+    assert (tmp_path / "lat.npz").read_bytes() == latents
+
+    for n in range(1, 41):                     # each sampler's images start a row of their own
+        k, nrow = demo.shown(n)
+        assert k % nrow == 0 and min(n, 32) - 1 <= k <= min(n, 32), (n, k, nrow)
+    assert demo.shown(17) == (16, 8) and demo.shown(8) == (8, 8)
+
+    base = ["train", "--no-progress", *_sets(TINY)]
+    _expect_one_line_error(capsys, [*base, "--out", str(tmp_path / "t"), "--set", "T=10000000"],
+                           "schedule linear with T = 10000000 does not fit float64", "use a smaller T")
+    _expect_one_line_error(capsys, [*base, "--out", str(tmp_path / "s1"), "--set", "sample_steps=1"],
+                           "sample_steps (the DDIM steps of the grids drawn while training) must be in [2, T = 1000], got 1")
+    assert not (tmp_path / "t").exists() and not (tmp_path / "s1").exists()

@@ -46,3 +46,23 @@ def test_gpu_check_keeps_no_throwaway_run_and_says_mistakes_in_one_line(tmp_path
         with pytest.raises(SystemExit, match=f"gpu_check: error: .*{needle}"):
             gpu_check.main(argv)
     assert gpu_check.main([*tiny, "--out", str(tmp_path / "o"), "--overwrite"])["train"]["resume_ok"]
+
+
+def test_gpu_check_interrupted_says_so_in_one_line_and_removes_its_throwaway_run(tmp_path, capsys, monkeypatch):
+    """Helper 99: Ctrl-C (or `timeout -s INT`) was a 50-line traceback and left the unnamed temporary run behind."""
+    import tempfile
+
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def ctrl_c(args, device, run):             # after training: the run is on disk
+        assert (run / "ckpt.pt").is_file()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gpu_check, "sample", ctrl_c)
+    with pytest.raises(SystemExit) as stop:
+        gpu_check.main(["--tiny", "--device", "cpu", "--no-progress", "--no-bench"])
+    assert stop.value.code == 130 and capsys.readouterr().err.strip() == "gpu_check: interrupted"
+    assert list(tmp_path.glob("ddimlab_gpu_check_*")) == []
