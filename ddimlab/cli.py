@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -482,8 +483,22 @@ def cmd_lab(args) -> int:
     if args.image_d == 0 and args.image_n is not None:
         raise ValueError("--image-n does nothing with --image-d 0, which skips the image-like table; drop one of them")
     given = {} if args.image_n is None else {"image_n": args.image_n}
+    _check_distance_tables_fit(max(args.n, args.image_n or 0) if args.image_d else args.n)
     return _tables_in(args, lambda: lab.main(out=args.out, n=args.n, image_d=args.image_d, spacing=args.spacing,
                                              seed=args.seed, **given), lab.outputs_in)
+
+
+def _check_distance_tables_fit(n: int) -> None:
+    """Before the sampling: each distance of `lab` holds three n × n float64 kernel tables (`toy.mmd2_unbiased`), which
+    must fit in half of this machine's memory (`lab --n 1000000000` grew until the system killed it)."""
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):        # no sysconf (Windows): the allocator says it
+        return
+    if 24 * n * n > have / 2:
+        raise ValueError(f"{n} samples per cell need {24 * n * n / 2 ** 30:,.0f} GiB for the n x n distance tables, more "
+                         f"than half of this machine's {have / 2 ** 30:.0f} GiB: give --n (and --image-n) at most "
+                         f"{math.isqrt(int(have / 48)):,}")
 
 
 def cmd_demo(args) -> int:

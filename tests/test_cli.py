@@ -1833,11 +1833,12 @@ def test_settings_that_would_do_nothing_are_refused_or_noted(tmp_path, capsys):
 
 
 def test_sixteenth_round_of_careless_use(trained, tmp_path, capsys):
-    """A careless round (helper 99): `invert --out` named like its --input PNG refused and advised --overwrite, which then
-    replaced the user's image with the grid (`interpolate` did the same to its --latents file); `demo --n 17` drew the
-    samplers' grid in rows of 8, so one sampler's images ran into the next's row under a message saying "top to
-    bottom"; `--set T=10000000` was an error about alpha_bar[812571] naming no setting; `--set sample_steps=1` drew
-    grids of x_T nearly as it was and warned only after training, naming a "trailing spacing" train does not have."""
+    """A careless round (helper 99): `invert --out` named like its --input PNG refused and advised --overwrite, which
+    then replaced the user's image with the grid (`interpolate` did the same to its --latents file); `demo --n 17` drew
+    the samplers' grid in rows of 8, so one sampler's images ran into the next's row under a message saying "top to
+    bottom"; `lab --n 1000000000` sampled until the system killed it; `--set T=10000000` was an error about
+    alpha_bar[812571] naming no setting; `--set sample_steps=1` drew grids of x_T nearly as it was and warned only after
+    training, naming a "trailing spacing" train does not have."""
     from ddimlab import demo
 
     ckpt = str(trained / "ckpt.pt")
@@ -1868,3 +1869,8 @@ def test_sixteenth_round_of_careless_use(trained, tmp_path, capsys):
     _expect_one_line_error(capsys, [*base, "--out", str(tmp_path / "s1"), "--set", "sample_steps=1"],
                            "sample_steps (the DDIM steps of the grids drawn while training) must be in [2, T = 1000], got 1")
     assert not (tmp_path / "t").exists() and not (tmp_path / "s1").exists()
+    # `lab --n 1000000000` sampled until the system killed it: its distance tables are n x n
+    for sizes in (["--n", "1000000000"], ["--image-n", "1000000000"]):
+        _expect_one_line_error(capsys, ["lab", "--out", str(tmp_path / "lab"), *sizes],
+                               "samples per cell need 22,351,741,791 GiB for the n x n distance tables", "at most")
+    assert not (tmp_path / "lab").exists()
