@@ -84,6 +84,7 @@ def load_checkpoint(path, map_location="cpu", required=(), mmap: bool = False) -
     Raises FileNotFoundError if `path` does not exist and CheckpointError if it is truncated,
     corrupted, asks to run code when unpickled, or lacks a key named in `required` (the error names them).
     """
+    mmap = check_bool("mmap", mmap)
     state = _torch_load(path, map_location, mmap)
     if required:
         if not isinstance(state, dict):
@@ -176,6 +177,7 @@ def load_official_ddpm(path, verify_md5: bool = False, expected_md5: str = DDPM_
 
     With verify_md5=True the file's md5 must equal `expected_md5` (the official file's by default).
     """
+    verify_md5 = check_bool("verify_md5", verify_md5)
     if verify_md5:
         if not Path(path).is_file():
             raise FileNotFoundError(f"no checkpoint file at {path}")
@@ -639,6 +641,7 @@ def eps_fn(model, amp: bool = False):
     (else a TypeError saying so). A network with modules in train mode is called in eval mode (no dropout: sampling is
     a function of x and t only), and each module's mode is put back after the call.
     """
+    amp = check_bool("amp", amp)
     is_net = isinstance(model, torch.nn.Module)
 
     def eps(x, t):

@@ -25,7 +25,7 @@ import math
 import numpy as np
 import torch
 
-from .checks import check_generator, check_int
+from .checks import check_bool, check_generator, check_int
 from .diffusion import VARIANCES, posterior_mean, posterior_variance, predict_x0, q_sample
 from .gaussian import discretized_gaussian_log_likelihood, kl_normal, log_normal
 from .samplers import NonFiniteError
@@ -239,6 +239,7 @@ def l_simple(eps_model, x0: torch.Tensor, alpha_bar, generator: torch.Generator 
     per-sample losses. validate=False skips the argument checks, which would synchronise a GPU at every
     training step (the trainer checks its data once).
     """
+    validate = check_bool("validate", validate)
     if validate:
         alpha_bar = _check_alpha_bar(alpha_bar)
         _check_x0(x0)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import data, devices, quality
-from .checks import check_int, seeded
+from .checks import check_bool, check_int, seeded
 from .files import atomic_write
 from .quality import feature_stats, frechet_distance
 
@@ -192,6 +192,7 @@ def fid_inception(sample_dir, reference: str = "cifar10-train", cuda: bool | Non
     directory of PNGs (cached under its folder name). n: score the first n PNGs of sample_dir in file-name order,
     as `load_images` reads them (None: every file torch-fidelity finds there).
     """
+    cuda = None if cuda is None else check_bool("cuda (or None: when available)", cuda)
     torch_fidelity = _torch_fidelity()
     cache_root = Path(cache_root or data.default_cache_dir() / "torch-fidelity")
     kwargs = {}

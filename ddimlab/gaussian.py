@@ -38,6 +38,14 @@ def _common(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(x.to(dtype) for x in xs)
 
 
+def _finite(**named: torch.Tensor) -> None:
+    """A NaN or inf mean (or x) is a ValueError naming it, not a NaN density; on the CPU only (on a GPU it would
+    synchronise every call)."""
+    for name, v in named.items():
+        if v.device.type == "cpu" and not bool(torch.isfinite(v).all()):
+            raise ValueError(f"{name} must be finite (it has NaN or inf)")
+
+
 def _positive(name: str, v: torch.Tensor) -> None:
     if not bool((v > 0).all()):
         raise ValueError(f"{name} must be > 0 everywhere (a variance), got min {float(v.min()):.3g}")
@@ -52,6 +60,7 @@ def log_normal(x, mean, var) -> torch.Tensor:
     """
     x = _t(x)
     mean, var = _t(mean, x), _t(var, x)
+    _finite(x=x, mean=mean)
     _positive("var", var)
     return -0.5 * (LOG_2PI + torch.log(var) + (x - mean) ** 2 / var)
 
@@ -63,6 +72,7 @@ def kl_normal(mean1, var1, mean2, var2) -> torch.Tensor:
     """
     mean1 = _t(mean1)
     mean2, var1, var2 = _t(mean2, mean1), _t(var1, mean1), _t(var2, mean1)
+    _finite(mean1=mean1, mean2=mean2)
     _positive("var1", var1)
     _positive("var2", var2)
     return 0.5 * (torch.log(var2) - torch.log(var1) + (var1 + (mean1 - mean2) ** 2) / var2 - 1)
@@ -88,6 +98,7 @@ def log_mvn(x, mean, cov) -> torch.Tensor:
     x = _t(x)
     x, mean, cov = _common(x, _t(mean, x), _t(cov, x))
     _check_mvn(mean, cov, "log_mvn")
+    _finite(x=x, mean=mean)
     n = mean.shape[-1]
     if x.ndim < 1 or x.shape[-1] != n:
         raise ValueError(f"log_mvn: x must have shape (..., n) = (..., {n}) as the mean, got {tuple(x.shape)}")
@@ -105,7 +116,10 @@ def kl_mvn(mean1, cov1, mean2, cov2) -> torch.Tensor:
     mean1, cov1, mean2, cov2 = _common(mean1, _t(cov1, mean1), _t(mean2, mean1), _t(cov2, mean1))
     _check_mvn(mean1, cov1, "kl_mvn (first)")
     _check_mvn(mean2, cov2, "kl_mvn (second)")
+    _finite(mean1=mean1, mean2=mean2)
     n = mean1.shape[-1]
+    if mean2.shape[-1] != n:
+        raise ValueError(f"kl_mvn: the two Gaussians must have one dimension n, got {n} and {mean2.shape[-1]}")
     L1, L2 = _cholesky(cov1, "kl_mvn (first)"), _cholesky(cov2, "kl_mvn (second)")
     M = torch.cholesky_solve(cov1, L2)
     d = (mean2 - mean1).unsqueeze(-1)
@@ -216,8 +230,7 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale, approx: bool = False
     """
     x = _t(x)
     mean, log_scale = _t(mean, x), _t(log_scale, x)
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x must be finite")
+    _finite(x=x, mean=mean, log_scale=log_scale)
     if bool((x.abs() > 1 + 1e-6).any()):
         raise ValueError(f"x must be data scaled to [-1, 1] (8-bit values / 127.5 - 1), got range "
                          f"[{float(x.min()):.4g}, {float(x.max()):.4g}]")

@@ -130,6 +130,7 @@ def sample_indices(model, indices, shape, alpha_bar, seq, eta=0.0, seed: int = 0
     A sample with RMS above 10 (untrained, or diverged) gives an `OutOfRangeWarning` (`check_data_range`);
     check_range=False leaves that to a caller that samples many batches and warns once over all of them.
     """
+    amp, check_range = check_bool("amp", amp), check_bool("check_range", check_range)
     eta = check_eta(eta)
     clip_x0 = _check_clip(clip_x0)
     if solver_options and solver is None:
@@ -170,6 +171,7 @@ def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, 
     hash) or get a warning that a resume with other weights would not be noticed. alpha_bar defaults to DDPM's linear
     schedule with T = 1000; η and the steps as in `sample_indices` and `sampling_steps`.
     """
+    amp, progress = check_bool("amp", amp), check_bool("progress", progress)
     n, batch_size, seed, eta = check_int("n", n, 0), check_int("batch_size", batch_size), check_int("seed", seed, 0), \
         check_eta(eta)                   # all before settings.json is written: a typo must not claim the folder
     clip_x0 = _check_clip(clip_x0)
@@ -182,10 +184,10 @@ def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, 
     out_dir = Path(out_dir)
     created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]      # innermost first
     out_dir.mkdir(parents=True, exist_ok=True)
-    _claim(out_dir, dict(model=model_key, T=int(alpha_bar.shape[0]), seed=seed, S=int(S), eta=str(eta),
-                         spacing=spacing, shape=list(shape), clip_x0=clip_x0,
-                         amp=bool(amp or getattr(model, "amp", False)),            # eps_fn(net, amp=True) too
-                         alpha_bar=sha256_of(alpha_bar.to(torch.float64).cpu())))
+    claimed = _claim(out_dir, dict(model=model_key, T=int(alpha_bar.shape[0]), seed=seed, S=int(S), eta=str(eta),
+                                   spacing=spacing, shape=list(shape), clip_x0=clip_x0,
+                                   amp=bool(amp or getattr(model, "amp", False)),            # eps_fn(net, amp=True) too
+                                   alpha_bar=sha256_of(alpha_bar.to(torch.float64).cpu())))
     todo = [i for i in range(rank, n, world_size) if not (out_dir / f"{i:06d}.png").exists()]
     batches = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
     rms = []
@@ -199,7 +201,7 @@ def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, 
                     save_png(img, out_dir / f"{i:06d}.png")
                 bar.update(len(idx))
     except BaseException:            # nothing sampled yet (e.g. the network fails on this shape): the folder stays free
-        if not any(out_dir.glob("*.png")):
+        if claimed and not any(out_dir.glob("*.png")):      # only the settings.json this call wrote
             (out_dir / "settings.json").unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 for p in created:
@@ -244,16 +246,18 @@ def _model_key(model, model_id, out_dir) -> str | None:
     return f"id:{model_id}"
 
 
-def _claim(out_dir: Path, settings: dict) -> None:
-    """Record `settings` in out_dir/settings.json, or check that the images already there were made with them."""
+def _claim(out_dir: Path, settings: dict) -> bool:
+    """Record `settings` in out_dir/settings.json (True), or check that the images already there were made with them
+    (False)."""
     path = out_dir / "settings.json"
     if path.exists():
         try:
             saved = json.loads(path.read_text())
         except ValueError:
             saved = None
-        if not isinstance(saved, dict):
-            raise ValueError(f"{path} is damaged; delete {out_dir} (its images cannot be told apart from other runs')")
+        if not isinstance(saved, dict) or not {"seed", "S"} <= saved.keys():     # every ddimlab version wrote these
+            raise ValueError(f"{path} is damaged or not ddimlab's (it records no seed and S); delete it, or choose "
+                             f"another folder (images made with it could not be told apart from other runs')")
         def same(k):        # η as a number: older folders recorded str(0) for η = 0
             return str(check_eta(saved[k])) == settings[k] if k == "eta" else saved[k] == settings[k]
         if "model" in saved and saved["model"] is None and settings["model"] is not None:
@@ -271,6 +275,8 @@ def _claim(out_dir: Path, settings: dict) -> None:
                          f"--out or delete that folder")
     else:
         atomic_write(path, lambda f: f.write(json.dumps(settings, indent=1)), text=True)
+        return True
+    return False
 
 
 def sampling_steps(S: int, T: int = 1000, spacing: str = "quad") -> torch.Tensor:
@@ -279,9 +285,8 @@ def sampling_steps(S: int, T: int = 1000, spacing: str = "quad") -> torch.Tensor
     The quadratic rule stops at 0.8 T (800 for S = 1000, with only 688 distinct steps), so for
     S = T every step T−1, …, 0 is used, as DDPM does — the paper's S = 1000 column (σ̂ = DDPM's 3.17).
     """
-    if S == T:
-        return torch.arange(T - 1, -1, -1)
-    return schedule.timesteps(S, T, spacing)
+    seq = schedule.timesteps(S, T, spacing)         # checks S, T and the spacing (recorded in settings.json) first
+    return torch.arange(T - 1, -1, -1) if S == T else seq
 
 
 def resolve_rank(rank, world_size) -> tuple[int, int]:

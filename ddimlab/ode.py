@@ -129,10 +129,11 @@ def _distinct_steps(t: torch.Tensor, t_min: int, t_max: int, T: int) -> torch.Te
 
 def _check_span(S, T: int, t_max, t_min) -> tuple[int, int, int]:
     """(S, t_max, t_min) as ints, t_max defaulting to T − 1: 0 <= t_min < t_max <= T − 1 (t_min <= t_max for one step),
-    S >= 1."""
-    S = check_int("number of steps S", S)
+    1 <= S <= t_max − t_min + 1 (checked before any table of S values is built)."""
     t_max = check_int("t_max", T - 1 if t_max is None else t_max, 0, T - 1, " (T - 1 by default)")
     t_min = check_int("t_min", t_min, 0, T - 1)
+    S = check_int("number of steps S", S, 1, max(1, t_max - t_min + 1), f" (the distinct steps from t_max = {t_max} "
+                  f"to t_min = {t_min})")
     if not (t_min < t_max or (S == 1 and t_min == t_max)):
         raise ValueError(f"need 0 <= t_min < t_max <= T-1 = {T - 1} (t_min <= t_max for one step), got t_min={t_min}, "
                          f"t_max={t_max} for S = {S}")
@@ -515,6 +516,7 @@ def adams_coefficients(k: int, implicit: bool = False) -> list[float]:
     k = 2: 3/2, −1/2; k = 3: 23/12, −16/12, 5/12; k = 4: 55/24, −59/24, 37/24, −9/24 (Adams–Bashforth), the
     coefficients of iPNDM (Zhang & Chen 2023, DEIS, as in `ipndm`); Adams–Moulton k = 2 is the trapezoid ½, ½.
     """
+    implicit = check_bool("implicit", implicit)
     k = check_int("k", k, 1, 6)
     nodes = [float(1 - j) for j in range(k)] if implicit else [float(-j) for j in range(k)]
     return _lagrange_integrals(nodes, 0.0, 1.0)
@@ -654,6 +656,8 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
 
     if not isinstance(x_T, torch.Tensor) or not bool(torch.isfinite(x_T).all()):
         raise ValueError("x_T must be a finite torch.Tensor")
+    if not x_T.dtype.is_floating_point:          # ε is called in x_T's dtype: the state would be rounded at every call
+        raise TypeError(f"x_T must be floating point, got {x_T.dtype}")
     alpha_bar = validate_alpha_bar(alpha_bar)
     for name, tol in (("rtol", rtol), ("atol", atol)):
         if (v := as_real(tol)) is None or v <= 0:

@@ -137,6 +137,8 @@ def _finite(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
 
 def _draw(noise_sampler, t, s, x):
     z = _of_x_shape(noise_sampler(t, s), x, "noise_sampler(t, s)")
+    if not z.dtype.is_floating_point:                  # .to(x.dtype) would read True as 1 and drop an imaginary part
+        raise TypeError(f"noise_sampler(t, s) must return floating-point noise, got {z.dtype}")
     if z.device.type == "cpu" and not bool(torch.isfinite(z).all()):     # on a GPU: not at every step
         raise ValueError(f"noise_sampler(t, s) returned NaN or inf at step {t} -> {s}")
     return z.to(x.dtype)
@@ -360,8 +362,10 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, lam) -> torch.Tensor:
         raise TypeError("z0 and z1 must be torch.Tensors")
     if z0.shape != z1.shape:
         raise ValueError(f"z0 and z1 must have the same shape, got {tuple(z0.shape)} and {tuple(z1.shape)}")
-    if z0.ndim == 0 or not z0.dtype.is_floating_point:
+    if z0.ndim == 0 or not z0.dtype.is_floating_point or not z1.dtype.is_floating_point:
         raise ValueError("z0 and z1 must be floating-point tensors with at least one dimension")
+    if isinstance(lam, bool) or str(getattr(lam, "dtype", "")) in ("bool", "torch.bool"):       # numpy's and torch's
+        raise TypeError(f"lam must be a number or numbers in [0, 1], got a bool ({lam!r}): True would be read as 1")
     single = z0.ndim == 1
     if single:
         z0, z1 = z0[None], z1[None]
@@ -370,8 +374,8 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, lam) -> torch.Tensor:
         lam = torch.as_tensor(lam, dtype=work, device=z0.device)
     except (TypeError, ValueError, RuntimeError):
         raise ValueError(f"lam must be a number or a 1-D sequence of numbers, got {lam!r}") from None
-    if lam.ndim > 1:
-        raise ValueError(f"lam must be a scalar or 1-D, got shape {tuple(lam.shape)}")
+    if lam.ndim > 1 or lam.numel() == 0:
+        raise ValueError(f"lam must be a scalar or a non-empty 1-D sequence, got shape {tuple(lam.shape)}")
     if lam.device.type == "cpu" and not bool(torch.isfinite(lam).all()):
         raise ValueError("lam must be finite")
     if lam.ndim == 1 and z0.shape[0] not in (1, lam.shape[0]):
@@ -405,6 +409,10 @@ def sample(eps, shape, alpha_bar, S: int = 50, spacing: str = "uniform", eta: fl
     alpha_bar = schedule.validate_alpha_bar(alpha_bar)
     seq = schedule.timesteps(S, alpha_bar.shape[0], spacing)
     check_first_step(alpha_bar, seq)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype, e.g. torch.float32, got {dtype!r}")
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+        raise TypeError(f"shape must be a sequence of sizes (B, ...), e.g. (16, 1, 8, 8), got {shape!r}")
     x_T = torch.randn(tuple(shape), generator=check_generator(generator), dtype=dtype, device=device)
     return ddim_sample(eps, x_T, alpha_bar, seq, eta=eta, generator=generator, return_trajectory=return_trajectory,
                        callback=callback)

@@ -80,8 +80,10 @@ def validate_alpha_bar(alpha_bar) -> torch.Tensor:
                          f"step -1; 0 is pure noise), got {bad}")
     if a.numel() > 1 and not bool((a[1:] < a[:-1]).all()):
         t = int((a[1:] >= a[:-1]).nonzero()[0]) + 1
+        under = " (float64 runs out below 1e-308: a table this long for its betas underflows; use a smaller T)" \
+            if a[t].item() < 1e-300 else ""
         raise ValueError(f"alpha_bar must be strictly decreasing in t (more noise at later steps), but "
-                         f"alpha_bar[{t}] = {a[t].item():.6g} >= alpha_bar[{t - 1}] = {a[t - 1].item():.6g}")
+                         f"alpha_bar[{t}] = {a[t].item():.6g} >= alpha_bar[{t - 1}] = {a[t - 1].item():.6g}{under}")
     return a
 
 

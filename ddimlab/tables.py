@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from . import data, devices, schedule
 from .checkpoint import eps_fn
-from .checks import check_distinct, check_int
+from .checks import check_bool, check_distinct, check_int
 from .fid import compute_fid, fid_inception, load_images
 from .files import atomic_write
 from .generate import check_eta, generate_samples, resolve_rank, sample_indices, sampling_steps
@@ -162,6 +162,7 @@ def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list
     The paper used 50,000 samples and quadratic steps; fewer samples bias FID upwards. model_id: names a plain
     callable's weights, as in `generate_samples`.
     """
+    amp, progress = check_bool("amp", amp), check_bool("progress", progress)
     rank, world_size = resolve_rank(rank, world_size)
     alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else torch.as_tensor(alpha_bar)
     T, out_dir = alpha_bar.shape[0], Path(out_dir)
@@ -206,6 +207,7 @@ def reconstruction_errors(model, images: torch.Tensor, alpha_bar, seq, batch_siz
     """Each image's per-dimension squared error after `samplers.reconstruct` (x_0 → x_T → x_0, η = 0), with the
     image and its reconstruction (clamped to [−1, 1]) scaled to [0, 1] as in DDIM Table 2: a float64 tensor (N,) on
     the CPU, whose mean is the table's number (notebook 07 §3)."""
+    amp = check_bool("amp", amp)
     device = torch.device(device) if device is not None else devices.model_device(model)
     eps = eps_fn(model, amp)
     alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64).to(device)
@@ -228,6 +230,7 @@ def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None
     spacing "uniform" is the official code's default (S = 1000 is then every step). Writes
     `table2.csv` and `table2.md` on rank 0; returns rows dict(S, steps, n, mse, paper_mse, seconds).
     """
+    amp, progress = check_bool("amp", amp), check_bool("progress", progress)
     if images is None:
         images, _ = data.load_cifar10(train=False)
     images = torch.as_tensor(images)

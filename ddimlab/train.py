@@ -300,8 +300,7 @@ def validate_config(c: TrainConfig) -> TrainConfig:
     try:
         a_end = float(schedule.validate_alpha_bar(schedule.make_alpha_bar(c.schedule, c.T))[-1])
     except ValueError as e:          # a linear table past T ≈ 73 000 underflows float64 before its end
-        raise ValueError(f"schedule {c.schedule} with T = {c.T} does not fit float64 ({e}); use a smaller T (DDPM's "
-                         f"1000)") from None
+        raise ValueError(f"schedule {c.schedule} with T = {c.T} does not fit float64: {e}") from None
     if a_end > NOISE_ALPHA_BAR:      # a linear schedule below T = 230, for one: a model no sampler could start
         raise ValueError(f"schedule {c.schedule} with T = {c.T} ends at alpha_bar = {a_end:.2g}, not at noise (at most "
                          f"{NOISE_ALPHA_BAR}): every sampler starts from N(0, I) at t = T - 1, which this model would not "
@@ -340,6 +339,7 @@ def config_from_dict(d: dict, strict: bool = False) -> TrainConfig:
     `strict`, as a resume asks, a ValueError: the resumed run would save its config without them). A config saved before
     `lr_decay` (`t_sampling`) existed trained with a constant rate (uniform t), and one saved before `init` with
     PyTorch's initialisation (the field's default)."""
+    strict = check_bool("strict", strict)
     if strict and (unknown := unknown_settings(d)):
         raise ValueError(f"the checkpoint's settings include {', '.join(unknown)}, which this ddimlab does not know (written "
                          f"by another version, or edited); a resume would drop them: resume with the version that wrote it")

@@ -438,7 +438,7 @@ def test_twelfth_round_arguments_named_and_one_rule_for_callbacks(toy_setup):
         toy.kl_to_normal(mix, 0.5, n=1)
     one = torch.tensor([0.5], dtype=torch.float64)
     assert ode.lambda_timesteps(1, one).tolist() == [0]
-    with pytest.raises(ValueError, match=r"need 0 <= t_min < t_max <= T-1 = 0 .* for S = 2"):
+    with pytest.raises(ValueError, match=r"S must be an integer in 1\.\.1 \(the distinct steps from t_max = 0 to t_min = 0\)"):
         ode.rule_timesteps("logsnr", 2, one)
     with pytest.raises(ValueError, match="n must be"):
         data.batch_indices(0, 2, 0)
@@ -881,4 +881,91 @@ def test_fifteenth_round_tables_shapes_and_generators(toy_setup):
                  lambda: mix.sample(4, generator=0), lambda: toy.kl_to_normal(mix, 0.5, generator=0),
                  lambda: mix.reverse_sample(torch.zeros(3, 2, dtype=torch.float64), 0.5, 0.9, generator=0)):
         with pytest.raises(TypeError, match="generator must be a torch.Generator or None"):
+            call()
+
+
+def test_sixteenth_round_settings_json_is_kept_and_foreign_ones_refused(tmp_path):
+    """Helper 98: a first batch that failed (or Ctrl-C) deleted any settings.json of a folder without PNGs, the user's
+    own file or an earlier claim alike; a settings.json without ddimlab's keys ("{}", an editor's) matched every call,
+    so two models' images mixed in one folder."""
+    zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
+
+    def broken(x, t):
+        raise RuntimeError("the network failed")
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for text in ('{"editor.fontSize": 14}', "{}"):
+        (mine / "settings.json").write_text(text)
+        with pytest.raises(ValueError, match="is damaged or not ddimlab's"):
+            generate.generate_samples(zero, mine, 2, shape=(1, 8, 8), S=2, model_id="m")
+        assert (mine / "settings.json").read_text() == text and not list(mine.glob("*.png"))
+    claimed = tmp_path / "claimed"
+    generate.generate_samples(zero, claimed, 0, shape=(1, 8, 8), S=2, model_id="m")      # claims the folder, no images
+    before = (claimed / "settings.json").read_text()
+    with pytest.raises(RuntimeError, match="the network failed"):
+        generate.generate_samples(broken, claimed, 2, shape=(1, 8, 8), S=2, model_id="m")
+    assert (claimed / "settings.json").read_text() == before
+    fresh = tmp_path / "fresh"                      # this call's own claim still goes with its failure
+    with pytest.raises(RuntimeError, match="the network failed"):
+        generate.generate_samples(broken, fresh, 2, shape=(1, 8, 8), S=2, model_id="m")
+    assert not fresh.exists()
+    with pytest.raises(ValueError, match="unknown spacing 'bogus'"):       # S = T skipped the spacing's check
+        generate.generate_samples(zero, fresh, 2, shape=(1, 8, 8), S=1000, spacing="bogus", model_id="m")
+
+
+def test_sixteenth_round_flags_numbers_and_dtypes(tmp_path, toy_setup):
+    """Helper 98: truthy strings still switched amp, progress, implicit Adams weights, mmap, strict and validation on;
+    the exact mixtures read ᾱ = True as 1 (ε* = 0) and took "0.5"; a bandwidth of True was 1; slerp's λ = True gave z1;
+    NaN means gave NaN densities; noise_sampler's booleans, integers or complex numbers were cast to noise; an integer
+    x_T was rounded at every call of reference_solution; the step rules built 10⁹ floats before saying S > T."""
+    from ddimlab import tables, train
+
+    mix, eps, x_T, seq = toy_setup
+    ident = lambda x, t: x  # noqa: E731
+    ckpt = checkpoint.save_checkpoint(tmp_path / "c.pt", step=1)
+    for call, flag in ((lambda: generate.generate_samples(ident, tmp_path / "g", 1, amp="no", model_id="m"), "amp"),
+                       (lambda: generate.generate_samples(ident, tmp_path / "g", 1, progress="False", model_id="m"),
+                        "progress"),
+                       (lambda: checkpoint.eps_fn(ident, amp="no"), "amp"),
+                       (lambda: ode.adams_coefficients(2, implicit="no"), "implicit"),
+                       (lambda: checkpoint.load_checkpoint(ckpt, mmap="no"), "mmap"),
+                       (lambda: train.config_from_dict({}, strict="no"), "strict"),
+                       (lambda: elbo.l_simple(ident, torch.zeros(2, 2), AB, validate="no"), "validate"),
+                       (lambda: tables.reproduce_table1(ident, tmp_path / "t", amp="no"), "amp"),
+                       (lambda: tables.reproduce_table2(ident, tmp_path / "t", progress="no"), "progress")):
+        with pytest.raises(TypeError, match=f"{flag} must be True or False"):
+            call()
+    assert not (tmp_path / "g").exists() and not (tmp_path / "t").exists()
+    assert ode.adams_coefficients(2, implicit=False) == pytest.approx([1.5, -0.5])
+
+    for call in (lambda: mix.eps(x_T, True), lambda: mix.log_prob(x_T, torch.tensor(True)), lambda: mix.marginal("0.5"),
+                 lambda: mix.marginal(True), lambda: toy.kl_to_normal(mix, "0.5"), lambda: mix.reverse_kernel(x_T, "0.5", 0.9),
+                 lambda: samplers.slerp(x_T[:1], x_T[1:2], True)):
+        with pytest.raises(TypeError, match="alpha_bar|a_t|lam"):
+            call()
+    for call, needle in ((lambda: toy.gram(x_T, x_T, True), "kernel must be a finite bandwidth"),
+                         (lambda: toy.gram(x_T, x_T, np.array([1.0, 2.0])), "kernel must be a finite bandwidth"),
+                         (lambda: samplers.slerp(x_T[:1], x_T[1:2], []), "non-empty"),
+                         (lambda: samplers.slerp(x_T[:1], x_T[1:2].long(), 0.5), "floating-point"),
+                         (lambda: gaussian.log_mvn(torch.zeros(2), [math.nan, 0.0], torch.eye(2)), "mean must be finite"),
+                         (lambda: gaussian.kl_mvn([math.nan, 0], torch.eye(2), torch.zeros(2), torch.eye(2)), "mean1 must"),
+                         (lambda: gaussian.kl_mvn(torch.zeros(2), torch.eye(2), torch.zeros(3), torch.eye(3)), "one dimension"),
+                         (lambda: gaussian.log_normal(0.0, math.nan, 1.0), "mean must be finite"),
+                         (lambda: gaussian.kl_normal(0.0, 1.0, math.inf, 1.0), "mean2 must be finite"),
+                         (lambda: gaussian.discretized_gaussian_log_likelihood(torch.zeros(2), torch.zeros(2),
+                                                                               torch.tensor([math.nan, 0.0])), "log_scale"),
+                         (lambda: ode.karras_timesteps(10 ** 9, AB), r"S must be an integer in 1\.\.1000"),
+                         (lambda: ode.lambda_timesteps(10 ** 9, AB), r"S must be an integer in 1\.\.1000"),
+                         (lambda: schedule.validate_alpha_bar(schedule.make_alpha_bar("linear", 10 ** 6)), "underflows")):
+        with pytest.raises(ValueError, match=needle):
+            call()
+    for noise in (torch.ones_like(x_T, dtype=torch.bool), torch.full_like(x_T, 3, dtype=torch.long), x_T.to(torch.complex128)):
+        with pytest.raises(TypeError, match="floating-point noise"):
+            samplers.ddim_sample(eps, x_T, AB, seq, eta=1.0, noise_sampler=lambda t, s, z=noise: z)
+    for call, needle in ((lambda: ode.reference_solution(eps, x_T.long(), AB, 999), "x_T must be floating point"),
+                         (lambda: samplers.sample(eps, (2, 2), AB, S=2, dtype=torch.long), "dtype must be a floating"),
+                         (lambda: samplers.sample(eps, (2, 2), AB, S=2, dtype="float64"), "dtype must be a floating"),
+                         (lambda: samplers.sample(eps, 3, AB, S=2), "shape must be a sequence")):
+        with pytest.raises(TypeError, match=needle):
             call()

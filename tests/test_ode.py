@@ -403,7 +403,7 @@ def test_step_rules_give_as_many_steps_as_asked(rule):
         assert len(seq) == S and bool((seq[1:] < seq[:-1]).all()) and int(seq[0]) == 999 and int(seq[-1]) >= 0, (S, seq)
     assert ode.rule_timesteps("power3", 21, AB).tolist()[-5:] == [12, 6, 2, 1, 0]     # 1000 (2/21)³ − 1 rounds to 0
     assert ode.lambda_timesteps(30, AB, t_min=100).tolist()[-1] == 100
-    with pytest.raises(ValueError, match="do not fit"):
+    with pytest.raises(ValueError, match=r"in 1\.\.900 \(the distinct steps from t_max = 999 to t_min = 100"):
         ode.lambda_timesteps(950, AB, t_min=100)
 
 
