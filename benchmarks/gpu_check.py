@@ -121,7 +121,8 @@ def main(argv=None) -> dict:
     try:
         return check(args)
     except KeyboardInterrupt as e:   # Ctrl-C or SIGTERM: one line, as the command line says it
-        print("gpu_check: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
+        said = str(e) if args.out else ""          # train's "saved <run>" would name the throwaway run, removed
+        print("gpu_check: interrupted" + (f": {said}" if said else ""), file=sys.stderr)
         raise SystemExit(130) from None
     except USER_ERRORS as e:         # one line, as the command line says them
         raise SystemExit(f"gpu_check: error: {e}") from None

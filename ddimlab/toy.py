@@ -138,9 +138,8 @@ class GaussianMixture:
     @staticmethod
     def _alpha_bar_rows(x, a) -> torch.Tensor:
         """ᾱ for each row of x, (B,) float64, from a float or a (B,) tensor; each in [0, 1]."""
-        if isinstance(a, (bool, np.bool_, str)) or (isinstance(a, torch.Tensor) and not a.dtype.is_floating_point
-                                                      and a.dtype != torch.long):
-            raise TypeError(f"alpha_bar must be a number or a float tensor, got {a!r}")
+        if isinstance(a, (bool, np.bool_, str)) or (isinstance(a, torch.Tensor) and a.dtype == torch.bool):
+            raise TypeError(f"alpha_bar must be a number or a tensor of numbers, got {a!r} (True would be read as 1)")
         a = torch.as_tensor(a, dtype=torch.float64)
         if a.ndim == 0:
             a = a.expand(x.shape[0])
