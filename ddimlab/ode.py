@@ -224,19 +224,21 @@ def _x(xbar, sigma):
     return xbar / math.sqrt(sigma ** 2 + 1)
 
 
-def _start(x_T, alpha_bar, seq, **flags):
+def _start(x_T, alpha_bar, seq, callback=None, **flags):
     """Checked inputs: alpha_bar, the (t, s) step pairs, the σ of every visited step followed by σ = 0,
     x̄_T = x_T/√ᾱ_T and the trajectory dict, started at x_T. `flags` (return_trajectory, afs, …) must be bools."""
     for name, value in flags.items():
         check_bool(name, value)
-    alpha_bar, seq = check_args(x_T, alpha_bar, seq)
+    alpha_bar, seq = check_args(x_T, alpha_bar, seq, callback=callback)
     pairs = step_pairs(seq)
     sig = [_sig(alpha_bar, t) for t, _ in pairs] + [0.0]
     scale = 1 / math.sqrt(float(alpha_bar_at(alpha_bar, int(seq[0]))))
     xbar = x_T * scale
-    if x_T.dtype == torch.float16 and not bool(torch.isfinite(xbar).all()):   # 65504 at most; was blamed on the model
-        raise ValueError(f"x_T / sqrt(alpha_bar) = {scale:.3g} x_T overflows float16 at t = {int(seq[0])}; run the solver "
-                         f"in float32 (x_T.float())")
+    if not bool(torch.isfinite(xbar).all()):      # float16's 65504, or float32's 3e38 where ᾱ ends near 1e-88: not the model
+        wider = "float32 (x_T.float())" if x_T.dtype in (torch.float16, torch.bfloat16) else "float64 (x_T.double())"
+        kind = str(x_T.dtype).removeprefix("torch.")
+        raise ValueError(f"x_T / sqrt(alpha_bar) = {scale:.3g} x_T overflows {kind} at t = {int(seq[0])}; run the solver "
+                         f"in {wider}")
     return alpha_bar, pairs, sig, xbar, {"x": [x_T], "t": [int(seq[0])]}
 
 
@@ -259,7 +261,7 @@ def euler(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
     Identical to `samplers.ddim_sample(..., eta=0)` (DDIM eq. 12 with σ = 0, divided by √ᾱ_s).
     Trajectory: {"x": [x_t at each visited step, then x_0], "t": [seq…, −1]}.
     """
-    alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, return_trajectory=return_trajectory)
+    alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory)
     for i, (t, s) in enumerate(pairs):
         sig_t, sig_s = sig[i], sig[i + 1]
         d = call_eps(eps, _x(xbar, sig_t), t)
@@ -275,7 +277,7 @@ def heun(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=Non
     d = ε(x_t, t), x̄' = x̄ + h d, x̄_s = x̄ + h (d + ε(x'_s, s))/2 with h = σ_s − σ_t; the final step to
     σ = 0 is the Euler (DDIM) step.
     """
-    alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, return_trajectory=return_trajectory)
+    alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory)
     for i, (t, s) in enumerate(pairs):
         sig_t, sig_s = sig[i], sig[i + 1]
         h = sig_s - sig_t
@@ -302,7 +304,7 @@ def dpm_solver_2(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, call
     (The paper's exponential-integrator form, rewritten in x̄ = x/α, is exactly this midpoint rule.)
     t(σ_mid) is a float step (`t_of_sigma`). The final step to σ = 0 (λ = ∞) is the Euler (DDIM) step.
     """
-    alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, return_trajectory=return_trajectory)
+    alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory)
     for i, (t, s) in enumerate(pairs):
         sig_t, sig_s = sig[i], sig[i + 1]
         d = call_eps(eps, _x(xbar, sig_t), t)
@@ -326,7 +328,7 @@ def dpm_solver_pp_2m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, 
     The first step uses D_i alone (first order, = DDIM); the final step to σ = 0 (h = ∞) returns D_i,
     the current x̂_0 (first order, as k-diffusion's `sample_dpmpp_2m`).
     """
-    alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, return_trajectory=return_trajectory)
+    alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory)
     D_prev = h_prev = None
     for i, (t, s) in enumerate(pairs):
         sig_t, sig_s = sig[i], sig[i + 1]
@@ -409,7 +411,7 @@ def dpm_solver_pp_3m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, 
     does by default below 15 steps and the authors' code below 10 (here at any S); notebook 08 §7 measures what it
     changes. Without it the order is kept to the end, as in the paper's algorithm.
     """
-    _, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, return_trajectory=return_trajectory,
+    _, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory,
         published=published, lower_order_final=lower_order_final)
     Ds, lams = [], []
     for i, (t, s) in enumerate(pairs):
@@ -469,7 +471,7 @@ def unipc(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
     (h = ∞) returns D_t and is not corrected (that would need the network at σ = 0).
     """
     order = check_int("order", order, 1, 3)
-    _, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, return_trajectory=return_trajectory,
+    _, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory,
         corrector=corrector)
     n = len(pairs)
     D = xbar - sig[0] * call_eps(eps, _x(xbar, sig[0]), pairs[0][0])
@@ -551,7 +553,7 @@ def ipndm(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
     order = check_int("order", order, 1, 4)
     if rho is not None and ((r := as_real(rho)) is None or r < 1):
         raise ValueError(f"rho must be None (equal-step coefficients) or a finite number >= 1, got {rho!r}")
-    alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, return_trajectory=return_trajectory,
+    alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory,
         afs=afs, corrector=corrector)
     if afs:         # ε(x_T) ≈ x_T, off by about √ᾱ |E x_0|
         if len(pairs) == 1:

@@ -67,12 +67,15 @@ class NonFiniteError(FloatingPointError):
     """The network returned NaN or inf during sampling."""
 
 
-def check_args(x, alpha_bar, seq, name: str = "x_T"):
+def check_args(x, alpha_bar, seq, name: str = "x_T", callback=None):
     """Validate a sampler's or solver's inputs once; returns (alpha_bar as float64, seq as a long tensor).
 
     x: a finite floating-point tensor with a batch dimension; alpha_bar: `schedule.validate_alpha_bar`;
-    seq: `schedule.validate_timesteps` (strictly decreasing integers in 0..T−1), or None (returned as None).
+    seq: `schedule.validate_timesteps` (strictly decreasing integers in 0..T−1), or None (returned as None);
+    callback: None or callable (else found only after the first network call).
     """
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a function of the step's info dict, or None; got {type(callback).__name__}")
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.dtype.is_floating_point:
@@ -159,7 +162,7 @@ def ddim_sample(eps, x_T, alpha_bar, seq, eta: float = 0.0, generator: torch.Gen
     """
     eta = check_eta(eta)
     clip_x0, return_trajectory = check_bool("clip_x0", clip_x0), check_bool("return_trajectory", return_trajectory)
-    alpha_bar, seq = check_args(x_T, alpha_bar, seq)
+    alpha_bar, seq = check_args(x_T, alpha_bar, seq, callback=callback)
     pairs, a = check_eta_steps(alpha_bar, seq, eta)
     noise_sampler = noise_sampler or noise_from(generator, x_T)
     x = x_T.clone()       # an eps that edits its input in place must not change the caller's x_T
@@ -209,7 +212,7 @@ def ddpm_sample(eps, x_T, alpha_bar, variance: str = "small", seq=None, generato
     alpha_bar = schedule.validate_alpha_bar(alpha_bar)
     if seq is None:
         seq = torch.arange(alpha_bar.shape[0] - 1, -1, -1)
-    alpha_bar, seq = check_args(x_T, alpha_bar, seq)
+    alpha_bar, seq = check_args(x_T, alpha_bar, seq, callback=callback)
     noise_sampler = noise_sampler or noise_from(generator, x_T)
     x = x_T.clone()       # an eps that edits its input in place must not change the caller's x_T
     traj = {"x": [x], "x0": [], "t": [int(seq[0])]}
@@ -253,7 +256,7 @@ def ddim_invert(eps, x0, alpha_bar, seq, return_trajectory: bool = False, callba
     `callback` gets {"i", "t": from, "s": to (larger), "x", "x0"} after each step.
     """
     return_trajectory = check_bool("return_trajectory", return_trajectory)
-    alpha_bar, seq = check_args(x0, alpha_bar, seq, name="x0")
+    alpha_bar, seq = check_args(x0, alpha_bar, seq, name="x0", callback=callback)
     _warn_if_0_255(x0, "x0")
     x, s = x0.clone(), -1      # an eps that edits its input in place must not change the caller's x0
     traj = {"x": [x], "t": [-1]}
@@ -312,7 +315,7 @@ def sdedit(eps, x_in, alpha_bar, seq, eta: float = 1.0, generator: torch.Generat
     steps); η = 0 maps each noised input to one point. diffusers' `strength` on S steps keeps the last
     int(S · strength) steps of its grid: seq = schedule.timesteps(S, T, spacing)[S − int(S · strength):].
     """
-    alpha_bar, seq = check_args(x_in, alpha_bar, seq, name="x_in")
+    alpha_bar, seq = check_args(x_in, alpha_bar, seq, name="x_in", callback=callback)
     _warn_if_0_255(x_in, "x_in")
     z = noise_from(generator, x_in)(None, None)
     x_t0 = q_sample(x_in, float(alpha_bar_at(alpha_bar, int(seq[0]))), z)
@@ -332,7 +335,7 @@ def langevin(eps, x, alpha_bar, t: int, step: float, n_steps: int, generator: to
     Without a Metropolis test the chain is biased by O(δ): on a Gaussian of variance v its stationary variance is
     v/(1 − δ/(2v)) (tests/test_guidance.py). noise_sampler(t, t) and callback (s = t, x̂_0 of the point before the
     step) as in the module docstring. Returns x after the last step."""
-    alpha_bar = check_args(x, alpha_bar, None, name="x")[0]
+    alpha_bar = check_args(x, alpha_bar, None, name="x", callback=callback)[0]
     t = check_int("t", t, 0, alpha_bar.shape[0] - 1)
     if (delta := as_real(step)) is None or delta <= 0:
         raise ValueError(f"step must be a finite number > 0 (the Langevin step size), got {step!r}")

@@ -969,3 +969,27 @@ def test_sixteenth_round_flags_numbers_and_dtypes(tmp_path, toy_setup):
                          (lambda: samplers.sample(eps, 3, AB, S=2), "shape must be a sequence")):
         with pytest.raises(TypeError, match=needle):
             call()
+
+
+def test_sixteenth_round_solvers_say_float32_overflow_and_bad_callbacks_first():
+    """Helper 98: x_T/√ᾱ past float32's 3e38 (a linear T = 20000 table ends at ᾱ = 1e-88) was caught in float16 only:
+    an eps finite on any input made every solver return NaN; `callback=5` failed only after the first network call."""
+    long_table = schedule.make_alpha_bar("linear", 20000)
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    calm = lambda x, t: torch.nan_to_num(x) * 0  # noqa: E731
+    for name in ode.SOLVERS:
+        with pytest.raises(ValueError, match=r"overflows float32 at t = 19999; run the solver in float64"):
+            ode.solve(name, calm, x, long_table, schedule.timesteps(5, 20000, "trailing"))
+    assert bool(ode.euler(calm, x.double(), long_table, schedule.timesteps(5, 20000, "trailing")).isfinite().all())
+
+    def never(x, t):
+        pytest.fail("the network was called before the callback was checked")
+
+    seq = schedule.timesteps(5, 1000, "uniform")
+    for run in (lambda cb: samplers.ddim_sample(never, x, AB, seq, callback=cb),
+                lambda cb: samplers.ddpm_sample(never, x, AB, callback=cb),
+                lambda cb: samplers.ddim_invert(never, x, AB, seq, callback=cb),
+                lambda cb: samplers.langevin(never, x, AB, 10, 0.01, 2, callback=cb),
+                *[lambda cb, n=n: ode.solve(n, never, x, AB, seq, callback=cb) for n in ode.SOLVERS]):
+        with pytest.raises(TypeError, match="callback must be a function of the step's info dict, or None; got int"):
+            run(5)
