@@ -632,6 +632,14 @@ def sha256_of(*items) -> str:
     return h.hexdigest()
 
 
+def in_channels(model) -> int | None:
+    """The input channels a network records (ddimlab's `config["in_ch"]`, diffusers' `config.in_channels`; also behind
+    an `eps_fn`), or None."""
+    net = model if isinstance(model, torch.nn.Module) else getattr(model, "network", None)
+    cfg = getattr(net, "config", None) or {}
+    return cfg.get("in_ch", cfg.get("in_channels")) if hasattr(cfg, "get") else None
+
+
 def eps_fn(model, amp: bool = False):
     """A network as the samplers' `eps(x, t)` (notebook 06 §5): the one adapter for every kind of model.
 
@@ -643,10 +651,13 @@ def eps_fn(model, amp: bool = False):
     """
     amp = check_bool("amp", amp)
     is_net = isinstance(model, torch.nn.Module)
+    in_ch = in_channels(model)
 
     def eps(x, t):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__} (torch.from_numpy(x) for an array)")
+        if in_ch is not None and x.ndim == 4 and x.shape[1] != in_ch:      # else a conv error deep inside the network
+            raise ValueError(f"x has {x.shape[1]} channels but the network takes {in_ch}: x is (B, {in_ch}, H, W)")
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])

@@ -91,6 +91,8 @@ def image_stats(images, feature_fn, batch_size: int = 500) -> tuple[np.ndarray, 
     """
     batch_size = check_int("batch_size", batch_size)
     x = _images_u8(images)
+    if len(x) == 0:
+        raise ValueError("no images to score: image_stats needs N >= 2 images (N x C x H x W)")
     feats = []
     with torch.no_grad():
         for k in range(0, len(x), batch_size):

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import devices, diffusion, ode, schedule
-from .checkpoint import eps_fn, sha256_of, weights_sha256
+from .checkpoint import eps_fn, in_channels, sha256_of, weights_sha256
 from .checks import check_bool, check_int
 from .data import from_model_range
 from .files import atomic_write
@@ -220,9 +220,7 @@ def _check_shape(shape, model) -> tuple[int, int, int]:
     shape = tuple(check_int(f"shape's {d}", v) for d, v in zip("CHW", shape))
     if shape[0] not in (1, 3):
         raise ValueError(f"shape must be (C, H, W) with C = 1 or 3 (PNG), got {shape}")
-    net = model if isinstance(model, torch.nn.Module) else getattr(model, "network", None)
-    cfg = getattr(net, "config", None) or {}
-    in_ch = cfg.get("in_ch", cfg.get("in_channels")) if hasattr(cfg, "get") else None
+    in_ch = in_channels(model)
     if in_ch is not None and in_ch != shape[0]:
         raise ValueError(f"shape {shape} has {shape[0]} channels but the network takes {in_ch}")
     return shape

@@ -97,6 +97,8 @@ def t_of_sigma(alpha_bar: torch.Tensor, sigma) -> torch.Tensor:
 
 def _t_of_sigma(alpha_bar: torch.Tensor, sigma) -> torch.Tensor:
     """`t_of_sigma` on a table already validated (the solvers' inner loops)."""
+    if isinstance(sigma, (str, bytes, bool)):
+        raise TypeError(f"sigma must be a number or a tensor of numbers, got {sigma!r}")
     sigma = torch.as_tensor(sigma, dtype=torch.float64, device=alpha_bar.device)
     target = -torch.log1p(sigma ** 2)                          # log ᾱ wanted
     neg = -_log_table(alpha_bar)                                # increasing, from 0
@@ -449,6 +451,8 @@ def unipc_coefficients(r, h: float) -> list[float]:
     the first-order corrector the trapezoid rule.
     """
     r = [float(v) for v in r]
+    if not r:
+        raise ValueError("unipc_coefficients needs at least one node r (the previous step's, or 1 for the corrector)")
     if len(r) == 1:
         return [0.5]
     B = -math.expm1(-h)
@@ -611,7 +615,7 @@ DEFAULT_RULES = {"euler": "uniform", "heun": "uniform", "dpm_solver_2": "uniform
 
 
 def _lookup(name: str):
-    if name not in _REGISTRY:
+    if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"unknown ODE solver {name!r}; choose one of {SOLVERS}")
     return _REGISTRY[name]
 

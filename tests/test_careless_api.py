@@ -993,3 +993,20 @@ def test_sixteenth_round_solvers_say_float32_overflow_and_bad_callbacks_first():
                 *[lambda cb, n=n: ode.solve(n, never, x, AB, seq, callback=cb) for n in ode.SOLVERS]):
         with pytest.raises(TypeError, match="callback must be a function of the step's info dict, or None; got int"):
             run(5)
+
+
+def test_sixteenth_round_errors_that_name_the_argument():
+    """Helper 98: each was an error from deep inside torch or numpy (a conv's channel count, torch.cat of an empty list,
+    a LinAlgError, "unhashable type: 'list'", "new(): invalid data type 'str'")."""
+    net = _tiny_net()
+    for call, error, needle in (
+            (lambda: checkpoint.eps_fn(net)(torch.zeros(2, 3, 8, 8), 5), ValueError, "x has 3 channels but the network takes 1"),
+            (lambda: fid.compute_fid(torch.zeros(0, 1, 8, 8), torch.zeros(4, 1, 8, 8), fid.random_features()), ValueError,
+             "no images to score"),
+            (lambda: ode.unipc_coefficients([], 0.5), ValueError, "at least one node"),
+            (lambda: ode.solve(["heun"], None, None, AB, None), ValueError, r"unknown ODE solver \['heun'\]"),
+            (lambda: ode.t_of_sigma(AB, "1.0"), TypeError, "sigma must be a number"),
+            (lambda: ode.alpha_bar_cont(AB, "5"), TypeError, "steps t must be numbers")):
+        with pytest.raises(error, match=needle):
+            call()
+    assert checkpoint.eps_fn(net)(torch.zeros(2, 1, 8, 8), 5).shape == (2, 1, 8, 8)
