@@ -201,6 +201,7 @@ def label(sampler: str) -> str:
 
 def ode_error(eps, x_T: torch.Tensor, alpha_bar: torch.Tensor, seq, rtol: float = 1e-7) -> float:
     """RMS over samples of |DDIM(η=0) − exact ODE solution| from the same x_T at step seq[0] (notebook 05 §3)."""
+    alpha_bar = schedule.validate_alpha_bar(alpha_bar)        # a list or an array too, as the samplers take
     seq = schedule.validate_timesteps(seq, alpha_bar.shape[0])
     x = samplers.ddim_sample(eps, x_T, alpha_bar, seq, eta=0.0)
     ref = ode.reference_solution(eps, x_T, alpha_bar, int(seq[0]), rtol=rtol, atol=rtol)

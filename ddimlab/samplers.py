@@ -370,6 +370,8 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, lam) -> torch.Tensor:
     if isinstance(lam, bool) or str(getattr(lam, "dtype", "")) in ("bool", "torch.bool"):       # numpy's and torch's
         raise TypeError(f"lam must be a number or numbers in [0, 1], got a bool ({lam!r}): True would be read as 1")
     single = z0.ndim == 1
+    common = torch.promote_types(z0.dtype, z1.dtype)     # float32 with float64 meets in float64, as torch's arithmetic
+    z0, z1 = z0.to(common), z1.to(common)
     if single:
         z0, z1 = z0[None], z1[None]
     work = torch.promote_types(z0.dtype, torch.float32)    # θ and the weights: π in float16 is 3.1406, sin π 1e-3

@@ -1010,3 +1010,11 @@ def test_sixteenth_round_errors_that_name_the_argument():
         with pytest.raises(error, match=needle):
             call()
     assert checkpoint.eps_fn(net)(torch.zeros(2, 1, 8, 8), 5).shape == (2, 1, 8, 8)
+    z = torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert samplers.slerp(z[:1].float(), z[1:], 0.5).dtype == torch.float64       # was float32: z1's digits dropped
+    from ddimlab import lab
+
+    mix = toy.default_mixture()             # a list as alpha_bar, as every sampler takes it: was an AttributeError
+    seq = schedule.timesteps(5, 1000, "uniform")
+    assert lab.ode_error(toy.exact_eps(mix, AB), z[:, :2], AB.tolist(), seq) == lab.ode_error(toy.exact_eps(mix, AB), z[:, :2],
+                                                                                               AB, seq)
