@@ -99,8 +99,12 @@ def test_ctrl_c_inside_a_checkpoint_write_waits_for_its_end(tmp_path, monkeypatc
             return self.f.flush()
 
     monkeypatch.setattr(torch, "save", lambda obj, f: real_save(obj, CtrlCMidway(f)))
-    with pytest.raises(KeyboardInterrupt):
-        ck.save_checkpoint(tmp_path / "ckpt.pt", weights=torch.arange(100_000.0), step=7)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)   # a background job starts with SIGINT ignored
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ck.save_checkpoint(tmp_path / "ckpt.pt", weights=torch.arange(100_000.0), step=7)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     monkeypatch.undo()
     assert len(writes) > 3 and ck.load_checkpoint(tmp_path / "ckpt.pt")["step"] == 7
     assert os.listdir(tmp_path) == ["ckpt.pt"]
