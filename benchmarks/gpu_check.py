@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from ddimlab import checkpoint, devices, generate, schedule
-from ddimlab.cli import USER_ERRORS, _sigterm_as_interrupt
+from ddimlab.cli import USER_ERRORS, sigterm_as_interrupt
 from ddimlab.files import atomic_write, check_out_folder
 from ddimlab.train import make_config, read_log, train
 
@@ -117,7 +117,7 @@ def main(argv=None) -> dict:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-bench", action="store_true", help="skip the UNet benchmark (stage 1): training and sampling only")
     args = p.parse_args(argv)
-    terminate = _sigterm_as_interrupt()
+    terminate = sigterm_as_interrupt()
     try:
         return check(args)
     except KeyboardInterrupt as e:   # Ctrl-C or SIGTERM: one line, as the command line says it

@@ -59,6 +59,16 @@ def check_bool(name: str, v) -> bool:
     return bool(v)
 
 
+def check_numbers(name: str, v):
+    """`v` unless it is a bool or booleans (True would be read as 1; Python's, numpy's, torch's) or a string (which
+    torch would take apart, or fail on deep inside): a TypeError naming `name`."""
+    if isinstance(v, (str, bytes)):
+        raise TypeError(f"{name} must be a number or a tensor of numbers, got a string ({v!r})")
+    if isinstance(v, (bool, np.bool_)) or getattr(v, "dtype", None) in (torch.bool, np.bool_):
+        raise TypeError(f"{name} must be a number or a tensor of numbers, got a bool ({v!r}): True would be read as 1")
+    return v
+
+
 def as_real(v) -> float | None:
     """`v` as a float if it is a finite real number (int, float, numpy scalar, 0-d real tensor; not a bool), else None:
     the caller says what range it allows."""

@@ -813,7 +813,7 @@ def _main(argv, prog):
             print(f"{prog} {args.command}: warning: {message}", file=sys.stderr)
         else:
             shown(message, category, *rest, **kw)
-    terminate = _sigterm_as_interrupt()
+    terminate = sigterm_as_interrupt()
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show
@@ -857,7 +857,7 @@ def _out_of_memory(e: BaseException) -> str | None:
     return f" (it asked for {size.group(1)})" if size else ""
 
 
-class _sigterm_as_interrupt:
+class sigterm_as_interrupt:
     """SIGTERM (`kill`, `timeout`, `docker stop`) raised as a KeyboardInterrupt during a command, so that it cleans up
     as after Ctrl-C (the folders and lock a failed `sample` made) instead of ending the process where it stands.
     `train` sets its own handler while it trains (a checkpoint, then stop). Only on the main thread."""

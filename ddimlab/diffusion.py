@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
-from .checks import as_real, check_bool
+from .checks import as_real, check_bool, check_numbers
 
 VARIANCES = ("small", "large")   # DDPM's two reverse variances: β̃ (posterior) and β (notebook 02 §1)
 
@@ -33,9 +32,7 @@ def _check_range(a, name: str, low: float, high: float, low_open: bool, high_ope
     if isinstance(a, float) and math.isfinite(a) and (a > low if low_open else a >= low) and (
             a < high if high_open else a <= high):
         return a   # the samplers' common case, without building a tensor
-    if isinstance(a, (bool, np.bool_)) or (isinstance(a, torch.Tensor) and a.dtype == torch.bool):
-        raise TypeError(f"{name} must be a number or a tensor of numbers, got a bool ({a!r}): True would be read as 1")
-    v = wide(a)
+    v = wide(check_numbers(name, a))
     if v.device.type != "cpu":
         return a   # checking would synchronise the accelerator at every call (training, sampling)
     bad = ~torch.isfinite(v) | ((v <= low) if low_open else (v < low)) | ((v >= high) if high_open else (v > high))

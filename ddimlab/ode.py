@@ -44,7 +44,7 @@ import math
 import numpy as np
 import torch
 
-from .checks import as_real, check_bool, check_int
+from .checks import as_real, check_bool, check_int, check_numbers
 from .samplers import NonFiniteError, _of_x_shape, call_eps, check_args, check_first_step, report
 from .schedule import alpha_bar_at, as_steps, step_pairs, validate_alpha_bar, validate_timesteps
 
@@ -97,9 +97,7 @@ def t_of_sigma(alpha_bar: torch.Tensor, sigma) -> torch.Tensor:
 
 def _t_of_sigma(alpha_bar: torch.Tensor, sigma) -> torch.Tensor:
     """`t_of_sigma` on a table already validated (the solvers' inner loops)."""
-    if isinstance(sigma, (str, bytes, bool)):
-        raise TypeError(f"sigma must be a number or a tensor of numbers, got {sigma!r}")
-    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=alpha_bar.device)
+    sigma = torch.as_tensor(check_numbers("sigma", sigma), dtype=torch.float64, device=alpha_bar.device)
     target = -torch.log1p(sigma ** 2)                          # log ᾱ wanted
     neg = -_log_table(alpha_bar)                                # increasing, from 0
     T = alpha_bar.shape[0]

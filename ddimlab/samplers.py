@@ -22,7 +22,7 @@ import warnings
 import torch
 
 from . import schedule
-from .checks import as_real, check_bool, check_generator, check_int
+from .checks import as_real, check_bool, check_generator, check_int, check_numbers
 from .diffusion import (
     VARIANCES,
     bcast,
@@ -367,8 +367,8 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, lam) -> torch.Tensor:
         raise ValueError(f"z0 and z1 must have the same shape, got {tuple(z0.shape)} and {tuple(z1.shape)}")
     if z0.ndim == 0 or not z0.dtype.is_floating_point or not z1.dtype.is_floating_point:
         raise ValueError("z0 and z1 must be floating-point tensors with at least one dimension")
-    if isinstance(lam, bool) or str(getattr(lam, "dtype", "")) in ("bool", "torch.bool"):       # numpy's and torch's
-        raise TypeError(f"lam must be a number or numbers in [0, 1], got a bool ({lam!r}): True would be read as 1")
+    if not isinstance(lam, str):        # a bool: True would be read as 1 (a string is the ValueError below)
+        check_numbers("lam", lam)
     single = z0.ndim == 1
     common = torch.promote_types(z0.dtype, z1.dtype)     # float32 with float64 meets in float64, as torch's arithmetic
     z0, z1 = z0.to(common), z1.to(common)

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from .checks import as_real, check_int
+from .checks import as_real, check_int, check_numbers
 
 SCHEDULES = ("linear", "cosine", "quadratic")
 SPACINGS = ("uniform", "quad", "linspace", "trailing")
@@ -90,8 +90,8 @@ def validate_alpha_bar(alpha_bar) -> torch.Tensor:
 def as_steps(t, device=None) -> torch.Tensor:
     """Steps `t` (an int or float, a sequence, a numpy array of any strides, a tensor) as a tensor on `device`; integer
     ones as int64, so that range checks hold −1 and T − 1 (in uint8, −1 was 255 and every step was refused)."""
-    if isinstance(t, (str, bytes)):
-        raise TypeError(f"steps t must be numbers, got {t!r}")
+    if isinstance(t, (str, bytes)):          # (bool steps go on: each caller refuses them, saying what the step is for)
+        check_numbers("steps t", t)
     t = t if isinstance(t, torch.Tensor) else torch.as_tensor(np.array(t))    # np.array: a copy, so [::-1] views work
     t = t.to(device) if device is not None else t
     return t.long() if not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool) else t

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import ode, schedule
-from .checks import as_real, check_generator, check_int, check_symmetric, seeded
+from .checks import as_real, check_generator, check_int, check_numbers, check_symmetric, seeded
 
 
 def _f64(x, name):
@@ -138,9 +138,7 @@ class GaussianMixture:
     @staticmethod
     def _alpha_bar_rows(x, a) -> torch.Tensor:
         """ᾱ for each row of x, (B,) float64, from a float or a (B,) tensor; each in [0, 1]."""
-        if isinstance(a, (bool, np.bool_, str)) or (isinstance(a, torch.Tensor) and a.dtype == torch.bool):
-            raise TypeError(f"alpha_bar must be a number or a tensor of numbers, got {a!r} (True would be read as 1)")
-        a = torch.as_tensor(a, dtype=torch.float64)
+        a = torch.as_tensor(check_numbers("alpha_bar", a), dtype=torch.float64)
         if a.ndim == 0:
             a = a.expand(x.shape[0])
         if a.shape != (x.shape[0],):
@@ -226,8 +224,10 @@ class GaussianMixture:
         `a` is ᾱ: a float or a (B,) tensor; a = 1 gives 0 (clean data has no noise to predict).
         Returned in x's dtype.
         """
-        a64 = self._alpha_bar_rows(self._check_x(x), a)       # a bool or string ᾱ refused before it becomes 1.0
-        return (-(1 - a64).clamp_min(0).sqrt()[:, None] * self.score(x, a64)).to(x.dtype)
+        a64 = torch.as_tensor(check_numbers("alpha_bar", a), dtype=torch.float64)    # True would become 1.0 here
+        s = (1 - a64).clamp_min(0).sqrt()
+        s = s[:, None] if s.ndim == 1 else s
+        return (-s * self.score(x, a64)).to(x.dtype)
 
 
 class SharedBasisMixture(GaussianMixture):

@@ -1006,7 +1006,7 @@ def test_sixteenth_round_errors_that_name_the_argument():
             (lambda: ode.unipc_coefficients([], 0.5), ValueError, "at least one node"),
             (lambda: ode.solve(["heun"], None, None, AB, None), ValueError, r"unknown ODE solver \['heun'\]"),
             (lambda: ode.t_of_sigma(AB, "1.0"), TypeError, "sigma must be a number"),
-            (lambda: ode.alpha_bar_cont(AB, "5"), TypeError, "steps t must be numbers")):
+            (lambda: ode.alpha_bar_cont(AB, "5"), TypeError, "steps t must be a number or a tensor of numbers, got a string")):
         with pytest.raises(error, match=needle):
             call()
     assert checkpoint.eps_fn(net)(torch.zeros(2, 1, 8, 8), 5).shape == (2, 1, 8, 8)
