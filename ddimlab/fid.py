@@ -213,15 +213,12 @@ def fid_inception(sample_dir, reference: str = "cifar10-train", cuda: bool | Non
 
 @contextlib.contextmanager
 def _first_png_files(directory, n):
-    """`directory` itself if n is None or it holds exactly n PNGs; else a temporary folder of links to its first n (a
-    `reproduce` cell holding more samples from an earlier, larger run must not be scored as n)."""
+    """`directory` itself if n is None; else a temporary folder of links to its first n PNGs (a `reproduce` cell holding
+    more samples from an earlier, larger run must not be scored as n, nor one a concurrent writer is adding to)."""
     if n is None:
         yield directory
         return
     files = _first_pngs(directory, n)
-    if len(files) == len(list(Path(directory).glob("*.png"))):
-        yield directory
-        return
     with tempfile.TemporaryDirectory(prefix=".fid-first-n-") as tmp:
         for f in files:
             os.symlink(f.resolve(), Path(tmp) / f.name)

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from .checks import as_real, check_bool, check_int, check_numbers
-from .samplers import NonFiniteError, _of_x_shape, call_eps, check_args, check_first_step, report
+from .samplers import NonFiniteError, _finite, _of_x_shape, call_eps, check_args, check_first_step, report
 from .schedule import alpha_bar_at, as_steps, step_pairs, validate_alpha_bar, validate_timesteps
 
 # ------------------------------------------------------------------------------- continuous time
@@ -243,8 +243,10 @@ def _start(x_T, alpha_bar, seq, callback=None, **flags):
 
 
 def _record(traj, callback, i, t, s, xbar, sig_s, x0):
-    """Append x_s to the trajectory and call `callback` with the samplers' info dict (samplers module docstring)."""
-    x = _x(xbar, sig_s)
+    """Append x_s to the trajectory and call `callback` with the samplers' info dict (samplers module docstring); a
+    step that left the dtype's range is a NonFiniteError naming it, as in the samplers (an ε finite on any input
+    would otherwise carry an inf x̄ to the end)."""
+    x = _finite(_x(xbar, sig_s), t, s)
     traj["x"].append(x); traj["t"].append(s)
     report(callback, i, t, s, x, x0)
 

@@ -1018,3 +1018,16 @@ def test_sixteenth_round_errors_that_name_the_argument():
     seq = schedule.timesteps(5, 1000, "uniform")
     assert lab.ode_error(toy.exact_eps(mix, AB), z[:, :2], AB.tolist(), seq) == lab.ode_error(toy.exact_eps(mix, AB), z[:, :2],
                                                                                                AB, seq)
+
+
+def test_seventeenth_round_solvers_name_the_step_that_overflowed():
+    """Left at the last stop: the solvers checked x̄ for overflow at the start only, so an eps finite on any input (here
+    a constant 60000, within float16's 65504) carried an inf x̄ to the end and every solver returned inf or NaN."""
+    loud = lambda x, t: torch.full_like(x, 60000.0)  # noqa: E731
+    x = torch.zeros(2, 1, 2, 2, dtype=torch.float16)
+    seq = schedule.timesteps(10, 1000, "uniform")
+    for name in ode.SOLVERS:
+        with pytest.raises(samplers.NonFiniteError, match=r"step [98]00 -> [87]00 gave NaN or inf in torch.float16 from "
+                                                          r"a finite eps; run in float32"):
+            ode.solve(name, loud, x, AB, seq)
+        assert bool(ode.solve(name, loud, x.float(), AB, seq).isfinite().all())
