@@ -82,6 +82,8 @@ def check_args(x, alpha_bar, seq, name: str = "x_T", callback=None):
         raise TypeError(f"{name} must be floating point, got {x.dtype}")
     if x.ndim < 1:
         raise ValueError(f"{name} must have a batch dimension (B, ...), got a 0-d tensor")
+    if x.is_meta:
+        raise ValueError(f"{name} is on the meta device, which holds shapes but no values: sampling needs the values")
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf")
     alpha_bar = schedule.validate_alpha_bar(alpha_bar)

@@ -72,6 +72,8 @@ def validate_alpha_bar(alpha_bar) -> torch.Tensor:
     if isinstance(alpha_bar, torch.Tensor) and not alpha_bar.dtype.is_floating_point:
         raise ValueError(f"alpha_bar must be a float table (schedule.make_alpha_bar), got {alpha_bar.dtype}")
     a = torch.as_tensor(alpha_bar, dtype=torch.float64).clone()
+    if a.is_meta:
+        raise ValueError("alpha_bar is on the meta device, which holds shapes but no values: give the table itself")
     if a.ndim != 1 or a.numel() < 1:
         raise ValueError(f"alpha_bar must be a non-empty 1-D table (schedule.make_alpha_bar), got shape {tuple(a.shape)}")
     if not bool(torch.isfinite(a).all()) or not bool(((a > 0) & (a < 1)).all()):

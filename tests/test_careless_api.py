@@ -1031,3 +1031,17 @@ def test_seventeenth_round_solvers_name_the_step_that_overflowed():
                                                           r"a finite eps; run in float32"):
             ode.solve(name, loud, x, AB, seq)
         assert bool(ode.solve(name, loud, x.float(), AB, seq).isfinite().all())
+
+
+def test_seventeenth_round_meta_tensors_are_named():
+    """Left at the last stop: a latent or table on the meta device (shapes only, as in a tracing tool) failed with torch's
+    "Tensor.item() cannot be called on meta tensors"."""
+    seq = schedule.timesteps(5, 1000, "uniform")
+    zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    meta = torch.zeros(2, 3, device="meta")
+    for run in (lambda: samplers.ddim_sample(zero, meta, AB, seq), lambda: samplers.ddpm_sample(zero, meta, AB),
+                lambda: ode.solve("heun", zero, meta, AB, seq)):
+        with pytest.raises(ValueError, match="x_T is on the meta device, which holds shapes but no values"):
+            run()
+    with pytest.raises(ValueError, match="alpha_bar is on the meta device"):
+        samplers.ddim_sample(zero, torch.zeros(2, 3), AB.to("meta"), seq)
