@@ -432,8 +432,9 @@ def save_diffusers_folder(net: unet_mod.UNet, path, alpha_bar) -> Path:
     """Write `net` as a diffusers UNet2DModel folder (config.json + diffusion_pytorch_model.*) with the noise schedule
     it was trained on, `alpha_bar`, as a DDIMScheduler's `trained_betas` in scheduler/scheduler_config.json (where
     `load_model` reads it, and diffusers' `DDIMScheduler.from_pretrained(path, subfolder="scheduler")`): the weights
-    alone do not say it, and a reader would take DDPM's linear schedule. A folder holding a ddimlab run, or a
-    config.json that is not a UNet2DModel's, is refused: its config.json would be replaced."""
+    alone do not say it, and a reader would take DDPM's linear schedule. A folder holding a ddimlab run, a diffusers
+    pipeline (model_index.json or unet/: its scheduler would be replaced and its own UNet still loaded), or a
+    config.json that is not a UNet2DModel's, is refused; an earlier UNet2DModel export in it is replaced."""
     path = Path(path)
     alpha_bar = schedule.validate_alpha_bar(alpha_bar)
     betas = 1 - alpha_bar / torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
@@ -441,6 +442,9 @@ def save_diffusers_folder(net: unet_mod.UNet, path, alpha_bar) -> Path:
                  "prediction_type": "epsilon", "clip_sample": False}
     if (path / "ckpt.pt").exists() or (path / "log.jsonl").exists():
         raise FileExistsError(f"{path} holds a ddimlab training run, whose config.json this would replace; choose another folder")
+    if (path / "model_index.json").exists() or (path / "unet" / "config.json").exists():
+        raise FileExistsError(f"{path} holds a diffusers pipeline, whose scheduler this would replace while loading keeps "
+                              f"its unet/; choose another folder")
     if (path / "config.json").exists() and _json_dict(path / "config.json").get("_class_name") != "UNet2DModel":
         raise FileExistsError(f"{path / 'config.json'} is not a diffusers UNet2DModel's, and this would replace it; choose "
                               f"another folder")
@@ -632,12 +636,21 @@ def sha256_of(*items) -> str:
     return h.hexdigest()
 
 
-def in_channels(model) -> int | None:
-    """The input channels a network records (ddimlab's `config["in_ch"]`, diffusers' `config.in_channels`; also behind
-    an `eps_fn`), or None."""
+def image_shape(model) -> tuple:
+    """(C, H, W) of the images a network records it was made for (ddimlab's `config["in_ch"]` and `["resolution"]`,
+    diffusers' `config.in_channels` and `.sample_size`; also behind an `eps_fn`), None where it records nothing."""
     net = model if isinstance(model, torch.nn.Module) else getattr(model, "network", None)
     cfg = getattr(net, "config", None) or {}
-    return cfg.get("in_ch", cfg.get("in_channels")) if hasattr(cfg, "get") else None
+    if not hasattr(cfg, "get"):
+        return None, None, None
+    size = cfg.get("resolution", cfg.get("sample_size"))
+    H, W = size if isinstance(size, (list, tuple)) and len(size) == 2 else (size, size)
+    return cfg.get("in_ch", cfg.get("in_channels")), H, W
+
+
+def in_channels(model) -> int | None:
+    """The input channels a network records (`image_shape`), or None."""
+    return image_shape(model)[0]
 
 
 def eps_fn(model, amp: bool = False):
@@ -658,7 +671,10 @@ def eps_fn(model, amp: bool = False):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__} (torch.from_numpy(x) for an array)")
         if in_ch is not None and x.ndim == 4 and x.shape[1] != in_ch:      # else a conv error deep inside the network
             raise ValueError(f"x has {x.shape[1]} channels but the network takes {in_ch}: x is (B, {in_ch}, H, W)")
-        t = torch.as_tensor(t, device=x.device)
+        t = schedule.as_steps(t)              # a string is a TypeError naming t, not torch's "invalid data type 'str'"
+        if t.is_floating_point() and t.device.type == "cpu" and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"steps t must be finite, got {t.tolist()}")      # (a GPU t is not checked: no sync per call)
+        t = t.to(x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         if is_net and not (amp and x.is_cuda):

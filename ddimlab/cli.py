@@ -117,8 +117,8 @@ def _check_amp(amp: bool, device: torch.device) -> None:
 
 
 def _image_shape(net):
-    cfg = getattr(net, "config", {})
-    return (cfg.get("in_ch", 3), cfg.get("resolution", 32), cfg.get("resolution", 32))
+    C, H, W = checkpoint.image_shape(net)
+    return (C or 3, H or 32, W or 32)
 
 
 def _check_name_length(stem: Path) -> None:

@@ -106,10 +106,10 @@ def image_stats(images, feature_fn, batch_size: int = 500) -> tuple[np.ndarray, 
 
 
 def _stats_of(ref, feature_fn, batch_size):
-    if isinstance(ref, tuple) and len(ref) == 2:
+    if isinstance(ref, (tuple, list)) and len(ref) == 2:
         mu, sigma = (np.asarray(v) for v in ref)
         if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):      # (images, labels), as data.load_* return
-            raise ValueError(f"a tuple is taken as precomputed (mu, sigma) of shapes (D,) and (D, D), got "
+            raise ValueError(f"a pair is taken as precomputed (mu, sigma) of shapes (D,) and (D, D), got "
                              f"{mu.shape} and {sigma.shape}; for (images, labels) pass the images alone")
         return mu, sigma
     if isinstance(ref, (str, os.PathLike)) and str(ref).endswith(".npz"):
@@ -139,15 +139,25 @@ def reference_stats(name: str, images_fn, feature_fn, batch_size: int = 500, dir
     """(μ, Σ) of a reference set, cached as `<cache>/fid_stats/<name>.npz` (atomic write).
 
     `name` must identify both the images and the feature extractor (e.g. "cifar10-train_random64");
-    `images_fn()` is only called when the cache misses.
+    `images_fn()` is only called when the cache misses. A damaged cache file (a zip that does not read) is recomputed
+    and replaced; a file of that name that is not statistics (another npz, or not a zip at all) is the user's, and a
+    FileExistsError.
     """
+    if not isinstance(name, str) or not name or name in (".", "..") or Path(name).name != name or "\\" in name:
+        raise ValueError(f"name must be a plain file name (no folders: the file goes into `directory`), got {name!r}")
     path = Path(directory or data.default_cache_dir() / "fid_stats") / f"{name}.npz"
     if path.exists():
         try:
             with np.load(path) as z:
-                return z["mu"], z["sigma"]
-        except Exception:  # a damaged file is recomputed and replaced
-            pass
+                keys = set(z.files)
+                if {"mu", "sigma"} <= keys:
+                    return z["mu"], z["sigma"]
+        except Exception:  # a zip that does not read was a torn copy: recomputed and replaced
+            with path.open("rb") as f:
+                keys = None if f.read(4) == b"PK\x03\x04" else set()
+        if keys is not None:
+            raise FileExistsError(f"{path} is not reference statistics (no mu and sigma in it); move it away or pass "
+                                  f"another name or directory")
     mu, sigma = image_stats(images_fn(), feature_fn, batch_size)
     atomic_write(path, lambda f: np.savez(f, mu=mu, sigma=sigma))
     return mu, sigma

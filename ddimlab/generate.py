@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import devices, diffusion, ode, schedule
-from .checkpoint import eps_fn, in_channels, sha256_of, weights_sha256
+from .checkpoint import eps_fn, image_shape, sha256_of, weights_sha256
 from .checks import check_bool, check_int
 from .data import from_model_range
 from .files import atomic_write
@@ -140,7 +140,7 @@ def sample_indices(model, indices, shape, alpha_bar, seq, eta=0.0, seed: int = 0
                          f"not clip (got eta={eta!r}, clip_x0={clip_x0!r})")
     if len(indices) == 0:
         raise ValueError("indices is empty: give the index of at least one image")
-    device = torch.device(device) if device is not None else devices.model_device(model)
+    device = devices.resolve(device) if device is not None else devices.model_device(model)
     alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64).to(device)
     gens = _generators(seed, indices)
 
@@ -156,7 +156,7 @@ def sample_indices(model, indices, shape, alpha_bar, seq, eta=0.0, seed: int = 0
     return check_data_range(x0, alpha_bar, seq) if check_range else x0
 
 
-def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, eta=0.0, spacing: str = "quad",
+def generate_samples(model, out_dir, n: int, *, shape=None, S: int = 50, eta=0.0, spacing: str = "quad",
                      alpha_bar=None, batch_size: int = 250, seed: int = 0, clip_x0: bool | None = None,
                      rank: int | None = None, world_size: int | None = None, device=None, amp: bool = False,
                      progress: bool = False, model_id: str | None = None) -> list[int]:
@@ -169,14 +169,15 @@ def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, 
     `model` is a network `model(x, t)`, `checkpoint.eps_fn` of one, or any callable eps(x, t); a callable's weights
     cannot be hashed, so name them with `model_id` (a checkpoint path and step, say; recorded and compared like the
     hash) or get a warning that a resume with other weights would not be noticed. alpha_bar defaults to DDPM's linear
-    schedule with T = 1000; η and the steps as in `sample_indices` and `sampling_steps`.
+    schedule with T = 1000; η and the steps as in `sample_indices` and `sampling_steps`; shape (C, H, W) defaults to
+    the network's own (`check_shape`).
     """
     amp, progress = check_bool("amp", amp), check_bool("progress", progress)
     n, batch_size, seed, eta = check_int("n", n, 0), check_int("batch_size", batch_size), check_int("seed", seed, 0), \
         check_eta(eta)                   # all before settings.json is written: a typo must not claim the folder
     clip_x0 = _check_clip(clip_x0)
     model_key = _model_key(model, model_id, out_dir)
-    shape = _check_shape(shape, model)
+    shape = check_shape(shape, model)
     rank, world_size = resolve_rank(rank, world_size)
     alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else schedule.validate_alpha_bar(alpha_bar)
     seq = sampling_steps(S, alpha_bar.shape[0], spacing)
@@ -212,17 +213,26 @@ def generate_samples(model, out_dir, n: int, *, shape=(3, 32, 32), S: int = 50, 
     return todo
 
 
-def _check_shape(shape, model) -> tuple[int, int, int]:
+def check_shape(shape, model) -> tuple[int, int, int]:
     """(C, H, W) of positive ints with C = 1 or 3 (PNG), and C the network's input channels where it records them
-    (ddimlab's `config["in_ch"]`, diffusers' `config.in_channels`)."""
+    (`checkpoint.image_shape`). shape=None is the network's recorded (C, H, W) (a ValueError for a model that records
+    none); H × W other than the recorded size is a warning (the network runs, on images it was not trained on)."""
+    recorded = image_shape(model)
+    if shape is None:
+        if None in recorded:
+            raise ValueError("shape=None takes (C, H, W) from the network's config, but this model records none: pass "
+                             "shape=(C, H, W)")
+        shape = recorded
     if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") or len(shape) != 3:
         raise ValueError(f"shape must be (C, H, W) with C = 1 or 3 (PNG), got {shape!r}")
     shape = tuple(check_int(f"shape's {d}", v) for d, v in zip("CHW", shape))
     if shape[0] not in (1, 3):
         raise ValueError(f"shape must be (C, H, W) with C = 1 or 3 (PNG), got {shape}")
-    in_ch = in_channels(model)
-    if in_ch is not None and in_ch != shape[0]:
-        raise ValueError(f"shape {shape} has {shape[0]} channels but the network takes {in_ch}")
+    if recorded[0] is not None and recorded[0] != shape[0]:
+        raise ValueError(f"shape {shape} has {shape[0]} channels but the network takes {recorded[0]}")
+    if None not in recorded[1:] and tuple(recorded[1:]) != shape[1:]:
+        warnings.warn(f"shape {shape}: the network was trained on {recorded[1]}×{recorded[2]} images; at "
+                      f"{shape[1]}×{shape[2]} it runs, but on images it never saw (shape=None takes its own)", stacklevel=3)
     return shape
 
 

@@ -250,8 +250,10 @@ def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS,
     mixture = toy.default_mixture() if mixture is None else mixture
     alpha_bar = schedule.make_alpha_bar(schedule_name, T)
     for S in S_list:                      # every η on every S before the first cell: a bad one found late costs the rest
+        seq = schedule.timesteps(S, T, spacing)
+        samplers.check_first_step(alpha_bar, seq)      # x_T ~ N(0, I) where the schedule has not reached noise
         for eta in etas:
-            samplers.check_eta_steps(alpha_bar, schedule.timesteps(S, T, spacing), eta)
+            samplers.check_eta_steps(alpha_bar, seq, eta)
     eps = toy.exact_eps(mixture, alpha_bar)
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn(n, mixture.d, generator=g, dtype=torch.float64)

@@ -356,7 +356,9 @@ def phi(k: int, h: float) -> float:
     digits to cancellation for small |h| (φ_3 at h = 1e-3 keeps only ~7), so |h| < 1 uses the series.
     """
     k = check_int("k", k, 0)
-    h = float(h)
+    if (real := as_real(h)) is None or real > 709:           # e^709.8 is float64's largest
+        raise ValueError(f"h must be a finite number <= 709 (e^h fits float64; the solvers take phi(k, -h), h > 0), got {h!r}")
+    h = real
     if k == 0:
         return math.exp(h)
     if abs(h) < 1:
@@ -453,6 +455,11 @@ def unipc_coefficients(r, h: float) -> list[float]:
     r = [float(v) for v in r]
     if not r:
         raise ValueError("unipc_coefficients needs at least one node r (the previous step's, or 1 for the corrector)")
+    if (real := as_real(h)) is None or real <= 0:
+        raise ValueError(f"h must be a finite number > 0 (the step in lambda, lambda_s - lambda_t), got {h!r}")
+    h = real
+    if not all(math.isfinite(v) for v in r) or len(set(r)) < len(r):
+        raise ValueError(f"the nodes r must be finite and distinct (each previous step once), got {r}")
     if len(r) == 1:
         return [0.5]
     B = -math.expm1(-h)
@@ -555,8 +562,10 @@ def ipndm(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
     and it is not first order like the λ-solvers' last step (`dpm_solver_pp_3m`, `unipc`; notebook 08 §5).
     """
     order = check_int("order", order, 1, 4)
-    if rho is not None and ((r := as_real(rho)) is None or r < 1):
-        raise ValueError(f"rho must be None (equal-step coefficients) or a finite number >= 1, got {rho!r}")
+    if rho is not None:
+        if (r := as_real(rho)) is None or r < 1:
+            raise ValueError(f"rho must be None (equal-step coefficients) or a finite number >= 1, got {rho!r}")
+        rho = r                     # a float: a float32 tensor rho made the weights float32
     alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory,
         afs=afs, corrector=corrector)
     if afs:         # ε(x_T) ≈ x_T, off by about √ᾱ |E x_0|

@@ -23,7 +23,7 @@ from .checkpoint import eps_fn
 from .checks import check_bool, check_distinct, check_int
 from .fid import compute_fid, fid_inception, load_images
 from .files import atomic_write
-from .generate import check_eta, generate_samples, resolve_rank, sample_indices, sampling_steps
+from .generate import check_eta, check_shape, generate_samples, resolve_rank, sample_indices, sampling_steps
 from .samplers import FROM_NOISE, SIGMA_HAT, TO_NOISE, check_eta_steps, check_first_step, reconstruct
 
 # DDIM paper Table 1, CIFAR-10 FID of 50k samples, quadratic steps: {η: {S: FID}}; σ̂ is DDPM's large variance.
@@ -57,15 +57,17 @@ def grid(cell, eta_list, S_list) -> list[dict]:
 
 
 def score_grid(model, score_fn, S_list=(10, 20, 50, 100), eta_list=(0.0, 0.5, 1.0, SIGMA_HAT), n: int = 200, *,
-               shape=(1, 16, 16), spacing: str = "uniform", alpha_bar=None, seed: int = 0, batch_size: int = 500,
+               shape=None, spacing: str = "uniform", alpha_bar=None, seed: int = 0, batch_size: int = 500,
                device=None) -> list[dict]:
     """An in-memory η × S table: n samples per cell, the same x_T in every cell.
 
     score_fn maps samples in [−1, 1] (N×C×H×W, on the CPU) to a dict of numbers, e.g.
-    `quality.score_digits`; rows are dict(eta, S, seconds, **score_fn(x)).
+    `quality.score_digits`; rows are dict(eta, S, seconds, **score_fn(x)). shape: (C, H, W), by default the
+    network's own (`generate.check_shape`).
     """
     alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else torch.as_tensor(alpha_bar)
     n, batch_size = check_int("n", n), check_int("batch_size", batch_size)
+    shape = check_shape(shape, model)
     _check_grid(eta_list, S_list, alpha_bar, spacing)
 
     def cell(eta, S):
@@ -149,7 +151,7 @@ def _check_steps(S_list, alpha_bar, spacing: str, why: str = FROM_NOISE) -> list
 
 
 def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list=(0.0, 0.2, 0.5, 1.0, SIGMA_HAT),
-                     n_samples: int = 50_000, spacing: str = "quad", shape=(3, 32, 32), alpha_bar=None,
+                     n_samples: int = 50_000, spacing: str = "quad", shape=None, alpha_bar=None,
                      feature_fn=None, reference=None, batch_size: int = 250, seed: int = 0, device=None,
                      amp: bool = False, rank: int | None = None, world_size: int | None = None,
                      progress: bool = False, model_id: str | None = None) -> list[dict]:
@@ -160,9 +162,10 @@ def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list
     else with feature_fn against `reference` — and writes `table1.csv` and `table1.md`. Returns the
     rows on rank 0 ([] elsewhere): dict(eta, S, seconds, steps, n, fid, paper_fid).
     The paper used 50,000 samples and quadratic steps; fewer samples bias FID upwards. model_id: names a plain
-    callable's weights, as in `generate_samples`.
+    callable's weights, and shape (default: the network's own), as in `generate_samples`.
     """
     amp, progress = check_bool("amp", amp), check_bool("progress", progress)
+    shape = check_shape(shape, model)
     rank, world_size = resolve_rank(rank, world_size)
     alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else torch.as_tensor(alpha_bar)
     T, out_dir = alpha_bar.shape[0], Path(out_dir)

@@ -1045,3 +1045,85 @@ def test_seventeenth_round_meta_tensors_are_named():
             run()
     with pytest.raises(ValueError, match="alpha_bar is on the meta device"):
         samplers.ddim_sample(zero, torch.zeros(2, 3), AB.to("meta"), seq)
+
+
+def test_seventeenth_round_cache_and_export_files_of_the_user_are_kept(tmp_path):
+    """Helper 101: `fid.reference_stats` replaced any <name>.npz it could not read as statistics (the user's samples, a
+    text file) and wrote outside `directory` for name="../x"; `save_diffusers_folder` into a diffusers pipeline folder
+    replaced its scheduler, and `load_model` then paired the pipeline's own UNet with the new schedule."""
+    imgs = torch.rand(20, 3, 8, 8) * 2 - 1
+    f = fid.random_features()
+    np.savez(tmp_path / "samples.npz", samples=imgs.numpy())
+    (tmp_path / "notes.npz").write_text("my notes")
+    for name in ("samples", "notes"):
+        before = (tmp_path / f"{name}.npz").read_bytes()
+        with pytest.raises(FileExistsError, match="is not reference statistics"):
+            fid.reference_stats(name, lambda: imgs, f, directory=tmp_path)
+        assert (tmp_path / f"{name}.npz").read_bytes() == before
+    for name in ("../escaped", "", "a/b", ".."):
+        with pytest.raises(ValueError, match="name must be a plain file name"):
+            fid.reference_stats(name, lambda: imgs, f, directory=tmp_path / "stats")
+    assert not (tmp_path / "escaped.npz").exists()
+    (tmp_path / "torn.npz").write_bytes(b"PK\x03\x04 torn")            # a damaged cache file is still recomputed
+    mu, sigma = fid.reference_stats("torn", lambda: imgs, f, directory=tmp_path)
+    assert np.array_equal(np.load(tmp_path / "torn.npz")["mu"], mu)
+    assert fid.compute_fid(imgs, [mu, sigma], f) == pytest.approx(fid.compute_fid(imgs, (mu, sigma), f))   # a list too
+
+    pipe = tmp_path / "pipe"
+    (pipe / "unet").mkdir(parents=True)
+    (pipe / "scheduler").mkdir()
+    (pipe / "model_index.json").write_text('{"_class_name": "DDPMPipeline"}')
+    (pipe / "scheduler" / "scheduler_config.json").write_text('{"_class_name": "DDIMScheduler"}')
+    with pytest.raises(FileExistsError, match="holds a diffusers pipeline"):
+        checkpoint.save_diffusers_folder(_tiny_net(), pipe, AB)
+    assert (pipe / "scheduler" / "scheduler_config.json").read_text() == '{"_class_name": "DDIMScheduler"}'
+    assert not (pipe / "config.json").exists()
+
+
+def test_seventeenth_round_image_size_and_noise_start_are_the_models(tmp_path):
+    """Helper 101: `generate_samples` defaulted to 3×32×32 and `tables.score_grid` to 1×16×16 whatever the network was
+    trained on (an 8×8 digits model sampled and was scored at 16×16, silently); `lab.table1` on a schedule that does not
+    reach noise (T = 100: the first of 10 steps has ᾱ = 0.43) started from N(0, I) without the samplers' warning."""
+    from PIL import Image
+
+    from ddimlab import lab, tables
+
+    net = _tiny_net(3)
+    generate.generate_samples(net, tmp_path / "g", 1, S=2)
+    assert Image.open(tmp_path / "g" / "000000.png").size == (8, 8)
+    seen = []
+    tables.score_grid(_tiny_net(), lambda x: seen.append(tuple(x.shape)) or {}, S_list=(2,), eta_list=(0.0,), n=2)
+    assert seen == [(2, 1, 8, 8)]
+    with pytest.warns(UserWarning, match=r"trained on 8×8 images; at 16×16 it runs"):
+        generate.generate_samples(net, tmp_path / "big", 1, S=2, shape=(3, 16, 16))
+    with pytest.raises(ValueError, match=r"shape=None takes \(C, H, W\) from the network's config, but this model records"):
+        generate.generate_samples(lambda x, t: x * 0, tmp_path / "plain", 1, S=2, model_id="m")
+    with pytest.warns(samplers.OutOfRangeWarning, match="the noisiest of the 10 steps is t = 90"):
+        lab.table1(S_list=(10,), etas=(0.0,), include_sigma_hat=False, n=16, n_ode=0, T=100, repeats=2)
+
+
+def test_seventeenth_round_small_helpers_say_what_was_wrong():
+    """Helper 101: each was an error from inside torch, numpy or math, or a silent NaN / truncation."""
+    from ddimlab import devices
+
+    net, x = _tiny_net(), torch.randn(2, 1, 8, 8)
+    seq = schedule.timesteps(2, 1000, "trailing")
+    for call, error, needle in (
+            (lambda: checkpoint.eps_fn(net)(x, "5"), TypeError, "steps t must be a number"),
+            (lambda: checkpoint.eps_fn(net)(x, float("nan")), ValueError, "steps t must be finite"),
+            (lambda: generate.sample_indices(net, [0], (1, 8, 8), AB, seq, device="gpu"), devices.DeviceError,
+             "unknown device 'gpu'"),
+            (lambda: ode.unipc_coefficients([-1.0, 1.0], 0.0), ValueError, "h must be a finite number > 0"),
+            (lambda: ode.unipc_coefficients([-1.0, 1.0], float("nan")), ValueError, "h must be a finite number > 0"),
+            (lambda: ode.unipc_coefficients([0.5, 0.5], 1.0), ValueError, "the nodes r must be finite and distinct"),
+            (lambda: ode.phi(2, 1e6), ValueError, "h must be a finite number <= 709"),
+            (lambda: schedule.step_pairs(torch.tensor([999.7, 5.0, 500.2])), ValueError, "strictly decreasing integer"),
+            (lambda: schedule.step_pairs([5, 10]), ValueError, "strictly decreasing integer")):
+        with pytest.raises(error, match=needle):
+            call()
+    assert schedule.step_pairs([10, 5]) == [(10, 5), (5, -1)]
+    mix = toy.default_mixture()
+    eps = toy.exact_eps(mix, AB)
+    z = torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    seq = schedule.timesteps(20, 1000, "uniform")
+    assert torch.equal(ode.ipndm(eps, z, AB, seq, rho=torch.tensor(2.0)), ode.ipndm(eps, z, AB, seq, rho=2.0))  # was float32
