@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import inspect
 import math
 import os
 import re
@@ -101,6 +102,10 @@ def _model_for(args):
                          f"T = {T}; pass --steps {T} or fewer")
     if args.spacing is None:       # recorded in the output and printed as the one used
         args.spacing = ode.DEFAULT_RULES.get(getattr(args, "sampler", None), "uniform")
+    elif steps == T and args.spacing not in ode.STEP_RULES and args.spacing != "uniform":    # `sampling_steps`' full chain
+        warnings.warn(f"--steps {T} = T runs the full chain T - 1, ..., 0 with any spacing: --spacing {args.spacing} "
+                      f"changes nothing (recorded as uniform)", StepsWarning)
+        args.spacing = "uniform"
     seq = ode.rule_timesteps(args.spacing, steps, abar) if args.spacing in ode.STEP_RULES else \
         sampling_steps(steps, T, args.spacing)
     if len(seq) < steps:
@@ -147,6 +152,7 @@ def _writes_pair(cmd):
         raw, out = str(args.out), Path(args.out)
         if out.is_dir() or raw.endswith(("/", "\\")) or os.path.basename(raw.rstrip("/\\")) in (".", ".."):   # Path drops "/."
             raise ValueError(f"--out {raw!r} names a folder; give a file name, e.g. --out {out / 'samples'}")
+        _refuse_dotdot_through_missing(raw)
         stem = out.with_suffix("") if out.suffix.lower() in (".png", ".npz") else out
         png, npz = stem.parent / (stem.name + ".png"), stem.parent / (stem.name + ".npz")
         _check_name_length(stem)
@@ -159,6 +165,17 @@ def _writes_pair(cmd):
             check_can_write(png.parent)
             return cmd(args, png, npz)
     return run
+
+
+def _refuse_dotdot_through_missing(raw: str) -> None:
+    """`--out new/../x` with no folder `new`: which file it names is known only once `new` is made, after the checks
+    that refuse an --out naming this command's inputs or earlier outputs (it replaced `--input x.png` that way)."""
+    prefix = Path()
+    for part in Path(raw).parts:
+        if part == ".." and not prefix.is_dir():
+            raise ValueError(f"--out {raw!r} goes up (..) out of {prefix}, which is no folder; write the path without "
+                             f"it, e.g. --out {os.path.normpath(raw)}")
+        prefix = prefix / part
 
 
 def _refuse_own_inputs(args, *outputs: Path) -> None:
@@ -483,22 +500,30 @@ def cmd_lab(args) -> int:
     if args.image_d == 0 and args.image_n is not None:
         raise ValueError("--image-n does nothing with --image-d 0, which skips the image-like table; drop one of them")
     given = {} if args.image_n is None else {"image_n": args.image_n}
-    _check_distance_tables_fit(max(args.n, args.image_n or 0) if args.image_d else args.n)
+    _check_lab_fits(args.n, args.image_d, args.image_n)
     return _tables_in(args, lambda: lab.main(out=args.out, n=args.n, image_d=args.image_d, spacing=args.spacing,
                                              seed=args.seed, **given), lab.outputs_in)
 
 
-def _check_distance_tables_fit(n: int) -> None:
-    """Before the sampling: each distance of `lab` holds three n × n float64 kernel tables (`toy.mmd2_unbiased`), which
-    must fit in half of this machine's memory (`lab --n 1000000000` grew until the system killed it)."""
+def _check_lab_fits(n: int, image_d: int, image_n: int | None) -> None:
+    """Before the sampling, `lab`'s tables must fit in half of this machine's memory: each distance holds three n × n
+    float64 kernel tables (`toy.mmd2_unbiased`; `lab --n 1000000000` grew until the system killed it), and the
+    image-like table about (2000 + 220 image_n) bytes per dimension (measured at d = 10⁵ with image_n = 8 and 64, 10⁶ with 8:
+    `--image-d 100000000` was killed after the 2-D table)."""
     try:
         have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):        # no sysconf (Windows): the allocator says it
         return
+    image_n = inspect.signature(lab.main).parameters["image_n"].default if image_n is None else image_n
+    n = max(n, image_n) if image_d else n
     if 24 * n * n > have / 2:
         raise ValueError(f"{n} samples per cell need {24 * n * n / 2 ** 30:,.0f} GiB for the n x n distance tables, more "
                          f"than half of this machine's {have / 2 ** 30:.0f} GiB: give --n (and --image-n) at most "
                          f"{math.isqrt(int(have / 48)):,}")
+    if image_d and image_d * (2000 + 220 * image_n) > have / 2:
+        raise ValueError(f"--image-d {image_d} with --image-n {image_n} needs about "
+                         f"{image_d * (2000 + 220 * image_n) / 2 ** 30:,.0f} GiB, more than half of this machine's "
+                         f"{have / 2 ** 30:.0f} GiB: give --image-d at most {int(have / 2 / (2000 + 220 * image_n)):,}")
 
 
 def cmd_demo(args) -> int:

@@ -152,9 +152,16 @@ def folder_removed_on_error(folder, *own):
             with contextlib.suppress(OSError):
                 for path in own:
                     _unlink_unless_locked(Path(path))
-                for p in created:
-                    p.rmdir()
+            remove_empty(created)
         raise
+
+
+def remove_empty(folders) -> None:
+    """rmdir each of `folders` (innermost first) that is empty now; one that is not, or that names no folder of its
+    own (`new/..` for an --out of `new/../x`), is passed over, not the end of the list."""
+    for p in folders:
+        with contextlib.suppress(OSError):
+            Path(p).rmdir()
 
 
 def check_nothing_set_aside(out: Path, error=FileExistsError) -> None:

@@ -10,7 +10,6 @@ convolutions, which moves a rare pixel by at most one grey level (notebook 07 §
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import warnings
 from pathlib import Path
@@ -23,7 +22,7 @@ from . import devices, diffusion, ode, schedule
 from .checkpoint import eps_fn, image_shape, sha256_of, weights_sha256
 from .checks import check_bool, check_int
 from .data import from_model_range
-from .files import atomic_write
+from .files import atomic_write, remove_empty
 from .plotting import save_png
 from .samplers import SIGMA_HAT, OutOfRangeWarning, check_first_step, sample_row
 
@@ -204,9 +203,7 @@ def generate_samples(model, out_dir, n: int, *, shape=None, S: int = 50, eta=0.0
     except BaseException:            # nothing sampled yet (e.g. the network fails on this shape): the folder stays free
         if claimed and not any(out_dir.glob("*.png")):      # only the settings.json this call wrote
             (out_dir / "settings.json").unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                for p in created:
-                    p.rmdir()
+            remove_empty(created)
         raise
     if rms:
         warn_out_of_range(torch.cat(rms), alpha_bar, seq)

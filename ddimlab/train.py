@@ -47,7 +47,16 @@ from . import data, devices, schedule, unet
 from .checkpoint import EARLY_EMA, eps_fn, load_checkpoint, save_checkpoint, unet_from_run
 from .checks import as_real, check_bool, check_int
 from .elbo import l_simple
-from .files import atomic_write, check_nothing_set_aside, check_out_folder, folder_removed_on_error, locked, put_back, set_aside
+from .files import (
+    atomic_write,
+    check_can_write,
+    check_nothing_set_aside,
+    check_out_folder,
+    folder_removed_on_error,
+    locked,
+    put_back,
+    set_aside,
+)
 from .plotting import save_image_grid
 from .samplers import NOISE_ALPHA_BAR, sample
 
@@ -147,7 +156,7 @@ class NonFiniteLossError(RuntimeError):
 
 def _parse_value(key: str, text: str, default):
     low = text.strip().lower()
-    if low in ("none", "null"):
+    if low in ("none", "null") and not isinstance(default, bool):      # a flag is on or off, never None
         return None
     if isinstance(default, bool):
         if low in ("1", "true", "yes", "on"):
@@ -706,7 +715,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
         if is_main:
             if overwrite:
                 aside = _set_aside(out)
-            out.mkdir(parents=True, exist_ok=True)
+            check_can_write(out, "make it writable, or copy the run to a folder that is and --resume there" if step
+                            else "choose another --out")      # said, not the name of the log's temporary file
             _restart_log(out / "log.jsonl", step)      # a fresh run starts an empty log
             new_log = not step
         net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if world > 1 else model

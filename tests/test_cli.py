@@ -1874,3 +1874,61 @@ def test_sixteenth_round_of_careless_use(trained, tmp_path, capsys):
         _expect_one_line_error(capsys, ["lab", "--out", str(tmp_path / "lab"), *sizes],
                                "samples per cell need 22,351,741,791 GiB for the n x n distance tables", "at most")
     assert not (tmp_path / "lab").exists()
+
+
+def test_seventeenth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
+    """A careless round (helper 102): `invert --out new/../mine --overwrite` (no folder `new`) replaced the user's
+    --input mine.png, and `interpolate` its --latents, as the checks ran before `new` existed; `--set compile=none` was a
+    30-line traceback; `lab --image-d 100000000` ran the 2-D table and then was killed; a failed command with --out
+    `nn/../x` left `nn/` behind; `train --resume` in a folder it cannot write named the log's temporary file; `sample
+    --steps 1000 --spacing quad` ran the full chain and recorded quad."""
+    import tempfile
+    from pathlib import Path
+
+    from ddimlab import files
+
+    ckpt = str(trained / "ckpt.pt")
+    monkeypatch.chdir(tmp_path)
+    plotting.save_png(np.full((8, 8, 1), 200, np.uint8), tmp_path / "mine.png")        # an image the model takes
+    before = (tmp_path / "mine.png").read_bytes()
+    _expect_one_line_error(capsys, ["invert", "--checkpoint", ckpt, "--input", "mine.png", "--steps", "2", "--no-progress",
+                                    "--out", "new/../mine", "--overwrite"], "goes up (..) out of new, which is no folder",
+                           "--out mine")
+    _expect_one_line_error(capsys, ["sample", "--checkpoint", ckpt, "--steps", "2", "--n", "2", "--no-progress",
+                                    "--out", "y/../z/../mine"], "out of y")
+    assert (tmp_path / "mine.png").read_bytes() == before and not (tmp_path / "new").exists() and not (tmp_path / "y").exists()
+    (tmp_path / "sub").mkdir()                                    # through a folder that exists: the path is plain
+    assert cli.main(["sample", "--checkpoint", ckpt, "--steps", "2", "--n", "2", "--no-progress", "--out", "sub/../s"]) == 0
+    assert (tmp_path / "s.npz").exists()
+
+    base = ["train", "--no-progress", *_sets(TINY)]
+    for kv in ("compile=none", "bf16=null", "hflip=None", "ema_warmup=none"):
+        _expect_one_line_error(capsys, [*base, "--out", "t", "--set", kv], "must be a boolean (true/false)")
+    _expect_one_line_error(capsys, ["lab", "--out", "lab", "--n", "8", "--image-n", "8", "--image-d", "100000000000"],
+                           "--image-d 100000000000 with --image-n 8 needs about", "give --image-d at most")
+    assert not (tmp_path / "lab").exists()
+
+    run = tmp_path / "frozen"
+    assert cli.main([*base, "--out", str(run), "--set", "steps=2", "--set", "n_samples=0"]) == 0
+    log = (run / "log.jsonl").read_bytes()
+    _expect_one_line_error(capsys, [*base, "--out", "nn/../frozen"], "already holds a run")
+    assert not (tmp_path / "nn").exists()
+    real = tempfile.mkstemp
+
+    def refused(*a, dir=None, **k):                       # as a folder made read-only (chattr +i) after the run
+        if dir is not None and Path(dir) == run:
+            raise PermissionError(1, "Operation not permitted")
+        return real(*a, dir=dir, **k)
+    monkeypatch.setattr(files.tempfile, "mkstemp", refused)
+    _expect_one_line_error(capsys, [*base, "--out", str(run), "--resume", "--set", "steps=4", "--set", "n_samples=0"],
+                           f"cannot create files in {run}", "make it writable")
+    monkeypatch.undo()
+    assert (run / "log.jsonl").read_bytes() == log
+
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert cli.main(["sample", "--checkpoint", ckpt, "--steps", "1000", "--spacing", "quad", "--n", "1", "--no-progress",
+                     "--out", "full"]) == 0
+    assert "--steps 1000 = T runs the full chain T - 1, ..., 0 with any spacing: --spacing quad changes nothing" in \
+        capsys.readouterr().err
+    assert str(np.load(tmp_path / "full.npz")["spacing"]) == "uniform"
