@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import inspect
 import math
 import os
 import re
@@ -514,7 +513,7 @@ def _check_lab_fits(n: int, image_d: int, image_n: int | None) -> None:
         have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):        # no sysconf (Windows): the allocator says it
         return
-    image_n = inspect.signature(lab.main).parameters["image_n"].default if image_n is None else image_n
+    image_n = lab.IMAGE_N if image_n is None else image_n
     n = max(n, image_n) if image_d else n
     if 24 * n * n > have / 2:
         raise ValueError(f"{n} samples per cell need {24 * n * n / 2 ** 30:,.0f} GiB for the n x n distance tables, more "

@@ -424,6 +424,7 @@ def make_figure(rows: list[dict], path) -> Path:
 
 
 IMAGE_S_LIST = (10, 20, 50, 100)     # 1024-D: S = 1000 would take ~10 min on 2 CPU cores and shows nothing new
+IMAGE_N = 1000                       # samples per cell of the image-like table (`lab --image-n`)
 FIGURE_NAME = re.compile(r"table1_d[1-9][0-9]*\.png")     # out/table1_d{image_d}.png, and no other name (not _d0004)
 
 
@@ -437,7 +438,7 @@ def outputs_in(out) -> list[Path]:
         sorted(p for p in out.iterdir() if FIGURE_NAME.fullmatch(p.name))
 
 
-def main(out="outputs/lab", n: int = 2000, image_d: int = 1024, image_n: int = 1000, spacing: str = "uniform",
+def main(out="outputs/lab", n: int = 2000, image_d: int = 1024, image_n: int = IMAGE_N, spacing: str = "uniform",
          seed: int = 0) -> list[Path]:
     """Print Table 1 on the 2-D ring and on `toy.image_like_mixture(image_d)` (0 skips it) and write
     out/table1.txt, out/table1.png and out/table1_d{image_d}.png (notebook 09; `ddimlab lab`, `make lab`,
