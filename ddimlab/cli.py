@@ -519,10 +519,11 @@ def _check_lab_fits(n: int, image_d: int, image_n: int | None) -> None:
         raise ValueError(f"{n} samples per cell need {24 * n * n / 2 ** 30:,.0f} GiB for the n x n distance tables, more "
                          f"than half of this machine's {have / 2 ** 30:.0f} GiB: give --n (and --image-n) at most "
                          f"{math.isqrt(int(have / 48)):,}")
-    if image_d and image_d * (2000 + 220 * image_n) > have / 2:
-        raise ValueError(f"--image-d {image_d} with --image-n {image_n} needs about "
-                         f"{image_d * (2000 + 220 * image_n) / 2 ** 30:,.0f} GiB, more than half of this machine's "
-                         f"{have / 2 ** 30:.0f} GiB: give --image-d at most {int(have / 2 / (2000 + 220 * image_n)):,}")
+    per_d = 2000 + 220 * image_n
+    if image_d and image_d * per_d > have / 2:
+        raise ValueError(f"--image-d {image_d} with --image-n {image_n} needs about {image_d * per_d / 2 ** 30:,.0f} GiB, "
+                         f"more than half of this machine's {have / 2 ** 30:.0f} GiB: give --image-d at most "
+                         f"{int(have / 2 / per_d):,}")
 
 
 def cmd_demo(args) -> int:
