@@ -149,13 +149,13 @@ def reference_stats(name: str, images_fn, feature_fn, batch_size: int = 500, dir
     if path.exists():
         try:
             with np.load(path) as z:
-                keys = set(z.files)
-                if {"mu", "sigma"} <= keys:
+                if {"mu", "sigma"} <= set(z.files):
                     return z["mu"], z["sigma"]
+            torn = False
         except Exception:  # a zip that does not read was a torn copy: recomputed and replaced
             with path.open("rb") as f:
-                keys = None if f.read(4) == b"PK\x03\x04" else set()
-        if keys is not None:
+                torn = f.read(4) == b"PK\x03\x04"
+        if not torn:
             raise FileExistsError(f"{path} is not reference statistics (no mu and sigma in it); move it away or pass "
                                   f"another name or directory")
     mu, sigma = image_stats(images_fn(), feature_fn, batch_size)

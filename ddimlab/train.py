@@ -156,14 +156,14 @@ class NonFiniteLossError(RuntimeError):
 
 def _parse_value(key: str, text: str, default):
     low = text.strip().lower()
-    if low in ("none", "null") and not isinstance(default, bool):      # a flag is on or off, never None
-        return None
-    if isinstance(default, bool):
+    if isinstance(default, bool):                      # a flag is on or off, never None
         if low in ("1", "true", "yes", "on"):
             return True
         if low in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"{key} must be a boolean (true/false), got {text!r}")
+    if low in ("none", "null"):
+        return None
     try:
         if isinstance(default, int):
             return int(text)
