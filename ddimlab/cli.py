@@ -41,7 +41,7 @@ from .files import (
     put_back,
     set_aside,
 )
-from .generate import check_data_range, latents, progress, sample_indices, sampling_steps
+from .generate import check_data_range, check_eta, latents, progress, sample_indices, sampling_steps
 from .plotting import grid_png, grid_size
 from .samplers import (
     FROM_NOISE,
@@ -434,6 +434,11 @@ def cmd_reproduce(args) -> int:
     given = [flag for flag, value in only[other].items() if value is not None]
     if given:
         raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to `reproduce {other}` only")
+    grid = {}                                          # else the paper's, the library's defaults
+    if args.steps is not None:
+        grid["S_list"] = _csv_list(args.steps, int, "--steps")
+    if args.etas is not None:                          # read before the folder: a bad η is named before "already exist"
+        grid["eta_list"] = [check_eta(e) for e in _csv_list(args.etas, str, "--etas")]
     out = Path(args.out or f"runs/{args.table}")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out")
@@ -443,7 +448,7 @@ def cmd_reproduce(args) -> int:
     hint = " (table1's samples there are reused when their settings match)" if args.table == "table1" else ""
     if devices.rank_world()[0] != 0:
         _refuse_existing(args.overwrite, *tables_there, hint=hint)
-        return _reproduce(args, out)
+        return _reproduce(args, out, grid)
     lock_file = out / f".{args.table}.lock"
     check_out_folder(out, "the tables' folder")
     with folder_removed_on_error(out, lock_file):
@@ -452,10 +457,10 @@ def cmd_reproduce(args) -> int:
                                     f"choose another --out"):
             _refuse_existing(args.overwrite, *tables_there, hint=hint)
             check_can_write(out)
-            return _reproduce(args, out)
+            return _reproduce(args, out, grid)
 
 
-def _reproduce(args, out: Path) -> int:
+def _reproduce(args, out: Path, grid: dict) -> int:
     rank, _, device, started = devices.setup_distributed(args.device)
     try:
         _check_amp(args.amp, device)
@@ -471,11 +476,7 @@ def _reproduce(args, out: Path) -> int:
             raise ValueError("--data-root does nothing here: it is where CIFAR-10 is read, by table2 of an RGB model and by "
                              "table1 --features random of one (inception uses torch-fidelity's statistics); drop it")
         common = dict(alpha_bar=abar, batch_size=args.batch_size, device=device, amp=args.amp,
-                      progress=not args.no_progress)
-        if args.steps is not None:                     # else the paper's, the library's defaults
-            common["S_list"] = _csv_list(args.steps, int, "--steps")
-        if args.etas is not None:
-            common["eta_list"] = _csv_list(args.etas, str, "--etas")
+                      progress=not args.no_progress, **grid)
         if args.table == "table1":
             feature_fn, reference = fid.reference_for(args.features or "inception", in_ch, res, args.data_root)
             rows = tables.reproduce_table1(

@@ -77,8 +77,9 @@ def warn_out_of_range(rms: torch.Tensor, alpha_bar, seq) -> None:
         t, T = int(seq[0]), len(alpha_bar)
         a = float(schedule.alpha_bar_at(torch.as_tensor(alpha_bar, dtype=torch.float64), t))
         later = " (quad starts at t = 0.8 T)" if t > 0.8 * T else ""
+        fewer = f" of fewer than all {T} steps" if len(seq) == T else ""      # the full chain has one grid
         why = (f"Its first step, at t = {t} where alpha_bar = {a:.2g}, multiplies the network's error by "
-               f"1/sqrt(alpha_bar) = {a ** -0.5:.3g}; a grid that starts later{later} avoids that, and so does "
+               f"1/sqrt(alpha_bar) = {a ** -0.5:.3g}; a grid{fewer} that starts later{later} avoids that, and so does "
                f"clipping x0 where the sampler has it (DDIM and DDPM: `sample --clip`, clip_x0=True in Python)" if a < 0.01 else
                f"Its first step, at t = {t} (alpha_bar = {a:.2g}), is not the cause: check the model")
         warnings.warn(

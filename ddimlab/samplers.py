@@ -56,9 +56,14 @@ NOISE_ALPHA_BAR = 0.1    # above it, x_t = √ᾱ x_0 + √(1−ᾱ) ε is far f
 def check_first_step(alpha_bar, seq, why: str = FROM_NOISE) -> None:
     """Warn (`OutOfRangeWarning`, saying `why` it matters) when a run that assumes pure noise at its first step starts
     where ᾱ > NOISE_ALPHA_BAR (0.1): there x_t = √ᾱ x_0 + √(1−ᾱ) ε is far from it. From x_T ~ N(0, I) the output then
-    stays close to x_T. A uniform grid of one step is t = 0 (ᾱ ≈ 1); the trailing spacing always starts at T − 1."""
-    a_first = float(alpha_bar_at(alpha_bar, int(seq[0])))
+    stays close to x_T. A uniform grid of one step is t = 0 (ᾱ ≈ 1); the trailing spacing always starts at T − 1, and a
+    grid that starts there on a table that does not reach noise is told so, not to take more steps."""
+    a_first, T = float(alpha_bar_at(alpha_bar, int(seq[0]))), len(alpha_bar)
     if a_first > NOISE_ALPHA_BAR:
+        if int(seq[0]) == T - 1:                 # more steps or another spacing cannot start later
+            why = ("the schedule ends: it does not reach noise, so x_T ~ N(0, I) is not its x_T (nor does an inversion "
+                   "end at noise) whatever the steps; use a schedule that ends near alpha_bar = 0 (a longer T, or a "
+                   "larger beta_end)")
         warnings.warn(f"the noisiest of the {len(seq)} steps is t = {int(seq[0])} (alpha_bar = {a_first:.2g}), where {why}",
                       OutOfRangeWarning, stacklevel=3)
 

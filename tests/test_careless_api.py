@@ -1127,3 +1127,17 @@ def test_seventeenth_round_small_helpers_say_what_was_wrong():
     z = torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     seq = schedule.timesteps(20, 1000, "uniform")
     assert torch.equal(ode.ipndm(eps, z, AB, seq, rho=torch.tensor(2.0)), ode.ipndm(eps, z, AB, seq, rho=2.0))  # was float32
+
+
+def test_eighteenth_round_advice_fits_the_grid():
+    """At the schedule's last step more steps or another spacing cannot start nearer noise (the advice was "use more
+    steps or the trailing spacing"), and for the full chain "a grid that starts later" is one of fewer steps."""
+    short = schedule.make_alpha_bar("linear", 100)                                   # ends at alpha_bar = 0.36
+    with pytest.warns(samplers.OutOfRangeWarning, match="t = 99 .*where the schedule ends: it does not reach noise"):
+        samplers.check_first_step(short, schedule.timesteps(100, 100, "uniform"))
+    with pytest.warns(samplers.OutOfRangeWarning, match="t = 90 .*use more steps or the trailing spacing"):
+        samplers.check_first_step(short, schedule.timesteps(10, 100, "uniform"))
+    with pytest.warns(samplers.OutOfRangeWarning, match="a grid of fewer than all 1000 steps that starts later"):
+        generate.warn_out_of_range(torch.tensor([20.0]), AB, schedule.timesteps(1000, 1000, "uniform"))
+    with pytest.warns(samplers.OutOfRangeWarning, match=r"; a grid that starts later \(quad"):
+        generate.warn_out_of_range(torch.tensor([20.0]), AB, schedule.timesteps(10, 1000, "trailing"))

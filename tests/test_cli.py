@@ -1932,3 +1932,15 @@ def test_seventeenth_round_of_careless_use(trained, tmp_path, capsys, monkeypatc
     assert "--steps 1000 = T runs the full chain T - 1, ..., 0 with any spacing: --spacing quad changes nothing" in \
         capsys.readouterr().err
     assert str(np.load(tmp_path / "full.npz")["spacing"]) == "uniform"
+
+
+def test_eighteenth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
+    """`reproduce --etas -1` over a finished table said "already exist" (pass --overwrite) before "bad eta": the grid's
+    values are read before the folder."""
+    out = tmp_path / "t1"
+    out.mkdir()
+    (out / "table1.md").write_text("mine\n")
+    for etas, needle in (("-1", "eta must be a finite number >= 0"), ("0,x", "eta must be a number >= 0 or 'sigma_hat'")):
+        _expect_one_line_error(capsys, ["reproduce", "table1", "--checkpoint", str(trained / "ckpt.pt"), "--out", str(out),
+                                        "--etas", etas], needle)
+    assert (out / "table1.md").read_text() == "mine\n"
