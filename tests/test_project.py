@@ -361,6 +361,15 @@ def test_notebook_does_not_redefine_library_functions(path):
     assert not defined & library, f"cells redefine library functions: {sorted(defined & library)}"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_check_line_tests_a_condition(path):
+    """`check(True, ...)` after a loop of asserts prints a check line that cannot fail (notebook 08 had two): the
+    condition goes into the check itself."""
+    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    fixed = [k for k, c in enumerate(cells) if re.search(r"\bcheck\(\s*(True|1)\s*,", "".join(c["source"]))]
+    assert not fixed, f"{path.name}: code cells {fixed} print a check line whose condition is a constant"
+
+
 def _package_imports() -> dict[str, set[str]]:
     """module -> the ddimlab modules it imports, at module level or inside functions (`from . import x`,
     `from .x import y`, `import ddimlab.x`)."""
