@@ -85,6 +85,7 @@ def load_checkpoint(path, map_location="cpu", required=(), mmap: bool = False) -
     corrupted, asks to run code when unpickled, or lacks a key named in `required` (the error names them).
     """
     mmap = check_bool("mmap", mmap)
+    required = (required,) if isinstance(required, str) else required      # one key, not its letters
     state = _torch_load(path, map_location, mmap)
     if required:
         if not isinstance(state, dict):
@@ -434,7 +435,8 @@ def save_diffusers_folder(net: unet_mod.UNet, path, alpha_bar) -> Path:
     `load_model` reads it, and diffusers' `DDIMScheduler.from_pretrained(path, subfolder="scheduler")`): the weights
     alone do not say it, and a reader would take DDPM's linear schedule. A folder holding a ddimlab run, a diffusers
     pipeline (model_index.json or unet/: its scheduler would be replaced and its own UNet still loaded), or a
-    config.json that is not a UNet2DModel's, is refused; an earlier UNet2DModel export in it is replaced."""
+    config.json that is not a UNet2DModel's, or a scheduler config this did not write, is refused; an earlier
+    UNet2DModel export in it is replaced."""
     path = Path(path)
     alpha_bar = schedule.validate_alpha_bar(alpha_bar)
     betas = 1 - alpha_bar / torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
@@ -448,6 +450,11 @@ def save_diffusers_folder(net: unet_mod.UNet, path, alpha_bar) -> Path:
     if (path / "config.json").exists() and _json_dict(path / "config.json").get("_class_name") != "UNet2DModel":
         raise FileExistsError(f"{path / 'config.json'} is not a diffusers UNet2DModel's, and this would replace it; choose "
                               f"another folder")
+    sched = path / "scheduler" / "scheduler_config.json"
+    earlier = _json_dict(sched) if sched.exists() else None
+    if earlier is not None and (earlier.get("_class_name") != "DDIMScheduler" or "trained_betas" not in earlier):
+        raise FileExistsError(f"{sched} is not one this writes (a DDIMScheduler with trained_betas), and this would "
+                              f"replace it; choose another folder")
     config = {"_class_name": "UNet2DModel", **diffusers_config(net.config)}        # before the folder: may refuse the net
     state = {k: v.detach().contiguous().cpu() for k, v in to_diffusers(net.state_dict()).items()}
     path.mkdir(parents=True, exist_ok=True)
@@ -497,7 +504,11 @@ def diffusers_alpha_bar(folder) -> torch.Tensor:
                                       f"schedules that end above alpha_bar = 0")
             try:
                 if c.get("trained_betas") is not None:
-                    return schedule.alpha_bar(torch.as_tensor(c["trained_betas"], dtype=torch.float64))
+                    betas = torch.as_tensor(c["trained_betas"], dtype=torch.float64)
+                    if c.get("num_train_timesteps", len(betas)) != len(betas):    # which one diffusers' scheduler reads
+                        raise ValueError(f"trained_betas lists {len(betas)} betas and num_train_timesteps says "
+                                         f"{c['num_train_timesteps']}; make them agree")
+                    return schedule.alpha_bar(betas)
                 T = check_int("num_train_timesteps", c.get("num_train_timesteps", 1000))
                 name = {"linear": "linear", "squaredcos_cap_v2": "cosine", "scaled_linear": "quadratic"}.get(
                     c.get("beta_schedule", "linear"))

@@ -348,6 +348,10 @@ def resize(x: torch.Tensor, resolution: int) -> torch.Tensor:
     how `load_digits` makes the 16×16 set from scikit-learn's 8×8 originals, and so how 8×8 samples are
     scored and shown at 16×16 (`demo.score`)."""
     resolution = check_int("resolution", resolution)
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"resize takes a float32 or float64 tensor (N, C, H, W), got "
+                        f"{f'{x.dtype} of shape {tuple(x.shape)}' if isinstance(x, torch.Tensor) else type(x).__name__}; "
+                        f"for uint8 images, to_model_range(x) first")
     if x.shape[-2:] == (resolution, resolution):
         return x
     return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
@@ -396,8 +400,12 @@ def read_images(paths, shape) -> torch.Tensor:
     ValueError saying what was found."""
     from PIL import Image, UnidentifiedImageError  # Pillow comes with matplotlib
 
+    if isinstance(shape, (int, str)) or len(shape) != 3 or shape[0] not in (1, 3):
+        raise ValueError(f"shape must be the model's (C, H, W) with C = 1 or 3, got {shape!r}")
     C, H, W = shape
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+    if not paths:
+        raise ValueError("no files given: pass .npz or PNG files")
     require_files(paths, "pass .npz or PNG files (of a folder, its files)")
     if any(p.suffix.lower() == ".npz" for p in paths):
         if len(paths) > 1:

@@ -16,6 +16,7 @@ import torch
 
 from . import data, devices, lab, plotting, pretrained, quality, samplers, schedule
 from .checkpoint import eps_fn
+from .checks import check_int
 from .generate import progress
 
 SAMPLERS = (("DDPM, 1000 steps", "ddpm", 1000), ("DDIM, 10 steps", "ddim", 10),
@@ -32,9 +33,10 @@ def outputs_in(out) -> list[Path]:
 
 
 def as_scored(x: torch.Tensor) -> torch.Tensor:
-    """Samples clamped to [−1, 1] and resized to 16×16 (`data.resize`, as `data.load_digits` makes the 16×16
-    set from scikit-learn's 8×8 originals): how the demo scores and shows the 8×8 digits."""
-    return data.resize(x.clamp(-1, 1), SCORE_RESOLUTION)
+    """Samples read as `quality.as_samples` reads them (float clamped to [−1, 1], or uint8 0..255) and resized to 16×16
+    (`data.resize`, as `data.load_digits` makes the 16×16 set from scikit-learn's 8×8 originals): how the demo scores
+    and shows the 8×8 digits."""
+    return data.resize(quality.as_samples(x), SCORE_RESOLUTION)
 
 
 def score(x: torch.Tensor) -> dict:
@@ -48,6 +50,7 @@ def score(x: torch.Tensor) -> dict:
 @torch.no_grad()
 def compare_samplers(model, config, n: int, seed: int = 0, show_progress: bool = False):
     """Sample n images with each of SAMPLERS from the same x_T; rows of (name, NFE, seconds, `score`, x)."""
+    n = check_int("n", n, 2, note=" (the scores' statistics need two samples or more)")     # before DDPM's 1000 steps
     eps = eps_fn(model)
     ab = schedule.make_alpha_bar(config.schedule, config.T)
     g = torch.Generator().manual_seed(seed)  # DDPM's noise uses seed + 1: its first z must not repeat x_T

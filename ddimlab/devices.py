@@ -25,6 +25,8 @@ class DeviceError(RuntimeError):
 
 def resolve(name: str | torch.device = "auto") -> torch.device:
     """A torch.device for "auto", "cpu", "cuda", "cuda:1", "mps", …; a bare "cuda" gets LOCAL_RANK."""
+    if not isinstance(name, (str, torch.device)):
+        raise DeviceError(f"device must be a name (auto, cpu, cuda, cuda:N or mps) or a torch.device, got {name!r}")
     local = _env_int("LOCAL_RANK", 0)
     if str(name) == "auto":
         return torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")

@@ -54,6 +54,19 @@ def _check_x0(x0: torch.Tensor) -> None:
 def _check_same(name: str, a: torch.Tensor, x0: torch.Tensor) -> None:
     if a.shape != x0.shape:
         raise ValueError(f"{name} shape {tuple(a.shape)} must equal x0 shape {tuple(x0.shape)}")
+    if not bool(torch.isfinite(a).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+
+
+def _check_8bit(x0: torch.Tensor) -> None:
+    """The discretized decoder's bins are those of 8-bit data scaled to [−1, 1], x0 = k/127.5 − 1 (k = 0..255): other
+    data (images in [0, 1], real-valued toy data) would get plausible but meaningless bits/dim. A quarter of a level
+    leaves room for float16, which holds the levels to 0.03 of one (bfloat16, to half of one, cannot tell them apart)."""
+    k = (x0.double() + 1) * 127.5
+    if bool((k < -0.25).any() or (k > 255.25).any() or ((k - k.round()).abs() > 0.25).any()):
+        raise ValueError("decoder='discretized' is for 8-bit data scaled to [-1, 1] (x0 = k/127.5 - 1, k = 0..255), and "
+                         "these values are not on that grid: scale 0..255 images with data.to_model_range, or pass "
+                         "decoder='gaussian' for real-valued data")
 
 
 def _sum_flat(x: torch.Tensor) -> torch.Tensor:
@@ -166,6 +179,7 @@ def decoder_nll(x0: torch.Tensor, x_t: torch.Tensor, eps_pred: torch.Tensor, alp
     mean = predict_x0(x_t, eps_pred, float(alpha_bar[0]))
     var = float(model_variance(alpha_bar, variance)[0])
     if decoder == "discretized":
+        _check_8bit(x0)
         return -_sum_flat(discretized_gaussian_log_likelihood(x0, mean, 0.5 * math.log(var)))
     if decoder == "gaussian":
         return -_sum_flat(log_normal(x0, mean, var))

@@ -54,7 +54,10 @@ def load_images(directory, n: int | None = None) -> torch.Tensor:
     for f in files:
         try:
             with Image.open(f) as im:
-                arrays.append(np.asarray(im))
+                if im.mode not in ("L", "RGB", "1", "P"):        # 16-bit, float, with alpha: as 8 bits they would lie
+                    raise ValueError(f"{f} is a {im.mode} image; FID reads 8-bit grey or RGB PNGs (as the samples "
+                                     f"are written): convert it first")
+                arrays.append(np.asarray(im.convert({"1": "L", "P": "RGB"}.get(im.mode, im.mode))))  # not palette indices
         except (OSError, Image.DecompressionBombError) as e:
             raise ValueError(f"{f} is not a readable PNG ({e}): {damaged}") from None
     shapes = [a.shape for a in arrays]
@@ -97,7 +100,12 @@ def image_stats(images, feature_fn, batch_size: int = 500) -> tuple[np.ndarray, 
     with torch.no_grad():
         for k in range(0, len(x), batch_size):
             n = len(x[k:k + batch_size])
-            f = torch.as_tensor(feature_fn(x[k:k + batch_size])).detach()
+            try:
+                f = torch.as_tensor(feature_fn(x[k:k + batch_size])).detach()
+            except RuntimeError as e:                    # torch's "expected input[…] to have 3 channels", and the like
+                raise ValueError(f"feature_fn fails on images of shape {tuple(x.shape[1:])} (C, H, W): "
+                                 f"{str(e).splitlines()[0]}; score images with the channels it takes (for one-channel "
+                                 f"images, e.g. fid.random_features(in_ch=1))") from None
             if f.ndim < 2 or f.shape[0] != n:            # a (D, N) answer would be reshaped into scrambled rows
                 raise ValueError(f"feature_fn must return one row of features per image, N x D (N x D x 1 x 1 allowed), "
                                  f"got shape {tuple(f.shape)} for {n} images")
@@ -105,7 +113,9 @@ def image_stats(images, feature_fn, batch_size: int = 500) -> tuple[np.ndarray, 
     return feature_stats(torch.cat(feats))
 
 
-def _stats_of(ref, feature_fn, batch_size):
+def stats_of(ref, feature_fn, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """(μ, Σ) of what `compute_fid` compares: a (μ, Σ) pair as it is, an .npz of `mu` and `sigma`, or images (a PNG
+    folder, uint8 or [−1, 1] float N×C×H×W) through `image_stats`."""
     if isinstance(ref, (tuple, list)) and len(ref) == 2:
         mu, sigma = (np.asarray(v) for v in ref)
         if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):      # (images, labels), as data.load_* return
@@ -132,7 +142,7 @@ def compute_fid(samples, reference, feature_fn, batch_size: int = 500) -> float:
     if not callable(feature_fn):
         raise TypeError("feature_fn must be a callable uint8 N×C×H×W -> N×D features "
                         "(e.g. fid.random_features() or fid.digits_feature_fn)")
-    return frechet_distance(*_stats_of(samples, feature_fn, batch_size), *_stats_of(reference, feature_fn, batch_size))
+    return frechet_distance(*stats_of(samples, feature_fn, batch_size), *stats_of(reference, feature_fn, batch_size))
 
 
 def reference_stats(name: str, images_fn, feature_fn, batch_size: int = 500, directory=None) -> tuple:

@@ -98,6 +98,9 @@ def seed_for(seed: int, index: int) -> int:
 def latents(seed: int, indices, shape, device=None) -> torch.Tensor:
     """x_T ~ N(0, I) for each index, drawn on the CPU from the index's own generator (`seed_for`), so a
     (seed, index) pair gives the same latent on every device, batch and process (notebook 07 §5)."""
+    if isinstance(shape, (int, str)) or len(indices) == 0:     # else torch's "not iterable" or "stack expects a non-empty"
+        raise ValueError(f"latents needs indices (at least one) and a shape such as (C, H, W); got {len(indices)} "
+                         f"indices and shape {shape!r}")
     return _draw(_generators(seed, indices), shape, device)
 
 

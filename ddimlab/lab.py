@@ -124,6 +124,8 @@ def cross_fitted_best(e2: dict, statistic: str = "rms") -> tuple[torch.Tensor, t
     picks the best of 410 diffusers settings)."""
     if statistic not in ("rms", "median"):
         raise ValueError(f"statistic must be 'rms' or 'median', got {statistic!r}")
+    if not isinstance(e2, dict) or not e2:
+        raise ValueError("e2 must map at least one setting to its points' squared errors")
     e2 = dict(zip(e2, check_per_sample("cross_fitted_best", *e2.values(), squared=True)))
     n = len(next(iter(e2.values())))
     first, second = slice(0, n // 2), slice(n // 2, n)
@@ -149,6 +151,8 @@ def summed_variance(x: torch.Tensor) -> tuple[float, float]:
     x = torch.as_tensor(x, dtype=torch.float64)
     if x.ndim != 2 or x.shape[0] < 3:
         raise ValueError(f"x must be (n, d) with n >= 3 draws, got {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or inf")
     n = x.shape[0]
     q = (x - x.mean(0)).pow(2).sum(1)
     return float(q.sum() / (n - 1)), float(q.std() * math.sqrt(n) / (n - 1))
@@ -170,6 +174,8 @@ def difference(a: dict, b: dict) -> tuple[float, float]:
 def beyond(worse: dict, better: dict, k: float = 3.0) -> bool:
     """True if the cell `worse` is worse than `better` by more than k standard errors of their
     difference (`difference`; notebook 09 §2)."""
+    if not (isinstance(k, (int, float)) and not isinstance(k, bool) and k >= 0):
+        raise ValueError(f"k must be a number of standard errors >= 0, got {k!r}")
     diff, se = difference(worse, better)
     return diff > k * se
 
@@ -196,6 +202,8 @@ def ranking(rows: list[dict], S: int, samplers_=None, k: float = 3.0) -> str:
 
 def label(sampler: str) -> str:
     """'η=0.5' for "eta=0.5", 'σ̂' for SIGMA_HAT: the table's row names (notebook 09 §2)."""
+    if sampler != SIGMA_HAT and not (isinstance(sampler, str) and sampler.startswith("eta=")):
+        raise ValueError(f"a sampler row is named 'eta=<value>' or {SIGMA_HAT!r}, got {sampler!r}")
     return "σ̂" if sampler == SIGMA_HAT else "η=" + sampler.split("=")[1]
 
 
@@ -205,7 +213,7 @@ def ode_error(eps, x_T: torch.Tensor, alpha_bar: torch.Tensor, seq, rtol: float 
     seq = schedule.validate_timesteps(seq, alpha_bar.shape[0])
     x = samplers.ddim_sample(eps, x_T, alpha_bar, seq, eta=0.0)
     ref = ode.reference_solution(eps, x_T, alpha_bar, int(seq[0]), rtol=rtol, atol=rtol)
-    return float((x - ref).pow(2).sum(1).mean().sqrt())
+    return float((x - ref).pow(2).flatten(1).sum(1).mean().sqrt())       # each sample's squared distance, any shape
 
 
 # -------------------------------------------------------------------------------------- the table
@@ -446,6 +454,8 @@ def main(out="outputs/lab", n: int = 2000, image_d: int = 1024, image_n: int = I
     out = Path(out)
     if out.exists() and not out.is_dir():              # said now, not after minutes of tables
         raise FileExistsError(f"--out {out} is a file; give a folder for table1.txt and the figures")
+    n, image_d = check_int("n", n, 8), check_int("image_d", image_d, 0, note=" (0 skips the image-like table)")
+    image_n = check_int("image_n", image_n, 8) if image_d else image_n      # the image table's n, checked before the 2-D table
     with cpu_threads(1):                # the lab is many small steps: threads only add overhead
         t0 = time.perf_counter()
         rows = table1(n=n, spacing=spacing, seed=seed, n_ode=min(64, n))

@@ -88,6 +88,8 @@ def weights_line(model) -> str:
     committed one, `make test` runs the cells from there on, and their checks, without comparing what they print
     (notebooks/conftest.py).
     """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"weights_line hashes a network's weights (a torch.nn.Module), got {type(model).__name__}")
     line = f"weights' sha256 {weights_sha256(model)[:12]}"
     config = getattr(model, "config", None) or {}
     if config.get("in_ch") == 1:

@@ -22,7 +22,13 @@ from .files import atomic_write
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """Images in [−1, 1], shape (N, C, H, W), as uint8 (N, H, W, C) by `data.from_model_range`."""
+    if isinstance(x, (str, Path)):
+        raise TypeError(f"images must be a tensor (N, C, H, W), got the path {str(x)!r}: the images come first, "
+                        f"as in save_image_grid(x, path)")
     x = torch.as_tensor(x).detach().cpu()
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"images must be floating point in [-1, 1], got {x.dtype}; for 0..255 images pass "
+                        f"data.to_model_range(x)")
     if x.ndim != 4 or x.shape[1] not in (1, 3):
         raise ValueError(f"images must have shape (N, C, H, W) with C in (1, 3), got {tuple(x.shape)}")
     if looks_0_255(x):
@@ -75,9 +81,16 @@ def png_bytes(image) -> bytes:
     return buf.getvalue()
 
 
+def _png_path(path) -> Path:
+    """The PNG writers write PNG bytes: a path that names another format (out.jpg) would hold a file its name belies."""
+    if Path(path).suffix.lower() != ".png":
+        raise ValueError(f"{path} does not end in .png, and this writes PNG files; name it .png")
+    return Path(path)
+
+
 def save_png(image, path) -> Path:
-    """Write one uint8 image to `path` as PNG (`png_bytes`), atomically."""
-    data = png_bytes(image)
+    """Write one uint8 image to `path` (a .png) as PNG (`png_bytes`), atomically."""
+    data, path = png_bytes(image), _png_path(path)
     return atomic_write(path, lambda f: f.write(data))
 
 
@@ -91,8 +104,8 @@ def grid_png(x: torch.Tensor, nrow: int | None = None, scale: int = 1) -> bytes:
 
 
 def save_image_grid(x: torch.Tensor, path, nrow: int | None = None, scale: int = 1) -> Path:
-    """Save images in [−1, 1] as one PNG grid (`grid_png`), atomically."""
-    data = grid_png(x, nrow, scale)
+    """Save images in [−1, 1] as one PNG grid (`grid_png`) to `path` (a .png), atomically."""
+    data, path = grid_png(x, nrow, scale), _png_path(path)
     return atomic_write(path, lambda f: f.write(data))
 
 

@@ -66,6 +66,10 @@ def digits_config(steps: int | None = None, seed: int = 0, device: str = "cpu", 
         steps = check_int("steps", steps, note=" or None (the preset's)")
     seed = check_int("seed", seed, 0, 2 ** 32 - 1)
     values = dict(overrides or {})
+    taken = sorted({"seed", "device", "n_samples", "threads"} & set(values))     # they would be replaced silently
+    if taken:
+        raise ValueError(f"overrides may not set {', '.join(taken)}: seed and device are arguments of their own (and of "
+                         f"digits_model, threads), and the cached model samples nothing (n_samples = 0)")
     values.update(seed=seed, device=device, n_samples=0)
     if steps is not None:
         values["steps"] = steps
@@ -96,6 +100,7 @@ def digits_model(steps: int | None = None, seed: int = 0, cache_dir=None, progre
 
 
 def _config_and_folder(steps=None, seed=0, cache_dir=None, device="cpu", overrides=None, threads=THREADS):
+    threads = check_int("threads", threads, 1, note=" (the CPU threads it trains on; part of the cache key)")
     config = dataclasses.replace(digits_config(steps, seed, device, overrides), threads=threads)
     return config, models_dir(cache_dir) / f"digits_{config_key(config)}"
 

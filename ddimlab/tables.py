@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 from . import data, devices, schedule
 from .checkpoint import eps_fn
 from .checks import check_bool, check_distinct, check_int
-from .fid import compute_fid, fid_inception, load_images
-from .files import atomic_write
+from .fid import compute_fid, fid_inception, image_stats, load_images, stats_of
+from .files import atomic_write, check_can_write
 from .generate import check_eta, check_shape, generate_samples, resolve_rank, sample_indices, sampling_steps
 from .samplers import FROM_NOISE, SIGMA_HAT, TO_NOISE, check_eta_steps, check_first_step, reconstruct
 
@@ -74,7 +74,12 @@ def score_grid(model, score_fn, S_list=(10, 20, 50, 100), eta_list=(0.0, 0.5, 1.
         seq = sampling_steps(S, alpha_bar.shape[0], spacing)
         x = torch.cat([sample_indices(model, range(k, min(k + batch_size, n)), shape, alpha_bar, seq, eta, seed,
                                       device=device) for k in range(0, n, batch_size)]).cpu()
-        return score_fn(x)
+        scores = score_fn(x)
+        if not isinstance(scores, dict):             # else "argument after ** must be a mapping", in `grid`
+            raise TypeError(f"score_fn must return a dict of numbers (a row's columns), got {type(scores).__name__}")
+        return scores
+    if not callable(score_fn):
+        raise TypeError(f"score_fn must be a function of the samples, e.g. quality.score_digits; got {score_fn!r}")
     return grid(cell, eta_list, S_list)
 
 
@@ -90,9 +95,21 @@ def _wait_for_files(directory: Path, n: int, timeout: float = 24 * 3600, poll: f
 def _fid(sample_dir, n, feature_fn, reference, batch_size):
     if feature_fn is None:
         return fid_inception(sample_dir, reference or "cifar10-train", n=n)
+    return compute_fid(load_images(sample_dir, n), reference, feature_fn, batch_size)
+
+
+def _reference_stats(feature_fn, reference, shape, batch_size):
+    """Before the first sample: the reference's (μ, Σ) in feature_fn's space (once, not once per cell), and feature_fn
+    tried on two blank images of the samples' shape, so that a missing reference, a feature_fn that does not take the
+    model's images, or features of another length than the reference's are said before hours of sampling."""
     if reference is None:
         raise ValueError("with a feature_fn, pass reference= (images, a PNG directory, (mu, sigma) or an .npz)")
-    return compute_fid(load_images(sample_dir, n), reference, feature_fn, batch_size)
+    mu, sigma = stats_of(reference, feature_fn, batch_size)
+    d = len(image_stats(torch.zeros((2, *shape), dtype=torch.uint8), feature_fn)[0])
+    if d != len(mu):
+        raise ValueError(f"feature_fn gives {d} features for the model's {tuple(shape)} images, and the reference's "
+                         f"statistics have {len(mu)}: compute them with the same feature_fn")
+    return mu, sigma
 
 
 def _markdown_grid(rows, col_key, cols, row_key, row_vals, cell) -> str:
@@ -123,10 +140,17 @@ def _eta_name(eta) -> str:
     return "_sigma_hat" if eta == SIGMA_HAT else f"{eta:g}"
 
 
+def _a_list(values, name: str, example: str) -> list:
+    """A grid's axis: a list or tuple (a bare number or a string would be iterated, or fail as "not iterable")."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name} must be a list, e.g. {example}; got {values!r}")
+    return list(values)
+
+
 def _check_grid(eta_list, S_list, alpha_bar, spacing: str) -> None:
     """Every (η, S) of the grid is valid, checked before the first cell is sampled (a bad value found later
     would cost every cell before it): η by `check_eta`, S by `sampling_steps`, σ(η)² ≤ 1 − ᾱ_s on each step."""
-    etas = [check_eta(e) for e in eta_list]
+    etas = [check_eta(e) for e in _a_list(eta_list, "eta_list", "(0.0, 1.0)")]
     check_distinct(etas, "eta")  # after check_eta: 0 and -0 are one η
     names = {}
     for eta in etas:             # the cell folders name η with 6 significant digits
@@ -143,7 +167,7 @@ def _check_steps(S_list, alpha_bar, spacing: str, why: str = FROM_NOISE) -> list
     """Each S's timesteps (`sampling_steps`), every S checked and none listed twice before the first is run; a warning
     for each that starts near the data (`check_first_step`: S = 1 on a uniform grid is t = 0)."""
     schedule.validate_alpha_bar(alpha_bar)           # a β table would fail later as "a_s must be >= a_t"
-    check_distinct(S_list, "S")
+    check_distinct(_a_list(S_list, "S_list", "(10, 20)"), "S")
     seqs = [sampling_steps(S, alpha_bar.shape[0], spacing) for S in S_list]
     for seq in seqs:
         check_first_step(alpha_bar, seq, why)
@@ -170,6 +194,8 @@ def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list
     alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else torch.as_tensor(alpha_bar)
     T, out_dir = alpha_bar.shape[0], Path(out_dir)
     _check_grid(eta_list, S_list, alpha_bar, spacing)
+    if feature_fn is not None and rank == 0:
+        reference = _reference_stats(feature_fn, reference, shape, batch_size)
 
     def cell(eta, S):
         d = out_dir / "samples" / f"eta{_eta_name(eta)}_S{S}"
@@ -210,7 +236,7 @@ def reconstruction_errors(model, images: torch.Tensor, alpha_bar, seq, batch_siz
     """Each image's per-dimension squared error after `samplers.reconstruct` (x_0 → x_T → x_0, η = 0), with the
     image and its reconstruction (clamped to [−1, 1]) scaled to [0, 1] as in DDIM Table 2: a float64 tensor (N,) on
     the CPU, whose mean is the table's number (notebook 07 §3)."""
-    amp = check_bool("amp", amp)
+    amp, batch_size = check_bool("amp", amp), check_int("batch_size", batch_size)
     device = torch.device(device) if device is not None else devices.model_device(model)
     eps = eps_fn(model, amp)
     alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64).to(device)
@@ -234,6 +260,12 @@ def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None
     `table2.csv` and `table2.md` on rank 0; returns rows dict(S, steps, n, mse, paper_mse, seconds).
     """
     amp, progress = check_bool("amp", amp), check_bool("progress", progress)
+    batch_size = check_int("batch_size", batch_size)
+    rank, world_size = resolve_rank(rank, world_size)
+    if rank == 0:                                    # the tables are written after every reconstruction
+        if out_dir is None or Path(out_dir).is_file():
+            raise ValueError(f"out_dir must be a folder for table2.csv and table2.md, got {out_dir!r}")
+        check_can_write(out_dir, "choose another out_dir")
     if images is None:
         images, _ = data.load_cifar10(train=False)
     images = torch.as_tensor(images)
@@ -244,7 +276,6 @@ def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None
             raise ValueError(f"n_images {n_images} (--n-images) exceeds the {len(images)} images given; give at most "
                              f"{len(images)}")
         images = images[:n_images]
-    rank, world_size = resolve_rank(rank, world_size)
     if len(images) < world_size:
         raise ValueError(f"{len(images)} images for {world_size} ranks: each rank needs at least one; give at least "
                          f"{world_size} images")

@@ -540,7 +540,7 @@ def test_thirteenth_round_densities_bounds_and_statistics():
         gaussian.log_mvn(torch.zeros(3), torch.zeros(2), torch.eye(2))
 
     ab = schedule.make_alpha_bar("linear", 20)
-    x0 = ((torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 127.5).round() / 127.5
+    x0 = data.to_model_range(torch.randint(0, 256, (2, 1, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8))
     zero = lambda x, t: torch.zeros_like(x)        # noqa: E731
     with pytest.raises(samplers.NonFiniteError, match="step t = 0"):
         elbo.bits_per_dim(lambda x, t: x * float("nan"), x0, ab)
@@ -1141,3 +1141,148 @@ def test_eighteenth_round_advice_fits_the_grid():
         generate.warn_out_of_range(torch.tensor([20.0]), AB, schedule.timesteps(1000, 1000, "uniform"))
     with pytest.warns(samplers.OutOfRangeWarning, match=r"; a grid that starts later \(quad"):
         generate.warn_out_of_range(torch.tensor([20.0]), AB, schedule.timesteps(10, 1000, "trailing"))
+
+
+def test_eighteenth_round_files_of_the_user_are_kept(tmp_path):
+    """Helper 105: a PNG written to a symbolic link replaced the link (its target kept the old bytes); a diffusers export
+    replaced a scheduler_config.json it had not written; `reproduce_table2` into a file failed after every
+    reconstruction; a .jpg name got PNG bytes; a write onto a folder named the temporary file."""
+    from ddimlab import tables
+
+    (tmp_path / "target.png").write_bytes(b"old")
+    (tmp_path / "link.png").symlink_to(tmp_path / "target.png")
+    plotting.save_image_grid(torch.zeros(1, 1, 4, 4), tmp_path / "link.png")
+    assert (tmp_path / "link.png").is_symlink() and (tmp_path / "target.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="does not end in .png"):
+        plotting.save_image_grid(torch.zeros(1, 1, 4, 4), tmp_path / "out.jpg")
+    (tmp_path / "d").mkdir()
+    with pytest.raises(IsADirectoryError, match=f"a folder is there.*{tmp_path / 'd'}'$"):
+        checkpoint.save_checkpoint(tmp_path / "d", step=1)
+
+    sched = tmp_path / "u" / "scheduler" / "scheduler_config.json"
+    sched.parent.mkdir(parents=True)
+    sched.write_text('{"_class_name": "EulerDiscreteScheduler"}')
+    with pytest.raises(FileExistsError, match="not one this writes"):
+        checkpoint.save_diffusers_folder(_tiny_net(), tmp_path / "u", AB)
+    assert "Euler" in sched.read_text() and not (tmp_path / "u" / "config.json").exists()
+
+    (tmp_path / "afile").write_text("mine")
+    net = _tiny_net().eval()
+    for out, batch, error, needle in (("afile", 250, ValueError, "out_dir must be a folder"),
+                                      ("t2", -1, ValueError, "batch_size must be")):
+        with pytest.raises(error, match=needle):
+            tables.reproduce_table2(net, tmp_path / out, images=data.load_digits(8)[0][:4], S_list=(2,), batch_size=batch)
+    assert (tmp_path / "afile").read_text() == "mine"
+    with pytest.raises(ValueError, match="batch_size must be"):
+        tables.reconstruction_errors(net, data.load_digits(8)[0][:2], AB, schedule.timesteps(2, 1000), batch_size=-1)
+
+
+def test_eighteenth_round_bad_arguments_are_said_before_the_work(tmp_path):
+    """Helper 105: a feature_fn without reference, or one that does not take the model's images, was found after the
+    first cell's samples; `lab.main(image_n=3)` after the 2-D table (naming n); `compare_samplers(n=1)` after all four
+    samplers; a bare number as S_list was "not iterable"; a score_fn returning a float was "argument after **"."""
+    from ddimlab import demo, lab, tables
+
+    net, out = _tiny_net().eval(), tmp_path / "t1"
+    digits = data.load_digits(8)[0][:8]
+    for kw, needle in ((dict(feature_fn=fid.random_features(in_ch=1)), "pass reference="),
+                       (dict(feature_fn=fid.random_features(in_ch=3), reference=digits), "feature_fn fails on images of shape"),
+                       (dict(feature_fn=fid.random_features(in_ch=1), reference=(np.zeros(3), np.eye(3))),
+                        "gives 64 features .* the reference's statistics have 3")):
+        with pytest.raises(ValueError, match=needle):
+            tables.reproduce_table1(net, out, S_list=(2,), eta_list=(0.0,), n_samples=2, **kw)
+    assert not (out / "samples").exists()
+    with pytest.raises(ValueError, match="image_n must be an integer >= 8"):
+        lab.main(out=tmp_path / "lab", n=8, image_n=3)
+    with pytest.raises(ValueError, match="image_d must be a non-negative integer"):
+        lab.main(out=tmp_path / "lab", n=8, image_d=2.5)
+    assert not (tmp_path / "lab").exists()
+    with pytest.raises(ValueError, match="n must be an integer >= 2"):
+        demo.compare_samplers(net, None, n=1)
+    with pytest.raises(TypeError, match=r"S_list must be a list, e.g. \(10, 20\); got 10"):
+        tables.score_grid(net, quality.score_digits, S_list=10)
+    with pytest.raises(TypeError, match="eta_list must be a list"):
+        tables.score_grid(net, quality.score_digits, eta_list=0.0)
+    with pytest.raises(TypeError, match="score_fn must return a dict"):
+        tables.score_grid(net, lambda x: 1.0, S_list=(2,), eta_list=(0.0,), n=2)
+
+
+def test_eighteenth_round_silently_wrong_answers():
+    """Helper 105: 16-bit PNGs were scored as 8-bit and palette PNGs as their indices; `demo.score` clamped uint8 digits
+    to black; `lab.ode_error` summed image-shaped errors over one axis; a bare 16×16 classifier scored 8×8 digits;
+    `digits_config` dropped overrides of seed, device, n_samples and threads; NaN noise passed `l_simple`'s checks;
+    `bits_per_dim` scored data off the 8-bit grid; `split_digits(holdout=1.5)` returned no training set; a
+    `trained_betas` of another length than num_train_timesteps was taken without a word."""
+    import tempfile
+    from pathlib import Path
+
+    from PIL import Image
+
+    from ddimlab import demo, lab, pretrained
+
+    with tempfile.TemporaryDirectory() as d:
+        Image.fromarray(np.full((8, 8), 60000, np.uint16)).save(Path(d) / "000000.png")
+        with pytest.raises(ValueError, match="FID reads 8-bit grey or RGB"):
+            fid.load_images(d)
+    with tempfile.TemporaryDirectory() as d:
+        palette = Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).convert("P", palette=Image.Palette.ADAPTIVE)
+        palette.save(Path(d) / "000000.png")
+        assert int(fid.load_images(d).float().mean()) == 200                   # the colour, not palette index 0
+    u8 = data.load_digits(8)[0][:60]
+    assert demo.score(u8)["confident"] == demo.score(data.to_model_range(u8))["confident"] > 0.5
+
+    eps = toy.exact_eps(toy.image_like_mixture(d=4, K=2), AB)
+    x = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    seq = schedule.timesteps(5, 1000)
+    as_images = lambda z, t: eps(z.reshape(8, -1), t).reshape(z.shape)      # noqa: E731
+    assert lab.ode_error(as_images, x.reshape(8, 1, 2, 2), AB, seq) == pytest.approx(lab.ode_error(eps, x, AB, seq), rel=1e-6)
+
+    with pytest.raises(ValueError, match="made for 16x16 digits"):
+        quality.classify(data.to_model_range(u8[:4]), model=quality.load_classifier(16)[0])
+    with pytest.raises(ValueError, match="overrides may not set seed"):
+        pretrained.digits_config(overrides={"seed": 5})
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        pretrained.digits_model(threads=0)
+
+    x0 = data.to_model_range(u8[:2])
+    with pytest.raises(ValueError, match="noise contains NaN or inf"):
+        elbo.l_simple(lambda z, t: z, x0, AB, noise=torch.full_like(x0, float("nan")))
+    with pytest.raises(ValueError, match="not on that grid"):
+        elbo.bits_per_dim(lambda z, t: torch.zeros_like(z), (x0 + 1) / 2, schedule.make_alpha_bar("linear", 20))
+    with pytest.raises(ValueError, match="0 <= holdout < 1"):
+        quality.split_digits(8, holdout=1.5)
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "scheduler").mkdir()
+        (Path(d) / "scheduler" / "scheduler_config.json").write_text(
+            json.dumps({"trained_betas": [1e-4] * 10, "num_train_timesteps": 1000}))
+        with pytest.raises(checkpoint.CheckpointError, match="lists 10 betas and num_train_timesteps says 1000"):
+            checkpoint.diffusers_alpha_bar(d)
+
+
+def test_eighteenth_round_errors_that_say_what_was_wrong(tmp_path):
+    """Helper 105: each was an error from inside torch or Python, or a nonsense answer."""
+    from ddimlab import devices, lab, nb
+
+    checkpoint.save_checkpoint(tmp_path / "c.pt", step=1)
+    x = torch.zeros(1, 1, 4, 4)
+    for call, error, needle in (
+            (lambda: plotting.save_image_grid(tmp_path / "out.png", x), TypeError, "the images come first"),
+            (lambda: plotting.image_grid(torch.zeros(1, 1, 4, 4, dtype=torch.uint8)), TypeError, "to_model_range"),
+            (lambda: data.resize(x.half(), 8), TypeError, "float32 or float64 tensor"),
+            (lambda: data.resize(np.zeros((1, 1, 4, 4)), 8), TypeError, "got ndarray"),
+            (lambda: data.read_images([], (1, 8, 8)), ValueError, "no files given"),
+            (lambda: data.read_images([tmp_path / "c.pt"], (8, 8)), ValueError, r"shape must be the model's \(C, H, W\)"),
+            (lambda: generate.latents(0, [], (1, 8, 8)), ValueError, "at least one"),
+            (lambda: generate.latents(0, [0], 8), ValueError, "shape such as"),
+            (lambda: lab.cross_fitted_best({}), ValueError, "at least one setting"),
+            (lambda: lab.label("ddpm"), ValueError, "named 'eta=<value>'"),
+            (lambda: lab.beyond({}, {}, k=-5), ValueError, "k must be a number of standard errors >= 0"),
+            (lambda: lab.summed_variance(torch.full((4, 2), float("nan"))), ValueError, "NaN or inf"),
+            (lambda: nb.weights_line(lambda x, t: x), TypeError, "torch.nn.Module"),
+            (lambda: devices.resolve(None), devices.DeviceError, "got None"),
+            (lambda: checkpoint.load_checkpoint(tmp_path / "c.pt", required="model"), checkpoint.CheckpointError,
+             r"lacks the key\(s\) \['model'\]")):
+        with pytest.raises(error, match=needle):
+            call()
+    with pytest.raises(ValueError, match="feature_fn fails on images of shape"):
+        fid.compute_fid(torch.zeros(4, 1, 8, 8), torch.zeros(4, 1, 8, 8), fid.random_features(in_ch=3))
