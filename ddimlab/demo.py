@@ -35,7 +35,7 @@ def outputs_in(out) -> list[Path]:
 def as_scored(x: torch.Tensor) -> torch.Tensor:
     """Samples clamped to [−1, 1] (uint8 ones read as 0..255) and resized to 16×16 (`data.resize`, as
     `data.load_digits` makes the 16×16 set from scikit-learn's 8×8 originals): how the demo scores and shows the 8×8
-    digits. Unlike `quality.as_samples` it clamps any overshoot: a sampler that diverged is shown and scored, not
+    digits. Unlike `quality.score_digits` it clamps any overshoot: a sampler that diverged is shown and scored, not
     refused."""
     x = data.to_model_range(x) if isinstance(x, torch.Tensor) and x.dtype == torch.uint8 else x
     return data.resize(x.clamp(-1, 1), SCORE_RESOLUTION)

@@ -26,11 +26,11 @@ def atomic_write(path, write, *, text: bool = False, fsync: bool = False) -> Pat
     temporary files of the same target that a killed process left behind (older than STALE_AFTER
     seconds before this write began) are deleted, so interrupted checkpoint writes do not pile up.
     An existing file keeps its mode, and one its owner made read-only is a PermissionError, not replaced (the rename
-    needs only the folder's permission); a new file gets the umask's mode. A symbolic link at `path` is written through,
-    as `open(path, "w")` would: its target gets the contents and the link stays (the rename would replace the link).
+    needs only the folder's permission); a new file gets the umask's mode. A symbolic link at `path` is replaced by the
+    new file, its target left as it was (a run's ckpt.pt linked to another run's must not rewrite that one).
     """
     started = time.time()
-    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+    path = Path(path)
     if path.is_dir():                       # else os.replace's "Is a directory", naming the temporary file
         raise IsADirectoryError(errno.EISDIR, "a folder is there, so no file can be written in its place; give a file "
                                               "name", str(path))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -82,10 +83,11 @@ def png_bytes(image) -> bytes:
 
 
 def _png_path(path) -> Path:
-    """The PNG writers write PNG bytes: a path that names another format (out.jpg) would hold a file its name belies."""
+    """The PNG writers write PNG bytes: a path that names another format (out.jpg) would hold a file its name belies. A
+    symbolic link is written through, as an image editor saves it (`atomic_write` alone would replace the link)."""
     if Path(path).suffix.lower() != ".png":
         raise ValueError(f"{path} does not end in .png, and this writes PNG files; name it .png")
-    return Path(path)
+    return Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
 
 
 def save_png(image, path) -> Path:

@@ -250,7 +250,7 @@ def _real_digits(resolution: int) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- scores
 
-def as_samples(samples) -> torch.Tensor:
+def _as_samples(samples) -> torch.Tensor:
     """Check and convert digit samples: (N, 1, R, R), float in [−1, 1] (clamped) or uint8 in 0..255."""
     x = torch.as_tensor(samples.detach() if isinstance(samples, torch.Tensor) else np.asarray(samples))
     if x.ndim != 4 or x.shape[1] != 1 or x.shape[2] != x.shape[3] or x.shape[0] < 1:
@@ -284,14 +284,14 @@ def _model_for(x: torch.Tensor, model):
 
 def digits_features(samples, model=None) -> torch.Tensor:
     """Penultimate-layer features (N, feature_dim) of the digits classifier."""
-    x = as_samples(samples)
+    x = _as_samples(samples)
     return _features(_model_for(x, model)[0], x)
 
 
 @torch.no_grad()
 def classify(samples, model=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(predicted digit, its softmax probability) for each sample (notebook 07 §1: consistency)."""
-    x = as_samples(samples)
+    x = _as_samples(samples)
     net = _model_for(x, model)[0]
     probs = torch.cat([net(x[i:i + 512]).softmax(1) for i in range(0, len(x), 512)])
     conf, pred = probs.max(1)
@@ -322,7 +322,7 @@ def class_counts(samples, threshold: float = 0.9, model=None) -> np.ndarray:
 def _features_and_real_stats(samples, model=None):
     """(classifier features of `samples`, mean and covariance of all real digits' features) at the samples'
     resolution: the two sides of `digits_fd`."""
-    x = as_samples(samples)
+    x = _as_samples(samples)
     net, info = _model_for(x, model)           # the classifier, or `load_classifier`'s (model, info) as passed
     if info is None:
         mu_r, cov_r = feature_stats(_features(net, _real_digits(int(x.shape[-1]))))
@@ -378,7 +378,7 @@ def paired_difference(a, b, threshold: float = 0.9, n_boot: int = 50, seed: int 
     paired ones, such as DDPM's and DDIM's samples, not measured: `digits_fd_se` says how the unpaired one fares);
     confident: (confident share of a − of b, its paired `mean_difference`)."""
     threshold, n_boot = _check_threshold(threshold), _check_n_boot(n_boot)      # before the work
-    xa, xb = as_samples(a), as_samples(b)
+    xa, xb = _as_samples(a), _as_samples(b)
     if xa.shape != xb.shape:
         raise ValueError(f"paired sets need the same shape, got {tuple(xa.shape)} and {tuple(xb.shape)}")
     fa, mu_r, cov_r = _features_and_real_stats(xa)
@@ -404,7 +404,7 @@ def score_digits(samples, threshold: float = 0.9) -> dict:
     fd: `digits_fd`; confident: `confident_share`; classes_covered: digits with at least one
     confident sample; counts: confident samples per digit; n: number of samples.
     """
-    x = as_samples(samples)
+    x = _as_samples(samples)
     counts = class_counts(x, threshold)
     return dict(fd=digits_fd(x), confident=float(counts.sum() / len(x)),
                 classes_covered=int((counts > 0).sum()), counts=counts.tolist(), n=len(x))
