@@ -385,8 +385,9 @@ def _diffusers_dir(path) -> Path:
     if (path / "unet" / "config.json").is_file():  # a whole pipeline folder
         path = path / "unet"
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} has no config.json; expected a diffusers UNet2DModel folder "
-                                f"(config.json + diffusion_pytorch_model.safetensors or .bin)")
+        raise FileNotFoundError(f"{path} is a folder with neither ckpt.pt (a ddimlab run) nor config.json (a diffusers "
+                                f"UNet2DModel: config.json + diffusion_pytorch_model.safetensors or .bin); pass a ckpt.pt "
+                                f"or run folder, model-790000.ckpt, `{OFFICIAL_NAME}` or a diffusers folder")
     return path
 
 
@@ -585,7 +586,12 @@ def load_model(path, device="cpu", use_ema: bool = True):
             raise ValueError(f"{path}, an official-layout file (ddimlab loads its EMA weights where it has both), "
                              f"{one_set}")
         else:  # the official layout, already read: no second pass over the 143 MB file
-            net = load_state_strict(unet_mod.cifar10_unet(), official_state_dict(state), source=str(path))
+            net, weights = unet_mod.cifar10_unet(), official_state_dict(state)
+            if not weights.keys() & net.state_dict().keys():     # e.g. a digits classifier: not "328 missing keys"
+                raise CheckpointError(f"{path} holds no diffusion model ddimlab reads (none of its {len(weights)} keys, "
+                                      f"e.g. {list(weights)[:2]}, is a UNet weight); pass a ckpt.pt or run folder, "
+                                      f"model-790000.ckpt, `{OFFICIAL_NAME}` or a diffusers UNet2DModel folder")
+            net = load_state_strict(net, weights, source=str(path))
             abar = schedule.make_alpha_bar("linear", 1000)
     return net.to(device).eval(), abar.to(device)
 

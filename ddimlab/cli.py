@@ -144,7 +144,8 @@ def _writes_pair(cmd):
     """`sample`, `invert`, `interpolate`: cmd(args, png, npz) with the PNG and .npz that --out names, OUT.png and
     OUT.npz, or OUT itself with its .png/.npz suffix swapped (a name with other dots, e.g. eta0.5, keeps them).
     Existing files are an error unless --overwrite (no run is replaced silently), and a folder that cannot be written
-    is said: both before the work, and again under the lock when writing (`_save_pair`). If the command fails, the
+    is said: both before the work (the command calls `_refuse_existing` once its own arguments are checked, so that
+    a wrong one is named first) and again under the lock when writing (`_save_pair`). If the command fails, the
     folders it made for --out are removed again."""
     @functools.wraps(cmd)
     def run(args) -> int:
@@ -157,7 +158,7 @@ def _writes_pair(cmd):
         _check_name_length(stem)
         _refuse_folders(png, npz)
         _refuse_own_inputs(args, png, npz)
-        _refuse_existing(args.overwrite, png, npz)
+        _require_checkpoint(args.checkpoint)
         with folder_removed_on_error(png.parent, _lock_file(png)):
             with locked(_lock_file(png)):
                 pass
@@ -177,9 +178,17 @@ def _refuse_dotdot_through_missing(raw: str) -> None:
         prefix = prefix / part
 
 
+def _require_checkpoint(path) -> None:
+    """A missing --checkpoint is said first (before "already exist", and before a folder is made for --out)."""
+    if str(path).strip() and str(path) != checkpoint.OFFICIAL_NAME and not os.path.exists(path):   # "": load_model says
+        raise FileNotFoundError(f"--checkpoint {path} does not exist; pass a ckpt.pt or run folder, model-790000.ckpt, "
+                                f"`{checkpoint.OFFICIAL_NAME}` or a diffusers UNet2DModel folder")
+
+
 def _refuse_own_inputs(args, *outputs: Path) -> None:
     """--overwrite replaces earlier outputs, never this command's own --input, --latents or --checkpoint."""
-    inputs = [*(getattr(args, "input", None) or []), getattr(args, "latents", None), args.checkpoint]
+    run_ckpt = Path(args.checkpoint) / "ckpt.pt"         # what a run folder given as --checkpoint loads
+    inputs = [*(getattr(args, "input", None) or []), getattr(args, "latents", None), args.checkpoint, run_ckpt]
     for p in map(Path, filter(None, inputs)):
         for out in outputs:
             if out.exists() and p.exists() and os.path.samefile(p, out):
@@ -320,13 +329,14 @@ def cmd_sample(args, png: Path, npz: Path) -> int:
     kwargs = _sampler_kwargs(args)
     shape, n, bs = _image_shape(net), args.n, args.batch_size
     _check_png_grid(n, shape, args.nrow, args.scale)
+    _refuse_existing(args.overwrite, png, npz)
     bar, callback = progress(len(seq) * -(-n // bs), f"sample ({args.sampler})", not args.no_progress)
     t0 = time.perf_counter()
     with bar:
         x0 = torch.cat([sample_indices(net, range(i, min(i + bs, n)), shape, abar, seq, seed=args.seed, device=device,
                                        amp=args.amp, callback=callback, check_range=False, **kwargs).float().cpu()
                         for i in range(0, n, bs)])
-    check_data_range(x0, abar, seq)                  # once, over all the batches
+    check_data_range(x0, abar, seq, "--clip" if args.sampler in ("ddim", "ddpm") else None)   # once, over all batches
     seconds = time.perf_counter() - t0
     _save_pair(png, npz, x0, args.nrow, args.scale, args.overwrite, samples=x0.numpy(),
                x_T=latents(args.seed, range(n), shape).numpy(),
@@ -342,6 +352,7 @@ def cmd_invert(args, png: Path, npz: Path) -> int:
     net, abar, device, seq = _model_for(args)
     x0 = data.read_images(args.input, _image_shape(net)).to(device)
     _check_png_grid(2 * len(x0), x0.shape, len(x0), args.scale, fewer="pass fewer images")
+    _refuse_existing(args.overwrite, png, npz)
     bar, callback = progress(2 * len(seq), "invert + decode", not args.no_progress)
     eps = checkpoint.eps_fn(net, args.amp)
     with bar:
@@ -380,13 +391,18 @@ def cmd_interpolate(args, png: Path, npz: Path) -> int:
             raise ValueError(f"{args.latents}: x_T must be float16, float32 or float64 latents, got {x_T.dtype}; "
                              f"pass the .npz written by `invert` or `sample`")
         lat = torch.as_tensor(x_T, dtype=torch.float32)
+        if tuple(lat.shape[1:]) != _image_shape(net):
+            raise ValueError(f"{args.latents} holds latents of shape {tuple(lat.shape[1:])}, but the model makes "
+                             f"{_image_shape(net)} images; use latents from this model's `invert` or `sample`")
         made_by = _recorded(args.latents, "weights_sha256")
         if made_by is not None and made_by != checkpoint.weights_sha256(net):
             warnings.warn(f"{args.latents} records latents of another model (weights sha256 {made_by[:12]}, this one "
                           f"{checkpoint.weights_sha256(net)[:12]}): they decode to other images here", LatentsWarning)
-        if tuple(lat.shape[1:]) != _image_shape(net):
-            raise ValueError(f"{args.latents} holds latents of shape {tuple(lat.shape[1:])}, but the model makes "
-                             f"{_image_shape(net)} images; use latents from this model's `invert` or `sample`")
+        sampler, eta = _recorded(args.latents, "sampler"), _recorded(args.latents, "eta")
+        if sampler == "ddpm" or (sampler == "ddim" and (eta or "0").strip("0.") != ""):   # "0.0": eta 0
+            warnings.warn(f"{args.latents} holds the x_T of {sampler} samples (eta {eta}), which drew new noise at every "
+                          f"step: DDIM's eta = 0 decodes these latents to other images than those samples; interpolate "
+                          f"the latents of `sample` with eta 0, an ODE solver, or `invert`", LatentsWarning)
         if len(lat) < 2 and args.index is None:
             raise ValueError(f"{args.latents} holds {len(lat)} latent{'' if len(lat) == 1 else 's'}; interpolation takes "
                              f"two: invert or sample two images or more")
@@ -403,12 +419,13 @@ def cmd_interpolate(args, png: Path, npz: Path) -> int:
         raise ValueError("the two latents are the same (" + (f"--index {i} {j}" if args.latents else
                          f"--seeds {args.seeds[0]} {args.seeds[1]}") + "): interpolation needs two different ones")
     _check_png_grid(args.n, z0.shape, args.n, args.scale)
+    _refuse_existing(args.overwrite, png, npz)
     lam = torch.linspace(0, 1, args.n)
     z = slerp(z0, z1, lam.to(device))
     bar, callback = progress(len(seq), "interpolate", not args.no_progress)
     with bar:
         x0 = check_data_range(ddim_sample(checkpoint.eps_fn(net, args.amp), z, abar, seq, callback=callback),
-                              abar, seq).float().cpu()
+                              abar, seq, clip=None).float().cpu()
     source = (dict(latents=str(Path(args.latents).resolve()), index=np.array(args.index or (0, 1))) if args.latents else
               dict(seeds=np.array(args.seeds or (0, 1))))
     _save_pair(png, npz, x0, args.n, args.scale, args.overwrite, samples=x0.numpy(), x_T=z.cpu().numpy(), lam=lam.numpy(),
@@ -439,6 +456,7 @@ def cmd_reproduce(args) -> int:
         grid["S_list"] = _csv_list(args.steps, int, "--steps")
     if args.etas is not None:                          # read before the folder: a bad η is named before "already exist"
         grid["eta_list"] = [check_eta(e) for e in _csv_list(args.etas, str, "--etas")]
+    _require_checkpoint(args.checkpoint)
     out = Path(args.out or f"runs/{args.table}")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out")

@@ -49,7 +49,7 @@ def check_eta(eta):
 MAX_RMS = 10.0
 
 
-def check_data_range(x0: torch.Tensor, alpha_bar, seq) -> torch.Tensor:
+def check_data_range(x0: torch.Tensor, alpha_bar, seq, clip: str | None = "clip_x0=True") -> torch.Tensor:
     """Return x0; warn (`OutOfRangeWarning`) if a sample's RMS exceeds MAX_RMS = 10.
 
     Data scaled to [−1, 1] have RMS ≤ 1, so such a sample is ten times out of range. Either the model has
@@ -59,9 +59,10 @@ def check_data_range(x0: torch.Tensor, alpha_bar, seq) -> torch.Tensor:
     ended at RMS 133 to 3·10⁴ (README, "The digits model"). The bound leaves room for poor but working
     settings: on the linear-schedule digits model (trained with uniform t) the largest of 1000 samples is 2.2
     for DPM-Solver++(3M) with 10 `linspace` steps, and 64 samples of each other solver and grid stay at 1.1 or
-    less. It lets milder failures through (iPNDM on the cosine model's `karras` grid: 5.1).
+    less. It lets milder failures through (iPNDM on the cosine model's `karras` grid: 5.1). clip: how the caller
+    clips x̂_0, which the warning advises (None where it cannot, e.g. an ODE solver).
     """
-    warn_out_of_range(_rms(x0), alpha_bar, seq)
+    warn_out_of_range(_rms(x0), alpha_bar, seq, clip)
     return x0
 
 
@@ -70,7 +71,7 @@ def _rms(x: torch.Tensor) -> torch.Tensor:
     return x.detach().float().flatten(1).pow(2).mean(1).sqrt().cpu()
 
 
-def warn_out_of_range(rms: torch.Tensor, alpha_bar, seq) -> None:
+def warn_out_of_range(rms: torch.Tensor, alpha_bar, seq, clip: str | None = "clip_x0=True") -> None:
     """`check_data_range`'s warning from the samples' RMS values (so that a caller with many batches says it once)."""
     bad = int((rms > MAX_RMS).sum())
     if bad:
@@ -79,8 +80,8 @@ def warn_out_of_range(rms: torch.Tensor, alpha_bar, seq) -> None:
         later = " (quad starts at t = 0.8 T)" if t > 0.8 * T else ""
         fewer = f" of fewer than all {T} steps" if len(seq) == T else ""      # the full chain has one grid
         why = (f"Its first step, at t = {t} where alpha_bar = {a:.2g}, multiplies the network's error by "
-               f"1/sqrt(alpha_bar) = {a ** -0.5:.3g}; a grid{fewer} that starts later{later} avoids that, and so does "
-               f"clipping x0 where the sampler has it (DDIM and DDPM: `sample --clip`, clip_x0=True in Python)" if a < 0.01 else
+               f"1/sqrt(alpha_bar) = {a ** -0.5:.3g}; a grid{fewer} that starts later{later} avoids that"
+               f"{f', and so does clipping x0 ({clip})' if clip else ''}" if a < 0.01 else
                f"Its first step, at t = {t} (alpha_bar = {a:.2g}), is not the cause: check the model")
         warnings.warn(
             f"{bad} of {len(rms)} samples have an RMS above {MAX_RMS:g} (largest {float(rms.max()):.3g}), where images in "
@@ -156,7 +157,7 @@ def sample_indices(model, indices, shape, alpha_bar, seq, eta=0.0, seed: int = 0
         clip = (eta == SIGMA_HAT) if clip_x0 is None else clip_x0
         x0 = sample_row(eps_fn(model, amp), draw(), alpha_bar, seq, eta, clip_x0=clip, noise_sampler=draw,
                         callback=callback)
-    return check_data_range(x0, alpha_bar, seq) if check_range else x0
+    return check_data_range(x0, alpha_bar, seq, None if solver else "clip_x0=True") if check_range else x0
 
 
 def generate_samples(model, out_dir, n: int, *, shape=None, S: int = 50, eta=0.0, spacing: str = "quad",
@@ -210,7 +211,7 @@ def generate_samples(model, out_dir, n: int, *, shape=None, S: int = 50, eta=0.0
             remove_empty(created)
         raise
     if rms:
-        warn_out_of_range(torch.cat(rms), alpha_bar, seq)
+        warn_out_of_range(torch.cat(rms), alpha_bar, seq, "clip_x0=True in `generate_samples`")
     return todo
 
 

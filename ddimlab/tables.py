@@ -194,11 +194,16 @@ def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list
     alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else torch.as_tensor(alpha_bar)
     T, out_dir = alpha_bar.shape[0], Path(out_dir)
     _check_grid(eta_list, S_list, alpha_bar, spacing)
+    cells = {(eta, S): out_dir / "samples" / f"eta{_eta_name(eta)}_S{S}" for eta in map(check_eta, eta_list)
+             for S in S_list}
+    for p in (out_dir / "samples", *cells.values()):     # a file in the way is said before the first cell, not after it
+        if p.exists() and not p.is_dir():
+            raise NotADirectoryError(f"{p} is a file where reproduce keeps samples; move it or choose another out_dir")
     if feature_fn is not None and rank == 0:
         reference = _reference_stats(feature_fn, reference, shape, batch_size)
 
     def cell(eta, S):
-        d = out_dir / "samples" / f"eta{_eta_name(eta)}_S{S}"
+        d = cells[eta, S]
         generate_samples(model, d, n_samples, shape=shape, S=S, eta=eta, spacing=spacing, alpha_bar=alpha_bar,
                          batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, device=device,
                          amp=amp, progress=progress, model_id=model_id)

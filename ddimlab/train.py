@@ -170,8 +170,10 @@ def _parse_value(key: str, text: str, default):
         if isinstance(default, float):
             return float(text)
         if isinstance(default, tuple):
-            inner = text.strip().strip("()[]")
-            return tuple(int(v) for v in inner.split(",") if v.strip())
+            items = text.strip().strip("()[]").split(",")
+            if items[-1].strip() == "":                # "" is the empty tuple, "2," the tuple (2,)
+                items.pop()
+            return tuple(int(v) for v in items)        # an empty item within ("1,,2") is an error
     except ValueError:
         kind = "comma-separated integers" if isinstance(default, tuple) else type(default).__name__
         raise ValueError(f"{key} must be {kind}, got {text!r}") from None
@@ -535,6 +537,7 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
         if devices.rank_world()[0] == 0:
             _remove_run(out, f"{out} held only log.jsonl, from a run that stopped before its first checkpoint")
         return
+    held += ["samples/step_*.png"] if _grids(out) else []     # an earlier run's grids: the new run would write over them
     if held and not (resume or overwrite):
         if not (out / "ckpt.pt").exists():
             raise RunExistsError(f"{out} holds {', '.join(held)} but no ckpt.pt; --overwrite deletes them and starts a "
@@ -557,10 +560,14 @@ def _is_training_log(path: Path) -> bool:
     return all(isinstance(r, dict) and {"step", "loss"} <= r.keys() for r in records)
 
 
+def _grids(out: Path) -> list[Path]:
+    """The sample grids a run wrote in <out>/samples (GRID_NAME; a user's other files there stay)."""
+    return sorted(p for p in (out / "samples").glob("step_*.png") if GRID_NAME.fullmatch(p.name))
+
+
 def _run_files(out: Path) -> list[Path]:
-    """A run's checkpoint, config, log and the sample grids it wrote (GRID_NAME; a user's other files stay)."""
-    old = [p for p in (out / "ckpt.pt", out / "config.json", out / "log.jsonl") if p.exists()]
-    return old + (sorted(p for p in (out / "samples").glob("step_*.png") if GRID_NAME.fullmatch(p.name)) if old else [])
+    """A run's checkpoint, config, log and sample grids."""
+    return [p for p in (out / "ckpt.pt", out / "config.json", out / "log.jsonl") if p.exists()] + _grids(out)
 
 
 def _remove_run(out: Path, why: str) -> None:

@@ -1143,6 +1143,19 @@ def test_eighteenth_round_advice_fits_the_grid():
         generate.warn_out_of_range(torch.tensor([20.0]), AB, schedule.timesteps(10, 1000, "trailing"))
 
 
+def test_nineteenth_round_the_range_warning_advises_only_the_clipping_there_is():
+    """Helper 106: `interpolate` and the ODE solvers, which cannot clip x0, were told to clip (`sample --clip`)."""
+    seq = schedule.timesteps(10, 1000, "trailing")
+    for clip, says in (("--clip", "clipping x0 (--clip)"), (None, None)):
+        with pytest.warns(samplers.OutOfRangeWarning) as got:
+            generate.warn_out_of_range(torch.tensor([20.0]), AB, seq, clip)
+        message = str(got[0].message)
+        assert (says in message) if says else ("clip" not in message), message
+    with pytest.warns(samplers.OutOfRangeWarning) as got:
+        generate.sample_indices(lambda x, t: 30 * x, [0], (1, 4, 4), AB, seq, solver="euler")
+    assert "clip" not in str(got[-1].message)
+
+
 def test_eighteenth_round_files_of_the_user_are_kept(tmp_path):
     """Helper 105: a PNG written to a symbolic link replaced the link (its target kept the old bytes); a diffusers export
     replaced a scheduler_config.json it had not written; `reproduce_table2` into a file failed after every

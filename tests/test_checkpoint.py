@@ -268,7 +268,7 @@ def test_save_diffusers_folder_loads_in_diffusers(tmp_path, randomize):
     torch.testing.assert_close(ck.load_model(folder)[1], cosine, rtol=1e-12, atol=0)     # the schedule travels with it
     sched = diffusers.DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
     torch.testing.assert_close(sched.alphas_cumprod.double(), cosine, rtol=1e-6, atol=1e-9)   # diffusers: float32
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(FileNotFoundError, match="neither ckpt.pt .* nor config.json"):
         ck.load_diffusers_folder(tmp_path)
 
 

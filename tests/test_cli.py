@@ -124,7 +124,7 @@ def test_sample_from_official_ddpm_file(tmp_path, monkeypatch):
 
 def test_cli_errors(tmp_path, trained, capsys):
     assert cli.main(["sample", "--checkpoint", str(tmp_path / "missing.pt")]) == 1
-    assert "no checkpoint file" in capsys.readouterr().err
+    assert "missing.pt does not exist" in capsys.readouterr().err
     assert cli.main(["train", "--set", "learning_rate=1"]) == 1
     assert "unknown config key" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -231,7 +231,7 @@ def test_training_into_a_run_folder_is_refused_and_changes_nothing(trained, tmp_
 
 def test_errors_are_one_or_two_lines_and_debug_shows_the_traceback(tmp_path, trained):
     """Case 10: known errors used to print a 24-line traceback."""
-    _short_error(_run("sample", "--checkpoint", tmp_path / "nope.pt"), "no checkpoint file")
+    _short_error(_run("sample", "--checkpoint", tmp_path / "nope.pt"), "nope.pt does not exist")
     r = _run("sample", "--checkpoint", tmp_path / "nope.pt", "--debug")
     assert r.returncode != 0 and "Traceback" in r.stderr
     if not torch.cuda.is_available():
@@ -1554,7 +1554,7 @@ def test_thirteenth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch
     monkeypatch.delenv("RANK")
     # the out-of-range advice, the .npz's record, table2's note on quad
     x = torch.full((2, 1, 8, 8), 50.0)
-    with pytest.warns(cli.OutOfRangeWarning, match=r"a grid that starts later .* where the sampler has it"):
+    with pytest.warns(cli.OutOfRangeWarning, match=r"a grid that starts later .* and so does clipping x0 \(clip_x0=True\)"):
         generate.check_data_range(x, abar, torch.tensor([999, 0]))
     s = tmp_path / "clip"
     assert cli.main(["sample", "--checkpoint", str(trained), "--n", "2", "--steps", "2", "--clip", "--out", str(s),
@@ -1944,3 +1944,67 @@ def test_eighteenth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch
         _expect_one_line_error(capsys, ["reproduce", "table1", "--checkpoint", str(trained / "ckpt.pt"), "--out", str(out),
                                         "--etas", etas], needle)
     assert (out / "table1.md").read_text() == "mine\n"
+
+
+def test_nineteenth_round_of_careless_use(trained, tmp_path, capsys):
+    """Helper 106's CLI round: a resume wrote through a ckpt.pt linked into another run; `train` wrote over the grids
+    of a folder holding only samples/step_*.png; `sample --out` a link to the run folder's ckpt.pt was not refused;
+    "already exist" was said before a missing checkpoint, a wrong option or a missing --input; a file where a table
+    cell's folder goes failed after the first cell; DDPM latents were interpolated without a word."""
+    import shutil
+
+    other, mine = tmp_path / "other", tmp_path / "mine"
+    shutil.copytree(trained, other)
+    shutil.copytree(trained, mine)
+    (mine / "ckpt.pt").unlink()
+    (mine / "ckpt.pt").symlink_to(other / "ckpt.pt")
+    before = (other / "ckpt.pt").read_bytes()
+    assert cli.main(["train", "--resume", "--out", str(mine), "--no-progress", "--set", "steps=32"]) == 0
+    assert (other / "ckpt.pt").read_bytes() == before and not (mine / "ckpt.pt").is_symlink()
+
+    grids = tmp_path / "grids"
+    (grids / "samples").mkdir(parents=True)
+    (grids / "samples" / "step_0000030.png").write_bytes(b"my grid")
+    _expect_one_line_error(capsys, ["train", "--out", str(grids), "--no-progress", *_sets(TINY)],
+                           "samples/step_*.png", "--overwrite")
+    assert (grids / "samples" / "step_0000030.png").read_bytes() == b"my grid"
+
+    link = tmp_path / "link.png"
+    link.symlink_to(other / "ckpt.pt")
+    _expect_one_line_error(capsys, ["sample", "--checkpoint", str(other), "--out", str(link), "--overwrite", "--n", "1",
+                                    "--steps", "2", "--no-progress"], "this command's input")
+    assert (other / "ckpt.pt").read_bytes() == before and link.is_symlink()
+
+    held = tmp_path / "held"
+    for suffix in (".png", ".npz"):
+        held.with_suffix(suffix).write_bytes(b"mine")
+    base = ["--out", str(held), "--steps", "2", "--no-progress"]
+    for argv, needle in ((["sample", "--checkpoint", str(tmp_path / "nothing.pt"), *base], "does not exist"),
+                         (["sample", "--checkpoint", str(other), "--sampler", "ddpm", "--eta", "0.5", *base], "--eta applies"),
+                         (["invert", "--checkpoint", str(other), "--input", str(tmp_path / "no.png"), *base], "no.png"),
+                         (["reproduce", "table1", "--checkpoint", str(tmp_path / "nothing.pt"), "--out", str(tmp_path)],
+                          "does not exist")):
+        (tmp_path / "table1.md").write_text("mine\n")
+        _expect_one_line_error(capsys, argv, needle)
+    assert held.with_suffix(".png").read_bytes() == b"mine" and (tmp_path / "table1.md").read_text() == "mine\n"
+
+    table = tmp_path / "t1"
+    (table / "samples").mkdir(parents=True)
+    (table / "samples" / "eta0_S3").write_text("in the way")
+    _expect_one_line_error(capsys, ["reproduce", "table1", "--checkpoint", str(other), "--out", str(table), "--steps",
+                                    "2,3", "--etas", "0", "--n-samples", "2", "--features", "random", "--no-progress"],
+                           "eta0_S3 is a file")
+    assert sorted(p.name for p in (table / "samples").iterdir()) == ["eta0_S3"]
+
+    ddpm = tmp_path / "ddpm"
+    assert cli.main(["sample", "--checkpoint", str(other), "--sampler", "ddpm", "--steps", "2", "--n", "2", "--out",
+                     str(ddpm), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert cli.main(["interpolate", "--checkpoint", str(other), "--latents", str(ddpm.with_suffix(".npz")), "--n", "3",
+                     "--steps", "2", "--out", str(tmp_path / "path"), "--no-progress"]) == 0
+    assert "drew new noise at every step" in capsys.readouterr().err
+    np.savez(tmp_path / "rgb.npz", x_T=np.zeros((2, 3, 8, 8), np.float32), weights_sha256="0" * 64)
+    assert cli.main(["interpolate", "--checkpoint", str(other), "--latents", str(tmp_path / "rgb.npz"), "--out",
+                     str(tmp_path / "rgb_path"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "holds latents of shape (3, 8, 8)" in err and "another model" not in err, err
