@@ -1299,3 +1299,19 @@ def test_eighteenth_round_errors_that_say_what_was_wrong(tmp_path):
             call()
     with pytest.raises(ValueError, match="feature_fn fails on images of shape"):
         fid.compute_fid(torch.zeros(4, 1, 8, 8), torch.zeros(4, 1, 8, 8), fid.random_features(in_ch=3))
+
+
+def test_nineteenth_round_wrong_kinds_of_checkpoint_say_what_they_are(tmp_path):
+    """Helper 106: a digits classifier's file was "328 missing keys", a folder of samples or tables "no config.json;
+    expected a diffusers folder", and `ch_mult=1,,2` was read as (1, 2)."""
+    from ddimlab import train
+
+    torch.save({"fc.weight": torch.zeros(2, 2), "fc.bias": torch.zeros(2)}, tmp_path / "classifier.pt")
+    with pytest.raises(checkpoint.CheckpointError, match=r"holds no diffusion model .*none of its 2 keys"):
+        checkpoint.load_model(tmp_path / "classifier.pt")
+    (tmp_path / "tables").mkdir()
+    with pytest.raises(FileNotFoundError, match="neither ckpt.pt .* nor config.json"):
+        checkpoint.load_model(tmp_path / "tables")
+    with pytest.raises(ValueError, match="ch_mult must be comma-separated integers, got '1,,2'"):
+        train.make_config("digits", ["ch_mult=1,,2"])
+    assert train.make_config("digits", ["ch_mult=2,"]).ch_mult == (2,)
