@@ -489,6 +489,8 @@ def _npz_images(path: Path) -> torch.Tensor:
             raise ValueError(f"{path}: images must be uint8 (N, H, W, C) with C = 1 or 3, got {a.dtype} of shape {a.shape}; "
                              f"pass floats in [-1, 1] as x0 instead")
         return torch.as_tensor(a, dtype=torch.float32).permute(0, 3, 1, 2) / 127.5 - 1
+    if a.ndim != 4 or a.shape[1] not in (1, 3):
+        raise ValueError(f"{path}: {key} must be images (N, C, H, W) with C = 1 or 3, got shape {a.shape}")
     if a.dtype.kind != "f" or a.dtype.itemsize > 8:
         raise ValueError(f"{path}: {key} must be float16, float32 or float64 in [-1, 1], got {a.dtype}; "
                          f"uint8 images go in an `images` array (N, H, W, C)")

@@ -1315,3 +1315,6 @@ def test_nineteenth_round_wrong_kinds_of_checkpoint_say_what_they_are(tmp_path):
     with pytest.raises(ValueError, match="ch_mult must be comma-separated integers, got '1,,2'"):
         train.make_config("digits", ["ch_mult=1,,2"])
     assert train.make_config("digits", ["ch_mult=2,"]).ch_mult == (2,)
+    np.savez(tmp_path / "scalar.npz", x0=np.float32(0.5))              # was "images must be (N, C, H, W)", no file named
+    with pytest.raises(ValueError, match=r"scalar.npz: x0 must be images \(N, C, H, W\) .* got shape \(\)"):
+        data.read_images(tmp_path / "scalar.npz", (1, 8, 8))
