@@ -112,9 +112,9 @@ def _torch_load(path, map_location, mmap=False):
         raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated, corrupted, or not a "
                               f"torch file)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as e:
-        size = path.stat().st_size
+        size, said = path.stat().st_size, (str(e).strip().splitlines() or [""])[0].split(". ")[0][:120]   # torch's first words
         raise CheckpointError(f"{path} ({size} bytes) is not a readable torch checkpoint; it is probably truncated or "
-                              f"corrupted (an interrupted download or copy?)" + (f": {e}" if str(e).strip() else "")) from e
+                              f"corrupted (an interrupted download or copy?)" + (f": {said}" if said else "")) from e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -560,6 +560,10 @@ def load_model(path, device="cpu", use_ema: bool = True):
     path = official_ddpm_file() if str(path) == OFFICIAL_NAME else Path(path)
     if path.is_dir() and (path / "ckpt.pt").is_file():
         path = path / "ckpt.pt"                     # a ddimlab run folder
+    elif path.is_dir() and (aside := sorted(path.glob(".previous-*/ckpt.pt"))):   # `train --overwrite`, stopped early
+        raise CheckpointError(f"{path} holds no ckpt.pt: the previous run's checkpoint is in {aside[0]}, set aside by a "
+                              f"`train --overwrite` that was stopped before its first checkpoint; pass that file, or move "
+                              f"its files back into {path}")
     elif path.is_dir() and ((path / "log.jsonl").exists() or "ema_decay" in _json_dict(path / "config.json")):
         raise CheckpointError(f"{path} is a ddimlab run folder without ckpt.pt: the run has not written a checkpoint yet")
     elif path.is_dir() and ((path / "ckpt.pt").exists() or path.suffix.lower() in (".pt", ".pth", ".ckpt")):

@@ -153,6 +153,9 @@ def _writes_pair(cmd):
         if out.is_dir() or raw.endswith(("/", "\\")) or os.path.basename(raw.rstrip("/\\")) in (".", ".."):   # Path drops "/."
             raise ValueError(f"--out {raw!r} names a folder; give a file name, e.g. --out {out / 'samples'}")
         _refuse_dotdot_through_missing(raw)
+        if raw.strip() == "-" or (out.exists() and not out.is_file()):      # not stdout, nor /dev/null.png beside a device
+            raise ValueError(f"--out {raw!r} names {'standard output' if raw.strip() == '-' else 'a device or special file'}; "
+                             f"this command writes a PNG and an .npz: give a file name, e.g. --out samples")
         stem = out.with_suffix("") if out.suffix.lower() in (".png", ".npz") else out
         png, npz = stem.parent / (stem.name + ".png"), stem.parent / (stem.name + ".npz")
         _check_name_length(stem)
@@ -376,8 +379,29 @@ def _recorded(npz_path, key):
 LATENT_BOUND = 20    # |x_T| for x_T ~ N(0, I) exceeds 9 with probability below 1e-18 per value
 
 
+def _grid_of_latents(args) -> None:
+    """`interpolate --latents`: latents decode to the images they came from only on the grid that made them (steps and
+    spacing, recorded by `invert` and `sample`). Without --steps and --spacing that grid is used; another is warned of."""
+    if not args.latents or Path(args.latents).suffix.lower() != ".npz" or not Path(args.latents).is_file():
+        return                                     # said later, with the file's other checks
+    try:
+        steps, spacing = _recorded(args.latents, "steps"), _recorded(args.latents, "spacing")
+    except (OSError, ValueError):
+        return
+    if steps is None or spacing not in schedule.SPACINGS + ode.STEP_RULES:
+        return
+    if args.steps is None and args.spacing is None:
+        args.steps, args.spacing = int(steps), spacing
+        print(f"--steps {steps} --spacing {spacing}: the grid that made {args.latents}")
+    elif (args.steps or 50, args.spacing or "uniform") != (int(steps), spacing):
+        warnings.warn(f"{args.latents} was made with --steps {steps} --spacing {spacing}: on another grid its latents "
+                      f"decode to other images than those (leave --steps and --spacing out to use its grid)",
+                      LatentsWarning)
+
+
 @_writes_pair
 def cmd_interpolate(args, png: Path, npz: Path) -> int:
+    _grid_of_latents(args)
     net, abar, device, seq = _model_for(args)
     if args.index is not None and not args.latents:
         raise ValueError("--index picks two latents of a --latents file; without --latents use --seeds A B")
@@ -503,7 +527,9 @@ def _reproduce(args, out: Path, grid: dict) -> int:
         else:
             images = (data.load_cifar10(args.data_root, train=False)[0] if in_ch == 3 else data.load_digits(res)[0])
             rows = tables.reproduce_table2(net, out, images=images, n_images=args.n_images,
-                                           spacing=args.spacing or "uniform", **common)
+                                           spacing=args.spacing or "uniform", **common,
+                                           source="CIFAR-10 test images" if in_ch == 3 else
+                                           "digits, those the model trained on (no held-out set)")
         if rows and rank == 0:
             table = out / f"{args.table}.md"
             print(table.read_text(), end="")
@@ -720,7 +746,7 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
 
     p = add("invert", cmd_invert, "DDIM inversion x0 -> x_T of images (.npz or PNG files), and the round trip")
     _model_args(p, "latents")
-    p.add_argument("--input", nargs="+", required=True,
+    p.add_argument("--input", nargs="+", action="extend", required=True,    # given twice: all the files, not the last
                    help="an .npz with x0/samples (N,C,H,W in [-1,1]) or images (N,H,W,C uint8), or PNG files")
 
     p = add("interpolate", cmd_interpolate, "slerp between two latents and decode with DDIM (eta = 0)")
@@ -743,7 +769,9 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
                    help="timestep selection (default: quad for table1 as the paper, uniform for table2)")
     p.add_argument("--n-samples", type=_int_in(2), default=None,
                    help="table1: samples per (eta, S), at least 2 for a Fréchet distance (default 50000, the paper's)")
-    p.add_argument("--n-images", type=_positive, default=None, help="table2: the first N test images (default all)")
+    p.add_argument("--n-images", type=_positive, default=None,
+                   help="table2: the first N images (default all): CIFAR-10's test images, or for a digits model the "
+                        "digits it trained on (there is no held-out set)")
     p.add_argument("--features", choices=("inception", "digits", "random"), default=None,
                    help="table1: inception = FID via torch-fidelity (pip install ddimlab[fid]), the default; digits = "
                         "the digits classifier (1-channel models); random = a fixed random conv net (smoke test)")

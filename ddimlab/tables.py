@@ -256,13 +256,14 @@ def reconstruction_errors(model, images: torch.Tensor, alpha_bar, seq, batch_siz
 def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None,
                      S_list=(10, 20, 50, 100, 200, 500, 1000), spacing: str = "uniform", alpha_bar=None,
                      batch_size: int = 250, device=None, amp: bool = False, rank: int | None = None,
-                     world_size: int | None = None, progress: bool = False) -> list[dict]:
+                     world_size: int | None = None, progress: bool = False, source: str | None = None) -> list[dict]:
     """DDIM Table 2: reconstruction error of DDIM encode → decode with S steps each way.
 
     images: uint8 N×C×H×W (default: the CIFAR-10 test set, `data.load_cifar10(train=False)`); the
     first n_images are used, split over ranks (summed with all_reduce when torch.distributed is up).
     spacing "uniform" is the official code's default (S = 1000 is then every step). Writes
-    `table2.csv` and `table2.md` on rank 0; returns rows dict(S, steps, n, mse, paper_mse, seconds).
+    `table2.csv` and `table2.md` on rank 0; returns rows dict(S, steps, n, mse, paper_mse, seconds). source: what
+    the images are, for the table's heading (default: "CIFAR-10 test images" when images is None, else "images").
     """
     amp, progress = check_bool("amp", amp), check_bool("progress", progress)
     batch_size = check_int("batch_size", batch_size)
@@ -273,6 +274,7 @@ def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None
         check_can_write(out_dir, "choose another out_dir")
     if images is None:
         images, _ = data.load_cifar10(train=False)
+        source = source or "CIFAR-10 test images"
     images = torch.as_tensor(images)
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise ValueError(f"images must be uint8 N×C×H×W, got {images.dtype} {tuple(images.shape)}")
@@ -305,7 +307,7 @@ def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(out_dir / "table2.csv", rows, ["S", "steps", "n", "mse", "paper_mse", "seconds"])
     md = (f"# DDIM Table 2: reconstruction error (per-dimension MSE, [0, 1] scale), measured (paper), "
-          f"{len(images)} images, {spacing} steps\n\n"
+          f"{len(images)} {source or 'images'}, {spacing} steps\n\n"
           + "| S | " + " | ".join(str(r["S"]) for r in rows) + " |\n|" + "---|" * (len(rows) + 1) + "\n"
           + "| error | " + " | ".join(f"{_fmt(r['mse'], 3)} ({_fmt(r['paper_mse'], 6)})" for r in rows) + " |\n"
           + _fewer_steps_note(S_list, alpha_bar.shape[0], spacing))

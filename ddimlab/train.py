@@ -44,7 +44,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from . import data, devices, schedule, unet
-from .checkpoint import EARLY_EMA, eps_fn, load_checkpoint, save_checkpoint, unet_from_run
+from .checkpoint import EARLY_EMA, CheckpointError, eps_fn, load_checkpoint, save_checkpoint, unet_from_run
 from .checks import as_real, check_bool, check_int
 from .elbo import l_simple
 from .files import (
@@ -222,7 +222,8 @@ def resumed_config(out, overrides=None) -> tuple[TrainConfig, list[str]]:
     """The config of the run in `out` (from its checkpoint, which config.json only copies) with `overrides`
     applied, and one line per recipe key the overrides change: what `train --resume` runs, so that a resume
     never falls back to a preset's values silently. Changing a model-shape key is a ValueError."""
-    state = load_checkpoint(Path(out) / "ckpt.pt", map_location="cpu", required=RESUME_KEYS, mmap=True)  # `train` reads it
+    _refuse_folders_in_place(Path(out))
+    state = _run_state(Path(out) / "ckpt.pt", mmap=True)                 # `train` reads it again (`_resume`)
     _warn_if_edited(Path(out) / "config.json", state["config"])
     before = config_from_dict(state["config"], strict=True)
     after = validate_config(TrainConfig(**_apply(dataclasses.asdict(before), overrides)))
@@ -499,10 +500,19 @@ def save_run(out: Path, model, ema, opt, step, config, gen, device, in_ch, loss,
 RESUME_KEYS = ("model", "ema", "optimizer", "step", "config", "rng")
 
 
+def _run_state(path: Path, mmap: bool = False) -> dict:
+    """The checkpoint a resume continues from; a damaged one is said with what to do."""
+    try:
+        return load_checkpoint(path, map_location="cpu", required=RESUME_KEYS, mmap=mmap)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; a resume cannot continue from it: put back an intact copy, or start again with "
+                              f"--overwrite (overwrite=True)") from None
+
+
 def _resume(path: Path, config: TrainConfig, model, ema, opt, gen, device, rank: int) -> tuple[int, list]:
     """Load a run's state into model, EMA, optimizer and generators; returns the step it had reached and the
     (sum, count) of the losses since its last log line."""
-    state = load_checkpoint(path, map_location="cpu", required=RESUME_KEYS)
+    state = _run_state(path)
     _check_same_model(config_from_dict(state["config"], strict=True), config, path)
     model.load_state_dict(state["model"])
     ema.load_state_dict(state["ema"])
@@ -526,9 +536,17 @@ def _check_same_model(saved: TrainConfig, config: TrainConfig, where) -> None:
                              f"{getattr(saved, key)!r}; use the run's settings or a new --out")
 
 
+def _refuse_folders_in_place(out: Path) -> None:
+    """A folder where the run keeps ckpt.pt, log.jsonl or config.json would fail the first write after the work."""
+    if folders := [str(out / n) for n in ("ckpt.pt", "log.jsonl", "config.json") if (out / n).is_dir()]:
+        raise RunExistsError(f"{' and '.join(folders)} {'is a folder' if len(folders) == 1 else 'are folders'} where the run "
+                             f"keeps a file; move {'it' if len(folders) == 1 else 'them'} away, then run again")
+
+
 def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to train into a folder that holds a run unless resume or overwrite was asked for."""
     check_nothing_set_aside(out, RunExistsError)        # `train --overwrite` killed (kill -9) before its first checkpoint
+    _refuse_folders_in_place(out)
     held = [n for n in ("ckpt.pt", "log.jsonl", "config.json") if (out / n).exists()]
     if held == ["log.jsonl"] and not overwrite:        # killed (kill -9, power cut) before its first checkpoint
         if not _is_training_log(out / "log.jsonl"):

@@ -2008,3 +2008,66 @@ def test_nineteenth_round_of_careless_use(trained, tmp_path, capsys):
                      str(tmp_path / "rgb_path"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "holds latents of shape (3, 8, 8)" in err and "another model" not in err, err
+
+
+def test_twentieth_round_of_careless_use(trained, tmp_path, capsys):
+    """Helper 108's CLI round: `interpolate --latents` of an inversion decoded on another grid without a word; a second
+    --input dropped the first; a folder at log.jsonl or config.json failed after the training; a truncated ckpt.pt
+    gave torch's paragraph; `--out /dev/null` and `--out -` were file stems; a run whose checkpoint a stopped
+    `train --overwrite` had set aside was said to have none; table2 called the digits it trained on test images."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from ddimlab import files
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    pngs = [str(tmp_path / f"{k}.png") for k in "abc"]
+    for k, p in enumerate(pngs):
+        Image.fromarray(np.full((8, 8), 60 * k, np.uint8)).save(p)
+    inv = tmp_path / "inv"
+    assert cli.main(["invert", "--checkpoint", str(run), "--steps", "5", "--input", *pngs[:2], "--input", pngs[2],
+                     "--out", str(inv), "--no-progress"]) == 0
+    with np.load(inv.with_suffix(".npz")) as z:
+        assert len(z["inputs"]) == 3 and z["x0"].shape[0] == 3              # every --input, not the last one's files
+    capsys.readouterr()
+    assert cli.main(["interpolate", "--checkpoint", str(run), "--latents", str(inv.with_suffix(".npz")), "--n", "3",
+                     "--out", str(tmp_path / "path"), "--no-progress"]) == 0
+    assert "--steps 5 --spacing uniform: the grid that made" in capsys.readouterr().out
+    with np.load(tmp_path / "path.npz") as z, np.load(inv.with_suffix(".npz")) as zi:
+        assert int(z["steps"]) == 5 and np.allclose(z["samples"][0], zi["recon"][0], atol=1e-5)
+    assert cli.main(["interpolate", "--checkpoint", str(run), "--latents", str(inv.with_suffix(".npz")), "--n", "3",
+                     "--steps", "8", "--out", str(tmp_path / "path8"), "--no-progress"]) == 0
+    assert "on another grid its latents decode to other images" in capsys.readouterr().err
+
+    for name in ("log.jsonl", "config.json"):
+        other = tmp_path / f"with_{name}"
+        shutil.copytree(trained, other)
+        (other / name).unlink()
+        (other / name).mkdir()
+        before = (other / "ckpt.pt").read_bytes()
+        _expect_one_line_error(capsys, ["train", "--resume", "--out", str(other), "--no-progress", "--set", "steps=40"],
+                               f"{name} is a folder where the run keeps a file")
+        assert (other / "ckpt.pt").read_bytes() == before
+
+    cut = tmp_path / "cut"
+    shutil.copytree(trained, cut)
+    (cut / "ckpt.pt").write_bytes((trained / "ckpt.pt").read_bytes()[:100_000])
+    assert cli.main(["train", "--resume", "--out", str(cut), "--no-progress", "--set", "steps=40"]) == 1
+    err = capsys.readouterr().err
+    assert "put back an intact copy, or start again with --overwrite" in err and "high likelihood" not in err, err
+
+    for out, needle in (("/dev/null", "a device or special file"), ("-", "standard output")):
+        _expect_one_line_error(capsys, ["sample", "--checkpoint", str(run), "--out", out, "--n", "1", "--steps", "2"], needle)
+    assert not Path("/dev/null.png").exists() and not Path("-.png").exists()
+
+    stopped = tmp_path / "stopped"
+    shutil.copytree(trained, stopped)
+    aside = files.set_aside(stopped, [stopped / "ckpt.pt", stopped / "config.json", stopped / "log.jsonl"])
+    _expect_one_line_error(capsys, ["sample", "--checkpoint", str(stopped), "--out", str(tmp_path / "s"), "--steps", "2"],
+                           f"the previous run's checkpoint is in {aside / 'ckpt.pt'}")
+
+    assert cli.main(["reproduce", "table2", "--checkpoint", str(run), "--out", str(tmp_path / "t2"), "--steps", "2",
+                     "--n-images", "4", "--no-progress"]) == 0
+    assert "4 digits, those the model trained on (no held-out set)" in (tmp_path / "t2" / "table2.md").read_text()
