@@ -386,7 +386,7 @@ def _grid_of_latents(args) -> None:
         return                                     # said later, with the file's other checks
     try:
         steps, spacing = _recorded(args.latents, "steps"), _recorded(args.latents, "spacing")
-    except (OSError, ValueError):
+    except Exception:                              # not an .npz, damaged: `data.npz_array` says what it is, below
         return
     if steps is None or spacing not in schedule.SPACINGS + ode.STEP_RULES:
         return
