@@ -35,6 +35,7 @@ DDPM_CIFAR10_FILE = "model-790000.ckpt"
 DDPM_CIFAR10_MD5 = "1fa350b952534ae442b1d5235cce5cd3"
 DDPM_CIFAR10_URL = "https://heibox.uni-heidelberg.de/f/2e4f01e2d9ee49bab1d5/?dl=1"  # where the DDIM code gets it
 OFFICIAL_NAME = "ddpm-cifar10"  # what `--checkpoint` accepts in place of a path
+LOADABLE = f"a ckpt.pt or run folder, model-790000.ckpt, `{OFFICIAL_NAME}` or a diffusers UNet2DModel folder"  # load_model
 
 
 class CheckpointError(ValueError):
@@ -386,8 +387,7 @@ def _diffusers_dir(path) -> Path:
         path = path / "unet"
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is a folder with neither ckpt.pt (a ddimlab run) nor config.json (a diffusers "
-                                f"UNet2DModel: config.json + diffusion_pytorch_model.safetensors or .bin); pass a ckpt.pt "
-                                f"or run folder, model-790000.ckpt, `{OFFICIAL_NAME}` or a diffusers folder")
+                                f"UNet2DModel: config.json + diffusion_pytorch_model.safetensors or .bin); pass {LOADABLE}")
     return path
 
 
@@ -552,8 +552,7 @@ def load_model(path, device="cpu", use_ema: bool = True):
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"the checkpoint must be a path or the name `{OFFICIAL_NAME}`, got {type(path).__name__}")
     if not str(path).strip():                   # Path("") is the current folder
-        raise CheckpointError("the checkpoint path is empty; pass a ckpt.pt or run folder, model-790000.ckpt, "
-                              f"`{OFFICIAL_NAME}` or a diffusers UNet2DModel folder")
+        raise CheckpointError(f"the checkpoint path is empty; pass {LOADABLE}")
     if str(path) == OFFICIAL_NAME and os.path.lexists(OFFICIAL_NAME):
         raise CheckpointError(f"`{OFFICIAL_NAME}` names the official DDPM model, and a file or folder of that name is "
                               f"here too; pass ./{OFFICIAL_NAME} for the local one, or run from another folder")
@@ -571,8 +570,7 @@ def load_model(path, device="cpu", use_ema: bool = True):
         raise CheckpointError(f"{where} is not a file but a {'folder' if where.is_dir() else 'special file'}; a "
                               f"checkpoint is a file (ckpt.pt, model-790000.ckpt) or a diffusers UNet2DModel folder")
     elif path.is_file() and path.suffix.lower() in (".npz", ".png", ".json", ".jsonl", ".txt", ".csv", ".md"):
-        raise CheckpointError(f"{path} is a {path.suffix} file, not a checkpoint; pass a ckpt.pt or run folder, "
-                              f"model-790000.ckpt, `{OFFICIAL_NAME}` or a diffusers UNet2DModel folder")
+        raise CheckpointError(f"{path} is a {path.suffix} file, not a checkpoint; pass {LOADABLE}")
     one_set = ("offers no raw weights to choose: --no-ema (use_ema=False) picks a ddimlab run's raw weights over its EMA "
                "ones; drop it")
     if path.is_dir():
@@ -593,8 +591,7 @@ def load_model(path, device="cpu", use_ema: bool = True):
             net, weights = unet_mod.cifar10_unet(), official_state_dict(state)
             if not weights.keys() & net.state_dict().keys():     # e.g. a digits classifier: not "328 missing keys"
                 raise CheckpointError(f"{path} holds no diffusion model ddimlab reads (none of its {len(weights)} keys, "
-                                      f"e.g. {list(weights)[:2]}, is a UNet weight); pass a ckpt.pt or run folder, "
-                                      f"model-790000.ckpt, `{OFFICIAL_NAME}` or a diffusers UNet2DModel folder")
+                                      f"e.g. {list(weights)[:2]}, is a UNet weight); pass {LOADABLE}")
             net = load_state_strict(net, weights, source=str(path))
             abar = schedule.make_alpha_bar("linear", 1000)
     return net.to(device).eval(), abar.to(device)

@@ -184,8 +184,7 @@ def _refuse_dotdot_through_missing(raw: str) -> None:
 def _require_checkpoint(path) -> None:
     """A missing --checkpoint is said first (before "already exist", and before a folder is made for --out)."""
     if str(path).strip() and str(path) != checkpoint.OFFICIAL_NAME and not os.path.exists(path):   # "": load_model says
-        raise FileNotFoundError(f"--checkpoint {path} does not exist; pass a ckpt.pt or run folder, model-790000.ckpt, "
-                                f"`{checkpoint.OFFICIAL_NAME}` or a diffusers UNet2DModel folder")
+        raise FileNotFoundError(f"--checkpoint {path} does not exist; pass {checkpoint.LOADABLE}")
 
 
 def _refuse_own_inputs(args, *outputs: Path) -> None:
