@@ -2058,7 +2058,9 @@ def test_twentieth_round_of_careless_use(trained, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "put back an intact copy, or start again with --overwrite" in err and "high likelihood" not in err, err
 
-    for out, needle in (("/dev/null", "a device or special file"), ("-", "standard output")):
+    (tmp_path / "afile").write_text("")
+    for out, needle in (("/dev/null", "a device or special file"), ("-", "standard output"),
+                        (str(tmp_path / "afile" / "x"), "which is a file, not a folder")):      # was "[Errno 17] ..."
         _expect_one_line_error(capsys, ["sample", "--checkpoint", str(run), "--out", out, "--n", "1", "--steps", "2"], needle)
     assert not Path("/dev/null.png").exists() and not Path("-.png").exists()
 
