@@ -1318,3 +1318,16 @@ def test_nineteenth_round_wrong_kinds_of_checkpoint_say_what_they_are(tmp_path):
     np.savez(tmp_path / "scalar.npz", x0=np.float32(0.5))              # was "images must be (N, C, H, W)", no file named
     with pytest.raises(ValueError, match=r"scalar.npz: x0 must be images \(N, C, H, W\) .* got shape \(\)"):
         data.read_images(tmp_path / "scalar.npz", (1, 8, 8))
+
+
+def test_nineteenth_round_a_grid_near_the_data_is_said_once(tmp_path):
+    """Helper 108: `reproduce table1 --steps 1` said "the noisiest of the 1 steps is t = 0" once up front and again in
+    every cell."""
+    from ddimlab import tables
+
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        tables.reproduce_table1(_tiny_net().eval(), tmp_path / "t1", S_list=(1,), eta_list=(0.0, 1.0), n_samples=2,
+                                spacing="uniform", feature_fn=fid.random_features(in_ch=1),
+                                reference=data.load_digits(8)[0][:16])
+    assert sum("the noisiest of the 1 steps" in str(w.message) for w in got) == 1, [str(w.message) for w in got]
