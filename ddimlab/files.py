@@ -59,11 +59,19 @@ def atomic_write(path, write, *, text: bool = False, fsync: bool = False) -> Pat
             if isinstance(e, OSError) and e.errno is not None and e.filename is None:
                 e.filename = str(path)             # "[Errno 28] No space left on device" says where
             raise
-    for stale in glob.glob(os.path.join(glob.escape(str(path.parent)), f".{glob.escape(path.name)}.*.tmp")):
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(stale).st_mtime < started - STALE_AFTER:
-                os.unlink(stale)
+    remove_stale_temps(path.parent, f".{glob.escape(path.name)}.*.tmp", started)
     return path
+
+
+def remove_stale_temps(folder, pattern: str, now: float | None = None) -> None:
+    """Delete the files in `folder` matching the glob `pattern` that were last written over STALE_AFTER seconds before
+    `now` (default: the time of the call): temporary files an interrupted `atomic_write` left behind. A write in
+    progress is younger than that, so it is never touched."""
+    cutoff = (time.time() if now is None else now) - STALE_AFTER
+    for stale in glob.glob(os.path.join(glob.escape(str(folder)), pattern)):
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(stale).st_mtime < cutoff:
+                os.unlink(stale)
 
 
 def current_umask() -> int:

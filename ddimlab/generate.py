@@ -22,7 +22,7 @@ from . import devices, diffusion, ode, schedule
 from .checkpoint import eps_fn, image_shape, sha256_of, weights_sha256
 from .checks import check_bool, check_int
 from .data import from_model_range
-from .files import atomic_write, remove_empty
+from .files import atomic_write, remove_empty, remove_stale_temps
 from .plotting import save_png
 from .samplers import SIGMA_HAT, OutOfRangeWarning, check_first_step, sample_row
 
@@ -212,6 +212,7 @@ def generate_samples(model, out_dir, n: int, *, shape=None, S: int = 50, eta=0.0
         raise
     if rms:
         warn_out_of_range(torch.cat(rms), alpha_bar, seq, "clip_x0=True in `generate_samples`")
+    remove_stale_temps(out_dir, ".*.png.*.tmp")    # of images whose writer was killed (kill -9): not left forever
     return todo
 
 

@@ -1331,3 +1331,19 @@ def test_nineteenth_round_a_grid_near_the_data_is_said_once(tmp_path):
                                 spacing="uniform", feature_fn=fid.random_features(in_ch=1),
                                 reference=data.load_digits(8)[0][:16])
     assert sum("the noisiest of the 1 steps" in str(w.message) for w in got) == 1, [str(w.message) for w in got]
+
+
+def test_nineteenth_round_a_killed_writers_temporary_images_are_removed(tmp_path):
+    """Helper 106: `kill -9` during a table cell left `.000001.png.XXXX.tmp` in the cell's folder forever (the rerun
+    wrote that image again, within the minute that protects a write in progress, and never came back to it)."""
+    import os
+    import time
+
+    d = tmp_path / "cell"
+    generate.generate_samples(_tiny_net().eval(), d, 2, S=2)
+    old, young = d / ".000001.png.abcd1234.tmp", d / ".000000.png.efgh5678.tmp"
+    for p in (old, young):
+        p.write_bytes(b"half a png")
+    os.utime(old, (time.time() - 3600,) * 2)
+    generate.generate_samples(_tiny_net().eval(), d, 3, S=2)          # the next call on the folder
+    assert not old.exists() and young.exists()                         # a write in progress is never touched
