@@ -386,10 +386,10 @@ def _grid_of_latents(args) -> None:
     if not args.latents or Path(args.latents).suffix.lower() != ".npz" or not Path(args.latents).is_file():
         return                                     # said later, with the file's other checks
     try:
-        steps, spacing = _recorded(args.latents, "steps"), _recorded(args.latents, "spacing")
+        steps, spacing, sampler = (_recorded(args.latents, k) for k in ("steps", "spacing", "sampler"))
     except Exception:                              # not an .npz, damaged: `data.npz_array` says what it is, below
         return
-    if steps is None or spacing not in schedule.SPACINGS + ode.STEP_RULES:
+    if steps is None or spacing not in schedule.SPACINGS + ode.STEP_RULES or sampler == "ddpm":   # DDPM's: warned of
         return
     if args.steps is None and args.spacing is None:
         args.steps, args.spacing = int(steps), spacing
