@@ -319,7 +319,10 @@ _DIFFUSERS_DEFAULTS = dict(time_embedding_type="positional", flip_sin_to_cos=Tru
 
 def diffusers_config(config: dict) -> dict:
     """`UNet2DModel(**diffusers_config(net.config))` computes the same function as ddimlab's `net`."""
-    cfg = {**unet_mod.PRESETS["cifar10"], "out_ch": None, **config}
+    known = {**unet_mod.PRESETS["cifar10"], "out_ch": None}
+    if unknown := sorted(set(config) - set(known)):    # e.g. diffusers' own in_channels: dropped, the CIFAR-10 value kept
+        raise ValueError(f"{unknown} are not ddimlab UNet settings (net.config); it takes {sorted(known)}")
+    cfg = {**known, **config}
     ch, ch_mult, res = cfg["ch"], tuple(cfg["ch_mult"]), cfg["resolution"]
     if ch_mult[0] != 1:
         raise ValueError(f"diffusers' UNet2DModel needs ch_mult[0] == 1 (conv_in outputs block_out_channels[0]); "

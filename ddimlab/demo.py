@@ -38,6 +38,10 @@ def as_scored(x: torch.Tensor) -> torch.Tensor:
     digits. Unlike `quality.score_digits` it clamps any overshoot: a sampler that diverged is shown and scored, not
     refused."""
     x = data.to_model_range(x) if isinstance(x, torch.Tensor) and x.dtype == torch.uint8 else x
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and x.numel() and float(x.min()) >= 0 and \
+            float(x.max()) > 1.5 and bool((x == x.round()).all()):     # not a diverged sampler's overshoot: pixel values
+        raise ValueError(f"x holds whole numbers from {float(x.min()):g} to {float(x.max()):g}, images in 0..255 as floats "
+                         f"(clamped, they would score as all white); pass them as uint8, or scaled to [-1, 1]")
     return data.resize(x.clamp(-1, 1), SCORE_RESOLUTION)
 
 

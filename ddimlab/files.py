@@ -192,6 +192,8 @@ def set_aside(out: Path, paths) -> Path | None:
     out, paths = Path(out), [Path(p) for p in paths]
     if not paths:
         return None
+    if outside := [str(p) for p in paths if not p.is_relative_to(out)]:     # before any move, not halfway
+        raise ValueError(f"set_aside moves files inside {out}, and {', '.join(outside)} is not; nothing was moved")
     aside = out / f".previous-{os.getpid()}"
     try:
         for p in paths:
@@ -265,6 +267,8 @@ def md5sum(path, chunk_size: int = 1 << 20) -> str:
 
 def file_hash(path, algorithm: str = "sha256", chunk_size: int = 1 << 20) -> str:
     """Hex digest of a file's bytes."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:   # 0 read nothing: md5 of b""
+        raise ValueError(f"chunk_size must be an integer >= 1 (bytes per read), got {chunk_size!r}")
     h = hashlib.new(algorithm, usedforsecurity=False)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk_size), b""):

@@ -177,7 +177,7 @@ def generate_samples(model, out_dir, n: int, *, shape=None, S: int = 50, eta=0.0
     the network's own (`check_shape`).
     """
     amp, progress = check_bool("amp", amp), check_bool("progress", progress)
-    n, batch_size, seed, eta = check_int("n", n, 0), check_int("batch_size", batch_size), check_int("seed", seed, 0), \
+    n, batch_size, seed, eta = check_int("n", n, 1), check_int("batch_size", batch_size), check_int("seed", seed, 0), \
         check_eta(eta)                   # all before settings.json is written: a typo must not claim the folder
     clip_x0 = _check_clip(clip_x0)
     model_key = _model_key(model, model_id, out_dir)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import ode, samplers, schedule, toy
+from . import ode, plotting, samplers, schedule, toy
 from .checks import SEED_NOTE, check_bool, check_distinct, check_int, check_per_sample, seeded
 from .devices import cpu_threads
 from .diffusion import check_eta
@@ -228,6 +228,9 @@ def _check_args(S_list, etas, spacing, n, n_ode, T):
     etas = tuple(check_eta(e) for e in etas)
     check_distinct(S_list, "S")
     check_distinct(etas, "eta")
+    if len(set(names := [e if isinstance(e, str) else f"{e:g}" for e in etas])) < len(etas):    # the rows' names
+        raise ValueError(f"etas {list(etas)} would name their rows {names}: two share a name at 6 significant digits; "
+                         f"give etas that differ within those")
     n = check_int("n", n, 8, note=" (samples per cell)")
     n_ode = check_int("n_ode", n_ode, 0, n, " (at most n; 0 skips the ODE reference)")
     return S_list, etas, n, n_ode
@@ -421,7 +424,7 @@ def make_figure(rows: list[dict], path) -> Path:
     import matplotlib
     import matplotlib.pyplot as plt
 
-    path = Path(path)
+    path = plotting.png_path(path)            # PNG bytes under another name (fig.pdf) would belie it
     with matplotlib.rc_context({"figure.dpi": 100}):
         fig = plot_table(rows)
         try:

@@ -82,7 +82,7 @@ def png_bytes(image) -> bytes:
     return buf.getvalue()
 
 
-def _png_path(path) -> Path:
+def png_path(path) -> Path:
     """The PNG writers write PNG bytes: a path that names another format (out.jpg) would hold a file its name belies. A
     symbolic link is written through, as an image editor saves it (`atomic_write` alone would replace the link)."""
     if Path(path).suffix.lower() != ".png":
@@ -92,7 +92,7 @@ def _png_path(path) -> Path:
 
 def save_png(image, path) -> Path:
     """Write one uint8 image to `path` (a .png) as PNG (`png_bytes`), atomically."""
-    data, path = png_bytes(image), _png_path(path)
+    data, path = png_bytes(image), png_path(path)
     return atomic_write(path, lambda f: f.write(data))
 
 
@@ -107,7 +107,7 @@ def grid_png(x: torch.Tensor, nrow: int | None = None, scale: int = 1) -> bytes:
 
 def save_image_grid(x: torch.Tensor, path, nrow: int | None = None, scale: int = 1) -> Path:
     """Save images in [−1, 1] as one PNG grid (`grid_png`) to `path` (a .png), atomically."""
-    data, path = grid_png(x, nrow, scale), _png_path(path)
+    data, path = grid_png(x, nrow, scale), png_path(path)
     return atomic_write(path, lambda f: f.write(data))
 
 

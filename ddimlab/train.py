@@ -408,6 +408,8 @@ def _cosine_t_probs(schedule_name: str, T: int, device: torch.device) -> torch.T
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """θ_ema ← decay·θ_ema + (1 − decay)·θ; buffers are copied (notebook 06 §3)."""
+    if not 0 <= decay <= 1:                            # 1.5 moves away from the model; NaN fails this too
+        raise ValueError(f"decay must be in [0, 1], got {decay!r}")
     e_params = list(ema.parameters())
     m_params = [p.detach() for p in model.parameters()]
     torch._foreach_lerp_(e_params, m_params, 1.0 - decay)
@@ -417,6 +419,7 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 def ema_decay_at(config: TrainConfig, step: int) -> float:
     """EMA decay for the update after `step` completed steps (with optional warm-up of the decay; notebook 06 §3)."""
+    step = check_int("step", step, 0)
     if config.ema_warmup:
         return min(config.ema_decay, (1 + step) / (10 + step))
     return config.ema_decay
@@ -439,6 +442,7 @@ def ema_initial_share(config: TrainConfig, steps: int) -> float:
 def lr_at(config: TrainConfig, step: int) -> float:
     """Learning rate for optimizer step `step` + 1: linear warm-up to `lr`, then constant (DDPM) or
     `lr`·½(1 + cos πf), f = (step − warmup)/(steps − warmup) (Loshchilov & Hutter 2017; notebook 06 §3)."""
+    step = check_int("step", step, 0)
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
     if config.lr_decay == "none":

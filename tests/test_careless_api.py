@@ -901,7 +901,7 @@ def test_sixteenth_round_settings_json_is_kept_and_foreign_ones_refused(tmp_path
             generate.generate_samples(zero, mine, 2, shape=(1, 8, 8), S=2, model_id="m")
         assert (mine / "settings.json").read_text() == text and not list(mine.glob("*.png"))
     claimed = tmp_path / "claimed"
-    generate.generate_samples(zero, claimed, 0, shape=(1, 8, 8), S=2, model_id="m")      # claims the folder, no images
+    generate.generate_samples(zero, claimed, 1, shape=(1, 8, 8), S=2, model_id="m")      # claims the folder, one image
     before = (claimed / "settings.json").read_text()
     with pytest.raises(RuntimeError, match="the network failed"):
         generate.generate_samples(broken, claimed, 2, shape=(1, 8, 8), S=2, model_id="m")
@@ -1347,3 +1347,41 @@ def test_nineteenth_round_a_killed_writers_temporary_images_are_removed(tmp_path
     os.utime(old, (time.time() - 3600,) * 2)
     generate.generate_samples(_tiny_net().eval(), d, 3, S=2)          # the next call on the folder
     assert not old.exists() and young.exists()                         # a write in progress is never touched
+
+
+def test_nineteenth_round_api_cases_that_were_silent_or_half_done(tmp_path):
+    """Helper 110: set_aside moved one file and then failed on a path outside `out`, leaving it moved; make_figure wrote
+    PNG bytes under fig.pdf; md5sum(chunk_size=0) gave the md5 of b""; generate_samples(n=0) claimed a folder with no
+    image; a bfloat16 alpha_bar removed the noise at small t; demo.score read float 0..255 images as all white;
+    lab.table1 merged etas equal to 6 digits; ema_update(decay=1.5) and lr_at(step=-50) answered; diffusers_config
+    dropped a key it did not know (in_channels) and kept the CIFAR-10 value."""
+    from ddimlab import demo, files, lab, train
+
+    out, elsewhere = tmp_path / "out", tmp_path / "else"
+    out.mkdir(), elsewhere.mkdir()
+    (out / "a.txt").write_text("a"), (elsewhere / "b.txt").write_text("b")
+    with pytest.raises(ValueError, match="nothing was moved"):
+        files.set_aside(out, [out / "a.txt", elsewhere / "b.txt"])
+    assert (out / "a.txt").read_text() == "a" and not list(out.glob(".previous-*"))
+    with pytest.raises(ValueError, match="does not end in .png"):
+        lab.make_figure([], tmp_path / "fig.pdf")
+    assert not (tmp_path / "fig.pdf").exists()
+    with pytest.raises(ValueError, match="chunk_size must be an integer >= 1"):
+        files.md5sum(out / "a.txt", chunk_size=0)
+    with pytest.raises(ValueError, match="n must be a positive integer, got 0"):
+        generate.generate_samples(_tiny_net().eval(), tmp_path / "gen", 0, S=2)
+    assert not (tmp_path / "gen").exists()
+    t = torch.tensor([0, 1, 5, 100])
+    with pytest.raises(TypeError, match="bfloat16 round the steps near t = 0 to 1"):
+        diffusion.q_sample(torch.zeros(4, 3), AB.bfloat16()[t], torch.ones(4, 3))
+    with pytest.raises(ValueError, match="whole numbers from 0 to 255"):
+        demo.score(data.load_digits(8)[0][:64].float())
+    with pytest.raises(ValueError, match="two share a name at 6 significant digits"):
+        lab.table1(n=16, S_list=(10,), etas=(0.1, 0.1000001), include_sigma_hat=False, n_ode=0)
+    with pytest.raises(ValueError, match=r"decay must be in \[0, 1\]"):
+        net = _tiny_net()
+        train.ema_update(copy.deepcopy(net), net, 1.5)
+    with pytest.raises(ValueError, match="step must be a non-negative integer, got -50"):
+        train.lr_at(train.make_config("digits"), -50)
+    with pytest.raises(ValueError, match=r"\['in_channels'\] are not ddimlab UNet settings"):
+        checkpoint.diffusers_config({"in_channels": 1, "resolution": 8})
