@@ -81,7 +81,7 @@ def _verdict(diff: float, se: float, digits: int) -> str:
 
 def shown(n: int) -> tuple[int, int]:
     """(k, nrow): the grid shows each sampler's first k of n samples in rows of nrow, each sampler from a new row."""
-    k = min(32, n)
+    k = min(32, check_int("n", n))
     return (k - k % 2, k // 2) if k >= 16 else (k, k)
 
 

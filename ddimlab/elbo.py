@@ -54,6 +54,8 @@ def _check_x0(x0: torch.Tensor) -> None:
 def _check_same(name: str, a: torch.Tensor, x0: torch.Tensor) -> None:
     if a.shape != x0.shape:
         raise ValueError(f"{name} shape {tuple(a.shape)} must equal x0 shape {tuple(x0.shape)}")
+    if not a.dtype.is_floating_point or (name == "noise" and a.dtype != x0.dtype):   # integer noise was trained on;
+        raise TypeError(f"{name} is {a.dtype} but x0 is {x0.dtype}; pass {name}.to(x0.dtype)")  # float64 failed naming x
     if not bool(torch.isfinite(a).all()):
         raise ValueError(f"{name} contains NaN or inf")
 

@@ -83,6 +83,8 @@ def jackknife_se(loo: torch.Tensor) -> float:
     """√((n−1)/n Σᵢ (U₋ᵢ − Ū)²): the jackknife standard error from the delete-one values of `jackknife`
     (notebook 09 §1)."""
     n = loo.shape[0]
+    if n < 2:                                   # one value would give 0, an SE of no spread at all
+        raise ValueError(f"the jackknife needs at least 2 delete-one values, got {n}")
     return float(((n - 1) / n * (loo - loo.mean()).pow(2).sum()).sqrt())
 
 

@@ -642,7 +642,8 @@ def nfe(name: str, S: int, **options) -> int:
     unknown = sorted(set(options) - set(inspect.signature(solver).parameters) - {"return_trajectory", "callback"})
     if unknown:
         raise TypeError(f"{name} takes no option {', '.join(unknown)}")
-    return count(check_int("number of steps S", S), **{k: check_bool(k, v) if k == "afs" else v for k, v in options.items()})
+    flags = {k: check_bool(k, v) if k in ("afs", "published") else v for k, v in options.items()}
+    return count(check_int("number of steps S", S), **flags)
 
 
 def counted(eps):

@@ -42,6 +42,7 @@ def grid_size(n: int, h: int, w: int, nrow: int | None = None, padding: int = 1)
     """(height, width, images per row) of `image_grid`'s tiling of n images of h×w pixels."""
     if n == 0:
         raise ValueError("image_grid needs at least one image")
+    n, h, w, padding = check_int("n", n), check_int("h", h), check_int("w", w), check_int("padding", padding, 0)
     if nrow is None:
         nrow = math.ceil(math.sqrt(n))
     nrow = min(check_int("nrow", nrow, note=" or None"), n)

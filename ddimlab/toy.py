@@ -407,6 +407,9 @@ def eight_gaussians(radius: float = 0.7, std_tangent: float = 0.15, std_radial: 
 
     The data lie roughly in [−1, 1]², like DDPM's image range.
     """
+    for name, v in (("radius", radius), ("std_tangent", std_tangent), ("std_radial", std_radial)):
+        if (r := as_real(v)) is None or r <= 0:          # a negative std would square to the positive one's mixture
+            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
     ang = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
     radial = torch.stack([ang.cos(), ang.sin()], 1)
     tangent = torch.stack([-ang.sin(), ang.cos()], 1)
@@ -419,11 +422,13 @@ def random_mixture(d: int = 8, K: int = 4, scale: float = 0.5, std_range=(0.1, 0
                    seed: int = 0) -> GaussianMixture:
     """d-dimensional mixture of K Gaussians with random means (± `scale`), random rotations and
     per-axis standard deviations in `std_range`; deterministic given `seed`."""
+    lo, hi = (as_real(v) for v in std_range) if len(std_range) == 2 else (None, None)
+    if lo is None or hi is None or not 0 < lo <= hi:     # negative ones would square to positive ones' mixture
+        raise ValueError(f"std_range must be (low, high) with 0 < low <= high, got {std_range!r}")
     g = seeded(seed)
     w = 0.5 + torch.rand(K, generator=g, dtype=torch.float64)
     mu = scale * (2 * torch.rand(K, d, generator=g, dtype=torch.float64) - 1)
     Q, _ = torch.linalg.qr(torch.randn(K, d, d, generator=g, dtype=torch.float64))
-    lo, hi = std_range
     std = lo + (hi - lo) * torch.rand(K, d, generator=g, dtype=torch.float64)
     covs = Q @ torch.diag_embed(std ** 2) @ Q.transpose(-1, -2)
     return GaussianMixture(w, mu, 0.5 * (covs + covs.transpose(-1, -2)))

@@ -1385,3 +1385,27 @@ def test_nineteenth_round_api_cases_that_were_silent_or_half_done(tmp_path):
         train.lr_at(train.make_config("digits"), -50)
     with pytest.raises(ValueError, match=r"\['in_channels'\] are not ddimlab UNet settings"):
         checkpoint.diffusers_config({"in_channels": 1, "resolution": 8})
+
+
+def test_nineteenth_round_small_silent_answers(tmp_path):
+    """Helper 110's smaller cases: jackknife_se of one value was 0; a negative std made the positive one's mixture;
+    nfe(published="yes") counted; grid_size and demo.shown took negative sizes; integer noise trained on in l_simple and
+    float64 noise failed naming x."""
+    from ddimlab import demo, lab
+
+    with pytest.raises(ValueError, match="at least 2 delete-one values"):
+        lab.jackknife_se(torch.tensor([5.0]))
+    with pytest.raises(ValueError, match="std_tangent must be a finite number > 0"):
+        toy.eight_gaussians(std_tangent=-0.15)
+    with pytest.raises(ValueError, match="std_range must be"):
+        toy.random_mixture(std_range=(-0.3, -0.1))
+    with pytest.raises(TypeError, match="published must be True or False"):
+        ode.nfe("dpm_solver_pp_3m", 10, published="yes")
+    with pytest.raises(ValueError, match="w must be a positive integer"):
+        plotting.grid_size(3, 2, -5)
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        demo.shown(-5)
+    x0 = torch.zeros(2, 1, 8, 8)
+    for noise in (torch.ones(2, 1, 8, 8, dtype=torch.long), torch.ones(2, 1, 8, 8, dtype=torch.float64)):
+        with pytest.raises(TypeError, match=f"noise is {noise.dtype} but x0 is torch.float32"):
+            elbo.l_simple(_tiny_net(), x0, AB.float(), noise=noise)
