@@ -148,8 +148,12 @@ def sample_indices(model, indices, shape, alpha_bar, seq, eta=0.0, seed: int = 0
     alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64).to(device)
     gens = _generators(seed, indices)
 
+    first = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+    wide = first is not None and first.dtype == torch.float64    # a float64 network: the float32 draws, widened
+
     def draw(*_):
-        return _draw(gens, shape, device)
+        x = _draw(gens, shape, device)
+        return x.double() if wide else x
 
     if solver is not None:
         x0 = ode.solve(solver, eps_fn(model, amp), draw(), alpha_bar, seq, callback=callback, **(solver_options or {}))

@@ -1409,3 +1409,14 @@ def test_nineteenth_round_small_silent_answers(tmp_path):
     for noise in (torch.ones(2, 1, 8, 8, dtype=torch.long), torch.ones(2, 1, 8, 8, dtype=torch.float64)):
         with pytest.raises(TypeError, match=f"noise is {noise.dtype} but x0 is torch.float32"):
             elbo.l_simple(_tiny_net(), x0, AB.float(), noise=noise)
+
+
+def test_nineteenth_round_a_float64_network_samples():
+    """Helper 110: generate_samples and sample_indices with a float64 network failed ("x is torch.float32 ... pass
+    x.to(...)"), though the latents are drawn inside: they are now widened, so the images are the float32 run's."""
+    net, seq = _tiny_net().eval(), schedule.timesteps(3, 1000, "uniform")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", samplers.OutOfRangeWarning)       # an untrained net
+        x32 = generate.sample_indices(net, [0, 1], (1, 8, 8), AB, seq)
+        x64 = generate.sample_indices(copy.deepcopy(net).double(), [0, 1], (1, 8, 8), AB, seq)
+    assert x64.dtype == torch.float64 and torch.allclose(x64.float(), x32, atol=1e-4)
