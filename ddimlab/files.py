@@ -14,6 +14,8 @@ import threading
 import time
 from pathlib import Path
 
+from .checks import check_int
+
 STALE_AFTER = 60.0   # seconds: an older temporary file of the same target was left by an interrupted write
 
 
@@ -267,8 +269,7 @@ def md5sum(path, chunk_size: int = 1 << 20) -> str:
 
 def file_hash(path, algorithm: str = "sha256", chunk_size: int = 1 << 20) -> str:
     """Hex digest of a file's bytes."""
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:   # 0 read nothing: md5 of b""
-        raise ValueError(f"chunk_size must be an integer >= 1 (bytes per read), got {chunk_size!r}")
+    chunk_size = check_int("chunk_size", chunk_size, note=" (bytes per read)")    # 0 read nothing: the md5 of b""
     h = hashlib.new(algorithm, usedforsecurity=False)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk_size), b""):

@@ -149,11 +149,11 @@ def sample_indices(model, indices, shape, alpha_bar, seq, eta=0.0, seed: int = 0
     gens = _generators(seed, indices)
 
     first = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
-    wide = first is not None and first.dtype == torch.float64    # a float64 network: the float32 draws, widened
+    widen = first is not None and first.dtype == torch.float64   # a float64 network: the float32 draws, widened
 
     def draw(*_):
         x = _draw(gens, shape, device)
-        return x.double() if wide else x
+        return x.double() if widen else x
 
     if solver is not None:
         x0 = ode.solve(solver, eps_fn(model, amp), draw(), alpha_bar, seq, callback=callback, **(solver_options or {}))

@@ -1366,7 +1366,7 @@ def test_nineteenth_round_api_cases_that_were_silent_or_half_done(tmp_path):
     with pytest.raises(ValueError, match="does not end in .png"):
         lab.make_figure([], tmp_path / "fig.pdf")
     assert not (tmp_path / "fig.pdf").exists()
-    with pytest.raises(ValueError, match="chunk_size must be an integer >= 1"):
+    with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
         files.md5sum(out / "a.txt", chunk_size=0)
     with pytest.raises(ValueError, match="n must be a positive integer, got 0"):
         generate.generate_samples(_tiny_net().eval(), tmp_path / "gen", 0, S=2)
