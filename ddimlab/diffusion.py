@@ -190,7 +190,7 @@ def check_sigma(a_t, a_s, sigma) -> None:
             return
     at = torch.as_tensor(a_t, dtype=torch.float64)
     as_ = torch.as_tensor(a_s, dtype=torch.float64)
-    sg = torch.as_tensor(sigma, dtype=torch.float64)
+    sg = torch.as_tensor(check_numbers("sigma", sigma), dtype=torch.float64)      # "0.1": torch's "invalid data type"
     if sg.device.type == "cpu" and bool(torch.isnan(sg).any()):
         raise ValueError(f"sigma must be a number, got {sigma}")
     sg2 = sg ** 2

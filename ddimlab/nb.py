@@ -68,7 +68,11 @@ def check_close(actual, expected, message: str, rtol: float = 0.0, atol: float =
         raise TypeError(f"check_close compares real values, got a complex one: {message}")   # float64 drops the imaginary
     a = torch.as_tensor(actual, dtype=torch.float64)
     e = torch.as_tensor(expected, dtype=torch.float64)
-    if a.numel() == 0 or torch.broadcast_shapes(a.shape, e.shape) != a.shape:    # else it passes vacuously, or compares
+    try:
+        shape = torch.broadcast_shapes(a.shape, e.shape)
+    except RuntimeError:                     # torch's own "shape mismatch", not the message below
+        shape = None
+    if a.numel() == 0 or shape != a.shape:   # else it passes vacuously, or compares
         raise ValueError(f"check_close needs a non-empty `actual` of which `expected` has the shape or a broadcastable "
                          f"one, got {tuple(a.shape)} and {tuple(e.shape)}: {message}")        # every pair of a (n,1)×(n,)
     err = (a - e).abs()
@@ -101,6 +105,7 @@ def weights_line(model) -> str:
 
 def fmt(x, digits: int = 3) -> str:
     """Round a float (or each entry of a sequence) for stable printing."""
+    digits = check_int("digits", digits)                 # -1: "Format specifier missing precision"
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     if isinstance(x, np.ndarray) and x.ndim == 0:

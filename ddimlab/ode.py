@@ -452,9 +452,12 @@ def unipc_coefficients(r, h: float) -> list[float]:
     One node is not solved but set to a = ½, as in the paper: the predictor then is DPM-Solver++(2M) and
     the first-order corrector the trapezoid rule.
     """
-    r = [float(v) for v in r]
     if not r:
         raise ValueError("unipc_coefficients needs at least one node r (the previous step's, or 1 for the corrector)")
+    if any(as_real(v) is None or v == 0 for v in r):     # r = 0 is the current point itself: (D_k - D_t)/r divides by 0
+        raise ValueError(f"the nodes r must be nonzero real numbers (negative for earlier steps, 1 for the new point), "
+                         f"got {list(r)}")
+    r = [float(v) for v in r]
     if (real := as_real(h)) is None or real <= 0:
         raise ValueError(f"h must be a finite number > 0 (the step in lambda, lambda_s - lambda_t), got {h!r}")
     h = real

@@ -71,7 +71,11 @@ def validate_alpha_bar(alpha_bar) -> torch.Tensor:
     caller's later edits of its table change nothing that kept it (`toy.exact_eps`)."""
     if isinstance(alpha_bar, torch.Tensor) and not alpha_bar.dtype.is_floating_point:
         raise ValueError(f"alpha_bar must be a float table (schedule.make_alpha_bar), got {alpha_bar.dtype}")
-    a = torch.as_tensor(alpha_bar, dtype=torch.float64).clone()
+    try:
+        a = torch.as_tensor(alpha_bar, dtype=torch.float64).clone()
+    except (TypeError, ValueError, RuntimeError):        # strings, ragged lists: torch's "too many dimensions 'str'"
+        raise ValueError(f"alpha_bar must be a 1-D table of numbers (schedule.make_alpha_bar), got "
+                         f"{type(alpha_bar).__name__} {str(alpha_bar)[:60]}") from None
     if a.is_meta:
         raise ValueError("alpha_bar is on the meta device, which holds shapes but no values: give the table itself")
     if a.ndim != 1 or a.numel() < 1:
@@ -94,7 +98,11 @@ def as_steps(t, device=None) -> torch.Tensor:
     ones as int64, so that range checks hold −1 and T − 1 (in uint8, −1 was 255 and every step was refused)."""
     if isinstance(t, (str, bytes)):          # (bool steps go on: each caller refuses them, saying what the step is for)
         check_numbers("steps t", t)
-    t = t if isinstance(t, torch.Tensor) else torch.as_tensor(np.array(t))    # np.array: a copy, so [::-1] views work
+    if not isinstance(t, torch.Tensor):
+        t = np.array(t)                      # a copy, so [::-1] views work
+        if t.dtype == np.uint64 and t.size and int(t.max()) > np.iinfo(np.int64).max:      # .long() would wrap it to < 0
+            raise ValueError(f"steps t must be integers that fit in int64, got {int(t.max())}")
+        t = torch.as_tensor(t)
     t = t.to(device) if device is not None else t
     return t.long() if not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool) else t
 
@@ -185,5 +193,7 @@ def step_pairs(seq: torch.Tensor) -> list[tuple[int, int]]:
     steps = as_steps(seq)
     if steps.dtype != torch.long or steps.ndim != 1 or not bool((steps[1:] < steps[:-1]).all()):
         raise ValueError(f"seq must be a 1-D list of strictly decreasing integer steps (timesteps), got {seq!r}")
+    if steps.numel() and int(steps[-1]) < 0:          # the pairs step to s = -1 themselves
+        raise ValueError(f"seq's steps must be >= 0 (timesteps 0..T-1), got {steps.tolist()}")
     seq = steps.tolist()
     return list(zip(seq, seq[1:] + [-1]))

@@ -45,7 +45,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, dtype: torch.dtype = torch.flo
     """
     if t.ndim != 1:
         raise ValueError(f"t must have shape (B,), got {tuple(t.shape)}")
-    half = dim // 2
+    half = check_int("dim", dim, 4, note=" (dim // 2 >= 2 frequencies, from 1 down to 1/10000)") // 2
     freqs = torch.exp(torch.arange(half, dtype=dtype, device=t.device) * (-math.log(10000.0) / (half - 1)))
     args = t.to(dtype)[:, None] * freqs[None, :]
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
@@ -263,8 +263,8 @@ class UNet(nn.Module):
 def _validate(ch, ch_mult, attn_resolutions, dropout, resolution, num_groups):
     if not ch_mult or any(m < 1 for m in ch_mult):
         raise ValueError(f"ch_mult must be a non-empty sequence of positive ints, got {ch_mult!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if isinstance(dropout, (bool, str)) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:   # "0.1"
+        raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
     factor = 2 ** (len(ch_mult) - 1)
     if resolution % factor:
         raise ValueError(f"resolution {resolution} must be divisible by 2^(len(ch_mult)-1) = {factor}")

@@ -1420,3 +1420,31 @@ def test_nineteenth_round_a_float64_network_samples():
         x32 = generate.sample_indices(net, [0, 1], (1, 8, 8), AB, seq)
         x64 = generate.sample_indices(copy.deepcopy(net).double(), [0, 1], (1, 8, 8), AB, seq)
     assert x64.dtype == torch.float64 and torch.allclose(x64.float(), x32, atol=1e-4)
+
+
+def test_nineteenth_round_messages_name_the_argument():
+    """Helper 110: a uint64 step of 2**64 - 1 was read as -1 (alpha_bar 1.0), step_pairs took a negative step, a node
+    r = 0 was solved for, and seven calls failed inside torch or Python without naming what was wrong."""
+    import numpy as np
+
+    from ddimlab import nb, unet
+
+    with pytest.raises(ValueError, match="fit in int64"):
+        schedule.alpha_bar_at(AB, np.uint64(2**64 - 1))
+    with pytest.raises(ValueError, match="steps must be >= 0"):
+        schedule.step_pairs([5, -3])
+    with pytest.raises(ValueError, match="nodes r must be nonzero"):
+        ode.unipc_coefficients([0.0, 1.0], 1.0)
+    with pytest.raises(ValueError, match="alpha_bar must be a 1-D table of numbers"):
+        schedule.validate_alpha_bar(["0.5"])
+    with pytest.raises(TypeError, match="sigma must be a number"):
+        diffusion.q_sigma_mean(torch.zeros(2), torch.zeros(2), 0.5, 0.9, "0.1")
+    with pytest.raises(ValueError, match="dropout must be a number in"):
+        unet.UNet(in_ch=1, ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), resolution=8, num_groups=4,
+                  dropout="0.1")
+    with pytest.raises(ValueError, match="dim must be an integer >= 4"):
+        unet.timestep_embedding(torch.tensor([1, 2]), 2)
+    with pytest.raises(ValueError, match="check_close needs a non-empty"):
+        nb.check_close(torch.ones(3), torch.ones(2), "m")
+    with pytest.raises(ValueError, match="digits must be a positive integer"):
+        nb.fmt(1.5, -1)
