@@ -88,6 +88,9 @@ class StepsWarning(UserWarning):
     """The spacing rule gives fewer distinct steps than --steps asked for."""
 
 
+DEFAULT_STEPS = 50   # --steps of sample (DDIM and the solvers), invert and interpolate
+
+
 def _model_for(args):
     """(net, alpha_bar, device, seq) for a subcommand's --checkpoint, --device, --no-ema, --steps, --spacing."""
     device = devices.resolve(args.device)
@@ -95,7 +98,7 @@ def _model_for(args):
     net, abar = checkpoint.load_model(args.checkpoint, device, use_ema=not args.no_ema)
     warn_unknown_settings(getattr(net, "run_config", None))
     T = abar.shape[0]
-    steps = args.steps if args.steps is not None else (T if getattr(args, "sampler", None) == "ddpm" else 50)
+    steps = args.steps if args.steps is not None else (T if getattr(args, "sampler", None) == "ddpm" else DEFAULT_STEPS)
     if steps > T:
         raise ValueError(f"--steps {steps}{'' if args.steps is not None else ' (the default)'} exceeds the model's "
                          f"T = {T}; pass --steps {T} or fewer")
@@ -380,21 +383,31 @@ def _recorded(npz_path, key):
 LATENT_BOUND = 20    # |x_T| for x_T ~ N(0, I) exceeds 9 with probability below 1e-18 per value
 
 
+def _made_with_noise(npz_path) -> str | None:
+    """"ddpm samples (eta 1.0)" where the file's x_T began a sampler that drew new noise at every step (DDPM, DDIM with
+    eta > 0), so that no DDIM decoding gives its samples back; else None (eta 0, the ODE solvers, `invert`)."""
+    sampler, eta = _recorded(npz_path, "sampler"), _recorded(npz_path, "eta")
+    if sampler == "ddpm" or (sampler == "ddim" and (eta or "0").strip("0.") != ""):     # "0.0" is eta 0
+        return f"{sampler} samples (eta {eta})"
+    return None
+
+
 def _grid_of_latents(args) -> None:
     """`interpolate --latents`: latents decode to the images they came from only on the grid that made them (steps and
     spacing, recorded by `invert` and `sample`). Without --steps and --spacing that grid is used; another is warned of."""
     if not args.latents or Path(args.latents).suffix.lower() != ".npz" or not Path(args.latents).is_file():
         return                                     # said later, with the file's other checks
     try:
-        steps, spacing, sampler = (_recorded(args.latents, k) for k in ("steps", "spacing", "sampler"))
+        steps, spacing, noisy = _recorded(args.latents, "steps"), _recorded(args.latents, "spacing"), \
+            _made_with_noise(args.latents)
     except Exception:                              # not an .npz, damaged: `data.npz_array` says what it is, below
         return
-    if steps is None or spacing not in schedule.SPACINGS + ode.STEP_RULES or sampler == "ddpm":   # DDPM's: warned of
+    if steps is None or spacing not in schedule.SPACINGS + ode.STEP_RULES or noisy:    # no grid decodes those: warned of
         return
     if args.steps is None and args.spacing is None:
         args.steps, args.spacing = int(steps), spacing
         print(f"--steps {steps} --spacing {spacing}: the grid that made {args.latents}")
-    elif (args.steps or 50, args.spacing or "uniform") != (int(steps), spacing):
+    elif (args.steps or DEFAULT_STEPS, args.spacing or "uniform") != (int(steps), spacing):
         warnings.warn(f"{args.latents} was made with --steps {steps} --spacing {spacing}: on another grid its latents "
                       f"decode to other images than those (leave --steps and --spacing out to use its grid)",
                       LatentsWarning)
@@ -423,11 +436,10 @@ def cmd_interpolate(args, png: Path, npz: Path) -> int:
         if made_by is not None and made_by != checkpoint.weights_sha256(net):
             warnings.warn(f"{args.latents} records latents of another model (weights sha256 {made_by[:12]}, this one "
                           f"{checkpoint.weights_sha256(net)[:12]}): they decode to other images here", LatentsWarning)
-        sampler, eta = _recorded(args.latents, "sampler"), _recorded(args.latents, "eta")
-        if sampler == "ddpm" or (sampler == "ddim" and (eta or "0").strip("0.") != ""):   # "0.0": eta 0
-            warnings.warn(f"{args.latents} holds the x_T of {sampler} samples (eta {eta}), which drew new noise at every "
-                          f"step: DDIM's eta = 0 decodes these latents to other images than those samples; interpolate "
-                          f"the latents of `sample` with eta 0, an ODE solver, or `invert`", LatentsWarning)
+        if noisy := _made_with_noise(args.latents):
+            warnings.warn(f"{args.latents} holds the x_T of {noisy}, which drew new noise at every step: DDIM's "
+                          f"eta = 0 decodes these latents to other images than those samples; interpolate the latents "
+                          f"of `sample` with eta 0, an ODE solver, or `invert`", LatentsWarning)
         if len(lat) < 2 and args.index is None:
             raise ValueError(f"{args.latents} holds {len(lat)} latent{'' if len(lat) == 1 else 's'}; interpolation takes "
                              f"two: invert or sample two images or more")

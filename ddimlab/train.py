@@ -213,6 +213,7 @@ def _apply(values: dict, overrides) -> dict:
 
 
 MAX_GRID = 4096        # n_samples at most
+RUN_FILES = ("ckpt.pt", "log.jsonl", "config.json")   # what makes a folder a run's (with its grids)
 GRID_NAME = re.compile(r"step_\d{7}\.png")   # the sample grids a run writes in samples/ (--overwrite moves only these)
 # Keys that say where and how a run executes, not what it trains: a resume may change them without a notice.
 RUN_KEYS = ("out", "device", "bf16", "compile", "progress", "threads")
@@ -542,7 +543,7 @@ def _check_same_model(saved: TrainConfig, config: TrainConfig, where) -> None:
 
 def _refuse_folders_in_place(out: Path) -> None:
     """A folder where the run keeps ckpt.pt, log.jsonl or config.json would fail the first write after the work."""
-    if folders := [str(out / n) for n in ("ckpt.pt", "log.jsonl", "config.json") if (out / n).is_dir()]:
+    if folders := [str(out / n) for n in RUN_FILES if (out / n).is_dir()]:
         raise RunExistsError(f"{' and '.join(folders)} {'is a folder' if len(folders) == 1 else 'are folders'} where the run "
                              f"keeps a file; move {'it' if len(folders) == 1 else 'them'} away, then run again")
 
@@ -551,7 +552,7 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to train into a folder that holds a run unless resume or overwrite was asked for."""
     check_nothing_set_aside(out, RunExistsError)        # `train --overwrite` killed (kill -9) before its first checkpoint
     _refuse_folders_in_place(out)
-    held = [n for n in ("ckpt.pt", "log.jsonl", "config.json") if (out / n).exists()]
+    held = [n for n in RUN_FILES if (out / n).exists()]
     if held == ["log.jsonl"] and not overwrite:        # killed (kill -9, power cut) before its first checkpoint
         if not _is_training_log(out / "log.jsonl"):
             raise RunExistsError(f"{out} holds a log.jsonl that is not a ddimlab training log; choose another --out "
@@ -589,7 +590,7 @@ def _grids(out: Path) -> list[Path]:
 
 def _run_files(out: Path) -> list[Path]:
     """A run's checkpoint, config, log and sample grids."""
-    return [p for p in (out / "ckpt.pt", out / "config.json", out / "log.jsonl") if p.exists()] + _grids(out)
+    return [out / n for n in RUN_FILES if (out / n).exists()] + _grids(out)
 
 
 def _remove_run(out: Path, why: str) -> None:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .checks import check_int
+from .checks import as_real, check_int
 
 # The constructor's shape arguments besides in_ch/out_ch: what a training config must store to rebuild the network.
 CONFIG_KEYS = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "num_groups", "resolution")
@@ -263,7 +263,7 @@ class UNet(nn.Module):
 def _validate(ch, ch_mult, attn_resolutions, dropout, resolution, num_groups):
     if not ch_mult or any(m < 1 for m in ch_mult):
         raise ValueError(f"ch_mult must be a non-empty sequence of positive ints, got {ch_mult!r}")
-    if isinstance(dropout, (bool, str)) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:   # "0.1"
+    if (p := as_real(dropout)) is None or not 0.0 <= p < 1.0:            # "0.1" compared as a string before
         raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
     factor = 2 ** (len(ch_mult) - 1)
     if resolution % factor:
