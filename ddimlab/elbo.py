@@ -217,7 +217,7 @@ def elbo_terms(eps_model, x0: torch.Tensor, alpha_bar, variance="small", decoder
     for t in range(T):
         eps = torch.randn(xr.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = q_sample(xr, float(alpha_bar[t]), eps)
-        pred = eps_model(x_t, t)
+        pred = eps_model(x_t.clone(), t)       # x_t is used again below: an eps that edits its input changes nothing
         if isinstance(pred, torch.Tensor) and not bool(torch.isfinite(pred).all()):
             raise NonFiniteError(f"eps_model(x_t, t) returned NaN or inf at step t = {t}; the bound would be NaN")
         args = (xr.to(wide), x_t.to(wide), pred.to(wide) if isinstance(pred, torch.Tensor) else pred, alpha_bar)

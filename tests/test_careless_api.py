@@ -1448,3 +1448,30 @@ def test_nineteenth_round_messages_name_the_argument():
         nb.check_close(torch.ones(3), torch.ones(2), "m")
     with pytest.raises(ValueError, match="digits must be a positive integer"):
         nb.fmt(1.5, -1)
+
+
+def test_twentieth_round_an_eps_that_edits_its_input_changes_nothing(toy_setup):
+    """Helper 111: an eps that clamps its input in place gave ddim_sample a result 36 away from ode.euler's (the sampler
+    reused the edited x; the solver's input was a temporary), ipndm(afs=False) clamped the caller's x_T, a guided
+    eps_null edited eps_cond's input and elbo_terms' bound used the edited x_t. call_eps now hands eps a copy."""
+    from ddimlab import elbo
+
+    mix, exact, x_T, seq = toy_setup
+
+    def editing(x_, t):
+        return exact(x_.clone(), t) + 0 * x_.clamp_(-0.5, 0.5)
+
+    x = torch.linspace(-2, 2, 16, dtype=torch.float64).reshape(8, 2)
+    kept = x.clone()
+    assert torch.allclose(samplers.ddim_sample(editing, x, AB, seq), ode.euler(editing, x, AB, seq), atol=1e-12)
+    assert torch.allclose(samplers.ddim_sample(editing, x, AB, seq), samplers.ddim_sample(exact, x, AB, seq))
+    ode.solve("ipndm", editing, x, AB, seq, afs=False)
+    assert torch.equal(x, kept)
+    assert torch.equal(samplers.guided_eps(editing, exact, 2.0)(x, torch.full((8,), 500)),
+                       samplers.guided_eps(exact, exact, 2.0)(x, torch.full((8,), 500)))
+    ab = schedule.make_alpha_bar("linear", 20).double()
+    x0 = torch.tensor([0, 51, 128, 255, 7, 90, 200, 3], dtype=torch.float64).reshape(2, 1, 2, 2) / 127.5 - 1
+    zero = elbo.elbo_terms(lambda x_, t: torch.zeros_like(x_), x0, ab, generator=torch.Generator().manual_seed(0))
+    edit = elbo.elbo_terms(lambda x_, t: torch.zeros_like(x_) + 0 * x_.zero_(), x0, ab,
+                           generator=torch.Generator().manual_seed(0))
+    assert torch.equal(zero["total"], edit["total"])
