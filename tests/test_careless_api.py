@@ -2,6 +2,7 @@
 wrong, or NaN) or failed deep inside torch or numpy without naming the argument. Each must now be a ValueError or
 TypeError that says what was wrong."""
 import copy
+import dataclasses
 import json
 import math
 import warnings
@@ -1475,3 +1476,29 @@ def test_twentieth_round_an_eps_that_edits_its_input_changes_nothing(toy_setup):
     edit = elbo.elbo_terms(lambda x_, t: torch.zeros_like(x_) + 0 * x_.zero_(), x0, ab,
                            generator=torch.Generator().manual_seed(0))
     assert torch.equal(zero["total"], edit["total"])
+
+
+def test_twentieth_round_config_from_dict_checks_what_it_reads():
+    """Helper 111: config_from_dict kept T = "1000" and hflip = "false" as strings (true in an `if`), lr = -1, steps
+    = 1.5 and ch_mult = [1, "a"] as given, and a path or a TrainConfig failed with "'str' object is not a mapping". It
+    now reads values as make_config's overrides (`--set`) and checks them with validate_config; load_trained still
+    reads a run saved before a rule existed, with a warning."""
+    from ddimlab import train
+
+    small = dict(ch=8, ch_mult=(1,), attn_resolutions=(), num_groups=4)
+    saved = dataclasses.asdict(train.make_config("digits", small))
+    c = train.config_from_dict({**saved, "T": "1000", "hflip": "false", "ch_mult": [1]})
+    assert (c.T, c.hflip, c.ch_mult) == (1000, False, (1,))
+    for bad, name in (({"lr": -1.0}, "lr must be in"), ({"steps": 1.5}, "steps must be a positive integer"),
+                      ({"ch_mult": [1, "a"]}, "an entry of ch_mult"), ({"hflip": "maybe"}, "hflip must be a boolean")):
+        with pytest.raises(ValueError, match=name):
+            train.config_from_dict({**saved, **bad})
+    for bad in ("runs/digits/config.json", train.make_config("digits")):
+        with pytest.raises(TypeError, match="d must be a dict of a run's settings"):
+            train.config_from_dict(bad)
+    old = {**saved, "sample_steps": 1}                  # a run saved before sample_steps had to be >= 2
+    net = train.build_model(train.config_from_dict(saved), in_ch=1)
+    state = {"model": net.state_dict(), "ema": net.state_dict(), "config": old, "in_ch": 1}
+    with pytest.warns(UserWarning, match="sample_steps .* returned as saved"):
+        _, got = train.load_trained(state)
+    assert got.sample_steps == 1
