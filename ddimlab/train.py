@@ -419,6 +419,12 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         raise ValueError(f"decay must be in [0, 1], got {decay!r}")
     e_params = list(ema.parameters())
     m_params = [p.detach() for p in model.parameters()]
+    for what, e, m in (("parameters", e_params, m_params), ("buffers", list(ema.buffers()), list(model.buffers()))):
+        if [x.shape for x in e] != [x.shape for x in m]:     # zip would drop the extra ones; lerp fails inside torch
+            first = next((f"{tuple(x.shape)} and {tuple(y.shape)}" for x, y in zip(e, m) if x.shape != y.shape),
+                         f"{len(e)} and {len(m)} tensors")
+            raise ValueError(f"ema and model must be copies of one network (copy.deepcopy(model)); their {what} differ: "
+                             f"{first}")
     torch._foreach_lerp_(e_params, m_params, 1.0 - decay)
     for eb, mb in zip(ema.buffers(), model.buffers()):
         eb.copy_(mb)

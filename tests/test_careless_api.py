@@ -162,7 +162,7 @@ def test_seeds_grids_and_interpolation_weights_are_checked():
 def test_complex_numbers_are_refused_where_a_cast_would_drop_their_imaginary_part():
     """frechet_distance of a complex mean gave 0.0 with numpy's ComplexWarning; log_normal of complex x returned a
     complex "log density"; kl_mvn of a complex covariance was a dtype clash inside torch.linalg."""
-    with pytest.raises(TypeError, match="real means and covariances"):
+    with pytest.raises(TypeError, match="frechet_distance: mu1 must hold real numbers .*complex128"):
         quality.frechet_distance(np.zeros(2) + 1j, np.eye(2), np.zeros(2), np.eye(2))
     with pytest.raises(TypeError, match="real numbers, got torch.complex64"):
         gaussian.log_normal(torch.zeros(3, dtype=torch.complex64), 0.0, 1.0)
@@ -1502,3 +1502,60 @@ def test_twentieth_round_config_from_dict_checks_what_it_reads():
     with pytest.warns(UserWarning, match="sample_steps .* returned as saved"):
         _, got = train.load_trained(state)
     assert got.sample_steps == 1
+
+
+def test_twentieth_round_silently_wrong_tables_and_features():
+    """Helper 111: feature_stats dropped the imaginary parts of complex features (with a ComplexWarning) and read bools
+    as 1; frechet_distance('0.5', ...) parsed the string (0.25) and took True as 1 (FD 1.0); schedule.alpha_bar of a
+    (2, T) betas table multiplied down its columns (a (2, T) "table"); GaussianMixture.v with a (B,) alpha_bar failed
+    in float() ("only one element tensors"), where eps and x0_mean take it."""
+    f = torch.tensor([[1 + 5j, 2], [3, 4j], [0, 1]])
+    for bad, kind in ((f, "complex"), (f.numpy(), "complex"), (torch.tensor([[True], [False]]), "bool"),
+                      ([["1", "2"], ["3", "4"]], "<U1")):
+        with pytest.raises(TypeError, match=f"features must hold real numbers .*{kind}"):
+            quality.feature_stats(bad)
+    for args, name in ((("0.5", [[1.0]], [0.0], [[1.0]]), "mu1"), (([1.0], [[1.0]], False, [[1.0]]), "mu2"),
+                       (([0.0], [[True]], [0.0], [[1.0]]), "cov1"), (([0.0], [[1.0]], [0.0], torch.eye(1) + 0j), "cov2")):
+        with pytest.raises(TypeError, match=f"frechet_distance: {name} must hold real numbers"):
+            quality.frechet_distance(*args)
+    assert quality.frechet_distance([1], [[1]], np.array([0.0]), torch.eye(1)) == pytest.approx(1.0)   # ints are numbers
+    betas = schedule.beta_schedule("linear", 10)
+    for bad in (torch.stack([betas, betas]), betas[:, None], betas[:0]):
+        with pytest.raises(ValueError, match="betas must be a non-empty 1-D table"):
+            schedule.alpha_bar(bad)
+    with pytest.raises(ValueError, match=r"alpha_bar must be a 1-D table .* got shape \(2, 1000\)"):
+        schedule.alpha_bar_at(torch.stack([AB, AB]), 5)             # was torch's "same number of dimensions"
+    mix = toy.random_mixture(d=2, K=3, seed=0)
+    x = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    a = torch.tensor([0.0, 0.1, 0.5, 0.9], dtype=torch.float64)
+    assert torch.allclose(mix.v(x, a), torch.cat([mix.v(x[i:i + 1], float(a[i])) for i in range(4)]))
+
+
+def test_twentieth_round_messages_name_the_argument():
+    """Helper 111: seven calls failed inside torch without naming what was wrong: gram of float32 against float64
+    points ("self and mat2 must have the same dtype"), of points of two dimensions or 1-D ones; reference_solution of
+    a requires_grad x_T, or of a network's ε outside no_grad ("Can't call numpy() on Tensor that requires grad");
+    latents of a negative size; elbo_terms of an eps_model returning a list ("'list' object has no attribute 'shape'");
+    ema_update of two different networks ("The size of tensor a (8) must match")."""
+    from ddimlab import train
+
+    x = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(toy.gram(x, x.float(), 1.0), toy.gram(x, x, 1.0), atol=1e-6)   # met in float64
+    with pytest.raises(ValueError, match=r"u and v must be points of one dimension d, got shapes \(4, 2\) and \(3, 3\)"):
+        toy.gram(x, torch.zeros(3, 3), "energy")
+    with pytest.raises(ValueError, match=r"u must be points of shape \(n, d\)"):
+        toy.gram(x[0], x[0], 1.0)
+    mix = toy.random_mixture(d=2, K=3, seed=0)
+    with pytest.raises(ValueError, match="x_T requires grad, .* pass x_T.detach()"):
+        ode.reference_solution(toy.exact_eps(mix, AB), x.clone().requires_grad_(), AB, 500)
+    lin = torch.nn.Linear(2, 2).double()                     # a network's output requires grad
+    assert ode.reference_solution(lambda x_, t: lin(x_), x, AB, 20, rtol=1e-4, atol=1e-4).shape == (4, 2)
+    with pytest.raises(ValueError, match="an entry of shape must be a positive integer, got -2"):
+        generate.latents(0, [0, 1], (1, -2, 2))
+    x0 = torch.zeros(2, 1, 2, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"eps_model\(x_t, t\) must return a tensor of x's shape .* got list"):
+        elbo.elbo_terms(lambda x_, t: x_.tolist(), x0, schedule.make_alpha_bar("linear", 20))
+    net = _tiny_net()
+    for other in (torch.nn.Linear(2, 2), torch.nn.Sequential()):
+        with pytest.raises(ValueError, match="ema and model must be copies of one network"):
+            train.ema_update(net, other, 0.9)
