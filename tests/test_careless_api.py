@@ -1559,3 +1559,16 @@ def test_twentieth_round_messages_name_the_argument():
     for other in (torch.nn.Linear(2, 2), torch.nn.Sequential()):
         with pytest.raises(ValueError, match="ema and model must be copies of one network"):
             train.ema_update(net, other, 0.9)
+
+
+def test_twentieth_round_fmt_pm_refuses_what_it_dropped():
+    """Helper 111: lab.fmt_pm(1.0, -0.1) printed '1e+03' (the negative SE dropped silently) and fmt_pm(nan, 0.1)
+    'nan±100'; an SE of 0 or NaN (none) still prints the value alone."""
+    from ddimlab import lab
+
+    for args, name in (((1.0, -0.1), "se must be >= 0"), ((float("nan"), 0.1), "value must be a finite number"),
+                       ((1.0, "0.1"), "se must be a finite number"), ((1.0, 0.1, 0), "scale > 0")):
+        with pytest.raises(ValueError, match=name):
+            lab.fmt_pm(*args)
+    assert lab.fmt_pm(0.0123456, 0.0) == lab.fmt_pm(0.0123456, float("nan")) == "12.3"
+    assert lab.fmt_pm(0.0123456, 0.0034) == "12±3"
