@@ -28,7 +28,7 @@ import torch
 from .checks import check_bool, check_generator, check_int
 from .diffusion import VARIANCES, posterior_mean, posterior_variance, predict_x0, q_sample
 from .gaussian import discretized_gaussian_log_likelihood, kl_normal, log_normal
-from .samplers import NonFiniteError
+from .samplers import NonFiniteError, _of_x_shape
 from .schedule import validate_alpha_bar
 
 DECODERS = ("discretized", "gaussian")
@@ -217,10 +217,10 @@ def elbo_terms(eps_model, x0: torch.Tensor, alpha_bar, variance="small", decoder
     for t in range(T):
         eps = torch.randn(xr.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = q_sample(xr, float(alpha_bar[t]), eps)
-        pred = eps_model(x_t, t)
-        if isinstance(pred, torch.Tensor) and not bool(torch.isfinite(pred).all()):
+        pred = _of_x_shape(eps_model(x_t.clone(), t), x_t, "eps_model(x_t, t)")   # x_t is used below: a copy
+        if not bool(torch.isfinite(pred).all()):
             raise NonFiniteError(f"eps_model(x_t, t) returned NaN or inf at step t = {t}; the bound would be NaN")
-        args = (xr.to(wide), x_t.to(wide), pred.to(wide) if isinstance(pred, torch.Tensor) else pred, alpha_bar)
+        args = (xr.to(wide), x_t.to(wide), pred.to(wide), alpha_bar)
         if t == 0:
             term = decoder_nll(*args, variance, decoder)
         else:

@@ -102,6 +102,7 @@ def latents(seed: int, indices, shape, device=None) -> torch.Tensor:
     if isinstance(shape, (int, str)) or len(indices) == 0:     # else torch's "not iterable" or "stack expects a non-empty"
         raise ValueError(f"latents needs indices (at least one) and a shape such as (C, H, W); got {len(indices)} "
                          f"indices and shape {shape!r}")
+    shape = tuple(check_int("an entry of shape", s) for s in shape)    # torch: "negative dimension -2"
     return _draw(_generators(seed, indices), shape, device)
 
 

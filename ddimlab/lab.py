@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from . import ode, plotting, samplers, schedule, toy
-from .checks import SEED_NOTE, check_bool, check_distinct, check_int, check_per_sample, seeded
+from .checks import SEED_NOTE, as_real, check_bool, check_distinct, check_int, check_per_sample, seeded
 from .devices import cpu_threads
 from .diffusion import check_eta
 from .files import atomic_write, interrupts_deferred
@@ -316,7 +316,12 @@ def cell(rows: list[dict], sampler: str, S: int | None = None) -> dict:
 
 def fmt_pm(value: float, se: float, scale: float = 1e3) -> str:
     """'v ± se' with v rounded to the SE's first significant digit (two if it starts with 1), ×scale
-    (notebook 09 §2)."""
+    (notebook 09 §2); an SE of 0 or NaN (none) gives v alone."""
+    for name, x in (("value", value), ("se", se), ("scale", scale)):
+        if as_real(x) is None and not (name == "se" and isinstance(x, float) and math.isnan(x)):
+            raise ValueError(f"{name} must be a finite number, got {x!r}")
+    if se < 0 or not scale > 0:          # -0.1 was dropped silently: '1e+03' for 1 ± -0.1
+        raise ValueError(f"se must be >= 0 (a standard error) and scale > 0, got se = {se!r} and scale = {scale!r}")
     v, s = value * scale, se * scale
     if not (s > 0 and math.isfinite(s)):
         return f"{v:.3g}"

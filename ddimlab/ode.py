@@ -677,6 +677,9 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
         raise ValueError("x_T must be a finite torch.Tensor")
     if not x_T.dtype.is_floating_point:          # ε is called in x_T's dtype: the state would be rounded at every call
         raise TypeError(f"x_T must be floating point, got {x_T.dtype}")
+    if x_T.requires_grad:                         # torch: "Can't call numpy() on Tensor that requires grad"
+        raise ValueError("x_T requires grad, but reference_solution integrates with scipy, which autograd cannot follow: "
+                         "pass x_T.detach()")
     alpha_bar = validate_alpha_bar(alpha_bar)
     for name, tol in (("rtol", rtol), ("atol", atol)):
         if (v := as_real(tol)) is None or v <= 0:
@@ -691,6 +694,7 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
     shape, dev = x_T.shape, x_T.device
     x64 = x_T.to(torch.float64)
 
+    @torch.no_grad()                              # a network's ε would require grad, and .numpy() refuse it
     def rhs(sig, y):
         sig = max(sig, 0.0)
         x = (torch.from_numpy(y).reshape(shape).to(dev) / math.sqrt(sig ** 2 + 1)).to(x_T.dtype)

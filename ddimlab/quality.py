@@ -39,10 +39,20 @@ CLASSIFIER_SETTINGS = dict(resolution=16, width=16, feature_dim=64, epochs=10, b
 
 # --------------------------------------------------------------------------- Fréchet distance
 
+def _real(name: str, v) -> np.ndarray:
+    """`v` (a tensor, array, list or number) as a float64 array if it holds real numbers, else a TypeError naming it: the
+    cast would drop an imaginary part, read True as 1 and parse the string "0.5"."""
+    a = np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v)
+    if a.dtype.kind not in "iuf":
+        why = " (True would be read as 1)" if a.dtype == bool else ""
+        raise TypeError(f"{name} must hold real numbers (int or float), got "
+                        f"{v.dtype if isinstance(v, torch.Tensor) else a.dtype}{why}")
+    return a.astype(np.float64)
+
+
 def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
-    """Mean μ and covariance Σ (unbiased, rows are samples) of an (N, D) feature matrix, float64."""
-    f = np.asarray(features.detach().cpu() if isinstance(features, torch.Tensor) else features,
-                   dtype=np.float64)
+    """Mean μ and covariance Σ (unbiased, rows are samples) of an (N, D) real feature matrix, float64."""
+    f = _real("features", features)
     if f.ndim != 2 or f.shape[0] < 2:
         raise ValueError(f"features must be an (N, D) array with N >= 2 samples, got shape {f.shape}")
     if not np.isfinite(f).all():
@@ -67,10 +77,8 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
     the covariances are singular (fewer samples than feature dimensions); round-off negatives in λ
     are clipped to 0.
     """
-    if any(np.iscomplexobj(a) for a in (mu1, cov1, mu2, cov2)):     # the cast below would drop the imaginary part
-        raise TypeError("frechet_distance takes real means and covariances, got a complex one")
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    cov1, cov2 = np.atleast_2d(np.asarray(cov1, np.float64)), np.atleast_2d(np.asarray(cov2, np.float64))
+    mu1, mu2 = np.atleast_1d(_real("frechet_distance: mu1", mu1)), np.atleast_1d(_real("frechet_distance: mu2", mu2))
+    cov1, cov2 = np.atleast_2d(_real("frechet_distance: cov1", cov1)), np.atleast_2d(_real("frechet_distance: cov2", cov2))
     d = mu1.shape[0]
     if mu1.shape != (d,) or mu2.shape != (d,) or cov1.shape != (d, d) or cov2.shape != (d, d):
         raise ValueError("frechet_distance needs means of shape (D,) and covariances of shape (D, D) "

@@ -53,7 +53,9 @@ def beta_schedule(name: str = "linear", T: int = 1000, beta_start: float = 1e-4,
 
 def alpha_bar(betas: torch.Tensor) -> torch.Tensor:
     """ᾱ_t = ∏_{s≤t}(1 − β_s), float64, shape (T,) (notebook 01 §2); every β_t must lie in (0, 1)."""
-    b = torch.as_tensor(betas, dtype=torch.float64)
+    b = torch.as_tensor(check_numbers("betas", betas), dtype=torch.float64)
+    if b.ndim != 1 or b.numel() < 1:          # cumprod would run along a 2-D table's first axis
+        raise ValueError(f"betas must be a non-empty 1-D table (schedule.beta_schedule), got shape {tuple(b.shape)}")
     bad = ~((b > 0) & (b < 1))                                 # NaN too
     if bool(bad.any()):
         raise ValueError(f"every beta must lie in (0, 1) (check beta_start and beta_end), got {b[bad].flatten()[0].item()}")
@@ -111,6 +113,8 @@ def alpha_bar_at(alpha_bar: torch.Tensor, t) -> torch.Tensor:
     """ᾱ_t with ᾱ_{−1} = 1; `t` is an int or an integer tensor in −1..T−1 (notebook 01 "Notation")."""
     if not isinstance(alpha_bar, torch.Tensor):        # a list or an array, as the other table functions take
         alpha_bar = torch.as_tensor(np.asarray(alpha_bar, dtype=np.float64))
+    if alpha_bar.ndim != 1:
+        raise ValueError(f"alpha_bar must be a 1-D table (schedule.make_alpha_bar), got shape {tuple(alpha_bar.shape)}")
     t = as_steps(t, alpha_bar.device)
     if t.dtype != torch.long:
         raise ValueError(f"step t must be an integer (use ode.alpha_bar_cont for fractional steps), got {t.dtype}")

@@ -182,10 +182,10 @@ class GaussianMixture:
 
     def v(self, x: torch.Tensor, a) -> torch.Tensor:
         """v*(x_t) = E[v | x_t] with v = √ᾱ ε − √(1−ᾱ) x_0 (Salimans & Ho 2022; notebook 04 §4):
-        √a ε*(x) − √(1−a) E[x_0 | x_t = x]; at a = 0 it is −(data mean). `a` is a float."""
+        √a ε*(x) − √(1−a) E[x_0 | x_t = x]; at a = 0 it is −(data mean). `a` is a float or a (B,) tensor, as for `eps`."""
         eps, x0_mean = self.eps(x, a), self.x0_mean(x, a)        # these check x and a
-        a = float(a)
-        return math.sqrt(a) * eps - math.sqrt(1 - a) * x0_mean
+        a = self._alpha_bar_rows(x, a)[:, None]
+        return a.sqrt() * eps - (1 - a).sqrt() * x0_mean
 
     def reverse_kernel(self, x_t: torch.Tensor, a_t: float, a_s: float):
         """The exact reverse kernel q(x_s | x_t) of the forward process started at this mixture, s < t (notebook 02 §10).
@@ -468,6 +468,9 @@ def gram(u: torch.Tensor, v: torch.Tensor, kernel) -> torch.Tensor:
     """Kernel matrix k(u_i, v_j) (notebook 09 §1). kernel: a bandwidth h > 0 for the Gaussian kernel
     exp(−|u−v|²/(2h²)), or ENERGY ("energy") for k = −|u − v|, whose MMD² is the energy distance
     2E|X−Y| − E|X−X'| − E|Y−Y'| (Székely & Rizzo 2013; Sejdinovic et al. 2013)."""
+    u, v = points(u, "u"), points(v, "v")             # float64: a float32 set against a float64 one, lists
+    if u.shape[1] != v.shape[1]:
+        raise ValueError(f"u and v must be points of one dimension d, got shapes {tuple(u.shape)} and {tuple(v.shape)}")
     if isinstance(kernel, str) and kernel == ENERGY:         # (an array would compare elementwise)
         return torch.cdist(u, v).neg_()
     if (h := as_real(kernel)) is None or not h > 0:        # not a bool (True read as 1), a string, an array

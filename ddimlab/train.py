@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -347,18 +348,23 @@ def warn_unknown_settings(d: dict | None) -> None:
                       f"are wrong", UnknownSettingsWarning, stacklevel=3)
 
 
-def config_from_dict(d: dict, strict: bool = False) -> TrainConfig:
+def config_from_dict(d: dict, strict: bool = False, validate: bool = True) -> TrainConfig:
     """Rebuild a TrainConfig saved with `dataclasses.asdict` (lists back to tuples; unknown keys dropped, or with
     `strict`, as a resume asks, a ValueError: the resumed run would save its config without them). A config saved before
     `lr_decay` (`t_sampling`) existed trained with a constant rate (uniform t), and one saved before `init` with
-    PyTorch's initialisation (the field's default)."""
-    strict = check_bool("strict", strict)
+    PyTorch's initialisation (the field's default). Values are read as `make_config` reads overrides (a string by its
+    field's type, "1000" for T) and checked by `validate_config`, unless validate=False (`load_trained`: a run saved
+    before a rule existed is read with a warning, not refused)."""
+    if not isinstance(d, Mapping):
+        raise TypeError(f"d must be a dict of a run's settings (dataclasses.asdict of a TrainConfig, or its config.json "
+                        f"read with json.load), got {type(d).__name__}")
+    strict, validate = check_bool("strict", strict), check_bool("validate", validate)
     if strict and (unknown := unknown_settings(d)):
         raise ValueError(f"the checkpoint's settings include {', '.join(unknown)}, which this ddimlab does not know (written "
                          f"by another version, or edited); a resume would drop them: resume with the version that wrote it")
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    d = {"lr_decay": "none", "t_sampling": "uniform", **d}
-    return TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
+    c = TrainConfig(**_apply({}, {k: v for k, v in {"lr_decay": "none", "t_sampling": "uniform", **d}.items() if k in names}))
+    return validate_config(c) if validate else c
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -413,6 +419,12 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         raise ValueError(f"decay must be in [0, 1], got {decay!r}")
     e_params = list(ema.parameters())
     m_params = [p.detach() for p in model.parameters()]
+    for what, e, m in (("parameters", e_params, m_params), ("buffers", list(ema.buffers()), list(model.buffers()))):
+        if [x.shape for x in e] != [x.shape for x in m]:     # zip would drop the extra ones; lerp fails inside torch
+            first = next((f"{tuple(x.shape)} and {tuple(y.shape)}" for x, y in zip(e, m) if x.shape != y.shape),
+                         f"{len(e)} and {len(m)} tensors")
+            raise ValueError(f"ema and model must be copies of one network (copy.deepcopy(model)); their {what} differ: "
+                             f"{first}")
     torch._foreach_lerp_(e_params, m_params, 1.0 - decay)
     for eb, mb in zip(ema.buffers(), model.buffers()):
         eb.copy_(mb)
@@ -475,7 +487,13 @@ def load_trained(path, device="cpu", use_ema: bool = True):
     the EMA weights by default, in eval mode (notebook 06 §4). `checkpoint.load_model` reads every kind."""
     state = path if isinstance(path, dict) else load_checkpoint(path, map_location="cpu", required=("model", "config"))
     warn_unknown_settings(state["config"])
-    return unet_from_run(state, use_ema).to(device), config_from_dict(state["config"])
+    try:
+        config = config_from_dict(state["config"])
+    except (TypeError, ValueError) as e:     # a rule newer than the run: its weights still sample
+        warnings.warn(f"the checkpoint's settings fail a check of this ddimlab ({e}); they are returned as saved",
+                      UnknownSettingsWarning, stacklevel=2)
+        config = config_from_dict(state["config"], validate=False)
+    return unet_from_run(state, use_ema).to(device), config
 
 
 # --------------------------------------------------------------------------- the run folder

@@ -2,6 +2,7 @@
 wrong, or NaN) or failed deep inside torch or numpy without naming the argument. Each must now be a ValueError or
 TypeError that says what was wrong."""
 import copy
+import dataclasses
 import json
 import math
 import warnings
@@ -161,7 +162,7 @@ def test_seeds_grids_and_interpolation_weights_are_checked():
 def test_complex_numbers_are_refused_where_a_cast_would_drop_their_imaginary_part():
     """frechet_distance of a complex mean gave 0.0 with numpy's ComplexWarning; log_normal of complex x returned a
     complex "log density"; kl_mvn of a complex covariance was a dtype clash inside torch.linalg."""
-    with pytest.raises(TypeError, match="real means and covariances"):
+    with pytest.raises(TypeError, match="frechet_distance: mu1 must hold real numbers .*complex128"):
         quality.frechet_distance(np.zeros(2) + 1j, np.eye(2), np.zeros(2), np.eye(2))
     with pytest.raises(TypeError, match="real numbers, got torch.complex64"):
         gaussian.log_normal(torch.zeros(3, dtype=torch.complex64), 0.0, 1.0)
@@ -1448,3 +1449,126 @@ def test_nineteenth_round_messages_name_the_argument():
         nb.check_close(torch.ones(3), torch.ones(2), "m")
     with pytest.raises(ValueError, match="digits must be a positive integer"):
         nb.fmt(1.5, -1)
+
+
+def test_twentieth_round_an_eps_that_edits_its_input_changes_nothing(toy_setup):
+    """Helper 111: an eps that clamps its input in place gave ddim_sample a result 36 away from ode.euler's (the sampler
+    reused the edited x; the solver's input was a temporary), ipndm(afs=False) clamped the caller's x_T, a guided
+    eps_null edited eps_cond's input and elbo_terms' bound used the edited x_t. call_eps now hands eps a copy."""
+    from ddimlab import elbo
+
+    mix, exact, x_T, seq = toy_setup
+
+    def editing(x_, t):
+        return exact(x_.clone(), t) + 0 * x_.clamp_(-0.5, 0.5)
+
+    x = torch.linspace(-2, 2, 16, dtype=torch.float64).reshape(8, 2)
+    kept = x.clone()
+    assert torch.allclose(samplers.ddim_sample(editing, x, AB, seq), ode.euler(editing, x, AB, seq), atol=1e-12)
+    assert torch.allclose(samplers.ddim_sample(editing, x, AB, seq), samplers.ddim_sample(exact, x, AB, seq))
+    ode.solve("ipndm", editing, x, AB, seq, afs=False)
+    assert torch.equal(x, kept)
+    assert torch.equal(samplers.guided_eps(editing, exact, 2.0)(x, torch.full((8,), 500)),
+                       samplers.guided_eps(exact, exact, 2.0)(x, torch.full((8,), 500)))
+    ab = schedule.make_alpha_bar("linear", 20).double()
+    x0 = torch.tensor([0, 51, 128, 255, 7, 90, 200, 3], dtype=torch.float64).reshape(2, 1, 2, 2) / 127.5 - 1
+    zero = elbo.elbo_terms(lambda x_, t: torch.zeros_like(x_), x0, ab, generator=torch.Generator().manual_seed(0))
+    edit = elbo.elbo_terms(lambda x_, t: torch.zeros_like(x_) + 0 * x_.zero_(), x0, ab,
+                           generator=torch.Generator().manual_seed(0))
+    assert torch.equal(zero["total"], edit["total"])
+
+
+def test_twentieth_round_config_from_dict_checks_what_it_reads():
+    """Helper 111: config_from_dict kept T = "1000" and hflip = "false" as strings (true in an `if`), lr = -1, steps
+    = 1.5 and ch_mult = [1, "a"] as given, and a path or a TrainConfig failed with "'str' object is not a mapping". It
+    now reads values as make_config's overrides (`--set`) and checks them with validate_config; load_trained still
+    reads a run saved before a rule existed, with a warning."""
+    from ddimlab import train
+
+    small = dict(ch=8, ch_mult=(1,), attn_resolutions=(), num_groups=4)
+    saved = dataclasses.asdict(train.make_config("digits", small))
+    c = train.config_from_dict({**saved, "T": "1000", "hflip": "false", "ch_mult": [1]})
+    assert (c.T, c.hflip, c.ch_mult) == (1000, False, (1,))
+    for bad, name in (({"lr": -1.0}, "lr must be in"), ({"steps": 1.5}, "steps must be a positive integer"),
+                      ({"ch_mult": [1, "a"]}, "an entry of ch_mult"), ({"hflip": "maybe"}, "hflip must be a boolean")):
+        with pytest.raises(ValueError, match=name):
+            train.config_from_dict({**saved, **bad})
+    for bad in ("runs/digits/config.json", train.make_config("digits")):
+        with pytest.raises(TypeError, match="d must be a dict of a run's settings"):
+            train.config_from_dict(bad)
+    old = {**saved, "sample_steps": 1}                  # a run saved before sample_steps had to be >= 2
+    net = train.build_model(train.config_from_dict(saved), in_ch=1)
+    state = {"model": net.state_dict(), "ema": net.state_dict(), "config": old, "in_ch": 1}
+    with pytest.warns(UserWarning, match="sample_steps .* returned as saved"):
+        _, got = train.load_trained(state)
+    assert got.sample_steps == 1
+
+
+def test_twentieth_round_silently_wrong_tables_and_features():
+    """Helper 111: feature_stats dropped the imaginary parts of complex features (with a ComplexWarning) and read bools
+    as 1; frechet_distance('0.5', ...) parsed the string (0.25) and took True as 1 (FD 1.0); schedule.alpha_bar of a
+    (2, T) betas table multiplied down its columns (a (2, T) "table"); GaussianMixture.v with a (B,) alpha_bar failed
+    in float() ("only one element tensors"), where eps and x0_mean take it."""
+    f = torch.tensor([[1 + 5j, 2], [3, 4j], [0, 1]])
+    for bad, kind in ((f, "complex"), (f.numpy(), "complex"), (torch.tensor([[True], [False]]), "bool"),
+                      ([["1", "2"], ["3", "4"]], "<U1")):
+        with pytest.raises(TypeError, match=f"features must hold real numbers .*{kind}"):
+            quality.feature_stats(bad)
+    for args, name in ((("0.5", [[1.0]], [0.0], [[1.0]]), "mu1"), (([1.0], [[1.0]], False, [[1.0]]), "mu2"),
+                       (([0.0], [[True]], [0.0], [[1.0]]), "cov1"), (([0.0], [[1.0]], [0.0], torch.eye(1) + 0j), "cov2")):
+        with pytest.raises(TypeError, match=f"frechet_distance: {name} must hold real numbers"):
+            quality.frechet_distance(*args)
+    assert quality.frechet_distance([1], [[1]], np.array([0.0]), torch.eye(1)) == pytest.approx(1.0)   # ints are numbers
+    betas = schedule.beta_schedule("linear", 10)
+    for bad in (torch.stack([betas, betas]), betas[:, None], betas[:0]):
+        with pytest.raises(ValueError, match="betas must be a non-empty 1-D table"):
+            schedule.alpha_bar(bad)
+    with pytest.raises(ValueError, match=r"alpha_bar must be a 1-D table .* got shape \(2, 1000\)"):
+        schedule.alpha_bar_at(torch.stack([AB, AB]), 5)             # was torch's "same number of dimensions"
+    mix = toy.random_mixture(d=2, K=3, seed=0)
+    x = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    a = torch.tensor([0.0, 0.1, 0.5, 0.9], dtype=torch.float64)
+    assert torch.allclose(mix.v(x, a), torch.cat([mix.v(x[i:i + 1], float(a[i])) for i in range(4)]))
+
+
+def test_twentieth_round_messages_name_the_argument():
+    """Helper 111: seven calls failed inside torch without naming what was wrong: gram of float32 against float64
+    points ("self and mat2 must have the same dtype"), of points of two dimensions or 1-D ones; reference_solution of
+    a requires_grad x_T, or of a network's ε outside no_grad ("Can't call numpy() on Tensor that requires grad");
+    latents of a negative size; elbo_terms of an eps_model returning a list ("'list' object has no attribute 'shape'");
+    ema_update of two different networks ("The size of tensor a (8) must match")."""
+    from ddimlab import train
+
+    x = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(toy.gram(x, x.float(), 1.0), toy.gram(x, x, 1.0), atol=1e-6)   # met in float64
+    with pytest.raises(ValueError, match=r"u and v must be points of one dimension d, got shapes \(4, 2\) and \(3, 3\)"):
+        toy.gram(x, torch.zeros(3, 3), "energy")
+    with pytest.raises(ValueError, match=r"u must be points of shape \(n, d\)"):
+        toy.gram(x[0], x[0], 1.0)
+    mix = toy.random_mixture(d=2, K=3, seed=0)
+    with pytest.raises(ValueError, match="x_T requires grad, .* pass x_T.detach()"):
+        ode.reference_solution(toy.exact_eps(mix, AB), x.clone().requires_grad_(), AB, 500)
+    lin = torch.nn.Linear(2, 2).double()                     # a network's output requires grad
+    assert ode.reference_solution(lambda x_, t: lin(x_), x, AB, 20, rtol=1e-4, atol=1e-4).shape == (4, 2)
+    with pytest.raises(ValueError, match="an entry of shape must be a positive integer, got -2"):
+        generate.latents(0, [0, 1], (1, -2, 2))
+    x0 = torch.zeros(2, 1, 2, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"eps_model\(x_t, t\) must return a tensor of x's shape .* got list"):
+        elbo.elbo_terms(lambda x_, t: x_.tolist(), x0, schedule.make_alpha_bar("linear", 20))
+    net = _tiny_net()
+    for other in (torch.nn.Linear(2, 2), torch.nn.Sequential()):
+        with pytest.raises(ValueError, match="ema and model must be copies of one network"):
+            train.ema_update(net, other, 0.9)
+
+
+def test_twentieth_round_fmt_pm_refuses_what_it_dropped():
+    """Helper 111: lab.fmt_pm(1.0, -0.1) printed '1e+03' (the negative SE dropped silently) and fmt_pm(nan, 0.1)
+    'nan±100'; an SE of 0 or NaN (none) still prints the value alone."""
+    from ddimlab import lab
+
+    for args, name in (((1.0, -0.1), "se must be >= 0"), ((float("nan"), 0.1), "value must be a finite number"),
+                       ((1.0, "0.1"), "se must be a finite number"), ((1.0, 0.1, 0), "scale > 0")):
+        with pytest.raises(ValueError, match=name):
+            lab.fmt_pm(*args)
+    assert lab.fmt_pm(0.0123456, 0.0) == lab.fmt_pm(0.0123456, float("nan")) == "12.3"
+    assert lab.fmt_pm(0.0123456, 0.0034) == "12±3"
