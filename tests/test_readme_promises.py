@@ -453,3 +453,39 @@ def test_the_gaussian_densities_are_float32_or_wider_for_half_inputs():
     got = gaussian.log_normal(x, 0.0, 1e-8)
     assert got.dtype in (torch.float32, torch.float64) and torch.allclose(
         got.double(), torch.full((2,), -0.5 * math.log(2 * math.pi * 1e-8), dtype=torch.float64))
+
+
+@pytest.mark.parametrize("command", ["lab", "demo"])
+def test_lab_and_demo_stopped_by_sigterm_put_the_earlier_files_back(tmp_path, command):
+    """"`lab` and `demo` replace an earlier run's tables and figures only with `--overwrite` (...; they are set aside
+    first and put back if the new run fails or is interrupted: Ctrl-C, SIGTERM\" (SIGTERM; a failure and Ctrl-C are in
+    test_cli)"""
+    import subprocess
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "table1.txt").write_text("the earlier table")
+    (out / "table1.png").write_bytes(b"the earlier figure")
+    code = ("import signal, sys\nfrom pathlib import Path\nfrom ddimlab import cli, demo, lab\n"
+            "demo.LAB = dict(n=8, image_d=0, image_n=8)\n"
+            "def stopped(out='outputs/lab', **kw):\n"
+            "    (Path(out) / 'table1.txt').write_text('half a new table')\n"
+            "    signal.raise_signal(signal.SIGTERM)\n"
+            "lab.main = stopped\nsys.exit(cli.main(sys.argv[1:]))\n")
+    argv = {"lab": ["lab", "--n", "8", "--image-d", "0"], "demo": ["demo", "--skip-train"]}[command]
+    r = subprocess.run([sys.executable, "-c", code, *argv, "--out", str(out), "--overwrite", "--no-progress"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 130 and "terminated (SIGTERM)" in r.stderr, (r.returncode, r.stderr)
+    assert (out / "table1.txt").read_text() == "the earlier table" and (out / "table1.png").read_bytes() == b"the earlier figure"
+    assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".lock")) == ["table1.png", "table1.txt"]
+
+
+def test_demo_refuses_a_folder_holding_an_earlier_runs_set_aside_files(tmp_path, capsys):
+    """"after kill -9 they are in `<out>/.previous-<pid>`, and the next `lab` or `demo` there refuses until they are
+    moved back or deleted\" (demo; lab is in test_cli)"""
+    aside = tmp_path / "out" / ".previous-1"
+    aside.mkdir(parents=True)
+    (aside / "table1.txt").write_text("the earlier table")
+    _expect_one_line_error(capsys, ["demo", "--skip-train", "--out", str(tmp_path / "out"), "--no-progress"],
+                           ".previous-1", "move them back")
+    assert (aside / "table1.txt").read_text() == "the earlier table"
