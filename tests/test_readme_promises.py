@@ -489,3 +489,22 @@ def test_demo_refuses_a_folder_holding_an_earlier_runs_set_aside_files(tmp_path,
     _expect_one_line_error(capsys, ["demo", "--skip-train", "--out", str(tmp_path / "out"), "--no-progress"],
                            ".previous-1", "move them back")
     assert (aside / "table1.txt").read_text() == "the earlier table"
+
+
+def test_before_a_checkpoint_the_ema_weights_to_be_saved_are_checked_too(tmp_path, tiny_unet):
+    """"before each checkpoint the loss of the weights and of the EMA weights to be saved is checked on the step's
+    images at steps spread over 0..T−1\": finite raw weights beside an EMA whose output is NaN are not saved."""
+    import contextlib
+    import copy
+
+    net, ema = copy.deepcopy(tiny_unet), copy.deepcopy(tiny_unet)      # the session's network stays in eval mode
+    with torch.no_grad():
+        ema.conv_out.bias.fill_(float("nan"))
+    x0 = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    eps = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    config = train_mod.make_config("digits", {"lr": "1e-3"})
+    check = lambda net, avg: train_mod._check_weights(net, avg, x0, eps, AB, contextlib.nullcontext(), 7,  # noqa: E731
+                                                      tmp_path, 5, config)
+    check(net, net)                                                    # finite both: passes
+    with pytest.raises(train_mod.NonFiniteLossError, match=r"the EMA weights after step 7 give a loss of nan.*step 5"):
+        check(net, ema)
