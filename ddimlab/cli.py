@@ -41,7 +41,7 @@ from .files import (
     put_back,
     set_aside,
 )
-from .generate import check_data_range, check_eta, latents, progress, sample_indices, sampling_steps
+from .generate import SampleFileWarning, check_data_range, check_eta, latents, progress, sample_indices, sampling_steps
 from .plotting import grid_png, grid_size
 from .samplers import (
     FROM_NOISE,
@@ -894,7 +894,8 @@ def _main(argv, prog):
 
     def show(message, category, *rest, **kw):   # ddimlab's own warnings as one line, like its errors
         if issubclass(category, (OutOfRangeWarning, StepsWarning, checkpoint.EarlyEMAWarning, TornLogWarning,
-                                     LossWarning, EditedConfigWarning, UnknownSettingsWarning, LatentsWarning)):
+                                     LossWarning, EditedConfigWarning, UnknownSettingsWarning, LatentsWarning,
+                                     SampleFileWarning)):
             print(f"{prog} {args.command}: warning: {message}", file=sys.stderr)
         else:
             shown(message, category, *rest, **kw)

@@ -2074,3 +2074,38 @@ def test_twentieth_round_of_careless_use(trained, tmp_path, capsys):
     assert cli.main(["reproduce", "table2", "--checkpoint", str(run), "--out", str(tmp_path / "t2"), "--steps", "2",
                      "--n-images", "4", "--no-progress"]) == 0
     assert "4 digits, those the model trained on (no held-out set)" in (tmp_path / "t2" / "table2.md").read_text()
+
+
+def test_twentieth_round_a_replaced_sample_is_made_again(trained, tmp_path, capsys):
+    """`reproduce table1` reused a cell's PNG that had been replaced by another valid image of the same size (it looked
+    only at whether the file was there): each sample now holds a seal (sha256 of the cell's settings, its index and its
+    pixels) that a rerun checks, and an image without a valid one is made again, said in one line. A folder of an
+    earlier ddimlab, whose images hold no seal, is reused as before with a one-line note."""
+    from PIL import Image
+
+    out = tmp_path / "t1"
+    argv = ["reproduce", "table1", "--checkpoint", str(trained), "--features", "random", "--n-samples", "4", "--steps", "2",
+            "--etas", "0", "--batch-size", "4", "--no-progress", "--out", str(out)]
+    assert cli.main(argv) == 0
+    first = capsys.readouterr().out
+    cell = out / "samples" / "eta0_S2"
+    made = {p.name: np.asarray(Image.open(p)) for p in sorted(cell.glob("*.png"))}
+    Image.fromarray(made["000002.png"]).save(cell / "000001.png")              # another valid 8x8 image of the cell
+    Image.fromarray(255 - made["000003.png"]).save(cell / "000003.png")        # an edited one
+    assert cli.main(argv + ["--overwrite"]) == 0
+    captured = capsys.readouterr()
+    err = [line for line in captured.err.splitlines() if "000001.png" in line]
+    assert len(err) == 1 and "000003.png" in err[0] and "made again" in err[0], captured.err
+    assert captured.out == first                                               # the same table as before the edits
+    for name, pixels in made.items():
+        assert np.array_equal(np.asarray(Image.open(cell / name)), pixels), name
+
+    settings = json.loads((cell / "settings.json").read_text())                # as an earlier ddimlab wrote it
+    del settings["sealed"]
+    (cell / "settings.json").write_text(json.dumps(settings))
+    for p in cell.glob("*.png"):
+        Image.fromarray(np.asarray(Image.open(p))).save(p)                     # images with no seal
+    assert cli.main(argv + ["--overwrite"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == first and "reused unverified" in captured.err, captured.err
+    assert len([line for line in captured.err.splitlines() if "unverified" in line]) == 1
