@@ -39,6 +39,7 @@ from .files import (
     interrupts_deferred,
     locked,
     put_back,
+    replaced_together,
     set_aside,
 )
 from .generate import SampleFileWarning, check_data_range, check_eta, latents, progress, sample_indices, sampling_steps
@@ -238,13 +239,14 @@ def _check_png_grid(n: int, shape, nrow, scale: int, fewer: str = "--n") -> None
 def _save_pair(png: Path, npz: Path, images: torch.Tensor, nrow, scale: int, overwrite: bool, **arrays) -> None:
     """Write the PNG grid and the .npz beside it as one pair: under a lock, so two commands writing the
     same --out take turns (the second refuses unless --overwrite), and with the PNG's sha256 recorded in the
-    .npz (`png_sha256`). The PNG is encoded in memory first and written only after the .npz, so a full disk
-    or an unwritable name replaces neither file; a Ctrl-C during the two writes waits until both are done."""
+    .npz (`png_sha256`). The PNG is encoded in memory first, and the two files are written as one (`replaced_together`):
+    a full disk or an unwritable name at either leaves the earlier pair as it was; a Ctrl-C during the two writes waits
+    until both are done."""
     with locked(_lock_file(png)):
         _refuse_existing(overwrite, png, npz)
         _refuse_folders(png, npz)
         data = grid_png(images, nrow=nrow, scale=scale)
-        with interrupts_deferred():
+        with interrupts_deferred(), replaced_together(png.parent, [npz, png]):
             atomic_write(npz, lambda f: np.savez(f, **arrays, png_sha256=hashlib.sha256(data).hexdigest()))
             atomic_write(png, lambda f: f.write(data))
 

@@ -2109,3 +2109,75 @@ def test_twentieth_round_a_replaced_sample_is_made_again(trained, tmp_path, caps
     captured = capsys.readouterr()
     assert captured.out == first and "reused unverified" in captured.err, captured.err
     assert len([line for line in captured.err.splitlines() if "unverified" in line]) == 1
+
+
+def test_twentieth_round_a_full_disk_or_a_read_only_folder_keeps_earlier_outputs(trained, tmp_path, capsys, monkeypatch):
+    """A full disk (ENOSPC at a file's rename) and a read-only folder (EACCES at its temporary file), made in-process
+    since root writes anywhere: `sample`, `train`'s checkpoint and `reproduce table1` each exit 1 with one line naming
+    the path and the reason, and leave neither a temporary file nor a changed earlier output. Before, a full disk at
+    `sample`'s PNG left the new .npz beside the old PNG, and at table1.md the new table1.csv beside the old table1.md."""
+    import errno
+    import os
+    import tempfile
+
+    real_replace, real_mkstemp = os.replace, tempfile.mkstemp
+
+    def full_disk_at(name):
+        def replace(src, dst, *a, **k):
+            if os.path.basename(src).endswith(".tmp") and os.path.basename(dst) == name:    # atomic_write's rename
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_replace(src, dst, *a, **k)
+        monkeypatch.setattr(os, "replace", replace)
+
+    def read_only(folder):
+        def mkstemp(*a, dir=None, **k):
+            if dir is not None and os.path.samefile(dir, folder):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            return real_mkstemp(*a, dir=dir, **k)
+        monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+    def files_of(folder):
+        return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".lock")}
+
+    def fails_keeping(folder, argv, *needles):
+        before = files_of(folder)
+        _expect_one_line_error(capsys, argv, *needles)
+        monkeypatch.undo()
+        after = files_of(folder)
+        assert {p: after.get(p) for p in before} == before, argv     # earlier outputs as they were
+        added = [p for p in after if p not in before and not (p.parent.parent.name == "samples" and p.suffix == ".png")]
+        assert not added and not list(folder.rglob(".previous-*")), (argv, added)   # no temporary or half file (a
+        #                                                                             reproduce sample made is kept work)
+
+    out = tmp_path / "s"
+    sample = ["sample", "--checkpoint", str(trained), "--n", "2", "--steps", "2", "--no-progress", "--out", str(out / "x")]
+    assert cli.main(sample) == 0
+    for name in ("x.npz", "x.png"):
+        full_disk_at(name)
+        fails_keeping(out, sample + ["--seed", "3", "--overwrite"], str(out / name), "No space left on device")
+    read_only(out)
+    fails_keeping(out, sample + ["--seed", "3", "--overwrite"], str(out), "Permission denied")
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    resume = ["train", "--resume", "--out", str(run), "--no-progress", "--set", "steps=40"]
+    full_disk_at("ckpt.pt")
+    before = files_of(run)
+    _expect_one_line_error(capsys, resume, str(run / "ckpt.pt"), "No space left on device")
+    monkeypatch.undo()
+    after = files_of(run)
+    assert {p for p in after if p.name != "log.jsonl"} == {p for p in before if p.name != "log.jsonl"}  # no temporary file
+    assert all(after[p] == before[p] for p in before if p.name != "log.jsonl")      # the log gains step 40 (trimmed by --resume)
+    read_only(run)
+    fails_keeping(run, resume, str(run), "Permission denied")
+
+    t1 = tmp_path / "t1"
+    table1 = ["reproduce", "table1", "--checkpoint", str(trained), "--features", "random", "--n-samples", "2", "--steps", "2",
+              "--etas", "0", "--batch-size", "2", "--no-progress", "--out", str(t1)]
+    assert cli.main(table1) == 0
+    (t1 / "samples" / "eta0_S2" / "000001.png").unlink()             # a sample to make again
+    for name in ("000001.png", "table1.md", "table1.csv"):
+        full_disk_at(name)
+        fails_keeping(t1, table1 + ["--overwrite"], name, "No space left on device")
+    read_only(t1)
+    fails_keeping(t1, table1 + ["--overwrite"], str(t1), "Permission denied")
