@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import json
 import math
 import os
 import re
@@ -166,6 +167,7 @@ def _writes_pair(cmd):
         png, npz = stem.parent / (stem.name + ".png"), stem.parent / (stem.name + ".npz")
         _check_name_length(stem)
         _refuse_folders(png, npz)
+        _refuse_sample_folder(png.parent)
         _refuse_own_inputs(args, png, npz)
         _require_checkpoint(args.checkpoint)
         with folder_removed_on_error(png.parent, _lock_file(png)):
@@ -174,6 +176,18 @@ def _writes_pair(cmd):
             check_can_write(png.parent)
             return cmd(args, png, npz)
     return run
+
+
+def _refuse_sample_folder(folder: Path) -> None:
+    """A `reproduce table1` cell (a folder whose settings.json records how its samples were made) holds only the images
+    of that cell: a PNG written there would be scored with them, or replaced by the cell's own image on the next run."""
+    try:
+        saved = json.loads((folder / "settings.json").read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(saved, dict) and {"seed", "S"} <= saved.keys():           # what every `generate_samples` records
+        raise ValueError(f"--out {folder} is a folder of samples for FID (its settings.json says how `reproduce` made "
+                         f"them), which holds only those; choose another --out")
 
 
 def _refuse_dotdot_through_missing(raw: str) -> None:

@@ -2181,3 +2181,18 @@ def test_twentieth_round_a_full_disk_or_a_read_only_folder_keeps_earlier_outputs
         fails_keeping(t1, table1 + ["--overwrite"], name, "No space left on device")
     read_only(t1)
     fails_keeping(t1, table1 + ["--overwrite"], str(t1), "Permission denied")
+
+
+def test_twentieth_round_no_output_into_a_reproduce_cell(trained, tmp_path, capsys):
+    """`sample --out T1/samples/eta0_S2/000007` wrote its PNG among a `reproduce table1` cell's samples (exit 0): a later
+    table with more samples replaced it by the cell's own image (the user's PNG lost, its .npz left describing another
+    file), and any tool reading the folder whole scored it. A folder whose settings.json is a cell's is refused."""
+    t1 = tmp_path / "t1"
+    assert cli.main(["reproduce", "table1", "--checkpoint", str(trained), "--features", "random", "--n-samples", "2",
+                     "--steps", "2", "--etas", "0", "--batch-size", "2", "--no-progress", "--out", str(t1)]) == 0
+    cell = t1 / "samples" / "eta0_S2"
+    before = sorted(p.name for p in cell.iterdir())
+    for command in (["sample", "--n", "1"], ["interpolate", "--n", "2"]):
+        _expect_one_line_error(capsys, [*command, "--checkpoint", str(trained), "--steps", "2", "--no-progress", "--out",
+                                        str(cell / "000007")], f"--out {cell} is a folder of samples for FID")
+    assert sorted(p.name for p in cell.iterdir()) == before
