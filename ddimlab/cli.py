@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import json
 import math
 import os
 import re
@@ -39,9 +40,10 @@ from .files import (
     interrupts_deferred,
     locked,
     put_back,
+    replaced_together,
     set_aside,
 )
-from .generate import check_data_range, check_eta, latents, progress, sample_indices, sampling_steps
+from .generate import SampleFileWarning, check_data_range, check_eta, latents, progress, sample_indices, sampling_steps
 from .plotting import grid_png, grid_size
 from .samplers import (
     FROM_NOISE,
@@ -165,6 +167,7 @@ def _writes_pair(cmd):
         png, npz = stem.parent / (stem.name + ".png"), stem.parent / (stem.name + ".npz")
         _check_name_length(stem)
         _refuse_folders(png, npz)
+        _refuse_sample_folder(png.parent)
         _refuse_own_inputs(args, png, npz)
         _require_checkpoint(args.checkpoint)
         with folder_removed_on_error(png.parent, _lock_file(png)):
@@ -173,6 +176,18 @@ def _writes_pair(cmd):
             check_can_write(png.parent)
             return cmd(args, png, npz)
     return run
+
+
+def _refuse_sample_folder(folder: Path) -> None:
+    """A `reproduce table1` cell (a folder whose settings.json records how its samples were made) holds only the images
+    of that cell: a PNG written there would be scored with them, or replaced by the cell's own image on the next run."""
+    try:
+        saved = json.loads((folder / "settings.json").read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(saved, dict) and {"seed", "S"} <= saved.keys():           # what every `generate_samples` records
+        raise ValueError(f"--out {folder} is a folder of samples for FID (its settings.json says how `reproduce` made "
+                         f"them), which holds only those; choose another --out")
 
 
 def _refuse_dotdot_through_missing(raw: str) -> None:
@@ -238,13 +253,14 @@ def _check_png_grid(n: int, shape, nrow, scale: int, fewer: str = "--n") -> None
 def _save_pair(png: Path, npz: Path, images: torch.Tensor, nrow, scale: int, overwrite: bool, **arrays) -> None:
     """Write the PNG grid and the .npz beside it as one pair: under a lock, so two commands writing the
     same --out take turns (the second refuses unless --overwrite), and with the PNG's sha256 recorded in the
-    .npz (`png_sha256`). The PNG is encoded in memory first and written only after the .npz, so a full disk
-    or an unwritable name replaces neither file; a Ctrl-C during the two writes waits until both are done."""
+    .npz (`png_sha256`). The PNG is encoded in memory first, and the two files are written as one (`replaced_together`):
+    a full disk or an unwritable name at either leaves the earlier pair as it was; a Ctrl-C during the two writes waits
+    until both are done."""
     with locked(_lock_file(png)):
         _refuse_existing(overwrite, png, npz)
         _refuse_folders(png, npz)
         data = grid_png(images, nrow=nrow, scale=scale)
-        with interrupts_deferred():
+        with interrupts_deferred(), replaced_together(png.parent, [npz, png]):
             atomic_write(npz, lambda f: np.savez(f, **arrays, png_sha256=hashlib.sha256(data).hexdigest()))
             atomic_write(png, lambda f: f.write(data))
 
@@ -894,7 +910,8 @@ def _main(argv, prog):
 
     def show(message, category, *rest, **kw):   # ddimlab's own warnings as one line, like its errors
         if issubclass(category, (OutOfRangeWarning, StepsWarning, checkpoint.EarlyEMAWarning, TornLogWarning,
-                                     LossWarning, EditedConfigWarning, UnknownSettingsWarning, LatentsWarning)):
+                                     LossWarning, EditedConfigWarning, UnknownSettingsWarning, LatentsWarning,
+                                     SampleFileWarning)):
             print(f"{prog} {args.command}: warning: {message}", file=sys.stderr)
         else:
             shown(message, category, *rest, **kw)

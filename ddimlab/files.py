@@ -7,6 +7,7 @@ import errno
 import glob
 import hashlib
 import os
+import shutil
 import signal
 import stat
 import tempfile
@@ -220,6 +221,27 @@ def put_back(aside: Path, out: Path) -> None:
                 p.rmdir()
     with contextlib.suppress(OSError):
         aside.rmdir()
+
+
+@contextlib.contextmanager
+def replaced_together(folder, paths):
+    """The block writes the files `paths` (inside `folder`, each with `atomic_write`) as one set, e.g. a PNG and the .npz
+    that records it: those of an earlier run are set aside first (`set_aside`), and if the block fails (a full disk at
+    the second file) the files it wrote are removed and the earlier ones put back, so that the folder never holds a new
+    file beside an old one; after the block the earlier files are deleted."""
+    folder, paths = Path(folder), [Path(p) for p in paths]
+    aside = set_aside(folder, [p for p in paths if p.exists() or p.is_symlink()])
+    try:
+        yield
+    except BaseException:
+        for p in paths:
+            with contextlib.suppress(OSError):
+                p.unlink(missing_ok=True)
+        if aside is not None:
+            put_back(aside, folder)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _unlink_unless_locked(path: Path) -> None:

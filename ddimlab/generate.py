@@ -10,6 +10,7 @@ convolutions, which moves a rare pixel by at most one grey level (notebook 07 §
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -25,6 +26,37 @@ from .data import from_model_range
 from .files import atomic_write, remove_empty, remove_stale_temps
 from .plotting import save_png
 from .samplers import SIGMA_HAT, OutOfRangeWarning, check_first_step, sample_row
+
+
+class SampleFileWarning(UserWarning):
+    """`generate_samples` found sample files it did not write (made again), or a folder whose files it cannot check."""
+
+
+SEAL = "ddimlab-sample"     # the PNG text chunk that holds a sample's seal (`_seal`)
+
+
+def _seal(settings_key: str, index: int, pixels: np.ndarray) -> str:
+    """A sample file's seal: sha256 of its cell's settings, its index and its pixels (H×W or H×W×3 uint8, as Pillow
+    reads them back), so that another image, or this cell's image of another index or another cell's, does not pass."""
+    head = f"{settings_key}\n{index}\n{tuple(pixels.shape)}\n".encode()
+    return hashlib.sha256(head + np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()).hexdigest()
+
+
+def _sealed_ok(path: Path, settings_key: str, index: int) -> bool:
+    """Whether the PNG at `path` holds the seal of image `index` of the cell (an unreadable file does not)."""
+    from PIL import Image  # Pillow comes with matplotlib
+
+    try:
+        with Image.open(path) as im:
+            return im.format == "PNG" and im.mode in ("L", "RGB") and \
+                im.text.get(SEAL) == _seal(settings_key, index, np.asarray(im))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
+
+
+def _names(indices, most: int = 3) -> str:
+    names = [f"{i:06d}.png" for i in indices[:most]]
+    return ", ".join(names) + (f" and {len(indices) - most} more" if len(indices) > most else "")
 
 
 def progress(total: int, desc: str, enabled: bool = True):
@@ -172,7 +204,11 @@ def generate_samples(model, out_dir, n: int, *, shape=None, S: int = 50, eta=0.0
     """Write samples 0..n−1 as `out_dir/{i:06d}.png`; returns the indices this call wrote.
 
     This rank makes indices rank, rank + world_size, …; an index whose file exists is skipped, so a
-    crashed run resumes where it stopped and gives the images an uninterrupted run would have.
+    crashed run resumes where it stopped and gives the images an uninterrupted run would have. Each PNG holds
+    a seal (a text chunk: sha256 of the settings that settings.json records, its index and its pixels); a file without
+    the right one (replaced by another image, or edited) is made again, with a `SampleFileWarning`. A folder of an
+    earlier ddimlab, whose images hold no seal, is reused unverified, with a warning: making its images again would
+    cost all their sampling.
     `out_dir/settings.json` records what the images are a function of (the model's weights and the ᾱ table by their
     sha256, seed, S, η, spacing, shape, clipping, amp); a folder made with other settings is a ValueError, never reused.
     `model` is a network `model(x, t)`, `checkpoint.eps_fn` of one, or any callable eps(x, t); a callable's weights
@@ -194,11 +230,25 @@ def generate_samples(model, out_dir, n: int, *, shape=None, S: int = 50, eta=0.0
     out_dir = Path(out_dir)
     created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]      # innermost first
     out_dir.mkdir(parents=True, exist_ok=True)
-    claimed = _claim(out_dir, dict(model=model_key, T=int(alpha_bar.shape[0]), seed=seed, S=int(S), eta=str(eta),
-                                   spacing=spacing, shape=list(shape), clip_x0=clip_x0,
-                                   amp=bool(amp or getattr(model, "amp", False)),            # eps_fn(net, amp=True) too
-                                   alpha_bar=sha256_of(alpha_bar.to(torch.float64).cpu())))
-    todo = [i for i in range(rank, n, world_size) if not (out_dir / f"{i:06d}.png").exists()]
+    settings = dict(model=model_key, T=int(alpha_bar.shape[0]), seed=seed, S=int(S), eta=str(eta), spacing=spacing,
+                    shape=list(shape), clip_x0=clip_x0, amp=bool(amp or getattr(model, "amp", False)),   # eps_fn(net, amp=True)
+                    alpha_bar=sha256_of(alpha_bar.to(torch.float64).cpu()))
+    key = json.dumps(settings, sort_keys=True)           # what each image's seal is a function of, with its index
+    saved = _claim(out_dir, {**settings, "sealed": True})
+    claimed = saved is None
+    mine = range(rank, n, world_size)
+    there = [i for i in mine if (out_dir / f"{i:06d}.png").exists()]
+    if claimed or saved.get("sealed") is True:
+        if replaced := [i for i in there if not _sealed_ok(out_dir / f"{i:06d}.png", key, i)]:
+            warnings.warn(f"{out_dir}: {_names(replaced)} do{'es' if len(replaced) == 1 else ''} not hold the image this "
+                          f"cell made there (replaced or edited since), so {'it is' if len(replaced) == 1 else 'they are'} "
+                          f"made again", SampleFileWarning, stacklevel=2)
+        there = sorted(set(there) - set(replaced))
+    elif there:
+        warnings.warn(f"{out_dir} was made by an earlier ddimlab, whose images hold no seal to check: its {len(there)} "
+                      f"images are reused unverified (making them again would cost their sampling; delete the folder to "
+                      f"do so)", SampleFileWarning, stacklevel=2)
+    todo = sorted(set(mine) - set(there))
     batches = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
     rms = []
     try:
@@ -208,7 +258,9 @@ def generate_samples(model, out_dir, n: int, *, shape=None, S: int = 50, eta=0.0
                 x = sample_indices(model, idx, shape, alpha_bar, seq, eta, seed, clip_x0, device, amp, check_range=False)
                 rms.append(_rms(x))
                 for i, img in zip(idx, from_model_range(x)):
-                    save_png(img, out_dir / f"{i:06d}.png")
+                    pixels = img.permute(1, 2, 0).numpy()
+                    save_png(img, out_dir / f"{i:06d}.png",
+                             {SEAL: _seal(key, i, pixels[..., 0] if pixels.shape[-1] == 1 else pixels)})
                 bar.update(len(idx))
     except BaseException:            # nothing sampled yet (e.g. the network fails on this shape): the folder stays free
         if claimed and not any(out_dir.glob("*.png")):      # only the settings.json this call wrote
@@ -262,9 +314,9 @@ def _model_key(model, model_id, out_dir) -> str | None:
     return f"id:{model_id}"
 
 
-def _claim(out_dir: Path, settings: dict) -> bool:
-    """Record `settings` in out_dir/settings.json (True), or check that the images already there were made with them
-    (False)."""
+def _claim(out_dir: Path, settings: dict) -> dict | None:
+    """Record `settings` in out_dir/settings.json (None), or check that the images already there were made with them
+    (the settings recorded there)."""
     path = out_dir / "settings.json"
     if path.exists():
         try:
@@ -291,8 +343,8 @@ def _claim(out_dir: Path, settings: dict) -> bool:
                          f"--out or delete that folder")
     else:
         atomic_write(path, lambda f: f.write(json.dumps(settings, indent=1)), text=True)
-        return True
-    return False
+        return None
+    return saved
 
 
 def sampling_steps(S: int, T: int = 1000, spacing: str = "quad") -> torch.Tensor:

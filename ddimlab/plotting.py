@@ -69,17 +69,22 @@ def image_grid(x: torch.Tensor, nrow: int | None = None, padding: int = 1, pad_v
     return grid
 
 
-def png_bytes(image) -> bytes:
+def png_bytes(image, text: dict | None = None) -> bytes:
     """One uint8 image encoded as PNG: an (H, W, C) array or a (C, H, W) tensor with C = 1 (grey) or 3 (RGB).
-    The one PNG encoder, for grids and for the sample files FID reads."""
+    The one PNG encoder, for grids and for the sample files FID reads. text: {key: value} strings stored in the file's
+    tEXt chunks (the seal of a `generate` sample), which image readers pass over."""
     from PIL import Image  # Pillow comes with matplotlib
+    from PIL.PngImagePlugin import PngInfo
 
     a = image.detach().cpu().permute(1, 2, 0).numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     if a.dtype != np.uint8 or a.ndim != 3 or a.shape[-1] not in (1, 3):
         raise ValueError(f"save_png needs a uint8 image H×W×C (or a C×H×W tensor) with C in (1, 3), "
                          f"got {a.dtype} {a.shape}")
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(a[..., 0] if a.shape[-1] == 1 else a)).save(buf, format="PNG")
+    Image.fromarray(np.ascontiguousarray(a[..., 0] if a.shape[-1] == 1 else a)).save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
 
 
@@ -91,9 +96,9 @@ def png_path(path) -> Path:
     return Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
 
 
-def save_png(image, path) -> Path:
-    """Write one uint8 image to `path` (a .png) as PNG (`png_bytes`), atomically."""
-    data, path = png_bytes(image), png_path(path)
+def save_png(image, path, text: dict | None = None) -> Path:
+    """Write one uint8 image to `path` (a .png) as PNG (`png_bytes`, with its `text` chunks), atomically."""
+    data, path = png_bytes(image, text), png_path(path)
     return atomic_write(path, lambda f: f.write(data))
 
 

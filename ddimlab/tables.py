@@ -23,7 +23,7 @@ from . import data, devices, schedule
 from .checkpoint import eps_fn
 from .checks import check_bool, check_distinct, check_int
 from .fid import compute_fid, fid_inception, image_stats, load_images, stats_of
-from .files import atomic_write, check_can_write
+from .files import atomic_write, check_can_write, replaced_together
 from .generate import check_eta, check_shape, generate_samples, resolve_rank, sample_indices, sampling_steps
 from .samplers import FROM_NOISE, SIGMA_HAT, TO_NOISE, OutOfRangeWarning, check_eta_steps, check_first_step, reconstruct
 
@@ -221,13 +221,14 @@ def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list
     rows = grid(cell, eta_list, S_list)
     if rank != 0:
         return []
-    _write_csv(out_dir / "table1.csv", rows, ["eta", "S", "steps", "n", "fid", "paper_fid", "seconds"])
     metric = "FID (Inception, CIFAR-10 train)" if feature_fn is None else "Fréchet distance (injected features)"
     md = (f"# DDIM Table 1: {metric}, measured (paper), {n_samples} samples, {spacing} steps\n\n"
           + _markdown_grid(rows, "S", list(S_list), "eta", [eta_label(check_eta(e)) for e in eta_list],
                            lambda r: f"{_fmt(r['fid'])} ({_fmt(r['paper_fid'], 6)})").replace(f"| {SIGMA_HAT} |", "| σ̂ |"))
     md += _fewer_steps_note(S_list, T, spacing)
-    atomic_write(out_dir / "table1.md", lambda f: f.write(md), text=True)
+    with replaced_together(out_dir, [out_dir / "table1.csv", out_dir / "table1.md"]):     # never a new .csv beside an old .md
+        _write_csv(out_dir / "table1.csv", rows, ["eta", "S", "steps", "n", "fid", "paper_fid", "seconds"])
+        atomic_write(out_dir / "table1.md", lambda f: f.write(md), text=True)
     return rows
 
 
@@ -308,13 +309,14 @@ def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None
         return []
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_csv(out_dir / "table2.csv", rows, ["S", "steps", "n", "mse", "paper_mse", "seconds"])
     md = (f"# DDIM Table 2: reconstruction error (per-dimension MSE, [0, 1] scale), measured (paper), "
           f"{len(images)} {source or 'images'}, {spacing} steps\n\n"
           + "| S | " + " | ".join(str(r["S"]) for r in rows) + " |\n|" + "---|" * (len(rows) + 1) + "\n"
           + "| error | " + " | ".join(f"{_fmt(r['mse'], 3)} ({_fmt(r['paper_mse'], 6)})" for r in rows) + " |\n"
           + _fewer_steps_note(S_list, alpha_bar.shape[0], spacing))
-    atomic_write(out_dir / "table2.md", lambda f: f.write(md), text=True)
+    with replaced_together(out_dir, [out_dir / "table2.csv", out_dir / "table2.md"]):
+        _write_csv(out_dir / "table2.csv", rows, ["S", "steps", "n", "mse", "paper_mse", "seconds"])
+        atomic_write(out_dir / "table2.md", lambda f: f.write(md), text=True)
     return rows
 
 

@@ -1295,21 +1295,22 @@ def test_eleventh_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     one_line_error(["reproduce", "table2", "--checkpoint", str(trained), "--n-images", "100000000", "--steps", "2",
                     "--out", str(tmp_path / "t2")], "n_images 100000000 (--n-images) exceeds the 1797 images")
     assert not (tmp_path / "t2").exists() and not (tmp_path / "lab").exists()
-    # a damaged sample in a reproduce cell is named, with what to do
+    # a damaged sample in a reproduce cell is made again, said in one line (round 20: each sample holds a seal; before,
+    # the damaged file was named at the scoring, with "delete it"; `fid.load_images` still says so for other folders)
     t1 = ["reproduce", "table1", "--checkpoint", str(trained), "--features", "random", "--n-samples", "4", "--steps", "2",
           "--etas", "0", "--batch-size", "4", "--out", str(tmp_path / "t1"), "--no-progress"]
     assert cli.main(t1) == 0
     capsys.readouterr()
     cell = next((tmp_path / "t1" / "samples").iterdir())
     Image.fromarray(np.zeros((17, 17), np.uint8)).save(cell / "000000.png")     # the first file: the others are fine
-    one_line_error([*t1, "--overwrite"], "000000.png holds an array of shape (17, 17), most files one of (8, 8)",
-                   "delete it")
-    (cell / "000000.png").unlink()
-    assert cli.main([*t1, "--overwrite"]) == 0
-    capsys.readouterr()
     (cell / "000001.png").write_bytes(b"not a png")
-    one_line_error([*t1, "--overwrite"], "000001.png is not a readable PNG", "delete it")
-    (cell / "000001.png").unlink()
+    assert cli.main([*t1, "--overwrite"]) == 0
+    assert "000000.png, 000001.png do not hold the image this cell made there" in capsys.readouterr().err
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="a.png is not a readable PNG"):
+        fid.load_images(junk)
     assert cli.main([*t1, "--overwrite"]) == 0 and fid.load_images(cell).shape == (4, 1, 8, 8)
 
 
@@ -2074,3 +2075,125 @@ def test_twentieth_round_of_careless_use(trained, tmp_path, capsys):
     assert cli.main(["reproduce", "table2", "--checkpoint", str(run), "--out", str(tmp_path / "t2"), "--steps", "2",
                      "--n-images", "4", "--no-progress"]) == 0
     assert "4 digits, those the model trained on (no held-out set)" in (tmp_path / "t2" / "table2.md").read_text()
+
+
+def test_twentieth_round_a_replaced_sample_is_made_again(trained, tmp_path, capsys):
+    """`reproduce table1` reused a cell's PNG that had been replaced by another valid image of the same size (it looked
+    only at whether the file was there): each sample now holds a seal (sha256 of the cell's settings, its index and its
+    pixels) that a rerun checks, and an image without a valid one is made again, said in one line. A folder of an
+    earlier ddimlab, whose images hold no seal, is reused as before with a one-line note."""
+    from PIL import Image
+
+    out = tmp_path / "t1"
+    argv = ["reproduce", "table1", "--checkpoint", str(trained), "--features", "random", "--n-samples", "4", "--steps", "2",
+            "--etas", "0", "--batch-size", "4", "--no-progress", "--out", str(out)]
+    assert cli.main(argv) == 0
+    first = capsys.readouterr().out
+    cell = out / "samples" / "eta0_S2"
+    made = {p.name: np.asarray(Image.open(p)) for p in sorted(cell.glob("*.png"))}
+    Image.fromarray(made["000002.png"]).save(cell / "000001.png")              # another valid 8x8 image of the cell
+    Image.fromarray(255 - made["000003.png"]).save(cell / "000003.png")        # an edited one
+    assert cli.main(argv + ["--overwrite"]) == 0
+    captured = capsys.readouterr()
+    err = [line for line in captured.err.splitlines() if "000001.png" in line]
+    assert len(err) == 1 and "000003.png" in err[0] and "made again" in err[0], captured.err
+    assert captured.out == first                                               # the same table as before the edits
+    for name, pixels in made.items():
+        assert np.array_equal(np.asarray(Image.open(cell / name)), pixels), name
+
+    settings = json.loads((cell / "settings.json").read_text())                # as an earlier ddimlab wrote it
+    del settings["sealed"]
+    (cell / "settings.json").write_text(json.dumps(settings))
+    for p in cell.glob("*.png"):
+        Image.fromarray(np.asarray(Image.open(p))).save(p)                     # images with no seal
+    assert cli.main(argv + ["--overwrite"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == first and "reused unverified" in captured.err, captured.err
+    assert len([line for line in captured.err.splitlines() if "unverified" in line]) == 1
+
+
+def test_twentieth_round_a_full_disk_or_a_read_only_folder_keeps_earlier_outputs(trained, tmp_path, capsys, monkeypatch):
+    """A full disk (ENOSPC at a file's rename) and a read-only folder (EACCES at its temporary file), made in-process
+    since root writes anywhere: `sample`, `train`'s checkpoint and `reproduce table1` each exit 1 with one line naming
+    the path and the reason, and leave neither a temporary file nor a changed earlier output. Before, a full disk at
+    `sample`'s PNG left the new .npz beside the old PNG, and at table1.md the new table1.csv beside the old table1.md."""
+    import errno
+    import os
+    import tempfile
+
+    real_replace, real_mkstemp = os.replace, tempfile.mkstemp
+
+    def full_disk_at(name):
+        def replace(src, dst, *a, **k):
+            if os.path.basename(src).endswith(".tmp") and os.path.basename(dst) == name:    # atomic_write's rename
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_replace(src, dst, *a, **k)
+        monkeypatch.setattr(os, "replace", replace)
+
+    def read_only(folder):
+        def mkstemp(*a, dir=None, **k):
+            if dir is not None and os.path.samefile(dir, folder):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            return real_mkstemp(*a, dir=dir, **k)
+        monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+    def files_of(folder):
+        return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".lock")}
+
+    def fails_keeping(folder, argv, *needles):
+        before = files_of(folder)
+        _expect_one_line_error(capsys, argv, *needles)
+        monkeypatch.undo()
+        after = files_of(folder)
+        assert {p: after.get(p) for p in before} == before, argv     # earlier outputs as they were
+        added = [p for p in after if p not in before and not (p.parent.parent.name == "samples" and p.suffix == ".png")]
+        assert not added and not list(folder.rglob(".previous-*")), (argv, added)   # no temporary or half file (a
+        #                                                                             reproduce sample made is kept work)
+
+    out = tmp_path / "s"
+    sample = ["sample", "--checkpoint", str(trained), "--n", "2", "--steps", "2", "--no-progress", "--out", str(out / "x")]
+    assert cli.main(sample) == 0
+    for name in ("x.npz", "x.png"):
+        full_disk_at(name)
+        fails_keeping(out, sample + ["--seed", "3", "--overwrite"], str(out / name), "No space left on device")
+    read_only(out)
+    fails_keeping(out, sample + ["--seed", "3", "--overwrite"], str(out), "Permission denied")
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    resume = ["train", "--resume", "--out", str(run), "--no-progress", "--set", "steps=40"]
+    full_disk_at("ckpt.pt")
+    before = files_of(run)
+    _expect_one_line_error(capsys, resume, str(run / "ckpt.pt"), "No space left on device")
+    monkeypatch.undo()
+    after = files_of(run)
+    assert {p for p in after if p.name != "log.jsonl"} == {p for p in before if p.name != "log.jsonl"}  # no temporary file
+    assert all(after[p] == before[p] for p in before if p.name != "log.jsonl")      # the log gains step 40 (trimmed by --resume)
+    read_only(run)
+    fails_keeping(run, resume, str(run), "Permission denied")
+
+    t1 = tmp_path / "t1"
+    table1 = ["reproduce", "table1", "--checkpoint", str(trained), "--features", "random", "--n-samples", "2", "--steps", "2",
+              "--etas", "0", "--batch-size", "2", "--no-progress", "--out", str(t1)]
+    assert cli.main(table1) == 0
+    (t1 / "samples" / "eta0_S2" / "000001.png").unlink()             # a sample to make again
+    for name in ("000001.png", "table1.md", "table1.csv"):
+        full_disk_at(name)
+        fails_keeping(t1, table1 + ["--overwrite"], name, "No space left on device")
+    read_only(t1)
+    fails_keeping(t1, table1 + ["--overwrite"], str(t1), "Permission denied")
+
+
+def test_twentieth_round_no_output_into_a_reproduce_cell(trained, tmp_path, capsys):
+    """`sample --out T1/samples/eta0_S2/000007` wrote its PNG among a `reproduce table1` cell's samples (exit 0): a later
+    table with more samples replaced it by the cell's own image (the user's PNG lost, its .npz left describing another
+    file), and any tool reading the folder whole scored it. A folder whose settings.json is a cell's is refused."""
+    t1 = tmp_path / "t1"
+    assert cli.main(["reproduce", "table1", "--checkpoint", str(trained), "--features", "random", "--n-samples", "2",
+                     "--steps", "2", "--etas", "0", "--batch-size", "2", "--no-progress", "--out", str(t1)]) == 0
+    cell = t1 / "samples" / "eta0_S2"
+    before = sorted(p.name for p in cell.iterdir())
+    for command in (["sample", "--n", "1"], ["interpolate", "--n", "2"]):
+        _expect_one_line_error(capsys, [*command, "--checkpoint", str(trained), "--steps", "2", "--no-progress", "--out",
+                                        str(cell / "000007")], f"--out {cell} is a folder of samples for FID")
+    assert sorted(p.name for p in cell.iterdir()) == before
