@@ -5,6 +5,9 @@ import threading
 
 import pytest
 import torch
+from cli_support import TINY, _sets
+
+from ddimlab import cli
 
 # The unit tests use small tensors: on a shared 2-core machine one thread runs them fastest and steadiest.
 torch.set_num_threads(1)
@@ -19,6 +22,14 @@ def _threads_back_to_one(monkeypatch):
     monkeypatch.setenv("MKL_NUM_THREADS", "1")
     yield
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny digits run (`cli_support.TINY`), trained through the CLI once per test module."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert cli.main(["train", "--preset", "digits", "--out", str(out), "--no-progress", *_sets(TINY)]) == 0
+    return out
 
 
 @pytest.fixture()

@@ -11,26 +11,12 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import torch
+from cli_support import TINY, _expect_one_line_error, _run, _sets
 
 from ddimlab import checkpoint, cli, ode, plotting, quality, schedule
 from ddimlab.checkpoint import eps_fn
 from ddimlab.samplers import ddim_sample
 from ddimlab.unet import UNet
-
-TINY = ["resolution=8", "ch=16", "ch_mult=1,2", "attn_resolutions=", "num_groups=8", "dropout=0",
-        "batch_size=32", "steps=30", "lr=2e-3", "warmup=5", "log_every=10", "n_samples=4", "sample_steps=5",
-        "device=cpu"]
-
-
-def _sets(items):
-    return [a for kv in items for a in ("--set", kv)]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli") / "run"
-    assert cli.main(["train", "--preset", "digits", "--out", str(out), "--no-progress", *_sets(TINY)]) == 0
-    return out
 
 
 def test_train_writes_checkpoint_log_and_grid(trained):
@@ -204,13 +190,6 @@ def test_image_grid_layout_and_values(tmp_path):
 
 
 # --------------------------------------------------------------------------- issue #12: commands a user can trust
-
-def _run(*args, env=None, timeout=300):
-    """`python -m ddimlab ARGS` in a subprocess, as a user runs it."""
-    import os
-    return subprocess.run([sys.executable, "-m", "ddimlab", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "DDIMLAB_DEBUG": "", **(env or {})})
-
 
 def _short_error(r, *needles):
     """Exit status 1, no traceback, at most two lines on stderr, each needle in them."""
@@ -663,15 +642,6 @@ def test_the_verification_pass_of_the_fixes_above(trained, tmp_path, capsys):
                          "--steps", "5", "--etas", "0", "--batch-size", "2", "--spacing", "linspace", "--no-progress",
                          "--out", str(tmp_path / "t")]) == 0
     assert capsys.readouterr().err.count("warning: 6 of 6 samples have an RMS above 10") == 1   # once, not per batch
-
-
-def _expect_one_line_error(capsys, argv, *needles):
-    """cli.main(argv) exits 1 with one or two lines on stderr, no traceback, and each needle in them."""
-    assert cli.main(argv) == 1, argv
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
-    for needle in needles:
-        assert needle in err, (needle, err)
 
 
 def test_third_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from test_cli import TINY, _expect_one_line_error, _run, _sets, trained  # noqa: F401  (trained: a fixture)
+from cli_support import TINY, _expect_one_line_error, _run, _sets
 
 from ddimlab import checkpoint, cli, devices, generate, ode, samplers, schedule
 from ddimlab import train as train_mod
@@ -22,7 +22,7 @@ from ddimlab.checkpoint import eps_fn
 AB = schedule.make_alpha_bar("linear", 1000)
 
 
-def _sample(trained, out, *extra):   # noqa: F811
+def _sample(trained, out, *extra):
     return cli.main(["sample", "--checkpoint", str(trained), "--no-progress", "--out", str(out), *extra])
 
 
@@ -37,7 +37,7 @@ def test_train_help_lists_every_set_field_with_each_presets_value():
             assert str(getattr(train_mod.make_config(preset), field.name)) in rows[field.name], (field.name, preset)
 
 
-def test_no_ema_samples_the_raw_weights(trained, tmp_path):  # noqa: F811
+def test_no_ema_samples_the_raw_weights(trained, tmp_path):
     """"`--checkpoint` takes a ddimlab run folder or its `ckpt.pt` (EMA weights unless `--no-ema` ...)\""""
     for flag, use_ema in (([], True), (["--no-ema"], False)):
         out = tmp_path / f"ema{use_ema}"
@@ -50,7 +50,7 @@ def test_no_ema_samples_the_raw_weights(trained, tmp_path):  # noqa: F811
     assert not np.allclose(np.load(tmp_path / "emaTrue.npz")["samples"], np.load(tmp_path / "emaFalse.npz")["samples"])
 
 
-def test_the_early_ema_warning_is_above_10_percent_as_cifar10s_first_23k_steps(trained):  # noqa: F811
+def test_the_early_ema_warning_is_above_10_percent_as_cifar10s_first_23k_steps(trained):
     """"a one-line warning when the EMA still holds over 10% of the initial random weights, as the `cifar10` preset's
     decay 0.9999 does for its first 23k steps\""""
     cifar = train_mod.make_config("cifar10")
@@ -78,7 +78,7 @@ def test_a_scheduler_for_x0_or_v_prediction_is_refused(tmp_path, tiny_unet, pred
         checkpoint.load_model(pipe)
 
 
-def test_ddpm_runs_its_whole_chain_unless_steps(trained, tmp_path, monkeypatch):  # noqa: F811
+def test_ddpm_runs_its_whole_chain_unless_steps(trained, tmp_path, monkeypatch):
     """"`--sampler` is ... `ddpm` (its whole chain unless `--steps` ...)\""""
     seen = []
 
@@ -94,7 +94,7 @@ def test_ddpm_runs_its_whole_chain_unless_steps(trained, tmp_path, monkeypatch):
     assert len(seen[-1]) == cli.DEFAULT_STEPS < 1000                   # DDIM's default is not the whole chain
 
 
-def test_ddpm_variance_small_and_large_are_ddpms_two_variances(trained, tmp_path):  # noqa: F811
+def test_ddpm_variance_small_and_large_are_ddpms_two_variances(trained, tmp_path):
     """"`ddpm` (...; `--variance small|large`)": each image is `samplers.ddpm_sample` with that variance, from the
     seed's x_T and its own noise."""
     net, abar = checkpoint.load_model(trained)
@@ -123,7 +123,7 @@ def test_default_step_rules_are_the_readmes():
         assert rule == expected, name
 
 
-def test_ddpm_samples_on_the_uniform_rule_unless_asked(trained, tmp_path):  # noqa: F811
+def test_ddpm_samples_on_the_uniform_rule_unless_asked(trained, tmp_path):
     """"the DDIM code's uniform for DDIM, DDPM and the rest\" (from the command line)"""
     for sampler in ("ddpm", "euler", "heun"):
         out = tmp_path / sampler
@@ -132,7 +132,7 @@ def test_ddpm_samples_on_the_uniform_rule_unless_asked(trained, tmp_path):  # no
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
-def test_image_i_of_sample_seed_s_is_a_function_of_s_and_i_alone(trained, tmp_path, sampler):  # noqa: F811
+def test_image_i_of_sample_seed_s_is_a_function_of_s_and_i_alone(trained, tmp_path, sampler):
     """"image i of `sample --seed s` is a function of (s, i) alone\": not of --n, --batch-size or the other images
     (with ddpm's fresh noise too)."""
     base = ["--sampler", sampler, "--steps", "4", "--seed", "7"]
@@ -168,7 +168,7 @@ def test_overwrite_leaves_no_grid_of_the_old_run(tmp_path, capsys):
     ["reproduce", "table2", "--checkpoint", "CKPT", "--data-root", "", "--out", "OUT"],
     ["train", "--preset", "cifar10", "--set", "data_root=", "--out", "OUT"],
 ])
-def test_a_blank_path_is_refused_by_every_command(trained, tmp_path, capsys, monkeypatch, argv):  # noqa: F811
+def test_a_blank_path_is_refused_by_every_command(trained, tmp_path, capsys, monkeypatch, argv):
     """"a blank `--out` (or `--input`, `--latents`, `--data-root`, `--set data_root=`, `--checkpoint`) is refused, by
     every command, rather than read as the current folder\""""
     monkeypatch.chdir(tmp_path)
@@ -205,7 +205,7 @@ def test_a_second_ctrl_c_or_sigterm_stops_at_once():
 
 
 @pytest.mark.parametrize("command", ["invert", "interpolate"])
-def test_invert_and_interpolate_refuse_existing_outputs_unless_overwrite(trained, tmp_path, capsys, command):  # noqa: F811
+def test_invert_and_interpolate_refuse_existing_outputs_unless_overwrite(trained, tmp_path, capsys, command):
     """"`sample`, `invert` and `interpolate` refuse existing output files unless `--overwrite`\""""
     assert _sample(trained, tmp_path / "s", "--steps", "2", "--n", "2") == 0
     args = {"invert": ["--input", str(tmp_path / "s.npz")], "interpolate": ["--n", "3"]}[command]
@@ -217,7 +217,7 @@ def test_invert_and_interpolate_refuse_existing_outputs_unless_overwrite(trained
     assert cli.main([*argv, "--overwrite"]) == 0 and np.load(tmp_path / "o.npz")["x_T"].shape[1:] == (1, 8, 8)
 
 
-def test_invert_interpolate_and_demo_that_fail_remove_the_folders_they_made(trained, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_invert_interpolate_and_demo_that_fail_remove_the_folders_they_made(trained, tmp_path, capsys, monkeypatch):
     """"`sample`, `invert`, `interpolate`, `lab` and `demo` that fail remove the folders they made for `--out`\""""
     from ddimlab import demo, lab
 
@@ -253,7 +253,7 @@ def test_lab_and_demo_that_fail_remove_the_files_they_wrote_into_an_existing_out
     assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".lock")) == ["notes.txt"]
 
 
-def test_reproduce_table2_replaces_its_table_and_csv_only_with_overwrite(trained, tmp_path, capsys):  # noqa: F811
+def test_reproduce_table2_replaces_its_table_and_csv_only_with_overwrite(trained, tmp_path, capsys):
     """"`reproduce` replaces a finished `table1.md`/`table2.md` (and its `.csv`) only with `--overwrite`\""""
     out = tmp_path / "t2"
     argv = ["reproduce", "table2", "--checkpoint", str(trained), "--n-images", "2", "--steps", "2", "--no-progress",
@@ -269,7 +269,7 @@ def test_reproduce_table2_replaces_its_table_and_csv_only_with_overwrite(trained
     assert (out / "table2.md").read_text() != "mine\n" and (out / "table2.csv").read_text() != "mine\n"
 
 
-def test_reproduce_refuses_a_cell_folder_made_with_another_spacing(trained, tmp_path, capsys):  # noqa: F811
+def test_reproduce_refuses_a_cell_folder_made_with_another_spacing(trained, tmp_path, capsys):
     """"`reproduce table1` records in each cell's folder what its images are a function of (the weights' sha256, seed,
     S, η, spacing) and refuses a folder made with other settings instead of scoring its images\" (the spacing; the
     seed and the weights are in test_cli)"""
@@ -281,7 +281,7 @@ def test_reproduce_refuses_a_cell_folder_made_with_another_spacing(trained, tmp_
                            "linspace")
 
 
-def test_sample_and_interpolate_record_what_made_them(trained, tmp_path):  # noqa: F811
+def test_sample_and_interpolate_record_what_made_them(trained, tmp_path):
     """"the `.npz` records ... `sample`'s also the sampler's settings and `--clip`; those of `sample`, `invert` and
     `interpolate` the checkpoint (as an absolute path), EMA or raw weights and the weights' sha256, ...
     `interpolate`'s the seeds or the latents file and indices\""""
@@ -324,7 +324,7 @@ def test_a_loss_far_above_1_is_a_loss_warning_in_python(tmp_path):
         train_mod.train(config)
 
 
-def test_interpolate_says_when_its_first_step_is_not_pure_noise(trained, tmp_path):  # noqa: F811
+def test_interpolate_says_when_its_first_step_is_not_pure_noise(trained, tmp_path):
     """"So is a run from x_T ~ N(0, I) whose first step has ᾱ > 0.1 ...: `sample`, `interpolate` and `samplers.sample`
     say so\" (interpolate; sample and samplers.sample are in test_cli and test_samplers)"""
     r = _run("interpolate", "--checkpoint", trained, "--steps", "1", "--n", "3", "--no-progress", "--out", tmp_path / "i")
@@ -347,7 +347,7 @@ def test_a_quoted_tilde_in_set_data_root_is_expanded(tmp_path, capsys, monkeypat
     assert not (tmp_path / "~").exists()
 
 
-def test_interpolate_refuses_nan_latents(trained, tmp_path, capsys):  # noqa: F811
+def test_interpolate_refuses_nan_latents(trained, tmp_path, capsys):
     """"`interpolate` latents that are not N(0, I) draws (NaN, 1e30)\" (NaN; 1e30 is in test_cli)"""
     x_T = np.zeros((2, 1, 8, 8), np.float32)
     x_T[1, 0, 3, 3] = np.nan
@@ -375,7 +375,7 @@ def test_a_run_not_started_by_torchrun_says_that_it_waits(monkeypatch, capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_train_invert_interpolate_and_reproduce_show_a_progress_bar_unless_asked_not_to(trained, tmp_path, capsys):  # noqa: F811
+def test_train_invert_interpolate_and_reproduce_show_a_progress_bar_unless_asked_not_to(trained, tmp_path, capsys):
     """"**Progress bars** on `train`, `sample`, `invert`, `interpolate` and `reproduce` (`--no-progress` to turn them
     off\" (sample's is in test_cli)"""
     assert _sample(trained, tmp_path / "s", "--steps", "2", "--n", "2") == 0
@@ -397,7 +397,7 @@ def test_train_invert_interpolate_and_reproduce_show_a_progress_bar_unless_asked
         assert done in capsys.readouterr().err, name
 
 
-def test_sample_into_a_pipe_whose_reader_has_gone_keeps_its_files(trained, tmp_path, monkeypatch):  # noqa: F811
+def test_sample_into_a_pipe_whose_reader_has_gone_keeps_its_files(trained, tmp_path, monkeypatch):
     """"Output into a pipe whose reader has gone (`| head`) or a closed descriptor (`2>&-`) never stops a command or
     loses its files.\" (sample, invert and interpolate; train and lab are in test_cli)"""
     class GoneReader:

@@ -1,0 +1,32 @@
+"""What the CLI tests share: a tiny model's `--set` values, `python -m ddimlab` in a subprocess, and the one-line error
+check (the `trained` fixture, a tiny run trained once per module, is in conftest.py)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from ddimlab import cli
+
+TINY = ["resolution=8", "ch=16", "ch_mult=1,2", "attn_resolutions=", "num_groups=8", "dropout=0",
+        "batch_size=32", "steps=30", "lr=2e-3", "warmup=5", "log_every=10", "n_samples=4", "sample_steps=5",
+        "device=cpu"]
+
+
+def _sets(items):
+    return [a for kv in items for a in ("--set", kv)]
+
+
+def _run(*args, env=None, timeout=300):
+    """`python -m ddimlab ARGS` in a subprocess, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "ddimlab", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "DDIMLAB_DEBUG": "", **(env or {})})
+
+
+def _expect_one_line_error(capsys, argv, *needles):
+    """cli.main(argv) exits 1 with one or two lines on stderr, no traceback, and each needle in them."""
+    assert cli.main(argv) == 1, argv
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+    for needle in needles:
+        assert needle in err, (needle, err)
