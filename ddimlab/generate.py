@@ -314,16 +314,22 @@ def _model_key(model, model_id, out_dir) -> str | None:
     return f"id:{model_id}"
 
 
+def recorded_settings(folder) -> dict | None:
+    """What `folder/settings.json` records of how `generate_samples` made the images there; None where there is no such
+    file or it is not ddimlab's (every version recorded seed and S)."""
+    try:
+        saved = json.loads((Path(folder) / "settings.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) and {"seed", "S"} <= saved.keys() else None
+
+
 def _claim(out_dir: Path, settings: dict) -> dict | None:
     """Record `settings` in out_dir/settings.json (None), or check that the images already there were made with them
     (the settings recorded there)."""
     path = out_dir / "settings.json"
     if path.exists():
-        try:
-            saved = json.loads(path.read_text())
-        except ValueError:
-            saved = None
-        if not isinstance(saved, dict) or not {"seed", "S"} <= saved.keys():     # every ddimlab version wrote these
+        if (saved := recorded_settings(out_dir)) is None:
             raise ValueError(f"{path} is damaged or not ddimlab's (it records no seed and S); delete it, or choose "
                              f"another folder (images made with it could not be told apart from other runs')")
         def same(k):        # η as a number: older folders recorded str(0) for η = 0
