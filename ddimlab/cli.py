@@ -17,7 +17,6 @@ import hashlib
 import math
 import os
 import re
-import shutil
 import signal
 import sys
 import threading
@@ -38,9 +37,7 @@ from .files import (
     folder_removed_on_error,
     interrupts_deferred,
     locked,
-    put_back,
     replaced_together,
-    set_aside,
 )
 from .generate import (
     SampleFileWarning,
@@ -630,17 +627,8 @@ def _tables_in(args, run, outputs_in, hint: str = "") -> int:
         check_nothing_set_aside(out)
         earlier = outputs_in(out)
         _refuse_existing(args.overwrite, *earlier, hint=hint)
-        aside = set_aside(out, earlier)
-        try:
+        with replaced_together(out, earlier, written=lambda: outputs_in(out)):
             run()
-        except BaseException:
-            for new in outputs_in(out):
-                new.unlink(missing_ok=True)
-            if aside is not None:
-                put_back(aside, out)
-            raise
-        if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
     return 0
 
 

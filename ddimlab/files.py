@@ -224,17 +224,18 @@ def put_back(aside: Path, out: Path) -> None:
 
 
 @contextlib.contextmanager
-def replaced_together(folder, paths):
+def replaced_together(folder, paths, written=None):
     """The block writes the files `paths` (inside `folder`, each with `atomic_write`) as one set, e.g. a PNG and the .npz
     that records it: those of an earlier run are set aside first (`set_aside`), and if the block fails (a full disk at
-    the second file) the files it wrote are removed and the earlier ones put back, so that the folder never holds a new
-    file beside an old one; after the block the earlier files are deleted."""
+    the second file, Ctrl-C) the files it wrote (`written()`, where they are not known beforehand; else `paths`) are
+    removed and the earlier ones put back, so that the folder never holds a new file beside an old one; after the block
+    the earlier files are deleted."""
     folder, paths = Path(folder), [Path(p) for p in paths]
     aside = set_aside(folder, [p for p in paths if p.exists() or p.is_symlink()])
     try:
         yield
     except BaseException:
-        for p in paths:
+        for p in (paths if written is None else written()):
             with contextlib.suppress(OSError):
                 p.unlink(missing_ok=True)
         if aside is not None:

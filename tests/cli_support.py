@@ -1,5 +1,5 @@
-"""What the CLI tests share: a tiny model's `--set` values, `python -m ddimlab` in a subprocess, and the one-line error
-check (the `trained` fixture, a tiny run trained once per module, is in conftest.py)."""
+"""What the CLI tests share: a tiny model's `--set` values, `python -m ddimlab` in a subprocess, the one-line error
+check, a stdout whose reader has gone (the `trained` fixture, a tiny run trained once per module, is in conftest.py)."""
 from __future__ import annotations
 
 import os
@@ -30,3 +30,19 @@ def _expect_one_line_error(capsys, argv, *needles):
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
     for needle in needles:
         assert needle in err, (needle, err)
+
+
+class GoneReader:
+    """stdout of `... | head` once head has exited: every write and flush is a broken pipe, and it has no descriptor."""
+
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def isatty(self):
+        return False
+
+    def fileno(self):
+        raise OSError("no descriptor here")

@@ -11,7 +11,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import torch
-from cli_support import TINY, _expect_one_line_error, _run, _sets
+from cli_support import TINY, GoneReader, _expect_one_line_error, _run, _sets
 
 from ddimlab import checkpoint, cli, ode, plotting, quality, schedule
 from ddimlab.checkpoint import eps_fn
@@ -1717,19 +1717,6 @@ def test_fifteenth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch)
 
     def one_line_error(argv, *needles):
         _expect_one_line_error(capsys, [*argv, "--no-progress"], *needles)
-
-    class GoneReader:                                  # stdout of `... | head` once head has exited
-        def write(self, text):
-            raise BrokenPipeError(32, "Broken pipe")
-
-        def flush(self):
-            raise BrokenPipeError(32, "Broken pipe")
-
-        def isatty(self):
-            return False
-
-        def fileno(self):
-            raise OSError("no descriptor here")
 
     tiny = [*_sets(TINY), "--set", "steps=2", "--set", "n_samples=0"]
     ow = tmp_path / "ow"

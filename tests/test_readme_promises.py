@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from cli_support import TINY, _expect_one_line_error, _run, _sets
+from cli_support import TINY, GoneReader, _expect_one_line_error, _run, _sets
 
 from ddimlab import checkpoint, cli, devices, generate, ode, samplers, schedule
 from ddimlab import train as train_mod
@@ -400,16 +400,6 @@ def test_train_invert_interpolate_and_reproduce_show_a_progress_bar_unless_asked
 def test_sample_into_a_pipe_whose_reader_has_gone_keeps_its_files(trained, tmp_path, monkeypatch):
     """"Output into a pipe whose reader has gone (`| head`) or a closed descriptor (`2>&-`) never stops a command or
     loses its files.\" (sample, invert and interpolate; train and lab are in test_cli)"""
-    class GoneReader:
-        def write(self, text):
-            raise BrokenPipeError(32, "Broken pipe")
-
-        def flush(self):
-            raise BrokenPipeError(32, "Broken pipe")
-
-        def isatty(self):
-            return False
-
     monkeypatch.setattr(sys, "stdout", GoneReader())
     monkeypatch.setattr(sys, "stderr", None)
     assert cli.main(["sample", "--checkpoint", str(trained), "--steps", "2", "--n", "2", "--out", str(tmp_path / "s")]) == 0
