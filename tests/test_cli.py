@@ -2137,8 +2137,7 @@ def test_twentieth_round_a_full_disk_or_a_read_only_folder_keeps_earlier_outputs
     _expect_one_line_error(capsys, resume, str(run / "ckpt.pt"), "No space left on device")
     monkeypatch.undo()
     after = files_of(run)
-    assert {p for p in after if p.name != "log.jsonl"} == {p for p in before if p.name != "log.jsonl"}  # no temporary file
-    assert all(after[p] == before[p] for p in before if p.name != "log.jsonl")      # the log gains step 40 (trimmed by --resume)
+    assert after == before          # no temporary file; the log cut back to the kept checkpoint (twenty-first round)
     read_only(run)
     fails_keeping(run, resume, str(run), "Permission denied")
 
@@ -2167,3 +2166,66 @@ def test_twentieth_round_no_output_into_a_reproduce_cell(trained, tmp_path, caps
         _expect_one_line_error(capsys, [*command, "--checkpoint", str(trained), "--steps", "2", "--no-progress", "--out",
                                         str(cell / "000007")], f"--out {cell} is a folder of samples for FID")
     assert sorted(p.name for p in cell.iterdir()) == before
+
+
+def _full_disk_at(monkeypatch, name):
+    """ENOSPC at `atomic_write`'s rename onto a file called `name` (root writes anywhere, so the full disk is made here)."""
+    import errno
+    import os
+
+    real_replace = os.replace
+
+    def replace(src, dst, *a, **k):
+        if os.path.basename(src).endswith(".tmp") and os.path.basename(dst) == name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_replace(src, dst, *a, **k)
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def test_twentyfirst_round_a_full_disk_at_the_checkpoint_says_what_was_kept(trained, tmp_path, capsys, monkeypatch):
+    """A full disk at ckpt.pt said only "[Errno 28] No space left on device: '.../ckpt.pt'": not that the last checkpoint
+    was kept, nor how to go on; and log.jsonl kept the lines of the steps after it, whose weights were lost. Now the line
+    says which step was kept and to free space and --resume, and the log is cut back to that checkpoint. A new run's
+    first checkpoint says that nothing was kept (under --overwrite, that the previous run is back)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and not p.name.endswith(".lock")}
+    _full_disk_at(monkeypatch, "ckpt.pt")
+    _expect_one_line_error(capsys, ["train", "--resume", "--out", str(run), "--no-progress", "--set", "steps=60"],
+                           str(run / "ckpt.pt"), "No space left on device", "the last checkpoint (step 30) was kept",
+                           "free some space", "--resume")
+    monkeypatch.undo()
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and not p.name.endswith(".lock")}
+    assert after == before                                     # log.jsonl too: no lines of steps 40 to 60
+    assert cli.main(["train", "--resume", "--out", str(run), "--no-progress", "--set", "steps=60"]) == 0
+
+    new = tmp_path / "new"
+    _full_disk_at(monkeypatch, "ckpt.pt")
+    _expect_one_line_error(capsys, ["train", "--preset", "digits", "--out", str(new), "--no-progress", *_sets(TINY)],
+                           "No space left on device", "before the run's first checkpoint: nothing of it was kept")
+    assert not new.exists()
+    _expect_one_line_error(capsys, ["train", "--overwrite", "--out", str(run), "--no-progress", *_sets(TINY)],
+                           "nothing of it was kept", f"the previous run is back in {run}")
+    monkeypatch.undo()
+    assert (run / "ckpt.pt").read_bytes() != before["ckpt.pt"] and not list(run.glob(".previous-*"))
+    assert checkpoint.load_checkpoint(run / "ckpt.pt")["step"] == 60
+
+    from ddimlab import train as train_module
+
+    def torn_line(path, record):                              # the disk fills within a log line
+        with open(path, "a") as f:
+            f.write(json.dumps(record)[:10])
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(train_module, "_append_log", torn_line)
+    log = (run / "log.jsonl").read_text()
+    _expect_one_line_error(capsys, ["train", "--resume", "--out", str(run), "--no-progress", "--set", "steps=70"],
+                           f"No space left on device: {run / 'log.jsonl'}", "the last checkpoint (step 60) was kept")
+    assert (run / "log.jsonl").read_text() == log              # the torn line dropped
+    monkeypatch.undo()
+
+    _full_disk_at(monkeypatch, "config.json")                 # the checkpoint was written, its copy of the settings not
+    _expect_one_line_error(capsys, ["train", "--resume", "--out", str(run), "--no-progress", "--set", "steps=70"],
+                           "No space left on device", "ckpt.pt (step 70) was saved", "config.json")
+    monkeypatch.undo()
+    assert checkpoint.load_checkpoint(run / "ckpt.pt")["step"] == 70
+    assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()][-1] == 70
