@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import json
 import math
 import os
 import re
@@ -43,7 +42,16 @@ from .files import (
     replaced_together,
     set_aside,
 )
-from .generate import SampleFileWarning, check_data_range, check_eta, latents, progress, sample_indices, sampling_steps
+from .generate import (
+    SampleFileWarning,
+    check_data_range,
+    check_eta,
+    is_sample_cell,
+    latents,
+    progress,
+    sample_indices,
+    sampling_steps,
+)
 from .plotting import grid_png, grid_size
 from .samplers import (
     FROM_NOISE,
@@ -181,11 +189,7 @@ def _writes_pair(cmd):
 def _refuse_sample_folder(folder: Path) -> None:
     """A `reproduce table1` cell (a folder whose settings.json records how its samples were made) holds only the images
     of that cell: a PNG written there would be scored with them, or replaced by the cell's own image on the next run."""
-    try:
-        saved = json.loads((folder / "settings.json").read_text())
-    except (OSError, ValueError):
-        return
-    if isinstance(saved, dict) and {"seed", "S"} <= saved.keys():           # what every `generate_samples` records
+    if is_sample_cell(folder):
         raise ValueError(f"--out {folder} is a folder of samples for FID (its settings.json says how `reproduce` made "
                          f"them), which holds only those; choose another --out")
 

@@ -314,6 +314,15 @@ def _model_key(model, model_id, out_dir) -> str | None:
     return f"id:{model_id}"
 
 
+def is_sample_cell(folder) -> bool:
+    """Whether `folder` holds a settings.json of `generate_samples` (a `reproduce table1` cell): it records seed and S."""
+    try:
+        saved = json.loads((Path(folder) / "settings.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and {"seed", "S"} <= saved.keys()       # every ddimlab version wrote these
+
+
 def _claim(out_dir: Path, settings: dict) -> dict | None:
     """Record `settings` in out_dir/settings.json (None), or check that the images already there were made with them
     (the settings recorded there)."""

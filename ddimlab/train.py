@@ -60,6 +60,7 @@ from .files import (
     put_back,
     set_aside,
 )
+from .generate import is_sample_cell
 from .plotting import save_image_grid
 from .samplers import NOISE_ALPHA_BAR, sample
 
@@ -590,6 +591,8 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
             _remove_run(out, f"{out} held only log.jsonl, from a run that stopped before its first checkpoint")
         return
     held += ["samples/step_*.png"] if _grids(out) else []     # an earlier run's grids: the new run would write over them
+    if not (resume and (out / "ckpt.pt").exists()):
+        _refuse_reproduce_results(out, bool(held))
     if held and not (resume or overwrite):
         if not (out / "ckpt.pt").exists():
             raise RunExistsError(f"{out} holds {', '.join(held)} but no ckpt.pt; --overwrite deletes them and starts a "
@@ -599,6 +602,22 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     if resume and not (out / "ckpt.pt").exists() and held:
         raise RunExistsError(f"{out} has {', '.join(held)} but no ckpt.pt to resume from; use --overwrite "
                              f"to start again or another --out")
+
+
+TABLE_FILES = ("table1.md", "table1.csv", "table2.md", "table2.csv")     # what `reproduce --out` writes, with its cells
+
+
+def _refuse_reproduce_results(out: Path, run_there: bool) -> None:
+    """A new run does not start in a folder that holds `reproduce` results (TABLE_FILES, and the sample cells of table1
+    in samples/): they are another model's (the replaced run's), and would read as the new one's. Neither deleted nor
+    set aside with the replaced run to be deleted at the first checkpoint: they can be hours of sampling."""
+    cells = [p for p in sorted((out / "samples").glob("*")) if p.is_dir() and is_sample_cell(p)]
+    found = [n for n in TABLE_FILES if (out / n).exists()] + [f"{p.relative_to(out)}/" for p in cells]
+    if found:
+        whose = "of the run in it" if run_there else "of another model"
+        raise RunExistsError(f"{out} holds `reproduce` results {whose} ({', '.join(found[:6])}"
+                             f"{f' and {len(found) - 6} more' if len(found) > 6 else ''}), which a new run there would "
+                             f"seem to have made; move them out (or delete them), or choose another --out")
 
 
 def _is_training_log(path: Path) -> bool:

@@ -2229,3 +2229,28 @@ def test_twentyfirst_round_a_full_disk_at_the_checkpoint_says_what_was_kept(trai
     monkeypatch.undo()
     assert checkpoint.load_checkpoint(run / "ckpt.pt")["step"] == 70
     assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()][-1] == 70
+
+
+def test_twentyfirst_round_train_overwrite_refuses_a_folder_with_reproduce_results(trained, tmp_path, capsys):
+    """`train --overwrite` on a run folder that also held `reproduce` outputs of the old model (table1.md/.csv, its sample
+    cells with settings.json, table2.md/.csv) left them beside the new run: a table that reads as the new model's, and
+    cells a later reproduce refuses (made with other weights). Those outputs can be hours of sampling, so they are
+    neither deleted nor set aside to be deleted: train refuses, naming them, until they are moved out."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    assert cli.main(["reproduce", "table1", "--checkpoint", str(run), "--features", "random", "--n-samples", "2",
+                     "--steps", "2", "--etas", "0", "--batch-size", "2", "--no-progress", "--out", str(run)]) == 0
+    assert cli.main(["reproduce", "table2", "--checkpoint", str(run), "--out", str(run), "--steps", "2", "--n-images", "2",
+                     "--no-progress"]) == 0
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and not p.name.endswith(".lock")}
+    overwrite = ["train", "--overwrite", "--out", str(run), "--no-progress", *_sets(TINY)]
+    _expect_one_line_error(capsys, overwrite, "table1.md", "table2.md", "samples/eta0_S2/",
+                           "`reproduce` results of the run in it", "move them out")
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and not p.name.endswith(".lock")} == before
+    for name in ("table1.md", "table1.csv", "table2.md", "table2.csv"):
+        (run / name).unlink()
+    _expect_one_line_error(capsys, overwrite, "samples/eta0_S2/")         # the cells alone
+    shutil.move(run / "samples" / "eta0_S2", tmp_path / "eta0_S2")
+    assert cli.main(overwrite) == 0
+    assert (tmp_path / "eta0_S2" / "settings.json").exists()
