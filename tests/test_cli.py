@@ -2254,3 +2254,107 @@ def test_twentyfirst_round_train_overwrite_refuses_a_folder_with_reproduce_resul
     shutil.move(run / "samples" / "eta0_S2", tmp_path / "eta0_S2")
     assert cli.main(overwrite) == 0
     assert (tmp_path / "eta0_S2" / "settings.json").exists()
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_twentyfirst_round_interrupted_commands_leave_no_half_outputs(trained, tmp_path, capsys, monkeypatch, signame):
+    """Ctrl-C (SIGINT) and SIGTERM, raised from inside the work, during `sample`, `invert`, `interpolate` and `reproduce
+    table1`: each exits 130 saying "interrupted", leaves no temporary file, no new PNG beside an old .npz (nor a new table1.csv
+    beside an old table1.md), and no folder it made for --out; `reproduce` keeps the samples it finished (a rerun reuses
+    them, giving the uninterrupted table)."""
+    import hashlib
+    import signal
+    from pathlib import Path
+
+    from PIL import Image
+
+    from ddimlab import files, generate, tables
+
+    sig = getattr(signal, signame)
+    terminal = signal.signal(signal.SIGINT, signal.default_int_handler)       # as in a terminal
+
+    def interrupted(argv):
+        code, err = cli.main(argv), capsys.readouterr().err
+        assert code == 130 and "interrupted" in err, (argv, err)
+
+    def leftovers(folder):
+        return [p for p in folder.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".previous-")]
+
+    def pair_of(stem):
+        png, npz = stem.with_suffix(".png").read_bytes(), stem.with_suffix(".npz")
+        with np.load(npz) as z:
+            assert str(z["png_sha256"]) == hashlib.sha256(png).hexdigest()      # the .npz records this PNG
+            return png, npz.read_bytes()
+
+    try:
+        Image.fromarray(np.full((8, 8), 90, np.uint8)).save(tmp_path / "in.png")
+        commands = {"sample": ["--n", "2", "--steps", "2"], "invert": ["--input", str(tmp_path / "in.png"), "--steps", "2"],
+                    "interpolate": ["--seeds", "0", "1", "--n", "3", "--steps", "2"]}
+        real_progress, real_write = cli.progress, files.atomic_write
+        for command, args in commands.items():
+            argv = [command, "--checkpoint", str(trained), *args, "--no-progress", "--out"]
+            monkeypatch.setattr(cli, "progress", lambda *a, **k: (real_progress(*a, **k)[0],
+                                                                   lambda info: signal.raise_signal(sig)))
+            interrupted([*argv, str(tmp_path / "new" / "deeper" / "x")])        # at the first sampling step
+            assert not (tmp_path / "new").exists()
+            monkeypatch.setattr(cli, "progress", real_progress)
+            out = tmp_path / command
+            assert cli.main([*argv, str(out / "x")]) == 0
+            earlier = pair_of(out / "x")
+            monkeypatch.setattr(cli, "progress", lambda *a, **k: (real_progress(*a, **k)[0],
+                                                                   lambda info: signal.raise_signal(sig)))
+            interrupted([*argv, str(out / "x"), "--overwrite", "--scale", "3"])
+            assert pair_of(out / "x") == earlier and not leftovers(out)
+            monkeypatch.setattr(cli, "progress", real_progress)
+
+            def between_the_two(path, *a, **k):                  # the signal comes after the .npz, before the PNG
+                done = real_write(path, *a, **k)
+                if path.suffix == ".npz":
+                    signal.raise_signal(sig)
+                return done
+            monkeypatch.setattr(cli, "atomic_write", between_the_two)
+            interrupted([*argv, str(out / "x"), "--overwrite", "--scale", "3"])
+            monkeypatch.setattr(cli, "atomic_write", real_write)
+            assert pair_of(out / "x") != earlier and not leftovers(out)        # both new (the signal waited for them)
+            capsys.readouterr()
+
+        table1 = ["reproduce", "table1", "--checkpoint", str(trained), "--features", "random", "--n-samples", "4",
+                  "--steps", "2", "--etas", "0", "--batch-size", "2", "--no-progress", "--out"]
+        real_sample = generate.sample_indices
+        calls = []
+
+        def interrupted_at_batch(k):
+            def sample_indices(*a, **kw):
+                calls.append(1)
+                if len(calls) == k:
+                    signal.raise_signal(sig)
+                return real_sample(*a, **kw)
+            calls.clear()
+            monkeypatch.setattr(generate, "sample_indices", sample_indices)
+
+        interrupted_at_batch(1)                                  # before any sample: nothing is left
+        interrupted([*table1, str(tmp_path / "t1new" / "deeper")])
+        assert not (tmp_path / "t1new").exists()
+        t1 = tmp_path / "t1"
+        interrupted_at_batch(2)                                  # after the first batch: its two samples are kept
+        interrupted([*table1, str(t1)])
+        cell = t1 / "samples" / "eta0_S2"
+        assert sorted(p.name for p in cell.iterdir()) == ["000000.png", "000001.png", "settings.json"]
+        assert not leftovers(t1) and not (t1 / "table1.md").exists() and not (t1 / "table1.csv").exists()
+        monkeypatch.setattr(generate, "sample_indices", real_sample)
+        assert cli.main([*table1, str(t1)]) == 0
+        resumed = capsys.readouterr().out
+        assert cli.main([*table1, str(tmp_path / "t1whole")]) == 0
+        assert capsys.readouterr().out.replace("t1whole", "t1") == resumed        # the table an uninterrupted run gives
+        earlier = {n: (t1 / n).read_bytes() for n in ("table1.md", "table1.csv")}
+
+        def between_the_tables(path, *a, **k):
+            done = real_write(path, *a, **k)
+            if Path(path).name == "table1.csv":
+                signal.raise_signal(sig)
+            return done
+        monkeypatch.setattr(tables, "atomic_write", between_the_tables)
+        interrupted([*table1, str(t1), "--overwrite", "--n-samples", "2"])   # another table
+        assert {n: (t1 / n).read_bytes() for n in earlier} == earlier and not leftovers(t1)
+    finally:
+        signal.signal(signal.SIGINT, terminal)
