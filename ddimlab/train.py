@@ -17,14 +17,16 @@ on the CPU; `resumed_config` gives the run's own settings) or `overwrite=True` t
 files are set aside, deleted at the new run's first checkpoint and put back if it fails before). A non-finite loss,
 or weights about to be saved whose loss is not finite, stops the run with `NonFiniteLossError` and leaves the last
 good checkpoint alone; a run that fails before its first checkpoint leaves no log (nor the folders it made), and
-puts back a run it set aside. Ctrl-C saves a checkpoint at the current step and stops; under `overwrite` before the new
-run's first checkpoint it keeps nothing of the new run and puts the previous one back.
+puts back a run it set aside. A checkpoint or log line that cannot be written (a full disk) stops the run with the
+step of the checkpoint kept, log.jsonl cut back to it. Ctrl-C saves a checkpoint at the current step and stops; under
+`overwrite` before the new run's first checkpoint it keeps nothing of the new run and puts the previous one back.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import dataclasses
+import errno
 import functools
 import json
 import math
@@ -58,6 +60,7 @@ from .files import (
     put_back,
     set_aside,
 )
+from .generate import recorded_settings
 from .plotting import save_image_grid
 from .samplers import NOISE_ALPHA_BAR, sample
 
@@ -516,8 +519,17 @@ def save_run(out: Path, model, ema, opt, step, config, gen, device, in_ch, loss,
         "log_window": [float(log_window[0]), int(log_window[1])],
     }
     path = save_checkpoint(out / "ckpt.pt", **state)
-    atomic_write(out / "config.json", lambda f: f.write(json.dumps(dataclasses.asdict(config), indent=1)), text=True)
+    try:
+        atomic_write(out / "config.json", lambda f: f.write(json.dumps(dataclasses.asdict(config), indent=1)), text=True)
+    except OSError as e:
+        raise ConfigNotWrittenError(e.errno, f"{e.strerror or e}: {path} (step {step}) was saved, but not its copy of the "
+                                             f"settings, {out / 'config.json'} (written again with the next checkpoint); "
+                                             f"free some space, then continue with --resume") from e
     return path
+
+
+class ConfigNotWrittenError(OSError):
+    """`save_run` wrote ckpt.pt, then failed at config.json (its copy of the settings as text)."""
 
 
 RESUME_KEYS = ("model", "ema", "optimizer", "step", "config", "rng")
@@ -579,6 +591,8 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
             _remove_run(out, f"{out} held only log.jsonl, from a run that stopped before its first checkpoint")
         return
     held += ["samples/step_*.png"] if _grids(out) else []     # an earlier run's grids: the new run would write over them
+    if not (resume and (out / "ckpt.pt").exists()):
+        _refuse_reproduce_results(out, bool(held))
     if held and not (resume or overwrite):
         if not (out / "ckpt.pt").exists():
             raise RunExistsError(f"{out} holds {', '.join(held)} but no ckpt.pt; --overwrite deletes them and starts a "
@@ -588,6 +602,22 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     if resume and not (out / "ckpt.pt").exists() and held:
         raise RunExistsError(f"{out} has {', '.join(held)} but no ckpt.pt to resume from; use --overwrite "
                              f"to start again or another --out")
+
+
+TABLE_FILES = ("table1.md", "table1.csv", "table2.md", "table2.csv")     # what `reproduce --out` writes, with its cells
+
+
+def _refuse_reproduce_results(out: Path, run_there: bool) -> None:
+    """A new run does not start in a folder that holds `reproduce` results (TABLE_FILES, and the sample cells of table1
+    in samples/): they are another model's (the replaced run's), and would read as the new one's. Neither deleted nor
+    set aside with the replaced run to be deleted at the first checkpoint: they can be hours of sampling."""
+    cells = [p for p in sorted((out / "samples").glob("*")) if p.is_dir() and recorded_settings(p) is not None]
+    found = [n for n in TABLE_FILES if (out / n).exists()] + [f"{p.relative_to(out)}/" for p in cells]
+    if found:
+        whose = "of the run in it" if run_there else "of another model"
+        raise RunExistsError(f"{out} holds `reproduce` results {whose} ({', '.join(found[:6])}"
+                             f"{f' and {len(found) - 6} more' if len(found) > 6 else ''}), which a new run there would "
+                             f"seem to have made; move them out (or delete them), or choose another --out")
 
 
 def _is_training_log(path: Path) -> bool:
@@ -753,7 +783,16 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
     def save():                                        # the weights after `step`, once their loss is seen to be finite
         nonlocal last_good, aside
         _check_weights(model, ema, x0, eps, alpha_bar, autocast, step, out, last_good, config)
-        save_run(out, model, ema, opt, step, config, gen, device, in_ch, mean_loss, (loss_sum, loss_n))
+        try:
+            save_run(out, model, ema, opt, step, config, gen, device, in_ch, mean_loss, (loss_sum, loss_n))
+        except ConfigNotWrittenError:                  # the checkpoint is the new one: the log goes with it
+            last_good = step
+            if aside is not None:
+                shutil.rmtree(aside, ignore_errors=True)
+                aside = None
+            raise
+        except OSError as e:                           # a full disk at ckpt.pt: atomic_write kept the previous one
+            raise _not_written(e, out / "ckpt.pt", last_good, aside is not None) from None
         last_good = step
         if aside is not None:                          # the new run has a checkpoint: the previous one goes
             shutil.rmtree(aside, ignore_errors=True)
@@ -803,7 +842,10 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
                     record = {"step": step, "loss": mean_loss, "lr": lr_at(config, step - 1),
                               "img_per_s": (step - step_last) * B / max(now - t_last, 1e-9)}
                     if is_main:
-                        _append_log(out / "log.jsonl", record)
+                        try:
+                            _append_log(out / "log.jsonl", record)
+                        except OSError as e:
+                            raise _not_written(e, out / "log.jsonl", last_good, aside is not None) from None
                     bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{record['img_per_s']:.0f}")
                     loss_sum.zero_()
                     loss_n, t_last, step_last = 0, now, step
@@ -859,6 +901,28 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
                       f"{out / 'ckpt.pt'} are worse than no network and their samples will be noise or overflow; lower lr "
                       f"(now {config.lr}) and start again with --overwrite", LossWarning)
     return (out, model, ema) if return_models else out
+
+
+def _not_written(e: OSError, path: Path, last_good, overwrite: bool) -> OSError:
+    """The error of a run's file that could not be written (a full disk at ckpt.pt or at a log line), saying what was
+    kept and how to go on. After a run's earlier checkpoint, log.jsonl is cut back to its step: the lines after it
+    describe weights that are lost, and --resume writes them again."""
+    out = path.parent
+    fix = "free some space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+    what = f"{e.strerror or e}: {e.filename or path}"
+    if last_good is None:
+        back = f", and the previous run is back in {out}" if overwrite else ""
+        return type(e)(e.errno, f"{what}; this was before the run's first checkpoint: nothing of it was kept{back}; {fix}, "
+                                f"then run again")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TornLogWarning)
+            _restart_log(out / "log.jsonl", last_good)
+        log = ", log.jsonl cut back to it"
+    except (OSError, ValueError):
+        log = ", log.jsonl still lists later steps (--resume cuts them)"
+    return type(e)(e.errno, f"{what}; the last checkpoint (step {last_good}) was kept as it was{log}; {fix}, then "
+                            f"continue with --resume")
 
 
 def _diverged(what: str, out: Path, last_good, config: TrainConfig) -> NonFiniteLossError:

@@ -2124,8 +2124,7 @@ def test_twentieth_round_a_full_disk_or_a_read_only_folder_keeps_earlier_outputs
     _expect_one_line_error(capsys, resume, str(run / "ckpt.pt"), "No space left on device")
     monkeypatch.undo()
     after = files_of(run)
-    assert {p for p in after if p.name != "log.jsonl"} == {p for p in before if p.name != "log.jsonl"}  # no temporary file
-    assert all(after[p] == before[p] for p in before if p.name != "log.jsonl")      # the log gains step 40 (trimmed by --resume)
+    assert after == before          # no temporary file; the log cut back to the kept checkpoint (twenty-first round)
     read_only(run)
     fails_keeping(run, resume, str(run), "Permission denied")
 
@@ -2154,3 +2153,195 @@ def test_twentieth_round_no_output_into_a_reproduce_cell(trained, tmp_path, caps
         _expect_one_line_error(capsys, [*command, "--checkpoint", str(trained), "--steps", "2", "--no-progress", "--out",
                                         str(cell / "000007")], f"--out {cell} is a folder of samples for FID")
     assert sorted(p.name for p in cell.iterdir()) == before
+
+
+def _full_disk_at(monkeypatch, name):
+    """ENOSPC at `atomic_write`'s rename onto a file called `name` (root writes anywhere, so the full disk is made here)."""
+    import errno
+    import os
+
+    real_replace = os.replace
+
+    def replace(src, dst, *a, **k):
+        if os.path.basename(src).endswith(".tmp") and os.path.basename(dst) == name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_replace(src, dst, *a, **k)
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def test_twentyfirst_round_a_full_disk_at_the_checkpoint_says_what_was_kept(trained, tmp_path, capsys, monkeypatch):
+    """A full disk at ckpt.pt said only "[Errno 28] No space left on device: '.../ckpt.pt'": not that the last checkpoint
+    was kept, nor how to go on; and log.jsonl kept the lines of the steps after it, whose weights were lost. Now the line
+    says which step was kept and to free space and --resume, and the log is cut back to that checkpoint. A new run's
+    first checkpoint says that nothing was kept (under --overwrite, that the previous run is back)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and not p.name.endswith(".lock")}
+    _full_disk_at(monkeypatch, "ckpt.pt")
+    _expect_one_line_error(capsys, ["train", "--resume", "--out", str(run), "--no-progress", "--set", "steps=60"],
+                           str(run / "ckpt.pt"), "No space left on device", "the last checkpoint (step 30) was kept",
+                           "free some space", "--resume")
+    monkeypatch.undo()
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and not p.name.endswith(".lock")}
+    assert after == before                                     # log.jsonl too: no lines of steps 40 to 60
+    assert cli.main(["train", "--resume", "--out", str(run), "--no-progress", "--set", "steps=60"]) == 0
+
+    new = tmp_path / "new"
+    _full_disk_at(monkeypatch, "ckpt.pt")
+    _expect_one_line_error(capsys, ["train", "--preset", "digits", "--out", str(new), "--no-progress", *_sets(TINY)],
+                           "No space left on device", "before the run's first checkpoint: nothing of it was kept")
+    assert not new.exists()
+    _expect_one_line_error(capsys, ["train", "--overwrite", "--out", str(run), "--no-progress", *_sets(TINY)],
+                           "nothing of it was kept", f"the previous run is back in {run}")
+    monkeypatch.undo()
+    assert (run / "ckpt.pt").read_bytes() != before["ckpt.pt"] and not list(run.glob(".previous-*"))
+    assert checkpoint.load_checkpoint(run / "ckpt.pt")["step"] == 60
+
+    from ddimlab import train as train_module
+
+    def torn_line(path, record):                              # the disk fills within a log line
+        with open(path, "a") as f:
+            f.write(json.dumps(record)[:10])
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(train_module, "_append_log", torn_line)
+    log = (run / "log.jsonl").read_text()
+    _expect_one_line_error(capsys, ["train", "--resume", "--out", str(run), "--no-progress", "--set", "steps=70"],
+                           f"No space left on device: {run / 'log.jsonl'}", "the last checkpoint (step 60) was kept")
+    assert (run / "log.jsonl").read_text() == log              # the torn line dropped
+    monkeypatch.undo()
+
+    _full_disk_at(monkeypatch, "config.json")                 # the checkpoint was written, its copy of the settings not
+    _expect_one_line_error(capsys, ["train", "--resume", "--out", str(run), "--no-progress", "--set", "steps=70"],
+                           "No space left on device", "ckpt.pt (step 70) was saved", "config.json")
+    monkeypatch.undo()
+    assert checkpoint.load_checkpoint(run / "ckpt.pt")["step"] == 70
+    assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()][-1] == 70
+
+
+def test_twentyfirst_round_train_overwrite_refuses_a_folder_with_reproduce_results(trained, tmp_path, capsys):
+    """`train --overwrite` on a run folder that also held `reproduce` outputs of the old model (table1.md/.csv, its sample
+    cells with settings.json, table2.md/.csv) left them beside the new run: a table that reads as the new model's, and
+    cells a later reproduce refuses (made with other weights). Those outputs can be hours of sampling, so they are
+    neither deleted nor set aside to be deleted: train refuses, naming them, until they are moved out."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    assert cli.main(["reproduce", "table1", "--checkpoint", str(run), "--features", "random", "--n-samples", "2",
+                     "--steps", "2", "--etas", "0", "--batch-size", "2", "--no-progress", "--out", str(run)]) == 0
+    assert cli.main(["reproduce", "table2", "--checkpoint", str(run), "--out", str(run), "--steps", "2", "--n-images", "2",
+                     "--no-progress"]) == 0
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and not p.name.endswith(".lock")}
+    overwrite = ["train", "--overwrite", "--out", str(run), "--no-progress", *_sets(TINY)]
+    _expect_one_line_error(capsys, overwrite, "table1.md", "table2.md", "samples/eta0_S2/",
+                           "`reproduce` results of the run in it", "move them out")
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and not p.name.endswith(".lock")} == before
+    for name in ("table1.md", "table1.csv", "table2.md", "table2.csv"):
+        (run / name).unlink()
+    _expect_one_line_error(capsys, overwrite, "samples/eta0_S2/")         # the cells alone
+    shutil.move(run / "samples" / "eta0_S2", tmp_path / "eta0_S2")
+    assert cli.main(overwrite) == 0
+    assert (tmp_path / "eta0_S2" / "settings.json").exists()
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_twentyfirst_round_interrupted_commands_leave_no_half_outputs(trained, tmp_path, capsys, monkeypatch, signame):
+    """Ctrl-C (SIGINT) and SIGTERM, raised from inside the work, during `sample`, `invert`, `interpolate` and `reproduce
+    table1`: each exits 130 saying "interrupted", leaves no temporary file, no new PNG beside an old .npz (nor a new table1.csv
+    beside an old table1.md), and no folder it made for --out; `reproduce` keeps the samples it finished (a rerun reuses
+    them, giving the uninterrupted table)."""
+    import hashlib
+    import signal
+    from pathlib import Path
+
+    from PIL import Image
+
+    from ddimlab import files, generate, tables
+
+    sig = getattr(signal, signame)
+    terminal = signal.signal(signal.SIGINT, signal.default_int_handler)       # as in a terminal
+
+    def interrupted(argv):
+        code, err = cli.main(argv), capsys.readouterr().err
+        assert code == 130 and "interrupted" in err, (argv, err)
+
+    def leftovers(folder):
+        return [p for p in folder.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".previous-")]
+
+    def pair_of(stem):
+        png, npz = stem.with_suffix(".png").read_bytes(), stem.with_suffix(".npz")
+        with np.load(npz) as z:
+            assert str(z["png_sha256"]) == hashlib.sha256(png).hexdigest()      # the .npz records this PNG
+            return png, npz.read_bytes()
+
+    try:
+        Image.fromarray(np.full((8, 8), 90, np.uint8)).save(tmp_path / "in.png")
+        commands = {"sample": ["--n", "2", "--steps", "2"], "invert": ["--input", str(tmp_path / "in.png"), "--steps", "2"],
+                    "interpolate": ["--seeds", "0", "1", "--n", "3", "--steps", "2"]}
+        real_progress, real_write = cli.progress, files.atomic_write
+        for command, args in commands.items():
+            argv = [command, "--checkpoint", str(trained), *args, "--no-progress", "--out"]
+            monkeypatch.setattr(cli, "progress", lambda *a, **k: (real_progress(*a, **k)[0],
+                                                                   lambda info: signal.raise_signal(sig)))
+            interrupted([*argv, str(tmp_path / "new" / "deeper" / "x")])        # at the first sampling step
+            assert not (tmp_path / "new").exists()
+            monkeypatch.setattr(cli, "progress", real_progress)
+            out = tmp_path / command
+            assert cli.main([*argv, str(out / "x")]) == 0
+            earlier = pair_of(out / "x")
+            monkeypatch.setattr(cli, "progress", lambda *a, **k: (real_progress(*a, **k)[0],
+                                                                   lambda info: signal.raise_signal(sig)))
+            interrupted([*argv, str(out / "x"), "--overwrite", "--scale", "3"])
+            assert pair_of(out / "x") == earlier and not leftovers(out)
+            monkeypatch.setattr(cli, "progress", real_progress)
+
+            def between_the_two(path, *a, **k):                  # the signal comes after the .npz, before the PNG
+                done = real_write(path, *a, **k)
+                if path.suffix == ".npz":
+                    signal.raise_signal(sig)
+                return done
+            monkeypatch.setattr(cli, "atomic_write", between_the_two)
+            interrupted([*argv, str(out / "x"), "--overwrite", "--scale", "3"])
+            monkeypatch.setattr(cli, "atomic_write", real_write)
+            assert pair_of(out / "x") != earlier and not leftovers(out)        # both new (the signal waited for them)
+            capsys.readouterr()
+
+        table1 = ["reproduce", "table1", "--checkpoint", str(trained), "--features", "random", "--n-samples", "4",
+                  "--steps", "2", "--etas", "0", "--batch-size", "2", "--no-progress", "--out"]
+        real_sample = generate.sample_indices
+        calls = []
+
+        def interrupted_at_batch(k):
+            def sample_indices(*a, **kw):
+                calls.append(1)
+                if len(calls) == k:
+                    signal.raise_signal(sig)
+                return real_sample(*a, **kw)
+            calls.clear()
+            monkeypatch.setattr(generate, "sample_indices", sample_indices)
+
+        interrupted_at_batch(1)                                  # before any sample: nothing is left
+        interrupted([*table1, str(tmp_path / "t1new" / "deeper")])
+        assert not (tmp_path / "t1new").exists()
+        t1 = tmp_path / "t1"
+        interrupted_at_batch(2)                                  # after the first batch: its two samples are kept
+        interrupted([*table1, str(t1)])
+        cell = t1 / "samples" / "eta0_S2"
+        assert sorted(p.name for p in cell.iterdir()) == ["000000.png", "000001.png", "settings.json"]
+        assert not leftovers(t1) and not (t1 / "table1.md").exists() and not (t1 / "table1.csv").exists()
+        monkeypatch.setattr(generate, "sample_indices", real_sample)
+        assert cli.main([*table1, str(t1)]) == 0
+        resumed = capsys.readouterr().out
+        assert cli.main([*table1, str(tmp_path / "t1whole")]) == 0
+        assert capsys.readouterr().out.replace("t1whole", "t1") == resumed        # the table an uninterrupted run gives
+        earlier = {n: (t1 / n).read_bytes() for n in ("table1.md", "table1.csv")}
+
+        def between_the_tables(path, *a, **k):
+            done = real_write(path, *a, **k)
+            if Path(path).name == "table1.csv":
+                signal.raise_signal(sig)
+            return done
+        monkeypatch.setattr(tables, "atomic_write", between_the_tables)
+        interrupted([*table1, str(t1), "--overwrite", "--n-samples", "2"])   # another table
+        assert {n: (t1 / n).read_bytes() for n in earlier} == earlier and not leftovers(t1)
+    finally:
+        signal.signal(signal.SIGINT, terminal)
