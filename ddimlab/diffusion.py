@@ -38,6 +38,8 @@ def _check_range(a, name: str, low: float, high: float, low_open: bool, high_ope
             a < high if high_open else a <= high):
         return a   # the samplers' common case, without building a tensor
     v = wide(check_numbers(name, a))
+    if v.is_complex():                       # torch's "lt_cpu not implemented for 'ComplexFloat'"
+        raise TypeError(f"{name} must be real, got {v.dtype}")
     if v.device.type != "cpu":
         return a   # checking would synchronise the accelerator at every call (training, sampling)
     bad = ~torch.isfinite(v) | ((v <= low) if low_open else (v < low)) | ((v >= high) if high_open else (v > high))

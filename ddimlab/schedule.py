@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .checks import as_real, check_int, check_numbers
+from .diffusion import _check_range, wide
 
 SCHEDULES = ("linear", "cosine", "quadratic")
 SPACINGS = ("uniform", "quad", "linspace", "trailing")
@@ -125,14 +126,24 @@ def alpha_bar_at(alpha_bar: torch.Tensor, t) -> torch.Tensor:
     return padded[t + 1]
 
 
-def snr(alpha_bar: torch.Tensor) -> torch.Tensor:
-    """Signal-to-noise ratio ᾱ_t / (1 − ᾱ_t) (notebook 01 §3)."""
-    return alpha_bar / (1 - alpha_bar)
+def _alpha_bar_values(alpha_bar) -> torch.Tensor:
+    """ᾱ values of any shape (a number, a list, an array or a tensor, as the other table functions take) as a tensor:
+    float64 unless a float tensor (`diffusion.wide`), each in (0, 1] (1 is clean data, step −1), else a ValueError; a
+    value outside gave a negative SNR or a NaN σ."""
+    a = wide(_check_range(alpha_bar, "alpha_bar", 0.0, 1.0, True, False))
+    return a if a.is_floating_point() else a.double()
 
 
-def sigma_of(alpha_bar: torch.Tensor) -> torch.Tensor:
-    """σ(t) = √((1 − ᾱ_t)/ᾱ_t), the ODE's time variable (DDIM §4.3, notebook 05 §1)."""
-    return torch.sqrt((1 - alpha_bar) / alpha_bar)
+def snr(alpha_bar) -> torch.Tensor:
+    """Signal-to-noise ratio ᾱ_t / (1 − ᾱ_t) (notebook 01 §3); inf at ᾱ = 1 (clean data)."""
+    a = _alpha_bar_values(alpha_bar)
+    return a / (1 - a)
+
+
+def sigma_of(alpha_bar) -> torch.Tensor:
+    """σ(t) = √((1 − ᾱ_t)/ᾱ_t), the ODE's time variable (DDIM §4.3, notebook 05 §1); 0 at ᾱ = 1 (clean data)."""
+    a = _alpha_bar_values(alpha_bar)
+    return torch.sqrt((1 - a) / a)
 
 
 def cosine_t_probs(alpha_bar: torch.Tensor) -> torch.Tensor:

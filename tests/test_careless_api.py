@@ -1572,3 +1572,21 @@ def test_twentieth_round_fmt_pm_refuses_what_it_dropped():
             lab.fmt_pm(*args)
     assert lab.fmt_pm(0.0123456, 0.0) == lab.fmt_pm(0.0123456, float("nan")) == "12.3"
     assert lab.fmt_pm(0.0123456, 0.0034) == "12±3"
+
+
+def test_twentyfirst_round_ratios_take_lists_and_refuse_values_outside_0_1():
+    """Helper 116: schedule.snr([0.5]) and sigma_of([0.5]) failed with Python's "unsupported operand type(s) for -: 'int'
+    and 'list'" (alpha_bar_at takes a list); snr(1.5) was -3.0 and sigma_of(1.5) NaN; a complex ᾱ failed inside torch
+    ("lt_cpu not implemented for 'ComplexFloat'")."""
+    assert schedule.snr([0.5]).tolist() == schedule.snr(np.array([0.5])).tolist() == [1.0]
+    assert schedule.sigma_of([0.2]).tolist() == [2.0] and float(schedule.sigma_of(1.0)) == 0.0
+    assert torch.equal(schedule.snr(AB), AB / (1 - AB))
+    for bad in (1.5, torch.tensor([0.5, 1.5]), [0.0], float("nan")):
+        for f in (schedule.snr, schedule.sigma_of):
+            with pytest.raises(ValueError, match=r"alpha_bar must lie in \(0, 1\]"):
+                f(bad)
+    with pytest.raises(TypeError, match="alpha_bar must be real, got torch.complex64"):
+        schedule.snr(torch.tensor([0.5 + 0j]))
+    with pytest.raises(TypeError, match="a_t must be real"):
+        diffusion.q_sample(torch.zeros(2), torch.tensor(0.5 + 0j), torch.zeros(2))
+
