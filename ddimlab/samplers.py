@@ -13,6 +13,10 @@ k-diffusion's `noise_sampler` and diffusers' `variance_noise`); `callback(info)`
 step with info = {"i": step number, "t": from, "s": to, "x": x_s, "x0": x̂_0}, copies (progress bars, previews;
 `report`). Arguments are checked once per call (`check_args`), ε is called on a copy of x and checked to be finite
 at every call (`call_eps`), and so is each step's x_s (`_finite`: float16 overflows), so a sampler never returns NaN silently.
+An empty batch, x_T of shape (0, …), returns an empty x_0 from every sampler and solver alike (eps is called on the
+empty x at each step), as torch's and numpy's functions map empty to empty: the last chunk of a batch split by a caller
+may be empty. What reduces over the batch (`elbo.l_simple`, a FID, a mean and its standard error) refuses one instead,
+since its mean would be NaN.
 """
 from __future__ import annotations
 
@@ -365,7 +369,9 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, lam) -> torch.Tensor:
 
     z0, z1: (B, …) latents (or one latent of shape (d,)); θ is per sample, over all non-batch dims.
     lam: a scalar, or a 1-D tensor of length L broadcast against the batch (B = 1 with L values gives
-    an (L, …) interpolation path; B = L gives one λ per sample). Endpoints are returned exactly; when
+    an (L, …) interpolation path; B = L gives one λ per sample); each λ in [0, 1], else a ValueError (the formula
+    would go on round the circle through z0 and z1: λ = 2 is no latent between them, λ = 50 wraps it many times over,
+    where a percentage or an index was meant). Endpoints are returned exactly; when
     z0 and z1 point the same way (sin θ ≈ 0) it falls back to linear interpolation; opposite ways is a ValueError.
     For Gaussian latents in high dimension the norm stays ≈ √d along the path, whereas linear interpolation
     shrinks it in the middle.
@@ -392,6 +398,9 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, lam) -> torch.Tensor:
         raise ValueError(f"lam must be a scalar or a non-empty 1-D sequence, got shape {tuple(lam.shape)}")
     if lam.device.type == "cpu" and not bool(torch.isfinite(lam).all()):
         raise ValueError("lam must be finite")
+    if lam.device.type == "cpu" and bool(((lam < 0) | (lam > 1)).any()):   # past 1: on round the circle
+        raise ValueError(f"lam must lie in [0, 1] (0 gives z0, 1 gives z1: slerp interpolates between them, as DDIM "
+                         f"§5.3; a percentage or an index is not a weight), got {lam[(lam < 0) | (lam > 1)][0].item():g}")
     if lam.ndim == 1 and z0.shape[0] not in (1, lam.shape[0]):
         raise ValueError(f"lam has {lam.shape[0]} values but the batch has {z0.shape[0]}; use batch 1 or matching sizes")
     view = (-1,) + (1,) * (z0.ndim - 1)

@@ -1590,3 +1590,14 @@ def test_twentyfirst_round_ratios_take_lists_and_refuse_values_outside_0_1():
     with pytest.raises(TypeError, match="a_t must be real"):
         diffusion.q_sample(torch.zeros(2), torch.tensor(0.5 + 0j), torch.zeros(2))
 
+
+def test_twentyfirst_round_slerp_refuses_weights_outside_0_1():
+    """Helper 116: slerp(z0, z1, 2.0) returned a latent on the far side of z1 (extrapolated along the circle) and lam = 50
+    (a percentage) wrapped round it; λ outside [0, 1] is now a ValueError. An empty batch stays empty (decided, as every
+    sampler does)."""
+    z0, z1 = torch.randn(2, 1, 16, generator=torch.Generator().manual_seed(0))
+    for lam in (2.0, -0.1, 50, torch.linspace(0, 10, 11)):
+        with pytest.raises(ValueError, match=r"lam must lie in \[0, 1\]"):
+            samplers.slerp(z0, z1, lam)
+    assert samplers.slerp(z0, z1, torch.linspace(0, 1, 3)).shape == (3, 16)
+    assert samplers.slerp(z0[:0], z1[:0], 0.5).shape == (0, 16)
