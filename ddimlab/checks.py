@@ -124,5 +124,5 @@ def check_symmetric(cov, what: str) -> None:
     cov = cov if cov.is_floating_point() else cov.double()
     if not bool(torch.isfinite(cov).all()):
         raise ValueError(f"{what} must be finite (it has NaN or inf)")
-    if float((cov - cov.mT).abs().max()) > SYMMETRY_TOL * float(cov.abs().max()):
+    if cov.numel() and float((cov - cov.mT).abs().max()) > SYMMETRY_TOL * float(cov.abs().max()):   # n = 0: torch's max()
         raise ValueError(f"{what} must be symmetric")

@@ -249,10 +249,13 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, a_t, a_s, eta: float = 0.0,
     Returns (x_s, x̂_0). `noise` is z; it is required when η > 0. σ² > 1 − ᾱ_s (η > 1 on some steps) is a
     ValueError (`check_sigma`), as in `q_sigma_mean`.
     """
-    if eps.shape != x_t.shape:
-        raise ValueError(f"eps shape {tuple(eps.shape)} must equal x_t shape {tuple(x_t.shape)}")
-    if noise is not None and noise.shape != x_t.shape:
-        raise ValueError(f"noise shape {tuple(noise.shape)} must equal x_t shape {tuple(x_t.shape)}")
+    _same_shape(x_t, eps, "x_t and eps")
+    if noise is not None:
+        _same_shape(x_t, noise, "x_t and noise")
+        if not noise.dtype.is_floating_point:       # True read as 1; an integer draw is no N(0, I)
+            raise TypeError(f"noise must be floating point (an N(0, I) draw), got {noise.dtype}")
+        if noise.device.type == "cpu" and not bool(torch.isfinite(noise).all()):   # σ·NaN made every x_s NaN
+            raise ValueError("noise contains NaN or inf")
     x0 = predict_x0(x_t, eps, a_t)
     if check_bool("clip_x0", clip_x0):
         x0 = x0.clamp(-1, 1)

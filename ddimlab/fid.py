@@ -116,13 +116,13 @@ def image_stats(images, feature_fn, batch_size: int = 500) -> tuple[np.ndarray, 
 def stats_of(ref, feature_fn, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
     """(μ, Σ) of what `compute_fid` compares: a (μ, Σ) pair as it is, an .npz of `mu` and `sigma`, or images (a PNG
     folder, uint8 or [−1, 1] float N×C×H×W) through `image_stats`."""
-    if isinstance(ref, (tuple, list)) and len(ref) == 2:
+    if _is_stats(ref) and not isinstance(ref, (str, os.PathLike)):
         mu, sigma = (np.asarray(v) for v in ref)
         if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):      # (images, labels), as data.load_* return
             raise ValueError(f"a pair is taken as precomputed (mu, sigma) of shapes (D,) and (D, D), got "
                              f"{mu.shape} and {sigma.shape}; for (images, labels) pass the images alone")
         return mu, sigma
-    if isinstance(ref, (str, os.PathLike)) and str(ref).endswith(".npz"):
+    if _is_stats(ref):
         with np.load(ref) as z:
             if not {"mu", "sigma"} <= set(z.files):
                 raise ValueError(f"{ref} holds {', '.join(z.files) or 'no arrays'}: an .npz here must hold feature "
@@ -142,7 +142,17 @@ def compute_fid(samples, reference, feature_fn, batch_size: int = 500) -> float:
     if not callable(feature_fn):
         raise TypeError("feature_fn must be a callable uint8 N×C×H×W -> N×D features "
                         "(e.g. fid.random_features() or fid.digits_feature_fn)")
+    samples, reference = (v if _is_stats(v) else _images_u8(v) for v in (samples, reference))
+    if isinstance(samples, torch.Tensor) and isinstance(reference, torch.Tensor) and samples.shape[1:] != reference.shape[1:]:
+        raise ValueError(f"samples are images of shape {tuple(samples.shape[1:])} (C, H, W) but reference images "
+                         f"{tuple(reference.shape[1:])}: a distance between images of two sizes measures the size; "
+                         f"score images of one size (data.resize)")    # random features pool any size: FD 0.68
     return frechet_distance(*stats_of(samples, feature_fn, batch_size), *stats_of(reference, feature_fn, batch_size))
+
+
+def _is_stats(ref) -> bool:
+    """Whether `stats_of` takes `ref` as statistics (a (μ, Σ) pair, an .npz of them) rather than images."""
+    return isinstance(ref, (tuple, list)) and len(ref) == 2 or isinstance(ref, (str, os.PathLike)) and str(ref).endswith(".npz")
 
 
 def reference_stats(name: str, images_fn, feature_fn, batch_size: int = 500, directory=None) -> tuple:

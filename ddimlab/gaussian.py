@@ -15,17 +15,19 @@ import math
 import numpy as np
 import torch
 
-from .checks import SYMMETRY_TOL, check_bool, check_symmetric
+from .checks import SYMMETRY_TOL, check_bool, check_numbers, check_symmetric
 
 LOG_2PI = math.log(2 * math.pi)
+LINEAR = ("mu", "Lambda_inv", "A", "b", "L_inv")    # the linear-Gaussian model's arguments, in order
 
 
-def _t(x, like: torch.Tensor | None = None) -> torch.Tensor:
+def _t(x, name: str, like: torch.Tensor | None = None) -> torch.Tensor:
+    check_numbers(name, x)              # True read as 1 (a variance of 1); a string failed in torch's new()
     if not isinstance(x, torch.Tensor):
         dtype = like.dtype if like is not None and like.dtype.is_floating_point else torch.float64
         x = torch.as_tensor(x, dtype=None if np.iscomplexobj(x) else dtype, device=like.device if like is not None else None)
     if x.is_complex():         # a density of real numbers: the imaginary part would be dropped, or give a complex "log"
-        raise TypeError(f"the Gaussian densities take real numbers, got {x.dtype}")
+        raise TypeError(f"{name}: the Gaussian densities take real numbers, got {x.dtype}")
     if not x.is_floating_point():                         # an integer literal [[2, 1], [1, 2]]
         x = x.to(like.dtype if like is not None else torch.float64)
     # in float32 or wider: a variance of 1e-8 is 0 in float16, and torch has no half-precision log_ndtr
@@ -47,8 +49,10 @@ def _finite(**named: torch.Tensor) -> None:
 
 
 def _positive(name: str, v: torch.Tensor) -> None:
-    if not bool((v > 0).all()):
-        raise ValueError(f"{name} must be > 0 everywhere (a variance), got min {float(v.min()):.3g}")
+    """A variance: finite and > 0 (an infinite one gave a log-density of −inf and a KL of NaN)."""
+    if not bool((torch.isfinite(v) & (v > 0)).all()):
+        bad = v[~(torch.isfinite(v) & (v > 0))].flatten()[0].item() if v.ndim else v.item()
+        raise ValueError(f"{name} must be > 0 and finite everywhere (a variance), got {bad:.3g}")
 
 
 def log_normal(x, mean, var) -> torch.Tensor:
@@ -58,8 +62,8 @@ def log_normal(x, mean, var) -> torch.Tensor:
     tensor broadcasting against x for a diagonal covariance. Sum over event dimensions for the
     log-density of a vector.
     """
-    x = _t(x)
-    mean, var = _t(mean, x), _t(var, x)
+    x = _t(x, "x")
+    mean, var = _t(mean, "mean", x), _t(var, "var", x)
     _finite(x=x, mean=mean)
     _positive("var", var)
     return -0.5 * (LOG_2PI + torch.log(var) + (x - mean) ** 2 / var)
@@ -70,8 +74,8 @@ def kl_normal(mean1, var1, mean2, var2) -> torch.Tensor:
 
     Diagonal Gaussians: sum over event dimensions for the KL of vectors. Arguments broadcast.
     """
-    mean1 = _t(mean1)
-    mean2, var1, var2 = _t(mean2, mean1), _t(var1, mean1), _t(var2, mean1)
+    mean1 = _t(mean1, "mean1")
+    mean2, var1, var2 = _t(mean2, "mean2", mean1), _t(var1, "var1", mean1), _t(var2, "var2", mean1)
     _finite(mean1=mean1, mean2=mean2)
     _positive("var1", var1)
     _positive("var2", var2)
@@ -95,8 +99,8 @@ def _cholesky(cov: torch.Tensor, what: str) -> torch.Tensor:
 
 def log_mvn(x, mean, cov) -> torch.Tensor:
     """log N(x; μ, Σ) for full covariance Σ (..., n, n); returns shape (...) (notebook 03 §1)."""
-    x = _t(x)
-    x, mean, cov = _common(x, _t(mean, x), _t(cov, x))
+    x = _t(x, "x")
+    x, mean, cov = _common(x, _t(mean, "mean", x), _t(cov, "cov", x))
     _check_mvn(mean, cov, "log_mvn")
     _finite(x=x, mean=mean)
     n = mean.shape[-1]
@@ -112,8 +116,8 @@ def log_mvn(x, mean, cov) -> torch.Tensor:
 
 def kl_mvn(mean1, cov1, mean2, cov2) -> torch.Tensor:
     """KL(N(μ₁, Σ₁) ‖ N(μ₂, Σ₂)) = ½(tr Σ₂⁻¹Σ₁ + (μ₂−μ₁)ᵀΣ₂⁻¹(μ₂−μ₁) − n + log|Σ₂|/|Σ₁|)."""
-    mean1 = _t(mean1)
-    mean1, cov1, mean2, cov2 = _common(mean1, _t(cov1, mean1), _t(mean2, mean1), _t(cov2, mean1))
+    mean1 = _t(mean1, "mean1")
+    mean1, cov1, mean2, cov2 = _common(mean1, _t(cov1, "cov1", mean1), _t(mean2, "mean2", mean1), _t(cov2, "cov2", mean1))
     _check_mvn(mean1, cov1, "kl_mvn (first)")
     _check_mvn(mean2, cov2, "kl_mvn (second)")
     _finite(mean1=mean1, mean2=mean2)
@@ -163,8 +167,8 @@ def linear_gaussian_marginal(mu, Lambda_inv, A, b, L_inv):
     q_σ(x_s | x_t, x_0), the marginal is N(√ᾱ_s x_0, (1−ᾱ_s) I) for every σ.
     Λ⁻¹ and L⁻¹ are covariances (not precisions). Returns (mean (..., m), cov (..., m, m)).
     """
-    mu = _t(mu)
-    mu, Lambda_inv, A, b, L_inv = _common(mu, *(_t(v, mu) for v in (Lambda_inv, A, b, L_inv)))
+    mu = _t(mu, "mu")
+    mu, Lambda_inv, A, b, L_inv = _common(mu, *(_t(v, n, mu) for v, n in zip((Lambda_inv, A, b, L_inv), LINEAR[1:])))
     _check_linear(mu, Lambda_inv, A, b, L_inv)
     mean = (A @ mu.unsqueeze(-1)).squeeze(-1) + b
     cov = L_inv + A @ Lambda_inv @ A.transpose(-1, -2)
@@ -183,8 +187,9 @@ def linear_gaussian_posterior(mu, Lambda_inv, A, b, L_inv, y):
     With x = x_s ~ q(x_s | x_0) and y = x_t this gives DDPM's posterior q(x_s | x_t, x_0).
     Returns (mean (..., n), cov (..., n, n)).
     """
-    mu = _t(mu)
-    mu, Lambda_inv, A, b, L_inv, y = _common(mu, *(_t(v, mu) for v in (Lambda_inv, A, b, L_inv, y)))
+    mu = _t(mu, "mu")
+    mu, Lambda_inv, A, b, L_inv, y = _common(mu, *(_t(v, n, mu) for v, n in zip((Lambda_inv, A, b, L_inv, y),
+                                                                                 LINEAR[1:] + ("y",))))
     _check_linear(mu, Lambda_inv, A, b, L_inv)
     if y.shape[-1:] != b.shape[-1:]:
         raise ValueError(f"y must have shape (..., m) = (..., {b.shape[-1]}), got {tuple(y.shape)}")
@@ -228,8 +233,8 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale, approx: bool = False
     tails); `approx=True` reproduces the official code (tanh approximation of Φ, probabilities
     clamped at 1e-12).
     """
-    x = _t(x)
-    mean, log_scale = _t(mean, x), _t(log_scale, x)
+    x = _t(x, "x")
+    mean, log_scale = _t(mean, "mean", x), _t(log_scale, "log_scale", x)
     _finite(x=x, mean=mean, log_scale=log_scale)
     if bool((x.abs() > 1 + 1e-6).any()):
         raise ValueError(f"x must be data scaled to [-1, 1] (8-bit values / 127.5 - 1), got range "

@@ -13,7 +13,7 @@ import torch
 
 from . import devices, quality
 from .checkpoint import weights_sha256
-from .checks import as_real, check_int
+from .checks import as_real, check_int, check_numbers
 
 # What `weights_line` prints; notebooks/conftest.py reads it back from a cell's outputs.
 WEIGHTS_LINE = re.compile(r"weights' sha256 [0-9a-f]{12}(, classifiers' [0-9a-f]{12})?")
@@ -64,6 +64,8 @@ def check_close(actual, expected, message: str, rtol: float = 0.0, atol: float =
     for name, tol in (("rtol", rtol), ("atol", atol)):
         if (v := as_real(tol)) is None or v < 0:
             raise ValueError(f"{name} must be a finite number >= 0 (an infinite one passes anything), got {tol!r}: {message}")
+    for name, v in (("actual", actual), ("expected", expected)):   # True passed as 1; "1" failed in torch's new()
+        check_numbers(name, v)
     if any(v.is_complex() if isinstance(v, torch.Tensor) else np.iscomplexobj(v) for v in (actual, expected)):
         raise TypeError(f"check_close compares real values, got a complex one: {message}")   # float64 drops the imaginary
     a = torch.as_tensor(actual, dtype=torch.float64)
@@ -106,6 +108,7 @@ def weights_line(model) -> str:
 def fmt(x, digits: int = 3) -> str:
     """Round a float (or each entry of a sequence) for stable printing."""
     digits = check_int("digits", digits)                 # -1: "Format specifier missing precision"
+    check_numbers("x", x)                                # True printed as 1, "0.5" as 0.5
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     if isinstance(x, np.ndarray) and x.ndim == 0:

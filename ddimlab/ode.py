@@ -67,6 +67,9 @@ def _alpha_bar_cont(alpha_bar: torch.Tensor, t) -> torch.Tensor:
     """`alpha_bar_cont` on a table already validated (`toy.exact_eps`, called at every step)."""
     t = as_steps(t, alpha_bar.device)
     T = alpha_bar.shape[0]
+    if t.dtype == torch.bool or t.is_complex():     # alpha_bar_at's "step t must be an integer (use alpha_bar_cont…)"
+        raise TypeError(f"continuous step t must be a real number or tensor (an int or a float in [-1, T-1]), got "
+                        f"{t.dtype}")
     if not t.dtype.is_floating_point:
         return alpha_bar_at(alpha_bar, t).to(torch.float64)
     t = t.to(torch.float64)
@@ -97,7 +100,10 @@ def t_of_sigma(alpha_bar: torch.Tensor, sigma) -> torch.Tensor:
 
 def _t_of_sigma(alpha_bar: torch.Tensor, sigma) -> torch.Tensor:
     """`t_of_sigma` on a table already validated (the solvers' inner loops)."""
-    sigma = torch.as_tensor(check_numbers("sigma", sigma), dtype=torch.float64, device=alpha_bar.device)
+    sigma = check_numbers("sigma", sigma)
+    if sigma.is_complex() if isinstance(sigma, torch.Tensor) else np.iscomplexobj(sigma):   # the cast drops the imaginary
+        raise TypeError(f"sigma must be real, got {getattr(sigma, 'dtype', type(sigma).__name__)}")
+    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=alpha_bar.device)
     target = -torch.log1p(sigma ** 2)                          # log ᾱ wanted
     neg = -_log_table(alpha_bar)                                # increasing, from 0
     T = alpha_bar.shape[0]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checks import check_int
+from .checks import as_real, check_int
 from .data import from_model_range, looks_0_255
 from .files import atomic_write
 
@@ -76,10 +76,15 @@ def png_bytes(image, text: dict | None = None) -> bytes:
     from PIL import Image  # Pillow comes with matplotlib
     from PIL.PngImagePlugin import PngInfo
 
+    if isinstance(image, torch.Tensor) and image.ndim != 3:        # torch's "permute(sparse_coo): number of dimensions"
+        raise ValueError(f"save_png needs a uint8 C×H×W tensor with C in (1, 3) (or an H×W×C array), got shape "
+                         f"{tuple(image.shape)}")
     a = image.detach().cpu().permute(1, 2, 0).numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     if a.dtype != np.uint8 or a.ndim != 3 or a.shape[-1] not in (1, 3):
         raise ValueError(f"save_png needs a uint8 image H×W×C (or a C×H×W tensor) with C in (1, 3), "
                          f"got {a.dtype} {a.shape}")
+    if text is not None and (not isinstance(text, dict) or not all(isinstance(s, str) for kv in text.items() for s in kv)):
+        raise TypeError(f"text must be a dict of strings {{key: value}} (PNG tEXt chunks), got {text!r}")
     info = PngInfo()
     for key, value in (text or {}).items():
         info.add_text(key, value)
@@ -121,6 +126,8 @@ def show_images(x: torch.Tensor, nrow: int | None = None, title: str | None = No
     """Draw a grid of images in [−1, 1] on a matplotlib axis (for notebooks); returns the axis."""
     import matplotlib.pyplot as plt
 
+    if (s := as_real(scale)) is None or s <= 0:                 # 0 or -1 drew at a fixed size without a word
+        raise ValueError(f"scale must be a finite number > 0 (the figure's size per pixel), got {scale!r}")
     grid = image_grid(x, nrow)
     if ax is None:
         _, ax = plt.subplots(figsize=(scale * grid.shape[1] / 40 + 1, scale * grid.shape[0] / 40 + 1))

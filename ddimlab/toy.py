@@ -155,6 +155,8 @@ class GaussianMixture:
             raise TypeError(f"x must be floating point, got {x.dtype}")
         if x.ndim != 2 or x.shape[1] != self.d:
             raise ValueError(f"x must have shape (B, d) = (B, {self.d}), got {tuple(x.shape)}")
+        if not bool(torch.isfinite(x).all()):              # log_prob, score and eps were NaN there
+            raise ValueError("x contains NaN or inf")
         return x.to(torch.float64)
 
     def log_prob(self, x: torch.Tensor, a=1.0) -> torch.Tensor:

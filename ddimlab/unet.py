@@ -227,6 +227,8 @@ class UNet(nn.Module):
         """ε̂ = ε_θ(x, t): x (B, in_ch, H, W); t the step, a (B,) tensor, or a scalar for the whole batch."""
         if x.ndim != 4:
             raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.conv_in.in_channels:            # torch: "weight of size [128, 3, 3, 3], expected input…"
+            raise ValueError(f"x has {x.shape[1]} channels but this network takes {self.conv_in.in_channels} (in_ch)")
         factor = 2 ** (len(self.down) - 1)
         if x.shape[2] % factor or x.shape[3] % factor:
             raise ValueError(f"image size {tuple(x.shape[2:])} must be divisible by {factor} "
@@ -285,9 +287,11 @@ def _as_steps(t, x: torch.Tensor) -> torch.Tensor:
     if t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"t must be integer or real, got dtype {t.dtype}")
     if t.ndim == 0 or t.shape == (1,):
-        return t.reshape(1).expand(x.shape[0])
+        t = t.reshape(1).expand(x.shape[0])
     if t.shape != (x.shape[0],):
         raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},) to match the batch, got {tuple(t.shape)}")
+    if t.device.type == "cpu" and t.is_floating_point() and not bool(torch.isfinite(t).all()):  # an all-NaN ε
+        raise ValueError(f"t must be finite steps, got {t.tolist()}")
     return t
 
 

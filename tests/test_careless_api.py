@@ -1601,3 +1601,76 @@ def test_twentyfirst_round_slerp_refuses_weights_outside_0_1():
             samplers.slerp(z0, z1, lam)
     assert samplers.slerp(z0, z1, torch.linspace(0, 1, 3)).shape == (3, 16)
     assert samplers.slerp(z0[:0], z1[:0], 0.5).shape == (0, 16)
+
+
+def test_twentyfirst_round_silent_nan_and_wrong_answers():
+    """Helper 116: ddim_step with NaN noise returned all-NaN x_s; UNet(x, t) with a NaN step an all-NaN ε; a mixture's
+    log_prob, score and eps of a NaN point NaN; kl_normal with an infinite variance NaN (log_normal -inf) and True as a
+    variance of 1 (KL 0.0); t_of_sigma(1 + 5j) dropped the imaginary part (t = 258.09); nb.check_close(True, 1.0) passed;
+    compute_fid of 8×8 samples against 16×16 references gave a finite 0.68."""
+    from ddimlab import gaussian, nb, unet
+
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="noise contains NaN or inf"):
+        diffusion.ddim_step(x, x, 0.5, 0.7, eta=0.5, noise=torch.full((2, 3), float("nan")))
+    with pytest.raises(TypeError, match="noise must be floating point"):
+        diffusion.ddim_step(x, x, 0.5, 0.7, eta=0.5, noise=torch.ones(2, 3, dtype=torch.long))
+    with pytest.raises(TypeError, match="x_t and eps must be torch tensors"):
+        diffusion.ddim_step(x, x.tolist(), 0.5, 0.7)                   # was "'list' object has no attribute 'shape'"
+    net = unet.UNet(in_ch=1, ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), resolution=8, num_groups=4)
+    with pytest.raises(ValueError, match="t must be finite steps"):
+        net(torch.zeros(2, 1, 8, 8), torch.tensor([float("nan"), 1.0]))
+    with pytest.raises(ValueError, match="x has 3 channels but this network takes 1"):
+        net(torch.zeros(2, 3, 8, 8), 5)                                 # was torch's "weight of size [8, 1, 3, 3]"
+    mix = toy.random_mixture(d=2, K=3, seed=0)
+    bad = torch.tensor([[0.0, float("nan")]], dtype=torch.float64)
+    for call in (lambda: mix.log_prob(bad), lambda: mix.score(bad, 0.5), lambda: mix.eps(bad, 0.5)):
+        with pytest.raises(ValueError, match="x contains NaN or inf"):
+            call()
+    with pytest.raises(ValueError, match="var1 must be > 0 and finite"):
+        gaussian.kl_normal(0.0, float("inf"), 0.0, 1.0)
+    with pytest.raises(ValueError, match="var must be > 0 and finite"):
+        gaussian.log_normal(torch.zeros(2), 0.0, torch.tensor([1.0, float("inf")]))
+    for call, name in ((lambda: gaussian.kl_normal(0.0, True, 0.0, 1.0), "var1"),
+                       (lambda: gaussian.log_normal(torch.tensor([True]), 0.0, 1.0), "x"),
+                       (lambda: gaussian.log_mvn(torch.zeros(2), torch.zeros(2), torch.eye(2).bool()), "cov")):
+        with pytest.raises(TypeError, match=f"{name} must be a number .* got a bool"):
+            call()
+    with pytest.raises(TypeError, match="sigma must be real"):
+        ode.t_of_sigma(AB, torch.tensor(1 + 5j))
+    with pytest.raises(TypeError, match="actual must be a number .* got a bool"):
+        nb.check_close(True, 1.0, "m")
+    g = torch.Generator().manual_seed(0)
+    small, big = torch.rand(8, 3, 8, 8, generator=g) * 2 - 1, torch.rand(8, 3, 16, 16, generator=g) * 2 - 1
+    with pytest.raises(ValueError, match=r"samples are images of shape \(3, 8, 8\) .* reference images \(3, 16, 16\)"):
+        fid.compute_fid(small, big, fid.random_features())
+    assert fid.compute_fid(small, fid.image_stats(big, fid.random_features()), fid.random_features()) > 0   # stats: as before
+
+
+def test_twentyfirst_round_messages_name_the_argument():
+    """Helper 116: alpha_bar_cont(table, True) (and exact_eps with a bool t) said "step t must be an integer (use
+    ode.alpha_bar_cont for fractional steps)" inside alpha_bar_cont; log_mvn of a 0-dimensional Gaussian failed in
+    torch's max(); png_bytes of an H×W tensor in torch's permute, and a number in `text` with "'int' object has no
+    attribute 'encode'"; show_images(scale=0) drew at a fixed size; gaussian.log_normal("1", …) and nb.fmt(True)
+    (printed "1") read what is no number."""
+    from ddimlab import gaussian, nb
+
+    for t in (True, torch.tensor(5.5 + 0j)):
+        with pytest.raises(TypeError, match="continuous step t must be a real number"):
+            ode.alpha_bar_cont(AB, t)
+    with pytest.raises(TypeError, match="continuous step t must be a real number"):
+        toy.exact_eps(toy.random_mixture(d=2, K=3, seed=0), AB)(torch.zeros(2, 2, dtype=torch.float64),
+                                                                torch.tensor([True, True]))
+    assert float(gaussian.log_mvn(torch.zeros(0), torch.zeros(0), torch.zeros(0, 0))) == 0.0
+    with pytest.raises(ValueError, match=r"uint8 C×H×W tensor .* got shape \(4, 4\)"):
+        plotting.png_bytes(torch.zeros(4, 4, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="text must be a dict of strings"):
+        plotting.png_bytes(np.zeros((4, 4, 1), np.uint8), text={"seed": 1})
+    for scale in (0, -1.0, "2"):
+        with pytest.raises(ValueError, match="scale must be a finite number > 0"):
+            plotting.show_images(torch.zeros(2, 1, 4, 4), scale=scale)
+    with pytest.raises(TypeError, match="x must be a number .* got a string"):
+        gaussian.log_normal("1", 0.0, 1.0)
+    for x in (True, "0.5"):
+        with pytest.raises(TypeError, match="x must be a number"):
+            nb.fmt(x)
