@@ -135,6 +135,7 @@ def latents(seed: int, indices, shape, device=None) -> torch.Tensor:
         raise ValueError(f"latents needs indices (at least one) and a shape such as (C, H, W); got {len(indices)} "
                          f"indices and shape {shape!r}")
     shape = tuple(check_int("an entry of shape", s) for s in shape)    # torch: "negative dimension -2"
+    device = None if device is None else devices.resolve(device)      # "cuda:0": torch's "not compiled with CUDA"
     return _draw(_generators(seed, indices), shape, device)
 
 

@@ -82,9 +82,10 @@ def _jackknife(x, y, kernel, ry):
 def jackknife_se(loo: torch.Tensor) -> float:
     """√((n−1)/n Σᵢ (U₋ᵢ − Ū)²): the jackknife standard error from the delete-one values of `jackknife`
     (notebook 09 §1)."""
+    if isinstance(loo, torch.Tensor) and loo.ndim == 1 and len(loo) < 2:   # 0: an SE of no spread at all
+        raise ValueError(f"the jackknife needs at least 2 delete-one values, got {len(loo)}")
+    (loo,) = check_per_sample("jackknife_se", loo)          # NaN values gave an SE of nan; a list failed in .shape
     n = loo.shape[0]
-    if n < 2:                                   # one value would give 0, an SE of no spread at all
-        raise ValueError(f"the jackknife needs at least 2 delete-one values, got {n}")
     return float(((n - 1) / n * (loo - loo.mean()).pow(2).sum()).sqrt())
 
 

@@ -25,7 +25,7 @@ import warnings
 
 import torch
 
-from . import schedule
+from . import devices, schedule
 from .checks import as_real, check_bool, check_generator, check_int, check_numbers
 from .diffusion import (
     VARIANCES,
@@ -105,6 +105,9 @@ def call_eps(eps, x, t):
     x's shape and dtype. eps gets a copy of x, so an eps that edits its input in place (`x.clamp_()`, a first
     ReLU(inplace=True)) changes neither the caller's tensor nor the run, in every sampler and solver alike (a copy of x
     costs under 1% of the cheapest eps, `toy.exact_eps`; the samplers reuse x after the call, the solvers do not)."""
+    if not callable(eps):              # Python's "'int' object is not callable"
+        raise TypeError(f"eps must be a function eps(x, t) -> tensor of x's shape (a network through "
+                        f"checkpoint.eps_fn, or toy.exact_eps), got {type(eps).__name__}")
     if isinstance(t, int):
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
     else:
@@ -131,6 +134,17 @@ def noise_from(generator: torch.Generator | None, x: torch.Tensor):
     """The default `noise_sampler`: one N(0, I) draw of x's shape, dtype and device per call from `generator`."""
     check_generator(generator)
     return lambda t, s: torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+def _noise(noise_sampler, generator, x: torch.Tensor):
+    """`noise_sampler` if it is callable, else `noise_from(generator, x)` when it is None; anything else a TypeError
+    before the first network call (it was "'int' object is not callable" after it)."""
+    if noise_sampler is None:
+        return noise_from(generator, x)
+    if not callable(noise_sampler):
+        raise TypeError(f"noise_sampler must be a function (t, s) -> noise of x's shape, or None; got "
+                        f"{type(noise_sampler).__name__}")
+    return noise_sampler
 
 
 def report(callback, i: int, t: int, s: int, x: torch.Tensor, x0: torch.Tensor) -> None:
@@ -177,7 +191,7 @@ def ddim_sample(eps, x_T, alpha_bar, seq, eta: float = 0.0, generator: torch.Gen
     clip_x0, return_trajectory = check_bool("clip_x0", clip_x0), check_bool("return_trajectory", return_trajectory)
     alpha_bar, seq = check_args(x_T, alpha_bar, seq, callback=callback)
     pairs, a = check_eta_steps(alpha_bar, seq, eta)
-    noise_sampler = noise_sampler or noise_from(generator, x_T)
+    noise_sampler = _noise(noise_sampler, generator, x_T)
     x = x_T
     traj = {"x": [x], "x0": [], "t": [int(seq[0])]}
     for i, ((t, s), (a_t, a_s)) in enumerate(zip(pairs, a)):
@@ -226,7 +240,7 @@ def ddpm_sample(eps, x_T, alpha_bar, variance: str = "small", seq=None, generato
     if seq is None:
         seq = torch.arange(alpha_bar.shape[0] - 1, -1, -1)
     alpha_bar, seq = check_args(x_T, alpha_bar, seq, callback=callback)
-    noise_sampler = noise_sampler or noise_from(generator, x_T)
+    noise_sampler = _noise(noise_sampler, generator, x_T)
     x = x_T
     traj = {"x": [x], "x0": [], "t": [int(seq[0])]}
     for i, (t, s) in enumerate(step_pairs(seq)):
@@ -301,6 +315,9 @@ def guided_eps(eps_null, eps_cond, w: float):
     weight = as_real(w)
     if weight is None:
         raise ValueError(f"guidance weight w must be a finite number, got {w!r}")
+    for name, f in (("eps_null", eps_null), ("eps_cond", eps_cond)):      # else found at the first step only
+        if not callable(f):
+            raise TypeError(f"guided_eps: {name} must be a function eps(x, t), got {type(f).__name__}")
 
     def eps(x, t):
         e_null = _of_x_shape(eps_null(x.clone(), t), x, "guided_eps: eps_null")   # eps_cond's x, as call_eps
@@ -353,7 +370,7 @@ def langevin(eps, x, alpha_bar, t: int, step: float, n_steps: int, generator: to
     if (delta := as_real(step)) is None or delta <= 0:
         raise ValueError(f"step must be a finite number > 0 (the Langevin step size), got {step!r}")
     n_steps = check_int("n_steps", n_steps, 0)
-    noise_sampler = noise_sampler or noise_from(generator, x)
+    noise_sampler = _noise(noise_sampler, generator, x)
     a_t = float(alpha_bar_at(alpha_bar, t))
     for i in range(n_steps):
         e = call_eps(eps, x, t)
@@ -436,6 +453,8 @@ def sample(eps, shape, alpha_bar, S: int = 50, spacing: str = "uniform", eta: fl
         raise TypeError(f"dtype must be a floating-point torch.dtype, e.g. torch.float32, got {dtype!r}")
     if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
         raise TypeError(f"shape must be a sequence of sizes (B, ...), e.g. (16, 1, 8, 8), got {shape!r}")
-    x_T = torch.randn(tuple(shape), generator=check_generator(generator), dtype=dtype, device=device)
+    shape = tuple(check_int("an entry of shape", s, 0) for s in shape)     # torch: "negative dimension", randn's dump
+    device = None if device is None else devices.resolve(device)           # "cuda:0": torch's "not compiled with CUDA"
+    x_T = torch.randn(shape, generator=check_generator(generator), dtype=dtype, device=device)
     return ddim_sample(eps, x_T, alpha_bar, seq, eta=eta, generator=generator, return_trajectory=return_trajectory,
                        callback=callback)

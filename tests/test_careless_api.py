@@ -1674,3 +1674,34 @@ def test_twentyfirst_round_messages_name_the_argument():
     for x in (True, "0.5"):
         with pytest.raises(TypeError, match="x must be a number"):
             nb.fmt(x)
+
+
+def test_twentyfirst_round_callables_shapes_and_devices_are_named(toy_setup):
+    """Helper 116: an eps or a noise_sampler that is no function failed with Python's "'int' object is not callable"
+    (the noise_sampler after the first network call), guided_eps(5, eps) only at the first step; samplers.sample of a
+    shape (2, -2) or (2.0, 2) failed in torch ("negative dimension", randn's argument dump), and on "cuda:0" without
+    CUDA with torch's "Torch not compiled with CUDA enabled", as did generate.latents; lab.jackknife_se of NaN values
+    returned nan and of a list failed in .shape."""
+    from ddimlab import devices, lab
+
+    _, eps, x_T, seq = toy_setup
+    with pytest.raises(TypeError, match="eps must be a function eps"):
+        samplers.ddim_sample(5, x_T, AB, seq)
+    with pytest.raises(TypeError, match="noise_sampler must be a function"):
+        samplers.ddim_sample(lambda x, t: pytest.fail("eps called first"), x_T, AB, seq, eta=1.0, noise_sampler=5)
+    with pytest.raises(TypeError, match="guided_eps: eps_null must be a function"):
+        samplers.guided_eps(5, eps, 1.0)
+    for shape in ((2, -2), (2.0, 2)):
+        with pytest.raises(ValueError, match="an entry of shape must be a non-negative integer"):
+            samplers.sample(eps, shape, AB, 5)
+    if not torch.cuda.is_available():
+        with pytest.raises(devices.DeviceError, match="cuda:0"):
+            samplers.sample(eps, (2, 2), AB, 5, device="cuda:0")
+        with pytest.raises(devices.DeviceError, match="cuda:0"):
+            generate.latents(0, [0], (1, 2, 2), device="cuda:0")
+    assert samplers.sample(eps, (0, 2), AB, 5, dtype=torch.float64).shape == (0, 2)       # empty in, empty out
+    with pytest.raises(ValueError, match="jackknife_se: the per-sample scores must be finite"):
+        lab.jackknife_se(torch.tensor([1.0, float("nan")]))
+    with pytest.raises(ValueError, match="jackknife_se takes 1-D tensors"):
+        lab.jackknife_se([1.0, 2.0])
+    assert lab.jackknife_se(torch.tensor([1, 3])) == 1.0                  # integer values: as floats
