@@ -2345,3 +2345,89 @@ def test_twentyfirst_round_interrupted_commands_leave_no_half_outputs(trained, t
         assert {n: (t1 / n).read_bytes() for n in earlier} == earlier and not leftovers(t1)
     finally:
         signal.signal(signal.SIGINT, terminal)
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_twentysecond_round_interrupted_reproduce_table2_leaves_no_half_outputs(trained, tmp_path, capsys, monkeypatch,
+                                                                                 signame):
+    """Ctrl-C (SIGINT) and SIGTERM, raised from inside the work, during `reproduce table2` on the digits: it exits 130
+    saying "interrupted", leaves no temporary file, no new table2.csv beside an old table2.md (at the reconstruction,
+    between the two tables, inside the writing of either), and no folder it made for --out."""
+    import signal
+    from pathlib import Path
+
+    from ddimlab import tables
+
+    sig = getattr(signal, signame)
+    terminal = signal.signal(signal.SIGINT, signal.default_int_handler)       # as in a terminal
+
+    def interrupted(argv):
+        code, err = cli.main(argv), capsys.readouterr().err
+        assert code == 130 and "interrupted" in err, (argv, err)
+
+    def files_in(folder):
+        return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+                and not p.name.endswith(".lock")}
+
+    table2 = ["reproduce", "table2", "--checkpoint", str(trained), "--n-images", "4", "--steps", "2,3", "--batch-size", "2",
+              "--no-progress", "--out"]
+    real_errors, real_write = tables.reconstruction_errors, tables.atomic_write
+    try:
+        calls = []
+
+        def errors_interrupted_at(k):
+            def reconstruction_errors(*a, **kw):
+                calls.append(1)
+                if len(calls) == k:
+                    signal.raise_signal(sig)
+                return real_errors(*a, **kw)
+            calls.clear()
+            monkeypatch.setattr(tables, "reconstruction_errors", reconstruction_errors)
+
+        for k in (1, 2):                                         # at the first S, at the second
+            errors_interrupted_at(k)
+            interrupted([*table2, str(tmp_path / "new" / "deeper")])
+            assert not (tmp_path / "new").exists()
+        (tmp_path / "mine").mkdir()
+        (tmp_path / "mine" / "notes.txt").write_text("keep")
+        errors_interrupted_at(2)
+        interrupted([*table2, str(tmp_path / "mine")])          # a folder of the user's: kept as it was
+        assert files_in(tmp_path / "mine") == {Path("notes.txt"): b"keep"}
+        monkeypatch.setattr(tables, "reconstruction_errors", real_errors)
+
+        out = tmp_path / "t2"
+        assert cli.main([*table2, str(out)]) == 0
+        capsys.readouterr()
+        earlier = files_in(out)
+        assert set(earlier) == {Path("table2.md"), Path("table2.csv")}
+
+        def signal_after(name, inside=False):
+            def atomic_write(path, write, *a, **k):
+                if inside and Path(path).name == name:           # half-way through writing the file itself
+                    def half(f):
+                        f.write("S,steps")
+                        signal.raise_signal(sig)
+                        write(f)
+                    return real_write(path, half, *a, **k)
+                done = real_write(path, write, *a, **k)
+                if Path(path).name == name:
+                    signal.raise_signal(sig)
+                return done
+            monkeypatch.setattr(tables, "atomic_write", atomic_write)
+
+        for name, inside in (("table2.csv", False), ("table2.csv", True), ("table2.md", True), ("table2.md", False)):
+            errors_interrupted_at(0)
+            signal_after(name, inside)
+            interrupted([*table2, str(out), "--overwrite", "--n-images", "2"])     # another table
+            assert files_in(out) == earlier, (name, inside)
+        (out / "table2.csv").unlink()                            # an old .md alone: no new .csv beside it
+        earlier = files_in(out)
+        signal_after("table2.csv")
+        interrupted([*table2, str(out), "--overwrite", "--n-images", "2"])
+        assert files_in(out) == earlier
+        monkeypatch.setattr(tables, "atomic_write", real_write)
+        monkeypatch.setattr(tables, "reconstruction_errors", real_errors)
+        assert cli.main([*table2, str(out), "--overwrite", "--n-images", "2"]) == 0
+        assert set(files_in(out)) == {Path("table2.md"), Path("table2.csv")} and files_in(out) != earlier
+    finally:
+        signal.signal(signal.SIGINT, terminal)
