@@ -913,8 +913,8 @@ def test_sixth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     state = torch.load(trained / "ckpt.pt", weights_only=True)
     del state["ema"]
     torch.save(state, tmp_path / "no_ema.pt")
-    one_line_error([*sample, "--steps", "2", "--checkpoint", str(tmp_path / "no_ema.pt"), "--out", str(tmp_path / "e")],
-                   "holds no EMA weights", "--no-ema")
+    one_line_error(["sample", "--checkpoint", str(tmp_path / "no_ema.pt"), "--n", "2", "--steps", "2", "--out",
+                    str(tmp_path / "e")], "holds no EMA weights", "--no-ema")
     # `interpolate --latents ckpt.pt` listed some 20 KB of the zip's member names
     one_line_error(["interpolate", "--checkpoint", str(trained), "--latents", str(trained / "ckpt.pt"), "--steps", "2",
                     "--out", str(tmp_path / "i")], "is a torch checkpoint")
@@ -2431,3 +2431,53 @@ def test_twentysecond_round_interrupted_reproduce_table2_leaves_no_half_outputs(
         assert set(files_in(out)) == {Path("table2.md"), Path("table2.csv")} and files_in(out) != earlier
     finally:
         signal.signal(signal.SIGINT, terminal)
+
+
+def test_twentysecond_round_an_option_given_twice_or_to_another_command(trained, tmp_path, capsys):
+    """An option given twice with two values (`--n 4 ... --n 64`, `--checkpoint A ... --checkpoint B`, `--bf16 ...
+    --no-bf16`: an edited command line that kept the old value) ran with the last one without a word; the last still
+    counts (scripts append their changes to a base command line), and now a warning names both. The same value twice
+    says nothing. An option of another subcommand (`sample --input`, `lab --checkpoint`) is said to be that one's."""
+    def noted(argv, *needles):
+        code, err = cli.main(argv), capsys.readouterr().err
+        for needle in needles:
+            assert f"warning: an option given twice, {needle}: the last counts" in err, (needle, err)
+        return code
+
+    out = ["--out", str(tmp_path / "x")]
+    model = ["--checkpoint", str(trained)]
+    sample = ["sample", *model, "--steps", "2", "--no-progress", *out]
+    assert noted([*sample, "--n", "2", "--n", "3"], "--n 2, then --n 3") == 0
+    with np.load(tmp_path / "x.npz") as z:
+        assert len(z["samples"]) == 3
+    assert noted([*sample, "--n", "2", "--ste", "3", "--overwrite"], "--steps 2, then --steps 3") == 0    # abbreviated
+    assert noted(["sample", "--checkpoint", str(tmp_path / "gone"), *sample[1:], "--n", "2", "--overwrite"],
+                 f"--checkpoint {tmp_path / 'gone'}, then --checkpoint {trained}") == 0
+    assert noted(["interpolate", *model, "--seeds", "0", "1", "--seeds", "0", "2", "--n", "2", "--steps", "2",
+                  "--no-progress", "--out", str(tmp_path / "i")], "--seeds 0 1, then --seeds 0 2") == 0
+    assert noted(["reproduce", "table2", *model, "--steps", "2", "--steps", "3", "--n-images", "2", "--n-images", "3",
+                  "--no-progress", "--out", str(tmp_path / "t2")], "--steps 2, then --steps 3",
+                 "--n-images 2, then --n-images 3") == 0
+    assert "| S | 3 |" in (tmp_path / "t2" / "table2.md").read_text()
+    assert noted(["train", "--bf16", "--no-bf16", "--out", str(tmp_path / "r"), "--set", "steps=0"],   # refused after
+                 "--bf16, then --no-bf16") == 1
+    assert cli.main([*sample, "--n", "2", "--n", "2", "--no-progress", "--overwrite"]) == 0
+    assert "given twice" not in capsys.readouterr().err
+
+    # an option of another subcommand
+    def refused(argv, *needles):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "Traceback" not in err and err.strip().splitlines()[-1].count(": error: ") == 1, err
+        for needle in needles:
+            assert needle in err, (needle, err)
+
+    refused(["sample", *model, "--input", "a.png", "--seeds", "0", "1", "--out", str(tmp_path / "y")],
+            "sample: error: unrecognized arguments: --input a.png --seeds 0 1", "--input is an option of invert;",
+            "--seeds is an option of interpolate;", "`sample --help` lists sample's")
+    refused(["lab", "--checkpoint", str(trained), "--out", str(tmp_path / "y")],
+            "--checkpoint is an option of sample, invert, interpolate and reproduce")
+    refused(["sample", *model, "--sed", "3", "--out", str(tmp_path / "y")], "unrecognized arguments: --sed 3")
+    assert not list(tmp_path.glob("y*"))
+
