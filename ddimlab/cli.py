@@ -523,8 +523,7 @@ def cmd_reproduce(args) -> int:
         return _reproduce(args, out, grid)
     lock_file = out / f".{args.table}.lock"
     check_out_folder(out, "the tables' folder")
-    with folder_removed_on_error(out, lock_file):
-        out.mkdir(parents=True, exist_ok=True)
+    with folder_removed_on_error(out, lock_file):      # `locked` makes the folder (or says why it cannot)
         with locked(lock_file, busy=f"{out} is in use by another `reproduce {args.table}`; wait for it to finish or "
                                     f"choose another --out"):
             _refuse_existing(args.overwrite, *tables_there, hint=hint)

@@ -2481,3 +2481,28 @@ def test_twentysecond_round_an_option_given_twice_or_to_another_command(trained,
     refused(["sample", *model, "--sed", "3", "--out", str(tmp_path / "y")], "unrecognized arguments: --sed 3")
     assert not list(tmp_path.glob("y*"))
 
+
+def test_twentysecond_round_reproduce_says_a_folder_it_cannot_make(trained, tmp_path, capsys, monkeypatch):
+    """`reproduce` into a new --out on a read-only disk (or under a read-only current folder, its default runs/TABLE)
+    said only "[Errno 30] Read-only file system: 'runs'"; now it says the folder cannot be made and to choose another
+    --out, as the other commands do."""
+    import errno
+    import pathlib
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_mkdir = pathlib.Path.mkdir
+
+    def mkdir(self, *a, **k):
+        if ro in (self.absolute(), *self.absolute().parents) and self.absolute() != ro:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *a, **k)
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    monkeypatch.chdir(ro)
+    for table in (["table2", "--n-images", "2"], ["table1", "--features", "random", "--n-samples", "2", "--etas", "0"]):
+        for out in ([], ["--out", "new/deeper"]):
+            _expect_one_line_error(capsys, ["reproduce", *table, "--checkpoint", str(trained), "--steps", "2",
+                                            "--no-progress", *out], "cannot create the folder", "Read-only file system",
+                                   "choose another --out")
+            assert not list(ro.iterdir())
+
