@@ -2506,3 +2506,20 @@ def test_twentysecond_round_reproduce_says_a_folder_it_cannot_make(trained, tmp_
                                    "choose another --out")
             assert not list(ro.iterdir())
 
+def test_twentysecond_round_a_pipeline_folder_without_its_unet(trained, tmp_path, capsys):
+    """A diffusers pipeline folder (model_index.json) missing its unet/ (an unfinished download) was called a folder with
+    "neither ckpt.pt nor config.json"; now the missing UNet is named."""
+    from ddimlab import checkpoint, schedule
+
+    net, _ = checkpoint.load_model(trained)
+    unet = checkpoint.save_diffusers_folder(net, tmp_path / "pipe" / "unet", schedule.make_alpha_bar())
+    (tmp_path / "pipe" / "model_index.json").write_text('{"_class_name": "DDPMPipeline", "unet": ["diffusers", '
+                                                        '"UNet2DModel"]}')
+    sample = ["sample", "--checkpoint", str(tmp_path / "pipe"), "--n", "2", "--steps", "2", "--no-progress", "--out"]
+    assert cli.main([*sample, str(tmp_path / "whole")]) == 0
+    (unet / "config.json").unlink()
+    _expect_one_line_error(capsys, [*sample, str(tmp_path / "a")], "pipe is a diffusers pipeline folder (model_index.json) "
+                           "without its UNet: unet/config.json is missing")
+    shutil.rmtree(unet)
+    _expect_one_line_error(capsys, [*sample, str(tmp_path / "a")], "without its UNet: the folder unet/ is missing")
+    assert not list(tmp_path.glob("a*"))
