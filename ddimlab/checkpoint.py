@@ -388,6 +388,10 @@ def _diffusers_dir(path) -> Path:
     path = Path(path)
     if (path / "unet" / "config.json").is_file():  # a whole pipeline folder
         path = path / "unet"
+    elif (path / "model_index.json").is_file() and not (path / "config.json").is_file():
+        missing = "unet/config.json" if (path / "unet").is_dir() else "the folder unet/"
+        raise FileNotFoundError(f"{path} is a diffusers pipeline folder (model_index.json) without its UNet: {missing} is "
+                                f"missing (an unfinished download or copy?); fetch the whole pipeline, or pass {LOADABLE}")
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is a folder with neither ckpt.pt (a ddimlab run) nor config.json (a diffusers "
                                 f"UNet2DModel: config.json + diffusion_pytorch_model.safetensors or .bin); pass {LOADABLE}")

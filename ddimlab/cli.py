@@ -523,8 +523,7 @@ def cmd_reproduce(args) -> int:
         return _reproduce(args, out, grid)
     lock_file = out / f".{args.table}.lock"
     check_out_folder(out, "the tables' folder")
-    with folder_removed_on_error(out, lock_file):
-        out.mkdir(parents=True, exist_ok=True)
+    with folder_removed_on_error(out, lock_file):      # `locked` makes the folder (or says why it cannot)
         with locked(lock_file, busy=f"{out} is in use by another `reproduce {args.table}`; wait for it to finish or "
                                     f"choose another --out"):
             _refuse_existing(args.overwrite, *tables_there, hint=hint)
@@ -716,13 +715,69 @@ def _train_epilog() -> str:
     return "\n".join(lines)
 
 
+GIVEN, REPEATED = "_options_given", "_options_repeated"     # the namespace's record (`_Noted`), removed after parsing
+
+
+def _note_repeated(action, namespace, value, option_string) -> None:
+    """An option given a second time with another value (`--n 4 ... --n 64`, `--checkpoint A ... --checkpoint B`,
+    `--bf16 ... --no-bf16`: a command line edited or built from a base one) ran with the last one without a word; the
+    last still counts (as in most command lines, and for scripts that append their changes), and now `main` says so.
+    The same value twice contradicts nothing."""
+    given, now = namespace.__dict__.setdefault(GIVEN, {}), f"{option_string or ''} {_shown(value)}".strip()
+    if action.dest in given and given[action.dest][0] != value:
+        namespace.__dict__.setdefault(REPEATED, []).append(f"{given[action.dest][1]}, then {now}")
+    given[action.dest] = (value, now)
+
+
+def _shown(value) -> str:
+    return "" if isinstance(value, bool) else " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+class _Noted(argparse._StoreAction):
+    """The store action, recording each value given (`_note_repeated`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        _note_repeated(self, namespace, values, option_string)
+        super().__call__(parser, namespace, values, option_string)
+
+
+class _NotedBoolean(argparse.BooleanOptionalAction):
+    def __call__(self, parser, namespace, values, option_string=None):
+        _note_repeated(self, namespace, not option_string.startswith("--no-"), option_string)
+        super().__call__(parser, namespace, values, option_string)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Options with a value given twice are recorded (`_Noted`); an option of another subcommand is named as that one's."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.register("action", None, _Noted)
+        self.register("action", "store", _Noted)
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if self._subparsers is None or not extras:
+            return namespace, extras
+        commands = next(a for a in self._subparsers._group_actions if isinstance(a, argparse._SubParsersAction)).choices
+        here = commands.get(getattr(namespace, "command", None), self)
+        owners = {}
+        for flag in (e.partition("=")[0] for e in extras if e.startswith("--")):
+            owners[flag] = [name for name, p in commands.items() if p is not here and flag in p._option_string_actions]
+        said = "; ".join(f"{flag} is an option of {', '.join(names[:-1]) + ' and ' if names[:-1] else ''}{names[-1]}"
+                         for flag, names in owners.items() if names)
+        name = here.prog.split()[-1]
+        here.error(f"unrecognized arguments: {' '.join(extras)}" + (f" ({said}; `{name} --help` lists {name}'s)"
+                                                                    if said else ""))
+
+
 def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, formatter_class=_Formatter,
+    parser = _Parser(prog=prog, formatter_class=_Formatter,
                                      description="DDPM and DDIM: train, sample, invert, interpolate, reproduce the "
                                                  "DDIM paper's tables.")
     parser.add_argument("--version", action="version", version=f"ddimlab {__version__}")
     _debug(parser)                                  # before the subcommand, or after it (_common)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     def add(name, func, help_, **kw):
         p = sub.add_parser(name, help=help_, description=help_, formatter_class=_Formatter, **kw)
@@ -739,9 +794,9 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="start again in an --out that holds a run (the old one is set aside until the first checkpoint)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1 (default: the preset's, auto)")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+    p.add_argument("--bf16", action=_NotedBoolean, default=None,
                    help="bf16 autocast on CUDA (default: the preset's, on)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+    p.add_argument("--compile", action=_NotedBoolean, default=None,
                    help="torch.compile the network (default: the preset's, off)")
     _common(p)
 
@@ -893,6 +948,9 @@ def _main(argv, prog):
         prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "ddimlab"
         prog = "python -m ddimlab" if prog in ("__main__.py", "-m", "-c", "") else prog
     args = build_parser(prog).parse_args(argv)
+    args.__dict__.pop(GIVEN, None)
+    for repeated in args.__dict__.pop(REPEATED, []):
+        print(f"{prog} {args.command}: warning: an option given twice, {repeated}: the last counts", file=sys.stderr)
     for name in PATH_OPTIONS:                   # "~/runs" quoted, or written after an = sign, is not expanded by the shell
         value = getattr(args, name, None)
         if value is not None:

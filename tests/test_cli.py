@@ -913,8 +913,8 @@ def test_sixth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     state = torch.load(trained / "ckpt.pt", weights_only=True)
     del state["ema"]
     torch.save(state, tmp_path / "no_ema.pt")
-    one_line_error([*sample, "--steps", "2", "--checkpoint", str(tmp_path / "no_ema.pt"), "--out", str(tmp_path / "e")],
-                   "holds no EMA weights", "--no-ema")
+    one_line_error(["sample", "--checkpoint", str(tmp_path / "no_ema.pt"), "--n", "2", "--steps", "2", "--out",
+                    str(tmp_path / "e")], "holds no EMA weights", "--no-ema")
     # `interpolate --latents ckpt.pt` listed some 20 KB of the zip's member names
     one_line_error(["interpolate", "--checkpoint", str(trained), "--latents", str(trained / "ckpt.pt"), "--steps", "2",
                     "--out", str(tmp_path / "i")], "is a torch checkpoint")
@@ -2345,3 +2345,181 @@ def test_twentyfirst_round_interrupted_commands_leave_no_half_outputs(trained, t
         assert {n: (t1 / n).read_bytes() for n in earlier} == earlier and not leftovers(t1)
     finally:
         signal.signal(signal.SIGINT, terminal)
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_twentysecond_round_interrupted_reproduce_table2_leaves_no_half_outputs(trained, tmp_path, capsys, monkeypatch,
+                                                                                 signame):
+    """Ctrl-C (SIGINT) and SIGTERM, raised from inside the work, during `reproduce table2` on the digits: it exits 130
+    saying "interrupted", leaves no temporary file, no new table2.csv beside an old table2.md (at the reconstruction,
+    between the two tables, inside the writing of either), and no folder it made for --out."""
+    import signal
+    from pathlib import Path
+
+    from ddimlab import tables
+
+    sig = getattr(signal, signame)
+    terminal = signal.signal(signal.SIGINT, signal.default_int_handler)       # as in a terminal
+
+    def interrupted(argv):
+        code, err = cli.main(argv), capsys.readouterr().err
+        assert code == 130 and "interrupted" in err, (argv, err)
+
+    def files_in(folder):
+        return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+                and not p.name.endswith(".lock")}
+
+    table2 = ["reproduce", "table2", "--checkpoint", str(trained), "--n-images", "4", "--steps", "2,3", "--batch-size", "2",
+              "--no-progress", "--out"]
+    real_errors, real_write = tables.reconstruction_errors, tables.atomic_write
+    try:
+        calls = []
+
+        def errors_interrupted_at(k):
+            def reconstruction_errors(*a, **kw):
+                calls.append(1)
+                if len(calls) == k:
+                    signal.raise_signal(sig)
+                return real_errors(*a, **kw)
+            calls.clear()
+            monkeypatch.setattr(tables, "reconstruction_errors", reconstruction_errors)
+
+        for k in (1, 2):                                         # at the first S, at the second
+            errors_interrupted_at(k)
+            interrupted([*table2, str(tmp_path / "new" / "deeper")])
+            assert not (tmp_path / "new").exists()
+        (tmp_path / "mine").mkdir()
+        (tmp_path / "mine" / "notes.txt").write_text("keep")
+        errors_interrupted_at(2)
+        interrupted([*table2, str(tmp_path / "mine")])          # a folder of the user's: kept as it was
+        assert files_in(tmp_path / "mine") == {Path("notes.txt"): b"keep"}
+        monkeypatch.setattr(tables, "reconstruction_errors", real_errors)
+
+        out = tmp_path / "t2"
+        assert cli.main([*table2, str(out)]) == 0
+        capsys.readouterr()
+        earlier = files_in(out)
+        assert set(earlier) == {Path("table2.md"), Path("table2.csv")}
+
+        def signal_after(name, inside=False):
+            def atomic_write(path, write, *a, **k):
+                if inside and Path(path).name == name:           # half-way through writing the file itself
+                    def half(f):
+                        f.write("S,steps")
+                        signal.raise_signal(sig)
+                        write(f)
+                    return real_write(path, half, *a, **k)
+                done = real_write(path, write, *a, **k)
+                if Path(path).name == name:
+                    signal.raise_signal(sig)
+                return done
+            monkeypatch.setattr(tables, "atomic_write", atomic_write)
+
+        for name, inside in (("table2.csv", False), ("table2.csv", True), ("table2.md", True), ("table2.md", False)):
+            errors_interrupted_at(0)
+            signal_after(name, inside)
+            interrupted([*table2, str(out), "--overwrite", "--n-images", "2"])     # another table
+            assert files_in(out) == earlier, (name, inside)
+        (out / "table2.csv").unlink()                            # an old .md alone: no new .csv beside it
+        earlier = files_in(out)
+        signal_after("table2.csv")
+        interrupted([*table2, str(out), "--overwrite", "--n-images", "2"])
+        assert files_in(out) == earlier
+        monkeypatch.setattr(tables, "atomic_write", real_write)
+        monkeypatch.setattr(tables, "reconstruction_errors", real_errors)
+        assert cli.main([*table2, str(out), "--overwrite", "--n-images", "2"]) == 0
+        assert set(files_in(out)) == {Path("table2.md"), Path("table2.csv")} and files_in(out) != earlier
+    finally:
+        signal.signal(signal.SIGINT, terminal)
+
+
+def test_twentysecond_round_an_option_given_twice_or_to_another_command(trained, tmp_path, capsys):
+    """An option given twice with two values (`--n 4 ... --n 64`, `--checkpoint A ... --checkpoint B`, `--bf16 ...
+    --no-bf16`: an edited command line that kept the old value) ran with the last one without a word; the last still
+    counts (scripts append their changes to a base command line), and now a warning names both. The same value twice
+    says nothing. An option of another subcommand (`sample --input`, `lab --checkpoint`) is said to be that one's."""
+    def noted(argv, *needles):
+        code, err = cli.main(argv), capsys.readouterr().err
+        for needle in needles:
+            assert f"warning: an option given twice, {needle}: the last counts" in err, (needle, err)
+        return code
+
+    out = ["--out", str(tmp_path / "x")]
+    model = ["--checkpoint", str(trained)]
+    sample = ["sample", *model, "--steps", "2", "--no-progress", *out]
+    assert noted([*sample, "--n", "2", "--n", "3"], "--n 2, then --n 3") == 0
+    with np.load(tmp_path / "x.npz") as z:
+        assert len(z["samples"]) == 3
+    assert noted([*sample, "--n", "2", "--ste", "3", "--overwrite"], "--steps 2, then --steps 3") == 0    # abbreviated
+    assert noted(["sample", "--checkpoint", str(tmp_path / "gone"), *sample[1:], "--n", "2", "--overwrite"],
+                 f"--checkpoint {tmp_path / 'gone'}, then --checkpoint {trained}") == 0
+    assert noted(["interpolate", *model, "--seeds", "0", "1", "--seeds", "0", "2", "--n", "2", "--steps", "2",
+                  "--no-progress", "--out", str(tmp_path / "i")], "--seeds 0 1, then --seeds 0 2") == 0
+    assert noted(["reproduce", "table2", *model, "--steps", "2", "--steps", "3", "--n-images", "2", "--n-images", "3",
+                  "--no-progress", "--out", str(tmp_path / "t2")], "--steps 2, then --steps 3",
+                 "--n-images 2, then --n-images 3") == 0
+    assert "| S | 3 |" in (tmp_path / "t2" / "table2.md").read_text()
+    assert noted(["train", "--bf16", "--no-bf16", "--out", str(tmp_path / "r"), "--set", "steps=0"],   # refused after
+                 "--bf16, then --no-bf16") == 1
+    assert cli.main([*sample, "--n", "2", "--n", "2", "--no-progress", "--overwrite"]) == 0
+    assert "given twice" not in capsys.readouterr().err
+
+    # an option of another subcommand
+    def refused(argv, *needles):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "Traceback" not in err and err.strip().splitlines()[-1].count(": error: ") == 1, err
+        for needle in needles:
+            assert needle in err, (needle, err)
+
+    refused(["sample", *model, "--input", "a.png", "--seeds", "0", "1", "--out", str(tmp_path / "y")],
+            "sample: error: unrecognized arguments: --input a.png --seeds 0 1", "--input is an option of invert;",
+            "--seeds is an option of interpolate;", "`sample --help` lists sample's")
+    refused(["lab", "--checkpoint", str(trained), "--out", str(tmp_path / "y")],
+            "--checkpoint is an option of sample, invert, interpolate and reproduce")
+    refused(["sample", *model, "--sed", "3", "--out", str(tmp_path / "y")], "unrecognized arguments: --sed 3")
+    assert not list(tmp_path.glob("y*"))
+
+
+def test_twentysecond_round_reproduce_says_a_folder_it_cannot_make(trained, tmp_path, capsys, monkeypatch):
+    """`reproduce` into a new --out on a read-only disk (or under a read-only current folder, its default runs/TABLE)
+    said only "[Errno 30] Read-only file system: 'runs'"; now it says the folder cannot be made and to choose another
+    --out, as the other commands do."""
+    import errno
+    import pathlib
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_mkdir = pathlib.Path.mkdir
+
+    def mkdir(self, *a, **k):
+        if ro in (self.absolute(), *self.absolute().parents) and self.absolute() != ro:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *a, **k)
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    monkeypatch.chdir(ro)
+    for table in (["table2", "--n-images", "2"], ["table1", "--features", "random", "--n-samples", "2", "--etas", "0"]):
+        for out in ([], ["--out", "new/deeper"]):
+            _expect_one_line_error(capsys, ["reproduce", *table, "--checkpoint", str(trained), "--steps", "2",
+                                            "--no-progress", *out], "cannot create the folder", "Read-only file system",
+                                   "choose another --out")
+            assert not list(ro.iterdir())
+
+def test_twentysecond_round_a_pipeline_folder_without_its_unet(trained, tmp_path, capsys):
+    """A diffusers pipeline folder (model_index.json) missing its unet/ (an unfinished download) was called a folder with
+    "neither ckpt.pt nor config.json"; now the missing UNet is named."""
+    from ddimlab import checkpoint, schedule
+
+    net, _ = checkpoint.load_model(trained)
+    unet = checkpoint.save_diffusers_folder(net, tmp_path / "pipe" / "unet", schedule.make_alpha_bar())
+    (tmp_path / "pipe" / "model_index.json").write_text('{"_class_name": "DDPMPipeline", "unet": ["diffusers", '
+                                                        '"UNet2DModel"]}')
+    sample = ["sample", "--checkpoint", str(tmp_path / "pipe"), "--n", "2", "--steps", "2", "--no-progress", "--out"]
+    assert cli.main([*sample, str(tmp_path / "whole")]) == 0
+    (unet / "config.json").unlink()
+    _expect_one_line_error(capsys, [*sample, str(tmp_path / "a")], "pipe is a diffusers pipeline folder (model_index.json) "
+                           "without its UNet: unet/config.json is missing")
+    shutil.rmtree(unet)
+    _expect_one_line_error(capsys, [*sample, str(tmp_path / "a")], "without its UNet: the folder unet/ is missing")
+    assert not list(tmp_path.glob("a*"))
