@@ -212,7 +212,7 @@ def set_aside(out: Path, paths) -> Path | None:
 def put_back(aside: Path, out: Path) -> None:
     """The files of `set_aside` back in `out`; a file that cannot go back stays in `aside`, never deleted."""
     for p in sorted(aside.rglob("*"), reverse=True):       # files before their folders
-        if p.is_file():
+        if p.is_file() or p.is_symlink():                  # a link too (is_file: False where its target is missing)
             with contextlib.suppress(OSError):             # the others still go back
                 (out / p.relative_to(aside)).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(p, out / p.relative_to(aside))

@@ -44,3 +44,36 @@ def test_a_failed_write_removes_the_folders_it_made_and_only_those(tmp_path):
     with pytest.raises(OSError):
         atomic_write(tmp_path / "kept" / "f.bin", fail)
     assert [p.name for p in tmp_path.iterdir()] == ["kept"]
+
+
+def test_replaced_together_keeps_the_earlier_set_or_the_new_one_never_a_mix(tmp_path):
+    """`replaced_together`: a block that fails (here Ctrl-C after one of two files) leaves the earlier files as they were,
+    a dangling symbolic link too, and removes what it wrote (`written()` where given); a block that ends leaves only the
+    new files. Neither leaves a `.previous-*` folder (which would block the next run)."""
+    import os
+
+    from ddimlab.files import replaced_together
+
+    def state():
+        return {str(p.relative_to(tmp_path)): os.readlink(p) if p.is_symlink() else "a folder" if p.is_dir() else p.read_text()
+                for p in sorted(tmp_path.rglob("*"))}
+
+    md, csv, link = tmp_path / "t.md", tmp_path / "t.csv", tmp_path / "t.png"
+    md.write_text("old md")
+    csv.write_text("old csv")
+    os.symlink("nowhere.png", link)
+    before = state()
+    with pytest.raises(KeyboardInterrupt):
+        with replaced_together(tmp_path, [csv, md, link]):
+            atomic_write(csv, lambda f: f.write("new csv"), text=True)
+            raise KeyboardInterrupt
+    assert state() == before
+    with pytest.raises(OSError, match="No space"):          # files known only as they are written: written()
+        with replaced_together(tmp_path, [md], written=lambda: sorted(tmp_path.glob("*.extra"))):
+            atomic_write(tmp_path / "cell.extra", lambda f: f.write("new"), text=True)
+            raise OSError(28, "No space left on device")
+    assert state() == before
+    with replaced_together(tmp_path, [csv, md, link]):
+        atomic_write(csv, lambda f: f.write("new csv"), text=True)
+        atomic_write(md, lambda f: f.write("new md"), text=True)
+    assert state() == {"t.csv": "new csv", "t.md": "new md"}

@@ -1,6 +1,7 @@
 """Sample generation for FID: files, resumable, rank-split, one image per (seed, index), on a tiny UNet."""
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,3 +99,79 @@ def test_samples_far_outside_the_data_range_are_flagged():
     diverged = torch.cat([extreme, torch.full((1, *SHAPE), 10.01)])
     with pytest.warns(generate.OutOfRangeWarning, match=r"1 of 5 samples .* t = 999 .* = 157"):
         assert generate.check_data_range(diverged, ABAR, seq) is diverged
+
+
+def _cell(net, d, n, **kw):
+    """A cell of n sealed samples; {name: bytes} of its PNGs."""
+    assert _gen(net, d, n, **kw) == list(range(n))
+    return {p.name: p.read_bytes() for p in sorted(d.glob("*.png"))}
+
+
+def _pixels(path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im).copy()
+
+
+def test_a_sample_file_is_reused_only_with_the_seal_of_its_own_cell_index_and_pixels(net, tmp_path):
+    """Each file below keeps a seal that is valid somewhere (copied whole, text chunk and all), so that only the seal's
+    parts (the cell's settings, the index, the pixels with their shape, the PNG's mode) tell it apart: each is made
+    again, and the folder ends as an untouched run left it."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    cell, other = tmp_path / "cell", tmp_path / "other"
+    made, elsewhere = _cell(net, cell, 4), _cell(net, other, 4, seed=1)
+
+    def forge(name, image, seal_of):                       # `image` with the seal that file `seal_of` of this cell holds
+        with Image.open(cell / seal_of) as im:
+            info = PngInfo()
+            info.add_text(generate.SEAL, im.text[generate.SEAL])
+        image.save(cell / name, format="PNG", pnginfo=info)
+
+    assert elsewhere["000000.png"] != made["000000.png"]
+    (cell / "000000.png").write_bytes(elsewhere["000000.png"])       # another cell's image 0 (another seed)
+    (cell / "000001.png").write_bytes(made["000002.png"])            # this cell's image 2
+    p2 = _pixels(cell / "000002.png")
+    forge("000002.png", Image.fromarray(p2.reshape(4, 16)), "000002.png")    # its pixels as a 4×16 image
+    p3 = _pixels(cell / "000003.png")
+    inverted = Image.fromarray(p3, mode="L").convert("P")                    # indices = the pixels, palette inverted
+    inverted.putpalette([v for g in range(256) for v in (255 - g,) * 3])
+    assert np.array_equal(np.asarray(inverted), p3)
+    forge("000003.png", inverted, "000003.png")
+    with pytest.warns(generate.SampleFileWarning, match=r"000000.png, 000001.png, 000002.png and 1 more do not hold"):
+        assert _gen(net, cell, 4) == [0, 1, 2, 3]
+    for name, png in made.items():
+        assert (cell / name).read_bytes() == png, name
+
+
+def test_a_sample_file_that_is_not_a_png_or_too_large_to_open_is_made_again(net, tmp_path, monkeypatch):
+    """A BMP under a sample's name (Pillow reads it, with no PNG text chunks) and a file Pillow refuses to open as a
+    decompression bomb are made again, with a warning, not a traceback."""
+    from PIL import Image
+
+    made = _cell(net, tmp_path, 2)
+    for name in made:                                                    # both: the batch is made as before
+        Image.fromarray(_pixels(tmp_path / name)).save(tmp_path / name, format="BMP")
+    with pytest.warns(generate.SampleFileWarning, match=r"000000.png, 000001.png do not hold the image"):
+        assert _gen(net, tmp_path, 2) == [0, 1]
+    assert {p.name: p.read_bytes() for p in sorted(tmp_path.glob("*.png"))} == made
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 8)                    # an 8×8 image is a bomb (above twice this)
+    with pytest.warns(generate.SampleFileWarning, match=r"000000.png, 000001.png do not hold the image"):
+        assert _gen(net, tmp_path, 2) == [0, 1]
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in sorted(tmp_path.glob("*.png"))} == made
+
+
+@pytest.mark.parametrize("text", ['["seed", "S"]', '"seed S"', '{"seed": 0}', "{not json", ""])
+def test_a_settings_json_that_is_not_a_cells_records_no_settings(net, tmp_path, text):
+    """`recorded_settings` reads only a dict with seed and S (what every ddimlab wrote) as a cell's settings: a list or a
+    string naming them is not one (it was `.keys()` of a list), and generate_samples refuses the folder."""
+    (tmp_path / "settings.json").write_text(text)
+    assert generate.recorded_settings(tmp_path) is None
+    assert generate.recorded_settings(tmp_path / "missing") is None
+    with pytest.raises(ValueError, match="damaged or not ddimlab's"):
+        _gen(net, tmp_path, 2)
+    (tmp_path / "settings.json").write_text('{"seed": 0, "S": 5}')
+    assert generate.recorded_settings(tmp_path) == {"seed": 0, "S": 5}

@@ -46,6 +46,16 @@ def test_alpha_bar_lookup_minus_one_is_clean_data():
                                torch.stack([torch.tensor(1.0, dtype=torch.float64), ab[0], ab[99]]))
 
 
+@pytest.mark.parametrize("betas, what", [("0.1", "a string"), (torch.tensor([True, False]), "a bool"),
+                                         (np.array([0.5, 0.5]) > 0, "a bool")])
+def test_alpha_bar_names_betas_that_are_not_numbers(betas, what):
+    """A string was torch's "too many dimensions 'str'", and booleans were read as 1.0 and 0.0 ("every beta must lie in
+    (0, 1) ... got 1.0", which does not say that a mask was passed)."""
+    with pytest.raises(TypeError, match=f"betas must be a number or a tensor of numbers, got {what}"):
+        alpha_bar(betas)
+    assert torch.allclose(alpha_bar([0.5, 0.5]), torch.tensor([0.5, 0.25], dtype=torch.float64))
+
+
 def test_cosine_alpha_bar_matches_closed_form():
     T, s = 1000, 0.008
     f = lambda u: math.cos((u / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731

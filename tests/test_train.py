@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import warnings
 
@@ -70,6 +71,28 @@ def test_warmup_and_ema_formulas():
     tr.ema_update(a, b, 0.9)
     for pa, e in zip(a.parameters(), expected):
         torch.testing.assert_close(pa.detach(), e)
+
+
+def test_ema_update_refuses_networks_whose_buffers_differ_and_leaves_the_ema_alone():
+    """Buffers are copied from the model, after the parameters' lerp: an extra buffer was dropped by zip and one of
+    another shape failed inside torch's copy_, after the parameters had moved. Equal parameters do not make two
+    networks copies of one."""
+    def net(*sizes):
+        torch.manual_seed(0)
+        m = torch.nn.Linear(3, 2)
+        for i, n in enumerate(sizes):
+            m.register_buffer(f"stat{i}", torch.full((n,), float(n)))
+        return m
+
+    for ema, model in ((net(3), net(4)), (net(3), net(3, 5)), (net(3, 5), net(3))):
+        before = params(ema)
+        with pytest.raises(ValueError, match=r"ema and model must be copies of one network .*; their buffers differ"):
+            tr.ema_update(ema, model, 0.9)
+        assert all(torch.equal(v, params(ema)[k]) for k, v in before.items())
+    ema, model = net(3), net(3)
+    model.stat0.fill_(7.0)
+    tr.ema_update(ema, model, 0.9)
+    assert torch.equal(ema.stat0, torch.full((3,), 7.0))
 
 
 @pytest.mark.parametrize("warmup", [False, True])
@@ -330,3 +353,104 @@ def test_init_cannot_change_on_resume(tmp_path):
         tr.train(dataclasses.replace(c, steps=3, init="ddpm"), resume=True)
     with pytest.raises(ValueError, match="init"):
         tr.resumed_config(c.out, ["init=ddpm"])
+
+
+def _full_disk_at(monkeypatch, name):
+    """ENOSPC at atomic_write's rename onto a file called `name` (root writes anywhere, so the full disk is made here)."""
+    import errno
+
+    real_replace = os.replace
+
+    def replace(src, dst, *a, **k):
+        if os.path.basename(dst) == name and os.path.basename(src).endswith(".tmp"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_replace(src, dst, *a, **k)
+    monkeypatch.setattr(os, "replace", replace)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_first_checkpoint_saved_without_its_config_json_is_kept_with_its_log(tmp_path, monkeypatch, overwrite):
+    """A full disk at config.json after the new run's first ckpt.pt: that checkpoint is the run's now, so its log.jsonl
+    stays (it was deleted, as for a run that saved nothing) and, under overwrite, the previous run set aside is deleted
+    (it was left in .previous-*, which refuses every later run in the folder). --resume then goes on."""
+    c = tiny(tmp_path, steps=4, ckpt_every=4)
+    run = tmp_path / "run"
+    if overwrite:
+        tr.train(dataclasses.replace(c, steps=2, ckpt_every=2))
+    _full_disk_at(monkeypatch, "config.json")
+    with pytest.raises(tr.ConfigNotWrittenError, match=r"No space left on device: .*ckpt.pt \(step 4\) was saved"):
+        tr.train(c, overwrite=overwrite)
+    monkeypatch.undo()
+    assert load_checkpoint(run / "ckpt.pt")["step"] == 4
+    assert [r["step"] for r in tr.read_log(run / "log.jsonl")] == [1, 2, 3, 4]
+    assert not list(run.glob(".previous-*"))
+    tr.train(dataclasses.replace(c, steps=5), resume=True)
+    assert [r["step"] for r in tr.read_log(run / "log.jsonl")] == [1, 2, 3, 4, 5]
+    assert json.loads((run / "config.json").read_text())["steps"] == 5
+
+
+def test_a_checkpoint_that_cannot_be_written_says_what_was_kept_and_what_to_fix(tmp_path, monkeypatch):
+    """A checkpoint write that fails keeps the previous ckpt.pt, cuts log.jsonl back to its step and says so; "free some
+    space" only where the disk is full (ENOSPC), else "fix that" (here permission denied); where the log cannot be cut
+    back either, the message says that it still lists later steps."""
+    import errno
+
+    c = tiny(tmp_path, steps=2, ckpt_every=2)
+    run = tmp_path / "run"
+    tr.train(c)
+    ckpt = (run / "ckpt.pt").read_bytes()
+    real_replace = os.replace
+
+    def denied(src, dst, *a, **k):
+        if os.path.basename(dst) == "ckpt.pt" and os.path.basename(src).endswith(".tmp"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        return real_replace(src, dst, *a, **k)
+    monkeypatch.setattr(os, "replace", denied)
+    with pytest.raises(PermissionError) as e:
+        tr.train(dataclasses.replace(c, steps=4), resume=True)
+    assert "the last checkpoint (step 2) was kept as it was, log.jsonl cut back to it; fix that, then continue" in str(e.value)
+    assert "free some space" not in str(e.value)
+    assert (run / "ckpt.pt").read_bytes() == ckpt and [r["step"] for r in tr.read_log(run / "log.jsonl")] == [1, 2]
+    _full_disk_at(monkeypatch, "ckpt.pt")
+    calls, restart_log = [], tr._restart_log
+
+    def fails_after_the_resume(*a):                            # the resume's own cut goes through, the one after not
+        calls.append(a)
+        if len(calls) > 1:
+            raise OSError(errno.EIO, "Input/output error")
+        return restart_log(*a)
+    monkeypatch.setattr(tr, "_restart_log", fails_after_the_resume)
+    with pytest.raises(OSError, match=r"No space left on device.*log.jsonl still lists later steps \(--resume cuts them\); "
+                                      r"free some space, then continue with --resume"):
+        tr.train(dataclasses.replace(c, steps=4), resume=True)
+    monkeypatch.undo()
+    assert (run / "ckpt.pt").read_bytes() == ckpt
+
+
+def test_a_new_run_refuses_a_folder_holding_reproduce_results_and_only_those(tmp_path):
+    """`reproduce` results (table files, sample cells whose settings.json records seed and S) in --out refuse a new run,
+    a fresh one or a resume that finds no checkpoint, naming them (six, then how many more); other folders in samples/
+    do not; a resumed run is the model they were made with, and goes on."""
+    c = tiny(tmp_path, steps=2, ckpt_every=2)
+    run = tmp_path / "run"
+    (run / "samples" / "mine").mkdir(parents=True)                        # not cells: no settings.json, or not a cell's
+    (run / "samples" / "other").mkdir()
+    (run / "samples" / "other" / "settings.json").write_text('{"seed": 0}')
+    (run / "table1.csv").write_text("eta,S\n")
+    for resume in (False, True):
+        with pytest.raises(tr.RunExistsError, match=r"holds `reproduce` results of another model \(table1.csv\), which"):
+            tr.train(c, resume=resume)
+    (run / "table1.csv").unlink()
+    for i in range(8):
+        (run / "samples" / f"eta0_S{i}").mkdir()
+        (run / "samples" / f"eta0_S{i}" / "settings.json").write_text('{"seed": 0, "S": 2}')
+    with pytest.raises(tr.RunExistsError, match=r"\(samples/eta0_S0/, .*, samples/eta0_S5/ and 2 more\)"):
+        tr.train(c)
+    for i in range(8):
+        shutil.rmtree(run / "samples" / f"eta0_S{i}")
+    tr.train(c)                                                           # the two other folders are no obstacle
+    (run / "table2.md").write_text("# DDIM Table 2")
+    tr.train(dataclasses.replace(c, steps=3), resume=True)
+    assert load_checkpoint(run / "ckpt.pt")["step"] == 3
+    with pytest.raises(tr.RunExistsError, match=r"`reproduce` results of the run in it \(table2.md\)"):
+        tr.train(c, overwrite=True)
