@@ -1,6 +1,8 @@
 """Shared test set-up: one torch thread, `randomize` for network weights, and a loopback HTTP server
 for the download tests (no network leaves the machine)."""
+import errno
 import http.server
+import os
 import threading
 
 import pytest
@@ -30,6 +32,22 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
     assert cli.main(["train", "--preset", "digits", "--out", str(out), "--no-progress", *_sets(TINY)]) == 0
     return out
+
+
+@pytest.fixture()
+def rename_fails(monkeypatch):
+    """`rename_fails(name, err=errno.ENOSPC)`: `atomic_write`'s rename of its temporary file onto a file called `name` fails
+    with that OSError (ENOSPC a full disk, EACCES a PermissionError): root writes anywhere, so the failure is made here;
+    `monkeypatch.undo()` ends it."""
+    real_replace = os.replace
+
+    def fail(name, err=errno.ENOSPC):
+        def replace(src, dst, *a, **k):
+            if os.path.basename(src).endswith(".tmp") and os.path.basename(dst) == name:
+                raise OSError(err, os.strerror(err))           # OSError(EACCES, ...) is a PermissionError
+            return real_replace(src, dst, *a, **k)
+        monkeypatch.setattr(os, "replace", replace)
+    return fail
 
 
 @pytest.fixture()

@@ -2069,7 +2069,8 @@ def test_twentieth_round_a_replaced_sample_is_made_again(trained, tmp_path, caps
     assert len([line for line in captured.err.splitlines() if "unverified" in line]) == 1
 
 
-def test_twentieth_round_a_full_disk_or_a_read_only_folder_keeps_earlier_outputs(trained, tmp_path, capsys, monkeypatch):
+def test_twentieth_round_a_full_disk_or_a_read_only_folder_keeps_earlier_outputs(trained, tmp_path, capsys, monkeypatch,
+                                                                               rename_fails):
     """A full disk (ENOSPC at a file's rename) and a read-only folder (EACCES at its temporary file), made in-process
     since root writes anywhere: `sample`, `train`'s checkpoint and `reproduce table1` each exit 1 with one line naming
     the path and the reason, and leave neither a temporary file nor a changed earlier output. Before, a full disk at
@@ -2078,14 +2079,7 @@ def test_twentieth_round_a_full_disk_or_a_read_only_folder_keeps_earlier_outputs
     import os
     import tempfile
 
-    real_replace, real_mkstemp = os.replace, tempfile.mkstemp
-
-    def full_disk_at(name):
-        def replace(src, dst, *a, **k):
-            if os.path.basename(src).endswith(".tmp") and os.path.basename(dst) == name:    # atomic_write's rename
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            return real_replace(src, dst, *a, **k)
-        monkeypatch.setattr(os, "replace", replace)
+    real_mkstemp = tempfile.mkstemp
 
     def read_only(folder):
         def mkstemp(*a, dir=None, **k):
@@ -2111,7 +2105,7 @@ def test_twentieth_round_a_full_disk_or_a_read_only_folder_keeps_earlier_outputs
     sample = ["sample", "--checkpoint", str(trained), "--n", "2", "--steps", "2", "--no-progress", "--out", str(out / "x")]
     assert cli.main(sample) == 0
     for name in ("x.npz", "x.png"):
-        full_disk_at(name)
+        rename_fails(name)
         fails_keeping(out, sample + ["--seed", "3", "--overwrite"], str(out / name), "No space left on device")
     read_only(out)
     fails_keeping(out, sample + ["--seed", "3", "--overwrite"], str(out), "Permission denied")
@@ -2119,7 +2113,7 @@ def test_twentieth_round_a_full_disk_or_a_read_only_folder_keeps_earlier_outputs
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     resume = ["train", "--resume", "--out", str(run), "--no-progress", "--set", "steps=40"]
-    full_disk_at("ckpt.pt")
+    rename_fails("ckpt.pt")
     before = files_of(run)
     _expect_one_line_error(capsys, resume, str(run / "ckpt.pt"), "No space left on device")
     monkeypatch.undo()
@@ -2134,7 +2128,7 @@ def test_twentieth_round_a_full_disk_or_a_read_only_folder_keeps_earlier_outputs
     assert cli.main(table1) == 0
     (t1 / "samples" / "eta0_S2" / "000001.png").unlink()             # a sample to make again
     for name in ("000001.png", "table1.md", "table1.csv"):
-        full_disk_at(name)
+        rename_fails(name)
         fails_keeping(t1, table1 + ["--overwrite"], name, "No space left on device")
     read_only(t1)
     fails_keeping(t1, table1 + ["--overwrite"], str(t1), "Permission denied")
@@ -2155,21 +2149,7 @@ def test_twentieth_round_no_output_into_a_reproduce_cell(trained, tmp_path, caps
     assert sorted(p.name for p in cell.iterdir()) == before
 
 
-def _full_disk_at(monkeypatch, name):
-    """ENOSPC at `atomic_write`'s rename onto a file called `name` (root writes anywhere, so the full disk is made here)."""
-    import errno
-    import os
-
-    real_replace = os.replace
-
-    def replace(src, dst, *a, **k):
-        if os.path.basename(src).endswith(".tmp") and os.path.basename(dst) == name:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_replace(src, dst, *a, **k)
-    monkeypatch.setattr(os, "replace", replace)
-
-
-def test_twentyfirst_round_a_full_disk_at_the_checkpoint_says_what_was_kept(trained, tmp_path, capsys, monkeypatch):
+def test_twentyfirst_round_a_full_disk_at_the_checkpoint_says_what_was_kept(trained, tmp_path, capsys, monkeypatch, rename_fails):
     """A full disk at ckpt.pt said only "[Errno 28] No space left on device: '.../ckpt.pt'": not that the last checkpoint
     was kept, nor how to go on; and log.jsonl kept the lines of the steps after it, whose weights were lost. Now the line
     says which step was kept and to free space and --resume, and the log is cut back to that checkpoint. A new run's
@@ -2177,7 +2157,7 @@ def test_twentyfirst_round_a_full_disk_at_the_checkpoint_says_what_was_kept(trai
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and not p.name.endswith(".lock")}
-    _full_disk_at(monkeypatch, "ckpt.pt")
+    rename_fails("ckpt.pt")
     _expect_one_line_error(capsys, ["train", "--resume", "--out", str(run), "--no-progress", "--set", "steps=60"],
                            str(run / "ckpt.pt"), "No space left on device", "the last checkpoint (step 30) was kept",
                            "free some space", "--resume")
@@ -2187,7 +2167,7 @@ def test_twentyfirst_round_a_full_disk_at_the_checkpoint_says_what_was_kept(trai
     assert cli.main(["train", "--resume", "--out", str(run), "--no-progress", "--set", "steps=60"]) == 0
 
     new = tmp_path / "new"
-    _full_disk_at(monkeypatch, "ckpt.pt")
+    rename_fails("ckpt.pt")
     _expect_one_line_error(capsys, ["train", "--preset", "digits", "--out", str(new), "--no-progress", *_sets(TINY)],
                            "No space left on device", "before the run's first checkpoint: nothing of it was kept")
     assert not new.exists()
@@ -2210,7 +2190,7 @@ def test_twentyfirst_round_a_full_disk_at_the_checkpoint_says_what_was_kept(trai
     assert (run / "log.jsonl").read_text() == log              # the torn line dropped
     monkeypatch.undo()
 
-    _full_disk_at(monkeypatch, "config.json")                 # the checkpoint was written, its copy of the settings not
+    rename_fails("config.json")                 # the checkpoint was written, its copy of the settings not
     _expect_one_line_error(capsys, ["train", "--resume", "--out", str(run), "--no-progress", "--set", "steps=70"],
                            "No space left on device", "ckpt.pt (step 70) was saved", "config.json")
     monkeypatch.undo()

@@ -63,24 +63,16 @@ def test_reproduce_table2_end_to_end(net, tmp_path):
     assert torch.allclose(torch.cat(parts), torch.cat([per_image[0::2], per_image[1::2]]).double(), rtol=1e-5)
 
 
-def test_reproduce_table2_with_a_full_disk_at_its_table_keeps_the_earlier_pair(tmp_path, monkeypatch):
+def test_reproduce_table2_with_a_full_disk_at_its_table_keeps_the_earlier_pair(tmp_path, monkeypatch, rename_fails):
     """ENOSPC at table2.md's rename (after table2.csv was written) left the new .csv beside the old .md; now the two are
     written as one: the earlier pair stays, and no temporary file or set-aside folder is left."""
-    import errno
-    import os
 
     imgs = torch.randint(0, 256, (3, *SHAPE), generator=torch.Generator().manual_seed(4), dtype=torch.uint8)
     zero = lambda x, t: torch.zeros_like(x)                                   # noqa: E731
     tables.reproduce_table2(zero, tmp_path, images=imgs, S_list=(10,))
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert sorted(before) == ["table2.csv", "table2.md"]
-    real_replace = os.replace
-
-    def replace(src, dst, *a, **k):
-        if os.path.basename(dst) == "table2.md" and os.path.basename(src).endswith(".tmp"):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_replace(src, dst, *a, **k)
-    monkeypatch.setattr(os, "replace", replace)
+    rename_fails("table2.md")
     with pytest.raises(OSError, match="No space left"):
         tables.reproduce_table2(zero, tmp_path, images=imgs, S_list=(10, 20))      # another table: two columns
     monkeypatch.undo()

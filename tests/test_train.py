@@ -355,21 +355,8 @@ def test_init_cannot_change_on_resume(tmp_path):
         tr.resumed_config(c.out, ["init=ddpm"])
 
 
-def _full_disk_at(monkeypatch, name):
-    """ENOSPC at atomic_write's rename onto a file called `name` (root writes anywhere, so the full disk is made here)."""
-    import errno
-
-    real_replace = os.replace
-
-    def replace(src, dst, *a, **k):
-        if os.path.basename(dst) == name and os.path.basename(src).endswith(".tmp"):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_replace(src, dst, *a, **k)
-    monkeypatch.setattr(os, "replace", replace)
-
-
 @pytest.mark.parametrize("overwrite", [False, True])
-def test_a_first_checkpoint_saved_without_its_config_json_is_kept_with_its_log(tmp_path, monkeypatch, overwrite):
+def test_a_first_checkpoint_saved_without_its_config_json_is_kept_with_its_log(tmp_path, monkeypatch, rename_fails, overwrite):
     """A full disk at config.json after the new run's first ckpt.pt: that checkpoint is the run's now, so its log.jsonl
     stays (it was deleted, as for a run that saved nothing) and, under overwrite, the previous run set aside is deleted
     (it was left in .previous-*, which refuses every later run in the folder). --resume then goes on."""
@@ -377,7 +364,7 @@ def test_a_first_checkpoint_saved_without_its_config_json_is_kept_with_its_log(t
     run = tmp_path / "run"
     if overwrite:
         tr.train(dataclasses.replace(c, steps=2, ckpt_every=2))
-    _full_disk_at(monkeypatch, "config.json")
+    rename_fails("config.json")
     with pytest.raises(tr.ConfigNotWrittenError, match=r"No space left on device: .*ckpt.pt \(step 4\) was saved"):
         tr.train(c, overwrite=overwrite)
     monkeypatch.undo()
@@ -389,7 +376,7 @@ def test_a_first_checkpoint_saved_without_its_config_json_is_kept_with_its_log(t
     assert json.loads((run / "config.json").read_text())["steps"] == 5
 
 
-def test_a_checkpoint_that_cannot_be_written_says_what_was_kept_and_what_to_fix(tmp_path, monkeypatch):
+def test_a_checkpoint_that_cannot_be_written_says_what_was_kept_and_what_to_fix(tmp_path, monkeypatch, rename_fails):
     """A checkpoint write that fails keeps the previous ckpt.pt, cuts log.jsonl back to its step and says so; "free some
     space" only where the disk is full (ENOSPC), else "fix that" (here permission denied); where the log cannot be cut
     back either, the message says that it still lists later steps."""
@@ -399,19 +386,13 @@ def test_a_checkpoint_that_cannot_be_written_says_what_was_kept_and_what_to_fix(
     run = tmp_path / "run"
     tr.train(c)
     ckpt = (run / "ckpt.pt").read_bytes()
-    real_replace = os.replace
-
-    def denied(src, dst, *a, **k):
-        if os.path.basename(dst) == "ckpt.pt" and os.path.basename(src).endswith(".tmp"):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
-        return real_replace(src, dst, *a, **k)
-    monkeypatch.setattr(os, "replace", denied)
+    rename_fails("ckpt.pt", errno.EACCES)
     with pytest.raises(PermissionError) as e:
         tr.train(dataclasses.replace(c, steps=4), resume=True)
     assert "the last checkpoint (step 2) was kept as it was, log.jsonl cut back to it; fix that, then continue" in str(e.value)
     assert "free some space" not in str(e.value)
     assert (run / "ckpt.pt").read_bytes() == ckpt and [r["step"] for r in tr.read_log(run / "log.jsonl")] == [1, 2]
-    _full_disk_at(monkeypatch, "ckpt.pt")
+    rename_fails("ckpt.pt")
     calls, restart_log = [], tr._restart_log
 
     def fails_after_the_resume(*a):                            # the resume's own cut goes through, the one after not
