@@ -783,20 +783,19 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
     def save():                                        # the weights after `step`, once their loss is seen to be finite
         nonlocal last_good, aside
         _check_weights(model, ema, x0, eps, alpha_bar, autocast, step, out, last_good, config)
+        unsaved_config = None
         try:
             save_run(out, model, ema, opt, step, config, gen, device, in_ch, mean_loss, (loss_sum, loss_n))
-        except ConfigNotWrittenError:                  # the checkpoint is the new one: the log goes with it
-            last_good = step
-            if aside is not None:
-                shutil.rmtree(aside, ignore_errors=True)
-                aside = None
-            raise
+        except ConfigNotWrittenError as e:             # ckpt.pt is written: the new run's checkpoint all the same
+            unsaved_config = e
         except OSError as e:                           # a full disk at ckpt.pt: atomic_write kept the previous one
             raise _not_written(e, out / "ckpt.pt", last_good, aside is not None) from None
         last_good = step
         if aside is not None:                          # the new run has a checkpoint: the previous one goes
             shutil.rmtree(aside, ignore_errors=True)
             aside = None
+        if unsaved_config is not None:
+            raise unsaved_config
 
     try:                                               # from the set-aside on, a failure puts the previous run back
         if is_main:
