@@ -3,6 +3,7 @@ check, a stdout whose reader has gone (the `trained` fixture, a tiny run trained
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -46,3 +47,17 @@ class GoneReader:
 
     def fileno(self):
         raise OSError("no descriptor here")
+
+
+def signal_at_call(monkeypatch, module, name, k, sig):
+    """`module.name` raises the signal `sig` at its k-th call from now (k = 0: never) and then goes on as itself: an
+    interrupt delivered from inside the work, at a known point. Calling it again re-arms the original function."""
+    real, calls = getattr(getattr(module, name), "__wrapped__", getattr(module, name)), []
+
+    def interrupting(*a, **kw):
+        calls.append(1)
+        if len(calls) == k:
+            signal.raise_signal(sig)
+        return real(*a, **kw)
+    interrupting.__wrapped__ = real
+    monkeypatch.setattr(module, name, interrupting)

@@ -11,7 +11,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import torch
-from cli_support import TINY, GoneReader, _expect_one_line_error, _run, _sets
+from cli_support import TINY, GoneReader, _expect_one_line_error, _run, _sets, signal_at_call
 
 from ddimlab import checkpoint, cli, ode, plotting, quality, schedule
 from ddimlab.checkpoint import eps_fn
@@ -2288,16 +2288,9 @@ def test_twentyfirst_round_interrupted_commands_leave_no_half_outputs(trained, t
         table1 = ["reproduce", "table1", "--checkpoint", str(trained), "--features", "random", "--n-samples", "4",
                   "--steps", "2", "--etas", "0", "--batch-size", "2", "--no-progress", "--out"]
         real_sample = generate.sample_indices
-        calls = []
 
         def interrupted_at_batch(k):
-            def sample_indices(*a, **kw):
-                calls.append(1)
-                if len(calls) == k:
-                    signal.raise_signal(sig)
-                return real_sample(*a, **kw)
-            calls.clear()
-            monkeypatch.setattr(generate, "sample_indices", sample_indices)
+            signal_at_call(monkeypatch, generate, "sample_indices", k, sig)
 
         interrupted_at_batch(1)                                  # before any sample: nothing is left
         interrupted([*table1, str(tmp_path / "t1new" / "deeper")])
@@ -2353,16 +2346,8 @@ def test_twentysecond_round_interrupted_reproduce_table2_leaves_no_half_outputs(
               "--no-progress", "--out"]
     real_errors, real_write = tables.reconstruction_errors, tables.atomic_write
     try:
-        calls = []
-
         def errors_interrupted_at(k):
-            def reconstruction_errors(*a, **kw):
-                calls.append(1)
-                if len(calls) == k:
-                    signal.raise_signal(sig)
-                return real_errors(*a, **kw)
-            calls.clear()
-            monkeypatch.setattr(tables, "reconstruction_errors", reconstruction_errors)
+            signal_at_call(monkeypatch, tables, "reconstruction_errors", k, sig)
 
         for k in (1, 2):                                         # at the first S, at the second
             errors_interrupted_at(k)
