@@ -209,12 +209,19 @@ def check_eta_steps(alpha_bar: torch.Tensor, seq: torch.Tensor, eta: float):
     before any network call (`ddim_sample`; `lab.table1` and `reproduce table1` check their whole grid with it).
     Returns the (t, s) pairs and their (ᾱ_t, ᾱ_s)."""
     pairs = step_pairs(seq)
-    a = [(float(alpha_bar_at(alpha_bar, t)), float(alpha_bar_at(alpha_bar, s))) for t, s in pairs]
-    for (t, s), (a_t, a_s) in zip(pairs, a):
+    ab = alpha_bar_at(alpha_bar, [t for t, _ in pairs] + [-1]).tolist()       # one look-up for the whole grid
+    a = list(zip(ab[:-1], ab[1:]))
+    if eta > 0 and a:        # η = 0: σ = 0 passes on every step
         try:
-            check_sigma(a_t, a_s, ddim_sigma(a_t, a_s, eta))
-        except ValueError as e:
-            raise ValueError(f"step {t} -> {s}: {e}") from None
+            a_t, a_s = torch.tensor(a, dtype=torch.float64).unbind(1)
+            check_sigma(a_t, a_s, ddim_sigma(a_t, a_s, eta))      # every step at once
+        except ValueError as whole:
+            for (t, s), (a_t, a_s) in zip(pairs, a):               # the first step where not, for the message
+                try:
+                    check_sigma(a_t, a_s, ddim_sigma(a_t, a_s, eta))
+                except ValueError as e:
+                    raise ValueError(f"step {t} -> {s}: {e}") from None
+            raise whole
     return pairs, a
 
 

@@ -116,10 +116,12 @@ def alpha_bar_at(alpha_bar: torch.Tensor, t) -> torch.Tensor:
         alpha_bar = torch.as_tensor(np.asarray(alpha_bar, dtype=np.float64))
     if alpha_bar.ndim != 1:
         raise ValueError(f"alpha_bar must be a 1-D table (schedule.make_alpha_bar), got shape {tuple(alpha_bar.shape)}")
+    T = alpha_bar.shape[0]
+    if type(t) is int and -1 <= t <= T - 1:      # one step of a sampler's loop: 1 µs instead of the tensor path's 35
+        return alpha_bar[t].clone() if t >= 0 else alpha_bar.new_ones(())
     t = as_steps(t, alpha_bar.device)
     if t.dtype != torch.long:
         raise ValueError(f"step t must be an integer (use ode.alpha_bar_cont for fractional steps), got {t.dtype}")
-    T = alpha_bar.shape[0]
     if bool(((t < -1) | (t > T - 1)).any()):
         raise ValueError(f"step t must lie in -1..T-1 = -1..{T - 1} (-1 is clean data), got {t.tolist()}")
     padded = torch.cat([alpha_bar.new_ones(1), alpha_bar])

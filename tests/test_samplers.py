@@ -2,6 +2,7 @@
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -188,6 +189,21 @@ def test_eta_above_what_a_step_allows_is_an_error_before_any_network_call():
     assert calls == []
     # the rule is σ² ≤ 1 − ᾱ_s, not η ≤ 1: η = 1.05 is valid on these long steps (they allow η ≤ 1.08)
     samplers.ddim_sample(EPS, _xT(), AB, torch.tensor([999, 900, 800]), eta=1.05, generator=torch.Generator())
+
+
+@pytest.mark.parametrize("eta", [1.05, 1.3, 3.0])
+def test_the_eta_check_names_the_first_step_that_breaks_the_rule(eta):
+    """`check_eta_steps` checks the whole grid at once and then names the first step t -> s where σ² > 1 − ᾱ_s,
+    found here step by step in numpy from the DDIM paper's σ (eq. 16) and ᾱ_{−1} = 1."""
+    seq = schedule.timesteps(50, 1000)
+    ab = np.append(AB.numpy(), 1.0)                                     # ab[-1] is ᾱ_{−1} = 1
+    ts = seq.tolist()
+    first = next((t, s) for t, s in zip(ts, ts[1:] + [-1])
+                 if eta ** 2 * (1 - ab[s]) / (1 - ab[t]) * (1 - ab[t] / ab[s]) > 1 - ab[s])
+    with pytest.raises(ValueError, match=rf"^step {first[0]} -> {first[1]}: sigma\^2 = "):
+        samplers.check_eta_steps(AB, seq, eta)
+    pairs, a = samplers.check_eta_steps(AB, seq, 1.0)                  # η = 1 passes, and the ᾱ pairs are the table's
+    assert pairs == list(zip(ts, ts[1:] + [-1])) and a == [(float(ab[t]), float(ab[s])) for t, s in pairs]
 
 
 def test_noise_sampler_replaces_the_generator_and_callback_sees_every_step():

@@ -153,6 +153,21 @@ def test_validate_timesteps_errors(seq, msg):
     assert validate_timesteps([9, 4, 0], T=10).tolist() == [9, 4, 0]
 
 
+def test_alpha_bar_at_of_one_int_step_is_a_copy_of_the_table_entry():
+    """An int step (the samplers' loops) takes a fast path: the same value, dtype and device as the tensor path, ᾱ_{−1}
+    = 1, and a copy, so writing into the result leaves the table alone."""
+    ab = schedule.make_alpha_bar("linear", 1000)
+    for t in (-1, 0, 1, 500, 999):
+        one = schedule.alpha_bar_at(ab, t)
+        assert one.shape == () and one.dtype == ab.dtype and float(one) == (1.0 if t < 0 else float(ab.numpy()[t]))
+        assert torch.equal(one, schedule.alpha_bar_at(ab, torch.tensor(t)))
+    schedule.alpha_bar_at(ab, 3).fill_(0.5)
+    assert float(ab[3]) != 0.5
+    for t in (-2, 1000, True):
+        with pytest.raises(ValueError):
+            schedule.alpha_bar_at(ab, t)
+
+
 def test_alpha_bar_at_refuses_steps_outside_the_table():
     """Issue #12 case 9: alpha_bar_at(ab, -2) used to return a value from the wrong end of the table."""
     ab = schedule.make_alpha_bar("linear", 10)
