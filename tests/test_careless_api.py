@@ -1705,3 +1705,19 @@ def test_twentyfirst_round_callables_shapes_and_devices_are_named(toy_setup):
     with pytest.raises(ValueError, match="jackknife_se takes 1-D tensors"):
         lab.jackknife_se([1.0, 2.0])
     assert lab.jackknife_se(torch.tensor([1, 3])) == 1.0                  # integer values: as floats
+
+
+def test_api_round_22_a_generator_beside_a_noise_sampler_is_refused(toy_setup):
+    """Round 22, item 1: given both, every sampler used the noise_sampler and ignored the generator (a seeded
+    generator changed nothing), without a word. Refused before the first network call."""
+    _, eps, x_T, seq = toy_setup
+    never = lambda x, t: pytest.fail("eps called first")      # noqa: E731
+    z = lambda t, s: torch.zeros_like(x_T)                     # noqa: E731
+    for run in (lambda g: samplers.ddim_sample(never, x_T, AB, seq, eta=1.0, generator=g, noise_sampler=z),
+                lambda g: samplers.ddpm_sample(never, x_T, AB, seq=seq, generator=g, noise_sampler=z),
+                lambda g: samplers.sample_row(never, x_T, AB, seq, samplers.SIGMA_HAT, generator=g, noise_sampler=z),
+                lambda g: samplers.langevin(never, x_T, AB, 500, 0.01, 2, generator=g, noise_sampler=z)):
+        with pytest.raises(ValueError, match="generator or noise_sampler, not both"):
+            run(torch.Generator().manual_seed(0))
+    samplers.ddim_sample(eps, x_T, AB, seq, eta=1.0, noise_sampler=z)                          # either alone runs
+    samplers.ddim_sample(eps, x_T, AB, seq, eta=1.0, generator=torch.Generator().manual_seed(0))
