@@ -1721,3 +1721,23 @@ def test_api_round_22_a_generator_beside_a_noise_sampler_is_refused(toy_setup):
             run(torch.Generator().manual_seed(0))
     samplers.ddim_sample(eps, x_T, AB, seq, eta=1.0, noise_sampler=z)                          # either alone runs
     samplers.ddim_sample(eps, x_T, AB, seq, eta=1.0, generator=torch.Generator().manual_seed(0))
+
+
+def test_api_round_22_prior_kl_of_0_255_images_warns():
+    """Round 22, item 2: elbo.prior_kl (and elbo_terms with decoder="gaussian") of 0..255 images gave a KL about
+    127.5² times that of the same images in [-1, 1] (finite, plausible) without a word. They warn as
+    samplers.ddim_invert does (a warning: other data may have any scale), once per call; [-1, 1] images and toy
+    points at any scale do not."""
+    x255 = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 255
+    ab = schedule.make_alpha_bar("linear", 10)
+    with pytest.warns(UserWarning, match="x0 looks like images in 0..255"):
+        big = elbo.prior_kl(x255, AB)
+    assert bool((big > 1e4 * elbo.prior_kl(x255 / 127.5 - 1, AB)).all())
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        elbo.elbo_terms(lambda x, t: torch.zeros_like(x), x255, ab, decoder="gaussian")
+    assert [str(w.message)[:30] for w in seen] == ["x0 looks like images in 0..255"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        elbo.prior_kl(x255 / 127.5 - 1, AB)
+        elbo.prior_kl(x255.flatten(1), AB)                   # points, not images
