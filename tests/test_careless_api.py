@@ -1741,3 +1741,13 @@ def test_api_round_22_prior_kl_of_0_255_images_warns():
         warnings.simplefilter("error")
         elbo.prior_kl(x255 / 127.5 - 1, AB)
         elbo.prior_kl(x255.flatten(1), AB)                   # points, not images
+
+
+def test_api_round_22_ddim_step_keeps_x_dtype_with_float64_noise():
+    """Round 22, item 4: float32 x_t with float64 noise returned a float64 x_s; the noise is cast to x_t's dtype, as
+    ddim_sample casts its noise_sampler's draws."""
+    g = torch.Generator().manual_seed(0)
+    x, e, z = (torch.randn(2, 3, generator=g) for _ in range(3))
+    x_s, _ = diffusion.ddim_step(x, e, 0.5, 0.7, eta=0.5, noise=z.double())
+    assert x_s.dtype == torch.float32
+    assert torch.equal(x_s, diffusion.ddim_step(x, e, 0.5, 0.7, eta=0.5, noise=z)[0])
