@@ -1751,3 +1751,11 @@ def test_api_round_22_ddim_step_keeps_x_dtype_with_float64_noise():
     x_s, _ = diffusion.ddim_step(x, e, 0.5, 0.7, eta=0.5, noise=z.double())
     assert x_s.dtype == torch.float32
     assert torch.equal(x_s, diffusion.ddim_step(x, e, 0.5, 0.7, eta=0.5, noise=z)[0])
+
+
+def test_api_round_22_complex_betas_are_refused():
+    """Round 22, item 7: schedule.alpha_bar dropped the imaginary part of complex betas with only torch's warning."""
+    for betas in (torch.tensor([0.1, 0.2], dtype=torch.complex64), np.array([0.1 + 0.01j, 0.2]), [0.1 + 0j]):
+        with pytest.raises(TypeError, match="betas must be real numbers"):
+            schedule.alpha_bar(betas)
+    assert schedule.alpha_bar([0.1, 0.2]).tolist() == pytest.approx([0.9, 0.72], rel=1e-15)
