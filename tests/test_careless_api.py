@@ -1743,6 +1743,22 @@ def test_api_round_22_prior_kl_of_0_255_images_warns():
         elbo.prior_kl(x255.flatten(1), AB)                   # points, not images
 
 
+def test_api_round_22_an_index_listed_twice_is_refused():
+    """Round 22, item 3: generate.latents(0, [1, 1], …) and sample_indices(…, [0, 0], …) gave one image twice where
+    two were asked for. A 50 000-index list is checked in linear time and named by its length."""
+    from ddimlab.checks import check_distinct
+
+    with pytest.raises(ValueError, match=r"index = 1 is listed twice \(as \[1, 1\]\)"):
+        generate.latents(0, [1, 1], (1, 2, 2))
+    with pytest.raises(ValueError, match="index = 0 is listed twice"):
+        generate.latents(0, torch.tensor([0, 0]), (1, 2, 2))
+    with pytest.raises(ValueError, match="index = 0 is listed twice"):
+        generate.sample_indices(lambda x, t: pytest.fail("sampled"), [0, 0], (1, 8, 8), AB, schedule.timesteps(5, 1000))
+    with pytest.raises(ValueError, match=r"index = 7 is listed twice \(as 50001 values\)"):
+        check_distinct(list(range(50_000)) + [7], "index")
+    assert generate.latents(0, [1, 0], (1, 2, 2)).shape == (2, 1, 2, 2)
+
+
 def test_api_round_22_ddim_step_keeps_x_dtype_with_float64_noise():
     """Round 22, item 4: float32 x_t with float64 noise returned a float64 x_s; the noise is cast to x_t's dtype, as
     ddim_sample casts its noise_sampler's draws."""
@@ -1751,6 +1767,43 @@ def test_api_round_22_ddim_step_keeps_x_dtype_with_float64_noise():
     x_s, _ = diffusion.ddim_step(x, e, 0.5, 0.7, eta=0.5, noise=z.double())
     assert x_s.dtype == torch.float32
     assert torch.equal(x_s, diffusion.ddim_step(x, e, 0.5, 0.7, eta=0.5, noise=z)[0])
+
+
+def test_api_round_22_random_features_refuses_channels_and_dims_that_cannot_work():
+    """Round 22, item 5: fid.random_features(in_ch=2) was accepted (no image the library reads or writes has 2
+    channels), and dim=0 failed in torch's conv2d at the first batch."""
+    for in_ch in (0, 2, 4, True, 3.0):
+        with pytest.raises(ValueError, match="in_ch must be 1 or 3"):
+            fid.random_features(in_ch=in_ch)
+    for dim in (0, -1, 2.0):
+        with pytest.raises(ValueError, match="dim must be a positive integer"):
+            fid.random_features(dim=dim)
+    assert fid.random_features(1, dim=1)(torch.zeros(2, 1, 8, 8, dtype=torch.uint8)).shape == (2, 1)
+
+
+def test_api_round_22_errors_name_the_argument():
+    """Round 22, item 6: each failed with a raw Python or torch error deep inside, or (karras_timesteps' rho = 1e6)
+    one naming another value ("sigma must lie in ..."); lab.ranking(rows, S=True) ranked the rows at S = 1."""
+    from ddimlab import lab, unet
+
+    rows = [{"sampler": f"eta={e}", "S": 1, "mmd2": m, "se": 0.1} for e, m in ((0, 0.0), (1, 1.0))]
+    for call, err, needle in (
+            (lambda: ode.karras_timesteps(5, AB, rho=1e6), ValueError, "rho must be a finite number >= 1 and <= 10000"),
+            (lambda: toy.bandwidth("x"), TypeError, "mixture must be a toy.GaussianMixture, got str"),
+            (lambda: unet.count_params("x"), TypeError, "model must be a torch.nn.Module, got str"),
+            (lambda: checkpoint.sha256_of("a", object()), TypeError, "sha256_of hashes strings and torch tensors"),
+            (lambda: data.looks_0_255([0.0, 255.0]), TypeError, "x must be a torch.Tensor"),
+            (lambda: generate.warn_out_of_range([1.0, 30.0], AB, [999]), TypeError, "rms must be a 1-D float tensor"),
+            (lambda: fid.image_stats(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), feature_fn="inception"), TypeError,
+             "feature_fn must be a callable .* fid.fid_inception"),
+            (lambda: lab.ranking(rows, S=True), ValueError, "S must be a positive integer"),
+            (lambda: generate.sample_indices("net", [0], (1, 8, 8), AB, schedule.timesteps(5, 1000)), TypeError,
+             "model must be a network .* got str"),
+            (lambda: checkpoint.eps_fn(5), TypeError, "model must be a network")):
+        with pytest.raises(err, match=needle):
+            call()
+    assert lab.ranking(rows, 1) == "η=0 < η=1"
+    ode.karras_timesteps(5, AB, rho=1e4)                      # the largest rho allowed runs
 
 
 def test_api_round_22_complex_betas_are_refused():
