@@ -653,9 +653,11 @@ def weights_sha256(model) -> str | None:
 
 
 def sha256_of(*items) -> str:
-    """sha256 over strings and tensors' bytes, in order."""
+    """sha256 over strings and tensors' bytes, in order; anything else is a TypeError."""
     h = hashlib.sha256()
     for v in items:
+        if not isinstance(v, (str, torch.Tensor)):    # else "'object' object has no attribute 'detach'"
+            raise TypeError(f"sha256_of hashes strings and torch tensors, got {type(v).__name__}")
         h.update(v.encode() if isinstance(v, str) else
                  v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -688,6 +690,9 @@ def eps_fn(model, amp: bool = False):
     a function of x and t only), and each module's mode is put back after the call.
     """
     amp = check_bool("amp", amp)
+    if not callable(model):                           # else "'str' object is not callable" at the first step
+        raise TypeError(f"model must be a network (torch.nn.Module) or a function model(x, t), got "
+                        f"{type(model).__name__}")
     is_net = isinstance(model, torch.nn.Module)
     in_ch = in_channels(model)
 

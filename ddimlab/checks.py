@@ -80,12 +80,16 @@ def as_real(v) -> float | None:
 
 
 def check_distinct(values, name: str) -> None:
-    """A value listed twice (in a grid of η or S) would be computed twice and fill two rows with one cell."""
-    seen = []
+    """A value listed twice (in a grid of η or S, or image indices) would be computed twice and fill two rows (or
+    images) with one cell. Linear time for Python numbers and strings (50 000 indices), else pairwise (tensors)."""
+    values = list(values)
+    plain = all(isinstance(v, (int, float, str)) for v in values)     # hashed as they compare (a tensor is not)
+    seen = set() if plain else []
     for v in values:
         if v in seen:
-            raise ValueError(f"{name} = {v} is listed twice (as {list(values)}); give each value once")
-        seen.append(v)
+            shown = values if len(values) <= 20 else f"{len(values)} values"
+            raise ValueError(f"{name} = {v} is listed twice (as {shown}); give each value once")
+        (seen.add if plain else seen.append)(v)
 
 
 def check_per_sample(what: str, *scores, paired: bool = True, squared: bool = False) -> tuple[torch.Tensor, ...]:

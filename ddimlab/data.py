@@ -532,7 +532,10 @@ def from_model_range(x: torch.Tensor) -> torch.Tensor:
 def looks_0_255(x: torch.Tensor) -> bool:
     """Float images whose values reach past 2 and lie above 0, or mostly so (their maximum more than 5 times their
     negative part): 0..255 images, even with a sampler's overshoot or added noise; [−1, 1] ones overshoot both ways.
-    False for integer, single-value or non-finite input (each caller says what it does with those)."""
+    False for integer, single-value or non-finite input (each caller says what it does with those); x must be a tensor.
+    """
+    if not isinstance(x, torch.Tensor):               # else "'list' object has no attribute 'is_floating_point'"
+        raise TypeError(f"x must be a torch.Tensor of images, got {type(x).__name__}")
     if not x.is_floating_point() or x.numel() < 2 or not bool(torch.isfinite(x).all()):
         return False
     lo, top = float(x.min()), float(x.max())

@@ -246,8 +246,9 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, a_t, a_s, eta: float = 0.0,
     """One generalized DDIM step x_t → x_s (DDIM eq. 12, notebook 04 §3).
 
     x_s = √ᾱ_s x̂_0 + √(1−ᾱ_s−σ²) ε + σ z, with x̂_0 = `predict_x0(x_t, eps, a_t)` and σ = `ddim_sigma`.
-    Returns (x_s, x̂_0). `noise` is z; it is required when η > 0. σ² > 1 − ᾱ_s (η > 1 on some steps) is a
-    ValueError (`check_sigma`), as in `q_sigma_mean`.
+    Returns (x_s, x̂_0). `noise` is z; it is required when η > 0, and cast to x_t's dtype (as `ddim_sample` casts its
+    draws): float64 noise does not widen a float32 x_s. σ² > 1 − ᾱ_s (η > 1 on some steps) is a ValueError
+    (`check_sigma`), as in `q_sigma_mean`.
     """
     _same_shape(x_t, eps, "x_t and eps")
     if noise is not None:
@@ -269,7 +270,7 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, a_t, a_s, eta: float = 0.0,
     if eta > 0:
         if noise is None:
             raise ValueError("ddim_step with eta > 0 needs `noise`")
-        x_s = x_s + bcast(sigma, x_t) * noise
+        x_s = x_s + bcast(sigma, x_t) * noise.to(x_t.dtype)
     return x_s, x0
 
 

@@ -28,7 +28,7 @@ import torch
 from .checks import check_bool, check_generator, check_int
 from .diffusion import VARIANCES, posterior_mean, posterior_variance, predict_x0, q_sample
 from .gaussian import discretized_gaussian_log_likelihood, kl_normal, log_normal
-from .samplers import NonFiniteError, _of_x_shape
+from .samplers import NonFiniteError, _of_x_shape, _warn_if_0_255
 from .schedule import validate_alpha_bar
 
 DECODERS = ("discretized", "gaussian")
@@ -135,10 +135,17 @@ def _check_t(t, T: int, low: int) -> int:
 def prior_kl(x0: torch.Tensor, alpha_bar) -> torch.Tensor:
     """L_T = KL(q(x_{T−1} | x_0) ‖ N(0, I)) per sample, in nats, shape (B,) (notebook 02 §3).
 
-    q(x_{T−1} | x_0) = N(√ᾱ_{T−1} x_0, (1 − ᾱ_{T−1}) I); no parameters, so no gradient to θ.
+    q(x_{T−1} | x_0) = N(√ᾱ_{T−1} x_0, (1 − ᾱ_{T−1}) I); no parameters, so no gradient to θ. Images (B, C, H, W)
+    that look like 0..255 ones (`data.looks_0_255`) give a warning, as in `samplers.ddim_invert`: their KL is
+    about 127.5² times that of the same images in [−1, 1], finite and silently wrong (other data may have any scale).
     """
     _check_x0(x0)
-    a = float(_check_alpha_bar(alpha_bar)[-1])
+    _warn_if_0_255(x0, "x0")
+    return _prior_kl(x0, _check_alpha_bar(alpha_bar))
+
+
+def _prior_kl(x0: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    a = float(alpha_bar[-1])
     return _sum_flat(kl_normal(math.sqrt(a) * x0, 1 - a, 0.0, 1.0))
 
 
@@ -201,10 +208,13 @@ def elbo_terms(eps_model, x0: torch.Tensor, alpha_bar, variance="small", decoder
     - "elbo": −total, the lower bound on log p_θ(x_0);
     - "bpd": total / (D ln 2), bits per dimension (D = numel of one sample).
 
+    0..255 images warn before the first network call (`prior_kl`); decoder="discretized" then refuses them.
+
     Costs T · n_mc network calls per batch; wrap in `torch.no_grad()` for evaluation.
     """
     alpha_bar = _check_alpha_bar(alpha_bar)
     _check_x0(x0)
+    _warn_if_0_255(x0, "x0")
     check_generator(generator)
     n_mc = check_int("n_mc", n_mc)
     if decoder not in DECODERS:
@@ -227,7 +237,7 @@ def elbo_terms(eps_model, x0: torch.Tensor, alpha_bar, variance="small", decoder
             term = posterior_kl(*args, t, variance)
         terms.append(term.reshape(n_mc, B).mean(0))
     terms = torch.stack(terms, dim=1)
-    prior = prior_kl(x0, alpha_bar)
+    prior = _prior_kl(x0, alpha_bar)
     total = prior + terms.sum(1)
     D = x0[0].numel()
     return {"prior": prior, "terms": terms, "total": total, "elbo": -total, "bpd": total / (D * math.log(2))}

@@ -87,12 +87,19 @@ def _images_u8(x) -> torch.Tensor:
     raise TypeError(f"images must be uint8 or float in [-1, 1], got {x.dtype}")
 
 
+def _check_feature_fn(feature_fn) -> None:
+    if not callable(feature_fn):
+        raise TypeError(f"feature_fn must be a callable uint8 N×C×H×W -> N×D features (e.g. fid.random_features() or "
+                        f"fid.digits_feature_fn; Inception FID is fid.fid_inception), got {type(feature_fn).__name__}")
+
+
 def image_stats(images, feature_fn, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
     """(μ, Σ) of feature_fn over images: a directory of PNGs, or uint8 / [−1, 1] float N×C×H×W.
 
     feature_fn takes uint8 N×C×H×W (as torch-fidelity's extractors do) and returns N×D features.
     """
     batch_size = check_int("batch_size", batch_size)
+    _check_feature_fn(feature_fn)             # else Python's "'str' object is not callable" at the first batch
     x = _images_u8(images)
     if len(x) == 0:
         raise ValueError("no images to score: image_stats needs N >= 2 images (N x C x H x W)")
@@ -139,9 +146,7 @@ def compute_fid(samples, reference, feature_fn, batch_size: int = 500) -> float:
     reference: the same kinds, or precomputed (μ, Σ), or an .npz with arrays `mu` and `sigma`
     (`reference_stats` writes these).
     """
-    if not callable(feature_fn):
-        raise TypeError("feature_fn must be a callable uint8 N×C×H×W -> N×D features "
-                        "(e.g. fid.random_features() or fid.digits_feature_fn)")
+    _check_feature_fn(feature_fn)
     samples, reference = (v if _is_stats(v) else _images_u8(v) for v in (samples, reference))
     if isinstance(samples, torch.Tensor) and isinstance(reference, torch.Tensor) and samples.shape[1:] != reference.shape[1:]:
         raise ValueError(f"samples are images of shape {tuple(samples.shape[1:])} (C, H, W) but reference images "
@@ -187,8 +192,12 @@ def random_features(in_ch: int = 3, dim: int = 64, seed: int = 0):
     """A fixed, randomly initialised conv net as feature_fn — for smoke tests of the pipeline only.
 
     Random conv features do separate noise from images, but their distances mean nothing next to
-    Inception FID. uint8 N×C×H×W in, N×dim out.
+    Inception FID. uint8 N×C×H×W in, N×dim out; in_ch is the images' C, 1 or 3 (as every image the library
+    reads or writes), and dim a positive integer (dim = 0 failed in torch at the first batch).
     """
+    if isinstance(in_ch, (bool, float)) or in_ch not in (1, 3):     # True == 1 and 1.0 == 1
+        raise ValueError(f"in_ch must be 1 or 3 (the images' channels), got {in_ch!r}")
+    dim = check_int("dim", dim, 1, note=" (the number of features)")
     g = seeded(seed)
     w1 = torch.randn(32, in_ch, 3, 3, generator=g) / math.sqrt(9 * in_ch)
     w2 = torch.randn(dim, 32, 3, 3, generator=g) / math.sqrt(9 * 32)

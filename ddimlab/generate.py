@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from . import devices, diffusion, ode, schedule
 from .checkpoint import eps_fn, image_shape, sha256_of, weights_sha256
-from .checks import check_bool, check_int
+from .checks import check_bool, check_distinct, check_int
 from .data import from_model_range
 from .files import atomic_write, remove_empty, remove_stale_temps
 from .plotting import save_png
@@ -104,7 +104,11 @@ def _rms(x: torch.Tensor) -> torch.Tensor:
 
 
 def warn_out_of_range(rms: torch.Tensor, alpha_bar, seq, clip: str | None = "clip_x0=True") -> None:
-    """`check_data_range`'s warning from the samples' RMS values (so that a caller with many batches says it once)."""
+    """`check_data_range`'s warning from the samples' RMS values, a 1-D float tensor (so that a caller with many
+    batches says it once)."""
+    if not isinstance(rms, torch.Tensor) or rms.ndim != 1 or not rms.is_floating_point():
+        raise TypeError(f"rms must be a 1-D float tensor of each sample's RMS, got "
+                        f"{(rms.dtype, tuple(rms.shape)) if isinstance(rms, torch.Tensor) else type(rms).__name__}")
     bad = int((rms > MAX_RMS).sum())
     if bad:
         t, T = int(seq[0]), len(alpha_bar)
@@ -130,7 +134,8 @@ def seed_for(seed: int, index: int) -> int:
 
 def latents(seed: int, indices, shape, device=None) -> torch.Tensor:
     """x_T ~ N(0, I) for each index, drawn on the CPU from the index's own generator (`seed_for`), so a
-    (seed, index) pair gives the same latent on every device, batch and process (notebook 07 §5)."""
+    (seed, index) pair gives the same latent on every device, batch and process (notebook 07 §5). An index listed
+    twice is a ValueError (it would be one latent twice), here and in `sample_indices`."""
     if isinstance(shape, (int, str)) or len(indices) == 0:     # else torch's "not iterable" or "stack expects a non-empty"
         raise ValueError(f"latents needs indices (at least one) and a shape such as (C, H, W); got {len(indices)} "
                          f"indices and shape {shape!r}")
@@ -140,6 +145,8 @@ def latents(seed: int, indices, shape, device=None) -> torch.Tensor:
 
 
 def _generators(seed: int, indices) -> list[torch.Generator]:
+    indices = [check_int("index", i, 0) for i in indices]
+    check_distinct(indices, "index")          # [1, 1]: two copies of one image, where two images were asked for
     return [torch.Generator().manual_seed(seed_for(seed, i)) for i in indices]
 
 

@@ -188,6 +188,7 @@ def ranking(rows: list[dict], S: int, samplers_=None, k: float = 3.0) -> str:
     before it beats each one after it by more than k SEs of their difference (`beyond`), '≈' that some pair across
     it is not resolved; pairs resolved although no '<' separates them follow in brackets.
     E.g. 'η=0 < η=1 ≈ σ̂', or 'η=0 ≈ η=0.5 ≈ η=1 (η=0 < η=1)'."""
+    S = check_int("S", S)                             # S=True would pick the rows at S = 1
     body = [r for r in rows if r["sampler"] != DATA and r["S"] == S
             and (samplers_ is None or r["sampler"] in samplers_)]
     if not body:

@@ -163,20 +163,24 @@ def lambda_timesteps(S: int, alpha_bar: torch.Tensor, t_max: int | None = None, 
     return _distinct_steps(t_of_sigma(alpha_bar, log_sig.exp()), t_min, t_max, T)
 
 
+MAX_RHO = 1e4     # karras_timesteps: float64 resolves σ^{1/ρ} well beyond it, and its steps are nearly λ-uniform already
+
+
 def karras_timesteps(S: int, alpha_bar: torch.Tensor, rho: float = 7.0, t_max: int | None = None,
                      t_min: int = 0) -> torch.Tensor:
     """Integer steps whose σ follow Karras et al. (2022, eq. 5): σ_i^{1/ρ} uniform from σ(t_max) to σ(t_min) (notebook 08 §5).
 
     ρ = 7 is EDM's choice. ρ = 1 is uniform in σ and ρ → ∞ uniform in log σ (λ-uniform); in between, the steps in
     log σ grow towards low noise (d log σ = ρ dv / v with v = σ^{1/ρ}), so ρ = 7 puts more steps at low noise than
-    uniform σ and fewer than λ-uniform. Each σ_i is mapped to the nearest integer step, repeats moved apart
-    (`_distinct_steps`): exactly S steps (S must fit between t_min and t_max).
+    uniform σ and fewer than λ-uniform; ρ must lie in [1, MAX_RHO = 1e4] (`lambda_timesteps` beyond). Each σ_i is mapped
+    to the nearest integer step, repeats moved apart (`_distinct_steps`): exactly S steps (S must fit between t_min and t_max).
     """
     alpha_bar = validate_alpha_bar(alpha_bar)
     T = alpha_bar.shape[0]
     S, t_max, t_min = _check_span(S, T, t_max, t_min)
-    if (r := as_real(rho)) is None or r < 1:
-        raise ValueError(f"rho must be a finite number >= 1 (for rho -> infinity use lambda_timesteps), got {rho!r}")
+    if (r := as_real(rho)) is None or r < 1 or r > MAX_RHO:   # 1e6: σ^{1/ρ}, rounded, overshot σ(T−1) ("sigma must lie")
+        raise ValueError(f"rho must be a finite number >= 1 and <= {MAX_RHO:g} (for larger rho use lambda_timesteps, the "
+                         f"limit rho -> infinity, within a step or two of rho = {MAX_RHO:g}'s steps), got {rho!r}")
     rho = r
     if S == 1:
         return validate_timesteps(torch.tensor([t_max]), T)

@@ -8,7 +8,7 @@ x_0. The DDIM paper's α_t is DDPM's ᾱ_t.
 
 One signature for every sampler and ODE solver (k-diffusion's convention): (eps, x_T, alpha_bar, seq, …,
 callback=None). Stochastic samplers draw one N(0, I) of x's shape per step from `generator`, or take it
-from `noise_sampler(t, s)` when given (resumable or per-image generation draws its own noise, as
+from `noise_sampler(t, s)` when given (not both: a ValueError; resumable or per-image generation draws its own noise, as
 k-diffusion's `noise_sampler` and diffusers' `variance_noise`); `callback(info)` is called after every
 step with info = {"i": step number, "t": from, "s": to, "x": x_s, "x0": x̂_0}, copies (progress bars, previews;
 `report`). Arguments are checked once per call (`check_args`), ε is called on a copy of x and checked to be finite
@@ -138,12 +138,16 @@ def noise_from(generator: torch.Generator | None, x: torch.Tensor):
 
 def _noise(noise_sampler, generator, x: torch.Tensor):
     """`noise_sampler` if it is callable, else `noise_from(generator, x)` when it is None; anything else a TypeError
-    before the first network call (it was "'int' object is not callable" after it)."""
+    before the first network call (it was "'int' object is not callable" after it). Both given is a ValueError: the
+    generator would be ignored, and a caller who seeded it would not get the draws they asked for."""
     if noise_sampler is None:
         return noise_from(generator, x)
     if not callable(noise_sampler):
         raise TypeError(f"noise_sampler must be a function (t, s) -> noise of x's shape, or None; got "
                         f"{type(noise_sampler).__name__}")
+    if generator is not None:
+        raise ValueError("give generator or noise_sampler, not both: the noise_sampler makes every draw, so the "
+                         "generator would be ignored (draw from it inside the noise_sampler instead)")
     return noise_sampler
 
 

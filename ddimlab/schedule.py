@@ -53,8 +53,10 @@ def beta_schedule(name: str = "linear", T: int = 1000, beta_start: float = 1e-4,
 
 
 def alpha_bar(betas: torch.Tensor) -> torch.Tensor:
-    """ᾱ_t = ∏_{s≤t}(1 − β_s), float64, shape (T,) (notebook 01 §2); every β_t must lie in (0, 1)."""
-    b = torch.as_tensor(check_numbers("betas", betas), dtype=torch.float64)
+    """ᾱ_t = ∏_{s≤t}(1 − β_s), float64, shape (T,) (notebook 01 §2); every β_t must be real and lie in (0, 1)."""
+    if torch.as_tensor(check_numbers("betas", betas)).is_complex():    # the cast would drop the imaginary part
+        raise TypeError(f"betas must be real numbers, got complex ones ({torch.as_tensor(betas).dtype})")
+    b = torch.as_tensor(betas, dtype=torch.float64)
     if b.ndim != 1 or b.numel() < 1:          # cumprod would run along a 2-D table's first axis
         raise ValueError(f"betas must be a non-empty 1-D table (schedule.beta_schedule), got shape {tuple(b.shape)}")
     bad = ~((b > 0) & (b < 1))                                 # NaN too

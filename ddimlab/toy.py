@@ -463,6 +463,8 @@ def bandwidth(mixture: GaussianMixture) -> float:
     """The Gaussian kernel's default bandwidth: the components' typical standard deviation, the weighted mean
     of √(mean eigenvalue of Σ_k) (notebook 09 §1). A fixed property of the mixture, so numbers are
     comparable across samplers."""
+    if not isinstance(mixture, GaussianMixture):      # else "'str' object has no attribute 'weights'"
+        raise TypeError(f"mixture must be a toy.GaussianMixture, got {type(mixture).__name__}")
     return float(mixture.weights @ mixture.eigvals.mean(1).sqrt())
 
 

@@ -326,7 +326,9 @@ def tiny_unet(**overrides) -> UNet:
 
 
 def count_params(model: nn.Module) -> int:
-    """Number of parameters of `model` (notebook 06 §1)."""
+    """Number of parameters of `model`, a torch.nn.Module (notebook 06 §1)."""
+    if not isinstance(model, nn.Module):              # else "'str' object has no attribute 'parameters'"
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return sum(p.numel() for p in model.parameters())
 
 

@@ -1705,3 +1705,110 @@ def test_twentyfirst_round_callables_shapes_and_devices_are_named(toy_setup):
     with pytest.raises(ValueError, match="jackknife_se takes 1-D tensors"):
         lab.jackknife_se([1.0, 2.0])
     assert lab.jackknife_se(torch.tensor([1, 3])) == 1.0                  # integer values: as floats
+
+
+def test_api_round_22_a_generator_beside_a_noise_sampler_is_refused(toy_setup):
+    """Round 22, item 1: given both, every sampler used the noise_sampler and ignored the generator (a seeded
+    generator changed nothing), without a word. Refused before the first network call."""
+    _, eps, x_T, seq = toy_setup
+    never = lambda x, t: pytest.fail("eps called first")      # noqa: E731
+    z = lambda t, s: torch.zeros_like(x_T)                     # noqa: E731
+    for run in (lambda g: samplers.ddim_sample(never, x_T, AB, seq, eta=1.0, generator=g, noise_sampler=z),
+                lambda g: samplers.ddpm_sample(never, x_T, AB, seq=seq, generator=g, noise_sampler=z),
+                lambda g: samplers.sample_row(never, x_T, AB, seq, samplers.SIGMA_HAT, generator=g, noise_sampler=z),
+                lambda g: samplers.langevin(never, x_T, AB, 500, 0.01, 2, generator=g, noise_sampler=z)):
+        with pytest.raises(ValueError, match="generator or noise_sampler, not both"):
+            run(torch.Generator().manual_seed(0))
+    samplers.ddim_sample(eps, x_T, AB, seq, eta=1.0, noise_sampler=z)                          # either alone runs
+    samplers.ddim_sample(eps, x_T, AB, seq, eta=1.0, generator=torch.Generator().manual_seed(0))
+
+
+def test_api_round_22_prior_kl_of_0_255_images_warns():
+    """Round 22, item 2: elbo.prior_kl (and elbo_terms with decoder="gaussian") of 0..255 images gave a KL about
+    127.5² times that of the same images in [-1, 1] (finite, plausible) without a word. They warn as
+    samplers.ddim_invert does (a warning: other data may have any scale), once per call; [-1, 1] images and toy
+    points at any scale do not."""
+    x255 = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 255
+    ab = schedule.make_alpha_bar("linear", 10)
+    with pytest.warns(UserWarning, match="x0 looks like images in 0..255"):
+        big = elbo.prior_kl(x255, AB)
+    assert bool((big > 1e4 * elbo.prior_kl(x255 / 127.5 - 1, AB)).all())
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        elbo.elbo_terms(lambda x, t: torch.zeros_like(x), x255, ab, decoder="gaussian")
+    assert [str(w.message)[:30] for w in seen] == ["x0 looks like images in 0..255"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        elbo.prior_kl(x255 / 127.5 - 1, AB)
+        elbo.prior_kl(x255.flatten(1), AB)                   # points, not images
+
+
+def test_api_round_22_an_index_listed_twice_is_refused():
+    """Round 22, item 3: generate.latents(0, [1, 1], …) and sample_indices(…, [0, 0], …) gave one image twice where
+    two were asked for. A 50 000-index list is checked in linear time and named by its length."""
+    from ddimlab.checks import check_distinct
+
+    with pytest.raises(ValueError, match=r"index = 1 is listed twice \(as \[1, 1\]\)"):
+        generate.latents(0, [1, 1], (1, 2, 2))
+    with pytest.raises(ValueError, match="index = 0 is listed twice"):
+        generate.latents(0, torch.tensor([0, 0]), (1, 2, 2))
+    with pytest.raises(ValueError, match="index = 0 is listed twice"):
+        generate.sample_indices(lambda x, t: pytest.fail("sampled"), [0, 0], (1, 8, 8), AB, schedule.timesteps(5, 1000))
+    with pytest.raises(ValueError, match=r"index = 7 is listed twice \(as 50001 values\)"):
+        check_distinct(list(range(50_000)) + [7], "index")
+    assert generate.latents(0, [1, 0], (1, 2, 2)).shape == (2, 1, 2, 2)
+
+
+def test_api_round_22_ddim_step_keeps_x_dtype_with_float64_noise():
+    """Round 22, item 4: float32 x_t with float64 noise returned a float64 x_s; the noise is cast to x_t's dtype, as
+    ddim_sample casts its noise_sampler's draws."""
+    g = torch.Generator().manual_seed(0)
+    x, e, z = (torch.randn(2, 3, generator=g) for _ in range(3))
+    x_s, _ = diffusion.ddim_step(x, e, 0.5, 0.7, eta=0.5, noise=z.double())
+    assert x_s.dtype == torch.float32
+    assert torch.equal(x_s, diffusion.ddim_step(x, e, 0.5, 0.7, eta=0.5, noise=z)[0])
+
+
+def test_api_round_22_random_features_refuses_channels_and_dims_that_cannot_work():
+    """Round 22, item 5: fid.random_features(in_ch=2) was accepted (no image the library reads or writes has 2
+    channels), and dim=0 failed in torch's conv2d at the first batch."""
+    for in_ch in (0, 2, 4, True, 3.0):
+        with pytest.raises(ValueError, match="in_ch must be 1 or 3"):
+            fid.random_features(in_ch=in_ch)
+    for dim in (0, -1, 2.0):
+        with pytest.raises(ValueError, match="dim must be a positive integer"):
+            fid.random_features(dim=dim)
+    assert fid.random_features(1, dim=1)(torch.zeros(2, 1, 8, 8, dtype=torch.uint8)).shape == (2, 1)
+
+
+def test_api_round_22_errors_name_the_argument():
+    """Round 22, item 6: each failed with a raw Python or torch error deep inside, or (karras_timesteps' rho = 1e6)
+    one naming another value ("sigma must lie in ..."); lab.ranking(rows, S=True) ranked the rows at S = 1."""
+    from ddimlab import lab, unet
+
+    rows = [{"sampler": f"eta={e}", "S": 1, "mmd2": m, "se": 0.1} for e, m in ((0, 0.0), (1, 1.0))]
+    for call, err, needle in (
+            (lambda: ode.karras_timesteps(5, AB, rho=1e6), ValueError, "rho must be a finite number >= 1 and <= 10000"),
+            (lambda: toy.bandwidth("x"), TypeError, "mixture must be a toy.GaussianMixture, got str"),
+            (lambda: unet.count_params("x"), TypeError, "model must be a torch.nn.Module, got str"),
+            (lambda: checkpoint.sha256_of("a", object()), TypeError, "sha256_of hashes strings and torch tensors"),
+            (lambda: data.looks_0_255([0.0, 255.0]), TypeError, "x must be a torch.Tensor"),
+            (lambda: generate.warn_out_of_range([1.0, 30.0], AB, [999]), TypeError, "rms must be a 1-D float tensor"),
+            (lambda: fid.image_stats(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), feature_fn="inception"), TypeError,
+             "feature_fn must be a callable .* fid.fid_inception"),
+            (lambda: lab.ranking(rows, S=True), ValueError, "S must be a positive integer"),
+            (lambda: generate.sample_indices("net", [0], (1, 8, 8), AB, schedule.timesteps(5, 1000)), TypeError,
+             "model must be a network .* got str"),
+            (lambda: checkpoint.eps_fn(5), TypeError, "model must be a network")):
+        with pytest.raises(err, match=needle):
+            call()
+    assert lab.ranking(rows, 1) == "η=0 < η=1"
+    ode.karras_timesteps(5, AB, rho=1e4)                      # the largest rho allowed runs
+
+
+def test_api_round_22_complex_betas_are_refused():
+    """Round 22, item 7: schedule.alpha_bar dropped the imaginary part of complex betas with only torch's warning."""
+    for betas in (torch.tensor([0.1, 0.2], dtype=torch.complex64), np.array([0.1 + 0.01j, 0.2]), [0.1 + 0j]):
+        with pytest.raises(TypeError, match="betas must be real numbers"):
+            schedule.alpha_bar(betas)
+    assert schedule.alpha_bar([0.1, 0.2]).tolist() == pytest.approx([0.9, 0.72], rel=1e-15)
