@@ -748,12 +748,20 @@ class _NotedBoolean(argparse.BooleanOptionalAction):
 
 
 class _Parser(argparse.ArgumentParser):
-    """Options with a value given twice are recorded (`_Noted`); an option of another subcommand is named as that one's."""
+    """Options with a value given twice are recorded (`_Noted`); an option of another subcommand is named as that one's;
+    a usage error is two lines, not the whole usage first; no option is taken from a prefix of its name (argparse's
+    abbreviations: `train --over` was `--overwrite`, and one letter more or less picked another option)."""
 
     def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
+        super().__init__(*a, **{"allow_abbrev": False, **kw})
         self.register("action", None, _Noted)
         self.register("action", "store", _Noted)
+
+    def error(self, message):
+        """An unknown option, a missing value, a choice not offered: what was wrong, and where the options are listed
+        (exit status 2, argparse's for a usage error)."""
+        listed = "commands" if self._subparsers is not None else "options"
+        self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` lists the {listed})\n")
 
     def parse_known_args(self, args=None, namespace=None):
         namespace, extras = super().parse_known_args(args, namespace)
@@ -766,9 +774,7 @@ class _Parser(argparse.ArgumentParser):
             owners[flag] = [name for name, p in commands.items() if p is not here and flag in p._option_string_actions]
         said = "; ".join(f"{flag} is an option of {', '.join(names[:-1]) + ' and ' if names[:-1] else ''}{names[-1]}"
                          for flag, names in owners.items() if names)
-        name = here.prog.split()[-1]
-        here.error(f"unrecognized arguments: {' '.join(extras)}" + (f" ({said}; `{name} --help` lists {name}'s)"
-                                                                    if said else ""))
+        here.error(f"unrecognized arguments: {' '.join(extras)}" + (f" ({said})" if said else ""))
 
 
 def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
