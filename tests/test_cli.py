@@ -2511,3 +2511,34 @@ def test_twentythird_round_a_usage_error_is_two_lines_and_no_option_is_a_prefix(
             cli.main(["train", "--out", str(trained), prefix, *_sets(["steps=31"])])
         assert e.value.code == 2 and f"unrecognized arguments: {prefix}" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()} == before
+
+
+def test_twentythird_round_a_config_json_left_stale_by_a_full_disk_is_not_called_edited(trained, tmp_path, capsys,
+                                                                                        monkeypatch, rename_fails):
+    """After a full disk at config.json, after a good checkpoint, the next `train --resume` warned that config.json had
+    been edited by hand (it held the earlier checkpoint's settings), and it stayed so until the next checkpoint. Now the
+    resume rewrites it from ckpt.pt's settings at its start and says so; with the disk still full it stops there."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    resume = ["train", "--resume", "--out", str(run), "--no-progress", "--set"]
+    rename_fails("config.json")
+    _expect_one_line_error(capsys, [*resume, "steps=40"], "ckpt.pt (step 40) was saved", "config.json")
+    _expect_one_line_error(capsys, [*resume, "steps=50"], f"No space left on device: {run / 'config.json'}",
+                           "the last checkpoint (step 40) was kept", "free some space")
+    assert checkpoint.load_checkpoint(run / "ckpt.pt")["step"] == 40
+    assert json.loads((run / "config.json").read_text())["steps"] == 30
+    capsys.readouterr()
+    monkeypatch.undo()                          # the disk has room again
+    from ddimlab import train as train_module
+    real_batch, seen = train_module.get_batch, []
+
+    def config_at_start(*a, **k):               # what config.json holds when the training starts
+        seen.append(json.loads((run / "config.json").read_text())["steps"])
+        return real_batch(*a, **k)
+    monkeypatch.setattr(train_module, "get_batch", config_at_start)
+    assert cli.main([*resume, "steps=50"]) == 0
+    out, err = capsys.readouterr()
+    assert "differs from the checkpoint's settings" not in err and "warning" not in err, err
+    assert f"{run / 'config.json'} held an earlier checkpoint's settings (its rewrite after the checkpoint of step 40 " \
+           "failed): rewritten from ckpt.pt's" in out, out
+    assert seen[0] == 40 and json.loads((run / "config.json").read_text())["steps"] == 50
