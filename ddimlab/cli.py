@@ -35,6 +35,7 @@ from .files import (
     check_nothing_set_aside,
     check_out_folder,
     folder_removed_on_error,
+    held,
     interrupts_deferred,
     locked,
     replaced_together,
@@ -98,12 +99,24 @@ class StepsWarning(UserWarning):
 DEFAULT_STEPS = 50   # --steps of sample (DDIM and the solvers), invert and interpolate
 
 
+def _note_if_training(path, net) -> None:
+    """A run that a `train` command is still training (it holds the run's .train.lock) is sampled from its last
+    checkpoint, which the next one replaces: said, with that checkpoint's step."""
+    if getattr(net, "run_step", None) is None:
+        return                                  # not a ddimlab run's checkpoint
+    run = Path(path) if Path(path).is_dir() else Path(path).parent
+    if held(run / ".train.lock"):
+        print(f"note: {run} is still being trained (a train command holds it): these are the weights of its last "
+              f"checkpoint, step {net.run_step}; the next checkpoint replaces them")
+
+
 def _model_for(args):
     """(net, alpha_bar, device, seq) for a subcommand's --checkpoint, --device, --no-ema, --steps, --spacing."""
     device = devices.resolve(args.device)
     _check_amp(args.amp, device)
     net, abar = checkpoint.load_model(args.checkpoint, device, use_ema=not args.no_ema)
     warn_unknown_settings(getattr(net, "run_config", None))
+    _note_if_training(args.checkpoint, net)
     T = abar.shape[0]
     steps = args.steps if args.steps is not None else (T if getattr(args, "sampler", None) == "ddpm" else DEFAULT_STEPS)
     if steps > T:
@@ -536,6 +549,8 @@ def _reproduce(args, out: Path, grid: dict) -> int:
     try:
         _check_amp(args.amp, device)
         net, abar = checkpoint.load_model(args.checkpoint, device, use_ema=not args.no_ema)
+        if rank == 0:
+            _note_if_training(args.checkpoint, net)
         in_ch, res = _image_shape(net)[:2]
         trained_on = getattr(net, "dataset", None)
         if in_ch == 3 and (res != 32 or trained_on not in (None, "cifar10")):

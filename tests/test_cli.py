@@ -2542,3 +2542,21 @@ def test_twentythird_round_a_config_json_left_stale_by_a_full_disk_is_not_called
     assert f"{run / 'config.json'} held an earlier checkpoint's settings (its rewrite after the checkpoint of step 40 " \
            "failed): rewritten from ckpt.pt's" in out, out
     assert seen[0] == 40 and json.loads((run / "config.json").read_text())["steps"] == 50
+
+
+def test_twentythird_round_sampling_a_run_still_in_training_says_which_checkpoint(trained, tmp_path, capsys):
+    """`sample --checkpoint RUN` while a `train` command trained RUN gave no word that the weights were those of its last
+    checkpoint, which the next one replaces; now a note says so, with the step (the .npz records the weights' sha256)."""
+    from ddimlab import files
+
+    sample = ["sample", "--checkpoint", str(trained), "--n", "2", "--steps", "2", "--no-progress", "--out"]
+    note = f"note: {trained} is still being trained (a train command holds it): these are the weights of its last " \
+           f"checkpoint, step 30; the next checkpoint replaces them"
+    with files.locked(trained / ".train.lock", busy="held"):       # as `train` holds it while it trains
+        assert cli.main([*sample, str(tmp_path / "a")]) == 0
+        assert note in capsys.readouterr().out
+        assert cli.main(["interpolate", "--checkpoint", str(trained / "ckpt.pt"), "--n", "2", "--steps", "2",
+                         "--no-progress", "--out", str(tmp_path / "i")]) == 0
+        assert note in capsys.readouterr().out
+    assert cli.main([*sample, str(tmp_path / "b")]) == 0             # the train command has finished
+    assert "still being trained" not in capsys.readouterr().out
