@@ -590,6 +590,7 @@ def load_model(path, device="cpu", use_ema: bool = True):
             net = unet_from_run(state, use_ema)
             net.dataset = state["config"].get("dataset")     # what the run trained on (`reproduce` checks it)
             net.run_config = state["config"]                 # its saved settings (`train.warn_unknown_settings`)
+            net.run_step = state.get("step")                 # the step its weights are of
             abar = schedule.make_alpha_bar(state["config"].get("schedule", "linear"), int(state["config"].get("T", 1000)))
         elif not use_ema:
             raise ValueError(f"{path}, an official-layout file (ddimlab loads its EMA weights where it has both), "

@@ -35,6 +35,7 @@ from .files import (
     check_nothing_set_aside,
     check_out_folder,
     folder_removed_on_error,
+    held,
     interrupts_deferred,
     locked,
     replaced_together,
@@ -98,12 +99,24 @@ class StepsWarning(UserWarning):
 DEFAULT_STEPS = 50   # --steps of sample (DDIM and the solvers), invert and interpolate
 
 
+def _note_if_training(path, net) -> None:
+    """A run that a `train` command is still training (it holds the run's .train.lock) is sampled from its last
+    checkpoint, which the next one replaces: said, with that checkpoint's step."""
+    if getattr(net, "run_step", None) is None:
+        return                                  # not a ddimlab run's checkpoint
+    run = Path(path) if Path(path).is_dir() else Path(path).parent
+    if held(run / ".train.lock"):
+        print(f"note: {run} is still being trained (a train command holds it): these are the weights of its last "
+              f"checkpoint, step {net.run_step}; the next checkpoint replaces them")
+
+
 def _model_for(args):
     """(net, alpha_bar, device, seq) for a subcommand's --checkpoint, --device, --no-ema, --steps, --spacing."""
     device = devices.resolve(args.device)
     _check_amp(args.amp, device)
     net, abar = checkpoint.load_model(args.checkpoint, device, use_ema=not args.no_ema)
     warn_unknown_settings(getattr(net, "run_config", None))
+    _note_if_training(args.checkpoint, net)
     T = abar.shape[0]
     steps = args.steps if args.steps is not None else (T if getattr(args, "sampler", None) == "ddpm" else DEFAULT_STEPS)
     if steps > T:
@@ -536,6 +549,8 @@ def _reproduce(args, out: Path, grid: dict) -> int:
     try:
         _check_amp(args.amp, device)
         net, abar = checkpoint.load_model(args.checkpoint, device, use_ema=not args.no_ema)
+        if rank == 0:
+            _note_if_training(args.checkpoint, net)
         in_ch, res = _image_shape(net)[:2]
         trained_on = getattr(net, "dataset", None)
         if in_ch == 3 and (res != 32 or trained_on not in (None, "cifar10")):
@@ -748,12 +763,20 @@ class _NotedBoolean(argparse.BooleanOptionalAction):
 
 
 class _Parser(argparse.ArgumentParser):
-    """Options with a value given twice are recorded (`_Noted`); an option of another subcommand is named as that one's."""
+    """Options with a value given twice are recorded (`_Noted`); an option of another subcommand is named as that one's;
+    a usage error is two lines, not the whole usage first; no option is taken from a prefix of its name (argparse's
+    abbreviations: `train --over` was `--overwrite`, and one letter more or less picked another option)."""
 
     def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
+        super().__init__(*a, **{"allow_abbrev": False, **kw})
         self.register("action", None, _Noted)
         self.register("action", "store", _Noted)
+
+    def error(self, message):
+        """An unknown option, a missing value, a choice not offered: what was wrong, and where the options are listed
+        (exit status 2, argparse's for a usage error)."""
+        listed = "commands" if self._subparsers is not None else "options"
+        self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` lists the {listed})\n")
 
     def parse_known_args(self, args=None, namespace=None):
         namespace, extras = super().parse_known_args(args, namespace)
@@ -766,9 +789,7 @@ class _Parser(argparse.ArgumentParser):
             owners[flag] = [name for name, p in commands.items() if p is not here and flag in p._option_string_actions]
         said = "; ".join(f"{flag} is an option of {', '.join(names[:-1]) + ' and ' if names[:-1] else ''}{names[-1]}"
                          for flag, names in owners.items() if names)
-        name = here.prog.split()[-1]
-        here.error(f"unrecognized arguments: {' '.join(extras)}" + (f" ({said}; `{name} --help` lists {name}'s)"
-                                                                    if said else ""))
+        here.error(f"unrecognized arguments: {' '.join(extras)}" + (f" ({said})" if said else ""))
 
 
 def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:

@@ -127,6 +127,22 @@ def locked(path, busy: str | None = None):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def held(path) -> bool:
+    """Whether a `locked(path)` block holds the lock file `path` now, in another process (or through another open file
+    here): a shared lock is tried without waiting and let go at once. False without the file, or without fcntl."""
+    try:
+        import fcntl  # POSIX only
+        with open(path) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+    except (ImportError, OSError):
+        pass
+    return False
+
+
 def _cannot_write(folder: Path, e: OSError, hint: str = "choose another --out") -> OSError:
     return type(e)(e.errno, f"cannot create files in {folder} ({e.strerror}); {hint}")
 

@@ -252,10 +252,25 @@ def _warn_if_edited(path: Path, saved: dict) -> None:
     edited = ["all (it is not the JSON object it was)"] if not isinstance(text, dict) else \
         [f"{k} ({text.get(k, 'absent')!r} there, {saved.get(k, 'absent')!r} in ckpt.pt)"
          for k in sorted(set(text) | set(saved)) if text.get(k) != saved.get(k)]
-    if edited and path.exists():
+    if edited and path.exists() and not _config_is_stale(path.parent, saved):       # not edited: the resume rewrites it
         warnings.warn(f"{path} differs from the checkpoint's settings in {'; '.join(edited)}: a resume runs the "
                       f"checkpoint's (config.json is its copy, rewritten with the next checkpoint); change a setting with "
                       f"--set key=value", EditedConfigWarning)
+
+
+def _config_is_stale(out: Path, saved: dict) -> bool:
+    """config.json differs from ckpt.pt's settings `saved` and is older than ckpt.pt, which `save_run` writes first: its
+    rewrite after that checkpoint failed (a full disk, `ConfigNotWrittenError`), and it holds an earlier checkpoint's
+    settings. A hand edit is newer than ckpt.pt."""
+    try:
+        older = (out / "config.json").stat().st_mtime_ns < (out / "ckpt.pt").stat().st_mtime_ns
+        return older and json.loads((out / "config.json").read_text()) != json.loads(json.dumps(saved))
+    except (OSError, ValueError):
+        return False
+
+
+def _write_config(out: Path, config: dict) -> None:
+    atomic_write(out / "config.json", lambda f: f.write(json.dumps(config, indent=1)), text=True)
 
 
 def validate_config(c: TrainConfig) -> TrainConfig:
@@ -520,7 +535,7 @@ def save_run(out: Path, model, ema, opt, step, config, gen, device, in_ch, loss,
     }
     path = save_checkpoint(out / "ckpt.pt", **state)
     try:
-        atomic_write(out / "config.json", lambda f: f.write(json.dumps(dataclasses.asdict(config), indent=1)), text=True)
+        _write_config(out, dataclasses.asdict(config))
     except OSError as e:
         raise ConfigNotWrittenError(e.errno, f"{e.strerror or e}: {path} (step {step}) was saved, but not its copy of the "
                                              f"settings, {out / 'config.json'} (written again with the next checkpoint); "
@@ -544,9 +559,9 @@ def _run_state(path: Path, mmap: bool = False) -> dict:
                               f"--overwrite (overwrite=True)") from None
 
 
-def _resume(path: Path, config: TrainConfig, model, ema, opt, gen, device, rank: int) -> tuple[int, list]:
-    """Load a run's state into model, EMA, optimizer and generators; returns the step it had reached and the
-    (sum, count) of the losses since its last log line."""
+def _resume(path: Path, config: TrainConfig, model, ema, opt, gen, device, rank: int) -> tuple[int, list, dict]:
+    """Load a run's state into model, EMA, optimizer and generators; returns the step it had reached, the
+    (sum, count) of the losses since its last log line and the checkpoint's settings."""
     state = _run_state(path)
     _check_same_model(config_from_dict(state["config"], strict=True), config, path)
     model.load_state_dict(state["model"])
@@ -560,7 +575,7 @@ def _resume(path: Path, config: TrainConfig, model, ema, opt, gen, device, rank:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
     else:  # other ranks' dropout streams are not saved; re-seed them deterministically
         torch.manual_seed(config.seed + rank + 1_000_003 * step)
-    return step, state.get("log_window", [0.0, 0])
+    return step, state.get("log_window", [0.0, 0]), state["config"]
 
 
 def _check_same_model(saved: TrainConfig, config: TrainConfig, where) -> None:
@@ -755,9 +770,9 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, **({"fused": True} if cuda else {}))
     gen = torch.Generator(device=device).manual_seed(config.seed + 12345)
     alpha_bar = schedule.make_alpha_bar(config.schedule, config.T).to(device, torch.float32)
-    step, window = 0, [0.0, 0]
+    step, window, saved = 0, [0.0, 0], None
     if resume and (out / "ckpt.pt").exists():
-        step, window = _resume(out / "ckpt.pt", config, model, ema, opt, gen, device, rank)
+        step, window, saved = _resume(out / "ckpt.pt", config, model, ema, opt, gen, device, rank)
         if step >= config.steps:                       # said, not silently skipped, and nothing rewritten
             if is_main:
                 print(f"{out} is already at step {step} of steps = {config.steps}: nothing to train, nothing changed "
@@ -804,6 +819,13 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
             check_can_write(out, "make it writable, or copy the run to a folder that is and --resume there" if step
                             else "choose another --out")      # said, not the name of the log's temporary file
             _restart_log(out / "log.jsonl", step)      # a fresh run starts an empty log
+            if saved is not None and _config_is_stale(out, saved):
+                try:
+                    _write_config(out, saved)          # ckpt.pt's copy, as save_run would have written it
+                except OSError as e:
+                    raise _not_written(e, out / "config.json", last_good, False) from None
+                print(f"{out / 'config.json'} held an earlier checkpoint's settings (its rewrite after the checkpoint of "
+                      f"step {step} failed): rewritten from ckpt.pt's")
             new_log = not step
         net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if world > 1 else model
         net = torch.compile(net) if config.compile else net

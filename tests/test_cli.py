@@ -2415,7 +2415,7 @@ def test_twentysecond_round_an_option_given_twice_or_to_another_command(trained,
     assert noted([*sample, "--n", "2", "--n", "3"], "--n 2, then --n 3") == 0
     with np.load(tmp_path / "x.npz") as z:
         assert len(z["samples"]) == 3
-    assert noted([*sample, "--n", "2", "--ste", "3", "--overwrite"], "--steps 2, then --steps 3") == 0    # abbreviated
+    assert noted([*sample, "--n", "2", "--steps", "3", "--overwrite"], "--steps 2, then --steps 3") == 0
     assert noted(["sample", "--checkpoint", str(tmp_path / "gone"), *sample[1:], "--n", "2", "--overwrite"],
                  f"--checkpoint {tmp_path / 'gone'}, then --checkpoint {trained}") == 0
     assert noted(["interpolate", *model, "--seeds", "0", "1", "--seeds", "0", "2", "--n", "2", "--steps", "2",
@@ -2434,13 +2434,13 @@ def test_twentysecond_round_an_option_given_twice_or_to_another_command(trained,
         with pytest.raises(SystemExit) as e:
             cli.main(argv)
         err = capsys.readouterr().err
-        assert e.value.code == 2 and "Traceback" not in err and err.strip().splitlines()[-1].count(": error: ") == 1, err
+        assert e.value.code == 2 and "Traceback" not in err and err.strip().splitlines()[0].count(": error: ") == 1, err
         for needle in needles:
             assert needle in err, (needle, err)
 
     refused(["sample", *model, "--input", "a.png", "--seeds", "0", "1", "--out", str(tmp_path / "y")],
             "sample: error: unrecognized arguments: --input a.png --seeds 0 1", "--input is an option of invert;",
-            "--seeds is an option of interpolate;", "`sample --help` lists sample's")
+            "--seeds is an option of interpolate)", "sample --help` lists the options")
     refused(["lab", "--checkpoint", str(trained), "--out", str(tmp_path / "y")],
             "--checkpoint is an option of sample, invert, interpolate and reproduce")
     refused(["sample", *model, "--sed", "3", "--out", str(tmp_path / "y")], "unrecognized arguments: --sed 3")
@@ -2488,3 +2488,75 @@ def test_twentysecond_round_a_pipeline_folder_without_its_unet(trained, tmp_path
     shutil.rmtree(unet)
     _expect_one_line_error(capsys, [*sample, str(tmp_path / "a")], "without its UNet: the folder unet/ is missing")
     assert not list(tmp_path.glob("a*"))
+
+
+def test_twentythird_round_a_usage_error_is_two_lines_and_no_option_is_a_prefix(trained, tmp_path, capsys):
+    """An unknown option, a missing value or a choice not offered printed the subcommand's whole usage (4 to 20 lines)
+    before the error; now it is the error and where the options are listed, exit status 2 as argparse's. And argparse
+    took a prefix of an option for the option: `train --over` was `--overwrite`, which replaces a run."""
+    for argv, needle in ((["sample", "--steps"], "argument --steps: expected one argument"),
+                         (["sample", "--sampler", "foo"], "argument --sampler/--solver: invalid choice: 'foo'"),
+                         (["train", "--bogus"], "unrecognized arguments: --bogus"),
+                         (["train", "--res", "--out", str(trained)], "unrecognized arguments: --res"),
+                         (["smaple"], "argument COMMAND: invalid choice: 'smaple'")):
+        r = _run(*argv)
+        lines = r.stderr.strip().splitlines()
+        command = f"python -m ddimlab{' ' + argv[0] if argv[0] != 'smaple' else ''}"
+        assert r.returncode == 2 and len(lines) == 2 and "usage:" not in r.stderr, (argv, r.stderr)
+        assert lines[0] == f"{command}: error: {lines[0].partition(': error: ')[2]}" and needle in lines[0], (argv, r.stderr)
+        assert lines[1] == f"(`{command} --help` lists the {'commands' if argv[0] == 'smaple' else 'options'})", lines
+    before = {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()}
+    for prefix in ("--over", "--overwr", "--resum", "--no-prog"):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["train", "--out", str(trained), prefix, *_sets(["steps=31"])])
+        assert e.value.code == 2 and f"unrecognized arguments: {prefix}" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()} == before
+
+
+def test_twentythird_round_a_config_json_left_stale_by_a_full_disk_is_not_called_edited(trained, tmp_path, capsys,
+                                                                                        monkeypatch, rename_fails):
+    """After a full disk at config.json, after a good checkpoint, the next `train --resume` warned that config.json had
+    been edited by hand (it held the earlier checkpoint's settings), and it stayed so until the next checkpoint. Now the
+    resume rewrites it from ckpt.pt's settings at its start and says so; with the disk still full it stops there."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    resume = ["train", "--resume", "--out", str(run), "--no-progress", "--set"]
+    rename_fails("config.json")
+    _expect_one_line_error(capsys, [*resume, "steps=40"], "ckpt.pt (step 40) was saved", "config.json")
+    _expect_one_line_error(capsys, [*resume, "steps=50"], f"No space left on device: {run / 'config.json'}",
+                           "the last checkpoint (step 40) was kept", "free some space")
+    assert checkpoint.load_checkpoint(run / "ckpt.pt")["step"] == 40
+    assert json.loads((run / "config.json").read_text())["steps"] == 30
+    capsys.readouterr()
+    monkeypatch.undo()                          # the disk has room again
+    from ddimlab import train as train_module
+    real_batch, seen = train_module.get_batch, []
+
+    def config_at_start(*a, **k):               # what config.json holds when the training starts
+        seen.append(json.loads((run / "config.json").read_text())["steps"])
+        return real_batch(*a, **k)
+    monkeypatch.setattr(train_module, "get_batch", config_at_start)
+    assert cli.main([*resume, "steps=50"]) == 0
+    out, err = capsys.readouterr()
+    assert "differs from the checkpoint's settings" not in err and "warning" not in err, err
+    assert f"{run / 'config.json'} held an earlier checkpoint's settings (its rewrite after the checkpoint of step 40 " \
+           "failed): rewritten from ckpt.pt's" in out, out
+    assert seen[0] == 40 and json.loads((run / "config.json").read_text())["steps"] == 50
+
+
+def test_twentythird_round_sampling_a_run_still_in_training_says_which_checkpoint(trained, tmp_path, capsys):
+    """`sample --checkpoint RUN` while a `train` command trained RUN gave no word that the weights were those of its last
+    checkpoint, which the next one replaces; now a note says so, with the step (the .npz records the weights' sha256)."""
+    from ddimlab import files
+
+    sample = ["sample", "--checkpoint", str(trained), "--n", "2", "--steps", "2", "--no-progress", "--out"]
+    note = f"note: {trained} is still being trained (a train command holds it): these are the weights of its last " \
+           f"checkpoint, step 30; the next checkpoint replaces them"
+    with files.locked(trained / ".train.lock", busy="held"):       # as `train` holds it while it trains
+        assert cli.main([*sample, str(tmp_path / "a")]) == 0
+        assert note in capsys.readouterr().out
+        assert cli.main(["interpolate", "--checkpoint", str(trained / "ckpt.pt"), "--n", "2", "--steps", "2",
+                         "--no-progress", "--out", str(tmp_path / "i")]) == 0
+        assert note in capsys.readouterr().out
+    assert cli.main([*sample, str(tmp_path / "b")]) == 0             # the train command has finished
+    assert "still being trained" not in capsys.readouterr().out
