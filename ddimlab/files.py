@@ -92,7 +92,8 @@ class BusyError(FileExistsError):
 def locked(path, busy: str | None = None):
     """Hold an exclusive advisory lock on the file `path` (created if absent) for the `with` block, so
     that two processes writing the same outputs take turns (POSIX `fcntl.flock`; elsewhere no lock).
-    With `busy` (a message) it does not wait: a lock held elsewhere is a `BusyError(busy)`."""
+    With `busy` (a message) it waits at most a quarter of a second, the time `held` takes to look: a lock held
+    longer is a `BusyError(busy)`."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,10 +118,14 @@ def locked(path, busy: str | None = None):
     except OSError as e:                       # said of the folder: the lock file is only the first thing written there
         raise _cannot_write(path.parent, e) from None
     with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))
-        except BlockingIOError:
-            raise BusyError(busy) from None
+        for pause in (0.01, 0.04, 0.2, None) if busy else (None,):
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))
+                break
+            except BlockingIOError:
+                if pause is None:
+                    raise BusyError(busy) from None
+                time.sleep(pause)               # `held` in another process, looking
         try:
             yield
         finally:

@@ -77,3 +77,31 @@ def test_replaced_together_keeps_the_earlier_set_or_the_new_one_never_a_mix(tmp_
         atomic_write(csv, lambda f: f.write("new csv"), text=True)
         atomic_write(md, lambda f: f.write("new md"), text=True)
     assert state() == {"t.csv": "new csv", "t.md": "new md"}
+
+
+def test_a_busy_lock_waits_out_a_look_by_held_but_not_a_holder(tmp_path):
+    """`held` takes a shared lock for an instant to look; a `train` starting then (`locked(busy=...)`) waits that
+    instant out instead of calling the run busy. A lock held for good is still a BusyError, at once after the waits."""
+    import fcntl
+    import threading
+    import time
+
+    from ddimlab import files
+
+    lock = tmp_path / ".train.lock"
+    lock.touch()
+    looker = open(lock)
+    fcntl.flock(looker, fcntl.LOCK_SH | fcntl.LOCK_NB)           # a look in progress, let go 30 ms later
+    threading.Timer(0.03, fcntl.flock, (looker, fcntl.LOCK_UN)).start()
+    with files.locked(lock, busy="busy"):
+        assert files.held(lock)                                    # (another open file of this process counts)
+    looker.close()
+    holder = open(lock)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    t0 = time.monotonic()
+    with pytest.raises(files.BusyError, match="busy"):
+        with files.locked(lock, busy="busy"):
+            pass
+    assert time.monotonic() - t0 < 2
+    assert files.held(lock) is True
+    holder.close()
