@@ -153,6 +153,14 @@ def test_slerp_check_fails_for_wrong_formulas(wrong):
 def test_sample_convenience():
     x = samplers.sample(EPS, (7, 2), AB, S=20, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     assert x.shape == (7, 2) and x.dtype == torch.float64 and bool(torch.isfinite(x).all())
+    # what it runs: DDIM from x_T ~ N(0, I) drawn first from the generator, on the uniform grid of S steps
+    g = torch.Generator().manual_seed(0)
+    x_T = torch.randn(7, 2, generator=g, dtype=torch.float64)
+    assert torch.equal(x, samplers.ddim_sample(EPS, x_T, AB, schedule.timesteps(20, 1000, "uniform")))
+    y = samplers.sample(EPS, (7, 2), AB, S=20, eta=0.5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    x_T = torch.randn(7, 2, generator=g, dtype=torch.float64)
+    assert torch.equal(y, samplers.ddim_sample(EPS, x_T, AB, schedule.timesteps(20, 1000), eta=0.5, generator=g))
 
 
 def test_sample_warns_when_its_first_step_is_not_pure_noise():
