@@ -18,7 +18,7 @@ import torch
 from scipy import stats
 
 from ddimlab.elbo import decoder_nll, elbo_terms, gamma_t, l_simple, model_variance, posterior_kl, prior_kl
-from ddimlab.gaussian import linear_gaussian_posterior
+from ddimlab.gaussian import kl_normal, linear_gaussian_posterior, log_normal
 from ddimlab.schedule import beta_schedule, make_alpha_bar
 
 Z = 5.0
@@ -83,25 +83,89 @@ def exact_elbo_1d(ab, x0, m, s, variance, scale, shift):
     return log_p, kl
 
 
+SHORT_AB = torch.cumprod(1 - torch.linspace(0.02, 0.4, 8, dtype=F64), 0)   # short schedule: exact matrices
+SHORT_M, SHORT_S, SHORT_X0 = np.array([0.3, -0.2, 0.0]), 0.5, torch.tensor([0.9, -0.1, -1.4], dtype=F64)
+
+
+def exact_elbo(variance, scale, shift):
+    """(log p_θ(x0), KL(q(x_{0:T−1}|x0) ‖ p_θ(x_{0:T−1}|x0))) for SHORT_X0, summed over its coordinates."""
+    log_p, kl = zip(*[exact_elbo_1d(SHORT_AB, float(SHORT_X0[j]), SHORT_M[j], SHORT_S, variance, scale, shift)
+                      for j in range(3)])
+    return sum(log_p), sum(kl)
+
+
+def elbo_identity_miss(variance, scale, shift, N=20_000):
+    """|Monte Carlo ELBO − (log p_θ(x0) − KL)| in standard errors, and (estimate, se)."""
+    log_p, kl = exact_elbo(variance, scale, shift)
+    out = elbo_terms(affine_eps(SHORT_AB, SHORT_M, SHORT_S, scale, shift), SHORT_X0.expand(N, 3), SHORT_AB,
+                     variance=variance, decoder="gaussian", generator=torch.Generator().manual_seed(0))
+    est, se = out["elbo"].mean().item(), out["elbo"].std().item() / math.sqrt(N)
+    return abs(est - (log_p - kl)) / se, est, se
+
+
 @pytest.mark.parametrize("variance,scale,shift", [("small", 1.0, 0.0), ("large", 1.0, 0.0), ("small", 0.8, 0.1)])
 def test_elbo_equals_log_likelihood_minus_path_posterior_kl(variance, scale, shift):
-    ab = torch.cumprod(1 - torch.linspace(0.02, 0.4, 8, dtype=F64), 0)   # short schedule: exact matrices
-    m, s = np.array([0.3, -0.2, 0.0]), 0.5
-    x0 = torch.tensor([0.9, -0.1, -1.4], dtype=F64)
-    log_p, kl = zip(*[exact_elbo_1d(ab, float(x0[j]), m[j], s, variance, scale, shift) for j in range(3)])
-    log_p, kl = sum(log_p), sum(kl)
+    ab, m, s, x0 = SHORT_AB, SHORT_M, SHORT_S, SHORT_X0
+    log_p, kl = exact_elbo(variance, scale, shift)
     assert kl > 0
-    N = 20_000
-    gen = torch.Generator().manual_seed(0)
-    out = elbo_terms(affine_eps(ab, m, s, scale, shift), x0.expand(N, 3), ab, variance=variance,
-                     decoder="gaussian", generator=gen)
-    est, se = out["elbo"].mean().item(), out["elbo"].std().item() / math.sqrt(N)
-    assert abs(est - (log_p - kl)) < Z * se, (est, log_p - kl, se)
+    miss, est, se = elbo_identity_miss(variance, scale, shift)
+    assert miss < Z, (est, log_p - kl, se)
     assert est < log_p + Z * se                              # ELBO ≤ log p_θ(x0)
+    gen = torch.Generator().manual_seed(0)
     # n_mc averages draws inside: same expectation, smaller spread per row
     out2 = elbo_terms(affine_eps(ab, m, s, scale, shift), x0.expand(200, 3), ab, variance=variance,
                       decoder="gaussian", n_mc=50, generator=gen)
     assert abs(out2["elbo"].mean().item() - (log_p - kl)) < Z * out2["elbo"].std().item() / math.sqrt(200)
+
+
+def _kl_reversed(x0, x_t, eps_pred, alpha_bar, t, variance="small"):
+    """L_{t−1} as KL(p_θ ‖ q) instead of KL(q ‖ p_θ) (equal for σ² = β̃, where both variances are β̃)."""
+    from ddimlab.diffusion import posterior_mean, posterior_variance, predict_x0
+    a_t, a_s = float(alpha_bar[t]), float(alpha_bar[t - 1])
+    mean_q, mean_p = posterior_mean(x0, x_t, a_t, a_s), posterior_mean(predict_x0(x_t, eps_pred, a_t), x_t, a_t, a_s)
+    return kl_normal(mean_p, float(model_variance(alpha_bar, variance)[t]), mean_q, float(posterior_variance(a_t, a_s))).sum(1)
+
+
+def _decoder_with_step_1_variance(x0, x_t, eps_pred, alpha_bar, variance="small", decoder="gaussian"):
+    """L_0 with σ_1² where σ_0² belongs (the same for "small", whose σ_0² is β̃_1 by convention)."""
+    from ddimlab.diffusion import predict_x0
+    return -log_normal(x0, predict_x0(x_t, eps_pred, float(alpha_bar[0])), float(model_variance(alpha_bar, variance)[1])).sum(1)
+
+
+ELBO_MUTANTS = {
+    "L_{t-1} as KL(p_theta || q)": ("posterior_kl", _kl_reversed, "large"),
+    "L_{t-1} of step t-1 at step t": ("posterior_kl", lambda x0, x_t, e, ab, t, v="small":
+                                      posterior_kl(x0, x_t, e, ab, max(t - 1, 1), v), "small"),
+    "decoder with the variance of step 1": ("decoder_nll", _decoder_with_step_1_variance, "large"),
+}
+
+
+@pytest.mark.parametrize("name", ELBO_MUTANTS)
+def test_elbo_identity_check_fails_for_mutant(name):
+    """The identity check above, with one term of `elbo_terms` replaced by a wrong formula."""
+    from unittest import mock
+
+    from ddimlab import elbo
+    attr, wrong, variance = ELBO_MUTANTS[name]
+    with mock.patch.object(elbo, attr, wrong):
+        assert elbo_identity_miss(variance, 1.0, 0.0)[0] > 10 * Z
+
+
+def test_prior_kl_matches_torch_distributions():
+    """L_T = KL(N(√ᾱ_{T−1} x0, (1−ᾱ_{T−1}) I) ‖ N(0, I)) against torch.distributions on the short schedule, where
+    ᾱ_{T−1} = 0.14 makes L_T large (the identity check above cannot resolve an error in it: the term is exact while the
+    others carry the Monte Carlo noise, and on DDPM's schedule, ᾱ_{T−1} = 4e-5, it is 1e-4 nats per unit of x0²);
+    and the same comparison fails for wrong formulas."""
+    from torch.distributions import Normal, kl_divergence
+    x0 = torch.tensor([[0.9, -0.1, -1.4], [2.0, 0.0, -0.5]], dtype=F64)
+    a = float(SHORT_AB[-1])
+    ref = kl_divergence(Normal(math.sqrt(a) * x0, math.sqrt(1 - a)), Normal(0.0, 1.0)).sum(1)
+    assert float((prior_kl(x0, SHORT_AB) - ref).abs().max()) < 1e-12
+    b = float(SHORT_AB[-2])
+    for wrong in (kl_normal(math.sqrt(a) * x0, math.sqrt(1 - a), 0.0, 1.0).sum(1),    # standard deviation for variance
+                  kl_normal(math.sqrt(b) * x0, 1 - b, 0.0, 1.0).sum(1),                # ᾱ_{T−2}, one step short
+                  kl_normal(0.0, 1.0, math.sqrt(a) * x0, 1 - a).sum(1)):               # KL(N(0, I) ‖ q)
+        assert float((wrong - ref).abs().max()) > 1e-2
 
 
 def true_reverse_gap(ab, m, s, variance):

@@ -73,6 +73,38 @@ def test_kl_mvn_matches_monte_carlo_and_diagonal_case():
         float(kl_normal(m1, v1, m2, v2).sum()), rel=1e-12)
 
 
+def _kl_mvn_miss(kl_fn) -> float:
+    """Largest |kl_fn − torch.distributions.kl_divergence| over a batch of random pairs in n = 1, 3, 5 (torch's own
+    closed form, a separate implementation: batched, through its scale_tril)."""
+    from torch.distributions import MultivariateNormal, kl_divergence
+    gen, worst = torch.Generator().manual_seed(12), 0.0
+    for n in (1, 3, 5):
+        S1 = torch.stack([random_spd(n, gen) for _ in range(4)])
+        S2 = torch.stack([random_spd(n, gen, 2.0) for _ in range(4)])
+        m1, m2 = torch.randn(4, n, generator=gen, dtype=torch.float64), torch.randn(4, n, generator=gen, dtype=torch.float64)
+        ref = kl_divergence(MultivariateNormal(m1, S1), MultivariateNormal(m2, S2))
+        worst = max(worst, float((kl_fn(m1, S1, m2, S2) - ref).abs().max()))
+    return worst
+
+
+def test_kl_mvn_matches_torch_distributions():
+    assert _kl_mvn_miss(kl_mvn) < 1e-10
+
+
+def _kl_mvn_trace_inverted(m1, S1, m2, S2):
+    """tr Σ₁⁻¹Σ₂ where tr Σ₂⁻¹Σ₁ belongs (the other terms right)."""
+    return kl_mvn(m1, S1, m2, S2) + 0.5 * (torch.linalg.solve(S1, S2) - torch.linalg.solve(S2, S1)).diagonal(
+        dim1=-2, dim2=-1).sum(-1)
+
+
+@pytest.mark.parametrize("wrong", [lambda m1, S1, m2, S2: kl_mvn(m2, S2, m1, S1),          # KL(q ‖ p)
+                                   _kl_mvn_trace_inverted,
+                                   lambda m1, S1, m2, S2: kl_mvn(m1, S1, m2, S2) + 0.5 * (   # log|Σ₂|/|Σ₁| without the ½
+                                       torch.logdet(S2) - torch.logdet(S1))])
+def test_kl_mvn_check_fails_for_wrong_formulas(wrong):
+    assert _kl_mvn_miss(wrong) > 1e-3
+
+
 def linear_model(gen, n=3, m=2):
     mu = torch.randn(n, generator=gen, dtype=torch.float64)
     Lambda_inv, L_inv = random_spd(n, gen), random_spd(m, gen, 0.5)

@@ -100,9 +100,67 @@ def test_slerp():
     torch.testing.assert_close(single, z0[0])
 
 
+def _slerp_miss(slerp_fn) -> float:
+    """Largest miss of slerp_fn against the geometry of the great circle, in numpy (independent of the weights'
+    formula): for z0, z1 of equal norm and angle θ, the point at λ lies in their plane, keeps their norm, and is at
+    angle λθ from z0 and (1 − λ)θ from z1 (constant angular speed, Shoemake 1985); for orthonormal e1, e2 it is
+    (cos λπ/2, sin λπ/2)."""
+    g = torch.Generator().manual_seed(10)
+    worst = 0.0
+
+    def angle(u, v):
+        return np.arccos(np.clip(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)), -1, 1))
+
+    for _ in range(5):
+        z0, z1 = torch.randn(2, 6, generator=g, dtype=torch.float64)
+        z1 = z1 * z0.norm() / z1.norm()
+        a, b = z0.numpy(), z1.numpy()
+        theta = angle(a, b)
+        basis, _ = np.linalg.qr(np.stack([a, b], 1))
+        for lam in (0.1, 0.25, 0.5, 0.8):
+            out = slerp_fn(z0[None], z1[None], lam)[0].numpy()
+            worst = max(worst, np.linalg.norm(out - basis @ (basis.T @ out)) / np.linalg.norm(a),
+                        abs(np.linalg.norm(out) / np.linalg.norm(a) - 1),
+                        abs(angle(a, out) - lam * theta), abs(angle(out, b) - (1 - lam) * theta))
+    e = torch.eye(2, dtype=torch.float64)
+    for lam in (0.3, 0.5, 0.9):
+        out = slerp_fn(e[:1], e[1:], lam)[0].numpy()
+        worst = max(worst, float(np.abs(out - [math.cos(lam * math.pi / 2), math.sin(lam * math.pi / 2)]).max()))
+    return worst
+
+
+def _nlerp(z0, z1, lam):
+    """Normalised linear interpolation at the endpoints' norm: on the circle, but not at constant angular speed."""
+    mid = (1 - lam) * z0 + lam * z1
+    return mid / mid.norm(dim=1, keepdim=True) * z0.norm(dim=1, keepdim=True)
+
+
+def _slerp_weights_swapped(z0, z1, lam):
+    theta = torch.arccos((z0 * z1).sum(1, keepdim=True) / (z0.norm(dim=1, keepdim=True) * z1.norm(dim=1, keepdim=True)))
+    return (torch.sin(lam * theta) * z0 + torch.sin((1 - lam) * theta) * z1) / torch.sin(theta)
+
+
+def test_slerp_follows_the_great_circle():
+    assert _slerp_miss(samplers.slerp) < 1e-12
+
+
+@pytest.mark.parametrize("wrong", [_nlerp, _slerp_weights_swapped,
+                                   lambda z0, z1, lam: (1 - lam) * z0 + lam * z1])     # plain lerp
+def test_slerp_check_fails_for_wrong_formulas(wrong):
+    assert _slerp_miss(wrong) > 1e-3
+
+
 def test_sample_convenience():
     x = samplers.sample(EPS, (7, 2), AB, S=20, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     assert x.shape == (7, 2) and x.dtype == torch.float64 and bool(torch.isfinite(x).all())
+    # what it runs: DDIM from x_T ~ N(0, I) drawn first from the generator, on the uniform grid of S steps
+    g = torch.Generator().manual_seed(0)
+    x_T = torch.randn(7, 2, generator=g, dtype=torch.float64)
+    assert torch.equal(x, samplers.ddim_sample(EPS, x_T, AB, schedule.timesteps(20, 1000, "uniform")))
+    y = samplers.sample(EPS, (7, 2), AB, S=20, eta=0.5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    x_T = torch.randn(7, 2, generator=g, dtype=torch.float64)
+    assert torch.equal(y, samplers.ddim_sample(EPS, x_T, AB, schedule.timesteps(20, 1000), eta=0.5, generator=g))
 
 
 def test_sample_warns_when_its_first_step_is_not_pure_noise():

@@ -66,10 +66,31 @@ def test_cosine_alpha_bar_matches_closed_form():
     assert float(beta_schedule("cosine", T)[-1]) == pytest.approx(0.999)
 
 
-def test_snr_and_sigma():
-    ab = make_alpha_bar("linear", 10)
-    torch.testing.assert_close(sigma_of(ab) ** 2, 1 / snr(ab))
-    torch.testing.assert_close(alpha_bar(beta_schedule("linear", 10)), ab)
+def _snr_sigma_miss(snr_fn, sigma_fn) -> float:
+    """Largest relative miss of snr_fn and sigma_fn against their definitions read off the forward process itself
+    (`diffusion.q_sample`, checked by Monte Carlo in test_diffusion), not the formulas: x_t = c_x x_0 + c_ε ε, so
+    SNR = (c_x / c_ε)² (signal over noise variance, VDM §2), and x̄ = x_t/c_x = x_0 + σ ε (DDIM §4.3), so σ = c_ε / c_x."""
+    from ddimlab.diffusion import q_sample
+    ab = make_alpha_bar("linear", 1000)[[0, 10, 300, 999]]
+    one, zero = torch.ones(4, 1, dtype=torch.float64), torch.zeros(4, 1, dtype=torch.float64)
+    c_x, c_eps = q_sample(one, ab, zero)[:, 0], q_sample(zero, ab, one)[:, 0]
+    return max(float(((snr_fn(ab) - (c_x / c_eps) ** 2) / (c_x / c_eps) ** 2).abs().max()),
+               float(((sigma_fn(ab) - c_eps / c_x) / (c_eps / c_x)).abs().max()))
+
+
+def test_snr_and_sigma_are_read_off_the_forward_process():
+    assert _snr_sigma_miss(snr, sigma_of) < 1e-12
+    torch.testing.assert_close(alpha_bar(beta_schedule("linear", 10)), make_alpha_bar("linear", 10))
+
+
+@pytest.mark.parametrize("wrong", [
+    (lambda a: (1 - a) / a, sigma_of),                          # SNR upside down
+    (snr, lambda a: (1 - a) / a),                               # σ without its square root
+    (snr, lambda a: torch.sqrt(a / (1 - a))),                   # σ upside down (√SNR)
+    (snr, lambda a: torch.sqrt(1 - a)),                         # σ as the noise coefficient of x_t, not of x̄
+])
+def test_snr_and_sigma_check_fails_for_wrong_formulas(wrong):
+    assert _snr_sigma_miss(*wrong) > 1e-3
 
 
 def official_uniform(S, T):
