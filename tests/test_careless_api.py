@@ -1823,6 +1823,8 @@ def test_api_round_22_audit_index_and_distinct_checks():
     with pytest.raises(ValueError, match="eta = 0.5 is listed twice"):
         check_distinct([torch.tensor(0.5), torch.tensor(0.25), torch.tensor(0.5)], "eta")
     check_distinct([torch.tensor(0.5), torch.tensor(0.25)], "eta")
+    with pytest.raises(ValueError, match=r"S = 1 is listed twice \(as \[1, 2, 1\]\)"):
+        check_distinct(iter([1, 2, 1]), "S")                              # an iterator is read once
     with pytest.raises(ValueError, match=r"x = 0 is listed twice \(as \[0, 1, .*, 18, 0\]\)"):
         check_distinct(list(range(19)) + [0], "x")                        # 20 values: listed
     with pytest.raises(ValueError, match=r"x = 0 is listed twice \(as 21 values\)"):
