@@ -2589,3 +2589,21 @@ def test_twentythird_round_audit_an_older_but_equal_config_json_is_not_rewritten
     os.utime(run / "config.json", ns=(t - 10 ** 9, t - 10 ** 9))
     assert cli.main(["train", "--resume", "--out", str(run), "--no-progress", "--set", "steps=31"]) == 0
     assert "held an earlier checkpoint's settings" not in capsys.readouterr().out
+
+
+def test_twentythird_round_audit_a_broken_config_json_is_called_edited_not_stale(trained, tmp_path, capsys):
+    """Mutation audit: a config.json that is no longer JSON (a hand edit gone wrong, newer than ckpt.pt) is warned about
+    as edited, not taken for a stale copy and rewritten; one that is absent is neither (the next checkpoint writes it)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (run / "config.json").write_text('{"steps": 40,')
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert cli.main(["train", "--resume", "--out", str(run), "--no-progress", "--set", "steps=31"]) == 0
+    out, err = capsys.readouterr()
+    assert "config.json differs from the checkpoint's settings in all (it is not the JSON object it was)" in err, err
+    assert "held an earlier checkpoint's settings" not in out, out
+    (run / "config.json").unlink()
+    assert cli.main(["train", "--resume", "--out", str(run), "--no-progress", "--set", "steps=32"]) == 0
+    assert "held an earlier checkpoint's settings" not in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["steps"] == 32
