@@ -1812,3 +1812,39 @@ def test_api_round_22_complex_betas_are_refused():
         with pytest.raises(TypeError, match="betas must be real numbers"):
             schedule.alpha_bar(betas)
     assert schedule.alpha_bar([0.1, 0.2]).tolist() == pytest.approx([0.9, 0.72], rel=1e-15)
+
+
+def test_api_round_22_audit_index_and_distinct_checks():
+    """Mutation audit of round 22's checks: check_distinct pairs tensors (a set would hash them by identity and miss
+    a repeat), shows a list of up to 20 values and the count beyond; _generators makes each index a Python int before
+    the repeat check (a tensor of indices is named as numbers, and hashed: linear time), and a bool is not an index."""
+    from ddimlab.checks import check_distinct
+
+    with pytest.raises(ValueError, match="eta = 0.5 is listed twice"):
+        check_distinct([torch.tensor(0.5), torch.tensor(0.25), torch.tensor(0.5)], "eta")
+    check_distinct([torch.tensor(0.5), torch.tensor(0.25)], "eta")
+    with pytest.raises(ValueError, match=r"S = 1 is listed twice \(as \[1, 2, 1\]\)"):
+        check_distinct(iter([1, 2, 1]), "S")                              # an iterator is read once
+    with pytest.raises(ValueError, match=r"x = 0 is listed twice \(as \[0, 1, .*, 18, 0\]\)"):
+        check_distinct(list(range(19)) + [0], "x")                        # 20 values: listed
+    with pytest.raises(ValueError, match=r"x = 0 is listed twice \(as 21 values\)"):
+        check_distinct(list(range(20)) + [0], "x")
+    with pytest.raises(ValueError, match=r"index = 5 is listed twice \(as \[5, 5\]\)"):
+        generate.latents(0, torch.tensor([5, 5]), (1, 2, 2))
+    with pytest.raises(ValueError, match="index must be a non-negative integer, got True"):
+        generate.latents(0, [1, True], (1, 2, 2))
+
+
+def test_api_round_22_audit_warn_out_of_range_wants_a_1d_float_tensor():
+    """Mutation audit: warn_out_of_range's check refuses a 2-D or an integer tensor, not only a list."""
+    for rms, shown in ((torch.tensor([[1.0, 30.0]]), r"\(torch.float32, \(1, 2\)\)"),
+                       (torch.tensor([1, 30]), r"\(torch.int64, \(2,\)\)")):
+        with pytest.raises(TypeError, match="rms must be a 1-D float tensor of each sample's RMS, got " + shown):
+            generate.warn_out_of_range(rms, AB, [999])
+
+
+def test_api_round_22_audit_karras_rho_limit_is_1e4():
+    """Mutation audit: rho just above MAX_RHO = 1e4 is refused (rho = 1e6 alone did not pin the limit)."""
+    assert ode.MAX_RHO == 1e4
+    with pytest.raises(ValueError, match=r"rho must be a finite number >= 1 and <= 10000 \("):
+        ode.karras_timesteps(5, AB, rho=1.0001e4)

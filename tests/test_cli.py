@@ -2502,7 +2502,7 @@ def test_twentythird_round_a_usage_error_is_two_lines_and_no_option_is_a_prefix(
         r = _run(*argv)
         lines = r.stderr.strip().splitlines()
         command = f"python -m ddimlab{' ' + argv[0] if argv[0] != 'smaple' else ''}"
-        assert r.returncode == 2 and len(lines) == 2 and "usage:" not in r.stderr, (argv, r.stderr)
+        assert r.returncode == 2 and len(lines) == 2 and "usage:" not in r.stderr and not r.stdout, (argv, r.stderr, r.stdout)
         assert lines[0] == f"{command}: error: {lines[0].partition(': error: ')[2]}" and needle in lines[0], (argv, r.stderr)
         assert lines[1] == f"(`{command} --help` lists the {'commands' if argv[0] == 'smaple' else 'options'})", lines
     before = {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()}
@@ -2560,3 +2560,50 @@ def test_twentythird_round_sampling_a_run_still_in_training_says_which_checkpoin
         assert note in capsys.readouterr().out
     assert cli.main([*sample, str(tmp_path / "b")]) == 0             # the train command has finished
     assert "still being trained" not in capsys.readouterr().out
+
+
+def test_twentythird_round_audit_the_training_note_in_reproduce_and_only_for_runs(trained, tmp_path, capsys):
+    """Mutation audit: `reproduce` says the note too (its own call), and a checkpoint that is not a ddimlab run (a
+    diffusers folder, no step) gets none even where a held .train.lock lies beside it."""
+    from ddimlab import files
+
+    net, _ = checkpoint.load_model(trained)
+    pipe = checkpoint.save_diffusers_folder(net, tmp_path / "d", schedule.make_alpha_bar())
+    with files.locked(trained / ".train.lock", busy="held"), files.locked(pipe / ".train.lock", busy="held"):
+        assert cli.main(["reproduce", "table2", "--checkpoint", str(trained), "--n-images", "2", "--steps", "2",
+                         "--no-progress", "--out", str(tmp_path / "t2")]) == 0
+        assert f"note: {trained} is still being trained" in capsys.readouterr().out
+        assert cli.main(["sample", "--checkpoint", str(pipe), "--n", "2", "--steps", "2", "--no-progress",
+                         "--out", str(tmp_path / "s")]) == 0
+        assert "still being trained" not in capsys.readouterr().out
+
+
+def test_twentythird_round_audit_an_older_but_equal_config_json_is_not_rewritten(trained, tmp_path, capsys):
+    """Mutation audit: config.json older than ckpt.pt (a `cp -r` without -p can copy it first) but with ckpt.pt's
+    settings is not stale: the resume says nothing of an earlier checkpoint's settings and does not rewrite it."""
+    import os
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    t = (run / "ckpt.pt").stat().st_mtime_ns
+    os.utime(run / "config.json", ns=(t - 10 ** 9, t - 10 ** 9))
+    assert cli.main(["train", "--resume", "--out", str(run), "--no-progress", "--set", "steps=31"]) == 0
+    assert "held an earlier checkpoint's settings" not in capsys.readouterr().out
+
+
+def test_twentythird_round_audit_a_broken_config_json_is_called_edited_not_stale(trained, tmp_path, capsys):
+    """Mutation audit: a config.json that is no longer JSON (a hand edit gone wrong, newer than ckpt.pt) is warned about
+    as edited, not taken for a stale copy and rewritten; one that is absent is neither (the next checkpoint writes it)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (run / "config.json").write_text('{"steps": 40,')
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert cli.main(["train", "--resume", "--out", str(run), "--no-progress", "--set", "steps=31"]) == 0
+    out, err = capsys.readouterr()
+    assert "config.json differs from the checkpoint's settings in all (it is not the JSON object it was)" in err, err
+    assert "held an earlier checkpoint's settings" not in out, out
+    (run / "config.json").unlink()
+    assert cli.main(["train", "--resume", "--out", str(run), "--no-progress", "--set", "steps=32"]) == 0
+    assert "held an earlier checkpoint's settings" not in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["steps"] == 32

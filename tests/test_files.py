@@ -105,3 +105,11 @@ def test_a_busy_lock_waits_out_a_look_by_held_but_not_a_holder(tmp_path):
     assert time.monotonic() - t0 < 2
     assert files.held(lock) is True
     holder.close()
+
+
+def test_held_is_false_for_a_lock_file_that_is_not_there(tmp_path):
+    """Mutation audit: `held` of a missing lock file (a run copied without it, a checkpoint file elsewhere) is False,
+    not FileNotFoundError, and it creates nothing."""
+    from ddimlab import files
+
+    assert files.held(tmp_path / "absent" / ".train.lock") is False and not list(tmp_path.iterdir())

@@ -264,6 +264,18 @@ def test_the_eta_check_names_the_first_step_that_breaks_the_rule(eta):
     assert pairs == list(zip(ts, ts[1:] + [-1])) and a == [(float(ab[t]), float(ab[s])) for t, s in pairs]
 
 
+def test_the_eta_check_passes_eta_1_on_every_grid_and_an_empty_one():
+    """Mutation audit: η = 1 (σ² = 1 − ᾱ_s − (1 − ᾱ_t) ᾱ_s/ᾱ_t ... at most 1 − ᾱ_s) passes on every step; the whole-grid
+    check is in float64 (in float32 the cosine schedule's 2-step linspace grid failed at η = 1 by rounding, with no step
+    to name). An empty grid has no pairs."""
+    for name in ("linear", "cosine"):
+        ab = schedule.make_alpha_bar(name, 1000)
+        for S in (2, 10, 100, 1000):
+            for spacing in ("uniform", "linspace", "trailing"):
+                samplers.check_eta_steps(ab, schedule.timesteps(S, 1000, spacing), 1.0)
+    assert samplers.check_eta_steps(AB, torch.tensor([], dtype=torch.long), 1.0) == ([], [])
+
+
 def test_noise_sampler_replaces_the_generator_and_callback_sees_every_step():
     x_T, seq = _xT(5), schedule.timesteps(10, 1000)
     g = torch.Generator().manual_seed(9)

@@ -189,6 +189,20 @@ def test_alpha_bar_at_of_one_int_step_is_a_copy_of_the_table_entry():
             schedule.alpha_bar_at(ab, t)
 
 
+def test_alpha_bar_at_of_an_int_step_does_not_take_the_tensor_path(monkeypatch):
+    """Mutation audit: the int fast path is taken (the tensor path, `as_steps`, is not called for an int in -1..T-1),
+    and only for those: a step outside, a bool or a tensor still goes through the tensor path's checks."""
+    ab = schedule.make_alpha_bar("linear", 10)
+    real, calls = schedule.as_steps, []
+    monkeypatch.setattr(schedule, "as_steps", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    assert [float(schedule.alpha_bar_at(ab, t)) for t in (-1, 0, 9)] == [1.0, float(ab[0]), float(ab[9])] and not calls
+    for t in (10, True):
+        with pytest.raises(ValueError):
+            schedule.alpha_bar_at(ab, t)
+    schedule.alpha_bar_at(ab, torch.tensor(3))
+    assert len(calls) == 3
+
+
 def test_alpha_bar_at_refuses_steps_outside_the_table():
     """Issue #12 case 9: alpha_bar_at(ab, -2) used to return a value from the wrong end of the table."""
     ab = schedule.make_alpha_bar("linear", 10)
