@@ -2,12 +2,13 @@
 check, a stdout whose reader has gone (the `trained` fixture, a tiny run trained once per module, is in conftest.py)."""
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
 import sys
 
-from ddimlab import cli
+from ddimlab import cli, lab
 
 TINY = ["resolution=8", "ch=16", "ch_mult=1,2", "attn_resolutions=", "num_groups=8", "dropout=0",
         "batch_size=32", "steps=30", "lr=2e-3", "warmup=5", "log_every=10", "n_samples=4", "sample_steps=5",
@@ -22,6 +23,15 @@ def _run(*args, env=None, timeout=300):
     """`python -m ddimlab ARGS` in a subprocess, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "ddimlab", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "DDIMLAB_DEBUG": "", **(env or {})})
+
+
+def small_lab_tables(monkeypatch):
+    """`lab` and `demo --skip-train` draw their tables on S = 10 and 20 only (the image-like one on S = 10), not on
+    `lab.S_LIST`'s 10..1000 with its ODE reference per S: for the tests of files, locks and messages, which read no
+    number of the tables (test_lab.py checks the full default tables, S = 1000 included). An `lab` at --n 8 took 3 to
+    4 s, nearly all on S = 50, 100 and 1000."""
+    monkeypatch.setattr(lab, "table1", functools.partial(lab.table1, S_list=(10, 20)))     # the image table's own
+    monkeypatch.setattr(lab, "IMAGE_S_LIST", (10,))                                        # S_list= overrides it
 
 
 def _expect_one_line_error(capsys, argv, *needles):

@@ -11,7 +11,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import torch
-from cli_support import TINY, GoneReader, _expect_one_line_error, _run, _sets, signal_at_call
+from cli_support import TINY, GoneReader, _expect_one_line_error, _run, _sets, signal_at_call, small_lab_tables
 
 from ddimlab import checkpoint, cli, ode, plotting, quality, schedule
 from ddimlab.checkpoint import eps_fn
@@ -824,6 +824,7 @@ def test_fifth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
         one_line_error([*table2, "--out", str(tmp_path / "t2")], "in use by another `reproduce table2`")
     monkeypatch.undo()
     # `lab` replaced an earlier run's table and left its 1024-D figure beside a table without it
+    small_lab_tables(monkeypatch)
     lab_run = ["lab", "--n", "8", "--out", str(tmp_path / "lab"), "--no-progress"]
     assert cli.main([*lab_run, "--image-d", "4", "--image-n", "8"]) == 0 and (tmp_path / "lab" / "table1_d4.png").exists()
     capsys.readouterr()
@@ -880,6 +881,7 @@ def test_sixth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
 
     # `demo` replaced an earlier demo's tables and figures without asking; --skip-train ignored --n and --train-steps
     monkeypatch.setattr(demo, "LAB", dict(n=8, image_d=4, image_n=8))
+    small_lab_tables(monkeypatch)
     out = tmp_path / "demo"
     assert cli.main(["demo", "--skip-train", "--out", str(out), "--no-progress"]) == 0
     table = (out / "table1.txt").read_bytes()
@@ -973,6 +975,7 @@ def test_seventh_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     # `demo --overwrite` deleted table1_d0004.png and table1_d٤.png (any digits matched), which the lab never writes,
     # and with --skip-train the digits_samplers.png it does not write either
     monkeypatch.setattr(demo, "LAB", dict(n=8, image_d=0, image_n=8))
+    small_lab_tables(monkeypatch)
     out = tmp_path / "demo"
     assert cli.main(["demo", "--skip-train", "--out", str(out), "--no-progress"]) == 0
     mine = ("table1_d0004.png", "table1_d\u0664.png", "digits_samplers.png")
@@ -1148,6 +1151,7 @@ def test_ninth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     # `lab --overwrite` stopped midway left the new table1.png beside the old table1_d4.png and table1.txt; since the
     # twelfth round the earlier run's files are put back as they were
     from ddimlab import lab
+    small_lab_tables(monkeypatch)
     lab_run = ["lab", "--n", "8", "--image-n", "8", "--image-d", "4", "--out", str(tmp_path / "lab"), "--no-progress"]
     assert cli.main(lab_run) == 0
     before = {p.name: p.read_bytes() for p in (tmp_path / "lab").iterdir() if not p.name.startswith(".")}
@@ -1725,6 +1729,7 @@ def test_fifteenth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch)
     assert cli.main(["train", "--out", str(ow), "--overwrite", "--no-progress", *tiny, "--set", "seed=3"]) == 0
     monkeypatch.setattr(sys, "stderr", None)           # 2>&-
     assert cli.main(["train", "--out", str(ow), "--overwrite", *tiny, "--set", "seed=4"]) == 0
+    small_lab_tables(monkeypatch)
     assert cli.main(["lab", "--n", "8", "--image-d", "0", "--out", str(tmp_path / "lab"), "--no-progress"]) == 0
     monkeypatch.undo()
     assert checkpoint.load_checkpoint(ow / "ckpt.pt")["config"]["seed"] == 4

@@ -23,38 +23,65 @@ def _notebook(cells):
                       for k, (src, out) in enumerate(cells)]}
 
 
-def _run_nbval(tmp_path, cells):
-    """{cell number: passed / failed} of `pytest --nbval` with the project's notebooks/conftest.py, and its output."""
+def _run_nbval(tmp_path, notebooks):
+    """{name: ({cell number: passed / failed}, output)} of one `pytest --nbval` over the notebooks {name: cells} with the
+    project's notebooks/conftest.py (one process for all: each started its own pytest and a kernel, 4 s of the 6 s of
+    each test). A notebook's output is its own lines (its failures, warnings and results) and the lines that name no
+    notebook (the session's header and totals); its other-weights state is its own (conftest.py keeps it on the
+    notebook), as in `make test`, which runs many notebooks in one process."""
     shutil.copy(ROOT / "notebooks" / "conftest.py", tmp_path / "conftest.py")
-    (tmp_path / "t.ipynb").write_text(json.dumps(_notebook(cells)))
-    result = subprocess.run([sys.executable, "-m", "pytest", "--nbval", "t.ipynb", "-p", "no:cacheprovider", "-rA",
-                             "-o", "addopts="], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    outcome = {}
+    for name, cells in notebooks.items():
+        (tmp_path / f"{name}.ipynb").write_text(json.dumps(_notebook(cells)))
+    result = subprocess.run([sys.executable, "-m", "pytest", "--nbval", *(f"{name}.ipynb" for name in notebooks),
+                             "-p", "no:cacheprovider", "-rA", "-o", "addopts="], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    runs = {name: ({}, []) for name in notebooks}
+    owner = None
     for line in result.stdout.splitlines():
+        named = [name for name in notebooks if f"{name}.ipynb::" in line]
+        if named:
+            owner = named[0]
+        elif line.startswith("="):                      # a section's header: its lines name their notebook again
+            owner = None
+        for name, (outcome, lines) in runs.items():
+            if owner in (None, name):
+                lines.append(line)
         for word in ("PASSED", "FAILED"):
-            if line.startswith(word) and "::Cell " in line:
-                outcome[int(line.split("::Cell ")[1].split()[0])] = word.lower()
-    return outcome, result.stdout
+            if named and line.startswith(word) and "::Cell " in line:
+                runs[owner][0][int(line.split("::Cell ")[1].split()[0])] = word.lower()
+    return {name: (outcome, "\n".join(lines)) for name, (outcome, lines) in runs.items()}
+
+
+@pytest.fixture(scope="module")
+def nbval_runs(tmp_path_factory):
+    """The three notebooks of the tests below, run by one nbval; {name: (outcome, output, weights lines)}."""
+    here = nb.weights_line(torch.nn.Linear(2, 2))
+    other = nb.weights_line(torch.nn.Linear(3, 3))
+    model = "weights' sha256 0123456789ab"
+    here_c, other_c = f"{model}, classifiers' 0123456789ab", f"{model}, classifiers' ba9876543210"
+    notebooks = {
+        "foreign": [('print("before")', "BEFORE\n"),                        # before the line: compared, differs
+                    (f'print("{here}")', other + "\n"),                      # this machine's weights are not the committed ones
+                    ("print(2)", "3\n"),                                      # after it: not compared
+                    ('raise AssertionError("check failed: x")', "check: x\n")],   # a failing check still fails
+        "committed": [(f'print("{here}")', here + "\n"), ("print(2)", "3\n"), ("print(4)", "4\n")],
+        "classifier": [(f'print("{here_c}")', other_c + "\n"), ("print(2)", "3\n")]}
+    runs = _run_nbval(tmp_path_factory.mktemp("nbval"), notebooks)
+    lines = {"foreign": (here, other), "committed": (here, here), "classifier": (here_c, other_c)}
+    return {name: (*runs[name], lines[name]) for name in notebooks}
 
 
 @pytest.mark.slow
-def test_cells_after_a_foreign_weights_line_run_but_are_not_compared(tmp_path):
-    here = nb.weights_line(torch.nn.Linear(2, 2))
-    other = nb.weights_line(torch.nn.Linear(3, 3))
+def test_cells_after_a_foreign_weights_line_run_but_are_not_compared(nbval_runs):
+    outcome, out, (here, other) = nbval_runs["foreign"]
     assert here != other and nb.WEIGHTS_LINE.fullmatch(here)
-    cells = [('print("before")', "BEFORE\n"),                        # before the line: compared, differs
-             (f'print("{here}")', other + "\n"),                      # this machine's weights are not the committed ones
-             ("print(2)", "3\n"),                                      # after it: not compared
-             ('raise AssertionError("check failed: x")', "check: x\n")]   # a failing check still fails
-    outcome, out = _run_nbval(tmp_path, cells)
     assert outcome == {0: "failed", 1: "passed", 2: "passed", 3: "failed"}, out
     assert "other weights" in out and here.split()[-1] in out and other.split()[-1] in out
 
 
 @pytest.mark.slow
-def test_cells_after_the_committed_weights_line_are_compared(tmp_path):
-    here = nb.weights_line(torch.nn.Linear(2, 2))
-    outcome, out = _run_nbval(tmp_path, [(f'print("{here}")', here + "\n"), ("print(2)", "3\n"), ("print(4)", "4\n")])
+def test_cells_after_the_committed_weights_line_are_compared(nbval_runs):
+    outcome, out, _ = nbval_runs["committed"]
     assert outcome == {0: "passed", 1: "failed", 2: "passed"}, out
     assert "other weights" not in out
 
@@ -82,9 +109,7 @@ def test_the_weights_line_names_the_classifiers_that_score_the_samples(monkeypat
 
 
 @pytest.mark.slow
-def test_cells_after_a_line_with_another_classifier_are_not_compared(tmp_path):
-    model = "weights' sha256 0123456789ab"
-    here, other = f"{model}, classifiers' 0123456789ab", f"{model}, classifiers' ba9876543210"
+def test_cells_after_a_line_with_another_classifier_are_not_compared(nbval_runs):
+    outcome, out, (here, other) = nbval_runs["classifier"]
     assert nb.WEIGHTS_LINE.fullmatch(here) and nb.WEIGHTS_LINE.fullmatch(other)
-    outcome, out = _run_nbval(tmp_path, [(f'print("{here}")', other + "\n"), ("print(2)", "3\n")])
     assert outcome == {0: "passed", 1: "passed"}, out
