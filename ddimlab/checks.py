@@ -69,6 +69,12 @@ def check_numbers(name: str, v):
     return v
 
 
+def is_complex(v) -> bool:
+    """Whether `v` (a tensor, an array, a list or a number) holds complex numbers, whose imaginary part a cast to float
+    would drop without a word (numpy and torch warn at most)."""
+    return v.is_complex() if isinstance(v, torch.Tensor) else bool(np.iscomplexobj(v))
+
+
 def as_real(v) -> float | None:
     """`v` as a float if it is a finite real number (int, float, numpy scalar, 0-d real tensor; not a bool), else None:
     the caller says what range it allows."""

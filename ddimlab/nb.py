@@ -13,7 +13,7 @@ import torch
 
 from . import devices, quality
 from .checkpoint import weights_sha256
-from .checks import as_real, check_int, check_numbers
+from .checks import as_real, check_int, check_numbers, is_complex
 
 # What `weights_line` prints; notebooks/conftest.py reads it back from a cell's outputs.
 WEIGHTS_LINE = re.compile(r"weights' sha256 [0-9a-f]{12}(, classifiers' [0-9a-f]{12})?")
@@ -66,7 +66,7 @@ def check_close(actual, expected, message: str, rtol: float = 0.0, atol: float =
             raise ValueError(f"{name} must be a finite number >= 0 (an infinite one passes anything), got {tol!r}: {message}")
     for name, v in (("actual", actual), ("expected", expected)):   # True passed as 1; "1" failed in torch's new()
         check_numbers(name, v)
-    if any(v.is_complex() if isinstance(v, torch.Tensor) else np.iscomplexobj(v) for v in (actual, expected)):
+    if is_complex(actual) or is_complex(expected):
         raise TypeError(f"check_close compares real values, got a complex one: {message}")   # float64 drops the imaginary
     a = torch.as_tensor(actual, dtype=torch.float64)
     e = torch.as_tensor(expected, dtype=torch.float64)

@@ -44,7 +44,7 @@ import math
 import numpy as np
 import torch
 
-from .checks import as_real, check_bool, check_int, check_numbers
+from .checks import as_real, check_bool, check_int, check_numbers, is_complex
 from .samplers import NonFiniteError, _finite, _of_x_shape, call_eps, check_args, check_first_step, report
 from .schedule import alpha_bar_at, as_steps, step_pairs, validate_alpha_bar, validate_timesteps
 
@@ -101,7 +101,7 @@ def t_of_sigma(alpha_bar: torch.Tensor, sigma) -> torch.Tensor:
 def _t_of_sigma(alpha_bar: torch.Tensor, sigma) -> torch.Tensor:
     """`t_of_sigma` on a table already validated (the solvers' inner loops)."""
     sigma = check_numbers("sigma", sigma)
-    if sigma.is_complex() if isinstance(sigma, torch.Tensor) else np.iscomplexobj(sigma):   # the cast drops the imaginary
+    if is_complex(sigma):                                     # the cast to float64 would drop the imaginary part
         raise TypeError(f"sigma must be real, got {getattr(sigma, 'dtype', type(sigma).__name__)}")
     sigma = torch.as_tensor(sigma, dtype=torch.float64, device=alpha_bar.device)
     target = -torch.log1p(sigma ** 2)                          # log ᾱ wanted

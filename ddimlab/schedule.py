@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from .checks import as_real, check_int, check_numbers
+from .checks import as_real, check_int, check_numbers, is_complex
 from .diffusion import _check_range, wide
 
 SCHEDULES = ("linear", "cosine", "quadratic")
@@ -54,8 +54,8 @@ def beta_schedule(name: str = "linear", T: int = 1000, beta_start: float = 1e-4,
 
 def alpha_bar(betas: torch.Tensor) -> torch.Tensor:
     """ᾱ_t = ∏_{s≤t}(1 − β_s), float64, shape (T,) (notebook 01 §2); every β_t must be real and lie in (0, 1)."""
-    if torch.as_tensor(check_numbers("betas", betas)).is_complex():    # the cast would drop the imaginary part
-        raise TypeError(f"betas must be real numbers, got complex ones ({torch.as_tensor(betas).dtype})")
+    if is_complex(check_numbers("betas", betas)):                 # the cast would drop the imaginary part
+        raise TypeError(f"betas must be real numbers, got complex ones ({getattr(betas, 'dtype', 'a list')})")
     b = torch.as_tensor(betas, dtype=torch.float64)
     if b.ndim != 1 or b.numel() < 1:          # cumprod would run along a 2-D table's first axis
         raise ValueError(f"betas must be a non-empty 1-D table (schedule.beta_schedule), got shape {tuple(b.shape)}")

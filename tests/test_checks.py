@@ -82,3 +82,16 @@ def test_real_numbers_of_every_kind_are_taken_and_nothing_else():
         assert type(as_real(v)) is float and as_real(v) == float(v)
     for v in (True, "0.5", None, float("nan"), float("inf"), torch.tensor([0.5]), torch.tensor(True), 1j):
         assert as_real(v) is None, v
+
+
+def test_is_complex_sees_complex_numbers_in_every_container():
+    """One test for complex input (schedule.alpha_bar, ode.t_of_sigma, nb.check_close): a tensor, an array, a list or
+    a number of complex numbers, and not real or integer ones."""
+    import numpy as np
+    import torch
+
+    from ddimlab.checks import is_complex
+    for v in (torch.zeros(2, dtype=torch.complex64), np.array([0.1 + 0.01j]), [0.1 + 0j], 1j):
+        assert is_complex(v), v
+    for v in (torch.zeros(2), np.arange(3), [0.1, 2], 1.5):
+        assert not is_complex(v), v
