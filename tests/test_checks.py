@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ddimlab import ode, schedule, toy, train, unet
-from ddimlab.checks import as_real, check_int, check_symmetric, int_range
+from ddimlab.checks import as_real, check_int, check_symmetric, int_range, is_complex
 
 
 @pytest.mark.parametrize("v", [3, np.int64(3), np.uint8(3), torch.tensor(3)])
@@ -87,10 +87,6 @@ def test_real_numbers_of_every_kind_are_taken_and_nothing_else():
 def test_is_complex_sees_complex_numbers_in_every_container():
     """One test for complex input (schedule.alpha_bar, ode.t_of_sigma, nb.check_close): a tensor, an array, a list or
     a number of complex numbers, and not real or integer ones."""
-    import numpy as np
-    import torch
-
-    from ddimlab.checks import is_complex
     for v in (torch.zeros(2, dtype=torch.complex64), np.array([0.1 + 0.01j]), [0.1 + 0j], 1j):
         assert is_complex(v), v
     for v in (torch.zeros(2), np.arange(3), [0.1, 2], 1.5):
