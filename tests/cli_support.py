@@ -34,6 +34,12 @@ def small_lab_tables(monkeypatch):
     monkeypatch.setattr(lab, "IMAGE_S_LIST", (10,))                                        # S_list= overrides it
 
 
+def _expect_interrupted(capsys, argv):
+    """cli.main(argv) stops with exit status 130 and says on stderr that it was interrupted."""
+    code, err = cli.main(argv), capsys.readouterr().err
+    assert code == 130 and "interrupted" in err, (argv, err)
+
+
 def _expect_one_line_error(capsys, argv, *needles):
     """cli.main(argv) exits 1 with one or two lines on stderr, no traceback, and each needle in them."""
     assert cli.main(argv) == 1, argv

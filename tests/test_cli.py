@@ -11,7 +11,16 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import torch
-from cli_support import TINY, GoneReader, _expect_one_line_error, _run, _sets, signal_at_call, small_lab_tables
+from cli_support import (
+    TINY,
+    GoneReader,
+    _expect_interrupted,
+    _expect_one_line_error,
+    _run,
+    _sets,
+    signal_at_call,
+    small_lab_tables,
+)
 
 from ddimlab import checkpoint, cli, ode, plotting, quality, schedule
 from ddimlab.checkpoint import eps_fn
@@ -2245,10 +2254,6 @@ def test_twentyfirst_round_interrupted_commands_leave_no_half_outputs(trained, t
     sig = getattr(signal, signame)
     terminal = signal.signal(signal.SIGINT, signal.default_int_handler)       # as in a terminal
 
-    def interrupted(argv):
-        code, err = cli.main(argv), capsys.readouterr().err
-        assert code == 130 and "interrupted" in err, (argv, err)
-
     def leftovers(folder):
         return [p for p in folder.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".previous-")]
 
@@ -2267,7 +2272,7 @@ def test_twentyfirst_round_interrupted_commands_leave_no_half_outputs(trained, t
             argv = [command, "--checkpoint", str(trained), *args, "--no-progress", "--out"]
             monkeypatch.setattr(cli, "progress", lambda *a, **k: (real_progress(*a, **k)[0],
                                                                    lambda info: signal.raise_signal(sig)))
-            interrupted([*argv, str(tmp_path / "new" / "deeper" / "x")])        # at the first sampling step
+            _expect_interrupted(capsys, [*argv, str(tmp_path / "new" / "deeper" / "x")])        # at the first sampling step
             assert not (tmp_path / "new").exists()
             monkeypatch.setattr(cli, "progress", real_progress)
             out = tmp_path / command
@@ -2275,7 +2280,7 @@ def test_twentyfirst_round_interrupted_commands_leave_no_half_outputs(trained, t
             earlier = pair_of(out / "x")
             monkeypatch.setattr(cli, "progress", lambda *a, **k: (real_progress(*a, **k)[0],
                                                                    lambda info: signal.raise_signal(sig)))
-            interrupted([*argv, str(out / "x"), "--overwrite", "--scale", "3"])
+            _expect_interrupted(capsys, [*argv, str(out / "x"), "--overwrite", "--scale", "3"])
             assert pair_of(out / "x") == earlier and not leftovers(out)
             monkeypatch.setattr(cli, "progress", real_progress)
 
@@ -2285,7 +2290,7 @@ def test_twentyfirst_round_interrupted_commands_leave_no_half_outputs(trained, t
                     signal.raise_signal(sig)
                 return done
             monkeypatch.setattr(cli, "atomic_write", between_the_two)
-            interrupted([*argv, str(out / "x"), "--overwrite", "--scale", "3"])
+            _expect_interrupted(capsys, [*argv, str(out / "x"), "--overwrite", "--scale", "3"])
             monkeypatch.setattr(cli, "atomic_write", real_write)
             assert pair_of(out / "x") != earlier and not leftovers(out)        # both new (the signal waited for them)
             capsys.readouterr()
@@ -2298,11 +2303,11 @@ def test_twentyfirst_round_interrupted_commands_leave_no_half_outputs(trained, t
             signal_at_call(monkeypatch, generate, "sample_indices", k, sig)
 
         interrupted_at_batch(1)                                  # before any sample: nothing is left
-        interrupted([*table1, str(tmp_path / "t1new" / "deeper")])
+        _expect_interrupted(capsys, [*table1, str(tmp_path / "t1new" / "deeper")])
         assert not (tmp_path / "t1new").exists()
         t1 = tmp_path / "t1"
         interrupted_at_batch(2)                                  # after the first batch: its two samples are kept
-        interrupted([*table1, str(t1)])
+        _expect_interrupted(capsys, [*table1, str(t1)])
         cell = t1 / "samples" / "eta0_S2"
         assert sorted(p.name for p in cell.iterdir()) == ["000000.png", "000001.png", "settings.json"]
         assert not leftovers(t1) and not (t1 / "table1.md").exists() and not (t1 / "table1.csv").exists()
@@ -2319,7 +2324,7 @@ def test_twentyfirst_round_interrupted_commands_leave_no_half_outputs(trained, t
                 signal.raise_signal(sig)
             return done
         monkeypatch.setattr(tables, "atomic_write", between_the_tables)
-        interrupted([*table1, str(t1), "--overwrite", "--n-samples", "2"])   # another table
+        _expect_interrupted(capsys, [*table1, str(t1), "--overwrite", "--n-samples", "2"])   # another table
         assert {n: (t1 / n).read_bytes() for n in earlier} == earlier and not leftovers(t1)
     finally:
         signal.signal(signal.SIGINT, terminal)
@@ -2339,10 +2344,6 @@ def test_twentysecond_round_interrupted_reproduce_table2_leaves_no_half_outputs(
     sig = getattr(signal, signame)
     terminal = signal.signal(signal.SIGINT, signal.default_int_handler)       # as in a terminal
 
-    def interrupted(argv):
-        code, err = cli.main(argv), capsys.readouterr().err
-        assert code == 130 and "interrupted" in err, (argv, err)
-
     def files_in(folder):
         return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()
                 and not p.name.endswith(".lock")}
@@ -2356,12 +2357,12 @@ def test_twentysecond_round_interrupted_reproduce_table2_leaves_no_half_outputs(
 
         for k in (1, 2):                                         # at the first S, at the second
             errors_interrupted_at(k)
-            interrupted([*table2, str(tmp_path / "new" / "deeper")])
+            _expect_interrupted(capsys, [*table2, str(tmp_path / "new" / "deeper")])
             assert not (tmp_path / "new").exists()
         (tmp_path / "mine").mkdir()
         (tmp_path / "mine" / "notes.txt").write_text("keep")
         errors_interrupted_at(2)
-        interrupted([*table2, str(tmp_path / "mine")])          # a folder of the user's: kept as it was
+        _expect_interrupted(capsys, [*table2, str(tmp_path / "mine")])          # a folder of the user's: kept as it was
         assert files_in(tmp_path / "mine") == {Path("notes.txt"): b"keep"}
         monkeypatch.setattr(tables, "reconstruction_errors", real_errors)
 
@@ -2388,12 +2389,12 @@ def test_twentysecond_round_interrupted_reproduce_table2_leaves_no_half_outputs(
         for name, inside in (("table2.csv", False), ("table2.csv", True), ("table2.md", True), ("table2.md", False)):
             errors_interrupted_at(0)
             signal_after(name, inside)
-            interrupted([*table2, str(out), "--overwrite", "--n-images", "2"])     # another table
+            _expect_interrupted(capsys, [*table2, str(out), "--overwrite", "--n-images", "2"])     # another table
             assert files_in(out) == earlier, (name, inside)
         (out / "table2.csv").unlink()                            # an old .md alone: no new .csv beside it
         earlier = files_in(out)
         signal_after("table2.csv")
-        interrupted([*table2, str(out), "--overwrite", "--n-images", "2"])
+        _expect_interrupted(capsys, [*table2, str(out), "--overwrite", "--n-images", "2"])
         assert files_in(out) == earlier
         monkeypatch.setattr(tables, "atomic_write", real_write)
         monkeypatch.setattr(tables, "reconstruction_errors", real_errors)
