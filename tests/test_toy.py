@@ -107,6 +107,15 @@ def test_named_mixtures():
     assert (m2.K, m2.d) == (8, 2)
     x = m2.sample(2000, torch.Generator().manual_seed(6))
     assert float(x.abs().max()) < 1.5                       # roughly DDPM's [-1, 1] range
+    # the ring's geometry, read back by eigh and atan2: means at radius 0.7, 45° apart, each component's long axis
+    # (sd 0.15) along the ring (perpendicular to its mean) and its short one (sd 0.05) across it
+    torch.testing.assert_close(m2.means.norm(dim=1), torch.full((8,), 0.7, dtype=torch.float64), rtol=1e-12, atol=0)
+    angles = torch.atan2(m2.means[:, 1], m2.means[:, 0]).remainder(2 * math.pi).sort().values
+    torch.testing.assert_close(angles, torch.arange(8, dtype=torch.float64) * math.pi / 4, rtol=0, atol=1e-12)
+    var, axes = torch.linalg.eigh(m2.covs)                  # ascending: [:, 0] across the ring, [:, 1] along it
+    torch.testing.assert_close(var.sqrt(), torch.tensor([0.05, 0.15], dtype=torch.float64).expand(8, 2), rtol=1e-12, atol=0)
+    assert float((axes[:, :, 1] * m2.means).sum(1).abs().max()) < 1e-12
+    torch.testing.assert_close(m2.weights, torch.full((8,), 1 / 8, dtype=torch.float64), rtol=1e-12, atol=0)
     md = toy.random_mixture(d=8, K=5, seed=3)
     assert (md.K, md.d) == (5, 8)
     torch.testing.assert_close(md.means, toy.random_mixture(d=8, K=5, seed=3).means)   # deterministic
