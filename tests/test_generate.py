@@ -175,3 +175,14 @@ def test_a_settings_json_that_is_not_a_cells_records_no_settings(net, tmp_path, 
         _gen(net, tmp_path, 2)
     (tmp_path / "settings.json").write_text('{"seed": 0, "S": 5}')
     assert generate.recorded_settings(tmp_path) == {"seed": 0, "S": 5}
+
+
+def test_latents_of_different_seeds_and_indices_are_independent_draws():
+    """x_T for seeds 0..3 × indices 0..15: 64 draws of 256 numbers whose pairwise sample correlations are those of
+    independent N(0, I) draws (sd 1/16; all 2016 within 5 sd), with mean 0 and variance 1 (5 SE): no two (seed, index)
+    pairs share or shift one stream (as seed + index would for (0, 1) and (1, 0))."""
+    x = torch.cat([generate.latents(s, range(16), (1, 16, 16)) for s in range(4)]).flatten(1).double()
+    r = torch.corrcoef(x)
+    assert float(r[~torch.eye(64, dtype=torch.bool)].abs().max()) < 5 / 16
+    n = x.numel()
+    assert abs(float(x.mean())) < 5 / n ** 0.5 and abs(float(x.var()) - 1) < 5 * (2 / n) ** 0.5
