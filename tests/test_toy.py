@@ -133,6 +133,15 @@ def test_mmd_floor_and_resolution():
     assert bad.resolved(5), bad
 
 
+def test_default_bandwidth_by_hand():
+    """bandwidth = Σ_k w_k √(mean eigenvalue of Σ_k): the ring's components have sds 0.05 and 0.15, so √0.0125; two
+    components of weights 3 : 1 and variances (0.04, 0.16) and (1, 1) give ¾ √0.1 + ¼."""
+    assert toy.bandwidth(toy.eight_gaussians()) == pytest.approx(math.sqrt((0.05 ** 2 + 0.15 ** 2) / 2), rel=1e-12)
+    covs = torch.tensor([[[0.04, 0.0], [0.0, 0.16]], [[1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
+    two = toy.GaussianMixture(torch.tensor([3.0, 1.0], dtype=torch.float64), torch.zeros(2, 2, dtype=torch.float64), covs)
+    assert toy.bandwidth(two) == pytest.approx(0.75 * math.sqrt(0.1) + 0.25, rel=1e-12)
+
+
 def test_mmd_floor_is_the_spread_of_the_statistic_over_fresh_exact_samples():
     """The floor, an RMS over 8 null repeats, against the truth from repeats: the SD of mmd2 over 30 calls, each with
     its own 200 exact samples. The ratio of the mean floor to that SD: 0.80 here, 0.80 to 1.24 over seeds 12..21 (the
