@@ -51,3 +51,13 @@ def test_bad_input_raises():
         fid.compute_fid(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.zeros(2, 1, 8, 8), None)
     with pytest.raises(ValueError, match=r"N×C×H×W"):
         fid.compute_fid(torch.zeros(8, 8), torch.zeros(2, 1, 8, 8), fid.random_features(1))
+
+
+def test_image_stats_over_batches_are_numpys_mean_and_covariance_of_all_features():
+    """23 images in batches of 5 (the last one short): μ and Σ are numpy's over the 23 rows of feature_fn's output."""
+    f = fid.random_features(1, dim=6)
+    imgs = torch.randint(0, 256, (23, 1, 8, 8), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    feats = f(imgs).double().numpy()
+    mu, sigma = fid.image_stats(imgs, f, batch_size=5)
+    np.testing.assert_allclose(mu, feats.mean(0), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(sigma, np.cov(feats, rowvar=False), rtol=1e-6, atol=1e-9)

@@ -90,14 +90,21 @@ def test_bad_input_raises(net, tmp_path):
 
 def test_samples_far_outside_the_data_range_are_flagged():
     """Any image in [−1, 1] passes silently (RMS ≤ 1, even all pixels at ±1); a sample with RMS above 10
-    gives an OutOfRangeWarning with the first step's ᾱ and 1/√ᾱ (the CLI case is in test_cli)."""
+    gives an OutOfRangeWarning with the first step's ᾱ and 1/√ᾱ (the CLI case is in test_cli). The bound is on each
+    sample's root mean square: one pixel at 79 (RMS 79/8 = 9.9, max 79) passes, half the pixels at 14.2 (RMS 10.04,
+    mean |x| 7.1) does not."""
     seq = schedule.timesteps(10, 1000, "linspace")
     extreme = torch.where(torch.rand(4, *SHAPE) < 0.5, -1.0, 1.0)
+    spike = torch.zeros(1, *SHAPE)
+    spike[0, 0, 3, 4] = 79.0
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert generate.check_data_range(extreme, ABAR, seq) is extreme
-    diverged = torch.cat([extreme, torch.full((1, *SHAPE), 10.01)])
-    with pytest.warns(generate.OutOfRangeWarning, match=r"1 of 5 samples .* t = 999 .* = 157"):
+        generate.check_data_range(torch.cat([extreme, spike]), ABAR, seq)
+    half = torch.zeros(1, *SHAPE)
+    half[..., ::2] = 14.2
+    diverged = torch.cat([extreme, spike, torch.full((1, *SHAPE), 10.01), half])
+    with pytest.warns(generate.OutOfRangeWarning, match=r"2 of 7 samples .* t = 999 .* = 157"):
         assert generate.check_data_range(diverged, ABAR, seq) is diverged
 
 
@@ -175,3 +182,14 @@ def test_a_settings_json_that_is_not_a_cells_records_no_settings(net, tmp_path, 
         _gen(net, tmp_path, 2)
     (tmp_path / "settings.json").write_text('{"seed": 0, "S": 5}')
     assert generate.recorded_settings(tmp_path) == {"seed": 0, "S": 5}
+
+
+def test_latents_of_different_seeds_and_indices_are_independent_draws():
+    """x_T for seeds 0..3 × indices 0..15: 64 draws of 256 numbers whose pairwise sample correlations are those of
+    independent N(0, I) draws (sd 1/16; all 2016 within 5 sd), with mean 0 and variance 1 (5 SE): no two (seed, index)
+    pairs share or shift one stream (as seed + index would for (0, 1) and (1, 0))."""
+    x = torch.cat([generate.latents(s, range(16), (1, 16, 16)) for s in range(4)]).flatten(1).double()
+    r = torch.corrcoef(x)
+    assert float(r[~torch.eye(64, dtype=torch.bool)].abs().max()) < 5 / 16
+    n = x.numel()
+    assert abs(float(x.mean())) < 5 / n ** 0.5 and abs(float(x.var()) - 1) < 5 * (2 / n) ** 0.5

@@ -226,8 +226,8 @@ def test_unipc_coefficients_match_the_taylor_terms():
 
 
 def test_multistep_solvers_equal_diffusers():
-    """DPM-Solver++(3M) with the published coefficient and UniPC equal diffusers' schedulers step for step
-    (float32 coefficients: 1e-6); the Taylor 3M differs."""
+    """DPM-Solver++(2M), DPM-Solver++(3M) with the published coefficient and UniPC equal diffusers' schedulers step
+    for step (float32 coefficients: 1e-6); the Taylor 3M differs."""
     diffusers = pytest.importorskip("diffusers")
     common = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
                   timestep_spacing="trailing")
@@ -251,6 +251,9 @@ def test_multistep_solvers_equal_diffusers():
         for order, ours in ((2, ode.unipc_2), (3, ode.unipc_3)):
             theirs = run(diffusers.UniPCMultistepScheduler(**common, solver_order=order), S)
             torch.testing.assert_close(ours(EPS, X_T, AB, seq), theirs, rtol=0, atol=2e-6)
+        # DPM-Solver++(2M) (diffusers' default "midpoint" form): trailing steps are unequal in λ, so r = h_{i−1}/h_i ≠ 1
+        theirs = run(diffusers.DPMSolverMultistepScheduler(**common, solver_order=2, lower_order_final=False), S)
+        torch.testing.assert_close(ode.dpm_solver_pp_2m(EPS, X_T, AB, seq), theirs, rtol=0, atol=2e-6)
 
 
 @pytest.fixture(scope="module")

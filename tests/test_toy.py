@@ -107,6 +107,15 @@ def test_named_mixtures():
     assert (m2.K, m2.d) == (8, 2)
     x = m2.sample(2000, torch.Generator().manual_seed(6))
     assert float(x.abs().max()) < 1.5                       # roughly DDPM's [-1, 1] range
+    # the ring's geometry, read back by eigh and atan2: means at radius 0.7, 45° apart, each component's long axis
+    # (sd 0.15) along the ring (perpendicular to its mean) and its short one (sd 0.05) across it
+    torch.testing.assert_close(m2.means.norm(dim=1), torch.full((8,), 0.7, dtype=torch.float64), rtol=1e-12, atol=0)
+    angles = torch.atan2(m2.means[:, 1], m2.means[:, 0]).remainder(2 * math.pi).sort().values
+    torch.testing.assert_close(angles, torch.arange(8, dtype=torch.float64) * math.pi / 4, rtol=0, atol=1e-12)
+    var, axes = torch.linalg.eigh(m2.covs)                  # ascending: [:, 0] across the ring, [:, 1] along it
+    torch.testing.assert_close(var.sqrt(), torch.tensor([0.05, 0.15], dtype=torch.float64).expand(8, 2), rtol=1e-12, atol=0)
+    assert float((axes[:, :, 1] * m2.means).sum(1).abs().max()) < 1e-12
+    torch.testing.assert_close(m2.weights, torch.full((8,), 1 / 8, dtype=torch.float64), rtol=1e-12, atol=0)
     md = toy.random_mixture(d=8, K=5, seed=3)
     assert (md.K, md.d) == (5, 8)
     torch.testing.assert_close(md.means, toy.random_mixture(d=8, K=5, seed=3).means)   # deterministic
@@ -122,6 +131,26 @@ def test_mmd_floor_and_resolution():
     wide = toy.GaussianMixture(m.weights, m.means, 3.0 * m.covs)
     bad = toy.mmd(wide.sample(800, g), m, g)
     assert bad.resolved(5), bad
+
+
+def test_default_bandwidth_by_hand():
+    """bandwidth = Σ_k w_k √(mean eigenvalue of Σ_k): the ring's components have sds 0.05 and 0.15, so √0.0125; two
+    components of weights 3 : 1 and variances (0.04, 0.16) and (1, 1) give ¾ √0.1 + ¼."""
+    assert toy.bandwidth(toy.eight_gaussians()) == pytest.approx(math.sqrt((0.05 ** 2 + 0.15 ** 2) / 2), rel=1e-12)
+    covs = torch.tensor([[[0.04, 0.0], [0.0, 0.16]], [[1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
+    two = toy.GaussianMixture(torch.tensor([3.0, 1.0], dtype=torch.float64), torch.zeros(2, 2, dtype=torch.float64), covs)
+    assert toy.bandwidth(two) == pytest.approx(0.75 * math.sqrt(0.1) + 0.25, rel=1e-12)
+
+
+def test_mmd_floor_is_the_spread_of_the_statistic_over_fresh_exact_samples():
+    """The floor, an RMS over 8 null repeats, against the truth from repeats: the SD of mmd2 over 30 calls, each with
+    its own 200 exact samples. The ratio of the mean floor to that SD: 0.80 here, 0.80 to 1.24 over seeds 12..21 (the
+    null statistic is skewed, so an SD from 30 draws varies more than a normal one's 13%); a floor that is the SE of
+    the repeats' mean (1/√8 of it) or three times too large fails."""
+    m, g = toy.eight_gaussians(), torch.Generator().manual_seed(12)
+    runs = [toy.mmd(m.sample(200, g), m, g) for _ in range(30)]
+    floor, spread = np.mean([r.floor for r in runs]), float(np.std([r.mmd2 for r in runs], ddof=1))
+    assert 0.6 < floor / spread < 1.6, (floor, spread)
 
 
 @pytest.mark.parametrize("t", [30, 300, 800])
