@@ -23,7 +23,7 @@ from . import devices, diffusion, ode, schedule
 from .checkpoint import eps_fn, image_shape, sha256_of, weights_sha256
 from .checks import check_bool, check_distinct, check_int
 from .data import from_model_range
-from .files import atomic_write, remove_empty, remove_stale_temps
+from .files import absent_folders, atomic_write, remove_empty, remove_stale_temps
 from .plotting import save_png
 from .samplers import SIGMA_HAT, OutOfRangeWarning, check_first_step, sample_row
 
@@ -236,7 +236,7 @@ def generate_samples(model, out_dir, n: int, *, shape=None, S: int = 50, eta=0.0
     seq = sampling_steps(S, alpha_bar.shape[0], spacing)
     check_first_step(alpha_bar, seq)                     # S = 1 on `quad` is the step t = 0: the PNGs would be x_T
     out_dir = Path(out_dir)
-    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]      # innermost first
+    created = absent_folders(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = dict(model=model_key, T=int(alpha_bar.shape[0]), seed=seed, S=int(S), eta=str(eta), spacing=spacing,
                     shape=list(shape), clip_x0=clip_x0, amp=bool(amp or getattr(model, "amp", False)),   # eps_fn(net, amp=True)

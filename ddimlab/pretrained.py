@@ -89,6 +89,7 @@ def digits_model(steps: int | None = None, seed: int = 0, cache_dir=None, progre
     (`python -m ddimlab.pretrained`).
     """
     config, folder = _config_and_folder(steps, seed, cache_dir, device, overrides, threads)
+    devices.resolve(config.device)         # a device this machine lacks: said before the cache's lock file is made
     lock = folder.parent / f".{folder.name}.lock"
     try:
         with locked(lock, busy="held"):

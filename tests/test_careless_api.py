@@ -211,7 +211,7 @@ def test_generate_samples_checks_everything_before_it_claims_a_folder_and_record
     assert generate.generate_samples(net, out, 4, shape=(1, 8, 8), S=3) == [3]
 
 
-def test_options_that_would_be_ignored_and_lists_that_repeat_are_refused(tiny_unet):
+def test_options_that_would_be_ignored_and_lists_that_repeat_are_refused(tiny_unet, tmp_path):
     """sample_indices with an ODE solver dropped eta and clip_x0; lab.table1 and tables.score_grid ran a repeated S
     or η twice (and took True or "0.5" as η), score_grid with n = 0 failed in torch.cat; reproduce_table2 with
     n_images = -1 dropped the last image."""
@@ -232,7 +232,8 @@ def test_options_that_would_be_ignored_and_lists_that_repeat_are_refused(tiny_un
         with pytest.raises(ValueError, match=match):
             tables.score_grid(net, never, **{"S_list": (5,), "eta_list": (0.0,), **kw})
     with pytest.raises(ValueError, match="n_images must be a positive integer"):
-        tables.reproduce_table2(net, "unused", images=torch.zeros(3, 1, 8, 8, dtype=torch.uint8), n_images=-1)
+        tables.reproduce_table2(net, tmp_path / "t2", images=torch.zeros(3, 1, 8, 8, dtype=torch.uint8), n_images=-1)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_beta_table_for_alpha_bar_and_a_wrong_shaped_guided_eps_are_refused(toy_setup):
@@ -1848,3 +1849,39 @@ def test_api_round_22_audit_karras_rho_limit_is_1e4():
     assert ode.MAX_RHO == 1e4
     with pytest.raises(ValueError, match=r"rho must be a finite number >= 1 and <= 10000 \("):
         ode.karras_timesteps(5, AB, rho=1.0001e4)
+
+
+def test_api_round_24_bad_arguments_leave_nothing_on_disk(tmp_path, tiny_unet):
+    """Round 24, item 1: reproduce_table2 made out_dir (files.check_can_write) before it checked n_images, images,
+    S_list, spacing, alpha_bar, the model and the device, and a model failing at its first call left the folder too;
+    digits_model on a device the machine lacks left a lock file in the cache. A bad argument leaves nothing now."""
+    from ddimlab import pretrained, tables
+    from ddimlab.devices import DeviceError
+    from ddimlab.files import check_can_write
+
+    u8 = torch.zeros(3, 1, 8, 8, dtype=torch.uint8)
+    out = tmp_path / "new" / "t2"
+
+    def fail(x, t):
+        raise ZeroDivisionError("the model fails")
+    for kw, err, match in ((dict(n_images=-1), ValueError, "n_images must be a positive integer"),
+                           (dict(images=u8.float()), ValueError, "images must be uint8"),
+                           (dict(S_list=(0,)), ValueError, "number of steps S must be"),
+                           (dict(S_list=(5, 5)), ValueError, "S = 5 is listed twice"),
+                           (dict(spacing="bogus"), ValueError, "unknown spacing"),
+                           (dict(alpha_bar=AB.flip(0)), ValueError, "alpha_bar must be strictly decreasing"),
+                           (dict(device="cuda:99"), DeviceError, "cuda:99"),
+                           (dict(model="net"), TypeError, "model must be a network"),
+                           (dict(model=fail), ZeroDivisionError, "the model fails")):
+        kw = {"model": tiny_unet, "images": u8, "S_list": (2,), **kw}
+        with pytest.raises(err, match=match):
+            tables.reproduce_table2(kw.pop("model"), out, **kw)
+        assert list(tmp_path.iterdir()) == [], kw
+    check_can_write(out)                                  # the probe's folders go with the probe
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(DeviceError, match="cuda:99"):
+        pretrained.digits_model(steps=2, cache_dir=tmp_path / "cache", device="cuda:99")
+    assert list(tmp_path.iterdir()) == []
+    rows = tables.reproduce_table2(tiny_unet, out, images=u8, S_list=(2,))             # and the good call writes
+    assert rows[0]["n"] == 3 and sorted(p.name for p in out.iterdir()) == ["table2.csv", "table2.md"]
+
