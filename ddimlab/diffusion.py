@@ -246,11 +246,14 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, a_t, a_s, eta: float = 0.0,
     """One generalized DDIM step x_t → x_s (DDIM eq. 12, notebook 04 §3).
 
     x_s = √ᾱ_s x̂_0 + √(1−ᾱ_s−σ²) ε + σ z, with x̂_0 = `predict_x0(x_t, eps, a_t)` and σ = `ddim_sigma`.
-    Returns (x_s, x̂_0). `noise` is z; it is required when η > 0, and cast to x_t's dtype (as `ddim_sample` casts its
-    draws): float64 noise does not widen a float32 x_s. σ² > 1 − ᾱ_s (η > 1 on some steps) is a ValueError
-    (`check_sigma`), as in `q_sigma_mean`.
+    Returns (x_s, x̂_0), both of x_t's dtype: `noise` is z, required when η > 0, and it and ε are cast to x_t's dtype
+    (as `ddim_sample` casts its draws, and refuses an ε of another dtype): a float64 ε or z does not widen a float32
+    x_s. σ² > 1 − ᾱ_s (η > 1 on some steps) is a ValueError (`check_sigma`), as in `q_sigma_mean`.
     """
     _same_shape(x_t, eps, "x_t and eps")
+    if not eps.dtype.is_floating_point:             # an integer ε is no prediction of N(0, I) noise
+        raise TypeError(f"eps must be floating point (the predicted noise), got {eps.dtype}")
+    eps = eps.to(x_t.dtype)
     if noise is not None:
         _same_shape(x_t, noise, "x_t and noise")
         if not noise.dtype.is_floating_point:       # True read as 1; an integer draw is no N(0, I)

@@ -1885,3 +1885,20 @@ def test_api_round_24_bad_arguments_leave_nothing_on_disk(tmp_path, tiny_unet):
     rows = tables.reproduce_table2(tiny_unet, out, images=u8, S_list=(2,))             # and the good call writes
     assert rows[0]["n"] == 3 and sorted(p.name for p in out.iterdir()) == ["table2.csv", "table2.md"]
 
+
+def test_api_round_24_ddim_step_follows_x_t_dtype_with_a_float64_eps():
+    """Round 24, item 2: a float32 x_t with a float64 ε returned float64 x_s and x̂_0 (round 22 cast only the noise);
+    the samplers never pass such an ε (they refuse it), so ddim_step's answer now follows x_t as theirs do. The value is
+    DDIM eq. 12 written out in float64, to float32's precision; an integer ε is refused."""
+    g = torch.Generator().manual_seed(0)
+    x, e, z = (torch.randn(4, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    a_t, a_s, eta = 0.5, 0.7, 0.5
+    sigma = eta * math.sqrt((1 - a_s) / (1 - a_t) * (1 - a_t / a_s))
+    x0 = (x - math.sqrt(1 - a_t) * e) / math.sqrt(a_t)
+    want = math.sqrt(a_s) * x0 + math.sqrt(1 - a_s - sigma ** 2) * e + sigma * z
+    x_s, x0_hat = diffusion.ddim_step(x.float(), e, a_t, a_s, eta=eta, noise=z)
+    assert x_s.dtype == x0_hat.dtype == torch.float32
+    torch.testing.assert_close(x_s, want.float(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(x0_hat, x0.float(), rtol=1e-6, atol=1e-6)
+    with pytest.raises(TypeError, match="eps must be floating point"):
+        diffusion.ddim_step(x.float(), torch.ones(4, 3, dtype=torch.long), a_t, a_s)
