@@ -338,14 +338,16 @@ def guided_eps(eps_null, eps_cond, w: float):
     return eps
 
 
-def _warn_if_0_255(x, name):
+def _warn_if_0_255(x, name, stacklevel: int = 3):
     """Images (B, C, H, W) to encode or edit that look like 0..255 ones (`data.looks_0_255`): a model trained on [−1, 1]
-    data sees far-out inputs, and the result is silently wrong. A warning: other data may have any scale."""
+    data sees far-out inputs, and the result is silently wrong. A warning: other data may have any scale. stacklevel:
+    as warnings.warn's, counted from here (3: the caller of the function that calls this)."""
     from .data import looks_0_255
 
     if x.ndim == 4 and looks_0_255(x):
         warnings.warn(f"{name} looks like images in 0..255 (values {float(x.min()):.3g} to {float(x.max()):.3g}); "
-                      f"models trained on images take them in [-1, 1]: data.to_model_range(uint8 images)", stacklevel=3)
+                      f"models trained on images take them in [-1, 1]: data.to_model_range(uint8 images)",
+                      stacklevel=stacklevel)
 
 
 def sdedit(eps, x_in, alpha_bar, seq, eta: float = 1.0, generator: torch.Generator | None = None, callback=None):

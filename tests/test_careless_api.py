@@ -1555,7 +1555,7 @@ def test_twentieth_round_messages_name_the_argument():
         generate.latents(0, [0, 1], (1, -2, 2))
     x0 = torch.zeros(2, 1, 2, 2, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"eps_model\(x_t, t\) must return a tensor of x's shape .* got list"):
-        elbo.elbo_terms(lambda x_, t: x_.tolist(), x0, schedule.make_alpha_bar("linear", 20))
+        elbo.elbo_terms(lambda x_, t: x_.tolist(), x0, schedule.make_alpha_bar("linear", 20), decoder="gaussian")
     net = _tiny_net()
     for other in (torch.nn.Linear(2, 2), torch.nn.Sequential()):
         with pytest.raises(ValueError, match="ema and model must be copies of one network"):
@@ -1902,3 +1902,22 @@ def test_api_round_24_ddim_step_follows_x_t_dtype_with_a_float64_eps():
     torch.testing.assert_close(x0_hat, x0.float(), rtol=1e-6, atol=1e-6)
     with pytest.raises(TypeError, match="eps must be floating point"):
         diffusion.ddim_step(x.float(), torch.ones(4, 3, dtype=torch.long), a_t, a_s)
+
+
+def test_api_round_24_every_elbo_function_of_x0_warns_on_0_255_images():
+    """Round 24, item 3: elbo.l_simple (and posterior_kl, decoder_nll) of 0..255 images said nothing where prior_kl and
+    elbo_terms warned: one rule now, in the x0 check they share, said once per call and at the caller's line."""
+    x255 = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 255
+    zero = torch.zeros_like(x255)
+    calls = (lambda x: elbo.l_simple(lambda x_t, t: torch.zeros_like(x_t), x, AB),
+             lambda x: elbo.posterior_kl(x, zero, zero, AB, 5),
+             lambda x: elbo.decoder_nll(x, zero, zero, AB, decoder="gaussian"),
+             lambda x: elbo.prior_kl(x, AB))
+    for call in calls:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            call(x255)
+        assert [(str(w.message)[:30], w.filename) for w in seen] == [("x0 looks like images in 0..255", __file__)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            call(x255 / 127.5 - 1)
