@@ -21,14 +21,21 @@ from .checks import as_real, check_bool, check_numbers
 VARIANCES = ("small", "large")   # DDPM's two reverse variances: β̃ (posterior) and β (notebook 02 §1)
 
 
+def check_precision(a) -> None:
+    """A float16 or bfloat16 ᾱ (a tensor, or a numpy float16 array) is a TypeError: it rounds ᾱ near 1 to 1 (ᾱ_0 =
+    0.9999 is 1.0; bfloat16: ᾱ_5 = 0.9985 too), which silently removes the noise there, and no later cast brings the
+    digits back. Said as such, not as the value 1 it became."""
+    dtype = getattr(a, "dtype", None)
+    if dtype in (torch.float16, torch.bfloat16) or str(dtype) == "float16":
+        raise TypeError(f"alpha_bar values in {dtype} round the steps near t = 0 to 1 (no noise); pass them in "
+                        f"float32 or float64 (schedule tables are float64), and cast only x")
+
+
 def wide(a) -> torch.Tensor:
     """ᾱ-like `a` as a tensor to form coefficients in: float64 for Python numbers (the samplers pass ᾱ so); a tensor
     keeps its dtype, since a float32 ᾱ has been rounded already (training's table: its steps stay bitwise the same).
-    A float16 or bfloat16 ᾱ is a TypeError: it rounds ᾱ near 1 to 1 (bfloat16: ᾱ_5 = 0.9985 is 1.0), which silently
-    removes the noise there, and no later cast brings the digits back."""
-    if isinstance(a, torch.Tensor) and a.dtype in (torch.float16, torch.bfloat16):
-        raise TypeError(f"alpha_bar values in {a.dtype} round the steps near t = 0 to 1 (no noise); pass them in "
-                        f"float32 or float64 (schedule tables are float64), and cast only x")
+    A float16 or bfloat16 ᾱ is a TypeError (`check_precision`)."""
+    check_precision(a)
     return a if isinstance(a, torch.Tensor) else torch.as_tensor(a, dtype=torch.float64)
 
 

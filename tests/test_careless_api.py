@@ -1921,3 +1921,19 @@ def test_api_round_24_every_elbo_function_of_x0_warns_on_0_255_images():
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             call(x255 / 127.5 - 1)
+
+
+def test_api_round_24_a_half_precision_alpha_bar_table_is_named_as_such(toy_setup):
+    """A float16 or bfloat16 ᾱ table (cast with a half-precision network) rounds ᾱ_0 = 0.9999 to 1.0; every sampler,
+    solver and bound said "alpha_bar values must lie in (0, 1) ..., got 1.0", blaming a value the caller never wrote.
+    Now the one precision rule of `diffusion.wide` (q_sample's): the dtype is named, and what to pass instead."""
+    mix, eps, x_T, seq = toy_setup
+    assert AB.half()[0].item() == AB.bfloat16()[0].item() == 1.0 and AB[0].item() < 1
+    x0 = torch.zeros(2, 1, 4, 4)
+    for table in (AB.half(), AB.bfloat16(), AB.numpy().astype(np.float16)):
+        for call in (lambda: samplers.ddim_sample(eps, x_T, table, seq), lambda: samplers.ddpm_sample(eps, x_T, table),
+                     lambda: ode.euler(eps, x_T, table, seq), lambda: elbo.l_simple(lambda x, t: x, x0, table),
+                     lambda: toy.exact_eps(mix, table), lambda: schedule.validate_alpha_bar(table)):
+            with pytest.raises(TypeError, match=r"alpha_bar values in (torch\.)?(b?float16) round the steps near t = 0 to 1"):
+                call()
+    assert schedule.validate_alpha_bar(AB.float()).dtype == torch.float64          # float32 is kept as a table
