@@ -1937,3 +1937,22 @@ def test_api_round_24_a_half_precision_alpha_bar_table_is_named_as_such(toy_setu
             with pytest.raises(TypeError, match=r"alpha_bar values in (torch\.)?(b?float16) round the steps near t = 0 to 1"):
                 call()
     assert schedule.validate_alpha_bar(AB.float()).dtype == torch.float64          # float32 is kept as a table
+
+
+def test_api_round_24_lab_formatters_name_rows_of_another_table(tmp_path):
+    """lab.format_table, plot_table, make_figure and ranking of tables.score_grid's rows (keyed by η, the other "Table
+    1" of the library) failed with KeyError: 'sampler'; rows whose cells lack their statistics, with KeyError: 'mmd2'.
+    Each now says whose rows they take; make_figure writes nothing."""
+    from ddimlab import lab
+
+    grid_rows = [{"eta": "0", "S": 10, "seconds": 0.1, "fd": 3.0}]
+    bare = [{"sampler": "eta=0", "S": 10}]
+    for rows, lacks in ((grid_rows, "sampler"), (bare, "mmd2, se")):
+        for call in (lambda: lab.format_table(rows), lambda: lab.plot_table(rows), lambda: lab.ranking(rows, 10),
+                     lambda: lab.make_figure(rows, tmp_path / "fig.png")):
+            with pytest.raises(ValueError, match=f"rows must be lab.table1's, and a row lacks {lacks}"):
+                call()
+    with pytest.raises(TypeError, match="rows must be a list of lab.table1's rows"):
+        lab.format_table({"sampler": "eta=0"})
+    assert list(tmp_path.iterdir()) == []
+    assert lab.ranking([{"sampler": "eta=0", "S": 1, "mmd2": 0.0, "se": 0.1}], 1) == "η=0"
