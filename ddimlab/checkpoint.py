@@ -445,6 +445,9 @@ def save_diffusers_folder(net: unet_mod.UNet, path, alpha_bar) -> Path:
     pipeline (model_index.json or unet/: its scheduler would be replaced and its own UNet still loaded), or a
     config.json that is not a UNet2DModel's, or a scheduler config this did not write, is refused; an earlier
     UNet2DModel export in it is replaced."""
+    if not isinstance(net, unet_mod.UNet):           # else "'tuple' object has no attribute 'config'"
+        raise TypeError(f"net must be a ddimlab unet.UNet, got {type(net).__name__}" + (
+            " (load_model returns (net, alpha_bar): pass them as two arguments)" if isinstance(net, tuple) else ""))
     path = Path(path)
     alpha_bar = schedule.validate_alpha_bar(alpha_bar)
     betas = 1 - alpha_bar / torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])

@@ -1956,3 +1956,14 @@ def test_api_round_24_lab_formatters_name_rows_of_another_table(tmp_path):
         lab.format_table({"sampler": "eta=0"})
     assert list(tmp_path.iterdir()) == []
     assert lab.ranking([{"sampler": "eta=0", "S": 1, "mmd2": 0.0, "se": 0.1}], 1) == "η=0"
+
+
+def test_api_round_24_save_diffusers_folder_names_a_net_that_is_not_a_unet(tmp_path, tiny_unet):
+    """save_diffusers_folder(load_model(path), out, alpha_bar) (the (net, alpha_bar) pair as the net) failed with
+    AttributeError: 'tuple' object has no attribute 'config'; a string, with 'str' object has no ... ."""
+    for net, match in (((tiny_unet, AB), r"net must be a ddimlab unet.UNet, got tuple \(load_model returns"),
+                       ("runs/x", "net must be a ddimlab unet.UNet, got str$"),
+                       (torch.nn.Linear(2, 2), "got Linear")):
+        with pytest.raises(TypeError, match=match):
+            checkpoint.save_diffusers_folder(net, tmp_path / "export", AB)
+    assert list(tmp_path.iterdir()) == []
