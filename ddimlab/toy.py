@@ -424,6 +424,7 @@ def random_mixture(d: int = 8, K: int = 4, scale: float = 0.5, std_range=(0.1, 0
                    seed: int = 0) -> GaussianMixture:
     """d-dimensional mixture of K Gaussians with random means (± `scale`), random rotations and
     per-axis standard deviations in `std_range`; deterministic given `seed`."""
+    d, K = check_int("d", d), check_int("K", K)            # else torch's argument dump, or "negative dimension"
     lo, hi = (as_real(v) for v in std_range) if len(std_range) == 2 else (None, None)
     if lo is None or hi is None or not 0 < lo <= hi:     # negative ones would square to positive ones' mixture
         raise ValueError(f"std_range must be (low, high) with 0 < low <= high, got {std_range!r}")

@@ -1967,3 +1967,13 @@ def test_api_round_24_save_diffusers_folder_names_a_net_that_is_not_a_unet(tmp_p
         with pytest.raises(TypeError, match=match):
             checkpoint.save_diffusers_folder(net, tmp_path / "export", AB)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_api_round_24_random_mixture_names_its_sizes():
+    """toy.random_mixture(d=2.0) failed with torch's "rand() received an invalid combination of arguments", d=-1 with
+    "Trying to create tensor with negative dimension", K=0 naming `means`: its sizes are checked as image_like_mixture's."""
+    for kw, match in ((dict(d=2.0), "d must be a positive integer, got 2.0"), (dict(d=-1), "d must be a positive integer"),
+                      (dict(K=0), "K must be a positive integer, got 0"), (dict(K=2.5), "K must be a positive integer")):
+        with pytest.raises(ValueError, match=match):
+            toy.random_mixture(**kw)
+    assert toy.random_mixture(d=np.int64(3), K=2).means.shape == (2, 3)
