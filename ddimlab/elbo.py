@@ -227,7 +227,7 @@ def elbo_terms(eps_model, x0: torch.Tensor, alpha_bar, variance="small", decoder
     """
     alpha_bar = _check_alpha_bar(alpha_bar)
     _check_x0(x0)
-    check_generator(generator)
+    check_generator(generator, x0.device)
     n_mc = check_int("n_mc", n_mc)
     _check_decoder(decoder, x0)
     var = model_variance(alpha_bar, variance)
@@ -277,7 +277,7 @@ def l_simple(eps_model, x0: torch.Tensor, alpha_bar, generator: torch.Generator 
     if validate:
         alpha_bar = _check_alpha_bar(alpha_bar)
         _check_x0(x0)
-        check_generator(generator)
+        check_generator(generator, x0.device)
     B, T = x0.shape[0], alpha_bar.numel()
     if t is None:
         t = torch.randint(0, T, (B,), generator=generator, device=x0.device)

@@ -132,7 +132,7 @@ def _of_x_shape(e, x: torch.Tensor, what: str) -> torch.Tensor:
 
 def noise_from(generator: torch.Generator | None, x: torch.Tensor):
     """The default `noise_sampler`: one N(0, I) draw of x's shape, dtype and device per call from `generator`."""
-    check_generator(generator)
+    check_generator(generator, x.device)
     return lambda t, s: torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
@@ -468,6 +468,6 @@ def sample(eps, shape, alpha_bar, S: int = 50, spacing: str = "uniform", eta: fl
         raise TypeError(f"shape must be a sequence of sizes (B, ...), e.g. (16, 1, 8, 8), got {shape!r}")
     shape = tuple(check_int("an entry of shape", s, 0) for s in shape)     # torch: "negative dimension", randn's dump
     device = None if device is None else devices.resolve(device)           # "cuda:0": torch's "not compiled with CUDA"
-    x_T = torch.randn(shape, generator=check_generator(generator), dtype=dtype, device=device)
+    x_T = torch.randn(shape, generator=check_generator(generator, device), dtype=dtype, device=device)
     return ddim_sample(eps, x_T, alpha_bar, seq, eta=eta, generator=generator, return_trajectory=return_trajectory,
                        callback=callback)

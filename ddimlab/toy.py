@@ -100,7 +100,7 @@ class GaussianMixture:
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n draws, shape (n, d): pick k ~ w, then μ_k + U_k √λ_k z."""
-        n, generator = check_int("n", n), check_generator(generator)
+        n, generator = check_int("n", n), check_generator(generator, "cpu")
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.d, generator=generator, dtype=torch.float64)
         return self.means[k] + self._from_eigen_k(self.eigvals[k].sqrt() * z, k)
@@ -215,7 +215,7 @@ class GaussianMixture:
                        generator: torch.Generator | None = None) -> torch.Tensor:
         """One draw of x_s ~ q(x_s | x_t) per row (`reverse_kernel`; notebook 02 §10): pick k ~ r(x_t), then the k-th Gaussian."""
         log_r, mean, v = self.reverse_kernel(x_t, a_t, a_s)
-        k = torch.multinomial(log_r.exp(), 1, generator=check_generator(generator))[:, 0]
+        k = torch.multinomial(log_r.exp(), 1, generator=check_generator(generator, "cpu"))[:, 0]
         z = torch.randn(x_t.shape[0], self.d, generator=generator, dtype=torch.float64)
         rows = torch.arange(x_t.shape[0])
         return mean[rows, k] + self._from_eigen_k(v[k].sqrt() * z, k)

@@ -1977,3 +1977,19 @@ def test_api_round_24_random_mixture_names_its_sizes():
         with pytest.raises(ValueError, match=match):
             toy.random_mixture(**kw)
     assert toy.random_mixture(d=np.int64(3), K=2).means.shape == (2, 3)
+
+
+def test_api_round_24_a_generator_of_another_device_is_named_before_the_first_step():
+    """A CPU generator for CUDA draws (x_T.cuda() with torch.Generator()) was torch's "Expected a 'cuda' device type for
+    generator but found 'cpu'" at the first noise draw, after the first network call. The draws' device is checked
+    where the generator is taken (here on the meta device, which torch draws on without a word, and a CUDA name)."""
+    from ddimlab.checks import check_generator
+
+    gen = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match=r"generator is on cpu and draws on meta need one of their own: "
+                                         r"torch.Generator\(device='meta'\)"):
+        samplers.noise_from(gen, torch.empty(2, 3, device="meta"))
+    with pytest.raises(ValueError, match="generator is on cpu and draws on cuda:1 need one of their own"):
+        check_generator(gen, "cuda:1")
+    assert check_generator(gen, "cpu") is gen and check_generator(None, "cuda") is None
+    assert samplers.noise_from(gen, torch.zeros(2, 3))(None, None).shape == (2, 3)
