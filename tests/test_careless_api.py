@@ -1993,3 +1993,18 @@ def test_api_round_24_a_generator_of_another_device_is_named_before_the_first_st
         check_generator(gen, "cuda:1")
     assert check_generator(gen, "cpu") is gen and check_generator(None, "cuda") is None
     assert samplers.noise_from(gen, torch.zeros(2, 3))(None, None).shape == (2, 3)
+
+
+def test_api_round_24_latents_name_a_count_given_as_indices(tiny_unet):
+    """generate.latents(seed, 3, shape), meaning three images, failed with "object of type 'int' has no len()", and an
+    iterator of indices with "'list_iterator' has no len()"; sample_indices likewise. A count is named as such; an
+    iterator gives the latents of its indices."""
+    seq = schedule.timesteps(3, 1000)
+    for indices in (3, np.int64(3), torch.tensor(3), "012", torch.tensor([[0, 1]])):
+        with pytest.raises(TypeError, match=r"indices must be a list of image indices, e.g. range\(n\)"):
+            generate.latents(0, indices, (1, 2, 2))
+        with pytest.raises(TypeError, match="indices must be a list of image indices"):
+            generate.sample_indices(tiny_unet, indices, (1, 8, 8), AB, seq)
+    assert torch.equal(generate.latents(0, iter([2, 0]), (1, 2, 2)), generate.latents(0, [2, 0], (1, 2, 2)))
+    assert torch.equal(generate.sample_indices(tiny_unet, iter([1]), (1, 8, 8), AB, seq, check_range=False),
+                       generate.sample_indices(tiny_unet, [1], (1, 8, 8), AB, seq, check_range=False))
