@@ -2008,3 +2008,18 @@ def test_api_round_24_latents_name_a_count_given_as_indices(tiny_unet):
     assert torch.equal(generate.latents(0, iter([2, 0]), (1, 2, 2)), generate.latents(0, [2, 0], (1, 2, 2)))
     assert torch.equal(generate.sample_indices(tiny_unet, iter([1]), (1, 8, 8), AB, seq, check_range=False),
                        generate.sample_indices(tiny_unet, [1], (1, 8, 8), AB, seq, check_range=False))
+
+
+def test_api_round_24_eps_fn_refuses_integer_x_without_advising_an_integer_network(tiny_unet):
+    """eps_fn(net)(x.long(), t) said "pass x.to(torch.float32) or convert the network with .to(torch.int64)", and for
+    uint8 images ".to(torch.uint8)": no network can be converted so. Integer x is named as such, uint8 with the
+    conversion of images to the model's range; a plain callable's too."""
+    x = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
+    for model in (tiny_unet, lambda x_, t: x_):
+        e = checkpoint.eps_fn(model)
+        with pytest.raises(TypeError, match=r"x must be floating point .*got torch.uint8; for 0..255 images: "
+                                            r"data.to_model_range\(x\)"):
+            e(x, 5)
+        with pytest.raises(TypeError, match="x must be floating point .*got torch.int64$"):
+            e(x.long(), 5)
+    assert checkpoint.eps_fn(tiny_unet)(data.to_model_range(x), 5).shape == x.shape
