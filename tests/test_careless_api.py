@@ -2023,3 +2023,23 @@ def test_api_round_24_eps_fn_refuses_integer_x_without_advising_an_integer_netwo
         with pytest.raises(TypeError, match="x must be floating point .*got torch.int64$"):
             e(x.long(), 5)
     assert checkpoint.eps_fn(tiny_unet)(data.to_model_range(x), 5).shape == x.shape
+
+
+def test_api_round_24_make_config_names_overrides_of_another_kind():
+    """train.make_config("digits", "steps=5") failed with AttributeError: 'str' object has no attribute 'items', and a
+    list holding a number with "argument of type 'int' is not iterable"; pretrained.digits_config (digits_model's) took
+    only a dict, and a list failed with "dictionary update sequence element #0 has length 7; 2 is required"."""
+    from ddimlab import train
+
+    with pytest.raises(TypeError, match=r"overrides must be a dict \{key: value\} or a list of 'key=value' strings, got "
+                                        r"str 'steps=5' \(as a list: \['steps=5'\]\)"):
+        train.make_config("digits", "steps=5")
+    with pytest.raises(TypeError, match="overrides must be a dict .* got int 5$"):
+        train.make_config("digits", 5)
+    with pytest.raises(ValueError, match="override 5 must look like key=value"):
+        train.make_config("digits", [5])
+    assert train.make_config("digits", ["steps=5"]).steps == train.make_config("digits", {"steps": 5}).steps == 5
+    from ddimlab import pretrained
+    for overrides in ("steps=5", ["steps=5"], 5):        # "dictionary update sequence element #0 has length 7"
+        with pytest.raises(TypeError, match="overrides must be a dict {key: value} of preset fields"):
+            pretrained.digits_config(overrides=overrides)
