@@ -2043,3 +2043,17 @@ def test_api_round_24_make_config_names_overrides_of_another_kind():
     for overrides in ("steps=5", ["steps=5"], 5):        # "dictionary update sequence element #0 has length 7"
         with pytest.raises(TypeError, match="overrides must be a dict {key: value} of preset fields"):
             pretrained.digits_config(overrides=overrides)
+
+
+def test_api_round_24_load_images_says_a_folder_is_missing_or_a_file(tmp_path):
+    """fid.load_images (and compute_fid of a folder) said "no .png files in runs/samlpes" of a folder that is not
+    there (a typo), and of a file; it names which."""
+    plotting.save_png(torch.zeros(1, 4, 4, dtype=torch.uint8), tmp_path / "000000.png")
+    with pytest.raises(FileNotFoundError, match="samlpes is not there: give the folder of the .png images"):
+        fid.load_images(tmp_path / "samlpes")
+    with pytest.raises(NotADirectoryError, match="000000.png is a file: give the folder"):
+        fid.load_images(tmp_path / "000000.png")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no .png files in"):
+        fid.load_images(tmp_path / "empty")
+    assert fid.load_images(tmp_path).shape == (1, 1, 4, 4)
