@@ -445,6 +445,9 @@ def save_diffusers_folder(net: unet_mod.UNet, path, alpha_bar) -> Path:
     pipeline (model_index.json or unet/: its scheduler would be replaced and its own UNet still loaded), or a
     config.json that is not a UNet2DModel's, or a scheduler config this did not write, is refused; an earlier
     UNet2DModel export in it is replaced."""
+    if not isinstance(net, unet_mod.UNet):           # else "'tuple' object has no attribute 'config'"
+        raise TypeError(f"net must be a ddimlab unet.UNet, got {type(net).__name__}" + (
+            " (load_model returns (net, alpha_bar): pass them as two arguments)" if isinstance(net, tuple) else ""))
     path = Path(path)
     alpha_bar = schedule.validate_alpha_bar(alpha_bar)
     betas = 1 - alpha_bar / torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
@@ -700,6 +703,9 @@ def eps_fn(model, amp: bool = False):
     def eps(x, t):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__} (torch.from_numpy(x) for an array)")
+        if not x.is_floating_point():         # else "convert the network with .to(torch.uint8)", which no network can
+            raise TypeError(f"x must be floating point (x_t, data in [-1, 1] plus noise), got {x.dtype}"
+                            + ("; for 0..255 images: data.to_model_range(x)" if x.dtype == torch.uint8 else ""))
         if in_ch is not None and x.ndim == 4 and x.shape[1] != in_ch:      # else a conv error deep inside the network
             raise ValueError(f"x has {x.shape[1]} channels but the network takes {in_ch}: x is (B, {in_ch}, H, W)")
         t = schedule.as_steps(t)              # a string is a TypeError naming t, not torch's "invalid data type 'str'"

@@ -44,11 +44,16 @@ def seeded(seed) -> torch.Generator:
     return torch.Generator().manual_seed(check_int("seed", seed, 0, 2 ** 32 - 1, SEED_NOTE))
 
 
-def check_generator(generator):
-    """`generator` if it is a torch.Generator or None (torch's own message for a seed lists every overload of randn)."""
+def check_generator(generator, device=None):
+    """`generator` if it is a torch.Generator or None (torch's own message for a seed lists every overload of randn),
+    and, given the `device` its draws are made on, a generator of that device type (a CPU generator for CUDA draws
+    was torch's "Expected a 'cuda' device type for generator", after the first network call)."""
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__} (for a seed: "
                         f"torch.Generator().manual_seed(seed))")
+    if generator is not None and device is not None and generator.device.type != torch.device(device).type:
+        raise ValueError(f"generator is on {generator.device.type} and draws on {torch.device(device)} need one of their "
+                         f"own: torch.Generator(device={torch.device(device).type!r}).manual_seed(seed)")
     return generator
 
 

@@ -21,14 +21,21 @@ from .checks import as_real, check_bool, check_numbers
 VARIANCES = ("small", "large")   # DDPM's two reverse variances: β̃ (posterior) and β (notebook 02 §1)
 
 
+def check_precision(a) -> None:
+    """A float16 or bfloat16 ᾱ (a tensor, or a numpy float16 array) is a TypeError: it rounds ᾱ near 1 to 1 (ᾱ_0 =
+    0.9999 is 1.0; bfloat16: ᾱ_5 = 0.9985 too), which silently removes the noise there, and no later cast brings the
+    digits back. Said as such, not as the value 1 it became."""
+    dtype = getattr(a, "dtype", None)
+    if dtype in (torch.float16, torch.bfloat16) or str(dtype) == "float16":
+        raise TypeError(f"alpha_bar values in {dtype} round the steps near t = 0 to 1 (no noise); pass them in "
+                        f"float32 or float64 (schedule tables are float64), and cast only x")
+
+
 def wide(a) -> torch.Tensor:
     """ᾱ-like `a` as a tensor to form coefficients in: float64 for Python numbers (the samplers pass ᾱ so); a tensor
     keeps its dtype, since a float32 ᾱ has been rounded already (training's table: its steps stay bitwise the same).
-    A float16 or bfloat16 ᾱ is a TypeError: it rounds ᾱ near 1 to 1 (bfloat16: ᾱ_5 = 0.9985 is 1.0), which silently
-    removes the noise there, and no later cast brings the digits back."""
-    if isinstance(a, torch.Tensor) and a.dtype in (torch.float16, torch.bfloat16):
-        raise TypeError(f"alpha_bar values in {a.dtype} round the steps near t = 0 to 1 (no noise); pass them in "
-                        f"float32 or float64 (schedule tables are float64), and cast only x")
+    A float16 or bfloat16 ᾱ is a TypeError (`check_precision`)."""
+    check_precision(a)
     return a if isinstance(a, torch.Tensor) else torch.as_tensor(a, dtype=torch.float64)
 
 
@@ -246,11 +253,14 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, a_t, a_s, eta: float = 0.0,
     """One generalized DDIM step x_t → x_s (DDIM eq. 12, notebook 04 §3).
 
     x_s = √ᾱ_s x̂_0 + √(1−ᾱ_s−σ²) ε + σ z, with x̂_0 = `predict_x0(x_t, eps, a_t)` and σ = `ddim_sigma`.
-    Returns (x_s, x̂_0). `noise` is z; it is required when η > 0, and cast to x_t's dtype (as `ddim_sample` casts its
-    draws): float64 noise does not widen a float32 x_s. σ² > 1 − ᾱ_s (η > 1 on some steps) is a ValueError
-    (`check_sigma`), as in `q_sigma_mean`.
+    Returns (x_s, x̂_0), both of x_t's dtype: `noise` is z, required when η > 0, and it and ε are cast to x_t's dtype
+    (as `ddim_sample` casts its draws, and refuses an ε of another dtype): a float64 ε or z does not widen a float32
+    x_s. σ² > 1 − ᾱ_s (η > 1 on some steps) is a ValueError (`check_sigma`), as in `q_sigma_mean`.
     """
     _same_shape(x_t, eps, "x_t and eps")
+    if not eps.dtype.is_floating_point:             # an integer ε is no prediction of N(0, I) noise
+        raise TypeError(f"eps must be floating point (the predicted noise), got {eps.dtype}")
+    eps = eps.to(x_t.dtype)
     if noise is not None:
         _same_shape(x_t, noise, "x_t and noise")
         if not noise.dtype.is_floating_point:       # True read as 1; an integer draw is no N(0, I)

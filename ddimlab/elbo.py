@@ -42,6 +42,8 @@ def _check_alpha_bar(alpha_bar) -> torch.Tensor:
 
 
 def _check_x0(x0: torch.Tensor) -> None:
+    """x0 is a finite float batch (B >= 1); images (B, C, H, W) that look like 0..255 ones warn (`_warn_if_0_255`), in
+    every function of this module that takes x0: each term is finite and silently wrong for them."""
     if not isinstance(x0, torch.Tensor) or x0.ndim < 2 or x0.shape[0] == 0:
         raise ValueError(f"x0 must be a batch tensor of shape (B, ...) with B >= 1, got "
                          f"{tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__}")
@@ -49,6 +51,7 @@ def _check_x0(x0: torch.Tensor) -> None:
         raise TypeError(f"x0 must be floating point (data in [-1, 1]), got {x0.dtype}")
     if not bool(torch.isfinite(x0).all()):
         raise ValueError("x0 must be finite")
+    _warn_if_0_255(x0, "x0", stacklevel=4)
 
 
 def _check_same(name: str, a: torch.Tensor, x0: torch.Tensor) -> None:
@@ -140,7 +143,6 @@ def prior_kl(x0: torch.Tensor, alpha_bar) -> torch.Tensor:
     about 127.5² times that of the same images in [−1, 1], finite and silently wrong (other data may have any scale).
     """
     _check_x0(x0)
-    _warn_if_0_255(x0, "x0")
     return _prior_kl(x0, _check_alpha_bar(alpha_bar))
 
 
@@ -162,12 +164,14 @@ def posterior_kl(x0: torch.Tensor, x_t: torch.Tensor, eps_pred: torch.Tensor, al
     _check_x0(x0)
     _check_same("x_t", x_t, x0)
     _check_same("eps_pred", eps_pred, x0)
+    return _posterior_kl(x0, x_t, eps_pred, alpha_bar, t, float(model_variance(alpha_bar, variance)[t]))
+
+
+def _posterior_kl(x0, x_t, eps_pred, alpha_bar, t: int, var_p: float) -> torch.Tensor:
     a_t, a_s = float(alpha_bar[t]), float(alpha_bar[t - 1])
     mean_q = posterior_mean(x0, x_t, a_t, a_s)
     mean_p = posterior_mean(predict_x0(x_t, eps_pred, a_t), x_t, a_t, a_s)
-    var_q = float(posterior_variance(a_t, a_s))
-    var_p = float(model_variance(alpha_bar, variance)[t])
-    return _sum_flat(kl_normal(mean_q, var_q, mean_p, var_p))
+    return _sum_flat(kl_normal(mean_q, float(posterior_variance(a_t, a_s)), mean_p, var_p))
 
 
 def decoder_nll(x0: torch.Tensor, x_t: torch.Tensor, eps_pred: torch.Tensor, alpha_bar, variance="small",
@@ -185,14 +189,22 @@ def decoder_nll(x0: torch.Tensor, x_t: torch.Tensor, eps_pred: torch.Tensor, alp
     _check_x0(x0)
     _check_same("x_t", x_t, x0)
     _check_same("eps_pred", eps_pred, x0)
-    mean = predict_x0(x_t, eps_pred, float(alpha_bar[0]))
-    var = float(model_variance(alpha_bar, variance)[0])
+    _check_decoder(decoder, x0)
+    return _decoder_nll(x0, x_t, eps_pred, alpha_bar, float(model_variance(alpha_bar, variance)[0]), decoder)
+
+
+def _check_decoder(decoder: str, x0: torch.Tensor) -> None:
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}")
     if decoder == "discretized":
         _check_8bit(x0)
+
+
+def _decoder_nll(x0, x_t, eps_pred, alpha_bar, var: float, decoder: str) -> torch.Tensor:
+    mean = predict_x0(x_t, eps_pred, float(alpha_bar[0]))
+    if decoder == "discretized":
         return -_sum_flat(discretized_gaussian_log_likelihood(x0, mean, 0.5 * math.log(var)))
-    if decoder == "gaussian":
-        return -_sum_flat(log_normal(x0, mean, var))
-    raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}")
+    return -_sum_flat(log_normal(x0, mean, var))
 
 
 def elbo_terms(eps_model, x0: torch.Tensor, alpha_bar, variance="small", decoder: str = "discretized",
@@ -208,18 +220,17 @@ def elbo_terms(eps_model, x0: torch.Tensor, alpha_bar, variance="small", decoder
     - "elbo": −total, the lower bound on log p_θ(x_0);
     - "bpd": total / (D ln 2), bits per dimension (D = numel of one sample).
 
-    0..255 images warn before the first network call (`prior_kl`); decoder="discretized" then refuses them.
+    Before the first network call: 0..255 images warn (as in every function here that takes x0), and
+    decoder="discretized" refuses x0 off the 8-bit grid.
 
     Costs T · n_mc network calls per batch; wrap in `torch.no_grad()` for evaluation.
     """
     alpha_bar = _check_alpha_bar(alpha_bar)
     _check_x0(x0)
-    _warn_if_0_255(x0, "x0")
-    check_generator(generator)
+    check_generator(generator, x0.device)
     n_mc = check_int("n_mc", n_mc)
-    if decoder not in DECODERS:
-        raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}")
-    model_variance(alpha_bar, variance)  # validate early
+    _check_decoder(decoder, x0)
+    var = model_variance(alpha_bar, variance)
     B, T = x0.shape[0], alpha_bar.numel()
     xr = x0.repeat(n_mc, *([1] * (x0.ndim - 1)))
     terms = []
@@ -230,11 +241,8 @@ def elbo_terms(eps_model, x0: torch.Tensor, alpha_bar, variance="small", decoder
         pred = _of_x_shape(eps_model(x_t.clone(), t), x_t, "eps_model(x_t, t)")   # x_t is used below: a copy
         if not bool(torch.isfinite(pred).all()):
             raise NonFiniteError(f"eps_model(x_t, t) returned NaN or inf at step t = {t}; the bound would be NaN")
-        args = (xr.to(wide), x_t.to(wide), pred.to(wide), alpha_bar)
-        if t == 0:
-            term = decoder_nll(*args, variance, decoder)
-        else:
-            term = posterior_kl(*args, t, variance)
+        args = (xr.to(wide), x_t.to(wide), pred.to(wide), alpha_bar)     # checked above: once, not at every step
+        term = _decoder_nll(*args, float(var[0]), decoder) if t == 0 else _posterior_kl(*args, t, float(var[t]))
         terms.append(term.reshape(n_mc, B).mean(0))
     terms = torch.stack(terms, dim=1)
     prior = _prior_kl(x0, alpha_bar)
@@ -262,14 +270,14 @@ def l_simple(eps_model, x0: torch.Tensor, alpha_bar, generator: torch.Generator 
     (a (B,) integer tensor) is given, and ε ~ N(0, I) from `generator` unless `noise` is given (the
     trainer draws both itself). `eps_model` is called once with a (B,) LongTensor t; its output is
     compared in float32 or wider (bf16 autocast). reduction "mean" returns a scalar, "none" the (B,)
-    per-sample losses. validate=False skips the argument checks, which would synchronise a GPU at every
-    training step (the trainer checks its data once).
+    per-sample losses. Images that look like 0..255 ones warn, as in `prior_kl`. validate=False skips the argument
+    checks, which would synchronise a GPU at every training step (the trainer checks its data once).
     """
     validate = check_bool("validate", validate)
     if validate:
         alpha_bar = _check_alpha_bar(alpha_bar)
         _check_x0(x0)
-        check_generator(generator)
+        check_generator(generator, x0.device)
     B, T = x0.shape[0], alpha_bar.numel()
     if t is None:
         t = torch.randint(0, T, (B,), generator=generator, device=x0.device)

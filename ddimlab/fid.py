@@ -34,6 +34,9 @@ def _first_pngs(directory, n: int | None) -> list[Path]:
     """The first n PNG files of `directory` in file-name order (all for n=None): what `load_images` reads and
     `fid_inception(n=)` scores."""
     n = None if n is None else check_int("n", n, note=" (the number of images) or None for all")
+    if not Path(directory).is_dir():          # else "no .png files in" a folder that is not there, or a file
+        raise (NotADirectoryError if Path(directory).exists() else FileNotFoundError)(
+            f"{directory} is {'a file' if Path(directory).exists() else 'not there'}: give the folder of the .png images")
     files = sorted(Path(directory).glob("*.png"))
     if not files:
         raise ValueError(f"no .png files in {directory}")

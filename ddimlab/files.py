@@ -160,16 +160,26 @@ def check_out_folder(out: Path, what: str = "a run folder") -> None:
         raise FileNotFoundError(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist")
 
 
+def absent_folders(folder) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, innermost first (what `remove_empty` takes away again)."""
+    folder = Path(folder)
+    return [p for p in (folder, *folder.parents) if not p.exists()]
+
+
 def check_can_write(folder, hint: str = "choose another --out") -> None:
-    """Make `folder` if absent, and create and delete a file in it: one that cannot be written is said before the work,
-    not after it (a lock file left by an earlier run opens even in a folder made read-only since)."""
+    """Create and delete a file in `folder`: one that cannot be written is said before the work, not after it (a lock
+    file left by an earlier run opens even in a folder made read-only since). The folders made for the probe are removed
+    again: a check leaves nothing on disk, whether the work after it fails or not."""
+    made = absent_folders(folder)
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".ddimlab-probe-", dir=folder)
     except OSError as e:
+        remove_empty(made)
         raise _cannot_write(Path(folder), e, hint) from None
     os.close(fd)
     os.unlink(probe)
+    remove_empty(made)
 
 
 @contextlib.contextmanager
@@ -177,8 +187,7 @@ def folder_removed_on_error(folder, *own):
     """On an exception in the block, if `folder` did not exist before it: delete the files `own` (e.g. the
     lock file the block created) and the folders the block created, where they are now empty, so that a
     command that failed before writing anything leaves nothing behind (`reproduce`, `train`)."""
-    folder = Path(folder)
-    created = [p for p in (folder, *folder.parents) if not p.exists()]     # innermost first
+    created = absent_folders(folder)
     try:
         yield
     except BusyError:           # another command holds the folder (and may have made it): nothing here is ours

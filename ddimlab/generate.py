@@ -23,7 +23,7 @@ from . import devices, diffusion, ode, schedule
 from .checkpoint import eps_fn, image_shape, sha256_of, weights_sha256
 from .checks import check_bool, check_distinct, check_int
 from .data import from_model_range
-from .files import atomic_write, remove_empty, remove_stale_temps
+from .files import absent_folders, atomic_write, remove_empty, remove_stale_temps
 from .plotting import save_png
 from .samplers import SIGMA_HAT, OutOfRangeWarning, check_first_step, sample_row
 
@@ -136,12 +136,22 @@ def latents(seed: int, indices, shape, device=None) -> torch.Tensor:
     """x_T ~ N(0, I) for each index, drawn on the CPU from the index's own generator (`seed_for`), so a
     (seed, index) pair gives the same latent on every device, batch and process (notebook 07 §5). An index listed
     twice is a ValueError (it would be one latent twice), here and in `sample_indices`."""
+    indices = _index_list(indices)
     if isinstance(shape, (int, str)) or len(indices) == 0:     # else torch's "not iterable" or "stack expects a non-empty"
         raise ValueError(f"latents needs indices (at least one) and a shape such as (C, H, W); got {len(indices)} "
                          f"indices and shape {shape!r}")
     shape = tuple(check_int("an entry of shape", s) for s in shape)    # torch: "negative dimension -2"
     device = None if device is None else devices.resolve(device)      # "cuda:0": torch's "not compiled with CUDA"
     return _draw(_generators(seed, indices), shape, device)
+
+
+def _index_list(indices) -> list:
+    """`indices` as a list (a range, a list, a 1-D tensor or array); a number is a TypeError that says what is asked for
+    (latents(seed, 3, shape) meant three images: "object of type 'int' has no len()")."""
+    if isinstance(indices, (str, bytes, dict)) or not hasattr(indices, "__iter__") or getattr(indices, "ndim", 1) != 1:
+        raise TypeError(f"indices must be a list of image indices, e.g. range(n) for images 0..n-1; got "
+                        f"{type(indices).__name__} {str(indices)[:40]}")
+    return list(indices)
 
 
 def _generators(seed: int, indices) -> list[torch.Generator]:
@@ -183,6 +193,7 @@ def sample_indices(model, indices, shape, alpha_bar, seq, eta=0.0, seed: int = 0
     if solver is not None and (eta != 0 or clip_x0):
         raise ValueError(f"eta and clip_x0 apply to DDIM and DDPM; the ODE solver {solver!r} is deterministic and does "
                          f"not clip (got eta={eta!r}, clip_x0={clip_x0!r})")
+    indices = _index_list(indices)
     if len(indices) == 0:
         raise ValueError("indices is empty: give the index of at least one image")
     device = devices.resolve(device) if device is not None else devices.model_device(model)
@@ -236,7 +247,7 @@ def generate_samples(model, out_dir, n: int, *, shape=None, S: int = 50, eta=0.0
     seq = sampling_steps(S, alpha_bar.shape[0], spacing)
     check_first_step(alpha_bar, seq)                     # S = 1 on `quad` is the step t = 0: the PNGs would be x_T
     out_dir = Path(out_dir)
-    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]      # innermost first
+    created = absent_folders(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = dict(model=model_key, T=int(alpha_bar.shape[0]), seed=seed, S=int(S), eta=str(eta), spacing=spacing,
                     shape=list(shape), clip_x0=clip_x0, amp=bool(amp or getattr(model, "amp", False)),   # eps_fn(net, amp=True)

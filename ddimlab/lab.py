@@ -183,14 +183,28 @@ def beyond(worse: dict, better: dict, k: float = 3.0) -> bool:
     return diff > k * se
 
 
+def _sampler_rows(rows, keys=("mmd2", "se", "floor", "within_floor", "ode_err")) -> list[dict]:
+    """The sampler rows of `table1`'s `rows` (all but the exact data's), each checked for `keys`: rows of another table
+    (`tables.score_grid`'s, keyed by η) are named as such, not a KeyError of the first key they lack."""
+    if not isinstance(rows, (list, tuple)) or not all(isinstance(r, dict) for r in rows):
+        raise TypeError(f"rows must be a list of lab.table1's rows (dicts), got {type(rows).__name__}")
+    for r in rows:
+        if missing := [k for k in ("sampler", "S", *keys) if k not in r]:
+            raise ValueError(f"rows must be lab.table1's, and a row lacks {', '.join(missing)} (its keys: "
+                             f"{', '.join(map(str, r))}); tables.score_grid's and reproduce's rows are another table's")
+    body = [r for r in rows if r["sampler"] != DATA]
+    if not body:
+        raise ValueError("rows hold no sampler rows; pass the output of table1()")
+    return body
+
+
 def ranking(rows: list[dict], S: int, samplers_=None, k: float = 3.0) -> str:
     """The samplers at S from best to worst, with every pair's verdict (notebook 09 §4). '<' means each sampler
     before it beats each one after it by more than k SEs of their difference (`beyond`), '≈' that some pair across
     it is not resolved; pairs resolved although no '<' separates them follow in brackets.
     E.g. 'η=0 < η=1 ≈ σ̂', or 'η=0 ≈ η=0.5 ≈ η=1 (η=0 < η=1)'."""
     S = check_int("S", S)                             # S=True would pick the rows at S = 1
-    body = [r for r in rows if r["sampler"] != DATA and r["S"] == S
-            and (samplers_ is None or r["sampler"] in samplers_)]
+    body = [r for r in _sampler_rows(rows, ("mmd2", "se")) if r["S"] == S and (samplers_ is None or r["sampler"] in samplers_)]
     if not body:
         raise KeyError(f"no rows at S={S} for samplers {samplers_}")
     body.sort(key=lambda r: r["mmd2"])
@@ -344,9 +358,7 @@ def metric_name(rows: list[dict]) -> str:
 def format_table(rows: list[dict]) -> str:
     """Plain-text Table 1: one line per sampler, one column per S; the statistic ×10³ ± SE, '*' within the
     noise floor (notebook 09 §2)."""
-    body = [r for r in rows if r["sampler"] != DATA]
-    if not body:
-        raise ValueError("rows hold no sampler rows; pass the output of table1()")
+    body = _sampler_rows(rows)
     S_list = sorted({r["S"] for r in body})
     names = list(dict.fromkeys(r["sampler"] for r in body))
     floor = rows[0]["floor"]
@@ -389,9 +401,7 @@ def plot_table(rows: list[dict], axes=None):
     """
     import matplotlib.pyplot as plt
 
-    body = [r for r in rows if r["sampler"] != DATA]
-    if not body:
-        raise ValueError("rows hold no sampler rows; pass the output of table1()")
+    body = _sampler_rows(rows)
     floor = rows[0]["floor"]
     names = list(dict.fromkeys(r["sampler"] for r in body))
     has_ode = any(r["ode_err"] is not None for r in body)

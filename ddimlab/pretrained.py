@@ -65,6 +65,9 @@ def digits_config(steps: int | None = None, seed: int = 0, device: str = "cpu", 
     if steps is not None:
         steps = check_int("steps", steps, note=" or None (the preset's)")
     seed = check_int("seed", seed, 0, 2 ** 32 - 1)
+    if overrides is not None and not hasattr(overrides, "items"):      # dict() of a list: "update sequence element #0"
+        raise TypeError(f"overrides must be a dict {{key: value}} of preset fields, got {type(overrides).__name__} "
+                        f"{overrides!r}")
     values = dict(overrides or {})
     taken = sorted({"seed", "device", "n_samples", "threads"} & set(values))     # they would be replaced silently
     if taken:
@@ -89,6 +92,7 @@ def digits_model(steps: int | None = None, seed: int = 0, cache_dir=None, progre
     (`python -m ddimlab.pretrained`).
     """
     config, folder = _config_and_folder(steps, seed, cache_dir, device, overrides, threads)
+    devices.resolve(config.device)         # a device this machine lacks: said before the cache's lock file is made
     lock = folder.parent / f".{folder.name}.lock"
     try:
         with locked(lock, busy="held"):

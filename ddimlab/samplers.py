@@ -132,7 +132,7 @@ def _of_x_shape(e, x: torch.Tensor, what: str) -> torch.Tensor:
 
 def noise_from(generator: torch.Generator | None, x: torch.Tensor):
     """The default `noise_sampler`: one N(0, I) draw of x's shape, dtype and device per call from `generator`."""
-    check_generator(generator)
+    check_generator(generator, x.device)
     return lambda t, s: torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
@@ -338,14 +338,16 @@ def guided_eps(eps_null, eps_cond, w: float):
     return eps
 
 
-def _warn_if_0_255(x, name):
+def _warn_if_0_255(x, name, stacklevel: int = 3):
     """Images (B, C, H, W) to encode or edit that look like 0..255 ones (`data.looks_0_255`): a model trained on [−1, 1]
-    data sees far-out inputs, and the result is silently wrong. A warning: other data may have any scale."""
+    data sees far-out inputs, and the result is silently wrong. A warning: other data may have any scale. stacklevel:
+    as warnings.warn's, counted from here (3: the caller of the function that calls this)."""
     from .data import looks_0_255
 
     if x.ndim == 4 and looks_0_255(x):
         warnings.warn(f"{name} looks like images in 0..255 (values {float(x.min()):.3g} to {float(x.max()):.3g}); "
-                      f"models trained on images take them in [-1, 1]: data.to_model_range(uint8 images)", stacklevel=3)
+                      f"models trained on images take them in [-1, 1]: data.to_model_range(uint8 images)",
+                      stacklevel=stacklevel)
 
 
 def sdedit(eps, x_in, alpha_bar, seq, eta: float = 1.0, generator: torch.Generator | None = None, callback=None):
@@ -466,6 +468,6 @@ def sample(eps, shape, alpha_bar, S: int = 50, spacing: str = "uniform", eta: fl
         raise TypeError(f"shape must be a sequence of sizes (B, ...), e.g. (16, 1, 8, 8), got {shape!r}")
     shape = tuple(check_int("an entry of shape", s, 0) for s in shape)     # torch: "negative dimension", randn's dump
     device = None if device is None else devices.resolve(device)           # "cuda:0": torch's "not compiled with CUDA"
-    x_T = torch.randn(shape, generator=check_generator(generator), dtype=dtype, device=device)
+    x_T = torch.randn(shape, generator=check_generator(generator, device), dtype=dtype, device=device)
     return ddim_sample(eps, x_T, alpha_bar, seq, eta=eta, generator=generator, return_trajectory=return_trajectory,
                        callback=callback)

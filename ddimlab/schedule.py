@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .checks import as_real, check_int, check_numbers, is_complex
-from .diffusion import _check_range, wide
+from .diffusion import _check_range, check_precision, wide
 
 SCHEDULES = ("linear", "cosine", "quadratic")
 SPACINGS = ("uniform", "quad", "linspace", "trailing")
@@ -76,6 +76,7 @@ def validate_alpha_bar(alpha_bar) -> torch.Tensor:
     caller's later edits of its table change nothing that kept it (`toy.exact_eps`)."""
     if isinstance(alpha_bar, torch.Tensor) and not alpha_bar.dtype.is_floating_point:
         raise ValueError(f"alpha_bar must be a float table (schedule.make_alpha_bar), got {alpha_bar.dtype}")
+    check_precision(alpha_bar)                           # else "values must lie in (0, 1), got 1.0"
     try:
         a = torch.as_tensor(alpha_bar, dtype=torch.float64).clone()
     except (TypeError, ValueError, RuntimeError):        # strings, ragged lists: torch's "too many dimensions 'str'"

@@ -246,7 +246,7 @@ def reconstruction_errors(model, images: torch.Tensor, alpha_bar, seq, batch_siz
     image and its reconstruction (clamped to [−1, 1]) scaled to [0, 1] as in DDIM Table 2: a float64 tensor (N,) on
     the CPU, whose mean is the table's number (notebook 07 §3)."""
     amp, batch_size = check_bool("amp", amp), check_int("batch_size", batch_size)
-    device = torch.device(device) if device is not None else devices.model_device(model)
+    device = devices.resolve(device) if device is not None else devices.model_device(model)
     eps = eps_fn(model, amp)
     alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64).to(device)
     errs = []
@@ -272,10 +272,8 @@ def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None
     amp, progress = check_bool("amp", amp), check_bool("progress", progress)
     batch_size = check_int("batch_size", batch_size)
     rank, world_size = resolve_rank(rank, world_size)
-    if rank == 0:                                    # the tables are written after every reconstruction
-        if out_dir is None or Path(out_dir).is_file():
-            raise ValueError(f"out_dir must be a folder for table2.csv and table2.md, got {out_dir!r}")
-        check_can_write(out_dir, "choose another out_dir")
+    if rank == 0 and (out_dir is None or Path(out_dir).is_file()):
+        raise ValueError(f"out_dir must be a folder for table2.csv and table2.md, got {out_dir!r}")
     if images is None:
         images, _ = data.load_cifar10(train=False)
         source = source or "CIFAR-10 test images"
@@ -292,6 +290,10 @@ def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None
                          f"{world_size} images")
     alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else torch.as_tensor(alpha_bar)
     seqs = _check_steps(S_list, alpha_bar, spacing, TO_NOISE)
+    eps_fn(model, amp)                               # a model that is no network nor function, and an unknown device:
+    device = devices.resolve(device) if device is not None else None              # said before the work
+    if rank == 0:                                    # the tables are written after every reconstruction
+        check_can_write(out_dir, "choose another out_dir")
     mine = images[rank::world_size]
     rows = []
     for S, seq in tqdm(zip(S_list, seqs), total=len(seqs), desc="table2", disable=not progress):

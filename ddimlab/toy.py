@@ -100,7 +100,7 @@ class GaussianMixture:
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n draws, shape (n, d): pick k ~ w, then μ_k + U_k √λ_k z."""
-        n, generator = check_int("n", n), check_generator(generator)
+        n, generator = check_int("n", n), check_generator(generator, "cpu")
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.d, generator=generator, dtype=torch.float64)
         return self.means[k] + self._from_eigen_k(self.eigvals[k].sqrt() * z, k)
@@ -215,7 +215,7 @@ class GaussianMixture:
                        generator: torch.Generator | None = None) -> torch.Tensor:
         """One draw of x_s ~ q(x_s | x_t) per row (`reverse_kernel`; notebook 02 §10): pick k ~ r(x_t), then the k-th Gaussian."""
         log_r, mean, v = self.reverse_kernel(x_t, a_t, a_s)
-        k = torch.multinomial(log_r.exp(), 1, generator=check_generator(generator))[:, 0]
+        k = torch.multinomial(log_r.exp(), 1, generator=check_generator(generator, "cpu"))[:, 0]
         z = torch.randn(x_t.shape[0], self.d, generator=generator, dtype=torch.float64)
         rows = torch.arange(x_t.shape[0])
         return mean[rows, k] + self._from_eigen_k(v[k].sqrt() * z, k)
@@ -424,6 +424,7 @@ def random_mixture(d: int = 8, K: int = 4, scale: float = 0.5, std_range=(0.1, 0
                    seed: int = 0) -> GaussianMixture:
     """d-dimensional mixture of K Gaussians with random means (± `scale`), random rotations and
     per-axis standard deviations in `std_range`; deterministic given `seed`."""
+    d, K = check_int("d", d), check_int("K", K)            # else torch's argument dump, or "negative dimension"
     lo, hi = (as_real(v) for v in std_range) if len(std_range) == 2 else (None, None)
     if lo is None or hi is None or not 0 < lo <= hi:     # negative ones would square to positive ones' mixture
         raise ValueError(f"std_range must be (low, high) with 0 < low <= high, got {std_range!r}")

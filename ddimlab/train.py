@@ -197,10 +197,14 @@ def make_config(preset: str = "digits", overrides=None) -> TrainConfig:
 
 def _apply(values: dict, overrides) -> dict:
     """values updated with overrides (a dict, or "key=value" strings parsed by each field's type)."""
+    if overrides is not None and not isinstance(overrides, (list, tuple)) and not hasattr(overrides, "items"):
+        raise TypeError(f"overrides must be a dict {{key: value}} or a list of 'key=value' strings, got "
+                        f"{type(overrides).__name__} {overrides!r}" + (f" (as a list: [{overrides!r}])"
+                                                                       if isinstance(overrides, str) else ""))
     if isinstance(overrides, (list, tuple)):
         pairs = {}
         for item in overrides:
-            if "=" not in item:
+            if not isinstance(item, str) or "=" not in item:
                 raise ValueError(f"override {item!r} must look like key=value")
             k, v = item.split("=", 1)
             pairs[k.strip()] = v

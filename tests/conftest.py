@@ -1,5 +1,6 @@
-"""Shared test set-up: one torch thread, `randomize` for network weights, and a loopback HTTP server
-for the download tests (no network leaves the machine)."""
+"""Shared test set-up: one torch thread, `randomize` for network weights, a loopback HTTP server
+for the download tests (no network leaves the machine), and `root_guard`: a run that leaves files in the repository
+root fails."""
 import errno
 import http.server
 import os
@@ -8,6 +9,7 @@ import threading
 import pytest
 import torch
 from cli_support import TINY, _sets
+from root_guard import pytest_sessionfinish, pytest_sessionstart, pytest_terminal_summary  # noqa: F401 (hooks)
 
 from ddimlab import cli
 

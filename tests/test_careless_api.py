@@ -211,7 +211,7 @@ def test_generate_samples_checks_everything_before_it_claims_a_folder_and_record
     assert generate.generate_samples(net, out, 4, shape=(1, 8, 8), S=3) == [3]
 
 
-def test_options_that_would_be_ignored_and_lists_that_repeat_are_refused(tiny_unet):
+def test_options_that_would_be_ignored_and_lists_that_repeat_are_refused(tiny_unet, tmp_path):
     """sample_indices with an ODE solver dropped eta and clip_x0; lab.table1 and tables.score_grid ran a repeated S
     or η twice (and took True or "0.5" as η), score_grid with n = 0 failed in torch.cat; reproduce_table2 with
     n_images = -1 dropped the last image."""
@@ -232,7 +232,8 @@ def test_options_that_would_be_ignored_and_lists_that_repeat_are_refused(tiny_un
         with pytest.raises(ValueError, match=match):
             tables.score_grid(net, never, **{"S_list": (5,), "eta_list": (0.0,), **kw})
     with pytest.raises(ValueError, match="n_images must be a positive integer"):
-        tables.reproduce_table2(net, "unused", images=torch.zeros(3, 1, 8, 8, dtype=torch.uint8), n_images=-1)
+        tables.reproduce_table2(net, tmp_path / "t2", images=torch.zeros(3, 1, 8, 8, dtype=torch.uint8), n_images=-1)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_beta_table_for_alpha_bar_and_a_wrong_shaped_guided_eps_are_refused(toy_setup):
@@ -1554,7 +1555,7 @@ def test_twentieth_round_messages_name_the_argument():
         generate.latents(0, [0, 1], (1, -2, 2))
     x0 = torch.zeros(2, 1, 2, 2, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"eps_model\(x_t, t\) must return a tensor of x's shape .* got list"):
-        elbo.elbo_terms(lambda x_, t: x_.tolist(), x0, schedule.make_alpha_bar("linear", 20))
+        elbo.elbo_terms(lambda x_, t: x_.tolist(), x0, schedule.make_alpha_bar("linear", 20), decoder="gaussian")
     net = _tiny_net()
     for other in (torch.nn.Linear(2, 2), torch.nn.Sequential()):
         with pytest.raises(ValueError, match="ema and model must be copies of one network"):
@@ -1848,3 +1849,211 @@ def test_api_round_22_audit_karras_rho_limit_is_1e4():
     assert ode.MAX_RHO == 1e4
     with pytest.raises(ValueError, match=r"rho must be a finite number >= 1 and <= 10000 \("):
         ode.karras_timesteps(5, AB, rho=1.0001e4)
+
+
+def test_api_round_24_bad_arguments_leave_nothing_on_disk(tmp_path, tiny_unet):
+    """Round 24, item 1: reproduce_table2 made out_dir (files.check_can_write) before it checked n_images, images,
+    S_list, spacing, alpha_bar, the model and the device, and a model failing at its first call left the folder too;
+    digits_model on a device the machine lacks left a lock file in the cache. A bad argument leaves nothing now."""
+    from ddimlab import pretrained, tables
+    from ddimlab.devices import DeviceError
+    from ddimlab.files import check_can_write
+
+    u8 = torch.zeros(3, 1, 8, 8, dtype=torch.uint8)
+    out = tmp_path / "new" / "t2"
+
+    def fail(x, t):
+        raise ZeroDivisionError("the model fails")
+    for kw, err, match in ((dict(n_images=-1), ValueError, "n_images must be a positive integer"),
+                           (dict(images=u8.float()), ValueError, "images must be uint8"),
+                           (dict(S_list=(0,)), ValueError, "number of steps S must be"),
+                           (dict(S_list=(5, 5)), ValueError, "S = 5 is listed twice"),
+                           (dict(spacing="bogus"), ValueError, "unknown spacing"),
+                           (dict(alpha_bar=AB.flip(0)), ValueError, "alpha_bar must be strictly decreasing"),
+                           (dict(device="cuda:99"), DeviceError, "cuda:99"),
+                           (dict(model="net"), TypeError, "model must be a network"),
+                           (dict(model=fail), ZeroDivisionError, "the model fails")):
+        kw = {"model": tiny_unet, "images": u8, "S_list": (2,), **kw}
+        with pytest.raises(err, match=match):
+            tables.reproduce_table2(kw.pop("model"), out, **kw)
+        assert list(tmp_path.iterdir()) == [], kw
+    check_can_write(out)                                  # the probe's folders go with the probe
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(DeviceError, match="cuda:99"):
+        pretrained.digits_model(steps=2, cache_dir=tmp_path / "cache", device="cuda:99")
+    assert list(tmp_path.iterdir()) == []
+    rows = tables.reproduce_table2(tiny_unet, out, images=u8, S_list=(2,))             # and the good call writes
+    assert rows[0]["n"] == 3 and sorted(p.name for p in out.iterdir()) == ["table2.csv", "table2.md"]
+
+
+def test_api_round_24_ddim_step_follows_x_t_dtype_with_a_float64_eps():
+    """Round 24, item 2: a float32 x_t with a float64 ε returned float64 x_s and x̂_0 (round 22 cast only the noise);
+    the samplers never pass such an ε (they refuse it), so ddim_step's answer now follows x_t as theirs do. The value is
+    DDIM eq. 12 written out in float64, to float32's precision; an integer ε is refused."""
+    g = torch.Generator().manual_seed(0)
+    x, e, z = (torch.randn(4, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    a_t, a_s, eta = 0.5, 0.7, 0.5
+    sigma = eta * math.sqrt((1 - a_s) / (1 - a_t) * (1 - a_t / a_s))
+    x0 = (x - math.sqrt(1 - a_t) * e) / math.sqrt(a_t)
+    want = math.sqrt(a_s) * x0 + math.sqrt(1 - a_s - sigma ** 2) * e + sigma * z
+    x_s, x0_hat = diffusion.ddim_step(x.float(), e, a_t, a_s, eta=eta, noise=z)
+    assert x_s.dtype == x0_hat.dtype == torch.float32
+    torch.testing.assert_close(x_s, want.float(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(x0_hat, x0.float(), rtol=1e-6, atol=1e-6)
+    with pytest.raises(TypeError, match="eps must be floating point"):
+        diffusion.ddim_step(x.float(), torch.ones(4, 3, dtype=torch.long), a_t, a_s)
+
+
+def test_api_round_24_every_elbo_function_of_x0_warns_on_0_255_images():
+    """Round 24, item 3: elbo.l_simple (and posterior_kl, decoder_nll) of 0..255 images said nothing where prior_kl and
+    elbo_terms warned: one rule now, in the x0 check they share, said once per call and at the caller's line."""
+    x255 = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 255
+    zero = torch.zeros_like(x255)
+    calls = (lambda x: elbo.l_simple(lambda x_t, t: torch.zeros_like(x_t), x, AB),
+             lambda x: elbo.posterior_kl(x, zero, zero, AB, 5),
+             lambda x: elbo.decoder_nll(x, zero, zero, AB, decoder="gaussian"),
+             lambda x: elbo.prior_kl(x, AB))
+    for call in calls:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            call(x255)
+        assert [(str(w.message)[:30], w.filename) for w in seen] == [("x0 looks like images in 0..255", __file__)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            call(x255 / 127.5 - 1)
+
+
+def test_api_round_24_a_half_precision_alpha_bar_table_is_named_as_such(toy_setup):
+    """A float16 or bfloat16 ᾱ table (cast with a half-precision network) rounds ᾱ_0 = 0.9999 to 1.0; every sampler,
+    solver and bound said "alpha_bar values must lie in (0, 1) ..., got 1.0", blaming a value the caller never wrote.
+    Now the one precision rule of `diffusion.wide` (q_sample's): the dtype is named, and what to pass instead."""
+    mix, eps, x_T, seq = toy_setup
+    assert AB.half()[0].item() == AB.bfloat16()[0].item() == 1.0 and AB[0].item() < 1
+    x0 = torch.zeros(2, 1, 4, 4)
+    for table in (AB.half(), AB.bfloat16(), AB.numpy().astype(np.float16)):
+        for call in (lambda: samplers.ddim_sample(eps, x_T, table, seq), lambda: samplers.ddpm_sample(eps, x_T, table),
+                     lambda: ode.euler(eps, x_T, table, seq), lambda: elbo.l_simple(lambda x, t: x, x0, table),
+                     lambda: toy.exact_eps(mix, table), lambda: schedule.validate_alpha_bar(table)):
+            with pytest.raises(TypeError, match=r"alpha_bar values in (torch\.)?(b?float16) round the steps near t = 0 to 1"):
+                call()
+    assert schedule.validate_alpha_bar(AB.float()).dtype == torch.float64          # float32 is kept as a table
+
+
+def test_api_round_24_lab_formatters_name_rows_of_another_table(tmp_path):
+    """lab.format_table, plot_table, make_figure and ranking of tables.score_grid's rows (keyed by η, the other "Table
+    1" of the library) failed with KeyError: 'sampler'; rows whose cells lack their statistics, with KeyError: 'mmd2'.
+    Each now says whose rows they take; make_figure writes nothing."""
+    from ddimlab import lab
+
+    grid_rows = [{"eta": "0", "S": 10, "seconds": 0.1, "fd": 3.0}]
+    bare = [{"sampler": "eta=0", "S": 10}]
+    for rows, lacks in ((grid_rows, "sampler"), (bare, "mmd2, se")):
+        for call in (lambda: lab.format_table(rows), lambda: lab.plot_table(rows), lambda: lab.ranking(rows, 10),
+                     lambda: lab.make_figure(rows, tmp_path / "fig.png")):
+            with pytest.raises(ValueError, match=f"rows must be lab.table1's, and a row lacks {lacks}"):
+                call()
+    with pytest.raises(TypeError, match="rows must be a list of lab.table1's rows"):
+        lab.format_table({"sampler": "eta=0"})
+    assert list(tmp_path.iterdir()) == []
+    assert lab.ranking([{"sampler": "eta=0", "S": 1, "mmd2": 0.0, "se": 0.1}], 1) == "η=0"
+
+
+def test_api_round_24_save_diffusers_folder_names_a_net_that_is_not_a_unet(tmp_path, tiny_unet):
+    """save_diffusers_folder(load_model(path), out, alpha_bar) (the (net, alpha_bar) pair as the net) failed with
+    AttributeError: 'tuple' object has no attribute 'config'; a string, with 'str' object has no ... ."""
+    for net, match in (((tiny_unet, AB), r"net must be a ddimlab unet.UNet, got tuple \(load_model returns"),
+                       ("runs/x", "net must be a ddimlab unet.UNet, got str$"),
+                       (torch.nn.Linear(2, 2), "got Linear")):
+        with pytest.raises(TypeError, match=match):
+            checkpoint.save_diffusers_folder(net, tmp_path / "export", AB)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_api_round_24_random_mixture_names_its_sizes():
+    """toy.random_mixture(d=2.0) failed with torch's "rand() received an invalid combination of arguments", d=-1 with
+    "Trying to create tensor with negative dimension", K=0 naming `means`: its sizes are checked as image_like_mixture's."""
+    for kw, match in ((dict(d=2.0), "d must be a positive integer, got 2.0"), (dict(d=-1), "d must be a positive integer"),
+                      (dict(K=0), "K must be a positive integer, got 0"), (dict(K=2.5), "K must be a positive integer")):
+        with pytest.raises(ValueError, match=match):
+            toy.random_mixture(**kw)
+    assert toy.random_mixture(d=np.int64(3), K=2).means.shape == (2, 3)
+
+
+def test_api_round_24_a_generator_of_another_device_is_named_before_the_first_step():
+    """A CPU generator for CUDA draws (x_T.cuda() with torch.Generator()) was torch's "Expected a 'cuda' device type for
+    generator but found 'cpu'" at the first noise draw, after the first network call. The draws' device is checked
+    where the generator is taken (here on the meta device, which torch draws on without a word, and a CUDA name)."""
+    from ddimlab.checks import check_generator
+
+    gen = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match=r"generator is on cpu and draws on meta need one of their own: "
+                                         r"torch.Generator\(device='meta'\)"):
+        samplers.noise_from(gen, torch.empty(2, 3, device="meta"))
+    with pytest.raises(ValueError, match="generator is on cpu and draws on cuda:1 need one of their own"):
+        check_generator(gen, "cuda:1")
+    assert check_generator(gen, "cpu") is gen and check_generator(None, "cuda") is None
+    assert samplers.noise_from(gen, torch.zeros(2, 3))(None, None).shape == (2, 3)
+
+
+def test_api_round_24_latents_name_a_count_given_as_indices(tiny_unet):
+    """generate.latents(seed, 3, shape), meaning three images, failed with "object of type 'int' has no len()", and an
+    iterator of indices with "'list_iterator' has no len()"; sample_indices likewise. A count is named as such; an
+    iterator gives the latents of its indices."""
+    seq = schedule.timesteps(3, 1000)
+    for indices in (3, np.int64(3), torch.tensor(3), "012", torch.tensor([[0, 1]])):
+        with pytest.raises(TypeError, match=r"indices must be a list of image indices, e.g. range\(n\)"):
+            generate.latents(0, indices, (1, 2, 2))
+        with pytest.raises(TypeError, match="indices must be a list of image indices"):
+            generate.sample_indices(tiny_unet, indices, (1, 8, 8), AB, seq)
+    assert torch.equal(generate.latents(0, iter([2, 0]), (1, 2, 2)), generate.latents(0, [2, 0], (1, 2, 2)))
+    assert torch.equal(generate.sample_indices(tiny_unet, iter([1]), (1, 8, 8), AB, seq, check_range=False),
+                       generate.sample_indices(tiny_unet, [1], (1, 8, 8), AB, seq, check_range=False))
+
+
+def test_api_round_24_eps_fn_refuses_integer_x_without_advising_an_integer_network(tiny_unet):
+    """eps_fn(net)(x.long(), t) said "pass x.to(torch.float32) or convert the network with .to(torch.int64)", and for
+    uint8 images ".to(torch.uint8)": no network can be converted so. Integer x is named as such, uint8 with the
+    conversion of images to the model's range; a plain callable's too."""
+    x = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
+    for model in (tiny_unet, lambda x_, t: x_):
+        e = checkpoint.eps_fn(model)
+        with pytest.raises(TypeError, match=r"x must be floating point .*got torch.uint8; for 0..255 images: "
+                                            r"data.to_model_range\(x\)"):
+            e(x, 5)
+        with pytest.raises(TypeError, match="x must be floating point .*got torch.int64$"):
+            e(x.long(), 5)
+    assert checkpoint.eps_fn(tiny_unet)(data.to_model_range(x), 5).shape == x.shape
+
+
+def test_api_round_24_make_config_names_overrides_of_another_kind():
+    """train.make_config("digits", "steps=5") failed with AttributeError: 'str' object has no attribute 'items', and a
+    list holding a number with "argument of type 'int' is not iterable"; pretrained.digits_config (digits_model's) took
+    only a dict, and a list failed with "dictionary update sequence element #0 has length 7; 2 is required"."""
+    from ddimlab import train
+
+    with pytest.raises(TypeError, match=r"overrides must be a dict \{key: value\} or a list of 'key=value' strings, got "
+                                        r"str 'steps=5' \(as a list: \['steps=5'\]\)"):
+        train.make_config("digits", "steps=5")
+    with pytest.raises(TypeError, match="overrides must be a dict .* got int 5$"):
+        train.make_config("digits", 5)
+    with pytest.raises(ValueError, match="override 5 must look like key=value"):
+        train.make_config("digits", [5])
+    assert train.make_config("digits", ["steps=5"]).steps == train.make_config("digits", {"steps": 5}).steps == 5
+    from ddimlab import pretrained
+    for overrides in ("steps=5", ["steps=5"], 5):        # "dictionary update sequence element #0 has length 7"
+        with pytest.raises(TypeError, match="overrides must be a dict {key: value} of preset fields"):
+            pretrained.digits_config(overrides=overrides)
+
+
+def test_api_round_24_load_images_says_a_folder_is_missing_or_a_file(tmp_path):
+    """fid.load_images (and compute_fid of a folder) said "no .png files in runs/samlpes" of a folder that is not
+    there (a typo), and of a file; it names which."""
+    plotting.save_png(torch.zeros(1, 4, 4, dtype=torch.uint8), tmp_path / "000000.png")
+    with pytest.raises(FileNotFoundError, match="samlpes is not there: give the folder of the .png images"):
+        fid.load_images(tmp_path / "samlpes")
+    with pytest.raises(NotADirectoryError, match="000000.png is a file: give the folder"):
+        fid.load_images(tmp_path / "000000.png")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no .png files in"):
+        fid.load_images(tmp_path / "empty")
+    assert fid.load_images(tmp_path).shape == (1, 1, 4, 4)

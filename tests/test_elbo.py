@@ -17,7 +17,7 @@ import pytest
 import torch
 from scipy import stats
 
-from ddimlab.elbo import decoder_nll, elbo_terms, gamma_t, l_simple, model_variance, posterior_kl, prior_kl
+from ddimlab.elbo import _posterior_kl, decoder_nll, elbo_terms, gamma_t, l_simple, model_variance, posterior_kl, prior_kl
 from ddimlab.gaussian import kl_normal, linear_gaussian_posterior, log_normal
 from ddimlab.schedule import beta_schedule, make_alpha_bar
 
@@ -118,25 +118,31 @@ def test_elbo_equals_log_likelihood_minus_path_posterior_kl(variance, scale, shi
     assert abs(out2["elbo"].mean().item() - (log_p - kl)) < Z * out2["elbo"].std().item() / math.sqrt(200)
 
 
-def _kl_reversed(x0, x_t, eps_pred, alpha_bar, t, variance="small"):
+def _kl_reversed(x0, x_t, eps_pred, alpha_bar, t, var_p):
     """L_{t−1} as KL(p_θ ‖ q) instead of KL(q ‖ p_θ) (equal for σ² = β̃, where both variances are β̃)."""
     from ddimlab.diffusion import posterior_mean, posterior_variance, predict_x0
     a_t, a_s = float(alpha_bar[t]), float(alpha_bar[t - 1])
     mean_q, mean_p = posterior_mean(x0, x_t, a_t, a_s), posterior_mean(predict_x0(x_t, eps_pred, a_t), x_t, a_t, a_s)
-    return kl_normal(mean_p, float(model_variance(alpha_bar, variance)[t]), mean_q, float(posterior_variance(a_t, a_s))).sum(1)
+    return kl_normal(mean_p, var_p, mean_q, float(posterior_variance(a_t, a_s))).sum(1)
 
 
-def _decoder_with_step_1_variance(x0, x_t, eps_pred, alpha_bar, variance="small", decoder="gaussian"):
-    """L_0 with σ_1² where σ_0² belongs (the same for "small", whose σ_0² is β̃_1 by convention)."""
+def _decoder_with_step_1_variance(x0, x_t, eps_pred, alpha_bar, var, decoder):
+    """L_0 with σ_1² ("large": β_1) where σ_0² belongs (the same for "small", whose σ_0² is β̃_1 by convention)."""
     from ddimlab.diffusion import predict_x0
-    return -log_normal(x0, predict_x0(x_t, eps_pred, float(alpha_bar[0])), float(model_variance(alpha_bar, variance)[1])).sum(1)
+    return -log_normal(x0, predict_x0(x_t, eps_pred, float(alpha_bar[0])), float(model_variance(alpha_bar, "large")[1])).sum(1)
 
 
+def _kl_of_the_step_before(x0, x_t, e, ab, t, var_p):
+    """L_{t−2} (its means and σ², "small") where L_{t−1} belongs."""
+    s = max(t - 1, 1)
+    return _posterior_kl(x0, x_t, e, ab, s, float(model_variance(ab, "small")[s]))
+
+
+# elbo_terms' terms, past its checks: (x0, x_t, ε̂, ᾱ, t, σ_t²) and (x0, x_1, ε̂, ᾱ, σ_0², decoder)
 ELBO_MUTANTS = {
-    "L_{t-1} as KL(p_theta || q)": ("posterior_kl", _kl_reversed, "large"),
-    "L_{t-1} of step t-1 at step t": ("posterior_kl", lambda x0, x_t, e, ab, t, v="small":
-                                      posterior_kl(x0, x_t, e, ab, max(t - 1, 1), v), "small"),
-    "decoder with the variance of step 1": ("decoder_nll", _decoder_with_step_1_variance, "large"),
+    "L_{t-1} as KL(p_theta || q)": ("_posterior_kl", _kl_reversed, "large"),
+    "L_{t-1} of step t-1 at step t": ("_posterior_kl", _kl_of_the_step_before, "small"),
+    "decoder with the variance of step 1": ("_decoder_nll", _decoder_with_step_1_variance, "large"),
 }
 
 

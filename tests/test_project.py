@@ -390,6 +390,18 @@ def _package_imports() -> dict[str, set[str]]:
     return graph
 
 
+def test_a_run_that_leaves_files_in_the_repository_root_fails(tmp_path):
+    """`root_guard` (conftest.py): a suite whose tests all pass, one of which made a folder in the root (as
+    `reproduce_table2(net, "unused", …)` did), exits 1 and names it; rootdir is tmp_path (its pytest.ini)."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_x.py").write_text("from pathlib import Path\n\n\ndef test_writes_to_a_relative_path():\n"
+                                        "    (Path(__file__).parent / 'unused').mkdir()\n")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "root_guard", "-p", "no:cacheprovider", "test_x.py"],
+                       cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "tests")})
+    assert r.returncode == 1 and "1 passed" in r.stdout, r.stdout + r.stderr
+    assert f"the run left unused in the repository root {tmp_path}" in r.stdout
+
+
 def test_the_package_import_graph_has_no_cycle():
     """Issue #11: maths at the bottom, samplers above, model/data/training beside, evaluation above, the CLI on
     top; a function-level import counts as an edge too, so a cycle cannot hide in one."""
