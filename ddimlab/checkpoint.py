@@ -537,7 +537,7 @@ def diffusers_alpha_bar(folder) -> torch.Tensor:
 def _json_object(path: Path) -> dict:
     """A JSON object file of a checkpoint folder; a damaged one is a CheckpointError naming it."""
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is not readable JSON ({e})") from None
     if not isinstance(d, dict):
@@ -608,7 +608,7 @@ def load_model(path, device="cpu", use_ema: bool = True):
 def _json_dict(path: Path) -> dict:
     """A JSON object file as a dict ({} if it is missing, unreadable or not a JSON object)."""
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return d if isinstance(d, dict) else {}

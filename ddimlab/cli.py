@@ -39,6 +39,7 @@ from .files import (
     interrupts_deferred,
     locked,
     replaced_together,
+    stop_signals,
 )
 from .generate import (
     SampleFileWarning,
@@ -576,7 +577,7 @@ def _reproduce(args, out: Path, grid: dict) -> int:
                                            "digits, those the model trained on (no held-out set)")
         if rows and rank == 0:
             table = out / f"{args.table}.md"
-            print(table.read_text(), end="")
+            print(table.read_text(encoding="utf-8"), end="")
             print(f"-> {table}, {table.with_suffix('.csv')}")
     finally:
         if started:
@@ -733,15 +734,15 @@ def _train_epilog() -> str:
 GIVEN, REPEATED = "_options_given", "_options_repeated"     # the namespace's record (`_Noted`), removed after parsing
 
 
-def _note_repeated(action, namespace, value, option_string) -> None:
+def _note_repeated(dest, namespace, value, now: str) -> None:
     """An option given a second time with another value (`--n 4 ... --n 64`, `--checkpoint A ... --checkpoint B`,
-    `--bf16 ... --no-bf16`: a command line edited or built from a base one) ran with the last one without a word; the
-    last still counts (as in most command lines, and for scripts that append their changes), and now `main` says so.
-    The same value twice contradicts nothing."""
-    given, now = namespace.__dict__.setdefault(GIVEN, {}), f"{option_string or ''} {_shown(value)}".strip()
-    if action.dest in given and given[action.dest][0] != value:
-        namespace.__dict__.setdefault(REPEATED, []).append(f"{given[action.dest][1]}, then {now}")
-    given[action.dest] = (value, now)
+    `--bf16 ... --no-bf16`, `--set steps=40 ... --set steps=50`: a command line edited or built from a base one) ran
+    with the last one without a word; the last still counts (as in most command lines, and for scripts that append
+    their changes), and now `main` says so. The same value twice contradicts nothing. `now` is the option as given."""
+    given = namespace.__dict__.setdefault(GIVEN, {})
+    if dest in given and given[dest][0] != value:
+        namespace.__dict__.setdefault(REPEATED, []).append(f"{given[dest][1]}, then {now}")
+    given[dest] = (value, now)
 
 
 def _shown(value) -> str:
@@ -752,13 +753,23 @@ class _Noted(argparse._StoreAction):
     """The store action, recording each value given (`_note_repeated`)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        _note_repeated(self, namespace, values, option_string)
+        _note_repeated(self.dest, namespace, values, f"{option_string or ''} {_shown(values)}".strip())
         super().__call__(parser, namespace, values, option_string)
 
 
 class _NotedBoolean(argparse.BooleanOptionalAction):
     def __call__(self, parser, namespace, values, option_string=None):
-        _note_repeated(self, namespace, not option_string.startswith("--no-"), option_string)
+        _note_repeated(self.dest, namespace, not option_string.startswith("--no-"), option_string)
+        super().__call__(parser, namespace, values, option_string)
+
+
+class _NotedSet(argparse._AppendAction):
+    """`--set KEY=VALUE`, repeatable for other keys; each key's values recorded as an option's (`_note_repeated`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        key, eq, value = values.partition("=")
+        if eq:                                  # else `train` says it must look like key=value
+            _note_repeated(f"{self.dest} {key.strip()}", namespace, value.strip(), f"{option_string} {values}")
         super().__call__(parser, namespace, values, option_string)
 
 
@@ -808,7 +819,7 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p = add("train", cmd_train, "train a DDPM UNet with L_simple", epilog=_train_epilog())
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="starting configuration (default digits; not with --resume, which uses the run's own)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+    p.add_argument("--set", action=_NotedSet, metavar="KEY=VALUE",
                    help="override a TrainConfig field (repeatable), e.g. --set lr=5e-4 --set ch_mult=1,2,2; keys below")
     p.add_argument("--out", help="run folder (default: the preset's out)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its ckpt.pt")
@@ -932,8 +943,9 @@ def main(argv=None, prog: str | None = None) -> int:
 
 
 class _Unbreakable:
-    """stdout or stderr that a reader gone away (`| head`) or a closed descriptor (`2>&-`) cannot turn into an error that
-    stops the work or loses its files: after the first broken pipe, or with no stream at all, output goes nowhere."""
+    """stdout or stderr that a reader gone away (`| head`), a closed descriptor (`2>&-`) or a terminal that closed (EIO
+    after a hang-up) cannot turn into an error that stops the work or loses its files: after the first failed write, or
+    with no stream at all, output goes nowhere."""
 
     def __init__(self, stream):
         self._stream = stream
@@ -946,7 +958,7 @@ class _Unbreakable:
     def write(self, text):
         try:
             return len(text) if self._stream is None else self._stream.write(text)
-        except BrokenPipeError:
+        except OSError:
             self._gone()
             return len(text)
 
@@ -954,7 +966,7 @@ class _Unbreakable:
         try:
             if self._stream is not None:
                 self._stream.flush()
-        except BrokenPipeError:
+        except OSError:
             self._gone()
 
     def isatty(self):
@@ -1031,21 +1043,23 @@ def _out_of_memory(e: BaseException) -> str | None:
 
 
 class sigterm_as_interrupt:
-    """SIGTERM (`kill`, `timeout`, `docker stop`) raised as a KeyboardInterrupt during a command, so that it cleans up
-    as after Ctrl-C (the folders and lock a failed `sample` made) instead of ending the process where it stands.
-    `train` sets its own handler while it trains (a checkpoint, then stop). Only on the main thread."""
+    """SIGTERM (`kill`, `timeout`, `docker stop`) and SIGHUP (the terminal closed; `files.stop_signals`) raised as a
+    KeyboardInterrupt during a command, so that it cleans up as after Ctrl-C (the folders and lock a failed `sample`
+    made) instead of ending the process where it stands. `train` sets its own handler while it trains (a checkpoint,
+    then stop). Only on the main thread."""
 
     def __init__(self):
-        self.active = threading.current_thread() is threading.main_thread()
-        self.previous = signal.signal(signal.SIGTERM, self._raise) if self.active else None
+        active = threading.current_thread() is threading.main_thread()
+        self.previous = {s: signal.signal(s, self._raise) for s in stop_signals() if s != signal.SIGINT} if active else {}
 
     @staticmethod
     def _raise(signum, frame):
-        raise KeyboardInterrupt("terminated (SIGTERM)")
+        raise KeyboardInterrupt(f"terminated ({signal.Signals(signum).name})" if signum == signal.SIGTERM else
+                                f"hung up ({signal.Signals(signum).name}: the terminal closed; `nohup` keeps a command going)")
 
     def restore(self):
-        if self.active:
-            signal.signal(signal.SIGTERM, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 if __name__ == "__main__":
