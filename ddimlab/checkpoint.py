@@ -98,13 +98,25 @@ def load_checkpoint(path, map_location="cpu", required=(), mmap: bool = False) -
     return state
 
 
+def _utf8_name(path) -> bool:
+    """Whether torch can map the file: it hands the name to C++ as UTF-8, which a name holding bytes that are not UTF-8
+    (any non-ASCII name under a C locale, a Latin-1 name on a UTF-8 system) cannot be, so such a file is read whole
+    (a resume called its checkpoint "truncated or corrupted" and advised --overwrite)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _torch_load(path, map_location, mmap=False):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")
     try:
         # mmap needs torch's zip format: any other file is read whole (an old-format torch file loads, the rest fail)
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+        mmap = mmap and zipfile.is_zipfile(path) and _utf8_name(path)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         what = re.search(r"(?:unsupported global|global)[:\s]+(?:GLOBAL\s+)?([\w.]+)", str(e), re.I)
         if what:  # a sound file that names Python callables: loading it would run code

@@ -2692,3 +2692,17 @@ def test_twentyfourth_round_a_set_key_given_twice_is_said(trained, tmp_path, cap
     assert "warning: an option given twice, --set steps=31, then --set steps=32: the last counts" in err, err
     assert err.count("given twice") == 1, err
     assert checkpoint.load_checkpoint(run / "ckpt.pt")["step"] == 32
+
+
+def test_twentyfourth_round_a_run_whose_name_is_not_utf8_resumes(trained, tmp_path):
+    """A run folder whose name holds bytes that are not UTF-8 (a Latin-1 name on a UTF-8 system; any non-ASCII name
+    under a C locale) trained and sampled, but `train --resume` called its intact ckpt.pt "truncated or corrupted (an
+    interrupted download or copy?)" and advised starting again with --overwrite: torch cannot memory-map a file whose
+    name is not UTF-8. Such a checkpoint is read whole instead."""
+    import os
+
+    run = tmp_path / os.fsdecode(b"r\xe9sum\xe9")
+    shutil.copytree(trained, run)
+    r = _run("train", "--resume", "--out", run, "--no-progress", "--set", "steps=31")
+    assert r.returncode == 0 and "corrupted" not in r.stderr, r.stderr
+    assert checkpoint.load_checkpoint(run / "ckpt.pt")["step"] == 31
