@@ -28,7 +28,7 @@ import torch
 from . import devices, schedule
 from . import unet as unet_mod
 from .checks import as_real, check_bool, check_int
-from .data import default_cache_dir, download
+from .data import default_cache_dir, download, require_files
 from .files import atomic_write, interrupts_deferred, md5sum
 
 DDPM_CIFAR10_FILE = "model-790000.ckpt"
@@ -112,6 +112,8 @@ def _utf8_name(path) -> bool:
 def _torch_load(path, map_location, mmap=False):
     path = Path(path)
     if not path.is_file():
+        if path.exists() and not path.is_dir():         # else "no checkpoint file at /dev/null", which is there
+            require_files([path], hint=f"pass {LOADABLE}")
         raise FileNotFoundError(f"no checkpoint file at {path}")
     try:
         # mmap needs torch's zip format: any other file is read whole (an old-format torch file loads, the rest fail)

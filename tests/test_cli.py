@@ -2706,3 +2706,11 @@ def test_twentyfourth_round_a_run_whose_name_is_not_utf8_resumes(trained, tmp_pa
     r = _run("train", "--resume", "--out", run, "--no-progress", "--set", "steps=31")
     assert r.returncode == 0 and "corrupted" not in r.stderr, r.stderr
     assert checkpoint.load_checkpoint(run / "ckpt.pt")["step"] == 31
+
+
+def test_twentyfourth_round_a_device_as_checkpoint_is_not_called_missing(tmp_path):
+    """`--checkpoint /dev/null` (or a named pipe) said "no checkpoint file at /dev/null", which is there; now it says
+    what it is and what to pass, as --input and --latents do (round 9)."""
+    r = _run("sample", "--checkpoint", "/dev/null", "--n", "1", "--out", tmp_path / "x")
+    assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.splitlines()) <= 2, r.stderr
+    assert "not a regular file (a pipe, socket or device): /dev/null; pass a ckpt.pt or run folder" in r.stderr, r.stderr
