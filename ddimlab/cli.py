@@ -734,15 +734,15 @@ def _train_epilog() -> str:
 GIVEN, REPEATED = "_options_given", "_options_repeated"     # the namespace's record (`_Noted`), removed after parsing
 
 
-def _note_repeated(dest, namespace, value, now: str) -> None:
+def _note_repeated(action, namespace, value, option_string) -> None:
     """An option given a second time with another value (`--n 4 ... --n 64`, `--checkpoint A ... --checkpoint B`,
-    `--bf16 ... --no-bf16`, `--set steps=40 ... --set steps=50`: a command line edited or built from a base one) ran
-    with the last one without a word; the last still counts (as in most command lines, and for scripts that append
-    their changes), and now `main` says so. The same value twice contradicts nothing. `now` is the option as given."""
-    given = namespace.__dict__.setdefault(GIVEN, {})
-    if dest in given and given[dest][0] != value:
-        namespace.__dict__.setdefault(REPEATED, []).append(f"{given[dest][1]}, then {now}")
-    given[dest] = (value, now)
+    `--bf16 ... --no-bf16`: a command line edited or built from a base one) ran with the last one without a word; the
+    last still counts (as in most command lines, and for scripts that append their changes), and now `main` says so.
+    The same value twice contradicts nothing."""
+    given, now = namespace.__dict__.setdefault(GIVEN, {}), f"{option_string or ''} {_shown(value)}".strip()
+    if action.dest in given and given[action.dest][0] != value:
+        namespace.__dict__.setdefault(REPEATED, []).append(f"{given[action.dest][1]}, then {now}")
+    given[action.dest] = (value, now)
 
 
 def _shown(value) -> str:
@@ -753,23 +753,13 @@ class _Noted(argparse._StoreAction):
     """The store action, recording each value given (`_note_repeated`)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        _note_repeated(self.dest, namespace, values, f"{option_string or ''} {_shown(values)}".strip())
+        _note_repeated(self, namespace, values, option_string)
         super().__call__(parser, namespace, values, option_string)
 
 
 class _NotedBoolean(argparse.BooleanOptionalAction):
     def __call__(self, parser, namespace, values, option_string=None):
-        _note_repeated(self.dest, namespace, not option_string.startswith("--no-"), option_string)
-        super().__call__(parser, namespace, values, option_string)
-
-
-class _NotedSet(argparse._AppendAction):
-    """`--set KEY=VALUE`, repeatable for other keys; each key's values recorded as an option's (`_note_repeated`)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        key, eq, value = values.partition("=")
-        if eq:                                  # else `train` says it must look like key=value
-            _note_repeated(f"{self.dest} {key.strip()}", namespace, value.strip(), f"{option_string} {values}")
+        _note_repeated(self, namespace, not option_string.startswith("--no-"), option_string)
         super().__call__(parser, namespace, values, option_string)
 
 
@@ -819,7 +809,7 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p = add("train", cmd_train, "train a DDPM UNet with L_simple", epilog=_train_epilog())
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="starting configuration (default digits; not with --resume, which uses the run's own)")
-    p.add_argument("--set", action=_NotedSet, metavar="KEY=VALUE",
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a TrainConfig field (repeatable), e.g. --set lr=5e-4 --set ch_mult=1,2,2; keys below")
     p.add_argument("--out", help="run folder (default: the preset's out)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its ckpt.pt")
