@@ -28,7 +28,7 @@ import torch
 from . import devices, schedule
 from . import unet as unet_mod
 from .checks import as_real, check_bool, check_int
-from .data import default_cache_dir, download
+from .data import default_cache_dir, download, require_files
 from .files import atomic_write, interrupts_deferred, md5sum
 
 DDPM_CIFAR10_FILE = "model-790000.ckpt"
@@ -98,13 +98,27 @@ def load_checkpoint(path, map_location="cpu", required=(), mmap: bool = False) -
     return state
 
 
+def _utf8_name(path) -> bool:
+    """Whether torch can map the file: it hands the name to C++ as UTF-8, which a name holding bytes that are not UTF-8
+    (any non-ASCII name under a C locale, a Latin-1 name on a UTF-8 system) cannot be, so such a file is read whole
+    (a resume called its checkpoint "truncated or corrupted" and advised --overwrite)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _torch_load(path, map_location, mmap=False):
     path = Path(path)
     if not path.is_file():
+        if path.exists() and not path.is_dir():         # else "no checkpoint file at /dev/null", which is there
+            require_files([path], hint=f"pass {LOADABLE}")
         raise FileNotFoundError(f"no checkpoint file at {path}")
     try:
         # mmap needs torch's zip format: any other file is read whole (an old-format torch file loads, the rest fail)
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+        mmap = mmap and zipfile.is_zipfile(path) and _utf8_name(path)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         what = re.search(r"(?:unsupported global|global)[:\s]+(?:GLOBAL\s+)?([\w.]+)", str(e), re.I)
         if what:  # a sound file that names Python callables: loading it would run code
@@ -540,7 +554,7 @@ def diffusers_alpha_bar(folder) -> torch.Tensor:
 def _json_object(path: Path) -> dict:
     """A JSON object file of a checkpoint folder; a damaged one is a CheckpointError naming it."""
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is not readable JSON ({e})") from None
     if not isinstance(d, dict):
@@ -611,7 +625,7 @@ def load_model(path, device="cpu", use_ema: bool = True):
 def _json_dict(path: Path) -> dict:
     """A JSON object file as a dict ({} if it is missing, unreadable or not a JSON object)."""
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return d if isinstance(d, dict) else {}

@@ -39,6 +39,7 @@ from .files import (
     interrupts_deferred,
     locked,
     replaced_together,
+    stop_signals,
 )
 from .generate import (
     SampleFileWarning,
@@ -576,7 +577,7 @@ def _reproduce(args, out: Path, grid: dict) -> int:
                                            "digits, those the model trained on (no held-out set)")
         if rows and rank == 0:
             table = out / f"{args.table}.md"
-            print(table.read_text(), end="")
+            print(table.read_text(encoding="utf-8"), end="")
             print(f"-> {table}, {table.with_suffix('.csv')}")
     finally:
         if started:
@@ -932,8 +933,9 @@ def main(argv=None, prog: str | None = None) -> int:
 
 
 class _Unbreakable:
-    """stdout or stderr that a reader gone away (`| head`) or a closed descriptor (`2>&-`) cannot turn into an error that
-    stops the work or loses its files: after the first broken pipe, or with no stream at all, output goes nowhere."""
+    """stdout or stderr that a reader gone away (`| head`), a closed descriptor (`2>&-`) or a terminal that closed (EIO
+    after a hang-up) cannot turn into an error that stops the work or loses its files: after the first failed write, or
+    with no stream at all, output goes nowhere."""
 
     def __init__(self, stream):
         self._stream = stream
@@ -946,7 +948,7 @@ class _Unbreakable:
     def write(self, text):
         try:
             return len(text) if self._stream is None else self._stream.write(text)
-        except BrokenPipeError:
+        except OSError:
             self._gone()
             return len(text)
 
@@ -954,7 +956,7 @@ class _Unbreakable:
         try:
             if self._stream is not None:
                 self._stream.flush()
-        except BrokenPipeError:
+        except OSError:
             self._gone()
 
     def isatty(self):
@@ -1031,21 +1033,23 @@ def _out_of_memory(e: BaseException) -> str | None:
 
 
 class sigterm_as_interrupt:
-    """SIGTERM (`kill`, `timeout`, `docker stop`) raised as a KeyboardInterrupt during a command, so that it cleans up
-    as after Ctrl-C (the folders and lock a failed `sample` made) instead of ending the process where it stands.
-    `train` sets its own handler while it trains (a checkpoint, then stop). Only on the main thread."""
+    """SIGTERM (`kill`, `timeout`, `docker stop`) and SIGHUP (the terminal closed; `files.stop_signals`) raised as a
+    KeyboardInterrupt during a command, so that it cleans up as after Ctrl-C (the folders and lock a failed `sample`
+    made) instead of ending the process where it stands. `train` sets its own handler while it trains (a checkpoint,
+    then stop). Only on the main thread."""
 
     def __init__(self):
-        self.active = threading.current_thread() is threading.main_thread()
-        self.previous = signal.signal(signal.SIGTERM, self._raise) if self.active else None
+        active = threading.current_thread() is threading.main_thread()
+        self.previous = {s: signal.signal(s, self._raise) for s in stop_signals() if s != signal.SIGINT} if active else {}
 
     @staticmethod
     def _raise(signum, frame):
-        raise KeyboardInterrupt("terminated (SIGTERM)")
+        raise KeyboardInterrupt(f"terminated ({signal.Signals(signum).name})" if signum == signal.SIGTERM else
+                                f"hung up ({signal.Signals(signum).name}: the terminal closed; `nohup` keeps a command going)")
 
     def restore(self):
-        if self.active:
-            signal.signal(signal.SIGTERM, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 if __name__ == "__main__":

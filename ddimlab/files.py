@@ -25,6 +25,7 @@ def atomic_write(path, write, *, text: bool = False, fsync: bool = False) -> Pat
 
     On any error the temporary file is removed and `path` keeps its old contents (or stays absent), and the folders
     made for it are removed again (a failed download leaves no empty cache folder).
+    `text=True` writes UTF-8 whatever the locale (the tables hold η, σ, ±, and a C locale's ASCII cannot).
     `fsync=True` also flushes the data to disk before the rename (checkpoints). After a successful write,
     temporary files of the same target that a killed process left behind (older than STALE_AFTER
     seconds before this write began) are deleted, so interrupted checkpoint writes do not pile up.
@@ -49,7 +50,7 @@ def atomic_write(path, write, *, text: bool = False, fsync: bool = False) -> Pat
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
-            with os.fdopen(fd, "w" if text else "wb", **({"newline": ""} if text else {})) as f:
+            with os.fdopen(fd, "w" if text else "wb", **({"newline": "", "encoding": "utf-8"} if text else {})) as f:
                 write(f)
                 if fsync:
                     f.flush()
@@ -295,15 +296,23 @@ def _unlink_unless_locked(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def stop_signals() -> list[signal.Signals]:
+    """The signals that stop a command, each handled as Ctrl-C is: SIGINT, SIGTERM (`kill`, `timeout`, `docker stop`)
+    and SIGHUP (the terminal or ssh session closed) where this platform has it and it is not ignored (`nohup`: the user
+    asked the command to outlive the terminal)."""
+    hangup = getattr(signal, "SIGHUP", None)
+    return [signal.SIGINT, signal.SIGTERM] + ([hangup] if hangup and signal.getsignal(hangup) != signal.SIG_IGN else [])
+
+
 @contextlib.contextmanager
 def interrupts_deferred():
-    """Hold back Ctrl-C (SIGINT) and SIGTERM during the block and deliver them after it, so that writes that
+    """Hold back Ctrl-C and the other `stop_signals` during the block and deliver them after it, so that writes that
     belong together (a PNG and the .npz that records its hash) are not cut apart. Only the main thread can
     set signal handlers; elsewhere the block runs as it is."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    signals = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not None]
+    signals = [s for s in stop_signals() if signal.getsignal(s) is not None]
     caught = []
     old = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in signals}
     try:

@@ -337,7 +337,7 @@ def recorded_settings(folder) -> dict | None:
     """What `folder/settings.json` records of how `generate_samples` made the images there; None where there is no such
     file or it is not ddimlab's (every version recorded seed and S)."""
     try:
-        saved = json.loads((Path(folder) / "settings.json").read_text())
+        saved = json.loads((Path(folder) / "settings.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return saved if isinstance(saved, dict) and {"seed", "S"} <= saved.keys() else None

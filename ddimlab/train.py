@@ -59,6 +59,7 @@ from .files import (
     locked,
     put_back,
     set_aside,
+    stop_signals,
 )
 from .generate import recorded_settings
 from .plotting import save_image_grid
@@ -249,7 +250,7 @@ class EditedConfigWarning(UserWarning):
 def _warn_if_edited(path: Path, saved: dict) -> None:
     """Warn when config.json, the checkpoint's settings as text, says otherwise: an edit there changes nothing."""
     try:
-        text = json.loads(path.read_text())
+        text = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         text = None
     saved = json.loads(json.dumps(saved))                     # tuples as lists, as config.json holds them
@@ -268,7 +269,7 @@ def _config_is_stale(out: Path, saved: dict) -> bool:
     settings. A hand edit is newer than ckpt.pt."""
     try:
         older = (out / "config.json").stat().st_mtime_ns < (out / "ckpt.pt").stat().st_mtime_ns
-        return older and json.loads((out / "config.json").read_text()) != json.loads(json.dumps(saved))
+        return older and json.loads((out / "config.json").read_text(encoding="utf-8")) != json.loads(json.dumps(saved))
     except (OSError, ValueError):
         return False
 
@@ -681,7 +682,7 @@ def _set_aside(out: Path) -> Path | None:
 
 def _append_log(path: Path, record: dict) -> None:
     """One JSON line, written with a single call so that a crash leaves at most one torn last line."""
-    with open(path, "a") as f:
+    with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
 
 
@@ -690,7 +691,7 @@ def read_log(path, up_to_step: int | None = None) -> list[dict]:
     died during an append) is dropped with a warning; a damaged earlier line, or one that is JSON but not a record
     (an object whose "step", if present, is an integer), is a ValueError naming it."""
     try:
-        lines = Path(path).read_text().splitlines() if Path(path).exists() else []
+        lines = Path(path).read_text(encoding="utf-8").splitlines() if Path(path).exists() else []
     except UnicodeDecodeError as e:
         line = Path(path).read_bytes()[:e.start].count(b"\n") + 1
         raise ValueError(f"{path}, line {line} is not text (byte {e.object[e.start]:#x}); fix or delete that line") from None
@@ -979,16 +980,16 @@ def _check_weights(model, ema, x0, eps, alpha_bar, autocast, step, out, last_goo
 
 
 class _stop_on_signal(list):
-    """A flag set by the first Ctrl-C (SIGINT) or SIGTERM (what `kill`, `timeout`, `docker stop` and batch schedulers
-    send), which the training loop checks after each step: it then saves a checkpoint and stops. A second one interrupts
-    at once. Only in a single process on the main thread (under torchrun every rank would have to stop at the same
-    step)."""
+    """A flag set by the first Ctrl-C (SIGINT), SIGTERM (what `kill`, `timeout`, `docker stop` and batch schedulers
+    send) or SIGHUP (the terminal closed; not under `nohup`), which the training loop checks after each step: it then
+    saves a checkpoint and stops. A second one interrupts at once. Only in a single process on the main thread (under
+    torchrun every rank would have to stop at the same step)."""
 
     def __init__(self, active: bool):
         super().__init__()
         self.previous = {}
         if active and threading.current_thread() is threading.main_thread():
-            self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+            self.previous = {s: signal.signal(s, self._handle) for s in stop_signals()}
 
     def _handle(self, signum, frame):
         if self:

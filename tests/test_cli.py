@@ -1107,19 +1107,21 @@ def test_eighth_round_of_careless_use(trained, tmp_path, capsys):
     one_line_error(["lab", "--out", str(tmp_path / "lab"), "--n", "8", "--image-d", "0"], "table1.png already exists")
 
 
-@pytest.mark.parametrize("command", ["sample", "interpolate"])
-def test_sigterm_cleans_up_as_ctrl_c_does(trained, tmp_path, command):
+@pytest.mark.parametrize("command, signame", [("sample", "SIGTERM"), ("interpolate", "SIGTERM"), ("sample", "SIGHUP")])
+def test_sigterm_cleans_up_as_ctrl_c_does(trained, tmp_path, command, signame):
     """SIGTERM (`kill`, `timeout`) ended `sample`, `invert` and `interpolate` where they stood, leaving the folders and
-    the lock they had made; Ctrl-C removed them. Now both do (the signal arrives after the first sampling step)."""
+    the lock they had made; Ctrl-C removed them. Now both do (the signal arrives after the first sampling step). So
+    does SIGHUP (the terminal closed), which still ended the command where it stood in round 24."""
     code = ("import signal, sys\nfrom ddimlab import cli\nreal = cli.progress\n"
             "def progress(*a, **k):\n    bar, step = real(*a, **k)\n"
-            "    return bar, lambda info: signal.raise_signal(signal.SIGTERM) or step(info)\n"
+            f"    return bar, lambda info: signal.raise_signal(signal.{signame}) or step(info)\n"
             "cli.progress = progress\nsys.exit(cli.main(sys.argv[1:]))\n")
     out = tmp_path / "new" / "deeper" / "x"
     args = {"sample": ["--n", "2", "--steps", "2"], "interpolate": ["--seeds", "0", "1", "--n", "3", "--steps", "2"]}
     r = subprocess.run([sys.executable, "-c", code, command, "--checkpoint", str(trained), *args[command], "--out",
                         str(out), "--no-progress"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 130 and "interrupted: terminated (SIGTERM)" in r.stderr, (r.returncode, r.stderr)
+    said = {"SIGTERM": "terminated (SIGTERM)", "SIGHUP": "hung up (SIGHUP: the terminal closed"}[signame]
+    assert r.returncode == 130 and f"interrupted: {said}" in r.stderr, (r.returncode, r.stderr)
     assert list(tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))
 
 
@@ -2613,3 +2615,88 @@ def test_twentythird_round_audit_a_broken_config_json_is_called_edited_not_stale
     assert cli.main(["train", "--resume", "--out", str(run), "--no-progress", "--set", "steps=32"]) == 0
     assert "held an earlier checkpoint's settings" not in capsys.readouterr().out
     assert json.loads((run / "config.json").read_text())["steps"] == 32
+
+
+def test_twentyfourth_round_a_locale_without_utf8_writes_the_tables_as_utf8(trained, tmp_path):
+    """Under a C locale without UTF-8 mode (LC_ALL=C, PYTHONUTF8=0: an old server, a cron job, a minimal container)
+    text files were written in ASCII: `reproduce table2` sampled, then failed at table2.md's '–' ("'ascii' codec can't
+    encode character"), writing neither table; `lab` printed its whole table, then failed on '×' and wrote nothing.
+    The tables are UTF-8 whatever the locale; the terminal gets them with the non-ASCII characters escaped."""
+    args = ["reproduce", "table2", "--checkpoint", trained, "--n-images", "2", "--steps", "2", "--no-progress", "--out"]
+    ascii_locale = {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "PYTHONIOENCODING": ""}  # "": unset
+    r = _run(*args, tmp_path / "c", env=ascii_locale)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "(\\u2013)" in r.stdout, r.stdout                       # the paper's '–' (no value), escaped on an ASCII terminal
+    assert cli.main([*args[:-1], "--out", str(tmp_path / "utf8")]) == 0     # here, in this process: the same table
+    assert (tmp_path / "c" / "table2.md").read_bytes() == (tmp_path / "utf8" / "table2.md").read_bytes()
+    assert "(–)" in (tmp_path / "c" / "table2.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("terminal", ["closed", "closed under nohup"])
+def test_twentyfourth_round_a_closed_terminal_keeps_the_training(tmp_path, terminal):
+    """An ssh session that dropped (or a closed terminal window) sent `train` SIGHUP, which ended it where it stood: every
+    step since the last checkpoint lost, .train.lock and an empty log.jsonl left. Under `nohup` (SIGHUP ignored) the
+    first line printed to the gone terminal was an OSError (EIO) that stopped the run and deleted its folder. Now a
+    hang-up is a stop with a checkpoint, as SIGTERM is; under nohup it is still ignored and output goes nowhere. The
+    terminal is a real pseudo-terminal, `train`'s controlling one, whose closing the kernel turns into the SIGHUP."""
+    import fcntl
+    import os
+    import pty
+    import signal
+    import termios
+    import time
+
+    out, log = tmp_path / "run", tmp_path / "run" / "log.jsonl"
+    nohup = terminal.endswith("nohup")
+
+    def controlled():                           # in the child, after setsid: the pty is its terminal (as a login's)
+        if nohup:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    def logged():
+        return len(log.read_text().splitlines()) if log.exists() else 0
+
+    def wait_for(lines):
+        t0 = time.time()
+        while logged() < lines:
+            assert p.poll() is None and time.time() - t0 < 240, p.returncode
+            time.sleep(0.05)
+
+    master, tty = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "ddimlab", "train", "--out", str(out), "--no-progress", *_sets(TINY),
+                          "--set", "steps=100000", "--set", "ckpt_every=100000", "--set", "log_every=2"],
+                         stdin=tty, stdout=tty, stderr=tty, start_new_session=True, preexec_fn=controlled,
+                         env={**os.environ, "DDIMLAB_DEBUG": ""})
+    os.close(tty)
+    wait_for(2)
+    os.close(master)                            # the terminal goes: SIGHUP, and EIO for every later write
+    if nohup:
+        wait_for(logged() + 2)                  # still training, printing its loss lines to no one
+        p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=120) == 130
+    state = checkpoint.load_checkpoint(out / "ckpt.pt")
+    assert state["step"] >= 4 and state["config"]["steps"] == 100000, state["step"]
+    assert not (out / ".train.lock").exists()
+
+
+def test_twentyfourth_round_a_run_whose_name_is_not_utf8_resumes(trained, tmp_path):
+    """A run folder whose name holds bytes that are not UTF-8 (a Latin-1 name on a UTF-8 system; any non-ASCII name
+    under a C locale) trained and sampled, but `train --resume` called its intact ckpt.pt "truncated or corrupted (an
+    interrupted download or copy?)" and advised starting again with --overwrite: torch cannot memory-map a file whose
+    name is not UTF-8. Such a checkpoint is read whole instead."""
+    import os
+
+    run = tmp_path / os.fsdecode(b"r\xe9sum\xe9")
+    shutil.copytree(trained, run)
+    r = _run("train", "--resume", "--out", run, "--no-progress", "--set", "steps=31")
+    assert r.returncode == 0 and "corrupted" not in r.stderr, r.stderr
+    assert checkpoint.load_checkpoint(run / "ckpt.pt")["step"] == 31
+
+
+def test_twentyfourth_round_a_device_as_checkpoint_is_not_called_missing(tmp_path):
+    """`--checkpoint /dev/null` (or a named pipe) said "no checkpoint file at /dev/null", which is there; now it says
+    what it is and what to pass, as --input and --latents do (round 9)."""
+    r = _run("sample", "--checkpoint", "/dev/null", "--n", "1", "--out", tmp_path / "x")
+    assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.splitlines()) <= 2, r.stderr
+    assert "not a regular file (a pipe, socket or device): /dev/null; pass a ckpt.pt or run folder" in r.stderr, r.stderr

@@ -189,9 +189,10 @@ def test_a_file_named_samples_is_no_obstacle_with_n_samples_0(tmp_path):
 
 
 def test_a_second_ctrl_c_or_sigterm_stops_at_once():
-    """"Ctrl-C or SIGTERM ... during `train` saves a checkpoint at the current step before stopping (a second one stops
-    at once\""""
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    """"Ctrl-C, SIGTERM ... or SIGHUP (the terminal or ssh session closed; not under `nohup`, which keeps the run going)
+    during `train` saves a checkpoint at the current step before stopping (a second one stops at once\""""
+    hangup = [signal.SIGHUP] if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN else []     # this pytest under nohup
+    for sig in (signal.SIGINT, signal.SIGTERM, *hangup):
         before = signal.getsignal(sig)
         flag = train_mod._stop_on_signal(True)
         try:
