@@ -142,14 +142,16 @@ def test_cache_key_is_unchanged_by_fields_added_at_their_old_behaviour(monkeypat
     assert pretrained.config_key(dataclasses.replace(config, init="ddpm")) != "b8d3b8f409b7"
 
 
-def test_a_killed_training_leaves_no_temporary_folder_behind(tmp_path, first):
+def test_a_killed_training_leaves_no_temporary_folder_behind(tmp_path, first, monkeypatch):
     """Helper 96: `kill -9` while the cached model trained left `.digits_<key>-XXXX/` in the cache for good. Training
-    happens only under the model's lock, so the next training of that model removes such folders (not other keys')."""
+    happens only under the model's lock, so the next training of that model removes such folders (not other keys').
+    (The training writes `first`'s checkpoint: the real one, and its weights, are test_broken_cache_file_is_retrained's.)"""
     _, config = first
     name = f"digits_{pretrained.config_key(config)}"
     killed, other = tmp_path / "models" / f".{name}-abc123", tmp_path / "models" / ".digits_0000000000ff-xyz"
     for folder in (killed, other):
         folder.mkdir(parents=True)
         (folder / "log.jsonl").write_text("{}\n")
+    monkeypatch.setattr(pretrained.train, "train", lambda c, **k: shutil.copy(f"{config.out}/ckpt.pt", c.out))
     pretrained.digits_model(steps=STEPS, cache_dir=tmp_path)
     assert not killed.exists() and other.exists() and (tmp_path / "models" / name / "ckpt.pt").exists()
