@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-IGNORED = {".pytest_cache"}          # pytest's own cache (written at the session's end unless -p no:cacheprovider)
+IGNORED = {".pytest_cache", "__pycache__"}    # pytest's own cache (unless -p no:cacheprovider); Python's bytecode
 _BEFORE, _MADE = pytest.StashKey[set](), pytest.StashKey[list]()
 
 
