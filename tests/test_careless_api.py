@@ -2057,3 +2057,41 @@ def test_api_round_24_load_images_says_a_folder_is_missing_or_a_file(tmp_path):
     with pytest.raises(ValueError, match="no .png files in"):
         fid.load_images(tmp_path / "empty")
     assert fid.load_images(tmp_path).shape == (1, 1, 4, 4)
+
+
+def test_api_round_24_audit_checks_the_first_tests_left_unpinned(tmp_path, tiny_unet, monkeypatch):
+    """Mutation audit of round 24: decoder_nll's own decoder check, check_can_write's clean-up when the probe fails,
+    lab rows without S or with no sampler rows, the 0..255 warning of sdedit at the caller's line, and
+    reconstruction_errors naming a device the machine lacks. Each assertion failed with one of those checks removed."""
+    from ddimlab import files, lab, tables
+    from ddimlab.devices import DeviceError
+
+    x0, zero = torch.full((1, 1, 2, 2), 2.5 / 127.5 - 1), torch.zeros(1, 1, 2, 2)      # k = 2.5: off the grid
+    with pytest.raises(ValueError, match="unknown decoder 'bogus'"):          # was the Gaussian decoder, silently
+        elbo.decoder_nll(x0, zero, zero, AB, decoder="bogus")
+    with pytest.raises(ValueError, match="8-bit data scaled to"):
+        elbo.decoder_nll(x0, zero, zero, AB, decoder="discretized")
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
+    with pytest.raises(OSError):
+        files.check_can_write(tmp_path / "new" / "out")
+    assert list(tmp_path.iterdir()) == []                 # the folders made for the probe go with it
+    monkeypatch.undo()
+
+    with pytest.raises(ValueError, match="a row lacks S"):
+        lab.format_table([{"sampler": "eta=0", "mmd2": 0.0, "se": 0.1, "floor": 0.0, "within_floor": False, "ode_err": None}])
+    with pytest.raises(ValueError, match="rows hold no sampler rows"):
+        lab.format_table([{"sampler": lab.DATA, "S": 1, "mmd2": 0.0, "se": 0.1, "floor": 0.0, "within_floor": False,
+                           "ode_err": None}])
+
+    x255 = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 255
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        samplers.sdedit(lambda x, t: torch.zeros_like(x), x255, AB, schedule.timesteps(2, AB.numel())[:1],
+                        generator=torch.Generator().manual_seed(0))
+    assert [w.filename for w in seen if "0..255" in str(w.message)] == [__file__]
+
+    with pytest.raises(DeviceError, match="cuda:99"):
+        tables.reconstruction_errors(tiny_unet, torch.zeros(1, 1, 8, 8, dtype=torch.uint8), AB, [0, 1], device="cuda:99")
