@@ -171,8 +171,9 @@ def check_can_write(folder, hint: str = "choose another --out") -> None:
     """Create and delete a file in `folder`: one that cannot be written is said before the work, not after it (a lock
     file left by an earlier run opens even in a folder made read-only since). The folders made for the probe are removed
     again: a check leaves nothing on disk, whether the work after it fails or not."""
-    made = absent_folders(folder)
+    made = []
     try:
+        made = absent_folders(folder)                 # a name too long for the file system fails here already
         Path(folder).mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".ddimlab-probe-", dir=folder)
     except OSError as e:

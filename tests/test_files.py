@@ -1,6 +1,7 @@
 """files.atomic_write: all or nothing under the real name."""
 import pytest
 
+from ddimlab import files
 from ddimlab.files import atomic_write
 
 
@@ -113,3 +114,13 @@ def test_held_is_false_for_a_lock_file_that_is_not_there(tmp_path):
     from ddimlab import files
 
     assert files.held(tmp_path / "absent" / ".train.lock") is False and not list(tmp_path.iterdir())
+
+
+def test_check_can_write_says_a_name_too_long_as_it_says_any_unwritable_folder(tmp_path):
+    """A folder name longer than the file system allows was Python's bare 'File name too long' from the look for the
+    folders to make (moved before the `try` when the probe learnt to remove them), where `mkdir` had said "cannot
+    create files in …; choose another --out"."""
+    folder = tmp_path / ("x" * 300)
+    with pytest.raises(OSError, match=r"cannot create files in .*; choose another --out"):
+        files.check_can_write(folder)
+    assert list(tmp_path.iterdir()) == []
