@@ -290,9 +290,7 @@ def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None
                          f"{world_size} images")
     alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else torch.as_tensor(alpha_bar)
     seqs = _check_steps(S_list, alpha_bar, spacing, TO_NOISE)
-    eps_fn(model, amp)                               # a model that is no network nor function, and an unknown device:
-    device = devices.resolve(device) if device is not None else None              # said before the work
-    if rank == 0:                                    # the tables are written after every reconstruction
+    if rank == 0:                   # the tables are written after every reconstruction; the probe leaves nothing behind
         check_can_write(out_dir, "choose another out_dir")
     mine = images[rank::world_size]
     rows = []
