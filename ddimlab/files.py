@@ -186,20 +186,21 @@ def check_can_write(folder, hint: str = "choose another --out") -> None:
 
 @contextlib.contextmanager
 def folder_removed_on_error(folder, *own):
-    """On an exception in the block, if `folder` did not exist before it: delete the files `own` (e.g. the
-    lock file the block created) and the folders the block created, where they are now empty, so that a
-    command that failed before writing anything leaves nothing behind (`reproduce`, `train`)."""
+    """On an exception in the block: delete those of the files `own` (e.g. the lock file the block takes) that did not
+    exist before it, and the folders the block created, where they are now empty, so that a command that failed before
+    writing anything leaves nothing behind, also in a folder that existed (`sample`'s default --out is in the current
+    folder)."""
     created = absent_folders(folder)
+    new = [Path(p) for p in own if not os.path.lexists(p)]
     try:
         yield
     except BusyError:           # another command holds the folder (and may have made it): nothing here is ours
         raise
     except BaseException:
-        if created:
-            with contextlib.suppress(OSError):
-                for path in own:
-                    _unlink_unless_locked(Path(path))
-            remove_empty(created)
+        with contextlib.suppress(OSError):
+            for path in new:
+                _unlink_unless_locked(path)
+        remove_empty(created)
         raise
 
 

@@ -717,7 +717,8 @@ def test_third_round_options_and_messages(trained, tmp_path, capsys, monkeypatch
                          (["reproduce", "table2", "--checkpoint", str(trained), "--seed", "5", "--features", "random"],
                           "--features, --seed apply to"),
                          (["reproduce", "table1", "--checkpoint", str(trained), "--n-images", "3"], "--n-images applies"),
-                         (["interpolate", "--checkpoint", str(trained), "--index", "2", "3"], "--index picks"),
+                         (["interpolate", "--checkpoint", str(trained), "--index", "2", "3", "--out", str(tmp_path / "i")],
+                          "--index picks"),
                          (["lab", "--out", str(trained / "config.json")], "is a file")):
         assert cli.main([*argv, "--no-progress"]) == 1, argv
         assert needle in capsys.readouterr().err
@@ -1010,6 +1011,11 @@ def test_seventh_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     # sample, invert and interpolate made --out's folders (and a lock file) before a failure, and left them
     one_line_error(["sample", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "new" / "s")], "nope.pt")
     assert not (tmp_path / "new").exists()
+    # ... and in a folder that existed, the lock file (CI found `.interpolation.pair.lock` in the repository root)
+    (tmp_path / "old").mkdir()
+    one_line_error(["interpolate", "--checkpoint", str(trained), "--index", "2", "3", "--out", str(tmp_path / "old" / "i")],
+                   "--index picks")
+    assert not list((tmp_path / "old").iterdir())
     # a checkpoint with `ema` or `model` set to None ended in a TypeError traceback
     state = torch.load(trained / "ckpt.pt", weights_only=True)
     sample = ["sample", "--n", "2", "--steps", "2", "--out", str(tmp_path / "s")]
@@ -1352,7 +1358,7 @@ def test_twelfth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(lab, "main", fails_midway)
     one_line_error(["lab", "--n", "8", "--image-d", "0", "--out", str(out), "--overwrite"], "out of memory")
     assert (out / "table1.txt").read_text() == "the earlier table" and (out / "table1.png").read_bytes() == b"the earlier figure"
-    assert sorted(p.name for p in out.iterdir()) == [".lab.lock", "table1.png", "table1.txt"]      # no .previous-*
+    assert sorted(p.name for p in out.iterdir()) == ["table1.png", "table1.txt"]     # no .previous-*, nor its new lock
     one_line_error(["lab", "--n", "8", "--image-d", "0", "--out", str(tmp_path / "new")], "out of memory")
     assert not (tmp_path / "new").exists()                                          # a fresh folder goes again
     monkeypatch.undo()
