@@ -400,6 +400,24 @@ def test_a_run_that_leaves_files_in_the_repository_root_fails(tmp_path):
                        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "tests")})
     assert r.returncode == 1 and "1 passed" in r.stdout, r.stdout + r.stderr
     assert f"the run left unused in the repository root {tmp_path}" in r.stdout
+    assert "warning" not in r.stdout                    # not a git checkout: no stale entries named
+
+
+def test_the_root_guard_names_untracked_entries_that_were_there_before_the_run(tmp_path):
+    """A stale, git-ignored `.interpolation.pair.lock` in the root hid a test that wrote it again from the guard here
+    (CI's clean clone caught it): an untracked entry present before the run is named, a tracked one is not."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / ".gitignore").write_text(".*.lock\n")
+    (tmp_path / "test_x.py").write_text("def test_nothing():\n    pass\n")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "add", "."], cwd=tmp_path, check=True)
+    (tmp_path / ".interpolation.pair.lock").touch()
+    (tmp_path / ".venv").mkdir()
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "root_guard", "-p", "no:cacheprovider", "test_x.py"],
+                       cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "tests")})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"the repository root {tmp_path} held .interpolation.pair.lock before the run, which git" in r.stdout
+    assert "pytest.ini" not in r.stdout.split("warning:")[1] and ".venv" not in r.stdout
 
 
 def test_the_package_import_graph_has_no_cycle():
