@@ -2150,3 +2150,18 @@ def test_twentyfifth_round_fid_reads_features_as_numbers_and_names_channels_last
         plotting.image_grid(torch.zeros(2, 2, 4, 4))                    # no hint where the last size is no C either
     with pytest.raises(ValueError, match=r"two channel counts .* grey as RGB by x.expand\(-1, 3, -1, -1\)"):
         fid.compute_fid(a[:, :1], b, fn)
+
+
+def test_twentyfifth_round_eps_fn_names_a_model_that_returns_no_tensor():
+    """Round 25: checkpoint.eps_fn of a model returning a tuple (a diffusers UNet2DModel called with return_dict=False),
+    a plain dict, a list or a numpy array failed with AttributeError: "'tuple' object has no attribute 'to'" (in a
+    sampler, at its first step). An output with .sample (diffusers' default) is still read."""
+    import types
+
+    x, t = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)), torch.full((2,), 5)
+    for out, kind in (((x,), r"tuple \(a diffusers model gives one with return_dict=False"), ({"sample": x}, "dict"),
+                      ([x], "list"), (x.numpy(), "ndarray")):
+        with pytest.raises(TypeError, match=r"model\(x, t\) must return a tensor \(or an output with .sample, as "
+                                            r"diffusers' UNet2DModel\), got " + kind):
+            samplers.ddim_sample(checkpoint.eps_fn(lambda x_, t_, out=out: out), x, AB, [5, 0])
+    assert torch.equal(checkpoint.eps_fn(lambda x_, t_: types.SimpleNamespace(sample=-x_))(x, t), -x)
