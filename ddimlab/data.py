@@ -535,8 +535,8 @@ def check_nchw(x: torch.Tensor, what: str = "images") -> torch.Tensor:
     N×C×H×W they are H channels of W×C images, which a feature network refuses only in its own words, and a distance
     between two sets blames their sizes."""
     if x.ndim != 4 or x.shape[1] not in (1, 3):
-        last = "; channels last (N×H×W×C)? pass x.permute(0, 3, 1, 2)" if x.ndim == 4 and x.shape[-1] in (1, 3) else ""
-        raise ValueError(f"{what} must be N×C×H×W with C in (1, 3) (grey or RGB), got shape {tuple(x.shape)}{last}")
+        last = "; channels last (N, H, W, C)? pass x.permute(0, 3, 1, 2)" if x.ndim == 4 and x.shape[-1] in (1, 3) else ""
+        raise ValueError(f"{what} must have shape (N, C, H, W) with C in (1, 3) (grey or RGB), got {tuple(x.shape)}{last}")
     return x
 
 

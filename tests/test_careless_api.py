@@ -2141,12 +2141,12 @@ def test_twentyfifth_round_fid_reads_features_as_numbers_and_names_channels_last
     assert fid.compute_fid(a, b, lambda x: feats(x).half()) == pytest.approx(ref, rel=1e-9)   # 0..255 ints: exact in fp16
     fn = fid.random_features()
     for samples in (a.permute(0, 2, 3, 1), a.permute(0, 2, 3, 1).numpy()):
-        with pytest.raises(ValueError, match=r"got shape \(20, 8, 8, 3\); channels last \(N×H×W×C\)\? pass "
+        with pytest.raises(ValueError, match=r"got \(20, 8, 8, 3\); channels last \(N, H, W, C\)\? pass "
                                              r"x.permute\(0, 3, 1, 2\)"):
             fid.compute_fid(samples, b, fn)
     with pytest.raises(ValueError, match="channels last"):
         plotting.image_grid(torch.zeros(2, 4, 4, 3))
-    with pytest.raises(ValueError, match=r"with C in \(1, 3\) \(grey or RGB\), got shape \(2, 2, 4, 4\)$"):
+    with pytest.raises(ValueError, match=r"with C in \(1, 3\) \(grey or RGB\), got \(2, 2, 4, 4\)$"):
         plotting.image_grid(torch.zeros(2, 2, 4, 4))                    # no hint where the last size is no C either
     with pytest.raises(ValueError, match=r"two channel counts .* grey as RGB by x.expand\(-1, 3, -1, -1\)"):
         fid.compute_fid(a[:, :1], b, fn)
