@@ -742,6 +742,11 @@ def eps_fn(model, amp: bool = False):
         finally:
             for m in training:
                 m.training = True
-        return getattr(out, "sample", out).to(x.dtype)
+        out = getattr(out, "sample", out)
+        if not isinstance(out, torch.Tensor):    # else "'tuple' object has no attribute 'to'"
+            raise TypeError(f"model(x, t) must return a tensor (or an output with .sample, as diffusers' UNet2DModel), got "
+                            f"{type(out).__name__}" + (" (a diffusers model gives one with return_dict=False: keep its default, "
+                                                       "True)" if isinstance(out, tuple) else ""))
+        return out.to(x.dtype)
     eps.network, eps.amp = model, amp      # what generate_samples records of the weights and precision
     return eps

@@ -529,6 +529,17 @@ def from_model_range(x: torch.Tensor) -> torch.Tensor:
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+def check_nchw(x: torch.Tensor, what: str = "images") -> torch.Tensor:
+    """x unless it is not N×C×H×W with C in (1, 3) (grey or RGB: the images the library reads and writes), else a
+    ValueError naming `what`. Channels-last images (N×H×W×C, PIL's and numpy's layout) are named as such: read as
+    N×C×H×W they are H channels of W×C images, which a feature network refuses only in its own words, and a distance
+    between two sets blames their sizes."""
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        last = "; channels last (N, H, W, C)? pass x.permute(0, 3, 1, 2)" if x.ndim == 4 and x.shape[-1] in (1, 3) else ""
+        raise ValueError(f"{what} must have shape (N, C, H, W) with C in (1, 3) (grey or RGB), got {tuple(x.shape)}{last}")
+    return x
+
+
 def looks_0_255(x: torch.Tensor) -> bool:
     """Float images whose values reach past 2 and lie above 0, or mostly so (their maximum more than 5 times their
     negative part): 0..255 images, even with a sampler's overshoot or added noise; [−1, 1] ones overshoot both ways.

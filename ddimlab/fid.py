@@ -25,7 +25,7 @@ import torch
 from . import data, devices, quality
 from .checks import check_bool, check_int, seeded
 from .files import atomic_write
-from .quality import feature_stats, frechet_distance
+from .quality import _real, feature_stats, frechet_distance
 
 FID_INSTALL_HINT = "pip install ddimlab[fid]"
 
@@ -81,8 +81,7 @@ def _images_u8(x) -> torch.Tensor:
     if isinstance(x, (str, os.PathLike)):
         return load_images(x)
     x = torch.as_tensor(x.detach().cpu() if isinstance(x, torch.Tensor) else np.asarray(x))
-    if x.ndim != 4:
-        raise ValueError(f"images must be N×C×H×W, got shape {tuple(x.shape)}")
+    data.check_nchw(x)
     if x.dtype == torch.uint8:
         return x
     if x.dtype.is_floating_point:
@@ -119,8 +118,8 @@ def image_stats(images, feature_fn, batch_size: int = 500) -> tuple[np.ndarray, 
             if f.ndim < 2 or f.shape[0] != n:            # a (D, N) answer would be reshaped into scrambled rows
                 raise ValueError(f"feature_fn must return one row of features per image, N x D (N x D x 1 x 1 allowed), "
                                  f"got shape {tuple(f.shape)} for {n} images")
-            feats.append(f.double().cpu().reshape(n, -1))
-    return feature_stats(torch.cat(feats))
+            feats.append(_real("feature_fn's features", f).reshape(n, -1))     # not .double(): it reads True as 1 and
+    return feature_stats(np.concatenate(feats))                                  # drops an imaginary part
 
 
 def stats_of(ref, feature_fn, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
@@ -152,9 +151,11 @@ def compute_fid(samples, reference, feature_fn, batch_size: int = 500) -> float:
     _check_feature_fn(feature_fn)
     samples, reference = (v if _is_stats(v) else _images_u8(v) for v in (samples, reference))
     if isinstance(samples, torch.Tensor) and isinstance(reference, torch.Tensor) and samples.shape[1:] != reference.shape[1:]:
+        kind, fix = (("sizes", "the size; score images of one size (data.resize)") if samples.shape[1] == reference.shape[1]
+                     else ("channel counts", "the colour; score grey as RGB by x.expand(-1, 3, -1, -1)"))
         raise ValueError(f"samples are images of shape {tuple(samples.shape[1:])} (C, H, W) but reference images "
-                         f"{tuple(reference.shape[1:])}: a distance between images of two sizes measures the size; "
-                         f"score images of one size (data.resize)")    # random features pool any size: FD 0.68
+                         f"{tuple(reference.shape[1:])}: a distance between images of two {kind} measures "
+                         f"{fix}")    # random features pool any size: FD 0.68
     return frechet_distance(*stats_of(samples, feature_fn, batch_size), *stats_of(reference, feature_fn, batch_size))
 
 

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from .checks import as_real, check_bool, check_int, check_numbers, is_complex
-from .samplers import NonFiniteError, _finite, _of_x_shape, call_eps, check_args, check_first_step, report
+from .samplers import NonFiniteError, _finite, _of_x_shape, call_eps, check_args, check_eps, check_first_step, report
 from .schedule import alpha_bar_at, as_steps, step_pairs, validate_alpha_bar, validate_timesteps
 
 # ------------------------------------------------------------------------------- continuous time
@@ -687,6 +687,7 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
         raise ValueError("x_T must be a finite torch.Tensor")
     if not x_T.dtype.is_floating_point:          # ε is called in x_T's dtype: the state would be rounded at every call
         raise TypeError(f"x_T must be floating point, got {x_T.dtype}")
+    check_eps(eps)                                # a network: dropout in train mode would make the ODE random
     if x_T.requires_grad:                         # torch: "Can't call numpy() on Tensor that requires grad"
         raise ValueError("x_T requires grad, but reference_solution integrates with scipy, which autograd cannot follow: "
                          "pass x_T.detach()")

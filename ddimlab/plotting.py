@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .checks import as_real, check_int
-from .data import from_model_range, looks_0_255
+from .data import check_nchw, from_model_range, looks_0_255
 from .files import atomic_write
 
 
@@ -30,8 +30,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     if not x.dtype.is_floating_point:
         raise TypeError(f"images must be floating point in [-1, 1], got {x.dtype}; for 0..255 images pass "
                         f"data.to_model_range(x)")
-    if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(f"images must have shape (N, C, H, W) with C in (1, 3), got {tuple(x.shape)}")
+    check_nchw(x)
     if looks_0_255(x):
         warnings.warn(f"images are drawn as [-1, 1], and these look like 0..255 (values in {float(x.min()):.3g}.."
                       f"{float(x.max()):.3g}): they come out white; pass x / 127.5 - 1", stacklevel=3)

@@ -2,9 +2,9 @@
 guidance, Langevin correction and SDEdit-style editing (notebook 10).
 
 Every sampler takes any callable `eps(x, t) -> tensor` (a network wrapped by `checkpoint.eps_fn`, or the
-exact ε* of `toy.exact_eps`) and calls it with t as a (B,) long tensor of integer steps. A sampler visits
-the decreasing steps `seq` (see `schedule.timesteps`) and then takes a last step to ᾱ_{−1} = 1, i.e. to
-x_0. The DDIM paper's α_t is DDPM's ᾱ_t.
+exact ε* of `toy.exact_eps`; a bare network is refused, `check_eps`) and calls it with t as a (B,) long tensor of
+integer steps. A sampler visits the decreasing steps `seq` (see `schedule.timesteps`) and then takes a last step to
+ᾱ_{−1} = 1, i.e. to x_0. The DDIM paper's α_t is DDPM's ᾱ_t.
 
 One signature for every sampler and ODE solver (k-diffusion's convention): (eps, x_T, alpha_bar, seq, …,
 callback=None). Stochastic samplers draw one N(0, I) of x's shape per step from `generator`, or take it
@@ -99,15 +99,26 @@ def check_args(x, alpha_bar, seq, name: str = "x_T", callback=None):
     return alpha_bar, None if seq is None else schedule.validate_timesteps(seq, alpha_bar.shape[0])
 
 
+def check_eps(eps, name: str = "eps") -> None:
+    """TypeError naming `name` unless eps is a function eps(x, t): what is not callable fails in Python ("'int' object is
+    not callable"), and a network (torch.nn.Module) called as it is runs in its own mode (dropout on in train mode, so
+    η = 0 is not deterministic) and records an autograd graph through every step (memory growing with the steps).
+    `checkpoint.eps_fn` is the one adapter from a network: no gradients, eval mode, diffusers' `.sample`."""
+    if isinstance(eps, torch.nn.Module):
+        raise TypeError(f"{name} is a network ({type(eps).__name__}): pass checkpoint.eps_fn(net), which calls it without "
+                        f"gradients and with dropout off (as it is, it would keep an autograd graph of every step)")
+    if not callable(eps):
+        raise TypeError(f"{name} must be a function eps(x, t) -> tensor of x's shape (a network through "
+                        f"checkpoint.eps_fn, or toy.exact_eps), got {type(eps).__name__}")
+
+
 def call_eps(eps, x, t):
     """ε(x, t) with t broadcast to shape (B,) (long for an integer step; for a fractional one inside the ODE solvers
     x.dtype, at least float32: bfloat16 would round t = 944.19 to 944); checks that the answer is a finite tensor of
     x's shape and dtype. eps gets a copy of x, so an eps that edits its input in place (`x.clamp_()`, a first
     ReLU(inplace=True)) changes neither the caller's tensor nor the run, in every sampler and solver alike (a copy of x
     costs under 1% of the cheapest eps, `toy.exact_eps`; the samplers reuse x after the call, the solvers do not)."""
-    if not callable(eps):              # Python's "'int' object is not callable"
-        raise TypeError(f"eps must be a function eps(x, t) -> tensor of x's shape (a network through "
-                        f"checkpoint.eps_fn, or toy.exact_eps), got {type(eps).__name__}")
+    check_eps(eps)
     if isinstance(t, int):
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
     else:
@@ -327,8 +338,7 @@ def guided_eps(eps_null, eps_cond, w: float):
     if weight is None:
         raise ValueError(f"guidance weight w must be a finite number, got {w!r}")
     for name, f in (("eps_null", eps_null), ("eps_cond", eps_cond)):      # else found at the first step only
-        if not callable(f):
-            raise TypeError(f"guided_eps: {name} must be a function eps(x, t), got {type(f).__name__}")
+        check_eps(f, f"guided_eps: {name}")
 
     def eps(x, t):
         e_null = _of_x_shape(eps_null(x.clone(), t), x, "guided_eps: eps_null")   # eps_cond's x, as call_eps

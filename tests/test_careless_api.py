@@ -2095,3 +2095,73 @@ def test_api_round_24_audit_checks_the_first_tests_left_unpinned(tmp_path, tiny_
 
     with pytest.raises(DeviceError, match="cuda:99"):
         tables.reconstruction_errors(tiny_unet, torch.zeros(1, 1, 8, 8, dtype=torch.uint8), AB, [0, 1], device="cuda:99")
+
+
+def test_twentyfifth_round_a_bare_network_as_eps_is_refused(toy_setup):
+    """Round 25: a network passed to a sampler or solver as it is (ddim_sample(net, ...), not checkpoint.eps_fn(net))
+    ran in its own mode, dropout on in train mode (two η = 0 runs from one x_T differed), and recorded an autograd graph
+    through every step (x_0.requires_grad, memory growing with S); reference_solution fed scipy a random ODE and
+    guided_eps took a network likewise. Each now names eps_fn, the one adapter, before any network call."""
+    from ddimlab import unet
+
+    torch.manual_seed(0)
+    net = unet.UNet(in_ch=1, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), resolution=8, num_groups=4,
+                    dropout=0.5).train()
+    x_T, t = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.full((2,), 500)
+    assert not torch.equal(net(x_T, t), net(x_T, t)) and net(x_T, t).requires_grad      # the hazard, in torch's terms
+    seq, eps = schedule.timesteps(3, 1000, "trailing"), toy_setup[1]
+    match = r"eps is a network \(UNet\): pass checkpoint.eps_fn\(net\), which calls it without gradients"
+    for run in (lambda: samplers.ddim_sample(net, x_T, AB, seq), lambda: samplers.ddpm_sample(net, x_T, AB, seq=seq),
+                lambda: samplers.ddim_invert(net, x_T, AB, seq), lambda: ode.euler(net, x_T, AB, seq),
+                lambda: ode.heun(net, x_T, AB, seq), lambda: ode.reference_solution(net, x_T, AB, 999, 998)):
+        with pytest.raises(TypeError, match=match):
+            run()
+    with pytest.raises(TypeError, match=r"guided_eps: eps_cond is a network \(UNet\)"):
+        samplers.guided_eps(eps, net, 2.0)
+    runs = [samplers.ddim_sample(checkpoint.eps_fn(net), x_T, AB, seq) for _ in range(2)]
+    assert torch.equal(*runs) and not runs[0].requires_grad and net.training          # through eps_fn: as documented
+
+
+def test_twentyfifth_round_fid_reads_features_as_numbers_and_names_channels_last_images():
+    """Round 25: compute_fid cast a feature_fn's answer with .double(), so complex features lost their imaginary part
+    (FD 2173.9, torch's warning only) and bool ones were read as 1 (FD 0.105), where fid_from_features refuses both.
+    Channels-last images (N×H×W×C) against N×C×H×W ones were "images of two sizes ... (data.resize)" and alone a conv
+    error of 8 channels; grey against RGB was told to resize. The features' FD still equals scipy's sqrtm formula."""
+    import scipy.linalg
+
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8, generator=g) for _ in range(2))
+    feats = lambda x: x.flatten(1)[:, :4].double()              # noqa: E731
+    for wrong, kind in ((lambda x: feats(x).to(torch.complex64), "complex64"), (lambda x: feats(x) > 128, "bool")):
+        with pytest.raises(TypeError, match=f"feature_fn's features must hold real numbers .*got torch.{kind}"):
+            fid.compute_fid(a, b, wrong)
+    f1, f2 = feats(a).numpy(), feats(b).numpy()
+    c1, c2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    ref = ((f1.mean(0) - f2.mean(0)) ** 2).sum() + np.trace(c1 + c2) - 2 * np.trace(scipy.linalg.sqrtm(c1 @ c2)).real
+    assert fid.compute_fid(a, b, lambda x: feats(x).half()) == pytest.approx(ref, rel=1e-9)   # 0..255 ints: exact in fp16
+    fn = fid.random_features()
+    for samples in (a.permute(0, 2, 3, 1), a.permute(0, 2, 3, 1).numpy()):
+        with pytest.raises(ValueError, match=r"got \(20, 8, 8, 3\); channels last \(N, H, W, C\)\? pass "
+                                             r"x.permute\(0, 3, 1, 2\)"):
+            fid.compute_fid(samples, b, fn)
+    with pytest.raises(ValueError, match="channels last"):
+        plotting.image_grid(torch.zeros(2, 4, 4, 3))
+    with pytest.raises(ValueError, match=r"with C in \(1, 3\) \(grey or RGB\), got \(2, 2, 4, 4\)$"):
+        plotting.image_grid(torch.zeros(2, 2, 4, 4))                    # no hint where the last size is no C either
+    with pytest.raises(ValueError, match=r"two channel counts .* grey as RGB by x.expand\(-1, 3, -1, -1\)"):
+        fid.compute_fid(a[:, :1], b, fn)
+
+
+def test_twentyfifth_round_eps_fn_names_a_model_that_returns_no_tensor():
+    """Round 25: checkpoint.eps_fn of a model returning a tuple (a diffusers UNet2DModel called with return_dict=False),
+    a plain dict, a list or a numpy array failed with AttributeError: "'tuple' object has no attribute 'to'" (in a
+    sampler, at its first step). An output with .sample (diffusers' default) is still read."""
+    import types
+
+    x, t = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)), torch.full((2,), 5)
+    for out, kind in (((x,), r"tuple \(a diffusers model gives one with return_dict=False"), ({"sample": x}, "dict"),
+                      ([x], "list"), (x.numpy(), "ndarray")):
+        with pytest.raises(TypeError, match=r"model\(x, t\) must return a tensor \(or an output with .sample, as "
+                                            r"diffusers' UNet2DModel\), got " + kind):
+            samplers.ddim_sample(checkpoint.eps_fn(lambda x_, t_, out=out: out), x, AB, [5, 0])
+    assert torch.equal(checkpoint.eps_fn(lambda x_, t_: types.SimpleNamespace(sample=-x_))(x, t), -x)

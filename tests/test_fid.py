@@ -49,7 +49,7 @@ def test_fid_inception_missing_dependency_message(monkeypatch, tmp_path):
 def test_bad_input_raises():
     with pytest.raises(TypeError, match="feature_fn"):
         fid.compute_fid(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.zeros(2, 1, 8, 8), None)
-    with pytest.raises(ValueError, match=r"N×C×H×W"):
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         fid.compute_fid(torch.zeros(8, 8), torch.zeros(2, 1, 8, 8), fid.random_features(1))
 
 
