@@ -72,7 +72,8 @@ def default_cache_dir() -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:            # else only "[Errno 2] No such file or directory: '/proc/x'", later
-        raise type(e)(e.errno, f"cannot make the cache folder {path}{' ($DDIMLAB_CACHE)' if env else ''}: {e.strerror}; "
+        raise type(e)(e.errno, f"cannot make the cache folder {path}{' ($DDIMLAB_CACHE)' if env else ''}: "
+                               f"{unresolved_link(path) or e.strerror}; "
                                f"point DDIMLAB_CACHE at a folder you can write") from None
     return path
 

@@ -2709,14 +2709,15 @@ def test_twentyfourth_round_a_device_as_checkpoint_is_not_called_missing(tmp_pat
     assert "not a regular file (a pipe, socket or device): /dev/null; pass a ckpt.pt or run folder" in r.stderr, r.stderr
 
 
-def test_twentyfifth_round_a_loop_of_symbolic_links_is_named_for_what_it_is(trained, tmp_path, capsys):
+def test_twentyfifth_round_a_loop_of_symbolic_links_is_named_for_what_it_is(trained, tmp_path, capsys, monkeypatch):
     """A symbolic link that goes round a loop (a -> b -> a, or ckpt.pt -> ckpt.pt), given as --checkpoint, --input,
     --latents or --out, was said to be missing: "--checkpoint a does not exist", "a is a folder with neither ckpt.pt
     nor config.json" (it has a ckpt.pt, the loop), "--out a is a symbolic link to b, which does not exist" (b is
-    there, a link). `train` into a folder whose ckpt.pt or config.json was such a link trained every step and then failed
-    at the save ("[Errno 40] Too many levels of symbolic links", "... free some space"); log.jsonl as a link to nothing
-    wrote the run's log at the link's target, outside the run folder. Each is now one line naming the loop (or the link
-    to nothing), before any work; the run folder keeps only its links."""
+    there, a link); DDIMLAB_CACHE as such a link: "cannot make the cache folder a: File exists". `train` into a folder
+    whose ckpt.pt or config.json was such a link trained every step and then failed at the save ("[Errno 40] Too many
+    levels of symbolic links", "... free some space"); log.jsonl as a link to nothing wrote the run's log at the link's
+    target, outside the run folder. Each is now one line naming the loop (or the link to nothing), before any work; the
+    run folder keeps only its links."""
     (tmp_path / "a").symlink_to("b")
     (tmp_path / "b").symlink_to("a")
     a, loop = str(tmp_path / "a"), "goes round a loop of symbolic links"
@@ -2733,6 +2734,9 @@ def test_twentyfifth_round_a_loop_of_symbolic_links_is_named_for_what_it_is(trai
                                     str(tmp_path / "s")], loop)
     _expect_one_line_error(capsys, ["reproduce", "table2", "--checkpoint", str(trained), *run, "--out", a], f"--out {a}", loop)
     _expect_one_line_error(capsys, ["lab", "--no-progress", "--out", a], loop)
+    monkeypatch.setenv("DDIMLAB_CACHE", a)
+    _expect_one_line_error(capsys, ["demo", "--no-progress", "--out", str(tmp_path / "d")], "cache folder", loop)
+    monkeypatch.undo()
     _expect_one_line_error(capsys, ["sample", "--checkpoint", str(trained), *run, "--out", str(tmp_path / "a" / "x")], loop)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "linked"]
     for name in ("ckpt.pt", "config.json"):
