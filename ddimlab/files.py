@@ -47,7 +47,7 @@ def atomic_write(path, write, *, text: bool = False, fsync: bool = False) -> Pat
             raise PermissionError(errno.EACCES, "the file is read-only, so it was not replaced (make it writable, or "
                                                 "write elsewhere)", str(path))
     with folder_removed_on_error(path.parent):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "w" if text else "wb", **({"newline": "", "encoding": "utf-8"} if text else {})) as f:
@@ -174,6 +174,17 @@ def unresolved_link(path) -> str | None:
         if e.errno == errno.ELOOP:
             return f"{link} is a symbolic link to {os.readlink(link)}, which goes round a loop of symbolic links"
     return f"{link} is a symbolic link to {os.readlink(link)}, which does not exist"
+
+
+def make_folder(folder) -> None:
+    """`mkdir -p folder`; where a symbolic link on the way leads nowhere, the OSError names it (mkdir says only "File
+    exists" or "Too many levels of symbolic links")."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if (why := unresolved_link(folder)) is None:
+            raise
+        raise type(e)(e.errno, f"cannot create the folder {folder} ({why})") from None
 
 
 def absent_folders(folder) -> list[Path]:

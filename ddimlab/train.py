@@ -745,6 +745,9 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
     if config.n_samples and (out / "samples").exists() and not (out / "samples").is_dir():   # found at the first grid
         raise FileExistsError(f"{out / 'samples'} is a file, and the run writes its sample grids into a folder of that "
                               f"name; move the file, or pass --set n_samples=0 (no grids)")
+    if config.n_samples and (why := unresolved_link(out / "samples")):                 # else found at the first grid
+        raise FileExistsError(f"{why}, and the run writes its sample grids into a folder there; remove the link, or pass "
+                              f"--set n_samples=0 (no grids)")
     if config.n_samples and (out / "samples").is_dir() and not os.access(out / "samples", os.W_OK | os.X_OK):
         raise PermissionError(f"{out / 'samples'} is not writable, and the run writes its sample grids there; make it "
                               f"writable, or pass --set n_samples=0 (no grids)")

@@ -2715,9 +2715,10 @@ def test_twentyfifth_round_a_loop_of_symbolic_links_is_named_for_what_it_is(trai
     nor config.json" (it has a ckpt.pt, the loop), "--out a is a symbolic link to b, which does not exist" (b is
     there, a link); DDIMLAB_CACHE as such a link: "cannot make the cache folder a: File exists". `train` into a folder
     whose ckpt.pt or config.json was such a link trained every step and then failed at the save ("[Errno 40] Too many
-    levels of symbolic links", "... free some space"); log.jsonl as a link to nothing wrote the run's log at the link's
-    target, outside the run folder. Each is now one line naming the loop (or the link to nothing), before any work; the
-    run folder keeps only its links."""
+    levels of symbolic links", "... free some space"), and one whose samples/ was such a link failed at the first grid
+    after saving ckpt.pt; `reproduce table1` said "[Errno 40] Too many levels of symbolic links: OUT/samples/eta0_S2".
+    log.jsonl as a link to nothing wrote the run's log at the link's target, outside the run folder. Each is now one
+    line naming the loop (or the link to nothing), before any work; the run folder keeps only its links."""
     (tmp_path / "a").symlink_to("b")
     (tmp_path / "b").symlink_to("a")
     a, loop = str(tmp_path / "a"), "goes round a loop of symbolic links"
@@ -2739,13 +2740,17 @@ def test_twentyfifth_round_a_loop_of_symbolic_links_is_named_for_what_it_is(trai
     monkeypatch.undo()
     _expect_one_line_error(capsys, ["sample", "--checkpoint", str(trained), *run, "--out", str(tmp_path / "a" / "x")], loop)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "linked"]
-    for name in ("ckpt.pt", "config.json"):
+    for name in ("ckpt.pt", "config.json", "samples"):
         out = tmp_path / f"run_{name}"
         out.mkdir()
         (out / name).symlink_to(name)
         _expect_one_line_error(capsys, ["train", "--preset", "digits", "--out", str(out), "--no-progress", *_sets(TINY)],
                                str(out / name), loop)
         assert [p.name for p in out.iterdir()] == [name]            # no log.jsonl: not one step was trained
+    out = tmp_path / "run_samples"                                  # a table1 cell goes into samples/
+    _expect_one_line_error(capsys, ["reproduce", "table1", "--checkpoint", str(trained), "--features", "random",
+                                    "--n-samples", "2", "--etas", "0", *run, "--out", str(out)], str(out / "samples"), loop)
+    assert [p.name for p in out.iterdir()] == ["samples"]
     out, elsewhere = tmp_path / "run_log", tmp_path / "elsewhere"
     out.mkdir()
     elsewhere.mkdir()
