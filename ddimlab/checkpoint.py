@@ -29,7 +29,7 @@ from . import devices, schedule
 from . import unet as unet_mod
 from .checks import as_real, check_bool, check_int
 from .data import default_cache_dir, download, require_files
-from .files import atomic_write, interrupts_deferred, md5sum
+from .files import atomic_write, interrupts_deferred, md5sum, unresolved_link
 
 DDPM_CIFAR10_FILE = "model-790000.ckpt"
 DDPM_CIFAR10_MD5 = "1fa350b952534ae442b1d5235cce5cd3"
@@ -583,6 +583,8 @@ def load_model(path, device="cpu", use_ema: bool = True):
     path = official_ddpm_file() if str(path) == OFFICIAL_NAME else Path(path)
     if path.is_dir() and (path / "ckpt.pt").is_file():
         path = path / "ckpt.pt"                     # a ddimlab run folder
+    elif path.is_dir() and (why := unresolved_link(path / "ckpt.pt")):
+        raise CheckpointError(f"{path} holds no checkpoint: {why}; pass {LOADABLE}")
     elif path.is_dir() and (aside := sorted(path.glob(".previous-*/ckpt.pt"))):   # `train --overwrite`, stopped early
         raise CheckpointError(f"{path} holds no ckpt.pt: the previous run's checkpoint is in {aside[0]}, set aside by a "
                               f"`train --overwrite` that was stopped before its first checkpoint; pass that file, or move "

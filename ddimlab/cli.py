@@ -40,6 +40,7 @@ from .files import (
     locked,
     replaced_together,
     stop_signals,
+    unresolved_link,
 )
 from .generate import (
     SampleFileWarning,
@@ -219,7 +220,7 @@ def _refuse_dotdot_through_missing(raw: str) -> None:
 def _require_checkpoint(path) -> None:
     """A missing --checkpoint is said first (before "already exist", and before a folder is made for --out)."""
     if str(path).strip() and str(path) != checkpoint.OFFICIAL_NAME and not os.path.exists(path):   # "": load_model says
-        raise FileNotFoundError(f"--checkpoint {path} does not exist; pass {checkpoint.LOADABLE}")
+        raise FileNotFoundError(f"--checkpoint {unresolved_link(path) or f'{path} does not exist'}; pass {checkpoint.LOADABLE}")
 
 
 def _refuse_own_inputs(args, *outputs: Path) -> None:

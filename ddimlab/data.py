@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_bool, check_int
-from .files import atomic_write, md5sum
+from .files import atomic_write, md5sum, unresolved_link
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -72,7 +72,8 @@ def default_cache_dir() -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:            # else only "[Errno 2] No such file or directory: '/proc/x'", later
-        raise type(e)(e.errno, f"cannot make the cache folder {path}{' ($DDIMLAB_CACHE)' if env else ''}: {e.strerror}; "
+        raise type(e)(e.errno, f"cannot make the cache folder {path}{' ($DDIMLAB_CACHE)' if env else ''}: "
+                               f"{unresolved_link(path) or e.strerror}; "
                                f"point DDIMLAB_CACHE at a folder you can write") from None
     return path
 
@@ -449,7 +450,8 @@ def require_files(paths, hint: str) -> None:
     paths = [Path(p) for p in paths]
     if special := [str(p) for p in paths if p.exists() and not p.is_file() and not p.is_dir()]:
         raise ValueError(f"not a regular file (a pipe, socket or device): {', '.join(special)}; {hint}")
-    if missing := [f"{p} is a folder" if p.is_dir() else f"{p} does not exist" for p in paths if not p.is_file()]:
+    if missing := [f"{p} is a folder" if p.is_dir() else unresolved_link(p) or f"{p} does not exist" for p in paths
+                   if not p.is_file()]:
         raise FileNotFoundError(f"{'; '.join(missing)}; {hint}")
 
 

@@ -47,7 +47,7 @@ def atomic_write(path, write, *, text: bool = False, fsync: bool = False) -> Pat
             raise PermissionError(errno.EACCES, "the file is read-only, so it was not replaced (make it writable, or "
                                                 "write elsewhere)", str(path))
     with folder_removed_on_error(path.parent):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "w" if text else "wb", **({"newline": "", "encoding": "utf-8"} if text else {})) as f:
@@ -99,8 +99,7 @@ def locked(path, busy: str | None = None):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        dangling = next((p for p in (path.parent, *path.parent.parents) if p.is_symlink() and not p.exists()), None)
-        why = f"{dangling} is a symbolic link to {os.readlink(dangling)}, which does not exist" if dangling else e.strerror
+        why = unresolved_link(path.parent) or e.strerror
         raise type(e)(e.errno, f"cannot create the folder {path.parent} ({why}); choose another --out") from None
     try:
         import fcntl  # POSIX only
@@ -158,7 +157,34 @@ def check_out_folder(out: Path, what: str = "a run folder") -> None:
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not {what}; choose another --out")
     if out.is_symlink() and not out.exists():
-        raise FileNotFoundError(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist")
+        raise FileNotFoundError(f"--out {unresolved_link(out)}")
+
+
+def unresolved_link(path) -> str | None:
+    """Why `path` names nothing although a symbolic link is there (the path itself, or a folder on its way): "L is a
+    symbolic link to T, which does not exist", or, where following it never ends (ELOOP: L -> L, or A -> B -> A),
+    "..., which goes round a loop of symbolic links"; None where no such link is on the path."""
+    path = Path(path)
+    link = next((p for p in (path, *path.parents) if p.is_symlink() and not p.exists()), None)
+    if link is None:
+        return None
+    try:
+        os.stat(link)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return f"{link} is a symbolic link to {os.readlink(link)}, which goes round a loop of symbolic links"
+    return f"{link} is a symbolic link to {os.readlink(link)}, which does not exist"
+
+
+def make_folder(folder) -> None:
+    """`mkdir -p folder`; where a symbolic link on the way leads nowhere, the OSError names it (mkdir says only "File
+    exists" or "Too many levels of symbolic links")."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if (why := unresolved_link(folder)) is None:
+            raise
+        raise type(e)(e.errno, f"cannot create the folder {folder} ({why})") from None
 
 
 def absent_folders(folder) -> list[Path]:

@@ -23,7 +23,7 @@ from . import devices, diffusion, ode, schedule
 from .checkpoint import eps_fn, image_shape, sha256_of, weights_sha256
 from .checks import check_bool, check_distinct, check_int
 from .data import from_model_range
-from .files import absent_folders, atomic_write, remove_empty, remove_stale_temps
+from .files import absent_folders, atomic_write, make_folder, remove_empty, remove_stale_temps
 from .plotting import save_png
 from .samplers import SIGMA_HAT, OutOfRangeWarning, check_first_step, sample_row
 
@@ -248,7 +248,7 @@ def generate_samples(model, out_dir, n: int, *, shape=None, S: int = 50, eta=0.0
     check_first_step(alpha_bar, seq)                     # S = 1 on `quad` is the step t = 0: the PNGs would be x_T
     out_dir = Path(out_dir)
     created = absent_folders(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     settings = dict(model=model_key, T=int(alpha_bar.shape[0]), seed=seed, S=int(S), eta=str(eta), spacing=spacing,
                     shape=list(shape), clip_x0=clip_x0, amp=bool(amp or getattr(model, "amp", False)),   # eps_fn(net, amp=True)
                     alpha_bar=sha256_of(alpha_bar.to(torch.float64).cpu()))

@@ -60,6 +60,7 @@ from .files import (
     put_back,
     set_aside,
     stop_signals,
+    unresolved_link,
 )
 from .generate import recorded_settings
 from .plotting import save_image_grid
@@ -592,7 +593,10 @@ def _check_same_model(saved: TrainConfig, config: TrainConfig, where) -> None:
 
 
 def _refuse_folders_in_place(out: Path) -> None:
-    """A folder where the run keeps ckpt.pt, log.jsonl or config.json would fail the first write after the work."""
+    """A folder where the run keeps ckpt.pt, log.jsonl or config.json would fail the first write after the work, and so
+    would a symbolic link that goes round a loop; one to nothing would write its file elsewhere (log.jsonl)."""
+    if why := next(filter(None, (unresolved_link(out / n) for n in RUN_FILES)), None):
+        raise RunExistsError(f"the run keeps a file where {why}; remove the link (or point it at a file), then run again")
     if folders := [str(out / n) for n in RUN_FILES if (out / n).is_dir()]:
         raise RunExistsError(f"{' and '.join(folders)} {'is a folder' if len(folders) == 1 else 'are folders'} where the run "
                              f"keeps a file; move {'it' if len(folders) == 1 else 'them'} away, then run again")
@@ -741,6 +745,9 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
     if config.n_samples and (out / "samples").exists() and not (out / "samples").is_dir():   # found at the first grid
         raise FileExistsError(f"{out / 'samples'} is a file, and the run writes its sample grids into a folder of that "
                               f"name; move the file, or pass --set n_samples=0 (no grids)")
+    if config.n_samples and (why := unresolved_link(out / "samples")):                 # else found at the first grid
+        raise FileExistsError(f"{why}, and the run writes its sample grids into a folder there; remove the link, or pass "
+                              f"--set n_samples=0 (no grids)")
     if config.n_samples and (out / "samples").is_dir() and not os.access(out / "samples", os.W_OK | os.X_OK):
         raise PermissionError(f"{out / 'samples'} is not writable, and the run writes its sample grids there; make it "
                               f"writable, or pass --set n_samples=0 (no grids)")

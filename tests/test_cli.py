@@ -2707,3 +2707,54 @@ def test_twentyfourth_round_a_device_as_checkpoint_is_not_called_missing(tmp_pat
     r = _run("sample", "--checkpoint", "/dev/null", "--n", "1", "--out", tmp_path / "x")
     assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.splitlines()) <= 2, r.stderr
     assert "not a regular file (a pipe, socket or device): /dev/null; pass a ckpt.pt or run folder" in r.stderr, r.stderr
+
+
+def test_twentyfifth_round_a_loop_of_symbolic_links_is_named_for_what_it_is(trained, tmp_path, capsys, monkeypatch):
+    """A symbolic link that goes round a loop (a -> b -> a, or ckpt.pt -> ckpt.pt), given as --checkpoint, --input,
+    --latents or --out, was said to be missing: "--checkpoint a does not exist", "a is a folder with neither ckpt.pt
+    nor config.json" (it has a ckpt.pt, the loop), "--out a is a symbolic link to b, which does not exist" (b is
+    there, a link); DDIMLAB_CACHE as such a link: "cannot make the cache folder a: File exists". `train` into a folder
+    whose ckpt.pt or config.json was such a link trained every step and then failed at the save ("[Errno 40] Too many
+    levels of symbolic links", "... free some space"), and one whose samples/ was such a link failed at the first grid
+    after saving ckpt.pt; `reproduce table1` said "[Errno 40] Too many levels of symbolic links: OUT/samples/eta0_S2".
+    log.jsonl as a link to nothing wrote the run's log at the link's target, outside the run folder. Each is now one
+    line naming the loop (or the link to nothing), before any work; the run folder keeps only its links."""
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    a, loop = str(tmp_path / "a"), "goes round a loop of symbolic links"
+    run = ["--steps", "2", "--no-progress"]
+    _expect_one_line_error(capsys, ["sample", "--checkpoint", a, *run, "--out", str(tmp_path / "s")], f"--checkpoint {a}", loop)
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "ckpt.pt").symlink_to("ckpt.pt")
+    _expect_one_line_error(capsys, ["sample", "--checkpoint", str(linked), *run, "--out", str(tmp_path / "s")],
+                           str(linked / "ckpt.pt"), loop)
+    _expect_one_line_error(capsys, ["invert", "--checkpoint", str(trained), "--input", a, *run, "--out", str(tmp_path / "s")],
+                           loop)
+    _expect_one_line_error(capsys, ["interpolate", "--checkpoint", str(trained), "--latents", a, *run, "--out",
+                                    str(tmp_path / "s")], loop)
+    _expect_one_line_error(capsys, ["reproduce", "table2", "--checkpoint", str(trained), *run, "--out", a], f"--out {a}", loop)
+    _expect_one_line_error(capsys, ["lab", "--no-progress", "--out", a], loop)
+    monkeypatch.setenv("DDIMLAB_CACHE", a)
+    _expect_one_line_error(capsys, ["demo", "--no-progress", "--out", str(tmp_path / "d")], "cache folder", loop)
+    monkeypatch.undo()
+    _expect_one_line_error(capsys, ["sample", "--checkpoint", str(trained), *run, "--out", str(tmp_path / "a" / "x")], loop)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "linked"]
+    for name in ("ckpt.pt", "config.json", "samples"):
+        out = tmp_path / f"run_{name}"
+        out.mkdir()
+        (out / name).symlink_to(name)
+        _expect_one_line_error(capsys, ["train", "--preset", "digits", "--out", str(out), "--no-progress", *_sets(TINY)],
+                               str(out / name), loop)
+        assert [p.name for p in out.iterdir()] == [name]            # no log.jsonl: not one step was trained
+    out = tmp_path / "run_samples"                                  # a table1 cell goes into samples/
+    _expect_one_line_error(capsys, ["reproduce", "table1", "--checkpoint", str(trained), "--features", "random",
+                                    "--n-samples", "2", "--etas", "0", *run, "--out", str(out)], str(out / "samples"), loop)
+    assert [p.name for p in out.iterdir()] == ["samples"]
+    out, elsewhere = tmp_path / "run_log", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "log.jsonl").symlink_to(elsewhere / "log.jsonl")
+    _expect_one_line_error(capsys, ["train", "--preset", "digits", "--out", str(out), "--no-progress", *_sets(TINY)],
+                           str(out / "log.jsonl"), "which does not exist")
+    assert [p.name for p in out.iterdir()] == ["log.jsonl"] and not any(elsewhere.iterdir())
