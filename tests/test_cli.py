@@ -2758,3 +2758,14 @@ def test_twentyfifth_round_a_loop_of_symbolic_links_is_named_for_what_it_is(trai
     _expect_one_line_error(capsys, ["train", "--preset", "digits", "--out", str(out), "--no-progress", *_sets(TINY)],
                            str(out / "log.jsonl"), "which does not exist")
     assert [p.name for p in out.iterdir()] == ["log.jsonl"] and not any(elsewhere.iterdir())
+
+
+def test_twentyfifth_round_a_loop_at_samples_does_not_stop_a_run_without_grids(tmp_path, capsys):
+    """train refuses a samples/ that goes round a loop of symbolic links and says to pass n_samples=0 (no grids): a run
+    that does so trains, and leaves the link as it was."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "samples").symlink_to("samples")
+    assert cli.main(["train", "--preset", "digits", "--out", str(out), "--no-progress", *_sets(TINY), "--set", "steps=1",
+                     "--set", "n_samples=0"]) == 0, capsys.readouterr().err
+    assert (out / "ckpt.pt").is_file() and (out / "samples").is_symlink()

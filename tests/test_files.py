@@ -124,3 +124,78 @@ def test_check_can_write_says_a_name_too_long_as_it_says_any_unwritable_folder(t
     with pytest.raises(OSError, match=r"cannot create files in .*; choose another --out"):
         files.check_can_write(folder)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_folder_removed_on_error_deletes_only_what_a_failed_block_made(tmp_path):
+    """On an exception: the lock file the block created goes (in a folder that existed too, and with the folders it
+    made), and one that was there before stays (an earlier command's, which another may open and lock at any moment).
+    A block that ends deletes nothing, not even a folder it left empty."""
+    from ddimlab.files import folder_removed_on_error
+
+    old, new = tmp_path / "old.lock", tmp_path / "made" / "deeper"
+    old.write_text("")
+    for folder, own in ((tmp_path, (old, tmp_path / "new.lock")), (new, (new / "new.lock",))):
+        with pytest.raises(ValueError):
+            with folder_removed_on_error(folder, *own):
+                folder.mkdir(parents=True, exist_ok=True)
+                for p in own:
+                    p.touch()
+                raise ValueError("the command failed")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["old.lock"]
+    with folder_removed_on_error(new, new / "new.lock"):
+        new.mkdir(parents=True)
+        (new / "new.lock").touch()
+    with folder_removed_on_error(tmp_path / "empty"):
+        (tmp_path / "empty").mkdir()
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "empty", "made", "made/deeper", "made/deeper/new.lock", "old.lock"]
+
+
+def test_folder_removed_on_error_keeps_a_lock_file_it_made_that_another_command_holds_now(tmp_path):
+    """A command that made a new folder and its lock file, let go of the lock and then failed, keeps that lock file where
+    a second command holds it by then: deleting it would let a third one in beside the second."""
+    import contextlib
+
+    from ddimlab.files import folder_removed_on_error, locked
+
+    out = tmp_path / "new"
+    lock = out / ".lab.lock"
+    with contextlib.ExitStack() as second, pytest.raises(ValueError):
+        with folder_removed_on_error(out, lock):
+            with locked(lock):
+                pass
+            second.enter_context(locked(lock))
+            raise ValueError("the first command failed after letting go of its lock")
+    assert [p.name for p in out.iterdir()] == [".lab.lock"]
+
+
+def test_unresolved_link_names_only_a_link_that_leads_nowhere_and_make_folder_only_then(tmp_path):
+    """unresolved_link is None on a path through links that resolve (a folder reached by a link, a link to a file): `train`
+    refuses a run folder where it is not None. make_folder names a loop on the way and atomic_write a link to nothing;
+    any other failure is mkdir's own error, as os.mkdir words it."""
+    import errno
+    import os
+
+    from ddimlab.files import make_folder, unresolved_link
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "f").write_text("")
+    (tmp_path / "via").symlink_to("real")
+    (tmp_path / "via" / "g").symlink_to("f")
+    for ok in ("via", "via/f", "via/g", "via/none", "none/x"):
+        assert unresolved_link(tmp_path / ok) is None, ok
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    (tmp_path / "dangling").symlink_to("nowhere")
+    loop, nowhere = (f"{tmp_path / 'a'} is a symbolic link to b, which goes round a loop of symbolic links",
+                     f"{tmp_path / 'dangling'} is a symbolic link to nowhere, which does not exist")
+    assert unresolved_link(tmp_path / "a" / "x") == loop and unresolved_link(tmp_path / "dangling") == nowhere
+    with pytest.raises(OSError, match=r"\(.*/a is a symbolic link to b, which goes round a loop of symbolic links\)"):
+        make_folder(tmp_path / "a" / "x")
+    with pytest.raises(OSError, match=r"\(.*/dangling is a symbolic link to nowhere, which does not exist\)"):
+        atomic_write(tmp_path / "dangling" / "f", lambda f: None)
+    with pytest.raises(OSError) as os_says:
+        os.mkdir(tmp_path / "real" / "f" / "x")
+    with pytest.raises(OSError) as ours:
+        make_folder(tmp_path / "real" / "f" / "x")
+    assert os_says.value.errno == errno.ENOTDIR and str(ours.value) == str(os_says.value)
