@@ -704,7 +704,10 @@ def eps_fn(model, amp: bool = False):
     """A network as the samplers' `eps(x, t)` (notebook 06 §5): the one adapter for every kind of model.
 
     Works for ddimlab's `UNet`, diffusers' `UNet2DModel` (its output's `.sample`) and any callable
-    model(x, t). No gradients; `t` may be an int, a 0-d or a (B,) tensor (integer or float steps);
+    model(x, t). No gradients: the network runs under `torch.no_grad()`, so an x that requires grad (autograd on) is a
+    ValueError, not an ε̂ whose ∂ε̂/∂x is silently missing from x's gradient (differentiating through a sampler); to
+    differentiate through ε̂, pass the network as a plain function, `lambda x, t: net(x, t)` with `net.eval()`.
+    `t` may be an int, a 0-d or a (B,) tensor (integer or float steps);
     with amp=True the call runs under bf16 autocast on CUDA; ε̂ comes back in x's dtype, which must be the network's
     (else a TypeError saying so). A network with modules in train mode is called in eval mode (no dropout: sampling is
     a function of x and t only), and each module's mode is put back after the call.
@@ -722,6 +725,10 @@ def eps_fn(model, amp: bool = False):
         if not x.is_floating_point():         # else "convert the network with .to(torch.uint8)", which no network can
             raise TypeError(f"x must be floating point (x_t, data in [-1, 1] plus noise), got {x.dtype}"
                             + ("; for 0..255 images: data.to_model_range(x)" if x.dtype == torch.uint8 else ""))
+        if x.requires_grad and torch.is_grad_enabled():
+            raise ValueError("x requires grad, but checkpoint.eps_fn computes no gradients (it calls the network under "
+                             "torch.no_grad), so ∂ε/∂x would be missing from x's gradient: to differentiate through ε, pass "
+                             "the network as a function, lambda x, t: net(x, t), with net.eval(); else pass x.detach()")
         if in_ch is not None and x.ndim == 4 and x.shape[1] != in_ch:      # else a conv error deep inside the network
             raise ValueError(f"x has {x.shape[1]} channels but the network takes {in_ch}: x is (B, {in_ch}, H, W)")
         t = schedule.as_steps(t)              # a string is a TypeError naming t, not torch's "invalid data type 'str'"

@@ -537,9 +537,15 @@ def check_nchw(x: torch.Tensor, what: str = "images") -> torch.Tensor:
     N×C×H×W they are H channels of W×C images, which a feature network refuses only in its own words, and a distance
     between two sets blames their sizes."""
     if x.ndim != 4 or x.shape[1] not in (1, 3):
-        last = "; channels last (N, H, W, C)? pass x.permute(0, 3, 1, 2)" if x.ndim == 4 and x.shape[-1] in (1, 3) else ""
-        raise ValueError(f"{what} must have shape (N, C, H, W) with C in (1, 3) (grey or RGB), got {tuple(x.shape)}{last}")
+        raise ValueError(f"{what} must have shape (N, C, H, W) with C in (1, 3) (grey or RGB), got {tuple(x.shape)}"
+                         f"{channels_last_hint(x)}")
     return x
+
+
+def channels_last_hint(x: torch.Tensor) -> str:
+    """What to add to a wrong-shape message where x may be channels-last images (4-D, the last axis 1 or 3): how to
+    permute them to N×C×H×W; else ""."""
+    return "; channels last (N, H, W, C)? pass x.permute(0, 3, 1, 2)" if x.ndim == 4 and x.shape[-1] in (1, 3) else ""
 
 
 def looks_0_255(x: torch.Tensor) -> bool:

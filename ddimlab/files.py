@@ -31,7 +31,8 @@ def atomic_write(path, write, *, text: bool = False, fsync: bool = False) -> Pat
     seconds before this write began) are deleted, so interrupted checkpoint writes do not pile up.
     An existing file keeps its mode, and one its owner made read-only is a PermissionError, not replaced (the rename
     needs only the folder's permission); a new file gets the umask's mode. A symbolic link at `path` is replaced by the
-    new file, its target left as it was (a run's ckpt.pt linked to another run's must not rewrite that one).
+    new file, its target left as it was (a run's ckpt.pt linked to another run's must not rewrite that one); one on a
+    folder of the way that leads nowhere (to nothing, or round a loop) is an OSError naming it (`make_folder`).
     """
     started = time.time()
     path = Path(path)
@@ -40,7 +41,9 @@ def atomic_write(path, write, *, text: bool = False, fsync: bool = False) -> Pat
                                               "name", str(path))
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
-    except FileNotFoundError:
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ELOOP):    # nothing there, or a link to nothing or round a loop:
+            raise                                         # replaced at `path`, named by make_folder on the way to it
         mode = 0o666 & ~current_umask()
     else:
         if not os.access(path, os.W_OK):

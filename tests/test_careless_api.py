@@ -2110,10 +2110,19 @@ def test_twentyfifth_round_a_bare_network_as_eps_is_refused(toy_setup):
     x_T, t = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.full((2,), 500)
     assert not torch.equal(net(x_T, t), net(x_T, t)) and net(x_T, t).requires_grad      # the hazard, in torch's terms
     seq, eps = schedule.timesteps(3, 1000, "trailing"), toy_setup[1]
+
+    class Exact(torch.nn.Module):
+        def forward(self, x, t):
+            return eps(x, t)
+
+    # reference_solution with a smooth ε, so that one which stopped refusing returns at once (DID NOT RAISE): with this
+    # UNet it would integrate for minutes, its rtol 1e-10 far below dropout's noise and float32's rounding alike
+    with pytest.raises(TypeError, match=r"eps is a network \(Exact\): pass checkpoint.eps_fn\(net\)"):
+        ode.reference_solution(Exact(), toy_setup[2], AB, 999, 998)
     match = r"eps is a network \(UNet\): pass checkpoint.eps_fn\(net\), which calls it without gradients"
     for run in (lambda: samplers.ddim_sample(net, x_T, AB, seq), lambda: samplers.ddpm_sample(net, x_T, AB, seq=seq),
                 lambda: samplers.ddim_invert(net, x_T, AB, seq), lambda: ode.euler(net, x_T, AB, seq),
-                lambda: ode.heun(net, x_T, AB, seq), lambda: ode.reference_solution(net, x_T, AB, 999, 998)):
+                lambda: ode.heun(net, x_T, AB, seq)):
         with pytest.raises(TypeError, match=match):
             run()
     with pytest.raises(TypeError, match=r"guided_eps: eps_cond is a network \(UNet\)"):
@@ -2165,3 +2174,22 @@ def test_twentyfifth_round_eps_fn_names_a_model_that_returns_no_tensor():
                                             r"diffusers' UNet2DModel\), got " + kind):
             samplers.ddim_sample(checkpoint.eps_fn(lambda x_, t_, out=out: out), x, AB, [5, 0])
     assert torch.equal(checkpoint.eps_fn(lambda x_, t_: types.SimpleNamespace(sample=-x_))(x, t), -x)
+
+
+def test_eps_fn_refuses_an_x_that_requires_grad_rather_than_drop_the_networks_gradient(tiny_unet):
+    """eps_fn calls the network under no_grad, so ddim_sample(eps_fn(net), x_T.requires_grad_()) gave x_0 a gradient
+    through x_T's own term only, ∂ε/∂x missing: silently wrong. It is now a ValueError naming eps_fn; the way its message
+    gives, the network as a plain function, has the gradient that central differences of the sampler have."""
+    net = copy.deepcopy(tiny_unet).double()
+    g = torch.Generator().manual_seed(0)
+    x_T, v = (torch.randn(2, 1, 8, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    seq = schedule.timesteps(2, 1000, "trailing")
+    with pytest.raises(ValueError, match=r"x requires grad, but checkpoint.eps_fn computes no gradients .* "
+                                         r"lambda x, t: net\(x, t\), with net.eval\(\)"):
+        samplers.ddim_sample(checkpoint.eps_fn(net), x_T.clone().requires_grad_(), AB, seq)
+    with torch.no_grad():                           # no gradient asked for: a leaf that requires grad is any x
+        assert checkpoint.eps_fn(net)(x_T.clone().requires_grad_(), 500).shape == x_T.shape
+    x = x_T.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(samplers.ddim_sample(lambda x_, t_: net(x_, t_), x, AB, seq).mul(v).sum(), x)
+    h, f = 1e-5, lambda x_: float(samplers.ddim_sample(checkpoint.eps_fn(net), x_, AB, seq).mul(v).sum())  # noqa: E731
+    assert float(grad.mul(v).sum()) == pytest.approx((f(x_T + h * v) - f(x_T - h * v)) / (2 * h), rel=1e-6)

@@ -199,3 +199,23 @@ def test_unresolved_link_names_only_a_link_that_leads_nowhere_and_make_folder_on
     with pytest.raises(OSError) as ours:
         make_folder(tmp_path / "real" / "f" / "x")
     assert os_says.value.errno == errno.ENOTDIR and str(ours.value) == str(os_says.value)
+
+
+def test_atomic_write_names_a_loop_of_links_on_the_way_and_replaces_one_at_the_path(tmp_path):
+    """A folder on the way that is a symbolic link round a loop (a -> a) stopped atomic_write at its first look at the
+    path, as "[Errno 40] Too many levels of symbolic links: 'a/x/f'", naming neither a nor the loop; it is now make_folder's
+    error, which names both, and leaves the link as it was. A loop at the path itself is replaced by the file, as any link
+    there is (a link to nothing too), never written through."""
+    import os
+    import re
+
+    (tmp_path / "a").symlink_to("a")
+    for path in ("a/x/f", "a/f"):
+        with pytest.raises(OSError, match=re.escape(f"({tmp_path / 'a'} is a symbolic link to a, which goes round a loop")):
+            atomic_write(tmp_path / path, lambda f: f.write(b"1"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"] and os.readlink(tmp_path / "a") == "a"
+    for name, target in (("loop", "loop"), ("dangling", "nowhere")):
+        (tmp_path / name).symlink_to(target)
+        atomic_write(tmp_path / name, lambda f: f.write(b"1"))
+        assert not (tmp_path / name).is_symlink() and (tmp_path / name).read_bytes() == b"1"
+    assert not (tmp_path / "nowhere").exists()

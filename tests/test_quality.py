@@ -163,6 +163,20 @@ def test_bad_samples_raise(classifier):
         quality.load_classifier(10)
 
 
+def test_channels_last_digit_samples_are_told_how_to_permute():
+    """classify / confident_share / score_digits took an N×R×R×1 batch (PIL's and numpy's layout) for a wrong shape only,
+    where compute_fid says how to permute; they now say it too, and the permutation they give restores the N×1×R×R
+    batch it came from (checked before any classifier is loaded)."""
+    x = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    last = x.permute(0, 2, 3, 1)
+    for score in (quality.classify, quality.confident_share, quality.score_digits):
+        with pytest.raises(ValueError, match=r"got \(4, 16, 16, 1\); channels last \(N, H, W, C\)\? pass "
+                                             r"x.permute\(0, 3, 1, 2\)"):
+            score(last)
+    assert torch.equal(quality._as_samples(last.permute(0, 3, 1, 2)), x)
+    with pytest.raises(ValueError, match=r"got \(4, 16, 16, 2\)$"):          # no hint where no channel axis is last
+        quality.classify(torch.zeros(4, 16, 16, 2))
+
 def test_damaged_cache_file_is_replaced(tmp_path, monkeypatch):
     calls = []
 
