@@ -645,16 +645,25 @@ def _lookup(name: str):
 def solve(name: str, eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None, **options):
     """Run the solver called `name` (one of SOLVERS) (notebook 05 §7); `options` are its own keywords, e.g.
     lower_order_final=True for dpm_solver_pp_3m."""
-    return _lookup(name)[0](eps, x_T, alpha_bar, seq, return_trajectory=return_trajectory, callback=callback, **options)
+    solver = _lookup(name)[0]
+    _check_options(name, solver, options)
+    return solver(eps, x_T, alpha_bar, seq, return_trajectory=return_trajectory, callback=callback, **options)
+
+
+def _check_options(name: str, solver, options) -> None:
+    """A keyword `name`'s solver does not take is named with those it does (not Python's "unexpected keyword")."""
+    own = [k for k in inspect.signature(solver).parameters if k not in ("eps", "x_T", "alpha_bar", "seq")]
+    if unknown := sorted(set(options) - set(own)):
+        takes = ", ".join(k for k in own if k not in ("return_trajectory", "callback"))
+        raise TypeError(f"{name} takes no option {', '.join(unknown)}"
+                        + (f"; its options: {takes}" if takes else " (it has none)"))
 
 
 def nfe(name: str, S: int, **options) -> int:
     """Number of ε evaluations of solver `name` on S steps with its `options` as `solve` takes them (notebook 05 §7):
     only iPNDM's afs=False changes it (S instead of S − 1)."""
     solver, count = _lookup(name)
-    unknown = sorted(set(options) - set(inspect.signature(solver).parameters) - {"return_trajectory", "callback"})
-    if unknown:
-        raise TypeError(f"{name} takes no option {', '.join(unknown)}")
+    _check_options(name, solver, options)
     flags = {k: check_bool(k, v) if k in ("afs", "published") else v for k, v in options.items()}
     return count(check_int("number of steps S", S), **flags)
 

@@ -760,6 +760,12 @@ def test_fifteenth_round_items_left_at_the_last_stop(toy_setup):
         assert f.calls == ode.nfe(name, len(seq), afs=False) == len(seq) and ode.nfe(name, len(seq)) == len(seq) - 1
     with pytest.raises(TypeError, match="euler takes no option afs"):
         ode.nfe("euler", 5, afs=False)
+    # solve passed a mistyped option on as Python's "unexpected keyword argument 'lower_order_fnal'" (round 25)
+    with pytest.raises(TypeError, match=r"dpm_solver_pp_3m takes no option lower_order_fnal; its options: published, "
+                                        r"lower_order_final$"):
+        ode.solve("dpm_solver_pp_3m", eps, x_T, AB, seq, lower_order_fnal=True)
+    with pytest.raises(TypeError, match=r"^euler takes no option order \(it has none\)$"):
+        ode.solve("euler", eps, x_T, AB, seq, order=3)
     with pytest.raises(TypeError, match="afs must be True or False"):
         ode.nfe("ipndm", 5, afs="no")
     with pytest.raises(ValueError, match="t_start and t_end must be finite numbers"):
