@@ -99,11 +99,7 @@ def locked(path, busy: str | None = None):
     With `busy` (a message) it waits at most a quarter of a second, the time `held` takes to look: a lock held
     longer is a `BusyError(busy)`."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        why = unresolved_link(path.parent) or e.strerror
-        raise type(e)(e.errno, f"cannot create the folder {path.parent} ({why}); choose another --out") from None
+    make_folder(path.parent, hint="choose another --out")
     try:
         import fcntl  # POSIX only
     except ImportError:
@@ -152,7 +148,7 @@ def held(path) -> bool:
 
 
 def _cannot_write(folder: Path, e: OSError, hint: str = "choose another --out") -> OSError:
-    return type(e)(e.errno, f"cannot create files in {folder} ({e.strerror}); {hint}")
+    return type(e)(e.errno, f"cannot create files in {folder} ({unresolved_link(folder) or e.strerror}); {hint}")
 
 
 def check_out_folder(out: Path, what: str = "a run folder") -> None:
@@ -168,7 +164,10 @@ def unresolved_link(path) -> str | None:
     symbolic link to T, which does not exist", or, where following it never ends (ELOOP: L -> L, or A -> B -> A),
     "..., which goes round a loop of symbolic links"; None where no such link is on the path."""
     path = Path(path)
-    link = next((p for p in (path, *path.parents) if p.is_symlink() and not p.exists()), None)
+    try:
+        link = next((p for p in (path, *path.parents) if p.is_symlink() and not p.exists()), None)
+    except OSError:                               # e.g. a name too long to look at: no link to name
+        return None
     if link is None:
         return None
     try:
@@ -179,15 +178,18 @@ def unresolved_link(path) -> str | None:
     return f"{link} is a symbolic link to {os.readlink(link)}, which does not exist"
 
 
-def make_folder(folder) -> None:
+def make_folder(folder, hint: str | None = None) -> None:
     """`mkdir -p folder`; where a symbolic link on the way leads nowhere, the OSError names it (mkdir says only "File
-    exists" or "Too many levels of symbolic links")."""
+    exists" or "Too many levels of symbolic links"). With `hint` (what to do instead) every error is worded as
+    "cannot create the folder F (why); hint"."""
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        if (why := unresolved_link(folder)) is None:
+        why = unresolved_link(folder)
+        if why is None and hint is None:
             raise
-        raise type(e)(e.errno, f"cannot create the folder {folder} ({why})") from None
+        raise type(e)(e.errno, f"cannot create the folder {folder} ({why or e.strerror})" + (f"; {hint}" if hint else "")) \
+            from None
 
 
 def absent_folders(folder) -> list[Path]:

@@ -201,6 +201,29 @@ def test_unresolved_link_names_only_a_link_that_leads_nowhere_and_make_folder_on
     assert os_says.value.errno == errno.ENOTDIR and str(ours.value) == str(os_says.value)
 
 
+def test_make_folder_with_a_hint_words_every_error_and_check_can_write_names_a_loop(tmp_path):
+    """With a hint (`locked` passes "choose another --out"), make_folder words any failure as "cannot create the folder F
+    (why); hint", which `locked` had worded in its own copy of the code. check_can_write under a loop of links said only
+    "Too many levels of symbolic links"; it now names the link, as make_folder does."""
+    import errno
+
+    from ddimlab.files import check_can_write, make_folder
+
+    (tmp_path / "f").write_text("")
+    with pytest.raises(OSError) as said:
+        make_folder(tmp_path / "f" / "x", hint="choose another --out")
+    assert said.value.errno == errno.ENOTDIR
+    assert str(said.value) == f"[Errno {errno.ENOTDIR}] cannot create the folder {tmp_path / 'f' / 'x'} (Not a directory); " \
+                              "choose another --out"
+    with pytest.raises(OSError, match=r"cannot create the folder .*/f/x \(Not a directory\); choose another --out"):
+        with files.locked(tmp_path / "f" / "x" / ".lab.lock"):
+            pass
+    (tmp_path / "a").symlink_to("a")
+    with pytest.raises(OSError, match=r"cannot create files in .*/a/x \(.*/a is a symbolic link to a, which goes round a loop"):
+        check_can_write(tmp_path / "a" / "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "f"]
+
+
 def test_atomic_write_names_a_loop_of_links_on_the_way_and_replaces_one_at_the_path(tmp_path):
     """A folder on the way that is a symbolic link round a loop (a -> a) stopped atomic_write at its first look at the
     path, as "[Errno 40] Too many levels of symbolic links: 'a/x/f'", naming neither a nor the loop; it is now make_folder's
