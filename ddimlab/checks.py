@@ -80,6 +80,17 @@ def is_complex(v) -> bool:
     return v.is_complex() if isinstance(v, torch.Tensor) else bool(np.iscomplexobj(v))
 
 
+def real_array(name: str, v) -> np.ndarray:
+    """`v` (a tensor, array, list or number) as a float64 array if it holds real numbers, else a TypeError naming it: the
+    cast would drop an imaginary part, read True as 1 and parse the string "0.5"."""
+    a = np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v)
+    if a.dtype.kind not in "iuf":
+        why = " (True would be read as 1)" if a.dtype == bool else ""
+        raise TypeError(f"{name} must hold real numbers (int or float), got "
+                        f"{v.dtype if isinstance(v, torch.Tensor) else a.dtype}{why}")
+    return a.astype(np.float64)
+
+
 def as_real(v) -> float | None:
     """`v` as a float if it is a finite real number (int, float, numpy scalar, 0-d real tensor; not a bool), else None:
     the caller says what range it allows."""

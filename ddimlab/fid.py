@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from . import data, devices, quality
-from .checks import check_bool, check_int, seeded
+from .checks import check_bool, check_int, real_array, seeded
 from .files import atomic_write
-from .quality import _real, feature_stats, frechet_distance
+from .quality import feature_stats, frechet_distance
 
 FID_INSTALL_HINT = "pip install ddimlab[fid]"
 
@@ -118,7 +118,7 @@ def image_stats(images, feature_fn, batch_size: int = 500) -> tuple[np.ndarray, 
             if f.ndim < 2 or f.shape[0] != n:            # a (D, N) answer would be reshaped into scrambled rows
                 raise ValueError(f"feature_fn must return one row of features per image, N x D (N x D x 1 x 1 allowed), "
                                  f"got shape {tuple(f.shape)} for {n} images")
-            feats.append(_real("feature_fn's features", f).reshape(n, -1))     # not .double(): it reads True as 1 and
+            feats.append(real_array("feature_fn's features", f).reshape(n, -1))     # not .double(): it reads True as 1 and
     return feature_stats(np.concatenate(feats))                                  # drops an imaginary part
 
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from . import data
 from .checkpoint import save_checkpoint
-from .checks import as_real, check_bool, check_int, check_per_sample, check_symmetric, seeded
+from .checks import as_real, check_bool, check_int, check_per_sample, check_symmetric, real_array, seeded
 from .devices import cpu_kernels, cpu_threads
 
 N_CLASSES = 10
@@ -39,20 +39,9 @@ CLASSIFIER_SETTINGS = dict(resolution=16, width=16, feature_dim=64, epochs=10, b
 
 # --------------------------------------------------------------------------- Fréchet distance
 
-def _real(name: str, v) -> np.ndarray:
-    """`v` (a tensor, array, list or number) as a float64 array if it holds real numbers, else a TypeError naming it: the
-    cast would drop an imaginary part, read True as 1 and parse the string "0.5"."""
-    a = np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v)
-    if a.dtype.kind not in "iuf":
-        why = " (True would be read as 1)" if a.dtype == bool else ""
-        raise TypeError(f"{name} must hold real numbers (int or float), got "
-                        f"{v.dtype if isinstance(v, torch.Tensor) else a.dtype}{why}")
-    return a.astype(np.float64)
-
-
 def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
     """Mean μ and covariance Σ (unbiased, rows are samples) of an (N, D) real feature matrix, float64."""
-    f = _real("features", features)
+    f = real_array("features", features)
     if f.ndim != 2 or f.shape[0] < 2:
         raise ValueError(f"features must be an (N, D) array with N >= 2 samples, got shape {f.shape}")
     if not np.isfinite(f).all():
@@ -77,8 +66,8 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
     the covariances are singular (fewer samples than feature dimensions); round-off negatives in λ
     are clipped to 0.
     """
-    mu1, mu2 = np.atleast_1d(_real("frechet_distance: mu1", mu1)), np.atleast_1d(_real("frechet_distance: mu2", mu2))
-    cov1, cov2 = np.atleast_2d(_real("frechet_distance: cov1", cov1)), np.atleast_2d(_real("frechet_distance: cov2", cov2))
+    mu1, mu2 = (np.atleast_1d(real_array(f"frechet_distance: {k}", v)) for k, v in (("mu1", mu1), ("mu2", mu2)))
+    cov1, cov2 = (np.atleast_2d(real_array(f"frechet_distance: {k}", v)) for k, v in (("cov1", cov1), ("cov2", cov2)))
     d = mu1.shape[0]
     if mu1.shape != (d,) or mu2.shape != (d,) or cov1.shape != (d, d) or cov2.shape != (d, d):
         raise ValueError("frechet_distance needs means of shape (D,) and covariances of shape (D, D) "
