@@ -10,8 +10,10 @@ convolutions, which moves a rare pixel by at most one grey level (notebook 07 §
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -33,6 +35,7 @@ class SampleFileWarning(UserWarning):
 
 
 SEAL = "ddimlab-sample"     # the PNG text chunk that holds a sample's seal (`_seal`)
+PNG_MIN_BYTES = 158         # a 1×1 grey PNG with its seal: no sample file is smaller (most take a file system block)
 
 
 def _seal(settings_key: str, index: int, pixels: np.ndarray) -> str:
@@ -247,6 +250,7 @@ def generate_samples(model, out_dir, n: int, *, shape=None, S: int = 50, eta=0.0
     seq = sampling_steps(S, alpha_bar.shape[0], spacing)
     check_first_step(alpha_bar, seq)                     # S = 1 on `quad` is the step t = 0: the PNGs would be x_T
     out_dir = Path(out_dir)
+    check_room([out_dir], n, f"{n:,} samples in {out_dir}", rank, world_size)
     created = absent_folders(out_dir)
     make_folder(out_dir)
     settings = dict(model=model_key, T=int(alpha_bar.shape[0]), seed=seed, S=int(S), eta=str(eta), spacing=spacing,
@@ -290,6 +294,23 @@ def generate_samples(model, out_dir, n: int, *, shape=None, S: int = 50, eta=0.0
         warn_out_of_range(torch.cat(rms), alpha_bar, seq, "clip_x0=True in `generate_samples`")
     remove_stale_temps(out_dir, ".*.png.*.tmp")    # of images whose writer was killed (kill -9): not left forever
     return todo
+
+
+def check_room(out_dirs, n: int, what: str, rank: int = 0, world_size: int = 1) -> None:
+    """Refuse to start sample files that cannot fit: the files 0..n−1 of this rank missing in each of `out_dirs` (all on
+    one disk), at PNG_MIN_BYTES each (a lower bound), against the free space on the disk (at the first folder's nearest
+    existing one). `generate_samples(n=2**63 - 1)` counted the files already there one by one, and would have filled
+    the disk after that."""
+    n_files = 0
+    for d in map(Path, out_dirs):                  # the PNGs there may be this rank's own: a lower bound again
+        n_files += max(0, len(range(rank, n, world_size)) - (sum(1 for _ in d.glob("*.png")) if d.is_dir() else 0))
+    first = Path(out_dirs[0]).absolute()
+    folder = next(p for p in (first, *first.parents) if p.is_dir())
+    need, free = n_files * PNG_MIN_BYTES, shutil.disk_usage(folder).free
+    if need > free:
+        raise OSError(errno.ENOSPC, f"{what} take at least {need / 2 ** 30:,.1f} GiB ({n_files:,} PNG files of "
+                                    f"{PNG_MIN_BYTES} bytes or more), and the disk of {folder} has {free / 2 ** 30:,.1f} "
+                                    f"GiB free: ask for fewer samples, or write them elsewhere")
 
 
 def check_shape(shape, model) -> tuple[int, int, int]:

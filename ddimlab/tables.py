@@ -24,7 +24,7 @@ from .checkpoint import eps_fn
 from .checks import check_bool, check_distinct, check_int
 from .fid import compute_fid, fid_inception, image_stats, load_images, stats_of
 from .files import atomic_write, check_can_write, replaced_together
-from .generate import check_eta, check_shape, generate_samples, resolve_rank, sample_indices, sampling_steps
+from .generate import check_eta, check_room, check_shape, generate_samples, resolve_rank, sample_indices, sampling_steps
 from .samplers import FROM_NOISE, SIGMA_HAT, TO_NOISE, OutOfRangeWarning, check_eta_steps, check_first_step, reconstruct
 
 # DDIM paper Table 1, CIFAR-10 FID of 50k samples, quadratic steps: {η: {S: FID}}; σ̂ is DDPM's large variance.
@@ -200,6 +200,8 @@ def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list
     for p in (out_dir / "samples", *cells.values()):     # a file in the way is said before the first cell, not after it
         if p.exists() and not p.is_dir():
             raise NotADirectoryError(f"{p} is a file where reproduce keeps samples; move it or choose another out_dir")
+    check_room(list(cells.values()), n_samples, f"{len(cells)} cell{'s' if len(cells) > 1 else ''} of {n_samples:,} samples",
+               rank, world_size)
     if feature_fn is not None and rank == 0:
         reference = _reference_stats(feature_fn, reference, shape, batch_size)
 

@@ -2769,3 +2769,14 @@ def test_twentyfifth_round_a_loop_at_samples_does_not_stop_a_run_without_grids(t
     assert cli.main(["train", "--preset", "digits", "--out", str(out), "--no-progress", *_sets(TINY), "--set", "steps=1",
                      "--set", "n_samples=0"]) == 0, capsys.readouterr().err
     assert (out / "ckpt.pt").is_file() and (out / "samples").is_symlink()
+
+
+def test_twentysixth_round_reproduce_refuses_samples_that_cannot_fit_on_the_disk(trained, tmp_path, capsys):
+    """`reproduce table1 --n-samples 9223372036854775807` counted the sample files already there one by one, without a
+    word, until stopped: it now says at once that the samples cannot fit on the disk, and leaves nothing behind."""
+    out = tmp_path / "t1"
+    _expect_one_line_error(capsys, ["reproduce", "table1", "--checkpoint", str(trained), "--features", "random",
+                                    "--n-samples", str(2 ** 63 - 1), "--etas", "0", "--steps", "5", "--out", str(out),
+                                    "--no-progress"],
+                           "1 cell of 9,223,372,036,854,775,807 samples take at least", "ask for fewer samples")
+    assert not out.exists()

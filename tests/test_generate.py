@@ -193,3 +193,31 @@ def test_latents_of_different_seeds_and_indices_are_independent_draws():
     assert float(r[~torch.eye(64, dtype=torch.bool)].abs().max()) < 5 / 16
     n = x.numel()
     assert abs(float(x.mean())) < 5 / n ** 0.5 and abs(float(x.var()) - 1) < 5 * (2 / n) ** 0.5
+
+
+def test_samples_that_cannot_fit_on_the_disk_are_refused_before_any_work(net, tmp_path, monkeypatch):
+    """generate_samples(n=2**63 - 1) counted the files already there one by one and never started (reproduce table1
+    --n-samples too): what cannot fit on the disk, at PNG_MIN_BYTES a file, is now refused at once, leaving nothing.
+    PNG_MIN_BYTES is a lower bound of the smallest sample file: a 1×1 black image with its seal, as Pillow encodes it."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    from ddimlab.plotting import png_bytes
+
+    smallest = png_bytes(np.zeros((1, 1, 1), np.uint8), {generate.SEAL: generate._seal("{}", 0, np.zeros((1, 1), np.uint8))})
+    assert generate.PNG_MIN_BYTES <= len(smallest)
+    with pytest.raises(OSError) as said:
+        _gen(net, tmp_path / "d", 2 ** 63 - 1)
+    assert said.value.errno == errno.ENOSPC and "ask for fewer samples" in str(said.value)
+    assert list(tmp_path.iterdir()) == []
+    # the files already there are not counted again: 3 of 5 there, room for 2 more but not 3
+    _gen(net, tmp_path / "d", 3)
+    usage = namedtuple("usage", "total used free")
+    for free, ok in ((2 * generate.PNG_MIN_BYTES, True), (2 * generate.PNG_MIN_BYTES - 1, False)):
+        monkeypatch.setattr(shutil, "disk_usage", lambda p, free=free: usage(10 ** 12, 0, free))
+        if ok:
+            generate.check_room([tmp_path / "d"], 5, "5 samples")
+        else:
+            with pytest.raises(OSError, match=r"5 samples take at least .* \(2 PNG files of 158 bytes or more\)"):
+                generate.check_room([tmp_path / "d"], 5, "5 samples")
