@@ -542,10 +542,10 @@ def check_nchw(x: torch.Tensor, what: str = "images") -> torch.Tensor:
     return x
 
 
-def channels_last_hint(x: torch.Tensor) -> str:
-    """What to add to a wrong-shape message where x may be channels-last images (4-D, the last axis 1 or 3): how to
-    permute them to N×C×H×W; else ""."""
-    return "; channels last (N, H, W, C)? pass x.permute(0, 3, 1, 2)" if x.ndim == 4 and x.shape[-1] in (1, 3) else ""
+def channels_last_hint(x: torch.Tensor, channels=(1, 3)) -> str:
+    """What to add to a wrong-shape message where x may be channels-last images (4-D, the last axis one of `channels`,
+    those the caller takes): how to permute them to N×C×H×W; else ""."""
+    return "; channels last (N, H, W, C)? pass x.permute(0, 3, 1, 2)" if x.ndim == 4 and x.shape[-1] in channels else ""
 
 
 def looks_0_255(x: torch.Tensor) -> bool:

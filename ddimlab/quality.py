@@ -252,7 +252,7 @@ def _as_samples(samples) -> torch.Tensor:
     x = torch.as_tensor(samples.detach() if isinstance(samples, torch.Tensor) else np.asarray(samples))
     if x.ndim != 4 or x.shape[1] != 1 or x.shape[2] != x.shape[3] or x.shape[0] < 1:
         raise ValueError("digit samples must have shape (N, 1, R, R) (grey square images), "
-                         f"got {tuple(x.shape)}{data.channels_last_hint(x)}")
+                         f"got {tuple(x.shape)}{data.channels_last_hint(x, channels=(1,))}")
     if x.dtype == torch.uint8:
         return x.float().cpu() / 127.5 - 1
     if not x.dtype.is_floating_point:

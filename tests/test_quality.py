@@ -174,6 +174,8 @@ def test_channels_last_digit_samples_are_told_how_to_permute():
                                              r"x.permute\(0, 3, 1, 2\)"):
             score(last)
     assert torch.equal(quality._as_samples(last.permute(0, 3, 1, 2)), x)
+    with pytest.raises(ValueError, match=r"got \(4, 16, 16, 3\)$"):          # RGB: a permute would be refused as not grey next
+        quality.classify(torch.cat([last] * 3, dim=-1))
     with pytest.raises(ValueError, match=r"got \(4, 16, 16, 2\)$"):          # no hint where no channel axis is last
         quality.classify(torch.zeros(4, 16, 16, 2))
 
