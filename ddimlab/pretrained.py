@@ -65,10 +65,7 @@ def digits_config(steps: int | None = None, seed: int = 0, device: str = "cpu", 
     if steps is not None:
         steps = check_int("steps", steps, note=" or None (the preset's)")
     seed = check_int("seed", seed, 0, 2 ** 32 - 1)
-    if overrides is not None and not hasattr(overrides, "items"):      # dict() of a list: "update sequence element #0"
-        raise TypeError(f"overrides must be a dict {{key: value}} of preset fields, got {type(overrides).__name__} "
-                        f"{overrides!r}")
-    values = dict(overrides or {})
+    values = train.override_dict(overrides)
     taken = sorted({"seed", "device", "n_samples", "threads"} & set(values))     # they would be replaced silently
     if taken:
         raise ValueError(f"overrides may not set {', '.join(taken)}: seed and device are arguments of their own (and of "
@@ -85,7 +82,7 @@ def digits_model(steps: int | None = None, seed: int = 0, cache_dir=None, progre
     (notebook 06 §4, notebook 07 §0).
 
     The EMA weights in eval mode, on the CPU (`train.load_trained`). `overrides` changes other
-    preset fields (a dict, as `train.make_config`); they are part of the cache key. Training on the
+    preset fields (as `train.make_config` takes them); they are part of the cache key. Training on the
     CPU uses `threads` threads (restored afterwards; part of the cache key, as the weights depend on
     it). In 150-step runs on a 2-core Xeon two took 0.14 s/step against one's 0.21; beside another busy
     process two took 0.47 and one was not slowed: `make test` trains the model before its two workers start

@@ -197,22 +197,28 @@ def make_config(preset: str = "digits", overrides=None) -> TrainConfig:
     return validate_config(TrainConfig(**_apply(dict(PRESETS[preset]), overrides)))
 
 
-def _apply(values: dict, overrides) -> dict:
-    """values updated with overrides (a dict, or "key=value" strings parsed by each field's type)."""
+def override_dict(overrides) -> dict:
+    """Overrides as a dict: a dict {key: value} as it is, a list of "key=value" strings as {key: "value"} (parsed by
+    each field's type in `make_config`), None as {}; anything else a TypeError."""
     if overrides is not None and not isinstance(overrides, (list, tuple)) and not hasattr(overrides, "items"):
         raise TypeError(f"overrides must be a dict {{key: value}} or a list of 'key=value' strings, got "
                         f"{type(overrides).__name__} {overrides!r}" + (f" (as a list: [{overrides!r}])"
                                                                        if isinstance(overrides, str) else ""))
-    if isinstance(overrides, (list, tuple)):
-        pairs = {}
-        for item in overrides:
-            if not isinstance(item, str) or "=" not in item:
-                raise ValueError(f"override {item!r} must look like key=value")
-            k, v = item.split("=", 1)
-            pairs[k.strip()] = v
-        overrides = pairs
+    if not isinstance(overrides, (list, tuple)):
+        return dict(overrides or {})
+    pairs = {}
+    for item in overrides:
+        if not isinstance(item, str) or "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value")
+        k, v = item.split("=", 1)
+        pairs[k.strip()] = v
+    return pairs
+
+
+def _apply(values: dict, overrides) -> dict:
+    """values updated with overrides (`override_dict`: string values parsed by each field's type)."""
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    for key, value in (overrides or {}).items():
+    for key, value in override_dict(overrides).items():
         if key not in defaults:
             raise ValueError(f"unknown config key {key!r}; allowed keys: {', '.join(defaults)}")
         base = values.get(key, defaults[key])

@@ -2046,9 +2046,13 @@ def test_api_round_24_make_config_names_overrides_of_another_kind():
         train.make_config("digits", [5])
     assert train.make_config("digits", ["steps=5"]).steps == train.make_config("digits", {"steps": 5}).steps == 5
     from ddimlab import pretrained
-    for overrides in ("steps=5", ["steps=5"], 5):        # "dictionary update sequence element #0 has length 7"
-        with pytest.raises(TypeError, match="overrides must be a dict {key: value} of preset fields"):
+    for overrides in ("steps=5", 5):
+        with pytest.raises(TypeError, match="overrides must be a dict {key: value} or a list of 'key=value' strings"):
             pretrained.digits_config(overrides=overrides)
+    # a list, as make_config takes it ("dictionary update sequence element #0 has length 7"; then refused)
+    assert pretrained.digits_config(overrides=["lr=0.001"]) == pretrained.digits_config(overrides={"lr": 1e-3})
+    with pytest.raises(ValueError, match="overrides may not set seed"):
+        pretrained.digits_config(overrides=["seed=3"])
 
 
 def test_api_round_24_load_images_says_a_folder_is_missing_or_a_file(tmp_path):
