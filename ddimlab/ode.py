@@ -750,7 +750,8 @@ PROBES = ("rademacher", "gaussian")     # log_likelihood's Hutchinson probes
 
 
 def standard_normal_logpdf(x: torch.Tensor) -> torch.Tensor:
-    """log N(x; 0, I) per sample (the rows of x, any trailing shape), float64: `log_likelihood`'s default prior."""
+    """log N(x; 0, I) per sample (the rows of x, any trailing shape), float64: the default prior of `log_likelihood`
+    (notebook 05 §9)."""
     x = x.to(torch.float64).reshape(x.shape[0], -1)
     return -0.5 * (x.pow(2).sum(1) + x.shape[1] * math.log(2 * math.pi))
 
