@@ -777,7 +777,8 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     hutchinson: None for the exact divergence (d backward passes per step: fine for small d); k ≥ 1 for the
     Hutchinson–Skilling estimate with k `probe` vectors z (Rademacher or Gaussian) per sample, E[zᵀ(∂F/∂x̄)z] = ∇·F,
     drawn once from `generator` and kept along the whole path, so the result is an unbiased estimate of log p.
-    The samples must not interact in eps (each sample's divergence is read from the batch's one graph).
+    eps must be differentiable in x by autograd (a network as `lambda x, t: net(x, t)` in eval mode, not `checkpoint.eps_fn`),
+    and the samples must not interact in it (each sample's divergence is read from the batch's one graph).
     """
     from scipy.integrate import solve_ivp
 
@@ -811,6 +812,10 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
         with torch.enable_grad():
             xbar = torch.from_numpy(y[:B * d]).reshape(shape).to(dev).requires_grad_()
             e = _eps_of_xbar(eps, alpha_bar, xbar, sig, sig1, x_0.dtype)
+            if not e.requires_grad:                 # torch: "element 0 of tensors does not require grad"
+                raise ValueError("eps(x, t) returned a tensor autograd cannot differentiate in x, and log_likelihood needs "
+                                 "its divergence: pass a network as lambda x, t: net(x, t) with net.eval() (checkpoint.eps_fn "
+                                 "runs it without gradients)")
             div = divergence(e, xbar)
         return np.concatenate([e.detach().reshape(-1).cpu().numpy(), div.detach().to(torch.float64).cpu().numpy()])
 

@@ -529,11 +529,12 @@ def test_log_likelihood_refuses_bad_input_in_one_line():
            ({"prior": lambda x: x}, ValueError, r"prior\(x_T\) must return a tensor of x's shape \(3,\)"),
            ({"generator": 0}, TypeError, "generator must be a torch.Generator"),
            ({"rtol": 0}, ValueError, "rtol must be a finite number > 0"),
-           ({"t_start": 10, "t_end": 20}, ValueError, "t_end must be smaller than t_start")]
+           ({"t_start": 10, "t_end": 20}, ValueError, "t_end must be smaller than t_start"),
+           ({"eps": lambda x, t: torch.zeros_like(x)}, ValueError, "autograd cannot differentiate in x")]
     for kwargs, kind, needle in bad:
-        args = {"x_0": x0, **kwargs}
+        args = {"eps": eps, "x_0": x0, **kwargs}
         with pytest.raises(kind, match=needle) as err:
-            ode.log_likelihood(eps, args.pop("x_0"), AB, **args)
+            ode.log_likelihood(args.pop("eps"), args.pop("x_0"), AB, **args)
         assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="x_T must be a finite torch.Tensor"):   # reference_solution's, from the same check
         ode.reference_solution(eps, x0 * float("nan"), AB, 999)
