@@ -791,13 +791,13 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
         hutchinson = check_int("hutchinson", hutchinson, 1, note=" (the number of probes; None for the exact divergence)")
     if probe not in PROBES:
         raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
-    check_generator(generator)
+    check_generator(generator, "cpu")                  # the probes are drawn on the CPU, then moved to x_0's device
     shape, dev, B = x_0.shape, x_0.device, x_0.shape[0]
     d = x_0[0].numel()
-    sig0, sig1 = float(sigma_at(alpha_bar, t_end)), float(sigma_at(alpha_bar, t_start))
+    sig_data, sig_noise = float(sigma_at(alpha_bar, t_end)), float(sigma_at(alpha_bar, t_start))
     if hutchinson is not None:
         z = torch.randn((hutchinson, *shape), generator=generator, dtype=torch.float64)
-        z = (z.sign() if probe == "rademacher" else z).to(dev)
+        z = (z.sign() if probe == "rademacher" else z).to(dev)      # the sign of a Gaussian is a Rademacher ±1
 
     def divergence(e, xbar):
         """∇_x̄·F per sample: exact (one backward pass per coordinate) or the Hutchinson mean over the probes."""
@@ -811,7 +811,7 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     def rhs(sig, y):
         with torch.enable_grad():
             xbar = torch.from_numpy(y[:B * d]).reshape(shape).to(dev).requires_grad_()
-            e = _eps_of_xbar(eps, alpha_bar, xbar, sig, sig1, x_0.dtype)
+            e = _eps_of_xbar(eps, alpha_bar, xbar, sig, sig_noise, x_0.dtype)
             if not e.requires_grad:                 # torch: "element 0 of tensors does not require grad"
                 raise ValueError("eps(x, t) returned a tensor autograd cannot differentiate in x, and log_likelihood needs "
                                  "its divergence: pass a network as lambda x, t: net(x, t) with net.eval() (checkpoint.eps_fn "
@@ -821,7 +821,7 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
 
     y0 = np.concatenate([(x_0.to(torch.float64) / math.sqrt(float(alpha_bar_cont(alpha_bar, t_end)))).reshape(-1).cpu().numpy(),
                          np.zeros(B)])
-    sol = solve_ivp(rhs, (sig0, sig1), y0, method=method, rtol=rtol, atol=atol)
+    sol = solve_ivp(rhs, (sig_data, sig_noise), y0, method=method, rtol=rtol, atol=atol)
     if not sol.success:
         raise RuntimeError(f"solve_ivp failed: {sol.message}")
     y = torch.from_numpy(np.ascontiguousarray(sol.y[:, -1]))
