@@ -44,7 +44,7 @@ import math
 import numpy as np
 import torch
 
-from .checks import as_real, check_bool, check_int, check_numbers, is_complex
+from .checks import as_real, check_bool, check_generator, check_int, check_numbers, is_complex
 from .samplers import NonFiniteError, _finite, _of_x_shape, call_eps, check_args, check_eps, check_first_step, report
 from .schedule import alpha_bar_at, as_steps, step_pairs, validate_alpha_bar, validate_timesteps
 
@@ -680,6 +680,43 @@ def counted(eps):
 
 # ------------------------------------------------------------------------------------- reference
 
+def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol):
+    """The checks `reference_solution` and `log_likelihood` share: `x` (called `name`) a finite floating tensor without
+    grad, eps a function, the tolerances > 0, t_end < t_start finite steps. Returns (alpha_bar, t_start, t_end) checked."""
+    if not isinstance(x, torch.Tensor) or not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} must be a finite torch.Tensor")
+    if not x.dtype.is_floating_point:            # ε is called in x's dtype: the state would be rounded at every call
+        raise TypeError(f"{name} must be floating point, got {x.dtype}")
+    check_eps(eps)                                # a network: dropout in train mode would make the ODE random
+    if x.requires_grad:                           # torch: "Can't call numpy() on Tensor that requires grad"
+        raise ValueError(f"{name} requires grad, but the ODE is integrated with scipy, which autograd cannot follow: "
+                         f"pass {name}.detach()")
+    alpha_bar = validate_alpha_bar(alpha_bar)
+    for tol_name, tol in (("rtol", rtol), ("atol", atol)):
+        if (v := as_real(tol)) is None or v <= 0:
+            raise ValueError(f"{tol_name} must be a finite number > 0 (solve_ivp's tolerance), got {tol!r}")
+    steps = [as_real(v) for v in (t_start, t_end)]
+    if None in steps:
+        raise ValueError(f"t_start and t_end must be finite numbers (steps, fractional allowed), got {t_start!r} and {t_end!r}")
+    t_start, t_end = steps
+    if not t_end < t_start:
+        raise ValueError(f"t_end must be smaller than t_start (the ODE runs from noise to data), got {t_start} -> {t_end}")
+    return alpha_bar, t_start, t_end
+
+
+def _eps_of_xbar(eps, alpha_bar, xbar: torch.Tensor, sig: float, sig_max: float, dtype) -> torch.Tensor:
+    """The right-hand side of (ODE), ε(x̄/√(σ²+1), t(σ)), float64, with ε called in `dtype` (x's) and t as `call_eps`
+    passes a fractional step; σ below 0 is read as 0 and, for t only, above sig_max as sig_max (the solver's rounding)."""
+    sig = max(sig, 0.0)
+    x = (xbar / math.sqrt(sig ** 2 + 1)).to(dtype)
+    t = torch.full((x.shape[0],), float(_t_of_sigma(alpha_bar, min(sig, sig_max))), device=x.device,
+                   dtype=torch.promote_types(dtype, torch.float32))
+    e = _of_x_shape(eps(x, t), x, "eps(x, t)").to(torch.float64)
+    if not bool(torch.isfinite(e).all()):
+        raise NonFiniteError(f"eps(x, t) returned NaN or inf at t = {float(t[0]):.6g} (sigma = {sig:.6g})")
+    return e
+
+
 def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-10, atol: float = 1e-10,
                        method: str = "DOP853") -> torch.Tensor:
     """Solve (ODE) from x_T at step t_start to step t_end (default −1: x_0) with scipy's solve_ivp (notebook 05 §3).
@@ -692,42 +729,104 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
     """
     from scipy.integrate import solve_ivp
 
-    if not isinstance(x_T, torch.Tensor) or not bool(torch.isfinite(x_T).all()):
-        raise ValueError("x_T must be a finite torch.Tensor")
-    if not x_T.dtype.is_floating_point:          # ε is called in x_T's dtype: the state would be rounded at every call
-        raise TypeError(f"x_T must be floating point, got {x_T.dtype}")
-    check_eps(eps)                                # a network: dropout in train mode would make the ODE random
-    if x_T.requires_grad:                         # torch: "Can't call numpy() on Tensor that requires grad"
-        raise ValueError("x_T requires grad, but reference_solution integrates with scipy, which autograd cannot follow: "
-                         "pass x_T.detach()")
-    alpha_bar = validate_alpha_bar(alpha_bar)
-    for name, tol in (("rtol", rtol), ("atol", atol)):
-        if (v := as_real(tol)) is None or v <= 0:
-            raise ValueError(f"{name} must be a finite number > 0 (solve_ivp's tolerance), got {tol!r}")
-    steps = [as_real(v) for v in (t_start, t_end)]
-    if None in steps:
-        raise ValueError(f"t_start and t_end must be finite numbers (steps, fractional allowed), got {t_start!r} and {t_end!r}")
-    t_start, t_end = steps
-    if not t_end < t_start:
-        raise ValueError(f"t_end must be smaller than t_start (the ODE runs from noise to data), got {t_start} -> {t_end}")
+    alpha_bar, t_start, t_end = _check_ivp(eps, x_T, "x_T", alpha_bar, t_start, t_end, rtol, atol)
     sig0, sig1 = float(sigma_at(alpha_bar, t_start)), float(sigma_at(alpha_bar, t_end))
     shape, dev = x_T.shape, x_T.device
-    x64 = x_T.to(torch.float64)
 
     @torch.no_grad()                              # a network's ε would require grad, and .numpy() refuse it
     def rhs(sig, y):
-        sig = max(sig, 0.0)
-        x = (torch.from_numpy(y).reshape(shape).to(dev) / math.sqrt(sig ** 2 + 1)).to(x_T.dtype)
-        t = torch.full((shape[0],), float(_t_of_sigma(alpha_bar, min(sig, sig0))), device=dev,
-                       dtype=torch.promote_types(x_T.dtype, torch.float32))       # as `call_eps` passes it
-        e = _of_x_shape(eps(x, t), x, "eps(x, t)").to(torch.float64)
-        if not bool(torch.isfinite(e).all()):
-            raise NonFiniteError(f"eps(x, t) returned NaN or inf at t = {float(t[0]):.6g} (sigma = {sig:.6g})")
-        return e.reshape(-1).cpu().numpy()
+        xbar = torch.from_numpy(y).reshape(shape).to(dev)
+        return _eps_of_xbar(eps, alpha_bar, xbar, sig, sig0, x_T.dtype).reshape(-1).cpu().numpy()
 
-    y0 = (x64 / math.sqrt(float(alpha_bar_cont(alpha_bar, t_start)))).reshape(-1).cpu().numpy()
+    y0 = (x_T.to(torch.float64) / math.sqrt(float(alpha_bar_cont(alpha_bar, t_start)))).reshape(-1).cpu().numpy()
     sol = solve_ivp(rhs, (sig0, sig1), y0, method=method, rtol=rtol, atol=atol)
     if not sol.success:
         raise RuntimeError(f"solve_ivp failed: {sol.message}")
     xbar = torch.from_numpy(np.ascontiguousarray(sol.y[:, -1])).reshape(shape).to(dev)
     return xbar / math.sqrt(sig1 ** 2 + 1)
+
+
+PROBES = ("rademacher", "gaussian")     # log_likelihood's Hutchinson probes
+
+
+def standard_normal_logpdf(x: torch.Tensor) -> torch.Tensor:
+    """log N(x; 0, I) per sample (the rows of x, any trailing shape), float64: the default prior of `log_likelihood`
+    (notebook 05 §9)."""
+    x = x.to(torch.float64).reshape(x.shape[0], -1)
+    return -0.5 * (x.pow(2).sum(1) + x.shape[1] * math.log(2 * math.pi))
+
+
+def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol: float = 1e-8, atol: float = 1e-8,
+                   hutchinson: int | None = None, probe: str = "rademacher", generator: torch.Generator | None = None,
+                   method: str = "DOP853") -> torch.Tensor:
+    """log p(x_0) in nats per sample (float64, shape (B,)) under the probability-flow ODE's push-forward of `prior`
+    (notebook 05 §9).
+
+    With x̄ = x/√ᾱ, σ and F(x̄, σ) = ε(x̄/√(σ²+1), t(σ)) as in (ODE), the instantaneous change of variables
+    (Chen et al. 2018, Theorem 1) gives d log p̄_σ(x̄(σ))/dσ = −∇_x̄·F, and the density of x = √ᾱ x̄ is that of x̄
+    times ᾱ^{−d/2}, so
+
+        log p(x_0) = log prior(x_T) + (d/2) log ᾱ(t_start) + ∫_{σ(t_end)}^{σ(t_start)} ∇_x̄·F dσ − (d/2) log ᾱ(t_end),
+
+    where x_0 sits at step t_end (default −1, ᾱ = 1: the last term vanishes), x_T = √ᾱ(t_start) x̄(σ(t_start)) at
+    t_start (default T − 1), and the augmented state [x̄, ∫∇·F] is integrated by scipy's solve_ivp from data to noise.
+    It is the data density only if ε is the exact ε* and prior is q(x_T); otherwise it is the density of the ODE's own
+    samples (DDIM with η = 0 and S → ∞ from prior draws).
+
+    prior: None for N(0, I) (`standard_normal_logpdf`), or a function x_T (B, ...) float64 -> (B,) log densities.
+    hutchinson: None for the exact divergence (d backward passes per step: fine for small d); k ≥ 1 for the
+    Hutchinson–Skilling estimate with k `probe` vectors z (Rademacher or Gaussian) per sample, E[zᵀ(∂F/∂x̄)z] = ∇·F,
+    drawn once from `generator` and kept along the whole path, so the result is an unbiased estimate of log p.
+    eps must be differentiable in x by autograd (a network as `lambda x, t: net(x, t)` in eval mode, not `checkpoint.eps_fn`),
+    and the samples must not interact in it (each sample's divergence is read from the batch's one graph).
+    """
+    from scipy.integrate import solve_ivp
+
+    alpha_bar = validate_alpha_bar(alpha_bar)
+    t_start = alpha_bar.shape[0] - 1 if t_start is None else t_start
+    alpha_bar, t_start, t_end = _check_ivp(eps, x_0, "x_0", alpha_bar, t_start, t_end, rtol, atol)
+    if prior is not None and not callable(prior):
+        raise TypeError(f"prior must be None (N(0, I)) or a function x_T -> log density per sample, got {type(prior).__name__}")
+    if hutchinson is not None:
+        hutchinson = check_int("hutchinson", hutchinson, 1, note=" (the number of probes; None for the exact divergence)")
+    if probe not in PROBES:
+        raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
+    check_generator(generator, "cpu")                  # the probes are drawn on the CPU, then moved to x_0's device
+    shape, dev, B = x_0.shape, x_0.device, x_0.shape[0]
+    d = x_0[0].numel()
+    sig_data, sig_noise = float(sigma_at(alpha_bar, t_end)), float(sigma_at(alpha_bar, t_start))
+    if hutchinson is not None:
+        z = torch.randn((hutchinson, *shape), generator=generator, dtype=torch.float64)
+        z = (z.sign() if probe == "rademacher" else z).to(dev)      # the sign of a Gaussian is a Rademacher ±1
+
+    def divergence(e, xbar):
+        """∇_x̄·F per sample: exact (one backward pass per coordinate) or the Hutchinson mean over the probes."""
+        if hutchinson is None:
+            rows = e.reshape(B, d)
+            return sum(torch.autograd.grad(rows[:, i].sum(), xbar, retain_graph=True)[0].reshape(B, d)[:, i]
+                       for i in range(d))
+        return sum((torch.autograd.grad((e * zk).sum(), xbar, retain_graph=True)[0] * zk).reshape(B, d).sum(1)
+                   for zk in z) / hutchinson
+
+    def rhs(sig, y):
+        with torch.enable_grad():
+            xbar = torch.from_numpy(y[:B * d]).reshape(shape).to(dev).requires_grad_()
+            e = _eps_of_xbar(eps, alpha_bar, xbar, sig, sig_noise, x_0.dtype)
+            if not e.requires_grad:                 # torch: "element 0 of tensors does not require grad"
+                raise ValueError("eps(x, t) returned a tensor autograd cannot differentiate in x, and log_likelihood needs "
+                                 "its divergence: pass a network as lambda x, t: net(x, t) with net.eval() (checkpoint.eps_fn "
+                                 "runs it without gradients)")
+            div = divergence(e, xbar)
+        return np.concatenate([e.detach().reshape(-1).cpu().numpy(), div.detach().to(torch.float64).cpu().numpy()])
+
+    y0 = np.concatenate([(x_0.to(torch.float64) / math.sqrt(float(alpha_bar_cont(alpha_bar, t_end)))).reshape(-1).cpu().numpy(),
+                         np.zeros(B)])
+    sol = solve_ivp(rhs, (sig_data, sig_noise), y0, method=method, rtol=rtol, atol=atol)
+    if not sol.success:
+        raise RuntimeError(f"solve_ivp failed: {sol.message}")
+    y = torch.from_numpy(np.ascontiguousarray(sol.y[:, -1]))
+    a_T, a_0 = float(alpha_bar_cont(alpha_bar, t_start)), float(alpha_bar_cont(alpha_bar, t_end))
+    x_T = (y[:B * d] * math.sqrt(a_T)).reshape(shape).to(dev)
+    log_prior = (standard_normal_logpdf if prior is None else prior)(x_T)
+    log_prior = _of_x_shape(torch.as_tensor(log_prior), x_T.reshape(B, -1)[:, 0], "prior(x_T)").to(torch.float64).cpu()
+    return log_prior + 0.5 * d * (math.log(a_T) - math.log(a_0)) + y[B * d:]

@@ -443,3 +443,98 @@ def test_ipndm_vs_is_variable_step_ipndm_by_name():
     assert torch.equal(named, ode.ipndm(eps, x_T, ab, seq, rho=1.0))
     assert not torch.allclose(named, ode.ipndm(eps, x_T, ab, seq), atol=1e-6)
     assert ode.nfe("ipndm_vs", 12) == 11 and ode.DEFAULT_RULES["ipndm_vs"] == "power3"
+
+
+# ------------------------------------------------------------------------- log_likelihood (notebook 05 §9)
+
+def _gaussian_lab(mu, s):
+    """Data N(μ, s²I): its exact ε*(x, t) = √(1−ᾱ)(x − √ᾱμ)/(ᾱs² + 1 − ᾱ), typed from the marginal q(x_t), and the exact
+    prior q(x_T) = N(√ᾱ_T μ, (ᾱ_T s² + 1 − ᾱ_T) I) by scipy."""
+    from scipy import stats
+
+    def eps(x, t):
+        a = ode.alpha_bar_cont(AB, t)[:, None]
+        return (1 - a).sqrt() * (x - a.sqrt() * mu) / (a * s ** 2 + 1 - a)
+
+    a_T = float(AB[-1])
+    q_T = stats.multivariate_normal(math.sqrt(a_T) * mu.numpy(), (a_T * s ** 2 + 1 - a_T) * np.eye(len(mu)))
+    return eps, lambda x: torch.from_numpy(np.atleast_1d(q_T.logpdf(x.numpy())))
+
+
+def test_log_likelihood_of_gaussian_data_is_scipys_logpdf():
+    """Exact ε* and exact prior: the ODE's log p(x_0) is the data's log density (scipy) to 1e-6 nats. The two constants of
+    the derivation are both needed: with the divergence's sign flipped, or the x ↦ x̄ Jacobian (d/2) log ᾱ_T dropped, the
+    answer is off by tens of nats (the divergence integral, here also in closed form, (d/2) log((s² + σ_T²)/s²))."""
+    from scipy import stats
+    mu, s, d = torch.tensor([0.3, -0.5, 0.2], dtype=torch.float64), 0.4, 3
+    eps, prior = _gaussian_lab(mu, s)
+    x0 = mu + s * torch.randn(6, d, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ll = ode.log_likelihood(eps, x0, AB, prior=prior)
+    truth = torch.from_numpy(stats.multivariate_normal(mu.numpy(), s ** 2 * np.eye(d)).logpdf(x0.numpy()))
+    torch.testing.assert_close(ll, truth, rtol=0, atol=1e-6)
+    a_T = float(AB[-1])
+    sig_T2 = (1 - a_T) / a_T
+    x_T = math.sqrt(a_T) * (mu + math.sqrt((s ** 2 + sig_T2) / s ** 2) * (x0 - mu))      # the flow of x̄ in closed form
+    div_integral = 0.5 * d * math.log((s ** 2 + sig_T2) / s ** 2)
+    jacobian = 0.5 * d * math.log(a_T)
+    torch.testing.assert_close(ll, prior(x_T) + jacobian + div_integral, rtol=0, atol=1e-6)
+    for wrong in (prior(x_T) + jacobian - div_integral, prior(x_T) + div_integral):
+        assert float((wrong - truth).abs().min()) > 10
+
+
+def test_log_likelihood_of_a_mixture_is_its_log_density():
+    """2-D mixture with `toy.exact_eps` and the exact q(x_T): log p(x_0) equals logsumexp_k(log w_k + log N(x; μ_k, Σ_k)),
+    each Gaussian by scipy (not the mixture's own log_prob); the N(0, I) prior instead misses by about KL-sized amounts."""
+    from scipy import special, stats
+
+    def log_density(m, a, x):
+        comps = [math.log(float(w)) + stats.multivariate_normal(math.sqrt(a) * mu.numpy(), a * c.numpy() + (1 - a) * np.eye(2))
+                 .logpdf(x.numpy()) for w, mu, c in zip(m.weights, m.means, m.covs)]
+        return torch.from_numpy(special.logsumexp(np.stack(comps), axis=0))
+
+    mix = toy.random_mixture(d=2, K=3, seed=1)
+    x0 = mix.sample(12, torch.Generator().manual_seed(4))
+    a_T = float(AB[-1])
+    ll = ode.log_likelihood(toy.exact_eps(mix, AB), x0, AB, prior=lambda x: log_density(mix, a_T, x))
+    torch.testing.assert_close(ll, log_density(mix, 1.0, x0), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("probe", ode.PROBES)
+def test_hutchinson_log_likelihood_is_unbiased(probe):
+    """k = 1 probe per row, fixed along the path, on 40 copies of each of 5 points: the mean difference from the exact
+    divergence's answer is within 4 SE (SE from the spread over the probes); its variance is 2‖M‖_F² for Gaussian probes
+    and 2(‖M‖_F² − Σ M_ii²) for Rademacher ones, M the symmetrised ∫∂F/∂x̄ dσ, so both are seen to be nonzero."""
+    mix = toy.random_mixture(d=3, K=3, seed=2)
+    eps = toy.exact_eps(mix, AB)
+    x0 = mix.sample(5, torch.Generator().manual_seed(5))
+    exact = ode.log_likelihood(eps, x0, AB, rtol=1e-7, atol=1e-7)
+    est = ode.log_likelihood(eps, x0.repeat(40, 1), AB, rtol=1e-7, atol=1e-7, hutchinson=1, probe=probe,
+                             generator=torch.Generator().manual_seed(6))
+    diff = est - exact.repeat(40)
+    se = float(diff.std() / math.sqrt(len(diff)))
+    assert se > 1e-3 and abs(float(diff.mean())) < 4 * se
+
+
+def test_log_likelihood_refuses_bad_input_in_one_line():
+    """The checks `reference_solution` makes, with its messages (shared: ode._check_ivp), and log_likelihood's own."""
+    mix = toy.random_mixture(d=2, K=2, seed=0)
+    eps, x0 = toy.exact_eps(mix, AB), mix.sample(3, torch.Generator().manual_seed(0))
+    bad = [({"x_0": x0 * float("nan")}, ValueError, "x_0 must be a finite torch.Tensor"),
+           ({"x_0": x0.long()}, TypeError, "x_0 must be floating point"),
+           ({"x_0": x0.clone().requires_grad_()}, ValueError, "x_0 requires grad"),
+           ({"hutchinson": 0}, ValueError, "hutchinson"),
+           ({"hutchinson": 1.5}, ValueError, "hutchinson must be a positive integer"),
+           ({"probe": "normal"}, ValueError, "probe must be one of"),
+           ({"prior": 3.0}, TypeError, "prior must be None"),
+           ({"prior": lambda x: x}, ValueError, r"prior\(x_T\) must return a tensor of x's shape \(3,\)"),
+           ({"generator": 0}, TypeError, "generator must be a torch.Generator"),
+           ({"rtol": 0}, ValueError, "rtol must be a finite number > 0"),
+           ({"t_start": 10, "t_end": 20}, ValueError, "t_end must be smaller than t_start"),
+           ({"eps": lambda x, t: torch.zeros_like(x)}, ValueError, "autograd cannot differentiate in x")]
+    for kwargs, kind, needle in bad:
+        args = {"eps": eps, "x_0": x0, **kwargs}
+        with pytest.raises(kind, match=needle) as err:
+            ode.log_likelihood(args.pop("eps"), args.pop("x_0"), AB, **args)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="x_T must be a finite torch.Tensor"):   # reference_solution's, from the same check
+        ode.reference_solution(eps, x0 * float("nan"), AB, 999)
