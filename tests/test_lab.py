@@ -206,7 +206,7 @@ def test_noise_floor_is_measured_on_two_fresh_data_sets():
     assert data["floor"] > 0 and data["within_floor"]
 
 
-def testjackknife_se_matches_repeats():
+def test_jackknife_se_matches_repeats():
     """The ± of a cell, and the SE of a difference between two cells of one table, are the spreads over
     independent repeats (x_T, noise and data redrawn)."""
     vals, ses, diffs, dses = [], [], [], []
