@@ -681,17 +681,14 @@ def counted(eps):
 # ------------------------------------------------------------------------------------- reference
 
 def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol):
-    """The checks `reference_solution` and `log_likelihood` share: `x` (called `name`) a finite floating tensor without
-    grad, eps a function, the tolerances > 0, t_end < t_start finite steps. Returns (alpha_bar, t_start, t_end) checked."""
-    if not isinstance(x, torch.Tensor) or not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} must be a finite torch.Tensor")
-    if not x.dtype.is_floating_point:            # ε is called in x's dtype: the state would be rounded at every call
-        raise TypeError(f"{name} must be floating point, got {x.dtype}")
+    """The checks `reference_solution` and `log_likelihood` share: `x` (called `name`) as the samplers check it
+    (`check_args`: a finite floating tensor with a batch dimension) and without grad, eps a function, the tolerances > 0,
+    t_end < t_start finite steps. Returns (alpha_bar, t_start, t_end) checked."""
+    alpha_bar = check_args(x, alpha_bar, None, name)[0]     # floating: ε is called in x's dtype, not a rounded state
     check_eps(eps)                                # a network: dropout in train mode would make the ODE random
     if x.requires_grad:                           # torch: "Can't call numpy() on Tensor that requires grad"
         raise ValueError(f"{name} requires grad, but the ODE is integrated with scipy, which autograd cannot follow: "
                          f"pass {name}.detach()")
-    alpha_bar = validate_alpha_bar(alpha_bar)
     for tol_name, tol in (("rtol", rtol), ("atol", atol)):
         if (v := as_real(tol)) is None or v <= 0:
             raise ValueError(f"{tol_name} must be a finite number > 0 (solve_ivp's tolerance), got {tol!r}")
@@ -793,6 +790,8 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
         raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
     check_generator(generator, "cpu")                  # the probes are drawn on the CPU, then moved to x_0's device
     shape, dev, B = x_0.shape, x_0.device, x_0.shape[0]
+    if B == 0:                                         # an empty batch maps to an empty answer, as in the samplers
+        return torch.zeros(0, dtype=torch.float64)
     d = x_0[0].numel()
     sig_data, sig_noise = float(sigma_at(alpha_bar, t_end)), float(sigma_at(alpha_bar, t_start))
     if hutchinson is not None:

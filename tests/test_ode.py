@@ -519,7 +519,8 @@ def test_log_likelihood_refuses_bad_input_in_one_line():
     """The checks `reference_solution` makes, with its messages (shared: ode._check_ivp), and log_likelihood's own."""
     mix = toy.random_mixture(d=2, K=2, seed=0)
     eps, x0 = toy.exact_eps(mix, AB), mix.sample(3, torch.Generator().manual_seed(0))
-    bad = [({"x_0": x0 * float("nan")}, ValueError, "x_0 must be a finite torch.Tensor"),
+    bad = [({"x_0": x0 * float("nan")}, ValueError, "x_0 contains NaN or inf"),
+           ({"x_0": x0[0, 0]}, ValueError, r"x_0 must have a batch dimension \(B, ...\), got a 0-d tensor"),
            ({"x_0": x0.long()}, TypeError, "x_0 must be floating point"),
            ({"x_0": x0.clone().requires_grad_()}, ValueError, "x_0 requires grad"),
            ({"hutchinson": 0}, ValueError, "hutchinson"),
@@ -536,5 +537,9 @@ def test_log_likelihood_refuses_bad_input_in_one_line():
         with pytest.raises(kind, match=needle) as err:
             ode.log_likelihood(args.pop("eps"), args.pop("x_0"), AB, **args)
         assert "\n" not in str(err.value)
-    with pytest.raises(ValueError, match="x_T must be a finite torch.Tensor"):   # reference_solution's, from the same check
+    with pytest.raises(ValueError, match="x_T contains NaN or inf"):   # reference_solution's, from the same check
         ode.reference_solution(eps, x0 * float("nan"), AB, 999)
+    with pytest.raises(ValueError, match="x_T must have a batch dimension"):
+        ode.reference_solution(eps, x0[0, 0], AB, 999)
+    empty = ode.log_likelihood(eps, x0[:0], AB)          # an empty batch (the last chunk of a split) maps to empty
+    assert empty.shape == (0,) and empty.dtype == torch.float64
