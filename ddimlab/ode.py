@@ -696,6 +696,10 @@ def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol):
     if None in steps:
         raise ValueError(f"t_start and t_end must be finite numbers (steps, fractional allowed), got {t_start!r} and {t_end!r}")
     t_start, t_end = steps
+    T = alpha_bar.shape[0]
+    if not all(-1 <= v <= T - 1 for v in steps):     # else alpha_bar_cont's "continuous step t must lie in", naming neither
+        raise ValueError(f"t_start and t_end must lie in [-1, T-1] = [-1, {T - 1}] (steps; -1 is clean data), got {t_start:g} "
+                         f"and {t_end:g}")
     if not t_end < t_start:
         raise ValueError(f"t_end must be smaller than t_start (the ODE runs from noise to data), got {t_start} -> {t_end}")
     return alpha_bar, t_start, t_end

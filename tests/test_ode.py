@@ -531,6 +531,8 @@ def test_log_likelihood_refuses_bad_input_in_one_line():
            ({"generator": 0}, TypeError, "generator must be a torch.Generator"),
            ({"rtol": 0}, ValueError, "rtol must be a finite number > 0"),
            ({"t_start": 10, "t_end": 20}, ValueError, "t_end must be smaller than t_start"),
+           ({"t_start": 1000}, ValueError, r"t_start and t_end must lie in \[-1, T-1\] = \[-1, 999\] .*got 1000 and -1"),
+           ({"t_end": -2}, ValueError, r"t_start and t_end must lie in \[-1, T-1\].*got 999 and -2"),
            ({"eps": lambda x, t: torch.zeros_like(x)}, ValueError, "autograd cannot differentiate in x")]
     for kwargs, kind, needle in bad:
         args = {"eps": eps, "x_0": x0, **kwargs}
