@@ -748,6 +748,7 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
 
 
 PROBES = ("rademacher", "gaussian")     # log_likelihood's Hutchinson probes
+_DIFFERENTIABLE_NET = "pass a network as lambda x, t: net(x, t) with net.eval() (checkpoint.eps_fn runs it without gradients)"
 
 
 def standard_normal_logpdf(x: torch.Tensor) -> torch.Tensor:
@@ -783,6 +784,9 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     """
     from scipy.integrate import solve_ivp
 
+    if isinstance(eps, torch.nn.Module):               # check_eps's advice, checkpoint.eps_fn, has no gradients
+        raise TypeError(f"eps is a network ({type(eps).__name__}) and log_likelihood differentiates it in x: "
+                        f"{_DIFFERENTIABLE_NET}")
     alpha_bar = validate_alpha_bar(alpha_bar)
     t_start = alpha_bar.shape[0] - 1 if t_start is None else t_start
     alpha_bar, t_start, t_end = _check_ivp(eps, x_0, "x_0", alpha_bar, t_start, t_end, rtol, atol)
@@ -817,8 +821,7 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
             e = _eps_of_xbar(eps, alpha_bar, xbar, sig, sig_noise, x_0.dtype)
             if not e.requires_grad:                 # torch: "element 0 of tensors does not require grad"
                 raise ValueError("eps(x, t) returned a tensor autograd cannot differentiate in x, and log_likelihood needs "
-                                 "its divergence: pass a network as lambda x, t: net(x, t) with net.eval() (checkpoint.eps_fn "
-                                 "runs it without gradients)")
+                                 f"its divergence: {_DIFFERENTIABLE_NET}")
             div = divergence(e, xbar)
         return np.concatenate([e.detach().reshape(-1).cpu().numpy(), div.detach().to(torch.float64).cpu().numpy()])
 

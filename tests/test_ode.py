@@ -533,7 +533,8 @@ def test_log_likelihood_refuses_bad_input_in_one_line():
            ({"t_start": 10, "t_end": 20}, ValueError, "t_end must be smaller than t_start"),
            ({"t_start": 1000}, ValueError, r"t_start and t_end must lie in \[-1, T-1\] = \[-1, 999\] .*got 1000 and -1"),
            ({"t_end": -2}, ValueError, r"t_start and t_end must lie in \[-1, T-1\].*got 999 and -2"),
-           ({"eps": lambda x, t: torch.zeros_like(x)}, ValueError, "autograd cannot differentiate in x")]
+           ({"eps": lambda x, t: torch.zeros_like(x)}, ValueError, "autograd cannot differentiate in x"),
+           ({"eps": torch.nn.Linear(2, 2)}, TypeError, r"eps is a network \(Linear\).*lambda x, t: net\(x, t\) with net.eval")]
     for kwargs, kind, needle in bad:
         args = {"eps": eps, "x_0": x0, **kwargs}
         with pytest.raises(kind, match=needle) as err:
