@@ -759,7 +759,7 @@ def standard_normal_logpdf(x: torch.Tensor) -> torch.Tensor:
 
 
 def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol: float = 1e-8, atol: float = 1e-8,
-                   hutchinson: int | None = None, probe: str = "rademacher", generator: torch.Generator | None = None,
+                   hutchinson: int | None = None, probe: str | None = None, generator: torch.Generator | None = None,
                    method: str = "DOP853") -> torch.Tensor:
     """log p(x_0) in nats per sample (float64, shape (B,)) under the probability-flow ODE's push-forward of `prior`
     (notebook 05 §9).
@@ -777,8 +777,9 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
 
     prior: None for N(0, I) (`standard_normal_logpdf`), or a function x_T (B, ...) float64 -> (B,) log densities.
     hutchinson: None for the exact divergence (d backward passes per step: fine for small d); k ≥ 1 for the
-    Hutchinson–Skilling estimate with k `probe` vectors z (Rademacher or Gaussian) per sample, E[zᵀ(∂F/∂x̄)z] = ∇·F,
-    drawn once from `generator` and kept along the whole path, so the result is an unbiased estimate of log p.
+    Hutchinson–Skilling estimate with k `probe` vectors z ("rademacher", the default, or "gaussian") per sample,
+    E[zᵀ(∂F/∂x̄)z] = ∇·F, drawn once from `generator` and kept along the whole path, so the result is an unbiased estimate
+    of log p. probe and generator without hutchinson are an error: the exact divergence draws nothing.
     eps must be differentiable in x by autograd (a network as `lambda x, t: net(x, t)` in eval mode, not `checkpoint.eps_fn`),
     and the samples must not interact in it (each sample's divergence is read from the batch's one graph).
     """
@@ -792,11 +793,14 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     alpha_bar, t_start, t_end = _check_ivp(eps, x_0, "x_0", alpha_bar, t_start, t_end, rtol, atol)
     if prior is not None and not callable(prior):
         raise TypeError(f"prior must be None (N(0, I)) or a function x_T -> log density per sample, got {type(prior).__name__}")
-    if hutchinson is not None:
-        hutchinson = check_int("hutchinson", hutchinson, 1, note=" (the number of probes; None for the exact divergence)")
-    if probe not in PROBES:
+    if probe is not None and probe not in PROBES:
         raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
     check_generator(generator, "cpu")                  # the probes are drawn on the CPU, then moved to x_0's device
+    if hutchinson is None and (probe, generator) != (None, None):     # else silently the exact, d-times dearer, divergence
+        raise ValueError("probe and generator are for Hutchinson's estimate: give hutchinson=k (probes per sample) with them, "
+                         "or neither for the exact divergence")
+    if hutchinson is not None:
+        hutchinson = check_int("hutchinson", hutchinson, 1, note=" (the number of probes; None for the exact divergence)")
     shape, dev, B = x_0.shape, x_0.device, x_0.shape[0]
     if B == 0:                                         # an empty batch maps to an empty answer, as in the samplers
         return torch.zeros(0, dtype=torch.float64)
@@ -804,7 +808,7 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     sig_data, sig_noise = float(sigma_at(alpha_bar, t_end)), float(sigma_at(alpha_bar, t_start))
     if hutchinson is not None:
         z = torch.randn((hutchinson, *shape), generator=generator, dtype=torch.float64)
-        z = (z.sign() if probe == "rademacher" else z).to(dev)      # the sign of a Gaussian is a Rademacher ±1
+        z = (z if probe == "gaussian" else z.sign()).to(dev)      # the sign of a Gaussian is a Rademacher ±1
 
     def divergence(e, xbar):
         """∇_x̄·F per sample: exact (one backward pass per coordinate) or the Hutchinson mean over the probes."""

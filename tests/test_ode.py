@@ -529,6 +529,8 @@ def test_log_likelihood_refuses_bad_input_in_one_line():
            ({"prior": 3.0}, TypeError, "prior must be None"),
            ({"prior": lambda x: x}, ValueError, r"prior\(x_T\) must return a tensor of x's shape \(3,\)"),
            ({"generator": 0}, TypeError, "generator must be a torch.Generator"),
+           ({"probe": "gaussian"}, ValueError, r"probe and generator are for Hutchinson's estimate: give hutchinson=k"),
+           ({"generator": torch.Generator()}, ValueError, "probe and generator are for Hutchinson's estimate"),
            ({"rtol": 0}, ValueError, "rtol must be a finite number > 0"),
            ({"t_start": 10, "t_end": 20}, ValueError, "t_end must be smaller than t_start"),
            ({"t_start": 1000}, ValueError, r"t_start and t_end must lie in \[-1, T-1\] = \[-1, 999\] .*got 1000 and -1"),
