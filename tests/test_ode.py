@@ -515,6 +515,36 @@ def test_hutchinson_log_likelihood_is_unbiased(probe):
     assert se > 1e-3 and abs(float(diff.mean())) < 4 * se
 
 
+def test_hutchinson_spread_is_the_quadratic_form_of_the_path_integrated_jacobian():
+    """With the probe z fixed along the path the estimate's error is zᵀMz − tr M, M = ∫∂F/∂x̄ dσ (notebook 05 §9). M is
+    integrated here with the full 2×2 Jacobian by torch.autograd.functional.jacobian and scipy; then in d = 2 every
+    Rademacher estimate misses by exactly ±2 M₁₂ (both signs seen), and Gaussian ones have variance 2‖(M + Mᵀ)/2‖_F²
+    (within 4 SE). Probes drawn afresh at every call would give neither."""
+    from scipy.integrate import solve_ivp
+    mix = toy.random_mixture(d=2, K=3, seed=2)
+    eps = toy.exact_eps(mix, AB)
+    x0 = mix.sample(1, torch.Generator().manual_seed(7))
+    sig_T = float(ode.sigma_at(AB, 999))
+
+    def rhs(sig, y):                                    # [x̄, vec J] along the path
+        t = ode.t_of_sigma(AB, min(sig, sig_T)).reshape(1)
+        F = lambda xbar: eps(xbar[None] / math.sqrt(sig ** 2 + 1), t)[0]     # noqa: E731
+        xbar = torch.from_numpy(y[:2].copy())
+        return np.concatenate([F(xbar).numpy(), torch.autograd.functional.jacobian(F, xbar).numpy().reshape(-1)])
+
+    sol = solve_ivp(rhs, (0, sig_T), np.concatenate([x0[0].numpy(), np.zeros(4)]), method="DOP853", rtol=1e-9, atol=1e-9)
+    M = sol.y[2:, -1].reshape(2, 2)
+    exact = ode.log_likelihood(eps, x0, AB)
+    miss = {probe: (ode.log_likelihood(eps, x0.repeat(n, 1), AB, hutchinson=1, probe=probe,
+                                       generator=torch.Generator().manual_seed(8)) - exact).numpy()
+            for probe, n in (("rademacher", 16), ("gaussian", 300))}
+    np.testing.assert_allclose(np.abs(miss["rademacher"]), abs(M[0, 1] + M[1, 0]), rtol=0, atol=1e-5)
+    assert miss["rademacher"].min() < 0 < miss["rademacher"].max() and abs(M[0, 1] + M[1, 0]) > 0.05
+    sq = miss["gaussian"] ** 2
+    var_theory = 2 * np.sum(((M + M.T) / 2) ** 2)
+    assert abs(sq.mean() - var_theory) < 4 * sq.std() / math.sqrt(len(sq))
+
+
 def test_log_likelihood_refuses_bad_input_in_one_line():
     """The checks `reference_solution` makes, with its messages (shared: ode._check_ivp), and log_likelihood's own."""
     mix = toy.random_mixture(d=2, K=2, seed=0)
