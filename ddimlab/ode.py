@@ -773,7 +773,9 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     where x_0 sits at step t_end (default −1, ᾱ = 1: the last term vanishes), x_T = √ᾱ(t_start) x̄(σ(t_start)) at
     t_start (default T − 1), and the augmented state [x̄, ∫∇·F] is integrated by scipy's solve_ivp from data to noise.
     It is the data density only if ε is the exact ε* and prior is q(x_T); otherwise it is the density of the ODE's own
-    samples (DDIM with η = 0 and S → ∞ from prior draws).
+    samples (DDIM with η = 0 and S → ∞ from prior draws). With t_end = −1 ε is called at steps in (−1, 0), which a
+    network trained on steps 0..T−1 never saw (DDIM's last step, 0 → −1, calls it at t = 0); t_end = 0 gives the
+    density of x at step 0 (σ = 0.01 on DDPM's schedule) from steps it knows.
 
     prior: None for N(0, I) (`standard_normal_logpdf`), or a function x_T (B, ...) float64 -> (B,) log densities.
     hutchinson: None for the exact divergence (d backward passes per step: fine for small d); k ≥ 1 for the
@@ -839,4 +841,7 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     x_T = (y[:B * d] * math.sqrt(a_T)).reshape(shape).to(dev)
     log_prior = (standard_normal_logpdf if prior is None else prior)(x_T)
     log_prior = _of_x_shape(torch.as_tensor(log_prior), x_T.reshape(B, -1)[:, 0], "prior(x_T)").to(torch.float64).cpu()
+    if bool((torch.isnan(log_prior) | (log_prior == math.inf)).any()):       # −inf is a zero density, and allowed
+        raise ValueError(f"prior(x_T) returned NaN or +inf for {int((torch.isnan(log_prior) | (log_prior == math.inf)).sum())} "
+                         f"of {B} samples: a log density is a finite number, or -inf where the density is 0")
     return log_prior + 0.5 * d * (math.log(a_T) - math.log(a_0)) + y[B * d:]

@@ -558,6 +558,8 @@ def test_log_likelihood_refuses_bad_input_in_one_line():
            ({"probe": "normal"}, ValueError, "probe must be one of"),
            ({"prior": 3.0}, TypeError, "prior must be None"),
            ({"prior": lambda x: x}, ValueError, r"prior\(x_T\) must return a tensor of x's shape \(3,\)"),
+           ({"prior": lambda x: torch.tensor([0.0, float("nan"), -math.inf])}, ValueError,
+            r"prior\(x_T\) returned NaN or \+inf for 1 of 3 samples"),
            ({"generator": 0}, TypeError, "generator must be a torch.Generator"),
            ({"probe": "gaussian"}, ValueError, r"probe and generator are for Hutchinson's estimate: give hutchinson=k"),
            ({"generator": torch.Generator()}, ValueError, "probe and generator are for Hutchinson's estimate"),
