@@ -447,16 +447,16 @@ def test_ipndm_vs_is_variable_step_ipndm_by_name():
 
 # ------------------------------------------------------------------------- log_likelihood (notebook 05 §9)
 
-def _gaussian_lab(mu, s):
+def _gaussian_lab(mu, s, t_prior=999):
     """Data N(μ, s²I): its exact ε*(x, t) = √(1−ᾱ)(x − √ᾱμ)/(ᾱs² + 1 − ᾱ), typed from the marginal q(x_t), and the exact
-    prior q(x_T) = N(√ᾱ_T μ, (ᾱ_T s² + 1 − ᾱ_T) I) by scipy."""
+    prior q(x_T) = N(√ᾱ_T μ, (ᾱ_T s² + 1 − ᾱ_T) I) by scipy, ᾱ_T = ᾱ(t_prior)."""
     from scipy import stats
 
     def eps(x, t):
         a = ode.alpha_bar_cont(AB, t)[:, None]
         return (1 - a).sqrt() * (x - a.sqrt() * mu) / (a * s ** 2 + 1 - a)
 
-    a_T = float(AB[-1])
+    a_T = float(ode.alpha_bar_cont(AB, t_prior))
     q_T = stats.multivariate_normal(math.sqrt(a_T) * mu.numpy(), (a_T * s ** 2 + 1 - a_T) * np.eye(len(mu)))
     return eps, lambda x: torch.from_numpy(np.atleast_1d(q_T.logpdf(x.numpy())))
 
@@ -480,6 +480,21 @@ def test_log_likelihood_of_gaussian_data_is_scipys_logpdf():
     torch.testing.assert_close(ll, prior(x_T) + jacobian + div_integral, rtol=0, atol=1e-6)
     for wrong in (prior(x_T) + jacobian - div_integral, prior(x_T) + div_integral):
         assert float((wrong - truth).abs().min()) > 10
+
+
+def test_log_likelihood_between_inner_steps_is_the_noisy_marginals_log_density():
+    """From t_start to t_end ≠ −1 (fractional too) the answer is log q(x_{t_end}), scipy's N(√ᾱμ, (ᾱs² + 1 − ᾱ)I), to 1e-6
+    nats: both Jacobian terms (d/2) log ᾱ are needed, the one at t_end (−0.16 nats at t_end = 100.5) as well as t_start's."""
+    from scipy import stats
+    mu, s, d = torch.tensor([0.3, -0.5, 0.2], dtype=torch.float64), 0.4, 3
+    for t_start, t_end in ((700.25, 100.5), (999, 0)):
+        eps, prior = _gaussian_lab(mu, s, t_prior=t_start)
+        a = float(ode.alpha_bar_cont(AB, t_end))
+        q_end = stats.multivariate_normal(math.sqrt(a) * mu.numpy(), (a * s ** 2 + 1 - a) * np.eye(d))
+        x = torch.from_numpy(q_end.rvs(5, random_state=9))
+        ll = ode.log_likelihood(eps, x, AB, t_start=t_start, t_end=t_end, prior=prior)
+        torch.testing.assert_close(ll, torch.from_numpy(q_end.logpdf(x.numpy())), rtol=0, atol=1e-6)
+    assert 0.5 * d * abs(math.log(float(ode.alpha_bar_cont(AB, 100.5)))) > 0.1
 
 
 def test_log_likelihood_of_a_mixture_is_its_log_density():
