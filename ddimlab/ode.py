@@ -692,6 +692,12 @@ def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol):
     for tol_name, tol in (("rtol", rtol), ("atol", atol)):
         if (v := as_real(tol)) is None or v <= 0:
             raise ValueError(f"{tol_name} must be a finite number > 0 (solve_ivp's tolerance), got {tol!r}")
+    # ε is computed in x's dtype: a tolerance far below its rounding only shrinks solve_ivp's steps (float32 at rtol 1e-9:
+    # 16 times the calls of 1e-8, and minutes at 1e-10, reference_solution's default; float16 or bfloat16 at 1e-8 the same)
+    if as_real(rtol) < (floor := torch.finfo(x.dtype).eps / 20):
+        dtype = str(x.dtype).removeprefix("torch.")
+        raise ValueError(f"rtol = {as_real(rtol):g} is finer than {name}'s {dtype} can give (eps is computed in it), and "
+                         f"solve_ivp would take ever smaller steps: pass rtol >= {floor:.2g}, or {name} in float64")
     steps = [as_real(v) for v in (t_start, t_end)]
     if None in steps:
         raise ValueError(f"t_start and t_end must be finite numbers (steps, fractional allowed), got {t_start!r} and {t_end!r}")
@@ -725,7 +731,8 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
     The whole batch is one state vector (the ODE is per-sample but scipy's step control then takes the
     worst sample's error). t_start / t_end may be floats (continuous steps); ε is called with float
     steps t(σ), down to t = −1 (ᾱ = 1) when t_end = −1, which the exact lab (`toy.exact_eps`) supports.
-    The state is float64; ε is called in x_T's dtype (a float32 network takes float32 x_T). Returns x at t_end
+    The state is float64; ε is called in x_T's dtype (a float32 network takes float32 x_T, and then rtol ≥ 6e-9: a
+    tolerance below torch.finfo(dtype).eps / 20, ε's rounding, is refused, as it only shrinks the steps). Returns x at t_end
     (= x̄ there times √ᾱ), float64.
     """
     from scipy.integrate import solve_ivp

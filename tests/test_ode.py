@@ -579,6 +579,8 @@ def test_log_likelihood_refuses_bad_input_in_one_line():
            ({"probe": "gaussian"}, ValueError, r"probe and generator are for Hutchinson's estimate: give hutchinson=k"),
            ({"generator": torch.Generator()}, ValueError, "probe and generator are for Hutchinson's estimate"),
            ({"rtol": 0}, ValueError, "rtol must be a finite number > 0"),
+           ({"x_0": x0.half()}, ValueError, r"rtol = 1e-08 is finer than x_0's float16 can give .* 4.9e-05, or x_0 in float64"),
+           ({"x_0": x0.float(), "rtol": 1e-9}, ValueError, r"finer than x_0's float32 can give .* rtol >= 6e-09"),
            ({"t_start": 10, "t_end": 20}, ValueError, "t_end must be smaller than t_start"),
            ({"t_start": 1000}, ValueError, r"t_start and t_end must lie in \[-1, T-1\] = \[-1, 999\] .*got 1000 and -1"),
            ({"t_end": -2}, ValueError, r"t_start and t_end must lie in \[-1, T-1\].*got 999 and -2"),
@@ -593,5 +595,7 @@ def test_log_likelihood_refuses_bad_input_in_one_line():
         ode.reference_solution(eps, x0 * float("nan"), AB, 999)
     with pytest.raises(ValueError, match="x_T must have a batch dimension"):
         ode.reference_solution(eps, x0[0, 0], AB, 999)
+    with pytest.raises(ValueError, match="rtol = 1e-10 is finer than x_T's float32 can give"):     # its default rtol
+        ode.reference_solution(eps, x0.float(), AB, 999)
     empty = ode.log_likelihood(eps, x0[:0], AB)          # an empty batch (the last chunk of a split) maps to empty
     assert empty.shape == (0,) and empty.dtype == torch.float64
