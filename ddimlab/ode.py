@@ -682,8 +682,8 @@ def counted(eps):
 
 def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol):
     """The checks `reference_solution` and `log_likelihood` share: `x` (called `name`) as the samplers check it
-    (`check_args`: a finite floating tensor with a batch dimension) and without grad, eps a function, the tolerances > 0,
-    t_end < t_start finite steps. Returns (alpha_bar, t_start, t_end) checked."""
+    (`check_args`: a finite floating tensor with a batch dimension) and without grad, eps a function, the tolerances > 0
+    and rtol no finer than x's dtype resolves, t_end < t_start steps in [−1, T−1]. Returns (alpha_bar, t_start, t_end)."""
     alpha_bar = check_args(x, alpha_bar, None, name)[0]     # floating: ε is called in x's dtype, not a rounded state
     check_eps(eps)                                # a network: dropout in train mode would make the ODE random
     if x.requires_grad:                           # torch: "Can't call numpy() on Tensor that requires grad"
