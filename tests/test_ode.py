@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddimlab import diffusion, ode, samplers, schedule, toy
+from ddimlab import checkpoint, diffusion, ode, samplers, schedule, toy
 
 AB = schedule.make_alpha_bar("linear", 1000)
 MIX = toy.random_mixture(d=3, K=4, seed=0)
@@ -585,6 +585,7 @@ def test_log_likelihood_refuses_bad_input_in_one_line():
            ({"t_start": 1000}, ValueError, r"t_start and t_end must lie in \[-1, T-1\] = \[-1, 999\] .*got 1000 and -1"),
            ({"t_end": -2}, ValueError, r"t_start and t_end must lie in \[-1, T-1\].*got 999 and -2"),
            ({"eps": lambda x, t: torch.zeros_like(x)}, ValueError, "autograd cannot differentiate in x"),
+           ({"eps": checkpoint.eps_fn(lambda x, t: x)}, TypeError, r"eps is checkpoint.eps_fn\(net\), which runs net without"),
            ({"eps": torch.nn.Linear(2, 2)}, TypeError, r"eps is a network \(Linear\).*lambda x, t: net\(x, t\) with net.eval")]
     for kwargs, kind, needle in bad:
         args = {"eps": eps, "x_0": x0, **kwargs}
