@@ -681,24 +681,31 @@ def counted(eps):
 # ------------------------------------------------------------------------------------- reference
 
 def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol):
-    """The checks `reference_solution` and `log_likelihood` share: `x` (called `name`) a finite floating tensor without
-    grad, eps a function, the tolerances > 0, t_end < t_start finite steps. Returns (alpha_bar, t_start, t_end) checked."""
-    if not isinstance(x, torch.Tensor) or not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} must be a finite torch.Tensor")
-    if not x.dtype.is_floating_point:            # ε is called in x's dtype: the state would be rounded at every call
-        raise TypeError(f"{name} must be floating point, got {x.dtype}")
+    """The checks `reference_solution` and `log_likelihood` share: `x` (called `name`) as the samplers check it
+    (`check_args`: a finite floating tensor with a batch dimension) and without grad, eps a function, the tolerances > 0
+    and rtol no finer than x's dtype resolves, t_end < t_start steps in [−1, T−1]. Returns (alpha_bar, t_start, t_end)."""
+    alpha_bar = check_args(x, alpha_bar, None, name)[0]     # floating: ε is called in x's dtype, not a rounded state
     check_eps(eps)                                # a network: dropout in train mode would make the ODE random
     if x.requires_grad:                           # torch: "Can't call numpy() on Tensor that requires grad"
         raise ValueError(f"{name} requires grad, but the ODE is integrated with scipy, which autograd cannot follow: "
                          f"pass {name}.detach()")
-    alpha_bar = validate_alpha_bar(alpha_bar)
     for tol_name, tol in (("rtol", rtol), ("atol", atol)):
         if (v := as_real(tol)) is None or v <= 0:
             raise ValueError(f"{tol_name} must be a finite number > 0 (solve_ivp's tolerance), got {tol!r}")
+    # ε is computed in x's dtype: a tolerance far below its rounding only shrinks solve_ivp's steps (float32 at rtol 1e-9:
+    # 16 times the calls of 1e-8, and minutes at 1e-10, reference_solution's default; float16 or bfloat16 at 1e-8 the same)
+    if as_real(rtol) < (floor := torch.finfo(x.dtype).eps / 20):
+        dtype = str(x.dtype).removeprefix("torch.")
+        raise ValueError(f"rtol = {as_real(rtol):g} is finer than {name}'s {dtype} can give (eps is computed in it), and "
+                         f"solve_ivp would take ever smaller steps: pass rtol >= {floor:.2g}, or {name} in float64")
     steps = [as_real(v) for v in (t_start, t_end)]
     if None in steps:
         raise ValueError(f"t_start and t_end must be finite numbers (steps, fractional allowed), got {t_start!r} and {t_end!r}")
     t_start, t_end = steps
+    T = alpha_bar.shape[0]
+    if not all(-1 <= v <= T - 1 for v in steps):     # else alpha_bar_cont's "continuous step t must lie in", naming neither
+        raise ValueError(f"t_start and t_end must lie in [-1, T-1] = [-1, {T - 1}] (steps; -1 is clean data), got {t_start:g} "
+                         f"and {t_end:g}")
     if not t_end < t_start:
         raise ValueError(f"t_end must be smaller than t_start (the ODE runs from noise to data), got {t_start} -> {t_end}")
     return alpha_bar, t_start, t_end
@@ -724,7 +731,8 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
     The whole batch is one state vector (the ODE is per-sample but scipy's step control then takes the
     worst sample's error). t_start / t_end may be floats (continuous steps); ε is called with float
     steps t(σ), down to t = −1 (ᾱ = 1) when t_end = −1, which the exact lab (`toy.exact_eps`) supports.
-    The state is float64; ε is called in x_T's dtype (a float32 network takes float32 x_T). Returns x at t_end
+    The state is float64; ε is called in x_T's dtype (a float32 network takes float32 x_T, and then rtol ≥ 6e-9: a
+    tolerance below torch.finfo(dtype).eps / 20, ε's rounding, is refused, as it only shrinks the steps). Returns x at t_end
     (= x̄ there times √ᾱ), float64.
     """
     from scipy.integrate import solve_ivp
@@ -747,6 +755,7 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
 
 
 PROBES = ("rademacher", "gaussian")     # log_likelihood's Hutchinson probes
+_DIFFERENTIABLE_NET = "pass a network as lambda x, t: net(x, t) with net.eval() (checkpoint.eps_fn runs it without gradients)"
 
 
 def standard_normal_logpdf(x: torch.Tensor) -> torch.Tensor:
@@ -757,7 +766,7 @@ def standard_normal_logpdf(x: torch.Tensor) -> torch.Tensor:
 
 
 def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol: float = 1e-8, atol: float = 1e-8,
-                   hutchinson: int | None = None, probe: str = "rademacher", generator: torch.Generator | None = None,
+                   hutchinson: int | None = None, probe: str | None = None, generator: torch.Generator | None = None,
                    method: str = "DOP853") -> torch.Tensor:
     """log p(x_0) in nats per sample (float64, shape (B,)) under the probability-flow ODE's push-forward of `prior`
     (notebook 05 §9).
@@ -771,33 +780,47 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     where x_0 sits at step t_end (default −1, ᾱ = 1: the last term vanishes), x_T = √ᾱ(t_start) x̄(σ(t_start)) at
     t_start (default T − 1), and the augmented state [x̄, ∫∇·F] is integrated by scipy's solve_ivp from data to noise.
     It is the data density only if ε is the exact ε* and prior is q(x_T); otherwise it is the density of the ODE's own
-    samples (DDIM with η = 0 and S → ∞ from prior draws).
+    samples (DDIM with η = 0 and S → ∞ from prior draws). With t_end = −1 ε is called at steps in (−1, 0), which a
+    network trained on steps 0..T−1 never saw (DDIM's last step, 0 → −1, calls it at t = 0); t_end = 0 gives the
+    density of x at step 0 (σ = 0.01 on DDPM's schedule) from steps it knows.
 
     prior: None for N(0, I) (`standard_normal_logpdf`), or a function x_T (B, ...) float64 -> (B,) log densities.
     hutchinson: None for the exact divergence (d backward passes per step: fine for small d); k ≥ 1 for the
-    Hutchinson–Skilling estimate with k `probe` vectors z (Rademacher or Gaussian) per sample, E[zᵀ(∂F/∂x̄)z] = ∇·F,
-    drawn once from `generator` and kept along the whole path, so the result is an unbiased estimate of log p.
+    Hutchinson–Skilling estimate with k `probe` vectors z ("rademacher", the default, or "gaussian") per sample,
+    E[zᵀ(∂F/∂x̄)z] = ∇·F, drawn once from `generator` and kept along the whole path, so the result is an unbiased estimate
+    of log p. probe and generator without hutchinson are an error: the exact divergence draws nothing.
     eps must be differentiable in x by autograd (a network as `lambda x, t: net(x, t)` in eval mode, not `checkpoint.eps_fn`),
     and the samples must not interact in it (each sample's divergence is read from the batch's one graph).
     """
     from scipy.integrate import solve_ivp
 
+    if isinstance(eps, torch.nn.Module):               # check_eps's advice, checkpoint.eps_fn, has no gradients
+        raise TypeError(f"eps is a network ({type(eps).__name__}) and log_likelihood differentiates it in x: "
+                        f"{_DIFFERENTIABLE_NET}")
+    if getattr(eps, "network", None) is not None:     # checkpoint.eps_fn's mark; its own error came at the first call
+        raise TypeError(f"eps is checkpoint.eps_fn(net), which runs net without gradients, and log_likelihood differentiates "
+                        f"eps in x: {_DIFFERENTIABLE_NET}")
     alpha_bar = validate_alpha_bar(alpha_bar)
     t_start = alpha_bar.shape[0] - 1 if t_start is None else t_start
     alpha_bar, t_start, t_end = _check_ivp(eps, x_0, "x_0", alpha_bar, t_start, t_end, rtol, atol)
     if prior is not None and not callable(prior):
         raise TypeError(f"prior must be None (N(0, I)) or a function x_T -> log density per sample, got {type(prior).__name__}")
-    if hutchinson is not None:
-        hutchinson = check_int("hutchinson", hutchinson, 1, note=" (the number of probes; None for the exact divergence)")
-    if probe not in PROBES:
+    if probe is not None and probe not in PROBES:
         raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
     check_generator(generator, "cpu")                  # the probes are drawn on the CPU, then moved to x_0's device
+    if hutchinson is None and (probe, generator) != (None, None):     # else silently the exact, d-times dearer, divergence
+        raise ValueError("probe and generator are for Hutchinson's estimate: give hutchinson=k (probes per sample) with them, "
+                         "or neither for the exact divergence")
+    if hutchinson is not None:
+        hutchinson = check_int("hutchinson", hutchinson, 1, note=" (the number of probes; None for the exact divergence)")
     shape, dev, B = x_0.shape, x_0.device, x_0.shape[0]
+    if B == 0:                                         # an empty batch maps to an empty answer, as in the samplers
+        return torch.zeros(0, dtype=torch.float64)
     d = x_0[0].numel()
     sig_data, sig_noise = float(sigma_at(alpha_bar, t_end)), float(sigma_at(alpha_bar, t_start))
     if hutchinson is not None:
         z = torch.randn((hutchinson, *shape), generator=generator, dtype=torch.float64)
-        z = (z.sign() if probe == "rademacher" else z).to(dev)      # the sign of a Gaussian is a Rademacher ±1
+        z = (z if probe == "gaussian" else z.sign()).to(dev)      # the sign of a Gaussian is a Rademacher ±1
 
     def divergence(e, xbar):
         """∇_x̄·F per sample: exact (one backward pass per coordinate) or the Hutchinson mean over the probes."""
@@ -814,8 +837,7 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
             e = _eps_of_xbar(eps, alpha_bar, xbar, sig, sig_noise, x_0.dtype)
             if not e.requires_grad:                 # torch: "element 0 of tensors does not require grad"
                 raise ValueError("eps(x, t) returned a tensor autograd cannot differentiate in x, and log_likelihood needs "
-                                 "its divergence: pass a network as lambda x, t: net(x, t) with net.eval() (checkpoint.eps_fn "
-                                 "runs it without gradients)")
+                                 f"its divergence: {_DIFFERENTIABLE_NET}")
             div = divergence(e, xbar)
         return np.concatenate([e.detach().reshape(-1).cpu().numpy(), div.detach().to(torch.float64).cpu().numpy()])
 
@@ -829,4 +851,7 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     x_T = (y[:B * d] * math.sqrt(a_T)).reshape(shape).to(dev)
     log_prior = (standard_normal_logpdf if prior is None else prior)(x_T)
     log_prior = _of_x_shape(torch.as_tensor(log_prior), x_T.reshape(B, -1)[:, 0], "prior(x_T)").to(torch.float64).cpu()
+    if bool((torch.isnan(log_prior) | (log_prior == math.inf)).any()):       # −inf is a zero density, and allowed
+        raise ValueError(f"prior(x_T) returned NaN or +inf for {int((torch.isnan(log_prior) | (log_prior == math.inf)).sum())} "
+                         f"of {B} samples: a log density is a finite number, or -inf where the density is 0")
     return log_prior + 0.5 * d * (math.log(a_T) - math.log(a_0)) + y[B * d:]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddimlab import diffusion, ode, samplers, schedule, toy
+from ddimlab import checkpoint, diffusion, ode, samplers, schedule, toy
 
 AB = schedule.make_alpha_bar("linear", 1000)
 MIX = toy.random_mixture(d=3, K=4, seed=0)
@@ -447,16 +447,16 @@ def test_ipndm_vs_is_variable_step_ipndm_by_name():
 
 # ------------------------------------------------------------------------- log_likelihood (notebook 05 §9)
 
-def _gaussian_lab(mu, s):
+def _gaussian_lab(mu, s, t_prior=999):
     """Data N(μ, s²I): its exact ε*(x, t) = √(1−ᾱ)(x − √ᾱμ)/(ᾱs² + 1 − ᾱ), typed from the marginal q(x_t), and the exact
-    prior q(x_T) = N(√ᾱ_T μ, (ᾱ_T s² + 1 − ᾱ_T) I) by scipy."""
+    prior q(x_T) = N(√ᾱ_T μ, (ᾱ_T s² + 1 − ᾱ_T) I) by scipy, ᾱ_T = ᾱ(t_prior)."""
     from scipy import stats
 
     def eps(x, t):
         a = ode.alpha_bar_cont(AB, t)[:, None]
         return (1 - a).sqrt() * (x - a.sqrt() * mu) / (a * s ** 2 + 1 - a)
 
-    a_T = float(AB[-1])
+    a_T = float(ode.alpha_bar_cont(AB, t_prior))
     q_T = stats.multivariate_normal(math.sqrt(a_T) * mu.numpy(), (a_T * s ** 2 + 1 - a_T) * np.eye(len(mu)))
     return eps, lambda x: torch.from_numpy(np.atleast_1d(q_T.logpdf(x.numpy())))
 
@@ -480,6 +480,21 @@ def test_log_likelihood_of_gaussian_data_is_scipys_logpdf():
     torch.testing.assert_close(ll, prior(x_T) + jacobian + div_integral, rtol=0, atol=1e-6)
     for wrong in (prior(x_T) + jacobian - div_integral, prior(x_T) + div_integral):
         assert float((wrong - truth).abs().min()) > 10
+
+
+def test_log_likelihood_between_inner_steps_is_the_noisy_marginals_log_density():
+    """From t_start to t_end ≠ −1 (fractional too) the answer is log q(x_{t_end}), scipy's N(√ᾱμ, (ᾱs² + 1 − ᾱ)I), to 1e-6
+    nats: both Jacobian terms (d/2) log ᾱ are needed, the one at t_end (−0.16 nats at t_end = 100.5) as well as t_start's."""
+    from scipy import stats
+    mu, s, d = torch.tensor([0.3, -0.5, 0.2], dtype=torch.float64), 0.4, 3
+    for t_start, t_end in ((700.25, 100.5), (999, 0)):
+        eps, prior = _gaussian_lab(mu, s, t_prior=t_start)
+        a = float(ode.alpha_bar_cont(AB, t_end))
+        q_end = stats.multivariate_normal(math.sqrt(a) * mu.numpy(), (a * s ** 2 + 1 - a) * np.eye(d))
+        x = torch.from_numpy(q_end.rvs(5, random_state=9))
+        ll = ode.log_likelihood(eps, x, AB, t_start=t_start, t_end=t_end, prior=prior)
+        torch.testing.assert_close(ll, torch.from_numpy(q_end.logpdf(x.numpy())), rtol=0, atol=1e-6)
+    assert 0.5 * d * abs(math.log(float(ode.alpha_bar_cont(AB, 100.5)))) > 0.1
 
 
 def test_log_likelihood_of_a_mixture_is_its_log_density():
@@ -515,11 +530,42 @@ def test_hutchinson_log_likelihood_is_unbiased(probe):
     assert se > 1e-3 and abs(float(diff.mean())) < 4 * se
 
 
+def test_hutchinson_spread_is_the_quadratic_form_of_the_path_integrated_jacobian():
+    """With the probe z fixed along the path the estimate's error is zᵀMz − tr M, M = ∫∂F/∂x̄ dσ (notebook 05 §9). M is
+    integrated here with the full 2×2 Jacobian by torch.autograd.functional.jacobian and scipy; then in d = 2 every
+    Rademacher estimate misses by exactly ±2 M₁₂ (both signs seen), and Gaussian ones have variance 2‖(M + Mᵀ)/2‖_F²
+    (within 4 SE). Probes drawn afresh at every call would give neither."""
+    from scipy.integrate import solve_ivp
+    mix = toy.random_mixture(d=2, K=3, seed=2)
+    eps = toy.exact_eps(mix, AB)
+    x0 = mix.sample(1, torch.Generator().manual_seed(7))
+    sig_T = float(ode.sigma_at(AB, 999))
+
+    def rhs(sig, y):                                    # [x̄, vec J] along the path
+        t = ode.t_of_sigma(AB, min(sig, sig_T)).reshape(1)
+        F = lambda xbar: eps(xbar[None] / math.sqrt(sig ** 2 + 1), t)[0]     # noqa: E731
+        xbar = torch.from_numpy(y[:2].copy())
+        return np.concatenate([F(xbar).numpy(), torch.autograd.functional.jacobian(F, xbar).numpy().reshape(-1)])
+
+    sol = solve_ivp(rhs, (0, sig_T), np.concatenate([x0[0].numpy(), np.zeros(4)]), method="DOP853", rtol=1e-9, atol=1e-9)
+    M = sol.y[2:, -1].reshape(2, 2)
+    exact = ode.log_likelihood(eps, x0, AB)
+    miss = {probe: (ode.log_likelihood(eps, x0.repeat(n, 1), AB, hutchinson=1, probe=probe,
+                                       generator=torch.Generator().manual_seed(8)) - exact).numpy()
+            for probe, n in (("rademacher", 16), ("gaussian", 300))}
+    np.testing.assert_allclose(np.abs(miss["rademacher"]), abs(M[0, 1] + M[1, 0]), rtol=0, atol=1e-5)
+    assert miss["rademacher"].min() < 0 < miss["rademacher"].max() and abs(M[0, 1] + M[1, 0]) > 0.05
+    sq = miss["gaussian"] ** 2
+    var_theory = 2 * np.sum(((M + M.T) / 2) ** 2)
+    assert abs(sq.mean() - var_theory) < 4 * sq.std() / math.sqrt(len(sq))
+
+
 def test_log_likelihood_refuses_bad_input_in_one_line():
     """The checks `reference_solution` makes, with its messages (shared: ode._check_ivp), and log_likelihood's own."""
     mix = toy.random_mixture(d=2, K=2, seed=0)
     eps, x0 = toy.exact_eps(mix, AB), mix.sample(3, torch.Generator().manual_seed(0))
-    bad = [({"x_0": x0 * float("nan")}, ValueError, "x_0 must be a finite torch.Tensor"),
+    bad = [({"x_0": x0 * float("nan")}, ValueError, "x_0 contains NaN or inf"),
+           ({"x_0": x0[0, 0]}, ValueError, r"x_0 must have a batch dimension \(B, ...\), got a 0-d tensor"),
            ({"x_0": x0.long()}, TypeError, "x_0 must be floating point"),
            ({"x_0": x0.clone().requires_grad_()}, ValueError, "x_0 requires grad"),
            ({"hutchinson": 0}, ValueError, "hutchinson"),
@@ -527,14 +573,30 @@ def test_log_likelihood_refuses_bad_input_in_one_line():
            ({"probe": "normal"}, ValueError, "probe must be one of"),
            ({"prior": 3.0}, TypeError, "prior must be None"),
            ({"prior": lambda x: x}, ValueError, r"prior\(x_T\) must return a tensor of x's shape \(3,\)"),
+           ({"prior": lambda x: torch.tensor([0.0, float("nan"), -math.inf])}, ValueError,
+            r"prior\(x_T\) returned NaN or \+inf for 1 of 3 samples"),
            ({"generator": 0}, TypeError, "generator must be a torch.Generator"),
+           ({"probe": "gaussian"}, ValueError, r"probe and generator are for Hutchinson's estimate: give hutchinson=k"),
+           ({"generator": torch.Generator()}, ValueError, "probe and generator are for Hutchinson's estimate"),
            ({"rtol": 0}, ValueError, "rtol must be a finite number > 0"),
+           ({"x_0": x0.half()}, ValueError, r"rtol = 1e-08 is finer than x_0's float16 can give .* 4.9e-05, or x_0 in float64"),
+           ({"x_0": x0.float(), "rtol": 1e-9}, ValueError, r"finer than x_0's float32 can give .* rtol >= 6e-09"),
            ({"t_start": 10, "t_end": 20}, ValueError, "t_end must be smaller than t_start"),
-           ({"eps": lambda x, t: torch.zeros_like(x)}, ValueError, "autograd cannot differentiate in x")]
+           ({"t_start": 1000}, ValueError, r"t_start and t_end must lie in \[-1, T-1\] = \[-1, 999\] .*got 1000 and -1"),
+           ({"t_end": -2}, ValueError, r"t_start and t_end must lie in \[-1, T-1\].*got 999 and -2"),
+           ({"eps": lambda x, t: torch.zeros_like(x)}, ValueError, "autograd cannot differentiate in x"),
+           ({"eps": checkpoint.eps_fn(lambda x, t: x)}, TypeError, r"eps is checkpoint.eps_fn\(net\), which runs net without"),
+           ({"eps": torch.nn.Linear(2, 2)}, TypeError, r"eps is a network \(Linear\).*lambda x, t: net\(x, t\) with net.eval")]
     for kwargs, kind, needle in bad:
         args = {"eps": eps, "x_0": x0, **kwargs}
         with pytest.raises(kind, match=needle) as err:
             ode.log_likelihood(args.pop("eps"), args.pop("x_0"), AB, **args)
         assert "\n" not in str(err.value)
-    with pytest.raises(ValueError, match="x_T must be a finite torch.Tensor"):   # reference_solution's, from the same check
+    with pytest.raises(ValueError, match="x_T contains NaN or inf"):   # reference_solution's, from the same check
         ode.reference_solution(eps, x0 * float("nan"), AB, 999)
+    with pytest.raises(ValueError, match="x_T must have a batch dimension"):
+        ode.reference_solution(eps, x0[0, 0], AB, 999)
+    with pytest.raises(ValueError, match="rtol = 1e-10 is finer than x_T's float32 can give"):     # its default rtol
+        ode.reference_solution(eps, x0.float(), AB, 999)
+    empty = ode.log_likelihood(eps, x0[:0], AB)          # an empty batch (the last chunk of a split) maps to empty
+    assert empty.shape == (0,) and empty.dtype == torch.float64
