@@ -91,6 +91,15 @@ def real_array(name: str, v) -> np.ndarray:
     return a.astype(np.float64)
 
 
+def check_untracked(name: str, v):
+    """`v` unless it is a tensor that requires grad while autograd records: read as a plain number, it would pass no
+    gradient back, and its .grad would stay None without a word while the other inputs' gradients are computed."""
+    if isinstance(v, torch.Tensor) and v.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"{name} requires grad, but it is read as a plain number, so no gradient would reach it; pass "
+                         f"{name}.item() (or {name}.detach())")
+    return v
+
+
 def as_real(v) -> float | None:
     """`v` as a float if it is a finite real number (int, float, numpy scalar, 0-d real tensor; not a bool), else None:
     the caller says what range it allows."""

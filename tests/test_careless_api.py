@@ -2203,3 +2203,29 @@ def test_eps_fn_refuses_an_x_that_requires_grad_rather_than_drop_the_networks_gr
     (grad,) = torch.autograd.grad(samplers.ddim_sample(lambda x_, t_: net(x_, t_), x, AB, seq).mul(v).sum(), x)
     h, f = 1e-5, lambda x_: float(samplers.ddim_sample(checkpoint.eps_fn(net), x_, AB, seq).mul(v).sum())  # noqa: E731
     assert float(grad.mul(v).sum()) == pytest.approx((f(x_T + h * v) - f(x_T - h * v)) / (2 * h), rel=1e-6)
+
+
+def test_round_26_an_eta_or_w_that_requires_grad_is_refused_not_read_as_a_number(toy_setup):
+    """ddim_sample(eps, x_T.requires_grad_(), ab, seq, eta=torch.tensor(0.5, requires_grad=True)) read η as a float: x_T
+    got its gradient and η's .grad stayed None without a word, though the output does depend on η (central differences
+    below); guided_eps's w the same. Both are now a ValueError naming the argument; without autograd (no_grad) the
+    tensor is taken as its value."""
+    _, eps, x_T, seq = toy_setup
+    x = x_T[:2]
+
+    def out(eta):
+        return samplers.ddim_sample(eps, x, AB, seq, eta=eta, generator=torch.Generator().manual_seed(0))
+
+    h = 1e-4
+    assert float((out(0.5 + h) - out(0.5 - h)).abs().max()) / (2 * h) > 0.01       # a gradient there was to miss
+    eta = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    for call in (lambda: out(eta), lambda: diffusion.ddim_sigma(AB[500], AB[400], eta),
+                 lambda: samplers.sdedit(eps, x, AB, seq[3:], eta=eta, generator=torch.Generator().manual_seed(0))):
+        with pytest.raises(ValueError, match=r"^eta requires grad, but it is read as a plain number, so no gradient would "
+                                             r"reach it; pass eta.item\(\) \(or eta.detach\(\)\)$"):
+            call()
+    with pytest.raises(ValueError, match=r"^w requires grad, .* pass w.item\(\)"):
+        samplers.guided_eps(eps, eps, torch.tensor(2.0, requires_grad=True))
+    with torch.no_grad():
+        assert torch.equal(out(eta), out(0.5))
+    assert torch.equal(out(eta.detach()), out(0.5))
