@@ -2229,3 +2229,18 @@ def test_round_26_an_eta_or_w_that_requires_grad_is_refused_not_read_as_a_number
     with torch.no_grad():
         assert torch.equal(out(eta), out(0.5))
     assert torch.equal(out(eta.detach()), out(0.5))
+
+
+def test_round_26_bfloat16_features_and_moments_are_read_as_their_values():
+    """A feature network under bf16 autocast returns bfloat16 features, which compute_fid and feature_stats stopped on
+    with numpy's "Got unsupported ScalarType BFloat16" (frechet_distance too, for a bfloat16 mean): they are now widened
+    to float64, exactly. FD(N(μ, I), N(0, I)) = |μ|² (6.25 for μ = (1.5, -2), both exact in bfloat16); the FID of bf16
+    features is the FID of the same values in float64."""
+    mu = torch.tensor([1.5, -2.0], dtype=torch.bfloat16)
+    assert quality.frechet_distance(mu, torch.eye(2).bfloat16(), torch.zeros(2), torch.eye(2)) == pytest.approx(6.25,
+                                                                                                                 abs=1e-12)
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randint(0, 256, (12, 1, 8, 8), dtype=torch.uint8, generator=g) for _ in range(2))
+    features = fid.random_features(in_ch=1, dim=4)
+    half = fid.compute_fid(a, b, lambda x: features(x).bfloat16())
+    assert half == fid.compute_fid(a, b, lambda x: features(x).bfloat16().double()) > 0
