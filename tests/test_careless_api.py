@@ -2244,3 +2244,17 @@ def test_round_26_bfloat16_features_and_moments_are_read_as_their_values():
     features = fid.random_features(in_ch=1, dim=4)
     half = fid.compute_fid(a, b, lambda x: features(x).bfloat16())
     assert half == fid.compute_fid(a, b, lambda x: features(x).bfloat16().double()) > 0
+
+
+def test_round_26_too_few_digit_samples_are_said_as_such():
+    """score_digits of one sample said "features must be an (N, D) array with N >= 2 samples, got shape (1, 64)", of
+    features the caller never passed; classify of none "must have shape (N, 1, R, R) ..., got (0, 1, 16, 16)", the form
+    it has. Both now say how many samples came and how many are needed."""
+    x = data.to_model_range(data.load_digits(16)[0][:2]).float()
+    for f in (quality.score_digits, quality.digits_fd, quality.digits_fd_se, lambda s: quality.paired_difference(s, s)):
+        with pytest.raises(ValueError, match=r"^got 1 digit sample of shape \(1, 1, 16, 16\); the Fréchet distance needs 2 "
+                                             r"or more \(a mean and a covariance\)$"):
+            f(x[:1])
+    with pytest.raises(ValueError, match=r"^got 0 digit samples of shape \(0, 1, 16, 16\); give one or more$"):
+        quality.classify(x[:0])
+    assert quality.classify(x[:1])[0].shape == (1,)
