@@ -2258,3 +2258,20 @@ def test_round_26_too_few_digit_samples_are_said_as_such():
     with pytest.raises(ValueError, match=r"^got 0 digit samples of shape \(0, 1, 16, 16\); give one or more$"):
         quality.classify(x[:0])
     assert quality.classify(x[:1])[0].shape == (1,)
+
+
+def test_round_26_a_seq_out_of_order_or_with_repeats_is_shown(toy_setup):
+    """Every sampler and solver said only "timesteps must be strictly decreasing (sample from noise to data)" for a seq
+    in increasing order (data to noise, as some code writes it) or with a step listed twice (the official quad grid's
+    repeats): now the steps and what is wrong with them are named, and an increasing seq is told to be reversed."""
+    _, eps, x_T, _ = toy_setup
+    cases = {(0, 500, 999): r"got \[0, 500, 999\]: it increases throughout: pass it reversed \(seq.flip\(0\) for a tensor\)$",
+             (999, 500, 500, 0): r"got \[999, 500, 500, 0\]: t = 500 is listed twice; give each step once$",
+             (999, 200, 600, 0): r"got \[999, 200, 600, 0\]: t = 600 comes after t = 200$"}
+    for seq, why in cases.items():
+        for run in (lambda: samplers.ddim_sample(eps, x_T, AB, list(seq)), lambda: ode.solve("heun", eps, x_T, AB, seq),
+                    lambda: samplers.ddim_invert(eps, x_T, AB, torch.tensor(seq))):
+            with pytest.raises(ValueError, match=r"^timesteps must be strictly decreasing \(sample from noise to data\), " + why):
+                run()
+    assert torch.equal(samplers.ddim_sample(eps, x_T, AB, torch.tensor([0, 500, 999]).flip(0)),
+                       samplers.ddim_sample(eps, x_T, AB, [999, 500, 0]))
