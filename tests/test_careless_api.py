@@ -2275,3 +2275,23 @@ def test_round_26_a_seq_out_of_order_or_with_repeats_is_shown(toy_setup):
                 run()
     assert torch.equal(samplers.ddim_sample(eps, x_T, AB, torch.tensor([0, 500, 999]).flip(0)),
                        samplers.ddim_sample(eps, x_T, AB, [999, 500, 0]))
+
+
+def test_round_26_a_compiled_or_data_parallel_network_resumes_its_samples(tmp_path, tiny_unet):
+    """generate_samples resumed with torch.compile(net) (or nn.DataParallel(net)), the same weights under '_orig_mod.'
+    ('module.') names, hashed them as another model: "holds images made with other settings (another model); ... delete
+    that folder", hours of samples to throw away. The wrappers are now looked through (checkpoint.unwrapped); the resumed
+    folder holds the images an uninterrupted run with the plain network writes, and the recorded shape is read too."""
+    wrapped = [torch.compile(tiny_unet, backend="eager"), torch.nn.DataParallel(tiny_unet)]
+    for net in wrapped:
+        assert checkpoint.weights_sha256(net) == checkpoint.weights_sha256(checkpoint.eps_fn(net)) == \
+            checkpoint.weights_sha256(tiny_unet)
+        assert checkpoint.image_shape(net) == (1, 8, 8)
+    kw = dict(S=2, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", samplers.OutOfRangeWarning)        # untrained weights
+        generate.generate_samples(tiny_unet, tmp_path / "straight", 3, **kw)
+        generate.generate_samples(tiny_unet, tmp_path / "resumed", 2, **kw)
+        assert generate.generate_samples(wrapped[0], tmp_path / "resumed", 2, **kw) == []     # (compiling takes seconds)
+        assert generate.generate_samples(checkpoint.eps_fn(wrapped[1]), tmp_path / "resumed", 3, **kw) == [2]
+    assert torch.equal(fid.load_images(tmp_path / "resumed"), fid.load_images(tmp_path / "straight"))
