@@ -2295,3 +2295,15 @@ def test_round_26_a_compiled_or_data_parallel_network_resumes_its_samples(tmp_pa
         assert generate.generate_samples(wrapped[0], tmp_path / "resumed", 2, **kw) == []     # (compiling takes seconds)
         assert generate.generate_samples(checkpoint.eps_fn(wrapped[1]), tmp_path / "resumed", 3, **kw) == [2]
     assert torch.equal(fid.load_images(tmp_path / "resumed"), fid.load_images(tmp_path / "straight"))
+
+
+def test_round_26_digits_config_refuses_steps_given_twice():
+    """digits_config(steps=200, overrides={"steps": 100}) trained 200 steps without a word (the argument won); it is now
+    a ValueError naming both, and either one alone counts."""
+    from ddimlab import pretrained
+
+    for overrides in ({"steps": 100}, ["steps=100"]):
+        with pytest.raises(ValueError, match=r"^steps is given twice, as steps=200 and in overrides \('?100'?\); give one$"):
+            pretrained.digits_config(steps=200, overrides=overrides)
+        assert pretrained.digits_config(overrides=overrides).steps == 100
+    assert pretrained.digits_config(steps=200).steps == 200
