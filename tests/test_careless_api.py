@@ -2307,3 +2307,28 @@ def test_round_26_digits_config_refuses_steps_given_twice():
             pretrained.digits_config(steps=200, overrides=overrides)
         assert pretrained.digits_config(overrides=overrides).steps == 100
     assert pretrained.digits_config(steps=200).steps == 200
+
+
+def test_round_26_a_half_precision_table_is_named_by_the_sampling_and_table_functions(tiny_unet, tmp_path):
+    """samplers name a float16 ᾱ table (round 24), but generate.sample_indices, tables.score_grid, reproduce_table1 and
+    _table2 and reconstruction_errors cast it to float64 unchecked: the linear schedule's ᾱ_0 = 0.9999, rounded to 1,
+    was refused as "alpha_bar values must lie in (0, 1) ..., got 1.0", a value the caller never wrote, and a table that
+    rounds to no 1 was used as rounded (ᾱ off by up to 2.4e-4, float16's half step at 0.5) without a word. Each now
+    says the dtype (schedule.validate_alpha_bar)."""
+    from ddimlab import tables
+
+    half = r"alpha_bar values in torch.float16 round the steps near t = 0 to 1"
+    coarse = torch.linspace(0.9, 0.01, 10, dtype=torch.float64)
+    assert float((coarse.half().double() - coarse).abs().max()) > 1e-4                # what would be used instead
+    images = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
+    for table in (AB.half(), coarse.half()):
+        for call in (lambda: generate.sample_indices(tiny_unet, [0], (1, 8, 8), table, [9, 4]),
+                     lambda: tables.reconstruction_errors(tiny_unet, images, table, [9, 4]),
+                     lambda: tables.score_grid(tiny_unet, lambda x: {}, S_list=(2,), eta_list=(0.0,), n=2, alpha_bar=table),
+                     lambda: tables.reproduce_table2(tiny_unet, tmp_path / "t2", images=images, S_list=(2,),
+                                                     alpha_bar=table),
+                     lambda: tables.reproduce_table1(tiny_unet, tmp_path / "t1", S_list=(2,), eta_list=(0.0,), n_samples=2,
+                                                     alpha_bar=table)):
+            with pytest.raises(TypeError, match=half):
+                call()
+    assert not any(tmp_path.iterdir())
