@@ -2332,3 +2332,14 @@ def test_round_26_a_half_precision_table_is_named_by_the_sampling_and_table_func
             with pytest.raises(TypeError, match=half):
                 call()
     assert not any(tmp_path.iterdir())
+
+
+def test_round_26_make_config_refuses_out_none():
+    """make_config("digits", {"out": None}) was accepted (its check skipped None paths, as data_root=None is the cache), and
+    train then stopped with "expected str, bytes or os.PathLike object, not NoneType"; it is now refused at once, naming
+    out, while data_root=None still means the cache."""
+    from ddimlab import train
+
+    with pytest.raises(ValueError, match=r"^out must be a folder's path \(a str or pathlib.Path\), got None$"):
+        train.make_config("digits", {"out": None})
+    assert train.make_config("digits", {"data_root": None}).data_root is None
