@@ -662,14 +662,27 @@ def unet_from_run(state: dict, use_ema: bool = True) -> unet_mod.UNet:
     return load_state_strict(net, state[weights], source=f"the checkpoint's {weights!r} weights").eval()
 
 
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The network inside `torch.compile`'s and (Distributed)DataParallel's wrappers: the same weights, under names with
+    an '_orig_mod.' or 'module.' prefix."""
+    while True:
+        if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif type(model).__name__ == "OptimizedModule":        # torch.compile's (torch._dynamo is slow to import)
+            model = model._orig_mod
+        else:
+            return model
+
+
 def weights_sha256(model) -> str | None:
     """sha256 over a network's parameter and buffer names and values, also through `checkpoint.eps_fn`'s adapter
-    (None for any other callable)."""
+    (None for any other callable); a compiled or DataParallel network has its network's (`unwrapped`), so that a
+    resume with it is not taken for another model."""
     if not isinstance(model, torch.nn.Module):
         model = getattr(model, "network", model)          # eps_fn's adapter (a Module's own `.network` is not unwrapped)
     if not isinstance(model, torch.nn.Module):
         return None
-    return sha256_of(*(item for name, v in sorted(model.state_dict().items()) for item in (name, v)))
+    return sha256_of(*(item for name, v in sorted(unwrapped(model).state_dict().items()) for item in (name, v)))
 
 
 def sha256_of(*items) -> str:
@@ -687,7 +700,7 @@ def image_shape(model) -> tuple:
     """(C, H, W) of the images a network records it was made for (ddimlab's `config["in_ch"]` and `["resolution"]`,
     diffusers' `config.in_channels` and `.sample_size`; also behind an `eps_fn`), None where it records nothing."""
     net = model if isinstance(model, torch.nn.Module) else getattr(model, "network", None)
-    cfg = getattr(net, "config", None) or {}
+    cfg = getattr(unwrapped(net) if isinstance(net, torch.nn.Module) else net, "config", None) or {}
     if not hasattr(cfg, "get"):
         return None, None, None
     size = cfg.get("resolution", cfg.get("sample_size"))

@@ -82,13 +82,26 @@ def is_complex(v) -> bool:
 
 def real_array(name: str, v) -> np.ndarray:
     """`v` (a tensor, array, list or number) as a float64 array if it holds real numbers, else a TypeError naming it: the
-    cast would drop an imaginary part, read True as 1 and parse the string "0.5"."""
-    a = np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v)
+    cast would drop an imaginary part, read True as 1 and parse the string "0.5". A float tensor of a type numpy lacks
+    (bfloat16: a feature network under autocast) is widened to float64 first, which is exact."""
+    if isinstance(v, torch.Tensor):
+        v = v.detach().cpu()
+        v = v.double() if v.is_floating_point() else v      # numpy: "Got unsupported ScalarType BFloat16"
+    a = np.asarray(v)
     if a.dtype.kind not in "iuf":
         why = " (True would be read as 1)" if a.dtype == bool else ""
         raise TypeError(f"{name} must hold real numbers (int or float), got "
                         f"{v.dtype if isinstance(v, torch.Tensor) else a.dtype}{why}")
     return a.astype(np.float64)
+
+
+def check_untracked(name: str, v):
+    """`v` unless it is a tensor that requires grad while autograd records: read as a plain number, it would pass no
+    gradient back, and its .grad would stay None without a word while the other inputs' gradients are computed."""
+    if isinstance(v, torch.Tensor) and v.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"{name} requires grad, but it is read as a plain number, so no gradient would reach it; pass "
+                         f"{name}.item() (or {name}.detach())")
+    return v
 
 
 def as_real(v) -> float | None:

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from .checks import as_real, check_bool, check_numbers
+from .checks import as_real, check_bool, check_numbers, check_untracked
 
 VARIANCES = ("small", "large")   # DDPM's two reverse variances: β̃ (posterior) and β (notebook 02 §1)
 
@@ -183,8 +183,9 @@ def ddim_sigma(a_t, a_s, eta: float = 1.0):
 
 
 def check_eta(eta) -> float:
-    """η as a float; a ValueError unless it is a finite number ≥ 0 (`checks.as_real`)."""
-    e = as_real(eta)
+    """η as a float; a ValueError unless it is a finite number ≥ 0 (`checks.as_real`) that no gradient is wanted for
+    (`checks.check_untracked`)."""
+    e = as_real(check_untracked("eta", eta))
     if e is None or e < 0:
         raise ValueError(f"eta must be a finite number >= 0 (0 = deterministic DDIM, 1 = DDPM's posterior "
                          f"variance), got {eta!r}")

@@ -178,14 +178,24 @@ def unresolved_link(path) -> str | None:
     return f"{link} is a symbolic link to {os.readlink(link)}, which does not exist"
 
 
+def file_on_the_way(path) -> str | None:
+    """"F is a file, not a folder" for the first file F among `path` and the folders on its way (mkdir says only "File
+    exists" or "Not a directory", naming neither), else None."""
+    try:
+        file = next((p for p in (Path(path), *Path(path).parents) if p.exists() and not p.is_dir()), None)
+    except OSError:                               # a name too long to look at
+        return None
+    return None if file is None else f"{file} is a file, not a folder"
+
+
 def make_folder(folder, hint: str | None = None) -> None:
-    """`mkdir -p folder`; where a symbolic link on the way leads nowhere, the OSError names it (mkdir says only "File
-    exists" or "Too many levels of symbolic links"). With `hint` (what to do instead) every error is worded as
-    "cannot create the folder F (why); hint"."""
+    """`mkdir -p folder`; where a symbolic link on the way leads nowhere, or a file stands where a folder should, the
+    OSError names it (mkdir says only "File exists", "Not a directory" or "Too many levels of symbolic links"). With
+    `hint` (what to do instead) every error is worded as "cannot create the folder F (why); hint"."""
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        why = unresolved_link(folder)
+        why = unresolved_link(folder) or file_on_the_way(folder)
         if why is None and hint is None:
             raise
         raise type(e)(e.errno, f"cannot create the folder {folder} ({why or e.strerror})" + (f"; {hint}" if hint else "")) \

@@ -200,7 +200,7 @@ def sample_indices(model, indices, shape, alpha_bar, seq, eta=0.0, seed: int = 0
     if len(indices) == 0:
         raise ValueError("indices is empty: give the index of at least one image")
     device = devices.resolve(device) if device is not None else devices.model_device(model)
-    alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64).to(device)
+    alpha_bar = schedule.validate_alpha_bar(alpha_bar).to(device)     # a float16 table: named, not read as rounded
     gens = _generators(seed, indices)
 
     first = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None

@@ -72,6 +72,8 @@ def digits_config(steps: int | None = None, seed: int = 0, device: str = "cpu", 
                          f"digits_model, threads), and the cached model samples nothing (n_samples = 0)")
     values.update(seed=seed, device=device, n_samples=0)
     if steps is not None:
+        if "steps" in values:           # else the argument won without a word
+            raise ValueError(f"steps is given twice, as steps={steps} and in overrides ({values['steps']!r}); give one")
         values["steps"] = steps
     return train.make_config("digits", values)
 

@@ -247,12 +247,16 @@ def _real_digits(resolution: int) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- scores
 
-def _as_samples(samples) -> torch.Tensor:
-    """Check and convert digit samples: (N, 1, R, R), float in [−1, 1] (clamped) or uint8 in 0..255."""
+def _as_samples(samples, least: int = 1) -> torch.Tensor:
+    """Check and convert digit samples: (N, 1, R, R) with N ≥ `least` (2 for a Fréchet distance: a mean and a
+    covariance), float in [−1, 1] (clamped) or uint8 in 0..255."""
     x = torch.as_tensor(samples.detach() if isinstance(samples, torch.Tensor) else np.asarray(samples))
-    if x.ndim != 4 or x.shape[1] != 1 or x.shape[2] != x.shape[3] or x.shape[0] < 1:
+    if x.ndim != 4 or x.shape[1] != 1 or x.shape[2] != x.shape[3]:
         raise ValueError("digit samples must have shape (N, 1, R, R) (grey square images), "
                          f"got {tuple(x.shape)}{data.channels_last_hint(x, channels=(1,))}")
+    if len(x) < least:          # else "features must be an (N, D) array", of features the caller never saw
+        need = "the Fréchet distance needs 2 or more (a mean and a covariance)" if least > 1 else "give one or more"
+        raise ValueError(f"got {len(x)} digit sample{'' if len(x) == 1 else 's'} of shape {tuple(x.shape)}; {need}")
     if x.dtype == torch.uint8:
         return x.float().cpu() / 127.5 - 1
     if not x.dtype.is_floating_point:
@@ -319,7 +323,7 @@ def class_counts(samples, threshold: float = 0.9, model=None) -> np.ndarray:
 def _features_and_real_stats(samples, model=None):
     """(classifier features of `samples`, mean and covariance of all real digits' features) at the samples'
     resolution: the two sides of `digits_fd`."""
-    x = _as_samples(samples)
+    x = _as_samples(samples, least=2)
     net, info = _model_for(x, model)           # the classifier, or `load_classifier`'s (model, info) as passed
     if info is None:
         mu_r, cov_r = feature_stats(_features(net, _real_digits(int(x.shape[-1]))))
@@ -375,7 +379,7 @@ def paired_difference(a, b, threshold: float = 0.9, n_boot: int = 50, seed: int 
     paired ones, such as DDPM's and DDIM's samples, not measured: `digits_fd_se` says how the unpaired one fares);
     confident: (confident share of a − of b, its paired `mean_difference`)."""
     threshold, n_boot = _check_threshold(threshold), _check_n_boot(n_boot)      # before the work
-    xa, xb = _as_samples(a), _as_samples(b)
+    xa, xb = _as_samples(a, least=2), _as_samples(b, least=2)
     if xa.shape != xb.shape:
         raise ValueError(f"paired sets need the same shape, got {tuple(xa.shape)} and {tuple(xb.shape)}")
     fa, mu_r, cov_r = _features_and_real_stats(xa)
@@ -401,7 +405,7 @@ def score_digits(samples, threshold: float = 0.9) -> dict:
     fd: `digits_fd`; confident: `confident_share`; classes_covered: digits with at least one
     confident sample; counts: confident samples per digit; n: number of samples.
     """
-    x = _as_samples(samples)
+    x = _as_samples(samples, least=2)
     counts = class_counts(x, threshold)
     return dict(fd=digits_fd(x), confident=float(counts.sum() / len(x)),
                 classes_covered=int((counts > 0).sum()), counts=counts.tolist(), n=len(x))

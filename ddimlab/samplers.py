@@ -26,7 +26,7 @@ import warnings
 import torch
 
 from . import devices, schedule
-from .checks import as_real, check_bool, check_generator, check_int, check_numbers
+from .checks import as_real, check_bool, check_generator, check_int, check_numbers, check_untracked
 from .diffusion import (
     VARIANCES,
     bcast,
@@ -334,7 +334,7 @@ def guided_eps(eps_null, eps_cond, w: float):
     write (1 + w′) ε_c − w′ ε_∅, so w = 1 + w′). Since ε = −√(1−ᾱ_t) ∇ log p_t, ε̃ is the ε of the tilted marginal
     p_t(x)^{1−w} p_t(x | c)^w at every t, which is not the noised tilted data density: notebook 10 §1.
     """
-    weight = as_real(w)
+    weight = as_real(check_untracked("w", w))
     if weight is None:
         raise ValueError(f"guidance weight w must be a finite number, got {w!r}")
     for name, f in (("eps_null", eps_null), ("eps_cond", eps_cond)):      # else found at the first step only

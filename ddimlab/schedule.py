@@ -204,7 +204,12 @@ def validate_timesteps(seq, T: int = 1000) -> torch.Tensor:
     if int(seq.min()) < 0 or int(seq.max()) > T - 1:
         raise ValueError(f"timesteps must lie in 0..T-1 = 0..{T - 1}, got {int(seq.min())}..{int(seq.max())}")
     if seq.numel() > 1 and not bool((seq[1:] < seq[:-1]).all()):
-        raise ValueError("timesteps must be strictly decreasing (sample from noise to data)")
+        i = int((seq[1:] >= seq[:-1]).nonzero()[0])
+        t, s = int(seq[i]), int(seq[i + 1])
+        why = ("it increases throughout: pass it reversed (seq.flip(0) for a tensor)" if bool((seq[1:] > seq[:-1]).all())
+               else f"t = {t} is listed twice; give each step once" if t == s else f"t = {s} comes after t = {t}")
+        raise ValueError(f"timesteps must be strictly decreasing (sample from noise to data), got "
+                         f"{seq.tolist() if seq.numel() <= 12 else f'{seq.numel()} steps'}: {why}")
     return seq
 
 

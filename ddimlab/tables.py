@@ -66,7 +66,7 @@ def score_grid(model, score_fn, S_list=(10, 20, 50, 100), eta_list=(0.0, 0.5, 1.
     `quality.score_digits`; rows are dict(eta, S, seconds, **score_fn(x)). shape: (C, H, W), by default the
     network's own (`generate.check_shape`).
     """
-    alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else torch.as_tensor(alpha_bar)
+    alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else schedule.validate_alpha_bar(alpha_bar)
     n, batch_size = check_int("n", n), check_int("batch_size", batch_size)
     shape = check_shape(shape, model)
     _check_grid(eta_list, S_list, alpha_bar, spacing)
@@ -192,7 +192,7 @@ def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list
     amp, progress = check_bool("amp", amp), check_bool("progress", progress)
     shape = check_shape(shape, model)
     rank, world_size = resolve_rank(rank, world_size)
-    alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else torch.as_tensor(alpha_bar)
+    alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else schedule.validate_alpha_bar(alpha_bar)
     T, out_dir = alpha_bar.shape[0], Path(out_dir)
     _check_grid(eta_list, S_list, alpha_bar, spacing)
     cells = {(eta, S): out_dir / "samples" / f"eta{_eta_name(eta)}_S{S}" for eta in map(check_eta, eta_list)
@@ -250,7 +250,7 @@ def reconstruction_errors(model, images: torch.Tensor, alpha_bar, seq, batch_siz
     amp, batch_size = check_bool("amp", amp), check_int("batch_size", batch_size)
     device = devices.resolve(device) if device is not None else devices.model_device(model)
     eps = eps_fn(model, amp)
-    alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64).to(device)
+    alpha_bar = schedule.validate_alpha_bar(alpha_bar).to(device)
     errs = []
     for k in range(0, len(images), batch_size):
         x0 = data.to_model_range(images[k:k + batch_size]).to(device)
@@ -290,7 +290,7 @@ def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None
     if len(images) < world_size:
         raise ValueError(f"{len(images)} images for {world_size} ranks: each rank needs at least one; give at least "
                          f"{world_size} images")
-    alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else torch.as_tensor(alpha_bar)
+    alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else schedule.validate_alpha_bar(alpha_bar)
     seqs = _check_steps(S_list, alpha_bar, spacing, TO_NOISE)
     if rank == 0:                   # the tables are written after every reconstruction; the probe leaves nothing behind
         check_can_write(out_dir, "choose another out_dir")

@@ -291,7 +291,7 @@ def validate_config(c: TrainConfig) -> TrainConfig:
         raise ValueError(f"dataset must be one of {DATASETS}, got {c.dataset!r}")
     # plain Python values, checked here: a Path, numpy scalar or "False" would fail only at the first checkpoint
     # (weights-only loading takes plain types), or be read as true
-    paths = {k: getattr(c, k) for k in ("out", "data_root") if getattr(c, k) is not None}
+    paths = {k: getattr(c, k) for k in ("out", "data_root") if k == "out" or getattr(c, k) is not None}   # data_root=None: cache
     for k, v in paths.items():
         if not isinstance(v, (str, os.PathLike)):
             raise ValueError(f"{k} must be a folder's path (a str or pathlib.Path), got {v!r}")

@@ -2203,3 +2203,143 @@ def test_eps_fn_refuses_an_x_that_requires_grad_rather_than_drop_the_networks_gr
     (grad,) = torch.autograd.grad(samplers.ddim_sample(lambda x_, t_: net(x_, t_), x, AB, seq).mul(v).sum(), x)
     h, f = 1e-5, lambda x_: float(samplers.ddim_sample(checkpoint.eps_fn(net), x_, AB, seq).mul(v).sum())  # noqa: E731
     assert float(grad.mul(v).sum()) == pytest.approx((f(x_T + h * v) - f(x_T - h * v)) / (2 * h), rel=1e-6)
+
+
+def test_round_26_an_eta_or_w_that_requires_grad_is_refused_not_read_as_a_number(toy_setup):
+    """ddim_sample(eps, x_T.requires_grad_(), ab, seq, eta=torch.tensor(0.5, requires_grad=True)) read η as a float: x_T
+    got its gradient and η's .grad stayed None without a word, though the output does depend on η (central differences
+    below); guided_eps's w the same. Both are now a ValueError naming the argument; without autograd (no_grad) the
+    tensor is taken as its value."""
+    _, eps, x_T, seq = toy_setup
+    x = x_T[:2]
+
+    def out(eta):
+        return samplers.ddim_sample(eps, x, AB, seq, eta=eta, generator=torch.Generator().manual_seed(0))
+
+    h = 1e-4
+    assert float((out(0.5 + h) - out(0.5 - h)).abs().max()) / (2 * h) > 0.01       # a gradient there was to miss
+    eta = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    for call in (lambda: out(eta), lambda: diffusion.ddim_sigma(AB[500], AB[400], eta),
+                 lambda: samplers.sdedit(eps, x, AB, seq[3:], eta=eta, generator=torch.Generator().manual_seed(0))):
+        with pytest.raises(ValueError, match=r"^eta requires grad, but it is read as a plain number, so no gradient would "
+                                             r"reach it; pass eta.item\(\) \(or eta.detach\(\)\)$"):
+            call()
+    with pytest.raises(ValueError, match=r"^w requires grad, .* pass w.item\(\)"):
+        samplers.guided_eps(eps, eps, torch.tensor(2.0, requires_grad=True))
+    with torch.no_grad():
+        assert torch.equal(out(eta), out(0.5))
+    assert torch.equal(out(eta.detach()), out(0.5))
+
+
+def test_round_26_bfloat16_features_and_moments_are_read_as_their_values():
+    """A feature network under bf16 autocast returns bfloat16 features, which compute_fid and feature_stats stopped on
+    with numpy's "Got unsupported ScalarType BFloat16" (frechet_distance too, for a bfloat16 mean): they are now widened
+    to float64, exactly. FD(N(μ, I), N(0, I)) = |μ|² (6.25 for μ = (1.5, -2), both exact in bfloat16); the FID of bf16
+    features is the FID of the same values in float64."""
+    mu = torch.tensor([1.5, -2.0], dtype=torch.bfloat16)
+    assert quality.frechet_distance(mu, torch.eye(2).bfloat16(), torch.zeros(2), torch.eye(2)) == pytest.approx(6.25,
+                                                                                                                 abs=1e-12)
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randint(0, 256, (12, 1, 8, 8), dtype=torch.uint8, generator=g) for _ in range(2))
+    features = fid.random_features(in_ch=1, dim=4)
+    half = fid.compute_fid(a, b, lambda x: features(x).bfloat16())
+    assert half == fid.compute_fid(a, b, lambda x: features(x).bfloat16().double()) > 0
+
+
+def test_round_26_too_few_digit_samples_are_said_as_such():
+    """score_digits of one sample said "features must be an (N, D) array with N >= 2 samples, got shape (1, 64)", of
+    features the caller never passed; classify of none "must have shape (N, 1, R, R) ..., got (0, 1, 16, 16)", the form
+    it has. Both now say how many samples came and how many are needed."""
+    x = data.to_model_range(data.load_digits(16)[0][:2]).float()
+    for f in (quality.score_digits, quality.digits_fd, quality.digits_fd_se, lambda s: quality.paired_difference(s, s)):
+        with pytest.raises(ValueError, match=r"^got 1 digit sample of shape \(1, 1, 16, 16\); the Fréchet distance needs 2 "
+                                             r"or more \(a mean and a covariance\)$"):
+            f(x[:1])
+    with pytest.raises(ValueError, match=r"^got 0 digit samples of shape \(0, 1, 16, 16\); give one or more$"):
+        quality.classify(x[:0])
+    assert quality.classify(x[:1])[0].shape == (1,)
+
+
+def test_round_26_a_seq_out_of_order_or_with_repeats_is_shown(toy_setup):
+    """Every sampler and solver said only "timesteps must be strictly decreasing (sample from noise to data)" for a seq
+    in increasing order (data to noise, as some code writes it) or with a step listed twice (the official quad grid's
+    repeats): now the steps and what is wrong with them are named, and an increasing seq is told to be reversed."""
+    _, eps, x_T, _ = toy_setup
+    cases = {(0, 500, 999): r"got \[0, 500, 999\]: it increases throughout: pass it reversed \(seq.flip\(0\) for a tensor\)$",
+             (999, 500, 500, 0): r"got \[999, 500, 500, 0\]: t = 500 is listed twice; give each step once$",
+             (999, 200, 600, 0): r"got \[999, 200, 600, 0\]: t = 600 comes after t = 200$"}
+    for seq, why in cases.items():
+        for run in (lambda: samplers.ddim_sample(eps, x_T, AB, list(seq)), lambda: ode.solve("heun", eps, x_T, AB, seq),
+                    lambda: samplers.ddim_invert(eps, x_T, AB, torch.tensor(seq))):
+            with pytest.raises(ValueError, match=r"^timesteps must be strictly decreasing \(sample from noise to data\), " + why):
+                run()
+    assert torch.equal(samplers.ddim_sample(eps, x_T, AB, torch.tensor([0, 500, 999]).flip(0)),
+                       samplers.ddim_sample(eps, x_T, AB, [999, 500, 0]))
+
+
+def test_round_26_a_compiled_or_data_parallel_network_resumes_its_samples(tmp_path, tiny_unet):
+    """generate_samples resumed with torch.compile(net) (or nn.DataParallel(net)), the same weights under '_orig_mod.'
+    ('module.') names, hashed them as another model: "holds images made with other settings (another model); ... delete
+    that folder", hours of samples to throw away. The wrappers are now looked through (checkpoint.unwrapped); the resumed
+    folder holds the images an uninterrupted run with the plain network writes, and the recorded shape is read too."""
+    wrapped = [torch.compile(tiny_unet, backend="eager"), torch.nn.DataParallel(tiny_unet)]
+    for net in wrapped:
+        assert checkpoint.weights_sha256(net) == checkpoint.weights_sha256(checkpoint.eps_fn(net)) == \
+            checkpoint.weights_sha256(tiny_unet)
+        assert checkpoint.image_shape(net) == (1, 8, 8)
+    kw = dict(S=2, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", samplers.OutOfRangeWarning)        # untrained weights
+        generate.generate_samples(tiny_unet, tmp_path / "straight", 3, **kw)
+        generate.generate_samples(tiny_unet, tmp_path / "resumed", 2, **kw)
+        assert generate.generate_samples(wrapped[0], tmp_path / "resumed", 2, **kw) == []     # (compiling takes seconds)
+        assert generate.generate_samples(checkpoint.eps_fn(wrapped[1]), tmp_path / "resumed", 3, **kw) == [2]
+    assert torch.equal(fid.load_images(tmp_path / "resumed"), fid.load_images(tmp_path / "straight"))
+
+
+def test_round_26_digits_config_refuses_steps_given_twice():
+    """digits_config(steps=200, overrides={"steps": 100}) trained 200 steps without a word (the argument won); it is now
+    a ValueError naming both, and either one alone counts."""
+    from ddimlab import pretrained
+
+    for overrides in ({"steps": 100}, ["steps=100"]):
+        with pytest.raises(ValueError, match=r"^steps is given twice, as steps=200 and in overrides \('?100'?\); give one$"):
+            pretrained.digits_config(steps=200, overrides=overrides)
+        assert pretrained.digits_config(overrides=overrides).steps == 100
+    assert pretrained.digits_config(steps=200).steps == 200
+
+
+def test_round_26_a_half_precision_table_is_named_by_the_sampling_and_table_functions(tiny_unet, tmp_path):
+    """samplers name a float16 ᾱ table (round 24), but generate.sample_indices, tables.score_grid, reproduce_table1 and
+    _table2 and reconstruction_errors cast it to float64 unchecked: the linear schedule's ᾱ_0 = 0.9999, rounded to 1,
+    was refused as "alpha_bar values must lie in (0, 1) ..., got 1.0", a value the caller never wrote, and a table that
+    rounds to no 1 was used as rounded (ᾱ off by up to 2.4e-4, float16's half step at 0.5) without a word. Each now
+    says the dtype (schedule.validate_alpha_bar)."""
+    from ddimlab import tables
+
+    half = r"alpha_bar values in torch.float16 round the steps near t = 0 to 1"
+    coarse = torch.linspace(0.9, 0.01, 10, dtype=torch.float64)
+    assert float((coarse.half().double() - coarse).abs().max()) > 1e-4                # what would be used instead
+    images = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
+    for table in (AB.half(), coarse.half()):
+        for call in (lambda: generate.sample_indices(tiny_unet, [0], (1, 8, 8), table, [9, 4]),
+                     lambda: tables.reconstruction_errors(tiny_unet, images, table, [9, 4]),
+                     lambda: tables.score_grid(tiny_unet, lambda x: {}, S_list=(2,), eta_list=(0.0,), n=2, alpha_bar=table),
+                     lambda: tables.reproduce_table2(tiny_unet, tmp_path / "t2", images=images, S_list=(2,),
+                                                     alpha_bar=table),
+                     lambda: tables.reproduce_table1(tiny_unet, tmp_path / "t1", S_list=(2,), eta_list=(0.0,), n_samples=2,
+                                                     alpha_bar=table)):
+            with pytest.raises(TypeError, match=half):
+                call()
+    assert not any(tmp_path.iterdir())
+
+
+def test_round_26_make_config_refuses_out_none():
+    """make_config("digits", {"out": None}) was accepted (its check skipped None paths, as data_root=None is the cache), and
+    train then stopped with "expected str, bytes or os.PathLike object, not NoneType"; it is now refused at once, naming
+    out, while data_root=None still means the cache."""
+    from ddimlab import train
+
+    with pytest.raises(ValueError, match=r"^out must be a folder's path \(a str or pathlib.Path\), got None$"):
+        train.make_config("digits", {"out": None})
+    assert train.make_config("digits", {"data_root": None}).data_root is None

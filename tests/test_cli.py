@@ -2780,3 +2780,23 @@ def test_twentysixth_round_reproduce_refuses_samples_that_cannot_fit_on_the_disk
                                     "--no-progress"],
                            "1 cell of 9,223,372,036,854,775,807 samples take at least", "ask for fewer samples")
     assert not out.exists()
+
+
+def test_twentysixth_round_a_file_on_the_way_of_out_is_named(trained, tmp_path, capsys, monkeypatch):
+    """`train --out F/run` and `reproduce table1 --out F/t1`, F a file, said "cannot create the folder F/run (Not a
+    directory)", naming neither F nor what is wrong with it (sample and invert named it already), and DDIMLAB_CACHE=F/c
+    "cannot make the cache folder F/c ($DDIMLAB_CACHE): Not a directory": now F is named as a file, and nothing is
+    written."""
+    (tmp_path / "f").write_text("mine")
+    _expect_one_line_error(capsys, ["train", "--out", str(tmp_path / "f" / "run"), "--no-progress", *_sets(TINY)],
+                           f"cannot create the folder {tmp_path / 'f' / 'run'} ({tmp_path / 'f'} is a file, not a folder); "
+                           "choose another --out")
+    _expect_one_line_error(capsys, ["reproduce", "table1", "--checkpoint", str(trained), "--features", "random",
+                                    "--n-samples", "2", "--etas", "0", "--steps", "2", "--out", str(tmp_path / "f" / "t1"),
+                                    "--no-progress"], f"({tmp_path / 'f'} is a file, not a folder)")
+    monkeypatch.setenv("DDIMLAB_CACHE", str(tmp_path / "f" / "c"))
+    _expect_one_line_error(capsys, ["sample", "--checkpoint", "ddpm-cifar10", "--n", "1", "--out", str(tmp_path / "s"),
+                                    "--no-progress"],
+                           f"cannot make the cache folder {tmp_path / 'f' / 'c'} ($DDIMLAB_CACHE): {tmp_path / 'f'} is a file, "
+                           "not a folder; point DDIMLAB_CACHE at a folder you can write")
+    assert [p.name for p in tmp_path.iterdir()] == ["f"] and (tmp_path / "f").read_text() == "mine"

@@ -172,9 +172,8 @@ def test_folder_removed_on_error_keeps_a_lock_file_it_made_that_another_command_
 def test_unresolved_link_names_only_a_link_that_leads_nowhere_and_make_folder_only_then(tmp_path):
     """unresolved_link is None on a path through links that resolve (a folder reached by a link, a link to a file): `train`
     refuses a run folder where it is not None. make_folder names a loop on the way and atomic_write a link to nothing;
-    any other failure is mkdir's own error, as os.mkdir words it."""
+    a file on the way is named (mkdir said "Not a directory"); any other failure is mkdir's own error, as it words it."""
     import errno
-    import os
 
     from ddimlab.files import make_folder, unresolved_link
 
@@ -194,11 +193,17 @@ def test_unresolved_link_names_only_a_link_that_leads_nowhere_and_make_folder_on
         make_folder(tmp_path / "a" / "x")
     with pytest.raises(OSError, match=r"\(.*/dangling is a symbolic link to nowhere, which does not exist\)"):
         atomic_write(tmp_path / "dangling" / "f", lambda f: None)
-    with pytest.raises(OSError) as os_says:
-        os.mkdir(tmp_path / "real" / "f" / "x")
-    with pytest.raises(OSError) as ours:
+    with pytest.raises(OSError) as said:
         make_folder(tmp_path / "real" / "f" / "x")
-    assert os_says.value.errno == errno.ENOTDIR and str(ours.value) == str(os_says.value)
+    f = tmp_path / "real" / "f"
+    assert said.value.errno == errno.ENOTDIR and \
+        str(said.value) == f"[Errno {errno.ENOTDIR}] cannot create the folder {f / 'x'} ({f} is a file, not a folder)"
+    too_long = tmp_path / ("x" * 300) / "y"
+    with pytest.raises(OSError) as os_says:
+        too_long.mkdir(parents=True)
+    with pytest.raises(OSError) as ours:
+        make_folder(too_long)
+    assert os_says.value.errno == errno.ENAMETOOLONG and str(ours.value) == str(os_says.value)
 
 
 def test_make_folder_with_a_hint_words_every_error_and_check_can_write_names_a_loop(tmp_path):
@@ -213,9 +218,9 @@ def test_make_folder_with_a_hint_words_every_error_and_check_can_write_names_a_l
     with pytest.raises(OSError) as said:
         make_folder(tmp_path / "f" / "x", hint="choose another --out")
     assert said.value.errno == errno.ENOTDIR
-    assert str(said.value) == f"[Errno {errno.ENOTDIR}] cannot create the folder {tmp_path / 'f' / 'x'} (Not a directory); " \
-                              "choose another --out"
-    with pytest.raises(OSError, match=r"cannot create the folder .*/f/x \(Not a directory\); choose another --out"):
+    assert str(said.value) == f"[Errno {errno.ENOTDIR}] cannot create the folder {tmp_path / 'f' / 'x'} ({tmp_path / 'f'} is a " \
+                              "file, not a folder); choose another --out"
+    with pytest.raises(OSError, match=r"cannot create the folder .*/f/x \(.*/f is a file, not a folder\); choose another --out"):
         with files.locked(tmp_path / "f" / "x" / ".lab.lock"):
             pass
     (tmp_path / "a").symlink_to("a")
