@@ -137,6 +137,17 @@ def _fmt(v, digits=4):
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}g}"
 
 
+def _paper_cell(paper: dict, value) -> str:
+    """A cell's " (paper's value)", or "" where the table is not the paper's measure."""
+    return f" ({_fmt(value, 6)})" if paper else ""
+
+
+def _paper_note(paper: dict, setting: str) -> str:
+    """The tables' note where the paper's values are left out: beside another measure they would read as a comparison."""
+    return "" if paper else (f"\nThe paper's values are not shown: they are for {setting}, and these settings measure "
+                             f"something else.\n")
+
+
 def _eta_name(eta) -> str:
     return "_sigma_hat" if eta == SIGMA_HAT else f"{eta:g}"
 
@@ -218,16 +229,18 @@ def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list
         if world_size > 1:
             _wait_for_files(d, n_samples)
         return dict(steps=len(sampling_steps(S, T, spacing)), n=n_samples, fid=_fid(d, n_samples, feature_fn,
-                    reference, batch_size), paper_fid=PAPER_TABLE1.get(eta, {}).get(S))
+                    reference, batch_size), paper_fid=paper.get(eta, {}).get(S))
 
+    # the paper's values only beside the same measure: Inception FID (against CIFAR-10 train) on quadratic steps
+    paper = PAPER_TABLE1 if feature_fn is None and spacing == "quad" else {}
     rows = grid(cell, eta_list, S_list)
     if rank != 0:
         return []
     metric = "FID (Inception, CIFAR-10 train)" if feature_fn is None else "Fréchet distance (injected features)"
-    md = (f"# DDIM Table 1: {metric}, measured (paper), {n_samples} samples, {spacing} steps\n\n"
+    md = (f"# DDIM Table 1: {metric}, measured{' (paper)' if paper else ''}, {n_samples} samples, {spacing} steps\n\n"
           + _markdown_grid(rows, "S", list(S_list), "eta", [eta_label(check_eta(e)) for e in eta_list],
-                           lambda r: f"{_fmt(r['fid'])} ({_fmt(r['paper_fid'], 6)})").replace(f"| {SIGMA_HAT} |", "| σ̂ |"))
-    md += _fewer_steps_note(S_list, T, spacing)
+                           lambda r: _fmt(r["fid"]) + _paper_cell(paper, r["paper_fid"])).replace(f"| {SIGMA_HAT} |", "| σ̂ |"))
+    md += _fewer_steps_note(S_list, T, spacing) + _paper_note(paper, "Inception FID of CIFAR-10 samples on quadratic steps")
     with replaced_together(out_dir, [out_dir / "table1.csv", out_dir / "table1.md"]):     # never a new .csv beside an old .md
         _write_csv(out_dir / "table1.csv", rows, ["eta", "S", "steps", "n", "fid", "paper_fid", "seconds"])
         atomic_write(out_dir / "table1.md", lambda f: f.write(md), text=True)
@@ -295,6 +308,8 @@ def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None
     if rank == 0:                   # the tables are written after every reconstruction; the probe leaves nothing behind
         check_can_write(out_dir, "choose another out_dir")
     mine = images[rank::world_size]
+    # the paper's values only beside the same measure: CIFAR-10's 3×32×32 test images on uniform steps
+    paper = PAPER_TABLE2 if spacing == "uniform" and tuple(images.shape[1:]) == (3, 32, 32) else {}
     rows = []
     for S, seq in tqdm(zip(S_list, seqs), total=len(seqs), desc="table2", disable=not progress):
         t0 = time.perf_counter()
@@ -305,17 +320,18 @@ def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None
                                device="cuda" if dist.get_backend() == "nccl" else "cpu")
             dist.all_reduce(buf)
             total, count = float(buf[0]), int(buf[1])
-        rows.append(dict(S=S, steps=len(seq), n=count, mse=total / count, paper_mse=PAPER_TABLE2.get(S),
+        rows.append(dict(S=S, steps=len(seq), n=count, mse=total / count, paper_mse=paper.get(S),
                          seconds=round(time.perf_counter() - t0, 2)))
     if rank != 0:
         return []
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    md = (f"# DDIM Table 2: reconstruction error (per-dimension MSE, [0, 1] scale), measured (paper), "
+    md = (f"# DDIM Table 2: reconstruction error (per-dimension MSE, [0, 1] scale), measured{' (paper)' if paper else ''}, "
           f"{len(images)} {source or 'images'}, {spacing} steps\n\n"
           + "| S | " + " | ".join(str(r["S"]) for r in rows) + " |\n|" + "---|" * (len(rows) + 1) + "\n"
-          + "| error | " + " | ".join(f"{_fmt(r['mse'], 3)} ({_fmt(r['paper_mse'], 6)})" for r in rows) + " |\n"
-          + _fewer_steps_note(S_list, alpha_bar.shape[0], spacing))
+          + "| error | " + " | ".join(_fmt(r["mse"], 3) + _paper_cell(paper, r["paper_mse"]) for r in rows) + " |\n"
+          + _fewer_steps_note(S_list, alpha_bar.shape[0], spacing)
+          + _paper_note(paper, "CIFAR-10 test images (3×32×32) on uniform steps"))
     with replaced_together(out_dir, [out_dir / "table2.csv", out_dir / "table2.md"]):
         _write_csv(out_dir / "table2.csv", rows, ["S", "steps", "n", "mse", "paper_mse", "seconds"])
         atomic_write(out_dir / "table2.md", lambda f: f.write(md), text=True)
