@@ -2,7 +2,8 @@
 
 `reproduce_table1` generates the samples of every cell (`generate.generate_samples`: resumable, split
 over ranks) and scores them (`fid`); `reproduce_table2` encodes and decodes test images
-(`samplers.reconstruct`). Both write CSV and Markdown with the paper's values beside the measured ones.
+(`samplers.reconstruct`). Both write CSV and Markdown, with the paper's values beside the measured ones where they are the same
+measure.
 `score_grid` is an in-memory η × S table for small models (e.g. the digits model, scored by
 `demo.score`). All three run their cells through `grid`. README "Reproducing the DDIM paper" gives the commands.
 """
@@ -191,7 +192,7 @@ def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list
                      feature_fn=None, reference=None, batch_size: int = 250, seed: int = 0, device=None,
                      amp: bool = False, rank: int | None = None, world_size: int | None = None,
                      progress: bool = False, model_id: str | None = None) -> list[dict]:
-    """DDIM Table 1: FID for every (η, S), measured beside the paper's (PAPER_TABLE1).
+    """DDIM Table 1: FID for every (η, S), measured beside the paper's (PAPER_TABLE1) where it is the same measure.
 
     Samples go to `out_dir/samples/eta<η>_S<S>/` (resumable, split over ranks); rank 0 then scores
     each set — with Inception through torch-fidelity against CIFAR-10 train when feature_fn is None,
