@@ -34,6 +34,7 @@ from .files import (
     check_can_write,
     check_nothing_set_aside,
     check_out_folder,
+    file_on_the_way,
     folder_removed_on_error,
     held,
     interrupts_deferred,
@@ -181,8 +182,8 @@ def _writes_pair(cmd):
         if raw.strip() == "-" or (out.exists() and not out.is_file()):      # not stdout, nor /dev/null.png beside a device
             raise ValueError(f"--out {raw!r} names {'standard output' if raw.strip() == '-' else 'a device or special file'}; "
                              f"this command writes a PNG and an .npz: give a file name, e.g. --out samples")
-        if file := next((p for p in out.parents if p.exists() and not p.is_dir()), None):    # else "[Errno 17] ..."
-            raise ValueError(f"--out {raw!r} goes through {file}, which is a file, not a folder; choose another --out")
+        if why := file_on_the_way(out.parent):                                            # else "[Errno 17] ..."
+            raise ValueError(f"--out {raw!r} goes through a file: {why}; choose another --out")
         stem = out.with_suffix("") if out.suffix.lower() in (".png", ".npz") else out
         png, npz = stem.parent / (stem.name + ".png"), stem.parent / (stem.name + ".npz")
         _check_name_length(stem)
