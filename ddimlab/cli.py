@@ -812,7 +812,8 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="starting configuration (default digits; not with --resume, which uses the run's own)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a TrainConfig field (repeatable), e.g. --set lr=5e-4 --set ch_mult=1,2,2; keys below")
+                   help="override a TrainConfig field (repeatable; a key set twice takes its last value, so a script can "
+                        "append its changes to base settings), e.g. --set lr=5e-4 --set ch_mult=1,2,2; keys below")
     p.add_argument("--out", help="run folder (default: the preset's out)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its ckpt.pt")
     p.add_argument("--overwrite", action="store_true",
