@@ -4,7 +4,7 @@
 exact ε* (`toy.exact_eps`), so the only error left is the sampler's, and scores it against fresh data
 with the standardized energy distance (`toy.mmd2_unbiased` with `toy.ENERGY`; why this distance:
 notebook 09 §1), its jackknife SE (`mmd2_se`) and the noise floor of two fresh data sets
-(`noise_floor`); η = 0 also gets its RMS distance to scipy's ODE solution (`ode_error`). Differences
+(`noise_floor`); η = 0 also gets its RMS distance to scipy's ODE solution (`ode_error`; per sample `ode_sq_errors`). Differences
 between cells carry their own jackknife SE (`difference`); `beyond` and `ranking` call one resolved
 beyond 3 SEs. `format_table` / `plot_table` present it; `main` runs the 2-D and the 1024-D tables
 (`ddimlab lab`, `make lab`, the demo). Default steps: `uniform`, so that S = 1000 is DDPM's own chain
@@ -225,13 +225,19 @@ def label(sampler: str) -> str:
     return "σ̂" if sampler == SIGMA_HAT else "η=" + sampler.split("=")[1]
 
 
-def ode_error(eps, x_T: torch.Tensor, alpha_bar: torch.Tensor, seq, rtol: float = 1e-7) -> float:
-    """RMS over samples of |DDIM(η=0) − exact ODE solution| from the same x_T at step seq[0] (notebook 05 §3)."""
+def ode_sq_errors(eps, x_T: torch.Tensor, alpha_bar: torch.Tensor, seq, rtol: float = 1e-7) -> torch.Tensor:
+    """|DDIM(η=0) − exact ODE solution|² for each sample, from the same x_T at step seq[0] (notebook 05 §3; notebook 09 §2
+    compares them paired over x_T, `error_ratio`)."""
     alpha_bar = schedule.validate_alpha_bar(alpha_bar)        # a list or an array too, as the samplers take
     seq = schedule.validate_timesteps(seq, alpha_bar.shape[0])
     x = samplers.ddim_sample(eps, x_T, alpha_bar, seq, eta=0.0)
     ref = ode.reference_solution(eps, x_T, alpha_bar, int(seq[0]), rtol=rtol, atol=rtol)
-    return float((x - ref).pow(2).flatten(1).sum(1).mean().sqrt())       # each sample's squared distance, any shape
+    return (x - ref).pow(2).flatten(1).sum(1)       # each sample's squared distance, any shape
+
+
+def ode_error(eps, x_T: torch.Tensor, alpha_bar: torch.Tensor, seq, rtol: float = 1e-7) -> float:
+    """RMS over samples of |DDIM(η=0) − exact ODE solution| from the same x_T at step seq[0] (notebook 05 §3)."""
+    return float(ode_sq_errors(eps, x_T, alpha_bar, seq, rtol).mean().sqrt())
 
 
 # -------------------------------------------------------------------------------------- the table
@@ -271,7 +277,7 @@ def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS,
     `samplers.ddpm_sample(variance="large")`) and S, with keys
     sampler, eta, S, steps (distinct steps = ε evaluations), mmd2, se, floor, within_floor,
     ode_err (η = 0 only, RMS distance to `ode.reference_solution` over the first n_ode samples;
-    None elsewhere or when n_ode = 0), seconds.
+    None elsewhere or when n_ode = 0), ode_e2 (those n_ode samples' squared distances, or None), seconds.
     """
     S_list, etas, n, n_ode = _check_args(S_list, etas, spacing, n, n_ode, T)
     standardize, include_sigma_hat = check_bool("standardize", standardize), check_bool("include_sigma_hat", include_sigma_hat)
@@ -296,13 +302,13 @@ def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS,
 
     ry = _row_sums(data / scale, kernel)  # the data side of every cell's statistic, computed once
 
-    def row(sampler, eta, S, steps, x0, ode_err, seconds):
+    def row(sampler, eta, S, steps, x0, ode_e2, seconds):
         if not bool(torch.isfinite(x0).all()):
             raise ValueError(f"{sampler}, S={S}: the samples contain NaN or inf")
         v, loo = _jackknife(x0 / scale, data / scale, kernel, ry)
         return dict(sampler=sampler, eta=eta, S=S, steps=steps, mmd2=v, se=jackknife_se(loo), floor=null.floor,
-                    within_floor=v < FLOOR_K * null.floor, ode_err=ode_err, seconds=seconds, kernel=kernel,
-                    standardized=standardize, d=mixture.d, loo=loo, table=table)
+                    within_floor=v < FLOOR_K * null.floor, ode_err=None if ode_e2 is None else float(ode_e2.mean().sqrt()),
+                    seconds=seconds, kernel=kernel, standardized=standardize, d=mixture.d, loo=loo, table=table, ode_e2=ode_e2)
 
     rows = [row(DATA, None, None, 0, fresh, None, 0.0)]
     samplers_ = [(f"eta={e:g}", e) for e in etas] + ([(SIGMA_HAT, None)] if include_sigma_hat else [])
@@ -313,10 +319,8 @@ def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS,
             t0 = time.perf_counter()
             x0 = samplers.sample_row(eps, x_T, alpha_bar, seq, SIGMA_HAT if eta is None else eta, generator=noise)
             seconds = time.perf_counter() - t0
-            err = None
-            if eta == 0.0 and n_ode > 0:
-                err = ode_error(eps, x_T[:n_ode], alpha_bar, seq)
-            rows.append(row(name, eta, S, len(seq), x0, err, seconds))
+            e2 = ode_sq_errors(eps, x_T[:n_ode], alpha_bar, seq) if eta == 0.0 and n_ode > 0 else None
+            rows.append(row(name, eta, S, len(seq), x0, e2, seconds))
     return rows
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ddimlab import lab, toy
+from ddimlab import lab, schedule, toy
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +155,20 @@ def test_eta0_error_shrinks_with_steps():
     e = [c["ode_err"] for c in (c10, c20, c100)]
     assert e[0] > e[1] > e[2] > 0
     assert e[2] < e[0] / 4                      # 10× the steps: at least 4× smaller
+
+
+def test_table1_keeps_each_x_T_squared_ode_error():
+    """The η = 0 rows carry each of the first n_ode samples' squared distance to the ODE solution (`ode_e2`), so that two
+    rows can be compared paired over x_T (notebook 09 §2); each entry matches that x_T run alone, regenerated from the
+    seed as `table1` draws it, and their mean is ode_err²."""
+    mix = toy.eight_gaussians()
+    rows = lab.table1(mix, S_list=(10,), etas=(0,), include_sigma_hat=False, n=8, n_ode=3, seed=4, repeats=2)
+    e2 = lab.cell(rows, "eta=0", 10)["ode_e2"]
+    x_T = torch.randn(8, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    AB = schedule.make_alpha_bar("linear", 1000)
+    alone = [lab.ode_error(toy.exact_eps(mix, AB), x_T[i:i + 1], AB, schedule.timesteps(10, 1000)) ** 2 for i in range(3)]
+    assert e2.shape == (3,) and torch.allclose(e2, torch.tensor(alone, dtype=torch.float64), rtol=1e-4)
+    assert lab.cell(rows, "eta=0", 10)["ode_err"] == pytest.approx(float(e2.mean().sqrt()))
 
 
 def _paired(xs, y, kernel):
