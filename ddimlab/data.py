@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_bool, check_int
-from .files import atomic_write, file_on_the_way, md5sum, unresolved_link
+from .files import atomic_write, md5sum, unresolved_link, why_not_made
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -73,7 +73,7 @@ def default_cache_dir() -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:            # else only "[Errno 2] No such file or directory: '/proc/x'", later
         raise type(e)(e.errno, f"cannot make the cache folder {path}{' ($DDIMLAB_CACHE)' if env else ''}: "
-                               f"{unresolved_link(path) or file_on_the_way(path) or e.strerror}; "
+                               f"{why_not_made(path, e)}; "
                                f"point DDIMLAB_CACHE at a folder you can write") from None
     return path
 

@@ -148,7 +148,7 @@ def held(path) -> bool:
 
 
 def _cannot_write(folder: Path, e: OSError, hint: str = "choose another --out") -> OSError:
-    return type(e)(e.errno, f"cannot create files in {folder} ({unresolved_link(folder) or e.strerror}); {hint}")
+    return type(e)(e.errno, f"cannot create files in {folder} ({why_not_made(folder, e)}); {hint}")
 
 
 def check_out_folder(out: Path, what: str = "a run folder") -> None:
@@ -188,6 +188,12 @@ def file_on_the_way(path) -> str | None:
     return None if file is None else f"{file} is a file, not a folder"
 
 
+def why_not_made(path, e: OSError) -> str:
+    """Why the folder `path` (or a file in it) could not be made: a symbolic link on the way that leads nowhere
+    (`unresolved_link`), a file where a folder should be (`file_on_the_way`), else the OS's own words for `e`."""
+    return unresolved_link(path) or file_on_the_way(path) or e.strerror
+
+
 def make_folder(folder, hint: str | None = None) -> None:
     """`mkdir -p folder`; where a symbolic link on the way leads nowhere, or a file stands where a folder should, the
     OSError names it (mkdir says only "File exists", "Not a directory" or "Too many levels of symbolic links"). With
@@ -195,11 +201,10 @@ def make_folder(folder, hint: str | None = None) -> None:
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        why = unresolved_link(folder) or file_on_the_way(folder)
-        if why is None and hint is None:
+        why = why_not_made(folder, e)
+        if why == e.strerror and hint is None:        # nothing to name beyond what mkdir says
             raise
-        raise type(e)(e.errno, f"cannot create the folder {folder} ({why or e.strerror})" + (f"; {hint}" if hint else "")) \
-            from None
+        raise type(e)(e.errno, f"cannot create the folder {folder} ({why})" + (f"; {hint}" if hint else "")) from None
 
 
 def absent_folders(folder) -> list[Path]:
