@@ -794,12 +794,11 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     """
     from scipy.integrate import solve_ivp
 
-    if isinstance(eps, torch.nn.Module):               # check_eps's advice, checkpoint.eps_fn, has no gradients
-        raise TypeError(f"eps is a network ({type(eps).__name__}) and log_likelihood differentiates it in x: "
-                        f"{_DIFFERENTIABLE_NET}")
-    if getattr(eps, "network", None) is not None:     # checkpoint.eps_fn's mark; its own error came at the first call
-        raise TypeError(f"eps is checkpoint.eps_fn(net), which runs net without gradients, and log_likelihood differentiates "
-                        f"eps in x: {_DIFFERENTIABLE_NET}")
+    # a network, or checkpoint.eps_fn of one (check_eps's advice): eps_fn runs it without gradients
+    if isinstance(eps, torch.nn.Module) or getattr(eps, "network", None) is not None:
+        what = (f"a network ({type(eps).__name__})" if isinstance(eps, torch.nn.Module) else
+                "checkpoint.eps_fn(net), which runs net without gradients,")
+        raise TypeError(f"eps is {what} and log_likelihood differentiates eps in x: {_DIFFERENTIABLE_NET}")
     alpha_bar = validate_alpha_bar(alpha_bar)
     t_start = alpha_bar.shape[0] - 1 if t_start is None else t_start
     alpha_bar, t_start, t_end = _check_ivp(eps, x_0, "x_0", alpha_bar, t_start, t_end, rtol, atol)
