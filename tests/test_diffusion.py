@@ -71,7 +71,8 @@ def test_x0_eps_v_round_trips():
 
 @pytest.mark.parametrize("t,s", [(1, 0), (10, 9), (500, 499), (500, 100), (999, 0), (0, -1)])
 def test_posterior_equals_bayes_rule(t, s):
-    """q(x_s | x_t, x_0) ∝ q(x_t | x_s) q(x_s | x_0), computed with the generic linear-Gaussian posterior."""
+    """q(x_s | x_t, x_0) ∝ q(x_t | x_s) q(x_s | x_0), computed with the generic linear-Gaussian posterior; DDIM's
+    q_σ at η = 1 (eqs. 7 and 16) is the same distribution on a jump too (notebook 04 §3)."""
     a_t, a_s = alpha_bar_at(AB, t), alpha_bar_at(AB, s)
     gen = torch.Generator().manual_seed(t)
     x0, x_t = torch.randn(3, generator=gen, dtype=F64), torch.randn(3, generator=gen, dtype=F64)
@@ -81,6 +82,9 @@ def test_posterior_equals_bayes_rule(t, s):
                                           torch.zeros(3, dtype=F64), (1 - alpha) * I, x_t)
     torch.testing.assert_close(posterior_mean(x0[None], x_t[None], a_t, a_s)[0], mean, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(posterior_variance(a_t, a_s) * I, cov, rtol=1e-9, atol=1e-15)
+    sigma = ddim_sigma(a_t, a_s, 1.0)
+    torch.testing.assert_close(q_sigma_mean(x0[None], x_t[None], a_t, a_s, sigma)[0], mean, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(sigma ** 2 * I, cov, rtol=1e-9, atol=1e-15)
 
 
 def affine_in_x_t(x0, a_t, a_s, sigma):
