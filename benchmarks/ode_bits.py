@@ -1,0 +1,99 @@
+"""The probability-flow ODE's bits per pixel beside the negative ELBO's, on the same digits (notebook 05 §9,
+notebook 06 §6).
+
+Both bound the code length of 8-bit images, pixel values x = k/127.5 − 1, from the demo's digits model
+(`pretrained.digits_model`, cached as the demo's). The ELBO is DDPM's, with its discretized decoder
+(`elbo.elbo_terms`). The ODE gives a density p on ℝ^d (`ode.log_likelihood`), and a density is turned into a
+code for the bins of width Δ = 2/255 around the values by uniform dequantization: with u uniform on the bin,
+
+    log P(x) = log ∫_bin p(x + u) du ≥ E_u log p(x + u) + d log Δ     (Jensen),
+
+so −(log p(x + u) + d log Δ)/(d log 2) for one u is an unbiased estimate of an upper bound on the ODE model's
+bits per pixel. The two are paired over the digits (the same images): the difference's standard error is that
+of the per-image differences. They bound different models (the ODE's push-forward of N(0, I) and DDPM's
+Markov chain), both from the same ε network.
+
+The ODE is integrated by scipy on the CPU between network calls, with `--hutchinson` Rademacher probes per
+image for the divergence (0: the exact divergence, d backward passes per call); on 2 CPU cores 64 digits took
+a few minutes at the default tolerances.
+
+    python benchmarks/ode_bits.py                       # 64 training digits, the demo's model
+    python benchmarks/ode_bits.py --n 512 --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ddimlab import data, elbo, ode, pretrained, schedule
+from ddimlab.checkpoint import eps_fn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # digits_recipes.py sits beside this script
+from digits_recipes import verdict  # noqa: E402
+
+BIN = 2 / 255                                  # the width of one 8-bit level in [−1, 1]
+
+
+def dequantized_bits(log_p: torch.Tensor, d: int) -> torch.Tensor:
+    """Bits per pixel of the bins from log p(x + u) of one dequantized draw per image: −(log p + d log Δ)/(d log 2)."""
+    return -(log_p + d * math.log(BIN)) / (d * math.log(2))
+
+
+def ode_bits(eps, x0: torch.Tensor, alpha_bar, generator: torch.Generator, hutchinson: int, rtol: float,
+             atol: float) -> torch.Tensor:
+    """Each image's ODE bits per pixel, one uniform u in its bin and `hutchinson` probes (0: exact divergence), both
+    drawn from the CPU `generator`."""
+    u = ((torch.rand(x0.shape, generator=generator, dtype=torch.float64) - 0.5) * BIN).to(x0.device, x0.dtype)
+    k = dict(hutchinson=hutchinson, generator=generator) if hutchinson else {}
+    log_p = ode.log_likelihood(eps, x0 + u, alpha_bar, rtol=rtol, atol=atol, **k)
+    return dequantized_bits(log_p, x0[0].numel())
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=64, help="training digits, drawn at random (default: 64)")
+    p.add_argument("--seed", type=int, default=0, help="draws the digits, the dequantization and the probes (default: 0)")
+    p.add_argument("--hutchinson", type=int, default=1,
+                   help="Rademacher probes per image; 0 for the exact divergence (default: 1)")
+    p.add_argument("--rtol", type=float, default=1e-3, help="the ODE solver's relative tolerance (default: 1e-3)")
+    p.add_argument("--atol", type=float, default=1e-3, help="the ODE solver's absolute tolerance (default: 1e-3)")
+    p.add_argument("--steps", type=int, default=None, help="the digits model's training steps (default: the preset's)")
+    p.add_argument("--device", default="cpu", help="where the network runs (default: cpu)")
+    p.add_argument("--cache", default=None, help="model cache folder (default: $DDIMLAB_CACHE, as the demo)")
+    args = p.parse_args(argv)
+    if args.n < 2 or args.hutchinson < 0:
+        p.error(f"--n must be at least 2 (a standard error needs two) and --hutchinson at least 0, "
+                f"got {args.n} and {args.hutchinson}")
+
+    print("the digits model: training or loading from the cache", flush=True)
+    model, config = pretrained.digits_model(args.steps, cache_dir=args.cache)
+    model = model.to(args.device)
+    alpha_bar = schedule.make_alpha_bar(config.schedule, config.T)
+    digits, _ = data.load_digits(config.resolution)
+    g = torch.Generator().manual_seed(args.seed)
+    x0 = data.to_model_range(digits[torch.randperm(len(digits), generator=g)[:args.n]]).to(args.device)
+
+    start = time.perf_counter()
+    with torch.no_grad():            # x_t's noise drawn where the network runs
+        g_elbo = torch.Generator(args.device).manual_seed(args.seed)
+        bpd_elbo = elbo.elbo_terms(eps_fn(model), x0, alpha_bar, generator=g_elbo)["bpd"].double().cpu()
+    print(f"negative ELBO: {time.perf_counter() - start:.0f} s", flush=True)
+    start = time.perf_counter()
+    bpd_ode = ode_bits(lambda x, t: model(x, t), x0, alpha_bar, g, args.hutchinson, args.rtol, args.atol).cpu()
+    print(f"ODE: {time.perf_counter() - start:.0f} s", flush=True)
+
+    se = lambda v: float(v.std() / math.sqrt(len(v)))       # noqa: E731  over the digits
+    diff = bpd_ode - bpd_elbo
+    print(f"\nbits per pixel on {args.n} digits (± SE over them): negative ELBO {float(bpd_elbo.mean()):.3f} ± "
+          f"{se(bpd_elbo):.3f}, ODE {float(bpd_ode.mean()):.3f} ± {se(bpd_ode):.3f}; ODE minus ELBO, paired: "
+          f"{float(diff.mean()):+.3f} ± {se(diff):.3f} ({verdict(float(diff.mean()), se(diff))})")
+    return dict(elbo=bpd_elbo, ode=bpd_ode)
+
+
+if __name__ == "__main__":
+    main()
