@@ -18,7 +18,7 @@ image for the divergence (0: the exact divergence, d backward passes per call); 
 a few minutes at the default tolerances.
 
     python benchmarks/ode_bits.py                       # 64 training digits, the demo's model
-    python benchmarks/ode_bits.py --n 512 --device cuda
+    python benchmarks/ode_bits.py --n 512             # on a GPU (--device auto picks it)
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ddimlab import data, elbo, ode, pretrained, schedule
+from ddimlab import data, devices, elbo, ode, pretrained, schedule
 from ddimlab.checkpoint import eps_fn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # digits_recipes.py sits beside this script
@@ -63,24 +63,29 @@ def main(argv=None) -> dict:
     p.add_argument("--rtol", type=float, default=1e-3, help="the ODE solver's relative tolerance (default: 1e-3)")
     p.add_argument("--atol", type=float, default=1e-3, help="the ODE solver's absolute tolerance (default: 1e-3)")
     p.add_argument("--steps", type=int, default=None, help="the digits model's training steps (default: the preset's)")
-    p.add_argument("--device", default="cpu", help="where the network runs (default: cpu)")
+    p.add_argument("--device", default="auto", help="where the network runs: auto (cuda if present), cpu, cuda, cuda:N, mps "
+                   "(default: auto)")
     p.add_argument("--cache", default=None, help="model cache folder (default: $DDIMLAB_CACHE, as the demo)")
     args = p.parse_args(argv)
     if args.n < 2 or args.hutchinson < 0:
         p.error(f"--n must be at least 2 (a standard error needs two) and --hutchinson at least 0, "
                 f"got {args.n} and {args.hutchinson}")
+    try:
+        device = devices.resolve(args.device)
+    except devices.DeviceError as e:
+        p.error(str(e))
 
     print("the digits model: training or loading from the cache", flush=True)
     model, config = pretrained.digits_model(args.steps, cache_dir=args.cache)
-    model = model.to(args.device)
+    model = model.to(device)
     alpha_bar = schedule.make_alpha_bar(config.schedule, config.T)
     digits, _ = data.load_digits(config.resolution)
     g = torch.Generator().manual_seed(args.seed)
-    x0 = data.to_model_range(digits[torch.randperm(len(digits), generator=g)[:args.n]]).to(args.device)
+    x0 = data.to_model_range(digits[torch.randperm(len(digits), generator=g)[:args.n]]).to(device)
 
     start = time.perf_counter()
     with torch.no_grad():            # x_t's noise drawn where the network runs
-        g_elbo = torch.Generator(args.device).manual_seed(args.seed)
+        g_elbo = torch.Generator(device).manual_seed(args.seed)
         bpd_elbo = elbo.elbo_terms(eps_fn(model), x0, alpha_bar, generator=g_elbo)["bpd"].double().cpu()
     print(f"negative ELBO: {time.perf_counter() - start:.0f} s", flush=True)
     start = time.perf_counter()

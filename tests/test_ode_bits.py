@@ -72,3 +72,6 @@ def test_bad_sizes_are_refused_in_one_line(bits, capsys):
     with pytest.raises(SystemExit) as stop:
         bits.main(["--n", "1"])
     assert stop.value.code == 2 and "--n must be at least 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        bits.main(["--device", "tpu"])
+    assert stop.value.code == 2 and "unknown device 'tpu'" in capsys.readouterr().err
