@@ -680,10 +680,21 @@ def counted(eps):
 
 # ------------------------------------------------------------------------------------- reference
 
-def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol):
+IVP_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")     # scipy's solve_ivp, by name
+
+
+def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol, method):
     """The checks `reference_solution` and `log_likelihood` share: `x` (called `name`) as the samplers check it
     (`check_args`: a finite floating tensor with a batch dimension) and without grad, eps a function, the tolerances > 0
-    and rtol no finer than x's dtype resolves, t_end < t_start steps in [−1, T−1]. Returns (alpha_bar, t_start, t_end)."""
+    and rtol no finer than x's dtype resolves, t_end < t_start steps in [−1, T−1], method one of solve_ivp's (a name in
+    IVP_METHODS or an OdeSolver subclass). Returns (alpha_bar, t_start, t_end)."""
+    from scipy.integrate import OdeSolver
+
+    if not (method in IVP_METHODS if isinstance(method, str) else isinstance(method, type) and issubclass(method, OdeSolver)):
+        ours = isinstance(method, str) and method in SOLVERS
+        hint = " (ddimlab's own solvers are ode.solve's; these integrate to a tolerance)" if ours else ""
+        raise ValueError(f"method must be one of scipy's solve_ivp methods {', '.join(IVP_METHODS)} (or an OdeSolver "
+                         f"subclass), got {method!r}{hint}")
     alpha_bar = check_args(x, alpha_bar, None, name)[0]     # floating: ε is called in x's dtype, not a rounded state
     check_eps(eps)                                # a network: dropout in train mode would make the ODE random
     if x.requires_grad:                           # torch: "Can't call numpy() on Tensor that requires grad"
@@ -732,12 +743,12 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
     worst sample's error). t_start / t_end may be floats (continuous steps); ε is called with float
     steps t(σ), down to t = −1 (ᾱ = 1) when t_end = −1, which the exact lab (`toy.exact_eps`) supports.
     The state is float64; ε is called in x_T's dtype (a float32 network takes float32 x_T, and then rtol ≥ 6e-9: a
-    tolerance below torch.finfo(dtype).eps / 20, ε's rounding, is refused, as it only shrinks the steps). Returns x at t_end
-    (= x̄ there times √ᾱ), float64.
+    tolerance below torch.finfo(dtype).eps / 20, ε's rounding, is refused, as it only shrinks the steps). method: solve_ivp's,
+    a name in IVP_METHODS or an OdeSolver subclass. Returns x at t_end (= x̄ there times √ᾱ), float64.
     """
     from scipy.integrate import solve_ivp
 
-    alpha_bar, t_start, t_end = _check_ivp(eps, x_T, "x_T", alpha_bar, t_start, t_end, rtol, atol)
+    alpha_bar, t_start, t_end = _check_ivp(eps, x_T, "x_T", alpha_bar, t_start, t_end, rtol, atol, method)
     sig0, sig1 = float(sigma_at(alpha_bar, t_start)), float(sigma_at(alpha_bar, t_end))
     shape, dev = x_T.shape, x_T.device
 
@@ -790,7 +801,8 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     E[zᵀ(∂F/∂x̄)z] = ∇·F, drawn once from `generator` and kept along the whole path, so the result is an unbiased estimate
     of log p. probe and generator without hutchinson are an error: the exact divergence draws nothing.
     eps must be differentiable in x by autograd (a network as `lambda x, t: net(x, t)` in eval mode, not `checkpoint.eps_fn`),
-    and the samples must not interact in it (each sample's divergence is read from the batch's one graph).
+    and the samples must not interact in it (each sample's divergence is read from the batch's one graph). method: solve_ivp's,
+    as in `reference_solution`.
     """
     from scipy.integrate import solve_ivp
 
@@ -801,7 +813,7 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
         raise TypeError(f"eps is {what} and log_likelihood differentiates eps in x: {_DIFFERENTIABLE_NET}")
     alpha_bar = validate_alpha_bar(alpha_bar)
     t_start = alpha_bar.shape[0] - 1 if t_start is None else t_start
-    alpha_bar, t_start, t_end = _check_ivp(eps, x_0, "x_0", alpha_bar, t_start, t_end, rtol, atol)
+    alpha_bar, t_start, t_end = _check_ivp(eps, x_0, "x_0", alpha_bar, t_start, t_end, rtol, atol, method)
     if prior is not None and not callable(prior):
         raise TypeError(f"prior must be None (N(0, I)) or a function x_T -> log density per sample, got {type(prior).__name__}")
     if probe is not None and probe not in PROBES:

@@ -586,7 +586,11 @@ def test_log_likelihood_refuses_bad_input_in_one_line():
            ({"t_end": -2}, ValueError, r"t_start and t_end must lie in \[-1, T-1\].*got 999 and -2"),
            ({"eps": lambda x, t: torch.zeros_like(x)}, ValueError, "autograd cannot differentiate in x"),
            ({"eps": checkpoint.eps_fn(lambda x, t: x)}, TypeError, r"eps is checkpoint.eps_fn\(net\), which runs net without"),
-           ({"eps": torch.nn.Linear(2, 2)}, TypeError, r"eps is a network \(Linear\).*lambda x, t: net\(x, t\) with net.eval")]
+           ({"eps": torch.nn.Linear(2, 2)}, TypeError, r"eps is a network \(Linear\).*lambda x, t: net\(x, t\) with net.eval"),
+           # scipy's own words were "`method` must be one of {'RK23': <class 'scipy.integrate._ivp.rk.RK23'>, ..."
+           ({"method": "rk45"}, ValueError, r"method must be one of scipy's solve_ivp methods RK45, .*LSODA .*got 'rk45'$"),
+           ({"method": "heun"}, ValueError, r"got 'heun' \(ddimlab's own solvers are ode.solve's"),
+           ({"method": None}, ValueError, "method must be one of scipy's solve_ivp methods")]
     for kwargs, kind, needle in bad:
         args = {"eps": eps, "x_0": x0, **kwargs}
         with pytest.raises(kind, match=needle) as err:
@@ -598,5 +602,10 @@ def test_log_likelihood_refuses_bad_input_in_one_line():
         ode.reference_solution(eps, x0[0, 0], AB, 999)
     with pytest.raises(ValueError, match="rtol = 1e-10 is finer than x_T's float32 can give"):     # its default rtol
         ode.reference_solution(eps, x0.float(), AB, 999)
+    with pytest.raises(ValueError, match="method must be one of scipy's solve_ivp methods"):
+        ode.reference_solution(eps, x0, AB, 999, method="dopri5")
+    from scipy.integrate import RK45  # a solver class, as solve_ivp allows
+    np.testing.assert_allclose(ode.reference_solution(eps, x0, AB, 20, method=RK45, rtol=1e-9, atol=1e-9),
+                               ode.reference_solution(eps, x0, AB, 20), rtol=0, atol=1e-6)
     empty = ode.log_likelihood(eps, x0[:0], AB)          # an empty batch (the last chunk of a split) maps to empty
     assert empty.shape == (0,) and empty.dtype == torch.float64
