@@ -703,12 +703,7 @@ def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol, method)
     for tol_name, tol in (("rtol", rtol), ("atol", atol)):
         if (v := as_real(tol)) is None or v <= 0:
             raise ValueError(f"{tol_name} must be a finite number > 0 (solve_ivp's tolerance), got {tol!r}")
-    # ε is computed in x's dtype: a tolerance far below its rounding only shrinks solve_ivp's steps (float32 at rtol 1e-9:
-    # 16 times the calls of 1e-8, and minutes at 1e-10, reference_solution's default; float16 or bfloat16 at 1e-8 the same)
-    if as_real(rtol) < (floor := torch.finfo(x.dtype).eps / 20):
-        dtype = str(x.dtype).removeprefix("torch.")
-        raise ValueError(f"rtol = {as_real(rtol):g} is finer than {name}'s {dtype} can give (eps is computed in it), and "
-                         f"solve_ivp would take ever smaller steps: pass rtol >= {floor:.2g}, or {name} in float64")
+    _check_rtol(rtol, f"{name}'s {_dtype_name(x.dtype)} can give (eps is computed in it)", x.dtype, f"{name} in float64")
     steps = [as_real(v) for v in (t_start, t_end)]
     if None in steps:
         raise ValueError(f"t_start and t_end must be finite numbers (steps, fractional allowed), got {t_start!r} and {t_end!r}")
@@ -722,14 +717,32 @@ def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol, method)
     return alpha_bar, t_start, t_end
 
 
-def _eps_of_xbar(eps, alpha_bar, xbar: torch.Tensor, sig: float, sig_max: float, dtype) -> torch.Tensor:
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _check_rtol(rtol, what: str, dtype: torch.dtype, instead: str) -> None:
+    """ε computed in `dtype`: a tolerance far below its rounding only shrinks solve_ivp's steps (float32 at rtol 1e-9: 16
+    times the calls of 1e-8, and minutes at 1e-10, reference_solution's default; float16 or bfloat16 at 1e-8 the same).
+    `what` completes "rtol = ... is finer than" and `instead` "pass rtol >= floor, or"."""
+    if as_real(rtol) < (floor := torch.finfo(dtype).eps / 20):
+        raise ValueError(f"rtol = {as_real(rtol):g} is finer than {what}, and solve_ivp would take ever smaller steps: pass "
+                         f"rtol >= {floor:.2g}, or {instead}")
+
+
+def _eps_of_xbar(eps, alpha_bar, xbar: torch.Tensor, sig: float, sig_max: float, dtype, rtol) -> torch.Tensor:
     """The right-hand side of (ODE), ε(x̄/√(σ²+1), t(σ)), float64, with ε called in `dtype` (x's) and t as `call_eps`
-    passes a fractional step; σ below 0 is read as 0 and, for t only, above sig_max as sig_max (the solver's rounding)."""
+    passes a fractional step; σ below 0 is read as 0 and, for t only, above sig_max as sig_max (the solver's rounding).
+    An ε returned in a coarser dtype than x's (a float32 network behind a lambda) must resolve `rtol` too."""
     sig = max(sig, 0.0)
     x = (xbar / math.sqrt(sig ** 2 + 1)).to(dtype)
     t = torch.full((x.shape[0],), float(_t_of_sigma(alpha_bar, min(sig, sig_max))), device=x.device,
                    dtype=torch.promote_types(dtype, torch.float32))
-    e = _of_x_shape(eps(x, t), x, "eps(x, t)").to(torch.float64)
+    e = _of_x_shape(eps(x, t), x, "eps(x, t)")
+    if e.dtype != dtype and e.is_floating_point():
+        _check_rtol(rtol, f"the {_dtype_name(e.dtype)} that eps(x, t) returns can give", e.dtype,
+                    f"have eps return x's {_dtype_name(dtype)}")
+    e = e.to(torch.float64)
     if not bool(torch.isfinite(e).all()):
         raise NonFiniteError(f"eps(x, t) returned NaN or inf at t = {float(t[0]):.6g} (sigma = {sig:.6g})")
     return e
@@ -755,7 +768,7 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
     @torch.no_grad()                              # a network's ε would require grad, and .numpy() refuse it
     def rhs(sig, y):
         xbar = torch.from_numpy(y).reshape(shape).to(dev)
-        return _eps_of_xbar(eps, alpha_bar, xbar, sig, sig0, x_T.dtype).reshape(-1).cpu().numpy()
+        return _eps_of_xbar(eps, alpha_bar, xbar, sig, sig0, x_T.dtype, rtol).reshape(-1).cpu().numpy()
 
     y0 = (x_T.to(torch.float64) / math.sqrt(float(alpha_bar_cont(alpha_bar, t_start)))).reshape(-1).cpu().numpy()
     sol = solve_ivp(rhs, (sig0, sig1), y0, method=method, rtol=rtol, atol=atol)
@@ -845,7 +858,7 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     def rhs(sig, y):
         with torch.enable_grad():
             xbar = torch.from_numpy(y[:B * d]).reshape(shape).to(dev).requires_grad_()
-            e = _eps_of_xbar(eps, alpha_bar, xbar, sig, sig_noise, x_0.dtype)
+            e = _eps_of_xbar(eps, alpha_bar, xbar, sig, sig_noise, x_0.dtype, rtol)
             if not e.requires_grad:                 # torch: "element 0 of tensors does not require grad"
                 raise ValueError("eps(x, t) returned a tensor autograd cannot differentiate in x, and log_likelihood needs "
                                  f"its divergence: {_DIFFERENTIABLE_NET}")

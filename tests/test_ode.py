@@ -602,6 +602,16 @@ def test_log_likelihood_refuses_bad_input_in_one_line():
         ode.reference_solution(eps, x0[0, 0], AB, 999)
     with pytest.raises(ValueError, match="rtol = 1e-10 is finer than x_T's float32 can give"):     # its default rtol
         ode.reference_solution(eps, x0.float(), AB, 999)
+    # careless round 27: x in float64 but eps returning float32 (a float32 network behind a lambda) took minutes at the
+    # default rtol 1e-10, the guard seeing only x's dtype; the first call now says so (float16 at log_likelihood's 1e-8)
+    f32 = lambda x, t: eps(x, t).float()          # noqa: E731
+    with pytest.raises(ValueError, match=r"^rtol = 1e-10 is finer than the float32 that eps\(x, t\) returns can give, .* "
+                                         r"pass rtol >= 6e-09, or have eps return x's float64$"):
+        ode.reference_solution(f32, x0, AB, 999)
+    with pytest.raises(ValueError, match=r"finer than the float16 that eps\(x, t\) returns can give, .* rtol >= 4.9e-05"):
+        ode.log_likelihood(lambda x, t: eps(x, t).half(), x0, AB)
+    np.testing.assert_allclose(ode.reference_solution(f32, x0, AB, 20, rtol=1e-7, atol=1e-7),      # a tolerance it resolves
+                               ode.reference_solution(eps, x0, AB, 20), rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="method must be one of scipy's solve_ivp methods"):
         ode.reference_solution(eps, x0, AB, 999, method="dopri5")
     from scipy.integrate import RK45  # a solver class, as solve_ivp allows
