@@ -748,6 +748,17 @@ def _eps_of_xbar(eps, alpha_bar, xbar: torch.Tensor, sig: float, sig_max: float,
     return e
 
 
+def _check_deterministic(rhs, sig: float, y0: np.ndarray) -> None:
+    """The ODE's right-hand side twice at its first point: two answers mean a random eps (a network left in train mode
+    behind a lambda, whose dropout `check_eps` cannot see), and a random ODE has no solution to tolerance. Kernels that
+    sum in a varying order (some on GPUs) differ far below the 1e-3 allowed; dropout changes ε by several per cent."""
+    first, second = rhs(sig, y0), rhs(sig, y0)
+    gap, scale = float(np.abs(first - second).max(initial=0.0)), float(np.abs(first).max(initial=0.0))
+    if gap > 1e-3 * scale:
+        raise ValueError(f"eps(x, t) gave two answers for the same x and t (up to {gap:.2g} apart, of {scale:.2g}): a random "
+                         f"eps makes the ODE random; a network in train mode (dropout) needs net.eval() first")
+
+
 def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-10, atol: float = 1e-10,
                        method: str = "DOP853") -> torch.Tensor:
     """Solve (ODE) from x_T at step t_start to step t_end (default −1: x_0) with scipy's solve_ivp (notebook 05 §3).
@@ -771,6 +782,7 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
         return _eps_of_xbar(eps, alpha_bar, xbar, sig, sig0, x_T.dtype, rtol).reshape(-1).cpu().numpy()
 
     y0 = (x_T.to(torch.float64) / math.sqrt(float(alpha_bar_cont(alpha_bar, t_start)))).reshape(-1).cpu().numpy()
+    _check_deterministic(rhs, sig0, y0)
     sol = solve_ivp(rhs, (sig0, sig1), y0, method=method, rtol=rtol, atol=atol)
     if not sol.success:
         raise RuntimeError(f"solve_ivp failed: {sol.message}")
@@ -867,6 +879,7 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
 
     y0 = np.concatenate([(x_0.to(torch.float64) / math.sqrt(float(alpha_bar_cont(alpha_bar, t_end)))).reshape(-1).cpu().numpy(),
                          np.zeros(B)])
+    _check_deterministic(rhs, sig_data, y0)
     sol = solve_ivp(rhs, (sig_data, sig_noise), y0, method=method, rtol=rtol, atol=atol)
     if not sol.success:
         raise RuntimeError(f"solve_ivp failed: {sol.message}")

@@ -619,3 +619,19 @@ def test_log_likelihood_refuses_bad_input_in_one_line():
                                ode.reference_solution(eps, x0, AB, 20), rtol=0, atol=1e-6)
     empty = ode.log_likelihood(eps, x0[:0], AB)          # an empty batch (the last chunk of a split) maps to empty
     assert empty.shape == (0,) and empty.dtype == torch.float64
+
+
+def test_a_network_in_train_mode_behind_a_lambda_is_refused():
+    """Careless round 27: check_eps sees a network passed as itself, not one behind `lambda x, t: net(x)`; in train mode
+    its dropout made each call random, and both integrators returned numbers without a word (on the old code this test
+    took 97 s: solve_ivp shrinking its steps against the noise)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.SiLU(), torch.nn.Dropout(0.1), torch.nn.Linear(32, 2)).double()
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for run in (lambda: ode.reference_solution(lambda x, t: net(x), x, AB, 50, rtol=1e-6, atol=1e-6),
+                lambda: ode.log_likelihood(lambda x, t: net(x), x, AB, t_start=50, rtol=1e-6, atol=1e-6)):
+        with pytest.raises(ValueError, match=r"^eps\(x, t\) gave two answers for the same x and t .*net.eval\(\) first$"):
+            run()
+    net.eval()                                    # the same network, deterministic: both run, as before
+    assert torch.isfinite(ode.reference_solution(lambda x, t: net(x), x, AB, 50, rtol=1e-6, atol=1e-6)).all()
+    assert torch.isfinite(ode.log_likelihood(lambda x, t: net(x), x, AB, t_start=50, rtol=1e-6, atol=1e-6)).all()
