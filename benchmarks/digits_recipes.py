@@ -88,6 +88,9 @@ def main(argv=None) -> dict:
             check_distinct(getattr(args, name), f"--{name.replace('_', '-')}")
         except ValueError as e:
             p.error(str(e))
+    if len(args.recipes) > 1 and len(args.seeds) * len(args.x_seeds) < 2:     # else mean_difference's error, after training
+        p.error("the mean FD's standard error is its spread over the x_T sets (and training seeds): give at least two "
+                "--x-seeds (or two --seeds) to compare recipes")
     try:
         check_can_write(pretrained.models_dir(args.cache), hint="choose another --cache")   # before the first training
         return compare(args)
