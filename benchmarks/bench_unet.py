@@ -144,11 +144,14 @@ def main(argv=None):
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--peak-tflops", type=_tflops, default=None, help="bf16 dense peak (H100 SXM: 989)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace the --json file of an earlier run")
     p.add_argument("--preset", default="cifar10", choices=sorted(unet.PRESETS), help="network size (tiny: a smoke test)")
     args = p.parse_args(argv)
     if args.json:                  # said now, not after the timings
         if Path(args.json).is_dir():
             p.error(f"argument --json: {args.json} is a folder; give a file name")
+        if Path(args.json).exists() and not args.overwrite:     # an earlier run's results (a GPU's, perhaps)
+            p.error(f"argument --json: {args.json} already exists; pass --overwrite to replace it or choose another --json")
         try:
             files.check_can_write(Path(args.json).parent, hint="choose another --json")
         except OSError as e:

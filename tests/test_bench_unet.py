@@ -1,6 +1,7 @@
 """benchmarks/bench_unet.py's speed-up: the geometric mean of per-round time ratios and its standard error, checked
 against repeats of a simulated benchmark (the end-to-end run on the CPU: tests/test_gpu_check.py)."""
 import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
@@ -55,10 +56,12 @@ def test_speedup_readings():
     (["--peak-tflops", "nan"], "argument --peak-tflops: must be a number > 0"),
     (["--device", "bogus"], "bench_unet.py: error: unknown device 'bogus': use auto, cpu, cuda"),   # torch's traceback
     (["--json", "{tmp}"], r"argument --json: .* is a folder; give a file name"),        # a traceback after the timings
+    (["--json", "{tmp}/f"], r"argument --json: .*f already exists; pass --overwrite to replace it or choose another --json"),
     (["--json", "{tmp}/f/r.json"], r"argument --json: cannot create files in .*f is a file, not a folder.*another --json"),
 ])
 def test_bad_arguments_are_one_line_before_any_timing(argv, needle, tmp_path, monkeypatch, capsys):
-    """Careless round 27: each of these ran minutes of timings first, or substituted a default, or was a traceback."""
+    """Careless round 27: each of these ran minutes of timings first, or substituted a default, or was a traceback; an
+    existing --json (an earlier run's results) was replaced without a word."""
     (tmp_path / "f").write_text("")
     monkeypatch.setattr(bench_unet, "build_pair", lambda *a, **k: pytest.fail("the benchmark started"))
     monkeypatch.setattr(sys, "argv", ["bench_unet.py"])
@@ -76,3 +79,13 @@ def test_without_diffusers_one_line_says_how_to_install_it(monkeypatch):
     with pytest.raises(SystemExit, match=r"^bench_unet.py: error: .*diffusers, which is not installed: pip install "
                                          r"diffusers \(or make bench\)$"):
         bench_unet.main(["--preset", "tiny"])
+
+
+def test_overwrite_replaces_an_earlier_json_whole(tmp_path, monkeypatch):
+    pytest.importorskip("diffusers")
+    earlier = tmp_path / "r.json"
+    earlier.write_text('{"device": "an earlier run"}')
+    monkeypatch.setattr(sys, "argv", ["bench_unet.py"])
+    out = bench_unet.main(["--preset", "tiny", "--device", "cpu", "--batch", "1", "--iters", "2", "--warmup", "0",
+                           "--threads", "1", "--json", str(earlier), "--overwrite"])
+    assert json.loads(earlier.read_text())["results"].keys() == out["results"].keys() and out["iters"] == 2
