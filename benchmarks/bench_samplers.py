@@ -444,6 +444,9 @@ def main(argv=None):
     torch.set_num_threads(1)           # small tensors, many steps: one thread is fastest and steadiest
     try:
         run(args)
+    except KeyboardInterrupt:        # Ctrl-C: one line; the tables printed so far are whole (nothing is written to disk)
+        print(f"{p.prog}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     finally:
         torch.set_num_threads(saved_threads)
 

@@ -60,16 +60,23 @@ def test_bad_arguments_are_one_line_before_the_sweep(bench, argv, needle, monkey
     assert stop.value.code == 2 and err.startswith("bench_samplers.py: error: ") and re.search(needle, err), err
 
 
-def test_tune_takes_n_and_without_diffusers_one_line_says_how_to_install_it(bench, monkeypatch):
-    """--tune ran 1024 points whatever --n said; without diffusers the report computed the reference first and then
-    stopped with `ModuleNotFoundError: No module named 'diffusers'`."""
+def test_tune_takes_n_and_ctrl_c_and_a_missing_diffusers_are_one_line(bench, monkeypatch, capsys):
+    """--tune ran 1024 points whatever --n said; Ctrl-C was a traceback through the sweep; without diffusers the report
+    computed the reference first and then stopped with `ModuleNotFoundError: No module named 'diffusers'`."""
     asked = {}
     monkeypatch.setattr(bench, "tune", lambda n, budgets: asked.update(n=n, budgets=budgets))
+    monkeypatch.setattr(sys, "argv", ["bench_samplers.py"])
     bench.main(["--tune", "--n", "256", "--budgets", "3", "40"])
     assert asked == {"n": 256, "budgets": [3, 40]}
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(bench, "tune", ctrl_c)
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--tune"])
+    assert stop.value.code == 130 and capsys.readouterr().err.strip() == "bench_samplers.py: interrupted"
     monkeypatch.setitem(sys.modules, "diffusers", None)          # import diffusers raises ImportError
     monkeypatch.setattr(bench, "report", lambda *a, **k: pytest.fail("the report started"))
-    monkeypatch.setattr(sys, "argv", ["bench_samplers.py"])
     with pytest.raises(SystemExit, match=r"^bench_samplers.py: error: .*not installed: pip install diffusers \(or make "
                                          r"bench\)$"):
         bench.main([])
