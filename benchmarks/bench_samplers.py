@@ -30,13 +30,20 @@ import argparse
 import itertools
 import logging
 import math
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
 from ddimlab import lab as exact_lab
 from ddimlab import ode, samplers, schedule, toy
+from ddimlab.checks import check_distinct
+from ddimlab.cli import Formatter, int_in
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # bench_unet.py sits beside this script
+from bench_unet import need_diffusers  # noqa: E402
 
 T = 1000
 BUDGETS = (5, 10, 20)
@@ -413,18 +420,44 @@ def report(name, mixture, n, budgets):
     return eps, x_T, ab, summary
 
 
+MAX_TUNE_BUDGET = 500      # the sweep's Karras grids start at step 527 or lower: no more distinct steps than that
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=2048)
-    p.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
+    p.add_argument("--n", type=int_in(2), default=None,
+                   help="points per mixture, at least 2 (default: 2048 for the report, 1024 for --tune)")
+    p.add_argument("--budgets", type=int_in(2, MAX_TUNE_BUDGET), nargs="+", default=list(BUDGETS),
+                   help=f"NFE budgets: the report's are among {', '.join(map(str, TUNED))} (where a tuned setting "
+                        f"exists); --tune takes any in 2..{MAX_TUNE_BUDGET}")
     p.add_argument("--tune", action="store_true", help="rerun the tuning search on the eight other mixtures")
     args = p.parse_args(argv)
+    try:
+        check_distinct(args.budgets, "--budgets")
+    except ValueError as e:
+        p.error(str(e))
+    if not args.tune and (untuned := [b for b in args.budgets if b not in TUNED]):
+        p.error(f"argument --budgets: no tuned setting for NFE {', '.join(map(str, untuned))}; the report's budgets are "
+                f"among {', '.join(map(str, TUNED))} (--tune --budgets B searches settings for others)")
+    need_diffusers(p.prog)
+    saved_threads = torch.get_num_threads()
     torch.set_num_threads(1)           # small tensors, many steps: one thread is fastest and steadiest
+    try:
+        run(args)
+    except KeyboardInterrupt:        # Ctrl-C: one line; the tables printed so far are whole (nothing is written to disk)
+        print(f"{p.prog}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def run(args):
+    """The report on both mixtures and the DDIM/DDPM checks, or with --tune the tuning search (`main`'s arguments)."""
     if args.tune:
-        tune(budgets=args.budgets)
+        tune(n=args.n or 1024, budgets=args.budgets)
         return
     for name, mixture in mixtures().items():
-        eps, x_T, ab, _ = report(name, mixture, args.n, args.budgets)
+        eps, x_T, ab, _ = report(name, mixture, args.n or 2048, args.budgets)
     mixture = toy.default_mixture(2)
     eps = toy.exact_eps(mixture, ab)
     x_T = torch.randn(512, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)

@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ddimlab import checkpoint, files, quality, unet
+from ddimlab import checkpoint, devices, files, quality, unet
+from ddimlab.cli import Formatter, int_in
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0, "4090": 165.0}
 
@@ -109,23 +112,56 @@ def time_interleaved(steps: dict, device, warmup: int, iters: int) -> dict:
     return out
 
 
+def need_diffusers(prog: str) -> None:
+    """Exit with one line where diffusers, which the benchmarks compare against, is not installed."""
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        raise SystemExit(f"{prog}: error: this benchmark compares with diffusers, which is not installed: "
+                         f"pip install diffusers (or make bench)") from None
+
+
+def _tflops(text: str) -> float:
+    """An argparse type: a finite number > 0 (a peak of 0, negative or NaN gave bounds of that sign, or none at all)."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0 (TFLOP/s), got {text!r}")
+    return v
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch", type=int, default=None, help="default: 8 on CPU, 128 on CUDA")
-    p.add_argument("--iters", type=int, default=None, help="timed rounds, each model once per round (default 10 CPU, "
-                                                           "20 CUDA; at least 2 for a standard error)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed iterations (default 1 CPU, 5 CUDA)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--batch", type=int_in(1), default=None, help="default: 8 on CPU, 128 on CUDA")
+    p.add_argument("--iters", type=int_in(1), default=None, help="timed rounds, each model once per round (default 10 CPU, "
+                                                                 "20 CUDA; at least 2 for a standard error)")
+    p.add_argument("--warmup", type=int_in(0), default=None, help="untimed iterations (default 1 CPU, 5 CUDA)")
+    p.add_argument("--threads", type=int_in(1), default=2, help="CPU threads")
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
-    p.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak (H100 SXM: 989)")
+    p.add_argument("--peak-tflops", type=_tflops, default=None, help="bf16 dense peak (H100 SXM: 989)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace the --json file of an earlier run")
     p.add_argument("--preset", default="cifar10", choices=sorted(unet.PRESETS), help="network size (tiny: a smoke test)")
     args = p.parse_args(argv)
+    if args.json:                  # said now, not after the timings
+        if Path(args.json).is_dir():
+            p.error(f"argument --json: {args.json} is a folder; give a file name")
+        if Path(args.json).exists() and not args.overwrite:     # an earlier run's results (a GPU's, perhaps)
+            p.error(f"argument --json: {args.json} already exists; pass --overwrite to replace it or choose another --json")
+        try:
+            files.check_can_write(Path(args.json).parent, hint="choose another --json")
+        except OSError as e:
+            p.error(f"argument --json: {e.strerror}")
+    need_diffusers(p.prog)
     saved_threads = torch.get_num_threads()
     try:
         return run(args)
+    except devices.DeviceError as e:       # raised before any work: no such device, or no GPU for cuda
+        raise SystemExit(f"{p.prog}: error: {e}") from None
     finally:
         torch.set_num_threads(saved_threads)
 
@@ -134,7 +170,7 @@ def run(args):
     """The benchmark for parsed arguments; returns what --json writes: the timings under results["<model>/<kind>"],
     the speed-ups over diffusers under paired[kind] (`speedup`), macs and peak_tflops. `main` restores the caller's
     thread count afterwards."""
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = devices.resolve(args.device)
     cuda = device.type == "cuda"
     batch = args.batch or (128 if cuda else 8)
     iters = args.iters or (20 if cuda else 10)

@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 import torch
 
 from ddimlab import demo, pretrained, quality, samplers, schedule
 from ddimlab.checkpoint import eps_fn
+from ddimlab.checks import check_distinct
+from ddimlab.cli import USER_ERRORS, Formatter, int_in
+from ddimlab.files import check_can_write
 
 RECIPES = {
     "preset": {},
@@ -63,21 +67,42 @@ def verdict(d: float, se: float) -> str:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
+    seed = int_in(0, 2 ** 32 - 1)            # torch's CPU generator keeps a seed's low 32 bits
     p.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=["preset", "former-16x16"],
-                   help="recipes to compare; the first is the baseline (default: preset former-16x16)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds (default: 0)")
-    p.add_argument("--S", nargs="+", type=int, default=[10, 20], help="DDIM step counts (default: 10 20)")
-    p.add_argument("--n", type=int, default=1000, help="samples per x_T set (default: 1000)")
-    p.add_argument("--x-seeds", nargs="+", type=int, default=[10, 11, 12], help="x_T seeds (default: 10 11 12)")
-    p.add_argument("--threads", type=int, default=pretrained.THREADS,
-                   help=f"training threads, part of each model's cache key (default: {pretrained.THREADS}, the demo's)")
-    p.add_argument("--steps", type=int, default=None, help="train every recipe this many steps (default: its own)")
+                   help="recipes to compare; the first is the baseline")
+    p.add_argument("--seeds", nargs="+", type=seed, default=[0], help="training seeds")
+    p.add_argument("--S", nargs="+", type=int_in(1, pretrained.digits_config().T), default=[10, 20],
+                   help="DDIM step counts")
+    p.add_argument("--n", type=int_in(2), default=1000, help="samples per x_T set, at least 2 (the FD's covariance)")
+    p.add_argument("--x-seeds", nargs="+", type=seed, default=[10, 11, 12], help="x_T seeds")
+    p.add_argument("--threads", type=int_in(1), default=pretrained.THREADS,
+                   help="training threads (part of each model's cache key; the demo trains with this many)")
+    p.add_argument("--steps", type=int_in(1), default=None, help="train every recipe this many steps (default: its own)")
     p.add_argument("--cache", default=None, help="model cache folder (default: $DDIMLAB_CACHE, as the demo)")
     p.add_argument("--fd-se", action="store_true",
                    help="also the mean of the x_T sets' bootstrap SEs of the FD, against the FD's spread over the sets")
     args = p.parse_args(argv)
+    for name in ("recipes", "seeds", "S", "x_seeds"):   # a value twice was pooled twice: standard errors too small
+        try:
+            check_distinct(getattr(args, name), f"--{name.replace('_', '-')}")
+        except ValueError as e:
+            p.error(str(e))
+    if len(args.recipes) > 1 and len(args.seeds) * len(args.x_seeds) < 2:     # else mean_difference's error, after training
+        p.error("the mean FD's standard error is its spread over the x_T sets (and training seeds): give at least two "
+                "--x-seeds (or two --seeds) to compare recipes")
+    try:
+        check_can_write(pretrained.models_dir(args.cache), hint="choose another --cache")   # before the first training
+        return compare(args)
+    except KeyboardInterrupt:        # Ctrl-C: one line (a model trained so far is retrained, as the demo's is)
+        print(f"{p.prog}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except USER_ERRORS as e:         # e.g. a --cache that cannot be written: one line, as the command line says it
+        raise SystemExit(f"{p.prog}: error: {e}") from None
 
+
+def compare(args) -> dict:
+    """Train (or load) each recipe per seed, score it, and compare it with the first (`main`'s arguments)."""
     results, resolution = {}, {}
     for name in args.recipes:
         overrides = dict(RECIPES[name])

@@ -651,7 +651,7 @@ def _tables_in(args, run, outputs_in, hint: str = "") -> int:
 
 # --------------------------------------------------------------------------- parser
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
+class Formatter(argparse.RawDescriptionHelpFormatter):
     """Every option's default after its help text (unless the text gives it); epilogs printed as written."""
 
     def _get_help_string(self, action):
@@ -662,7 +662,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return text + " (default: %(default)s)"
 
 
-def _int_in(low: int, high: int | None = None):
+def int_in(low: int, high: int | None = None):
     """An argparse type: an integer in low..high, with a message that gives the range."""
     allowed = int_range(low, high)
 
@@ -677,8 +677,8 @@ def _int_in(low: int, high: int | None = None):
     return parse
 
 
-_positive, _scale, _seed = _int_in(1), _int_in(1, 32), _int_in(0, 2 ** 63 - 1)
-_seed32 = _int_in(0, 2 ** 32 - 1)     # seeds torch's CPU generator directly, which keeps 32 bits (TrainConfig.seed, lab)
+_positive, _scale, _seed = int_in(1), int_in(1, 32), int_in(0, 2 ** 63 - 1)
+_seed32 = int_in(0, 2 ** 32 - 1)     # seeds torch's CPU generator directly, which keeps 32 bits (TrainConfig.seed, lab)
 
 
 def _eta(text: str) -> float:
@@ -796,7 +796,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
-    parser = _Parser(prog=prog, formatter_class=_Formatter,
+    parser = _Parser(prog=prog, formatter_class=Formatter,
                                      description="DDPM and DDIM: train, sample, invert, interpolate, reproduce the "
                                                  "DDIM paper's tables.")
     parser.add_argument("--version", action="version", version=f"ddimlab {__version__}")
@@ -804,7 +804,7 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     def add(name, func, help_, **kw):
-        p = sub.add_parser(name, help=help_, description=help_, formatter_class=_Formatter, **kw)
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=Formatter, **kw)
         p.set_defaults(func=func)
         return p
 
@@ -857,7 +857,7 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--latents", help="an .npz from `invert` or `sample`: interpolate between its x_T[--index]")
     p.add_argument("--index", type=int, nargs=2, default=None, metavar=("I", "J"),
                    help="with --latents: which two of its latents (default 0 1)")
-    p.add_argument("--n", type=_int_in(2), default=8, help="number of frames, the two ends included")
+    p.add_argument("--n", type=int_in(2), default=8, help="number of frames, the two ends included")
 
     p = add("reproduce", cmd_reproduce, "the DDIM paper's Table 1 (FID over eta x S) or Table 2 (reconstruction)")
     p.add_argument("table", choices=("table1", "table2"))
@@ -868,7 +868,7 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--etas", help="table1: comma-separated eta values; sigma_hat for DDPM's large variance")
     p.add_argument("--spacing", choices=schedule.SPACINGS, default=None,
                    help="timestep selection (default: quad for table1 as the paper, uniform for table2)")
-    p.add_argument("--n-samples", type=_int_in(2), default=None,
+    p.add_argument("--n-samples", type=int_in(2), default=None,
                    help="table1: samples per (eta, S), at least 2 for a Fréchet distance (default 50000, the paper's)")
     p.add_argument("--n-images", type=_positive, default=None,
                    help="table2: the first N images (default all): CIFAR-10's test images, or for a digits model the "
@@ -887,10 +887,10 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
 
     p = add("lab", cmd_lab, "the DDIM paper's Table 1 on exact scores, in 2-D and 1024-D (no model, no download)")
     p.add_argument("--out", default="outputs/lab", help="folder for table1.txt and the figures")
-    p.add_argument("--n", type=_int_in(8), default=2000, help="samples per cell of the 2-D table, at least 8 "
+    p.add_argument("--n", type=int_in(8), default=2000, help="samples per cell of the 2-D table, at least 8 "
                    "(SEs shrink like 1/√n)")
-    p.add_argument("--image-d", type=_int_in(0), default=1024, help="dimension of the image-like table (0 skips it)")
-    p.add_argument("--image-n", type=_int_in(8), default=None,
+    p.add_argument("--image-d", type=int_in(0), default=1024, help="dimension of the image-like table (0 skips it)")
+    p.add_argument("--image-n", type=int_in(8), default=None,
                    help="samples per cell of the image-like table, at least 8 (default 1000)")
     p.add_argument("--spacing", choices=("uniform", "quad"), default="uniform", help="timestep sub-sequence")
     p.add_argument("--seed", type=_seed32, default=0, help="seed of x_T, the noise and the data draws")
@@ -901,7 +901,7 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/demo", help="output folder")
     p.add_argument("--skip-train", action="store_true", help="only the exact-score lab table and figure")
     p.add_argument("--train-steps", type=_positive, default=None, help="override the digits preset's training steps")
-    p.add_argument("--n", type=_int_in(2), default=None, help="samples per sampler for the quality score, at least 2 "
+    p.add_argument("--n", type=int_in(2), default=None, help="samples per sampler for the quality score, at least 2 "
                    f"(default {demo.N_SAMPLES})")
     p.add_argument("--seed", type=_seed32, default=0, help="seed of the training run and of x_T")
     p.add_argument("--overwrite", action="store_true", help="replace the tables and figures of an earlier demo in --out")

@@ -84,7 +84,7 @@ def download(url: str, dest, md5: str | None = None, *, progress: bool = True,
 
     If `dest` already exists with the right md5 (or md5 is None) nothing is fetched; if its md5
     is wrong it is downloaded again. The body goes to a temporary file in dest's folder, is
-    checked (length against Content-Length, then md5) and only then renamed onto `dest` with
+    checked (length against Content-Length, not an HTML page served as text/html, then md5) and only then renamed onto `dest` with
     os.replace; on any failure the temporary file is deleted and DownloadError is raised, so the
     cache never holds a partial or corrupt file. `timeout` (seconds) bounds each blocking network
     operation.
@@ -117,18 +117,22 @@ def _fetch(url, f, h, *, progress, timeout, chunk_size, desc) -> None:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             length = response.headers.get("Content-Length")
             expected = int(length) if length is not None and length.isdigit() else None
-            received = 0
+            content_type, received, head = response.headers.get_content_type(), 0, b""
             with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
                       disable=not progress, leave=False) as bar:
                 while True:
                     block = response.read(chunk_size)
                     if not block:
                         break
+                    head = head or block
                     f.write(block)
                     h.update(block)
                     received += len(block)
                     bar.update(len(block))
     except urllib.error.HTTPError as e:
+        if 300 <= e.code < 400:    # urllib's reason is three lines ("...would lead to an infinite loop.\nThe last 30x...")
+            raise DownloadError(f"download of {url} failed: HTTP {e.code}, redirects that never reach a file (a loop, "
+                                f"or more than {urllib.request.HTTPRedirectHandler.max_redirections})") from e
         raise DownloadError(f"download of {url} failed: HTTP {e.code} {e.reason}") from e
     except urllib.error.URLError as e:
         raise DownloadError(f"download of {url} failed: {e.reason}") from e
@@ -140,6 +144,9 @@ def _fetch(url, f, h, *, progress, timeout, chunk_size, desc) -> None:
     if expected is not None and received != expected:
         raise DownloadError(f"download of {url} was truncated: received {received} of "
                             f"{expected} bytes (Content-Length)")
+    if content_type == "text/html" and head.lstrip()[:1] == b"<":    # with md5=None it would be cached as the file
+        raise DownloadError(f"download of {url} got a web page (text/html, {received} bytes), not the file: the server "
+                            f"answered with an error or sign-in page; try again later, or fetch the file by hand")
 
 
 # --------------------------------------------------------------------------------------------

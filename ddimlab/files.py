@@ -32,7 +32,8 @@ def atomic_write(path, write, *, text: bool = False, fsync: bool = False) -> Pat
     An existing file keeps its mode, and one its owner made read-only is a PermissionError, not replaced (the rename
     needs only the folder's permission); a new file gets the umask's mode. A symbolic link at `path` is replaced by the
     new file, its target left as it was (a run's ckpt.pt linked to another run's must not rewrite that one); one on a
-    folder of the way that leads nowhere (to nothing, or round a loop) is an OSError naming it (`make_folder`).
+    folder of the way that leads nowhere (to nothing, or round a loop), or a file where a folder should be, is an OSError
+    naming it (`make_folder`).
     """
     started = time.time()
     path = Path(path)
@@ -42,8 +43,8 @@ def atomic_write(path, write, *, text: bool = False, fsync: bool = False) -> Pat
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except OSError as e:
-        if e.errno not in (errno.ENOENT, errno.ELOOP):    # nothing there, or a link to nothing or round a loop:
-            raise                                         # replaced at `path`, named by make_folder on the way to it
+        if e.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):   # nothing there, a link to nothing or round a
+            raise                     # loop (replaced at `path`), or a file on the way: make_folder names the last two
         mode = 0o666 & ~current_umask()
     else:
         if not os.access(path, os.W_OK):

@@ -680,10 +680,21 @@ def counted(eps):
 
 # ------------------------------------------------------------------------------------- reference
 
-def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol):
+IVP_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")     # scipy's solve_ivp, by name
+
+
+def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol, method):
     """The checks `reference_solution` and `log_likelihood` share: `x` (called `name`) as the samplers check it
     (`check_args`: a finite floating tensor with a batch dimension) and without grad, eps a function, the tolerances > 0
-    and rtol no finer than x's dtype resolves, t_end < t_start steps in [−1, T−1]. Returns (alpha_bar, t_start, t_end)."""
+    and rtol no finer than x's dtype resolves, t_end < t_start steps in [−1, T−1], method one of solve_ivp's (a name in
+    IVP_METHODS or an OdeSolver subclass). Returns (alpha_bar, t_start, t_end)."""
+    from scipy.integrate import OdeSolver
+
+    if not (method in IVP_METHODS if isinstance(method, str) else isinstance(method, type) and issubclass(method, OdeSolver)):
+        ours = isinstance(method, str) and method in SOLVERS
+        hint = " (ddimlab's own solvers are ode.solve's; these integrate to a tolerance)" if ours else ""
+        raise ValueError(f"method must be one of scipy's solve_ivp methods {', '.join(IVP_METHODS)} (or an OdeSolver "
+                         f"subclass), got {method!r}{hint}")
     alpha_bar = check_args(x, alpha_bar, None, name)[0]     # floating: ε is called in x's dtype, not a rounded state
     check_eps(eps)                                # a network: dropout in train mode would make the ODE random
     if x.requires_grad:                           # torch: "Can't call numpy() on Tensor that requires grad"
@@ -692,12 +703,7 @@ def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol):
     for tol_name, tol in (("rtol", rtol), ("atol", atol)):
         if (v := as_real(tol)) is None or v <= 0:
             raise ValueError(f"{tol_name} must be a finite number > 0 (solve_ivp's tolerance), got {tol!r}")
-    # ε is computed in x's dtype: a tolerance far below its rounding only shrinks solve_ivp's steps (float32 at rtol 1e-9:
-    # 16 times the calls of 1e-8, and minutes at 1e-10, reference_solution's default; float16 or bfloat16 at 1e-8 the same)
-    if as_real(rtol) < (floor := torch.finfo(x.dtype).eps / 20):
-        dtype = str(x.dtype).removeprefix("torch.")
-        raise ValueError(f"rtol = {as_real(rtol):g} is finer than {name}'s {dtype} can give (eps is computed in it), and "
-                         f"solve_ivp would take ever smaller steps: pass rtol >= {floor:.2g}, or {name} in float64")
+    _check_rtol(rtol, f"{name}'s {_dtype_name(x.dtype)} can give (eps is computed in it)", x.dtype, f"{name} in float64")
     steps = [as_real(v) for v in (t_start, t_end)]
     if None in steps:
         raise ValueError(f"t_start and t_end must be finite numbers (steps, fractional allowed), got {t_start!r} and {t_end!r}")
@@ -711,17 +717,46 @@ def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol):
     return alpha_bar, t_start, t_end
 
 
-def _eps_of_xbar(eps, alpha_bar, xbar: torch.Tensor, sig: float, sig_max: float, dtype) -> torch.Tensor:
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _check_rtol(rtol, what: str, dtype: torch.dtype, instead: str) -> None:
+    """ε computed in `dtype`: a tolerance far below its rounding only shrinks solve_ivp's steps (float32 at rtol 1e-9: 16
+    times the calls of 1e-8, and minutes at 1e-10, reference_solution's default; float16 or bfloat16 at 1e-8 the same).
+    `what` completes "rtol = ... is finer than" and `instead` "pass rtol >= floor, or"."""
+    if as_real(rtol) < (floor := torch.finfo(dtype).eps / 20):
+        raise ValueError(f"rtol = {as_real(rtol):g} is finer than {what}, and solve_ivp would take ever smaller steps: pass "
+                         f"rtol >= {floor:.2g}, or {instead}")
+
+
+def _eps_of_xbar(eps, alpha_bar, xbar: torch.Tensor, sig: float, sig_max: float, dtype, rtol) -> torch.Tensor:
     """The right-hand side of (ODE), ε(x̄/√(σ²+1), t(σ)), float64, with ε called in `dtype` (x's) and t as `call_eps`
-    passes a fractional step; σ below 0 is read as 0 and, for t only, above sig_max as sig_max (the solver's rounding)."""
+    passes a fractional step; σ below 0 is read as 0 and, for t only, above sig_max as sig_max (the solver's rounding).
+    An ε returned in a coarser dtype than x's (a float32 network behind a lambda) must resolve `rtol` too."""
     sig = max(sig, 0.0)
     x = (xbar / math.sqrt(sig ** 2 + 1)).to(dtype)
     t = torch.full((x.shape[0],), float(_t_of_sigma(alpha_bar, min(sig, sig_max))), device=x.device,
                    dtype=torch.promote_types(dtype, torch.float32))
-    e = _of_x_shape(eps(x, t), x, "eps(x, t)").to(torch.float64)
+    e = _of_x_shape(eps(x, t), x, "eps(x, t)")
+    if e.dtype != dtype and e.is_floating_point():
+        _check_rtol(rtol, f"the {_dtype_name(e.dtype)} that eps(x, t) returns can give", e.dtype,
+                    f"have eps return x's {_dtype_name(dtype)}")
+    e = e.to(torch.float64)
     if not bool(torch.isfinite(e).all()):
         raise NonFiniteError(f"eps(x, t) returned NaN or inf at t = {float(t[0]):.6g} (sigma = {sig:.6g})")
     return e
+
+
+def _check_deterministic(rhs, sig: float, y0: np.ndarray) -> None:
+    """The ODE's right-hand side twice at its first point: two answers mean a random eps (a network left in train mode
+    behind a lambda, whose dropout `check_eps` cannot see), and a random ODE has no solution to tolerance. Kernels that
+    sum in a varying order (some on GPUs) differ far below the 1e-3 allowed; dropout changes ε by several per cent."""
+    first, second = rhs(sig, y0), rhs(sig, y0)
+    gap, scale = float(np.abs(first - second).max(initial=0.0)), float(np.abs(first).max(initial=0.0))
+    if gap > 1e-3 * scale:
+        raise ValueError(f"eps(x, t) gave two answers for the same x and t (up to {gap:.2g} apart, of {scale:.2g}): a random "
+                         f"eps makes the ODE random; a network in train mode (dropout) needs net.eval() first")
 
 
 def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-10, atol: float = 1e-10,
@@ -732,21 +767,22 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
     worst sample's error). t_start / t_end may be floats (continuous steps); ε is called with float
     steps t(σ), down to t = −1 (ᾱ = 1) when t_end = −1, which the exact lab (`toy.exact_eps`) supports.
     The state is float64; ε is called in x_T's dtype (a float32 network takes float32 x_T, and then rtol ≥ 6e-9: a
-    tolerance below torch.finfo(dtype).eps / 20, ε's rounding, is refused, as it only shrinks the steps). Returns x at t_end
-    (= x̄ there times √ᾱ), float64.
+    tolerance below torch.finfo(dtype).eps / 20, ε's rounding, is refused, as it only shrinks the steps). method: solve_ivp's,
+    a name in IVP_METHODS or an OdeSolver subclass. Returns x at t_end (= x̄ there times √ᾱ), float64.
     """
     from scipy.integrate import solve_ivp
 
-    alpha_bar, t_start, t_end = _check_ivp(eps, x_T, "x_T", alpha_bar, t_start, t_end, rtol, atol)
+    alpha_bar, t_start, t_end = _check_ivp(eps, x_T, "x_T", alpha_bar, t_start, t_end, rtol, atol, method)
     sig0, sig1 = float(sigma_at(alpha_bar, t_start)), float(sigma_at(alpha_bar, t_end))
     shape, dev = x_T.shape, x_T.device
 
     @torch.no_grad()                              # a network's ε would require grad, and .numpy() refuse it
     def rhs(sig, y):
         xbar = torch.from_numpy(y).reshape(shape).to(dev)
-        return _eps_of_xbar(eps, alpha_bar, xbar, sig, sig0, x_T.dtype).reshape(-1).cpu().numpy()
+        return _eps_of_xbar(eps, alpha_bar, xbar, sig, sig0, x_T.dtype, rtol).reshape(-1).cpu().numpy()
 
     y0 = (x_T.to(torch.float64) / math.sqrt(float(alpha_bar_cont(alpha_bar, t_start)))).reshape(-1).cpu().numpy()
+    _check_deterministic(rhs, sig0, y0)
     sol = solve_ivp(rhs, (sig0, sig1), y0, method=method, rtol=rtol, atol=atol)
     if not sol.success:
         raise RuntimeError(f"solve_ivp failed: {sol.message}")
@@ -790,7 +826,8 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     E[zᵀ(∂F/∂x̄)z] = ∇·F, drawn once from `generator` and kept along the whole path, so the result is an unbiased estimate
     of log p. probe and generator without hutchinson are an error: the exact divergence draws nothing.
     eps must be differentiable in x by autograd (a network as `lambda x, t: net(x, t)` in eval mode, not `checkpoint.eps_fn`),
-    and the samples must not interact in it (each sample's divergence is read from the batch's one graph).
+    and the samples must not interact in it (each sample's divergence is read from the batch's one graph). method: solve_ivp's,
+    as in `reference_solution`.
     """
     from scipy.integrate import solve_ivp
 
@@ -801,7 +838,7 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
         raise TypeError(f"eps is {what} and log_likelihood differentiates eps in x: {_DIFFERENTIABLE_NET}")
     alpha_bar = validate_alpha_bar(alpha_bar)
     t_start = alpha_bar.shape[0] - 1 if t_start is None else t_start
-    alpha_bar, t_start, t_end = _check_ivp(eps, x_0, "x_0", alpha_bar, t_start, t_end, rtol, atol)
+    alpha_bar, t_start, t_end = _check_ivp(eps, x_0, "x_0", alpha_bar, t_start, t_end, rtol, atol, method)
     if prior is not None and not callable(prior):
         raise TypeError(f"prior must be None (N(0, I)) or a function x_T -> log density per sample, got {type(prior).__name__}")
     if probe is not None and probe not in PROBES:
@@ -833,7 +870,7 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     def rhs(sig, y):
         with torch.enable_grad():
             xbar = torch.from_numpy(y[:B * d]).reshape(shape).to(dev).requires_grad_()
-            e = _eps_of_xbar(eps, alpha_bar, xbar, sig, sig_noise, x_0.dtype)
+            e = _eps_of_xbar(eps, alpha_bar, xbar, sig, sig_noise, x_0.dtype, rtol)
             if not e.requires_grad:                 # torch: "element 0 of tensors does not require grad"
                 raise ValueError("eps(x, t) returned a tensor autograd cannot differentiate in x, and log_likelihood needs "
                                  f"its divergence: {_DIFFERENTIABLE_NET}")
@@ -842,6 +879,7 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
 
     y0 = np.concatenate([(x_0.to(torch.float64) / math.sqrt(float(alpha_bar_cont(alpha_bar, t_end)))).reshape(-1).cpu().numpy(),
                          np.zeros(B)])
+    _check_deterministic(rhs, sig_data, y0)
     sol = solve_ivp(rhs, (sig_data, sig_noise), y0, method=method, rtol=rtol, atol=atol)
     if not sol.success:
         raise RuntimeError(f"solve_ivp failed: {sol.message}")

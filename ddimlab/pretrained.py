@@ -30,7 +30,7 @@ from pathlib import Path
 
 from . import devices, train
 from .checks import check_int
-from .files import BusyError, check_can_write, current_umask, locked
+from .files import BusyError, check_can_write, current_umask, locked, make_folder
 
 # Fields that do not change the trained weights: left out of the cache key.
 _NOT_IN_KEY = ("out", "progress", "log_every", "ckpt_every", "sample_every", "n_samples", "sample_steps",
@@ -51,6 +51,9 @@ def config_key(config: train.TrainConfig) -> str:
     d["cache_version"] = CACHE_VERSION
     blob = json.dumps(d, sort_keys=True, default=list).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+CACHE_HINT = "point DDIMLAB_CACHE at a folder you can write"
 
 
 def models_dir(cache_dir=None) -> Path:
@@ -92,6 +95,7 @@ def digits_model(steps: int | None = None, seed: int = 0, cache_dir=None, progre
     """
     config, folder = _config_and_folder(steps, seed, cache_dir, device, overrides, threads)
     devices.resolve(config.device)         # a device this machine lacks: said before the cache's lock file is made
+    make_folder(folder.parent, hint=CACHE_HINT if cache_dir is None else "pass another cache_dir")   # else locked's "--out"
     lock = folder.parent / f".{folder.name}.lock"
     try:
         with locked(lock, busy="held"):
@@ -113,7 +117,7 @@ def check_cache(steps: int | None = None, seed: int = 0) -> None:
     model, or can take it, else an OSError naming DDIMLAB_CACHE now rather than after the other work."""
     _, folder = _config_and_folder(steps, seed)
     if not (folder / "ckpt.pt").exists():
-        check_can_write(folder.parent, hint="point DDIMLAB_CACHE at a folder you can write")
+        check_can_write(folder.parent, hint=CACHE_HINT)
 
 
 def _cached_or_trained(folder: Path, config: train.TrainConfig, progress: bool):

@@ -311,6 +311,10 @@ def _check_n_boot(n_boot) -> int:
 def _check_threshold(threshold) -> float:
     if (p := as_real(threshold)) is None or not 0 < p < 1:
         raise ValueError(f"threshold must lie in (0, 1) (a probability: 0.9, not 90), got {threshold!r}")
+    if p <= 1 / N_CLASSES:         # the largest of 10 probabilities is at least 1/10: a share of 1.0 whatever the samples
+        raise ValueError(f"threshold = {p:g} counts every sample as confident (the top probability among {N_CLASSES} digits "
+                         f"is at least {1 / N_CLASSES:g}): give one above that, the classifier's confidence (0.9, not 0.1 "
+                         f"for 'within 10 %')")
     return p
 
 

@@ -31,7 +31,9 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ddimlab import checkpoint, demo, generate, lab, ode, plotting, pretrained, samplers, schedule, toy  # noqa: E402
-from ddimlab.files import atomic_write  # noqa: E402
+from ddimlab.checks import check_distinct  # noqa: E402
+from ddimlab.cli import USER_ERRORS, Formatter, int_in  # noqa: E402
+from ddimlab.files import atomic_write, check_can_write, check_out_folder  # noqa: E402
 
 FIGURES = ("samples", "consistency", "interpolation", "lab", "ode")
 DPI = 80
@@ -152,20 +154,47 @@ def fig_ode(out: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "figures"))
-    p.add_argument("--only", nargs="*", choices=FIGURES, default=list(FIGURES))
-    p.add_argument("--steps", type=int, default=None, help="digits training steps (default: the preset's)")
-    p.add_argument("--threads", type=int, default=2)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=Formatter)
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "figures"), help="folder for the PNGs")
+    p.add_argument("--only", nargs="+", choices=FIGURES, default=list(FIGURES), help="the figures to make")
+    p.add_argument("--steps", type=int_in(1), default=None, help="digits training steps (default: the preset's)")
+    p.add_argument("--threads", type=int_in(1), default=2, help="CPU threads")
     args = p.parse_args(argv)
+    try:
+        check_distinct(args.only, "--only")
+    except ValueError as e:
+        p.error(str(e))
+    try:
+        check_out_folder(Path(args.out), "a folder for the figures")   # said now, not after training the digits model
+        check_can_write(args.out)
+        make(args)
+    except KeyboardInterrupt:        # each PNG is written whole or not at all (savefig): nothing half-written to say
+        print(f"{p.prog}: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def make(args) -> None:
+    """The figures `main`'s arguments ask for, in args.out (the caller's thread count and grad mode restored after)."""
+    saved_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    try:
+        with torch.no_grad():
+            make_each(args)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def make_each(args) -> None:
     out = Path(args.out)
     t0 = time.perf_counter()
     model = config = None
     if {"samples", "consistency", "interpolation"} & set(args.only):
         print("digits model (trains the preset once, then loads it from the cache) ...", flush=True)
         model, config = pretrained.digits_model(steps=args.steps, progress=True)
-    torch.set_grad_enabled(False)
     for name in args.only:
         print(name, flush=True)
         if name == "samples":
@@ -179,7 +208,6 @@ def main(argv=None) -> int:
         elif name == "ode":
             fig_ode(out)
     print(f"done in {time.perf_counter() - t0:.0f} s")
-    return 0
 
 
 if __name__ == "__main__":

@@ -66,7 +66,8 @@ def randomize():
 
 
 class _Server:
-    """Loopback HTTP server: routes[path] = (body, mode) with mode "ok" or "truncate"."""
+    """Loopback HTTP server: routes[path] = (body, mode) with mode "ok", "truncate", "stall", "html" (body served as
+    text/html) or "redirect" (to the path given as body)."""
 
     def __init__(self):
         self.routes, self.requests = {}, []
@@ -83,8 +84,14 @@ class _Server:
                 if mode == "stall":
                     server.release.wait(5)
                     return
+                if mode == "redirect":
+                    self.send_response(302)
+                    self.send_header("Location", body)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 self.send_response(200)
-                self.send_header("Content-Type", "application/gzip")
+                self.send_header("Content-Type", "text/html; charset=utf-8" if mode == "html" else "application/gzip")
                 if mode == "truncate":  # promise more than we send, then hang up
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()

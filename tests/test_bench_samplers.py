@@ -2,6 +2,8 @@
 prints every ratio twice, as picked on the same points and cross-fitted (its statistics: tests/test_lab.py)."""
 import importlib.util
 import math
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,43 @@ def test_report_runs_with_tiny_sizes(bench, monkeypatch, capsys):
 def test_verdict_reads_a_ratio_at_three_standard_errors(bench, ratio, se, expected):
     """The README's readings of the benchmark table, each from the ratio and its SE alone."""
     assert bench.verdict(ratio, se) == expected
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--n", "1"], "argument --n: must be an integer >= 2, got 1"),             # error_ratio's ValueError after minutes
+    (["--budgets", "0"], r"argument --budgets: must be an integer in 2..500, got 0"),
+    (["--budgets", "5", "15"], r"no tuned setting for NFE 15; the report's budgets are among 5, 10, 20"),   # KeyError: 15
+    (["--budgets", "5", "5"], r"--budgets = 5 is listed twice"),                 # every row printed twice
+    (["--tune", "--budgets", "600"], r"argument --budgets: must be an integer in 2..500, got 600"),
+])
+def test_bad_arguments_are_one_line_before_the_sweep(bench, argv, needle, monkeypatch, capsys):
+    """Careless round 27: each of these failed (or doubled the table) only after the reference and the diffusers sweep."""
+    monkeypatch.setattr(bench, "report", lambda *a, **k: pytest.fail("the report started"))
+    monkeypatch.setattr(bench, "tune", lambda *a, **k: pytest.fail("the tuning started"))
+    monkeypatch.setattr(sys, "argv", ["bench_samplers.py"])
+    with pytest.raises(SystemExit) as stop:
+        bench.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and err.startswith("bench_samplers.py: error: ") and re.search(needle, err), err
+
+
+def test_tune_takes_n_and_ctrl_c_and_a_missing_diffusers_are_one_line(bench, monkeypatch, capsys):
+    """--tune ran 1024 points whatever --n said; Ctrl-C was a traceback through the sweep; without diffusers the report
+    computed the reference first and then stopped with `ModuleNotFoundError: No module named 'diffusers'`."""
+    asked = {}
+    monkeypatch.setattr(bench, "tune", lambda n, budgets: asked.update(n=n, budgets=budgets))
+    monkeypatch.setattr(sys, "argv", ["bench_samplers.py"])
+    bench.main(["--tune", "--n", "256", "--budgets", "3", "40"])
+    assert asked == {"n": 256, "budgets": [3, 40]}
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(bench, "tune", ctrl_c)
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--tune"])
+    assert stop.value.code == 130 and capsys.readouterr().err.strip() == "bench_samplers.py: interrupted"
+    monkeypatch.setitem(sys.modules, "diffusers", None)          # import diffusers raises ImportError
+    monkeypatch.setattr(bench, "report", lambda *a, **k: pytest.fail("the report started"))
+    with pytest.raises(SystemExit, match=r"^bench_samplers.py: error: .*not installed: pip install diffusers \(or make "
+                                         r"bench\)$"):
+        bench.main([])

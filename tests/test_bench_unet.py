@@ -1,9 +1,13 @@
 """benchmarks/bench_unet.py's speed-up: the geometric mean of per-round time ratios and its standard error, checked
 against repeats of a simulated benchmark (the end-to-end run on the CPU: tests/test_gpu_check.py)."""
 import importlib.util
+import json
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from ddimlab import quality
@@ -41,3 +45,47 @@ def test_speedup_readings():
     assert bench_unet.speedup(*simulated_rounds(rng, 1.0, 20, noise_sd=0.3))["reading"] == "unresolved"
     one = bench_unet.speedup([2.0], [1.0])
     assert one["ratio"] == 2.0 and one["se"] is None and one["reading"] == "unresolved"
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--batch", "0"], "argument --batch: must be a positive integer, got 0"),          # was batch 8 without a word
+    (["--iters", "0"], "argument --iters: must be a positive integer, got 0"),          # was 10 rounds without a word
+    (["--warmup", "-1"], "argument --warmup: must be a non-negative integer, got -1"),
+    (["--threads", "0"], "argument --threads: must be a positive integer, got 0"),     # torch's RuntimeError
+    (["--peak-tflops", "-5"], r"argument --peak-tflops: must be a number > 0 \(TFLOP/s\), got '-5'"),  # bounds < 0
+    (["--peak-tflops", "nan"], "argument --peak-tflops: must be a number > 0"),
+    (["--device", "bogus"], "bench_unet.py: error: unknown device 'bogus': use auto, cpu, cuda"),   # torch's traceback
+    (["--json", "{tmp}"], r"argument --json: .* is a folder; give a file name"),        # a traceback after the timings
+    (["--json", "{tmp}/f"], r"argument --json: .*f already exists; pass --overwrite to replace it or choose another --json"),
+    (["--json", "{tmp}/f/r.json"], r"argument --json: cannot create files in .*f is a file, not a folder.*another --json"),
+])
+def test_bad_arguments_are_one_line_before_any_timing(argv, needle, tmp_path, monkeypatch, capsys):
+    """Careless round 27: each of these ran minutes of timings first, or substituted a default, or was a traceback; an
+    existing --json (an earlier run's results) was replaced without a word."""
+    (tmp_path / "f").write_text("")
+    monkeypatch.setattr(bench_unet, "build_pair", lambda *a, **k: pytest.fail("the benchmark started"))
+    monkeypatch.setattr(sys, "argv", ["bench_unet.py"])
+    with pytest.raises(SystemExit) as stop:
+        bench_unet.main(["--preset", "tiny", *(a.format(tmp=tmp_path) for a in argv)])
+    said = str(stop.value.code) if stop.value.code != 2 else capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.search(needle, said), said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_without_diffusers_one_line_says_how_to_install_it(monkeypatch):
+    """Was `ModuleNotFoundError: No module named 'diffusers'` from build_pair, after the argument checks."""
+    monkeypatch.setitem(sys.modules, "diffusers", None)          # import diffusers raises ImportError
+    monkeypatch.setattr(sys, "argv", ["bench_unet.py"])
+    with pytest.raises(SystemExit, match=r"^bench_unet.py: error: .*diffusers, which is not installed: pip install "
+                                         r"diffusers \(or make bench\)$"):
+        bench_unet.main(["--preset", "tiny"])
+
+
+def test_overwrite_replaces_an_earlier_json_whole(tmp_path, monkeypatch):
+    pytest.importorskip("diffusers")
+    earlier = tmp_path / "r.json"
+    earlier.write_text('{"device": "an earlier run"}')
+    monkeypatch.setattr(sys, "argv", ["bench_unet.py"])
+    out = bench_unet.main(["--preset", "tiny", "--device", "cpu", "--batch", "1", "--iters", "2", "--warmup", "0",
+                           "--threads", "1", "--json", str(earlier), "--overwrite"])
+    assert json.loads(earlier.read_text())["results"].keys() == out["results"].keys() and out["iters"] == 2

@@ -93,6 +93,27 @@ def test_truncated_download_leaves_cache_clean(fake, server, tmp_path):
         assert _cache_listing(cache) == []
 
 
+def test_an_error_page_or_a_redirect_loop_is_one_line_and_leaves_the_cache_clean(fake, server, tmp_path):
+    """Careless round 27: an HTML page served with status 200 (a quota or sign-in page) was cached as the file where
+    md5=None, and with the md5 said only "md5 mismatch"; a redirect loop was urllib's three-line reason."""
+    page = b"<!DOCTYPE html>\n<html><body>Too many downloads, try again later</body></html>"
+    server.routes["/page.tgz"] = (page, "html")
+    server.routes["/a.tgz"], server.routes["/b.tgz"] = ("/b.tgz", "redirect"), ("/a.tgz", "redirect")
+    server.routes["/hop.tgz"], server.routes["/c.tgz"] = ("/c.tgz", "redirect"), (fake.path.read_bytes(), "ok")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for md5 in (None, fake.md5):
+        with pytest.raises(D.DownloadError, match=rf"got a web page \(text/html, {len(page)} bytes\), not the file") as e:
+            D.download(server.url("/page.tgz"), cache / "f.tgz", md5, progress=False, timeout=5)
+        assert "\n" not in str(e.value) and _cache_listing(cache) == []
+    with pytest.raises(D.DownloadError, match=r"/a.tgz failed: HTTP 302, redirects that never reach a file \(a loop, or "
+                                              r"more than 10\)$"):
+        D.download(server.url("/a.tgz"), cache / "f.tgz", None, progress=False, timeout=5)
+    assert _cache_listing(cache) == []
+    assert D.download(server.url("/hop.tgz"), cache / "f.tgz", fake.md5, progress=False).read_bytes() == \
+        fake.path.read_bytes()                     # a redirect that reaches the file is followed, as before
+
+
 def test_timeout_leaves_cache_clean(server, tmp_path):
     server.routes["/slow.tgz"] = (b"", "stall")
     cache = tmp_path / "cache"

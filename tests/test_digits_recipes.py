@@ -1,6 +1,8 @@
 """benchmarks/digits_recipes.py with tiny sizes (its standard errors: `quality.mean_difference`, tests/test_quality.py)."""
 import importlib.util
 import math
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,3 +34,38 @@ def test_recipes_are_trained_scored_and_compared_with_tiny_sizes(recipes, tmp_pa
     out, (_, fds, _, ses) = capsys.readouterr().out, report["results"]["preset", 0, 3]
     sd = float(np.std(fds, ddof=1))
     assert len(ses) == 2 and f"SD {sd:.2f} ± {sd / math.sqrt(2):.2f}; mean bootstrap SE {np.mean(ses):.2f}" in out, out
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--seeds", "0", "0"], r"--seeds = 0 is listed twice"),          # pooled twice: its standard errors / √2, silently
+    (["--x-seeds", "10", "10"], r"--x-seeds = 10 is listed twice"),   # the same x_T set counted twice, likewise
+    (["--recipes", "preset", "preset"], r"--recipes = preset is listed twice"),
+    (["--steps", "0"], "argument --steps: must be a positive integer, got 0"),   # was the preset's steps, silently
+    (["--n", "1"], "argument --n: must be an integer >= 2, got 1"),              # score_digits' error after training
+    (["--S", "1001"], r"argument --S: must be an integer in 1..1000, got 1001"),  # schedule's error after training
+    (["--threads", "0"], "argument --threads: must be a positive integer, got 0"),
+    (["--x-seeds", "10"], r"give at least two --x-seeds \(or two --seeds\) to compare recipes"),   # after all training
+    (["--cache", "{tmp}/f"], r"^digits_recipes.py: error: .*f is a file, not a folder\); choose another --cache$"),
+])
+def test_bad_arguments_are_one_line_before_any_training(recipes, argv, needle, tmp_path, monkeypatch, capsys):
+    """Careless round 27: each of these pooled values twice without a word, substituted a default, or was a traceback
+    (the last three after the first model had trained, which takes half an hour)."""
+    (tmp_path / "f").write_text("")
+    monkeypatch.setattr(recipes.pretrained, "digits_model", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(sys, "argv", ["digits_recipes.py"])
+    with pytest.raises(SystemExit) as stop:
+        recipes.main([a.format(tmp=tmp_path) for a in argv])
+    said = str(stop.value.code) if stop.value.code != 2 else capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.search(needle, said), said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_interrupted_is_one_line(recipes, tmp_path, monkeypatch, capsys):
+    """Ctrl-C while a recipe trained was a traceback through train's loop."""
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt("stopped at step 3 of 10; the cached digits model was not finished, and nothing was kept")
+    monkeypatch.setattr(recipes.pretrained, "digits_model", ctrl_c)
+    monkeypatch.setattr(sys, "argv", ["digits_recipes.py"])
+    with pytest.raises(SystemExit) as stop:
+        recipes.main(["--cache", str(tmp_path)])
+    assert stop.value.code == 130 and capsys.readouterr().err.strip() == "digits_recipes.py: interrupted"

@@ -247,3 +247,18 @@ def test_atomic_write_names_a_loop_of_links_on_the_way_and_replaces_one_at_the_p
         atomic_write(tmp_path / name, lambda f: f.write(b"1"))
         assert not (tmp_path / name).is_symlink() and (tmp_path / name).read_bytes() == b"1"
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_atomic_write_names_a_file_on_the_way(tmp_path):
+    """Careless round 27: `checkpoint.official_ddpm_file(cache_dir=<a file>)` (and any atomic_write through a file) was
+    "[Errno 20] Not a directory: '<cache>/checkpoints/model-790000.ckpt'", naming the path, not the file in its way."""
+    import re
+
+    from ddimlab import checkpoint
+
+    (tmp_path / "f").write_text("mine")
+    for write in (lambda: atomic_write(tmp_path / "f" / "x" / "y.json", lambda f: f.write(b"1")),
+                  lambda: checkpoint.official_ddpm_file(cache_dir=tmp_path / "f", url="http://127.0.0.1:9/", progress=False)):
+        with pytest.raises(NotADirectoryError, match="cannot create the folder .*" + re.escape(f"({tmp_path / 'f'} is a file")):
+            write()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"] and (tmp_path / "f").read_text() == "mine"

@@ -586,7 +586,11 @@ def test_log_likelihood_refuses_bad_input_in_one_line():
            ({"t_end": -2}, ValueError, r"t_start and t_end must lie in \[-1, T-1\].*got 999 and -2"),
            ({"eps": lambda x, t: torch.zeros_like(x)}, ValueError, "autograd cannot differentiate in x"),
            ({"eps": checkpoint.eps_fn(lambda x, t: x)}, TypeError, r"eps is checkpoint.eps_fn\(net\), which runs net without"),
-           ({"eps": torch.nn.Linear(2, 2)}, TypeError, r"eps is a network \(Linear\).*lambda x, t: net\(x, t\) with net.eval")]
+           ({"eps": torch.nn.Linear(2, 2)}, TypeError, r"eps is a network \(Linear\).*lambda x, t: net\(x, t\) with net.eval"),
+           # scipy's own words were "`method` must be one of {'RK23': <class 'scipy.integrate._ivp.rk.RK23'>, ..."
+           ({"method": "rk45"}, ValueError, r"method must be one of scipy's solve_ivp methods RK45, .*LSODA .*got 'rk45'$"),
+           ({"method": "heun"}, ValueError, r"got 'heun' \(ddimlab's own solvers are ode.solve's"),
+           ({"method": None}, ValueError, "method must be one of scipy's solve_ivp methods")]
     for kwargs, kind, needle in bad:
         args = {"eps": eps, "x_0": x0, **kwargs}
         with pytest.raises(kind, match=needle) as err:
@@ -598,5 +602,36 @@ def test_log_likelihood_refuses_bad_input_in_one_line():
         ode.reference_solution(eps, x0[0, 0], AB, 999)
     with pytest.raises(ValueError, match="rtol = 1e-10 is finer than x_T's float32 can give"):     # its default rtol
         ode.reference_solution(eps, x0.float(), AB, 999)
+    # careless round 27: x in float64 but eps returning float32 (a float32 network behind a lambda) took minutes at the
+    # default rtol 1e-10, the guard seeing only x's dtype; the first call now says so (float16 at log_likelihood's 1e-8)
+    f32 = lambda x, t: eps(x, t).float()          # noqa: E731
+    with pytest.raises(ValueError, match=r"^rtol = 1e-10 is finer than the float32 that eps\(x, t\) returns can give, .* "
+                                         r"pass rtol >= 6e-09, or have eps return x's float64$"):
+        ode.reference_solution(f32, x0, AB, 999)
+    with pytest.raises(ValueError, match=r"finer than the float16 that eps\(x, t\) returns can give, .* rtol >= 4.9e-05"):
+        ode.log_likelihood(lambda x, t: eps(x, t).half(), x0, AB)
+    np.testing.assert_allclose(ode.reference_solution(f32, x0, AB, 20, rtol=1e-7, atol=1e-7),      # a tolerance it resolves
+                               ode.reference_solution(eps, x0, AB, 20), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="method must be one of scipy's solve_ivp methods"):
+        ode.reference_solution(eps, x0, AB, 999, method="dopri5")
+    from scipy.integrate import RK45  # a solver class, as solve_ivp allows
+    np.testing.assert_allclose(ode.reference_solution(eps, x0, AB, 20, method=RK45, rtol=1e-9, atol=1e-9),
+                               ode.reference_solution(eps, x0, AB, 20), rtol=0, atol=1e-6)
     empty = ode.log_likelihood(eps, x0[:0], AB)          # an empty batch (the last chunk of a split) maps to empty
     assert empty.shape == (0,) and empty.dtype == torch.float64
+
+
+def test_a_network_in_train_mode_behind_a_lambda_is_refused():
+    """Careless round 27: check_eps sees a network passed as itself, not one behind `lambda x, t: net(x)`; in train mode
+    its dropout made each call random, and both integrators returned numbers without a word (on the old code this test
+    took 97 s: solve_ivp shrinking its steps against the noise)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.SiLU(), torch.nn.Dropout(0.1), torch.nn.Linear(32, 2)).double()
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for run in (lambda: ode.reference_solution(lambda x, t: net(x), x, AB, 50, rtol=1e-6, atol=1e-6),
+                lambda: ode.log_likelihood(lambda x, t: net(x), x, AB, t_start=50, rtol=1e-6, atol=1e-6)):
+        with pytest.raises(ValueError, match=r"^eps\(x, t\) gave two answers for the same x and t .*net.eval\(\) first$"):
+            run()
+    net.eval()                                    # the same network, deterministic: both run, as before
+    assert torch.isfinite(ode.reference_solution(lambda x, t: net(x), x, AB, 50, rtol=1e-6, atol=1e-6)).all()
+    assert torch.isfinite(ode.log_likelihood(lambda x, t: net(x), x, AB, t_start=50, rtol=1e-6, atol=1e-6)).all()

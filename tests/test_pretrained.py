@@ -121,6 +121,13 @@ def test_bad_steps(steps, tmp_path):
         pretrained.digits_model(steps=steps, cache_dir=tmp_path)
 
 
+def test_a_cache_dir_through_a_file_says_cache_dir_not_out(tmp_path):
+    """Careless round 27: the lock file's folder was made by files.locked, whose advice was "choose another --out"."""
+    (tmp_path / "f").write_text("")
+    with pytest.raises(NotADirectoryError, match=r"f is a file, not a folder\); pass another cache_dir$"):
+        pretrained.digits_model(steps=STEPS, cache_dir=tmp_path / "f")
+
+
 def test_ctrl_c_while_training_the_cached_model_says_nothing_was_kept(tmp_path, monkeypatch):
     """`train`'s Ctrl-C message named a temporary folder (deleted right after) and advised --resume, which the
     demo does not have."""

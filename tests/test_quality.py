@@ -292,3 +292,17 @@ def test_paired_difference_errors_use_the_pairing():
     se_fd, se_share = np.mean(predicted, axis=0)
     assert 0.7 < se_fd / np.std(fd, ddof=1) < 2 and 0.7 < se_share / np.std(share, ddof=1) < 2, (se_fd, se_share)
     assert np.mean(unpaired) > 3 * se_fd
+
+
+def test_a_threshold_every_sample_meets_is_refused():
+    """Careless round 27: threshold=0.05 (meant as "within 5 %"?) scored blank images as confident share 1.0 and
+    covering digits, since the top of 10 class probabilities is never below 0.1; brute force over the classifier's
+    probabilities shows that floor, and 0.11 still discriminates."""
+    blank = torch.full((8, 1, 16, 16), -1.0)
+    _, conf = quality.classify(blank)
+    assert float(conf.min()) >= 0.1                          # the floor the check relies on
+    for threshold in (0.05, 0.1):
+        for call in (quality.confident_share, quality.class_counts, quality.score_digits):
+            with pytest.raises(ValueError, match=rf"threshold = {threshold:g} counts every sample as confident"):
+                call(blank, threshold)
+    assert quality.confident_share(blank, 0.11) == float((conf >= 0.11).double().mean())
