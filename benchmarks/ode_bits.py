@@ -32,6 +32,7 @@ import torch
 
 from ddimlab import data, devices, elbo, ode, pretrained, schedule
 from ddimlab.checkpoint import eps_fn
+from ddimlab.cli import USER_ERRORS, Formatter, int_in
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # digits_recipes.py sits beside this script
 from digits_recipes import verdict  # noqa: E402
@@ -55,31 +56,36 @@ def ode_bits(eps, x0: torch.Tensor, alpha_bar, generator: torch.Generator, hutch
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=64, help="training digits, drawn at random (default: 64)")
-    p.add_argument("--seed", type=int, default=0, help="draws the digits, the dequantization and the probes (default: 0)")
-    p.add_argument("--hutchinson", type=int, default=1,
-                   help="Rademacher probes per image; 0 for the exact divergence (default: 1)")
-    p.add_argument("--rtol", type=float, default=1e-3, help="the ODE solver's relative tolerance (default: 1e-3)")
-    p.add_argument("--atol", type=float, default=1e-3, help="the ODE solver's absolute tolerance (default: 1e-3)")
-    p.add_argument("--steps", type=int, default=None, help="the digits model's training steps (default: the preset's)")
-    p.add_argument("--device", default="auto", help="where the network runs: auto (cuda if present), cpu, cuda, cuda:N, mps "
-                   "(default: auto)")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
+    p.add_argument("--n", type=int_in(2), default=64, help="training digits, drawn at random (at least 2, for a standard error)")
+    p.add_argument("--seed", type=int_in(0, 2 ** 32 - 1), default=0, help="draws the digits, the dequantization and the probes")
+    p.add_argument("--hutchinson", type=int_in(0), default=1, help="Rademacher probes per image; 0 for the exact divergence")
+    p.add_argument("--rtol", type=float, default=1e-3, help="the ODE solver's relative tolerance")
+    p.add_argument("--atol", type=float, default=1e-3, help="the ODE solver's absolute tolerance")
+    p.add_argument("--steps", type=int_in(1), default=None, help="the digits model's training steps (default: the preset's)")
+    p.add_argument("--device", default="auto", help="where the network runs: auto (cuda if present), cpu, cuda, cuda:N, mps")
     p.add_argument("--cache", default=None, help="model cache folder (default: $DDIMLAB_CACHE, as the demo)")
     args = p.parse_args(argv)
-    if args.n < 2 or args.hutchinson < 0:
-        p.error(f"--n must be at least 2 (a standard error needs two) and --hutchinson at least 0, "
-                f"got {args.n} and {args.hutchinson}")
+    if not (0 < args.rtol < 1 and 0 < args.atol < 1):          # NaN fails too
+        p.error(f"--rtol and --atol must be in (0, 1), got {args.rtol} and {args.atol}")
     try:
-        device = devices.resolve(args.device)
-    except devices.DeviceError as e:
-        p.error(str(e))
+        return measure(args, devices.resolve(args.device))
+    except KeyboardInterrupt:        # Ctrl-C: one line (nothing is written)
+        print(f"{p.prog}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except USER_ERRORS as e:         # a device this machine lacks, a --cache that cannot be written, more digits than there are
+        raise SystemExit(f"{p.prog}: error: {e}") from None
 
+
+def measure(args, device: torch.device) -> dict:
+    """Both code lengths of `--n` digits, printed with their paired difference (`main`'s arguments)."""
+    digits, _ = data.load_digits(pretrained.digits_config(args.steps).resolution)
+    if args.n > len(digits):                       # said before a model is trained
+        raise ValueError(f"--n {args.n}: there are {len(digits)} digits")
     print("the digits model: training or loading from the cache", flush=True)
     model, config = pretrained.digits_model(args.steps, cache_dir=args.cache)
     model = model.to(device)
     alpha_bar = schedule.make_alpha_bar(config.schedule, config.T)
-    digits, _ = data.load_digits(config.resolution)
     g = torch.Generator().manual_seed(args.seed)
     x0 = data.to_model_range(digits[torch.randperm(len(digits), generator=g)[:args.n]]).to(device)
 

@@ -71,7 +71,9 @@ def test_the_script_scores_a_tiny_model_both_ways(bits, tmp_path, capsys):
 def test_bad_sizes_are_refused_in_one_line(bits, capsys):
     with pytest.raises(SystemExit) as stop:
         bits.main(["--n", "1"])
-    assert stop.value.code == 2 and "--n must be at least 2" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as stop:
-        bits.main(["--device", "tpu"])
-    assert stop.value.code == 2 and "unknown device 'tpu'" in capsys.readouterr().err
+    assert stop.value.code == 2 and "--n: must be" in capsys.readouterr().err
+    for argv, said in ((["--rtol", "nan"], "--rtol and --atol must be in (0, 1)"), (["--device", "tpu"], "unknown device 'tpu'"),
+                       (["--n", "5000", "--cache", "/nonexistent/never-made"], "--n 5000: there are 1797 digits")):
+        with pytest.raises(SystemExit) as stop:
+            bits.main(argv)
+        assert said in str(stop.value.code) + capsys.readouterr().err
