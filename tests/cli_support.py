@@ -3,16 +3,28 @@ check, a stdout whose reader has gone (the `trained` fixture, a tiny run trained
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from ddimlab import cli, lab
 
 TINY = ["resolution=8", "ch=16", "ch_mult=1,2", "attn_resolutions=", "num_groups=8", "dropout=0",
         "batch_size=32", "steps=30", "lr=2e-3", "warmup=5", "log_every=10", "n_samples=4", "sample_steps=5",
         "device=cpu"]
+
+
+def load_script(path: str):
+    """A script outside the package (benchmarks/NAME.py, docs/NAME.py, from the repository's root) as a module, so that
+    its tests call its functions and `main(argv)` in-process."""
+    file = Path(__file__).resolve().parents[1] / path
+    spec = importlib.util.spec_from_file_location(file.stem, file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _sets(items):

@@ -1,25 +1,19 @@
 """benchmarks/bench_samplers.py with tiny sizes: the report runs end to end, counts calls within each budget, and
 prints every ratio twice, as picked on the same points and cross-fitted (its statistics: tests/test_lab.py)."""
-import importlib.util
 import math
 import re
 import sys
-from pathlib import Path
 
 import pytest
+from cli_support import load_script
 
 from ddimlab import toy
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_samplers.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
     pytest.importorskip("diffusers")
-    spec = importlib.util.spec_from_file_location("bench_samplers", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_samplers.py")
 
 
 def test_report_runs_with_tiny_sizes(bench, monkeypatch, capsys):

@@ -1,21 +1,17 @@
 """benchmarks/bench_unet.py's speed-up: the geometric mean of per-round time ratios and its standard error, checked
 against repeats of a simulated benchmark (the end-to-end run on the CPU: tests/test_gpu_check.py)."""
-import importlib.util
 import json
 import re
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cli_support import load_script
 
 from ddimlab import quality
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_unet.py"
-spec = importlib.util.spec_from_file_location("bench_unet", SCRIPT)
-bench_unet = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench_unet)
+bench_unet = load_script("benchmarks/bench_unet.py")
 
 
 def simulated_rounds(rng, ratio, rounds, load_sd=0.5, noise_sd=0.05):

@@ -1,22 +1,16 @@
 """benchmarks/digits_recipes.py with tiny sizes (its standard errors: `quality.mean_difference`, tests/test_quality.py)."""
-import importlib.util
 import math
 import re
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "digits_recipes.py"
+from cli_support import load_script
 
 
 @pytest.fixture(scope="module")
 def recipes():
-    spec = importlib.util.spec_from_file_location("digits_recipes", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/digits_recipes.py")
 
 
 @pytest.mark.slow

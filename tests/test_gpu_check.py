@@ -1,18 +1,13 @@
 """`make gpu-check` runs benchmarks/gpu_check.py on a lent GPU; here the same pipeline with tiny sizes on the CPU."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+from cli_support import load_script
 
 
 @pytest.mark.slow
 def test_gpu_check_pipeline_runs_with_tiny_sizes(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+    gpu_check = load_script("benchmarks/gpu_check.py")
     report = gpu_check.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--no-progress"])
     out = capsys.readouterr().out
     assert "== ddimlab GPU check" in out and "resumed: ok" in out and "outputs finite: yes" in out
@@ -31,9 +26,7 @@ def test_gpu_check_keeps_no_throwaway_run_and_says_mistakes_in_one_line(tmp_path
     named; a second run on one --out, a CPU-only torch asked for CUDA, and a file as --out were tracebacks."""
     import tempfile
 
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+    gpu_check = load_script("benchmarks/gpu_check.py")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     tiny = ["--tiny", "--device", "cpu", "--no-progress", "--no-bench"]
     gpu_check.main(tiny)
@@ -52,9 +45,7 @@ def test_gpu_check_interrupted_says_so_in_one_line_and_removes_its_throwaway_run
     """Helper 99: Ctrl-C (or `timeout -s INT`) was a 50-line traceback and left the unnamed temporary run behind."""
     import tempfile
 
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+    gpu_check = load_script("benchmarks/gpu_check.py")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
     def ctrl_c(args, device, run):             # after training: the run is on disk

@@ -1,21 +1,15 @@
 """docs/make_figures.py as a user runs it: bad arguments and an unusable --out are one line before the digits model is
 trained (the figures themselves: the README's, made by hand and reviewed)."""
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "make_figures.py"
+from cli_support import load_script
 
 
 @pytest.fixture(scope="module")
 def figures():
-    spec = importlib.util.spec_from_file_location("make_figures", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("docs/make_figures.py")
 
 
 @pytest.mark.parametrize("argv,said", [

@@ -1,25 +1,20 @@
 """benchmarks/ode_bits.py: its code lengths against scipy's bin probabilities, and the whole script with tiny sizes."""
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cli_support import load_script
 from scipy import stats
 
 from ddimlab import ode, schedule
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ode_bits.py"
 S = 0.5                                             # data N(0, S² I)
 
 
 @pytest.fixture(scope="module")
 def bits():
-    spec = importlib.util.spec_from_file_location("ode_bits", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/ode_bits.py")
 
 
 def _bin_bits(x: torch.Tensor) -> torch.Tensor:
