@@ -17,10 +17,19 @@ def bits():
     return load_script("benchmarks/ode_bits.py")
 
 
-def _bin_bits(x: torch.Tensor) -> torch.Tensor:
-    """−log2 P(bin)/d per image for data N(0, S² I): the 8-bit bin [x − 1/255, x + 1/255] of each pixel, by scipy."""
-    p = stats.norm.cdf(x.numpy() + 1 / 255, scale=S) - stats.norm.cdf(x.numpy() - 1 / 255, scale=S)
-    return torch.from_numpy(-np.log2(p).reshape(len(x), -1).mean(1))
+def _bin_bits(x: torch.Tensor, mean: float = 0.0, scale: float = S, half_width: float = 1 / 255) -> torch.Tensor:
+    """−log2 P(bin)/d per image for data N(mean, scale² I): the 8-bit bin [x − 1/255, x + 1/255] of each pixel (in [−1, 1];
+    half_width 1/510 in [0, 1]), by scipy."""
+    hi, lo = (stats.norm.cdf(x.numpy() + sign * half_width, mean, scale) for sign in (1, -1))
+    return torch.from_numpy(-np.log2(hi - lo).reshape(len(x), -1).mean(1))
+
+
+def _gaussian_eps(ab, mean: float = 0.0, scale: float = S):
+    """The exact ε* of data N(mean, scale² I), typed from q(x_t) = N(√ᾱ mean, ᾱ scale² + 1 − ᾱ)."""
+    def eps(x, t):
+        a = ode.alpha_bar_cont(ab, t).reshape(-1, *[1] * (x.ndim - 1))
+        return (1 - a).sqrt() * (x - a.sqrt() * mean) / (a * scale ** 2 + 1 - a)
+    return eps
 
 
 def test_dequantized_bits_bound_the_bins_code_length(bits):
@@ -42,16 +51,28 @@ def test_ode_bits_with_the_exact_eps_are_the_bins_code_length(bits):
     to 1e-3 (the N(0, I) prior is off q(x_T) by under 1e-4 nats). ε*'s Jacobian is diagonal, where Rademacher probes give
     zᵀJz = tr J exactly: Hutchinson's estimate is then the exact divergence's answer."""
     ab = schedule.make_alpha_bar("linear", 1000)
-
-    def eps(x, t):
-        a = ode.alpha_bar_cont(ab, t).reshape(-1, *[1] * (x.ndim - 1))
-        return (1 - a).sqrt() * x / (a * S ** 2 + 1 - a)
-
+    eps = _gaussian_eps(ab)
     x = torch.tensor([[1.0, -1.0]] * 4, dtype=torch.float64) / 255
     got = bits.ode_bits(eps, x, ab, torch.Generator().manual_seed(0), hutchinson=0, rtol=1e-8, atol=1e-8)
     torch.testing.assert_close(got, _bin_bits(x), rtol=0, atol=1e-3)
     hutch = bits.ode_bits(eps, x, ab, torch.Generator().manual_seed(0), hutchinson=2, rtol=1e-8, atol=1e-8)
     torch.testing.assert_close(hutch, got, rtol=0, atol=1e-6)
+
+
+def test_the_bits_do_not_depend_on_the_datas_units():
+    """Notebook 05 §9 (d): pixels k/255 of [0, 1] data N(1/2, (S/2)²), the [−1, 1] data of the tests above scaled, through
+    the ODE of their own exact ε* (another flow: the data's scale sets the SNR) at the bins' centres, with that density's
+    bin width 1/255: scipy's −log2 P(bin), to 1e-3 (the midpoint's error is under 1e-4 nats). With the [−1, 1] offset
+    log2(127.5) in place of log2(255) (a density and an offset in different units) one bit short."""
+    ab = schedule.make_alpha_bar("linear", 1000)
+    y = torch.tensor([[51.0], [153.0], [255.0]], dtype=torch.float64) / 255
+    a_T = float(ab[-1])
+    q_T = stats.norm(math.sqrt(a_T) / 2, math.sqrt(a_T * S ** 2 / 4 + 1 - a_T))          # the exact prior q(x_T)
+    prior = lambda z: torch.from_numpy(q_T.logpdf(z.numpy())).sum(1)                   # noqa: E731
+    log_p = ode.log_likelihood(_gaussian_eps(ab, 0.5, S / 2), y, ab, prior=prior)
+    exact = _bin_bits(y, 0.5, S / 2, 1 / 510)
+    torch.testing.assert_close(-log_p / math.log(2) + math.log2(255), exact, rtol=0, atol=1e-3)
+    torch.testing.assert_close(-log_p / math.log(2) + math.log2(127.5), exact - 1, rtol=0, atol=1e-3)
 
 
 @pytest.mark.slow
