@@ -1,5 +1,5 @@
 """The probability-flow ODE's bits per pixel beside the negative ELBO's, on the same digits (notebook 05 §9,
-notebook 06 §6).
+notebook 06 §4).
 
 Both bound the code length of 8-bit images, pixel values x = k/127.5 − 1, from the demo's digits model
 (`pretrained.digits_model`, cached as the demo's). The ELBO is DDPM's, with its discretized decoder
