@@ -298,6 +298,31 @@ def test_discretized_decoder_and_bits_per_dim_on_images():
     assert bool((out["terms"] >= 0).all())        # KLs and −log of probabilities ≤ 1
 
 
+def test_bits_per_dim_of_a_point_mass_with_its_exact_eps():
+    """A case with a known answer (notebook 06 §4's bits per pixel): one 8-bit image as a point mass, and its exact
+    ε*(x_t, t) = (x_t − √ᾱ_t x_0)/√(1−ᾱ_t). Then x̂_0 = x_0 at every step, so every KL term is 0 (σ_t² = β̃_t is q's own
+    variance), and the bound is the prior's KL plus the decoder's −log of the mass that N(x_0, β̃_1) puts on x_0's bin
+    (DDPM §3.3): 2Φ(h/σ) − 1 inside, Φ(h/σ) in the open edge bins, h = 1/255 half a bin. A probability of one of 256
+    levels, so no Jacobian of the [−1, 1] scaling enters; bits per dimension divide by D ln 2. Φ from scipy, β̃_1 and
+    the prior's KL written out here."""
+    ab = make_alpha_bar("linear", 1000)
+    k = torch.tensor([0, 1, 17, 128, 254, 255, 255, 3])                # the edge levels and inside ones
+    x0 = (k.to(F64) / 127.5 - 1).reshape(1, 2, 2, 2)                   # one image, D = 8
+    exact = lambda x, t: (x - ab[t].sqrt() * x0) / (1 - ab[t]).sqrt()  # noqa: E731
+    out = elbo_terms(exact, x0, ab, variance="small", generator=torch.Generator().manual_seed(0))
+
+    a0, a1, a_last = (float(ab[i]) for i in (0, 1, -1))
+    sd = math.sqrt((1 - a0) / (1 - a1) * (1 - a1 / a0))               # β̃ of step 1: 0.0074, wider than h
+    h = 1 / 255
+    x = x0.flatten().numpy()
+    bin_mass = np.where(np.abs(x) == 1, stats.norm.cdf(h / sd), 2 * stats.norm.cdf(h / sd) - 1)
+    prior = 0.5 * (a_last * x ** 2 + (1 - a_last) - 1 - math.log(1 - a_last))   # KL(N(√ᾱ x, 1 − ᾱ) ‖ N(0, 1))
+    bits = (prior.sum() - np.log(bin_mass).sum()) / (8 * math.log(2))
+    assert abs(float(out["terms"][0, 1:].abs().max())) < 1e-12
+    assert float(out["bpd"][0]) == pytest.approx(bits, rel=1e-9)
+    assert bits == pytest.approx((3 * 0.5098 + 5 * 1.3054) / 8, abs=1e-3)       # 0.51 bits at an edge, 1.31 inside
+
+
 def test_bad_inputs_raise():
     ab = make_alpha_bar("linear", 10)
     x = torch.zeros(2, 3, dtype=F64)
