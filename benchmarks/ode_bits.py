@@ -14,8 +14,8 @@ of the per-image differences. They bound different models (the ODE's push-forwar
 Markov chain), both from the same ε network.
 
 The ODE is integrated by scipy on the CPU between network calls, with `--hutchinson` Rademacher probes per
-image for the divergence (0: the exact divergence, d backward passes per call); on 2 CPU cores 64 digits took
-a few minutes at the default tolerances.
+image for the divergence (0: the exact divergence, d backward passes per call); on 2 CPU cores beside other work 64 digits took
+110 s at the default tolerances (README, Benchmarks).
 
     python benchmarks/ode_bits.py                       # 64 training digits, the demo's model
     python benchmarks/ode_bits.py --n 512             # on a GPU (--device auto picks it)
