@@ -1,5 +1,8 @@
 """Probability-flow ODE solvers against DDIM, closed forms and scipy (notebook 05)."""
+import inspect
 import math
+import textwrap
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -257,10 +260,16 @@ def test_multistep_solvers_equal_diffusers():
 
 
 @pytest.fixture(scope="module")
-def errors_at_t100():
+def ref_100():
+    """scipy's solution of the ODE from X_T at t = 999 to t = 100."""
+    return ode.reference_solution(EPS, X_T, AB, 999, 100, rtol=1e-12, atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def errors_at_t100(ref_100):
     """RMS error at t = 100 (before the final step) on λ-uniform grids 999 → 100, for the notebook 08 solvers."""
     Ss = (40, 56, 80, 113, 160)
-    ref = ode.reference_solution(EPS, X_T, AB, 999, 100, rtol=1e-12, atol=1e-12)
+    ref = ref_100
     runs = {"dpm_solver_pp_3m": (ode.dpm_solver_pp_3m, {}), "3m_published": (ode.dpm_solver_pp_3m, dict(published=True)),
             "unipc_2": (ode.unipc, dict(order=2)), "unipc_3": (ode.unipc, dict(order=3)),
             "unip_2": (ode.unipc, dict(order=2, corrector=False)), "unip_3": (ode.unipc, dict(order=3, corrector=False)),
@@ -293,18 +302,99 @@ def test_published_3m_is_not_third_order(errors_at_t100):
     assert slope3 - slope > 0.5 + 3 * math.hypot(se, se3)
 
 
-def test_ipndm_equal_step_coefficients_on_an_evenly_spaced_sigma_grid():
-    """With σ(t) linear in t (a schedule made for the test), integer grids with a fixed stride are uniform in σ
-    down to σ = 0: iPNDM's equal-step coefficients are then exactly variable-step Adams–Bashforth in σ. On an
-    uneven grid they are not (notebook 08 §6)."""
-    sig = 0.05 * torch.arange(1, 201, dtype=torch.float64)             # σ_t = 0.05 (t+1), t = 0..199
-    ab = 1 / (1 + sig ** 2)
-    eps = toy.exact_eps(MIX, ab)
-    x = X_T * math.sqrt(float(ab[-1]))
+# ------------------------------------------- a wrong coefficient fails the same check (orders against scipy's solution)
+
+def has_order(solver, ref, claimed: int, **kw) -> bool:
+    """The check each solver formula must pass and each mutant of it fail: the fitted log-log slope of the RMS error at
+    t = 100 against scipy's solution (`ref_100`), on Karras ρ = 7 grids 999 → 100 (steps unequal in λ and in σ), is
+    within 0.2 + 3 standard errors of the `claimed` order."""
+    Ss = (40, 56, 80, 113, 160)
+    errs = [float((solver(EPS, X_T, AB, ode.karras_timesteps(S, AB, t_min=100), return_trajectory=True, **kw)[1]["x"][-2]
+                   - ref).pow(2).mean().sqrt()) for S in Ss]
+    p, cov = np.polyfit(np.log(Ss), np.log(errs), 1, cov=True)
+    return abs(-p[0] - claimed) < 0.2 + 3 * math.sqrt(cov[0, 0])
+
+
+def mutant(fn, old: str, new: str):
+    """fn compiled from its own source with `old` replaced by `new` (every occurrence), in fn's module."""
+    src = textwrap.dedent(inspect.getsource(fn))
+    assert old in src, (fn.__name__, old)
+    namespace = {}
+    exec(compile(src.replace(old, new), f"<mutant of {fn.__name__}>", "exec"), fn.__globals__, namespace)
+    return namespace[fn.__name__]
+
+
+SOLVER_MUTANTS = {       # name: (solver, its claimed order, the mutation in its source)
+    "DPM-Solver-2, the half step taken as a whole step": (
+        ode.dpm_solver_2, 2, ("u = xbar + (sig_m - sig_t) * d", "u = xbar + (sig_s - sig_t) * d")),
+    "DPM-Solver-2, r1 = 3/4 in lambda with r1 = 1/2's weights": (
+        ode.dpm_solver_2, 2, ("sig_m = math.sqrt(sig_t * sig_s)", "sig_m = sig_t ** 0.25 * sig_s ** 0.75")),
+    "DPM-Solver++(2M), 1 instead of 1/2 in front of the difference": (ode.dpm_solver_pp_2m, 2, ("(2 * h_prev)", "h_prev")),
+}
+UNIPC_RUNS = [(2, True, 3), (3, True, 4), (3, False, 3)]       # (order, corrector, claimed order): UniPC-2, UniPC-3, UniP-3
+
+
+@pytest.mark.parametrize("solver,claimed", [(ode.dpm_solver_2, 2), (ode.dpm_solver_pp_2m, 2)])
+def test_solver_order_check_passes_for_the_library(ref_100, solver, claimed):
+    assert has_order(solver, ref_100, claimed)
+
+
+@pytest.mark.parametrize("name", SOLVER_MUTANTS)
+def test_solver_order_check_fails_for_mutant(ref_100, name):
+    solver, claimed, (old, new) = SOLVER_MUTANTS[name]
+    assert not has_order(mutant(solver, old, new), ref_100, claimed)
+
+
+@pytest.mark.parametrize("order,corrector,claimed", UNIPC_RUNS)
+def test_unipc_order_check_passes_for_the_library(ref_100, order, corrector, claimed):
+    assert has_order(ode.unipc, ref_100, claimed, order=order, corrector=corrector)
+
+
+@pytest.mark.parametrize("order,corrector,claimed", UNIPC_RUNS)
+def test_unipc_order_check_fails_without_the_factorial(ref_100, order, corrector, claimed):
+    """UniPC's a_k from the Vandermonde system with the m! of its right-hand side dropped (right for m = 1 only)."""
+    without_factorial = mutant(ode.unipc_coefficients, "math.factorial(m) * h * phi", "h * phi")
+    with mock.patch.object(ode, "unipc_coefficients", without_factorial):
+        assert not has_order(ode.unipc, ref_100, claimed, order=order, corrector=corrector)
+
+
+SIG_LINEAR = 0.05 * torch.arange(1, 201, dtype=torch.float64)           # σ_t = 0.05 (t+1), t = 0..199
+AB_SIG_LINEAR = 1 / (1 + SIG_LINEAR ** 2)
+EPS_SIG_LINEAR = toy.exact_eps(MIX, AB_SIG_LINEAR)
+
+
+def ipndm_is_adams_bashforth_in_sigma_on_an_even_grid() -> bool:
+    """With σ(t) linear in t (a schedule made for the test), integer grids with a fixed stride are uniform in σ down to
+    σ = 0: there iPNDM's equal-step coefficients must give exactly variable-step Adams–Bashforth in σ (the polynomial
+    through the actual nodes, integrated exactly: `ode._lagrange_integrals`, checked against scipy's lagrange and quad
+    above, and of order k against scipy's solution in test_fast_solver_orders), for k = 2, 3, 4."""
+    x = X_T * math.sqrt(float(AB_SIG_LINEAR[-1]))
     seq = torch.arange(199, -1, -10)                                  # σ-steps of 0.5, the last one to σ = 0 too
-    for order in (2, 3, 4):
-        torch.testing.assert_close(ode.ipndm(eps, x, ab, seq, order=order, afs=False),
-                                   ode.ipndm(eps, x, ab, seq, order=order, afs=False, rho=1.0), rtol=0, atol=1e-12)
+    return all(float((ode.ipndm(EPS_SIG_LINEAR, x, AB_SIG_LINEAR, seq, order=k, afs=False)
+                      - ode.ipndm(EPS_SIG_LINEAR, x, AB_SIG_LINEAR, seq, order=k, afs=False, rho=1.0)).abs().max()) < 1e-12
+               for k in (2, 3, 4))
+
+
+_adams = ode.adams_coefficients
+ADAMS_MUTANTS = {
+    "Adams-Moulton weights in Adams-Bashforth's place": lambda k, implicit=False: _adams(k, not implicit),
+    "the weights of one step fewer": lambda k, implicit=False: _adams(max(k - 1, 1), implicit),
+    "the last weight's sign flipped (+1/2 in 3/2, -1/2; -5/12 in 23/12, -16/12, 5/12; ...)":
+        lambda k, implicit=False: [*_adams(k, implicit)[:-1], -_adams(k, implicit)[-1]] if k > 1 else _adams(k, implicit),
+}
+
+
+@pytest.mark.parametrize("name", ADAMS_MUTANTS)
+def test_ipndm_check_fails_for_mutant_coefficients(name):
+    with mock.patch.object(ode, "adams_coefficients", ADAMS_MUTANTS[name]):
+        assert not ipndm_is_adams_bashforth_in_sigma_on_an_even_grid()
+
+
+def test_ipndm_equal_step_coefficients_on_an_evenly_spaced_sigma_grid():
+    """iPNDM's equal-step coefficients are variable-step Adams–Bashforth in σ on an even σ grid, and on an uneven grid
+    they are not (notebook 08 §6)."""
+    assert ipndm_is_adams_bashforth_in_sigma_on_an_even_grid()
+    eps, ab, x = EPS_SIG_LINEAR, AB_SIG_LINEAR, X_T * math.sqrt(float(AB_SIG_LINEAR[-1]))
     uneven = torch.tensor([199, 150, 120, 60, 40, 9])
     equal_step, variable_step = ode.ipndm(eps, x, ab, uneven, afs=False), ode.ipndm(eps, x, ab, uneven, afs=False, rho=1.0)
     assert float((equal_step - variable_step).abs().max()) > 1e-4
