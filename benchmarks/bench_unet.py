@@ -22,6 +22,7 @@ import json
 import math
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -264,5 +265,15 @@ def speedup(theirs: list, ours: list) -> dict:
     return dict(ratio=ratio, se=se, reading=reading)
 
 
+def cli(argv=None):
+    """`python benchmarks/bench_unet.py`: `main`, with Ctrl-C as one line (nothing is half-written: --json is written
+    whole at the end). gpu_check calls `main` itself and cleans up on the KeyboardInterrupt."""
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print(f"{Path(sys.argv[0]).name}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
 if __name__ == "__main__":
-    main()
+    cli()

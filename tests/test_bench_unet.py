@@ -85,3 +85,17 @@ def test_overwrite_replaces_an_earlier_json_whole(tmp_path, monkeypatch):
     out = bench_unet.main(["--preset", "tiny", "--device", "cpu", "--batch", "1", "--iters", "2", "--warmup", "0",
                            "--threads", "1", "--json", str(earlier), "--overwrite"])
     assert json.loads(earlier.read_text())["results"].keys() == out["results"].keys() and out["iters"] == 2
+
+
+def test_ctrl_c_from_the_command_line_is_one_line(tmp_path, monkeypatch, capsys):
+    """Was a traceback through the timing loop (helper 154's round left it); no --json is written by a stopped run."""
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench_unet, "run", interrupted)
+    monkeypatch.setattr(bench_unet, "need_diffusers", lambda prog: None)
+    monkeypatch.setattr(sys, "argv", ["bench_unet.py"])
+    with pytest.raises(SystemExit) as stop:
+        bench_unet.cli(["--preset", "tiny", "--json", str(tmp_path / "r.json")])
+    assert stop.value.code == 130 and capsys.readouterr().err == "bench_unet.py: interrupted\n"
+    assert not (tmp_path / "r.json").exists()
