@@ -60,8 +60,7 @@ def evaluate(model, config, S: int, n: int, x_seeds, fd_se: bool = False):
 
 
 def verdict(d: float, se: float) -> str:
-    if math.isnan(se):
-        return "no standard error from a single value"
+    """How a difference d reads against its standard error: beyond 3 SE, unresolved (2 to 3 SE) or not told apart."""
     z = abs(d) / se if se > 0 else (math.inf if d else 0.0)
     return "beyond 3 SE" if z > 3 else "not told apart" if z < 2 else "unresolved (2 to 3 SE)"
 
