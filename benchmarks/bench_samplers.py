@@ -107,7 +107,7 @@ def diffusers_configs():
     common = dict(num_train_timesteps=T, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
     steps = {"linspace": dict(timestep_spacing="linspace"), "trailing": dict(timestep_spacing="trailing"),
              "karras": dict(use_karras_sigmas=True), "lu": dict(use_lu_lambdas=True),
-             "exponential": dict(use_exponential_sigmas=True)}
+             "exponential": dict(use_exponential_sigmas=True), "beta": dict(use_beta_sigmas=True)}
     out = []
 
     def add(label, cls, **kw):
@@ -122,25 +122,25 @@ def diffusers_configs():
             diffusers.DPMSolverMultistepScheduler, algorithm_type=alg, solver_order=order, solver_type=kind,
             lower_order_final=lof, euler_at_final=eaf, final_sigmas_type=final, **steps[st])
     for alg, order, kind, st, lof, final in itertools.product(("dpmsolver++", "dpmsolver"), (2, 3), ("midpoint", "heun"),
-                                                            ("default", "karras", "exponential"), (False, True),
+                                                            ("default", "karras", "exponential", "beta"), (False, True),
                                                             ("zero", "sigma_min")):
         if alg == "dpmsolver" and final == "zero":
             continue
         add(f"DPMSolverSinglestep {alg} o{order} {kind} {st} lower_order_final={lof} final={final}",
             diffusers.DPMSolverSinglestepScheduler, algorithm_type=alg, solver_order=order, solver_type=kind,
             lower_order_final=lof, final_sigmas_type=final, **steps.get(st, {}))
-    for order, kind, x0, st, lof, final in itertools.product((2, 3), ("bh1", "bh2"), (True, False),
-                                                            ("linspace", "trailing", "karras", "exponential"),
+    sigma_rules = ("linspace", "trailing", "karras", "exponential", "beta")      # all but λ-uniform (multistep DPM only)
+    for order, kind, x0, st, lof, final in itertools.product((2, 3), ("bh1", "bh2"), (True, False), sigma_rules,
                                                             (True, False), ("zero", "sigma_min")):
         add(f"UniPCMultistep o{order} {kind} predict_x0={x0} {st} lower_order_final={lof} final={final}",
             diffusers.UniPCMultistepScheduler, solver_order=order, solver_type=kind, predict_x0=x0,
             lower_order_final=lof, final_sigmas_type=final, **steps[st])
-    for order, st, lof in itertools.product((2, 3), ("linspace", "trailing", "karras", "exponential"), (True, False)):
+    for order, st, lof in itertools.product((2, 3), sigma_rules, (True, False)):
         add(f"DEISMultistep o{order} {st} lower_order_final={lof}", diffusers.DEISMultistepScheduler,
             solver_order=order, lower_order_final=lof, **steps[st])
-    for st, final in itertools.product(("linspace", "trailing", "karras", "exponential"), ("zero", "sigma_min")):
+    for st, final in itertools.product(sigma_rules, ("zero", "sigma_min")):
         add(f"EulerDiscrete {st} final={final}", diffusers.EulerDiscreteScheduler, final_sigmas_type=final, **steps[st])
-    for st in ("linspace", "trailing", "karras", "exponential"):
+    for st in sigma_rules:
         add(f"HeunDiscrete {st}", diffusers.HeunDiscreteScheduler, **steps[st])
     for st in ("linspace", "trailing"):
         add(f"DDIM {st}", diffusers.DDIMScheduler, clip_sample=False, set_alpha_to_one=True, timestep_spacing=st)
