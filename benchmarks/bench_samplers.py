@@ -101,6 +101,9 @@ def run_diffusers(scheduler, eps, x_T, S, generator=None):
     return x, traj
 
 
+STEP_RULES = ("linspace", "trailing", "default", "karras", "lu", "exponential", "beta")   # each swept label names one
+
+
 def diffusers_configs():
     """[(label, make())] for every scheduler setting swept (module docstring)."""
     import diffusers
@@ -384,6 +387,18 @@ def report(name, mixture, n, budgets):
             med = min(x[0][2] for x in rows)
             cells.append(f"{rms:.2e} / {med:.2e} ({nr:2d})")
         print(f"diffusers {fam.strip():31s}" + "".join(f"{c:>28s}" for c in cells))
+    best = {b: min(r[b][1] for r in peers.values() if b in r) for b in budgets}
+    print("diffusers' best per step rule (rms / median, and the rms over the best of all):")
+    for rule in STEP_RULES:
+        cells = []
+        for b in budgets:
+            rows = [r[b] for lab_, r in peers.items() if rule in lab_.split() and b in r]
+            if not rows:
+                cells.append("-")
+                continue
+            rms, med = min(x[1] for x in rows), min(x[2] for x in rows)
+            cells.append(f"{rms:.2e} / {med:.2e} (×{rms / best[b]:.1f})")
+        print(f"  {rule:38s}" + "".join(f"{c:>28s}" for c in cells))
     rows = {**{f"ddimlab {k}": v for k, v in ours.items()},
             f"ddimlab iPNDM fixed: {FIXED}": {b: own[FIXED][b] for b in budgets},
             "ddimlab iPNDM tuned per budget on T1-T8": {b: own[TUNED[b]][b] for b in budgets}}
