@@ -14,7 +14,7 @@ DPMSolverSinglestep, UniPCMultistep (orders 2 and 3, bh1/bh2, x0- and ε-predict
 (orders 2 and 3), EulerDiscrete, HeunDiscrete and DDIM with the step rules 'linspace', 'trailing',
 use_karras_sigmas, use_lu_lambdas and use_exponential_sigmas where each offers them (not 'leading', which does not
 start at t = 999, nor use_beta_sigmas, far behind exponential sigmas in a run the README reports); per NFE budget the best
-configuration is picked on the very mixture being reported (generous to diffusers: the best of 410 on the same
+configuration is picked on the very mixture being reported (generous to diffusers: the best of 509 on the same
 points is biased low), and again cross-fitted (`lab.cross_fitted_best`: picked on one half of the points, scored
 on the other), which removes that bias.
 
@@ -22,7 +22,7 @@ ddimlab is reported three ways per budget: one fixed setting for all cells (what
 tuned per budget on eight other mixtures (`--tune` reruns that search), and the best of its own sweep on the
 reported mixture (as diffusers' best is picked). Ratio = best diffusers error / ddimlab error.
 
-    python benchmarks/bench_samplers.py            # needs `pip install diffusers`; about 10 min on one core
+    python benchmarks/bench_samplers.py            # needs `pip install diffusers`; about 3.5 min on one core
     python benchmarks/bench_samplers.py --tune     # the tuning search on the other mixtures (about 6 min)
 """
 from __future__ import annotations
