@@ -5,6 +5,7 @@ import re
 import sys
 
 import pytest
+import torch
 from cli_support import load_script
 
 from ddimlab import toy
@@ -23,6 +24,8 @@ def test_report_runs_with_tiny_sizes(bench, monkeypatch, capsys):
     *_, summary = bench.report("ring", toy.eight_gaussians(), 64, (5, 10))
     out = capsys.readouterr().out
     assert out.count("cross-fitted: best diffusers") == 2 and configs[0][0].split()[0] in out
+    assert re.search(r"\n  exponential +\d\.\d\de-\d\d / \d\.\d\de-\d\d \(×\d+\.\d\)", out) and "\n  beta " in out
+    assert "(×1.0)" in out                   # each budget's best step rule, next to the others' ratio to it
     kinds = ("fixed", "tuned", "self-selected")
     assert set(summary) == {(b, k + c) for b in (5, 10) for k in kinds for c in ("", ", cross-fitted")}
     assert all(math.isfinite(v) and v >= 0 for row in summary.values() for v in row)
@@ -74,3 +77,26 @@ def test_tune_takes_n_and_ctrl_c_and_a_missing_diffusers_are_one_line(bench, mon
     with pytest.raises(SystemExit, match=r"^bench_samplers.py: error: .*not installed: pip install diffusers \(or make "
                                          r"bench\)$"):
         bench.main([])
+
+
+def test_sweep_has_beta_sigmas_wherever_diffusers_offers_them_and_no_leading_spacing(bench):
+    """use_beta_sigmas was left out of the sweep (the standard: the peer's strongest settings, measured in the report);
+    'leading' stays out because it does not start at the benchmark's x_T at t = 999 (module docstring)."""
+    import inspect
+
+    made = [(label, make()) for label, make in bench.diffusers_configs()]
+    classes = {type(s) for _, s in made}
+    offers = {c for c in classes if "use_beta_sigmas" in inspect.signature(c.__init__).parameters}
+    beta = {label: type(s) for label, s in made if s.config.get("use_beta_sigmas")}
+    assert len(offers) == 6 and set(beta.values()) == offers, sorted(c.__name__ for c in offers - set(beta.values()))
+    assert not [label for label, s in made if s.config.get("timestep_spacing") == "leading"]
+    for c in classes:
+        if "timestep_spacing" in inspect.signature(c.__init__).parameters:
+            s = c(num_train_timesteps=bench.T, timestep_spacing="leading")
+            for S in bench.BUDGETS:
+                s.set_timesteps(S)
+                assert s.timesteps[0] < bench.T - 1, (c.__name__, S)
+    eps = toy.exact_eps(toy.eight_gaussians(), bench.schedule.make_alpha_bar("linear", bench.T))
+    x_T = torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ran = bench.sweep_diffusers(eps, x_T, torch.zeros_like(x_T), (5,), [c for c in bench.diffusers_configs() if c[0] in beta])
+    assert {beta[label] for label, r in ran.items() if 5 in r} == offers       # each scheduler runs them (scipy's beta)
