@@ -287,7 +287,8 @@ def tune(n: int = 1024, budgets=BUDGETS):
 
 
 # The diffusers settings that are best in some cell of the reported mixtures (RMS or median): the tuning
-# search compares with the best of these on each tuning mixture, as the full sweep takes 10 min a mixture.
+# search compares with the best of these on each tuning mixture, as the full sweep takes one to two minutes a
+# mixture (76 and 109 s in docs/bench_samplers.txt).
 STRONG = {
     "DEISMultistep o2 exponential lower_order_final=False", "DEISMultistep o3 exponential lower_order_final=False",
     "DEISMultistep o3 exponential lower_order_final=True",
