@@ -42,7 +42,7 @@ import torch
 from ddimlab import lab as exact_lab
 from ddimlab import ode, samplers, schedule, toy
 from ddimlab.checks import check_distinct
-from ddimlab.cli import Formatter, int_in
+from ddimlab.cli import Formatter, int_in, one_line_errors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # bench_unet.py sits beside this script
 from bench_unet import need_diffusers  # noqa: E402
@@ -461,10 +461,8 @@ def main(argv=None):
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(1)           # small tensors, many steps: one thread is fastest and steadiest
     try:
-        run(args)
-    except KeyboardInterrupt:        # Ctrl-C: one line; the tables printed so far are whole (nothing is written to disk)
-        print(f"{p.prog}: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+        with one_line_errors(p.prog):  # after Ctrl-C the tables printed so far are whole (nothing is written to disk)
+            run(args)
     finally:
         torch.set_num_threads(saved_threads)
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ddimlab import checkpoint, devices, files, quality, unet
-from ddimlab.cli import Formatter, int_in
+from ddimlab.cli import Formatter, int_in, one_line_errors
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0, "4090": 165.0}
 
@@ -268,11 +268,8 @@ def speedup(theirs: list, ours: list) -> dict:
 def cli(argv=None):
     """`python benchmarks/bench_unet.py`: `main`, with Ctrl-C as one line (nothing is half-written: --json is written
     whole at the end). gpu_check calls `main` itself and cleans up on the KeyboardInterrupt."""
-    try:
+    with one_line_errors(Path(sys.argv[0]).name):
         return main(argv)
-    except KeyboardInterrupt:
-        print(f"{Path(sys.argv[0]).name}: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

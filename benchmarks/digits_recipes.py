@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 
 import torch
 
 from ddimlab import demo, pretrained, quality, samplers, schedule
 from ddimlab.checkpoint import eps_fn
 from ddimlab.checks import check_distinct
-from ddimlab.cli import USER_ERRORS, Formatter, int_in
+from ddimlab.cli import Formatter, int_in, one_line_errors
 from ddimlab.files import check_can_write
 
 RECIPES = {
@@ -90,14 +89,9 @@ def main(argv=None) -> dict:
     if len(args.recipes) > 1 and len(args.seeds) * len(args.x_seeds) < 2:     # else mean_difference's error, after training
         p.error("the mean FD's standard error is its spread over the x_T sets (and training seeds): give at least two "
                 "--x-seeds (or two --seeds) to compare recipes")
-    try:
+    with one_line_errors(p.prog):    # e.g. a --cache that cannot be written; after Ctrl-C a half-trained model is retrained
         check_can_write(pretrained.models_dir(args.cache), hint="choose another --cache")   # before the first training
         return compare(args)
-    except KeyboardInterrupt:        # Ctrl-C: one line (a model trained so far is retrained, as the demo's is)
-        print(f"{p.prog}: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
-    except USER_ERRORS as e:         # e.g. a --cache that cannot be written: one line, as the command line says it
-        raise SystemExit(f"{p.prog}: error: {e}") from None
 
 
 def compare(args) -> dict:

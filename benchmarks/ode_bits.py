@@ -32,7 +32,7 @@ import torch
 
 from ddimlab import data, devices, elbo, ode, pretrained, schedule
 from ddimlab.checkpoint import eps_fn
-from ddimlab.cli import USER_ERRORS, Formatter, int_in
+from ddimlab.cli import Formatter, int_in, one_line_errors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # digits_recipes.py sits beside this script
 from digits_recipes import verdict  # noqa: E402
@@ -68,13 +68,8 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if not (0 < args.rtol < 1 and 0 < args.atol < 1):          # NaN fails too
         p.error(f"--rtol and --atol must be in (0, 1), got {args.rtol} and {args.atol}")
-    try:
+    with one_line_errors(p.prog):    # a device this machine lacks, a --cache that cannot be written, more digits than there are
         return measure(args, devices.resolve(args.device))
-    except KeyboardInterrupt:        # Ctrl-C: one line (nothing is written)
-        print(f"{p.prog}: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
-    except USER_ERRORS as e:         # a device this machine lacks, a --cache that cannot be written, more digits than there are
-        raise SystemExit(f"{p.prog}: error: {e}") from None
 
 
 def measure(args, device: torch.device) -> dict:

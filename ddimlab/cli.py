@@ -89,6 +89,19 @@ USER_ERRORS = (ValueError, OSError, ImportError,
                NonFiniteLossError)
 
 
+@contextlib.contextmanager
+def one_line_errors(prog: str):
+    """For a script's `main` (benchmarks/): Ctrl-C as "PROG: interrupted" (exit 130) and a known error (USER_ERRORS) as
+    "PROG: error: …" (exit 1), without a traceback, as `main` below says them for the commands."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except USER_ERRORS as e:
+        raise SystemExit(f"{prog}: error: {e}") from None
+
+
 # --------------------------------------------------------------------------- helpers
 
 class LatentsWarning(UserWarning):
