@@ -888,7 +888,7 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     x_T = (y[:B * d] * math.sqrt(a_T)).reshape(shape).to(dev)
     log_prior = (standard_normal_logpdf if prior is None else prior)(x_T)
     log_prior = _of_x_shape(torch.as_tensor(log_prior), x_T.reshape(B, -1)[:, 0], "prior(x_T)").to(torch.float64).cpu()
-    if bool((torch.isnan(log_prior) | (log_prior == math.inf)).any()):       # −inf is a zero density, and allowed
-        raise ValueError(f"prior(x_T) returned NaN or +inf for {int((torch.isnan(log_prior) | (log_prior == math.inf)).sum())} "
-                         f"of {B} samples: a log density is a finite number, or -inf where the density is 0")
+    if n_bad := int((torch.isnan(log_prior) | (log_prior == math.inf)).sum()):       # −inf is a zero density, and allowed
+        raise ValueError(f"prior(x_T) returned NaN or +inf for {n_bad} of {B} samples: a log density is a finite number, "
+                         f"or -inf where the density is 0")
     return log_prior + 0.5 * d * (math.log(a_T) - math.log(a_0)) + y[B * d:]
