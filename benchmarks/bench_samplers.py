@@ -41,8 +41,7 @@ import torch
 
 from ddimlab import lab as exact_lab
 from ddimlab import ode, samplers, schedule, toy
-from ddimlab.checks import check_distinct
-from ddimlab.cli import Formatter, int_in, one_line_errors
+from ddimlab.cli import Distinct, Formatter, int_in, one_line_errors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # bench_unet.py sits beside this script
 from bench_unet import need_diffusers  # noqa: E402
@@ -445,15 +444,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
     p.add_argument("--n", type=int_in(2), default=None,
                    help="points per mixture, at least 2 (default: 2048 for the report, 1024 for --tune)")
-    p.add_argument("--budgets", type=int_in(2, MAX_TUNE_BUDGET), nargs="+", default=list(BUDGETS),
+    p.add_argument("--budgets", type=int_in(2, MAX_TUNE_BUDGET), nargs="+", default=list(BUDGETS), action=Distinct,
                    help=f"NFE budgets: the report's are among {', '.join(map(str, TUNED))} (where a tuned setting "
                         f"exists); --tune takes any in 2..{MAX_TUNE_BUDGET}")
     p.add_argument("--tune", action="store_true", help="rerun the tuning search on the eight other mixtures")
     args = p.parse_args(argv)
-    try:
-        check_distinct(args.budgets, "--budgets")
-    except ValueError as e:
-        p.error(str(e))
     if not args.tune and (untuned := [b for b in args.budgets if b not in TUNED]):
         p.error(f"argument --budgets: no tuned setting for NFE {', '.join(map(str, untuned))}; the report's budgets are "
                 f"among {', '.join(map(str, TUNED))} (--tune --budgets B searches settings for others)")

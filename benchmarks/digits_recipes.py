@@ -23,8 +23,7 @@ import torch
 
 from ddimlab import demo, pretrained, quality, samplers, schedule
 from ddimlab.checkpoint import eps_fn
-from ddimlab.checks import check_distinct
-from ddimlab.cli import Formatter, int_in, one_line_errors
+from ddimlab.cli import Distinct, Formatter, int_in, one_line_errors
 from ddimlab.files import check_can_write
 
 RECIPES = {
@@ -67,13 +66,13 @@ def verdict(d: float, se: float) -> str:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
     seed = int_in(0, 2 ** 32 - 1)            # torch's CPU generator keeps a seed's low 32 bits
-    p.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=["preset", "former-16x16"],
+    p.add_argument("--recipes", nargs="+", action=Distinct, choices=list(RECIPES), default=["preset", "former-16x16"],
                    help="recipes to compare; the first is the baseline")
-    p.add_argument("--seeds", nargs="+", type=seed, default=[0], help="training seeds")
-    p.add_argument("--S", nargs="+", type=int_in(1, pretrained.digits_config().T), default=[10, 20],
+    p.add_argument("--seeds", nargs="+", action=Distinct, type=seed, default=[0], help="training seeds")
+    p.add_argument("--S", nargs="+", action=Distinct, type=int_in(1, pretrained.digits_config().T), default=[10, 20],
                    help="DDIM step counts")
     p.add_argument("--n", type=int_in(2), default=1000, help="samples per x_T set, at least 2 (the FD's covariance)")
-    p.add_argument("--x-seeds", nargs="+", type=seed, default=[10, 11, 12], help="x_T seeds")
+    p.add_argument("--x-seeds", nargs="+", action=Distinct, type=seed, default=[10, 11, 12], help="x_T seeds")
     p.add_argument("--threads", type=int_in(1), default=pretrained.THREADS,
                    help="training threads (part of each model's cache key; the demo trains with this many)")
     p.add_argument("--steps", type=int_in(1), default=None, help="train every recipe this many steps (default: its own)")
@@ -81,11 +80,6 @@ def main(argv=None) -> dict:
     p.add_argument("--fd-se", action="store_true",
                    help="also the mean of the x_T sets' bootstrap SEs of the FD, against the FD's spread over the sets")
     args = p.parse_args(argv)
-    for name in ("recipes", "seeds", "S", "x_seeds"):   # a value twice was pooled twice: standard errors too small
-        try:
-            check_distinct(getattr(args, name), f"--{name.replace('_', '-')}")
-        except ValueError as e:
-            p.error(str(e))
     if len(args.recipes) > 1 and len(args.seeds) * len(args.x_seeds) < 2:     # else mean_difference's error, after training
         p.error("the mean FD's standard error is its spread over the x_T sets (and training seeds): give at least two "
                 "--x-seeds (or two --seeds) to compare recipes")

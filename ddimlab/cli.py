@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from . import __version__, checkpoint, data, demo, devices, fid, lab, ode, schedule, tables
-from .checks import int_range
+from .checks import check_distinct, int_range
 from .files import (
     atomic_write,
     check_can_write,
@@ -688,6 +688,19 @@ def int_in(low: int, high: int | None = None):
             raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
         return v
     return parse
+
+
+class Distinct(argparse._StoreAction):
+    """An argparse action for a list option (nargs="+"): a value given twice is an error (`checks.check_distinct`),
+    said as argparse says a bad value. Given twice it would be computed twice: a row printed twice, or pooled twice
+    with standard errors too small."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            check_distinct(values, option_string)
+        except ValueError as e:
+            raise argparse.ArgumentError(None, str(e)) from None
+        super().__call__(parser, namespace, values, option_string)
 
 
 _positive, _scale, _seed = int_in(1), int_in(1, 32), int_in(0, 2 ** 63 - 1)

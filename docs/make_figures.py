@@ -31,8 +31,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ddimlab import checkpoint, demo, generate, lab, ode, plotting, pretrained, samplers, schedule, toy  # noqa: E402
-from ddimlab.checks import check_distinct  # noqa: E402
-from ddimlab.cli import USER_ERRORS, Formatter, int_in  # noqa: E402
+from ddimlab.cli import USER_ERRORS, Distinct, Formatter, int_in  # noqa: E402
 from ddimlab.files import atomic_write, check_can_write, check_out_folder  # noqa: E402
 
 FIGURES = ("samples", "consistency", "interpolation", "lab", "ode")
@@ -156,14 +155,10 @@ def fig_ode(out: Path) -> Path:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=Formatter)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "figures"), help="folder for the PNGs")
-    p.add_argument("--only", nargs="+", choices=FIGURES, default=list(FIGURES), help="the figures to make")
+    p.add_argument("--only", nargs="+", action=Distinct, choices=FIGURES, default=list(FIGURES), help="the figures to make")
     p.add_argument("--steps", type=int_in(1), default=None, help="digits training steps (default: the preset's)")
     p.add_argument("--threads", type=int_in(1), default=2, help="CPU threads")
     args = p.parse_args(argv)
-    try:
-        check_distinct(args.only, "--only")
-    except ValueError as e:
-        p.error(str(e))
     try:
         check_out_folder(Path(args.out), "a folder for the figures")   # said now, not after training the digits model
         check_can_write(args.out)
