@@ -100,3 +100,28 @@ def test_sweep_has_beta_sigmas_wherever_diffusers_offers_them_and_no_leading_spa
     x_T = torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ran = bench.sweep_diffusers(eps, x_T, torch.zeros_like(x_T), (5,), [c for c in bench.diffusers_configs() if c[0] in beta])
     assert {beta[label] for label, r in ran.items() if 5 in r} == offers       # each scheduler runs them (scipy's beta)
+
+
+def test_tune_picks_by_its_own_error_whatever_the_peers(bench, monkeypatch, capsys):
+    """The tuning search with tiny sizes: it picks the setting of least geometric-mean error on the tuning mixtures,
+    the same picks whichever diffusers settings it is compared with, and prints each ratio as the peers' best error over
+    the setting's (computed here from the errors themselves)."""
+    mixtures = dict(list(bench.tuning_mixtures().items())[:2])
+    monkeypatch.setattr(bench, "tuning_mixtures", lambda: mixtures)
+    settings = sorted({bench.FIXED, *bench.TUNED.values(), "ipndm order=4 rho=3 | noafs | power 3.0"})
+    monkeypatch.setattr(bench, "ddimlab_sweep_settings", lambda: settings)
+    ab, labs = bench.schedule.make_alpha_bar("linear", bench.T), {m: bench.lab(mix, 8) for m, mix in mixtures.items()}
+    own = {(m, s, b): bench.run_ddimlab(s, *labs[m], b, ab)[1] for m in mixtures for s in settings for b in (5, 10)}
+    picks = {}
+    for peer_error in (1.0, 0.01):        # the best diffusers error on every mixture and budget
+        monkeypatch.setattr(bench, "sweep_diffusers", lambda eps, x_T, ref, budgets, configs, e=peer_error:
+                            {"peer": {b: (b, e) for b in budgets}})
+        bench.tune(8, (5, 10))
+        out = capsys.readouterr().out
+        picks[peer_error] = re.findall(r"(?:tuned for NFE \d+|fixed): '([^']+)'", out)
+        for b in (5, 10):
+            best = min(settings, key=lambda s: sum(math.log(own[(m, s, b)]) for m in mixtures))
+            assert picks[peer_error][(5, 10).index(b)] == best
+            gm = math.exp(sum(math.log(peer_error / own[(m, best, b)]) for m in mixtures) / len(mixtures))
+            assert f"tuned for NFE {b}: {best!r} (geometric-mean ratio {gm:.2f})" in out
+    assert picks[1.0] == picks[0.01] and len(picks[1.0]) == 3
