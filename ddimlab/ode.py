@@ -721,11 +721,17 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def rtol_floor(dtype: torch.dtype) -> float:
+    """The finest rtol `reference_solution` and `log_likelihood` take with ε computed in `dtype`, its eps / 20 (6e-9 for
+    float32): a tolerance far below ε's rounding only shrinks solve_ivp's steps (float32 at rtol 1e-9: 16 times the calls
+    of 1e-8, and minutes at 1e-10, reference_solution's default; float16 or bfloat16 at 1e-8 the same)."""
+    return torch.finfo(dtype).eps / 20
+
+
 def _check_rtol(rtol, what: str, dtype: torch.dtype, instead: str) -> None:
-    """ε computed in `dtype`: a tolerance far below its rounding only shrinks solve_ivp's steps (float32 at rtol 1e-9: 16
-    times the calls of 1e-8, and minutes at 1e-10, reference_solution's default; float16 or bfloat16 at 1e-8 the same).
-    `what` completes "rtol = ... is finer than" and `instead` "pass rtol >= floor, or"."""
-    if as_real(rtol) < (floor := torch.finfo(dtype).eps / 20):
+    """ε computed in `dtype`: rtol no finer than `rtol_floor(dtype)`. `what` completes "rtol = ... is finer than" and
+    `instead` "pass rtol >= floor, or"."""
+    if as_real(rtol) < (floor := rtol_floor(dtype)):
         raise ValueError(f"rtol = {as_real(rtol):g} is finer than {what}, and solve_ivp would take ever smaller steps: pass "
                          f"rtol >= {floor:.2g}, or {instead}")
 
