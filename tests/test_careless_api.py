@@ -2362,3 +2362,21 @@ def test_round_28_ode_tolerances_as_tensors_and_a_failed_solve_are_said():
     flips = lambda x, t: x * torch.where(t[:, None] > 500, 1.0, -1.0)     # noqa: E731  no step across t = 500 meets 1e-300
     with pytest.raises(ValueError, match=r"solve_ivp could not meet rtol = 0.001 and atol = 1e-300 \(Required step size"):
         ode.log_likelihood(flips, x, AB, rtol=1e-3, atol=1e-300)
+
+
+def test_round_28_a_blank_cache_folder_is_refused_not_read_as_the_current_one(tmp_path, monkeypatch):
+    """cache_dir="" (or `--cache "$UNSET"` in benchmarks/) was the current folder to pathlib: digits_model trained its model
+    into ./models there, beside the cache's copy, official_ddpm_file would download 143 MB into ./checkpoints, and
+    load_classifier and load_cifar10 wrote and read there; DDIMLAB_CACHE=' ' was refused already. Now a ValueError naming
+    the argument, before anything is made."""
+    from ddimlab import pretrained
+
+    monkeypatch.chdir(tmp_path)
+    calls = {"cache_dir": (lambda: pretrained.models_dir(""), lambda: pretrained.digits_model(1, cache_dir=" "),
+                           lambda: checkpoint.official_ddpm_file("")),
+             "directory": (lambda: quality.load_classifier(directory=""),), "root": (lambda: data.load_cifar10(root="\t"),)}
+    for name, of_name in calls.items():
+        for call in of_name:
+            with pytest.raises(ValueError, match=rf"^{name}='[^']*' is blank, which would be the current folder: pass a folder"):
+                call()
+    assert list(tmp_path.iterdir()) == []
