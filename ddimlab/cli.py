@@ -91,12 +91,13 @@ USER_ERRORS = (ValueError, OSError, ImportError,
 
 @contextlib.contextmanager
 def one_line_errors(prog: str):
-    """For a script's `main` (benchmarks/): Ctrl-C as "PROG: interrupted" (exit 130) and a known error (USER_ERRORS) or
-    a failed allocation as "PROG: error: …" (exit 1), without a traceback, as `main` below says them for the commands."""
+    """For a script's `main` (benchmarks/): Ctrl-C as "PROG: interrupted[: what was kept]" (exit 130) and a known error
+    (USER_ERRORS) or a failed allocation as "PROG: error: …" (exit 1), without a traceback, as `main` below says them for
+    the commands."""
     try:
         yield
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:      # its message says what was kept (pretrained's: "nothing was kept, ...")
+        print(f"{prog}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
         raise SystemExit(130) from None
     except USER_ERRORS as e:
         raise SystemExit(f"{prog}: error: {e}") from None
