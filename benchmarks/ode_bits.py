@@ -59,7 +59,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
     p.add_argument("--n", type=int_in(2), default=64, help="training digits, drawn at random (at least 2, for a standard error)")
     p.add_argument("--seed", type=int_in(0, 2 ** 32 - 1), default=0, help="draws the digits, the dequantization and the probes")
-    p.add_argument("--hutchinson", type=int_in(0), default=1, help="Rademacher probes per image; 0 for the exact divergence")
+    p.add_argument("--hutchinson", type=int_in(0), default=1,
+                   help="Rademacher probes per image (fewer than its pixels); 0 for the exact divergence")
     p.add_argument("--rtol", type=float, default=1e-3, help="the ODE solver's relative tolerance")
     p.add_argument("--atol", type=float, default=1e-3, help="the ODE solver's absolute tolerance")
     p.add_argument("--steps", type=int_in(1), default=None, help="the digits model's training steps (default: the preset's)")
@@ -68,6 +69,8 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if not (0 < args.rtol < 1 and 0 < args.atol < 1):          # NaN fails too
         p.error(f"--rtol and --atol must be in (0, 1), got {args.rtol} and {args.atol}")
+    if args.rtol < (floor := ode.rtol_floor(torch.float32)):      # said before the model and the ELBO, not after
+        p.error(f"--rtol {args.rtol:g} is finer than the network's float32 can give: pass --rtol >= {floor:.2g}")
     with one_line_errors(p.prog):    # a device this machine lacks, a --cache that cannot be written, more digits than there are
         return measure(args, devices.resolve(args.device))
 
@@ -77,6 +80,9 @@ def measure(args, device: torch.device) -> dict:
     digits, _ = data.load_digits(pretrained.digits_config(args.steps).resolution)
     if args.n > len(digits):                       # said before a model is trained
         raise ValueError(f"--n {args.n}: there are {len(digits)} digits")
+    if args.hutchinson >= (d := digits[0].numel()):    # k probes are k backward passes per call, the exact divergence d
+        raise ValueError(f"--hutchinson {args.hutchinson}: as many probes as the d = {d} pixels cost as many backward passes "
+                         f"as the exact divergence, which has no variance: pass 0 for it, or fewer than {d} probes")
     print("the digits model: training or loading from the cache", flush=True)
     model, config = pretrained.digits_model(args.steps, cache_dir=args.cache)
     model = model.to(device)

@@ -28,7 +28,7 @@ import torch
 from . import devices, schedule
 from . import unet as unet_mod
 from .checks import as_real, check_bool, check_int
-from .data import default_cache_dir, download, require_files
+from .data import cache_folder, download, require_files
 from .files import atomic_write, interrupts_deferred, md5sum, unresolved_link
 
 DDPM_CIFAR10_FILE = "model-790000.ckpt"
@@ -183,8 +183,7 @@ def official_ddpm_file(cache_dir=None, url: str = DDPM_CIFAR10_URL, md5: str = D
     The download is md5-checked and renamed into place only when complete (`data.download`), so an
     interrupted or corrupted transfer never leaves a file the next call would trust.
     """
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return download(url, root / "checkpoints" / DDPM_CIFAR10_FILE, md5, progress=progress)
+    return download(url, cache_folder(cache_dir) / "checkpoints" / DDPM_CIFAR10_FILE, md5, progress=progress)
 
 
 def load_official_ddpm(path, verify_md5: bool = False, expected_md5: str = DDPM_CIFAR10_MD5,

@@ -91,15 +91,20 @@ USER_ERRORS = (ValueError, OSError, ImportError,
 
 @contextlib.contextmanager
 def one_line_errors(prog: str):
-    """For a script's `main` (benchmarks/): Ctrl-C as "PROG: interrupted" (exit 130) and a known error (USER_ERRORS) as
-    "PROG: error: …" (exit 1), without a traceback, as `main` below says them for the commands."""
+    """For a script's `main` (benchmarks/): Ctrl-C as "PROG: interrupted[: what was kept]" (exit 130) and a known error
+    (USER_ERRORS) or a failed allocation as "PROG: error: …" (exit 1), without a traceback, as `main` below says them for
+    the commands."""
     try:
         yield
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:      # its message says what was kept (pretrained's: "nothing was kept, ...")
+        print(f"{prog}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
         raise SystemExit(130) from None
     except USER_ERRORS as e:
         raise SystemExit(f"{prog}: error: {e}") from None
+    except Exception as e:
+        if (size := _out_of_memory(e)) is None:
+            raise
+        raise SystemExit(f"{prog}: error: {OUT_OF_MEMORY.format(size=size)}; ask for fewer or smaller images") from None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -1036,8 +1041,8 @@ def _main(argv, prog):
         if not debug and (size := _out_of_memory(e)) is not None:
             smaller = ("a smaller --batch-size" if hasattr(args, "batch_size") else
                        "a smaller --set batch_size=N" if args.command == "train" else "fewer images per run")
-            print(f"{prog} {args.command}: error: out of memory{size}: the sizes asked for do not fit this machine; "
-                  f"ask for fewer or smaller images, or {smaller}", file=sys.stderr)
+            print(f"{prog} {args.command}: error: {OUT_OF_MEMORY.format(size=size)}; ask for fewer or smaller images, or "
+                  f"{smaller}", file=sys.stderr)
             print("(run again with --debug for the traceback)", file=sys.stderr)
             return 1
         if debug or not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
@@ -1049,6 +1054,9 @@ def _main(argv, prog):
         return 1
     finally:
         terminate.restore()
+
+
+OUT_OF_MEMORY = "out of memory{size}: the sizes asked for do not fit this machine"
 
 
 def _out_of_memory(e: BaseException) -> str | None:

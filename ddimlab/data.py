@@ -78,6 +78,17 @@ def default_cache_dir() -> Path:
     return path
 
 
+def cache_folder(folder, name: str = "cache_dir") -> Path:
+    """`folder` with ~ expanded, or `default_cache_dir()` for None. A blank string is the current folder to pathlib, where
+    a model or a download would land unseen (`--cache "$UNSET"`): a ValueError naming `name`."""
+    if folder is None:
+        return default_cache_dir()
+    if isinstance(folder, str) and not folder.strip():
+        raise ValueError(f"{name}={folder!r} is blank, which would be the current folder: pass a folder, or None for the "
+                         f"cache ($DDIMLAB_CACHE, else ~/.cache/ddimlab)")
+    return Path(folder).expanduser()
+
+
 def download(url: str, dest, md5: str | None = None, *, progress: bool = True,
              timeout: float | None = 60.0, chunk_size: int = 1 << 16) -> Path:
     """Download `url` to `dest` atomically and return `dest`.
@@ -254,7 +265,7 @@ def resolve_cifar10(root=None, download: bool = True, url: str = CIFAR10_URL,
     that does not exist is an error (a typo is never created and downloaded into).
     """
     explicit, download = root is not None, check_bool("download", download)
-    root = default_cache_dir() if root is None else Path(root).expanduser()
+    root = cache_folder(root, "root")
     if root.is_file():
         _check_md5(root, md5)
         return root

@@ -721,11 +721,17 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def rtol_floor(dtype: torch.dtype) -> float:
+    """The finest rtol `reference_solution` and `log_likelihood` take with ε computed in `dtype`, its eps / 20 (6e-9 for
+    float32): a tolerance far below ε's rounding only shrinks solve_ivp's steps (float32 at rtol 1e-9: 16 times the calls
+    of 1e-8, and minutes at 1e-10, reference_solution's default; float16 or bfloat16 at 1e-8 the same)."""
+    return torch.finfo(dtype).eps / 20
+
+
 def _check_rtol(rtol, what: str, dtype: torch.dtype, instead: str) -> None:
-    """ε computed in `dtype`: a tolerance far below its rounding only shrinks solve_ivp's steps (float32 at rtol 1e-9: 16
-    times the calls of 1e-8, and minutes at 1e-10, reference_solution's default; float16 or bfloat16 at 1e-8 the same).
-    `what` completes "rtol = ... is finer than" and `instead` "pass rtol >= floor, or"."""
-    if as_real(rtol) < (floor := torch.finfo(dtype).eps / 20):
+    """ε computed in `dtype`: rtol no finer than `rtol_floor(dtype)`. `what` completes "rtol = ... is finer than" and
+    `instead` "pass rtol >= floor, or"."""
+    if as_real(rtol) < (floor := rtol_floor(dtype)):
         raise ValueError(f"rtol = {as_real(rtol):g} is finer than {what}, and solve_ivp would take ever smaller steps: pass "
                          f"rtol >= {floor:.2g}, or {instead}")
 
@@ -759,6 +765,19 @@ def _check_deterministic(rhs, sig: float, y0: np.ndarray) -> None:
                          f"eps makes the ODE random; a network in train mode (dropout) needs net.eval() first")
 
 
+def _solve_ivp(rhs, span, y0: np.ndarray, method, rtol, atol) -> np.ndarray:
+    """The state at the end of `span`, by scipy's solve_ivp with the tolerances as floats (a 0-d tensor or numpy scalar
+    passed `_check_ivp` but failed inside scipy); a failed solve said with the tolerances it could not meet."""
+    from scipy.integrate import solve_ivp
+
+    rtol, atol = as_real(rtol), as_real(atol)
+    sol = solve_ivp(rhs, span, y0, method=method, rtol=rtol, atol=atol)
+    if not sol.success:                           # e.g. "Required step size is less than spacing between numbers."
+        raise ValueError(f"solve_ivp could not meet rtol = {rtol:g} and atol = {atol:g} ({sol.message.rstrip('.')}): "
+                         f"loosen them (atol is in the units of x and of log p, nats), or try another method")
+    return np.ascontiguousarray(sol.y[:, -1])
+
+
 def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-10, atol: float = 1e-10,
                        method: str = "DOP853") -> torch.Tensor:
     """Solve (ODE) from x_T at step t_start to step t_end (default −1: x_0) with scipy's solve_ivp (notebook 05 §3).
@@ -770,8 +789,6 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
     tolerance below torch.finfo(dtype).eps / 20, ε's rounding, is refused, as it only shrinks the steps). method: solve_ivp's,
     a name in IVP_METHODS or an OdeSolver subclass. Returns x at t_end (= x̄ there times √ᾱ), float64.
     """
-    from scipy.integrate import solve_ivp
-
     alpha_bar, t_start, t_end = _check_ivp(eps, x_T, "x_T", alpha_bar, t_start, t_end, rtol, atol, method)
     sig0, sig1 = float(sigma_at(alpha_bar, t_start)), float(sigma_at(alpha_bar, t_end))
     shape, dev = x_T.shape, x_T.device
@@ -783,10 +800,7 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
 
     y0 = (x_T.to(torch.float64) / math.sqrt(float(alpha_bar_cont(alpha_bar, t_start)))).reshape(-1).cpu().numpy()
     _check_deterministic(rhs, sig0, y0)
-    sol = solve_ivp(rhs, (sig0, sig1), y0, method=method, rtol=rtol, atol=atol)
-    if not sol.success:
-        raise RuntimeError(f"solve_ivp failed: {sol.message}")
-    xbar = torch.from_numpy(np.ascontiguousarray(sol.y[:, -1])).reshape(shape).to(dev)
+    xbar = torch.from_numpy(_solve_ivp(rhs, (sig0, sig1), y0, method, rtol, atol)).reshape(shape).to(dev)
     return xbar / math.sqrt(sig1 ** 2 + 1)
 
 
@@ -829,8 +843,6 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     and the samples must not interact in it (each sample's divergence is read from the batch's one graph). method: solve_ivp's,
     as in `reference_solution`.
     """
-    from scipy.integrate import solve_ivp
-
     # a network, or checkpoint.eps_fn of one (check_eps's advice): eps_fn runs it without gradients
     if isinstance(eps, torch.nn.Module) or getattr(eps, "network", None) is not None:
         what = (f"a network ({type(eps).__name__})" if isinstance(eps, torch.nn.Module) else
@@ -880,10 +892,7 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     y0 = np.concatenate([(x_0.to(torch.float64) / math.sqrt(float(alpha_bar_cont(alpha_bar, t_end)))).reshape(-1).cpu().numpy(),
                          np.zeros(B)])
     _check_deterministic(rhs, sig_data, y0)
-    sol = solve_ivp(rhs, (sig_data, sig_noise), y0, method=method, rtol=rtol, atol=atol)
-    if not sol.success:
-        raise RuntimeError(f"solve_ivp failed: {sol.message}")
-    y = torch.from_numpy(np.ascontiguousarray(sol.y[:, -1]))
+    y = torch.from_numpy(_solve_ivp(rhs, (sig_data, sig_noise), y0, method, rtol, atol))
     a_T, a_0 = float(alpha_bar_cont(alpha_bar, t_start)), float(alpha_bar_cont(alpha_bar, t_end))
     x_T = (y[:B * d] * math.sqrt(a_T)).reshape(shape).to(dev)
     log_prior = (standard_normal_logpdf if prior is None else prior)(x_T)

@@ -58,9 +58,9 @@ CACHE_HINT = "point DDIMLAB_CACHE at a folder you can write"
 
 def models_dir(cache_dir=None) -> Path:
     """`<cache_dir>/models`, with cache_dir defaulting to `data.default_cache_dir()` ($DDIMLAB_CACHE)."""
-    from .data import default_cache_dir
+    from .data import cache_folder
 
-    return (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / "models"
+    return cache_folder(cache_dir) / "models"
 
 
 def digits_config(steps: int | None = None, seed: int = 0, device: str = "cpu", overrides=None) -> train.TrainConfig:

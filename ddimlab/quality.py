@@ -202,7 +202,7 @@ def load_classifier(resolution: int = 16, retrain: bool = False,
         raise ValueError(f"resolution must be a multiple of 4, got {resolution}")
     settings = {**CLASSIFIER_SETTINGS, "resolution": resolution}
     key = _settings_key({**settings, "cpu_kernels": cpu_kernels()})   # they change the weights
-    directory = Path(directory) if directory is not None else cache_dir()
+    directory = data.cache_folder(directory, "directory")
     path = directory / f"digits_classifier_{key}.pt"
     memo = f"{path}"
     if not retrain and memo in _LOADED:

@@ -99,3 +99,21 @@ def test_ctrl_c_from_the_command_line_is_one_line(tmp_path, monkeypatch, capsys)
         bench_unet.cli(["--preset", "tiny", "--json", str(tmp_path / "r.json")])
     assert stop.value.code == 130 and capsys.readouterr().err == "bench_unet.py: interrupted\n"
     assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("error", [RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                                                "allocate memory: you tried to allocate 102400000000 bytes."),
+                                   torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")])
+def test_round_28_out_of_memory_is_one_line(error, tmp_path, monkeypatch):
+    """Careless round 28: `--batch 100000000` on the CPU (or a batch a GPU cannot hold) was a traceback through the timing
+    loop, in every script of benchmarks/; the commands said it in one line. No --json is written."""
+    def out_of_memory(args):
+        raise error
+
+    monkeypatch.setattr(bench_unet, "run", out_of_memory)
+    monkeypatch.setattr(bench_unet, "need_diffusers", lambda prog: None)
+    monkeypatch.setattr(sys, "argv", ["bench_unet.py"])
+    with pytest.raises(SystemExit, match=r"^bench_unet.py: error: out of memory \(it asked for (102400000000 bytes|2.00 GiB)\): "
+                                         r"the sizes asked for do not fit this machine; ask for fewer or smaller images$"):
+        bench_unet.cli(["--preset", "tiny", "--batch", "100000000", "--json", str(tmp_path / "r.json")])
+    assert not (tmp_path / "r.json").exists()

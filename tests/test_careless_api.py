@@ -2343,3 +2343,40 @@ def test_round_26_make_config_refuses_out_none():
     with pytest.raises(ValueError, match=r"^out must be a folder's path \(a str or pathlib.Path\), got None$"):
         train.make_config("digits", {"out": None})
     assert train.make_config("digits", {"data_root": None}).data_root is None
+
+
+def test_round_28_ode_tolerances_as_tensors_and_a_failed_solve_are_said():
+    """Tolerances given as a 0-d tensor or a numpy scalar passed the checks, then failed inside scipy with "any() received
+    an invalid combination of arguments"; a solve that could not meet its tolerances (atol = 1e-300: "Required step size
+    is less than spacing between numbers") was a RuntimeError that named neither, and a traceback in the scripts. Data
+    N(0, S² I), S = 1/2, with its exact ε* (one component of toy's mixtures): the ODE maps x_T to x_T S/√(ᾱ_T S² + 1 − ᾱ_T),
+    and log p is scipy's, to 1e-4 nats (the N(0, I) prior is off q(x_T) by less)."""
+    from scipy import stats
+
+    S, x = 0.5, torch.tensor([[0.1, -0.2], [0.3, 0.0]], dtype=torch.float64)
+    eps = toy.exact_eps(toy.GaussianMixture([1.0], torch.zeros(1, 2), S ** 2 * torch.eye(2)[None]), AB)
+    got = ode.log_likelihood(eps, x, AB, rtol=torch.tensor(1e-5), atol=np.float64(1e-5))
+    torch.testing.assert_close(got, torch.from_numpy(stats.norm.logpdf(x.numpy(), 0, S).sum(1)), rtol=0, atol=1e-4)
+    x_0 = ode.reference_solution(eps, x, AB, 999, rtol=torch.tensor(1e-8), atol=np.float32(1e-8))
+    torch.testing.assert_close(x_0, x * S / math.sqrt(float(AB[-1]) * S ** 2 + 1 - float(AB[-1])), rtol=1e-6, atol=0)
+    flips = lambda x, t: x * torch.where(t[:, None] > 500, 1.0, -1.0)     # noqa: E731  no step across t = 500 meets 1e-300
+    with pytest.raises(ValueError, match=r"solve_ivp could not meet rtol = 0.001 and atol = 1e-300 \(Required step size"):
+        ode.log_likelihood(flips, x, AB, rtol=1e-3, atol=1e-300)
+
+
+def test_round_28_a_blank_cache_folder_is_refused_not_read_as_the_current_one(tmp_path, monkeypatch):
+    """cache_dir="" (or `--cache "$UNSET"` in benchmarks/) was the current folder to pathlib: digits_model trained its model
+    into ./models there, beside the cache's copy, official_ddpm_file would download 143 MB into ./checkpoints, and
+    load_classifier and load_cifar10 wrote and read there; DDIMLAB_CACHE=' ' was refused already. Now a ValueError naming
+    the argument, before anything is made."""
+    from ddimlab import pretrained
+
+    monkeypatch.chdir(tmp_path)
+    calls = {"cache_dir": (lambda: pretrained.models_dir(""), lambda: pretrained.digits_model(1, cache_dir=" "),
+                           lambda: checkpoint.official_ddpm_file("")),
+             "directory": (lambda: quality.load_classifier(directory=""),), "root": (lambda: data.load_cifar10(root="\t"),)}
+    for name, of_name in calls.items():
+        for call in of_name:
+            with pytest.raises(ValueError, match=rf"^{name}='[^']*' is blank, which would be the current folder: pass a folder"):
+                call()
+    assert list(tmp_path.iterdir()) == []

@@ -55,11 +55,14 @@ def test_bad_arguments_are_one_line_before_any_training(recipes, argv, needle, t
 
 
 def test_interrupted_is_one_line(recipes, tmp_path, monkeypatch, capsys):
-    """Ctrl-C while a recipe trained was a traceback through train's loop."""
+    """Ctrl-C while a recipe trained was a traceback through train's loop; then (until careless round 28) one line that
+    dropped what the interrupt said was kept, which the commands' "interrupted: ..." gives."""
     def ctrl_c(*a, **k):
         raise KeyboardInterrupt("stopped at step 3 of 10; the cached digits model was not finished, and nothing was kept")
     monkeypatch.setattr(recipes.pretrained, "digits_model", ctrl_c)
     monkeypatch.setattr(sys, "argv", ["digits_recipes.py"])
     with pytest.raises(SystemExit) as stop:
         recipes.main(["--cache", str(tmp_path)])
-    assert stop.value.code == 130 and capsys.readouterr().err.strip() == "digits_recipes.py: interrupted"
+    assert stop.value.code == 130 and capsys.readouterr().err.strip() == ("digits_recipes.py: interrupted: stopped at step 3 "
+                                                                         "of 10; the cached digits model was not finished, "
+                                                                         "and nothing was kept")

@@ -93,3 +93,19 @@ def test_bad_sizes_are_refused_in_one_line(bits, capsys):
         with pytest.raises(SystemExit) as stop:
             bits.main(argv)
         assert said in str(stop.value.code) + capsys.readouterr().err
+
+
+def test_round_28_a_tolerance_or_probe_count_past_its_use_is_refused_before_the_work(bits, tmp_path, capsys, monkeypatch):
+    """Careless round 28: --rtol 1e-9, finer than the float32 network can give, was refused only after the model was
+    trained and the negative ELBO computed; --hutchinson 100000000 asked for 100 GB of probes after them (a traceback),
+    and any k ≥ d = 64 probes costs at least the exact divergence's 64 backward passes, with variance. Both are now said
+    before anything is trained (no models folder in the cache). A blank --cache trained into ./models (round 28's
+    test_round_28_a_blank_cache_folder_is_refused_not_read_as_the_current_one)."""
+    monkeypatch.chdir(tmp_path)
+    for argv, said in ((["--rtol", "1e-9"], "--rtol 1e-09 is finer than the network's float32 can give: pass --rtol >= 6e-09"),
+                       (["--hutchinson", "64"], "--hutchinson 64: as many probes as the d = 64 pixels cost as many backward"),
+                       (["--cache", ""], "cache_dir='' is blank, which would be the current folder")):
+        with pytest.raises(SystemExit) as stop:
+            bits.main(["--steps", "2", "--n", "2", "--cache", str(tmp_path), *argv])
+        assert said in str(stop.value.code) + capsys.readouterr().err
+    assert not (tmp_path / "models").exists()
