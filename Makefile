@@ -13,6 +13,12 @@ PYTHON ?= python3
 # tests' CLI runs) compiled torch's modules again: here its pytest took 370 s with PYTHONDONTWRITEBYTECODE=1 and
 # 272 s without (docs/make_test_times.md).
 unexport PYTHONDONTWRITEBYTECODE
+# A relative DDIMLAB_CACHE names another folder in each process's working folder (pytest's in the repository, each
+# notebook kernel's in notebooks/), and the notebooks would train the digits model again: the recipes get it absolute.
+ifneq ($(filter-out /% ~%,$(DDIMLAB_CACHE)),)
+override DDIMLAB_CACHE := $(abspath $(DDIMLAB_CACHE))
+export DDIMLAB_CACHE
+endif
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN     = $(VENV)/bin

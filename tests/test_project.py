@@ -230,6 +230,23 @@ def test_make_lets_python_cache_compiled_modules_where_the_environment_forbids_i
     assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr)
 
 
+@pytest.mark.parametrize("given,seen", [("rel/cache", str(ROOT / "rel/cache")), ("./c", str(ROOT / "c")),
+                                         ("/abs/cache", "/abs/cache"), ("~/cache", "~/cache"), ("", "")])
+@pytest.mark.parametrize("how", ["environment", "make argument"])
+def test_make_passes_a_relative_cache_on_as_an_absolute_one(given, seen, how):
+    """DDIMLAB_CACHE=cache make test trained the digits model into ./cache, and then each notebook (its kernel runs in
+    notebooks/) looked in notebooks/cache and trained it again. The recipes see it absolute, from the repository."""
+    probe = 'probe:\n\t@echo "[$$DDIMLAB_CACHE]"\n'
+    env = {k: v for k, v in os.environ.items() if k != "DDIMLAB_CACHE"}
+    args = ["make", "-s", "-f", "Makefile", "-f", "-", "probe"]
+    if how == "environment":
+        env["DDIMLAB_CACHE"] = given
+    else:
+        args.append(f"DDIMLAB_CACHE={given}")
+    r = subprocess.run(args, input=probe, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and r.stdout.strip() == f"[{seen}]", (r.stdout, r.stderr)
+
+
 def _leading_assignments(line: str, program: str) -> dict[str, str]:
     """The VAR=value words of a shell command line up to the word that ends with PROGRAM."""
     words = shlex.split(line)
