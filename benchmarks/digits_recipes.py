@@ -23,7 +23,7 @@ import torch
 
 from ddimlab import demo, pretrained, quality, samplers, schedule
 from ddimlab.checkpoint import eps_fn
-from ddimlab.cli import Distinct, Formatter, int_in, one_line_errors
+from ddimlab.cli import Distinct, Formatter, folder, int_in, one_line_errors
 from ddimlab.files import check_can_write
 
 RECIPES = {
@@ -76,7 +76,7 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int_in(1), default=pretrained.THREADS,
                    help="training threads (part of each model's cache key; the demo trains with this many)")
     p.add_argument("--steps", type=int_in(1), default=None, help="train every recipe this many steps (default: its own)")
-    p.add_argument("--cache", default=None, help="model cache folder (default: $DDIMLAB_CACHE, as the demo)")
+    p.add_argument("--cache", type=folder, default=None, help="model cache folder (default: $DDIMLAB_CACHE, as the demo)")
     p.add_argument("--fd-se", action="store_true",
                    help="also the mean of the x_T sets' bootstrap SEs of the FD, against the FD's spread over the sets")
     args = p.parse_args(argv)

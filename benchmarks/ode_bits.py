@@ -32,7 +32,7 @@ import torch
 
 from ddimlab import data, devices, elbo, ode, pretrained, schedule
 from ddimlab.checkpoint import eps_fn
-from ddimlab.cli import Formatter, int_in, one_line_errors
+from ddimlab.cli import Formatter, folder, int_in, one_line_errors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # digits_recipes.py sits beside this script
 from digits_recipes import verdict  # noqa: E402
@@ -65,7 +65,7 @@ def main(argv=None) -> dict:
     p.add_argument("--atol", type=float, default=1e-3, help="the ODE solver's absolute tolerance")
     p.add_argument("--steps", type=int_in(1), default=None, help="the digits model's training steps (default: the preset's)")
     p.add_argument("--device", default="auto", help="where the network runs: auto (cuda if present), cpu, cuda, cuda:N, mps")
-    p.add_argument("--cache", default=None, help="model cache folder (default: $DDIMLAB_CACHE, as the demo)")
+    p.add_argument("--cache", type=folder, default=None, help="model cache folder (default: $DDIMLAB_CACHE, as the demo)")
     args = p.parse_args(argv)
     if not (0 < args.rtol < 1 and 0 < args.atol < 1):          # NaN fails too
         p.error(f"--rtol and --atol must be in (0, 1), got {args.rtol} and {args.atol}")

@@ -695,6 +695,14 @@ def int_in(low: int, high: int | None = None):
     return parse
 
 
+def folder(text: str) -> str:
+    """An argparse type for a folder option: a blank one is the current folder to pathlib (`--cache "$UNSET"`), an
+    error naming the option instead."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"is blank ({text!r}), which would be the current folder; give a folder")
+    return text
+
+
 class Distinct(argparse._StoreAction):
     """An argparse action for a list option (nargs="+"): a value given twice is an error (`checks.check_distinct`),
     said as argparse says a bad value. Given twice it would be computed twice: a row printed twice, or pooled twice

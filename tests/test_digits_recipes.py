@@ -40,6 +40,7 @@ def test_recipes_are_trained_scored_and_compared_with_tiny_sizes(recipes, tmp_pa
     (["--threads", "0"], "argument --threads: must be a positive integer, got 0"),
     (["--x-seeds", "10"], r"give at least two --x-seeds \(or two --seeds\) to compare recipes"),   # after all training
     (["--cache", "{tmp}/f"], r"^digits_recipes.py: error: .*f is a file, not a folder\); choose another --cache$"),
+    (["--cache", " "], r"argument --cache: is blank \(' '\), which would be the current folder; give a folder$"),
 ])
 def test_bad_arguments_are_one_line_before_any_training(recipes, argv, needle, tmp_path, monkeypatch, capsys):
     """Careless round 27: each of these pooled values twice without a word, substituted a default, or was a traceback

@@ -104,7 +104,7 @@ def test_round_28_a_tolerance_or_probe_count_past_its_use_is_refused_before_the_
     monkeypatch.chdir(tmp_path)
     for argv, said in ((["--rtol", "1e-9"], "--rtol 1e-09 is finer than the network's float32 can give: pass --rtol >= 6e-09"),
                        (["--hutchinson", "64"], "--hutchinson 64: as many probes as the d = 64 pixels cost as many backward"),
-                       (["--cache", ""], "cache_dir='' is blank, which would be the current folder")):
+                       (["--cache", ""], "argument --cache: is blank (''), which would be the current folder")):
         with pytest.raises(SystemExit) as stop:
             bits.main(["--steps", "2", "--n", "2", "--cache", str(tmp_path), *argv])
         assert said in str(stop.value.code) + capsys.readouterr().err
