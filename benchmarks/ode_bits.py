@@ -40,7 +40,7 @@ chain's, plus the chain's KL gap ≥ 0.
 
 The ODE is integrated by scipy on the CPU between network calls, with `--hutchinson` Rademacher probes per
 image for the divergence (0: the exact divergence, d backward passes per call); on 2 CPU cores beside other work 64 digits took
-110 s at the default tolerances (README, Benchmarks).
+110 to 130 s at the default tolerances, and 111 s with `--t-end 0` (README, Benchmarks).
 
     python benchmarks/ode_bits.py                       # 64 training digits, the demo's model
     python benchmarks/ode_bits.py --t-end 0           # stop at step 0, then DDPM's decoder (B0)
