@@ -13,11 +13,37 @@ bits per pixel. The two are paired over the digits (the same images): the differ
 of the per-image differences. They bound different models (the ODE's push-forward of N(0, I) and DDPM's
 Markov chain), both from the same ε network.
 
+That ODE runs down to ᾱ = 1 (`t_end=-1`), and so calls ε at steps in (−1, 0), which the network never saw in
+training (steps 0..T−1). `--t-end 0` stops it at step 0 (ᾱ_0 = 1 − β_0, σ = 0.01) and codes the bins as DDPM does,
+through a latent z at step 0. For any density p(z) and any q(z | x), Jensen's inequality (as in DDPM eq. 3) gives
+
+    −log P(x) = −log ∫ p(z) p_θ(x | z) dz ≤ E_q[−log p(z) − log p_θ(x | z) + log q(z | x)],          (B0)
+
+here with q(z | x) = N(√ᾱ_0 x, (1 − ᾱ_0) I), the forward process to step 0; p_θ(x | z) DDPM's discretized decoder,
+the one the ELBO's L_0 uses (`elbo.decoder_nll`: mean x̂_0 = (z − √(1 − ᾱ_0) ε_θ(z, 0))/√ᾱ_0, variance
+`elbo.model_variance(...)[0]`), a probability over the bins that sums to 1; and p(z) the ODE's density at step 0
+(`ode.log_likelihood(..., t_end=0)`), the push-forward of N(0, I). So (B0) bounds the code length of a proper model of
+the 8-bit images, and one z per image, with log q(z | x) at that z, is an unbiased estimate of it. The indices agree:
+DDPM's x_1 ~ N(√(1 − β_1) x_0, β_1 I) and its decoder p_θ(x_0 | x_1) are ddimlab's step 0 (β_0 = 1e-4 = DDPM's β_1,
+ᾱ_0 = 1 − β_0) and `decoder_nll`, whose network call is at step 0; `log_likelihood`'s t_end = 0 is that same ᾱ_0.
+
+DDPM's negative ELBO is (B0) with p(z) the Markov chain's marginal p_θ(z) = ∫ p(x_{T−1}) ∏_{t≥1} p_θ(x_{t−1} | x_t)
+dx_{1..T−1} (x_t at step t, z = x_0 at step 0, x the data), which it cannot evaluate and bounds in turn: the forward
+process is Markov, q(z, x_{1..T−1} | x) = q(z | x) q(x_{1..T−1} | z), so
+
+    L_T + Σ_{t≥1} L_{t−1} + L_0 = E_q[−log p_θ(z) − log p_θ(x | z) + log q(z | x)]
+                                  + E_q KL(q(x_{1..T−1} | z) ‖ p_θ(x_{1..T−1} | z)).
+
+The two share the decoder term L_0 = E_q[−log p_θ(x | z)] (the same function, the same q(z | x)) and E_q log q(z | x) =
+−(d/2)(1 + log 2π(1 − ᾱ_0)); they differ in −E_q log p(z): the ODE's, computed (to the solver's tolerance), against the
+chain's, plus the chain's KL gap ≥ 0.
+
 The ODE is integrated by scipy on the CPU between network calls, with `--hutchinson` Rademacher probes per
 image for the divergence (0: the exact divergence, d backward passes per call); on 2 CPU cores beside other work 64 digits took
-110 s at the default tolerances (README, Benchmarks).
+110 to 130 s at the default tolerances, and 111 s with `--t-end 0` (README, Benchmarks).
 
     python benchmarks/ode_bits.py                       # 64 training digits, the demo's model
+    python benchmarks/ode_bits.py --t-end 0           # stop at step 0, then DDPM's decoder (B0)
     python benchmarks/ode_bits.py --n 512             # on a GPU (--device auto picks it)
 """
 from __future__ import annotations
@@ -30,7 +56,7 @@ from pathlib import Path
 
 import torch
 
-from ddimlab import data, devices, elbo, ode, pretrained, schedule
+from ddimlab import data, devices, diffusion, elbo, gaussian, ode, pretrained, schedule
 from ddimlab.checkpoint import eps_fn
 from ddimlab.cli import Formatter, folder, int_in, one_line_errors
 
@@ -55,12 +81,30 @@ def ode_bits(eps, x0: torch.Tensor, alpha_bar, generator: torch.Generator, hutch
     return dequantized_bits(log_p, x0[0].numel())
 
 
+def decoder_bits(eps, x0: torch.Tensor, alpha_bar, generator: torch.Generator, hutchinson: int, rtol: float,
+                 atol: float) -> torch.Tensor:
+    """Each image's bound (B0) in bits per pixel, −(log p_ODE(z) + log p_θ(x | z) − log q(z | x))/(d log 2), for one
+    z = √ᾱ_0 x + √(1 − ᾱ_0) ε at step 0, ε and `hutchinson` probes (0: exact divergence) drawn from the CPU `generator`."""
+    a_0 = float(alpha_bar[0])
+    noise = torch.randn(x0.shape, generator=generator, dtype=torch.float64).to(x0.device, x0.dtype)
+    z = diffusion.q_sample(x0, a_0, noise)
+    k = dict(hutchinson=hutchinson, generator=generator) if hutchinson else {}
+    log_p = ode.log_likelihood(eps, z, alpha_bar, t_end=0, rtol=rtol, atol=atol, **k)
+    with torch.no_grad():
+        decoder = elbo.decoder_nll(x0, z, eps(z, z.new_zeros(len(z))), alpha_bar).double()
+    log_q = gaussian.log_normal(z.double(), math.sqrt(a_0) * x0.double(), 1 - a_0).reshape(len(z), -1).sum(1)
+    return (-log_p.to(decoder.device) + decoder + log_q) / (x0[0].numel() * math.log(2))
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
     p.add_argument("--n", type=int_in(2), default=64, help="training digits, drawn at random (at least 2, for a standard error)")
     p.add_argument("--seed", type=int_in(0, 2 ** 32 - 1), default=0, help="draws the digits, the dequantization and the probes")
     p.add_argument("--hutchinson", type=int_in(0), default=1,
                    help="Rademacher probes per image (fewer than its pixels); 0 for the exact divergence")
+    p.add_argument("--t-end", type=int, choices=(-1, 0), default=-1,
+                   help="where the ODE stops: -1 at the data (dequantized bins; calls the network at steps in (-1, 0)) or 0 "
+                        "at step 0, then DDPM's decoder (bound B0; only steps the network was trained on)")
     p.add_argument("--rtol", type=float, default=1e-3, help="the ODE solver's relative tolerance")
     p.add_argument("--atol", type=float, default=1e-3, help="the ODE solver's absolute tolerance")
     p.add_argument("--steps", type=int_in(1), default=None, help="the digits model's training steps (default: the preset's)")
@@ -96,14 +140,15 @@ def measure(args, device: torch.device) -> dict:
         bpd_elbo = elbo.elbo_terms(eps_fn(model), x0, alpha_bar, generator=g_elbo)["bpd"].double().cpu()
     print(f"negative ELBO: {time.perf_counter() - start:.0f} s", flush=True)
     start = time.perf_counter()
-    bpd_ode = ode_bits(lambda x, t: model(x, t), x0, alpha_bar, g, args.hutchinson, args.rtol, args.atol).cpu()
-    print(f"ODE: {time.perf_counter() - start:.0f} s", flush=True)
+    bits = ode_bits if args.t_end == -1 else decoder_bits
+    bpd_ode = bits(lambda x, t: model(x, t), x0, alpha_bar, g, args.hutchinson, args.rtol, args.atol).cpu()
+    print(f"ODE to step {args.t_end}: {time.perf_counter() - start:.0f} s", flush=True)
 
     se = lambda v: float(v.std() / math.sqrt(len(v)))       # noqa: E731  over the digits
     diff = bpd_ode - bpd_elbo
     print(f"\nbits per pixel on {args.n} digits (± SE over them): negative ELBO {float(bpd_elbo.mean()):.3f} ± "
-          f"{se(bpd_elbo):.3f}, ODE {float(bpd_ode.mean()):.3f} ± {se(bpd_ode):.3f}; ODE minus ELBO, paired: "
-          f"{float(diff.mean()):+.3f} ± {se(diff):.3f} ({verdict(float(diff.mean()), se(diff))})")
+          f"{se(bpd_elbo):.3f}, ODE to step {args.t_end} {float(bpd_ode.mean()):.3f} ± {se(bpd_ode):.3f}; "
+          f"ODE minus ELBO, paired: {float(diff.mean()):+.3f} ± {se(diff):.3f} ({verdict(float(diff.mean()), se(diff))})")
     return dict(elbo=bpd_elbo, ode=bpd_ode)
 
 
