@@ -1,6 +1,7 @@
 """The derivations and claims of notebook 05 (the ODE view), checked again on other data, each with a mutation
-that must fail: Fokker–Planck and the probability-flow ODE (§3), DDPM's step as the reverse SDE's (§3), the ODE
-in x (§5), local orders (§6, DPM-Solver++(2M) on its second step), and the order of the inversion round trip (§8)."""
+that must fail: ᾱ(t) log-linear between steps (§1), Fokker–Planck and the probability-flow ODE (§3), DDPM's step as
+the reverse SDE's (§3), the ODE in x (§5), local orders (§6, DPM-Solver++(2M) on its second step), and the order of
+the inversion round trip (§8)."""
 import math
 
 import numpy as np
@@ -218,3 +219,19 @@ def test_inversion_floor_of_the_shared_last_step():
     floor, predicted = rms(x_rec - x0), rms(-sigma0 * J_dx)
     assert abs(floor / predicted - 1) < 0.05, (floor, predicted)
     assert 6e-5 < floor < 8e-5, floor
+
+
+def test_continuous_alpha_bar_is_log_linear_between_steps():
+    """notebook 05 §1: between integer steps ddimlab interpolates log ᾱ linearly. The notebook's check there, that
+    t_of_sigma inverts sigma_at, would pass for any interpolation the pair shares; here ᾱ(t) and σ(t) are compared
+    with ᾱ from numpy's product of the linear βs, interpolated geometrically by hand, and the same comparison with ᾱ
+    interpolated linearly (the mutation) misses at every fractional t, by at least a hundred times the tolerance."""
+    table = np.concatenate([[1.0], np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))])     # ᾱ_{−1} = 1, ᾱ_0 … ᾱ_999
+    t = np.array([-0.75, -0.5, 0.25, 12.5, 500.25, 998.9])
+    j, f = np.floor(t).astype(int) + 1, t - np.floor(t)                                # table[j] is ᾱ at step ⌊t⌋
+    geometric = table[j] ** (1 - f) * table[j + 1] ** f
+    linear = (1 - f) * table[j] + f * table[j + 1]
+    got = ode.alpha_bar_cont(AB, torch.tensor(t)).numpy()
+    assert np.allclose(got, geometric, rtol=1e-12, atol=0), got / geometric - 1
+    assert np.allclose(ode.sigma_at(AB, torch.tensor(t)).numpy(), np.sqrt((1 - geometric) / geometric), rtol=1e-12, atol=0)
+    assert (np.abs(linear / geometric - 1) > 100 * 1e-12).all(), linear / geometric - 1

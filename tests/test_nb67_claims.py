@@ -130,3 +130,5 @@ def test_clipped_standard_normal_second_moment():
     by_quadrature = integrate.quad(lambda x: min(x * x, 1.0) * stats.norm.pdf(x), -12, 12, points=[-1, 1])[0]
     assert abs(by_quadrature - exact) < 1e-9
     assert abs(exact - 0.5161) < 1e-4
+    inside_only = stats.norm.cdf(1.0) - stats.norm.cdf(-1.0) - 2 * stats.norm.pdf(1.0)    # mutation: the clipped 1s left out
+    assert abs(by_quadrature - inside_only) > 0.1
