@@ -1,7 +1,7 @@
 """The derivations and claims of notebook 05 (the ODE view), checked again on other data, each with a mutation
 that must fail: ᾱ(t) log-linear between steps (§1), Fokker–Planck and the probability-flow ODE (§3), DDPM's step as
-the reverse SDE's (§3), the ODE in x (§5), local orders (§6, DPM-Solver++(2M) on its second step), and the order of
-the inversion round trip (§8)."""
+the reverse SDE's (§3), the ODE in x (§5), local orders (§6, DPM-Solver++(2M) on its second step), Heun against
+DPM-Solver-2 (§6: different steps, both exact on point-mass data), and the order of the inversion round trip (§8)."""
 import math
 
 import numpy as np
@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.integrate import solve_ivp
 
-from ddimlab import diffusion, ode, samplers, schedule, toy
+from ddimlab import diffusion, lab, ode, samplers, schedule, toy
 
 AB = schedule.make_alpha_bar("linear", 1000)
 MIX = toy.random_mixture(d=3, K=4, seed=1)
@@ -117,6 +117,57 @@ def test_local_error_orders():
         assert abs(_slope(hs, errs[n]) - p1) < 0.25, (n, _slope(hs, errs[n]))
     assert abs(_slope(hs, errs["euler"]) - 3) > 0.25
 
+
+
+def test_heun_and_dpm_solver_2_are_different_steps():
+    """notebook 05 §6: one step from the same exact x_t, Heun's local error (against scipy) is not DPM-Solver-2's; on this
+    data, as on the notebook's, about 4 times it (paired over the points, jackknife SE)."""
+    x_T = torch.randn(32, MIX.d, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    x_t = ode.reference_solution(EPS, x_T, AB, 999, 500)
+    exact = ode.reference_solution(EPS, x_t, AB, 500, 484, rtol=1e-12, atol=1e-12)
+    e = {n: (ode.solve(n, EPS, x_t, AB, [500, 484], return_trajectory=True)[1]["x"][1] - exact).pow(2).sum(1)
+         for n in ("heun", "dpm_solver_2")}
+    ratio = float((e["heun"].mean() / e["dpm_solver_2"].mean()).sqrt())
+    loo = ((e["heun"].sum() - e["heun"]) / (e["dpm_solver_2"].sum() - e["dpm_solver_2"])).sqrt()
+    assert ratio - 3 * lab.jackknife_se(loo) > 1, ratio
+
+
+def _dpm2_step(x_t, t, s, eps, mid):
+    """DPM-Solver-2's step t -> s retyped from notebook 05 §5: the half step to σ_m = √(σ_t σ_s), ε called at t(mid(σ_t, σ_s))."""
+    sig_t, sig_s = float(ode.sigma_at(AB, t)), float(ode.sigma_at(AB, s))
+    xb_t, sig_m = x_t * math.sqrt(sig_t ** 2 + 1), math.sqrt(sig_t * sig_s)
+    u = xb_t + (sig_m - sig_t) * eps(x_t, torch.full((len(x_t),), t))
+    t_m = ode.t_of_sigma(AB, mid(sig_t, sig_s)).expand(len(x_t))
+    return (xb_t + (sig_s - sig_t) * eps(u / math.sqrt(sig_m ** 2 + 1), t_m)) / math.sqrt(sig_s ** 2 + 1)
+
+
+def test_heun_and_dpm_solver_2_are_exact_on_point_mass_data_and_confused_midpoints_are_not():
+    """notebook 05 §6: for data at one point c, ε* = (x̄ − c)/σ is constant along the straight paths x̄ = c + σ k, so both
+    solvers land on them at every step of a coarse grid, with the same calls; DPM-Solver-2's step with ε called at the
+    arithmetic mean of σ_t, σ_s (its half step still to the geometric one) misses them."""
+    c = torch.tensor([0.4, -1.1, 0.2], dtype=torch.float64)
+
+    def eps_point(x, t):
+        a = ode.alpha_bar_cont(AB, t[0])
+        return (x - a.sqrt() * c) / (1 - a).sqrt()
+
+    steps = [999, 300, 50, 5, -1]
+    x_T = torch.randn(8, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    sig = [float(ode.sigma_at(AB, t)) for t in steps]
+    k = (x_T * math.sqrt(sig[0] ** 2 + 1) - c) / sig[0]
+    exact = [(c + s * k) / math.sqrt(s ** 2 + 1) for s in sig]
+    calls = []
+    for name in ("heun", "dpm_solver_2"):
+        eps_c = ode.counted(eps_point)
+        traj = ode.solve(name, eps_c, x_T, AB, steps[:-1], return_trajectory=True)[1]["x"]
+        calls.append(eps_c.calls)
+        assert max(float((a - b).abs().max()) for a, b in zip(traj, exact)) < 1e-10, name
+    assert calls == [7, 7]
+    x_t = _points(8, float(AB[500]), 9)
+    library = ode.solve("dpm_solver_2", EPS, x_t, AB, [500, 484], return_trajectory=True)[1]["x"][1]
+    assert float((_dpm2_step(x_t, 500, 484, EPS, lambda a, b: math.sqrt(a * b)) - library).abs().max()) < 1e-12
+    for i, (t, s) in enumerate(zip(steps[:-2], steps[1:-1])):
+        assert float((_dpm2_step(exact[i], t, s, eps_point, lambda a, b: (a + b) / 2) - exact[i + 1]).abs().max()) > 1e-3
 
 def _pp2m_second_step(x_prev, x_t, steps, c):
     """DPM-Solver++(2M)'s step t -> s from x_t with the history D at (x_prev, t_prev), the correction weighted by c(r)
