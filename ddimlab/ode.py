@@ -683,11 +683,12 @@ def counted(eps):
 IVP_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")     # scipy's solve_ivp, by name
 
 
-def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol, method):
+def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol, method, either_way: bool = False):
     """The checks `reference_solution` and `log_likelihood` share: `x` (called `name`) as the samplers check it
     (`check_args`: a finite floating tensor with a batch dimension) and without grad, eps a function, the tolerances > 0
-    and rtol no finer than x's dtype resolves, t_end < t_start steps in [−1, T−1], method one of solve_ivp's (a name in
-    IVP_METHODS or an OdeSolver subclass). Returns (alpha_bar, t_start, t_end)."""
+    and rtol no finer than x's dtype resolves, steps t_start, t_end in [−1, T−1] with t_end < t_start (t_end ≠ t_start
+    if `either_way`), method one of solve_ivp's (a name in IVP_METHODS or an OdeSolver subclass). Returns (alpha_bar,
+    t_start, t_end)."""
     from scipy.integrate import OdeSolver
 
     if not (method in IVP_METHODS if isinstance(method, str) else isinstance(method, type) and issubclass(method, OdeSolver)):
@@ -712,7 +713,10 @@ def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol, method)
     if not all(-1 <= v <= T - 1 for v in steps):     # else alpha_bar_cont's "continuous step t must lie in", naming neither
         raise ValueError(f"t_start and t_end must lie in [-1, T-1] = [-1, {T - 1}] (steps; -1 is clean data), got {t_start:g} "
                          f"and {t_end:g}")
-    if not t_end < t_start:
+    if either_way and t_end == t_start:
+        raise ValueError(f"t_end must differ from t_start (t_end < t_start runs towards data, t_end > t_start towards "
+                         f"noise), got {t_start:g} -> {t_end:g}")
+    if not (either_way or t_end < t_start):
         raise ValueError(f"t_end must be smaller than t_start (the ODE runs from noise to data), got {t_start} -> {t_end}")
     return alpha_bar, t_start, t_end
 
@@ -782,6 +786,9 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
                        method: str = "DOP853") -> torch.Tensor:
     """Solve (ODE) from x_T at step t_start to step t_end (default −1: x_0) with scipy's solve_ivp (notebook 05 §3).
 
+    Either way: t_end > t_start integrates from data towards noise (σ increasing; t_start = −1 starts at σ = 0, x̄ = x_0),
+    the exact inversion that `samplers.ddim_invert` and `heun_invert` approximate (notebook 05 §8).
+
     The whole batch is one state vector (the ODE is per-sample but scipy's step control then takes the
     worst sample's error). t_start / t_end may be floats (continuous steps); ε is called with float
     steps t(σ), down to t = −1 (ᾱ = 1) when t_end = −1, which the exact lab (`toy.exact_eps`) supports.
@@ -789,14 +796,14 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
     tolerance below torch.finfo(dtype).eps / 20, ε's rounding, is refused, as it only shrinks the steps). method: solve_ivp's,
     a name in IVP_METHODS or an OdeSolver subclass. Returns x at t_end (= x̄ there times √ᾱ), float64.
     """
-    alpha_bar, t_start, t_end = _check_ivp(eps, x_T, "x_T", alpha_bar, t_start, t_end, rtol, atol, method)
+    alpha_bar, t_start, t_end = _check_ivp(eps, x_T, "x_T", alpha_bar, t_start, t_end, rtol, atol, method, either_way=True)
     sig0, sig1 = float(sigma_at(alpha_bar, t_start)), float(sigma_at(alpha_bar, t_end))
     shape, dev = x_T.shape, x_T.device
 
     @torch.no_grad()                              # a network's ε would require grad, and .numpy() refuse it
     def rhs(sig, y):
         xbar = torch.from_numpy(y).reshape(shape).to(dev)
-        return _eps_of_xbar(eps, alpha_bar, xbar, sig, sig0, x_T.dtype, rtol).reshape(-1).cpu().numpy()
+        return _eps_of_xbar(eps, alpha_bar, xbar, sig, max(sig0, sig1), x_T.dtype, rtol).reshape(-1).cpu().numpy()
 
     y0 = (x_T.to(torch.float64) / math.sqrt(float(alpha_bar_cont(alpha_bar, t_start)))).reshape(-1).cpu().numpy()
     _check_deterministic(rhs, sig0, y0)

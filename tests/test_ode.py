@@ -28,7 +28,8 @@ def test_euler_is_ddim_eta0(S, spacing):
 
 
 def test_reference_solution_matches_gaussian_closed_form():
-    """For data N(μ, Σ): x̄(σ) − μ = (Σ + σ²I)^{1/2} (Σ + σ₀²I)^{−1/2} (x̄(σ₀) − μ) (notebook 05 §3)."""
+    """For data N(μ, Σ): x̄(σ) − μ = (Σ + σ²I)^{1/2} (Σ + σ₀²I)^{−1/2} (x̄(σ₀) − μ) (notebook 05 §3), either way: from
+    data up to noise too (t_end > t_start, from t = −1, σ = 0, as the inversions of notebook 05 §8 run)."""
     g = torch.Generator().manual_seed(1)
     A = torch.randn(3, 3, generator=g, dtype=torch.float64)
     cov, mu = 0.05 * A @ A.T + 0.01 * torch.eye(3, dtype=torch.float64), torch.tensor([[0.3, -0.2, 0.1]], dtype=torch.float64)
@@ -40,11 +41,20 @@ def test_reference_solution_matches_gaussian_closed_form():
         scale = U @ torch.diag(((lam + s1 ** 2) / (lam + s0 ** 2)).sqrt()) @ U.T
         return mu + (xbar - mu) @ scale.T
 
-    for t0, t1 in [(999, -1), (600, 20)]:
+    for t0, t1 in [(999, -1), (600, 20), (-1, 999), (20, 600)]:
         s0, s1 = float(ode.sigma_at(AB, t0)), float(ode.sigma_at(AB, t1))
-        exact = flow(X_T / math.sqrt(float(AB[t0])), s0, s1) / math.sqrt(1 + s1 ** 2)
+        exact = flow(X_T / math.sqrt(float(ode.alpha_bar_cont(AB, t0))), s0, s1) / math.sqrt(1 + s1 ** 2)
         ref = ode.reference_solution(eps, X_T, AB, t0, t1)
         torch.testing.assert_close(ref, exact, rtol=0, atol=1e-8)
+
+
+def test_reference_solution_round_trip_noise_data_noise():
+    """The flow is a bijection: x_T → x_0 → back up to step 999 returns x_T (notebook 05 §8), on the 4-component mixture,
+    whose flow has no closed form; 1e-7 is a hundred times the two solves' tolerance of 1e-10 amplified by the
+    map's contraction (x_0 is found to ~1e-9)."""
+    x_0 = ode.reference_solution(EPS, X_T, AB, 999)
+    back = ode.reference_solution(EPS, x_0, AB, -1, 999)
+    torch.testing.assert_close(back, X_T, rtol=0, atol=1e-7)
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +150,8 @@ def test_errors():
         ode.heun(EPS, X_T, AB, [3, 5])
     with pytest.raises(ValueError, match="NaN or inf"):
         ode.euler(EPS, X_T * float("inf"), AB, seq)
-    with pytest.raises(ValueError, match="t_end must be smaller"):
-        ode.reference_solution(EPS, X_T, AB, 10, 20)
+    with pytest.raises(ValueError, match=r"^t_end must differ from t_start \(t_end < t_start runs towards data, "):
+        ode.reference_solution(EPS, X_T, AB, 10, 10.0)
     with pytest.raises(ValueError, match="sigma must lie"):
         ode.t_of_sigma(AB, 1e4)
     with pytest.raises(ValueError, match=r"\[-1, T-1\]"):
