@@ -20,6 +20,8 @@ callback=None) -> x_0 (some take keyword-only options with defaults), visits the
     euler S (≡ DDIM η=0) · heun 2S−1 · dpm_solver_2 2S−1 · dpm_solver_pp_2m S · dpm_solver_pp_3m S ·
     unipc_2 S · unipc_3 S · ipndm S−1 (the analytical first step replaces the first call).
 
+`heun_invert` runs the other way, x_0 → x_T over seq increasing, as `samplers.ddim_invert` does (notebook 05 §8).
+
 The last step ends at σ = 0 (λ = +∞), where the network is never evaluated. The single-step and λ-solvers
 (euler, heun, dpm_solver_2, dpm_solver_pp_2m/3m, unipc) take it as a first-order step, as k-diffusion
 (`sample_heun`, `sample_dpm_2`, `sample_dpmpp_2m`), EDM and diffusers (`final_sigmas_type="zero"`) do: the
@@ -45,7 +47,17 @@ import numpy as np
 import torch
 
 from .checks import as_real, check_bool, check_generator, check_int, check_numbers, is_complex
-from .samplers import NonFiniteError, _finite, _of_x_shape, call_eps, check_args, check_eps, check_first_step, report
+from .samplers import (
+    NonFiniteError,
+    _finite,
+    _of_x_shape,
+    _warn_if_0_255,
+    call_eps,
+    check_args,
+    check_eps,
+    check_first_step,
+    report,
+)
 from .schedule import alpha_bar_at, as_steps, step_pairs, validate_alpha_bar, validate_timesteps
 
 # ------------------------------------------------------------------------------- continuous time
@@ -303,6 +315,38 @@ def heun(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=Non
             xbar = x_pred
         _record(traj, callback, i, t, s, xbar, sig_s, x0)
     return _result(xbar, traj, return_trajectory)
+
+
+def heun_invert(eps, x0, alpha_bar, seq, return_trajectory: bool = False, callback=None):
+    """Heun's method run from data to noise, x_0 → x_T, visiting seq increasing like `samplers.ddim_invert`. NFE = 2S − 1
+    (notebook 05 §8).
+
+    The first step, out of σ = 0 (t = −1), is ddim_invert's: x̄_{t_1} = x_0 + σ_{t_1} ε(x_0, t_1), ε at x_0 with the
+    destination's step, so the network is never called at t = −1 (the mirror of `heun`'s last, Euler, step). Then
+    the mirror of `heun` on (ODE), from step t up to the next step t' with h = σ_{t'} − σ_t > 0:
+
+        d = ε(x_t, t),   x̄' = x̄_t + h d,   x̄_{t'} = x̄_t + h (d + ε(x̄'/√(σ_{t'}²+1), t'))/2,
+
+    second order where ddim_invert is first. `heun` on the same seq decodes it: 4S − 2 calls for the round trip.
+    Returns x at step seq[0] (the largest); the trajectory is {"x": [x_0, x_{t_1}, …], "t": [−1, t_1, …]}, and
+    `callback` gets {"i", "t": from, "s": to (larger), "x", "x0"} after each step, as ddim_invert's.
+    """
+    return_trajectory = check_bool("return_trajectory", return_trajectory)
+    alpha_bar, seq = check_args(x0, alpha_bar, seq, name="x0", callback=callback)
+    _warn_if_0_255(x0, "x0")
+    up = [-1] + list(reversed(seq.tolist()))
+    sig = [0.0] + [_sig(alpha_bar, t) for t in up[1:]]
+    xbar = x0 + sig[1] * call_eps(eps, x0, up[1])
+    traj = {"x": [x0], "t": [-1]}
+    _record(traj, callback, 0, -1, up[1], xbar, sig[1], x0)
+    for i in range(1, len(up) - 1):
+        t, s, h = up[i], up[i + 1], sig[i + 1] - sig[i]
+        d = call_eps(eps, _x(xbar, sig[i]), t)
+        x0_hat = xbar - sig[i] * d
+        d2 = call_eps(eps, _x(xbar + h * d, sig[i + 1]), s)
+        xbar = xbar + h * 0.5 * (d + d2)
+        _record(traj, callback, i, t, s, xbar, sig[i + 1], x0_hat)
+    return _result(traj["x"][-1], traj, return_trajectory)
 
 
 def dpm_solver_2(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None):

@@ -87,6 +87,54 @@ def test_second_order_solvers_beat_euler(errors_at_t0):
         assert errors_at_t0[name][334] < errors_at_t0["euler"][334] / gain
 
 
+def _corrector_ignored(eps):
+    """ε whose corrector calls in `ode.heun_invert` (its 3rd, 5th, … calls) return the predictor's ε just before: the
+    mutation that weights Heun's average 1:0 (Euler's step)."""
+    out = []
+
+    def wrapped(x, t):
+        out.append(eps(x, t) if len(out) % 2 or not out else out[-1])
+        return out[-1]
+    return wrapped
+
+
+def test_heun_invert_is_second_order_upwards_and_a_1_0_corrector_is_not():
+    """notebook 05 §8: heun_invert against `reference_solution` run from data to noise, from its first point (t = 0,
+    after the ddim_invert step out of σ = 0 that every grid shares) to t = 999: the fitted order over S = 28 … 334 is
+    2 within 0.3, and with the corrector's average weighted 1:0 it is not (order 1)."""
+    x0 = MIX.sample(8, torch.Generator().manual_seed(3))
+    ref = ode.reference_solution(EPS, ode.heun_invert(EPS, x0, AB, [0]), AB, 0, 999, rtol=1e-11, atol=1e-11)
+    errs = {"heun_invert": {}, "1:0": {}}
+    for S, seq in GRIDS.items():
+        for kind, eps in (("heun_invert", EPS), ("1:0", _corrector_ignored(EPS))):
+            errs[kind][S] = float((ode.heun_invert(eps, x0, AB, seq) - ref).abs().max())
+    slopes = {kind: _slope(e, list(GRIDS)) for kind, e in errs.items()}
+    assert abs(slopes["heun_invert"] - 2) < 0.3 and abs(slopes["1:0"] - 2) > 0.3, (slopes, errs)
+
+
+def test_heun_invert_and_heun_follow_the_straight_paths_of_point_mass_data():
+    """For data at one point c, the flow's paths are straight, x̄(σ) = c + σ k (notebook 05 §6): after the first step
+    (ddim_invert's, checked against `samplers.ddim_invert` on one step) heun_invert lands on the path through that
+    point at every step of a coarse grid with 2S − 1 calls, and `heun` decodes every latent to c."""
+    c = torch.tensor([0.4, -1.1, 0.2], dtype=torch.float64)
+
+    def eps_point(x, t):
+        a = ode.alpha_bar_cont(AB, t[0])
+        return (x - a.sqrt() * c) / (1 - a).sqrt()
+
+    seq = [999, 300, 50, 5]
+    x0 = torch.randn(8, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    counted = ode.counted(eps_point)
+    x_T, traj = ode.heun_invert(counted, x0, AB, seq, return_trajectory=True)
+    assert counted.calls == 2 * len(seq) - 1 and traj["t"] == [-1, 5, 50, 300, 999]
+    x_1 = samplers.ddim_invert(eps_point, x0, AB, [5])
+    sig = [float(ode.sigma_at(AB, t)) for t in traj["t"][1:]]
+    k = (x_1 * math.sqrt(sig[0] ** 2 + 1) - c) / sig[0]
+    exact = [(c + s * k) / math.sqrt(s ** 2 + 1) for s in sig]
+    assert max(float((a - b).abs().max()) for a, b in zip(traj["x"][1:], exact)) < 1e-10
+    torch.testing.assert_close(ode.heun(eps_point, x_T, AB, seq), c.expand(8, 3), rtol=0, atol=1e-10)
+
+
 def test_final_denoising_step_goes_twice_as_far_as_the_flow():
     """Near σ = 0, dx̄/dσ ≈ −σ ∇log p_0: the flow moves x̄ by σε/2, x̂_0 = x̄ − σε by σε (module docstring)."""
     x = MIX.marginal(float(AB[0])).sample(8, torch.Generator().manual_seed(3))
