@@ -997,6 +997,7 @@ def test_sixteenth_round_solvers_say_float32_overflow_and_bad_callbacks_first():
     for run in (lambda cb: samplers.ddim_sample(never, x, AB, seq, callback=cb),
                 lambda cb: samplers.ddpm_sample(never, x, AB, callback=cb),
                 lambda cb: samplers.ddim_invert(never, x, AB, seq, callback=cb),
+                lambda cb: ode.heun_invert(never, x, AB, seq, callback=cb),
                 lambda cb: samplers.langevin(never, x, AB, 10, 0.01, 2, callback=cb),
                 *[lambda cb, n=n: ode.solve(n, never, x, AB, seq, callback=cb) for n in ode.SOLVERS]):
         with pytest.raises(TypeError, match="callback must be a function of the step's info dict, or None; got int"):
@@ -2132,7 +2133,7 @@ def test_twentyfifth_round_a_bare_network_as_eps_is_refused(toy_setup):
     match = r"eps is a network \(UNet\): pass checkpoint.eps_fn\(net\), which calls it without gradients"
     for run in (lambda: samplers.ddim_sample(net, x_T, AB, seq), lambda: samplers.ddpm_sample(net, x_T, AB, seq=seq),
                 lambda: samplers.ddim_invert(net, x_T, AB, seq), lambda: ode.euler(net, x_T, AB, seq),
-                lambda: ode.heun(net, x_T, AB, seq)):
+                lambda: ode.heun(net, x_T, AB, seq), lambda: ode.heun_invert(net, x_T, AB, seq)):
         with pytest.raises(TypeError, match=match):
             run()
     with pytest.raises(TypeError, match=r"guided_eps: eps_cond is a network \(UNet\)"):
@@ -2270,7 +2271,7 @@ def test_round_26_a_seq_out_of_order_or_with_repeats_is_shown(toy_setup):
              (999, 200, 600, 0): r"got \[999, 200, 600, 0\]: t = 600 comes after t = 200$"}
     for seq, why in cases.items():
         for run in (lambda: samplers.ddim_sample(eps, x_T, AB, list(seq)), lambda: ode.solve("heun", eps, x_T, AB, seq),
-                    lambda: samplers.ddim_invert(eps, x_T, AB, torch.tensor(seq))):
+                    lambda: samplers.ddim_invert(eps, x_T, AB, torch.tensor(seq)), lambda: ode.heun_invert(eps, x_T, AB, seq)):
             with pytest.raises(ValueError, match=r"^timesteps must be strictly decreasing \(sample from noise to data\), " + why):
                 run()
     assert torch.equal(samplers.ddim_sample(eps, x_T, AB, torch.tensor([0, 500, 999]).flip(0)),

@@ -125,8 +125,11 @@ def test_heun_invert_and_heun_follow_the_straight_paths_of_point_mass_data():
     seq = [999, 300, 50, 5]
     x0 = torch.randn(8, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     counted = ode.counted(eps_point)
-    x_T, traj = ode.heun_invert(counted, x0, AB, seq, return_trajectory=True)
+    steps = []
+    x_T, traj = ode.heun_invert(counted, x0, AB, seq, return_trajectory=True,
+                                callback=lambda info: steps.append((info["i"], info["t"], info["s"])))
     assert counted.calls == 2 * len(seq) - 1 and traj["t"] == [-1, 5, 50, 300, 999]
+    assert steps == [(0, -1, 5), (1, 5, 50), (2, 50, 300), (3, 300, 999)]          # from, to (larger), as ddim_invert's
     x_1 = samplers.ddim_invert(eps_point, x0, AB, [5])
     sig = [float(ode.sigma_at(AB, t)) for t in traj["t"][1:]]
     k = (x_1 * math.sqrt(sig[0] ** 2 + 1) - c) / sig[0]
