@@ -717,9 +717,11 @@ def test_fourteenth_round_shared_state_flags_and_arguments(toy_setup):
     assert torch.equal(samplers.ddim_sample(eps, x_T, AB, seq, clip_x0=np.bool_(False)), samplers.ddim_sample(eps, x_T, AB, seq))
     imgs = torch.rand(2, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 255
     img_eps = lambda x, t: torch.zeros_like(x)      # noqa: E731
-    for call in (lambda: samplers.ddim_invert(img_eps, imgs, AB, seq), lambda: samplers.sdedit(img_eps, imgs, AB, seq)):
-        with pytest.warns(UserWarning, match="looks like images in 0..255"):
+    for call in (lambda: samplers.ddim_invert(img_eps, imgs, AB, seq), lambda: samplers.sdedit(img_eps, imgs, AB, seq),
+                 lambda: ode.heun_invert(img_eps, imgs, AB, seq)):
+        with pytest.warns(UserWarning, match="x0 looks like images in 0..255|x_in looks like") as seen:
             call()
+        assert seen[0].filename == __file__          # stacklevel: the caller's line, not the library's
     with pytest.raises(ValueError, match="denominator, is 0"):
         lab.error_ratio(torch.tensor([0.1, 0.2, 0.3]), torch.zeros(3))
     with pytest.raises(TypeError, match="complex"):
