@@ -20,6 +20,8 @@ callback=None) -> x_0 (some take keyword-only options with defaults), visits the
     euler S (≡ DDIM η=0) · heun 2S−1 · dpm_solver_2 2S−1 · dpm_solver_pp_2m S · dpm_solver_pp_3m S ·
     unipc_2 S · unipc_3 S · ipndm S−1 (the analytical first step replaces the first call).
 
+`heun_invert` runs the other way, x_0 → x_T over seq increasing, as `samplers.ddim_invert` does (notebook 05 §8).
+
 The last step ends at σ = 0 (λ = +∞), where the network is never evaluated. The single-step and λ-solvers
 (euler, heun, dpm_solver_2, dpm_solver_pp_2m/3m, unipc) take it as a first-order step, as k-diffusion
 (`sample_heun`, `sample_dpm_2`, `sample_dpmpp_2m`), EDM and diffusers (`final_sigmas_type="zero"`) do: the
@@ -45,7 +47,17 @@ import numpy as np
 import torch
 
 from .checks import as_real, check_bool, check_generator, check_int, check_numbers, is_complex
-from .samplers import NonFiniteError, _finite, _of_x_shape, call_eps, check_args, check_eps, check_first_step, report
+from .samplers import (
+    NonFiniteError,
+    _finite,
+    _of_x_shape,
+    _warn_if_0_255,
+    call_eps,
+    check_args,
+    check_eps,
+    check_first_step,
+    report,
+)
 from .schedule import alpha_bar_at, as_steps, step_pairs, validate_alpha_bar, validate_timesteps
 
 # ------------------------------------------------------------------------------- continuous time
@@ -303,6 +315,38 @@ def heun(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=Non
             xbar = x_pred
         _record(traj, callback, i, t, s, xbar, sig_s, x0)
     return _result(xbar, traj, return_trajectory)
+
+
+def heun_invert(eps, x0, alpha_bar, seq, return_trajectory: bool = False, callback=None):
+    """Heun's method run from data to noise, x_0 → x_T, visiting seq increasing like `samplers.ddim_invert`. NFE = 2S − 1
+    (notebook 05 §8).
+
+    The first step, out of σ = 0 (t = −1), is ddim_invert's: x̄_{t_1} = x_0 + σ_{t_1} ε(x_0, t_1), ε at x_0 with the
+    destination's step, so the network is never called at t = −1 (the mirror of `heun`'s last, Euler, step). Then
+    the mirror of `heun` on (ODE), from step t up to the next step t' with h = σ_{t'} − σ_t > 0:
+
+        d = ε(x_t, t),   x̄' = x̄_t + h d,   x̄_{t'} = x̄_t + h (d + ε(x̄'/√(σ_{t'}²+1), t'))/2,
+
+    second order where ddim_invert is first. `heun` on the same seq decodes it: 4S − 2 calls for the round trip.
+    Returns x at step seq[0] (the largest); the trajectory is {"x": [x_0, x_{t_1}, …], "t": [−1, t_1, …]}, and
+    `callback` gets {"i", "t": from, "s": to (larger), "x", "x0"} after each step, as ddim_invert's.
+    """
+    return_trajectory = check_bool("return_trajectory", return_trajectory)
+    alpha_bar, seq = check_args(x0, alpha_bar, seq, name="x0", callback=callback)
+    _warn_if_0_255(x0, "x0")
+    up = [-1] + list(reversed(seq.tolist()))
+    sig = [0.0] + [_sig(alpha_bar, t) for t in up[1:]]
+    xbar = x0 + sig[1] * call_eps(eps, x0, up[1])
+    traj = {"x": [x0], "t": [-1]}
+    _record(traj, callback, 0, -1, up[1], xbar, sig[1], x0)
+    for i in range(1, len(up) - 1):
+        t, s, h = up[i], up[i + 1], sig[i + 1] - sig[i]
+        d = call_eps(eps, _x(xbar, sig[i]), t)
+        x0_hat = xbar - sig[i] * d
+        d2 = call_eps(eps, _x(xbar + h * d, sig[i + 1]), s)
+        xbar = xbar + h * 0.5 * (d + d2)
+        _record(traj, callback, i, t, s, xbar, sig[i + 1], x0_hat)
+    return _result(traj["x"][-1], traj, return_trajectory)
 
 
 def dpm_solver_2(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None):
@@ -683,11 +727,12 @@ def counted(eps):
 IVP_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")     # scipy's solve_ivp, by name
 
 
-def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol, method):
+def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol, method, either_way: bool = False):
     """The checks `reference_solution` and `log_likelihood` share: `x` (called `name`) as the samplers check it
     (`check_args`: a finite floating tensor with a batch dimension) and without grad, eps a function, the tolerances > 0
-    and rtol no finer than x's dtype resolves, t_end < t_start steps in [−1, T−1], method one of solve_ivp's (a name in
-    IVP_METHODS or an OdeSolver subclass). Returns (alpha_bar, t_start, t_end)."""
+    and rtol no finer than x's dtype resolves, steps t_start, t_end in [−1, T−1] with t_end < t_start (t_end ≠ t_start
+    if `either_way`), method one of solve_ivp's (a name in IVP_METHODS or an OdeSolver subclass). Returns (alpha_bar,
+    t_start, t_end)."""
     from scipy.integrate import OdeSolver
 
     if not (method in IVP_METHODS if isinstance(method, str) else isinstance(method, type) and issubclass(method, OdeSolver)):
@@ -712,7 +757,10 @@ def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol, method)
     if not all(-1 <= v <= T - 1 for v in steps):     # else alpha_bar_cont's "continuous step t must lie in", naming neither
         raise ValueError(f"t_start and t_end must lie in [-1, T-1] = [-1, {T - 1}] (steps; -1 is clean data), got {t_start:g} "
                          f"and {t_end:g}")
-    if not t_end < t_start:
+    if either_way and t_end == t_start:
+        raise ValueError(f"t_end must differ from t_start (t_end < t_start runs towards data, t_end > t_start towards "
+                         f"noise), got {t_start:g} -> {t_end:g}")
+    if not (either_way or t_end < t_start):
         raise ValueError(f"t_end must be smaller than t_start (the ODE runs from noise to data), got {t_start} -> {t_end}")
     return alpha_bar, t_start, t_end
 
@@ -782,6 +830,9 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
                        method: str = "DOP853") -> torch.Tensor:
     """Solve (ODE) from x_T at step t_start to step t_end (default −1: x_0) with scipy's solve_ivp (notebook 05 §3).
 
+    Either way: t_end > t_start integrates from data towards noise (σ increasing; t_start = −1 starts at σ = 0, x̄ = x_0),
+    the exact inversion that `samplers.ddim_invert` and `heun_invert` approximate (notebook 05 §8).
+
     The whole batch is one state vector (the ODE is per-sample but scipy's step control then takes the
     worst sample's error). t_start / t_end may be floats (continuous steps); ε is called with float
     steps t(σ), down to t = −1 (ᾱ = 1) when t_end = −1, which the exact lab (`toy.exact_eps`) supports.
@@ -789,14 +840,14 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
     tolerance below torch.finfo(dtype).eps / 20, ε's rounding, is refused, as it only shrinks the steps). method: solve_ivp's,
     a name in IVP_METHODS or an OdeSolver subclass. Returns x at t_end (= x̄ there times √ᾱ), float64.
     """
-    alpha_bar, t_start, t_end = _check_ivp(eps, x_T, "x_T", alpha_bar, t_start, t_end, rtol, atol, method)
+    alpha_bar, t_start, t_end = _check_ivp(eps, x_T, "x_T", alpha_bar, t_start, t_end, rtol, atol, method, either_way=True)
     sig0, sig1 = float(sigma_at(alpha_bar, t_start)), float(sigma_at(alpha_bar, t_end))
     shape, dev = x_T.shape, x_T.device
 
     @torch.no_grad()                              # a network's ε would require grad, and .numpy() refuse it
     def rhs(sig, y):
         xbar = torch.from_numpy(y).reshape(shape).to(dev)
-        return _eps_of_xbar(eps, alpha_bar, xbar, sig, sig0, x_T.dtype, rtol).reshape(-1).cpu().numpy()
+        return _eps_of_xbar(eps, alpha_bar, xbar, sig, max(sig0, sig1), x_T.dtype, rtol).reshape(-1).cpu().numpy()
 
     y0 = (x_T.to(torch.float64) / math.sqrt(float(alpha_bar_cont(alpha_bar, t_start)))).reshape(-1).cpu().numpy()
     _check_deterministic(rhs, sig0, y0)

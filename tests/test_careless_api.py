@@ -717,9 +717,11 @@ def test_fourteenth_round_shared_state_flags_and_arguments(toy_setup):
     assert torch.equal(samplers.ddim_sample(eps, x_T, AB, seq, clip_x0=np.bool_(False)), samplers.ddim_sample(eps, x_T, AB, seq))
     imgs = torch.rand(2, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 255
     img_eps = lambda x, t: torch.zeros_like(x)      # noqa: E731
-    for call in (lambda: samplers.ddim_invert(img_eps, imgs, AB, seq), lambda: samplers.sdedit(img_eps, imgs, AB, seq)):
-        with pytest.warns(UserWarning, match="looks like images in 0..255"):
+    for call in (lambda: samplers.ddim_invert(img_eps, imgs, AB, seq), lambda: samplers.sdedit(img_eps, imgs, AB, seq),
+                 lambda: ode.heun_invert(img_eps, imgs, AB, seq)):
+        with pytest.warns(UserWarning, match="x0 looks like images in 0..255|x_in looks like") as seen:
             call()
+        assert seen[0].filename == __file__          # stacklevel: the caller's line, not the library's
     with pytest.raises(ValueError, match="denominator, is 0"):
         lab.error_ratio(torch.tensor([0.1, 0.2, 0.3]), torch.zeros(3))
     with pytest.raises(TypeError, match="complex"):
@@ -997,6 +999,7 @@ def test_sixteenth_round_solvers_say_float32_overflow_and_bad_callbacks_first():
     for run in (lambda cb: samplers.ddim_sample(never, x, AB, seq, callback=cb),
                 lambda cb: samplers.ddpm_sample(never, x, AB, callback=cb),
                 lambda cb: samplers.ddim_invert(never, x, AB, seq, callback=cb),
+                lambda cb: ode.heun_invert(never, x, AB, seq, callback=cb),
                 lambda cb: samplers.langevin(never, x, AB, 10, 0.01, 2, callback=cb),
                 *[lambda cb, n=n: ode.solve(n, never, x, AB, seq, callback=cb) for n in ode.SOLVERS]):
         with pytest.raises(TypeError, match="callback must be a function of the step's info dict, or None; got int"):
@@ -2132,7 +2135,7 @@ def test_twentyfifth_round_a_bare_network_as_eps_is_refused(toy_setup):
     match = r"eps is a network \(UNet\): pass checkpoint.eps_fn\(net\), which calls it without gradients"
     for run in (lambda: samplers.ddim_sample(net, x_T, AB, seq), lambda: samplers.ddpm_sample(net, x_T, AB, seq=seq),
                 lambda: samplers.ddim_invert(net, x_T, AB, seq), lambda: ode.euler(net, x_T, AB, seq),
-                lambda: ode.heun(net, x_T, AB, seq)):
+                lambda: ode.heun(net, x_T, AB, seq), lambda: ode.heun_invert(net, x_T, AB, seq)):
         with pytest.raises(TypeError, match=match):
             run()
     with pytest.raises(TypeError, match=r"guided_eps: eps_cond is a network \(UNet\)"):
@@ -2270,7 +2273,7 @@ def test_round_26_a_seq_out_of_order_or_with_repeats_is_shown(toy_setup):
              (999, 200, 600, 0): r"got \[999, 200, 600, 0\]: t = 600 comes after t = 200$"}
     for seq, why in cases.items():
         for run in (lambda: samplers.ddim_sample(eps, x_T, AB, list(seq)), lambda: ode.solve("heun", eps, x_T, AB, seq),
-                    lambda: samplers.ddim_invert(eps, x_T, AB, torch.tensor(seq))):
+                    lambda: samplers.ddim_invert(eps, x_T, AB, torch.tensor(seq)), lambda: ode.heun_invert(eps, x_T, AB, seq)):
             with pytest.raises(ValueError, match=r"^timesteps must be strictly decreasing \(sample from noise to data\), " + why):
                 run()
     assert torch.equal(samplers.ddim_sample(eps, x_T, AB, torch.tensor([0, 500, 999]).flip(0)),

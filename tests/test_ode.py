@@ -28,7 +28,8 @@ def test_euler_is_ddim_eta0(S, spacing):
 
 
 def test_reference_solution_matches_gaussian_closed_form():
-    """For data N(μ, Σ): x̄(σ) − μ = (Σ + σ²I)^{1/2} (Σ + σ₀²I)^{−1/2} (x̄(σ₀) − μ) (notebook 05 §3)."""
+    """For data N(μ, Σ): x̄(σ) − μ = (Σ + σ²I)^{1/2} (Σ + σ₀²I)^{−1/2} (x̄(σ₀) − μ) (notebook 05 §3), either way: from
+    data up to noise too (t_end > t_start, from t = −1, σ = 0, as the inversions of notebook 05 §8 run)."""
     g = torch.Generator().manual_seed(1)
     A = torch.randn(3, 3, generator=g, dtype=torch.float64)
     cov, mu = 0.05 * A @ A.T + 0.01 * torch.eye(3, dtype=torch.float64), torch.tensor([[0.3, -0.2, 0.1]], dtype=torch.float64)
@@ -40,11 +41,20 @@ def test_reference_solution_matches_gaussian_closed_form():
         scale = U @ torch.diag(((lam + s1 ** 2) / (lam + s0 ** 2)).sqrt()) @ U.T
         return mu + (xbar - mu) @ scale.T
 
-    for t0, t1 in [(999, -1), (600, 20)]:
+    for t0, t1 in [(999, -1), (600, 20), (-1, 999), (20, 600)]:
         s0, s1 = float(ode.sigma_at(AB, t0)), float(ode.sigma_at(AB, t1))
-        exact = flow(X_T / math.sqrt(float(AB[t0])), s0, s1) / math.sqrt(1 + s1 ** 2)
+        exact = flow(X_T / math.sqrt(float(ode.alpha_bar_cont(AB, t0))), s0, s1) / math.sqrt(1 + s1 ** 2)
         ref = ode.reference_solution(eps, X_T, AB, t0, t1)
         torch.testing.assert_close(ref, exact, rtol=0, atol=1e-8)
+
+
+def test_reference_solution_round_trip_noise_data_noise():
+    """The flow is a bijection: x_T → x_0 → back up to step 999 returns x_T (notebook 05 §8), on the 4-component mixture,
+    whose flow has no closed form; 1e-7 is a hundred times the two solves' tolerance of 1e-10 amplified by the
+    map's contraction (x_0 is found to ~1e-9)."""
+    x_0 = ode.reference_solution(EPS, X_T, AB, 999)
+    back = ode.reference_solution(EPS, x_0, AB, -1, 999)
+    torch.testing.assert_close(back, X_T, rtol=0, atol=1e-7)
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +85,57 @@ def test_second_order_solvers_beat_euler(errors_at_t0):
     # in λ (h ≈ 1.5 near t = 0), hence the larger constant. It shines on λ-uniform grids.
     for name, gain in (("heun", 10), ("dpm_solver_2", 10), ("dpm_solver_pp_2m", 3)):
         assert errors_at_t0[name][334] < errors_at_t0["euler"][334] / gain
+
+
+def _corrector_ignored(eps):
+    """ε whose corrector calls in `ode.heun_invert` (its 3rd, 5th, … calls) return the predictor's ε just before: the
+    mutation that weights Heun's average 1:0 (Euler's step)."""
+    out = []
+
+    def wrapped(x, t):
+        out.append(eps(x, t) if len(out) % 2 or not out else out[-1])
+        return out[-1]
+    return wrapped
+
+
+def test_heun_invert_is_second_order_upwards_and_a_1_0_corrector_is_not():
+    """notebook 05 §8: heun_invert against `reference_solution` run from data to noise, from its first point (t = 0,
+    after the ddim_invert step out of σ = 0 that every grid shares) to t = 999: the fitted order over S = 28 … 334 is
+    2 within 0.3, and with the corrector's average weighted 1:0 it is not (order 1)."""
+    x0 = MIX.sample(8, torch.Generator().manual_seed(3))
+    ref = ode.reference_solution(EPS, ode.heun_invert(EPS, x0, AB, [0]), AB, 0, 999, rtol=1e-11, atol=1e-11)
+    errs = {"heun_invert": {}, "1:0": {}}
+    for S, seq in GRIDS.items():
+        for kind, eps in (("heun_invert", EPS), ("1:0", _corrector_ignored(EPS))):
+            errs[kind][S] = float((ode.heun_invert(eps, x0, AB, seq) - ref).abs().max())
+    slopes = {kind: _slope(e, list(GRIDS)) for kind, e in errs.items()}
+    assert abs(slopes["heun_invert"] - 2) < 0.3 and abs(slopes["1:0"] - 2) > 0.3, (slopes, errs)
+
+
+def test_heun_invert_and_heun_follow_the_straight_paths_of_point_mass_data():
+    """For data at one point c, the flow's paths are straight, x̄(σ) = c + σ k (notebook 05 §6): after the first step
+    (ddim_invert's, checked against `samplers.ddim_invert` on one step) heun_invert lands on the path through that
+    point at every step of a coarse grid with 2S − 1 calls, and `heun` decodes every latent to c."""
+    c = torch.tensor([0.4, -1.1, 0.2], dtype=torch.float64)
+
+    def eps_point(x, t):
+        a = ode.alpha_bar_cont(AB, t[0])
+        return (x - a.sqrt() * c) / (1 - a).sqrt()
+
+    seq = [999, 300, 50, 5]
+    x0 = torch.randn(8, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    counted = ode.counted(eps_point)
+    steps = []
+    x_T, traj = ode.heun_invert(counted, x0, AB, seq, return_trajectory=True,
+                                callback=lambda info: steps.append((info["i"], info["t"], info["s"])))
+    assert counted.calls == 2 * len(seq) - 1 and traj["t"] == [-1, 5, 50, 300, 999]
+    assert steps == [(0, -1, 5), (1, 5, 50), (2, 50, 300), (3, 300, 999)]          # from, to (larger), as ddim_invert's
+    x_1 = samplers.ddim_invert(eps_point, x0, AB, [5])
+    sig = [float(ode.sigma_at(AB, t)) for t in traj["t"][1:]]
+    k = (x_1 * math.sqrt(sig[0] ** 2 + 1) - c) / sig[0]
+    exact = [(c + s * k) / math.sqrt(s ** 2 + 1) for s in sig]
+    assert max(float((a - b).abs().max()) for a, b in zip(traj["x"][1:], exact)) < 1e-10
+    torch.testing.assert_close(ode.heun(eps_point, x_T, AB, seq), c.expand(8, 3), rtol=0, atol=1e-10)
 
 
 def test_final_denoising_step_goes_twice_as_far_as_the_flow():
@@ -140,8 +201,8 @@ def test_errors():
         ode.heun(EPS, X_T, AB, [3, 5])
     with pytest.raises(ValueError, match="NaN or inf"):
         ode.euler(EPS, X_T * float("inf"), AB, seq)
-    with pytest.raises(ValueError, match="t_end must be smaller"):
-        ode.reference_solution(EPS, X_T, AB, 10, 20)
+    with pytest.raises(ValueError, match=r"^t_end must differ from t_start \(t_end < t_start runs towards data, "):
+        ode.reference_solution(EPS, X_T, AB, 10, 10.0)
     with pytest.raises(ValueError, match="sigma must lie"):
         ode.t_of_sigma(AB, 1e4)
     with pytest.raises(ValueError, match=r"\[-1, T-1\]"):

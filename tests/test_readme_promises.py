@@ -423,7 +423,8 @@ def test_every_sampler_and_solver_calls_back_with_copies_of_i_t_s_x_x0():
     rng = lambda: torch.Generator().manual_seed(1)                          # noqa: E731
     runs = {"ddim_sample": lambda **kw: samplers.ddim_sample(eps, x_T, AB, seq, eta=0.5, generator=rng(), **kw),
             "ddpm_sample": lambda **kw: samplers.ddpm_sample(eps, x_T, AB, seq=seq, generator=rng(), **kw),
-            "ddim_invert": lambda **kw: samplers.ddim_invert(eps, x_T, AB, seq, **kw)}
+            "ddim_invert": lambda **kw: samplers.ddim_invert(eps, x_T, AB, seq, **kw),
+            "heun_invert": lambda **kw: ode.heun_invert(eps, x_T, AB, seq, **kw)}
     runs.update({name: (lambda name: lambda **kw: ode.solve(name, eps, x_T, AB, seq, **kw))(name) for name in ode.SOLVERS})
 
     def vandal(info):
