@@ -303,18 +303,20 @@ def heun(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=Non
     """
     alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory)
     for i, (t, s) in enumerate(pairs):
-        sig_t, sig_s = sig[i], sig[i + 1]
-        h = sig_s - sig_t
-        d = call_eps(eps, _x(xbar, sig_t), t)
-        x0 = xbar - sig_t * d
-        x_pred = xbar + h * d
-        if s >= 0:
-            d2 = call_eps(eps, _x(x_pred, sig_s), s)
-            xbar = xbar + h * 0.5 * (d + d2)
-        else:
-            xbar = x_pred
-        _record(traj, callback, i, t, s, xbar, sig_s, x0)
+        xbar, x0 = _heun_step(eps, xbar, t, s, sig[i], sig[i + 1], correct=s >= 0)
+        _record(traj, callback, i, t, s, xbar, sig[i + 1], x0)
     return _result(xbar, traj, return_trajectory)
+
+
+def _heun_step(eps, xbar, t, s, sig_t, sig_s, correct: bool = True):
+    """One step of Heun's method on (ODE) from step t to step s, either way: d = ε(x_t, t), x̄' = x̄ + h d,
+    x̄_s = x̄ + h (d + ε(x'_s, s))/2 with h = σ_s − σ_t; without `correct` the Euler step x̄'. Returns (x̄_s, x̂_0)."""
+    h = sig_s - sig_t
+    d = call_eps(eps, _x(xbar, sig_t), t)
+    x_pred = xbar + h * d
+    if correct:
+        return xbar + h * 0.5 * (d + call_eps(eps, _x(x_pred, sig_s), s)), xbar - sig_t * d
+    return x_pred, xbar - sig_t * d
 
 
 def heun_invert(eps, x0, alpha_bar, seq, return_trajectory: bool = False, callback=None):
@@ -340,12 +342,8 @@ def heun_invert(eps, x0, alpha_bar, seq, return_trajectory: bool = False, callba
     traj = {"x": [x0], "t": [-1]}
     _record(traj, callback, 0, -1, up[1], xbar, sig[1], x0)
     for i in range(1, len(up) - 1):
-        t, s, h = up[i], up[i + 1], sig[i + 1] - sig[i]
-        d = call_eps(eps, _x(xbar, sig[i]), t)
-        x0_hat = xbar - sig[i] * d
-        d2 = call_eps(eps, _x(xbar + h * d, sig[i + 1]), s)
-        xbar = xbar + h * 0.5 * (d + d2)
-        _record(traj, callback, i, t, s, xbar, sig[i + 1], x0_hat)
+        xbar, x0_hat = _heun_step(eps, xbar, up[i], up[i + 1], sig[i], sig[i + 1])
+        _record(traj, callback, i, up[i], up[i + 1], xbar, sig[i + 1], x0_hat)
     return _result(traj["x"][-1], traj, return_trajectory)
 
 
