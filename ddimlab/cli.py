@@ -104,7 +104,7 @@ def one_line_errors(prog: str):
     except Exception as e:
         if (size := _out_of_memory(e)) is None:
             raise
-        raise SystemExit(f"{prog}: error: {OUT_OF_MEMORY.format(size=size)}; ask for fewer or smaller images") from None
+        raise SystemExit(f"{prog}: error: {OUT_OF_MEMORY.format(size=size)}") from None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -1049,8 +1049,7 @@ def _main(argv, prog):
         if not debug and (size := _out_of_memory(e)) is not None:
             smaller = ("a smaller --batch-size" if hasattr(args, "batch_size") else
                        "a smaller --set batch_size=N" if args.command == "train" else "fewer images per run")
-            print(f"{prog} {args.command}: error: {OUT_OF_MEMORY.format(size=size)}; ask for fewer or smaller images, or "
-                  f"{smaller}", file=sys.stderr)
+            print(f"{prog} {args.command}: error: {OUT_OF_MEMORY.format(size=size)}, or {smaller}", file=sys.stderr)
             print("(run again with --debug for the traceback)", file=sys.stderr)
             return 1
         if debug or not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
@@ -1064,7 +1063,7 @@ def _main(argv, prog):
         terminate.restore()
 
 
-OUT_OF_MEMORY = "out of memory{size}: the sizes asked for do not fit this machine"
+OUT_OF_MEMORY = "out of memory{size}: the sizes asked for do not fit this machine; ask for fewer or smaller images"
 
 
 def _out_of_memory(e: BaseException) -> str | None:
