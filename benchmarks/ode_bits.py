@@ -44,6 +44,7 @@ image for the divergence (0: the exact divergence, d backward passes per call); 
 
     python benchmarks/ode_bits.py                       # 64 training digits, the demo's model
     python benchmarks/ode_bits.py --t-end 0           # stop at step 0, then DDPM's decoder (B0)
+    python benchmarks/ode_bits.py --t-end both        # both ODE bounds on the same digits, paired
     python benchmarks/ode_bits.py --n 512             # on a GPU (--device auto picks it)
 """
 from __future__ import annotations
@@ -64,6 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))   # digits_recipes.py s
 from digits_recipes import verdict  # noqa: E402
 
 BIN = 2 / 255                                  # the width of one 8-bit level in [−1, 1]
+ENDS = {"-1": (-1,), "0": (0,), "both": (-1, 0)}   # --t-end: the ODE bounds each run computes
 
 
 def dequantized_bits(log_p: torch.Tensor, d: int) -> torch.Tensor:
@@ -102,9 +104,9 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int_in(0, 2 ** 32 - 1), default=0, help="draws the digits, the dequantization and the probes")
     p.add_argument("--hutchinson", type=int_in(0), default=1,
                    help="Rademacher probes per image (fewer than its pixels); 0 for the exact divergence")
-    p.add_argument("--t-end", type=int, choices=(-1, 0), default=-1,
-                   help="where the ODE stops: -1 at the data (dequantized bins; calls the network at steps in (-1, 0)) or 0 "
-                        "at step 0, then DDPM's decoder (bound B0; only steps the network was trained on)")
+    p.add_argument("--t-end", choices=tuple(ENDS), default="-1",
+                   help="where the ODE stops: -1 at the data (dequantized bins; calls the network at steps in (-1, 0)), 0 "
+                        "at step 0, then DDPM's decoder (bound B0; only steps the network was trained on), or both, paired")
     p.add_argument("--rtol", type=float, default=1e-3, help="the ODE solver's relative tolerance")
     p.add_argument("--atol", type=float, default=1e-3, help="the ODE solver's absolute tolerance")
     p.add_argument("--steps", type=int_in(1), default=None, help="the digits model's training steps (default: the preset's)")
@@ -120,7 +122,8 @@ def main(argv=None) -> dict:
 
 
 def measure(args, device: torch.device) -> dict:
-    """Both code lengths of `--n` digits, printed with their paired difference (`main`'s arguments)."""
+    """The code lengths of `--n` digits, the ELBO's and the ODE's to each `--t-end`, printed with their paired
+    differences (`main`'s arguments)."""
     digits, _ = data.load_digits(pretrained.digits_config(args.steps).resolution)
     if args.n > len(digits):                       # said before a model is trained
         raise ValueError(f"--n {args.n}: there are {len(digits)} digits")
@@ -139,17 +142,32 @@ def measure(args, device: torch.device) -> dict:
         g_elbo = torch.Generator(device).manual_seed(args.seed)
         bpd_elbo = elbo.elbo_terms(eps_fn(model), x0, alpha_bar, generator=g_elbo)["bpd"].double().cpu()
     print(f"negative ELBO: {time.perf_counter() - start:.0f} s", flush=True)
-    start = time.perf_counter()
-    bits = ode_bits if args.t_end == -1 else decoder_bits
-    bpd_ode = bits(lambda x, t: model(x, t), x0, alpha_bar, g, args.hutchinson, args.rtol, args.atol).cpu()
-    print(f"ODE to step {args.t_end}: {time.perf_counter() - start:.0f} s", flush=True)
+    report = dict(elbo=bpd_elbo)
+    for t_end in ENDS[args.t_end]:   # each from the generator's state after the digits, as a run of that bound alone
+        start, g_end = time.perf_counter(), torch.Generator().set_state(g.get_state())
+        bits = ode_bits if t_end == -1 else decoder_bits
+        report[f"ode_to_{t_end}"] = bits(lambda x, t: model(x, t), x0, alpha_bar, g_end, args.hutchinson, args.rtol,
+                                         args.atol).cpu()
+        print(f"ODE to step {t_end}: {time.perf_counter() - start:.0f} s", flush=True)
 
-    se = lambda v: float(v.std() / math.sqrt(len(v)))       # noqa: E731  over the digits
-    diff = bpd_ode - bpd_elbo
-    print(f"\nbits per pixel on {args.n} digits (± SE over them): negative ELBO {float(bpd_elbo.mean()):.3f} ± "
-          f"{se(bpd_elbo):.3f}, ODE to step {args.t_end} {float(bpd_ode.mean()):.3f} ± {se(bpd_ode):.3f}; "
-          f"ODE minus ELBO, paired: {float(diff.mean()):+.3f} ± {se(diff):.3f} ({verdict(float(diff.mean()), se(diff))})")
-    return dict(elbo=bpd_elbo, ode=bpd_ode)
+    print(f"\nbits per pixel on {args.n} digits (± SE over them): negative ELBO {mean_se(bpd_elbo)}")
+    for t_end in ENDS[args.t_end]:
+        bpd = report[f"ode_to_{t_end}"]
+        print(f"ODE to step {t_end} {mean_se(bpd)}; ODE minus ELBO, paired: {paired(bpd, bpd_elbo)}")
+    if args.t_end == "both":
+        print(f"ODE to step 0 minus ODE to step -1, paired: {paired(report['ode_to_0'], report['ode_to_-1'])}")
+    return report
+
+
+def mean_se(v: torch.Tensor) -> str:
+    """The mean over the digits ± its standard error."""
+    return f"{float(v.mean()):.3f} ± {float(v.std()) / math.sqrt(len(v)):.3f}"
+
+
+def paired(a: torch.Tensor, b: torch.Tensor) -> str:
+    """a − b over the same digits: its mean ± SE, and how that reads (beyond 3 SE, unresolved, not told apart)."""
+    mean, se = float((a - b).mean()), float((a - b).std()) / math.sqrt(len(a))
+    return f"{mean:+.3f} ± {se:.3f} ({verdict(mean, se)})"
 
 
 if __name__ == "__main__":

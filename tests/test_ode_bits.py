@@ -117,15 +117,24 @@ def test_the_step_0_bound_is_brute_forces_and_bounds_the_bins_code_length(bits):
 
 
 @pytest.mark.slow
-def test_the_script_scores_a_tiny_model_both_ways(bits, tmp_path, capsys):
-    report = bits.main(["--steps", "2", "--n", "2", "--rtol", "1e-2", "--atol", "1e-2", "--cache", str(tmp_path)])
+def test_the_script_scores_a_tiny_model_both_ways_alone_and_paired(bits, tmp_path, capsys):
+    """Each bound alone, then both in one run (--t-end both): the same draws, so the same numbers, and their
+    difference paired over the same digits (before, the two were only ever printed by separate runs)."""
+    tiny = ["--steps", "2", "--n", "2", "--rtol", "1e-2", "--atol", "1e-2", "--cache", str(tmp_path)]
+    report = bits.main(tiny)
     out = capsys.readouterr().out
-    assert report["elbo"].shape == report["ode"].shape == (2,)
-    assert torch.isfinite(report["elbo"]).all() and torch.isfinite(report["ode"]).all()
+    assert report["elbo"].shape == report["ode_to_-1"].shape == (2,)
+    assert torch.isfinite(report["elbo"]).all() and torch.isfinite(report["ode_to_-1"]).all()
     assert "ODE minus ELBO, paired:" in out and "bits per pixel on 2 digits" in out
-    step0 = bits.main(["--steps", "2", "--n", "2", "--rtol", "1e-2", "--atol", "1e-2", "--cache", str(tmp_path), "--t-end", "0"])
-    assert torch.isfinite(step0["ode"]).all() and "ODE to step 0" in capsys.readouterr().out
+    step0 = bits.main(tiny + ["--t-end", "0"])
+    assert torch.isfinite(step0["ode_to_0"]).all() and "ODE to step 0" in capsys.readouterr().out
     torch.testing.assert_close(step0["elbo"], report["elbo"])          # the same digits, the same ELBO
+    both = bits.main(tiny + ["--t-end", "both"])
+    out = capsys.readouterr().out
+    for key, alone in (("elbo", report), ("ode_to_-1", report), ("ode_to_0", step0)):
+        torch.testing.assert_close(both[key], alone[key], rtol=0, atol=0)
+    d = step0["ode_to_0"] - report["ode_to_-1"]
+    assert f"ODE to step 0 minus ODE to step -1, paired: {float(d.mean()):+.3f} ± {float(d.std()) / 2 ** 0.5:.3f}" in out
 
 
 def test_bad_sizes_are_refused_in_one_line(bits, capsys):
