@@ -119,6 +119,10 @@ class StepsWarning(UserWarning):
 
 DEFAULT_STEPS = 50   # --steps of sample (DDIM and the solvers), invert and interpolate
 
+# invert --sampler: the encoder x_0 -> x_T, the decoder of the same order, and their names in ode.nfe (notebook 05 §8)
+INVERT_SAMPLERS = {"ddim": (ddim_invert, ddim_sample, ("ddim_invert", "euler")),
+                   "heun": (ode.heun_invert, ode.heun, ("heun_invert", "heun"))}
+
 
 def _note_if_training(path, net) -> None:
     """A run that a `train` command is still training (it holds the run's .train.lock) is sampled from its last
@@ -407,21 +411,28 @@ def cmd_sample(args, png: Path, npz: Path) -> int:
 
 @_writes_pair
 def cmd_invert(args, png: Path, npz: Path) -> int:
+    if args.sampler == "heun" and args.steps == 1:
+        raise ValueError("--sampler heun on one step is DDIM's step both ways (heun_invert leaves sigma = 0 by ddim_invert's "
+                         "rule, heun ends with an Euler step): pass --steps 2 or more, or --sampler ddim")
     net, abar, device, seq = _model_for(args)
     x0 = data.read_images(args.input, _image_shape(net)).to(device)
     _check_png_grid(2 * len(x0), x0.shape, len(x0), args.scale, fewer="pass fewer images")
     _refuse_existing(args.overwrite, png, npz)
+    encode, decode, names = INVERT_SAMPLERS[args.sampler]
     bar, callback = progress(2 * len(seq), "invert + decode", not args.no_progress)
     eps = checkpoint.eps_fn(net, args.amp)
     with bar:
-        x_T = ddim_invert(eps, x0, abar, seq, callback=callback)
-        recon = ddim_sample(eps, x_T, abar, seq, callback=callback)
+        x_T = encode(eps, x0, abar, seq, callback=callback)
+        recon = decode(eps, x_T, abar, seq, callback=callback)
     mse = ((recon - x0) ** 2).flatten(1).mean(1)
     _save_pair(png, npz, torch.cat([x0, recon]).cpu(), x0.shape[0], args.scale, args.overwrite, x_T=x_T.cpu().numpy(),
                x0=x0.cpu().numpy(), recon=recon.cpu().numpy(), mse=mse.cpu().numpy(), steps=len(seq),
-               spacing=args.spacing, inputs=np.array([str(Path(p).resolve()) for p in args.input]), **_model_record(args, net))
-    print(f"inverted {x0.shape[0]} image(s) with {len(seq)} DDIM steps; reconstruction MSE "
-          f"{float(mse.mean()):.3g} (mean) -> {npz}, {png} (top: input, bottom: reconstruction)")
+               spacing=args.spacing, sampler=args.sampler, inputs=np.array([str(Path(p).resolve()) for p in args.input]),
+               **_model_record(args, net))
+    calls = sum(ode.nfe(name, len(seq)) for name in names)
+    print(f"inverted {x0.shape[0]} image(s) with {len(seq)} {'DDIM' if args.sampler == 'ddim' else 'Heun'} steps ({calls} "
+          f"network calls per image, there and back); reconstruction MSE {float(mse.mean()):.3g} (mean) -> {npz}, {png} "
+          f"(top: input, bottom: reconstruction)")
     return 0
 
 
@@ -884,8 +895,11 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--nrow", type=_positive, default=None, help="images per row of the grid (default: square)")
     p.add_argument("--batch-size", type=_positive, default=256, help="images per network call")
 
-    p = add("invert", cmd_invert, "DDIM inversion x0 -> x_T of images (.npz or PNG files), and the round trip")
+    p = add("invert", cmd_invert, "DDIM (or Heun) inversion x0 -> x_T of images (.npz or PNG files), and the round trip")
     _model_args(p, "latents")
+    p.add_argument("--sampler", "--solver", choices=tuple(INVERT_SAMPLERS), default="ddim",
+                   help="ddim: DDIM's step backwards, decoded by DDIM (S calls each way); heun: Heun's method both ways "
+                        "(ode.heun_invert, decoded by ode.heun: 2S - 1 calls each way, second order; notebook 05 §8)")
     p.add_argument("--input", nargs="+", action="extend", required=True,    # given twice: all the files, not the last
                    help="an .npz with x0/samples (N,C,H,W in [-1,1]) or images (N,H,W,C uint8), or PNG files")
 

@@ -20,7 +20,8 @@ callback=None) -> x_0 (some take keyword-only options with defaults), visits the
     euler S (≡ DDIM η=0) · heun 2S−1 · dpm_solver_2 2S−1 · dpm_solver_pp_2m S · dpm_solver_pp_3m S ·
     unipc_2 S · unipc_3 S · ipndm S−1 (the analytical first step replaces the first call).
 
-`heun_invert` runs the other way, x_0 → x_T over seq increasing, as `samplers.ddim_invert` does (notebook 05 §8).
+`heun_invert` runs the other way, x_0 → x_T over seq increasing, as `samplers.ddim_invert` does (notebook 05 §8); the two
+are `INVERSIONS`, whose calls `nfe` counts too (ddim_invert S, heun_invert 2S − 1).
 
 The last step ends at σ = 0 (λ = +∞), where the network is never evaluated. The single-step and λ-solvers
 (euler, heun, dpm_solver_2, dpm_solver_pp_2m/3m, unipc) take it as a first-order step, as k-diffusion
@@ -56,6 +57,7 @@ from .samplers import (
     check_args,
     check_eps,
     check_first_step,
+    ddim_invert,
     report,
 )
 from .schedule import alpha_bar_at, as_steps, step_pairs, validate_alpha_bar, validate_timesteps
@@ -678,10 +680,24 @@ DEFAULT_RULES = {"euler": "uniform", "heun": "uniform", "dpm_solver_2": "uniform
                  "dpm_solver_pp_3m": "logsnr", "unipc_2": "logsnr", "unipc_3": "logsnr", "ipndm": "power3", "ipndm_vs": "power3"}
 
 
-def _lookup(name: str):
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(f"unknown ODE solver {name!r}; choose one of {SOLVERS}")
-    return _REGISTRY[name]
+# name -> (inversion x_0 -> x_T over seq increasing, NFE on S steps): the sibling of _REGISTRY the other way (notebook 05 §8),
+# each decoded by the solver of its order (ddim_invert by euler = DDIM, heun_invert by heun; `cli invert --sampler`).
+# Not solvers for `solve` or `sample --sampler`, which start from noise; `nfe` counts both.
+_INVERSIONS = {
+    "ddim_invert": (ddim_invert, lambda S, **_: S),
+    "heun_invert": (heun_invert, lambda S, **_: 2 * S - 1),
+}
+INVERSIONS = tuple(_INVERSIONS)
+
+
+def _lookup(name: str, inversions: bool = False):
+    if isinstance(name, str) and (name in _REGISTRY or inversions and name in _INVERSIONS):
+        return _REGISTRY[name] if name in _REGISTRY else _INVERSIONS[name]
+    if isinstance(name, str) and name in _INVERSIONS:
+        raise ValueError(f"{name} runs from data to noise, not from x_T to x_0: call it directly ({name}(eps, x0, alpha_bar, "
+                         f"seq)); solve's solvers are {SOLVERS}")
+    raise ValueError(f"unknown ODE solver {name!r}; choose one of {SOLVERS}" + (f" or the inversions {INVERSIONS}" if inversions
+                                                                               else ""))
 
 
 def solve(name: str, eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None, **options):
@@ -694,7 +710,7 @@ def solve(name: str, eps, x_T, alpha_bar, seq, return_trajectory: bool = False, 
 
 def _check_options(name: str, solver, options) -> None:
     """A keyword `name`'s solver does not take is named with those it does (not Python's "unexpected keyword")."""
-    own = [k for k in inspect.signature(solver).parameters if k not in ("eps", "x_T", "alpha_bar", "seq")]
+    own = [k for k in inspect.signature(solver).parameters if k not in ("eps", "x_T", "x0", "alpha_bar", "seq")]
     if unknown := sorted(set(options) - set(own)):
         takes = ", ".join(k for k in own if k not in ("return_trajectory", "callback"))
         raise TypeError(f"{name} takes no option {', '.join(unknown)}"
@@ -703,8 +719,9 @@ def _check_options(name: str, solver, options) -> None:
 
 def nfe(name: str, S: int, **options) -> int:
     """Number of ε evaluations of solver `name` on S steps with its `options` as `solve` takes them (notebook 05 §7):
-    only iPNDM's afs=False changes it (S instead of S − 1)."""
-    solver, count = _lookup(name)
+    only iPNDM's afs=False changes it (S instead of S − 1). `name` may also be one of INVERSIONS, x_0 → x_T (notebook 05 §8):
+    ddim_invert S, heun_invert 2S − 1."""
+    solver, count = _lookup(name, inversions=True)
     _check_options(name, solver, options)
     flags = {k: check_bool(k, v) if k in ("afs", "published") else v for k, v in options.items()}
     return count(check_int("number of steps S", S), **flags)

@@ -1,7 +1,8 @@
 """The derivations and claims of notebook 05 (the ODE view), checked again on other data, each with a mutation
 that must fail: ᾱ(t) log-linear between steps (§1), Fokker–Planck and the probability-flow ODE (§3), DDPM's step as
 the reverse SDE's (§3), the ODE in x (§5), local orders (§6, DPM-Solver++(2M) on its second step), Heun against
-DPM-Solver-2 (§6: different steps, both exact on point-mass data), and the order of the inversion round trip (§8)."""
+DPM-Solver-2 (§6: different steps, both exact on point-mass data), the order of the inversion round trip and of Heun's
+there and back (§8)."""
 import math
 
 import numpy as np
@@ -270,6 +271,39 @@ def test_inversion_floor_of_the_shared_last_step():
     floor, predicted = rms(x_rec - x0), rms(-sigma0 * J_dx)
     assert abs(floor / predicted - 1) < 0.05, (floor, predicted)
     assert 6e-5 < floor < 8e-5, floor
+
+
+def _there_and_back_orders(correct: bool):
+    """Fitted orders (one way, there and back) of the library's Heun step (`correct=False`: its predictor, Euler) run from
+    scipy's exact x at t = 100 up to t = 999 on S = 40, 80, 160 linspace steps and back down over the same steps: the one-way
+    error against scipy's x at 999, the round trip's against the start."""
+    x0 = MIX.sample(16, torch.Generator().manual_seed(12))
+    x_lo = ode.reference_solution(EPS, x0, AB, -1, 100)
+    x_hi = ode.reference_solution(EPS, x_lo, AB, 100, 999)
+    S_fit, errs = [40, 80, 160], {"one way": [], "round trip": []}
+
+    def run(x, ts):
+        sig = [float(ode.sigma_at(AB, t)) for t in ts]
+        xbar = x / math.sqrt(float(AB[ts[0]]))
+        for k in range(len(ts) - 1):
+            xbar = ode._heun_step(EPS, xbar, ts[k], ts[k + 1], sig[k], sig[k + 1], correct=correct)[0]
+        return xbar * math.sqrt(float(AB[ts[-1]]))
+
+    for S in S_fit:
+        up = torch.linspace(100, 999, S + 1).round().long().tolist()
+        z = run(x_lo, up)
+        errs["one way"].append(float((z - x_hi).pow(2).sum(1).mean().sqrt()))
+        errs["round trip"].append(float((run(z, up[::-1]) - x_lo).pow(2).sum(1).mean().sqrt()))
+    return {k: -_slope(S_fit, e) for k, e in errs.items()}
+
+
+def test_heuns_round_trip_is_third_order_where_euler_s_is_first():
+    """notebook 05 §8, on another mixture: Heun's step run up a smooth stretch (t = 100…999) and back over the same steps
+    makes the same leading local error with h of the other sign, so the round trip cancels it: one way order 2, there and
+    back order 3 (each within 0.15), against scipy. The same check fails for Euler, whose leading errors add (order 1 both)."""
+    heun, euler = _there_and_back_orders(True), _there_and_back_orders(False)
+    assert abs(heun["one way"] - 2) < 0.15 and abs(heun["round trip"] - 3) < 0.15, heun
+    assert abs(euler["one way"] - 1) < 0.15 and abs(euler["round trip"] - 3) > 0.15, euler
 
 
 def test_continuous_alpha_bar_is_log_linear_between_steps():

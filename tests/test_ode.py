@@ -183,6 +183,22 @@ def test_nfe_and_time_arguments():
             assert math.isclose(float(ode.sigma_at(AB, mids[0])), math.sqrt(s_t * s_s), rel_tol=1e-10)
 
 
+def test_nfe_counts_the_inversions_as_they_call():
+    """notebook 05 §8: `nfe` answers for the inversions x_0 → x_T too, with the calls a counted ε sees (heun_invert 2S − 1,
+    ddim_invert S; `nfe("heun_invert", S)` was an "unknown ODE solver"); `solve`, which starts from noise, refuses them."""
+    for S in (1, 2, 6):
+        seq = schedule.timesteps(S, 1000, "uniform")
+        for name, invert in (("heun_invert", ode.heun_invert), ("ddim_invert", samplers.ddim_invert)):
+            counted = ode.counted(EPS)
+            invert(counted, X_T, AB, seq)
+            assert ode.nfe(name, S) == counted.calls == (2 * S - 1 if name == "heun_invert" else S), (name, S)
+    assert ode.INVERSIONS == ("ddim_invert", "heun_invert") and not set(ode.INVERSIONS) & set(ode.SOLVERS)
+    with pytest.raises(ValueError, match="runs from data to noise"):
+        ode.solve("heun_invert", EPS, X_T, AB, schedule.timesteps(4, 1000))
+    with pytest.raises(TypeError, match="heun_invert takes no option afs"):
+        ode.nfe("heun_invert", 4, afs=False)
+
+
 def test_continuous_time():
     t_int = torch.arange(-1, 1000)
     torch.testing.assert_close(ode.alpha_bar_cont(AB, t_int)[1:], AB, rtol=0, atol=0)
