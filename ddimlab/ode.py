@@ -691,8 +691,9 @@ INVERSIONS = tuple(_INVERSIONS)
 
 
 def _lookup(name: str, inversions: bool = False):
-    if isinstance(name, str) and (name in _REGISTRY or inversions and name in _INVERSIONS):
-        return _REGISTRY[name] if name in _REGISTRY else _INVERSIONS[name]
+    known = {**_REGISTRY, **_INVERSIONS} if inversions else _REGISTRY
+    if isinstance(name, str) and name in known:
+        return known[name]
     if isinstance(name, str) and name in _INVERSIONS:
         raise ValueError(f"{name} runs from data to noise, not from x_T to x_0: call it directly ({name}(eps, x0, alpha_bar, "
                          f"seq)); solve's solvers are {SOLVERS}")
