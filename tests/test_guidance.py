@@ -246,3 +246,38 @@ def test_thresholded_eps_makes_every_x0_solver_integrate_the_thresholded_predict
     x0 = (x - math.sqrt(1 - a) * eps_w(x, torch.full((64,), t))) / math.sqrt(a)
     want = (x.numpy() - math.sqrt(a) * _numpy_threshold(x0, 0.995, math.inf)) / math.sqrt(1 - a)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-9, atol=1e-12)
+
+
+def test_thresholded_eps_in_ddim_and_dpm_solver_pp_2m_equals_diffusers_thresholding():
+    """diffusers' `thresholding=True` (ratio 0.995, sample_max_value 1.5) in DPMSolverMultistepScheduler (dpmsolver++,
+    order 2) and in DDIMScheduler with use_clipped_model_output=True is `ode.thresholded_eps` in our 2M and DDIM
+    (float32 coefficients: 1e-5). DDIMScheduler's default, use_clipped_model_output=False, keeps the unthresholded ε
+    in the direction term: a different sampler."""
+    diffusers = pytest.importorskip("diffusers")
+    common = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02, thresholding=True,
+                  dynamic_thresholding_ratio=0.995, sample_max_value=1.5)
+    ab = diffusers.DDIMScheduler(**common).alphas_cumprod.double()
+    means = 0.8 * (2 * torch.randint(0, 2, (4, 16), generator=torch.Generator().manual_seed(1)).double() - 1)
+    covs = 0.01 * torch.eye(16, dtype=torch.float64).expand(4, 16, 16)
+    eps_w = samplers.guided_eps(*(toy.exact_eps(toy.GaussianMixture(torch.ones(k), means[:k], covs[:k]), ab)
+                                  for k in (4, 2)), 7.5)
+    eps_thr = ode.thresholded_eps(eps_w, ab, 0.995, 1.5)
+    x_T = torch.randn(32, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+    def run(sch, S, **kw):          # as (B, 1, 16): diffusers' _threshold_sample wants a channel axis
+        sch.set_timesteps(S)
+        x = x_T[:, None]
+        for t in sch.timesteps:
+            x = sch.step(eps_w(x[:, 0], torch.full((32,), int(t)))[:, None], t, x, **kw).prev_sample
+        return x[:, 0].double()
+
+    for S in (6, 10):
+        theirs = run(diffusers.DPMSolverMultistepScheduler(**common, solver_order=2, lower_order_final=False,
+                                                           timestep_spacing="trailing"), S)
+        ours = ode.dpm_solver_pp_2m(eps_thr, x_T, ab, schedule.timesteps(S, 1000, "trailing"))
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+        assert float((ode.dpm_solver_pp_2m(eps_w, x_T, ab, schedule.timesteps(S, 1000, "trailing")) - theirs).abs().max()) > 1e-2
+        ours = samplers.ddim_sample(eps_thr, x_T, ab, schedule.timesteps(S, 1000))
+        theirs = run(diffusers.DDIMScheduler(**common), S, use_clipped_model_output=True)
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+        assert float((ours - run(diffusers.DDIMScheduler(**common), S)).abs().max()) > 1e-3
