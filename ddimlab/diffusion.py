@@ -130,6 +130,28 @@ def predict_eps(x_t: torch.Tensor, x0: torch.Tensor, a_t) -> torch.Tensor:
     return (x_t - a * x0) / s
 
 
+def dynamic_threshold(x0: torch.Tensor, p: float = 0.995, s_max: float = math.inf) -> torch.Tensor:
+    """Imagen's dynamic thresholding of x̂_0 (Saharia et al. 2022, §2.3; notebook 10 §4), per sample:
+
+        s = clamp(p-th quantile of |x̂_0|, 1, s_max),   x̂_0 ← clamp(x̂_0, −s, s) / s,
+
+    so the result lies in [−1, 1]; where fewer than a share 1 − p of the pixels leave [−1, 1], s = 1 and it is the
+    static clip. diffusers' `_threshold_sample` (`dynamic_thresholding_ratio` = p, `sample_max_value` = s_max, whose
+    default 1.0 makes it the static clip) is the same rule; Imagen has no s_max. The quantile interpolates linearly
+    (numpy's default). x̂_0 of shape (B, …), each sample over all its other axes.
+    """
+    if (q := as_real(p)) is None or not 0 < q <= 1:
+        raise ValueError(f"p must lie in (0, 1] (a quantile of |x0|: 0.995, not 99.5), got {p!r}")
+    top = s_max if isinstance(s_max, float) and s_max == math.inf else as_real(s_max)
+    if top is None or top < 1:
+        raise ValueError(f"s_max must be a number >= 1 (or math.inf: Imagen's rule), got {s_max!r}")
+    if not isinstance(x0, torch.Tensor) or x0.ndim < 2 or not x0.dtype.is_floating_point:
+        raise TypeError(f"x0 must be a floating-point tensor of shape (B, ...), got {getattr(x0, 'shape', type(x0).__name__)}")
+    flat = x0.reshape(x0.shape[0], -1)
+    s = torch.quantile(flat.abs(), q, dim=1).clamp(1.0, top)
+    return (flat.clamp(-s[:, None], s[:, None]) / s[:, None]).reshape(x0.shape)
+
+
 def v_from(x0: torch.Tensor, eps: torch.Tensor, a_t) -> torch.Tensor:
     """Velocity v = √ᾱ_t ε − √(1−ᾱ_t) x_0 (Salimans & Ho, 2022)."""
     _same_shape(x0, eps, "x0 and eps")

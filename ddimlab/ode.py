@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from .checks import as_real, check_bool, check_generator, check_int, check_numbers, is_complex
+from .diffusion import dynamic_threshold, predict_eps, predict_x0
 from .samplers import (
     NonFiniteError,
     _finite,
@@ -736,6 +737,28 @@ def counted(eps):
         return eps(x, t)
     wrapped.calls = 0
     return wrapped
+
+
+def thresholded_eps(eps, alpha_bar, p: float = 0.995, s_max: float = math.inf):
+    """ε whose x̂_0 is dynamically thresholded, one ε callable for every sampler and solver (notebook 10 §4):
+
+        ε_thr(x_t, t) = (x_t − √ᾱ_t x̃_0) / √(1−ᾱ_t),   x̃_0 = `diffusion.dynamic_threshold`(x̂_0(x_t, ε(x_t, t)), p, s_max),
+
+    so D = x̄ − σ ε_thr = x̃_0 exactly: DDIM, DPM-Solver++(2M)/(3M) and UniPC integrate the thresholded x̂_0, as
+    diffusers' data-prediction schedulers with `thresholding=True` do (`diffusion.ddim_step(clip_x0=True)` is the same
+    with the static clip). A solver that combines several ε's (iPNDM, DPM-Solver's ε form) integrates the same ODE but
+    its steps' x̂_0 are not thresholded ones (notebook 10 §4). t may be fractional (`alpha_bar_cont`).
+    """
+    check_eps(eps, "thresholded_eps: eps")
+    alpha_bar = validate_alpha_bar(alpha_bar)
+    dynamic_threshold(torch.zeros(1, 1), p, s_max)           # p and s_max checked now, not at the first step
+
+    def eps_thr(x, t):
+        a = _alpha_bar_cont(alpha_bar, t)
+        x0 = dynamic_threshold(predict_x0(x, _of_x_shape(eps(x.clone(), t), x, "thresholded_eps: eps"), a), p, s_max)
+        return predict_eps(x, x0, a)
+
+    return eps_thr
 
 
 # ------------------------------------------------------------------------------------- reference

@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from ddimlab import ode, samplers, schedule, toy
+from ddimlab import diffusion, ode, samplers, schedule, toy
 
 AB = schedule.make_alpha_bar("linear", 1000)
 W, MU, SD = np.array([0.5, 0.25, 0.25]), np.array([-1.0, 0.5, 1.5]), np.array([0.3, 0.2, 0.2])  # class 0 | class 1
@@ -180,3 +180,104 @@ def test_langevin_refuses_bad_arguments_by_name(kw, match):
     args = {"t": 0, "step": 0.01, "n_steps": 2, **kw}
     with pytest.raises(ValueError, match=match):
         samplers.langevin(EPS_NULL, torch.zeros(3, 1, dtype=torch.float64), AB, **args)
+
+
+def _numpy_threshold(x0, p, s_max):
+    """Imagen §2.3's rule written out with numpy's percentile, one sample at a time."""
+    out = []
+    for row in np.asarray(x0, dtype=np.float64).reshape(len(x0), -1):
+        s = min(max(np.percentile(np.abs(row), 100 * p), 1.0), s_max)
+        out.append(np.clip(row, -s, s) / s)
+    return np.stack(out).reshape(np.shape(x0))
+
+
+def test_dynamic_threshold_is_imagens_rule_per_sample():
+    """Against numpy's percentile, and by hand: a sample inside [-1, 1] is unchanged, one all at ±2 becomes ±1, s_max
+    caps s (clip at s_max, then divide by it), and each sample has its own s (a batch-wide quantile fails)."""
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randn(5, 3, 4, 4, generator=g, dtype=torch.float64) * torch.tensor([0.3, 1.0, 2.0, 4.0, 8.0])[:, None, None, None]
+    for p, s_max in ((0.995, math.inf), (0.9, math.inf), (0.995, 1.5), (0.995, 1.0), (1.0, math.inf)):
+        np.testing.assert_allclose(diffusion.dynamic_threshold(x0, p, s_max).numpy(), _numpy_threshold(x0, p, s_max),
+                                   rtol=1e-12, atol=1e-15)
+    inside = torch.tensor([[0.5, -0.9, 1.0, 0.0]], dtype=torch.float64)
+    assert torch.equal(diffusion.dynamic_threshold(inside), inside)
+    twos = torch.tensor([[2.0, -2.0, 2.0, -2.0]], dtype=torch.float64)
+    assert diffusion.dynamic_threshold(twos).tolist() == [[1.0, -1.0, 1.0, -1.0]]
+    assert diffusion.dynamic_threshold(twos, s_max=1.5).tolist() == [[1.0, -1.0, 1.0, -1.0]]
+    mixed = torch.tensor([[0.5, 3.0, -3.0, 1.5], [0.2, 0.1, -0.3, 0.4]], dtype=torch.float64)
+    got = diffusion.dynamic_threshold(mixed, p=0.5, s_max=1.8)      # |x| medians 2.25 (-> 1.8) and 0.25 (-> 1)
+    torch.testing.assert_close(got, torch.tensor([[0.5 / 1.8, 1.0, -1.0, 1.5 / 1.8], [0.2, 0.1, -0.3, 0.4]],
+                                                  dtype=torch.float64), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("kw, match", [({"p": 99.5}, "p must lie"), ({"p": 0.0}, "p must lie"), ({"s_max": 0.5}, "s_max"),
+                                       ({"s_max": float("nan")}, "s_max"), ({"p": True}, "p must lie")])
+def test_dynamic_threshold_refuses_bad_arguments_by_name(kw, match):
+    with pytest.raises(ValueError, match=match):
+        diffusion.dynamic_threshold(torch.zeros(2, 3), **kw)
+    with pytest.raises(ValueError, match=match):            # at wrapping, not at the first step
+        ode.thresholded_eps(EPS_C, AB, **kw)
+
+
+def test_thresholded_eps_makes_every_x0_solver_integrate_the_thresholded_prediction():
+    """In DPM-Solver++(2M), from each reported state x_t, the x̂_0 the step used is numpy's thresholded
+    (x_t − √(1−ᾱ_t) ε(x_t))/√ᾱ_t of the unthresholded guided ε; the output is the last one, inside [-1, 1].
+    At a fractional step (dpm_solver_2's midpoints) the wrapper uses ᾱ interpolated as `ode.alpha_bar_cont`."""
+    means = 0.8 * torch.tensor([[1.0, -1, 1, -1], [-1, 1, 1, 1], [1, 1, -1, -1]], dtype=torch.float64)
+    covs = 0.01 * torch.eye(4, dtype=torch.float64).expand(3, 4, 4)
+    comps = [toy.GaussianMixture(torch.ones(k), means[:k], covs[:k]) for k in (3, 2)]
+    eps_w = samplers.guided_eps(*(toy.exact_eps(m, AB) for m in comps), 7.5)
+    x_T = torch.randn(64, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    seq = ode.lambda_timesteps(6, AB)
+    steps = []
+    out = ode.dpm_solver_pp_2m(ode.thresholded_eps(eps_w, AB), x_T, AB, seq, callback=steps.append)
+    x_t = x_T
+    for info in steps:
+        a = float(AB[info["t"]])
+        x0 = (x_t - math.sqrt(1 - a) * eps_w(x_t, torch.full((64,), info["t"]))) / math.sqrt(a)
+        np.testing.assert_allclose(info["x0"].numpy(), _numpy_threshold(x0, 0.995, math.inf), rtol=1e-9, atol=1e-12)
+        x_t = info["x"]
+    torch.testing.assert_close(out, steps[-1]["x0"])
+    assert float(out.abs().max()) <= 1 + 1e-12
+    t = 512.25
+    a = math.exp(0.75 * math.log(float(AB[512])) + 0.25 * math.log(float(AB[513])))
+    x = x_T * 0.3
+    got = ode.thresholded_eps(eps_w, AB)(x, torch.full((64,), t))
+    x0 = (x - math.sqrt(1 - a) * eps_w(x, torch.full((64,), t))) / math.sqrt(a)
+    want = (x.numpy() - math.sqrt(a) * _numpy_threshold(x0, 0.995, math.inf)) / math.sqrt(1 - a)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-9, atol=1e-12)
+
+
+def test_thresholded_eps_in_ddim_and_dpm_solver_pp_2m_equals_diffusers_thresholding():
+    """diffusers' `thresholding=True` (ratio 0.995, sample_max_value 1.5) in DPMSolverMultistepScheduler (dpmsolver++,
+    order 2) and in DDIMScheduler with use_clipped_model_output=True is `ode.thresholded_eps` in our 2M and DDIM
+    (float32 coefficients: 1e-5). DDIMScheduler's default, use_clipped_model_output=False, keeps the unthresholded ε
+    in the direction term: a different sampler."""
+    diffusers = pytest.importorskip("diffusers")
+    common = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02, thresholding=True,
+                  dynamic_thresholding_ratio=0.995, sample_max_value=1.5)
+    ab = diffusers.DDIMScheduler(**common).alphas_cumprod.double()
+    means = 0.8 * (2 * torch.randint(0, 2, (4, 16), generator=torch.Generator().manual_seed(1)).double() - 1)
+    covs = 0.01 * torch.eye(16, dtype=torch.float64).expand(4, 16, 16)
+    eps_w = samplers.guided_eps(*(toy.exact_eps(toy.GaussianMixture(torch.ones(k), means[:k], covs[:k]), ab)
+                                  for k in (4, 2)), 7.5)
+    eps_thr = ode.thresholded_eps(eps_w, ab, 0.995, 1.5)
+    x_T = torch.randn(32, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+    def run(sch, S, **kw):          # as (B, 1, 16): diffusers' _threshold_sample wants a channel axis
+        sch.set_timesteps(S)
+        x = x_T[:, None]
+        for t in sch.timesteps:
+            x = sch.step(eps_w(x[:, 0], torch.full((32,), int(t)))[:, None], t, x, **kw).prev_sample
+        return x[:, 0].double()
+
+    for S in (6, 10):
+        theirs = run(diffusers.DPMSolverMultistepScheduler(**common, solver_order=2, lower_order_final=False,
+                                                           timestep_spacing="trailing"), S)
+        ours = ode.dpm_solver_pp_2m(eps_thr, x_T, ab, schedule.timesteps(S, 1000, "trailing"))
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+        assert float((ode.dpm_solver_pp_2m(eps_w, x_T, ab, schedule.timesteps(S, 1000, "trailing")) - theirs).abs().max()) > 1e-2
+        ours = samplers.ddim_sample(eps_thr, x_T, ab, schedule.timesteps(S, 1000))
+        theirs = run(diffusers.DDIMScheduler(**common), S, use_clipped_model_output=True)
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+        assert float((ours - run(diffusers.DDIMScheduler(**common), S)).abs().max()) > 1e-3
