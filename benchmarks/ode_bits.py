@@ -38,18 +38,29 @@ The two share the decoder term L_0 = E_q[−log p_θ(x | z)] (the same function,
 −(d/2)(1 + log 2π(1 − ᾱ_0)); they differ in −E_q log p(z): the ODE's, computed (to the solver's tolerance), against the
 chain's, plus the chain's KL gap ≥ 0.
 
+`--t-end split` parts the two ODE bounds' difference in two, with a third bound between them: the ODE's density p_0 at
+step 0 read as a density of the pixels and dequantized as at σ = 0, −(log p_0(x + u) + d log Δ)/(d log 2), with the same
+u and probes as the bound at σ = 0 (so paired with it twice over) and network calls at trained steps only. Its distance
+to (B0) is how the bins are coded from one density (a uniform u against DDPM's decoder), and its distance to the bound at
+σ = 0 is what the stretch (−1, 0) does to the uniformly dequantized code. On pixels at bin centres far apart against
+σ_0 = 0.01 (the digits' 17 levels), with the exact ε*, the step-0 density near a level is w_k N(x_k, 1 − ᾱ_0): a uniform u
+codes the bin in −log2 w_k + 1.713 bits (the Gaussian's mass in the bin is 0.305), DDPM's decoder, with sd √β̃_1 = 0.94
+levels, in −log2 w_k + 1.305 (tests/test_ode_bits.py).
+
 The ODE is integrated by scipy on the CPU between network calls, with `--hutchinson` Rademacher probes per
 image for the divergence (0: the exact divergence, d backward passes per call); on 2 CPU cores beside other work 64 digits took
-110 to 130 s at the default tolerances, and 111 s with `--t-end 0` (README, Benchmarks).
+110 to 130 s at the default tolerances, and 111 s with `--t-end 0`; `--t-end split` on one thread, 4 minutes (README, Benchmarks).
 
     python benchmarks/ode_bits.py                       # 64 training digits, the demo's model
     python benchmarks/ode_bits.py --t-end 0           # stop at step 0, then DDPM's decoder (B0)
     python benchmarks/ode_bits.py --t-end both        # both ODE bounds on the same digits, paired
+    python benchmarks/ode_bits.py --t-end split       # both, and their difference in two parts
     python benchmarks/ode_bits.py --n 512             # on a GPU (--device auto picks it)
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 import time
@@ -65,7 +76,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))   # digits_recipes.py s
 from digits_recipes import verdict  # noqa: E402
 
 BIN = 2 / 255                                  # the width of one 8-bit level in [−1, 1]
-ENDS = {"-1": (-1,), "0": (0,), "both": (-1, 0)}   # --t-end: the ODE bounds each run computes
+LABELS = {"-1": "ODE to step -1", "0": "ODE to step 0", "0u": "ODE to step 0, bins uniform"}
+ENDS = {"-1": ("-1",), "0": ("0",), "both": ("-1", "0"), "split": ("-1", "0u", "0")}   # --t-end: the ODE bounds each run computes
 
 
 def dequantized_bits(log_p: torch.Tensor, d: int) -> torch.Tensor:
@@ -74,12 +86,13 @@ def dequantized_bits(log_p: torch.Tensor, d: int) -> torch.Tensor:
 
 
 def ode_bits(eps, x0: torch.Tensor, alpha_bar, generator: torch.Generator, hutchinson: int, rtol: float,
-             atol: float) -> torch.Tensor:
+             atol: float, t_end: int = -1) -> torch.Tensor:
     """Each image's ODE bits per pixel, one uniform u in its bin and `hutchinson` probes (0: exact divergence), both
-    drawn from the CPU `generator`."""
+    drawn from the CPU `generator`: the ODE's density at step `t_end` (−1: σ = 0; 0: the density of step 0, read as one
+    of the pixels, which calls the network at trained steps only) at x + u."""
     u = ((torch.rand(x0.shape, generator=generator, dtype=torch.float64) - 0.5) * BIN).to(x0.device, x0.dtype)
     k = dict(hutchinson=hutchinson, generator=generator) if hutchinson else {}
-    log_p = ode.log_likelihood(eps, x0 + u, alpha_bar, rtol=rtol, atol=atol, **k)
+    log_p = ode.log_likelihood(eps, x0 + u, alpha_bar, t_end=t_end, rtol=rtol, atol=atol, **k)
     return dequantized_bits(log_p, x0[0].numel())
 
 
@@ -106,7 +119,9 @@ def main(argv=None) -> dict:
                    help="Rademacher probes per image (fewer than its pixels); 0 for the exact divergence")
     p.add_argument("--t-end", choices=tuple(ENDS), default="-1",
                    help="where the ODE stops: -1 at the data (dequantized bins; calls the network at steps in (-1, 0)), 0 "
-                        "at step 0, then DDPM's decoder (bound B0; only steps the network was trained on), or both, paired")
+                        "at step 0, then DDPM's decoder (bound B0; only steps the network was trained on), both, paired, or "
+                        "split: both, and step 0's density at x + u, which parts their difference into the bins' code and "
+                        "the stretch (-1, 0)")
     p.add_argument("--rtol", type=float, default=1e-3, help="the ODE solver's relative tolerance")
     p.add_argument("--atol", type=float, default=1e-3, help="the ODE solver's absolute tolerance")
     p.add_argument("--steps", type=int_in(1), default=None, help="the digits model's training steps (default: the preset's)")
@@ -143,19 +158,24 @@ def measure(args, device: torch.device) -> dict:
         bpd_elbo = elbo.elbo_terms(eps_fn(model), x0, alpha_bar, generator=g_elbo)["bpd"].double().cpu()
     print(f"negative ELBO: {time.perf_counter() - start:.0f} s", flush=True)
     report = dict(elbo=bpd_elbo)
-    for t_end in ENDS[args.t_end]:   # each from the generator's state after the digits, as a run of that bound alone
+    for end in ENDS[args.t_end]:     # each from the generator's state after the digits, as a run of that bound alone
         start, g_end = time.perf_counter(), torch.Generator().set_state(g.get_state())
-        bits = ode_bits if t_end == -1 else decoder_bits
-        report[f"ode_to_{t_end}"] = bits(lambda x, t: model(x, t), x0, alpha_bar, g_end, args.hutchinson, args.rtol,
-                                         args.atol).cpu()
-        print(f"ODE to step {t_end}: {time.perf_counter() - start:.0f} s", flush=True)
+        bits = functools.partial(ode_bits, t_end=int(end.removesuffix("u"))) if end != "0" else decoder_bits
+        report[f"ode_to_{end}"] = bits(lambda x, t: model(x, t), x0, alpha_bar, g_end, args.hutchinson, args.rtol,
+                                       args.atol).cpu()
+        print(f"{LABELS[end]}: {time.perf_counter() - start:.0f} s", flush=True)
 
     print(f"\nbits per pixel on {args.n} digits (± SE over them): negative ELBO {mean_se(bpd_elbo)}")
-    for t_end in ENDS[args.t_end]:
-        bpd = report[f"ode_to_{t_end}"]
-        print(f"ODE to step {t_end} {mean_se(bpd)}; ODE minus ELBO, paired: {paired(bpd, bpd_elbo)}")
-    if args.t_end == "both":
+    for end in ENDS[args.t_end]:
+        bpd = report[f"ode_to_{end}"]
+        print(f"{LABELS[end]} {mean_se(bpd)}; ODE minus ELBO, paired: {paired(bpd, bpd_elbo)}")
+    if args.t_end in ("both", "split"):
         print(f"ODE to step 0 minus ODE to step -1, paired: {paired(report['ode_to_0'], report['ode_to_-1'])}")
+    if args.t_end == "split":        # the same u and probes in both uniform bounds: the stretch's share is paired twice over
+        print(f"  of which the bins' code at step 0, DDPM's decoder minus a uniform u, paired: "
+              f"{paired(report['ode_to_0'], report['ode_to_0u'])}\n"
+              f"  and the stretch (-1, 0), step 0's density minus step -1's, both at x + u, paired: "
+              f"{paired(report['ode_to_0u'], report['ode_to_-1'])}")
     return report
 
 

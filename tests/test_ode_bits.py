@@ -7,7 +7,7 @@ import torch
 from cli_support import load_script
 from scipy import stats
 
-from ddimlab import ode, schedule
+from ddimlab import elbo, ode, schedule, toy
 
 S = 0.5                                             # data N(0, S² I)
 
@@ -118,8 +118,9 @@ def test_the_step_0_bound_is_brute_forces_and_bounds_the_bins_code_length(bits):
 
 @pytest.mark.slow
 def test_the_script_scores_a_tiny_model_both_ways_alone_and_paired(bits, tmp_path, capsys):
-    """Each bound alone, then both in one run (--t-end both): the same draws, so the same numbers, and their
-    difference paired over the same digits (before, the two were only ever printed by separate runs)."""
+    """Each bound alone, then both in one run (--t-end split: --t-end both's two and step 0's density at x + u): the same
+    draws, so the same numbers, and their difference paired over the same digits (before, the two were only ever printed
+    by separate runs), with its two parts, the bins' code at step 0 and the stretch (−1, 0)."""
     tiny = ["--steps", "2", "--n", "2", "--rtol", "1e-2", "--atol", "1e-2", "--cache", str(tmp_path)]
     report = bits.main(tiny)
     out = capsys.readouterr().out
@@ -129,13 +130,14 @@ def test_the_script_scores_a_tiny_model_both_ways_alone_and_paired(bits, tmp_pat
     step0 = bits.main(tiny + ["--t-end", "0"])
     assert torch.isfinite(step0["ode_to_0"]).all() and "ODE to step 0" in capsys.readouterr().out
     torch.testing.assert_close(step0["elbo"], report["elbo"])          # the same digits, the same ELBO
-    both = bits.main(tiny + ["--t-end", "both"])
+    both = bits.main(tiny + ["--t-end", "split"])    # both, and step 0's density at the same x + u (--t-end both without it)
     out = capsys.readouterr().out
     for key, alone in (("elbo", report), ("ode_to_-1", report), ("ode_to_0", step0)):
         torch.testing.assert_close(both[key], alone[key], rtol=0, atol=0)
-    d = step0["ode_to_0"] - report["ode_to_-1"]
-    assert f"ODE to step 0 minus ODE to step -1, paired: {float(d.mean()):+.3f} ± {float(d.std()) / 2 ** 0.5:.3f}" in out
-
+    for said, part in (("ODE to step 0 minus ODE to step -1", step0["ode_to_0"] - report["ode_to_-1"]),
+                       ("DDPM's decoder minus a uniform u", both["ode_to_0"] - both["ode_to_0u"]),
+                       ("step 0's density minus step -1's, both at x + u", both["ode_to_0u"] - both["ode_to_-1"])):
+        assert f"{said}, paired: {float(part.mean()):+.3f} ± {float(part.std()) / 2 ** 0.5:.3f}" in out
 
 def test_bad_sizes_are_refused_in_one_line(bits, capsys):
     with pytest.raises(SystemExit) as stop:
@@ -162,3 +164,28 @@ def test_round_28_a_tolerance_or_probe_count_past_its_use_is_refused_before_the_
             bits.main(["--steps", "2", "--n", "2", "--cache", str(tmp_path), *argv])
         assert said in str(stop.value.code) + capsys.readouterr().err
     assert not (tmp_path / "models").exists()
+
+
+def test_split_on_data_at_the_bins_centres_the_decoder_is_the_shorter_code_at_step_0(bits):
+    """`--t-end split`'s known answer: pixels at three bin centres (8-bit 112, 128, 143, three of the digits' 17 levels,
+    0.118 or more apart), each a point mass, with their exact ε*. At step 0 (σ = 0.01, more than the bin's half width
+    1/255) the density is w_k N(x_k, 1 − ᾱ_0) near level k, so a uniform u in the bin codes it in −log2 w_k + 1.713 bits
+    (scipy: the mass of that Gaussian in the bin is 0.305); DDPM's decoder, whose mean is then the level itself, in
+    −log2 w_k + 1.305 (its β̃_1 has sd 0.94 levels: mass 0.405). Both within 4 SE, so the decoder is 0.41 bits per pixel
+    shorter with no network at steps in (−1, 0)."""
+    ab = schedule.make_alpha_bar("linear", 1000)
+    levels, w = torch.tensor([112.0, 128.0, 143.0], dtype=torch.float64) / 127.5 - 1, torch.tensor([0.5, 0.3, 0.2])
+    eps = toy.exact_eps(toy.GaussianMixture(w, levels[:, None], torch.full((3, 1, 1), 1e-12)), ab)
+    x = levels.repeat(64)[:, None]                              # 192 one-pixel images, 64 at each level
+    a_0, half = float(ab[0]), 1 / 255
+    sd_dec = math.sqrt(float(elbo.model_variance(ab)[0]))
+    u, wq = np.polynomial.legendre.leggauss(40)
+    uniform_extra = float(wq / 2 @ -stats.norm.logpdf(u * half, 0, math.sqrt(1 - a_0))) / math.log(2) - math.log2(2 * half)
+    decoder_extra = -math.log2(stats.norm.cdf(half / sd_dec) - stats.norm.cdf(-half / sd_dec))
+    code = float(-torch.log2(w).mean())                         # −log2 P(bin) of the data: the weights'
+    for got, extra in ((bits.ode_bits(eps, x, ab, torch.Generator().manual_seed(0), 0, 1e-4, 1e-4, t_end=0), uniform_extra),
+                       (bits.decoder_bits(eps, x, ab, torch.Generator().manual_seed(0), 0, 1e-6, 1e-6), decoder_extra)):
+        got = got.reshape(64, 3).mean(1)                         # in threes, one of each level
+        mean, se = float(got.mean()), float(got.std()) / math.sqrt(len(got))
+        assert abs(mean - (code + extra)) < 4 * se + 1e-3, (mean, code + extra, se)
+    assert abs(uniform_extra - decoder_extra - 0.408) < 1e-3
