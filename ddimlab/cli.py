@@ -91,9 +91,10 @@ USER_ERRORS = (ValueError, OSError, ImportError,
 
 @contextlib.contextmanager
 def one_line_errors(prog: str):
-    """For a script's `main` (benchmarks/): Ctrl-C as "PROG: interrupted[: what was kept]" (exit 130) and a known error
-    (USER_ERRORS) or a failed allocation as "PROG: error: …" (exit 1), without a traceback, as `main` below says them for
-    the commands."""
+    """For a script's `main` (benchmarks/): Ctrl-C, SIGTERM or SIGHUP (`sigterm_as_interrupt`) as "PROG: interrupted[: what
+    was kept]" (exit 130) and a known error (USER_ERRORS) or a failed allocation as "PROG: error: …" (exit 1), without a
+    traceback, as `main` below says them for the commands."""
+    terminate = sigterm_as_interrupt()
     try:
         yield
     except KeyboardInterrupt as e:      # its message says what was kept (pretrained's: "nothing was kept, ...")
@@ -105,6 +106,8 @@ def one_line_errors(prog: str):
         if (size := _out_of_memory(e)) is None:
             raise
         raise SystemExit(f"{prog}: error: {OUT_OF_MEMORY.format(size=size)}") from None
+    finally:
+        terminate.restore()
 
 
 # --------------------------------------------------------------------------- helpers

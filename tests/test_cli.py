@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
@@ -2800,3 +2801,23 @@ def test_twentysixth_round_a_file_on_the_way_of_out_is_named(trained, tmp_path, 
                            f"cannot make the cache folder {tmp_path / 'f' / 'c'} ($DDIMLAB_CACHE): {tmp_path / 'f'} is a file, "
                            "not a folder; point DDIMLAB_CACHE at a folder you can write")
     assert [p.name for p in tmp_path.iterdir()] == ["f"] and (tmp_path / "f").read_text() == "mine"
+
+
+def test_round_29_the_benchmark_scripts_say_sigterm_as_the_commands_do(tmp_path):
+    """Round 28's leftover: SIGTERM (`kill`, `timeout`) ended a benchmarks/ script where it stood (exit -15, no word),
+    while the commands say "interrupted: terminated (SIGTERM)" and exit 130. `cli.one_line_errors`, which every script's
+    entry runs its work in, now turns it into the interrupt (here it arrives in the work, after the arguments are read)."""
+    scripts = {"ode_bits.py": ("main", "measure", ["--cache", str(tmp_path)]),
+               "digits_recipes.py": ("main", "compare", ["--cache", str(tmp_path)]),
+               "bench_samplers.py": ("main", "run", []), "bench_unet.py": ("cli", "run", ["--preset", "tiny"])}
+    code = ("import signal, sys\nsys.path.insert(0, 'tests')\nfrom cli_support import load_script\n"
+            "def stop(*a, **k):\n    signal.raise_signal(signal.SIGTERM)\n"
+            f"for name, (entry, work, argv) in {scripts!r}.items():\n"
+            "    script = load_script('benchmarks/' + name)\n    setattr(script, work, stop)\n"
+            "    script.need_diffusers = lambda prog: None\n    sys.argv = [name]\n"
+            "    try:\n        getattr(script, entry)(argv)\n"
+            "    except SystemExit as e:\n        print(e.code, file=sys.stderr)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0 and r.stderr.splitlines() == [line for name in scripts for line in
+                                                           (f"{name}: interrupted: terminated (SIGTERM)", "130")], r.stderr
