@@ -153,3 +153,15 @@ def test_round_28_a_tolerance_or_probe_count_past_its_use_is_refused_before_the_
             bits.main(["--steps", "2", "--n", "2", "--cache", str(tmp_path), *argv])
         assert said in str(stop.value.code) + capsys.readouterr().err
     assert not (tmp_path / "models").exists()
+
+
+def test_round_29_a_tolerance_too_loose_for_the_solver_is_refused_before_the_work(bits, tmp_path, capsys):
+    """Round 28's leftover: --rtol 0.999 ran (any value in (0, 1) did); `ode.log_likelihood` now refuses rtol above
+    ode.RTOL_CEILING = 0.01, and the script says so before anything is trained (no models folder in the cache)."""
+    for rtol in ("0.02", "0.999"):
+        with pytest.raises(SystemExit) as stop:
+            bits.main(["--steps", "2", "--n", "2", "--cache", str(tmp_path), "--rtol", rtol])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and f"--rtol {float(rtol):g} is coarser than 0.01, past which the ODE solver's error" \
+                                        " control breaks down: pass --rtol <= 0.01" in err, err
+    assert not (tmp_path / "models").exists()
