@@ -821,9 +821,24 @@ class _Parser(argparse.ArgumentParser):
         """An unknown option, a missing value, a choice not offered: what was wrong, and where the options are listed
         (exit status 2, argparse's for a usage error)."""
         listed = "commands" if self._subparsers is not None else "options"
-        self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` lists the {listed})\n")
+        self.exit(2, f"{self.prog}: error: {message}{self._dash_value_hint(message)}\n(`{self.prog} --help` lists the "
+                     f"{listed})\n")
+
+    def _dash_value_hint(self, message: str) -> str:
+        """argparse reads a value that begins with '-' (`--out -dash.png`) as an option, and says only "expected one
+        argument": the way to give it (not where what follows is one of the options: the value was left out)."""
+        option = re.fullmatch(r"argument (\S+?)(?:/\S+)?: expected (one|at least one) argument", message)
+        action = option and self._option_string_actions.get(option[1])
+        argv = getattr(self, "_argv", [])
+        given = next(((a, b) for a, b in zip(argv, argv[1:]) if action and a in action.option_strings and b.startswith("-")
+                      and b.partition("=")[0] not in self._option_string_actions), None)
+        if given is None:
+            return ""
+        return (" (a value that begins with '-' is read as an option: write " +      # nargs="+" takes no `=` value
+                (f"{given[0]}={given[1]})" if option[2] == "one" else f"{given[0]} ./{given[1]} for a file of that name)"))
 
     def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)
         namespace, extras = super().parse_known_args(args, namespace)
         if self._subparsers is None or not extras:
             return namespace, extras

@@ -2821,3 +2821,20 @@ def test_round_29_the_benchmark_scripts_say_sigterm_as_the_commands_do(tmp_path)
                        cwd=Path(__file__).resolve().parents[1])
     assert r.returncode == 0 and r.stderr.splitlines() == [line for name in scripts for line in
                                                            (f"{name}: interrupted: terminated (SIGTERM)", "130")], r.stderr
+
+
+def test_round_29_a_value_that_begins_with_a_dash_is_said_how_to_give(capsys):
+    """Round 28's leftover: `--out -dash.png` got argparse's "argument --out: expected one argument", which reads as if no
+    value had been given. Now the line says how to give it (`--out=-dash.png`; `--input ./-a.png`, as --input takes
+    several); a value really left out (the next word an option) is said as before."""
+    for argv, said in ((["sample", "--checkpoint", "x", "--out", "-dash.png"],
+                        "argument --out: expected one argument (a value that begins with '-' is read as an option: write "
+                        "--out=-dash.png)"),
+                       (["sample", "--checkpoint", "x", "--solver", "-e"], "write --solver=-e)"),
+                       (["invert", "--checkpoint", "x", "--input", "-a.png"], "write --input ./-a.png for a file of that name)"),
+                       (["sample", "--checkpoint", "x", "--sampler", "--out", "x"],
+                        "--sampler/--solver: expected one argument\n")):
+        with pytest.raises(SystemExit) as stop:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and said in err and len(err.splitlines()) == 2, err
