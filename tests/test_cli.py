@@ -2838,3 +2838,16 @@ def test_round_29_a_value_that_begins_with_a_dash_is_said_how_to_give(capsys):
             cli.main(argv)
         err = capsys.readouterr().err
         assert stop.value.code == 2 and said in err and len(err.splitlines()) == 2, err
+
+
+def test_round_29_a_deleted_current_folder_is_said_in_one_line(tmp_path):
+    """Round 28's leftover: in a current folder that had been deleted every command stopped with "Intel oneMKL FATAL
+    ERROR: Cannot load .../libtorch_cpu.so" (torch's import; exit 2), which names neither the cause nor the fix. Now one
+    line says it, before torch is imported."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    code = f"import os, runpy, sys\nos.chdir({str(gone)!r})\nos.rmdir({str(gone)!r})\nsys.argv = ['ddimlab', 'lab']\n" \
+           "runpy.run_module('ddimlab', run_name='__main__')\n"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr == ("ddimlab: error: the current folder no longer exists (it was deleted or "
+                                              "moved): cd to a folder that exists and run again\n"), (r.returncode, r.stderr)
