@@ -56,6 +56,7 @@ from .samplers import (
     check_args,
     check_eps,
     check_first_step,
+    check_x,
     report,
 )
 from .schedule import alpha_bar_at, as_steps, step_pairs, validate_alpha_bar, validate_timesteps
@@ -727,7 +728,7 @@ IVP_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")     # scipy's 
 
 def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol, method, either_way: bool = False):
     """The checks `reference_solution` and `log_likelihood` share: `x` (called `name`) as the samplers check it
-    (`check_args`: a finite floating tensor with a batch dimension) and without grad, eps a function, the tolerances > 0
+    (`check_x`: a finite floating tensor with a batch dimension) and without grad, eps a function, the tolerances > 0
     and rtol no finer than x's dtype resolves, steps t_start, t_end in [−1, T−1] with t_end < t_start (t_end ≠ t_start
     if `either_way`), method one of solve_ivp's (a name in IVP_METHODS or an OdeSolver subclass). Returns (alpha_bar,
     t_start, t_end)."""
@@ -738,7 +739,7 @@ def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol, method,
         hint = " (ddimlab's own solvers are ode.solve's; these integrate to a tolerance)" if ours else ""
         raise ValueError(f"method must be one of scipy's solve_ivp methods {', '.join(IVP_METHODS)} (or an OdeSolver "
                          f"subclass), got {method!r}{hint}")
-    alpha_bar = check_args(x, alpha_bar, None, name)[0]     # floating: ε is called in x's dtype, not a rounded state
+    alpha_bar = check_x(x, alpha_bar, name)                  # floating: ε is called in x's dtype, not a rounded state
     check_eps(eps)                                # a network: dropout in train mode would make the ODE random
     if x.requires_grad:                           # torch: "Can't call numpy() on Tensor that requires grad"
         raise ValueError(f"{name} requires grad, but the ODE is integrated with scipy, which autograd cannot follow: "

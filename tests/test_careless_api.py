@@ -2400,3 +2400,17 @@ def test_round_29_an_ode_tolerance_past_where_the_step_control_holds_is_refused(
     tight = ode.reference_solution(eps, x_T, AB, 999, rtol=1e-9, atol=1e-9)
     at_ceiling = ode.reference_solution(eps, x_T, AB, 999, rtol=ode.RTOL_CEILING, atol=ode.RTOL_CEILING)
     assert float((at_ceiling - tight).pow(2).mean().sqrt()) < 0.05
+
+
+def test_round_29_a_step_sequence_that_is_none_or_not_numbers_is_named():
+    """seq=None reached heun_invert and ddim_invert as None ("'NoneType' object has no attribute 'tolist'") and every
+    other sampler and solver as torch's "can't convert np.ndarray of type numpy.object_"; so did a set or a dict of steps
+    (`check_args` passed None on, for the functions that take no seq: they now call `check_x`)."""
+    mix = toy.default_mixture(2)
+    eps, x = toy.exact_eps(mix, AB), mix.sample(4, torch.Generator().manual_seed(0))
+    for sampler in (ode.heun_invert, samplers.ddim_invert, samplers.ddim_sample, ode.heun, ode.unipc_2):
+        with pytest.raises(TypeError, match=r"^timesteps \(seq\) must be a 1-D sequence of integer steps, e\.g\. "
+                                            r"schedule\.timesteps\(S, T\), got None$"):
+            sampler(eps, x, AB, None)
+        with pytest.raises(TypeError, match=r"^steps t must be a number or a sequence of numbers, got set \(\{0, 999\}\)$"):
+            sampler(eps, x, AB, {999, 0})
