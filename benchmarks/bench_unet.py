@@ -140,7 +140,7 @@ def main(argv=None):
     p.add_argument("--iters", type=int_in(1), default=None, help="timed rounds, each model once per round (default 10 CPU, "
                                                                  "20 CUDA; at least 2 for a standard error)")
     p.add_argument("--warmup", type=int_in(0), default=None, help="untimed iterations (default 1 CPU, 5 CUDA)")
-    p.add_argument("--threads", type=int_in(1), default=2, help="CPU threads")
+    p.add_argument("--threads", type=int_in(1, devices.most_threads()), default=2, help="CPU threads")
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--peak-tflops", type=_tflops, default=None, help="bf16 dense peak (H100 SXM: 989)")

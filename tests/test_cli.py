@@ -23,7 +23,7 @@ from cli_support import (
     small_lab_tables,
 )
 
-from ddimlab import checkpoint, cli, ode, plotting, quality, schedule
+from ddimlab import checkpoint, cli, devices, ode, plotting, quality, schedule
 from ddimlab.checkpoint import eps_fn
 from ddimlab.samplers import ddim_sample
 from ddimlab.unet import UNet
@@ -2851,3 +2851,21 @@ def test_round_29_a_deleted_current_folder_is_said_in_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and r.stderr == ("ddimlab: error: the current folder no longer exists (it was deleted or "
                                               "moved): cd to a folder that exists and run again\n"), (r.returncode, r.stderr)
+
+
+def test_round_29_the_scripts_refuse_more_threads_than_train_takes():
+    """`bench_unet.py --threads 100000` crashed the process (a segmentation fault, exit -11, with diffusers' import
+    failing to map its libraries), and digits_recipes.py took it until training refused it, after the argument check.
+    Both now take train's rule (`devices.most_threads()`: 4 per CPU, at least 64) as an argparse range."""
+    most = devices.most_threads()
+    code = ("import sys\nsys.path.insert(0, 'tests')\nfrom cli_support import load_script\n"
+            "for name in ('bench_unet', 'digits_recipes'):\n"
+            "    sys.argv = [name + '.py']\n"
+            "    try:\n        load_script(f'benchmarks/{name}.py').main(['--threads', '100000'])\n"
+            "    except SystemExit as e:\n        print(e.code)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0 and r.stdout.split() == ["2", "2"], (r.returncode, r.stdout, r.stderr)
+    said = [line for line in r.stderr.splitlines() if "error" in line]
+    assert said == [f"{name}.py: error: argument --threads: must be an integer in 1..{most}, got 100000"
+                    for name in ("bench_unet", "digits_recipes")], r.stderr
