@@ -698,12 +698,19 @@ def int_in(low: int, high: int | None = None):
     return parse
 
 
-def folder(text: str) -> str:
-    """An argparse type for a folder option: a blank one is the current folder to pathlib (`--cache "$UNSET"`), an
-    error naming the option instead."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError(f"is blank ({text!r}), which would be the current folder; give a folder")
-    return text
+def _not_blank(why: str):
+    """An argparse type for a path option that refuses a blank value (`--cache "$UNSET"`), saying `why`."""
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"is blank ({text!r}), {why}")
+        return text
+    return parse
+
+
+# A blank folder is the current folder to pathlib; a blank file name (bench_unet.py --json) was read as not given, and
+# the results written nowhere.
+folder = _not_blank("which would be the current folder; give a folder")
+file_name = _not_blank("which would write no file; give a file name")
 
 
 class Distinct(argparse._StoreAction):

@@ -19,6 +19,7 @@ from cli_support import (
     _expect_one_line_error,
     _run,
     _sets,
+    load_script,
     signal_at_call,
     small_lab_tables,
 )
@@ -2869,3 +2870,20 @@ def test_round_29_the_scripts_refuse_more_threads_than_train_takes():
     said = [line for line in r.stderr.splitlines() if "error" in line]
     assert said == [f"{name}.py: error: argument --threads: must be an integer in 1..{most}, got 100000"
                     for name in ("bench_unet", "digits_recipes")], r.stderr
+
+
+def test_round_29_a_blank_file_or_folder_of_a_script_is_refused(capsys, monkeypatch):
+    """`bench_unet.py --json "$UNSET"` ran the whole benchmark and wrote its results nowhere (a blank --json was read as
+    not given), and `gpu_check.py --out ""` put the run in a throwaway folder; `cli.folder` refused a blank --cache of the
+    other scripts already. Now both say it, before any work, as argparse says a bad value."""
+    for script, argv, said in (("bench_unet", ["--json", " "], "argument --json: is blank (' '), which would write no file; "
+                                                               "give a file name"),
+                               ("gpu_check", ["--out", ""], "argument --out: is blank (''), which would be the current folder; "
+                                                           "give a folder")):
+        module = load_script(f"benchmarks/{script}.py")
+        monkeypatch.setattr(sys, "argv", [f"{script}.py"])
+        for work in ("run", "check"):
+            monkeypatch.setattr(module, work, lambda *a, **k: pytest.fail("the work started"), raising=False)
+        with pytest.raises(SystemExit) as stop:
+            module.main(argv)
+        assert stop.value.code == 2 and said in capsys.readouterr().err
