@@ -200,9 +200,9 @@ def _writes_pair(cmd):
         if out.is_dir() or raw.endswith(("/", "\\")) or os.path.basename(raw.rstrip("/\\")) in (".", ".."):   # Path drops "/."
             raise ValueError(f"--out {raw!r} names a folder; give a file name, e.g. --out {out / 'samples'}")
         _refuse_dotdot_through_missing(raw)
-        if raw.strip() == "-" or (out.exists() and not out.is_file()):      # not stdout, nor /dev/null.png beside a device
-            raise ValueError(f"--out {raw!r} names {'standard output' if raw.strip() == '-' else 'a device or special file'}; "
-                             f"this command writes a PNG and an .npz: give a file name, e.g. --out samples")
+        if out.exists() and not out.is_file():      # not /dev/null.png beside a device (`--out -`: `_refuse_blank_paths`)
+            raise ValueError(f"--out {raw!r} names a device or special file; this command writes a PNG and an .npz: give a "
+                             f"file name, e.g. --out samples")
         if why := file_on_the_way(out.parent):                                            # else "[Errno 17] ..."
             raise ValueError(f"--out {raw!r} goes through a file: {why}; choose another --out")
         stem = out.with_suffix("") if out.suffix.lower() in (".png", ".npz") else out
@@ -974,15 +974,21 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
 
 
 PATH_OPTIONS = ("out", "checkpoint", "input", "latents", "data_root")
+PAIR_COMMANDS = (cmd_sample, cmd_invert, cmd_interpolate)     # `_writes_pair`: --out names OUT.png and OUT.npz
 
 
 def _refuse_blank_paths(args) -> None:
     """A blank path option is the current folder to pathlib (lab, demo and reproduce wrote there): an error instead.
-    `--checkpoint` is `checkpoint.load_model`'s to refuse, for Python callers too."""
+    `--checkpoint` is `checkpoint.load_model`'s to refuse, for Python callers too. `--out -` is standard output to
+    many tools; train, lab, demo and reproduce made a folder named "-" (which `rm -r -` does not remove)."""
     for name in PATH_OPTIONS[:1] + PATH_OPTIONS[2:]:
         value = getattr(args, name, None)
         if any(not str(v).strip() for v in (value if isinstance(value, list) else [value] if value is not None else [])):
             raise ValueError(f"--{name.replace('_', '-')} is empty; give a path")
+    if str(getattr(args, "out", None)).strip() == "-":
+        writes = ("a PNG and an .npz: give a file name, e.g. --out samples" if args.func in PAIR_COMMANDS else
+                  "its files into a folder: give the folder's name")
+        raise ValueError(f"--out {args.out!r} names standard output; this command writes {writes}")
 
 
 def main(argv=None, prog: str | None = None) -> int:

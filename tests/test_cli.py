@@ -2887,3 +2887,16 @@ def test_round_29_a_blank_file_or_folder_of_a_script_is_refused(capsys, monkeypa
         with pytest.raises(SystemExit) as stop:
             module.main(argv)
         assert stop.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_round_29_out_dash_is_refused_by_every_command(tmp_path, capsys, monkeypatch):
+    """`--out -` (standard output to many tools) was refused by sample, invert and interpolate, but train, lab, demo and
+    reproduce made a folder named "-" and wrote into it (`rm -r -` does not remove it). Now each says it, making nothing."""
+    monkeypatch.chdir(tmp_path)
+    for argv in (["lab", "--n", "8", "--image-d", "0"], ["demo", "--skip-train"], ["train", "--set", "steps=1"],
+                 ["reproduce", "table2", "--checkpoint", "x"]):
+        _expect_one_line_error(capsys, [*argv, "--out", "-", "--no-progress"],
+                               "--out '-' names standard output; this command writes its files into a folder")
+    _expect_one_line_error(capsys, ["sample", "--checkpoint", "x", "--out", " - "],
+                           "--out ' - ' names standard output; this command writes a PNG and an .npz")
+    assert list(tmp_path.iterdir()) == []
