@@ -106,8 +106,9 @@ def as_steps(t, device=None) -> torch.Tensor:
         check_numbers("steps t", t)
     if not isinstance(t, torch.Tensor):
         given, t = t, np.array(t)            # a copy, so [::-1] views work
-        if t.dtype == object:                # None, a set, a dict: torch's "can't convert np.ndarray of type numpy.object_"
-            raise TypeError(f"steps t must be a number or a sequence of numbers, got {type(given).__name__} ({given!r:.60})")
+        if t.dtype == object:       # None, a set, 2**70: torch's "can't convert np.ndarray of type numpy.object_"
+            raise TypeError(f"steps t must be a number or a sequence of numbers (integers within int64), got "
+                            f"{type(given).__name__} ({given!r:.60})")
         if t.dtype == np.uint64 and t.size and int(t.max()) > np.iinfo(np.int64).max:      # .long() would wrap it to < 0
             raise ValueError(f"steps t must be integers that fit in int64, got {int(t.max())}")
         t = torch.as_tensor(t)

@@ -2412,5 +2412,7 @@ def test_round_29_a_step_sequence_that_is_none_or_not_numbers_is_named():
         with pytest.raises(TypeError, match=r"^timesteps \(seq\) must be a 1-D sequence of integer steps, e\.g\. "
                                             r"schedule\.timesteps\(S, T\), got None$"):
             sampler(eps, x, AB, None)
-        with pytest.raises(TypeError, match=r"^steps t must be a number or a sequence of numbers, got set \(\{0, 999\}\)$"):
-            sampler(eps, x, AB, {999, 0})
+        for seq, shown in (({999, 0}, r"set \(\{0, 999\}\)"), ([2 ** 70, 0], r"list \(\[1180591620717411303424, 0\]\)")):
+            with pytest.raises(TypeError, match=r"^steps t must be a number or a sequence of numbers \(integers within "
+                                                rf"int64\), got {shown}$"):
+                sampler(eps, x, AB, seq)
