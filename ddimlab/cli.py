@@ -698,19 +698,23 @@ def int_in(low: int, high: int | None = None):
     return parse
 
 
-def _not_blank(why: str):
-    """An argparse type for a path option that refuses a blank value (`--cache "$UNSET"`), saying `why`."""
+def _path_to_write(blank: str, give: str):
+    """An argparse type for a path option of the scripts that refuses a blank value (`--cache "$UNSET"`), which `blank`
+    says what it would be, and "-", standard output to many tools (as `main` refuses `--out -`): `give` says what to
+    give instead."""
     def parse(text: str) -> str:
         if not text.strip():
-            raise argparse.ArgumentTypeError(f"is blank ({text!r}), {why}")
+            raise argparse.ArgumentTypeError(f"is blank ({text!r}), which {blank}; {give}")
+        if text.strip() == "-":
+            raise argparse.ArgumentTypeError(f"{text!r} names standard output, but this writes files there; {give}")
         return text
     return parse
 
 
 # A blank folder is the current folder to pathlib; a blank file name (bench_unet.py --json) was read as not given, and
 # the results written nowhere.
-folder = _not_blank("which would be the current folder; give a folder")
-file_name = _not_blank("which would write no file; give a file name")
+folder = _path_to_write("would be the current folder", "give a folder")
+file_name = _path_to_write("would write no file", "give a file name")
 
 
 class Distinct(argparse._StoreAction):

@@ -2875,11 +2875,16 @@ def test_round_29_the_scripts_refuse_more_threads_than_train_takes():
 def test_round_29_a_blank_file_or_folder_of_a_script_is_refused(capsys, monkeypatch):
     """`bench_unet.py --json "$UNSET"` ran the whole benchmark and wrote its results nowhere (a blank --json was read as
     not given), and `gpu_check.py --out ""` put the run in a throwaway folder; `cli.folder` refused a blank --cache of the
-    other scripts already. Now both say it, before any work, as argparse says a bad value."""
+    other scripts already. `gpu_check.py --out -` made a folder named "-", and `--json -` a file, where the commands
+    refuse `--out -`. Now each is said, before any work, as argparse says a bad value."""
     for script, argv, said in (("bench_unet", ["--json", " "], "argument --json: is blank (' '), which would write no file; "
                                                                "give a file name"),
                                ("gpu_check", ["--out", ""], "argument --out: is blank (''), which would be the current folder; "
-                                                           "give a folder")):
+                                                           "give a folder"),
+                               ("gpu_check", ["--out", "-"], "argument --out: '-' names standard output, but this writes files "
+                                                            "there; give a folder"),
+                               ("bench_unet", ["--json", "-"], "argument --json: '-' names standard output, but this writes "
+                                                               "files there; give a file name")):
         module = load_script(f"benchmarks/{script}.py")
         monkeypatch.setattr(sys, "argv", [f"{script}.py"])
         for work in ("run", "check"):
