@@ -812,18 +812,6 @@ class _Noted(argparse._StoreAction):
         super().__call__(parser, namespace, values, option_string)
 
 
-class _NotedSetting(argparse._AppendAction):
-    """train's --set KEY=VALUE, each key recorded as an option of its own (`_note_repeated`): `--set steps=300 ...
-    --set steps=30` ran 30 steps without a word, while `--n 4 ... --n 64` was said."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        key, eq, value = values.partition("=")
-        if eq:
-            setting = argparse.Namespace(dest=f"{self.dest} {key.strip()}")
-            _note_repeated(setting, namespace, f"{key.strip()}={value.strip()}", option_string)
-        super().__call__(parser, namespace, values, option_string)
-
-
 class _NotedBoolean(argparse.BooleanOptionalAction):
     def __call__(self, parser, namespace, values, option_string=None):
         _note_repeated(self, namespace, not option_string.startswith("--no-"), option_string)
@@ -891,7 +879,7 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p = add("train", cmd_train, "train a DDPM UNet with L_simple", epilog=_train_epilog())
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="starting configuration (default digits; not with --resume, which uses the run's own)")
-    p.add_argument("--set", action=_NotedSetting, metavar="KEY=VALUE",
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a TrainConfig field (repeatable; a key set twice takes its last value, so a script can "
                         "append its changes to base settings), e.g. --set lr=5e-4 --set ch_mult=1,2,2; keys below")
     p.add_argument("--out", help="run folder (default: the preset's out)")

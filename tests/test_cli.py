@@ -2905,17 +2905,3 @@ def test_round_29_out_dash_is_refused_by_every_command(tmp_path, capsys, monkeyp
     _expect_one_line_error(capsys, ["sample", "--checkpoint", "x", "--out", " - "],
                            "--out ' - ' names standard output; this command writes a PNG and an .npz")
     assert list(tmp_path.iterdir()) == []
-
-
-def test_round_29_a_setting_given_twice_is_said_as_an_option_given_twice_is(tmp_path, capsys):
-    """Round 28's leftover: `train --set steps=300 ... --set steps=30` ran 30 steps without a word, where `--n 4 ...
-    --n 64` is said (round 22). The last still counts (scripts append their changes); now each key given two values is
-    named, and the same value twice (spaces aside) says nothing."""
-    out = ["--out", str(tmp_path / "r"), "--no-progress"]
-    assert cli.main(["train", "--set", "steps=300", "--set", "lr=1e-3", "--set", "steps = 0", "--set", "ch_mult=1,2",
-                     "--set", "ch_mult=1,2,2", *out]) == 1                # steps = 0 is refused after the warnings
-    err = capsys.readouterr().err
-    assert err.count("warning: an option given twice") == 2 and "--set steps=300, then --set steps=0: the last counts" in err \
-        and "--set ch_mult=1,2, then --set ch_mult=1,2,2: the last counts" in err, err
-    assert cli.main(["train", "--set", "steps=0", "--set", "steps =0", *out]) == 1
-    assert "given twice" not in capsys.readouterr().err
