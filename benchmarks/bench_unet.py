@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ddimlab import checkpoint, devices, files, quality, unet
-from ddimlab.cli import Formatter, int_in, one_line_errors
+from ddimlab.cli import Formatter, file_name, int_in, one_line_errors
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0, "4090": 165.0}
 
@@ -140,11 +140,11 @@ def main(argv=None):
     p.add_argument("--iters", type=int_in(1), default=None, help="timed rounds, each model once per round (default 10 CPU, "
                                                                  "20 CUDA; at least 2 for a standard error)")
     p.add_argument("--warmup", type=int_in(0), default=None, help="untimed iterations (default 1 CPU, 5 CUDA)")
-    p.add_argument("--threads", type=int_in(1), default=2, help="CPU threads")
+    p.add_argument("--threads", type=int_in(1, devices.most_threads()), default=2, help="CPU threads")
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--peak-tflops", type=_tflops, default=None, help="bf16 dense peak (H100 SXM: 989)")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--json", type=file_name, default=None, help="also write the results to this JSON file")
     p.add_argument("--overwrite", action="store_true", help="replace the --json file of an earlier run")
     p.add_argument("--preset", default="cifar10", choices=sorted(unet.PRESETS), help="network size (tiny: a smoke test)")
     args = p.parse_args(argv)

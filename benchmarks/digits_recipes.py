@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from ddimlab import demo, pretrained, quality, samplers, schedule
+from ddimlab import demo, devices, pretrained, quality, samplers, schedule
 from ddimlab.checkpoint import eps_fn
 from ddimlab.cli import Distinct, Formatter, folder, int_in, one_line_errors
 from ddimlab.files import check_can_write
@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
                    help="DDIM step counts")
     p.add_argument("--n", type=int_in(2), default=1000, help="samples per x_T set, at least 2 (the FD's covariance)")
     p.add_argument("--x-seeds", nargs="+", action=Distinct, type=seed, default=[10, 11, 12], help="x_T seeds")
-    p.add_argument("--threads", type=int_in(1), default=pretrained.THREADS,
+    p.add_argument("--threads", type=int_in(1, devices.most_threads()), default=pretrained.THREADS,
                    help="training threads (part of each model's cache key; the demo trains with this many)")
     p.add_argument("--steps", type=int_in(1), default=None, help="train every recipe this many steps (default: its own)")
     p.add_argument("--cache", type=folder, default=None, help="model cache folder (default: $DDIMLAB_CACHE, as the demo)")

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from ddimlab import checkpoint, devices, generate, schedule
-from ddimlab.cli import USER_ERRORS, sigterm_as_interrupt
+from ddimlab.cli import USER_ERRORS, folder, sigterm_as_interrupt
 from ddimlab.files import atomic_write, check_out_folder
 from ddimlab.train import make_config, read_log, train
 
@@ -111,8 +111,9 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="auto, cuda, cpu (default: auto)")
     p.add_argument("--tiny", action="store_true", help="tiny sizes, any device, seconds (what the tests run)")
-    p.add_argument("--out", default=None, help="folder for the run and gpu_check.json (default: a temporary folder, of "
-                                               "which only gpu_check.json is kept: the run is hundreds of MB)")
+    p.add_argument("--out", type=folder, default=None,
+                   help="folder for the run and gpu_check.json (default: a temporary folder, of which only gpu_check.json "
+                        "is kept: the run is hundreds of MB)")
     p.add_argument("--overwrite", action="store_true", help="start the run again where --out already holds one")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-bench", action="store_true", help="skip the UNet benchmark (stage 1): training and sampling only")

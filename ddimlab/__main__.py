@@ -1,11 +1,20 @@
 """`python -m ddimlab ...` and the `ddimlab` command: see `ddimlab.cli`."""
+import os
 import signal
 import sys
 
 
 def run() -> int:
     """The entry point. Importing the command line (torch) takes seconds, so the import happens inside
-    the Ctrl-C handler: an interrupt then exits 130 with one line, as it does during the work."""
+    the Ctrl-C handler: an interrupt then exits 130 with one line, as it does during the work. A current folder that
+    was deleted is said first: torch's import then stops the process with "oneMKL FATAL ERROR: Cannot load
+    libtorch_cpu.so" (a relative --out could not be written either)."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        print("ddimlab: error: the current folder no longer exists (it was deleted or moved): cd to a folder that "
+              "exists and run again", file=sys.stderr)
+        return 1
     try:
         from .cli import main
     except KeyboardInterrupt:

@@ -91,9 +91,10 @@ USER_ERRORS = (ValueError, OSError, ImportError,
 
 @contextlib.contextmanager
 def one_line_errors(prog: str):
-    """For a script's `main` (benchmarks/): Ctrl-C as "PROG: interrupted[: what was kept]" (exit 130) and a known error
-    (USER_ERRORS) or a failed allocation as "PROG: error: …" (exit 1), without a traceback, as `main` below says them for
-    the commands."""
+    """For a script's `main` (benchmarks/): Ctrl-C, SIGTERM or SIGHUP (`sigterm_as_interrupt`) as "PROG: interrupted[: what
+    was kept]" (exit 130) and a known error (USER_ERRORS) or a failed allocation as "PROG: error: …" (exit 1), without a
+    traceback, as `main` below says them for the commands."""
+    terminate = sigterm_as_interrupt()
     try:
         yield
     except KeyboardInterrupt as e:      # its message says what was kept (pretrained's: "nothing was kept, ...")
@@ -105,6 +106,8 @@ def one_line_errors(prog: str):
         if (size := _out_of_memory(e)) is None:
             raise
         raise SystemExit(f"{prog}: error: {OUT_OF_MEMORY.format(size=size)}") from None
+    finally:
+        terminate.restore()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -201,9 +204,9 @@ def _writes_pair(cmd):
         if out.is_dir() or raw.endswith(("/", "\\")) or os.path.basename(raw.rstrip("/\\")) in (".", ".."):   # Path drops "/."
             raise ValueError(f"--out {raw!r} names a folder; give a file name, e.g. --out {out / 'samples'}")
         _refuse_dotdot_through_missing(raw)
-        if raw.strip() == "-" or (out.exists() and not out.is_file()):      # not stdout, nor /dev/null.png beside a device
-            raise ValueError(f"--out {raw!r} names {'standard output' if raw.strip() == '-' else 'a device or special file'}; "
-                             f"this command writes a PNG and an .npz: give a file name, e.g. --out samples")
+        if out.exists() and not out.is_file():      # not /dev/null.png beside a device (`--out -`: `_refuse_blank_paths`)
+            raise ValueError(f"--out {raw!r} names a device or special file; this command writes a PNG and an .npz: give a "
+                             f"file name, e.g. --out samples")
         if why := file_on_the_way(out.parent):                                            # else "[Errno 17] ..."
             raise ValueError(f"--out {raw!r} goes through a file: {why}; choose another --out")
         stem = out.with_suffix("") if out.suffix.lower() in (".png", ".npz") else out
@@ -706,12 +709,23 @@ def int_in(low: int, high: int | None = None):
     return parse
 
 
-def folder(text: str) -> str:
-    """An argparse type for a folder option: a blank one is the current folder to pathlib (`--cache "$UNSET"`), an
-    error naming the option instead."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError(f"is blank ({text!r}), which would be the current folder; give a folder")
-    return text
+def _path_to_write(blank: str, give: str):
+    """An argparse type for a path option of the scripts that refuses a blank value (`--cache "$UNSET"`), which `blank`
+    says what it would be, and "-", standard output to many tools (as `main` refuses `--out -`): `give` says what to
+    give instead."""
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"is blank ({text!r}), which {blank}; {give}")
+        if text.strip() == "-":
+            raise argparse.ArgumentTypeError(f"{text!r} names standard output, but this writes files there; {give}")
+        return text
+    return parse
+
+
+# A blank folder is the current folder to pathlib; a blank file name (bench_unet.py --json) was read as not given, and
+# the results written nowhere.
+folder = _path_to_write("would be the current folder", "give a folder")
+file_name = _path_to_write("would write no file", "give a file name")
 
 
 class Distinct(argparse._StoreAction):
@@ -829,9 +843,24 @@ class _Parser(argparse.ArgumentParser):
         """An unknown option, a missing value, a choice not offered: what was wrong, and where the options are listed
         (exit status 2, argparse's for a usage error)."""
         listed = "commands" if self._subparsers is not None else "options"
-        self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` lists the {listed})\n")
+        self.exit(2, f"{self.prog}: error: {message}{self._dash_value_hint(message)}\n(`{self.prog} --help` lists the "
+                     f"{listed})\n")
+
+    def _dash_value_hint(self, message: str) -> str:
+        """argparse reads a value that begins with '-' (`--out -dash.png`) as an option, and says only "expected one
+        argument": the way to give it (not where what follows is one of the options: the value was left out)."""
+        option = re.fullmatch(r"argument (\S+?)(?:/\S+)?: expected (one|at least one) argument", message)
+        action = option and self._option_string_actions.get(option[1])
+        argv = getattr(self, "_argv", [])
+        given = next(((a, b) for a, b in zip(argv, argv[1:]) if action and a in action.option_strings and b.startswith("-")
+                      and b.partition("=")[0] not in self._option_string_actions), None)
+        if given is None:
+            return ""
+        return (" (a value that begins with '-' is read as an option: write " +      # nargs="+" takes no `=` value
+                (f"{given[0]}={given[1]})" if option[2] == "one" else f"{given[0]} ./{given[1]} for a file of that name)"))
 
     def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)
         namespace, extras = super().parse_known_args(args, namespace)
         if self._subparsers is None or not extras:
             return namespace, extras
@@ -963,15 +992,21 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
 
 
 PATH_OPTIONS = ("out", "checkpoint", "input", "latents", "data_root")
+PAIR_COMMANDS = (cmd_sample, cmd_invert, cmd_interpolate)     # `_writes_pair`: --out names OUT.png and OUT.npz
 
 
 def _refuse_blank_paths(args) -> None:
     """A blank path option is the current folder to pathlib (lab, demo and reproduce wrote there): an error instead.
-    `--checkpoint` is `checkpoint.load_model`'s to refuse, for Python callers too."""
+    `--checkpoint` is `checkpoint.load_model`'s to refuse, for Python callers too. `--out -` is standard output to
+    many tools; train, lab, demo and reproduce made a folder named "-" (which `rm -r -` does not remove)."""
     for name in PATH_OPTIONS[:1] + PATH_OPTIONS[2:]:
         value = getattr(args, name, None)
         if any(not str(v).strip() for v in (value if isinstance(value, list) else [value] if value is not None else [])):
             raise ValueError(f"--{name.replace('_', '-')} is empty; give a path")
+    if str(getattr(args, "out", None)).strip() == "-":
+        writes = ("a PNG and an .npz: give a file name, e.g. --out samples" if args.func in PAIR_COMMANDS else
+                  "its files into a folder: give the folder's name")
+        raise ValueError(f"--out {args.out!r} names standard output; this command writes {writes}")
 
 
 def main(argv=None, prog: str | None = None) -> int:

@@ -6,7 +6,8 @@
   RANK / WORLD_SIZE environment variables (1 process when unset).
 - `setup_distributed(name)`: both, plus TF32 on CUDA and the process group (nccl on CUDA, gloo on the
   CPU) when WORLD_SIZE > 1, as `torchrun` launches it (notebook 06 §6).
-- `cpu_threads(n)`: torch's CPU thread count set to n inside a `with` block and restored after it.
+- `cpu_threads(n)`: torch's CPU thread count set to n inside a `with` block and restored after it; `most_threads()`
+  the most a command takes.
 - `cpu_kernels()`: which of torch's CPU kernels run here (AVX2, AVX512, ...); they round differently.
 """
 from __future__ import annotations
@@ -114,6 +115,12 @@ def model_device(model, default: str | torch.device = "cpu") -> torch.device:
         if p is not None:
             return p.device
     return torch.device(default)
+
+
+def most_threads() -> int:
+    """The most CPU threads a command or script takes: 4 per CPU, at least 64. 100000 threads made OpenMP run out of
+    memory in a traceback (train), or crash the process with a segmentation fault (bench_unet.py)."""
+    return max(64, 4 * (os.cpu_count() or 1))
 
 
 @contextmanager

@@ -58,6 +58,7 @@ from .samplers import (
     check_args,
     check_eps,
     check_first_step,
+    check_x,
     ddim_invert,
     report,
 )
@@ -768,7 +769,7 @@ IVP_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")     # scipy's 
 
 def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol, method, either_way: bool = False):
     """The checks `reference_solution` and `log_likelihood` share: `x` (called `name`) as the samplers check it
-    (`check_args`: a finite floating tensor with a batch dimension) and without grad, eps a function, the tolerances > 0
+    (`check_x`: a finite floating tensor with a batch dimension) and without grad, eps a function, the tolerances > 0
     and rtol no finer than x's dtype resolves, steps t_start, t_end in [−1, T−1] with t_end < t_start (t_end ≠ t_start
     if `either_way`), method one of solve_ivp's (a name in IVP_METHODS or an OdeSolver subclass). Returns (alpha_bar,
     t_start, t_end)."""
@@ -779,7 +780,7 @@ def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol, method,
         hint = " (ddimlab's own solvers are ode.solve's; these integrate to a tolerance)" if ours else ""
         raise ValueError(f"method must be one of scipy's solve_ivp methods {', '.join(IVP_METHODS)} (or an OdeSolver "
                          f"subclass), got {method!r}{hint}")
-    alpha_bar = check_args(x, alpha_bar, None, name)[0]     # floating: ε is called in x's dtype, not a rounded state
+    alpha_bar = check_x(x, alpha_bar, name)                  # floating: ε is called in x's dtype, not a rounded state
     check_eps(eps)                                # a network: dropout in train mode would make the ODE random
     if x.requires_grad:                           # torch: "Can't call numpy() on Tensor that requires grad"
         raise ValueError(f"{name} requires grad, but the ODE is integrated with scipy, which autograd cannot follow: "
@@ -815,9 +816,19 @@ def rtol_floor(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps / 20
 
 
+# The coarsest rtol `reference_solution` and `log_likelihood` take. Past it solve_ivp's step control breaks down: from
+# x_T ~ N(0, I) on exact scores (DOP853, atol = rtol; 2-D default_mixture and a 16-D random_mixture, data RMS 0.5 and
+# 0.3) the RMS error of x_0 against rtol 1e-10 was 2e-4 to 2e-3 at rtol 1e-3, 3e-3 to 8e-3 at 1e-2, 0.26 at 2e-2 and
+# 3 to 3.6, more than the data's own size, at 3e-2 to 0.1 (careless round 29).
+RTOL_CEILING = 1e-2
+
+
 def _check_rtol(rtol, what: str, dtype: torch.dtype, instead: str) -> None:
-    """ε computed in `dtype`: rtol no finer than `rtol_floor(dtype)`. `what` completes "rtol = ... is finer than" and
-    `instead` "pass rtol >= floor, or"."""
+    """ε computed in `dtype`: rtol no finer than `rtol_floor(dtype)` and no coarser than RTOL_CEILING. `what` completes
+    "rtol = ... is finer than" and `instead` "pass rtol >= floor, or"."""
+    if as_real(rtol) > RTOL_CEILING:
+        raise ValueError(f"rtol = {as_real(rtol):g} is coarser than {RTOL_CEILING:g}, past which solve_ivp's error control "
+                         f"breaks down (its solution can be farther off than the data's own size): pass rtol <= {RTOL_CEILING:g}")
     if as_real(rtol) < (floor := rtol_floor(dtype)):
         raise ValueError(f"rtol = {as_real(rtol):g} is finer than {what}, and solve_ivp would take ever smaller steps: pass "
                          f"rtol >= {floor:.2g}, or {instead}")
@@ -876,8 +887,9 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
     worst sample's error). t_start / t_end may be floats (continuous steps); ε is called with float
     steps t(σ), down to t = −1 (ᾱ = 1) when t_end = −1, which the exact lab (`toy.exact_eps`) supports.
     The state is float64; ε is called in x_T's dtype (a float32 network takes float32 x_T, and then rtol ≥ 6e-9: a
-    tolerance below torch.finfo(dtype).eps / 20, ε's rounding, is refused, as it only shrinks the steps). method: solve_ivp's,
-    a name in IVP_METHODS or an OdeSolver subclass. Returns x at t_end (= x̄ there times √ᾱ), float64.
+    tolerance below torch.finfo(dtype).eps / 20, ε's rounding, is refused, as it only shrinks the steps; so is one above
+    RTOL_CEILING = 0.01, where the step control breaks down). method: solve_ivp's, a name in IVP_METHODS or an OdeSolver
+    subclass. Returns x at t_end (= x̄ there times √ᾱ), float64.
     """
     alpha_bar, t_start, t_end = _check_ivp(eps, x_T, "x_T", alpha_bar, t_start, t_end, rtol, atol, method, either_way=True)
     sig0, sig1 = float(sigma_at(alpha_bar, t_start)), float(sigma_at(alpha_bar, t_end))

@@ -79,8 +79,16 @@ class NonFiniteError(FloatingPointError):
 def check_args(x, alpha_bar, seq, name: str = "x_T", callback=None):
     """Validate a sampler's or solver's inputs once; returns (alpha_bar as float64, seq as a long tensor).
 
+    x, alpha_bar, callback: `check_x`; seq: `schedule.validate_timesteps` (strictly decreasing integers in 0..T−1).
+    """
+    alpha_bar = check_x(x, alpha_bar, name, callback)
+    return alpha_bar, schedule.validate_timesteps(seq, alpha_bar.shape[0])
+
+
+def check_x(x, alpha_bar, name: str = "x_T", callback=None) -> torch.Tensor:
+    """`check_args` for a function without a step sequence; returns alpha_bar as float64.
+
     x: a finite floating-point tensor with a batch dimension; alpha_bar: `schedule.validate_alpha_bar`;
-    seq: `schedule.validate_timesteps` (strictly decreasing integers in 0..T−1), or None (returned as None);
     callback: None or callable (else found only after the first network call).
     """
     if callback is not None and not callable(callback):
@@ -95,8 +103,7 @@ def check_args(x, alpha_bar, seq, name: str = "x_T", callback=None):
         raise ValueError(f"{name} is on the meta device, which holds shapes but no values: sampling needs the values")
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf")
-    alpha_bar = schedule.validate_alpha_bar(alpha_bar)
-    return alpha_bar, None if seq is None else schedule.validate_timesteps(seq, alpha_bar.shape[0])
+    return schedule.validate_alpha_bar(alpha_bar)
 
 
 def check_eps(eps, name: str = "eps") -> None:
@@ -388,7 +395,7 @@ def langevin(eps, x, alpha_bar, t: int, step: float, n_steps: int, generator: to
     Without a Metropolis test the chain is biased by O(δ): on a Gaussian of variance v its stationary variance is
     v/(1 − δ/(2v)) (tests/test_guidance.py). noise_sampler(t, t) and callback (s = t, x̂_0 of the point before the
     step) as in the module docstring. Returns x after the last step."""
-    alpha_bar = check_args(x, alpha_bar, None, name="x", callback=callback)[0]
+    alpha_bar = check_x(x, alpha_bar, name="x", callback=callback)
     t = check_int("t", t, 0, alpha_bar.shape[0] - 1)
     if (delta := as_real(step)) is None or delta <= 0:
         raise ValueError(f"step must be a finite number > 0 (the Langevin step size), got {step!r}")

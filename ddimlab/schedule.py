@@ -105,7 +105,10 @@ def as_steps(t, device=None) -> torch.Tensor:
     if isinstance(t, (str, bytes)):          # (bool steps go on: each caller refuses them, saying what the step is for)
         check_numbers("steps t", t)
     if not isinstance(t, torch.Tensor):
-        t = np.array(t)                      # a copy, so [::-1] views work
+        given, t = t, np.array(t)            # a copy, so [::-1] views work
+        if t.dtype == object:       # None, a set, 2**70: torch's "can't convert np.ndarray of type numpy.object_"
+            raise TypeError(f"steps t must be a number or a sequence of numbers (integers within int64), got "
+                            f"{type(given).__name__} ({given!r:.60})")
         if t.dtype == np.uint64 and t.size and int(t.max()) > np.iinfo(np.int64).max:      # .long() would wrap it to < 0
             raise ValueError(f"steps t must be integers that fit in int64, got {int(t.max())}")
         t = torch.as_tensor(t)
@@ -196,6 +199,8 @@ def timesteps(S: int, T: int = 1000, spacing: str = "uniform") -> torch.Tensor:
 
 def validate_timesteps(seq, T: int = 1000) -> torch.Tensor:
     """Check that τ is a strictly decreasing sequence of integers in 0..T−1 and return it."""
+    if seq is None:                     # as_steps would make it a 0-d object array, which torch cannot take
+        raise TypeError("timesteps (seq) must be a 1-D sequence of integer steps, e.g. schedule.timesteps(S, T), got None")
     seq = as_steps(seq)
     if seq.ndim != 1 or seq.numel() == 0:
         raise ValueError(f"timesteps must be a non-empty 1-D sequence, got shape {tuple(seq.shape)}")

@@ -317,8 +317,7 @@ def validate_config(c: TrainConfig) -> TrainConfig:
     if c.n_samples > MAX_GRID:      # drawn while and after training: a size meant for `sample` would end the run there
         raise ValueError(f"n_samples is the size of the sample grids written while training: at most {MAX_GRID}, got "
                          f"{c.n_samples} (`ddimlab sample` draws more from the checkpoint)")
-    most = max(64, 4 * (os.cpu_count() or 1))   # 100000 threads: OpenMP ran out of memory, in a traceback
-    if c.threads > most:
+    if c.threads > (most := devices.most_threads()):
         raise ValueError(f"threads must be at most {most} (this machine has {os.cpu_count()} CPUs; 0: torch's default), "
                          f"got {c.threads}")
     # Adam moves a weight by about lr per step: below 1e-10, a fifth of float32's spacing at 0.01, weights of that size

@@ -125,3 +125,18 @@ def test_tune_picks_by_its_own_error_whatever_the_peers(bench, monkeypatch, caps
             gm = math.exp(sum(math.log(peer_error / own[(m, best, b)]) for m in mixtures) / len(mixtures))
             assert f"tuned for NFE {b}: {best!r} (geometric-mean ratio {gm:.2f})" in out
     assert picks[1.0] == picks[0.01] and len(picks[1.0]) == 3
+
+
+def test_round_29_tune_at_a_budget_without_a_committed_setting_finishes(bench, monkeypatch, capsys):
+    """`--tune --budgets 3` (the help: "--tune takes any in 2..500") ran the whole search, minutes at the defaults, then
+    stopped with KeyError: 3 in the table of the committed settings, which has no TUNED row at NFE 3. Now that row is
+    left out; the FIXED one and the search's picks are printed (two mixtures and two settings here, for time)."""
+    two = dict(list(bench.tuning_mixtures().items())[:2])
+    monkeypatch.setattr(bench, "tuning_mixtures", lambda: two)
+    monkeypatch.setattr(bench, "ddimlab_sweep_settings", lambda: [bench.FIXED, bench.TUNED[10]])
+    monkeypatch.setattr(bench, "STRONG", {next(iter(sorted(bench.STRONG)))})
+    monkeypatch.setattr(sys, "argv", ["bench_samplers.py"])
+    bench.main(["--tune", "--n", "16", "--budgets", "3", "10"])
+    out = capsys.readouterr().out
+    assert "tuned for NFE 3: " in out and re.search(r"NFE  3 FIXED: \S+ \S+  \(geometric mean", out), out
+    assert "NFE  3 TUNED" not in out and "NFE 10 TUNED" in out, out

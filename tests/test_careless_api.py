@@ -2383,3 +2383,36 @@ def test_round_28_a_blank_cache_folder_is_refused_not_read_as_the_current_one(tm
             with pytest.raises(ValueError, match=rf"^{name}='[^']*' is blank, which would be the current folder: pass a folder"):
                 call()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_round_29_an_ode_tolerance_past_where_the_step_control_holds_is_refused():
+    """reference_solution and log_likelihood took any rtol > 0: at 3e-2 the 'reference' x_0 of this mixture was off by an
+    RMS of 3.6 (its data's is 0.5), and `ode_bits.py --rtol 0.999` ran. Now rtol above ode.RTOL_CEILING = 0.01 is refused,
+    naming it; at the ceiling itself x_0 is still within 0.05 RMS of a tight solve (measured 8.5e-3)."""
+    mix = toy.default_mixture(2)
+    eps, x_T = toy.exact_eps(mix, AB), torch.randn(32, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for call in (lambda rtol: ode.reference_solution(eps, x_T, AB, 999, rtol=rtol, atol=1e-3),
+                 lambda rtol: ode.log_likelihood(eps, x_T, AB, rtol=rtol, atol=1e-3)):
+        for rtol in (0.03, 0.999, 5.0):
+            with pytest.raises(ValueError, match=rf"^rtol = {rtol:g} is coarser than 0.01, past which solve_ivp's error "
+                                                 r"control breaks down .*: pass rtol <= 0.01$"):
+                call(rtol)
+    tight = ode.reference_solution(eps, x_T, AB, 999, rtol=1e-9, atol=1e-9)
+    at_ceiling = ode.reference_solution(eps, x_T, AB, 999, rtol=ode.RTOL_CEILING, atol=ode.RTOL_CEILING)
+    assert float((at_ceiling - tight).pow(2).mean().sqrt()) < 0.05
+
+
+def test_round_29_a_step_sequence_that_is_none_or_not_numbers_is_named():
+    """seq=None reached heun_invert and ddim_invert as None ("'NoneType' object has no attribute 'tolist'") and every
+    other sampler and solver as torch's "can't convert np.ndarray of type numpy.object_"; so did a set or a dict of steps
+    (`check_args` passed None on, for the functions that take no seq: they now call `check_x`)."""
+    mix = toy.default_mixture(2)
+    eps, x = toy.exact_eps(mix, AB), mix.sample(4, torch.Generator().manual_seed(0))
+    for sampler in (ode.heun_invert, samplers.ddim_invert, samplers.ddim_sample, ode.heun, ode.unipc_2):
+        with pytest.raises(TypeError, match=r"^timesteps \(seq\) must be a 1-D sequence of integer steps, e\.g\. "
+                                            r"schedule\.timesteps\(S, T\), got None$"):
+            sampler(eps, x, AB, None)
+        for seq, shown in (({999, 0}, r"set \(\{0, 999\}\)"), ([2 ** 70, 0], r"list \(\[1180591620717411303424, 0\]\)")):
+            with pytest.raises(TypeError, match=r"^steps t must be a number or a sequence of numbers \(integers within "
+                                                rf"int64\), got {shown}$"):
+                sampler(eps, x, AB, seq)

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
@@ -18,11 +19,12 @@ from cli_support import (
     _expect_one_line_error,
     _run,
     _sets,
+    load_script,
     signal_at_call,
     small_lab_tables,
 )
 
-from ddimlab import checkpoint, cli, ode, plotting, quality, schedule
+from ddimlab import checkpoint, cli, devices, ode, plotting, quality, schedule
 from ddimlab.checkpoint import eps_fn
 from ddimlab.samplers import ddim_sample
 from ddimlab.unet import UNet
@@ -2829,3 +2831,106 @@ def test_twentysixth_round_a_file_on_the_way_of_out_is_named(trained, tmp_path, 
                            f"cannot make the cache folder {tmp_path / 'f' / 'c'} ($DDIMLAB_CACHE): {tmp_path / 'f'} is a file, "
                            "not a folder; point DDIMLAB_CACHE at a folder you can write")
     assert [p.name for p in tmp_path.iterdir()] == ["f"] and (tmp_path / "f").read_text() == "mine"
+
+
+def test_round_29_the_benchmark_scripts_say_sigterm_as_the_commands_do(tmp_path):
+    """Round 28's leftover: SIGTERM (`kill`, `timeout`) ended a benchmarks/ script where it stood (exit -15, no word),
+    while the commands say "interrupted: terminated (SIGTERM)" and exit 130. `cli.one_line_errors`, which every script's
+    entry runs its work in, now turns it into the interrupt (here it arrives in the work, after the arguments are read)."""
+    scripts = {"ode_bits.py": ("main", "measure", ["--cache", str(tmp_path)]),
+               "digits_recipes.py": ("main", "compare", ["--cache", str(tmp_path)]),
+               "bench_samplers.py": ("main", "run", []), "bench_unet.py": ("cli", "run", ["--preset", "tiny"])}
+    code = ("import signal, sys\nsys.path.insert(0, 'tests')\nfrom cli_support import load_script\n"
+            "def stop(*a, **k):\n    signal.raise_signal(signal.SIGTERM)\n"
+            f"for name, (entry, work, argv) in {scripts!r}.items():\n"
+            "    script = load_script('benchmarks/' + name)\n    setattr(script, work, stop)\n"
+            "    script.need_diffusers = lambda prog: None\n    sys.argv = [name]\n"
+            "    try:\n        getattr(script, entry)(argv)\n"
+            "    except SystemExit as e:\n        print(e.code, file=sys.stderr)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0 and r.stderr.splitlines() == [line for name in scripts for line in
+                                                           (f"{name}: interrupted: terminated (SIGTERM)", "130")], r.stderr
+
+
+def test_round_29_a_value_that_begins_with_a_dash_is_said_how_to_give(capsys):
+    """Round 28's leftover: `--out -dash.png` got argparse's "argument --out: expected one argument", which reads as if no
+    value had been given. Now the line says how to give it (`--out=-dash.png`; `--input ./-a.png`, as --input takes
+    several); a value really left out (the next word an option) is said as before."""
+    for argv, said in ((["sample", "--checkpoint", "x", "--out", "-dash.png"],
+                        "argument --out: expected one argument (a value that begins with '-' is read as an option: write "
+                        "--out=-dash.png)"),
+                       (["sample", "--checkpoint", "x", "--solver", "-e"], "write --solver=-e)"),
+                       (["invert", "--checkpoint", "x", "--input", "-a.png"], "write --input ./-a.png for a file of that name)"),
+                       (["sample", "--checkpoint", "x", "--sampler", "--out", "x"],
+                        "--sampler/--solver: expected one argument\n")):
+        with pytest.raises(SystemExit) as stop:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and said in err and len(err.splitlines()) == 2, err
+
+
+def test_round_29_a_deleted_current_folder_is_said_in_one_line(tmp_path):
+    """Round 28's leftover: in a current folder that had been deleted every command stopped with "Intel oneMKL FATAL
+    ERROR: Cannot load .../libtorch_cpu.so" (torch's import; exit 2), which names neither the cause nor the fix. Now one
+    line says it, before torch is imported."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    code = f"import os, runpy, sys\nos.chdir({str(gone)!r})\nos.rmdir({str(gone)!r})\nsys.argv = ['ddimlab', 'lab']\n" \
+           "runpy.run_module('ddimlab', run_name='__main__')\n"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr == ("ddimlab: error: the current folder no longer exists (it was deleted or "
+                                              "moved): cd to a folder that exists and run again\n"), (r.returncode, r.stderr)
+
+
+def test_round_29_the_scripts_refuse_more_threads_than_train_takes():
+    """`bench_unet.py --threads 100000` crashed the process (a segmentation fault, exit -11, with diffusers' import
+    failing to map its libraries), and digits_recipes.py took it until training refused it, after the argument check.
+    Both now take train's rule (`devices.most_threads()`: 4 per CPU, at least 64) as an argparse range."""
+    most = devices.most_threads()
+    code = ("import sys\nsys.path.insert(0, 'tests')\nfrom cli_support import load_script\n"
+            "for name in ('bench_unet', 'digits_recipes'):\n"
+            "    sys.argv = [name + '.py']\n"
+            "    try:\n        load_script(f'benchmarks/{name}.py').main(['--threads', '100000'])\n"
+            "    except SystemExit as e:\n        print(e.code)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0 and r.stdout.split() == ["2", "2"], (r.returncode, r.stdout, r.stderr)
+    said = [line for line in r.stderr.splitlines() if "error" in line]
+    assert said == [f"{name}.py: error: argument --threads: must be an integer in 1..{most}, got 100000"
+                    for name in ("bench_unet", "digits_recipes")], r.stderr
+
+
+def test_round_29_a_blank_file_or_folder_of_a_script_is_refused(capsys, monkeypatch):
+    """`bench_unet.py --json "$UNSET"` ran the whole benchmark and wrote its results nowhere (a blank --json was read as
+    not given), and `gpu_check.py --out ""` put the run in a throwaway folder; `cli.folder` refused a blank --cache of the
+    other scripts already. `gpu_check.py --out -` made a folder named "-", and `--json -` a file, where the commands
+    refuse `--out -`. Now each is said, before any work, as argparse says a bad value."""
+    for script, argv, said in (("bench_unet", ["--json", " "], "argument --json: is blank (' '), which would write no file; "
+                                                               "give a file name"),
+                               ("gpu_check", ["--out", ""], "argument --out: is blank (''), which would be the current folder; "
+                                                           "give a folder"),
+                               ("gpu_check", ["--out", "-"], "argument --out: '-' names standard output, but this writes files "
+                                                            "there; give a folder"),
+                               ("bench_unet", ["--json", "-"], "argument --json: '-' names standard output, but this writes "
+                                                               "files there; give a file name")):
+        module = load_script(f"benchmarks/{script}.py")
+        monkeypatch.setattr(sys, "argv", [f"{script}.py"])
+        for work in ("run", "check"):
+            monkeypatch.setattr(module, work, lambda *a, **k: pytest.fail("the work started"), raising=False)
+        with pytest.raises(SystemExit) as stop:
+            module.main(argv)
+        assert stop.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_round_29_out_dash_is_refused_by_every_command(tmp_path, capsys, monkeypatch):
+    """`--out -` (standard output to many tools) was refused by sample, invert and interpolate, but train, lab, demo and
+    reproduce made a folder named "-" and wrote into it (`rm -r -` does not remove it). Now each says it, making nothing."""
+    monkeypatch.chdir(tmp_path)
+    for argv in (["lab", "--n", "8", "--image-d", "0"], ["demo", "--skip-train"], ["train", "--set", "steps=1"],
+                 ["reproduce", "table2", "--checkpoint", "x"]):
+        _expect_one_line_error(capsys, [*argv, "--out", "-", "--no-progress"],
+                               "--out '-' names standard output; this command writes its files into a folder")
+    _expect_one_line_error(capsys, ["sample", "--checkpoint", "x", "--out", " - "],
+                           "--out ' - ' names standard output; this command writes a PNG and an .npz")
+    assert list(tmp_path.iterdir()) == []

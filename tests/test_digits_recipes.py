@@ -37,7 +37,7 @@ def test_recipes_are_trained_scored_and_compared_with_tiny_sizes(recipes, tmp_pa
     (["--steps", "0"], "argument --steps: must be a positive integer, got 0"),   # was the preset's steps, silently
     (["--n", "1"], "argument --n: must be an integer >= 2, got 1"),              # score_digits' error after training
     (["--S", "1001"], r"argument --S: must be an integer in 1..1000, got 1001"),  # schedule's error after training
-    (["--threads", "0"], "argument --threads: must be a positive integer, got 0"),
+    (["--threads", "0"], "argument --threads: must be an integer in 1..\\d+, got 0"),
     (["--x-seeds", "10"], r"give at least two --x-seeds \(or two --seeds\) to compare recipes"),   # after all training
     (["--cache", "{tmp}/f"], r"^digits_recipes.py: error: .*f is a file, not a folder\); choose another --cache$"),
     (["--cache", " "], r"argument --cache: is blank \(' '\), which would be the current folder; give a folder$"),

@@ -189,3 +189,15 @@ def test_split_on_data_at_the_bins_centres_the_decoder_is_the_shorter_code_at_st
         mean, se = float(got.mean()), float(got.std()) / math.sqrt(len(got))
         assert abs(mean - (code + extra)) < 4 * se + 1e-3, (mean, code + extra, se)
     assert abs(uniform_extra - decoder_extra - 0.408) < 1e-3
+
+
+def test_round_29_a_tolerance_too_loose_for_the_solver_is_refused_before_the_work(bits, tmp_path, capsys):
+    """Round 28's leftover: --rtol 0.999 ran (any value in (0, 1) did); `ode.log_likelihood` now refuses rtol above
+    ode.RTOL_CEILING = 0.01, and the script says so before anything is trained (no models folder in the cache)."""
+    for rtol in ("0.02", "0.999"):
+        with pytest.raises(SystemExit) as stop:
+            bits.main(["--steps", "2", "--n", "2", "--cache", str(tmp_path), "--rtol", rtol])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and f"--rtol {float(rtol):g} is coarser than 0.01, past which the ODE solver's error" \
+                                        " control breaks down: pass --rtol <= 0.01" in err, err
+    assert not (tmp_path / "models").exists()
