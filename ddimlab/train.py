@@ -309,6 +309,8 @@ def validate_config(c: TrainConfig) -> TrainConfig:
                             **{k: check_bool(k, getattr(c, k)) for k in ("hflip", "ema_warmup", "progress", "bf16", "compile")})
     if not str(c.out).strip():
         raise ValueError("out (--out) is empty; give the run's folder, e.g. --out runs/digits")
+    if str(c.out).strip() == "-":        # `--out -` is the CLI's to refuse; this is `--set out=-` and Python callers
+        raise ValueError("out '-' names standard output to many tools; a run is a folder: give its name, e.g. --out runs/digits")
     lows = dict.fromkeys(("steps", "batch_size", "resolution", "T", "ch", "num_res_blocks", "num_groups", "log_every",
                           "ckpt_every", "sample_steps"), 1) | dict.fromkeys(("warmup", "sample_every", "n_samples", "threads"), 0)
     # Python ints (numpy's would not go into config.json, nor load from a checkpoint with weights_only)

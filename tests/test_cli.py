@@ -2933,4 +2933,6 @@ def test_round_29_out_dash_is_refused_by_every_command(tmp_path, capsys, monkeyp
                                "--out '-' names standard output; this command writes its files into a folder")
     _expect_one_line_error(capsys, ["sample", "--checkpoint", "x", "--out", " - "],
                            "--out ' - ' names standard output; this command writes a PNG and an .npz")
+    _expect_one_line_error(capsys, ["train", "--set", "out=-", "--set", "steps=1", "--no-progress"],   # round 29's leftover
+                           "out '-' names standard output to many tools; a run is a folder")
     assert list(tmp_path.iterdir()) == []
