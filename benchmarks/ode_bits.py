@@ -71,6 +71,7 @@ import torch
 from ddimlab import data, devices, diffusion, elbo, gaussian, ode, pretrained, schedule
 from ddimlab.checkpoint import eps_fn
 from ddimlab.cli import Formatter, folder, int_in, one_line_errors
+from ddimlab.files import check_can_write
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # digits_recipes.py sits beside this script
 from digits_recipes import verdict  # noqa: E402
@@ -137,6 +138,7 @@ def main(argv=None) -> dict:
         p.error(f"--rtol {args.rtol:g} is coarser than {ode.RTOL_CEILING:g}, past which the ODE solver's error control breaks "
                 f"down: pass --rtol <= {ode.RTOL_CEILING:g}")
     with one_line_errors(p.prog):    # a device this machine lacks, a --cache that cannot be written, more digits than there are
+        check_can_write(pretrained.models_dir(args.cache), hint="choose another --cache")   # named as the option, not cache_dir
         return measure(args, devices.resolve(args.device))
 
 

@@ -201,3 +201,12 @@ def test_round_29_a_tolerance_too_loose_for_the_solver_is_refused_before_the_wor
         assert stop.value.code == 2 and f"--rtol {float(rtol):g} is coarser than 0.01, past which the ODE solver's error" \
                                         " control breaks down: pass --rtol <= 0.01" in err, err
     assert not (tmp_path / "models").exists()
+
+
+def test_a_cache_that_is_a_file_is_named_as_the_option(bits, tmp_path):
+    """Round 29's leftover: `--cache FILE` said "pass another cache_dir" (pretrained's Python argument), now "--cache"."""
+    (file := tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as stop:
+        bits.main(["--cache", str(file)])
+    said = str(stop.value.code)
+    assert "choose another --cache" in said and "cache_dir" not in said and len(said.splitlines()) == 1, said
