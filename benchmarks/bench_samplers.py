@@ -29,6 +29,7 @@ reported mixture (as diffusers' best is picked). Ratio = best diffusers error / 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import logging
 import math
@@ -237,7 +238,8 @@ def run_ddimlab(name, eps, x_T, ref, nfe, ab):
 
 
 def ddimlab_rows(eps, x_T, ref, ab, budgets):
-    """The other ddimlab solvers on their recommended steps, at each budget (NFE ≤ budget)."""
+    """The other ddimlab solvers on their recommended steps, at each budget (NFE ≤ budget); UniPC with B(h) = 1 − e^{−h}
+    (bh2, the default) and h (bh1)."""
     rows = {
         "DDIM (euler), linspace steps": (ode.euler, lambda b: schedule.timesteps(b, T, "linspace")),
         "DPM-Solver++(2M), logSNR steps": (ode.dpm_solver_pp_2m, lambda b: ode.lambda_timesteps(b, ab)),
@@ -245,6 +247,8 @@ def ddimlab_rows(eps, x_T, ref, ab, budgets):
         "DPM-Solver++(3M), Karras steps": (ode.dpm_solver_pp_3m, lambda b: ode.karras_timesteps(b, ab)),
         "UniPC-2, logSNR steps": (ode.unipc_2, lambda b: ode.lambda_timesteps(b, ab)),
         "UniPC-3, logSNR steps": (ode.unipc_3, lambda b: ode.lambda_timesteps(b, ab)),
+        "UniPC-2 bh1, logSNR steps": (functools.partial(ode.unipc_2, variant="bh1"), lambda b: ode.lambda_timesteps(b, ab)),
+        "UniPC-3 bh1, logSNR steps": (functools.partial(ode.unipc_3, variant="bh1"), lambda b: ode.lambda_timesteps(b, ab)),
     }
     out = {}
     for label, (solver, steps) in rows.items():

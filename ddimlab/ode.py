@@ -499,15 +499,38 @@ def dpm_solver_pp_3m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, 
     return _result(xbar, traj, return_trajectory)
 
 
-def unipc_coefficients(r, h: float) -> list[float]:
+UNIPC_VARIANTS = ("bh1", "bh2")     # UniPC's B(h): h or 1 − e^{−h} (`unipc_B`)
+
+
+def check_unipc_variant(variant) -> str:
+    if variant not in UNIPC_VARIANTS:
+        raise ValueError(f"variant must be one of {UNIPC_VARIANTS} (UniPC's B(h) = h or 1 - e^-h), got {variant!r}")
+    return variant
+
+
+def unipc_B(h: float, variant: str = "bh2") -> float:
+    """UniPC's B(h), any nonzero B(h) = O(h) (Zhao et al. 2023; notebook 08 §4), in x̂_0 form with h = λ_s − λ_t > 0:
+
+        "bh1": B(h) = h,      "bh2": B(h) = 1 − e^{−h} = h φ_1(−h).
+
+    The authors' `uni_pc.py` (`multistep_uni_pc_bh_update`) and diffusers' UniPCMultistepScheduler(solver_type=...)
+    write hh = −h for data prediction, B_h = hh or e^{hh} − 1, and subtract α_s B_h Σ ρ_k D1_k: the same B(h) with the
+    sign taken out. B(h) cancels wherever the a_k are solved for (B(h) Σ_k a_k r_k^{m−1} = m! h φ_{m+1}(−h) for either):
+    the variants differ only where a = ½ is set, the p = 2 predictor and the p = 1 corrector (`unipc_coefficients`).
+    """
+    return h if check_unipc_variant(variant) == "bh1" else -math.expm1(-h)
+
+
+def unipc_coefficients(r, h: float, variant: str = "bh2") -> list[float]:
     """UniPC's weights a_k on the scaled differences (D_k − D_t)/r_k (Zhao et al. 2023; notebook 08 §4).
 
     r: the nodes r_k = (λ_k − λ_t)/h of the previous steps (negative), plus r = 1 (the new point) for the
-    corrector. With B(h) = 1 − e^{−h}, matching x̄_s's Taylor terms h^{m+1} φ_{m+1}(−h) D^{(m)}, m = 1..p−1
+    corrector. With B(h) of `variant` (`unipc_B`), matching x̄_s's Taylor terms h^{m+1} φ_{m+1}(−h) D^{(m)}, m = 1..p−1
     (predictor) or 1..p (corrector), gives the Vandermonde system Σ_k a_k r_k^{m−1} = m! h φ_{m+1}(−h)/B(h).
-    One node is not solved but set to a = ½, as in the paper: the predictor then is DPM-Solver++(2M) and
-    the first-order corrector the trapezoid rule.
+    One node is not solved but set to a = ½, as in the paper: the predictor then is DPM-Solver++(2M) for "bh2"
+    (B(h)/2 weights the difference) and the first-order corrector the trapezoid rule.
     """
+    check_unipc_variant(variant)
     if not r:
         raise ValueError("unipc_coefficients needs at least one node r (the previous step's, or 1 for the corrector)")
     if any(as_real(v) is None or v == 0 for v in r):     # r = 0 is the current point itself: (D_k - D_t)/r divides by 0
@@ -521,15 +544,15 @@ def unipc_coefficients(r, h: float) -> list[float]:
         raise ValueError(f"the nodes r must be finite and distinct (each previous step once), got {r}")
     if len(r) == 1:
         return [0.5]
-    B = -math.expm1(-h)
+    B = unipc_B(h, variant)
     b = [math.factorial(m) * h * phi(m + 1, -h) / B for m in range(1, len(r) + 1)]
     R = np.array([[rk ** (m - 1) for rk in r] for m in range(1, len(r) + 1)])
     return np.linalg.solve(R, np.array(b)).tolist()
 
 
 def unipc(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None, *, order: int = 2,
-          corrector: bool = True):
-    """UniPC (Zhao et al. 2023; "bh2" as in their `uni_pc.py`): UniP-p predictor and UniC-p corrector in x̂_0. NFE = S
+          corrector: bool = True, variant: str = "bh2"):
+    """UniPC (Zhao et al. 2023, as their `uni_pc.py`): UniP-p predictor and UniC-p corrector in x̂_0. NFE = S
     (notebook 08 §4).
 
     Each step starts from the DDIM (DPM-Solver-1) step x̄' = e^{−h} x̄_t + (1 − e^{−h}) D_t and adds
@@ -539,8 +562,13 @@ def unipc(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
     the next step uses the D evaluated at the predicted point. The order p is lowered while fewer than p
     D's exist and, as diffusers' `lower_order_final`, to the number of steps left; the final step to σ = 0
     (h = ∞) returns D_t and is not corrected (that would need the network at σ = 0).
+
+    variant: B(h) = h ("bh1") or 1 − e^{−h} ("bh2", diffusers' default; `unipc_B`). B(h) cancels from every solved
+    a_k, so the two differ only in the steps that set a = ½: the first step's corrector, and the predictors of every
+    later step for p = 2, of the second and the second-to-last steps for p = 3 (notebook 08 §7 measures which is closer).
     """
     order = check_int("order", order, 1, 3)
+    check_unipc_variant(variant)
     _, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory,
         corrector=corrector)
     n = len(pairs)
@@ -555,14 +583,14 @@ def unipc(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
         p = min(order, len(Ds), n - i)
         r = [(lams[-1 - k] - lams[-1]) / h for k in range(1, p)]
         diffs = [(Ds[-1 - k] - Ds[-1]) / r[k - 1] for k in range(1, p)]
-        B = -math.expm1(-h)
-        base = math.exp(-h) * xbar + B * Ds[-1]
+        B = unipc_B(h, variant)
+        base = math.exp(-h) * xbar - math.expm1(-h) * Ds[-1]
         x_pred = base
         if p > 1:
-            x_pred = base + B * sum(a * d for a, d in zip(unipc_coefficients(r, h), diffs))
+            x_pred = base + B * sum(a * d for a, d in zip(unipc_coefficients(r, h, variant), diffs))
         D_new = x_pred - sig[i + 1] * call_eps(eps, _x(x_pred, sig[i + 1]), s)
         if corrector:
-            a = unipc_coefficients(r + [1.0], h)
+            a = unipc_coefficients(r + [1.0], h, variant)
             xbar = base + B * sum(ak * d for ak, d in zip(a, diffs + [D_new - Ds[-1]]))
         else:
             xbar = x_pred
@@ -571,14 +599,16 @@ def unipc(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
     return _result(xbar, traj, return_trajectory)
 
 
-def unipc_2(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None):
-    """`unipc` with p = 2 (UniP-2 + UniC-2, diffusers' UniPCMultistepScheduler(solver_order=2)). NFE = S (notebook 08 §4)."""
-    return unipc(eps, x_T, alpha_bar, seq, return_trajectory, callback, order=2)
+def unipc_2(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None, *, variant: str = "bh2"):
+    """`unipc` with p = 2 (UniP-2 + UniC-2, diffusers' UniPCMultistepScheduler(solver_order=2, solver_type=variant)).
+    NFE = S (notebook 08 §4)."""
+    return unipc(eps, x_T, alpha_bar, seq, return_trajectory, callback, order=2, variant=variant)
 
 
-def unipc_3(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None):
-    """`unipc` with p = 3 (UniP-3 + UniC-3, diffusers' UniPCMultistepScheduler(solver_order=3)). NFE = S (notebook 08 §4)."""
-    return unipc(eps, x_T, alpha_bar, seq, return_trajectory, callback, order=3)
+def unipc_3(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None, *, variant: str = "bh2"):
+    """`unipc` with p = 3 (UniP-3 + UniC-3, diffusers' UniPCMultistepScheduler(solver_order=3, solver_type=variant)).
+    NFE = S (notebook 08 §4)."""
+    return unipc(eps, x_T, alpha_bar, seq, return_trajectory, callback, order=3, variant=variant)
 
 
 def adams_coefficients(k: int, implicit: bool = False) -> list[float]:
@@ -712,12 +742,15 @@ def solve(name: str, eps, x_T, alpha_bar, seq, return_trajectory: bool = False, 
 
 
 def _check_options(name: str, solver, options) -> None:
-    """A keyword `name`'s solver does not take is named with those it does (not Python's "unexpected keyword")."""
+    """A keyword `name`'s solver does not take is named with those it does (not Python's "unexpected keyword"), and a
+    UniPC `variant` not in UNIPC_VARIANTS is refused."""
     own = [k for k in inspect.signature(solver).parameters if k not in ("eps", "x_T", "x0", "alpha_bar", "seq")]
     if unknown := sorted(set(options) - set(own)):
         takes = ", ".join(k for k in own if k not in ("return_trajectory", "callback"))
         raise TypeError(f"{name} takes no option {', '.join(unknown)}"
                         + (f"; its options: {takes}" if takes else " (it has none)"))
+    if "variant" in options:                 # refused before any network call, and by `nfe`, which makes none
+        check_unipc_variant(options["variant"])
 
 
 def nfe(name: str, S: int, **options) -> int:

@@ -26,6 +26,7 @@ def test_report_runs_with_tiny_sizes(bench, monkeypatch, capsys):
     assert out.count("cross-fitted: best diffusers") == 2 and configs[0][0].split()[0] in out
     assert re.search(r"\n  exponential +\d\.\d\de-\d\d / \d\.\d\de-\d\d \(×\d+\.\d\)", out) and "\n  beta " in out
     assert "(×1.0)" in out                   # each budget's best step rule, next to the others' ratio to it
+    assert re.search(r"\nddimlab UniPC-3 bh1, logSNR steps +\d\.\d\de-\d\d / ", out)     # the variant is reachable
     kinds = ("fixed", "tuned", "self-selected")
     assert set(summary) == {(b, k + c) for b in (5, 10) for k in kinds for c in ("", ", cross-fitted")}
     assert all(math.isfinite(v) and v >= 0 for row in summary.values() for v in row)

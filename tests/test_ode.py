@@ -1,5 +1,6 @@
 """Probability-flow ODE solvers against DDIM, closed forms and scipy (notebook 05)."""
 import inspect
+import itertools
 import math
 import textwrap
 from unittest import mock
@@ -305,9 +306,42 @@ def test_unipc_coefficients_match_the_taylor_terms():
     assert ode.unipc_coefficients([-1.3], h) == [0.5]           # the paper's simplified p = 2 predictor (= 2M)
 
 
+# The authors' uni_pc.py (wl-zhao/UniPC, `multistep_uni_pc_bh_update`, data prediction, float64), run once outside this
+# repository on nodes λ_t + r_k h with h = 0.7: B_h (its sign flipped: it writes hh = -h) and its ρ's for the predictor
+# (nodes -0.8, -1.9), the order-3 corrector (-0.8, -1.9, 1) and the order-2 corrector (-0.8, 1)
+UNIPC_REFERENCE = {
+    "bh1": (0.7, [0.9496099826656657, -0.5484154851321767],
+            [0.14620713141098846, -0.04975164642237719, 0.30473901254487756], [0.0660517010638253, 0.33514279646966355]),
+    "bh2": (0.5034146962085905, [1.3204361987686895, -0.7625737637056548],
+            [0.20330155785774912, -0.0691798486574849, 0.42374072586277056], [0.0918451350206902, 0.4660173000423446])}
+
+
+@pytest.mark.parametrize("variant", ode.UNIPC_VARIANTS)
+def test_unipc_coefficients_equal_the_reference_implementation(variant):
+    B, predictor, corrector_3, corrector_2 = UNIPC_REFERENCE[variant]
+    h, r = 0.7, [-0.8, -1.9]
+    assert math.isclose(ode.unipc_B(h, variant), B, rel_tol=1e-15)
+    for nodes, theirs in ((r, predictor), (r + [1.0], corrector_3), ([-0.8, 1.0], corrector_2)):
+        np.testing.assert_allclose(ode.unipc_coefficients(nodes, h, variant), theirs, rtol=1e-12)
+
+
+def test_unipc_refuses_an_unknown_variant_before_calling_the_network():
+    """One line naming the argument and the choices, from the solver, `solve`, `nfe` and `unipc_coefficients`."""
+    def eps(x, t):
+        raise AssertionError("the network was called")
+    seq = ode.lambda_timesteps(5, AB)
+    for call in (lambda: ode.unipc(eps, X_T, AB, seq, variant="bh3"), lambda: ode.unipc_3(eps, X_T, AB, seq, variant="BH1"),
+                 lambda: ode.solve("unipc_2", eps, X_T, AB, seq, variant=None), lambda: ode.nfe("unipc_3", 5, variant=2),
+                 lambda: ode.unipc_coefficients([-1.0], 0.5, "bh")):
+        with pytest.raises(ValueError, match=r"^variant must be one of \('bh1', 'bh2'\) \(UniPC's B\(h\) = h or 1 - e\^-h\), "
+                                             r"got [^\n]*$"):
+            call()
+    assert ode.nfe("unipc_2", 5, variant="bh1") == 5
+
+
 def test_multistep_solvers_equal_diffusers():
-    """DPM-Solver++(2M), DPM-Solver++(3M) with the published coefficient and UniPC equal diffusers' schedulers step
-    for step (float32 coefficients: 1e-6); the Taylor 3M differs."""
+    """DPM-Solver++(2M), DPM-Solver++(3M) with the published coefficient and UniPC (both B(h), diffusers' solver_type)
+    equal diffusers' schedulers step for step (float32 coefficients: 1e-6); the Taylor 3M differs."""
     diffusers = pytest.importorskip("diffusers")
     common = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
                   timestep_spacing="trailing")
@@ -328,9 +362,13 @@ def test_multistep_solvers_equal_diffusers():
         torch.testing.assert_close(ode.dpm_solver_pp_3m(EPS, X_T, AB, seq, published=True, lower_order_final=True),
                                    theirs_lof, rtol=0, atol=2e-6)
         assert float((theirs_lof - theirs).abs().max()) > 1e-4       # the option changes the result
-        for order, ours in ((2, ode.unipc_2), (3, ode.unipc_3)):
-            theirs = run(diffusers.UniPCMultistepScheduler(**common, solver_order=order), S)
-            torch.testing.assert_close(ours(EPS, X_T, AB, seq), theirs, rtol=0, atol=2e-6)
+        for (order, ours), variant in itertools.product(((2, ode.unipc_2), (3, ode.unipc_3)), ode.UNIPC_VARIANTS):
+            sch = diffusers.UniPCMultistepScheduler(**common, solver_order=order, solver_type=variant)
+            theirs = run(sch, S)
+            x0, tr = ours(EPS, X_T, AB, seq, return_trajectory=True, variant=variant)
+            torch.testing.assert_close(tr["x"][-2], sch.last_sample.double(), rtol=0, atol=2e-6)    # corrected, at seq[-1]
+            if variant == "bh2":      # diffusers' bh1 step to sigma = 0 is NaN: B_h = hh = -inf times a correction of 0
+                torch.testing.assert_close(x0, theirs, rtol=0, atol=2e-6)
         # DPM-Solver++(2M) (diffusers' default "midpoint" form): trailing steps are unequal in λ, so r = h_{i−1}/h_i ≠ 1
         theirs = run(diffusers.DPMSolverMultistepScheduler(**common, solver_order=2, lower_order_final=False), S)
         torch.testing.assert_close(ode.dpm_solver_pp_2m(EPS, X_T, AB, seq), theirs, rtol=0, atol=2e-6)
@@ -350,6 +388,9 @@ def errors_at_t100(ref_100):
     runs = {"dpm_solver_pp_3m": (ode.dpm_solver_pp_3m, {}), "3m_published": (ode.dpm_solver_pp_3m, dict(published=True)),
             "unipc_2": (ode.unipc, dict(order=2)), "unipc_3": (ode.unipc, dict(order=3)),
             "unip_2": (ode.unipc, dict(order=2, corrector=False)), "unip_3": (ode.unipc, dict(order=3, corrector=False)),
+            "unipc_2_bh1": (ode.unipc, dict(order=2, variant="bh1")), "unipc_3_bh1": (ode.unipc, dict(order=3, variant="bh1")),
+            "unip_2_bh1": (ode.unipc, dict(order=2, corrector=False, variant="bh1")),
+            "unip_3_bh1": (ode.unipc, dict(order=3, corrector=False, variant="bh1")),
             "ab3_sigma": (ode.ipndm, dict(order=3, afs=False, rho=1.0)),
             "ab4_rho3": (ode.ipndm, dict(order=4, afs=False, rho=3.0)),
             "ab2_pc": (ode.ipndm, dict(order=2, afs=False, rho=1.0, corrector=True)),
@@ -364,7 +405,8 @@ def errors_at_t100(ref_100):
 
 
 @pytest.mark.parametrize("name,order", [("dpm_solver_pp_3m", 3), ("3m_published", 2), ("unipc_2", 3), ("unipc_3", 4),
-                                        ("unip_2", 2), ("unip_3", 3), ("ab3_sigma", 3), ("ab4_rho3", 4),
+                                        ("unip_2", 2), ("unip_3", 3), ("unipc_2_bh1", 3), ("unipc_3_bh1", 4),
+                                        ("unip_2_bh1", 2), ("unip_3_bh1", 3), ("ab3_sigma", 3), ("ab4_rho3", 4),
                                         ("ab2_pc", 3), ("ab3_pc", 4)])
 def test_fast_solver_orders(errors_at_t100, name, order):
     """Fitted log-log slope within 3 standard errors + 0.2 (the pre-asymptotic bias measured at these S) of the
@@ -422,9 +464,20 @@ def test_solver_order_check_fails_for_mutant(ref_100, name):
     assert not has_order(mutant(solver, old, new), ref_100, claimed)
 
 
+@pytest.mark.parametrize("variant", ode.UNIPC_VARIANTS)
 @pytest.mark.parametrize("order,corrector,claimed", UNIPC_RUNS)
-def test_unipc_order_check_passes_for_the_library(ref_100, order, corrector, claimed):
-    assert has_order(ode.unipc, ref_100, claimed, order=order, corrector=corrector)
+def test_unipc_order_check_passes_for_the_library(ref_100, order, corrector, claimed, variant):
+    assert has_order(ode.unipc, ref_100, claimed, order=order, corrector=corrector, variant=variant)
+
+
+@pytest.mark.parametrize("order,corrector,claimed", UNIPC_RUNS)
+def test_unipc_order_check_fails_with_bh1_of_the_wrong_sign(ref_100, order, corrector, claimed):
+    """B(h) = −h, uni_pc.py's hh for data prediction taken without the sign its update subtracts: it cancels from the
+    solved a_k but not from the a = ½ of the p = 2 predictor and the first corrector."""
+    wrong_sign = mutant(ode.unipc_B, 'return h if check_unipc_variant(variant) == "bh1"',
+                        'return -h if check_unipc_variant(variant) == "bh1"')
+    with mock.patch.object(ode, "unipc_B", wrong_sign):
+        assert not has_order(ode.unipc, ref_100, claimed, order=order, corrector=corrector, variant="bh1")
 
 
 @pytest.mark.parametrize("order,corrector,claimed", UNIPC_RUNS)
