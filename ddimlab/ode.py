@@ -498,7 +498,8 @@ def dpm_solver_pp_3m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, 
 UNIPC_VARIANTS = ("bh1", "bh2")     # UniPC's B(h): h or 1 − e^{−h} (`unipc_B`)
 
 
-def check_unipc_variant(variant) -> str:
+def _check_unipc_variant(variant) -> str:
+    """`variant` if it is one of UNIPC_VARIANTS, else a one-line ValueError naming the argument and the choices."""
     if variant not in UNIPC_VARIANTS:
         raise ValueError(f"variant must be one of {UNIPC_VARIANTS} (UniPC's B(h) = h or 1 - e^-h), got {variant!r}")
     return variant
@@ -514,7 +515,7 @@ def unipc_B(h: float, variant: str = "bh2") -> float:
     sign taken out. B(h) cancels wherever the a_k are solved for (B(h) Σ_k a_k r_k^{m−1} = m! h φ_{m+1}(−h) for either):
     the variants differ only where a = ½ is set, the p = 2 predictor and the p = 1 corrector (`unipc_coefficients`).
     """
-    return h if check_unipc_variant(variant) == "bh1" else -math.expm1(-h)
+    return h if _check_unipc_variant(variant) == "bh1" else -math.expm1(-h)
 
 
 def unipc_coefficients(r, h: float, variant: str = "bh2") -> list[float]:
@@ -526,7 +527,7 @@ def unipc_coefficients(r, h: float, variant: str = "bh2") -> list[float]:
     One node is not solved but set to a = ½, as in the paper: the predictor then is DPM-Solver++(2M) for "bh2"
     (B(h)/2 weights the difference) and the first-order corrector the trapezoid rule.
     """
-    check_unipc_variant(variant)
+    _check_unipc_variant(variant)
     if not r:
         raise ValueError("unipc_coefficients needs at least one node r (the previous step's, or 1 for the corrector)")
     if any(as_real(v) is None or v == 0 for v in r):     # r = 0 is the current point itself: (D_k - D_t)/r divides by 0
@@ -564,7 +565,7 @@ def unipc(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
     later step for p = 2, of the second and the second-to-last steps for p = 3 (notebook 08 §7 measures which is closer).
     """
     order = check_int("order", order, 1, 3)
-    check_unipc_variant(variant)
+    _check_unipc_variant(variant)
     _, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory,
         corrector=corrector)
     n = len(pairs)
@@ -731,7 +732,7 @@ def _check_options(name: str, solver, options) -> None:
         raise TypeError(f"{name} takes no option {', '.join(unknown)}"
                         + (f"; its options: {takes}" if takes else " (it has none)"))
     if "variant" in options:                 # refused before any network call, and by `nfe`, which makes none
-        check_unipc_variant(options["variant"])
+        _check_unipc_variant(options["variant"])
 
 
 def nfe(name: str, S: int, **options) -> int:

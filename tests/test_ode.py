@@ -458,8 +458,8 @@ def test_unipc_order_check_passes_for_the_library(ref_100, order, corrector, cla
 def test_unipc_order_check_fails_with_bh1_of_the_wrong_sign(ref_100, order, corrector, claimed):
     """B(h) = −h, uni_pc.py's hh for data prediction taken without the sign its update subtracts: it cancels from the
     solved a_k but not from the a = ½ of the p = 2 predictor and the first corrector."""
-    wrong_sign = mutant(ode.unipc_B, 'return h if check_unipc_variant(variant) == "bh1"',
-                        'return -h if check_unipc_variant(variant) == "bh1"')
+    wrong_sign = mutant(ode.unipc_B, 'return h if _check_unipc_variant(variant) == "bh1"',
+                        'return -h if _check_unipc_variant(variant) == "bh1"')
     with mock.patch.object(ode, "unipc_B", wrong_sign):
         assert not has_order(ode.unipc, ref_100, claimed, order=order, corrector=corrector, variant="bh1")
 
