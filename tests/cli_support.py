@@ -37,6 +37,14 @@ def _run(*args, env=None, timeout=300):
                           timeout=timeout, env={**os.environ, "DDIMLAB_DEBUG": "", **(env or {})})
 
 
+def _run_scripts(code: str, timeout=300):
+    """Python `code` in a subprocess from the repository's root, with `load_script` imported: the benchmarks' scripts
+    in a process of their own (signals, thread limits), as a user runs them."""
+    prelude = "import sys\nsys.path.insert(0, 'tests')\nfrom cli_support import load_script\n"
+    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=timeout,
+                          cwd=Path(__file__).resolve().parents[1])
+
+
 def small_lab_tables(monkeypatch):
     """`lab` and `demo --skip-train` draw their tables on S = 10 and 20 only (the image-like one on S = 10), not on
     `lab.S_LIST`'s 10..1000 with its ODE reference per S: for the tests of files, locks and messages, which read no

@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
@@ -18,6 +17,7 @@ from cli_support import (
     _expect_interrupted,
     _expect_one_line_error,
     _run,
+    _run_scripts,
     _sets,
     load_script,
     signal_at_call,
@@ -2840,15 +2840,14 @@ def test_round_29_the_benchmark_scripts_say_sigterm_as_the_commands_do(tmp_path)
     scripts = {"ode_bits.py": ("main", "measure", ["--cache", str(tmp_path)]),
                "digits_recipes.py": ("main", "compare", ["--cache", str(tmp_path)]),
                "bench_samplers.py": ("main", "run", []), "bench_unet.py": ("cli", "run", ["--preset", "tiny"])}
-    code = ("import signal, sys\nsys.path.insert(0, 'tests')\nfrom cli_support import load_script\n"
+    code = ("import signal\n"
             "def stop(*a, **k):\n    signal.raise_signal(signal.SIGTERM)\n"
             f"for name, (entry, work, argv) in {scripts!r}.items():\n"
             "    script = load_script('benchmarks/' + name)\n    setattr(script, work, stop)\n"
             "    script.need_diffusers = lambda prog: None\n    sys.argv = [name]\n"
             "    try:\n        getattr(script, entry)(argv)\n"
             "    except SystemExit as e:\n        print(e.code, file=sys.stderr)\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                       cwd=Path(__file__).resolve().parents[1])
+    r = _run_scripts(code)
     assert r.returncode == 0 and r.stderr.splitlines() == [line for name in scripts for line in
                                                            (f"{name}: interrupted: terminated (SIGTERM)", "130")], r.stderr
 
@@ -2888,13 +2887,11 @@ def test_round_29_the_scripts_refuse_more_threads_than_train_takes():
     failing to map its libraries), and digits_recipes.py took it until training refused it, after the argument check.
     Both now take train's rule (`devices.most_threads()`: 4 per CPU, at least 64) as an argparse range."""
     most = devices.most_threads()
-    code = ("import sys\nsys.path.insert(0, 'tests')\nfrom cli_support import load_script\n"
-            "for name in ('bench_unet', 'digits_recipes'):\n"
+    code = ("for name in ('bench_unet', 'digits_recipes'):\n"
             "    sys.argv = [name + '.py']\n"
             "    try:\n        load_script(f'benchmarks/{name}.py').main(['--threads', '100000'])\n"
             "    except SystemExit as e:\n        print(e.code)\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                       cwd=Path(__file__).resolve().parents[1])
+    r = _run_scripts(code)
     assert r.returncode == 0 and r.stdout.split() == ["2", "2"], (r.returncode, r.stdout, r.stderr)
     said = [line for line in r.stderr.splitlines() if "error" in line]
     assert said == [f"{name}.py: error: argument --threads: must be an integer in 1..{most}, got 100000"
