@@ -77,7 +77,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))   # digits_recipes.py s
 from digits_recipes import verdict  # noqa: E402
 
 BIN = 2 / 255                                  # the width of one 8-bit level in [−1, 1]
-LABELS = {"-1": "ODE to step -1", "0": "ODE to step 0", "0u": "ODE to step 0, bins uniform"}
 ENDS = {"-1": ("-1",), "0": ("0",), "both": ("-1", "0"), "split": ("-1", "0u", "0")}   # --t-end: the ODE bounds each run computes
 
 
@@ -110,6 +109,11 @@ def decoder_bits(eps, x0: torch.Tensor, alpha_bar, generator: torch.Generator, h
         decoder = elbo.decoder_nll(x0, z, eps(z, z.new_zeros(len(z))), alpha_bar).double()
     log_q = gaussian.log_normal(z.double(), math.sqrt(a_0) * x0.double(), 1 - a_0).reshape(len(z), -1).sum(1)
     return (-log_p.to(decoder.device) + decoder + log_q) / (x0[0].numel() * math.log(2))
+
+
+# each bound's key in the report (ode_to_KEY), its label, and its function (`ode_bits`'s or `decoder_bits`' signature)
+BOUNDS = {"-1": ("ODE to step -1", ode_bits), "0u": ("ODE to step 0, bins uniform", functools.partial(ode_bits, t_end=0)),
+          "0": ("ODE to step 0", decoder_bits)}
 
 
 def main(argv=None) -> dict:
@@ -166,15 +170,15 @@ def measure(args, device: torch.device) -> dict:
     report = dict(elbo=bpd_elbo)
     for end in ENDS[args.t_end]:     # each from the generator's state after the digits, as a run of that bound alone
         start, g_end = time.perf_counter(), torch.Generator().set_state(g.get_state())
-        bits = functools.partial(ode_bits, t_end=int(end.removesuffix("u"))) if end != "0" else decoder_bits
+        label, bits = BOUNDS[end]
         report[f"ode_to_{end}"] = bits(lambda x, t: model(x, t), x0, alpha_bar, g_end, args.hutchinson, args.rtol,
                                        args.atol).cpu()
-        print(f"{LABELS[end]}: {time.perf_counter() - start:.0f} s", flush=True)
+        print(f"{label}: {time.perf_counter() - start:.0f} s", flush=True)
 
     print(f"\nbits per pixel on {args.n} digits (± SE over them): negative ELBO {mean_se(bpd_elbo)}")
     for end in ENDS[args.t_end]:
         bpd = report[f"ode_to_{end}"]
-        print(f"{LABELS[end]} {mean_se(bpd)}; ODE minus ELBO, paired: {paired(bpd, bpd_elbo)}")
+        print(f"{BOUNDS[end][0]} {mean_se(bpd)}; ODE minus ELBO, paired: {paired(bpd, bpd_elbo)}")
     if args.t_end in ("both", "split"):
         print(f"ODE to step 0 minus ODE to step -1, paired: {paired(report['ode_to_0'], report['ode_to_-1'])}")
     if args.t_end == "split":        # the same u and probes in both uniform bounds: the stretch's share is paired twice over
