@@ -298,7 +298,8 @@ def tune(n: int = 1024, budgets=BUDGETS):
 
 # The diffusers settings that are best in some cell of the reported mixtures (RMS or median): the tuning
 # search prints its ratios to the best of these on each tuning mixture (at least the ratio to the full sweep's best,
-# which takes one to two minutes a mixture: 76 and 109 s alone, 88 and 123 s in docs/bench_samplers.txt beside other work); its picks do not use them.
+# which takes one to two minutes a mixture: 76 and 109 s alone, 88 and 123 s in docs/bench_samplers.txt beside other
+# work); its picks do not use them.
 STRONG = {
     "DEISMultistep o2 exponential lower_order_final=False", "DEISMultistep o3 exponential lower_order_final=False",
     "DEISMultistep o3 exponential lower_order_final=True",

@@ -125,6 +125,8 @@ DEFAULT_STEPS = 50   # --steps of sample (DDIM and the solvers), invert and inte
 # invert --sampler: the encoder x_0 -> x_T, the decoder of the same order, and their names in ode.nfe (notebook 05 §8)
 INVERT_SAMPLERS = {"ddim": (ddim_invert, ddim_sample, ("ddim_invert", "euler")),
                    "heun": (ode.heun_invert, ode.heun, ("heun_invert", "heun"))}
+# interpolate --sampler: the deterministic decoders (`invert --sampler heun`'s latents are decoded by heun)
+INTERPOLATE_SAMPLERS = ("ddim",) + ode.SOLVERS
 
 
 def _note_if_training(path, net) -> None:
@@ -457,30 +459,43 @@ def _made_with_noise(npz_path) -> str | None:
     return None
 
 
-def _grid_of_latents(args) -> None:
-    """`interpolate --latents`: latents decode to the images they came from only on the grid that made them (steps and
-    spacing, recorded by `invert` and `sample`). Without --steps and --spacing that grid is used; another is warned of."""
+def _settings_of_latents(args) -> None:
+    """`interpolate --latents`: latents decode to the images they came from only with the sampler and on the grid that
+    made them (recorded by `invert` and `sample`). What is not given is taken from the file, and said; other settings
+    are warned of."""
     if not args.latents or Path(args.latents).suffix.lower() != ".npz" or not Path(args.latents).is_file():
         return                                     # said later, with the file's other checks
     try:
-        steps, spacing, noisy = _recorded(args.latents, "steps"), _recorded(args.latents, "spacing"), \
-            _made_with_noise(args.latents)
+        steps, spacing, sampler, noisy = _recorded(args.latents, "steps"), _recorded(args.latents, "spacing"), \
+            _recorded(args.latents, "sampler"), _made_with_noise(args.latents)
     except Exception:                              # not an .npz, damaged: `data.npz_array` says what it is, below
         return
-    if steps is None or spacing not in schedule.SPACINGS + ode.STEP_RULES or noisy:    # no grid decodes those: warned of
+    if noisy:                                      # no sampler or grid decodes those: warned of later
         return
-    if args.steps is None and args.spacing is None:
-        args.steps, args.spacing = int(steps), spacing
-        print(f"--steps {steps} --spacing {spacing}: the grid that made {args.latents}")
-    elif (args.steps or DEFAULT_STEPS, args.spacing or "uniform") != (int(steps), spacing):
-        warnings.warn(f"{args.latents} was made with --steps {steps} --spacing {spacing}: on another grid its latents "
-                      f"decode to other images than those (leave --steps and --spacing out to use its grid)",
-                      LatentsWarning)
+    taken, other = [], []
+    if sampler in INTERPOLATE_SAMPLERS:
+        if args.sampler is None:
+            args.sampler = sampler
+            taken.append(f"--sampler {sampler}")
+        elif args.sampler != sampler:
+            other.append(f"--sampler {sampler}")
+    if steps is not None and spacing in schedule.SPACINGS + ode.STEP_RULES:
+        if args.steps is None and args.spacing is None:
+            args.steps, args.spacing = int(steps), spacing
+            taken.append(f"--steps {steps} --spacing {spacing}")
+        elif (args.steps or DEFAULT_STEPS, args.spacing or "uniform") != (int(steps), spacing):
+            other.append(f"--steps {steps} --spacing {spacing}")
+    if taken:
+        print(f"{' '.join(taken)}: what made {args.latents}")
+    if other:
+        warnings.warn(f"{args.latents} was made with {' '.join(other)}: with other settings its latents decode to other "
+                      f"images than those (leave the options out to use the file's)", LatentsWarning)
 
 
 @_writes_pair
 def cmd_interpolate(args, png: Path, npz: Path) -> int:
-    _grid_of_latents(args)
+    _settings_of_latents(args)
+    args.sampler = args.sampler or "ddim"
     net, abar, device, seq = _model_for(args)
     if args.index is not None and not args.latents:
         raise ValueError("--index picks two latents of a --latents file; without --latents use --seeds A B")
@@ -526,13 +541,14 @@ def cmd_interpolate(args, png: Path, npz: Path) -> int:
     z = slerp(z0, z1, lam.to(device))
     bar, callback = progress(len(seq), "interpolate", not args.no_progress)
     with bar:
-        x0 = check_data_range(ddim_sample(checkpoint.eps_fn(net, args.amp), z, abar, seq, callback=callback),
+        decode = ddim_sample if args.sampler == "ddim" else functools.partial(ode.solve, args.sampler)
+        x0 = check_data_range(decode(checkpoint.eps_fn(net, args.amp), z, abar, seq, callback=callback),
                               abar, seq, clip=None).float().cpu()
     source = (dict(latents=str(Path(args.latents).resolve()), index=np.array(args.index or (0, 1))) if args.latents else
               dict(seeds=np.array(args.seeds or (0, 1))))
     _save_pair(png, npz, x0, args.n, args.scale, args.overwrite, samples=x0.numpy(), x_T=z.cpu().numpy(), lam=lam.numpy(),
-               steps=len(seq), spacing=args.spacing, **source, **_model_record(args, net))
-    print(f"{args.n} images along slerp(z0, z1, λ) -> {png}, {npz}")
+               steps=len(seq), spacing=args.spacing, sampler=args.sampler, **source, **_model_record(args, net))
+    print(f"{args.n} images along slerp(z0, z1, λ), decoded by {args.sampler} -> {png}, {npz}")
     return 0
 
 
@@ -932,8 +948,11 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--input", nargs="+", action="extend", required=True,    # given twice: all the files, not the last
                    help="an .npz with x0/samples (N,C,H,W in [-1,1]) or images (N,H,W,C uint8), or PNG files")
 
-    p = add("interpolate", cmd_interpolate, "slerp between two latents and decode with DDIM (eta = 0)")
+    p = add("interpolate", cmd_interpolate, "slerp between two latents and decode them with DDIM (eta = 0) or an ODE solver")
     _model_args(p, "interpolation")
+    p.add_argument("--sampler", "--solver", choices=INTERPOLATE_SAMPLERS, default=None,
+                   help="the decoder: ddim (eta = 0) or an ODE solver, as for `sample` (default: the one that made --latents, "
+                        "heun for `invert --sampler heun`; else ddim)")
     p.add_argument("--seeds", type=_seed, nargs=2, default=None, metavar=("A", "B"),
                    help="latent 0 of each seed (the first image of `sample --seed A` / `--seed B`; default 0 1)")
     p.add_argument("--latents", help="an .npz from `invert` or `sample`: interpolate between its x_T[--index]")

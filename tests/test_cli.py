@@ -116,6 +116,32 @@ def test_invert_with_heun_lands_nearer_the_odes_latent_than_ddim(trained, tmp_pa
                            "--sampler heun on one step is DDIM's step", "--steps 2 or more")
 
 
+def test_interpolate_decodes_latents_with_the_sampler_that_made_them(trained, tmp_path, capsys):
+    """`interpolate --latents` decoded every file's latents with DDIM, so the latents of `invert --sampler heun` and of
+    `sample --sampler ipndm` came back at λ = 0 and 1 as other images than the file's. It now takes the file's sampler as
+    it takes its grid (and says so), records it, and warns when another is asked for."""
+    ckpt, images = str(trained / "ckpt.pt"), tmp_path / "in.npz"
+    np.savez(images, x0=(torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1).numpy())
+    assert cli.main(["invert", "--checkpoint", ckpt, "--input", str(images), "--steps", "6", "--sampler", "heun",
+                     "--no-progress", "--out", str(tmp_path / "inv")]) == 0
+    assert cli.main(["sample", "--checkpoint", ckpt, "--n", "2", "--steps", "6", "--sampler", "ipndm", "--no-progress",
+                     "--out", str(tmp_path / "smp")]) == 0
+    capsys.readouterr()
+    for made, images_key, said in (("inv", "recon", "--sampler heun --steps 6 --spacing uniform"),
+                                   ("smp", "samples", "--sampler ipndm --steps 6 --spacing power3")):
+        assert cli.main(["interpolate", "--checkpoint", ckpt, "--latents", str(tmp_path / f"{made}.npz"), "--n", "3",
+                         "--no-progress", "--out", str(tmp_path / f"path_{made}")]) == 0
+        assert f"{said}: what made" in capsys.readouterr().out
+        with np.load(tmp_path / f"path_{made}.npz") as z, np.load(tmp_path / f"{made}.npz") as made_by:
+            assert str(z["sampler"]) == said.split()[1]
+            np.testing.assert_allclose(z["samples"][[0, -1]], made_by[images_key][[0, 1]], atol=1e-5)
+    assert cli.main(["interpolate", "--checkpoint", ckpt, "--latents", str(tmp_path / "inv.npz"), "--n", "3",
+                     "--sampler", "ddim", "--no-progress", "--out", str(tmp_path / "ddim")]) == 0
+    assert "inv.npz was made with --sampler heun: with other settings its latents decode" in capsys.readouterr().err
+    with np.load(tmp_path / "ddim.npz") as z, np.load(tmp_path / "inv.npz") as made_by:
+        assert np.abs(z["samples"][0] - made_by["recon"][0]).max() > 1e-3      # DDIM's images of Heun's latents differ
+
+
 def test_sample_from_diffusers_folder(tmp_path):
     torch.manual_seed(0)
     net = UNet(in_ch=3, ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0,
@@ -2047,7 +2073,7 @@ def test_twentieth_round_of_careless_use(trained, tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["interpolate", "--checkpoint", str(run), "--latents", str(inv.with_suffix(".npz")), "--n", "3",
                      "--out", str(tmp_path / "path"), "--no-progress"]) == 0
-    assert "--steps 5 --spacing uniform: the grid that made" in capsys.readouterr().out
+    assert "--sampler ddim --steps 5 --spacing uniform: what made" in capsys.readouterr().out
     with np.load(tmp_path / "path.npz") as z, np.load(inv.with_suffix(".npz")) as zi:
         assert int(z["steps"]) == 5 and np.allclose(z["samples"][0], zi["recon"][0], atol=1e-5)
     assert cli.main(["interpolate", "--checkpoint", str(run), "--latents", str(inv.with_suffix(".npz")), "--n", "3",
