@@ -485,6 +485,10 @@ def _settings_of_latents(args) -> None:
             taken.append(f"--steps {steps} --spacing {spacing}")
         elif (args.steps or DEFAULT_STEPS, args.spacing or "uniform") != (int(steps), spacing):
             other.append(f"--steps {steps} --spacing {spacing}")
+    untaken = [f"--{key.replace('_', '-')}" for key in ("clip", "lower_order_final") if _recorded(args.latents, key) == "True"]
+    if untaken:
+        warnings.warn(f"{args.latents} was made with {' and '.join(untaken)}, which interpolate does not take: the ends of "
+                      f"its path are not the file's images", LatentsWarning)
     if taken:
         print(f"{' '.join(taken)}: what made {args.latents}")
     if other:

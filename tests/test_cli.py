@@ -119,7 +119,8 @@ def test_invert_with_heun_lands_nearer_the_odes_latent_than_ddim(trained, tmp_pa
 def test_interpolate_decodes_latents_with_the_sampler_that_made_them(trained, tmp_path, capsys):
     """`interpolate --latents` decoded every file's latents with DDIM, so the latents of `invert --sampler heun` and of
     `sample --sampler ipndm` came back at λ = 0 and 1 as other images than the file's. It now takes the file's sampler as
-    it takes its grid (and says so), records it, and warns when another is asked for."""
+    it takes its grid (and says so), records it, and warns when another is asked for, or when the file was made with
+    `--clip` or `--lower-order-final`, which interpolate does not take."""
     ckpt, images = str(trained / "ckpt.pt"), tmp_path / "in.npz"
     np.savez(images, x0=(torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1).numpy())
     assert cli.main(["invert", "--checkpoint", ckpt, "--input", str(images), "--steps", "6", "--sampler", "heun",
@@ -140,6 +141,11 @@ def test_interpolate_decodes_latents_with_the_sampler_that_made_them(trained, tm
     assert "inv.npz was made with --sampler heun: with other settings its latents decode" in capsys.readouterr().err
     with np.load(tmp_path / "ddim.npz") as z, np.load(tmp_path / "inv.npz") as made_by:
         assert np.abs(z["samples"][0] - made_by["recon"][0]).max() > 1e-3      # DDIM's images of Heun's latents differ
+    assert cli.main(["sample", "--checkpoint", ckpt, "--n", "2", "--steps", "4", "--clip", "--no-progress",
+                     "--out", str(tmp_path / "clipped")]) == 0
+    assert cli.main(["interpolate", "--checkpoint", ckpt, "--latents", str(tmp_path / "clipped.npz"), "--n", "3",
+                     "--no-progress", "--out", str(tmp_path / "from_clipped")]) == 0
+    assert "clipped.npz was made with --clip, which interpolate does not take" in capsys.readouterr().err
 
 
 def test_sample_from_diffusers_folder(tmp_path):
