@@ -18,7 +18,7 @@ callback=None) -> x_0 (some take keyword-only options with defaults), visits the
 `_REGISTRY` with its number of ε evaluations (NFE) for S = len(seq):
 
     euler S (≡ DDIM η=0) · heun 2S−1 · dpm_solver_2 2S−1 · dpm_solver_pp_2m S · dpm_solver_pp_3m S ·
-    unipc_2 S · unipc_3 S · ipndm S−1 (the analytical first step replaces the first call).
+    unipc_2 S · unipc_3 S · ipndm S−1 (the analytical first step replaces the first call) · deis_tab S.
 
 `heun_invert` runs the other way, x_0 → x_T over seq increasing, as `samplers.ddim_invert` does (notebook 05 §8); the two
 are `INVERSIONS`, whose calls `nfe` counts too (ddim_invert S, heun_invert 2S − 1).
@@ -430,21 +430,50 @@ def phi(k: int, h: float) -> float:
     return v
 
 
+def _lagrange_basis(v) -> list[np.ndarray]:
+    """The Lagrange basis ℓ_j(u) = Π_{m≠j} (u − v_m)/(v_j − v_m) of the nodes v, each in increasing powers of u."""
+    out = []
+    for j, vj in enumerate(v):
+        coef = np.array([1.0])
+        for m, vm in enumerate(v):
+            if m != j:
+                coef = np.convolve(coef, [-vm, 1.0]) / (vj - vm)
+        out.append(coef)
+    return out
+
+
 def _lagrange_integrals(nodes, a: float, b: float, rho: float = 1.0) -> list[float]:
     """w_j = ∫_a^b ℓ_j(σ^{1/ρ}) dσ for the Lagrange basis ℓ_j of the nodes v_j = σ_j^{1/ρ} (notebook 08 §6).
 
     ℓ_j(v) = Σ_m c_m v^m is expanded in monomials and integrated termwise, ∫ σ^{m/ρ} dσ = σ^{m/ρ+1}/(m/ρ+1):
     exact for any ρ ≥ 1, including the last step to b = σ = 0.
     """
-    v = [float(s) ** (1 / rho) for s in nodes]
-    out = []
-    for j, vj in enumerate(v):
-        coef = np.array([1.0])                                     # ℓ_j in increasing powers of v
-        for m, vm in enumerate(v):
-            if m != j:
-                coef = np.convolve(coef, [-vm, 1.0]) / (vj - vm)
-        out.append(float(sum(c * (b ** (m / rho + 1) - a ** (m / rho + 1)) / (m / rho + 1) for m, c in enumerate(coef))))
-    return out
+    basis = _lagrange_basis([float(s) ** (1 / rho) for s in nodes])
+    return [float(sum(c * (b ** (m / rho + 1) - a ** (m / rho + 1)) / (m / rho + 1) for m, c in enumerate(coef)))
+            for coef in basis]
+
+
+GAUSS_NODES = 5     # Gauss–Legendre points per unit of t in `_kernel_integrals`: weights to ~1e-15 relative (3 give 1e-8)
+
+
+def _kernel_integrals(alpha_bar: torch.Tensor, nodes, a: int, b: int) -> list[float]:
+    """w_j = ∫_a^b ℓ_j(τ) σ'(τ) dτ = ∫_{σ(a)}^{σ(b)} ℓ_j(t(σ)) dσ for the Lagrange basis ℓ_j in the step t of the integer
+    nodes, over integer steps a > b ≥ −1 (tAB-DEIS's C_ij, Zhang & Chen 2023 §3, in x̄; notebook 08 §6).
+
+    σ(τ) is `alpha_bar_cont`'s: log ᾱ linear on each [k, k+1], so t(σ) = k + (log(1+σ²) + log ᾱ_k)/(log ᾱ_k − log ᾱ_{k+1})
+    there, smooth in σ (σ'(τ) itself is infinite at τ = −1, where σ = 0). Each unit piece gets GAUSS_NODES Gauss–Legendre
+    points in σ; ℓ_j is taken in τ − a, whose powers stay small.
+    """
+    neg = (-_log_table(alpha_bar)).cpu().numpy()          # −log ᾱ_{k} at index k + 1
+    k = np.arange(b, a, dtype=np.float64)[:, None]
+    lo, hi = neg[np.arange(b, a) + 1][:, None], neg[np.arange(b, a) + 2][:, None]
+    s_lo, s_hi = np.sqrt(np.expm1(lo)), np.sqrt(np.expm1(hi))
+    g, gw = np.polynomial.legendre.leggauss(GAUSS_NODES)
+    sig = (s_lo + s_hi) / 2 + (s_hi - s_lo) / 2 * g
+    tau = k + (np.log1p(sig ** 2) - lo) / (hi - lo)
+    dsig = (s_hi - s_lo) / 2 * gw
+    basis = _lagrange_basis([float(n) - a for n in nodes])
+    return [-float((np.polynomial.polynomial.polyval(tau - a, coef) * dsig).sum()) for coef in basis]
 
 
 def dpm_solver_pp_3m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None, *,
@@ -637,7 +666,9 @@ def ipndm(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
       step index with dσ frozen over each step: second order on smooth grids, but the best of these methods at
       very few steps (notebook 08 §6).
     - rho=ρ ≥ 1: P is a polynomial in σ^{1/ρ} through the actual nodes and is integrated exactly
-      (`_lagrange_integrals`): variable-step Adams–Bashforth, of order `order` (ρ = 1: in σ itself).
+      (`_lagrange_integrals`): variable-step Adams–Bashforth, of order `order` (ρ = 1: in σ itself). With rho=1.0
+      and afs=False this is DEIS's own ρAB-DEIS (Zhang & Chen 2023 §4, `get_sampler_rho_ab`, whose ab_order r is
+      order = r + 1), equal to their code to 5e-14 once its Riemann-sum weights are refined (tests/test_ode.py).
 
     afs (the analytical first step, AFS, of Zhou et al. 2024, the AMED-Solver paper): the first step uses
     ε(x_T) ≈ x_T instead of a network call — exact as ᾱ_T → 0 for zero-mean data; the error is about √ᾱ_T |E x_0| in ε, which the
@@ -672,22 +703,53 @@ def ipndm(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
             return [(b - a) * c for c in adams_coefficients(len(nodes), implicit)]
         return _lagrange_integrals(nodes, a, b, rho)
 
-    hist = [x_T.clone() if afs else call_eps(eps, x_T, pairs[0][0])]   # ε at the current point and before
-    nodes = [sig[0]]
+    first = x_T.clone() if afs else call_eps(eps, x_T, pairs[0][0])
+    return _multistep(eps, pairs, sig, sig, xbar, traj, first, weights, order, corrector, callback, return_trajectory)
+
+
+def _multistep(eps, pairs, sig, at, xbar, traj, first, weights, order: int, corrector: bool, callback, return_trajectory):
+    """The loop of `ipndm` and `deis_tab`: x̄_s = x̄_t + Σ_j w_j ε_{−j} over the last `order` ε's, with
+    w = weights(their nodes, at[i], at[i + 1], implicit) in the variable `at` (σ or t) and `first` the ε at x_T."""
+    hist, nodes = [first], [at[0]]                  # ε at the current point and before
     for i, (t, s) in enumerate(pairs):
         x0 = xbar - sig[i] * hist[-1]
-        w = weights(nodes[-order:][::-1], sig[i], sig[i + 1], False)
+        w = weights(nodes[-order:][::-1], at[i], at[i + 1], False)
         x_next = xbar + sum(wj * ej for wj, ej in zip(w, hist[-order:][::-1]))
         if s >= 0:
             e = call_eps(eps, _x(x_next, sig[i + 1]), s)
             if corrector:
-                cn = [sig[i + 1]] + nodes[-order:][::-1]
-                w = weights(cn, sig[i], sig[i + 1], True)
+                cn = [at[i + 1]] + nodes[-order:][::-1]
+                w = weights(cn, at[i], at[i + 1], True)
                 x_next = xbar + sum(wj * ej for wj, ej in zip(w, [e] + hist[-order:][::-1]))
-            hist, nodes = (hist + [e])[-order - 1:], (nodes + [sig[i + 1]])[-order - 1:]
+            hist, nodes = (hist + [e])[-order - 1:], (nodes + [at[i + 1]])[-order - 1:]
         xbar = x_next
         _record(traj, callback, i, t, s, xbar, sig[i + 1], x0)
     return _result(xbar, traj, return_trajectory)
+
+
+def deis_tab(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None, *, order: int = 3):
+    """tAB-DEIS (Zhang & Chen 2023, DEIS, §3, the exponential integrator with polynomial extrapolation; `get_sampler_t_ab`
+    in their code, qsh-zh/deis): Adams–Bashforth with ε a polynomial in the step t, integrated against the exponential
+    integrator's kernel. NFE = S (notebook 08 §6).
+
+    In x̄ = x_t/√ᾱ_t the exponential integrator is x̄_s = x̄_t + ∫_t^s σ'(τ) ε(τ) dτ (the paper's ½ Ψ G Gᵀ L⁻ᵀ for the VP
+    SDE is √ᾱ_s σ'(τ)). With P the polynomial in τ through the last `order` ε's (fewer at the start), at the visited
+    steps t_j, x̄_s = x̄_t + Σ_j w_j ε_j, w_j = ∫_t^s ℓ_j(τ) σ'(τ) dτ (`_kernel_integrals`, Gauss–Legendre in σ).
+    `order` counts nodes, as `ipndm`'s does: the paper's tAB-r is order = r + 1. The last step to σ = 0 integrates
+    the same polynomial over [t_last, −1], with no call there.
+
+    Their code (a30709f) gives the same steps up to its Riemann sums of the weights (10⁴ points: 3e-4 on x_0 with
+    S = 11; refined, 1e-8; tests/test_ode.py). ρAB-DEIS is `ipndm(..., rho=1.0, afs=False)` (`ipndm`).
+    """
+    order = check_int("order", order, 1, 4)
+    alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory)
+    steps = [t for t, _ in pairs] + [-1]
+
+    def weights(nodes, a, b, implicit):
+        return _kernel_integrals(alpha_bar, nodes, a, b)
+
+    first = call_eps(eps, x_T, pairs[0][0])
+    return _multistep(eps, pairs, sig, steps, xbar, traj, first, weights, order, False, callback, return_trajectory)
 
 
 # name -> (solver, NFE on S steps with the solver's options); SOLVERS lists the names (notebook 05 §7)
@@ -703,6 +765,7 @@ _REGISTRY = {
     # variable-step Adams–Bashforth 3 in σ: the least error on notebook 08 §7's exact scores from 80 calls on; on the
     # digits model (§8) closer than ipndm at 20 and 40 calls, and farther than unipc_3
     "ipndm_vs": (functools.partial(ipndm, rho=1.0), lambda S, afs=True, **_: S - 1 if afs else S),
+    "deis_tab": (deis_tab, lambda S, **_: S),
 }
 SOLVERS = tuple(_REGISTRY)
 # The step rule each solver runs on when none is asked for (`sample --sampler NAME`): λ-uniform for the λ-solvers (their
@@ -710,7 +773,8 @@ SOLVERS = tuple(_REGISTRY)
 # the benchmark's fixed setting) for iPNDM, and the DDIM code's `uniform`, the command's default before, for DDIM and the
 # single-step solvers of notebook 05 (which measures them on `linspace`).
 DEFAULT_RULES = {"euler": "uniform", "heun": "uniform", "dpm_solver_2": "uniform", "dpm_solver_pp_2m": "logsnr",
-                 "dpm_solver_pp_3m": "logsnr", "unipc_2": "logsnr", "unipc_3": "logsnr", "ipndm": "power3", "ipndm_vs": "power3"}
+                 "dpm_solver_pp_3m": "logsnr", "unipc_2": "logsnr", "unipc_3": "logsnr", "ipndm": "power3", "ipndm_vs": "power3",
+                 "deis_tab": "uniform"}
 
 
 # name -> (inversion x_0 -> x_T over seq increasing, NFE on S steps): the sibling of _REGISTRY the other way (notebook 05 §8),

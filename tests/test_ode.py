@@ -394,7 +394,8 @@ def errors_at_t100(ref_100):
             "ab3_sigma": (ode.ipndm, dict(order=3, afs=False, rho=1.0)),
             "ab4_rho3": (ode.ipndm, dict(order=4, afs=False, rho=3.0)),
             "ab2_pc": (ode.ipndm, dict(order=2, afs=False, rho=1.0, corrector=True)),
-            "ab3_pc": (ode.ipndm, dict(order=3, afs=False, rho=1.0, corrector=True))}
+            "ab3_pc": (ode.ipndm, dict(order=3, afs=False, rho=1.0, corrector=True)),
+            "tab2": (ode.deis_tab, dict(order=2)), "tab3": (ode.deis_tab, dict(order=3)), "tab4": (ode.deis_tab, dict(order=4))}
     out = {}
     for name, (f, kw) in runs.items():
         errs = [float((f(EPS, X_T, AB, ode.lambda_timesteps(S, AB, t_min=100), return_trajectory=True, **kw)[1]["x"][-2]
@@ -407,7 +408,7 @@ def errors_at_t100(ref_100):
 @pytest.mark.parametrize("name,order", [("dpm_solver_pp_3m", 3), ("3m_published", 2), ("unipc_2", 3), ("unipc_3", 4),
                                         ("unip_2", 2), ("unip_3", 3), ("unipc_2_bh1", 3), ("unipc_3_bh1", 4),
                                         ("unip_2_bh1", 2), ("unip_3_bh1", 3), ("ab3_sigma", 3), ("ab4_rho3", 4),
-                                        ("ab2_pc", 3), ("ab3_pc", 4)])
+                                        ("ab2_pc", 3), ("ab3_pc", 4), ("tab2", 2), ("tab3", 3), ("tab4", 4)])
 def test_fast_solver_orders(errors_at_t100, name, order):
     """Fitted log-log slope within 3 standard errors + 0.2 (the pre-asymptotic bias measured at these S) of the
     order; the corrector adds one order at no extra call; the published 3M coefficient is second order."""
@@ -663,6 +664,90 @@ def test_ipndm_vs_is_variable_step_ipndm_by_name():
     assert torch.equal(named, ode.ipndm(eps, x_T, ab, seq, rho=1.0))
     assert not torch.allclose(named, ode.ipndm(eps, x_T, ab, seq), atol=1e-6)
     assert ode.nfe("ipndm_vs", 12) == 11 and ode.DEFAULT_RULES["ipndm_vs"] == "power3"
+
+
+# ------------------------------------------------------------- DEIS (Zhang & Chen 2023): tAB and ρAB (notebook 08 §6)
+
+def kernel_integrals_match_quadrature() -> bool:
+    """`ode._kernel_integrals` (tAB-DEIS's weights, Gauss–Legendre in σ) equal ∫_a^b ℓ_j(τ) dσ(τ) integrated by parts,
+    ℓ_j(b)σ(b) − ℓ_j(a)σ(a) + ∫_b^a σ(τ) ℓ_j'(τ) dτ, by scipy's quad over each unit of τ, with σ(τ) from log ᾱ interpolated
+    linearly by numpy and ℓ_j by scipy's lagrange, to 1e-12 relative; one case ends at σ(−1) = 0, where σ'(τ) is infinite."""
+    from scipy.integrate import quad
+    from scipy.interpolate import lagrange
+    log_ab = np.concatenate([[0.0], np.log(AB.numpy())])            # t = −1, 0, …, 999
+
+    def sigma(t):
+        return math.sqrt(math.expm1(-np.interp(t, np.arange(-1, 1000), log_ab)))
+
+    for nodes, a, b in (([400, 600, 800], 400, 250), ([30, 60, 120], 30, -1)):
+        w = ode._kernel_integrals(AB, nodes, a, b)
+        for j in range(len(nodes)):
+            ell = lagrange(np.array(nodes, float) - a, np.eye(len(nodes))[j])
+            inner = sum(quad(lambda u: sigma(u) * ell.deriv()(u - a), k, k + 1, epsabs=1e-15, epsrel=1e-13)[0]
+                        for k in range(b, a))
+            exact = ell(b - a) * sigma(b) - ell(0) * sigma(a) + inner
+            if not math.isclose(w[j], exact, rel_tol=1e-12):
+                return False
+    return True
+
+
+def test_deis_tab_weights_against_quadrature():
+    assert kernel_integrals_match_quadrature()
+
+
+@pytest.mark.parametrize("wrong", ["3 Gauss nodes a unit", "t(sigma) through log(1 + sigma)"])
+def test_deis_tab_weight_check_fails_for_wrong_weights(wrong):
+    """The check above can fail: 3 Gauss–Legendre nodes per unit of t leave weights off by ~1e-8; a wrong map σ → t more."""
+    if wrong == "3 Gauss nodes a unit":
+        patch = mock.patch.object(ode, "GAUSS_NODES", 3)
+    else:
+        patch = mock.patch.object(ode, "_kernel_integrals", mutant(ode._kernel_integrals, "np.log1p(sig ** 2)", "np.log1p(sig)"))
+    with patch:
+        assert not kernel_integrals_match_quadrature()
+
+
+# qsh-zh/deis at a30709f434ddddefaf2201d014ce4158e62c2a33 (th_deis, jax 0.4.30, float64), on this module's AB, EPS and X_T,
+# with ddimlab's time (VPSDE with t2alpha = exp of log ᾱ interpolated linearly, ᾱ_{−1} = 1) and their rev_ts set to SEQ_DEIS;
+# their Riemann sums (num_item = 10⁴ by default) replaced by Richardson's 2 S_{2N} − S_N (N = 2·10⁵ for the samplers, a
+# multiple of the step's length for the weights). With their default 10⁴ items they differ from these by 5e-6 (ρAB) and
+# 3e-4 (tAB).
+SEQ_DEIS = torch.tensor([999, 825, 668, 528, 404, 297, 206, 131, 73, 32, 7])
+DEIS_RHO_AB2_X0 = [-0.5388237518371103, -0.07857153527954837, -0.42470888269081236]    # get_sampler_rho_ab, ab_order=2: x[0]
+DEIS_T_AB2_X0 = [-0.5453912093969384, -0.08030885022044458, -0.4274677475058266]       # get_sampler_t_ab, ab_order=2: x[0]
+# get_one_coef_per_step_fn(sde)(120, 60, [120, 250, 400, 600], j, N) / √ᾱ_60, N = 60·4000 and 60·8000, Richardson
+DEIS_T_WEIGHTS = [-0.296708480071254, 0.146778839180276, -0.063377885425124, 0.00976132459125368]
+
+
+def test_deis_matches_the_authors_code():
+    """ρAB-DEIS with ab_order r (the polynomial in ρ = σ through r + 1 points, integrated exactly) is
+    `ipndm(rho=1.0, afs=False, order=r + 1)`, i.e. `ipndm_vs` with a first call (agreeing to rounding); tAB-DEIS is
+    `deis_tab(order=r + 1)` (to 3e-8 on the sampler, the authors' Riemann sums' residue, and 1e-10 on the weights)."""
+    rho_ab = ode.ipndm(EPS, X_T, AB, SEQ_DEIS, return_trajectory=True, rho=1.0, afs=False)[1]["x"][-2]   # at t = 7
+    np.testing.assert_allclose(rho_ab[0].numpy(), DEIS_RHO_AB2_X0, rtol=0, atol=1e-12)
+    named = ode.solve("ipndm_vs", EPS, X_T, AB, SEQ_DEIS, return_trajectory=True, afs=False)[1]["x"][-2]
+    assert torch.equal(named, rho_ab)
+    t_ab = ode.deis_tab(EPS, X_T, AB, SEQ_DEIS, return_trajectory=True)[1]["x"][-2]
+    np.testing.assert_allclose(t_ab[0].numpy(), DEIS_T_AB2_X0, rtol=0, atol=3e-8)
+    np.testing.assert_allclose(ode._kernel_integrals(AB, [120, 250, 400, 600], 120, 60), DEIS_T_WEIGHTS, rtol=1e-10)
+    assert float((t_ab - rho_ab).abs().max()) > 1e-3           # tAB and ρAB are different methods
+
+
+DEIS_MUTANTS = {       # name: (the function, the mutation in its source)
+    "each weight paired with another step's eps": (ode.deis_tab, ("nodes, a, b)", "nodes[::-1], a, b)")),
+    "the basis evaluated at tau - b instead of tau - a (the polynomial shifted by one step)": (
+        ode._kernel_integrals, ("polyval(tau - a", "polyval(tau - b")),
+}
+
+
+def test_deis_tab_order_check_passes_for_the_library(ref_100):
+    assert has_order(ode.deis_tab, ref_100, 2, order=2)
+
+
+@pytest.mark.parametrize("name", DEIS_MUTANTS)
+def test_deis_tab_order_check_fails_for_mutant(ref_100, name):
+    fn, (old, new) = DEIS_MUTANTS[name]
+    with mock.patch.object(ode, fn.__name__, mutant(fn, old, new)):
+        assert not has_order(ode.deis_tab, ref_100, 2, order=2)
 
 
 # ------------------------------------------------------------------------- log_likelihood (notebook 05 §9)
