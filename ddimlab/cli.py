@@ -795,7 +795,7 @@ def _model_args(p: argparse.ArgumentParser, out_default: str, sampler: bool = Fa
     p.add_argument("--spacing", choices=schedule.SPACINGS + ode.STEP_RULES, default=None,
                    help="timestep sub-sequence (README, Timestep sub-sequences; logsnr, karras, power2/3: notebook 08 §5). "
                         "Default: uniform" + ("; for --sampler, the solver's own: logsnr for dpm_solver_pp_2m/3m and "
-                                              "unipc_2/3, power3 for ipndm and ipndm_vs" if sampler else ""))
+                                              "unipc_2/3, power3 for ipndm, ipndm_vs and deis_tab" if sampler else ""))
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, mps")
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the network on CUDA")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights of a ddimlab checkpoint, not the EMA")

@@ -115,10 +115,10 @@ def test_ddpm_variance_small_and_large_are_ddpms_two_variances(trained, tmp_path
 
 def test_default_step_rules_are_the_readmes():
     """"each on its own step rule unless `--spacing` says otherwise (`ode.DEFAULT_RULES`: logsnr for DPM-Solver++ and
-    UniPC, power3 for iPNDM, the DDIM code's uniform for DDIM, DDPM and the rest\""""
+    UniPC, power3 for iPNDM and tAB-DEIS, the DDIM code's uniform for DDIM, DDPM and the rest\""""
     assert set(ode.DEFAULT_RULES) == set(ode.SOLVERS)
     for name, rule in ode.DEFAULT_RULES.items():
-        expected = ("logsnr" if name.startswith(("dpm_solver_pp", "unipc")) else "power3" if name.startswith("ipndm")
+        expected = ("logsnr" if name.startswith(("dpm_solver_pp", "unipc")) else "power3" if name.startswith(("ipndm", "deis"))
                     else "uniform")
         assert rule == expected, name
 
