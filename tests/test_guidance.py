@@ -248,6 +248,24 @@ def test_thresholded_eps_makes_every_x0_solver_integrate_the_thresholded_predict
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-9, atol=1e-12)
 
 
+def test_thresholded_x0_form_solvers_end_inside_the_bounds_and_ipndm_does_not():
+    """notebook 10 §4's recommendation: with `ode.thresholded_eps`, every solver whose last step returns the thresholded
+    x̂_0 (DDIM, DPM-Solver++(2M)/(3M), UniPC-2/3) ends inside [-1, 1] at 5, 10 and 20 calls on 16 pixels near the
+    bounds at w = 7.5, while iPNDM, which extrapolates ε_thr down to σ = 0, leaves it (the notebook's data, fewer x_T)."""
+    signs = 2 * torch.randint(0, 2, (8, 16), generator=torch.Generator().manual_seed(4)).double() - 1
+    covs = 0.01 * torch.eye(16, dtype=torch.float64).expand(8, 16, 16)
+    eps_w = samplers.guided_eps(*(toy.exact_eps(toy.GaussianMixture(torch.ones(k), 0.8 * signs[:k], covs[:k]), AB)
+                                  for k in (8, 4)), 7.5)
+    eps_thr = ode.thresholded_eps(eps_w, AB)
+    x_T = torch.randn(64, 16, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    for n in (5, 10, 20):
+        seq = ode.lambda_timesteps(n, AB)
+        for solver in (ode.euler, ode.dpm_solver_pp_2m, ode.dpm_solver_pp_3m, ode.unipc_2, ode.unipc_3):
+            assert float(solver(eps_thr, x_T, AB, seq).abs().max()) <= 1 + 1e-12, (solver.__name__, n)
+            assert float(solver(eps_w, x_T, AB, seq).abs().max()) > 1, (solver.__name__, n)      # the bound is thresholding's
+        assert float(ode.ipndm(eps_thr, x_T, AB, ode.lambda_timesteps(n + 1, AB)).abs().max()) > 1, n
+
+
 def test_thresholded_eps_in_ddim_and_dpm_solver_pp_2m_equals_diffusers_thresholding():
     """diffusers' `thresholding=True` (ratio 0.995, sample_max_value 1.5) in DPMSolverMultistepScheduler (dpmsolver++,
     order 2) and in DDIMScheduler with use_clipped_model_output=True is `ode.thresholded_eps` in our 2M and DDIM
