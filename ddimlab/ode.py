@@ -804,7 +804,7 @@ IVP_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")     # scipy's 
 def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol, method, either_way: bool = False):
     """The checks `reference_solution` and `log_likelihood` share: `x` (called `name`) as the samplers check it
     (`check_x`: a finite floating tensor with a batch dimension) and without grad, eps a function, the tolerances > 0
-    and rtol no finer than x's dtype resolves, steps t_start, t_end in [−1, T−1] with t_end < t_start (t_end ≠ t_start
+    and within `_check_tolerances`' range, steps t_start, t_end in [−1, T−1] with t_end < t_start (t_end ≠ t_start
     if `either_way`), method one of solve_ivp's (a name in IVP_METHODS or an OdeSolver subclass). Returns (alpha_bar,
     t_start, t_end)."""
     from scipy.integrate import OdeSolver
@@ -822,7 +822,8 @@ def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol, method,
     for tol_name, tol in (("rtol", rtol), ("atol", atol)):
         if (v := as_real(tol)) is None or v <= 0:
             raise ValueError(f"{tol_name} must be a finite number > 0 (solve_ivp's tolerance), got {tol!r}")
-    _check_rtol(rtol, f"{name}'s {_dtype_name(x.dtype)} can give (eps is computed in it)", x.dtype, f"{name} in float64")
+    _check_tolerances(rtol, atol, f"{name}'s {_dtype_name(x.dtype)} can give (eps is computed in it)", x.dtype,
+                      f"{name} in float64")
     steps = [as_real(v) for v in (t_start, t_end)]
     if None in steps:
         raise ValueError(f"t_start and t_end must be finite numbers (steps, fractional allowed), got {t_start!r} and {t_end!r}")
@@ -850,36 +851,42 @@ def rtol_floor(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps / 20
 
 
-# The coarsest rtol `reference_solution` and `log_likelihood` take. Past it solve_ivp's step control breaks down: from
-# x_T ~ N(0, I) on exact scores (DOP853, atol = rtol; 2-D default_mixture and a 16-D random_mixture, data RMS 0.5 and
+# The coarsest rtol and atol `reference_solution` and `log_likelihood` take. Past it solve_ivp's step control breaks down:
+# from x_T ~ N(0, I) on exact scores (DOP853, atol = rtol; 2-D default_mixture and a 16-D random_mixture, data RMS 0.5 and
 # 0.3) the RMS error of x_0 against rtol 1e-10 was 2e-4 to 2e-3 at rtol 1e-3, 3e-3 to 8e-3 at 1e-2, 0.26 at 2e-2 and
-# 3 to 3.6, more than the data's own size, at 3e-2 to 0.1 (careless round 29).
+# 3 to 3.6, more than the data's own size, at 3e-2 to 0.1 (careless round 29); with rtol 1e-3, 1e-3 to 2e-3 at atol
+# 1e-2, 9e-3 to 1.4e-2 at 3e-2 and 0.05 to 0.8 at 0.5 (round 30).
 RTOL_CEILING = 1e-2
 
 
-def _check_rtol(rtol, what: str, dtype: torch.dtype, instead: str) -> None:
-    """ε computed in `dtype`: rtol no finer than `rtol_floor(dtype)` and no coarser than RTOL_CEILING. `what` completes
-    "rtol = ... is finer than" and `instead` "pass rtol >= floor, or"."""
-    if as_real(rtol) > RTOL_CEILING:
-        raise ValueError(f"rtol = {as_real(rtol):g} is coarser than {RTOL_CEILING:g}, past which solve_ivp's error control "
-                         f"breaks down (its solution can be farther off than the data's own size): pass rtol <= {RTOL_CEILING:g}")
-    if as_real(rtol) < (floor := rtol_floor(dtype)):
-        raise ValueError(f"rtol = {as_real(rtol):g} is finer than {what}, and solve_ivp would take ever smaller steps: pass "
-                         f"rtol >= {floor:.2g}, or {instead}")
+def _check_tolerances(rtol, atol, what: str, dtype: torch.dtype, instead: str) -> None:
+    """ε computed in `dtype`: rtol and atol each no finer than `rtol_floor(dtype)` and no coarser than RTOL_CEILING. atol
+    is in the units of x (data in [−1, 1], x_T ~ N(0, I)) and of log p (nats), where a value of size 1 is rounded to
+    dtype's eps: the same floor as rtol's (atol = 1e-300 left solve_ivp relative control alone, which fails where a
+    coordinate, or the divergence's integral at its start, is 0). `what` completes "rtol = ... is finer than" and
+    `instead` "pass rtol >= floor, or"."""
+    for name, tol in (("rtol", as_real(rtol)), ("atol", as_real(atol))):
+        if tol > RTOL_CEILING:
+            raise ValueError(f"{name} = {tol:g} is coarser than {RTOL_CEILING:g}, past which solve_ivp's error control "
+                             f"breaks down (its solution can be farther off than the data's own size): pass {name} <= "
+                             f"{RTOL_CEILING:g}")
+        if tol < (floor := rtol_floor(dtype)):
+            raise ValueError(f"{name} = {tol:g} is finer than {what}, and solve_ivp would take ever smaller steps: pass "
+                             f"{name} >= {floor:.2g}, or {instead}")
 
 
-def _eps_of_xbar(eps, alpha_bar, xbar: torch.Tensor, sig: float, sig_max: float, dtype, rtol) -> torch.Tensor:
+def _eps_of_xbar(eps, alpha_bar, xbar: torch.Tensor, sig: float, sig_max: float, dtype, tols) -> torch.Tensor:
     """The right-hand side of (ODE), ε(x̄/√(σ²+1), t(σ)), float64, with ε called in `dtype` (x's) and t as `call_eps`
     passes a fractional step; σ below 0 is read as 0 and, for t only, above sig_max as sig_max (the solver's rounding).
-    An ε returned in a coarser dtype than x's (a float32 network behind a lambda) must resolve `rtol` too."""
+    An ε returned in a coarser dtype than x's (a float32 network behind a lambda) must resolve `tols` = (rtol, atol) too."""
     sig = max(sig, 0.0)
     x = (xbar / math.sqrt(sig ** 2 + 1)).to(dtype)
     t = torch.full((x.shape[0],), float(_t_of_sigma(alpha_bar, min(sig, sig_max))), device=x.device,
                    dtype=torch.promote_types(dtype, torch.float32))
     e = _of_x_shape(eps(x, t), x, "eps(x, t)")
     if e.dtype != dtype and e.is_floating_point():
-        _check_rtol(rtol, f"the {_dtype_name(e.dtype)} that eps(x, t) returns can give", e.dtype,
-                    f"have eps return x's {_dtype_name(dtype)}")
+        _check_tolerances(*tols, f"the {_dtype_name(e.dtype)} that eps(x, t) returns can give", e.dtype,
+                          f"have eps return x's {_dtype_name(dtype)}")
     e = e.to(torch.float64)
     if not bool(torch.isfinite(e).all()):
         raise NonFiniteError(f"eps(x, t) returned NaN or inf at t = {float(t[0]):.6g} (sigma = {sig:.6g})")
@@ -920,7 +927,7 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
     The whole batch is one state vector (the ODE is per-sample but scipy's step control then takes the
     worst sample's error). t_start / t_end may be floats (continuous steps); ε is called with float
     steps t(σ), down to t = −1 (ᾱ = 1) when t_end = −1, which the exact lab (`toy.exact_eps`) supports.
-    The state is float64; ε is called in x_T's dtype (a float32 network takes float32 x_T, and then rtol ≥ 6e-9: a
+    The state is float64; ε is called in x_T's dtype (a float32 network takes float32 x_T, and then rtol, atol ≥ 6e-9: a
     tolerance below torch.finfo(dtype).eps / 20, ε's rounding, is refused, as it only shrinks the steps; so is one above
     RTOL_CEILING = 0.01, where the step control breaks down). method: solve_ivp's, a name in IVP_METHODS or an OdeSolver
     subclass. Returns x at t_end (= x̄ there times √ᾱ), float64.
@@ -932,7 +939,7 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
     @torch.no_grad()                              # a network's ε would require grad, and .numpy() refuse it
     def rhs(sig, y):
         xbar = torch.from_numpy(y).reshape(shape).to(dev)
-        return _eps_of_xbar(eps, alpha_bar, xbar, sig, max(sig0, sig1), x_T.dtype, rtol).reshape(-1).cpu().numpy()
+        return _eps_of_xbar(eps, alpha_bar, xbar, sig, max(sig0, sig1), x_T.dtype, (rtol, atol)).reshape(-1).cpu().numpy()
 
     y0 = (x_T.to(torch.float64) / math.sqrt(float(alpha_bar_cont(alpha_bar, t_start)))).reshape(-1).cpu().numpy()
     _check_deterministic(rhs, sig0, y0)
@@ -1018,7 +1025,7 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     def rhs(sig, y):
         with torch.enable_grad():
             xbar = torch.from_numpy(y[:B * d]).reshape(shape).to(dev).requires_grad_()
-            e = _eps_of_xbar(eps, alpha_bar, xbar, sig, sig_noise, x_0.dtype, rtol)
+            e = _eps_of_xbar(eps, alpha_bar, xbar, sig, sig_noise, x_0.dtype, (rtol, atol))
             if not e.requires_grad:                 # torch: "element 0 of tensors does not require grad"
                 raise ValueError("eps(x, t) returned a tensor autograd cannot differentiate in x, and log_likelihood needs "
                                  f"its divergence: {_DIFFERENTIABLE_NET}")

@@ -2362,9 +2362,10 @@ def test_round_28_ode_tolerances_as_tensors_and_a_failed_solve_are_said():
     torch.testing.assert_close(got, torch.from_numpy(stats.norm.logpdf(x.numpy(), 0, S).sum(1)), rtol=0, atol=1e-4)
     x_0 = ode.reference_solution(eps, x, AB, 999, rtol=torch.tensor(1e-8), atol=np.float32(1e-8))
     torch.testing.assert_close(x_0, x * S / math.sqrt(float(AB[-1]) * S ** 2 + 1 - float(AB[-1])), rtol=1e-6, atol=0)
-    flips = lambda x, t: x * torch.where(t[:, None] > 500, 1.0, -1.0)     # noqa: E731  no step across t = 500 meets 1e-300
-    with pytest.raises(ValueError, match=r"solve_ivp could not meet rtol = 0.001 and atol = 1e-300 \(Required step size"):
-        ode.log_likelihood(flips, x, AB, rtol=1e-3, atol=1e-300)
+    explodes = lambda x, t: 1e200 * x     # noqa: E731  x̄ overflows in the first steps (atol = 1e-300 is refused since round 30)
+    with pytest.raises(ValueError, match=r"solve_ivp could not meet rtol = 0.001 and atol = 0.001 \(Required step size"), \
+            np.errstate(all="ignore"):
+        ode.log_likelihood(explodes, x, AB, rtol=1e-3, atol=1e-3)
 
 
 def test_round_28_a_blank_cache_folder_is_refused_not_read_as_the_current_one(tmp_path, monkeypatch):
@@ -2400,6 +2401,29 @@ def test_round_29_an_ode_tolerance_past_where_the_step_control_holds_is_refused(
     tight = ode.reference_solution(eps, x_T, AB, 999, rtol=1e-9, atol=1e-9)
     at_ceiling = ode.reference_solution(eps, x_T, AB, 999, rtol=ode.RTOL_CEILING, atol=ode.RTOL_CEILING)
     assert float((at_ceiling - tight).pow(2).mean().sqrt()) < 0.05
+
+
+def test_round_30_an_atol_the_dtype_cannot_resolve_or_past_the_ceiling_is_refused():
+    """Round 29's leftover: atol had no rule but > 0. atol = 1e-300 leaves solve_ivp relative control alone, which failed
+    on a 16-D mixture's log_likelihood ("Required step size is less than spacing") after all its work; atol = 0.5 gave
+    a 'reference' x_0 off by an RMS of 0.83 (data 0.3). atol now takes rtol's range, rtol_floor(dtype) to RTOL_CEILING,
+    named as atol, in x's dtype and in the dtype eps returns; at the floor and at the ceiling it is taken."""
+    mix = toy.default_mixture(2)
+    eps, x_T = toy.exact_eps(mix, AB), torch.randn(4, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for call in (lambda **tol: ode.reference_solution(eps, x_T, AB, 999, **tol),
+                 lambda **tol: ode.log_likelihood(eps, x_T, AB, **tol)):
+        for atol in (0.5, 0.0101):
+            with pytest.raises(ValueError, match=rf"^atol = {atol:g} is coarser than 0.01, .*: pass atol <= 0.01$"):
+                call(rtol=1e-3, atol=atol)
+        for atol, dtype, floor in ((1e-300, torch.float64, "1.1e-17"), (1e-10, torch.float32, "6e-09")):
+            with pytest.raises(ValueError, match=rf"^atol = {atol:g} is finer than x_\w*'s {str(dtype)[6:]} can give .*: "
+                                                 rf"pass atol >= {floor}, or x_\w* in float64$"):
+                (lambda **tol: ode.reference_solution(eps, x_T.to(dtype), AB, 999, **tol))(rtol=1e-3, atol=atol)
+    as_float32 = lambda x, t: eps(x, t).float()     # noqa: E731  a float32 network behind a lambda, x in float64
+    with pytest.raises(ValueError, match=r"^atol = 1e-10 is finer than the float32 that eps\(x, t\) returns can give"):
+        ode.reference_solution(as_float32, x_T, AB, 999, rtol=1e-6, atol=1e-10)
+    ode.reference_solution(eps, x_T.float(), AB, 999, rtol=1e-6, atol=ode.rtol_floor(torch.float32))
+    ode.reference_solution(eps, x_T, AB, 999, rtol=1e-3, atol=ode.RTOL_CEILING)
 
 
 def test_round_29_a_step_sequence_that_is_none_or_not_numbers_is_named():
