@@ -509,6 +509,13 @@ def _check_unipc_variant(variant) -> str:
     return variant
 
 
+def _check_h(h) -> float:
+    """`h` as a float if it is a finite number > 0 (a step in λ), else a one-line ValueError naming it."""
+    if (real := as_real(h)) is None or real <= 0:
+        raise ValueError(f"h must be a finite number > 0 (the step in lambda, lambda_s - lambda_t), got {h!r}")
+    return real
+
+
 def unipc_B(h: float, variant: str = "bh2") -> float:
     """UniPC's B(h), any nonzero B(h) = O(h) (Zhao et al. 2023; notebook 08 §4), in x̂_0 form with h = λ_s − λ_t > 0:
 
@@ -519,6 +526,7 @@ def unipc_B(h: float, variant: str = "bh2") -> float:
     sign taken out. B(h) cancels wherever the a_k are solved for (B(h) Σ_k a_k r_k^{m−1} = m! h φ_{m+1}(−h) for either):
     the variants differ only where a = ½ is set, the p = 2 predictor and the p = 1 corrector (`unipc_coefficients`).
     """
+    h = _check_h(h)         # h <= 0 gave B(h) <= 0, NaN gave NaN, True (read as 1) and a 0-d tensor came back as given
     return h if _check_unipc_variant(variant) == "bh1" else -math.expm1(-h)
 
 
@@ -538,9 +546,7 @@ def unipc_coefficients(r, h: float, variant: str = "bh2") -> list[float]:
         raise ValueError(f"the nodes r must be nonzero real numbers (negative for earlier steps, 1 for the new point), "
                          f"got {list(r)}")
     r = [float(v) for v in r]
-    if (real := as_real(h)) is None or real <= 0:
-        raise ValueError(f"h must be a finite number > 0 (the step in lambda, lambda_s - lambda_t), got {h!r}")
-    h = real
+    h = _check_h(h)
     if not all(math.isfinite(v) for v in r) or len(set(r)) < len(r):
         raise ValueError(f"the nodes r must be finite and distinct (each previous step once), got {r}")
     if len(r) == 1:

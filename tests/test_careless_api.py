@@ -2426,6 +2426,18 @@ def test_round_30_an_atol_the_dtype_cannot_resolve_or_past_the_ceiling_is_refuse
     ode.reference_solution(eps, x_T, AB, 999, rtol=1e-3, atol=ode.RTOL_CEILING)
 
 
+def test_round_30_unipc_B_refuses_a_step_that_is_not_a_positive_number():
+    """ode.unipc_B took any h: h <= 0 gave B(h) <= 0 (h = -1: -1.72 for bh2), NaN gave NaN, True was read as 1 by bh2 and
+    returned as True by bh1, a 0-d tensor came back a tensor from bh1, and "0.5" was a TypeError from '-' (bh2) or came
+    back a string (bh1). unipc_coefficients' rule, one line naming h; a 0-d tensor is read as its value."""
+    for variant in ode.UNIPC_VARIANTS:
+        for h in (0, -1.0, float("nan"), math.inf, True, "0.5", None):
+            with pytest.raises(ValueError, match=r"^h must be a finite number > 0 \(the step in lambda"):
+                ode.unipc_B(h, variant)
+    assert ode.unipc_B(torch.tensor(0.5), "bh1") == 0.5 and type(ode.unipc_B(torch.tensor(0.5), "bh1")) is float
+    assert math.isclose(ode.unipc_B(np.float32(0.5), "bh2"), 1 - math.exp(-0.5), rel_tol=1e-15)
+
+
 def test_round_29_a_step_sequence_that_is_none_or_not_numbers_is_named():
     """seq=None reached heun_invert and ddim_invert as None ("'NoneType' object has no attribute 'tolist'") and every
     other sampler and solver as torch's "can't convert np.ndarray of type numpy.object_"; so did a set or a dict of steps
