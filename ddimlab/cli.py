@@ -478,6 +478,18 @@ def _grid_of_latents(args) -> None:
                       LatentsWarning)
 
 
+def _decoder_of_latents(npz_path) -> tuple[str, dict]:
+    """How `interpolate` decodes latents back to the images they came from: with the deterministic ODE solver the .npz
+    records (`invert --sampler heun`, `sample --sampler NAME`, with dpm_solver_pp_3m's --lower-order-final), else (DDIM,
+    older files, `--seeds`) DDIM with eta = 0. Returns (the solver's name or "ddim", `ode.solve`'s options). On the
+    exact scores of toy.default_mixture, Heun-inverted latents decoded by DDIM missed their images by an RMS 7 times
+    Heun's at 20 steps (0.031 against 0.0043) and 13 times at 50."""
+    solver = _recorded(npz_path, "sampler") if npz_path else None
+    if solver not in ode.SOLVERS:
+        return "ddim", {}
+    return solver, {"lower_order_final": True} if _recorded(npz_path, "lower_order_final") == "True" else {}
+
+
 @_writes_pair
 def cmd_interpolate(args, png: Path, npz: Path) -> int:
     _grid_of_latents(args)
@@ -524,15 +536,17 @@ def cmd_interpolate(args, png: Path, npz: Path) -> int:
     _refuse_existing(args.overwrite, png, npz)
     lam = torch.linspace(0, 1, args.n)
     z = slerp(z0, z1, lam.to(device))
+    solver, options = _decoder_of_latents(args.latents)
+    decode = ddim_sample if solver == "ddim" else functools.partial(ode.solve, solver, **options)
     bar, callback = progress(len(seq), "interpolate", not args.no_progress)
     with bar:
-        x0 = check_data_range(ddim_sample(checkpoint.eps_fn(net, args.amp), z, abar, seq, callback=callback),
+        x0 = check_data_range(decode(checkpoint.eps_fn(net, args.amp), z, abar, seq, callback=callback),
                               abar, seq, clip=None).float().cpu()
     source = (dict(latents=str(Path(args.latents).resolve()), index=np.array(args.index or (0, 1))) if args.latents else
               dict(seeds=np.array(args.seeds or (0, 1))))
     _save_pair(png, npz, x0, args.n, args.scale, args.overwrite, samples=x0.numpy(), x_T=z.cpu().numpy(), lam=lam.numpy(),
-               steps=len(seq), spacing=args.spacing, **source, **_model_record(args, net))
-    print(f"{args.n} images along slerp(z0, z1, λ) -> {png}, {npz}")
+               steps=len(seq), spacing=args.spacing, sampler=solver, **source, **_model_record(args, net))
+    print(f"{args.n} images along slerp(z0, z1, λ), decoded by {solver} -> {png}, {npz}")
     return 0
 
 
@@ -932,7 +946,8 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--input", nargs="+", action="extend", required=True,    # given twice: all the files, not the last
                    help="an .npz with x0/samples (N,C,H,W in [-1,1]) or images (N,H,W,C uint8), or PNG files")
 
-    p = add("interpolate", cmd_interpolate, "slerp between two latents and decode with DDIM (eta = 0)")
+    p = add("interpolate", cmd_interpolate, "slerp between two latents and decode with DDIM (eta = 0), or with the ODE solver "
+                  "that made --latents")
     _model_args(p, "interpolation")
     p.add_argument("--seeds", type=_seed, nargs=2, default=None, metavar=("A", "B"),
                    help="latent 0 of each seed (the first image of `sample --seed A` / `--seed B`; default 0 1)")
