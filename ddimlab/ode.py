@@ -788,7 +788,8 @@ def thresholded_eps(eps, alpha_bar, p: float = 0.995, s_max: float = math.inf):
     so D = x̄ − σ ε_thr = x̃_0 exactly: DDIM, DPM-Solver++(2M)/(3M) and UniPC integrate the thresholded x̂_0, as
     diffusers' data-prediction schedulers with `thresholding=True` do (`diffusion.ddim_step(clip_x0=True)` is the same
     with the static clip). A solver that combines several ε's (iPNDM, DPM-Solver's ε form) integrates the same ODE but
-    its steps' x̂_0 are not thresholded ones (notebook 10 §4). t may be fractional (`alpha_bar_cont`).
+    its steps' x̂_0 are not thresholded ones (notebook 10 §4). t may be fractional (`alpha_bar_cont`), but not −1 (σ = 0,
+    where it divides by 0: `reference_solution` of it stops at t_end = 0).
     """
     check_eps(eps, "thresholded_eps: eps")
     alpha_bar = validate_alpha_bar(alpha_bar)
@@ -796,6 +797,10 @@ def thresholded_eps(eps, alpha_bar, p: float = 0.995, s_max: float = math.inf):
 
     def eps_thr(x, t):
         a = _alpha_bar_cont(alpha_bar, t)
+        if bool((a >= 1).any()):       # reference_solution's default t_end = -1 (predict_x0: "a_t must lie in [0, 1)")
+            raise ValueError("thresholded_eps is undefined at t = -1 (alpha_bar = 1, sigma = 0), where eps = (x - sqrt(a) "
+                             "x0_thr)/sqrt(1 - a) divides by 0: stop the ODE at t_end = 0 (the solvers' last step, 0 -> -1, "
+                             "calls eps at t = 0 only)")
         x0 = dynamic_threshold(predict_x0(x, _of_x_shape(eps(x.clone(), t), x, "thresholded_eps: eps"), a), p, s_max)
         return predict_eps(x, x0, a)
 

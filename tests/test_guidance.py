@@ -233,6 +233,20 @@ def test_round_30_dynamic_threshold_takes_half_precision_big_batches_and_empty_o
         assert diffusion.dynamic_threshold(empty).shape == empty.shape
 
 
+def test_round_30_thresholded_eps_at_sigma_0_says_where_to_stop():
+    """reference_solution of a thresholded ε at its default t_end = -1 called it at σ = 0, where (x − √ᾱ x̃_0)/√(1−ᾱ)
+    divides by 0, and said "a_t must lie in [0, 1), got 1.0", an argument the caller never gave. Now it says where to stop;
+    at t_end = 0, the advice, scipy's x agrees with DPM-Solver++(2M) on all 1000 steps to 1e-3 (2.3e-4 measured: the clip
+    makes the ODE's right-hand side non-smooth)."""
+    eps_thr = ode.thresholded_eps(EPS_C, AB, 0.9, 1.0)
+    x_T = torch.randn(4, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^thresholded_eps is undefined at t = -1 \(alpha_bar = 1, sigma = 0\).*t_end = 0"):
+        ode.reference_solution(eps_thr, x_T, AB, 999, rtol=1e-6, atol=1e-6)
+    at_0 = ode.reference_solution(eps_thr, x_T, AB, 999, 0, rtol=1e-8, atol=1e-8)
+    fine = ode.dpm_solver_pp_2m(eps_thr, x_T, AB, torch.arange(999, -1, -1), return_trajectory=True)[1]["x"][-2]
+    torch.testing.assert_close(at_0, fine, rtol=0, atol=1e-3)
+
+
 @pytest.mark.parametrize("kw, match", [({"p": 99.5}, "p must lie"), ({"p": 0.0}, "p must lie"), ({"s_max": 0.5}, "s_max"),
                                        ({"s_max": float("nan")}, "s_max"), ({"p": True}, "p must lie")])
 def test_dynamic_threshold_refuses_bad_arguments_by_name(kw, match):
