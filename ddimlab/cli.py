@@ -481,13 +481,13 @@ def _grid_of_latents(args) -> None:
 def _decoder_of_latents(npz_path) -> tuple[str, dict]:
     """How `interpolate` decodes latents back to the images they came from: with the deterministic ODE solver the .npz
     records (`invert --sampler heun`, `sample --sampler NAME`, with dpm_solver_pp_3m's --lower-order-final), else (DDIM,
-    older files, `--seeds`) DDIM with eta = 0. Returns (the solver's name or "ddim", `ode.solve`'s options). On the
-    exact scores of toy.default_mixture, Heun-inverted latents decoded by DDIM missed their images by an RMS 7 times
-    Heun's at 20 steps (0.031 against 0.0043) and 13 times at 50."""
-    solver = _recorded(npz_path, "sampler") if npz_path else None
-    if solver not in ode.SOLVERS:
-        return "ddim", {}
-    return solver, {"lower_order_final": True} if _recorded(npz_path, "lower_order_final") == "True" else {}
+    older files, `--seeds`) DDIM with eta = 0, clipping x̂_0 where `sample --clip` did. Returns (the solver's name or
+    "ddim", the keywords of `ode.solve` or `ddim_sample`). On the exact scores of toy.default_mixture, Heun-inverted
+    latents decoded by DDIM missed their images by an RMS 7 times Heun's at 20 steps (0.031 against 0.0043), 13 at 50."""
+    sampler = _recorded(npz_path, "sampler") if npz_path else None
+    if sampler in ode.SOLVERS:
+        return sampler, {"lower_order_final": True} if _recorded(npz_path, "lower_order_final") == "True" else {}
+    return "ddim", {"clip_x0": True} if sampler == "ddim" and _recorded(npz_path, "clip") == "True" else {}
 
 
 @_writes_pair
@@ -537,7 +537,7 @@ def cmd_interpolate(args, png: Path, npz: Path) -> int:
     lam = torch.linspace(0, 1, args.n)
     z = slerp(z0, z1, lam.to(device))
     solver, options = _decoder_of_latents(args.latents)
-    decode = ddim_sample if solver == "ddim" else functools.partial(ode.solve, solver, **options)
+    decode = functools.partial(ddim_sample, **options) if solver == "ddim" else functools.partial(ode.solve, solver, **options)
     bar, callback = progress(len(seq), "interpolate", not args.no_progress)
     with bar:
         x0 = check_data_range(decode(checkpoint.eps_fn(net, args.amp), z, abar, seq, callback=callback),
@@ -545,8 +545,10 @@ def cmd_interpolate(args, png: Path, npz: Path) -> int:
     source = (dict(latents=str(Path(args.latents).resolve()), index=np.array(args.index or (0, 1))) if args.latents else
               dict(seeds=np.array(args.seeds or (0, 1))))
     _save_pair(png, npz, x0, args.n, args.scale, args.overwrite, samples=x0.numpy(), x_T=z.cpu().numpy(), lam=lam.numpy(),
-               steps=len(seq), spacing=args.spacing, sampler=solver, **source, **_model_record(args, net))
-    print(f"{args.n} images along slerp(z0, z1, λ), decoded by {solver} -> {png}, {npz}")
+               steps=len(seq), spacing=args.spacing, sampler=solver, clip=bool(options.get("clip_x0")), **source,
+               **_model_record(args, net))
+    print(f"{args.n} images along slerp(z0, z1, λ), decoded by {solver}{' (clipping x0)' if options.get('clip_x0') else ''} "
+          f"-> {png}, {npz}")
     return 0
 
 

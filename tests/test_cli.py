@@ -2939,7 +2939,8 @@ def test_round_30_interpolate_decodes_latents_with_the_solver_that_made_them(tra
     """`interpolate --latents` of `invert --sampler heun` decoded with DDIM, so its two ends were not the images inverted
     (on toy.default_mixture's exact scores DDIM missed them by 7 times Heun's RMS at 20 steps, 13 times at 50). It now
     decodes with the ODE solver the file records and says so: its ends are invert's reconstructions (ode.heun's decode,
-    recorded by `invert`); DDIM's decode of the same latents is not. A file without an ODE solver is decoded by DDIM."""
+    recorded by `invert`); DDIM's decode of the same latents is not. A file without an ODE solver is decoded by DDIM, with
+    x̂_0 clipped where `sample --clip` made it (without, the ends of a clipped sample's path were not its images)."""
     ckpt, images = str(trained / "ckpt.pt"), tmp_path / "in.npz"
     np.savez(images, x0=(torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1).numpy())
     assert cli.main(["invert", "--checkpoint", ckpt, "--input", str(images), "--steps", "3", "--sampler", "heun",
@@ -2957,3 +2958,11 @@ def test_round_30_interpolate_decodes_latents_with_the_solver_that_made_them(tra
     assert cli.main(["interpolate", "--checkpoint", ckpt, "--latents", str(tmp_path / "bare.npz"), "--n", "3", "--steps", "3",
                      "--no-progress", "--out", str(tmp_path / "plain")]) == 0
     torch.testing.assert_close(torch.as_tensor(np.load(tmp_path / "plain.npz")["samples"][[0, -1]]), by_ddim, rtol=0, atol=1e-4)
+    for clip, said in (([], "decoded by ddim ->"), (["--clip"], "decoded by ddim (clipping x0) ->")):   # as `sample` made them
+        assert cli.main(["sample", "--checkpoint", ckpt, "--steps", "3", "--n", "2", *clip, "--no-progress", "--out",
+                         str(tmp_path / f"s{len(clip)}")]) == 0
+        assert cli.main(["interpolate", "--checkpoint", ckpt, "--latents", str(tmp_path / f"s{len(clip)}.npz"), "--n", "3",
+                         "--no-progress", "--out", str(tmp_path / f"p{len(clip)}")]) == 0
+        assert said in capsys.readouterr().out
+        made, path = np.load(tmp_path / f"s{len(clip)}.npz"), np.load(tmp_path / f"p{len(clip)}.npz")
+        np.testing.assert_allclose(path["samples"][[0, -1]], made["samples"], rtol=0, atol=1e-4)
