@@ -338,7 +338,7 @@ def heun_invert(eps, x0, alpha_bar, seq, return_trajectory: bool = False, callba
     `callback` gets {"i", "t": from, "s": to (larger), "x", "x0"} after each step, as ddim_invert's.
     """
     return_trajectory = check_bool("return_trajectory", return_trajectory)
-    alpha_bar, seq = check_args(x0, alpha_bar, seq, name="x0", callback=callback)
+    alpha_bar, seq = check_args(x0, alpha_bar, seq, name="x0", callback=callback, inverting=True)
     _warn_if_0_255(x0, "x0")
     up = [-1] + list(reversed(seq.tolist()))
     sig = [0.0] + [_sig(alpha_bar, t) for t in up[1:]]
