@@ -150,15 +150,15 @@ def _distinct_steps(t: torch.Tensor, t_min: int, t_max: int, T: int) -> torch.Te
 
 
 def _check_span(S, T: int, t_max, t_min) -> tuple[int, int, int]:
-    """(S, t_max, t_min) as ints, t_max defaulting to T − 1: 0 <= t_min < t_max <= T − 1 (t_min <= t_max for one step),
-    1 <= S <= t_max − t_min + 1 (checked before any table of S values is built)."""
+    """(S, t_max, t_min) as ints, t_max defaulting to T − 1: 0 <= t_min <= t_max <= T − 1 and 1 <= S <= t_max − t_min + 1
+    (so t_min = t_max for one step only; checked before any table of S values is built)."""
     t_max = check_int("t_max", T - 1 if t_max is None else t_max, 0, T - 1, " (T - 1 by default)")
     t_min = check_int("t_min", t_min, 0, T - 1)
-    S = check_int("number of steps S", S, 1, max(1, t_max - t_min + 1), f" (the distinct steps from t_max = {t_max} "
-                  f"to t_min = {t_min})")
-    if not (t_min < t_max or (S == 1 and t_min == t_max)):
-        raise ValueError(f"need 0 <= t_min < t_max <= T-1 = {T - 1} (t_min <= t_max for one step), got t_min={t_min}, "
-                         f"t_max={t_max} for S = {S}")
+    if t_min > t_max:         # said first: S's range below would be "1..1"
+        raise ValueError(f"t_min must not exceed t_max (the steps run from t_max down to t_min), got t_min={t_min}, "
+                         f"t_max={t_max}")
+    S = check_int("number of steps S", S, 1, t_max - t_min + 1, f" (the distinct steps from t_max = {t_max} to t_min = "
+                  f"{t_min})")
     return S, t_max, t_min
 
 

@@ -2460,6 +2460,20 @@ def test_round_30_an_inversion_given_its_steps_increasing_is_told_they_go_as_the
     assert float((back - x0).pow(2).mean().sqrt()) < 0.05
 
 
+def test_round_30_step_rules_with_t_min_above_t_max_name_them():
+    """lambda_timesteps(5, AB, t_max=10, t_min=20) said "number of steps S must be an integer in 1..1", blaming S for
+    the span; now t_min and t_max are named. A span of one step still takes S = 1 only, and the grid runs t_max..t_min."""
+    for rule in (ode.lambda_timesteps, ode.karras_timesteps):
+        for S in (1, 5):
+            with pytest.raises(ValueError, match=r"^t_min must not exceed t_max \(the steps run from t_max down to t_min\), "
+                                                 r"got t_min=20, t_max=10$"):
+                rule(S, AB, t_max=10, t_min=20)
+        assert rule(1, AB, t_max=7, t_min=7).tolist() == [7]
+        with pytest.raises(ValueError, match=r"^number of steps S must be an integer in 1\.\.1 \(the distinct steps"):
+            rule(2, AB, t_max=7, t_min=7)
+        assert rule(4, AB, t_max=13, t_min=10).tolist() == [13, 12, 11, 10]
+
+
 def test_round_29_a_step_sequence_that_is_none_or_not_numbers_is_named():
     """seq=None reached heun_invert and ddim_invert as None ("'NoneType' object has no attribute 'tolist'") and every
     other sampler and solver as torch's "can't convert np.ndarray of type numpy.object_"; so did a set or a dict of steps
