@@ -440,9 +440,16 @@ def cmd_invert(args, png: Path, npz: Path) -> int:
 
 
 def _recorded(npz_path, key):
-    """A string `key` recorded in an .npz this command line wrote, or None (older files, other tools)."""
+    """A string `key` recorded in an .npz this command line wrote, or None (older files, other tools: an object array
+    there, which np.load refuses without pickles, is not ours either)."""
     with np.load(npz_path) as z:
-        return str(z[key]) if key in z.files and z[key].ndim == 0 else None
+        if key not in z.files:
+            return None
+        try:
+            value = z[key]
+        except ValueError:                 # "Object arrays cannot be loaded when allow_pickle=False", naming neither
+            return None
+        return str(value) if value.ndim == 0 else None
 
 
 LATENT_BOUND = 20    # |x_T| for x_T ~ N(0, I) exceeds 9 with probability below 1e-18 per value
@@ -486,7 +493,8 @@ def _decoder_of_latents(npz_path) -> tuple[str, dict]:
     latents decoded by DDIM missed their images by an RMS 7 times Heun's at 20 steps (0.031 against 0.0043), 13 at 50."""
     sampler = _recorded(npz_path, "sampler") if npz_path else None
     if sampler in ode.SOLVERS:
-        return sampler, {"lower_order_final": True} if _recorded(npz_path, "lower_order_final") == "True" else {}
+        lower = sampler == "dpm_solver_pp_3m" and _recorded(npz_path, "lower_order_final") == "True"   # its option only
+        return sampler, {"lower_order_final": True} if lower else {}
     return "ddim", {"clip_x0": True} if sampler == "ddim" and _recorded(npz_path, "clip") == "True" else {}
 
 

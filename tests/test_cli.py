@@ -2966,3 +2966,11 @@ def test_round_30_interpolate_decodes_latents_with_the_solver_that_made_them(tra
         assert said in capsys.readouterr().out
         made, path = np.load(tmp_path / f"s{len(clip)}.npz"), np.load(tmp_path / f"p{len(clip)}.npz")
         np.testing.assert_allclose(path["samples"][[0, -1]], made["samples"], rtol=0, atol=1e-4)
+    # files of other tools: a sampler as an object array ("Object arrays cannot be loaded", naming neither) is not
+    # ours, and --lower-order-final beside a solver that lacks it (heun: "takes no option", a traceback) is not used
+    for name, extra, said in (("objs", dict(sampler=np.array([None], dtype=object)), "decoded by ddim ->"),
+                              ("lof", dict(sampler=np.array("heun"), lower_order_final=np.array(True)), "decoded by heun ->")):
+        np.savez(tmp_path / f"{name}.npz", x_T=inv["x_T"], **extra)
+        assert cli.main(["interpolate", "--checkpoint", ckpt, "--latents", str(tmp_path / f"{name}.npz"), "--n", "3",
+                         "--steps", "3", "--no-progress", "--out", str(tmp_path / f"o{name}")]) == 0
+        assert said in capsys.readouterr().out
