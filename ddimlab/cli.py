@@ -956,8 +956,8 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--input", nargs="+", action="extend", required=True,    # given twice: all the files, not the last
                    help="an .npz with x0/samples (N,C,H,W in [-1,1]) or images (N,H,W,C uint8), or PNG files")
 
-    p = add("interpolate", cmd_interpolate, "slerp between two latents and decode with DDIM (eta = 0), or with the ODE solver "
-                  "that made --latents")
+    p = add("interpolate", cmd_interpolate,
+            "slerp between two latents and decode with DDIM (eta = 0), or with the ODE solver that made --latents")
     _model_args(p, "interpolation")
     p.add_argument("--seeds", type=_seed, nargs=2, default=None, metavar=("A", "B"),
                    help="latent 0 of each seed (the first image of `sample --seed A` / `--seed B`; default 0 1)")

@@ -875,7 +875,7 @@ def _check_tolerances(rtol, atol, what: str, dtype: torch.dtype, instead: str) -
     is in the units of x (data in [−1, 1], x_T ~ N(0, I)) and of log p (nats), where a value of size 1 is rounded to
     dtype's eps: the same floor as rtol's (atol = 1e-300 left solve_ivp relative control alone, which fails where a
     coordinate, or the divergence's integral at its start, is 0). `what` completes "rtol = ... is finer than" and
-    `instead` "pass rtol >= floor, or"."""
+    `instead` "pass rtol >= floor, or" (but for float64, the widest)."""
     for name, tol in (("rtol", as_real(rtol)), ("atol", as_real(atol))):
         if tol > RTOL_CEILING:
             raise ValueError(f"{name} = {tol:g} is coarser than {RTOL_CEILING:g}, past which solve_ivp's error control "
@@ -883,7 +883,7 @@ def _check_tolerances(rtol, atol, what: str, dtype: torch.dtype, instead: str) -
                              f"{RTOL_CEILING:g}")
         if tol < (floor := rtol_floor(dtype)):
             raise ValueError(f"{name} = {tol:g} is finer than {what}, and solve_ivp would take ever smaller steps: pass "
-                             f"{name} >= {floor:.2g}, or {instead}")
+                             f"{name} >= {floor:.2g}" + (f", or {instead}" if dtype != torch.float64 else ""))
 
 
 def _eps_of_xbar(eps, alpha_bar, xbar: torch.Tensor, sig: float, sig_max: float, dtype, tols) -> torch.Tensor:
