@@ -514,9 +514,11 @@ def cmd_interpolate(args, png: Path, npz: Path) -> int:
             raise ValueError(f"{args.latents}: x_T must be float16, float32 or float64 latents, got {x_T.dtype}; "
                              f"pass the .npz written by `invert` or `sample`")
         lat = torch.as_tensor(x_T, dtype=torch.float32)
-        if tuple(lat.shape[1:]) != _image_shape(net):
-            raise ValueError(f"{args.latents} holds latents of shape {tuple(lat.shape[1:])}, but the model makes "
-                             f"{_image_shape(net)} images; use latents from this model's `invert` or `sample`")
+        if lat.ndim != 4 or tuple(lat.shape[1:]) != _image_shape(net):     # (64,) and a scalar read as latents of shape ()
+            held = f"latents of shape {tuple(lat.shape[1:])}," if lat.ndim == 4 else \
+                f"an x_T of shape {tuple(lat.shape)}, not a stack of latents (N, C, H, W),"
+            raise ValueError(f"{args.latents} holds {held} but the model makes {_image_shape(net)} images; use latents "
+                             f"from this model's `invert` or `sample`")
         made_by = _recorded(args.latents, "weights_sha256")
         if made_by is not None and made_by != checkpoint.weights_sha256(net):
             warnings.warn(f"{args.latents} records latents of another model (weights sha256 {made_by[:12]}, this one "

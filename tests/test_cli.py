@@ -2968,6 +2968,12 @@ def test_round_30_interpolate_decodes_latents_with_the_solver_that_made_them(tra
         np.testing.assert_allclose(path["samples"][[0, -1]], made["samples"], rtol=0, atol=1e-4)
     # files of other tools: a sampler as an object array ("Object arrays cannot be loaded", naming neither) is not
     # ours, and --lower-order-final beside a solver that lacks it (heun: "takes no option", a traceback) is not used
+    for x_T, shown in ((np.zeros(64, np.float32), "(64,)"), (np.float32(0.5), "()")):    # were "latents of shape ()"
+        np.savez(tmp_path / "flat.npz", x_T=x_T)
+        _expect_one_line_error(capsys, ["interpolate", "--checkpoint", ckpt, "--latents", str(tmp_path / "flat.npz"),
+                                        "--out", str(tmp_path / "f")],
+                               f"flat.npz holds an x_T of shape {shown}, not a stack of latents (N, C, H, W), but the model "
+                               f"makes (1, 8, 8) images")
     for name, extra, said in (("objs", dict(sampler=np.array([None], dtype=object)), "decoded by ddim ->"),
                               ("lof", dict(sampler=np.array("heun"), lower_order_final=np.array(True)), "decoded by heun ->")):
         np.savez(tmp_path / f"{name}.npz", x_T=inv["x_T"], **extra)
