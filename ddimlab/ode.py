@@ -858,8 +858,9 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def rtol_floor(dtype: torch.dtype) -> float:
     """The finest rtol `reference_solution` and `log_likelihood` take with ε computed in `dtype`, its eps / 20 (6e-9 for
     float32): a tolerance far below ε's rounding only shrinks solve_ivp's steps (float32 at rtol 1e-9: 16 times the calls
-    of 1e-8, and minutes at 1e-10, reference_solution's default; float16 or bfloat16 at 1e-8 the same)."""
-    return torch.finfo(dtype).eps / 20
+    of 1e-8, and minutes at 1e-10, reference_solution's default; float16 or bfloat16 at 1e-8 the same). For float64,
+    solve_ivp's own floor, 100 times float64's eps (2.2e-14), is the larger: below it scipy warned and used 2.2e-14."""
+    return max(torch.finfo(dtype).eps / 20, 100 * torch.finfo(torch.float64).eps)
 
 
 # The coarsest rtol and atol `reference_solution` and `log_likelihood` take. Past it solve_ivp's step control breaks down:

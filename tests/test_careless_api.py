@@ -2410,7 +2410,8 @@ def test_round_30_an_atol_the_dtype_cannot_resolve_or_past_the_ceiling_is_refuse
     """Round 29's leftover: atol had no rule but > 0. atol = 1e-300 leaves solve_ivp relative control alone, which failed
     on a 16-D mixture's log_likelihood ("Required step size is less than spacing") after all its work; atol = 0.5 gave
     a 'reference' x_0 off by an RMS of 0.83 (data 0.3). atol now takes rtol's range, rtol_floor(dtype) to RTOL_CEILING,
-    named as atol, in x's dtype and in the dtype eps returns; at the floor and at the ceiling it is taken."""
+    named as atol, in x's dtype and in the dtype eps returns; at the floor and at the ceiling it is taken. For float64 the
+    floor of both is solve_ivp's own, 100 eps = 2.2e-14: rtol 1e-15 was taken, and scipy warned and used 2.2e-14."""
     mix = toy.default_mixture(2)
     eps, x_T = toy.exact_eps(mix, AB), torch.randn(4, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     for call in (lambda **tol: ode.reference_solution(eps, x_T, AB, 999, **tol),
@@ -2418,7 +2419,7 @@ def test_round_30_an_atol_the_dtype_cannot_resolve_or_past_the_ceiling_is_refuse
         for atol in (0.5, 0.0101):
             with pytest.raises(ValueError, match=rf"^atol = {atol:g} is coarser than 0.01, .*: pass atol <= 0.01$"):
                 call(rtol=1e-3, atol=atol)
-        for atol, dtype, floor in ((1e-300, torch.float64, "1.1e-17$"), (1e-10, torch.float32, "6e-09, or x_T in float64$")):
+        for atol, dtype, floor in ((1e-300, torch.float64, "2.2e-14$"), (1e-10, torch.float32, "6e-09, or x_T in float64$")):
             with pytest.raises(ValueError, match=rf"^atol = {atol:g} is finer than x_T's {str(dtype)[6:]} can give .*: "
                                                  rf"pass atol >= {floor}"):
                 (lambda **tol: ode.reference_solution(eps, x_T.to(dtype), AB, 999, **tol))(rtol=1e-3, atol=atol)
@@ -2426,6 +2427,11 @@ def test_round_30_an_atol_the_dtype_cannot_resolve_or_past_the_ceiling_is_refuse
     with pytest.raises(ValueError, match=r"^atol = 1e-10 is finer than the float32 that eps\(x, t\) returns can give"):
         ode.reference_solution(as_float32, x_T, AB, 999, rtol=1e-6, atol=1e-10)
     ode.reference_solution(eps, x_T.float(), AB, 999, rtol=1e-6, atol=ode.rtol_floor(torch.float32))
+    with warnings.catch_warnings():      # below 100 eps scipy warned ("rtol is too small") and ran at 2.2e-14 instead
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"^rtol = 1e-15 is finer than x_T's float64 can give .*: pass rtol >= 2.2e-14$"):
+            ode.reference_solution(eps, x_T, AB, 999, rtol=1e-15, atol=1e-10)
+        ode.reference_solution(eps, x_T, AB, 999, rtol=ode.rtol_floor(torch.float64), atol=1e-10)
     ode.reference_solution(eps, x_T, AB, 999, rtol=1e-3, atol=ode.RTOL_CEILING)
 
 
