@@ -940,9 +940,9 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
     worst sample's error). t_start / t_end may be floats (continuous steps); ε is called with float
     steps t(σ), down to t = −1 (ᾱ = 1) when t_end = −1, which the exact lab (`toy.exact_eps`) supports.
     The state is float64; ε is called in x_T's dtype (a float32 network takes float32 x_T, and then rtol, atol ≥ 6e-9: a
-    tolerance below torch.finfo(dtype).eps / 20, ε's rounding, is refused, as it only shrinks the steps; so is one above
-    RTOL_CEILING = 0.01, where the step control breaks down). method: solve_ivp's, a name in IVP_METHODS or an OdeSolver
-    subclass. Returns x at t_end (= x̄ there times √ᾱ), float64.
+    tolerance below `rtol_floor(dtype)`, ε's rounding (scipy's own floor for float64), is refused, as it only shrinks the
+    steps; so is one above RTOL_CEILING = 0.01, where the step control breaks down). method: solve_ivp's, a name in
+    IVP_METHODS or an OdeSolver subclass. Returns x at t_end (= x̄ there times √ᾱ), float64.
     """
     alpha_bar, t_start, t_end = _check_ivp(eps, x_T, "x_T", alpha_bar, t_start, t_end, rtol, atol, method, either_way=True)
     sig0, sig1 = float(sigma_at(alpha_bar, t_start)), float(sigma_at(alpha_bar, t_end))
