@@ -127,20 +127,21 @@ def main(argv=None) -> dict:
                         "at step 0, then DDPM's decoder (bound B0; only steps the network was trained on), both, paired, or "
                         "split: both, and step 0's density at x + u, which parts their difference into the bins' code and "
                         "the stretch (-1, 0)")
-    p.add_argument("--rtol", type=float, default=1e-3,
-                   help=f"the ODE solver's relative tolerance, {ode.rtol_floor(torch.float32):.2g} to {ode.RTOL_CEILING:g}")
-    p.add_argument("--atol", type=float, default=1e-3, help="the ODE solver's absolute tolerance")
+    tolerances = f"{ode.rtol_floor(torch.float32):.2g} to {ode.RTOL_CEILING:g}"
+    p.add_argument("--rtol", type=float, default=1e-3, help=f"the ODE solver's relative tolerance, {tolerances}")
+    p.add_argument("--atol", type=float, default=1e-3, help=f"the ODE solver's absolute tolerance, {tolerances}")
     p.add_argument("--steps", type=int_in(1), default=None, help="the digits model's training steps (default: the preset's)")
     p.add_argument("--device", default="auto", help="where the network runs: auto (cuda if present), cpu, cuda, cuda:N, mps")
     p.add_argument("--cache", type=folder, default=None, help="model cache folder (default: $DDIMLAB_CACHE, as the demo)")
     args = p.parse_args(argv)
     if not (0 < args.rtol < 1 and 0 < args.atol < 1):          # NaN fails too
         p.error(f"--rtol and --atol must be in (0, 1), got {args.rtol} and {args.atol}")
-    if args.rtol < (floor := ode.rtol_floor(torch.float32)):      # said before the model and the ELBO, not after
-        p.error(f"--rtol {args.rtol:g} is finer than the network's float32 can give: pass --rtol >= {floor:.2g}")
-    if args.rtol > ode.RTOL_CEILING:                               # log_likelihood's rule, said as early
-        p.error(f"--rtol {args.rtol:g} is coarser than {ode.RTOL_CEILING:g}, past which the ODE solver's error control breaks "
-                f"down: pass --rtol <= {ode.RTOL_CEILING:g}")
+    for option, tol in (("--rtol", args.rtol), ("--atol", args.atol)):     # log_likelihood's rule, said before the work
+        if tol < (floor := ode.rtol_floor(torch.float32)):
+            p.error(f"{option} {tol:g} is finer than the network's float32 can give: pass {option} >= {floor:.2g}")
+        if tol > ode.RTOL_CEILING:
+            p.error(f"{option} {tol:g} is coarser than {ode.RTOL_CEILING:g}, past which the ODE solver's error control "
+                    f"breaks down: pass {option} <= {ode.RTOL_CEILING:g}")
     with one_line_errors(p.prog):    # a device this machine lacks, a --cache that cannot be written, more digits than there are
         check_can_write(pretrained.models_dir(args.cache), hint="choose another --cache")   # named as the option, not cache_dir
         return measure(args, devices.resolve(args.device))

@@ -442,9 +442,16 @@ def cmd_invert(args, png: Path, npz: Path) -> int:
 
 
 def _recorded(npz_path, key):
-    """A string `key` recorded in an .npz this command line wrote, or None (older files, other tools)."""
+    """A string `key` recorded in an .npz this command line wrote, or None (older files, other tools: an object array
+    there, which np.load refuses without pickles, is not ours either)."""
     with np.load(npz_path) as z:
-        return str(z[key]) if key in z.files and z[key].ndim == 0 else None
+        if key not in z.files:
+            return None
+        try:
+            value = z[key]
+        except ValueError:                 # "Object arrays cannot be loaded when allow_pickle=False", naming neither
+            return None
+        return str(value) if value.ndim == 0 else None
 
 
 LATENT_BOUND = 20    # |x_T| for x_T ~ N(0, I) exceeds 9 with probability below 1e-18 per value
@@ -485,15 +492,21 @@ def _settings_of_latents(args) -> None:
             taken.append(f"--steps {steps} --spacing {spacing}")
         elif (args.steps or DEFAULT_STEPS, args.spacing or "uniform") != (int(steps), spacing):
             other.append(f"--steps {steps} --spacing {spacing}")
-    untaken = [f"--{key.replace('_', '-')}" for key in ("clip", "lower_order_final") if _recorded(args.latents, key) == "True"]
-    if untaken:
-        warnings.warn(f"{args.latents} was made with {' and '.join(untaken)}, which interpolate does not take: the ends of "
-                      f"its path are not the file's images", LatentsWarning)
     if taken:
         print(f"{' '.join(taken)}: what made {args.latents}")
     if other:
         warnings.warn(f"{args.latents} was made with {' '.join(other)}: with other settings its latents decode to other "
                       f"images than those (leave the options out to use the file's)", LatentsWarning)
+
+
+def _decoder_options(args) -> dict:
+    """The keywords that decode --latents as the file's sampler made them, where interpolate decodes with that sampler:
+    dpm_solver_pp_3m's --lower-order-final and DDIM's --clip (recorded by `sample`); else none."""
+    if not args.latents or _recorded(args.latents, "sampler") != args.sampler:
+        return {}
+    if args.sampler == "dpm_solver_pp_3m" and _recorded(args.latents, "lower_order_final") == "True":
+        return {"lower_order_final": True}
+    return {"clip_x0": True} if args.sampler == "ddim" and _recorded(args.latents, "clip") == "True" else {}
 
 
 @_writes_pair
@@ -513,9 +526,11 @@ def cmd_interpolate(args, png: Path, npz: Path) -> int:
             raise ValueError(f"{args.latents}: x_T must be float16, float32 or float64 latents, got {x_T.dtype}; "
                              f"pass the .npz written by `invert` or `sample`")
         lat = torch.as_tensor(x_T, dtype=torch.float32)
-        if tuple(lat.shape[1:]) != _image_shape(net):
-            raise ValueError(f"{args.latents} holds latents of shape {tuple(lat.shape[1:])}, but the model makes "
-                             f"{_image_shape(net)} images; use latents from this model's `invert` or `sample`")
+        if lat.ndim != 4 or tuple(lat.shape[1:]) != _image_shape(net):     # (64,) and a scalar read as latents of shape ()
+            held = f"latents of shape {tuple(lat.shape[1:])}," if lat.ndim == 4 else \
+                f"an x_T of shape {tuple(lat.shape)}, not a stack of latents (N, C, H, W),"
+            raise ValueError(f"{args.latents} holds {held} but the model makes {_image_shape(net)} images; use latents "
+                             f"from this model's `invert` or `sample`")
         made_by = _recorded(args.latents, "weights_sha256")
         if made_by is not None and made_by != checkpoint.weights_sha256(net):
             warnings.warn(f"{args.latents} records latents of another model (weights sha256 {made_by[:12]}, this one "
@@ -543,16 +558,20 @@ def cmd_interpolate(args, png: Path, npz: Path) -> int:
     _refuse_existing(args.overwrite, png, npz)
     lam = torch.linspace(0, 1, args.n)
     z = slerp(z0, z1, lam.to(device))
+    options = _decoder_options(args)
+    decode = functools.partial(ddim_sample, **options) if args.sampler == "ddim" else \
+        functools.partial(ode.solve, args.sampler, **options)
     bar, callback = progress(len(seq), "interpolate", not args.no_progress)
     with bar:
-        decode = ddim_sample if args.sampler == "ddim" else functools.partial(ode.solve, args.sampler)
         x0 = check_data_range(decode(checkpoint.eps_fn(net, args.amp), z, abar, seq, callback=callback),
                               abar, seq, clip=None).float().cpu()
     source = (dict(latents=str(Path(args.latents).resolve()), index=np.array(args.index or (0, 1))) if args.latents else
               dict(seeds=np.array(args.seeds or (0, 1))))
     _save_pair(png, npz, x0, args.n, args.scale, args.overwrite, samples=x0.numpy(), x_T=z.cpu().numpy(), lam=lam.numpy(),
-               steps=len(seq), spacing=args.spacing, sampler=args.sampler, **source, **_model_record(args, net))
-    print(f"{args.n} images along slerp(z0, z1, λ), decoded by {args.sampler} -> {png}, {npz}")
+               steps=len(seq), spacing=args.spacing, sampler=args.sampler, clip=bool(options.get("clip_x0")),
+               lower_order_final=bool(options.get("lower_order_final")), **source, **_model_record(args, net))
+    how = {"clip_x0": " (clipping x0)", "lower_order_final": " (lower order final)"}
+    print(f"{args.n} images along slerp(z0, z1, λ), decoded by {args.sampler}{''.join(how[k] for k in options)} -> {png}, {npz}")
     return 0
 
 
@@ -952,7 +971,8 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--input", nargs="+", action="extend", required=True,    # given twice: all the files, not the last
                    help="an .npz with x0/samples (N,C,H,W in [-1,1]) or images (N,H,W,C uint8), or PNG files")
 
-    p = add("interpolate", cmd_interpolate, "slerp between two latents and decode them with DDIM (eta = 0) or an ODE solver")
+    p = add("interpolate", cmd_interpolate,
+            "slerp between two latents and decode them with DDIM (eta = 0) or an ODE solver (default: what made --latents)")
     _model_args(p, "interpolation")
     p.add_argument("--sampler", "--solver", choices=INTERPOLATE_SAMPLERS, default=None,
                    help="the decoder: ddim (eta = 0) or an ODE solver, as for `sample` (default: the one that made --latents, "

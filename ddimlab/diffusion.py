@@ -147,9 +147,24 @@ def dynamic_threshold(x0: torch.Tensor, p: float = 0.995, s_max: float = math.in
         raise ValueError(f"s_max must be a number >= 1 (or math.inf: Imagen's rule), got {s_max!r}")
     if not isinstance(x0, torch.Tensor) or x0.ndim < 2 or not x0.dtype.is_floating_point:
         raise TypeError(f"x0 must be a floating-point tensor of shape (B, ...), got {getattr(x0, 'shape', type(x0).__name__)}")
-    flat = x0.reshape(x0.shape[0], -1)
-    s = torch.quantile(flat.abs(), q, dim=1).clamp(1.0, top)
-    return (flat.clamp(-s[:, None], s[:, None]) / s[:, None]).reshape(x0.shape)
+    flat = x0.flatten(1)
+    if flat.shape[1] == 0:                         # no pixels: nothing to threshold (torch.quantile: "must be non-empty")
+        return x0.clone()
+    s = _row_quantile(flat.abs(), q)
+    s = s.clamp(1.0, min(top, torch.finfo(s.dtype).max))     # s_max = 1e308 would overflow a float32 clamp
+    return (flat.clamp(-s[:, None], s[:, None]) / s[:, None]).to(x0.dtype).reshape(x0.shape)
+
+
+def _row_quantile(a: torch.Tensor, q: float) -> torch.Tensor:
+    """Each row's q-quantile, interpolated linearly (numpy's default) between its order statistics k + 1 and k + 2,
+    k = ⌊q (n − 1)⌋, found by selection, in a's dtype widened to float32 at least (rounded as torch.quantile rounds):
+    torch.quantile refuses float16 and bfloat16 (a half-precision network's x̂_0), and more than 2**24 values in all
+    (86 images of 3×256×256)."""
+    wide, n = torch.promote_types(a.dtype, torch.float32), a.shape[1]
+    pos = torch.tensor(q, dtype=wide) * (n - 1)
+    k = min(int(pos), n - 1)
+    lo, hi = (a.kthvalue(j, dim=1).values.to(wide) for j in (k + 1, min(k + 2, n)))
+    return lo.lerp(hi, pos - k)
 
 
 def v_from(x0: torch.Tensor, eps: torch.Tensor, a_t) -> torch.Tensor:

@@ -150,15 +150,15 @@ def _distinct_steps(t: torch.Tensor, t_min: int, t_max: int, T: int) -> torch.Te
 
 
 def _check_span(S, T: int, t_max, t_min) -> tuple[int, int, int]:
-    """(S, t_max, t_min) as ints, t_max defaulting to T − 1: 0 <= t_min < t_max <= T − 1 (t_min <= t_max for one step),
-    1 <= S <= t_max − t_min + 1 (checked before any table of S values is built)."""
+    """(S, t_max, t_min) as ints, t_max defaulting to T − 1: 0 <= t_min <= t_max <= T − 1 and 1 <= S <= t_max − t_min + 1
+    (so t_min = t_max for one step only; checked before any table of S values is built)."""
     t_max = check_int("t_max", T - 1 if t_max is None else t_max, 0, T - 1, " (T - 1 by default)")
     t_min = check_int("t_min", t_min, 0, T - 1)
-    S = check_int("number of steps S", S, 1, max(1, t_max - t_min + 1), f" (the distinct steps from t_max = {t_max} "
-                  f"to t_min = {t_min})")
-    if not (t_min < t_max or (S == 1 and t_min == t_max)):
-        raise ValueError(f"need 0 <= t_min < t_max <= T-1 = {T - 1} (t_min <= t_max for one step), got t_min={t_min}, "
-                         f"t_max={t_max} for S = {S}")
+    if t_min > t_max:         # said first: S's range below would be "1..1"
+        raise ValueError(f"t_min must not exceed t_max (the steps run from t_max down to t_min), got t_min={t_min}, "
+                         f"t_max={t_max}")
+    S = check_int("number of steps S", S, 1, t_max - t_min + 1, f" (the distinct steps from t_max = {t_max} to t_min = "
+                  f"{t_min})")
     return S, t_max, t_min
 
 
@@ -338,7 +338,7 @@ def heun_invert(eps, x0, alpha_bar, seq, return_trajectory: bool = False, callba
     `callback` gets {"i", "t": from, "s": to (larger), "x", "x0"} after each step, as ddim_invert's.
     """
     return_trajectory = check_bool("return_trajectory", return_trajectory)
-    alpha_bar, seq = check_args(x0, alpha_bar, seq, name="x0", callback=callback)
+    alpha_bar, seq = check_args(x0, alpha_bar, seq, name="x0", callback=callback, inverting=True)
     _warn_if_0_255(x0, "x0")
     up = [-1] + list(reversed(seq.tolist()))
     sig = [0.0] + [_sig(alpha_bar, t) for t in up[1:]]
@@ -538,6 +538,13 @@ def _check_unipc_variant(variant) -> str:
     return variant
 
 
+def _check_h(h) -> float:
+    """`h` as a float if it is a finite number > 0 (a step in λ), else a one-line ValueError naming it."""
+    if (real := as_real(h)) is None or real <= 0:
+        raise ValueError(f"h must be a finite number > 0 (the step in lambda, lambda_s - lambda_t), got {h!r}")
+    return real
+
+
 def unipc_B(h: float, variant: str = "bh2") -> float:
     """UniPC's B(h), any nonzero B(h) = O(h) (Zhao et al. 2023; notebook 08 §4), in x̂_0 form with h = λ_s − λ_t > 0:
 
@@ -548,6 +555,7 @@ def unipc_B(h: float, variant: str = "bh2") -> float:
     sign taken out. B(h) cancels wherever the a_k are solved for (B(h) Σ_k a_k r_k^{m−1} = m! h φ_{m+1}(−h) for either):
     the variants differ only where a = ½ is set, the p = 2 predictor and the p = 1 corrector (`unipc_coefficients`).
     """
+    h = _check_h(h)         # h <= 0 gave B(h) <= 0, NaN gave NaN, True (read as 1) and a 0-d tensor came back as given
     return h if _check_unipc_variant(variant) == "bh1" else -math.expm1(-h)
 
 
@@ -567,9 +575,7 @@ def unipc_coefficients(r, h: float, variant: str = "bh2") -> list[float]:
         raise ValueError(f"the nodes r must be nonzero real numbers (negative for earlier steps, 1 for the new point), "
                          f"got {list(r)}")
     r = [float(v) for v in r]
-    if (real := as_real(h)) is None or real <= 0:
-        raise ValueError(f"h must be a finite number > 0 (the step in lambda, lambda_s - lambda_t), got {h!r}")
-    h = real
+    h = _check_h(h)
     if not all(math.isfinite(v) for v in r) or len(set(r)) < len(r):
         raise ValueError(f"the nodes r must be finite and distinct (each previous step once), got {r}")
     if len(r) == 1:
@@ -847,7 +853,8 @@ def thresholded_eps(eps, alpha_bar, p: float = 0.995, s_max: float = math.inf):
     so D = x̄ − σ ε_thr = x̃_0 exactly: DDIM, DPM-Solver++(2M)/(3M) and UniPC integrate the thresholded x̂_0, as
     diffusers' data-prediction schedulers with `thresholding=True` do (`diffusion.ddim_step(clip_x0=True)` is the same
     with the static clip). A solver that combines several ε's (iPNDM, DPM-Solver's ε form) integrates the same ODE but
-    its steps' x̂_0 are not thresholded ones (notebook 10 §4). t may be fractional (`alpha_bar_cont`).
+    its steps' x̂_0 are not thresholded ones (notebook 10 §4). t may be fractional (`alpha_bar_cont`), but not −1 (σ = 0,
+    where it divides by 0: `reference_solution` of it stops at t_end = 0).
     """
     check_eps(eps, "thresholded_eps: eps")
     alpha_bar = validate_alpha_bar(alpha_bar)
@@ -855,6 +862,10 @@ def thresholded_eps(eps, alpha_bar, p: float = 0.995, s_max: float = math.inf):
 
     def eps_thr(x, t):
         a = _alpha_bar_cont(alpha_bar, t)
+        if bool((a >= 1).any()):       # reference_solution's default t_end = -1 (predict_x0: "a_t must lie in [0, 1)")
+            raise ValueError("thresholded_eps is undefined at t = -1 (alpha_bar = 1, sigma = 0), where eps = (x - sqrt(a) "
+                             "x0_thr)/sqrt(1 - a) divides by 0: stop the ODE at t_end = 0 (the solvers' last step, 0 -> -1, "
+                             "calls eps at t = 0 only)")
         x0 = dynamic_threshold(predict_x0(x, _of_x_shape(eps(x.clone(), t), x, "thresholded_eps: eps"), a), p, s_max)
         return predict_eps(x, x0, a)
 
@@ -869,7 +880,7 @@ IVP_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")     # scipy's 
 def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol, method, either_way: bool = False):
     """The checks `reference_solution` and `log_likelihood` share: `x` (called `name`) as the samplers check it
     (`check_x`: a finite floating tensor with a batch dimension) and without grad, eps a function, the tolerances > 0
-    and rtol no finer than x's dtype resolves, steps t_start, t_end in [−1, T−1] with t_end < t_start (t_end ≠ t_start
+    and within `_check_tolerances`' range, steps t_start, t_end in [−1, T−1] with t_end < t_start (t_end ≠ t_start
     if `either_way`), method one of solve_ivp's (a name in IVP_METHODS or an OdeSolver subclass). Returns (alpha_bar,
     t_start, t_end)."""
     from scipy.integrate import OdeSolver
@@ -887,7 +898,8 @@ def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol, method,
     for tol_name, tol in (("rtol", rtol), ("atol", atol)):
         if (v := as_real(tol)) is None or v <= 0:
             raise ValueError(f"{tol_name} must be a finite number > 0 (solve_ivp's tolerance), got {tol!r}")
-    _check_rtol(rtol, f"{name}'s {_dtype_name(x.dtype)} can give (eps is computed in it)", x.dtype, f"{name} in float64")
+    _check_tolerances(rtol, atol, f"{name}'s {_dtype_name(x.dtype)} can give (eps is computed in it)", x.dtype,
+                      f"{name} in float64")
     steps = [as_real(v) for v in (t_start, t_end)]
     if None in steps:
         raise ValueError(f"t_start and t_end must be finite numbers (steps, fractional allowed), got {t_start!r} and {t_end!r}")
@@ -911,40 +923,47 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def rtol_floor(dtype: torch.dtype) -> float:
     """The finest rtol `reference_solution` and `log_likelihood` take with ε computed in `dtype`, its eps / 20 (6e-9 for
     float32): a tolerance far below ε's rounding only shrinks solve_ivp's steps (float32 at rtol 1e-9: 16 times the calls
-    of 1e-8, and minutes at 1e-10, reference_solution's default; float16 or bfloat16 at 1e-8 the same)."""
-    return torch.finfo(dtype).eps / 20
+    of 1e-8, and minutes at 1e-10, reference_solution's default; float16 or bfloat16 at 1e-8 the same). For float64,
+    solve_ivp's own floor, 100 times float64's eps (2.2e-14), is the larger: below it scipy warned and used 2.2e-14."""
+    return max(torch.finfo(dtype).eps / 20, 100 * torch.finfo(torch.float64).eps)
 
 
-# The coarsest rtol `reference_solution` and `log_likelihood` take. Past it solve_ivp's step control breaks down: from
-# x_T ~ N(0, I) on exact scores (DOP853, atol = rtol; 2-D default_mixture and a 16-D random_mixture, data RMS 0.5 and
+# The coarsest rtol and atol `reference_solution` and `log_likelihood` take. Past it solve_ivp's step control breaks down:
+# from x_T ~ N(0, I) on exact scores (DOP853, atol = rtol; 2-D default_mixture and a 16-D random_mixture, data RMS 0.5 and
 # 0.3) the RMS error of x_0 against rtol 1e-10 was 2e-4 to 2e-3 at rtol 1e-3, 3e-3 to 8e-3 at 1e-2, 0.26 at 2e-2 and
-# 3 to 3.6, more than the data's own size, at 3e-2 to 0.1 (careless round 29).
+# 3 to 3.6, more than the data's own size, at 3e-2 to 0.1 (careless round 29); with rtol 1e-3, 1e-3 to 2e-3 at atol
+# 1e-2, 9e-3 to 1.4e-2 at 3e-2 and 0.05 to 0.8 at 0.5 (round 30).
 RTOL_CEILING = 1e-2
 
 
-def _check_rtol(rtol, what: str, dtype: torch.dtype, instead: str) -> None:
-    """ε computed in `dtype`: rtol no finer than `rtol_floor(dtype)` and no coarser than RTOL_CEILING. `what` completes
-    "rtol = ... is finer than" and `instead` "pass rtol >= floor, or"."""
-    if as_real(rtol) > RTOL_CEILING:
-        raise ValueError(f"rtol = {as_real(rtol):g} is coarser than {RTOL_CEILING:g}, past which solve_ivp's error control "
-                         f"breaks down (its solution can be farther off than the data's own size): pass rtol <= {RTOL_CEILING:g}")
-    if as_real(rtol) < (floor := rtol_floor(dtype)):
-        raise ValueError(f"rtol = {as_real(rtol):g} is finer than {what}, and solve_ivp would take ever smaller steps: pass "
-                         f"rtol >= {floor:.2g}, or {instead}")
+def _check_tolerances(rtol, atol, what: str, dtype: torch.dtype, instead: str) -> None:
+    """ε computed in `dtype`: rtol and atol each no finer than `rtol_floor(dtype)` and no coarser than RTOL_CEILING. atol
+    is in the units of x (data in [−1, 1], x_T ~ N(0, I)) and of log p (nats), where a value of size 1 is rounded to
+    dtype's eps: the same floor as rtol's (atol = 1e-300 left solve_ivp relative control alone, which fails where a
+    coordinate, or the divergence's integral at its start, is 0). `what` completes "rtol = ... is finer than" and
+    `instead` "pass rtol >= floor, or" (but for float64, the widest)."""
+    for name, tol in (("rtol", as_real(rtol)), ("atol", as_real(atol))):
+        if tol > RTOL_CEILING:
+            raise ValueError(f"{name} = {tol:g} is coarser than {RTOL_CEILING:g}, past which solve_ivp's error control "
+                             f"breaks down (its solution can be farther off than the data's own size): pass {name} <= "
+                             f"{RTOL_CEILING:g}")
+        if tol < (floor := rtol_floor(dtype)):
+            raise ValueError(f"{name} = {tol:g} is finer than {what}, and solve_ivp would take ever smaller steps: pass "
+                             f"{name} >= {floor:.2g}" + (f", or {instead}" if dtype != torch.float64 else ""))
 
 
-def _eps_of_xbar(eps, alpha_bar, xbar: torch.Tensor, sig: float, sig_max: float, dtype, rtol) -> torch.Tensor:
+def _eps_of_xbar(eps, alpha_bar, xbar: torch.Tensor, sig: float, sig_max: float, dtype, tols) -> torch.Tensor:
     """The right-hand side of (ODE), ε(x̄/√(σ²+1), t(σ)), float64, with ε called in `dtype` (x's) and t as `call_eps`
     passes a fractional step; σ below 0 is read as 0 and, for t only, above sig_max as sig_max (the solver's rounding).
-    An ε returned in a coarser dtype than x's (a float32 network behind a lambda) must resolve `rtol` too."""
+    An ε returned in a coarser dtype than x's (a float32 network behind a lambda) must resolve `tols` = (rtol, atol) too."""
     sig = max(sig, 0.0)
     x = (xbar / math.sqrt(sig ** 2 + 1)).to(dtype)
     t = torch.full((x.shape[0],), float(_t_of_sigma(alpha_bar, min(sig, sig_max))), device=x.device,
                    dtype=torch.promote_types(dtype, torch.float32))
     e = _of_x_shape(eps(x, t), x, "eps(x, t)")
     if e.dtype != dtype and e.is_floating_point():
-        _check_rtol(rtol, f"the {_dtype_name(e.dtype)} that eps(x, t) returns can give", e.dtype,
-                    f"have eps return x's {_dtype_name(dtype)}")
+        _check_tolerances(*tols, f"the {_dtype_name(e.dtype)} that eps(x, t) returns can give", e.dtype,
+                          f"have eps return x's {_dtype_name(dtype)}")
     e = e.to(torch.float64)
     if not bool(torch.isfinite(e).all()):
         raise NonFiniteError(f"eps(x, t) returned NaN or inf at t = {float(t[0]):.6g} (sigma = {sig:.6g})")
@@ -985,10 +1004,10 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
     The whole batch is one state vector (the ODE is per-sample but scipy's step control then takes the
     worst sample's error). t_start / t_end may be floats (continuous steps); ε is called with float
     steps t(σ), down to t = −1 (ᾱ = 1) when t_end = −1, which the exact lab (`toy.exact_eps`) supports.
-    The state is float64; ε is called in x_T's dtype (a float32 network takes float32 x_T, and then rtol ≥ 6e-9: a
-    tolerance below torch.finfo(dtype).eps / 20, ε's rounding, is refused, as it only shrinks the steps; so is one above
-    RTOL_CEILING = 0.01, where the step control breaks down). method: solve_ivp's, a name in IVP_METHODS or an OdeSolver
-    subclass. Returns x at t_end (= x̄ there times √ᾱ), float64.
+    The state is float64; ε is called in x_T's dtype (a float32 network takes float32 x_T, and then rtol, atol ≥ 6e-9: a
+    tolerance below `rtol_floor(dtype)`, ε's rounding (scipy's own floor for float64), is refused, as it only shrinks the
+    steps; so is one above RTOL_CEILING = 0.01, where the step control breaks down). method: solve_ivp's, a name in
+    IVP_METHODS or an OdeSolver subclass. Returns x at t_end (= x̄ there times √ᾱ), float64.
     """
     alpha_bar, t_start, t_end = _check_ivp(eps, x_T, "x_T", alpha_bar, t_start, t_end, rtol, atol, method, either_way=True)
     sig0, sig1 = float(sigma_at(alpha_bar, t_start)), float(sigma_at(alpha_bar, t_end))
@@ -997,7 +1016,7 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
     @torch.no_grad()                              # a network's ε would require grad, and .numpy() refuse it
     def rhs(sig, y):
         xbar = torch.from_numpy(y).reshape(shape).to(dev)
-        return _eps_of_xbar(eps, alpha_bar, xbar, sig, max(sig0, sig1), x_T.dtype, rtol).reshape(-1).cpu().numpy()
+        return _eps_of_xbar(eps, alpha_bar, xbar, sig, max(sig0, sig1), x_T.dtype, (rtol, atol)).reshape(-1).cpu().numpy()
 
     y0 = (x_T.to(torch.float64) / math.sqrt(float(alpha_bar_cont(alpha_bar, t_start)))).reshape(-1).cpu().numpy()
     _check_deterministic(rhs, sig0, y0)
@@ -1083,7 +1102,7 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     def rhs(sig, y):
         with torch.enable_grad():
             xbar = torch.from_numpy(y[:B * d]).reshape(shape).to(dev).requires_grad_()
-            e = _eps_of_xbar(eps, alpha_bar, xbar, sig, sig_noise, x_0.dtype, rtol)
+            e = _eps_of_xbar(eps, alpha_bar, xbar, sig, sig_noise, x_0.dtype, (rtol, atol))
             if not e.requires_grad:                 # torch: "element 0 of tensors does not require grad"
                 raise ValueError("eps(x, t) returned a tensor autograd cannot differentiate in x, and log_likelihood needs "
                                  f"its divergence: {_DIFFERENTIABLE_NET}")

@@ -76,13 +76,14 @@ class NonFiniteError(FloatingPointError):
     """The network returned NaN or inf during sampling."""
 
 
-def check_args(x, alpha_bar, seq, name: str = "x_T", callback=None):
+def check_args(x, alpha_bar, seq, name: str = "x_T", callback=None, inverting: bool = False):
     """Validate a sampler's or solver's inputs once; returns (alpha_bar as float64, seq as a long tensor).
 
-    x, alpha_bar, callback: `check_x`; seq: `schedule.validate_timesteps` (strictly decreasing integers in 0..T−1).
+    x, alpha_bar, callback: `check_x`; seq: `schedule.validate_timesteps` (strictly decreasing integers in 0..T−1; for
+    an inversion too, `inverting`).
     """
     alpha_bar = check_x(x, alpha_bar, name, callback)
-    return alpha_bar, schedule.validate_timesteps(seq, alpha_bar.shape[0])
+    return alpha_bar, schedule.validate_timesteps(seq, alpha_bar.shape[0], inverting)
 
 
 def check_x(x, alpha_bar, name: str = "x_T", callback=None) -> torch.Tensor:
@@ -312,7 +313,7 @@ def ddim_invert(eps, x0, alpha_bar, seq, return_trajectory: bool = False, callba
     `callback` gets {"i", "t": from, "s": to (larger), "x", "x0"} after each step.
     """
     return_trajectory = check_bool("return_trajectory", return_trajectory)
-    alpha_bar, seq = check_args(x0, alpha_bar, seq, name="x0", callback=callback)
+    alpha_bar, seq = check_args(x0, alpha_bar, seq, name="x0", callback=callback, inverting=True)
     _warn_if_0_255(x0, "x0")
     x, s = x0, -1
     traj = {"x": [x], "t": [-1]}

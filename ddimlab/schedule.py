@@ -197,8 +197,9 @@ def timesteps(S: int, T: int = 1000, spacing: str = "uniform") -> torch.Tensor:
     return validate_timesteps(seq, T)
 
 
-def validate_timesteps(seq, T: int = 1000) -> torch.Tensor:
-    """Check that τ is a strictly decreasing sequence of integers in 0..T−1 and return it."""
+def validate_timesteps(seq, T: int = 1000, inverting: bool = False) -> torch.Tensor:
+    """Check that τ is a strictly decreasing sequence of integers in 0..T−1 and return it. `inverting`: for an
+    inversion (data to noise), which takes τ as the samplers do and visits it in reverse: said so if τ is not."""
     if seq is None:                     # as_steps would make it a 0-d object array, which torch cannot take
         raise TypeError("timesteps (seq) must be a 1-D sequence of integer steps, e.g. schedule.timesteps(S, T), got None")
     seq = as_steps(seq)
@@ -213,7 +214,9 @@ def validate_timesteps(seq, T: int = 1000) -> torch.Tensor:
         t, s = int(seq[i]), int(seq[i + 1])
         why = ("it increases throughout: pass it reversed (seq.flip(0) for a tensor)" if bool((seq[1:] > seq[:-1]).all())
                else f"t = {t} is listed twice; give each step once" if t == s else f"t = {s} comes after t = {t}")
-        raise ValueError(f"timesteps must be strictly decreasing (sample from noise to data), got "
+        order = ("as the samplers take them: an inversion visits them in reverse, from data to noise" if inverting else
+                 "sample from noise to data")
+        raise ValueError(f"timesteps must be strictly decreasing ({order}), got "
                          f"{seq.tolist() if seq.numel() <= 12 else f'{seq.numel()} steps'}: {why}")
     return seq
 

@@ -2271,10 +2271,13 @@ def test_round_26_a_seq_out_of_order_or_with_repeats_is_shown(toy_setup):
     cases = {(0, 500, 999): r"got \[0, 500, 999\]: it increases throughout: pass it reversed \(seq.flip\(0\) for a tensor\)$",
              (999, 500, 500, 0): r"got \[999, 500, 500, 0\]: t = 500 is listed twice; give each step once$",
              (999, 200, 600, 0): r"got \[999, 200, 600, 0\]: t = 600 comes after t = 200$"}
+    inverting = r"as the samplers take them: an inversion visits them in reverse, from data to noise"    # since round 30
     for seq, why in cases.items():
-        for run in (lambda: samplers.ddim_sample(eps, x_T, AB, list(seq)), lambda: ode.solve("heun", eps, x_T, AB, seq),
-                    lambda: samplers.ddim_invert(eps, x_T, AB, torch.tensor(seq)), lambda: ode.heun_invert(eps, x_T, AB, seq)):
-            with pytest.raises(ValueError, match=r"^timesteps must be strictly decreasing \(sample from noise to data\), " + why):
+        for run, order in ((lambda: samplers.ddim_sample(eps, x_T, AB, list(seq)), "sample from noise to data"),
+                           (lambda: ode.solve("heun", eps, x_T, AB, seq), "sample from noise to data"),
+                           (lambda: samplers.ddim_invert(eps, x_T, AB, torch.tensor(seq)), inverting),
+                           (lambda: ode.heun_invert(eps, x_T, AB, seq), inverting)):
+            with pytest.raises(ValueError, match=rf"^timesteps must be strictly decreasing \({order}\), " + why):
                 run()
     assert torch.equal(samplers.ddim_sample(eps, x_T, AB, torch.tensor([0, 500, 999]).flip(0)),
                        samplers.ddim_sample(eps, x_T, AB, [999, 500, 0]))
@@ -2362,9 +2365,10 @@ def test_round_28_ode_tolerances_as_tensors_and_a_failed_solve_are_said():
     torch.testing.assert_close(got, torch.from_numpy(stats.norm.logpdf(x.numpy(), 0, S).sum(1)), rtol=0, atol=1e-4)
     x_0 = ode.reference_solution(eps, x, AB, 999, rtol=torch.tensor(1e-8), atol=np.float32(1e-8))
     torch.testing.assert_close(x_0, x * S / math.sqrt(float(AB[-1]) * S ** 2 + 1 - float(AB[-1])), rtol=1e-6, atol=0)
-    flips = lambda x, t: x * torch.where(t[:, None] > 500, 1.0, -1.0)     # noqa: E731  no step across t = 500 meets 1e-300
-    with pytest.raises(ValueError, match=r"solve_ivp could not meet rtol = 0.001 and atol = 1e-300 \(Required step size"):
-        ode.log_likelihood(flips, x, AB, rtol=1e-3, atol=1e-300)
+    explodes = lambda x, t: 1e200 * x     # noqa: E731  x̄ overflows in the first steps (atol = 1e-300 is refused since round 30)
+    with pytest.raises(ValueError, match=r"solve_ivp could not meet rtol = 0.001 and atol = 0.001 \(Required step size"), \
+            np.errstate(all="ignore"):
+        ode.log_likelihood(explodes, x, AB, rtol=1e-3, atol=1e-3)
 
 
 def test_round_28_a_blank_cache_folder_is_refused_not_read_as_the_current_one(tmp_path, monkeypatch):
@@ -2400,6 +2404,80 @@ def test_round_29_an_ode_tolerance_past_where_the_step_control_holds_is_refused(
     tight = ode.reference_solution(eps, x_T, AB, 999, rtol=1e-9, atol=1e-9)
     at_ceiling = ode.reference_solution(eps, x_T, AB, 999, rtol=ode.RTOL_CEILING, atol=ode.RTOL_CEILING)
     assert float((at_ceiling - tight).pow(2).mean().sqrt()) < 0.05
+
+
+def test_round_30_an_atol_the_dtype_cannot_resolve_or_past_the_ceiling_is_refused():
+    """Round 29's leftover: atol had no rule but > 0. atol = 1e-300 leaves solve_ivp relative control alone, which failed
+    on a 16-D mixture's log_likelihood ("Required step size is less than spacing") after all its work; atol = 0.5 gave
+    a 'reference' x_0 off by an RMS of 0.83 (data 0.3). atol now takes rtol's range, rtol_floor(dtype) to RTOL_CEILING,
+    named as atol, in x's dtype and in the dtype eps returns; at the floor and at the ceiling it is taken. For float64 the
+    floor of both is solve_ivp's own, 100 eps = 2.2e-14: rtol 1e-15 was taken, and scipy warned and used 2.2e-14."""
+    mix = toy.default_mixture(2)
+    eps, x_T = toy.exact_eps(mix, AB), torch.randn(4, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for call in (lambda **tol: ode.reference_solution(eps, x_T, AB, 999, **tol),
+                 lambda **tol: ode.log_likelihood(eps, x_T, AB, **tol)):
+        for atol in (0.5, 0.0101):
+            with pytest.raises(ValueError, match=rf"^atol = {atol:g} is coarser than 0.01, .*: pass atol <= 0.01$"):
+                call(rtol=1e-3, atol=atol)
+        for atol, dtype, floor in ((1e-300, torch.float64, "2.2e-14$"), (1e-10, torch.float32, "6e-09, or x_T in float64$")):
+            with pytest.raises(ValueError, match=rf"^atol = {atol:g} is finer than x_T's {str(dtype)[6:]} can give .*: "
+                                                 rf"pass atol >= {floor}"):
+                (lambda **tol: ode.reference_solution(eps, x_T.to(dtype), AB, 999, **tol))(rtol=1e-3, atol=atol)
+    as_float32 = lambda x, t: eps(x, t).float()     # noqa: E731  a float32 network behind a lambda, x in float64
+    with pytest.raises(ValueError, match=r"^atol = 1e-10 is finer than the float32 that eps\(x, t\) returns can give"):
+        ode.reference_solution(as_float32, x_T, AB, 999, rtol=1e-6, atol=1e-10)
+    ode.reference_solution(eps, x_T.float(), AB, 999, rtol=1e-6, atol=ode.rtol_floor(torch.float32))
+    with warnings.catch_warnings():      # below 100 eps scipy warned ("rtol is too small") and ran at 2.2e-14 instead
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"^rtol = 1e-15 is finer than x_T's float64 can give .*: pass rtol >= 2.2e-14$"):
+            ode.reference_solution(eps, x_T, AB, 999, rtol=1e-15, atol=1e-10)
+        ode.reference_solution(eps, x_T, AB, 999, rtol=ode.rtol_floor(torch.float64), atol=1e-10)
+    ode.reference_solution(eps, x_T, AB, 999, rtol=1e-3, atol=ode.RTOL_CEILING)
+
+
+def test_round_30_unipc_B_refuses_a_step_that_is_not_a_positive_number():
+    """ode.unipc_B took any h: h <= 0 gave B(h) <= 0 (h = -1: -1.72 for bh2), NaN gave NaN, True was read as 1 by bh2 and
+    returned as True by bh1, a 0-d tensor came back a tensor from bh1, and "0.5" was a TypeError from '-' (bh2) or came
+    back a string (bh1). unipc_coefficients' rule, one line naming h; a 0-d tensor is read as its value."""
+    for variant in ode.UNIPC_VARIANTS:
+        for h in (0, -1.0, float("nan"), math.inf, True, "0.5", None):
+            with pytest.raises(ValueError, match=r"^h must be a finite number > 0 \(the step in lambda"):
+                ode.unipc_B(h, variant)
+    assert ode.unipc_B(torch.tensor(0.5), "bh1") == 0.5 and type(ode.unipc_B(torch.tensor(0.5), "bh1")) is float
+    assert math.isclose(ode.unipc_B(np.float32(0.5), "bh2"), 1 - math.exp(-0.5), rel_tol=1e-15)
+
+
+def test_round_30_an_inversion_given_its_steps_increasing_is_told_they_go_as_the_samplers_take_them():
+    """ddim_invert and heun_invert, which run from data to noise, were told of an increasing seq (their natural order)
+    "timesteps must be strictly decreasing (sample from noise to data)": they take seq as the samplers do and visit it
+    in reverse, which they now say; the samplers' message is unchanged. Given reversed, the seq inverts, and `heun`
+    on it decodes back to x0 (exact scores, 20 steps: within 0.05 RMS of data with RMS 0.5)."""
+    mix = toy.default_mixture(2)
+    eps, x0 = toy.exact_eps(mix, AB), mix.sample(8, torch.Generator().manual_seed(0)).double()
+    up = list(range(0, 1000, 50))
+    for invert in (samplers.ddim_invert, ode.heun_invert):
+        with pytest.raises(ValueError, match=r"^timesteps must be strictly decreasing \(as the samplers take them: an "
+                                             r"inversion visits them in reverse, from data to noise\), got 20 steps: it "
+                                             r"increases throughout: pass it reversed"):
+            invert(eps, x0, AB, up)
+    with pytest.raises(ValueError, match=r"^timesteps must be strictly decreasing \(sample from noise to data\)"):
+        ode.heun(eps, x0, AB, up)
+    back = ode.heun(eps, ode.heun_invert(eps, x0, AB, up[::-1]), AB, up[::-1])
+    assert float((back - x0).pow(2).mean().sqrt()) < 0.05
+
+
+def test_round_30_step_rules_with_t_min_above_t_max_name_them():
+    """lambda_timesteps(5, AB, t_max=10, t_min=20) said "number of steps S must be an integer in 1..1", blaming S for
+    the span; now t_min and t_max are named. A span of one step still takes S = 1 only, and the grid runs t_max..t_min."""
+    for rule in (ode.lambda_timesteps, ode.karras_timesteps):
+        for S in (1, 5):
+            with pytest.raises(ValueError, match=r"^t_min must not exceed t_max \(the steps run from t_max down to t_min\), "
+                                                 r"got t_min=20, t_max=10$"):
+                rule(S, AB, t_max=10, t_min=20)
+        assert rule(1, AB, t_max=7, t_min=7).tolist() == [7]
+        with pytest.raises(ValueError, match=r"^number of steps S must be an integer in 1\.\.1 \(the distinct steps"):
+            rule(2, AB, t_max=7, t_min=7)
+        assert rule(4, AB, t_max=13, t_min=10).tolist() == [13, 12, 11, 10]
 
 
 def test_round_29_a_step_sequence_that_is_none_or_not_numbers_is_named():

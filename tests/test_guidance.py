@@ -210,6 +210,43 @@ def test_dynamic_threshold_is_imagens_rule_per_sample():
                                                   dtype=torch.float64), rtol=0, atol=1e-15)
 
 
+def test_round_30_dynamic_threshold_takes_half_precision_big_batches_and_empty_ones():
+    """torch.quantile refused float16 and bfloat16 ("input tensor must be either float or double dtype": a half-precision
+    network's x̂_0 through `thresholded_eps`) and more than 2**24 values in all ("input tensor is too large": 86 images of
+    3×256×256); s_max = 1e308 overflowed float32's clamp; a batch of none failed to reshape. Against numpy's percentile
+    on the same (rounded) values, and by construction for the big batch: a row with 1% of its values at 4 has s = 4,
+    one with 0.1% has s = 1 (the static clip)."""
+    g = torch.Generator().manual_seed(4)
+    x0 = torch.randn(3, 2, 5, 5, generator=g) * torch.tensor([0.5, 2.0, 6.0])[:, None, None, None]
+    for dtype in (torch.float16, torch.bfloat16):
+        got = diffusion.dynamic_threshold(x0.to(dtype), 0.9)
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got.double().numpy(), _numpy_threshold(x0.to(dtype).double(), 0.9, math.inf),
+                                   rtol=0, atol=2 * torch.finfo(dtype).eps)
+    np.testing.assert_allclose(diffusion.dynamic_threshold(x0, 0.9, 1e308).numpy(), _numpy_threshold(x0, 0.9, math.inf),
+                               rtol=1e-6, atol=1e-7)
+    big = torch.zeros(2, 2 ** 23 + 1)
+    big[0, :len(big[0]) // 100], big[1, :len(big[1]) // 1000] = 4.0, 4.0
+    got = diffusion.dynamic_threshold(big)
+    assert got[:, 0].tolist() == [1.0, 1.0] and float(got[0].sum()) == len(big[0]) // 100 and got[:, -1].tolist() == [0, 0]
+    for empty in (torch.zeros(0, 3, 4, 4), torch.zeros(2, 0)):
+        assert diffusion.dynamic_threshold(empty).shape == empty.shape
+
+
+def test_round_30_thresholded_eps_at_sigma_0_says_where_to_stop():
+    """reference_solution of a thresholded ε at its default t_end = -1 called it at σ = 0, where (x − √ᾱ x̃_0)/√(1−ᾱ)
+    divides by 0, and said "a_t must lie in [0, 1), got 1.0", an argument the caller never gave. Now it says where to stop;
+    at t_end = 0, the advice, scipy's x agrees with DPM-Solver++(2M) on all 1000 steps to 1e-3 (2.3e-4 measured: the clip
+    makes the ODE's right-hand side non-smooth)."""
+    eps_thr = ode.thresholded_eps(EPS_C, AB, 0.9, 1.0)
+    x_T = torch.randn(4, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^thresholded_eps is undefined at t = -1 \(alpha_bar = 1, sigma = 0\).*t_end = 0"):
+        ode.reference_solution(eps_thr, x_T, AB, 999, rtol=1e-6, atol=1e-6)
+    at_0 = ode.reference_solution(eps_thr, x_T, AB, 999, 0, rtol=1e-8, atol=1e-8)
+    fine = ode.dpm_solver_pp_2m(eps_thr, x_T, AB, torch.arange(999, -1, -1), return_trajectory=True)[1]["x"][-2]
+    torch.testing.assert_close(at_0, fine, rtol=0, atol=1e-3)
+
+
 @pytest.mark.parametrize("kw, match", [({"p": 99.5}, "p must lie"), ({"p": 0.0}, "p must lie"), ({"s_max": 0.5}, "s_max"),
                                        ({"s_max": float("nan")}, "s_max"), ({"p": True}, "p must lie")])
 def test_dynamic_threshold_refuses_bad_arguments_by_name(kw, match):

@@ -203,6 +203,20 @@ def test_round_29_a_tolerance_too_loose_for_the_solver_is_refused_before_the_wor
     assert not (tmp_path / "models").exists()
 
 
+def test_round_30_an_atol_past_the_solvers_range_is_refused_before_the_work(bits, tmp_path, capsys):
+    """Round 29's leftover: --atol 1e-300 was taken, and solve_ivp (relative control alone) failed after the model was
+    trained and the negative ELBO computed; --atol 0.5 ran. --atol now takes --rtol's range, said before anything is
+    trained (no models folder in the cache)."""
+    for atol, said in (("1e-300", "--atol 1e-300 is finer than the network's float32 can give: pass --atol >= 6e-09"),
+                       ("0.5", "--atol 0.5 is coarser than 0.01, past which the ODE solver's error control breaks down: "
+                               "pass --atol <= 0.01")):
+        with pytest.raises(SystemExit) as stop:
+            bits.main(["--steps", "2", "--n", "2", "--cache", str(tmp_path), "--t-end", "split", "--atol", atol])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and said in err, err
+    assert not (tmp_path / "models").exists()
+
+
 def test_a_cache_that_is_a_file_is_named_as_the_option(bits, tmp_path):
     """Round 29's leftover: `--cache FILE` said "pass another cache_dir" (pretrained's Python argument), now "--cache"."""
     (file := tmp_path / "file").write_text("")
