@@ -127,7 +127,7 @@ def main(argv=None) -> dict:
                         "at step 0, then DDPM's decoder (bound B0; only steps the network was trained on), both, paired, or "
                         "split: both, and step 0's density at x + u, which parts their difference into the bins' code and "
                         "the stretch (-1, 0)")
-    tolerances = f"{ode.rtol_floor(torch.float32):.2g} to {ode.RTOL_CEILING:g}"
+    tolerances = f"{ode.rtol_floor(torch.float32):.2g} to {ode.TOL_CEILING:g}"
     p.add_argument("--rtol", type=float, default=1e-3, help=f"the ODE solver's relative tolerance, {tolerances}")
     p.add_argument("--atol", type=float, default=1e-3, help=f"the ODE solver's absolute tolerance, {tolerances}")
     p.add_argument("--steps", type=int_in(1), default=None, help="the digits model's training steps (default: the preset's)")
@@ -139,9 +139,9 @@ def main(argv=None) -> dict:
     for option, tol in (("--rtol", args.rtol), ("--atol", args.atol)):     # log_likelihood's rule, said before the work
         if tol < (floor := ode.rtol_floor(torch.float32)):
             p.error(f"{option} {tol:g} is finer than the network's float32 can give: pass {option} >= {floor:.2g}")
-        if tol > ode.RTOL_CEILING:
-            p.error(f"{option} {tol:g} is coarser than {ode.RTOL_CEILING:g}, past which the ODE solver's error control "
-                    f"breaks down: pass {option} <= {ode.RTOL_CEILING:g}")
+        if tol > ode.TOL_CEILING:
+            p.error(f"{option} {tol:g} is coarser than {ode.TOL_CEILING:g}, past which the ODE solver's error control "
+                    f"breaks down: pass {option} <= {ode.TOL_CEILING:g}")
     with one_line_errors(p.prog):    # a device this machine lacks, a --cache that cannot be written, more digits than there are
         check_can_write(pretrained.models_dir(args.cache), hint="choose another --cache")   # named as the option, not cache_dir
         return measure(args, devices.resolve(args.device))

@@ -933,20 +933,20 @@ def rtol_floor(dtype: torch.dtype) -> float:
 # 0.3) the RMS error of x_0 against rtol 1e-10 was 2e-4 to 2e-3 at rtol 1e-3, 3e-3 to 8e-3 at 1e-2, 0.26 at 2e-2 and
 # 3 to 3.6, more than the data's own size, at 3e-2 to 0.1 (careless round 29); with rtol 1e-3, 1e-3 to 2e-3 at atol
 # 1e-2, 9e-3 to 1.4e-2 at 3e-2 and 0.05 to 0.8 at 0.5 (round 30).
-RTOL_CEILING = 1e-2
+TOL_CEILING = 1e-2
 
 
 def _check_tolerances(rtol, atol, what: str, dtype: torch.dtype, instead: str) -> None:
-    """ε computed in `dtype`: rtol and atol each no finer than `rtol_floor(dtype)` and no coarser than RTOL_CEILING. atol
+    """ε computed in `dtype`: rtol and atol each no finer than `rtol_floor(dtype)` and no coarser than TOL_CEILING. atol
     is in the units of x (data in [−1, 1], x_T ~ N(0, I)) and of log p (nats), where a value of size 1 is rounded to
     dtype's eps: the same floor as rtol's (atol = 1e-300 left solve_ivp relative control alone, which fails where a
     coordinate, or the divergence's integral at its start, is 0). `what` completes "rtol = ... is finer than" and
     `instead` "pass rtol >= floor, or" (but for float64, the widest)."""
     for name, tol in (("rtol", as_real(rtol)), ("atol", as_real(atol))):
-        if tol > RTOL_CEILING:
-            raise ValueError(f"{name} = {tol:g} is coarser than {RTOL_CEILING:g}, past which solve_ivp's error control "
+        if tol > TOL_CEILING:
+            raise ValueError(f"{name} = {tol:g} is coarser than {TOL_CEILING:g}, past which solve_ivp's error control "
                              f"breaks down (its solution can be farther off than the data's own size): pass {name} <= "
-                             f"{RTOL_CEILING:g}")
+                             f"{TOL_CEILING:g}")
         if tol < (floor := rtol_floor(dtype)):
             raise ValueError(f"{name} = {tol:g} is finer than {what}, and solve_ivp would take ever smaller steps: pass "
                              f"{name} >= {floor:.2g}" + (f", or {instead}" if dtype != torch.float64 else ""))
@@ -1006,7 +1006,7 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
     steps t(σ), down to t = −1 (ᾱ = 1) when t_end = −1, which the exact lab (`toy.exact_eps`) supports.
     The state is float64; ε is called in x_T's dtype (a float32 network takes float32 x_T, and then rtol, atol ≥ 6e-9: a
     tolerance below `rtol_floor(dtype)`, ε's rounding (scipy's own floor for float64), is refused, as it only shrinks the
-    steps; so is one above RTOL_CEILING = 0.01, where the step control breaks down). method: solve_ivp's, a name in
+    steps; so is one above TOL_CEILING = 0.01, where the step control breaks down). method: solve_ivp's, a name in
     IVP_METHODS or an OdeSolver subclass. Returns x at t_end (= x̄ there times √ᾱ), float64.
     """
     alpha_bar, t_start, t_end = _check_ivp(eps, x_T, "x_T", alpha_bar, t_start, t_end, rtol, atol, method, either_way=True)

@@ -2391,7 +2391,7 @@ def test_round_28_a_blank_cache_folder_is_refused_not_read_as_the_current_one(tm
 
 def test_round_29_an_ode_tolerance_past_where_the_step_control_holds_is_refused():
     """reference_solution and log_likelihood took any rtol > 0: at 3e-2 the 'reference' x_0 of this mixture was off by an
-    RMS of 3.6 (its data's is 0.5), and `ode_bits.py --rtol 0.999` ran. Now rtol above ode.RTOL_CEILING = 0.01 is refused,
+    RMS of 3.6 (its data's is 0.5), and `ode_bits.py --rtol 0.999` ran. Now rtol above ode.TOL_CEILING = 0.01 is refused,
     naming it; at the ceiling itself x_0 is still within 0.05 RMS of a tight solve (measured 8.5e-3)."""
     mix = toy.default_mixture(2)
     eps, x_T = toy.exact_eps(mix, AB), torch.randn(32, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -2402,14 +2402,14 @@ def test_round_29_an_ode_tolerance_past_where_the_step_control_holds_is_refused(
                                                  r"control breaks down .*: pass rtol <= 0.01$"):
                 call(rtol)
     tight = ode.reference_solution(eps, x_T, AB, 999, rtol=1e-9, atol=1e-9)
-    at_ceiling = ode.reference_solution(eps, x_T, AB, 999, rtol=ode.RTOL_CEILING, atol=ode.RTOL_CEILING)
+    at_ceiling = ode.reference_solution(eps, x_T, AB, 999, rtol=ode.TOL_CEILING, atol=ode.TOL_CEILING)
     assert float((at_ceiling - tight).pow(2).mean().sqrt()) < 0.05
 
 
 def test_round_30_an_atol_the_dtype_cannot_resolve_or_past_the_ceiling_is_refused():
     """Round 29's leftover: atol had no rule but > 0. atol = 1e-300 leaves solve_ivp relative control alone, which failed
     on a 16-D mixture's log_likelihood ("Required step size is less than spacing") after all its work; atol = 0.5 gave
-    a 'reference' x_0 off by an RMS of 0.83 (data 0.3). atol now takes rtol's range, rtol_floor(dtype) to RTOL_CEILING,
+    a 'reference' x_0 off by an RMS of 0.83 (data 0.3). atol now takes rtol's range, rtol_floor(dtype) to TOL_CEILING,
     named as atol, in x's dtype and in the dtype eps returns; at the floor and at the ceiling it is taken. For float64 the
     floor of both is solve_ivp's own, 100 eps = 2.2e-14: rtol 1e-15 was taken, and scipy warned and used 2.2e-14."""
     mix = toy.default_mixture(2)
@@ -2432,7 +2432,7 @@ def test_round_30_an_atol_the_dtype_cannot_resolve_or_past_the_ceiling_is_refuse
         with pytest.raises(ValueError, match=r"^rtol = 1e-15 is finer than x_T's float64 can give .*: pass rtol >= 2.2e-14$"):
             ode.reference_solution(eps, x_T, AB, 999, rtol=1e-15, atol=1e-10)
         ode.reference_solution(eps, x_T, AB, 999, rtol=ode.rtol_floor(torch.float64), atol=1e-10)
-    ode.reference_solution(eps, x_T, AB, 999, rtol=1e-3, atol=ode.RTOL_CEILING)
+    ode.reference_solution(eps, x_T, AB, 999, rtol=1e-3, atol=ode.TOL_CEILING)
 
 
 def test_round_30_unipc_B_refuses_a_step_that_is_not_a_positive_number():

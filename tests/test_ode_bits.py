@@ -193,7 +193,7 @@ def test_split_on_data_at_the_bins_centres_the_decoder_is_the_shorter_code_at_st
 
 def test_round_29_a_tolerance_too_loose_for_the_solver_is_refused_before_the_work(bits, tmp_path, capsys):
     """Round 28's leftover: --rtol 0.999 ran (any value in (0, 1) did); `ode.log_likelihood` now refuses rtol above
-    ode.RTOL_CEILING = 0.01, and the script says so before anything is trained (no models folder in the cache)."""
+    ode.TOL_CEILING = 0.01, and the script says so before anything is trained (no models folder in the cache)."""
     for rtol in ("0.02", "0.999"):
         with pytest.raises(SystemExit) as stop:
             bits.main(["--steps", "2", "--n", "2", "--cache", str(tmp_path), "--rtol", rtol])
