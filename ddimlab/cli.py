@@ -451,7 +451,9 @@ def _recorded(npz_path, key):
             value = z[key]
         except ValueError:                 # "Object arrays cannot be loaded when allow_pickle=False", naming neither
             return None
-        return str(value) if value.ndim == 0 else None
+        if value.ndim != 0:
+            return None
+        return value.item().decode("utf-8", "replace") if value.dtype.kind == "S" else str(value)    # bytes: not "b'heun'"
 
 
 LATENT_BOUND = 20    # |x_T| for x_T ~ N(0, I) exceeds 9 with probability below 1e-18 per value
@@ -480,7 +482,12 @@ def _settings_of_latents(args) -> None:
     if noisy:                                      # no sampler or grid decodes those: warned of later
         return
     taken, other = [], []
-    if sampler in INTERPOLATE_SAMPLERS:
+    if sampler is not None and sampler not in INTERPOLATE_SAMPLERS:   # another tool's name, "heun ": no decoder is the file's
+        warnings.warn(f"{args.latents} records sampler {sampler!r}, not one that interpolate decodes with "
+                      f"({', '.join(INTERPOLATE_SAMPLERS)}): decoded by {args.sampler or 'ddim'}, its latents may give other "
+                      f"images than those it made" + ("" if args.sampler else "; pass --sampler to choose the decoder"),
+                      LatentsWarning)
+    elif sampler is not None:
         if args.sampler is None:
             args.sampler = sampler
             taken.append(f"--sampler {sampler}")

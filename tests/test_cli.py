@@ -3015,3 +3015,31 @@ def test_round_30_interpolate_decodes_latents_with_the_solver_that_made_them(tra
         assert cli.main(["interpolate", "--checkpoint", ckpt, "--latents", str(tmp_path / f"{name}.npz"), "--n", "3",
                          "--steps", "3", "--no-progress", "--out", str(tmp_path / f"o{name}")]) == 0
         assert said in capsys.readouterr().out
+
+
+def test_round_31_interpolate_says_when_the_file_records_a_sampler_it_does_not_decode_with(trained, tmp_path, capsys):
+    """A --latents file whose recorded sampler is none of interpolate's ("heun_invert", "heun " with a trailing space,
+    another tool's name) was decoded by DDIM without a word, its ends other images than the file's samples; it is now
+    warned of, naming the recorded sampler and the decoder used. A sampler recorded as bytes (b"heun", which read as
+    "b'heun'") is read as its text, and decodes with heun as a str would."""
+    ckpt = str(trained / "ckpt.pt")
+    assert cli.main(["sample", "--checkpoint", ckpt, "--steps", "3", "--n", "2", "--no-progress", "--out",
+                     str(tmp_path / "s")]) == 0
+    made = dict(np.load(tmp_path / "s.npz"))
+    capsys.readouterr()
+    for i, (recorded, said) in enumerate((("heun_invert", "decoded by ddim ->"), ("heun  ", "decoded by ddim ->"),
+                                          (np.bytes_(b"heun"), "decoded by heun ->"))):
+        np.savez(tmp_path / f"f{i}.npz", **{**made, "sampler": np.array(recorded)})
+        argv = ["interpolate", "--checkpoint", ckpt, "--latents", str(tmp_path / f"f{i}.npz"), "--n", "3", "--no-progress",
+                "--out", str(tmp_path / f"o{i}")]
+        assert cli.main(argv) == 0
+        out, err = capsys.readouterr()
+        assert said in out, out
+        if isinstance(recorded, str):
+            assert f"f{i}.npz records sampler {recorded!r}, not one that interpolate decodes with (ddim, euler, heun" in err, err
+            assert "decoded by ddim, its latents may give other images than those it made; pass --sampler" in err, err
+        else:
+            assert "records sampler" not in err, err
+    assert cli.main(["interpolate", "--checkpoint", ckpt, "--latents", str(tmp_path / "f0.npz"), "--n", "3", "--sampler",
+                     "euler", "--no-progress", "--overwrite", "--out", str(tmp_path / "o0")]) == 0
+    assert "decoded by euler, its latents may give other images than those it made\n" in capsys.readouterr().err
