@@ -152,6 +152,9 @@ def _model_for(args):
     if steps > T:
         raise ValueError(f"--steps {steps}{'' if args.steps is not None else ' (the default)'} exceeds the model's "
                          f"T = {T}; pass --steps {T} or fewer")
+    if getattr(args, "sampler", None) in ode.SOLVERS and ode.nfe(args.sampler, steps) < 1:    # iPNDM's AFS on one step
+        raise ValueError(f"--sampler {args.sampler} needs --steps 2 or more: its first step takes eps(x_T) = x_T (AFS), so "
+                         f"on --steps {steps} the network is never called; pass --steps 2 or more, or another --sampler")
     if args.spacing is None:       # recorded in the output and printed as the one used
         args.spacing = ode.DEFAULT_RULES.get(getattr(args, "sampler", None), "uniform")
     elif steps == T and args.spacing not in ode.STEP_RULES and args.spacing != "uniform":    # `sampling_steps`' full chain
@@ -506,13 +509,14 @@ def _settings_of_latents(args) -> None:
                       f"images than those (leave the options out to use the file's)", LatentsWarning)
 
 
-def _decoder_options(args) -> dict:
-    """The keywords that decode --latents as the file's sampler made them, where interpolate decodes with that sampler:
-    dpm_solver_pp_3m's --lower-order-final and DDIM's --clip (recorded by `sample`); else none."""
+def _decoder_options(args, S: int) -> dict:
+    """The keywords that decode --latents as the file's sampler made them, where interpolate decodes with that sampler
+    on S steps: dpm_solver_pp_3m's --lower-order-final (from S = 4 on, where it changes a step) and DDIM's --clip
+    (recorded by `sample`); else none."""
     if not args.latents or _recorded(args.latents, "sampler") != args.sampler:
         return {}
     if args.sampler == "dpm_solver_pp_3m" and _recorded(args.latents, "lower_order_final") == "True":
-        return {"lower_order_final": True}
+        return {"lower_order_final": True} if S > 3 else {}
     return {"clip_x0": True} if args.sampler == "ddim" and _recorded(args.latents, "clip") == "True" else {}
 
 
@@ -565,7 +569,7 @@ def cmd_interpolate(args, png: Path, npz: Path) -> int:
     _refuse_existing(args.overwrite, png, npz)
     lam = torch.linspace(0, 1, args.n)
     z = slerp(z0, z1, lam.to(device))
-    options = _decoder_options(args)
+    options = _decoder_options(args, len(seq))
     decode = functools.partial(ddim_sample, **options) if args.sampler == "ddim" else \
         functools.partial(ode.solve, args.sampler, **options)
     bar, callback = progress(len(seq), "interpolate", not args.no_progress)

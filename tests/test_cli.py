@@ -1487,7 +1487,7 @@ def test_twelfth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     with pytest.raises(checkpoint.CheckpointError):
         cli.main(["--debug", *sample])
     one_line_error(["sample", "--checkpoint", str(trained), "--sampler", "ipndm", "--steps", "1", "--n", "2",
-                    "--out", str(tmp_path / "i")], "from the command line: another --sampler")
+                    "--out", str(tmp_path / "i")], "--sampler ipndm needs --steps 2 or more")
     # --out w/. wrote ./w.png (pathlib drops the "/.")
     one_line_error(["sample", "--checkpoint", str(trained), "--n", "2", "--steps", "2", "--out", f"{tmp_path / 'w'}/."],
                    "names a folder")
@@ -3043,3 +3043,23 @@ def test_round_31_interpolate_says_when_the_file_records_a_sampler_it_does_not_d
     assert cli.main(["interpolate", "--checkpoint", ckpt, "--latents", str(tmp_path / "f0.npz"), "--n", "3", "--sampler",
                      "euler", "--no-progress", "--overwrite", "--out", str(tmp_path / "o0")]) == 0
     assert "decoded by euler, its latents may give other images than those it made\n" in capsys.readouterr().err
+
+
+def test_round_31_afs_samplers_on_one_step_and_lower_order_final_below_4_steps_are_said_as_options(trained, tmp_path, capsys):
+    """`--sampler ipndm` or `ipndm_vs` with --steps 1 stopped with the library's "ipndm with afs=True needs 2 steps or
+    more ... pass afs=False" (ipndm_vs called ipndm, and afs no option of the command line); it names --sampler and
+    --steps now. `interpolate --latents` of `sample --lower-order-final` at --steps 3 printed and recorded "(lower order
+    final)", which below 4 steps changes no step (`sample` refuses it there); it is dropped there, kept from 4 on."""
+    ckpt = str(trained / "ckpt.pt")
+    for command, sampler in (("sample", "ipndm_vs"), ("interpolate", "ipndm")):
+        _expect_one_line_error(capsys, [command, "--checkpoint", ckpt, "--sampler", sampler, "--steps", "1", "--no-progress",
+                                        "--out", str(tmp_path / "x")],
+                               f"--sampler {sampler} needs --steps 2 or more", "pass --steps 2 or more, or another --sampler")
+    assert not list(tmp_path.iterdir())
+    assert cli.main(["sample", "--checkpoint", ckpt, "--sampler", "dpm_solver_pp_3m", "--lower-order-final", "--steps", "5",
+                     "--n", "2", "--no-progress", "--out", str(tmp_path / "s")]) == 0
+    for steps, said in (("3", "decoded by dpm_solver_pp_3m ->"), ("4", "decoded by dpm_solver_pp_3m (lower order final) ->")):
+        assert cli.main(["interpolate", "--checkpoint", ckpt, "--latents", str(tmp_path / "s.npz"), "--steps", steps, "--n",
+                         "3", "--no-progress", "--out", str(tmp_path / f"i{steps}")]) == 0
+        assert said in capsys.readouterr().out
+        assert bool(np.load(tmp_path / f"i{steps}.npz")["lower_order_final"]) == (steps == "4")
