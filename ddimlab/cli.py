@@ -471,6 +471,15 @@ def _made_with_noise(npz_path) -> str | None:
     return None
 
 
+def _number_of_steps(recorded: str) -> int | None:
+    """A recorded `steps` as a number of steps, or None where it is none: "3", and "3.0" as another tool may store it."""
+    try:
+        value = float(recorded)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() and value >= 1 else None
+
+
 def _settings_of_latents(args) -> None:
     """`interpolate --latents`: latents decode to the images they came from only with the sampler and on the grid that
     made them (recorded by `invert` and `sample`). What is not given is taken from the file, and said; other settings
@@ -496,12 +505,17 @@ def _settings_of_latents(args) -> None:
             taken.append(f"--sampler {sampler}")
         elif args.sampler != sampler:
             other.append(f"--sampler {sampler}")
-    if steps is not None and spacing in schedule.SPACINGS + ode.STEP_RULES:
+    S = None if steps is None else _number_of_steps(steps)      # int("3.5") was "invalid literal", naming no file
+    if steps is not None and (S is None or spacing not in schedule.SPACINGS + ode.STEP_RULES):
+        warnings.warn(f"{args.latents} records steps {steps!r} with spacing {spacing!r}, not a number of steps (1, 2, ...) "
+                      f"with a --spacing choice: not used; pass --steps and --spacing as the latents were made",
+                      LatentsWarning)
+    elif steps is not None:
         if args.steps is None and args.spacing is None:
-            args.steps, args.spacing = int(steps), spacing
-            taken.append(f"--steps {steps} --spacing {spacing}")
-        elif (args.steps or DEFAULT_STEPS, args.spacing or "uniform") != (int(steps), spacing):
-            other.append(f"--steps {steps} --spacing {spacing}")
+            args.steps, args.spacing = S, spacing
+            taken.append(f"--steps {S} --spacing {spacing}")
+        elif (args.steps or DEFAULT_STEPS, args.spacing or "uniform") != (S, spacing):
+            other.append(f"--steps {S} --spacing {spacing}")
     if taken:
         print(f"{' '.join(taken)}: what made {args.latents}")
     if other:

@@ -3063,3 +3063,29 @@ def test_round_31_afs_samplers_on_one_step_and_lower_order_final_below_4_steps_a
                          "3", "--no-progress", "--out", str(tmp_path / f"i{steps}")]) == 0
         assert said in capsys.readouterr().out
         assert bool(np.load(tmp_path / f"i{steps}.npz")["lower_order_final"]) == (steps == "4")
+
+
+def test_round_31_interpolate_warns_of_recorded_steps_it_cannot_use(trained, tmp_path, capsys):
+    """A --latents file recording steps that are no number of steps ("3.5", True, 0) stopped with Python's
+    "invalid literal for int() with base 10: '3.5'" (naming neither file nor key) or the library's "number of steps S
+    must be ... got 0" for a --steps never given; a spacing none of --spacing's choices was dropped without a word. Each
+    is now a warning that the file's grid is not used, and the decode runs on the defaults. steps = 3.0 (a float, as
+    another tool may store it) is 3 steps: the path's ends are the file's samples."""
+    ckpt = str(trained / "ckpt.pt")
+    assert cli.main(["sample", "--checkpoint", ckpt, "--steps", "3", "--n", "2", "--no-progress", "--out",
+                     str(tmp_path / "s")]) == 0
+    made = dict(np.load(tmp_path / "s.npz"))
+    for i, (steps, spacing) in enumerate((("3.5", "uniform"), (True, "uniform"), (0, "uniform"),
+                                          (3, "zigzag"), (3.0, "uniform"))):
+        np.savez(tmp_path / f"f{i}.npz", **{**made, "steps": np.array(steps), "spacing": np.array(spacing)})
+        capsys.readouterr()
+        assert cli.main(["interpolate", "--checkpoint", ckpt, "--latents", str(tmp_path / f"f{i}.npz"), "--n", "3",
+                         "--no-progress", "--out", str(tmp_path / f"o{i}")]) == 0
+        err, path = capsys.readouterr().err, np.load(tmp_path / f"o{i}.npz")
+        if steps == 3.0 and spacing == "uniform":
+            assert "records steps" not in err and int(path["steps"]) == 3, err
+            np.testing.assert_allclose(path["samples"][[0, -1]], made["samples"], rtol=0, atol=1e-4)
+        else:
+            assert (f"f{i}.npz records steps {str(np.array(steps))!r} with spacing {spacing!r}, not a number of steps "
+                    f"(1, 2, ...) with a --spacing choice: not used") in err, err
+            assert int(path["steps"]) == cli.DEFAULT_STEPS
