@@ -357,3 +357,4 @@ def test_round_31_dynamic_threshold_refuses_nan_and_inf_naming_the_sample():
         return torch.where(t[:, None] < 500, torch.nan, x)
     with pytest.raises(samplers.NonFiniteError, match=r"eps\(x, t\) returned NaN or inf at step t = 400"):
         samplers.ddim_sample(ode.thresholded_eps(eps_nan, AB), torch.zeros(2, 3), AB, [900, 400, 0])
+    assert diffusion.dynamic_threshold(torch.zeros(2, 4, device="meta")).shape == (2, 4)    # shapes only, as before
