@@ -152,6 +152,9 @@ def _model_for(args):
     if steps > T:
         raise ValueError(f"--steps {steps}{'' if args.steps is not None else ' (the default)'} exceeds the model's "
                          f"T = {T}; pass --steps {T} or fewer")
+    if getattr(args, "sampler", None) in ode.SOLVERS and ode.nfe(args.sampler, steps) < 1:    # iPNDM's AFS on one step
+        raise ValueError(f"--sampler {args.sampler} needs --steps 2 or more: its first step takes eps(x_T) = x_T (AFS), so "
+                         f"on --steps {steps} the network is never called; pass --steps 2 or more, or another --sampler")
     if args.spacing is None:       # recorded in the output and printed as the one used
         args.spacing = ode.DEFAULT_RULES.get(getattr(args, "sampler", None), "uniform")
     elif steps == T and args.spacing not in ode.STEP_RULES and args.spacing != "uniform":    # `sampling_steps`' full chain
@@ -451,7 +454,9 @@ def _recorded(npz_path, key):
             value = z[key]
         except ValueError:                 # "Object arrays cannot be loaded when allow_pickle=False", naming neither
             return None
-        return str(value) if value.ndim == 0 else None
+        if value.ndim != 0:
+            return None
+        return value.item().decode("utf-8", "replace") if value.dtype.kind == "S" else str(value)    # bytes: not "b'heun'"
 
 
 LATENT_BOUND = 20    # |x_T| for x_T ~ N(0, I) exceeds 9 with probability below 1e-18 per value
@@ -464,6 +469,15 @@ def _made_with_noise(npz_path) -> str | None:
     if sampler == "ddpm" or (sampler == "ddim" and (eta or "0").strip("0.") != ""):     # "0.0" is eta 0
         return f"{sampler} samples (eta {eta})"
     return None
+
+
+def _number_of_steps(recorded: str) -> int | None:
+    """A recorded `steps` as a number of steps, or None where it is none: "3", and "3.0" as another tool may store it."""
+    try:
+        value = float(recorded)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() and value >= 1 else None
 
 
 def _settings_of_latents(args) -> None:
@@ -480,18 +494,28 @@ def _settings_of_latents(args) -> None:
     if noisy:                                      # no sampler or grid decodes those: warned of later
         return
     taken, other = [], []
-    if sampler in INTERPOLATE_SAMPLERS:
+    if sampler is not None and sampler not in INTERPOLATE_SAMPLERS:   # another tool's name, "heun ": no decoder is the file's
+        warnings.warn(f"{args.latents} records sampler {sampler!r}, not one that interpolate decodes with "
+                      f"({', '.join(INTERPOLATE_SAMPLERS)}): decoded by {args.sampler or 'ddim'}, its latents may give other "
+                      f"images than those it made" + ("" if args.sampler else "; pass --sampler to choose the decoder"),
+                      LatentsWarning)
+    elif sampler is not None:
         if args.sampler is None:
             args.sampler = sampler
             taken.append(f"--sampler {sampler}")
         elif args.sampler != sampler:
             other.append(f"--sampler {sampler}")
-    if steps is not None and spacing in schedule.SPACINGS + ode.STEP_RULES:
+    S = None if steps is None else _number_of_steps(steps)      # int("3.5") was "invalid literal", naming no file
+    if steps is not None and (S is None or spacing not in schedule.SPACINGS + ode.STEP_RULES):
+        warnings.warn(f"{args.latents} records steps {steps!r} with spacing {spacing!r}, not a number of steps (1, 2, ...) "
+                      f"with a --spacing choice: not used; pass --steps and --spacing as the latents were made",
+                      LatentsWarning)
+    elif steps is not None:
         if args.steps is None and args.spacing is None:
-            args.steps, args.spacing = int(steps), spacing
-            taken.append(f"--steps {steps} --spacing {spacing}")
-        elif (args.steps or DEFAULT_STEPS, args.spacing or "uniform") != (int(steps), spacing):
-            other.append(f"--steps {steps} --spacing {spacing}")
+            args.steps, args.spacing = S, spacing
+            taken.append(f"--steps {S} --spacing {spacing}")
+        elif (args.steps or DEFAULT_STEPS, args.spacing or "uniform") != (S, spacing):
+            other.append(f"--steps {S} --spacing {spacing}")
     if taken:
         print(f"{' '.join(taken)}: what made {args.latents}")
     if other:
@@ -499,13 +523,14 @@ def _settings_of_latents(args) -> None:
                       f"images than those (leave the options out to use the file's)", LatentsWarning)
 
 
-def _decoder_options(args) -> dict:
-    """The keywords that decode --latents as the file's sampler made them, where interpolate decodes with that sampler:
-    dpm_solver_pp_3m's --lower-order-final and DDIM's --clip (recorded by `sample`); else none."""
+def _decoder_options(args, S: int) -> dict:
+    """The keywords that decode --latents as the file's sampler made them, where interpolate decodes with that sampler
+    on S steps: dpm_solver_pp_3m's --lower-order-final (from S = 4 on, where it changes a step) and DDIM's --clip
+    (recorded by `sample`); else none."""
     if not args.latents or _recorded(args.latents, "sampler") != args.sampler:
         return {}
     if args.sampler == "dpm_solver_pp_3m" and _recorded(args.latents, "lower_order_final") == "True":
-        return {"lower_order_final": True}
+        return {"lower_order_final": True} if S > 3 else {}
     return {"clip_x0": True} if args.sampler == "ddim" and _recorded(args.latents, "clip") == "True" else {}
 
 
@@ -558,7 +583,7 @@ def cmd_interpolate(args, png: Path, npz: Path) -> int:
     _refuse_existing(args.overwrite, png, npz)
     lam = torch.linspace(0, 1, args.n)
     z = slerp(z0, z1, lam.to(device))
-    options = _decoder_options(args)
+    options = _decoder_options(args, len(seq))
     decode = functools.partial(ddim_sample, **options) if args.sampler == "ddim" else \
         functools.partial(ode.solve, args.sampler, **options)
     bar, callback = progress(len(seq), "interpolate", not args.no_progress)

@@ -150,6 +150,11 @@ def dynamic_threshold(x0: torch.Tensor, p: float = 0.995, s_max: float = math.in
     flat = x0.flatten(1)
     if flat.shape[1] == 0:                         # no pixels: nothing to threshold (torch.quantile: "must be non-empty")
         return x0.clone()
+    finite = torch.isfinite(flat)                  # NaN or inf made every value of its row NaN (inf / inf, lerp)
+    if not finite.is_meta and not bool(finite.all()):      # (a meta x0, shapes only, passes as before)
+        row = int((~finite).any(1).nonzero()[0])
+        raise ValueError(f"x0 must be finite: sample {row} holds NaN or inf, whose quantile and clip are undefined (the "
+                         f"network or the sampler diverged before this step)")
     s = _row_quantile(flat.abs(), q)
     s = s.clamp(1.0, min(top, torch.finfo(s.dtype).max))     # s_max = 1e308 would overflow a float32 clamp
     return (flat.clamp(-s[:, None], s[:, None]) / s[:, None]).to(x0.dtype).reshape(x0.shape)

@@ -866,8 +866,10 @@ def thresholded_eps(eps, alpha_bar, p: float = 0.995, s_max: float = math.inf):
             raise ValueError("thresholded_eps is undefined at t = -1 (alpha_bar = 1, sigma = 0), where eps = (x - sqrt(a) "
                              "x0_thr)/sqrt(1 - a) divides by 0: stop the ODE at t_end = 0 (the solvers' last step, 0 -> -1, "
                              "calls eps at t = 0 only)")
-        x0 = dynamic_threshold(predict_x0(x, _of_x_shape(eps(x.clone(), t), x, "thresholded_eps: eps"), a), p, s_max)
-        return predict_eps(x, x0, a)
+        e = _of_x_shape(eps(x.clone(), t), x, "thresholded_eps: eps")
+        if not bool(torch.isfinite(e).all()):    # returned as it is: the sampler's NonFiniteError names the step
+            return e
+        return predict_eps(x, dynamic_threshold(predict_x0(x, e, a), p, s_max), a)
 
     return eps_thr
 

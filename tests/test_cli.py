@@ -1487,7 +1487,7 @@ def test_twelfth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
     with pytest.raises(checkpoint.CheckpointError):
         cli.main(["--debug", *sample])
     one_line_error(["sample", "--checkpoint", str(trained), "--sampler", "ipndm", "--steps", "1", "--n", "2",
-                    "--out", str(tmp_path / "i")], "from the command line: another --sampler")
+                    "--out", str(tmp_path / "i")], "--sampler ipndm needs --steps 2 or more")
     # --out w/. wrote ./w.png (pathlib drops the "/.")
     one_line_error(["sample", "--checkpoint", str(trained), "--n", "2", "--steps", "2", "--out", f"{tmp_path / 'w'}/."],
                    "names a folder")
@@ -3015,3 +3015,77 @@ def test_round_30_interpolate_decodes_latents_with_the_solver_that_made_them(tra
         assert cli.main(["interpolate", "--checkpoint", ckpt, "--latents", str(tmp_path / f"{name}.npz"), "--n", "3",
                          "--steps", "3", "--no-progress", "--out", str(tmp_path / f"o{name}")]) == 0
         assert said in capsys.readouterr().out
+
+
+def test_round_31_interpolate_says_when_the_file_records_a_sampler_it_does_not_decode_with(trained, tmp_path, capsys):
+    """A --latents file whose recorded sampler is none of interpolate's ("heun_invert", "heun " with a trailing space,
+    another tool's name) was decoded by DDIM without a word, its ends other images than the file's samples; it is now
+    warned of, naming the recorded sampler and the decoder used. A sampler recorded as bytes (b"heun", which read as
+    "b'heun'") is read as its text, and decodes with heun as a str would."""
+    ckpt = str(trained / "ckpt.pt")
+    assert cli.main(["sample", "--checkpoint", ckpt, "--steps", "3", "--n", "2", "--no-progress", "--out",
+                     str(tmp_path / "s")]) == 0
+    made = dict(np.load(tmp_path / "s.npz"))
+    capsys.readouterr()
+    for i, (recorded, said) in enumerate((("heun_invert", "decoded by ddim ->"), ("heun  ", "decoded by ddim ->"),
+                                          (np.bytes_(b"heun"), "decoded by heun ->"))):
+        np.savez(tmp_path / f"f{i}.npz", **{**made, "sampler": np.array(recorded)})
+        argv = ["interpolate", "--checkpoint", ckpt, "--latents", str(tmp_path / f"f{i}.npz"), "--n", "3", "--no-progress",
+                "--out", str(tmp_path / f"o{i}")]
+        assert cli.main(argv) == 0
+        out, err = capsys.readouterr()
+        assert said in out, out
+        if isinstance(recorded, str):
+            assert f"f{i}.npz records sampler {recorded!r}, not one that interpolate decodes with (ddim, euler, heun" in err, err
+            assert "decoded by ddim, its latents may give other images than those it made; pass --sampler" in err, err
+        else:
+            assert "records sampler" not in err, err
+    assert cli.main(["interpolate", "--checkpoint", ckpt, "--latents", str(tmp_path / "f0.npz"), "--n", "3", "--sampler",
+                     "euler", "--no-progress", "--overwrite", "--out", str(tmp_path / "o0")]) == 0
+    assert "decoded by euler, its latents may give other images than those it made\n" in capsys.readouterr().err
+
+
+def test_round_31_afs_samplers_on_one_step_and_lower_order_final_below_4_steps_are_said_as_options(trained, tmp_path, capsys):
+    """`--sampler ipndm` or `ipndm_vs` with --steps 1 stopped with the library's "ipndm with afs=True needs 2 steps or
+    more ... pass afs=False" (ipndm_vs called ipndm, and afs no option of the command line); it names --sampler and
+    --steps now. `interpolate --latents` of `sample --lower-order-final` at --steps 3 printed and recorded "(lower order
+    final)", which below 4 steps changes no step (`sample` refuses it there); it is dropped there, kept from 4 on."""
+    ckpt = str(trained / "ckpt.pt")
+    for command, sampler in (("sample", "ipndm_vs"), ("interpolate", "ipndm")):
+        _expect_one_line_error(capsys, [command, "--checkpoint", ckpt, "--sampler", sampler, "--steps", "1", "--no-progress",
+                                        "--out", str(tmp_path / "x")],
+                               f"--sampler {sampler} needs --steps 2 or more", "pass --steps 2 or more, or another --sampler")
+    assert not list(tmp_path.iterdir())
+    assert cli.main(["sample", "--checkpoint", ckpt, "--sampler", "dpm_solver_pp_3m", "--lower-order-final", "--steps", "5",
+                     "--n", "2", "--no-progress", "--out", str(tmp_path / "s")]) == 0
+    for steps, said in (("3", "decoded by dpm_solver_pp_3m ->"), ("4", "decoded by dpm_solver_pp_3m (lower order final) ->")):
+        assert cli.main(["interpolate", "--checkpoint", ckpt, "--latents", str(tmp_path / "s.npz"), "--steps", steps, "--n",
+                         "3", "--no-progress", "--out", str(tmp_path / f"i{steps}")]) == 0
+        assert said in capsys.readouterr().out
+        assert bool(np.load(tmp_path / f"i{steps}.npz")["lower_order_final"]) == (steps == "4")
+
+
+def test_round_31_interpolate_warns_of_recorded_steps_it_cannot_use(trained, tmp_path, capsys):
+    """A --latents file recording steps that are no number of steps ("3.5", True, 0) stopped with Python's
+    "invalid literal for int() with base 10: '3.5'" (naming neither file nor key) or the library's "number of steps S
+    must be ... got 0" for a --steps never given; a spacing none of --spacing's choices was dropped without a word. Each
+    is now a warning that the file's grid is not used, and the decode runs on the defaults. steps = 3.0 (a float, as
+    another tool may store it) is 3 steps: the path's ends are the file's samples."""
+    ckpt = str(trained / "ckpt.pt")
+    assert cli.main(["sample", "--checkpoint", ckpt, "--steps", "3", "--n", "2", "--no-progress", "--out",
+                     str(tmp_path / "s")]) == 0
+    made = dict(np.load(tmp_path / "s.npz"))
+    for i, (steps, spacing) in enumerate((("3.5", "uniform"), (True, "uniform"), (0, "uniform"),
+                                          (3, "zigzag"), (3.0, "uniform"))):
+        np.savez(tmp_path / f"f{i}.npz", **{**made, "steps": np.array(steps), "spacing": np.array(spacing)})
+        capsys.readouterr()
+        assert cli.main(["interpolate", "--checkpoint", ckpt, "--latents", str(tmp_path / f"f{i}.npz"), "--n", "3",
+                         "--no-progress", "--out", str(tmp_path / f"o{i}")]) == 0
+        err, path = capsys.readouterr().err, np.load(tmp_path / f"o{i}.npz")
+        if steps == 3.0 and spacing == "uniform":
+            assert "records steps" not in err and int(path["steps"]) == 3, err
+            np.testing.assert_allclose(path["samples"][[0, -1]], made["samples"], rtol=0, atol=1e-4)
+        else:
+            assert (f"f{i}.npz records steps {str(np.array(steps))!r} with spacing {spacing!r}, not a number of steps "
+                    f"(1, 2, ...) with a --spacing choice: not used") in err, err
+            assert int(path["steps"]) == cli.DEFAULT_STEPS

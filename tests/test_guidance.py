@@ -336,3 +336,25 @@ def test_thresholded_eps_in_ddim_and_dpm_solver_pp_2m_equals_diffusers_threshold
         theirs = run(diffusers.DDIMScheduler(**common), S, use_clipped_model_output=True)
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
         assert float((ours - run(diffusers.DDIMScheduler(**common), S)).abs().max()) > 1e-3
+
+
+def test_round_31_dynamic_threshold_refuses_nan_and_inf_naming_the_sample():
+    """One NaN or inf in a sample's x̂_0 turned every value of that sample into NaN (its quantile is inf or NaN, and
+    inf / inf, lerp(a, inf) are NaN), returned without a word; now a ValueError names x0 and the sample. Through
+    `thresholded_eps` a network's NaN is still the sampler's NonFiniteError, naming the step. Finite rows, p = 1 (the
+    largest |x̂_0|) and ties as numpy's percentile gives them."""
+    x0 = torch.tensor([[0.5, 3.0, -2.0, 0.25], [2.0, 2.0, 2.0, 5.0]])
+    np.testing.assert_allclose(diffusion.dynamic_threshold(x0, 1.0).numpy(), _numpy_threshold(x0, 1.0, math.inf), rtol=1e-6)
+    np.testing.assert_allclose(diffusion.dynamic_threshold(x0, 0.5).numpy(), _numpy_threshold(x0, 0.5, math.inf), rtol=1e-6)
+    for bad in (math.nan, math.inf, -math.inf):
+        y = x0.clone()
+        y[1, 2] = bad
+        for p in (1.0, 0.5):
+            with pytest.raises(ValueError, match=r"^x0 must be finite: sample 1 holds NaN or inf"):
+                diffusion.dynamic_threshold(y, p)
+
+    def eps_nan(x, t):
+        return torch.where(t[:, None] < 500, torch.nan, x)
+    with pytest.raises(samplers.NonFiniteError, match=r"eps\(x, t\) returned NaN or inf at step t = 400"):
+        samplers.ddim_sample(ode.thresholded_eps(eps_nan, AB), torch.zeros(2, 3), AB, [900, 400, 0])
+    assert diffusion.dynamic_threshold(torch.zeros(2, 4, device="meta")).shape == (2, 4)    # shapes only, as before
