@@ -239,7 +239,8 @@ def run_ddimlab(name, eps, x_T, ref, nfe, ab):
 
 def ddimlab_rows(eps, x_T, ref, ab, budgets):
     """The other ddimlab solvers on their recommended steps, at each budget (NFE ≤ budget); UniPC with B(h) = 1 − e^{−h}
-    (bh2, the default) and h (bh1); DEIS's own two multistep solvers (notebook 08 §7) on iPNDM's power3 steps."""
+    (bh2, the default) and h (bh1); DEIS's own two multistep solvers (notebook 08 §7) on iPNDM's power3 steps, ρAB-DEIS
+    with a first call as their code makes it (ipndm_vs without AFS)."""
     rows = {
         "DDIM (euler), linspace steps": (ode.euler, lambda b: schedule.timesteps(b, T, "linspace")),
         "DPM-Solver++(2M), logSNR steps": (ode.dpm_solver_pp_2m, lambda b: ode.lambda_timesteps(b, ab)),
@@ -249,8 +250,9 @@ def ddimlab_rows(eps, x_T, ref, ab, budgets):
         "UniPC-3, logSNR steps": (ode.unipc_3, lambda b: ode.lambda_timesteps(b, ab)),
         "UniPC-2 bh1, logSNR steps": (functools.partial(ode.unipc_2, variant="bh1"), lambda b: ode.lambda_timesteps(b, ab)),
         "UniPC-3 bh1, logSNR steps": (functools.partial(ode.unipc_3, variant="bh1"), lambda b: ode.lambda_timesteps(b, ab)),
-        "ipndm_vs (rhoAB-DEIS), power3": (functools.partial(ode.ipndm, rho=1.0), lambda b: ode.power_timesteps(b + 1, T, 3.0)),
-        "tAB-DEIS-3 (deis_tab), power3": (ode.deis_tab, lambda b: ode.power_timesteps(b, T, 3.0)),
+        "rhoAB-DEIS-3 (no AFS), power3": (functools.partial(ode.ipndm, rho=1.0, afs=False),
+                                          lambda b: ode.power_timesteps(b, T, 3.0)),
+        "tAB-DEIS-3, power3": (ode.deis_tab, lambda b: ode.power_timesteps(b, T, 3.0)),
     }
     out = {}
     for label, (solver, steps) in rows.items():
@@ -300,8 +302,8 @@ def tune(n: int = 1024, budgets=BUDGETS):
 
 # The diffusers settings that are best in some cell of the reported mixtures (RMS or median): the tuning
 # search prints its ratios to the best of these on each tuning mixture (at least the ratio to the full sweep's best,
-# which takes one to two minutes a mixture: 76 and 109 s alone, 79 and 153 s in docs/bench_samplers.txt beside other
-# work); its picks do not use them.
+# which takes one to two minutes a mixture: 76 and 109 s in an earlier run, 83 and 116 s in docs/bench_samplers.txt); its
+# picks do not use them.
 STRONG = {
     "DEISMultistep o2 exponential lower_order_final=False", "DEISMultistep o3 exponential lower_order_final=False",
     "DEISMultistep o3 exponential lower_order_final=True",
