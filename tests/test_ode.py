@@ -942,6 +942,7 @@ def test_a_network_in_train_mode_behind_a_lambda_is_refused():
     assert torch.isfinite(ode.log_likelihood(lambda x, t: net(x), x, AB, t_start=50, rtol=1e-6, atol=1e-6)).all()
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # diffusers 0.42.1 on numpy 2: ~960 lines of "__array__"
 def test_diffusers_deis_is_a_polynomial_in_lambda_integrated_against_e_to_the_minus_lambda():
     """Notebook 08 §7's reading of diffusers' DEISMultistepScheduler (solver_type="logrho", its only one): ε̂ extrapolated
     by the polynomial P in λ = −log σ through its last `solver_order` values, and x̄_s = x̄_t − ∫_{λ_t}^{λ_s} e^{−λ} P(λ) dλ,
