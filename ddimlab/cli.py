@@ -413,7 +413,8 @@ def cmd_sample(args, png: Path, npz: Path) -> int:
                seed=args.seed, steps=len(seq), spacing=args.spacing, sampler=args.sampler,
                eta=str(kwargs.get("eta", "")), lower_order_final=args.lower_order_final, clip=bool(args.clip),
                **_model_record(args, net))
-    print(f"{n} samples ({args.sampler}, {len(seq)} steps, {args.spacing}) in {seconds:.1f} s -> {png}, {npz}")
+    print(f"{_count(n, 'sample')} ({args.sampler}, {_count(len(seq), 'step')}, {args.spacing}) in {seconds:.1f} s -> {png}, "
+          f"{npz}")
     return 0
 
 
@@ -438,34 +439,39 @@ def cmd_invert(args, png: Path, npz: Path) -> int:
                spacing=args.spacing, sampler=args.sampler, inputs=np.array([str(Path(p).resolve()) for p in args.input]),
                **_model_record(args, net))
     calls = sum(ode.nfe(name, len(seq)) for name in names)
-    print(f"inverted {x0.shape[0]} image(s) with {len(seq)} {'DDIM' if args.sampler == 'ddim' else 'Heun'} steps ({calls} "
-          f"network calls per image, there and back); reconstruction MSE {float(mse.mean()):.3g} (mean) -> {npz}, {png} "
+    method = "DDIM" if args.sampler == "ddim" else "Heun"
+    print(f"inverted {_count(x0.shape[0], 'image')} with {_count(len(seq), method + ' step')} ({_count(calls, 'network call')} "
+          f"per image, there and back); reconstruction MSE {float(mse.mean()):.3g} (mean) -> {npz}, {png} "
           f"(top: input, bottom: reconstruction)")
     return 0
 
 
-def _recorded(npz_path, key):
-    """A string `key` recorded in an .npz this command line wrote, or None (older files, other tools: an object array
-    there, which np.load refuses without pickles, is not ours either)."""
+RECORD = ("steps", "spacing", "sampler", "eta", "clip", "lower_order_final", "weights_sha256")
+
+
+def _record(npz_path) -> dict[str, str]:
+    """The settings in RECORD that an .npz this command line wrote records, as text, read in one opening of the file.
+    Arrays and object arrays (other tools: np.load refuses those without pickles) are not records and are left out."""
+    record = {}
     with np.load(npz_path) as z:
-        if key not in z.files:
-            return None
-        try:
-            value = z[key]
-        except ValueError:                 # "Object arrays cannot be loaded when allow_pickle=False", naming neither
-            return None
-        if value.ndim != 0:
-            return None
-        return value.item().decode("utf-8", "replace") if value.dtype.kind == "S" else str(value)    # bytes: not "b'heun'"
+        for key in set(RECORD) & set(z.files):
+            try:
+                value = z[key]
+            except ValueError:             # "Object arrays cannot be loaded when allow_pickle=False", naming neither
+                continue
+            if value.ndim == 0:            # bytes as text, not "b'heun'"
+                record[key] = value.item().decode("utf-8", "replace") if value.dtype.kind == "S" else str(value)
+    return record
 
 
 LATENT_BOUND = 20    # |x_T| for x_T ~ N(0, I) exceeds 9 with probability below 1e-18 per value
 
 
-def _made_with_noise(npz_path) -> str | None:
-    """"ddpm samples (eta 1.0)" where the file's x_T began a sampler that drew new noise at every step (DDPM, DDIM with
-    eta > 0), so that no DDIM decoding gives its samples back; else None (eta 0, the ODE solvers, `invert`)."""
-    sampler, eta = _recorded(npz_path, "sampler"), _recorded(npz_path, "eta")
+def _made_with_noise(record: dict) -> str | None:
+    """"ddpm samples (eta 1.0)" where a latents file's record (`_record`) says its x_T began a sampler that drew new noise
+    at every step (DDPM, DDIM with eta > 0), so that no DDIM decoding gives its samples back; else None (eta 0, the ODE
+    solvers, `invert`)."""
+    sampler, eta = record.get("sampler"), record.get("eta")
     if sampler == "ddpm" or (sampler == "ddim" and (eta or "0").strip("0.") != ""):     # "0.0" is eta 0
         return f"{sampler} samples (eta {eta})"
     return None
@@ -480,19 +486,19 @@ def _number_of_steps(recorded: str) -> int | None:
     return int(value) if value.is_integer() and value >= 1 else None
 
 
-def _settings_of_latents(args) -> None:
+def _settings_of_latents(args) -> dict:
     """`interpolate --latents`: latents decode to the images they came from only with the sampler and on the grid that
     made them (recorded by `invert` and `sample`). What is not given is taken from the file, and said; other settings
-    are warned of."""
+    are warned of. Returns the file's record ({} without a readable .npz: said later, with the file's other checks)."""
     if not args.latents or Path(args.latents).suffix.lower() != ".npz" or not Path(args.latents).is_file():
-        return                                     # said later, with the file's other checks
+        return {}
     try:
-        steps, spacing, sampler, noisy = _recorded(args.latents, "steps"), _recorded(args.latents, "spacing"), \
-            _recorded(args.latents, "sampler"), _made_with_noise(args.latents)
+        record = _record(args.latents)
     except Exception:                              # not an .npz, damaged: `data.npz_array` says what it is, below
-        return
-    if noisy:                                      # no sampler or grid decodes those: warned of later
-        return
+        return {}
+    if _made_with_noise(record):                   # no sampler or grid decodes those: warned of later
+        return record
+    steps, spacing, sampler = record.get("steps"), record.get("spacing"), record.get("sampler")
     taken, other = [], []
     if sampler is not None and sampler not in INTERPOLATE_SAMPLERS:   # another tool's name, "heun ": no decoder is the file's
         warnings.warn(f"{args.latents} records sampler {sampler!r}, not one that interpolate decodes with "
@@ -521,22 +527,28 @@ def _settings_of_latents(args) -> None:
     if other:
         warnings.warn(f"{args.latents} was made with {' '.join(other)}: with other settings its latents decode to other "
                       f"images than those (leave the options out to use the file's)", LatentsWarning)
+    return record
 
 
-def _decoder_options(args, S: int) -> dict:
+def _decoder_options(args, record: dict, S: int) -> dict:
     """The keywords that decode --latents as the file's sampler made them, where interpolate decodes with that sampler
     on S steps: dpm_solver_pp_3m's --lower-order-final (from S = 4 on, where it changes a step) and DDIM's --clip
-    (recorded by `sample`); else none."""
-    if not args.latents or _recorded(args.latents, "sampler") != args.sampler:
+    (recorded by `sample` as True or False; another value is warned of and not used); else none."""
+    option = {"ddim": "clip", "dpm_solver_pp_3m": "lower_order_final"}.get(args.sampler)
+    if option is None or record.get("sampler") != args.sampler or option not in record:
         return {}
-    if args.sampler == "dpm_solver_pp_3m" and _recorded(args.latents, "lower_order_final") == "True":
-        return {"lower_order_final": True} if S > 3 else {}
-    return {"clip_x0": True} if args.sampler == "ddim" and _recorded(args.latents, "clip") == "True" else {}
+    if record[option] not in ("True", "False"):
+        warnings.warn(f"{args.latents} records {option} {record[option]!r}, not True or False: not used, decoded without "
+                      f"--{option.replace('_', '-')}", LatentsWarning)
+        return {}
+    if record[option] == "False" or (option == "lower_order_final" and S <= 3):
+        return {}
+    return {"clip_x0" if option == "clip" else option: True}
 
 
 @_writes_pair
 def cmd_interpolate(args, png: Path, npz: Path) -> int:
-    _settings_of_latents(args)
+    record = _settings_of_latents(args)
     args.sampler = args.sampler or "ddim"
     net, abar, device, seq = _model_for(args)
     if args.index is not None and not args.latents:
@@ -556,16 +568,16 @@ def cmd_interpolate(args, png: Path, npz: Path) -> int:
                 f"an x_T of shape {tuple(lat.shape)}, not a stack of latents (N, C, H, W),"
             raise ValueError(f"{args.latents} holds {held} but the model makes {_image_shape(net)} images; use latents "
                              f"from this model's `invert` or `sample`")
-        made_by = _recorded(args.latents, "weights_sha256")
+        made_by = record.get("weights_sha256")
         if made_by is not None and made_by != checkpoint.weights_sha256(net):
             warnings.warn(f"{args.latents} records latents of another model (weights sha256 {made_by[:12]}, this one "
                           f"{checkpoint.weights_sha256(net)[:12]}): they decode to other images here", LatentsWarning)
-        if noisy := _made_with_noise(args.latents):
+        if noisy := _made_with_noise(record):
             warnings.warn(f"{args.latents} holds the x_T of {noisy}, which drew new noise at every step: DDIM's "
                           f"eta = 0 decodes these latents to other images than those samples; interpolate the latents "
                           f"of `sample` with eta 0, an ODE solver, or `invert`", LatentsWarning)
         if len(lat) < 2 and args.index is None:
-            raise ValueError(f"{args.latents} holds {len(lat)} latent{'' if len(lat) == 1 else 's'}; interpolation takes "
+            raise ValueError(f"{args.latents} holds {_count(len(lat), 'latent')}; interpolation takes "
                              f"two: invert or sample two images or more")
         i, j = args.index or (0, 1)
         if not (0 <= i < len(lat) and 0 <= j < len(lat)):
@@ -583,7 +595,7 @@ def cmd_interpolate(args, png: Path, npz: Path) -> int:
     _refuse_existing(args.overwrite, png, npz)
     lam = torch.linspace(0, 1, args.n)
     z = slerp(z0, z1, lam.to(device))
-    options = _decoder_options(args, len(seq))
+    options = _decoder_options(args, record, len(seq))
     decode = functools.partial(ddim_sample, **options) if args.sampler == "ddim" else \
         functools.partial(ode.solve, args.sampler, **options)
     bar, callback = progress(len(seq), "interpolate", not args.no_progress)
@@ -598,6 +610,11 @@ def cmd_interpolate(args, png: Path, npz: Path) -> int:
     how = {"clip_x0": " (clipping x0)", "lower_order_final": " (lower order final)"}
     print(f"{args.n} images along slerp(z0, z1, λ), decoded by {args.sampler}{''.join(how[k] for k in options)} -> {png}, {npz}")
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    """ "1 step", "2 steps" """
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _csv_list(text: str, kind, name: str):

@@ -3089,3 +3089,28 @@ def test_round_31_interpolate_warns_of_recorded_steps_it_cannot_use(trained, tmp
             assert (f"f{i}.npz records steps {str(np.array(steps))!r} with spacing {spacing!r}, not a number of steps "
                     f"(1, 2, ...) with a --spacing choice: not used") in err, err
             assert int(path["steps"]) == cli.DEFAULT_STEPS
+
+
+def test_interpolate_warns_of_a_recorded_flag_that_is_not_true_or_false(trained, tmp_path, capsys):
+    """A --latents file recording clip (or lower_order_final) as anything but True or False ("yes", 1, as another tool
+    may store it) was decoded without the flag and without a word; it is now warned of, naming the file, the key and
+    the value. True and False, as `sample` records them, decode as before. And one step or one image reads "1 step",
+    "1 sample", not "1 steps"."""
+    ckpt = str(trained / "ckpt.pt")
+    assert cli.main(["sample", "--checkpoint", ckpt, "--steps", "1", "--n", "1", "--no-progress", "--out",
+                     str(tmp_path / "one")]) == 0
+    assert "1 sample (ddim, 1 step, uniform) in " in capsys.readouterr().out
+    assert cli.main(["sample", "--checkpoint", ckpt, "--steps", "3", "--n", "2", "--clip", "--no-progress", "--out",
+                     str(tmp_path / "s")]) == 0
+    made = dict(np.load(tmp_path / "s.npz"))
+    for i, (clip, said) in enumerate(((np.array("yes"), "decoded by ddim ->"), (np.array(1), "decoded by ddim ->"),
+                                      (np.array(True), "decoded by ddim (clipping x0) ->"),
+                                      (np.array(False), "decoded by ddim ->"))):
+        np.savez(tmp_path / f"f{i}.npz", **{**made, "clip": clip})
+        capsys.readouterr()
+        assert cli.main(["interpolate", "--checkpoint", ckpt, "--latents", str(tmp_path / f"f{i}.npz"), "--n", "3",
+                         "--no-progress", "--out", str(tmp_path / f"o{i}")]) == 0
+        out, err = capsys.readouterr()
+        assert said in out, out
+        warned = f"f{i}.npz records clip {str(clip)!r}, not True or False: not used, decoded without --clip"
+        assert (warned in err) == (clip.dtype.kind != "b"), err
