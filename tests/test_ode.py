@@ -976,3 +976,46 @@ def test_diffusers_deis_is_a_polynomial_in_lambda_integrated_against_e_to_the_mi
                 xbar = xbar + sum(wj * e for wj, e in zip(w, hist))
                 worst = max(worst, float((xbar / math.sqrt(1 + sig[i + 1] ** 2) - theirs[i]).abs().max()))
             assert (worst < 3e-5) == should_match, (order, S, should_match, worst)
+
+
+def _straight_path_velocity(mix, x, tau):
+    """v(x, τ) = E[ε − x_0 | x_τ = x] on the straight path x_τ = (1 − τ) x_0 + τ ε of rectified flow, by Bayes' rule over
+    the mixture's components (x_τ | k ~ N((1 − τ) μ_k, (1 − τ)² Σ_k + τ² I)): independent of toy's ε*."""
+    C = (1 - tau) ** 2 * mix.covs + tau ** 2 * torch.eye(mix.d, dtype=torch.float64)
+    diff = x[:, None, :] - (1 - tau) * mix.means
+    sol = torch.linalg.solve(C, diff.unsqueeze(-1)).squeeze(-1)
+    post = (mix.weights.log() - 0.5 * (diff * sol).sum(-1) - 0.5 * torch.logdet(C)).softmax(1)
+    e = tau * (post[..., None] * sol).sum(1)
+    return e - (x - tau * e) / (1 - tau)
+
+
+def test_ddim_is_euler_on_the_straight_path_of_flow_matching():
+    """Notebook 05 §3: Euler on rectified flow's ODE dx/dτ = v, on τ(ᾱ) = √(1−ᾱ)/(√ᾱ + √(1−ᾱ)) of DDIM's steps and from
+    x_T/(√ᾱ_T + √(1−ᾱ_T)), is DDIM (eq. 12, η = 0) to rounding, on a 3-D mixture with full covariances and quad steps;
+    the velocity converts to ε* by ε = x_τ + (1 − τ) v (not ε = x_τ + v). Other τ grids are other steps of the same ODE."""
+    g = torch.Generator().manual_seed(5)
+    A = torch.randn(3, 3, 3, generator=g, dtype=torch.float64)
+    mix = toy.GaussianMixture(torch.tensor([0.2, 0.5, 0.3]), torch.randn(3, 3, generator=g, dtype=torch.float64),
+                              0.05 * A @ A.transpose(1, 2) + 0.01 * torch.eye(3, dtype=torch.float64))
+    alpha_bar = schedule.make_alpha_bar("linear", 1000)
+    eps = toy.exact_eps(mix, alpha_bar)
+    x_T = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    for t in (900, 300, 20):                                        # the conversion, pointwise
+        a = float(alpha_bar[t])
+        scale, tau = math.sqrt(a) + math.sqrt(1 - a), math.sqrt(1 - a) / (math.sqrt(a) + math.sqrt(1 - a))
+        x_tau = x_T / scale
+        v = _straight_path_velocity(mix, x_tau, tau)
+        torch.testing.assert_close(x_tau + (1 - tau) * v, eps(x_T, t), rtol=0, atol=1e-12)
+        assert float((x_tau + v - eps(x_T, t)).abs().max()) > 1e-2
+    seq = schedule.timesteps(7, 1000, "quad")
+    steps = [int(s) for s in seq] + [-1]
+    a_steps = [float(schedule.alpha_bar_at(alpha_bar, s)) for s in steps]
+    ddim_x0 = samplers.ddim_sample(eps, x_T, alpha_bar, seq)
+    for clock, same in ((lambda a: math.sqrt(1 - a) / (math.sqrt(a) + math.sqrt(1 - a)), True),
+                        (lambda a: math.sqrt(1 - a), False), (lambda a: 1 - math.sqrt(a), False)):
+        taus = [clock(a) for a in a_steps]
+        x = x_T / (math.sqrt(a_steps[0]) + math.sqrt(1 - a_steps[0]))
+        for tau, tau_next in zip(taus, taus[1:]):
+            x = x + (tau_next - tau) * _straight_path_velocity(mix, x, tau)
+        gap = float((x - ddim_x0).abs().max())
+        assert gap < 1e-12 if same else gap > 1e-3, gap
