@@ -458,7 +458,7 @@ GAUSS_NODES = 5     # Gauss–Legendre points per unit of t in `_kernel_integral
 
 def _kernel_integrals(alpha_bar: torch.Tensor, nodes, a: int, b: int) -> list[float]:
     """w_j = ∫_a^b ℓ_j(τ) σ'(τ) dτ = ∫_{σ(a)}^{σ(b)} ℓ_j(t(σ)) dσ for the Lagrange basis ℓ_j in the step t of the integer
-    nodes, over integer steps a > b ≥ −1 (tAB-DEIS's C_ij, Zhang & Chen 2023 §3, in x̄; notebook 08 §6).
+    nodes, over integer steps a > b ≥ −1 (tAB-DEIS's C_ij, Zhang & Chen 2023, in x̄; notebook 08 §6).
 
     σ(τ) is `alpha_bar_cont`'s: log ᾱ linear on each [k, k+1], so t(σ) = k + (log(1+σ²) + log ᾱ_k)/(log ᾱ_k − log ᾱ_{k+1})
     there, smooth in σ (σ'(τ) itself is infinite at τ = −1, where σ = 0). Each unit piece gets GAUSS_NODES Gauss–Legendre
@@ -487,10 +487,10 @@ def dpm_solver_pp_3m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, 
 
         x̄_s = e^{−h} x̄_t + h φ_1(−h) D_t + h φ_2(−h) D1 + 2 h φ_3(−h) D2,
 
-    with D1 = h p'(λ_t) and D2 = h² p''(λ_t)/2 the backward differences of the paper (r_0 = h_{−1}/h,
+    with D1 = h p'(λ_t) and D2 = h² p''(λ_t)/2 the backward differences of the authors' code (r_0 = h_{−1}/h,
     r_1 = h_{−2}/h, D1_0 = (D_t − D_{−1})/r_0, D1_1 = (D_{−1} − D_{−2})/r_1, D1 = D1_0 + r_0 (D1_0 − D1_1)/(r_0 + r_1),
     D2 = (D1_0 − D1_1)/(r_0 + r_1)). The first step is DDIM and the second DPM-Solver++(2M); the final step to
-    σ = 0 (h = ∞, where every φ-term but the first diverges) returns D_t, first order, as the paper does.
+    σ = 0 (h = ∞, where every φ-term but the first diverges) returns D_t, first order (module docstring).
 
     published=True weights D2 by h φ_3(−h), as the paper's reference code, diffusers' DPMSolverMultistepScheduler
     and k-diffusion do: half the Taylor coefficient, which leaves an O(h³) local error, i.e. a second-order
@@ -498,7 +498,7 @@ def dpm_solver_pp_3m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, 
 
     lower_order_final=True takes the step before the last as DPM-Solver++(2M), as diffusers' `lower_order_final`
     does by default below 15 steps and the authors' code below 10 (here at any S); notebook 08 §7 measures what it
-    changes. Without it the order is kept to the end, as in the paper's algorithm.
+    changes. Without it the order is kept to the end.
     """
     _, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory,
         published=published, lower_order_final=lower_order_final)
@@ -565,7 +565,7 @@ def unipc_coefficients(r, h: float, variant: str = "bh2") -> list[float]:
     r: the nodes r_k = (λ_k − λ_t)/h of the previous steps (negative), plus r = 1 (the new point) for the
     corrector. With B(h) of `variant` (`unipc_B`), matching x̄_s's Taylor terms h^{m+1} φ_{m+1}(−h) D^{(m)}, m = 1..p−1
     (predictor) or 1..p (corrector), gives the Vandermonde system Σ_k a_k r_k^{m−1} = m! h φ_{m+1}(−h)/B(h).
-    One node is not solved but set to a = ½, as in the paper: the predictor then is DPM-Solver++(2M) for "bh2"
+    One node is not solved but set to a = ½, as the authors' `uni_pc.py` does: the predictor then is DPM-Solver++(2M) for "bh2"
     (B(h)/2 weights the difference) and the first-order corrector the trapezoid rule.
     """
     _check_unipc_variant(variant)
@@ -673,7 +673,7 @@ def ipndm(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
       very few steps (notebook 08 §6).
     - rho=ρ ≥ 1: P is a polynomial in σ^{1/ρ} through the actual nodes and is integrated exactly
       (`_lagrange_integrals`): variable-step Adams–Bashforth, of order `order` (ρ = 1: in σ itself). With rho=1.0
-      and afs=False this is DEIS's own ρAB-DEIS (Zhang & Chen 2023 §4, `get_sampler_rho_ab`, whose ab_order r is
+      and afs=False this is DEIS's own ρAB-DEIS (Zhang & Chen 2023; `get_sampler_rho_ab` in their code, whose ab_order r is
       order = r + 1), equal to their code to 5e-14 once its Riemann-sum weights are refined (tests/test_ode.py).
 
     afs (the analytical first step, AFS, of Zhou et al. 2024, the AMED-Solver paper): the first step uses
@@ -734,14 +734,15 @@ def _multistep(eps, pairs, sig, at, xbar, traj, first, weights, order: int, corr
 
 
 def deis_tab(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None, *, order: int = 3):
-    """tAB-DEIS (Zhang & Chen 2023, DEIS, §3, the exponential integrator with polynomial extrapolation; `get_sampler_t_ab`
+    """tAB-DEIS (Zhang & Chen 2023, DEIS: the exponential integrator with polynomial extrapolation; `get_sampler_t_ab`
     in their code, qsh-zh/deis): Adams–Bashforth with ε a polynomial in the step t, integrated against the exponential
     integrator's kernel. NFE = S (notebook 08 §6).
 
-    In x̄ = x_t/√ᾱ_t the exponential integrator is x̄_s = x̄_t + ∫_t^s σ'(τ) ε(τ) dτ (the paper's ½ Ψ G Gᵀ L⁻ᵀ for the VP
-    SDE is √ᾱ_s σ'(τ)). With P the polynomial in τ through the last `order` ε's (fewer at the start), at the visited
-    steps t_j, x̄_s = x̄_t + Σ_j w_j ε_j, w_j = ∫_t^s ℓ_j(τ) σ'(τ) dτ (`_kernel_integrals`, Gauss–Legendre in σ).
-    `order` counts nodes, as `ipndm`'s does: the paper's tAB-r is order = r + 1. The last step to σ = 0 integrates
+    In x̄ = x_t/√ᾱ_t the exponential integrator is x̄_s = x̄_t + ∫_t^s σ'(τ) ε(τ) dτ (the ½ Ψ G Gᵀ L⁻ᵀ of their README's
+    derivation is √ᾱ_s σ'(τ) for the VP SDE). With P the polynomial in τ through the last `order` ε's (fewer at the
+    start), at the visited steps t_j, x̄_s = x̄_t + Σ_j w_j ε_j, w_j = ∫_t^s ℓ_j(τ) σ'(τ) dτ (`_kernel_integrals`,
+    Gauss–Legendre in σ).
+    `order` counts nodes, as `ipndm`'s does: their code's ab_order r is order = r + 1. The last step to σ = 0 integrates
     the same polynomial over [t_last, −1], with no call there.
 
     Their code (a30709f) gives the same steps up to its Riemann sums of the weights (10⁴ points: 3e-4 on x_0 with
