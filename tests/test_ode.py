@@ -1019,3 +1019,29 @@ def test_ddim_is_euler_on_the_straight_path_of_flow_matching():
             x = x + (tau_next - tau) * _straight_path_velocity(mix, x, tau)
         gap = float((x - ddim_x0).abs().max())
         assert gap < 1e-12 if same else gap > 1e-3, gap
+
+
+def test_the_flow_timestep_shift_multiplies_sigma_and_is_a_ddim_grid():
+    """Notebook 05 §3: diffusers' FlowMatchEulerDiscreteScheduler(shift=s) moves τ to sτ/(1 + (s − 1)τ), which multiplies
+    σ = τ/(1 − τ) by s (against diffusers' own shifted sigmas); and Euler on the straight path on shifted τ's is DDIM on the
+    table ᾱ' = 1/(1 + s²σ²) (Bayes' rule velocity against the library's DDIM on that table)."""
+    diffusers = pytest.importorskip("diffusers")
+    base = [float(t) for t in torch.linspace(0.98, 0.02, 9)]
+    tau = {}
+    for s in (1.0, 2.5):
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=s)
+        scheduler.set_timesteps(sigmas=base)
+        tau[s] = scheduler.sigmas.double()[:-1]
+    ratio = (tau[2.5] / (1 - tau[2.5])) / (tau[1.0] / (1 - tau[1.0]))
+    torch.testing.assert_close(ratio, torch.full_like(ratio, 2.5), rtol=1e-4, atol=0)
+    mix = toy.eight_gaussians()
+    taus = [2.5 * t / (1 + 1.5 * t) for t in base] + [0.0]
+    table = torch.tensor([1 / (1 + (t / (1 - t)) ** 2) for t in reversed(taus[:-1])], dtype=torch.float64)  # ᾱ' by step
+    x_tau = torch.randn(32, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x = x_tau
+    for t, t_next in zip(taus, taus[1:]):
+        x = x + (t_next - t) * _straight_path_velocity(mix, x, t)
+    a_T = float(table[-1])
+    ddim_x0 = samplers.ddim_sample(toy.exact_eps(mix, table), x_tau * (math.sqrt(a_T) + math.sqrt(1 - a_T)), table,
+                                   torch.arange(len(table) - 1, -1, -1))
+    torch.testing.assert_close(x, ddim_x0, rtol=0, atol=1e-12)
