@@ -222,7 +222,7 @@ def validate_timesteps(seq, T: int = 1000, inverting: bool = False) -> torch.Ten
 
 
 def step_pairs(seq: torch.Tensor) -> list[tuple[int, int]]:
-    """[(t, s)] pairs a sampler takes along τ, the last one stepping to s = −1 (ᾱ = 1)."""
+    """[(t, s)] pairs a sampler takes along τ, the last one stepping to s = −1 (ᾱ = 1) (notebook 04 §4)."""
     steps = as_steps(seq)
     if steps.dtype != torch.long or steps.ndim != 1 or not bool((steps[1:] < steps[:-1]).all()):
         raise ValueError(f"seq must be a 1-D list of strictly decreasing integer steps (timesteps), got {seq!r}")

@@ -136,6 +136,15 @@ def test_eta_one_consecutive_is_ddpm_posterior(t):
     torch.testing.assert_close(posterior_mean(x0, x_t, a_t, a_s), mu, rtol=1e-9, atol=1e-12)
 
 
+def test_ddpm_small_and_large_variances_differ_only_near_t_0():
+    """Notebook 04 §3: on consecutive steps of the linear schedule β̃_t/β_t is 0.45 at t = 1, 0.86 at t = 10 and within 2%
+    of 1 from t = 100 on; β̃ from `posterior_variance`, β from the schedule's own betas."""
+    betas = beta_schedule("linear", 1000)
+    ratio = torch.stack([posterior_variance(AB[t], AB[t - 1]) for t in range(1, 1000)]) / betas[1:]
+    assert round(float(ratio[0]), 2) == 0.45 and round(float(ratio[9]), 2) == 0.86
+    assert float(ratio[99:].min()) > 0.98 and float(ratio[:99].min()) < 0.98
+
+
 @pytest.mark.parametrize("t,s", [(100, 0), (50, 0), (20, 10)])
 def test_float32_step_with_eta_one_keeps_float32_precision_on_the_last_steps(t, s):
     """x in float32, ᾱ as Python floats (as the samplers pass them): DDIM(η = 1) equals the DDPM posterior mean
