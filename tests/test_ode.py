@@ -992,7 +992,8 @@ def _straight_path_velocity(mix, x, tau):
 def test_ddim_is_euler_on_the_straight_path_of_flow_matching():
     """Notebook 05 §3: Euler on rectified flow's ODE dx/dτ = v, on τ(ᾱ) = √(1−ᾱ)/(√ᾱ + √(1−ᾱ)) of DDIM's steps and from
     x_T/(√ᾱ_T + √(1−ᾱ_T)), is DDIM (eq. 12, η = 0) to rounding, on a 3-D mixture with full covariances and quad steps;
-    the velocity converts to ε* by ε = x_τ + (1 − τ) v (not ε = x_τ + v). Other τ grids are other steps of the same ODE."""
+    the velocity converts to ε* by ε = x_τ + (1 − τ) v (not ε = x_τ + v) and to E[x_0 | x_t] (toy's Gaussian conditioning)
+    by x̂_0 = x_τ − τ v. Other τ grids are other steps of the same ODE."""
     g = torch.Generator().manual_seed(5)
     A = torch.randn(3, 3, 3, generator=g, dtype=torch.float64)
     mix = toy.GaussianMixture(torch.tensor([0.2, 0.5, 0.3]), torch.randn(3, 3, generator=g, dtype=torch.float64),
@@ -1007,6 +1008,8 @@ def test_ddim_is_euler_on_the_straight_path_of_flow_matching():
         v = _straight_path_velocity(mix, x_tau, tau)
         torch.testing.assert_close(x_tau + (1 - tau) * v, eps(x_T, t), rtol=0, atol=1e-12)
         assert float((x_tau + v - eps(x_T, t)).abs().max()) > 1e-2
+        torch.testing.assert_close(x_tau - tau * v, mix.x0_mean(x_T, a), rtol=0, atol=1e-12)     # x̂_0 = x_τ − τ v
+        assert float((x_tau - (1 - tau) * v - mix.x0_mean(x_T, a)).abs().max()) > 1e-2
     seq = schedule.timesteps(7, 1000, "quad")
     steps = [int(s) for s in seq] + [-1]
     a_steps = [float(schedule.alpha_bar_at(alpha_bar, s)) for s in steps]
@@ -1023,21 +1026,37 @@ def test_ddim_is_euler_on_the_straight_path_of_flow_matching():
 
 def test_the_flow_timestep_shift_multiplies_sigma_and_is_a_ddim_grid():
     """Notebook 05 §3: diffusers' FlowMatchEulerDiscreteScheduler(shift=s) moves τ to sτ/(1 + (s − 1)τ), which multiplies
-    σ = τ/(1 − τ) by s (against diffusers' own shifted sigmas); and Euler on the straight path on shifted τ's is DDIM on the
-    table ᾱ' = 1/(1 + s²σ²) (Bayes' rule velocity against the library's DDIM on that table)."""
+    σ = τ/(1 − τ) by s (against diffusers' own shifted sigmas); its step with the straight path's velocity as model_output
+    is Euler on dx/dτ = v over those sigmas, and scale_noise is x_τ = (1 − τ) x_0 + τ ε (diffusers' "sigmas" are τ);
+    and Euler on the straight path on shifted τ's is DDIM on the table ᾱ' = 1/(1 + s²σ²) of the unshifted σ's
+    (Bayes' rule velocity against the library's DDIM on that table)."""
     diffusers = pytest.importorskip("diffusers")
-    base = [float(t) for t in torch.linspace(0.98, 0.02, 9)]
+    s, base = 2.5, [float(t) for t in torch.linspace(0.98, 0.02, 9)]
     tau = {}
-    for s in (1.0, 2.5):
-        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=s)
+    for shift in (1.0, s):
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift)
         scheduler.set_timesteps(sigmas=base)
-        tau[s] = scheduler.sigmas.double()[:-1]
-    ratio = (tau[2.5] / (1 - tau[2.5])) / (tau[1.0] / (1 - tau[1.0]))
-    torch.testing.assert_close(ratio, torch.full_like(ratio, 2.5), rtol=1e-4, atol=0)
+        tau[shift] = scheduler.sigmas.double()[:-1]
+    ratio = (tau[s] / (1 - tau[s])) / (tau[1.0] / (1 - tau[1.0]))
+    torch.testing.assert_close(ratio, torch.full_like(ratio, s), rtol=1e-4, atol=0)      # float32 τ near 1: 1 − τ ~ 0.01
     mix = toy.eight_gaussians()
-    taus = [2.5 * t / (1 + 1.5 * t) for t in base] + [0.0]
-    table = torch.tensor([1 / (1 + (t / (1 - t)) ** 2) for t in reversed(taus[:-1])], dtype=torch.float64)  # ᾱ' by step
-    x_tau = torch.randn(32, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    x0, noise = mix.sample(16, g).float(), torch.randn(16, 2, generator=g)
+    scheduler.set_timesteps(sigmas=base)
+    first = float(scheduler.sigmas[0])
+    torch.testing.assert_close(scheduler.scale_noise(x0, scheduler.timesteps[:1], noise), (1 - first) * x0 + first * noise)
+    x_diffusers, taus_diffusers = noise, scheduler.sigmas.double().tolist()
+    for step, t in zip(scheduler.timesteps, taus_diffusers):
+        v = _straight_path_velocity(mix, x_diffusers.double(), t).float()
+        x_diffusers = scheduler.step(v, step, x_diffusers).prev_sample
+    x = noise.double()
+    for t, t_next in zip(taus_diffusers, taus_diffusers[1:]):
+        x = x + (t_next - t) * _straight_path_velocity(mix, x, t)
+    torch.testing.assert_close(x_diffusers.double(), x, rtol=0, atol=1e-6)             # float32 steps: 4e-8 seen
+    taus = [s * t / (1 + (s - 1) * t) for t in base] + [0.0]
+    torch.testing.assert_close(torch.tensor(taus[:-1], dtype=torch.float64), tau[s], rtol=1e-6, atol=0)
+    table = torch.tensor([1 / (1 + s ** 2 * (t / (1 - t)) ** 2) for t in reversed(base)], dtype=torch.float64)  # ᾱ' by step
+    x_tau = torch.randn(32, 2, generator=g, dtype=torch.float64)
     x = x_tau
     for t, t_next in zip(taus, taus[1:]):
         x = x + (t_next - t) * _straight_path_velocity(mix, x, t)
@@ -1045,3 +1064,24 @@ def test_the_flow_timestep_shift_multiplies_sigma_and_is_a_ddim_grid():
     ddim_x0 = samplers.ddim_sample(toy.exact_eps(mix, table), x_tau * (math.sqrt(a_T) + math.sqrt(1 - a_T)), table,
                                    torch.arange(len(table) - 1, -1, -1))
     torch.testing.assert_close(x, ddim_x0, rtol=0, atol=1e-12)
+
+
+def test_heun_on_the_straight_path_is_not_heun_in_sigma():
+    """Notebook 05 §3: one Heun step on dx/dτ = v (the trapezoid rule in τ, as diffusers' FlowMatchHeunDiscreteScheduler)
+    is, in x̄, the DDIM predictor plus (1 − τ)/(1 − τ') times `ode.heun`'s correction: not the same step (factor 1 fails)."""
+    g = torch.Generator().manual_seed(8)
+    mix = toy.GaussianMixture(torch.tensor([0.4, 0.6]), torch.randn(2, 3, generator=g, dtype=torch.float64),
+                              0.1 * torch.eye(3, dtype=torch.float64).expand(2, 3, 3))
+    alpha_bar = schedule.make_alpha_bar("linear", 1000)
+    eps = toy.exact_eps(mix, alpha_bar)
+    x_t = torch.randn(32, 3, generator=g, dtype=torch.float64)
+    for t, s in ((800, 500), (200, 50)):
+        k = {u: math.sqrt(float(alpha_bar[u])) + math.sqrt(1 - float(alpha_bar[u])) for u in (t, s)}    # x_τ = x_t / k
+        tau = {u: math.sqrt(1 - float(alpha_bar[u])) / k[u] for u in (t, s)}
+        v = _straight_path_velocity(mix, x_t / k[t], tau[t])
+        x_pred = x_t / k[t] + (tau[s] - tau[t]) * v
+        heun_tau = k[s] * (x_t / k[t] + (tau[s] - tau[t]) / 2 * (v + _straight_path_velocity(mix, x_pred, tau[s])))
+        heun_sigma = ode.heun(eps, x_t, alpha_bar, torch.tensor([t, s]), return_trajectory=True)[1]["x"][1]
+        ddim = samplers.ddim_sample(eps, x_t, alpha_bar, torch.tensor([t, s]), return_trajectory=True)[1]["x"][1]
+        torch.testing.assert_close(heun_tau - ddim, (1 - tau[t]) / (1 - tau[s]) * (heun_sigma - ddim), rtol=0, atol=1e-12)
+        assert float((heun_tau - heun_sigma).abs().max()) > 1e-2
