@@ -1,14 +1,17 @@
 """The claims of notebooks 06 and 07 checked again on other data, without the digits model, each with a mutation
 that must fail where the claim is an identity: the MAC count by hand (06 §1), ω_0 of the step embedding (06 §1),
 the split L_simple = E|ε_θ − ε*|² + C on an empirical mixture and its floor C (06 §4), clipped DDIM with η = 1
-as clipped DDPM (07 §6), and E clip(z)² for a clipped latent (07 §6)."""
+as clipped DDPM (07 §6), and E clip(z)² for a clipped latent (07 §6); and what DDIM Table 2's rounding lets 07 §3 read
+from its slopes."""
+import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy import integrate, stats
 
-from ddimlab import samplers, schedule, toy, train, unet
+from ddimlab import samplers, schedule, tables, toy, train, unet
 
 AB = schedule.make_alpha_bar("linear", 1000)
 
@@ -132,3 +135,16 @@ def test_clipped_standard_normal_second_moment():
     assert abs(exact - 0.5161) < 1e-4
     inside_only = stats.norm.cdf(1.0) - stats.norm.cdf(-1.0) - 2 * stats.norm.pdf(1.0)    # mutation: the clipped 1s left out
     assert abs(by_quadrature - inside_only) > 0.1
+
+
+def test_table2_rounding_settles_only_the_later_steepening():
+    """Notebook 07 §3: DDIM Table 2 rounds its errors to 1e-4. The change of log-log slope between neighbouring pairs
+    of S = 10, 20, 50, 100 is linear in the logs of the entries, so its range over the rounding (±0.00005 on each entry)
+    is reached at the corners: from 20–50 to 50–100 it stays negative, from 10–20 to 20–50 it takes both signs."""
+    S = np.array([10, 20, 50, 100])
+    paper = np.array([tables.PAPER_TABLE2[s] for s in S])
+    change = lambda v: np.diff(np.diff(np.log(v)) / np.diff(np.log(S)))
+    corners = np.array([change(paper + 5e-5 * np.array(signs)) for signs in itertools.product((-1, 1), repeat=len(S))])
+    assert corners[:, 1].max() < 0 < corners[:, 0].max() and corners[:, 0].min() < 0
+    assert np.round(corners.min(0), 2).tolist() == [-0.08, -0.37] and np.round(corners.max(0), 2).tolist() == [0.02, -0.08]
+    assert (change(paper) < 0).all()              # read without the rounding, both changes would look like steepening
