@@ -378,8 +378,8 @@ def mean_difference(a: torch.Tensor, b: torch.Tensor, paired: bool) -> tuple[flo
 
 def paired_difference(a, b, threshold: float = 0.9, n_boot: int = 50, seed: int = 0) -> dict:
     """The scores of `a` minus those of `b` when a[i] and b[i] belong together (two samplers run from the same x_T),
-    with standard errors that use the pairing (demo): fd: (FD(a) − FD(b), its SD over `n_boot` paired bootstrap
-    resamples: about the spread over fresh draws for strongly paired sets in tests/test_quality.py; for weakly
+    with standard errors that use the pairing (notebook 07 §5-§6, the demo): fd: (FD(a) − FD(b), its SD over `n_boot`
+    paired bootstrap resamples: about the spread over fresh draws for strongly paired sets in tests/test_quality.py; for weakly
     paired ones, such as DDPM's and DDIM's samples, not measured: `digits_fd_se` says how the unpaired one fares);
     confident: (confident share of a − of b, its paired `mean_difference`)."""
     threshold, n_boot = _check_threshold(threshold), _check_n_boot(n_boot)      # before the work

@@ -1,14 +1,17 @@
 """The claims of notebooks 06 and 07 checked again on other data, without the digits model, each with a mutation
 that must fail where the claim is an identity: the MAC count by hand (06 §1), ω_0 of the step embedding (06 §1),
 the split L_simple = E|ε_θ − ε*|² + C on an empirical mixture and its floor C (06 §4), clipped DDIM with η = 1
-as clipped DDPM (07 §6), and E clip(z)² for a clipped latent (07 §6)."""
+as clipped DDPM (07 §6), and E clip(z)² for a clipped latent (07 §6); and what DDIM Table 2's rounding lets 07 §3 read
+from its slopes; the norms of linear and spherical mixes of latents (07 §2) and the weight of x̂_0 in a DDIM step (07 §6)."""
+import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy import integrate, stats
 
-from ddimlab import samplers, schedule, toy, train, unet
+from ddimlab import diffusion, samplers, schedule, tables, toy, train, unet
 
 AB = schedule.make_alpha_bar("linear", 1000)
 
@@ -132,3 +135,50 @@ def test_clipped_standard_normal_second_moment():
     assert abs(exact - 0.5161) < 1e-4
     inside_only = stats.norm.cdf(1.0) - stats.norm.cdf(-1.0) - 2 * stats.norm.pdf(1.0)    # mutation: the clipped 1s left out
     assert abs(by_quadrature - inside_only) > 0.1
+
+
+def test_table2_rounding_settles_only_the_later_steepening():
+    """Notebook 07 §3: DDIM Table 2 rounds its errors to 1e-4. The change of log-log slope between neighbouring pairs
+    of S = 10, 20, 50, 100 is linear in the logs of the entries, so its range over the rounding (±0.00005 on each entry)
+    is reached at the corners: from 20–50 to 50–100 it stays negative, from 10–20 to 20–50 it takes both signs."""
+    S = np.array([10, 20, 50, 100])
+    paper = np.array([tables.PAPER_TABLE2[s] for s in S])
+    change = lambda v: np.diff(np.diff(np.log(v)) / np.diff(np.log(S)))
+    corners = np.array([change(paper + 5e-5 * np.array(signs)) for signs in itertools.product((-1, 1), repeat=len(S))])
+    assert corners[:, 1].max() < 0 < corners[:, 0].max() and corners[:, 0].min() < 0
+    assert np.round(corners.min(0), 2).tolist() == [-0.08, -0.37] and np.round(corners.max(0), 2).tolist() == [0.02, -0.08]
+    assert (change(paper) < 0).all()              # read without the rounding, both changes would look like steepening
+
+
+def test_linear_mix_of_latents_is_short_and_slerp_is_not():
+    """Notebook 07 §2: for independent z0, z1 ~ N(0, I_d), E‖(1−λ) z0 + λ z1‖²/d = (1−λ)² + λ² and E‖slerp(z0, z1; λ)‖²/d = 1,
+    within 5 Monte Carlo standard errors at every λ; the norm written for the squared norm misses."""
+    d, n = 64, 4000
+    g = torch.Generator().manual_seed(0)
+    z0, z1 = torch.randn(2, n, d, generator=g, dtype=torch.float64)
+    lam = torch.linspace(0, 1, 11, dtype=torch.float64)
+    theory = (1 - lam) ** 2 + lam ** 2
+
+    def misses(sq, expected):                 # |mean − expected| in standard errors, per λ
+        return (sq.mean(1) - expected).abs() / (sq.std(1) / n ** 0.5)
+    lin = ((1 - lam)[:, None, None] * z0 + lam[:, None, None] * z1).pow(2).sum(-1) / d
+    sph = torch.stack([samplers.slerp(z0, z1, float(v)) for v in lam]).pow(2).sum(-1) / d
+    assert float(misses(lin, theory).max()) < 5 and float(misses(sph, torch.ones(11, dtype=torch.float64)).max()) < 5
+    assert float(misses(lin, theory.sqrt()).max()) > 20            # mutation: ‖·‖/√d's formula for ‖·‖²/d
+
+
+def test_weight_of_x0_hat_in_a_deterministic_ddim_step():
+    """Notebook 07 §6: with x_t fixed, an η = 0 step x_s = √ᾱ_s x̂_0 + √(1−ᾱ_s) ε, ε = (x_t − √ᾱ_t x̂_0)/√(1−ᾱ_t), moves with
+    x̂_0 at the rate √ᾱ_s − √(1−ᾱ_s) √(ᾱ_t/(1−ᾱ_t)); measured from `diffusion.ddim_step` with two ε at the same x_t."""
+    g = torch.Generator().manual_seed(1)
+    x_t = torch.randn(4, 8, generator=g, dtype=torch.float64)
+    e1, e2 = torch.randn(2, 4, 8, generator=g, dtype=torch.float64)
+    seq = schedule.timesteps(10, 1000, "uniform").tolist()
+    for t, s in zip(seq, seq[1:] + [-1]):
+        a_t, a_s = float(AB[t]), (float(AB[s]) if s >= 0 else 1.0)
+        (xs1, x01), (xs2, x02) = (diffusion.ddim_step(x_t, e, a_t, a_s) for e in (e1, e2))
+        rate = (xs1 - xs2) / (x01 - x02)
+        weight = math.sqrt(a_s) - math.sqrt(1 - a_s) * math.sqrt(a_t / (1 - a_t))
+        assert torch.allclose(rate, torch.full_like(rate, weight), atol=1e-9)
+        if t >= 100:                                                 # mutation: √ᾱ_s alone, ε's share of x̂_0 left out
+            assert abs(math.sqrt(a_s) - weight) > 1e-2
