@@ -689,7 +689,7 @@ def cmd_lab(args) -> int:
     given = {} if args.image_n is None else {"image_n": args.image_n}
     _check_lab_fits(args.n, args.image_d, args.image_n)
     return _tables_in(args, lambda: lab.main(out=args.out, n=args.n, image_d=args.image_d, spacing=args.spacing,
-                                             seed=args.seed, **given), lab.outputs_in)
+                                             seed=args.seed, progress=not args.no_progress, **given), lab.outputs_in)
 
 
 def _check_lab_fits(n: int, image_d: int, image_n: int | None) -> None:

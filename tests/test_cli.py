@@ -3089,3 +3089,20 @@ def test_round_31_interpolate_warns_of_recorded_steps_it_cannot_use(trained, tmp
             assert (f"f{i}.npz records steps {str(np.array(steps))!r} with spacing {spacing!r}, not a number of steps "
                     f"(1, 2, ...) with a --spacing choice: not used") in err, err
             assert int(path["steps"]) == cli.DEFAULT_STEPS
+
+
+def test_round_32_lab_and_demo_show_a_progress_bar_unless_asked_not_to(tmp_path, capsys, monkeypatch):
+    """`lab` (1.5 to 3.5 minutes at its defaults) and the demo's first part printed nothing until a whole table was done,
+    and their --no-progress, "no progress bar", did nothing: there was no bar. Each table now has one, over its sampler
+    steps, that --no-progress turns off."""
+    from ddimlab import demo
+
+    monkeypatch.setattr(demo, "LAB", dict(n=8, image_d=4, image_n=8))
+    small_lab_tables(monkeypatch)
+    lab_args = ["lab", "--n", "8", "--image-d", "4", "--image-n", "8"]
+    for argv in (lab_args, ["demo", "--skip-train"]):
+        assert cli.main([*argv, "--out", str(tmp_path / f"{argv[0]}_bar")]) == 0
+        err = capsys.readouterr().err
+        assert "table 1, d = 2: 100%" in err and "table 1, d = 4: 100%" in err, err
+        assert cli.main([*argv, "--out", str(tmp_path / f"{argv[0]}_quiet"), "--no-progress"]) == 0
+        assert "table 1" not in capsys.readouterr().err
