@@ -80,6 +80,13 @@ def main(argv=None) -> dict:
     p.add_argument("--fd-se", action="store_true",
                    help="also the mean of the x_T sets' bootstrap SEs of the FD, against the FD's spread over the sets")
     args = p.parse_args(argv)
+    if args.steps is not None:      # a recipe that changes only the steps is then the other's model, compared with itself
+        made = {}
+        for name in args.recipes:
+            other = made.setdefault(tuple(sorted((k, v) for k, v in RECIPES[name].items() if k != "steps")), name)
+            if other != name:
+                p.error(f"--steps {args.steps} trains {name} as {other} (it changes only the steps): one cached model, "
+                        f"compared with itself; drop --steps or one of the two")
     if len(args.recipes) > 1 and len(args.seeds) * len(args.x_seeds) < 2:     # else mean_difference's error, after training
         p.error("the mean FD's standard error is its spread over the x_T sets (and training seeds): give at least two "
                 "--x-seeds (or two --seeds) to compare recipes")
