@@ -3106,3 +3106,21 @@ def test_round_32_lab_and_demo_show_a_progress_bar_unless_asked_not_to(tmp_path,
         assert "table 1, d = 2: 100%" in err and "table 1, d = 4: 100%" in err, err
         assert cli.main([*argv, "--out", str(tmp_path / f"{argv[0]}_quiet"), "--no-progress"]) == 0
         assert "table 1" not in capsys.readouterr().err
+
+
+def test_round_32_reproduce_table1_names_its_features(trained, tmp_path, capsys):
+    """`reproduce table1 --features digits` and `--features random` headed both tables "Fréchet distance (injected
+    features)": two tables of distances on other scales (the untrained tiny model scored about 370 with the one and 1.2
+    with the other), which the files did not tell apart. The heading now names the features; a name without a
+    feature_fn, whose table is Inception's, is refused."""
+    from ddimlab import tables
+
+    for features, name in (("digits", "digits-classifier features"), ("random", "random conv-net features, a smoke test")):
+        assert cli.main(["reproduce", "table1", "--checkpoint", str(trained), "--features", features, "--n-samples", "2",
+                         "--steps", "2", "--etas", "0", "--no-progress", "--out", str(tmp_path / features)]) == 0
+        heading = (tmp_path / features / "table1.md").read_text(encoding="utf-8").splitlines()[0]
+        assert heading.startswith(f"# DDIM Table 1: Fréchet distance ({name}), measured, 2 samples"), heading
+    capsys.readouterr()
+    with pytest.raises(ValueError, match="features names a feature_fn .* without one"):
+        tables.reproduce_table1(lambda x, t: x, tmp_path / "lib", features="my features", shape=(1, 8, 8))
+    assert not (tmp_path / "lib").exists()
