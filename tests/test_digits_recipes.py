@@ -70,3 +70,14 @@ def test_interrupted_is_one_line(recipes, tmp_path, monkeypatch, capsys):
     assert stop.value.code == 130 and capsys.readouterr().err.strip() == ("digits_recipes.py: interrupted: stopped at step 3 "
                                                                          "of 10; the cached digits model was not finished, "
                                                                          "and nothing was kept")
+
+
+@pytest.mark.slow
+def test_round_32_training_shows_a_progress_bar_unless_asked_not_to(recipes, tmp_path, capsys):
+    """Training a recipe (about 30 minutes for the default pair) printed one line, then nothing until it was done: the
+    digits model trained without its bar. It shows now, on stderr, and --no-progress turns it off."""
+    tiny = ["--recipes", "preset", "--n", "4", "--x-seeds", "1", "2", "--S", "2", "--threads", "1"]
+    recipes.main([*tiny, "--steps", "3", "--cache", str(tmp_path / "a")])
+    assert "3/3" in capsys.readouterr().err
+    recipes.main([*tiny, "--steps", "3", "--cache", str(tmp_path / "b"), "--no-progress"])
+    assert "3/3" not in capsys.readouterr().err
