@@ -261,10 +261,11 @@ def _fewer_steps_note(S_list, T: int, spacing: str) -> str:
 
 @torch.no_grad()
 def reconstruction_errors(model, images: torch.Tensor, alpha_bar, seq, batch_size: int = 250, device=None,
-                          amp: bool = False) -> torch.Tensor:
+                          amp: bool = False, callback=None) -> torch.Tensor:
     """Each image's per-dimension squared error after `samplers.reconstruct` (x_0 → x_T → x_0, η = 0), with the
     image and its reconstruction (clamped to [−1, 1]) scaled to [0, 1] as in DDIM Table 2: a float64 tensor (N,) on
-    the CPU, whose mean is the table's number (notebook 07 §3)."""
+    the CPU, whose mean is the table's number (notebook 07 §3). callback: `reconstruct`'s, after each step of each
+    batch, both ways."""
     amp, batch_size = check_bool("amp", amp), check_int("batch_size", batch_size)
     device = devices.resolve(device) if device is not None else devices.model_device(model)
     eps = eps_fn(model, amp)
@@ -272,7 +273,7 @@ def reconstruction_errors(model, images: torch.Tensor, alpha_bar, seq, batch_siz
     errs = []
     for k in range(0, len(images), batch_size):
         x0 = data.to_model_range(images[k:k + batch_size]).to(device)
-        rec = reconstruct(eps, x0, alpha_bar, seq).clamp(-1, 1)
+        rec = reconstruct(eps, x0, alpha_bar, seq, callback).clamp(-1, 1)
         errs.append((((rec - x0) / 2) ** 2).flatten(1).double().mean(1).cpu())
     return torch.cat(errs) if errs else torch.zeros(0, dtype=torch.float64)
 
@@ -316,17 +317,19 @@ def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None
     # the paper's values only beside the same measure: CIFAR-10's 3×32×32 test images on uniform steps
     paper = PAPER_TABLE2 if spacing == "uniform" and tuple(images.shape[1:]) == (3, 32, 32) else {}
     rows = []
-    for S, seq in tqdm(zip(S_list, seqs), total=len(seqs), desc="table2", disable=not progress):
-        t0 = time.perf_counter()
-        errs = reconstruction_errors(model, mine, alpha_bar, seq, batch_size, device, amp)
-        total, count = float(errs.sum()), len(errs)
-        if dist.is_available() and dist.is_initialized():
-            buf = torch.tensor([total, count], dtype=torch.float64,
-                               device="cuda" if dist.get_backend() == "nccl" else "cpu")
-            dist.all_reduce(buf)
-            total, count = float(buf[0]), int(buf[1])
-        rows.append(dict(S=S, steps=len(seq), n=count, mse=total / count, paper_mse=paper.get(S),
-                         seconds=round(time.perf_counter() - t0, 2)))
+    batches = -(-len(mine) // batch_size)        # a bar over the network calls: S = 1000 is over half of the default table's
+    with tqdm(total=batches * sum(2 * len(seq) for seq in seqs), desc="table2", unit="step", disable=not progress) as bar:
+        for S, seq in zip(S_list, seqs):
+            t0 = time.perf_counter()
+            errs = reconstruction_errors(model, mine, alpha_bar, seq, batch_size, device, amp, lambda info: bar.update(1))
+            total, count = float(errs.sum()), len(errs)
+            if dist.is_available() and dist.is_initialized():
+                buf = torch.tensor([total, count], dtype=torch.float64,
+                                   device="cuda" if dist.get_backend() == "nccl" else "cpu")
+                dist.all_reduce(buf)
+                total, count = float(buf[0]), int(buf[1])
+            rows.append(dict(S=S, steps=len(seq), n=count, mse=total / count, paper_mse=paper.get(S),
+                             seconds=round(time.perf_counter() - t0, 2)))
     if rank != 0:
         return []
     out_dir = Path(out_dir)

@@ -3124,3 +3124,11 @@ def test_round_32_reproduce_table1_names_its_features(trained, tmp_path, capsys)
     with pytest.raises(ValueError, match="features names a feature_fn .* without one"):
         tables.reproduce_table1(lambda x, t: x, tmp_path / "lib", features="my features", shape=(1, 8, 8))
     assert not (tmp_path / "lib").exists()
+
+
+def test_round_32_reproduce_table2_counts_its_network_calls(trained, tmp_path):
+    """`reproduce table2`'s bar moved once per S: at the paper's S list, S = 1000 (over half of the run: an hour of
+    CIFAR-10 on a GPU) went without a tick. It counts the steps of each batch now, both ways."""
+    r = _run("reproduce", "table2", "--checkpoint", trained, "--n-images", "3", "--steps", "2,3", "--batch-size", "2",
+             "--device", "cpu", "--out", tmp_path / "t2")
+    assert r.returncode == 0 and "20/20" in r.stderr, r.stderr      # 2 batches x 2 ways x (2 + 3) steps
