@@ -457,7 +457,7 @@ def save_diffusers_folder(net: unet_mod.UNet, path, alpha_bar) -> Path:
     alone do not say it, and a reader would take DDPM's linear schedule. A folder holding a ddimlab run, a diffusers
     pipeline (model_index.json or unet/: its scheduler would be replaced and its own UNet still loaded), or a
     config.json that is not a UNet2DModel's, or a scheduler config this did not write, is refused; an earlier
-    UNet2DModel export in it is replaced."""
+    UNet2DModel export in it is replaced, its three files as one set (a write that fails leaves the earlier ones whole)."""
     if not isinstance(net, unet_mod.UNet):           # else "'tuple' object has no attribute 'config'"
         raise TypeError(f"net must be a ddimlab unet.UNet, got {type(net).__name__}" + (
             " (load_model returns (net, alpha_bar): pass them as two arguments)" if isinstance(net, tuple) else ""))
