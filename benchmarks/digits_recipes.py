@@ -77,9 +77,17 @@ def main(argv=None) -> dict:
                    help="training threads (part of each model's cache key; the demo trains with this many)")
     p.add_argument("--steps", type=int_in(1), default=None, help="train every recipe this many steps (default: its own)")
     p.add_argument("--cache", type=folder, default=None, help="model cache folder (default: $DDIMLAB_CACHE, as the demo)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar while a model trains (minutes, once)")
     p.add_argument("--fd-se", action="store_true",
                    help="also the mean of the x_T sets' bootstrap SEs of the FD, against the FD's spread over the sets")
     args = p.parse_args(argv)
+    if args.steps is not None:      # a recipe that changes only the steps is then the other's model, compared with itself
+        made = {}
+        for name in args.recipes:
+            other = made.setdefault(tuple(sorted((k, v) for k, v in RECIPES[name].items() if k != "steps")), name)
+            if other != name:
+                p.error(f"--steps {args.steps} trains {name} as {other} (it changes only the steps): one cached model, "
+                        f"compared with itself; drop --steps or one of the two")
     if len(args.recipes) > 1 and len(args.seeds) * len(args.x_seeds) < 2:     # else mean_difference's error, after training
         p.error("the mean FD's standard error is its spread over the x_T sets (and training seeds): give at least two "
                 "--x-seeds (or two --seeds) to compare recipes")
@@ -98,7 +106,7 @@ def compare(args) -> dict:
         for seed in args.seeds:
             print(f"{name}, seed {seed}: training or loading from the cache", flush=True)
             model, config = pretrained.digits_model(steps, seed=seed, cache_dir=args.cache, overrides=overrides,
-                                                    threads=args.threads)
+                                                    threads=args.threads, progress=not args.no_progress)
             resolution[name] = config.resolution
             torch.set_num_threads(args.threads)
             for S in args.S:

@@ -133,6 +133,7 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int_in(1), default=None, help="the digits model's training steps (default: the preset's)")
     p.add_argument("--device", default="auto", help="where the network runs: auto (cuda if present), cpu, cuda, cuda:N, mps")
     p.add_argument("--cache", type=folder, default=None, help="model cache folder (default: $DDIMLAB_CACHE, as the demo)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar while a model trains (minutes, once)")
     args = p.parse_args(argv)
     if not (0 < args.rtol < 1 and 0 < args.atol < 1):          # NaN fails too
         p.error(f"--rtol and --atol must be in (0, 1), got {args.rtol} and {args.atol}")
@@ -157,7 +158,7 @@ def measure(args, device: torch.device) -> dict:
         raise ValueError(f"--hutchinson {args.hutchinson}: as many probes as the d = {d} pixels cost as many backward passes "
                          f"as the exact divergence, which has no variance: pass 0 for it, or fewer than {d} probes")
     print("the digits model: training or loading from the cache", flush=True)
-    model, config = pretrained.digits_model(args.steps, cache_dir=args.cache)
+    model, config = pretrained.digits_model(args.steps, cache_dir=args.cache, progress=not args.no_progress)
     model = model.to(device)
     alpha_bar = schedule.make_alpha_bar(config.schedule, config.T)
     g = torch.Generator().manual_seed(args.seed)

@@ -29,7 +29,7 @@ from . import devices, schedule
 from . import unet as unet_mod
 from .checks import as_real, check_bool, check_int
 from .data import cache_folder, download, require_files
-from .files import atomic_write, interrupts_deferred, md5sum, unresolved_link
+from .files import atomic_write, folder_removed_on_error, interrupts_deferred, md5sum, replaced_together, unresolved_link
 
 DDPM_CIFAR10_FILE = "model-790000.ckpt"
 DDPM_CIFAR10_MD5 = "1fa350b952534ae442b1d5235cce5cd3"
@@ -457,7 +457,7 @@ def save_diffusers_folder(net: unet_mod.UNet, path, alpha_bar) -> Path:
     alone do not say it, and a reader would take DDPM's linear schedule. A folder holding a ddimlab run, a diffusers
     pipeline (model_index.json or unet/: its scheduler would be replaced and its own UNet still loaded), or a
     config.json that is not a UNet2DModel's, or a scheduler config this did not write, is refused; an earlier
-    UNet2DModel export in it is replaced."""
+    UNet2DModel export in it is replaced, its three files as one set (a write that fails leaves the earlier ones whole)."""
     if not isinstance(net, unet_mod.UNet):           # else "'tuple' object has no attribute 'config'"
         raise TypeError(f"net must be a ddimlab unet.UNet, got {type(net).__name__}" + (
             " (load_model returns (net, alpha_bar): pass them as two arguments)" if isinstance(net, tuple) else ""))
@@ -481,14 +481,15 @@ def save_diffusers_folder(net: unet_mod.UNet, path, alpha_bar) -> Path:
                               f"replace it; choose another folder")
     config = {"_class_name": "UNet2DModel", **diffusers_config(net.config)}        # before the folder: may refuse the net
     state = {k: v.detach().contiguous().cpu() for k, v in to_diffusers(net.state_dict()).items()}
-    path.mkdir(parents=True, exist_ok=True)
-    atomic_write(path / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode()), fsync=True)
     from safetensors.torch import save as st_save
 
-    atomic_write(path / "diffusion_pytorch_model.safetensors", lambda f: f.write(st_save(state)), fsync=True)
-    (path / "scheduler").mkdir(exist_ok=True)
-    atomic_write(path / "scheduler" / "scheduler_config.json", lambda f: f.write(json.dumps(scheduler, indent=2).encode()),
-                 fsync=True)
+    files = {path / "config.json": json.dumps(config, indent=2).encode(),
+             path / "diffusion_pytorch_model.safetensors": st_save(state),
+             path / "scheduler" / "scheduler_config.json": json.dumps(scheduler, indent=2).encode()}
+    # as one set: a full disk at the weights left the new config.json beside an earlier export's weights and scheduler
+    with folder_removed_on_error(path), replaced_together(path, list(files)):
+        for file, data in files.items():
+            atomic_write(file, lambda f: f.write(data), fsync=True)
     return path
 
 

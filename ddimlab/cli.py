@@ -680,10 +680,12 @@ def _reproduce(args, out: Path, grid: dict) -> int:
         common = dict(alpha_bar=abar, batch_size=args.batch_size, device=device, amp=args.amp,
                       progress=not args.no_progress, **grid)
         if args.table == "table1":
-            feature_fn, reference = fid.reference_for(args.features or "inception", in_ch, res, args.data_root)
+            features = args.features or "inception"
+            feature_fn, reference = fid.reference_for(features, in_ch, res, args.data_root)
             rows = tables.reproduce_table1(
                 net, out, n_samples=args.n_samples or 50_000, spacing=args.spacing or "quad", shape=(in_ch, res, res),
-                feature_fn=feature_fn, reference=reference, seed=args.seed or 0, **common)
+                feature_fn=feature_fn, reference=reference, seed=args.seed or 0, features=fid.FEATURE_NAMES.get(features),
+                **common)
         else:
             images = (data.load_cifar10(args.data_root, train=False)[0] if in_ch == 3 else data.load_digits(res)[0])
             rows = tables.reproduce_table2(net, out, images=images, n_images=args.n_images,
@@ -706,7 +708,7 @@ def cmd_lab(args) -> int:
     given = {} if args.image_n is None else {"image_n": args.image_n}
     _check_lab_fits(args.n, args.image_d, args.image_n)
     return _tables_in(args, lambda: lab.main(out=args.out, n=args.n, image_d=args.image_d, spacing=args.spacing,
-                                             seed=args.seed, **given), lab.outputs_in)
+                                             seed=args.seed, progress=not args.no_progress, **given), lab.outputs_in)
 
 
 def _check_lab_fits(n: int, image_d: int, image_n: int | None) -> None:

@@ -93,7 +93,7 @@ def main(args) -> list[Path]:
         pretrained.check_cache(args.train_steps, args.seed)
     t0 = time.perf_counter()
     print("== 1. DDIM Table 1 on an exact score (no model error: only the sampler's) ==", flush=True)
-    written = lab.main(out=out, seed=args.seed, **LAB)
+    written = lab.main(out=out, seed=args.seed, progress=not args.no_progress, **LAB)
     if args.skip_train:
         return written
 

@@ -268,6 +268,9 @@ def _first_png_files(directory, n):
         yield tmp
 
 
+FEATURE_NAMES = {"digits": "digits-classifier features", "random": "random conv-net features, a smoke test"}   # headings
+
+
 def reference_for(features: str, in_ch: int, resolution: int, data_root=None):
     """(feature_fn, reference) for `reproduce table1 --features`: inception (feature_fn None: torch-fidelity
     against CIFAR-10 train), digits (the digits classifier against the real digits) or random (a smoke test)."""

@@ -24,6 +24,7 @@ from .checks import SEED_NOTE, as_real, check_bool, check_distinct, check_int, c
 from .devices import cpu_threads
 from .diffusion import check_eta
 from .files import atomic_write, interrupts_deferred
+from .generate import progress as show_progress
 from .samplers import SIGMA_HAT
 
 S_LIST = (10, 20, 50, 100, 1000)
@@ -263,7 +264,7 @@ def _check_args(S_list, etas, spacing, n, n_ode, T):
 def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS, include_sigma_hat: bool = True,
            spacing: str = "uniform", n: int = 1000, seed: int = 0, n_ode: int = 64, T: int = 1000,
            schedule_name: str = "linear", repeats: int = 8, kernel=toy.ENERGY,
-           standardize: bool = True) -> list[dict]:
+           standardize: bool = True, progress: bool = False) -> list[dict]:
     """DDIM Table 1 on an exact score: sampler error for each (sampler, S) (notebook 09 §2).
 
     mixture: data distribution (default `toy.default_mixture()`, 8 Gaussians on a ring); samplers run on its exact ε*
@@ -278,9 +279,11 @@ def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS,
     sampler, eta, S, steps (distinct steps = ε evaluations), mmd2, se, floor, within_floor,
     ode_err (η = 0 only, RMS distance to `ode.reference_solution` over the first n_ode samples;
     None elsewhere or when n_ode = 0), ode_e2 (those n_ode samples' squared distances, or None), seconds.
+    progress: a bar over the sampler steps of all cells (`ddimlab lab` shows it unless --no-progress).
     """
     S_list, etas, n, n_ode = _check_args(S_list, etas, spacing, n, n_ode, T)
     standardize, include_sigma_hat = check_bool("standardize", standardize), check_bool("include_sigma_hat", include_sigma_hat)
+    progress = check_bool("progress", progress)
     seed = check_int("seed", seed, 0, 2 ** 32 - 1, SEED_NOTE)
     mixture = toy.default_mixture() if mixture is None else mixture
     alpha_bar = schedule.make_alpha_bar(schedule_name, T)
@@ -312,15 +315,19 @@ def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS,
 
     rows = [row(DATA, None, None, 0, fresh, None, 0.0)]
     samplers_ = [(f"eta={e:g}", e) for e in etas] + ([(SIGMA_HAT, None)] if include_sigma_hat else [])
-    for name, eta in samplers_:
-        for S in S_list:
-            seq = schedule.timesteps(S, T, spacing)
-            noise = torch.Generator().manual_seed(seed + 1)
-            t0 = time.perf_counter()
-            x0 = samplers.sample_row(eps, x_T, alpha_bar, seq, SIGMA_HAT if eta is None else eta, generator=noise)
-            seconds = time.perf_counter() - t0
-            e2 = ode_sq_errors(eps, x_T[:n_ode], alpha_bar, seq) if eta == 0.0 and n_ode > 0 else None
-            rows.append(row(name, eta, S, len(seq), x0, e2, seconds))
+    steps = sum(len(schedule.timesteps(S, T, spacing)) for S in S_list)
+    bar, callback = show_progress(len(samplers_) * steps, f"table 1, d = {mixture.d}", progress)
+    with bar:
+        for name, eta in samplers_:
+            for S in S_list:
+                seq = schedule.timesteps(S, T, spacing)
+                noise = torch.Generator().manual_seed(seed + 1)
+                t0 = time.perf_counter()
+                x0 = samplers.sample_row(eps, x_T, alpha_bar, seq, SIGMA_HAT if eta is None else eta, generator=noise,
+                                         callback=callback)
+                seconds = time.perf_counter() - t0
+                e2 = ode_sq_errors(eps, x_T[:n_ode], alpha_bar, seq) if eta == 0.0 and n_ode > 0 else None
+                rows.append(row(name, eta, S, len(seq), x0, e2, seconds))
     return rows
 
 
@@ -473,10 +480,10 @@ def outputs_in(out) -> list[Path]:
 
 
 def main(out="outputs/lab", n: int = 2000, image_d: int = 1024, image_n: int = IMAGE_N, spacing: str = "uniform",
-         seed: int = 0) -> list[Path]:
+         seed: int = 0, progress: bool = False) -> list[Path]:
     """Print Table 1 on the 2-D ring and on `toy.image_like_mixture(image_d)` (0 skips it) and write
     out/table1.txt, out/table1.png and out/table1_d{image_d}.png (notebook 09; `ddimlab lab`, `make lab`,
-    the demo's first part). Returns the paths written."""
+    the demo's first part). Returns the paths written. progress: each table's bar (`table1`)."""
     out = Path(out)
     if out.exists() and not out.is_dir():              # said now, not after minutes of tables
         raise FileExistsError(f"--out {out} is a file; give a folder for table1.txt and the figures")
@@ -484,14 +491,14 @@ def main(out="outputs/lab", n: int = 2000, image_d: int = 1024, image_n: int = I
     image_n = check_int("image_n", image_n, 8) if image_d else image_n      # the image table's n, checked before the 2-D table
     with cpu_threads(1):                # the lab is many small steps: threads only add overhead
         t0 = time.perf_counter()
-        rows = table1(n=n, spacing=spacing, seed=seed, n_ode=min(64, n))
+        rows = table1(n=n, spacing=spacing, seed=seed, n_ode=min(64, n), progress=progress)
         text = (f"DDIM Table 1 on an exact score: 2-D mixture of 8 Gaussians, linear schedule T=1000, "
                 f"{spacing} steps, n={n} samples per cell\n" + format_table(rows))
         print(text, flush=True)
         tables = {"table1.png": rows}
         if image_d > 0:
             img = table1(toy.image_like_mixture(image_d), S_list=IMAGE_S_LIST, n=image_n, spacing=spacing,
-                         seed=seed, n_ode=0)
+                         seed=seed, n_ode=0, progress=progress)
             more = (f"\nThe same on image-like data: toy.image_like_mixture({image_d}) (10 components, "
                     f"spectrum ∝ 1/j), n={image_n}\n" + format_table(img))
             print(more, flush=True)

@@ -191,7 +191,7 @@ def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list
                      n_samples: int = 50_000, spacing: str = "quad", shape=None, alpha_bar=None,
                      feature_fn=None, reference=None, batch_size: int = 250, seed: int = 0, device=None,
                      amp: bool = False, rank: int | None = None, world_size: int | None = None,
-                     progress: bool = False, model_id: str | None = None) -> list[dict]:
+                     progress: bool = False, model_id: str | None = None, features: str | None = None) -> list[dict]:
     """DDIM Table 1: FID for every (η, S), measured beside the paper's (PAPER_TABLE1) where it is the same measure.
 
     Samples go to `out_dir/samples/eta<η>_S<S>/` (resumable, split over ranks); rank 0 then scores
@@ -199,7 +199,8 @@ def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list
     else with feature_fn against `reference` — and writes `table1.csv` and `table1.md`. Returns the
     rows on rank 0 ([] elsewhere): dict(eta, S, seconds, steps, n, fid, paper_fid).
     The paper used 50,000 samples and quadratic steps; fewer samples bias FID upwards. model_id: names a plain
-    callable's weights, and shape (default: the network's own), as in `generate_samples`.
+    callable's weights, and shape (default: the network's own), as in `generate_samples`. features: what feature_fn
+    is, named in the table's heading (default "injected features"; `reproduce --features` names its choice).
     """
     amp, progress = check_bool("amp", amp), check_bool("progress", progress)
     shape = check_shape(shape, model)
@@ -207,6 +208,9 @@ def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list
     alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else schedule.validate_alpha_bar(alpha_bar)
     T, out_dir = alpha_bar.shape[0], Path(out_dir)
     _check_grid(eta_list, S_list, alpha_bar, spacing)
+    if features is not None and (feature_fn is None or not isinstance(features, str) or not features.strip()):
+        raise ValueError(f"features names a feature_fn in the table's heading: a non-blank string with feature_fn, got "
+                         f"{features!r}" + (" without one (Inception is the default's own name)" if feature_fn is None else ""))
     cells = {(eta, S): out_dir / "samples" / f"eta{_eta_name(eta)}_S{S}" for eta in map(check_eta, eta_list)
              for S in S_list}
     for p in (out_dir / "samples", *cells.values()):     # a file in the way is said before the first cell, not after it
@@ -237,7 +241,7 @@ def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list
     rows = grid(cell, eta_list, S_list)
     if rank != 0:
         return []
-    metric = "FID (Inception, CIFAR-10 train)" if feature_fn is None else "Fréchet distance (injected features)"
+    metric = "FID (Inception, CIFAR-10 train)" if feature_fn is None else f"Fréchet distance ({features or 'injected features'})"
     md = (f"# DDIM Table 1: {metric}, measured{' (paper)' if paper else ''}, {n_samples} samples, {spacing} steps\n\n"
           + _markdown_grid(rows, "S", list(S_list), "eta", [eta_label(check_eta(e)) for e in eta_list],
                            lambda r: _fmt(r["fid"]) + _paper_cell(paper, r["paper_fid"])).replace(f"| {SIGMA_HAT} |", "| σ̂ |"))
@@ -257,10 +261,11 @@ def _fewer_steps_note(S_list, T: int, spacing: str) -> str:
 
 @torch.no_grad()
 def reconstruction_errors(model, images: torch.Tensor, alpha_bar, seq, batch_size: int = 250, device=None,
-                          amp: bool = False) -> torch.Tensor:
+                          amp: bool = False, callback=None) -> torch.Tensor:
     """Each image's per-dimension squared error after `samplers.reconstruct` (x_0 → x_T → x_0, η = 0), with the
     image and its reconstruction (clamped to [−1, 1]) scaled to [0, 1] as in DDIM Table 2: a float64 tensor (N,) on
-    the CPU, whose mean is the table's number (notebook 07 §3)."""
+    the CPU, whose mean is the table's number (notebook 07 §3). callback: `reconstruct`'s, after each step of each
+    batch, both ways."""
     amp, batch_size = check_bool("amp", amp), check_int("batch_size", batch_size)
     device = devices.resolve(device) if device is not None else devices.model_device(model)
     eps = eps_fn(model, amp)
@@ -268,7 +273,7 @@ def reconstruction_errors(model, images: torch.Tensor, alpha_bar, seq, batch_siz
     errs = []
     for k in range(0, len(images), batch_size):
         x0 = data.to_model_range(images[k:k + batch_size]).to(device)
-        rec = reconstruct(eps, x0, alpha_bar, seq).clamp(-1, 1)
+        rec = reconstruct(eps, x0, alpha_bar, seq, callback).clamp(-1, 1)
         errs.append((((rec - x0) / 2) ** 2).flatten(1).double().mean(1).cpu())
     return torch.cat(errs) if errs else torch.zeros(0, dtype=torch.float64)
 
@@ -312,17 +317,19 @@ def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None
     # the paper's values only beside the same measure: CIFAR-10's 3×32×32 test images on uniform steps
     paper = PAPER_TABLE2 if spacing == "uniform" and tuple(images.shape[1:]) == (3, 32, 32) else {}
     rows = []
-    for S, seq in tqdm(zip(S_list, seqs), total=len(seqs), desc="table2", disable=not progress):
-        t0 = time.perf_counter()
-        errs = reconstruction_errors(model, mine, alpha_bar, seq, batch_size, device, amp)
-        total, count = float(errs.sum()), len(errs)
-        if dist.is_available() and dist.is_initialized():
-            buf = torch.tensor([total, count], dtype=torch.float64,
-                               device="cuda" if dist.get_backend() == "nccl" else "cpu")
-            dist.all_reduce(buf)
-            total, count = float(buf[0]), int(buf[1])
-        rows.append(dict(S=S, steps=len(seq), n=count, mse=total / count, paper_mse=paper.get(S),
-                         seconds=round(time.perf_counter() - t0, 2)))
+    batches = -(-len(mine) // batch_size)        # a bar over the network calls: S = 1000 is over half of the default table's
+    with tqdm(total=batches * sum(2 * len(seq) for seq in seqs), desc="table2", unit="step", disable=not progress) as bar:
+        for S, seq in zip(S_list, seqs):
+            t0 = time.perf_counter()
+            errs = reconstruction_errors(model, mine, alpha_bar, seq, batch_size, device, amp, lambda info: bar.update(1))
+            total, count = float(errs.sum()), len(errs)
+            if dist.is_available() and dist.is_initialized():
+                buf = torch.tensor([total, count], dtype=torch.float64,
+                                   device="cuda" if dist.get_backend() == "nccl" else "cpu")
+                dist.all_reduce(buf)
+                total, count = float(buf[0]), int(buf[1])
+            rows.append(dict(S=S, steps=len(seq), n=count, mse=total / count, paper_mse=paper.get(S),
+                             seconds=round(time.perf_counter() - t0, 2)))
     if rank != 0:
         return []
     out_dir = Path(out_dir)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -2494,3 +2495,37 @@ def test_round_29_a_step_sequence_that_is_none_or_not_numbers_is_named():
             with pytest.raises(TypeError, match=r"^steps t must be a number or a sequence of numbers \(integers within "
                                                 rf"int64\), got {shown}$"):
                 sampler(eps, x, AB, seq)
+
+
+@pytest.mark.parametrize("failing", ["diffusion_pytorch_model.safetensors", "scheduler_config.json"])
+def test_round_32_a_diffusers_export_that_fails_halfway_leaves_the_earlier_one_whole(tmp_path, monkeypatch, failing):
+    """`save_diffusers_folder` wrote config.json, the weights and the scheduler one by one: a full disk at the scheduler
+    left the new weights with the earlier export's schedule (loaded without a word), and in a new folder a config.json
+    (and weights) that no loader could use. They are one set now: the earlier export stays byte for byte, a new folder
+    goes again."""
+    import errno
+
+    from ddimlab import files
+
+    first, second = _tiny_net(), _tiny_net()
+    with torch.no_grad():
+        next(second.parameters()).add_(1.0)
+    export = checkpoint.save_diffusers_folder(first, tmp_path / "export", AB)
+    before = {p.relative_to(export): p.read_bytes() for p in export.rglob("*") if p.is_file()}
+    real = files.atomic_write
+
+    def full_disk(path, write, **kw):
+        if Path(path).name == failing:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, write, **kw)
+    monkeypatch.setattr(checkpoint, "atomic_write", full_disk)
+    for folder, made in ((export, before), (tmp_path / "new", None)):
+        with pytest.raises(OSError, match="No space left"):
+            checkpoint.save_diffusers_folder(second, folder, schedule.make_alpha_bar("cosine", 1000))
+        if made is None:
+            assert not folder.exists()
+        else:
+            assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == made
+    net, abar = checkpoint.load_model(export)
+    torch.testing.assert_close(abar.double(), AB.double(), rtol=1e-6, atol=0)     # the linear schedule, not the cosine
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), first.state_dict().values()))

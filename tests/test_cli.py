@@ -3114,3 +3114,46 @@ def test_interpolate_warns_of_a_recorded_flag_that_is_not_true_or_false(trained,
         assert said in out, out
         warned = f"f{i}.npz records clip {str(clip)!r}, not True or False: not used, decoded without --clip"
         assert (warned in err) == (clip.dtype.kind != "b"), err
+
+
+def test_round_32_lab_and_demo_show_a_progress_bar_unless_asked_not_to(tmp_path, capsys, monkeypatch):
+    """`lab` (1.5 to 3.5 minutes at its defaults) and the demo's first part printed nothing until a whole table was done,
+    and their --no-progress, "no progress bar", did nothing: there was no bar. Each table now has one, over its sampler
+    steps, that --no-progress turns off."""
+    from ddimlab import demo
+
+    monkeypatch.setattr(demo, "LAB", dict(n=8, image_d=4, image_n=8))
+    small_lab_tables(monkeypatch)
+    lab_args = ["lab", "--n", "8", "--image-d", "4", "--image-n", "8"]
+    for argv in (lab_args, ["demo", "--skip-train"]):
+        assert cli.main([*argv, "--out", str(tmp_path / f"{argv[0]}_bar")]) == 0
+        err = capsys.readouterr().err
+        assert "table 1, d = 2: 100%" in err and "table 1, d = 4: 100%" in err, err
+        assert cli.main([*argv, "--out", str(tmp_path / f"{argv[0]}_quiet"), "--no-progress"]) == 0
+        assert "table 1" not in capsys.readouterr().err
+
+
+def test_round_32_reproduce_table1_names_its_features(trained, tmp_path, capsys):
+    """`reproduce table1 --features digits` and `--features random` headed both tables "Fréchet distance (injected
+    features)": two tables of distances on other scales (the untrained tiny model scored about 370 with the one and 1.2
+    with the other), which the files did not tell apart. The heading now names the features; a name without a
+    feature_fn, whose table is Inception's, is refused."""
+    from ddimlab import tables
+
+    for features, name in (("digits", "digits-classifier features"), ("random", "random conv-net features, a smoke test")):
+        assert cli.main(["reproduce", "table1", "--checkpoint", str(trained), "--features", features, "--n-samples", "2",
+                         "--steps", "2", "--etas", "0", "--no-progress", "--out", str(tmp_path / features)]) == 0
+        heading = (tmp_path / features / "table1.md").read_text(encoding="utf-8").splitlines()[0]
+        assert heading.startswith(f"# DDIM Table 1: Fréchet distance ({name}), measured, 2 samples"), heading
+    capsys.readouterr()
+    with pytest.raises(ValueError, match="features names a feature_fn .* without one"):
+        tables.reproduce_table1(lambda x, t: x, tmp_path / "lib", features="my features", shape=(1, 8, 8))
+    assert not (tmp_path / "lib").exists()
+
+
+def test_round_32_reproduce_table2_counts_its_network_calls(trained, tmp_path):
+    """`reproduce table2`'s bar moved once per S: at the paper's S list, S = 1000 (over half of the run: an hour of
+    CIFAR-10 on a GPU) went without a tick. It counts the steps of each batch now, both ways."""
+    r = _run("reproduce", "table2", "--checkpoint", trained, "--n-images", "3", "--steps", "2,3", "--batch-size", "2",
+             "--device", "cpu", "--out", tmp_path / "t2")
+    assert r.returncode == 0 and "20/20" in r.stderr, r.stderr      # 2 batches x 2 ways x (2 + 3) steps

@@ -38,13 +38,16 @@ def test_recipes_are_trained_scored_and_compared_with_tiny_sizes(recipes, tmp_pa
     (["--n", "1"], "argument --n: must be an integer >= 2, got 1"),              # score_digits' error after training
     (["--S", "1001"], r"argument --S: must be an integer in 1..1000, got 1001"),  # schedule's error after training
     (["--threads", "0"], "argument --threads: must be an integer in 1..\\d+, got 0"),
+    (["--recipes", "preset", "2000-steps", "--steps", "5"],       # printed "+0.00 ± 0.00 (paired; not told apart)"
+     r"--steps 5 trains 2000-steps as preset \(it changes only the steps\): one cached model, compared with itself"),
     (["--x-seeds", "10"], r"give at least two --x-seeds \(or two --seeds\) to compare recipes"),   # after all training
     (["--cache", "{tmp}/f"], r"^digits_recipes.py: error: .*f is a file, not a folder\); choose another --cache$"),
     (["--cache", " "], r"argument --cache: is blank \(' '\), which would be the current folder; give a folder$"),
 ])
 def test_bad_arguments_are_one_line_before_any_training(recipes, argv, needle, tmp_path, monkeypatch, capsys):
     """Careless round 27: each of these pooled values twice without a word, substituted a default, or was a traceback
-    (the last three after the first model had trained, which takes half an hour)."""
+    (the last three after the first model had trained, which takes half an hour). Round 32: --steps with a recipe that
+    changes only the steps (2000-steps) trained it as the other, and compared one cached model with itself."""
     (tmp_path / "f").write_text("")
     monkeypatch.setattr(recipes.pretrained, "digits_model", lambda *a, **k: pytest.fail("training started"))
     monkeypatch.setattr(sys, "argv", ["digits_recipes.py"])
@@ -67,3 +70,14 @@ def test_interrupted_is_one_line(recipes, tmp_path, monkeypatch, capsys):
     assert stop.value.code == 130 and capsys.readouterr().err.strip() == ("digits_recipes.py: interrupted: stopped at step 3 "
                                                                          "of 10; the cached digits model was not finished, "
                                                                          "and nothing was kept")
+
+
+@pytest.mark.slow
+def test_round_32_training_shows_a_progress_bar_unless_asked_not_to(recipes, tmp_path, capsys):
+    """Training a recipe (about 30 minutes for the default pair) printed one line, then nothing until it was done: the
+    digits model trained without its bar. It shows now, on stderr, and --no-progress turns it off."""
+    tiny = ["--recipes", "preset", "--n", "4", "--x-seeds", "1", "2", "--S", "2", "--threads", "1"]
+    recipes.main([*tiny, "--steps", "3", "--cache", str(tmp_path / "a")])
+    assert "3/3" in capsys.readouterr().err
+    recipes.main([*tiny, "--steps", "3", "--cache", str(tmp_path / "b"), "--no-progress"])
+    assert "3/3" not in capsys.readouterr().err

@@ -57,3 +57,15 @@ def test_gpu_check_interrupted_says_so_in_one_line_and_removes_its_throwaway_run
         gpu_check.main(["--tiny", "--device", "cpu", "--no-progress", "--no-bench"])
     assert stop.value.code == 130 and capsys.readouterr().err.strip() == "gpu_check: interrupted"
     assert list(tmp_path.glob("ddimlab_gpu_check_*")) == []
+
+
+def test_a_run_in_the_way_is_said_before_the_benchmark(tmp_path, monkeypatch):
+    """Careless round 32: an --out that held a run (a second check without --overwrite) was refused by the training,
+    after stage 1's benchmark had run its minutes on the lent GPU."""
+    gpu_check = load_script("benchmarks/gpu_check.py")
+    monkeypatch.setattr(gpu_check, "bench", lambda *a: pytest.fail("the benchmark ran"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "ckpt.pt").write_bytes(b"an earlier run")
+    with pytest.raises(SystemExit, match="gpu_check: error: .*run already holds a run .*start again with --overwrite"):
+        gpu_check.main(["--tiny", "--device", "cpu", "--no-progress", "--out", str(tmp_path)])
+    assert (tmp_path / "run" / "ckpt.pt").read_bytes() == b"an earlier run"

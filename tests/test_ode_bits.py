@@ -224,3 +224,19 @@ def test_a_cache_that_is_a_file_is_named_as_the_option(bits, tmp_path):
         bits.main(["--cache", str(file)])
     said = str(stop.value.code)
     assert "choose another --cache" in said and "cache_dir" not in said and len(said.splitlines()) == 1, said
+
+
+@pytest.mark.slow
+def test_round_32_training_shows_a_progress_bar_unless_asked_not_to(bits, tmp_path, capsys, monkeypatch):
+    """The digits model (minutes, once, where the cache lacks it) trained without its bar, after one line; it shows now,
+    and --no-progress turns it off. Stopped once the model is there: the bounds are the other tests'."""
+    real = bits.pretrained.digits_model
+
+    def then_stop(*a, **k):
+        real(*a, **k)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(bits.pretrained, "digits_model", then_stop)
+    for flags, shown in (([], True), (["--no-progress"], False)):
+        with pytest.raises(SystemExit):
+            bits.main(["--steps", "3", "--n", "2", "--device", "cpu", "--cache", str(tmp_path / str(shown)), *flags])
+        assert ("3/3" in capsys.readouterr().err) == shown

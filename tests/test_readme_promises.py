@@ -377,8 +377,8 @@ def test_a_run_not_started_by_torchrun_says_that_it_waits(monkeypatch, capsys):
 
 
 def test_train_invert_interpolate_and_reproduce_show_a_progress_bar_unless_asked_not_to(trained, tmp_path, capsys):
-    """"**Progress bars** on `train`, `sample`, `invert`, `interpolate` and `reproduce` (`--no-progress` to turn them
-    off\" (sample's is in test_cli)"""
+    """"**Progress bars** on `train`, `sample`, `invert`, `interpolate`, `reproduce`, `lab` and `demo` (`--no-progress`
+    to turn them off\" (sample's, lab's and demo's are in test_cli, the scripts' in their own tests)"""
     assert _sample(trained, tmp_path / "s", "--steps", "2", "--n", "2") == 0
     commands = {"train": (["train", "--out", str(tmp_path / "run"), *_sets(TINY), "--set", "steps=3", "--set",
                            "n_samples=0"], "3/3"),
@@ -386,7 +386,7 @@ def test_train_invert_interpolate_and_reproduce_show_a_progress_bar_unless_asked
                            "6/6"),
                 "interpolate": (["interpolate", "--checkpoint", str(trained), "--n", "3", "--steps", "3"], "3/3"),
                 "reproduce": (["reproduce", "table2", "--checkpoint", str(trained), "--n-images", "2", "--steps", "2,3"],
-                              "2/2")}
+                              "10/10")}                     # 2 x (2 + 3) steps: both ways, one batch
     for name, (argv, done) in commands.items():
         capsys.readouterr()
         quiet = [*argv, "--no-progress"] + ([] if name == "train" else ["--out", str(tmp_path / f"{name}_q")])
