@@ -7,6 +7,7 @@ import errno
 import glob
 import hashlib
 import os
+import re
 import shutil
 import signal
 import stat
@@ -71,14 +72,25 @@ def atomic_write(path, write, *, text: bool = False, fsync: bool = False) -> Pat
     return path
 
 
+TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")     # atomic_write's mkstemp: ".NAME." + 8 random characters + ".tmp"
+
+
 def remove_stale_temps(folder, pattern: str, now: float | None = None) -> None:
     """Delete the files in `folder` matching the glob `pattern` that were last written over STALE_AFTER seconds before
     `now` (default: the time of the call): temporary files an interrupted `atomic_write` left behind. A write in
-    progress is younger than that, so it is never touched."""
+    progress is younger than that, so it is never touched. Only `atomic_write`'s temporary names are taken: `pattern`
+    must be "." + a glob of the target's name + ".*.tmp" (e.g. ".*.png.*.tmp"), and of the files it matches only plain
+    files named as `TEMP_NAME` are deleted; folders, symbolic links and other names are left as they are."""
+    if not (isinstance(pattern, str) and pattern.startswith(".") and pattern.endswith(".*.tmp") and len(pattern) > 7):
+        raise ValueError(f"remove_stale_temps deletes only the temporary files atomic_write leaves (.NAME.XXXXXXXX.tmp): "
+                         f"pattern must be '.' + a glob of the target's name + '.*.tmp', e.g. '.*.png.*.tmp', got {pattern!r}")
     cutoff = (time.time() if now is None else now) - STALE_AFTER
     for stale in glob.glob(os.path.join(glob.escape(str(folder)), pattern)):
+        if not TEMP_NAME.fullmatch(os.path.basename(stale)):
+            continue
         with contextlib.suppress(FileNotFoundError):
-            if os.stat(stale).st_mtime < cutoff:
+            info = os.lstat(stale)
+            if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
                 os.unlink(stale)
 
 

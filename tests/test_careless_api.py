@@ -5,6 +5,7 @@ import copy
 import dataclasses
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -2529,3 +2530,32 @@ def test_round_32_a_diffusers_export_that_fails_halfway_leaves_the_earlier_one_w
     net, abar = checkpoint.load_model(export)
     torch.testing.assert_close(abar.double(), AB.double(), rtol=1e-6, atol=0)     # the linear schedule, not the cosine
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), first.state_dict().values()))
+
+
+def test_round_33_remove_stale_temps_deletes_only_atomic_writes_temporary_files(tmp_path):
+    """`files.remove_stale_temps(folder, "*")` deleted every file older than a minute in the folder, then stopped with
+    IsADirectoryError at the first sub-folder. It takes only patterns of atomic_write's temporary names now
+    (".NAME.*.tmp"), deletes only plain files named as mkstemp names them, and never a folder or a link."""
+    import os
+    import time
+
+    from ddimlab import files
+
+    temp = tmp_path / ".000001.png.abcd_123.tmp"                   # what atomic_write leaves when killed
+    kept = [tmp_path / "notes.txt", tmp_path / ".notes.tmp", tmp_path / ".a.png.short.tmp", tmp_path / "sub",
+            tmp_path / ".b.png.abcdefgh.tmp", tmp_path / ".c.png.abcdefgh.tmp"]
+    for p in [temp, *kept[:3]]:
+        p.write_text("mine")
+    kept[3].mkdir()
+    kept[4].mkdir()                                                 # a folder with a temporary file's name
+    kept[5].symlink_to(kept[0])
+    for p in [temp, *kept]:
+        os.utime(p, (time.time() - 3600,) * 2, follow_symlinks=False)
+    for pattern in ("*", ".*.tmp", "*.tmp", ".*", "", ".png.tmp"):
+        with pytest.raises(ValueError, match=r"^remove_stale_temps deletes only the temporary files atomic_write leaves "
+                                             r"\(\.NAME\.XXXXXXXX\.tmp\): pattern must be '\.' \+ a glob of the target's "
+                                             rf"name \+ '\.\*\.tmp', e\.g\. '\.\*\.png\.\*\.tmp', got '{re.escape(pattern)}'$"):
+            files.remove_stale_temps(tmp_path, pattern)
+    assert all(os.path.lexists(p) for p in [temp, *kept])
+    files.remove_stale_temps(tmp_path, ".*.png.*.tmp")
+    assert not temp.exists() and all(os.path.lexists(p) for p in kept) and kept[0].read_text() == "mine"

@@ -25,7 +25,8 @@ def test_stale_temporary_files_of_the_same_target_are_removed(tmp_path):
     import os
     import time
 
-    stale, fresh, other = (tmp_path / ".ckpt.pt.k1.tmp", tmp_path / ".ckpt.pt.k2.tmp", tmp_path / ".log.jsonl.k3.tmp")
+    stale, fresh, other = (tmp_path / ".ckpt.pt.k1abcdef.tmp", tmp_path / ".ckpt.pt.k2abcdef.tmp",
+                           tmp_path / ".log.jsonl.k3abcdef.tmp")   # mkstemp: 8 random characters
     for p in (stale, fresh, other):
         p.write_bytes(b"half")
     old = time.time() - 3600
