@@ -2559,3 +2559,26 @@ def test_round_33_remove_stale_temps_deletes_only_atomic_writes_temporary_files(
     assert all(os.path.lexists(p) for p in [temp, *kept])
     files.remove_stale_temps(tmp_path, ".*.png.*.tmp")
     assert not temp.exists() and all(os.path.lexists(p) for p in kept) and kept[0].read_text() == "mine"
+
+
+def test_round_33_the_solvers_take_ddims_steps_on_the_fewest_steps():
+    """What `cli.DDIM_UP_TO` (refused there by sample, invert, interpolate) rests on, on a mixture's exact scores: on up
+    to DDIM_UP_TO[name] steps each solver returns DDIM's (η = 0) x_0 to 1e-12 (heun, dpm_solver_2, deis_tab on 1 step;
+    the λ multistep solvers on 2 as well, their last step returning x̂_0), and on one step more it is another method
+    (over 1e-5 from DDIM's); euler is DDIM at every S; ipndm's one step makes no network call (refused apart)."""
+    from ddimlab import cli
+
+    mix = toy.default_mixture(2)
+    eps, x_T = toy.exact_eps(mix, AB), torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for spacing in ("trailing", "uniform"):
+        for S in (1, 2, 3):
+            seq = schedule.timesteps(S, 1000, spacing)
+            ddim = samplers.ddim_sample(eps, x_T, AB, seq)
+            for name in ode.SOLVERS:
+                if name in ("ipndm", "ipndm_vs") and S == 1:
+                    assert ode.nfe(name, 1) == 0
+                    continue
+                gap = float((ode.solve(name, eps, x_T, AB, seq) - ddim).abs().max())
+                is_ddim = name == "euler" or S <= cli.DDIM_UP_TO.get(name, 0)
+                assert (gap < 1e-12 if is_ddim else gap > 1e-5), (name, spacing, S, gap)
+    assert set(cli.DDIM_UP_TO) == set(ode.SOLVERS) - {"euler", "ipndm", "ipndm_vs"}

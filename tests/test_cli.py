@@ -113,7 +113,7 @@ def test_invert_with_heun_lands_nearer_the_odes_latent_than_ddim(trained, tmp_pa
                                ode.heun(eps_fn(net), torch.as_tensor(out["heun"]["x_T"]), abar, seq), rtol=1e-5, atol=1e-5)
     _expect_one_line_error(capsys, ["invert", "--checkpoint", str(ckpt), "--input", str(images), "--steps", "1",
                                     "--sampler", "heun", "--out", str(tmp_path / "one")],
-                           "--sampler heun on one step is DDIM's step", "--steps 2 or more")
+                           "--sampler heun on 1 step takes DDIM's steps", "pass --steps 2 or more")
 
 
 def test_interpolate_decodes_latents_with_the_sampler_that_made_them(trained, tmp_path, capsys):
@@ -3157,3 +3157,26 @@ def test_round_32_reproduce_table2_counts_its_network_calls(trained, tmp_path):
     r = _run("reproduce", "table2", "--checkpoint", trained, "--n-images", "3", "--steps", "2,3", "--batch-size", "2",
              "--device", "cpu", "--out", tmp_path / "t2")
     assert r.returncode == 0 and "20/20" in r.stderr, r.stderr      # 2 batches x 2 ways x (2 + 3) steps
+
+
+def test_round_33_a_solver_on_its_ddim_steps_is_refused_by_sample_invert_and_interpolate(trained, tmp_path):
+    """`sample --sampler heun --steps 1` (and deis_tab; the λ multistep solvers on 2 steps too) ran DDIM's steps while
+    its output line and .npz named the solver; `invert` refused heun there and `sample` did not. All three commands now
+    refuse a solver on as few steps as make it DDIM (cli.DDIM_UP_TO, checked on exact scores in
+    test_round_33_the_solvers_take_ddims_steps_on_the_fewest_steps), saying what to pass; euler, DDIM at any number of
+    steps, and ddim still run, and so does a solver on one step more."""
+    ckpt, images = trained / "ckpt.pt", tmp_path / "in.npz"
+    np.savez(images, x0=(torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1).numpy())
+    for command, sampler, steps, extra in (("sample", "heun", 1, []), ("sample", "deis_tab", 1, []),
+                                           ("sample", "dpm_solver_pp_2m", 2, []), ("invert", "heun", 1, ["--input", images]),
+                                           ("interpolate", "unipc_3", 2, [])):
+        r = _run(command, "--checkpoint", ckpt, "--sampler", sampler, "--steps", steps, *extra, "--out", tmp_path / "x")
+        assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 2, r.stderr
+        assert (f"--sampler {sampler} on {steps} step{'s' * (steps > 1)} takes DDIM's steps, though named {sampler}: its "
+                f"first step and its last, to clean data (t = -1), are first order, DDIM's; pass --steps {steps + 1} or "
+                f"more, or --sampler ddim") in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npz"]
+    for sampler, steps in (("euler", 1), ("ddim", 1), ("dpm_solver_pp_2m", 3)):
+        r = _run("sample", "--checkpoint", ckpt, "--sampler", sampler, "--steps", steps, "--n", "2", "--no-progress",
+                 "--out", tmp_path / sampler)
+        assert r.returncode == 0 and f"2 samples ({sampler}, {steps} step" in r.stdout, r.stderr
