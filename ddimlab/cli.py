@@ -355,13 +355,13 @@ def cmd_train(args) -> int:
     if "sample_every" in last and config.sample_every and not config.n_samples:   # (sample_steps: how grids would be drawn)
         raise ValueError(f"--set sample_every={config.sample_every} draws no grid with n_samples = 0: give n_samples > 0, "
                          f"or leave sample_every out")
+    if args.bf16 and devices.resolve(config.device).type != "cuda":
+        raise ValueError(f"--bf16 (autocast) applies on CUDA only; this run is on {devices.resolve(config.device)}: "
+                         f"drop --bf16")
     if config.warmup >= config.steps and config.warmup:
         decays = "" if config.lr_decay == "none" else ", and never decays"
         print(f"note: warmup = {config.warmup} >= steps = {config.steps}: the learning rate rises for the whole run, to "
               f"{config.steps / config.warmup:.0%} of lr = {config.lr:g}{decays} (--set warmup=K to change)")
-    if args.bf16 and devices.resolve(config.device).type != "cuda":
-        raise ValueError(f"--bf16 (autocast) applies on CUDA only; this run is on {devices.resolve(config.device)}: "
-                         f"drop --bf16")
     out = train(config, resume=args.resume, overwrite=args.overwrite)
     if devices.rank_world()[0] == 0:
         print(f"done: {out / 'ckpt.pt'}")

@@ -316,6 +316,7 @@ def validate_config(c: TrainConfig) -> TrainConfig:
     # Python ints (numpy's would not go into config.json, nor load from a checkpoint with weights_only)
     c = dataclasses.replace(c, **{name: check_int(name, getattr(c, name), low) for name, low in lows.items()},
                             seed=check_int("seed", c.seed, 0, 2 ** 32 - 1))
+    unet.check_architecture(c.ch, c.ch_mult, c.attn_resolutions, c.dropout, c.resolution, c.num_groups)
     if c.n_samples > MAX_GRID:      # drawn while and after training: a size meant for `sample` would end the run there
         raise ValueError(f"n_samples is the size of the sample grids written while training: at most {MAX_GRID}, got "
                          f"{c.n_samples} (`ddimlab sample` draws more from the checkpoint)")

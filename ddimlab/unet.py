@@ -167,7 +167,7 @@ class UNet(nn.Module):
             ("in_ch", in_ch), ("num_res_blocks", num_res_blocks), ("resolution", resolution),
             ("out_ch", out_ch), ("num_groups", num_groups)))
         ch = check_int("ch", ch, 4, note=" (the step embedding has ch/2 >= 2 frequencies)")
-        _validate(ch, ch_mult, attn_resolutions, dropout, resolution, num_groups)
+        check_architecture(ch, ch_mult, attn_resolutions, dropout, resolution, num_groups)
         dropout = float(dropout)                          # a numpy float would make the checkpoint unloadable, as above
         self.config = dict(in_ch=in_ch, ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
                            attn_resolutions=attn_resolutions, dropout=dropout, resolution=resolution,
@@ -262,7 +262,10 @@ class UNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-def _validate(ch, ch_mult, attn_resolutions, dropout, resolution, num_groups):
+def check_architecture(ch, ch_mult, attn_resolutions, dropout, resolution, num_groups) -> None:
+    """Refuse (ValueError) a UNet size that cannot be built, without building it: `UNet` calls it, and so does
+    `train.validate_config`, so that `train` says it before anything else."""
+    check_int("ch", ch, 4, note=" (the step embedding has ch/2 >= 2 frequencies)")
     if not ch_mult or any(m < 1 for m in ch_mult):
         raise ValueError(f"ch_mult must be a non-empty sequence of positive ints, got {ch_mult!r}")
     if (p := as_real(dropout)) is None or not 0.0 <= p < 1.0:            # "0.1" compared as a string before

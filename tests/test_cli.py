@@ -3180,3 +3180,18 @@ def test_round_33_a_solver_on_its_ddim_steps_is_refused_by_sample_invert_and_int
         r = _run("sample", "--checkpoint", ckpt, "--sampler", sampler, "--steps", steps, "--n", "2", "--no-progress",
                  "--out", tmp_path / sampler)
         assert r.returncode == 0 and f"2 samples ({sampler}, {steps} step" in r.stdout, r.stderr
+
+
+def test_round_33_train_says_an_error_before_its_warmup_note(tmp_path):
+    """`train --set ch_mult=` (and --bf16 on the CPU) with warmup >= steps printed "note: warmup = 100 >= steps = 5 ..."
+    and then stopped on the error: the architecture is now checked with the other settings (`train.validate_config`,
+    through `unet.check_architecture`), before the note; a run that goes ahead still gets the note."""
+    base = ["train", "--preset", "digits", "--no-progress", "--out", tmp_path / "run", *_sets(TINY)]
+    for extra, said in ((["--set", "ch_mult="], "ch_mult must be a non-empty sequence of positive ints, got ()"),
+                        (["--set", "attn_resolutions=5"], "attn_resolutions [5] are not feature-map sizes"),
+                        (["--bf16"], "--bf16 (autocast) applies on CUDA only")):
+        r = _run(*base, "--set", "steps=3", *extra)
+        assert r.returncode == 1 and said in r.stderr and "warmup" not in r.stdout, (r.stdout, r.stderr)
+    assert not (tmp_path / "run").exists()
+    r = _run(*base, "--set", "steps=3", "--set", "n_samples=0")
+    assert r.returncode == 0 and "note: warmup = 5 >= steps = 3" in r.stdout, r.stderr
