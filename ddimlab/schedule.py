@@ -26,7 +26,7 @@ def beta_schedule(name: str = "linear", T: int = 1000, beta_start: float = 1e-4,
                   beta_end: float = 0.02) -> torch.Tensor:
     """β_t for t = 0..T−1 in float64 (plotted in notebook 01 §3).
 
-    linear: DDPM, β_t from 1e-4 to 0.02 (for T = 1000).
+    linear: DDPM, β_t rising from 1e-4 to 0.02 (for T = 1000); beta_start > beta_end (swapped) is a ValueError.
     quadratic: √β linear between √beta_start and √beta_end.
     cosine: improved DDPM, ᾱ(t) = cos²(((t/T)+s)/(1+s)·π/2)/f(0) with s = 0.008, β clipped at 0.999; it has no
     beta_start or beta_end (other values are a ValueError, not ignored).
@@ -40,6 +40,10 @@ def beta_schedule(name: str = "linear", T: int = 1000, beta_start: float = 1e-4,
         raise ValueError(f"beta_start and beta_end must be numbers in (0, 1) (DDPM's: 1e-4 and 0.02), got {beta_start!r} "
                          f"and {beta_end!r}")
     beta_start, beta_end = ends
+    if beta_start > beta_end and name in ("linear", "quadratic"):    # swapped ends: ᾱ still decreases (and ends where
+        raise ValueError(f"beta_start must not exceed beta_end: beta rises with t, from beta_start at t = 0 to beta_end "
+                         f"at t = T - 1 (DDPM §4: 1e-4 to 0.02), got {beta_start:g} and {beta_end:g}; swap them (a "
+                         f"falling beta, as a table, goes to schedule.alpha_bar)")     # it would), so nothing else says it
     if name == "linear":
         return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
     if name == "quadratic":

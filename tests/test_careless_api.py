@@ -2582,3 +2582,18 @@ def test_round_33_the_solvers_take_ddims_steps_on_the_fewest_steps():
                 is_ddim = name == "euler" or S <= cli.DDIM_UP_TO.get(name, 0)
                 assert (gap < 1e-12 if is_ddim else gap > 1e-5), (name, spacing, S, gap)
     assert set(cli.DDIM_UP_TO) == set(ode.SOLVERS) - {"euler", "ipndm", "ipndm_vs"}
+
+
+def test_round_33_a_beta_schedule_given_its_ends_swapped_is_refused():
+    """beta_schedule('linear', beta_start=0.02, beta_end=1e-4) gave a falling β that validate_alpha_bar accepts: ᾱ
+    still decreases, and ends where DDPM's does (Σβ is the same: ᾱ_{T−1} = 4.04e-5 both ways), so no later check
+    could say it. The docstring (and DDPM §4) has β rise from beta_start to beta_end: swapped ends are refused in one
+    line, for linear and quadratic; equal ends (a constant β) are still taken, and a falling β as a table of betas."""
+    swapped = schedule.alpha_bar(torch.linspace(0.02, 1e-4, 1000, dtype=torch.float64))
+    torch.testing.assert_close(schedule.validate_alpha_bar(swapped)[-1], AB[-1], rtol=1e-9, atol=0)    # what hid it
+    for name in ("linear", "quadratic"):
+        with pytest.raises(ValueError, match=r"^beta_start must not exceed beta_end: beta rises with t, .*got 0\.02 and "
+                                             r"0\.0001; swap them"):
+            schedule.beta_schedule(name, 1000, 0.02, 1e-4)
+        torch.testing.assert_close(schedule.beta_schedule(name, 10, 0.01, 0.01), torch.full((10,), 0.01, dtype=torch.float64))
+    assert float(schedule.snr(1.0)) == math.inf        # ᾱ_{-1} = 1, clean data: inf as documented, kept (λ = ∞ there)
