@@ -423,8 +423,9 @@ def cmd_sample(args, png: Path, npz: Path) -> int:
                seed=args.seed, steps=len(seq), spacing=args.spacing, sampler=args.sampler,
                eta=str(kwargs.get("eta", "")), lower_order_final=args.lower_order_final, clip=bool(args.clip),
                **_model_record(args, net))
+    capped = f" (--nrow {args.nrow} is more than --n {n}: the grid is one row of {n})" if (args.nrow or 0) > n else ""
     print(f"{_count(n, 'sample')} ({args.sampler}, {_count(len(seq), 'step')}, {args.spacing}) in {seconds:.1f} s -> {png}, "
-          f"{npz}")
+          f"{npz}{capped}")
     return 0
 
 

@@ -3195,3 +3195,13 @@ def test_round_33_train_says_an_error_before_its_warmup_note(tmp_path):
     assert not (tmp_path / "run").exists()
     r = _run(*base, "--set", "steps=3", "--set", "n_samples=0")
     assert r.returncode == 0 and "note: warmup = 5 >= steps = 3" in r.stdout, r.stderr
+
+
+def test_round_33_an_nrow_above_n_is_said_in_the_output_line(trained, tmp_path):
+    """`sample --n 3 --nrow 10` drew one row of 3 and said nothing of the 10 it was asked for; the output line says it.
+    The PNG is one row of 3 (width 3·(8 + 1) + 1 = 28 pixels at --scale 1), and --nrow up to --n says nothing more."""
+    for nrow, said in (("10", " (--nrow 10 is more than --n 3: the grid is one row of 3)\n"), ("3", "s3.npz\n")):
+        r = _run("sample", "--checkpoint", trained, "--steps", "2", "--n", "3", "--nrow", nrow, "--scale", "1",
+                 "--no-progress", "--out", tmp_path / f"s{nrow}")
+        assert r.returncode == 0 and r.stdout.endswith(said), r.stdout
+        assert mpimg.imread(tmp_path / f"s{nrow}.png").shape[:2] == (10, 28)
