@@ -85,7 +85,8 @@ def train_and_resume(args, device, out: Path) -> dict:
     steps = [r["step"] for r in log]
     state = checkpoint.load_checkpoint(out / "ckpt.pt", required=("step",))
     ok = state["step"] == args.train_steps and steps == sorted(set(steps)) and all(math.isfinite(r["loss"]) for r in log)
-    return dict(steps=args.train_steps, batch=args.train_batch, first_half_s=first, resumed_half_s=second,
+    return dict(steps=args.train_steps, batch=args.train_batch, precision=precision(device, config.bf16),
+                first_half_s=first, resumed_half_s=second,
                 img_s=max(r["img_per_s"] for r in log), first_loss=log[0]["loss"], last_loss=log[-1]["loss"],
                 resume_ok=ok)
 
@@ -104,7 +105,13 @@ def sample(args, device, run: Path) -> dict:
         finite &= bool(torch.isfinite(x).all())
     bench_unet.sync(device)
     seconds = time.perf_counter() - t0
-    return dict(n=args.n_samples, steps=len(seq), seconds=seconds, img_s=args.n_samples / seconds, finite=finite)
+    return dict(n=args.n_samples, steps=len(seq), precision=precision(device, device.type == "cuda"), seconds=seconds,
+                img_s=args.n_samples / seconds, finite=finite)
+
+
+def precision(device, bf16: bool) -> str:
+    """What ran: bf16 autocast on CUDA only (train and generate leave it off elsewhere), else float32; with the device."""
+    return f"{'bf16 autocast' if bf16 and device.type == 'cuda' else 'float32'} on {device.type}"
 
 
 def main(argv=None) -> dict:
@@ -149,7 +156,7 @@ def check(args) -> dict:
     t0 = time.perf_counter()
     try:
         report = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
-                      torch=torch.__version__, bench=[] if args.no_bench else bench(args, device))
+                      torch=torch.__version__, tiny=args.tiny, bench=[] if args.no_bench else bench(args, device))
         report["train"] = train_and_resume(args, device, out / "run")
         report["sample"] = sample(args, device, out / "run")
     except BaseException:            # an error or Ctrl-C: a throwaway run (hundreds of MB on a GPU) goes with it
@@ -171,7 +178,8 @@ def check(args) -> dict:
 def print_summary(r: dict) -> None:
     pct = lambda v: "   n/a" if v is None else f"{v:5.1f}%"  # noqa: E731
     ratio = lambda p: f"{p['ratio']:.3f}x" + ("" if p["se"] is None else f" ± {p['se']:.3f} {p['reading']}")  # noqa: E731
-    print(f"\n== ddimlab GPU check on {r['device']} (torch {r['torch']}), {r['seconds']:.0f} s in all ==")
+    print(f"\n== ddimlab GPU check on {r['device']} (torch {r['torch']}){', tiny sizes' if r['tiny'] else ''}, "
+          f"{r['seconds']:.0f} s in all ==")
     if r["bench"]:
         print(f"{'UNet, batch ' + str(r['bench'][0]['batch']):<22}{'forward img/s':>14}{'% bound':>9}"
               f"{'train img/s':>13}{'% bound':>9}   ddimlab over diffusers, forward; train (± SE, at 3 SE)")
@@ -186,10 +194,10 @@ def print_summary(r: dict) -> None:
             print(f"(% bound: of {b['peak_tflops']:.0f} TFLOP/s, the datasheet's dense bf16 peak, at {b['gflop']:.1f} "
                   f"GFLOP per image forward and 3x that per training step)")
     t, s = r["train"], r["sample"]
-    print(f"training ({t['steps']} steps, batch {t['batch']}, bf16 on CUDA): {t['img_s']:.0f} img/s at best, "
+    print(f"training ({t['steps']} steps, batch {t['batch']}, {t['precision']}): {t['img_s']:.0f} img/s at best, "
           f"loss {t['first_loss']:.3f} -> {t['last_loss']:.3f}; stopped at {t['steps'] // 2} and resumed: "
           f"{'ok' if t['resume_ok'] else 'FAILED'}")
-    print(f"sampling ({s['n']} images, DDIM-{s['steps']}): {s['seconds']:.1f} s = {s['img_s']:.0f} img/s; "
+    print(f"sampling ({s['n']} images, DDIM-{s['steps']}, {s['precision']}): {s['seconds']:.1f} s = {s['img_s']:.0f} img/s; "
           f"outputs finite: {'yes' if s['finite'] else 'NO'}")
 
 

@@ -69,3 +69,24 @@ def test_a_run_in_the_way_is_said_before_the_benchmark(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="gpu_check: error: .*run already holds a run .*start again with --overwrite"):
         gpu_check.main(["--tiny", "--device", "cpu", "--no-progress", "--out", str(tmp_path)])
     assert (tmp_path / "run" / "ckpt.pt").read_bytes() == b"an earlier run"
+
+
+def test_round_33_the_summary_says_the_precision_and_sizes_that_ran(tmp_path):
+    """`gpu_check.py --tiny --device cpu` printed "training (4 steps, batch 8, bf16 on CUDA)" for a float32 run on the
+    CPU (train and generate use bf16 autocast on CUDA only). Each line now says what ran, as the JSON records it, and
+    the heading says the sizes were the tiny ones."""
+    import torch
+    from cli_support import _run_scripts
+
+    r = _run_scripts(f"load_script('benchmarks/gpu_check.py').main(['--tiny', '--device', 'cpu', '--no-bench', "
+                     f"'--no-progress', '--out', {str(tmp_path)!r}])")
+    assert r.returncode == 0, r.stderr
+    summary = r.stdout[r.stdout.index("== ddimlab GPU check"):]
+    assert "bf16" not in summary and "CUDA" not in summary, summary
+    assert "== ddimlab GPU check on cpu (torch " in summary and ", tiny sizes, " in summary, summary
+    assert "training (4 steps, batch 8, float32 on cpu)" in summary and "(8 images, DDIM-3, float32 on cpu)" in summary
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["tiny"] and report["train"]["precision"] == report["sample"]["precision"] == "float32 on cpu"
+    gpu_check = load_script("benchmarks/gpu_check.py")
+    assert gpu_check.precision(torch.device("cuda"), True) == "bf16 autocast on cuda"
+    assert gpu_check.precision(torch.device("cuda"), False) == "float32 on cuda"
