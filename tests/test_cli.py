@@ -3205,3 +3205,25 @@ def test_round_33_an_nrow_above_n_is_said_in_the_output_line(trained, tmp_path):
                  "--no-progress", "--out", tmp_path / f"s{nrow}")
         assert r.returncode == 0 and r.stdout.endswith(said), r.stdout
         assert mpimg.imread(tmp_path / f"s{nrow}.png").shape[:2] == (10, 28)
+
+
+def test_round_33_demo_gives_no_verdict_from_too_few_samples(trained, tmp_path, monkeypatch, capsys):
+    """`demo --n 2` printed "resolved" and "not resolved" from standard errors over 2 samples (on two disjoint sets of
+    2 real digits, no true difference, the FD's 3-SE verdict said resolved in 27 of 100; demo.MIN_VERDICT_N gives the
+    measurements). Below demo.MIN_VERDICT_N = 15 the differences are printed with "too few samples to tell" and the
+    heading says why; from 15 on the verdicts are as before."""
+    from ddimlab import lab, pretrained, train
+
+    model, config = train.load_trained(trained / "ckpt.pt")
+    monkeypatch.setattr(lab, "main", lambda out, **kw: [])
+    monkeypatch.setattr(pretrained, "digits_model", lambda steps, seed, progress: (model, config))
+    for n in (2, 15):
+        assert cli.main(["demo", "--out", str(tmp_path / str(n)), "--n", str(n), "--no-progress"]) == 0
+        out = capsys.readouterr().out
+        paired = [line for line in out.splitlines() if line.startswith("  DDIM")]
+        assert len(paired) == 3 and ("below --n 15 the SEs are too rough to tell: no verdict" in out) == (n < 15), out
+        for line in paired:
+            if n < 15:
+                assert line.count("(too few samples to tell)") == 2 and "resolved" not in line, line
+            else:
+                assert line.count("resolved)") == 2 and "too few" not in line, line
