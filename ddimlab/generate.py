@@ -19,7 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+
+with warnings.catch_warnings():     # in Jupyter without ipywidgets tqdm.auto warns "IProgress not found" (with this
+    warnings.filterwarnings("ignore", message="IProgress not found")      # machine's paths) and uses the text bar
+    from tqdm.auto import tqdm
 
 from . import devices, diffusion, ode, schedule
 from .checkpoint import eps_fn, image_shape, sha256_of, weights_sha256

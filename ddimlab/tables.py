@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
 from . import data, devices, schedule
 from .checkpoint import eps_fn
@@ -26,6 +25,7 @@ from .checks import check_bool, check_distinct, check_int
 from .fid import compute_fid, fid_inception, image_stats, load_images, stats_of
 from .files import atomic_write, check_can_write, replaced_together
 from .generate import check_eta, check_room, check_shape, generate_samples, resolve_rank, sample_indices, sampling_steps
+from .generate import progress as show_progress
 from .samplers import FROM_NOISE, SIGMA_HAT, TO_NOISE, OutOfRangeWarning, check_eta_steps, check_first_step, reconstruct
 
 # DDIM paper Table 1, CIFAR-10 FID of 50k samples, quadratic steps: {η: {S: FID}}; σ̂ is DDPM's large variance.
@@ -318,10 +318,11 @@ def reproduce_table2(model, out_dir, *, images=None, n_images: int | None = None
     paper = PAPER_TABLE2 if spacing == "uniform" and tuple(images.shape[1:]) == (3, 32, 32) else {}
     rows = []
     batches = -(-len(mine) // batch_size)        # a bar over the network calls: S = 1000 is over half of the default table's
-    with tqdm(total=batches * sum(2 * len(seq) for seq in seqs), desc="table2", unit="step", disable=not progress) as bar:
+    bar, callback = show_progress(batches * sum(2 * len(seq) for seq in seqs), "table2", progress)
+    with bar:
         for S, seq in zip(S_list, seqs):
             t0 = time.perf_counter()
-            errs = reconstruction_errors(model, mine, alpha_bar, seq, batch_size, device, amp, lambda info: bar.update(1))
+            errs = reconstruction_errors(model, mine, alpha_bar, seq, batch_size, device, amp, callback)
             total, count = float(errs.sum()), len(errs)
             if dist.is_available() and dist.is_initialized():
                 buf = torch.tensor([total, count], dtype=torch.float64,

@@ -43,3 +43,17 @@ def test_fmt_rounds_scalars_tensors_and_sequences():
     assert fmt(torch.tensor(1234.5, requires_grad=True), 2) == "1.2e+03"  # 0-d tensor: a scalar
     assert fmt(torch.tensor([0.5, 0.25]), 1) == "[0.5, 0.2]"
     assert fmt([1, 2.5]) == "[1, 2.5]"
+
+
+def test_importing_the_library_in_a_notebook_writes_nothing_to_stderr():
+    """In a Jupyter kernel without ipywidgets, `from tqdm.auto import tqdm` warns "IProgress not found" with this
+    machine's path; since `lab` imports `generate` (its progress bar) that warning went into the first cell of every
+    notebook importing `lab` when re-executed, and nbval would compare a local path. Importing the modules that import
+    tqdm.auto must leave no stderr output."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("from ddimlab import generate, lab, tables")]
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    stderr = [o for o in nb.cells[0].outputs if o.get("name") == "stderr"]
+    assert not stderr, stderr
