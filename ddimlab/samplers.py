@@ -68,7 +68,8 @@ def check_first_step(alpha_bar, seq, why: str = FROM_NOISE) -> None:
             why = ("the schedule ends: it does not reach noise, so x_T ~ N(0, I) is not its x_T (nor does an inversion "
                    "end at noise) whatever the steps; use a schedule that ends near alpha_bar = 0 (a longer T, or a "
                    "larger beta_end)")
-        warnings.warn(f"the noisiest of the {len(seq)} steps is t = {int(seq[0])} (alpha_bar = {a_first:.2g}), where {why}",
+        which = "the only step" if len(seq) == 1 else f"the noisiest of the {len(seq)} steps"
+        warnings.warn(f"{which} is t = {int(seq[0])} (alpha_bar = {a_first:.2g}), where {why}",
                       OutOfRangeWarning, stacklevel=3)
 
 

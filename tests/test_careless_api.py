@@ -507,7 +507,7 @@ def test_thirteenth_round_images_checks_and_claimed_folders(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", samplers.OutOfRangeWarning)
         generate.generate_samples(net, tmp_path / "one_step", 1, shape=(1, 8, 8), S=1)
-    assert any("noisiest of the 1 steps is t = 0" in str(w.message) for w in caught)   # the PNG is x_T itself
+    assert any("the only step is t = 0" in str(w.message) for w in caught)   # the PNG is x_T itself
     for n in (-1, True, 0, 2.5):
         with pytest.raises(ValueError, match="n must be a positive integer"):
             fid.load_images(out, n)
@@ -1334,8 +1334,8 @@ def test_nineteenth_round_wrong_kinds_of_checkpoint_say_what_they_are(tmp_path):
 
 
 def test_nineteenth_round_a_grid_near_the_data_is_said_once(tmp_path):
-    """Helper 108: `reproduce table1 --steps 1` said "the noisiest of the 1 steps is t = 0" once up front and again in
-    every cell."""
+    """Helper 108: `reproduce table1 --steps 1` said "the noisiest of the 1 steps is t = 0" (now "the only step is
+    t = 0") once up front and again in every cell."""
     from ddimlab import tables
 
     with warnings.catch_warnings(record=True) as got:
@@ -1343,7 +1343,7 @@ def test_nineteenth_round_a_grid_near_the_data_is_said_once(tmp_path):
         tables.reproduce_table1(_tiny_net().eval(), tmp_path / "t1", S_list=(1,), eta_list=(0.0, 1.0), n_samples=2,
                                 spacing="uniform", feature_fn=fid.random_features(in_ch=1),
                                 reference=data.load_digits(8)[0][:16])
-    assert sum("the noisiest of the 1 steps" in str(w.message) for w in got) == 1, [str(w.message) for w in got]
+    assert sum("the only step is t = 0" in str(w.message) for w in got) == 1, [str(w.message) for w in got]
 
 
 def test_nineteenth_round_a_killed_writers_temporary_images_are_removed(tmp_path):

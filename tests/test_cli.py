@@ -638,7 +638,7 @@ def test_invert_refuses_inputs_it_would_misread(trained, tmp_path, capsys):
 def test_a_grid_that_starts_near_the_data_says_so(trained, tmp_path):
     """`sample --steps 1` on the uniform grid starts at t = 0 and used to return x_T with exit 0 and no word."""
     r = _run("sample", "--checkpoint", trained, "--steps", "1", "--n", "2", "--no-progress", "--out", tmp_path / "one")
-    assert r.returncode == 0 and "warning: the noisiest of the 1 steps is t = 0" in r.stderr, r.stderr
+    assert r.returncode == 0 and "warning: the only step is t = 0" in r.stderr, r.stderr
     r = _run("sample", "--checkpoint", trained, "--steps", "1", "--spacing", "trailing", "--n", "2", "--no-progress",
              "--out", tmp_path / "two")
     assert r.returncode == 0 and "the noisiest of the" not in r.stderr, r.stderr
@@ -1443,10 +1443,10 @@ def test_twelfth_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
         warnings.simplefilter("always", cli.OutOfRangeWarning)           # pyproject.toml ignores it in the tests
         assert cli.main(["reproduce", "table2", "--checkpoint", str(trained), "--n-images", "2", "--steps", "1", "--out",
                          str(tmp_path / "t2"), "--no-progress"]) == 0
-        assert re.search("the noisiest of the 1 steps is t = 0 .* the inversion ends, not at noise", capsys.readouterr().err)
+        assert re.search("the only step is t = 0 .* the inversion ends, not at noise", capsys.readouterr().err)
         assert cli.main(["reproduce", "table1", "--checkpoint", str(trained), "--features", "random", "--n-samples", "2",
                          "--steps", "1", "--etas", "0", "--out", str(tmp_path / "t1"), "--no-progress"]) == 0
-        assert re.search(r"the noisiest of the 1 steps is t = 0 .* x_T ~ N\(0, I\)", capsys.readouterr().err)
+        assert re.search(r"the only step is t = 0 .* x_T ~ N\(0, I\)", capsys.readouterr().err)
     # options that would change nothing
     net, _ = checkpoint.load_model(trained)
     checkpoint.save_diffusers_folder(net, tmp_path / "dfolder", schedule.make_alpha_bar())

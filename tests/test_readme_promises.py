@@ -329,7 +329,7 @@ def test_interpolate_says_when_its_first_step_is_not_pure_noise(trained, tmp_pat
     """"So is a run from x_T ~ N(0, I) whose first step has ᾱ > 0.1 ...: `sample`, `interpolate` and `samplers.sample`
     say so\" (interpolate; sample and samplers.sample are in test_cli and test_samplers)"""
     r = _run("interpolate", "--checkpoint", trained, "--steps", "1", "--n", "3", "--no-progress", "--out", tmp_path / "i")
-    assert r.returncode == 0 and "warning: the noisiest of the 1 steps is t = 0" in r.stderr, r.stderr
+    assert r.returncode == 0 and "warning: the only step is t = 0" in r.stderr, r.stderr
 
 
 def test_ddimlab_debug_1_shows_the_traceback(tmp_path):

@@ -167,7 +167,7 @@ def test_sample_warns_when_its_first_step_is_not_pure_noise():
     """One uniform step is t = 0 (ᾱ ≈ 1): the run from x_T ~ N(0, I) returned x_T, nearly unchanged, without a word
     (the CLI warned; `samplers.sample` did not)."""
     g = torch.Generator().manual_seed(0)
-    with pytest.warns(samplers.OutOfRangeWarning, match=r"the noisiest of the 1 steps is t = 0 \(alpha_bar = 1\)"):
+    with pytest.warns(samplers.OutOfRangeWarning, match=r"the only step is t = 0 \(alpha_bar = 1\)"):
         x = samplers.sample(EPS, (500, 2), AB, S=1, dtype=torch.float64, generator=g)
     x_T = torch.randn((500, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert float((x - x_T).abs().max()) < 0.05                  # why it warns: the output is x_T
