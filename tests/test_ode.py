@@ -148,6 +148,46 @@ def test_final_denoising_step_goes_twice_as_far_as_the_flow():
     torch.testing.assert_close(x0_hat - xbar, 2 * (ref - xbar), rtol=0.05, atol=1e-6)
 
 
+def test_heun_overshoots_the_flow_at_every_step_on_gaussian_data():
+    """Notebook 09 §7: on Gaussian data of variance λ a Heun step from σ_t to σ_s multiplies x̄ by
+    H = N/(2(λ+σ_t²)(λ+σ_s²)), N = 2λ² + λσ_t² + 3λσ_s² + 2σ_tσ_s³, and N² − 4(λ+σ_t²)(λ+σ_s²)³ =
+    λ(σ_t−σ_s)³(λ(σ_t+3σ_s) + 4σ_s³) > 0, so H exceeds the flow's √((λ+σ_s²)/(λ+σ_t²)) for all λ > 0, σ_t > σ_s ≥ 0.
+    `ode.heun` is x_T ∏H · λ/(λ+σ_0²)/√ᾱ_T (the last step Euler's) to rounding; a Heun last step and the flow miss it.
+    A whole run keeps more than the flow in every direction at S = 5 to 50 on uniform steps, and less in some at
+    S = 1000, where the Euler step from σ_0 outweighs the Heun steps' gains."""
+    d = 128
+    lam = 2.0 / torch.arange(1, d + 1, dtype=torch.float64) ** 0.8 + 0.01
+    gauss = toy.SharedBasisMixture(torch.ones(1), torch.zeros(1, d, dtype=torch.float64), lam[None])
+    H = lambda lam, s_t, s_s: ((2 * lam ** 2 + lam * s_t ** 2 + 3 * lam * s_s ** 2 + 2 * s_t * s_s ** 3)   # noqa: E731
+                               / (2 * (lam + s_t ** 2) * (lam + s_s ** 2)))
+    x_T = torch.randn(3, d, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    below = {}
+    for S, spacing in ((5, "uniform"), (9, "quad"), (50, "uniform"), (1000, "uniform")):
+        seq = schedule.timesteps(S, 1000, spacing)
+        sig = [math.sqrt(1 / float(AB[int(t)]) - 1) for t in seq] + [0.0]
+        prod_h = torch.stack([H(lam, a, b) for a, b in zip(sig[:-2], sig[1:-1])]).prod(0)
+        scale = 1 / math.sqrt(float(AB[int(seq[0])]))                  # x̄_T = x_T/√ᾱ_T
+        flow = (lam / (lam + sig[0] ** 2)).sqrt() * scale
+        right = prod_h * lam / (lam + sig[-2] ** 2) * scale
+        if S < 1000:
+            x0 = ode.heun(toy.exact_eps(gauss, AB), x_T, AB, seq)
+            torch.testing.assert_close(x0, x_T * right, rtol=1e-10, atol=0)
+            for wrong in (flow, prod_h * H(lam, sig[-2], 0.0) * scale):      # the flow; a Heun last step
+                assert float((x0 / (x_T * wrong) - 1).abs().max()) > 1e-4
+        below[S] = int(((right / flow) ** 2 < 1).sum())
+    assert below[5] == below[50] == 0 and below[1000] > 0, below   # at S = 1000 the final Euler step wins in some directions
+    g = torch.Generator().manual_seed(5)
+    L_, s_s = torch.rand(20000, generator=g, dtype=torch.float64) * 20, torch.rand(20000, generator=g, dtype=torch.float64)
+    s_t = s_s + torch.rand(20000, generator=g, dtype=torch.float64) * 10
+    a, b = L_ + s_t ** 2, L_ + s_s ** 2
+    N = 2 * a * b * H(L_, s_t, s_s)
+    torch.testing.assert_close(N ** 2 - 4 * a * b ** 3, L_ * (s_t - s_s) ** 3 * (L_ * (s_t + 3 * s_s) + 4 * s_s ** 3),
+                               rtol=1e-9, atol=1e-12 * float((4 * a * b ** 3).max()))
+    assert bool((H(L_, s_t, s_s) > (b / a).sqrt()).all())
+    wrong = L_ * (s_t - s_s) ** 3 * (L_ * (s_t + s_s) + 4 * s_s ** 3)        # σ_t + σ_s in place of σ_t + 3σ_s
+    assert float(((N ** 2 - 4 * a * b ** 3) - wrong).abs().max()) > 1.0
+
+
 def test_lambda_timesteps():
     seq = ode.lambda_timesteps(10, AB)
     assert len(seq) == 10 and int(seq[0]) == 999 and int(seq[-1]) == 0

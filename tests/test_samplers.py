@@ -385,3 +385,52 @@ def test_few_step_ddim_keeps_prod_rho_squared_of_the_flows_variance_on_gaussian_
         for wrong in (rho2 * lam, rho2 / last * flow):
             assert float((x0 / (x_T * wrong.sqrt()) - 1).abs().max()) > 1e-5
         assert bool((rho2 <= 1).all()) and float(rho2[-1]) < float(rho2[0])      # the weakest direction loses most
+
+
+def _ddim_eta_map(lam, a_t, a_s, eta):
+    """Notebook 09 §7: one DDIM(η) step on Gaussian data of variance λ is x_s = c x_t + σ z; returns (c, σ², v_t)."""
+    s2 = eta ** 2 * (1 - a_s) / (1 - a_t) * (1 - a_t / a_s)
+    v_t = a_t * lam + 1 - a_t
+    return (math.sqrt(a_t * a_s) * lam + math.sqrt((1 - a_s - s2) * (1 - a_t))) / v_t, s2, v_t
+
+
+def test_ddim_eta_step_on_gaussian_data_is_c_x_plus_sigma_z_and_keeps_less_than_the_marginal():
+    """Notebook 09 §7: on Gaussian data each DDIM(η) step is x_s = c x_t + σ z with c = a·b/|a|², a = (√(ᾱ_tλ), √(1−ᾱ_t)),
+    b = (√(ᾱ_sλ), √(1−ᾱ_s−σ²)), to rounding (η = 0's c and σ̂'s noise miss it); the variance recursion
+    Var x_s = c² Var x_t + σ² matches a Monte Carlo run from x_T ~ N(0, I) (dropping σ² fails); from the exact marginal
+    v_t one step keeps less than v_s (Cauchy–Schwarz), short by the Lagrange gap, on a grid of λ, steps and η."""
+    d, T, n = 64, 1000, 4000
+    alpha_bar = schedule.make_alpha_bar("linear", T)
+    ab = lambda t: float(schedule.alpha_bar_at(alpha_bar, int(t)))        # noqa: E731
+    lam = 2.0 / torch.arange(1, d + 1, dtype=torch.float64) ** 0.8
+    gauss = toy.SharedBasisMixture(torch.ones(1), torch.zeros(1, d, dtype=torch.float64), lam[None])
+    g = torch.Generator().manual_seed(9)
+    seq = schedule.timesteps(7, T, "quad")
+    for eta in (0.3, 1.0):
+        zs = []
+        noise = lambda t, s: zs.append(torch.randn(n, d, generator=g, dtype=torch.float64)) or zs[-1]     # noqa: E731
+        x_T = torch.randn(n, d, generator=g, dtype=torch.float64)
+        x0, traj = samplers.ddim_sample(toy.exact_eps(gauss, alpha_bar), x_T, alpha_bar, seq, eta=eta,
+                                        noise_sampler=noise, return_trajectory=True)
+        V, V_wrong, misses = torch.ones_like(lam), torch.ones_like(lam), []
+        for (t, s), x_t, x_s, z in zip(schedule.step_pairs(seq), traj["x"], traj["x"][1:], zs):
+            c, s2, v_t = _ddim_eta_map(lam, ab(t), ab(s), eta)
+            torch.testing.assert_close(x_s, c * x_t + math.sqrt(s2) * z, rtol=0, atol=1e-10)
+            c0 = (math.sqrt(ab(t) * ab(s)) * lam + math.sqrt((1 - ab(s)) * (1 - ab(t)))) / v_t   # η = 0's c
+            misses.append((float((x_s - c0 * x_t - math.sqrt(s2) * z).abs().max()),
+                           float((x_s - c * x_t - math.sqrt(1 - ab(t) / ab(s)) * z).abs().max())))   # σ̂'s noise
+            V, V_wrong = c ** 2 * V + s2, c ** 2 * V_wrong
+        assert min(max(m) for m in zip(*misses)) > 1e-2, misses
+        z2 = lambda pred: float(((x0.var(0) - pred) / (pred * math.sqrt(2 / (n - 1)))).pow(2).mean())  # noqa: E731
+        tol = 5 * math.sqrt(2 / d)
+        assert abs(z2(V) - 1) < tol and abs(z2(V_wrong) - 1) > tol and abs(z2(lam) - 1) > tol, (z2(V), z2(V_wrong), z2(lam))
+    lam_grid = torch.logspace(-4, 3, 71, dtype=torch.float64)
+    for S in (2, 5, 20, 1000):
+        for t, s in schedule.step_pairs(schedule.timesteps(S, T, "uniform")):
+            for eta in (0.05, 0.5, 1.0):
+                c, s2, v_t = _ddim_eta_map(lam_grid, ab(t), ab(s), eta)
+                v_s = ab(s) * lam_grid + 1 - ab(s)
+                gap = lam_grid * (math.sqrt(ab(t) * (1 - ab(s) - s2)) - math.sqrt(ab(s) * (1 - ab(t)))) ** 2 / v_t
+                kept = c ** 2 * v_t + s2
+                assert bool((kept < v_s).all())
+                torch.testing.assert_close(v_s - kept, gap, rtol=1e-9, atol=1e-12 * float(v_s.max()))
