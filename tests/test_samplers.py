@@ -356,6 +356,12 @@ def test_first_x0_hat_is_the_data_mean_to_first_order_and_a_wrong_x0_hat_is_not(
     assert float(((wrong - linear).norm(dim=1) / linear.norm(dim=1)).min()) > 1
 
 
+def _power_law_gaussian(d: int):
+    """(λ, the zero-mean Gaussian with variance λ_j = 2 j^-0.8 in direction j) for notebook 09 §7's tests."""
+    lam = 2.0 / torch.arange(1, d + 1, dtype=torch.float64) ** 0.8
+    return lam, toy.SharedBasisMixture(torch.ones(1), torch.zeros(1, d, dtype=torch.float64), lam[None])
+
+
 def test_few_step_ddim_keeps_prod_rho_squared_of_the_flows_variance_on_gaussian_data():
     """Notebook 09 §7: on Gaussian data of variance λ per direction, each DDIM step from σ_t to σ_s multiplies x̄ by
     ρ = (λ + σ_tσ_s)/√((λ + σ_t²)(λ + σ_s²)) ≤ 1 times the flow's own factor √((λ + σ_s²)/(λ + σ_t²)), so DDIM maps x_T to
@@ -366,8 +372,7 @@ def test_few_step_ddim_keeps_prod_rho_squared_of_the_flows_variance_on_gaussian_
     cannot see."""
     d, T = 256, 1000
     alpha_bar = schedule.make_alpha_bar("linear", T)
-    lam = 2.0 / torch.arange(1, d + 1, dtype=torch.float64) ** 0.8
-    gauss = toy.SharedBasisMixture(torch.ones(1), torch.zeros(1, d, dtype=torch.float64), lam[None])
+    lam, gauss = _power_law_gaussian(d)
     x_T = torch.randn(64, d, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
     for S, spacing in ((4, "quad"), (7, "uniform")):
         seq = schedule.timesteps(S, T, spacing)
@@ -402,8 +407,7 @@ def test_ddim_eta_step_on_gaussian_data_is_c_x_plus_sigma_z_and_keeps_less_than_
     d, T, n = 64, 1000, 4000
     alpha_bar = schedule.make_alpha_bar("linear", T)
     ab = lambda t: float(schedule.alpha_bar_at(alpha_bar, int(t)))        # noqa: E731
-    lam = 2.0 / torch.arange(1, d + 1, dtype=torch.float64) ** 0.8
-    gauss = toy.SharedBasisMixture(torch.ones(1), torch.zeros(1, d, dtype=torch.float64), lam[None])
+    lam, gauss = _power_law_gaussian(d)
     g = torch.Generator().manual_seed(9)
     seq = schedule.timesteps(7, T, "quad")
     for eta in (0.3, 1.0):
