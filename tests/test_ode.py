@@ -188,6 +188,66 @@ def test_heun_overshoots_the_flow_at_every_step_on_gaussian_data():
     assert float(((N ** 2 - 4 * a * b ** 3) - wrong).abs().max()) > 1.0
 
 
+def test_dpm_solver_pp_3m_falls_short_of_the_flow_in_the_long_step_into_t0_on_gaussian_data():
+    """Notebook 09 §7: on Gaussian data, uniform steps at S = 100, 3M keeps less than the flow's variance in every
+    direction, made in the step t = 10 → 0 (h = ½ log(σ_10²/σ_0²) ≈ 1.55 in ℓ = −log σ, after 0.53): within 1% before it.
+    Along the flow (x̄ = √(λ + σ²)) D = x̂_0 = λ/√(λ + σ²) has third derivative in ℓ 2λσ²(2λ² − 5λσ² + σ⁴/2)/(λ + σ²)^{7/2},
+    > 0 for σ² < (5 − √21)λ, so past the nodes the quadratic through D at t = 30, 20, 10 lies below D (the interpolation
+    remainder) and one step from the flow's own history lands short (quadrature), the line through two above. λ-uniform
+    steps or lower_order_final remove the shortfall, published=True does not; 2M rises above the flow in the same step."""
+    d = 128
+    lam = 2.0 / torch.arange(1, d + 1, dtype=torch.float64) ** 0.8 + 0.01
+    gauss = toy.SharedBasisMixture(torch.ones(1), torch.zeros(1, d, dtype=torch.float64), lam[None])
+    sig2 = lambda t: 1 / float(AB[t]) - 1 if t >= 0 else 0.0                   # noqa: E731
+
+    def kept(solver, seq, **options):
+        """Var over the flow's from the same x_T at each visited step, then at σ = 0 (the map is linear: x_T = 1 is exact)."""
+        _, tr = solver(toy.exact_eps(gauss, AB), torch.ones(1, d, dtype=torch.float64), AB, seq, return_trajectory=True,
+                       **options)
+        s_T = sig2(int(seq[0]))
+        return torch.stack([x[0] ** 2 * (1 + sig2(t)) / (1 + s_T) * (lam + s_T) / (lam + sig2(t))
+                            for x, t in zip(tr["x"], tr["t"])])
+
+    seq = schedule.timesteps(100, 1000, "uniform")
+    r = kept(ode.dpm_solver_pp_3m, seq)
+    assert float((r[:-2] - 1).abs().max()) < 0.01                    # within 1% at every step before t = 0, then below
+    assert float(r[-2].max()) < 1 and float(r[-2].min()) < 0.9 and float(r[-1].max()) < 1
+    for options, steps in (({"lower_order_final": True}, seq), ({}, ode.lambda_timesteps(100, AB))):
+        assert float(kept(ode.dpm_solver_pp_3m, steps, **options)[-2].min()) > 0.999, options
+    assert float(kept(ode.dpm_solver_pp_3m, seq, published=True)[-2].max()) < 1
+    r2 = kept(ode.dpm_solver_pp_2m, seq)
+    assert float((r2[:-2] - 1).abs().max()) < 0.03 and float(r2[-2].min()) > 1 and float(r2[-2].max()) > 1.05
+
+    ell = [-0.5 * math.log(sig2(t)) for t in (30, 20, 10, 0)]
+    assert ell[3] - ell[2] > 2.5 * (ell[2] - ell[1]) and sig2(30) < (5 - math.sqrt(21)) * float(lam.min())
+    D = lambda l: lam / (lam + math.exp(-2 * l)).sqrt()                        # noqa: E731
+    u, wq = np.polynomial.legendre.leggauss(30)
+    u, wq = ell[2] + (ell[3] - ell[2]) * (u + 1) / 2, (ell[3] - ell[2]) * wq / 2
+
+    def one_step(fit):
+        """x̄ at t = 0 from the flow's x̄ at t = 10, e^{−h} x̄ + ∫ e^{−(ℓ_0 − ℓ)} fit(ℓ) dℓ, over the flow's, squared."""
+        integral = sum(w * math.exp(uk - ell[3]) * fit(uk) for uk, w in zip(u, wq))
+        x_s = math.exp(ell[2] - ell[3]) * (lam + sig2(10)).sqrt() + integral
+        return x_s ** 2 / (lam + sig2(0))
+
+    def through(nodes):
+        coef = np.polyfit(nodes, torch.stack([D(a) for a in nodes]).numpy(), len(nodes) - 1)
+        return lambda l: torch.from_numpy(np.polyval(coef, l))
+
+    quadratic, line = through(ell[:3]), through(ell[1:3])
+    torch.testing.assert_close(one_step(D), torch.ones(d, dtype=torch.float64), rtol=0, atol=1e-12)   # the flow's own step
+    assert all(bool((quadratic(uk) < D(uk)).all() and (line(uk) > D(uk)).all()) for uk in u)
+    assert float(one_step(quadratic).max()) < 1 < float(one_step(line).min())
+
+    L_, l_, e = lam[::8], torch.linspace(-1, 5, 61, dtype=torch.float64)[:, None], 1e-3
+    Dl = lambda l: L_ / (L_ + (-2 * l).exp()).sqrt()                          # noqa: E731
+    y = (-2 * l_).exp()
+    fd3 = (Dl(l_ + 2 * e) - 2 * Dl(l_ + e) + 2 * Dl(l_ - e) - Dl(l_ - 2 * e)) / (2 * e ** 3)
+    d3 = lambda c: 2 * L_ * y * (2 * L_ ** 2 - c * L_ * y + y ** 2 / 2) / (L_ + y) ** 3.5     # noqa: E731
+    assert float((d3(5) - fd3).abs().max()) < 1e-5 * float(fd3.abs().max()) < float((d3(4) - fd3).abs().max())   # 4: wrong
+    assert bool(((d3(5) > 0) == ((y / L_ < 5 - math.sqrt(21)) | (y / L_ > 5 + math.sqrt(21)))).all())
+
+
 def test_lambda_timesteps():
     seq = ode.lambda_timesteps(10, AB)
     assert len(seq) == 10 and int(seq[0]) == 999 and int(seq[-1]) == 0
