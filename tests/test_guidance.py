@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from ddimlab import diffusion, ode, samplers, schedule, toy
+from ddimlab import diffusion, lab, ode, samplers, schedule, toy
 
 AB = schedule.make_alpha_bar("linear", 1000)
 W, MU, SD = np.array([0.5, 0.25, 0.25]), np.array([-1.0, 0.5, 1.5]), np.array([0.3, 0.2, 0.2])  # class 0 | class 1
@@ -43,6 +43,25 @@ def test_guided_eps_is_the_eps_of_the_tilted_marginal():
             samplers.guided_eps(EPS_NULL, EPS_C, bad)
 
 
+def test_guided_eps_is_not_the_eps_of_the_noised_tilted_density():
+    """Notebook 10 §1's formula that must fail: the ε of the tilted data density p(x)^{1−w} p(x|c)^w noised to t,
+    (x − √ᾱ E[x_0 | x_t]) / √(1−ᾱ) (Tweedie, E by quad over the tilted density), equals ε̃ at w = 1 (the tilt is then
+    p(x|c) itself) and misses it at w = 3 by more than 0.1 (2.56 measured on x in [−3, 3] at t = 300)."""
+    t = 300
+    a = float(AB[t])
+    x = torch.linspace(-3, 3, 13, dtype=torch.float64)[:, None]
+
+    def eps_noised_tilted(w, xt):
+        f = lambda x0, m: x0 ** m * _tilt(w)(x0) * stats.norm.pdf(xt, math.sqrt(a) * x0, math.sqrt(1 - a))  # noqa: E731
+        Z, m1 = (integrate.quad(f, -4, 5, args=(m,), points=[1.0], limit=200)[0] for m in (0, 1))
+        return (xt - math.sqrt(a) * m1 / Z) / math.sqrt(1 - a)
+
+    for w, close in ((1.0, True), (3.0, False)):
+        got = samplers.guided_eps(EPS_NULL, EPS_C, w)(x, torch.full((13,), t))[:, 0].numpy()
+        gap = np.abs(got - np.array([eps_noised_tilted(w, float(v)) for v in x[:, 0]])).max()
+        assert (gap < 1e-6) if close else (gap > 0.1), (w, gap)
+
+
 def _class1_cdf(x):
     return 0.5 * stats.norm.cdf(x, 0.5, 0.2) + 0.5 * stats.norm.cdf(x, 1.5, 0.2)
 
@@ -69,6 +88,7 @@ def test_guided_ode_samples_the_conditional_at_w1_and_not_the_tilted_density_bey
     x3 = ode.reference_solution(samplers.guided_eps(EPS_NULL, EPS_C, 3.0), x_T, AB, 999, rtol=1e-8, atol=1e-8)[:, 0]
     p_tilt, p_ode = _tilted_share_below_1(3.0), float((x3 < 1).double().mean())
     assert p_tilt > 0.45 and p_ode < 0.2 and p_tilt - p_ode > 10 * math.sqrt(p_tilt * (1 - p_tilt) / 2000)
+    assert float(x3.mean()) - 1.5 > 3 * float(x3.std()) / math.sqrt(2000)       # past the far bump's centre (notebook 10 §1)
 
 
 EDGES = np.array([-np.inf, -0.25, 1.0, np.inf])        # the regions nearest each data mean
@@ -96,6 +116,54 @@ def test_sdedit_with_eta1_draws_from_the_posterior_and_eta0_does_not():
         counts = np.bincount(np.searchsorted(EDGES[1:-1], out, side="right"), minlength=3)
         p = stats.chisquare(counts, expected).pvalue
         assert (p > 1e-3) if ok else (p < 1e-6), (eta, counts, expected, p)
+        if not ok:      # η = 0 over-weights the bump at 0.5, nearest the input (notebook 10 §3)
+            share = counts[1] / n
+            assert share - expected[1] / n > 3 * math.sqrt(share * (1 - share) / n), (counts, expected)
+    x = torch.full((n, 1), x_in, dtype=torch.float64)           # t0 = 700: the input forgotten, η no longer tells
+    out = {eta: samplers.sdedit(EPS_NULL, x, AB, torch.arange(700, -1, -1), eta=eta, generator=torch.Generator().manual_seed(2))
+           [:, 0].numpy() for eta in (1.0, 0.0)}
+    counts = np.bincount(np.searchsorted(EDGES[1:-1], out[0.0], side="right"), minlength=3)
+    assert stats.chisquare(counts, _posterior_shares(x_in, float(AB[700])) * n).pvalue > 1e-3
+    diff = np.abs(out[1.0] - x_in) - np.abs(out[0.0] - x_in)
+    assert abs(diff.mean()) < 3 * diff.std(ddof=1) / math.sqrt(n)
+
+
+def _edit_cdf(x_in, a, grid, spread=None):
+    """F(x) = E_z P(x_0 <= x | x_t = √a x_in + √(1−a) z) on a grid, the posterior's components by Gaussian conditioning,
+    the integral over z by scipy's quad_vec; spread replaces the components' standard deviations (a wrong formula)."""
+    def f(z):
+        x = math.sqrt(a) * x_in + math.sqrt(1 - a) * z
+        lik = W * stats.norm.pdf(x, math.sqrt(a) * MU, np.sqrt(a * SD ** 2 + 1 - a))
+        m = MU + math.sqrt(a) * SD ** 2 * (x - math.sqrt(a) * MU) / (a * SD ** 2 + 1 - a)
+        s = np.sqrt(SD ** 2 * (1 - a) / (a * SD ** 2 + 1 - a)) if spread is None else spread
+        return stats.norm.pdf(z) * np.sum(lik / lik.sum() * stats.norm.cdf(grid[:, None], m, s), 1)
+    return integrate.quad_vec(f, -9, 9)[0]
+
+
+def test_sdedit_eta1_passes_the_posterior_where_its_spread_matters_and_misses_it_at_large_n():
+    """Notebook 10 §3: at t0 = 50, where the posterior's components are 0.51-0.66 times as wide as the prior's, 4000 η = 1
+    edits pass a KS test against the posterior and fail it against the posterior with the prior's spread (a slip 4000 edits
+    do not resolve at t0 = 200). η = 1 on every step is DDPM's Gaussian steps, a posterior sampler only approximately: at
+    t0 = 20, 100,000 edits are told from the posterior (D = 0.011 against 0.003 for its own draws), their first 4000 not."""
+    grid = np.linspace(-3, 3.5, 1301)
+    x_in = 0.0
+
+    def edits(t0, n, seed):
+        x = torch.full((n, 1), x_in, dtype=torch.float64)
+        return samplers.sdedit(EPS_NULL, x, AB, torch.arange(t0, -1, -1), eta=1.0,
+                               generator=torch.Generator().manual_seed(seed))[:, 0].numpy()
+
+    def ks_p(x, F):
+        return stats.kstest(x, lambda v: np.interp(v, grid, F)).pvalue
+
+    a = float(AB[50])
+    x50 = edits(50, 4000, 1)
+    assert ks_p(x50, _edit_cdf(x_in, a, grid)) > 1e-3
+    assert ks_p(x50, _edit_cdf(x_in, a, grid, spread=SD)) < 1e-6
+    a = float(AB[20])
+    F20 = _edit_cdf(x_in, a, grid)
+    x20 = edits(20, 100_000, 2)
+    assert ks_p(x20, F20) < 1e-6 and ks_p(x20[:4000], F20) > 1e-3
 
 
 def test_strength_slice_equals_diffusers_img2img_steps():
@@ -108,6 +176,9 @@ def test_strength_slice_equals_diffusers_img2img_steps():
         sch.set_timesteps(S)
         ours = schedule.timesteps(S, 1000, "linspace")[S - int(S * strength):]
         assert ours.tolist() == sch.timesteps[S - int(S * strength):].tolist()
+    sd = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing="leading", steps_offset=1)   # Stable Diffusion's
+    sd.set_timesteps(50)
+    assert int(sd.timesteps[50 - int(50 * 0.3)]) == 281        # notebook 10 §3: strength 0.3 starts at 281, not 285
 
 
 def test_sdedit_noises_to_the_first_step_and_is_reproducible():
@@ -180,6 +251,17 @@ def test_langevin_refuses_bad_arguments_by_name(kw, match):
     args = {"t": 0, "step": 0.01, "n_steps": 2, **kw}
     with pytest.raises(ValueError, match=match):
         samplers.langevin(EPS_NULL, torch.zeros(3, 1, dtype=torch.float64), AB, **args)
+
+
+def test_round_trip_at_w1_falls_slower_than_1_over_S_from_320_to_1000_steps():
+    """Notebook 10 §2: from S = 320 to 1000 the round trip's RMS error at w = 1 (ε_c itself) has slope −0.95 in log S,
+    first order by the notebook's criterion (within 0.2 of −1) but shallower than −1 beyond 3 paired SE (−0.953 ± 0.006 here,
+    1024 draws of p(x | c); the SE by `lab.error_ratio`'s paired bootstrap, delta method)."""
+    x0 = _mixture([1, 2]).sample(1024, generator=torch.Generator().manual_seed(7))
+    e2 = {S: (samplers.reconstruct(EPS_C, x0, AB, schedule.timesteps(S, 1000)) - x0).pow(2).mean(1) for S in (320, 1000)}
+    r, se = lab.error_ratio(e2[1000], e2[320])["rms"]
+    slope, slope_se = math.log(r) / math.log(1000 / 320), se / r / math.log(1000 / 320)
+    assert abs(slope + 1) < 0.2 and slope + 1 > 3 * slope_se, (slope, slope_se)
 
 
 def _numpy_threshold(x0, p, s_max):
@@ -276,6 +358,9 @@ def test_thresholded_eps_makes_every_x0_solver_integrate_the_thresholded_predict
         x_t = info["x"]
     torch.testing.assert_close(out, steps[-1]["x0"])
     assert float(out.abs().max()) <= 1 + 1e-12
+    first = (x_T - math.sqrt(1 - float(AB[seq[0]])) * eps_w(x_T, torch.full((64,), int(seq[0])))) / math.sqrt(float(AB[seq[0]]))
+    s_all = max(np.percentile(np.abs(first.numpy()), 99.5), 1.0)         # one s for the whole batch: not Imagen's rule
+    assert np.abs(steps[0]["x0"].numpy() - np.clip(first.numpy(), -s_all, s_all) / s_all).max() > 1e-3
     t = 512.25
     a = math.exp(0.75 * math.log(float(AB[512])) + 0.25 * math.log(float(AB[513])))
     x = x_T * 0.3
