@@ -358,14 +358,19 @@ def cmd_train(args) -> int:
     if args.bf16 and devices.resolve(config.device).type != "cuda":
         raise ValueError(f"--bf16 (autocast) applies on CUDA only; this run is on {devices.resolve(config.device)}: "
                          f"drop --bf16")
+    out = train(config, resume=args.resume, overwrite=args.overwrite, on_start=lambda step: _warmup_note(config))
+    if devices.rank_world()[0] == 0:
+        print(f"done: {out / 'ckpt.pt'}")
+    return 0
+
+
+def _warmup_note(config: TrainConfig) -> None:
+    """A warmup as long as the run never reaches its learning rate: said once the run starts (`train`'s on_start), not
+    before an error about its folder."""
     if config.warmup >= config.steps and config.warmup:
         decays = "" if config.lr_decay == "none" else ", and never decays"
         print(f"note: warmup = {config.warmup} >= steps = {config.steps}: the learning rate rises for the whole run, to "
               f"{config.steps / config.warmup:.0%} of lr = {config.lr:g}{decays} (--set warmup=K to change)")
-    out = train(config, resume=args.resume, overwrite=args.overwrite)
-    if devices.rank_world()[0] == 0:
-        print(f"done: {out / 'ckpt.pt'}")
-    return 0
 
 
 def _expand_path_setting(kv: str) -> str:

@@ -2597,3 +2597,23 @@ def test_round_33_a_beta_schedule_given_its_ends_swapped_is_refused():
             schedule.beta_schedule(name, 1000, 0.02, 1e-4)
         torch.testing.assert_close(schedule.beta_schedule(name, 10, 0.01, 0.01), torch.full((10,), 0.01, dtype=torch.float64))
     assert float(schedule.snr(1.0)) == math.inf        # ᾱ_{-1} = 1, clean data: inf as documented, kept (λ = ∞ there)
+
+
+def test_round_34_train_calls_on_start_once_the_run_goes_ahead(tmp_path):
+    """`train(on_start=...)` (the command line's warmup note, said only once a run goes ahead): called on the main
+    process with the starting step, after the folder's checks (not for a folder that holds a run without resume, nor
+    for a resume with nothing left to train); a value that is not a function is a TypeError before anything is made."""
+    from ddimlab import train
+
+    tiny = {"steps": 2, "ch": 8, "ch_mult": (1,), "attn_resolutions": (), "num_groups": 4, "batch_size": 16,
+            "n_samples": 0, "progress": False, "warmup": 1, "out": str(tmp_path / "run")}
+    with pytest.raises(TypeError, match="on_start must be a function of the starting step, or None, got 'note'"):
+        train.train(train.make_config("digits", tiny), on_start="note")
+    assert not (tmp_path / "run").exists()
+    started = []
+    train.train(train.make_config("digits", tiny), on_start=started.append)
+    with pytest.raises(train.RunExistsError):
+        train.train(train.make_config("digits", tiny), on_start=started.append)
+    train.train(train.make_config("digits", tiny), resume=True, on_start=started.append)          # at step 2 of 2
+    train.train(train.make_config("digits", {**tiny, "steps": 3}), resume=True, on_start=started.append)
+    assert started == [0, 2]

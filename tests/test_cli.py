@@ -3227,3 +3227,18 @@ def test_round_33_demo_gives_no_verdict_from_too_few_samples(trained, tmp_path, 
                 assert line.count("(too few samples to tell)") == 2 and "resolved" not in line, line
             else:
                 assert line.count("resolved)") == 2 and "too few" not in line, line
+
+
+def test_round_34_train_says_a_folder_error_without_its_warmup_note(trained, tmp_path):
+    """`train` with warmup >= steps printed "note: warmup = 100 >= steps = 3 ..." and then stopped on an error about its
+    folder (one that holds a run, without --resume; a file), or printed it for a resumed run with nothing left to train.
+    The note is now said once the run goes ahead (`train.train`'s on_start), and only then."""
+    base = ["train", "--no-progress", *_sets(TINY), "--set", "steps=3", "--set", "n_samples=0"]
+    (tmp_path / "a_file").write_text("mine")
+    for out, said in ((trained, "already holds a run"), (tmp_path / "a_file", "is a file, not a run folder")):
+        r = _run(*base, "--out", out)
+        assert r.returncode == 1 and said in r.stderr and r.stdout == "", (r.stdout, r.stderr)
+    r = _run("train", "--no-progress", "--resume", "--out", trained, "--set", "steps=3", "--set", "warmup=5")
+    assert r.returncode == 0 and "nothing to train" in r.stdout and "note:" not in r.stdout, (r.stdout, r.stderr)
+    r = _run(*base, "--out", tmp_path / "run")
+    assert r.returncode == 0 and r.stdout.startswith("note: warmup = 5 >= steps = 3"), (r.stdout, r.stderr)
