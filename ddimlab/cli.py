@@ -434,8 +434,24 @@ def cmd_sample(args, png: Path, npz: Path) -> int:
     return 0
 
 
+def _refuse_repeated_inputs(paths) -> None:
+    """`invert --input a.png a.png` (or ./a.png, a link to it) inverted the one image twice, and its output held two rows
+    that read as two inputs."""
+    seen = {}
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:                        # missing, a dangling link: `data.require_files` names it
+            continue
+        if (key := (st.st_dev, st.st_ino)) in seen:
+            same = f"{p}" if str(p) == str(seen[key]) else f"{seen[key]} and {p}, one file,"
+            raise ValueError(f"--input lists {same} twice; give each file once")
+        seen[key] = p
+
+
 @_writes_pair
 def cmd_invert(args, png: Path, npz: Path) -> int:
+    _refuse_repeated_inputs(args.input)
     net, abar, device, seq = _model_for(args)
     x0 = data.read_images(args.input, _image_shape(net)).to(device)
     _check_png_grid(2 * len(x0), x0.shape, len(x0), args.scale, fewer="pass fewer images")

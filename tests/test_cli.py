@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
@@ -3242,3 +3244,23 @@ def test_round_34_train_says_a_folder_error_without_its_warmup_note(trained, tmp
     assert r.returncode == 0 and "nothing to train" in r.stdout and "note:" not in r.stdout, (r.stdout, r.stderr)
     r = _run(*base, "--out", tmp_path / "run")
     assert r.returncode == 0 and r.stdout.startswith("note: warmup = 5 >= steps = 3"), (r.stdout, r.stderr)
+
+
+def test_round_34_invert_refuses_one_file_given_twice(trained, tmp_path):
+    """`invert --input a.png a.png` (and ./a.png, a symbolic or hard link to it) inverted the one image twice: the output
+    held two rows and an `inputs` record that read as two images. Refused now in one line before the work, naming the
+    file; two files still invert as two images."""
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    for path, value in ((a, 0), (b, 255)):
+        mpimg.imsave(path, np.full((8, 8, 3), value, np.uint8))
+    (tmp_path / "link.png").symlink_to(a)
+    os.link(a, tmp_path / "hard.png")
+    for second, said in ((a, f"--input lists {a} twice"), (f"{tmp_path}/./a.png", f"--input lists {a} and "),
+                         (tmp_path / "link.png", "link.png, one file, twice"), (tmp_path / "hard.png", "hard.png, one file")):
+        r = _run("invert", "--checkpoint", trained, "--steps", "2", "--input", a, second, "--out", tmp_path / "x")
+        assert r.returncode == 1 and said in r.stderr and "give each file once" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 2, r.stderr
+    assert not list(tmp_path.glob("x*"))
+    r = _run("invert", "--checkpoint", trained, "--steps", "2", "--no-progress", "--input", a, b, "--out", tmp_path / "x")
+    assert r.returncode == 0 and "inverted 2 images" in r.stdout, r.stderr
+    assert [Path(p).name for p in np.load(tmp_path / "x.npz")["inputs"]] == ["a.png", "b.png"]
