@@ -156,11 +156,12 @@ def _load(folder: Path):
 if __name__ == "__main__":     # `python -m ddimlab.pretrained`: train the shared model now (make test, before its workers)
     import time
 
+    from .cli import one_line_errors
+
     start = time.perf_counter()
-    try:
+    # the first step of `make test`: a bad DDIMLAB_CACHE, and Ctrl-C while it trains, in one line, not a traceback
+    with one_line_errors("python -m ddimlab.pretrained"):
         check_cache()
-    except OSError as e:                          # the first step of `make test`: one line, not a traceback
-        raise SystemExit(f"python -m ddimlab.pretrained: error: {e}") from None
-    _, config = digits_model(progress=True)
+        _, config = digits_model(progress=True)
     print(f"the shared digits model ({config.steps} steps, {config.threads} threads, {devices.cpu_kernels()} kernels) "
           f"ready in {time.perf_counter() - start:.0f} s: {config.out}")
