@@ -3264,3 +3264,24 @@ def test_round_34_invert_refuses_one_file_given_twice(trained, tmp_path):
     r = _run("invert", "--checkpoint", trained, "--steps", "2", "--no-progress", "--input", a, b, "--out", tmp_path / "x")
     assert r.returncode == 0 and "inverted 2 images" in r.stdout, r.stderr
     assert [Path(p).name for p in np.load(tmp_path / "x.npz")["inputs"]] == ["a.png", "b.png"]
+
+
+def test_round_34_a_scheduler_config_with_its_betas_swapped_is_one_line_naming_the_file(trained, tmp_path):
+    """A diffusers scheduler_config.json with beta_start > beta_end is refused (round 33), and `sample --checkpoint
+    FOLDER` said so in one line naming the file, but advised "(a falling beta, as a table, goes to schedule.alpha_bar)",
+    a Python function no config file can call. It now says to swap them or list the falling schedule as trained_betas,
+    and a falling schedule given that way loads."""
+    net, abar = checkpoint.load_model(trained)
+    folder = tmp_path / "unet"
+    checkpoint.save_diffusers_folder(net, folder, abar)
+    sched = folder / "scheduler" / "scheduler_config.json"
+    sched.write_text(json.dumps({"beta_schedule": "linear", "beta_start": 0.02, "beta_end": 1e-4}))
+    r = _run("sample", "--checkpoint", folder, "--n", "2", "--steps", "2", "--out", tmp_path / "s")
+    assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 2, r.stderr
+    assert (f"error: {sched}: beta_start = 0.02 exceeds beta_end = 0.0001: beta rises with t, from beta_start at t = 0 "
+            f"to beta_end at t = T - 1 (DDPM §4: 1e-4 to 0.02); swap them, or list a falling schedule as "
+            f"trained_betas\n") in r.stderr, r.stderr
+    assert not list(tmp_path.glob("s.*"))
+    falling = torch.linspace(0.02, 1e-4, 1000, dtype=torch.float64)
+    sched.write_text(json.dumps({"trained_betas": falling.tolist()}))
+    torch.testing.assert_close(checkpoint.load_model(folder)[1], torch.cumprod(1 - falling, 0), rtol=1e-12, atol=0)
