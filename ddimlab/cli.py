@@ -647,10 +647,11 @@ def _count(n: int, noun: str) -> str:
 
 
 def _csv_list(text: str, kind, name: str):
+    """`--steps 10,20,50` as [10, 20, 50] (kind int; a value that is not one is said), or `--etas` as its texts (str)."""
     try:
         values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"{name} must be a comma-separated list, got {text!r}") from None
+        raise ValueError(f"{name} must be a comma-separated list of integers, e.g. 10,20,50; got {text!r}") from None
     if not values:
         raise ValueError(f"{name} must list at least one value, got {text!r}")
     return values

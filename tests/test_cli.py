@@ -3285,3 +3285,13 @@ def test_round_34_a_scheduler_config_with_its_betas_swapped_is_one_line_naming_t
     falling = torch.linspace(0.02, 1e-4, 1000, dtype=torch.float64)
     sched.write_text(json.dumps({"trained_betas": falling.tolist()}))
     torch.testing.assert_close(checkpoint.load_model(folder)[1], torch.cumprod(1 - falling, 0), rtol=1e-12, atol=0)
+
+
+def test_round_34_reproduce_steps_that_are_not_integers_say_so(trained, tmp_path):
+    """`reproduce --steps 2.5` (or 1e2, 10;20) said "--steps must be a comma-separated list, got '2.5'", which it is: what
+    was wrong is that the values are not integers. Said now, with an example."""
+    for steps in ("2.5", "1e2", "10;20"):
+        r = _run("reproduce", "table2", "--checkpoint", trained, "--steps", steps, "--out", tmp_path / "t")
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert f"error: --steps must be a comma-separated list of integers, e.g. 10,20,50; got {steps!r}\n" in r.stderr
+    assert not (tmp_path / "t").exists()
