@@ -1100,8 +1100,8 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/demo", help="output folder")
     p.add_argument("--skip-train", action="store_true", help="only the exact-score lab table and figure")
     p.add_argument("--train-steps", type=_positive, default=None, help="override the digits preset's training steps")
-    p.add_argument("--n", type=int_in(2), default=None, help="samples per sampler for the quality score, at least 2 "
-                   f"(default {demo.N_SAMPLES})")
+    p.add_argument("--n", type=int_in(2), default=None, help="samples per sampler for the quality score, 2 to the 1797 "
+                   f"real digits (default {demo.N_SAMPLES})")
     p.add_argument("--seed", type=_seed32, default=0, help="seed of the training run and of x_T")
     p.add_argument("--overwrite", action="store_true", help="replace the tables and figures of an earlier demo in --out")
     _common(p)

@@ -3295,3 +3295,24 @@ def test_round_34_reproduce_steps_that_are_not_integers_say_so(trained, tmp_path
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
         assert f"error: --steps must be a comma-separated list of integers, e.g. 10,20,50; got {steps!r}\n" in r.stderr
     assert not (tmp_path / "t").exists()
+
+
+
+def test_round_34_demo_refuses_more_samples_than_real_digits_before_its_first_part(tmp_path, monkeypatch, capsys):
+    """`demo --n 2000` ran part 1 (the lab tables, minutes at the demo's sizes), trained or loaded the model and drew
+    2000 samples with each sampler (DDPM's 1000 steps included), and only then stopped on "n must be an integer in
+    2..1797, got 2000": the FD floor draws --n of the 1797 real digits without replacement. Said now before any work
+    (`demo.check_n`); --n 1797 passes that check. (`demo --n 1000000000` went the same way, or was killed by the system
+    when the network was called on all of them at once.)"""
+    from ddimlab import demo, lab, pretrained
+
+    started = []
+    monkeypatch.setattr(lab, "main", lambda *a, **kw: started.append("lab") or [])
+    monkeypatch.setattr(pretrained, "digits_model", lambda *a, **kw: started.append("model") or (None, None))
+    monkeypatch.setattr(demo, "compare_samplers", lambda *a, **kw: started.append("samplers") or [])
+    for n in ("1798", "1000000000"):
+        _expect_one_line_error(capsys, ["demo", "--n", n, "--out", str(tmp_path / "d")],
+                               f"--n must be an integer in 2..1797 (the FD of --n real digits, drawn from scikit-learn's "
+                               f"1797, is the floor the samplers are scored against), got {n}")
+        assert started == [] and not (tmp_path / "d").exists()
+    assert demo.check_n(1797) == 1797
