@@ -545,6 +545,10 @@ def diffusers_alpha_bar(folder) -> torch.Tensor:
                 ends = [as_real(c.get(k, d)) for k, d in (("beta_start", 1e-4), ("beta_end", 0.02))]
                 if None in ends:
                     raise ValueError("beta_start and beta_end must be numbers")
+                if ends[0] > ends[1]:      # schedule.beta_schedule's rule, with what a config file can do about it
+                    raise ValueError(f"beta_start = {ends[0]:g} exceeds beta_end = {ends[1]:g}: beta rises with t, from "
+                                     f"beta_start at t = 0 to beta_end at t = T - 1 (DDPM §4: 1e-4 to 0.02); swap them, "
+                                     f"or list a falling schedule as trained_betas")
                 return schedule.alpha_bar(schedule.beta_schedule(name, T, *ends))
             except (ValueError, TypeError) as e:
                 raise CheckpointError(f"{cfg}: {e}") from None

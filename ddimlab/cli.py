@@ -358,14 +358,19 @@ def cmd_train(args) -> int:
     if args.bf16 and devices.resolve(config.device).type != "cuda":
         raise ValueError(f"--bf16 (autocast) applies on CUDA only; this run is on {devices.resolve(config.device)}: "
                          f"drop --bf16")
+    out = train(config, resume=args.resume, overwrite=args.overwrite, on_start=lambda step: _warmup_note(config))
+    if devices.rank_world()[0] == 0:
+        print(f"done: {out / 'ckpt.pt'}")
+    return 0
+
+
+def _warmup_note(config: TrainConfig) -> None:
+    """A warmup as long as the run never reaches its learning rate: said once the run starts (`train`'s on_start), not
+    before an error about its folder."""
     if config.warmup >= config.steps and config.warmup:
         decays = "" if config.lr_decay == "none" else ", and never decays"
         print(f"note: warmup = {config.warmup} >= steps = {config.steps}: the learning rate rises for the whole run, to "
               f"{config.steps / config.warmup:.0%} of lr = {config.lr:g}{decays} (--set warmup=K to change)")
-    out = train(config, resume=args.resume, overwrite=args.overwrite)
-    if devices.rank_world()[0] == 0:
-        print(f"done: {out / 'ckpt.pt'}")
-    return 0
 
 
 def _expand_path_setting(kv: str) -> str:
@@ -429,8 +434,24 @@ def cmd_sample(args, png: Path, npz: Path) -> int:
     return 0
 
 
+def _refuse_repeated_inputs(paths) -> None:
+    """`invert --input a.png a.png` (or ./a.png, a link to it) inverted the one image twice, and its output held two rows
+    that read as two inputs."""
+    seen = {}
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:                        # missing, a dangling link: `data.require_files` names it
+            continue
+        if (key := (st.st_dev, st.st_ino)) in seen:
+            same = f"{p}" if str(p) == str(seen[key]) else f"{seen[key]} and {p}, one file,"
+            raise ValueError(f"--input lists {same} twice; give each file once")
+        seen[key] = p
+
+
 @_writes_pair
 def cmd_invert(args, png: Path, npz: Path) -> int:
+    _refuse_repeated_inputs(args.input)
     net, abar, device, seq = _model_for(args)
     x0 = data.read_images(args.input, _image_shape(net)).to(device)
     _check_png_grid(2 * len(x0), x0.shape, len(x0), args.scale, fewer="pass fewer images")
@@ -626,10 +647,11 @@ def _count(n: int, noun: str) -> str:
 
 
 def _csv_list(text: str, kind, name: str):
+    """`--steps 10,20,50` as [10, 20, 50] (kind int; a value that is not one is said), or `--etas` as its texts (str)."""
     try:
         values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"{name} must be a comma-separated list, got {text!r}") from None
+        raise ValueError(f"{name} must be a comma-separated list of integers, e.g. 10,20,50; got {text!r}") from None
     if not values:
         raise ValueError(f"{name} must list at least one value, got {text!r}")
     return values
@@ -1078,8 +1100,8 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/demo", help="output folder")
     p.add_argument("--skip-train", action="store_true", help="only the exact-score lab table and figure")
     p.add_argument("--train-steps", type=_positive, default=None, help="override the digits preset's training steps")
-    p.add_argument("--n", type=int_in(2), default=None, help="samples per sampler for the quality score, at least 2 "
-                   f"(default {demo.N_SAMPLES})")
+    p.add_argument("--n", type=int_in(2), default=None, help="samples per sampler for the quality score, 2 to the 1797 "
+                   f"real digits (default {demo.N_SAMPLES})")
     p.add_argument("--seed", type=_seed32, default=0, help="seed of the training run and of x_T")
     p.add_argument("--overwrite", action="store_true", help="replace the tables and figures of an earlier demo in --out")
     _common(p)

@@ -93,11 +93,20 @@ def shown(n: int) -> tuple[int, int]:
     return (k - k % 2, k // 2) if k >= 16 else (k, k)
 
 
+def check_n(n) -> int:
+    """`demo --n`: samples per sampler, at least 2 (a mean and a covariance) and at most the number of real digits, of
+    which the FD floor (`quality.real_fd_floor`) draws n without replacement."""
+    real = len(data.load_digits(8)[0])
+    return check_int("--n", n, 2, real, note=f" (the FD of --n real digits, drawn from scikit-learn's {real}, is the "
+                                             f"floor the samplers are scored against)")
+
+
 def main(args) -> list[Path]:
     """`args`: out, skip_train, train_steps, n (None: N_SAMPLES), seed, no_progress (the `demo` subcommand's
     options). Returns the paths written."""
     out, n = Path(args.out), args.n or N_SAMPLES
-    if not args.skip_train:          # a cache that cannot take the model is said now, not after part 1
+    if not args.skip_train:          # an --n or a cache that cannot be used is said now, not after part 1
+        check_n(n)
         pretrained.check_cache(args.train_steps, args.seed)
     t0 = time.perf_counter()
     print("== 1. DDIM Table 1 on an exact score (no model error: only the sampler's) ==", flush=True)

@@ -157,10 +157,15 @@ if __name__ == "__main__":     # `python -m ddimlab.pretrained`: train the share
     import time
 
     start = time.perf_counter()
+    # The first step of `make test`: a bad DDIMLAB_CACHE (an OSError, a blank one a ValueError) and Ctrl-C or SIGTERM
+    # while it trains in one line, not a traceback, as `cli.one_line_errors` says them (a library module imports no cli).
     try:
         check_cache()
-    except OSError as e:                          # the first step of `make test`: one line, not a traceback
+        _, config = digits_model(progress=True)
+    except KeyboardInterrupt as e:
+        print(f"python -m ddimlab.pretrained: interrupted: {e}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except (OSError, ValueError) as e:
         raise SystemExit(f"python -m ddimlab.pretrained: error: {e}") from None
-    _, config = digits_model(progress=True)
     print(f"the shared digits model ({config.steps} steps, {config.threads} threads, {devices.cpu_kernels()} kernels) "
           f"ready in {time.perf_counter() - start:.0f} s: {config.out}")

@@ -157,7 +157,9 @@ def _a_list(values, name: str, example: str) -> list:
     """A grid's axis: a list or tuple (a bare number or a string would be iterated, or fail as "not iterable")."""
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
         raise TypeError(f"{name} must be a list, e.g. {example}; got {values!r}")
-    return list(values)
+    if not (values := list(values)):                  # an empty grid failed as "list index out of range"
+        raise ValueError(f"{name} must list at least one value, e.g. {example}; got none")
+    return values
 
 
 def _check_grid(eta_list, S_list, alpha_bar, spacing: str) -> None:
@@ -203,6 +205,7 @@ def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list
     is, named in the table's heading (default "injected features"; `reproduce --features` names its choice).
     """
     amp, progress = check_bool("amp", amp), check_bool("progress", progress)
+    n_samples = check_int("n_samples", n_samples, 2, note=" (a Fréchet distance needs a mean and a covariance)")
     shape = check_shape(shape, model)
     rank, world_size = resolve_rank(rank, world_size)
     alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else schedule.validate_alpha_bar(alpha_bar)

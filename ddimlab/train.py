@@ -734,15 +734,21 @@ def _restart_log(path: Path, step: int) -> None:
 
 # --------------------------------------------------------------------------- the loop
 
-def train(config: TrainConfig, resume: bool = False, return_models: bool = False, overwrite: bool = False):
+def train(config: TrainConfig, resume: bool = False, return_models: bool = False, overwrite: bool = False,
+          on_start=None):
     """Train with `config` (notebook 06 §4); returns the out directory (or (out, model, ema) if `return_models`).
 
     resume=True continues from `<out>/ckpt.pt` (the model-shape fields must match the checkpoint's; the
     others, e.g. steps, logging, device, come from `config`); overwrite=True starts again in a folder that
     holds a run (its files set aside until the new run's first checkpoint, and put back if it fails before:
     `_set_aside`). Without either, such a folder is a `RunExistsError`. While it trains, the main process holds
-    `<out>/.train.lock`: a second `train` on the same folder refuses at once (`files.BusyError`).
+    `<out>/.train.lock`: a second `train` on the same folder refuses at once (`files.BusyError`). `on_start(step)`, if
+    given, is called on the main process with the step the run starts from, once the folder, data and device have passed
+    their checks and just before the first step (the command line's notes: a note printed before an error would be about
+    a run that never started); not when there is nothing to train.
     """
+    if on_start is not None and not callable(on_start):
+        raise TypeError(f"on_start must be a function of the starting step, or None, got {on_start!r}")
     config = validate_config(copy.deepcopy(config))
     resume, overwrite, return_models = (check_bool(k, v) for k, v in
                                         (("resume", resume), ("overwrite", overwrite), ("return_models", return_models)))
@@ -761,16 +767,16 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
                               f"writable, or pass --set n_samples=0 (no grids)")
     if devices.rank_world()[0] != 0:
         _check_out(out, resume, overwrite)
-        return _train(config, out, resume, return_models, overwrite)
+        return _train(config, out, resume, return_models, overwrite, on_start)
     # The lock first: a folder that another train command is filling is "busy", not a half-written run.
     with folder_removed_on_error(out, out / ".train.lock"), \
             locked(out / ".train.lock", busy=f"{out} is in use by another train command; wait for it to finish "
                                              f"or choose another --out"):
         _check_out(out, resume, overwrite)
-        return _train(config, out, resume, return_models, overwrite)
+        return _train(config, out, resume, return_models, overwrite, on_start)
 
 
-def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, overwrite: bool):
+def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, overwrite: bool, on_start=None):
     from tqdm.auto import tqdm
 
     rank, world, device, init_here = devices.setup_distributed(config.device)
@@ -847,6 +853,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
                 print(f"{out / 'config.json'} held an earlier checkpoint's settings (its rewrite after the checkpoint of "
                       f"step {step} failed): rewritten from ckpt.pt's")
             new_log = not step
+            if on_start is not None:
+                on_start(step)
         net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if world > 1 else model
         net = torch.compile(net) if config.compile else net
         bar = tqdm(total=config.steps, initial=step, disable=not (config.progress and is_main), dynamic_ncols=True,

@@ -2597,3 +2597,47 @@ def test_round_33_a_beta_schedule_given_its_ends_swapped_is_refused():
             schedule.beta_schedule(name, 1000, 0.02, 1e-4)
         torch.testing.assert_close(schedule.beta_schedule(name, 10, 0.01, 0.01), torch.full((10,), 0.01, dtype=torch.float64))
     assert float(schedule.snr(1.0)) == math.inf        # ᾱ_{-1} = 1, clean data: inf as documented, kept (λ = ∞ there)
+
+
+def test_round_34_train_calls_on_start_once_the_run_goes_ahead(tmp_path):
+    """`train(on_start=...)` (the command line's warmup note, said only once a run goes ahead): called on the main
+    process with the starting step, after the folder's checks (not for a folder that holds a run without resume, nor
+    for a resume with nothing left to train); a value that is not a function is a TypeError before anything is made."""
+    from ddimlab import train
+
+    tiny = {"steps": 2, "ch": 8, "ch_mult": (1,), "attn_resolutions": (), "num_groups": 4, "batch_size": 16,
+            "n_samples": 0, "progress": False, "warmup": 1, "out": str(tmp_path / "run")}
+    with pytest.raises(TypeError, match="on_start must be a function of the starting step, or None, got 'note'"):
+        train.train(train.make_config("digits", tiny), on_start="note")
+    assert not (tmp_path / "run").exists()
+    started = []
+    train.train(train.make_config("digits", tiny), on_start=started.append)
+    with pytest.raises(train.RunExistsError):
+        train.train(train.make_config("digits", tiny), on_start=started.append)
+    train.train(train.make_config("digits", tiny), resume=True, on_start=started.append)          # at step 2 of 2
+    train.train(train.make_config("digits", {**tiny, "steps": 3}), resume=True, on_start=started.append)
+    assert started == [0, 2]
+
+
+def test_round_34_an_empty_grid_or_too_few_samples_for_a_table_are_refused_first(tmp_path):
+    """tables.reproduce_table1(S_list=[]) and eta_list=[] (and reproduce_table2's S_list=[]) failed with IndexError
+    "list index out of range"; n_samples=1 sampled its cell and then failed in the Fréchet distance ("features must be an
+    (N, D) array with N >= 2"), n_samples=2.5 was "'float' object cannot be interpreted as an integer" and 0 named "n".
+    Each is now a ValueError naming the argument, before any sample or folder is made."""
+    from ddimlab import tables
+
+    zero = lambda x, t: torch.zeros_like(x)                                            # noqa: E731
+    common = dict(shape=(3, 8, 8), feature_fn=fid.random_features(), reference=torch.rand(8, 3, 8, 8) * 2 - 1)
+    for kw, needle in ((dict(S_list=[]), r"S_list must list at least one value, e.g. \(10, 20\); got none"),
+                       (dict(eta_list=[]), r"eta_list must list at least one value, e.g. \(0.0, 1.0\); got none"),
+                       (dict(n_samples=1), r"n_samples must be an integer >= 2 \(a Fréchet distance needs a mean and a "
+                                           r"covariance\), got 1"),
+                       (dict(n_samples=2.5), "n_samples must be an integer >= 2 .*got 2.5"),
+                       (dict(n_samples=0), "n_samples must be .*got 0")):
+        with pytest.raises(ValueError, match=needle):
+            tables.reproduce_table1(zero, tmp_path / "t1", **{"n_samples": 2, "S_list": [2], "eta_list": [0.0], **common,
+                                                              **kw})
+        assert not (tmp_path / "t1").exists()
+    with pytest.raises(ValueError, match="S_list must list at least one value"):
+        tables.reproduce_table2(zero, tmp_path / "t2", images=torch.zeros(2, 3, 8, 8, dtype=torch.uint8), S_list=())
+    assert not (tmp_path / "t2").exists()

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
@@ -3227,3 +3229,90 @@ def test_round_33_demo_gives_no_verdict_from_too_few_samples(trained, tmp_path, 
                 assert line.count("(too few samples to tell)") == 2 and "resolved" not in line, line
             else:
                 assert line.count("resolved)") == 2 and "too few" not in line, line
+
+
+def test_round_34_train_says_a_folder_error_without_its_warmup_note(trained, tmp_path):
+    """`train` with warmup >= steps printed "note: warmup = 100 >= steps = 3 ..." and then stopped on an error about its
+    folder (one that holds a run, without --resume; a file), or printed it for a resumed run with nothing left to train.
+    The note is now said once the run goes ahead (`train.train`'s on_start), and only then."""
+    base = ["train", "--no-progress", *_sets(TINY), "--set", "steps=3", "--set", "n_samples=0"]
+    (tmp_path / "a_file").write_text("mine")
+    for out, said in ((trained, "already holds a run"), (tmp_path / "a_file", "is a file, not a run folder")):
+        r = _run(*base, "--out", out)
+        assert r.returncode == 1 and said in r.stderr and r.stdout == "", (r.stdout, r.stderr)
+    r = _run("train", "--no-progress", "--resume", "--out", trained, "--set", "steps=3", "--set", "warmup=5")
+    assert r.returncode == 0 and "nothing to train" in r.stdout and "note:" not in r.stdout, (r.stdout, r.stderr)
+    r = _run(*base, "--out", tmp_path / "run")
+    assert r.returncode == 0 and r.stdout.startswith("note: warmup = 5 >= steps = 3"), (r.stdout, r.stderr)
+
+
+def test_round_34_invert_refuses_one_file_given_twice(trained, tmp_path):
+    """`invert --input a.png a.png` (and ./a.png, a symbolic or hard link to it) inverted the one image twice: the output
+    held two rows and an `inputs` record that read as two images. Refused now in one line before the work, naming the
+    file; two files still invert as two images."""
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    for path, value in ((a, 0), (b, 255)):
+        mpimg.imsave(path, np.full((8, 8, 3), value, np.uint8))
+    (tmp_path / "link.png").symlink_to(a)
+    os.link(a, tmp_path / "hard.png")
+    for second, said in ((a, f"--input lists {a} twice"), (f"{tmp_path}/./a.png", f"--input lists {a} and "),
+                         (tmp_path / "link.png", "link.png, one file, twice"), (tmp_path / "hard.png", "hard.png, one file")):
+        r = _run("invert", "--checkpoint", trained, "--steps", "2", "--input", a, second, "--out", tmp_path / "x")
+        assert r.returncode == 1 and said in r.stderr and "give each file once" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 2, r.stderr
+    assert not list(tmp_path.glob("x*"))
+    r = _run("invert", "--checkpoint", trained, "--steps", "2", "--no-progress", "--input", a, b, "--out", tmp_path / "x")
+    assert r.returncode == 0 and "inverted 2 images" in r.stdout, r.stderr
+    assert [Path(p).name for p in np.load(tmp_path / "x.npz")["inputs"]] == ["a.png", "b.png"]
+
+
+def test_round_34_a_scheduler_config_with_its_betas_swapped_is_one_line_naming_the_file(trained, tmp_path):
+    """A diffusers scheduler_config.json with beta_start > beta_end is refused (round 33), and `sample --checkpoint
+    FOLDER` said so in one line naming the file, but advised "(a falling beta, as a table, goes to schedule.alpha_bar)",
+    a Python function no config file can call. It now says to swap them or list the falling schedule as trained_betas,
+    and a falling schedule given that way loads."""
+    net, abar = checkpoint.load_model(trained)
+    folder = tmp_path / "unet"
+    checkpoint.save_diffusers_folder(net, folder, abar)
+    sched = folder / "scheduler" / "scheduler_config.json"
+    sched.write_text(json.dumps({"beta_schedule": "linear", "beta_start": 0.02, "beta_end": 1e-4}))
+    r = _run("sample", "--checkpoint", folder, "--n", "2", "--steps", "2", "--out", tmp_path / "s")
+    assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 2, r.stderr
+    assert (f"error: {sched}: beta_start = 0.02 exceeds beta_end = 0.0001: beta rises with t, from beta_start at t = 0 "
+            f"to beta_end at t = T - 1 (DDPM §4: 1e-4 to 0.02); swap them, or list a falling schedule as "
+            f"trained_betas\n") in r.stderr, r.stderr
+    assert not list(tmp_path.glob("s.*"))
+    falling = torch.linspace(0.02, 1e-4, 1000, dtype=torch.float64)
+    sched.write_text(json.dumps({"trained_betas": falling.tolist()}))
+    torch.testing.assert_close(checkpoint.load_model(folder)[1], torch.cumprod(1 - falling, 0), rtol=1e-12, atol=0)
+
+
+def test_round_34_reproduce_steps_that_are_not_integers_say_so(trained, tmp_path):
+    """`reproduce --steps 2.5` (or 1e2, 10;20) said "--steps must be a comma-separated list, got '2.5'", which it is: what
+    was wrong is that the values are not integers. Said now, with an example."""
+    for steps in ("2.5", "1e2", "10;20"):
+        r = _run("reproduce", "table2", "--checkpoint", trained, "--steps", steps, "--out", tmp_path / "t")
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert f"error: --steps must be a comma-separated list of integers, e.g. 10,20,50; got {steps!r}\n" in r.stderr
+    assert not (tmp_path / "t").exists()
+
+
+
+def test_round_34_demo_refuses_more_samples_than_real_digits_before_its_first_part(tmp_path, monkeypatch, capsys):
+    """`demo --n 2000` ran part 1 (the lab tables, minutes at the demo's sizes), trained or loaded the model and drew
+    2000 samples with each sampler (DDPM's 1000 steps included), and only then stopped on "n must be an integer in
+    2..1797, got 2000": the FD floor draws --n of the 1797 real digits without replacement. Said now before any work
+    (`demo.check_n`); --n 1797 passes that check. (`demo --n 1000000000` went the same way, or was killed by the system
+    when the network was called on all of them at once.)"""
+    from ddimlab import demo, lab, pretrained
+
+    started = []
+    monkeypatch.setattr(lab, "main", lambda *a, **kw: started.append("lab") or [])
+    monkeypatch.setattr(pretrained, "digits_model", lambda *a, **kw: started.append("model") or (None, None))
+    monkeypatch.setattr(demo, "compare_samplers", lambda *a, **kw: started.append("samplers") or [])
+    for n in ("1798", "1000000000"):
+        _expect_one_line_error(capsys, ["demo", "--n", n, "--out", str(tmp_path / "d")],
+                               f"--n must be an integer in 2..1797 (the FD of --n real digits, drawn from scikit-learn's "
+                               f"1797, is the floor the samplers are scored against), got {n}")
+        assert started == [] and not (tmp_path / "d").exists()
+    assert demo.check_n(1797) == 1797

@@ -162,3 +162,30 @@ def test_a_killed_training_leaves_no_temporary_folder_behind(tmp_path, first, mo
     monkeypatch.setattr(pretrained.train, "train", lambda c, **k: shutil.copy(f"{config.out}/ckpt.pt", c.out))
     pretrained.digits_model(steps=STEPS, cache_dir=tmp_path)
     assert not killed.exists() and other.exists() and (tmp_path / "models" / name / "ckpt.pt").exists()
+
+
+def test_round_34_python_dash_m_pretrained_says_errors_and_ctrl_c_in_one_line(tmp_path):
+    """`python -m ddimlab.pretrained` (the first step of `make test`) printed a traceback for a blank DDIMLAB_CACHE (a
+    ValueError; only an OSError was one line) and for Ctrl-C while it trained (then died of SIGINT): now one line each,
+    exit 1 and 130, and the interrupted model leaves nothing in the cache but its lock file."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DDIMLAB_CACHE": " "}
+    r = subprocess.run([sys.executable, "-m", "ddimlab.pretrained"], capture_output=True, text=True, env=env, timeout=120)
+    assert (r.returncode, r.stderr) == (1, "python -m ddimlab.pretrained: error: DDIMLAB_CACHE=' ' is blank; point it at "
+                                           "a folder, or unset it for ~/.cache/ddimlab\n"), r.stderr
+    interrupted = ("import runpy, signal\n"
+                   "from ddimlab import train\n"
+                   "signal.signal(signal.SIGINT, signal.default_int_handler)   # as in a terminal\n"
+                   "def ctrl_c(config, **kw):                                   # Ctrl-C as the training starts\n"
+                   "    signal.raise_signal(signal.SIGINT)\n"
+                   "train.train = ctrl_c\n"
+                   "runpy.run_module('ddimlab.pretrained', run_name='__main__', alter_sys=True)\n")
+    r = subprocess.run([sys.executable, "-c", interrupted], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "DDIMLAB_CACHE": str(tmp_path)})
+    assert r.returncode == 130 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.splitlines()[-1] == ("python -m ddimlab.pretrained: interrupted: stopped training the cached digits "
+                                         "model; nothing was kept, and the next run trains it from the start"), r.stderr
+    assert [p.name for p in (tmp_path / "models").iterdir() if not p.name.endswith(".lock")] == []
