@@ -385,3 +385,14 @@ def test_heuns_round_trip_on_uniform_steps_falls_faster_than_ddims_but_not_with_
     (p_d, se_d), (p_h, se_h) = order(sq["ddim"]), order(sq["heun"])
     assert abs(p_d - 1) < 0.1, (p_d, se_d)
     assert p_h - 3 * se_h > p_d + 3 * se_d and p_h + 3 * se_h < 2, (p_h, se_h, p_d, se_d)
+
+
+def test_the_standard_normal_prior_costs_nothing_measurable_at_the_last_step():
+    """notebook 05 §9 (c): KL(q(x_t) ‖ N(0, I)) by `toy.kl_to_normal` on eight Gaussians, other draws than the notebook's:
+    zero within 3 SE at t = T − 1 (ᾱ = 4e-5), where the library's default prior sits, and not at t = 300."""
+    mix = toy.eight_gaussians()
+    g = torch.Generator().manual_seed(34)
+    kl_T, se_T = toy.kl_to_normal(mix, float(AB[-1]), 4000, g)
+    kl_300, se_300 = toy.kl_to_normal(mix, float(AB[300]), 4000, g)
+    assert abs(kl_T) < 3 * se_T and se_T < 1e-5, (kl_T, se_T)
+    assert kl_300 > 3 * se_300, (kl_300, se_300)
