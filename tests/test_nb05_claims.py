@@ -396,3 +396,21 @@ def test_the_standard_normal_prior_costs_nothing_measurable_at_the_last_step():
     kl_300, se_300 = toy.kl_to_normal(mix, float(AB[300]), 4000, g)
     assert abs(kl_T) < 3 * se_T and se_T < 1e-5, (kl_T, se_T)
     assert kl_300 > 3 * se_300, (kl_300, se_300)
+
+
+def test_rademacher_probes_spread_less_than_gaussian_ones_on_eight_gaussians():
+    """notebook 05 §9 (a), on other points and probes than the notebook's: 20 one-probe Hutchinson estimates of log p at
+    each of 10 points of eight Gaussians (exact ε*, prior q(x_T)); the Gaussian probes' spread over the Rademacher ones',
+    paired over the points with a delete-one jackknife SE, is above 1 by more than 3 SE. (tests/test_ode.py checks both
+    spreads against the quadratic form of the path-integrated Jacobian.)"""
+    mix = toy.eight_gaussians()
+    eps = toy.exact_eps(mix, AB)
+    g = torch.Generator().manual_seed(35)
+    x0 = mix.sample(10, g)
+    q_T = lambda x: mix.log_prob(x, float(AB[-1]))          # noqa: E731
+    exact = ode.log_likelihood(eps, x0, AB, prior=q_T)
+    var = {probe: (ode.log_likelihood(eps, x0.repeat(20, 1), AB, prior=q_T, hutchinson=1, probe=probe, generator=g)
+                   - exact.repeat(20)).reshape(20, 10).var(0) for probe in ("gaussian", "rademacher")}
+    loo = ((var["gaussian"].sum() - var["gaussian"]) / (var["rademacher"].sum() - var["rademacher"])).sqrt()
+    ratio = float((var["gaussian"].mean() / var["rademacher"].mean()).sqrt())
+    assert ratio - 3 * lab.jackknife_se(loo) > 1, (ratio, lab.jackknife_se(loo))
