@@ -327,6 +327,17 @@ def test_notebook_is_executed_small_and_python3(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_sources_hold_no_control_characters(path):
+    """A LaTeX command written through a non-raw Python string loses its backslash to an escape: "\\varepsilon" becomes
+    a vertical tab and "arepsilon" (notebook 05 §6 printed that), "\\frac" a form feed, "\\beta" a backspace. Cell sources
+    hold newlines, and no other control character."""
+    nb = json.loads(path.read_text())
+    bad = [(i, repr(m.group()), "".join(c["source"])[max(0, m.start() - 20):m.end() + 10])
+           for i, c in enumerate(nb["cells"]) for m in re.finditer(r"[\x00-\x09\x0b-\x1f\x7f]", "".join(c["source"]))]
+    assert not bad, f"{path.name}: control characters (cell, character, context): {bad}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_a_notebook_that_trains_or_loads_a_model_prints_its_weights_first(path):
     """Each CPU trains the digits model to weights of its own; notebooks/conftest.py compares a notebook's cells from
     its weights line on only where this machine's weights are the committed outputs' (README, "The notebooks"). A
