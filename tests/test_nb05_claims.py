@@ -122,15 +122,14 @@ def test_local_error_orders():
 
 def test_heun_and_dpm_solver_2_are_different_steps():
     """notebook 05 §6: one step from the same exact x_t, Heun's local error (against scipy) is not DPM-Solver-2's; on this
-    data, as on the notebook's, about 4 times it (paired over the points, jackknife SE)."""
+    data, as on the notebook's, about 4 times it (paired over the points, `lab.error_ratio`'s bootstrap SE)."""
     x_T = torch.randn(32, MIX.d, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     x_t = ode.reference_solution(EPS, x_T, AB, 999, 500)
     exact = ode.reference_solution(EPS, x_t, AB, 500, 484, rtol=1e-12, atol=1e-12)
     e = {n: (ode.solve(n, EPS, x_t, AB, [500, 484], return_trajectory=True)[1]["x"][1] - exact).pow(2).sum(1)
          for n in ("heun", "dpm_solver_2")}
-    ratio = float((e["heun"].mean() / e["dpm_solver_2"].mean()).sqrt())
-    loo = ((e["heun"].sum() - e["heun"]) / (e["dpm_solver_2"].sum() - e["dpm_solver_2"])).sqrt()
-    assert ratio - 3 * lab.jackknife_se(loo) > 1, ratio
+    ratio, se = lab.error_ratio(e["heun"], e["dpm_solver_2"])["rms"]
+    assert ratio - 3 * se > 1, (ratio, se)
 
 
 def _dpm2_step(x_t, t, s, eps, mid):
@@ -401,7 +400,7 @@ def test_the_standard_normal_prior_costs_nothing_measurable_at_the_last_step():
 def test_rademacher_probes_spread_less_than_gaussian_ones_on_eight_gaussians():
     """notebook 05 §9 (a), on other points and probes than the notebook's: 20 one-probe Hutchinson estimates of log p at
     each of 10 points of eight Gaussians (exact ε*, prior q(x_T)); the Gaussian probes' spread over the Rademacher ones',
-    paired over the points with a delete-one jackknife SE, is above 1 by more than 3 SE. (tests/test_ode.py checks both
+    paired over the points with `lab.error_ratio`'s bootstrap SE, is above 1 by more than 3 SE. (tests/test_ode.py checks both
     spreads against the quadratic form of the path-integrated Jacobian.)"""
     mix = toy.eight_gaussians()
     eps = toy.exact_eps(mix, AB)
@@ -411,6 +410,5 @@ def test_rademacher_probes_spread_less_than_gaussian_ones_on_eight_gaussians():
     exact = ode.log_likelihood(eps, x0, AB, prior=q_T)
     var = {probe: (ode.log_likelihood(eps, x0.repeat(20, 1), AB, prior=q_T, hutchinson=1, probe=probe, generator=g)
                    - exact.repeat(20)).reshape(20, 10).var(0) for probe in ("gaussian", "rademacher")}
-    loo = ((var["gaussian"].sum() - var["gaussian"]) / (var["rademacher"].sum() - var["rademacher"])).sqrt()
-    ratio = float((var["gaussian"].mean() / var["rademacher"].mean()).sqrt())
-    assert ratio - 3 * lab.jackknife_se(loo) > 1, (ratio, lab.jackknife_se(loo))
+    ratio, se = lab.error_ratio(var["gaussian"], var["rademacher"])["rms"]
+    assert ratio - 3 * se > 1, (ratio, se)
