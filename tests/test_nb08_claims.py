@@ -194,3 +194,13 @@ def test_guided_3m_fails_at_12_calls_trails_2m_at_13_and_14_and_leads_from_15(gu
     assert over[15][0] + 3 * over[15][1] < 1
     prose = next(c for c in _cells("markdown") if c.startswith("Order 3 pays from 15 calls"))
     assert "about even" not in prose and f"{over[14][0]:.3g} ± {over[14][1]:.2g} at 14" in prose
+
+
+def test_the_509_settings_notebook_08_names_are_the_benchmarks_sweep():
+    """§7 says the benchmark sweeps "509 diffusers scheduler settings": the number of settings its sweep builds."""
+    pytest.importorskip("diffusers")
+    from cli_support import load_script
+    n = len(load_script("benchmarks/bench_samplers.py").diffusers_configs())
+    intro = next(c for c in _cells("markdown") if "diffusers scheduler settings" in c)
+    assert f"a sweep of {n} diffusers scheduler settings" in intro
+    assert f"the best of {n} diffusers settings" in " ".join(_cells("markdown"))
