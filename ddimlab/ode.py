@@ -442,7 +442,7 @@ def _lagrange_basis(v) -> list[np.ndarray]:
     return out
 
 
-def _lagrange_integrals(nodes, a: float, b: float, rho: float = 1.0) -> list[float]:
+def lagrange_integrals(nodes, a: float, b: float, rho: float = 1.0) -> list[float]:
     """w_j = ∫_a^b ℓ_j(σ^{1/ρ}) dσ for the Lagrange basis ℓ_j of the nodes v_j = σ_j^{1/ρ} (notebook 08 §6).
 
     ℓ_j(v) = Σ_m c_m v^m is expanded in monomials and integrated termwise, ∫ σ^{m/ρ} dσ = σ^{m/ρ+1}/(m/ρ+1):
@@ -657,7 +657,7 @@ def adams_coefficients(k: int, implicit: bool = False) -> list[float]:
     implicit = check_bool("implicit", implicit)
     k = check_int("k", k, 1, 6)
     nodes = [float(1 - j) for j in range(k)] if implicit else [float(-j) for j in range(k)]
-    return _lagrange_integrals(nodes, 0.0, 1.0)
+    return lagrange_integrals(nodes, 0.0, 1.0)
 
 
 def ipndm(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=None, *, order: int = 3,
@@ -672,7 +672,7 @@ def ipndm(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
       step index with dσ frozen over each step: second order on smooth grids, but the best of these methods at
       very few steps (notebook 08 §6).
     - rho=ρ ≥ 1: P is a polynomial in σ^{1/ρ} through the actual nodes and is integrated exactly
-      (`_lagrange_integrals`): variable-step Adams–Bashforth, of order `order` (ρ = 1: in σ itself). With rho=1.0
+      (`lagrange_integrals`): variable-step Adams–Bashforth, of order `order` (ρ = 1: in σ itself). With rho=1.0
       and afs=False this is DEIS's own ρAB-DEIS (Zhang & Chen 2023; `get_sampler_rho_ab` in their code, whose ab_order r is
       order = r + 1), equal to their code to 5e-14 once its Riemann-sum weights are refined (tests/test_ode.py).
 
@@ -707,7 +707,7 @@ def ipndm(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
     def weights(nodes, a, b, implicit):
         if rho is None:
             return [(b - a) * c for c in adams_coefficients(len(nodes), implicit)]
-        return _lagrange_integrals(nodes, a, b, rho)
+        return lagrange_integrals(nodes, a, b, rho)
 
     first = x_T.clone() if afs else call_eps(eps, x_T, pairs[0][0])
     return _multistep(eps, pairs, sig, sig, xbar, traj, first, weights, order, corrector, callback, return_trajectory)

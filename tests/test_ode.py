@@ -358,12 +358,12 @@ def test_adams_coefficients_integrate_polynomials():
     np.testing.assert_allclose(ode.adams_coefficients(4, implicit=True), [9 / 24, 19 / 24, -5 / 24, 1 / 24], atol=1e-14)
 
 
-def test_lagrange_integrals_against_quadrature():
+def testlagrange_integrals_against_quadrature():
     from scipy.integrate import quad
     from scipy.interpolate import lagrange
     nodes = [3.0, 1.2, 0.5, 0.2]
     for rho, (a, b) in ((1.0, (0.5, 0.0)), (3.0, (0.5, 0.0)), (5.0, (1.2, 0.5))):
-        w = ode._lagrange_integrals(nodes, a, b, rho)
+        w = ode.lagrange_integrals(nodes, a, b, rho)
         v = [s ** (1 / rho) for s in nodes]
         for j in range(len(nodes)):
             ell = lagrange(v, np.eye(len(nodes))[j])
@@ -597,7 +597,7 @@ EPS_SIG_LINEAR = toy.exact_eps(MIX, AB_SIG_LINEAR)
 def ipndm_is_adams_bashforth_in_sigma_on_an_even_grid() -> bool:
     """With σ(t) linear in t (a schedule made for the test), integer grids with a fixed stride are uniform in σ down to
     σ = 0: there iPNDM's equal-step coefficients must give exactly variable-step Adams–Bashforth in σ (the polynomial
-    through the actual nodes, integrated exactly: `ode._lagrange_integrals`, checked against scipy's lagrange and quad
+    through the actual nodes, integrated exactly: `ode.lagrange_integrals`, checked against scipy's lagrange and quad
     above, and of order k against scipy's solution in test_fast_solver_orders), for k = 2, 3, 4."""
     x = X_T * math.sqrt(float(AB_SIG_LINEAR[-1]))
     seq = torch.arange(199, -1, -10)                                  # σ-steps of 0.5, the last one to σ = 0 too
