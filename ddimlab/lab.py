@@ -159,7 +159,11 @@ def summed_variance(x: torch.Tensor) -> tuple[float, float]:
         raise ValueError("x contains NaN or inf")
     n = x.shape[0]
     q = (x - x.mean(0)).pow(2).sum(1)
-    return float(q.sum() / (n - 1)), float(q.std() * math.sqrt(n) / (n - 1))
+    value, se = float(q.sum() / (n - 1)), float(q.std() * math.sqrt(n) / (n - 1))
+    if not math.isfinite(value + se):       # the squares, or the squares of q in its SE, overflowed: (inf, nan)
+        raise ValueError(f"x holds values up to {float(x.abs().max()):.3g}, whose variance or its standard error "
+                         f"overflows float64 (did the sampler diverge?)")
+    return value, se
 
 
 def difference(a: dict, b: dict) -> tuple[float, float]:

@@ -489,12 +489,19 @@ def gram(u: torch.Tensor, v: torch.Tensor, kernel) -> torch.Tensor:
 
 
 def points(x, name: str) -> torch.Tensor:
-    """`x` as float64 points (n, d), finite: what the sample distances (`mmd2_unbiased`, `mmd`, `lab.jackknife`) take."""
+    """`x` as float64 points (n, d), d ≥ 1, finite and within ±√(max/(4d)) (max: float64's largest), where the squared
+    distance of two such points, at most d (2 max|x|)², still fits float64: what the sample distances (`mmd2_unbiased`,
+    `mmd`, `lab.jackknife`) take. Past it (samples near 1e154 from a diverging sampler) the kernels overflowed and the
+    MMD² was NaN, read by `MMDResult.resolved` as 'not resolved'."""
     x = _f64(x, name)                                  # a list of floats read as float64, not float32
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be points of shape (n, d), got shape {tuple(x.shape)}")
+    if x.ndim != 2 or x.shape[1] == 0:                 # d = 0: every distance 0, an MMD² of 0 ± 0
+        raise ValueError(f"{name} must be points of shape (n, d) with d >= 1, got shape {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contain NaN or inf")
+    limit = math.sqrt(torch.finfo(torch.float64).max / (4 * x.shape[1]))
+    if x.numel() and (top := float(x.abs().max())) > limit:
+        raise ValueError(f"{name} hold values up to {top:.3g}, beyond {limit:.3g}, where the squared distances of "
+                         f"{x.shape[1]}-D points overflow float64 (did the sampler diverge?)")
     return x
 
 

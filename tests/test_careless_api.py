@@ -2641,3 +2641,27 @@ def test_round_34_an_empty_grid_or_too_few_samples_for_a_table_are_refused_first
     with pytest.raises(ValueError, match="S_list must list at least one value"):
         tables.reproduce_table2(zero, tmp_path / "t2", images=torch.zeros(2, 3, 8, 8, dtype=torch.uint8), S_list=())
     assert not (tmp_path / "t2").exists()
+
+
+def test_round_35_far_points_are_refused_not_scored_nan():
+    """Points past ±√(max/(4d)) (samples of a diverged sampler, 1e160 here) made every kernel distance overflow: toy.mmd2_unbiased
+    returned NaN, toy.mmd an MMDResult(nan, floor) whose resolved() said False (as if the samples were the data's), and
+    lab.summed_variance (inf, nan); points of no coordinates (d = 0) scored an MMD² of 0. Each is now a ValueError naming
+    the set."""
+    from ddimlab import lab
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(10, 2, generator=g, dtype=torch.float64), torch.randn(10, 2, generator=g, dtype=torch.float64)
+    for kernel in (toy.ENERGY, 1.0):
+        with pytest.raises(ValueError, match="x hold values up to .*e\\+160, beyond 4.74e\\+153.*overflow float64"):
+            toy.mmd2_unbiased(x * 1e160, y, kernel)
+    with pytest.raises(ValueError, match="samples hold values up to"):
+        toy.mmd(x * 1e160, toy.default_mixture())
+    with pytest.raises(ValueError, match="y hold values up to"):
+        lab.mmd2_se(x, y * 1e160, toy.ENERGY)
+    with pytest.raises(ValueError, match="x holds values up to .*overflows float64"):
+        lab.summed_variance(x * 1e160)
+    with pytest.raises(ValueError, match="with d >= 1, got shape \\(5, 0\\)"):
+        toy.mmd2_unbiased(torch.zeros(5, 0), torch.zeros(5, 0), toy.ENERGY)
+    # the bound is where the distances still fit: 1e150 (d = 2) is scored, finite, as it was
+    assert math.isfinite(toy.mmd2_unbiased(x * 1e150, y * 1e150, toy.ENERGY))
+    assert all(math.isfinite(v) for v in lab.summed_variance(x * 1e70))
