@@ -2665,3 +2665,21 @@ def test_round_35_far_points_are_refused_not_scored_nan():
     # the bound is where the distances still fit: 1e150 (d = 2) is scored, finite, as it was
     assert math.isfinite(toy.mmd2_unbiased(x * 1e150, y * 1e150, toy.ENERGY))
     assert all(math.isfinite(v) for v in lab.summed_variance(x * 1e70))
+
+
+def test_round_35_the_bound_and_the_loss_refuse_an_eps_that_is_no_float_or_overflows():
+    """elbo.bits_per_dim (elbo_terms) and elbo.l_simple read an eps_model that returned bools as 0/1, integers as they
+    were and complex numbers without their imaginary part (l_simple returned a complex loss), in silence; a finite but
+    huge ε (1e30) gave a float32 bound of NaN. Each is now an error naming eps_model or the step."""
+    ab = schedule.make_alpha_bar("linear", 10)
+    x0 = torch.arange(8.0).reshape(2, 1, 2, 2) / 127.5 - 1
+    for dtype in (torch.bool, torch.int64, torch.complex64):
+        def eps_model(x, t):
+            return torch.zeros_like(x, dtype=dtype)
+        for f in (elbo.bits_per_dim, elbo.l_simple):
+            with pytest.raises(TypeError, match=f"eps_model\\(x_t, t\\) must return floating-point .*{dtype}"):
+                f(eps_model, x0, ab)
+    with pytest.raises(samplers.NonFiniteError, match="step t = 0 overflowed torch.float32 .* 1e\\+30.*x0.double"):
+        elbo.bits_per_dim(lambda x, t: torch.full_like(x, 1e30), x0, ab)
+    huge = elbo.bits_per_dim(lambda x, t: torch.full_like(x, 1e30), x0.double(), ab, decoder="gaussian")
+    assert bool(torch.isfinite(huge).all())      # float64 holds its squares
