@@ -47,7 +47,7 @@ import math
 import numpy as np
 import torch
 
-from .checks import as_real, check_bool, check_generator, check_int, check_numbers, is_complex
+from .checks import as_real, check_bool, check_generator, check_int, check_numbers, is_complex, real_array
 from .diffusion import dynamic_threshold, predict_eps, predict_x0
 from .samplers import (
     NonFiniteError,
@@ -1034,7 +1034,13 @@ _DIFFERENTIABLE_NET = "pass a network as lambda x, t: net(x, t) with net.eval() 
 def standard_normal_logpdf(x: torch.Tensor) -> torch.Tensor:
     """log N(x; 0, I) per sample (the rows of x, any trailing shape), float64: the default prior of `log_likelihood`
     (notebook 05 §9)."""
-    x = x.to(torch.float64).reshape(x.shape[0], -1)
+    # a bool was read as 0/1 and a complex x without its imaginary part; a 0-d x or a list failed inside torch
+    if not isinstance(x, torch.Tensor) or x.ndim < 1 or not x.dtype.is_floating_point:
+        raise TypeError(f"x must be a floating-point tensor with a batch dimension (B, ...), got "
+                        f"{(x.dtype, tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    x = x.to(torch.float64).reshape(x.shape[0], math.prod(x.shape[1:]))      # -1 is ambiguous for B = 0
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or inf, whose log density is undefined")
     return -0.5 * (x.pow(2).sum(1) + x.shape[1] * math.log(2 * math.pi))
 
 
@@ -1088,6 +1094,8 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     if B == 0:                                         # an empty batch maps to an empty answer, as in the samplers
         return torch.zeros(0, dtype=torch.float64)
     d = x_0[0].numel()
+    if d == 0:                                         # the exact divergence summed no terms: "'int' has no attribute 'detach'"
+        raise ValueError(f"x_0 of shape {tuple(shape)} has no coordinates per sample, and a density needs at least one")
     sig_data, sig_noise = float(sigma_at(alpha_bar, t_end)), float(sigma_at(alpha_bar, t_start))
     if hutchinson is not None:
         z = torch.randn((hutchinson, *shape), generator=generator, dtype=torch.float64)
@@ -1119,7 +1127,8 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     a_T, a_0 = float(alpha_bar_cont(alpha_bar, t_start)), float(alpha_bar_cont(alpha_bar, t_end))
     x_T = (y[:B * d] * math.sqrt(a_T)).reshape(shape).to(dev)
     log_prior = (standard_normal_logpdf if prior is None else prior)(x_T)
-    log_prior = _of_x_shape(torch.as_tensor(log_prior), x_T.reshape(B, -1)[:, 0], "prior(x_T)").to(torch.float64).cpu()
+    log_prior = real_array("prior(x_T)", log_prior)    # bools were read as 0/1, complex numbers without their imaginary part
+    log_prior = _of_x_shape(torch.from_numpy(log_prior), x_T.reshape(B, -1)[:, 0], "prior(x_T)")
     if n_bad := int((torch.isnan(log_prior) | (log_prior == math.inf)).sum()):       # −inf is a zero density, and allowed
         raise ValueError(f"prior(x_T) returned NaN or +inf for {n_bad} of {B} samples: a log density is a finite number, "
                          f"or -inf where the density is 0")

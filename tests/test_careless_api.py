@@ -2683,3 +2683,27 @@ def test_round_35_the_bound_and_the_loss_refuse_an_eps_that_is_no_float_or_overf
         elbo.bits_per_dim(lambda x, t: torch.full_like(x, 1e30), x0, ab)
     huge = elbo.bits_per_dim(lambda x, t: torch.full_like(x, 1e30), x0.double(), ab, decoder="gaussian")
     assert bool(torch.isfinite(huge).all())      # float64 holds its squares
+
+
+def test_round_35_log_likelihood_reads_its_prior_as_real_log_densities():
+    """ode.log_likelihood read a prior that returned bools as 0/1 and complex numbers without their imaginary part, and
+    x_0 with no coordinates failed with "'int' object has no attribute 'detach'"; ode.standard_normal_logpdf, its
+    default prior, returned NaN for NaN, read bools and complex numbers, and failed inside torch on a 0-d x, a list and
+    an empty batch."""
+    mix = toy.default_mixture()
+    eps, x = toy.exact_eps(mix, AB), mix.sample(1, torch.Generator().manual_seed(0))
+    for dtype in (torch.bool, torch.complex64):
+        with pytest.raises(TypeError, match=f"prior\\(x_T\\) must hold real numbers .*{dtype}"):
+            ode.log_likelihood(eps, x, AB, t_start=5, rtol=1e-3, atol=1e-3,
+                               prior=lambda z, dtype=dtype: torch.zeros(len(z), dtype=dtype))
+    with pytest.raises(ValueError, match="x_0 of shape \\(3, 0\\) has no coordinates"):
+        ode.log_likelihood(lambda x, t: x * 0, torch.zeros(3, 0, dtype=torch.float64), AB, rtol=1e-4, atol=1e-4)
+    for bad in (torch.ones(2, 3, dtype=torch.bool), torch.ones(2, 3, dtype=torch.complex64), torch.tensor(1.0),
+                [[1.0, 2.0]]):
+        with pytest.raises(TypeError, match="x must be a floating-point tensor with a batch dimension"):
+            ode.standard_normal_logpdf(bad)
+    with pytest.raises(ValueError, match="x contains NaN or inf"):
+        ode.standard_normal_logpdf(torch.tensor([[0.0, float("nan")]]))
+    assert ode.standard_normal_logpdf(torch.zeros(0, 3)).shape == (0,)
+    x = torch.tensor([[0.3, -1.2]])
+    assert float(ode.standard_normal_logpdf(x)) == pytest.approx(float(torch.distributions.Normal(0.0, 1.0).log_prob(x).sum()))
