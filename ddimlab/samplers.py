@@ -193,6 +193,8 @@ def _draw(noise_sampler, t, s, x):
     z = _of_x_shape(noise_sampler(t, s), x, "noise_sampler(t, s)")
     if not z.dtype.is_floating_point:                  # .to(x.dtype) would read True as 1 and drop an imaginary part
         raise TypeError(f"noise_sampler(t, s) must return floating-point noise, got {z.dtype}")
+    if z.device != x.device:                           # torch's "Expected all tensors to be on the same device", mid-run
+        raise ValueError(f"noise_sampler(t, s) must return noise on x's device, {x.device}, got it on {z.device}")
     if z.device.type == "cpu" and not bool(torch.isfinite(z).all()):     # on a GPU: not at every step
         raise ValueError(f"noise_sampler(t, s) returned NaN or inf at step {t} -> {s}")
     return z.to(x.dtype)

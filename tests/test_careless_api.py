@@ -2707,3 +2707,17 @@ def test_round_35_log_likelihood_reads_its_prior_as_real_log_densities():
     assert ode.standard_normal_logpdf(torch.zeros(0, 3)).shape == (0,)
     x = torch.tensor([[0.3, -1.2]])
     assert float(ode.standard_normal_logpdf(x)) == pytest.approx(float(torch.distributions.Normal(0.0, 1.0).log_prob(x).sum()))
+
+
+def test_round_35_a_noise_sampler_on_another_device_is_named(toy_setup):
+    """A noise_sampler returning noise on another device than x (a CPU draw for CUDA samples; meta here) stopped every
+    stochastic sampler with torch's "Tensor on device meta is not on the expected device cpu!"."""
+    _, eps, x_T, seq = toy_setup
+
+    def elsewhere(t, s):
+        return torch.zeros(x_T.shape, dtype=x_T.dtype, device="meta")
+    for run in (lambda: samplers.ddim_sample(eps, x_T, AB, seq, eta=1.0, noise_sampler=elsewhere),
+                lambda: samplers.sample_row(eps, x_T, AB, seq, samplers.SIGMA_HAT, noise_sampler=elsewhere),
+                lambda: samplers.langevin(eps, x_T, AB, 10, 1e-3, 2, noise_sampler=elsewhere)):
+        with pytest.raises(ValueError, match="noise_sampler\\(t, s\\) must return noise on x's device, cpu, got it on meta"):
+            run()
