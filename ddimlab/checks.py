@@ -96,11 +96,12 @@ def real_array(name: str, v) -> np.ndarray:
 
 
 def check_untracked(name: str, v):
-    """`v` unless it is a tensor that requires grad while autograd records: read as a plain number, it would pass no
+    """`v` unless it is a tensor that requires grad while autograd records: read as plain numbers, it would pass no
     gradient back, and its .grad would stay None without a word while the other inputs' gradients are computed."""
     if isinstance(v, torch.Tensor) and v.requires_grad and torch.is_grad_enabled():
+        fix = f"{name}.item() (or {name}.detach())" if v.numel() == 1 else f"{name}.detach()"
         raise ValueError(f"{name} requires grad, but it is read as a plain number, so no gradient would reach it; pass "
-                         f"{name}.item() (or {name}.detach())")
+                         f"{fix}")
     return v
 
 

@@ -25,7 +25,7 @@ import math
 import numpy as np
 import torch
 
-from .checks import check_bool, check_generator, check_int
+from .checks import check_bool, check_generator, check_int, check_untracked
 from .diffusion import VARIANCES, posterior_mean, posterior_variance, predict_x0, q_sample
 from .gaussian import discretized_gaussian_log_likelihood, kl_normal, log_normal
 from .samplers import NonFiniteError, _of_x_shape, _warn_if_0_255
@@ -120,6 +120,12 @@ def model_variance(alpha_bar, variance="small") -> torch.Tensor:
     raise ValueError(f"unknown variance {variance!r}; choose one of {VARIANCES} or pass a (T,) tensor")
 
 
+def _read_variance(alpha_bar, variance) -> torch.Tensor:
+    """`model_variance` for the terms of the bound, which read each σ_t² as a number: a variance table that requires grad
+    (a learned variance) would get no gradient from them (`checks.check_untracked`), where `gamma_t` passes it on."""
+    return model_variance(alpha_bar, check_untracked("variance", variance))
+
+
 def gamma_t(alpha_bar, variance="small") -> torch.Tensor:
     """DDPM's weights γ_t = β_t² / (2 σ_t² α_t (1 − ᾱ_t)), shape (T,) (notebook 02 §6; DDPM eq. 12, the
     weights of DDIM eq. 5's L_γ that make it DDPM's bound).
@@ -172,7 +178,7 @@ def posterior_kl(x0: torch.Tensor, x_t: torch.Tensor, eps_pred: torch.Tensor, al
     _check_x0(x0)
     _check_same("x_t", x_t, x0)
     _check_same("eps_pred", eps_pred, x0)
-    return _posterior_kl(x0, x_t, eps_pred, alpha_bar, t, float(model_variance(alpha_bar, variance)[t]))
+    return _posterior_kl(x0, x_t, eps_pred, alpha_bar, t, float(_read_variance(alpha_bar, variance)[t]))
 
 
 def _posterior_kl(x0, x_t, eps_pred, alpha_bar, t: int, var_p: float) -> torch.Tensor:
@@ -198,7 +204,7 @@ def decoder_nll(x0: torch.Tensor, x_t: torch.Tensor, eps_pred: torch.Tensor, alp
     _check_same("x_t", x_t, x0)
     _check_same("eps_pred", eps_pred, x0)
     _check_decoder(decoder, x0)
-    return _decoder_nll(x0, x_t, eps_pred, alpha_bar, float(model_variance(alpha_bar, variance)[0]), decoder)
+    return _decoder_nll(x0, x_t, eps_pred, alpha_bar, float(_read_variance(alpha_bar, variance)[0]), decoder)
 
 
 def _check_decoder(decoder: str, x0: torch.Tensor) -> None:
@@ -238,7 +244,7 @@ def elbo_terms(eps_model, x0: torch.Tensor, alpha_bar, variance="small", decoder
     check_generator(generator, x0.device)
     n_mc = check_int("n_mc", n_mc)
     _check_decoder(decoder, x0)
-    var = model_variance(alpha_bar, variance)
+    var = _read_variance(alpha_bar, variance)
     B, T = x0.shape[0], alpha_bar.numel()
     xr = x0.repeat(n_mc, *([1] * (x0.ndim - 1)))
     terms = []

@@ -2721,3 +2721,25 @@ def test_round_35_a_noise_sampler_on_another_device_is_named(toy_setup):
                 lambda: samplers.langevin(eps, x_T, AB, 10, 1e-3, 2, noise_sampler=elsewhere)):
         with pytest.raises(ValueError, match="noise_sampler\\(t, s\\) must return noise on x's device, cpu, got it on meta"):
             run()
+
+
+def test_round_35_a_variance_table_that_requires_grad_is_refused_where_it_is_read_as_numbers():
+    """A learned variance table (T,) with requires_grad, passed to elbo.bits_per_dim, posterior_kl or decoder_nll, was read
+    with float(var[t]): the bound came back and, with a network's parameters in the graph, backward() ran while the
+    table's .grad stayed None. gamma_t, which keeps the table in the graph, still takes it."""
+    ab = schedule.make_alpha_bar("linear", 10)
+    x0 = torch.arange(8.0).reshape(2, 4) / 127.5 - 1
+    w = torch.zeros((), requires_grad=True)               # a network's parameter: the bound has a graph to run back
+
+    def eps_model(x, t):
+        return x * w
+    learned = torch.full((10,), 0.01, requires_grad=True)
+    x_t = diffusion.q_sample(x0, float(ab[3]), torch.zeros_like(x0))
+    for run in (lambda: elbo.bits_per_dim(eps_model, x0, ab, variance=learned),
+                lambda: elbo.posterior_kl(x0, x_t, x_t * 0, ab, 3, variance=learned),
+                lambda: elbo.decoder_nll(x0, x_t, x_t * 0, ab, variance=learned)):
+        with pytest.raises(ValueError, match="variance requires grad, .* gradient would reach it; pass variance.detach\\(\\)$"):
+            run()
+    assert float(elbo.bits_per_dim(eps_model, x0, ab, variance=learned.detach()).detach().mean()) > 0
+    elbo.gamma_t(ab, learned).sum().backward()
+    assert learned.grad is not None and bool(torch.isfinite(learned.grad).all())
