@@ -351,15 +351,22 @@ def image_like_mixture(d: int = 1024, K: int = 10, slope: float = 1.0, pixel_std
     image's Fourier-like basis): basis=None, so ε* costs O(B·K·d). Deterministic given `seed`.
     """
     d, K = check_int("d", d), check_int("K", K)
-    if not 0 <= between < 1:
-        raise ValueError(f"between must lie in [0, 1), got {between}")
+    if (share := as_real(between)) is None or not 0 <= share < 1:     # "0.5" and [0.5] were Python's TypeError
+        raise ValueError(f"between must be a number in [0, 1) (the share of the variance between components), got "
+                         f"{between!r}")
+    if (power := as_real(slope)) is None:             # "1" and True were read as 1, NaN named `means`, inf `eigvals`
+        raise ValueError(f"slope must be a finite number (lambda_j ~ j^-slope; 1 for natural images), got {slope!r}")
     if (std := as_real(pixel_std)) is None or std <= 0:      # -0.5 would square to 0.5's mixture
         raise ValueError(f"pixel_std must be a finite number > 0 (a standard deviation), got {pixel_std!r}")
-    pixel_std = std
+    between, slope, pixel_std = share, power, std
     g = seeded(seed)
     j = torch.arange(1, d + 1, dtype=torch.float64)
-    lam = j ** -float(slope)
-    lam = lam * (d * pixel_std ** 2 / lam.sum())
+    lam = j ** -slope
+    lam = lam * (d * pixel_std * pixel_std / lam.sum())     # not ** 2: Python's OverflowError past 1e154
+    if not bool((torch.isfinite(lam) & (lam > 0)).all()):
+        raise ValueError(f"slope = {slope:g} and pixel_std = {pixel_std:g} put the spectrum's eigenvalues (spanning a factor "
+                         f"d^|slope| = {d:g}^{abs(slope):g}) outside float64's range: use a smaller |slope| or a pixel_std "
+                         f"nearer 1")
     mu = (between * lam).sqrt() * torch.randn(K, d, generator=g, dtype=torch.float64)
     u = 2.0 ** (2 * torch.rand(K, d, generator=g, dtype=torch.float64) - 1)       # log-uniform in [0.5, 2]
     return SharedBasisMixture(torch.ones(K), mu, (1 - between) * lam * u)

@@ -2743,3 +2743,24 @@ def test_round_35_a_variance_table_that_requires_grad_is_refused_where_it_is_rea
     assert float(elbo.bits_per_dim(eps_model, x0, ab, variance=learned.detach()).detach().mean()) > 0
     elbo.gamma_t(ab, learned).sum().backward()
     assert learned.grad is not None and bool(torch.isfinite(learned.grad).all())
+
+
+def test_round_35_image_like_mixture_names_each_of_its_numbers():
+    """toy.image_like_mixture read slope "1" and True as 1 without a word, named `means` for slope NaN and `eigvals` for
+    slope inf or 1000; between "0.5", [0.5] and 0.5+0j were Python's "'<=' not supported between instances of 'int' and
+    'str'"; pixel_std 1e200 was Python's OverflowError "(34, 'Numerical result out of range')" and 1e-200 named
+    `eigvals`. Each now names its argument."""
+    for kw, match in ((dict(slope="1"), "slope must be a finite number .* got '1'"),
+                      (dict(slope=True), "slope must be a finite number .* got True"),
+                      (dict(slope=float("nan")), "slope must be a finite number"),
+                      (dict(slope=1000), "slope = 1000 and pixel_std = 0.5 put the spectrum's eigenvalues .* outside"),
+                      (dict(between="0.5"), "between must be a number in \\[0, 1\\) .* got '0.5'"),
+                      (dict(between=[0.5]), "between must be a number in \\[0, 1\\)"),
+                      (dict(between=0.5 + 0j), "between must be a number in \\[0, 1\\)"),
+                      (dict(pixel_std=1e200), "pixel_std = 1e\\+200 put the spectrum's eigenvalues"),
+                      (dict(pixel_std=1e-200), "pixel_std = 1e-200 put the spectrum's eigenvalues")):
+        with pytest.raises(ValueError, match=match):
+            toy.image_like_mixture(d=4, K=2, **kw)
+    m = toy.image_like_mixture(d=4, K=2, slope=np.float64(2.0), between=torch.tensor(0.25), pixel_std=2)
+    lam = m.eigvals.mean(0)                               # the factors u_kj in [0.5, 2] around λ_j ∝ j^-2
+    assert bool((lam[:-1] > lam[1:]).all()) and m.means.shape == (2, 4)
