@@ -115,6 +115,17 @@ def as_real(v) -> float | None:
     return float(v)
 
 
+def a_list(values, name: str, example: str, empty_ok: bool = False) -> list:
+    """A grid's axis as a list: a list, tuple or other iterable of values, not a bare number or a string (which would fail
+    as "not iterable", or be iterated character by character), and not empty unless `empty_ok` (an empty grid failed as
+    "list index out of range")."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name} must be a list, e.g. {example}; got {values!r}")
+    if not (values := list(values)) and not empty_ok:
+        raise ValueError(f"{name} must list at least one value, e.g. {example}; got none")
+    return values
+
+
 def check_distinct(values, name: str) -> None:
     """A value listed twice (in a grid of η or S, or image indices) would be computed twice and fill two rows (or
     images) with one cell. Linear time for Python numbers and strings (50 000 indices), else pairwise (tensors)."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from . import ode, plotting, samplers, schedule, toy
-from .checks import SEED_NOTE, as_real, check_bool, check_distinct, check_int, check_per_sample, seeded
+from .checks import SEED_NOTE, a_list, as_real, check_bool, check_distinct, check_int, check_per_sample, seeded
 from .devices import cpu_threads
 from .diffusion import check_eta
 from .files import atomic_write, interrupts_deferred
@@ -247,14 +247,18 @@ def ode_error(eps, x_T: torch.Tensor, alpha_bar: torch.Tensor, seq, rtol: float 
 
 # -------------------------------------------------------------------------------------- the table
 
-def _check_args(S_list, etas, spacing, n, n_ode, T):
+def _check_args(mixture, S_list, etas, include_sigma_hat, spacing, n, n_ode, T):
+    if mixture is not None and not isinstance(mixture, toy.GaussianMixture):    # "'str' object has no attribute 'd'"
+        raise TypeError(f"mixture must be a toy.GaussianMixture (or None: toy.default_mixture()), got "
+                        f"{type(mixture).__name__}")
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
-    S_list = tuple(S_list)
-    if not S_list:
-        raise ValueError("S_list is empty: give at least one number of steps")
-    S_list = tuple(check_int("each S in S_list", S, 1, T) for S in S_list)
-    etas = tuple(check_eta(e) for e in etas)
+    T = check_int("T", T)                        # before S's range, which T = 0 made "an integer in 1..0"
+    S_list = tuple(check_int("each S in S_list", S, 1, T) for S in a_list(S_list, "S_list", "(10, 20)"))
+    etas = tuple(check_eta(e) for e in a_list(etas, "etas", "(0.0, 1.0)", empty_ok=True))
+    if not etas and not include_sigma_hat:         # a table of the data row alone, its noise floor computed for nothing
+        raise ValueError("etas is empty and include_sigma_hat is False: the table would have no sampler; give an eta, "
+                         "or include_sigma_hat=True")
     check_distinct(S_list, "S")
     check_distinct(etas, "eta")
     if len(set(names := [e if isinstance(e, str) else f"{e:g}" for e in etas])) < len(etas):    # the rows' names
@@ -285,8 +289,8 @@ def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS,
     None elsewhere or when n_ode = 0), ode_e2 (those n_ode samples' squared distances, or None), seconds.
     progress: a bar over the sampler steps of all cells (`ddimlab lab` shows it unless --no-progress).
     """
-    S_list, etas, n, n_ode = _check_args(S_list, etas, spacing, n, n_ode, T)
     standardize, include_sigma_hat = check_bool("standardize", standardize), check_bool("include_sigma_hat", include_sigma_hat)
+    S_list, etas, n, n_ode = _check_args(mixture, S_list, etas, include_sigma_hat, spacing, n, n_ode, T)
     progress = check_bool("progress", progress)
     seed = check_int("seed", seed, 0, 2 ** 32 - 1, SEED_NOTE)
     mixture = toy.default_mixture() if mixture is None else mixture

@@ -2764,3 +2764,23 @@ def test_round_35_image_like_mixture_names_each_of_its_numbers():
     m = toy.image_like_mixture(d=4, K=2, slope=np.float64(2.0), between=torch.tensor(0.25), pixel_std=2)
     lam = m.eigvals.mean(0)                               # the factors u_kj in [0.5, 2] around λ_j ∝ j^-2
     assert bool((lam[:-1] > lam[1:]).all()) and m.means.shape == (2, 4)
+
+
+def test_round_35_table1_names_a_grid_that_is_no_list_a_table_with_no_sampler_and_a_mixture_of_another_kind():
+    """lab.table1(S_list=10) and etas=0.5 failed as "'int' object is not iterable" (S_list="10" as S = '1'); etas=[] with
+    include_sigma_hat=False computed the noise floor of a table with no sampler row (which format_table then refused);
+    mixture="ring" or an eps function was "'str' object has no attribute 'd'"; T=0 said S "must be an integer in 1..0".
+    All are said before any sampling (checks.a_list, the one rule tables.reproduce_table1's grid uses too)."""
+    from ddimlab import lab
+    for kw, err, match in ((dict(S_list=10), TypeError, "S_list must be a list, e.g. \\(10, 20\\); got 10"),
+                           (dict(S_list="10"), TypeError, "S_list must be a list"),
+                           (dict(etas=0.5), TypeError, "etas must be a list, e.g. \\(0.0, 1.0\\); got 0.5"),
+                           (dict(etas=[], include_sigma_hat=False), ValueError, "etas is empty and include_sigma_hat is "
+                                                                                "False: the table would have no sampler"),
+                           (dict(mixture="ring"), TypeError, "mixture must be a toy.GaussianMixture .* got str"),
+                           (dict(mixture=toy.exact_eps(toy.default_mixture(), AB)), TypeError, "got function"),
+                           (dict(T=0, S_list=[1]), ValueError, "T must be a positive integer, got 0")):
+        with pytest.raises(err, match=match):
+            lab.table1(**{"S_list": [2], "n": 8, "n_ode": 0, **kw})
+    rows = lab.table1(S_list=[2], etas=[], n=8, n_ode=0, repeats=2)      # σ̂ alone is a table
+    assert [r["sampler"] for r in rows] == ["data", samplers.SIGMA_HAT]
