@@ -179,7 +179,10 @@ def lambda_timesteps(S: int, alpha_bar: torch.Tensor, t_max: int | None = None, 
     return _distinct_steps(t_of_sigma(alpha_bar, log_sig.exp()), t_min, t_max, T)
 
 
-MAX_RHO = 1e4     # karras_timesteps: float64 resolves σ^{1/ρ} well beyond it, and its steps are nearly λ-uniform already
+# karras_timesteps: float64 resolves σ^{1/ρ} well beyond it, and its steps are nearly λ-uniform already. ipndm's ρ: on the
+# ring's exact ε from one x_T (power3 steps), x_0 moved from ρ = 100's by 8e-5 at ρ = 1e4 and 1e5 on 20 steps, by 4e-4 at
+# 1e6, and by 1.5e7 at 1e8 (0.4 on 6 steps): its Lagrange weights in σ^{1/ρ} lose their digits (careless round 35).
+MAX_RHO = 1e4
 
 
 def karras_timesteps(S: int, alpha_bar: torch.Tensor, rho: float = 7.0, t_max: int | None = None,
@@ -671,7 +674,7 @@ def ipndm(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
       `adams_coefficients` (3/2, −1/2; 23/12, −16/12, 5/12; …). On an uneven grid this is Adams–Bashforth in the
       step index with dσ frozen over each step: second order on smooth grids, but the best of these methods at
       very few steps (notebook 08 §6).
-    - rho=ρ ≥ 1: P is a polynomial in σ^{1/ρ} through the actual nodes and is integrated exactly
+    - rho=ρ in [1, MAX_RHO = 1e4]: P is a polynomial in σ^{1/ρ} through the actual nodes and is integrated exactly
       (`_lagrange_integrals`): variable-step Adams–Bashforth, of order `order` (ρ = 1: in σ itself). With rho=1.0
       and afs=False this is DEIS's own ρAB-DEIS (Zhang & Chen 2023; `get_sampler_rho_ab` in their code, whose ab_order r is
       order = r + 1), equal to their code to 5e-14 once its Riemann-sum weights are refined (tests/test_ode.py).
@@ -690,8 +693,9 @@ def ipndm(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
     """
     order = check_int("order", order, 1, 4)
     if rho is not None:
-        if (r := as_real(rho)) is None or r < 1:
-            raise ValueError(f"rho must be None (equal-step coefficients) or a finite number >= 1, got {rho!r}")
+        if (r := as_real(rho)) is None or r < 1 or r > MAX_RHO:   # 1e8: the weights lost their digits, x_0 off by 0.4
+            raise ValueError(f"rho must be None (equal-step coefficients) or a finite number >= 1 and <= {MAX_RHO:g} (past "
+                             f"it the nodes sigma^(1/rho) crowd at 1 and the weights lose their digits), got {rho!r}")
         rho = r                     # a float: a float32 tensor rho made the weights float32
     alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory,
         afs=afs, corrector=corrector)
@@ -815,8 +819,8 @@ def solve(name: str, eps, x_T, alpha_bar, seq, return_trajectory: bool = False, 
 
 
 def _check_options(name: str, solver, options) -> None:
-    """A keyword `name`'s solver does not take is named with those it does (not Python's "unexpected keyword"), and a
-    UniPC `variant` not in UNIPC_VARIANTS is refused."""
+    """A keyword `name`'s solver does not take is named with those it does (not Python's "unexpected keyword"); a
+    UniPC `variant` not in UNIPC_VARIANTS and ipndm_vs with rho=None (ipndm itself) are refused."""
     own = [k for k in inspect.signature(solver).parameters if k not in ("eps", "x_T", "x0", "alpha_bar", "seq")]
     if unknown := sorted(set(options) - set(own)):
         takes = ", ".join(k for k in own if k not in ("return_trajectory", "callback"))
@@ -824,6 +828,9 @@ def _check_options(name: str, solver, options) -> None:
                         + (f"; its options: {takes}" if takes else " (it has none)"))
     if "variant" in options:                 # refused before any network call, and by `nfe`, which makes none
         _check_unipc_variant(options["variant"])
+    if name == "ipndm_vs" and "rho" in options and options["rho"] is None:    # ran plain ipndm, named ipndm_vs
+        raise ValueError("ipndm_vs is ipndm with variable-step weights (rho=1.0 by default, any rho >= 1); rho=None, "
+                         "equal-step weights, is solve('ipndm', ...)")
 
 
 def nfe(name: str, S: int, **options) -> int:

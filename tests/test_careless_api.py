@@ -2784,3 +2784,19 @@ def test_round_35_table1_names_a_grid_that_is_no_list_a_table_with_no_sampler_an
             lab.table1(**{"S_list": [2], "n": 8, "n_ode": 0, **kw})
     rows = lab.table1(S_list=[2], etas=[], n=8, n_ode=0, repeats=2)      # σ̂ alone is a table
     assert [r["sampler"] for r in rows] == ["data", samplers.SIGMA_HAT]
+
+
+def test_round_35_ipndm_refuses_a_rho_whose_weights_lose_their_digits(toy_setup):
+    """ode.ipndm(rho=1e8) returned x_0 0.4 away from rho = 100's on 6 steps (1.5e7 on 20), finite and in silence, and rho=1e20
+    failed as the mixture's "x contains NaN or inf"; rho is now bounded by MAX_RHO = 1e4, as karras_timesteps' is.
+    solve("ipndm_vs", rho=None) ran plain iPNDM (the same x_0 bit for bit) under ipndm_vs's name."""
+    _, eps, x_T, _ = toy_setup
+    seq = ode.rule_timesteps("power3", 6, AB)
+    for rho in (1e8, 1e20, ode.MAX_RHO * 1.01):
+        with pytest.raises(ValueError, match="rho must be None .* <= 10000 .* lose their digits"):
+            ode.ipndm(eps, x_T, AB, seq, rho=rho)
+    near = [ode.ipndm(eps, x_T, AB, seq, rho=r) for r in (100.0, ode.MAX_RHO)]   # the bound itself is still accurate
+    assert float((near[0] - near[1]).abs().max()) < 1e-2
+    for run in (lambda: ode.solve("ipndm_vs", eps, x_T, AB, seq, rho=None), lambda: ode.nfe("ipndm_vs", 6, rho=None)):
+        with pytest.raises(ValueError, match="rho=None, equal-step weights, is solve\\('ipndm', ...\\)"):
+            run()
