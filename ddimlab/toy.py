@@ -485,8 +485,11 @@ def gram(u: torch.Tensor, v: torch.Tensor, kernel) -> torch.Tensor:
         raise ValueError(f"u and v must be points of one dimension d, got shapes {tuple(u.shape)} and {tuple(v.shape)}")
     if isinstance(kernel, str) and kernel == ENERGY:         # (an array would compare elementwise)
         return torch.cdist(u, v).neg_()
-    if (h := as_real(kernel)) is None or not h > 0:        # not a bool (True read as 1), a string, an array
-        raise ValueError(f"kernel must be a finite bandwidth > 0 (Gaussian) or {ENERGY!r}, got {kernel!r}")
+    # not a bool (True read as 1), a string, an array; nor a bandwidth whose 1/h² overflows (1e-300: Python's "float
+    # division by zero"; 1e-160: -inf · 0 = NaN on the diagonal)
+    if (h := as_real(kernel)) is None or not (h > 0 and h * h >= torch.finfo(torch.float64).tiny):
+        raise ValueError(f"kernel must be a finite bandwidth >= 1.5e-154 (Gaussian: 1/h² must fit float64) or {ENERGY!r}, "
+                         f"got {kernel!r}")
     kernel = h
     # |u−v|² = |u|² + |v|² − 2u·v, one matrix product and in-place passes: 14 ms against cdist(u, v).pow(2)'s 28 to 34 ms
     # on the lab's 2000 × 2000 tables (two threads); the clamp sets to 0 what rounding leaves below it where u_i ≈ v_j

@@ -2800,3 +2800,15 @@ def test_round_35_ipndm_refuses_a_rho_whose_weights_lose_their_digits(toy_setup)
     for run in (lambda: ode.solve("ipndm_vs", eps, x_T, AB, seq, rho=None), lambda: ode.nfe("ipndm_vs", 6, rho=None)):
         with pytest.raises(ValueError, match="rho=None, equal-step weights, is solve\\('ipndm', ...\\)"):
             run()
+
+
+def test_round_35_a_gaussian_bandwidth_whose_inverse_square_overflows_is_refused():
+    """toy.gram (mmd2_unbiased, lab.mmd2_se) with the Gaussian bandwidth 1e-300 failed with Python's "float division by
+    zero" (h² underflowed to 0), and 1e-160 (h² subnormal) gave NaN kernels on the diagonal, -inf · 0."""
+    from ddimlab import lab
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for h in (1e-300, 1e-160):
+        with pytest.raises(ValueError, match="kernel must be a finite bandwidth >= 1.5e-154 .* got 1e-"):
+            lab.mmd2_se(x, x + 1, h)
+    k = toy.gram(x, x, 1.5e-154)                              # the smallest that fits: the identity kernel
+    assert torch.equal(k, torch.eye(6, dtype=torch.float64))
