@@ -2804,11 +2804,13 @@ def test_round_35_ipndm_refuses_a_rho_whose_weights_lose_their_digits(toy_setup)
 
 def test_round_35_a_gaussian_bandwidth_whose_inverse_square_overflows_is_refused():
     """toy.gram (mmd2_unbiased, lab.mmd2_se) with the Gaussian bandwidth 1e-300 failed with Python's "float division by
-    zero" (h² underflowed to 0), and 1e-160 (h² subnormal) gave NaN kernels on the diagonal, -inf · 0."""
+    zero" (h² underflowed to 0), and 1e-160 (h² subnormal) gave NaN kernels on the diagonal, -inf · 0: mmd2_unbiased
+    returned NaN."""
     from ddimlab import lab
     x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for h in (1e-300, 1e-160):
-        with pytest.raises(ValueError, match="kernel must be a finite bandwidth >= 1.5e-154 .* got 1e-"):
-            lab.mmd2_se(x, x + 1, h)
+        for f in (lab.mmd2_se, toy.mmd2_unbiased):
+            with pytest.raises(ValueError, match="kernel must be a finite bandwidth >= 1.5e-154 .* got 1e-"):
+                f(x, x + 1, h)
     k = toy.gram(x, x, 1.5e-154)                              # the smallest that fits: the identity kernel
     assert torch.equal(k, torch.eye(6, dtype=torch.float64))
