@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import ode, schedule
-from .checks import as_real, check_generator, check_int, check_numbers, check_symmetric, seeded
+from .checks import as_real, check_generator, check_int, check_numbers, check_symmetric, is_complex, seeded
 
 
 def _f64(x, name):
@@ -65,6 +65,14 @@ def _alpha_bar_value(a, name: str = "alpha_bar", one: bool = True) -> float:
     if not (0 < v <= 1 if one else 0 < v < 1):
         raise ValueError(f"{name} must lie in (0, 1{']' if one else ')'}, got {v}")
     return v
+
+
+def _alpha_bar_tensor(a) -> torch.Tensor:
+    """ᾱ (a number or a (B,) tensor) as float64, if real: the cast would read True as 1.0 and drop a complex tensor's
+    imaginary part without a word (a Python complex was torch's "must be real number, not complex")."""
+    if is_complex(check_numbers("alpha_bar", a)):
+        raise TypeError(f"alpha_bar must be real, got {getattr(a, 'dtype', type(a).__name__)}")
+    return torch.as_tensor(a, dtype=torch.float64)
 
 
 class GaussianMixture:
@@ -138,7 +146,7 @@ class GaussianMixture:
     @staticmethod
     def _alpha_bar_rows(x, a) -> torch.Tensor:
         """ᾱ for each row of x, (B,) float64, from a float or a (B,) tensor; each in [0, 1]."""
-        a = torch.as_tensor(check_numbers("alpha_bar", a), dtype=torch.float64)
+        a = _alpha_bar_tensor(a)
         if a.ndim == 0:
             a = a.expand(x.shape[0])
         if a.shape != (x.shape[0],):
@@ -226,7 +234,7 @@ class GaussianMixture:
         `a` is ᾱ: a float or a (B,) tensor; a = 1 gives 0 (clean data has no noise to predict).
         Returned in x's dtype.
         """
-        a64 = torch.as_tensor(check_numbers("alpha_bar", a), dtype=torch.float64)    # True would become 1.0 here
+        a64 = _alpha_bar_tensor(a)
         s = (1 - a64).clamp_min(0).sqrt()
         s = s[:, None] if s.ndim == 1 else s
         return (-s * self.score(x, a64)).to(x.dtype)

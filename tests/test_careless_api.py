@@ -2814,3 +2814,16 @@ def test_round_35_a_gaussian_bandwidth_whose_inverse_square_overflows_is_refused
                 f(x, x + 1, h)
     k = toy.gram(x, x, 1.5e-154)                              # the smallest that fits: the identity kernel
     assert torch.equal(k, torch.eye(6, dtype=torch.float64))
+
+
+def test_round_35_a_mixture_refuses_a_complex_alpha_bar_rather_than_drop_its_imaginary_part():
+    """GaussianMixture's and SharedBasisMixture's eps, score, log_prob, x0_mean and v read a complex ᾱ tensor (0.5 + 0j, or
+    0.5 + 0.3j) as its real part without a word; a Python complex failed as torch's "must be real number, not complex"."""
+    x = torch.zeros(2, 4, dtype=torch.float64)
+    for mix in (toy.random_mixture(d=4, K=2), toy.image_like_mixture(d=4, K=2)):
+        for a in (torch.tensor(0.5 + 0.3j), torch.tensor([0.5 + 0j, 0.2]), 0.5 + 0j):
+            for f in (mix.eps, mix.score, mix.log_prob, mix.x0_mean, mix.v):
+                with pytest.raises(TypeError, match="alpha_bar must be real, got (torch.complex|complex)"):
+                    f(x, a)
+        per_row = torch.stack([mix.eps(x[:1], 0.5)[0], mix.eps(x[:1], 0.2)[0]])          # a real (B,) ᾱ still works
+        torch.testing.assert_close(mix.eps(x, torch.tensor([0.5, 0.2])), per_row, rtol=1e-12, atol=1e-14)
