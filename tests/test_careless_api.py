@@ -2826,4 +2826,4 @@ def test_round_35_a_mixture_refuses_a_complex_alpha_bar_rather_than_drop_its_ima
                 with pytest.raises(TypeError, match="alpha_bar must be real, got (torch.complex|complex)"):
                     f(x, a)
         per_row = torch.stack([mix.eps(x[:1], 0.5)[0], mix.eps(x[:1], 0.2)[0]])          # a real (B,) ᾱ still works
-        torch.testing.assert_close(mix.eps(x, torch.tensor([0.5, 0.2])), per_row, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(mix.eps(x, torch.tensor([0.5, 0.2], dtype=torch.float64)), per_row, rtol=1e-12, atol=1e-14)
