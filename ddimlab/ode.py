@@ -866,6 +866,12 @@ def thresholded_eps(eps, alpha_bar, p: float = 0.995, s_max: float = math.inf):
     """
     check_eps(eps, "thresholded_eps: eps")
     alpha_bar = validate_alpha_bar(alpha_bar)
+    own = getattr(eps, "alpha_bar", None)                    # `toy.exact_eps`'s schedule (and this function's own)
+    if isinstance(own, torch.Tensor) and (own.shape != alpha_bar.shape or not torch.allclose(
+            own.to(torch.float64).cpu(), alpha_bar.cpu(), rtol=1e-6, atol=0)):     # 1e-6: the same table in float32
+        raise ValueError(f"thresholded_eps: alpha_bar (T = {len(alpha_bar)}) is not the schedule eps was made for "
+                         f"(eps.alpha_bar, T = {len(own)}): x0 would be formed on another schedule than eps's; pass "
+                         f"eps.alpha_bar")
     dynamic_threshold(torch.zeros(1, 1), p, s_max)           # p and s_max checked now, not at the first step
 
     def eps_thr(x, t):
@@ -879,6 +885,7 @@ def thresholded_eps(eps, alpha_bar, p: float = 0.995, s_max: float = math.inf):
             return e
         return predict_eps(x, dynamic_threshold(predict_x0(x, e, a), p, s_max), a)
 
+    eps_thr.alpha_bar = alpha_bar
     return eps_thr
 
 

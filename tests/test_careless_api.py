@@ -2827,3 +2827,18 @@ def test_round_35_a_mixture_refuses_a_complex_alpha_bar_rather_than_drop_its_ima
                     f(x, a)
         per_row = torch.stack([mix.eps(x[:1], 0.5)[0], mix.eps(x[:1], 0.2)[0]])          # a real (B,) ᾱ still works
         torch.testing.assert_close(mix.eps(x, torch.tensor([0.5, 0.2], dtype=torch.float64)), per_row, rtol=1e-12, atol=1e-14)
+
+
+def test_round_35_thresholded_eps_refuses_a_schedule_other_than_its_eps(toy_setup):
+    """ode.thresholded_eps(toy.exact_eps(mix, linear), cosine) formed x̂_0 with the cosine ᾱ from an ε made for the linear
+    one and sampled without a word (a T = 100 table failed only at the first step, as alpha_bar_at's "step t must lie in
+    -1..99"). The ε's own schedule (eps.alpha_bar) is now compared where thresholded_eps takes its alpha_bar, and the
+    thresholded ε carries its own, so wrapping it again is checked too."""
+    mix, eps, x_T, seq = toy_setup
+    for other in (schedule.make_alpha_bar("cosine", 1000), schedule.make_alpha_bar("linear", 100)):
+        with pytest.raises(ValueError, match="thresholded_eps: alpha_bar \\(T = 1.*is not the schedule eps was made for"):
+            ode.thresholded_eps(eps, other)
+    thr = ode.thresholded_eps(eps, AB.float())                # the same table in float32 is the same schedule
+    with pytest.raises(ValueError, match="not the schedule eps was made for"):
+        ode.thresholded_eps(thr, schedule.make_alpha_bar("cosine", 1000))
+    assert bool(torch.isfinite(samplers.ddim_sample(thr, x_T, AB, seq)).all())
