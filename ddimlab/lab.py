@@ -98,7 +98,8 @@ def noise_floor(mixture: toy.GaussianMixture, n: int, generator: torch.Generator
     of size n over `repeats` repetitions): what a perfect sampler scores at this n. kernel and scale as
     in `toy.mmd` (None: the Gaussian kernel of `toy.bandwidth(mixture)`, no scaling).
     """
-    return toy.mmd(mixture.sample(n, generator), mixture, generator, repeats=repeats, kernel=kernel, scale=scale)
+    return toy.mmd(toy.check_mixture(mixture).sample(n, generator), mixture, generator, repeats=repeats, kernel=kernel,
+                   scale=scale)
 
 
 def error_ratio(e2_a: torch.Tensor, e2_b: torch.Tensor, draws: int = 2000, seed: int = 0) -> dict:
@@ -242,15 +243,16 @@ def ode_sq_errors(eps, x_T: torch.Tensor, alpha_bar: torch.Tensor, seq, rtol: fl
 
 def ode_error(eps, x_T: torch.Tensor, alpha_bar: torch.Tensor, seq, rtol: float = 1e-7) -> float:
     """RMS over samples of |DDIM(η=0) − exact ODE solution| from the same x_T at step seq[0] (notebook 05 §3)."""
+    if isinstance(x_T, torch.Tensor) and x_T.ndim and not len(x_T):     # the mean of no samples: NaN, in silence
+        raise ValueError(f"x_T is an empty batch {tuple(x_T.shape)}: an RMS over its samples needs at least one")
     return float(ode_sq_errors(eps, x_T, alpha_bar, seq, rtol).mean().sqrt())
 
 
 # -------------------------------------------------------------------------------------- the table
 
 def _check_args(mixture, S_list, etas, include_sigma_hat, spacing, n, n_ode, T):
-    if mixture is not None and not isinstance(mixture, toy.GaussianMixture):    # "'str' object has no attribute 'd'"
-        raise TypeError(f"mixture must be a toy.GaussianMixture (or None: toy.default_mixture()), got "
-                        f"{type(mixture).__name__}")
+    if mixture is not None:                      # "'str' object has no attribute 'd'"
+        toy.check_mixture(mixture)
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
     T = check_int("T", T)                        # before S's range, which T = 0 made "an integer in 1..0"

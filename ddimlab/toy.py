@@ -479,9 +479,15 @@ def bandwidth(mixture: GaussianMixture) -> float:
     """The Gaussian kernel's default bandwidth: the components' typical standard deviation, the weighted mean
     of √(mean eigenvalue of Σ_k) (notebook 09 §1). A fixed property of the mixture, so numbers are
     comparable across samplers."""
-    if not isinstance(mixture, GaussianMixture):      # else "'str' object has no attribute 'weights'"
+    return float(check_mixture(mixture).weights @ mixture.eigvals.mean(1).sqrt())
+
+
+def check_mixture(mixture) -> GaussianMixture:
+    """`mixture` if it is a `GaussianMixture` (a `SharedBasisMixture` too), else a TypeError naming it: a name ("ring") or
+    an ε function failed as "'str' object has no attribute 'weights'" (or 'd', 'sample')."""
+    if not isinstance(mixture, GaussianMixture):
         raise TypeError(f"mixture must be a toy.GaussianMixture, got {type(mixture).__name__}")
-    return float(mixture.weights @ mixture.eigvals.mean(1).sqrt())
+    return mixture
 
 
 def gram(u: torch.Tensor, v: torch.Tensor, kernel) -> torch.Tensor:
@@ -547,7 +553,7 @@ def mmd(samples: torch.Tensor, mixture: GaussianMixture, generator: torch.Genera
     with `bandwidth(mixture)`, a bandwidth, or ENERGY for the energy distance. scale: None, or a (d,)
     tensor every point is divided by first (`mixture.std()`: each coordinate on its own scale).
     """
-    samples = points(samples, "samples")
+    samples, mixture = points(samples, "samples"), check_mixture(mixture)
     if samples.shape[1] != mixture.d or samples.shape[0] < 2:
         raise ValueError(f"samples must have shape (n >= 2, d = {mixture.d}), got {tuple(samples.shape)}")
     repeats = check_int("repeats", repeats, 2, note=" (to estimate a standard deviation)")

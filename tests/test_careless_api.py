@@ -2777,7 +2777,7 @@ def test_round_35_table1_names_a_grid_that_is_no_list_a_table_with_no_sampler_an
                            (dict(etas=0.5), TypeError, "etas must be a list, e.g. \\(0.0, 1.0\\); got 0.5"),
                            (dict(etas=[], include_sigma_hat=False), ValueError, "etas is empty and include_sigma_hat is "
                                                                                 "False: the table would have no sampler"),
-                           (dict(mixture="ring"), TypeError, "mixture must be a toy.GaussianMixture .* got str"),
+                           (dict(mixture="ring"), TypeError, "mixture must be a toy.GaussianMixture, got str"),
                            (dict(mixture=toy.exact_eps(toy.default_mixture(), AB)), TypeError, "got function"),
                            (dict(T=0, S_list=[1]), ValueError, "T must be a positive integer, got 0")):
         with pytest.raises(err, match=match):
@@ -2842,3 +2842,17 @@ def test_round_35_thresholded_eps_refuses_a_schedule_other_than_its_eps(toy_setu
     with pytest.raises(ValueError, match="not the schedule eps was made for"):
         ode.thresholded_eps(thr, schedule.make_alpha_bar("cosine", 1000))
     assert bool(torch.isfinite(samplers.ddim_sample(thr, x_T, AB, seq)).all())
+
+
+def test_round_35_the_lab_names_a_mixture_of_another_kind_and_an_rms_of_no_samples(toy_setup):
+    """lab.noise_floor("ring", n) failed as "'str' object has no attribute 'sample'" and toy.mmd(x, "ring") as "... no
+    attribute 'd'" (toy.check_mixture, bandwidth's check, now serves all three and table1); lab.ode_error of an empty
+    batch returned NaN, the mean of no squared errors (ode_sq_errors still maps it to no errors)."""
+    from ddimlab import lab
+    mix, eps, x_T, seq = toy_setup
+    for run in (lambda: lab.noise_floor("ring", 8), lambda: toy.mmd(x_T, "ring"), lambda: toy.bandwidth(eps)):
+        with pytest.raises(TypeError, match="mixture must be a toy.GaussianMixture, got (str|function)"):
+            run()
+    with pytest.raises(ValueError, match="x_T is an empty batch \\(0, 2\\): an RMS over its samples needs at least one"):
+        lab.ode_error(eps, x_T[:0], AB, seq)
+    assert lab.ode_sq_errors(eps, x_T[:0], AB, seq).shape == (0,)
