@@ -257,13 +257,15 @@ class SharedBasisMixture(GaussianMixture):
         (K, d), lam = mu.shape, _f64(eigvals, "eigvals")
         if lam.shape != (K, d):
             raise ValueError(f"eigvals must have shape (K, d) = ({K}, {d}), got {tuple(lam.shape)}")
-        if not bool(torch.isfinite(lam).all() & (lam > 0).all()):
-            raise ValueError("eigvals must be finite and positive (covariances positive definite)")
+        if not bool(torch.isfinite(lam).all() & (lam >= torch.finfo(torch.float64).tiny).all()):   # 1/λ must fit: 1e-309
+            raise ValueError("eigvals must be finite and positive (covariances positive definite), and at least 2.2e-308 "
+                             "(float64's smallest normal number), whose inverse float64 holds")      # gave NaN scores
         if basis is not None:
             basis = _f64(basis, "basis")
             if basis.shape != (d, d) or not bool(torch.allclose(basis.T @ basis, torch.eye(d, dtype=torch.float64),
                                                                   atol=1e-10)):
-                raise ValueError(f"basis must be an orthogonal (d, d) = ({d}, {d}) matrix or None")
+                raise ValueError(f"basis must be an orthogonal (d, d) = ({d}, {d}) matrix or None (U^T U = I to 1e-10: "
+                                 f"one computed in float32 is orthogonal to 1e-7 only; build it in float64)")
         self.weights, self.means, self.eigvals, self.basis = w / w.sum(), mu, lam, basis
         self.K, self.d = K, d
         self._means_eig = self._to_eigen(mu)                  # μ_k in the eigenbasis, (K, d)

@@ -2856,3 +2856,17 @@ def test_round_35_the_lab_names_a_mixture_of_another_kind_and_an_rms_of_no_sampl
     with pytest.raises(ValueError, match="x_T is an empty batch \\(0, 2\\): an RMS over its samples needs at least one"):
         lab.ode_error(eps, x_T[:0], AB, seq)
     assert lab.ode_sq_errors(eps, x_T[:0], AB, seq).shape == (0,)
+
+
+def test_round_35_shared_basis_eigenvalues_whose_inverse_overflows_are_refused():
+    """toy.SharedBasisMixture took subnormal eigenvalues (1e-309, 1e-320): its log_prob, score and x0_mean, which divide
+    by aλ + 1 − a, returned NaN at the mean (0 · inf), where GaussianMixture's give finite numbers. A basis orthogonal only
+    to float32's rounding is told so, not only that it is not orthogonal."""
+    for lam in (1e-309, 1e-320):
+        with pytest.raises(ValueError, match="eigvals must be .* at least 2.2e-308"):
+            toy.SharedBasisMixture(torch.ones(2), torch.zeros(2, 3), torch.full((2, 3), lam, dtype=torch.float64))
+    tiny = toy.SharedBasisMixture(torch.ones(2), torch.zeros(2, 3), torch.full((2, 3), 1e-300, dtype=torch.float64))
+    assert bool(torch.isfinite(tiny.score(torch.zeros(1, 3, dtype=torch.float64))).all())
+    q = torch.linalg.qr(torch.randn(8, 8, generator=torch.Generator().manual_seed(0)))[0]
+    with pytest.raises(ValueError, match="computed in float32 is orthogonal to 1e-7 only"):
+        toy.SharedBasisMixture(torch.ones(2), torch.zeros(2, 8), torch.ones(2, 8), q)
