@@ -2870,3 +2870,14 @@ def test_round_35_shared_basis_eigenvalues_whose_inverse_overflows_are_refused()
     q = torch.linalg.qr(torch.randn(8, 8, generator=torch.Generator().manual_seed(0)))[0]
     with pytest.raises(ValueError, match="computed in float32 is orthogonal to 1e-7 only"):
         toy.SharedBasisMixture(torch.ones(2), torch.zeros(2, 8), torch.ones(2, 8), q)
+
+
+def test_round_35_validate_timesteps_checks_its_T_and_inverting():
+    """schedule.validate_timesteps([0], T=1.5) passed (step 0 lies in 0..0.5) and T=True likewise; T="1000" and None failed
+    in Python ("unsupported operand type(s) for -"), T=0 said "0..-1"; inverting=1 was read as True."""
+    for T in (1.5, True, "1000", None, 0):
+        with pytest.raises(ValueError, match="T must be a positive integer, got"):
+            schedule.validate_timesteps([0], T)
+    with pytest.raises(TypeError, match="inverting must be True or False, got 1"):
+        schedule.validate_timesteps([5, 0], inverting=1)
+    assert schedule.validate_timesteps(range(5, -1, -1), np.int64(6)).tolist() == [5, 4, 3, 2, 1, 0]
