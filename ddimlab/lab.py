@@ -250,7 +250,7 @@ def ode_error(eps, x_T: torch.Tensor, alpha_bar: torch.Tensor, seq, rtol: float 
 
 # -------------------------------------------------------------------------------------- the table
 
-def _check_args(mixture, S_list, etas, include_sigma_hat, spacing, n, n_ode, T):
+def _check_args(S_list, etas, spacing, n, n_ode, T, mixture=None, include_sigma_hat: bool = True):
     if mixture is not None:                      # "'str' object has no attribute 'd'"
         toy.check_mixture(mixture)
     if spacing not in SPACINGS:
@@ -292,7 +292,7 @@ def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS,
     progress: a bar over the sampler steps of all cells (`ddimlab lab` shows it unless --no-progress).
     """
     standardize, include_sigma_hat = check_bool("standardize", standardize), check_bool("include_sigma_hat", include_sigma_hat)
-    S_list, etas, n, n_ode = _check_args(mixture, S_list, etas, include_sigma_hat, spacing, n, n_ode, T)
+    S_list, etas, n, n_ode = _check_args(S_list, etas, spacing, n, n_ode, T, mixture, include_sigma_hat)
     progress = check_bool("progress", progress)
     seed = check_int("seed", seed, 0, 2 ** 32 - 1, SEED_NOTE)
     mixture = toy.default_mixture() if mixture is None else mixture
