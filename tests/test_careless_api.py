@@ -2881,3 +2881,19 @@ def test_round_35_validate_timesteps_checks_its_T_and_inverting():
     with pytest.raises(TypeError, match="inverting must be True or False, got 1"):
         schedule.validate_timesteps([5, 0], inverting=1)
     assert schedule.validate_timesteps(range(5, -1, -1), np.int64(6)).tolist() == [5, 4, 3, 2, 1, 0]
+
+
+def test_round_35_a_callback_that_returns_the_next_x_is_told_it_is_not_used(toy_setup):
+    """A callback returning x (or diffusers' dict of latents, as callback_on_step_end does) expected the run to go on from
+    it; every sampler and solver ignored it without a word. Now a TypeError at the first step; other values (a progress
+    bar's update() returns True or None) are still ignored."""
+    _, eps, x_T, seq = toy_setup
+    for cb in (lambda info: info["x"].clamp(-1, 1), lambda info: {"latents": info["x"] * 0}):
+        for run in (lambda: samplers.ddim_sample(eps, x_T, AB, seq, callback=cb),
+                    lambda: samplers.ddpm_sample(eps, x_T, AB, seq=seq, callback=cb, generator=torch.Generator()),
+                    lambda: ode.solve("unipc_3", eps, x_T, AB, seq, callback=cb)):
+            with pytest.raises(TypeError, match="callback returned a (Tensor|dict), but a callback only watches the run"):
+                run()
+    steps = []
+    out = samplers.ddim_sample(eps, x_T, AB, seq, callback=lambda info: steps.append(info["i"]) or True)
+    assert steps == list(range(len(seq))) and torch.equal(out, samplers.ddim_sample(eps, x_T, AB, seq))
