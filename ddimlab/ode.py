@@ -1110,6 +1110,9 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     d = x_0[0].numel()
     if d == 0:                                         # the exact divergence summed no terms: "'int' has no attribute 'detach'"
         raise ValueError(f"x_0 of shape {tuple(shape)} has no coordinates per sample, and a density needs at least one")
+    if hutchinson is not None and hutchinson > d:      # 10**9 asked torch for 48 GB of probes ("DefaultCPUAllocator")
+        raise ValueError(f"hutchinson = {hutchinson} probes per sample cost more backward passes than the exact divergence's "
+                         f"d = {d}, and add variance: pass hutchinson <= {d}, or None for the exact divergence")
     sig_data, sig_noise = float(sigma_at(alpha_bar, t_end)), float(sigma_at(alpha_bar, t_start))
     if hutchinson is not None:
         z = torch.randn((hutchinson, *shape), generator=generator, dtype=torch.float64)

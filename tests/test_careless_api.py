@@ -2897,3 +2897,15 @@ def test_round_35_a_callback_that_returns_the_next_x_is_told_it_is_not_used(toy_
     steps = []
     out = samplers.ddim_sample(eps, x_T, AB, seq, callback=lambda info: steps.append(info["i"]) or True)
     assert steps == list(range(len(seq))) and torch.equal(out, samplers.ddim_sample(eps, x_T, AB, seq))
+
+
+def test_round_35_log_likelihood_refuses_more_probes_than_coordinates():
+    """ode.log_likelihood(hutchinson=10**9) on 2-D points asked torch for 48 GB of probes (RuntimeError "DefaultCPUAllocator:
+    can't allocate memory"); any k > d probes cost more backward passes than the exact divergence's d, with variance
+    (the rule benchmarks/ode_bits.py's --hutchinson keeps, round 28). k = d is still taken."""
+    mix = toy.default_mixture()
+    eps, x = toy.exact_eps(mix, AB), mix.sample(1, torch.Generator().manual_seed(0))
+    for k in (3, 10 ** 9):
+        with pytest.raises(ValueError, match=f"hutchinson = {k} probes .* exact divergence's d = 2.*hutchinson <= 2"):
+            ode.log_likelihood(eps, x, AB, t_start=5, rtol=1e-3, atol=1e-3, hutchinson=k)
+    assert ode.log_likelihood(eps, x, AB, t_start=5, rtol=1e-3, atol=1e-3, hutchinson=2).shape == (1,)
