@@ -2902,7 +2902,7 @@ def test_round_35_a_callback_that_returns_the_next_x_is_told_it_is_not_used(toy_
 def test_round_35_log_likelihood_refuses_more_probes_than_coordinates():
     """ode.log_likelihood(hutchinson=10**9) on 2-D points asked torch for 48 GB of probes (RuntimeError "DefaultCPUAllocator:
     can't allocate memory"); any k > d probes cost more backward passes than the exact divergence's d, with variance
-    (the rule benchmarks/ode_bits.py's --hutchinson keeps, round 28). k = d is still taken."""
+    (benchmarks/ode_bits.py's --hutchinson refuses k >= d, round 28). k = d, which tests/test_ode_bits.py uses, is taken."""
     mix = toy.default_mixture()
     eps, x = toy.exact_eps(mix, AB), mix.sample(1, torch.Generator().manual_seed(0))
     for k in (3, 10 ** 9):
