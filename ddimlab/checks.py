@@ -96,11 +96,12 @@ def real_array(name: str, v) -> np.ndarray:
 
 
 def check_untracked(name: str, v):
-    """`v` unless it is a tensor that requires grad while autograd records: read as a plain number, it would pass no
+    """`v` unless it is a tensor that requires grad while autograd records: read as plain numbers, it would pass no
     gradient back, and its .grad would stay None without a word while the other inputs' gradients are computed."""
     if isinstance(v, torch.Tensor) and v.requires_grad and torch.is_grad_enabled():
+        fix = f"{name}.item() (or {name}.detach())" if v.numel() == 1 else f"{name}.detach()"
         raise ValueError(f"{name} requires grad, but it is read as a plain number, so no gradient would reach it; pass "
-                         f"{name}.item() (or {name}.detach())")
+                         f"{fix}")
     return v
 
 
@@ -112,6 +113,17 @@ def as_real(v) -> float | None:
     if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
         return None
     return float(v)
+
+
+def a_list(values, name: str, example: str, empty_ok: bool = False) -> list:
+    """A grid's axis as a list: a list, tuple or other iterable of values, not a bare number or a string (which would fail
+    as "not iterable", or be iterated character by character), and not empty unless `empty_ok` (an empty grid failed as
+    "list index out of range")."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name} must be a list, e.g. {example}; got {values!r}")
+    if not (values := list(values)) and not empty_ok:
+        raise ValueError(f"{name} must list at least one value, e.g. {example}; got none")
+    return values
 
 
 def check_distinct(values, name: str) -> None:

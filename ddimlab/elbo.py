@@ -25,7 +25,7 @@ import math
 import numpy as np
 import torch
 
-from .checks import check_bool, check_generator, check_int
+from .checks import check_bool, check_generator, check_int, check_untracked
 from .diffusion import VARIANCES, posterior_mean, posterior_variance, predict_x0, q_sample
 from .gaussian import discretized_gaussian_log_likelihood, kl_normal, log_normal
 from .samplers import NonFiniteError, _of_x_shape, _warn_if_0_255
@@ -74,6 +74,14 @@ def _check_8bit(x0: torch.Tensor) -> None:
                          "decoder='gaussian' for real-valued data")
 
 
+def _floating(pred: torch.Tensor) -> torch.Tensor:
+    """`pred`, eps_model's ε, if it is floating point, else a TypeError: the cast to the loss's dtype read a bool as 0 or 1
+    and dropped a complex ε's imaginary part (l_simple returned a complex loss), in silence."""
+    if not pred.dtype.is_floating_point:
+        raise TypeError(f"eps_model(x_t, t) must return floating-point predictions of the noise, got {pred.dtype}")
+    return pred
+
+
 def _sum_flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).sum(1)
 
@@ -110,6 +118,12 @@ def model_variance(alpha_bar, variance="small") -> torch.Tensor:
         v[0] = v[1]
         return v
     raise ValueError(f"unknown variance {variance!r}; choose one of {VARIANCES} or pass a (T,) tensor")
+
+
+def _read_variance(alpha_bar, variance) -> torch.Tensor:
+    """`model_variance` for the terms of the bound, which read each σ_t² as a number: a variance table that requires grad
+    (a learned variance) would get no gradient from them (`checks.check_untracked`), where `gamma_t` passes it on."""
+    return model_variance(alpha_bar, check_untracked("variance", variance))
 
 
 def gamma_t(alpha_bar, variance="small") -> torch.Tensor:
@@ -164,7 +178,7 @@ def posterior_kl(x0: torch.Tensor, x_t: torch.Tensor, eps_pred: torch.Tensor, al
     _check_x0(x0)
     _check_same("x_t", x_t, x0)
     _check_same("eps_pred", eps_pred, x0)
-    return _posterior_kl(x0, x_t, eps_pred, alpha_bar, t, float(model_variance(alpha_bar, variance)[t]))
+    return _posterior_kl(x0, x_t, eps_pred, alpha_bar, t, float(_read_variance(alpha_bar, variance)[t]))
 
 
 def _posterior_kl(x0, x_t, eps_pred, alpha_bar, t: int, var_p: float) -> torch.Tensor:
@@ -190,7 +204,7 @@ def decoder_nll(x0: torch.Tensor, x_t: torch.Tensor, eps_pred: torch.Tensor, alp
     _check_same("x_t", x_t, x0)
     _check_same("eps_pred", eps_pred, x0)
     _check_decoder(decoder, x0)
-    return _decoder_nll(x0, x_t, eps_pred, alpha_bar, float(model_variance(alpha_bar, variance)[0]), decoder)
+    return _decoder_nll(x0, x_t, eps_pred, alpha_bar, float(_read_variance(alpha_bar, variance)[0]), decoder)
 
 
 def _check_decoder(decoder: str, x0: torch.Tensor) -> None:
@@ -230,7 +244,7 @@ def elbo_terms(eps_model, x0: torch.Tensor, alpha_bar, variance="small", decoder
     check_generator(generator, x0.device)
     n_mc = check_int("n_mc", n_mc)
     _check_decoder(decoder, x0)
-    var = model_variance(alpha_bar, variance)
+    var = _read_variance(alpha_bar, variance)
     B, T = x0.shape[0], alpha_bar.numel()
     xr = x0.repeat(n_mc, *([1] * (x0.ndim - 1)))
     terms = []
@@ -238,11 +252,15 @@ def elbo_terms(eps_model, x0: torch.Tensor, alpha_bar, variance="small", decoder
     for t in range(T):
         eps = torch.randn(xr.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = q_sample(xr, float(alpha_bar[t]), eps)
-        pred = _of_x_shape(eps_model(x_t.clone(), t), x_t, "eps_model(x_t, t)")   # x_t is used below: a copy
+        pred = _floating(_of_x_shape(eps_model(x_t.clone(), t), x_t, "eps_model(x_t, t)"))   # x_t is used below: a copy
         if not bool(torch.isfinite(pred).all()):
             raise NonFiniteError(f"eps_model(x_t, t) returned NaN or inf at step t = {t}; the bound would be NaN")
         args = (xr.to(wide), x_t.to(wide), pred.to(wide), alpha_bar)     # checked above: once, not at every step
         term = _decoder_nll(*args, float(var[0]), decoder) if t == 0 else _posterior_kl(*args, t, float(var[t]))
+        if not bool(torch.isfinite(term).all()):     # a finite but huge ε (1e30) squared past float32: the bound was NaN
+            raise NonFiniteError(f"the bound's term at step t = {t} overflowed {wide} (eps_model returned values up to "
+                                 f"{float(pred.abs().max()):.3g})" + ("; compute it in float64 (x0.double())"
+                                                                      if wide != torch.float64 else ""))
         terms.append(term.reshape(n_mc, B).mean(0))
     terms = torch.stack(terms, dim=1)
     prior = _prior_kl(x0, alpha_bar)
@@ -298,6 +316,7 @@ def l_simple(eps_model, x0: torch.Tensor, alpha_bar, generator: torch.Generator 
     if not isinstance(pred, torch.Tensor) or pred.shape != noise.shape:   # it would broadcast, and train on nonsense
         raise ValueError(f"eps_model(x_t, t) must return a tensor of x0's shape {tuple(noise.shape)}, got "
                          f"{tuple(pred.shape) if isinstance(pred, torch.Tensor) else type(pred).__name__}")
+    _floating(pred)
     loss = ((noise - pred.to(torch.promote_types(pred.dtype, torch.float32))) ** 2).reshape(B, -1).mean(1)
     if reduction == "mean":
         return loss.mean()

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from . import ode, plotting, samplers, schedule, toy
-from .checks import SEED_NOTE, as_real, check_bool, check_distinct, check_int, check_per_sample, seeded
+from .checks import SEED_NOTE, a_list, as_real, check_bool, check_distinct, check_int, check_per_sample, seeded
 from .devices import cpu_threads
 from .diffusion import check_eta
 from .files import atomic_write, interrupts_deferred
@@ -98,7 +98,8 @@ def noise_floor(mixture: toy.GaussianMixture, n: int, generator: torch.Generator
     of size n over `repeats` repetitions): what a perfect sampler scores at this n. kernel and scale as
     in `toy.mmd` (None: the Gaussian kernel of `toy.bandwidth(mixture)`, no scaling).
     """
-    return toy.mmd(mixture.sample(n, generator), mixture, generator, repeats=repeats, kernel=kernel, scale=scale)
+    return toy.mmd(toy.check_mixture(mixture).sample(n, generator), mixture, generator, repeats=repeats, kernel=kernel,
+                   scale=scale)
 
 
 def error_ratio(e2_a: torch.Tensor, e2_b: torch.Tensor, draws: int = 2000, seed: int = 0) -> dict:
@@ -159,7 +160,11 @@ def summed_variance(x: torch.Tensor) -> tuple[float, float]:
         raise ValueError("x contains NaN or inf")
     n = x.shape[0]
     q = (x - x.mean(0)).pow(2).sum(1)
-    return float(q.sum() / (n - 1)), float(q.std() * math.sqrt(n) / (n - 1))
+    value, se = float(q.sum() / (n - 1)), float(q.std() * math.sqrt(n) / (n - 1))
+    if not math.isfinite(value + se):       # the squares, or the squares of q in its SE, overflowed: (inf, nan)
+        raise ValueError(f"x holds values up to {float(x.abs().max()):.3g}, whose variance or its standard error "
+                         f"overflows float64 (did the sampler diverge?)")
+    return value, se
 
 
 def difference(a: dict, b: dict) -> tuple[float, float]:
@@ -238,19 +243,24 @@ def ode_sq_errors(eps, x_T: torch.Tensor, alpha_bar: torch.Tensor, seq, rtol: fl
 
 def ode_error(eps, x_T: torch.Tensor, alpha_bar: torch.Tensor, seq, rtol: float = 1e-7) -> float:
     """RMS over samples of |DDIM(η=0) − exact ODE solution| from the same x_T at step seq[0] (notebook 05 §3)."""
+    if isinstance(x_T, torch.Tensor) and x_T.ndim and not len(x_T):     # the mean of no samples: NaN, in silence
+        raise ValueError(f"x_T is an empty batch {tuple(x_T.shape)}: an RMS over its samples needs at least one")
     return float(ode_sq_errors(eps, x_T, alpha_bar, seq, rtol).mean().sqrt())
 
 
 # -------------------------------------------------------------------------------------- the table
 
-def _check_args(S_list, etas, spacing, n, n_ode, T):
+def _check_args(S_list, etas, spacing, n, n_ode, T, mixture=None, include_sigma_hat: bool = True):
+    if mixture is not None:                      # "'str' object has no attribute 'd'"
+        toy.check_mixture(mixture)
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
-    S_list = tuple(S_list)
-    if not S_list:
-        raise ValueError("S_list is empty: give at least one number of steps")
-    S_list = tuple(check_int("each S in S_list", S, 1, T) for S in S_list)
-    etas = tuple(check_eta(e) for e in etas)
+    T = check_int("T", T)                        # before S's range, which T = 0 made "an integer in 1..0"
+    S_list = tuple(check_int("each S in S_list", S, 1, T) for S in a_list(S_list, "S_list", "(10, 20)"))
+    etas = tuple(check_eta(e) for e in a_list(etas, "etas", "(0.0, 1.0)", empty_ok=True))
+    if not etas and not include_sigma_hat:         # a table of the data row alone, its noise floor computed for nothing
+        raise ValueError("etas is empty and include_sigma_hat is False: the table would have no sampler; give an eta, "
+                         "or include_sigma_hat=True")
     check_distinct(S_list, "S")
     check_distinct(etas, "eta")
     if len(set(names := [e if isinstance(e, str) else f"{e:g}" for e in etas])) < len(etas):    # the rows' names
@@ -281,8 +291,8 @@ def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS,
     None elsewhere or when n_ode = 0), ode_e2 (those n_ode samples' squared distances, or None), seconds.
     progress: a bar over the sampler steps of all cells (`ddimlab lab` shows it unless --no-progress).
     """
-    S_list, etas, n, n_ode = _check_args(S_list, etas, spacing, n, n_ode, T)
     standardize, include_sigma_hat = check_bool("standardize", standardize), check_bool("include_sigma_hat", include_sigma_hat)
+    S_list, etas, n, n_ode = _check_args(S_list, etas, spacing, n, n_ode, T, mixture, include_sigma_hat)
     progress = check_bool("progress", progress)
     seed = check_int("seed", seed, 0, 2 ** 32 - 1, SEED_NOTE)
     mixture = toy.default_mixture() if mixture is None else mixture

@@ -47,7 +47,7 @@ import math
 import numpy as np
 import torch
 
-from .checks import as_real, check_bool, check_generator, check_int, check_numbers, is_complex
+from .checks import as_real, check_bool, check_generator, check_int, check_numbers, is_complex, real_array
 from .diffusion import dynamic_threshold, predict_eps, predict_x0
 from .samplers import (
     NonFiniteError,
@@ -179,7 +179,10 @@ def lambda_timesteps(S: int, alpha_bar: torch.Tensor, t_max: int | None = None, 
     return _distinct_steps(t_of_sigma(alpha_bar, log_sig.exp()), t_min, t_max, T)
 
 
-MAX_RHO = 1e4     # karras_timesteps: float64 resolves σ^{1/ρ} well beyond it, and its steps are nearly λ-uniform already
+# karras_timesteps: float64 resolves σ^{1/ρ} well beyond it, and its steps are nearly λ-uniform already. ipndm's ρ: on the
+# ring's exact ε from one x_T (power3 steps), x_0 moved from ρ = 100's by 8e-5 at ρ = 1e4 and 1e5 on 20 steps, by 4e-4 at
+# 1e6, and by 1.5e7 at 1e8 (0.4 on 6 steps): its Lagrange weights in σ^{1/ρ} lose their digits (careless round 35).
+MAX_RHO = 1e4
 
 
 def karras_timesteps(S: int, alpha_bar: torch.Tensor, rho: float = 7.0, t_max: int | None = None,
@@ -671,7 +674,7 @@ def ipndm(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
       `adams_coefficients` (3/2, −1/2; 23/12, −16/12, 5/12; …). On an uneven grid this is Adams–Bashforth in the
       step index with dσ frozen over each step: second order on smooth grids, but the best of these methods at
       very few steps (notebook 08 §6).
-    - rho=ρ ≥ 1: P is a polynomial in σ^{1/ρ} through the actual nodes and is integrated exactly
+    - rho=ρ in [1, MAX_RHO = 1e4]: P is a polynomial in σ^{1/ρ} through the actual nodes and is integrated exactly
       (`lagrange_integrals`): variable-step Adams–Bashforth, of order `order` (ρ = 1: in σ itself). With rho=1.0
       and afs=False this is DEIS's own ρAB-DEIS (Zhang & Chen 2023; `get_sampler_rho_ab` in their code, whose ab_order r is
       order = r + 1), equal to their code to 5e-14 once its Riemann-sum weights are refined (tests/test_ode.py).
@@ -690,8 +693,9 @@ def ipndm(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
     """
     order = check_int("order", order, 1, 4)
     if rho is not None:
-        if (r := as_real(rho)) is None or r < 1:
-            raise ValueError(f"rho must be None (equal-step coefficients) or a finite number >= 1, got {rho!r}")
+        if (r := as_real(rho)) is None or r < 1 or r > MAX_RHO:   # 1e8: the weights lost their digits, x_0 off by 0.4
+            raise ValueError(f"rho must be None (equal-step coefficients) or a finite number >= 1 and <= {MAX_RHO:g} (past "
+                             f"it the nodes sigma^(1/rho) crowd at 1 and the weights lose their digits), got {rho!r}")
         rho = r                     # a float: a float32 tensor rho made the weights float32
     alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory,
         afs=afs, corrector=corrector)
@@ -815,8 +819,8 @@ def solve(name: str, eps, x_T, alpha_bar, seq, return_trajectory: bool = False, 
 
 
 def _check_options(name: str, solver, options) -> None:
-    """A keyword `name`'s solver does not take is named with those it does (not Python's "unexpected keyword"), and a
-    UniPC `variant` not in UNIPC_VARIANTS is refused."""
+    """A keyword `name`'s solver does not take is named with those it does (not Python's "unexpected keyword"); a
+    UniPC `variant` not in UNIPC_VARIANTS and ipndm_vs with rho=None (ipndm itself) are refused."""
     own = [k for k in inspect.signature(solver).parameters if k not in ("eps", "x_T", "x0", "alpha_bar", "seq")]
     if unknown := sorted(set(options) - set(own)):
         takes = ", ".join(k for k in own if k not in ("return_trajectory", "callback"))
@@ -824,6 +828,9 @@ def _check_options(name: str, solver, options) -> None:
                         + (f"; its options: {takes}" if takes else " (it has none)"))
     if "variant" in options:                 # refused before any network call, and by `nfe`, which makes none
         _check_unipc_variant(options["variant"])
+    if name == "ipndm_vs" and "rho" in options and options["rho"] is None:    # ran plain ipndm, named ipndm_vs
+        raise ValueError("ipndm_vs is ipndm with variable-step weights (rho=1.0 by default, any rho >= 1); rho=None, "
+                         "equal-step weights, is solve('ipndm', ...)")
 
 
 def nfe(name: str, S: int, **options) -> int:
@@ -859,6 +866,12 @@ def thresholded_eps(eps, alpha_bar, p: float = 0.995, s_max: float = math.inf):
     """
     check_eps(eps, "thresholded_eps: eps")
     alpha_bar = validate_alpha_bar(alpha_bar)
+    own = getattr(eps, "alpha_bar", None)                    # `toy.exact_eps`'s schedule (and this function's own)
+    if isinstance(own, torch.Tensor) and (own.shape != alpha_bar.shape or not torch.allclose(
+            own.to(torch.float64).cpu(), alpha_bar.cpu(), rtol=1e-6, atol=0)):     # 1e-6: the same table in float32
+        raise ValueError(f"thresholded_eps: alpha_bar (T = {len(alpha_bar)}) is not the schedule eps was made for "
+                         f"(eps.alpha_bar, T = {len(own)}): x0 would be formed on another schedule than eps's; pass "
+                         f"eps.alpha_bar")
     dynamic_threshold(torch.zeros(1, 1), p, s_max)           # p and s_max checked now, not at the first step
 
     def eps_thr(x, t):
@@ -872,6 +885,7 @@ def thresholded_eps(eps, alpha_bar, p: float = 0.995, s_max: float = math.inf):
             return e
         return predict_eps(x, dynamic_threshold(predict_x0(x, e, a), p, s_max), a)
 
+    eps_thr.alpha_bar = alpha_bar
     return eps_thr
 
 
@@ -1034,7 +1048,13 @@ _DIFFERENTIABLE_NET = "pass a network as lambda x, t: net(x, t) with net.eval() 
 def standard_normal_logpdf(x: torch.Tensor) -> torch.Tensor:
     """log N(x; 0, I) per sample (the rows of x, any trailing shape), float64: the default prior of `log_likelihood`
     (notebook 05 §9)."""
-    x = x.to(torch.float64).reshape(x.shape[0], -1)
+    # a bool was read as 0/1 and a complex x without its imaginary part; a 0-d x or a list failed inside torch
+    if not isinstance(x, torch.Tensor) or x.ndim < 1 or not x.dtype.is_floating_point:
+        raise TypeError(f"x must be a floating-point tensor with a batch dimension (B, ...), got "
+                        f"{(x.dtype, tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    x = x.to(torch.float64).reshape(x.shape[0], math.prod(x.shape[1:]))      # -1 is ambiguous for B = 0
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or inf, whose log density is undefined")
     return -0.5 * (x.pow(2).sum(1) + x.shape[1] * math.log(2 * math.pi))
 
 
@@ -1088,6 +1108,11 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     if B == 0:                                         # an empty batch maps to an empty answer, as in the samplers
         return torch.zeros(0, dtype=torch.float64)
     d = x_0[0].numel()
+    if d == 0:                                         # the exact divergence summed no terms: "'int' has no attribute 'detach'"
+        raise ValueError(f"x_0 of shape {tuple(shape)} has no coordinates per sample, and a density needs at least one")
+    if hutchinson is not None and hutchinson > d:      # 10**9 asked torch for 48 GB of probes ("DefaultCPUAllocator")
+        raise ValueError(f"hutchinson = {hutchinson} probes per sample cost more backward passes than the exact divergence's "
+                         f"d = {d}, and add variance: pass hutchinson <= {d}, or None for the exact divergence")
     sig_data, sig_noise = float(sigma_at(alpha_bar, t_end)), float(sigma_at(alpha_bar, t_start))
     if hutchinson is not None:
         z = torch.randn((hutchinson, *shape), generator=generator, dtype=torch.float64)
@@ -1119,7 +1144,8 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     a_T, a_0 = float(alpha_bar_cont(alpha_bar, t_start)), float(alpha_bar_cont(alpha_bar, t_end))
     x_T = (y[:B * d] * math.sqrt(a_T)).reshape(shape).to(dev)
     log_prior = (standard_normal_logpdf if prior is None else prior)(x_T)
-    log_prior = _of_x_shape(torch.as_tensor(log_prior), x_T.reshape(B, -1)[:, 0], "prior(x_T)").to(torch.float64).cpu()
+    log_prior = real_array("prior(x_T)", log_prior)    # bools were read as 0/1, complex numbers without their imaginary part
+    log_prior = _of_x_shape(torch.from_numpy(log_prior), x_T.reshape(B, -1)[:, 0], "prior(x_T)")
     if n_bad := int((torch.isnan(log_prior) | (log_prior == math.inf)).sum()):       # −inf is a zero density, and allowed
         raise ValueError(f"prior(x_T) returned NaN or +inf for {n_bad} of {B} samples: a log density is a finite number, "
                          f"or -inf where the density is 0")

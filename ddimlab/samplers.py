@@ -173,9 +173,15 @@ def _noise(noise_sampler, generator, x: torch.Tensor):
 
 def report(callback, i: int, t: int, s: int, x: torch.Tensor, x0: torch.Tensor) -> None:
     """callback(info) with copies of x_s and x̂_0 (module docstring): what a callback does to them changes neither
-    the run nor its trajectory, in every sampler and solver alike."""
+    the run nor its trajectory, in every sampler and solver alike. A callback that returns a tensor or a dict (as
+    diffusers' `callback_on_step_end` returns the latents to go on with) is a TypeError: the returned x was ignored
+    without a word. Any other value (a progress bar's update()) is ignored."""
     if callback is not None:
-        callback({"i": i, "t": t, "s": s, "x": x.clone(), "x0": x0.clone()})
+        out = callback({"i": i, "t": t, "s": s, "x": x.clone(), "x0": x0.clone()})
+        if isinstance(out, (torch.Tensor, dict)):
+            raise TypeError(f"callback returned a {type(out).__name__}, but a callback only watches the run (it gets copies "
+                            f"of x and x0, and what it returns is not used); to change the steps, wrap eps instead "
+                            f"(e.g. samplers.guided_eps, ode.thresholded_eps)")
 
 
 def _finite(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
@@ -193,6 +199,8 @@ def _draw(noise_sampler, t, s, x):
     z = _of_x_shape(noise_sampler(t, s), x, "noise_sampler(t, s)")
     if not z.dtype.is_floating_point:                  # .to(x.dtype) would read True as 1 and drop an imaginary part
         raise TypeError(f"noise_sampler(t, s) must return floating-point noise, got {z.dtype}")
+    if z.device != x.device:                           # torch's "Expected all tensors to be on the same device", mid-run
+        raise ValueError(f"noise_sampler(t, s) must return noise on x's device, {x.device}, got it on {z.device}")
     if z.device.type == "cpu" and not bool(torch.isfinite(z).all()):     # on a GPU: not at every step
         raise ValueError(f"noise_sampler(t, s) returned NaN or inf at step {t} -> {s}")
     return z.to(x.dtype)

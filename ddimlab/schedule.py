@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from .checks import as_real, check_int, check_numbers, is_complex
+from .checks import as_real, check_bool, check_int, check_numbers, is_complex
 from .diffusion import _check_range, check_precision, wide
 
 SCHEDULES = ("linear", "cosine", "quadratic")
@@ -204,6 +204,7 @@ def timesteps(S: int, T: int = 1000, spacing: str = "uniform") -> torch.Tensor:
 def validate_timesteps(seq, T: int = 1000, inverting: bool = False) -> torch.Tensor:
     """Check that τ is a strictly decreasing sequence of integers in 0..T−1 and return it. `inverting`: for an
     inversion (data to noise), which takes τ as the samplers do and visits it in reverse: said so if τ is not."""
+    T, inverting = check_int("T", T), check_bool("inverting", inverting)   # T = 1.5 took step 0, "1000" failed in Python
     if seq is None:                     # as_steps would make it a 0-d object array, which torch cannot take
         raise TypeError("timesteps (seq) must be a 1-D sequence of integer steps, e.g. schedule.timesteps(S, T), got None")
     seq = as_steps(seq)

@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from . import data, devices, schedule
 from .checkpoint import eps_fn
-from .checks import check_bool, check_distinct, check_int
+from .checks import a_list, check_bool, check_distinct, check_int
 from .fid import compute_fid, fid_inception, image_stats, load_images, stats_of
 from .files import atomic_write, check_can_write, replaced_together
 from .generate import check_eta, check_room, check_shape, generate_samples, resolve_rank, sample_indices, sampling_steps
@@ -153,19 +153,10 @@ def _eta_name(eta) -> str:
     return "_sigma_hat" if eta == SIGMA_HAT else f"{eta:g}"
 
 
-def _a_list(values, name: str, example: str) -> list:
-    """A grid's axis: a list or tuple (a bare number or a string would be iterated, or fail as "not iterable")."""
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        raise TypeError(f"{name} must be a list, e.g. {example}; got {values!r}")
-    if not (values := list(values)):                  # an empty grid failed as "list index out of range"
-        raise ValueError(f"{name} must list at least one value, e.g. {example}; got none")
-    return values
-
-
 def _check_grid(eta_list, S_list, alpha_bar, spacing: str) -> None:
     """Every (η, S) of the grid is valid, checked before the first cell is sampled (a bad value found later
     would cost every cell before it): η by `check_eta`, S by `sampling_steps`, σ(η)² ≤ 1 − ᾱ_s on each step."""
-    etas = [check_eta(e) for e in _a_list(eta_list, "eta_list", "(0.0, 1.0)")]
+    etas = [check_eta(e) for e in a_list(eta_list, "eta_list", "(0.0, 1.0)")]
     check_distinct(etas, "eta")  # after check_eta: 0 and -0 are one η
     names = {}
     for eta in etas:             # the cell folders name η with 6 significant digits
@@ -182,7 +173,7 @@ def _check_steps(S_list, alpha_bar, spacing: str, why: str = FROM_NOISE) -> list
     """Each S's timesteps (`sampling_steps`), every S checked and none listed twice before the first is run; a warning
     for each that starts near the data (`check_first_step`: S = 1 on a uniform grid is t = 0)."""
     schedule.validate_alpha_bar(alpha_bar)           # a β table would fail later as "a_s must be >= a_t"
-    check_distinct(_a_list(S_list, "S_list", "(10, 20)"), "S")
+    check_distinct(a_list(S_list, "S_list", "(10, 20)"), "S")
     seqs = [sampling_steps(S, alpha_bar.shape[0], spacing) for S in S_list]
     for seq in seqs:
         check_first_step(alpha_bar, seq, why)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import ode, schedule
-from .checks import as_real, check_generator, check_int, check_numbers, check_symmetric, seeded
+from .checks import as_real, check_generator, check_int, check_numbers, check_symmetric, is_complex, seeded
 
 
 def _f64(x, name):
@@ -65,6 +65,14 @@ def _alpha_bar_value(a, name: str = "alpha_bar", one: bool = True) -> float:
     if not (0 < v <= 1 if one else 0 < v < 1):
         raise ValueError(f"{name} must lie in (0, 1{']' if one else ')'}, got {v}")
     return v
+
+
+def _alpha_bar_tensor(a) -> torch.Tensor:
+    """ᾱ (a number or a (B,) tensor) as float64, if real: the cast would read True as 1.0 and drop a complex tensor's
+    imaginary part without a word (a Python complex was torch's "must be real number, not complex")."""
+    if is_complex(check_numbers("alpha_bar", a)):
+        raise TypeError(f"alpha_bar must be real, got {getattr(a, 'dtype', type(a).__name__)}")
+    return torch.as_tensor(a, dtype=torch.float64)
 
 
 class GaussianMixture:
@@ -138,7 +146,7 @@ class GaussianMixture:
     @staticmethod
     def _alpha_bar_rows(x, a) -> torch.Tensor:
         """ᾱ for each row of x, (B,) float64, from a float or a (B,) tensor; each in [0, 1]."""
-        a = torch.as_tensor(check_numbers("alpha_bar", a), dtype=torch.float64)
+        a = _alpha_bar_tensor(a)
         if a.ndim == 0:
             a = a.expand(x.shape[0])
         if a.shape != (x.shape[0],):
@@ -226,7 +234,7 @@ class GaussianMixture:
         `a` is ᾱ: a float or a (B,) tensor; a = 1 gives 0 (clean data has no noise to predict).
         Returned in x's dtype.
         """
-        a64 = torch.as_tensor(check_numbers("alpha_bar", a), dtype=torch.float64)    # True would become 1.0 here
+        a64 = _alpha_bar_tensor(a)
         s = (1 - a64).clamp_min(0).sqrt()
         s = s[:, None] if s.ndim == 1 else s
         return (-s * self.score(x, a64)).to(x.dtype)
@@ -249,13 +257,15 @@ class SharedBasisMixture(GaussianMixture):
         (K, d), lam = mu.shape, _f64(eigvals, "eigvals")
         if lam.shape != (K, d):
             raise ValueError(f"eigvals must have shape (K, d) = ({K}, {d}), got {tuple(lam.shape)}")
-        if not bool(torch.isfinite(lam).all() & (lam > 0).all()):
-            raise ValueError("eigvals must be finite and positive (covariances positive definite)")
+        if not bool(torch.isfinite(lam).all() & (lam >= torch.finfo(torch.float64).tiny).all()):   # 1/λ must fit: 1e-309
+            raise ValueError("eigvals must be finite and positive (covariances positive definite), and at least 2.2e-308 "
+                             "(float64's smallest normal number), whose inverse float64 holds")      # gave NaN scores
         if basis is not None:
             basis = _f64(basis, "basis")
             if basis.shape != (d, d) or not bool(torch.allclose(basis.T @ basis, torch.eye(d, dtype=torch.float64),
                                                                   atol=1e-10)):
-                raise ValueError(f"basis must be an orthogonal (d, d) = ({d}, {d}) matrix or None")
+                raise ValueError(f"basis must be an orthogonal (d, d) = ({d}, {d}) matrix or None (U^T U = I to 1e-10: "
+                                 f"one computed in float32 is orthogonal to 1e-7 only; build it in float64)")
         self.weights, self.means, self.eigvals, self.basis = w / w.sum(), mu, lam, basis
         self.K, self.d = K, d
         self._means_eig = self._to_eigen(mu)                  # μ_k in the eigenbasis, (K, d)
@@ -351,15 +361,22 @@ def image_like_mixture(d: int = 1024, K: int = 10, slope: float = 1.0, pixel_std
     image's Fourier-like basis): basis=None, so ε* costs O(B·K·d). Deterministic given `seed`.
     """
     d, K = check_int("d", d), check_int("K", K)
-    if not 0 <= between < 1:
-        raise ValueError(f"between must lie in [0, 1), got {between}")
+    if (share := as_real(between)) is None or not 0 <= share < 1:     # "0.5" and [0.5] were Python's TypeError
+        raise ValueError(f"between must be a number in [0, 1) (the share of the variance between components), got "
+                         f"{between!r}")
+    if (power := as_real(slope)) is None:             # "1" and True were read as 1, NaN named `means`, inf `eigvals`
+        raise ValueError(f"slope must be a finite number (lambda_j ~ j^-slope; 1 for natural images), got {slope!r}")
     if (std := as_real(pixel_std)) is None or std <= 0:      # -0.5 would square to 0.5's mixture
         raise ValueError(f"pixel_std must be a finite number > 0 (a standard deviation), got {pixel_std!r}")
-    pixel_std = std
+    between, slope, pixel_std = share, power, std
     g = seeded(seed)
     j = torch.arange(1, d + 1, dtype=torch.float64)
-    lam = j ** -float(slope)
-    lam = lam * (d * pixel_std ** 2 / lam.sum())
+    lam = j ** -slope
+    lam = lam * (d * pixel_std * pixel_std / lam.sum())     # not ** 2: Python's OverflowError past 1e154
+    if not bool((torch.isfinite(lam) & (lam > 0)).all()):
+        raise ValueError(f"slope = {slope:g} and pixel_std = {pixel_std:g} put the spectrum's eigenvalues (spanning a factor "
+                         f"d^|slope| = {d:g}^{abs(slope):g}) outside float64's range: use a smaller |slope| or a pixel_std "
+                         f"nearer 1")
     mu = (between * lam).sqrt() * torch.randn(K, d, generator=g, dtype=torch.float64)
     u = 2.0 ** (2 * torch.rand(K, d, generator=g, dtype=torch.float64) - 1)       # log-uniform in [0.5, 2]
     return SharedBasisMixture(torch.ones(K), mu, (1 - between) * lam * u)
@@ -464,9 +481,15 @@ def bandwidth(mixture: GaussianMixture) -> float:
     """The Gaussian kernel's default bandwidth: the components' typical standard deviation, the weighted mean
     of √(mean eigenvalue of Σ_k) (notebook 09 §1). A fixed property of the mixture, so numbers are
     comparable across samplers."""
-    if not isinstance(mixture, GaussianMixture):      # else "'str' object has no attribute 'weights'"
+    return float(check_mixture(mixture).weights @ mixture.eigvals.mean(1).sqrt())
+
+
+def check_mixture(mixture) -> GaussianMixture:
+    """`mixture` if it is a `GaussianMixture` (a `SharedBasisMixture` too), else a TypeError naming it: a name ("ring") or
+    an ε function failed as "'str' object has no attribute 'weights'" (or 'd', 'sample')."""
+    if not isinstance(mixture, GaussianMixture):
         raise TypeError(f"mixture must be a toy.GaussianMixture, got {type(mixture).__name__}")
-    return float(mixture.weights @ mixture.eigvals.mean(1).sqrt())
+    return mixture
 
 
 def gram(u: torch.Tensor, v: torch.Tensor, kernel) -> torch.Tensor:
@@ -478,8 +501,11 @@ def gram(u: torch.Tensor, v: torch.Tensor, kernel) -> torch.Tensor:
         raise ValueError(f"u and v must be points of one dimension d, got shapes {tuple(u.shape)} and {tuple(v.shape)}")
     if isinstance(kernel, str) and kernel == ENERGY:         # (an array would compare elementwise)
         return torch.cdist(u, v).neg_()
-    if (h := as_real(kernel)) is None or not h > 0:        # not a bool (True read as 1), a string, an array
-        raise ValueError(f"kernel must be a finite bandwidth > 0 (Gaussian) or {ENERGY!r}, got {kernel!r}")
+    # not a bool (True read as 1), a string, an array; nor a bandwidth whose 1/h² overflows (1e-300: Python's "float
+    # division by zero"; 1e-160: -inf · 0 = NaN on the diagonal)
+    if (h := as_real(kernel)) is None or not (h > 0 and h * h >= torch.finfo(torch.float64).tiny):
+        raise ValueError(f"kernel must be a finite bandwidth >= 1.5e-154 (Gaussian: 1/h² must fit float64) or {ENERGY!r}, "
+                         f"got {kernel!r}")
     kernel = h
     # |u−v|² = |u|² + |v|² − 2u·v, one matrix product and in-place passes: 14 ms against cdist(u, v).pow(2)'s 28 to 34 ms
     # on the lab's 2000 × 2000 tables (two threads); the clamp sets to 0 what rounding leaves below it where u_i ≈ v_j
@@ -489,12 +515,19 @@ def gram(u: torch.Tensor, v: torch.Tensor, kernel) -> torch.Tensor:
 
 
 def points(x, name: str) -> torch.Tensor:
-    """`x` as float64 points (n, d), finite: what the sample distances (`mmd2_unbiased`, `mmd`, `lab.jackknife`) take."""
+    """`x` as float64 points (n, d), d ≥ 1, finite and within ±√(max/(4d)) (max: float64's largest), where the squared
+    distance of two such points, at most d (2 max|x|)², still fits float64: what the sample distances (`mmd2_unbiased`,
+    `mmd`, `lab.jackknife`) take. Past it (samples near 1e154 from a diverging sampler) the kernels overflowed and the
+    MMD² was NaN, read by `MMDResult.resolved` as 'not resolved'."""
     x = _f64(x, name)                                  # a list of floats read as float64, not float32
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be points of shape (n, d), got shape {tuple(x.shape)}")
+    if x.ndim != 2 or x.shape[1] == 0:                 # d = 0: every distance 0, an MMD² of 0 ± 0
+        raise ValueError(f"{name} must be points of shape (n, d) with d >= 1, got shape {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contain NaN or inf")
+    limit = math.sqrt(torch.finfo(torch.float64).max / (4 * x.shape[1]))
+    if x.numel() and (top := float(x.abs().max())) > limit:
+        raise ValueError(f"{name} hold values up to {top:.3g}, beyond {limit:.3g}, where the squared distances of "
+                         f"{x.shape[1]}-D points overflow float64 (did the sampler diverge?)")
     return x
 
 
@@ -522,7 +555,7 @@ def mmd(samples: torch.Tensor, mixture: GaussianMixture, generator: torch.Genera
     with `bandwidth(mixture)`, a bandwidth, or ENERGY for the energy distance. scale: None, or a (d,)
     tensor every point is divided by first (`mixture.std()`: each coordinate on its own scale).
     """
-    samples = points(samples, "samples")
+    samples, mixture = points(samples, "samples"), check_mixture(mixture)
     if samples.shape[1] != mixture.d or samples.shape[0] < 2:
         raise ValueError(f"samples must have shape (n >= 2, d = {mixture.d}), got {tuple(samples.shape)}")
     repeats = check_int("repeats", repeats, 2, note=" (to estimate a standard deviation)")

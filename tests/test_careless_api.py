@@ -2641,3 +2641,271 @@ def test_round_34_an_empty_grid_or_too_few_samples_for_a_table_are_refused_first
     with pytest.raises(ValueError, match="S_list must list at least one value"):
         tables.reproduce_table2(zero, tmp_path / "t2", images=torch.zeros(2, 3, 8, 8, dtype=torch.uint8), S_list=())
     assert not (tmp_path / "t2").exists()
+
+
+def test_round_35_far_points_are_refused_not_scored_nan():
+    """Points past ±√(max/(4d)) (samples of a diverged sampler, 1e160 here) made every kernel distance overflow: toy.mmd2_unbiased
+    returned NaN, toy.mmd an MMDResult(nan, floor) whose resolved() said False (as if the samples were the data's), and
+    lab.summed_variance (inf, nan); points of no coordinates (d = 0) scored an MMD² of 0. Each is now a ValueError naming
+    the set."""
+    from ddimlab import lab
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(10, 2, generator=g, dtype=torch.float64), torch.randn(10, 2, generator=g, dtype=torch.float64)
+    for kernel in (toy.ENERGY, 1.0):
+        with pytest.raises(ValueError, match="x hold values up to .*e\\+160, beyond 4.74e\\+153.*overflow float64"):
+            toy.mmd2_unbiased(x * 1e160, y, kernel)
+    with pytest.raises(ValueError, match="samples hold values up to"):
+        toy.mmd(x * 1e160, toy.default_mixture())
+    with pytest.raises(ValueError, match="y hold values up to"):
+        lab.mmd2_se(x, y * 1e160, toy.ENERGY)
+    with pytest.raises(ValueError, match="x holds values up to .*overflows float64"):
+        lab.summed_variance(x * 1e160)
+    with pytest.raises(ValueError, match="with d >= 1, got shape \\(5, 0\\)"):
+        toy.mmd2_unbiased(torch.zeros(5, 0), torch.zeros(5, 0), toy.ENERGY)
+    # the bound is where the distances still fit: 1e150 (d = 2) is scored, finite, as it was
+    assert math.isfinite(toy.mmd2_unbiased(x * 1e150, y * 1e150, toy.ENERGY))
+    assert all(math.isfinite(v) for v in lab.summed_variance(x * 1e70))
+
+
+def test_round_35_the_bound_and_the_loss_refuse_an_eps_that_is_no_float_or_overflows():
+    """elbo.bits_per_dim (elbo_terms) and elbo.l_simple read an eps_model that returned bools as 0/1, integers as they
+    were and complex numbers without their imaginary part (l_simple returned a complex loss), in silence; a finite but
+    huge ε (1e30) gave a float32 bound of NaN. Each is now an error naming eps_model or the step."""
+    ab = schedule.make_alpha_bar("linear", 10)
+    x0 = torch.arange(8.0).reshape(2, 1, 2, 2) / 127.5 - 1
+    for dtype in (torch.bool, torch.int64, torch.complex64):
+        def eps_model(x, t):
+            return torch.zeros_like(x, dtype=dtype)
+        for f in (elbo.bits_per_dim, elbo.l_simple):
+            with pytest.raises(TypeError, match=f"eps_model\\(x_t, t\\) must return floating-point .*{dtype}"):
+                f(eps_model, x0, ab)
+    with pytest.raises(samplers.NonFiniteError, match="step t = 0 overflowed torch.float32 .* 1e\\+30.*x0.double"):
+        elbo.bits_per_dim(lambda x, t: torch.full_like(x, 1e30), x0, ab)
+    huge = elbo.bits_per_dim(lambda x, t: torch.full_like(x, 1e30), x0.double(), ab, decoder="gaussian")
+    assert bool(torch.isfinite(huge).all())      # float64 holds its squares
+
+
+def test_round_35_log_likelihood_reads_its_prior_as_real_log_densities():
+    """ode.log_likelihood read a prior that returned bools as 0/1 and complex numbers without their imaginary part, and
+    x_0 with no coordinates failed with "'int' object has no attribute 'detach'"; ode.standard_normal_logpdf, its
+    default prior, returned NaN for NaN, read bools and complex numbers, and failed inside torch on a 0-d x, a list and
+    an empty batch."""
+    mix = toy.default_mixture()
+    eps, x = toy.exact_eps(mix, AB), mix.sample(1, torch.Generator().manual_seed(0))
+    for dtype in (torch.bool, torch.complex64):
+        with pytest.raises(TypeError, match=f"prior\\(x_T\\) must hold real numbers .*{dtype}"):
+            ode.log_likelihood(eps, x, AB, t_start=5, rtol=1e-3, atol=1e-3,
+                               prior=lambda z, dtype=dtype: torch.zeros(len(z), dtype=dtype))
+    with pytest.raises(ValueError, match="x_0 of shape \\(3, 0\\) has no coordinates"):
+        ode.log_likelihood(lambda x, t: x * 0, torch.zeros(3, 0, dtype=torch.float64), AB, rtol=1e-4, atol=1e-4)
+    for bad in (torch.ones(2, 3, dtype=torch.bool), torch.ones(2, 3, dtype=torch.complex64), torch.tensor(1.0),
+                [[1.0, 2.0]]):
+        with pytest.raises(TypeError, match="x must be a floating-point tensor with a batch dimension"):
+            ode.standard_normal_logpdf(bad)
+    with pytest.raises(ValueError, match="x contains NaN or inf"):
+        ode.standard_normal_logpdf(torch.tensor([[0.0, float("nan")]]))
+    assert ode.standard_normal_logpdf(torch.zeros(0, 3)).shape == (0,)
+    x = torch.tensor([[0.3, -1.2]])
+    assert float(ode.standard_normal_logpdf(x)) == pytest.approx(float(torch.distributions.Normal(0.0, 1.0).log_prob(x).sum()))
+
+
+def test_round_35_a_noise_sampler_on_another_device_is_named(toy_setup):
+    """A noise_sampler returning noise on another device than x (a CPU draw for CUDA samples; meta here) stopped every
+    stochastic sampler with torch's "Tensor on device meta is not on the expected device cpu!"."""
+    _, eps, x_T, seq = toy_setup
+
+    def elsewhere(t, s):
+        return torch.zeros(x_T.shape, dtype=x_T.dtype, device="meta")
+    for run in (lambda: samplers.ddim_sample(eps, x_T, AB, seq, eta=1.0, noise_sampler=elsewhere),
+                lambda: samplers.sample_row(eps, x_T, AB, seq, samplers.SIGMA_HAT, noise_sampler=elsewhere),
+                lambda: samplers.langevin(eps, x_T, AB, 10, 1e-3, 2, noise_sampler=elsewhere)):
+        with pytest.raises(ValueError, match="noise_sampler\\(t, s\\) must return noise on x's device, cpu, got it on meta"):
+            run()
+
+
+def test_round_35_a_variance_table_that_requires_grad_is_refused_where_it_is_read_as_numbers():
+    """A learned variance table (T,) with requires_grad, passed to elbo.bits_per_dim, posterior_kl or decoder_nll, was read
+    with float(var[t]): the bound came back and, with a network's parameters in the graph, backward() ran while the
+    table's .grad stayed None. gamma_t, which keeps the table in the graph, still takes it."""
+    ab = schedule.make_alpha_bar("linear", 10)
+    x0 = torch.arange(8.0).reshape(2, 4) / 127.5 - 1
+    w = torch.zeros((), requires_grad=True)               # a network's parameter: the bound has a graph to run back
+
+    def eps_model(x, t):
+        return x * w
+    learned = torch.full((10,), 0.01, requires_grad=True)
+    x_t = diffusion.q_sample(x0, float(ab[3]), torch.zeros_like(x0))
+    for run in (lambda: elbo.bits_per_dim(eps_model, x0, ab, variance=learned),
+                lambda: elbo.posterior_kl(x0, x_t, x_t * 0, ab, 3, variance=learned),
+                lambda: elbo.decoder_nll(x0, x_t, x_t * 0, ab, variance=learned)):
+        with pytest.raises(ValueError, match="variance requires grad, .* gradient would reach it; pass variance.detach\\(\\)$"):
+            run()
+    assert float(elbo.bits_per_dim(eps_model, x0, ab, variance=learned.detach()).detach().mean()) > 0
+    elbo.gamma_t(ab, learned).sum().backward()
+    assert learned.grad is not None and bool(torch.isfinite(learned.grad).all())
+
+
+def test_round_35_image_like_mixture_names_each_of_its_numbers():
+    """toy.image_like_mixture read slope "1" and True as 1 without a word, named `means` for slope NaN and `eigvals` for
+    slope inf or 1000; between "0.5", [0.5] and 0.5+0j were Python's "'<=' not supported between instances of 'int' and
+    'str'"; pixel_std 1e200 was Python's OverflowError "(34, 'Numerical result out of range')" and 1e-200 named
+    `eigvals`. Each now names its argument."""
+    for kw, match in ((dict(slope="1"), "slope must be a finite number .* got '1'"),
+                      (dict(slope=True), "slope must be a finite number .* got True"),
+                      (dict(slope=float("nan")), "slope must be a finite number"),
+                      (dict(slope=1000), "slope = 1000 and pixel_std = 0.5 put the spectrum's eigenvalues .* outside"),
+                      (dict(between="0.5"), "between must be a number in \\[0, 1\\) .* got '0.5'"),
+                      (dict(between=[0.5]), "between must be a number in \\[0, 1\\)"),
+                      (dict(between=0.5 + 0j), "between must be a number in \\[0, 1\\)"),
+                      (dict(pixel_std=1e200), "pixel_std = 1e\\+200 put the spectrum's eigenvalues"),
+                      (dict(pixel_std=1e-200), "pixel_std = 1e-200 put the spectrum's eigenvalues")):
+        with pytest.raises(ValueError, match=match):
+            toy.image_like_mixture(d=4, K=2, **kw)
+    m = toy.image_like_mixture(d=4, K=2, slope=np.float64(2.0), between=torch.tensor(0.25), pixel_std=2)
+    lam = m.eigvals.mean(0)                               # the factors u_kj in [0.5, 2] around λ_j ∝ j^-2
+    assert bool((lam[:-1] > lam[1:]).all()) and m.means.shape == (2, 4)
+
+
+def test_round_35_table1_names_a_grid_that_is_no_list_a_table_with_no_sampler_and_a_mixture_of_another_kind():
+    """lab.table1(S_list=10) and etas=0.5 failed as "'int' object is not iterable" (S_list="10" as S = '1'); etas=[] with
+    include_sigma_hat=False computed the noise floor of a table with no sampler row (which format_table then refused);
+    mixture="ring" or an eps function was "'str' object has no attribute 'd'"; T=0 said S "must be an integer in 1..0".
+    All are said before any sampling (checks.a_list, the one rule tables.reproduce_table1's grid uses too)."""
+    from ddimlab import lab
+    for kw, err, match in ((dict(S_list=10), TypeError, "S_list must be a list, e.g. \\(10, 20\\); got 10"),
+                           (dict(S_list="10"), TypeError, "S_list must be a list"),
+                           (dict(etas=0.5), TypeError, "etas must be a list, e.g. \\(0.0, 1.0\\); got 0.5"),
+                           (dict(etas=[], include_sigma_hat=False), ValueError, "etas is empty and include_sigma_hat is "
+                                                                                "False: the table would have no sampler"),
+                           (dict(mixture="ring"), TypeError, "mixture must be a toy.GaussianMixture, got str"),
+                           (dict(mixture=toy.exact_eps(toy.default_mixture(), AB)), TypeError, "got function"),
+                           (dict(T=0, S_list=[1]), ValueError, "T must be a positive integer, got 0")):
+        with pytest.raises(err, match=match):
+            lab.table1(**{"S_list": [2], "n": 8, "n_ode": 0, **kw})
+    rows = lab.table1(S_list=[2], etas=[], n=8, n_ode=0, repeats=2)      # σ̂ alone is a table
+    assert [r["sampler"] for r in rows] == ["data", samplers.SIGMA_HAT]
+
+
+def test_round_35_ipndm_refuses_a_rho_whose_weights_lose_their_digits(toy_setup):
+    """ode.ipndm(rho=1e8) returned x_0 0.4 away from rho = 100's on 6 steps (1.5e7 on 20), finite and in silence, and rho=1e20
+    failed as the mixture's "x contains NaN or inf"; rho is now bounded by MAX_RHO = 1e4, as karras_timesteps' is.
+    solve("ipndm_vs", rho=None) ran plain iPNDM (the same x_0 bit for bit) under ipndm_vs's name."""
+    _, eps, x_T, _ = toy_setup
+    seq = ode.rule_timesteps("power3", 6, AB)
+    for rho in (1e8, 1e20, ode.MAX_RHO * 1.01):
+        with pytest.raises(ValueError, match="rho must be None .* <= 10000 .* lose their digits"):
+            ode.ipndm(eps, x_T, AB, seq, rho=rho)
+    near = [ode.ipndm(eps, x_T, AB, seq, rho=r) for r in (100.0, ode.MAX_RHO)]   # the bound itself is still accurate
+    assert float((near[0] - near[1]).abs().max()) < 1e-2
+    for run in (lambda: ode.solve("ipndm_vs", eps, x_T, AB, seq, rho=None), lambda: ode.nfe("ipndm_vs", 6, rho=None)):
+        with pytest.raises(ValueError, match="rho=None, equal-step weights, is solve\\('ipndm', ...\\)"):
+            run()
+
+
+def test_round_35_a_gaussian_bandwidth_whose_inverse_square_overflows_is_refused():
+    """toy.gram (mmd2_unbiased, lab.mmd2_se) with the Gaussian bandwidth 1e-300 failed with Python's "float division by
+    zero" (h² underflowed to 0), and 1e-160 (h² subnormal) gave NaN kernels on the diagonal, -inf · 0: mmd2_unbiased
+    returned NaN."""
+    from ddimlab import lab
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for h in (1e-300, 1e-160):
+        for f in (lab.mmd2_se, toy.mmd2_unbiased):
+            with pytest.raises(ValueError, match="kernel must be a finite bandwidth >= 1.5e-154 .* got 1e-"):
+                f(x, x + 1, h)
+    k = toy.gram(x, x, 1.5e-154)                              # the smallest that fits: the identity kernel
+    assert torch.equal(k, torch.eye(6, dtype=torch.float64))
+
+
+def test_round_35_a_mixture_refuses_a_complex_alpha_bar_rather_than_drop_its_imaginary_part():
+    """GaussianMixture's and SharedBasisMixture's eps, score, log_prob, x0_mean and v read a complex ᾱ tensor (0.5 + 0j, or
+    0.5 + 0.3j) as its real part without a word; a Python complex failed as torch's "must be real number, not complex"."""
+    x = torch.zeros(2, 4, dtype=torch.float64)
+    for mix in (toy.random_mixture(d=4, K=2), toy.image_like_mixture(d=4, K=2)):
+        for a in (torch.tensor(0.5 + 0.3j), torch.tensor([0.5 + 0j, 0.2]), 0.5 + 0j):
+            for f in (mix.eps, mix.score, mix.log_prob, mix.x0_mean, mix.v):
+                with pytest.raises(TypeError, match="alpha_bar must be real, got (torch.complex|complex)"):
+                    f(x, a)
+        per_row = torch.stack([mix.eps(x[:1], 0.5)[0], mix.eps(x[:1], 0.2)[0]])          # a real (B,) ᾱ still works
+        torch.testing.assert_close(mix.eps(x, torch.tensor([0.5, 0.2], dtype=torch.float64)), per_row, rtol=1e-12, atol=1e-14)
+
+
+def test_round_35_thresholded_eps_refuses_a_schedule_other_than_its_eps(toy_setup):
+    """ode.thresholded_eps(toy.exact_eps(mix, linear), cosine) formed x̂_0 with the cosine ᾱ from an ε made for the linear
+    one and sampled without a word (a T = 100 table failed only at the first step, as alpha_bar_at's "step t must lie in
+    -1..99"). The ε's own schedule (eps.alpha_bar) is now compared where thresholded_eps takes its alpha_bar, and the
+    thresholded ε carries its own, so wrapping it again is checked too."""
+    mix, eps, x_T, seq = toy_setup
+    for other in (schedule.make_alpha_bar("cosine", 1000), schedule.make_alpha_bar("linear", 100)):
+        with pytest.raises(ValueError, match="thresholded_eps: alpha_bar \\(T = 1.*is not the schedule eps was made for"):
+            ode.thresholded_eps(eps, other)
+    thr = ode.thresholded_eps(eps, AB.float())                # the same table in float32 is the same schedule
+    with pytest.raises(ValueError, match="not the schedule eps was made for"):
+        ode.thresholded_eps(thr, schedule.make_alpha_bar("cosine", 1000))
+    assert bool(torch.isfinite(samplers.ddim_sample(thr, x_T, AB, seq)).all())
+
+
+def test_round_35_the_lab_names_a_mixture_of_another_kind_and_an_rms_of_no_samples(toy_setup):
+    """lab.noise_floor("ring", n) failed as "'str' object has no attribute 'sample'" and toy.mmd(x, "ring") as "... no
+    attribute 'd'" (toy.check_mixture, bandwidth's check, now serves all three and table1); lab.ode_error of an empty
+    batch returned NaN, the mean of no squared errors (ode_sq_errors still maps it to no errors)."""
+    from ddimlab import lab
+    mix, eps, x_T, seq = toy_setup
+    for run in (lambda: lab.noise_floor("ring", 8), lambda: toy.mmd(x_T, "ring"), lambda: toy.bandwidth(eps)):
+        with pytest.raises(TypeError, match="mixture must be a toy.GaussianMixture, got (str|function)"):
+            run()
+    with pytest.raises(ValueError, match="x_T is an empty batch \\(0, 2\\): an RMS over its samples needs at least one"):
+        lab.ode_error(eps, x_T[:0], AB, seq)
+    assert lab.ode_sq_errors(eps, x_T[:0], AB, seq).shape == (0,)
+
+
+def test_round_35_shared_basis_eigenvalues_whose_inverse_overflows_are_refused():
+    """toy.SharedBasisMixture took subnormal eigenvalues (1e-309, 1e-320): its log_prob, score and x0_mean, which divide
+    by aλ + 1 − a, returned NaN at the mean (0 · inf), where GaussianMixture's give finite numbers. A basis orthogonal only
+    to float32's rounding is told so, not only that it is not orthogonal."""
+    for lam in (1e-309, 1e-320):
+        with pytest.raises(ValueError, match="eigvals must be .* at least 2.2e-308"):
+            toy.SharedBasisMixture(torch.ones(2), torch.zeros(2, 3), torch.full((2, 3), lam, dtype=torch.float64))
+    tiny = toy.SharedBasisMixture(torch.ones(2), torch.zeros(2, 3), torch.full((2, 3), 1e-300, dtype=torch.float64))
+    assert bool(torch.isfinite(tiny.score(torch.zeros(1, 3, dtype=torch.float64))).all())
+    q = torch.linalg.qr(torch.randn(8, 8, generator=torch.Generator().manual_seed(0)))[0]
+    with pytest.raises(ValueError, match="computed in float32 is orthogonal to 1e-7 only"):
+        toy.SharedBasisMixture(torch.ones(2), torch.zeros(2, 8), torch.ones(2, 8), q)
+
+
+def test_round_35_validate_timesteps_checks_its_T_and_inverting():
+    """schedule.validate_timesteps([0], T=1.5) passed (step 0 lies in 0..0.5) and T=True likewise; T="1000" and None failed
+    in Python ("unsupported operand type(s) for -"), T=0 said "0..-1"; inverting=1 was read as True."""
+    for T in (1.5, True, "1000", None, 0):
+        with pytest.raises(ValueError, match="T must be a positive integer, got"):
+            schedule.validate_timesteps([0], T)
+    with pytest.raises(TypeError, match="inverting must be True or False, got 1"):
+        schedule.validate_timesteps([5, 0], inverting=1)
+    assert schedule.validate_timesteps(range(5, -1, -1), np.int64(6)).tolist() == [5, 4, 3, 2, 1, 0]
+
+
+def test_round_35_a_callback_that_returns_the_next_x_is_told_it_is_not_used(toy_setup):
+    """A callback returning x (or diffusers' dict of latents, as callback_on_step_end does) expected the run to go on from
+    it; every sampler and solver ignored it without a word. Now a TypeError at the first step; other values (a progress
+    bar's update() returns True or None) are still ignored."""
+    _, eps, x_T, seq = toy_setup
+    for cb in (lambda info: info["x"].clamp(-1, 1), lambda info: {"latents": info["x"] * 0}):
+        for run in (lambda: samplers.ddim_sample(eps, x_T, AB, seq, callback=cb),
+                    lambda: samplers.ddpm_sample(eps, x_T, AB, seq=seq, callback=cb, generator=torch.Generator()),
+                    lambda: ode.solve("unipc_3", eps, x_T, AB, seq, callback=cb)):
+            with pytest.raises(TypeError, match="callback returned a (Tensor|dict), but a callback only watches the run"):
+                run()
+    steps = []
+    out = samplers.ddim_sample(eps, x_T, AB, seq, callback=lambda info: steps.append(info["i"]) or True)
+    assert steps == list(range(len(seq))) and torch.equal(out, samplers.ddim_sample(eps, x_T, AB, seq))
+
+
+def test_round_35_log_likelihood_refuses_more_probes_than_coordinates():
+    """ode.log_likelihood(hutchinson=10**9) on 2-D points asked torch for 48 GB of probes (RuntimeError "DefaultCPUAllocator:
+    can't allocate memory"); any k > d probes cost more backward passes than the exact divergence's d, with variance
+    (benchmarks/ode_bits.py's --hutchinson refuses k >= d, round 28). k = d, which tests/test_ode_bits.py uses, is taken."""
+    mix = toy.default_mixture()
+    eps, x = toy.exact_eps(mix, AB), mix.sample(1, torch.Generator().manual_seed(0))
+    for k in (3, 10 ** 9):
+        with pytest.raises(ValueError, match=f"hutchinson = {k} probes .* exact divergence's d = 2.*hutchinson <= 2"):
+            ode.log_likelihood(eps, x, AB, t_start=5, rtol=1e-3, atol=1e-3, hutchinson=k)
+    assert ode.log_likelihood(eps, x, AB, t_start=5, rtol=1e-3, atol=1e-3, hutchinson=2).shape == (1,)
