@@ -222,17 +222,19 @@ def test_noise_floor_is_measured_on_two_fresh_data_sets():
 
 def test_jackknife_se_matches_repeats():
     """The ± of a cell, and the SE of a difference between two cells of one table, are the spreads over
-    independent repeats (x_T, noise and data redrawn)."""
-    vals, ses, diffs, dses = [], [], [], []
+    independent repeats (x_T, noise and data redrawn); √(SE_a² + SE_b²), which ignores the pairing, is larger
+    (notebook 09 §2)."""
+    vals, ses, diffs, dses, unpaired = [], [], [], [], []
     for seed in range(30):
         rows = lab.table1(S_list=(10,), etas=(0, 1), include_sigma_hat=False, n=300, n_ode=0, seed=seed, repeats=2)
         e0, e1 = lab.cell(rows, "eta=0", 10), lab.cell(rows, "eta=1", 10)
         vals.append(e1["mmd2"]); ses.append(e1["se"])
         d, se = lab.difference(e1, e0)
-        diffs.append(d); dses.append(se)
+        diffs.append(d); dses.append(se); unpaired.append(math.hypot(e0["se"], e1["se"]))
     for v, s in ((vals, ses), (diffs, dses)):
         ratio = sum(s) / len(s) / float(torch.tensor(v).std())
         assert 0.7 < ratio < 1.45, ratio                   # the std of 30 draws is known to ±13 %
+    assert sum(unpaired) > sum(dses)
 
 
 def test_difference_of_cells_from_different_tables_is_unpaired(ring, image):
