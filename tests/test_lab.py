@@ -222,17 +222,19 @@ def test_noise_floor_is_measured_on_two_fresh_data_sets():
 
 def test_jackknife_se_matches_repeats():
     """The ± of a cell, and the SE of a difference between two cells of one table, are the spreads over
-    independent repeats (x_T, noise and data redrawn)."""
-    vals, ses, diffs, dses = [], [], [], []
+    independent repeats (x_T, noise and data redrawn); √(SE_a² + SE_b²), which ignores the pairing, is larger
+    (notebook 09 §2)."""
+    vals, ses, diffs, dses, unpaired = [], [], [], [], []
     for seed in range(30):
         rows = lab.table1(S_list=(10,), etas=(0, 1), include_sigma_hat=False, n=300, n_ode=0, seed=seed, repeats=2)
         e0, e1 = lab.cell(rows, "eta=0", 10), lab.cell(rows, "eta=1", 10)
         vals.append(e1["mmd2"]); ses.append(e1["se"])
         d, se = lab.difference(e1, e0)
-        diffs.append(d); dses.append(se)
+        diffs.append(d); dses.append(se); unpaired.append(math.hypot(e0["se"], e1["se"]))
     for v, s in ((vals, ses), (diffs, dses)):
         ratio = sum(s) / len(s) / float(torch.tensor(v).std())
         assert 0.7 < ratio < 1.45, ratio                   # the std of 30 draws is known to ±13 %
+    assert sum(unpaired) > sum(dses)
 
 
 def test_difference_of_cells_from_different_tables_is_unpaired(ring, image):
@@ -324,3 +326,122 @@ def test_noise_corrects_a_model_error_that_the_ode_carries():
                   for eta in (0.0, 1.0))
         diff, se = lab.paired_difference(x0 / sd, x1 / sd, data / sd, toy.ENERGY)
         assert (diff > 3 * se) if separated else (abs(diff) < 3 * se), (diff, se)
+
+
+def test_the_ode_step_keeps_kl_and_the_noisy_step_shrinks_it():
+    """Notebook 09 §6's two KL statements on Gaussian data, where every law is Gaussian and KL is closed form: the
+    wrong network delivers q_49 = the marginal of 0.4 times the data's covariance, and the exact ε* runs t = 49 … 0.
+    Each run is x_0 = c x_49 + ξ (linear); the sampler on draws of q_49 lands on N(0, c² v_q + Var ξ) within 4 SE;
+    η = 0 keeps KL(q‖p) to 1e-12, η = 1 shrinks it even with Var ξ 3 SE low; the energy distance is not kept by the
+    η = 0 map (it scales by c per direction)."""
+    from ddimlab import samplers
+    from ddimlab.gaussian import kl_normal
+
+    T = 1000
+    alpha_bar = schedule.make_alpha_bar("linear", T)
+    lam_p = torch.tensor([0.25, 0.01], dtype=torch.float64)
+    eps_p = toy.exact_eps(toy.GaussianMixture(torch.ones(1), torch.zeros(1, 2, dtype=torch.float64),
+                                              torch.diag(lam_p)[None]), alpha_bar)
+    seq = schedule.timesteps(1000, T, "uniform")
+    seq = seq[seq < 50]
+    a = float(alpha_bar[49])
+    v_p, v_q = a * lam_p + 1 - a, a * 0.4 * lam_p + 1 - a
+    n = 20000
+
+    def run(x, eta):
+        return samplers.sample_row(eps_p, x, alpha_bar, seq, eta, generator=torch.Generator().manual_seed(2))
+
+    def kl(u, v):
+        return float(kl_normal(0.0, u, 0.0, v).sum())
+
+    def ed(u, v):   # 1-D energy distance between N(0, u) and N(0, v), per direction
+        return math.sqrt(2 / math.pi) * (2 * (u + v).sqrt() - (2 * u).sqrt() - (2 * v).sqrt())
+
+    zero, one = torch.zeros(n, 2, dtype=torch.float64), torch.ones(n, 2, dtype=torch.float64)
+    x_q = torch.randn(n, 2, generator=torch.Generator().manual_seed(61), dtype=torch.float64) * v_q.sqrt()
+    kl_t, after = kl(v_q, v_p), {}
+    for eta in (0.0, 1.0):
+        xi = run(zero, eta)
+        c, v_xi = (run(one, eta) - xi)[0], xi.var(0)
+        q0 = c ** 2 * v_q + v_xi
+        z = (run(x_q, eta).var(0) - q0) / (q0 * math.sqrt(2 / (n - 1)))
+        assert float(z.abs().max()) < 4, (eta, z)
+        low = v_xi * (1 - 3 * math.sqrt(2 / (n - 1)))
+        after[eta] = kl(q0, c ** 2 * v_p + v_xi), kl(c ** 2 * v_q + low, c ** 2 * v_p + low), c
+    assert abs(after[0.0][0] - kl_t) < 1e-12 * kl_t
+    assert after[1.0][1] < kl_t
+    c0 = after[0.0][2]
+    assert float((ed(c0 ** 2 * v_q, c0 ** 2 * v_p) / ed(v_q, v_p) - 1).abs().min()) > 0.01
+
+
+def test_one_bandwidth_mmd2_under_added_noise_rises_to_its_ceiling_and_no_further():
+    """Notebook 09 §1: for X = Y + sZ, MMD² = ∫|φ_Y|²(1 − e^{−s²|ω|²/2})² κ̂ rises with s and stays under E k(Y, Y').
+    E k for Gaussian mixtures in closed form (a Gaussian integral), itself checked against the unbiased estimator at
+    s = 0.5 (within 3 SE, jackknife); shrinking by 0.5 is not added noise and exceeds the ceiling."""
+    ring = toy.eight_gaussians()
+    h, eye = toy.bandwidth(ring), torch.eye(2, dtype=torch.float64)
+
+    def expected_kernel(p, q):
+        total = 0.0
+        for wa, ma, ca in zip(*p):
+            for wb, mb, cb in zip(*q):
+                m = ca + cb + h ** 2 * eye
+                total += float(wa * wb * h ** 2 / torch.linalg.det(m).sqrt()
+                               * torch.exp(-0.5 * (ma - mb) @ torch.linalg.solve(m, ma - mb)))
+        return total
+
+    parts = (ring.weights, ring.means, ring.covs)
+    ceiling = expected_kernel(parts, parts)
+
+    def mmd2(p):
+        return expected_kernel(p, p) + ceiling - 2 * expected_kernel(p, parts)
+
+    noisy = [mmd2((ring.weights, ring.means, ring.covs + s ** 2 * eye)) for s in (0.05, 0.2, 0.5, 2, 10, 100)]
+    assert all(a < b for a, b in zip(noisy, noisy[1:])) and noisy[-1] < ceiling
+    assert mmd2((ring.weights, 0.5 * ring.means, 0.25 * ring.covs)) > ceiling
+    g = torch.Generator().manual_seed(0)
+    x, y = ring.sample(1000, g), ring.sample(1000, g)
+    x = x + 0.5 * torch.randn(1000, 2, generator=g, dtype=torch.float64)
+    value, se = lab.mmd2_se(x, y, h)
+    assert abs(value - noisy[2]) < 3 * se, (value, noisy[2], se)
+
+
+def test_sigma_hat_excess_variance_in_the_weak_directions_is_the_derived_prediction():
+    """Notebook 09 §5: σ̂'s excess variance in the 768 weak directions of the 1024-D image-like data at S = 10 is
+    (1 − ᾱ₁₀₀/ᾱ₀) − E Var(x₀ | x₁₀₀) + g² δ (law of total variance through the last jump); it is closer to the
+    measurement, beyond 3 SE paired over the samples, than the same without g² δ or without E Var(x₀ | x₁₀₀)."""
+    from ddimlab import samplers
+
+    T = 1000
+    alpha_bar = schedule.make_alpha_bar("linear", T)
+    img = toy.image_like_mixture(1024)
+    seen = {}
+
+    def keep(state):
+        if int(state["s"]) == 100:
+            seen["x_100"] = state["x"].clone()
+
+    x_T = torch.randn(500, 1024, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = samplers.sample_row(toy.exact_eps(img, alpha_bar), x_T, alpha_bar, schedule.timesteps(10, T, "uniform"),
+                              samplers.SIGMA_HAT, generator=torch.Generator().manual_seed(1), callback=keep)
+    weak, var = slice(256, 1024), img.std().pow(2)
+    x0, x100 = out[:, weak], seen["x_100"][:, weak]
+    excess = float((x0.var(0) - var[weak]).mean())
+    a = float(alpha_bar[100])
+    jump = 1 - a / float(alpha_bar[0])
+    lam, pi = img.eigvals[:, weak], img.weights[:, None]
+    post_var = float((pi * lam * (1 - a) / (a * lam + 1 - a)).sum(0).mean())
+    gain2 = (pi * (math.sqrt(a) * lam / (a * lam + 1 - a)) ** 2).sum(0)
+    g2_delta = float((gain2 * (x100.var(0) - (a * var[weak] + 1 - a))).mean())
+    predicted = jump - post_var + g2_delta
+
+    def pull(x):   # each sample's contribution to the mean variance over the band
+        c = x - x.mean(0)
+        return (c ** 2 - c.pow(2).mean(0)).mean(1)
+
+    pull_m, pull_p = pull(x0), (gain2 * (lambda c: c ** 2 - c.pow(2).mean(0))(x100 - x100.mean(0))).mean(1)
+    miss_p = excess - predicted
+    for other, pull_o in ((jump - post_var, 0 * pull_m), (jump + g2_delta, pull_p)):
+        miss_o = excess - other
+        d = math.copysign(1, miss_o) * (pull_m - pull_o) - math.copysign(1, miss_p) * (pull_m - pull_p)
+        assert abs(miss_o) - abs(miss_p) > 3 * float(d.std() / math.sqrt(len(d))), (excess, predicted, other)
