@@ -2944,3 +2944,25 @@ def test_round_36_sample_row_takes_one_rule_for_seq_and_names_itself_for_bad_key
     every = samplers.sample_row(eps20, x_T, ab, schedule.timesteps(20, 20), samplers.SIGMA_HAT,
                                 generator=torch.Generator().manual_seed(3))
     assert torch.equal(every, samplers.ddpm_sample(eps20, x_T, ab, "large", generator=torch.Generator().manual_seed(3)))
+
+
+def test_round_36_ode_bits_says_the_librarys_tolerance_rule_in_its_own_words(tmp_path, capsys):
+    """benchmarks/ode_bits.py checked --rtol/--atol against ode.rtol_floor and ode.TOL_CEILING with its own loop and wording
+    (the floor's "solve_ivp would take ever smaller steps" and the ceiling's "its solution can be farther off" left out).
+    ode.check_tolerances is now the one rule: for each bad value the script prints what log_likelihood raises, the names
+    alone written as the options ("--rtol 0.02", not "rtol = 0.02"), before anything is trained."""
+    from cli_support import load_script
+    bits = load_script("benchmarks/ode_bits.py")
+    for option, value in (("rtol", 1e-9), ("rtol", 0.02), ("atol", 1e-300), ("atol", 0.5), ("rtol", float("nan"))):
+        tols = {"rtol": 1e-3, "atol": 1e-3, option: value}
+        with pytest.raises(ValueError) as lib:
+            ode.check_tolerances(tols["rtol"], tols["atol"], "the network's float32 can give", torch.float32)
+        with pytest.raises(SystemExit) as stop:
+            bits.main(["--steps", "2", "--n", "2", "--cache", str(tmp_path), f"--{option}", repr(value)])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        cli = str(lib.value).replace(f"{option} = ", f"--{option} ").replace(f"pass {option} ", f"pass --{option} ")
+        cli = cli.replace(f"{option} must", f"--{option} must")
+        assert stop.value.code == 2 and err.endswith(f": error: {cli}"), (err, cli)
+    assert not (tmp_path / "models").exists()
+    with pytest.raises(ValueError, match="^rtol = 1e-09 is finer than x's float32 can give, .* >= 6e-09, or x in float64$"):
+        ode.check_tolerances(1e-9, 1e-3, "x's float32 can give", torch.float32, "x in float64")
