@@ -135,14 +135,10 @@ def main(argv=None) -> dict:
     p.add_argument("--cache", type=folder, default=None, help="model cache folder (default: $DDIMLAB_CACHE, as the demo)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar while a model trains (minutes, once)")
     args = p.parse_args(argv)
-    if not (0 < args.rtol < 1 and 0 < args.atol < 1):          # NaN fails too
-        p.error(f"--rtol and --atol must be in (0, 1), got {args.rtol} and {args.atol}")
-    for option, tol in (("--rtol", args.rtol), ("--atol", args.atol)):     # log_likelihood's rule, said before the work
-        if tol < (floor := ode.rtol_floor(torch.float32)):
-            p.error(f"{option} {tol:g} is finer than the network's float32 can give: pass {option} >= {floor:.2g}")
-        if tol > ode.TOL_CEILING:
-            p.error(f"{option} {tol:g} is coarser than {ode.TOL_CEILING:g}, past which the ODE solver's error control "
-                    f"breaks down: pass {option} <= {ode.TOL_CEILING:g}")
+    try:                                           # log_likelihood's rule, said before the work
+        ode.check_tolerances(args.rtol, args.atol, "the network's float32 can give", torch.float32, as_option=True)
+    except ValueError as e:
+        p.error(str(e))
     with one_line_errors(p.prog):    # a device this machine lacks, a --cache that cannot be written, more digits than there are
         check_can_write(pretrained.models_dir(args.cache), hint="choose another --cache")   # named as the option, not cache_dir
         return measure(args, devices.resolve(args.device))

@@ -105,12 +105,12 @@ def check_untracked(name: str, v):
     return v
 
 
-def as_real(v) -> float | None:
-    """`v` as a float if it is a finite real number (int, float, numpy scalar, 0-d real tensor; not a bool), else None:
-    the caller says what range it allows."""
+def as_real(v, inf_ok: bool = False) -> float | None:
+    """`v` as a float if it is a finite real number (int, float, numpy scalar, 0-d real tensor; not a bool), or ±inf if
+    `inf_ok` (in any of those types), else None: the caller says what range it allows."""
     if isinstance(v, torch.Tensor) and v.ndim == 0 and not v.is_complex() and v.dtype != torch.bool:
         v = v.item()
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v) or not (inf_ok or math.isfinite(v)):
         return None
     return float(v)
 

@@ -142,9 +142,8 @@ def dynamic_threshold(x0: torch.Tensor, p: float = 0.995, s_max: float = math.in
     """
     if (q := as_real(p)) is None or not 0 < q <= 1:
         raise ValueError(f"p must lie in (0, 1] (a quantile of |x0|: 0.995, not 99.5), got {p!r}")
-    top = s_max if isinstance(s_max, float) and s_max == math.inf else as_real(s_max)
-    if top is None or top < 1:
-        raise ValueError(f"s_max must be a number >= 1 (or math.inf: Imagen's rule), got {s_max!r}")
+    if (top := as_real(s_max, inf_ok=True)) is None or top < 1:      # inf as a float, numpy or torch scalar alike
+        raise ValueError(f"s_max must be a number >= 1 (or inf: Imagen's rule, no upper bound), got {s_max!r}")
     if not isinstance(x0, torch.Tensor) or x0.ndim < 2 or not x0.dtype.is_floating_point:
         raise TypeError(f"x0 must be a floating-point tensor of shape (B, ...), got {getattr(x0, 'shape', type(x0).__name__)}")
     flat = x0.flatten(1)

@@ -897,7 +897,7 @@ IVP_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")     # scipy's 
 def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol, method, either_way: bool = False):
     """The checks `reference_solution` and `log_likelihood` share: `x` (called `name`) as the samplers check it
     (`check_x`: a finite floating tensor with a batch dimension) and without grad, eps a function, the tolerances > 0
-    and within `_check_tolerances`' range, steps t_start, t_end in [−1, T−1] with t_end < t_start (t_end ≠ t_start
+    and within `check_tolerances`' range, steps t_start, t_end in [−1, T−1] with t_end < t_start (t_end ≠ t_start
     if `either_way`), method one of solve_ivp's (a name in IVP_METHODS or an OdeSolver subclass). Returns (alpha_bar,
     t_start, t_end)."""
     from scipy.integrate import OdeSolver
@@ -912,10 +912,7 @@ def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol, method,
     if x.requires_grad:                           # torch: "Can't call numpy() on Tensor that requires grad"
         raise ValueError(f"{name} requires grad, but the ODE is integrated with scipy, which autograd cannot follow: "
                          f"pass {name}.detach()")
-    for tol_name, tol in (("rtol", rtol), ("atol", atol)):
-        if (v := as_real(tol)) is None or v <= 0:
-            raise ValueError(f"{tol_name} must be a finite number > 0 (solve_ivp's tolerance), got {tol!r}")
-    _check_tolerances(rtol, atol, f"{name}'s {_dtype_name(x.dtype)} can give (eps is computed in it)", x.dtype,
+    check_tolerances(rtol, atol, f"{name}'s {_dtype_name(x.dtype)} can give (eps is computed in it)", x.dtype,
                       f"{name} in float64")
     steps = [as_real(v) for v in (t_start, t_end)]
     if None in steps:
@@ -953,20 +950,24 @@ def rtol_floor(dtype: torch.dtype) -> float:
 TOL_CEILING = 1e-2
 
 
-def _check_tolerances(rtol, atol, what: str, dtype: torch.dtype, instead: str) -> None:
-    """ε computed in `dtype`: rtol and atol each no finer than `rtol_floor(dtype)` and no coarser than TOL_CEILING. atol
-    is in the units of x (data in [−1, 1], x_T ~ N(0, I)) and of log p (nats), where a value of size 1 is rounded to
-    dtype's eps: the same floor as rtol's (atol = 1e-300 left solve_ivp relative control alone, which fails where a
-    coordinate, or the divergence's integral at its start, is 0). `what` completes "rtol = ... is finer than" and
-    `instead` "pass rtol >= floor, or" (but for float64, the widest)."""
-    for name, tol in (("rtol", as_real(rtol)), ("atol", as_real(atol))):
+def check_tolerances(rtol, atol, what: str, dtype: torch.dtype, instead: str | None = None, as_option: bool = False) -> None:
+    """ε computed in `dtype`: rtol and atol each a finite number > 0, no finer than `rtol_floor(dtype)` and no coarser
+    than TOL_CEILING. atol is in the units of x (data in [−1, 1], x_T ~ N(0, I)) and of log p (nats), where a value of
+    size 1 is rounded to dtype's eps: the same floor as rtol's (atol = 1e-300 left solve_ivp relative control alone,
+    which fails where a coordinate, or the divergence's integral at its start, is 0). `what` completes "rtol = ... is
+    finer than" and `instead` "pass rtol >= floor, or" (but for float64, the widest). as_option: named as a command
+    line's options ("--rtol 0.02", benchmarks/ode_bits.py), not as Python's arguments ("rtol = 0.02")."""
+    for name, given in (("rtol", rtol), ("atol", atol)):
+        name = f"--{name}" if as_option else name
+        if (tol := as_real(given)) is None or tol <= 0:
+            raise ValueError(f"{name} must be a finite number > 0 (solve_ivp's tolerance), got {given!r}")
+        said = f"{name} {tol:g}" if as_option else f"{name} = {tol:g}"
         if tol > TOL_CEILING:
-            raise ValueError(f"{name} = {tol:g} is coarser than {TOL_CEILING:g}, past which solve_ivp's error control "
-                             f"breaks down (its solution can be farther off than the data's own size): pass {name} <= "
-                             f"{TOL_CEILING:g}")
+            raise ValueError(f"{said} is coarser than {TOL_CEILING:g}, past which solve_ivp's error control breaks down "
+                             f"(its solution can be farther off than the data's own size): pass {name} <= {TOL_CEILING:g}")
         if tol < (floor := rtol_floor(dtype)):
-            raise ValueError(f"{name} = {tol:g} is finer than {what}, and solve_ivp would take ever smaller steps: pass "
-                             f"{name} >= {floor:.2g}" + (f", or {instead}" if dtype != torch.float64 else ""))
+            raise ValueError(f"{said} is finer than {what}, and solve_ivp would take ever smaller steps: pass {name} >= "
+                             f"{floor:.2g}" + (f", or {instead}" if instead and dtype != torch.float64 else ""))
 
 
 def _eps_of_xbar(eps, alpha_bar, xbar: torch.Tensor, sig: float, sig_max: float, dtype, tols) -> torch.Tensor:
@@ -979,7 +980,7 @@ def _eps_of_xbar(eps, alpha_bar, xbar: torch.Tensor, sig: float, sig_max: float,
                    dtype=torch.promote_types(dtype, torch.float32))
     e = _of_x_shape(eps(x, t), x, "eps(x, t)")
     if e.dtype != dtype and e.is_floating_point():
-        _check_tolerances(*tols, f"the {_dtype_name(e.dtype)} that eps(x, t) returns can give", e.dtype,
+        check_tolerances(*tols, f"the {_dtype_name(e.dtype)} that eps(x, t) returns can give", e.dtype,
                           f"have eps return x's {_dtype_name(dtype)}")
     e = e.to(torch.float64)
     if not bool(torch.isfinite(e).all()):

@@ -298,11 +298,21 @@ def ddpm_sample(eps, x_T, alpha_bar, variance: str = "small", seq=None, generato
     return (x, traj) if return_trajectory else x
 
 
+ROW_KWARGS = ("generator", "noise_sampler", "callback", "return_trajectory")   # what sample_row passes on
+
+
 def sample_row(eps, x_T, alpha_bar, seq, eta, clip_x0: bool = False, **kwargs):
     """One row of the DDIM paper's Table 1 on τ = seq: η ≥ 0 is `ddim_sample`, η = SIGMA_HAT is σ̂,
     `ddpm_sample(variance="large")` (notebook 04 §3). kwargs: generator, noise_sampler, callback,
     return_trajectory. The one place the lab, `generate` (the CLI, `reproduce`) and the notebooks turn a
-    Table 1 row into a sampler."""
+    Table 1 row into a sampler. seq is required on every row (ddpm_sample's seq=None, all T steps, is
+    schedule.timesteps(T, T) here)."""
+    if extra := [k for k in kwargs if k not in ROW_KWARGS]:       # else named as ddim_sample's or ddpm_sample's
+        raise TypeError(f"sample_row() got an unexpected keyword argument {extra[0]!r}; it takes clip_x0, "
+                        f"{', '.join(ROW_KWARGS)}")
+    if seq is None:                  # ddpm_sample (the σ̂ row) would run all T steps, ddim_sample refuse it
+        raise TypeError("sample_row: seq must be a 1-D sequence of integer steps on every row, e.g. "
+                        "schedule.timesteps(S, T) (all T steps: schedule.timesteps(T, T)), got None")
     if eta == SIGMA_HAT:
         return ddpm_sample(eps, x_T, alpha_bar, "large", seq=seq, clip_x0=clip_x0, **kwargs)
     if isinstance(eta, str):

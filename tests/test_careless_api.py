@@ -2909,3 +2909,60 @@ def test_round_35_log_likelihood_refuses_more_probes_than_coordinates():
         with pytest.raises(ValueError, match=f"hutchinson = {k} probes .* exact divergence's d = 2.*hutchinson <= 2"):
             ode.log_likelihood(eps, x, AB, t_start=5, rtol=1e-3, atol=1e-3, hutchinson=k)
     assert ode.log_likelihood(eps, x, AB, t_start=5, rtol=1e-3, atol=1e-3, hutchinson=2).shape == (1,)
+
+
+def test_round_36_dynamic_threshold_takes_inf_as_no_bound_in_any_real_type():
+    """dynamic_threshold's s_max = inf is Imagen's rule (no upper bound on s); it took math.inf (a Python float) but refused
+    torch.tensor(inf) and np.float32(inf) as "s_max must be a number >= 1". One rule now, checks.as_real(inf_ok=True):
+    each is numpy's s = max(quantile(|x|, p), 1), unbounded; -inf and NaN are still refused."""
+    x = torch.randn(3, 50, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 4
+    s = np.maximum(np.quantile(x.abs().numpy(), 0.9, axis=1), 1.0)[:, None]
+    want = torch.from_numpy(np.clip(x.numpy(), -s, s) / s)
+    assert float(s.max()) > 4                      # far past a bound: s_max = 1 or 2 would not pass
+    for s_max in (math.inf, np.float32("inf"), torch.tensor(float("inf")), torch.tensor(float("inf"), dtype=torch.float64)):
+        torch.testing.assert_close(diffusion.dynamic_threshold(x, 0.9, s_max), want, rtol=1e-12, atol=1e-12)
+    for bad in (-math.inf, torch.tensor(-float("inf")), float("nan"), torch.tensor(0.5)):
+        with pytest.raises(ValueError, match="s_max must be a number >= 1 \\(or inf: Imagen's rule"):
+            diffusion.dynamic_threshold(x, 0.9, bad)
+
+
+def test_round_36_sample_row_takes_one_rule_for_seq_and_names_itself_for_bad_keywords(toy_setup):
+    """samplers.sample_row(..., seq=None, SIGMA_HAT) ran all T steps while every η row refused seq=None; now each row
+    refuses it, naming schedule.timesteps(T, T), which runs the σ̂ row as ddpm_sample(seq=None) does, bit for bit. A bad
+    keyword (foo=1, variance="small") was "ddim_sample() got an unexpected keyword argument" (or ddpm_sample's "multiple
+    values"), naming a function the user did not call; it is now sample_row's, listing what it takes."""
+    mix, eps, x_T, seq = toy_setup
+    ab = schedule.make_alpha_bar("linear", 20)
+    eps20 = toy.exact_eps(mix, ab)
+    for eta in (0.0, 1.0, samplers.SIGMA_HAT):
+        with pytest.raises(TypeError, match="sample_row: seq must be .* schedule.timesteps\\(T, T\\)\\), got None"):
+            samplers.sample_row(eps20, x_T, ab, None, eta)
+        for kw in (dict(foo=1), dict(variance="small")):
+            with pytest.raises(TypeError, match=f"^sample_row\\(\\) got an unexpected keyword argument '{next(iter(kw))}'; "
+                                                "it takes clip_x0, generator, noise_sampler, callback, return_trajectory$"):
+                samplers.sample_row(eps, x_T, AB, seq, eta, **kw)
+    every = samplers.sample_row(eps20, x_T, ab, schedule.timesteps(20, 20), samplers.SIGMA_HAT,
+                                generator=torch.Generator().manual_seed(3))
+    assert torch.equal(every, samplers.ddpm_sample(eps20, x_T, ab, "large", generator=torch.Generator().manual_seed(3)))
+
+
+def test_round_36_ode_bits_says_the_librarys_tolerance_rule_in_its_own_words(tmp_path, capsys):
+    """benchmarks/ode_bits.py checked --rtol/--atol against ode.rtol_floor and ode.TOL_CEILING with its own loop and wording
+    (the floor's "solve_ivp would take ever smaller steps" and the ceiling's "its solution can be farther off" left out).
+    ode.check_tolerances is now the one rule: for each bad value the script prints what log_likelihood raises, the names
+    alone written as the options ("--rtol 0.02", not "rtol = 0.02"), before anything is trained."""
+    from cli_support import load_script
+    bits = load_script("benchmarks/ode_bits.py")
+    for option, value in (("rtol", 1e-9), ("rtol", 0.02), ("atol", 1e-300), ("atol", 0.5), ("rtol", float("nan"))):
+        tols = {"rtol": 1e-3, "atol": 1e-3, option: value}
+        with pytest.raises(ValueError) as lib:
+            ode.check_tolerances(tols["rtol"], tols["atol"], "the network's float32 can give", torch.float32)
+        with pytest.raises(SystemExit) as stop:
+            bits.main(["--steps", "2", "--n", "2", "--cache", str(tmp_path), f"--{option}", repr(value)])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        cli = str(lib.value).replace(f"{option} = ", f"--{option} ").replace(f"pass {option} ", f"pass --{option} ")
+        cli = cli.replace(f"{option} must", f"--{option} must")
+        assert stop.value.code == 2 and err.endswith(f": error: {cli}"), (err, cli)
+    assert not (tmp_path / "models").exists()
+    with pytest.raises(ValueError, match="^rtol = 1e-09 is finer than x's float32 can give, .* >= 6e-09, or x in float64$"):
+        ode.check_tolerances(1e-9, 1e-3, "x's float32 can give", torch.float32, "x in float64")

@@ -143,7 +143,8 @@ def test_bad_sizes_are_refused_in_one_line(bits, capsys):
     with pytest.raises(SystemExit) as stop:
         bits.main(["--n", "1"])
     assert stop.value.code == 2 and "--n: must be" in capsys.readouterr().err
-    for argv, said in ((["--rtol", "nan"], "--rtol and --atol must be in (0, 1)"), (["--device", "tpu"], "unknown device 'tpu'"),
+    for argv, said in ((["--rtol", "nan"], "--rtol must be a finite number > 0 (solve_ivp's tolerance), got nan"),
+                       (["--device", "tpu"], "unknown device 'tpu'"),
                        (["--n", "5000", "--cache", "/nonexistent/never-made"], "--n 5000: there are 1797 digits")):
         with pytest.raises(SystemExit) as stop:
             bits.main(argv)
@@ -157,7 +158,8 @@ def test_round_28_a_tolerance_or_probe_count_past_its_use_is_refused_before_the_
     before anything is trained (no models folder in the cache). A blank --cache trained into ./models (round 28's
     test_round_28_a_blank_cache_folder_is_refused_not_read_as_the_current_one)."""
     monkeypatch.chdir(tmp_path)
-    for argv, said in ((["--rtol", "1e-9"], "--rtol 1e-09 is finer than the network's float32 can give: pass --rtol >= 6e-09"),
+    for argv, said in ((["--rtol", "1e-9"], "--rtol 1e-09 is finer than the network's float32 can give, and solve_ivp "
+                                              "would take ever smaller steps: pass --rtol >= 6e-09"),
                        (["--hutchinson", "64"], "--hutchinson 64: as many probes as the d = 64 pixels cost as many backward"),
                        (["--cache", ""], "argument --cache: is blank (''), which would be the current folder")):
         with pytest.raises(SystemExit) as stop:
@@ -198,8 +200,9 @@ def test_round_29_a_tolerance_too_loose_for_the_solver_is_refused_before_the_wor
         with pytest.raises(SystemExit) as stop:
             bits.main(["--steps", "2", "--n", "2", "--cache", str(tmp_path), "--rtol", rtol])
         err = capsys.readouterr().err
-        assert stop.value.code == 2 and f"--rtol {float(rtol):g} is coarser than 0.01, past which the ODE solver's error" \
-                                        " control breaks down: pass --rtol <= 0.01" in err, err
+        assert stop.value.code == 2 and f"--rtol {float(rtol):g} is coarser than 0.01, past which solve_ivp's error" \
+                                        " control breaks down (its solution can be farther off than the data's own size):" \
+                                        " pass --rtol <= 0.01" in err, err
     assert not (tmp_path / "models").exists()
 
 
@@ -207,9 +210,10 @@ def test_round_30_an_atol_past_the_solvers_range_is_refused_before_the_work(bits
     """Round 29's leftover: --atol 1e-300 was taken, and solve_ivp (relative control alone) failed after the model was
     trained and the negative ELBO computed; --atol 0.5 ran. --atol now takes --rtol's range, said before anything is
     trained (no models folder in the cache)."""
-    for atol, said in (("1e-300", "--atol 1e-300 is finer than the network's float32 can give: pass --atol >= 6e-09"),
-                       ("0.5", "--atol 0.5 is coarser than 0.01, past which the ODE solver's error control breaks down: "
-                               "pass --atol <= 0.01")):
+    for atol, said in (("1e-300", "--atol 1e-300 is finer than the network's float32 can give, and solve_ivp would "
+                                 "take ever smaller steps: pass --atol >= 6e-09"),
+                       ("0.5", "--atol 0.5 is coarser than 0.01, past which solve_ivp's error control breaks down (its "
+                               "solution can be farther off than the data's own size): pass --atol <= 0.01")):
         with pytest.raises(SystemExit) as stop:
             bits.main(["--steps", "2", "--n", "2", "--cache", str(tmp_path), "--t-end", "split", "--atol", atol])
         err = capsys.readouterr().err
