@@ -48,18 +48,38 @@ def test_guided_eps_is_not_the_eps_of_the_noised_tilted_density():
     (x − √ᾱ E[x_0 | x_t]) / √(1−ᾱ) (Tweedie, E by quad over the tilted density), equals ε̃ at w = 1 (the tilt is then
     p(x|c) itself) and misses it at w = 3 by more than 0.1 (2.56 measured on x in [−3, 3] at t = 300)."""
     t = 300
-    a = float(AB[t])
     x = torch.linspace(-3, 3, 13, dtype=torch.float64)[:, None]
-
-    def eps_noised_tilted(w, xt):
-        f = lambda x0, m: x0 ** m * _tilt(w)(x0) * stats.norm.pdf(xt, math.sqrt(a) * x0, math.sqrt(1 - a))  # noqa: E731
-        Z, m1 = (integrate.quad(f, -4, 5, args=(m,), points=[1.0], limit=200)[0] for m in (0, 1))
-        return (xt - math.sqrt(a) * m1 / Z) / math.sqrt(1 - a)
-
     for w, close in ((1.0, True), (3.0, False)):
         got = samplers.guided_eps(EPS_NULL, EPS_C, w)(x, torch.full((13,), t))[:, 0].numpy()
-        gap = np.abs(got - np.array([eps_noised_tilted(w, float(v)) for v in x[:, 0]])).max()
+        gap = np.abs(got - np.array([_eps_noised_tilted(_tilt(w), float(AB[t]), float(v)) for v in x[:, 0]])).max()
         assert (gap < 1e-6) if close else (gap > 0.1), (w, gap)
+
+
+def test_one_gaussian_each_the_identity_holds_only_with_the_same_variance():
+    """Notebook 10 §1's parenthesis: with p(x) = N(0, s²) and p(x|c) = N(0.5, 0.5²), the guided ε at w = 3 is the ε of
+    the tilted density noised to t when s = 0.5 (the tilt is then N(1.5, 0.5²), and noising commutes with it), and
+    misses it when s = 1 (0.72, 3.4 and 0.25 measured at t = 50, 175 and 600; 3.4 is the largest in t)."""
+    x, w = torch.tensor([[-3.0], [0.0], [3.0]], dtype=torch.float64), 3.0
+    for s, close in ((0.5, True), (1.0, False)):
+        eps_w = samplers.guided_eps(*(toy.exact_eps(toy.GaussianMixture(torch.ones(1, dtype=torch.float64),
+                                                                          torch.tensor([[m]], dtype=torch.float64),
+                                                                          torch.tensor([[[sd ** 2]]], dtype=torch.float64)),
+                                                      AB) for m, sd in ((0.0, s), (0.5, 0.5))), w)
+
+        def tilt(x0, s=s):
+            return math.exp((1 - w) * stats.norm.logpdf(x0, 0.0, s) + w * stats.norm.logpdf(x0, 0.5, 0.5))
+
+        for t in (50, 175, 600):
+            got = eps_w(x, torch.full((3,), t))[:, 0].numpy()
+            gap = np.abs(got - np.array([_eps_noised_tilted(tilt, float(AB[t]), float(v)) for v in x[:, 0]])).max()
+            assert (gap < 1e-6) if close else (gap > 0.1), (s, t, gap)
+
+
+def _eps_noised_tilted(tilt, a, xt):
+    """ε of the density ∝ tilt(x_0) noised to ᾱ = a at x_t: (x_t − √a E[x_0 | x_t]) / √(1−a) (Tweedie), E by quad."""
+    f = lambda x0, m: x0 ** m * tilt(x0) * stats.norm.pdf(xt, math.sqrt(a) * x0, math.sqrt(1 - a))  # noqa: E731
+    Z, m1 = (integrate.quad(f, -4, 5, args=(m,), points=[1.0], limit=200, epsabs=0)[0] for m in (0, 1))
+    return (xt - math.sqrt(a) * m1 / Z) / math.sqrt(1 - a)
 
 
 def _class1_cdf(x):
