@@ -166,9 +166,8 @@ class UNet(nn.Module):
         in_ch, num_res_blocks, resolution, out_ch, num_groups = (check_int(name, v) for name, v in (
             ("in_ch", in_ch), ("num_res_blocks", num_res_blocks), ("resolution", resolution),
             ("out_ch", out_ch), ("num_groups", num_groups)))
-        ch = check_int("ch", ch, 4, note=" (the step embedding has ch/2 >= 2 frequencies)")
-        check_architecture(ch, ch_mult, attn_resolutions, dropout, resolution, num_groups)
-        dropout = float(dropout)                          # a numpy float would make the checkpoint unloadable, as above
+        check_architecture(ch, ch_mult, attn_resolutions, dropout, resolution, num_groups)    # ch an integer >= 4 too
+        ch, dropout = int(ch), float(dropout)       # a numpy int or float would make the checkpoint unloadable, as above
         self.config = dict(in_ch=in_ch, ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
                            attn_resolutions=attn_resolutions, dropout=dropout, resolution=resolution,
                            out_ch=out_ch, num_groups=num_groups)
