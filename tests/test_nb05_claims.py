@@ -412,3 +412,33 @@ def test_rademacher_probes_spread_less_than_gaussian_ones_on_eight_gaussians():
                    - exact.repeat(20)).reshape(20, 10).var(0) for probe in ("gaussian", "rademacher")}
     ratio, se = lab.error_ratio(var["gaussian"], var["rademacher"])["rms"]
     assert ratio - 3 * se > 1, (ratio, se)
+
+
+def _heun_on_a_gaussian(lam, S, weight):
+    """Per-direction end point from x̄_T = 1 of Heun with its correction times weight(σ, σ'), on Gaussian data of
+    variances lam (ε* = σ x̄/(λ + σ²) in closed form), the last step into σ = 0 Euler's; and the exact end point."""
+    sig = [float(ode.sigma_at(AB, int(t))) for t in schedule.timesteps(S, 1000, "linspace")] + [0.0]
+    x = torch.ones_like(lam)
+    for s, s_next in zip(sig, sig[1:]):
+        d = s * x / (lam + s * s)
+        pred = x + (s_next - s) * d
+        x = pred if s_next == 0 else pred + weight(s, s_next) * (s_next - s) / 2 * (s_next * pred / (lam + s_next ** 2) - d)
+    return x, (lam / (lam + sig[0] ** 2)).sqrt()
+
+
+def test_on_a_gaussian_with_the_rings_variances_heun_in_tau_wins_to_s_80_and_loses_at_160():
+    """notebook 05 §3 (why τ wins on the ring): Heun in τ is the predictor plus (1 + σ')/(1 + σ) times Heun's correction in
+    σ (checked there against `ode.heun` and an Euler-predictor loop in τ); on Gaussian data with eight Gaussians' component
+    variances both are linear maps, here written from ε*'s closed form. Heun in τ misses less than Heun in σ in both
+    directions at S = 5 to 80 and more at S = 160 (the shared last Euler step's miss cancels Heun in σ's overshoot); the
+    factor inverted misses more at every S. `ode.heun` is Heun in σ, to rounding."""
+    lam = torch.linalg.eigvalsh(toy.eight_gaussians().covs[0])
+    sigma, tau, inverted = (lambda s, r: 1.0), (lambda s, r: (1 + r) / (1 + s)), (lambda s, r: ((1 + s) / (1 + r)))
+    for S in (5, 10, 20, 40, 80, 160):
+        (x_sig, exact), (x_tau, _), (x_inv, _) = (_heun_on_a_gaussian(lam, S, w) for w in (sigma, tau, inverted))
+        e_sig, e_tau, e_inv = ((x - exact).abs() for x in (x_sig, x_tau, x_inv))
+        assert bool((e_inv > e_sig).all()), (S, e_inv, e_sig)
+        assert bool((e_tau < e_sig).all()) == (S <= 80), (S, e_tau, e_sig)
+        eps = toy.exact_eps(toy.GaussianMixture(torch.ones(1), torch.zeros(1, 2, dtype=torch.float64), torch.diag(lam)[None]), AB)
+        x_T = math.sqrt(float(AB[999])) * torch.ones(1, 2, dtype=torch.float64)            # x̄_T = 1
+        assert torch.allclose(ode.heun(eps, x_T, AB, schedule.timesteps(S, 1000, "linspace"))[0], x_sig, rtol=1e-9, atol=0)
