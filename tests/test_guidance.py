@@ -263,7 +263,8 @@ def test_edit_law_by_quadrature_is_the_law_of_the_librarys_edits():
 def test_edit_distance_to_the_posterior_by_t0_and_by_strength():
     """Notebook 10 §3's D(t0): the KS distance of the edits' law to the noise-averaged posterior. η = 1 on every step:
     0.0100 at t0 = 20, falling to 0.0020 at 200; η = 0 over 5 times larger. diffusers' 50 steps: η = 1 at 0.026-0.027
-    (strength 0.3 and 1), η = 0 farther at 0.3 and nearer at 1. Half the grid spacing moves D by under 1e-4."""
+    (strength 0.3 and 1), η = 0 farther at 0.3 and nearer at 1; from t0 = 285 with 15 to 120 strided steps D falls by
+    less than half at each doubling. Half the grid spacing moves D by under 1e-4."""
     grid, x_in = np.linspace(-3, 3.5, 1301), 0.0
 
     def D(seq, eta, **kw):
@@ -277,6 +278,11 @@ def test_edit_distance_to_the_posterior_by_t0_and_by_strength():
                    for st in (0.3, 1.0)}
     assert all(0.025 < by_strength[st][1.0] < 0.028 for st in (0.3, 1.0))
     assert by_strength[0.3][0.0] > 2 * by_strength[0.3][1.0] and by_strength[1.0][1.0] > 1.5 * by_strength[1.0][0.0]
+    # img2img's strided steps from t0 = 285: D falls by less than half at each doubling (1.85, 1.86, 1.84 measured)
+    strided = [schedule.timesteps(50, 1000, "linspace")[35:]] + [torch.from_numpy(np.linspace(285, 0, k).round().astype(np.int64))
+                                                                 for k in (30, 60, 120)]
+    d = [D(seq, 1.0) for seq in strided]
+    assert all(1.7 < a / b < 1.95 for a, b in zip(d, d[1:])), d
 
 
 def test_strength_slice_equals_diffusers_img2img_steps():
