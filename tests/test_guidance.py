@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import integrate, stats
+from scipy import integrate, interpolate, stats
 
 from ddimlab import diffusion, lab, ode, samplers, schedule, toy
 
@@ -75,9 +75,36 @@ def test_one_gaussian_each_the_identity_holds_only_with_the_same_variance():
             assert (gap < 1e-6) if close else (gap > 0.1), (s, t, gap)
 
 
+def test_two_gaussian_classes_of_one_variance_the_identity_holds_at_w1_only():
+    """Notebook 10 §1: p(x) = ½ N(−0.5, 0.5²) + ½ N(0.5, 0.5²) and p(x|c) = N(0.5, 0.5²), one variance. At w = 1 the tilt
+    is p(x|c) and the guided ε is the noised tilt's; at w = 3 it misses it by more than 0.1 on x = −3, −2.5, ..., 3
+    (0.19, 1.1 and 0.16 measured at t = 50, 175 and 600)."""
+    x = torch.linspace(-3, 3, 13, dtype=torch.float64)[:, None]
+
+    def gm(w, m, v):
+        return toy.GaussianMixture(torch.tensor(w, dtype=torch.float64), torch.tensor(m, dtype=torch.float64)[:, None],
+                                   torch.tensor(v, dtype=torch.float64)[:, None, None])
+
+    def normal(v, m):                                    # N(v; m, 0.5²)
+        return math.exp(-2 * (v - m) ** 2) / (0.5 * math.sqrt(2 * math.pi))
+
+    for w, close in ((1.0, True), (3.0, False)):
+        eps_w = samplers.guided_eps(toy.exact_eps(gm([0.5, 0.5], [-0.5, 0.5], [0.25, 0.25]), AB),
+                                    toy.exact_eps(gm([1.0], [0.5], [0.25]), AB), w)
+
+        def tilt(x0, w=w):
+            return (0.5 * normal(x0, -0.5) + 0.5 * normal(x0, 0.5)) ** (1 - w) * normal(x0, 0.5) ** w
+
+        for t in (50, 175, 600):
+            got = eps_w(x, torch.full((13,), t))[:, 0].numpy()
+            gap = np.abs(got - np.array([_eps_noised_tilted(tilt, float(AB[t]), float(v)) for v in x[:, 0]])).max()
+            assert (gap < 1e-6) if close else (gap > 0.1), (w, t, gap)
+
+
 def _eps_noised_tilted(tilt, a, xt):
     """ε of the density ∝ tilt(x_0) noised to ᾱ = a at x_t: (x_t − √a E[x_0 | x_t]) / √(1−a) (Tweedie), E by quad."""
-    f = lambda x0, m: x0 ** m * tilt(x0) * stats.norm.pdf(xt, math.sqrt(a) * x0, math.sqrt(1 - a))  # noqa: E731
+    # the kernel q(x_t | x_0) without its constant, which cancels in E (scipy's pdf per point is far slower)
+    f = lambda x0, m: x0 ** m * tilt(x0) * math.exp(-(xt - math.sqrt(a) * x0) ** 2 / (2 * (1 - a)))  # noqa: E731
     Z, m1 = (integrate.quad(f, -4, 5, args=(m,), points=[1.0], limit=200, epsabs=0)[0] for m in (0, 1))
     return (xt - math.sqrt(a) * m1 / Z) / math.sqrt(1 - a)
 
@@ -186,6 +213,78 @@ def test_sdedit_eta1_passes_the_posterior_where_its_spread_matters_and_misses_it
     assert ks_p(x20, F20) < 1e-6 and ks_p(x20[:4000], F20) > 1e-3
 
 
+def _mixture_eps(x, a):
+    """ε = −√(1−a) d/dx log p_a(x) of the whole mixture at every x, by hand with scipy's normal (not toy.exact_eps)."""
+    x, v, m = np.asarray(x, dtype=float)[..., None], a * SD ** 2 + 1 - a, math.sqrt(a) * MU
+    dens = W * stats.norm.pdf(x, m, np.sqrt(v))
+    return math.sqrt(1 - a) * np.sum(dens * (x - m) / v, -1) / np.sum(dens, -1)
+
+
+def _edit_law(seq, eta, x_in=0.0, h=0.004, n_z=10):
+    """The cdf of DDIM(η) edits of x_in along seq with the exact ε, computed, not sampled (notebook 10 §3, "D(t₀),
+    computed"): a step sends x_t to m(x_t) + σ z with m increasing, so F_s(y) = E_z F_t(m⁻¹(y − σ z)); m⁻¹ by a cubic
+    spline on a grid of spacing h, E_z by n_z-node Gauss–Hermite."""
+    xq, (z, wz) = np.arange(-6, 6 + h / 2, h), np.polynomial.hermite_e.hermegauss(n_z)
+    steps = [int(t) for t in seq] + [-1]
+    a0 = float(AB[steps[0]])
+    F = stats.norm.cdf(xq, math.sqrt(a0) * x_in, math.sqrt(1 - a0))
+    for t, s in zip(steps[:-1], steps[1:]):
+        a_t, a_s = float(AB[t]), (float(AB[s]) if s >= 0 else 1.0)
+        sig = eta * math.sqrt((1 - a_s) / (1 - a_t) * (1 - a_t / a_s))
+        e = _mixture_eps(xq, a_t)
+        m = math.sqrt(a_s) * (xq - math.sqrt(1 - a_t) * e) / math.sqrt(a_t) + math.sqrt(max(1 - a_s - sig ** 2, 0.0)) * e
+        spline = interpolate.CubicSpline(m, F)
+        F_m = lambda y: np.clip(spline(np.clip(y, m[0], m[-1])), 0, 1)            # noqa: E731
+        F = F_m(xq[:, None] - sig * z) @ (wz / wz.sum()) if sig > 0 else F_m(xq)
+    return lambda y: np.interp(y, xq, F)
+
+
+def test_edit_law_by_quadrature_is_the_law_of_the_librarys_edits():
+    """The computed law against the library's Monte Carlo edits: 500,000 η = 1 edits at t0 = 20 and 100,000 with diffusers'
+    15 steps (strength 0.3 of 50) pass a KS test against it and fail against the exact posterior (the formula it must
+    not be); 4000 η = 0 edits at t0 = 100 pass against the η = 0 law and fail against the η = 1 law."""
+    grid, x_in = np.linspace(-3, 3.5, 1301), 0.0
+
+    def edits(seq, n, eta, seed):
+        return samplers.sdedit(EPS_NULL, torch.full((n, 1), x_in, dtype=torch.float64), AB, seq, eta=eta,
+                               generator=torch.Generator().manual_seed(seed))[:, 0].numpy()
+
+    strided = schedule.timesteps(50, 1000, "linspace")[35:]
+    for seq, n in ((torch.arange(20, -1, -1), 500_000), (strided, 100_000)):
+        x = edits(seq, n, 1.0, 7)
+        posterior = _edit_cdf(x_in, float(AB[int(seq[0])]), grid)
+        assert stats.kstest(x, _edit_law(seq, 1.0)).pvalue > 1e-3
+        assert stats.kstest(x, lambda v: np.interp(v, grid, posterior)).pvalue < 1e-6
+    x = edits(torch.arange(100, -1, -1), 4000, 0.0, 8)
+    assert stats.kstest(x, _edit_law(torch.arange(100, -1, -1), 0.0)).pvalue > 1e-3
+    assert stats.kstest(x, _edit_law(torch.arange(100, -1, -1), 1.0)).pvalue < 1e-6
+
+
+def test_edit_distance_to_the_posterior_by_t0_and_by_strength():
+    """Notebook 10 §3's D(t0): the KS distance of the edits' law to the noise-averaged posterior. η = 1 on every step:
+    0.0100 at t0 = 20, falling to 0.0020 at 200; η = 0 over 5 times larger. diffusers' 50 steps: η = 1 at 0.026-0.027
+    (strength 0.3 and 1), η = 0 farther at 0.3 and nearer at 1; from t0 = 285 with 15 to 120 strided steps D falls by
+    less than half at each doubling. Half the grid spacing moves D by under 1e-4."""
+    grid, x_in = np.linspace(-3, 3.5, 1301), 0.0
+
+    def D(seq, eta, **kw):
+        return float(np.abs(_edit_law(seq, eta, x_in, **kw)(grid) - _edit_cdf(x_in, float(AB[int(seq[0])]), grid)).max())
+
+    every = {t0: {eta: D(torch.arange(t0, -1, -1), eta) for eta in (1.0, 0.0)} for t0 in (20, 100, 200)}
+    assert abs(every[20][1.0] - 0.0100) < 2e-4 and every[20][1.0] > every[100][1.0] + 1e-3 > every[200][1.0] + 2e-3
+    assert all(d[0.0] > 5 * d[1.0] for d in every.values())
+    assert abs(D(torch.arange(20, -1, -1), 1.0, h=0.002, n_z=20) - every[20][1.0]) < 1e-4
+    by_strength = {st: {eta: D(schedule.timesteps(50, 1000, "linspace")[50 - int(50 * st):], eta) for eta in (1.0, 0.0)}
+                   for st in (0.3, 1.0)}
+    assert all(0.025 < by_strength[st][1.0] < 0.028 for st in (0.3, 1.0))
+    assert by_strength[0.3][0.0] > 2 * by_strength[0.3][1.0] and by_strength[1.0][1.0] > 1.5 * by_strength[1.0][0.0]
+    # img2img's strided steps from t0 = 285: D falls by less than half at each doubling (1.85, 1.86, 1.84 measured)
+    strided = [schedule.timesteps(50, 1000, "linspace")[35:]] + [torch.from_numpy(np.linspace(285, 0, k).round().astype(np.int64))
+                                                                 for k in (30, 60, 120)]
+    d = [D(seq, 1.0) for seq in strided]
+    assert all(1.7 < a / b < 1.95 for a, b in zip(d, d[1:])), d
+
+
 def test_strength_slice_equals_diffusers_img2img_steps():
     """diffusers' img2img pipelines keep scheduler.timesteps[S − int(S · strength):] (their `get_timesteps`, which
     cannot be imported here: the pipelines need transformers). This checks that ddimlab's grid is the scheduler's, so
@@ -259,6 +358,28 @@ def test_langevin_at_t0_with_the_guided_eps_samples_the_tilted_density():
     run = lambda n: samplers.langevin(eps_w, start, AB, 0, 0.004, n, generator=torch.Generator().manual_seed(5))[:, 0]
     assert stats.kstest(run(1500).numpy(), cdf_tilt).pvalue > 1e-3
     assert stats.kstest(run(20).numpy(), cdf_tilt).pvalue < 1e-6
+
+
+def test_langevin_at_t0_turns_the_ks_test_between_500_and_1000_steps_in_every_run():
+    """Notebook 10 §1, the claim over runs, not one seed: four runs of 2000 chains from the far bump (x = 1.5, where the
+    guided ODE puts its samples), each with its own noise. After 500 steps every run fails the KS test against the tilted
+    density and the runs' mean share below 1 is short of its share (beyond 3 SE over the runs); after 1000 every run
+    passes and the mean share is not told from it (within 3 SE)."""
+    grid = np.linspace(-4, 5, 901)
+    cdf = np.concatenate([[0], np.cumsum([integrate.quad(_tilt(3.0), lo, hi)[0] for lo, hi in zip(grid[:-1], grid[1:])])])
+    share, runs, n = _tilted_share_below_1(3.0), 4, 2000
+    eps_w, g = samplers.guided_eps(EPS_NULL, EPS_C, 3.0), torch.Generator().manual_seed(5)
+    x500 = samplers.langevin(eps_w, torch.full((runs * n, 1), 1.5, dtype=torch.float64), AB, 0, 0.004, 500, generator=g)
+    x1000 = samplers.langevin(eps_w, x500, AB, 0, 0.004, 500, generator=g)
+    for x, before in ((x500, True), (x1000, False)):
+        v = x[:, 0].numpy().reshape(runs, n)
+        p = [stats.kstest(r, lambda u: np.interp(u, grid, cdf / cdf[-1])).pvalue for r in v]
+        q = (v < 1).mean(1)
+        se = q.std(ddof=1) / math.sqrt(runs)
+        if before:
+            assert max(p) < 1e-3 and share - q.mean() > 3 * se, (p, q)
+        else:
+            assert min(p) > 1e-3 and abs(q.mean() - share) < 3 * se, (p, q)
 
 
 @pytest.mark.parametrize("kw, match", [
