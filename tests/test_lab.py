@@ -406,42 +406,64 @@ def test_one_bandwidth_mmd2_under_added_noise_rises_to_its_ceiling_and_no_furthe
     assert abs(value - noisy[2]) < 3 * se, (value, noisy[2], se)
 
 
-def test_sigma_hat_excess_variance_in_the_weak_directions_is_the_derived_prediction():
-    """Notebook 09 §5: σ̂'s excess variance in the 768 weak directions of the 1024-D image-like data at S = 10 is
-    (1 − ᾱ₁₀₀/ᾱ₀) − E Var(x₀ | x₁₀₀) + g² δ (law of total variance through the last jump); it is closer to the
-    measurement, beyond 3 SE paired over the samples, than the same without g² δ or without E Var(x₀ | x₁₀₀)."""
+@pytest.fixture(scope="module")
+def sigma_hat_last_steps():
+    """σ̂ at S = 10 on the 1024-D image-like data, 2000 runs: (x_100, x_out, each run's component at t = 100)."""
     from ddimlab import samplers
 
     T = 1000
     alpha_bar = schedule.make_alpha_bar("linear", T)
     img = toy.image_like_mixture(1024)
-    seen = {}
+    seen, g = {}, torch.Generator().manual_seed(0)
 
     def keep(state):
         if int(state["s"]) == 100:
             seen["x_100"] = state["x"].clone()
 
-    x_T = torch.randn(500, 1024, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x_T = torch.randn(2000, 1024, generator=g, dtype=torch.float64)
     out = samplers.sample_row(toy.exact_eps(img, alpha_bar), x_T, alpha_bar, schedule.timesteps(10, T, "uniform"),
-                              samplers.SIGMA_HAT, generator=torch.Generator().manual_seed(1), callback=keep)
-    weak, var = slice(256, 1024), img.std().pow(2)
-    x0, x100 = out[:, weak], seen["x_100"][:, weak]
-    excess = float((x0.var(0) - var[weak]).mean())
+                              samplers.SIGMA_HAT, generator=g, callback=keep)
     a = float(alpha_bar[100])
-    jump = 1 - a / float(alpha_bar[0])
-    lam, pi = img.eigvals[:, weak], img.weights[:, None]
-    post_var = float((pi * lam * (1 - a) / (a * lam + 1 - a)).sum(0).mean())
-    gain2 = (pi * (math.sqrt(a) * lam / (a * lam + 1 - a)) ** 2).sum(0)
-    g2_delta = float((gain2 * (x100.var(0) - (a * var[weak] + 1 - a))).mean())
-    predicted = jump - post_var + g2_delta
+    # each component's log density at t = 100 retyped: N(√ᾱ μ_k, diag(ᾱ λ_k + 1 − ᾱ)), plus log π_k
+    v = a * img.eigvals + 1 - a
+    log_joint = (img.weights.log() - 0.5 * v.log().sum(1)
+                 - 0.5 * ((seen["x_100"][:, None, :] - math.sqrt(a) * img.means) ** 2 / v).sum(2))
+    top2 = log_joint.topk(2, dim=1).values
+    assert float((top2[:, 0] - top2[:, 1]).min()) > 10     # told apart (odds over e^10 to 1): the formula is exact
+    return img, alpha_bar, seen["x_100"], out, log_joint.argmax(1)
 
-    def pull(x):   # each sample's contribution to the mean variance over the band
-        c = x - x.mean(0)
-        return (c ** 2 - c.pow(2).mean(0)).mean(1)
 
-    pull_m, pull_p = pull(x0), (gain2 * (lambda c: c ** 2 - c.pow(2).mean(0))(x100 - x100.mean(0))).mean(1)
-    miss_p = excess - predicted
-    for other, pull_o in ((jump - post_var, 0 * pull_m), (jump + g2_delta, pull_p)):
-        miss_o = excess - other
-        d = math.copysign(1, miss_o) * (pull_m - pull_o) - math.copysign(1, miss_p) * (pull_m - pull_p)
-        assert abs(miss_o) - abs(miss_p) > 3 * float(d.std() / math.sqrt(len(d))), (excess, predicted, other)
+def sigma_hat_miss(data, root=True, jump=None, final_step=True, true_u2=False):
+    """Per band of directions (0-15, 16-63, 64-255, 256-1023): mean over the runs of (x_out − μ_k)² minus
+    g_0² ((c_0 g + c_100)² u² + σ̂²), u = x_100 − √ᾱ_100 μ_k, in SE of that mean (notebook 09 §5, the exact form);
+    the keywords make the wrong formulas the notebook shows failing."""
+    img, alpha_bar, x_100, out, k = data
+    a, a0 = float(alpha_bar[100]), float(alpha_bar[0])
+    lam, mu = img.eigvals[k], img.means[k]
+    g = (math.sqrt(a) if root else 1.0) * lam / (a * lam + 1 - a)
+    g0 = math.sqrt(a0) * lam / (a0 * lam + 1 - a0) if final_step else torch.ones_like(lam)
+    c0 = math.sqrt(a0) * (1 - a / a0) / (1 - a)
+    c100 = math.sqrt(a / a0) * (1 - a0) / (1 - a)
+    u2 = a * lam + 1 - a if true_u2 else (x_100 - math.sqrt(a) * mu) ** 2
+    d = (out - mu) ** 2 - g0 ** 2 * ((c0 * g + c100) ** 2 * u2 + (1 - a / a0 if jump is None else jump))
+    return [float(d[:, s:e].mean(1).mean() / (d[:, s:e].mean(1).std() / math.sqrt(len(d))))
+            for s, e in ((0, 16), (16, 64), (64, 256), (256, 1024))]
+
+
+def test_sigma_hat_last_two_steps_are_the_derived_linear_map(sigma_hat_last_steps):
+    """Notebook 09 §5: given its component, σ̂'s output is x_out − μ_k = g_0 ((c_0 g + c_100) u + σ̂ z), so
+    (x_out − μ_k)² − g_0² ((c_0 g + c_100)² u² + σ̂²) has mean 0 over the runs, within 3 SE in every band; the slope
+    g without √ᾱ_100, or x_100 taken at its true variance, misses beyond 3 SE in every band."""
+    assert all(abs(z) < 3 for z in sigma_hat_miss(sigma_hat_last_steps))
+    for wrong in (dict(root=False), dict(true_u2=True)):
+        assert all(abs(z) > 3 for z in sigma_hat_miss(sigma_hat_last_steps, **wrong)), wrong
+
+
+def test_sigma_hat_noise_floor_is_its_last_jump_in_every_band(sigma_hat_last_steps):
+    """Notebook 09 §5's noise floor: σ̂'s last jump adds 1 − ᾱ_100/ᾱ_0 to every direction; DDPM's posterior variance β̃
+    in its place misses beyond 3 SE in every band, and leaving out the final step's g_0 misses in the weak band."""
+    _, alpha_bar, *_ = sigma_hat_last_steps
+    a, a0 = float(alpha_bar[100]), float(alpha_bar[0])
+    beta_tilde = (1 - a0) / (1 - a) * (1 - a / a0)
+    assert all(z > 3 for z in sigma_hat_miss(sigma_hat_last_steps, jump=beta_tilde))
+    assert abs(sigma_hat_miss(sigma_hat_last_steps, final_step=False)[3]) > 3

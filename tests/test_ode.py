@@ -1254,3 +1254,32 @@ def test_heun_in_tau_beats_ode_heun_on_notebook_05s_mixture():
         inverted = _heun_on_the_straight_path(mix, x_tau, taus, lambda u, w: ((1 - w) / (1 - u)) ** 2)
         loss, se = paired(sq(inverted) - sq(heun_sigma))
         assert loss - 3 * se > 0, (S, loss, se)
+
+
+def test_dpm_solver_pp_2m_lands_above_the_flow_where_its_constant_passes_x0_at_sigma_0():
+    """Notebook 09 §7 (d): 2M's step x̄_s = e^{−h} x̄_t + (1 − e^{−h})(D_t + h m/2), m = (D_t − D_{−1})/h_{−1}, holds D at
+    one constant; the flow's step weighs (also by 1 − e^{−h} in all) a D that stays below its value at σ = 0, λ x̄_t/√(λ(λ + σ_t²))
+    for the flow through x̄_t. So where D_t + h m/2 passes that value 2M's step lands above the flow from the same x̄_t:
+    on Gaussian data, uniform steps at S = 20, 50, 100 in every direction, from the run's own D's; on λ-uniform steps the
+    condition fails (h is short: (e^{2h_{−1}} − 1) h/(2h_{−1}) ≈ 0.5 < 1)."""
+    d = 128
+    lam = 2.0 / torch.arange(1, d + 1, dtype=torch.float64) ** 0.8 + 0.01
+    gauss = toy.SharedBasisMixture(torch.ones(1), torch.zeros(1, d, dtype=torch.float64), lam[None])
+    ell = lambda t: -0.5 * math.log(1 / float(AB[t]) - 1)                      # noqa: E731  ℓ = −log σ
+    for seq, passes in [(schedule.timesteps(S, 1000, "uniform"), True) for S in (20, 50, 100)] + [
+            (ode.lambda_timesteps(100, AB), False)]:
+        t2, t1, t0 = (int(t) for t in seq[-3:])
+        seen = {}
+        ode.dpm_solver_pp_2m(toy.exact_eps(gauss, AB), torch.ones(1, d, dtype=torch.float64), AB, seq,
+                             callback=lambda st: seen.__setitem__(int(st["t"]), (st["x0"][0], st["x"][0])))
+        (D_p, x_t), (D_t, x_s) = seen[t2], seen[t1]
+        xb_t, xb_s = x_t / math.sqrt(float(AB[t1])), x_s / math.sqrt(float(AB[t0]))
+        h, h_p = ell(t0) - ell(t1), ell(t1) - ell(t2)
+        constant = D_t + h / 2 * (D_t - D_p) / h_p
+        torch.testing.assert_close(xb_s, math.exp(-h) * xb_t + (1 - math.exp(-h)) * constant, rtol=1e-12, atol=0)
+        sig2 = 1 / float(AB[t1]) - 1
+        limit = xb_t * (lam / (lam + sig2)).sqrt()                           # D at σ = 0 on the flow through x̄_t
+        flow_s = xb_t * ((lam + 1 / float(AB[t0]) - 1) / (lam + sig2)).sqrt()   # the flow's x̄ at t0 from x̄_t
+        assert bool((constant > limit).all()) == passes and bool((constant < limit).all()) != passes
+        if passes:
+            assert bool((xb_s > flow_s).all())
