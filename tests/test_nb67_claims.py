@@ -2,7 +2,10 @@
 that must fail where the claim is an identity: the MAC count by hand (06 §1), ω_0 of the step embedding (06 §1),
 the split L_simple = E|ε_θ − ε*|² + C on an empirical mixture and its floor C (06 §4), clipped DDIM with η = 1
 as clipped DDPM (07 §6), and E clip(z)² for a clipped latent (07 §6); and what DDIM Table 2's rounding lets 07 §3 read
-from its slopes; the norms of linear and spherical mixes of latents (07 §2) and the weight of x̂_0 in a DDIM step (07 §6)."""
+from its slopes; the norms of linear and spherical mixes of latents (07 §2) and the weight of x̂_0 in a DDIM step (07 §6).
+Where a check of notebook 06 is weaker than its prose, the stronger one is here: the skip paths DDPM's initialisation
+leaves (06 §1), the split's Var[d | x_t] against a covariance-blind formula (06 §4), the EMA warm-up's weight on the
+initial weights (06 §3-§4), the float32 error of e(t) (06 §1) and the digits FD's floor against n (06 §5)."""
 import itertools
 import math
 
@@ -11,7 +14,7 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from ddimlab import diffusion, samplers, schedule, tables, toy, train, unet
+from ddimlab import diffusion, quality, samplers, schedule, tables, toy, train, unet
 
 AB = schedule.make_alpha_bar("linear", 1000)
 
@@ -182,3 +185,120 @@ def test_weight_of_x0_hat_in_a_deterministic_ddim_step():
         assert torch.allclose(rate, torch.full_like(rate, weight), atol=1e-9)
         if t >= 100:                                                 # mutation: √ᾱ_s alone, ε's share of x̂_0 left out
             assert abs(math.sqrt(a_s) - weight) > 1e-2
+
+
+# ------------------------------------------------------------------------------------ notebook 06, stronger checks
+def _cells06(kind):
+    import json
+    from pathlib import Path
+    nb = Path(__file__).resolve().parents[1] / "notebooks" / "06_training_an_image_model.ipynb"
+    return [" ".join("".join(c["source"]).split()) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == kind]
+
+
+def test_ddpm_init_leaves_each_block_its_skip_path_a_1x1_conv_in_13_of_22_residual_blocks():
+    """06 §1: with `unet.ddpm_init_` every residual branch and attention output starts at ~0, so each block starts as its
+    skip path alone: the identity, except where a residual block changes the channel count (the first block at 16×16 and
+    the twelve up-path blocks, whose inputs are concatenations), where it is the 1×1 `nin_shortcut` with Glorot's
+    variance, far from the identity. The prose once said every block starts as the identity."""
+    torch.manual_seed(0)
+    net = unet.ddpm_init_(unet.cifar10_unet())
+    temb = torch.randn(2, net.temb.dense[1].out_features)
+    resnets = [m for m in net.modules() if isinstance(m, unet.ResnetBlock)]
+    shortcut = [m for m in resnets if hasattr(m, "nin_shortcut")]
+    assert (len(shortcut), len(resnets)) == (13, 22)
+    with torch.no_grad():
+        for m in resnets:
+            h = torch.randn(2, m.conv1.in_channels, 4, 4)
+            skip = m.nin_shortcut(h) if m in shortcut else h
+            torch.testing.assert_close(m(h, temb), skip, atol=1e-4, rtol=0)
+            if m in shortcut:                                          # mutation: "every block is the identity"
+                assert float((m(h, temb)[:, :4] - h[:, :4]).pow(2).mean().sqrt()) > 0.1
+        for m in (m for m in net.modules() if isinstance(m, unet.AttnBlock)):
+            h = torch.randn(2, m.proj_out.in_channels, 4, 4)
+            torch.testing.assert_close(m(h), h, atol=1e-4, rtol=0)
+    prose = next(c for c in _cells06("markdown") if c.startswith("## §1 The network"))
+    assert "every block starts as the identity" not in prose and "13 of its 22 residual blocks" in prose
+
+
+def _split_draws(t, n=20_000, seed=2):
+    """06 §4's split on an empirical mixture (40 points in 16-D, a stand-in of variance 1e-12): per draw the difference
+    d = 2 (ε − ε*)·(ε* − ε_θ)/D, and from Bayes' rule over the points written out here, E[d | x_t] = Σ_k r_k d_k and
+    E[d² | x_t] = Σ_k r_k d_k² = (4/D²) u^T Cov(ε | x_t) u, u = ε* − ε_θ; and (4/D²)|u|², the same with Cov(ε | x_t) = I."""
+    g = torch.Generator().manual_seed(seed)
+    points = torch.rand(40, 16, generator=g, dtype=torch.float64) * 2 - 1
+    mix = toy.SharedBasisMixture(torch.ones(40), points, torch.full((40, 16), 1e-12))
+    a = float(AB[t])
+    x0 = points[torch.randint(0, 40, (n,), generator=g)]
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    x_t = math.sqrt(a) * x0 + math.sqrt(1 - a) * noise
+    e_star = mix.eps(x_t, a)
+    u = e_star - (0.7 * e_star + 0.05)                                # an imperfect "network", as above
+    D = x_t.shape[1]
+    r = torch.softmax(-torch.cdist(x_t, math.sqrt(a) * points).pow(2) / (2 * (1 - a)), 1)
+    eps_k = (x_t[:, None, :] - math.sqrt(a) * points[None]) / math.sqrt(1 - a)   # (n, K, D)
+    d_k = 2 * ((eps_k - e_star[:, None, :]) * u[:, None, :]).sum(-1) / D
+    d = 2 * ((noise - e_star) * u).sum(1) / D
+    return d, (r * d_k).sum(1), (r * d_k ** 2).sum(1), 4 * u.pow(2).sum(1) / D ** 2
+
+
+@pytest.mark.parametrize("t", [300, 600])
+def test_split_variance_given_x_t_is_the_samples_and_the_covariance_blind_formula_is_not(t):
+    """06 §4 checks E Var[d | x_t] against the sample's mean d² (within 3 SE from t = 500 on) but shows no wrong
+    variance failing. Here, where d is not skewed: Σ_k r_k d_k = 0 (ε* = Σ_k r_k ε_k, toy's ε* against Bayes' rule written
+    out), the mean of Σ_k r_k d_k² equals the mean d² within 3 paired SE, and (4/D²)|u|², which forgets that ε given x_t
+    is far from N(0, I), misses it by more than 10 SE."""
+    d, mean_given, var_given, var_blind = _split_draws(t)
+    assert float(mean_given.abs().max()) < 1e-9
+    d2 = d ** 2
+    ratio = lambda v: (float(d2.mean() / v.mean()), float((d2 - v).std() / math.sqrt(len(d)) / v.mean()))   # noqa: E731
+    right, blind = ratio(var_given), ratio(var_blind)
+    assert abs(right[0] - 1) < 3 * right[1], right
+    assert abs(blind[0] - 1) > 10 * blind[1], blind
+
+
+def test_the_ema_warm_up_leaves_the_random_initial_weights_nothing_and_no_warm_up_leaves_them_30_percent():
+    """06 §3: short runs ramp the EMA decay up as min(d, (1 + k)/(10 + k)), "or the average would still remember the
+    random initialisation": for the digits preset (d = 0.999, 1200 steps) the initial weights keep < 1e-20 of the average
+    with the ramp and 0.999^1200 = 0.30 without; `train.ema_update` on weights that are 1 at the start and 0 after
+    agrees with `train.ema_initial_share` both ways (which reports a share below 1e-12 as 0)."""
+    config = train.make_config("digits")
+    for warm, want in ((True, None), (False, 0.999 ** 1200)):
+        c = train.make_config("digits", dict(ema_warmup=warm))
+        ema, model = (torch.nn.Linear(1, 1, bias=False, dtype=torch.float64) for _ in range(2))
+        with torch.no_grad():
+            ema.weight.fill_(1.0)
+            model.weight.fill_(0.0)
+            for k in range(c.steps):
+                train.ema_update(ema, model, decay=train.ema_decay_at(c, k))
+        share, library = float(ema.weight.detach()), train.ema_initial_share(c, c.steps)
+        if want is None:                                   # the library rounds a share below 1e-12 to 0
+            assert share < 1e-20 and library < 1e-12
+        else:
+            assert share == pytest.approx(want, rel=1e-9) == library and round(share, 2) == 0.30
+    assert config.ema_warmup and config.steps == 1200 and config.ema_decay == 0.999
+    prose = next(c for c in _cells06("markdown") if c.startswith("## §4 The shared digits model"))
+    assert "0.999^{1200} = 0.30" in prose
+
+
+def test_step_embedding_in_float32_is_off_by_less_than_a_few_1e_4():
+    """06 §1 sets the embedding check's tolerance at 1e-3, "above float32's rounding": no entry of e(t), t < 1000, and
+    no entry of its Gram matrix is off by more than a few 1e-4 from sin/cos(t ω_i) in float64. The same features in
+    bfloat16 are not."""
+    t = torch.arange(1000.0)
+    h = 64
+    omega = 10000.0 ** (-torch.arange(h, dtype=torch.float64) / (h - 1))
+    exact = torch.cat([torch.sin(t.double()[:, None] * omega), torch.cos(t.double()[:, None] * omega)], 1)
+    emb = unet.timestep_embedding(t, 2 * h).double()
+    lag = (t[:, None] - t[None, :]).double()
+    assert float((emb - exact).abs().max()) < 3e-4
+    assert float((emb @ emb.T - torch.cos(lag[..., None] * omega).sum(-1)).abs().max()) < 5e-4
+    assert float((unet.timestep_embedding(t, 2 * h, dtype=torch.bfloat16).double() - exact).abs().max()) > 1e-3
+
+
+def test_the_digits_fd_floor_of_real_digits_rises_as_n_falls():
+    """06 §5: "the floor rises as n falls": `quality.real_fd_floor` over 12 draws of n real digits each, at n = 200
+    and n = 1000; the mean at 200 is above the mean at 1000 by more than 3 combined SE (each from the spread of its 12)."""
+    floors = {n: np.array([quality.real_fd_floor(n, 16, seed=s) for s in range(12)]) for n in (200, 1000)}
+    mean = {n: v.mean() for n, v in floors.items()}
+    se = {n: v.std(ddof=1) / math.sqrt(len(v)) for n, v in floors.items()}
+    assert mean[200] - mean[1000] > 3 * math.hypot(se[200], se[1000]), (mean, se)
