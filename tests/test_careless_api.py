@@ -2966,3 +2966,48 @@ def test_round_36_ode_bits_says_the_librarys_tolerance_rule_in_its_own_words(tmp
     assert not (tmp_path / "models").exists()
     with pytest.raises(ValueError, match="^rtol = 1e-09 is finer than x's float32 can give, .* >= 6e-09, or x in float64$"):
         ode.check_tolerances(1e-9, 1e-3, "x's float32 can give", torch.float32, "x in float64")
+
+
+def test_round_37_samplers_refuse_a_schedule_other_than_the_one_eps_was_made_for(toy_setup):
+    """toy.exact_eps(mix, linear) sampled on the cosine table (or on a T = 500 one) ran to finite, wrong samples: ε* is
+    the noise at the linear ᾱ_t, read by the sampler as the noise at the cosine ᾱ_t. Every sampler and solver (and the
+    ELBO, L_simple, guided_eps) now compares the ε's own table (eps.alpha_bar) with the one it is given, before the first
+    call; the same table in float32 and an ε without a table (a network, a lambda) pass as before."""
+    mix, eps, x_T, seq = toy_setup
+    cosine, short = schedule.make_alpha_bar("cosine", 1000), schedule.make_alpha_bar("linear", 500)
+    calls = ode.counted(eps)                  # counted keeps eps's table, so a refusal is seen before any call
+    x0 = 0.1 * x_T[:2]
+    runs = {"ddim_sample": lambda ab: samplers.ddim_sample(calls, x_T, ab, seq),
+            "ddpm_sample": lambda ab: samplers.ddpm_sample(calls, x_T, ab, "large", seq=seq),
+            "sample": lambda ab: samplers.sample(calls, (4, 2), ab, S=10, dtype=torch.float64),
+            "ddim_invert": lambda ab: samplers.ddim_invert(calls, x0, ab, seq),
+            "sdedit": lambda ab: samplers.sdedit(calls, x0, ab, seq[5:]),
+            "langevin": lambda ab: samplers.langevin(calls, x_T, ab, 10, 1e-3, 2),
+            "heun_invert": lambda ab: ode.heun_invert(calls, x0, ab, seq),
+            "reference_solution": lambda ab: ode.reference_solution(calls, x_T, ab, 400),
+            "log_likelihood": lambda ab: ode.log_likelihood(calls, x0, ab, 10),
+            "elbo_terms": lambda ab: elbo.elbo_terms(calls, x0, ab, decoder="gaussian"),
+            "l_simple": lambda ab: elbo.l_simple(calls, x0, ab)}
+    runs.update({name: (lambda ab, name=name: ode.solve(name, calls, x_T, ab, seq)) for name in ode.SOLVERS})
+    for name, run in runs.items():
+        for other in (cosine, short):
+            with pytest.raises(ValueError, match=r"^(elbo_terms: |l_simple: )?alpha_bar \(T = (1000|500)\) is not the "
+                                                 r"schedule eps was made for \(eps\.alpha_bar, T = 1000.*pass eps\.alpha_bar"):
+                run(other)
+        assert calls.calls == 0, name
+    with pytest.raises(ValueError, match=r"first at t = 0: 0\.999959 against eps's 0\.9999\)"):
+        samplers.ddim_sample(eps, x_T, cosine, seq)
+    # what the refusal prevents: the same ε on the cosine table lands far from where it lands on its own
+    plain = lambda x, t: eps(x, t)                                  # noqa: E731 (no table: not checked, as a network)
+    wrong, right = samplers.ddim_sample(plain, x_T, cosine, seq), samplers.ddim_sample(eps, x_T, AB, seq)
+    assert float((wrong - right).pow(2).mean().sqrt()) > 0.1
+    torch.testing.assert_close(samplers.ddim_sample(eps, x_T, AB.float(), seq), right, rtol=0, atol=1e-4)   # float32
+    torch.testing.assert_close(ode.heun(eps, x_T, AB.float(), seq), ode.heun(plain, x_T, AB, seq), rtol=0, atol=1e-4)
+    # guided_eps: two ε's of different tables are refused, one table is carried on to the samplers
+    with pytest.raises(ValueError, match="^guided_eps: eps_null and eps_cond were made for different schedules"):
+        samplers.guided_eps(eps, toy.exact_eps(mix, cosine), 2.0)
+    for guided in (samplers.guided_eps(eps, eps, 2.0), samplers.guided_eps(plain, eps, 2.0)):
+        with pytest.raises(ValueError, match="is not the schedule eps was made for"):
+            samplers.ddim_sample(guided, x_T, cosine, seq)
+    assert not hasattr(samplers.guided_eps(plain, plain, 2.0), "alpha_bar")
+
