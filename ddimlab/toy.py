@@ -23,7 +23,16 @@ import numpy as np
 import torch
 
 from . import ode, schedule
-from .checks import as_real, check_generator, check_int, check_numbers, check_symmetric, is_complex, seeded
+from .checks import (
+    as_real,
+    check_fits,
+    check_generator,
+    check_int,
+    check_numbers,
+    check_symmetric,
+    is_complex,
+    seeded,
+)
 
 
 def _f64(x, name):
@@ -109,9 +118,16 @@ class GaussianMixture:
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n draws, shape (n, d): pick k ~ w, then μ_k + U_k √λ_k z."""
         n, generator = check_int("n", n), check_generator(generator, "cpu")
+        per = self._bytes_per_draw()
+        check_fits(n * per, f"{n:,} draws of {self!r}", lambda limit: f"draw at most {int(limit // per):,} at a time")
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.d, generator=generator, dtype=torch.float64)
         return self.means[k] + self._from_eigen_k(self.eigvals[k].sqrt() * z, k)
+
+    def _bytes_per_draw(self) -> int:
+        """Peak memory of one draw of `sample`: each row's U_k (d × d) and a few (n, d) tables, float64 (measured: 8.5 d
+        float64 numbers per draw at d = 64)."""
+        return 8 * self.d * (self.d + 6)
 
     # The rotations into and out of each component's eigenbasis: Σ_k = U_k diag(λ_k) U_kᵀ.
     def std(self) -> torch.Tensor:
@@ -302,6 +318,10 @@ class SharedBasisMixture(GaussianMixture):
     def _from_eigen_k(self, y, k):
         return self._from_eigen(y)
 
+    def _bytes_per_draw(self) -> int:
+        """A few (n, d) float64 tables (measured: 4 at d = 1000, K = 10)."""
+        return 8 * 6 * self.d
+
     # For one ᾱ the quadratic forms of all K components are matrix products with (K, d) tables, O(B·K·d) with no
     # (B, K, d) tensor. A per-sample ᾱ (a training loss's t) runs that once per distinct value (notebook 06 §4).
     def _per_alpha_bar(self, one, x, a):
@@ -347,6 +367,10 @@ class SharedBasisMixture(GaussianMixture):
         return self._per_alpha_bar(self._x0_mean_one, x, a)
 
 
+IMAGE_LIKE_BYTES = 64      # image_like_mixture's peak memory per K·d: 56 bytes measured at d = 10⁶ and 4·10⁶, K = 10
+RANDOM_MIXTURE_BYTES = 80  # random_mixture's per K·d²: 60 (d = 2000) to 75 (d = 1000) bytes measured, K = 4
+
+
 def image_like_mixture(d: int = 1024, K: int = 10, slope: float = 1.0, pixel_std: float = 0.5,
                        between: float = 0.5, seed: int = 0) -> SharedBasisMixture:
     """Image-like data for the exact-score lab: K components in d dimensions sharing one eigenbasis,
@@ -361,6 +385,8 @@ def image_like_mixture(d: int = 1024, K: int = 10, slope: float = 1.0, pixel_std
     image's Fourier-like basis): basis=None, so ε* costs O(B·K·d). Deterministic given `seed`.
     """
     d, K = check_int("d", d), check_int("K", K)
+    check_fits(IMAGE_LIKE_BYTES * K * d, f"toy.image_like_mixture(d={d}, K={K})",
+               lambda limit: f"give d at most {int(limit // (IMAGE_LIKE_BYTES * K)):,}")
     if (share := as_real(between)) is None or not 0 <= share < 1:     # "0.5" and [0.5] were Python's TypeError
         raise ValueError(f"between must be a number in [0, 1) (the share of the variance between components), got "
                          f"{between!r}")
@@ -442,6 +468,8 @@ def random_mixture(d: int = 8, K: int = 4, scale: float = 0.5, std_range=(0.1, 0
     """d-dimensional mixture of K Gaussians with random means (± `scale`), random rotations and
     per-axis standard deviations in `std_range`; deterministic given `seed`."""
     d, K = check_int("d", d), check_int("K", K)            # else torch's argument dump, or "negative dimension"
+    check_fits(RANDOM_MIXTURE_BYTES * K * d * d, f"toy.random_mixture(d={d}, K={K}) (K covariances of d x d)",
+               lambda limit: f"give d at most {math.isqrt(int(limit // (RANDOM_MIXTURE_BYTES * K))):,}")
     lo, hi = (as_real(v) for v in std_range) if len(std_range) == 2 else (None, None)
     if lo is None or hi is None or not 0 < lo <= hi:     # negative ones would square to positive ones' mixture
         raise ValueError(f"std_range must be (low, high) with 0 < low <= high, got {std_range!r}")

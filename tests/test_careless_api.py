@@ -3011,3 +3011,20 @@ def test_round_37_samplers_refuse_a_schedule_other_than_the_one_eps_was_made_for
             samplers.ddim_sample(guided, x_T, cosine, seq)
     assert not hasattr(samplers.guided_eps(plain, plain, 2.0), "alpha_bar")
 
+
+def test_round_37_the_lab_refuses_tables_past_half_the_memory_before_sampling(tmp_path):
+    """lab.main(image_d=10**11) ran the 2-D table and then failed in torch's allocator building the image-like mixture
+    (`ddimlab lab` had its own check, which the library lacked), and lab.table1(n=10**12) allocated its x_T: both now say
+    the size, the estimate and the largest size that fits before any sampling (the CLI's check is this one, with its
+    option names)."""
+    from ddimlab import lab
+
+    with pytest.raises(ValueError, match=r"^table1 with n = 1,000,000,000,000 samples per cell in d = 2: about [0-9,]+ GiB"
+                                         r", more than half of this machine's [0-9,.]+ GiB; give n at most [0-9,]+$"):
+        lab.table1(n=10 ** 12)
+    with pytest.raises(ValueError, match=r"^the image-like table, image_d 100000000000 with image_n 8: about [0-9,]+ GiB.*"
+                                         r"give image_d at most [0-9,]+$"):
+        lab.main(out=tmp_path / "lab", n=8, image_d=10 ** 11, image_n=8)
+    with pytest.raises(ValueError, match=r"^1,000,000,000 samples per cell \(three n x n distance tables\).*give n at most"):
+        lab.main(out=tmp_path / "lab", n=10 ** 9, image_d=0)
+    assert not (tmp_path / "lab").exists()

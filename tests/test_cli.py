@@ -1920,7 +1920,8 @@ def test_sixteenth_round_of_careless_use(trained, tmp_path, capsys):
     # `lab --n 1000000000` sampled until the system killed it: its distance tables are n x n
     for sizes in (["--n", "1000000000"], ["--image-n", "1000000000"]):
         _expect_one_line_error(capsys, ["lab", "--out", str(tmp_path / "lab"), *sizes],
-                               "samples per cell need 22,351,741,791 GiB for the n x n distance tables", "at most")
+                               "1,000,000,000 samples per cell (three n x n distance tables): about 22,351,741,791 GiB",
+                               "give --n and --image-n at most")
     assert not (tmp_path / "lab").exists()
 
 
@@ -1953,7 +1954,7 @@ def test_seventeenth_round_of_careless_use(trained, tmp_path, capsys, monkeypatc
     for kv in ("compile=none", "bf16=null", "hflip=None", "ema_warmup=none"):
         _expect_one_line_error(capsys, [*base, "--out", "t", "--set", kv], "must be a boolean (true/false)")
     _expect_one_line_error(capsys, ["lab", "--out", "lab", "--n", "8", "--image-n", "8", "--image-d", "100000000000"],
-                           "--image-d 100000000000 with --image-n 8 needs about", "give --image-d at most")
+                           "--image-d 100000000000 with --image-n 8: about", "give --image-d at most")
     assert not (tmp_path / "lab").exists()
 
     run = tmp_path / "frozen"
