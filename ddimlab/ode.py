@@ -999,6 +999,22 @@ def _check_deterministic(rhs, sig: float, y0: np.ndarray) -> None:
                          f"eps makes the ODE random; a network in train mode (dropout) needs net.eval() first")
 
 
+def _check_apart(e: torch.Tensor, xbar: torch.Tensor) -> None:
+    """ValueError if the batch's samples interact in eps (batch statistics: a batch norm in train mode): then the
+    gradient of the other samples' ε (randomly weighted) with respect to sample 0 is not exactly 0, where for samples
+    computed apart no path of the graph joins them. `log_likelihood` reads each sample's divergence from the batch's
+    one graph, which would then hold cross terms. One backward pass; an interaction that leaves sample 0 out (of
+    samples 1 and 2 only) is not seen."""
+    if len(e) < 2:
+        return
+    w = torch.randn(e.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(e.device, e.dtype)
+    w[0] = 0
+    if bool((torch.autograd.grad((e * w).sum(), xbar)[0][0] != 0).any()):
+        raise ValueError("eps mixes the samples of a batch (the others' eps changes with sample 0, as under a batch norm "
+                         "in train mode), and log_likelihood reads each sample's divergence from the batch's one graph, so "
+                         "the densities would be wrong: use net.eval(), or call it one sample at a time")
+
+
 def _solve_ivp(rhs, span, y0: np.ndarray, method, rtol, atol) -> np.ndarray:
     """The state at the end of `span`, by scipy's solve_ivp with the tolerances as floats (a 0-d tensor or numpy scalar
     passed `_check_ivp` but failed inside scipy); a failed solve said with the tolerances it could not meet."""
@@ -1084,8 +1100,8 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     E[zᵀ(∂F/∂x̄)z] = ∇·F, drawn once from `generator` and kept along the whole path, so the result is an unbiased estimate
     of log p. probe and generator without hutchinson are an error: the exact divergence draws nothing.
     eps must be differentiable in x by autograd (a network as `lambda x, t: net(x, t)` in eval mode, not `checkpoint.eps_fn`),
-    and the samples must not interact in it (each sample's divergence is read from the batch's one graph). method: solve_ivp's,
-    as in `reference_solution`.
+    and the samples must not interact in it (each sample's divergence is read from the batch's one graph; `_check_apart`
+    refuses an eps in which sample 0 and the others do). method: solve_ivp's, as in `reference_solution`.
     """
     # a network, or checkpoint.eps_fn of one (check_eps's advice): eps_fn runs it without gradients
     if isinstance(eps, torch.nn.Module) or getattr(eps, "network", None) is not None:
@@ -1141,6 +1157,9 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     y0 = np.concatenate([(x_0.to(torch.float64) / math.sqrt(float(alpha_bar_cont(alpha_bar, t_end)))).reshape(-1).cpu().numpy(),
                          np.zeros(B)])
     _check_deterministic(rhs, sig_data, y0)
+    with torch.enable_grad():
+        xbar = torch.from_numpy(y0[:B * d]).reshape(shape).to(dev).requires_grad_()
+        _check_apart(_eps_of_xbar(eps, alpha_bar, xbar, sig_data, sig_noise, x_0.dtype, (rtol, atol)), xbar)
     y = torch.from_numpy(_solve_ivp(rhs, (sig_data, sig_noise), y0, method, rtol, atol))
     a_T, a_0 = float(alpha_bar_cont(alpha_bar, t_start)), float(alpha_bar_cont(alpha_bar, t_end))
     x_T = (y[:B * d] * math.sqrt(a_T)).reshape(shape).to(dev)

@@ -3028,3 +3028,25 @@ def test_round_37_the_lab_refuses_tables_past_half_the_memory_before_sampling(tm
     with pytest.raises(ValueError, match=r"^1,000,000,000 samples per cell \(three n x n distance tables\).*give n at most"):
         lab.main(out=tmp_path / "lab", n=10 ** 9, image_d=0)
     assert not (tmp_path / "lab").exists()
+
+
+def test_round_37_log_likelihood_refuses_an_eps_that_mixes_the_samples(toy_setup, monkeypatch):
+    """ode.log_likelihood reads each sample's divergence from the batch's one graph, so an ε that mixes the samples (batch
+    statistics, as a batch norm in train mode) gave finite, wrong densities without a word. The answer computed one
+    sample at a time is the independent reference: it differs from the batched one, which is now refused; an ε that
+    keeps the samples apart passes and agrees with it."""
+    mix, eps, x_T, _ = toy_setup
+    x0 = mix.sample(3, torch.Generator().manual_seed(1))
+    mixing = lambda x, t: eps(x, t) + 0.3 * (x - x.mean(0))              # noqa: E731 (a batch statistic)
+    apart = lambda x, t: eps(x, t) + 0.3 * (x - x.mean(1, keepdim=True))   # noqa: E731 (its own row only)
+    kw = dict(alpha_bar=AB, t_start=500, rtol=1e-6, atol=1e-6)
+    one_by_one = torch.cat([ode.log_likelihood(mixing, x0[i:i + 1], **kw) for i in range(3)])
+    with pytest.raises(ValueError, match="^eps mixes the samples of a batch.*one sample at a time$"):
+        ode.log_likelihood(mixing, x0, **kw)
+    torch.testing.assert_close(ode.log_likelihood(apart, x0, **kw),
+                               torch.cat([ode.log_likelihood(apart, x0[i:i + 1], **kw) for i in range(3)]), rtol=0, atol=1e-4)
+    # what the refusal prevents: the batch's one graph, with the check bypassed, is far from the one-by-one answer
+    monkeypatch.setattr(ode, "_check_apart", lambda e, xbar: None)
+    batched = ode.log_likelihood(mixing, x0, **kw)
+    assert float((batched - one_by_one).abs().max()) > 0.1, (batched, one_by_one)
+
