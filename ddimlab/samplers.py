@@ -132,7 +132,8 @@ def check_schedule(eps, alpha_bar: torch.Tensor, who: str = "",
     `eps.alpha_bar` (`toy.exact_eps`, `ode.thresholded_eps`, `guided_eps` of such ε's): ε(x, t) is the noise at ᾱ_t of
     eps's own table, so a sampler on another table reads it at the wrong noise level and returns finite, wrong samples
     (a mixture's exact ε* made on the linear schedule and sampled on the cosine one). Tables agree to rtol 1e-6 (the
-    same table in float32); an ε without `alpha_bar` (a network through `checkpoint.eps_fn`) is not checked."""
+    same table in float32). `checkpoint.eps_fn` carries the table of a network from `checkpoint.load_model`; an ε
+    without `alpha_bar` (a network built or trained in the session, a lambda) is not checked."""
     own = getattr(eps, "alpha_bar", None)
     if not isinstance(own, torch.Tensor):
         return
@@ -143,8 +144,10 @@ def check_schedule(eps, alpha_bar: torch.Tensor, who: str = "",
     if own.shape == given.shape:
         t = int((~torch.isclose(own, given, rtol=1e-6, atol=0)).nonzero()[0])
         where = f", first at t = {t}: {float(given[t]):.6g} against eps's {float(own[t]):.6g}"
+    fix = "the alpha_bar checkpoint.load_model returned with the network" if getattr(eps, "network", None) is not None \
+        else "eps.alpha_bar"
     raise ValueError(f"{who}alpha_bar (T = {len(given)}) is not the schedule eps was made for (eps.alpha_bar, T = "
-                     f"{len(own)}{where}): {why}; pass eps.alpha_bar")
+                     f"{len(own)}{where}): {why}; pass {fix}")
 
 
 def call_eps(eps, x, t):

@@ -3050,3 +3050,22 @@ def test_round_37_log_likelihood_refuses_an_eps_that_mixes_the_samples(toy_setup
     batched = ode.log_likelihood(mixing, x0, **kw)
     assert float((batched - one_by_one).abs().max()) > 0.1, (batched, one_by_one)
 
+
+def test_round_37_a_loaded_network_carries_its_schedule_to_the_samplers(tmp_path):
+    """checkpoint.load_model returns the network with the ᾱ it was trained on, but a caller who sampled it on another
+    table (generate_samples' default linear one, for a model of the cosine schedule with T = 400) got finite, wrong
+    images. eps_fn of a loaded network now carries its table, which the samplers compare (`check_schedule`); a network
+    made in the session carries none and is not checked."""
+    cosine = schedule.make_alpha_bar("cosine", 400)
+    folder = checkpoint.save_diffusers_folder(_tiny_net().eval(), tmp_path / "export", cosine)
+    net, abar = checkpoint.load_model(folder)
+    x_T, seq = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)), schedule.timesteps(2, 400)
+    with pytest.raises(ValueError, match=r"^alpha_bar \(T = 400\) is not the schedule eps was made for .*first at t = 0.*"
+                                         r"pass the alpha_bar checkpoint\.load_model returned with the network$"):
+        samplers.ddim_sample(checkpoint.eps_fn(net), x_T, schedule.make_alpha_bar("linear", 400), seq)
+    with pytest.raises(ValueError, match=r"^alpha_bar \(T = 1000\) is not the schedule eps was made for"):
+        generate.generate_samples(net, tmp_path / "samples", 2, shape=(1, 8, 8), S=2)
+    assert not (tmp_path / "samples").exists()
+    assert bool(torch.isfinite(samplers.ddim_sample(checkpoint.eps_fn(net), x_T, abar, seq)).all())
+    assert generate.generate_samples(net, tmp_path / "samples", 2, shape=(1, 8, 8), S=2, alpha_bar=abar) == [0, 1]
+    assert not hasattr(checkpoint.eps_fn(_tiny_net()), "alpha_bar")
