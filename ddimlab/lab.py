@@ -74,6 +74,7 @@ def jackknife(x: torch.Tensor, y: torch.Tensor, kernel) -> tuple[float, torch.Te
     x, y = toy.points(x, "x"), toy.points(y, "y")
     if x.shape != y.shape or x.shape[0] < 4:
         raise ValueError(f"x and y must have the same shape (n >= 4, d), got {tuple(x.shape)} and {tuple(y.shape)}")
+    toy.check_tables("jackknife", *[(len(x), len(x))] * 3)
     return _jackknife(x, y, kernel, _row_sums(y, kernel))
 
 

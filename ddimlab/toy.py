@@ -367,6 +367,12 @@ class SharedBasisMixture(GaussianMixture):
         return self._per_alpha_bar(self._x0_mean_one, x, a)
 
 
+def _at_most(name: str, most: float, other: str, other_most: float) -> str:
+    """check_fits' advice for two sizes: the largest `name` at the other's value, or, where even `name` = 1 does not fit
+    (K = 10**9 components), the largest `other`."""
+    return f"give {name} at most {int(most):,}" if most >= 1 else f"give {other} at most {int(other_most):,}"
+
+
 IMAGE_LIKE_BYTES = 64      # image_like_mixture's peak memory per K·d: 56 bytes measured at d = 10⁶ and 4·10⁶, K = 10
 RANDOM_MIXTURE_BYTES = 80  # random_mixture's per K·d²: 60 (d = 2000) to 75 (d = 1000) bytes measured, K = 4
 
@@ -386,7 +392,7 @@ def image_like_mixture(d: int = 1024, K: int = 10, slope: float = 1.0, pixel_std
     """
     d, K = check_int("d", d), check_int("K", K)
     check_fits(IMAGE_LIKE_BYTES * K * d, f"toy.image_like_mixture(d={d}, K={K})",
-               lambda limit: f"give d at most {int(limit // (IMAGE_LIKE_BYTES * K)):,}")
+               lambda limit: _at_most("d", limit // (IMAGE_LIKE_BYTES * K), "K", limit // (IMAGE_LIKE_BYTES * d)))
     if (share := as_real(between)) is None or not 0 <= share < 1:     # "0.5" and [0.5] were Python's TypeError
         raise ValueError(f"between must be a number in [0, 1) (the share of the variance between components), got "
                          f"{between!r}")
@@ -469,7 +475,8 @@ def random_mixture(d: int = 8, K: int = 4, scale: float = 0.5, std_range=(0.1, 0
     per-axis standard deviations in `std_range`; deterministic given `seed`."""
     d, K = check_int("d", d), check_int("K", K)            # else torch's argument dump, or "negative dimension"
     check_fits(RANDOM_MIXTURE_BYTES * K * d * d, f"toy.random_mixture(d={d}, K={K}) (K covariances of d x d)",
-               lambda limit: f"give d at most {math.isqrt(int(limit // (RANDOM_MIXTURE_BYTES * K))):,}")
+               lambda limit: _at_most("d", math.isqrt(int(limit // (RANDOM_MIXTURE_BYTES * K))), "K",
+                                      limit // (RANDOM_MIXTURE_BYTES * d * d)))
     lo, hi = (as_real(v) for v in std_range) if len(std_range) == 2 else (None, None)
     if lo is None or hi is None or not 0 < lo <= hi:     # negative ones would square to positive ones' mixture
         raise ValueError(f"std_range must be (low, high) with 0 < low <= high, got {std_range!r}")
@@ -527,6 +534,7 @@ def gram(u: torch.Tensor, v: torch.Tensor, kernel) -> torch.Tensor:
     u, v = points(u, "u"), points(v, "v")             # float64: a float32 set against a float64 one, lists
     if u.shape[1] != v.shape[1]:
         raise ValueError(f"u and v must be points of one dimension d, got shapes {tuple(u.shape)} and {tuple(v.shape)}")
+    check_tables("gram", (len(u), len(v)))
     if isinstance(kernel, str) and kernel == ENERGY:         # (an array would compare elementwise)
         return torch.cdist(u, v).neg_()
     # not a bool (True read as 1), a string, an array; nor a bandwidth whose 1/h² overflows (1e-300: Python's "float
@@ -559,6 +567,16 @@ def points(x, name: str) -> torch.Tensor:
     return x
 
 
+def check_tables(what: str, *sizes) -> None:
+    """`checks.check_fits` for float64 n × m kernel tables held at once, `sizes` their (n, m): the sample distances
+    (`gram`, `mmd2_unbiased`, `lab.jackknife`) of 10⁶ points asked torch's allocator for 8 TB (and past the memory but
+    within the swap's reach, grew until the system killed the process)."""
+    need = 8 * sum(n * m for n, m in sizes)
+    n, m = max(n for n, _ in sizes), max(m for _, m in sizes)
+    check_fits(need, f"{what}'s {len(sizes)} kernel table{'s' * (len(sizes) > 1)} of up to {n:,} x {m:,} points",
+               lambda limit: f"give at most {math.isqrt(int(limit // (8 * len(sizes)))):,} points per set")
+
+
 def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, kernel) -> float:
     """Unbiased MMD² = mean_{i≠j} k(x_i, x_j) + mean_{i≠j} k(y_i, y_j) − 2 mean_{i,j} k(x_i, y_j)
     (Gretton et al. 2012; notebook 09 §1). kernel: a Gaussian bandwidth, or ENERGY for the energy
@@ -569,6 +587,7 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, kernel) -> float:
         raise ValueError(f"the unbiased MMD needs at least 2 points in each set, got {n} and {m}")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y must be points of one dimension d, got {tuple(x.shape)} and {tuple(y.shape)}")
+    check_tables("mmd2_unbiased", (n, n), (m, m), (n, m))
     kxx, kyy, kxy = gram(x, x, kernel), gram(y, y, kernel), gram(x, y, kernel)
     return float((kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
                  + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) - 2 * kxy.mean())

@@ -442,3 +442,21 @@ def test_the_memory_estimates_bound_the_measured_peak():
         assert out.returncode == 0, out.stderr
         peak = int(out.stdout)
         assert 0.3 * estimate < peak <= estimate + 48 * 2 ** 20, (make, d, K, n, peak, estimate)
+
+
+def test_kernel_tables_past_half_the_memory_are_refused_and_the_advice_names_a_size_that_can_shrink():
+    """gram, mmd2_unbiased and lab.jackknife of 10⁶ points asked torch's allocator for 8 TB (a RuntimeError from
+    alloc_cpu.cpp); image_like_mixture(d=10, K=10**9) advised "give d at most 0", which no d fits."""
+    from ddimlab import lab
+
+    big = torch.zeros(10 ** 6, 2)
+    for call, name, tables in ((lambda: toy.gram(big, big, 1.0), "gram", "1 kernel table"),
+                               (lambda: toy.mmd2_unbiased(big, big, toy.ENERGY), "mmd2_unbiased", "3 kernel tables"),
+                               (lambda: lab.jackknife(big, big, toy.ENERGY), "jackknife", "3 kernel tables")):
+        with pytest.raises(ValueError, match=rf"^{name}'s {tables} of up to 1,000,000 x 1,000,000 points: about [0-9,]+ "
+                                             r"GiB, more than half of this machine's [0-9,.]+ GiB; give at most [0-9,]+ "
+                                             r"points per set$"):
+            call()
+    for call in (lambda: toy.image_like_mixture(d=10, K=10 ** 9), lambda: toy.random_mixture(d=2, K=10 ** 9)):
+        with pytest.raises(ValueError, match=r"; give K at most [1-9][0-9,]*$"):
+            call()
