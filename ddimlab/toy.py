@@ -125,8 +125,8 @@ class GaussianMixture:
         return self.means[k] + self._from_eigen_k(self.eigvals[k].sqrt() * z, k)
 
     def _bytes_per_draw(self) -> int:
-        """Peak memory of one draw of `sample`: each row's U_k (d × d) and a few (n, d) tables, float64 (measured: 8.5 d
-        float64 numbers per draw at d = 64)."""
+        """Peak memory of one draw of `sample`: each row's U_k (d × d) and a few (n, d) tables, float64 (the peak
+        measured, VmHWM: 0.74 to 0.91 of this at d = 16 with n = 10⁵ and 4·10⁵; 0.5 on the ring)."""
         return 8 * self.d * (self.d + 6)
 
     # The rotations into and out of each component's eigenbasis: Σ_k = U_k diag(λ_k) U_kᵀ.
@@ -319,7 +319,7 @@ class SharedBasisMixture(GaussianMixture):
         return self._from_eigen(y)
 
     def _bytes_per_draw(self) -> int:
-        """A few (n, d) float64 tables (measured: 4 at d = 1000, K = 10)."""
+        """A few (n, d) float64 tables (the peak measured, VmHWM: 4 of them at d = 1000, K = 4)."""
         return 8 * 6 * self.d
 
     # For one ᾱ the quadratic forms of all K components are matrix products with (K, d) tables, O(B·K·d) with no
@@ -373,8 +373,10 @@ def _at_most(name: str, most: float, other: str, other_most: float) -> str:
     return f"give {name} at most {int(most):,}" if most >= 1 else f"give {other} at most {int(other_most):,}"
 
 
-IMAGE_LIKE_BYTES = 64      # image_like_mixture's peak memory per K·d: 56 bytes measured at d = 10⁶ and 4·10⁶, K = 10
-RANDOM_MIXTURE_BYTES = 80  # random_mixture's per K·d²: 60 (d = 2000) to 75 (d = 1000) bytes measured, K = 4
+# peak memory (VmHWM) measured: image_like_mixture (K = 10) 53 and 55 bytes per K·d at d = 10⁶ and 3·10⁶ (82 at 10⁵,
+# where torch's first calls weigh); random_mixture (K = 4) 55 and 48 bytes per K·d² at d = 1000 and 1500
+IMAGE_LIKE_BYTES = 64
+RANDOM_MIXTURE_BYTES = 80
 
 
 def image_like_mixture(d: int = 1024, K: int = 10, slope: float = 1.0, pixel_std: float = 0.5,
