@@ -260,7 +260,7 @@ def _start(eps, x_T, alpha_bar, seq, callback=None, **flags):
     afs, …) must be bools."""
     for name, value in flags.items():
         check_bool(name, value)
-    alpha_bar, seq = check_args(x_T, alpha_bar, seq, callback=callback, eps=eps)
+    alpha_bar, seq = check_args(x_T, alpha_bar, seq, callback=callback, eps=eps, keeps=int(flags.get("return_trajectory", 0)))
     pairs = step_pairs(seq)
     sig = [_sig(alpha_bar, t) for t, _ in pairs] + [0.0]
     scale = 1 / math.sqrt(float(alpha_bar_at(alpha_bar, int(seq[0]))))
@@ -343,7 +343,8 @@ def heun_invert(eps, x0, alpha_bar, seq, return_trajectory: bool = False, callba
     `callback` gets {"i", "t": from, "s": to (larger), "x", "x0"} after each step, as ddim_invert's.
     """
     return_trajectory = check_bool("return_trajectory", return_trajectory)
-    alpha_bar, seq = check_args(x0, alpha_bar, seq, name="x0", callback=callback, inverting=True, eps=eps)
+    alpha_bar, seq = check_args(x0, alpha_bar, seq, name="x0", callback=callback, inverting=True, eps=eps,
+                                keeps=int(return_trajectory))
     _warn_if_0_255(x0, "x0")
     up = [-1] + list(reversed(seq.tolist()))
     sig = [0.0] + [_sig(alpha_bar, t) for t in up[1:]]

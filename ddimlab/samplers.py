@@ -26,7 +26,7 @@ import warnings
 import torch
 
 from . import devices, schedule
-from .checks import as_real, check_bool, check_generator, check_int, check_numbers, check_untracked
+from .checks import as_real, check_bool, check_fits, check_generator, check_int, check_numbers, check_untracked
 from .diffusion import (
     VARIANCES,
     bcast,
@@ -77,14 +77,22 @@ class NonFiniteError(FloatingPointError):
     """The network returned NaN or inf during sampling."""
 
 
-def check_args(x, alpha_bar, seq, name: str = "x_T", callback=None, inverting: bool = False, eps=None):
+def check_args(x, alpha_bar, seq, name: str = "x_T", callback=None, inverting: bool = False, eps=None, keeps: int = 0):
     """Validate a sampler's or solver's inputs once; returns (alpha_bar as float64, seq as a long tensor).
 
     x, alpha_bar, callback, eps: `check_x`; seq: `schedule.validate_timesteps` (strictly decreasing integers in 0..T−1;
-    for an inversion too, `inverting`).
+    for an inversion too, `inverting`); keeps: the tensors of x's size return_trajectory keeps per step (0: none), which
+    must fit in half of the machine's memory (`checks.check_fits`; a CPU x only): else the run failed at its end, in
+    torch's allocator, with its work lost.
     """
     alpha_bar = check_x(x, alpha_bar, name, callback, eps)
-    return alpha_bar, schedule.validate_timesteps(seq, alpha_bar.shape[0], inverting)
+    seq = schedule.validate_timesteps(seq, alpha_bar.shape[0], inverting)
+    if keeps and x.device.type == "cpu":
+        states, size = keeps * len(seq) + 1, x.element_size() * max(x[0].numel(), 1)
+        check_fits(states * size * len(x), f"return_trajectory=True keeps {states} tensors of {name}'s shape "
+                   f"{tuple(x.shape)}", lambda limit: f"give at most {int(limit // (states * size)):,} samples per run, "
+                   f"fewer steps, or return_trajectory=False")
+    return alpha_bar, seq
 
 
 def check_x(x, alpha_bar, name: str = "x_T", callback=None, eps=None) -> torch.Tensor:
@@ -250,7 +258,7 @@ def ddim_sample(eps, x_T, alpha_bar, seq, eta: float = 0.0, generator: torch.Gen
     """
     eta = check_eta(eta)
     clip_x0, return_trajectory = check_bool("clip_x0", clip_x0), check_bool("return_trajectory", return_trajectory)
-    alpha_bar, seq = check_args(x_T, alpha_bar, seq, callback=callback, eps=eps)
+    alpha_bar, seq = check_args(x_T, alpha_bar, seq, callback=callback, eps=eps, keeps=2 * return_trajectory)
     pairs, a = check_eta_steps(alpha_bar, seq, eta)
     noise_sampler = _noise(noise_sampler, generator, x_T)
     x = x_T
@@ -307,7 +315,7 @@ def ddpm_sample(eps, x_T, alpha_bar, variance: str = "small", seq=None, generato
     alpha_bar = schedule.validate_alpha_bar(alpha_bar)
     if seq is None:
         seq = torch.arange(alpha_bar.shape[0] - 1, -1, -1)
-    alpha_bar, seq = check_args(x_T, alpha_bar, seq, callback=callback, eps=eps)
+    alpha_bar, seq = check_args(x_T, alpha_bar, seq, callback=callback, eps=eps, keeps=2 * return_trajectory)
     noise_sampler = _noise(noise_sampler, generator, x_T)
     x = x_T
     traj = {"x": [x], "x0": [], "t": [int(seq[0])]}
@@ -361,7 +369,8 @@ def ddim_invert(eps, x0, alpha_bar, seq, return_trajectory: bool = False, callba
     `callback` gets {"i", "t": from, "s": to (larger), "x", "x0"} after each step.
     """
     return_trajectory = check_bool("return_trajectory", return_trajectory)
-    alpha_bar, seq = check_args(x0, alpha_bar, seq, name="x0", callback=callback, inverting=True, eps=eps)
+    alpha_bar, seq = check_args(x0, alpha_bar, seq, name="x0", callback=callback, inverting=True, eps=eps,
+                                keeps=int(return_trajectory))
     _warn_if_0_255(x0, "x0")
     x, s = x0, -1
     traj = {"x": [x], "t": [-1]}
