@@ -374,9 +374,9 @@ def _at_most(name: str, most: float, other: str, other_most: float) -> str:
 
 
 # peak memory (VmHWM) measured: image_like_mixture (K = 10) 53 and 55 bytes per K·d at d = 10⁶ and 3·10⁶ (82 at 10⁵,
-# where torch's first calls weigh); random_mixture (K = 4) 55 and 48 bytes per K·d² at d = 1000 and 1500
+# where torch's first calls weigh); random_mixture (K = 4) 48 to 74 bytes per K·d² at d = 800 to 1500
 IMAGE_LIKE_BYTES = 64
-RANDOM_MIXTURE_BYTES = 80
+RANDOM_MIXTURE_BYTES = 96
 
 
 def image_like_mixture(d: int = 1024, K: int = 10, slope: float = 1.0, pixel_std: float = 0.5,

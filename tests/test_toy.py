@@ -413,6 +413,7 @@ from ddimlab import toy
 make, d, K, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 build = lambda: toy.image_like_mixture(d=d, K=K) if make == "image" else toy.random_mixture(d=d, K=K)
 small = build() if n else None          # small: its d is a few hundred times less than the draws' n
+toy.image_like_mixture(d=100, K=2).sample(10) if make == "image" else toy.random_mixture(d=8, K=2).sample(10)  # warm-up
 status = lambda key: int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
 before = status("VmRSS")
 open("/proc/self/clear_refs", "w").write("5")      # VmHWM, the peak resident memory, starts again from VmRSS
@@ -428,7 +429,8 @@ def test_the_memory_estimates_bound_the_measured_peak():
     """The estimates behind the refusals above (toy.IMAGE_LIKE_BYTES per K·d, RANDOM_MIXTURE_BYTES per K·d², each
     mixture's `_bytes_per_draw`) against the peak resident memory of a fresh process (VmHWM) for sizes of 100 to 200
     MB: an estimate below the real peak would let a size through that fills the memory. Allowed on top: 48 MiB that
-    torch's first calls take whatever the size (82 bytes per K·d at d = 10⁵, 53 at 10⁶)."""
+    torch's first calls take whatever the size (82 bytes per K·d at d = 10⁵, 53 at 10⁶), after a small warm-up call
+    of the same functions (without it one run measured 179 MB for the 128 MB estimated; with it three runs, 112 MB)."""
     import subprocess
     import sys
 
