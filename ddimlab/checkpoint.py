@@ -625,6 +625,7 @@ def load_model(path, device="cpu", use_ema: bool = True):
                                       f"e.g. {list(weights)[:2]}, is a UNet weight); pass {LOADABLE}")
             net = load_state_strict(net, weights, source=str(path))
             abar = schedule.make_alpha_bar("linear", 1000)
+    net.alpha_bar = abar.clone()          # its schedule, which eps_fn(net) carries to the samplers' check_schedule
     return net.to(device).eval(), abar.to(device)
 
 
@@ -775,4 +776,6 @@ def eps_fn(model, amp: bool = False):
                                                        "True)" if isinstance(out, tuple) else ""))
         return out.to(x.dtype)
     eps.network, eps.amp = model, amp      # what generate_samples records of the weights and precision
+    if isinstance(getattr(model, "alpha_bar", None), torch.Tensor):     # set by load_model: the schedule it was trained on
+        eps.alpha_bar = model.alpha_bar
     return eps

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import os
 
 import numpy as np
 import torch
@@ -55,6 +56,30 @@ def check_generator(generator, device=None):
         raise ValueError(f"generator is on {generator.device.type} and draws on {torch.device(device)} need one of their "
                          f"own: torch.Generator(device={torch.device(device).type!r}).manual_seed(seed)")
     return generator
+
+
+def memory_limit() -> float:
+    """Half of this machine's physical memory in bytes (math.inf where the system does not say: Windows): the most that
+    one call's tables may take (`check_fits`), leaving the rest to the system and the caller's own tensors."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2
+    except (AttributeError, ValueError, OSError):
+        return math.inf
+
+
+def check_fits(need: float, what: str, fix) -> None:
+    """ValueError "{what}: about N GiB, more than half of this machine's M GiB; {fix(limit)}" if `need` bytes exceed
+    `memory_limit()`: said before the work, where the allocation would fail deep inside torch, or succeed and fill the
+    memory until the system kills the process. fix: a function of the limit in bytes, giving the largest size that fits
+    ("give d at most 1,234,567")."""
+    if need > (limit := memory_limit()):
+        raise ValueError(f"{what}: about {_gib(need)} GiB, more than half of this machine's {_gib(2 * limit)} GiB; "
+                         f"{fix(limit)}")
+
+
+def _gib(size: float) -> str:
+    """Bytes in GiB: whole ones with thousands separators from 10 GiB up, else two significant digits (0.066)."""
+    return f"{size / 2 ** 30:,.0f}" if size >= 10 * 2 ** 30 else f"{size / 2 ** 30:.2g}"
 
 
 def check_bool(name: str, v) -> bool:

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import math
 import os
 import re
 import signal
@@ -736,31 +735,9 @@ def cmd_lab(args) -> int:
     if args.image_d == 0 and args.image_n is not None:
         raise ValueError("--image-n does nothing with --image-d 0, which skips the image-like table; drop one of them")
     given = {} if args.image_n is None else {"image_n": args.image_n}
-    _check_lab_fits(args.n, args.image_d, args.image_n)
+    lab.check_sizes(args.n, args.image_d, lab.IMAGE_N if args.image_n is None else args.image_n, flags=True)
     return _tables_in(args, lambda: lab.main(out=args.out, n=args.n, image_d=args.image_d, spacing=args.spacing,
                                              seed=args.seed, progress=not args.no_progress, **given), lab.outputs_in)
-
-
-def _check_lab_fits(n: int, image_d: int, image_n: int | None) -> None:
-    """Before the sampling, `lab`'s tables must fit in half of this machine's memory: each distance holds three n × n
-    float64 kernel tables (`toy.mmd2_unbiased`; `lab --n 1000000000` grew until the system killed it), and the
-    image-like table about (2000 + 220 image_n) bytes per dimension (measured at d = 10⁵ with image_n = 8 and 64, 10⁶ with 8:
-    `--image-d 100000000` was killed after the 2-D table)."""
-    try:
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):        # no sysconf (Windows): the allocator says it
-        return
-    image_n = lab.IMAGE_N if image_n is None else image_n
-    n = max(n, image_n) if image_d else n
-    if 24 * n * n > have / 2:
-        raise ValueError(f"{n} samples per cell need {24 * n * n / 2 ** 30:,.0f} GiB for the n x n distance tables, more "
-                         f"than half of this machine's {have / 2 ** 30:.0f} GiB: give --n (and --image-n) at most "
-                         f"{math.isqrt(int(have / 48)):,}")
-    per_d = 2000 + 220 * image_n
-    if image_d and image_d * per_d > have / 2:
-        raise ValueError(f"--image-d {image_d} with --image-n {image_n} needs about {image_d * per_d / 2 ** 30:,.0f} GiB, "
-                         f"more than half of this machine's {have / 2 ** 30:.0f} GiB: give --image-d at most "
-                         f"{int(have / 2 / per_d):,}")
 
 
 def cmd_demo(args) -> int:

@@ -28,7 +28,7 @@ import torch
 from .checks import check_bool, check_generator, check_int, check_untracked
 from .diffusion import VARIANCES, posterior_mean, posterior_variance, predict_x0, q_sample
 from .gaussian import discretized_gaussian_log_likelihood, kl_normal, log_normal
-from .samplers import NonFiniteError, _of_x_shape, _warn_if_0_255
+from .samplers import NonFiniteError, _of_x_shape, _warn_if_0_255, check_schedule
 from .schedule import validate_alpha_bar
 
 DECODERS = ("discretized", "gaussian")
@@ -240,6 +240,7 @@ def elbo_terms(eps_model, x0: torch.Tensor, alpha_bar, variance="small", decoder
     Costs T · n_mc network calls per batch; wrap in `torch.no_grad()` for evaluation.
     """
     alpha_bar = _check_alpha_bar(alpha_bar)
+    check_schedule(eps_model, alpha_bar, "elbo_terms: ", "each term would compare eps_model's noise with another step's")
     _check_x0(x0)
     check_generator(generator, x0.device)
     n_mc = check_int("n_mc", n_mc)
@@ -294,6 +295,7 @@ def l_simple(eps_model, x0: torch.Tensor, alpha_bar, generator: torch.Generator 
     validate = check_bool("validate", validate)
     if validate:
         alpha_bar = _check_alpha_bar(alpha_bar)
+        check_schedule(eps_model, alpha_bar, "l_simple: ", "x_t would be drawn at another noise level than eps_model's t")
         _check_x0(x0)
         check_generator(generator, x0.device)
     B, T = x0.shape[0], alpha_bar.numel()

@@ -20,7 +20,17 @@ from pathlib import Path
 import torch
 
 from . import ode, plotting, samplers, schedule, toy
-from .checks import SEED_NOTE, a_list, as_real, check_bool, check_distinct, check_int, check_per_sample, seeded
+from .checks import (
+    SEED_NOTE,
+    a_list,
+    as_real,
+    check_bool,
+    check_distinct,
+    check_fits,
+    check_int,
+    check_per_sample,
+    seeded,
+)
 from .devices import cpu_threads
 from .diffusion import check_eta
 from .files import atomic_write, interrupts_deferred
@@ -28,6 +38,10 @@ from .generate import progress as show_progress
 from .samplers import SIGMA_HAT
 
 S_LIST = (10, 20, 50, 100, 1000)
+TABLE_BYTES = 24       # per n²: a distance's three n × n float64 kernel tables (`toy.mmd2_unbiased`)
+# per n·d (and per d) of a table's samples: the image-like table took about 2000 + 220 n bytes per dimension (measured
+# at d = 10⁵ with n = 8 and 64, 10⁶ with 8), the 2000 of which build `toy.image_like_mixture`
+SAMPLE_BYTES, IMAGE_D_BYTES = 220, 2000
 ETAS = (0.0, 0.2, 0.5, 1.0)
 SPACINGS = ("uniform", "quad")
 FLOOR_K = 3.0          # a cell is "within the floor" when MMD² < FLOOR_K · floor (as `toy.MMDResult.resolved`)
@@ -60,6 +74,7 @@ def jackknife(x: torch.Tensor, y: torch.Tensor, kernel) -> tuple[float, torch.Te
     x, y = toy.points(x, "x"), toy.points(y, "y")
     if x.shape != y.shape or x.shape[0] < 4:
         raise ValueError(f"x and y must have the same shape (n >= 4, d), got {tuple(x.shape)} and {tuple(y.shape)}")
+    toy.check_tables("jackknife", *[(len(x), len(x))] * 3)
     return _jackknife(x, y, kernel, _row_sums(y, kernel))
 
 
@@ -271,6 +286,22 @@ def _check_args(S_list, etas, spacing, n, n_ode, T, mixture=None, include_sigma_
     return S_list, etas, n, n_ode
 
 
+def check_sizes(n: int, image_d: int = 0, image_n: int = 0, flags: bool = False) -> None:
+    """Before any sampling (`main`, `ddimlab lab`; `table1` for its own n and d): the tables must fit in half of this
+    machine's memory (`checks.check_fits`): `lab --n 1000000000` grew until the system killed it, and `--image-d
+    100000000` was killed after the 2-D table. n: samples per cell of the 2-D table, image_n of the image-like one in
+    image_d dimensions (0: none). flags: name the sizes as `ddimlab lab`'s options (--image-d)."""
+    name = (lambda s: "--" + s.replace("_", "-")) if flags else (lambda s: s)
+    most = max(n, image_n) if image_d else n
+    sizes = f"{name('n')} and {name('image_n')}" if image_d else name("n")
+    check_fits(TABLE_BYTES * most * most, f"{most:,} samples per cell (three n x n distance tables)",
+               lambda limit: f"give {sizes} at most {math.isqrt(int(limit // TABLE_BYTES)):,}")
+    if image_d:
+        per_d = IMAGE_D_BYTES + SAMPLE_BYTES * image_n
+        check_fits(image_d * per_d, f"the image-like table, {name('image_d')} {image_d} with {name('image_n')} {image_n}",
+                   lambda limit: f"give {name('image_d')} at most {int(limit // per_d):,}")
+
+
 def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS, include_sigma_hat: bool = True,
            spacing: str = "uniform", n: int = 1000, seed: int = 0, n_ode: int = 64, T: int = 1000,
            schedule_name: str = "linear", repeats: int = 8, kernel=toy.ENERGY,
@@ -296,6 +327,9 @@ def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS,
     progress = check_bool("progress", progress)
     seed = check_int("seed", seed, 0, 2 ** 32 - 1, SEED_NOTE)
     mixture = toy.default_mixture() if mixture is None else mixture
+    b = SAMPLE_BYTES * mixture.d                  # the largest n of TABLE_BYTES n² + b n <= limit, the quadratic's root
+    check_fits(TABLE_BYTES * n * n + b * n, f"table1 with n = {n:,} samples per cell in d = {mixture.d:,}",
+               lambda limit: f"give n at most {int((math.sqrt(b * b + 4 * TABLE_BYTES * limit) - b) / (2 * TABLE_BYTES)):,}")
     alpha_bar = schedule.make_alpha_bar(schedule_name, T)
     for S in S_list:                      # every η on every S before the first cell: a bad one found late costs the rest
         seq = schedule.timesteps(S, T, spacing)
@@ -499,6 +533,7 @@ def main(out="outputs/lab", n: int = 2000, image_d: int = 1024, image_n: int = I
         raise FileExistsError(f"--out {out} is a file; give a folder for table1.txt and the figures")
     n, image_d = check_int("n", n, 8), check_int("image_d", image_d, 0, note=" (0 skips the image-like table)")
     image_n = check_int("image_n", image_n, 8) if image_d else image_n      # the image table's n, checked before the 2-D table
+    check_sizes(n, image_d, image_n)
     with cpu_threads(1):                # the lab is many small steps: threads only add overhead
         t0 = time.perf_counter()
         rows = table1(n=n, spacing=spacing, seed=seed, n_ode=min(64, n), progress=progress)

@@ -58,6 +58,7 @@ from .samplers import (
     check_args,
     check_eps,
     check_first_step,
+    check_schedule,
     check_x,
     ddim_invert,
     report,
@@ -253,12 +254,13 @@ def _x(xbar, sigma):
     return xbar / math.sqrt(sigma ** 2 + 1)
 
 
-def _start(x_T, alpha_bar, seq, callback=None, **flags):
-    """Checked inputs: alpha_bar, the (t, s) step pairs, the σ of every visited step followed by σ = 0,
-    x̄_T = x_T/√ᾱ_T and the trajectory dict, started at x_T. `flags` (return_trajectory, afs, …) must be bools."""
+def _start(eps, x_T, alpha_bar, seq, callback=None, **flags):
+    """Checked inputs (`samplers.check_args`, eps's own schedule too): alpha_bar, the (t, s) step pairs, the σ of every
+    visited step followed by σ = 0, x̄_T = x_T/√ᾱ_T and the trajectory dict, started at x_T. `flags` (return_trajectory,
+    afs, …) must be bools."""
     for name, value in flags.items():
         check_bool(name, value)
-    alpha_bar, seq = check_args(x_T, alpha_bar, seq, callback=callback)
+    alpha_bar, seq = check_args(x_T, alpha_bar, seq, callback=callback, eps=eps, keeps=int(flags.get("return_trajectory", 0)))
     pairs = step_pairs(seq)
     sig = [_sig(alpha_bar, t) for t, _ in pairs] + [0.0]
     scale = 1 / math.sqrt(float(alpha_bar_at(alpha_bar, int(seq[0]))))
@@ -292,7 +294,7 @@ def euler(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
     Identical to `samplers.ddim_sample(..., eta=0)` (DDIM eq. 12 with σ = 0, divided by √ᾱ_s).
     Trajectory: {"x": [x_t at each visited step, then x_0], "t": [seq…, −1]}.
     """
-    alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory)
+    alpha_bar, pairs, sig, xbar, traj = _start(eps, x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory)
     for i, (t, s) in enumerate(pairs):
         sig_t, sig_s = sig[i], sig[i + 1]
         d = call_eps(eps, _x(xbar, sig_t), t)
@@ -308,7 +310,7 @@ def heun(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=Non
     d = ε(x_t, t), x̄' = x̄ + h d, x̄_s = x̄ + h (d + ε(x'_s, s))/2 with h = σ_s − σ_t; the final step to
     σ = 0 is the Euler (DDIM) step.
     """
-    alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory)
+    alpha_bar, pairs, sig, xbar, traj = _start(eps, x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory)
     for i, (t, s) in enumerate(pairs):
         xbar, x0 = _heun_step(eps, xbar, t, s, sig[i], sig[i + 1], correct=s >= 0)
         _record(traj, callback, i, t, s, xbar, sig[i + 1], x0)
@@ -341,7 +343,8 @@ def heun_invert(eps, x0, alpha_bar, seq, return_trajectory: bool = False, callba
     `callback` gets {"i", "t": from, "s": to (larger), "x", "x0"} after each step, as ddim_invert's.
     """
     return_trajectory = check_bool("return_trajectory", return_trajectory)
-    alpha_bar, seq = check_args(x0, alpha_bar, seq, name="x0", callback=callback, inverting=True)
+    alpha_bar, seq = check_args(x0, alpha_bar, seq, name="x0", callback=callback, inverting=True, eps=eps,
+                                keeps=int(return_trajectory))
     _warn_if_0_255(x0, "x0")
     up = [-1] + list(reversed(seq.tolist()))
     sig = [0.0] + [_sig(alpha_bar, t) for t in up[1:]]
@@ -365,7 +368,7 @@ def dpm_solver_2(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, call
     (The paper's exponential-integrator form, rewritten in x̄ = x/α, is exactly this midpoint rule.)
     t(σ_mid) is a float step (`t_of_sigma`). The final step to σ = 0 (λ = ∞) is the Euler (DDIM) step.
     """
-    alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory)
+    alpha_bar, pairs, sig, xbar, traj = _start(eps, x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory)
     for i, (t, s) in enumerate(pairs):
         sig_t, sig_s = sig[i], sig[i + 1]
         d = call_eps(eps, _x(xbar, sig_t), t)
@@ -389,7 +392,7 @@ def dpm_solver_pp_2m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, 
     The first step uses D_i alone (first order, = DDIM); the final step to σ = 0 (h = ∞) returns D_i,
     the current x̂_0 (first order, as k-diffusion's `sample_dpmpp_2m`).
     """
-    alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory)
+    alpha_bar, pairs, sig, xbar, traj = _start(eps, x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory)
     D_prev = h_prev = None
     for i, (t, s) in enumerate(pairs):
         sig_t, sig_s = sig[i], sig[i + 1]
@@ -503,7 +506,7 @@ def dpm_solver_pp_3m(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, 
     does by default below 15 steps and the authors' code below 10 (here at any S); notebook 08 §7 measures what it
     changes. Without it the order is kept to the end.
     """
-    _, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory,
+    _, pairs, sig, xbar, traj = _start(eps, x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory,
         published=published, lower_order_final=lower_order_final)
     Ds, lams = [], []
     for i, (t, s) in enumerate(pairs):
@@ -608,7 +611,7 @@ def unipc(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
     """
     order = check_int("order", order, 1, 3)
     _check_unipc_variant(variant)
-    _, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory,
+    _, pairs, sig, xbar, traj = _start(eps, x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory,
         corrector=corrector)
     n = len(pairs)
     D = xbar - sig[0] * call_eps(eps, _x(xbar, sig[0]), pairs[0][0])
@@ -697,7 +700,7 @@ def ipndm(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=No
             raise ValueError(f"rho must be None (equal-step coefficients) or a finite number >= 1 and <= {MAX_RHO:g} (past "
                              f"it the nodes sigma^(1/rho) crowd at 1 and the weights lose their digits), got {rho!r}")
         rho = r                     # a float: a float32 tensor rho made the weights float32
-    alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory,
+    alpha_bar, pairs, sig, xbar, traj = _start(eps, x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory,
         afs=afs, corrector=corrector)
     if afs:         # ε(x_T) ≈ x_T, off by about √ᾱ |E x_0|
         if len(pairs) == 1:
@@ -753,7 +756,7 @@ def deis_tab(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback
     S = 11; refined, 1e-8; tests/test_ode.py). ρAB-DEIS is `ipndm(..., rho=1.0, afs=False)` (`ipndm`).
     """
     order = check_int("order", order, 1, 4)
-    alpha_bar, pairs, sig, xbar, traj = _start(x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory)
+    alpha_bar, pairs, sig, xbar, traj = _start(eps, x_T, alpha_bar, seq, callback, return_trajectory=return_trajectory)
     steps = [t for t, _ in pairs] + [-1]
 
     def weights(nodes, a, b, implicit):
@@ -850,6 +853,8 @@ def counted(eps):
         wrapped.calls += 1
         return eps(x, t)
     wrapped.calls = 0
+    if hasattr(eps, "alpha_bar"):                # its schedule, for the samplers' `check_schedule`
+        wrapped.alpha_bar = eps.alpha_bar
     return wrapped
 
 
@@ -866,12 +871,7 @@ def thresholded_eps(eps, alpha_bar, p: float = 0.995, s_max: float = math.inf):
     """
     check_eps(eps, "thresholded_eps: eps")
     alpha_bar = validate_alpha_bar(alpha_bar)
-    own = getattr(eps, "alpha_bar", None)                    # `toy.exact_eps`'s schedule (and this function's own)
-    if isinstance(own, torch.Tensor) and (own.shape != alpha_bar.shape or not torch.allclose(
-            own.to(torch.float64).cpu(), alpha_bar.cpu(), rtol=1e-6, atol=0)):     # 1e-6: the same table in float32
-        raise ValueError(f"thresholded_eps: alpha_bar (T = {len(alpha_bar)}) is not the schedule eps was made for "
-                         f"(eps.alpha_bar, T = {len(own)}): x0 would be formed on another schedule than eps's; pass "
-                         f"eps.alpha_bar")
+    check_schedule(eps, alpha_bar, "thresholded_eps: ", "x0 would be formed on another schedule than eps's")
     dynamic_threshold(torch.zeros(1, 1), p, s_max)           # p and s_max checked now, not at the first step
 
     def eps_thr(x, t):
@@ -907,8 +907,9 @@ def _check_ivp(eps, x, name: str, alpha_bar, t_start, t_end, rtol, atol, method,
         hint = " (ddimlab's own solvers are ode.solve's; these integrate to a tolerance)" if ours else ""
         raise ValueError(f"method must be one of scipy's solve_ivp methods {', '.join(IVP_METHODS)} (or an OdeSolver "
                          f"subclass), got {method!r}{hint}")
-    alpha_bar = check_x(x, alpha_bar, name)                  # floating: ε is called in x's dtype, not a rounded state
-    check_eps(eps)                                # a network: dropout in train mode would make the ODE random
+    # floating: ε is called in x's dtype, not a rounded state; eps a function (a network: dropout in train mode would
+    # make the ODE random) made for this schedule
+    alpha_bar = check_x(x, alpha_bar, name, eps=eps)
     if x.requires_grad:                           # torch: "Can't call numpy() on Tensor that requires grad"
         raise ValueError(f"{name} requires grad, but the ODE is integrated with scipy, which autograd cannot follow: "
                          f"pass {name}.detach()")
@@ -999,6 +1000,22 @@ def _check_deterministic(rhs, sig: float, y0: np.ndarray) -> None:
                          f"eps makes the ODE random; a network in train mode (dropout) needs net.eval() first")
 
 
+def _check_apart(e: torch.Tensor, xbar: torch.Tensor) -> None:
+    """ValueError if the batch's samples interact in eps (batch statistics: a batch norm in train mode): then the
+    gradient of the other samples' ε (randomly weighted) with respect to sample 0 is not exactly 0, where for samples
+    computed apart no path of the graph joins them. `log_likelihood` reads each sample's divergence from the batch's
+    one graph, which would then hold cross terms. One backward pass; an interaction that leaves sample 0 out (of
+    samples 1 and 2 only) is not seen."""
+    if len(e) < 2:
+        return
+    w = torch.randn(e.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(e.device, e.dtype)
+    w[0] = 0
+    if bool((torch.autograd.grad((e * w).sum(), xbar)[0][0] != 0).any()):
+        raise ValueError("eps mixes the samples of a batch (the others' eps changes with sample 0, as under a batch norm "
+                         "in train mode), and log_likelihood reads each sample's divergence from the batch's one graph, so "
+                         "the densities would be wrong: use net.eval(), or call it one sample at a time")
+
+
 def _solve_ivp(rhs, span, y0: np.ndarray, method, rtol, atol) -> np.ndarray:
     """The state at the end of `span`, by scipy's solve_ivp with the tolerances as floats (a 0-d tensor or numpy scalar
     passed `_check_ivp` but failed inside scipy); a failed solve said with the tolerances it could not meet."""
@@ -1084,8 +1101,8 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     E[zᵀ(∂F/∂x̄)z] = ∇·F, drawn once from `generator` and kept along the whole path, so the result is an unbiased estimate
     of log p. probe and generator without hutchinson are an error: the exact divergence draws nothing.
     eps must be differentiable in x by autograd (a network as `lambda x, t: net(x, t)` in eval mode, not `checkpoint.eps_fn`),
-    and the samples must not interact in it (each sample's divergence is read from the batch's one graph). method: solve_ivp's,
-    as in `reference_solution`.
+    and the samples must not interact in it (each sample's divergence is read from the batch's one graph; `_check_apart`
+    refuses an eps in which sample 0 and the others do). method: solve_ivp's, as in `reference_solution`.
     """
     # a network, or checkpoint.eps_fn of one (check_eps's advice): eps_fn runs it without gradients
     if isinstance(eps, torch.nn.Module) or getattr(eps, "network", None) is not None:
@@ -1141,6 +1158,9 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     y0 = np.concatenate([(x_0.to(torch.float64) / math.sqrt(float(alpha_bar_cont(alpha_bar, t_end)))).reshape(-1).cpu().numpy(),
                          np.zeros(B)])
     _check_deterministic(rhs, sig_data, y0)
+    with torch.enable_grad():
+        xbar = torch.from_numpy(y0[:B * d]).reshape(shape).to(dev).requires_grad_()
+        _check_apart(_eps_of_xbar(eps, alpha_bar, xbar, sig_data, sig_noise, x_0.dtype, (rtol, atol)), xbar)
     y = torch.from_numpy(_solve_ivp(rhs, (sig_data, sig_noise), y0, method, rtol, atol))
     a_T, a_0 = float(alpha_bar_cont(alpha_bar, t_start)), float(alpha_bar_cont(alpha_bar, t_end))
     x_T = (y[:B * d] * math.sqrt(a_T)).reshape(shape).to(dev)

@@ -26,7 +26,7 @@ import warnings
 import torch
 
 from . import devices, schedule
-from .checks import as_real, check_bool, check_generator, check_int, check_numbers, check_untracked
+from .checks import as_real, check_bool, check_fits, check_generator, check_int, check_numbers, check_untracked
 from .diffusion import (
     VARIANCES,
     bcast,
@@ -77,21 +77,30 @@ class NonFiniteError(FloatingPointError):
     """The network returned NaN or inf during sampling."""
 
 
-def check_args(x, alpha_bar, seq, name: str = "x_T", callback=None, inverting: bool = False):
+def check_args(x, alpha_bar, seq, name: str = "x_T", callback=None, inverting: bool = False, eps=None, keeps: int = 0):
     """Validate a sampler's or solver's inputs once; returns (alpha_bar as float64, seq as a long tensor).
 
-    x, alpha_bar, callback: `check_x`; seq: `schedule.validate_timesteps` (strictly decreasing integers in 0..T−1; for
-    an inversion too, `inverting`).
+    x, alpha_bar, callback, eps: `check_x`; seq: `schedule.validate_timesteps` (strictly decreasing integers in 0..T−1;
+    for an inversion too, `inverting`); keeps: the tensors of x's size return_trajectory keeps per step (0: none), which
+    must fit in half of the machine's memory (`checks.check_fits`; a CPU x only): else the run failed at its end, in
+    torch's allocator, with its work lost.
     """
-    alpha_bar = check_x(x, alpha_bar, name, callback)
-    return alpha_bar, schedule.validate_timesteps(seq, alpha_bar.shape[0], inverting)
+    alpha_bar = check_x(x, alpha_bar, name, callback, eps)
+    seq = schedule.validate_timesteps(seq, alpha_bar.shape[0], inverting)
+    if keeps and x.device.type == "cpu":
+        states, size = keeps * len(seq) + 1, x.element_size() * max(x[0].numel(), 1)
+        check_fits(states * size * len(x), f"return_trajectory=True keeps {states} tensors of {name}'s shape "
+                   f"{tuple(x.shape)}", lambda limit: f"give at most {int(limit // (states * size)):,} samples per run, "
+                   f"fewer steps, or return_trajectory=False")
+    return alpha_bar, seq
 
 
-def check_x(x, alpha_bar, name: str = "x_T", callback=None) -> torch.Tensor:
+def check_x(x, alpha_bar, name: str = "x_T", callback=None, eps=None) -> torch.Tensor:
     """`check_args` for a function without a step sequence; returns alpha_bar as float64.
 
     x: a finite floating-point tensor with a batch dimension; alpha_bar: `schedule.validate_alpha_bar`;
-    callback: None or callable (else found only after the first network call).
+    callback: None or callable (else found only after the first network call); eps, if given: `check_eps`, and
+    `check_schedule` against alpha_bar.
     """
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be a function of the step's info dict, or None; got {type(callback).__name__}")
@@ -105,7 +114,11 @@ def check_x(x, alpha_bar, name: str = "x_T", callback=None) -> torch.Tensor:
         raise ValueError(f"{name} is on the meta device, which holds shapes but no values: sampling needs the values")
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf")
-    return schedule.validate_alpha_bar(alpha_bar)
+    alpha_bar = schedule.validate_alpha_bar(alpha_bar)
+    if eps is not None:
+        check_eps(eps)
+        check_schedule(eps, alpha_bar)
+    return alpha_bar
 
 
 def check_eps(eps, name: str = "eps") -> None:
@@ -119,6 +132,30 @@ def check_eps(eps, name: str = "eps") -> None:
     if not callable(eps):
         raise TypeError(f"{name} must be a function eps(x, t) -> tensor of x's shape (a network through "
                         f"checkpoint.eps_fn, or toy.exact_eps), got {type(eps).__name__}")
+
+
+def check_schedule(eps, alpha_bar: torch.Tensor, who: str = "",
+                   why: str = "the sampler would read eps's noise at the wrong levels") -> None:
+    """ValueError unless `alpha_bar` (validated, float64) is the schedule eps was made for, where eps carries it as
+    `eps.alpha_bar` (`toy.exact_eps`, `ode.thresholded_eps`, `guided_eps` of such ε's): ε(x, t) is the noise at ᾱ_t of
+    eps's own table, so a sampler on another table reads it at the wrong noise level and returns finite, wrong samples
+    (a mixture's exact ε* made on the linear schedule and sampled on the cosine one). Tables agree to rtol 1e-6 (the
+    same table in float32). `checkpoint.eps_fn` carries the table of a network from `checkpoint.load_model`; an ε
+    without `alpha_bar` (a network built or trained in the session, a lambda) is not checked."""
+    own = getattr(eps, "alpha_bar", None)
+    if not isinstance(own, torch.Tensor):
+        return
+    own, given = own.detach().to("cpu", torch.float64), alpha_bar.detach().cpu()
+    if own.shape == given.shape and bool(torch.allclose(own, given, rtol=1e-6, atol=0)):
+        return
+    where = ""
+    if own.shape == given.shape:
+        t = int((~torch.isclose(own, given, rtol=1e-6, atol=0)).nonzero()[0])
+        where = f", first at t = {t}: {float(given[t]):.6g} against eps's {float(own[t]):.6g}"
+    fix = "the alpha_bar checkpoint.load_model returned with the network" if getattr(eps, "network", None) is not None \
+        else "eps.alpha_bar"
+    raise ValueError(f"{who}alpha_bar (T = {len(given)}) is not the schedule eps was made for (eps.alpha_bar, T = "
+                     f"{len(own)}{where}): {why}; pass {fix}")
 
 
 def call_eps(eps, x, t):
@@ -221,7 +258,7 @@ def ddim_sample(eps, x_T, alpha_bar, seq, eta: float = 0.0, generator: torch.Gen
     """
     eta = check_eta(eta)
     clip_x0, return_trajectory = check_bool("clip_x0", clip_x0), check_bool("return_trajectory", return_trajectory)
-    alpha_bar, seq = check_args(x_T, alpha_bar, seq, callback=callback)
+    alpha_bar, seq = check_args(x_T, alpha_bar, seq, callback=callback, eps=eps, keeps=2 * return_trajectory)
     pairs, a = check_eta_steps(alpha_bar, seq, eta)
     noise_sampler = _noise(noise_sampler, generator, x_T)
     x = x_T
@@ -278,7 +315,7 @@ def ddpm_sample(eps, x_T, alpha_bar, variance: str = "small", seq=None, generato
     alpha_bar = schedule.validate_alpha_bar(alpha_bar)
     if seq is None:
         seq = torch.arange(alpha_bar.shape[0] - 1, -1, -1)
-    alpha_bar, seq = check_args(x_T, alpha_bar, seq, callback=callback)
+    alpha_bar, seq = check_args(x_T, alpha_bar, seq, callback=callback, eps=eps, keeps=2 * return_trajectory)
     noise_sampler = _noise(noise_sampler, generator, x_T)
     x = x_T
     traj = {"x": [x], "x0": [], "t": [int(seq[0])]}
@@ -332,7 +369,8 @@ def ddim_invert(eps, x0, alpha_bar, seq, return_trajectory: bool = False, callba
     `callback` gets {"i", "t": from, "s": to (larger), "x", "x0"} after each step.
     """
     return_trajectory = check_bool("return_trajectory", return_trajectory)
-    alpha_bar, seq = check_args(x0, alpha_bar, seq, name="x0", callback=callback, inverting=True)
+    alpha_bar, seq = check_args(x0, alpha_bar, seq, name="x0", callback=callback, inverting=True, eps=eps,
+                                keeps=int(return_trajectory))
     _warn_if_0_255(x0, "x0")
     x, s = x0, -1
     traj = {"x": [x], "t": [-1]}
@@ -366,12 +404,22 @@ def guided_eps(eps_null, eps_cond, w: float):
         raise ValueError(f"guidance weight w must be a finite number, got {w!r}")
     for name, f in (("eps_null", eps_null), ("eps_cond", eps_cond)):      # else found at the first step only
         check_eps(f, f"guided_eps: {name}")
+    own, other = (getattr(f, "alpha_bar", None) for f in (eps_null, eps_cond))     # exact ε's carry their schedule
+    if isinstance(own, torch.Tensor) and isinstance(other, torch.Tensor):
+        try:
+            check_schedule(eps_cond, schedule.validate_alpha_bar(own))
+        except ValueError:
+            raise ValueError("guided_eps: eps_null and eps_cond were made for different schedules (their alpha_bar "
+                             "differ): at one t they would mix the noise of two levels; make both on one schedule") from None
 
     def eps(x, t):
         e_null = _of_x_shape(eps_null(x.clone(), t), x, "guided_eps: eps_null")   # eps_cond's x, as call_eps
         e_cond = _of_x_shape(eps_cond(x, t), x, "guided_eps: eps_cond")
         return e_null + weight * (e_cond - e_null)
 
+    carried = own if isinstance(own, torch.Tensor) else other
+    if isinstance(carried, torch.Tensor):            # for the samplers' check_schedule
+        eps.alpha_bar = carried
     return eps
 
 
@@ -395,7 +443,7 @@ def sdedit(eps, x_in, alpha_bar, seq, eta: float = 1.0, generator: torch.Generat
     steps); η = 0 maps each noised input to one point. diffusers' `strength` on S steps keeps the last
     int(S · strength) steps of its grid: seq = schedule.timesteps(S, T, spacing)[S − int(S · strength):].
     """
-    alpha_bar, seq = check_args(x_in, alpha_bar, seq, name="x_in", callback=callback)
+    alpha_bar, seq = check_args(x_in, alpha_bar, seq, name="x_in", callback=callback, eps=eps)
     _warn_if_0_255(x_in, "x_in")
     z = noise_from(generator, x_in)(None, None)
     x_t0 = q_sample(x_in, float(alpha_bar_at(alpha_bar, int(seq[0]))), z)
@@ -415,7 +463,7 @@ def langevin(eps, x, alpha_bar, t: int, step: float, n_steps: int, generator: to
     Without a Metropolis test the chain is biased by O(δ): on a Gaussian of variance v its stationary variance is
     v/(1 − δ/(2v)) (tests/test_guidance.py). noise_sampler(t, t) and callback (s = t, x̂_0 of the point before the
     step) as in the module docstring. Returns x after the last step."""
-    alpha_bar = check_x(x, alpha_bar, name="x", callback=callback)
+    alpha_bar = check_x(x, alpha_bar, name="x", callback=callback, eps=eps)
     t = check_int("t", t, 0, alpha_bar.shape[0] - 1)
     if (delta := as_real(step)) is None or delta <= 0:
         raise ValueError(f"step must be a finite number > 0 (the Langevin step size), got {step!r}")

@@ -23,7 +23,16 @@ import numpy as np
 import torch
 
 from . import ode, schedule
-from .checks import as_real, check_generator, check_int, check_numbers, check_symmetric, is_complex, seeded
+from .checks import (
+    as_real,
+    check_fits,
+    check_generator,
+    check_int,
+    check_numbers,
+    check_symmetric,
+    is_complex,
+    seeded,
+)
 
 
 def _f64(x, name):
@@ -109,9 +118,16 @@ class GaussianMixture:
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n draws, shape (n, d): pick k ~ w, then μ_k + U_k √λ_k z."""
         n, generator = check_int("n", n), check_generator(generator, "cpu")
+        per = self._bytes_per_draw()
+        check_fits(n * per, f"{n:,} draws of {self!r}", lambda limit: f"draw at most {int(limit // per):,} at a time")
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.d, generator=generator, dtype=torch.float64)
         return self.means[k] + self._from_eigen_k(self.eigvals[k].sqrt() * z, k)
+
+    def _bytes_per_draw(self) -> int:
+        """Peak memory of one draw of `sample`: each row's U_k (d × d) and a few (n, d) tables, float64 (the peak
+        measured, VmHWM: 0.74 to 0.91 of this at d = 16 with n = 10⁵ and 4·10⁵; 0.5 on the ring)."""
+        return 8 * self.d * (self.d + 6)
 
     # The rotations into and out of each component's eigenbasis: Σ_k = U_k diag(λ_k) U_kᵀ.
     def std(self) -> torch.Tensor:
@@ -302,6 +318,10 @@ class SharedBasisMixture(GaussianMixture):
     def _from_eigen_k(self, y, k):
         return self._from_eigen(y)
 
+    def _bytes_per_draw(self) -> int:
+        """A few (n, d) float64 tables (the peak measured, VmHWM: 4 of them at d = 1000, K = 4)."""
+        return 8 * 6 * self.d
+
     # For one ᾱ the quadratic forms of all K components are matrix products with (K, d) tables, O(B·K·d) with no
     # (B, K, d) tensor. A per-sample ᾱ (a training loss's t) runs that once per distinct value (notebook 06 §4).
     def _per_alpha_bar(self, one, x, a):
@@ -347,6 +367,18 @@ class SharedBasisMixture(GaussianMixture):
         return self._per_alpha_bar(self._x0_mean_one, x, a)
 
 
+def _at_most(name: str, most: float, other: str, other_most: float) -> str:
+    """check_fits' advice for two sizes: the largest `name` at the other's value, or, where even `name` = 1 does not fit
+    (K = 10**9 components), the largest `other`."""
+    return f"give {name} at most {int(most):,}" if most >= 1 else f"give {other} at most {int(other_most):,}"
+
+
+# peak memory (VmHWM) measured: image_like_mixture (K = 10) 53 and 55 bytes per K·d at d = 10⁶ and 3·10⁶ (82 at 10⁵,
+# where torch's first calls weigh); random_mixture (K = 4) 48 to 74 bytes per K·d² at d = 800 to 1500
+IMAGE_LIKE_BYTES = 64
+RANDOM_MIXTURE_BYTES = 96
+
+
 def image_like_mixture(d: int = 1024, K: int = 10, slope: float = 1.0, pixel_std: float = 0.5,
                        between: float = 0.5, seed: int = 0) -> SharedBasisMixture:
     """Image-like data for the exact-score lab: K components in d dimensions sharing one eigenbasis,
@@ -361,6 +393,8 @@ def image_like_mixture(d: int = 1024, K: int = 10, slope: float = 1.0, pixel_std
     image's Fourier-like basis): basis=None, so ε* costs O(B·K·d). Deterministic given `seed`.
     """
     d, K = check_int("d", d), check_int("K", K)
+    check_fits(IMAGE_LIKE_BYTES * K * d, f"toy.image_like_mixture(d={d}, K={K})",
+               lambda limit: _at_most("d", limit // (IMAGE_LIKE_BYTES * K), "K", limit // (IMAGE_LIKE_BYTES * d)))
     if (share := as_real(between)) is None or not 0 <= share < 1:     # "0.5" and [0.5] were Python's TypeError
         raise ValueError(f"between must be a number in [0, 1) (the share of the variance between components), got "
                          f"{between!r}")
@@ -442,6 +476,9 @@ def random_mixture(d: int = 8, K: int = 4, scale: float = 0.5, std_range=(0.1, 0
     """d-dimensional mixture of K Gaussians with random means (± `scale`), random rotations and
     per-axis standard deviations in `std_range`; deterministic given `seed`."""
     d, K = check_int("d", d), check_int("K", K)            # else torch's argument dump, or "negative dimension"
+    check_fits(RANDOM_MIXTURE_BYTES * K * d * d, f"toy.random_mixture(d={d}, K={K}) (K covariances of d x d)",
+               lambda limit: _at_most("d", math.isqrt(int(limit // (RANDOM_MIXTURE_BYTES * K))), "K",
+                                      limit // (RANDOM_MIXTURE_BYTES * d * d)))
     lo, hi = (as_real(v) for v in std_range) if len(std_range) == 2 else (None, None)
     if lo is None or hi is None or not 0 < lo <= hi:     # negative ones would square to positive ones' mixture
         raise ValueError(f"std_range must be (low, high) with 0 < low <= high, got {std_range!r}")
@@ -499,6 +536,7 @@ def gram(u: torch.Tensor, v: torch.Tensor, kernel) -> torch.Tensor:
     u, v = points(u, "u"), points(v, "v")             # float64: a float32 set against a float64 one, lists
     if u.shape[1] != v.shape[1]:
         raise ValueError(f"u and v must be points of one dimension d, got shapes {tuple(u.shape)} and {tuple(v.shape)}")
+    check_tables("gram", (len(u), len(v)))
     if isinstance(kernel, str) and kernel == ENERGY:         # (an array would compare elementwise)
         return torch.cdist(u, v).neg_()
     # not a bool (True read as 1), a string, an array; nor a bandwidth whose 1/h² overflows (1e-300: Python's "float
@@ -531,6 +569,16 @@ def points(x, name: str) -> torch.Tensor:
     return x
 
 
+def check_tables(what: str, *sizes) -> None:
+    """`checks.check_fits` for float64 n × m kernel tables held at once, `sizes` their (n, m): the sample distances
+    (`gram`, `mmd2_unbiased`, `lab.jackknife`) of 10⁶ points asked torch's allocator for 8 TB (and past the memory but
+    within the swap's reach, grew until the system killed the process)."""
+    need = 8 * sum(n * m for n, m in sizes)
+    n, m = max(n for n, _ in sizes), max(m for _, m in sizes)
+    check_fits(need, f"{what}'s {len(sizes)} kernel table{'s' * (len(sizes) > 1)} of up to {n:,} x {m:,} points",
+               lambda limit: f"give at most {math.isqrt(int(limit // (8 * len(sizes)))):,} points per set")
+
+
 def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, kernel) -> float:
     """Unbiased MMD² = mean_{i≠j} k(x_i, x_j) + mean_{i≠j} k(y_i, y_j) − 2 mean_{i,j} k(x_i, y_j)
     (Gretton et al. 2012; notebook 09 §1). kernel: a Gaussian bandwidth, or ENERGY for the energy
@@ -541,6 +589,7 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, kernel) -> float:
         raise ValueError(f"the unbiased MMD needs at least 2 points in each set, got {n} and {m}")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y must be points of one dimension d, got {tuple(x.shape)} and {tuple(y.shape)}")
+    check_tables("mmd2_unbiased", (n, n), (m, m), (n, m))
     kxx, kyy, kxy = gram(x, x, kernel), gram(y, y, kernel), gram(x, y, kernel)
     return float((kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
                  + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) - 2 * kxy.mean())

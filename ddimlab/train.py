@@ -56,6 +56,7 @@ from .files import (
     check_nothing_set_aside,
     check_out_folder,
     folder_removed_on_error,
+    interrupts_deferred,
     locked,
     put_back,
     set_aside,
@@ -826,12 +827,14 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
         _check_weights(model, ema, x0, eps, alpha_bar, autocast, step, out, last_good, config)
         unsaved_config = None
         try:
-            save_run(out, model, ema, opt, step, config, gen, device, in_ch, mean_loss, (loss_sum, loss_n))
-        except ConfigNotWrittenError as e:             # ckpt.pt is written: the new run's checkpoint all the same
-            unsaved_config = e
+            with interrupts_deferred():    # a Ctrl-C that stops at once waits for the write: it says the step on disk
+                try:
+                    save_run(out, model, ema, opt, step, config, gen, device, in_ch, mean_loss, (loss_sum, loss_n))
+                except ConfigNotWrittenError as e:     # ckpt.pt is written: the new run's checkpoint all the same
+                    unsaved_config = e
+                last_good = step
         except OSError as e:                           # a full disk at ckpt.pt: atomic_write kept the previous one
             raise _not_written(e, out / "ckpt.pt", last_good, aside is not None) from None
-        last_good = step
         if aside is not None:                          # the new run has a checkpoint: the previous one goes
             shutil.rmtree(aside, ignore_errors=True)
             aside = None
@@ -860,6 +863,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, return_models: bool, ov
         bar = tqdm(total=config.steps, initial=step, disable=not (config.progress and is_main), dynamic_ncols=True,
                    unit="step")
         stop = _stop_on_signal(world == 1)
+        stop.kept = lambda: _kept_at_once(step, last_good, aside is not None, out)
         with devices.cpu_threads(threads):
             while step < config.steps:
                 x0, t, eps = get_batch(images, step, config, gen, local)
@@ -1002,21 +1006,34 @@ def _check_weights(model, ema, x0, eps, alpha_bar, autocast, step, out, last_goo
         model.train()
 
 
+def _kept_at_once(step: int, last_good: int | None, overwrite: bool, out: Path) -> str:
+    """What a second Ctrl-C (stop at once, no new checkpoint) leaves, and how to go on: the run's last checkpoint, or,
+    before its first, nothing of it (and under --overwrite the previous run, put back)."""
+    if last_good is None:
+        return (f"stopped at once at step {step}, before the run's first checkpoint: nothing of it is kept, "
+                + (f"and the previous run goes back into {out}" if overwrite else "run the command again to start over"))
+    lost = "" if step == last_good else f"; step {step} is lost" if step == last_good + 1 else \
+        f"; steps {last_good + 1} to {step} are lost"
+    return (f"stopped at once at step {step}; the last checkpoint, {out / 'ckpt.pt'} of step {last_good}, is kept{lost}: "
+            f"continue with --resume")
+
+
 class _stop_on_signal(list):
     """A flag set by the first Ctrl-C (SIGINT), SIGTERM (what `kill`, `timeout`, `docker stop` and batch schedulers
     send) or SIGHUP (the terminal closed; not under `nohup`), which the training loop checks after each step: it then
-    saves a checkpoint and stops. A second one interrupts at once. Only in a single process on the main thread (under
-    torchrun every rank would have to stop at the same step)."""
+    saves a checkpoint and stops. A second one interrupts at once, with `kept()` (set by the loop: `_kept_at_once`) as
+    its message. Only in a single process on the main thread (under torchrun every rank would have to stop at the same
+    step)."""
 
     def __init__(self, active: bool):
         super().__init__()
-        self.previous = {}
+        self.previous, self.kept = {}, None
         if active and threading.current_thread() is threading.main_thread():
             self.previous = {s: signal.signal(s, self._handle) for s in stop_signals()}
 
     def _handle(self, signum, frame):
         if self:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt(self.kept() if self.kept else "")
         self.append(True)
         again = "Ctrl-C" if signum == signal.SIGINT else "the signal"
         print(f"\nstopping after this step, with a checkpoint ({again} again to stop at once)", file=sys.stderr, flush=True)

@@ -2966,3 +2966,106 @@ def test_round_36_ode_bits_says_the_librarys_tolerance_rule_in_its_own_words(tmp
     assert not (tmp_path / "models").exists()
     with pytest.raises(ValueError, match="^rtol = 1e-09 is finer than x's float32 can give, .* >= 6e-09, or x in float64$"):
         ode.check_tolerances(1e-9, 1e-3, "x's float32 can give", torch.float32, "x in float64")
+
+
+def test_round_37_samplers_refuse_a_schedule_other_than_the_one_eps_was_made_for(toy_setup):
+    """toy.exact_eps(mix, linear) sampled on the cosine table (or on a T = 500 one) ran to finite, wrong samples: ε* is
+    the noise at the linear ᾱ_t, read by the sampler as the noise at the cosine ᾱ_t. Every sampler and solver (and the
+    ELBO, L_simple, guided_eps) now compares the ε's own table (eps.alpha_bar) with the one it is given, before the first
+    call; the same table in float32 and an ε without a table (a network, a lambda) pass as before."""
+    mix, eps, x_T, seq = toy_setup
+    cosine, short = schedule.make_alpha_bar("cosine", 1000), schedule.make_alpha_bar("linear", 500)
+    calls = ode.counted(eps)                  # counted keeps eps's table, so a refusal is seen before any call
+    x0 = 0.1 * x_T[:2]
+    runs = {"ddim_sample": lambda ab: samplers.ddim_sample(calls, x_T, ab, seq),
+            "ddpm_sample": lambda ab: samplers.ddpm_sample(calls, x_T, ab, "large", seq=seq),
+            "sample": lambda ab: samplers.sample(calls, (4, 2), ab, S=10, dtype=torch.float64),
+            "ddim_invert": lambda ab: samplers.ddim_invert(calls, x0, ab, seq),
+            "sdedit": lambda ab: samplers.sdedit(calls, x0, ab, seq[5:]),
+            "langevin": lambda ab: samplers.langevin(calls, x_T, ab, 10, 1e-3, 2),
+            "heun_invert": lambda ab: ode.heun_invert(calls, x0, ab, seq),
+            "reference_solution": lambda ab: ode.reference_solution(calls, x_T, ab, 400),
+            "log_likelihood": lambda ab: ode.log_likelihood(calls, x0, ab, 10),
+            "elbo_terms": lambda ab: elbo.elbo_terms(calls, x0, ab, decoder="gaussian"),
+            "l_simple": lambda ab: elbo.l_simple(calls, x0, ab)}
+    runs.update({name: (lambda ab, name=name: ode.solve(name, calls, x_T, ab, seq)) for name in ode.SOLVERS})
+    for name, run in runs.items():
+        for other in (cosine, short):
+            with pytest.raises(ValueError, match=r"^(elbo_terms: |l_simple: )?alpha_bar \(T = (1000|500)\) is not the "
+                                                 r"schedule eps was made for \(eps\.alpha_bar, T = 1000.*pass eps\.alpha_bar"):
+                run(other)
+        assert calls.calls == 0, name
+    with pytest.raises(ValueError, match=r"first at t = 0: 0\.999959 against eps's 0\.9999\)"):
+        samplers.ddim_sample(eps, x_T, cosine, seq)
+    # what the refusal prevents: the same ε on the cosine table lands far from where it lands on its own
+    plain = lambda x, t: eps(x, t)                                  # noqa: E731 (no table: not checked, as a network)
+    wrong, right = samplers.ddim_sample(plain, x_T, cosine, seq), samplers.ddim_sample(eps, x_T, AB, seq)
+    assert float((wrong - right).pow(2).mean().sqrt()) > 0.1
+    torch.testing.assert_close(samplers.ddim_sample(eps, x_T, AB.float(), seq), right, rtol=0, atol=1e-4)   # float32
+    torch.testing.assert_close(ode.heun(eps, x_T, AB.float(), seq), ode.heun(plain, x_T, AB, seq), rtol=0, atol=1e-4)
+    # guided_eps: two ε's of different tables are refused, one table is carried on to the samplers
+    with pytest.raises(ValueError, match="^guided_eps: eps_null and eps_cond were made for different schedules"):
+        samplers.guided_eps(eps, toy.exact_eps(mix, cosine), 2.0)
+    for guided in (samplers.guided_eps(eps, eps, 2.0), samplers.guided_eps(plain, eps, 2.0)):
+        with pytest.raises(ValueError, match="is not the schedule eps was made for"):
+            samplers.ddim_sample(guided, x_T, cosine, seq)
+    assert not hasattr(samplers.guided_eps(plain, plain, 2.0), "alpha_bar")
+
+
+def test_round_37_the_lab_refuses_tables_past_half_the_memory_before_sampling(tmp_path):
+    """lab.main(image_d=10**11) ran the 2-D table and then failed in torch's allocator building the image-like mixture
+    (`ddimlab lab` had its own check, which the library lacked), and lab.table1(n=10**12) allocated its x_T: both now say
+    the size, the estimate and the largest size that fits before any sampling (the CLI's check is this one, with its
+    option names)."""
+    from ddimlab import lab
+
+    with pytest.raises(ValueError, match=r"^table1 with n = 1,000,000,000,000 samples per cell in d = 2: about [0-9,]+ GiB"
+                                         r", more than half of this machine's [0-9,.]+ GiB; give n at most [0-9,]+$"):
+        lab.table1(n=10 ** 12)
+    with pytest.raises(ValueError, match=r"^the image-like table, image_d 100000000000 with image_n 8: about [0-9,]+ GiB.*"
+                                         r"give image_d at most [0-9,]+$"):
+        lab.main(out=tmp_path / "lab", n=8, image_d=10 ** 11, image_n=8)
+    with pytest.raises(ValueError, match=r"^1,000,000,000 samples per cell \(three n x n distance tables\).*give n at most"):
+        lab.main(out=tmp_path / "lab", n=10 ** 9, image_d=0)
+    assert not (tmp_path / "lab").exists()
+
+
+def test_round_37_log_likelihood_refuses_an_eps_that_mixes_the_samples(toy_setup, monkeypatch):
+    """ode.log_likelihood reads each sample's divergence from the batch's one graph, so an ε that mixes the samples (batch
+    statistics, as a batch norm in train mode) gave finite, wrong densities without a word. The answer computed one
+    sample at a time is the independent reference: it differs from the batched one, which is now refused; an ε that
+    keeps the samples apart passes and agrees with it."""
+    mix, eps, x_T, _ = toy_setup
+    x0 = mix.sample(3, torch.Generator().manual_seed(1))
+    mixing = lambda x, t: eps(x, t) + 0.3 * (x - x.mean(0))              # noqa: E731 (a batch statistic)
+    apart = lambda x, t: eps(x, t) + 0.3 * (x - x.mean(1, keepdim=True))   # noqa: E731 (its own row only)
+    kw = dict(alpha_bar=AB, t_start=500, rtol=1e-6, atol=1e-6)
+    one_by_one = torch.cat([ode.log_likelihood(mixing, x0[i:i + 1], **kw) for i in range(3)])
+    with pytest.raises(ValueError, match="^eps mixes the samples of a batch.*one sample at a time$"):
+        ode.log_likelihood(mixing, x0, **kw)
+    torch.testing.assert_close(ode.log_likelihood(apart, x0, **kw),
+                               torch.cat([ode.log_likelihood(apart, x0[i:i + 1], **kw) for i in range(3)]), rtol=0, atol=1e-4)
+    # what the refusal prevents: the batch's one graph, with the check bypassed, is far from the one-by-one answer
+    monkeypatch.setattr(ode, "_check_apart", lambda e, xbar: None)
+    batched = ode.log_likelihood(mixing, x0, **kw)
+    assert float((batched - one_by_one).abs().max()) > 0.1, (batched, one_by_one)
+
+
+def test_round_37_a_loaded_network_carries_its_schedule_to_the_samplers(tmp_path):
+    """checkpoint.load_model returns the network with the ᾱ it was trained on, but a caller who sampled it on another
+    table (generate_samples' default linear one, for a model of the cosine schedule with T = 400) got finite, wrong
+    images. eps_fn of a loaded network now carries its table, which the samplers compare (`check_schedule`); a network
+    made in the session carries none and is not checked."""
+    cosine = schedule.make_alpha_bar("cosine", 400)
+    folder = checkpoint.save_diffusers_folder(_tiny_net().eval(), tmp_path / "export", cosine)
+    net, abar = checkpoint.load_model(folder)
+    x_T, seq = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)), schedule.timesteps(2, 400)
+    with pytest.raises(ValueError, match=r"^alpha_bar \(T = 400\) is not the schedule eps was made for .*first at t = 0.*"
+                                         r"pass the alpha_bar checkpoint\.load_model returned with the network$"):
+        samplers.ddim_sample(checkpoint.eps_fn(net), x_T, schedule.make_alpha_bar("linear", 400), seq)
+    with pytest.raises(ValueError, match=r"^alpha_bar \(T = 1000\) is not the schedule eps was made for"):
+        generate.generate_samples(net, tmp_path / "samples", 2, shape=(1, 8, 8), S=2)
+    assert not (tmp_path / "samples").exists()
+    assert bool(torch.isfinite(samplers.ddim_sample(checkpoint.eps_fn(net), x_T, abar, seq)).all())
+    assert generate.generate_samples(net, tmp_path / "samples", 2, shape=(1, 8, 8), S=2, alpha_bar=abar) == [0, 1]
+    assert not hasattr(checkpoint.eps_fn(_tiny_net()), "alpha_bar")

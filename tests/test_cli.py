@@ -1920,7 +1920,8 @@ def test_sixteenth_round_of_careless_use(trained, tmp_path, capsys):
     # `lab --n 1000000000` sampled until the system killed it: its distance tables are n x n
     for sizes in (["--n", "1000000000"], ["--image-n", "1000000000"]):
         _expect_one_line_error(capsys, ["lab", "--out", str(tmp_path / "lab"), *sizes],
-                               "samples per cell need 22,351,741,791 GiB for the n x n distance tables", "at most")
+                               "1,000,000,000 samples per cell (three n x n distance tables): about 22,351,741,791 GiB",
+                               "give --n and --image-n at most")
     assert not (tmp_path / "lab").exists()
 
 
@@ -1953,7 +1954,7 @@ def test_seventeenth_round_of_careless_use(trained, tmp_path, capsys, monkeypatc
     for kv in ("compile=none", "bf16=null", "hflip=None", "ema_warmup=none"):
         _expect_one_line_error(capsys, [*base, "--out", "t", "--set", kv], "must be a boolean (true/false)")
     _expect_one_line_error(capsys, ["lab", "--out", "lab", "--n", "8", "--image-n", "8", "--image-d", "100000000000"],
-                           "--image-d 100000000000 with --image-n 8 needs about", "give --image-d at most")
+                           "--image-d 100000000000 with --image-n 8: about", "give --image-d at most")
     assert not (tmp_path / "lab").exists()
 
     run = tmp_path / "frozen"
@@ -3316,3 +3317,59 @@ def test_round_34_demo_refuses_more_samples_than_real_digits_before_its_first_pa
                                f"1797, is the floor the samplers are scored against), got {n}")
         assert started == [] and not (tmp_path / "d").exists()
     assert demo.check_n(1797) == 1797
+
+
+SECOND_CTRL_C = """
+import runpy, signal, sys
+from ddimlab import train
+
+def ctrl_c_at_call(name, k):                  # as cli_support.signal_at_call, but keeping _check_weights' no_grad
+    real, calls = getattr(train, name), []
+    def interrupting(*a, **kw):
+        calls.append(1)
+        if len(calls) == k:
+            signal.raise_signal(signal.SIGINT)
+        return real(*a, **kw)
+    setattr(train, name, interrupting)
+
+first, name, second, *argv = sys.argv[1:]
+ctrl_c_at_call("get_batch", int(first))       # Ctrl-C: stop after this step, with a checkpoint
+ctrl_c_at_call(name, int(second))             # again, while that checkpoint is made
+sys.argv = ["ddimlab", *argv]
+runpy.run_module("ddimlab", run_name="__main__")
+"""
+
+
+def test_round_37_a_second_ctrl_c_says_what_the_run_kept_and_how_to_go_on(tmp_path):
+    """`train`: Ctrl-C asks for a checkpoint and a stop; a second Ctrl-C while that checkpoint is made (it stops at once)
+    said only "train: interrupted", not whether anything was kept. It now names the step it stopped at and the last
+    checkpoint kept (continue with --resume), or, before the first one, that nothing of the run was kept (and under
+    --overwrite that the previous run is back). `python -m ddimlab train`, the two Ctrl-C raised from inside the work."""
+    def train(first, second, out, *more, name="_check_weights"):
+        argv = [str(first), name, str(second), "train", "--out", str(out), "--no-progress",
+                *_sets(kv for kv in TINY if not kv.startswith("steps=")), "--set", "steps=100", *more]
+        return _run_scripts(f"import sys\nsys.argv[1:] = {argv!r}\n{SECOND_CTRL_C}")
+
+    run = tmp_path / "run"       # a checkpoint at step 2 (call 1 of _check_weights); Ctrl-C in step 3, again in its save
+    p = train(3, 2, run, "--set", "ckpt_every=2")
+    assert p.returncode == 130 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip().endswith(f"train: interrupted: stopped at once at step 3; the last checkpoint, {run / 'ckpt.pt'} "
+                                     f"of step 2, is kept; step 3 is lost: continue with --resume"), p.stderr
+    assert checkpoint.load_checkpoint(run / "ckpt.pt")["step"] == 2
+    # a second Ctrl-C while ckpt.pt is written waits for the write, which is then kept
+    p = train(1, 1, run, "--set", "ckpt_every=2", "--resume", name="save_run")     # resumed at step 2: step 3 is its first
+    assert p.returncode == 130 and p.stderr.strip().endswith(
+        f"stopped at once at step 3; the last checkpoint, {run / 'ckpt.pt'} of step 3, is kept: continue with --resume")
+    assert checkpoint.load_checkpoint(run / "ckpt.pt")["step"] == 3
+    assert _run("train", "--out", run, "--resume", "--no-progress", "--set", "steps=4").returncode == 0
+    assert checkpoint.load_checkpoint(run / "ckpt.pt")["step"] == 4
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    # before the first checkpoint: nothing kept; a new folder is removed again, --overwrite puts the previous run back
+    p = train(2, 1, tmp_path / "new", "--set", "ckpt_every=50")
+    assert p.returncode == 130 and p.stderr.strip().endswith(
+        "stopped at once at step 2, before the run's first checkpoint: nothing of it is kept, run the command again to "
+        "start over"), p.stderr
+    assert not (tmp_path / "new").exists()
+    p = train(2, 1, run, "--set", "ckpt_every=50", "--overwrite")
+    assert p.returncode == 130 and f"nothing of it is kept, and the previous run goes back into {run}" in p.stderr, p.stderr
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before

@@ -438,3 +438,25 @@ def test_ddim_eta_step_on_gaussian_data_is_c_x_plus_sigma_z_and_keeps_less_than_
                 kept = c ** 2 * v_t + s2
                 assert bool((kept < v_s).all())
                 torch.testing.assert_close(v_s - kept, gap, rtol=1e-9, atol=1e-12 * float(v_s.max()))
+
+
+def test_a_trajectory_past_half_the_memory_is_refused_before_the_first_step(monkeypatch):
+    """return_trajectory=True keeps every step's x (and x̂_0) in memory: a run whose trajectory outgrows the memory failed
+    at its end, in torch's allocator, with all its steps lost. It is now refused before the first ε call, saying the
+    largest batch that fits; a shorter run, or one without the trajectory, goes ahead."""
+    from ddimlab import checks, ode
+
+    monkeypatch.setattr(checks, "memory_limit", lambda: 64 * 2 ** 20)          # a 128 MiB machine
+    x_T, full = _xT(8192), schedule.timesteps(1000, 1000)                       # 128 KiB per state
+    calls = ode.counted(EPS)
+    for run, states in ((lambda: samplers.ddim_sample(calls, x_T, AB, full, return_trajectory=True), 2001),
+                        (lambda: samplers.ddpm_sample(calls, x_T, AB, return_trajectory=True), 2001),
+                        (lambda: ode.heun(calls, x_T, AB, full, return_trajectory=True), 1001),
+                        (lambda: samplers.ddim_invert(calls, 0.1 * x_T, AB, full, return_trajectory=True), 1001)):
+        with pytest.raises(ValueError, match=rf"^return_trajectory=True keeps {states} tensors of x(_T|0)'s shape \(8192, 2\): "
+                                             r"about 0\.\d+ GiB, more than half of this machine's 0\.12 GiB; give at most "
+                                             rf"{64 * 2 ** 20 // (states * 16):,} samples per run"):
+            run()
+    assert calls.calls == 0
+    x0, traj = samplers.ddim_sample(calls, x_T, AB, schedule.timesteps(10, 1000), return_trajectory=True)
+    assert len(traj["x"]) == 11 and calls.calls == 10

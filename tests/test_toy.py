@@ -380,3 +380,85 @@ def test_point_masses_stood_in_for_by_variance_1e_12_have_the_eps_of_bayes_rule(
         assert np.abs(eps[1e-12] - bayes).max() < 1e-6 * scale, t
         if t == 0:
             assert np.abs(eps[1e-6] - bayes).max() > 5e-3 * scale
+
+
+def test_sizes_past_half_the_memory_are_refused_before_any_allocation(monkeypatch):
+    """toy.image_like_mixture(d=10**9) allocated until torch's allocator failed (or the system killed the process), and
+    random_mixture(d=10**5) and sample(10**10) the same: each now says the size, the estimate and the largest size that
+    fits (half of this machine's memory, `checks.memory_limit`) before allocating anything."""
+    from ddimlab import checks
+
+    ring, shared = toy.eight_gaussians(), toy.image_like_mixture(d=4, K=2)
+    calls = {"image_like_mixture": lambda: toy.image_like_mixture(d=10 ** 12),
+             "random_mixture": lambda: toy.random_mixture(d=10 ** 6),
+             "default_mixture": lambda: toy.default_mixture(10 ** 6),
+             "sample": lambda: ring.sample(10 ** 12),
+             "sample, shared basis": lambda: shared.sample(10 ** 12),
+             "kl_to_normal": lambda: toy.kl_to_normal(ring, 0.5, n=10 ** 12)}
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=r": about [0-9,]+ GiB, more than half of this machine's [0-9]+ GiB; "
+                                             r"(give d|draw) at most [0-9,]+"):
+            call()
+    # the limit itself: with 64 MiB allowed (a 128 MiB machine), 10⁵ dimensions of 10 components (61 MiB) fit, 1.1 · 10⁵ not
+    monkeypatch.setattr(checks, "memory_limit", lambda: 64 * 2 ** 20)
+    with pytest.raises(ValueError, match=r"^toy\.image_like_mixture\(d=110000, K=10\): about 0\.066 GiB, more than half "
+                                         r"of this machine's 0\.12 GiB; give d at most 104,857$"):
+        toy.image_like_mixture(d=110_000)
+    assert toy.image_like_mixture(d=100_000).d == 100_000
+
+
+PEAK = """
+import re, sys, torch
+from ddimlab import toy
+make, d, K, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+build = lambda: toy.image_like_mixture(d=d, K=K) if make == "image" else toy.random_mixture(d=d, K=K)
+small = build() if n else None          # small: its d is a few hundred times less than the draws' n
+toy.image_like_mixture(d=100, K=2).sample(10) if make == "image" else toy.random_mixture(d=8, K=2).sample(10)  # warm-up
+status = lambda key: int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+before = status("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")      # VmHWM, the peak resident memory, starts again from VmRSS
+small.sample(n) if n else build()
+print(status("VmHWM") - before)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").access("/proc/self/clear_refs", __import__("os").W_OK),
+                    reason="the peak memory is reset and read through Linux's /proc/self")
+def test_the_memory_estimates_bound_the_measured_peak():
+    """The estimates behind the refusals above (toy.IMAGE_LIKE_BYTES per K·d, RANDOM_MIXTURE_BYTES per K·d², each
+    mixture's `_bytes_per_draw`) against the peak resident memory of a fresh process (VmHWM) for sizes of 100 to 200
+    MB: an estimate below the real peak would let a size through that fills the memory. Allowed on top: 48 MiB that
+    torch's first calls take whatever the size (82 bytes per K·d at d = 10⁵, 53 at 10⁶), after a small warm-up call
+    of the same functions (without it one run measured 179 MB for the 128 MB estimated; with it three runs, 112 MB)."""
+    import subprocess
+    import sys
+
+    cases = [("image", 5 * 10 ** 5, 4, 0, toy.IMAGE_LIKE_BYTES * 4 * 5 * 10 ** 5),
+             ("random", 800, 4, 0, toy.RANDOM_MIXTURE_BYTES * 4 * 800 ** 2),
+             ("random", 16, 4, 4 * 10 ** 5, 4 * 10 ** 5 * toy.random_mixture(d=16, K=4)._bytes_per_draw()),
+             ("image", 1000, 4, 10 ** 5, 10 ** 5 * toy.image_like_mixture(d=1000, K=4)._bytes_per_draw())]
+    for make, d, K, n, estimate in cases:
+        out = subprocess.run([sys.executable, "-c", PEAK, make, str(d), str(K), str(n)], capture_output=True, text=True,
+                             env={**__import__("os").environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+        assert out.returncode == 0, out.stderr
+        peak = int(out.stdout)
+        assert 0.3 * estimate < peak <= estimate + 48 * 2 ** 20, (make, d, K, n, peak, estimate)
+
+
+def test_kernel_tables_past_half_the_memory_are_refused_and_the_advice_names_a_size_that_can_shrink():
+    """gram, mmd2_unbiased and lab.jackknife of 10⁶ points asked torch's allocator for 8 TB (a RuntimeError from
+    alloc_cpu.cpp); image_like_mixture(d=10, K=10**9) advised "give d at most 0", which no d fits."""
+    from ddimlab import lab
+
+    big = torch.zeros(10 ** 6, 2)
+    for call, name, tables in ((lambda: toy.gram(big, big, 1.0), "gram", "1 kernel table"),
+                               (lambda: toy.mmd2_unbiased(big, big, toy.ENERGY), "mmd2_unbiased", "3 kernel tables"),
+                               (lambda: lab.jackknife(big, big, toy.ENERGY), "jackknife", "3 kernel tables")):
+        with pytest.raises(ValueError, match=rf"^{name}'s {tables} of up to 1,000,000 x 1,000,000 points: about [0-9,]+ "
+                                             r"GiB, more than half of this machine's [0-9,.]+ GiB; give at most [0-9,]+ "
+                                             r"points per set$"):
+            call()
+    for call in (lambda: toy.image_like_mixture(d=10, K=10 ** 9), lambda: toy.random_mixture(d=2, K=10 ** 9)):
+        with pytest.raises(ValueError, match=r"; give K at most [1-9][0-9,]*$"):
+            call()
