@@ -301,8 +301,9 @@ def ddpm_init_(net: UNet) -> UNet:
     """The official DDPM code's initialisation, in place (Ho et al.'s diffusion_tf, `nn.default_init`; notebook 06 §1):
     every conv and dense weight uniform with variance scale / fan_avg, fan_avg = (fan_in + fan_out) / 2 (Glorot's
     uniform), biases 0, and scale 1e-10 (their `init_scale=0.`) for the last conv of each residual block, the attention
-    output and the output conv (weights 1e-5 times the size of Glorot's): the untrained network answers ≈ 0 and every residual and
-    attention block starts as the identity. `UNet` otherwise keeps PyTorch's defaults (variance by fan_in alone, every
+    output and the output conv (weights 1e-5 times the size of Glorot's): the untrained network answers ≈ 0, every residual block
+    starts as its skip path (the identity, or its 1×1 `nin_shortcut` conv where the channels change) and every attention
+    block as the identity. `UNet` otherwise keeps PyTorch's defaults (variance by fan_in alone, every
     branch on), as the DDIM authors' port does."""
     last = {net.conv_out} | {m.conv2 for m in net.modules() if isinstance(m, ResnetBlock)} \
         | {m.proj_out for m in net.modules() if isinstance(m, AttnBlock)}

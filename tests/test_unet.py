@@ -189,8 +189,9 @@ def test_network_cast_to_another_dtype_runs_and_agrees_with_float32(randomize, d
 def test_ddpm_init_starts_every_residual_branch_off_with_glorot_variance_elsewhere():
     """The official code's initialisation (diffusion_tf `default_init`): fan-average uniform weights, zero biases, and
     ~0 for each residual branch's last conv, the attention output and the output conv, so the untrained network
-    answers ~0 and every residual and attention block is the identity. Variances against 2 / (fan_in + fan_out)
-    from the shapes, in SE; the blocks are found by type, each checked as the identity."""
+    answers ~0, every attention block is the identity and every residual block its skip path (the identity, or the
+    1×1 shortcut conv where the channels change). Variances against 2 / (fan_in + fan_out) from the shapes, in SE; the
+    blocks are found by type, each checked against its skip path."""
     torch.manual_seed(0)
     net = unet.ddpm_init_(small())
     x, t = torch.randn(4, 2, 8, 8), torch.tensor([0, 300, 600, 999])
@@ -203,9 +204,11 @@ def test_ddpm_init_starts_every_residual_branch_off_with_glorot_variance_elsewhe
             if isinstance(block, unet.AttnBlock):
                 h = torch.randn(4, block.proj_out.in_channels, 4, 4)
                 torch.testing.assert_close(block(h), h, atol=1e-4, rtol=0)
-            elif block.conv1.in_channels == block.conv2.out_channels:      # no shortcut conv: the identity
+            else:
                 h = torch.randn(4, block.conv1.in_channels, 4, 4)
-                torch.testing.assert_close(block(h, temb), h, atol=1e-4, rtol=0)
+                skip = block.nin_shortcut(h) if hasattr(block, "nin_shortcut") else h
+                torch.testing.assert_close(block(h, temb), skip, atol=1e-4, rtol=0)
+    assert {hasattr(b, "nin_shortcut") for b in blocks if isinstance(b, unet.ResnetBlock)} == {True, False}   # both kinds
     tiny = 0
     for m in net.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
