@@ -220,10 +220,10 @@ def _mixture_eps(x, a):
     return math.sqrt(1 - a) * np.sum(dens * (x - m) / v, -1) / np.sum(dens, -1)
 
 
-def _edit_law(seq, eta, x_in=0.0, h=0.004, n_z=10):
+def _edit_law(seq, eta, x_in=0.0, h=0.004, n_z=10, eps=None):
     """The cdf of DDIM(η) edits of x_in along seq with the exact ε, computed, not sampled (notebook 10 §3, "D(t₀),
     computed"): a step sends x_t to m(x_t) + σ z with m increasing, so F_s(y) = E_z F_t(m⁻¹(y − σ z)); m⁻¹ by a cubic
-    spline on a grid of spacing h, E_z by n_z-node Gauss–Hermite."""
+    spline on a grid of spacing h, E_z by n_z-node Gauss–Hermite. eps(x, a): the exact ε, the mixture's by default."""
     xq, (z, wz) = np.arange(-6, 6 + h / 2, h), np.polynomial.hermite_e.hermegauss(n_z)
     steps = [int(t) for t in seq] + [-1]
     a0 = float(AB[steps[0]])
@@ -231,12 +231,45 @@ def _edit_law(seq, eta, x_in=0.0, h=0.004, n_z=10):
     for t, s in zip(steps[:-1], steps[1:]):
         a_t, a_s = float(AB[t]), (float(AB[s]) if s >= 0 else 1.0)
         sig = eta * math.sqrt((1 - a_s) / (1 - a_t) * (1 - a_t / a_s))
-        e = _mixture_eps(xq, a_t)
+        e = (eps or _mixture_eps)(xq, a_t)
         m = math.sqrt(a_s) * (xq - math.sqrt(1 - a_t) * e) / math.sqrt(a_t) + math.sqrt(max(1 - a_s - sig ** 2, 0.0)) * e
         spline = interpolate.CubicSpline(m, F)
         F_m = lambda y: np.clip(spline(np.clip(y, m[0], m[-1])), 0, 1)            # noqa: E731
         F = F_m(xq[:, None] - sig * z) @ (wz / wz.sum()) if sig > 0 else F_m(xq)
     return lambda y: np.interp(y, xq, F)
+
+
+def test_edit_law_by_quadrature_is_exact_on_one_gaussian_where_the_law_is_known():
+    """Notebook 10 §3 says carrying the cdf through each step's increasing mean map plus Gaussian noise is exact up to the
+    grid. On data N(0.5, 0.2²) every step is linear, x_s = A x_t + B + σ z with A = a k + b and B = a (μ − k √ᾱ_t μ)
+    (x̂_0 = μ + k (x_t − √ᾱ_t μ), k = √ᾱ_t s² / (ᾱ_t s² + 1 − ᾱ_t)), so the edits are Gaussian with a mean and variance
+    by recursion: the quadrature must give that cdf to the grid's error (2e-5, shrinking as h²), for η = 1 and 0 on
+    img2img's 15 strided steps from t0 = 285; the recursion with each step's σ doubled, a wrong law, must be missed."""
+    mu, s2, x_in = 0.5, 0.04, 0.0
+    seq = schedule.timesteps(50, 1000, "linspace")[35:]
+
+    def eps(x, a):
+        return math.sqrt(1 - a) * (x - math.sqrt(a) * mu) / (a * s2 + 1 - a)
+
+    def gaussian_law(eta, noise=1.0):
+        steps = [int(t) for t in seq] + [-1]
+        a0 = float(AB[steps[0]])
+        mean, var = math.sqrt(a0) * x_in, 1 - a0
+        for t, s in zip(steps[:-1], steps[1:]):
+            a_t, a_s = float(AB[t]), (float(AB[s]) if s >= 0 else 1.0)
+            sig = eta * math.sqrt((1 - a_s) / (1 - a_t) * (1 - a_t / a_s))
+            b = math.sqrt(max(1 - a_s - sig ** 2, 0.0) / (1 - a_t))
+            a, k = math.sqrt(a_s) - b * math.sqrt(a_t), math.sqrt(a_t) * s2 / (a_t * s2 + 1 - a_t)
+            A, B = a * k + b, a * (mu - k * math.sqrt(a_t) * mu)
+            mean, var = A * mean + B, A ** 2 * var + (noise * sig) ** 2
+        return mean, math.sqrt(var)
+
+    y = np.linspace(-1, 2, 601)
+    for eta in (1.0, 0.0):
+        exact = stats.norm.cdf(y, *gaussian_law(eta))
+        err = [np.abs(_edit_law(seq, eta, x_in, h=h, eps=eps)(y) - exact).max() for h in (0.004, 0.002)]
+        assert err[0] < 5e-5 and err[1] < err[0] / 3, err      # the grid's error: about 2e-5, shrinking as h²
+    assert np.abs(_edit_law(seq, 1.0, x_in, eps=eps)(y) - stats.norm.cdf(y, *gaussian_law(1.0, noise=2.0))).max() > 1e-2
 
 
 def test_edit_law_by_quadrature_is_the_law_of_the_librarys_edits():
