@@ -3069,3 +3069,33 @@ def test_round_37_a_loaded_network_carries_its_schedule_to_the_samplers(tmp_path
     assert bool(torch.isfinite(samplers.ddim_sample(checkpoint.eps_fn(net), x_T, abar, seq)).all())
     assert generate.generate_samples(net, tmp_path / "samples", 2, shape=(1, 8, 8), S=2, alpha_bar=abar) == [0, 1]
     assert not hasattr(checkpoint.eps_fn(_tiny_net()), "alpha_bar")
+
+def test_round_38_the_memory_limit_is_a_containers_and_unknown_sizes_refuse_nothing(tmp_path, monkeypatch):
+    """checks.memory_limit read only sysconf, which in a container says the host's memory: under a control-group limit
+    below it a size check passed and the kernel killed the process. Where sysconf says -1 (a size it does not know) the
+    limit was 0.5 bytes or negative, and every check refused everything. The limit is now the smaller of the two, and an
+    unknown size is no limit."""
+    from ddimlab import checks
+
+    monkeypatch.setattr(checks, "cgroup_memory", lambda: 2 ** 30, raising=False)
+    assert checks.memory_limit() == 2 ** 29
+    with pytest.raises(ValueError, match=r"more than half of this machine's 1 GiB"):
+        toy.random_mixture(d=2000, K=4)
+    monkeypatch.setattr(checks, "cgroup_memory", lambda: math.inf, raising=False)
+    monkeypatch.setattr(checks.os, "sysconf", lambda name: -1)
+    assert checks.memory_limit() == math.inf
+    checks.check_fits(2 ** 20, "one MiB", lambda limit: "")
+    monkeypatch.undo()                                    # the files a control group's limit is read from
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    (v1 / "memory" / "box" / "job").mkdir(parents=True)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")        # v1's "no limit"
+    (v1 / "memory" / "box" / "memory.limit_in_bytes").write_text(f"{3 * 2 ** 30}\n")
+    (v1 / "memory" / "box" / "job" / "memory.limit_in_bytes").write_text(f"{4 * 2 ** 30}\n")
+    (v1 / "groups").write_text("9:pids:/\n4:memory:/box/job\n0::/\n")
+    assert checks.cgroup_memory(v1, v1 / "groups") == 3 * 2 ** 30            # the smallest of the group and those above
+    (v2 / "c").mkdir(parents=True)
+    (v2 / "c" / "memory.max").write_text("max\n")
+    (v2 / "memory.max").write_text(f"{2 ** 30}\n")
+    (v2 / "groups").write_text("0::/c\n")
+    assert checks.cgroup_memory(v2, v2 / "groups") == 2 ** 30
+    assert checks.cgroup_memory(v2, tmp_path / "none") == math.inf
