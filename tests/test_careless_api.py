@@ -3129,3 +3129,21 @@ def test_round_38_an_empty_batch_with_its_trajectory_samples_as_before():
     eps = toy.exact_eps(toy.random_mixture(d=2, K=3, seed=0), AB)
     x, traj = samplers.ddim_sample(eps, torch.zeros(0, 2, dtype=torch.float64), AB, [999, 500], return_trajectory=True)
     assert x.shape == (0, 2) and len(traj["x"]) == 3
+
+def test_round_38_networks_trained_or_loaded_by_train_carry_their_schedule(tmp_path):
+    """A network from train.train (return_models), train.load_trained (and so pretrained.digits_model) carried no
+    schedule, so sampling it on another table than its training one went through to finite, wrong images; it now carries
+    its config's table as load_model's network does (`checkpoint.carry_schedule`), and its own table passes."""
+    from ddimlab import train
+
+    tiny = {"steps": 1, "ch": 8, "ch_mult": (1,), "attn_resolutions": (), "num_groups": 4, "batch_size": 16,
+            "n_samples": 0, "progress": False, "warmup": 1, "schedule": "cosine", "out": str(tmp_path / "run")}
+    out, model, ema = train.train(train.make_config("digits", tiny), return_models=True)
+    loaded, config = train.load_trained(out / "ckpt.pt")
+    own, linear = schedule.make_alpha_bar("cosine", 1000), schedule.make_alpha_bar("linear", 1000)
+    x_T, seq = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)), schedule.timesteps(2, 1000)
+    for net in (model.eval(), ema, loaded):
+        with pytest.raises(ValueError, match=r"^alpha_bar \(T = 1000\) is not the schedule eps was made for .*pass the "
+                                             r"table the network was trained on \(eps\.alpha_bar"):
+            samplers.ddim_sample(checkpoint.eps_fn(net), x_T, linear, seq)
+        assert bool(torch.isfinite(samplers.ddim_sample(checkpoint.eps_fn(net), x_T, own, seq)).all())
