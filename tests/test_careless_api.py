@@ -3093,6 +3093,7 @@ def test_round_38_the_same_schedule_computed_in_float32_is_not_refused(toy_setup
         with pytest.raises(ValueError, match=r"^alpha_bar \(T = 1000\) is not the schedule eps was made for"):
             samplers.ddim_sample(eps, x_T, other, seq)
 
+
 def test_round_38_the_memory_limit_is_a_containers_and_unknown_sizes_refuse_nothing(tmp_path, monkeypatch):
     """checks.memory_limit read only sysconf, which in a container says the host's memory: under a control-group limit
     below it a size check passed and the kernel killed the process. Where sysconf says -1 (a size it does not know) the
@@ -3123,12 +3124,14 @@ def test_round_38_the_memory_limit_is_a_containers_and_unknown_sizes_refuse_noth
     assert checks.cgroup_memory(v2, v2 / "groups") == 2 ** 30
     assert checks.cgroup_memory(v2, tmp_path / "none") == math.inf
 
+
 def test_round_38_an_empty_batch_with_its_trajectory_samples_as_before():
     """The trajectory's memory estimate read x[0], an IndexError for an empty batch, which the samplers map to an empty
     answer (as before round 37)."""
     eps = toy.exact_eps(toy.random_mixture(d=2, K=3, seed=0), AB)
     x, traj = samplers.ddim_sample(eps, torch.zeros(0, 2, dtype=torch.float64), AB, [999, 500], return_trajectory=True)
     assert x.shape == (0, 2) and len(traj["x"]) == 3
+
 
 def test_round_38_networks_trained_or_loaded_by_train_carry_their_schedule(tmp_path):
     """A network from train.train (return_models), train.load_trained (and so pretrained.digits_model) carried no
@@ -3147,3 +3150,26 @@ def test_round_38_networks_trained_or_loaded_by_train_carry_their_schedule(tmp_p
                                              r"table the network was trained on \(eps\.alpha_bar"):
             samplers.ddim_sample(checkpoint.eps_fn(net), x_T, linear, seq)
         assert bool(torch.isfinite(samplers.ddim_sample(checkpoint.eps_fn(net), x_T, own, seq)).all())
+
+
+def test_round_38_log_likelihood_refuses_samples_that_mix_without_sample_0(toy_setup):
+    """The batch-mixing probe looked only at the gradient of the other samples' ε with respect to sample 0, so an ε in
+    which samples 1 and 2 mix (and sample 0 does not) gave finite, wrong densities: the one-sample-at-a-time answer is
+    the reference it missed. Every ordered pair is now looked at; each sample on its own still passes."""
+    mix, eps, _, _ = toy_setup
+    x0 = mix.sample(5, torch.Generator().manual_seed(1))
+    swap = [0, 2, 1, 3, 4]
+
+    def mixing(x, t):                                  # samples 1 and 2 see each other; 0, 3 and 4 only themselves
+        return eps(x, t) + 0.3 * x[swap]
+
+    kw = dict(alpha_bar=AB, t_start=500, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="^eps mixes the samples of a batch"):
+        ode.log_likelihood(mixing, x0, **kw)
+    for rows in ([0, 1, 2, 3, 3], [0, 1, 2, 4, 4]):     # one way only: sample 4 sees sample 3, or 3 sees 4
+        one_way = lambda x, t, rows=rows: eps(x, t) + 0.3 * x[rows]                         # noqa: E731
+        with pytest.raises(ValueError, match="^eps mixes the samples of a batch"):
+            ode.log_likelihood(one_way, x0, **kw)
+    apart = lambda x, t: eps(x, t) + 0.3 * x                                             # noqa: E731
+    torch.testing.assert_close(ode.log_likelihood(apart, x0, **kw),
+                               torch.cat([ode.log_likelihood(apart, x0[i:i + 1], **kw) for i in range(5)]), rtol=0, atol=1e-4)
