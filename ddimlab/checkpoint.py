@@ -625,8 +625,15 @@ def load_model(path, device="cpu", use_ema: bool = True):
                                       f"e.g. {list(weights)[:2]}, is a UNet weight); pass {LOADABLE}")
             net = load_state_strict(net, weights, source=str(path))
             abar = schedule.make_alpha_bar("linear", 1000)
-    net.alpha_bar = abar.clone()          # its schedule, which eps_fn(net) carries to the samplers' check_schedule
-    return net.to(device).eval(), abar.to(device)
+    return carry_schedule(net, abar).to(device).eval(), abar.to(device)
+
+
+def carry_schedule(net: torch.nn.Module, alpha_bar: torch.Tensor) -> torch.nn.Module:
+    """`net` with the ᾱ it was trained on as `net.alpha_bar` (float64, on the CPU, whatever device net moves to), which
+    `eps_fn(net)` carries to the samplers' `samplers.check_schedule`: the one way a network keeps its schedule
+    (`load_model`, `train.load_trained`, `train.build_model`)."""
+    net.alpha_bar = alpha_bar.detach().to("cpu", torch.float64).clone()
+    return net
 
 
 def _json_dict(path: Path) -> dict:
@@ -776,6 +783,6 @@ def eps_fn(model, amp: bool = False):
                                                        "True)" if isinstance(out, tuple) else ""))
         return out.to(x.dtype)
     eps.network, eps.amp = model, amp      # what generate_samples records of the weights and precision
-    if isinstance(getattr(model, "alpha_bar", None), torch.Tensor):     # set by load_model: the schedule it was trained on
+    if isinstance(getattr(model, "alpha_bar", None), torch.Tensor):     # set by carry_schedule: the table it was trained on
         eps.alpha_bar = model.alpha_bar
     return eps

@@ -1,10 +1,12 @@
 """Argument checks that many modules share: one rule and one message each."""
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import operator
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -59,12 +61,48 @@ def check_generator(generator, device=None):
 
 
 def memory_limit() -> float:
-    """Half of this machine's physical memory in bytes (math.inf where the system does not say: Windows): the most that
-    one call's tables may take (`check_fits`), leaving the rest to the system and the caller's own tensors."""
+    """Half of the memory this process may use, in bytes: the machine's physical memory, or a container's smaller
+    control-group limit (`cgroup_memory`); math.inf where neither can be read (no sysconf on Windows; -1 where a system
+    does not know). The most that one call's tables may take (`check_fits`), leaving the rest to the system and the
+    caller's own tensors."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2
+        pages, page = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
+        pages = page = -1
+    physical = pages * page if pages > 0 and page > 0 else math.inf
+    return min(physical, cgroup_memory()) / 2
+
+
+@functools.cache
+def cgroup_memory(root=Path("/sys/fs/cgroup"), groups=Path("/proc/self/cgroup")) -> float:
+    """The memory limit in bytes of this process's control group or of any group above it (v2 memory.max, v1
+    memory.limit_in_bytes, as /proc/self/cgroup names them; math.inf where there is none, or "max"): a container's limit
+    below the host's memory, past which the kernel kills the process, where sysconf still says the host's. Read once.
+    root: where Linux mounts the groups; groups: the file naming this process's."""
+    try:
+        lines = groups.read_text().splitlines()
+    except OSError:
         return math.inf
+    limits = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", None, "")
+        if controllers == "":
+            where, name = root, "memory.max"                        # v2, unified
+        elif "memory" in controllers.split(","):
+            where, name = root / "memory", "memory.limit_in_bytes"
+        else:
+            continue
+        folder = where / path.lstrip("/")
+        for group in (folder, *folder.parents):         # in a container its own group is often mounted as the root
+            if group == where.parent:
+                break
+            try:
+                value = (group / name).read_text().strip()
+            except OSError:
+                continue
+            if value.isdigit():
+                limits.append(int(value))
+    return float(min(limits, default=math.inf))
 
 
 def check_fits(need: float, what: str, fix) -> None:

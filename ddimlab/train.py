@@ -47,7 +47,15 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from . import data, devices, schedule, unet
-from .checkpoint import EARLY_EMA, CheckpointError, eps_fn, load_checkpoint, save_checkpoint, unet_from_run
+from .checkpoint import (
+    EARLY_EMA,
+    CheckpointError,
+    carry_schedule,
+    eps_fn,
+    load_checkpoint,
+    save_checkpoint,
+    unet_from_run,
+)
 from .checks import as_real, check_bool, check_int
 from .elbo import l_simple
 from .files import (
@@ -403,9 +411,11 @@ def config_from_dict(d: dict, strict: bool = False, validate: bool = True) -> Tr
 # --------------------------------------------------------------------------- building blocks
 
 def build_model(config: TrainConfig, in_ch: int) -> torch.nn.Module:
-    """The DDPM UNet (`ddimlab.unet.UNet`) at the config's size, initialised as `config.init` says."""
+    """The DDPM UNet (`ddimlab.unet.UNet`) at the config's size, initialised as `config.init` says, carrying the
+    config's ᾱ (`checkpoint.carry_schedule`)."""
     net = unet.UNet(in_ch=in_ch, **{k: getattr(config, k) for k in MODEL_KEYS})
-    return unet.ddpm_init_(net) if config.init == "ddpm" else net
+    net = unet.ddpm_init_(net) if config.init == "ddpm" else net
+    return carry_schedule(net, schedule.make_alpha_bar(config.schedule, config.T))
 
 
 def load_dataset(config: TrainConfig) -> torch.Tensor:
@@ -526,7 +536,8 @@ def load_trained(path, device="cpu", use_ema: bool = True):
         warnings.warn(f"the checkpoint's settings fail a check of this ddimlab ({e}); they are returned as saved",
                       UnknownSettingsWarning, stacklevel=2)
         config = config_from_dict(state["config"], validate=False)
-    return unet_from_run(state, use_ema).to(device), config
+    net = carry_schedule(unet_from_run(state, use_ema), schedule.make_alpha_bar(config.schedule, config.T))
+    return net.to(device), config
 
 
 # --------------------------------------------------------------------------- the run folder

@@ -2995,7 +2995,7 @@ def test_round_37_samplers_refuse_a_schedule_other_than_the_one_eps_was_made_for
                                                  r"schedule eps was made for \(eps\.alpha_bar, T = 1000.*pass eps\.alpha_bar"):
                 run(other)
         assert calls.calls == 0, name
-    with pytest.raises(ValueError, match=r"first at t = 0: 0\.999959 against eps's 0\.9999\)"):
+    with pytest.raises(ValueError, match=r"first at t = 1: 0\.999913 against eps's 0\.99978\)"):
         samplers.ddim_sample(eps, x_T, cosine, seq)
     # what the refusal prevents: the same ε on the cosine table lands far from where it lands on its own
     plain = lambda x, t: eps(x, t)                                  # noqa: E731 (no table: not checked, as a network)
@@ -3060,8 +3060,9 @@ def test_round_37_a_loaded_network_carries_its_schedule_to_the_samplers(tmp_path
     folder = checkpoint.save_diffusers_folder(_tiny_net().eval(), tmp_path / "export", cosine)
     net, abar = checkpoint.load_model(folder)
     x_T, seq = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)), schedule.timesteps(2, 400)
-    with pytest.raises(ValueError, match=r"^alpha_bar \(T = 400\) is not the schedule eps was made for .*first at t = 0.*"
-                                         r"pass the alpha_bar checkpoint\.load_model returned with the network$"):
+    with pytest.raises(ValueError, match=r"^alpha_bar \(T = 400\) is not the schedule eps was made for .*first at t = 4: .*"
+                                         r"pass the table the network was trained on \(eps\.alpha_bar; checkpoint\.load_model "
+                                         r"returns it beside the network\)$"):
         samplers.ddim_sample(checkpoint.eps_fn(net), x_T, schedule.make_alpha_bar("linear", 400), seq)
     with pytest.raises(ValueError, match=r"^alpha_bar \(T = 1000\) is not the schedule eps was made for"):
         generate.generate_samples(net, tmp_path / "samples", 2, shape=(1, 8, 8), S=2)
@@ -3069,3 +3070,106 @@ def test_round_37_a_loaded_network_carries_its_schedule_to_the_samplers(tmp_path
     assert bool(torch.isfinite(samplers.ddim_sample(checkpoint.eps_fn(net), x_T, abar, seq)).all())
     assert generate.generate_samples(net, tmp_path / "samples", 2, shape=(1, 8, 8), S=2, alpha_bar=abar) == [0, 1]
     assert not hasattr(checkpoint.eps_fn(_tiny_net()), "alpha_bar")
+
+
+def test_round_38_the_same_schedule_computed_in_float32_is_not_refused(toy_setup):
+    """samplers.check_schedule compared tables to rtol 1e-6, but the cosine schedule as diffusers computes it (betas and
+    their cumulative product in float32: `scheduler.alphas_cumprod`) is 1.3e-5 off ddimlab's float64 table, so an ε
+    made on one and sampled on the other, the same schedule, was refused. Built here from the cosine formula (Nichol &
+    Dhariwal 2021, eq. 17) in float32, independently of ddimlab; it passes and samples as the float64 table does, while
+    another table (a step later, or the linear one) is still refused."""
+    mix, _, x_T, seq = toy_setup
+    f = lambda t: math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2        # noqa: E731
+    betas = torch.tensor([min(1 - f(i + 1) / f(i), 0.999) for i in range(1000)], dtype=torch.float32)
+    diffusers_table = torch.cumprod(1 - betas, 0)
+    cosine = schedule.make_alpha_bar("cosine", 1000)
+    assert float(((diffusers_table.double() - cosine) / cosine).abs().max()) > 1e-5       # what the old check refused
+    eps = toy.exact_eps(mix, cosine)
+    torch.testing.assert_close(samplers.ddim_sample(eps, x_T, diffusers_table, seq),
+                               samplers.ddim_sample(eps, x_T, cosine, seq), rtol=0, atol=1e-3)
+    samplers.guided_eps(eps, toy.exact_eps(mix, diffusers_table.double()), 2.0)
+    later = torch.cat([cosine[1:], cosine[-1:] * 0.5])
+    for other in (later, schedule.make_alpha_bar("linear", 1000)):
+        with pytest.raises(ValueError, match=r"^alpha_bar \(T = 1000\) is not the schedule eps was made for"):
+            samplers.ddim_sample(eps, x_T, other, seq)
+
+
+def test_round_38_the_memory_limit_is_a_containers_and_unknown_sizes_refuse_nothing(tmp_path, monkeypatch):
+    """checks.memory_limit read only sysconf, which in a container says the host's memory: under a control-group limit
+    below it a size check passed and the kernel killed the process. Where sysconf says -1 (a size it does not know) the
+    limit was 0.5 bytes or negative, and every check refused everything. The limit is now the smaller of the two, and an
+    unknown size is no limit."""
+    from ddimlab import checks
+
+    monkeypatch.setattr(checks, "cgroup_memory", lambda: 2 ** 30, raising=False)
+    assert checks.memory_limit() == 2 ** 29
+    with pytest.raises(ValueError, match=r"more than half of this machine's 1 GiB"):
+        toy.random_mixture(d=2000, K=4)
+    monkeypatch.setattr(checks, "cgroup_memory", lambda: math.inf, raising=False)
+    monkeypatch.setattr(checks.os, "sysconf", lambda name: -1)
+    assert checks.memory_limit() == math.inf
+    checks.check_fits(2 ** 20, "one MiB", lambda limit: "")
+    monkeypatch.undo()                                    # the files a control group's limit is read from
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    (v1 / "memory" / "box" / "job").mkdir(parents=True)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")        # v1's "no limit"
+    (v1 / "memory" / "box" / "memory.limit_in_bytes").write_text(f"{3 * 2 ** 30}\n")
+    (v1 / "memory" / "box" / "job" / "memory.limit_in_bytes").write_text(f"{4 * 2 ** 30}\n")
+    (v1 / "groups").write_text("9:pids:/\n4:memory:/box/job\n0::/\n")
+    assert checks.cgroup_memory(v1, v1 / "groups") == 3 * 2 ** 30            # the smallest of the group and those above
+    (v2 / "c").mkdir(parents=True)
+    (v2 / "c" / "memory.max").write_text("max\n")
+    (v2 / "memory.max").write_text(f"{2 ** 30}\n")
+    (v2 / "groups").write_text("0::/c\n")
+    assert checks.cgroup_memory(v2, v2 / "groups") == 2 ** 30
+    assert checks.cgroup_memory(v2, tmp_path / "none") == math.inf
+
+
+def test_round_38_an_empty_batch_with_its_trajectory_samples_as_before():
+    """The trajectory's memory estimate read x[0], an IndexError for an empty batch, which the samplers map to an empty
+    answer (as before round 37)."""
+    eps = toy.exact_eps(toy.random_mixture(d=2, K=3, seed=0), AB)
+    x, traj = samplers.ddim_sample(eps, torch.zeros(0, 2, dtype=torch.float64), AB, [999, 500], return_trajectory=True)
+    assert x.shape == (0, 2) and len(traj["x"]) == 3
+
+
+def test_round_38_networks_trained_or_loaded_by_train_carry_their_schedule(tmp_path):
+    """A network from train.train (return_models), train.load_trained (and so pretrained.digits_model) carried no
+    schedule, so sampling it on another table than its training one went through to finite, wrong images; it now carries
+    its config's table as load_model's network does (`checkpoint.carry_schedule`), and its own table passes."""
+    from ddimlab import train
+
+    tiny = {"steps": 1, "ch": 8, "ch_mult": (1,), "attn_resolutions": (), "num_groups": 4, "batch_size": 16,
+            "n_samples": 0, "progress": False, "warmup": 1, "schedule": "cosine", "out": str(tmp_path / "run")}
+    out, model, ema = train.train(train.make_config("digits", tiny), return_models=True)
+    loaded, config = train.load_trained(out / "ckpt.pt")
+    own, linear = schedule.make_alpha_bar("cosine", 1000), schedule.make_alpha_bar("linear", 1000)
+    x_T, seq = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)), schedule.timesteps(2, 1000)
+    for net in (model.eval(), ema, loaded):
+        with pytest.raises(ValueError, match=r"^alpha_bar \(T = 1000\) is not the schedule eps was made for .*pass the "
+                                             r"table the network was trained on \(eps\.alpha_bar"):
+            samplers.ddim_sample(checkpoint.eps_fn(net), x_T, linear, seq)
+        assert bool(torch.isfinite(samplers.ddim_sample(checkpoint.eps_fn(net), x_T, own, seq)).all())
+
+
+def test_round_38_log_likelihood_refuses_samples_that_mix_without_sample_0(toy_setup):
+    """The batch-mixing probe looked only at the gradient of the other samples' ε with respect to sample 0, so an ε in
+    which samples 1 and 2 mix (and sample 0 does not) gave finite, wrong densities: the one-sample-at-a-time answer is
+    the reference it missed. Every ordered pair is now looked at; each sample on its own still passes."""
+    mix, eps, _, _ = toy_setup
+    x0 = mix.sample(5, torch.Generator().manual_seed(1))
+    swap = [0, 2, 1, 3, 4]
+
+    def mixing(x, t):                                  # samples 1 and 2 see each other; 0, 3 and 4 only themselves
+        return eps(x, t) + 0.3 * x[swap]
+
+    kw = dict(alpha_bar=AB, t_start=500, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="^eps mixes the samples of a batch"):
+        ode.log_likelihood(mixing, x0, **kw)
+    for rows in ([0, 1, 2, 3, 3], [0, 1, 2, 4, 4]):     # one way only: sample 4 sees sample 3, or 3 sees 4
+        one_way = lambda x, t, rows=rows: eps(x, t) + 0.3 * x[rows]                         # noqa: E731
+        with pytest.raises(ValueError, match="^eps mixes the samples of a batch"):
+            ode.log_likelihood(one_way, x0, **kw)
+    apart = lambda x, t: eps(x, t) + 0.3 * x                                             # noqa: E731
+    torch.testing.assert_close(ode.log_likelihood(apart, x0, **kw),
+                               torch.cat([ode.log_likelihood(apart, x0[i:i + 1], **kw) for i in range(5)]), rtol=0, atol=1e-4)

@@ -189,3 +189,15 @@ def test_round_34_python_dash_m_pretrained_says_errors_and_ctrl_c_in_one_line(tm
     assert r.stderr.splitlines()[-1] == ("python -m ddimlab.pretrained: interrupted: stopped training the cached digits "
                                          "model; nothing was kept, and the next run trains it from the start"), r.stderr
     assert [p.name for p in (tmp_path / "models").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_the_model_carries_its_training_schedule(first):
+    """digits_model's network carried no schedule, so the samplers could not refuse another table than its training
+    one; it now carries its config's (`checkpoint.carry_schedule`), which eps_fn passes on to `check_schedule`."""
+    from ddimlab import checkpoint, samplers, schedule
+
+    model, config = first
+    own = schedule.make_alpha_bar(config.schedule, config.T)
+    assert torch.equal(checkpoint.eps_fn(model).alpha_bar, own)
+    with pytest.raises(ValueError, match="is not the schedule eps was made for"):
+        samplers.check_schedule(checkpoint.eps_fn(model), schedule.make_alpha_bar("cosine", config.T))
