@@ -408,7 +408,8 @@ def test_one_bandwidth_mmd2_under_added_noise_rises_to_its_ceiling_and_no_furthe
 
 @pytest.fixture(scope="module")
 def sigma_hat_last_steps():
-    """σ̂ at S = 10 on the 1024-D image-like data, 2000 runs: (x_100, x_out, each run's component at t = 100)."""
+    """σ̂ at S = 10 on the 1024-D image-like data, 2000 runs: (x_100, x_out, each run's component at t = 100, and the
+    log π_k p_k of x_0, its state at t = 0)."""
     from ddimlab import samplers
 
     T = 1000
@@ -417,27 +418,29 @@ def sigma_hat_last_steps():
     seen, g = {}, torch.Generator().manual_seed(0)
 
     def keep(state):
-        if int(state["s"]) == 100:
-            seen["x_100"] = state["x"].clone()
+        if int(state["s"]) in (100, 0):
+            seen[int(state["s"])] = state["x"].clone()
 
     x_T = torch.randn(2000, 1024, generator=g, dtype=torch.float64)
     out = samplers.sample_row(toy.exact_eps(img, alpha_bar), x_T, alpha_bar, schedule.timesteps(10, T, "uniform"),
                               samplers.SIGMA_HAT, generator=g, callback=keep)
-    a = float(alpha_bar[100])
-    # each component's log density at t = 100 retyped: N(√ᾱ μ_k, diag(ᾱ λ_k + 1 − ᾱ)), plus log π_k
-    v = a * img.eigvals + 1 - a
-    log_joint = (img.weights.log() - 0.5 * v.log().sum(1)
-                 - 0.5 * ((seen["x_100"][:, None, :] - math.sqrt(a) * img.means) ** 2 / v).sum(2))
-    top2 = log_joint.topk(2, dim=1).values
+
+    def log_joint(x, a):
+        # each component's log density at ᾱ = a retyped: N(√a μ_k, diag(a λ_k + 1 − a)), plus log π_k
+        v = a * img.eigvals + 1 - a
+        return img.weights.log() - 0.5 * v.log().sum(1) - 0.5 * ((x[:, None, :] - math.sqrt(a) * img.means) ** 2 / v).sum(2)
+
+    at_100 = log_joint(seen[100], float(alpha_bar[100]))
+    top2 = at_100.topk(2, dim=1).values
     assert float((top2[:, 0] - top2[:, 1]).min()) > 10     # told apart (odds over e^10 to 1): the formula is exact
-    return img, alpha_bar, seen["x_100"], out, log_joint.argmax(1)
+    return img, alpha_bar, seen[100], out, at_100.argmax(1), log_joint(seen[0], float(alpha_bar[0]))
 
 
 def sigma_hat_miss(data, root=True, jump=None, final_step=True, true_u2=False):
     """Per band of directions (0-15, 16-63, 64-255, 256-1023): mean over the runs of (x_out − μ_k)² minus
     g_0² ((c_0 g + c_100)² u² + σ̂²), u = x_100 − √ᾱ_100 μ_k, in SE of that mean (notebook 09 §5, the exact form);
     the keywords make the wrong formulas the notebook shows failing."""
-    img, alpha_bar, x_100, out, k = data
+    img, alpha_bar, x_100, out, k, _ = data
     a, a0 = float(alpha_bar[100]), float(alpha_bar[0])
     lam, mu = img.eigvals[k], img.means[k]
     g = (math.sqrt(a) if root else 1.0) * lam / (a * lam + 1 - a)
@@ -467,3 +470,35 @@ def test_sigma_hat_noise_floor_is_its_last_jump_in_every_band(sigma_hat_last_ste
     beta_tilde = (1 - a0) / (1 - a) * (1 - a / a0)
     assert all(z > 3 for z in sigma_hat_miss(sigma_hat_last_steps, jump=beta_tilde))
     assert abs(sigma_hat_miss(sigma_hat_last_steps, final_step=False)[3]) > 3
+
+
+def test_sigma_hat_final_step_sees_the_component_of_t_100(sigma_hat_last_steps):
+    """Notebook 09 §5, step 3 of the exact form: at t = 0 each run's most likely component is the one it had at t = 100,
+    the next one under e^−10 times as likely, so the final step's slope g_0 is the same component's."""
+    *_, k, at_0 = sigma_hat_last_steps
+    top2 = at_0.topk(2, dim=1).values
+    assert bool((at_0.argmax(1) == k).all()) and float((top2[:, 0] - top2[:, 1]).min()) > 10
+
+
+def test_sigma_hat_jump_keeps_the_mean_on_the_schedule():
+    """Notebook 09 §5: DDPM eq. 7's mean over a jump t → s, c_0 x̂_0 + c_t x_t with c_0 = √ᾱ_s (1 − ᾱ_t/ᾱ_s)/(1 − ᾱ_t) and
+    c_t = √(ᾱ_t/ᾱ_s)(1 − ᾱ_s)/(1 − ᾱ_t), has c_0 + c_t √ᾱ_t = √ᾱ_s for every s < t (the means cancel); these c's are σ̂'s:
+    one step of `samplers.sample_row` with σ̂ and zero noise is c_0 x̂_0 + c_t x_t. c_t with √ᾱ_t for √(ᾱ_t/ᾱ_s) fails."""
+    from ddimlab import samplers
+
+    ab = schedule.make_alpha_bar("linear", 1000)
+    a_t, a_s = ab[:, None], ab[None, :]
+    c0, ct = a_s.sqrt() * (1 - a_t / a_s) / (1 - a_t), (a_t / a_s).sqrt() * (1 - a_s) / (1 - a_t)
+    below = torch.ones(1000, 1000, dtype=torch.bool).tril(-1)
+    assert float((c0 + ct * a_t.sqrt() - a_s.sqrt())[below].abs().max()) < 1e-12
+    slip = c0 + a_t.sqrt() * (1 - a_s) / (1 - a_t) * a_t.sqrt() - a_s.sqrt()
+    assert float(slip[below].abs().max()) > 1e-2
+    x0_hat, x_t = torch.tensor([[0.7, -1.3]], dtype=torch.float64), torch.tensor([[0.4, 2.0]], dtype=torch.float64)
+    t, s = 100, 0
+    a = float(ab[t])
+    eps = lambda x, _: (x - math.sqrt(a) * x0_hat) / math.sqrt(1 - a)       # noqa: E731  so that x̂_0(x_t) = x0_hat
+    seen = {}
+    no_noise = lambda t_, s_: torch.zeros(1, 2, dtype=torch.float64)           # noqa: E731
+    samplers.sample_row(eps, x_t, ab, torch.tensor([t, s]), samplers.SIGMA_HAT, noise_sampler=no_noise,
+                        callback=lambda st: seen.__setitem__(int(st["s"]), st["x"]))
+    torch.testing.assert_close(seen[s], float(c0[t, s]) * x0_hat + float(ct[t, s]) * x_t, rtol=1e-12, atol=1e-12)

@@ -442,3 +442,27 @@ def test_on_a_gaussian_with_the_rings_variances_heun_in_tau_wins_to_s_80_and_los
         eps = toy.exact_eps(toy.GaussianMixture(torch.ones(1), torch.zeros(1, 2, dtype=torch.float64), torch.diag(lam)[None]), AB)
         x_T = math.sqrt(float(AB[999])) * torch.ones(1, 2, dtype=torch.float64)            # x̄_T = 1
         assert torch.allclose(ode.heun(eps, x_T, AB, schedule.timesteps(S, 1000, "linspace"))[0], x_sig, rtol=1e-9, atol=0)
+
+
+def test_leading_terms_weighted_by_the_end_point_give_the_gaussians_ratio():
+    """notebook 05 §3 (why τ wins on the ring): each Heun step from the exact x̄ at σ, h = σ' − σ, misses x̄ by
+    −h³λσ/(2(λ + σ²)³) in σ and h³λ(λ − σ)/(2(1 + σ)(λ + σ²)³) in τ (tests/test_ode.py), a relative miss that the linear
+    map carries to the end; summed with the last Euler step's √(λ/(λ + σ_0²)) − 1 and weighted by each direction's end
+    point (as the RMS error over x_T ~ N(0, I) weighs it), the ratio is the exact one's to 0.07 at S = 10 to 80, not at S = 5.
+    Summed without the end point's weight (the notebook's first version) it misses by more than 0.07 at S = 10."""
+    lam = torch.linalg.eigvalsh(toy.eight_gaussians().covs[0])
+    tau = lambda s, r: (1 + r) / (1 + s)                 # noqa: E731
+    for S in (5, 10, 20, 40, 80):
+        (x_sig, exact), (x_tau, _) = (_heun_on_a_gaussian(lam, S, w) for w in ((lambda s, r: 1.0), tau))
+        ratio = float(((x_tau - exact).pow(2).sum() / (x_sig - exact).pow(2).sum()).sqrt())
+        sig = torch.tensor([float(ode.sigma_at(AB, int(t))) for t in schedule.timesteps(S, 1000, "linspace")] + [0.0],
+                           dtype=torch.float64)
+        h, s = (sig[1:-1] - sig[:-2])[:, None], sig[:-2, None]
+        last = (lam / (lam + sig[-2] ** 2)).sqrt() - 1
+        miss_sig = (-h ** 3 * lam * s / (2 * (lam + s * s) ** 3)).sum(0) + last
+        miss_tau = (h ** 3 * lam * (lam - s) / (2 * (1 + s) * (lam + s * s) ** 3)).sum(0) + last
+        lead = float(((miss_tau * exact).pow(2).sum() / (miss_sig * exact).pow(2).sum()).sqrt())
+        assert (abs(lead - ratio) < 0.07) == (S >= 10), (S, lead, ratio)
+        if S == 10:
+            unweighted = float((miss_tau.pow(2).sum() / miss_sig.pow(2).sum()).sqrt())
+            assert abs(unweighted - ratio) > 0.07, (unweighted, ratio)

@@ -1283,3 +1283,25 @@ def test_dpm_solver_pp_2m_lands_above_the_flow_where_its_constant_passes_x0_at_s
         assert bool((constant > limit).all()) == passes and bool((constant < limit).all()) != passes
         if passes:
             assert bool((xb_s > flow_s).all())
+
+
+
+def test_dpm_solver_pp_2m_bound_leading_order_is_the_strong_direction_limit():
+    """Notebook 09 §7 (d): on the flow, D = λ/√(λ + σ²) (x̄_T scaled out) and D_∞ = √λ; the ratio (h/2) m/(D_∞ − D_t), with
+    m = (D_t − D_{−1})/h_{−1}, tends for σ² ≪ λ to (e^{2h_{−1}} − 1) h/(2h_{−1}), as D_∞ − D ≈ σ²/(2√λ) falls like e^{−2ℓ}: at
+    λ = 10⁶ within 1e-4 on uniform steps (S = 20, 50, 100) and λ-uniform ones; with e^{h_{−1}} (D_∞ − D falling like σ)
+    it misses by over 30%. At λ = 0.05 (σ² not ≪ λ) the ratio is below the leading order and not within 1e-4 of it."""
+    ell = lambda t: -0.5 * math.log(1 / float(AB[t]) - 1)                      # noqa: E731  ℓ = −log σ
+    for seq in [schedule.timesteps(S, 1000, "uniform") for S in (20, 50, 100)] + [ode.lambda_timesteps(100, AB)]:
+        t2, t1, t0 = (int(t) for t in seq[-3:])
+        h, h_p = ell(t0) - ell(t1), ell(t1) - ell(t2)
+        leading = (math.exp(2 * h_p) - 1) * h / (2 * h_p)
+        slip = (math.exp(h_p) - 1) * h / (2 * h_p)
+        for lam, close in ((1e6, True), (0.05, False)):
+            D_p, D_t = (lam / math.sqrt(lam + math.exp(-2 * ell(t))) for t in (t2, t1))
+            ratio = h / 2 * (D_t - D_p) / h_p / (math.sqrt(lam) - D_t)
+            assert (abs(ratio / leading - 1) < 1e-4) == close, (seq[-3:], lam, ratio, leading)
+            if close:
+                assert abs(slip / ratio - 1) > 0.3
+            else:
+                assert ratio < leading
