@@ -238,9 +238,10 @@ def generate_samples(model, out_dir, n: int, *, shape=None, S: int = 50, eta=0.0
     sha256, seed, S, η, spacing, shape, clipping, amp); a folder made with other settings is a ValueError, never reused.
     `model` is a network `model(x, t)`, `checkpoint.eps_fn` of one, or any callable eps(x, t); a callable's weights
     cannot be hashed, so name them with `model_id` (a checkpoint path and step, say; recorded and compared like the
-    hash) or get a warning that a resume with other weights would not be noticed. alpha_bar defaults to DDPM's linear
-    schedule with T = 1000; η and the steps as in `sample_indices` and `sampling_steps`; shape (C, H, W) defaults to
-    the network's own (`check_shape`).
+    hash) or get a warning that a resume with other weights would not be noticed. alpha_bar defaults to the table
+    the model carries (`checkpoint.carry_schedule`: a network from `load_model`, `load_trained` or `train`, or eps_fn of
+    one), else DDPM's linear schedule with T = 1000; η and the steps as in `sample_indices` and `sampling_steps`; shape
+    (C, H, W) defaults to the network's own (`check_shape`).
     """
     amp, progress = check_bool("amp", amp), check_bool("progress", progress)
     n, batch_size, seed, eta = check_int("n", n, 1), check_int("batch_size", batch_size), check_int("seed", seed, 0), \
@@ -249,7 +250,10 @@ def generate_samples(model, out_dir, n: int, *, shape=None, S: int = 50, eta=0.0
     model_key = _model_key(model, model_id, out_dir)
     shape = check_shape(shape, model)
     rank, world_size = resolve_rank(rank, world_size)
-    alpha_bar = schedule.make_alpha_bar("linear", 1000) if alpha_bar is None else schedule.validate_alpha_bar(alpha_bar)
+    if alpha_bar is None:          # the table the network was trained on, where it carries one (checkpoint.carry_schedule)
+        alpha_bar = getattr(model, "alpha_bar", None)
+        alpha_bar = alpha_bar if isinstance(alpha_bar, torch.Tensor) else schedule.make_alpha_bar("linear", 1000)
+    alpha_bar = schedule.validate_alpha_bar(alpha_bar)
     seq = sampling_steps(S, alpha_bar.shape[0], spacing)
     check_first_step(alpha_bar, seq)                     # S = 1 on `quad` is the step t = 0: the PNGs would be x_T
     out_dir = Path(out_dir)

@@ -3065,10 +3065,29 @@ def test_round_37_a_loaded_network_carries_its_schedule_to_the_samplers(tmp_path
                                          r"returns it beside the network\)$"):
         samplers.ddim_sample(checkpoint.eps_fn(net), x_T, schedule.make_alpha_bar("linear", 400), seq)
     with pytest.raises(ValueError, match=r"^alpha_bar \(T = 1000\) is not the schedule eps was made for"):
-        generate.generate_samples(net, tmp_path / "samples", 2, shape=(1, 8, 8), S=2)
+        generate.generate_samples(net, tmp_path / "samples", 2, shape=(1, 8, 8), S=2,
+                                  alpha_bar=schedule.make_alpha_bar("linear", 1000))
     assert not (tmp_path / "samples").exists()
     assert bool(torch.isfinite(samplers.ddim_sample(checkpoint.eps_fn(net), x_T, abar, seq)).all())
     assert generate.generate_samples(net, tmp_path / "samples", 2, shape=(1, 8, 8), S=2, alpha_bar=abar) == [0, 1]
+
+
+def test_round_39_generate_samples_defaults_to_the_table_the_network_carries(tmp_path):
+    """generate_samples' ᾱ defaulted to the linear T = 1000 table whatever the network: a cosine T = 400 model from
+    load_model was refused by the samplers' schedule check (and before round 37 sampled wrongly) unless its table was
+    passed. It now takes the table the network (or eps_fn of it) carries; its settings.json records that table, so the
+    folder is the one an explicit alpha_bar=abar makes. A network that carries none still gets the linear one."""
+    cosine = schedule.make_alpha_bar("cosine", 400)
+    net, abar = checkpoint.load_model(checkpoint.save_diffusers_folder(_tiny_net().eval(), tmp_path / "export", cosine))
+    for model, name in ((net, "net"), (checkpoint.eps_fn(net), "eps")):
+        assert generate.generate_samples(model, tmp_path / name, 2, shape=(1, 8, 8), S=2) == [0, 1]
+        assert generate.generate_samples(model, tmp_path / name, 3, shape=(1, 8, 8), S=2,
+                                         alpha_bar=abar) == [2]          # the same settings: the folder is reused
+    settings = json.loads((tmp_path / "net" / "settings.json").read_text())
+    assert settings["T"] == 400
+    plain = _tiny_net().eval()
+    generate.generate_samples(plain, tmp_path / "plain", 1, shape=(1, 8, 8), S=2)
+    assert json.loads((tmp_path / "plain" / "settings.json").read_text())["T"] == 1000
     assert not hasattr(checkpoint.eps_fn(_tiny_net()), "alpha_bar")
 
 
