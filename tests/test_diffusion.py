@@ -276,3 +276,20 @@ def test_score_from_eps_is_the_gradient_of_log_q_t():
         torch.testing.assert_close(predict_x0(x, e_star, a), mean[:, :1], rtol=1e-9, atol=1e-12)
     with pytest.raises(ValueError, match="a_t must lie in"):
         score_from_eps(x, 1.0)
+
+
+@pytest.mark.parametrize("t, expected", [(1, 1.354), (500, 9.574), (999, 7.071)])
+def test_the_largest_eta_on_a_single_step_is_root_of_one_minus_alpha_bar_over_beta(t, expected):
+    """Notebook 04 §3: σ² ≤ 1 − ᾱ_s allows η up to √((1−ᾱ_s)/β̃), on a single step t → t − 1 √((1−ᾱ_t)/β_t) with β_t
+    the schedule's own beta (not a ratio of ᾱ's): 1.35 at t = 1, 9.57 at 500, 7.07 at 999, as the notebook prints.
+    There the direction term vanishes, x_s = √ᾱ_s x̂_0 + √(1−ᾱ_s) z; ddim_step refuses 1e-6 more, naming the bound."""
+    a_t, a_s = float(AB[t]), float(AB[t - 1])
+    eta_max = math.sqrt((1 - a_t) / float(beta_schedule("linear", 1000).double()[t]))
+    assert eta_max == pytest.approx(expected, abs=1e-3)
+    gen = torch.Generator().manual_seed(t)
+    x_t, eps, z = (torch.randn(3, 4, generator=gen, dtype=F64) for _ in range(3))
+    x_s, x0_hat = ddim_step(x_t, eps, a_t, a_s, eta_max * (1 - 1e-12), noise=z)
+    # 1e-12 below the bound leaves √(2e-12) ≈ 1.4e-6 of the direction term's coefficient
+    torch.testing.assert_close(x_s, math.sqrt(a_s) * x0_hat + math.sqrt(1 - a_s) * z, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=f"eta <= {eta_max:.6g} on this step"):
+        ddim_step(x_t, eps, a_t, a_s, eta_max * (1 + 1e-6), noise=z)
