@@ -234,3 +234,49 @@ def test_discretized_likelihood_rejects_bad_data():
         discretized_gaussian_log_likelihood(torch.tensor([0.0, 1.5]), 0.0, 0.0)
     with pytest.raises(ValueError, match="finite"):
         discretized_gaussian_log_likelihood(torch.tensor([0.0, float("nan")]), 0.0, 0.0)
+
+
+def _marginal_miss(marginal_fn) -> tuple[float, float]:
+    """The checks of notebook 03 §1 as functions of the formula under test: the largest miss of marginal_fn's (mean, cov)
+    of y = Ax + b + ε against the y-part of the numerically inverted joint precision (relative to the largest entry), and
+    against 200 000 Monte Carlo draws of y (in standard errors), over three shapes of (x, y)."""
+    gen = torch.Generator().manual_seed(6)
+    joint, mc = 0.0, 0.0
+    for n, m in [(3, 2), (2, 4), (1, 1)]:
+        mu, Lambda_inv, A, b, L_inv = linear_model(gen, n, m)
+        mean, cov = marginal_fn(mu, Lambda_inv, A, b, L_inv)
+        zmean, zcov = joint_from_precision(mu, Lambda_inv, A, b, L_inv)
+        scale = float(zcov[n:, n:].abs().max())
+        joint = max(joint, float((mean - zmean[n:]).abs().max()) / scale ** 0.5, float((cov - zcov[n:, n:]).abs().max()) / scale)
+        N = 200_000
+        x = mu + torch.randn(N, n, generator=gen, dtype=torch.float64) @ torch.linalg.cholesky(Lambda_inv).T
+        y = x @ A.T + b + torch.randn(N, m, generator=gen, dtype=torch.float64) @ torch.linalg.cholesky(L_inv).T
+        d = torch.diagonal(cov).clamp_min(1e-12)
+        mc = max(mc, float(((y.mean(0) - mean).abs() / (d / N).sqrt()).max()),
+                 float(((torch.cov(y.T).reshape(m, m) - cov).abs() / ((d[:, None] * d[None, :] + cov ** 2) / N).sqrt()).max()))
+    return joint, mc
+
+
+def _precisions_as_covariances(mu, Lambda_inv, A, b, L_inv):
+    """L + AΛAᵀ: the precisions put where L⁻¹ + AΛ⁻¹Aᵀ has covariances (notebook 03 §1's study-note mistake)."""
+    return A @ mu + b, torch.linalg.inv(L_inv) + A @ torch.linalg.inv(Lambda_inv) @ A.T
+
+
+MARGINAL_MUTANTS = {
+    "precisions as covariances": _precisions_as_covariances,
+    "noise term left out": lambda mu, Lambda_inv, A, b, L_inv: (A @ mu + b, A @ Lambda_inv @ A.T),
+    "noise precision L in place of L^-1": lambda mu, Lambda_inv, A, b, L_inv: (
+        A @ mu + b, torch.linalg.inv(L_inv) + A @ Lambda_inv @ A.T),
+    "mean without b": lambda mu, Lambda_inv, A, b, L_inv: (A @ mu, L_inv + A @ Lambda_inv @ A.T),
+}
+
+
+def test_marginal_checks_pass_for_the_library():
+    joint, mc = _marginal_miss(linear_gaussian_marginal)
+    assert joint < 1e-10 and mc <= Z
+
+
+@pytest.mark.parametrize("name", MARGINAL_MUTANTS)
+def test_marginal_checks_reject_wrong_formulas(name):
+    joint, mc = _marginal_miss(MARGINAL_MUTANTS[name])
+    assert joint > 1e-3 and mc > Z
