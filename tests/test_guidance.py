@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import integrate, interpolate, stats
+from scipy import integrate, stats
 
 from ddimlab import diffusion, lab, ode, samplers, schedule, toy
 
@@ -220,23 +220,15 @@ def _mixture_eps(x, a):
     return math.sqrt(1 - a) * np.sum(dens * (x - m) / v, -1) / np.sum(dens, -1)
 
 
+def _by_step(eps_a, table=AB):
+    """eps(x, t) in the samplers' convention, x of shape (N, 1), from a numpy ε(x, a) given ᾱ_t = a from `table`."""
+    ab = table.tolist()
+    return lambda x, t: torch.from_numpy(eps_a(x[:, 0].numpy(), ab[int(t[0])]))[:, None]
+
+
 def _edit_law(seq, eta, x_in=0.0, h=0.004, n_z=10, eps=None):
-    """The cdf of DDIM(η) edits of x_in along seq with the exact ε, computed, not sampled (notebook 10 §3, "D(t₀),
-    computed"): a step sends x_t to m(x_t) + σ z with m increasing, so F_s(y) = E_z F_t(m⁻¹(y − σ z)); m⁻¹ by a cubic
-    spline on a grid of spacing h, E_z by n_z-node Gauss–Hermite. eps(x, a): the exact ε, the mixture's by default."""
-    xq, (z, wz) = np.arange(-6, 6 + h / 2, h), np.polynomial.hermite_e.hermegauss(n_z)
-    steps = [int(t) for t in seq] + [-1]
-    a0 = float(AB[steps[0]])
-    F = stats.norm.cdf(xq, math.sqrt(a0) * x_in, math.sqrt(1 - a0))
-    for t, s in zip(steps[:-1], steps[1:]):
-        a_t, a_s = float(AB[t]), (float(AB[s]) if s >= 0 else 1.0)
-        sig = eta * math.sqrt((1 - a_s) / (1 - a_t) * (1 - a_t / a_s))
-        e = (eps or _mixture_eps)(xq, a_t)
-        m = math.sqrt(a_s) * (xq - math.sqrt(1 - a_t) * e) / math.sqrt(a_t) + math.sqrt(max(1 - a_s - sig ** 2, 0.0)) * e
-        spline = interpolate.CubicSpline(m, F)
-        F_m = lambda y: np.clip(spline(np.clip(y, m[0], m[-1])), 0, 1)            # noqa: E731
-        F = F_m(xq[:, None] - sig * z) @ (wz / wz.sum()) if sig > 0 else F_m(xq)
-    return lambda y: np.interp(y, xq, F)
+    """`samplers.sdedit_law` with the exact ε written by hand with scipy (`_mixture_eps`, not toy.exact_eps), or eps(x, a)."""
+    return samplers.sdedit_law(_by_step(eps or _mixture_eps), x_in, AB, seq, eta, h=h, n_z=n_z)
 
 
 def test_edit_law_by_quadrature_is_exact_on_one_gaussian_where_the_law_is_known():
@@ -354,6 +346,21 @@ def test_at_strength_075_the_librarys_eta0_edits_are_nearer_the_posterior_than_i
         D[eta] = r.statistic
         assert r.pvalue < 1e-6 and stats.kstest(x, _edit_law(seq, eta)).pvalue > 1e-3
     assert D[1.0] - D[0.0] > 0.005, D
+
+
+def test_sdedit_law_refuses_what_it_cannot_compute_by_name():
+    """`samplers.sdedit_law` says what was wrong: a grid spacing that is not in (0, span), x_in outside the grid, and an ε
+    whose step mean map m(x) does not increase (here ε = 500 x, which makes x̂_0 = (1 − 500 √(1−ᾱ_t)) x/√ᾱ_t fall)."""
+    eps = _by_step(_mixture_eps)
+    seq = torch.arange(20, -1, -1)
+    for kw, match in (({"h": 0.0}, "h must be"), ({"h": 7.0}, "h must be"), ({"x_in": 9.0}, "x_in must be"),
+                      ({"x_in": float("nan")}, "x_in must be")):
+        with pytest.raises(ValueError, match=match):
+            samplers.sdedit_law(eps, kw.pop("x_in", 0.0), AB, seq, 1.0, **kw)
+    with pytest.raises(ValueError, match="does not increase"):
+        samplers.sdedit_law(lambda x, t: 500 * x, 0.0, AB, seq, 1.0)
+    with pytest.raises(ValueError, match="eta must be"):
+        samplers.sdedit_law(eps, 0.0, AB, seq, -1.0)
 
 
 def test_strength_slice_equals_diffusers_img2img_steps():
