@@ -457,6 +457,48 @@ def sdedit(eps, x_in, alpha_bar, seq, eta: float = 1.0, generator: torch.Generat
     return ddim_sample(eps, x_t0, alpha_bar, seq, eta=eta, generator=generator, callback=callback)
 
 
+def sdedit_law(eps, x_in, alpha_bar, seq, eta: float = 1.0, h: float = 0.004, n_z: int = 10, span: float = 6.0):
+    """The cdf of `sdedit`'s edits of one 1-D point x_in, computed, not sampled (notebook 10 §3, "D(t₀), computed").
+
+    Each step of DDIM eq. 12 sends x_t to x_s = m(x_t) + σ z, m(x) = √ᾱ_s x̂_0(x) + √(1−ᾱ_s−σ²) ε(x, t), σ = `ddim_sigma`;
+    with an exact ε, m increases with x (notebook 10 §3), so from F_{t_0}(x) = Φ((x − √ᾱ_{t_0} x_in)/√(1−ᾱ_{t_0}))
+
+        F_s(y) = E_z F_t(m⁻¹(y − σ z)),
+
+    down to the last step, to ᾱ_{−1} = 1 (σ = 0, m = x̂_0). On a grid of spacing h on [−span, span]: m⁻¹ by a cubic spline
+    through (m(x), F_t(x)), E_z by n_z-node Gauss–Hermite. eps is called as the samplers call it, on the grid as (N, 1)
+    float64. Returns the cdf as a function of y (numpy, linear between grid points). A step whose m does not increase
+    (a network's ε need not give one that does) is a ValueError: the formula holds only where it does."""
+    import numpy as np
+    from scipy import interpolate, stats
+
+    eta = check_eta(eta)
+    x0_in, dh, width = as_real(x_in), as_real(h), as_real(span)
+    if x0_in is None or width is None or width <= abs(x0_in):
+        raise ValueError(f"x_in must be a finite number inside (-span, span) and span a finite number > 0, got x_in = "
+                         f"{x_in!r}, span = {span!r}")
+    if dh is None or not 0 < dh < width:
+        raise ValueError(f"h must be a number in (0, span) (the grid spacing), got {h!r}")
+    n_z = check_int("n_z", n_z, 1)
+    xq = torch.arange(-width, width + dh / 2, dh, dtype=torch.float64)
+    alpha_bar, seq = check_args(xq[:, None], alpha_bar, seq, name="the grid", eps=eps)
+    pairs, a = check_eta_steps(alpha_bar, seq, eta)
+    z, wz = np.polynomial.hermite_e.hermegauss(n_z)
+    x, wz = xq.numpy(), wz / wz.sum()
+    F = stats.norm.cdf(x, math.sqrt(a[0][0]) * x0_in, math.sqrt(1 - a[0][0]))
+    for (t, s), (a_t, a_s) in zip(pairs, a):
+        sig = float(ddim_sigma(a_t, a_s, eta))
+        e = call_eps(eps, xq[:, None], t)[:, 0].numpy()
+        m = math.sqrt(a_s) * (x - math.sqrt(1 - a_t) * e) / math.sqrt(a_t) + math.sqrt(max(1 - a_s - sig ** 2, 0.0)) * e
+        if not bool(np.all(np.diff(m) > 0)):
+            raise ValueError(f"step {t} -> {s}: the step's mean map m(x) = sqrt(a_s) x0_hat + sqrt(1 - a_s - sigma^2) eps "
+                             f"does not increase with x on the grid, which the law needs (an exact eps gives one that does)")
+        spline = interpolate.CubicSpline(m, F)
+        F_m = lambda y, m=m, spline=spline: np.clip(spline(np.clip(y, m[0], m[-1])), 0, 1)   # noqa: E731  cdf of m(x_t)
+        F = F_m(x[:, None] - sig * z) @ wz if sig > 0 else F_m(x)
+    return lambda y: np.interp(y, x, F)
+
+
 def langevin(eps, x, alpha_bar, t: int, step: float, n_steps: int, generator: torch.Generator | None = None,
              noise_sampler=None, callback=None):
     """Unadjusted Langevin at one noise level t, n_steps times with step size δ = step (notebook 10 §1):
