@@ -504,8 +504,10 @@ def test_the_ring_leaves_the_gaussian_in_the_steps_that_decide_its_components():
     error, > 3 SE) and the ring does not (not more error by 3 SE, its ratio below the Gaussian's by > 3 SE, paired);
     from the exact x at t = 6, where its components are decided, the ring reverses too, within 0.02 of the Gaussian's
     ratio, and from t = 57 it does not. At S = 5, from the exact x at t = 250 (the last Heun step) the ring's ratio is below
-    the Gaussian's (> 3 SE, paired); on the ring 16 times as wide, whose components are decided by t = 250, it is the
-    Gaussian's there (within 3 SE) and not from t = 500 (> 3 SE)."""
+    the Gaussian's (> 3 SE, paired), and at that step's end each quarter of the samples by their largest responsibility
+    at t = 250 has the ratio |wκ − 1|/|κ − 1| of its own κ (within 0.02), rising from quarter to quarter. On the ring 16
+    times as wide, whose components are decided by t = 250, the ratio from there is the Gaussian's (within 3 SE) and not
+    from t = 500 (> 3 SE)."""
     x_T = torch.randn(512, 2, generator=torch.Generator().manual_seed(41), dtype=torch.float64)
     lam = torch.linalg.eigvalsh(toy.eight_gaussians().covs[0])
     eps_g = toy.exact_eps(toy.GaussianMixture(torch.ones(1), torch.zeros(1, 2, dtype=torch.float64), torch.diag(lam)[None]), AB)
@@ -534,6 +536,23 @@ def test_the_ring_leaves_the_gaussian_in_the_steps_that_decide_its_components():
             assert not more(r57) and more(r6) and abs(r6[0] - r6_g[0]) < 0.02, (r57, r6, r6_g)
             d, se = _ratio_gap(gaussian(seq5, 250), ring(seq5, 250))
             assert d > 3 * se, (d, se)
+            # that step, t = 250 -> 0, at its end: ode.heun misses by p + C, Heun in τ by p + wC (p the predictor's miss, C the
+            # correction); by quarter of the largest responsibility at t = 250 the ratio is |wκ − 1|/|κ − 1| of the quarter's
+            # κ = −Σ⟨C, p⟩/Σ|p|² to 0.02, and rises from quarter to quarter
+            s0, s1 = (float(ode.sigma_at(AB, t)) for t in (250, 0))
+            d = eps(exact[250], torch.full((512,), 250))
+            pred = exact[250] * math.sqrt(s0 ** 2 + 1) + (s1 - s0) * d
+            corr = (s1 - s0) / 2 * (eps(pred / math.sqrt(s1 ** 2 + 1), torch.full((512,), 0)) - d)
+            p, w = pred - ode.reference_solution(eps, exact[250], AB, 250, 0) * math.sqrt(s1 ** 2 + 1), (1 + s1) / (1 + s0)
+            mix = toy.eight_gaussians()
+            one = lambda k: toy.GaussianMixture(torch.ones(1), mix.means[k:k + 1], mix.covs[k:k + 1])      # noqa: E731
+            resp = torch.stack([one(k).log_prob(exact[250], float(AB[250])) for k in range(mix.K)], 1).softmax(1).max(1).values
+            rises = []
+            for q in resp.argsort().reshape(4, -1):
+                kappa = float(-(corr[q] * p[q]).sum() / p[q].pow(2).sum())
+                rises.append(float(((p[q] + w * corr[q]).pow(2).sum() / (p[q] + corr[q]).pow(2).sum()).sqrt()))
+                assert abs(abs(w * kappa - 1) / abs(kappa - 1) - rises[-1]) < 0.02, (kappa, rises)
+            assert rises == sorted(rises), rises
         else:
             for t, same in ((250, True), (500, False)):
                 d, se = _ratio_gap(ring(seq5, t), gaussian(seq5, t))
