@@ -1,8 +1,8 @@
 """The derivations and claims of notebook 05 (the ODE view), checked again on other data, each with a mutation
 that must fail: ᾱ(t) log-linear between steps (§1), Fokker–Planck and the probability-flow ODE (§3), DDPM's step as
-the reverse SDE's (§3), the ODE in x (§5), local orders (§6, DPM-Solver++(2M) on its second step), Heun against
-DPM-Solver-2 (§6: different steps, both exact on point-mass data), the order of the inversion round trip and of Heun's
-there and back (§8)."""
+the reverse SDE's (§3), Heun in τ against Heun in σ on a Gaussian and where the ring leaves it (§3), the ODE in x (§5),
+local orders (§6, DPM-Solver++(2M) on its second step), Heun against DPM-Solver-2 (§6: different steps, both exact on
+point-mass data), the order of the inversion round trip and of Heun's there and back (§8)."""
 import math
 
 import numpy as np
@@ -466,3 +466,94 @@ def test_leading_terms_weighted_by_the_end_point_give_the_gaussians_ratio():
         if S == 10:
             unweighted = float((miss_tau.pow(2).sum() / miss_sig.pow(2).sum()).sqrt())
             assert abs(unweighted - ratio) > 0.07, (unweighted, ratio)
+
+
+
+def _heun_weighted(eps, x, seq, weight, k=0):
+    """x_0 from x at step seq[k] by Heun on dx̄/dσ = ε over the rest of seq, its correction times weight(σ, σ'), the step
+    into σ = 0 Euler's: weight 1 is `ode.heun`, (1 + σ')/(1 + σ) Heun in τ on the straight path (notebook 05 §3, where the
+    identity is checked against a loop in τ)."""
+    steps = [int(t) for t in seq[k:]] + [-1]
+    sig = [float(ode.sigma_at(AB, t)) for t in steps]
+    xbar = x / math.sqrt(float(schedule.alpha_bar_at(AB, steps[0])))
+    f = lambda y, s, t: eps(y / math.sqrt(s * s + 1), torch.full((len(y),), t))          # noqa: E731
+    for t, s, t1, s1 in zip(steps, sig, steps[1:], sig[1:]):
+        d = f(xbar, s, t)
+        pred = xbar + (s1 - s) * d
+        xbar = pred if t1 == -1 else pred + weight(s, s1) * (s1 - s) / 2 * (f(pred, s1, t1) - d)
+    return xbar
+
+
+def _tau_and_sigma(eps, x, ref, seq, k=0):
+    """Per-sample squared errors at x_0 against ref of Heun in τ and of Heun in σ, both from x at step seq[k]."""
+    weights = (lambda s, r: (1 + r) / (1 + s)), (lambda s, r: 1.0)
+    return tuple((_heun_weighted(eps, x, seq, w, k) - ref).pow(2).sum(1) for w in weights)
+
+
+def _ratio_gap(e_a, e_b):
+    """RMS ratio (τ over σ) of run a minus that of run b, from the same x_T, and its delete-one jackknife SE."""
+    r = lambda e: (e[0].sum() / e[1].sum()).sqrt()                                       # noqa: E731
+    loo = lambda e: ((e[0].sum() - e[0]) / (e[1].sum() - e[1])).sqrt()                  # noqa: E731
+    return float(r(e_a) - r(e_b)), lab.jackknife_se(loo(e_a) - loo(e_b))
+
+
+def test_the_ring_leaves_the_gaussian_in_the_steps_that_decide_its_components():
+    """notebook 05 §3 (where the ring leaves the Gaussian), on 512 other draws of x_T than the notebook's: Heun in τ over
+    `ode.heun` on eight Gaussians (exact ε*) against the Gaussian with a component's variances (closed-form ε* and end
+    point), both run from the exact x at a step of the linspace grid. At S = 160 the Gaussian reverses (Heun in τ more
+    error, > 3 SE) and the ring does not (not more error by 3 SE, its ratio below the Gaussian's by > 3 SE, paired);
+    from the exact x at t = 6, where its components are decided, the ring reverses too, within 0.02 of the Gaussian's
+    ratio, and from t = 57 it does not. At S = 5, from the exact x at t = 250 (the last Heun step) the ring's ratio is below
+    the Gaussian's (> 3 SE, paired), and at that step's end each quarter of the samples by their largest responsibility
+    at t = 250 has the ratio |wκ − 1|/|κ − 1| of its own κ (within 0.02), rising from quarter to quarter. On the ring 16
+    times as wide, whose components are decided by t = 250, the ratio from there is the Gaussian's (within 3 SE) and not
+    from t = 500 (> 3 SE)."""
+    x_T = torch.randn(512, 2, generator=torch.Generator().manual_seed(41), dtype=torch.float64)
+    lam = torch.linalg.eigvalsh(toy.eight_gaussians().covs[0])
+    eps_g = toy.exact_eps(toy.GaussianMixture(torch.ones(1), torch.zeros(1, 2, dtype=torch.float64), torch.diag(lam)[None]), AB)
+    ref_g = x_T / math.sqrt(float(AB[999])) * (lam / (lam + float(ode.sigma_at(AB, 999)) ** 2)).sqrt()
+
+    def gaussian(seq, t):                  # its errors from its exact x_t (x̄ ∝ √(λ + σ²)), t on the grid seq
+        x_t = ref_g * ((lam + float(ode.sigma_at(AB, t)) ** 2) / lam).sqrt() * math.sqrt(float(schedule.alpha_bar_at(AB, t)))
+        return _tau_and_sigma(eps_g, x_t, ref_g, seq, seq.tolist().index(t))
+
+    ratio = lambda e: lab.error_ratio(*e)["rms"]                                      # noqa: E731
+    more = lambda r: r[0] - 3 * r[1] > 1                                               # noqa: E731  τ more error, > 3 SE
+    seq5, seq160 = (schedule.timesteps(S, 1000, "linspace") for S in (5, 160))
+    assert seq5.tolist()[-3:] == [500, 250, 0] and {57, 6} <= set(seq160.tolist())
+    for radius, starts in ((0.7, (250, 57, 6)), (11.2, (500, 250))):
+        eps = toy.exact_eps(toy.eight_gaussians(radius=radius), AB)
+        x, t, exact = x_T, 999, {999: x_T}
+        for t_next in starts + (-1,):
+            x, t = ode.reference_solution(eps, x, AB, t, t_next), t_next
+            exact[t] = x
+        ring = lambda seq, t: _tau_and_sigma(eps, exact[t], exact[-1], seq, seq.tolist().index(t))    # noqa: E731
+        if radius == 0.7:
+            e, e_g = ring(seq160, 999), gaussian(seq160, 999)
+            d, se = _ratio_gap(e_g, e)
+            assert not more(ratio(e)) and more(ratio(e_g)) and d > 3 * se, (ratio(e), ratio(e_g), d, se)
+            r57, r6, r6_g = ratio(ring(seq160, 57)), ratio(ring(seq160, 6)), ratio(gaussian(seq160, 6))
+            assert not more(r57) and more(r6) and abs(r6[0] - r6_g[0]) < 0.02, (r57, r6, r6_g)
+            d, se = _ratio_gap(gaussian(seq5, 250), ring(seq5, 250))
+            assert d > 3 * se, (d, se)
+            # that step, t = 250 -> 0, at its end: ode.heun misses by p + C, Heun in τ by p + wC (p the predictor's miss, C the
+            # correction); by quarter of the largest responsibility at t = 250 the ratio is |wκ − 1|/|κ − 1| of the quarter's
+            # κ = −Σ⟨C, p⟩/Σ|p|² to 0.02, and rises from quarter to quarter
+            s0, s1 = (float(ode.sigma_at(AB, t)) for t in (250, 0))
+            d = eps(exact[250], torch.full((512,), 250))
+            pred = exact[250] * math.sqrt(s0 ** 2 + 1) + (s1 - s0) * d
+            corr = (s1 - s0) / 2 * (eps(pred / math.sqrt(s1 ** 2 + 1), torch.full((512,), 0)) - d)
+            p, w = pred - ode.reference_solution(eps, exact[250], AB, 250, 0) * math.sqrt(s1 ** 2 + 1), (1 + s1) / (1 + s0)
+            mix = toy.eight_gaussians()
+            one = lambda k: toy.GaussianMixture(torch.ones(1), mix.means[k:k + 1], mix.covs[k:k + 1])      # noqa: E731
+            resp = torch.stack([one(k).log_prob(exact[250], float(AB[250])) for k in range(mix.K)], 1).softmax(1).max(1).values
+            rises = []
+            for q in resp.argsort().reshape(4, -1):
+                kappa = float(-(corr[q] * p[q]).sum() / p[q].pow(2).sum())
+                rises.append(float(((p[q] + w * corr[q]).pow(2).sum() / (p[q] + corr[q]).pow(2).sum()).sqrt()))
+                assert abs(abs(w * kappa - 1) / abs(kappa - 1) - rises[-1]) < 0.02, (kappa, rises)
+            assert rises == sorted(rises), rises
+        else:
+            for t, same in ((250, True), (500, False)):
+                d, se = _ratio_gap(ring(seq5, t), gaussian(seq5, t))
+                assert (abs(d) < 3 * se) == same, (t, d, se)
