@@ -402,3 +402,51 @@ def test_bits_per_dim_is_the_exact_discrete_codelength_on_gaussian_data():
             assert abs(est * math.log(2) - exact_bits) > 10 * Z * se and abs(3 * est - exact_bits) > 10 * Z * se
         else:
             assert est - exact_bits > Z * se                       # 0.8 bits/dim above, about 35 SE
+
+
+def _t_and_noise(x0, ab, gen):
+    """t uniform on 0..T−1 and ε ~ N(0, I), drawn in l_simple's order, with ᾱ_t as a column."""
+    t = torch.randint(0, ab.numel(), (x0.shape[0],), generator=gen)
+    return t, torch.randn(x0.shape, generator=gen, dtype=x0.dtype), ab[t][:, None]
+
+
+def _l_simple_variance_for_sd(eps_model, x0, ab, gen):
+    """L_simple with x_t = √ᾱ_t x_0 + (1 − ᾱ_t) ε: the variance where the standard deviation belongs."""
+    t, noise, a = _t_and_noise(x0, ab, gen)
+    return ((noise - eps_model(a.sqrt() * x0 + (1 - a) * noise, t)) ** 2).mean(1)
+
+
+def _l_simple_summed_over_pixels(eps_model, x0, ab, gen):
+    """L_simple summed over the pixels instead of averaged (DDPM's mean_flat)."""
+    t, noise, a = _t_and_noise(x0, ab, gen)
+    return ((noise - eps_model(a.sqrt() * x0 + (1 - a).sqrt() * noise, t)) ** 2).sum(1)
+
+
+L_SIMPLE_MUTANTS = {"x_t with 1 - alpha_bar for its square root": _l_simple_variance_for_sd,
+                    "squared error summed over pixels": _l_simple_summed_over_pixels}
+
+
+def l_simple_miss(loss_fn, scale, N=20_000):
+    """|Monte Carlo L_simple of scale·ε* − its closed form| in SE, on data N(m, s² I) in 2-D (notebook 02 §7 (c)).
+
+    Per coordinate C_t = Var(ε | x_t) = ᾱ_t s²/(ᾱ_t s² + 1 − ᾱ_t); ε − ε* is uncorrelated with every function of x_t
+    and E ε*² = 1 − C_t, so E‖ε − c ε*‖²/d = C_t + (1 − c)² (1 − C_t), averaged over uniform t. At 20 000 draws the
+    check resolves about 1% of the loss: it cannot see the network called one step late (t + 1 for x_t's t), 0.0 SE."""
+    ab, m, s = make_alpha_bar("linear", 1000), torch.tensor([0.3, -0.2], dtype=F64), 0.5
+    gen = torch.Generator().manual_seed(3)
+    x0 = m + s * torch.randn(N, 2, generator=gen, dtype=F64)
+    per = loss_fn(affine_eps(ab, m.numpy(), s, scale), x0, ab, gen)
+    C = ab * s ** 2 / (ab * s ** 2 + 1 - ab)
+    closed = float((C + (1 - scale) ** 2 * (1 - C)).mean())
+    return abs(per.mean().item() - closed) / (per.std().item() / math.sqrt(N))
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.8])
+def test_l_simple_check_passes_for_the_library(scale):
+    assert l_simple_miss(lambda e, x0, ab, gen: l_simple(e, x0, ab, generator=gen, reduction="none"), scale) < Z
+
+
+@pytest.mark.parametrize("name", L_SIMPLE_MUTANTS)
+def test_l_simple_check_fails_for_mutant(name):
+    """The same closed-form check on a wrong L_simple: 18 and 29 SE off at ε*."""
+    assert min(l_simple_miss(L_SIMPLE_MUTANTS[name], scale) for scale in (1.0, 0.8)) > 2 * Z
