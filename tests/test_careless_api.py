@@ -3192,3 +3192,29 @@ def test_round_38_log_likelihood_refuses_samples_that_mix_without_sample_0(toy_s
     apart = lambda x, t: eps(x, t) + 0.3 * x                                             # noqa: E731
     torch.testing.assert_close(ode.log_likelihood(apart, x0, **kw),
                                torch.cat([ode.log_likelihood(apart, x0[i:i + 1], **kw) for i in range(5)]), rtol=0, atol=1e-4)
+
+
+def test_round_40_the_exact_divergence_of_an_image_sized_sample_is_refused_naming_hutchinson():
+    """ode.log_likelihood with hutchinson=None at d = 3072 (a CIFAR image) took 3072 backward passes per ε call, about a
+    thousand calls per solve: on one CPU thread, with the tests' 8-channel UNet, about 53 s per call, most of a day per
+    batch, with no word. Above EXACT_DIVERGENCE_MAX coordinates it is now refused before the first ε call, naming
+    hutchinson=k; at the limit, and with hutchinson=1 above it, log_likelihood goes on to call ε."""
+    class Called(Exception):
+        pass
+
+    calls = []
+
+    def eps(x, t):                                     # reached only past the argument checks
+        calls.append(1)
+        raise Called
+
+    most = ode.EXACT_DIVERGENCE_MAX
+    for shape, d in (((2, 3, 32, 32), "3,072"), ((1, most + 1), f"{most + 1:,}")):
+        with pytest.raises(ValueError, match=rf"^the exact divergence \(hutchinson=None\) takes d = {d} backward passes .* "
+                                             r"pass hutchinson=k \(k probes per sample"):
+            ode.log_likelihood(eps, torch.zeros(shape, dtype=torch.float64), AB, rtol=1e-3, atol=1e-3)
+    assert not calls
+    for x, k in ((torch.zeros(1, most, dtype=torch.float64), None), (torch.zeros(1, 3, 32, 32, dtype=torch.float64), 1)):
+        with pytest.raises(Called):
+            ode.log_likelihood(eps, x, AB, rtol=1e-3, atol=1e-3, hutchinson=k)
+    assert len(calls) == 2
