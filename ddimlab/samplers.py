@@ -82,16 +82,16 @@ def check_args(x, alpha_bar, seq, name: str = "x_T", callback=None, inverting: b
 
     x, alpha_bar, callback, eps: `check_x`; seq: `schedule.validate_timesteps` (strictly decreasing integers in 0..T−1;
     for an inversion too, `inverting`); keeps: the tensors of x's size return_trajectory keeps per step (0: none), which
-    must fit in half of the machine's memory (`checks.check_fits`; a CPU x only): else the run failed at its end, in
-    torch's allocator, with its work lost.
+    must fit in half of the memory of x's device (`checks.check_fits`: the machine's for a CPU x, the GPU's free memory
+    for a CUDA one; not checked elsewhere): else the run failed at its end, in torch's allocator, with its work lost.
     """
     alpha_bar = check_x(x, alpha_bar, name, callback, eps)
     seq = schedule.validate_timesteps(seq, alpha_bar.shape[0], inverting)
-    if keeps and x.device.type == "cpu":
+    if keeps and x.device.type in ("cpu", "cuda"):
         states, size = keeps * len(seq) + 1, x.element_size() * max(math.prod(x.shape[1:]), 1)
         check_fits(states * size * len(x), f"return_trajectory=True keeps {states} tensors of {name}'s shape "
                    f"{tuple(x.shape)}", lambda limit: f"give at most {int(limit // (states * size)):,} samples per run, "
-                   f"fewer steps, or return_trajectory=False")
+                   f"fewer steps, or return_trajectory=False", None if x.device.type == "cpu" else x.device)
     return alpha_bar, seq
 
 
