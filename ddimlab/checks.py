@@ -6,6 +6,7 @@ import math
 import numbers
 import operator
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,18 @@ def check_fits(need: float, what: str, fix, device=None) -> None:
     if need > limit:
         raise ValueError(f"{what}: about {_gib(need)} GiB, more than half of {whose} {_gib(2 * limit)} GiB; "
                          f"{fix(limit)}")
+
+
+def out_of_memory(e: BaseException) -> str | None:
+    """For a failed allocation (Python's, torch's CPU allocator, CUDA's, MPS's "out of memory", `samplers.call_eps`' line
+    for one of them) " (it asked for N bytes)", or "" where the error does not say the size; None for any other error.
+    What the commands and `samplers.call_eps` say in one line."""
+    text = str(e)
+    if not (isinstance(e, (MemoryError, torch.OutOfMemoryError)) or "DefaultCPUAllocator" in text or
+            (isinstance(e, RuntimeError) and "out of memory" in text)):
+        return None
+    size = re.search(r"(?:allocate|asked for) (\d+ bytes|[0-9.]+ [KMGT]iB)", text)
+    return f" (it asked for {size.group(1)})" if size else ""
 
 
 def _gib(size: float) -> str:

@@ -3274,3 +3274,37 @@ def test_round_40_a_trajectory_on_a_gpu_past_its_free_memory_is_refused_before_t
     with pytest.raises(ValueError, match=r"^return_trajectory=True keeps 2001 tensors .* more than half of cuda:0's free"):
         samplers.ddim_sample(calls, x_T, AB, schedule.timesteps(1000, 1000), return_trajectory=True)
     assert calls.calls == 0
+
+
+def test_round_40_a_batch_too_large_for_the_network_is_said_in_one_line_of_its_own_type(toy_setup):
+    """A batch too large for the network failed inside torch's allocator, with its own page ("[enforce fail at
+    alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: ...", or CUDA's paragraph on reserved memory and
+    PYTORCH_CUDA_ALLOC_CONF). samplers.call_eps, through which every sampler and solver calls the network, now says the
+    batch, the device and what to do, as the same type of error (torch's chained as its cause). Here the allocation is
+    real (2**62 bytes on the CPU), and CUDA's is its error as torch raises it; any other error passes unchanged. The
+    commands still read the line as an allocation's failure (`checks.out_of_memory`), with its size."""
+    from ddimlab.checks import out_of_memory
+
+    _, eps, x_T, seq = toy_setup
+
+    def huge(x, t):
+        torch.empty(2 ** 62, dtype=torch.uint8)
+        return eps(x, t)
+
+    def cuda_full(x, t):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 "
+                                     "GiB of which 1.02 GiB is free. Including non-PyTorch memory, this process has ...")
+
+    def other(x, t):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (16x2 and 3x4)")
+
+    run = {"ddim": lambda e: samplers.ddim_sample(e, x_T, AB, seq), "heun": lambda e: ode.heun(e, x_T, AB, seq)}
+    for name, sample in run.items():
+        for e, kind, size in ((huge, RuntimeError, f"{2 ** 62} bytes"), (cuda_full, torch.OutOfMemoryError, "2.00 GiB")):
+            with pytest.raises(kind, match=rf"^eps\(x, t\) ran out of memory \(it asked for {size}\) on a batch of 16 samples "
+                                           r"of shape \(2,\) on cpu: pass fewer samples per call \(generate\.generate_samples "
+                                           r"splits a run into batch_size ones\)$") as caught:
+                sample(e)
+            assert type(caught.value.__cause__) is kind and out_of_memory(caught.value) == f" (it asked for {size})"
+        with pytest.raises(RuntimeError, match=r"^mat1 and mat2 shapes cannot be multiplied"):
+            sample(other)
