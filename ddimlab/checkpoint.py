@@ -614,7 +614,7 @@ def load_model(path, device="cpu", use_ema: bool = True):
             net.dataset = state["config"].get("dataset")     # what the run trained on (`reproduce` checks it)
             net.run_config = state["config"]                 # its saved settings (`train.warn_unknown_settings`)
             net.run_step = state.get("step")                 # the step its weights are of
-            abar = schedule.make_alpha_bar(state["config"].get("schedule", "linear"), int(state["config"].get("T", 1000)))
+            abar = run_alpha_bar(state["config"], path)
         elif not use_ema:
             raise ValueError(f"{path}, an official-layout file (ddimlab loads its EMA weights where it has both), "
                              f"{one_set}")
@@ -626,6 +626,22 @@ def load_model(path, device="cpu", use_ema: bool = True):
             net = load_state_strict(net, weights, source=str(path))
             abar = schedule.make_alpha_bar("linear", 1000)
     return carry_schedule(net, abar).to(device).eval(), abar.to(device)
+
+
+def run_alpha_bar(config: dict, source) -> torch.Tensor:
+    """ᾱ of a ddimlab run from its saved settings: `schedule.make_alpha_bar` of its schedule and T (linear and 1000 where
+    a run older than them saved neither; notebook 06 §4). A schedule name this ddimlab does not know (a newer one's run,
+    an edited file), or a T it cannot build, is a CheckpointError naming `source` and the names it knows: no other table
+    stands in for the network's own, and a fallback (the linear one, as a warning) sampled finite, wrong images."""
+    name, T = config.get("schedule", "linear"), config.get("T", 1000)
+    if name not in schedule.SCHEDULES:
+        raise CheckpointError(f"{source} was trained on the noise schedule {name!r}, which this ddimlab does not know (it "
+                              f"knows {', '.join(schedule.SCHEDULES)}); load it with the ddimlab that trained it")
+    try:
+        return schedule.make_alpha_bar(name, int(T))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{source} was trained on the {name} schedule with T = {T!r}, which this ddimlab cannot "
+                              f"build ({e})") from None
 
 
 def carry_schedule(net: torch.nn.Module, alpha_bar: torch.Tensor) -> torch.nn.Module:

@@ -6,6 +6,7 @@ import math
 import numbers
 import operator
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -61,16 +62,29 @@ def check_generator(generator, device=None):
 
 
 def memory_limit() -> float:
-    """Half of the memory this process may use, in bytes: the machine's physical memory, or a container's smaller
-    control-group limit (`cgroup_memory`); math.inf where neither can be read (no sysconf on Windows; -1 where a system
-    does not know). The most that one call's tables may take (`check_fits`), leaving the rest to the system and the
-    caller's own tensors."""
+    """Half of the memory this process may use, in bytes: the machine's physical memory (`physical_memory`), or a
+    container's smaller control-group limit (`cgroup_memory`); math.inf where neither can be read. The most that one
+    call's tables may take (`check_fits`), leaving the rest to the system and the caller's own tensors."""
+    return min(physical_memory(), cgroup_memory()) / 2
+
+
+def physical_memory() -> float:
+    """This machine's physical memory in bytes (sysconf), math.inf where it cannot be read (no sysconf on Windows; -1
+    where a system does not know). In a container it is still the host's: `cgroup_memory` is the container's limit."""
     try:
         pages, page = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
         pages = page = -1
-    physical = pages * page if pages > 0 and page > 0 else math.inf
-    return min(physical, cgroup_memory()) / 2
+    return pages * page if pages > 0 and page > 0 else math.inf
+
+
+def device_memory_limit(device) -> float:
+    """Half of the memory a CUDA `device` has free for this process, in bytes: the driver's free memory
+    (torch.cuda.mem_get_info) plus what torch's caching allocator holds unused there (reserved, not allocated), which
+    torch hands out again. `check_fits`' rule for tensors kept on a GPU, whose memory is not the machine's."""
+    device = torch.device(device)
+    free, _ = torch.cuda.mem_get_info(device)
+    return (free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)) / 2
 
 
 @functools.cache
@@ -105,14 +119,37 @@ def cgroup_memory(root=Path("/sys/fs/cgroup"), groups=Path("/proc/self/cgroup"))
     return float(min(limits, default=math.inf))
 
 
-def check_fits(need: float, what: str, fix) -> None:
-    """ValueError "{what}: about N GiB, more than half of this machine's M GiB; {fix(limit)}" if `need` bytes exceed
+def check_fits(need: float, what: str, fix, device=None) -> None:
+    """ValueError "{what}: about N GiB, more than half of {whose} M GiB; {fix(limit)}" if `need` bytes exceed
     `memory_limit()`: said before the work, where the allocation would fail deep inside torch, or succeed and fill the
     memory until the system kills the process. fix: a function of the limit in bytes, giving the largest size that fits
-    ("give d at most 1,234,567")."""
-    if need > (limit := memory_limit()):
-        raise ValueError(f"{what}: about {_gib(need)} GiB, more than half of this machine's {_gib(2 * limit)} GiB; "
+    ("give d at most 1,234,567"). whose: "this machine's", or "this container's memory limit of" where a control group's
+    limit below the machine's memory sets it (`cgroup_memory`: sysconf's size is then not what the process may use).
+    device: None for tensors in the machine's memory, or a CUDA device, for which the limit is half of its free memory
+    (`device_memory_limit`) and whose is "cuda:0's free"."""
+    device = None if device is None else torch.device(device)
+    if device is not None and device.type == "cuda":
+        limit = device_memory_limit(device)
+        whose = f"{device}'s free"
+    else:
+        limit = memory_limit()
+        boxed = (box := cgroup_memory()) == 2 * limit and box < physical_memory()     # not where a test sets the limit
+        whose = "this container's memory limit of" if boxed else "this machine's"
+    if need > limit:
+        raise ValueError(f"{what}: about {_gib(need)} GiB, more than half of {whose} {_gib(2 * limit)} GiB; "
                          f"{fix(limit)}")
+
+
+def out_of_memory(e: BaseException) -> str | None:
+    """For a failed allocation (Python's, torch's CPU allocator, CUDA's, MPS's "out of memory", `samplers.call_eps`' line
+    for one of them) " (it asked for N bytes)", or "" where the error does not say the size; None for any other error.
+    What the commands and `samplers.call_eps` say in one line."""
+    text = str(e)
+    if not (isinstance(e, (MemoryError, torch.OutOfMemoryError)) or "DefaultCPUAllocator" in text or
+            (isinstance(e, RuntimeError) and "out of memory" in text)):
+        return None
+    size = re.search(r"(?:allocate|asked for) (\d+ bytes|[0-9.]+ [KMGT]iB)", text)
+    return f" (it asked for {size.group(1)})" if size else ""
 
 
 def _gib(size: float) -> str:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from . import __version__, checkpoint, data, demo, devices, fid, lab, ode, schedule, tables
-from .checks import check_distinct, int_range
+from .checks import check_distinct, int_range, out_of_memory
 from .files import (
     atomic_write,
     check_can_write,
@@ -102,7 +102,7 @@ def one_line_errors(prog: str):
     except USER_ERRORS as e:
         raise SystemExit(f"{prog}: error: {e}") from None
     except Exception as e:
-        if (size := _out_of_memory(e)) is None:
+        if (size := out_of_memory(e)) is None:
             raise
         raise SystemExit(f"{prog}: error: {OUT_OF_MEMORY.format(size=size)}") from None
     finally:
@@ -1189,7 +1189,7 @@ def _main(argv, prog):
         print("(run again with --debug for the traceback)", file=sys.stderr)
         return 1
     except Exception as e:
-        if not debug and (size := _out_of_memory(e)) is not None:
+        if not debug and (size := out_of_memory(e)) is not None:
             smaller = ("a smaller --batch-size" if hasattr(args, "batch_size") else
                        "a smaller --set batch_size=N" if args.command == "train" else "fewer images per run")
             print(f"{prog} {args.command}: error: {OUT_OF_MEMORY.format(size=size)}, or {smaller}", file=sys.stderr)
@@ -1207,16 +1207,6 @@ def _main(argv, prog):
 
 
 OUT_OF_MEMORY = "out of memory{size}: the sizes asked for do not fit this machine; ask for fewer or smaller images"
-
-
-def _out_of_memory(e: BaseException) -> str | None:
-    """For a failed allocation (Python's, torch's CPU allocator, CUDA) " (N bytes)", or "" where the error does not say
-    the size; None for any other error."""
-    text = str(e)
-    if not (isinstance(e, (MemoryError, torch.OutOfMemoryError)) or "DefaultCPUAllocator" in text):
-        return None
-    size = re.search(r"allocate (\d+ bytes|[0-9.]+ [KMGT]iB)", text)
-    return f" (it asked for {size.group(1)})" if size else ""
 
 
 class sigterm_as_interrupt:

@@ -1071,6 +1071,7 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
 
 
 PROBES = ("rademacher", "gaussian")     # log_likelihood's Hutchinson probes
+EXACT_DIVERGENCE_MAX = 1024             # the most coordinates per sample log_likelihood's exact divergence takes: see there
 _DIFFERENTIABLE_NET = "pass a network as lambda x, t: net(x, t) with net.eval() (checkpoint.eps_fn runs it without gradients)"
 
 
@@ -1107,8 +1108,13 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     density of x at step 0 (σ = 0.01 on DDPM's schedule) from steps it knows.
 
     prior: None for N(0, I) (`standard_normal_logpdf`), or a function x_T (B, ...) float64 -> (B,) log densities.
-    hutchinson: None for the exact divergence (d backward passes per step: fine for small d); k ≥ 1 for the
-    Hutchinson–Skilling estimate with k `probe` vectors z ("rademacher", the default, or "gaussian") per sample,
+    hutchinson: None for the exact divergence (d backward passes per ε call), for at most EXACT_DIVERGENCE_MAX = 1,024
+    coordinates per sample: a solve calls ε about a thousand times (1,253 for the tests' 8-channel UNet on 8 × 8 images
+    at rtol = atol = 1e-3), and on one CPU thread that UNet's exact divergence took 0.46 s per call at d = 64 (the
+    digits, the largest ddimlab's benchmarks take it for), 18 s at 32 × 32 and 53 s at 3 × 32 × 32: ten minutes, six
+    hours and eighteen per batch, and a network of CIFAR's size costs more per pass; a CIFAR image is refused, naming
+    hutchinson=k. k ≥ 1: the Hutchinson–Skilling estimate with k `probe` vectors z ("rademacher", the default, or
+    "gaussian") per sample,
     E[zᵀ(∂F/∂x̄)z] = ∇·F, drawn once from `generator` and kept along the whole path, so the result is an unbiased estimate
     of log p. probe and generator without hutchinson are an error: the exact divergence draws nothing.
     eps must be differentiable in x by autograd (a network as `lambda x, t: net(x, t)` in eval mode, not `checkpoint.eps_fn`),
@@ -1139,6 +1145,10 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     d = x_0[0].numel()
     if d == 0:                                         # the exact divergence summed no terms: "'int' has no attribute 'detach'"
         raise ValueError(f"x_0 of shape {tuple(shape)} has no coordinates per sample, and a density needs at least one")
+    if hutchinson is None and d > EXACT_DIVERGENCE_MAX:     # else hours per batch, with no word (see the docstring)
+        raise ValueError(f"the exact divergence (hutchinson=None) takes d = {d:,} backward passes through eps per call, and "
+                         f"a solve makes about a thousand calls: hours above d = {EXACT_DIVERGENCE_MAX:,}; pass hutchinson=k "
+                         f"(k probes per sample, k passes per call: an unbiased estimate of log p)")
     if hutchinson is not None and hutchinson > d:      # 10**9 asked torch for 48 GB of probes ("DefaultCPUAllocator")
         raise ValueError(f"hutchinson = {hutchinson} probes per sample cost more backward passes than the exact divergence's "
                          f"d = {d}, and add variance: pass hutchinson <= {d}, or None for the exact divergence")

@@ -26,7 +26,16 @@ import warnings
 import torch
 
 from . import devices, schedule
-from .checks import as_real, check_bool, check_fits, check_generator, check_int, check_numbers, check_untracked
+from .checks import (
+    as_real,
+    check_bool,
+    check_fits,
+    check_generator,
+    check_int,
+    check_numbers,
+    check_untracked,
+    out_of_memory,
+)
 from .diffusion import (
     VARIANCES,
     bcast,
@@ -82,16 +91,16 @@ def check_args(x, alpha_bar, seq, name: str = "x_T", callback=None, inverting: b
 
     x, alpha_bar, callback, eps: `check_x`; seq: `schedule.validate_timesteps` (strictly decreasing integers in 0..T−1;
     for an inversion too, `inverting`); keeps: the tensors of x's size return_trajectory keeps per step (0: none), which
-    must fit in half of the machine's memory (`checks.check_fits`; a CPU x only): else the run failed at its end, in
-    torch's allocator, with its work lost.
+    must fit in half of the memory of x's device (`checks.check_fits`: the machine's for a CPU x, the GPU's free memory
+    for a CUDA one; not checked elsewhere): else the run failed at its end, in torch's allocator, with its work lost.
     """
     alpha_bar = check_x(x, alpha_bar, name, callback, eps)
     seq = schedule.validate_timesteps(seq, alpha_bar.shape[0], inverting)
-    if keeps and x.device.type == "cpu":
+    if keeps and x.device.type in ("cpu", "cuda"):
         states, size = keeps * len(seq) + 1, x.element_size() * max(math.prod(x.shape[1:]), 1)
         check_fits(states * size * len(x), f"return_trajectory=True keeps {states} tensors of {name}'s shape "
                    f"{tuple(x.shape)}", lambda limit: f"give at most {int(limit // (states * size)):,} samples per run, "
-                   f"fewer steps, or return_trajectory=False")
+                   f"fewer steps, or return_trajectory=False", None if x.device.type == "cpu" else x.device)
     return alpha_bar, seq
 
 
@@ -170,13 +179,25 @@ def call_eps(eps, x, t):
     x.dtype, at least float32: bfloat16 would round t = 944.19 to 944); checks that the answer is a finite tensor of
     x's shape and dtype. eps gets a copy of x, so an eps that edits its input in place (`x.clamp_()`, a first
     ReLU(inplace=True)) changes neither the caller's tensor nor the run, in every sampler and solver alike (a copy of x
-    costs under 1% of the cheapest eps, `toy.exact_eps`; the samplers reuse x after the call, the solvers do not)."""
+    costs under 1% of the cheapest eps, `toy.exact_eps`; the samplers reuse x after the call, the solvers do not).
+    An allocation that fails in it (a batch too large for the network: torch's message is a page on its allocator) is
+    raised again, of its own type, as one line saying the batch and what to do (`checks.out_of_memory`), at no cost to a
+    call that fits."""
     check_eps(eps)
     if isinstance(t, int):
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
     else:
         tt = torch.full((x.shape[0],), float(t), dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
-    e = _of_x_shape(eps(x.clone(), tt), x, "eps(x, t)")
+    try:
+        e = eps(x.clone(), tt)
+    except (MemoryError, RuntimeError) as err:
+        if (size := out_of_memory(err)) is None:
+            raise
+        kind = next(k for k in (torch.OutOfMemoryError, MemoryError, RuntimeError) if isinstance(err, k))
+        raise kind(f"eps(x, t) ran out of memory{size} on a batch of {len(x):,} samples of shape {tuple(x.shape[1:])} "
+                   f"on {x.device}: pass fewer samples per call (generate.generate_samples splits a run into "
+                   f"batch_size ones)") from err
+    e = _of_x_shape(e, x, "eps(x, t)")
     if e.dtype != x.dtype:
         raise ValueError(f"eps(x, t) returned dtype {e.dtype} but x is {x.dtype}; cast one of them")
     if not bool(torch.isfinite(e).all()):

@@ -53,6 +53,7 @@ from .checkpoint import (
     carry_schedule,
     eps_fn,
     load_checkpoint,
+    run_alpha_bar,
     save_checkpoint,
     unet_from_run,
 )
@@ -529,14 +530,15 @@ def load_trained(path, device="cpu", use_ema: bool = True):
     """(model, config) from a ddimlab training checkpoint (a path, or the dict already loaded from one);
     the EMA weights by default, in eval mode (notebook 06 §4). `checkpoint.load_model` reads every kind."""
     state = path if isinstance(path, dict) else load_checkpoint(path, map_location="cpu", required=("model", "config"))
-    warn_unknown_settings(state["config"])
+    alpha_bar = run_alpha_bar(state["config"], "the checkpoint" if isinstance(path, dict) else path)   # before a warning
+    warn_unknown_settings(state["config"])                        # that says its settings are returned as saved
     try:
         config = config_from_dict(state["config"])
     except (TypeError, ValueError) as e:     # a rule newer than the run: its weights still sample
         warnings.warn(f"the checkpoint's settings fail a check of this ddimlab ({e}); they are returned as saved",
                       UnknownSettingsWarning, stacklevel=2)
         config = config_from_dict(state["config"], validate=False)
-    net = carry_schedule(unet_from_run(state, use_ema), schedule.make_alpha_bar(config.schedule, config.T))
+    net = carry_schedule(unet_from_run(state, use_ema), alpha_bar)
     return net.to(device), config
 
 

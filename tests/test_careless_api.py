@@ -3122,7 +3122,7 @@ def test_round_38_the_memory_limit_is_a_containers_and_unknown_sizes_refuse_noth
 
     monkeypatch.setattr(checks, "cgroup_memory", lambda: 2 ** 30, raising=False)
     assert checks.memory_limit() == 2 ** 29
-    with pytest.raises(ValueError, match=r"more than half of this machine's 1 GiB"):
+    with pytest.raises(ValueError, match=r"more than half of this container's memory limit of 1 GiB"):
         toy.random_mixture(d=2000, K=4)
     monkeypatch.setattr(checks, "cgroup_memory", lambda: math.inf, raising=False)
     monkeypatch.setattr(checks.os, "sysconf", lambda name: -1)
@@ -3192,3 +3192,119 @@ def test_round_38_log_likelihood_refuses_samples_that_mix_without_sample_0(toy_s
     apart = lambda x, t: eps(x, t) + 0.3 * x                                             # noqa: E731
     torch.testing.assert_close(ode.log_likelihood(apart, x0, **kw),
                                torch.cat([ode.log_likelihood(apart, x0[i:i + 1], **kw) for i in range(5)]), rtol=0, atol=1e-4)
+
+
+def test_round_40_the_exact_divergence_of_an_image_sized_sample_is_refused_naming_hutchinson():
+    """ode.log_likelihood with hutchinson=None at d = 3072 (a CIFAR image) took 3072 backward passes per ε call, about a
+    thousand calls per solve: on one CPU thread, with the tests' 8-channel UNet, about 53 s per call, most of a day per
+    batch, with no word. Above EXACT_DIVERGENCE_MAX coordinates it is now refused before the first ε call, naming
+    hutchinson=k; at the limit, and with hutchinson=1 above it, log_likelihood goes on to call ε."""
+    class Called(Exception):
+        pass
+
+    calls = []
+
+    def eps(x, t):                                     # reached only past the argument checks
+        calls.append(1)
+        raise Called
+
+    most = ode.EXACT_DIVERGENCE_MAX
+    for shape, d in (((2, 3, 32, 32), "3,072"), ((1, most + 1), f"{most + 1:,}")):
+        with pytest.raises(ValueError, match=rf"^the exact divergence \(hutchinson=None\) takes d = {d} backward passes .* "
+                                             r"pass hutchinson=k \(k probes per sample"):
+            ode.log_likelihood(eps, torch.zeros(shape, dtype=torch.float64), AB, rtol=1e-3, atol=1e-3)
+    assert not calls
+    for x, k in ((torch.zeros(1, most, dtype=torch.float64), None), (torch.zeros(1, 3, 32, 32, dtype=torch.float64), 1)):
+        with pytest.raises(Called):
+            ode.log_likelihood(eps, x, AB, rtol=1e-3, atol=1e-3, hutchinson=k)
+    assert len(calls) == 2
+
+
+def test_round_40_the_memory_check_says_whether_a_containers_limit_or_the_machine_set_it(monkeypatch):
+    """checks.check_fits said "this machine's N GiB" where N was a control group's limit (a container's, below the
+    machine's memory): a user then looked for memory the machine has. It now names the container's limit where that sets
+    the size, and the machine's where sysconf does (or where both are one size)."""
+    from ddimlab import checks
+
+    gib = 2 ** 30
+    for box, machine, said in ((gib, 64 * gib, "this container's memory limit of 1 GiB"),
+                               (math.inf, gib, "this machine's 1 GiB"), (64 * gib, gib, "this machine's 1 GiB"),
+                               (gib, gib, "this machine's 1 GiB")):
+        monkeypatch.setattr(checks, "cgroup_memory", lambda box=box: box)
+        monkeypatch.setattr(checks, "physical_memory", lambda machine=machine: machine)
+        with pytest.raises(ValueError, match=rf"^toy\.random_mixture\(d=2000, K=4\) .*: about 1\.4 GiB, more than half of "
+                                             rf"{re.escape(said)}; "):
+            toy.random_mixture(d=2000, K=4)
+    monkeypatch.setattr(checks, "memory_limit", lambda: 64 * 2 ** 20)      # a test's limit is not the container's
+    monkeypatch.setattr(checks, "cgroup_memory", lambda: gib)
+    with pytest.raises(ValueError, match=r"more than half of this machine's 0\.12 GiB"):
+        checks.check_fits(gib, "one GiB", lambda limit: "")
+
+
+def test_round_40_tensors_kept_on_a_gpu_are_checked_against_its_free_memory(monkeypatch):
+    """The trajectory's memory check (samplers.check_args, `return_trajectory=True`) was skipped for CUDA tensors, so a
+    GPU run that outgrew the card failed at its end in torch's allocator. checks.check_fits(device=cuda) now compares
+    with half of the card's free memory (the driver's free memory plus what torch's cache holds unused), named as the
+    card's; faked here with torch.cuda's functions (no GPU on the test machine)."""
+    from ddimlab import checks
+
+    gib = 2 ** 30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (3 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 2 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: gib)    # 1 GiB cached, free to torch
+    assert checks.device_memory_limit("cuda:0") == 2 * gib
+    checks.check_fits(2 * gib, "two GiB", lambda limit: "", device="cuda:0")
+    with pytest.raises(ValueError, match=r"^a trajectory: about 2\.5 GiB, more than half of cuda:1's free 4 GiB; keep at "
+                                         r"most 2,147,483,648 bytes$"):
+        checks.check_fits(2.5 * gib, "a trajectory", lambda limit: f"keep at most {int(limit):,} bytes",
+                          device=torch.device("cuda", 1))
+    monkeypatch.setattr(checks, "memory_limit", lambda: 64 * 2 ** 20)             # the CPU's own limit is the machine's
+    checks.check_fits(gib, "one GiB", lambda limit: "", device="cuda:0")
+    with pytest.raises(ValueError, match="this machine's 0.12 GiB"):
+        checks.check_fits(gib, "one GiB", lambda limit: "", device="cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_round_40_a_trajectory_on_a_gpu_past_its_free_memory_is_refused_before_the_first_step(monkeypatch):
+    """On a GPU: return_trajectory=True on a CUDA x_T is checked against the card's free memory (set small here)."""
+    from ddimlab import checks
+
+    monkeypatch.setattr(checks, "device_memory_limit", lambda device: 2 ** 20)
+    x_T, calls = torch.randn(4096, 2, device="cuda"), ode.counted(lambda x, t: torch.zeros_like(x))
+    with pytest.raises(ValueError, match=r"^return_trajectory=True keeps 2001 tensors .* more than half of cuda:0's free"):
+        samplers.ddim_sample(calls, x_T, AB, schedule.timesteps(1000, 1000), return_trajectory=True)
+    assert calls.calls == 0
+
+
+def test_round_40_a_batch_too_large_for_the_network_is_said_in_one_line_of_its_own_type(toy_setup):
+    """A batch too large for the network failed inside torch's allocator, with its own page ("[enforce fail at
+    alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: ...", or CUDA's paragraph on reserved memory and
+    PYTORCH_CUDA_ALLOC_CONF). samplers.call_eps, through which every sampler and solver calls the network, now says the
+    batch, the device and what to do, as the same type of error (torch's chained as its cause). Here the allocation is
+    real (2**62 bytes on the CPU), and CUDA's is its error as torch raises it; any other error passes unchanged. The
+    commands still read the line as an allocation's failure (`checks.out_of_memory`), with its size."""
+    from ddimlab.checks import out_of_memory
+
+    _, eps, x_T, seq = toy_setup
+
+    def huge(x, t):
+        torch.empty(2 ** 62, dtype=torch.uint8)
+        return eps(x, t)
+
+    def cuda_full(x, t):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 "
+                                     "GiB of which 1.02 GiB is free. Including non-PyTorch memory, this process has ...")
+
+    def other(x, t):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (16x2 and 3x4)")
+
+    run = {"ddim": lambda e: samplers.ddim_sample(e, x_T, AB, seq), "heun": lambda e: ode.heun(e, x_T, AB, seq)}
+    for name, sample in run.items():
+        for e, kind, size in ((huge, RuntimeError, f"{2 ** 62} bytes"), (cuda_full, torch.OutOfMemoryError, "2.00 GiB")):
+            with pytest.raises(kind, match=rf"^eps\(x, t\) ran out of memory \(it asked for {size}\) on a batch of 16 samples "
+                                           r"of shape \(2,\) on cpu: pass fewer samples per call \(generate\.generate_samples "
+                                           r"splits a run into batch_size ones\)$") as caught:
+                sample(e)
+            assert type(caught.value.__cause__) is kind and out_of_memory(caught.value) == f" (it asked for {size})"
+        with pytest.raises(RuntimeError, match=r"^mat1 and mat2 shapes cannot be multiplied"):
+            sample(other)

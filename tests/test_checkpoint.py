@@ -1,6 +1,7 @@
 """Checkpoints: atomic save, weights-only load with clear errors, the official DDPM layout, diffusers."""
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -290,3 +291,33 @@ def test_official_file_is_downloaded_once_md5_checked_and_never_half_written(ser
     with pytest.raises(DownloadError):
         ck.official_ddpm_file(other, url=server.url("/cut"), md5=md5, progress=False)
     assert not (other / "checkpoints").exists()                # no half file, nor the folder made for it
+
+
+def test_a_run_on_a_schedule_this_ddimlab_does_not_know_is_refused_naming_the_known_ones(tmp_path):
+    """A run saved with a schedule name this ddimlab lacks (a newer one's, or an edited file): train.load_trained warned
+    that the settings were "returned as saved", then failed with schedule.beta_schedule's "unknown schedule 'sigmoid';
+    choose one of ...", and load_model (so `ddimlab sample`) with that line alone, naming neither the file nor why.
+    Both now raise one CheckpointError naming the file, the schedule and the known ones, with no warning first. A
+    fallback to the linear table is not offered: it samples the network on another schedule than its own, to finite,
+    wrong images. A run on a known schedule loads with its own table."""
+    import dataclasses
+    import warnings
+
+    from ddimlab import train
+
+    config = train.make_config("digits", {"ch": 8, "ch_mult": (1,), "attn_resolutions": (), "num_groups": 4,
+                                          "schedule": "cosine", "T": 400})
+    net = unet.UNet(in_ch=1, **{k: getattr(config, k) for k in unet.CONFIG_KEYS})
+    state = {"model": net.state_dict(), "ema": net.state_dict(), "config": dataclasses.asdict(config), "in_ch": 1, "step": 1}
+    ck.save_checkpoint(tmp_path / "own.pt", **state)
+    assert torch.equal(train.load_trained(tmp_path / "own.pt")[0].alpha_bar, schedule.make_alpha_bar("cosine", 400))
+    assert torch.equal(ck.load_model(tmp_path / "own.pt")[1], schedule.make_alpha_bar("cosine", 400))
+    for name, T, said in (("sigmoid", 400, "the noise schedule 'sigmoid', which this ddimlab does not know (it knows "
+                                           "linear, cosine, quadratic); load it with the ddimlab that trained it"),
+                          ("linear", "many", "the linear schedule with T = 'many', which this ddimlab cannot build")):
+        path = ck.save_checkpoint(tmp_path / "new.pt", **{**state, "config": {**state["config"], "schedule": name, "T": T}})
+        for load in (train.load_trained, ck.load_model):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")            # no "returned as saved" before the error
+                with pytest.raises(ck.CheckpointError, match=f"^{re.escape(str(path))} was trained on {re.escape(said)}"):
+                    load(tmp_path / "new.pt")

@@ -3373,3 +3373,16 @@ def test_round_37_a_second_ctrl_c_says_what_the_run_kept_and_how_to_go_on(tmp_pa
     p = train(2, 1, run, "--set", "ckpt_every=50", "--overwrite")
     assert p.returncode == 130 and f"nothing of it is kept, and the previous run goes back into {run}" in p.stderr, p.stderr
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_round_40_sample_on_a_run_with_a_schedule_this_ddimlab_does_not_know(trained, tmp_path, capsys):
+    """`sample` on a run saved with a schedule name this ddimlab lacks said beta_schedule's "unknown schedule 'sigmoid';
+    choose one of ...", as if the user had chosen it; it now names the file, the schedule and the known ones, in one line,
+    and writes nothing."""
+    state = torch.load(trained / "ckpt.pt", map_location="cpu", weights_only=True)
+    path = checkpoint.save_checkpoint(tmp_path / "newer.pt", **{**state, "config": {**state["config"], "schedule": "sigmoid"}})
+    _expect_one_line_error(capsys, ["sample", "--checkpoint", str(path), "--steps", "2", "--n", "2", "--out",
+                                    str(tmp_path / "s"), "--no-progress"],
+                           f"{path} was trained on the noise schedule 'sigmoid', which this ddimlab does not know (it knows "
+                           "linear, cosine, quadratic)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["newer.pt"]
