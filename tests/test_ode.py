@@ -1261,17 +1261,20 @@ def test_dpm_solver_pp_2m_lands_above_the_flow_where_its_constant_passes_x0_at_s
     one constant; the flow's step weighs (also by 1 − e^{−h} in all) a D that stays below its value at σ = 0, λ x̄_t/√(λ(λ + σ_t²))
     for the flow through x̄_t. So where D_t + h m/2 passes that value 2M's step lands above the flow from the same x̄_t:
     on Gaussian data, uniform steps at S = 20, 50, 100 in every direction, from the run's own D's; on λ-uniform steps the
-    condition fails (h is short: (e^{2h_{−1}} − 1) h/(2h_{−1}) ≈ 0.5 < 1)."""
+    condition fails (h is short: (e^{2h_{−1}} − 1) h/(2h_{−1}) ≈ 0.5 < 1). All that is for c = x̄_t/√(λ + σ_t²) > 0, i.e.
+    x_T > 0 (the run's x̄_t keeps x_T's sign: x̄_t/x_T > 0 at every step); from x_T = −1 (c < 0) every inequality flips, so
+    the condition as written fails in every direction while the ratio (h/2) m/(D_∞ − D_t) ≥ 1 and |x̄_s| > |flow's| still hold."""
     d = 128
     lam = 2.0 / torch.arange(1, d + 1, dtype=torch.float64) ** 0.8 + 0.01
     gauss = toy.SharedBasisMixture(torch.ones(1), torch.zeros(1, d, dtype=torch.float64), lam[None])
     ell = lambda t: -0.5 * math.log(1 / float(AB[t]) - 1)                      # noqa: E731  ℓ = −log σ
-    for seq, passes in [(schedule.timesteps(S, 1000, "uniform"), True) for S in (20, 50, 100)] + [
-            (ode.lambda_timesteps(100, AB), False)]:
+    for (seq, passes), sign in itertools.product([(schedule.timesteps(S, 1000, "uniform"), True) for S in (20, 50, 100)] + [
+            (ode.lambda_timesteps(100, AB), False)], (1, -1)):
         t2, t1, t0 = (int(t) for t in seq[-3:])
         seen = {}
-        ode.dpm_solver_pp_2m(toy.exact_eps(gauss, AB), torch.ones(1, d, dtype=torch.float64), AB, seq,
+        ode.dpm_solver_pp_2m(toy.exact_eps(gauss, AB), sign * torch.ones(1, d, dtype=torch.float64), AB, seq,
                              callback=lambda st: seen.__setitem__(int(st["t"]), (st["x0"][0], st["x"][0])))
+        assert all(bool((sign * x > 0).all()) for _, x in seen.values())    # x̄ keeps x_T's sign: c has it too
         (D_p, x_t), (D_t, x_s) = seen[t2], seen[t1]
         xb_t, xb_s = x_t / math.sqrt(float(AB[t1])), x_s / math.sqrt(float(AB[t0]))
         h, h_p = ell(t0) - ell(t1), ell(t1) - ell(t2)
@@ -1280,9 +1283,11 @@ def test_dpm_solver_pp_2m_lands_above_the_flow_where_its_constant_passes_x0_at_s
         sig2 = 1 / float(AB[t1]) - 1
         limit = xb_t * (lam / (lam + sig2)).sqrt()                           # D at σ = 0 on the flow through x̄_t
         flow_s = xb_t * ((lam + 1 / float(AB[t0]) - 1) / (lam + sig2)).sqrt()   # the flow's x̄ at t0 from x̄_t
-        assert bool((constant > limit).all()) == passes and bool((constant < limit).all()) != passes
+        flipped = passes != (sign > 0)                                         # as written, the condition needs c > 0
+        assert bool((constant > limit).all()) != flipped and bool((constant < limit).all()) == flipped
+        assert bool(((constant - D_t) / (limit - D_t) > 1).all()) == passes    # the ratio does not
         if passes:
-            assert bool((xb_s > flow_s).all())
+            assert bool((xb_s.abs() > flow_s.abs()).all()) and bool((sign * (xb_s - flow_s) > 0).all())
 
 
 
@@ -1305,3 +1310,106 @@ def test_dpm_solver_pp_2m_bound_leading_order_is_the_strong_direction_limit():
                 assert abs(slip / ratio - 1) > 0.3
             else:
                 assert ratio < leading
+
+
+def _ratio_to_flow(solver, lam, seq):
+    """x̄ over the flow's from x_T = 1 at each visited step, then at σ = 0 (Gaussian data of variance λ: the map is linear)."""
+    gauss = toy.SharedBasisMixture(torch.ones(1), torch.zeros(1, len(lam), dtype=torch.float64), lam[None])
+    _, tr = solver(toy.exact_eps(gauss, AB), torch.ones(1, len(lam), dtype=torch.float64), AB, seq, return_trajectory=True)
+    sig2 = lambda t: 1 / float(AB[t]) - 1 if t >= 0 else 0.0                   # noqa: E731
+    s_T = sig2(int(seq[0]))
+    return torch.stack([x[0] * ((1 + sig2(t)) / (1 + s_T) * (lam + s_T) / (lam + sig2(t))).sqrt()
+                        for x, t in zip(tr["x"], tr["t"])])
+
+
+def _three_m_last_step(lam, ts):
+    """Notebook 09 §7 (e): Φ, 3M's step t_1 → t_0 from the flow's own x̄ = √(λ + σ²) and D = λ/√(λ + σ²) at t_3, t_2, t_1,
+    minus the flow's √(λ + σ_0²) − e^{−h} √(λ + σ_1²), over √(λ + σ_0²); the quadratic's weights b_j = ∫_0^h e^{−(h−u)} L_j(u) du
+    from its monomials, ∫_0^h e^{−(h−u)} u^k du = k! h^{k+1} φ_{k+1}(−h). Returns Φ, the b_j and the nodes u_j = ℓ_j − ℓ_1."""
+    s2 = [1 / float(AB[t]) - 1 for t in ts]
+    ell = [-0.5 * math.log(v) for v in s2]
+    h, u = ell[3] - ell[2], [v - ell[2] for v in ell[:3]]
+    moments = [math.factorial(k) * h ** (k + 1) * ode.phi(k + 1, -h) for k in range(3)]
+    b = [float(np.polynomial.polynomial.polyfit(u, np.eye(3)[j], 2) @ moments) for j in range(3)]
+    x_s = (lam + s2[3]).sqrt()
+    phi_ = (sum(bj * lam / (lam + v).sqrt() for bj, v in zip(b, s2)) - x_s + math.exp(-h) * (lam + s2[2]).sqrt()) / x_s
+    return phi_, b, u, h
+
+
+def test_dpm_solver_pp_3m_last_step_lands_where_the_closed_form_says_for_any_variance():
+    """Notebook 09 §7 (e): 3M's step into t = 0 from the flow's own state lands above the flow iff Φ > 0 (closed form). The
+    library's run's own last step (over the flow through its x̄_t) is Φ plus what its D's carry in, Σ b_j D_j (r_j/r_1 − 1)/x̄_s,
+    to rounding; Φ is also −∫K D''' dξ/x̄_s with Peano's kernel K ≥ 0 (the step's miss of (ℓ − ξ)_+²/2), by quadrature. On
+    λ from 3e-5 to 10 on uniform steps (S = 20 to 200) Φ changes sign twice, the upper root λ_2 at σ_1²/λ_2 ≈ 0.3, and the run's
+    own sign is Φ's except just above λ_2 (within 25%), where Φ is small; at S = 100 the D''' test (below iff
+    σ_30² < (5 − √21)λ) is sufficient and misses some directions."""
+    lam = torch.logspace(-4.5, 1, 120, dtype=torch.float64)
+    for S in (20, 50, 100, 200):
+        seq = schedule.timesteps(S, 1000, "uniform")
+        ts = [int(t) for t in seq[-4:]]
+        phi_, b, u, h = _three_m_last_step(lam, ts)
+        r = _ratio_to_flow(ode.dpm_solver_pp_3m, lam, seq)
+        own = r[-2] / r[-3] - 1                                              # the run's last step over the flow through x̄_t
+        s2 = [1 / float(AB[t]) - 1 for t in ts]
+        carried = sum(bj * lam / (lam + v).sqrt() * (rj / r[-3] - 1) for bj, v, rj in zip(b, s2, r[-5:-2])) / (lam + s2[3]).sqrt()
+        torch.testing.assert_close(phi_ + carried, own, rtol=0, atol=1e-11)
+        assert float((phi_ - own).abs().max()) > 1e-6                      # the carried part is not nothing
+        flips = lam[1:][torch.sign(phi_[1:]) != torch.sign(phi_[:-1])]        # λ_1 < λ_2: below, above, below
+        assert len(flips) == 2 and 0.25 < s2[2] / float(flips[1]) < 0.4, (S, flips)
+        off = lam[torch.sign(phi_) != torch.sign(own)]                        # the carried part decides only just above λ_2
+        assert bool(((off >= flips[1]) & (off < 1.25 * flips[1])).all()), (S, off, flips)
+        if S == 100:
+            d3_below = s2[0] < (5 - math.sqrt(21)) * lam
+            assert bool((d3_below != (own < 0)).any()) and bool((own[d3_below] < 0).all())   # sufficient, not necessary
+            # Peano: Φ x̄_s = −∫ K(ξ) D'''(ξ) dξ, K(ξ) = ∫_0^h e^{−(h−v)} (v − ξ)_+²/2 dv − Σ b_j (u_j − ξ)_+²/2 ≥ 0
+            xi = np.linspace(u[0], h, 3001)
+            g, gw = np.polynomial.legendre.leggauss(60)
+
+            def K(x):
+                lo = max(x, 0.0)
+                v, w = lo + (h - lo) * (g + 1) / 2, (h - lo) * gw / 2
+                nodes = sum(bj * max(uj - x, 0) ** 2 / 2 for bj, uj in zip(b, u))
+                return float((w * np.exp(-(h - v)) * (v - x) ** 2 / 2).sum()) - nodes
+
+            k = torch.tensor([K(x) for x in xi], dtype=torch.float64)
+            assert float(k.min()) > -1e-12 and float(k.max()) > 0.1
+            y = torch.from_numpy(np.exp(-2 * (xi - xi[0] + (-0.5 * math.log(s2[0])))))[:, None]     # σ² at ℓ = ℓ_1 + ξ
+            L_ = lam[None]
+            d3 = 2 * L_ * y * (2 * L_ ** 2 - 5 * L_ * y + y ** 2 / 2) / (L_ + y) ** 3.5
+            wq = torch.full((len(xi), 1), xi[1] - xi[0], dtype=torch.float64)
+            wq[0] = wq[-1] = (xi[1] - xi[0]) / 2
+            peano = -(k[:, None] * d3 * wq).sum(0) / (lam + s2[3]).sqrt()
+            assert float((peano - phi_).abs().max()) < 1e-6 * float(phi_.abs().max())
+            weak = ~d3_below & (lam >= 0.02)       # as notebook 09's weakest: D''' < 0 near the first node, where K is small
+            neg, pos = ((k[:, None] * d3.clamp(**b) * wq).sum(0).abs() for b in ({"max": 0}, {"min": 0}))
+            assert bool(weak.any()) and float((neg / pos)[weak].max()) < 0.01
+            assert float((peano + phi_).abs().max()) > 1e-3                   # K taken with the wrong sign fails
+
+
+def _two_m_leading_misses(lam, seq, lag=True):
+    """Notebook 09 §7 (e): the sum over 2M's steps of each one's leading-order miss from the flow's state, over its x̄:
+    −(h³ D'/12 + (h² h_{−1}/4 + h³/6) D'')/x̄, D'/x̄ = z/(1+z)², D''/x̄ = −z(2−z)/(1+z)³, z = σ_t²/λ; the first step
+    (DDIM's) −h² D'/(2x̄)."""
+    s2 = [1 / float(AB[int(t)]) - 1 for t in seq]
+    ell = [-0.5 * math.log(v) for v in s2]
+    total = torch.zeros_like(lam)
+    for i in range(len(ell) - 1):
+        h, z = ell[i + 1] - ell[i], s2[i] / lam
+        d1, d2 = z / (1 + z) ** 2, -z * (2 - z) / (1 + z) ** 3
+        total -= h ** 2 / 2 * d1 if i == 0 else h ** 3 / 12 * d1 + (h ** 2 * (ell[i] - ell[i - 1]) / 4 * lag + h ** 3 / 6) * d2
+    return total, (ell[-1] - ell[0]) / (len(ell) - 1)
+
+
+def test_dpm_solver_pp_2m_surplus_on_lambda_uniform_steps_is_its_slopes_lag():
+    """Notebook 09 §7 (e): on λ-uniform steps 2M's surplus at t = 0 is the sum of its steps' leading-order misses from the
+    flow's state (the flow carries a relative miss unchanged): within 0.4h of the surplus at S = 50, 100, 200 (the next order),
+    where taking m as the slope at t (no lag) misses it by more than half in every direction. On exactly uniform steps the sum
+    tends to (h²/8) ∫ (3 − 2z)/(1 + z)³ dz = h²/16 for σ_0² ≪ λ; the strongest direction here is within 3% of it."""
+    lam = torch.logspace(-2, 1.5, 64, dtype=torch.float64)
+    for S in (50, 100, 200):
+        seq = ode.lambda_timesteps(S, AB)
+        surplus = _ratio_to_flow(ode.dpm_solver_pp_2m, lam, seq)[-2] - 1
+        pred, h = _two_m_leading_misses(lam, seq)
+        assert bool((surplus > 0).all()) and float(((pred - surplus) / surplus).abs().max()) < 0.4 * h, S     # next order: O(h)
+        assert float(((_two_m_leading_misses(lam, seq, lag=False)[0] - surplus) / surplus).abs().min()) > 0.5
+        assert abs(float(surplus[-1]) / (h ** 2 / 16) - 1) < 0.03, (S, float(surplus[-1]), h)
