@@ -62,6 +62,7 @@ from .samplers import (
     check_schedule,
     check_x,
     ddim_invert,
+    eval_eps,
     report,
 )
 from .schedule import alpha_bar_at, as_steps, step_pairs, validate_alpha_bar, validate_timesteps
@@ -972,15 +973,20 @@ def check_tolerances(rtol, atol, what: str, dtype: torch.dtype, instead: str | N
                              f"{floor:.2g}" + (f", or {instead}" if instead and dtype != torch.float64 else ""))
 
 
+# how to split a batch too large for ε (`samplers.eval_eps`): each sample's ODE is its own
+SPLIT_ODE = "each sample's ODE is its own: call it on parts of the batch, x.split(k)"
+
+
 def _eps_of_xbar(eps, alpha_bar, xbar: torch.Tensor, sig: float, sig_max: float, dtype, tols) -> torch.Tensor:
     """The right-hand side of (ODE), ε(x̄/√(σ²+1), t(σ)), float64, with ε called in `dtype` (x's) and t as `call_eps`
     passes a fractional step; σ below 0 is read as 0 and, for t only, above sig_max as sig_max (the solver's rounding).
-    An ε returned in a coarser dtype than x's (a float32 network behind a lambda) must resolve `tols` = (rtol, atol) too."""
+    An ε returned in a coarser dtype than x's (a float32 network behind a lambda) must resolve `tols` = (rtol, atol) too.
+    An allocation that fails in ε is said in one line, as in the samplers (`samplers.eval_eps`)."""
     sig = max(sig, 0.0)
     x = (xbar / math.sqrt(sig ** 2 + 1)).to(dtype)
     t = torch.full((x.shape[0],), float(_t_of_sigma(alpha_bar, min(sig, sig_max))), device=x.device,
                    dtype=torch.promote_types(dtype, torch.float32))
-    e = _of_x_shape(eps(x, t), x, "eps(x, t)")
+    e = _of_x_shape(eval_eps(eps, x, t, SPLIT_ODE), x, "eps(x, t)")
     if e.dtype != dtype and e.is_floating_point():
         check_tolerances(*tols, f"the {_dtype_name(e.dtype)} that eps(x, t) returns can give", e.dtype,
                           f"have eps return x's {_dtype_name(dtype)}")

@@ -180,23 +180,13 @@ def call_eps(eps, x, t):
     x's shape and dtype. eps gets a copy of x, so an eps that edits its input in place (`x.clamp_()`, a first
     ReLU(inplace=True)) changes neither the caller's tensor nor the run, in every sampler and solver alike (a copy of x
     costs under 1% of the cheapest eps, `toy.exact_eps`; the samplers reuse x after the call, the solvers do not).
-    An allocation that fails in it (a batch too large for the network: torch's message is a page on its allocator) is
-    raised again, of its own type, as one line saying the batch and what to do (`checks.out_of_memory`), at no cost to a
-    call that fits."""
+    An allocation that fails in it is said in one line (`eval_eps`)."""
     check_eps(eps)
     if isinstance(t, int):
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
     else:
         tt = torch.full((x.shape[0],), float(t), dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
-    try:
-        e = eps(x.clone(), tt)
-    except (MemoryError, RuntimeError) as err:
-        if (size := out_of_memory(err)) is None:
-            raise
-        kind = next(k for k in (torch.OutOfMemoryError, MemoryError, RuntimeError) if isinstance(err, k))
-        raise kind(f"eps(x, t) ran out of memory{size} on a batch of {len(x):,} samples of shape {tuple(x.shape[1:])} "
-                   f"on {x.device}: pass fewer samples per call (generate.generate_samples splits a run into "
-                   f"batch_size ones)") from err
+    e = eval_eps(eps, x.clone(), tt)
     e = _of_x_shape(e, x, "eps(x, t)")
     if e.dtype != x.dtype:
         raise ValueError(f"eps(x, t) returned dtype {e.dtype} but x is {x.dtype}; cast one of them")
@@ -205,6 +195,25 @@ def call_eps(eps, x, t):
         raise NonFiniteError(f"eps(x, t) returned NaN or inf at step t = {t} ({where}); "
                              f"check the model (weights, dtype, mixed precision) and the schedule")
     return e
+
+
+SPLIT_SAMPLES = "generate.generate_samples splits a run into batch_size ones"
+
+
+def eval_eps(eps, x, t, split: str = SPLIT_SAMPLES):
+    """eps(x, t) as it is, but an allocation that fails in it (a batch too large for the network: torch's message is a
+    page on its allocator) is raised again, of its own type, as one line saying the batch, its device and what to do,
+    `split` saying how (`checks.out_of_memory` still reads it, with the size asked for), torch's error chained as its
+    cause; any other error passes unchanged, and a call that fits pays nothing. The one place every sampler and solver
+    (`call_eps`) and the ODE's scipy paths (`ode.reference_solution`, `ode.log_likelihood`) call ε."""
+    try:
+        return eps(x, t)
+    except (MemoryError, RuntimeError) as err:
+        if (size := out_of_memory(err)) is None:
+            raise
+        kind = next(k for k in (torch.OutOfMemoryError, MemoryError, RuntimeError) if isinstance(err, k))
+        raise kind(f"eps(x, t) ran out of memory{size} on a batch of {len(x):,} samples of shape {tuple(x.shape[1:])} "
+                   f"on {x.device}: pass fewer samples per call ({split})") from err
 
 
 def _of_x_shape(e, x: torch.Tensor, what: str) -> torch.Tensor:

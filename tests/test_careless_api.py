@@ -3308,3 +3308,32 @@ def test_round_40_a_batch_too_large_for_the_network_is_said_in_one_line_of_its_o
             assert type(caught.value.__cause__) is kind and out_of_memory(caught.value) == f" (it asked for {size})"
         with pytest.raises(RuntimeError, match=r"^mat1 and mat2 shapes cannot be multiplied"):
             sample(other)
+
+
+def test_round_41_a_batch_too_large_for_eps_is_one_line_in_the_scipy_paths_too(toy_setup):
+    """reference_solution and log_likelihood call ε through their own right-hand side, not `samplers.call_eps`, and a
+    batch too large for the network still showed torch's page on its allocator there. Both now go through the samplers'
+    one place (`samplers.eval_eps`): the same line of the same type, with how to split this batch; any other error
+    passes unchanged. The allocation is real (2**62 bytes)."""
+    from ddimlab.checks import out_of_memory
+
+    mix, eps, x_T, _ = toy_setup
+
+    def huge(x, t):
+        torch.empty(2 ** 62, dtype=torch.uint8)
+        return eps(x, t)
+
+    def other(x, t):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (16x2 and 3x4)")
+
+    run = {"reference_solution": lambda e: ode.reference_solution(e, x_T, AB, 999, rtol=1e-6, atol=1e-6),
+           "log_likelihood": lambda e: ode.log_likelihood(e, x_T, AB, rtol=1e-6, atol=1e-6)}
+    for name, solve in run.items():
+        with pytest.raises(RuntimeError, match=rf"^eps\(x, t\) ran out of memory \(it asked for {2 ** 62} bytes\) on a "
+                                               r"batch of 16 samples of shape \(2,\) on cpu: pass fewer samples per call "
+                                               r"\(each sample's ODE is its own: call it on parts of the batch, "
+                                               r"x\.split\(k\)\)$") as caught:
+            solve(huge)
+        assert type(caught.value.__cause__) is RuntimeError and out_of_memory(caught.value) == f" (it asked for {2 ** 62} bytes)"
+        with pytest.raises(RuntimeError, match=r"^mat1 and mat2 shapes cannot be multiplied"):
+            solve(other)
