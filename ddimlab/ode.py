@@ -63,6 +63,7 @@ from .samplers import (
     check_x,
     ddim_invert,
     eval_eps,
+    of_eps_kind,
     report,
 )
 from .schedule import alpha_bar_at, as_steps, step_pairs, validate_alpha_bar, validate_timesteps
@@ -882,7 +883,7 @@ def thresholded_eps(eps, alpha_bar, p: float = 0.995, s_max: float = math.inf):
             raise ValueError("thresholded_eps is undefined at t = -1 (alpha_bar = 1, sigma = 0), where eps = (x - sqrt(a) "
                              "x0_thr)/sqrt(1 - a) divides by 0: stop the ODE at t_end = 0 (the solvers' last step, 0 -> -1, "
                              "calls eps at t = 0 only)")
-        e = _of_x_shape(eps(x.clone(), t), x, "thresholded_eps: eps")
+        e = of_eps_kind(eps(x.clone(), t), x, "thresholded_eps: eps", same_dtype=False)
         if not bool(torch.isfinite(e).all()):    # returned as it is: the sampler's NonFiniteError names the step
             return e
         return predict_eps(x, dynamic_threshold(predict_x0(x, e, a), p, s_max), a)
@@ -986,8 +987,8 @@ def _eps_of_xbar(eps, alpha_bar, xbar: torch.Tensor, sig: float, sig_max: float,
     x = (xbar / math.sqrt(sig ** 2 + 1)).to(dtype)
     t = torch.full((x.shape[0],), float(_t_of_sigma(alpha_bar, min(sig, sig_max))), device=x.device,
                    dtype=torch.promote_types(dtype, torch.float32))
-    e = _of_x_shape(eval_eps(eps, x, t, SPLIT_ODE), x, "eps(x, t)")
-    if e.dtype != dtype and e.is_floating_point():
+    e = of_eps_kind(eval_eps(eps, x, t, SPLIT_ODE), x, same_dtype=False)
+    if e.dtype != dtype:
         check_tolerances(*tols, f"the {_dtype_name(e.dtype)} that eps(x, t) returns can give", e.dtype,
                           f"have eps return x's {_dtype_name(dtype)}")
     e = e.to(torch.float64)

@@ -186,10 +186,7 @@ def call_eps(eps, x, t):
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
     else:
         tt = torch.full((x.shape[0],), float(t), dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
-    e = eval_eps(eps, x.clone(), tt)
-    e = _of_x_shape(e, x, "eps(x, t)")
-    if e.dtype != x.dtype:
-        raise ValueError(f"eps(x, t) returned dtype {e.dtype} but x is {x.dtype}; cast one of them")
+    e = of_eps_kind(eval_eps(eps, x.clone(), tt), x)
     if not bool(torch.isfinite(e).all()):
         where = "its input x was already non-finite" if not bool(torch.isfinite(x).all()) else "from a finite input"
         raise NonFiniteError(f"eps(x, t) returned NaN or inf at step t = {t} ({where}); "
@@ -214,6 +211,21 @@ def eval_eps(eps, x, t, split: str = SPLIT_SAMPLES):
         kind = next(k for k in (torch.OutOfMemoryError, MemoryError, RuntimeError) if isinstance(err, k))
         raise kind(f"eps(x, t) ran out of memory{size} on a batch of {len(x):,} samples of shape {tuple(x.shape[1:])} "
                    f"on {x.device}: pass fewer samples per call ({split})") from err
+
+
+def of_eps_kind(e, x: torch.Tensor, what: str = "eps(x, t)", same_dtype: bool = True) -> torch.Tensor:
+    """`e`, what ε returned for x, if it is a tensor of x's shape (`_of_x_shape`), on x's device, and of x's dtype (or,
+    without `same_dtype`, of any floating dtype: the ODE's scipy paths take a float32 network's ε for float64 x), else
+    a ValueError naming `what`. Another device stopped the step deep inside torch ("Expected all tensors to be on the
+    same device"); a bool or integer ε was read as numbers (True as 1), a complex one lost its imaginary part."""
+    e = _of_x_shape(e, x, what)
+    if e.device != x.device:
+        raise ValueError(f"{what} must return eps on x's device, {x.device}, got it on {e.device}")
+    if not e.dtype.is_floating_point:
+        raise ValueError(f"{what} must return floating-point eps (x's dtype, {x.dtype}), got {e.dtype}")
+    if same_dtype and e.dtype != x.dtype:
+        raise ValueError(f"{what} returned dtype {e.dtype} but x is {x.dtype}; cast one of them")
+    return e
 
 
 def _of_x_shape(e, x: torch.Tensor, what: str) -> torch.Tensor:

@@ -3337,3 +3337,43 @@ def test_round_41_a_batch_too_large_for_eps_is_one_line_in_the_scipy_paths_too(t
         assert type(caught.value.__cause__) is RuntimeError and out_of_memory(caught.value) == f" (it asked for {2 ** 62} bytes)"
         with pytest.raises(RuntimeError, match=r"^mat1 and mat2 shapes cannot be multiplied"):
             solve(other)
+
+
+def test_round_41_an_eps_of_bool_integer_or_complex_values_is_refused_in_the_scipy_paths_and_thresholded_eps(toy_setup):
+    """The samplers refuse an ε of another dtype than x's, but the ODE's scipy paths, which take a coarser float (a float32
+    network for float64 x), took any dtype: a complex ε lost its imaginary part in reference_solution without a word, a
+    bool ε (True read as 1) stalled solve_ivp on its jumps, and log_likelihood said to pass a differentiable network;
+    thresholded_eps formed x0 from a bool ε and returned finite, wrong samples. Now each says what eps returned."""
+    _, eps, x_T, seq = toy_setup
+    x = x_T[:4]
+    kinds = {torch.bool: lambda x, t: eps(x, t) > 0, torch.int64: lambda x, t: eps(x, t).long(),
+             torch.complex128: lambda x, t: eps(x, t).to(torch.complex128)}
+    for dtype, bad in kinds.items():
+        said = rf"must return floating-point eps \(x's dtype, torch\.float64\), got {dtype}$"
+        with pytest.raises(ValueError, match=rf"^eps\(x, t\) {said}"):
+            ode.reference_solution(bad, x, AB, 999, rtol=1e-3, atol=1e-3)
+        with pytest.raises(ValueError, match=rf"^eps\(x, t\) {said}"):
+            ode.log_likelihood(bad, x, AB, rtol=1e-3, atol=1e-3)
+        with pytest.raises(ValueError, match=rf"^thresholded_eps: eps {said}"):
+            ode.euler(ode.thresholded_eps(bad, AB, 0.9, 1.0), x, AB, seq)
+    float32 = ode.reference_solution(lambda x, t: eps(x, t).float(), x, AB, 999, rtol=1e-4, atol=1e-4)    # still taken
+    assert float((float32 - ode.reference_solution(eps, x, AB, 999, rtol=1e-4, atol=1e-4)).abs().max()) < 1e-3
+
+
+def test_round_41_an_eps_on_another_device_than_x_is_named(toy_setup):
+    """An ε returned on another device than x (a CPU network's ε for CUDA samples; meta here, which holds no values)
+    stopped every sampler, solver and the scipy paths inside torch ("Tensor.item() cannot be called on meta tensors"),
+    as a noise_sampler on another device did before round 35."""
+    _, eps, x_T, seq = toy_setup
+    x = x_T[:4]
+
+    def elsewhere(x, t):
+        return eps(x, t).to("meta")
+    for run, who in ((lambda: samplers.ddim_sample(elsewhere, x, AB, seq), "eps\\(x, t\\)"),
+                     (lambda: ode.heun(elsewhere, x, AB, seq), "eps\\(x, t\\)"),
+                     (lambda: ode.reference_solution(elsewhere, x, AB, 999, rtol=1e-3, atol=1e-3), "eps\\(x, t\\)"),
+                     (lambda: ode.log_likelihood(elsewhere, x, AB, rtol=1e-3, atol=1e-3), "eps\\(x, t\\)"),
+                     (lambda: ode.euler(ode.thresholded_eps(elsewhere, AB), x, AB, seq), "thresholded_eps: eps")):
+        with pytest.raises(ValueError, match=rf"^{who} must return eps on x's device, cpu, got it on meta$"):
+            run()
+
