@@ -322,11 +322,14 @@ def heun(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=Non
 
 def _heun_step(eps, xbar, t, s, sig_t, sig_s, correct: bool = True):
     """One step of Heun's method on (ODE) from step t to step s, either way: d = ε(x_t, t), x̄' = x̄ + h d,
-    x̄_s = x̄ + h (d + ε(x'_s, s))/2 with h = σ_s − σ_t; without `correct` the Euler step x̄'. Returns (x̄_s, x̂_0)."""
+    x̄_s = x̄ + h (d + ε(x'_s, s))/2 with h = σ_s − σ_t; without `correct` the Euler step x̄'. Returns (x̄_s, x̂_0).
+    x̄' is checked to be finite before ε is called on it (`samplers._finite`): towards noise x̄ grows as σ (20 291 at the
+    cosine schedule's t = 999), past float16's 65 504, and ε of an inf x was blamed on the model."""
     h = sig_s - sig_t
     d = call_eps(eps, _x(xbar, sig_t), t)
     x_pred = xbar + h * d
     if correct:
+        x_pred = _finite(x_pred, t, s)
         return xbar + h * 0.5 * (d + call_eps(eps, _x(x_pred, sig_s), s)), xbar - sig_t * d
     return x_pred, xbar - sig_t * d
 

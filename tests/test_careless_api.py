@@ -3377,3 +3377,19 @@ def test_round_41_an_eps_on_another_device_than_x_is_named(toy_setup):
         with pytest.raises(ValueError, match=rf"^{who} must return eps on x's device, cpu, got it on meta$"):
             run()
 
+
+def test_round_41_heun_invert_in_float16_says_where_it_overflows_not_blaming_eps():
+    """heun_invert integrates x̄ = x/√ᾱ, which towards noise grows as σ (20 291 at the cosine schedule's t = 999): in
+    float16 its predictor passed 65 504 and ε was called on inf, which toy.exact_eps refused as its own input ("x contains
+    NaN or inf") and a network's NaN was blamed on the model. Now the step and the fix are said; ddim_invert, which works
+    in x, still runs in float16."""
+    cos = schedule.make_alpha_bar("cosine", 1000)
+    eps = toy.exact_eps(toy.random_mixture(d=2, K=3, seed=0), cos)
+    x0 = torch.randn(16, 2, generator=torch.Generator().manual_seed(0)).half()
+    seq = schedule.timesteps(10, 1000, "trailing")
+    with pytest.raises(samplers.NonFiniteError, match=r"^step 899 -> 999 gave NaN or inf in torch\.float16 from a finite "
+                                                      r"eps; run in float32 \(x_T\.float\(\), or x0\.float\(\) for an "
+                                                      r"inversion\)$"):
+        ode.heun_invert(eps, x0, cos, seq)
+    assert bool(torch.isfinite(ode.heun_invert(eps, x0.float(), cos, seq)).all())
+    assert bool(torch.isfinite(samplers.ddim_invert(eps, x0, cos, seq)).all())
