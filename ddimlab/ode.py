@@ -62,6 +62,8 @@ from .samplers import (
     check_schedule,
     check_x,
     ddim_invert,
+    eval_eps,
+    of_eps_kind,
     report,
 )
 from .schedule import alpha_bar_at, as_steps, step_pairs, validate_alpha_bar, validate_timesteps
@@ -320,11 +322,14 @@ def heun(eps, x_T, alpha_bar, seq, return_trajectory: bool = False, callback=Non
 
 def _heun_step(eps, xbar, t, s, sig_t, sig_s, correct: bool = True):
     """One step of Heun's method on (ODE) from step t to step s, either way: d = ε(x_t, t), x̄' = x̄ + h d,
-    x̄_s = x̄ + h (d + ε(x'_s, s))/2 with h = σ_s − σ_t; without `correct` the Euler step x̄'. Returns (x̄_s, x̂_0)."""
+    x̄_s = x̄ + h (d + ε(x'_s, s))/2 with h = σ_s − σ_t; without `correct` the Euler step x̄'. Returns (x̄_s, x̂_0).
+    x̄' is checked to be finite before ε is called on it (`samplers._finite`): towards noise x̄ grows as σ (20 291 at the
+    cosine schedule's t = 999), past float16's 65 504, and ε of an inf x was blamed on the model."""
     h = sig_s - sig_t
     d = call_eps(eps, _x(xbar, sig_t), t)
     x_pred = xbar + h * d
     if correct:
+        x_pred = _finite(x_pred, t, s)
         return xbar + h * 0.5 * (d + call_eps(eps, _x(x_pred, sig_s), s)), xbar - sig_t * d
     return x_pred, xbar - sig_t * d
 
@@ -881,7 +886,7 @@ def thresholded_eps(eps, alpha_bar, p: float = 0.995, s_max: float = math.inf):
             raise ValueError("thresholded_eps is undefined at t = -1 (alpha_bar = 1, sigma = 0), where eps = (x - sqrt(a) "
                              "x0_thr)/sqrt(1 - a) divides by 0: stop the ODE at t_end = 0 (the solvers' last step, 0 -> -1, "
                              "calls eps at t = 0 only)")
-        e = _of_x_shape(eps(x.clone(), t), x, "thresholded_eps: eps")
+        e = of_eps_kind(eps(x.clone(), t), x, "thresholded_eps: eps", same_dtype=False)
         if not bool(torch.isfinite(e).all()):    # returned as it is: the sampler's NonFiniteError names the step
             return e
         return predict_eps(x, dynamic_threshold(predict_x0(x, e, a), p, s_max), a)
@@ -972,16 +977,21 @@ def check_tolerances(rtol, atol, what: str, dtype: torch.dtype, instead: str | N
                              f"{floor:.2g}" + (f", or {instead}" if instead and dtype != torch.float64 else ""))
 
 
+# how to split a batch too large for ε (`samplers.eval_eps`): each sample's ODE is its own
+SPLIT_ODE = "each sample's ODE is its own: call it on parts of the batch, x.split(k)"
+
+
 def _eps_of_xbar(eps, alpha_bar, xbar: torch.Tensor, sig: float, sig_max: float, dtype, tols) -> torch.Tensor:
     """The right-hand side of (ODE), ε(x̄/√(σ²+1), t(σ)), float64, with ε called in `dtype` (x's) and t as `call_eps`
     passes a fractional step; σ below 0 is read as 0 and, for t only, above sig_max as sig_max (the solver's rounding).
-    An ε returned in a coarser dtype than x's (a float32 network behind a lambda) must resolve `tols` = (rtol, atol) too."""
+    An ε returned in a coarser dtype than x's (a float32 network behind a lambda) must resolve `tols` = (rtol, atol) too.
+    An allocation that fails in ε is said in one line, as in the samplers (`samplers.eval_eps`)."""
     sig = max(sig, 0.0)
     x = (xbar / math.sqrt(sig ** 2 + 1)).to(dtype)
     t = torch.full((x.shape[0],), float(_t_of_sigma(alpha_bar, min(sig, sig_max))), device=x.device,
                    dtype=torch.promote_types(dtype, torch.float32))
-    e = _of_x_shape(eps(x, t), x, "eps(x, t)")
-    if e.dtype != dtype and e.is_floating_point():
+    e = of_eps_kind(eval_eps(eps, x, t, SPLIT_ODE), x, same_dtype=False)
+    if e.dtype != dtype:
         check_tolerances(*tols, f"the {_dtype_name(e.dtype)} that eps(x, t) returns can give", e.dtype,
                           f"have eps return x's {_dtype_name(dtype)}")
     e = e.to(torch.float64)

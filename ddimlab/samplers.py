@@ -180,30 +180,51 @@ def call_eps(eps, x, t):
     x's shape and dtype. eps gets a copy of x, so an eps that edits its input in place (`x.clamp_()`, a first
     ReLU(inplace=True)) changes neither the caller's tensor nor the run, in every sampler and solver alike (a copy of x
     costs under 1% of the cheapest eps, `toy.exact_eps`; the samplers reuse x after the call, the solvers do not).
-    An allocation that fails in it (a batch too large for the network: torch's message is a page on its allocator) is
-    raised again, of its own type, as one line saying the batch and what to do (`checks.out_of_memory`), at no cost to a
-    call that fits."""
+    An allocation that fails in it is said in one line (`eval_eps`)."""
     check_eps(eps)
     if isinstance(t, int):
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
     else:
         tt = torch.full((x.shape[0],), float(t), dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
+    e = of_eps_kind(eval_eps(eps, x.clone(), tt), x)
+    if not bool(torch.isfinite(e).all()):
+        where = "its input x was already non-finite" if not bool(torch.isfinite(x).all()) else "from a finite input"
+        raise NonFiniteError(f"eps(x, t) returned NaN or inf at step t = {t} ({where}); "
+                             f"check the model (weights, dtype, mixed precision) and the schedule")
+    return e
+
+
+SPLIT_SAMPLES = "generate.generate_samples splits a run into batch_size ones"
+
+
+def eval_eps(eps, x, t, split: str = SPLIT_SAMPLES):
+    """eps(x, t) as it is, but an allocation that fails in it (a batch too large for the network: torch's message is a
+    page on its allocator) is raised again, of its own type, as one line saying the batch, its device and what to do,
+    `split` saying how (`checks.out_of_memory` still reads it, with the size asked for), torch's error chained as its
+    cause; any other error passes unchanged, and a call that fits pays nothing. The one place every sampler and solver
+    (`call_eps`) and the ODE's scipy paths (`ode.reference_solution`, `ode.log_likelihood`) call ε."""
     try:
-        e = eps(x.clone(), tt)
+        return eps(x, t)
     except (MemoryError, RuntimeError) as err:
         if (size := out_of_memory(err)) is None:
             raise
         kind = next(k for k in (torch.OutOfMemoryError, MemoryError, RuntimeError) if isinstance(err, k))
         raise kind(f"eps(x, t) ran out of memory{size} on a batch of {len(x):,} samples of shape {tuple(x.shape[1:])} "
-                   f"on {x.device}: pass fewer samples per call (generate.generate_samples splits a run into "
-                   f"batch_size ones)") from err
-    e = _of_x_shape(e, x, "eps(x, t)")
-    if e.dtype != x.dtype:
-        raise ValueError(f"eps(x, t) returned dtype {e.dtype} but x is {x.dtype}; cast one of them")
-    if not bool(torch.isfinite(e).all()):
-        where = "its input x was already non-finite" if not bool(torch.isfinite(x).all()) else "from a finite input"
-        raise NonFiniteError(f"eps(x, t) returned NaN or inf at step t = {t} ({where}); "
-                             f"check the model (weights, dtype, mixed precision) and the schedule")
+                   f"on {x.device}: pass fewer samples per call ({split})") from err
+
+
+def of_eps_kind(e, x: torch.Tensor, what: str = "eps(x, t)", same_dtype: bool = True) -> torch.Tensor:
+    """`e`, what ε returned for x, if it is a tensor of x's shape (`_of_x_shape`), on x's device, and of x's dtype (or,
+    without `same_dtype`, of any floating dtype: the ODE's scipy paths take a float32 network's ε for float64 x), else
+    a ValueError naming `what`. Another device stopped the step deep inside torch ("Expected all tensors to be on the
+    same device"); a bool or integer ε was read as numbers (True as 1), a complex one lost its imaginary part."""
+    e = _of_x_shape(e, x, what)
+    if e.device != x.device:
+        raise ValueError(f"{what} must return eps on x's device, {x.device}, got it on {e.device}")
+    if not e.dtype.is_floating_point:
+        raise ValueError(f"{what} must return floating-point eps (x's dtype, {x.dtype}), got {e.dtype}")
+    if same_dtype and e.dtype != x.dtype:
+        raise ValueError(f"{what} returned dtype {e.dtype} but x is {x.dtype}; cast one of them")
     return e
 
 

@@ -3308,3 +3308,88 @@ def test_round_40_a_batch_too_large_for_the_network_is_said_in_one_line_of_its_o
             assert type(caught.value.__cause__) is kind and out_of_memory(caught.value) == f" (it asked for {size})"
         with pytest.raises(RuntimeError, match=r"^mat1 and mat2 shapes cannot be multiplied"):
             sample(other)
+
+
+def test_round_41_a_batch_too_large_for_eps_is_one_line_in_the_scipy_paths_too(toy_setup):
+    """reference_solution and log_likelihood call ε through their own right-hand side, not `samplers.call_eps`, and a
+    batch too large for the network still showed torch's page on its allocator there. Both now go through the samplers'
+    one place (`samplers.eval_eps`): the same line of the same type, with how to split this batch; any other error
+    passes unchanged. The allocation is real (2**62 bytes)."""
+    from ddimlab.checks import out_of_memory
+
+    mix, eps, x_T, _ = toy_setup
+
+    def huge(x, t):
+        torch.empty(2 ** 62, dtype=torch.uint8)
+        return eps(x, t)
+
+    def other(x, t):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (16x2 and 3x4)")
+
+    run = {"reference_solution": lambda e: ode.reference_solution(e, x_T, AB, 999, rtol=1e-6, atol=1e-6),
+           "log_likelihood": lambda e: ode.log_likelihood(e, x_T, AB, rtol=1e-6, atol=1e-6)}
+    for name, solve in run.items():
+        with pytest.raises(RuntimeError, match=rf"^eps\(x, t\) ran out of memory \(it asked for {2 ** 62} bytes\) on a "
+                                               r"batch of 16 samples of shape \(2,\) on cpu: pass fewer samples per call "
+                                               r"\(each sample's ODE is its own: call it on parts of the batch, "
+                                               r"x\.split\(k\)\)$") as caught:
+            solve(huge)
+        assert type(caught.value.__cause__) is RuntimeError and out_of_memory(caught.value) == f" (it asked for {2 ** 62} bytes)"
+        with pytest.raises(RuntimeError, match=r"^mat1 and mat2 shapes cannot be multiplied"):
+            solve(other)
+
+
+def test_round_41_an_eps_of_bool_integer_or_complex_values_is_refused_in_the_scipy_paths_and_thresholded_eps(toy_setup):
+    """The samplers refuse an ε of another dtype than x's, but the ODE's scipy paths, which take a coarser float (a float32
+    network for float64 x), took any dtype: a complex ε lost its imaginary part in reference_solution without a word, a
+    bool ε (True read as 1) stalled solve_ivp on its jumps, and log_likelihood said to pass a differentiable network;
+    thresholded_eps formed x0 from a bool ε and returned finite, wrong samples. Now each says what eps returned."""
+    _, eps, x_T, seq = toy_setup
+    x = x_T[:4]
+    kinds = {torch.bool: lambda x, t: eps(x, t) > 0, torch.int64: lambda x, t: eps(x, t).long(),
+             torch.complex128: lambda x, t: eps(x, t).to(torch.complex128)}
+    for dtype, bad in kinds.items():
+        said = rf"must return floating-point eps \(x's dtype, torch\.float64\), got {dtype}$"
+        with pytest.raises(ValueError, match=rf"^eps\(x, t\) {said}"):
+            ode.reference_solution(bad, x, AB, 999, rtol=1e-3, atol=1e-3)
+        with pytest.raises(ValueError, match=rf"^eps\(x, t\) {said}"):
+            ode.log_likelihood(bad, x, AB, rtol=1e-3, atol=1e-3)
+        with pytest.raises(ValueError, match=rf"^thresholded_eps: eps {said}"):
+            ode.euler(ode.thresholded_eps(bad, AB, 0.9, 1.0), x, AB, seq)
+    float32 = ode.reference_solution(lambda x, t: eps(x, t).float(), x, AB, 999, rtol=1e-4, atol=1e-4)    # still taken
+    assert float((float32 - ode.reference_solution(eps, x, AB, 999, rtol=1e-4, atol=1e-4)).abs().max()) < 1e-3
+
+
+def test_round_41_an_eps_on_another_device_than_x_is_named(toy_setup):
+    """An ε returned on another device than x (a CPU network's ε for CUDA samples; meta here, which holds no values)
+    stopped every sampler, solver and the scipy paths inside torch ("Tensor.item() cannot be called on meta tensors"),
+    as a noise_sampler on another device did before round 35."""
+    _, eps, x_T, seq = toy_setup
+    x = x_T[:4]
+
+    def elsewhere(x, t):
+        return eps(x, t).to("meta")
+    for run, who in ((lambda: samplers.ddim_sample(elsewhere, x, AB, seq), "eps\\(x, t\\)"),
+                     (lambda: ode.heun(elsewhere, x, AB, seq), "eps\\(x, t\\)"),
+                     (lambda: ode.reference_solution(elsewhere, x, AB, 999, rtol=1e-3, atol=1e-3), "eps\\(x, t\\)"),
+                     (lambda: ode.log_likelihood(elsewhere, x, AB, rtol=1e-3, atol=1e-3), "eps\\(x, t\\)"),
+                     (lambda: ode.euler(ode.thresholded_eps(elsewhere, AB), x, AB, seq), "thresholded_eps: eps")):
+        with pytest.raises(ValueError, match=rf"^{who} must return eps on x's device, cpu, got it on meta$"):
+            run()
+
+
+def test_round_41_heun_invert_in_float16_says_where_it_overflows_not_blaming_eps():
+    """heun_invert integrates x̄ = x/√ᾱ, which towards noise grows as σ (20 291 at the cosine schedule's t = 999): in
+    float16 its predictor passed 65 504 and ε was called on inf, which toy.exact_eps refused as its own input ("x contains
+    NaN or inf") and a network's NaN was blamed on the model. Now the step and the fix are said; ddim_invert, which works
+    in x, still runs in float16."""
+    cos = schedule.make_alpha_bar("cosine", 1000)
+    eps = toy.exact_eps(toy.random_mixture(d=2, K=3, seed=0), cos)
+    x0 = torch.randn(16, 2, generator=torch.Generator().manual_seed(0)).half()
+    seq = schedule.timesteps(10, 1000, "trailing")
+    with pytest.raises(samplers.NonFiniteError, match=r"^step 899 -> 999 gave NaN or inf in torch\.float16 from a finite "
+                                                      r"eps; run in float32 \(x_T\.float\(\), or x0\.float\(\) for an "
+                                                      r"inversion\)$"):
+        ode.heun_invert(eps, x0, cos, seq)
+    assert bool(torch.isfinite(ode.heun_invert(eps, x0.float(), cos, seq)).all())
+    assert bool(torch.isfinite(samplers.ddim_invert(eps, x0, cos, seq)).all())
