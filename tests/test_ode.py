@@ -1336,66 +1336,81 @@ def _three_m_last_step(lam, ts):
     return phi_, b, u, h
 
 
+def _peano(lam, b, u, h, s2_first, n=3001):
+    """Notebook 09 §7 (e): Peano's kernel of 3M's last step on [ℓ_{−2}, ℓ_s] (u = ℓ − ℓ_1 from u_0 to h), K(ξ) = the exact
+    ∫_0^h e^{−(h−v)} (v − ξ)_+²/2 dv minus the step's Σ b_j (u_j − ξ)_+²/2, on n points ξ; the flow's D''' (c = 1) there, one
+    column per λ; and trapezoid weights. Then Φ x̄_s = −Σ K D''' w."""
+    xi = np.linspace(u[0], h, n)
+    g, gw = np.polynomial.legendre.leggauss(60)
+
+    def K(x):
+        lo = max(x, 0.0)
+        v, w = lo + (h - lo) * (g + 1) / 2, (h - lo) * gw / 2
+        nodes = sum(bj * max(uj - x, 0) ** 2 / 2 for bj, uj in zip(b, u))
+        return float((w * np.exp(-(h - v)) * (v - x) ** 2 / 2).sum()) - nodes
+
+    k = torch.tensor([K(x) for x in xi], dtype=torch.float64)[:, None]
+    y = torch.from_numpy(np.exp(-2 * (xi - xi[0] + (-0.5 * math.log(s2_first)))))[:, None]     # σ² at ℓ = ℓ_1 + ξ
+    L_ = lam[None]
+    d3 = 2 * L_ * y * (2 * L_ ** 2 - 5 * L_ * y + y ** 2 / 2) / (L_ + y) ** 3.5
+    wq = torch.full((n, 1), xi[1] - xi[0], dtype=torch.float64)
+    wq[0] = wq[-1] = (xi[1] - xi[0]) / 2
+    return k, d3, wq
+
+
 def test_dpm_solver_pp_3m_last_step_lands_where_the_closed_form_says_for_any_variance():
     """Notebook 09 §7 (e): 3M's step into t = 0 from the flow's own state lands above the flow iff Φ > 0 (closed form). The
     library's run's own last step (over the flow through its x̄_t) is Φ plus what its D's carry in, Σ b_j D_j (r_j/r_1 − 1)/x̄_s,
-    to rounding; Φ is also −∫K D''' dξ/x̄_s with Peano's kernel K ≥ 0 (the step's miss of (ℓ − ξ)_+²/2), by quadrature. On
-    λ from 3e-5 to 10 on uniform steps (S = 20 to 200) Φ changes sign twice, the upper root λ_2 at σ_1²/λ_2 ≈ 0.3, and the run's
-    own sign is Φ's except just above λ_2 (within 25%), where Φ is small; at S = 100 the D''' test (below iff
+    to rounding; Φ is also −∫K D''' dξ/x̄_s with Peano's kernel K ≥ 0 (by how much the step's integral of (ℓ − ξ)_+²/2 falls
+    short of the exact one), by quadrature, on every grid notebook 09 uses (uniform S = 20 to 200, λ-uniform S = 100): Φ's
+    sign is opposite to a K-weighted mean of D'''. On λ from 3e-5 to 10 on uniform steps (S = 20 to 200) Φ changes sign
+    twice (below the flow above λ_2, above between λ_1 and λ_2), the upper root λ_2 at σ_1²/λ_2 ≈ 0.3, and the run's own
+    sign is Φ's except just above λ_2 (within 25%), where Φ is small; at S = 100 the D''' test (below iff
     σ_30² < (5 − √21)λ) is sufficient and misses some directions."""
     lam = torch.logspace(-4.5, 1, 120, dtype=torch.float64)
-    for S in (20, 50, 100, 200):
-        seq = schedule.timesteps(S, 1000, "uniform")
+    grids = [(schedule.timesteps(S, 1000, "uniform"), S) for S in (20, 50, 100, 200)] + [(ode.lambda_timesteps(100, AB), None)]
+    for seq, S in grids:
         ts = [int(t) for t in seq[-4:]]
         phi_, b, u, h = _three_m_last_step(lam, ts)
+        s2 = [1 / float(AB[t]) - 1 for t in ts]
+        # Peano: Φ x̄_s = −∫ K(ξ) D'''(ξ) dξ with K ≥ 0, on each grid
+        k, d3, wq = _peano(lam, b, u, h, s2[0])
+        assert float(k.min()) > -1e-12 * float(k.max()) and float(k.max()) > 0, S
+        peano = -(k * d3 * wq).sum(0) / (lam + s2[3]).sqrt()
+        assert float((peano - phi_).abs().max()) < 1e-6 * float(phi_.abs().max()), S
+        assert float((peano + phi_).abs().max()) > 1e-3 * float(phi_.abs().max()), S   # K taken with the wrong sign fails
+        if S is None:
+            continue                                   # λ-uniform: its λ_1 (2.7e-5 in notebook 09) is at this range's edge
         r = _ratio_to_flow(ode.dpm_solver_pp_3m, lam, seq)
         own = r[-2] / r[-3] - 1                                              # the run's last step over the flow through x̄_t
-        s2 = [1 / float(AB[t]) - 1 for t in ts]
         carried = sum(bj * lam / (lam + v).sqrt() * (rj / r[-3] - 1) for bj, v, rj in zip(b, s2, r[-5:-2])) / (lam + s2[3]).sqrt()
         torch.testing.assert_close(phi_ + carried, own, rtol=0, atol=1e-11)
         assert float((phi_ - own).abs().max()) > 1e-6                      # the carried part is not nothing
         flips = lam[1:][torch.sign(phi_[1:]) != torch.sign(phi_[:-1])]        # λ_1 < λ_2: below, above, below
         assert len(flips) == 2 and 0.25 < s2[2] / float(flips[1]) < 0.4, (S, flips)
+        assert bool((phi_[lam >= flips[1]] < 0).all() and (phi_[(lam >= flips[0]) & (lam < flips[1])] > 0).all()), S
         off = lam[torch.sign(phi_) != torch.sign(own)]                        # the carried part decides only just above λ_2
         assert bool(((off >= flips[1]) & (off < 1.25 * flips[1])).all()), (S, off, flips)
         if S == 100:
             d3_below = s2[0] < (5 - math.sqrt(21)) * lam
             assert bool((d3_below != (own < 0)).any()) and bool((own[d3_below] < 0).all())   # sufficient, not necessary
-            # Peano: Φ x̄_s = −∫ K(ξ) D'''(ξ) dξ, K(ξ) = ∫_0^h e^{−(h−v)} (v − ξ)_+²/2 dv − Σ b_j (u_j − ξ)_+²/2 ≥ 0
-            xi = np.linspace(u[0], h, 3001)
-            g, gw = np.polynomial.legendre.leggauss(60)
-
-            def K(x):
-                lo = max(x, 0.0)
-                v, w = lo + (h - lo) * (g + 1) / 2, (h - lo) * gw / 2
-                nodes = sum(bj * max(uj - x, 0) ** 2 / 2 for bj, uj in zip(b, u))
-                return float((w * np.exp(-(h - v)) * (v - x) ** 2 / 2).sum()) - nodes
-
-            k = torch.tensor([K(x) for x in xi], dtype=torch.float64)
-            assert float(k.min()) > -1e-12 and float(k.max()) > 0.1
-            y = torch.from_numpy(np.exp(-2 * (xi - xi[0] + (-0.5 * math.log(s2[0])))))[:, None]     # σ² at ℓ = ℓ_1 + ξ
-            L_ = lam[None]
-            d3 = 2 * L_ * y * (2 * L_ ** 2 - 5 * L_ * y + y ** 2 / 2) / (L_ + y) ** 3.5
-            wq = torch.full((len(xi), 1), xi[1] - xi[0], dtype=torch.float64)
-            wq[0] = wq[-1] = (xi[1] - xi[0]) / 2
-            peano = -(k[:, None] * d3 * wq).sum(0) / (lam + s2[3]).sqrt()
-            assert float((peano - phi_).abs().max()) < 1e-6 * float(phi_.abs().max())
             weak = ~d3_below & (lam >= 0.02)       # as notebook 09's weakest: D''' < 0 near the first node, where K is small
-            neg, pos = ((k[:, None] * d3.clamp(**b) * wq).sum(0).abs() for b in ({"max": 0}, {"min": 0}))
+            neg, pos = ((k * d3.clamp(**kw) * wq).sum(0).abs() for kw in ({"max": 0}, {"min": 0}))
             assert bool(weak.any()) and float((neg / pos)[weak].max()) < 0.01
-            assert float((peano + phi_).abs().max()) > 1e-3                   # K taken with the wrong sign fails
 
 
-def _two_m_leading_misses(lam, seq, lag=True):
+def _two_m_leading_misses(lam, seq, lag=True, curvature=True, sigma2=None):
     """Notebook 09 §7 (e): the sum over 2M's steps of each one's leading-order miss from the flow's state, over its x̄:
     −(h³ D'/12 + (h² h_{−1}/4 + h³/6) D'')/x̄, D'/x̄ = z/(1+z)², D''/x̄ = −z(2−z)/(1+z)³, z = σ_t²/λ; the first step
-    (DDIM's) −h² D'/(2x̄)."""
-    s2 = [1 / float(AB[int(t)]) - 1 for t in seq]
+    (DDIM's) −h² D'/(2x̄). lag=False drops the h² h_{−1}/4 term, curvature=False the whole D'' term; sigma2 (a list of σ²)
+    takes those steps instead of seq's."""
+    s2 = [1 / float(AB[int(t)]) - 1 for t in seq] if sigma2 is None else sigma2
     ell = [-0.5 * math.log(v) for v in s2]
     total = torch.zeros_like(lam)
     for i in range(len(ell) - 1):
         h, z = ell[i + 1] - ell[i], s2[i] / lam
         d1, d2 = z / (1 + z) ** 2, -z * (2 - z) / (1 + z) ** 3
+        d2 = d2 * curvature
         total -= h ** 2 / 2 * d1 if i == 0 else h ** 3 / 12 * d1 + (h ** 2 * (ell[i] - ell[i - 1]) / 4 * lag + h ** 3 / 6) * d2
     return total, (ell[-1] - ell[0]) / (len(ell) - 1)
 
@@ -1404,7 +1419,9 @@ def test_dpm_solver_pp_2m_surplus_on_lambda_uniform_steps_is_its_slopes_lag():
     """Notebook 09 §7 (e): on λ-uniform steps 2M's surplus at t = 0 is the sum of its steps' leading-order misses from the
     flow's state (the flow carries a relative miss unchanged): within 0.4h of the surplus at S = 50, 100, 200 (the next order),
     where taking m as the slope at t (no lag) misses it by more than half in every direction. On exactly uniform steps the sum
-    tends to (h²/8) ∫ (3 − 2z)/(1 + z)³ dz = h²/16 for σ_0² ≪ λ; the strongest direction here is within 3% of it."""
+    tends to (h²/8) ∫ (3 − 2z)/(1 + z)³ dz = h²/16 for σ_0² ≪ λ ≪ σ_T², all of it the lag's: without it the D' term
+    (−h²/24) and the step's own curvature term (+h²/24) cancel. Checked by summing the misses on an exactly uniform grid
+    in ℓ (σ from 1e3 to 1e-3, λ = 1), and the strongest direction here is within 3% of h²/16."""
     lam = torch.logspace(-2, 1.5, 64, dtype=torch.float64)
     for S in (50, 100, 200):
         seq = ode.lambda_timesteps(S, AB)
@@ -1413,3 +1430,8 @@ def test_dpm_solver_pp_2m_surplus_on_lambda_uniform_steps_is_its_slopes_lag():
         assert bool((surplus > 0).all()) and float(((pred - surplus) / surplus).abs().max()) < 0.4 * h, S     # next order: O(h)
         assert float(((_two_m_leading_misses(lam, seq, lag=False)[0] - surplus) / surplus).abs().min()) > 0.5
         assert abs(float(surplus[-1]) / (h ** 2 / 16) - 1) < 0.03, (S, float(surplus[-1]), h)
+    sig2 = [math.exp(-2 * v) for v in np.linspace(-math.log(1e3), math.log(1e3), 1383)]        # h = 0.01 in ℓ, λ = 1
+    h = (math.log(1e3) * 2) / 1382
+    sums = {k: float(_two_m_leading_misses(torch.ones(1, dtype=torch.float64), None, sigma2=sig2, **kw)[0][0]) / h ** 2
+            for k, kw in (("all", {}), ("no lag", {"lag": False}), ("D' only", {"curvature": False}))}
+    assert abs(sums["all"] * 16 - 1) < 0.01 and abs(sums["no lag"] * 16) < 0.01 and abs(sums["D' only"] * 24 + 1) < 0.01, sums
