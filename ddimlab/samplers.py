@@ -530,8 +530,8 @@ def sdedit_law(eps, x_in, alpha_bar, seq, eta: float = 1.0, h: float = 0.004, n_
     F = stats.norm.cdf(x, math.sqrt(a[0][0]) * x0_in, math.sqrt(1 - a[0][0]))
     for (t, s), (a_t, a_s) in zip(pairs, a):
         sig = float(ddim_sigma(a_t, a_s, eta))
-        e = call_eps(eps, xq[:, None], t)[:, 0].numpy()
-        m = math.sqrt(a_s) * (x - math.sqrt(1 - a_t) * e) / math.sqrt(a_t) + math.sqrt(max(1 - a_s - sig ** 2, 0.0)) * e
+        e = call_eps(eps, xq[:, None], t)
+        m = ddim_step(xq[:, None], e, a_t, a_s, eta, noise=torch.zeros_like(e))[0][:, 0].numpy()    # the step without σ z
         if not bool(np.all(np.diff(m) > 0)):
             raise ValueError(f"step {t} -> {s}: the step's mean map m(x) = sqrt(a_s) x0_hat + sqrt(1 - a_s - sigma^2) eps "
                              f"does not increase with x on the grid, which the law needs (an exact eps gives one that does)")
