@@ -64,6 +64,7 @@ from .samplers import (
     ddim_invert,
     eval_eps,
     of_eps_kind,
+    of_inner_dtype,
     report,
 )
 from .schedule import alpha_bar_at, as_steps, step_pairs, validate_alpha_bar, validate_timesteps
@@ -873,7 +874,9 @@ def thresholded_eps(eps, alpha_bar, p: float = 0.995, s_max: float = math.inf):
     diffusers' data-prediction schedulers with `thresholding=True` do (`diffusion.ddim_step(clip_x0=True)` is the same
     with the static clip). A solver that combines several ε's (iPNDM, DPM-Solver's ε form) integrates the same ODE but
     its steps' x̂_0 are not thresholded ones (notebook 10 §4). t may be fractional (`alpha_bar_cont`), but not −1 (σ = 0,
-    where it divides by 0: `reference_solution` of it stops at t_end = 0).
+    where it divides by 0: `reference_solution` of it stops at t_end = 0). ε's answer is checked as every ε's is
+    (`samplers.of_eps_kind`) and ε_thr comes back in its dtype (`samplers.of_inner_dtype`): a float32 ε for float64 x is
+    refused by the samplers and held to float32's tolerances by the scipy paths, as the bare ε is.
     """
     check_eps(eps, "thresholded_eps: eps")
     alpha_bar = validate_alpha_bar(alpha_bar)
@@ -889,7 +892,7 @@ def thresholded_eps(eps, alpha_bar, p: float = 0.995, s_max: float = math.inf):
         e = of_eps_kind(eps(x.clone(), t), x, "thresholded_eps: eps", same_dtype=False)
         if not bool(torch.isfinite(e).all()):    # returned as it is: the sampler's NonFiniteError names the step
             return e
-        return predict_eps(x, dynamic_threshold(predict_x0(x, e, a), p, s_max), a)
+        return of_inner_dtype(predict_eps(x, dynamic_threshold(predict_x0(x, e, a), p, s_max), a), e)
 
     eps_thr.alpha_bar = alpha_bar
     return eps_thr

@@ -217,7 +217,10 @@ def of_eps_kind(e, x: torch.Tensor, what: str = "eps(x, t)", same_dtype: bool = 
     """`e`, what ε returned for x, if it is a tensor of x's shape (`_of_x_shape`), on x's device, and of x's dtype (or,
     without `same_dtype`, of any floating dtype: the ODE's scipy paths take a float32 network's ε for float64 x), else
     a ValueError naming `what`. Another device stopped the step deep inside torch ("Expected all tensors to be on the
-    same device"); a bool or integer ε was read as numbers (True as 1), a complex one lost its imaginary part."""
+    same device"); a bool or integer ε was read as numbers (True as 1), a complex one lost its imaginary part.
+    The dtype rule is the caller's: the samplers and solvers (`call_eps`) want x's dtype, the scipy paths any floating
+    one; an ε wrapper (`guided_eps`, `ode.thresholded_eps`) checks its inner ε without `same_dtype` and hands its dtype
+    on (`of_inner_dtype`), so that its caller applies the rule to the inner ε."""
     e = _of_x_shape(e, x, what)
     if e.device != x.device:
         raise ValueError(f"{what} must return eps on x's device, {x.device}, got it on {e.device}")
@@ -226,6 +229,14 @@ def of_eps_kind(e, x: torch.Tensor, what: str = "eps(x, t)", same_dtype: bool = 
     if same_dtype and e.dtype != x.dtype:
         raise ValueError(f"{what} returned dtype {e.dtype} but x is {x.dtype}; cast one of them")
     return e
+
+
+def of_inner_dtype(e: torch.Tensor, *inner: torch.Tensor) -> torch.Tensor:
+    """`e`, what an ε wrapper (`guided_eps`, `ode.thresholded_eps`) computed from its inner ε's answers `inner`, in their
+    dtype (the coarsest, largest eps, where two differ): computed with float64 x, a float32 network's ε came back as
+    float64, which the samplers then took (they refuse the bare ε: `of_eps_kind`) and the scipy paths held to float64's
+    tolerances."""
+    return e.to(max((i.dtype for i in inner), key=lambda d: torch.finfo(d).eps))
 
 
 def _of_x_shape(e, x: torch.Tensor, what: str) -> torch.Tensor:
@@ -447,6 +458,8 @@ def guided_eps(eps_null, eps_cond, w: float):
     w = 0 is unconditional, w = 1 conditional, w > 1 extrapolates (diffusers' `guidance_scale`; Ho & Salimans
     write (1 + w′) ε_c − w′ ε_∅, so w = 1 + w′). Since ε = −√(1−ᾱ_t) ∇ log p_t, ε̃ is the ε of the tilted marginal
     p_t(x)^{1−w} p_t(x | c)^w at every t, which is not the noised tilted data density: notebook 10 §1.
+    Each inner ε's answer is checked as every ε's is (`of_eps_kind`: shape, device, a floating dtype) and ε̃ comes back
+    in their dtype (`of_inner_dtype`), so a sampler refuses a float32 one for float64 x as it refuses the bare ε.
     """
     weight = as_real(check_untracked("w", w))
     if weight is None:
@@ -462,9 +475,9 @@ def guided_eps(eps_null, eps_cond, w: float):
                              "differ): at one t they would mix the noise of two levels; make both on one schedule") from None
 
     def eps(x, t):
-        e_null = _of_x_shape(eps_null(x.clone(), t), x, "guided_eps: eps_null")   # eps_cond's x, as call_eps
-        e_cond = _of_x_shape(eps_cond(x, t), x, "guided_eps: eps_cond")
-        return e_null + weight * (e_cond - e_null)
+        e_null = of_eps_kind(eps_null(x.clone(), t), x, "guided_eps: eps_null", same_dtype=False)   # eps_cond's x, as call_eps
+        e_cond = of_eps_kind(eps_cond(x, t), x, "guided_eps: eps_cond", same_dtype=False)
+        return of_inner_dtype(e_null + weight * (e_cond - e_null), e_null, e_cond)
 
     carried = own if isinstance(own, torch.Tensor) else other
     if isinstance(carried, torch.Tensor):            # for the samplers' check_schedule

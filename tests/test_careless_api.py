@@ -3393,3 +3393,43 @@ def test_round_41_heun_invert_in_float16_says_where_it_overflows_not_blaming_eps
         ode.heun_invert(eps, x0, cos, seq)
     assert bool(torch.isfinite(ode.heun_invert(eps, x0.float(), cos, seq)).all())
     assert bool(torch.isfinite(samplers.ddim_invert(eps, x0, cos, seq)).all())
+
+
+def test_round_42_guided_eps_checks_each_inner_eps_as_every_eps_is_checked(toy_setup):
+    """guided_eps checked only the shape of what eps_null and eps_cond returned: a bool ε failed inside torch ("Subtraction,
+    the `-` operator, with a bool tensor is not supported"), an integer one was read as numbers and sampled to finite,
+    wrong x_0, one on another device stopped deep in torch ("Tensor on device meta is not on the expected device cpu!").
+    Each inner ε is now checked as every ε is (`samplers.of_eps_kind`), naming which."""
+    _, eps, x_T, seq = toy_setup
+    x = x_T[:4]
+    floating = r"floating-point eps \(x's dtype, torch\.float64\), got torch\."
+    bad = (("eps_cond", lambda x, t: eps(x, t) > 0, floating + "bool"),
+           ("eps_null", lambda x, t: eps(x, t).long(), floating + "int64"),
+           ("eps_null", lambda x, t: eps(x, t).to("meta"), r"eps on x's device, cpu, got it on meta"))
+    for which, f, said in bad:
+        guided = samplers.guided_eps(f, eps, 2.0) if which == "eps_null" else samplers.guided_eps(eps, f, 2.0)
+        with pytest.raises(ValueError, match=rf"^guided_eps: {which} must return {said}$"):
+            samplers.ddim_sample(guided, x, AB, seq)
+
+
+def test_round_42_eps_wrappers_hand_their_inner_eps_dtype_on(toy_setup):
+    """The samplers refuse an ε of another dtype than x's, and the scipy paths take a coarser one but hold their
+    tolerances to its rounding (`samplers.of_eps_kind`). Wrapped, a float32 ε for float64 x came back as float64:
+    thresholded_eps (and guided_eps with one float32 ε) sampled without a word, and reference_solution took rtol = 1e-10
+    of float32 values (over a minute of ever smaller steps, where the bare ε is refused at once). A wrapper now returns its
+    inner ε's dtype (the coarser of guided_eps's two), so the caller's rule meets the inner ε; in one dtype nothing changes."""
+    _, eps, x_T, seq = toy_setup
+    x = x_T[:4]
+    f32 = lambda x, t: eps(x, t).float()      # noqa: E731  a float32 network behind a lambda
+    dtype = r"^eps\(x, t\) returned dtype torch\.float32 but x is torch\.float64; cast one of them$"
+    for wrapped in (f32, ode.thresholded_eps(f32, AB), samplers.guided_eps(f32, eps, 2.0), samplers.guided_eps(eps, f32, 2.0)):
+        with pytest.raises(ValueError, match=dtype):
+            samplers.ddim_sample(wrapped, x, AB, seq)
+        with pytest.raises(ValueError, match=r"^rtol = 1e-10 is finer than the float32 that eps\(x, t\) returns can give"):
+            ode.reference_solution(wrapped, x, AB, 999, 0, rtol=1e-10, atol=1e-10)
+    thr = ode.thresholded_eps(eps, AB, 0.9, 1.0)
+    t = torch.full((4,), 500)
+    assert thr(x, t).dtype == torch.float64 and ode.thresholded_eps(f32, AB, 0.9, 1.0)(x, t).dtype == torch.float32
+    # float32 x throughout: as before (the thresholding of a float32 ε, computed in float32)
+    assert ode.thresholded_eps(f32, AB, 0.9, 1.0)(x.float(), t).dtype == torch.float32
+    assert samplers.guided_eps(eps, eps, 2.0)(x, t).dtype == torch.float64
