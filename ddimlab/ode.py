@@ -63,6 +63,7 @@ from .samplers import (
     check_x,
     ddim_invert,
     eval_eps,
+    memory_said,
     of_eps_kind,
     of_inner_dtype,
     report,
@@ -1085,6 +1086,7 @@ def reference_solution(eps, x_T, alpha_bar, t_start, t_end=-1, rtol: float = 1e-
 
 PROBES = ("rademacher", "gaussian")     # log_likelihood's Hutchinson probes
 EXACT_DIVERGENCE_MAX = 1024             # the most coordinates per sample log_likelihood's exact divergence takes: see there
+_BACKWARD = "log_likelihood's backward passes through eps (the divergence's vector-Jacobian products)"
 _DIFFERENTIABLE_NET = "pass a network as lambda x, t: net(x, t) with net.eval() (checkpoint.eps_fn runs it without gradients)"
 
 
@@ -1132,7 +1134,8 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     of log p. probe and generator without hutchinson are an error: the exact divergence draws nothing.
     eps must be differentiable in x by autograd (a network as `lambda x, t: net(x, t)` in eval mode, not `checkpoint.eps_fn`),
     and the samples must not interact in it (each sample's divergence is read from the batch's one graph; `_check_apart`
-    refuses an eps in which any two do). method: solve_ivp's, as in `reference_solution`.
+    refuses an eps in which any two do). method: solve_ivp's, as in `reference_solution`. An allocation that fails in ε or
+    in the backward passes through it is one line saying how to split the batch (`samplers.memory_said`).
     """
     # a network, or checkpoint.eps_fn of one (check_eps's advice): eps_fn runs it without gradients
     if isinstance(eps, torch.nn.Module) or getattr(eps, "network", None) is not None:
@@ -1186,7 +1189,8 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
             if not e.requires_grad:                 # torch: "element 0 of tensors does not require grad"
                 raise ValueError("eps(x, t) returned a tensor autograd cannot differentiate in x, and log_likelihood needs "
                                  f"its divergence: {_DIFFERENTIABLE_NET}")
-            div = divergence(e, xbar)
+            with memory_said(_BACKWARD, x_0, SPLIT_ODE):
+                div = divergence(e, xbar)
         return np.concatenate([e.detach().reshape(-1).cpu().numpy(), div.detach().to(torch.float64).cpu().numpy()])
 
     y0 = np.concatenate([(x_0.to(torch.float64) / math.sqrt(float(alpha_bar_cont(alpha_bar, t_end)))).reshape(-1).cpu().numpy(),
@@ -1194,7 +1198,9 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     _check_deterministic(rhs, sig_data, y0)
     with torch.enable_grad():
         xbar = torch.from_numpy(y0[:B * d]).reshape(shape).to(dev).requires_grad_()
-        _check_apart(_eps_of_xbar(eps, alpha_bar, xbar, sig_data, sig_noise, x_0.dtype, (rtol, atol)), xbar)
+        e = _eps_of_xbar(eps, alpha_bar, xbar, sig_data, sig_noise, x_0.dtype, (rtol, atol))
+        with memory_said(_BACKWARD, x_0, SPLIT_ODE):
+            _check_apart(e, xbar)
     y = torch.from_numpy(_solve_ivp(rhs, (sig_data, sig_noise), y0, method, rtol, atol))
     a_T, a_0 = float(alpha_bar_cont(alpha_bar, t_start)), float(alpha_bar_cont(alpha_bar, t_end))
     x_T = (y[:B * d] * math.sqrt(a_T)).reshape(shape).to(dev)

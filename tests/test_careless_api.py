@@ -3276,20 +3276,32 @@ def test_round_40_a_trajectory_on_a_gpu_past_its_free_memory_is_refused_before_t
     assert calls.calls == 0
 
 
-def test_round_40_a_batch_too_large_for_the_network_is_said_in_one_line_of_its_own_type(toy_setup):
+def _huge(x, t):
+    """A real failed allocation: 2**62 bytes on the CPU."""
+    torch.empty(2 ** 62, dtype=torch.uint8)
+
+
+SPLIT_SAMPLES = r"generate\.generate_samples splits a run into batch_size ones"
+SPLIT_ODE = r"each sample's ODE is its own: call it on parts of the batch, x\.split\(k\)"
+OOM_RUNS = {"ddim_sample": (lambda e, x_T, seq: samplers.ddim_sample(e, x_T, AB, seq), SPLIT_SAMPLES),
+            "heun": (lambda e, x_T, seq: ode.heun(e, x_T, AB, seq), SPLIT_SAMPLES),
+            "reference_solution": (lambda e, x_T, seq: ode.reference_solution(e, x_T, AB, 999, rtol=1e-6, atol=1e-6), SPLIT_ODE),
+            "log_likelihood": (lambda e, x_T, seq: ode.log_likelihood(e, x_T, AB, rtol=1e-6, atol=1e-6), SPLIT_ODE)}
+
+
+@pytest.mark.parametrize("name", OOM_RUNS)
+def test_rounds_40_41_a_batch_too_large_for_the_network_is_said_in_one_line_of_its_own_type(toy_setup, name):
     """A batch too large for the network failed inside torch's allocator, with its own page ("[enforce fail at
     alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: ...", or CUDA's paragraph on reserved memory and
-    PYTORCH_CUDA_ALLOC_CONF). samplers.call_eps, through which every sampler and solver calls the network, now says the
-    batch, the device and what to do, as the same type of error (torch's chained as its cause). Here the allocation is
-    real (2**62 bytes on the CPU), and CUDA's is its error as torch raises it; any other error passes unchanged. The
-    commands still read the line as an allocation's failure (`checks.out_of_memory`), with its size."""
+    PYTORCH_CUDA_ALLOC_CONF): in the samplers and solvers (round 40), and in the scipy paths, which call ε through their
+    own right-hand side (round 41). All now call it through `samplers.eval_eps`, which says the batch, the device and how
+    to split it, as the same type of error (torch's chained as its cause). The allocation is real (2**62 bytes on the
+    CPU), and CUDA's is its error as torch raises it; any other error passes unchanged. The commands still read the line
+    as an allocation's failure (`checks.out_of_memory`), with its size."""
     from ddimlab.checks import out_of_memory
 
     _, eps, x_T, seq = toy_setup
-
-    def huge(x, t):
-        torch.empty(2 ** 62, dtype=torch.uint8)
-        return eps(x, t)
+    run, split = OOM_RUNS[name]
 
     def cuda_full(x, t):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 "
@@ -3298,45 +3310,13 @@ def test_round_40_a_batch_too_large_for_the_network_is_said_in_one_line_of_its_o
     def other(x, t):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (16x2 and 3x4)")
 
-    run = {"ddim": lambda e: samplers.ddim_sample(e, x_T, AB, seq), "heun": lambda e: ode.heun(e, x_T, AB, seq)}
-    for name, sample in run.items():
-        for e, kind, size in ((huge, RuntimeError, f"{2 ** 62} bytes"), (cuda_full, torch.OutOfMemoryError, "2.00 GiB")):
-            with pytest.raises(kind, match=rf"^eps\(x, t\) ran out of memory \(it asked for {size}\) on a batch of 16 samples "
-                                           r"of shape \(2,\) on cpu: pass fewer samples per call \(generate\.generate_samples "
-                                           r"splits a run into batch_size ones\)$") as caught:
-                sample(e)
-            assert type(caught.value.__cause__) is kind and out_of_memory(caught.value) == f" (it asked for {size})"
-        with pytest.raises(RuntimeError, match=r"^mat1 and mat2 shapes cannot be multiplied"):
-            sample(other)
-
-
-def test_round_41_a_batch_too_large_for_eps_is_one_line_in_the_scipy_paths_too(toy_setup):
-    """reference_solution and log_likelihood call ε through their own right-hand side, not `samplers.call_eps`, and a
-    batch too large for the network still showed torch's page on its allocator there. Both now go through the samplers'
-    one place (`samplers.eval_eps`): the same line of the same type, with how to split this batch; any other error
-    passes unchanged. The allocation is real (2**62 bytes)."""
-    from ddimlab.checks import out_of_memory
-
-    mix, eps, x_T, _ = toy_setup
-
-    def huge(x, t):
-        torch.empty(2 ** 62, dtype=torch.uint8)
-        return eps(x, t)
-
-    def other(x, t):
-        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (16x2 and 3x4)")
-
-    run = {"reference_solution": lambda e: ode.reference_solution(e, x_T, AB, 999, rtol=1e-6, atol=1e-6),
-           "log_likelihood": lambda e: ode.log_likelihood(e, x_T, AB, rtol=1e-6, atol=1e-6)}
-    for name, solve in run.items():
-        with pytest.raises(RuntimeError, match=rf"^eps\(x, t\) ran out of memory \(it asked for {2 ** 62} bytes\) on a "
-                                               r"batch of 16 samples of shape \(2,\) on cpu: pass fewer samples per call "
-                                               r"\(each sample's ODE is its own: call it on parts of the batch, "
-                                               r"x\.split\(k\)\)$") as caught:
-            solve(huge)
-        assert type(caught.value.__cause__) is RuntimeError and out_of_memory(caught.value) == f" (it asked for {2 ** 62} bytes)"
-        with pytest.raises(RuntimeError, match=r"^mat1 and mat2 shapes cannot be multiplied"):
-            solve(other)
+    for e, kind, size in ((_huge, RuntimeError, f"{2 ** 62} bytes"), (cuda_full, torch.OutOfMemoryError, "2.00 GiB")):
+        with pytest.raises(kind, match=rf"^eps\(x, t\) ran out of memory \(it asked for {size}\) on a batch of 16 samples "
+                                       rf"of shape \(2,\) on cpu: pass fewer samples per call \({split}\)$") as caught:
+            run(e, x_T, seq)
+        assert type(caught.value.__cause__) is kind and out_of_memory(caught.value) == f" (it asked for {size})"
+    with pytest.raises(RuntimeError, match=r"^mat1 and mat2 shapes cannot be multiplied"):
+        run(other, x_T, seq)
 
 
 def test_round_41_an_eps_of_bool_integer_or_complex_values_is_refused_in_the_scipy_paths_and_thresholded_eps(toy_setup):
@@ -3433,3 +3413,67 @@ def test_round_42_eps_wrappers_hand_their_inner_eps_dtype_on(toy_setup):
     # float32 x throughout: as before (the thresholding of a float32 ε, computed in float32)
     assert ode.thresholded_eps(f32, AB, 0.9, 1.0)(x.float(), t).dtype == torch.float32
     assert samplers.guided_eps(eps, eps, 2.0)(x, t).dtype == torch.float64
+
+
+@pytest.mark.parametrize("sampler, arithmetic, step", [
+    ("ddim_sample", "ddim_step", "900 -> 800"), ("ddpm_sample", "posterior_mean", "900 -> 800"),
+    ("ddim_invert", "q_sample", "-1 -> 800"), ("langevin", "predict_x0", None)])
+def test_round_42_an_allocation_failing_in_a_samplers_own_step_is_said_in_one_line(toy_setup, monkeypatch, sampler,
+                                                                                    arithmetic, step):
+    """An allocation that failed in a sampler's own arithmetic (the step's temporaries, after the network's call fitted)
+    still showed torch's page on its allocator. The step is now said in the one line ε's failure is said in
+    (`samplers.memory_said`), with its type and cause. The allocation is real: 2**62 bytes, inside the step's arithmetic."""
+    from ddimlab.checks import out_of_memory
+
+    _, eps, x_T, _ = toy_setup
+    real = getattr(samplers, arithmetic)
+
+    def huge(*args, **kwargs):
+        _huge(None, None)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(samplers, arithmetic, huge)
+    seq = [900, 800]
+    runs = {"ddim_sample": lambda: samplers.ddim_sample(eps, x_T, AB, seq),
+            "ddpm_sample": lambda: samplers.ddpm_sample(eps, x_T, AB, seq=seq, generator=torch.Generator().manual_seed(0)),
+            "ddim_invert": lambda: samplers.ddim_invert(eps, x_T, AB, seq),
+            "langevin": lambda: samplers.langevin(eps, x_T, AB, 500, 1e-3, 2, torch.Generator().manual_seed(0))}
+    what = f"step {step}" if step else "Langevin step 0 at t = 500"
+    with pytest.raises(RuntimeError, match=rf"^{what} ran out of memory \(it asked for {2 ** 62} bytes\) on a batch of 16 "
+                                           rf"samples of shape \(2,\) on cpu: pass fewer samples per call \({SPLIT_SAMPLES}\)$") \
+            as caught:
+        runs[sampler]()
+    assert type(caught.value.__cause__) is RuntimeError and out_of_memory(caught.value) == f" (it asked for {2 ** 62} bytes)"
+
+
+@pytest.mark.parametrize("fail_at", [1, 5])
+def test_round_42_an_allocation_failing_in_log_likelihoods_backward_passes_is_said_in_one_line(toy_setup, fail_at):
+    """log_likelihood's divergence is d backward passes through ε per call (or one per Hutchinson probe), and `_check_apart`
+    k more at the start: an allocation that failed in them (the vector-Jacobian products, not ε's forward call, which
+    `samplers.eval_eps` says) still showed torch's page. It is now the same one line (`samplers.memory_said`). The
+    allocation is real: 2**62 bytes in ε's backward, from its first pass (the divergence at the first point) or its fifth
+    (after the two divergences of `_check_deterministic`, d = 2: in `_check_apart`)."""
+    from ddimlab.checks import out_of_memory
+
+    _, eps, x_T, _ = toy_setup
+    passes = []
+
+    class HugeBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            passes.append(1)
+            if len(passes) >= fail_at:
+                _huge(None, None)
+            return g
+
+    x = x_T[:4]
+    with pytest.raises(RuntimeError, match=r"^log_likelihood's backward passes through eps \(the divergence's vector-Jacobian "
+                                           rf"products\) ran out of memory \(it asked for {2 ** 62} bytes\) on a batch of 4 "
+                                           rf"samples of shape \(2,\) on cpu: pass fewer samples per call \({SPLIT_ODE}\)$") \
+            as caught:
+        ode.log_likelihood(lambda x, t: eps(HugeBackward.apply(x), t), x, AB, rtol=1e-6, atol=1e-6)
+    assert type(caught.value.__cause__) is RuntimeError and out_of_memory(caught.value) == f" (it asked for {2 ** 62} bytes)"
+    assert len(passes) == fail_at
