@@ -13,7 +13,7 @@ k-diffusion's `noise_sampler` and diffusers' `variance_noise`); `callback(info)`
 step with info = {"i": step number, "t": from, "s": to, "x": x_s, "x0": x̂_0}, copies (progress bars, previews;
 `report`). Arguments are checked once per call (`check_args`), ε is called on a copy of x and checked to be finite
 at every call (`call_eps`), and so is each step's x_s (`_finite`: float16 overflows), so a sampler never returns NaN silently;
-an allocation that fails in ε or in a step's own arithmetic is one line naming it (`memory_said`), not torch's page.
+an allocation that fails in ε is one line saying how to split the batch (`eval_eps`), not torch's page.
 An empty batch, x_T of shape (0, …), returns an empty x_0 from every sampler and solver alike (eps is called on the
 empty x at each step), as torch's and numpy's functions map empty to empty: the last chunk of a batch split by a caller
 may be empty. What reduces over the batch (`elbo.l_simple`, a FID, a mean and its standard error) refuses one instead,
@@ -214,8 +214,9 @@ def memory_said(what: str, x: torch.Tensor, split: str = SPLIT_SAMPLES):
     its allocator) is raised again, of its own type, as one line: "{what} ran out of memory (it asked for N bytes) on a
     batch of B samples of shape … on {device}: pass fewer samples per call ({split})", torch's error chained as its
     cause (`checks.out_of_memory` still reads the line, with the size asked for). Any other error passes unchanged, and
-    a block that fits pays nothing. What ε (`eval_eps`), the samplers' own steps and `ode.log_likelihood`'s backward
-    passes through ε say."""
+    a block that fits pays nothing. What ε (`eval_eps`) and `ode.log_likelihood`'s backward passes through ε say; a
+    sampler's own step is not wrapped: its temporaries are a few of x's size, far less than the network's call that
+    fitted just before it."""
     try:
         yield
     except (MemoryError, RuntimeError) as err:
@@ -338,10 +339,9 @@ def ddim_sample(eps, x_T, alpha_bar, seq, eta: float = 0.0, generator: torch.Gen
     traj = {"x": [x], "x0": [], "t": [int(seq[0])]}
     for i, ((t, s), (a_t, a_s)) in enumerate(zip(pairs, a)):
         e = call_eps(eps, x, t)
-        with memory_said(f"step {t} -> {s}", x):
-            z = _draw(noise_sampler, t, s, x) if eta > 0 else None
-            x, x0 = ddim_step(x, e, a_t, a_s, eta, z, clip_x0)
-            x = _finite(x, t, s)
+        z = _draw(noise_sampler, t, s, x) if eta > 0 else None
+        x, x0 = ddim_step(x, e, a_t, a_s, eta, z, clip_x0)
+        x = _finite(x, t, s)
         traj["x"].append(x); traj["x0"].append(x0); traj["t"].append(s)
         report(callback, i, t, s, x, x0)
     return (x, traj) if return_trajectory else x
@@ -395,17 +395,15 @@ def ddpm_sample(eps, x_T, alpha_bar, variance: str = "small", seq=None, generato
     traj = {"x": [x], "x0": [], "t": [int(seq[0])]}
     for i, (t, s) in enumerate(step_pairs(seq)):
         a_t, a_s = float(alpha_bar_at(alpha_bar, t)), float(alpha_bar_at(alpha_bar, s))
-        e = call_eps(eps, x, t)
-        with memory_said(f"step {t} -> {s}", x):
-            x0 = predict_x0(x, e, a_t)
-            if clip_x0:
-                x0 = x0.clamp(-1, 1)
-            var = posterior_variance(a_t, a_s) if variance == "small" else torch.tensor(1 - a_t / a_s, dtype=torch.float64)
-            z = _draw(noise_sampler, t, s, x)
-            x = posterior_mean(x0, x, a_t, a_s)
-            if s >= 0:
-                x = x + bcast(var.sqrt(), x) * z
-            x = _finite(x, t, s)
+        x0 = predict_x0(x, call_eps(eps, x, t), a_t)
+        if clip_x0:
+            x0 = x0.clamp(-1, 1)
+        var = posterior_variance(a_t, a_s) if variance == "small" else torch.tensor(1 - a_t / a_s, dtype=torch.float64)
+        z = _draw(noise_sampler, t, s, x)
+        x = posterior_mean(x0, x, a_t, a_s)
+        if s >= 0:
+            x = x + bcast(var.sqrt(), x) * z
+        x = _finite(x, t, s)
         traj["x"].append(x); traj["x0"].append(x0); traj["t"].append(s)
         report(callback, i, t, s, x, x0)
     return (x, traj) if return_trajectory else x
@@ -452,9 +450,8 @@ def ddim_invert(eps, x0, alpha_bar, seq, return_trajectory: bool = False, callba
     traj = {"x": [x], "t": [-1]}
     for i, t in enumerate(reversed(seq.tolist())):
         e = call_eps(eps, x, t)
-        with memory_said(f"step {s} -> {t}", x):
-            x0_hat = predict_x0(x, e, float(alpha_bar_at(alpha_bar, s)))
-            x = _finite(q_sample(x0_hat, float(alpha_bar_at(alpha_bar, t)), e), s, t)
+        x0_hat = predict_x0(x, e, float(alpha_bar_at(alpha_bar, s)))
+        x = _finite(q_sample(x0_hat, float(alpha_bar_at(alpha_bar, t)), e), s, t)
         traj["x"].append(x); traj["t"].append(t)
         report(callback, i, s, t, x, x0_hat)
         s = t
@@ -593,9 +590,8 @@ def langevin(eps, x, alpha_bar, t: int, step: float, n_steps: int, generator: to
     a_t = float(alpha_bar_at(alpha_bar, t))
     for i in range(n_steps):
         e = call_eps(eps, x, t)
-        with memory_said(f"Langevin step {i} at t = {t}", x):
-            x0 = predict_x0(x, e, a_t)
-            x = _finite(x - delta / math.sqrt(1 - a_t) * e + math.sqrt(2 * delta) * _draw(noise_sampler, t, t, x), t, t)
+        x0 = predict_x0(x, e, a_t)
+        x = _finite(x - delta / math.sqrt(1 - a_t) * e + math.sqrt(2 * delta) * _draw(noise_sampler, t, t, x), t, t)
         report(callback, i, t, t, x, x0)
     return x
 
