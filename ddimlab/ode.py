@@ -219,7 +219,8 @@ def power_timesteps(S: int, T: int = 1000, kappa: float = 2.0) -> torch.Tensor:
 
     κ = 1 is uniform in t; κ = 2 is the "time-quadratic" spacing (Zhang & Chen 2023, DEIS: `ts_phase="t"`, order 2 in
     their code); the DDIM code's `quad` is its reverse, from 0 up to 0.8 T. The grid's next point after the last one,
-    i = S, is the final step to ᾱ_{−1} = 1 that every solver takes, so the steps shrink smoothly into σ = 0 (σ ∝ √(t+1) there).
+    i = S, is the final step to ᾱ_{−1} = 1 that every solver takes, so the steps shrink smoothly into σ = 0
+    (σ ≈ √((t+1)β_0) over the last few steps only: notebooks 04 §4, 08 §5).
     Starts at T − 1; steps that round to the same integer are moved apart (`_distinct_steps`): exactly S steps.
     """
     T = check_int("T", T)
