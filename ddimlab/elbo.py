@@ -28,10 +28,13 @@ import torch
 from .checks import check_bool, check_generator, check_int, check_untracked
 from .diffusion import VARIANCES, posterior_mean, posterior_variance, predict_x0, q_sample
 from .gaussian import discretized_gaussian_log_likelihood, kl_normal, log_normal
-from .samplers import NonFiniteError, _of_x_shape, _warn_if_0_255, check_schedule
+from .samplers import NonFiniteError, _warn_if_0_255, check_schedule, eval_eps, of_eps_kind
 from .schedule import validate_alpha_bar
 
 DECODERS = ("discretized", "gaussian")
+# What an allocation that fails in elbo_terms's call of eps_model says to do (`samplers.eval_eps`): its batch is x0
+# repeated n_mc times.
+SPLIT_BOUND = "elbo_terms calls eps_model on x0 repeated n_mc times: call it on parts of x0, x0.split(k), or lower n_mc"
 
 
 def _check_alpha_bar(alpha_bar) -> torch.Tensor:
@@ -72,14 +75,6 @@ def _check_8bit(x0: torch.Tensor) -> None:
         raise ValueError("decoder='discretized' is for 8-bit data scaled to [-1, 1] (x0 = k/127.5 - 1, k = 0..255), and "
                          "these values are not on that grid: scale 0..255 images with data.to_model_range, or pass "
                          "decoder='gaussian' for real-valued data")
-
-
-def _floating(pred: torch.Tensor) -> torch.Tensor:
-    """`pred`, eps_model's ε, if it is floating point, else a TypeError: the cast to the loss's dtype read a bool as 0 or 1
-    and dropped a complex ε's imaginary part (l_simple returned a complex loss), in silence."""
-    if not pred.dtype.is_floating_point:
-        raise TypeError(f"eps_model(x_t, t) must return floating-point predictions of the noise, got {pred.dtype}")
-    return pred
 
 
 def _sum_flat(x: torch.Tensor) -> torch.Tensor:
@@ -253,7 +248,8 @@ def elbo_terms(eps_model, x0: torch.Tensor, alpha_bar, variance="small", decoder
     for t in range(T):
         eps = torch.randn(xr.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = q_sample(xr, float(alpha_bar[t]), eps)
-        pred = _floating(_of_x_shape(eps_model(x_t.clone(), t), x_t, "eps_model(x_t, t)"))   # x_t is used below: a copy
+        # eps_model gets a copy of x_t, which is used below; any floating dtype (the terms are computed in `wide`)
+        pred = of_eps_kind(eval_eps(eps_model, x_t.clone(), t, SPLIT_BOUND), x_t, "eps_model(x_t, t)", same_dtype=False)
         if not bool(torch.isfinite(pred).all()):
             raise NonFiniteError(f"eps_model(x_t, t) returned NaN or inf at step t = {t}; the bound would be NaN")
         args = (xr.to(wide), x_t.to(wide), pred.to(wide), alpha_bar)     # checked above: once, not at every step
@@ -314,11 +310,7 @@ def l_simple(eps_model, x0: torch.Tensor, alpha_bar, generator: torch.Generator 
         _check_same("noise", noise, x0)
     # ᾱ at float32 or wider: bfloat16 rounds ᾱ_0 = 0.9999 to 1, and x_t = x_0 would carry no noise at all
     x_t = q_sample(x0, alpha_bar.to(x0.device, torch.promote_types(x0.dtype, torch.float32))[t], noise)
-    pred = eps_model(x_t, t)
-    if not isinstance(pred, torch.Tensor) or pred.shape != noise.shape:   # it would broadcast, and train on nonsense
-        raise ValueError(f"eps_model(x_t, t) must return a tensor of x0's shape {tuple(noise.shape)}, got "
-                         f"{tuple(pred.shape) if isinstance(pred, torch.Tensor) else type(pred).__name__}")
-    _floating(pred)
+    pred = of_eps_kind(eps_model(x_t, t), x_t, "eps_model(x_t, t)", same_dtype=False)   # bf16 under autocast
     loss = ((noise - pred.to(torch.promote_types(pred.dtype, torch.float32))) ** 2).reshape(B, -1).mean(1)
     if reduction == "mean":
         return loss.mean()

@@ -227,19 +227,20 @@ def memory_said(what: str, x: torch.Tensor, split: str = SPLIT_SAMPLES):
                    f"on {x.device}: pass fewer samples per call ({split})") from err
 
 
-def of_eps_kind(e, x: torch.Tensor, what: str = "eps(x, t)", same_dtype: bool = True) -> torch.Tensor:
+def of_eps_kind(e, x: torch.Tensor, what: str = "eps(x, t)", same_dtype: bool = True, noun: str = "eps") -> torch.Tensor:
     """`e`, what ε returned for x, if it is a tensor of x's shape (`_of_x_shape`), on x's device, and of x's dtype (or,
     without `same_dtype`, of any floating dtype: the ODE's scipy paths take a float32 network's ε for float64 x), else
     a ValueError naming `what`. Another device stopped the step deep inside torch ("Expected all tensors to be on the
     same device"); a bool or integer ε was read as numbers (True as 1), a complex one lost its imaginary part.
-    The dtype rule is the caller's: the samplers and solvers (`call_eps`) want x's dtype, the scipy paths any floating
-    one; an ε wrapper (`guided_eps`, `ode.thresholded_eps`) checks its inner ε without `same_dtype` and hands its dtype
-    on (`of_inner_dtype`), so that its caller applies the rule to the inner ε."""
+    The dtype rule is the caller's: the samplers and solvers (`call_eps`) want x's dtype, the scipy paths and the ELBO
+    (`elbo.elbo_terms`, `elbo.l_simple`) any floating one; an ε wrapper (`guided_eps`, `ode.thresholded_eps`) checks its
+    inner ε without `same_dtype` and hands its dtype on (`of_inner_dtype`), so that its caller applies the rule to the
+    inner ε. The samplers' noise is checked by the same rule (`_draw`, noun "noise", any floating dtype)."""
     e = _of_x_shape(e, x, what)
     if e.device != x.device:
-        raise ValueError(f"{what} must return eps on x's device, {x.device}, got it on {e.device}")
+        raise ValueError(f"{what} must return {noun} on x's device, {x.device}, got it on {e.device}")
     if not e.dtype.is_floating_point:
-        raise ValueError(f"{what} must return floating-point eps (x's dtype, {x.dtype}), got {e.dtype}")
+        raise ValueError(f"{what} must return floating-point {noun} (x's dtype, {x.dtype}), got {e.dtype}")
     if same_dtype and e.dtype != x.dtype:
         raise ValueError(f"{what} returned dtype {e.dtype} but x is {x.dtype}; cast one of them")
     return e
@@ -307,11 +308,10 @@ def _finite(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
 
 
 def _draw(noise_sampler, t, s, x):
-    z = _of_x_shape(noise_sampler(t, s), x, "noise_sampler(t, s)")
-    if not z.dtype.is_floating_point:                  # .to(x.dtype) would read True as 1 and drop an imaginary part
-        raise TypeError(f"noise_sampler(t, s) must return floating-point noise, got {z.dtype}")
-    if z.device != x.device:                           # torch's "Expected all tensors to be on the same device", mid-run
-        raise ValueError(f"noise_sampler(t, s) must return noise on x's device, {x.device}, got it on {z.device}")
+    """noise_sampler(t, s), checked as ε is (`of_eps_kind`: x's shape, x's device, floating point, ValueError) and finite
+    (on the CPU), cast to x's dtype: another device stopped the step with torch's "Expected all tensors to be on the same
+    device", and .to(x.dtype) read a bool draw's True as 1 and dropped a complex one's imaginary part."""
+    z = of_eps_kind(noise_sampler(t, s), x, "noise_sampler(t, s)", same_dtype=False, noun="noise")
     if z.device.type == "cpu" and not bool(torch.isfinite(z).all()):     # on a GPU: not at every step
         raise ValueError(f"noise_sampler(t, s) returned NaN or inf at step {t} -> {s}")
     return z.to(x.dtype)

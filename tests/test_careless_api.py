@@ -47,7 +47,7 @@ def test_images_scaled_0_to_255_or_nan_are_refused_not_clamped():
 def test_l_simple_refuses_a_prediction_of_another_shape_and_integer_data():
     x0 = torch.rand(8, 3, 4, 4, generator=torch.Generator().manual_seed(1)) * 2 - 1
     for wrong in (lambda x, t: torch.zeros_like(x[:, :1]), lambda x, t: torch.tensor(0.0)):   # broadcast: 0.99, 0.92
-        with pytest.raises(ValueError, match="must return a tensor of x0's shape"):
+        with pytest.raises(ValueError, match="must return a tensor of x's shape"):
             elbo.l_simple(wrong, x0, AB)
     with pytest.raises(TypeError, match="x0 must be floating point"):
         elbo.l_simple(lambda x, t: x, torch.ones(4, 3, dtype=torch.long), AB)
@@ -973,7 +973,7 @@ def test_sixteenth_round_flags_numbers_and_dtypes(tmp_path, toy_setup):
         with pytest.raises(ValueError, match=needle):
             call()
     for noise in (torch.ones_like(x_T, dtype=torch.bool), torch.full_like(x_T, 3, dtype=torch.long), x_T.to(torch.complex128)):
-        with pytest.raises(TypeError, match="floating-point noise"):
+        with pytest.raises(ValueError, match="floating-point noise"):
             samplers.ddim_sample(eps, x_T, AB, seq, eta=1.0, noise_sampler=lambda t, s, z=noise: z)
     for call, needle in ((lambda: ode.reference_solution(eps, x_T.long(), AB, 999), "x_T must be floating point"),
                          (lambda: samplers.sample(eps, (2, 2), AB, S=2, dtype=torch.long), "dtype must be a floating"),
@@ -2677,7 +2677,7 @@ def test_round_35_the_bound_and_the_loss_refuse_an_eps_that_is_no_float_or_overf
         def eps_model(x, t):
             return torch.zeros_like(x, dtype=dtype)
         for f in (elbo.bits_per_dim, elbo.l_simple):
-            with pytest.raises(TypeError, match=f"eps_model\\(x_t, t\\) must return floating-point .*{dtype}"):
+            with pytest.raises(ValueError, match=f"eps_model\\(x_t, t\\) must return floating-point .*{dtype}"):
                 f(eps_model, x0, ab)
     with pytest.raises(samplers.NonFiniteError, match="step t = 0 overflowed torch.float32 .* 1e\\+30.*x0.double"):
         elbo.bits_per_dim(lambda x, t: torch.full_like(x, 1e30), x0, ab)
@@ -3447,3 +3447,26 @@ def test_round_42_an_allocation_failing_in_log_likelihoods_backward_passes_is_sa
         ode.log_likelihood(lambda x, t: eps(HugeBackward.apply(x), t), x, AB, rtol=1e-6, atol=1e-6)
     assert type(caught.value.__cause__) is RuntimeError and out_of_memory(caught.value) == f" (it asked for {2 ** 62} bytes)"
     assert len(passes) == fail_at
+
+
+def test_round_43_the_bound_calls_and_checks_eps_as_the_samplers_do():
+    """elbo.elbo_terms called eps_model itself and checked its answer its own way: an ε on another device (meta here; a
+    CPU network for CUDA data) failed inside torch ("cannot be called on meta tensors"), a bool one was a TypeError where
+    the samplers say ValueError, and an allocation that failed in the network was torch's page. It now calls ε through
+    `samplers.eval_eps` (one line, with how to split the batch: x0 repeated n_mc times) and checks it with
+    `samplers.of_eps_kind`, as l_simple does; an ε of another floating dtype than x0's is still taken (the terms are
+    computed in float32 or wider)."""
+    ab = schedule.make_alpha_bar("linear", 10)
+    x0 = torch.arange(8.0).reshape(2, 1, 2, 2) / 127.5 - 1
+    for f in (elbo.bits_per_dim, elbo.l_simple):
+        with pytest.raises(ValueError, match=r"^eps_model\(x_t, t\) must return eps on x's device, cpu, got it on meta$"):
+            f(lambda x, t: torch.zeros_like(x, device="meta"), x0, ab)
+    split = re.escape(elbo.SPLIT_BOUND)
+    with pytest.raises(RuntimeError, match=rf"^eps\(x, t\) ran out of memory \(it asked for {2 ** 62} bytes\) on a batch of 6 "
+                                           rf"samples of shape \(1, 2, 2\) on cpu: pass fewer samples per call \({split}\)$") \
+            as caught:
+        elbo.bits_per_dim(_huge, x0, ab, n_mc=3)
+    assert type(caught.value.__cause__) is RuntimeError
+    wide, own = (elbo.bits_per_dim(lambda x, t, d=d: torch.zeros_like(x, dtype=d), x0, ab,
+                                   generator=torch.Generator().manual_seed(0)) for d in (torch.float64, torch.float32))
+    assert torch.equal(wide, own)
