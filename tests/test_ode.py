@@ -1417,7 +1417,8 @@ def _two_m_leading_misses(lam, seq, lag=True, curvature=True, sigma2=None):
 
 def test_dpm_solver_pp_2m_surplus_on_lambda_uniform_steps_is_its_slopes_lag():
     """Notebook 09 §7 (e): on λ-uniform steps 2M's surplus at t = 0 is the sum of its steps' leading-order misses from the
-    flow's state (the flow carries a relative miss unchanged): within 0.4h of the surplus at S = 50, 100, 200 (the next order),
+    flow's state (the flow carries a relative miss unchanged): within 0.4h of the surplus at S = 50, 100, 200 (the next order;
+    at S = 100 within the notebook's 3%),
     where taking m as the slope at t (no lag) misses it by more than half in every direction. On exactly uniform steps the sum
     tends to (h²/8) ∫ (3 − 2z)/(1 + z)³ dz = h²/16 for σ_0² ≪ λ ≪ σ_T², all of it the lag's: without it the D' term
     (−h²/24) and the step's own curvature term (+h²/24) cancel. Checked by summing the misses on an exactly uniform grid
@@ -1428,6 +1429,7 @@ def test_dpm_solver_pp_2m_surplus_on_lambda_uniform_steps_is_its_slopes_lag():
         surplus = _ratio_to_flow(ode.dpm_solver_pp_2m, lam, seq)[-2] - 1
         pred, h = _two_m_leading_misses(lam, seq)
         assert bool((surplus > 0).all()) and float(((pred - surplus) / surplus).abs().max()) < 0.4 * h, S     # next order: O(h)
+        assert S != 100 or float(((pred - surplus) / surplus).abs().max()) < 0.03          # the notebook's "within 3%" (2.6%)
         assert float(((_two_m_leading_misses(lam, seq, lag=False)[0] - surplus) / surplus).abs().min()) > 0.5
         assert abs(float(surplus[-1]) / (h ** 2 / 16) - 1) < 0.03, (S, float(surplus[-1]), h)
     sig2 = [math.exp(-2 * v) for v in np.linspace(-math.log(1e3), math.log(1e3), 1383)]        # h = 0.01 in ℓ, λ = 1
