@@ -624,8 +624,10 @@ def _refuse_folders_in_place(out: Path) -> None:
                              f"keeps a file; move {'it' if len(folders) == 1 else 'them'} away, then run again")
 
 
-def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to train into a folder that holds a run unless resume or overwrite was asked for."""
+def _check_out(out: Path, resume: bool, overwrite: bool, resumable: bool = True) -> None:
+    """Refuse to train into a folder that holds a run unless resume or overwrite was asked for. resumable: whether the
+    command offers --resume, which the refusal then names (benchmarks/gpu_check.py has none: there it said to "continue
+    it with --resume", an option gpu_check refuses)."""
     check_nothing_set_aside(out, RunExistsError)        # `train --overwrite` killed (kill -9) before its first checkpoint
     _refuse_folders_in_place(out)
     held = [n for n in RUN_FILES if (out / n).exists()]
@@ -643,8 +645,9 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
         if not (out / "ckpt.pt").exists():
             raise RunExistsError(f"{out} holds {', '.join(held)} but no ckpt.pt; --overwrite deletes them and starts a "
                                  f"new run, or choose another --out")
-        raise RunExistsError(f"{out} already holds a run ({', '.join(held)}); continue it with --resume, "
-                             f"start again with --overwrite, or choose another --out")
+        raise RunExistsError(f"{out} already holds a run ({', '.join(held)}); "
+                             f"{'continue it with --resume, ' if resumable else ''}start again with --overwrite, or "
+                             f"choose another --out")
     if resume and not (out / "ckpt.pt").exists() and held:
         raise RunExistsError(f"{out} has {', '.join(held)} but no ckpt.pt to resume from; use --overwrite "
                              f"to start again or another --out")
