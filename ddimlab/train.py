@@ -253,8 +253,9 @@ def resumed_config(out, overrides=None) -> tuple[TrainConfig, list[str]]:
     state = _run_state(Path(out) / "ckpt.pt", mmap=True)                 # `train` reads it again (`_resume`)
     _warn_if_edited(Path(out) / "config.json", state["config"])
     before = config_from_dict(state["config"], strict=True)
-    after = validate_config(TrainConfig(**_apply(dataclasses.asdict(before), overrides)))
-    _check_same_model(before, after, out)
+    after = TrainConfig(**_apply(dataclasses.asdict(before), overrides))
+    _check_same_model(before, after, out)   # first: --set resolution=16 was told to fix attn_resolutions, which can't change
+    after = validate_config(after)
     notes = [f"{k}: {getattr(before, k)!r} -> {getattr(after, k)!r}" for k in (f.name for f in dataclasses.fields(TrainConfig))
              if k not in RUN_KEYS and getattr(before, k) != getattr(after, k)]
     return after, notes
