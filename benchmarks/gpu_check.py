@@ -152,7 +152,7 @@ def check(args) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="ddimlab_gpu_check_"))
     check_out_folder(out, "a folder for the check")
-    _check_out(out / "run", resume=False, overwrite=args.overwrite)     # said before the benchmark's minutes, not after
+    _check_out(out / "run", resume=False, overwrite=args.overwrite, resumable=False)   # before the benchmark's minutes
     t0 = time.perf_counter()
     try:
         report = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),

@@ -93,12 +93,18 @@ def bcast(a, x: torch.Tensor) -> torch.Tensor:
 
 
 def _same_shape(a, b, names: str) -> None:
-    """Two tensors of one shape: broadcasting one noise or prediction over a batch would correlate its samples."""
+    """Two floating-point tensors of one shape: broadcasting one noise or prediction over a batch would correlate its
+    samples, and an integer or bool one was read as numbers (a mask passed as ε: True as 1), where only the first of
+    the two, whose dtype the coefficients take (`bcast`), was checked; a complex one lost nothing but gave a complex x."""
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
         raise TypeError(f"{names} must be torch tensors, got {type(a).__name__} and {type(b).__name__} "
                         f"(torch.from_numpy for an array)")
+    first, second = names.split(" and ")
+    for name, v in ((first, a), (second, b)):
+        if not v.dtype.is_floating_point:
+            raise TypeError(f"{name} must be floating point, got {v.dtype} (an integer or bool tensor would be read as "
+                            f"numbers, True as 1); convert with .float()")
     if a.shape != b.shape:
-        first, second = names.split(" and ")
         raise ValueError(f"{second} shape {tuple(b.shape)} differs from {first} shape {tuple(a.shape)}")
 
 
@@ -299,14 +305,10 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, a_t, a_s, eta: float = 0.0,
     (as `ddim_sample` casts its draws, and refuses an ε of another dtype): a float64 ε or z does not widen a float32
     x_s. σ² > 1 − ᾱ_s (η > 1 on some steps) is a ValueError (`check_sigma`), as in `q_sigma_mean`.
     """
-    _same_shape(x_t, eps, "x_t and eps")
-    if not eps.dtype.is_floating_point:             # an integer ε is no prediction of N(0, I) noise
-        raise TypeError(f"eps must be floating point (the predicted noise), got {eps.dtype}")
+    _same_shape(x_t, eps, "x_t and eps")             # floating point: an integer ε is no prediction of N(0, I) noise
     eps = eps.to(x_t.dtype)
     if noise is not None:
-        _same_shape(x_t, noise, "x_t and noise")
-        if not noise.dtype.is_floating_point:       # True read as 1; an integer draw is no N(0, I)
-            raise TypeError(f"noise must be floating point (an N(0, I) draw), got {noise.dtype}")
+        _same_shape(x_t, noise, "x_t and noise")     # True read as 1; an integer draw is no N(0, I)
         if noise.device.type == "cpu" and not bool(torch.isfinite(noise).all()):   # σ·NaN made every x_s NaN
             raise ValueError("noise contains NaN or inf")
     x0 = predict_x0(x_t, eps, a_t)

@@ -253,8 +253,9 @@ def resumed_config(out, overrides=None) -> tuple[TrainConfig, list[str]]:
     state = _run_state(Path(out) / "ckpt.pt", mmap=True)                 # `train` reads it again (`_resume`)
     _warn_if_edited(Path(out) / "config.json", state["config"])
     before = config_from_dict(state["config"], strict=True)
-    after = validate_config(TrainConfig(**_apply(dataclasses.asdict(before), overrides)))
-    _check_same_model(before, after, out)
+    after = TrainConfig(**_apply(dataclasses.asdict(before), overrides))
+    _check_same_model(before, after, out)   # first: --set resolution=16 was told to fix attn_resolutions, which can't change
+    after = validate_config(after)
     notes = [f"{k}: {getattr(before, k)!r} -> {getattr(after, k)!r}" for k in (f.name for f in dataclasses.fields(TrainConfig))
              if k not in RUN_KEYS and getattr(before, k) != getattr(after, k)]
     return after, notes
@@ -624,8 +625,10 @@ def _refuse_folders_in_place(out: Path) -> None:
                              f"keeps a file; move {'it' if len(folders) == 1 else 'them'} away, then run again")
 
 
-def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to train into a folder that holds a run unless resume or overwrite was asked for."""
+def _check_out(out: Path, resume: bool, overwrite: bool, resumable: bool = True) -> None:
+    """Refuse to train into a folder that holds a run unless resume or overwrite was asked for. resumable: whether the
+    command offers --resume, which the refusal then names (benchmarks/gpu_check.py has none: there it said to "continue
+    it with --resume", an option gpu_check refuses)."""
     check_nothing_set_aside(out, RunExistsError)        # `train --overwrite` killed (kill -9) before its first checkpoint
     _refuse_folders_in_place(out)
     held = [n for n in RUN_FILES if (out / n).exists()]
@@ -643,8 +646,9 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
         if not (out / "ckpt.pt").exists():
             raise RunExistsError(f"{out} holds {', '.join(held)} but no ckpt.pt; --overwrite deletes them and starts a "
                                  f"new run, or choose another --out")
-        raise RunExistsError(f"{out} already holds a run ({', '.join(held)}); continue it with --resume, "
-                             f"start again with --overwrite, or choose another --out")
+        raise RunExistsError(f"{out} already holds a run ({', '.join(held)}); "
+                             f"{'continue it with --resume, ' if resumable else ''}start again with --overwrite, or "
+                             f"choose another --out")
     if resume and not (out / "ckpt.pt").exists() and held:
         raise RunExistsError(f"{out} has {', '.join(held)} but no ckpt.pt to resume from; use --overwrite "
                              f"to start again or another --out")

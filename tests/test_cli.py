@@ -3386,3 +3386,18 @@ def test_round_40_sample_on_a_run_with_a_schedule_this_ddimlab_does_not_know(tra
                            f"{path} was trained on the noise schedule 'sigmoid', which this ddimlab does not know (it knows "
                            "linear, cosine, quadratic)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["newer.pt"]
+
+
+def test_round_43_a_resume_that_changes_the_network_is_told_so_not_sent_to_another_setting(trained):
+    """`train --resume --set ch=12` said "num_groups=8 must divide every width [12, 24] (ch * ch_mult)", and `--set
+    resolution=7` that it "must be divisible by 2^(len(ch_mult)-1)": the new value was checked against the run's other
+    shape settings before the resume's own rule, so a user who followed it and changed num_groups (or ch_mult) was then
+    told that a resume keeps the network (the checkpoint's weights have its shape). The resume's rule now comes first;
+    nothing in the run changes."""
+    before = {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()}
+    for key, value, saved in (("ch", 12, 16), ("resolution", 7, 8), ("num_groups", 3, 8)):
+        r = _run("train", "--resume", "--out", trained, "--set", f"{key}={value}", "--no-progress")
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.splitlines()[0] == (f"python -m ddimlab train: error: cannot resume {trained}: {key} is {value} but "
+                                            f"the checkpoint has {saved}; use the run's settings or a new --out"), r.stderr
+    assert {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()} == before

@@ -366,3 +366,26 @@ def test_implicit_density_l1_ranking_is_resolved_by_an_independent_quadrature():
         assert abs(coarse - ref[S]) < 1e-4
         assert abs(value - ref[S]) < bound, (S, value, ref[S])
     assert ref[10] - ref[50] > 0.2 and ref[50] - ref[250] > 0.04
+
+
+def test_round_43_an_integer_or_bool_second_tensor_is_refused_as_the_first_is():
+    """Each function of two tensors checked only the one whose dtype the coefficients take (x0 of q_sample, x_t of
+    predict_x0): an integer or bool ε, x_t or v beside it was read as numbers, so predict_x0(x_t, ε > 0, ᾱ) returned
+    finite x̂_0 with True read as 1. Both are now held to floating point, naming the one that is not."""
+    g = torch.Generator().manual_seed(0)
+    x, y = (torch.randn(3, 2, generator=g, dtype=F64) for _ in range(2))
+    calls = {"eps": (lambda e: q_sample(x, 0.5, e), lambda e: predict_x0(x, e, 0.5), lambda e: v_from(x, e, 0.5),
+                     lambda e: ddim_step(x, e, 0.5, 0.7)[0]),
+             "z": (lambda z: q_step(x, 0.02, z),),
+             "x0": (lambda x0: predict_eps(x, x0, 0.5), lambda x0: diffusion.q_sigma_forward(x, x0, 0.5, 0.7, 0.1)[0]),
+             "x_t": (lambda x_t: posterior_mean(x, x_t, 0.5, 0.7), lambda x_t: q_sigma_mean(x, x_t, 0.5, 0.7, 0.1)),
+             "v": (lambda v: x0_from_v(x, v, 0.5), lambda v: eps_from_v(x, v, 0.5)),
+             "noise": (lambda z: ddim_step(x, y, 0.5, 0.7, eta=0.5, noise=z)[0],)}
+    for name, fs in calls.items():
+        for f in fs:
+            assert bool(torch.isfinite(f(y)).all())                  # floating: taken
+            for bad in (y > 0, y.long(), (y > 0).to(torch.uint8)):
+                with pytest.raises(TypeError, match=rf"^{name} must be floating point, got {bad.dtype} \(an integer or "
+                                                    r"bool tensor would be read as numbers, True as 1\); convert with "
+                                                    r"\.float\(\)$"):
+                    f(bad)

@@ -90,3 +90,23 @@ def test_round_33_the_summary_says_the_precision_and_sizes_that_ran(tmp_path):
     gpu_check = load_script("benchmarks/gpu_check.py")
     assert gpu_check.precision(torch.device("cuda"), True) == "bf16 autocast on cuda"
     assert gpu_check.precision(torch.device("cuda"), False) == "float32 on cuda"
+
+
+def test_round_43_a_run_in_the_way_is_not_told_to_resume_which_gpu_check_cannot(tmp_path, capsys):
+    """A second check on one --out was refused with "continue it with --resume, start again with --overwrite, or choose
+    another --out", and gpu_check has no --resume (argparse: "unrecognized arguments: --resume"). The refusal now names
+    what gpu_check offers; `train` still names --resume."""
+    gpu_check = load_script("benchmarks/gpu_check.py")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "ckpt.pt").write_bytes(b"an earlier run")
+    with pytest.raises(SystemExit) as refused:
+        gpu_check.main(["--tiny", "--device", "cpu", "--no-progress", "--no-bench", "--out", str(tmp_path)])
+    said = str(refused.value.code)
+    assert said.startswith("gpu_check: error: ") and "--resume" not in said, said
+    assert said.endswith("already holds a run (ckpt.pt); start again with --overwrite, or choose another --out"), said
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--resume"])   # the option it was told of
+    assert "unrecognized arguments: --resume" in capsys.readouterr().err
+    from ddimlab.train import RunExistsError, _check_out
+    with pytest.raises(RunExistsError, match="continue it with --resume, start again with --overwrite"):
+        _check_out(tmp_path / "run", resume=False, overwrite=False)
