@@ -236,12 +236,12 @@ def of_eps_kind(e, x: torch.Tensor, what: str = "eps(x, t)", same_dtype: bool = 
     (`elbo.elbo_terms`, `elbo.l_simple`) any floating one; an ε wrapper (`guided_eps`, `ode.thresholded_eps`) checks its
     inner ε without `same_dtype` and hands its dtype on (`of_inner_dtype`), so that its caller applies the rule to the
     inner ε. The samplers' noise is checked by the same rule (`_draw`, noun "noise", any floating dtype, which it casts to
-    x's): the message names what is allowed, x's dtype or any floating one."""
+    x's): the message names what the caller allows, x's dtype or any floating one."""
     e = _of_x_shape(e, x, what)
     if e.device != x.device:
         raise ValueError(f"{what} must return {noun} on x's device, {x.device}, got it on {e.device}")
     if not e.dtype.is_floating_point:
-        allowed = f"any floating dtype, cast to x's {x.dtype}" if noun == "noise" else f"x's dtype, {x.dtype}"
+        allowed = f"x's dtype, {x.dtype}" if same_dtype else "any floating dtype"
         raise ValueError(f"{what} must return floating-point {noun} ({allowed}), got {e.dtype}")
     if same_dtype and e.dtype != x.dtype:
         raise ValueError(f"{what} returned dtype {e.dtype} but x is {x.dtype}; cast one of them")

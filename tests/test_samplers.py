@@ -465,13 +465,14 @@ def test_a_trajectory_past_half_the_memory_is_refused_before_the_first_step(monk
 def test_round_43_a_noise_of_the_wrong_kind_is_told_any_floating_dtype_is_taken():
     """A noise_sampler's draw of any floating dtype is cast to x's (`samplers._draw`), but one of the wrong kind was told
     "(x's dtype, torch.float64)", as if a float32 draw for float64 x were refused too. The message now says what the noise
-    may be; and a float32 draw is still taken, giving the float64 run's x_0 to float32's rounding."""
+    may be (any floating dtype, as for the ε of the scipy paths, which take one too); and a float32 draw is still taken,
+    giving the float64 run's x_0 to float32's rounding."""
     x_T, seq = _xT(4), schedule.timesteps(5, 1000, "trailing")
     draws = torch.randn(len(seq), *x_T.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     steps = {int(t): i for i, t in enumerate(seq)}
     for bad in (torch.bool, torch.int64, torch.complex128):
         with pytest.raises(ValueError, match=r"^noise_sampler\(t, s\) must return floating-point noise \(any floating "
-                                             rf"dtype, cast to x's torch\.float64\), got {bad}$"):
+                                             rf"dtype\), got {bad}$"):
             samplers.ddim_sample(EPS, x_T, AB, seq, eta=1.0, noise_sampler=lambda t, s, d=bad: draws[steps[t]].to(d))
     wide = samplers.ddim_sample(EPS, x_T, AB, seq, eta=1.0, noise_sampler=lambda t, s: draws[steps[t]])
     narrow = samplers.ddim_sample(EPS, x_T, AB, seq, eta=1.0, noise_sampler=lambda t, s: draws[steps[t]].float())
