@@ -80,18 +80,19 @@ def jackknife(x: torch.Tensor, y: torch.Tensor, kernel) -> tuple[float, torch.Te
 
 def _row_sums(y, kernel):
     """Off-diagonal row sums of the kernel matrix of y: the data side of `jackknife`, shared by every cell of a table."""
-    k = toy.gram(y, y, kernel)
-    return k.sum(1) - k.diagonal()
+    k, sign = toy.signed_gram(y, y, kernel)
+    return sign * (k.sum(1) - k.diagonal())
 
 
 def _jackknife(x, y, kernel, ry):
     n = x.shape[0]
     rx = _row_sums(x, kernel)
-    kxy = toy.gram(x, y, kernel)
-    sx, sy, sxy = rx.sum(), ry.sum(), kxy.sum()
-    value = float((sx + sy) / (n * (n - 1)) - 2 * sxy / n ** 2)
+    kxy, sign = toy.signed_gram(x, y, kernel)           # kernel = sign · kxy: the sums negated, not the table
+    sxy = kxy.sum()
+    sx, sy = rx.sum(), ry.sum()
+    value = float((sx + sy) / (n * (n - 1)) - 2 * (sign * sxy) / n ** 2)
     loo = ((sx - 2 * rx + sy - 2 * ry) / ((n - 1) * (n - 2))
-           - 2 * (sxy - kxy.sum(1) - kxy.sum(0) + kxy.diagonal()) / (n - 1) ** 2)
+           - 2 * (sign * (sxy - kxy.sum(1) - kxy.sum(0) + kxy.diagonal())) / (n - 1) ** 2)
     return value, loo
 
 

@@ -42,6 +42,17 @@ def _f64(x, name):
     return x.to(torch.float64, copy=True)    # a copy: a caller editing its tensor later must not change the mixture
 
 
+def _value_range(x: torch.Tensor) -> tuple[float, float]:
+    """(smallest, largest) value of a real floating-point x, (0, 0) if it is empty: both are finite exactly when every
+    value is (torch's min and max return NaN if any value is NaN). One pass over x, where bool(torch.isfinite(x).all())
+    makes three temporaries of x's size and took about 12 times as long on one thread at 500 × 1024 float64, the
+    1024-D lab's batch, whose ε* checks its x at every step (`_check_x`; notebook 09 §3)."""
+    if x.numel() == 0:
+        return 0.0, 0.0
+    lo, hi = torch.aminmax(x.detach())                 # a check, not part of any graph
+    return float(lo), float(hi)
+
+
 def _responsibilities(logits, dim, log=False):
     """softmax(logits) (or log_softmax) along the components' axis `dim`. A row whose density underflows to 0 in every
     component (entries past about 1e150, whose squares overflow float64) has none: an error, where softmax gives NaN."""
@@ -179,7 +190,7 @@ class GaussianMixture:
             raise TypeError(f"x must be floating point, got {x.dtype}")
         if x.ndim != 2 or x.shape[1] != self.d:
             raise ValueError(f"x must have shape (B, d) = (B, {self.d}), got {tuple(x.shape)}")
-        if not bool(torch.isfinite(x).all()):              # log_prob, score and eps were NaN there
+        if not all(map(math.isfinite, _value_range(x))):   # log_prob, score and eps were NaN there
             raise ValueError("x contains NaN or inf")
         return x.to(torch.float64)
 
@@ -533,12 +544,20 @@ def gram(u: torch.Tensor, v: torch.Tensor, kernel) -> torch.Tensor:
     """Kernel matrix k(u_i, v_j) (notebook 09 §1). kernel: a bandwidth h > 0 for the Gaussian kernel
     exp(−|u−v|²/(2h²)), or ENERGY ("energy") for k = −|u − v|, whose MMD² is the energy distance
     2E|X−Y| − E|X−X'| − E|Y−Y'| (Székely & Rizzo 2013; Sejdinovic et al. 2013)."""
+    table, sign = signed_gram(u, v, kernel)
+    return table.neg_() if sign < 0 else table
+
+
+def signed_gram(u: torch.Tensor, v: torch.Tensor, kernel) -> tuple[torch.Tensor, float]:
+    """(table, sign) with `gram(u, v, kernel)` = sign · table (notebook 09 §1): the energy kernel's table is |u − v|
+    itself, sign −1, so that what only sums it (`mmd2_unbiased`, `lab.jackknife`) negates its sums instead of the n × m
+    table, one pass fewer over each; the same numbers, since negation commutes with rounding. Gaussian kernel: sign 1."""
     u, v = points(u, "u"), points(v, "v")             # float64: a float32 set against a float64 one, lists
     if u.shape[1] != v.shape[1]:
         raise ValueError(f"u and v must be points of one dimension d, got shapes {tuple(u.shape)} and {tuple(v.shape)}")
     check_tables("gram", (len(u), len(v)))
     if isinstance(kernel, str) and kernel == ENERGY:         # (an array would compare elementwise)
-        return torch.cdist(u, v).neg_()
+        return torch.cdist(u, v), -1.0
     # not a bool (True read as 1), a string, an array; nor a bandwidth whose 1/h² overflows (1e-300: Python's "float
     # division by zero"; 1e-160: -inf · 0 = NaN on the diagonal)
     if (h := as_real(kernel)) is None or not (h > 0 and h * h >= torch.finfo(torch.float64).tiny):
@@ -549,7 +568,7 @@ def gram(u: torch.Tensor, v: torch.Tensor, kernel) -> torch.Tensor:
     # on the lab's 2000 × 2000 tables (two threads); the clamp sets to 0 what rounding leaves below it where u_i ≈ v_j
     d2 = torch.addmm((u * u).sum(1)[:, None], u, v.T, alpha=-2).add_((v * v).sum(1)).clamp_(min=0)
     h2 = float(kernel) ** 2 if float(kernel) < 1e150 else math.inf     # ** raises OverflowError past 1e154
-    return d2.mul_(-0.5 / h2).exp_()
+    return d2.mul_(-0.5 / h2).exp_(), 1.0
 
 
 def points(x, name: str) -> torch.Tensor:
@@ -560,10 +579,11 @@ def points(x, name: str) -> torch.Tensor:
     x = _f64(x, name)                                  # a list of floats read as float64, not float32
     if x.ndim != 2 or x.shape[1] == 0:                 # d = 0: every distance 0, an MMD² of 0 ± 0
         raise ValueError(f"{name} must be points of shape (n, d) with d >= 1, got shape {tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
+    lo, hi = _value_range(x)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name} contain NaN or inf")
     limit = math.sqrt(torch.finfo(torch.float64).max / (4 * x.shape[1]))
-    if x.numel() and (top := float(x.abs().max())) > limit:
+    if (top := max(-lo, hi)) > limit:                  # max |x|
         raise ValueError(f"{name} hold values up to {top:.3g}, beyond {limit:.3g}, where the squared distances of "
                          f"{x.shape[1]}-D points overflow float64 (did the sampler diverge?)")
     return x
@@ -590,9 +610,9 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, kernel) -> float:
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y must be points of one dimension d, got {tuple(x.shape)} and {tuple(y.shape)}")
     check_tables("mmd2_unbiased", (n, n), (m, m), (n, m))
-    kxx, kyy, kxy = gram(x, x, kernel), gram(y, y, kernel), gram(x, y, kernel)
-    return float((kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
-                 + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) - 2 * kxy.mean())
+    (kxx, sign), (kyy, _), (kxy, _) = (signed_gram(a, b, kernel) for a, b in ((x, x), (y, y), (x, y)))
+    return float(sign * (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
+                 + sign * (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) - 2 * (sign * kxy.mean()))
 
 
 def mmd(samples: torch.Tensor, mixture: GaussianMixture, generator: torch.Generator | None = None,

@@ -242,6 +242,27 @@ def test_difference_of_cells_from_different_tables_is_unpaired(ring, image):
     assert lab.difference(a, b)[1] == pytest.approx(math.hypot(a["se"], b["se"]))
 
 
+def test_jackknife_delete_one_values_are_the_statistic_without_each_pair():
+    """jackknife's U₋ᵢ (notebook 09 §1) is mmd2_unbiased recomputed with pair i left out of both sets, for the energy
+    and the Gaussian kernel; and since it negates the energy table's sums instead of the table (toy.signed_gram), its
+    value and U₋ᵢ are bit for bit the formulas written on toy.gram's tables, also where points coincide."""
+    g = torch.Generator().manual_seed(12)
+    x, y = torch.randn(40, 2, generator=g, dtype=torch.float64), 1.2 * torch.randn(40, 2, generator=g, dtype=torch.float64)
+    x[:3] = y[:3]
+    n = len(x)
+    for kernel in (toy.ENERGY, 0.5):
+        value, loo = lab.jackknife(x, y, kernel)
+        keep = [torch.arange(n) != i for i in range(n)]
+        brute = torch.tensor([toy.mmd2_unbiased(x[k], y[k], kernel) for k in keep], dtype=torch.float64)
+        torch.testing.assert_close(loo, brute, rtol=1e-10, atol=1e-13)
+        kxx, kyy, kxy = toy.gram(x, x, kernel), toy.gram(y, y, kernel), toy.gram(x, y, kernel)
+        rx, ry = kxx.sum(1) - kxx.diagonal(), kyy.sum(1) - kyy.diagonal()
+        sx, sy, sxy = rx.sum(), ry.sum(), kxy.sum()
+        assert value == float((sx + sy) / (n * (n - 1)) - 2 * sxy / n ** 2)
+        assert torch.equal(loo, (sx - 2 * rx + sy - 2 * ry) / ((n - 1) * (n - 2))
+                           - 2 * (sxy - kxy.sum(1) - kxy.sum(0) + kxy.diagonal()) / (n - 1) ** 2)
+
+
 def test_mmd2_se_value_is_toys_statistic():
     mix = toy.eight_gaussians()
     g = torch.Generator().manual_seed(6)

@@ -335,6 +335,56 @@ def test_energy_kernel_is_the_energy_distance():
         toy.gram(x, y, -1.0)
 
 
+def test_nan_or_inf_anywhere_is_refused_as_torch_isfinite_refuses_it():
+    """ε*'s check of x (GaussianMixture._check_x) and the sample distances' (toy.points) read x's smallest and largest
+    values in one pass (toy._value_range, notebook 09 §3) instead of torch.isfinite: NaN, inf or -inf at the first, a middle
+    or the last entry, in a transposed (non-contiguous) batch and in float16, float32 and float64, is refused where
+    torch.isfinite finds it; finite x passes, and one that requires grad gives no warning (notebook 09 §3 takes its
+    gradient)."""
+    import warnings
+    ring, image = toy.eight_gaussians(), toy.image_like_mixture(64)
+    g = torch.Generator().manual_seed(10)
+    for m in (ring, image):
+        for dtype in (torch.float64, torch.float32, torch.float16):
+            for base in (torch.randn(33, m.d, generator=g, dtype=torch.float64),
+                         torch.randn(m.d, 33, generator=g, dtype=torch.float64).T):      # a transposed view
+                for pos in (0, base.numel() // 2, base.numel() - 1):
+                    for bad in (math.nan, math.inf, -math.inf):
+                        x = base.to(dtype).clone()                    # keeps the transposed strides
+                        x[divmod(pos, m.d)] = bad
+                        assert not bool(torch.isfinite(x).all()) and x.is_contiguous() == base.is_contiguous()
+                        with pytest.raises(ValueError, match="x contains NaN or inf"):
+                            m.eps(x, 0.5)
+                        with pytest.raises(ValueError, match="x contain NaN or inf"):
+                            toy.points(x, "x")
+                x = base.to(dtype)
+                assert toy._value_range(x) == (float(x.min()), float(x.max()))
+                assert m.eps(x, 0.5).shape == x.shape and toy.points(x, "x").shape == x.shape
+    assert toy._value_range(torch.zeros(0, 2)) == (0.0, 0.0)
+    x = torch.randn(4, 2, generator=g, dtype=torch.float64).requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (grad,) = torch.autograd.grad(ring.log_prob(x).sum(), x)
+    assert bool(torch.isfinite(grad).all())
+
+
+def test_signed_gram_is_gram_and_mmd2_unbiased_sums_it_as_before():
+    """toy.signed_gram's table times its sign is toy.gram's, bit for bit (the energy kernel's table is |u − v| with sign −1,
+    the Gaussian one's sign is 1). mmd2_unbiased negates the energy table's sums instead of the table (notebook 09 §1):
+    bit for bit the statistic written on gram's table, with n ≠ m and where points coincide."""
+    g = torch.Generator().manual_seed(11)
+    x, y = torch.randn(300, 2, generator=g, dtype=torch.float64), 1.3 * torch.randn(250, 2, generator=g, dtype=torch.float64)
+    y[:20] = x[:20]
+    for kernel, want in ((toy.ENERGY, -1.0), (0.4, 1.0)):
+        table, sign = toy.signed_gram(x, y, kernel)
+        assert sign == want and torch.equal(sign * table, toy.gram(x, y, kernel))
+        kxx, kyy, kxy = toy.gram(x, x, kernel), toy.gram(y, y, kernel), toy.gram(x, y, kernel)
+        n, m = len(x), len(y)
+        on_gram = float((kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
+                        + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) - 2 * kxy.mean())
+        assert toy.mmd2_unbiased(x, y, kernel) == on_gram
+
+
 def test_errors():
     with pytest.raises(ValueError, match="shape \\(K,\\)"):
         toy.GaussianMixture(torch.ones(3), torch.zeros(2, 2), torch.eye(2).repeat(2, 1, 1))
