@@ -277,3 +277,21 @@ def check_symmetric(cov, what: str) -> None:
         raise ValueError(f"{what} must be finite (it has NaN or inf)")
     if cov.numel() and float((cov - cov.mT).abs().max()) > SYMMETRY_TOL * float(cov.abs().max()):   # n = 0: torch's max()
         raise ValueError(f"{what} must be symmetric")
+
+
+def value_range(x: torch.Tensor) -> tuple[float, float]:
+    """(smallest, largest) value of a real floating-point x, (0, 0) if it is empty: both are finite exactly when every
+    value is (torch's aminmax propagates NaN). One pass over x, where bool(torch.isfinite(x).all()) makes temporaries of
+    x's size: 1.8 ms against 0.12 ms on one thread at 500 × 1024 float64, the 1024-D lab's batch (notebook 09 §3),
+    which the samplers check at every step (`all_finite`)."""
+    if x.numel() == 0:
+        return 0.0, 0.0
+    lo, hi = torch.aminmax(x.detach())                 # a check, not part of any graph
+    return float(lo), float(hi)
+
+
+def all_finite(x: torch.Tensor) -> bool:
+    """bool(torch.isfinite(x).all()), by `value_range` for a real floating-point x (integers and bools are finite)."""
+    if x.is_complex():
+        return bool(torch.isfinite(x).all())
+    return not x.is_floating_point() or all(map(math.isfinite, value_range(x)))

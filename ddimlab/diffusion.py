@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from .checks import as_real, check_bool, check_numbers, check_untracked
+from .checks import all_finite, as_real, check_bool, check_numbers, check_untracked
 
 VARIANCES = ("small", "large")   # DDPM's two reverse variances: β̃ (posterior) and β (notebook 02 §1)
 
@@ -309,7 +309,7 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, a_t, a_s, eta: float = 0.0,
     eps = eps.to(x_t.dtype)
     if noise is not None:
         _same_shape(x_t, noise, "x_t and noise")     # True read as 1; an integer draw is no N(0, I)
-        if noise.device.type == "cpu" and not bool(torch.isfinite(noise).all()):   # σ·NaN made every x_s NaN
+        if noise.device.type == "cpu" and not all_finite(noise):   # σ·NaN made every x_s NaN
             raise ValueError("noise contains NaN or inf")
     x0 = predict_x0(x_t, eps, a_t)
     if check_bool("clip_x0", clip_x0):

@@ -48,7 +48,7 @@ import math
 import numpy as np
 import torch
 
-from .checks import as_real, check_bool, check_generator, check_int, check_numbers, is_complex, real_array
+from .checks import all_finite, as_real, check_bool, check_generator, check_int, check_numbers, is_complex, real_array
 from .diffusion import dynamic_threshold, predict_eps, predict_x0
 from .samplers import (
     NonFiniteError,
@@ -892,7 +892,7 @@ def thresholded_eps(eps, alpha_bar, p: float = 0.995, s_max: float = math.inf):
                              "x0_thr)/sqrt(1 - a) divides by 0: stop the ODE at t_end = 0 (the solvers' last step, 0 -> -1, "
                              "calls eps at t = 0 only)")
         e = of_eps_kind(eps(x.clone(), t), x, "thresholded_eps: eps", same_dtype=False)
-        if not bool(torch.isfinite(e).all()):    # returned as it is: the sampler's NonFiniteError names the step
+        if not all_finite(e):    # returned as it is: the sampler's NonFiniteError names the step
             return e
         return of_inner_dtype(predict_eps(x, dynamic_threshold(predict_x0(x, e, a), p, s_max), a), e)
 
@@ -1000,7 +1000,7 @@ def _eps_of_xbar(eps, alpha_bar, xbar: torch.Tensor, sig: float, sig_max: float,
         check_tolerances(*tols, f"the {_dtype_name(e.dtype)} that eps(x, t) returns can give", e.dtype,
                           f"have eps return x's {_dtype_name(dtype)}")
     e = e.to(torch.float64)
-    if not bool(torch.isfinite(e).all()):
+    if not all_finite(e):
         raise NonFiniteError(f"eps(x, t) returned NaN or inf at t = {float(t[0]):.6g} (sigma = {sig:.6g})")
     return e
 

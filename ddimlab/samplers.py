@@ -29,6 +29,7 @@ import torch
 
 from . import devices, schedule
 from .checks import (
+    all_finite,
     as_real,
     check_bool,
     check_fits,
@@ -123,7 +124,7 @@ def check_x(x, alpha_bar, name: str = "x_T", callback=None, eps=None) -> torch.T
         raise ValueError(f"{name} must have a batch dimension (B, ...), got a 0-d tensor")
     if x.is_meta:
         raise ValueError(f"{name} is on the meta device, which holds shapes but no values: sampling needs the values")
-    if not bool(torch.isfinite(x).all()):
+    if not all_finite(x):
         raise ValueError(f"{name} contains NaN or inf")
     alpha_bar = schedule.validate_alpha_bar(alpha_bar)
     if eps is not None:
@@ -189,8 +190,8 @@ def call_eps(eps, x, t):
     else:
         tt = torch.full((x.shape[0],), float(t), dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
     e = of_eps_kind(eval_eps(eps, x.clone(), tt), x)
-    if not bool(torch.isfinite(e).all()):
-        where = "its input x was already non-finite" if not bool(torch.isfinite(x).all()) else "from a finite input"
+    if not all_finite(e):
+        where = "its input x was already non-finite" if not all_finite(x) else "from a finite input"
         raise NonFiniteError(f"eps(x, t) returned NaN or inf at step t = {t} ({where}); "
                              f"check the model (weights, dtype, mixed precision) and the schedule")
     return e
@@ -301,7 +302,7 @@ def report(callback, i: int, t: int, s: int, x: torch.Tensor, x0: torch.Tensor) 
 def _finite(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
     """x_s, or a NonFiniteError naming the step where the sampler's own arithmetic left x's dtype (ε was finite:
     `call_eps`); in float16, x̂_0 = (x_t − √(1−ᾱ_t) ε)/√ᾱ_t passes 65504 where ᾱ_t is small (the cosine schedule's)."""
-    if not bool(torch.isfinite(x).all()):
+    if not all_finite(x):
         raise NonFiniteError(f"step {t} -> {s} gave NaN or inf in {x.dtype} from a finite eps; run in float32 "
                              f"(x_T.float(), or x0.float() for an inversion)" if x.dtype in (torch.float16, torch.bfloat16) else
                              f"step {t} -> {s} gave NaN or inf from a finite eps and finite x (values near the "
@@ -314,7 +315,7 @@ def _draw(noise_sampler, t, s, x):
     (on the CPU), cast to x's dtype: another device stopped the step with torch's "Expected all tensors to be on the same
     device", and .to(x.dtype) read a bool draw's True as 1 and dropped a complex one's imaginary part."""
     z = of_eps_kind(noise_sampler(t, s), x, "noise_sampler(t, s)", same_dtype=False, noun="noise")
-    if z.device.type == "cpu" and not bool(torch.isfinite(z).all()):     # on a GPU: not at every step
+    if z.device.type == "cpu" and not all_finite(z):     # on a GPU: not at every step
         raise ValueError(f"noise_sampler(t, s) returned NaN or inf at step {t} -> {s}")
     return z.to(x.dtype)
 

@@ -24,6 +24,7 @@ import torch
 
 from . import ode, schedule
 from .checks import (
+    all_finite,
     as_real,
     check_fits,
     check_generator,
@@ -32,6 +33,7 @@ from .checks import (
     check_symmetric,
     is_complex,
     seeded,
+    value_range,
 )
 
 
@@ -40,17 +42,6 @@ def _f64(x, name):
     if not (x.dtype.is_floating_point or x.dtype in (torch.int32, torch.int64)):
         raise TypeError(f"{name} must be a real tensor, got {x.dtype}")
     return x.to(torch.float64, copy=True)    # a copy: a caller editing its tensor later must not change the mixture
-
-
-def _value_range(x: torch.Tensor) -> tuple[float, float]:
-    """(smallest, largest) value of a real floating-point x, (0, 0) if it is empty: both are finite exactly when every
-    value is (torch's min and max return NaN if any value is NaN). One pass over x, where bool(torch.isfinite(x).all())
-    makes three temporaries of x's size and took about 12 times as long on one thread at 500 × 1024 float64, the
-    1024-D lab's batch, whose ε* checks its x at every step (`_check_x`; notebook 09 §3)."""
-    if x.numel() == 0:
-        return 0.0, 0.0
-    lo, hi = torch.aminmax(x.detach())                 # a check, not part of any graph
-    return float(lo), float(hi)
 
 
 def _responsibilities(logits, dim, log=False):
@@ -190,7 +181,7 @@ class GaussianMixture:
             raise TypeError(f"x must be floating point, got {x.dtype}")
         if x.ndim != 2 or x.shape[1] != self.d:
             raise ValueError(f"x must have shape (B, d) = (B, {self.d}), got {tuple(x.shape)}")
-        if not all(map(math.isfinite, _value_range(x))):   # log_prob, score and eps were NaN there
+        if not all_finite(x):                              # log_prob, score and eps were NaN there
             raise ValueError("x contains NaN or inf")
         return x.to(torch.float64)
 
@@ -579,7 +570,7 @@ def points(x, name: str) -> torch.Tensor:
     x = _f64(x, name)                                  # a list of floats read as float64, not float32
     if x.ndim != 2 or x.shape[1] == 0:                 # d = 0: every distance 0, an MMD² of 0 ± 0
         raise ValueError(f"{name} must be points of shape (n, d) with d >= 1, got shape {tuple(x.shape)}")
-    lo, hi = _value_range(x)
+    lo, hi = value_range(x)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name} contain NaN or inf")
     limit = math.sqrt(torch.finfo(torch.float64).max / (4 * x.shape[1]))

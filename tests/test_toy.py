@@ -7,7 +7,7 @@ import torch
 from scipy.spatial.distance import cdist
 from scipy.stats import multivariate_normal
 
-from ddimlab import samplers, schedule, toy
+from ddimlab import checks, samplers, schedule, toy
 from ddimlab.diffusion import eps_from_v, posterior_mean, predict_x0, q_sample, x0_from_v
 
 AB = schedule.make_alpha_bar("linear", 1000)
@@ -337,7 +337,7 @@ def test_energy_kernel_is_the_energy_distance():
 
 def test_nan_or_inf_anywhere_is_refused_as_torch_isfinite_refuses_it():
     """ε*'s check of x (GaussianMixture._check_x) and the sample distances' (toy.points) read x's smallest and largest
-    values in one pass (toy._value_range, notebook 09 §3) instead of torch.isfinite: NaN, inf or -inf at the first, a middle
+    values in one pass (checks.value_range, notebook 09 §3) instead of torch.isfinite: NaN, inf or -inf at the first, a middle
     or the last entry, in a transposed (non-contiguous) batch and in float16, float32 and float64, is refused where
     torch.isfinite finds it; finite x passes, and one that requires grad gives no warning (notebook 09 §3 takes its
     gradient)."""
@@ -358,14 +358,37 @@ def test_nan_or_inf_anywhere_is_refused_as_torch_isfinite_refuses_it():
                         with pytest.raises(ValueError, match="x contain NaN or inf"):
                             toy.points(x, "x")
                 x = base.to(dtype)
-                assert toy._value_range(x) == (float(x.min()), float(x.max()))
+                assert checks.value_range(x) == (float(x.min()), float(x.max()))
                 assert m.eps(x, 0.5).shape == x.shape and toy.points(x, "x").shape == x.shape
-    assert toy._value_range(torch.zeros(0, 2)) == (0.0, 0.0)
+    assert checks.value_range(torch.zeros(0, 2)) == (0.0, 0.0)
     x = torch.randn(4, 2, generator=g, dtype=torch.float64).requires_grad_()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         (grad,) = torch.autograd.grad(ring.log_prob(x).sum(), x)
     assert bool(torch.isfinite(grad).all())
+
+
+def test_all_finite_is_torch_isfinite_all():
+    """checks.all_finite, the one finite check of the samplers' and solvers' every step (ε, x, the noise), is
+    bool(torch.isfinite(x).all()) in one pass: NaN, inf or -inf at the first, a middle or the last entry of a contiguous
+    or transposed tensor, in every floating dtype; complex (by torch.isfinite), integer and bool tensors (always finite),
+    empty ones, and one that requires grad."""
+    g = torch.Generator().manual_seed(11)
+    for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.complex128):
+        for base in (torch.randn(5, 7, generator=g, dtype=torch.float64), torch.randn(7, 5, generator=g, dtype=torch.float64).T):
+            x = base.to(dtype)
+            assert checks.all_finite(x)
+            for pos in (0, 17, 34):
+                for bad in (math.nan, math.inf, -math.inf, complex(0, math.inf)):
+                    if isinstance(bad, complex) and not dtype.is_complex:
+                        continue
+                    y = x.clone()
+                    y[np.unravel_index(pos, y.shape)] = bad
+                    assert not bool(torch.isfinite(y).all()) and not checks.all_finite(y), (dtype, pos, bad)
+    assert checks.all_finite(torch.tensor([True, False])) and checks.all_finite(torch.arange(3))
+    assert checks.all_finite(torch.zeros(0, 3)) and checks.all_finite(torch.ones(2, requires_grad=True))
+    assert checks.all_finite(torch.full((4,), 1e308, dtype=torch.float64))      # finite, though their sum overflows
+    assert checks.all_finite(torch.full((4,), 65504.0, dtype=torch.float16))
 
 
 def test_signed_gram_is_gram_and_mmd2_unbiased_sums_it_as_before():
