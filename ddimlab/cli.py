@@ -48,7 +48,6 @@ from .generate import (
     check_eta,
     latents,
     progress,
-    recorded_settings,
     sample_indices,
     sampling_steps,
 )
@@ -74,6 +73,7 @@ from .train import (
     UnknownSettingsWarning,
     _parse_value,
     make_config,
+    refuse_sample_folder,
     resumed_config,
     train,
     warn_unknown_settings,
@@ -227,7 +227,7 @@ def _writes_pair(cmd):
         png, npz = stem.parent / (stem.name + ".png"), stem.parent / (stem.name + ".npz")
         _check_name_length(stem)
         _refuse_folders(png, npz)
-        _refuse_sample_folder(png.parent)
+        refuse_sample_folder(png.parent)
         _refuse_own_inputs(args, png, npz)
         _require_checkpoint(args.checkpoint)
         with folder_removed_on_error(png.parent, _lock_file(png)):
@@ -236,14 +236,6 @@ def _writes_pair(cmd):
             check_can_write(png.parent)
             return cmd(args, png, npz)
     return run
-
-
-def _refuse_sample_folder(folder: Path) -> None:
-    """A `reproduce table1` cell (a folder whose settings.json records how its samples were made) holds only the images
-    of that cell: a PNG written there would be scored with them, or replaced by the cell's own image on the next run."""
-    if recorded_settings(folder) is not None:
-        raise ValueError(f"--out {folder} is a folder of samples for FID (its settings.json says how `reproduce` made "
-                         f"them), which holds only those; choose another --out")
 
 
 def _refuse_dotdot_through_missing(raw: str) -> None:
@@ -672,6 +664,7 @@ def cmd_reproduce(args) -> int:
     out = Path(args.out or f"runs/{args.table}")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out")
+    refuse_sample_folder(out)
     # A finished table is a result (table2's is all of its work); a rerun replaces it only when asked. Rank 0 checks
     # under a lock that the whole run holds, so a second command on the same --out refuses at once.
     tables_there = (out / f"{args.table}.md", out / f"{args.table}.csv")
@@ -760,6 +753,7 @@ def _tables_in(args, run, outputs_in, hint: str = "") -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file; give a folder for table1.txt and the figures")
+    refuse_sample_folder(out)
     lock_file = out / ".lab.lock"
     with folder_removed_on_error(out, lock_file), locked(lock_file, busy=f"{out} is in use by another `lab` or `demo`; "
                                                                          f"wait for it to finish or choose another --out"):

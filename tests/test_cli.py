@@ -3401,3 +3401,26 @@ def test_round_43_a_resume_that_changes_the_network_is_told_so_not_sent_to_anoth
         assert r.stderr.splitlines()[0] == (f"python -m ddimlab train: error: cannot resume {trained}: {key} is {value} but "
                                             f"the checkpoint has {saved}; use the run's settings or a new --out"), r.stderr
     assert {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()} == before
+
+
+def test_round_44_no_command_writes_into_a_reproduce_cell(trained, tmp_path):
+    """`sample`, `invert` and `interpolate` refused an --out inside a `reproduce table1` cell (round 20), but `lab`,
+    `demo`, `train` and `reproduce` wrote there (exit 0): `lab`'s table1.png lay among the cell's 000000.png, which a
+    later table or any tool reading the folder whole scores with them, and train's ckpt.pt or reproduce's table1.md read
+    as the cell's. All seven now give the same one line (`train.refuse_sample_folder`), and the cell is left as it was.
+    `python -m ddimlab` in a subprocess."""
+    t1 = tmp_path / "t1"
+    assert cli.main(["reproduce", "table1", "--checkpoint", str(trained), "--features", "random", "--n-samples", "2",
+                     "--steps", "2", "--etas", "0", "--batch-size", "2", "--no-progress", "--out", str(t1)]) == 0
+    cell = t1 / "samples" / "eta0_S2"
+    before = {p.name: p.read_bytes() for p in cell.iterdir()}
+    for command in (["lab", "--n", "8", "--image-d", "0"], ["demo", "--skip-train"],
+                    ["train", *_sets(TINY)],
+                    ["reproduce", "table1", "--checkpoint", trained, "--features", "random", "--n-samples", "2",
+                     "--steps", "2", "--etas", "0", "--batch-size", "2"]):
+        r = _run(*command, "--no-progress", "--out", cell)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, (command, r.stderr)
+        assert r.stderr.splitlines()[0] == (f"python -m ddimlab {command[0]}: error: --out {cell} is a folder of samples for FID "
+                                    "(its settings.json says how `reproduce` made them), which holds only those; choose "
+                                    "another --out"), (command, r.stderr)
+    assert {p.name: p.read_bytes() for p in cell.iterdir()} == before
