@@ -93,6 +93,10 @@ def main(argv=None) -> dict:
                 "--x-seeds (or two --seeds) to compare recipes")
     with one_line_errors(p.prog):    # e.g. a --cache that cannot be written; after Ctrl-C a half-trained model is retrained
         check_can_write(pretrained.models_dir(args.cache), hint="choose another --cache")   # before the first training
+        config = pretrained.digits_config()      # every recipe keeps the preset's schedule and T (so does --S's bound)
+        for S in args.S:      # S = 1 on the uniform grid is t = 0 alone: its "samples" are x_T, as `sample` warns
+            samplers.check_first_step(schedule.make_alpha_bar(config.schedule, config.T),
+                                      schedule.timesteps(S, config.T, "uniform"))
         return compare(args)
 
 

@@ -92,10 +92,12 @@ USER_ERRORS = (ValueError, OSError, ImportError,
 def one_line_errors(prog: str):
     """For a script's `main` (benchmarks/): Ctrl-C, SIGTERM or SIGHUP (`sigterm_as_interrupt`) as "PROG: interrupted[: what
     was kept]" (exit 130) and a known error (USER_ERRORS) or a failed allocation as "PROG: error: …" (exit 1), without a
-    traceback, as `main` below says them for the commands."""
+    traceback, as `main` below says them for the commands; ddimlab's own warnings (OWN_WARNINGS) as "PROG: warning: …"."""
     terminate = sigterm_as_interrupt()
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(prog)
+            yield
     except KeyboardInterrupt as e:      # its message says what was kept (pretrained's: "nothing was kept, ...")
         print(f"{prog}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
         raise SystemExit(130) from None
@@ -117,6 +119,24 @@ class LatentsWarning(UserWarning):
 
 class StepsWarning(UserWarning):
     """The spacing rule gives fewer distinct steps than --steps asked for."""
+
+
+# ddimlab's own warnings, printed as one line like its errors (`_one_line_warnings`)
+OWN_WARNINGS = (OutOfRangeWarning, StepsWarning, checkpoint.EarlyEMAWarning, TornLogWarning, LossWarning,
+                EditedConfigWarning, UnknownSettingsWarning, LatentsWarning, SampleFileWarning)
+
+
+def _one_line_warnings(prefix: str):
+    """A `warnings.showwarning` that prints OWN_WARNINGS as "PREFIX: warning: …" on stderr, and any other warning as
+    Python shows it: the commands' (`main`) and the scripts' (`one_line_errors`)."""
+    shown = warnings.showwarning
+
+    def show(message, category, *rest, **kw):
+        if issubclass(category, OWN_WARNINGS):
+            print(f"{prefix}: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, *rest, **kw)
+    return show
 
 
 DEFAULT_STEPS = 50   # --steps of sample (DDIM and the solvers), invert and interpolate
@@ -1158,19 +1178,10 @@ def _main(argv, prog):
         if value is not None:
             setattr(args, name, [os.path.expanduser(v) for v in value] if isinstance(value, list) else os.path.expanduser(value))
     debug = getattr(args, "debug", False) or os.environ.get("DDIMLAB_DEBUG", "").strip().lower() not in FALSE_WORDS
-    shown = warnings.showwarning
-
-    def show(message, category, *rest, **kw):   # ddimlab's own warnings as one line, like its errors
-        if issubclass(category, (OutOfRangeWarning, StepsWarning, checkpoint.EarlyEMAWarning, TornLogWarning,
-                                     LossWarning, EditedConfigWarning, UnknownSettingsWarning, LatentsWarning,
-                                     SampleFileWarning)):
-            print(f"{prog} {args.command}: warning: {message}", file=sys.stderr)
-        else:
-            shown(message, category, *rest, **kw)
     terminate = sigterm_as_interrupt()
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = show
+            warnings.showwarning = _one_line_warnings(f"{prog} {args.command}")   # ddimlab's own as one line, like its errors
             _refuse_blank_paths(args)
             return int(args.func(args) or 0)
     except KeyboardInterrupt as e:

@@ -5,7 +5,9 @@ import sys
 
 import numpy as np
 import pytest
-from cli_support import load_script
+from cli_support import _run_scripts, load_script
+
+from ddimlab.samplers import FROM_NOISE
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +83,22 @@ def test_round_32_training_shows_a_progress_bar_unless_asked_not_to(recipes, tmp
     assert "3/3" in capsys.readouterr().err
     recipes.main([*tiny, "--steps", "3", "--cache", str(tmp_path / "b"), "--no-progress"])
     assert "3/3" not in capsys.readouterr().err
+
+
+def test_round_44_one_uniform_step_is_warned_of_before_training():
+    """`--S 1` scored DDIM-1 on the uniform grid, the step t = 0 alone, so its "samples" were x_T, without a word, where
+    `sample`, `reproduce` and `lab` warn. The same warning (`samplers.check_first_step`) now comes in one line, as the
+    commands print it, before any training; --S 2 (t = 500, 0) starts near noise and is not warned of. The script in a
+    subprocess, its training stopped at once."""
+    def run(*S):
+        code = ("recipes = load_script('benchmarks/digits_recipes.py')\n"
+                "def stop(*a, **k):\n    raise KeyboardInterrupt('stopped before training')\n"
+                "recipes.pretrained.digits_model = stop\nsys.argv = ['digits_recipes.py']\n"
+                f"recipes.main(['--S', *{list(map(str, S))!r}])")
+        r = _run_scripts(code, timeout=120)
+        assert r.returncode == 130 and "Traceback" not in r.stderr, r.stderr
+        return r.stderr.splitlines()
+    said = run(20, 1)
+    assert said == [f"digits_recipes.py: warning: the only step is t = 0 (alpha_bar = 1), where {FROM_NOISE}",
+                    "digits_recipes.py: interrupted: stopped before training"], said
+    assert run(2, 10) == ["digits_recipes.py: interrupted: stopped before training"]
