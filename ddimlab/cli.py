@@ -237,7 +237,7 @@ def _writes_pair(cmd):
         raw, out = str(args.out), Path(args.out)
         if out.is_dir() or raw.endswith(("/", "\\")) or os.path.basename(raw.rstrip("/\\")) in (".", ".."):   # Path drops "/."
             raise ValueError(f"--out {raw!r} names a folder; give a file name, e.g. --out {out / 'samples'}")
-        _refuse_dotdot_through_missing(raw)
+        refuse_dotdot_through_missing(raw)
         if out.exists() and not out.is_file():      # not /dev/null.png beside a device (`--out -`: `_refuse_blank_paths`)
             raise ValueError(f"--out {raw!r} names a device or special file; this command writes a PNG and an .npz: give a "
                              f"file name, e.g. --out samples")
@@ -258,14 +258,15 @@ def _writes_pair(cmd):
     return run
 
 
-def _refuse_dotdot_through_missing(raw: str) -> None:
+def refuse_dotdot_through_missing(raw: str, option: str = "--out") -> None:
     """`--out new/../x` with no folder `new`: which file it names is known only once `new` is made, after the checks
-    that refuse an --out naming this command's inputs or earlier outputs (it replaced `--input x.png` that way)."""
+    that refuse an --out naming this command's inputs or earlier outputs (it replaced `--input x.png` that way); and
+    the folder `new`, made on the way, would be left behind empty (bench_unet.py's --json, `option`)."""
     prefix = Path()
     for part in Path(raw).parts:
         if part == ".." and not prefix.is_dir():
-            raise ValueError(f"--out {raw!r} goes up (..) out of {prefix}, which is no folder; write the path without "
-                             f"it, e.g. --out {os.path.normpath(raw)}")
+            raise ValueError(f"{option} {raw!r} goes up (..) out of {prefix}, which is no folder; write the path without "
+                             f"it, e.g. {option} {os.path.normpath(raw)}")
         prefix = prefix / part
 
 
