@@ -125,10 +125,10 @@ def compare(args) -> dict:
                     print(f"    the FD's spread over the {len(fds)} x_T sets: SD {sd:.2f} ± {sd_se:.2f}; mean bootstrap SE "
                           f"{mean_se:.2f}, {mean_se - sd:+.2f} ± {sd_se:.2f} ({verdict(mean_se - sd, sd_se)})", flush=True)
 
-    base = args.recipes[0]
-    print(f"\neach recipe minus {base}, training seeds {args.seeds} pooled: the confident share (over the samples) "
-          f"and the mean FD (over the x_T sets)")
-    diffs = {}
+    base, diffs = args.recipes[0], {}
+    if len(args.recipes) > 1:           # one recipe alone has nothing to be compared with: no heading over nothing
+        print(f"\neach recipe minus {base}, training seeds {args.seeds} pooled: the confident share (over the samples) "
+              f"and the mean FD (over the x_T sets)")
     for name in args.recipes[1:]:
         paired = resolution[name] == resolution[base]
         how = "paired" if paired else "independent"

@@ -1,7 +1,9 @@
 """benchmarks/digits_recipes.py with tiny sizes (its standard errors: `quality.mean_difference`, tests/test_quality.py)."""
 import math
 import re
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,3 +104,25 @@ def test_round_44_one_uniform_step_is_warned_of_before_training():
     assert said == [f"digits_recipes.py: warning: the only step is t = 0 (alpha_bar = 1), where {FROM_NOISE}",
                     "digits_recipes.py: interrupted: stopped before training"], said
     assert run(2, 10) == ["digits_recipes.py: interrupted: stopped before training"]
+
+
+@pytest.mark.slow
+def test_round_44_one_recipe_prints_no_empty_comparison(tmp_path):
+    """`--recipes preset` alone printed the heading "each recipe minus preset, ..." with nothing under it. With one recipe
+    the section is left out; with two it is there, a line per step count and measure. The script in a subprocess, two
+    tiny models (2 training steps) in a cache of its own."""
+    root = Path(__file__).resolve().parents[1]
+    tiny = ["--steps", "2", "--n", "4", "--x-seeds", "1", "2", "--S", "2", "--threads", "1", "--no-progress", "--cache",
+            str(tmp_path)]
+
+    def run(*recipes):
+        r = subprocess.run([sys.executable, "benchmarks/digits_recipes.py", "--recipes", *recipes, *tiny], cwd=root,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        return r.stdout
+    alone = run("preset")
+    assert "each recipe minus" not in alone and alone.rstrip().splitlines()[-1].startswith("  DDIM-2: confident "), alone
+    both = run("preset", "uniform-t").splitlines()
+    heading = both.index("each recipe minus preset, training seeds [0] pooled: the confident share (over the samples) and "
+                         "the mean FD (over the x_T sets)")
+    assert [line.split(":")[0] for line in both[heading + 1:]] == ["  DDIM-2 confident", "  DDIM-2 FD"], both
