@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ddimlab import checkpoint, devices, files, quality, unet
-from ddimlab.cli import Formatter, file_name, int_in, one_line_errors
+from ddimlab.cli import Formatter, file_name, int_in, one_line_errors, refuse_dotdot_through_missing
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0, "4090": 165.0}
 
@@ -144,11 +144,16 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--peak-tflops", type=_tflops, default=None, help="bf16 dense peak (H100 SXM: 989)")
-    p.add_argument("--json", type=file_name, default=None, help="also write the results to this JSON file")
+    p.add_argument("--json", type=file_name, default=None, help="also write the results to this JSON file (its folder "
+                                                                 "is made if missing, as the commands' --out)")
     p.add_argument("--overwrite", action="store_true", help="replace the --json file of an earlier run")
     p.add_argument("--preset", default="cifar10", choices=sorted(unet.PRESETS), help="network size (tiny: a smoke test)")
     args = p.parse_args(argv)
     if args.json:                  # said now, not after the timings
+        try:
+            refuse_dotdot_through_missing(args.json, "--json")
+        except ValueError as e:
+            p.error(str(e))
         if Path(args.json).is_dir():
             p.error(f"argument --json: {args.json} is a folder; give a file name")
         if Path(args.json).exists() and not args.overwrite:     # an earlier run's results (a GPU's, perhaps)

@@ -93,6 +93,10 @@ def main(argv=None) -> dict:
                 "--x-seeds (or two --seeds) to compare recipes")
     with one_line_errors(p.prog):    # e.g. a --cache that cannot be written; after Ctrl-C a half-trained model is retrained
         check_can_write(pretrained.models_dir(args.cache), hint="choose another --cache")   # before the first training
+        config = pretrained.digits_config()      # every recipe keeps the preset's schedule and T (so does --S's bound)
+        for S in args.S:      # S = 1 on the uniform grid is t = 0 alone: its "samples" are x_T, as `sample` warns
+            samplers.check_first_step(schedule.make_alpha_bar(config.schedule, config.T),
+                                      schedule.timesteps(S, config.T, "uniform"))
         return compare(args)
 
 
@@ -121,10 +125,10 @@ def compare(args) -> dict:
                     print(f"    the FD's spread over the {len(fds)} x_T sets: SD {sd:.2f} ± {sd_se:.2f}; mean bootstrap SE "
                           f"{mean_se:.2f}, {mean_se - sd:+.2f} ± {sd_se:.2f} ({verdict(mean_se - sd, sd_se)})", flush=True)
 
-    base = args.recipes[0]
-    print(f"\neach recipe minus {base}, training seeds {args.seeds} pooled: the confident share (over the samples) "
-          f"and the mean FD (over the x_T sets)")
-    diffs = {}
+    base, diffs = args.recipes[0], {}
+    if len(args.recipes) > 1:           # one recipe alone has nothing to be compared with: no heading over nothing
+        print(f"\neach recipe minus {base}, training seeds {args.seeds} pooled: the confident share (over the samples) "
+              f"and the mean FD (over the x_T sets)")
     for name in args.recipes[1:]:
         paired = resolution[name] == resolution[base]
         how = "paired" if paired else "independent"

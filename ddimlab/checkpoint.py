@@ -109,6 +109,30 @@ def _utf8_name(path) -> bool:
     return True
 
 
+def _refuse_other_formats(path: Path) -> None:
+    """A file that fails to load and does not even begin as a torch file is said to be another kind of file, not a
+    truncated checkpoint (a text file's message ended in torch's ": 105" and blamed an interrupted download): torch.save
+    writes a zip archive (b"PK\\x03\\x04"), and before PyTorch 1.6 wrote a pickle (b"\\x80"). A text file is quoted
+    (a Git LFS pointer, a saved error page). An empty file, and one that begins as either, are left to the caller."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return
+    if not head or head.startswith((b"PK\x03\x04", b"\x80")):
+        return
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:        # a character cut at byte 64 is still text
+        text = head[:e.start].decode("utf-8") if e.start >= len(head) - 3 else None
+    if text and text.strip() and all(c.isprintable() or c in "\t\r\n" for c in text):
+        what = f" but text (beginning {text.strip().splitlines()[0][:50]!r})"
+    else:
+        what = f" (it begins {head[:8]!r})"
+    raise CheckpointError(f"{path} is not a torch checkpoint{what}: torch.save writes a zip archive (before PyTorch "
+                          f"1.6, a pickle); pass {LOADABLE}")
+
+
 def _torch_load(path, map_location, mmap=False):
     path = Path(path)
     if not path.is_file():
@@ -124,9 +148,11 @@ def _torch_load(path, map_location, mmap=False):
         if what:  # a sound file that names Python callables: loading it would run code
             raise CheckpointError(f"refused: {path} asks to run code when loaded (it names {what.group(1)}); "
                                   f"ddimlab loads only tensors and plain containers") from None
+        _refuse_other_formats(path)
         raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated, corrupted, or not a "
                               f"torch file)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as e:
+        _refuse_other_formats(path)
         size, said = path.stat().st_size, (str(e).strip().splitlines() or [""])[0].split(". ")[0][:120]   # torch's first words
         raise CheckpointError(f"{path} ({size} bytes) is not a readable torch checkpoint; it is probably truncated or "
                               f"corrupted (an interrupted download or copy?)" + (f": {said}" if said else "")) from e

@@ -48,7 +48,6 @@ from .generate import (
     check_eta,
     latents,
     progress,
-    recorded_settings,
     sample_indices,
     sampling_steps,
 )
@@ -74,6 +73,7 @@ from .train import (
     UnknownSettingsWarning,
     _parse_value,
     make_config,
+    refuse_sample_folder,
     resumed_config,
     train,
     warn_unknown_settings,
@@ -92,10 +92,12 @@ USER_ERRORS = (ValueError, OSError, ImportError,
 def one_line_errors(prog: str):
     """For a script's `main` (benchmarks/): Ctrl-C, SIGTERM or SIGHUP (`sigterm_as_interrupt`) as "PROG: interrupted[: what
     was kept]" (exit 130) and a known error (USER_ERRORS) or a failed allocation as "PROG: error: …" (exit 1), without a
-    traceback, as `main` below says them for the commands."""
+    traceback, as `main` below says them for the commands; ddimlab's own warnings (OWN_WARNINGS) as "PROG: warning: …"."""
     terminate = sigterm_as_interrupt()
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(prog)
+            yield
     except KeyboardInterrupt as e:      # its message says what was kept (pretrained's: "nothing was kept, ...")
         print(f"{prog}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
         raise SystemExit(130) from None
@@ -117,6 +119,24 @@ class LatentsWarning(UserWarning):
 
 class StepsWarning(UserWarning):
     """The spacing rule gives fewer distinct steps than --steps asked for."""
+
+
+# ddimlab's own warnings, printed as one line like its errors (`_one_line_warnings`)
+OWN_WARNINGS = (OutOfRangeWarning, StepsWarning, checkpoint.EarlyEMAWarning, TornLogWarning, LossWarning,
+                EditedConfigWarning, UnknownSettingsWarning, LatentsWarning, SampleFileWarning)
+
+
+def _one_line_warnings(prefix: str):
+    """A `warnings.showwarning` that prints OWN_WARNINGS as "PREFIX: warning: …" on stderr, and any other warning as
+    Python shows it: the commands' (`main`) and the scripts' (`one_line_errors`)."""
+    shown = warnings.showwarning
+
+    def show(message, category, *rest, **kw):
+        if issubclass(category, OWN_WARNINGS):
+            print(f"{prefix}: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, *rest, **kw)
+    return show
 
 
 DEFAULT_STEPS = 50   # --steps of sample (DDIM and the solvers), invert and interpolate
@@ -217,7 +237,7 @@ def _writes_pair(cmd):
         raw, out = str(args.out), Path(args.out)
         if out.is_dir() or raw.endswith(("/", "\\")) or os.path.basename(raw.rstrip("/\\")) in (".", ".."):   # Path drops "/."
             raise ValueError(f"--out {raw!r} names a folder; give a file name, e.g. --out {out / 'samples'}")
-        _refuse_dotdot_through_missing(raw)
+        refuse_dotdot_through_missing(raw)
         if out.exists() and not out.is_file():      # not /dev/null.png beside a device (`--out -`: `_refuse_blank_paths`)
             raise ValueError(f"--out {raw!r} names a device or special file; this command writes a PNG and an .npz: give a "
                              f"file name, e.g. --out samples")
@@ -227,7 +247,7 @@ def _writes_pair(cmd):
         png, npz = stem.parent / (stem.name + ".png"), stem.parent / (stem.name + ".npz")
         _check_name_length(stem)
         _refuse_folders(png, npz)
-        _refuse_sample_folder(png.parent)
+        refuse_sample_folder(png.parent)
         _refuse_own_inputs(args, png, npz)
         _require_checkpoint(args.checkpoint)
         with folder_removed_on_error(png.parent, _lock_file(png)):
@@ -238,22 +258,15 @@ def _writes_pair(cmd):
     return run
 
 
-def _refuse_sample_folder(folder: Path) -> None:
-    """A `reproduce table1` cell (a folder whose settings.json records how its samples were made) holds only the images
-    of that cell: a PNG written there would be scored with them, or replaced by the cell's own image on the next run."""
-    if recorded_settings(folder) is not None:
-        raise ValueError(f"--out {folder} is a folder of samples for FID (its settings.json says how `reproduce` made "
-                         f"them), which holds only those; choose another --out")
-
-
-def _refuse_dotdot_through_missing(raw: str) -> None:
+def refuse_dotdot_through_missing(raw: str, option: str = "--out") -> None:
     """`--out new/../x` with no folder `new`: which file it names is known only once `new` is made, after the checks
-    that refuse an --out naming this command's inputs or earlier outputs (it replaced `--input x.png` that way)."""
+    that refuse an --out naming this command's inputs or earlier outputs (it replaced `--input x.png` that way); and
+    the folder `new`, made on the way, would be left behind empty (bench_unet.py's --json, `option`)."""
     prefix = Path()
     for part in Path(raw).parts:
         if part == ".." and not prefix.is_dir():
-            raise ValueError(f"--out {raw!r} goes up (..) out of {prefix}, which is no folder; write the path without "
-                             f"it, e.g. --out {os.path.normpath(raw)}")
+            raise ValueError(f"{option} {raw!r} goes up (..) out of {prefix}, which is no folder; write the path without "
+                             f"it, e.g. {option} {os.path.normpath(raw)}")
         prefix = prefix / part
 
 
@@ -672,6 +685,7 @@ def cmd_reproduce(args) -> int:
     out = Path(args.out or f"runs/{args.table}")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out")
+    refuse_sample_folder(out)
     # A finished table is a result (table2's is all of its work); a rerun replaces it only when asked. Rank 0 checks
     # under a lock that the whole run holds, so a second command on the same --out refuses at once.
     tables_there = (out / f"{args.table}.md", out / f"{args.table}.csv")
@@ -760,6 +774,7 @@ def _tables_in(args, run, outputs_in, hint: str = "") -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file; give a folder for table1.txt and the figures")
+    refuse_sample_folder(out)
     lock_file = out / ".lab.lock"
     with folder_removed_on_error(out, lock_file), locked(lock_file, busy=f"{out} is in use by another `lab` or `demo`; "
                                                                          f"wait for it to finish or choose another --out"):
@@ -1164,19 +1179,10 @@ def _main(argv, prog):
         if value is not None:
             setattr(args, name, [os.path.expanduser(v) for v in value] if isinstance(value, list) else os.path.expanduser(value))
     debug = getattr(args, "debug", False) or os.environ.get("DDIMLAB_DEBUG", "").strip().lower() not in FALSE_WORDS
-    shown = warnings.showwarning
-
-    def show(message, category, *rest, **kw):   # ddimlab's own warnings as one line, like its errors
-        if issubclass(category, (OutOfRangeWarning, StepsWarning, checkpoint.EarlyEMAWarning, TornLogWarning,
-                                     LossWarning, EditedConfigWarning, UnknownSettingsWarning, LatentsWarning,
-                                     SampleFileWarning)):
-            print(f"{prog} {args.command}: warning: {message}", file=sys.stderr)
-        else:
-            shown(message, category, *rest, **kw)
     terminate = sigterm_as_interrupt()
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = show
+            warnings.showwarning = _one_line_warnings(f"{prog} {args.command}")   # ddimlab's own as one line, like its errors
             _refuse_blank_paths(args)
             return int(args.func(args) or 0)
     except KeyboardInterrupt as e:

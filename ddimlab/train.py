@@ -670,6 +670,16 @@ def _refuse_reproduce_results(out: Path, run_there: bool) -> None:
                              f"seem to have made; move them out (or delete them), or choose another --out")
 
 
+def refuse_sample_folder(folder) -> None:
+    """A `reproduce table1` cell (a folder whose settings.json records how its samples were made) holds only the images
+    of that cell: a file written there would be scored with them (a PNG), replaced by the cell's own image on the next
+    run, or read as the cell's. Every command's --out folder is refused there: `train`'s, and those of `sample`,
+    `invert`, `interpolate` (the folder of the PNG), `reproduce`, `lab` and `demo` (cli)."""
+    if recorded_settings(folder) is not None:
+        raise ValueError(f"--out {folder} is a folder of samples for FID (its settings.json says how `reproduce` made "
+                         f"them), which holds only those; choose another --out")
+
+
 def _is_training_log(path: Path) -> bool:
     """Whether every complete line of `path` is a record `train` writes (a dict with step and loss)."""
     try:
@@ -774,6 +784,7 @@ def train(config: TrainConfig, resume: bool = False, return_models: bool = False
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue the run, or start it again")
     check_out_folder(out)
+    refuse_sample_folder(out)
     if config.n_samples and (out / "samples").exists() and not (out / "samples").is_dir():   # found at the first grid
         raise FileExistsError(f"{out / 'samples'} is a file, and the run writes its sample grids into a folder of that "
                               f"name; move the file, or pass --set n_samples=0 (no grids)")

@@ -1,8 +1,11 @@
 """benchmarks/bench_unet.py's speed-up: the geometric mean of per-round time ratios and its standard error, checked
 against repeats of a simulated benchmark (the end-to-end run on the CPU: tests/test_gpu_check.py)."""
 import json
+import os
 import re
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,7 +91,8 @@ def test_overwrite_replaces_an_earlier_json_whole(tmp_path, monkeypatch):
 
 
 def test_ctrl_c_from_the_command_line_is_one_line(tmp_path, monkeypatch, capsys):
-    """Was a traceback through the timing loop (helper 154's round left it); no --json is written by a stopped run."""
+    """Was a traceback through the timing loop (helper 154's round left it); no --json is written by a stopped run, nor
+    the folder made that it names (round 44)."""
     def interrupted(args):
         raise KeyboardInterrupt
 
@@ -96,9 +100,9 @@ def test_ctrl_c_from_the_command_line_is_one_line(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(bench_unet, "need_diffusers", lambda prog: None)
     monkeypatch.setattr(sys, "argv", ["bench_unet.py"])
     with pytest.raises(SystemExit) as stop:
-        bench_unet.cli(["--preset", "tiny", "--json", str(tmp_path / "r.json")])
+        bench_unet.cli(["--preset", "tiny", "--json", str(tmp_path / "nodir" / "r.json")])
     assert stop.value.code == 130 and capsys.readouterr().err == "bench_unet.py: interrupted\n"
-    assert not (tmp_path / "r.json").exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("error", [RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
@@ -117,3 +121,29 @@ def test_round_28_out_of_memory_is_one_line(error, tmp_path, monkeypatch):
                                          r"the sizes asked for do not fit this machine; ask for fewer or smaller images$"):
         bench_unet.cli(["--preset", "tiny", "--batch", "100000000", "--json", str(tmp_path / "r.json")])
     assert not (tmp_path / "r.json").exists()
+
+
+def test_round_44_a_missing_json_folder_is_made_as_the_commands_make_theirs(tmp_path):
+    """Careless round 43 asked whether `--json nodir/j.json`, which makes the folder nodir, should be refused. It does
+    what the commands do with a missing folder (`sample --out nodir/sub/x`, `lab --out nodir`, gpu_check.py --out): it
+    makes it, and a run that fails leaves none (test_ctrl_c_from_the_command_line_is_one_line). One thing
+    differed: `--json nodir/../j.json` wrote j.json and left an empty nodir behind, where `sample --out nodir/../x` is
+    refused (`cli.refuse_dotdot_through_missing`); it is now refused the same way, before the timings. The script in a
+    subprocess, as a user runs it."""
+    pytest.importorskip("diffusers")
+
+    root = Path(__file__).resolve().parents[1]          # run from tmp_path: this checkout's ddimlab, not an installed one
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+
+    def bench(json_path):
+        return subprocess.run([sys.executable, str(root / "benchmarks" / "bench_unet.py"), "--preset", "tiny", "--device",
+                               "cpu", "--batch", "1", "--iters", "2", "--warmup", "0", "--threads", "1", "--json",
+                               json_path], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    r = bench("nodir/../j.json")
+    assert r.returncode == 2 and r.stderr.splitlines()[-1] == (
+        "bench_unet.py: error: --json 'nodir/../j.json' goes up (..) out of nodir, which is no folder; write the path "
+        "without it, e.g. --json j.json"), r.stderr
+    assert list(tmp_path.iterdir()) == []
+    r = bench("nodir/sub/j.json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "nodir" / "sub" / "j.json").read_text())["iters"] == 2

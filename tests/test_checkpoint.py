@@ -120,7 +120,7 @@ def test_load_errors_are_clear(tmp_path):
     with pytest.raises(ck.CheckpointError, match="truncated or corrupted"):
         ck.load_checkpoint(tmp_path / "cut.pt")
     (tmp_path / "junk.pt").write_bytes(b"<html>404 not found</html>")
-    with pytest.raises(ck.CheckpointError, match="not a readable torch checkpoint"):
+    with pytest.raises(ck.CheckpointError, match="not a torch checkpoint but text"):
         ck.load_checkpoint(tmp_path / "junk.pt")
     with pytest.raises(ck.CheckpointError, match=r"lacks the key\(s\) \['ema'\] \(it has \['model', 'step'\]\)"):
         ck.load_checkpoint(good, required=("model", "ema"))
@@ -321,3 +321,29 @@ def test_a_run_on_a_schedule_this_ddimlab_does_not_know_is_refused_naming_the_kn
                 warnings.simplefilter("error")            # no "returned as saved" before the error
                 with pytest.raises(ck.CheckpointError, match=f"^{re.escape(str(path))} was trained on {re.escape(said)}"):
                     load(tmp_path / "new.pt")
+
+
+def test_round_44_a_file_of_another_kind_is_not_called_truncated(tmp_path):
+    """A text file loaded as a checkpoint said "(3 bytes) is not a readable torch checkpoint; it is probably truncated or
+    corrupted (an interrupted download or copy?): 105" (torch's unpickler reading "hi" as opcodes). A file that does not
+    begin as torch's zip archive or its older pickle is now said to be another kind of file, quoted where it is text;
+    a torch file cut short, in either format, is still told it is truncated."""
+    cases = {"hi.pt": b"hi\n", "lfs.pt": b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n",
+             "page.pt": ("<p>" + "ü" * 40).encode(),             # the 64 bytes read end in half a ü: still text
+             "array.npy": b"\x93NUMPY\x01\x00" + bytes(100)}
+    said = {"hi.pt": "but text (beginning 'hi')", "lfs.pt": "but text (beginning 'version https://git-lfs.github.com/spec/v1')",
+            "page.pt": f"but text (beginning '<p>{'ü' * 30}')",
+            "array.npy": "(it begins b'\\x93NUMPY\\x01\\x00')"}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ck.CheckpointError) as e:
+            ck.load_checkpoint(tmp_path / name)
+        assert str(e.value) == (f"{tmp_path / name} is not a torch checkpoint {said[name]}: torch.save writes a zip "
+                                f"archive (before PyTorch 1.6, a pickle); pass {ck.LOADABLE}"), str(e.value)
+    for zipped in (True, False):
+        path = tmp_path / f"whole_{zipped}.pt"
+        torch.save({"w": torch.arange(1000.0)}, path, _use_new_zipfile_serialization=zipped)
+        data = path.read_bytes()
+        (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+        with pytest.raises(ck.CheckpointError, match=r"is not a readable torch checkpoint; it is probably truncated"):
+            ck.load_checkpoint(tmp_path / "cut.pt")

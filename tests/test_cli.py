@@ -708,7 +708,7 @@ def test_the_verification_pass_of_the_fixes_above(trained, tmp_path, capsys):
     assert "seed must be an integer in 0..2**32 - 1" in capsys.readouterr().err and (run / "ckpt.pt").exists()
     (tmp_path / "hi.pt").write_text("hi")
     (tmp_path / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)                   # a PNG cut short
-    for cmd, needle in ((["sample", "--checkpoint", str(tmp_path / "hi.pt")], "not a readable torch checkpoint"),
+    for cmd, needle in ((["sample", "--checkpoint", str(tmp_path / "hi.pt")], "not a torch checkpoint but text"),
                         (["invert", "--checkpoint", str(trained), "--input", str(tmp_path / "cut.png")], "not an image file")):
         assert cli.main([*cmd, "--steps", "2", "--no-progress", "--out", str(tmp_path / "o")]) == 1
         assert needle in capsys.readouterr().err
@@ -1277,7 +1277,7 @@ def test_tenth_round_of_careless_use(tmp_path, capsys, monkeypatch):
     (out / "ckpt.pt").write_bytes(bytes(range(256)) * 12)    # not torch's zip format, which mmap needs: torch's advice
     assert cli.main(["train", "--resume", "--out", str(out), "--set", "steps=4", "--no-progress"]) == 1
     err = capsys.readouterr().err                           # to re-save it "with this option" is not repeated
-    assert "not a readable torch checkpoint" in err and "mmap" not in err, err
+    assert "not a torch checkpoint (it begins b'\\x00\\x01" in err and "mmap" not in err, err
 
 
 def test_eleventh_round_of_careless_use(trained, tmp_path, capsys, monkeypatch):
@@ -3401,3 +3401,45 @@ def test_round_43_a_resume_that_changes_the_network_is_told_so_not_sent_to_anoth
         assert r.stderr.splitlines()[0] == (f"python -m ddimlab train: error: cannot resume {trained}: {key} is {value} but "
                                             f"the checkpoint has {saved}; use the run's settings or a new --out"), r.stderr
     assert {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()} == before
+
+
+def test_round_44_no_command_writes_into_a_reproduce_cell(trained, tmp_path):
+    """`sample`, `invert` and `interpolate` refused an --out inside a `reproduce table1` cell (round 20), but `lab`,
+    `demo`, `train` and `reproduce` wrote there (exit 0): `lab`'s table1.png lay among the cell's 000000.png, which a
+    later table or any tool reading the folder whole scores with them, and train's ckpt.pt or reproduce's table1.md read
+    as the cell's. All seven now give the same one line (`train.refuse_sample_folder`), and the cell is left as it was.
+    `python -m ddimlab` in a subprocess."""
+    t1 = tmp_path / "t1"
+    assert cli.main(["reproduce", "table1", "--checkpoint", str(trained), "--features", "random", "--n-samples", "2",
+                     "--steps", "2", "--etas", "0", "--batch-size", "2", "--no-progress", "--out", str(t1)]) == 0
+    cell = t1 / "samples" / "eta0_S2"
+    before = {p.name: p.read_bytes() for p in cell.iterdir()}
+    for command in (["lab", "--n", "8", "--image-d", "0"], ["demo", "--skip-train"],
+                    ["train", *_sets(TINY)],
+                    ["reproduce", "table1", "--checkpoint", trained, "--features", "random", "--n-samples", "2",
+                     "--steps", "2", "--etas", "0", "--batch-size", "2"]):
+        r = _run(*command, "--no-progress", "--out", cell)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, (command, r.stderr)
+        assert r.stderr.splitlines()[0] == (f"python -m ddimlab {command[0]}: error: --out {cell} is a folder of samples for FID "
+                                    "(its settings.json says how `reproduce` made them), which holds only those; choose "
+                                    "another --out"), (command, r.stderr)
+    assert {p.name: p.read_bytes() for p in cell.iterdir()} == before
+
+
+def test_round_44_a_text_file_as_checkpoint_is_not_called_an_interrupted_download(trained, tmp_path):
+    """`sample --checkpoint hi.pt`, a text file, said "hi.pt (3 bytes) is not a readable torch checkpoint; it is probably
+    truncated or corrupted (an interrupted download or copy?): 105", torch's unpickler reading "hi" as opcodes. It now
+    says the file is text, what it begins with, and what --checkpoint takes; a ckpt.pt cut short is still told it is
+    truncated. `python -m ddimlab` in a subprocess; nothing is written."""
+    (tmp_path / "hi.pt").write_text("hi\n")
+    data = (trained / "ckpt.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    for name, said in (("hi.pt", "is not a torch checkpoint but text (beginning 'hi'): torch.save writes a zip archive "
+                                 f"(before PyTorch 1.6, a pickle); pass {checkpoint.LOADABLE}"),
+                       ("cut.pt", f"({len(data) // 2} bytes) is not a readable torch checkpoint; it is probably truncated "
+                                  "or corrupted (an interrupted download or copy?): PytorchStreamReader failed reading zip "
+                                  "archive: failed finding central directory")):
+        r = _run("sample", "--checkpoint", tmp_path / name, "--n", "1", "--steps", "2", "--out", tmp_path / "s")
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.splitlines()[0] == f"python -m ddimlab sample: error: {tmp_path / name} {said}", r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.pt", "hi.pt"]

@@ -1,11 +1,15 @@
 """benchmarks/digits_recipes.py with tiny sizes (its standard errors: `quality.mean_difference`, tests/test_quality.py)."""
 import math
 import re
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_support import load_script
+from cli_support import _run_scripts, load_script
+
+from ddimlab.samplers import FROM_NOISE
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +85,44 @@ def test_round_32_training_shows_a_progress_bar_unless_asked_not_to(recipes, tmp
     assert "3/3" in capsys.readouterr().err
     recipes.main([*tiny, "--steps", "3", "--cache", str(tmp_path / "b"), "--no-progress"])
     assert "3/3" not in capsys.readouterr().err
+
+
+def test_round_44_one_uniform_step_is_warned_of_before_training():
+    """`--S 1` scored DDIM-1 on the uniform grid, the step t = 0 alone, so its "samples" were x_T, without a word, where
+    `sample`, `reproduce` and `lab` warn. The same warning (`samplers.check_first_step`) now comes in one line, as the
+    commands print it, before any training; --S 2 (t = 500, 0) starts near noise and is not warned of. The script in a
+    subprocess, its training stopped at once."""
+    def run(*S):
+        code = ("recipes = load_script('benchmarks/digits_recipes.py')\n"
+                "def stop(*a, **k):\n    raise KeyboardInterrupt('stopped before training')\n"
+                "recipes.pretrained.digits_model = stop\nsys.argv = ['digits_recipes.py']\n"
+                f"recipes.main(['--S', *{list(map(str, S))!r}])")
+        r = _run_scripts(code, timeout=120)
+        assert r.returncode == 130 and "Traceback" not in r.stderr, r.stderr
+        return r.stderr.splitlines()
+    said = run(20, 1)
+    assert said == [f"digits_recipes.py: warning: the only step is t = 0 (alpha_bar = 1), where {FROM_NOISE}",
+                    "digits_recipes.py: interrupted: stopped before training"], said
+    assert run(2, 10) == ["digits_recipes.py: interrupted: stopped before training"]
+
+
+@pytest.mark.slow
+def test_round_44_one_recipe_prints_no_empty_comparison(tmp_path):
+    """`--recipes preset` alone printed the heading "each recipe minus preset, ..." with nothing under it. With one recipe
+    the section is left out; with two it is there, a line per step count and measure. The script in a subprocess, two
+    tiny models (2 training steps) in a cache of its own."""
+    root = Path(__file__).resolve().parents[1]
+    tiny = ["--steps", "2", "--n", "4", "--x-seeds", "1", "2", "--S", "2", "--threads", "1", "--no-progress", "--cache",
+            str(tmp_path)]
+
+    def run(*recipes):
+        r = subprocess.run([sys.executable, "benchmarks/digits_recipes.py", "--recipes", *recipes, *tiny], cwd=root,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        return r.stdout
+    alone = run("preset")
+    assert "each recipe minus" not in alone and alone.rstrip().splitlines()[-1].startswith("  DDIM-2: confident "), alone
+    both = run("preset", "uniform-t").splitlines()
+    heading = both.index("each recipe minus preset, training seeds [0] pooled: the confident share (over the samples) and "
+                         "the mean FD (over the x_T sets)")
+    assert [line.split(":")[0] for line in both[heading + 1:]] == ["  DDIM-2 confident", "  DDIM-2 FD"], both
