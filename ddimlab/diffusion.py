@@ -93,9 +93,9 @@ def bcast(a, x: torch.Tensor) -> torch.Tensor:
 
 
 def _same_shape(a, b, names: str) -> None:
-    """Two floating-point tensors of one shape: broadcasting one noise or prediction over a batch would correlate its
-    samples, and an integer or bool one was read as numbers (a mask passed as ε: True as 1), where only the first of
-    the two, whose dtype the coefficients take (`bcast`), was checked; a complex one lost nothing but gave a complex x."""
+    """Two real floating-point tensors of one shape: broadcasting one noise or prediction over a batch would correlate
+    its samples, and an integer or bool one would be read as numbers (a mask passed as ε: True as 1). Both are checked,
+    not only the first, whose dtype the coefficients take (`bcast`)."""
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
         raise TypeError(f"{names} must be torch tensors, got {type(a).__name__} and {type(b).__name__} "
                         f"(torch.from_numpy for an array)")
