@@ -25,7 +25,7 @@ import math
 import numpy as np
 import torch
 
-from .checks import check_bool, check_generator, check_int, check_untracked
+from .checks import all_finite, check_bool, check_generator, check_int, check_untracked
 from .diffusion import VARIANCES, posterior_mean, posterior_variance, predict_x0, q_sample
 from .gaussian import discretized_gaussian_log_likelihood, kl_normal, log_normal
 from .samplers import NonFiniteError, _warn_if_0_255, check_schedule, eval_eps, of_eps_kind
@@ -250,7 +250,7 @@ def elbo_terms(eps_model, x0: torch.Tensor, alpha_bar, variance="small", decoder
         x_t = q_sample(xr, float(alpha_bar[t]), eps)
         # eps_model gets a copy of x_t, which is used below; any floating dtype (the terms are computed in `wide`)
         pred = of_eps_kind(eval_eps(eps_model, x_t.clone(), t, SPLIT_BOUND), x_t, "eps_model(x_t, t)", same_dtype=False)
-        if not bool(torch.isfinite(pred).all()):
+        if not all_finite(pred):
             raise NonFiniteError(f"eps_model(x_t, t) returned NaN or inf at step t = {t}; the bound would be NaN")
         args = (xr.to(wide), x_t.to(wide), pred.to(wide), alpha_bar)     # checked above: once, not at every step
         term = _decoder_nll(*args, float(var[0]), decoder) if t == 0 else _posterior_kl(*args, t, float(var[t]))
