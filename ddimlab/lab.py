@@ -36,6 +36,7 @@ from .diffusion import check_eta
 from .files import atomic_write, interrupts_deferred
 from .generate import progress as show_progress
 from .samplers import SIGMA_HAT
+from .train import refuse_sample_folder
 
 S_LIST = (10, 20, 50, 100, 1000)
 TABLE_BYTES = 24       # per n²: a distance's three n × n float64 kernel tables (`toy.mmd2_unbiased`)
@@ -532,6 +533,7 @@ def main(out="outputs/lab", n: int = 2000, image_d: int = 1024, image_n: int = I
     out = Path(out)
     if out.exists() and not out.is_dir():              # said now, not after minutes of tables
         raise FileExistsError(f"--out {out} is a file; give a folder for table1.txt and the figures")
+    refuse_sample_folder(out)                          # a `reproduce` cell: its PNGs would be scored with table1.png
     n, image_d = check_int("n", n, 8), check_int("image_d", image_d, 0, note=" (0 skips the image-like table)")
     image_n = check_int("image_n", image_n, 8) if image_d else image_n      # the image table's n, checked before the 2-D table
     check_sizes(n, image_d, image_n)

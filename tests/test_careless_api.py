@@ -3470,3 +3470,32 @@ def test_round_43_the_bound_calls_and_checks_eps_as_the_samplers_do():
     wide, own = (elbo.bits_per_dim(lambda x, t, d=d: torch.zeros_like(x, dtype=d), x0, ab,
                                    generator=torch.Generator().manual_seed(0)) for d in (torch.float64, torch.float32))
     assert torch.equal(wide, own)
+
+
+def _reproduce_cell(folder: Path) -> dict:
+    """A `reproduce table1` cell as `generate_samples` leaves it: settings.json recording seed and S, and its PNGs."""
+    folder.mkdir(parents=True)
+    (folder / "settings.json").write_text(json.dumps({"seed": 0, "S": 2, "eta": "0"}))
+    (folder / "000000.png").write_bytes(b"a sample")
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_round_45_lab_and_demo_called_from_python_refuse_a_reproduce_cell(tmp_path, monkeypatch):
+    """Round 44 made `lab` and `demo` refuse an --out that is a `reproduce table1` cell, in the command line only:
+    `lab.main(out=cell)` and `demo.main(args)` (what the commands call) ran the tables and wrote table1.txt and
+    table1.png among the cell's images. The refusal is now in `lab.main`, which both reach, before any table."""
+    import argparse
+
+    from cli_support import small_lab_tables
+
+    from ddimlab import demo, lab
+    small_lab_tables(monkeypatch)
+    cell = tmp_path / "samples" / "eta0_S2"
+    before = _reproduce_cell(cell)
+    said = (rf"^--out {re.escape(str(cell))} is a folder of samples for FID \(its settings.json says how `reproduce` made "
+            r"them\), which holds only those; choose another --out$")
+    with pytest.raises(ValueError, match=said):
+        lab.main(out=cell, n=8, image_d=0)
+    with pytest.raises(ValueError, match=said):
+        demo.main(argparse.Namespace(out=str(cell), skip_train=True, train_steps=None, n=None, seed=0, no_progress=True))
+    assert {p.name: p.read_bytes() for p in cell.iterdir()} == before
