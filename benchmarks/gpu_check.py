@@ -33,7 +33,7 @@ import torch
 from ddimlab import checkpoint, devices, generate, schedule
 from ddimlab.cli import USER_ERRORS, folder, sigterm_as_interrupt
 from ddimlab.files import atomic_write, check_out_folder
-from ddimlab.train import _check_out, make_config, read_log, train
+from ddimlab.train import _check_out, make_config, read_log, refuse_sample_folder, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # bench_unet.py sits beside this script
 import bench_unet  # noqa: E402
@@ -152,6 +152,7 @@ def check(args) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="ddimlab_gpu_check_"))
     check_out_folder(out, "a folder for the check")
+    refuse_sample_folder(out)              # a `reproduce` cell: gpu_check.json and run/ would lie among its samples
     _check_out(out / "run", resume=False, overwrite=args.overwrite, resumable=False)   # before the benchmark's minutes
     t0 = time.perf_counter()
     try:

@@ -110,3 +110,21 @@ def test_round_43_a_run_in_the_way_is_not_told_to_resume_which_gpu_check_cannot(
     from ddimlab.train import RunExistsError, _check_out
     with pytest.raises(RunExistsError, match="continue it with --resume, start again with --overwrite"):
         _check_out(tmp_path / "run", resume=False, overwrite=False)
+
+
+def test_round_45_a_reproduce_cell_as_out_is_refused_as_train_refuses_it(tmp_path):
+    """`train --out CELL` is refused where CELL is a `reproduce table1` cell (round 44), but gpu_check's own --out was
+    not: it wrote gpu_check.json and run/ among the cell's samples (exit 0) after minutes of benchmark and training. Now
+    the same one line (`train.refuse_sample_folder`), before any of it. The script in a subprocess."""
+    from cli_support import _run_scripts
+
+    cell = tmp_path / "eta0_S2"
+    cell.mkdir()
+    (cell / "settings.json").write_text(json.dumps({"seed": 0, "S": 2, "eta": "0"}))
+    (cell / "000000.png").write_bytes(b"a sample")
+    r = _run_scripts(f"load_script('benchmarks/gpu_check.py').main(['--tiny', '--device', 'cpu', '--no-bench', "
+                     f"'--no-progress', '--out', {str(cell)!r}])")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip() == (f"gpu_check: error: --out {cell} is a folder of samples for FID (its settings.json says "
+                                "how `reproduce` made them), which holds only those; choose another --out"), r.stderr
+    assert sorted(p.name for p in cell.iterdir()) == ["000000.png", "settings.json"]
