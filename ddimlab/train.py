@@ -674,7 +674,8 @@ def refuse_sample_folder(folder) -> None:
     """A `reproduce table1` cell (a folder whose settings.json records how its samples were made) holds only the images
     of that cell: a file written there would be scored with them (a PNG), replaced by the cell's own image on the next
     run, or read as the cell's. Every command's --out folder is refused there: `train`'s, and those of `sample`,
-    `invert`, `interpolate` (the folder of the PNG), `reproduce`, `lab` and `demo` (cli)."""
+    `invert`, `interpolate` (the folder of the PNG), `reproduce`, `lab` and `demo` (cli; `lab.main` too, for Python
+    callers of lab and demo) and benchmarks/gpu_check.py."""
     if recorded_settings(folder) is not None:
         raise ValueError(f"--out {folder} is a folder of samples for FID (its settings.json says how `reproduce` made "
                          f"them), which holds only those; choose another --out")
