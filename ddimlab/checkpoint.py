@@ -14,9 +14,11 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pickle
+import pickletools
 import re
 import warnings
 import zipfile
@@ -119,8 +121,14 @@ def _refuse_other_formats(path: Path) -> None:
             head = f.read(64)
     except OSError:
         return
-    if not head or head.startswith((b"PK\x03\x04", b"\x80")):
+    if not head or head.startswith(b"PK\x03\x04"):
         return
+    if head.startswith(b"\x80"):          # a pickle (protocol 2 or later): torch's own before 1.6, or pickle.dump's
+        if not _plain_pickle(head):
+            return
+        raise CheckpointError(f"{path} is a Python pickle (pickle.dump), not a torch checkpoint (torch.save writes a zip "
+                              f"archive; before PyTorch 1.6, a pickle that begins with torch's magic number): save the "
+                              f"weights with torch.save, or pass {LOADABLE}")
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError as e:        # a character cut at byte 64 is still text
@@ -133,6 +141,20 @@ def _refuse_other_formats(path: Path) -> None:
                           f"1.6, a pickle); pass {LOADABLE}")
 
 
+def _plain_pickle(head: bytes) -> bool:
+    """Whether a file whose first bytes, `head`, begin as a pickle is a plain one (pickle.dump): its first value is not
+    torch's magic number, which torch.save's format before PyTorch 1.6 pickles first (`torch.serialization.MAGIC_NUMBER`).
+    Not said of a file cut before its first value ends. Such a pickle is refused, not loaded: torch's weights-only reader
+    takes none (the magic number is missing), and its tensors, if any, are rebuilt by running code (torch.load of bytes)."""
+    try:
+        for op, arg, _ in pickletools.genops(io.BytesIO(head)):
+            if op.name not in ("PROTO", "FRAME"):
+                return arg != torch.serialization.MAGIC_NUMBER
+    except ValueError:                     # cut short within head (or no pickle after all): left to the caller
+        pass
+    return False
+
+
 def _torch_load(path, map_location, mmap=False):
     path = Path(path)
     if not path.is_file():
@@ -142,13 +164,15 @@ def _torch_load(path, map_location, mmap=False):
     try:
         # mmap needs torch's zip format: any other file is read whole (an old-format torch file loads, the rest fail)
         mmap = mmap and zipfile.is_zipfile(path) and _utf8_name(path)
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():    # a pickle of protocol 3 to 5: it loads, or its error is said below
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
+        _refuse_other_formats(path)        # first: a plain pickle's tensor names torch's _load_from_bytes too
         what = re.search(r"(?:unsupported global|global)[:\s]+(?:GLOBAL\s+)?([\w.]+)", str(e), re.I)
         if what:  # a sound file that names Python callables: loading it would run code
             raise CheckpointError(f"refused: {path} asks to run code when loaded (it names {what.group(1)}); "
                                   f"ddimlab loads only tensors and plain containers") from None
-        _refuse_other_formats(path)
         raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated, corrupted, or not a "
                               f"torch file)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as e:

@@ -347,3 +347,34 @@ def test_round_44_a_file_of_another_kind_is_not_called_truncated(tmp_path):
         (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
         with pytest.raises(ck.CheckpointError, match=r"is not a readable torch checkpoint; it is probably truncated"):
             ck.load_checkpoint(tmp_path / "cut.pt")
+
+
+def test_round_45_a_plain_pickle_is_said_to_be_one_not_truncated(tmp_path):
+    """A dict written with pickle.dump, loaded as a checkpoint, was "probably truncated or corrupted (an interrupted
+    download or copy?): Invalid magic number" (protocol 2), or "truncated, corrupted, or not a torch file" after torch's
+    two-line warning "Detected pickle protocol 4 ..." (protocols 3 to 5, Python's default 4). It is now said to be a
+    pickle, not torch.save's file, with no warning of torch's. It is refused, not loaded: torch's weights-only reader
+    takes none, and a pickled tensor is rebuilt by running code. torch's own files load as before, and one cut short,
+    even inside its first value, is still told it is truncated."""
+    import pickle
+    import warnings
+
+    for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
+        for name, obj in (("numbers", {"step": 3, "lr": [2e-4]}), ("tensor", {"w": torch.zeros(3)})):
+            path = tmp_path / f"{name}_{protocol}.pkl"
+            with open(path, "wb") as f:
+                pickle.dump(obj, f, protocol=protocol)
+            with warnings.catch_warnings(record=True) as shown, pytest.raises(ck.CheckpointError) as e:
+                warnings.simplefilter("always")
+                ck.load_checkpoint(path)
+            assert str(e.value) == (f"{path} is a Python pickle (pickle.dump), not a torch checkpoint (torch.save writes "
+                                    f"a zip archive; before PyTorch 1.6, a pickle that begins with torch's magic number): "
+                                    f"save the weights with torch.save, or pass {ck.LOADABLE}"), (protocol, str(e.value))
+            assert [str(w.message) for w in shown] == [], protocol
+    torch.save({"w": torch.arange(3.0)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    assert torch.equal(ck.load_checkpoint(tmp_path / "old.pt")["w"], torch.arange(3.0))
+    data = (tmp_path / "old.pt").read_bytes()
+    for size in (3, 6, 14, len(data) // 2):          # within PROTO, inside the magic number, after it, halfway
+        (tmp_path / "cut.pt").write_bytes(data[:size])
+        with pytest.raises(ck.CheckpointError, match=r"is not a readable torch checkpoint; it is probably truncated"):
+            ck.load_checkpoint(tmp_path / "cut.pt")

@@ -3426,6 +3426,33 @@ def test_round_44_no_command_writes_into_a_reproduce_cell(trained, tmp_path):
     assert {p.name: p.read_bytes() for p in cell.iterdir()} == before
 
 
+def test_round_45_a_pickle_as_checkpoint_is_said_to_be_one(trained, tmp_path):
+    """`sample --checkpoint state.pkl`, a dict written with pickle.dump (Python's default protocol), printed torch's
+    two-line warning "Detected pickle protocol 4 in the checkpoint ..." and then "is not a readable torch checkpoint
+    (truncated, corrupted, or not a torch file)"; at protocol 2, "probably truncated or corrupted (an interrupted
+    download or copy?)". It is now one line saying it is a pickle and how to save the weights; a ckpt.pt cut short is
+    still told it is truncated. `python -m ddimlab` in a subprocess; nothing is written."""
+    import pickle
+
+    for protocol in (2, pickle.DEFAULT_PROTOCOL):
+        with open(tmp_path / "state.pkl", "wb") as f:
+            pickle.dump({"model": {"w": [0.5, 1.5]}, "step": 3}, f, protocol=protocol)
+        r = _run("sample", "--checkpoint", tmp_path / "state.pkl", "--n", "1", "--steps", "2", "--out", tmp_path / "s")
+        assert r.returncode == 1 and r.stderr.splitlines() == [
+            f"python -m ddimlab sample: error: {tmp_path / 'state.pkl'} is a Python pickle (pickle.dump), not a torch "
+            f"checkpoint (torch.save writes a zip archive; before PyTorch 1.6, a pickle that begins with torch's magic "
+            f"number): save the weights with torch.save, or pass {checkpoint.LOADABLE}",
+            "(run again with --debug for the traceback)"], (protocol, r.stderr)
+    data = (trained / "ckpt.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 3])
+    r = _run("sample", "--checkpoint", tmp_path / "cut.pt", "--n", "1", "--steps", "2", "--out", tmp_path / "s")
+    assert r.returncode == 1 and r.stderr.splitlines()[0] == (
+        f"python -m ddimlab sample: error: {tmp_path / 'cut.pt'} ({len(data) // 3} bytes) is not a readable torch "
+        "checkpoint; it is probably truncated or corrupted (an interrupted download or copy?): PytorchStreamReader failed "
+        "reading zip archive: failed finding central directory"), r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.pt", "state.pkl"]
+
+
 def test_round_44_a_text_file_as_checkpoint_is_not_called_an_interrupted_download(trained, tmp_path):
     """`sample --checkpoint hi.pt`, a text file, said "hi.pt (3 bytes) is not a readable torch checkpoint; it is probably
     truncated or corrupted (an interrupted download or copy?): 105", torch's unpickler reading "hi" as opcodes. It now
