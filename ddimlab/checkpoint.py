@@ -114,8 +114,9 @@ def _utf8_name(path) -> bool:
 def _refuse_other_formats(path: Path) -> None:
     """A file that fails to load and does not even begin as a torch file is said to be another kind of file, not a
     truncated checkpoint (a text file's message ended in torch's ": 105" and blamed an interrupted download): torch.save
-    writes a zip archive (b"PK\\x03\\x04"), and before PyTorch 1.6 wrote a pickle (b"\\x80"). A text file is quoted
-    (a Git LFS pointer, a saved error page). An empty file, and one that begins as either, are left to the caller."""
+    writes a zip archive (b"PK\\x03\\x04"), and before PyTorch 1.6 wrote a pickle (b"\\x80") that begins with torch's
+    magic number; a pickle that does not is pickle.dump's (`_plain_pickle`). A text file is quoted (a Git LFS pointer, a
+    saved error page). An empty file, and one that begins as either of torch's, are left to the caller."""
     try:
         with open(path, "rb") as f:
             head = f.read(64)
