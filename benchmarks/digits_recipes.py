@@ -95,8 +95,9 @@ def main(argv=None) -> dict:
         check_can_write(pretrained.models_dir(args.cache), hint="choose another --cache")   # before the first training
         config = pretrained.digits_config()      # every recipe keeps the preset's schedule and T (so does --S's bound)
         for S in args.S:      # S = 1 on the uniform grid is t = 0 alone: its "samples" are x_T, as `sample` warns
-            samplers.check_first_step(schedule.make_alpha_bar(config.schedule, config.T),
-                                      schedule.timesteps(S, config.T, "uniform"))
+            samplers.check_first_step(schedule.make_alpha_bar(config.schedule, config.T),    # the advice: this script's
+                                      schedule.timesteps(S, config.T, "uniform"),            # options (no --spacing)
+                                      f"{samplers.NOT_ITS_X_T}; give --S 2 or more")
         return compare(args)
 
 

@@ -60,8 +60,8 @@ class OutOfRangeWarning(UserWarning):
     """Samples far outside the data's range [−1, 1], or a start x_T ~ N(0, I) that is not the model's x_t."""
 
 
-FROM_NOISE = ("x_T ~ N(0, I) is not the model's x_t: the output stays close to x_T; use more steps or the trailing "
-              "spacing (which starts at t = T - 1)")
+NOT_ITS_X_T = "x_T ~ N(0, I) is not the model's x_t: the output stays close to x_T"    # a caller's own advice may follow
+FROM_NOISE = f"{NOT_ITS_X_T}; use more steps or the trailing spacing (which starts at t = T - 1)"
 TO_NOISE = ("the inversion ends, not at noise: x_T still holds x_0, so the round trip is close whatever the model; use "
             "more steps or the trailing spacing (which ends at t = T - 1)")
 

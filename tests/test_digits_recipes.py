@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from cli_support import _run_scripts, load_script
 
-from ddimlab.samplers import FROM_NOISE
+from ddimlab.samplers import NOT_ITS_X_T
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +101,28 @@ def test_round_44_one_uniform_step_is_warned_of_before_training():
         assert r.returncode == 130 and "Traceback" not in r.stderr, r.stderr
         return r.stderr.splitlines()
     said = run(20, 1)
-    assert said == [f"digits_recipes.py: warning: the only step is t = 0 (alpha_bar = 1), where {FROM_NOISE}",
-                    "digits_recipes.py: interrupted: stopped before training"], said
+    assert said == [f"digits_recipes.py: warning: the only step is t = 0 (alpha_bar = 1), where {NOT_ITS_X_T}; give --S 2 "
+                    "or more", "digits_recipes.py: interrupted: stopped before training"], said
     assert run(2, 10) == ["digits_recipes.py: interrupted: stopped before training"]
+
+
+def test_round_45_the_one_step_warning_names_only_this_scripts_options():
+    """Round 44's `--S 1` warning was `sample`'s: "use more steps or the trailing spacing (which starts at t = T - 1)",
+    and this script has no --spacing (argparse refuses it). The warning (`samplers.check_first_step`, one text with the
+    advice chosen by its caller) now gives this script's way out, --S 2 or more, and every option it names is one of the
+    script's own (its --help lists them). The script in a subprocess, its training stopped at once."""
+    code = ("recipes = load_script('benchmarks/digits_recipes.py')\n"
+            "def stop(*a, **k):\n    raise KeyboardInterrupt('stopped before training')\n"
+            "recipes.pretrained.digits_model = stop\nsys.argv = ['digits_recipes.py']\nrecipes.main(['--S', '1'])")
+    r = _run_scripts(code, timeout=120)
+    assert r.returncode == 130 and "Traceback" not in r.stderr, r.stderr
+    warning = r.stderr.splitlines()[0]
+    assert warning.startswith("digits_recipes.py: warning: the only step is t = 0") and "spacing" not in warning, warning
+    root = Path(__file__).resolve().parents[1]
+    usage = subprocess.run([sys.executable, "benchmarks/digits_recipes.py", "--help"], cwd=root, capture_output=True,
+                           text=True, timeout=120).stdout
+    named = re.findall(r"--[A-Za-z][A-Za-z-]*", warning)
+    assert named == ["--S"] and all(re.search(rf"{option}\b", usage) for option in named), (named, usage)
 
 
 @pytest.mark.slow
