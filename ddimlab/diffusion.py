@@ -83,9 +83,10 @@ def bcast(a, x: torch.Tensor) -> torch.Tensor:
         a = a.to(x.dtype).to(x.device)   # the cast first: a float64 tensor cannot move to MPS
     else:  # a Python float goes straight to x's dtype (no float32 detour for float64 work)
         a = torch.as_tensor(a, device=x.device, dtype=x.dtype)
-    if a.ndim == 1 and x.ndim > 1:
+    if a.ndim == 1 and x.ndim >= 1:        # a 1-D x too: (3,) against (5,) was torch's "size of tensor a (3) must match"
         if a.shape[0] != x.shape[0]:
-            raise ValueError(f"per-sample coefficient has {a.shape[0]} entries but x has batch {x.shape[0]}")
+            raise ValueError(f"a per-sample coefficient (alpha_bar-like, shape (B,)) needs x's batch size, {x.shape[0]} "
+                             f"values (x has shape {tuple(x.shape)}), got {a.shape[0]}; or pass a scalar")
         a = a.reshape(-1, *([1] * (x.ndim - 1)))
     elif a.ndim > 1:
         raise ValueError(f"coefficient must be a scalar or shape (B,), got shape {tuple(a.shape)}")

@@ -389,3 +389,36 @@ def test_round_43_an_integer_or_bool_second_tensor_is_refused_as_the_first_is():
                                                     r"bool tensor would be read as numbers, True as 1\); convert with "
                                                     r"\.float\(\)$"):
                     f(bad)
+
+
+def test_round_45_a_per_sample_coefficient_of_the_wrong_length_is_named_for_a_1d_x_too():
+    """`bcast` checked a per-sample ᾱ's length against x's batch only for x of two or more dimensions; for a 1-D x (a batch
+    of scalars) of 5 samples with 3 ᾱ values, every function that takes ᾱ failed inside torch: "The size of tensor a (3)
+    must match the size of tensor b (5) at non-singleton dimension 0". Now the same one-line ValueError as for an image
+    batch, naming the length expected. One value per sample is still taken, and gives each sample its own scalar ᾱ's
+    answer."""
+    g = torch.Generator().manual_seed(0)
+    x, e = torch.randn(5, generator=g, dtype=F64), torch.randn(5, generator=g, dtype=F64)
+    a_t, a_s = torch.linspace(0.2, 0.6, 5, dtype=F64), torch.linspace(0.3, 0.9, 5, dtype=F64)
+    calls = {"q_sample": lambda a, b: q_sample(x, a, e), "q_step": lambda a, b: q_step(x, 1 - a, e),
+             "predict_x0": lambda a, b: predict_x0(x, e, a), "predict_eps": lambda a, b: predict_eps(x, e, a),
+             "v_from": lambda a, b: v_from(x, e, a), "x0_from_v": lambda a, b: x0_from_v(x, e, a),
+             "eps_from_v": lambda a, b: eps_from_v(x, e, a), "score_from_eps": lambda a, b: score_from_eps(e, a),
+             "eps_from_score": lambda a, b: eps_from_score(e, a),
+             "posterior_mean": lambda a, b: posterior_mean(x, e, a, b),
+             "q_sigma_mean": lambda a, b: q_sigma_mean(x, e, a, b, 0.1),
+             "ddim_step": lambda a, b: ddim_step(x, e, a, b, 0.0)}
+    said = (r"^a per-sample coefficient \(alpha_bar-like, shape \(B,\)\) needs x's batch size, 5 values \(x has shape "
+            r"\(5,\)\), got 3; or pass a scalar$")
+    for name, f in calls.items():
+        with pytest.raises(ValueError, match=said):
+            f(a_t[:3], a_s[:3])
+        def outputs(a, b):                   # ddim_step's (x_s, x0_hat), or the one tensor
+            r = f(a, b)
+            return r if isinstance(r, tuple) else (r,)
+        scalar = [outputs(float(a_t[i]), float(a_s[i])) for i in range(5)]     # each sample with its own scalar ᾱ
+        for k, per_sample in enumerate(outputs(a_t, a_s)):
+            torch.testing.assert_close(per_sample, torch.stack([r[k][i] for i, r in enumerate(scalar)]), rtol=1e-12,
+                                       atol=1e-12, msg=name)
+    with pytest.raises(ValueError, match=r"needs x's batch size, 4 values \(x has shape \(4, 3\)\), got 3"):
+        q_sample(torch.zeros(4, 3, dtype=F64), a_t[:3], torch.zeros(4, 3, dtype=F64))
