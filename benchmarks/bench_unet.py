@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ddimlab import checkpoint, devices, files, quality, unet
-from ddimlab.cli import Formatter, file_name, int_in, one_line_errors, refuse_dotdot_through_missing
+from ddimlab.cli import Formatter, file_name, int_in, names_a_folder, one_line_errors, refuse_dotdot_through_missing
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0, "4090": 165.0}
 
@@ -154,9 +154,10 @@ def main(argv=None):
             refuse_dotdot_through_missing(args.json, "--json")
         except ValueError as e:
             p.error(str(e))
-        if Path(args.json).is_dir():
-            p.error(f"argument --json: {args.json} is a folder; give a file name")
-        if Path(args.json).exists() and not args.overwrite:     # an earlier run's results (a GPU's, perhaps)
+        if names_a_folder(args.json):
+            p.error(f"argument --json: {args.json} names a folder; give a file name")
+        if (Path(args.json).exists() or Path(args.json).is_symlink()) and not args.overwrite:   # an earlier run's results
+            # (a GPU's, perhaps), or a link to none yet: writing replaces the link
             p.error(f"argument --json: {args.json} already exists; pass --overwrite to replace it or choose another --json")
         try:
             files.check_can_write(Path(args.json).parent, hint="choose another --json")

@@ -235,7 +235,7 @@ def _writes_pair(cmd):
     @functools.wraps(cmd)
     def run(args) -> int:
         raw, out = str(args.out), Path(args.out)
-        if out.is_dir() or raw.endswith(("/", "\\")) or os.path.basename(raw.rstrip("/\\")) in (".", ".."):   # Path drops "/."
+        if names_a_folder(raw):
             raise ValueError(f"--out {raw!r} names a folder; give a file name, e.g. --out {out / 'samples'}")
         refuse_dotdot_through_missing(raw)
         if out.exists() and not out.is_file():      # not /dev/null.png beside a device (`--out -`: `_refuse_blank_paths`)
@@ -256,6 +256,12 @@ def _writes_pair(cmd):
             check_can_write(png.parent)
             return cmd(args, png, npz)
     return run
+
+
+def names_a_folder(raw: str) -> bool:
+    """Whether a path given for a file names a folder: one that is there, or one written as a folder ("x/", "x/.", "..";
+    pathlib drops the trailing "/" and "/.", and bench_unet.py's --json x/ wrote a file named x)."""
+    return Path(raw).is_dir() or raw.endswith(("/", "\\")) or os.path.basename(raw.rstrip("/\\")) in (".", "..")
 
 
 def refuse_dotdot_through_missing(raw: str, option: str = "--out") -> None:

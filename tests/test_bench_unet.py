@@ -54,7 +54,7 @@ def test_speedup_readings():
     (["--peak-tflops", "-5"], r"argument --peak-tflops: must be a number > 0 \(TFLOP/s\), got '-5'"),  # bounds < 0
     (["--peak-tflops", "nan"], "argument --peak-tflops: must be a number > 0"),
     (["--device", "bogus"], "bench_unet.py: error: unknown device 'bogus': use auto, cpu, cuda"),   # torch's traceback
-    (["--json", "{tmp}"], r"argument --json: .* is a folder; give a file name"),        # a traceback after the timings
+    (["--json", "{tmp}"], r"argument --json: .* names a folder; give a file name"),     # a traceback after the timings
     (["--json", "{tmp}/f"], r"argument --json: .*f already exists; pass --overwrite to replace it or choose another --json"),
     (["--json", "{tmp}/f/r.json"], r"argument --json: cannot create files in .*f is a file, not a folder.*another --json"),
 ])
@@ -147,3 +147,24 @@ def test_round_44_a_missing_json_folder_is_made_as_the_commands_make_theirs(tmp_
     r = bench("nodir/sub/j.json")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "nodir" / "sub" / "j.json").read_text())["iters"] == 2
+
+
+def test_round_45_a_json_written_as_a_folder_or_a_dangling_link_is_refused_before_the_timings(tmp_path):
+    """`--json out/` (a folder, by its trailing slash, not there yet) wrote the results to a file named `out`, where
+    `sample --out out/` is refused as naming a folder (`cli.names_a_folder`, now shared); and `--json link.json`, a
+    symbolic link to nothing yet, was replaced by the results without --overwrite, where `sample` counts such a link as
+    an output already there. Both are refused before any timing, the link left as it was. The script in a subprocess."""
+    pytest.importorskip("diffusers")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    (tmp_path / "link.json").symlink_to(tmp_path / "nowhere.json")
+    for given, said in (("out/", "argument --json: out/ names a folder; give a file name"),
+                        ("out/.", "argument --json: out/. names a folder; give a file name"),
+                        ("link.json", "argument --json: link.json already exists; pass --overwrite to replace it or choose "
+                                      "another --json")):
+        r = subprocess.run([sys.executable, str(root / "benchmarks" / "bench_unet.py"), "--preset", "tiny", "--device",
+                            "cpu", "--batch", "1", "--iters", "2", "--warmup", "0", "--threads", "1", "--json", given],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+        assert r.returncode == 2 and r.stderr.splitlines()[-1] == f"bench_unet.py: error: {said}", (given, r.stderr)
+        assert "speed-up" not in r.stdout, r.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json"] and (tmp_path / "link.json").is_symlink()
