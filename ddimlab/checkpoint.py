@@ -115,14 +115,29 @@ def _refuse_other_formats(path: Path) -> None:
     """A file that fails to load and does not even begin as a torch file is said to be another kind of file, not a
     truncated checkpoint (a text file's message ended in torch's ": 105" and blamed an interrupted download): torch.save
     writes a zip archive (b"PK\\x03\\x04"), and before PyTorch 1.6 wrote a pickle (b"\\x80") that begins with torch's
-    magic number; a pickle that does not is pickle.dump's (`_plain_pickle`). A text file is quoted (a Git LFS pointer, a
-    saved error page). An empty file, and one that begins as either of torch's, are left to the caller."""
+    magic number; a pickle that does not is pickle.dump's (`_plain_pickle`), and a whole zip archive with no data.pkl
+    is not torch.save's, or with constants.pkl is TorchScript's (torch.jit.save). A text file is quoted (a Git LFS
+    pointer, a saved error page). An empty file, and one that begins as either of torch's, are left to the caller."""
     try:
         with open(path, "rb") as f:
             head = f.read(64)
     except OSError:
         return
-    if not head or head.startswith(b"PK\x03\x04"):
+    if not head:
+        return
+    if head.startswith(b"PK\x03\x04"):   # a zip archive: torch.save's holds data.pkl (TorchScript's too, and code)
+        names = _zip_names(path)
+        if names is None:                 # cut short (no central directory): said truncated by the caller
+            return
+        def has(name):
+            return any(n == name or n.endswith("/" + name) for n in names)
+        if has("constants.pkl"):          # torch.load refuses TorchScript with weights_only=True (its code would run)
+            raise CheckpointError(f"{path} is a TorchScript archive (torch.jit.save), not a checkpoint of weights: save "
+                                  f"the network's state_dict with torch.save, or pass {LOADABLE}")
+        if not has("data.pkl"):
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            raise CheckpointError(f"{path} is a zip archive but not torch.save's (it holds no data.pkl; it holds "
+                                  f"{shown or 'nothing'}): pass {LOADABLE}")
         return
     if head.startswith(b"\x80"):          # a pickle (protocol 2 or later): torch's own before 1.6, or pickle.dump's
         if not _plain_pickle(head):
@@ -140,6 +155,15 @@ def _refuse_other_formats(path: Path) -> None:
         what = f" (it begins {head[:8]!r})"
     raise CheckpointError(f"{path} is not a torch checkpoint{what}: torch.save writes a zip archive (before PyTorch "
                           f"1.6, a pickle); pass {LOADABLE}")
+
+
+def _zip_names(path) -> list[str] | None:
+    """The names of the files in the zip archive at `path`, or None where its directory cannot be read (cut short)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return None
 
 
 def _plain_pickle(head: bytes) -> bool:
@@ -165,8 +189,9 @@ def _torch_load(path, map_location, mmap=False):
     try:
         # mmap needs torch's zip format: any other file is read whole (an old-format torch file loads, the rest fail)
         mmap = mmap and zipfile.is_zipfile(path) and _utf8_name(path)
-        with warnings.catch_warnings():    # a pickle of protocol 3 to 5: it loads, or its error is said below
-            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+        with warnings.catch_warnings():    # a pickle of protocol 3 to 5, a TorchScript archive: loaded, or said below
+            warnings.filterwarnings("ignore", r"Detected pickle protocol|'torch\.load' received a zip file that looks "
+                                              r"like a TorchScript archive", UserWarning)
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         _refuse_other_formats(path)        # first: a plain pickle's tensor names torch's _load_from_bytes too

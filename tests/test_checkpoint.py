@@ -378,3 +378,37 @@ def test_round_45_a_plain_pickle_is_said_to_be_one_not_truncated(tmp_path):
         (tmp_path / "cut.pt").write_bytes(data[:size])
         with pytest.raises(ck.CheckpointError, match=r"is not a readable torch checkpoint; it is probably truncated"):
             ck.load_checkpoint(tmp_path / "cut.pt")
+
+
+def test_round_45_a_torchscript_or_other_zip_archive_is_said_to_be_one_not_truncated(tmp_path):
+    """A whole zip archive that torch.save did not write was "probably truncated or corrupted (an interrupted download or
+    copy?): [enforce fail at inline_container.cc:180]"; a TorchScript archive (torch.jit.save) printed torch's two-line
+    warning "'torch.load' received a zip file that looks like a TorchScript archive ..." and then "probably truncated
+    ...: Cannot use weights_only=True with TorchScript archives". Each is now said for what it is, in one line and
+    without torch's warning; a torch.save file and a TorchScript archive cut short are still told they are truncated."""
+    import warnings
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "notes.zip", "w") as z:
+        for name in ("a.txt", "b.txt", "c.txt", "d.txt"):
+            z.writestr(name, "hi")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)        # torch 2.10+: TorchScript is deprecated
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), tmp_path / "scripted.pt")
+    said = {"notes.zip": "is a zip archive but not torch.save's (it holds no data.pkl; it holds a.txt, b.txt, c.txt and 1 "
+                         f"more): pass {ck.LOADABLE}",
+            "scripted.pt": "is a TorchScript archive (torch.jit.save), not a checkpoint of weights: save the network's "
+                           f"state_dict with torch.save, or pass {ck.LOADABLE}"}
+    for name, rest in said.items():
+        with warnings.catch_warnings(record=True) as shown, pytest.raises(ck.CheckpointError) as e:
+            warnings.simplefilter("always")
+            ck.load_checkpoint(tmp_path / name)
+        assert str(e.value) == f"{tmp_path / name} {rest}", str(e.value)
+        assert [str(w.message) for w in shown] == [], name
+    ck.save_checkpoint(tmp_path / "good.pt", model={"w": torch.arange(4.0)})
+    assert torch.equal(ck.load_checkpoint(tmp_path / "good.pt")["model"]["w"], torch.arange(4.0))
+    for name in ("good.pt", "scripted.pt"):
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+        with pytest.raises(ck.CheckpointError, match=r"is not a readable torch checkpoint; it is probably truncated"):
+            ck.load_checkpoint(tmp_path / "cut.pt")

@@ -3453,6 +3453,24 @@ def test_round_45_a_pickle_as_checkpoint_is_said_to_be_one(trained, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.pt", "state.pkl"]
 
 
+def test_round_45_a_torchscript_file_as_checkpoint_is_one_line_without_torchs_warning(tmp_path):
+    """`sample --checkpoint scripted.pt`, a TorchScript archive (torch.jit.save), printed torch's two-line warning that
+    torch.load dispatches such files to torch.jit.load, then "probably truncated or corrupted (an interrupted download or
+    copy?): Cannot use ``weights_only=True`` with TorchScript archives". Now one line saying what the file is. `python -m
+    ddimlab` in a subprocess."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)        # torch 2.10+: TorchScript is deprecated
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), tmp_path / "scripted.pt")
+    r = _run("sample", "--checkpoint", tmp_path / "scripted.pt", "--n", "1", "--steps", "2", "--out", tmp_path / "s")
+    assert r.returncode == 1 and r.stderr.splitlines() == [
+        f"python -m ddimlab sample: error: {tmp_path / 'scripted.pt'} is a TorchScript archive (torch.jit.save), not a "
+        f"checkpoint of weights: save the network's state_dict with torch.save, or pass {checkpoint.LOADABLE}",
+        "(run again with --debug for the traceback)"], r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scripted.pt"]
+
+
 def test_round_44_a_text_file_as_checkpoint_is_not_called_an_interrupted_download(trained, tmp_path):
     """`sample --checkpoint hi.pt`, a text file, said "hi.pt (3 bytes) is not a readable torch checkpoint; it is probably
     truncated or corrupted (an interrupted download or copy?): 105", torch's unpickler reading "hi" as opcodes. It now
