@@ -89,6 +89,10 @@ def load_checkpoint(path, map_location="cpu", required=(), mmap: bool = False) -
     """
     mmap = check_bool("mmap", mmap)
     required = (required,) if isinstance(required, str) else required      # one key, not its letters
+    if not isinstance(required, (list, tuple, set, frozenset)):             # else "'int' object is not iterable"
+        raise TypeError(f"required must be a key or a list of keys, e.g. ('model', 'step'), got {required!r}")
+    if isinstance(map_location, str):      # "gpu", or "cuda" on a machine without one: not the file's fault
+        map_location = devices.resolve(map_location)
     state = _torch_load(path, map_location, mmap)
     if required:
         if not isinstance(state, dict):

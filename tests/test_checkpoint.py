@@ -412,3 +412,21 @@ def test_round_45_a_torchscript_or_other_zip_archive_is_said_to_be_one_not_trunc
         (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
         with pytest.raises(ck.CheckpointError, match=r"is not a readable torch checkpoint; it is probably truncated"):
             ck.load_checkpoint(tmp_path / "cut.pt")
+
+
+def test_round_45_load_checkpoints_own_arguments_are_named_not_blamed_on_the_file(tmp_path):
+    """load_checkpoint(path, map_location="gpu") said the file was "probably truncated or corrupted (an interrupted
+    download or copy?): don't know how to restore data location of torch.storage.UntypedStorage (tagged with gpu)", and
+    so did map_location="cuda" on a machine without CUDA; required=5 was "'int' object is not iterable". A device name
+    is now checked as every --device is (`devices.resolve`), and `required` must be a key or a list of keys."""
+    path = ck.save_checkpoint(tmp_path / "ok.pt", model={"w": torch.ones(2)}, step=1)
+    with pytest.raises(ck.devices.DeviceError, match=r"^unknown device 'gpu': use auto, cpu, cuda, cuda:N or mps"):
+        ck.load_checkpoint(path, map_location="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ck.devices.DeviceError, match=r"cuda: .*(no CUDA support|sees no GPU)"):
+            ck.load_checkpoint(path, map_location="cuda")
+    with pytest.raises(TypeError, match=r"^required must be a key or a list of keys, e.g. \('model', 'step'\), got 5$"):
+        ck.load_checkpoint(path, required=5)
+    for kw in (dict(map_location="cpu", required="step"), dict(map_location=torch.device("cpu"), required=["model"]),
+               dict(map_location="auto")):
+        assert ck.load_checkpoint(path, **kw)["step"] == 1
