@@ -13,6 +13,7 @@ beyond 3 SEs. `format_table` / `plot_table` present it; `main` runs the 2-D and 
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -530,6 +531,10 @@ def main(out="outputs/lab", n: int = 2000, image_d: int = 1024, image_n: int = I
     """Print Table 1 on the 2-D ring and on `toy.image_like_mixture(image_d)` (0 skips it) and write
     out/table1.txt, out/table1.png and out/table1_d{image_d}.png (notebook 09; `ddimlab lab`, `make lab`,
     the demo's first part). Returns the paths written. progress: each table's bar (`table1`)."""
+    if not isinstance(out, (str, os.PathLike)):         # else pathlib's "expected str, bytes or os.PathLike object"
+        raise TypeError(f"out must be a folder's path (a str or pathlib.Path), got {type(out).__name__}")
+    if not str(out).strip():                           # pathlib reads "" as the current folder, which the tables filled
+        raise ValueError("out is empty; give a folder for table1.txt and the figures")
     out = Path(out)
     if out.exists() and not out.is_dir():              # said now, not after minutes of tables
         raise FileExistsError(f"--out {out} is a file; give a folder for table1.txt and the figures")

@@ -3499,3 +3499,23 @@ def test_round_45_lab_and_demo_called_from_python_refuse_a_reproduce_cell(tmp_pa
     with pytest.raises(ValueError, match=said):
         demo.main(argparse.Namespace(out=str(cell), skip_train=True, train_steps=None, n=None, seed=0, no_progress=True))
     assert {p.name: p.read_bytes() for p in cell.iterdir()} == before
+
+
+def test_round_45_lab_main_names_an_out_that_is_no_path_or_blank(tmp_path, monkeypatch):
+    """`lab.main(out=None)` (or a number) failed in pathlib ("expected str, bytes or os.PathLike object, not NoneType"),
+    naming no argument, and `lab.main(out="")`, which the command line refuses as blank, wrote table1.txt and the
+    figures into the current folder (pathlib reads "" as "."). Both are refused before any table, as `lab --out ""` is;
+    `demo.main` reaches the same check."""
+    from cli_support import small_lab_tables
+
+    from ddimlab import lab
+    small_lab_tables(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    for out in (None, 5):
+        said = rf"^out must be a folder's path \(a str or pathlib.Path\), got {type(out).__name__}$"
+        with pytest.raises(TypeError, match=said):
+            lab.main(out=out, n=8, image_d=0)
+    for out in ("", "  "):
+        with pytest.raises(ValueError, match=r"^out is empty; give a folder for table1.txt and the figures$"):
+            lab.main(out=out, n=8, image_d=0)
+    assert list(tmp_path.iterdir()) == []
