@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from ddimlab import checkpoint, devices, generate, schedule
-from ddimlab.cli import USER_ERRORS, folder, sigterm_as_interrupt
+from ddimlab.cli import USER_ERRORS, folder, refuse_dotdot_through_missing, sigterm_as_interrupt
 from ddimlab.files import atomic_write, check_out_folder
 from ddimlab.train import _check_out, make_config, read_log, refuse_sample_folder, train
 
@@ -121,7 +121,8 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=folder, default=None,
                    help="folder for the run and gpu_check.json (default: a temporary folder, of which only gpu_check.json "
                         "is kept: the run is hundreds of MB)")
-    p.add_argument("--overwrite", action="store_true", help="start the run again where --out already holds one")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start the run again where --out already holds one, and replace its gpu_check.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-bench", action="store_true", help="skip the UNet benchmark (stage 1): training and sampling only")
     args = p.parse_args(argv)
@@ -150,10 +151,16 @@ def check(args) -> dict:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    if args.out:                           # nodir/../x: nodir would be made on the way and left behind
+        refuse_dotdot_through_missing(args.out)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="ddimlab_gpu_check_"))
     check_out_folder(out, "a folder for the check")
     refuse_sample_folder(out)              # a `reproduce` cell: gpu_check.json and run/ would lie among its samples
     _check_out(out / "run", resume=False, overwrite=args.overwrite, resumable=False)   # before the benchmark's minutes
+    report_file = out / "gpu_check.json"   # an earlier check's report (a lent GPU's, perhaps), its run removed or not
+    if (report_file.exists() or report_file.is_symlink()) and not args.overwrite:
+        raise FileExistsError(f"{report_file} already exists (an earlier check's report); pass --overwrite to replace it, "
+                              f"or choose another --out")
     t0 = time.perf_counter()
     try:
         report = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
@@ -168,7 +175,7 @@ def check(args) -> dict:
     print_summary(report)
     if not args.out:
         shutil.rmtree(out / "run")
-    atomic_write(out / "gpu_check.json", lambda f: f.write(json.dumps(report, indent=1)), text=True)
+    atomic_write(report_file, lambda f: f.write(json.dumps(report, indent=1)), text=True)
     print(f"the report as JSON: {out / 'gpu_check.json'}" + ("" if args.out else " (the run itself, a throwaway, is "
                                                                                  "removed; --out DIR keeps it)"))
     if not (report["train"]["resume_ok"] and report["sample"]["finite"]):

@@ -1,5 +1,9 @@
 """`make gpu-check` runs benchmarks/gpu_check.py on a lent GPU; here the same pipeline with tiny sizes on the CPU."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from cli_support import load_script
@@ -128,3 +132,32 @@ def test_round_45_a_reproduce_cell_as_out_is_refused_as_train_refuses_it(tmp_pat
     assert r.stderr.strip() == (f"gpu_check: error: --out {cell} is a folder of samples for FID (its settings.json says "
                                 "how `reproduce` made them), which holds only those; choose another --out"), r.stderr
     assert sorted(p.name for p in cell.iterdir()) == ["000000.png", "settings.json"]
+
+
+def test_round_45_an_earlier_report_is_not_replaced_and_no_folder_is_left_on_the_way(tmp_path):
+    """An --out holding an earlier check's gpu_check.json (its run/ removed, as the README's hundreds of MB invite) had
+    the report replaced at the end without a word, where a run there is refused without --overwrite (and bench_unet.py
+    refuses an existing --json); and `--out nodir/../x` left an empty nodir behind, as bench_unet.py's --json did before
+    round 44 (`cli.refuse_dotdot_through_missing`). Both are refused before the benchmark; the report is kept as it was.
+    The script in a subprocess."""
+    root = Path(__file__).resolve().parents[1]       # run from tmp_path/w: nodir would be made there
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    (tmp_path / "gpu").mkdir()
+    (tmp_path / "gpu" / "gpu_check.json").write_text('{"device": "an H100, once"}')
+    (tmp_path / "w").mkdir()
+    code = "gpu_check = load_script('benchmarks/gpu_check.py')\n"
+    for out in (tmp_path / "gpu", "nodir/../x"):
+        code += (f"try:\n    gpu_check.main(['--tiny', '--device', 'cpu', '--no-bench', '--no-progress', '--out', "
+                 f"{str(out)!r}])\nexcept SystemExit as e:\n    print(e.code)\n")
+    r = subprocess.run([sys.executable, "-c", f"import sys\nsys.path.insert(0, {str(root / 'tests')!r})\n"
+                        f"from cli_support import load_script\n{code}"], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path / "w", env=env)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.stdout.splitlines() == [
+        f"gpu_check: error: {tmp_path / 'gpu' / 'gpu_check.json'} already exists (an earlier check's report); pass "
+        f"--overwrite to replace it, or choose another --out",
+        "gpu_check: error: --out 'nodir/../x' goes up (..) out of nodir, which is no folder; write the path without it, "
+        "e.g. --out x"], r.stdout
+    assert (tmp_path / "gpu" / "gpu_check.json").read_text() == '{"device": "an H100, once"}'
+    assert sorted(p.name for p in (tmp_path / "gpu").iterdir()) == ["gpu_check.json"]
+    assert list((tmp_path / "w").iterdir()) == []
