@@ -547,8 +547,9 @@ def sdedit_law(eps, x_in, alpha_bar, seq, eta: float = 1.0, h: float = 0.004, n_
     eta = check_eta(eta)
     x0_in, dh, width = as_real(x_in), as_real(h), as_real(span)
     if x0_in is None or width is None or width <= abs(x0_in):
-        raise ValueError(f"x_in must be a finite number inside (-span, span) and span a finite number > 0, got x_in = "
-                         f"{x_in!r}, span = {span!r}")
+        got = f"shape {tuple(x_in.shape)}" if getattr(x_in, "ndim", 0) else repr(x_in)     # not a whole tensor printed
+        raise ValueError(f"x_in must be one finite number (the law follows one 1-D point) inside (-span, span) and span "
+                         f"a finite number > 0, got x_in = {got}, span = {span!r}")
     if dh is None or not 0 < dh < width:
         raise ValueError(f"h must be a number in (0, span) (the grid spacing), got {h!r}")
     n_z = check_int("n_z", n_z, 1)

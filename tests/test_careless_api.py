@@ -3519,3 +3519,11 @@ def test_round_45_lab_main_names_an_out_that_is_no_path_or_blank(tmp_path, monke
         with pytest.raises(ValueError, match=r"^out is empty; give a folder for table1.txt and the figures$"):
             lab.main(out=out, n=8, image_d=0)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sdedit_law_names_an_x_in_that_is_not_one_number():
+    """`samplers.sdedit_law` follows one 1-D point: a batch of them was told "must be a finite number" with the whole
+    tensor printed (a thousand numbers for a thousand points); now its shape is named."""
+    ab = schedule.make_alpha_bar("linear", 50)
+    with pytest.raises(ValueError, match=r"^x_in must be one finite number .* got x_in = shape \(1000, 1\), span = 6.0$"):
+        samplers.sdedit_law(lambda x, t: x, torch.zeros(1000, 1), ab, torch.arange(10, -1, -1))
