@@ -46,6 +46,7 @@ TABLE_BYTES = 24       # per n²: a distance's three n × n float64 kernel table
 SAMPLE_BYTES, IMAGE_D_BYTES = 220, 2000
 ETAS = (0.0, 0.2, 0.5, 1.0)
 SPACINGS = ("uniform", "quad")
+ODE_RTOL = 1e-7        # scipy's tolerances (rtol = atol) for the ODE solution η = 0 is measured against (`ode_sq_errors`)
 FLOOR_K = 3.0          # a cell is "within the floor" when MMD² < FLOOR_K · floor (as `toy.MMDResult.resolved`)
 DATA = "data"
 
@@ -109,15 +110,14 @@ def jackknife_se(loo: torch.Tensor) -> float:
 
 
 def noise_floor(mixture: toy.GaussianMixture, n: int, generator: torch.Generator | None = None,
-                repeats: int = 8, kernel=None, scale=None) -> toy.MMDResult:
-    """The metric between exact data sets: `toy.mmd` of n fresh data draws (notebook 09 §1).
-
-    Returns MMDResult(mmd2 = one null value, floor = RMS of the statistic between two fresh data sets
-    of size n over `repeats` repetitions): what a perfect sampler scores at this n. kernel and scale as
-    in `toy.mmd` (None: the Gaussian kernel of `toy.bandwidth(mixture)`, no scaling).
+                repeats: int = 8, kernel=None, scale=None) -> float:
+    """The metric's noise floor at n (notebook 09 §1): the RMS of the statistic between two fresh data sets of size n
+    over `repeats` pairs, what a perfect sampler scores at this n. kernel and scale as in `toy.mmd` (None: the Gaussian
+    kernel of `toy.bandwidth(mixture)`, no scaling), whose floor it is; `toy.mmd`'s other number, one data set against
+    fresh data, is not returned, but its draws are still taken, so that seeded tables keep their numbers.
     """
     return toy.mmd(toy.check_mixture(mixture).sample(n, generator), mixture, generator, repeats=repeats, kernel=kernel,
-                   scale=scale)
+                   scale=scale).floor
 
 
 def error_ratio(e2_a: torch.Tensor, e2_b: torch.Tensor, draws: int = 2000, seed: int = 0) -> dict:
@@ -249,17 +249,19 @@ def label(sampler: str) -> str:
     return "σ̂" if sampler == SIGMA_HAT else "η=" + sampler.split("=")[1]
 
 
-def ode_sq_errors(eps, x_T: torch.Tensor, alpha_bar: torch.Tensor, seq, rtol: float = 1e-7) -> torch.Tensor:
+def ode_sq_errors(eps, x_T: torch.Tensor, alpha_bar: torch.Tensor, seq, rtol: float = ODE_RTOL, ref=None) -> torch.Tensor:
     """|DDIM(η=0) − exact ODE solution|² for each sample, from the same x_T at step seq[0] (notebook 05 §3; notebook 09 §2
-    compares them paired over x_T, `error_ratio`)."""
+    compares them paired over x_T, `error_ratio`). ref: that solution (`ode.reference_solution` with rtol = atol = rtol)
+    if the caller has it already: `table1` solves it once for all the S whose steps start at the same t."""
     alpha_bar = schedule.validate_alpha_bar(alpha_bar)        # a list or an array too, as the samplers take
     seq = schedule.validate_timesteps(seq, alpha_bar.shape[0])
     x = samplers.ddim_sample(eps, x_T, alpha_bar, seq, eta=0.0)
-    ref = ode.reference_solution(eps, x_T, alpha_bar, int(seq[0]), rtol=rtol, atol=rtol)
+    if ref is None:
+        ref = ode.reference_solution(eps, x_T, alpha_bar, int(seq[0]), rtol=rtol, atol=rtol)
     return (x - ref).pow(2).flatten(1).sum(1)       # each sample's squared distance, any shape
 
 
-def ode_error(eps, x_T: torch.Tensor, alpha_bar: torch.Tensor, seq, rtol: float = 1e-7) -> float:
+def ode_error(eps, x_T: torch.Tensor, alpha_bar: torch.Tensor, seq, rtol: float = ODE_RTOL) -> float:
     """RMS over samples of |DDIM(η=0) − exact ODE solution| from the same x_T at step seq[0] (notebook 05 §3)."""
     if isinstance(x_T, torch.Tensor) and x_T.ndim and not len(x_T):     # the mean of no samples: NaN, in silence
         raise ValueError(f"x_T is an empty batch {tuple(x_T.shape)}: an RMS over its samples needs at least one")
@@ -346,9 +348,12 @@ def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS,
     kernel = toy.bandwidth(mixture) if kernel is None else kernel
     scale = mixture.std() if standardize else torch.ones(mixture.d, dtype=torch.float64)
 
-    null = noise_floor(mixture, n, g, repeats, kernel, scale)
+    floor = noise_floor(mixture, n, g, repeats, kernel, scale)
     fresh = mixture.sample(n, g)
     table = object()                      # identifies the cells that share x_T, noise and data (`difference`)
+    # scipy's ODE solution from x_T[:n_ode], once per first step t (quadratic steps start at t = 800 for every S)
+    starts = {int(schedule.timesteps(S, T, spacing)[0]) for S in S_list} if n_ode > 0 and 0.0 in etas else set()
+    refs = {t: ode.reference_solution(eps, x_T[:n_ode], alpha_bar, t, rtol=ODE_RTOL, atol=ODE_RTOL) for t in sorted(starts)}
 
     ry = _row_sums(data / scale, kernel)  # the data side of every cell's statistic, computed once
 
@@ -356,8 +361,8 @@ def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS,
         if not bool(torch.isfinite(x0).all()):
             raise ValueError(f"{sampler}, S={S}: the samples contain NaN or inf")
         v, loo = _jackknife(x0 / scale, data / scale, kernel, ry)
-        return dict(sampler=sampler, eta=eta, S=S, steps=steps, mmd2=v, se=jackknife_se(loo), floor=null.floor,
-                    within_floor=v < FLOOR_K * null.floor, ode_err=None if ode_e2 is None else float(ode_e2.mean().sqrt()),
+        return dict(sampler=sampler, eta=eta, S=S, steps=steps, mmd2=v, se=jackknife_se(loo), floor=floor,
+                    within_floor=v < FLOOR_K * floor, ode_err=None if ode_e2 is None else float(ode_e2.mean().sqrt()),
                     seconds=seconds, kernel=kernel, standardized=standardize, d=mixture.d, loo=loo, table=table, ode_e2=ode_e2)
 
     rows = [row(DATA, None, None, 0, fresh, None, 0.0)]
@@ -373,7 +378,7 @@ def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS,
                 x0 = samplers.sample_row(eps, x_T, alpha_bar, seq, SIGMA_HAT if eta is None else eta, generator=noise,
                                          callback=callback)
                 seconds = time.perf_counter() - t0
-                e2 = ode_sq_errors(eps, x_T[:n_ode], alpha_bar, seq) if eta == 0.0 and n_ode > 0 else None
+                e2 = ode_sq_errors(eps, x_T[:n_ode], alpha_bar, seq, ref=refs[int(seq[0])]) if eta == 0.0 and n_ode > 0 else None
                 rows.append(row(name, eta, S, len(seq), x0, e2, seconds))
     return rows
 

@@ -171,6 +171,24 @@ def test_table1_keeps_each_x_T_squared_ode_error():
     assert lab.cell(rows, "eta=0", 10)["ode_err"] == pytest.approx(float(e2.mean().sqrt()))
 
 
+def test_table1_solves_each_ode_reference_once(monkeypatch):
+    """Quadratic steps start at t = 800 for every S, so the η = 0 rows of S = 10 and 20 share one ODE solution from
+    x_T[:n_ode]: `table1` solves it once (it solved it once per S), and each row's squared errors are those of a table
+    of that S alone."""
+    mix, calls = toy.eight_gaussians(), []
+    solve = lab.ode.reference_solution
+    monkeypatch.setattr(lab.ode, "reference_solution", lambda *a, **k: calls.append(a[3]) or solve(*a, **k))
+    kw = dict(etas=(0,), include_sigma_hat=False, spacing="quad", n=8, n_ode=3, seed=4, repeats=2)
+    both = lab.table1(mix, S_list=(10, 20), **kw)
+    assert calls == [800]
+    for S in (10, 20):
+        alone = lab.table1(mix, S_list=(S,), **kw)
+        assert torch.equal(lab.cell(both, "eta=0", S)["ode_e2"], lab.cell(alone, "eta=0", S)["ode_e2"])
+    assert calls == [800] * 3
+    lab.table1(mix, S_list=(10, 20), **{**kw, "spacing": "uniform"})        # uniform steps start at 900 and 950
+    assert calls[3:] == [900, 950]
+
+
 def _paired(xs, y, kernel):
     """Cells of one table for samples xs (each paired index by index with y), as `table1` builds them."""
     table = object()
@@ -207,7 +225,7 @@ def test_noise_floor_is_measured_on_two_fresh_data_sets():
     n, sd = 200, mix.std()
     g = torch.Generator().manual_seed(3)
     for kernel in (toy.ENERGY, toy.bandwidth(mix)):
-        floor = lab.noise_floor(mix, n, g, repeats=48, kernel=kernel, scale=sd).floor
+        floor = lab.noise_floor(mix, n, g, repeats=48, kernel=kernel, scale=sd)
         null = torch.tensor([toy.mmd2_unbiased(mix.sample(n, g) / sd, mix.sample(n, g) / sd, kernel)
                              for _ in range(48)])
         rms = float(null.pow(2).mean().sqrt())
@@ -218,6 +236,18 @@ def test_noise_floor_is_measured_on_two_fresh_data_sets():
     rows = lab.table1(S_list=(10,), etas=(0,), include_sigma_hat=False, n=500, n_ode=0, seed=4)
     data = lab.cell(rows, lab.DATA)
     assert data["floor"] > 0 and data["within_floor"]
+
+
+def test_noise_floor_is_the_floor_alone_from_the_same_draws():
+    """`noise_floor` returns the floor, a number (it returned toy.mmd's pair of a null value, used nowhere, and the
+    floor), computed from the same draws as before, so that seeded tables keep their numbers: it is `toy.mmd`'s floor
+    for n fresh samples, and leaves the generator where `toy.mmd` does."""
+    mix, n = toy.eight_gaussians(), 50
+    g, g_toy = torch.Generator().manual_seed(8), torch.Generator().manual_seed(8)
+    floor = lab.noise_floor(mix, n, g, repeats=3, kernel=toy.ENERGY, scale=mix.std())
+    assert type(floor) is float
+    assert floor == toy.mmd(mix.sample(n, g_toy), mix, g_toy, repeats=3, kernel=toy.ENERGY, scale=mix.std()).floor
+    assert torch.equal(g.get_state(), g_toy.get_state())
 
 
 def test_jackknife_se_matches_repeats():
