@@ -1,0 +1,44 @@
+"""The σ̂ claim of notebook 04 §3, on other jumps and draws: one step of DDPM's large-variance sampler
+(`ddpm_sample(..., "large")`, the DDIM paper's σ̂ row) from x_t ~ q(x_t | x_0) leaves x_s with variance
+Cov(x_s, x_t)²/Var(x_t) + β per coordinate (the law of total variance: DDPM's mean keeps the part of x_s that x_t
+explains, and the step adds β = 1 − ᾱ_t/ᾱ_s), which exceeds the marginal's 1 − ᾱ_s. The same Monte Carlo test must
+reject the small variance β̃ (η = 1's step, which keeps the marginal) and a σ̂ step whose variance is 1 − ᾱ_t, a
+plausible slip for 1 − ᾱ_t/ᾱ_s: failing the marginal test alone would not tell σ̂ from either of those."""
+import math
+
+import pytest
+import torch
+
+from ddimlab import diffusion, samplers, schedule
+
+AB = schedule.make_alpha_bar("linear", 1000)
+N = 100_000
+
+
+def _one_step(x0, t, s, variance, seed, step=None):
+    """x_s after one step t -> s of ddpm_sample with ε = the true noise (so x̂_0 = x_0), or of `step` (x_t, noise, z)."""
+    g = torch.Generator().manual_seed(seed)
+    noise, z = (torch.randn(N, 2, generator=g, dtype=torch.float64) for _ in range(2))
+    x_t = diffusion.q_sample(x0, float(AB[t]), noise)
+    if step is not None:
+        return step(x_t, noise, z)
+    return samplers.ddpm_sample(lambda x, t_: noise, x_t, AB, variance, seq=torch.tensor([t, s]),
+                                noise_sampler=lambda *_: z, return_trajectory=True)[1]["x"][1]
+
+
+def _variance_z(x_s, a_t, a_s):
+    """The largest |sample variance − Cov(x_s, x_t)²/(1 − ᾱ_t) − β| per coordinate, in standard errors."""
+    predicted = (math.sqrt(a_t / a_s) * (1 - a_s)) ** 2 / (1 - a_t) + (1 - a_t / a_s)
+    return float(((x_s.var(0) - predicted).abs() / (predicted * math.sqrt(2 / (N - 1)))).max())
+
+
+@pytest.mark.parametrize("t,s,seed", [(600, 400, 1), (300, 100, 2), (500, 200, 3)])
+def test_sigma_hat_step_has_the_law_of_total_variance_and_wrong_variances_fail(t, s, seed):
+    a_t, a_s = float(AB[t]), float(AB[s])
+    x0 = torch.tensor([[0.3, -0.5]], dtype=torch.float64).expand(N, 2)
+    right = _one_step(x0, t, s, "large", seed)
+    assert _variance_z(right, a_t, a_s) < 4
+    assert float(right.var(0).min()) > (1 - a_s) * (1 + 0.05)      # more than the marginal has
+    assert _variance_z(_one_step(x0, t, s, "small", seed), a_t, a_s) > 8
+    slip = lambda x_t, noise, z: diffusion.posterior_mean(x0, x_t, a_t, a_s) + math.sqrt(1 - a_t) * z   # noqa: E731
+    assert _variance_z(_one_step(x0, t, s, None, seed, slip), a_t, a_s) > 8
