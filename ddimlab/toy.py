@@ -210,14 +210,12 @@ class GaussianMixture:
 
     def _mix(self, logits, per_component):
         """Σ_k r_k(x) f_k(x), (B, d): per_component (K, d, B) weighted by the responsibilities r = softmax(logits) (K, B)."""
-        r = _responsibilities(logits, 0)[:, None, :]
-        weighted = r * per_component if per_component.requires_grad else per_component.mul_(r)    # in place: no graph
-        return weighted.sum(0).T.contiguous()
+        return (_responsibilities(logits, 0)[:, None, :] * per_component).sum(0).T.contiguous()
 
     def score(self, x: torch.Tensor, a=1.0) -> torch.Tensor:
         """∇_x log p_t(x) = Σ_k r_k(x) ∇ log N_k(x), with responsibilities r = softmax(log w_k N_k) (notebook 05 §3)."""
         logits, y, var, _ = self._components(x, a)
-        return self._mix(logits, self._rotate(self.eigvecs, y / var if y.requires_grad else y.div_(var)).neg_())
+        return self._mix(logits, -self._rotate(self.eigvecs, y / var))
 
     def x0_mean(self, x: torch.Tensor, a) -> torch.Tensor:
         """E[x_0 | x_t = x] for ᾱ = a, by Gaussian conditioning in each component (notebook 04 §4):
@@ -276,8 +274,7 @@ class GaussianMixture:
         a64 = _alpha_bar_tensor(a)
         s = (1 - a64).clamp_min(0).sqrt()
         s = s[:, None] if s.ndim == 1 else s
-        score = self.score(x, a64)
-        return (-s * score if score.requires_grad else score.mul_(-s)).to(x.dtype)
+        return (-s * self.score(x, a64)).to(x.dtype)
 
 
 class SharedBasisMixture(GaussianMixture):

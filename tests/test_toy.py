@@ -48,7 +48,7 @@ def test_one_step_for_every_row_is_the_per_row_answer_bit_for_bit(d, monkeypatch
     mixture one 0-d ᾱ (`ode._one_step`), which it checks and uses once (notebook 10 runs faster so). Each row must be the
     very number it is where the rows' steps differ (the per-row path), for integer and fractional steps and through
     `ode.thresholded_eps`; and where a graph is recorded (x requiring grad) the mixture computes out of place: the same
-    numbers again (tests the in-place arithmetic of `GaussianMixture._components`, `score`, `_mix` and `eps`)."""
+    numbers again (tests the in-place arithmetic of `GaussianMixture._components`)."""
     mix = toy.random_mixture(d=d, K=4, seed=3)
     eps = toy.exact_eps(mix, AB)
     thr = ode.thresholded_eps(eps, AB)
