@@ -106,6 +106,16 @@ def _alpha_bar_cont(alpha_bar: torch.Tensor, t) -> torch.Tensor:
     return torch.where(frac == 0, exact, out)
 
 
+def _one_step(t, x):
+    """`t`, or its first entry where t is a (B,) tensor for x's B rows that holds one step B times (what the samplers and
+    solvers pass, `samplers.call_eps`), so that an exact ε (`toy.exact_eps`, `thresholded_eps`) looks ᾱ up once and forms
+    its coefficients once, not once per row: the same values (tests/test_toy.py compares them bit for bit)."""
+    if (isinstance(t, torch.Tensor) and t.ndim == 1 and len(t) > 1 and isinstance(x, torch.Tensor) and x.ndim
+            and len(t) == x.shape[0] and bool((t == t[0]).all())):
+        return t[:1]
+    return t
+
+
 def sigma_at(alpha_bar: torch.Tensor, t) -> torch.Tensor:
     """σ(t) = √((1−ᾱ(t))/ᾱ(t)) with continuous t (notebook 05 §1)."""
     a = alpha_bar_cont(alpha_bar, t)
@@ -886,11 +896,14 @@ def thresholded_eps(eps, alpha_bar, p: float = 0.995, s_max: float = math.inf):
     dynamic_threshold(torch.zeros(1, 1), p, s_max)           # p and s_max checked now, not at the first step
 
     def eps_thr(x, t):
-        a = _alpha_bar_cont(alpha_bar, t)
+        one = _one_step(t, x)
+        a = _alpha_bar_cont(alpha_bar, one)
         if bool((a >= 1).any()):       # reference_solution's default t_end = -1 (predict_x0: "a_t must lie in [0, 1)")
             raise ValueError("thresholded_eps is undefined at t = -1 (alpha_bar = 1, sigma = 0), where eps = (x - sqrt(a) "
                              "x0_thr)/sqrt(1 - a) divides by 0: stop the ODE at t_end = 0 (the solvers' last step, 0 -> -1, "
                              "calls eps at t = 0 only)")
+        if one is not t:               # one step for every row: ᾱ as a number, the same coefficients as per row
+            a = float(a[0])
         e = of_eps_kind(eps(x.clone(), t), x, "thresholded_eps: eps", same_dtype=False)
         if not all_finite(e):    # returned as it is: the sampler's NonFiniteError names the step
             return e

@@ -46,12 +46,15 @@ def _f64(x, name):
 
 def _responsibilities(logits, dim, log=False):
     """softmax(logits) (or log_softmax) along the components' axis `dim`. A row whose density underflows to 0 in every
-    component (entries past about 1e150, whose squares overflow float64) has none: an error, where softmax gives NaN."""
-    lost = torch.isneginf(logits).all(dim)
-    if bool(lost.any()):
-        raise ValueError(f"x is too far from the data for float64 densities: row {int(lost.nonzero()[0])} has density 0 "
-                         "under every component (entries past about 1e150 overflow when squared)")
-    return (torch.log_softmax if log else torch.softmax)(logits, dim=dim)
+    component (entries past about 1e150, whose squares overflow float64) has none: an error, where softmax gives NaN.
+    Such a row is looked for only where the answer is not finite (one pass over it, `all_finite`, at every ε* call)."""
+    r = (torch.log_softmax if log else torch.softmax)(logits, dim=dim)
+    if not all_finite(r):
+        lost = torch.isneginf(logits).all(dim)
+        if bool(lost.any()):
+            raise ValueError(f"x is too far from the data for float64 densities: row {int(lost.nonzero()[0])} has density "
+                             "0 under every component (entries past about 1e150 overflow when squared)")
+    return r
 
 
 def _weights_and_means(weights, means):
@@ -154,12 +157,28 @@ class GaussianMixture:
         took 2.4 (ring) and 3.4 (8-D) times less on one thread than with (B, K, d) tensors. Valid for a ∈ [0, 1]: at a = 0
         every component is N(0, I)."""
         x = self._check_x(x)
-        a = self._alpha_bar_rows(x, a)
-        a = (a[:1] if len(a) and bool((a == a[0]).all()) else a)[None, None, :]    # (1, 1, B), or (1, 1, 1): one ᾱ
+        a = self._one_alpha_bar(x, a)[None, None, :]             # (1, 1, B), or (1, 1, 1): one ᾱ
         var = a * self.eigvals[:, :, None] + (1 - a)            # eigenvalues of the covariance
-        y = self.eigvecs.mT @ x.T - a.sqrt() * self._means_eig[:, :, None]
-        log_n = -0.5 * ((y * y / var).sum(1) + var.log().sum(1) + self.d * math.log(2 * math.pi))
-        return self.weights.log()[:, None] + log_n, y, var, a
+        # the formulas' operations in their order, in place where a temporary of the batch's size would be made (a fresh
+        # one per call: at B·K·d·8 bytes past 128 kB each is a new mapping whose pages fault in), the same values
+        y = self._rotate(self.eigvecs.mT, x.T).sub_(a.sqrt() * self._means_eig[:, :, None])
+        log_n = (y * y).div_(var).sum(1).add_(var.log().sum(1)).add_(self.d * math.log(2 * math.pi)).mul_(-0.5)
+        return log_n.add_(self.weights.log()[:, None]), y, var, a
+
+    def _rotate(self, U, v):
+        """U @ v for the components' rotations U (K, d, d) and v (d, B) or (K, d, B); for d = 1 the elementwise product,
+        which is the same number (a 1 × 1 product has no sum to round) without a batched matrix product's overhead."""
+        return U * v if self.d == 1 else U @ v
+
+    @classmethod
+    def _one_alpha_bar(cls, x, a) -> torch.Tensor:
+        """ᾱ as (1,) where every row of x has the same one, else `_alpha_bar_rows` (B,). One ᾱ given as a number or a 0-d
+        tensor (what `exact_eps` passes for the samplers' steps) is checked once, not once per row (x with rows)."""
+        a = _alpha_bar_tensor(a)
+        if a.ndim == 0 and x.shape[0]:
+            return cls._alpha_bar_rows(x[:1], a)
+        a = cls._alpha_bar_rows(x, a)
+        return a[:1] if len(a) and bool((a == a[0]).all()) else a
 
     @staticmethod
     def _alpha_bar_rows(x, a) -> torch.Tensor:
@@ -196,7 +215,7 @@ class GaussianMixture:
     def score(self, x: torch.Tensor, a=1.0) -> torch.Tensor:
         """∇_x log p_t(x) = Σ_k r_k(x) ∇ log N_k(x), with responsibilities r = softmax(log w_k N_k) (notebook 05 §3)."""
         logits, y, var, _ = self._components(x, a)
-        return self._mix(logits, -(self.eigvecs @ (y / var)))
+        return self._mix(logits, -self._rotate(self.eigvecs, y / var))
 
     def x0_mean(self, x: torch.Tensor, a) -> torch.Tensor:
         """E[x_0 | x_t = x] for ᾱ = a, by Gaussian conditioning in each component (notebook 04 §4):
@@ -329,6 +348,8 @@ class SharedBasisMixture(GaussianMixture):
     def _per_alpha_bar(self, one, x, a):
         """one(rows of x, ᾱ as a float) for each distinct ᾱ in a (a float or a (B,) tensor), put back in x's row order."""
         x = self._check_x(x)
+        if _alpha_bar_tensor(a).ndim == 0 and x.shape[0]:     # one ᾱ given (`exact_eps` at a sampler's step): no sort
+            return one(x, float(self._alpha_bar_rows(x[:1], a)[0]))
         values, group, counts = torch.unique(self._alpha_bar_rows(x, a), return_inverse=True, return_counts=True)
         if len(values) <= 1:                                  # one ᾱ for every row (or no rows: any ᾱ will do)
             return one(x, float(values[0]) if len(values) else 1.0)
@@ -430,7 +451,7 @@ def exact_eps(mixture: GaussianMixture, alpha_bar: torch.Tensor):
     alpha_bar = schedule.validate_alpha_bar(alpha_bar)      # a β table gave a finite, wrong ε*
 
     def eps(x: torch.Tensor, t) -> torch.Tensor:
-        a = ode._alpha_bar_cont(alpha_bar, t)              # validated once, above
+        a = ode._alpha_bar_cont(alpha_bar, ode._one_step(t, x))   # validated once, above
         if a.ndim == 1 and a.shape[0] == 1 and x.shape[0] != 1:
             a = a[0]
         return mixture.eps(x, a)

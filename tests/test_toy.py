@@ -7,7 +7,7 @@ import torch
 from scipy.spatial.distance import cdist
 from scipy.stats import multivariate_normal
 
-from ddimlab import checks, samplers, schedule, toy
+from ddimlab import checks, ode, samplers, schedule, toy
 from ddimlab.diffusion import eps_from_v, posterior_mean, predict_x0, q_sample, x0_from_v
 
 AB = schedule.make_alpha_bar("linear", 1000)
@@ -40,6 +40,44 @@ def test_per_sample_alpha_bar_matches_scalar(mix):
     rows = torch.cat([mix.eps(x[i:i + 1], float(a[i])) for i in range(5)])
     torch.testing.assert_close(mix.eps(x, a), rows, rtol=1e-12, atol=1e-14)
     assert bool((mix.eps(x, 1.0) == 0).all())        # clean data: nothing to predict
+
+
+@pytest.mark.parametrize("d", [1, 3])
+def test_one_step_for_every_row_is_the_per_row_answer_bit_for_bit(d, monkeypatch):
+    """The samplers and solvers pass one step B times (`samplers.call_eps`): exact_eps then looks ᾱ up once and hands the
+    mixture one 0-d ᾱ (`ode._one_step`), which it checks and uses once (notebook 10 runs faster so). Each row must be the
+    very number it is where the rows' steps differ (the per-row path), for integer and fractional steps and through
+    `ode.thresholded_eps`; and where a graph is recorded (x requiring grad) the mixture computes out of place: the same
+    numbers again (tests the in-place arithmetic of `GaussianMixture._components`)."""
+    mix = toy.random_mixture(d=d, K=4, seed=3)
+    eps = toy.exact_eps(mix, AB)
+    thr = ode.thresholded_eps(eps, AB)
+    x = 1.5 * torch.randn(300, d, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    given = []
+    real_eps = mix.eps
+    monkeypatch.setattr(mix, "eps", lambda x, a: given.append(a) or real_eps(x, a))
+    for t in (0, 17, 500, 999, 0.5, 250.25, 998.7):
+        one = torch.full((300,), t, dtype=torch.long if isinstance(t, int) else torch.float64)
+        rows = one.clone()
+        rows[-1] = 3                                   # one row at another step: the per-row path
+        for f in (eps, thr):
+            got = f(x, one)
+            assert torch.equal(got[:-1], f(x, rows)[:-1]), (f, t)
+        assert given[-4].ndim == 0 and given[-3].shape == (300,) and given[-2].ndim == 0 and given[-1].shape == (300,)
+        graph = eps(x.clone().requires_grad_(), one)
+        assert graph.requires_grad and torch.equal(graph.detach(), eps(x, one)), t
+
+
+def test_the_1d_rotation_as_a_product_is_the_matrix_product_bit_for_bit(monkeypatch):
+    """For d = 1 the mixture rotates by an elementwise product (`GaussianMixture._rotate`), not by a batched matrix
+    product: the same numbers, on notebook 10's two-class mixture at every step kind."""
+    mix = toy.GaussianMixture(torch.tensor([0.5, 0.25, 0.25]), torch.tensor([[-1.0], [0.5], [1.5]]),
+                              torch.tensor([0.09, 0.04, 0.04])[:, None, None])
+    x = 2 * torch.randn(500, 1, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    got = {a: (mix.eps(x, a), mix.x0_mean(x, a), mix.log_prob(x, a)) for a in (0.0, 1e-4, 0.3, 0.99, 1.0)}
+    monkeypatch.setattr(toy.GaussianMixture, "_rotate", lambda self, U, v: U @ v)
+    for a, (e, m, lp) in got.items():
+        assert torch.equal(e, mix.eps(x, a)) and torch.equal(m, mix.x0_mean(x, a)) and torch.equal(lp, mix.log_prob(x, a))
 
 
 def _moments_close(x, mean, cov, n_se=5.0):
