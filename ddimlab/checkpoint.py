@@ -20,6 +20,8 @@ import os
 import pickle
 import pickletools
 import re
+import struct
+import sys
 import warnings
 import zipfile
 from importlib import resources
@@ -184,6 +186,16 @@ def _plain_pickle(head: bytes) -> bool:
     return False
 
 
+def _cut_name(dotted: str) -> bool:
+    """Whether a global that a pickle names is a name cut short: its module is loaded and has no such attribute (an
+    old-format torch file cut inside `torch._utils._rebuild_tensor_v2`), so the file is truncated, not asking to run
+    code. A module not loaded is not imported to find out (importing runs its code): such a name is taken as given."""
+    module, _, attr = dotted.rpartition(".")
+    if not all(part.isidentifier() for part in dotted.split(".")):      # "t." or ".": cut inside the module's name
+        return True
+    return module in sys.modules and not hasattr(sys.modules[module], attr)
+
+
 def _torch_load(path, map_location, mmap=False):
     path = Path(path)
     if not path.is_file():
@@ -200,12 +212,12 @@ def _torch_load(path, map_location, mmap=False):
     except pickle.UnpicklingError as e:
         _refuse_other_formats(path)        # first: a plain pickle's tensor names torch's _load_from_bytes too
         what = re.search(r"(?:unsupported global|global)[:\s]+(?:GLOBAL\s+)?([\w.]+)", str(e), re.I)
-        if what:  # a sound file that names Python callables: loading it would run code
+        if what and not _cut_name(what.group(1)):  # a sound file that names Python callables: loading would run code
             raise CheckpointError(f"refused: {path} asks to run code when loaded (it names {what.group(1)}); "
                                   f"ddimlab loads only tensors and plain containers") from None
         raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated, corrupted, or not a "
                               f"torch file)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError, struct.error) as e:
         _refuse_other_formats(path)
         size, said = path.stat().st_size, (str(e).strip().splitlines() or [""])[0].split(". ")[0][:120]   # torch's first words
         raise CheckpointError(f"{path} ({size} bytes) is not a readable torch checkpoint; it is probably truncated or "
