@@ -55,16 +55,22 @@ def _per_step():
     return out
 
 
+def _step(wb, eta, t):
+    """(A, B, σ) of eq. 12's step t → t−1 with ε_θ^(t)(x) = w_t x + b_t: x_{t−1} = A x_t + B + σ z, σ = η √β̃_t (eq. 16)."""
+    a_t, a_s = _ab(t), _ab(t - 1)
+    w, b = wb[t - 1]
+    sg = eta * math.sqrt((1 - a_s) / (1 - a_t)) * math.sqrt(1 - a_t / a_s)
+    k = math.sqrt(max(1 - a_s - sg ** 2, 0.0))
+    A = math.sqrt(a_s) * (1 - math.sqrt(1 - a_t) * w) / math.sqrt(a_t) + k * w
+    B = (k - math.sqrt(a_s) * math.sqrt(1 - a_t) / math.sqrt(a_t)) * b
+    return A, B, sg
+
+
 def _law(wb, eta):
     """(mean, sd) of x_0 from x_T ~ N(0, 1) through all 10 steps, eq. 12 with ε_θ^(t)(x) = w_t x + b_t."""
     mean, var = 0.0, 1.0
     for t in range(T10, 0, -1):
-        a_t, a_s = _ab(t), _ab(t - 1)
-        w, b = wb[t - 1]
-        sg = eta * math.sqrt((1 - a_s) / (1 - a_t)) * math.sqrt(1 - a_t / a_s)
-        k = math.sqrt(max(1 - a_s - sg ** 2, 0.0))
-        A = math.sqrt(a_s) * (1 - math.sqrt(1 - a_t) * w) / math.sqrt(a_t) + k * w
-        B = (k - math.sqrt(a_s) * math.sqrt(1 - a_t) / math.sqrt(a_t)) * b
+        A, B, sg = _step(wb, eta, t)
         mean, var = A * mean + B, A ** 2 * var + sg ** 2
     return mean, math.sqrt(var)
 
@@ -80,6 +86,24 @@ def test_the_moment_recursion_is_what_ddim_sample_does():
     out = samplers.ddim_sample(lambda x, t: wb[0][0] * x + wb[0][1], x_T, AB10, torch.arange(T10 - 1, -1, -1))[:, 0]
     mean, sd = _law(wb, 0.0)
     assert abs(float(out[0]) - mean) < 1e-12 and abs(float(out[1] - out[0]) - sd) < 1e-12
+
+
+def test_the_step_recursion_is_what_ddim_sample_does_with_noise():
+    """The same recursion with η = 1 (DDPM) and η = 0.5, driven by the noise the sampler draws, against `ddim_sample`
+    step by step: notebook 03 reads the law of DDPM's samples off the sampler itself (unit inputs, checked against its
+    own Monte Carlo), so a wrong noise term there (σ² z for σ z) passed; here the noise enters through eq. 12 written out."""
+    gen = torch.Generator().manual_seed(7)
+    z = {t: torch.randn(4, 1, generator=gen, dtype=torch.float64) for t in range(T10)}      # library step t = paper's t + 1
+    x_T = torch.randn(4, 1, generator=gen, dtype=torch.float64)
+    for eta in (0.5, 1.0):
+        wb = _shared_fit(_weights(eta))
+        out = samplers.ddim_sample(lambda x, t: wb[0][0] * x + wb[0][1], x_T, AB10, torch.arange(T10 - 1, -1, -1), eta=eta,
+                                   noise_sampler=lambda t, s: z[t])
+        x = x_T.clone()
+        for t in range(T10, 0, -1):
+            A, B, sg = _step(wb, eta, t)
+            x = A * x + B + sg * z[t - 1]
+        assert float((out - x).abs().max()) < 1e-12
 
 
 def test_nb03_weighting_claims():
