@@ -113,11 +113,14 @@ def noise_floor(mixture: toy.GaussianMixture, n: int, generator: torch.Generator
                 repeats: int = 8, kernel=None, scale=None) -> float:
     """The metric's noise floor at n (notebook 09 §1): the RMS of the statistic between two fresh data sets of size n
     over `repeats` pairs, what a perfect sampler scores at this n. kernel and scale as in `toy.mmd` (None: the Gaussian
-    kernel of `toy.bandwidth(mixture)`, no scaling), whose floor it is; `toy.mmd`'s other number, one data set against
-    fresh data, is not returned, but its draws are still taken, so that seeded tables keep their numbers.
+    kernel of `toy.bandwidth(mixture)`, no scaling), whose floor it is (`toy.mmd_floor`). The two sets of n draws that
+    `toy.mmd`'s other number took (one data set against fresh data; not computed) are still drawn first, so that seeded
+    tables keep their numbers.
     """
-    return toy.mmd(toy.check_mixture(mixture).sample(n, generator), mixture, generator, repeats=repeats, kernel=kernel,
-                   scale=scale).floor
+    mixture = toy.check_mixture(mixture)
+    for _ in range(2):
+        mixture.sample(n, generator)
+    return toy.mmd_floor(mixture, n, generator, repeats, kernel, scale)
 
 
 def error_ratio(e2_a: torch.Tensor, e2_b: torch.Tensor, draws: int = 2000, seed: int = 0) -> dict:

@@ -274,7 +274,9 @@ class GaussianMixture:
         a64 = _alpha_bar_tensor(a)
         s = (1 - a64).clamp_min(0).sqrt()
         s = s[:, None] if s.ndim == 1 else s
-        return (-s * self.score(x, a64)).to(x.dtype)
+        score = self.score(x, a64)
+        # −s · score: in place on score's fresh (B, d) table where no gradient flows through it (the same values)
+        return (score.mul_(-s) if not score.requires_grad else -s * score).to(x.dtype)
 
 
 class SharedBasisMixture(GaussianMixture):
@@ -373,7 +375,11 @@ class SharedBasisMixture(GaussianMixture):
     def _score_one(self, x, a):
         xe, logits, inv = self._fast(x, a)
         r = _responsibilities(logits, 1)
-        return self._from_eigen(-xe * (r @ inv) + math.sqrt(a) * r @ (self._means_eig * inv))
+        if xe.requires_grad:
+            return self._from_eigen(-xe * (r @ inv) + math.sqrt(a) * r @ (self._means_eig * inv))
+        # the same formula in place on r @ inv's (B, d) table, two fewer of them (at d = 1024 each is a fresh 4 MB
+        # mapping per call): −xe · R = −(R · xe) and a sum in either order are the same numbers
+        return self._from_eigen((r @ inv).mul_(xe).neg_().add_(math.sqrt(a) * r @ (self._means_eig * inv)))
 
     def _x0_mean_one(self, x, a):
         xe, logits, inv = self._fast(x, a)
@@ -632,21 +638,41 @@ def mmd(samples: torch.Tensor, mixture: GaussianMixture, generator: torch.Genera
     """Distance of `samples` (n, d) to the data distribution, with its own noise floor (notebook 09 §1).
 
     mmd2 is `mmd2_unbiased` to n fresh data draws; floor is the RMS of the same statistic between two
-    independent sets of n data draws, over `repeats` repetitions. kernel: None for the Gaussian kernel
+    independent sets of n data draws, over `repeats` repetitions (`mmd_floor`). kernel: None for the Gaussian kernel
     with `bandwidth(mixture)`, a bandwidth, or ENERGY for the energy distance. scale: None, or a (d,)
     tensor every point is divided by first (`mixture.std()`: each coordinate on its own scale).
     """
     samples, mixture = points(samples, "samples"), check_mixture(mixture)
     if samples.shape[1] != mixture.d or samples.shape[0] < 2:
         raise ValueError(f"samples must have shape (n >= 2, d = {mixture.d}), got {tuple(samples.shape)}")
+    repeats, kernel, scale = _mmd_options(mixture, repeats, kernel, scale)
+    n = samples.shape[0]
+    value = mmd2_unbiased(samples / scale, mixture.sample(n, generator) / scale, kernel)
+    return MMDResult(value, _null_rms(mixture, n, generator, repeats, kernel, scale))
+
+
+def mmd_floor(mixture: GaussianMixture, n: int, generator: torch.Generator | None = None,
+              repeats: int = 8, kernel=None, scale=None) -> float:
+    """`mmd`'s floor alone, for sets of n points (notebook 09 §1): the RMS of `mmd2_unbiased` between two sets of n fresh
+    data draws over `repeats` pairs, the 2·repeats draws taken as `mmd` takes them after its own (`lab.noise_floor`).
+    kernel and scale as in `mmd`."""
+    mixture = check_mixture(mixture)
+    n = check_int("n", n, 2, note=" (the unbiased statistic needs 2 points per set)")
+    return _null_rms(mixture, n, generator, *_mmd_options(mixture, repeats, kernel, scale))
+
+
+def _mmd_options(mixture: GaussianMixture, repeats, kernel, scale):
+    """`mmd`'s repeats, kernel (None: `bandwidth(mixture)`) and scale (None: ones), checked."""
     repeats = check_int("repeats", repeats, 2, note=" (to estimate a standard deviation)")
     kernel = bandwidth(mixture) if kernel is None else kernel
     scale = torch.ones(mixture.d, dtype=torch.float64) if scale is None else torch.as_tensor(scale, dtype=torch.float64)
     if scale.shape != (mixture.d,) or not bool((torch.isfinite(scale) & (scale > 0)).all()):
         raise ValueError(f"scale must be None or a ({mixture.d},) tensor of finite values > 0 (e.g. mixture.std()), "
                          f"got shape {tuple(scale.shape)}")
-    n = samples.shape[0]
-    value = mmd2_unbiased(samples / scale, mixture.sample(n, generator) / scale, kernel)
+    return repeats, kernel, scale
+
+
+def _null_rms(mixture, n, generator, repeats, kernel, scale) -> float:
     null = torch.tensor([mmd2_unbiased(mixture.sample(n, generator) / scale, mixture.sample(n, generator) / scale,
                                        kernel) for _ in range(repeats)])
-    return MMDResult(value, float(null.pow(2).mean().sqrt()))  # the null has mean 0: RMS = std
+    return float(null.pow(2).mean().sqrt())     # the null has mean 0: RMS = std

@@ -553,3 +553,13 @@ def test_sigma_hat_jump_keeps_the_mean_on_the_schedule():
     samplers.sample_row(eps, x_t, ab, torch.tensor([t, s]), samplers.SIGMA_HAT, noise_sampler=no_noise,
                         callback=lambda st: seen.__setitem__(int(st["s"]), st["x"]))
     torch.testing.assert_close(seen[s], float(c0[t, s]) * x0_hat + float(ct[t, s]) * x_t, rtol=1e-12, atol=1e-12)
+
+
+def test_noise_floor_computes_only_its_repeats(monkeypatch):
+    """`noise_floor` computes the `repeats` statistics of its floor and no other: it computed toy.mmd's one data set
+    against fresh data too (three more n x n kernel tables per table1) and dropped it."""
+    calls = []
+    real = toy.mmd2_unbiased
+    monkeypatch.setattr(toy, "mmd2_unbiased", lambda *args: calls.append(len(args[0])) or real(*args))
+    lab.noise_floor(toy.eight_gaussians(), 30, torch.Generator().manual_seed(0), repeats=3, kernel=toy.ENERGY)
+    assert calls == [30, 30, 30]
