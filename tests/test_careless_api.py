@@ -1182,7 +1182,8 @@ def test_eighteenth_round_files_of_the_user_are_kept(tmp_path):
     with pytest.raises(ValueError, match="does not end in .png"):
         plotting.save_image_grid(torch.zeros(1, 1, 4, 4), tmp_path / "out.jpg")
     (tmp_path / "d").mkdir()
-    with pytest.raises(IsADirectoryError, match=f"a folder is there.*{tmp_path / 'd'}'$"):
+    with pytest.raises(IsADirectoryError, match=f"^{tmp_path / 'd'} is a folder, so no file can be written in its place; "
+                                                 f"give a file name$"):
         checkpoint.save_checkpoint(tmp_path / "d", step=1)
 
     sched = tmp_path / "u" / "scheduler" / "scheduler_config.json"

@@ -3488,3 +3488,16 @@ def test_round_44_a_text_file_as_checkpoint_is_not_called_an_interrupted_downloa
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.splitlines()[0] == f"python -m ddimlab sample: error: {tmp_path / name} {said}", r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.pt", "hi.pt"]
+
+
+def test_round_46_a_folder_that_cannot_be_made_is_said_in_words_not_as_an_errno(tmp_path):
+    """`lab --out f/x` with f a file said "[Errno 20] cannot create the folder f/x (f is a file, not a folder); choose
+    another --out": an OSError built as OSError(errno, message) prints the number first. Now the words alone
+    (`files.os_error`; the errno is kept on the exception). `python -m ddimlab` in a subprocess; nothing is written."""
+    (tmp_path / "f").write_text("")
+    r = subprocess.run([sys.executable, "-m", "ddimlab", "lab", "--out", "f/x", "--n", "8"], capture_output=True,
+                       text=True, timeout=300, cwd=tmp_path, env={**os.environ, "DDIMLAB_DEBUG": ""})
+    assert r.returncode == 1 and r.stderr.splitlines() == [
+        "python -m ddimlab lab: error: cannot create the folder f/x (f is a file, not a folder); choose another --out",
+        "(run again with --debug for the traceback)"], r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
