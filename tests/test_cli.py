@@ -3501,3 +3501,17 @@ def test_round_46_a_folder_that_cannot_be_made_is_said_in_words_not_as_an_errno(
         "python -m ddimlab lab: error: cannot create the folder f/x (f is a file, not a folder); choose another --out",
         "(run again with --debug for the traceback)"], r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_round_46_an_old_format_checkpoint_of_pickle_protocol_4_is_named_for_what_it_is(tmp_path):
+    """`sample --checkpoint old4.pt`, saved by torch.save(..., _use_new_zipfile_serialization=False, pickle_protocol=4),
+    said "is not a readable torch checkpoint (truncated, corrupted, or not a torch file)" of a whole file; now what it
+    is and how to convert it. `python -m ddimlab` in a subprocess; nothing is written."""
+    torch.save({"w": torch.zeros(2)}, tmp_path / "old4.pt", _use_new_zipfile_serialization=False, pickle_protocol=4)
+    r = _run("sample", "--checkpoint", tmp_path / "old4.pt", "--n", "1", "--steps", "2", "--out", tmp_path / "s")
+    assert r.returncode == 1 and r.stderr.splitlines() == [
+        f"python -m ddimlab sample: error: {tmp_path / 'old4.pt'} is a torch checkpoint in the format before PyTorch 1.6 "
+        f"pickled with protocol 4, which torch's weights-only loader cannot read (it reads 2 and 3): if you trust the "
+        f"file, torch.save(torch.load(path, weights_only=False), new_path) writes one that loads; or pass "
+        f"{checkpoint.LOADABLE}", "(run again with --debug for the traceback)"], r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old4.pt"]
