@@ -189,7 +189,7 @@ def check_out_folder(out: Path, what: str = "a run folder") -> None:
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not {what}; choose another --out")
     if out.is_symlink() and not out.exists():
-        raise FileNotFoundError(f"--out {unresolved_link(out)}")
+        raise FileNotFoundError(f"--out {unresolved_link(out)}; choose another --out (or make the link's target first)")
 
 
 def unresolved_link(path) -> str | None:

@@ -3515,3 +3515,16 @@ def test_round_46_an_old_format_checkpoint_of_pickle_protocol_4_is_named_for_wha
         f"file, torch.save(torch.load(path, weights_only=False), new_path) writes one that loads; or pass "
         f"{checkpoint.LOADABLE}", "(run again with --debug for the traceback)"], r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old4.pt"]
+
+
+def test_round_46_an_out_that_is_a_dangling_link_says_what_to_do_as_lab_does(tmp_path):
+    """`train --out dl`, dl a symbolic link to nothing, said only "--out dl is a symbolic link to nowhere, which does not
+    exist" (so did reproduce, gpu_check.py and make_figures.py: `files.check_out_folder`), where `lab --out dl` adds
+    "choose another --out". Now each says what to do. `python -m ddimlab` in a subprocess; the link is left as it was."""
+    (tmp_path / "dl").symlink_to("nowhere")
+    r = subprocess.run([sys.executable, "-m", "ddimlab", "train", "--out", "dl", "--preset", "digits", "--set", "steps=1"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**os.environ, "DDIMLAB_DEBUG": ""})
+    assert r.returncode == 1 and r.stderr.splitlines() == [
+        "python -m ddimlab train: error: --out dl is a symbolic link to nowhere, which does not exist; choose another --out "
+        "(or make the link's target first)", "(run again with --debug for the traceback)"], r.stderr
+    assert os.listdir(tmp_path) == ["dl"] and os.readlink(tmp_path / "dl") == "nowhere"
