@@ -156,13 +156,14 @@ def main(argv=None):
             p.error(str(e))
         if names_a_folder(args.json):
             p.error(f"argument --json: {args.json} names a folder; give a file name")
-        if (Path(args.json).exists() or Path(args.json).is_symlink()) and not args.overwrite:   # an earlier run's results
-            # (a GPU's, perhaps), or a link to none yet: writing replaces the link
-            p.error(f"argument --json: {args.json} already exists; pass --overwrite to replace it or choose another --json")
+        try:                       # an earlier run's results (a GPU's, perhaps), or a link to none yet
+            files.refuse_existing(args.overwrite, args.json, option="--json")
+        except FileExistsError as e:
+            p.error(f"argument --json: {e}")
         try:
             files.check_can_write(Path(args.json).parent, hint="choose another --json")
         except OSError as e:
-            p.error(f"argument --json: {e.strerror}")
+            p.error(f"argument --json: {e}")
     need_diffusers(p.prog)
     saved_threads = torch.get_num_threads()
     try:

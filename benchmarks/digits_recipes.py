@@ -23,6 +23,7 @@ import torch
 
 from ddimlab import demo, devices, pretrained, quality, samplers, schedule
 from ddimlab.checkpoint import eps_fn
+from ddimlab.checks import check_fits
 from ddimlab.cli import Distinct, Formatter, folder, int_in, one_line_errors
 from ddimlab.files import check_can_write
 
@@ -35,6 +36,20 @@ RECIPES = {
     "former-16x16": dict(resolution=16, ch_mult=(1, 2, 2), attn_resolutions=(8,), batch_size=64, lr=2e-3,
                          lr_decay="none", t_sampling="uniform", steps=3000),
 }
+
+# evaluate's peak memory per sample and per pixel of its images, a lower bound: 1.58 kB measured for the preset (8 x 8;
+# n = 1000 -> 8000: 412 -> 1089 MiB at its end) and 1.51 kB for former-16x16 (an untrained network; n = 500 -> 3000:
+# 580 -> 1526 MiB), one thread on CPU (ru_maxrss)
+SAMPLE_PIXEL_BYTES = 1500
+
+
+def check_n_fits(n: int, recipes) -> None:
+    """`--n` samples of the largest recipe's images, sampled and scored at once (`evaluate`), must fit in half of this
+    machine's memory (`checks.check_fits`, as `lab --n`): --n 1000000000 allocated for minutes before failing."""
+    res = max(pretrained.digits_config(overrides=RECIPES[name]).resolution for name in recipes)
+    per = SAMPLE_PIXEL_BYTES * res * res
+    check_fits(n * per, f"--n {n:,} samples of {res} x {res} digits, sampled and scored at once",
+               lambda limit: f"give --n at most {int(limit // per):,}")
 
 
 @torch.no_grad()
@@ -92,6 +107,7 @@ def main(argv=None) -> dict:
         p.error("the mean FD's standard error is its spread over the x_T sets (and training seeds): give at least two "
                 "--x-seeds (or two --seeds) to compare recipes")
     with one_line_errors(p.prog):    # e.g. a --cache that cannot be written; after Ctrl-C a half-trained model is retrained
+        check_n_fits(args.n, args.recipes)
         check_can_write(pretrained.models_dir(args.cache), hint="choose another --cache")   # before the first training
         config = pretrained.digits_config()      # every recipe keeps the preset's schedule and T (so does --S's bound)
         for S in args.S:      # S = 1 on the uniform grid is t = 0 alone: its "samples" are x_T, as `sample` warns

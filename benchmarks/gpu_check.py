@@ -32,7 +32,7 @@ import torch
 
 from ddimlab import checkpoint, devices, generate, schedule
 from ddimlab.cli import USER_ERRORS, folder, refuse_dotdot_through_missing, sigterm_as_interrupt
-from ddimlab.files import atomic_write, check_out_folder
+from ddimlab.files import atomic_write, check_out_folder, refuse_existing
 from ddimlab.train import _check_out, make_config, read_log, refuse_sample_folder, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # bench_unet.py sits beside this script
@@ -158,9 +158,7 @@ def check(args) -> dict:
     refuse_sample_folder(out)              # a `reproduce` cell: gpu_check.json and run/ would lie among its samples
     _check_out(out / "run", resume=False, overwrite=args.overwrite, resumable=False)   # before the benchmark's minutes
     report_file = out / "gpu_check.json"   # an earlier check's report (a lent GPU's, perhaps), its run removed or not
-    if (report_file.exists() or report_file.is_symlink()) and not args.overwrite:
-        raise FileExistsError(f"{report_file} already exists (an earlier check's report); pass --overwrite to replace it, "
-                              f"or choose another --out")
+    refuse_existing(args.overwrite, report_file, hint=" (an earlier check's report)")
     t0 = time.perf_counter()
     try:
         report = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),

@@ -147,6 +147,11 @@ def _refuse_other_formats(path: Path) -> None:
         return
     if head.startswith(b"\x80"):          # a pickle (protocol 2 or later): torch's own before 1.6, or pickle.dump's
         if not _plain_pickle(head):
+            if head[1:2] >= b"\x04" and _legacy_pickles_whole(path):    # torch.save(..., pickle_protocol=4): FRAME, opcode 149
+                raise CheckpointError(f"{path} is a torch checkpoint in the format before PyTorch 1.6 pickled with protocol "
+                                      f"{head[1]}, which torch's weights-only loader cannot read (it reads 2 and 3): if "
+                                      f"you trust the file, torch.save(torch.load(path, weights_only=False), new_path) "
+                                      f"writes one that loads; or pass {LOADABLE}")
             return
         raise CheckpointError(f"{path} is a Python pickle (pickle.dump), not a torch checkpoint (torch.save writes a zip "
                               f"archive; before PyTorch 1.6, a pickle that begins with torch's magic number): save the "
@@ -184,6 +189,21 @@ def _plain_pickle(head: bytes) -> bool:
     except ValueError:                     # cut short within head (or no pickle after all): left to the caller
         pass
     return False
+
+
+def _legacy_pickles_whole(path) -> bool:
+    """Whether the five pickles that torch's format before PyTorch 1.6 begins with (magic number, protocol version,
+    system info, the object, its storage keys) are whole in the file at `path`, and at least the 8-byte size of each
+    storage follows them. Read as opcodes (`pickletools.genops`), nothing run. A file cut inside the storages' data after
+    those sizes is not told apart (the element sizes are in the object's pickle)."""
+    try:
+        with open(path, "rb") as f:
+            for _ in range(5):
+                ops = [op.name for op, _, _ in pickletools.genops(f)]          # stops after the pickle's STOP
+            keys = sum(name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8") for name in ops)   # the storage keys
+            return len(f.read(8 * keys)) == 8 * keys
+    except (ValueError, OSError):          # cut short inside a pickle
+        return False
 
 
 def _cut_name(dotted: str) -> bool:

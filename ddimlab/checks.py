@@ -206,10 +206,11 @@ def check_untracked(name: str, v):
 
 
 def as_real(v, inf_ok: bool = False) -> float | None:
-    """`v` as a float if it is a finite real number (int, float, numpy scalar, 0-d real tensor; not a bool), or ±inf if
-    `inf_ok` (in any of those types), else None: the caller says what range it allows."""
-    if isinstance(v, torch.Tensor) and v.ndim == 0 and not v.is_complex() and v.dtype != torch.bool:
-        v = v.item()
+    """`v` as a float if it is a finite real number (int, float, numpy scalar, 0-d real tensor with a value, i.e. not on
+    the meta device; not a bool), or ±inf if `inf_ok` (in any of those types), else None: the caller says what range it
+    allows."""
+    if isinstance(v, torch.Tensor) and v.ndim == 0 and not v.is_complex() and v.dtype != torch.bool and not v.is_meta:
+        v = v.item()                  # a meta tensor holds no value: None, not "Tensor.item() cannot be called on meta"
     if isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v) or not (inf_ok or math.isfinite(v)):
         return None
     return float(v)

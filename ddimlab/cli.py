@@ -38,6 +38,7 @@ from .files import (
     held,
     interrupts_deferred,
     locked,
+    refuse_existing,
     replaced_together,
     stop_signals,
     unresolved_link,
@@ -229,7 +230,7 @@ def _writes_pair(cmd):
     """`sample`, `invert`, `interpolate`: cmd(args, png, npz) with the PNG and .npz that --out names, OUT.png and
     OUT.npz, or OUT itself with its .png/.npz suffix swapped (a name with other dots, e.g. eta0.5, keeps them).
     Existing files are an error unless --overwrite (no run is replaced silently), and a folder that cannot be written
-    is said: both before the work (the command calls `_refuse_existing` once its own arguments are checked, so that
+    is said: both before the work (the command calls `files.refuse_existing` once its own arguments are checked, so that
     a wrong one is named first) and again under the lock when writing (`_save_pair`). If the command fails, the
     folders it made for --out are removed again."""
     @functools.wraps(cmd)
@@ -304,14 +305,6 @@ def _refuse_folders(png: Path, npz: Path) -> None:
             raise IsADirectoryError(f"{p} is a folder, so --out cannot write it; choose another --out")
 
 
-def _refuse_existing(overwrite: bool, *paths: Path, hint: str = "") -> None:
-    held = [str(p) for p in paths if p.exists() or p.is_symlink()]     # a dangling link too: writing would replace it
-    if held and not overwrite:
-        one = len(held) == 1
-        raise FileExistsError(f"{' and '.join(held)} already exist{'s' if one else ''}; pass --overwrite to replace "
-                              f"{'it' if one else 'them'}{hint} or choose another --out")
-
-
 def _check_png_grid(n: int, shape, nrow, scale: int, fewer: str = "--n") -> None:
     """Before the work: the PNG grid of n images of `shape` at `scale` must be one that Pillow opens without a
     decompression-bomb warning (`Image.MAX_IMAGE_PIXELS`, 89 million pixels; `--input` reads PNGs with Pillow too).
@@ -332,7 +325,7 @@ def _save_pair(png: Path, npz: Path, images: torch.Tensor, nrow, scale: int, ove
     a full disk or an unwritable name at either leaves the earlier pair as it was; a Ctrl-C during the two writes waits
     until both are done."""
     with locked(_lock_file(png)):
-        _refuse_existing(overwrite, png, npz)
+        refuse_existing(overwrite, png, npz)
         _refuse_folders(png, npz)
         data = grid_png(images, nrow=nrow, scale=scale)
         with interrupts_deferred(), replaced_together(png.parent, [npz, png]):
@@ -432,7 +425,7 @@ def cmd_sample(args, png: Path, npz: Path) -> int:
     kwargs = _sampler_kwargs(args)
     shape, n, bs = _image_shape(net), args.n, args.batch_size
     _check_png_grid(n, shape, args.nrow, args.scale)
-    _refuse_existing(args.overwrite, png, npz)
+    refuse_existing(args.overwrite, png, npz)
     bar, callback = progress(len(seq) * -(-n // bs), f"sample ({args.sampler})", not args.no_progress)
     t0 = time.perf_counter()
     with bar:
@@ -473,7 +466,7 @@ def cmd_invert(args, png: Path, npz: Path) -> int:
     net, abar, device, seq = _model_for(args)
     x0 = data.read_images(args.input, _image_shape(net)).to(device)
     _check_png_grid(2 * len(x0), x0.shape, len(x0), args.scale, fewer="pass fewer images")
-    _refuse_existing(args.overwrite, png, npz)
+    refuse_existing(args.overwrite, png, npz)
     encode, decode, names = INVERT_SAMPLERS[args.sampler]
     bar, callback = progress(2 * len(seq), "invert + decode", not args.no_progress)
     eps = checkpoint.eps_fn(net, args.amp)
@@ -639,7 +632,7 @@ def cmd_interpolate(args, png: Path, npz: Path) -> int:
         raise ValueError("the two latents are the same (" + (f"--index {i} {j}" if args.latents else
                          f"--seeds {args.seeds[0]} {args.seeds[1]}") + "): interpolation needs two different ones")
     _check_png_grid(args.n, z0.shape, args.n, args.scale)
-    _refuse_existing(args.overwrite, png, npz)
+    refuse_existing(args.overwrite, png, npz)
     lam = torch.linspace(0, 1, args.n)
     z = slerp(z0, z1, lam.to(device))
     options = _decoder_options(args, record, len(seq))
@@ -697,14 +690,14 @@ def cmd_reproduce(args) -> int:
     tables_there = (out / f"{args.table}.md", out / f"{args.table}.csv")
     hint = " (table1's samples there are reused when their settings match)" if args.table == "table1" else ""
     if devices.rank_world()[0] != 0:
-        _refuse_existing(args.overwrite, *tables_there, hint=hint)
+        refuse_existing(args.overwrite, *tables_there, hint=hint)
         return _reproduce(args, out, grid)
     lock_file = out / f".{args.table}.lock"
     check_out_folder(out, "the tables' folder")
     with folder_removed_on_error(out, lock_file):      # `locked` makes the folder (or says why it cannot)
         with locked(lock_file, busy=f"{out} is in use by another `reproduce {args.table}`; wait for it to finish or "
                                     f"choose another --out"):
-            _refuse_existing(args.overwrite, *tables_there, hint=hint)
+            refuse_existing(args.overwrite, *tables_there, hint=hint)
             check_can_write(out)
             return _reproduce(args, out, grid)
 
@@ -786,7 +779,7 @@ def _tables_in(args, run, outputs_in, hint: str = "") -> int:
                                                                          f"wait for it to finish or choose another --out"):
         check_nothing_set_aside(out)
         earlier = outputs_in(out)
-        _refuse_existing(args.overwrite, *earlier, hint=hint)
+        refuse_existing(args.overwrite, *earlier, hint=hint)
         with replaced_together(out, earlier, written=lambda: outputs_in(out)):
             run()
     return 0

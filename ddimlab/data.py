@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_bool, check_int
-from .files import atomic_write, md5sum, unresolved_link, why_not_made
+from .files import atomic_write, md5sum, os_error, unresolved_link, why_not_made
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -72,7 +72,7 @@ def default_cache_dir() -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:            # else only "[Errno 2] No such file or directory: '/proc/x'", later
-        raise type(e)(e.errno, f"cannot make the cache folder {path}{' ($DDIMLAB_CACHE)' if env else ''}: "
+        raise os_error(type(e), e.errno, f"cannot make the cache folder {path}{' ($DDIMLAB_CACHE)' if env else ''}: "
                                f"{why_not_made(path, e)}; "
                                f"point DDIMLAB_CACHE at a folder you can write") from None
     return path

@@ -21,6 +21,15 @@ from .checks import check_int
 STALE_AFTER = 60.0   # seconds: an older temporary file of the same target was left by an interrupted write
 
 
+def os_error(kind: type[OSError], code: int | None, message: str) -> OSError:
+    """An OSError saying `message` in words, with the errno `code` kept for callers that test it (`e.errno`): of `kind`,
+    or for `kind` OSError of the subclass that errno names (ENOTDIR: NotADirectoryError), as `OSError(code, message)`
+    would be. That one reads "[Errno 20] message", and the number reached users as the first thing they read."""
+    error = type(kind(code, message))(message)
+    error.errno = code
+    return error
+
+
 def atomic_write(path, write, *, text: bool = False, fsync: bool = False) -> Path:
     """Call `write(f)` on a temporary file next to `path`, then rename it onto `path` (`os.replace`).
 
@@ -39,8 +48,8 @@ def atomic_write(path, write, *, text: bool = False, fsync: bool = False) -> Pat
     started = time.time()
     path = Path(path)
     if path.is_dir():                       # else os.replace's "Is a directory", naming the temporary file
-        raise IsADirectoryError(errno.EISDIR, "a folder is there, so no file can be written in its place; give a file "
-                                              "name", str(path))
+        raise os_error(IsADirectoryError, errno.EISDIR, f"{path} is a folder, so no file can be written in its place; "
+                                                        f"give a file name")
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except OSError as e:
@@ -49,8 +58,8 @@ def atomic_write(path, write, *, text: bool = False, fsync: bool = False) -> Pat
         mode = 0o666 & ~current_umask()
     else:
         if not os.access(path, os.W_OK):
-            raise PermissionError(errno.EACCES, "the file is read-only, so it was not replaced (make it writable, or "
-                                                "write elsewhere)", str(path))
+            raise os_error(PermissionError, errno.EACCES, f"{path} is read-only, so it was not replaced (make it writable, "
+                                                          f"or write elsewhere)")
     with folder_removed_on_error(path.parent):
         make_folder(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -161,7 +170,18 @@ def held(path) -> bool:
 
 
 def _cannot_write(folder: Path, e: OSError, hint: str = "choose another --out") -> OSError:
-    return type(e)(e.errno, f"cannot create files in {folder} ({why_not_made(folder, e)}); {hint}")
+    return os_error(type(e), e.errno, f"cannot create files in {folder} ({why_not_made(folder, e)}); {hint}")
+
+
+def refuse_existing(overwrite: bool, *paths, hint: str = "", option: str = "--out") -> None:
+    """Refuse to replace earlier outputs without --overwrite: a FileExistsError naming those of `paths` that are there
+    (a symbolic link to nothing counts: writing would replace the link), with `hint` after "replace it" (what the files
+    are, or what --overwrite keeps) and `option`, the one that names them (`--out`, bench_unet.py's `--json`)."""
+    held = [str(p) for p in paths if os.path.lexists(p)]
+    if held and not overwrite:
+        one = len(held) == 1
+        raise FileExistsError(f"{' and '.join(held)} already exist{'s' if one else ''}; pass --overwrite to replace "
+                              f"{'it' if one else 'them'}{hint} or choose another {option}")
 
 
 def check_out_folder(out: Path, what: str = "a run folder") -> None:
@@ -169,7 +189,7 @@ def check_out_folder(out: Path, what: str = "a run folder") -> None:
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not {what}; choose another --out")
     if out.is_symlink() and not out.exists():
-        raise FileNotFoundError(f"--out {unresolved_link(out)}")
+        raise FileNotFoundError(f"--out {unresolved_link(out)}; choose another --out (or make the link's target first)")
 
 
 def unresolved_link(path) -> str | None:
@@ -217,7 +237,8 @@ def make_folder(folder, hint: str | None = None) -> None:
         why = why_not_made(folder, e)
         if why == e.strerror and hint is None:        # nothing to name beyond what mkdir says
             raise
-        raise type(e)(e.errno, f"cannot create the folder {folder} ({why})" + (f"; {hint}" if hint else "")) from None
+        raise os_error(type(e), e.errno, f"cannot create the folder {folder} ({why})" + (f"; {hint}" if hint else "")) \
+            from None
 
 
 def absent_folders(folder) -> list[Path]:

@@ -28,7 +28,7 @@ from . import devices, diffusion, ode, schedule
 from .checkpoint import eps_fn, image_shape, sha256_of, weights_sha256
 from .checks import check_bool, check_distinct, check_int
 from .data import from_model_range
-from .files import absent_folders, atomic_write, make_folder, remove_empty, remove_stale_temps
+from .files import absent_folders, atomic_write, make_folder, os_error, remove_empty, remove_stale_temps
 from .plotting import save_png
 from .samplers import SIGMA_HAT, OutOfRangeWarning, check_first_step, sample_row
 
@@ -315,7 +315,7 @@ def check_room(out_dirs, n: int, what: str, rank: int = 0, world_size: int = 1) 
     folder = next(p for p in (first, *first.parents) if p.is_dir())
     need, free = n_files * PNG_MIN_BYTES, shutil.disk_usage(folder).free
     if need > free:
-        raise OSError(errno.ENOSPC, f"{what} take at least {need / 2 ** 30:,.1f} GiB ({n_files:,} PNG files of "
+        raise os_error(OSError, errno.ENOSPC, f"{what} take at least {need / 2 ** 30:,.1f} GiB ({n_files:,} PNG files of "
                                     f"{PNG_MIN_BYTES} bytes or more), and the disk of {folder} has {free / 2 ** 30:,.1f} "
                                     f"GiB free: ask for fewer samples, or write them elsewhere")
 

@@ -129,6 +129,7 @@ def check_x(x, alpha_bar, name: str = "x_T", callback=None, eps=None) -> torch.T
     alpha_bar = schedule.validate_alpha_bar(alpha_bar)
     if eps is not None:
         check_eps(eps)
+        check_weights(eps)
         check_schedule(eps, alpha_bar)
     return alpha_bar
 
@@ -144,6 +145,16 @@ def check_eps(eps, name: str = "eps") -> None:
     if not callable(eps):
         raise TypeError(f"{name} must be a function eps(x, t) -> tensor of x's shape (a network through "
                         f"checkpoint.eps_fn, or toy.exact_eps), got {type(eps).__name__}")
+
+
+def check_weights(eps, name: str = "eps") -> None:
+    """ValueError where eps is `checkpoint.eps_fn` of a network with a weight on the meta device (built under
+    torch.device("meta") and never given values): torch said only "Tensor on device meta is not on the expected device
+    cpu!" from inside the network, at the first step. Checked once, at a sampler's entry (`check_x`), not at each call."""
+    net = getattr(eps, "network", None)
+    if isinstance(net, torch.nn.Module) and any(w.is_meta for w in (*net.parameters(), *net.buffers())):
+        raise ValueError(f"{name}'s network ({type(net).__name__}) has weights on the meta device, which hold shapes but no "
+                         f"values: load its weights (net.load_state_dict(state, assign=True)) or build it on cpu or cuda")
 
 
 # Two tables are one schedule within this relative tolerance: the same table computed in float32 (diffusers'
@@ -483,6 +494,7 @@ def guided_eps(eps_null, eps_cond, w: float):
         raise ValueError(f"guidance weight w must be a finite number, got {w!r}")
     for name, f in (("eps_null", eps_null), ("eps_cond", eps_cond)):      # else found at the first step only
         check_eps(f, f"guided_eps: {name}")
+        check_weights(f, f"guided_eps: {name}")
     own, other = (getattr(f, "alpha_bar", None) for f in (eps_null, eps_cond))     # exact ε's carry their schedule
     if isinstance(own, torch.Tensor) and isinstance(other, torch.Tensor):
         try:
@@ -619,6 +631,8 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, lam) -> torch.Tensor:
         raise ValueError(f"z0 and z1 must have the same shape, got {tuple(z0.shape)} and {tuple(z1.shape)}")
     if z0.ndim == 0 or not z0.dtype.is_floating_point or not z1.dtype.is_floating_point:
         raise ValueError("z0 and z1 must be floating-point tensors with at least one dimension")
+    if z0.is_meta or z1.is_meta:                         # else "Tensor.item() cannot be called on meta tensors"
+        raise ValueError("z0 or z1 is on the meta device, which holds shapes but no values: slerp needs the values")
     if not isinstance(lam, str):        # a bool: True would be read as 1 (a string is the ValueError below)
         check_numbers("lam", lam)
     single = z0.ndim == 1

@@ -67,6 +67,7 @@ from .files import (
     folder_removed_on_error,
     interrupts_deferred,
     locked,
+    os_error,
     put_back,
     set_aside,
     stop_signals,
@@ -566,9 +567,10 @@ def save_run(out: Path, model, ema, opt, step, config, gen, device, in_ch, loss,
     try:
         _write_config(out, dataclasses.asdict(config))
     except OSError as e:
-        raise ConfigNotWrittenError(e.errno, f"{e.strerror or e}: {path} (step {step}) was saved, but not its copy of the "
-                                             f"settings, {out / 'config.json'} (written again with the next checkpoint); "
-                                             f"free some space, then continue with --resume") from e
+        raise os_error(ConfigNotWrittenError, e.errno,
+                       f"{e.strerror or e}: {path} (step {step}) was saved, but not its copy of the settings, "
+                       f"{out / 'config.json'} (written again with the next checkpoint); free some space, then continue "
+                       f"with --resume") from e
     return path
 
 
@@ -991,11 +993,11 @@ def _not_written(e: OSError, path: Path, last_good, overwrite: bool) -> OSError:
     describe weights that are lost, and --resume writes them again."""
     out = path.parent
     fix = "free some space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
-    what = f"{e.strerror or e}: {e.filename or path}"
+    what = f"{e.strerror}: {e.filename or path}" if e.strerror else str(e)   # os_error's: in words, with its path
     if last_good is None:
         back = f", and the previous run is back in {out}" if overwrite else ""
-        return type(e)(e.errno, f"{what}; this was before the run's first checkpoint: nothing of it was kept{back}; {fix}, "
-                                f"then run again")
+        return os_error(type(e), e.errno, f"{what}; this was before the run's first checkpoint: nothing of it was "
+                                          f"kept{back}; {fix}, then run again")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", TornLogWarning)
@@ -1003,8 +1005,8 @@ def _not_written(e: OSError, path: Path, last_good, overwrite: bool) -> OSError:
         log = ", log.jsonl cut back to it"
     except (OSError, ValueError):
         log = ", log.jsonl still lists later steps (--resume cuts them)"
-    return type(e)(e.errno, f"{what}; the last checkpoint (step {last_good}) was kept as it was{log}; {fix}, then "
-                            f"continue with --resume")
+    return os_error(type(e), e.errno, f"{what}; the last checkpoint (step {last_good}) was kept as it was{log}; "
+                                      f"{fix}, then continue with --resume")
 
 
 def _diverged(what: str, out: Path, last_good, config: TrainConfig) -> NonFiniteLossError:

@@ -1182,7 +1182,8 @@ def test_eighteenth_round_files_of_the_user_are_kept(tmp_path):
     with pytest.raises(ValueError, match="does not end in .png"):
         plotting.save_image_grid(torch.zeros(1, 1, 4, 4), tmp_path / "out.jpg")
     (tmp_path / "d").mkdir()
-    with pytest.raises(IsADirectoryError, match=f"a folder is there.*{tmp_path / 'd'}'$"):
+    with pytest.raises(IsADirectoryError, match=f"^{tmp_path / 'd'} is a folder, so no file can be written in its place; "
+                                                 f"give a file name$"):
         checkpoint.save_checkpoint(tmp_path / "d", step=1)
 
     sched = tmp_path / "u" / "scheduler" / "scheduler_config.json"
@@ -3527,3 +3528,32 @@ def test_sdedit_law_names_an_x_in_that_is_not_one_number():
     ab = schedule.make_alpha_bar("linear", 50)
     with pytest.raises(ValueError, match=r"^x_in must be one finite number .* got x_in = shape \(1000, 1\), span = 6.0$"):
         samplers.sdedit_law(lambda x, t: x, torch.zeros(1000, 1), ab, torch.arange(10, -1, -1))
+
+
+def test_round_46_a_network_or_input_on_the_meta_device_is_one_valueerror_at_the_entry():
+    """A network built under torch.device("meta") and never given weights, through checkpoint.eps_fn, ran into the
+    samplers and the ODE solvers and failed inside the network at the first step with torch's "Tensor on device meta is
+    not on the expected device cpu!"; slerp and sdedit_law of a meta tensor said "Tensor.item() cannot be called on meta
+    tensors". Each is now a ValueError before any step (`samplers.check_weights`, `checks.as_real`)."""
+    from ddimlab import unet
+    from ddimlab.checks import as_real
+
+    ab = schedule.make_alpha_bar("linear", 50)
+    seq = torch.arange(49, -1, -10)
+    with torch.device("meta"):
+        net = unet.UNet(**unet.PRESETS["tiny"])
+    eps = checkpoint.eps_fn(net)
+    x = torch.zeros(1, unet.PRESETS["tiny"]["in_ch"], 8, 8)
+    meta = "network \\(UNet\\) has weights on the meta device, which hold shapes but no values: load its weights"
+    for run in (lambda: samplers.ddim_sample(eps, x, ab, seq), lambda: samplers.ddpm_sample(eps, x, ab),
+                lambda: ode.heun(eps, x, ab, seq), lambda: samplers.sample(eps, tuple(x.shape), ab, S=3)):
+        with pytest.raises(ValueError, match=f"^eps's {meta}"):
+            run()
+    with pytest.raises(ValueError, match=f"^guided_eps: eps_null's {meta}"):
+        samplers.guided_eps(eps, lambda x, t: x, 2.0)
+    z = torch.zeros(2, 3, device="meta")
+    with pytest.raises(ValueError, match="^z0 or z1 is on the meta device, which holds shapes but no values"):
+        samplers.slerp(z, z, 0.5)
+    with pytest.raises(ValueError, match=r"^x_in must be one finite number .* got x_in = tensor\(\.\.\., device='meta'"):
+        samplers.sdedit_law(lambda x, t: x, torch.tensor(0.5, device="meta"), ab, seq)
+    assert as_real(torch.tensor(0.5, device="meta")) is None and as_real(torch.tensor(0.5)) == 0.5

@@ -431,3 +431,40 @@ def test_round_45_load_checkpoints_own_arguments_are_named_not_blamed_on_the_fil
     for kw in (dict(map_location="cpu", required="step"), dict(map_location=torch.device("cpu"), required=["model"]),
                dict(map_location="auto")):
         assert ck.load_checkpoint(path, **kw)["step"] == 1
+
+
+def test_round_46_an_old_format_file_of_pickle_protocol_4_is_said_to_be_one_not_truncated(tmp_path):
+    """torch.save(..., _use_new_zipfile_serialization=False, pickle_protocol=4) (or 5) writes a whole file that torch's
+    weights-only loader cannot read (its pickles open with FRAME, opcode 149, which that reader lacks): it was told
+    "not a readable torch checkpoint (truncated, corrupted, or not a torch file)". It is now said for what it is, with how
+    to convert it; the same file cut inside its pickles (or before its storages' sizes) is still told truncated, a
+    1-byte file too, and protocols 2 and 3 still load."""
+    import pickletools
+    import warnings
+
+    state = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(3, dtype=torch.float64), "step": 3}
+    for protocol in (2, 3, 4, 5):
+        path = tmp_path / f"old{protocol}.pt"
+        torch.save(state, path, _use_new_zipfile_serialization=False, pickle_protocol=protocol)
+        if protocol < 4:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")                       # torch's "Detected pickle protocol" not shown
+                loaded = ck.load_checkpoint(path)
+            assert torch.equal(loaded["w"], state["w"]) and torch.equal(loaded["b"], state["b"]), protocol
+            continue
+        with pytest.raises(ck.CheckpointError) as e:
+            ck.load_checkpoint(path)
+        assert str(e.value) == (f"{path} is a torch checkpoint in the format before PyTorch 1.6 pickled with protocol "
+                                f"{protocol}, which torch's weights-only loader cannot read (it reads 2 and 3): if you "
+                                f"trust the file, torch.save(torch.load(path, weights_only=False), new_path) writes one "
+                                f"that loads; or pass {ck.LOADABLE}"), str(e.value)
+        data = path.read_bytes()
+        with open(path, "rb") as f:                                    # the end of the storage keys' pickle, the fifth
+            for _ in range(5):
+                list(pickletools.genops(f))
+            keys = f.tell()
+        assert len(data) - keys == 2 * 8 + 6 * 4 + 3 * 8                 # then each storage's size and its bytes
+        for size in (1, 2, 3, 12, 30, data.index(b"_rebuild_tensor_v2") + 5, keys - 1, keys, keys + 15):
+            (tmp_path / "cut.pt").write_bytes(data[:size])
+            with pytest.raises(ck.CheckpointError, match=r"is not a readable torch checkpoint[;( ].*truncated"):
+                ck.load_checkpoint(tmp_path / "cut.pt")

@@ -3488,3 +3488,43 @@ def test_round_44_a_text_file_as_checkpoint_is_not_called_an_interrupted_downloa
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.splitlines()[0] == f"python -m ddimlab sample: error: {tmp_path / name} {said}", r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.pt", "hi.pt"]
+
+
+def test_round_46_a_folder_that_cannot_be_made_is_said_in_words_not_as_an_errno(tmp_path):
+    """`lab --out f/x` with f a file said "[Errno 20] cannot create the folder f/x (f is a file, not a folder); choose
+    another --out": an OSError built as OSError(errno, message) prints the number first. Now the words alone
+    (`files.os_error`; the errno is kept on the exception). `python -m ddimlab` in a subprocess; nothing is written."""
+    (tmp_path / "f").write_text("")
+    r = subprocess.run([sys.executable, "-m", "ddimlab", "lab", "--out", "f/x", "--n", "8"], capture_output=True,
+                       text=True, timeout=300, cwd=tmp_path, env={**os.environ, "DDIMLAB_DEBUG": ""})
+    assert r.returncode == 1 and r.stderr.splitlines() == [
+        "python -m ddimlab lab: error: cannot create the folder f/x (f is a file, not a folder); choose another --out",
+        "(run again with --debug for the traceback)"], r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_round_46_an_old_format_checkpoint_of_pickle_protocol_4_is_named_for_what_it_is(tmp_path):
+    """`sample --checkpoint old4.pt`, saved by torch.save(..., _use_new_zipfile_serialization=False, pickle_protocol=4),
+    said "is not a readable torch checkpoint (truncated, corrupted, or not a torch file)" of a whole file; now what it
+    is and how to convert it. `python -m ddimlab` in a subprocess; nothing is written."""
+    torch.save({"w": torch.zeros(2)}, tmp_path / "old4.pt", _use_new_zipfile_serialization=False, pickle_protocol=4)
+    r = _run("sample", "--checkpoint", tmp_path / "old4.pt", "--n", "1", "--steps", "2", "--out", tmp_path / "s")
+    assert r.returncode == 1 and r.stderr.splitlines() == [
+        f"python -m ddimlab sample: error: {tmp_path / 'old4.pt'} is a torch checkpoint in the format before PyTorch 1.6 "
+        f"pickled with protocol 4, which torch's weights-only loader cannot read (it reads 2 and 3): if you trust the "
+        f"file, torch.save(torch.load(path, weights_only=False), new_path) writes one that loads; or pass "
+        f"{checkpoint.LOADABLE}", "(run again with --debug for the traceback)"], r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old4.pt"]
+
+
+def test_round_46_an_out_that_is_a_dangling_link_says_what_to_do_as_lab_does(tmp_path):
+    """`train --out dl`, dl a symbolic link to nothing, said only "--out dl is a symbolic link to nowhere, which does not
+    exist" (so did reproduce, gpu_check.py and make_figures.py: `files.check_out_folder`), where `lab --out dl` adds
+    "choose another --out". Now each says what to do. `python -m ddimlab` in a subprocess; the link is left as it was."""
+    (tmp_path / "dl").symlink_to("nowhere")
+    r = subprocess.run([sys.executable, "-m", "ddimlab", "train", "--out", "dl", "--preset", "digits", "--set", "steps=1"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**os.environ, "DDIMLAB_DEBUG": ""})
+    assert r.returncode == 1 and r.stderr.splitlines() == [
+        "python -m ddimlab train: error: --out dl is a symbolic link to nowhere, which does not exist; choose another --out "
+        "(or make the link's target first)", "(run again with --debug for the traceback)"], r.stderr
+    assert os.listdir(tmp_path) == ["dl"] and os.readlink(tmp_path / "dl") == "nowhere"

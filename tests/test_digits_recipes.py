@@ -145,3 +145,22 @@ def test_round_44_one_recipe_prints_no_empty_comparison(tmp_path):
     heading = both.index("each recipe minus preset, training seeds [0] pooled: the confident share (over the samples) and "
                          "the mean FD (over the x_T sets)")
     assert [line.split(":")[0] for line in both[heading + 1:]] == ["  DDIM-2 confident", "  DDIM-2 FD"], both
+
+
+def test_round_46_a_huge_n_is_refused_before_any_training_as_lab_refuses_one(tmp_path):
+    """`--n 1000000000` trained (or loaded) the first model and then allocated for minutes before failing, where `lab
+    --n` is refused at once when its tables cannot fit in half of the machine's memory (`checks.check_fits`). Now --n is
+    bounded the same way (`check_n_fits`: evaluate's measured bytes per sample and pixel, the largest recipe's images),
+    with the largest --n that fits; a small --n passes. The script in a subprocess, its training replaced by a stop."""
+    code = (f"sys.argv = ['digits_recipes.py']\nrecipes = load_script('benchmarks/digits_recipes.py')\n"
+            f"def stop(*a, **k):\n    raise SystemExit('training started')\n"
+            f"recipes.pretrained.digits_model = stop\n"
+            f"for n in ('1000000000', '8'):\n"
+            f"    try:\n        recipes.main(['--recipes', 'preset', 'former-16x16', '--n', n, '--cache', {str(tmp_path)!r}])\n"
+            f"    except SystemExit as e:\n        print(e.code)\n")
+    r = _run_scripts(code)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stdout.splitlines()
+    assert re.fullmatch(r"digits_recipes.py: error: --n 1,000,000,000 samples of 16 x 16 digits, sampled and scored at "
+                        r"once: about [\d,]+ GiB, more than half of .* GiB; give --n at most [\d,]+", lines[0]), r.stdout
+    assert lines[1:] == ["preset, seed 0: training or loading from the cache", "training started"], r.stdout

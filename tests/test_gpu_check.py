@@ -154,8 +154,8 @@ def test_round_45_an_earlier_report_is_not_replaced_and_no_folder_is_left_on_the
                        cwd=tmp_path / "w", env=env)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert r.stdout.splitlines() == [
-        f"gpu_check: error: {tmp_path / 'gpu' / 'gpu_check.json'} already exists (an earlier check's report); pass "
-        f"--overwrite to replace it, or choose another --out",
+        f"gpu_check: error: {tmp_path / 'gpu' / 'gpu_check.json'} already exists; pass --overwrite to replace it (an "
+        f"earlier check's report) or choose another --out",          # files.refuse_existing's words, as sample's
         "gpu_check: error: --out 'nodir/../x' goes up (..) out of nodir, which is no folder; write the path without it, "
         "e.g. --out x"], r.stdout
     assert (tmp_path / "gpu" / "gpu_check.json").read_text() == '{"device": "an H100, once"}'

@@ -18,7 +18,7 @@ def figures():
     (["--only"], "argument --only: expected at least one argument"),                   # made nothing, then "done in 0 s"
     (["--only", "lab", "lab"], "--only = lab is listed twice (as ['lab', 'lab']); give each value once"),
     (["--out", "{tmp}/f"], "--out {tmp}/f is a file, not a folder for the figures; choose another --out"),
-    (["--out", "{tmp}/f/figs"], "[Errno 20] cannot create files in {tmp}/f/figs ({tmp}/f is a file, not a folder); "
+    (["--out", "{tmp}/f/figs"], "cannot create files in {tmp}/f/figs ({tmp}/f is a file, not a folder); "
                                 "choose another --out"),
 ])
 def test_bad_arguments_are_one_line_before_any_figure(figures, argv, said, tmp_path, monkeypatch, capsys):
