@@ -149,9 +149,9 @@ def _refuse_other_formats(path: Path) -> None:
         if not _plain_pickle(head):
             if head[1:2] >= b"\x04" and _legacy_pickles_whole(path):    # torch.save(..., pickle_protocol=4): FRAME, opcode 149
                 raise CheckpointError(f"{path} is a torch checkpoint in the format before PyTorch 1.6 pickled with protocol "
-                                      f"{head[1]}, which torch's weights-only loader cannot read (it reads 2 and 3): if "
-                                      f"you trust the file, torch.save(torch.load(path, weights_only=False), new_path) "
-                                      f"writes one that loads; or pass {LOADABLE}")
+                                      f"{head[1]}, which torch's weights-only loader cannot read (it reads 2 and 3), and "
+                                      f"ddimlab loads no file by running its code: save the weights again where they "
+                                      f"were made, with torch.save's default format; or pass {LOADABLE}")
             return
         raise CheckpointError(f"{path} is a Python pickle (pickle.dump), not a torch checkpoint (torch.save writes a zip "
                               f"archive; before PyTorch 1.6, a pickle that begins with torch's magic number): save the "

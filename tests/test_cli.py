@@ -3511,9 +3511,9 @@ def test_round_46_an_old_format_checkpoint_of_pickle_protocol_4_is_named_for_wha
     r = _run("sample", "--checkpoint", tmp_path / "old4.pt", "--n", "1", "--steps", "2", "--out", tmp_path / "s")
     assert r.returncode == 1 and r.stderr.splitlines() == [
         f"python -m ddimlab sample: error: {tmp_path / 'old4.pt'} is a torch checkpoint in the format before PyTorch 1.6 "
-        f"pickled with protocol 4, which torch's weights-only loader cannot read (it reads 2 and 3): if you trust the "
-        f"file, torch.save(torch.load(path, weights_only=False), new_path) writes one that loads; or pass "
-        f"{checkpoint.LOADABLE}", "(run again with --debug for the traceback)"], r.stderr
+        f"pickled with protocol 4, which torch's weights-only loader cannot read (it reads 2 and 3), and ddimlab loads no "
+        f"file by running its code: save the weights again where they were made, with torch.save's default format; or "
+        f"pass {checkpoint.LOADABLE}", "(run again with --debug for the traceback)"], r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old4.pt"]
 
 
