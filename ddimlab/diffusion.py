@@ -75,6 +75,13 @@ def roots(a, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return bcast(a.sqrt(), x), bcast((1 - a).sqrt(), x)
 
 
+def root_table(a, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`roots` for each of the floats `a` (a run's ᾱ values, checked by the caller), formed once: (√ᾱ, √(1−ᾱ)) as 0-d
+    tensors of x's dtype and device, the same values `roots(a_i, x)` gives (float64, elementwise, then cast)."""
+    a = torch.tensor(a, dtype=torch.float64).reshape(-1)
+    return list(zip(*(c.to(x.dtype).to(x.device).to(x.dtype).unbind() for c in (a.sqrt(), (1 - a).sqrt()))))
+
+
 def bcast(a, x: torch.Tensor) -> torch.Tensor:
     """ᾱ-like `a` (scalar or shape (B,)) as a tensor of x's dtype that broadcasts against x of shape (B, …)."""
     if not x.dtype.is_floating_point:     # the coefficients, cast to an integer dtype, would be 0 or 1
@@ -321,11 +328,42 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, a_t, a_s, eta: float = 0.0,
     # 1 − ᾱ_s − σ² cancels on the last steps when η > 0 (8.5e-8 on DDPM's t = 100 → 0 with η = 1, where float32
     # gives 1.0e-7): formed in float64 whatever the dtype of ᾱ_s and σ, and only then cast to x's dtype
     a_s64, sg64 = (torch.as_tensor(a, dtype=torch.float64) for a in (a_s, sigma))
-    x_s = bcast(a_s64.sqrt(), x_t) * x0 + bcast((1 - a_s64 - sg64 ** 2).clamp_min(0).sqrt(), x_t) * eps
+    x_s = bcast(a_s64.sqrt(), x_t) * x0 + bcast(_direction(a_s64, sg64), x_t) * eps
     if eta > 0:
         if noise is None:
             raise ValueError("ddim_step with eta > 0 needs `noise`")
         x_s = x_s + bcast(sigma, x_t) * noise.to(x_t.dtype)
+    return x_s, x0
+
+
+def _direction(a_s64: torch.Tensor, sg64: torch.Tensor) -> torch.Tensor:
+    """√(1−ᾱ_s−σ²), the weight of ε in DDIM eq. 12, from float64 ᾱ_s and σ (clamped at 0: η = 1 rounds it below)."""
+    return (1 - a_s64 - sg64 ** 2).clamp_min(0).sqrt()
+
+
+def ddim_coefficients(a_t, a_s, eta: float, x: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """`ddim_step`'s coefficients for a whole run, formed once: for each step ᾱ_t → ᾱ_s of the lists a_t, a_s (floats,
+    checked by the caller: `samplers.check_eta_steps`), (√ᾱ_t, √(1−ᾱ_t), √ᾱ_s, √(1−ᾱ_s−σ²), σ) as 0-d tensors of x's
+    dtype and device, formed as `ddim_step` forms them (float64, elementwise, then cast): `ddim_update` with them gives
+    ddim_step's x_s bit for bit (tests/test_guidance.py), without its two dozen scalar tensor operations per step."""
+    at, as_ = (torch.tensor(a, dtype=torch.float64).reshape(-1) for a in (a_t, a_s))
+    sigma = eta * ((1 - as_) / (1 - at) * (1 - at / as_)).sqrt()      # ddim_sigma (posterior_variance), elementwise
+    coefs = (at.sqrt(), (1 - at).sqrt(), as_.sqrt(), _direction(as_, sigma), sigma)
+    return list(zip(*(c.to(x.dtype).to(x.device).to(x.dtype).unbind() for c in coefs)))
+
+
+def ddim_update(x_t: torch.Tensor, eps: torch.Tensor, coefs, noise: torch.Tensor | None = None,
+                clip_x0: bool = False):
+    """One DDIM eq. 12 step with coefficients from `ddim_coefficients` and no checks (the sampler checked its run once):
+    `ddim_step`'s arithmetic in its order. noise (x's dtype) is added only when given (η > 0). Returns (x_s, x̂_0)."""
+    r_t, q_t, r_s, direction, sigma = coefs
+    x0 = (x_t - q_t * eps) / r_t
+    if clip_x0:
+        x0 = x0.clamp(-1, 1)
+        eps = (x_t - r_t * x0) / q_t
+    x_s = r_s * x0 + direction * eps
+    if noise is not None:
+        x_s = x_s + sigma * noise
     return x_s, x0
 
 

@@ -44,12 +44,14 @@ from .diffusion import (
     bcast,
     check_eta,
     check_sigma,
+    ddim_coefficients,
     ddim_sigma,
-    ddim_step,
+    ddim_update,
     posterior_mean,
     posterior_variance,
     predict_x0,
     q_sample,
+    root_table,
 )
 from .schedule import alpha_bar_at, step_pairs
 
@@ -351,10 +353,11 @@ def ddim_sample(eps, x_T, alpha_bar, seq, eta: float = 0.0, generator: torch.Gen
     noise_sampler = _noise(noise_sampler, generator, x_T)
     x = x_T
     traj = {"x": [x], "x0": [], "t": [int(seq[0])]}
-    for i, ((t, s), (a_t, a_s)) in enumerate(zip(pairs, a)):
+    coefs = ddim_coefficients(*zip(*a), eta, x) if a else []     # the steps' checks ran once, above (check_eta_steps)
+    for i, ((t, s), c) in enumerate(zip(pairs, coefs)):
         e = call_eps(eps, x, t)
         z = _draw(noise_sampler, t, s, x) if eta > 0 else None
-        x, x0 = ddim_step(x, e, a_t, a_s, eta, z, clip_x0)
+        x, x0 = ddim_update(x, e, c, z, clip_x0)                  # ddim_step's arithmetic (DDIM eq. 12)
         x = _finite(x, t, s)
         traj["x"].append(x); traj["x0"].append(x0); traj["t"].append(s)
         report(callback, i, t, s, x, x0)
@@ -462,10 +465,13 @@ def ddim_invert(eps, x0, alpha_bar, seq, return_trajectory: bool = False, callba
     _warn_if_0_255(x0, "x0")
     x, s = x0, -1
     traj = {"x": [x], "t": [-1]}
-    for i, t in enumerate(reversed(seq.tolist())):
+    steps = [-1] + list(reversed(seq.tolist()))
+    roots_at = root_table(alpha_bar_at(alpha_bar, steps).tolist(), x)     # (√ᾱ, √(1−ᾱ)) of each step, formed once
+    for i, t in enumerate(steps[1:]):
         e = call_eps(eps, x, t)
-        x0_hat = predict_x0(x, e, float(alpha_bar_at(alpha_bar, s)))
-        x = _finite(q_sample(x0_hat, float(alpha_bar_at(alpha_bar, t)), e), s, t)
+        (r_s, q_s), (r_t, q_t) = roots_at[i], roots_at[i + 1]
+        x0_hat = (x - q_s * e) / r_s                              # predict_x0 at ᾱ_s
+        x = _finite(r_t * x0_hat + q_t * e, s, t)                 # q_sample to ᾱ_t
         traj["x"].append(x); traj["t"].append(t)
         report(callback, i, s, t, x, x0_hat)
         s = t
@@ -571,10 +577,10 @@ def sdedit_law(eps, x_in, alpha_bar, seq, eta: float = 1.0, h: float = 0.004, n_
     z, wz = np.polynomial.hermite_e.hermegauss(n_z)
     x, wz = xq.numpy(), wz / wz.sum()
     F = stats.norm.cdf(x, math.sqrt(a[0][0]) * x0_in, math.sqrt(1 - a[0][0]))
-    for (t, s), (a_t, a_s) in zip(pairs, a):
-        sig = float(ddim_sigma(a_t, a_s, eta))
+    for (t, s), c in zip(pairs, ddim_coefficients(*zip(*a), eta, xq[:, None]) if a else []):
+        sig = float(c[4])                                                      # σ = ddim_sigma, float64 as xq
         e = call_eps(eps, xq[:, None], t)
-        m = ddim_step(xq[:, None], e, a_t, a_s, eta, noise=torch.zeros_like(e))[0][:, 0].numpy()    # the step without σ z
+        m = ddim_update(xq[:, None], e, c, torch.zeros_like(e) if eta > 0 else None)[0][:, 0].numpy()  # the step without σ z
         if not bool(np.all(np.diff(m) > 0)):
             raise ValueError(f"step {t} -> {s}: the step's mean map m(x) = sqrt(a_s) x0_hat + sqrt(1 - a_s - sigma^2) eps "
                              f"does not increase with x on the grid, which the law needs (an exact eps gives one that does)")
@@ -606,7 +612,7 @@ def langevin(eps, x, alpha_bar, t: int, step: float, n_steps: int, generator: to
     a_t = float(alpha_bar_at(alpha_bar, t))
     for i in range(n_steps):
         e = call_eps(eps, x, t)
-        x0 = predict_x0(x, e, a_t)
+        x0 = predict_x0(x, e, a_t) if callback is not None else None      # for the callback only
         x = _finite(x - delta / math.sqrt(1 - a_t) * e + math.sqrt(2 * delta) * _draw(noise_sampler, t, t, x), t, t)
         report(callback, i, t, t, x, x0)
     return x

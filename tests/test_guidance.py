@@ -775,3 +775,46 @@ def test_round_31_dynamic_threshold_refuses_nan_and_inf_naming_the_sample():
     with pytest.raises(samplers.NonFiniteError, match=r"eps\(x, t\) returned NaN or inf at step t = 400"):
         samplers.ddim_sample(ode.thresholded_eps(eps_nan, AB), torch.zeros(2, 3), AB, [900, 400, 0])
     assert diffusion.dynamic_threshold(torch.zeros(2, 4, device="meta")).shape == (2, 4)    # shapes only, as before
+
+
+def _old_ddim_sample(eps, x, alpha_bar, seq, eta, generator, clip_x0):
+    """The DDIM loop as it was before its coefficients were formed once per run: one public `diffusion.ddim_step` per
+    step (which checks and forms every coefficient at every call), the same noise draws."""
+    pairs, a = samplers.check_eta_steps(schedule.validate_alpha_bar(alpha_bar), schedule.as_steps(seq), eta)
+    for (t, s), (a_t, a_s) in zip(pairs, a):
+        e = eps(x.clone(), torch.full((len(x),), t))
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype) if eta > 0 else None
+        x = diffusion.ddim_step(x, e, a_t, a_s, eta, z, clip_x0)[0]
+    return x
+
+
+def _old_ddim_invert(eps, x, alpha_bar, seq):
+    """The inversion loop as it was: `diffusion.predict_x0` and `diffusion.q_sample` at every step."""
+    s = -1
+    for t in reversed(schedule.as_steps(seq).tolist()):
+        e = eps(x.clone(), torch.full((len(x),), t))
+        x0 = diffusion.predict_x0(x, e, float(schedule.alpha_bar_at(alpha_bar, s)))
+        x, s = diffusion.q_sample(x0, float(schedule.alpha_bar_at(alpha_bar, t)), e), t
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_sampler_loops_with_coefficients_formed_once_give_the_step_functions_bits(dtype):
+    """ddim_sample (η = 0, 0.5, 1; clipped or not), sdedit and ddim_invert form their steps' coefficients once per run
+    (`diffusion.ddim_coefficients`, `diffusion.root_table`): the samples are those of the public one-step functions
+    (`ddim_step`, `predict_x0`, `q_sample`) step by step, bit for bit, in float64, float32 and bfloat16 (the cast of a
+    coefficient vector is the cast of each coefficient)."""
+    eps_w = samplers.guided_eps(EPS_NULL, EPS_C, 3.0)
+    eps = lambda x, t: eps_w(x.double(), t).to(x.dtype)                                   # noqa: E731
+    x_T = (2 * torch.randn(64, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)).to(dtype)
+    for seq in (schedule.timesteps(10, 1000), schedule.timesteps(7, 1000, "quad"), torch.arange(30, -1, -1)):
+        for eta, clip in ((0.0, False), (0.5, True), (1.0, False)):
+            new = samplers.ddim_sample(eps, x_T, AB, seq, eta=eta, clip_x0=clip, generator=torch.Generator().manual_seed(1))
+            old = _old_ddim_sample(eps, x_T, AB, seq, eta, torch.Generator().manual_seed(1), clip)
+            assert new.dtype == dtype and torch.equal(new, old), (seq, eta, clip)
+        assert torch.equal(samplers.ddim_invert(eps, x_T, AB, seq), _old_ddim_invert(eps, x_T, AB, seq))
+    x_in = torch.full((64, 1), 0.3, dtype=dtype)
+    new = samplers.sdedit(eps, x_in, AB, torch.arange(40, -1, -1), generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    x_t0 = diffusion.q_sample(x_in, float(AB[40]), torch.randn(x_in.shape, generator=g, dtype=dtype))
+    assert torch.equal(new, _old_ddim_sample(eps, x_t0, AB, torch.arange(40, -1, -1), 1.0, g, False))
