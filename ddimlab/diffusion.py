@@ -75,13 +75,6 @@ def roots(a, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return bcast(a.sqrt(), x), bcast((1 - a).sqrt(), x)
 
 
-def root_table(a, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """`roots` for each of the floats `a` (a run's ᾱ values, checked by the caller), formed once: (√ᾱ, √(1−ᾱ)) as 0-d
-    tensors of x's dtype and device, the same values `roots(a_i, x)` gives (float64, elementwise, then cast)."""
-    a = torch.tensor(a, dtype=torch.float64).reshape(-1)
-    return list(zip(*(c.to(x.dtype).to(x.device).to(x.dtype).unbind() for c in (a.sqrt(), (1 - a).sqrt()))))
-
-
 def bcast(a, x: torch.Tensor) -> torch.Tensor:
     """ᾱ-like `a` (scalar or shape (B,)) as a tensor of x's dtype that broadcasts against x of shape (B, …)."""
     if not x.dtype.is_floating_point:     # the coefficients, cast to an integer dtype, would be 0 or 1
@@ -319,43 +312,39 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, a_t, a_s, eta: float = 0.0,
         _same_shape(x_t, noise, "x_t and noise")     # True read as 1; an integer draw is no N(0, I)
         if noise.device.type == "cpu" and not all_finite(noise):   # σ·NaN made every x_s NaN
             raise ValueError("noise contains NaN or inf")
-    x0 = predict_x0(x_t, eps, a_t)
-    if check_bool("clip_x0", clip_x0):
-        x0 = x0.clamp(-1, 1)
-        eps = predict_eps(x_t, x0, a_t)
+    _check_range(a_t, "a_t", 0.0, 1.0, True, False)   # predict_x0's rule, said first
+    clip_x0 = check_bool("clip_x0", clip_x0)
     sigma = ddim_sigma(a_t, a_s, eta)
     check_sigma(a_t, a_s, sigma)
-    # 1 − ᾱ_s − σ² cancels on the last steps when η > 0 (8.5e-8 on DDPM's t = 100 → 0 with η = 1, where float32
-    # gives 1.0e-7): formed in float64 whatever the dtype of ᾱ_s and σ, and only then cast to x's dtype
+    if eta > 0 and noise is None:
+        raise ValueError("ddim_step with eta > 0 needs `noise`")
+    coefs = [bcast(c, x_t) for c in ddim_coefficients(a_t, a_s, sigma)]
+    return ddim_update(x_t, eps, coefs, noise.to(x_t.dtype) if eta > 0 else None, clip_x0)
+
+
+def ddim_coefficients(a_t, a_s, sigma):
+    """The coefficients of DDIM eq. 12 for the step ᾱ_t → ᾱ_s with noise σ (notebook 04 §3): (√ᾱ_t, √(1−ᾱ_t), √ᾱ_s,
+    √(1−ᾱ_s−σ²), σ), for `ddim_update`. Floats or tensors of any one shape (a whole run's steps at once, `per_step`).
+    √ᾱ_t and √(1−ᾱ_t) in `wide`'s precision, as `predict_x0` forms them; the direction's weight in float64, whatever the
+    dtype of ᾱ_s and σ, since 1 − ᾱ_s − σ² cancels on the last steps when η > 0 (8.5e-8 on DDPM's t = 100 → 0 with
+    η = 1, where float32 gives 1.0e-7), clamped at 0 (η = 1 rounds it below). Unchecked: `ddim_step` checks its step,
+    a sampler its run once."""
+    at = wide(a_t)
     a_s64, sg64 = (torch.as_tensor(a, dtype=torch.float64) for a in (a_s, sigma))
-    x_s = bcast(a_s64.sqrt(), x_t) * x0 + bcast(_direction(a_s64, sg64), x_t) * eps
-    if eta > 0:
-        if noise is None:
-            raise ValueError("ddim_step with eta > 0 needs `noise`")
-        x_s = x_s + bcast(sigma, x_t) * noise.to(x_t.dtype)
-    return x_s, x0
+    return at.sqrt(), (1 - at).sqrt(), a_s64.sqrt(), (1 - a_s64 - sg64 ** 2).clamp_min(0).sqrt(), sigma
 
 
-def _direction(a_s64: torch.Tensor, sg64: torch.Tensor) -> torch.Tensor:
-    """√(1−ᾱ_s−σ²), the weight of ε in DDIM eq. 12, from float64 ᾱ_s and σ (clamped at 0: η = 1 rounds it below)."""
-    return (1 - a_s64 - sg64 ** 2).clamp_min(0).sqrt()
-
-
-def ddim_coefficients(a_t, a_s, eta: float, x: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
-    """`ddim_step`'s coefficients for a whole run, formed once: for each step ᾱ_t → ᾱ_s of the lists a_t, a_s (floats,
-    checked by the caller: `samplers.check_eta_steps`), (√ᾱ_t, √(1−ᾱ_t), √ᾱ_s, √(1−ᾱ_s−σ²), σ) as 0-d tensors of x's
-    dtype and device, formed as `ddim_step` forms them (float64, elementwise, then cast): `ddim_update` with them gives
-    ddim_step's x_s bit for bit (tests/test_guidance.py), without its two dozen scalar tensor operations per step."""
-    at, as_ = (torch.tensor(a, dtype=torch.float64).reshape(-1) for a in (a_t, a_s))
-    sigma = eta * ((1 - as_) / (1 - at) * (1 - at / as_)).sqrt()      # ddim_sigma (posterior_variance), elementwise
-    coefs = (at.sqrt(), (1 - at).sqrt(), as_.sqrt(), _direction(as_, sigma), sigma)
-    return list(zip(*(c.to(x.dtype).to(x.device).to(x.dtype).unbind() for c in coefs)))
+def per_step(coefs, x: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """A run's coefficients, each a tensor of shape (S,), as S tuples of 0-d tensors of x's dtype and device: `bcast`'s
+    cast, done once for the run instead of at every step."""
+    return list(zip(*(torch.as_tensor(c).to(x.dtype).to(x.device).unbind() for c in coefs)))
 
 
 def ddim_update(x_t: torch.Tensor, eps: torch.Tensor, coefs, noise: torch.Tensor | None = None,
                 clip_x0: bool = False):
-    """One DDIM eq. 12 step with coefficients from `ddim_coefficients` and no checks (the sampler checked its run once):
-    `ddim_step`'s arithmetic in its order. noise (x's dtype) is added only when given (η > 0). Returns (x_s, x̂_0)."""
+    """One DDIM eq. 12 step, x_s = √ᾱ_s x̂_0 + √(1−ᾱ_s−σ²) ε + σ z with x̂_0 = (x_t − √(1−ᾱ_t) ε)/√ᾱ_t, on the
+    coefficients of `ddim_coefficients` (broadcast against x_t) and without checks: `ddim_step` checks its step, a
+    sampler its run once. noise z (x's dtype) is added only when given (η > 0). Returns (x_s, x̂_0)."""
     r_t, q_t, r_s, direction, sigma = coefs
     x0 = (x_t - q_t * eps) / r_t
     if clip_x0:

@@ -47,11 +47,11 @@ from .diffusion import (
     ddim_coefficients,
     ddim_sigma,
     ddim_update,
+    per_step,
     posterior_mean,
     posterior_variance,
     predict_x0,
     q_sample,
-    root_table,
 )
 from .schedule import alpha_bar_at, step_pairs
 
@@ -333,6 +333,15 @@ def _draw(noise_sampler, t, s, x):
     return z.to(x.dtype)
 
 
+def _coefficients(a, eta: float, x: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """DDIM eq. 12's coefficients (`diffusion.ddim_coefficients`, σ = `ddim_sigma`) for each step (ᾱ_t, ᾱ_s) of a run
+    whose steps `check_eta_steps` checked, formed once for the run and cast to x's dtype and device."""
+    if not a:
+        return []
+    a_t, a_s = (torch.tensor(v, dtype=torch.float64) for v in zip(*a))
+    return per_step(ddim_coefficients(a_t, a_s, ddim_sigma(a_t, a_s, eta)), x)
+
+
 def ddim_sample(eps, x_T, alpha_bar, seq, eta: float = 0.0, generator: torch.Generator | None = None,
                 clip_x0: bool = False, return_trajectory: bool = False, noise_sampler=None, callback=None):
     """Generalized DDIM sampling along τ = seq (DDIM eq. 12, notebook 04 §3):
@@ -353,11 +362,10 @@ def ddim_sample(eps, x_T, alpha_bar, seq, eta: float = 0.0, generator: torch.Gen
     noise_sampler = _noise(noise_sampler, generator, x_T)
     x = x_T
     traj = {"x": [x], "x0": [], "t": [int(seq[0])]}
-    coefs = ddim_coefficients(*zip(*a), eta, x) if a else []     # the steps' checks ran once, above (check_eta_steps)
-    for i, ((t, s), c) in enumerate(zip(pairs, coefs)):
+    for i, ((t, s), c) in enumerate(zip(pairs, _coefficients(a, eta, x))):
         e = call_eps(eps, x, t)
         z = _draw(noise_sampler, t, s, x) if eta > 0 else None
-        x, x0 = ddim_update(x, e, c, z, clip_x0)                  # ddim_step's arithmetic (DDIM eq. 12)
+        x, x0 = ddim_update(x, e, c, z, clip_x0)                  # DDIM eq. 12
         x = _finite(x, t, s)
         traj["x"].append(x); traj["x0"].append(x0); traj["t"].append(s)
         report(callback, i, t, s, x, x0)
@@ -466,12 +474,12 @@ def ddim_invert(eps, x0, alpha_bar, seq, return_trajectory: bool = False, callba
     x, s = x0, -1
     traj = {"x": [x], "t": [-1]}
     steps = [-1] + list(reversed(seq.tolist()))
-    roots_at = root_table(alpha_bar_at(alpha_bar, steps).tolist(), x)     # (√ᾱ, √(1−ᾱ)) of each step, formed once
-    for i, t in enumerate(steps[1:]):
+    ab = torch.tensor(alpha_bar_at(alpha_bar, steps).tolist(), dtype=torch.float64)
+    up = per_step(ddim_coefficients(ab[:-1], ab[1:], torch.zeros(len(ab) - 1, dtype=torch.float64)), x)
+    for i, (t, c) in enumerate(zip(steps[1:], up)):
         e = call_eps(eps, x, t)
-        (r_s, q_s), (r_t, q_t) = roots_at[i], roots_at[i + 1]
-        x0_hat = (x - q_s * e) / r_s                              # predict_x0 at ᾱ_s
-        x = _finite(r_t * x0_hat + q_t * e, s, t)                 # q_sample to ᾱ_t
+        x, x0_hat = ddim_update(x, e, c)           # eq. 12 with σ = 0 read upwards: x̂_0 at ᾱ_s, then q_sample to ᾱ_t
+        x = _finite(x, s, t)
         traj["x"].append(x); traj["t"].append(t)
         report(callback, i, s, t, x, x0_hat)
         s = t
@@ -577,7 +585,7 @@ def sdedit_law(eps, x_in, alpha_bar, seq, eta: float = 1.0, h: float = 0.004, n_
     z, wz = np.polynomial.hermite_e.hermegauss(n_z)
     x, wz = xq.numpy(), wz / wz.sum()
     F = stats.norm.cdf(x, math.sqrt(a[0][0]) * x0_in, math.sqrt(1 - a[0][0]))
-    for (t, s), c in zip(pairs, ddim_coefficients(*zip(*a), eta, xq[:, None]) if a else []):
+    for (t, s), c in zip(pairs, _coefficients(a, eta, xq[:, None])):
         sig = float(c[4])                                                      # σ = ddim_sigma, float64 as xq
         e = call_eps(eps, xq[:, None], t)
         m = ddim_update(xq[:, None], e, c, torch.zeros_like(e) if eta > 0 else None)[0][:, 0].numpy()  # the step without σ z

@@ -801,7 +801,7 @@ def _old_ddim_invert(eps, x, alpha_bar, seq):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_sampler_loops_with_coefficients_formed_once_give_the_step_functions_bits(dtype):
     """ddim_sample (η = 0, 0.5, 1; clipped or not), sdedit and ddim_invert form their steps' coefficients once per run
-    (`diffusion.ddim_coefficients`, `diffusion.root_table`): the samples are those of the public one-step functions
+    (`diffusion.ddim_coefficients`, `diffusion.per_step`): the samples are those of the public one-step functions
     (`ddim_step`, `predict_x0`, `q_sample`) step by step, bit for bit, in float64, float32 and bfloat16 (the cast of a
     coefficient vector is the cast of each coefficient)."""
     eps_w = samplers.guided_eps(EPS_NULL, EPS_C, 3.0)
