@@ -18,7 +18,7 @@ import torch
 from scipy import integrate, stats
 
 from ddimlab import diffusion, ode, samplers, toy
-from ddimlab.diffusion import bcast, posterior_variance
+from ddimlab.diffusion import posterior_variance
 from ddimlab.gaussian import kl_normal
 from ddimlab.schedule import alpha_bar, alpha_bar_at, beta_schedule, make_alpha_bar, timesteps
 
@@ -176,36 +176,36 @@ MIX = toy.default_mixture(2)
 EPS_STAR = toy.exact_eps(MIX, AB)
 
 
-def ddim_matches_euler(step_fn) -> bool:
-    """`samplers.ddim_sample(η = 0)` with its step replaced by step_fn, against `ode.euler` (x̄_s = x̄_t + (σ_s − σ_t) ε,
-    DDIM §4.3) on the exact score, 10 uniform steps: equal to float64 rounding?"""
+def ddim_matches_euler(coefficients) -> bool:
+    """`samplers.ddim_sample(η = 0)` with the coefficients of its step (DDIM eq. 12: √ᾱ_t, √(1−ᾱ_t), √ᾱ_s,
+    √(1−ᾱ_s−σ²), σ, `diffusion.ddim_coefficients`) formed by `coefficients`, against `ode.euler`
+    (x̄_s = x̄_t + (σ_s − σ_t) ε, DDIM §4.3) on the exact score, 10 uniform steps: equal to float64 rounding?"""
     x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(3), dtype=F64)
     seq = timesteps(10, 1000)
-    with mock.patch.object(samplers, "ddim_step", step_fn):
+    with mock.patch.object(samplers, "ddim_coefficients", coefficients):
         x_ddim = samplers.ddim_sample(EPS_STAR, x_T, AB, seq, eta=0.0)
     x_euler = ode.euler(EPS_STAR, x_T, AB, seq)
     return bool(torch.isfinite(x_ddim).all()) and float((x_ddim - x_euler).abs().max()) < 1e-9
 
 
-def _ddim_step_variant(x0_of, direction_coef):
-    def step(x_t, eps, a_t, a_s, eta=0.0, noise=None, clip_x0=False):
-        at, as_ = bcast(a_t, x_t), bcast(a_s, x_t)
-        x0 = x0_of(x_t, eps, at)
-        return as_.sqrt() * x0 + direction_coef(at, as_) * eps, x0
-    return step
+def _coefficients_variant(noise_coef, direction_coef):
+    def coefficients(a_t, a_s, sigma):
+        at, as_ = (torch.as_tensor(a, dtype=F64) for a in (a_t, a_s))
+        return at.sqrt(), noise_coef(at), as_.sqrt(), direction_coef(at, as_), sigma
+    return coefficients
 
 
-_x0_right = lambda x_t, eps, a: (x_t - (1 - a).sqrt() * eps) / a.sqrt()  # noqa: E731
+_noise_right = lambda a: (1 - a).sqrt()  # noqa: E731   x̂_0 = (x_t − √(1−ᾱ_t) ε)/√ᾱ_t
 DDIM_STEP_MUTANTS = {
-    "direction sqrt(1 - abar_t) instead of sqrt(1 - abar_s)": _ddim_step_variant(_x0_right, lambda at, as_: (1 - at).sqrt()),
-    "direction (1 - abar_s) without the square root": _ddim_step_variant(_x0_right, lambda at, as_: 1 - as_),
-    "x0_hat with (1 - abar_t) eps, no square root": _ddim_step_variant(lambda x_t, eps, a: (x_t - (1 - a) * eps) / a.sqrt(),
-                                                                     lambda at, as_: (1 - as_).sqrt()),
+    "direction sqrt(1 - abar_t) instead of sqrt(1 - abar_s)":
+        _coefficients_variant(_noise_right, lambda at, as_: (1 - at).sqrt()),
+    "direction (1 - abar_s) without the square root": _coefficients_variant(_noise_right, lambda at, as_: 1 - as_),
+    "x0_hat with (1 - abar_t) eps, no square root": _coefficients_variant(lambda a: 1 - a, lambda at, as_: (1 - as_).sqrt()),
 }
 
 
 def test_ddim_euler_check_passes_for_the_library():
-    assert ddim_matches_euler(diffusion.ddim_step)
+    assert ddim_matches_euler(diffusion.ddim_coefficients)
 
 
 @pytest.mark.parametrize("name", DDIM_STEP_MUTANTS)
@@ -224,10 +224,10 @@ def ddim_eta1_matches_ddpm(sigma_fn) -> bool:
     `samplers.ddpm_sample(variance="small")` (DDPM eq. 7 mean, β̃ variance) driven by the same noise."""
     x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(4), dtype=F64)
     seq = torch.arange(99, -1, -1)
-    with mock.patch.object(diffusion, "ddim_sigma", sigma_fn):
+    with mock.patch.object(samplers, "ddim_sigma", sigma_fn):         # the σ that ddim_sample checks and steps with
         try:
             x_ddim = samplers.ddim_sample(EPS100, x_T, AB100, seq, eta=1.0, generator=torch.Generator().manual_seed(5))
-        except ValueError:   # ddim_step refuses a σ with σ² > 1 − ᾱ_s: the wrong formula is caught either way
+        except ValueError:   # a σ with σ² > 1 − ᾱ_s is refused (check_eta_steps): the wrong formula is caught either way
             return False
     x_ddpm = samplers.ddpm_sample(EPS100, x_T, AB100, "small", generator=torch.Generator().manual_seed(5))
     return float((x_ddim - x_ddpm).abs().max()) < 1e-9

@@ -91,7 +91,7 @@ def test_thread_count_is_part_of_the_key(tmp_path, first, monkeypatch):
 
 
 def test_cpu_kernels_are_part_of_the_key(tmp_path, first, monkeypatch):
-    """AVX-512 and AVX2 kernels train different weights (README, "The notebooks"; docs/reproducibility.md): other kernels train anew."""
+    """AVX-512 and AVX2 kernels train different weights (README, "The notebooks"): other kernels train anew."""
     model, config = first
     shutil.copytree(config.out, tmp_path / "models" / f"digits_{pretrained.config_key(config)}")
     monkeypatch.setattr(pretrained.train, "train", lambda c, **k: (_ for _ in ()).throw(KeyError("trains anew")))
