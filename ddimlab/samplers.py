@@ -588,7 +588,7 @@ def sdedit_law(eps, x_in, alpha_bar, seq, eta: float = 1.0, h: float = 0.004, n_
     for (t, s), c in zip(pairs, _coefficients(a, eta, xq[:, None])):
         sig = float(c[4])                                                      # σ = ddim_sigma, float64 as xq
         e = call_eps(eps, xq[:, None], t)
-        m = ddim_update(xq[:, None], e, c, torch.zeros_like(e) if eta > 0 else None)[0][:, 0].numpy()  # the step without σ z
+        m = ddim_update(xq[:, None], e, c)[0][:, 0].numpy()                    # the step's mean: no σ z
         if not bool(np.all(np.diff(m) > 0)):
             raise ValueError(f"step {t} -> {s}: the step's mean map m(x) = sqrt(a_s) x0_hat + sqrt(1 - a_s - sigma^2) eps "
                              f"does not increase with x on the grid, which the law needs (an exact eps gives one that does)")
