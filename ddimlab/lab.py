@@ -4,8 +4,8 @@
 exact ε* (`toy.exact_eps`), so the only error left is the sampler's, and scores it against fresh data
 with the standardized energy distance (`toy.mmd2_unbiased` with `toy.ENERGY`; why this distance:
 notebook 09 §1), its jackknife SE (`mmd2_se`) and the noise floor of two fresh data sets
-(`noise_floor`); η = 0 also gets its RMS distance to scipy's ODE solution (`ode_error`; per sample `ode_sq_errors`). Differences
-between cells carry their own jackknife SE (`difference`); `beyond` and `ranking` call one resolved
+(`toy.noise_floor`); η = 0 also gets its RMS distance to scipy's ODE solution (`ode_error`; per sample
+`ode_sq_errors`). Differences between cells carry their own jackknife SE (`difference`); `beyond` and `ranking` call one resolved
 beyond 3 SEs. `format_table` / `plot_table` present it; `main` runs the 2-D and the 1024-D tables
 (`ddimlab lab`, `make lab`, the demo). Default steps: `uniform`, so that S = 1000 is DDPM's own chain
 (notebook 09 §2). The measured tables and what they show are in notebook 09 and the README.
@@ -59,7 +59,7 @@ def mmd2_se(x: torch.Tensor, y: torch.Tensor, kernel) -> tuple[float, float]:
     kernel: a Gaussian bandwidth, or toy.ENERGY ("energy") for the energy distance (`toy.gram`).
     x, y: (n, d) with the same n. The SE covers both sample sets' randomness; `tests/test_lab.py` checks
     it against repeats. Near the null (samples ≈ data) the statistic is degenerate and the jackknife
-    overstates its spread: conservative; `noise_floor` is the calibrated number there.
+    overstates its spread: conservative; `toy.noise_floor` is the calibrated number there.
     """
     value, loo = jackknife(x, y, kernel)
     return value, jackknife_se(loo)
@@ -107,20 +107,6 @@ def jackknife_se(loo: torch.Tensor) -> float:
     (loo,) = check_per_sample("jackknife_se", loo)          # NaN values gave an SE of nan; a list failed in .shape
     n = loo.shape[0]
     return float(((n - 1) / n * (loo - loo.mean()).pow(2).sum()).sqrt())
-
-
-def noise_floor(mixture: toy.GaussianMixture, n: int, generator: torch.Generator | None = None,
-                repeats: int = 8, kernel=None, scale=None) -> float:
-    """The metric's noise floor at n (notebook 09 §1): the RMS of the statistic between two fresh data sets of size n
-    over `repeats` pairs, what a perfect sampler scores at this n. kernel and scale as in `toy.mmd` (None: the Gaussian
-    kernel of `toy.bandwidth(mixture)`, no scaling), whose floor it is (`toy.mmd_floor`). The two sets of n draws that
-    `toy.mmd`'s other number took (one data set against fresh data; not computed) are still drawn first, so that seeded
-    tables keep their numbers.
-    """
-    mixture = toy.check_mixture(mixture)
-    for _ in range(2):
-        mixture.sample(n, generator)
-    return toy.mmd_floor(mixture, n, generator, repeats, kernel, scale)
 
 
 def error_ratio(e2_a: torch.Tensor, e2_b: torch.Tensor, draws: int = 2000, seed: int = 0) -> dict:
@@ -351,7 +337,7 @@ def table1(mixture: toy.GaussianMixture | None = None, S_list=S_LIST, etas=ETAS,
     kernel = toy.bandwidth(mixture) if kernel is None else kernel
     scale = mixture.std() if standardize else torch.ones(mixture.d, dtype=torch.float64)
 
-    floor = noise_floor(mixture, n, g, repeats, kernel, scale)
+    floor = toy.noise_floor(mixture, n, g, repeats, kernel, scale)
     fresh = mixture.sample(n, g)
     table = object()                      # identifies the cells that share x_T, noise and data (`difference`)
     # scipy's ODE solution from x_T[:n_ode], once per first step t (quadratic steps start at t = 800 for every S)

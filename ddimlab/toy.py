@@ -632,7 +632,7 @@ def mmd(samples: torch.Tensor, mixture: GaussianMixture, generator: torch.Genera
     """Distance of `samples` (n, d) to the data distribution, with its own noise floor (notebook 09 §1).
 
     mmd2 is `mmd2_unbiased` to n fresh data draws; floor is the RMS of the same statistic between two
-    independent sets of n data draws, over `repeats` repetitions (`mmd_floor`). kernel: None for the Gaussian kernel
+    independent sets of n data draws, over `repeats` repetitions (`noise_floor`). kernel: None for the Gaussian kernel
     with `bandwidth(mixture)`, a bandwidth, or ENERGY for the energy distance. scale: None, or a (d,)
     tensor every point is divided by first (`mixture.std()`: each coordinate on its own scale).
     """
@@ -645,14 +645,18 @@ def mmd(samples: torch.Tensor, mixture: GaussianMixture, generator: torch.Genera
     return MMDResult(value, _null_rms(mixture, n, generator, repeats, kernel, scale))
 
 
-def mmd_floor(mixture: GaussianMixture, n: int, generator: torch.Generator | None = None,
-              repeats: int = 8, kernel=None, scale=None) -> float:
-    """`mmd`'s floor alone, for sets of n points (notebook 09 §1): the RMS of `mmd2_unbiased` between two sets of n fresh
-    data draws over `repeats` pairs, the 2·repeats draws taken as `mmd` takes them after its own (`lab.noise_floor`).
-    kernel and scale as in `mmd`."""
+def noise_floor(mixture: GaussianMixture, n: int, generator: torch.Generator | None = None,
+                repeats: int = 8, kernel=None, scale=None) -> float:
+    """The metric's noise floor at n (notebook 09 §1): the RMS of `mmd2_unbiased` between two fresh data sets of n
+    points over `repeats` pairs, what a perfect sampler scores at this n; `mmd`'s floor. kernel and scale as in `mmd`.
+    The two sets of n draws a sampler's data set and `mmd`'s value would take are drawn first (not used), so that the
+    floor is `mmd`'s for n fresh samples from the same generator and seeded tables keep their numbers."""
     mixture = check_mixture(mixture)
     n = check_int("n", n, 2, note=" (the unbiased statistic needs 2 points per set)")
-    return _null_rms(mixture, n, generator, *_mmd_options(mixture, repeats, kernel, scale))
+    options = _mmd_options(mixture, repeats, kernel, scale)
+    for _ in range(2):
+        mixture.sample(n, generator)
+    return _null_rms(mixture, n, generator, *options)
 
 
 def _mmd_options(mixture: GaussianMixture, repeats, kernel, scale):

@@ -2846,12 +2846,12 @@ def test_round_35_thresholded_eps_refuses_a_schedule_other_than_its_eps(toy_setu
 
 
 def test_round_35_the_lab_names_a_mixture_of_another_kind_and_an_rms_of_no_samples(toy_setup):
-    """lab.noise_floor("ring", n) failed as "'str' object has no attribute 'sample'" and toy.mmd(x, "ring") as "... no
+    """toy.noise_floor("ring", n) failed as "'str' object has no attribute 'sample'" and toy.mmd(x, "ring") as "... no
     attribute 'd'" (toy.check_mixture, bandwidth's check, now serves all three and table1); lab.ode_error of an empty
     batch returned NaN, the mean of no squared errors (ode_sq_errors still maps it to no errors)."""
     from ddimlab import lab
     mix, eps, x_T, seq = toy_setup
-    for run in (lambda: lab.noise_floor("ring", 8), lambda: toy.mmd(x_T, "ring"), lambda: toy.bandwidth(eps)):
+    for run in (lambda: toy.noise_floor("ring", 8), lambda: toy.mmd(x_T, "ring"), lambda: toy.bandwidth(eps)):
         with pytest.raises(TypeError, match="mixture must be a toy.GaussianMixture, got (str|function)"):
             run()
     with pytest.raises(ValueError, match="x_T is an empty batch \\(0, 2\\): an RMS over its samples needs at least one"):

@@ -225,7 +225,7 @@ def test_noise_floor_is_measured_on_two_fresh_data_sets():
     n, sd = 200, mix.std()
     g = torch.Generator().manual_seed(3)
     for kernel in (toy.ENERGY, toy.bandwidth(mix)):
-        floor = lab.noise_floor(mix, n, g, repeats=48, kernel=kernel, scale=sd)
+        floor = toy.noise_floor(mix, n, g, repeats=48, kernel=kernel, scale=sd)
         null = torch.tensor([toy.mmd2_unbiased(mix.sample(n, g) / sd, mix.sample(n, g) / sd, kernel)
                              for _ in range(48)])
         rms = float(null.pow(2).mean().sqrt())
@@ -244,7 +244,7 @@ def test_noise_floor_is_the_floor_alone_from_the_same_draws():
     for n fresh samples, and leaves the generator where `toy.mmd` does."""
     mix, n = toy.eight_gaussians(), 50
     g, g_toy = torch.Generator().manual_seed(8), torch.Generator().manual_seed(8)
-    floor = lab.noise_floor(mix, n, g, repeats=3, kernel=toy.ENERGY, scale=mix.std())
+    floor = toy.noise_floor(mix, n, g, repeats=3, kernel=toy.ENERGY, scale=mix.std())
     assert type(floor) is float
     assert floor == toy.mmd(mix.sample(n, g_toy), mix, g_toy, repeats=3, kernel=toy.ENERGY, scale=mix.std()).floor
     assert torch.equal(g.get_state(), g_toy.get_state())
@@ -561,5 +561,5 @@ def test_noise_floor_computes_only_its_repeats(monkeypatch):
     calls = []
     real = toy.mmd2_unbiased
     monkeypatch.setattr(toy, "mmd2_unbiased", lambda *args: calls.append(len(args[0])) or real(*args))
-    lab.noise_floor(toy.eight_gaussians(), 30, torch.Generator().manual_seed(0), repeats=3, kernel=toy.ENERGY)
+    toy.noise_floor(toy.eight_gaussians(), 30, torch.Generator().manual_seed(0), repeats=3, kernel=toy.ENERGY)
     assert calls == [30, 30, 30]
