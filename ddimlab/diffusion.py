@@ -138,7 +138,7 @@ def predict_eps(x_t: torch.Tensor, x0: torch.Tensor, a_t) -> torch.Tensor:
 
 
 def dynamic_threshold(x0: torch.Tensor, p: float = 0.995, s_max: float = math.inf) -> torch.Tensor:
-    """Imagen's dynamic thresholding of x̂_0 (Saharia et al. 2022, §2.3; notebook 10 §4), per sample:
+    """Imagen's dynamic thresholding of x̂_0 (Saharia et al. 2022, §2.3; notebook 10 §3), per sample:
 
         s = clamp(p-th quantile of |x̂_0|, 1, s_max),   x̂_0 ← clamp(x̂_0, −s, s) / s,
 

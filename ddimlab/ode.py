@@ -878,14 +878,14 @@ def counted(eps):
 
 
 def thresholded_eps(eps, alpha_bar, p: float = 0.995, s_max: float = math.inf):
-    """ε whose x̂_0 is dynamically thresholded, one ε callable for every sampler and solver (notebook 10 §4):
+    """ε whose x̂_0 is dynamically thresholded, one ε callable for every sampler and solver (notebook 10 §3):
 
         ε_thr(x_t, t) = (x_t − √ᾱ_t x̃_0) / √(1−ᾱ_t),   x̃_0 = `diffusion.dynamic_threshold`(x̂_0(x_t, ε(x_t, t)), p, s_max),
 
     so D = x̄ − σ ε_thr = x̃_0 exactly: DDIM, DPM-Solver++(2M)/(3M) and UniPC integrate the thresholded x̂_0, as
     diffusers' data-prediction schedulers with `thresholding=True` do (`diffusion.ddim_step(clip_x0=True)` is the same
     with the static clip). A solver that combines several ε's (iPNDM, DPM-Solver's ε form) integrates the same ODE but
-    its steps' x̂_0 are not thresholded ones (notebook 10 §4). t may be fractional (`alpha_bar_cont`), but not −1 (σ = 0,
+    its steps' x̂_0 are not thresholded ones (notebook 10 §3). t may be fractional (`alpha_bar_cont`), but not −1 (σ = 0,
     where it divides by 0: `reference_solution` of it stops at t_end = 0). ε's answer is checked as every ε's is
     (`samplers.of_eps_kind`) and ε_thr comes back in its dtype (`samplers.of_inner_dtype`): a float32 ε for float64 x is
     refused by the samplers and held to float32's tolerances by the scipy paths, as the bare ε is.

@@ -1,5 +1,5 @@
 """Samplers: DDIM with any η, DDPM ancestral, DDIM inversion, reconstruction and slerp (notebook 04); classifier-free
-guidance, Langevin correction and SDEdit-style editing (notebook 10).
+guidance and Langevin correction (notebook 10), and SDEdit-style editing (notebook 11).
 
 Every sampler takes any callable `eps(x, t) -> tensor` (a network wrapped by `checkpoint.eps_fn`, or the
 exact ε* of `toy.exact_eps`; a bare network is refused, `check_eps`) and calls it with t as a (B,) long tensor of
@@ -541,7 +541,7 @@ def _warn_if_0_255(x, name, stacklevel: int = 3):
 
 
 def sdedit(eps, x_in, alpha_bar, seq, eta: float = 1.0, generator: torch.Generator | None = None, callback=None):
-    """Edit x_in as SDEdit (Meng et al. 2022) and diffusers' img2img do (notebook 10 §3): noise it to the first
+    """Edit x_in as SDEdit (Meng et al. 2022) and diffusers' img2img do (notebook 11 §1): noise it to the first
     step t_0 = seq[0] with q(x_{t_0} | x_0), x_{t_0} = √ᾱ_{t_0} x_in + √(1−ᾱ_{t_0}) z, then run `ddim_sample` over seq.
 
     With η = 1 on every step from t_0 and the exact ε this draws x_0 from p(x_0 | x_{t_0}) (up to DDPM's Gaussian
@@ -556,10 +556,10 @@ def sdedit(eps, x_in, alpha_bar, seq, eta: float = 1.0, generator: torch.Generat
 
 
 def sdedit_law(eps, x_in, alpha_bar, seq, eta: float = 1.0, h: float = 0.004, n_z: int = 10, span: float = 6.0):
-    """The cdf of `sdedit`'s edits of one 1-D point x_in, computed, not sampled (notebook 10 §3, "D(t₀), computed").
+    """The cdf of `sdedit`'s edits of one 1-D point x_in, computed, not sampled (notebook 11 §2, "D(t₀), computed").
 
     Each step of DDIM eq. 12 sends x_t to x_s = m(x_t) + σ z, m(x) = √ᾱ_s x̂_0(x) + √(1−ᾱ_s−σ²) ε(x, t), σ = `ddim_sigma`;
-    with an exact ε, m increases with x (notebook 10 §3), so from F_{t_0}(x) = Φ((x − √ᾱ_{t_0} x_in)/√(1−ᾱ_{t_0}))
+    with an exact ε, m increases with x (notebook 11 §2), so from F_{t_0}(x) = Φ((x − √ᾱ_{t_0} x_in)/√(1−ᾱ_{t_0}))
 
         F_s(y) = E_z F_t(m⁻¹(y − σ z)),
 
