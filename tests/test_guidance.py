@@ -1,4 +1,4 @@
-"""Classifier-free guidance and SDEdit editing on an exact 1-D two-class mixture (notebook 10).
+"""Classifier-free guidance and SDEdit editing on an exact 1-D two-class mixture (notebooks 10 and 11).
 
 References are independent of the library's mixture code: densities written with scipy.stats or by hand,
 the ODE solved by scipy (`ode.reference_solution`), posterior weights integrated by scipy's quad.
@@ -163,7 +163,7 @@ def test_sdedit_with_eta1_draws_from_the_posterior_and_eta0_does_not():
         counts = np.bincount(np.searchsorted(EDGES[1:-1], out, side="right"), minlength=3)
         p = stats.chisquare(counts, expected).pvalue
         assert (p > 1e-3) if ok else (p < 1e-6), (eta, counts, expected, p)
-        if not ok:      # η = 0 over-weights the bump at 0.5, nearest the input (notebook 10 §3)
+        if not ok:      # η = 0 over-weights the bump at 0.5, nearest the input (notebook 11 §1)
             share = counts[1] / n
             assert share - expected[1] / n > 3 * math.sqrt(share * (1 - share) / n), (counts, expected)
     x = torch.full((n, 1), x_in, dtype=torch.float64)           # t0 = 700: the input forgotten, η no longer tells
@@ -188,7 +188,7 @@ def _edit_cdf(x_in, a, grid, spread=None):
 
 
 def test_sdedit_eta1_passes_the_posterior_where_its_spread_matters_and_misses_it_at_large_n():
-    """Notebook 10 §3: at t0 = 50, where the posterior's components are 0.51-0.66 times as wide as the prior's, 4000 η = 1
+    """Notebook 11 §1: at t0 = 50, where the posterior's components are 0.51-0.66 times as wide as the prior's, 4000 η = 1
     edits pass a KS test against the posterior and fail it against the posterior with the prior's spread (a slip 4000 edits
     do not resolve at t0 = 200). η = 1 on every step is DDPM's Gaussian steps, a posterior sampler only approximately: at
     t0 = 20, 100,000 edits are told from the posterior (D = 0.011 against 0.003 for its own draws), their first 4000 not."""
@@ -232,7 +232,7 @@ def _edit_law(seq, eta, x_in=0.0, h=0.004, n_z=10, eps=None):
 
 
 def test_edit_law_by_quadrature_is_exact_on_one_gaussian_where_the_law_is_known():
-    """Notebook 10 §3 says carrying the cdf through each step's increasing mean map plus Gaussian noise is exact up to the
+    """Notebook 11 §2 says carrying the cdf through each step's increasing mean map plus Gaussian noise is exact up to the
     grid. On data N(0.5, 0.2²) every step is linear, x_s = A x_t + B + σ z with A = a k + b and B = a (μ − k √ᾱ_t μ)
     (x̂_0 = μ + k (x_t − √ᾱ_t μ), k = √ᾱ_t s² / (ᾱ_t s² + 1 − ᾱ_t)), so the edits are Gaussian with a mean and variance
     by recursion: the quadrature must give that cdf to the grid's error (2e-5, shrinking as h²), for η = 1 and 0 on
@@ -286,7 +286,7 @@ def test_edit_law_by_quadrature_is_the_law_of_the_librarys_edits():
 
 
 def test_edit_distance_to_the_posterior_by_t0_and_by_strength():
-    """Notebook 10 §3's D(t0): the KS distance of the edits' law to the noise-averaged posterior. η = 1 on every step:
+    """Notebook 11 §2's D(t0): the KS distance of the edits' law to the noise-averaged posterior. η = 1 on every step:
     0.0100 at t0 = 20, falling to 0.0020 at 200; η = 0 over 5 times larger. diffusers' 50 steps: η = 1 at 0.026-0.027
     (strength 0.3 and 1), η = 0 farther at 0.3 and nearer at 1; from t0 = 285 with 15 to 120 strided steps D falls by
     less than half at each doubling (the every-step law's own miss; see the next test). Half the grid spacing moves D by
@@ -311,13 +311,13 @@ def test_edit_distance_to_the_posterior_by_t0_and_by_strength():
 
 
 def _strided_285():
-    """diffusers' 15 steps from t0 = 285 (strength 0.3 of 50), then 30, 60 and 120 steps spaced evenly (notebook 10 §3)."""
+    """diffusers' 15 steps from t0 = 285 (strength 0.3 of 50), then 30, 60 and 120 steps spaced evenly (notebook 11 §1)."""
     return [schedule.timesteps(50, 1000, "linspace")[35:]] + [torch.from_numpy(np.linspace(285, 0, k).round().astype(np.int64))
                                                               for k in (30, 60, 120)]
 
 
 def test_strided_edit_laws_approach_the_every_step_law_halving_or_better_per_doubling():
-    """Notebook 10 §3: as the stride shrinks, the strided η = 1 laws from t0 = 285 tend to the every-step law, not to the
+    """Notebook 11 §2: as the stride shrinks, the strided η = 1 laws from t0 = 285 tend to the every-step law, not to the
     posterior; their distance to it falls by more than 1.9 at each doubling of the steps (1.97, 2.13, 2.46 measured). The
     posterior as the reference, the comparison the notebook first drew, gives ratios under 1.95 and must fail that bound."""
     grid = np.linspace(-3, 3.5, 1301)
@@ -331,7 +331,7 @@ def test_strided_edit_laws_approach_the_every_step_law_halving_or_better_per_dou
 
 
 def test_at_strength_075_the_librarys_eta0_edits_are_nearer_the_posterior_than_its_eta1_edits():
-    """Notebook 10 §3's 50-step finding, from the library's own edits, not the computed law: at strength 0.75 (37 steps
+    """Notebook 11 §2's 50-step finding, from the library's own edits, not the computed law: at strength 0.75 (37 steps
     from t0 = 734) 100,000 η = 0 edits are nearer the noise-averaged posterior in KS distance than 100,000 η = 1 edits
     (about 0.015 against 0.026; the sampled D's spread over runs is about 0.001), and each is not rejected against its
     computed law while both are rejected against the posterior."""
@@ -359,7 +359,7 @@ def _split_steps(k, last=True):
 
 @pytest.mark.slow
 def test_eta1_floor_is_the_gaussian_steps_first_order_in_the_step():
-    """Notebook 10 §3: with every step from t0 = 300, η = 1's edits miss the posterior by D = 0.0018 (the floor from t0 = 200
+    """Notebook 11 §3: with every step from t0 = 300, η = 1's edits miss the posterior by D = 0.0018 (the floor from t0 = 200
     on). DDPM's steps split in two and in four (ᾱ interpolated geometrically) give 0.00094 and 0.00048: the floor halves
     at each halving of the step (1.8 to 2.2 times), an error of first order in the step, not the grid's (which refining
     the time steps would not move). It is not the last step, which returns x̂_0: splitting every step but that one halves
@@ -404,7 +404,7 @@ def test_strength_slice_equals_diffusers_img2img_steps():
         assert ours.tolist() == sch.timesteps[S - int(S * strength):].tolist()
     sd = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing="leading", steps_offset=1)   # Stable Diffusion's
     sd.set_timesteps(50)
-    assert int(sd.timesteps[50 - int(50 * 0.3)]) == 281        # notebook 10 §3: strength 0.3 starts at 281, not 285
+    assert int(sd.timesteps[50 - int(50 * 0.3)]) == 281        # notebook 11 §1: strength 0.3 starts at 281, not 285
 
 
 def test_sdedit_noises_to_the_first_step_and_is_reproducible():
@@ -619,7 +619,7 @@ def test_thresholded_eps_makes_every_x0_solver_integrate_the_thresholded_predict
 
 
 def test_thresholded_x0_form_solvers_end_inside_the_bounds_and_ipndm_does_not():
-    """notebook 10 §4's recommendation: with `ode.thresholded_eps`, every solver whose last step returns the thresholded
+    """notebook 10 §3's recommendation: with `ode.thresholded_eps`, every solver whose last step returns the thresholded
     x̂_0 (DDIM, DPM-Solver++(2M)/(3M), UniPC-2/3) ends inside [-1, 1] at 5, 10 and 20 calls on 16 pixels near the
     bounds at w = 7.5, while iPNDM, which extrapolates ε_thr down to σ = 0, leaves it (the notebook's data, fewer x_T)."""
     signs = 2 * torch.randint(0, 2, (8, 16), generator=torch.Generator().manual_seed(4)).double() - 1
@@ -638,7 +638,7 @@ def test_thresholded_x0_form_solvers_end_inside_the_bounds_and_ipndm_does_not():
 
 @pytest.mark.slow
 def test_thresholding_findings_hold_on_a_layout_the_notebook_does_not_use(j=9):
-    """Notebook 10 §4's findings on a layout it does not use (signs of the means by seed 100 + j, 256 x_T by seed 200 + j; its
+    """Notebook 10 §3's findings on a layout it does not use (signs of the means by seed 100 + j, 256 x_T by seed 200 + j; its
     first layout is seed 4, its repeat over eight seeds 101 to 108; one here, for time), with scipy's solutions of the guided
     and the thresholded ODE: at 5 calls thresholding brings 2M and 3M nearer the guided ODE's solution and the class means and
     moves DDIM farther from the class means, while whether it moves DDIM nearer the guided ODE's solution is not resolved
@@ -687,7 +687,7 @@ def test_thresholding_findings_hold_on_a_layout_the_notebook_does_not_use(j=9):
 
 @pytest.mark.slow
 def test_3m_floor_against_the_guided_odes_solution_is_the_last_step_and_the_unit_steps_not_scipy():
-    """Why DPM-Solver++(3M)'s distance to scipy's solution of notebook 10 §4's guided ODE stops near 6e-4 (5.9e-4 at 100
+    """Why DPM-Solver++(3M)'s distance to scipy's solution of notebook 10 §3's guided ODE stops near 6e-4 (5.9e-4 at 100
     steps, 6.1e-4 at 400; the notebook's data, 64 x_T). Not scipy's tolerance: its solution at rtol = atol = 1e-7 and at
     1e-9 differ by 4e-9. Not a wrong limit: before the grid's last unit steps (t = 11) 3M's error falls 65-fold from 100
     to 400 steps (4.4e-5 to 6.8e-7, third order). Two end points: the solver's last step returns x̂_0 = x̄ − σ ε at t = 0
