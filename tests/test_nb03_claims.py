@@ -124,3 +124,41 @@ def test_nb03_weighting_claims():
             assert to_data["eta 1"] < _w2(star, (M, S))
         else:
             assert spread < min(_w2(p, star) for p in laws.values())
+
+
+def test_without_x0_the_q_sigma_process_is_not_markov_unless_eta_is_1():
+    """Notebook 03 §6: the x_t alone (x_0 integrated out) are not a Markov chain for η < 1. On other data than the
+    notebook's (x_0 = ±1) and other steps: chains x_20 → x_19 → x_18 drawn with the library's q_σ mean, and the
+    partial correlation of x_20 and x_18 given x_19 (0 for a Markov chain) against its exact value, which depends only
+    on second moments: the covariance of (x_20, x_19, x_18) written out here from DDIM eq. 7 (x_s = c x_0 + k x_t + σ z,
+    k = √(1−ᾱ_s−σ²)/√(1−ᾱ_t), c = √ᾱ_s − k √ᾱ_t). η = 0, 0.3, 0.7 give −1, −0.19, −0.03 (each > 5 SE from 0), η = 1 0."""
+    from ddimlab.diffusion import q_sample, q_sigma_mean
+    from ddimlab.schedule import make_alpha_bar
+    ab, n = make_alpha_bar("linear", 1000), 100_000
+    g = torch.Generator().manual_seed(41)
+
+    def partial(c):                            # of entries 0 and 2 given 1, from a covariance (singular at η = 0 too)
+        r = c[0, 2] - c[0, 1] * c[1, 2] / c[1, 1]
+        return r / math.sqrt((c[0, 0] - c[0, 1] ** 2 / c[1, 1]) * (c[2, 2] - c[1, 2] ** 2 / c[1, 1]))
+
+    for eta in (0.0, 0.3, 0.7, 1.0):
+        x0 = torch.randint(0, 2, (n,), generator=g).double() * 2 - 1
+        xs = [q_sample(x0, float(ab[20]), torch.randn(n, generator=g, dtype=torch.float64))]
+        rows = [np.array([math.sqrt(float(ab[20])), math.sqrt(1 - float(ab[20])), 0.0, 0.0])]   # on x_0, ε, z_1, z_2
+        for i, t in enumerate((20, 19)):
+            a_t, a_s = float(ab[t]), float(ab[t - 1])
+            sg = float(ddim_sigma(a_t, a_s, eta))
+            xs.append(q_sigma_mean(x0, xs[-1], a_t, a_s, sg) + sg * torch.randn(n, generator=g, dtype=torch.float64))
+            k = math.sqrt(1 - a_s - sg ** 2) / math.sqrt(1 - a_t)
+            row = k * rows[-1]
+            row[0] += math.sqrt(a_s) - k * math.sqrt(a_t)
+            row[2 + i] += sg
+            rows.append(row)
+        exact = partial(np.array(rows) @ np.array(rows).T)          # x_0 (variance 1), ε, z_1, z_2 uncorrelated
+        mc = partial(np.cov(torch.stack(xs).numpy()))
+        se = (1 - exact ** 2) / math.sqrt(n - 3)
+        assert abs(mc - exact) <= 4 * se + 1e-6, (eta, mc, exact, se)
+        if eta == 1.0:
+            assert abs(exact) < 1e-9, exact
+        else:
+            assert abs(exact) > 5 * se and abs(mc) > 5 * se, (eta, exact, mc, se)
