@@ -31,9 +31,10 @@ import torch
 
 from . import devices, schedule
 from . import unet as unet_mod
-from .checks import as_real, check_bool, check_int
+from .checks import as_real, check_bool, check_int, check_values
 from .data import cache_folder, download, require_files
 from .files import atomic_write, folder_removed_on_error, interrupts_deferred, md5sum, replaced_together, unresolved_link
+from .samplers import check_weights
 
 DDPM_CIFAR10_FILE = "model-790000.ckpt"
 DDPM_CIFAR10_MD5 = "1fa350b952534ae442b1d5235cce5cd3"
@@ -86,8 +87,9 @@ def load_checkpoint(path, map_location="cpu", required=(), mmap: bool = False) -
     """Read a checkpoint written by `save_checkpoint` (or any weights-only torch file); mmap=True maps its tensors
     instead of reading them, for a caller that needs the plain values only (`train.resumed_config`).
 
-    Raises FileNotFoundError if `path` does not exist and CheckpointError if it is truncated,
-    corrupted, asks to run code when unpickled, or lacks a key named in `required` (the error names them).
+    Raises FileNotFoundError if `path` does not exist, the OS's OSError where it may not be read (PermissionError), and
+    CheckpointError if it is truncated, corrupted, asks to run code when unpickled, or lacks a key named in `required`
+    (the error names them).
     """
     mmap = check_bool("mmap", mmap)
     required = (required,) if isinstance(required, str) else required      # one key, not its letters
@@ -131,6 +133,8 @@ def _refuse_other_formats(path: Path) -> None:
         return
     if not head:
         return
+    if len(head) < 4 and b"PK\x03\x04".startswith(head):   # 1 to 3 bytes that begin as a zip archive: cut short, said by
+        return                                                # the caller (not "text (beginning 'P')")
     if head.startswith(b"PK\x03\x04"):   # a zip archive: torch.save's holds data.pkl (TorchScript's too, and code)
         names = _zip_names(path)
         if names is None:                 # cut short (no central directory): said truncated by the caller
@@ -147,7 +151,12 @@ def _refuse_other_formats(path: Path) -> None:
         return
     if head.startswith(b"\x80"):          # a pickle (protocol 2 or later): torch's own before 1.6, or pickle.dump's
         if not _plain_pickle(head):
-            if head[1:2] >= b"\x04" and _legacy_pickles_whole(path):    # torch.save(..., pickle_protocol=4): FRAME, opcode 149
+            whole = _legacy_whole(path)
+            if whole is False:             # its pickles are whole, so it is torch's, and its tensors' bytes stop short
+                raise CheckpointError(f"{path} ({_bytes(path.stat().st_size)}) is not a readable torch checkpoint; it is "
+                                      f"truncated: a torch file in the format before PyTorch 1.6 whose tensors' data stops "
+                                      f"short (an interrupted download or copy?)")
+            if head[1:2] >= b"\x04" and whole:    # torch.save(..., pickle_protocol=4): FRAME, opcode 149
                 raise CheckpointError(f"{path} is a torch checkpoint in the format before PyTorch 1.6 pickled with protocol "
                                       f"{head[1]}, which torch's weights-only loader cannot read (it reads 2 and 3), and "
                                       f"ddimlab loads no file by running its code: save the weights again where they "
@@ -191,19 +200,79 @@ def _plain_pickle(head: bytes) -> bool:
     return False
 
 
-def _legacy_pickles_whole(path) -> bool:
-    """Whether the five pickles that torch's format before PyTorch 1.6 begins with (magic number, protocol version,
-    system info, the object, its storage keys) are whole in the file at `path`, and at least the 8-byte size of each
-    storage follows them. Read as opcodes (`pickletools.genops`), nothing run. A file cut inside the storages' data after
-    those sizes is not told apart (the element sizes are in the object's pickle)."""
+class _Inert:
+    """What `_Unrun` makes of every global a pickle names: takes any arguments and state, and runs nothing."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, value):
+        pass
+
+    def extend(self, values):
+        pass
+
+
+class _Unrun(pickle.Unpickler):
+    """Reads a pickle without importing or calling anything it names: each global is an `_Inert` class that keeps its
+    name (`pickled`), and of the persistent ids, torch's storages are kept, {key: the storage type's name}."""
+
+    def __init__(self, f):
+        super().__init__(f)
+        self.storages = {}
+
+    def find_class(self, module, name):
+        return type(name, (_Inert,), {"pickled": name})
+
+    def persistent_load(self, pid):
+        if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage":    # ("storage", type, key, location, numel)
+            self.storages[pid[2]] = getattr(pid[1], "pickled", None)
+        return None
+
+
+def _legacy_whole(path) -> bool | None:
+    """Whether a torch file in the format before PyTorch 1.6 is whole: its five pickles (magic number, protocol version,
+    system info, the object, its storage keys), then for each key the storage's element count (8 bytes) and that many
+    elements of the dtype its type in the object's pickle names (torch.serialization's `_legacy_save`). Read with
+    `_Unrun`, nothing run. False where the pickles are whole and the storages' bytes stop short (truncated); None where
+    the pickles cannot be read (cut inside them, or not torch's) or a storage's type is not torch's: the caller says."""
     try:
         with open(path, "rb") as f:
-            for _ in range(5):
-                ops = [op.name for op, _, _ in pickletools.genops(f)]          # stops after the pickle's STOP
-            keys = sum(name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8") for name in ops)   # the storage keys
-            return len(f.read(8 * keys)) == 8 * keys
-    except (ValueError, OSError):          # cut short inside a pickle
-        return False
+            size = os.fstat(f.fileno()).st_size
+            for _ in range(2):
+                list(pickletools.genops(f))                 # the magic number and the protocol version
+            info = _Unrun(f).load()
+            objects = _Unrun(f)
+            objects.load()
+            keys = _Unrun(f).load()
+            order = "little" if not isinstance(info, dict) or info.get("little_endian", True) else "big"
+            at = f.tell()
+            for key in keys:
+                item = torch._utils._element_size(torch.storage._get_dtype_from_pickle_storage_type(objects.storages[key]))
+                f.seek(at)
+                count = f.read(8)
+                if len(count) < 8:
+                    return False
+                at += 8 + int.from_bytes(count, order) * item
+                if at > size:
+                    return False
+            return True
+    except Exception:                      # cut or garbled inside a pickle, an unknown storage type: not known here
+        return None
+
+
+def _bytes(n: int) -> str:
+    """A file's size in words: "1 byte", "2718984 bytes"."""
+    return f"{n} byte{'' if n == 1 else 's'}"
 
 
 def _cut_name(dotted: str) -> bool:
@@ -238,9 +307,11 @@ def _torch_load(path, map_location, mmap=False):
         raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated, corrupted, or not a "
                               f"torch file)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError, struct.error) as e:
+        if isinstance(e, OSError) and e.errno is not None:     # the OS's (Permission denied, an I/O error), not the file's
+            raise                                               # contents: not "probably truncated"
         _refuse_other_formats(path)
         size, said = path.stat().st_size, (str(e).strip().splitlines() or [""])[0].split(". ")[0][:120]   # torch's first words
-        raise CheckpointError(f"{path} ({size} bytes) is not a readable torch checkpoint; it is probably truncated or "
+        raise CheckpointError(f"{path} ({_bytes(size)}) is not a readable torch checkpoint; it is probably truncated or "
                               f"corrupted (an interrupted download or copy?)" + (f": {said}" if said else "")) from e
 
 
@@ -882,6 +953,10 @@ def eps_fn(model, amp: bool = False):
             raise ValueError("x requires grad, but checkpoint.eps_fn computes no gradients (it calls the network under "
                              "torch.no_grad), so ∂ε/∂x would be missing from x's gradient: to differentiate through ε, pass "
                              "the network as a function, lambda x, t: net(x, t), with net.eval(); else pass x.detach()")
+        check_values("x", x, "the network needs x's values")    # else "unsupported autocast device_type 'meta'"
+        if is_net:
+            check_weights(eps, "eps_fn(model)")     # as a sampler does: else "Tensor on device meta is not on the expected
+            #                                         device cpu!" from inside the network
         if in_ch is not None and x.ndim == 4 and x.shape[1] != in_ch:      # else a conv error deep inside the network
             raise ValueError(f"x has {x.shape[1]} channels but the network takes {in_ch}: x is (B, {in_ch}, H, W)")
         t = schedule.as_steps(t)              # a string is a TypeError naming t, not torch's "invalid data type 'str'"

@@ -195,6 +195,14 @@ def real_array(name: str, v) -> np.ndarray:
     return a.astype(np.float64)
 
 
+def check_values(name: str, v, need: str) -> None:
+    """ValueError "{name} is on the meta device, which holds shapes but no values: {need}" where `v` is a tensor on the
+    meta device (built under torch.device("meta")): torch says "Cannot copy out of meta tensor; no data!" or
+    "Tensor.item() cannot be called on meta tensors" from deep inside."""
+    if isinstance(v, torch.Tensor) and v.is_meta:
+        raise ValueError(f"{name} is on the meta device, which holds shapes but no values: {need}")
+
+
 def check_untracked(name: str, v):
     """`v` unless it is a tensor that requires grad while autograd records: read as plain numbers, it would pass no
     gradient back, and its .grad would stay None without a word while the other inputs' gradients are computed."""

@@ -33,6 +33,7 @@ from .files import (
     check_can_write,
     check_nothing_set_aside,
     check_out_folder,
+    error_words,
     file_on_the_way,
     folder_removed_on_error,
     held,
@@ -103,7 +104,7 @@ def one_line_errors(prog: str):
         print(f"{prog}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
         raise SystemExit(130) from None
     except USER_ERRORS as e:
-        raise SystemExit(f"{prog}: error: {e}") from None
+        raise SystemExit(f"{prog}: error: {error_words(e)}") from None
     except Exception as e:
         if (size := out_of_memory(e)) is None:
             raise
@@ -1190,7 +1191,7 @@ def _main(argv, prog):
     except USER_ERRORS as e:
         if debug:
             raise
-        print(f"{prog} {args.command}: error: {e}", file=sys.stderr)
+        print(f"{prog} {args.command}: error: {error_words(e)}", file=sys.stderr)
         print("(run again with --debug for the traceback)", file=sys.stderr)
         return 1
     except Exception as e:

@@ -96,7 +96,8 @@ def bcast(a, x: torch.Tensor) -> torch.Tensor:
 def _same_shape(a, b, names: str) -> None:
     """Two real floating-point tensors of one shape: broadcasting one noise or prediction over a batch would correlate
     its samples, and an integer or bool one would be read as numbers (a mask passed as ε: True as 1). Both are checked,
-    not only the first, whose dtype the coefficients take (`bcast`)."""
+    not only the first, whose dtype the coefficients take (`bcast`); and on one device (else torch's "Tensor on device
+    cpu is not on the expected device meta!")."""
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
         raise TypeError(f"{names} must be torch tensors, got {type(a).__name__} and {type(b).__name__} "
                         f"(torch.from_numpy for an array)")
@@ -107,6 +108,10 @@ def _same_shape(a, b, names: str) -> None:
                             f"numbers, True as 1); convert with .float()")
     if a.shape != b.shape:
         raise ValueError(f"{second} shape {tuple(b.shape)} differs from {first} shape {tuple(a.shape)}")
+    if a.device != b.device:
+        raise ValueError(f"{first} is on {a.device} and {second} on {b.device}: put both on one device, e.g. "
+                         f"{second}.to({first}.device)" + (" (a meta tensor holds shapes but no values)" if
+                                                            a.is_meta or b.is_meta else ""))
 
 
 def q_sample(x0: torch.Tensor, a_t, eps: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,16 @@ def os_error(kind: type[OSError], code: int | None, message: str) -> OSError:
     return error
 
 
+def error_words(e: BaseException) -> str:
+    """What the commands print of an error: str(e), but for an OSError the OS raised (open, stat, np.load of a file it
+    may not read) its words and file, "Permission denied: run/ckpt.pt", where str(e) put "[Errno 13] " first and quoted
+    the name ('run/ckpt.pt'). An `os_error`, which is worded already, is str(e)."""
+    if not isinstance(e, OSError) or e.strerror is None or not str(e).startswith("[Errno "):
+        return str(e)
+    names = [os.fsdecode(n) if isinstance(n, bytes) else str(n) for n in (e.filename, e.filename2) if n is not None]
+    return e.strerror + (f": {' -> '.join(names)}" if names else "")
+
+
 def atomic_write(path, write, *, text: bool = False, fsync: bool = False) -> Path:
     """Call `write(f)` on a temporary file next to `path`, then rename it onto `path` (`os.replace`).
 

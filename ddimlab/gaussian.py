@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from .checks import SYMMETRY_TOL, check_bool, check_numbers, check_symmetric
+from .checks import SYMMETRY_TOL, check_bool, check_numbers, check_symmetric, check_values
 
 LOG_2PI = math.log(2 * math.pi)
 LINEAR = ("mu", "Lambda_inv", "A", "b", "L_inv")    # the linear-Gaussian model's arguments, in order
@@ -23,6 +23,7 @@ LINEAR = ("mu", "Lambda_inv", "A", "b", "L_inv")    # the linear-Gaussian model'
 
 def _t(x, name: str, like: torch.Tensor | None = None) -> torch.Tensor:
     check_numbers(name, x)              # True read as 1 (a variance of 1); a string failed in torch's new()
+    check_values(name, x, "a density or KL needs the values")     # else "Tensor.item() cannot be called on meta tensors"
     if not isinstance(x, torch.Tensor):
         dtype = like.dtype if like is not None and like.dtype.is_floating_point else torch.float64
         x = torch.as_tensor(x, dtype=None if np.iscomplexobj(x) else dtype, device=like.device if like is not None else None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import shutil
 import warnings
 from pathlib import Path
@@ -26,7 +27,7 @@ with warnings.catch_warnings():     # in Jupyter without ipywidgets tqdm.auto wa
 
 from . import devices, diffusion, ode, schedule
 from .checkpoint import eps_fn, image_shape, sha256_of, weights_sha256
-from .checks import check_bool, check_distinct, check_int
+from .checks import check_bool, check_distinct, check_fits, check_int
 from .data import from_model_range
 from .files import absent_folders, atomic_write, make_folder, os_error, remove_empty, remove_stale_temps
 from .plotting import save_png
@@ -138,25 +139,34 @@ def seed_for(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0] >> 1)
 
 
+GENERATOR_BYTES = 3000    # a CPU torch.Generator (its Mersenne Twister state) and its index: 2.6 KB each, measured
+
+
 def latents(seed: int, indices, shape, device=None) -> torch.Tensor:
     """x_T ~ N(0, I) for each index, drawn on the CPU from the index's own generator (`seed_for`), so a
     (seed, index) pair gives the same latent on every device, batch and process (notebook 07 §5). An index listed
     twice is a ValueError (it would be one latent twice), here and in `sample_indices`."""
-    indices = _index_list(indices)
-    if isinstance(shape, (int, str)) or len(indices) == 0:     # else torch's "not iterable" or "stack expects a non-empty"
-        raise ValueError(f"latents needs indices (at least one) and a shape such as (C, H, W); got {len(indices)} "
-                         f"indices and shape {shape!r}")
+    if isinstance(shape, (int, str)) or not hasattr(shape, "__iter__"):     # else torch's "not iterable"
+        raise ValueError(f"latents needs a shape such as (C, H, W), got {shape!r}")
     shape = tuple(check_int("an entry of shape", s) for s in shape)    # torch: "negative dimension -2"
+    indices = _index_list(indices, GENERATOR_BYTES + 2 * torch.get_default_dtype().itemsize * math.prod(shape))
+    if not indices:                                             # else torch's "stack expects a non-empty TensorList"
+        raise ValueError("latents needs indices (at least one), e.g. range(n) for images 0..n-1; got none")
     device = None if device is None else devices.resolve(device)      # "cuda:0": torch's "not compiled with CUDA"
     return _draw(_generators(seed, indices), shape, device)
 
 
-def _index_list(indices) -> list:
+def _index_list(indices, per: int = 0) -> list:
     """`indices` as a list (a range, a list, a 1-D tensor or array); a number is a TypeError that says what is asked for
-    (latents(seed, 3, shape) meant three images: "object of type 'int' has no len()")."""
+    (latents(seed, 3, shape) meant three images: "object of type 'int' has no len()"). per: the bytes each index will
+    take, for `checks.check_fits` before the list is made (range(10**12) was a MemoryError after the list had filled
+    the memory)."""
     if isinstance(indices, (str, bytes, dict)) or not hasattr(indices, "__iter__") or getattr(indices, "ndim", 1) != 1:
         raise TypeError(f"indices must be a list of image indices, e.g. range(n) for images 0..n-1; got "
                         f"{type(indices).__name__} {str(indices)[:40]}")
+    if per and hasattr(indices, "__len__"):
+        check_fits(len(indices) * per, f"{len(indices):,} latents of {per:,} bytes each (a draw and a generator)",
+                   lambda limit: f"draw at most {int(limit // per):,} at a time")
     return list(indices)
 
 

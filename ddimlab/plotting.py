@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checks import as_real, check_int
+from .checks import as_real, check_int, check_values
 from .data import check_nchw, from_model_range, looks_0_255
 from .files import atomic_write
 
@@ -26,6 +26,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     if isinstance(x, (str, Path)):
         raise TypeError(f"images must be a tensor (N, C, H, W), got the path {str(x)!r}: the images come first, "
                         f"as in save_image_grid(x, path)")
+    check_values("x", x, "drawing the images needs their pixel values")     # else "Cannot copy out of meta tensor"
     x = torch.as_tensor(x).detach().cpu()
     if not x.dtype.is_floating_point:
         raise TypeError(f"images must be floating point in [-1, 1], got {x.dtype}; for 0..255 images pass "

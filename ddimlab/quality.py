@@ -28,7 +28,7 @@ from torch import nn
 
 from . import data
 from .checkpoint import save_checkpoint
-from .checks import as_real, check_bool, check_int, check_per_sample, check_symmetric, real_array, seeded
+from .checks import as_real, check_bool, check_int, check_per_sample, check_symmetric, check_values, real_array, seeded
 from .devices import cpu_kernels, cpu_threads
 
 N_CLASSES = 10
@@ -250,6 +250,7 @@ def _real_digits(resolution: int) -> torch.Tensor:
 def _as_samples(samples, least: int = 1) -> torch.Tensor:
     """Check and convert digit samples: (N, 1, R, R) with N ≥ `least` (2 for a Fréchet distance: a mean and a
     covariance), float in [−1, 1] (clamped) or uint8 in 0..255."""
+    check_values("samples", samples, "scoring them needs their pixel values")
     x = torch.as_tensor(samples.detach() if isinstance(samples, torch.Tensor) else np.asarray(samples))
     if x.ndim != 4 or x.shape[1] != 1 or x.shape[2] != x.shape[3]:
         raise ValueError("digit samples must have shape (N, 1, R, R) (grey square images), "

@@ -15,11 +15,14 @@ import math
 import numpy as np
 import torch
 
-from .checks import as_real, check_bool, check_int, check_numbers, is_complex
+from .checks import as_real, check_bool, check_fits, check_int, check_numbers, check_values, int_range, is_complex
 from .diffusion import _check_range, check_precision, wide
 
 SCHEDULES = ("linear", "cosine", "quadratic")
 SPACINGS = ("uniform", "quad", "linspace", "trailing")
+# Bytes per step that making a schedule holds at once: the float64 tables β, 1 − β and ᾱ (8 each) and alpha_bar's
+# masks (1 each), or the cosine schedule's list of Python floats (32 each) and its tensor.
+SCHEDULE_BYTES = 40
 
 
 def beta_schedule(name: str = "linear", T: int = 1000, beta_start: float = 1e-4,
@@ -32,6 +35,8 @@ def beta_schedule(name: str = "linear", T: int = 1000, beta_start: float = 1e-4,
     beta_start or beta_end (other values are a ValueError, not ignored).
     """
     T = check_int("T", T)
+    check_fits(SCHEDULE_BYTES * T, f"a schedule of T = {T:,} steps",     # else torch's allocator, or a long list first
+               lambda limit: f"T must be {int_range(1, int(limit // SCHEDULE_BYTES))}")
     if name == "cosine" and (beta_start, beta_end) != (1e-4, 0.02):
         raise ValueError(f"the cosine schedule has no beta_start or beta_end (it is set by its alpha_bar curve), got "
                          f"{beta_start} and {beta_end}; drop them, or use 'linear' or 'quadratic'")
@@ -86,8 +91,7 @@ def validate_alpha_bar(alpha_bar) -> torch.Tensor:
     except (TypeError, ValueError, RuntimeError):        # strings, ragged lists: torch's "too many dimensions 'str'"
         raise ValueError(f"alpha_bar must be a 1-D table of numbers (schedule.make_alpha_bar), got "
                          f"{type(alpha_bar).__name__} {str(alpha_bar)[:60]}") from None
-    if a.is_meta:
-        raise ValueError("alpha_bar is on the meta device, which holds shapes but no values: give the table itself")
+    check_values("alpha_bar", a, "give the table itself")
     if a.ndim != 1 or a.numel() < 1:
         raise ValueError(f"alpha_bar must be a non-empty 1-D table (schedule.make_alpha_bar), got shape {tuple(a.shape)}")
     if not bool(torch.isfinite(a).all()) or not bool(((a > 0) & (a < 1)).all()):

@@ -3557,3 +3557,49 @@ def test_round_46_a_network_or_input_on_the_meta_device_is_one_valueerror_at_the
     with pytest.raises(ValueError, match=r"^x_in must be one finite number .* got x_in = tensor\(\.\.\., device='meta'"):
         samplers.sdedit_law(lambda x, t: x, torch.tensor(0.5, device="meta"), ab, seq)
     assert as_real(torch.tensor(0.5, device="meta")) is None and as_real(torch.tensor(0.5)) == 0.5
+
+
+def test_round_47_tensors_on_two_devices_or_without_values_are_named(tmp_path):
+    """q_sample(x0 on meta, a_t, eps on cpu) (and the other way round) said torch's "Tensor on device cpu is not on the
+    expected device meta!"; save_image_grid and score_digits of meta images "Cannot copy out of meta tensor; no data!";
+    kl_normal and kl_mvn of a meta mean "Tensor.item() cannot be called on meta tensors". Each is a ValueError naming the
+    argument now (`diffusion._same_shape`, `checks.check_values`); meta in, meta out still works for q_sample."""
+    x, meta = torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4, device="meta")
+    for x0, eps, said in ((meta, x, "x0 is on meta and eps on cpu"), (x, meta, "x0 is on cpu and eps on meta")):
+        with pytest.raises(ValueError, match=rf"^{said}: put both on one device, e\.g\. eps\.to\(x0\.device\) \(a meta "
+                                             rf"tensor holds shapes but no values\)$"):
+            diffusion.q_sample(x0, 0.5, eps)
+    with pytest.raises(ValueError, match=r"^x_t is on cpu and eps on meta: put both on one device"):
+        diffusion.predict_x0(x, meta, 0.5)
+    assert diffusion.q_sample(meta, 0.5, meta).is_meta
+    with pytest.raises(ValueError, match=r"^x is on the meta device, which holds shapes but no values: drawing"):
+        plotting.save_image_grid(meta, tmp_path / "g.png")
+    assert not (tmp_path / "g.png").exists()
+    with pytest.raises(ValueError, match=r"^samples is on the meta device, which holds shapes but no values: scoring"):
+        quality.score_digits(torch.zeros(4, 1, 8, 8, device="meta"))
+    m, c = torch.zeros(3, device="meta"), torch.zeros(3)
+    for run, name in ((lambda: gaussian.kl_normal(m, 1.0, c, 1.0), "mean1"),
+                      (lambda: gaussian.kl_normal(c, 1.0, m, 1.0), "mean2"),
+                      (lambda: gaussian.kl_mvn(c, torch.eye(3), c, torch.eye(3, device="meta")), "cov2"),
+                      (lambda: gaussian.log_normal(c, m, 1.0), "mean")):
+        with pytest.raises(ValueError, match=rf"^{name} is on the meta device, which holds shapes but no values"):
+            run()
+    assert float(gaussian.kl_normal(c, 1.0, c + 1, 1.0).sum()) == 1.5        # ½(μ₁ − μ₂)² per element, three of them
+
+
+def test_round_47_latents_for_more_indices_than_fit_are_refused_before_the_list(monkeypatch):
+    """generate.latents(0, range(10**12), shape) built the list of indices until a MemoryError (at once here; on a
+    machine that overcommits memory, after a long time). The count is now checked against half the memory before any
+    list or draw (`checks.check_fits`), with the most that fit; that many are drawn, one more is refused, and an
+    iterator, whose length is not known, is drawn as before."""
+    from ddimlab import checks
+
+    with pytest.raises(ValueError, match=r"^1,000,000,000,000 latents of [\d,]+ bytes each \(a draw and a generator\): "
+                                         r"about [\d,]+ GiB, more than half of .*; draw at most [\d,]+ at a time$"):
+        generate.latents(0, range(10 ** 12), (1, 8, 8))
+    per = generate.GENERATOR_BYTES + 2 * 4 * 64
+    monkeypatch.setattr(checks, "memory_limit", lambda: 100 * per)
+    assert generate.latents(0, range(100), (1, 8, 8)).shape == (100, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"draw at most 100 at a time$"):
+        generate.latents(0, range(101), (1, 8, 8))
+    assert generate.latents(0, iter([3, 1]), (1, 8, 8)).shape == (2, 1, 8, 8)

@@ -345,8 +345,8 @@ def test_round_44_a_file_of_another_kind_is_not_called_truncated(tmp_path):
         torch.save({"w": torch.arange(1000.0)}, path, _use_new_zipfile_serialization=zipped)
         data = path.read_bytes()
         (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-        with pytest.raises(ck.CheckpointError, match=r"is not a readable torch checkpoint; it is probably truncated"):
-            ck.load_checkpoint(tmp_path / "cut.pt")
+        with pytest.raises(ck.CheckpointError, match=r"is not a readable torch checkpoint; it is (probably )?truncated"):
+            ck.load_checkpoint(tmp_path / "cut.pt")           # (round 47: the old format cut in its data: "it is truncated")
 
 
 def test_round_45_a_plain_pickle_is_said_to_be_one_not_truncated(tmp_path):
@@ -469,3 +469,100 @@ def test_round_46_an_old_format_file_of_pickle_protocol_4_is_said_to_be_one_not_
             (tmp_path / "cut.pt").write_bytes(data[:size])
             with pytest.raises(ck.CheckpointError, match=r"is not a readable torch checkpoint[;( ].*truncated"):
                 ck.load_checkpoint(tmp_path / "cut.pt")
+
+
+def test_round_47_an_old_format_file_cut_inside_its_tensors_data_is_said_truncated(tmp_path):
+    """An old-format torch file of pickle protocol 4 or 5 cut inside its storages' data was told it is a whole file of
+    that protocol ("which torch's weights-only loader cannot read ... save the weights again"): only the first storage's
+    size was looked for. Each storage's count and bytes are now walked (`_legacy_whole`). Cut at every byte after the
+    pickles, in each protocol, with storages of five element sizes and one shared by two tensors, the file is said to be
+    truncated; whole, protocols 2 and 3 load and 4 and 5 are named as before."""
+    import pickletools
+
+    state = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(3, dtype=torch.float64), "n": torch.arange(2),
+             "h": torch.ones(2, dtype=torch.bfloat16), "m": torch.tensor([True, False, True]),
+             "z": torch.ones(2, dtype=torch.complex128), "e": torch.zeros(0), "step": 3}
+    state["view"] = state["w"][1]                           # the same storage as w
+    truncated = (r"\(\d+ bytes?\) is not a readable torch checkpoint; it is truncated: a torch file in the format "
+                 r"before PyTorch 1.6 whose tensors' data stops short")
+    for protocol in (2, 3, 4, 5):
+        path = tmp_path / f"old{protocol}.pt"
+        torch.save(state, path, _use_new_zipfile_serialization=False, pickle_protocol=protocol)
+        if protocol < 4:
+            loaded = ck.load_checkpoint(path)
+            assert all(torch.equal(loaded[k], v) for k, v in state.items() if k != "step"), protocol
+        else:
+            with pytest.raises(ck.CheckpointError, match=f"pickled with protocol {protocol}, which torch's weights-only"):
+                ck.load_checkpoint(path)
+        data = path.read_bytes()
+        with open(path, "rb") as f:
+            for _ in range(5):
+                list(pickletools.genops(f))
+            keys = f.tell()
+        assert len(data) - keys == 7 * 8 + 6 * 4 + 3 * 8 + 2 * 8 + 2 * 2 + 3 * 1 + 2 * 16 + 0   # counts, then bytes
+        for size in range(keys, len(data)):
+            (tmp_path / "cut.pt").write_bytes(data[:size])
+            with pytest.raises(ck.CheckpointError, match=truncated):
+                ck.load_checkpoint(tmp_path / "cut.pt")
+
+
+def test_round_47_a_file_of_one_to_three_bytes_is_not_quoted_as_text(tmp_path):
+    """A 1-byte checkpoint "P" (the first byte of a zip archive, as torch.save writes) was "not a torch checkpoint but
+    text (beginning 'P')", and the 1-byte start of an old-format file "(1 bytes) is not a readable torch checkpoint".
+    The start of a zip archive cut short is now left to the truncated line, and one byte is "1 byte"."""
+    for head in (b"P", b"PK", b"PK\x03"):
+        (tmp_path / "cut.pt").write_bytes(head)
+        with pytest.raises(ck.CheckpointError, match=r"not a readable torch checkpoint.*truncated") as e:
+            ck.load_checkpoint(tmp_path / "cut.pt")
+        assert "text" not in str(e.value), head
+    (tmp_path / "cut.pt").write_bytes(b"\x80")
+    with pytest.raises(ck.CheckpointError, match=r"cut.pt \(1 byte\) is not a readable torch checkpoint; it is probably "
+                                                 r"truncated"):
+        ck.load_checkpoint(tmp_path / "cut.pt")
+    (tmp_path / "text.pt").write_bytes(b"Q")                  # a byte that begins neither: still named for what it is
+    with pytest.raises(ck.CheckpointError, match=r"is not a torch checkpoint but text \(beginning 'Q'\)"):
+        ck.load_checkpoint(tmp_path / "text.pt")
+
+
+def test_round_47_a_checkpoint_the_os_will_not_read_is_not_called_truncated(tmp_path, monkeypatch):
+    """load_checkpoint of a file its user may not read raised CheckpointError "... is probably truncated or corrupted
+    (an interrupted download or copy?): [Errno 13] Permission denied": the OS's error is now raised as it is (a
+    PermissionError, which the commands print in words). Made unreadable by chmod, or, for root, by torch's open
+    refusing it as the OS would."""
+    import builtins
+    import errno
+
+    path = ck.save_checkpoint(tmp_path / "ok.pt", model={"w": torch.ones(2)})
+    if getattr(os, "geteuid", lambda: 1)() != 0:
+        path.chmod(0)
+    else:
+        real_open = builtins.open
+
+        def refusing_open(file, *a, **k):
+            if isinstance(file, (str, os.PathLike)) and os.path.realpath(file) == os.path.realpath(path):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), file)
+            return real_open(file, *a, **k)
+        monkeypatch.setattr(builtins, "open", refusing_open)
+    try:
+        with pytest.raises(PermissionError) as e:
+            ck.load_checkpoint(path)
+        assert not isinstance(e.value, ck.CheckpointError) and e.value.errno == errno.EACCES
+    finally:
+        path.chmod(0o644)
+
+
+def test_round_47_eps_fn_called_directly_names_meta_weights_and_a_meta_x():
+    """checkpoint.eps_fn(net)(x, t) of a network built on the meta device, called directly rather than through a sampler
+    (which checks at its entry), failed inside the network with torch's "Tensor on device meta is not on the expected
+    device cpu!"; a meta x with "User specified an unsupported autocast device_type 'meta'". Both are ValueErrors now,
+    the first as a sampler says it (`samplers.check_weights`); the network with values still runs."""
+    with torch.device("meta"):
+        net = unet.UNet(**unet.PRESETS["tiny"])
+    x = torch.zeros(2, unet.PRESETS["tiny"]["in_ch"], 8, 8)
+    with pytest.raises(ValueError, match=r"^eps_fn\(model\)'s network \(UNet\) has weights on the meta device, which "
+                                         r"hold shapes but no values: load its weights"):
+        ck.eps_fn(net)(x, 3)
+    real = unet.UNet(**unet.PRESETS["tiny"])
+    with pytest.raises(ValueError, match=r"^x is on the meta device, which holds shapes but no values"):
+        ck.eps_fn(real)(x.to("meta"), 3)
+    assert ck.eps_fn(real)(x, 3).shape == x.shape

@@ -91,3 +91,14 @@ def test_is_complex_sees_complex_numbers_in_every_container():
         assert is_complex(v), v
     for v in (torch.zeros(2), np.arange(3), [0.1, 2], 1.5):
         assert not is_complex(v), v
+
+
+def test_check_values_names_a_meta_tensor_and_passes_everything_else():
+    """Round 47: one rule and one message for a tensor on the meta device (shapes, no values), where torch says "Cannot
+    copy out of meta tensor; no data!" or "Tensor.item() cannot be called on meta tensors" from deep inside."""
+    from ddimlab.checks import check_values
+
+    with pytest.raises(ValueError, match=r"^x is on the meta device, which holds shapes but no values: it is drawn$"):
+        check_values("x", torch.zeros(2, device="meta"), "it is drawn")
+    for v in (torch.zeros(2), np.zeros(2), 0.5, [1.0], None):
+        assert check_values("x", v, "it is drawn") is None

@@ -3528,3 +3528,50 @@ def test_round_46_an_out_that_is_a_dangling_link_says_what_to_do_as_lab_does(tmp
         "python -m ddimlab train: error: --out dl is a symbolic link to nowhere, which does not exist; choose another --out "
         "(or make the link's target first)", "(run again with --debug for the traceback)"], r.stderr
     assert os.listdir(tmp_path) == ["dl"] and os.readlink(tmp_path / "dl") == "nowhere"
+
+
+def test_round_47_a_file_the_os_will_not_read_is_said_in_its_words_not_as_an_errno(trained, tmp_path, capsys,
+                                                                                    monkeypatch):
+    """A checkpoint its user may not read was "... (N bytes) is not a readable torch checkpoint; it is probably
+    truncated or corrupted (an interrupted download or copy?): [Errno 13] Permission denied: '.../ckpt.pt'", and
+    `invert --input` or `interpolate --latents` of such an .npz "[Errno 13] Permission denied: '....npz'": what the OS
+    raised reached the user as Python prints it. Each is now "Permission denied: PATH" (`files.error_words`). Made
+    unreadable by chmod, or, for root, who reads anything, by an open() that refuses the paths as the OS would."""
+    import builtins
+    import errno
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    assert cli.main(["sample", "--checkpoint", str(run), "--n", "2", "--steps", "2", "--no-progress",
+                     "--out", str(tmp_path / "s")]) == 0
+    capsys.readouterr()
+    shutil.copy(run / "ckpt.pt", tmp_path / "alone.pt")
+    refused = [run / "ckpt.pt", tmp_path / "alone.pt", tmp_path / "s.npz"]
+    if getattr(os, "geteuid", lambda: 1)() != 0:
+        for p in refused:
+            p.chmod(0)
+    else:
+        real_open, names = builtins.open, {os.path.realpath(p) for p in refused}
+
+        def refusing_open(file, *a, **k):
+            if isinstance(file, (str, os.PathLike)) and os.path.realpath(file) in names:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), file)
+            return real_open(file, *a, **k)
+        monkeypatch.setattr(builtins, "open", refusing_open)
+    try:
+        for argv, path in ((["sample", "--checkpoint", str(run), "--n", "2", "--steps", "2", "--out", str(tmp_path / "a")],
+                            run / "ckpt.pt"),
+                           (["sample", "--checkpoint", str(tmp_path / "alone.pt"), "--n", "2", "--steps", "2", "--out",
+                             str(tmp_path / "b")], tmp_path / "alone.pt"),
+                           (["invert", "--checkpoint", str(trained), "--input", str(tmp_path / "s.npz"), "--steps", "2",
+                             "--out", str(tmp_path / "c")], tmp_path / "s.npz"),
+                           (["interpolate", "--checkpoint", str(trained), "--latents", str(tmp_path / "s.npz"), "--steps",
+                             "2", "--out", str(tmp_path / "d")], tmp_path / "s.npz")):
+            assert cli.main([*argv, "--no-progress"]) == 1, argv
+            err = capsys.readouterr().err
+            assert err.splitlines()[0].endswith(f": error: Permission denied: {path}"), err
+            assert "Errno" not in err and "truncated" not in err and len(err.splitlines()) == 2, err
+    finally:
+        for p in refused:
+            p.chmod(0o644)
+    assert not any((tmp_path / name).exists() for name in ("a.png", "b.png", "c.npz", "d.npz"))

@@ -263,3 +263,21 @@ def test_atomic_write_names_a_file_on_the_way(tmp_path):
         with pytest.raises(NotADirectoryError, match="cannot create the folder .*" + re.escape(f"({tmp_path / 'f'} is a file")):
             write()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"] and (tmp_path / "f").read_text() == "mine"
+
+
+def test_error_words_drops_the_errno_python_puts_before_the_oss_words():
+    """Round 47: an OSError the OS raised printed as "[Errno 13] Permission denied: 'run/ckpt.pt'" in the commands'
+    one-line errors. `error_words` gives the OS's words and the file, the second file of a rename after "->"; an error
+    ddimlab worded (`os_error`, an OSError of one message) and any other exception are str(e)."""
+    import errno
+    import os
+
+    assert files.error_words(PermissionError(errno.EACCES, os.strerror(errno.EACCES), "run/ckpt.pt")) == \
+        "Permission denied: run/ckpt.pt"
+    assert files.error_words(OSError(errno.EXDEV, os.strerror(errno.EXDEV), "a b", None, "c")) == \
+        "Invalid cross-device link: a b -> c"
+    assert files.error_words(OSError(errno.EIO, os.strerror(errno.EIO), b"caf\xc3\xa9")) == "Input/output error: café"
+    assert files.error_words(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) == "No space left on device"
+    worded = files.os_error(PermissionError, errno.EACCES, "run is read-only, so it was not replaced")
+    for e in (worded, OSError("could not write x (is the disk full?)"), ValueError("[Errno 1] is a value here")):
+        assert files.error_words(e) == str(e)

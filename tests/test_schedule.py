@@ -260,3 +260,20 @@ def test_cosine_t_probs_give_the_cosine_schedules_noise_levels():
     # the numbers the docstring and notebook 06 §3 give for the linear table
     assert (round(float(p[:100].sum()), 3), round(float(p[800:].sum()), 3)) == (0.208, 0.025)
     assert [round(1000 * float(p[k]), 2) for k in (0, 1, 998, 999)] == [6.37, 3.07, 0.04, 4.09]
+
+
+def test_round_47_a_schedule_too_long_for_the_memory_is_refused_in_one_line(monkeypatch):
+    """make_alpha_bar("linear", 10**12) died in torch's allocator ("DefaultCPUAllocator: can't allocate memory: you tried
+    to allocate 8000000000000 bytes"), and the cosine schedule would first have built a Python list of 10**12 floats.
+    A T whose tables need more than half the memory is now a ValueError saying the largest T that fits
+    (`checks.check_fits`); the largest fits, one more does not."""
+    from ddimlab import checks
+
+    for name in ("linear", "quadratic", "cosine"):
+        with pytest.raises(ValueError, match=r"^a schedule of T = 1,000,000,000,000 steps: about [\d,]+ GiB, more than "
+                                             r"half of .*; T must be an integer in 1\.\.\d+$"):
+            make_alpha_bar(name, 10 ** 12)
+    monkeypatch.setattr(checks, "memory_limit", lambda: 40 * 2 ** 16)
+    assert make_alpha_bar("linear", 2 ** 16).shape == (2 ** 16,)
+    with pytest.raises(ValueError, match=r"T must be an integer in 1\.\.65536$"):
+        beta_schedule("linear", 2 ** 16 + 1)
