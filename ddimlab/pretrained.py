@@ -30,7 +30,7 @@ from pathlib import Path
 
 from . import devices, train
 from .checks import check_int
-from .files import BusyError, check_can_write, current_umask, locked, make_folder
+from .files import BusyError, check_can_write, current_umask, error_words, locked, make_folder
 
 # Fields that do not change the trained weights: left out of the cache key.
 _NOT_IN_KEY = ("out", "progress", "log_every", "ckpt_every", "sample_every", "n_samples", "sample_steps",
@@ -166,6 +166,6 @@ if __name__ == "__main__":     # `python -m ddimlab.pretrained`: train the share
         print(f"python -m ddimlab.pretrained: interrupted: {e}", file=sys.stderr)
         raise SystemExit(130) from None
     except (OSError, ValueError) as e:
-        raise SystemExit(f"python -m ddimlab.pretrained: error: {e}") from None
+        raise SystemExit(f"python -m ddimlab.pretrained: error: {error_words(e)}") from None
     print(f"the shared digits model ({config.steps} steps, {config.threads} threads, {devices.cpu_kernels()} kernels) "
           f"ready in {time.perf_counter() - start:.0f} s: {config.out}")

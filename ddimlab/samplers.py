@@ -37,6 +37,7 @@ from .checks import (
     check_int,
     check_numbers,
     check_untracked,
+    check_values,
     out_of_memory,
 )
 from .diffusion import (
@@ -124,8 +125,7 @@ def check_x(x, alpha_bar, name: str = "x_T", callback=None, eps=None) -> torch.T
         raise TypeError(f"{name} must be floating point, got {x.dtype}")
     if x.ndim < 1:
         raise ValueError(f"{name} must have a batch dimension (B, ...), got a 0-d tensor")
-    if x.is_meta:
-        raise ValueError(f"{name} is on the meta device, which holds shapes but no values: sampling needs the values")
+    check_values(name, x, "sampling needs the values")
     if not all_finite(x):
         raise ValueError(f"{name} contains NaN or inf")
     alpha_bar = schedule.validate_alpha_bar(alpha_bar)
@@ -645,8 +645,8 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, lam) -> torch.Tensor:
         raise ValueError(f"z0 and z1 must have the same shape, got {tuple(z0.shape)} and {tuple(z1.shape)}")
     if z0.ndim == 0 or not z0.dtype.is_floating_point or not z1.dtype.is_floating_point:
         raise ValueError("z0 and z1 must be floating-point tensors with at least one dimension")
-    if z0.is_meta or z1.is_meta:                         # else "Tensor.item() cannot be called on meta tensors"
-        raise ValueError("z0 or z1 is on the meta device, which holds shapes but no values: slerp needs the values")
+    for name, z in (("z0", z0), ("z1", z1)):           # else "Tensor.item() cannot be called on meta tensors"
+        check_values(name, z, "slerp needs the values")
     if not isinstance(lam, str):        # a bool: True would be read as 1 (a string is the ValueError below)
         check_numbers("lam", lam)
     single = z0.ndim == 1

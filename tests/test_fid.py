@@ -61,3 +61,19 @@ def test_image_stats_over_batches_are_numpys_mean_and_covariance_of_all_features
     mu, sigma = fid.image_stats(imgs, f, batch_size=5)
     np.testing.assert_allclose(mu, feats.mean(0), rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(sigma, np.cov(feats, rowvar=False), rtol=1e-6, atol=1e-9)
+
+
+def test_a_png_the_os_will_not_read_is_said_in_words(tmp_path, monkeypatch):
+    """fid.load_images of a PNG the OS refuses (permission) said "(… [Errno 13] Permission denied: '…a.png')": now the
+    words, as the commands print OS errors (`files.error_words`)."""
+    from PIL import Image
+
+    (tmp_path / "a.png").write_bytes(b"not read")
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Image, "open", refuse)
+    with pytest.raises(ValueError) as info:
+        fid.load_images(tmp_path)
+    assert "(Permission denied: " in str(info.value) and "[Errno" not in str(info.value)
