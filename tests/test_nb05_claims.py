@@ -256,7 +256,8 @@ def test_inversion_is_exact_for_an_eps_of_t_alone_only_with_the_destination_step
     calls, so with an ε that ignores x the round trip x_0 → x_T → x_0 is exact to rounding; ε at the step it leaves
     (a plausible off-by-one) misses. Other data (3-D), ε and grids than the notebook's. Every other check of the
     inversion in notebook 05 and in this file (its order, the round trips) passes on that mistake when its first step
-    still calls ε at step 0."""
+    still calls ε at step 0. `samplers.reconstruct` must be that exact round trip too (decoding from the wrong step
+    fails it)."""
     x0 = MIX.sample(64, torch.Generator().manual_seed(9))
 
     def eps_of_t(x, t):
@@ -274,6 +275,7 @@ def test_inversion_is_exact_for_an_eps_of_t_alone_only_with_the_destination_step
 
     assert trip(eps_of_t) < 1e-10
     assert trip(at_source) > 1e-3
+    assert float((samplers.reconstruct(eps_of_t, x0, AB, seq) - x0).abs().max()) < 1e-10     # the same round trip in one call
 
 
 def test_inversion_floor_of_the_shared_last_step():
