@@ -3,13 +3,18 @@
 Cov(x_s, x_t)²/Var(x_t) + β per coordinate (the law of total variance: DDPM's mean keeps the part of x_s that x_t
 explains, and the step adds β = 1 − ᾱ_t/ᾱ_s), which exceeds the marginal's 1 − ᾱ_s. The same Monte Carlo test must
 reject the small variance β̃ (η = 1's step, which keeps the marginal) and a σ̂ step whose variance is 1 − ᾱ_t, a
-plausible slip for 1 − ᾱ_t/ᾱ_s: failing the marginal test alone would not tell σ̂ from either of those."""
+plausible slip for 1 − ᾱ_t/ᾱ_s: failing the marginal test alone would not tell σ̂ from either of those.
+
+And §3's last step: DDPM's sampler adds no noise on its step into ᾱ = 1 (DDPM Alg. 2's z = 0), for either variance,
+and neither does DDIM (σ = 0 there for every η). On Gaussian data that step's output is then exactly E[x_0 | x_1], known
+by Gaussian conditioning; noise there would miss it by about √β_1 (a mutation sweep found this claim checked only by the
+notebook's own Monte Carlo)."""
 import math
 
 import pytest
 import torch
 
-from ddimlab import diffusion, samplers, schedule
+from ddimlab import diffusion, samplers, schedule, toy
 
 AB = schedule.make_alpha_bar("linear", 1000)
 N = 100_000
@@ -42,3 +47,20 @@ def test_sigma_hat_step_has_the_law_of_total_variance_and_wrong_variances_fail(t
     assert _variance_z(_one_step(x0, t, s, "small", seed), a_t, a_s) > 8
     slip = lambda x_t, noise, z: diffusion.posterior_mean(x0, x_t, a_t, a_s) + math.sqrt(1 - a_t) * z   # noqa: E731
     assert _variance_z(_one_step(x0, t, s, None, seed, slip), a_t, a_s) > 8
+
+
+@pytest.mark.parametrize("run", ["large", "small", "eta=1", "eta=0.5"])
+def test_the_last_step_returns_the_posterior_mean_without_noise(run):
+    m, sd = torch.tensor([0.3, -0.6], dtype=torch.float64), torch.tensor([0.02, 0.5], dtype=torch.float64)
+    data = toy.GaussianMixture(torch.ones(1), m[None], torch.diag(sd ** 2)[None])
+    a1 = float(AB[0])
+    g = torch.Generator().manual_seed(5)
+    x1 = diffusion.q_sample(data.sample(2000, g), a1, torch.randn(2000, 2, generator=g, dtype=torch.float64))
+    v = 1 / (1 / sd ** 2 + a1 / (1 - a1))                                   # Var[x_0 | x_1] per coordinate
+    posterior_mean = v * (m / sd ** 2 + math.sqrt(a1) * x1 / (1 - a1))
+    eps, seq, gen = toy.exact_eps(data, AB), torch.tensor([0]), torch.Generator().manual_seed(6)
+    if run.startswith("eta"):
+        y = samplers.ddim_sample(eps, x1, AB, seq, eta=float(run[4:]), generator=gen)
+    else:
+        y = samplers.ddpm_sample(eps, x1, AB, run, seq=seq, generator=gen)
+    assert float((y - posterior_mean).abs().max()) < 1e-10

@@ -2,7 +2,8 @@
 that must fail: ᾱ(t) log-linear between steps (§1), Fokker–Planck and the probability-flow ODE (§3), DDPM's step as
 the reverse SDE's (§3), Heun in τ against Heun in σ on a Gaussian and where the ring leaves it (§3), the ODE in x (§5),
 local orders (§6, DPM-Solver++(2M) on its second step), Heun against DPM-Solver-2 (§6: different steps, both exact on
-point-mass data), the order of the inversion round trip and of Heun's there and back (§8)."""
+point-mass data), the order of the inversion round trip and of Heun's there and back, and the inversion's step label
+(§8: with an ε of t alone, the round trip is exact only with ε at the destination step)."""
 import math
 
 import numpy as np
@@ -247,6 +248,34 @@ def test_inversion_round_trip_is_first_order_and_wrong_inversions_are_not():
     smooth = _inversion_orders(MIX, 50, 7, ("lib", "source"))
     assert abs(smooth["lib"] - 1) < 0.1, smooth
     assert abs(smooth["source"] - 1) < abs(order["source"] - 1) / 2, (smooth, order)
+
+
+@pytest.mark.parametrize("spacing, S", [("trailing", 37), ("quad", 20), ("uniform", 1000)])
+def test_inversion_is_exact_for_an_eps_of_t_alone_only_with_the_destination_step(spacing, S):
+    """notebook 05 §8: `ddim_invert` calls ε at the step each encoding step moves to, the step the decoding step back
+    calls, so with an ε that ignores x the round trip x_0 → x_T → x_0 is exact to rounding; ε at the step it leaves
+    (a plausible off-by-one) misses. Other data (3-D), ε and grids than the notebook's. Every other check of the
+    inversion in notebook 05 and in this file (its order, the round trips) passes on that mistake when its first step
+    still calls ε at step 0. `samplers.reconstruct` must be that exact round trip too (decoding from the wrong step
+    fails it)."""
+    x0 = MIX.sample(64, torch.Generator().manual_seed(9))
+
+    def eps_of_t(x, t):
+        return (0.3 + torch.sin(t.to(x.dtype) / 170))[:, None] * torch.ones_like(x)
+
+    seq = schedule.timesteps(S, 1000, spacing)
+    up = list(reversed(seq.tolist()))
+    source = dict(zip(up, [-1] + up[:-1]))
+
+    def at_source(x, t):
+        return eps_of_t(x, torch.full_like(t, source[int(t[0])]))
+
+    def trip(enc):
+        return float((samplers.ddim_sample(eps_of_t, samplers.ddim_invert(enc, x0, AB, seq), AB, seq) - x0).abs().max())
+
+    assert trip(eps_of_t) < 1e-10
+    assert trip(at_source) > 1e-3
+    assert float((samplers.reconstruct(eps_of_t, x0, AB, seq) - x0).abs().max()) < 1e-10     # the same round trip in one call
 
 
 def test_inversion_floor_of_the_shared_last_step():
