@@ -448,7 +448,9 @@ def read_images(paths, shape) -> torch.Tensor:
                 a = np.asarray(im.convert("L" if grey else "RGB"), dtype=np.float32) / 127.5 - 1
             except Image.DecompressionBombError as e:
                 raise ValueError(f"{p} is too large for Pillow to open ({e}); the model takes {W}×{H} images") from None
-            except (UnidentifiedImageError, OSError):
+            except (UnidentifiedImageError, OSError) as e:
+                if e.errno is not None:             # the OS's (Permission denied), not the file's contents
+                    raise
                 raise ValueError(f"{p} is not an image file Pillow can read (or it is truncated)") from None
             t = torch.as_tensor(a[..., None] if a.ndim == 2 else a).permute(2, 0, 1)
             imgs.append(t.mean(0, keepdim=True) if t.shape[0] != C else t)    # colour averaged, as for an .npz

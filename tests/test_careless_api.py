@@ -3603,3 +3603,22 @@ def test_round_47_latents_for_more_indices_than_fit_are_refused_before_the_list(
     with pytest.raises(ValueError, match=r"draw at most 100 at a time$"):
         generate.latents(0, range(101), (1, 8, 8))
     assert generate.latents(0, iter([3, 1]), (1, 8, 8)).shape == (2, 1, 8, 8)
+
+
+def test_round_47_an_image_the_os_will_not_read_is_not_called_a_damaged_image(tmp_path, monkeypatch):
+    """data.read_images (`invert --input`) of a PNG the OS refuses said "is not an image file Pillow can read (or it is
+    truncated)": the OS's error now comes through, which the commands print in its words (`files.error_words`)."""
+    from PIL import Image
+
+    from ddimlab.files import error_words
+
+    png = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(png)
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Image, "open", refuse)
+    with pytest.raises(PermissionError) as info:
+        data.read_images([png], (1, 8, 8))
+    assert error_words(info.value) == f"Permission denied: {png}"
