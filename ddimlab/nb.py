@@ -105,8 +105,9 @@ def weights_line(model) -> str:
     return line
 
 
-def fmt(x, digits: int = 3) -> str:
-    """Round a float (or each entry of a sequence) for stable printing."""
+def fmt(x, digits: int = 3, below: float | None = None) -> str:
+    """Round a float (or each entry of a sequence) for stable printing. below: print a value smaller than it in size as
+    "below {below}", for a miss at rounding level (1e-15 here, 4e-15 on a run whose sums were ordered otherwise)."""
     digits = check_int("digits", digits)                 # -1: "Format specifier missing precision"
     check_numbers("x", x)                                # True printed as 1, "0.5" as 0.5
     if isinstance(x, torch.Tensor):
@@ -114,5 +115,7 @@ def fmt(x, digits: int = 3) -> str:
     if isinstance(x, np.ndarray) and x.ndim == 0:
         x = float(x)
     if isinstance(x, (list, tuple, np.ndarray)):
-        return "[" + ", ".join(fmt(float(v), digits) for v in np.asarray(x).ravel()) + "]"
+        return "[" + ", ".join(fmt(float(v), digits, below) for v in np.asarray(x).ravel()) + "]"
+    if below is not None and abs(float(x)) < below:
+        return f"below {below:g}"
     return f"{float(x):.{digits}g}"

@@ -43,6 +43,8 @@ def test_fmt_rounds_scalars_tensors_and_sequences():
     assert fmt(torch.tensor(1234.5, requires_grad=True), 2) == "1.2e+03"  # 0-d tensor: a scalar
     assert fmt(torch.tensor([0.5, 0.25]), 1) == "[0.5, 0.2]"
     assert fmt([1, 2.5]) == "[1, 2.5]"
+    assert fmt(3.8e-15, 2, below=1e-12) == fmt(4.0e-15, 2, below=1e-12) == "below 1e-12"      # rounding-level misses
+    assert fmt([4e-15, 2.5e-4], 2, below=1e-12) == "[below 1e-12, 0.00025]" and fmt(-1e-3, 2, below=1e-12) == "-0.001"
 
 
 def test_importing_the_library_in_a_notebook_writes_nothing_to_stderr():
