@@ -117,5 +117,5 @@ def fmt(x, digits: int = 3, below: float | None = None) -> str:
     if isinstance(x, (list, tuple, np.ndarray)):
         return "[" + ", ".join(fmt(float(v), digits, below) for v in np.asarray(x).ravel()) + "]"
     if below is not None and abs(float(x)) < below:
-        return f"below {below:g}"
+        return "below " + f"{below:g}".replace("e-0", "e-")              # "below 1e-5", not "1e-05"
     return f"{float(x):.{digits}g}"

@@ -45,6 +45,7 @@ def test_fmt_rounds_scalars_tensors_and_sequences():
     assert fmt([1, 2.5]) == "[1, 2.5]"
     assert fmt(3.8e-15, 2, below=1e-12) == fmt(4.0e-15, 2, below=1e-12) == "below 1e-12"      # rounding-level misses
     assert fmt([4e-15, 2.5e-4], 2, below=1e-12) == "[below 1e-12, 0.00025]" and fmt(-1e-3, 2, below=1e-12) == "-0.001"
+    assert fmt(3e-6, 1, below=1e-5) == "below 1e-5"
 
 
 def test_importing_the_library_in_a_notebook_writes_nothing_to_stderr():
