@@ -24,7 +24,7 @@ import torch
 
 from . import data, devices, quality
 from .checks import check_bool, check_int, real_array, seeded
-from .files import atomic_write, error_words
+from .files import atomic_write
 from .quality import feature_stats, frechet_distance
 
 FID_INSTALL_HINT = "pip install ddimlab[fid]"
@@ -62,7 +62,9 @@ def load_images(directory, n: int | None = None) -> torch.Tensor:
                                      f"are written): convert it first")
                 arrays.append(np.asarray(im.convert({"1": "L", "P": "RGB"}.get(im.mode, im.mode))))  # not palette indices
         except (OSError, Image.DecompressionBombError) as e:
-            raise ValueError(f"{f} is not a readable PNG ({error_words(e)}): {damaged}") from None
+            if isinstance(e, OSError) and e.errno is not None:   # the OS's (Permission denied), not a damaged sample
+                raise
+            raise ValueError(f"{f} is not a readable PNG ({e}): {damaged}") from None
     shapes = [a.shape for a in arrays]
     usual = max(set(shapes), key=shapes.count)
     odd = next((f for f, s in zip(files, shapes) if s != usual), None)

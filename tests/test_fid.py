@@ -64,9 +64,12 @@ def test_image_stats_over_batches_are_numpys_mean_and_covariance_of_all_features
 
 
 def test_a_png_the_os_will_not_read_is_said_in_words(tmp_path, monkeypatch):
-    """fid.load_images of a PNG the OS refuses (permission) said "(… [Errno 13] Permission denied: '…a.png')": now the
-    words, as the commands print OS errors (`files.error_words`)."""
+    """fid.load_images of a PNG the OS refuses (permission) said "(… [Errno 13] Permission denied: '…a.png'): a damaged
+    sample? … delete it": the OS's error now comes through, not called a damaged sample, and the commands print it in
+    its words (`files.error_words`), as data.read_images and the checkpoint loader do."""
     from PIL import Image
+
+    from ddimlab.files import error_words
 
     (tmp_path / "a.png").write_bytes(b"not read")
 
@@ -74,6 +77,7 @@ def test_a_png_the_os_will_not_read_is_said_in_words(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied", str(path))
 
     monkeypatch.setattr(Image, "open", refuse)
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(PermissionError) as info:
         fid.load_images(tmp_path)
-    assert "(Permission denied: " in str(info.value) and "[Errno" not in str(info.value)
+    words = error_words(info.value)
+    assert words.startswith("Permission denied: ") and "[Errno" not in words and "damaged" not in words
