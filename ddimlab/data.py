@@ -12,6 +12,7 @@ unpickler that only builds numpy arrays and plain containers, so a tampered file
 """
 from __future__ import annotations
 
+import errno
 import functools
 import gzip
 import hashlib
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_bool, check_int
-from .files import atomic_write, md5sum, os_error, unresolved_link, why_not_made
+from .files import atomic_write, error_words, md5sum, os_error, unresolved_link, why_not_made
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -108,7 +109,7 @@ def download(url: str, dest, md5: str | None = None, *, progress: bool = True,
     h = hashlib.md5(usedforsecurity=False)
 
     def fetch_and_check(f):
-        _fetch(url, f, h, progress=progress, timeout=timeout, chunk_size=chunk_size, desc=dest.name)
+        _fetch(url, f, h, progress=progress, timeout=timeout, chunk_size=chunk_size, dest=dest)
         if md5 is not None and h.hexdigest() != md5.lower():
             raise DownloadError(f"md5 mismatch for {url}: expected {md5.lower()}, got {h.hexdigest()}; "
                                 f"the file was not saved to {dest}")
@@ -120,8 +121,11 @@ def download(url: str, dest, md5: str | None = None, *, progress: bool = True,
 _download = download  # resolve_cifar10 and load_cifar10 have an argument named `download`
 
 
-def _fetch(url, f, h, *, progress, timeout, chunk_size, desc) -> None:
-    """Stream `url` into the open file `f` and the hash `h`; raise DownloadError on any failure or short body."""
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)   # writing f, not reading the URL
+
+
+def _fetch(url, f, h, *, progress, timeout, chunk_size, dest: Path) -> None:
+    """Stream `url` into the open file `f` (a temporary file for `dest`) and the hash `h`; raise DownloadError on any failure or short body."""
     from tqdm import tqdm
 
     try:
@@ -129,7 +133,7 @@ def _fetch(url, f, h, *, progress, timeout, chunk_size, desc) -> None:
             length = response.headers.get("Content-Length")
             expected = int(length) if length is not None and length.isdigit() else None
             content_type, received, head = response.headers.get_content_type(), 0, b""
-            with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+            with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
                       disable=not progress, leave=False) as bar:
                 while True:
                     block = response.read(chunk_size)
@@ -150,7 +154,11 @@ def _fetch(url, f, h, *, progress, timeout, chunk_size, desc) -> None:
     except http.client.IncompleteRead as e:
         raise DownloadError(f"download of {url} was truncated: got {len(e.partial)} more bytes "
                             f"before the connection closed, {e.expected} were still expected") from e
-    except (OSError, http.client.HTTPException) as e:  # timeouts, resets, bad responses
+    except OSError as e:
+        if e.errno in WRITE_ERRNOS:    # this machine's disk, not the download: the OS's words, with the file
+            raise OSError(e.errno, f"{e.strerror} (writing the download of {url})", str(dest)) from e
+        raise DownloadError(f"download of {url} failed: {error_words(e)}") from e    # timeouts, resets
+    except http.client.HTTPException as e:   # a bad response; its class says more than its text ("RemoteDisconnected")
         raise DownloadError(f"download of {url} failed: {type(e).__name__}: {e}") from e
     if expected is not None and received != expected:
         raise DownloadError(f"download of {url} was truncated: received {received} of "

@@ -146,17 +146,24 @@ def latents(seed: int, indices, shape, device=None) -> torch.Tensor:
     """x_T ~ N(0, I) for each index, drawn on the CPU from the index's own generator (`seed_for`), so a
     (seed, index) pair gives the same latent on every device, batch and process (notebook 07 §5). An index listed
     twice is a ValueError (it would be one latent twice), here and in `sample_indices`."""
-    if isinstance(shape, (int, str)) or not hasattr(shape, "__iter__"):     # else torch's "not iterable"
-        raise ValueError(f"latents needs a shape such as (C, H, W), got {shape!r}")
-    shape = tuple(check_int("an entry of shape", s) for s in shape)    # torch: "negative dimension -2"
-    indices = _index_list(indices, GENERATOR_BYTES + 2 * torch.get_default_dtype().itemsize * math.prod(shape))
-    if not indices:                                             # else torch's "stack expects a non-empty TensorList"
-        raise ValueError("latents needs indices (at least one), e.g. range(n) for images 0..n-1; got none")
+    shape, indices = _shape_and_indices(shape, indices)
     device = None if device is None else devices.resolve(device)      # "cuda:0": torch's "not compiled with CUDA"
     return _draw(_generators(seed, indices), shape, device)
 
 
-def _index_list(indices, per: int = 0) -> list:
+def _shape_and_indices(shape, indices) -> tuple[tuple, list]:
+    """shape as a tuple of ints and indices as a non-empty list, their count checked against the memory first: an
+    index takes a generator and its draw, twice (the draw and the stack)."""
+    if isinstance(shape, (int, str)) or not hasattr(shape, "__iter__"):     # else torch's "not iterable"
+        raise ValueError(f"latents need a shape such as (C, H, W), got {shape!r}")
+    shape = tuple(check_int("an entry of shape", s) for s in shape)    # torch: "negative dimension -2"
+    indices = _index_list(indices, GENERATOR_BYTES + 2 * torch.get_default_dtype().itemsize * math.prod(shape))
+    if not indices:                                             # else torch's "stack expects a non-empty TensorList"
+        raise ValueError("indices is empty: give the index of at least one image, e.g. range(n) for images 0..n-1")
+    return shape, indices
+
+
+def _index_list(indices, per: int) -> list:
     """`indices` as a list (a range, a list, a 1-D tensor or array); a number is a TypeError that says what is asked for
     (latents(seed, 3, shape) meant three images: "object of type 'int' has no len()"). per: the bytes each index will
     take, for `checks.check_fits` before the list is made (range(10**12) was a MemoryError after the list had filled
@@ -164,7 +171,7 @@ def _index_list(indices, per: int = 0) -> list:
     if isinstance(indices, (str, bytes, dict)) or not hasattr(indices, "__iter__") or getattr(indices, "ndim", 1) != 1:
         raise TypeError(f"indices must be a list of image indices, e.g. range(n) for images 0..n-1; got "
                         f"{type(indices).__name__} {str(indices)[:40]}")
-    if per and hasattr(indices, "__len__"):
+    if hasattr(indices, "__len__"):
         check_fits(len(indices) * per, f"{len(indices):,} latents of {per:,} bytes each (a draw and a generator)",
                    lambda limit: f"draw at most {int(limit // per):,} at a time")
     return list(indices)
@@ -209,9 +216,7 @@ def sample_indices(model, indices, shape, alpha_bar, seq, eta=0.0, seed: int = 0
     if solver is not None and (eta != 0 or clip_x0):
         raise ValueError(f"eta and clip_x0 apply to DDIM and DDPM; the ODE solver {solver!r} is deterministic and does "
                          f"not clip (got eta={eta!r}, clip_x0={clip_x0!r})")
-    indices = _index_list(indices)
-    if len(indices) == 0:
-        raise ValueError("indices is empty: give the index of at least one image")
+    shape, indices = _shape_and_indices(shape, indices)
     device = devices.resolve(device) if device is not None else devices.model_device(model)
     alpha_bar = schedule.validate_alpha_bar(alpha_bar).to(device)     # a float16 table: named, not read as rounded
     gens = _generators(seed, indices)

@@ -3622,3 +3622,17 @@ def test_round_47_an_image_the_os_will_not_read_is_not_called_a_damaged_image(tm
     with pytest.raises(PermissionError) as info:
         data.read_images([png], (1, 8, 8))
     assert error_words(info.value) == f"Permission denied: {png}"
+
+
+def test_round_48_sample_indices_for_more_images_than_fit_is_refused_before_the_list(tiny_unet):
+    """generate.sample_indices(net, range(10**12), ...) built the list of indices until a MemoryError (`latents` was
+    checked in round 47, the sampler that draws the same latents was not): both now check the count first, with one
+    message, and an empty list says the same in both."""
+    seq = schedule.timesteps(5, 1000)
+    for call in (lambda ix: generate.sample_indices(tiny_unet, ix, (1, 8, 8), AB, seq),
+                 lambda ix: generate.latents(0, ix, (1, 8, 8))):
+        with pytest.raises(ValueError, match=r"^1,000,000,000,000 latents of [\d,]+ bytes each .*draw at most [\d,]+ "
+                                             r"at a time$"):
+            call(range(10 ** 12))
+        with pytest.raises(ValueError, match=r"^indices is empty: give the index of at least one image"):
+            call([])

@@ -2,6 +2,7 @@
 import io
 import os
 import pickle
+import re
 import tarfile
 from pathlib import Path
 
@@ -297,3 +298,38 @@ def test_digits_in_rgb_are_the_grey_digits_repeated():
     assert all(torch.equal(rgb[:, c], grey[:, 0]) for c in range(3))
     with pytest.raises(ValueError, match="channels"):
         D.load_digits(8, channels=2)
+
+
+def test_a_full_disk_during_a_download_is_the_disk_and_a_reset_is_in_words(fake, server, tmp_path, monkeypatch):
+    """Careless round 48: a full disk while the body was written said "download of URL failed: OSError: [Errno 28] No
+    space left on device", blaming the network; it is now the OS's error, on the file, and the cache stays clean. A
+    connection reset said "ConnectionResetError: [Errno 104] ..."; now in the OS's words."""
+    from ddimlab.files import atomic_write, error_words
+
+    server.routes["/c.tgz"] = (fake.path.read_bytes(), "ok")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.name = f, f.name
+
+        def write(self, block):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(D, "atomic_write", lambda dest, write: atomic_write(dest, lambda f: write(Full(f))))
+    with pytest.raises(OSError) as info:
+        D.download(server.url("/c.tgz"), cache / "f.tgz", fake.md5, progress=False, timeout=5)
+    assert not isinstance(info.value, D.DownloadError) and info.value.errno == 28
+    assert re.fullmatch(r"No space left on device \(writing the download of http://\S+/c\.tgz\): \S+/f\.tgz",
+                        error_words(info.value)), error_words(info.value)
+    assert _cache_listing(cache) == []
+    monkeypatch.undo()
+
+    def reset(*args, **kwargs):
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    monkeypatch.setattr(D.urllib.request, "urlopen", reset)
+    with pytest.raises(D.DownloadError, match=r"^download of \S+ failed: Connection reset by peer$"):
+        D.download(server.url("/c.tgz"), cache / "f.tgz", fake.md5, progress=False, timeout=5)
+    assert _cache_listing(cache) == []
