@@ -125,7 +125,8 @@ WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
 
 
 def _fetch(url, f, h, *, progress, timeout, chunk_size, dest: Path) -> None:
-    """Stream `url` into the open file `f` (a temporary file for `dest`) and the hash `h`; raise DownloadError on any failure or short body."""
+    """Stream `url` into the open file `f` (a temporary file for `dest`) and the hash `h`; raise DownloadError on any
+    failure or short body, and this disk's OSError (full, read-only) as an OSError naming `dest`."""
     from tqdm import tqdm
 
     try:

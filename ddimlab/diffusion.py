@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from .checks import all_finite, as_real, check_bool, check_numbers, check_untracked
+from .checks import all_finite, as_real, check_bool, check_numbers, check_untracked, check_values
 
 VARIANCES = ("small", "large")   # DDPM's two reverse variances: β̃ (posterior) and β (notebook 02 §1)
 
@@ -80,6 +80,8 @@ def bcast(a, x: torch.Tensor) -> torch.Tensor:
     if not x.dtype.is_floating_point:     # the coefficients, cast to an integer dtype, would be 0 or 1
         raise TypeError(f"the tensors must be floating point (data in [-1, 1]), got {x.dtype}; convert with .float()")
     if isinstance(a, torch.Tensor):
+        if a.is_meta and not x.is_meta:      # else torch's "Cannot copy out of meta tensor; no data!"
+            check_values("an alpha_bar value", a, f"x is on {x.device}; pass ᾱ as numbers or a tensor there")
         a = a.to(x.dtype).to(x.device)   # the cast first: a float64 tensor cannot move to MPS
     else:  # a Python float goes straight to x's dtype (no float32 detour for float64 work)
         a = torch.as_tensor(a, device=x.device, dtype=x.dtype)
@@ -258,7 +260,7 @@ def check_sigma(a_t, a_s, sigma) -> None:
         raise ValueError(f"sigma must be a number, got {sigma}")
     sg2 = sg ** 2
     over = sg2 > (1 - as_) * (1 + 1e-9) + 1e-15
-    if bool(over.any()):
+    if not over.is_meta and bool(over.any()):     # meta: shapes only, no values to check
         at_b, as_b = torch.broadcast_tensors(at, as_)
         i = over.nonzero()[0].tolist() if over.ndim else []
         a1, a2 = float(at_b[tuple(i)]), float(as_b[tuple(i)])

@@ -3636,3 +3636,18 @@ def test_round_48_sample_indices_for_more_images_than_fit_is_refused_before_the_
             call(range(10 ** 12))
         with pytest.raises(ValueError, match=r"^indices is empty: give the index of at least one image"):
             call([])
+
+
+def test_round_48_an_alpha_bar_without_values_for_data_with_values_is_named():
+    """q_sample, predict_x0, posterior_mean and q_sigma_mean of CPU data with a_t on the meta device said torch's
+    "Cannot copy out of meta tensor; no data!", ddim_step "Tensor.item() cannot be called on meta tensors". A ValueError
+    names it now (`diffusion.bcast`); meta data with meta ᾱ, shapes only, still runs (ddim_step, with and without noise)."""
+    a, b = torch.tensor(0.5, device="meta"), torch.tensor(0.6, device="meta")
+    x, m = torch.zeros(2, 3), torch.zeros(2, 3, device="meta")
+    for run in (lambda: diffusion.q_sample(x, a, x), lambda: diffusion.predict_x0(x, x, a),
+                lambda: diffusion.ddim_step(x, x, a, b), lambda: diffusion.posterior_mean(x, x, a, b),
+                lambda: diffusion.q_sigma_mean(x, x, a, b, 0.1), lambda: diffusion.score_from_eps(x, a)):
+        with pytest.raises(ValueError, match=r"^an alpha_bar value is on the meta device, which holds shapes but no "
+                                             r"values: x is on cpu; pass ᾱ as numbers or a tensor there$"):
+            run()
+    assert diffusion.ddim_step(m, m, a, b)[0].is_meta and diffusion.ddim_step(m, m, a, b, 1.0, noise=m)[0].is_meta
