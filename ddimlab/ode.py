@@ -48,7 +48,18 @@ import math
 import numpy as np
 import torch
 
-from .checks import all_finite, as_real, check_bool, check_generator, check_int, check_numbers, is_complex, real_array
+from .checks import (
+    a_list,
+    all_finite,
+    as_real,
+    check_bool,
+    check_distinct,
+    check_generator,
+    check_int,
+    check_numbers,
+    is_complex,
+    real_array,
+)
 from .diffusion import dynamic_threshold, predict_eps, predict_x0
 from .samplers import (
     NonFiniteError,
@@ -471,9 +482,20 @@ def lagrange_integrals(nodes, a: float, b: float, rho: float = 1.0) -> list[floa
     """w_j = ∫_a^b ℓ_j(σ^{1/ρ}) dσ for the Lagrange basis ℓ_j of the nodes v_j = σ_j^{1/ρ} (notebook 08 §6).
 
     ℓ_j(v) = Σ_m c_m v^m is expanded in monomials and integrated termwise, ∫ σ^{m/ρ} dσ = σ^{m/ρ+1}/(m/ρ+1):
-    exact for any ρ ≥ 1, including the last step to b = σ = 0.
+    exact for any ρ ≥ 1, including the last step to b = σ = 0. The nodes are distinct finite numbers (the basis divides
+    by their differences); with ρ ≠ 1 they and a, b are σ's, ≥ 0 (σ^{1/ρ} of a negative σ is not real).
     """
-    basis = _lagrange_basis([float(s) ** (1 / rho) for s in nodes])
+    if (real := as_real(rho)) is None or real < 1:
+        raise ValueError(f"rho must be a finite number >= 1, got {rho!r}")
+    given = a_list(nodes, "nodes", "[1.2, 0.5]")
+    rho, nodes, (a_, b_) = real, [as_real(v) for v in given], (as_real(a), as_real(b))
+    low = 0.0 if rho != 1 else -math.inf
+    if any(v is None or v < low for v in (*nodes, a_, b_)):
+        raise ValueError(f"nodes, a and b must be finite numbers{' >= 0 (sigmas, with rho != 1)' if low == 0 else ''}, "
+                         f"got nodes {given}, a = {a!r}, b = {b!r}")
+    check_distinct(nodes, "a node")
+    a, b = a_, b_
+    basis = _lagrange_basis([s ** (1 / rho) for s in nodes])
     return [float(sum(c * (b ** (m / rho + 1) - a ** (m / rho + 1)) / (m / rho + 1) for m, c in enumerate(coef)))
             for coef in basis]
 

@@ -3651,3 +3651,17 @@ def test_round_48_an_alpha_bar_without_values_for_data_with_values_is_named():
                                              r"values: x is on cpu; pass ᾱ as numbers or a tensor there$"):
             run()
     assert diffusion.ddim_step(m, m, a, b)[0].is_meta and diffusion.ddim_step(m, m, a, b, 1.0, noise=m)[0].is_meta
+
+
+def test_round_48_lagrange_integrals_refuses_nodes_it_cannot_interpolate():
+    """ode.lagrange_integrals([0, 0], 0, 1) returned [nan, nan] with numpy's "divide by zero" warnings, a NaN node NaN
+    weights, a negative σ with ρ = 3 NaN (a complex root), and ρ = 0.5 weights of no interpolant. Each is a ValueError."""
+    for args, said in ((([0.0, 0.0], 0.0, 1.0), r"^a node = 0\.0 is listed twice"),
+                       (([1.0, float("nan")], 0.0, 1.0), r"^nodes, a and b must be finite numbers, got nodes \[1\.0, nan\]"),
+                       (([1.0, 0.5], 1.0, float("inf")), r"^nodes, a and b must be finite numbers, got .* b = inf$"),
+                       (([1.0, -0.5], 1.0, 0.0, 3.0), r"^nodes, a and b must be finite numbers >= 0 \(sigmas, with rho"),
+                       (([1.0, 0.5], 1.0, 0.0, 0.5), r"^rho must be a finite number >= 1, got 0\.5$")):
+        with pytest.raises(ValueError, match=said):
+            ode.lagrange_integrals(*args)
+    # ρ = 1: any distinct nodes (Adams' are u ≤ 0); ℓ = (u + 1)/2, (1 − u)/2 integrated from 1 down to 0 by hand
+    assert ode.lagrange_integrals([1.0, -1.0], 1.0, 0.0) == [-0.75, -0.25]
