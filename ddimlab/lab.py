@@ -180,6 +180,10 @@ def difference(a: dict, b: dict) -> tuple[float, float]:
     values subtracted, as in `paired_difference`) is its SE; it accounts for the correlation between the
     cells, which makes it smaller than √(se_a² + se_b²) when the two samplers' outputs stay close.
     Cells from different tables fall back to √(se_a² + se_b²)."""
+    for name, cell in (("a", a), ("b", b)):
+        if not isinstance(cell, dict) or (missing := [k for k in ("mmd2", "se") if k not in cell]):
+            raise ValueError(f"{name} must be a row of lab.table1 (a dict with mmd2 and se), got "
+                             + (f"one without {', '.join(missing)}" if isinstance(cell, dict) else type(cell).__name__))
     diff = a["mmd2"] - b["mmd2"]
     la, lb = a.get("loo"), b.get("loo")
     if la is not None and lb is not None and la.shape == lb.shape and a.get("table") == b.get("table"):

@@ -3665,3 +3665,15 @@ def test_round_48_lagrange_integrals_refuses_nodes_it_cannot_interpolate():
             ode.lagrange_integrals(*args)
     # ρ = 1: any distinct nodes (Adams' are u ≤ 0); ℓ = (u + 1)/2, (1 − u)/2 integrated from 1 down to 0 by hand
     assert ode.lagrange_integrals([1.0, -1.0], 1.0, 0.0) == [-0.75, -0.25]
+
+
+def test_round_48_lab_difference_of_a_cell_of_another_table_is_named():
+    """lab.difference (and lab.beyond) of a dict without mmd2, a tables.score_grid row say, was a bare KeyError 'mmd2'."""
+    from ddimlab import lab
+    good = {"mmd2": 0.5, "se": 0.1}
+    for a, b, said in (({"fd": 1.0}, good, r"^a must be a row of lab\.table1 \(a dict with mmd2 and se\), got one without "
+                                           r"mmd2, se$"),
+                       (good, [0.5, 0.1], r"^b must be a row of lab\.table1 .*got list$")):
+        with pytest.raises(ValueError, match=said):
+            lab.difference(a, b)
+    assert lab.difference(good, {"mmd2": 0.2, "se": 0.3}) == pytest.approx((0.3, math.hypot(0.1, 0.3)))
