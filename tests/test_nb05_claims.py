@@ -1,9 +1,10 @@
 """The derivations and claims of notebook 05 (the ODE view), checked again on other data, each with a mutation
 that must fail: ᾱ(t) log-linear between steps (§1), Fokker–Planck and the probability-flow ODE (§3), DDPM's step as
-the reverse SDE's (§3), Heun in τ against Heun in σ on a Gaussian and where the ring leaves it (§3), the ODE in x (§5),
-local orders (§6, DPM-Solver++(2M) on its second step), Heun against DPM-Solver-2 (§6: different steps, both exact on
-point-mass data), the order of the inversion round trip and of Heun's there and back, and the inversion's step label
-(§8: with an ε of t alone, the round trip is exact only with ε at the destination step)."""
+the reverse SDE's (§3), Heun in flow time ζ against Heun in σ on a Gaussian and where the ring leaves it (§3), the ODE
+in x (§5), DPM-Solver++(2M)'s step as the integral of a linear x̂_0 by quadrature and local orders (§6, on its second
+step), Heun against DPM-Solver-2 (§6: different steps, both exact on point-mass data), the order of the inversion round
+trip and of Heun's there and back, and the inversion's step label (§8: with an ε of t alone, the round trip is exact
+only with ε at the destination step)."""
 import math
 
 import numpy as np
@@ -201,6 +202,57 @@ def test_dpm_solver_pp_2m_second_step_has_local_order_3():
         errs["1/r"].append(float((_pp2m_second_step(x_prev, tr["x"][1], steps, lambda r: 1 / r) - exact).norm()))
     assert abs(_slope(hs, errs["lib"]) - 3) < 0.25, _slope(hs, errs["lib"])
     assert abs(_slope(hs, errs["1/r"]) - 3) > 0.25, _slope(hs, errs["1/r"])
+
+
+def _linear_x0_step(xbar_t, D_prev, D, lam, variant=None):
+    """notebook 05 §6's step with x̂_0 = D linear in λ through (λ_prev, D_prev), (λ_t, D): e^{−Δλ} x̄_t
+    + (1 − e^{−Δλ}) [D + (c/r)(D − D_prev)], c = (Δλ − 1 + e^{−Δλ})/(Δλ (1 − e^{−Δλ})), r = Δλ_prev/Δλ; or a mistake."""
+    dlam, dlam_prev = lam[2] - lam[1], lam[1] - lam[0]
+    r, c = dlam_prev / dlam, (dlam - 1 + math.exp(-dlam)) / (dlam * (1 - math.exp(-dlam)))
+    if variant == "half":                                        # DPM-Solver++(2M): c's leading 1/2
+        c = 0.5
+    weight = math.exp(-dlam) if variant == "e^-dlam" else 1 - math.exp(-dlam)
+    c_over_r = c * r if variant in ("r inverted", "half, r inverted") else c / r
+    if variant == "half, r inverted":
+        c_over_r = 0.5 * r
+    return math.exp(-dlam) * xbar_t + weight * (D + c_over_r * (D - D_prev))
+
+
+def test_dpm_solver_pp_2m_step_is_the_integral_of_a_linear_x0_by_quadrature():
+    """notebook 05 §6: x̄_s/σ_s = x̄_t/σ_t + ∫ e^λ D(λ) dλ with D linear in λ through the last two x̂_0's, integrated by scipy's
+    quad per coordinate, equals the derived closed form to 1e-10, and not with r inverted or e^{−Δλ} for 1 − e^{−Δλ}
+    (each off by > 1e-6); ode.dpm_solver_pp_2m's second step (1/2 for c) differs from it by O(Δλ³), and with r inverted by
+    O(Δλ²). On the 4-component mixture in 3-D, at t = 400, steps t + 2k -> t -> t - k."""
+    from scipy.integrate import quad
+
+    g = torch.Generator().manual_seed(31)
+    t, n = 400, 6
+    x0, z = MIX.sample(n, g), torch.randn(n, MIX.d, generator=g, dtype=torch.float64)
+    dlams, miss_lib, miss_wrong_lib = [], [], []
+    for k in (2, 4, 8, 16):
+        steps = (t + 2 * k, t, t - k)
+        a_prev = float(AB[steps[0]])
+        x_prev = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * z
+        _, tr = ode.solve("dpm_solver_pp_2m", EPS, x_prev, AB, list(steps), return_trajectory=True)
+        sig = [float(ode.sigma_at(AB, u)) for u in steps]
+        lam = [-math.log(v) for v in sig]
+        D_prev, D = (diffusion.predict_x0(x, EPS(x, torch.full((n,), u)), float(AB[u]))
+                     for x, u in ((x_prev, steps[0]), (tr["x"][1], t)))
+        xbar_t = tr["x"][1] * math.sqrt(sig[1] ** 2 + 1)
+        slope = (D - D_prev) / (lam[1] - lam[0])
+        integral = torch.tensor([[quad(lambda l: math.exp(l) * (d + (l - lam[1]) * m), lam[1], lam[2], epsabs=0, epsrel=1e-13)[0]
+                                  for d, m in zip(rd.tolist(), rm.tolist())] for rd, rm in zip(D, slope)], dtype=torch.float64)
+        by_quad = math.exp(-lam[2]) * (xbar_t * math.exp(lam[1]) + integral)
+        assert float((_linear_x0_step(xbar_t, D_prev, D, lam) - by_quad).abs().max()) < 1e-10
+        for wrong in ("r inverted", "e^-dlam"):
+            assert float((_linear_x0_step(xbar_t, D_prev, D, lam, wrong) - by_quad).abs().max()) > 1e-6, wrong
+        lib = tr["x"][2] * math.sqrt(sig[2] ** 2 + 1)
+        assert float((_linear_x0_step(xbar_t, D_prev, D, lam, "half") - lib).abs().max()) < 1e-12   # the library's step
+        dlams.append(lam[2] - lam[1])
+        miss_lib.append(float((lib - by_quad).norm()))
+        miss_wrong_lib.append(float((_linear_x0_step(xbar_t, D_prev, D, lam, "half, r inverted") - by_quad).norm()))
+    assert abs(_slope(dlams, miss_lib) - 3) < 0.25, _slope(dlams, miss_lib)
+    assert abs(_slope(dlams, miss_wrong_lib) - 3) > 0.25, _slope(dlams, miss_wrong_lib)
 
 
 def _inversion_orders(mix, n, seed, kinds):
@@ -445,7 +497,7 @@ def test_rademacher_probes_spread_less_than_gaussian_ones_on_eight_gaussians():
 
 def _heun_on_a_gaussian(lam, S, weight):
     """Per-direction end point from x̄_T = 1 of Heun with its correction times weight(σ, σ'), on Gaussian data of
-    variances lam (ε* = σ x̄/(λ + σ²) in closed form), the last step into σ = 0 Euler's; and the exact end point."""
+    variances lam = ω² (ε* = σ x̄/(ω² + σ²) in closed form), the last step into σ = 0 Euler's; and the exact end point."""
     sig = [float(ode.sigma_at(AB, int(t))) for t in schedule.timesteps(S, 1000, "linspace")] + [0.0]
     x = torch.ones_like(lam)
     for s, s_next in zip(sig, sig[1:]):
@@ -456,9 +508,9 @@ def _heun_on_a_gaussian(lam, S, weight):
 
 
 def test_on_a_gaussian_with_the_rings_variances_heun_in_tau_wins_to_s_80_and_loses_at_160():
-    """notebook 05 §3 (why τ wins on the ring): Heun in τ is the predictor plus (1 + σ')/(1 + σ) times Heun's correction in
-    σ (checked there against `ode.heun` and an Euler-predictor loop in τ); on Gaussian data with eight Gaussians' component
-    variances both are linear maps, here written from ε*'s closed form. Heun in τ misses less than Heun in σ in both
+    """notebook 05 §3 (why ζ wins on the ring): Heun in ζ is the predictor plus (1 + σ')/(1 + σ) times Heun's correction in
+    σ (checked there against `ode.heun` and an Euler-predictor loop in ζ); on Gaussian data with eight Gaussians' component
+    variances both are linear maps, here written from ε*'s closed form. Heun in ζ misses less than Heun in σ in both
     directions at S = 5 to 80 and more at S = 160 (the shared last Euler step's miss cancels Heun in σ's overshoot); the
     factor inverted misses more at every S. `ode.heun` is Heun in σ, to rounding."""
     lam = torch.linalg.eigvalsh(toy.eight_gaussians().covs[0])
@@ -474,9 +526,9 @@ def test_on_a_gaussian_with_the_rings_variances_heun_in_tau_wins_to_s_80_and_los
 
 
 def test_leading_terms_weighted_by_the_end_point_give_the_gaussians_ratio():
-    """notebook 05 §3 (why τ wins on the ring): each Heun step from the exact x̄ at σ, h = σ' − σ, misses x̄ by
-    −h³λσ/(2(λ + σ²)³) in σ and h³λ(λ − σ)/(2(1 + σ)(λ + σ²)³) in τ (tests/test_ode.py), a relative miss that the linear
-    map carries to the end; summed with the last Euler step's √(λ/(λ + σ_0²)) − 1 and weighted by each direction's end
+    """notebook 05 §3 (why ζ wins on the ring): each Heun step from the exact x̄ at σ, h = σ' − σ, misses x̄ by
+    −h³ω²σ/(2(ω² + σ²)³) in σ and h³ω²(ω² − σ)/(2(1 + σ)(ω² + σ²)³) in ζ (tests/test_ode.py), a relative miss that the linear
+    map carries to the end; summed with the last Euler step's √(ω²/(ω² + σ_0²)) − 1 and weighted by each direction's end
     point (as the RMS error over x_T ~ N(0, I) weighs it), the ratio is the exact one's to 0.07 at S = 10 to 80, not at S = 5.
     Summed without the end point's weight (the notebook's first version) it misses by more than 0.07 at S = 10."""
     lam = torch.linalg.eigvalsh(toy.eight_gaussians().covs[0])
@@ -500,8 +552,8 @@ def test_leading_terms_weighted_by_the_end_point_give_the_gaussians_ratio():
 
 def _heun_weighted(eps, x, seq, weight, k=0):
     """x_0 from x at step seq[k] by Heun on dx̄/dσ = ε over the rest of seq, its correction times weight(σ, σ'), the step
-    into σ = 0 Euler's: weight 1 is `ode.heun`, (1 + σ')/(1 + σ) Heun in τ on the straight path (notebook 05 §3, where the
-    identity is checked against a loop in τ)."""
+    into σ = 0 Euler's: weight 1 is `ode.heun`, (1 + σ')/(1 + σ) Heun in ζ on the straight path (notebook 05 §3, where the
+    identity is checked against a loop in ζ)."""
     steps = [int(t) for t in seq[k:]] + [-1]
     sig = [float(ode.sigma_at(AB, t)) for t in steps]
     xbar = x / math.sqrt(float(schedule.alpha_bar_at(AB, steps[0])))
@@ -514,22 +566,22 @@ def _heun_weighted(eps, x, seq, weight, k=0):
 
 
 def _tau_and_sigma(eps, x, ref, seq, k=0):
-    """Per-sample squared errors at x_0 against ref of Heun in τ and of Heun in σ, both from x at step seq[k]."""
+    """Per-sample squared errors at x_0 against ref of Heun in ζ and of Heun in σ, both from x at step seq[k]."""
     weights = (lambda s, r: (1 + r) / (1 + s)), (lambda s, r: 1.0)
     return tuple((_heun_weighted(eps, x, seq, w, k) - ref).pow(2).sum(1) for w in weights)
 
 
 def _ratio_gap(e_a, e_b):
-    """RMS ratio (τ over σ) of run a minus that of run b, from the same x_T, and its delete-one jackknife SE."""
+    """RMS ratio (ζ over σ) of run a minus that of run b, from the same x_T, and its delete-one jackknife SE."""
     r = lambda e: (e[0].sum() / e[1].sum()).sqrt()                                       # noqa: E731
     loo = lambda e: ((e[0].sum() - e[0]) / (e[1].sum() - e[1])).sqrt()                  # noqa: E731
     return float(r(e_a) - r(e_b)), lab.jackknife_se(loo(e_a) - loo(e_b))
 
 
 def test_the_ring_leaves_the_gaussian_in_the_steps_that_decide_its_components():
-    """notebook 05 §3 (where the ring leaves the Gaussian), on 512 other draws of x_T than the notebook's: Heun in τ over
+    """notebook 05 §3 (where the ring leaves the Gaussian), on 512 other draws of x_T than the notebook's: Heun in ζ over
     `ode.heun` on eight Gaussians (exact ε*) against the Gaussian with a component's variances (closed-form ε* and end
-    point), both run from the exact x at a step of the linspace grid. At S = 160 the Gaussian reverses (Heun in τ more
+    point), both run from the exact x at a step of the linspace grid. At S = 160 the Gaussian reverses (Heun in ζ more
     error, > 3 SE) and the ring does not (not more error by 3 SE, its ratio below the Gaussian's by > 3 SE, paired);
     from the exact x at t = 6, where its components are decided, the ring reverses too, its ratio above the Gaussian's by
     less than 0.02 but beyond 3 SE (paired: near, not equal), and from t = 57 it does not. At S = 10 the ring's ratio is
@@ -544,12 +596,12 @@ def test_the_ring_leaves_the_gaussian_in_the_steps_that_decide_its_components():
     eps_g = toy.exact_eps(toy.GaussianMixture(torch.ones(1), torch.zeros(1, 2, dtype=torch.float64), torch.diag(lam)[None]), AB)
     ref_g = x_T / math.sqrt(float(AB[999])) * (lam / (lam + float(ode.sigma_at(AB, 999)) ** 2)).sqrt()
 
-    def gaussian(seq, t):                  # its errors from its exact x_t (x̄ ∝ √(λ + σ²)), t on the grid seq
+    def gaussian(seq, t):                  # its errors from its exact x_t (x̄ ∝ √(ω² + σ²)), t on the grid seq
         x_t = ref_g * ((lam + float(ode.sigma_at(AB, t)) ** 2) / lam).sqrt() * math.sqrt(float(schedule.alpha_bar_at(AB, t)))
         return _tau_and_sigma(eps_g, x_t, ref_g, seq, seq.tolist().index(t))
 
     ratio = lambda e: lab.error_ratio(*e)["rms"]                                      # noqa: E731
-    more = lambda r: r[0] - 3 * r[1] > 1                                               # noqa: E731  τ more error, > 3 SE
+    more = lambda r: r[0] - 3 * r[1] > 1                                               # noqa: E731  ζ more error, > 3 SE
     seq5, seq160 = (schedule.timesteps(S, 1000, "linspace") for S in (5, 160))
     assert seq5.tolist()[-3:] == [500, 250, 0] and {57, 6} <= set(seq160.tolist())
     above = lambda d: d[0] > 3 * d[1]                                                  # noqa: E731  a > b, > 3 SE, paired
@@ -575,7 +627,7 @@ def test_the_ring_leaves_the_gaussian_in_the_steps_that_decide_its_components():
             assert abs(d10[0]) < 3 * d10[1], d10
             d, se = _ratio_gap(gaussian(seq5, 250), ring(seq5, 250))
             assert d > 3 * se, (d, se)
-            # that step, t = 250 -> 0, at its end: ode.heun misses by p + C, Heun in τ by p + wC (p the predictor's miss, C the
+            # that step, t = 250 -> 0, at its end: ode.heun misses by p + C, Heun in ζ by p + wC (p the predictor's miss, C the
             # correction); by quarter of the largest responsibility at t = 250 the ratio is |wκ − 1|/|κ − 1| of the quarter's
             # κ = −Σ⟨C, p⟩/Σ|p|² to 0.02, and rises from quarter to quarter
             s0, s1 = (float(ode.sigma_at(AB, t)) for t in (250, 0))
