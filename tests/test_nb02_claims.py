@@ -1,7 +1,7 @@
 """The claims of notebook 02 that its own checks cannot resolve, computed again by other routes.
 
 §7: `l_simple` draws its steps t uniformly from 0..T−1 (DDPM Algorithm 1, with ddimlab's 0-based steps). The notebook's
-check of L_simple's value at ε* averages over t, and one step left out moves that average by (C_0 − E_t C_t)/(T − 1),
+check of L_simple's value at ε* averages over t, and one step left out moves that average by (F_ε,0 − E_t F_ε,t)/(T − 1),
 under one standard error at 200 000 draws: a draw from 1..T−1 passed it. Here the steps are read off the model's calls
 on other data (a 2-D Gaussian, another seed), and their counts tested against uniform with scipy's chi-square test and
 at both ends; the same test on the off-by-one draws themselves fails. And the x_t that `l_simple` passes to the model
