@@ -429,15 +429,15 @@ L_SIMPLE_MUTANTS = {"x_t with 1 - alpha_bar for its square root": _l_simple_vari
 def l_simple_miss(loss_fn, scale, N=20_000):
     """|Monte Carlo L_simple of scale·ε* − its closed form| in SE, on data N(m, s² I) in 2-D (notebook 02 §7 (c)).
 
-    Per coordinate C_t = Var(ε | x_t) = ᾱ_t s²/(ᾱ_t s² + 1 − ᾱ_t); ε − ε* is uncorrelated with every function of x_t
-    and E ε*² = 1 − C_t, so E‖ε − c ε*‖²/d = C_t + (1 − c)² (1 − C_t), averaged over uniform t. At 20 000 draws the
+    Per coordinate F_ε,t = Var(ε | x_t) = ᾱ_t s²/(ᾱ_t s² + 1 − ᾱ_t); ε − ε* is uncorrelated with every function of x_t
+    and E ε*² = 1 − F_ε,t, so E‖ε − c ε*‖²/d = F_ε,t + (1 − c)² (1 − F_ε,t), averaged over uniform t. At 20 000 draws the
     check resolves about 1% of the loss: it cannot see the network called one step late (t + 1 for x_t's t), 0.0 SE."""
     ab, m, s = make_alpha_bar("linear", 1000), torch.tensor([0.3, -0.2], dtype=F64), 0.5
     gen = torch.Generator().manual_seed(3)
     x0 = m + s * torch.randn(N, 2, generator=gen, dtype=F64)
     per = loss_fn(affine_eps(ab, m.numpy(), s, scale), x0, ab, gen)
-    C = ab * s ** 2 / (ab * s ** 2 + 1 - ab)
-    closed = float((C + (1 - scale) ** 2 * (1 - C)).mean())
+    F_eps = ab * s ** 2 / (ab * s ** 2 + 1 - ab)
+    closed = float((F_eps + (1 - scale) ** 2 * (1 - F_eps)).mean())
     return abs(per.mean().item() - closed) / (per.std().item() / math.sqrt(N))
 
 

@@ -1,7 +1,7 @@
 """The claims of notebook 02 that its own checks cannot resolve, computed again by other routes.
 
 §7: `l_simple` draws its steps t uniformly from 0..T−1 (DDPM Algorithm 1, with ddimlab's 0-based steps). The notebook's
-check of L_simple's value at ε* averages over t, and one step left out moves that average by (C_0 − E_t C_t)/(T − 1),
+check of L_simple's value at ε* averages over t, and one step left out moves that average by (F_ε,0 − E_t F_ε,t)/(T − 1),
 under one standard error at 200 000 draws: a draw from 1..T−1 passed it. Here the steps are read off the model's calls
 on other data (a 2-D Gaussian, another seed), and their counts tested against uniform with scipy's chi-square test and
 at both ends; the same test on the off-by-one draws themselves fails. And the x_t that `l_simple` passes to the model
@@ -133,3 +133,33 @@ def test_the_kl_sum_and_elbo_terms_equal_the_undecomposed_chain_expectation(vari
     mc = elbo_terms(model, torch.full((3000, 1), x0, dtype=torch.float64), AB, variance=variance, decoder="gaussian",
                     generator=torch.Generator().manual_seed(24))["total"]
     assert abs(float(mc.mean()) - chain) < 5 * float(mc.std()) / math.sqrt(mc.numel())
+
+
+def test_reverse_kernel_is_gaussian_to_order_h_cubed():
+    """§10: KL(q(x_s | x_t) ‖ its moment-matched Gaussian) ≈ (φ''')² h³/12 for a short step, h = ᾱ_s/ᾱ_t − 1 the variance of
+    the likelihood q(x_t | x_s) in x_s and φ = log q(x_s). Here on other data (½N(±0.7, 0.3²)) and another step, t = 500:
+    the KL of a 10-step kernel over that of a 1-step kernel (mean over 300 x_t ~ p_t, trapezoid rule on ±12 sd) grows as
+    the ratio of their h cubed, to 0.05 in log10; the square and the fourth power of that ratio are rejected."""
+    import numpy as np
+    from scipy.stats import norm
+
+    mix = GaussianMixture(torch.tensor([0.5, 0.5], dtype=torch.float64), torch.tensor([[-0.7], [0.7]], dtype=torch.float64),
+                          torch.full((2, 1, 1), 0.09, dtype=torch.float64))
+    a = lambda k: float(alpha_bar_at(AB, k))                                           # noqa: E731
+    t = 500
+    x_t = mix.marginal(a(t)).sample(300, generator=torch.Generator().manual_seed(31))
+
+    def mean_kl(s):
+        log_r, m, v = mix.reverse_kernel(x_t, a(t), a(s))
+        r, m, v = log_r.exp().numpy(), m[..., 0].numpy(), v[:, 0].numpy()
+        mu = (r * m).sum(1)
+        var = (r * (v + m * m)).sum(1) - mu ** 2
+        x = mu[:, None] + np.sqrt(var)[:, None] * np.linspace(-12, 12, 4001)[None]
+        p = (r[:, None, :] * norm.pdf(x[..., None], m[:, None, :], np.sqrt(v))).sum(-1)
+        kl = np.trapezoid(p * (np.log(np.maximum(p, 1e-300)) - norm.logpdf(x, mu[:, None], np.sqrt(var)[:, None])), x, axis=1)
+        return kl.mean()
+
+    power = math.log10(mean_kl(t - 10) / mean_kl(t - 1))
+    h_ratio = math.log10((a(t - 10) / a(t) - 1) / (a(t - 1) / a(t) - 1))
+    assert abs(power - 3 * h_ratio) < 0.05
+    assert min(abs(power - 2 * h_ratio), abs(power - 4 * h_ratio)) > 0.5
