@@ -8,7 +8,13 @@ plausible slip for 1 − ᾱ_t/ᾱ_s: failing the marginal test alone would not 
 And §3's last step: DDPM's sampler adds no noise on its step into ᾱ = 1 (DDPM Alg. 2's z = 0), for either variance,
 and neither does DDIM (σ = 0 there for every η). On Gaussian data that step's output is then exactly E[x_0 | x_1], known
 by Gaussian conditioning; noise there would miss it by about √β_1 (a mutation sweep found this claim checked only by the
-notebook's own Monte Carlo)."""
+notebook's own Monte Carlo).
+
+And §4's price of a long step: one step of eq. 12 with the exact ε* from x_t ~ q(x_t | x_0) drops the variance
+κ² Cov[x_0 | x_t] of not knowing x_0, κ = √ᾱ_s − √(1 − ᾱ_s − σ²) √(ᾱ_t/(1 − ᾱ_t)) the coefficient of x_0 in eq. 12. Paired
+with the same step taken with the true x_0 (a draw from q(x_s | x_0)) and the same noise, E|y|² − E|x_s|² is
+−κ² tr Cov[x_0 | x_t] per x_t, the covariance from the exact posterior (Gaussian conditioning, not ε*); κ for κ², and
+no price at all, must fail."""
 import math
 
 import pytest
@@ -64,3 +70,31 @@ def test_the_last_step_returns_the_posterior_mean_without_noise(run):
     else:
         y = samplers.ddpm_sample(eps, x1, AB, run, seq=seq, generator=gen)
     assert float((y - posterior_mean).abs().max()) < 1e-10
+
+
+@pytest.mark.parametrize("t,s,eta,seed", [(700, 450, 0.0, 1), (400, 250, 1.0, 2), (400, 250, 0.5, 3)])
+def test_a_long_step_with_the_exact_eps_drops_kappa_squared_times_the_posterior_covariance(t, s, eta, seed):
+    mix = toy.random_mixture(d=3, K=4, seed=5)                 # not the notebook's ring: another mixture, other jumps
+    eps = toy.exact_eps(mix, AB)
+    a_t, a_s = float(AB[t]), float(AB[s])
+    g = torch.Generator().manual_seed(seed)
+    x0 = mix.sample(N, g)
+    noise, z = (torch.randn(N, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    x_t = diffusion.q_sample(x0, a_t, noise)
+    log_r, means, v = mix.reverse_kernel(x_t, a_t, 1.0)
+    r = log_r.exp()
+    centre = (r[:, :, None] * means).sum(1)
+    tr_cov = (r * v.sum(1)).sum(1) + (r * (means - centre[:, None]).pow(2).sum(2)).sum(1)
+    sigma = float(diffusion.ddim_sigma(a_t, a_s, eta))
+    kappa = math.sqrt(a_s) - math.sqrt(1 - a_s - sigma ** 2) * math.sqrt(a_t / (1 - a_t))
+    y, _ = diffusion.ddim_step(x_t, eps(x_t, torch.full((N,), t)), a_t, a_s, eta, noise=z)
+    x_s = diffusion.q_sigma_mean(x0, x_t, a_t, a_s, sigma) + sigma * z
+    diff = y.pow(2).sum(1) - x_s.pow(2).sum(1)
+
+    def off(pred):                                             # |mean of diff − pred| in standard errors
+        d = diff - pred
+        return float(d.mean().abs() / (d.std() / math.sqrt(N)))
+
+    assert off(-kappa ** 2 * tr_cov) < 4
+    assert off(-kappa * tr_cov) > 10                           # κ in place of κ²
+    assert off(torch.zeros(N, dtype=torch.float64)) > 10       # "the exact eps* makes the step exact"

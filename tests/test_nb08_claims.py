@@ -233,3 +233,25 @@ def test_lowered_taylor_3m_on_the_8d_mixture_is_level_from_5_to_10_calls_in_rms_
     assert "about the same" not in prose
     assert f"a ratio of {r:.2f} ± {se:.2f}" in prose and f"{med:.2f} ± {se_med:.2f} times higher" in prose
     assert f"falls ({pub:.2f} ± {se_pub:.2f}" in prose and f"falls {1 / kept:.1f}-fold from 5 to 10 calls" in prose
+
+
+def test_2ms_local_error_on_equal_steps_is_h3_over_12_times_d1_plus_5_d2():
+    """§3: by the Taylor expansion of (2), DPM-Solver++(2M)'s step x̄_s = e^{−h} x̄_t + (1 − e^{−h})(D_t + D1_0/2) on equal
+    steps (r_0 = 1) misses the exact e^{−h} x̄_t + ∫_0^h e^{−(h−u)} D(λ_t + u) du by h³(D' + 5D'')/12 + O(h⁴): the ½ for
+    hφ_2(−h)/(1 − e^{−h}) costs h³D'/12, the backward difference 5h³D''/12. Checked on a smooth D(λ) by quadrature, with
+    D' and D'' of opposite signs so that dropping either term, or the 5, misses."""
+    from scipy.integrate import quad
+    D = lambda lam: math.exp(0.7 * lam) + math.sin(2 * lam)                            # noqa: E731
+    d1 = lambda lam: 0.7 * math.exp(0.7 * lam) + 2 * math.cos(2 * lam)                 # noqa: E731
+    d2 = lambda lam: 0.49 * math.exp(0.7 * lam) - 4 * math.sin(2 * lam)                # noqa: E731
+    lam_t = 0.3
+    for h in (0.02, 0.01):
+        exact = quad(lambda u: math.exp(-(h - u)) * D(lam_t + u), 0, h, epsabs=0, epsrel=1e-13)[0]
+        two_m = -math.expm1(-h) * (D(lam_t) + (D(lam_t) - D(lam_t - h)) / 2)
+        per_h3 = (exact - two_m) / h ** 3
+        right = (d1(lam_t) + 5 * d2(lam_t)) / 12
+        assert abs(per_h3 / right - 1) < 0.05, (h, per_h3, right)
+        for wrong in ((d1(lam_t) + d2(lam_t)) / 12, 5 * d2(lam_t) / 12, d1(lam_t) / 12):
+            assert abs(per_h3 / wrong - 1) > 0.3, (h, per_h3, wrong)
+    prose = " ".join(_cells("markdown"))
+    assert r"2M's local error on equal steps is $\tfrac{h^3}{12}(D'+5D'')$" in prose
