@@ -273,6 +273,24 @@ def test_l_simple_matches_closed_form_on_gaussian_data():
     assert l_simple(affine_eps(ab, m, s), x0[:10], ab, generator=gen).ndim == 0
 
 
+def test_l_simple_of_the_exact_eps_for_data_at_one_point_is_zero_at_every_step():
+    """Data at one point c: x_t = √ᾱ_t c + √(1−ᾱ_t) ε gives back ε = (x_t − √ᾱ_t c)/√(1−ᾱ_t) exactly, so this predictor's
+    L_simple is 0 up to float64 round-off at each t = 0..998 (one sample per t). Where the Monte Carlo check above cannot
+    tell neighbouring steps apart, this one can: the same predictor called with t + 1 (x_t drawn one step off) misses
+    by more than 1e-12 at every t; √(1−ᾱ_t) written 1−ᾱ_t, or x_0 as the target, miss too."""
+    ab = make_alpha_bar("linear", 1000)
+    c = torch.tensor([0.7, -0.4], dtype=F64)
+    t = torch.arange(999)
+    x0 = c.expand(len(t), 2).clone()
+
+    def exact(step):
+        return lambda x, t_: (x - ab[t_ + step].sqrt()[:, None] * c) / (1 - ab[t_ + step]).sqrt()[:, None]
+
+    gen = torch.Generator().manual_seed(6)
+    assert float(l_simple(exact(0), x0, ab, generator=gen, t=t, reduction="none").max()) < 1e-20
+    assert float(l_simple(exact(1), x0, ab, generator=gen, t=t, reduction="none").min()) > 1e-12
+
+
 def test_discretized_decoder_and_bits_per_dim_on_images():
     ab = make_alpha_bar("linear", 20)
     gen = torch.Generator().manual_seed(4)

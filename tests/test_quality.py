@@ -253,6 +253,32 @@ def test_bootstrap_se_of_the_fd_is_a_conservative_error_bar():
     assert 1 < se / sd < 3, (se, sd)
 
 
+def test_bootstrap_se_of_two_digits_takes_only_the_values_enumeration_allows(classifier):
+    """`digits_fd_se` with n = 2 samples a, b and n_boot = 2, by enumeration: a resample with replacement is {a, a},
+    {b, b} (1/4 each) or {a, b} (1/2), with FD F_aa = |f_a - mu|^2 + tr S (covariance 0), F_bb likewise, and
+    F_ab = |(f_a + f_b)/2 - mu|^2 + |d|^2/2 + tr S - 2 sqrt(d^T S d / 2), d = f_a - f_b (a rank-one covariance u u^T:
+    tr (u u^T S)^{1/2} = sqrt(u^T S u)). The SD (ddof = 1) of two resamples' FDs squared is then 0 (probability 3/8)
+    or (F_i - F_j)^2 / 2 for a pair of the three (1/8 for {aa, bb}, 1/4 for each other pair): over 100 seeds every value
+    is one of these (relative 1e-4; measured 1.5e-6) and each count is within 5 binomial SE. The SD with ddof = 0 halves
+    every nonzero value; resampling without replacement gives 0 every time."""
+    model, info = classifier
+    real, labels = data.load_digits(16)
+    x = torch.stack([data.to_model_range(real[labels == k][0]).float() for k in (0, 7)])
+    fa, fb = quality.digits_features(x, model).double().numpy()
+    mu, cov = info["real_mu"], info["real_cov"]
+    d = fa - fb
+    F = [np.sum((f - mu) ** 2) + np.trace(cov) for f in (fa, fb)]
+    F.append(np.sum(((fa + fb) / 2 - mu) ** 2) + d @ d / 2 + np.trace(cov) - 2 * np.sqrt(d @ cov @ d / 2))
+    values = np.array([0.0, (F[0] - F[1]) ** 2 / 2, (F[0] - F[2]) ** 2 / 2, (F[1] - F[2]) ** 2 / 2])
+    probs = np.array([3 / 8, 1 / 8, 1 / 4, 1 / 4])
+    assert np.diff(np.sort(values)).min() > 0.01 * values.max()           # four values told apart
+    se2 = np.array([quality.digits_fd_se(x, n_boot=2, seed=s) ** 2 for s in range(100)])
+    which = np.abs(se2[:, None] - values[None]).argmin(1)
+    assert np.allclose(se2, values[which], rtol=1e-4, atol=1e-6 * values.max()), (se2, values)
+    counts = np.bincount(which, minlength=4)
+    assert (np.abs(counts - 100 * probs) <= 5 * np.sqrt(100 * probs * (1 - probs))).all(), counts
+
+
 def test_mean_difference_standard_errors_match_the_spread_over_repeated_draws():
     """Over 4000 repeated draws of 0/1 scores, the spread of the difference of the two shares is what
     `mean_difference` predicts: paired (200 pairs, one shared uniform per pair: correlated) and independent (200
@@ -276,7 +302,8 @@ def test_paired_difference_errors_use_the_pairing():
     """Real digits and the same digits with a little noise added, as two samplers run from the same x_T give: over 12
     fresh draws of 200 such pairs, the SD of FD(a) − FD(b) and of the confident-share difference are the truth.
     `paired_difference`'s SEs (mean over 2 draws) match them within a factor 0.7 to 2 (measured 1.0 and 1.1); the
-    unpaired √(se_a² + se_b²) of two `digits_fd_se` overstates the FD's more than threefold (measured 7x)."""
+    unpaired √(se_a² + se_b²) of two `digits_fd_se` overstates the FD's more than threefold (measured 7x). Its
+    differences are a's scores minus b's: `digits_fd` and `confident_share` of each set, subtracted here."""
     real = data.to_model_range(data.load_digits(16)[0]).float()
     noisy = (real + 0.1 * torch.randn(real.shape, generator=torch.Generator().manual_seed(5))).clamp(-1, 1)
     fd, share, predicted, unpaired = [], [], [], []
@@ -287,11 +314,31 @@ def test_paired_difference_errors_use_the_pairing():
         share.append(quality.confident_share(a) - quality.confident_share(b))
         if s < 2:
             r = quality.paired_difference(a, b)
+            assert r["fd"][0] == pytest.approx(fd[-1], rel=1e-9) and r["confident"][0] == pytest.approx(share[-1])
             predicted.append((r["fd"][1], r["confident"][1]))
             unpaired.append(np.hypot(quality.digits_fd_se(a), quality.digits_fd_se(b)))
     se_fd, se_share = np.mean(predicted, axis=0)
     assert 0.7 < se_fd / np.std(fd, ddof=1) < 2 and 0.7 < se_share / np.std(share, ddof=1) < 2, (se_fd, se_share)
     assert np.mean(unpaired) > 3 * se_fd
+
+
+def test_a_top_probability_equal_to_the_threshold_counts_as_confident():
+    """`confident_share` and `class_counts` count a probability >= threshold, as their docstrings say: a stand-in
+    classifier whose two top logits tie (the others -inf) gives each sample probability exactly 1/2 for digit 3, which
+    counts at threshold 0.5 and not at 0.51; a strict > would count none at 0.5."""
+    class Tie(torch.nn.Module):
+        resolution = 16
+
+        def forward(self, x):
+            logits = torch.full((len(x), 10), -float("inf"))
+            logits[:, 3] = logits[:, 8] = 0.0
+            return logits
+
+    x = torch.full((4, 1, 16, 16), -1.0)                          # blank images
+    assert quality.classify(x, Tie())[1].tolist() == [0.5] * 4
+    assert quality.confident_share(x, 0.5, model=Tie()) == 1.0 and quality.confident_share(x, 0.51, model=Tie()) == 0.0
+    assert quality.class_counts(x, 0.5, model=Tie()).tolist() == [0, 0, 0, 4, 0, 0, 0, 0, 0, 0]
+    assert quality.class_counts(x, 0.51, model=Tie()).sum() == 0
 
 
 def test_a_threshold_every_sample_meets_is_refused():

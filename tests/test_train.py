@@ -139,8 +139,9 @@ def test_cosine_decay_after_warm_up():
 def test_training_steps_are_drawn_as_t_sampling_says(tmp_path):
     """The digits preset draws t with the cosine schedule's noise levels, the cifar10 preset (DDPM) uniformly:
     frequencies of 400 batches of 128 in 10 blocks of 100 steps, each within 5 binomial standard errors of
-    `schedule.cosine_t_probs` (tested against Monte Carlo in test_schedule) or of 1/10. A config saved before
-    the field existed drew t uniformly."""
+    `schedule.cosine_t_probs` (tested against Monte Carlo in test_schedule) or of 1/10, and so are the frequencies of
+    t = 0, 1, 998 and 999 themselves, where a t drawn one step off (clamped to 0..T-1) shows: the blocks do not see it
+    (uniform: t = 0 never drawn, or twice as often). A config saved before the field existed drew t uniformly."""
     from ddimlab import schedule
     images = torch.zeros(128, 1, 8, 8, dtype=torch.uint8)
     cosine = tr.make_config("digits")
@@ -153,8 +154,29 @@ def test_training_steps_are_drawn_as_t_sampling_says(tmp_path):
         freq = t.bincount(minlength=1000).reshape(10, 100).sum(1) / t.numel()
         q = p.reshape(10, 100).sum(1)
         assert ((freq - q).abs() <= 5 * (q * (1 - q) / t.numel()).sqrt()).all(), (c.t_sampling, freq, q)
+        ends = [0, 1, 998, 999]
+        freq, q = t.bincount(minlength=1000)[ends] / t.numel(), p[ends]
+        assert ((freq - q).abs() <= 5 * (q * (1 - q) / t.numel()).sqrt()).all(), (c.t_sampling, freq, q)
     saved = {k: v for k, v in dataclasses.asdict(cosine).items() if k != "t_sampling"}
     assert tr.config_from_dict(saved).t_sampling == "uniform"
+
+
+def test_hflip_mirrors_about_half_of_the_images_left_to_right():
+    """With hflip each x_0 of a batch is a training image or its left-right mirror, found by brute force among all the
+    images (not through `data.batch_indices`), and over 20 batches of 128 the mirrored share is within 5 binomial
+    standard errors of 1/2. Flipping top to bottom, or every image, fails."""
+    from ddimlab import data
+    images = torch.randint(0, 256, (256, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    real = data.to_model_range(images)
+    c = tr.make_config("digits", dict(hflip=True))
+    gen = torch.Generator().manual_seed(1)
+    mirrored = n = 0
+    for step in range(20):
+        x0 = tr.get_batch(images, step, c, gen)[0]
+        same, mirror = ((x0[:, None] == r[None]).flatten(2).all(-1).any(1) for r in (real, real.flip(3)))
+        assert bool((same ^ mirror).all())             # random images: no image is its own mirror
+        mirrored, n = mirrored + int(mirror.sum()), n + len(x0)
+    assert abs(mirrored / n - 0.5) <= 5 * (0.25 / n) ** 0.5, mirrored / n
 
 
 # --------------------------------------------------------------------------- training
@@ -186,6 +208,21 @@ def test_one_step_matches_hand_computed_update(tmp_path):
         torch.testing.assert_close(ema.state_dict()[k], 0.5 * theta0[k] + 0.5 * theta1[k])
 
 
+def test_grad_clip_scales_the_whole_gradient_to_norm_grad_clip_before_adams_step(tmp_path):
+    """Adam's first step (Kingma & Ba 2015, Algorithm 1: m_1/(1 - b1) = g, v_1/(1 - b2) = g^2) moves weight i by
+    lr g_i/(|g_i| + eps), eps = 1e-8 (torch's default). With the global gradient norm clipped to c = 1e-10 every
+    |g_i| <= c << eps, so the step's norm is lr c/eps within a factor eps/(c + eps) = 0.99: 0.01 at lr = 1. Measured:
+    0.9997 of it. No clipping is about 4e4 times that, clipping each entry to c (clip_grad_value_) 400 times, a max
+    norm of 10 c ten times."""
+    c = tiny(tmp_path, steps=1, lr=1.0, warmup=0, lr_decay="none", grad_clip=1e-10)
+    torch.manual_seed(c.seed)
+    theta0 = params(tr.build_model(c, in_ch=1))
+    _, model, _ = tr.train(c, return_models=True)
+    step = torch.cat([(params(model)[k] - theta0[k]).double().flatten() for k in theta0])
+    ratio = float(step.norm()) / (1.0 * 1e-10 / 1e-8)
+    assert 0.98 < ratio <= 1.001, ratio
+
+
 def test_checkpoint_contents(tmp_path):
     c = tiny(tmp_path, steps=4, ckpt_every=2, dropout=0.1)
     out, model, ema = tr.train(c, return_models=True)
@@ -201,6 +238,10 @@ def test_checkpoint_contents(tmp_path):
     assert not list(out.glob(".*tmp*")), "temporary files left behind"
     loaded, cfg = tr.load_trained(out / "ckpt.pt")
     assert cfg == c and not loaded.training
+    # the EMA weights unless the raw ones are asked for, through both loaders (the checkpoint's tensors: ema != model)
+    for use_ema, key in ((True, "ema"), (False, "model")):
+        for net in (tr.load_trained(out / "ckpt.pt", use_ema=use_ema)[0], checkpoint.load_model(out, use_ema=use_ema)[0]):
+            assert all(torch.equal(v, state[key][k]) for k, v in net.state_dict().items()), key
 
 
 def test_resume_is_bitwise_identical(tmp_path):
