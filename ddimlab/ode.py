@@ -487,14 +487,13 @@ def lagrange_integrals(nodes, a: float, b: float, rho: float = 1.0) -> list[floa
     """
     if (real := as_real(rho)) is None or real < 1:
         raise ValueError(f"rho must be a finite number >= 1, got {rho!r}")
-    given = a_list(nodes, "nodes", "[1.2, 0.5]")
-    rho, nodes, (a_, b_) = real, [as_real(v) for v in given], (as_real(a), as_real(b))
-    low = 0.0 if rho != 1 else -math.inf
-    if any(v is None or v < low for v in (*nodes, a_, b_)):
-        raise ValueError(f"nodes, a and b must be finite numbers{' >= 0 (sigmas, with rho != 1)' if low == 0 else ''}, "
+    given, rho = a_list(nodes, "nodes", "[1.2, 0.5]"), real
+    nodes, ends = [as_real(v) for v in given], (as_real(a), as_real(b))
+    if any(v is None or (rho != 1 and v < 0) for v in (*nodes, *ends)):
+        raise ValueError(f"nodes, a and b must be finite numbers{' >= 0 (sigmas, with rho != 1)' if rho != 1 else ''}, "
                          f"got nodes {given}, a = {a!r}, b = {b!r}")
     check_distinct(nodes, "a node")
-    a, b = a_, b_
+    a, b = ends
     basis = _lagrange_basis([s ** (1 / rho) for s in nodes])
     return [float(sum(c * (b ** (m / rho + 1) - a ** (m / rho + 1)) / (m / rho + 1) for m, c in enumerate(coef)))
             for coef in basis]
