@@ -136,8 +136,8 @@ def test_the_kl_sum_and_elbo_terms_equal_the_undecomposed_chain_expectation(vari
 
 
 def test_reverse_kernel_is_gaussian_to_order_h_cubed():
-    """§10: KL(q(x_s | x_t) ‖ its moment-matched Gaussian) ≈ (φ''')² h³/12 for a short step, h = ᾱ_s/ᾱ_t − 1 the variance of
-    the likelihood q(x_t | x_s) in x_s and φ = log q(x_s). Here on other data (½N(±0.7, 0.3²)) and another step, t = 500:
+    """§10: KL(q(x_s | x_t) ‖ its moment-matched Gaussian) ≈ (ψ''')² h³/12 for a short step, h = ᾱ_s/ᾱ_t − 1 the variance of
+    the likelihood q(x_t | x_s) in x_s and ψ = log q(x_s). Here on other data (½N(±0.7, 0.3²)) and another step, t = 500:
     the KL of a 10-step kernel over that of a 1-step kernel (mean over 300 x_t ~ p_t, trapezoid rule on ±12 sd) grows as
     the ratio of their h cubed, to 0.05 in log10; the square and the fourth power of that ratio are rejected."""
     import numpy as np
