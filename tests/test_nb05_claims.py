@@ -204,18 +204,15 @@ def test_dpm_solver_pp_2m_second_step_has_local_order_3():
     assert abs(_slope(hs, errs["1/r"]) - 3) > 0.25, _slope(hs, errs["1/r"])
 
 
-def _linear_x0_step(xbar_t, D_prev, D, lam, variant=None):
+def _linear_x0_step(xbar_t, D_prev, D, lam, half=False, r_inverted=False, e_weight=False):
     """notebook 05 §6's step with x̂_0 = D linear in λ through (λ_prev, D_prev), (λ_t, D): e^{−Δλ} x̄_t
-    + (1 − e^{−Δλ}) [D + (c/r)(D − D_prev)], c = (Δλ − 1 + e^{−Δλ})/(Δλ (1 − e^{−Δλ})), r = Δλ_prev/Δλ; or a mistake."""
+    + (1 − e^{−Δλ}) [D + (c/r)(D − D_prev)], c = (Δλ − 1 + e^{−Δλ})/(Δλ (1 − e^{−Δλ})), r = Δλ_prev/Δλ. Mistakes and
+    DPM-Solver++(2M): half, c's leading 1/2 (2M); r_inverted, c r for c/r; e_weight, e^{−Δλ} for 1 − e^{−Δλ}."""
     dlam, dlam_prev = lam[2] - lam[1], lam[1] - lam[0]
-    r, c = dlam_prev / dlam, (dlam - 1 + math.exp(-dlam)) / (dlam * (1 - math.exp(-dlam)))
-    if variant == "half":                                        # DPM-Solver++(2M): c's leading 1/2
-        c = 0.5
-    weight = math.exp(-dlam) if variant == "e^-dlam" else 1 - math.exp(-dlam)
-    c_over_r = c * r if variant in ("r inverted", "half, r inverted") else c / r
-    if variant == "half, r inverted":
-        c_over_r = 0.5 * r
-    return math.exp(-dlam) * xbar_t + weight * (D + c_over_r * (D - D_prev))
+    r = dlam_prev / dlam
+    c = 0.5 if half else (dlam - 1 + math.exp(-dlam)) / (dlam * (1 - math.exp(-dlam)))
+    weight = math.exp(-dlam) if e_weight else 1 - math.exp(-dlam)
+    return math.exp(-dlam) * xbar_t + weight * (D + c * (r if r_inverted else 1 / r) * (D - D_prev))
 
 
 def test_dpm_solver_pp_2m_step_is_the_integral_of_a_linear_x0_by_quadrature():
@@ -244,13 +241,13 @@ def test_dpm_solver_pp_2m_step_is_the_integral_of_a_linear_x0_by_quadrature():
                                   for d, m in zip(rd.tolist(), rm.tolist())] for rd, rm in zip(D, slope)], dtype=torch.float64)
         by_quad = math.exp(-lam[2]) * (xbar_t * math.exp(lam[1]) + integral)
         assert float((_linear_x0_step(xbar_t, D_prev, D, lam) - by_quad).abs().max()) < 1e-10
-        for wrong in ("r inverted", "e^-dlam"):
-            assert float((_linear_x0_step(xbar_t, D_prev, D, lam, wrong) - by_quad).abs().max()) > 1e-6, wrong
+        for wrong in ("r_inverted", "e_weight"):
+            assert float((_linear_x0_step(xbar_t, D_prev, D, lam, **{wrong: True}) - by_quad).abs().max()) > 1e-6, wrong
         lib = tr["x"][2] * math.sqrt(sig[2] ** 2 + 1)
-        assert float((_linear_x0_step(xbar_t, D_prev, D, lam, "half") - lib).abs().max()) < 1e-12   # the library's step
+        assert float((_linear_x0_step(xbar_t, D_prev, D, lam, half=True) - lib).abs().max()) < 1e-12   # the library's step
         dlams.append(lam[2] - lam[1])
         miss_lib.append(float((lib - by_quad).norm()))
-        miss_wrong_lib.append(float((_linear_x0_step(xbar_t, D_prev, D, lam, "half, r inverted") - by_quad).norm()))
+        miss_wrong_lib.append(float((_linear_x0_step(xbar_t, D_prev, D, lam, half=True, r_inverted=True) - by_quad).norm()))
     assert abs(_slope(dlams, miss_lib) - 3) < 0.25, _slope(dlams, miss_lib)
     assert abs(_slope(dlams, miss_wrong_lib) - 3) > 0.25, _slope(dlams, miss_wrong_lib)
 
