@@ -876,7 +876,7 @@ def _model_args(p: argparse.ArgumentParser, out_default: str, sampler: bool = Fa
                    help="a ddimlab ckpt.pt or run folder, the official DDPM model-790000.ckpt (or `ddpm-cifar10` to "
                         "download it once), or a diffusers UNet2DModel folder")
     p.add_argument("--steps", type=_positive, default=None,
-                   help="number of sampling steps S (default 50" + ("; for --sampler ddpm all T steps)" if sampler else ")"))
+                   help="number of sampling steps S (default: 50" + ("; for --sampler ddpm all T steps)" if sampler else ")"))
     p.add_argument("--spacing", choices=schedule.SPACINGS + ode.STEP_RULES, default=None,
                    help="timestep sub-sequence (README, Timestep sub-sequences; logsnr, karras, power2/3: notebook 08 §5). "
                         "Default: uniform" + ("; for --sampler, the solver's own: logsnr for dpm_solver_pp_2m/3m and "
@@ -994,7 +994,7 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
 
     p = add("train", cmd_train, "train a DDPM UNet with L_simple", epilog=_train_epilog())
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="starting configuration (default digits; not with --resume, which uses the run's own)")
+                   help="starting configuration (default: digits; not with --resume, which uses the run's own)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a TrainConfig field (repeatable; a key set twice takes its last value, so a script can "
                         "append its changes to base settings), e.g. --set lr=5e-4 --set ch_mult=1,2,2; keys below")
@@ -1015,7 +1015,7 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
                    help="ddim (eq. 12 with --eta), ddpm (its whole chain unless --steps; --variance), or an ODE solver "
                         "(notebook 08: ipndm_vs is iPNDM with variable-step weights in sigma)")
     p.add_argument("--eta", type=_eta, default=None, help="ddim only: 0 deterministic, 1 DDPM's posterior variance "
-                   "(default 0)")
+                   "(default: 0)")
     p.add_argument("--variance", choices=("small", "large"), default=None,
                    help="ddpm only: posterior beta tilde (small, default) or beta (large: the DDIM paper's sigma hat, "
                         "whose table row, like `reproduce`, also clips x0: add --clip for that)")
@@ -1044,32 +1044,32 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
                    help="the decoder: ddim (eta = 0) or an ODE solver, as for `sample` (default: the one that made --latents, "
                         "heun for `invert --sampler heun`; else ddim)")
     p.add_argument("--seeds", type=_seed, nargs=2, default=None, metavar=("A", "B"),
-                   help="latent 0 of each seed (the first image of `sample --seed A` / `--seed B`; default 0 1)")
+                   help="latent 0 of each seed (the first image of `sample --seed A` / `--seed B`; default: 0 1)")
     p.add_argument("--latents", help="an .npz from `invert` or `sample`: interpolate between its x_T[--index]")
     p.add_argument("--index", type=int, nargs=2, default=None, metavar=("I", "J"),
-                   help="with --latents: which two of its latents (default 0 1)")
+                   help="with --latents: which two of its latents (default: 0 1)")
     p.add_argument("--n", type=int_in(2), default=8, help="number of frames, the two ends included")
 
     p = add("reproduce", cmd_reproduce, "the DDIM paper's Table 1 (FID over eta x S) or Table 2 (reconstruction)")
     p.add_argument("table", choices=("table1", "table2"))
     p.add_argument("--checkpoint", required=True, help="as for `sample`")
-    p.add_argument("--out", default=None, help="output folder (default runs/TABLE)")
+    p.add_argument("--out", default=None, help="output folder (default: runs/TABLE)")
     p.add_argument("--overwrite", action="store_true", help="replace TABLE.md and TABLE.csv of an earlier run in --out")
     p.add_argument("--steps", help="comma-separated S values (default: the paper's)")
     p.add_argument("--etas", help="table1: comma-separated eta values; sigma_hat for DDPM's large variance")
     p.add_argument("--spacing", choices=schedule.SPACINGS, default=None,
                    help="timestep selection (default: quad for table1 as the paper, uniform for table2)")
     p.add_argument("--n-samples", type=int_in(2), default=None,
-                   help="table1: samples per (eta, S), at least 2 for a Fréchet distance (default 50000, the paper's)")
+                   help="table1: samples per (eta, S), at least 2 for a Fréchet distance (default: 50000, the paper's)")
     p.add_argument("--n-images", type=_positive, default=None,
-                   help="table2: the first N images (default all): CIFAR-10's test images, or for a digits model the "
+                   help="table2: the first N images (default: all): CIFAR-10's test images, or for a digits model the "
                         "digits it trained on (there is no held-out set)")
     p.add_argument("--features", choices=("inception", "digits", "random"), default=None,
                    help="table1: inception = FID via torch-fidelity (pip install ddimlab[fid]), the default; digits = "
                         "the digits classifier (1-channel models); random = a fixed random conv net (smoke test)")
     p.add_argument("--batch-size", type=_positive, default=250, help="images per network call")
     p.add_argument("--seed", type=_seed, default=None, help="table1: image i of every cell is a function of (seed, i) "
-                                                            "(default 0)")
+                                                            "(default: 0)")
     p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK under torchrun), cpu, cuda")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights of a ddimlab checkpoint")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
@@ -1082,7 +1082,7 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
                    "(SEs shrink like 1/√n)")
     p.add_argument("--image-d", type=int_in(0), default=1024, help="dimension of the image-like table (0 skips it)")
     p.add_argument("--image-n", type=int_in(8), default=None,
-                   help="samples per cell of the image-like table, at least 8 (default 1000)")
+                   help="samples per cell of the image-like table, at least 8 (default: 1000)")
     p.add_argument("--spacing", choices=("uniform", "quad"), default="uniform", help="timestep sub-sequence")
     p.add_argument("--seed", type=_seed32, default=0, help="seed of x_T, the noise and the data draws")
     p.add_argument("--overwrite", action="store_true", help="replace the tables and figures of an earlier run in --out")
@@ -1093,7 +1093,7 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--skip-train", action="store_true", help="only the exact-score lab table and figure")
     p.add_argument("--train-steps", type=_positive, default=None, help="override the digits preset's training steps")
     p.add_argument("--n", type=int_in(2), default=None, help="samples per sampler for the quality score, 2 to the 1797 "
-                   f"real digits (default {demo.N_SAMPLES})")
+                   f"real digits (default: {demo.N_SAMPLES})")
     p.add_argument("--seed", type=_seed32, default=0, help="seed of the training run and of x_T")
     p.add_argument("--overwrite", action="store_true", help="replace the tables and figures of an earlier demo in --out")
     _common(p)

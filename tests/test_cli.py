@@ -329,7 +329,7 @@ def test_a_mistyped_data_root_is_not_created(tmp_path, capsys):
 
 
 def test_version_help_defaults_and_program_name():
-    """Case 11: --version; every option has help text and shows its default; train --help lists the --set keys."""
+    """Case 11: --version; every option has help text and shows its default (one form); train --help lists the --set keys."""
     r = _run("--version")
     assert r.returncode == 0 and r.stdout.startswith("ddimlab ")
     parser = cli.build_parser("ddimlab")
@@ -341,6 +341,8 @@ def test_version_help_defaults_and_program_name():
                 assert action.help, f"{name} {action.option_strings} has no help text"
                 if action.default is not None and action.default is not False:
                     assert "default" in sub._get_formatter()._get_help_string(action), (name, action.dest)
+                # one form for a default, argparse's or written by hand: "(default: 50)", never "(default 50)"
+                assert "(default " not in action.help and "; default " not in action.help, (name, action.help)
         if name == "train":
             assert "--set keys" in text and "ema_decay" in text and "0.9999" in text and "--device" in text
             assert "--bf16" in text and "--compile" in text
