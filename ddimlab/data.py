@@ -445,7 +445,7 @@ def read_images(paths, shape) -> torch.Tensor:
             try:
                 im = Image.open(p)                  # reads the header only
                 if im.mode not in ("1", "L", "P", "RGB", "RGBA", "LA"):
-                    raise ValueError(f"{p} is a {im.mode} image; convert it to 8-bit grey or RGB first")
+                    raise ValueError(f"{p} has Pillow mode {im.mode}; convert it to 8-bit grey or RGB first")
                 if im.size != (W, H):               # before decoding: a huge image would fill the memory
                     raise ValueError(f"{p} is {im.size[0]}×{im.size[1]} pixels; the model takes {W}×{H} images")
                 if getattr(im, "n_frames", 1) > 1:

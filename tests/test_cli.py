@@ -626,7 +626,7 @@ def test_invert_refuses_inputs_it_would_misread(trained, tmp_path, capsys):
            "deep.png": lambda p: Image.fromarray(np.full((8, 8), 40000, np.uint16)).save(p),
            "junk.png": lambda p: p.write_bytes(b"not a png")}
     needles = {"x0_255.npz": "in [-1, 1]", "float_images.npz": "uint8", "three_d.npz": "uint8 (N, H, W, C)",
-               "strings.npz": "numeric", "deep.png": "convert it to 8-bit", "junk.png": "not an image file"}
+               "strings.npz": "numeric", "deep.png": "has Pillow mode I;16; convert it to 8-bit", "junk.png": "not an image file"}
     for name, make in bad.items():
         make(tmp_path / name)
         assert cli.main(["invert", "--checkpoint", str(trained), "--input", str(tmp_path / name), "--steps", "2",
