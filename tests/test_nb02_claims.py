@@ -117,13 +117,13 @@ def _kl_sum(eps_model, x0: float, ab, variance) -> tuple[float, float]:
     return float(prior_kl(xr[:1], ab)) + sum(terms), terms[0]
 
 
-@pytest.mark.parametrize("variance, c", [("small", 1.0), ("large", 1.0), ("small", 0.9)])
-def test_the_kl_sum_and_elbo_terms_equal_the_undecomposed_chain_expectation(variance, c):
+@pytest.mark.parametrize("variance, rho", [("small", 1.0), ("large", 1.0), ("small", 0.9)])
+def test_the_kl_sum_and_elbo_terms_equal_the_undecomposed_chain_expectation(variance, rho):
     data = GaussianMixture(torch.ones(1), torch.tensor([[-0.2]]), torch.tensor([[[0.64]]]))
     e_star = exact_eps(data, AB)
 
     def model(x, t):
-        return c * e_star(x, t)
+        return rho * e_star(x, t)
 
     x0 = -0.4
     chain = _chain_neg_elbo(model, x0, AB, variance)

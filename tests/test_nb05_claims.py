@@ -24,41 +24,41 @@ def _points(n, a, seed):
     return math.sqrt(a) * MIX.sample(n, g) + math.sqrt(1 - a) * torch.randn(n, MIX.d, generator=g, dtype=torch.float64)
 
 
-def _div(F, x, h):
+def _div(F, x, delta):
     out = torch.zeros(x.shape[0], dtype=torch.float64)
     for i in range(x.shape[1]):
-        e = torch.zeros(x.shape[1], dtype=torch.float64); e[i] = h
-        out += (F(x + e)[:, i] - F(x - e)[:, i]) / (2 * h)
+        e = torch.zeros(x.shape[1], dtype=torch.float64); e[i] = delta
+        out += (F(x + e)[:, i] - F(x - e)[:, i]) / (2 * delta)
     return out
 
 
-def _laplacian(f, x, h):
+def _laplacian(f, x, delta):
     out = -2 * x.shape[1] * f(x)
     for i in range(x.shape[1]):
-        e = torch.zeros(x.shape[1], dtype=torch.float64); e[i] = h
+        e = torch.zeros(x.shape[1], dtype=torch.float64); e[i] = delta
         out += f(x + e) + f(x - e)
-    return out / h ** 2
+    return out / delta ** 2
 
 
-def _residuals(x, u, h):
-    """Relative residuals, clock u = −log ᾱ (f = −x/2, g = 1), of: the Fokker–Planck equation, the continuity
+def _residuals(x, B, delta):
+    """Relative residuals, clock B = −log ᾱ (f = −x/2, g = 1), of: the Fokker–Planck equation, the continuity
     equation of the flow with score weight c (c = ½ is the probability-flow ODE), and the reverse SDE with score
     weight c (c = 1 is Anderson's)."""
-    p = lambda y, v=u: MIX.log_prob(y, math.exp(-v)).exp()
-    p_u = (p(x, u + h) - p(x, u - h)) / (2 * h)
-    flux = lambda c: (lambda y: (-0.5 * y - c * MIX.score(y, math.exp(-u))) * p(y)[:, None])
-    lap = _laplacian(p, x, h)
-    rel = lambda r: float(r.pow(2).mean().sqrt() / p_u.pow(2).mean().sqrt())
-    return {"fp": rel(p_u + _div(flux(0.0), x, h) - 0.5 * lap),
-            "flow": lambda c: rel(p_u + _div(flux(c), x, h)),
-            "reverse": lambda c: rel(-p_u + _div(lambda y: -flux(c)(y), x, h) - 0.5 * lap)}
+    p = lambda y, v=B: MIX.log_prob(y, math.exp(-v)).exp()
+    dp_dB = (p(x, B + delta) - p(x, B - delta)) / (2 * delta)
+    flux = lambda c: (lambda y: (-0.5 * y - c * MIX.score(y, math.exp(-B))) * p(y)[:, None])
+    lap = _laplacian(p, x, delta)
+    rel = lambda r: float(r.pow(2).mean().sqrt() / dp_dB.pow(2).mean().sqrt())
+    return {"fp": rel(dp_dB + _div(flux(0.0), x, delta) - 0.5 * lap),
+            "flow": lambda c: rel(dp_dB + _div(flux(c), x, delta)),
+            "reverse": lambda c: rel(-dp_dB + _div(lambda y: -flux(c)(y), x, delta) - 0.5 * lap)}
 
 
-@pytest.mark.parametrize("u", [0.1, 1.0, 3.0])
-def test_fokker_planck_flow_and_reverse_sde_hold_and_wrong_weights_fail(u):
-    """notebook 05 §3: residuals are O(h²) finite-difference error for the true equations, O(1) otherwise."""
-    x = _points(100, math.exp(-u), seed=int(10 * u))
-    r1, r2 = _residuals(x, u, 2e-3), _residuals(x, u, 1e-3)
+@pytest.mark.parametrize("B", [0.1, 1.0, 3.0])
+def test_fokker_planck_flow_and_reverse_sde_hold_and_wrong_weights_fail(B):
+    """notebook 05 §3: residuals are O(δ²) finite-difference error for the true equations, O(1) otherwise."""
+    x = _points(100, math.exp(-B), seed=int(10 * B))
+    r1, r2 = _residuals(x, B, 2e-3), _residuals(x, B, 1e-3)
     assert 3.5 < r1["fp"] / r2["fp"] < 4.5 and r2["fp"] < 1e-3
     for key, right, wrongs in (("flow", 0.5, (1.0, 0.0)), ("reverse", 1.0, (0.5,))):
         a, b = r1[key](right), r2[key](right)
@@ -138,9 +138,9 @@ def _dpm2_step(x_t, t, s, eps, mid):
     """DPM-Solver-2's step t -> s retyped from notebook 05 §5: the half step to σ_m = √(σ_t σ_s), ε called at t(mid(σ_t, σ_s))."""
     sig_t, sig_s = float(ode.sigma_at(AB, t)), float(ode.sigma_at(AB, s))
     xb_t, sig_m = x_t * math.sqrt(sig_t ** 2 + 1), math.sqrt(sig_t * sig_s)
-    u = xb_t + (sig_m - sig_t) * eps(x_t, torch.full((len(x_t),), t))
+    xb_m = xb_t + (sig_m - sig_t) * eps(x_t, torch.full((len(x_t),), t))
     t_m = ode.t_of_sigma(AB, mid(sig_t, sig_s)).expand(len(x_t))
-    return (xb_t + (sig_s - sig_t) * eps(u / math.sqrt(sig_m ** 2 + 1), t_m)) / math.sqrt(sig_s ** 2 + 1)
+    return (xb_t + (sig_s - sig_t) * eps(xb_m / math.sqrt(sig_m ** 2 + 1), t_m)) / math.sqrt(sig_s ** 2 + 1)
 
 
 def test_heun_and_dpm_solver_2_are_exact_on_point_mass_data_and_confused_midpoints_are_not():
@@ -174,7 +174,7 @@ def test_heun_and_dpm_solver_2_are_exact_on_point_mass_data_and_confused_midpoin
 def _pp2m_second_step(x_prev, x_t, steps, c):
     """DPM-Solver++(2M)'s step t -> s from x_t with the history D at (x_prev, t_prev), the correction weighted by c(r)
     (1/(2r) for the method), retyped from notebook 05 §6."""
-    sig = [float(ode.sigma_at(AB, u)) for u in steps]
+    sig = [float(ode.sigma_at(AB, step)) for step in steps]
     xb_p, xb_t = x_prev * math.sqrt(sig[0] ** 2 + 1), x_t * math.sqrt(sig[1] ** 2 + 1)
     D_prev = xb_p - sig[0] * EPS(x_prev, torch.full((len(x_t),), steps[0]))
     D = xb_t - sig[1] * EPS(x_t, torch.full((len(x_t),), steps[1]))
@@ -231,10 +231,10 @@ def test_dpm_solver_pp_2m_step_is_the_integral_of_a_linear_x0_by_quadrature():
         a_prev = float(AB[steps[0]])
         x_prev = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * z
         _, tr = ode.solve("dpm_solver_pp_2m", EPS, x_prev, AB, list(steps), return_trajectory=True)
-        sig = [float(ode.sigma_at(AB, u)) for u in steps]
+        sig = [float(ode.sigma_at(AB, step)) for step in steps]
         lam = [-math.log(v) for v in sig]
-        D_prev, D = (diffusion.predict_x0(x, EPS(x, torch.full((n,), u)), float(AB[u]))
-                     for x, u in ((x_prev, steps[0]), (tr["x"][1], t)))
+        D_prev, D = (diffusion.predict_x0(x, EPS(x, torch.full((n,), step)), float(AB[step]))
+                     for x, step in ((x_prev, steps[0]), (tr["x"][1], t)))
         xbar_t = tr["x"][1] * math.sqrt(sig[1] ** 2 + 1)
         slope = (D - D_prev) / (lam[1] - lam[0])
         integral = torch.tensor([[quad(lambda l: math.exp(l) * (d + (l - lam[1]) * m), lam[1], lam[2], epsabs=0, epsrel=1e-13)[0]
@@ -504,19 +504,19 @@ def _heun_on_a_gaussian(lam, S, weight):
     return x, (lam / (lam + sig[0] ** 2)).sqrt()
 
 
-def test_on_a_gaussian_with_the_rings_variances_heun_in_tau_wins_to_s_80_and_loses_at_160():
+def test_on_a_gaussian_with_the_rings_variances_heun_in_zeta_wins_to_s_80_and_loses_at_160():
     """notebook 05 §3 (why ζ wins on the ring): Heun in ζ is the predictor plus (1 + σ')/(1 + σ) times Heun's correction in
     σ (checked there against `ode.heun` and an Euler-predictor loop in ζ); on Gaussian data with eight Gaussians' component
     variances both are linear maps, here written from ε*'s closed form. Heun in ζ misses less than Heun in σ in both
     directions at S = 5 to 80 and more at S = 160 (the shared last Euler step's miss cancels Heun in σ's overshoot); the
     factor inverted misses more at every S. `ode.heun` is Heun in σ, to rounding."""
     lam = torch.linalg.eigvalsh(toy.eight_gaussians().covs[0])
-    sigma, tau, inverted = (lambda s, r: 1.0), (lambda s, r: (1 + r) / (1 + s)), (lambda s, r: ((1 + s) / (1 + r)))
+    sigma, zeta, inverted = (lambda s, r: 1.0), (lambda s, r: (1 + r) / (1 + s)), (lambda s, r: ((1 + s) / (1 + r)))
     for S in (5, 10, 20, 40, 80, 160):
-        (x_sig, exact), (x_tau, _), (x_inv, _) = (_heun_on_a_gaussian(lam, S, w) for w in (sigma, tau, inverted))
-        e_sig, e_tau, e_inv = ((x - exact).abs() for x in (x_sig, x_tau, x_inv))
+        (x_sig, exact), (x_zeta, _), (x_inv, _) = (_heun_on_a_gaussian(lam, S, w) for w in (sigma, zeta, inverted))
+        e_sig, e_zeta, e_inv = ((x - exact).abs() for x in (x_sig, x_zeta, x_inv))
         assert bool((e_inv > e_sig).all()), (S, e_inv, e_sig)
-        assert bool((e_tau < e_sig).all()) == (S <= 80), (S, e_tau, e_sig)
+        assert bool((e_zeta < e_sig).all()) == (S <= 80), (S, e_zeta, e_sig)
         eps = toy.exact_eps(toy.GaussianMixture(torch.ones(1), torch.zeros(1, 2, dtype=torch.float64), torch.diag(lam)[None]), AB)
         x_T = math.sqrt(float(AB[999])) * torch.ones(1, 2, dtype=torch.float64)            # x̄_T = 1
         assert torch.allclose(ode.heun(eps, x_T, AB, schedule.timesteps(S, 1000, "linspace"))[0], x_sig, rtol=1e-9, atol=0)
@@ -529,20 +529,20 @@ def test_leading_terms_weighted_by_the_end_point_give_the_gaussians_ratio():
     point (as the RMS error over x_T ~ N(0, I) weighs it), the ratio is the exact one's to 0.07 at S = 10 to 80, not at S = 5.
     Summed without the end point's weight (the notebook's first version) it misses by more than 0.07 at S = 10."""
     lam = torch.linalg.eigvalsh(toy.eight_gaussians().covs[0])
-    tau = lambda s, r: (1 + r) / (1 + s)                 # noqa: E731
+    zeta = lambda s, r: (1 + r) / (1 + s)                 # noqa: E731
     for S in (5, 10, 20, 40, 80):
-        (x_sig, exact), (x_tau, _) = (_heun_on_a_gaussian(lam, S, w) for w in ((lambda s, r: 1.0), tau))
-        ratio = float(((x_tau - exact).pow(2).sum() / (x_sig - exact).pow(2).sum()).sqrt())
+        (x_sig, exact), (x_zeta, _) = (_heun_on_a_gaussian(lam, S, w) for w in ((lambda s, r: 1.0), zeta))
+        ratio = float(((x_zeta - exact).pow(2).sum() / (x_sig - exact).pow(2).sum()).sqrt())
         sig = torch.tensor([float(ode.sigma_at(AB, int(t))) for t in schedule.timesteps(S, 1000, "linspace")] + [0.0],
                            dtype=torch.float64)
         h, s = (sig[1:-1] - sig[:-2])[:, None], sig[:-2, None]
         last = (lam / (lam + sig[-2] ** 2)).sqrt() - 1
         miss_sig = (-h ** 3 * lam * s / (2 * (lam + s * s) ** 3)).sum(0) + last
-        miss_tau = (h ** 3 * lam * (lam - s) / (2 * (1 + s) * (lam + s * s) ** 3)).sum(0) + last
-        lead = float(((miss_tau * exact).pow(2).sum() / (miss_sig * exact).pow(2).sum()).sqrt())
+        miss_zeta = (h ** 3 * lam * (lam - s) / (2 * (1 + s) * (lam + s * s) ** 3)).sum(0) + last
+        lead = float(((miss_zeta * exact).pow(2).sum() / (miss_sig * exact).pow(2).sum()).sqrt())
         assert (abs(lead - ratio) < 0.07) == (S >= 10), (S, lead, ratio)
         if S == 10:
-            unweighted = float((miss_tau.pow(2).sum() / miss_sig.pow(2).sum()).sqrt())
+            unweighted = float((miss_zeta.pow(2).sum() / miss_sig.pow(2).sum()).sqrt())
             assert abs(unweighted - ratio) > 0.07, (unweighted, ratio)
 
 
@@ -562,7 +562,7 @@ def _heun_weighted(eps, x, seq, weight, k=0):
     return xbar
 
 
-def _tau_and_sigma(eps, x, ref, seq, k=0):
+def _zeta_and_sigma(eps, x, ref, seq, k=0):
     """Per-sample squared errors at x_0 against ref of Heun in ζ and of Heun in σ, both from x at step seq[k]."""
     weights = (lambda s, r: (1 + r) / (1 + s)), (lambda s, r: 1.0)
     return tuple((_heun_weighted(eps, x, seq, w, k) - ref).pow(2).sum(1) for w in weights)
@@ -595,7 +595,7 @@ def test_the_ring_leaves_the_gaussian_in_the_steps_that_decide_its_components():
 
     def gaussian(seq, t):                  # its errors from its exact x_t (x̄ ∝ √(ω² + σ²)), t on the grid seq
         x_t = ref_g * ((lam + float(ode.sigma_at(AB, t)) ** 2) / lam).sqrt() * math.sqrt(float(schedule.alpha_bar_at(AB, t)))
-        return _tau_and_sigma(eps_g, x_t, ref_g, seq, seq.tolist().index(t))
+        return _zeta_and_sigma(eps_g, x_t, ref_g, seq, seq.tolist().index(t))
 
     ratio = lambda e: lab.error_ratio(*e)["rms"]                                      # noqa: E731
     more = lambda r: r[0] - 3 * r[1] > 1                                               # noqa: E731  ζ more error, > 3 SE
@@ -612,7 +612,7 @@ def test_the_ring_leaves_the_gaussian_in_the_steps_that_decide_its_components():
         for t_next in starts + (-1,):
             x, t = ode.reference_solution(eps, x, AB, t, t_next, rtol=tol, atol=tol), t_next
             exact[t] = x
-        ring = lambda seq, t: _tau_and_sigma(eps, exact[t], exact[-1], seq, seq.tolist().index(t))    # noqa: E731
+        ring = lambda seq, t: _zeta_and_sigma(eps, exact[t], exact[-1], seq, seq.tolist().index(t))    # noqa: E731
         if radius == 0.7:
             e, e_g = ring(seq160, 999), gaussian(seq160, 999)
             d, se = _ratio_gap(e_g, e)
