@@ -296,7 +296,8 @@ def test_the_largest_eta_on_a_single_step_is_root_of_one_minus_alpha_bar_over_be
 
 
 def test_sigma_of_t_grows_like_root_t_plus_one_only_for_the_first_three_steps():
-    """Notebook 04 §4: σ(t) = √((1 − ᾱ_t)/ᾱ_t) on DDPM's linear schedule, with ᾱ built here by numpy from the betas.
+    """Notebook 04 §4: σ(t) = √((1 − ᾱ_t)/ᾱ_t) (σ_ODE(t) there, notebook 05's σ(t)) on DDPM's linear schedule, with ᾱ
+    built here by numpy from the betas.
     σ ∝ √(t+1) holds within 10% for t ≤ 2 only (the wrong law ∝ t+1 already misses at t = 1); √(Σ_{s≤t} β_s), an
     arithmetic series, is within 1% up to t = 50; σ grows fastest relative to its size at t = 0."""
     import numpy as np

@@ -1,7 +1,8 @@
 """The claims of notebook 03 §7 (b) and its learner's question, computed again without its Gauss–Hermite nodes or its
 unit-input reading of `ddim_sample`: a linear ε_θ(x) = w x + b fitted by the exact normal equations of each weighting
 (moments of x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε in closed form), and the law of x_0 under DDIM or DDPM propagated as a
-Gaussian step by step (DDIM eq. 12 is affine in x_t and z when ε_θ is linear)."""
+Gaussian step by step (DDIM eq. 12 is affine in x_t and z when ε_θ is linear). And §9 (e): the total variation
+distance of the implicit model's density to the data, by events in z, is half the L¹ distance between the densities."""
 import math
 
 import numpy as np
@@ -162,3 +163,43 @@ def test_without_x0_the_q_sigma_process_is_not_markov_unless_eta_is_1():
             assert abs(exact) < 1e-9, exact
         else:
             assert abs(exact) > 5 * se and abs(mc) > 5 * se, (eta, exact, mc, se)
+
+
+def test_implicit_model_total_variation_is_half_the_l1_distance_by_events_in_z():
+    """Notebook 03 §9 (e), computed in z instead of x: the total variation distance between p_G (DDIM, η = 0, as an
+    implicit model x_0 = G(z)) and the data is sup_A P_G(A) − P_data(A), reached at A = {p_G > p_data}. In z, A is
+    {h > 0} with h(z) = φ(z) − p_data(G(z)) G'(z) (same sign, G' > 0; G' by central differences); its intervals' ends
+    come from a grid of 1201 z in [−6, 6] by linear interpolation, then P_G(A) is Φ at the ends (exact) and P_data(A)
+    the data's cdf at G of the ends (the sampler run at the ends, no interpolated G⁻¹). Scheffé's identity: this equals
+    half the L¹ distance ∫|p_G − p_data| over the whole line (∫|h| dz plus the data's mass beyond G(±6)); the notebook's
+    printed P_G(A) − P_data(A) lies within its printed tolerance of it. Two wrong readings of "L¹" must miss it by more
+    than 5 tolerances: the L¹ itself (no ½) and the L¹ between the cdfs, ∫|F_G − F_data| dx (Wasserstein-1)."""
+    from scipy.stats import norm
+
+    from ddimlab import toy
+    from ddimlab.schedule import make_alpha_bar, timesteps
+
+    ab = make_alpha_bar("linear", 1000)
+    mix = toy.GaussianMixture(torch.tensor([0.3, 0.7]), torch.tensor([[-0.6], [0.5]]), torch.tensor([[[0.04]], [[0.09]]]))
+    eps = toy.exact_eps(mix, ab)
+    comps = [(float(w), float(m[0]), math.sqrt(float(c[0, 0]))) for w, m, c in zip(mix.weights, mix.means, mix.covs)]
+    pdf = lambda x: sum(w * norm.pdf(x, m, s) for w, m, s in comps)          # noqa: E731
+    cdf = lambda x: sum(w * norm.cdf(x, m, s) for w, m, s in comps)          # noqa: E731
+    notebook = {10: (0.16275, 1.39e-3), 50: (0.03082, 9.48e-5), 250: (0.00652, 2.91e-4)}   # printed TV by events, tolerance
+    z, dz = np.linspace(-6, 6, 1201), 1e-4
+    for S, (printed, tol) in notebook.items():
+        G = lambda zz: samplers.ddim_sample(eps, torch.tensor(zz, dtype=torch.float64)[:, None], ab,   # noqa: E731
+                                            timesteps(S, 1000), eta=0.0)[:, 0].numpy()
+        g0, gp, gm = np.split(G(np.concatenate([z, z + dz, z - dz])), 3)
+        g1 = (gp - gm) / (2 * dz)
+        h = norm.pdf(z) - pdf(g0) * g1
+        i = np.flatnonzero(np.diff(np.sign(h)) != 0)
+        ends = np.concatenate([z[:1] if h[0] > 0 else [], z[i] - h[i] * (z[i + 1] - z[i]) / (h[i + 1] - h[i]),
+                               z[-1:] if h[-1] > 0 else []])
+        G_ends = G(ends)
+        tv = float((norm.cdf(ends[1::2]) - norm.cdf(ends[0::2])).sum() - (cdf(G_ends[1::2]) - cdf(G_ends[0::2])).sum())
+        l1 = float(np.trapezoid(np.abs(h), z)) + cdf(g0[0]) + 1 - cdf(g0[-1])     # the data beyond G(±6): p_G < 1e-8 there
+        w1 = float(np.trapezoid(np.abs(norm.cdf(z) - cdf(g0)) * g1, z))
+        assert abs(tv - l1 / 2) < 2e-5, (S, tv, l1)
+        assert abs(printed - tv) <= tol, (S, printed, tv)
+        assert abs(l1 - tv) > 5 * tol and abs(w1 - tv) > 5 * tol, (S, l1, w1, tv)

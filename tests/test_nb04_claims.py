@@ -14,7 +14,7 @@ And §4's price of a long step: one step of eq. 12 with the exact ε* from x_t ~
 κ² Cov[x_0 | x_t] of not knowing x_0, κ = √ᾱ_s − √(1 − ᾱ_s − σ²) √(ᾱ_t/(1 − ᾱ_t)) the coefficient of x_0 in eq. 12. Paired
 with the same step taken with the true x_0 (a draw from q(x_s | x_0)) and the same noise, E|y|² − E|x_s|² is
 −κ² tr Cov[x_0 | x_t] per x_t, the covariance from the exact posterior (Gaussian conditioning, not ε*); κ for κ², and
-no price at all, must fail."""
+no price at all, must fail. Paired, η = 1 drops more than η = 0 on a long jump, by (κ_1² − κ_0²) tr Cov (§4, §6)."""
 import math
 
 import pytest
@@ -72,29 +72,55 @@ def test_the_last_step_returns_the_posterior_mean_without_noise(run):
     assert float((y - posterior_mean).abs().max()) < 1e-10
 
 
-@pytest.mark.parametrize("t,s,eta,seed", [(700, 450, 0.0, 1), (400, 250, 1.0, 2), (400, 250, 0.5, 3)])
-def test_a_long_step_with_the_exact_eps_drops_kappa_squared_times_the_posterior_covariance(t, s, eta, seed):
-    mix = toy.random_mixture(d=3, K=4, seed=5)                 # not the notebook's ring: another mixture, other jumps
+def _price(mix, t, s, etas, seed):
+    """One step t -> s of eq. 12 with the exact ε*, against the same step with the true x_0 (a draw from q(x_s | x_0))
+    and the same noise, from the same draws for every η: per η, E|y|² − E|x_s|² per x_t, κ and σ; and tr Cov[x_0 | x_t]
+    per x_t from the exact posterior (Gaussian conditioning, not ε*)."""
+    d = mix.means.shape[1]
     eps = toy.exact_eps(mix, AB)
     a_t, a_s = float(AB[t]), float(AB[s])
     g = torch.Generator().manual_seed(seed)
     x0 = mix.sample(N, g)
-    noise, z = (torch.randn(N, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    noise, z = (torch.randn(N, d, generator=g, dtype=torch.float64) for _ in range(2))
     x_t = diffusion.q_sample(x0, a_t, noise)
     log_r, means, v = mix.reverse_kernel(x_t, a_t, 1.0)
     r = log_r.exp()
     centre = (r[:, :, None] * means).sum(1)
     tr_cov = (r * v.sum(1)).sum(1) + (r * (means - centre[:, None]).pow(2).sum(2)).sum(1)
-    sigma = float(diffusion.ddim_sigma(a_t, a_s, eta))
-    kappa = math.sqrt(a_s) - math.sqrt(1 - a_s - sigma ** 2) * math.sqrt(a_t / (1 - a_t))
-    y, _ = diffusion.ddim_step(x_t, eps(x_t, torch.full((N,), t)), a_t, a_s, eta, noise=z)
-    x_s = diffusion.q_sigma_mean(x0, x_t, a_t, a_s, sigma) + sigma * z
-    diff = y.pow(2).sum(1) - x_s.pow(2).sum(1)
+    out = {}
+    for eta in etas:
+        sigma = float(diffusion.ddim_sigma(a_t, a_s, eta))
+        kappa = math.sqrt(a_s) - math.sqrt(1 - a_s - sigma ** 2) * math.sqrt(a_t / (1 - a_t))
+        y, _ = diffusion.ddim_step(x_t, eps(x_t, torch.full((N,), t)), a_t, a_s, eta, noise=z)
+        x_s = diffusion.q_sigma_mean(x0, x_t, a_t, a_s, sigma) + sigma * z
+        out[eta] = (y.pow(2).sum(1) - x_s.pow(2).sum(1), kappa, sigma)
+    return out, tr_cov
 
-    def off(pred):                                             # |mean of diff − pred| in standard errors
-        d = diff - pred
-        return float(d.mean().abs() / (d.std() / math.sqrt(N)))
 
-    assert off(-kappa ** 2 * tr_cov) < 4
-    assert off(-kappa * tr_cov) > 10                           # κ in place of κ²
-    assert off(torch.zeros(N, dtype=torch.float64)) > 10       # "the exact eps* makes the step exact"
+def _off(diff, pred):
+    """|mean of diff − pred| in standard errors."""
+    d = diff - pred
+    return float(d.mean().abs() / (d.std() / math.sqrt(N)))
+
+
+@pytest.mark.parametrize("t,s,eta,seed", [(700, 450, 0.0, 1), (400, 250, 1.0, 2), (400, 250, 0.5, 3)])
+def test_a_long_step_with_the_exact_eps_drops_kappa_squared_times_the_posterior_covariance(t, s, eta, seed):
+    mix = toy.random_mixture(d=3, K=4, seed=5)                 # not the notebook's ring: another mixture, other jumps
+    out, tr_cov = _price(mix, t, s, (eta,), seed)
+    diff, kappa, _ = out[eta]
+    assert _off(diff, -kappa ** 2 * tr_cov) < 4
+    assert _off(diff, -kappa * tr_cov) > 10                    # κ in place of κ²
+    assert _off(diff, torch.zeros(N, dtype=torch.float64)) > 10   # "the exact eps* makes the step exact"
+
+
+@pytest.mark.parametrize("t,s,seed", [(700, 600, 4), (400, 300, 5), (500, 400, 6)])
+def test_on_a_long_jump_eta_1_drops_more_than_eta_0_by_the_difference_of_the_kappas_squared(t, s, seed):
+    """Notebook 04 §4 and §6: paired over the same draws, η = 1 drops more of E|x_s|² than η = 0 on a jump of S = 10
+    uniform steps, by (κ_1² − κ_0²) tr Cov[x_0 | x_t] (κ grows with σ); κ_1 − κ_0 in place of κ_1² − κ_0² must fail."""
+    mix = toy.random_mixture(d=3, K=4, seed=5)
+    out, tr_cov = _price(mix, t, s, (0.0, 1.0), seed)
+    (d0, k0, _), (d1, k1, _) = out[0.0], out[1.0]
+    d = d1 - d0
+    assert float(d.mean()) < -5 * float(d.std()) / math.sqrt(N)
+    assert _off(d, -(k1 ** 2 - k0 ** 2) * tr_cov) < 4
+    assert _off(d, -(k1 - k0) * tr_cov) > 10
