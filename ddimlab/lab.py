@@ -401,7 +401,10 @@ def fmt_pm(value: float, se: float, scale: float = 1e3) -> str:
     if round(s * 10 ** digits) < 2:
         digits += 1
     digits = max(digits, 0)
-    return f"{v:.{digits}f}±{s:.{digits}f}"
+    shown = f"{v:.{digits}f}"
+    if float(shown) == 0:                # -0.0002 ± 0.002 is '0±2', not '-0±2'
+        shown = shown.lstrip("-")
+    return f"{shown}±{s:.{digits}f}"
 
 
 def metric_name(rows: list[dict]) -> str:
@@ -439,7 +442,7 @@ def format_table(rows: list[dict]) -> str:
     if data:
         d = data[0]
         lines.append(f"exact data vs fresh data: {fmt_pm(d['mmd2'], d['se'])} ×10⁻³; "
-                     f"noise floor (RMS over pairs of fresh data sets) {floor * 1e3:.2g} ×10⁻³")
+                     f"noise floor (RMS over pairs of fresh data sets) {float(f'{floor * 1e3:.2g}'):g} ×10⁻³")
     lines.append(f"* within {FLOOR_K:g} noise floors of 0: indistinguishable from exact samples at this n.")
     if any(r is not None and r["ode_err"] is not None for r in ode_rows):
         lines.append("η=0 vs ODE: RMS distance to scipy's probability-flow ODE solution from the same x_T.")

@@ -308,6 +308,8 @@ def test_format_and_figure(tmp_path, ring):
     assert "energy distance, standardized" in text and f"S=10: {lab.ranking(rows, 10)}" in text
     r = lab.cell(rows, "eta=1", 10)
     assert lab.fmt_pm(r["mmd2"], r["se"]) in text
+    big = [dict(row, floor=0.36) for row in rows]     # n = 8 gave a floor of 0.36: '3.6e+02 ×10⁻³' beside '×10³'
+    assert "fresh data sets) 360 ×10⁻³" in lab.format_table(big)
     path = lab.make_figure(rows, tmp_path / "sub" / "t1.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in path.parent.iterdir()] == ["t1.png"]        # no temporary file left
@@ -317,6 +319,8 @@ def test_fmt_pm_rounds_to_the_error_bar():
     assert lab.fmt_pm(0.0123456, 0.00034) == "12.3±0.3"
     assert lab.fmt_pm(0.0123456, 0.00014) == "12.35±0.14"
     assert lab.fmt_pm(0.0123456, 0.0034) == "12±3"
+    assert lab.fmt_pm(-0.0002, 0.002) == "0±2" and lab.fmt_pm(-0.00002, 0.0002) == "0.0±0.2"   # no '-0'
+    assert lab.fmt_pm(-0.0006, 0.002) == "-1±2"
 
 
 @pytest.mark.parametrize("kwargs, match", [
