@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, checkpoint, data, demo, devices, fid, lab, ode, schedule, tables
+from . import __version__, checkpoint, data, demo, devices, fid, lab, ode, pretrained, schedule, tables
 from .checks import check_distinct, int_range, out_of_memory
 from .files import (
     atomic_write,
@@ -876,11 +876,12 @@ def _model_args(p: argparse.ArgumentParser, out_default: str, sampler: bool = Fa
                    help="a ddimlab ckpt.pt or run folder, the official DDPM model-790000.ckpt (or `ddpm-cifar10` to "
                         "download it once), or a diffusers UNet2DModel folder")
     p.add_argument("--steps", type=_positive, default=None,
-                   help="number of sampling steps S (default: 50" + ("; for --sampler ddpm all T steps)" if sampler else ")"))
+                   help=f"number of sampling steps S (default: {DEFAULT_STEPS}"
+                        + ("; for --sampler ddpm all T steps)" if sampler else ")"))
     p.add_argument("--spacing", choices=schedule.SPACINGS + ode.STEP_RULES, default=None,
-                   help="timestep sub-sequence (README, Timestep sub-sequences; logsnr, karras, power2/3: notebook 08 §5). "
-                        "Default: uniform" + ("; for --sampler, the solver's own: logsnr for dpm_solver_pp_2m/3m and "
-                                              "unipc_2/3, power3 for ipndm, ipndm_vs and deis_tab" if sampler else ""))
+                   help="timestep sub-sequence (README, Timestep sub-sequences; logsnr, karras, power2/3: notebook 08 §5; "
+                        "default: uniform" + ("; for --sampler, the solver's own: logsnr for dpm_solver_pp_2m/3m and "
+                                              "unipc_2/3, power3 for ipndm, ipndm_vs and deis_tab)" if sampler else ")"))
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, mps")
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the network on CUDA")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights of a ddimlab checkpoint, not the EMA")
@@ -1017,8 +1018,8 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--eta", type=_eta, default=None, help="ddim only: 0 deterministic, 1 DDPM's posterior variance "
                    "(default: 0)")
     p.add_argument("--variance", choices=("small", "large"), default=None,
-                   help="ddpm only: posterior beta tilde (small, default) or beta (large: the DDIM paper's sigma hat, "
-                        "whose table row, like `reproduce`, also clips x0: add --clip for that)")
+                   help="ddpm only: posterior beta tilde (small) or beta (large: the DDIM paper's sigma hat, "
+                        "whose table row, like `reproduce`, also clips x0: add --clip for that) (default: small)")
     p.add_argument("--clip", action="store_true", help="clip the predicted x0 to [-1, 1] (ddim, ddpm)")
     p.add_argument("--lower-order-final", action="store_true",
                    help="dpm_solver_pp_3m only: take the step before the last at second order, at --steps 4 or more "
@@ -1045,7 +1046,8 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
                         "heun for `invert --sampler heun`; else ddim)")
     p.add_argument("--seeds", type=_seed, nargs=2, default=None, metavar=("A", "B"),
                    help="latent 0 of each seed (the first image of `sample --seed A` / `--seed B`; default: 0 1)")
-    p.add_argument("--latents", help="an .npz from `invert` or `sample`: interpolate between its x_T[--index]")
+    p.add_argument("--latents", help="an .npz from `invert` or `sample`: interpolate between its x_T[--index] "
+                                     "(default: none, the latents of --seeds)")
     p.add_argument("--index", type=int, nargs=2, default=None, metavar=("I", "J"),
                    help="with --latents: which two of its latents (default: 0 1)")
     p.add_argument("--n", type=int_in(2), default=8, help="number of frames, the two ends included")
@@ -1056,7 +1058,8 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: runs/TABLE)")
     p.add_argument("--overwrite", action="store_true", help="replace TABLE.md and TABLE.csv of an earlier run in --out")
     p.add_argument("--steps", help="comma-separated S values (default: the paper's)")
-    p.add_argument("--etas", help="table1: comma-separated eta values; sigma_hat for DDPM's large variance")
+    p.add_argument("--etas", help="table1: comma-separated eta values; sigma_hat for DDPM's large variance (default: the "
+                                  f"paper's, {','.join(map(str, tables.PAPER_ETAS))})")
     p.add_argument("--spacing", choices=schedule.SPACINGS, default=None,
                    help="timestep selection (default: quad for table1 as the paper, uniform for table2)")
     p.add_argument("--n-samples", type=int_in(2), default=None,
@@ -1065,8 +1068,8 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
                    help="table2: the first N images (default: all): CIFAR-10's test images, or for a digits model the "
                         "digits it trained on (there is no held-out set)")
     p.add_argument("--features", choices=("inception", "digits", "random"), default=None,
-                   help="table1: inception = FID via torch-fidelity (pip install ddimlab[fid]), the default; digits = "
-                        "the digits classifier (1-channel models); random = a fixed random conv net (smoke test)")
+                   help="table1: inception = FID via torch-fidelity (pip install ddimlab[fid]); digits = the digits classifier "
+                        "(1-channel models); random = a fixed random conv net (smoke test) (default: inception)")
     p.add_argument("--batch-size", type=_positive, default=250, help="images per network call")
     p.add_argument("--seed", type=_seed, default=None, help="table1: image i of every cell is a function of (seed, i) "
                                                             "(default: 0)")
@@ -1091,7 +1094,8 @@ def build_parser(prog: str = "ddimlab") -> argparse.ArgumentParser:
     p = add("demo", cmd_demo, "the main job: the exact-score Table 1, then DDPM 1000 vs DDIM 10/20/50 on digits")
     p.add_argument("--out", default="outputs/demo", help="output folder")
     p.add_argument("--skip-train", action="store_true", help="only the exact-score lab table and figure")
-    p.add_argument("--train-steps", type=_positive, default=None, help="override the digits preset's training steps")
+    p.add_argument("--train-steps", type=_positive, default=None,
+                   help=f"override the digits preset's training steps (default: {pretrained.digits_config().steps})")
     p.add_argument("--n", type=int_in(2), default=None, help="samples per sampler for the quality score, 2 to the 1797 "
                    f"real digits (default: {demo.N_SAMPLES})")
     p.add_argument("--seed", type=_seed32, default=0, help="seed of the training run and of x_T")

@@ -180,7 +180,10 @@ def _check_steps(S_list, alpha_bar, spacing: str, why: str = FROM_NOISE) -> list
     return seqs
 
 
-def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list=(0.0, 0.2, 0.5, 1.0, SIGMA_HAT),
+PAPER_ETAS = (0.0, 0.2, 0.5, 1.0, SIGMA_HAT)     # DDIM Table 1's rows
+
+
+def reproduce_table1(model, out_dir, *, S_list=(10, 20, 50, 100, 1000), eta_list=PAPER_ETAS,
                      n_samples: int = 50_000, spacing: str = "quad", shape=None, alpha_bar=None,
                      feature_fn=None, reference=None, batch_size: int = 250, seed: int = 0, device=None,
                      amp: bool = False, rank: int | None = None, world_size: int | None = None,

@@ -341,8 +341,11 @@ def test_version_help_defaults_and_program_name():
                 assert action.help, f"{name} {action.option_strings} has no help text"
                 if action.default is not None and action.default is not False:
                     assert "default" in sub._get_formatter()._get_help_string(action), (name, action.dest)
-                # one form for a default, argparse's or written by hand: "(default: 50)", never "(default 50)"
+                # one form for a default, argparse's or written by hand: "(default: 50)", never "(default 50)";
+                # an option whose default is None (not given) says in words what not giving it does
                 assert "(default " not in action.help and "; default " not in action.help, (name, action.help)
+                if action.default is None and not action.required and action.nargs != 0 and action.dest != "set":
+                    assert "default: " in action.help, (name, action.dest)
         if name == "train":
             assert "--set keys" in text and "ema_decay" in text and "0.9999" in text and "--device" in text
             assert "--bf16" in text and "--compile" in text
