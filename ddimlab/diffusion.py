@@ -149,8 +149,9 @@ def dynamic_threshold(x0: torch.Tensor, p: float = 0.995, s_max: float = math.in
 
         s = clamp(p-th quantile of |x̂_0|, 1, s_max),   x̂_0 ← clamp(x̂_0, −s, s) / s,
 
-    so the result lies in [−1, 1]; where fewer than a share 1 − p of the pixels leave [−1, 1], s = 1 and it is the
-    static clip. diffusers' `_threshold_sample` (`dynamic_thresholding_ratio` = p, `sample_max_value` = s_max, whose
+    so the result lies in [−1, 1]. Where the interpolated quantile is at most 1, s = 1 and it is the static clip (on large
+    images: where fewer than about a share 1 − p of the pixels leave [−1, 1]; on few pixels the count differs, notebook
+    10 §3). diffusers' `_threshold_sample` (`dynamic_thresholding_ratio` = p, `sample_max_value` = s_max, whose
     default 1.0 makes it the static clip) is the same rule; Imagen has no s_max. The quantile interpolates linearly
     (numpy's default). x̂_0 of shape (B, …), each sample over all its other axes.
     """
