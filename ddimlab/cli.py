@@ -146,10 +146,10 @@ DEFAULT_STEPS = 50   # --steps of sample (DDIM and the solvers), invert and inte
 # invert --sampler: the encoder x_0 -> x_T, the decoder of the same order, and their names in ode.nfe (notebook 05 §8)
 INVERT_SAMPLERS = {"ddim": (ddim_invert, ddim_sample, ("ddim_invert", "euler")),
                    "heun": (ode.heun_invert, ode.heun, ("heun_invert", "heun"))}
-# The most steps on which a solver takes DDIM's steps exactly, though named otherwise: its first step and its last, to
-# clean data (t = -1), are first order, DDIM's (the λ multistep solvers' last returns x̂_0). sample, invert and interpolate
-# refuse them there (tests/test_careless_api.py checks the counts); euler is DDIM at any S, and ipndm's one step calls no
-# network (refused as such).
+# The most steps on which a solver takes DDIM's steps exactly, though named otherwise: a multistep solver's first step
+# (no history yet) and every solver's last (at clean data, t = -1) are first order, DDIM's (the λ multistep solvers'
+# last returns x̂_0). sample, invert and interpolate refuse them there (tests/test_careless_api.py checks the counts);
+# euler is DDIM at any S, and ipndm's one step calls no network (refused as such).
 DDIM_UP_TO = {"heun": 1, "dpm_solver_2": 1, "deis_tab": 1, "dpm_solver_pp_2m": 2, "dpm_solver_pp_3m": 2, "unipc_2": 2,
               "unipc_3": 2}
 # interpolate --sampler: the deterministic decoders (`invert --sampler heun`'s latents are decoded by heun)
@@ -191,9 +191,11 @@ def _model_for(args):
     seq = ode.rule_timesteps(args.spacing, steps, abar) if args.spacing in ode.STEP_RULES else \
         sampling_steps(steps, T, args.spacing)
     if len(seq) <= DDIM_UP_TO.get(getattr(args, "sampler", None), 0):
+        which = ("its one step, at clean data (t = -1), is" if len(seq) == 1 else
+                 "its first step (no history yet) and its last (at clean data, t = -1) are")
         raise ValueError(f"--sampler {args.sampler} on {_count(len(seq), 'step')} takes DDIM's steps, though named "
-                         f"{args.sampler}: its first step and its last, to clean data (t = -1), are first order, DDIM's; "
-                         f"pass --steps {DDIM_UP_TO[args.sampler] + 1} or more, or --sampler ddim")
+                         f"{args.sampler}: {which} first order, DDIM's; pass --steps {DDIM_UP_TO[args.sampler] + 1} or "
+                         f"more, or --sampler ddim")
     if len(seq) < steps:
         warnings.warn(f"--spacing {args.spacing} with --steps {steps} visits {len(seq)} distinct steps, so {len(seq)} network "
                       f"calls per image: the rule repeats small steps, which would change nothing (README, Timestep "

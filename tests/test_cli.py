@@ -3180,9 +3180,10 @@ def test_round_33_a_solver_on_its_ddim_steps_is_refused_by_sample_invert_and_int
                                            ("interpolate", "unipc_3", 2, [])):
         r = _run(command, "--checkpoint", ckpt, "--sampler", sampler, "--steps", steps, *extra, "--out", tmp_path / "x")
         assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 2, r.stderr
+        which = ("one step, at clean data (t = -1), is" if steps == 1 else     # heun's first step is not DDIM's
+                 "first step (no history yet) and its last (at clean data, t = -1) are")
         assert (f"--sampler {sampler} on {steps} step{'s' * (steps > 1)} takes DDIM's steps, though named {sampler}: its "
-                f"first step and its last, to clean data (t = -1), are first order, DDIM's; pass --steps {steps + 1} or "
-                f"more, or --sampler ddim") in r.stderr, r.stderr
+                f"{which} first order, DDIM's; pass --steps {steps + 1} or more, or --sampler ddim") in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npz"]
     for sampler, steps in (("euler", 1), ("ddim", 1), ("dpm_solver_pp_2m", 3)):
         r = _run("sample", "--checkpoint", ckpt, "--sampler", sampler, "--steps", steps, "--n", "2", "--no-progress",
