@@ -231,13 +231,15 @@ def _edit_law(seq, eta, x_in=0.0, h=0.004, n_z=10, eps=None):
     return samplers.sdedit_law(_by_step(eps or _mixture_eps), x_in, AB, seq, eta, h=h, n_z=n_z)
 
 
-def test_edit_law_by_quadrature_is_exact_on_one_gaussian_where_the_law_is_known():
+@pytest.mark.parametrize("x_in", [0.0, 0.7])
+def test_edit_law_by_quadrature_is_exact_on_one_gaussian_where_the_law_is_known(x_in):
     """Notebook 11 §2 says carrying the cdf through each step's increasing mean map plus Gaussian noise is exact up to the
     grid. On data N(0.5, 0.2²) every step is linear, x_s = A x_t + B + σ z with A = a k + b and B = a (μ − k √ᾱ_t μ)
     (x̂_0 = μ + k (x_t − √ᾱ_t μ), k = √ᾱ_t s² / (ᾱ_t s² + 1 − ᾱ_t)), so the edits are Gaussian with a mean and variance
     by recursion: the quadrature must give that cdf to the grid's error (2e-5, shrinking as h²), for η = 1 and 0 on
-    img2img's 15 strided steps from t0 = 285; the recursion with each step's σ doubled, a wrong law, must be missed."""
-    mu, s2, x_in = 0.5, 0.04, 0.0
+    img2img's 15 strided steps from t0 = 285; the recursion with each step's σ doubled, a wrong law, must be missed.
+    From x_in = 0 the first step's mean √ᾱ_{t0} x_in is 0 whatever its factor: x_in = 0.7 fails ᾱ_{t0} x_in for it."""
+    mu, s2 = 0.5, 0.04
     seq = schedule.timesteps(50, 1000, "linspace")[35:]
 
     def eps(x, a):

@@ -2,8 +2,10 @@
 and what the tables show in 2-D and in image-like dimension."""
 import math
 
+import numpy as np
 import pytest
 import torch
+from scipy.spatial.distance import cdist
 
 from ddimlab import lab, schedule, toy
 
@@ -43,6 +45,9 @@ def test_image_like_at_10_steps_is_the_papers_order(image):
     (((0.0, 0.1), (1.0, 0.1), (1.2, 1.0)), "η=0 ≈ η=0.5 ≈ η=1 (η=0 < η=0.5)"),
     (((0.0, 0.1), (1.0, 0.1), (2.0, 0.1)), "η=0 < η=0.5 < η=1"),
     (((0.0, 1.0), (0.5, 1.0), (1.0, 1.0)), "η=0 ≈ η=0.5 ≈ η=1"),
+    # b beats c, but a (an SE of 10) beats neither: a '<' between b and c would claim a beats c; a cut that checks only
+    # the pairs of the sampler just before it says 'η=0 ≈ η=0.5 < η=1'
+    (((0.0, 10.0), (0.5, 0.1), (2.0, 0.1)), "η=0 ≈ η=0.5 ≈ η=1 (η=0.5 < η=1)"),
 ])
 def test_ranking_states_every_pair_and_claims_no_pair_it_did_not_resolve(cells, expected):
     """Cells from separate tables (differences with SE √(se_a² + se_b²)): each '<' separates only resolved pairs,
@@ -578,3 +583,50 @@ def test_jackknife_se_of_a_mean_is_the_textbook_standard_error():
         x = torch.randn(n, generator=g, dtype=torch.float64)
         loo = (x.sum() - x) / (n - 1)
         assert lab.jackknife_se(loo) == pytest.approx(float(x.std()) / math.sqrt(n), rel=1e-12)
+
+
+def test_beyond_is_one_sided():
+    """beyond(worse, better) asks whether `worse` is worse by more than k SEs (notebook 09 §2), not whether the two
+    differ: a cell 100 SE better than another is not beyond it. Every call in the tables passes the worse cell first,
+    so `abs(diff) > k·se` passed every other test."""
+    good, bad = {"mmd2": 0.0, "se": 0.01}, {"mmd2": 1.0, "se": 0.01}
+    assert lab.beyond(bad, good) and not lab.beyond(good, bad)
+    assert not lab.beyond(good, good, k=0.0)
+
+
+def test_paired_difference_se_is_the_jackknife_of_the_difference_by_brute_force():
+    """paired_difference (notebook 04 §4) against the jackknife written out with scipy's distances: the energy distance
+    of each set to y recomputed with index i deleted from all three sets, and SE² = (n−1)/n Σᵢ (D₋ᵢ − D̄)² of the
+    differences D₋ᵢ, to 1e-8. xb is xa plus small noise, so the paired SE (0.013 here) is far below
+    √(SE_a² + SE_b²) (0.056), which the pairing must not fall back to."""
+    g = torch.Generator().manual_seed(2)
+    n = 12
+    y = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    xa = y + 0.5 * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    xb = xa + 0.1 * torch.randn(n, 2, generator=g, dtype=torch.float64)
+
+    def energy(x, y):
+        m = len(x)
+        return 2 * cdist(x, y).mean() - cdist(x, x).sum() / (m * (m - 1)) - cdist(y, y).sum() / (m * (m - 1))
+
+    A, B, Y = xa.numpy(), xb.numpy(), y.numpy()
+    loo = np.array([energy(np.delete(A, i, 0), np.delete(Y, i, 0)) - energy(np.delete(B, i, 0), np.delete(Y, i, 0))
+                    for i in range(n)])
+    diff, se = lab.paired_difference(xa, xb, y, toy.ENERGY)
+    assert diff == pytest.approx(energy(A, Y) - energy(B, Y), rel=1e-8)
+    assert se == pytest.approx(math.sqrt((n - 1) / n * np.sum((loo - loo.mean()) ** 2)), rel=1e-8)
+
+
+def test_summed_variance_se_is_the_delete_one_jackknife_times_n_minus_2_over_n_minus_1():
+    """summed_variance's SE against the delete-one jackknife done by brute force (torch.var of x without row i, summed
+    over columns, n times; to 1e-6, measured 8e-8: the delete-one values are close). Deleting row i gives
+    s²₋ᵢ = (n−1)/(n−2) s² − n q_i/((n−1)(n−2)), linear in q_i, so the jackknife SE is exactly √n·sd(q)/(n−2), and the
+    documented √n·sd(q)/(n−1) is it times (n−2)/(n−1): 0.75 at n = 5, 0.857 at n = 8. sd(q)/√n, which drops the
+    value's own factor n/(n−1), gives 0.6 and 0.75 and fails; at the repeat test's n = 200 the two differ by 0.5 % and
+    that test cannot tell them apart."""
+    g = torch.Generator().manual_seed(0)
+    for n in (5, 8):
+        x = torch.randn(n, 3, generator=g, dtype=torch.float64)
+        loo = torch.tensor([float(torch.cat([x[:i], x[i + 1:]]).var(0).sum()) for i in range(n)])
+        jackknife = math.sqrt((n - 1) / n * float((loo - loo.mean()).pow(2).sum()))
+        assert lab.summed_variance(x)[1] == pytest.approx(jackknife * (n - 2) / (n - 1), rel=1e-6)
