@@ -1207,22 +1207,22 @@ def test_diffusers_deis_is_a_polynomial_in_lambda_integrated_against_e_to_the_mi
             assert (worst < 3e-5) == should_match, (order, S, should_match, worst)
 
 
-def _straight_path_velocity(mix, x, tau):
-    """v(x, τ) = E[ε − x_0 | x_τ = x] on the straight path x_τ = (1 − τ) x_0 + τ ε of rectified flow, by Bayes' rule over
-    the mixture's components (x_τ | k ~ N((1 − τ) μ_k, (1 − τ)² Σ_k + τ² I)): independent of toy's ε*."""
-    C = (1 - tau) ** 2 * mix.covs + tau ** 2 * torch.eye(mix.d, dtype=torch.float64)
-    diff = x[:, None, :] - (1 - tau) * mix.means
+def _straight_path_velocity(mix, x, zeta):
+    """v(x, ζ) = E[ε − x_0 | x_ζ = x] on the straight path x_ζ = (1 − ζ) x_0 + ζ ε of rectified flow, by Bayes' rule over
+    the mixture's components (x_ζ | k ~ N((1 − ζ) μ_k, (1 − ζ)² Σ_k + ζ² I)): independent of toy's ε*."""
+    C = (1 - zeta) ** 2 * mix.covs + zeta ** 2 * torch.eye(mix.d, dtype=torch.float64)
+    diff = x[:, None, :] - (1 - zeta) * mix.means
     sol = torch.linalg.solve(C, diff.unsqueeze(-1)).squeeze(-1)
     post = (mix.weights.log() - 0.5 * (diff * sol).sum(-1) - 0.5 * torch.logdet(C)).softmax(1)
-    e = tau * (post[..., None] * sol).sum(1)
-    return e - (x - tau * e) / (1 - tau)
+    e = zeta * (post[..., None] * sol).sum(1)
+    return e - (x - zeta * e) / (1 - zeta)
 
 
 def test_ddim_is_euler_on_the_straight_path_of_flow_matching():
-    """Notebook 05 §3: Euler on rectified flow's ODE dx/dτ = v, on τ(ᾱ) = √(1−ᾱ)/(√ᾱ + √(1−ᾱ)) of DDIM's steps and from
+    """Notebook 05 §3: Euler on rectified flow's ODE dx/dζ = v, on ζ(ᾱ) = √(1−ᾱ)/(√ᾱ + √(1−ᾱ)) of DDIM's steps and from
     x_T/(√ᾱ_T + √(1−ᾱ_T)), is DDIM (eq. 12, η = 0) to rounding, on a 3-D mixture with full covariances and quad steps;
-    the velocity converts to ε* by ε = x_τ + (1 − τ) v (not ε = x_τ + v) and to E[x_0 | x_t] (toy's Gaussian conditioning)
-    by x̂_0 = x_τ − τ v. Other τ grids are other steps of the same ODE."""
+    the velocity converts to ε* by ε = x_ζ + (1 − ζ) v (not ε = x_ζ + v) and to E[x_0 | x_t] (toy's Gaussian conditioning)
+    by x̂_0 = x_ζ − ζ v. Other ζ grids are other steps of the same ODE."""
     g = torch.Generator().manual_seed(5)
     A = torch.randn(3, 3, 3, generator=g, dtype=torch.float64)
     mix = toy.GaussianMixture(torch.tensor([0.2, 0.5, 0.3]), torch.randn(3, 3, generator=g, dtype=torch.float64),
@@ -1232,72 +1232,72 @@ def test_ddim_is_euler_on_the_straight_path_of_flow_matching():
     x_T = torch.randn(64, 3, generator=g, dtype=torch.float64)
     for t in (900, 300, 20):                                        # the conversion, pointwise
         a = float(alpha_bar[t])
-        scale, tau = math.sqrt(a) + math.sqrt(1 - a), math.sqrt(1 - a) / (math.sqrt(a) + math.sqrt(1 - a))
-        x_tau = x_T / scale
-        v = _straight_path_velocity(mix, x_tau, tau)
-        torch.testing.assert_close(x_tau + (1 - tau) * v, eps(x_T, t), rtol=0, atol=1e-12)
-        assert float((x_tau + v - eps(x_T, t)).abs().max()) > 1e-2
-        torch.testing.assert_close(x_tau - tau * v, mix.x0_mean(x_T, a), rtol=0, atol=1e-12)     # x̂_0 = x_τ − τ v
-        assert float((x_tau - (1 - tau) * v - mix.x0_mean(x_T, a)).abs().max()) > 1e-2
+        scale, zeta = math.sqrt(a) + math.sqrt(1 - a), math.sqrt(1 - a) / (math.sqrt(a) + math.sqrt(1 - a))
+        x_zeta = x_T / scale
+        v = _straight_path_velocity(mix, x_zeta, zeta)
+        torch.testing.assert_close(x_zeta + (1 - zeta) * v, eps(x_T, t), rtol=0, atol=1e-12)
+        assert float((x_zeta + v - eps(x_T, t)).abs().max()) > 1e-2
+        torch.testing.assert_close(x_zeta - zeta * v, mix.x0_mean(x_T, a), rtol=0, atol=1e-12)     # x̂_0 = x_ζ − ζ v
+        assert float((x_zeta - (1 - zeta) * v - mix.x0_mean(x_T, a)).abs().max()) > 1e-2
     seq = schedule.timesteps(7, 1000, "quad")
     steps = [int(s) for s in seq] + [-1]
     a_steps = [float(schedule.alpha_bar_at(alpha_bar, s)) for s in steps]
     ddim_x0 = samplers.ddim_sample(eps, x_T, alpha_bar, seq)
     for clock, same in ((lambda a: math.sqrt(1 - a) / (math.sqrt(a) + math.sqrt(1 - a)), True),
                         (lambda a: math.sqrt(1 - a), False), (lambda a: 1 - math.sqrt(a), False)):
-        taus = [clock(a) for a in a_steps]
+        zetas = [clock(a) for a in a_steps]
         x = x_T / (math.sqrt(a_steps[0]) + math.sqrt(1 - a_steps[0]))
-        for tau, tau_next in zip(taus, taus[1:]):
-            x = x + (tau_next - tau) * _straight_path_velocity(mix, x, tau)
+        for zeta, zeta_next in zip(zetas, zetas[1:]):
+            x = x + (zeta_next - zeta) * _straight_path_velocity(mix, x, zeta)
         gap = float((x - ddim_x0).abs().max())
         assert gap < 1e-12 if same else gap > 1e-3, gap
 
 
 def test_the_flow_timestep_shift_multiplies_sigma_and_is_a_ddim_grid():
-    """Notebook 05 §3: diffusers' FlowMatchEulerDiscreteScheduler(shift=s) moves τ to sτ/(1 + (s − 1)τ), which multiplies
-    σ = τ/(1 − τ) by s (against diffusers' own shifted sigmas); its step with the straight path's velocity as model_output
-    is Euler on dx/dτ = v over those sigmas, and scale_noise is x_τ = (1 − τ) x_0 + τ ε (diffusers' "sigmas" are τ);
-    and Euler on the straight path on shifted τ's is DDIM on the table ᾱ' = 1/(1 + s²σ²) of the unshifted σ's
+    """Notebook 05 §3: diffusers' FlowMatchEulerDiscreteScheduler(shift=s) moves ζ to sζ/(1 + (s − 1)ζ), which multiplies
+    σ = ζ/(1 − ζ) by s (against diffusers' own shifted sigmas); its step with the straight path's velocity as model_output
+    is Euler on dx/dζ = v over those sigmas, and scale_noise is x_ζ = (1 − ζ) x_0 + ζ ε (diffusers' "sigmas" are ζ);
+    and Euler on the straight path on shifted ζ's is DDIM on the table ᾱ' = 1/(1 + s²σ²) of the unshifted σ's
     (Bayes' rule velocity against the library's DDIM on that table)."""
     diffusers = pytest.importorskip("diffusers")
     s, base = 2.5, [float(t) for t in torch.linspace(0.98, 0.02, 9)]
-    tau = {}
+    zeta = {}
     for shift in (1.0, s):
         scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift)
         scheduler.set_timesteps(sigmas=base)
-        tau[shift] = scheduler.sigmas.double()[:-1]
-    ratio = (tau[s] / (1 - tau[s])) / (tau[1.0] / (1 - tau[1.0]))
-    torch.testing.assert_close(ratio, torch.full_like(ratio, s), rtol=1e-4, atol=0)      # float32 τ near 1: 1 − τ ~ 0.01
+        zeta[shift] = scheduler.sigmas.double()[:-1]
+    ratio = (zeta[s] / (1 - zeta[s])) / (zeta[1.0] / (1 - zeta[1.0]))
+    torch.testing.assert_close(ratio, torch.full_like(ratio, s), rtol=1e-4, atol=0)      # float32 ζ near 1: 1 − ζ ~ 0.01
     mix = toy.eight_gaussians()
     g = torch.Generator().manual_seed(3)
     x0, noise = mix.sample(16, g).float(), torch.randn(16, 2, generator=g)
     scheduler.set_timesteps(sigmas=base)
     first = float(scheduler.sigmas[0])
     torch.testing.assert_close(scheduler.scale_noise(x0, scheduler.timesteps[:1], noise), (1 - first) * x0 + first * noise)
-    x_diffusers, taus_diffusers = noise, scheduler.sigmas.double().tolist()
-    for step, t in zip(scheduler.timesteps, taus_diffusers):
+    x_diffusers, zetas_diffusers = noise, scheduler.sigmas.double().tolist()
+    for step, t in zip(scheduler.timesteps, zetas_diffusers):
         v = _straight_path_velocity(mix, x_diffusers.double(), t).float()
         x_diffusers = scheduler.step(v, step, x_diffusers).prev_sample
     x = noise.double()
-    for t, t_next in zip(taus_diffusers, taus_diffusers[1:]):
+    for t, t_next in zip(zetas_diffusers, zetas_diffusers[1:]):
         x = x + (t_next - t) * _straight_path_velocity(mix, x, t)
     torch.testing.assert_close(x_diffusers.double(), x, rtol=0, atol=1e-6)             # float32 steps: 4e-8 seen
-    taus = [s * t / (1 + (s - 1) * t) for t in base] + [0.0]
-    torch.testing.assert_close(torch.tensor(taus[:-1], dtype=torch.float64), tau[s], rtol=1e-6, atol=0)
+    zetas = [s * t / (1 + (s - 1) * t) for t in base] + [0.0]
+    torch.testing.assert_close(torch.tensor(zetas[:-1], dtype=torch.float64), zeta[s], rtol=1e-6, atol=0)
     table = torch.tensor([1 / (1 + s ** 2 * (t / (1 - t)) ** 2) for t in reversed(base)], dtype=torch.float64)  # ᾱ' by step
-    x_tau = torch.randn(32, 2, generator=g, dtype=torch.float64)
-    x = x_tau
-    for t, t_next in zip(taus, taus[1:]):
+    x_zeta = torch.randn(32, 2, generator=g, dtype=torch.float64)
+    x = x_zeta
+    for t, t_next in zip(zetas, zetas[1:]):
         x = x + (t_next - t) * _straight_path_velocity(mix, x, t)
     a_T = float(table[-1])
-    ddim_x0 = samplers.ddim_sample(toy.exact_eps(mix, table), x_tau * (math.sqrt(a_T) + math.sqrt(1 - a_T)), table,
+    ddim_x0 = samplers.ddim_sample(toy.exact_eps(mix, table), x_zeta * (math.sqrt(a_T) + math.sqrt(1 - a_T)), table,
                                    torch.arange(len(table) - 1, -1, -1))
     torch.testing.assert_close(x, ddim_x0, rtol=0, atol=1e-12)
 
 
 def test_heun_on_the_straight_path_is_not_heun_in_sigma():
-    """Notebook 05 §3: one Heun step on dx/dτ = v (the trapezoid rule in τ, as diffusers' FlowMatchHeunDiscreteScheduler)
-    is, in x̄, the DDIM predictor plus (1 − τ)/(1 − τ') times `ode.heun`'s correction: not the same step (factor 1 fails)."""
+    """Notebook 05 §3: one Heun step on dx/dζ = v (the trapezoid rule in ζ, as diffusers' FlowMatchHeunDiscreteScheduler)
+    is, in x̄, the DDIM predictor plus (1 − ζ)/(1 − ζ') times `ode.heun`'s correction: not the same step (factor 1 fails)."""
     g = torch.Generator().manual_seed(8)
     mix = toy.GaussianMixture(torch.tensor([0.4, 0.6]), torch.randn(2, 3, generator=g, dtype=torch.float64),
                               0.1 * torch.eye(3, dtype=torch.float64).expand(2, 3, 3))
@@ -1305,35 +1305,35 @@ def test_heun_on_the_straight_path_is_not_heun_in_sigma():
     eps = toy.exact_eps(mix, alpha_bar)
     x_t = torch.randn(32, 3, generator=g, dtype=torch.float64)
     for t, s in ((800, 500), (200, 50)):
-        k = {u: math.sqrt(float(alpha_bar[u])) + math.sqrt(1 - float(alpha_bar[u])) for u in (t, s)}    # x_τ = x_t / k
-        tau = {u: math.sqrt(1 - float(alpha_bar[u])) / k[u] for u in (t, s)}
-        v = _straight_path_velocity(mix, x_t / k[t], tau[t])
-        x_pred = x_t / k[t] + (tau[s] - tau[t]) * v
-        heun_tau = k[s] * (x_t / k[t] + (tau[s] - tau[t]) / 2 * (v + _straight_path_velocity(mix, x_pred, tau[s])))
+        k = {u: math.sqrt(float(alpha_bar[u])) + math.sqrt(1 - float(alpha_bar[u])) for u in (t, s)}    # x_ζ = x_t / k
+        zeta = {u: math.sqrt(1 - float(alpha_bar[u])) / k[u] for u in (t, s)}
+        v = _straight_path_velocity(mix, x_t / k[t], zeta[t])
+        x_pred = x_t / k[t] + (zeta[s] - zeta[t]) * v
+        heun_zeta = k[s] * (x_t / k[t] + (zeta[s] - zeta[t]) / 2 * (v + _straight_path_velocity(mix, x_pred, zeta[s])))
         heun_sigma = ode.heun(eps, x_t, alpha_bar, torch.tensor([t, s]), return_trajectory=True)[1]["x"][1]
         ddim = samplers.ddim_sample(eps, x_t, alpha_bar, torch.tensor([t, s]), return_trajectory=True)[1]["x"][1]
-        torch.testing.assert_close(heun_tau - ddim, (1 - tau[t]) / (1 - tau[s]) * (heun_sigma - ddim), rtol=0, atol=1e-12)
-        assert float((heun_tau - heun_sigma).abs().max()) > 1e-2
+        torch.testing.assert_close(heun_zeta - ddim, (1 - zeta[t]) / (1 - zeta[s]) * (heun_sigma - ddim), rtol=0, atol=1e-12)
+        assert float((heun_zeta - heun_sigma).abs().max()) > 1e-2
 
 
-def _heun_on_the_straight_path(mix, x_tau, taus, weight=lambda tau, tau_next: 1.0):
-    """Heun (the trapezoid rule) on dx/dτ = v along taus, its correction times weight(τ, τ'), the step into τ = 0
-    Euler's as in `ode.heun` (weight (1 − τ')/(1 − τ) is `ode.heun` itself, notebook 05 §3)."""
-    for tau, tau_next in zip(taus, taus[1:]):
-        v = _straight_path_velocity(mix, x_tau, tau)
-        x_next = x_tau + (tau_next - tau) * v
-        if tau_next > 0:
-            x_next = x_next + weight(tau, tau_next) * (tau_next - tau) / 2 * (_straight_path_velocity(mix, x_next, tau_next) - v)
-        x_tau = x_next
-    return x_tau
+def _heun_on_the_straight_path(mix, x_zeta, zetas, weight=lambda zeta, zeta_next: 1.0):
+    """Heun (the trapezoid rule) on dx/dζ = v along zetas, its correction times weight(ζ, ζ'), the step into ζ = 0
+    Euler's as in `ode.heun` (weight (1 − ζ')/(1 − ζ) is `ode.heun` itself, notebook 05 §3)."""
+    for zeta, zeta_next in zip(zetas, zetas[1:]):
+        v, d_zeta = _straight_path_velocity(mix, x_zeta, zeta), zeta_next - zeta
+        x_next = x_zeta + d_zeta * v
+        if zeta_next > 0:
+            x_next = x_next + weight(zeta, zeta_next) * d_zeta / 2 * (_straight_path_velocity(mix, x_next, zeta_next) - v)
+        x_zeta = x_next
+    return x_zeta
 
 
-def test_heun_in_tau_local_error_on_gaussian_data():
+def test_heun_in_zeta_local_error_on_gaussian_data():
     """Notebook 05 §3: on data N(0, λI), ε* = σx̄/(λ + σ²) and x̄ ∝ √(λ + σ²). One step h = σ' − σ < 0 from the exact x̄
-    misses it by c h³ x̄ with c = −λσ/(2(λ + σ²)³) for `ode.heun` and, the factor (1 − τ)/(1 − τ') = 1 + h/(1 + σ) adding
+    misses it by c h³ x̄ with c = −λσ/(2(λ + σ²)³) for `ode.heun` and, the factor (1 − ζ)/(1 − ζ') = 1 + h/(1 + σ) adding
     h/(1 + σ) times the correction h(ε' − ε)/2 ≈ h² x̄''/2, x̄'' = λx̄/(λ + σ²)², c = λ(λ − σ)/(2(1 + σ)(λ + σ²)³) for Heun
-    on dx/dτ = v: |σ − λ|/(σ(1 + σ)) times ode.heun's, less above σ* = √(1 + λ) − 1 and more below. Measured on one
-    DDPM step (h/σ ≤ 2.3%) against the closed form, within 5%; the τ step's error follows neither ode.heun's c (the factor
+    on dx/dζ = v: |σ − λ|/(σ(1 + σ)) times ode.heun's, less above σ* = √(1 + λ) − 1 and more below. Measured on one
+    DDPM step (h/σ ≤ 2.3%) against the closed form, within 5%; the ζ step's error follows neither ode.heun's c (the factor
     left out) nor the c of the factor inverted (the added term's sign flipped)."""
     lam = 1.0
     gauss = toy.GaussianMixture(torch.ones(1), torch.zeros(1, 2, dtype=torch.float64),
@@ -1347,23 +1347,23 @@ def test_heun_in_tau_local_error_on_gaussian_data():
         exact = xbar * math.sqrt((lam + sig_next ** 2) / (lam + sig ** 2))
         x_s = ode.heun(eps, x_t, AB, torch.tensor([t, t - 1]), return_trajectory=True)[1]["x"][1]
         heun_sigma = x_s * math.sqrt(sig_next ** 2 + 1)
-        tau, tau_next = sig / (1 + sig), sig_next / (1 + sig_next)
-        heun_tau = _heun_on_the_straight_path(gauss, (1 - tau) * xbar, [tau, tau_next]) / (1 - tau_next)
+        zeta, zeta_next = sig / (1 + sig), sig_next / (1 + sig_next)
+        heun_zeta = _heun_on_the_straight_path(gauss, (1 - zeta) * xbar, [zeta, zeta_next]) / (1 - zeta_next)
         c_sigma = -lam * sig / (2 * (lam + sig ** 2) ** 3)
         added = lam / (2 * (1 + sig) * (lam + sig ** 2) ** 2)
-        c_sig, c_tau = ((heun_sigma - exact) / (h ** 3 * xbar)), ((heun_tau - exact) / (h ** 3 * xbar))
+        c_sig, c_zeta = ((heun_sigma - exact) / (h ** 3 * xbar)), ((heun_zeta - exact) / (h ** 3 * xbar))
         torch.testing.assert_close(c_sig, torch.full_like(c_sig, c_sigma), rtol=0.05, atol=0)
-        torch.testing.assert_close(c_tau, torch.full_like(c_tau, c_sigma + added), rtol=0.05, atol=0)
+        torch.testing.assert_close(c_zeta, torch.full_like(c_zeta, c_sigma + added), rtol=0.05, atol=0)
         for wrong in (c_sigma, c_sigma - added):
-            assert float((c_tau / wrong - 1).abs().min()) > 0.5
-        assert bool(((heun_tau - exact).abs() < (heun_sigma - exact).abs()).all()) == (sig > sig_star)
+            assert float((c_zeta / wrong - 1).abs().min()) > 0.5
+        assert bool(((heun_zeta - exact).abs() < (heun_sigma - exact).abs()).all()) == (sig > sig_star)
 
 
-def test_heun_in_tau_beats_ode_heun_on_notebook_05s_mixture():
-    """Notebook 05 §3: on `toy.eight_gaussians` with the exact flow, linspace steps S = 5, 10, 20 and their τ(ᾱ), both
-    ending with the same Euler step (2S − 1 calls each), Heun on dx/dτ = v has a smaller mean squared error at x_0 than
-    `ode.heun` (weight (1 − τ')/(1 − τ) reproduces it, to 1e-12), beyond 3 SE paired over 64 x_T; the factor inverted
-    (weight ((1 − τ')/(1 − τ))²) has a larger one."""
+def test_heun_in_zeta_beats_ode_heun_on_notebook_05s_mixture():
+    """Notebook 05 §3: on `toy.eight_gaussians` with the exact flow, linspace steps S = 5, 10, 20 and their ζ(ᾱ), both
+    ending with the same Euler step (2S − 1 calls each), Heun on dx/dζ = v has a smaller mean squared error at x_0 than
+    `ode.heun` (weight (1 − ζ')/(1 − ζ) reproduces it, to 1e-12), beyond 3 SE paired over 64 x_T; the factor inverted
+    (weight ((1 − ζ')/(1 − ζ))²) has a larger one."""
     mix = toy.eight_gaussians()
     eps = toy.exact_eps(mix, AB)
     x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
@@ -1373,14 +1373,14 @@ def test_heun_in_tau_beats_ode_heun_on_notebook_05s_mixture():
     for S in (5, 10, 20):
         seq = schedule.timesteps(S, 1000, "linspace")
         a = [float(schedule.alpha_bar_at(AB, t)) for t in seq.tolist() + [-1]]
-        taus = [math.sqrt(1 - ab) / (math.sqrt(ab) + math.sqrt(1 - ab)) for ab in a]
-        x_tau = x_T / (math.sqrt(a[0]) + math.sqrt(1 - a[0]))
+        zetas = [math.sqrt(1 - ab) / (math.sqrt(ab) + math.sqrt(1 - ab)) for ab in a]
+        x_zeta = x_T / (math.sqrt(a[0]) + math.sqrt(1 - a[0]))
         heun_sigma = ode.heun(eps, x_T, AB, seq)
-        as_sigma = _heun_on_the_straight_path(mix, x_tau, taus, lambda u, w: (1 - w) / (1 - u))
+        as_sigma = _heun_on_the_straight_path(mix, x_zeta, zetas, lambda u, w: (1 - w) / (1 - u))
         torch.testing.assert_close(as_sigma, heun_sigma, rtol=0, atol=1e-12)
-        gain, se = paired(sq(_heun_on_the_straight_path(mix, x_tau, taus)) - sq(heun_sigma))
+        gain, se = paired(sq(_heun_on_the_straight_path(mix, x_zeta, zetas)) - sq(heun_sigma))
         assert gain + 3 * se < 0, (S, gain, se)
-        inverted = _heun_on_the_straight_path(mix, x_tau, taus, lambda u, w: ((1 - w) / (1 - u)) ** 2)
+        inverted = _heun_on_the_straight_path(mix, x_zeta, zetas, lambda u, w: ((1 - w) / (1 - u)) ** 2)
         loss, se = paired(sq(inverted) - sq(heun_sigma))
         assert loss - 3 * se > 0, (S, loss, se)
 
