@@ -56,23 +56,23 @@ def test_guided_eps_is_not_the_eps_of_the_noised_tilted_density():
 
 
 def test_one_gaussian_each_the_identity_holds_only_with_the_same_variance():
-    """Notebook 10 §1's parenthesis: with p(x) = N(0, s²) and p(x|c) = N(0.5, 0.5²), the guided ε at w = 3 is the ε of
-    the tilted density noised to t when s = 0.5 (the tilt is then N(1.5, 0.5²), and noising commutes with it), and
-    misses it when s = 1 (0.72, 3.4 and 0.25 measured at t = 50, 175 and 600; 3.4 is the largest in t)."""
+    """Notebook 10 §1's parenthesis: with p(x) = N(0, ω²) and p(x|c) = N(0.5, 0.5²), the guided ε at w = 3 is the ε of
+    the tilted density noised to t when ω = 0.5 (the tilt is then N(1.5, 0.5²), and noising commutes with it), and
+    misses it when ω = 1 (0.72, 3.4 and 0.25 measured at t = 50, 175 and 600; 3.4 is the largest in t)."""
     x, w = torch.tensor([[-3.0], [0.0], [3.0]], dtype=torch.float64), 3.0
-    for s, close in ((0.5, True), (1.0, False)):
+    for omega, close in ((0.5, True), (1.0, False)):
         eps_w = samplers.guided_eps(*(toy.exact_eps(toy.GaussianMixture(torch.ones(1, dtype=torch.float64),
                                                                           torch.tensor([[m]], dtype=torch.float64),
                                                                           torch.tensor([[[sd ** 2]]], dtype=torch.float64)),
-                                                      AB) for m, sd in ((0.0, s), (0.5, 0.5))), w)
+                                                      AB) for m, sd in ((0.0, omega), (0.5, 0.5))), w)
 
-        def tilt(x0, s=s):
-            return math.exp((1 - w) * stats.norm.logpdf(x0, 0.0, s) + w * stats.norm.logpdf(x0, 0.5, 0.5))
+        def tilt(x0, omega=omega):
+            return math.exp((1 - w) * stats.norm.logpdf(x0, 0.0, omega) + w * stats.norm.logpdf(x0, 0.5, 0.5))
 
         for t in (50, 175, 600):
             got = eps_w(x, torch.full((3,), t))[:, 0].numpy()
             gap = np.abs(got - np.array([_eps_noised_tilted(tilt, float(AB[t]), float(v)) for v in x[:, 0]])).max()
-            assert (gap < 1e-6) if close else (gap > 0.1), (s, t, gap)
+            assert (gap < 1e-6) if close else (gap > 0.1), (omega, t, gap)
 
 
 def test_two_gaussian_classes_of_one_variance_the_identity_holds_at_w1_only():
