@@ -918,9 +918,9 @@ DEIS_T_WEIGHTS = [-0.296708480071254, 0.146778839180276, -0.063377885425124, 0.0
 
 
 def test_deis_matches_the_authors_code():
-    """ρAB-DEIS with ab_order r (the polynomial in ρ = σ through r + 1 points, integrated exactly) is
-    `ipndm(rho=1.0, afs=False, order=r + 1)`, i.e. `ipndm_vs` with a first call (agreeing to rounding); tAB-DEIS is
-    `deis_tab(order=r + 1)` (to 3e-8 on the sampler, the authors' Riemann sums' residue, and 1e-10 on the weights)."""
+    """ρAB-DEIS with ab_order = k − 1 (the polynomial in DEIS's ρ, our σ, through k points, integrated exactly) is
+    `ipndm(rho=1.0, afs=False, order=k)`, i.e. `ipndm_vs` with a first call (agreeing to rounding); tAB-DEIS is
+    `deis_tab(order=k)` (to 3e-8 on the sampler, the authors' Riemann sums' residue, and 1e-10 on the weights)."""
     rho_ab = ode.ipndm(EPS, X_T, AB, SEQ_DEIS, return_trajectory=True, rho=1.0, afs=False)[1]["x"][-2]   # at t = 7
     np.testing.assert_allclose(rho_ab[0].numpy(), DEIS_RHO_AB2_X0, rtol=0, atol=1e-12)
     named = ode.solve("ipndm_vs", EPS, X_T, AB, SEQ_DEIS, return_trajectory=True, afs=False)[1]["x"][-2]
