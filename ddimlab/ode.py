@@ -1163,10 +1163,10 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
     at rtol = atol = 1e-3), and on one CPU thread that UNet's exact divergence took 0.46 s per call at d = 64 (the
     digits, the largest ddimlab's benchmarks take it for), 18 s at 32 × 32 and 53 s at 3 × 32 × 32: ten minutes, six
     hours and eighteen per batch, and a network of CIFAR's size costs more per pass; a CIFAR image is refused, naming
-    hutchinson=k. k ≥ 1: the Hutchinson–Skilling estimate with k `probe` vectors z ("rademacher", the default, or
+    hutchinson=k. k ≥ 1: the Hutchinson–Skilling estimate with k `probe` vectors ξ ("rademacher", the default, or
     "gaussian") per sample,
-    E[zᵀ(∂F/∂x̄)z] = ∇·F, drawn once from `generator` and kept along the whole path, so the result is an unbiased estimate
-    of log p. probe and generator without hutchinson are an error: the exact divergence draws nothing.
+    E[ξᵀ(∂F/∂x̄)ξ] = ∇·F (notebook 05 §9's ξ), drawn once from `generator` and kept along the whole path, so the result
+    is an unbiased estimate of log p. probe and generator without hutchinson are an error: the exact divergence draws nothing.
     eps must be differentiable in x by autograd (a network as `lambda x, t: net(x, t)` in eval mode, not `checkpoint.eps_fn`),
     and the samples must not interact in it (each sample's divergence is read from the batch's one graph; `_check_apart`
     refuses an eps in which any two do). method: solve_ivp's, as in `reference_solution`. An allocation that fails in ε or
@@ -1205,8 +1205,8 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
                          f"d = {d}, and add variance: pass hutchinson <= {d}, or None for the exact divergence")
     sig_data, sig_noise = float(sigma_at(alpha_bar, t_end)), float(sigma_at(alpha_bar, t_start))
     if hutchinson is not None:
-        z = torch.randn((hutchinson, *shape), generator=generator, dtype=torch.float64)
-        z = (z if probe == "gaussian" else z.sign()).to(dev)      # the sign of a Gaussian is a Rademacher ±1
+        xi = torch.randn((hutchinson, *shape), generator=generator, dtype=torch.float64)
+        xi = (xi if probe == "gaussian" else xi.sign()).to(dev)   # the sign of a Gaussian is a Rademacher ±1
 
     def divergence(e, xbar):
         """∇_x̄·F per sample: exact (one backward pass per coordinate) or the Hutchinson mean over the probes."""
@@ -1214,8 +1214,8 @@ def log_likelihood(eps, x_0, alpha_bar, t_start=None, t_end=-1, prior=None, rtol
             rows = e.reshape(B, d)
             return sum(torch.autograd.grad(rows[:, i].sum(), xbar, retain_graph=True)[0].reshape(B, d)[:, i]
                        for i in range(d))
-        return sum((torch.autograd.grad((e * zk).sum(), xbar, retain_graph=True)[0] * zk).reshape(B, d).sum(1)
-                   for zk in z) / hutchinson
+        return sum((torch.autograd.grad((e * xi_k).sum(), xbar, retain_graph=True)[0] * xi_k).reshape(B, d).sum(1)
+                   for xi_k in xi) / hutchinson
 
     def rhs(sig, y):
         with torch.enable_grad():
