@@ -1573,7 +1573,7 @@ def test_step_rules_by_name_are_the_rules_rebuilt_in_numpy():
     on a grid (log-uniform for logsnr, σ^{1/7} uniform for karras, Karras et al. 2022 eq. 5 with ρ = 7) mapped to the
     continuous step where log ᾱ, linear between the table's entries (ᾱ_{−1} = 1), equals −log(1 + σ²) (np.interp),
     rounded; power κ: t + 1 = T (1 − i/S)^κ rounded. At S = 10 no two steps round to one integer, so nothing is moved
-    apart. The count-only test above let rule_timesteps run karras with ρ = 5 or power3 with κ = 2."""
+    apart. Every other test in this file passed with rule_timesteps running karras at ρ = 5."""
     ab = AB.numpy()
     log_tab = np.concatenate([[0.0], np.log(ab)])                       # at steps -1, 0, ..., T-1
     sig_table = np.sqrt((1 - ab) / ab)
