@@ -497,3 +497,33 @@ def test_density_times_bin_width_rule_at_four_decoder_means():
         assert worst[mu, 0.2] < 1e-3 and min(worst[mu, sigmas[1]], worst[mu, sigmas[2]]) > 100 * worst[mu, 0.2]
         assert max(abs(mean_err[mu, sd]) for sd in sigmas) < 3e-3
     assert min(abs(mean_err[-1.0, sd]) for sd in sigmas) > 0.3
+
+
+def test_n_mc_averages_each_samples_own_draws():
+    """n_mc = 2 on a batch [a, b] draws x_t for x0 repeated, [a, b, a, b], so it equals n_mc = 1 on the batch [a, b, a, b]
+    from the same generator state, each sample's terms the mean of its two rows (rows i and i + B, averaged here by
+    hand). Every other test of n_mc had samples alike or a deterministic model; averaging the first two rows (a's and
+    b's first draws, `reshape(B, n_mc).mean(1)`) passed them and fails here."""
+    ab = make_alpha_bar("linear", 20)
+    x0 = torch.tensor([[0.9, -0.7, 0.2], [-0.4, 0.1, 3.0]], dtype=F64)
+    model = lambda x, t: 0.5 * x.tanh()      # noqa: E731  (depends on x_t, so every draw gives other terms)
+    two = elbo_terms(model, x0, ab, decoder="gaussian", n_mc=2, generator=torch.Generator().manual_seed(7))
+    four = elbo_terms(model, x0.repeat(2, 1), ab, decoder="gaussian", n_mc=1, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(two["terms"], (four["terms"][:2] + four["terms"][2:]) / 2, rtol=1e-12, atol=0)
+    assert float((two["total"] - four["total"][:2]).abs().max()) > 1e-3      # the two draws differ: the mean matters
+
+
+def test_l_simple_draws_t_uniformly_over_every_step_including_0():
+    """DDPM's Algorithm 1 draws t ~ Uniform{1, …, T}, ddimlab's 0..T−1: the steps l_simple hands the model, counted over
+    4000 samples on T = 4, pass scipy's chi-square test of equal frequencies (p = 0.79 here) and include step 0; t drawn
+    from 1..T−1 (never training the last denoising step) passed every other test."""
+    ab = make_alpha_bar("linear", 4)
+    seen = []
+
+    def model(x, t):
+        seen.append(t.clone())
+        return torch.zeros_like(x)
+    l_simple(model, torch.zeros(4000, 2, dtype=F64), ab, generator=torch.Generator().manual_seed(3))
+    counts = np.bincount(torch.cat(seen).numpy(), minlength=4)
+    assert len(counts) == 4 and counts.min() > 0
+    assert stats.chisquare(counts).pvalue > 1e-3, counts

@@ -1566,3 +1566,28 @@ def test_dpm_solver_pp_2m_surplus_on_lambda_uniform_steps_is_its_slopes_lag():
     sums = {k: float(_two_m_leading_misses(torch.ones(1, dtype=torch.float64), None, sigma2=sig2, **kw)[0][0]) / h ** 2
             for k, kw in (("all", {}), ("no lag", {"lag": False}), ("D' only", {"curvature": False}))}
     assert abs(sums["all"] * 16 - 1) < 0.01 and abs(sums["no lag"] * 16) < 0.01 and abs(sums["D' only"] * 24 + 1) < 0.01, sums
+
+
+def test_step_rules_by_name_are_the_rules_rebuilt_in_numpy():
+    """`rule_timesteps` (what `sample --spacing` runs) against each rule rebuilt here in numpy from its definition: σ
+    on a grid (log-uniform for logsnr, σ^{1/7} uniform for karras, Karras et al. 2022 eq. 5 with ρ = 7) mapped to the
+    continuous step where log ᾱ, linear between the table's entries (ᾱ_{−1} = 1), equals −log(1 + σ²) (np.interp),
+    rounded; power κ: t + 1 = T (1 − i/S)^κ rounded. At S = 10 no two steps round to one integer, so nothing is moved
+    apart. Every other test in this file passed with rule_timesteps running karras at ρ = 5."""
+    ab = AB.numpy()
+    log_tab = np.concatenate([[0.0], np.log(ab)])                       # at steps -1, 0, ..., T-1
+    sig_table = np.sqrt((1 - ab) / ab)
+
+    def step_of(sig):
+        return np.interp(np.log1p(sig ** 2), -log_tab, np.arange(-1, len(ab)))
+
+    S, T = 10, len(ab)
+    hi, lo = sig_table[-1], sig_table[0]
+    grids = {"logsnr": np.exp(np.linspace(np.log(hi), np.log(lo), S)),
+             "karras": np.linspace(hi ** (1 / 7), lo ** (1 / 7), S) ** 7}
+    expected = {rule: np.round(step_of(sig)).astype(int).tolist() for rule, sig in grids.items()}
+    for k in (2, 3):
+        expected[f"power{k}"] = np.round(T * (1 - np.arange(S) / S) ** k - 1).astype(int).tolist()
+    for rule in ode.STEP_RULES:
+        assert ode.rule_timesteps(rule, S, AB).tolist() == expected[rule], rule
+    assert len({tuple(v) for v in expected.values()}) == 4

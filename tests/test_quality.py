@@ -23,6 +23,18 @@ def test_fd_diagonal_closed_form():
     assert quality.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-12)
 
 
+def test_fd_diagonal_closed_form_beyond_float64_squares():
+    """Means near 1e150 and variances near 1e300 (their products overflow float64, so frechet_distance rescales by s and
+    multiplies back by s²): the diagonal closed form |Δμ|² + Σ(√a − √b)², computed here in units of 1e150. Multiplying
+    back by s instead of s² is caught in test_careless_api only, and here."""
+    rng = np.random.default_rng(5)
+    mu1, mu2, a, b = rng.standard_normal(4), rng.standard_normal(4), rng.uniform(0.1, 3, 4), rng.uniform(0.1, 3, 4)
+    unit = 1e150
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    fd = quality.frechet_distance(mu1 * unit, np.diag(a) * unit ** 2, mu2 * unit, np.diag(b) * unit ** 2)
+    assert fd / unit ** 2 == pytest.approx(expected, rel=1e-12)
+
+
 def test_fd_commuting_singular_closed_form():
     # same eigenvectors, some eigenvalues zero (the N < D case): closed form still Σ(√a − √b)²
     rng = np.random.default_rng(1)

@@ -125,6 +125,25 @@ def test_uniform_when_S_does_not_divide_T_has_S_steps():
     assert len(official_uniform(30, 1000)) == 31  # the official range would take one extra step
 
 
+# diffusers 0.x `DDIMScheduler(num_train_timesteps=1000, timestep_spacing=...).set_timesteps(S).timesteps`, printed once
+# and pasted here ("leading" with steps_offset 0 is the official DDIM `range(0, T, T // S)`, cut to S steps).
+DIFFUSERS_1000 = {
+    ("leading", 6): [830, 664, 498, 332, 166, 0],
+    ("leading", 7): [852, 710, 568, 426, 284, 142, 0],
+    ("trailing", 6): [999, 832, 666, 499, 332, 166],
+    ("trailing", 7): [999, 856, 713, 570, 428, 285, 142],
+    ("linspace", 7): [999, 832, 666, 500, 333, 166, 0],
+}
+
+
+@pytest.mark.parametrize("spacing, S", sorted(DIFFUSERS_1000))
+def test_spacings_where_S_does_not_divide_T_match_pasted_diffusers_steps(spacing, S):
+    """S = 6, 7 do not divide T = 1000 (the reference-rule test's S mostly do), and T/S has a fractional part above one
+    half: k * round(T/S) for the uniform spacing (steps 143 apart for S = 7, not 142) and floor in place of trailing's
+    round (427, not 428) each fail here and nowhere else in this file."""
+    assert timesteps(S, 1000, "uniform" if spacing == "leading" else spacing).tolist() == DIFFUSERS_1000[spacing, S]
+
+
 def test_quad_documented_facts():
     assert int(timesteps(10, 1000, "quad")[0]) == 800
     assert len(timesteps(100, 1000, "quad")) == 96
