@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from mixture_support import posterior_components
 from scipy import integrate, stats
 
 from ddimlab import diffusion, lab, ode, samplers, schedule, toy
@@ -145,11 +146,8 @@ def _posterior_shares(x_in, a):
     """E_z P(x_0 in region j | x_t = √a x_in + √(1−a) z), z ~ N(0, 1): the chance that the exact reverse process from the
     noised x_in ends in region j, by quad over z of the posterior mixture's mass (components by Gaussian conditioning)."""
     def mass(z, j):
-        x = math.sqrt(a) * x_in + math.sqrt(1 - a) * z
-        lik = W * stats.norm.pdf(x, math.sqrt(a) * MU, np.sqrt(a * SD ** 2 + 1 - a))
-        m = MU + math.sqrt(a) * SD ** 2 * (x - math.sqrt(a) * MU) / (a * SD ** 2 + 1 - a)
-        s = np.sqrt(SD ** 2 * (1 - a) / (a * SD ** 2 + 1 - a))
-        return stats.norm.pdf(z) * np.sum(lik * (stats.norm.cdf(EDGES[j + 1], m, s) - stats.norm.cdf(EDGES[j], m, s))) / lik.sum()
+        r, m, s = posterior_components(math.sqrt(a) * x_in + math.sqrt(1 - a) * z, a, W, MU, SD)
+        return stats.norm.pdf(z) * np.sum(r * (stats.norm.cdf(EDGES[j + 1], m, s) - stats.norm.cdf(EDGES[j], m, s)))
     return np.array([integrate.quad(mass, -9, 9, args=(j,))[0] for j in range(3)])
 
 
@@ -179,11 +177,8 @@ def _edit_cdf(x_in, a, grid, spread=None):
     """F(x) = E_z P(x_0 <= x | x_t = √a x_in + √(1−a) z) on a grid, the posterior's components by Gaussian conditioning,
     the integral over z by scipy's quad_vec; spread replaces the components' standard deviations (a wrong formula)."""
     def f(z):
-        x = math.sqrt(a) * x_in + math.sqrt(1 - a) * z
-        lik = W * stats.norm.pdf(x, math.sqrt(a) * MU, np.sqrt(a * SD ** 2 + 1 - a))
-        m = MU + math.sqrt(a) * SD ** 2 * (x - math.sqrt(a) * MU) / (a * SD ** 2 + 1 - a)
-        s = np.sqrt(SD ** 2 * (1 - a) / (a * SD ** 2 + 1 - a)) if spread is None else spread
-        return stats.norm.pdf(z) * np.sum(lik / lik.sum() * stats.norm.cdf(grid[:, None], m, s), 1)
+        r, m, s = posterior_components(math.sqrt(a) * x_in + math.sqrt(1 - a) * z, a, W, MU, SD)
+        return stats.norm.pdf(z) * np.sum(r * stats.norm.cdf(grid[:, None], m, s if spread is None else spread), 1)
     return integrate.quad_vec(f, -9, 9)[0]
 
 

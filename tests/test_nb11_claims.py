@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from mixture_support import posterior_components
 from scipy import integrate, stats
 
 from ddimlab import samplers, schedule, toy
@@ -25,11 +26,8 @@ def _folded(mu, s):              # E|N(mu, s²)|
 def _posterior_distance(a):
     """E|x_0 − X_IN| for x_0 ~ p(x_0 | x_t), x_t = √a X_IN + √(1−a) z, averaged over z by quadrature (scipy only)."""
     def f(z):
-        x = math.sqrt(a) * X_IN + math.sqrt(1 - a) * z
-        lik = W * stats.norm.pdf(x, math.sqrt(a) * MU, np.sqrt(a * SD ** 2 + 1 - a))
-        m = MU + math.sqrt(a) * SD ** 2 * (x - math.sqrt(a) * MU) / (a * SD ** 2 + 1 - a)
-        s = np.sqrt(SD ** 2 * (1 - a) / (a * SD ** 2 + 1 - a))
-        return stats.norm.pdf(z) * float(np.sum(lik / lik.sum() * _folded(m - X_IN, s)))
+        r, m, s = posterior_components(math.sqrt(a) * X_IN + math.sqrt(1 - a) * z, a, W, MU, SD)
+        return stats.norm.pdf(z) * float(np.sum(r * _folded(m - X_IN, s)))
     return integrate.quad(f, -9, 9, limit=200)[0]
 
 
